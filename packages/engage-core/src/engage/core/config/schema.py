@@ -1,0 +1,189 @@
+"""Structured configs (dataclasses) of ``engage run``, registered in Hydra's ConfigStore.
+
+Every field is type-checked when the config is composed; ranges are checked in
+``__post_init__`` when the config is turned into objects (:func:`engage.core.config.validate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigValueError(ValueError):
+    """A config value is out of range; ``key`` is its dotted path inside its group."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _at_least(owner: object, name: str, minimum: float, *, allow_none: bool = False) -> None:
+    value = getattr(owner, name)
+    if value is None and allow_none:
+        return
+    if value < minimum:
+        raise ConfigValueError(name, f"must be >= {minimum}, got {value}")
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer`` that ``engage run`` exposes."""
+
+    max_epochs: int = 5
+    max_steps: int = -1
+    max_time: str | None = None
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    enable_checkpointing: bool = True
+    default_root_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _at_least(self, "max_epochs", -1)
+        _at_least(self, "num_nodes", 1)
+        _at_least(self, "log_every_n_steps", 1)
+        _at_least(self, "accumulate_grad_batches", 1)
+        _at_least(self, "gradient_clip_val", 0, allow_none=True)
+        _at_least(self, "check_val_every_n_epoch", 1, allow_none=True)
+        allowed = (
+            "32-true",
+            "32",
+            "16-mixed",
+            "bf16-mixed",
+            "bf16-true",
+            "16-true",
+            "64-true",
+            "64",
+            "transformer-engine",
+        )
+        if str(self.precision) not in allowed:
+            raise ConfigValueError("precision", f"must be one of {', '.join(allowed)}, got {self.precision!r}")
+
+
+@dataclass
+class HeatSimulatorConfig:
+    """The 2D heat equation (:class:`engage.core.simulators.HeatEquation`)."""
+
+    _target_: str = "engage.core.simulators.heat.HeatEquation"
+    grid: int = 64
+    steps: int = 100
+    dt: float = 0.002
+    alpha: float = 1.0
+    low: float = 100.0
+    high: float = 500.0
+
+    def __post_init__(self) -> None:
+        _at_least(self, "grid", 3)
+        _at_least(self, "steps", 1)
+        if not self.dt > 0:
+            raise ConfigValueError("dt", f"must be > 0, got {self.dt}")
+        if not self.alpha > 0:
+            raise ConfigValueError("alpha", f"must be > 0, got {self.alpha}")
+        if not self.low < self.high:
+            raise ConfigValueError("low", f"must be < high ({self.high}), got {self.low}")
+
+
+@dataclass
+class UniformSamplerConfig:
+    """Independent random draws (:class:`engage.core.samplers.UniformSampler`)."""
+
+    _target_: str = "engage.core.samplers.uniform.UniformSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class HeatSurrogateConfig:
+    """A convolutional decoder from (parameters, time) to the temperature field."""
+
+    _target_: str = "engage.core.models.heat_surrogate.HeatSurrogate"
+    width: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        _at_least(self, "width", 4)
+        if not self.lr > 0:
+            raise ConfigValueError("lr", f"must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigValueError("lr_schedule", f"must be cosine or constant, got {self.lr_schedule!r}")
+
+
+@dataclass
+class SimulatedDatasetConfig:
+    """Run a fixed number of simulations first, then train on them in epochs (offline)."""
+
+    _target_: str = "engage.core.data.simulated.SimulatedDataModule"
+    train_simulations: int = 24
+    val_simulations: int = 4
+    batch_size: int = 32
+    num_workers: int = 0
+    cache_dir: str | None = None
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _at_least(self, "train_simulations", 1)
+        _at_least(self, "val_simulations", 1)
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "num_workers", 0)
+
+
+@dataclass
+class LightningStrategyConfig:
+    """One of Lightning's own strategies by name (``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``...)."""
+
+    name: str = "auto"
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """Where and how results are recorded in MLflow (Lightning's ``MLFlowLogger``).
+
+    ``uri`` empty means a SQLite database ``mlflow.db`` in the directory ``engage run`` was
+    started from. When the server cannot be reached, the run stops before training unless
+    ``fallback_local`` is true: then it logs to a SQLite file in the run's output directory and
+    says so.
+    """
+
+    uri: str = ""
+    experiment: str = "engage"
+    run_name: str | None = None
+    fallback_local: bool = False
+    timeout_s: float = 10.0
+    log_model: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EngageConfig:
+    """The top-level config of ``engage run``; group options fill ``data`` ... ``strategy``."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    simulator: Any = MISSING
+    sampler: Any = MISSING
+    data: Any = MISSING
+    model: Any = MISSING
+    strategy: Any = MISSING
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: MLflowLoggerConfig = field(default_factory=MLflowLoggerConfig)
+    seed: int = 0
+    task: str = "fit"
+    test_after_fit: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task not in ("fit", "validate"):
+            raise ConfigValueError("task", f"must be fit or validate, got {self.task!r}")

@@ -1,0 +1,47 @@
+"""Registration of structured configs and plugin options in Hydra's ConfigStore."""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+
+import pluggy
+from engage.core.config.options import ConfigOption
+from engage.core.config.schema import EngageConfig
+from engage.core.plugins import flatten, get_plugin_manager
+from hydra.core.config_store import ConfigStore
+
+SCHEMA_NAME = "engage_schema"
+
+
+def config_options(manager: pluggy.PluginManager | None = None) -> list[tuple[str, ConfigOption]]:
+    """``(plugin name, option)`` for every option of every installed plugin."""
+    manager = manager or get_plugin_manager()
+    found = []
+    for impl in manager.hook.engage_config_options.get_hookimpls():
+        for option in impl.function() or ():
+            found.append((impl.plugin_name, option))
+    return found
+
+
+def options_by_group(manager: pluggy.PluginManager | None = None) -> dict[str, list[str]]:
+    """Option names per config group, sorted (what ``group=...`` accepts)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for _, option in config_options(manager):
+        groups[option.group].append(option.name)
+    return {group: sorted(names) for group, names in sorted(groups.items())}
+
+
+@functools.cache
+def register_configs() -> None:
+    """Store the top-level schema and every plugin's options (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=EngageConfig)
+    for plugin_name, option in config_options():
+        store.store(group=option.group, name=option.name, node=option.node, provider=plugin_name)
+
+
+def searchpath_entries(manager: pluggy.PluginManager | None = None) -> list[str]:
+    """Search-path entries contributed by plugins, in registration order."""
+    manager = manager or get_plugin_manager()
+    return flatten(reversed(manager.hook.engage_config_searchpath()))

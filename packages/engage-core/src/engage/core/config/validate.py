@@ -1,0 +1,159 @@
+"""Composition and validation of ``engage run`` configs, with one-line errors.
+
+Hydra reports composition problems over several lines with a hint about ``HYDRA_FULL_ERROR``;
+users of ``engage run`` get one line naming the key and what is allowed, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+
+from engage.core.config.schema import ConfigValueError
+from engage.core.config.store import register_configs
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_MODULE = "engage.core.conf"
+CONFIG_NAME = "config"
+EXIT_CONFIG_ERROR = 2
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line naming the key and what is allowed."""
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
+
+
+def _keys_of(cfg: DictConfig | None, dotted: str) -> list[str]:
+    parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+    node = OmegaConf.select(cfg, parent) if parent and cfg is not None else cfg
+    if isinstance(node, DictConfig):
+        return sorted(k for k in node.keys() if not str(k).startswith("_"))
+    return []
+
+
+def explain(exc: BaseException, base: DictConfig | None = None) -> str:
+    """Turn a Hydra/OmegaConf composition error into one line."""
+    text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ is not None else "")
+    parse = re.search(r"Error parsing override '([^']*)'\n(.*)", text)
+    if parse:
+        return f"cannot parse override {parse.group(1)!r} ({parse.group(2).strip()}); write key=value or group=option"
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, name = missing.group(1), missing.group(2)
+        options = (
+            re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1], flags=re.M)
+            if "Available options" in text
+            else []
+        )
+        allowed = ", ".join(options) if options else "none installed"
+        return f"{group}={name}: unknown option for '{group}'; installed: {allowed}"
+    override = (
+        re.search(r"Could not override '([^']+)'", text)
+        or re.search(r"Error merging override ([^=\s]+)=", text)
+        or re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
+    )
+    key = override.group(1) if override else None
+    full_key = re.search(r"full_key: (\S+)", text)
+    key = key or (full_key.group(1) if full_key else None)
+    if re.search(r"not in struct|Key '[^']+' not in '|Key '[^']+' is not in struct", text):
+        allowed = _keys_of(base, key or "")
+        return f"{key}: unknown key; allowed: {', '.join(allowed) if allowed else '(see engage run --cfg job)'}"
+    converted = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
+    if converted:
+        return f"{key}: expected {converted.group(2).lower()}, got {converted.group(1)!r}"
+    invalid = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
+    if invalid:
+        return f"{key}: {invalid.group(1)!r} is not allowed; choose one of {invalid.group(2)}"
+    for line in text.splitlines():
+        if line.strip() and not line.strip().startswith(
+            ("To append", "Set the environment", "full_key", "object_type", "reference_type", "Error merging")
+        ):
+            prefix = f"{key}: " if key and key not in line else ""
+            return f"{prefix}{line.strip()}"
+    return _first_line(text)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Run every structured config's range checks (``__post_init__``); raise :class:`ConfigError`."""
+    for group in cfg.keys():
+        if group == "hydra":
+            continue
+        node = cfg[group]
+        node_type = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if node_type is None or not is_dataclass(node_type):
+            continue
+        known = {f.name for f in fields(node_type)}
+        extra = sorted(str(k) for k in node.keys() if k not in known)
+        if extra:
+            allowed = ", ".join(sorted(k for k in known if not k.startswith("_")))
+            raise ConfigError(f"{group}.{extra[0]}: unknown key; allowed: {allowed}")
+        try:
+            OmegaConf.to_object(node)
+        except ConfigValueError as exc:
+            raise ConfigError(f"{group}.{exc.key}: {exc.message}") from None
+        except OmegaConfBaseException as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ConfigValueError):
+                raise ConfigError(f"{group}.{cause.key}: {cause.message}") from None
+            raise ConfigError(explain(exc, cfg)) from None
+
+
+def _single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
+    """Override lists that cover every value of every sweep (others at their first value)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    plain: list[str] = []
+    sweeps: list[tuple[str, list[str]]] = []
+    for override in parsed:
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            values = list(itertools.islice(override.sweep_string_iterator(), 64))
+            sweeps.append((key, values))
+        else:
+            plain.append(override.input_line)
+    if not sweeps:
+        return [plain]
+    firsts = [f"{key}={values[0]}" for key, values in sweeps]
+    variants = [plain + firsts]
+    for index, (key, values) in enumerate(sweeps):
+        for value in values[1:]:
+            variant = list(firsts)
+            variant[index] = f"{key}={value}"
+            variants.append(plain + variant)
+    return variants
+
+
+def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> DictConfig:
+    """Compose and validate the config of ``engage run`` with these overrides.
+
+    With ``multirun``, sweep overrides (``a=1,2``) are expanded and every value is checked.
+    Returns the config of the first job. Raises :class:`ConfigError`.
+    """
+    register_configs()
+    try:
+        variants = _single_run_overrides(overrides) if multirun else [list(overrides)]
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse overrides: {_first_line(str(exc))}") from None
+    GlobalHydra.instance().clear()
+    first: DictConfig | None = None
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        base = compose(config_name=CONFIG_NAME)
+        for variant in variants:
+            try:
+                cfg = compose(config_name=CONFIG_NAME, overrides=variant)
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise ConfigError(explain(exc, base)) from None
+            check_values(cfg)
+            first = first or cfg
+    GlobalHydra.instance().clear()
+    assert first is not None
+    return first

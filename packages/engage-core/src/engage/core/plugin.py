@@ -1,0 +1,51 @@
+"""engage-core's own plugin: the defaults every installation has."""
+
+from __future__ import annotations
+
+from engage.core.commands import Command
+from engage.core.config.options import ConfigOption
+from engage.core.config.schema import (
+    HeatSimulatorConfig,
+    HeatSurrogateConfig,
+    LightningStrategyConfig,
+    MLflowLoggerConfig,
+    SimulatedDatasetConfig,
+    TrainerConfig,
+    UniformSamplerConfig,
+)
+from engage.core.hookspecs import hookimpl
+from engage.core.samplers.uniform import UniformSampler
+from engage.core.simulators.heat import HeatEquation
+
+
+@hookimpl
+def engage_config_options() -> list[ConfigOption]:
+    options = [
+        ConfigOption("trainer", "default", TrainerConfig, "Lightning Trainer arguments"),
+        ConfigOption("simulator", "heat", HeatSimulatorConfig, "2D heat equation, implicit finite differences"),
+        ConfigOption("sampler", "uniform", UniformSamplerConfig, "independent random draws"),
+        ConfigOption("data", "simulated", SimulatedDatasetConfig, "simulate a fixed set first, then train in epochs"),
+        ConfigOption("model", "heat_surrogate", HeatSurrogateConfig, "MLP + convolutional decoder to a 2D field"),
+        ConfigOption("logger", "mlflow", MLflowLoggerConfig, "Lightning's MLFlowLogger, SQLite store by default"),
+    ]
+    for name in ("auto", "ddp", "ddp_spawn", "fsdp", "single_device"):
+        node = LightningStrategyConfig(name=name)
+        options.append(ConfigOption("strategy", name, node, f"Lightning's {name!r} strategy"))
+    return options
+
+
+@hookimpl
+def engage_samplers():
+    return {"uniform": UniformSampler}
+
+
+@hookimpl
+def engage_simulators():
+    return {"heat": HeatEquation}
+
+
+@hookimpl
+def engage_commands() -> list[Command]:
+    from engage.core.cli import core_commands
+
+    return core_commands()

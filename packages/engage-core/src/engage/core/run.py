@@ -1,0 +1,207 @@
+"""``engage run``: compose a Lightning Trainer, model, DataModule, callbacks and strategy from the
+config and the installed plugins, train, and record everything in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
+from engage.core.events import RunRecord
+from engage.core.plugins import flatten, get_plugin_manager
+from engage.core.tracking.environment import environment_record, git_state, pip_freeze
+from engage.core.tracking.store import (
+    PARENT_RUN_ENV,
+    TrackingUnavailable,
+    check_reachable,
+    default_tracking_uri,
+    resolve_tracking_uri,
+)
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+EXIT_TRACKING_UNAVAILABLE = 3
+console = Console(stderr=True)
+
+
+def _output_dir() -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(tempfile.mkdtemp(prefix="engage-run-"))
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
+    """The tracking URI to log to; checks it answers (or falls back to a local store if allowed)."""
+    uri = resolve_tracking_uri(cfg.logger.uri)
+    try:
+        check_reachable(uri, cfg.logger.timeout_s)
+    except TrackingUnavailable as exc:
+        if not cfg.logger.fallback_local:
+            raise TrackingUnavailable(f"{exc}; start it, set logger.uri, or allow logger.fallback_local=true") from None
+        local = default_tracking_uri(output_dir)
+        console.print(f"[yellow]{exc}; logging locally to {local}[/yellow]")
+        return local
+    return uri
+
+
+def build_logger(cfg: DictConfig, tracking_uri: str) -> MLFlowLogger:
+    tags = {str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    git = git_state()
+    if git.get("commit"):
+        tags["mlflow.source.git.commit"] = git["commit"]
+    return MLFlowLogger(
+        experiment_name=cfg.logger.experiment,
+        run_name=cfg.logger.run_name,
+        tracking_uri=tracking_uri,
+        tags=tags,
+        log_model=cfg.logger.log_model,
+    )
+
+
+def build_strategy(cfg: DictConfig) -> Any:
+    from_plugin = get_plugin_manager().hook.engage_strategy(cfg=cfg)
+    if from_plugin is not None:
+        return from_plugin
+    node = cfg.strategy
+    if isinstance(node, DictConfig) and "_target_" in node:
+        return instantiate(node)
+    if isinstance(node, DictConfig):
+        return node.name
+    return str(node)
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
+    callbacks += flatten(get_plugin_manager().hook.engage_callbacks(cfg=cfg))
+    return callbacks
+
+
+def record_run(logger: MLFlowLogger, cfg: DictConfig, output_dir: Path) -> None:
+    """Resolved config, overrides, seed, versions, git state and pip freeze, as params/artifacts."""
+    client, run_id = logger.experiment, logger.run_id
+    overrides = _overrides()
+    env = environment_record()
+    git = git_state()
+    files = {
+        "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "overrides.json": json.dumps(overrides, indent=1),
+        "environment.json": json.dumps(env, indent=1, default=str),
+        "requirements.txt": pip_freeze(),
+    }
+    if git.get("diff"):
+        files["git.diff"] = git["diff"]
+    folder = output_dir / "engage-record"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+        client.log_artifact(run_id, str(folder / name), artifact_path="run")
+    client.log_param(run_id, "overrides", " ".join(overrides)[:6000] or "(none)")
+    client.log_param(run_id, "seed", cfg.seed)
+    for name, value in env["packages"].items():  # type: ignore[union-attr]
+        client.set_tag(run_id, f"version.{name}", value)
+    client.set_tag(run_id, "engage.output_dir", str(output_dir))
+    if git.get("commit"):
+        client.set_tag(run_id, "engage.git_dirty", str(bool(git.get("diff"))))
+
+
+def flat_params(cfg: DictConfig) -> dict[str, Any]:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    params: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            params[prefix] = node
+
+    walk("", {k: v for k, v in container.items() if k != "hydra"})  # type: ignore[union-attr]
+    return params
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from ``cfg``, fit, and return the final metrics."""
+    check_values(cfg)
+    output_dir = _output_dir()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    manager = get_plugin_manager()
+    tracking_uri = choose_tracking_uri(cfg, output_dir)
+
+    simulator = instantiate(cfg.simulator)
+    sampler = instantiate(cfg.sampler, space=simulator.space)
+    datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)
+    model = instantiate(
+        cfg.model,
+        num_parameters=simulator.space.dim,
+        sample_shape=list(simulator.sample_shape),
+        value_range=list(simulator.value_range) if simulator.value_range else None,
+        samples_per_run=simulator.samples_per_run,
+    )
+    logger = build_logger(cfg, tracking_uri)
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer_kwargs.setdefault("default_root_dir", str(output_dir))
+    trainer = pl.Trainer(**trainer_kwargs, logger=logger, callbacks=build_callbacks(cfg), strategy=build_strategy(cfg))
+    logger.log_hyperparams(flat_params(cfg))
+    record_run(logger, cfg, output_dir)
+
+    status, error = "FINISHED", None
+    started = time.perf_counter()
+    try:
+        if cfg.task == "fit":
+            trainer.fit(model, datamodule=datamodule)
+            if cfg.test_after_fit:
+                trainer.validate(model, datamodule=datamodule, verbose=False)
+        else:
+            trainer.validate(model, datamodule=datamodule)
+    except KeyboardInterrupt:
+        status, error = "KILLED", "interrupted"
+        raise
+    except BaseException as exc:
+        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        if trainer.is_global_zero:
+            logger.experiment.log_metric(logger.run_id, "run/wall_time_s", time.perf_counter() - started)
+            logger.finalize("success" if status == "FINISHED" else "failed" if status == "FAILED" else "killed")
+            if status != "FINISHED":
+                logger.experiment.set_terminated(logger.run_id, status=status)
+            record = RunRecord(logger.run_id, status, tracking_uri, str(output_dir), metrics, error)
+            manager.hook.engage_run_finished(record=record)
+    if trainer.is_global_zero:
+        where = tracking_uri.removeprefix("sqlite:///")
+        console.print(
+            f"[green]run {logger.run_id} finished[/green]: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("val"))
+            + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})"
+        )
+    return metrics
+
+
+def task(cfg: DictConfig) -> float | None:
+    """The Hydra task function; returns ``val/rel_l2`` (or ``val/loss``) for sweepers."""
+    try:
+        metrics = train(cfg)
+    except ConfigError as exc:
+        console.print(f"engage run: {exc}", highlight=False)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except TrackingUnavailable as exc:
+        console.print(f"engage run: {exc}", highlight=False)
+        sys.exit(EXIT_TRACKING_UNAVAILABLE)
+    return metrics.get("val/rel_l2", metrics.get("val/loss"))

@@ -1,0 +1,126 @@
+"""The sampler contract: ask for points, tell results, save and restore state."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from engage.core.space import ParameterSpace
+
+
+class FailureAction(str, enum.Enum):
+    """What a sampler does with a point whose simulation failed for good."""
+
+    RESIMULATE = "resimulate"  # run the same parameters again
+    SUBSTITUTE = "substitute"  # the sampler proposes replacement points (see ``ask``)
+    DROP = "drop"  # forget the point (and, for structured designs, its group)
+
+
+class Sampler(ABC):
+    """Base class of every sampler.
+
+    A sampler proposes points of a :class:`ParameterSpace` (``ask``), learns from the results of
+    earlier points (``tell``), and can be checkpointed (``state_dict``/``load_state_dict``): a
+    sampler restored from a state continues exactly as the original would have. Points are
+    ``(n, d)`` float arrays of parameter *values* (categoricals as choice indices).
+
+    Subclasses implement :meth:`_ask` and, if they keep state beyond the random generator and the
+    counters kept here, extend :meth:`state_dict` and :meth:`load_state_dict`.
+
+    Example::
+
+        >>> from engage.core import ParameterSpace, UniformSampler
+        >>> space = ParameterSpace.from_config({"x": {"low": 0, "high": 1}})
+        >>> sampler = UniformSampler(space, seed=3)
+        >>> sampler.ask(4).shape
+        (4, 1)
+    """
+
+    #: how this sampler treats a permanently failed point (see :class:`FailureAction`)
+    failure_action: FailureAction = FailureAction.DROP
+
+    def __init__(self, space: ParameterSpace, seed: int | None = 0):
+        if not isinstance(space, ParameterSpace):
+            raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}")
+        self.space = space
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.num_asked = 0
+        self.num_told = 0
+        self.failed: list[list[float]] = []
+
+    # ------------------------------------------------------------------ contract
+    def ask(self, n: int) -> np.ndarray:
+        """The next ``n`` points, an ``(n, d)`` array inside the space."""
+        if int(n) != n or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = int(n)
+        if n == 0:
+            return np.empty((0, self.space.dim))
+        points = np.asarray(self._ask(n), dtype=np.float64).reshape(n, self.space.dim)
+        self.num_asked += n
+        return points
+
+    @abstractmethod
+    def _ask(self, n: int) -> np.ndarray:
+        """Produce ``n`` new points (values, not unit coordinates)."""
+
+    def tell(
+        self,
+        points: np.ndarray,
+        *,
+        losses: Sequence[float] | np.ndarray | None = None,
+        outputs: Sequence[Any] | None = None,
+    ) -> None:
+        """Report results of earlier points: a loss per point and/or an output per point.
+
+        The base class only counts them; adaptive samplers override :meth:`_tell`.
+        """
+        points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+        if points.shape[1] != self.space.dim:
+            raise ValueError(f"points have {points.shape[1]} coordinates; the space has {self.space.dim}")
+        for name, values in (("losses", losses), ("outputs", outputs)):
+            if values is not None and len(values) != len(points):
+                raise ValueError(f"{name} has {len(values)} entries for {len(points)} points")
+        self.num_told += len(points)
+        self._tell(points, None if losses is None else np.asarray(losses, dtype=np.float64), outputs)
+
+    def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:  # noqa: B027
+        """Learn from results; non-adaptive samplers ignore them (hence not abstract)."""
+
+    def report_failure(self, points: np.ndarray) -> FailureAction:
+        """Tell the sampler these points failed for good; returns what it does about it."""
+        for row in np.atleast_2d(np.asarray(points, dtype=np.float64)):
+            self.failed.append(row.tolist())
+        return self.failure_action
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this sampler is (plain Python data)."""
+        return {
+            "class": type(self).__qualname__,
+            "seed": self.seed,
+            "rng": self.rng.bit_generator.state,
+            "num_asked": self.num_asked,
+            "num_told": self.num_told,
+            "failed": [list(row) for row in self.failed],
+            "space": self.space.to_config(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` of a sampler of the same class and space."""
+        if state.get("class") != type(self).__qualname__:
+            raise ValueError(f"state is of sampler {state.get('class')!r}, not {type(self).__qualname__!r}")
+        if ParameterSpace.from_config(state["space"]) != self.space:
+            raise ValueError("state was saved for another parameter space")
+        self.seed = state["seed"]
+        self.rng.bit_generator.state = state["rng"]
+        self.num_asked = int(state["num_asked"])
+        self.num_told = int(state["num_told"])
+        self.failed = [list(row) for row in state.get("failed", [])]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(space={self.space!r}, seed={self.seed})"

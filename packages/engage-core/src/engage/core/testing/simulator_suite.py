@@ -1,0 +1,74 @@
+"""The contract of :class:`engage.core.Simulator`, as a pytest suite to subclass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engage.core.simulators.base import Simulator
+from engage.core.space import ParameterSpace
+
+
+class SimulatorSuite:
+    """Checks the stream contract: declared shape and dtype, declared length, determinism,
+    parameter validation.
+
+    Subclasses provide a ``simulator`` fixture (a small instance: the suite runs it a few times).
+    """
+
+    @pytest.fixture
+    def simulator(self):  # pragma: no cover - must be provided by the subclass
+        pytest.fail("a SimulatorSuite subclass must define a simulator fixture")
+
+    @staticmethod
+    def _point(simulator: Simulator, u: float = 0.37) -> np.ndarray:
+        return simulator.space.from_unit(np.full((1, simulator.space.dim), u))[0]
+
+    def test_declares_its_contract(self, simulator):
+        assert isinstance(simulator, Simulator)
+        assert isinstance(simulator.space, ParameterSpace) and simulator.space.dim >= 1
+        assert all(int(s) > 0 for s in simulator.sample_shape)
+        np.dtype(simulator.dtype)
+        assert simulator.samples_per_run is None or simulator.samples_per_run >= 1
+
+    def test_samples_match_declaration(self, simulator):
+        samples = list(simulator.run(self._point(simulator)))
+        assert samples, "a run produced no samples"
+        for sample in samples:
+            assert sample.shape == tuple(simulator.sample_shape)
+            assert sample.dtype == np.dtype(simulator.dtype)
+            if np.issubdtype(sample.dtype, np.floating):
+                assert np.all(np.isfinite(sample))
+        if simulator.samples_per_run is not None:
+            assert len(samples) == simulator.samples_per_run
+
+    def test_deterministic(self, simulator):
+        point = self._point(simulator, 0.61)
+        for a, b in zip(simulator.run(point), simulator.run(point), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_parameters_change_output(self, simulator):
+        a = list(simulator.run(self._point(simulator, 0.1)))
+        b = list(simulator.run(self._point(simulator, 0.9)))
+        assert any(not np.array_equal(x, y) for x, y in zip(a, b)), "output ignores the parameters"
+
+    def test_values_within_declared_range(self, simulator):
+        if simulator.value_range is None:
+            pytest.skip("no value_range declared")
+        low, high = simulator.value_range
+        for sample in simulator.run(self._point(simulator, 0.8)):
+            assert sample.min() >= low - 1e-3 * abs(high - low) and sample.max() <= high + 1e-3 * abs(high - low)
+
+    def test_rejects_out_of_range_parameters(self, simulator):
+        bad = simulator.space.bounds[:, 1] + 1.0 + np.abs(simulator.space.bounds[:, 1])
+        with pytest.raises(ValueError):
+            next(iter(simulator.run(bad)))
+
+    def test_rejects_wrong_number_of_parameters(self, simulator):
+        with pytest.raises(ValueError):
+            next(iter(simulator.run(np.zeros(simulator.space.dim + 1))))
+
+    def test_accepts_named_parameters(self, simulator):
+        point = self._point(simulator)
+        named = simulator.space.to_dicts(point[None, :])[0]
+        for a, b in zip(simulator.run(named), simulator.run(point)):
+            np.testing.assert_array_equal(a, b)

@@ -1,0 +1,89 @@
+"""A Hydra callback that makes every multirun one MLflow parent run with a child run per job."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV, check_reachable, resolve_tracking_uri
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class MLflowSweepCallback(Callback):
+    """Opens a parent run when a multirun starts and closes it when the sweep ends.
+
+    Jobs find the parent through the ``ENGAGE_PARENT_RUN_ID`` environment variable (inherited by
+    launcher processes and shipped to remote hosts by engage-deploy) and tag their own runs with
+    ``mlflow.parentRunId``. The parent records the sweep's overrides and directory, and at the end
+    the number of jobs that finished and failed; it ends ``FAILED`` if any job failed.
+
+    Enabled by default in ``engage run``'s config::
+
+        hydra:
+          callbacks:
+            mlflow_sweep:
+              _target_: engage.core.tracking.sweep.MLflowSweepCallback
+    """
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.tracking_uri: str | None = None
+        self.counts = {"completed": 0, "failed": 0}
+        self._previous_env: dict[str, str | None] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        logger_cfg = config.get("logger") or {}
+        self.tracking_uri = resolve_tracking_uri(logger_cfg.get("uri"))
+        check_reachable(self.tracking_uri, float(logger_cfg.get("timeout_s", 10.0)))
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        name = logger_cfg.get("experiment", "engage")
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+        sweep_overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        run = client.create_run(
+            experiment_id,
+            run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "engage.kind": "sweep",
+                "engage.sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
+                "engage.launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
+            },
+        )
+        self.run_id = run.info.run_id
+        client.log_param(self.run_id, "sweep_overrides", " ".join(sweep_overrides)[:6000])
+        for key, value in ((PARENT_RUN_ENV, self.run_id), (TRACKING_URI_ENV, self.tracking_uri)):
+            self._previous_env[key] = os.environ.get(key)
+            os.environ[key] = value
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.COMPLETED:
+            self.counts["completed"] += 1
+        else:
+            self.counts["failed"] += 1
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        children = client.search_runs(
+            [client.get_run(self.run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
+            max_results=50000,
+        )
+        failed = sum(1 for r in children if r.info.status != "FINISHED")
+        client.log_metric(self.run_id, "jobs", float(len(children)))
+        client.log_metric(self.run_id, "jobs_failed", float(failed))
+        status = "FAILED" if failed or self.counts["failed"] else "FINISHED"
+        client.set_terminated(self.run_id, status=status)
+        for key, previous in self._previous_env.items():
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous
