@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 EXIT_TRACKING_UNAVAILABLE = 3
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _output_dir() -> Path:

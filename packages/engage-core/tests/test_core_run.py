@@ -1,0 +1,75 @@
+"""``engage run`` end to end, in real processes, with MLflow on SQLite."""
+
+import json
+
+import pytest
+from engage.core.testing.process import TINY_RUN as TINY
+from engage.core.testing.process import run_engage as engage
+from mlflow.tracking import MlflowClient
+
+
+def _runs(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("engage")
+    assert experiment is not None, "no 'engage' experiment was created"
+    return client, client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.slow
+def test_run_trains_and_records_everything(tmp_path):
+    result = engage("run", *TINY, "seed=7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = _runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "7"
+    assert run.data.params["simulator.grid"] == "16"
+    assert "trainer.max_epochs=1" in run.data.params["overrides"]
+    assert {"train/loss", "val/loss", "val/rel_l2"} <= set(run.data.metrics)
+    assert run.data.tags["version.engage-core"] == "0.1.0"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
+    assert {"run/config.yaml", "run/overrides.json", "run/environment.json", "run/requirements.txt"} <= artifacts
+    config = client.download_artifacts(run.info.run_id, "run/config.yaml", str(tmp_path))
+    assert "grid: 16" in open(config).read()
+    env = json.load(open(client.download_artifacts(run.info.run_id, "run/environment.json", str(tmp_path))))
+    assert env["packages"]["torch"].startswith("2.")
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_is_one_parent_with_a_child_per_job(tmp_path):
+    result = engage("run", "-m", *TINY, "model.lr=0.001,0.002", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, runs = _runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("engage.kind") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["model.lr"] for r in children) == ["0.001", "0.002"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_failed"] == 0
+
+
+def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
+    result = engage("run", *TINY, "logger.uri=http://127.0.0.1:9", "logger.timeout_s=2", cwd=tmp_path)
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.startswith("engage run:")]
+    assert len(lines) == 1
+    assert "MLflow server http://127.0.0.1:9 is unreachable" in lines[0]
+    assert "logger.fallback_local=true" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_server_falls_back_to_local_when_allowed(tmp_path):
+    result = engage(
+        "run", *TINY, "logger.uri=http://127.0.0.1:9", "logger.timeout_s=2", "logger.fallback_local=true", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logging locally to sqlite:///" in result.stderr
+    local_dbs = list((tmp_path / "outputs").rglob("mlflow.db"))
+    assert len(local_dbs) == 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{local_dbs[0]}")
+    runs = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    assert len(runs) == 1 and "val/rel_l2" in runs[0].data.metrics
