@@ -1,0 +1,227 @@
+"""What every provider offers: hosts to run on, network constraints, processes, cleanup.
+
+A provider turns an :class:`~engage.deploy.infrastructure.Infrastructure` into running
+:class:`Host` objects (``deploy``), applies its network constraints (``apply_network``),
+starts processes on a host (``run``) and releases everything (``destroy``). Used as a context
+manager it deploys and applies the network on entry and always destroys on exit.
+
+Example (the ``local`` provider, nothing to set up)::
+
+    >>> import tempfile
+    >>> from engage.deploy.infrastructure import Infrastructure
+    >>> from engage.deploy.providers import get_provider
+    >>> infra = Infrastructure()
+    >>> with get_provider(infra.provider)(infra, tempfile.mkdtemp()) as provider:
+    ...     proc = provider.run(provider.hosts[0], ["python", "-c", "print('hi')"])
+    ...     proc.wait()
+    0
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from engage.deploy.infrastructure import Infrastructure
+
+
+class ProviderError(RuntimeError):
+    """A provider could not deploy, reach or clean up its hosts; the message says why in one line."""
+
+
+@dataclass
+class Host:
+    """One host of a deployed infrastructure.
+
+    ``name`` is ``<layer>-<i>``; ``address`` is how other hosts reach it; ``cpu`` (cores) and
+    ``memory`` (bytes) are its limits (``None``: not limited); ``exec_prefix`` is prepended to
+    every command started on it (``["ip", "netns", "exec", "ns"]``, ``["ssh", "user@host"]``);
+    ``enoslib_host`` is the :class:`enoslib.Host` Ansible-based actions use. ``remote`` hosts do
+    not share this machine's environment or filesystem: environment variables and the working
+    directory are put on the command line, and files travel through :meth:`Provider.filesystem`.
+    """
+
+    name: str
+    layer: str
+    address: str
+    cpu: float | None = None
+    memory: int | None = None
+    exec_prefix: list[str] = field(default_factory=list)
+    enoslib_host: Any = None
+    remote: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(abc.ABC):
+    """Base of every provider. Subclasses implement :meth:`deploy`, :meth:`apply_network` and
+    :meth:`destroy`; :meth:`run` works for any host whose ``exec_prefix`` starts a command there.
+
+    ``workdir`` is a local folder the provider may use for its own state (keys, configs, logs).
+    """
+
+    #: the name under which the provider is registered (``infrastructure.provider``)
+    name: ClassVar[str] = ""
+
+    def __init__(self, infrastructure: Infrastructure, workdir: str | os.PathLike[str]) -> None:
+        self.infrastructure = infrastructure
+        self.workdir = Path(workdir)
+        self.hosts: list[Host] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @abc.abstractmethod
+    def deploy(self) -> list[Host]:
+        """Reserve or create the hosts, set ``self.hosts`` and return them."""
+
+    @abc.abstractmethod
+    def apply_network(self) -> None:
+        """Apply ``infrastructure.network`` between the deployed hosts."""
+
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Release everything :meth:`deploy` created; safe to call twice and after a failed deploy."""
+
+    def __enter__(self) -> Provider:
+        try:
+            self.deploy()
+            self.apply_network()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.destroy()
+
+    # ------------------------------------------------------------------ queries
+
+    def host(self, name: str) -> Host:
+        """The deployed host called ``name`` (``edge-1``)."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise ProviderError(f"no host named {name!r}; hosts are {', '.join(h.name for h in self.hosts) or 'none'}")
+
+    def hosts_of(self, layer: str) -> list[Host]:
+        """The deployed hosts of ``layer``."""
+        return [h for h in self.hosts if h.layer == layer]
+
+    def roles(self) -> Any:
+        """An :class:`enoslib.Roles` with one role per layer, for EnOSlib actions."""
+        import enoslib as en
+
+        by_layer: dict[str, list[Any]] = {}
+        for host in self.hosts:
+            if host.enoslib_host is not None:
+                by_layer.setdefault(host.layer, []).append(host.enoslib_host)
+        return en.Roles(by_layer)
+
+    # ------------------------------------------------------------------ processes and files
+
+    def command_for(
+        self,
+        host: Host,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> list[str]:
+        """The local argv that starts ``command`` on ``host``.
+
+        Local-ish hosts inherit the environment through ``Popen``; for remote hosts the variables
+        and the working directory go into a ``sh -c`` line since SSH does not forward them.
+        """
+        if not host.remote:
+            return [*host.exec_prefix, *command]
+        parts = []
+        if cwd is not None:
+            parts.append(f"cd {shlex.quote(str(cwd))} &&")
+        if env:
+            parts.append("env " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()))
+        parts.append(shlex.join(command))
+        return [*host.exec_prefix, "sh", "-c", shlex.quote(" ".join(parts))]
+
+    def run(
+        self,
+        host: Host,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        *,
+        stderr_path: str | os.PathLike[str] | None = None,
+    ) -> subprocess.Popen:
+        """Start ``command`` on ``host`` and return the local process that stands for it.
+
+        ``env`` is added to the current environment; stdout goes to ``log_path`` (and stderr too,
+        unless ``stderr_path`` is given); without ``log_path`` both are inherited. The process
+        gets its own session so the whole tree can be signalled.
+        """
+        argv = self.command_for(host, command, env, cwd)
+        full_env = {**os.environ, **(env or {})}
+        stdout = stderr = None
+        try:
+            if log_path is not None:
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                stdout = open(log_path, "ab")  # handed to the child, closed below
+                if stderr_path is not None:
+                    Path(stderr_path).parent.mkdir(parents=True, exist_ok=True)
+                    stderr = open(stderr_path, "ab")
+            return subprocess.Popen(
+                argv,
+                env=full_env,
+                cwd=None if host.remote else cwd,
+                stdout=stdout,
+                stderr=stderr if stderr is not None else (subprocess.STDOUT if stdout is not None else None),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            # the child holds its own descriptors; ours are no longer needed
+            for handle in (stdout, stderr):
+                if handle is not None:
+                    handle.close()
+
+    def filesystem(self, host: Host) -> Any:
+        """An fsspec filesystem with ``host``'s files: this machine's for local hosts."""
+        import fsspec
+
+        return fsspec.filesystem("file")
+
+    def put(self, host: Host, local_path: str | os.PathLike[str], remote_path: str) -> None:
+        """Copy a local file or folder to ``remote_path`` on ``host`` (nothing to do if it is the same path)."""
+        if not host.remote and Path(local_path).resolve() == Path(remote_path).resolve():
+            return
+        fs = self.filesystem(host)
+        fs.makedirs(str(Path(remote_path).parent), exist_ok=True)
+        fs.put(str(local_path), remote_path, recursive=Path(local_path).is_dir())
+
+    def get(self, host: Host, remote_path: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy a file or folder from ``host`` to this machine (nothing to do if it is the same path)."""
+        if not host.remote and Path(local_path).resolve() == Path(remote_path).resolve():
+            return
+        fs = self.filesystem(host)
+        Path(local_path).parent.mkdir(parents=True, exist_ok=True)
+        fs.get(remote_path, str(local_path), recursive=fs.isdir(remote_path))
+
+    def describe(self) -> dict[str, Any]:
+        """What was deployed, for the experiment folder and MLflow."""
+        return {
+            "provider": self.name,
+            "hosts": [
+                {
+                    "name": h.name,
+                    "layer": h.layer,
+                    "address": h.address,
+                    "cpu": h.cpu,
+                    "memory": h.memory,
+                    "remote": h.remote,
+                }
+                for h in self.hosts
+            ],
+        }
