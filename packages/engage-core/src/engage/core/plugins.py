@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -12,6 +13,8 @@ import pluggy
 from engage.core import hookspecs
 
 ENTRY_POINT_GROUP = "engage"
+#: comma-separated plugin names not to load (like pytest's ``-p no:NAME``), for a broken install
+DISABLE_ENV = "ENGAGE_DISABLE_PLUGINS"
 
 
 class PluginError(RuntimeError):
@@ -39,18 +42,20 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
     """Register every plugin of the ``engage`` entry-point group, core's own first.
 
     A plugin that fails to import stops with :class:`PluginError` naming its entry point, since a
-    half-loaded set of plugins would silently change which options exist.
+    half-loaded set of plugins would silently change which options exist. Plugins named in the
+    ``ENGAGE_DISABLE_PLUGINS`` environment variable are skipped.
     """
+    disabled = {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
     eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name != "core", ep.name))
     for ep in eps:
-        if manager.get_plugin(ep.name) is not None:
+        if manager.get_plugin(ep.name) is not None or ep.name in disabled:
             continue
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken third-party plugin must name itself
             raise PluginError(
                 f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
-                f"reinstall or uninstall its package"
+                f"reinstall or uninstall its package, or set {DISABLE_ENV}={ep.name}"
             ) from exc
         manager.register(plugin, name=ep.name)
         if ep.dist is not None:

@@ -1,0 +1,34 @@
+"""Config composition: shipped defaults, plugin options, project experiments on top."""
+
+from pathlib import Path
+
+import pytest
+
+from engage.core.config.store import options_by_group
+from engage.core.config.validate import ConfigError, compose_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_defaults_compose_with_every_group():
+    cfg = compose_config([])
+    for group in ("trainer", "simulator", "sampler", "data", "model", "strategy", "logger"):
+        assert group in cfg, group
+    assert cfg.sampler.seed == cfg.seed  # interpolated from the top-level seed
+
+
+def test_core_registers_its_options():
+    groups = options_by_group()
+    assert "uniform" in groups["sampler"] and "heat" in groups["simulator"] and "auto" in groups["strategy"]
+
+
+def test_project_configs_add_experiments(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = compose_config(["experiment=heat_sweep_width"])
+    assert cfg.simulator.grid == 32 and cfg.logger.experiment == "heat-width"
+
+
+def test_project_experiment_is_unknown_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="experiment=heat_sweep_width: unknown option"):
+        compose_config(["experiment=heat_sweep_width"])
