@@ -1,0 +1,152 @@
+"""Structured configs of the samplers, selected with ``engage run sampler=NAME``.
+
+Range checks run in ``__post_init__`` and raise core's ``ConfigValueError``, which ``engage run``
+reports as one line naming the key (``sampler.base_samples: must be a power of 2, got 100``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engage.core.config.schema import ConfigValueError
+from engage.sampling.samplers._unit import SCHEDULES
+from engage.sampling.samplers.structured import ON_FAILURE
+from engage.sampling.similarity import METRICS
+
+
+def _positive(owner: object, name: str, minimum: int = 1) -> None:
+    value = getattr(owner, name)
+    if value is not None and value < minimum:
+        raise ConfigValueError(name, f"must be >= {minimum}, got {value}")
+
+
+def _ratio(owner: object, name: str) -> None:
+    value = getattr(owner, name)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ConfigValueError(name, f"must be between 0 and 1, got {value}")
+
+
+def _choice(owner: object, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(owner, name)
+    if value not in allowed:
+        raise ConfigValueError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass
+class LatinHypercubeConfig:
+    """Latin hypercube designs (scipy.stats.qmc.LatinHypercube)."""
+
+    _target_: str = "engage.sampling.samplers.lhs.LatinHypercubeSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    design_size: int | None = None
+    scramble: bool = True
+    optimization: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "design_size")
+        if self.optimization not in (None, "random-cd", "lloyd"):
+            raise ConfigValueError("optimization", f"must be null, random-cd or lloyd, got {self.optimization!r}")
+
+
+@dataclass
+class SobolSequenceConfig:
+    """One scrambled Sobol' sequence (scipy.stats.qmc.Sobol)."""
+
+    _target_: str = "engage.sampling.samplers.sobol_sequence.SobolSequenceSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    scramble: bool = True
+
+
+@dataclass
+class SALibSobolConfig:
+    """SALib's Sobol design for variance-based sensitivity analysis."""
+
+    _target_: str = "engage.sampling.samplers.salib_sobol.SALibSobolSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    base_samples: int = 64
+    calc_second_order: bool = False
+    scramble: bool = True
+    on_failure: str = "drop"
+
+    def __post_init__(self) -> None:
+        n = self.base_samples
+        if n < 2 or n & (n - 1):
+            raise ConfigValueError("base_samples", f"must be a power of 2 (>= 2), got {n}")
+        _choice(self, "on_failure", ON_FAILURE)
+
+
+@dataclass
+class MorrisConfig:
+    """SALib's Morris trajectories for cheap screening."""
+
+    _target_: str = "engage.sampling.samplers.morris.MorrisSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    trajectories: int = 10
+    num_levels: int = 4
+    on_failure: str = "drop"
+
+    def __post_init__(self) -> None:
+        _positive(self, "trajectories", 2)
+        if self.num_levels < 2 or self.num_levels % 2:
+            raise ConfigValueError("num_levels", f"must be an even number >= 2, got {self.num_levels}")
+        _choice(self, "on_failure", ON_FAILURE)
+
+
+@dataclass
+class LossDrivenConfig:
+    """Around the highest-loss points, mixed with uniform exploration."""
+
+    _target_: str = "engage.sampling.samplers.loss_driven.LossDrivenSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    exploration: float = 0.3
+    exploration_final: float | None = None
+    schedule: str = "constant"
+    horizon: int = 1000
+    sigma: float = 0.05
+    top_k: int = 16
+    max_points: int = 100_000
+
+    def __post_init__(self) -> None:
+        _ratio(self, "exploration")
+        _ratio(self, "exploration_final")
+        _choice(self, "schedule", SCHEDULES)
+        _positive(self, "horizon")
+        _positive(self, "top_k")
+        _positive(self, "max_points")
+        if not self.sigma > 0:
+            raise ConfigValueError("sigma", f"must be > 0, got {self.sigma}")
+
+
+@dataclass
+class SensitivityWeightedConfig:
+    """Weighted maximin space filling, weights from sensitivity analysis."""
+
+    _target_: str = "engage.sampling.samplers.sensitivity_weighted.SensitivityWeightedSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    candidates: int = 50
+
+    def __post_init__(self) -> None:
+        _positive(self, "candidates")
+
+
+@dataclass
+class ImageSimilarityConfig:
+    """Refinement between neighbouring points whose outputs differ most."""
+
+    _target_: str = "engage.sampling.samplers.image_similarity.ImageSimilaritySampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    exploration: float = 0.3
+    metric: str = "ssim"
+    neighbours: int = 4
+    data_range: float | None = None
+    jitter: float = 0.25
+    top_k: int | None = 32
+
+    def __post_init__(self) -> None:
+        _ratio(self, "exploration")
+        _ratio(self, "jitter")
+        _choice(self, "metric", METRICS)
+        _positive(self, "neighbours")
+        _positive(self, "top_k")
+        if self.data_range is not None and not self.data_range > 0:
+            raise ConfigValueError("data_range", f"must be > 0, got {self.data_range}")

@@ -1,0 +1,163 @@
+"""Shared machinery of structured designs (Sobol, Morris): groups of rows that only mean
+something together, results matched back to their rows, and failure handling per group."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from engage.core.samplers.base import FailureAction, Sampler
+from engage.core.space import ParameterSpace
+
+ON_FAILURE = ("drop", "resimulate")
+
+
+class StructuredDesignSampler(Sampler):
+    """Serves the rows of a structured design in order, block after block, and keeps the results
+    told for them so that the design can be analysed.
+
+    A design is made of *groups* (a base row of a Sobol design with its radial rows, a Morris
+    trajectory) of :attr:`group_size` rows. When a point fails for good:
+
+    * ``on_failure="drop"`` (``FailureAction.DROP``): its whole group is left out of the analysis;
+      the remaining groups still form a valid (smaller) design.
+    * ``on_failure="resimulate"`` (``FailureAction.RESIMULATE``): the caller runs the same
+      parameters again; the row waits for that result.
+
+    Subclasses implement :meth:`_design_block` and :meth:`analyze`.
+    """
+
+    def __init__(self, space: ParameterSpace, seed: int | None = 0, on_failure: str = "drop"):
+        super().__init__(space, seed)
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}")
+        self.on_failure = on_failure
+        self.failure_action = FailureAction.DROP if on_failure == "drop" else FailureAction.RESIMULATE
+        # blocks are regenerated from this seed on restore instead of being stored in checkpoints
+        self._design_seed = int(seed) if seed is not None else int(self.rng.integers(2**31))
+        self._blocks: list[np.ndarray] = []
+        self._cursor = 0
+        self._results: dict[int, np.ndarray] = {}
+        self._failed_rows: set[int] = set()
+
+    # ------------------------------------------------------------------ design
+    @property
+    @abstractmethod
+    def group_size(self) -> int:
+        """Rows per group."""
+
+    @property
+    @abstractmethod
+    def block_rows(self) -> int:
+        """Rows per generated block (a whole number of groups)."""
+
+    @abstractmethod
+    def _design_block(self, index: int) -> np.ndarray:
+        """The unit-cube rows of block ``index``, deterministic given the design seed."""
+
+    def _block_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([self._design_seed, index]).generate_state(1)[0])
+
+    def _unit_rows(self, stop: int) -> np.ndarray:
+        while len(self._blocks) * self.block_rows < stop:
+            self._blocks.append(np.asarray(self._design_block(len(self._blocks)), dtype=np.float64))
+        rows = np.concatenate(self._blocks) if self._blocks else np.empty((0, self.space.dim))
+        return rows[:stop]
+
+    def design(self, unit: bool = False) -> np.ndarray:
+        """Every row served so far, in design order (values, or unit coordinates with ``unit``)."""
+        rows = self._unit_rows(self._cursor)
+        return rows if unit else self._values(rows)
+
+    def _values(self, unit: np.ndarray) -> np.ndarray:
+        # designs hit the faces of the cube exactly; clip the round-off of the inverse CDFs there
+        bounds = self.space.bounds
+        return np.clip(self.space.from_unit(unit), bounds[:, 0], bounds[:, 1])
+
+    def _ask(self, n: int) -> np.ndarray:
+        rows = self._unit_rows(self._cursor + n)[self._cursor :]
+        self._cursor += n
+        return self._values(rows)
+
+    # ------------------------------------------------------------------ results
+    def _row_index(self) -> dict[tuple[float, ...], list[int]]:
+        index: dict[tuple[float, ...], list[int]] = {}
+        for i, row in enumerate(self.design()):
+            index.setdefault(tuple(np.round(row, 9)), []).append(i)
+        return index
+
+    def _match(self, points: np.ndarray, want_pending: bool) -> list[int | None]:
+        index = self._row_index()
+        matched: list[int | None] = []
+        for point in np.atleast_2d(points):
+            rows = index.get(tuple(np.round(point, 9)), [])
+            # identical points (Morris trajectories share grid points) fill their rows in design order
+            waiting = [r for r in rows if r not in self._results and r not in self._failed_rows and r not in matched]
+            pick = waiting[0] if waiting else None
+            if pick is None and not want_pending and rows:
+                pick = rows[0]
+            matched.append(pick)
+        return matched
+
+    def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:
+        values = outputs if outputs is not None else losses
+        if values is None:
+            return
+        for row, value in zip(self._match(points, want_pending=True), values):
+            if row is not None:
+                self._results[row] = np.asarray(value, dtype=np.float64)
+
+    def report_failure(self, points: np.ndarray) -> FailureAction:
+        action = super().report_failure(points)
+        if action is FailureAction.DROP:
+            for row in self._match(points, want_pending=False):
+                if row is not None:
+                    self._failed_rows.add(row)
+        return action
+
+    def complete_groups(self) -> tuple[np.ndarray, int]:
+        """Indices of the groups whose rows all have results, and how many groups were dropped
+        because one of their points failed."""
+        groups = self._cursor // self.group_size
+        complete, dropped = [], 0
+        for g in range(groups):
+            rows = range(g * self.group_size, (g + 1) * self.group_size)
+            if any(r in self._failed_rows for r in rows):
+                dropped += 1
+            elif all(r in self._results for r in rows):
+                complete.append(g)
+        return np.asarray(complete, dtype=int), dropped
+
+    def collected(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(unit rows, outputs, groups dropped)`` of the complete groups, in design order."""
+        complete, dropped = self.complete_groups()
+        rows = [g * self.group_size + k for g in complete for k in range(self.group_size)]
+        if not rows:
+            raise ValueError(
+                f"no complete design group yet ({self.num_told} results told, group size {self.group_size}); "
+                "ask and tell at least one whole group"
+            )
+        X = self._unit_rows(self._cursor)[rows]
+        Y = np.stack([self._results[r] for r in rows])
+        return X, Y, dropped
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "design_seed": self._design_seed,
+            "cursor": self._cursor,
+            "on_failure": self.on_failure,
+            "results": {int(k): v.tolist() for k, v in self._results.items()},
+            "failed_rows": sorted(self._failed_rows),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._design_seed = int(state["design_seed"])
+        self._cursor = int(state["cursor"])
+        self._blocks = []
+        self._results = {int(k): np.asarray(v, dtype=np.float64) for k, v in state.get("results", {}).items()}
+        self._failed_rows = {int(r) for r in state.get("failed_rows", [])}

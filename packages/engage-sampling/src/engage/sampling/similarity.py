@@ -1,0 +1,123 @@
+"""The similarity landscape of a parameter space: how much outputs (images, fields) change
+between neighbouring parameter points, measured with scikit-image metrics.
+
+Example::
+
+    >>> import numpy as np
+    >>> points = np.array([[0.1], [0.2], [0.3], [0.9]])
+    >>> images = np.stack([np.full((8, 8), v) for v in (0.0, 0.0, 0.0, 1.0)])
+    >>> landscape = similarity_landscape(points, images, neighbours=1, metric="nrmse")
+    >>> [int(i) for i in landscape.edges[np.argmax(landscape.dissimilarity)]]  # where the output jumps
+    [2, 3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
+
+METRICS = ("ssim", "psnr", "nrmse")
+
+
+@dataclass
+class SimilarityLandscape:
+    """Neighbour pairs ``edges`` ``(E, 2)`` of unit ``points`` ``(n, d)`` and the dissimilarity of
+    their outputs (``1 - SSIM``, ``1 / PSNR`` or NRMSE: larger means more different);
+    ``scores`` ``(n,)`` is each point's largest dissimilarity to a neighbour."""
+
+    points: np.ndarray
+    edges: np.ndarray
+    dissimilarity: np.ndarray
+    scores: np.ndarray
+    metric: str
+
+    def refine(self, n: int, rng: np.random.Generator, jitter: float = 0.25, top_k: int | None = None) -> np.ndarray:
+        """``n`` new unit points between neighbours that differ most: edges are drawn with
+        probability proportional to their dissimilarity (among the ``top_k`` largest), and a point
+        is placed near the edge midpoint, moved along it by up to ``jitter`` of its length."""
+        if len(self.edges) == 0:
+            return rng.random((n, self.points.shape[1]))
+        order = np.argsort(self.dissimilarity)[::-1][: top_k or len(self.edges)]
+        weights = np.clip(self.dissimilarity[order], 0.0, None)
+        probabilities = weights / weights.sum() if weights.sum() > 0 else None
+        chosen = self.edges[rng.choice(order, size=n, p=probabilities)]
+        a, b = self.points[chosen[:, 0]], self.points[chosen[:, 1]]
+        t = 0.5 + rng.uniform(-jitter, jitter, size=(n, 1))
+        return np.clip(a + t * (b - a), 0.0, 1.0)
+
+
+def _as_images(outputs: np.ndarray) -> np.ndarray:
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 2:  # one value per point or a 1D profile: compare as 1-row images
+        return outputs[:, None, :]
+    return outputs
+
+
+def dissimilarity(a: np.ndarray, b: np.ndarray, metric: str = "ssim", data_range: float | None = None) -> float:
+    """How different two outputs of the same shape are (0 when identical).
+
+    ``ssim``: ``1 - SSIM`` with a window no larger than the image; ``psnr``: ``1 / PSNR``
+    (identical images give 0); ``nrmse``: normalised RMSE of ``b`` against ``a``. For float
+    images ``data_range`` should be the range the values can span; it defaults to the range of
+    the pair.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if data_range is None:
+        data_range = float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0
+    if metric == "ssim":
+        side = min(a.shape[-2:]) if a.ndim >= 2 else a.shape[-1]
+        if side < 3:
+            raise ValueError(f"ssim needs images of at least 3x3 pixels, got shape {a.shape}; use metric='nrmse'")
+        win_size = min(7, side if side % 2 else side - 1)
+        channel_axis = -1 if a.ndim == 3 else None
+        return float(
+            1.0 - structural_similarity(a, b, data_range=data_range, win_size=win_size, channel_axis=channel_axis)
+        )
+    if metric == "psnr":
+        if np.array_equal(a, b):
+            return 0.0
+        return float(1.0 / max(peak_signal_noise_ratio(a, b, data_range=data_range), 1e-6))
+    if not np.any(a):
+        return float(np.sqrt(np.mean((a - b) ** 2)) / data_range)
+    return float(normalized_root_mse(a, b))
+
+
+def neighbour_edges(points: np.ndarray, neighbours: int) -> np.ndarray:
+    """Unique pairs ``(i, j)``, ``i < j``, of each point and its ``neighbours`` nearest points."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 2:
+        return np.empty((0, 2), dtype=int)
+    k = min(int(neighbours), len(points) - 1)
+    _, index = cKDTree(points).query(points, k=k + 1)
+    pairs = {(min(i, int(j)), max(i, int(j))) for i, row in enumerate(index) for j in row[1:] if int(j) != i}
+    return np.asarray(sorted(pairs), dtype=int).reshape(-1, 2)
+
+
+def similarity_landscape(
+    points: np.ndarray,
+    outputs: np.ndarray,
+    neighbours: int = 4,
+    metric: str = "ssim",
+    data_range: float | None = None,
+) -> SimilarityLandscape:
+    """Compare the outputs ``(n, *shape)`` of each unit point ``(n, d)`` with those of its nearest
+    neighbours. ``data_range`` defaults to the range of all outputs, so scores compare across pairs."""
+    points = np.asarray(points, dtype=np.float64)
+    images = _as_images(outputs)
+    if len(points) != len(images):
+        raise ValueError(f"{len(points)} points but {len(images)} outputs")
+    if data_range is None:
+        data_range = float(images.max() - images.min()) or 1.0
+    edges = neighbour_edges(points, neighbours)
+    values = np.array([dissimilarity(images[i], images[j], metric, data_range) for i, j in edges])
+    scores = np.zeros(len(points))
+    if len(edges):
+        np.maximum.at(scores, edges[:, 0], values)
+        np.maximum.at(scores, edges[:, 1], values)
+    return SimilarityLandscape(points, edges, values if len(edges) else np.empty(0), scores, metric)
