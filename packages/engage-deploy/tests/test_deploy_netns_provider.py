@@ -1,0 +1,155 @@
+"""The ``netns`` provider: hosts are namespaces with their own interfaces and cgroup limits, and
+everything goes away on destroy, also after a failed deploy."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.providers.base import ProviderError
+from engage.deploy.providers.netns import NetnsProvider, netns_available
+
+_REASON = netns_available()
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+INFRA = {
+    "provider": "netns",
+    "layers": [
+        {"name": "cloud", "hosts": 1, "cpu": 2, "memory": "1GiB"},
+        {"name": "edge", "hosts": 2, "cpu": 0.25, "memory": "64MiB"},
+    ],
+    "network": [{"src": "edge", "dst": "cloud", "delay": "5ms", "rate": "50mbit"}],
+}
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    infra = Infrastructure.from_dict(INFRA)
+    infra.validate()
+    prov = NetnsProvider(infra, tmp_path_factory.mktemp("netns"))
+    try:
+        prov.deploy()
+        prov.apply_network()
+        yield prov
+    finally:
+        prov.destroy()
+
+
+def _output(provider: NetnsProvider, host: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        provider.command_for(provider.host(host), argv), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _leftovers(prefix: str) -> list[str]:
+    found = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()]
+    found = [ns for ns in found if ns.startswith(prefix)]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"link {prefix}m"] if f"{prefix}m" in links else []
+    found += [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/engage-{prefix}")]
+    return found
+
+
+def test_job_on_edge_1_sees_only_its_namespace_interfaces(provider, tmp_path):
+    log = tmp_path / "links.log"
+    proc = provider.run(provider.host("edge-1"), ["ip", "-o", "link"], log_path=log)
+    assert proc.wait(timeout=30) == 0
+    names = sorted(re.findall(r"^\d+: ([^:@]+)", log.read_text(), flags=re.M))
+    assert names == ["eth0", "lo"]
+    addresses = _output(provider, "edge-1", ["ip", "-o", "-4", "addr"]).stdout
+    assert provider.host("edge-1").address in addresses
+    assert provider.host("edge-2").address not in addresses
+
+
+def test_enoslib_actions_run_inside_the_host(provider):
+    import enoslib as en
+
+    results = en.run_command("ip -o -4 addr show dev eth0", roles=[provider.host("edge-2").enoslib_host])
+    (result,) = list(results)
+    assert provider.host("edge-2").address in result.stdout
+
+
+def test_hosts_reach_each_other_and_this_machine_reaches_them(provider):
+    cloud = provider.host("cloud-1").address
+    code = f"import socket; s=socket.create_connection(({cloud!r}, 9), timeout=3)"
+    # nothing listens on port 9: a refused connection proves the packet made it there and back
+    result = _output(provider, "edge-1", [sys.executable, "-c", code])
+    assert "ConnectionRefusedError" in result.stderr
+    with pytest.raises(ConnectionRefusedError):
+        import socket
+
+        socket.create_connection((provider.host("edge-2").address, 9), timeout=3)
+
+
+def test_cpu_limit_is_set_and_enforced(provider):
+    limits = provider.cgroup_limits("edge-1")
+    if not limits:
+        pytest.skip(f"cgroup limits unavailable here: {provider.warnings}")
+    assert limits["cpu.max"] == "25000 100000"
+    assert provider.cgroup_limits("cloud-1")["cpu.max"] == "200000 100000"
+    spin = "import time\nend=time.monotonic()+1.0\nwhile time.monotonic()<end: pass\nprint(time.process_time())"
+    used = float(_output(provider, "edge-1", [sys.executable, "-c", spin]).stdout)
+    # a quarter of a core over one second of wall time, plus the interpreter's start-up
+    assert 0.1 < used < 0.45, used
+
+
+def test_memory_limit_kills_a_process_that_exceeds_it(provider):
+    limits = provider.cgroup_limits("edge-1")
+    if not limits:
+        pytest.skip(f"cgroup limits unavailable here: {provider.warnings}")
+    assert limits["memory.max"] == str(64 * 1024**2)
+    grab = "import sys; b=bytearray(int(sys.argv[1])*2**20); b[::4096]=b'x'*len(b[::4096]); print('ok')"
+    small = _output(provider, "edge-1", [sys.executable, "-c", grab, "16"])
+    assert small.returncode == 0 and small.stdout.strip() == "ok"
+    big = _output(provider, "edge-1", [sys.executable, "-c", grab, "200"])
+    assert big.returncode == -9, (big.returncode, big.stderr[-300:])
+    # the cloud host is bigger: the same allocation fits there
+    assert _output(provider, "cloud-1", [sys.executable, "-c", grab, "200"]).returncode == 0
+
+
+def test_destroy_removes_everything_and_parallel_deployments_do_not_collide(tmp_path):
+    infra = Infrastructure.from_dict({"provider": "netns", "layers": [{"name": "edge", "memory": "64MiB"}]})
+    first, second = NetnsProvider(infra, tmp_path / "a"), NetnsProvider(infra, tmp_path / "b")
+    try:
+        first.deploy()
+        second.deploy()
+        assert first.prefix != second.prefix
+        assert first.subnet != second.subnet
+        assert first.host("edge-1").address != second.host("edge-1").address
+        sleeper = first.run(first.host("edge-1"), [sys.executable, "-c", "import time; time.sleep(600)"])
+    finally:
+        first.destroy()
+        second.destroy()
+    assert sleeper.wait(timeout=10) != 0, "processes on a host end with it"
+    assert _leftovers(first.prefix) == [] and _leftovers(second.prefix) == []
+    first.destroy()  # idempotent
+
+
+def test_a_failed_deploy_leaves_nothing_behind(tmp_path, monkeypatch):
+    infra = Infrastructure.from_dict({"provider": "netns", "layers": [{"name": "cloud"}, {"name": "edge", "hosts": 2}]})
+    prov = NetnsProvider(infra, tmp_path)
+    original = NetnsProvider._create_host
+
+    def fail_on_edge_2(self, layer, host_name, *args):
+        if host_name == "edge-2":
+            raise ProviderError("netns: simulated failure while creating edge-2")
+        return original(self, layer, host_name, *args)
+
+    monkeypatch.setattr(NetnsProvider, "_create_host", fail_on_edge_2)
+    with pytest.raises(ProviderError, match="edge-2"), prov:
+        pass
+    assert _leftovers(prov.prefix) == []
+
+
+def test_bad_subnet_option_fails_with_one_line(tmp_path):
+    infra = Infrastructure.from_dict(
+        {"provider": "netns", "layers": [{"name": "edge"}], "options": {"subnet": "10.9.0.0/24"}}
+    )
+    prov = NetnsProvider(infra, tmp_path)
+    with pytest.raises(ProviderError, match=r"options\.subnet .*/16"), prov:
+        pass
+    assert _leftovers(prov.prefix) == []
