@@ -1,0 +1,121 @@
+"""Runs one job of a sweep on a host: ``python -m engage.deploy.runner JOB_DIR``.
+
+``JOB_DIR/job.pkl`` holds what the launcher prepared (the Hydra context, the job's composed
+config, the task function and Hydra's singleton state, pickled with cloudpickle like Hydra's
+submitit launcher does); the job runs through Hydra's own ``run_job`` so its output folder,
+logging and callbacks are exactly those of any other launcher. The outcome goes to
+``JOB_DIR/result.pkl`` (the ``JobReturn``) and ``JOB_DIR/result.json`` (status, timings, error).
+
+Example (what the launcher starts)::
+
+    python -m engage.deploy.runner multirun/2026-01-01/12-00-00/.engage/20260101-120000/jobs/0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+#: exit code of a job whose task raised (the launcher reads result.json for the details)
+EXIT_JOB_FAILED = 1
+#: exit code when the runner itself could not start the job
+EXIT_RUNNER_ERROR = 70
+
+
+def _picklable(value: Any) -> Any:
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(value)
+        return value
+    except Exception:  # a return value that cannot travel back is reported by its repr
+        return repr(value)
+
+
+def _go_offline_if_needed() -> bool:
+    """Log to the job's own SQLite store when the sweep's MLflow server does not answer now;
+    the launcher uploads that store once the server is back."""
+    from engage.deploy.tracking import http_alive, offline_experiment
+
+    uri = os.environ.get("ENGAGE_TRACKING_URI", "")
+    offline_uri = os.environ.get("ENGAGE_DEPLOY_OFFLINE_URI")
+    if not offline_uri or not uri.startswith(("http://", "https://")) or http_alive(uri, timeout_s=3.0):
+        return False
+    Path(offline_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(
+        os.environ.get("ENGAGE_DEPLOY_OFFLINE_ARTIFACTS", Path(offline_uri.removeprefix("sqlite:///")).parent)
+    )
+    offline_experiment(offline_uri, os.environ.get("ENGAGE_DEPLOY_EXPERIMENT", "engage"), artifacts)
+    os.environ["ENGAGE_TRACKING_URI"] = offline_uri
+    os.environ["MLFLOW_TRACKING_URI"] = offline_uri
+    print(f"engage runner: MLflow server {uri} does not answer; logging to {offline_uri}", file=sys.stderr)
+    return True
+
+
+def run(job_dir: Path) -> int:
+    """Run the job described in ``job_dir``; returns the process exit code."""
+    import cloudpickle
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+
+    payload = cloudpickle.loads((job_dir / "job.pkl").read_bytes())
+    setup_globals()
+    Singleton.set_state(payload["singleton_state"])
+    config = payload["config"]
+    HydraConfig.instance().set_config(config)
+    offline = _go_offline_if_needed()
+    started = time.time()
+    ret: JobReturn = run_job(
+        hydra_context=payload["hydra_context"],
+        task_function=payload["task_function"],
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    finished = time.time()
+    error = None
+    if ret.status == JobStatus.FAILED:
+        exc = ret._return_value
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        ret._return_value = exc if _picklable(exc) is exc else RuntimeError(error)
+    else:
+        ret._return_value = _picklable(ret._return_value)
+    (job_dir / "result.pkl").write_bytes(cloudpickle.dumps(ret))
+    output_dir = ret.working_dir if ret.working_dir else None
+    summary = {
+        "status": ret.status.name,
+        "return_value": repr(ret._return_value) if ret.status == JobStatus.COMPLETED else None,
+        "error": error,
+        "started": started,
+        "finished": finished,
+        "duration_s": finished - started,
+        "output_dir": str(output_dir) if output_dir else None,
+        "pid": os.getpid(),
+        "offline": offline,
+    }
+    (job_dir / "runner.json").write_text(json.dumps(summary, indent=1))
+    if error:
+        print(f"engage runner: job failed: {error}", file=sys.stderr)
+    return 0 if ret.status == JobStatus.COMPLETED else EXIT_JOB_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / "job.pkl").is_file():
+        print("usage: python -m engage.deploy.runner JOB_DIR (a folder holding job.pkl)", file=sys.stderr)
+        return EXIT_RUNNER_ERROR
+    try:
+        return run(Path(args[0]))
+    except Exception:
+        traceback.print_exc()
+        return EXIT_RUNNER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,724 @@
+"""One launch of the ``engage`` launcher: deploy, prepare, launch, monitor, finalize, record.
+
+Every launch writes a time-stamped experiment folder of the same shape for every provider::
+
+    <sweep dir>/.engage/<YYYYmmdd-HHMMSS>/
+        infrastructure.yaml        the infrastructure asked for, and the hosts deployed
+        sweep.json                 options, counts, MLflow ids, tracking incidents
+        mlflow-server.log          the sweep's MLflow server output (when it starts one)
+        hosts/<host>/metrics.csv   system metrics sampled every monitor_interval_s
+        jobs/<idx>/                stdout.log, stderr.log, config.yaml, overrides.yaml,
+                                   result.json (+ job.pkl/result.pkl exchanged with the runner)
+
+Jobs whose resolved config completed in an earlier launch into the same sweep directory are
+not run again when ``resume`` is on: their recorded result is returned instead.
+
+Example (what ``hydra/launcher=engage`` does; the class is driven by the Hydra plugin)::
+
+    python my_app.py -m hydra/launcher=engage hydra.sweep.dir=multirun/exp1 lr=0.1,0.01
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import yaml
+from engage.deploy import tracking
+from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.monitor import HostMonitor
+from engage.deploy.providers import Host, Provider, get_provider
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "ENGAGE_PARENT_RUN_ID"
+TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
+#: where a job logs when the sweep's server does not answer at its start
+OFFLINE_URI_ENV = "ENGAGE_DEPLOY_OFFLINE_URI"
+OFFLINE_ARTIFACTS_ENV = "ENGAGE_DEPLOY_OFFLINE_ARTIFACTS"
+EXPERIMENT_ENV = "ENGAGE_DEPLOY_EXPERIMENT"
+HOST_ENV = "ENGAGE_DEPLOY_HOST"
+JOB_DIR_ENV = "ENGAGE_DEPLOY_JOB_DIR"
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The launcher received SIGTERM (or Ctrl-C): running jobs are stopped and marked KILLED."""
+
+
+def task_identity(task_function: Any) -> str:
+    """Module, name and code of the task function: a job of another app never counts as done."""
+    import inspect
+
+    module = getattr(task_function, "__module__", "")
+    name = getattr(task_function, "__qualname__", repr(task_function))
+    try:
+        code = inspect.getsource(task_function)
+    except (OSError, TypeError):
+        code_object = getattr(task_function, "__code__", None)
+        code = repr((code_object.co_code, code_object.co_consts)) if code_object else ""
+    return f"{module}:{name}:{hashlib.sha256(code.encode()).hexdigest()}"
+
+
+def config_hash(cfg: DictConfig, task: str = "") -> str:
+    """SHA-256 of a job's resolved config without the ``hydra`` node, and of its task (what resume
+    matches on)."""
+    container: Any
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        container = OmegaConf.to_container(plain, resolve=True)
+    except Exception:  # an interpolation only the job can resolve: hash the unresolved form
+        container = OmegaConf.to_container(plain, resolve=False)
+    text = json.dumps({"config": container, "task": task}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class SweepOptions:
+    """``hydra.launcher`` options, checked (see ``EngageLauncherConf`` for their meaning)."""
+
+    parallelism: int = 0
+    fail_fast: bool = False
+    retries: int = 0
+    layer: str | None = None
+    resume: bool = True
+    monitor_interval_s: float = 1.0
+    job_timeout_s: float | None = None
+    python: str | None = None
+    mlflow: dict[str, Any] = field(default_factory=dict)
+    infrastructure: Any = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SweepOptions:
+        values = {k: v for k, v in params.items() if not k.startswith("_")}
+        values = {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()
+        }
+        options = cls(**values)
+        if options.parallelism < 0:
+            raise ValueError(f"hydra.launcher.parallelism is {options.parallelism}; use 0 (one per core) or more")
+        if options.retries < 0:
+            raise ValueError(f"hydra.launcher.retries is {options.retries}; use 0 or more")
+        if options.monitor_interval_s <= 0:
+            raise ValueError(f"hydra.launcher.monitor_interval_s is {options.monitor_interval_s}; use a value > 0")
+        return options
+
+
+@dataclass
+class JobSpec:
+    index: int
+    overrides: list[str]
+    config: DictConfig
+    config_hash: str
+    folder: Path
+
+
+@dataclass
+class SweepReport:
+    """Counts and incidents of one launch (also in ``sweep.json``)."""
+
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    retried: int = 0
+    killed: int = 0
+    server_restarts: int = 0
+    offline_jobs: list[int] = field(default_factory=list)
+    uploaded_runs: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Sweep:
+    """Runs a batch of Hydra jobs on the hosts of an infrastructure; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        hydra_context: HydraContext,
+        task_function: TaskFunction,
+        config: DictConfig,
+        options: Mapping[str, Any],
+    ) -> None:
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        self.config = config
+        self.options = SweepOptions.from_params(options)
+        self.infrastructure = Infrastructure.from_dict(self.options.infrastructure)
+        self.infrastructure.validate()
+        self.report = SweepReport()
+        self.task_id = task_identity(task_function)
+        self._lock = threading.Lock()
+        self._running: dict[int, subprocess.Popen] = {}
+        self._stop_new = threading.Event()
+        self._host_load: dict[str, int] = {}
+        self.server: tracking.TrackingServer | None = None
+        self.tracking_uri: str | None = None
+        self.parent_run_id: str | None = None
+        self.own_parent = False
+        self.experiment_id: str | None = None
+
+    # ------------------------------------------------------------------ entry point
+
+    def run(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = self._new_experiment_folder(sweep_dir)
+        singleton_state = Singleton.get_state()
+        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        done = self._completed_results(sweep_dir) if self.options.resume else {}
+        provider_cls = get_provider(self.infrastructure.provider)
+        provider = provider_cls(self.infrastructure, self.folder / "provider")
+        log.info(
+            "engage launcher: %d jobs on %s (%s), experiment folder %s",
+            len(jobs),
+            self.infrastructure.provider,
+            ", ".join(self.infrastructure.host_names()),
+            self.folder,
+        )
+        for job in jobs:
+            log.info("\t#%d : %s", job.index, " ".join(filter_overrides(job.overrides)))
+        results: dict[int, JobReturn] = {}
+        previous_handler = self._install_sigterm()
+        monitors: dict[str, HostMonitor] = {}
+        try:
+            with provider:
+                self.report.warnings += list(getattr(provider, "warnings", []))
+                self._write_infrastructure(provider)
+                hosts = self._job_hosts(provider)
+                for host in provider.hosts:
+                    monitor = HostMonitor(
+                        host.name, self.folder / "hosts" / host.name / "metrics.csv", self.options.monitor_interval_s
+                    )
+                    monitor.start()
+                    monitors[host.name] = monitor
+                self._start_tracking(provider)
+                payload_base = {"hydra_context": self.hydra_context, "task_function": self.task_function}
+                pending = []
+                for job in jobs:
+                    previous = done.get(job.config_hash)
+                    if previous is not None:
+                        results[job.index] = self._resumed(job, previous)
+                    else:
+                        pending.append(job)
+                results.update(self._execute(provider, hosts, monitors, pending, payload_base, singleton_state))
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+        finally:
+            for monitor in monitors.values():
+                monitor.stop()
+            self._finish_tracking()
+            self._restore_sigterm(previous_handler)
+            self._write_summary()
+        self._print_summary()
+        return [results[job.index] for job in jobs]
+
+    # ------------------------------------------------------------------ preparation
+
+    def _new_experiment_folder(self, sweep_dir: Path) -> Path:
+        base = sweep_dir / ".engage"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder, n = base / stamp, 1
+        while folder.exists():  # two launches in one second (tests, batched sweepers)
+            n += 1
+            folder = base / f"{stamp}-{n}"
+        (folder / "jobs").mkdir(parents=True)
+        return folder
+
+    def _compose(self, index: int, overrides: list[str]) -> JobSpec:
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{index}"
+            sweep_config.hydra.job.num = index
+        HydraConfig.instance().set_config(sweep_config)
+        folder = self.folder / "jobs" / str(index)
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = config_hash(sweep_config, self.task_id)
+        plain = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+        try:
+            text = OmegaConf.to_yaml(plain, resolve=True)
+        except Exception:  # interpolations that only resolve inside the job
+            text = OmegaConf.to_yaml(plain)
+        (folder / "config.yaml").write_text(text)
+        (folder / "overrides.yaml").write_text(yaml.safe_dump(list(overrides), default_flow_style=False))
+        return JobSpec(index, overrides, sweep_config, digest, folder)
+
+    def _completed_results(self, sweep_dir: Path) -> dict[str, Path]:
+        """Config hash -> job folder of every job that completed in an earlier launch here."""
+        found: dict[str, Path] = {}
+        for result in sorted((sweep_dir / ".engage").glob("*/jobs/*/result.json")):
+            if result.parent.parent.parent == self.folder:
+                continue
+            try:
+                data = json.loads(result.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if data.get("status") == "COMPLETED" and (result.parent / "result.pkl").is_file():
+                found[data["config_hash"]] = result.parent
+        return found
+
+    def _resumed(self, job: JobSpec, previous: Path) -> JobReturn:
+        ret: JobReturn = cloudpickle.loads((previous / "result.pkl").read_bytes())
+        data = json.loads((previous / "result.json").read_text())
+        data.update(index=job.index, resumed_from=str(previous))
+        tracking.write_json(job.folder / "result.json", data)
+        shutil.copy(previous / "result.pkl", job.folder / "result.pkl")
+        self.report.resumed += 1
+        log.info("\t#%d : already completed in %s, not run again", job.index, previous)
+        return ret
+
+    def _write_infrastructure(self, provider: Provider) -> None:
+        description = {"infrastructure": self.infrastructure.to_dict(), "deployed": provider.describe()}
+        (self.folder / "infrastructure.yaml").write_text(yaml.safe_dump(description, sort_keys=False))
+
+    def _job_hosts(self, provider: Provider) -> list[Host]:
+        layer = self.options.layer or self.infrastructure.layers[0].name
+        hosts = provider.hosts_of(layer)
+        if not hosts:
+            known = ", ".join(lay.name for lay in self.infrastructure.layers)
+            raise ValueError(f"hydra.launcher.layer: no hosts in layer {layer!r}; layers are {known}")
+        self._host_load = {h.name: 0 for h in hosts}
+        return hosts
+
+    # ------------------------------------------------------------------ MLflow
+
+    def _start_tracking(self, provider: Provider) -> None:
+        settings = self.options.mlflow or {}
+        if not settings.get("enabled", True):
+            return
+        backend = settings.get("tracking_uri") or os.environ.get(TRACKING_URI_ENV)
+        if not backend:
+            backend = f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+        self.parent_run_id = os.environ.get(PARENT_RUN_ENV)
+        if backend.startswith(("http://", "https://")) or not settings.get("server", True):
+            self.tracking_uri = backend
+        else:
+            address = getattr(provider, "launcher_address", lambda: "127.0.0.1")()
+            self.server = tracking.TrackingServer(
+                backend,
+                self.folder / "mlflow-artifacts",
+                bind="127.0.0.1" if address.startswith("127.") else "0.0.0.0",
+                address=address,
+                log_path=self.folder / "mlflow-server.log",
+                start_timeout_s=float(settings.get("server_start_timeout_s", 60.0)),
+            )
+            self.server.start()
+            self.tracking_uri = self.server.uri
+        experiment = str(settings.get("experiment", "engage"))
+        self.experiment_name = experiment
+        self.experiment_id = tracking.experiment_id_for(self.tracking_uri, experiment, self.parent_run_id)
+        if not self.parent_run_id:
+            from mlflow.tracking import MlflowClient
+
+            run = MlflowClient(self.tracking_uri).create_run(
+                self.experiment_id,
+                run_name=f"sweep-{self.folder.name}",
+                tags={"engage.kind": "sweep", "engage.sweep_dir": str(self.config.hydra.sweep.dir)},
+            )
+            self.parent_run_id = run.info.run_id
+            self.own_parent = True
+
+    def _tracking_env(self, job: JobSpec) -> dict[str, str]:
+        if self.tracking_uri is None:
+            return {}
+        offline = job.folder / "offline"
+        return {
+            TRACKING_URI_ENV: self.tracking_uri,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            PARENT_RUN_ENV: self.parent_run_id or "",
+            OFFLINE_URI_ENV: f"sqlite:///{offline / 'mlflow.db'}",
+            OFFLINE_ARTIFACTS_ENV: str(offline / "artifacts"),
+            EXPERIMENT_ENV: self.experiment_name,
+            # a client retrying for minutes would outlive a server restart by far; keep it short
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+        }
+
+    def _server_ok(self) -> bool:
+        """Whether jobs can log to the sweep's store now; restarts a dead sweep server."""
+        if self.tracking_uri is None:
+            return False
+        if self.server is None:
+            return not self.tracking_uri.startswith("http") or tracking.http_alive(self.tracking_uri)
+        with self._lock:
+            if self.server.alive():
+                return True
+            message = "the sweep's MLflow server stopped answering; restarting it"
+            log.warning(message)
+            try:
+                self.server.restart()
+            except tracking.TrackingError as exc:
+                log.warning("MLflow server restart failed: %s", exc)
+                return False
+            self.report.server_restarts = self.server.restarts
+            return True
+
+    def _record(self, job: JobSpec, record: tracking.JobRecord, offline: bool) -> None:
+        if self.tracking_uri is None:
+            return
+        if not offline and self._server_ok():
+            try:
+                run_id = tracking.record_job(self.tracking_uri, self.experiment_id, self.parent_run_id, record)
+                self._update_result(job, mlflow_run_id=run_id)
+                return
+            except Exception as exc:  # the server died during the upload: keep the record locally
+                log.warning("job %d: MLflow record failed (%s); keeping it offline", job.index, exc)
+        offline_uri = f"sqlite:///{job.folder / 'offline' / 'mlflow.db'}"
+        (job.folder / "offline").mkdir(exist_ok=True)
+        experiment_id = tracking.offline_experiment(
+            offline_uri, self.experiment_name, job.folder / "offline" / "artifacts"
+        )
+        tracking.record_job(offline_uri, experiment_id, self.parent_run_id, record)
+        with self._lock:
+            self.report.offline_jobs.append(job.index)
+        self._update_result(job, offline_store=offline_uri)
+
+    def _finish_tracking(self) -> None:
+        if self.tracking_uri is None:
+            return
+        try:
+            if self.report.offline_jobs:
+                if self._server_ok():
+                    for index in sorted(self.report.offline_jobs):
+                        folder = self.folder / "jobs" / str(index)
+                        source = f"sqlite:///{folder / 'offline' / 'mlflow.db'}"
+                        ids = tracking.upload_store(source, self.tracking_uri, self.experiment_id)
+                        self.report.uploaded_runs += len(ids)
+                        self._update_result_at(folder, uploaded_run_ids=ids)
+                else:
+                    self.report.warnings.append(
+                        f"{len(self.report.offline_jobs)} job records kept offline under {self.folder}/jobs/*/offline"
+                    )
+            if self.own_parent and self._server_ok():
+                from mlflow.tracking import MlflowClient
+
+                status = "FAILED" if self.report.failed else ("KILLED" if self.report.killed else "FINISHED")
+                MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status=status)
+        finally:
+            if self.server is not None:
+                self.server.stop()
+
+    # ------------------------------------------------------------------ execution
+
+    def _execute(
+        self,
+        provider: Provider,
+        hosts: list[Host],
+        monitors: dict[str, HostMonitor],
+        jobs: list[JobSpec],
+        payload_base: dict[str, Any],
+        singleton_state: Any,
+    ) -> dict[int, JobReturn]:
+        if not jobs:
+            return {}
+        parallelism = self.options.parallelism or os.cpu_count() or 1
+        results: dict[int, JobReturn] = {}
+        with ThreadPoolExecutor(max_workers=min(parallelism, len(jobs)), thread_name_prefix="engage-job") as pool:
+            futures: dict[Future, JobSpec] = {}
+            for job in jobs:
+                payload = {**payload_base, "config": job.config, "singleton_state": singleton_state}
+                (job.folder / "job.pkl").write_bytes(cloudpickle.dumps(payload))
+                futures[pool.submit(self._run_job, provider, hosts, monitors, job)] = job
+            remaining = set(futures)
+            last_check = time.monotonic()
+            # the main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly
+            while remaining:
+                finished, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results[futures[future].index] = future.result()
+                if self.server is not None and time.monotonic() - last_check > 2.0:
+                    last_check = time.monotonic()
+                    self._server_ok()
+        return results
+
+    def _pick_host(self, hosts: list[Host]) -> Host:
+        with self._lock:
+            host = min(hosts, key=lambda h: self._host_load[h.name])
+            self._host_load[host.name] += 1
+            return host
+
+    def _release_host(self, host: Host) -> None:
+        with self._lock:
+            self._host_load[host.name] -= 1
+
+    def _run_job(
+        self, provider: Provider, hosts: list[Host], monitors: dict[str, HostMonitor], job: JobSpec
+    ) -> JobReturn:
+        if self._stop_new.is_set():
+            return self._not_run(job, "not started: an earlier job failed and hydra.launcher.fail_fast is set")
+        attempts = self.options.retries + 1
+        for attempt in range(1, attempts + 1):
+            host = self._pick_host(hosts)
+            try:
+                ret, summary = self._attempt(provider, host, monitors[host.name], job, attempt)
+            finally:
+                self._release_host(host)
+            if ret.status == JobStatus.COMPLETED or summary.get("status") == "KILLED":
+                break
+            if attempt < attempts and not self._stop_new.is_set():
+                with self._lock:
+                    self.report.retried += 1
+                log.warning(
+                    "job %d failed (attempt %d/%d), retrying: %s", job.index, attempt, attempts, summary["error"]
+                )
+        with self._lock:
+            if ret.status == JobStatus.COMPLETED:
+                self.report.completed += 1
+            else:
+                self.report.failed += 1
+                if self.options.fail_fast:
+                    self._stop_new.set()
+        return ret
+
+    def _not_run(self, job: JobSpec, reason: str) -> JobReturn:
+        ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config, status=JobStatus.FAILED)
+        ret._return_value = RuntimeError(reason)
+        ret.task_name = str(job.config.hydra.job.name)
+        tracking.write_json(
+            job.folder / "result.json",
+            {"index": job.index, "status": "SKIPPED", "error": reason, "config_hash": job.config_hash},
+        )
+        with self._lock:
+            self.report.skipped += 1
+        return ret
+
+    def _attempt(
+        self, provider: Provider, host: Host, monitor: HostMonitor, job: JobSpec, attempt: int
+    ) -> tuple[JobReturn, dict[str, Any]]:
+        python = self.options.python or sys.executable
+        for name in ("result.pkl", "runner.json"):
+            (job.folder / name).unlink(missing_ok=True)
+        env = {
+            **self._tracking_env(job),
+            HOST_ENV: host.name,
+            JOB_DIR_ENV: str(job.folder),
+            "PYTHONPATH": os.pathsep.join(p for p in [_script_dir(), os.environ.get("PYTHONPATH", "")] if p),
+        }
+        with (job.folder / "stdout.log").open("ab") as out:
+            out.write(f"--- attempt {attempt} on {host.name} at {time.strftime('%H:%M:%S')}\n".encode())
+        started = time.time()
+        process = provider.run(
+            host,
+            [python, "-m", "engage.deploy.runner", str(job.folder)],
+            env=env,
+            cwd=str(self.config.hydra.runtime.cwd),
+            log_path=job.folder / "stdout.log",
+            stderr_path=job.folder / "stderr.log",
+        )
+        with self._lock:
+            self._running[job.index] = process
+        key = f"{job.index}"
+        monitor.track(key, process.pid)
+        killed = False
+        try:
+            process.wait(timeout=self.options.job_timeout_s)
+        except subprocess.TimeoutExpired:
+            _terminate(process)
+            killed = True
+        finally:
+            monitor.untrack(key)
+            with self._lock:
+                self._running.pop(job.index, None)
+        ended = time.time()
+        runner = _read_json(job.folder / "runner.json")
+        if (job.folder / "result.pkl").is_file():
+            ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
+            ret.hydra_cfg = job.config
+        else:
+            ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config, status=JobStatus.FAILED)
+            ret.task_name = str(job.config.hydra.job.name)
+            tail = _tail(job.folder / "stderr.log")
+            reason = (
+                f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
+                if killed
+                else f"job process exited with code {process.returncode}"
+            )
+            ret._return_value = RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}")
+            runner = {"status": "FAILED", "error": reason}
+        status = "KILLED" if killed or process.returncode in (-signal.SIGTERM, -signal.SIGKILL) else runner["status"]
+        if status == "KILLED" and ret.status == JobStatus.COMPLETED:
+            status = "COMPLETED"
+        summary = {
+            "index": job.index,
+            "status": status,
+            "attempt": attempt,
+            "host": host.name,
+            "config_hash": job.config_hash,
+            "overrides": job.overrides,
+            "return_value": runner.get("return_value"),
+            "error": runner.get("error"),
+            "exit_code": process.returncode,
+            "started": started,
+            "finished": ended,
+            "duration_s": ended - started,
+            "job_duration_s": runner.get("duration_s"),
+            "output_dir": runner.get("output_dir"),
+            "offline": bool(runner.get("offline")),
+        }
+        tracking.write_json(job.folder / "result.json", summary)
+        if ret.status != JobStatus.COMPLETED:
+            log.error("job %d failed on %s: %s (logs in %s)", job.index, host.name, summary["error"], job.folder)
+        (job.folder / "system.json").write_text(json.dumps(monitor.job_samples_dicts(key)))
+        record = tracking.JobRecord(
+            index=job.index,
+            run_name=f"job-{job.index}",
+            status={"COMPLETED": "FINISHED"}.get(status, status if status == "KILLED" else "FAILED"),
+            start_time=started,
+            end_time=ended,
+            host=host.name,
+            overrides=job.overrides,
+            config_hash=job.config_hash,
+            output_dir=summary["output_dir"],
+            params={"engage.attempt": str(attempt)},
+            tags={"engage.provider": self.infrastructure.provider, "engage.experiment_folder": str(self.folder)},
+            artifacts={"engage": str(job.folder), "engage/infrastructure": str(self.folder / "infrastructure.yaml")},
+            system=monitor.job_samples_dicts(key),
+        )
+        self._record(job, record, offline=summary["offline"])
+        return ret, summary
+
+    def _update_result(self, job: JobSpec, **values: Any) -> None:
+        self._update_result_at(job.folder, **values)
+
+    def _update_result_at(self, folder: Path, **values: Any) -> None:
+        data = _read_json(folder / "result.json")
+        data.update(values)
+        tracking.write_json(folder / "result.json", data)
+
+    # ------------------------------------------------------------------ interruption
+
+    def _install_sigterm(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum: int, frame: Any) -> None:
+            raise SweepInterrupted(f"signal {signum}")
+
+        return signal.signal(signal.SIGTERM, handler)
+
+    def _restore_sigterm(self, previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _interrupt(self) -> None:
+        """Stop every running job and mark its MLflow run (and the sweep's) KILLED."""
+        self._stop_new.set()
+        with self._lock:
+            running = dict(self._running)
+        for process in running.values():
+            _terminate(process)
+        self.report.killed = len(running)
+        output_dirs = []
+        for index in running:
+            folder = self.folder / "jobs" / str(index)
+            data = _read_json(folder / "result.json")
+            data.update(index=index, status="KILLED", error="interrupted")
+            tracking.write_json(folder / "result.json", data)
+            runner = _read_json(folder / "runner.json")
+            if runner.get("output_dir"):
+                output_dirs.append(runner["output_dir"])
+        if self.tracking_uri and self._server_ok():
+            try:
+                tracking.mark_killed(self.tracking_uri, self.experiment_id, self.parent_run_id, output_dirs)
+                if self.own_parent:
+                    from mlflow.tracking import MlflowClient
+
+                    MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status="KILLED")
+                    self.own_parent = False
+            except Exception as exc:  # best effort while going down
+                log.warning("could not mark interrupted runs KILLED: %s", exc)
+        log.warning("sweep interrupted: %d running jobs stopped and marked KILLED", len(running))
+
+    # ------------------------------------------------------------------ reporting
+
+    def _write_summary(self) -> None:
+        summary = {
+            "folder": str(self.folder),
+            "provider": self.infrastructure.provider,
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "experiment_id": self.experiment_id,
+            "options": {k: v for k, v in self.options.__dict__.items() if k != "infrastructure"},
+            "report": self.report.__dict__,
+        }
+        tracking.write_json(self.folder / "sweep.json", summary)
+
+    def _print_summary(self) -> None:
+        r = self.report
+        parts = [f"{r.completed} completed", f"{r.failed} failed"]
+        if r.resumed:
+            parts.append(f"{r.resumed} already done (resumed)")
+        if r.skipped:
+            parts.append(f"{r.skipped} not started (fail_fast)")
+        if r.retried:
+            parts.append(f"{r.retried} retries")
+        log.info("engage launcher: %s; experiment folder %s", ", ".join(parts), self.folder)
+        if r.server_restarts:
+            log.warning(
+                "engage launcher: the MLflow server died %d time(s) and was restarted; %d job record(s) kept "
+                "offline meanwhile, %d run(s) uploaded",
+                r.server_restarts,
+                len(r.offline_jobs),
+                r.uploaded_runs,
+            )
+        for warning in r.warnings:
+            log.warning("engage launcher: %s", warning)
+
+
+def _script_dir() -> str:
+    # the directory of the Hydra app's script, so a task function pickled by reference imports
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return str(Path(path).resolve().parent) if path else ""
+
+
+def _terminate(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the job's process group, then SIGKILL it after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

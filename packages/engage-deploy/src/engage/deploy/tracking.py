@@ -1,0 +1,347 @@
+"""MLflow for a sweep: an ``mlflow server`` in front of the sweep's SQLite store, one child run per
+job, and offline stores that are uploaded when the server is back.
+
+Jobs on any host log through the server (parallel writers never touch SQLite directly, so
+never see "database is locked"). A job that starts while the server is down logs to an SQLite
+store in its own job folder; the launcher copies such runs to the server once it answers again
+(:func:`upload_store`). The launcher watches the server and restarts it on the same port and
+store if it dies, so running jobs' clients, which retry, carry on.
+
+Example::
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> server = TrackingServer(f"sqlite:///{folder}/mlflow.db", folder / "artifacts")
+    >>> server.start()  # doctest: +SKIP
+    >>> server.alive()  # doctest: +SKIP
+    True
+    >>> server.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: tag holding the hash of a job's resolved config (resume matches on it)
+CONFIG_HASH_TAG = "engage.config_hash"
+#: tag holding the job index in its sweep
+JOB_TAG = "engage.job"
+PARENT_TAG = "mlflow.parentRunId"
+OUTPUT_DIR_TAG = "engage.output_dir"
+
+
+class TrackingError(RuntimeError):
+    """The sweep's MLflow store or server cannot be used; one line saying why and what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (bind to port 0 and read what the kernel chose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_alive(uri: str, timeout_s: float = 2.0) -> bool:
+    """Whether an MLflow server at ``uri`` answers its ``/health`` endpoint."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            return response.status < 500
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class TrackingServer:
+    """An ``mlflow server`` process for one sweep: ``backend_uri`` (SQLite) behind it, artifacts
+    served from ``artifacts_dir``, listening on ``bind`` at a free port; ``address`` is how hosts
+    reach it (``127.0.0.1`` for local hosts, a bridge address for network namespaces)."""
+
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts_dir: str | os.PathLike[str],
+        *,
+        bind: str = "127.0.0.1",
+        address: str = "127.0.0.1",
+        log_path: str | os.PathLike[str] | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self.backend_uri = backend_uri
+        self.artifacts_dir = Path(artifacts_dir)
+        self.bind = bind
+        self.address = address
+        self.port: int | None = None
+        self.log_path = Path(log_path) if log_path else None
+        self.start_timeout_s = start_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+
+    @property
+    def uri(self) -> str:
+        """``http://<address>:<port>``."""
+        if self.port is None:
+            raise TrackingError("the MLflow server has not been started")
+        return f"http://{self.address}:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers (or raise :class:`TrackingError`)."""
+        if self.port is None:
+            self.port = free_port(self.bind if self.bind != "0.0.0.0" else "127.0.0.1")
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts_dir),
+            "--host",
+            self.bind,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            # hosts in network namespaces reach it by an address that is not localhost
+            "--allowed-hosts",
+            "*",
+        ]
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        finally:
+            if output is not subprocess.DEVNULL:
+                output.close()
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise TrackingError(f"mlflow server exited with code {self.process.returncode} at start{where}")
+            if http_alive(f"http://127.0.0.1:{self.port}", timeout_s=1.0):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TrackingError(
+            f"mlflow server did not answer within {self.start_timeout_s:.0f} s; "
+            "raise hydra.launcher.mlflow.server_start_timeout_s"
+        )
+
+    def alive(self) -> bool:
+        """Whether the process runs and answers."""
+        return (
+            self.process is not None
+            and self.process.poll() is None
+            and self.port is not None
+            and http_alive(f"http://127.0.0.1:{self.port}", timeout_s=2.0)
+        )
+
+    def restart(self) -> None:
+        """Start it again on the same port and store (after it died)."""
+        self.stop()
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        """Terminate the server (and its workers); safe to call twice."""
+        if self.process is None:
+            return
+        import signal
+
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+# ---------------------------------------------------------------------------- job records
+
+
+@dataclass
+class JobRecord:
+    """What the launcher records for one job, whatever the job itself logged."""
+
+    index: int
+    run_name: str
+    status: str  # FINISHED, FAILED or KILLED
+    start_time: float
+    end_time: float
+    host: str
+    overrides: list[str]
+    config_hash: str
+    output_dir: str | None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # artifact sub-folder -> local path
+    system: list[dict[str, float]] = field(default_factory=list)
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id_for(uri: str, name: str, parent_run_id: str | None) -> str:
+    """The parent's experiment, else the experiment called ``name`` (created if missing)."""
+    client = _client(uri)
+    if parent_run_id:
+        try:
+            return client.get_run(parent_run_id).info.experiment_id
+        except Exception:  # the parent lives in another store (offline): fall back to the name
+            pass
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def find_job_run(uri: str, experiment_id: str, parent_run_id: str | None, output_dir: str | None) -> Any:
+    """The run a job created itself (``engage run`` tags its output folder), if any."""
+    if not output_dir:
+        return None
+    client = _client(uri)
+    query = f"tags.`{OUTPUT_DIR_TAG}` = '{output_dir}'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=5)
+    return runs[0] if runs else None
+
+
+def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: JobRecord) -> str:
+    """Add ``record`` to the job's own run (or a new child run of the sweep); returns the run id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = _client(uri)
+    existing = find_job_run(uri, experiment_id, parent_run_id, record.output_dir)
+    tags = {
+        JOB_TAG: str(record.index),
+        CONFIG_HASH_TAG: record.config_hash,
+        "engage.host": record.host,
+        "engage.launcher": "engage",
+        **record.tags,
+    }
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    if record.output_dir:
+        tags[OUTPUT_DIR_TAG] = record.output_dir
+    if existing is None:
+        run = client.create_run(
+            experiment_id, start_time=int(record.start_time * 1000), tags=tags, run_name=record.run_name
+        )
+        run_id = run.info.run_id
+        params = {"overrides": " ".join(record.overrides)[:6000] or "(none)", **record.params}
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    else:
+        run_id = existing.info.run_id
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    metrics = []
+    for step, sample in enumerate(record.system):
+        stamp = int(sample["time"] * 1000)
+        for key in ("cpu_percent", "rss_mib", "host_cpu_percent", "host_memory_percent"):
+            metrics.append(Metric(f"system/{key}", float(sample[key]), stamp, step))
+    metrics.append(Metric("job/duration_s", record.end_time - record.start_time, int(record.end_time * 1000), 0))
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    for artifact_path, local in record.artifacts.items():
+        if Path(local).is_dir():
+            client.log_artifacts(run_id, local, artifact_path=artifact_path)
+        elif Path(local).is_file():
+            client.log_artifact(run_id, local, artifact_path=artifact_path)
+    current = client.get_run(run_id).info.status
+    if existing is None or current == "RUNNING" or record.status != "FINISHED":
+        client.set_terminated(run_id, status=record.status, end_time=int(record.end_time * 1000))
+    return run_id
+
+
+def mark_killed(uri: str, experiment_id: str, parent_run_id: str | None, output_dirs: Iterable[str]) -> int:
+    """Set the runs of interrupted jobs (and any child still RUNNING) to KILLED; returns how many."""
+    client = _client(uri)
+    count = 0
+    for output_dir in output_dirs:
+        run = find_job_run(uri, experiment_id, parent_run_id, output_dir)
+        if run is not None and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            count += 1
+    if parent_run_id:
+        for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        ):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            count += 1
+    return count
+
+
+def upload_store(source_uri: str, target_uri: str, target_experiment_id: str) -> list[str]:
+    """Copy every run of the (offline) store ``source_uri`` into ``target_uri``: tags (parent
+    included), params, full metric histories, artifacts, status and times. Returns the new ids."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    source, target = _client(source_uri), _client(target_uri)
+    created = []
+    for experiment in source.search_experiments():
+        for run in source.search_runs([experiment.experiment_id], max_results=50000):
+            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log-model")}
+            new = target.create_run(
+                target_experiment_id, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name
+            )
+            new_id = new.info.run_id
+            params = [Param(k, v) for k, v in run.data.params.items()]
+            for start in range(0, len(params), 100):
+                target.log_batch(new_id, params=params[start : start + 100])
+            metrics = []
+            for key in run.data.metrics:
+                metrics += [
+                    Metric(m.key, m.value, m.timestamp, m.step) for m in source.get_metric_history(run.info.run_id, key)
+                ]
+            for start in range(0, len(metrics), 1000):
+                target.log_batch(new_id, metrics=metrics[start : start + 1000])
+            target.log_batch(new_id, tags=[RunTag("engage.uploaded_from", source_uri)])
+            with tempfile.TemporaryDirectory() as scratch:
+                try:
+                    local = source.download_artifacts(run.info.run_id, "", scratch)
+                except Exception:  # a run without artifacts
+                    local = None
+                if local and any(Path(local).iterdir()):
+                    target.log_artifacts(new_id, local)
+            target.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
+            created.append(new_id)
+    return created
+
+
+def offline_experiment(uri: str, name: str, artifacts: Path) -> str:
+    """The experiment ``name`` in an offline store, created with artifacts next to the store."""
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    scratch = path.with_suffix(path.suffix + ".tmp")
+    scratch.write_text(json.dumps(data, indent=1, default=str))
+    scratch.replace(path)

@@ -1,0 +1,1 @@
+"""Hydra plugins of engage-deploy: the ``engage`` launcher and the ``infrastructure`` config search path."""

@@ -1,0 +1,111 @@
+"""The ``engage`` Hydra launcher: runs each job of a sweep as a process on the hosts of an
+infrastructure (``local``, ``netns``, Grid'5000, Chameleon, Vagrant, SSH), records every job as a
+child MLflow run of its sweep and writes a time-stamped experiment folder.
+
+Only light imports here: Hydra imports this module while discovering plugins; the work is in
+``_core`` and :mod:`engage.deploy.sweep`.
+
+Example::
+
+    engage run -m hydra/launcher=engage seed=0,1,2
+    engage run -m hydra/launcher=engage +infrastructure=netns_edge_cloud hydra.launcher.parallelism=2 seed=0,1
+    python my_app.py -m hydra/launcher=engage hydra.launcher.retries=1 lr=0.1,0.01
+"""
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+def _local_infrastructure() -> dict[str, Any]:
+    return {"provider": "local", "layers": [{"name": "local", "hosts": 1}], "network": [], "options": {}}
+
+
+@dataclass
+class MLflowConf:
+    """Where jobs log. ``server: true`` starts an ``mlflow server`` for the sweep in front of the
+    sweep's SQLite store (parallel writers go through it); ``tracking_uri`` overrides the store
+    (default: the sweep's ``ENGAGE_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``);
+    ``experiment`` names the MLflow experiment when the sweep has no parent run yet."""
+
+    enabled: bool = True
+    server: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "engage"
+    server_start_timeout_s: float = 60.0
+
+
+@dataclass
+class EngageLauncherConf:
+    """``hydra.launcher`` options of the ``engage`` launcher.
+
+    ``parallelism``: jobs running at once (0: one per CPU core of this machine); ``fail_fast``:
+    start no new job after one failed; ``retries``: re-run a failed job this many times;
+    ``layer``: the layer whose hosts run jobs (default: the first layer); ``resume``: skip jobs
+    whose resolved config already completed in this sweep directory; ``monitor_interval_s``:
+    system-metric sampling period; ``job_timeout_s``: kill a job running longer (null: no limit);
+    ``python``: interpreter on the hosts (default: this one); ``infrastructure``: see
+    ``engage.deploy.infrastructure`` (select shipped ones with ``+infrastructure=NAME``).
+    """
+
+    _target_: str = "hydra_plugins.engage_launcher.engage_launcher.EngageLauncher"
+    parallelism: int = 0
+    fail_fast: bool = False
+    retries: int = 0
+    layer: str | None = None
+    resume: bool = True
+    monitor_interval_s: float = 1.0
+    job_timeout_s: float | None = None
+    python: str | None = None
+    mlflow: MLflowConf = field(default_factory=MLflowConf)
+    infrastructure: Any = field(default_factory=_local_infrastructure)
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="engage", node=EngageLauncherConf, provider="engage-deploy")
+
+
+class EngageLauncher(Launcher):
+    """Hydra ``Launcher`` that runs jobs on infrastructure hosts; see :class:`EngageLauncherConf`."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
+        # a bad infrastructure or option stops here, before the sweep's MLflow run or any folder exists
+        from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+
+        try:
+            Infrastructure.from_dict(self.params.get("infrastructure")).validate()
+            from engage.deploy.sweep import SweepOptions
+
+            SweepOptions.from_params(self.params)
+        except (InfrastructureError, ValueError, TypeError) as exc:
+            print(f"engage launcher: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from . import _core
+
+        return _core.launch(launcher=self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+
+
+class EngageDeploySearchPathPlugin(SearchPathPlugin):
+    """Makes the shipped ``infrastructure/*.yaml`` configs selectable from any Hydra app."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.append(provider="engage-deploy", path="pkg://engage.deploy.conf")

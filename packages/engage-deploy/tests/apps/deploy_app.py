@@ -1,0 +1,26 @@
+"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, or sleep."""
+
+import os
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg: DictConfig) -> int:
+    x = int(cfg.get("x", 0))
+    print(f"job x={x} pid={os.getpid()} host={os.environ.get('ENGAGE_DEPLOY_HOST')}")
+    time.sleep(float(cfg.get("sleep", 0.0)))
+    if x == int(cfg.get("fail_on", -1)):
+        raise ValueError(f"boom at x={x}")
+    flaky = cfg.get("flaky_marker")
+    if flaky and not Path(f"{flaky}.{x}").exists():
+        Path(f"{flaky}.{x}").write_text("failed once")
+        raise RuntimeError(f"flaky failure at x={x}")
+    return 2 * x
+
+
+if __name__ == "__main__":
+    main()

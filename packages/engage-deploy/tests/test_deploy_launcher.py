@@ -1,0 +1,128 @@
+"""The engage launcher on the local provider: experiment folder, failures, retries, fail fast,
+one-line errors for bad infrastructure, shipped infrastructure configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+APP = Path(__file__).parent / "apps" / "deploy_app.py"
+NO_MLFLOW = ["hydra.launcher.mlflow.enabled=false"]
+
+
+def run_app(cwd: Path, *overrides: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(APP), "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", *overrides]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def experiment_folders(cwd: Path) -> list[Path]:
+    return sorted((cwd / "sweep" / ".engage").glob("*"))
+
+
+def results(folder: Path) -> dict[int, dict]:
+    return {int(p.parent.name): json.loads(p.read_text()) for p in folder.glob("jobs/*/result.json")}
+
+
+def test_failed_job_is_reported_and_does_not_abort_the_sweep(tmp_path: Path) -> None:
+    proc = run_app(
+        tmp_path,
+        *NO_MLFLOW,
+        "hydra.launcher.parallelism=2",
+        "hydra.launcher.monitor_interval_s=0.2",
+        "+x=1,2,3",
+        "+fail_on=2",
+        "+sleep=0.5",
+    )
+    # Hydra reports the failed job once every job of the batch ran
+    assert proc.returncode != 0
+    assert "boom at x=2" in proc.stderr
+    (folder,) = experiment_folders(tmp_path)
+    assert (folder / "infrastructure.yaml").is_file()
+    deployed = yaml.safe_load((folder / "infrastructure.yaml").read_text())
+    assert deployed["deployed"]["hosts"][0]["name"] == "local-1"
+    with (folder / "hosts" / "local-1" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 2 and max(float(r["jobs"]) for r in rows) >= 1
+    for index in range(3):
+        job = folder / "jobs" / str(index)
+        for name in ("stdout.log", "stderr.log", "config.yaml", "overrides.yaml", "result.json"):
+            assert (job / name).is_file(), f"{job / name} missing"
+    res = results(folder)
+    assert [res[i]["status"] for i in range(3)] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert res[0]["return_value"] == "2" and res[2]["return_value"] == "6"
+    assert "boom at x=2" in res[1]["error"]
+    assert "ValueError: boom at x=2" in (folder / "jobs" / "1" / "stderr.log").read_text()
+    assert "job x=3" in (folder / "jobs" / "2" / "stdout.log").read_text()
+    assert yaml.safe_load((folder / "jobs" / "1" / "overrides.yaml").read_text()) == [
+        "+x=2",
+        "+fail_on=2",
+        "+sleep=0.5",
+    ]
+    assert yaml.safe_load((folder / "jobs" / "1" / "config.yaml").read_text()) == {"x": 2, "fail_on": 2, "sleep": 0.5}
+
+
+def test_retries_and_fail_fast(tmp_path: Path) -> None:
+    marker = tmp_path / "flaky"
+    proc = run_app(tmp_path, *NO_MLFLOW, "hydra.launcher.retries=1", "+x=1,2", f"+flaky_marker={marker}")
+    assert proc.returncode == 0, proc.stderr
+    res = results(experiment_folders(tmp_path)[-1])
+    assert [r["status"] for r in res.values()] == ["COMPLETED", "COMPLETED"]
+    assert {r["attempt"] for r in res.values()} == {2}
+
+    proc = run_app(
+        tmp_path,
+        *NO_MLFLOW,
+        "hydra.launcher.fail_fast=true",
+        "hydra.launcher.parallelism=1",
+        "+x=1,2,3",
+        "+fail_on=1",
+        "hydra.sweep.dir=sweep_ff",
+    )
+    assert proc.returncode != 0
+    (folder,) = sorted((tmp_path / "sweep_ff" / ".engage").glob("*"))
+    res = results(folder)
+    assert [res[i]["status"] for i in range(3)] == ["FAILED", "SKIPPED", "SKIPPED"]
+    assert not (folder / "jobs" / "1" / "stdout.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.launcher.infrastructure.provider=docker", "unknown provider 'docker'; known providers: chameleon, g5k"),
+        ("hydra.launcher.infrastructure.layers=[{name:edge,hosts:0}]", "infrastructure.layers.edge.hosts is 0"),
+        (
+            "hydra.launcher.infrastructure.network=[{src:edge,dst:cloud}]",
+            "infrastructure.network[0].src: no layer named 'edge'; layers are local",
+        ),
+    ],
+)
+def test_bad_infrastructure_fails_with_one_line_before_anything_starts(tmp_path: Path, override, message) -> None:
+    proc = run_app(tmp_path, override, "+x=1,2")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"engage launcher: {lines[0].removeprefix('engage launcher: ')}"] and message in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "sweep" / ".engage").exists()
+
+
+def test_shipped_infrastructure_config_selects_layers(tmp_path: Path) -> None:
+    proc = run_app(
+        tmp_path,
+        *NO_MLFLOW,
+        "+infrastructure=local_edge_cloud",
+        "hydra.launcher.layer=edge",
+        "+x=1,2",
+        "hydra.launcher.parallelism=2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    folder = experiment_folders(tmp_path)[-1]
+    hosts = {r["host"] for r in results(folder).values()}
+    assert hosts == {"edge-1", "edge-2"}
+    assert {p.name for p in (folder / "hosts").iterdir()} == {"cloud-1", "edge-1", "edge-2"}
