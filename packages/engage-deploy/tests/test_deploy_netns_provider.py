@@ -23,6 +23,8 @@ INFRA = {
         {"name": "edge", "hosts": 2, "cpu": 0.25, "memory": "64MiB"},
     ],
     "network": [{"src": "edge", "dst": "cloud", "delay": "5ms", "rate": "50mbit"}],
+    # Ansible through 'ip netns exec', whether or not sshd is installed; the SSH path has its own test
+    "options": {"sshd": False},
 }
 
 
@@ -152,4 +154,26 @@ def test_bad_subnet_option_fails_with_one_line(tmp_path):
     prov = NetnsProvider(infra, tmp_path)
     with pytest.raises(ProviderError, match=r"options\.subnet .*/16"), prov:
         pass
+    assert _leftovers(prov.prefix) == []
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="sshd missing: install Debian's openssh-server")
+def test_hosts_run_their_own_sshd_and_enoslib_reaches_them_over_ssh(tmp_path):
+    import enoslib as en
+
+    infra = Infrastructure.from_dict(
+        {"provider": "netns", "layers": [{"name": "edge", "memory": "128MiB"}], "options": {"sshd": True}}
+    )
+    with NetnsProvider(infra, tmp_path) as prov:
+        host = prov.host("edge-1")
+        assert host.enoslib_host.address == host.address
+        assert "ansible_connection" not in host.enoslib_host.extra
+        (result,) = list(en.run_command("ip -o link", roles=[host.enoslib_host]))
+        names = sorted(re.findall(r"^\d+: ([^:@]+)", result.stdout, flags=re.M))
+        assert names == ["eth0", "lo"]
+        key = tmp_path / f"netns-{prov.prefix}" / "ssh" / "id_ed25519"
+        ssh = ["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        out = subprocess.run([*ssh, f"root@{host.address}", "cat /proc/self/cgroup"], capture_output=True, text=True)
+        # a login lands in the host's cgroup, so its limits hold for SSH sessions too
+        assert f"engage-{prov.prefix}/edge-1" in out.stdout, out.stderr
     assert _leftovers(prov.prefix) == []
