@@ -32,7 +32,18 @@ class TestPlumeSimulator(SimulatorSuite):
 def installed_plugin(tmp_path_factory):
     target = tmp_path_factory.mktemp("toy-plugin-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(PLUGIN_DIR)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(PLUGIN_DIR),
+        ],
         check=True,
         capture_output=True,
         timeout=180,

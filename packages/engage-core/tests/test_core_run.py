@@ -3,9 +3,10 @@
 import json
 
 import pytest
+from mlflow.tracking import MlflowClient
+
 from engage.core.testing.process import TINY_RUN as TINY
 from engage.core.testing.process import run_engage as engage
-from mlflow.tracking import MlflowClient
 
 
 def _runs(tmp_path):
@@ -73,3 +74,14 @@ def test_unreachable_tracking_server_falls_back_to_local_when_allowed(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{local_dbs[0]}")
     runs = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
     assert len(runs) == 1 and "val/rel_l2" in runs[0].data.metrics
+
+
+def test_sweep_with_unreachable_tracking_stops_before_any_job(tmp_path):
+    result = engage(
+        "run", "-m", *TINY, "model.lr=0.001,0.002", "logger.uri=http://127.0.0.1:9", "logger.timeout_s=2", cwd=tmp_path
+    )
+    assert result.returncode == 3
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("engage run: MLflow server http://127.0.0.1:9 is unreachable")
+    )
+    assert not (tmp_path / "multirun").exists()

@@ -6,10 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engage.core.commands import Command
-from engage.core.plugins import PluginError, flatten, get_plugin_manager, plugin_infos
 from rich.console import Console
 from rich.table import Table
+
+from engage.core.commands import Command
+from engage.core.plugins import PluginError, flatten, get_plugin_manager, plugin_infos
 
 HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
@@ -17,6 +18,7 @@ HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i
 def _run(namespace: argparse.Namespace) -> int:
     """Validate the overrides (one-line errors, exit code 2), then hand over to Hydra."""
     import hydra
+
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME, EXIT_CONFIG_ERROR, ConfigError, compose_config
     from engage.core.run import task
@@ -26,10 +28,15 @@ def _run(namespace: argparse.Namespace) -> int:
     if not any(flag in args for flag in HYDRA_INFO_FLAGS):
         overrides = [a for a in args if not a.startswith("-")]
         try:
-            compose_config(overrides, multirun=multirun)
+            cfg = compose_config(overrides, multirun=multirun)
         except ConfigError as exc:
             print(f"engage run: {exc}", file=sys.stderr)
             return EXIT_CONFIG_ERROR
+        if multirun:
+            # the sweep's parent run is opened inside Hydra, where a failure would be a traceback
+            code = _check_sweep_tracking(cfg)
+            if code:
+                return code
     register_configs()
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(task)
     saved_argv = sys.argv
@@ -38,6 +45,32 @@ def _run(namespace: argparse.Namespace) -> int:
         app()
     finally:
         sys.argv = saved_argv
+    return 0
+
+
+def _check_sweep_tracking(cfg) -> int:
+    import os
+
+    from engage.core.run import EXIT_TRACKING_UNAVAILABLE
+    from engage.core.tracking.store import (
+        TRACKING_URI_ENV,
+        TrackingUnavailable,
+        check_reachable,
+        default_tracking_uri,
+        resolve_tracking_uri,
+    )
+
+    uri = resolve_tracking_uri(cfg.logger.uri)
+    try:
+        check_reachable(uri, cfg.logger.timeout_s)
+    except TrackingUnavailable as exc:
+        if not cfg.logger.fallback_local:
+            print(f"engage run: {exc}; start it, set logger.uri, or allow logger.fallback_local=true", file=sys.stderr)
+            return EXIT_TRACKING_UNAVAILABLE
+        local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
+        print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
+        os.environ[TRACKING_URI_ENV] = local
+        cfg.logger.uri = local
     return 0
 
 

@@ -22,11 +22,10 @@ def default_tracking_uri(directory: str | os.PathLike[str] | None = None) -> str
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
-    """The configured URI, else the sweep's (``ENGAGE_TRACKING_URI``), else SQLite in the working
-    directory. ``MLFLOW_TRACKING_URI`` is deliberately not read implicitly: set ``logger.uri``."""
-    if configured:
-        return configured
-    return os.environ.get(TRACKING_URI_ENV) or default_tracking_uri()
+    """The sweep's URI (``ENGAGE_TRACKING_URI``, set for its jobs, possibly a local fallback), else
+    the configured one, else SQLite in the working directory. ``MLFLOW_TRACKING_URI`` is
+    deliberately not read implicitly: set ``logger.uri``."""
+    return os.environ.get(TRACKING_URI_ENV) or configured or default_tracking_uri()
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
