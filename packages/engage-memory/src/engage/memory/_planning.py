@@ -1,0 +1,184 @@
+"""What the single-device and DDP memory strategies share: profile on the first batch, plan, apply, report."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from engage.memory.budget import format_bytes, parse_budget
+from engage.memory.decisions import Decision
+from engage.memory.errors import PlannedOutOfMemoryError
+from engage.memory.plan import Plan
+from engage.memory.planner import SOLVERS, MemoryPlanner
+from engage.memory.profile import Profile
+from engage.memory.report import log_to_mlflow
+
+
+def _check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[Decision]:
+    if isinstance(budget, float) or (isinstance(budget, str) and budget.strip().startswith("0.")):
+        if not 0.0 < float(budget) <= 1.0:
+            raise ValueError(f"budget={budget} as a fraction of device memory must lie in (0, 1]; or write '12GiB'")
+    else:
+        parse_budget(budget)  # fail at construction, not on the first batch
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} is unknown; choose one of {', '.join(SOLVERS)}")
+    out = []
+    for d in decisions:
+        try:
+            out.append(Decision(d))
+        except ValueError:
+            choices = ", ".join(x.value for x in Decision)
+            raise ValueError(f"decisions contains {d!r}; choose among {choices}") from None
+    return out
+
+
+@contextlib.contextmanager
+def _silenced_logging(module: Any) -> Iterator[None]:
+    # Profiling runs the user's training_step several times on one batch; its self.log calls must not count.
+    module.log = lambda *args, **kwargs: None
+    module.log_dict = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del module.log
+        del module.log_dict
+
+
+def _shape_key(batch: Any) -> tuple:
+    return tuple(tuple(t.shape) for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor))
+
+
+class _MemoryPlanning:
+    """Mixin for Lightning strategies; the host class provides ``lightning_module``, ``root_device``, etc."""
+
+    def _init_planning(
+        self,
+        budget: str | int | float,
+        solver: str,
+        blocks: Sequence[str] | None,
+        decisions: Sequence[str],
+        profile_path: str | None,
+        verify: bool,
+        print_plan: bool,
+        offload_min_bytes: int,
+    ) -> None:
+        self.budget = budget
+        self.solver = solver
+        self.blocks = list(blocks) if blocks else None
+        self.decisions = _check_options(budget, solver, decisions)
+        self.profile_path = profile_path
+        self.verify = verify
+        self.print_plan = print_plan
+        self.offload_min_bytes = offload_min_bytes
+        self.planner: MemoryPlanner | None = None
+        self.plans: dict[tuple, Plan] = {}
+        self.plan: Plan | None = None
+        self.profile: Profile | None = None
+        self.measured_peak: int | None = None
+
+    def _setup_planner(self) -> None:
+        if self.planner is None:
+            self.planner = MemoryPlanner(
+                self.lightning_module,
+                blocks=self.blocks,
+                device=self.root_device,
+                decisions=self.decisions,
+                offload_min_bytes=self.offload_min_bytes,
+            )
+
+    def _profile_step(self, args: tuple, kwargs: dict) -> Any:
+        module = self.lightning_module
+
+        def step() -> None:
+            with self.precision_plugin.train_step_context():
+                out = module.training_step(*args, **kwargs)
+            loss = out["loss"] if isinstance(out, dict) else out
+            loss.backward()
+
+        return step
+
+    def _is_rank_zero(self) -> bool:
+        return getattr(self, "global_rank", 0) == 0
+
+    def _share(self, plan: Plan | None, profile: Profile | None) -> tuple[Plan, Profile | None]:
+        """Single device: nothing to share (overridden under DDP)."""
+        assert plan is not None
+        return plan, profile
+
+    def _make_plan(self, args: tuple, kwargs: dict) -> None:
+        assert self.planner is not None
+        module = self.lightning_module
+        trainer = module.trainer
+        key = _shape_key((args, kwargs))
+        if key in self.plans:
+            self.plan = self.plans[key]
+            self.planner.apply(self.plan)
+            return
+        plan = profile = None
+        if self._is_rank_zero():
+            step = self._profile_step(args, kwargs)
+            roots = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            with _silenced_logging(module):
+                if self.profile_path and not self.plans and __import__("os").path.exists(self.profile_path):
+                    profile = Profile.load(self.profile_path)
+                    self.planner.profile_ = profile
+                else:
+                    profile = self.planner.profile(
+                        step,
+                        optimizers=list(trainer.optimizers),
+                        roots=roots,
+                        grads_persist=trainer.accumulate_grad_batches > 1,
+                    )
+                    if self.profile_path and not self.plans:
+                        profile.save(self.profile_path)
+                plan = self.planner.plan(self.budget, self.solver, profile)
+                if self.verify:
+                    self.measured_peak, measured = self.planner.measure(step, roots)
+                    for p in module.parameters():
+                        p.grad = None
+                else:
+                    measured = None
+            if self.print_plan:
+                from rich.console import Console
+
+                Console().print(plan.table(self.measured_peak))
+            for logger in trainer.loggers:
+                if type(logger).__name__ == "MLFlowLogger":
+                    log_to_mlflow(logger, plan, profile, self.measured_peak, measured)
+        plan, profile = self._share(plan, profile)
+        self.planner.apply(plan)
+        self.planner.profile_ = profile
+        self.plan, self.profile = plan, profile
+        self.plans[key] = plan
+
+    def _oom(self, exc: BaseException) -> PlannedOutOfMemoryError:
+        peak = torch.cuda.max_memory_allocated(self.root_device) if self.root_device.type == "cuda" else None
+        table = self.plan.render(peak) if self.plan is not None else "(no plan yet)"
+        measured = format_bytes(peak) if peak is not None else "unknown"
+        return PlannedOutOfMemoryError(
+            f"out of memory in a planned step (measured peak {measured}, budget {self.budget}); "
+            f"lower the budget or leave room for other allocations:\n{table}\n{exc}"
+        )
+
+    def _planned_training_step(self, parent_step: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            if self.plan is None or _shape_key((args, kwargs)) not in self.plans:
+                self._make_plan(args, kwargs)
+            return parent_step(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise self._oom(exc) from exc
+
+    def _planned_backward(self, parent_backward: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return parent_backward(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise self._oom(exc) from exc
+
+    def _teardown_planner(self) -> None:
+        if self.planner is not None:
+            self.planner.remove()
+            self.planner = None

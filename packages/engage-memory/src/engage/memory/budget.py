@@ -1,0 +1,96 @@
+"""Reading a memory budget given as text, bytes or a fraction of device memory."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def device_memory(device: torch.device | str | None = None) -> int | None:
+    """Total memory of ``device`` in bytes, or ``None`` where it has no fixed size (CPU)."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
+def parse_budget(budget: str | int | float, device: torch.device | str | None = None, field: str = "budget") -> int:
+    """Turn ``budget`` into bytes.
+
+    Accepts an integer number of bytes, a string with a unit (``"12GiB"``, ``"800 MB"``) or a float in
+    ``(0, 1]`` read as a fraction of the device's total memory.
+
+    Example:
+        >>> parse_budget("1.5GiB")
+        1610612736
+        >>> parse_budget(4096)
+        4096
+    """
+    if isinstance(budget, bool):
+        raise ValueError(f"{field}={budget!r} is not a memory size; write bytes (4096), '12GiB' or a fraction like 0.8")
+    if isinstance(budget, int):
+        if budget <= 0:
+            raise ValueError(f"{field}={budget} must be positive; write a size such as '12GiB' or 12884901888")
+        return budget
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(
+                f"{field}={budget} as a float is a fraction of device memory and must lie in (0, 1]; "
+                "write '12GiB' for an absolute size"
+            )
+        total = device_memory(device)
+        if total is None:
+            raise ValueError(
+                f"{field}={budget} is a fraction of device memory, but device {device or 'cpu'} has no fixed size; "
+                "give an absolute size such as '2GiB'"
+            )
+        return int(budget * total)
+    if isinstance(budget, str):
+        match = _PATTERN.match(budget)
+        unit = match.group(2).upper() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"{field}={budget!r} is not a memory size; write a number with a unit among "
+                "B, KB, MB, GB, KiB, MiB, GiB (for example '12GiB'), or a fraction such as 0.8"
+            )
+        if not unit and "." in match.group(1) and float(match.group(1)) <= 1.0:
+            # "0.8" from a config file means the same as the float 0.8: a fraction of device memory.
+            return parse_budget(float(match.group(1)), device, field)
+        value = float(match.group(1)) * _UNITS[unit]
+        if value <= 0:
+            raise ValueError(f"{field}={budget!r} must be positive; write a size such as '12GiB'")
+        return int(value)
+    raise ValueError(
+        f"{field}={budget!r} has type {type(budget).__name__}; give a str such as '12GiB', an int or a float"
+    )
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable size with binary units.
+
+    Example:
+        >>> format_bytes(3 * 2**30)
+        '3.00 GiB'
+    """
+    sign = "-" if n < 0 else ""
+    n = abs(float(n))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.2f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.2f} GiB"

@@ -1,0 +1,60 @@
+"""The DDP Lightning strategy that plans memory once on rank 0 and broadcasts the plan."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.strategies import DDPStrategy
+
+from engage.memory._planning import _MemoryPlanning
+from engage.memory.plan import Plan
+from engage.memory.profile import Profile
+
+
+class DDPMemoryPlanningStrategy(_MemoryPlanning, DDPStrategy):
+    """:class:`~engage.memory.MemoryPlanningStrategy` under data parallelism.
+
+    Rank 0 profiles and solves on its first batch; every rank then applies the same plan, so the
+    recomputation and gradient buckets match across ranks. Arguments as for the single-device strategy,
+    plus those of ``DDPStrategy``.
+
+    Example:
+        >>> strategy = DDPMemoryPlanningStrategy(budget="20GiB", process_group_backend="gloo")
+    """
+
+    strategy_name = "ddp_memory_planning"
+
+    def __init__(
+        self,
+        budget: str | int | float,
+        solver: str = "auto",
+        blocks: Sequence[str] | None = None,
+        decisions: Sequence[str] = ("keep", "selective", "recompute", "offload"),
+        profile_path: str | None = None,
+        verify: bool = True,
+        print_plan: bool = True,
+        offload_min_bytes: int = 1 << 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._init_planning(budget, solver, blocks, decisions, profile_path, verify, print_plan, offload_min_bytes)
+
+    def setup(self, trainer: Any) -> None:
+        super().setup(trainer)
+        self._setup_planner()
+
+    def _share(self, plan: Plan | None, profile: Profile | None) -> tuple[Plan, Profile | None]:
+        payload = (plan.to_dict(), profile.to_dict()) if plan is not None and profile is not None else None
+        plan_data, profile_data = self.broadcast(payload, src=0)
+        return Plan.from_dict(plan_data), Profile.from_dict(profile_data)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._planned_training_step(super().training_step, args, kwargs)
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._planned_backward(super().backward, *args, **kwargs)
+
+    def teardown(self) -> None:
+        self._teardown_planner()
+        super().teardown()

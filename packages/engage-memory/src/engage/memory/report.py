@@ -1,0 +1,75 @@
+"""Showing a plan: the memory timeline plot and MLflow logging."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engage.memory.plan import Plan
+from engage.memory.profile import Profile
+
+
+def plot_timeline(
+    predicted: Sequence[tuple[str, int]],
+    measured: Sequence[tuple[str, int]] | None,
+    budget: int,
+    path: str | Path,
+    title: str = "memory timeline",
+) -> Path:
+    """Save a plot of the step's memory phase by phase, predicted against measured, with the budget.
+
+    Example:
+        >>> import tempfile, os
+        >>> out = plot_timeline([("a", 10), ("b", 20)], [("a", 11), ("b", 19)], 25, tempfile.mktemp(suffix=".png"))
+        >>> os.path.getsize(out) > 0
+        True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gib = 2**30
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(predicted)), 4))
+    xs = range(len(predicted))
+    ax.plot(xs, [v / gib for _, v in predicted], marker="o", label="predicted")
+    if measured:
+        values = dict(measured)
+        ax.plot(xs, [values.get(label, float("nan")) / gib for label, _ in predicted], marker="x", label="measured")
+    ax.axhline(budget / gib, color="red", linestyle="--", label="budget")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([label for label, _ in predicted], rotation=90, fontsize=7)
+    ax.set_ylabel("GiB")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(
+    logger: Any, plan: Plan, profile: Profile, measured_peak: int | None, measured: Sequence[tuple[str, int]] | None
+) -> None:
+    """Log the plan (table, JSON, profile, timeline plot) and its figures to a Lightning ``MLFlowLogger``."""
+    metrics = {
+        "memory/budget_bytes": float(plan.budget),
+        "memory/predicted_peak_bytes": float(plan.predicted_peak),
+        "memory/predicted_step_s": float(plan.predicted_time),
+        "memory/solve_s": float(plan.solve_seconds),
+        "memory/profiling_s": float(profile.profiling_seconds),
+    }
+    if measured_peak is not None:
+        metrics["memory/measured_peak_bytes"] = float(measured_peak)
+    logger.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "memory_plan.txt").write_text(plan.render(measured_peak))
+        plan.save(folder / "memory_plan.json")
+        profile.save(folder / "memory_profile.json")
+        plot_timeline(plan.timeline, measured, plan.budget, folder / "memory_timeline.png")
+        for name in ("memory_plan.txt", "memory_plan.json", "memory_profile.json", "memory_timeline.png"):
+            logger.experiment.log_artifact(logger.run_id, str(folder / name))

@@ -1,0 +1,147 @@
+"""Running a model's blocks under per-block decisions, and observing them while profiling."""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from engage.memory.decisions import Decision
+from engage.memory.offload import Offloader
+
+# Outputs of these ops are worth saving: recomputing them costs most of a block's FLOPs, while the
+# pointwise and normalisation ops between them are cheap to redo and often produce most of the bytes.
+_COMPUTE_OPS = {
+    name
+    for name in (
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "convolution",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+    )
+}
+_SAVE_OPS = [getattr(torch.ops.aten, name).default for name in _COMPUTE_OPS if hasattr(torch.ops.aten, name)]
+
+
+def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context() -> Any:
+    return create_selective_checkpoint_contexts(_selective_policy)
+
+
+def first_grad_tensor(obj: Any) -> torch.Tensor | None:
+    """The first floating tensor in ``obj`` (any nesting) that takes part in autograd."""
+    for t in tree_flatten(obj)[0]:
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            return t
+    return None
+
+
+Recorder = Callable[[str, int], None]
+
+
+class PlanRuntime:
+    """Patches the ``forward`` of each block so that it runs under its :class:`Decision`.
+
+    The patch is an instance attribute, so parameter names and ``state_dict`` keys are untouched and
+    :meth:`remove` restores the module exactly. A ``recorder`` (set while profiling) is called at four
+    events per block: ``fwd_start``, ``fwd_end``, ``bwd_start`` (its output gradient exists) and
+    ``bwd_end`` (its input gradient exists).
+
+    Example:
+        >>> import torch
+        >>> blocks = [("0", torch.nn.Linear(4, 4)), ("1", torch.nn.Linear(4, 4))]
+        >>> rt = PlanRuntime(blocks, torch.device("cpu"))
+        >>> rt.install()
+        >>> rt.decisions = {0: Decision.RECOMPUTE, 1: Decision.KEEP}
+        >>> x = torch.randn(2, 4, requires_grad=True)
+        >>> blocks[1][1](blocks[0][1](x)).sum().backward()
+        >>> rt.remove()
+    """
+
+    def __init__(
+        self, blocks: Sequence[tuple[str, nn.Module]], device: torch.device, offload_min_bytes: int = 1 << 16
+    ) -> None:
+        self.blocks = list(blocks)
+        self.device = torch.device(device)
+        self.decisions: dict[int, Decision] = {}
+        self.recorder: Recorder | None = None
+        self.chain_links: dict[int, bool] = {}
+        # Weak, so that linking blocks into a chain never keeps an activation alive.
+        self._last_output: weakref.ref | None = None
+        params = {p.untyped_storage().data_ptr() for _, m in self.blocks for p in m.parameters()}
+        self.offloader = Offloader(self.device, min_bytes=offload_min_bytes, skip=params)
+        self._installed: list[tuple[nn.Module, Any]] = []
+
+    def install(self) -> None:
+        """Patch every block (idempotent)."""
+        if self._installed:
+            return
+        for index, (_, module) in enumerate(self.blocks):
+            previous = module.__dict__.get("forward")
+            original = module.forward
+            module.forward = functools.partial(self._forward, index, original)
+            self._installed.append((module, previous))
+
+    def remove(self) -> None:
+        """Restore every block's own ``forward``."""
+        for module, previous in self._installed:
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+        self._installed.clear()
+
+    def _forward(self, index: int, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        decision = self.decisions.get(index, Decision.KEEP)
+        recorder = self.recorder
+        inp = first_grad_tensor((args, kwargs))
+        if recorder is not None:
+            previous = self._last_output() if self._last_output is not None else None
+            self.chain_links[index] = inp is not None and inp is previous
+            recorder("fwd_start", index)
+        if not torch.is_grad_enabled() or decision is Decision.KEEP:
+            out = original(*args, **kwargs)
+        elif decision is Decision.RECOMPUTE:
+            out = checkpoint(original, *args, use_reentrant=False, **kwargs)
+        elif decision is Decision.SELECTIVE:
+            out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
+        else:
+            with self.offloader.hooks(index):
+                out = original(*args, **kwargs)
+            self.offloader.finish(index)
+        first_out = first_grad_tensor(out)
+        if first_out is not None and torch.is_grad_enabled():
+            # Hooks run in registration order: the event first, so a prefetch counts in this block's backward.
+            if recorder is not None:
+                first_out.register_hook(functools.partial(self._record_hook, recorder, "bwd_start", index))
+                if inp is not None:
+                    inp.register_hook(functools.partial(self._record_hook, recorder, "bwd_end", index))
+            if decision is Decision.OFFLOAD:
+                first_out.register_hook(functools.partial(self._prefetch_hook, index))
+        if recorder is not None:
+            self._last_output = weakref.ref(first_out) if first_out is not None else None
+            recorder("fwd_end", index)
+        return out
+
+    def _prefetch_hook(self, index: int, grad: torch.Tensor) -> None:
+        self.offloader.prefetch(index)
+
+    @staticmethod
+    def _record_hook(recorder: Recorder, event: str, index: int, grad: torch.Tensor) -> None:
+        recorder(event, index)

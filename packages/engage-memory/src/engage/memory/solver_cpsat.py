@@ -1,0 +1,118 @@
+"""An OR-Tools CP-SAT model of the step's memory, for any execution order of blocks (branches, skips)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ortools.sat.python import cp_model
+
+from engage.memory.decisions import Decision
+from engage.memory.errors import InfeasibleBudgetError
+from engage.memory.plan import Plan
+from engage.memory.profile import Profile
+
+_KIB = 1024
+
+
+def _up(nbytes: float) -> int:
+    # Rounding every term up keeps the model conservative: a plan it accepts fits the exact budget.
+    return math.ceil(nbytes / _KIB)
+
+
+class CpSatSolver:
+    """Chooses keep, recompute (whole or cheap ops) or offload to host for every block's saved tensors.
+
+    Memory at each forward and backward window is linear in the choices: what the blocks before it in
+    execution order left alive, plus the window's own peak. Offload's cost is its measured slowdown, which
+    already contains the host transfer that the side stream could not hide behind compute.
+
+    Example:
+        >>> from engage.memory.profile import BlockProfile, DecisionCost
+        >>> c = lambda m, t: DecisionCost(m, m, m, -m, t, t)
+        >>> blocks = [BlockProfile(str(i), {"keep": c(100 * 1024, 1.0), "recompute": c(10 * 1024, 2.0)})
+        ...           for i in range(4)]
+        >>> zero = {"keep": 0, "recompute": 0}
+        >>> prof = Profile(blocks, 0, 0, zero, zero, 0, [0, 1, 2, 3], [3, 2, 1, 0], True, 8.0,
+        ...                decisions=["keep", "recompute"])
+        >>> CpSatSolver().solve(prof, 250 * 1024).counts()
+        {'keep': 1, 'recompute': 3}
+    """
+
+    name = "cpsat"
+
+    def __init__(self, time_limit: float = 8.0, workers: int = 2) -> None:
+        self.time_limit = time_limit
+        self.workers = workers
+
+    def _model(self, profile: Profile, budget: int | None) -> tuple[cp_model.CpModel, dict, cp_model.IntVar | None]:
+        model = cp_model.CpModel()
+        options = profile.available
+        x = {
+            (i, d): model.new_bool_var(f"x_{i}_{d.value}") for i in range(len(profile.blocks)) for d in options
+        }
+        for i in range(len(profile.blocks)):
+            model.add_exactly_one(x[i, d] for d in options)
+
+        def chosen(i: int, field: str) -> cp_model.LinearExpr:
+            return sum(_up(getattr(profile.cost(i, d), field)) * x[i, d] for d in options)
+
+        fixed = _up(profile.base + profile.extra)
+        peak = model.new_int_var(0, 1 << 50, "peak") if budget is None else None
+        limit = peak if peak is not None else _up(budget) if budget is not None else 0
+        exprs = []
+        prefix: cp_model.LinearExpr = 0
+        for i in profile.fwd_order:
+            exprs.append(fixed + prefix + chosen(i, "fwd_peak"))
+            prefix = prefix + chosen(i, "fwd_delta")
+        last = profile.fwd_order[-1]
+        exprs.append(fixed + prefix + sum(_up(profile.epilogue_peak[d.value]) * x[last, d] for d in options))
+        mem = fixed + prefix + sum(_up(profile.epilogue_delta[d.value]) * x[last, d] for d in options)
+        for i in profile.bwd_order:
+            exprs.append(mem + chosen(i, "bwd_peak"))
+            mem = mem + _up(profile.blocks[i].grad_delta) - chosen(i, "fwd_delta")
+        constant = max(profile.prologue_peak + profile.extra, profile.optimizer_peak)
+        for expr in exprs:
+            model.add(expr <= limit)
+        if peak is not None:
+            model.add(peak >= _up(constant))
+        return model, x, peak
+
+    def _solve(self, model: cp_model.CpModel) -> tuple[cp_model.CpSolver, int]:
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = self.time_limit
+        solver.parameters.num_workers = self.workers
+        return solver, solver.solve(model)
+
+    def minimum_budget(self, profile: Profile) -> int:
+        """Smallest peak any plan reaches."""
+        model, x, peak = self._model(profile, None)
+        model.minimize(peak)
+        solver, status = self._solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            raise RuntimeError(f"CP-SAT found no plan even without a budget (status {solver.status_name(status)})")
+        decisions = [next(d for d in profile.available if solver.value(x[i, d])) for i in range(len(profile.blocks))]
+        # The model rounds up to KiB: name a budget the model itself accepts.
+        return max(profile.predict_peak(decisions), solver.value(peak) * _KIB)
+
+    def solve(self, profile: Profile, budget: int) -> Plan:
+        """Fastest plan whose predicted peak fits ``budget``; :class:`InfeasibleBudgetError` otherwise."""
+        started = time.perf_counter()
+        constant = max(profile.prologue_peak + profile.extra, profile.optimizer_peak)
+        model, x, _ = self._model(profile, budget)
+        if constant > budget:
+            raise InfeasibleBudgetError(budget, self.minimum_budget(profile))
+        # Microseconds, with a tiny preference for simpler decisions when times tie.
+        rank = {d: k for k, d in enumerate(Decision)}
+        model.minimize(
+            sum(
+                (round(1e6 * profile.blocks[i].overhead(d)) * 8 + rank[d]) * x[i, d]
+                for i in range(len(profile.blocks))
+                for d in profile.available
+            )
+        )
+        solver, status = self._solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            raise InfeasibleBudgetError(budget, self.minimum_budget(profile))
+        decisions = [next(d for d in profile.available if solver.value(x[i, d])) for i in range(len(profile.blocks))]
+        return Plan.from_decisions(profile, decisions, budget, self.name, time.perf_counter() - started)

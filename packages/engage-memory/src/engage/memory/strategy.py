@@ -1,0 +1,70 @@
+"""The single-device Lightning strategy that plans a training step's memory under a budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+
+from engage.memory._planning import _MemoryPlanning
+
+
+class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
+    """Fit the whole training step (weights, gradients, optimizer state, activations) under ``budget``.
+
+    On the first batch (and whenever input shapes change) the step is profiled block by block, a solver
+    picks for every block whether to keep its activations, recompute them (all or only cheap ops) or
+    offload them to host memory, and the fastest plan under the budget is applied and printed.
+
+    Args:
+        budget: ``"12GiB"``, bytes as an int, or a fraction of device memory as a float in (0, 1].
+        solver: ``"dp"`` (chains of blocks), ``"cpsat"`` (any order of blocks) or ``"auto"``.
+        blocks: module names to plan; default: the children of the largest ``ModuleList``/``Sequential``.
+        decisions: which decisions the solver may use.
+        profile_path: JSON file for the profile: loaded if it exists (no re-profiling), written otherwise.
+        verify: measure one planned step on the first batch and show the measured peak next to the plan.
+        print_plan: print the plan table.
+        offload_min_bytes: saved tensors smaller than this stay on the device when offloading.
+        device: the device to train on (default: the first GPU if any, else CPU).
+
+    Example:
+        >>> import lightning as L
+        >>> strategy = MemoryPlanningStrategy(budget="12GiB")
+        >>> trainer = L.Trainer(strategy=strategy, accelerator="cpu", max_steps=1, logger=False)
+    """
+
+    strategy_name = "memory_planning"
+
+    def __init__(
+        self,
+        budget: str | int | float,
+        solver: str = "auto",
+        blocks: Sequence[str] | None = None,
+        decisions: Sequence[str] = ("keep", "selective", "recompute", "offload"),
+        profile_path: str | None = None,
+        verify: bool = True,
+        print_plan: bool = True,
+        offload_min_bytes: int = 1 << 16,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if device is None:
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        super().__init__(device=device, **kwargs)
+        self._init_planning(budget, solver, blocks, decisions, profile_path, verify, print_plan, offload_min_bytes)
+
+    def setup(self, trainer: Any) -> None:
+        super().setup(trainer)
+        self._setup_planner()
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._planned_training_step(super().training_step, args, kwargs)
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._planned_backward(super().backward, *args, **kwargs)
+
+    def teardown(self) -> None:
+        self._teardown_planner()
+        super().teardown()

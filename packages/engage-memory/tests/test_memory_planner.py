@@ -1,0 +1,115 @@
+"""Planned models compute the same gradients, stay under budget, and match the meter's peak."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from engage.memory import Decision, InfeasibleBudgetError, MemoryMeter, MemoryPlanner, Plan, Profile
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _profiled(case: tuple) -> tuple:
+    name, model, x, loss_fn, blocks = case
+    reference = copy.deepcopy(model)
+    loss_fn(reference, x).backward()
+    planner = MemoryPlanner(model, blocks=blocks, offload_min_bytes=0)
+
+    def step() -> None:
+        loss_fn(model, x).backward()
+
+    profile = planner.profile(step, roots=[x])
+    return name, model, x, step, planner, profile, _grads(reference)
+
+
+def _clear(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+@pytest.mark.parametrize("decision", list(Decision))
+def test_memory_uniform_decisions_keep_gradients(case: tuple, decision: Decision) -> None:
+    _, model, _x, step, planner, profile, expected = _profiled(case)
+    planner.apply(Plan.from_decisions(profile, [decision] * len(profile.blocks), 2**40, "manual"))
+    step()
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    planner.remove()
+
+
+def test_memory_plan_fits_budget_matches_meter_and_gradients(case: tuple) -> None:
+    name, model, x, step, planner, profile, expected = _profiled(case)
+    n = len(profile.blocks)
+    unplanned = profile.predict_peak([Decision.KEEP] * n)
+    floor = planner.minimum_budget()
+    assert floor < unplanned
+    budget = (floor + unplanned) // 2
+    plan = planner.plan(budget)
+    assert plan.predicted_peak <= budget
+    assert plan.solver == ("cpsat" if name == "branch" else "dp")
+    measured, timeline = planner.measure(step, roots=[x])
+    assert measured <= budget, plan.render(measured)
+    assert abs(plan.predicted_peak - measured) <= 0.10 * measured, plan.render(measured)
+    assert [label for label, _ in timeline] == [label for label, _ in plan.timeline if label != "optimizer"]
+    _clear(model)
+    step()
+    for pname, grad in _grads(model).items():
+        torch.testing.assert_close(grad, expected[pname], rtol=1e-4, atol=1e-5, msg=pname)
+    planner.remove()
+
+
+def test_memory_floor_plan_matches_meter(case: tuple) -> None:
+    _, _model, x, step, planner, _profile, _ = _profiled(case)
+    floor = planner.minimum_budget()
+    plan = planner.plan(floor)
+    measured, _ = planner.measure(step, roots=[x])
+    assert measured <= floor * 1.10
+    assert abs(plan.predicted_peak - measured) <= 0.10 * measured
+    planner.remove()
+
+
+def test_memory_infeasible_budget_names_minimum(case: tuple) -> None:
+    _, _model, _x, _step, planner, _profile, _ = _profiled(case)
+    floor = planner.minimum_budget()
+    with pytest.raises(InfeasibleBudgetError) as info:
+        planner.plan(floor // 2)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "smallest feasible budget" in message
+    assert info.value.minimum == floor
+    planner.plan(info.value.minimum)  # the named minimum is itself feasible
+    planner.remove()
+
+
+def test_memory_profile_round_trip_gives_same_plan(tmp_path, case: tuple) -> None:
+    _, _model, _x, _step, planner, profile, _ = _profiled(case)
+    path = profile.save(tmp_path / "profile.json")
+    budget = (planner.minimum_budget() + profile.predict_peak([Decision.KEEP] * len(profile.blocks))) // 2
+    again = planner.plan(budget, profile=Profile.load(path))
+    assert again.decisions == planner.plan(budget).decisions
+    planner.remove()
+
+
+def test_memory_meter_counts_views_once_and_frees() -> None:
+    with MemoryMeter() as meter:
+        a = torch.zeros(1000)
+        view = a[10:]
+        assert meter.live == 4000
+        del a, view
+        assert meter.live == 0
+        assert meter.peak == 4000
+
+
+def test_memory_remove_restores_forward() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    keys = list(model.state_dict())
+    planner = MemoryPlanner(model)
+    assert "forward" in model[0].__dict__
+    assert list(model.state_dict()) == keys
+    planner.remove()
+    assert "forward" not in model[0].__dict__

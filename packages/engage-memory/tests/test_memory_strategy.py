@@ -1,0 +1,99 @@
+"""The Lightning strategy: one line in a Trainer, plan printed and logged to MLflow, bad input explained."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import MLFlowLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from engage.memory import InfeasibleBudgetError, MemoryPlanningStrategy, parse_budget
+
+
+class _LitGPT(L.LightningModule):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        (idx,) = batch
+        loss = F.cross_entropy(self.model(idx).flatten(0, 1), idx.flatten())
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def _loader(seq: int = 64) -> DataLoader:
+    return DataLoader(TensorDataset(torch.randint(0, 128, (16, seq))), batch_size=8)
+
+
+def _trainer(strategy: MemoryPlanningStrategy, tmp_path, **kwargs) -> L.Trainer:
+    options = {
+        "accelerator": "cpu",
+        "max_steps": 2,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+        **kwargs,
+    }
+    return L.Trainer(strategy=strategy, **options)
+
+
+@pytest.mark.slow
+def test_memory_strategy_trains_and_logs_plan(tmp_path, gpt) -> None:
+    model = _LitGPT(gpt)
+    logger = MLFlowLogger(experiment_name="memory", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    strategy = MemoryPlanningStrategy(budget="8MiB", profile_path=str(tmp_path / "profile.json"))
+    trainer = _trainer(strategy, tmp_path, logger=logger, log_every_n_steps=1)
+    trainer.fit(model, _loader())
+    assert strategy.plan is not None and strategy.plan.predicted_peak <= 8 * 2**20
+    assert strategy.measured_peak is not None and strategy.measured_peak <= 8 * 2**20
+    assert (tmp_path / "profile.json").exists()
+    client = logger.experiment
+    names = {a.path for a in client.list_artifacts(logger.run_id)}
+    assert {"memory_plan.txt", "memory_timeline.png", "memory_profile.json"} <= names
+    metrics = client.get_run(logger.run_id).data.metrics
+    assert metrics["memory/predicted_peak_bytes"] <= 8 * 2**20
+    assert "forward" not in gpt.blocks[0].__dict__  # teardown gave the model back
+
+
+def test_memory_strategy_replans_on_new_shapes(tmp_path, gpt) -> None:
+    strategy = MemoryPlanningStrategy(budget="16MiB", print_plan=False, verify=False)
+    batches = [(torch.randint(0, 128, (8, n)),) for n in (32, 64, 32)]
+    trainer = _trainer(strategy, tmp_path, logger=False, max_steps=3)
+    trainer.fit(_LitGPT(gpt), DataLoader(batches, batch_size=None))
+    assert len(strategy.plans) == 2
+
+
+def test_memory_strategy_infeasible_budget_is_one_line(tmp_path, gpt) -> None:
+    strategy = MemoryPlanningStrategy(budget="64KiB", print_plan=False)
+    with pytest.raises(InfeasibleBudgetError, match=r"smallest feasible budget is [0-9.]+ MiB") as info:
+        _trainer(strategy, tmp_path, logger=False, max_steps=1).fit(_LitGPT(gpt), _loader())
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("budget", "match"),
+    [("12 GB?", "budget='12 GB\\?' is not a memory size"), (-5, "must be positive"), (1.5, r"in \(0, 1\]")],
+)
+def test_memory_bad_budget_names_field_and_fix(budget, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        MemoryPlanningStrategy(budget=budget)
+
+
+def test_memory_budget_units() -> None:
+    assert parse_budget("12GiB") == 12 * 2**30
+    assert parse_budget("800 MB") == 800 * 10**6
+    assert parse_budget(4096) == 4096
+    with pytest.raises(ValueError, match="no fixed size"):
+        parse_budget(0.5, "cpu")
+
+
+def test_memory_bad_solver_is_explained() -> None:
+    with pytest.raises(ValueError, match="solver='magic' is unknown"):
+        MemoryPlanningStrategy(budget="1GiB", solver="magic")
