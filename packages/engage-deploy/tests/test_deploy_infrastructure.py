@@ -6,6 +6,7 @@ import re
 import sys
 
 import pytest
+
 from engage.deploy.infrastructure import (
     Infrastructure,
     InfrastructureError,

@@ -63,6 +63,7 @@ def run(job_dir: Path) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+    from omegaconf import OmegaConf
 
     payload = cloudpickle.loads((job_dir / "job.pkl").read_bytes())
     setup_globals()
@@ -87,7 +88,9 @@ def run(job_dir: Path) -> int:
     else:
         ret._return_value = _picklable(ret._return_value)
     (job_dir / "result.pkl").write_bytes(cloudpickle.dumps(ret))
-    output_dir = ret.working_dir if ret.working_dir else None
+    # the job's Hydra output folder (also what `engage run` tags its MLflow run with)
+    output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg is not None else None
+    output_dir = output_dir or ret.working_dir
     summary = {
         "status": ret.status.name,
         "return_value": repr(ret._return_value) if ret.status == JobStatus.COMPLETED else None,

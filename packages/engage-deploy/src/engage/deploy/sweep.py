@@ -38,15 +38,16 @@ from typing import Any
 
 import cloudpickle
 import yaml
-from engage.deploy import tracking
-from engage.deploy.infrastructure import Infrastructure
-from engage.deploy.monitor import HostMonitor
-from engage.deploy.providers import Host, Provider, get_provider
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from engage.deploy import tracking
+from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.monitor import HostMonitor
+from engage.deploy.providers import Host, Provider, get_provider
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,8 @@ class Sweep:
         self._host_load: dict[str, int] = {}
         self.server: tracking.TrackingServer | None = None
         self.tracking_uri: str | None = None
+        self.backend_uri: str | None = None
+        self.experiment_name = "engage"
         self.parent_run_id: str | None = None
         self.own_parent = False
         self.experiment_id: str | None = None
@@ -202,6 +205,7 @@ class Sweep:
         previous_handler = self._install_sigterm()
         monitors: dict[str, HostMonitor] = {}
         try:
+            self._start_server()
             with provider:
                 self.report.warnings += list(getattr(provider, "warnings", []))
                 self._write_infrastructure(provider)
@@ -303,31 +307,45 @@ class Sweep:
 
     # ------------------------------------------------------------------ MLflow
 
-    def _start_tracking(self, provider: Provider) -> None:
+    def _start_server(self) -> None:
+        """Start the sweep's MLflow server early: it loads while hosts are being deployed."""
         settings = self.options.mlflow or {}
         if not settings.get("enabled", True):
             return
         backend = settings.get("tracking_uri") or os.environ.get(TRACKING_URI_ENV)
         if not backend:
             backend = f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
-        self.parent_run_id = os.environ.get(PARENT_RUN_ENV)
+        self.backend_uri = backend
         if backend.startswith(("http://", "https://")) or not settings.get("server", True):
-            self.tracking_uri = backend
+            return
+        # hosts other than this machine's loopback must reach it: listen on every interface then
+        local_only = self.infrastructure.provider == "local"
+        self.server = tracking.TrackingServer(
+            backend,
+            self.folder / "mlflow-artifacts",
+            bind="127.0.0.1" if local_only else "0.0.0.0",
+            log_path=self.folder / "mlflow-server.log",
+            start_timeout_s=float(settings.get("server_start_timeout_s", 120.0)),
+        )
+        self.server.start(wait=False)
+
+    def _start_tracking(self, provider: Provider) -> None:
+        settings = self.options.mlflow or {}
+        if not settings.get("enabled", True):
+            return
+        self.parent_run_id = os.environ.get(PARENT_RUN_ENV)
+        if self.server is None:
+            self.tracking_uri = self.backend_uri
         else:
-            address = getattr(provider, "launcher_address", lambda: "127.0.0.1")()
-            self.server = tracking.TrackingServer(
-                backend,
-                self.folder / "mlflow-artifacts",
-                bind="127.0.0.1" if address.startswith("127.") else "0.0.0.0",
-                address=address,
-                log_path=self.folder / "mlflow-server.log",
-                start_timeout_s=float(settings.get("server_start_timeout_s", 60.0)),
-            )
-            self.server.start()
+            self.server.address = provider.launcher_address()
+            self.server.wait_ready()
             self.tracking_uri = self.server.uri
+            self._write_server_state()
         experiment = str(settings.get("experiment", "engage"))
         self.experiment_name = experiment
-        self.experiment_id = tracking.experiment_id_for(self.tracking_uri, experiment, self.parent_run_id)
+        # created in the store itself (not through the server) so its artifact location is a plain
+        # folder that `mlflow ui --backend-store-uri ...` and any client can read later
+        self.experiment_id = tracking.experiment_id_for(self.backend_uri, experiment, self.parent_run_id)
         if not self.parent_run_id:
             from mlflow.tracking import MlflowClient
 
@@ -338,6 +356,11 @@ class Sweep:
             )
             self.parent_run_id = run.info.run_id
             self.own_parent = True
+
+    def _write_server_state(self) -> None:
+        assert self.server is not None and self.server.process is not None
+        state = {"pid": self.server.process.pid, "uri": self.server.uri, "backend": self.server.backend_uri}
+        tracking.write_json(self.folder / "mlflow-server.json", state)
 
     def _tracking_env(self, job: JobSpec) -> dict[str, str]:
         if self.tracking_uri is None:
@@ -373,6 +396,7 @@ class Sweep:
                 log.warning("MLflow server restart failed: %s", exc)
                 return False
             self.report.server_restarts = self.server.restarts
+            self._write_server_state()
             return True
 
     def _record(self, job: JobSpec, record: tracking.JobRecord, offline: bool) -> None:
@@ -396,9 +420,9 @@ class Sweep:
         self._update_result(job, offline_store=offline_uri)
 
     def _finish_tracking(self) -> None:
-        if self.tracking_uri is None:
-            return
         try:
+            if self.tracking_uri is None:
+                return
             if self.report.offline_jobs:
                 if self._server_ok():
                     for index in sorted(self.report.offline_jobs):

@@ -98,8 +98,9 @@ class TrackingServer:
             raise TrackingError("the MLflow server has not been started")
         return f"http://{self.address}:{self.port}"
 
-    def start(self) -> None:
-        """Start the server and wait until it answers (or raise :class:`TrackingError`)."""
+    def start(self, wait: bool = True) -> None:
+        """Start the server and wait until it answers (or raise :class:`TrackingError`); with
+        ``wait=False`` return at once and call :meth:`wait_ready` before using it."""
         if self.port is None:
             self.port = free_port(self.bind if self.bind != "0.0.0.0" else "127.0.0.1")
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,14 @@ class TrackingServer:
         finally:
             if output is not subprocess.DEVNULL:
                 output.close()
-        deadline = time.monotonic() + self.start_timeout_s
+        self._started_at = time.monotonic()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until the started server answers (or raise :class:`TrackingError`)."""
+        assert self.process is not None, "start() first"
+        deadline = self._started_at + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 where = f"; see {self.log_path}" if self.log_path else ""

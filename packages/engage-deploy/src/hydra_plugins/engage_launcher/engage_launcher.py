@@ -41,7 +41,7 @@ class MLflowConf:
     server: bool = True
     tracking_uri: str | None = None
     experiment: str = "engage"
-    server_start_timeout_s: float = 60.0
+    server_start_timeout_s: float = 120.0
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import os
 import shlex
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,20 @@ class Provider(abc.ABC):
     def hosts_of(self, layer: str) -> list[Host]:
         """The deployed hosts of ``layer``."""
         return [h for h in self.hosts if h.layer == layer]
+
+    def launcher_address(self) -> str:
+        """The address at which processes on the hosts reach this machine (the sweep's MLflow
+        server): the source address of this machine's route to the first non-loopback host, else
+        ``127.0.0.1``."""
+        for host in self.hosts:
+            if host.address and not host.address.startswith("127.") and host.address != "localhost":
+                try:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                        probe.connect((host.address, 9))  # no packet is sent for a UDP connect
+                        return str(probe.getsockname()[0])
+                except OSError:
+                    continue
+        return "127.0.0.1"
 
     def roles(self) -> Any:
         """An :class:`enoslib.Roles` with one role per layer, for EnOSlib actions."""

@@ -1,0 +1,90 @@
+"""Every job a child MLflow run of its sweep, through the sweep's own ``mlflow server``, and the
+records of jobs that ran while that server was down uploaded once it is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+APP = Path(__file__).parent / "apps" / "deploy_app.py"
+
+
+def start_app(cwd: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(APP), "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", *overrides]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def children(uri: str) -> tuple[object, list]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("engage")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("engage.kind") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(kids, key=lambda r: int(r.data.tags["engage.job"]))
+
+
+@pytest.mark.slow
+def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
+    proc = start_app(
+        tmp_path,
+        "hydra.launcher.parallelism=2",
+        "hydra.launcher.monitor_interval_s=0.2",
+        "+x=1,2,3",
+        "+sleep=0.6",
+        "+fail_on=3",
+    )
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "boom at x=3" in err
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent, kids = children(uri)
+    assert parent.info.status == "FAILED"
+    assert [r.data.params["overrides"] for r in kids] == [f"+x={x} +sleep=0.6 +fail_on=3" for x in (1, 2, 3)]
+    assert [r.info.status for r in kids] == ["FINISHED", "FINISHED", "FAILED"]
+    client = MlflowClient(uri)
+    for run in kids:
+        assert len(run.data.tags["engage.config_hash"]) == 64
+        assert run.data.tags["engage.host"] == "local-1"
+        history = client.get_metric_history(run.info.run_id, "system/rss_mib")
+        assert len(history) >= 2 and all(m.value > 1 for m in history)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "engage")}
+        assert {"engage/stdout.log", "engage/stderr.log", "engage/config.yaml", "engage/overrides.yaml"} <= artifacts
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "engage/infrastructure")} == {
+            "engage/infrastructure/infrastructure.yaml"
+        }
+    folder = next((tmp_path / "sweep" / ".engage").glob("*"))
+    result = json.loads((folder / "jobs" / "0" / "result.json").read_text())
+    assert result["mlflow_run_id"] == kids[0].info.run_id
+
+
+@pytest.mark.slow
+def test_server_killed_mid_sweep_loses_no_job(tmp_path: Path) -> None:
+    proc = start_app(tmp_path, "hydra.launcher.parallelism=1", "+x=1,2,3,4", "+sleep=1.5")
+    try:
+        deadline = time.monotonic() + 120
+        state = None
+        while time.monotonic() < deadline:
+            files = list((tmp_path / "sweep" / ".engage").glob("*/mlflow-server.json"))
+            if files and list(files[0].parent.glob("jobs/0/result.json")):
+                state = json.loads(files[0].read_text())
+                break
+            time.sleep(0.1)
+        assert state is not None, "the sweep never started its MLflow server"
+        os.killpg(state["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "MLflow server died 1 time(s) and was restarted" in out + err
+    _, kids = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(int(r.data.tags["engage.job"]) for r in kids) == [0, 1, 2, 3]
+    assert all(r.info.status == "FINISHED" for r in kids)
