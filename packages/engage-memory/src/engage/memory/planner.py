@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from engage.memory.budget import parse_budget
 from engage.memory.decisions import ALL_DECISIONS, Decision
+from engage.memory.errors import InfeasibleBudgetError
 from engage.memory.meter import MemoryMeter
 from engage.memory.plan import Plan
 from engage.memory.probes import Probe
@@ -141,8 +143,19 @@ class MemoryPlanner:
         self.profile_ = profile
         return profile
 
-    def plan(self, budget: str | int | float, solver: str = "auto", profile: Profile | None = None) -> Plan:
-        """Fastest plan under ``budget``; applied to the model right away."""
+    def plan(
+        self,
+        budget: str | int | float,
+        solver: str = "auto",
+        profile: Profile | None = None,
+        margin: float | None = None,
+    ) -> Plan:
+        """Fastest plan under ``budget``; applied to the model right away.
+
+        ``margin`` is the share of the budget held back for prediction error: by default none for chains
+        (where measured costs compose exactly) and 5% when blocks branch, since a tensor shared by two
+        branches is freed by whichever of them releases it last, which per-block costs only approximate.
+        """
         profile = profile or self.profile_
         if profile is None:
             raise ValueError("no profile yet: call profile(step) first or pass profile=Profile.load(path)")
@@ -152,7 +165,13 @@ class MemoryPlanner:
         if solver == "auto":
             solver = "dp" if profile.chain else "cpsat"
         engine = DynamicProgrammingSolver() if solver == "dp" else CpSatSolver()
-        plan = engine.solve(profile, nbytes)
+        if margin is None:
+            margin = 0.0 if profile.chain else 0.05
+        try:
+            plan = engine.solve(profile, int(nbytes * (1.0 - margin)))
+        except InfeasibleBudgetError as exc:
+            raise InfeasibleBudgetError(nbytes, math.ceil(exc.minimum / (1.0 - margin))) from None
+        plan.budget = nbytes
         self.apply(plan)
         return plan
 
@@ -160,7 +179,9 @@ class MemoryPlanner:
         """Smallest peak any plan reaches for the profiled step."""
         profile = profile or self.profile_
         assert profile is not None, "profile first"
-        return (DynamicProgrammingSolver() if profile.chain else CpSatSolver()).minimum_budget(profile)
+        floor = (DynamicProgrammingSolver() if profile.chain else CpSatSolver()).minimum_budget(profile)
+        # Non-chains plan with a 5% margin (see plan()): the smallest budget they accept is that much higher.
+        return floor if profile.chain else math.ceil(floor / 0.95)
 
     def apply(self, plan: Plan) -> None:
         """Run the blocks under ``plan``'s decisions from now on."""
