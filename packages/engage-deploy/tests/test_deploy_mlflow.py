@@ -41,7 +41,7 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
         "+sleep=0.6",
         "+fail_on=3",
     )
-    out, err = proc.communicate(timeout=240)
+    _out, err = proc.communicate(timeout=240)
     assert proc.returncode != 0 and "boom at x=3" in err
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, kids = children(uri)

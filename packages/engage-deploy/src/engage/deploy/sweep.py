@@ -167,10 +167,12 @@ class Sweep:
         self.infrastructure.validate()
         self.report = SweepReport()
         self.task_id = task_identity(task_function)
+        self.command = app_command(task_function)
         self._lock = threading.Lock()
         self._running: dict[int, subprocess.Popen] = {}
         self._stop_new = threading.Event()
         self._host_load: dict[str, int] = {}
+        self._killed_indices: list[int] = []
         self.server: tracking.TrackingServer | None = None
         self.tracking_uri: str | None = None
         self.backend_uri: str | None = None
@@ -186,9 +188,10 @@ class Sweep:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.folder = self._new_experiment_folder(sweep_dir)
+        self.folder = self._new_experiment_folder(sweep_dir.resolve())
         singleton_state = Singleton.get_state()
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        self._jobs = jobs
         done = self._completed_results(sweep_dir) if self.options.resume else {}
         provider_cls = get_provider(self.infrastructure.provider)
         provider = provider_cls(self.infrastructure, self.folder / "provider")
@@ -271,7 +274,7 @@ class Sweep:
     def _completed_results(self, sweep_dir: Path) -> dict[str, Path]:
         """Config hash -> job folder of every job that completed in an earlier launch here."""
         found: dict[str, Path] = {}
-        for result in sorted((sweep_dir / ".engage").glob("*/jobs/*/result.json")):
+        for result in sorted((sweep_dir.resolve() / ".engage").glob("*/jobs/*/result.json")):
             if result.parent.parent.parent == self.folder:
                 continue
             try:
@@ -468,13 +471,25 @@ class Sweep:
             remaining = set(futures)
             last_check = time.monotonic()
             # the main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly
-            while remaining:
-                finished, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    results[futures[future].index] = future.result()
-                if self.server is not None and time.monotonic() - last_check > 2.0:
-                    last_check = time.monotonic()
-                    self._server_ok()
+            try:
+                while remaining:
+                    finished, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        results[futures[future].index] = future.result()
+                    if self.server is not None and time.monotonic() - last_check > 2.0:
+                        last_check = time.monotonic()
+                        self._server_ok()
+            except KeyboardInterrupt:
+                # start nothing more; stop what runs; the job threads then record them KILLED
+                self._stop_new.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                with self._lock:
+                    running = dict(self._running)
+                self.report.killed = len(running)
+                self._killed_indices = sorted(running)
+                for process in running.values():
+                    _terminate(process)
+                raise
         return results
 
     def _pick_host(self, hosts: list[Host]) -> Host:
@@ -616,7 +631,12 @@ class Sweep:
             config_hash=job.config_hash,
             output_dir=summary["output_dir"],
             params={"engage.attempt": str(attempt)},
-            tags={"engage.provider": self.infrastructure.provider, "engage.experiment_folder": str(self.folder)},
+            tags={
+                "engage.provider": self.infrastructure.provider,
+                "engage.experiment_folder": str(self.folder),
+                "engage.command": json.dumps(self.command),
+                "engage.cwd": str(self.config.hydra.runtime.cwd),
+            },
             artifacts={"engage": str(job.folder), "engage/infrastructure": str(self.folder / "infrastructure.yaml")},
             system=monitor.job_samples_dicts(key),
         )
@@ -653,9 +673,10 @@ class Sweep:
             running = dict(self._running)
         for process in running.values():
             _terminate(process)
-        self.report.killed = len(running)
+        indices = sorted(set(running) | set(self._killed_indices))
+        self.report.killed = len(indices)
         output_dirs = []
-        for index in running:
+        for index in indices:
             folder = self.folder / "jobs" / str(index)
             data = _read_json(folder / "result.json")
             data.update(index=index, status="KILLED", error="interrupted")
@@ -666,14 +687,21 @@ class Sweep:
         if self.tracking_uri and self._server_ok():
             try:
                 tracking.mark_killed(self.tracking_uri, self.experiment_id, self.parent_run_id, output_dirs)
-                if self.own_parent:
+                if self.parent_run_id:
                     from mlflow.tracking import MlflowClient
 
+                    # also a parent opened by a sweep callback: its end hook never runs on an interrupt
                     MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status="KILLED")
                     self.own_parent = False
             except Exception as exc:  # best effort while going down
                 log.warning("could not mark interrupted runs KILLED: %s", exc)
-        log.warning("sweep interrupted: %d running jobs stopped and marked KILLED", len(running))
+        for job in getattr(self, "_jobs", []):
+            if not (job.folder / "result.json").exists():
+                tracking.write_json(
+                    job.folder / "result.json",
+                    {"index": job.index, "status": "NOT_STARTED", "config_hash": job.config_hash},
+                )
+        log.warning("sweep interrupted: %d running jobs stopped and marked KILLED", len(indices))
 
     # ------------------------------------------------------------------ reporting
 
@@ -709,6 +737,18 @@ class Sweep:
             )
         for warning in r.warnings:
             log.warning("engage launcher: %s", warning)
+
+
+def app_command(task_function: Any) -> list[str]:
+    """The command that runs this Hydra app again (``engage replay`` appends the overrides)."""
+    if f"{getattr(task_function, '__module__', '')}.{getattr(task_function, '__name__', '')}" == "engage.core.run.task":
+        script = Path(sys.executable).parent / "engage"
+        return [str(script) if script.exists() else "engage", "run"]
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path:
+        return [sys.executable, str(Path(path).resolve())]
+    return [sys.executable, "-m", str(getattr(task_function, "__module__", ""))]
 
 
 def _script_dir() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +11,7 @@ from hydra.core.utils import JobReturn
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-    from engage.deploy.sweep import Sweep
+    from engage.deploy.sweep import Sweep, SweepInterrupted
 
     assert launcher.config is not None and launcher.task_function is not None and launcher.hydra_context is not None
     sweep = Sweep(
@@ -18,4 +20,12 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         config=launcher.config,
         options=launcher.params,
     )
-    return sweep.run(job_overrides, initial_job_idx)
+    try:
+        return sweep.run(job_overrides, initial_job_idx)
+    except SweepInterrupted:
+        # the running jobs are stopped and marked KILLED already; exit as a process killed by SIGTERM would
+        print("engage launcher: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        print("engage launcher: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

@@ -1,0 +1,108 @@
+"""A sweep stopped by SIGTERM marks its running job KILLED and resumes where it stopped;
+``engage replay`` re-runs a deterministic CPU job with identical metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+APP = Path(__file__).parent / "apps" / "deploy_app.py"
+ENGAGE = str(Path(sys.executable).parent / "engage")
+
+
+def sweep_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("engage")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+def test_killed_sweep_marks_killed_and_resumes(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/launcher=engage",
+        "hydra.sweep.dir=sweep",
+        "hydra.launcher.parallelism=1",
+    ]
+    argv += ["+x=1,2,3,4", "+sleep=2"]
+    first = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            done = list((tmp_path / "sweep" / ".engage").glob("*/jobs/1/result.json"))
+            started = list((tmp_path / "sweep" / ".engage").glob("*/jobs/2/stdout.log"))
+            if done and started:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the first two jobs did not finish in time")
+        time.sleep(0.5)
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 128 + signal.SIGTERM
+    assert "marked KILLED" in out and "stopped by SIGTERM" in err and "Traceback" not in err
+    (folder,) = (tmp_path / "sweep" / ".engage").glob("*")
+    statuses = {i: json.loads((folder / "jobs" / str(i) / "result.json").read_text())["status"] for i in range(4)}
+    assert statuses == {0: "COMPLETED", 1: "COMPLETED", 2: "KILLED", 3: "NOT_STARTED"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = sweep_runs(uri)
+    assert not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"
+    by_job = {r.data.tags.get("engage.job"): r.info.status for r in runs if "engage.job" in r.data.tags}
+    assert by_job == {"0": "FINISHED", "1": "FINISHED", "2": "KILLED"}
+
+    second = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    latest = sorted((tmp_path / "sweep" / ".engage").glob("*"))[-1]
+    results = {i: json.loads((latest / "jobs" / str(i) / "result.json").read_text()) for i in range(4)}
+    assert [bool(results[i].get("resumed_from")) for i in range(4)] == [True, True, False, False]
+    assert all(r["status"] == "COMPLETED" for r in results.values())
+    assert not (latest / "jobs" / "0" / "stdout.log").exists()  # not run again
+    new_children = [r for r in sweep_runs(uri) if r.data.tags.get("engage.experiment_folder") == str(latest)]
+    assert sorted(r.data.tags["engage.job"] for r in new_children) == ["2", "3"]
+    hashes = {r.data.tags["engage.config_hash"] for r in new_children}
+    assert hashes == {results[2]["config_hash"], results[3]["config_hash"]}
+
+
+@pytest.mark.slow
+def test_replay_reproduces_a_deterministic_cpu_job(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    overrides = ["experiment=heat_quick", "seed=3", "trainer.max_epochs=1", "hydra.sweep.dir=sweep"]
+    proc = subprocess.run(
+        [ENGAGE, "run", "-m", "hydra/launcher=engage", *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (job,) = [r for r in sweep_runs(uri) if "engage.job" in r.data.tags]
+    assert job.data.tags["engage.config_hash"] and job.data.tags["mlflow.parentRunId"]
+    assert "val/loss" in job.data.metrics
+    replay = subprocess.run(
+        [ENGAGE, "replay", job.info.run_id, "--tracking-uri", uri, "--output-dir", str(tmp_path / "replay")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr[-3000:]
+    assert "metrics identical" in replay.stdout
+    (copy,) = [r for r in sweep_runs(uri) if r.data.tags.get("engage.replay_of") == job.info.run_id]
+    assert copy.data.metrics["val/loss"] == job.data.metrics["val/loss"]
