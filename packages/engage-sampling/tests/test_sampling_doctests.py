@@ -4,8 +4,9 @@ import doctest
 import importlib
 import pkgutil
 
-import engage.sampling
 import pytest
+
+import engage.sampling
 
 MODULES = sorted(
     name for _, name, _ in pkgutil.walk_packages(engage.sampling.__path__, "engage.sampling.") if "._" not in name

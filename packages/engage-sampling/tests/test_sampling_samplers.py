@@ -4,6 +4,8 @@ import copy
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
+
 from engage.core import FailureAction, ParameterSpace
 from engage.core.config.validate import ConfigError, check_values
 from engage.core.testing import SamplerSuite, parameter_spaces
@@ -17,7 +19,6 @@ from engage.sampling import (
     SobolSequenceSampler,
 )
 from engage.sampling import config as sampling_config
-from omegaconf import OmegaConf
 
 SPACES = parameter_spaces()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.stats import qmc
+
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
-from scipy.stats import qmc
 
 
 class LatinHypercubeSampler(Sampler):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from SALib.sample import morris as morris_sample
+
 from engage.core.space import ParameterSpace
 from engage.sampling.analysis import SensitivityResult, morris_indices
 from engage.sampling.samplers.structured import StructuredDesignSampler
-from SALib.sample import morris as morris_sample
 
 
 class MorrisSampler(StructuredDesignSampler):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from SALib.sample import sobol as sobol_sample
+
 from engage.core.space import ParameterSpace
 from engage.sampling.analysis import SensitivityResult, sobol_indices
 from engage.sampling.samplers.structured import StructuredDesignSampler
-from SALib.sample import sobol as sobol_sample
 
 
 class SALibSobolSampler(StructuredDesignSampler):

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
+
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
 from engage.sampling.samplers._unit import normalised_weights
-from scipy.spatial import cKDTree
 
 
 class SensitivityWeightedSampler(Sampler):

@@ -6,9 +6,10 @@ import warnings
 from typing import Any
 
 import numpy as np
+from scipy.stats import qmc
+
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
-from scipy.stats import qmc
 
 
 class SobolSequenceSampler(Sampler):

@@ -1,0 +1,132 @@
+"""What the sampling callbacks share: finding the active sampler and the parameter space,
+evaluating a model on parameter points, logging metrics and figures."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from engage.core.space import ParameterSpace
+
+#: ``quantity(model, unit_points) -> (n,) or (n, *shape)``: what a callback evaluates on a design
+Quantity = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def find_sampler(trainer: pl.Trainer, explicit: Any = None) -> Any:
+    """The sampler given explicitly, else the DataModule's ``sampler`` attribute, else ``None``."""
+    if explicit is not None:
+        return explicit
+    datamodule = getattr(trainer, "datamodule", None)
+    return getattr(datamodule, "sampler", None)
+
+
+def find_space(trainer: pl.Trainer, explicit: ParameterSpace | None, sampler: Any = None) -> ParameterSpace | None:
+    """The parameter space: given, else the sampler's, else the DataModule simulator's."""
+    if explicit is not None:
+        return explicit
+    for owner in (sampler, getattr(getattr(trainer, "datamodule", None), "simulator", None)):
+        space = getattr(owner, "space", None)
+        if isinstance(space, ParameterSpace):
+            return space
+    return None
+
+
+def _takes_time(module: torch.nn.Module) -> bool:
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is inspect.Parameter.empty
+    ]
+    return len(positional) >= 2
+
+
+def default_quantity(model: torch.nn.Module, unit_points: torch.Tensor) -> torch.Tensor:
+    """The model's output for inputs that are the (unit-normalised) parameters themselves.
+
+    Models of ENGAGE DataModules that take ``(parameters, time)`` are evaluated at the final time
+    (``time = 1``). A ``(n, 1)`` output is squeezed to ``(n,)``.
+    """
+    if _takes_time(model):
+        out = model(unit_points, torch.ones(len(unit_points), 1, dtype=unit_points.dtype, device=unit_points.device))
+    else:
+        out = model(unit_points)
+    return out.squeeze(1) if out.ndim == 2 and out.shape[1] == 1 else out
+
+
+@torch.no_grad()
+def evaluate(quantity: Quantity, model: torch.nn.Module, unit_points: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """``quantity`` on all points in batches, in eval mode, on the model's device, as numpy."""
+    try:
+        reference = next(model.parameters())
+        device, dtype = reference.device, reference.dtype
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = []
+        for start in range(0, len(unit_points), batch_size):
+            x = torch.as_tensor(unit_points[start : start + batch_size], dtype=dtype, device=device)
+            chunks.append(torch.as_tensor(quantity(model, x)).detach().float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    out = np.concatenate(chunks)
+    if out.shape[0] != len(unit_points):
+        raise ValueError(f"the quantity returned {out.shape[0]} values for {len(unit_points)} points")
+    return out
+
+
+def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """Send metrics to every logger of the trainer (rank zero only)."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def log_figure(trainer: pl.Trainer, figure: Any, path: str, plot_dir: str | Path | None = None) -> list[str]:
+    """Log a matplotlib figure as an MLflow artifact when an MLflow logger is attached, and save
+    it under ``plot_dir`` when given; returns where it went. Closes the figure."""
+    import matplotlib.pyplot as plt
+
+    where = []
+    try:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                run_id = getattr(logger, "run_id", None)
+                if run_id is not None and hasattr(experiment, "log_figure"):
+                    experiment.log_figure(run_id, figure, path)
+                    where.append(f"mlflow:{run_id}/{path}")
+            if plot_dir is not None:
+                target = Path(plot_dir) / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                figure.savefig(target, dpi=100)
+                where.append(str(target))
+    finally:
+        plt.close(figure)
+    return where
+
+
+def warn_once(owner: Any, key: str, message: str) -> None:
+    """A warning per callback instance and kind (a training loop would repeat it every step)."""
+    seen = owner.__dict__.setdefault("_warned", set())
+    if key not in seen:
+        seen.add(key)
+        rank_zero_warn(message)
+
+
+def due(step_or_epoch: int, every: int | None) -> bool:
+    """Whether a periodic action runs at this 1-based step or epoch count."""
+    return every is not None and every > 0 and step_or_epoch % every == 0
