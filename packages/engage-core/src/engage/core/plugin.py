@@ -14,6 +14,7 @@ from engage.core.config.schema import (
     UniformSamplerConfig,
 )
 from engage.core.hookspecs import hookimpl
+from engage.core.online.config import OnlineDataConfig
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.heat import HeatEquation
 
@@ -25,6 +26,7 @@ def engage_config_options() -> list[ConfigOption]:
         ConfigOption("simulator", "heat", HeatSimulatorConfig, "2D heat equation, implicit finite differences"),
         ConfigOption("sampler", "uniform", UniformSamplerConfig, "independent random draws"),
         ConfigOption("data", "simulated", SimulatedDatasetConfig, "simulate a fixed set first, then train in epochs"),
+        ConfigOption("data", "online", OnlineDataConfig, "stream samples from simulations running during training"),
         ConfigOption("model", "heat_surrogate", HeatSurrogateConfig, "MLP + convolutional decoder to a 2D field"),
         ConfigOption("logger", "mlflow", MLflowLoggerConfig, "Lightning's MLFlowLogger, SQLite store by default"),
     ]
@@ -37,6 +39,13 @@ def engage_config_options() -> list[ConfigOption]:
 @hookimpl
 def engage_samplers():
     return {"uniform": UniformSampler}
+
+
+@hookimpl
+def engage_executors():
+    from engage.core.executors import LocalExecutor
+
+    return {"local": LocalExecutor}
 
 
 @hookimpl

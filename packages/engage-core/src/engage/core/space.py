@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 DISTRIBUTIONS = ("uniform", "normal", "loguniform", "integer", "categorical")
 
@@ -107,6 +106,8 @@ class Parameter:
             n = len(self.choices)
             return np.minimum(np.floor(u * n), n - 1)
         # normal, optionally truncated: map u into the CDF range of [low, high]
+        from scipy import stats  # deferred: importing scipy.stats costs ~1 s in every simulator process
+
         dist = stats.norm(self.mean, self.std)
         lo = dist.cdf(self.low) if self.low is not None else 0.0
         hi = dist.cdf(self.high) if self.high is not None else 1.0
@@ -125,6 +126,8 @@ class Parameter:
             return (x - int(self.low) + 0.5) / n
         if self.distribution == "categorical":
             return (x + 0.5) / len(self.choices)
+        from scipy import stats
+
         dist = stats.norm(self.mean, self.std)
         lo = dist.cdf(self.low) if self.low is not None else 0.0
         hi = dist.cdf(self.high) if self.high is not None else 1.0

@@ -1,0 +1,170 @@
+"""Executors: what starts simulation processes.
+
+An executor turns a :class:`LaunchRequest` (a command line and its environment) into a running
+:class:`SimulationProcess` that the scheduler can poll and kill. Core ships :class:`LocalExecutor`
+(child processes of the trainer); other packages add executors for remote hosts through the
+``engage_executors`` hook.
+
+Example::
+
+    >>> import sys
+    >>> process = LocalExecutor().start(LaunchRequest([sys.executable, "-c", "print('hi')"], simulation_id=0))
+    >>> process.wait(timeout=30)
+    0
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class LaunchRequest:
+    """One simulation process to start: ``command`` with ``env`` added to the environment."""
+
+    command: list[str]
+    simulation_id: int
+    attempt: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: str | None = None
+
+
+class SimulationProcess(ABC):
+    """A started simulation process."""
+
+    host: str = "localhost"
+
+    @abstractmethod
+    def poll(self) -> int | None:
+        """The exit code, or ``None`` while it runs."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Stop it for good (no-op when already stopped)."""
+
+    @abstractmethod
+    def stderr_tail(self, limit: int = 4000) -> str:
+        """The last ``limit`` characters it wrote to stderr (and stdout)."""
+
+    @property
+    @abstractmethod
+    def pid(self) -> int | None:
+        """Its process id where it runs, when known."""
+
+    def wait(self, timeout: float) -> int | None:
+        """Poll until it exits or ``timeout`` seconds pass; the exit code or ``None``."""
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return code
+
+
+class Executor(ABC):
+    """Starts simulation processes. Subclasses register under a name with ``engage_executors``."""
+
+    #: whether started processes can read files of the trainer's host (e.g. a pickled simulator)
+    shares_filesystem: bool = True
+
+    @abstractmethod
+    def start(self, request: LaunchRequest) -> SimulationProcess:
+        """Start ``request.command``; returns at once."""
+
+    def bind_host(self) -> str:
+        """The interface the trainer listens on for these processes (``127.0.0.1`` for local)."""
+        return "127.0.0.1"
+
+    def shutdown(self) -> None:  # noqa: B027 - optional for executors without resources
+        """Release what the executor holds once the run ends."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask Linux to SIGKILL it when the thread that
+    # started it exits, so a SIGKILLed trainer never leaves simulations behind. Elsewhere the
+    # client notices its parent pid change and trainer silence instead.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def die_with_parent_command(command: list[str]) -> tuple[list[str], Any]:
+    """``command`` made to die with its parent: prefixed with util-linux ``setpriv --pdeathsig``
+    when available (the child then runs no Python between fork and exec, which is safe in a
+    threaded trainer), else with a ``preexec_fn`` doing the same ``prctl``."""
+    if not sys.platform.startswith("linux"):
+        return command, None
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--", *command], None
+    return command, _die_with_parent
+
+
+class LocalProcess(SimulationProcess):
+    def __init__(self, popen: subprocess.Popen, log_path: Path):
+        self._popen = popen
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+            try:
+                self._popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def stderr_tail(self, limit: int = 4000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class LocalExecutor(Executor):
+    """Child processes of the trainer on this host (``subprocess``).
+
+    Their stdout and stderr go to ``<log_dir>/sim-<id>-<attempt>.log``. On Linux each child is
+    killed by the kernel when the thread that started it exits (``PR_SET_PDEATHSIG``); start
+    processes from a thread that lives as long as they should.
+    """
+
+    def __init__(self, log_dir: str | None = None):
+        self.log_dir = log_dir
+
+    def start(self, request: LaunchRequest) -> SimulationProcess:
+        log_dir = Path(request.log_dir or self.log_dir or tempfile.mkdtemp(prefix="engage-sims-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"sim-{request.simulation_id}-{request.attempt}.log"
+        env = {**os.environ, **request.env}
+        command, preexec = die_with_parent_command(request.command)
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+        return LocalProcess(popen, log_path)

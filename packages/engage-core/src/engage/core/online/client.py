@@ -1,0 +1,308 @@
+"""The Python simulation client: stream a simulation's samples to a training process.
+
+A simulation process connects to the address the trainer printed, says hello, receives its job
+(parameters, and for Python simulators which one to build), then sends each sample as soon as
+the trainer grants it credit. While it waits for credit it sends heartbeats, so a trainer
+that applies backpressure never mistakes it for a hung simulation.
+
+The command line runs any :class:`~engage.core.simulators.base.Simulator`::
+
+    python -m engage.core.online.client --address tcp://trainer-host:5555 --simulation-id 12
+
+and the library lets any Python code act as a simulation::
+
+    from engage.core.online.client import SimulationClient
+
+    with SimulationClient("tcp://127.0.0.1:5555", simulation_id=12) as client:
+        job = client.connect()
+        for step in range(100):
+            client.send(my_solver_step(job.parameters))
+        client.done()
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pickle
+import socket as pysocket
+import sys
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from engage.core.online import protocol
+from engage.core.online.protocol import Kind
+
+#: environment variable holding the pid of the process that started this one (local executor)
+PARENT_PID_ENV = "ENGAGE_PARENT_PID"
+
+EXIT_STOPPED = 3  # the trainer told this simulation to stop
+EXIT_TRAINER_GONE = 4  # the trainer stopped answering or its parent process died
+
+
+class TrainerGone(RuntimeError):
+    """The training process stopped answering (or the process that started this one died)."""
+
+
+class StopRequested(RuntimeError):
+    """The training process asked this simulation to stop; the message says why."""
+
+
+@dataclass
+class Job:
+    """What the trainer asks this simulation to compute."""
+
+    parameters: dict[str, Any]
+    vector: list[float]
+    simulator: dict[str, Any] | None = None
+    resume_from: int = 0
+    heartbeat_interval: float = 1.0
+    server_timeout: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SimulationClient:
+    """One simulation's connection to the trainer (a ZeroMQ ``DEALER`` socket).
+
+    ``send`` blocks until the trainer has granted credit for one more sample; that is the
+    backpressure: a full training buffer holds simulations back instead of dropping data.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        simulation_id: int,
+        attempt: int = 1,
+        *,
+        heartbeat_interval: float = 1.0,
+        server_timeout: float = 60.0,
+        connect_timeout: float = 60.0,
+    ):
+        self.address = address
+        self.simulation_id = int(simulation_id)
+        self.attempt = int(attempt)
+        self.heartbeat_interval = heartbeat_interval
+        self.server_timeout = server_timeout
+        self.connect_timeout = connect_timeout
+        self.credits = 0
+        self.sent = 0
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.IDENTITY, f"sim-{self.simulation_id}-{self.attempt}".encode())
+        self._socket.setsockopt(zmq.LINGER, 2000)
+        self._socket.connect(address)
+        self._last_from_server = time.monotonic()
+        self._last_sent = 0.0
+        self._parent_pid = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+        self._copy_threshold = zmq.COPY_THRESHOLD
+
+    # ------------------------------------------------------------------ public API
+    def connect(self) -> Job:
+        """Say hello and wait for the job; :class:`TrainerGone` if nobody answers in time."""
+        hello = {"pid": os.getpid(), "host": pysocket.gethostname(), "protocol": protocol.VERSION}
+        self._socket.send_multipart(protocol.encode_json(Kind.HELLO, self.simulation_id, self.attempt, hello))
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TrainerGone(f"no job from {self.address} within {self.connect_timeout:.0f}s")
+            message = self._receive(timeout=min(left, self.heartbeat_interval))
+            if message is None:
+                continue
+            header, payload = message
+            if header.kind == Kind.JOB:
+                data = protocol.decode_json(payload)
+                known = {"parameters", "vector", "simulator", "resume_from", "heartbeat_interval", "server_timeout"}
+                job = Job(
+                    parameters=data.get("parameters", {}),
+                    vector=list(data.get("vector", [])),
+                    simulator=data.get("simulator"),
+                    resume_from=int(data.get("resume_from", 0)),
+                    heartbeat_interval=float(data.get("heartbeat_interval", self.heartbeat_interval)),
+                    server_timeout=float(data.get("server_timeout", self.server_timeout)),
+                    extra={k: v for k, v in data.items() if k not in known},
+                )
+                self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
+                return job
+
+    def send(self, sample: np.ndarray) -> None:
+        """Send one sample (waits for credit, heartbeating meanwhile)."""
+        array = np.ascontiguousarray(sample)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        header = protocol.encode_header(
+            Kind.SAMPLE, self.simulation_id, self.attempt, self.sent, array=array
+        )  # validates dtype and ndim before waiting
+        self._wait_for_credit()
+        if array.nbytes >= self._copy_threshold:
+            # zero-copy: ZeroMQ sends straight from the array; wait until it let go of the memory,
+            # since the simulator may overwrite the array for its next sample
+            tracker = self._socket.send_multipart([header, array], copy=False, track=True)
+            tracker.wait()
+        else:
+            self._socket.send_multipart([header, array], copy=True)
+        self.credits -= 1
+        self.sent += 1
+        self._last_sent = time.monotonic()
+
+    def done(self) -> None:
+        """Tell the trainer this simulation sent all its samples."""
+        self._socket.send_multipart(protocol.encode_text(Kind.DONE, self.simulation_id, self.attempt, index=self.sent))
+
+    def error(self, text: str) -> None:
+        """Report a failure in one line (the trainer logs it with this process's stderr)."""
+        self._socket.send_multipart(protocol.encode_text(Kind.ERROR, self.simulation_id, self.attempt, text[:4000]))
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    def __enter__(self) -> SimulationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _check_parent(self) -> None:
+        if self._parent_pid and os.getppid() != self._parent_pid:
+            raise TrainerGone(f"the process that started this simulation (pid {self._parent_pid}) died")
+
+    def _receive(self, timeout: float) -> tuple[protocol.Header, bytes] | None:
+        self._check_parent()
+        if not self._socket.poll(int(timeout * 1000)):
+            if time.monotonic() - self._last_from_server > self.server_timeout:
+                raise TrainerGone(f"no word from the trainer at {self.address} for {self.server_timeout:.0f}s")
+            return None
+        frames = self._socket.recv_multipart()
+        self._last_from_server = time.monotonic()
+        if len(frames) != 2:
+            raise protocol.ProtocolError(f"message of {len(frames)} frames from the trainer, expected 2")
+        header = protocol.decode_header(frames[0])
+        if header.kind == Kind.CREDIT:
+            self.credits += header.index
+        elif header.kind == Kind.STOP:
+            raise StopRequested(frames[1].decode(errors="replace") or "stopped by the trainer")
+        return header, frames[1]
+
+    def _wait_for_credit(self) -> None:
+        # take what has arrived without blocking, then block (heartbeating) while no credit is left
+        while self._socket.poll(0):
+            self._receive(0)
+        while self.credits <= 0:
+            now = time.monotonic()
+            if now - self._last_sent >= self.heartbeat_interval:
+                self._socket.send_multipart(protocol.encode_text(Kind.HEARTBEAT, self.simulation_id, self.attempt))
+                self._last_sent = now
+            self._receive(self.heartbeat_interval)
+
+
+def import_object(path: str) -> Any:
+    """``package.module:attr`` or ``package.module.attr`` to the object it names."""
+    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"cannot import {module_name!r} (from {path!r}): {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"{module_name!r} has no attribute {attr!r} (from {path!r})") from None
+    return obj
+
+
+def build_simulator(spec: dict[str, Any]):
+    """The simulator a job describes: ``{"target": path, "kwargs": {...}}`` or ``{"pickle": file}``."""
+    if "pickle" in spec:
+        if not os.path.exists(spec["pickle"]):
+            raise FileNotFoundError(
+                f"simulator file {spec['pickle']} is not on this host; describe the simulator by import path "
+                f"(data.simulator_spec or a launch_spec() method) to run it elsewhere"
+            )
+        with open(spec["pickle"], "rb") as f:
+            return pickle.load(f)
+    target = spec.get("target") or spec.get("_target_")
+    if not target:
+        raise ValueError(f"simulator spec {spec!r} has neither 'target' nor 'pickle'")
+    kwargs = {k: v for k, v in (spec.get("kwargs") or {}).items()}
+    return import_object(target)(**kwargs)
+
+
+def stream(client: SimulationClient, samples: Iterable[np.ndarray], resume_from: int = 0) -> int:
+    """Send every sample (skipping the first ``resume_from``, already received from an earlier
+    attempt), then ``DONE``; returns how many samples the simulation produced."""
+    client.sent = resume_from  # sample indices on the wire are absolute within the simulation
+    count = 0
+    for count, sample in enumerate(samples, start=1):
+        if count > resume_from:
+            client.send(sample)
+    client.done()
+    return count
+
+
+def _die_with_parent() -> None:
+    # Belt and braces with the executor: die with the process that started us (Linux), and if it
+    # is already gone, exit now rather than compute for nobody.
+    expected = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+    if sys.platform.startswith("linux") and expected:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != expected:
+            sys.exit(EXIT_TRAINER_GONE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engage.core.online.client",
+        description="Run one simulation and stream its samples to an ENGAGE trainer.",
+    )
+    parser.add_argument("--address", required=True, help="the trainer's address, e.g. tcp://host:5555")
+    parser.add_argument("--simulation-id", type=int, required=True)
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--simulator", help="import path of the simulator class (default: as the trainer says)")
+    parser.add_argument("--simulator-kwargs", default="{}", help="JSON object of the simulator's arguments")
+    parser.add_argument("--connect-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+
+    client = SimulationClient(args.address, args.simulation_id, args.attempt, connect_timeout=args.connect_timeout)
+    try:
+        job = client.connect()
+        spec = {"target": args.simulator, "kwargs": json.loads(args.simulator_kwargs)} if args.simulator else None
+        spec = spec or job.simulator
+        if not spec:
+            raise ValueError("the trainer sent no simulator description; pass --simulator")
+        simulator = build_simulator(spec)
+        vector = np.asarray(job.vector, dtype=np.float64) if job.vector else job.parameters
+        stream(client, simulator.run(vector), job.resume_from)
+    except StopRequested as exc:
+        print(f"simulation {args.simulation_id}: stopped by the trainer: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
+    except TrainerGone as exc:
+        print(f"simulation {args.simulation_id}: {exc}", file=sys.stderr)
+        return EXIT_TRAINER_GONE
+    except Exception as exc:  # report any simulator failure to the trainer, then exit non-zero
+        traceback.print_exc()
+        try:
+            client.error(f"{type(exc).__name__}: {exc}")
+        except zmq.ZMQError:
+            pass
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

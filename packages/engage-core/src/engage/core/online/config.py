@@ -1,0 +1,61 @@
+"""Structured config of ``data: online`` (:class:`~engage.core.online.datamodule.OnlineDataModule`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engage.core.config.schema import ConfigValueError, _at_least
+
+
+@dataclass
+class OnlineDataConfig:
+    """Train on samples streamed from simulations running alongside training.
+
+    ``simulator_spec`` defaults to the ``simulator`` group, so simulation processes build the same
+    simulator as the trainer.
+    """
+
+    _target_: str = "engage.core.online.datamodule.OnlineDataModule"
+    _recursive_: bool = False
+    simulations: int | None = 64
+    max_samples: int | None = None
+    concurrency: int = 2
+    batch_size: int = 32
+    batches_per_epoch: int = 100
+    capacity: int = 2048
+    policy: str = "firo"
+    watermark: int | None = None
+    max_reads: int | None = None
+    rate_limit: float | None = None
+    retries: int = 2
+    on_failure: str = "fail"
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 30.0
+    startup_timeout: float = 120.0
+    credit_window: int = 16
+    executor: str = "local"
+    journal: str | None = None
+    val_simulations: int = 4
+    cache_dir: str | None = None
+    workdir: str | None = None
+    simulator_spec: Any = "${simulator}"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _at_least(self, "simulations", 1, allow_none=True)
+        _at_least(self, "max_samples", 1, allow_none=True)
+        for name in ("concurrency", "batch_size", "batches_per_epoch", "capacity", "credit_window"):
+            _at_least(self, name, 1)
+        _at_least(self, "retries", 0)
+        _at_least(self, "val_simulations", 0)
+        if self.policy not in ("fifo", "firo", "reservoir"):
+            raise ConfigValueError("policy", f"must be fifo, firo or reservoir, got {self.policy!r}")
+        if self.on_failure not in ("fail", "redraw"):
+            raise ConfigValueError("on_failure", f"must be fail or redraw, got {self.on_failure!r}")
+        if self.batch_size > self.capacity:
+            raise ConfigValueError("batch_size", f"({self.batch_size}) must not exceed capacity ({self.capacity})")
+        if self.watermark is not None and not 0 <= self.watermark <= self.capacity:
+            raise ConfigValueError("watermark", f"must be between 0 and capacity ({self.capacity})")
+        if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
+            raise ConfigValueError("heartbeat_timeout", "must exceed heartbeat_interval, both > 0")

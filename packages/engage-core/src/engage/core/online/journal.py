@@ -1,0 +1,84 @@
+"""The simulation journal: one JSON line per change of a simulation's state, at any fsspec URL.
+
+Lines are appended as they happen, so the journal of a killed run is complete up to the kill;
+a resumed run reads it to skip simulations that finished and rerun those that did not.
+
+Example::
+
+    >>> journal = Journal("memory://engage-doc/journal.jsonl")
+    >>> journal.append({"simulation_id": 0, "status": "running"})
+    >>> journal.append({"simulation_id": 0, "status": "finished"})
+    >>> journal.latest()[0]["status"]
+    'finished'
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import fsspec
+
+
+class Journal:
+    """Append-only JSON lines at ``url`` (local path, ``file://``, ``memory://``, ``s3://``...).
+
+    File systems that cannot append (object stores) get the whole journal rewritten on each
+    change, which keeps it correct at the cost of bandwidth.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        parent = self.fs._parent(self.path)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        self._lines: list[str] | None = None  # kept only when appending is not possible
+        self._lock = threading.Lock()
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Write one entry (a ``time`` field is added when missing)."""
+        entry = {"time": time.time(), **entry}
+        line = json.dumps(entry, default=str) + "\n"
+        with self._lock:
+            if self._lines is None:
+                try:
+                    with self.fs.open(self.path, "ab") as f:
+                        f.write(line.encode())
+                    return
+                except (NotImplementedError, ValueError, OSError):
+                    self._lines = [json.dumps(e, default=str) + "\n" for e in self.read()]
+            self._lines.append(line)
+            with self.fs.open(self.path, "wb") as f:
+                f.write("".join(self._lines).encode())
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every entry in order ([] when the journal does not exist yet); a torn last line from a
+        killed writer is skipped."""
+        if not self.fs.exists(self.path):
+            return []
+        with self.fs.open(self.path, "rb") as f:
+            text = f.read().decode(errors="replace")
+        entries = []
+        for line in text.splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return entries
+
+    def latest(self) -> dict[int, dict[str, Any]]:
+        """The last entry of each simulation id."""
+        out: dict[int, dict[str, Any]] = {}
+        for entry in self.read():
+            if "simulation_id" in entry:
+                out[int(entry["simulation_id"])] = entry
+        return out
+
+    def table(self) -> dict[str, list[Any]]:
+        """The latest state of every simulation as columns (for ``mlflow.log_table``)."""
+        rows = sorted(self.latest().values(), key=lambda e: e["simulation_id"])
+        columns = ["simulation_id", "status", "attempt", "samples_received", "duration", "host", "error", "parameters"]
+        return {c: [json.dumps(r.get(c)) if c == "parameters" else r.get(c) for r in rows] for c in columns}

@@ -1,0 +1,159 @@
+"""The wire protocol between simulation clients and the training process.
+
+Every message is a ZeroMQ multipart message of exactly two frames: a fixed 56-byte header
+(little-endian, :data:`HEADER`) and a payload frame (possibly empty). Samples travel as raw
+C-ordered array bytes in the payload frame, never pickled, so a client in any language can
+speak it; ``docs/protocol.md`` is the normative description.
+
+Example::
+
+    >>> import numpy as np
+    >>> header = encode_header(Kind.SAMPLE, simulation_id=7, attempt=1, index=3, array=np.zeros((2, 4), "float32"))
+    >>> h = decode_header(header)
+    >>> (h.kind, h.simulation_id, h.index, h.shape, h.dtype, h.nbytes)
+    (<Kind.SAMPLE: 2>, 7, 3, (2, 4), dtype('float32'), 32)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"ENGM"
+VERSION = 1
+MAX_NDIM = 4
+#: magic, version, kind, dtype code, ndim, simulation id, attempt, flags, index, shape[4], payload bytes
+HEADER = struct.Struct("<4sBBBBqIIq4IQ")
+assert HEADER.size == 56
+
+
+class Kind(enum.IntEnum):
+    """Message kinds; 1-15 flow from client to server, 16 and up from server to client
+    (``HEARTBEAT`` both ways)."""
+
+    HELLO = 1
+    SAMPLE = 2
+    DONE = 3
+    HEARTBEAT = 4
+    ERROR = 5
+    JOB = 16
+    CREDIT = 17
+    STOP = 18
+
+
+#: dtype codes of the header (always little-endian on the wire)
+DTYPE_CODES: dict[int, np.dtype] = {
+    0: np.dtype("V0"),
+    1: np.dtype("<f4"),
+    2: np.dtype("<f8"),
+    3: np.dtype("<f2"),
+    4: np.dtype("i1"),
+    5: np.dtype("u1"),
+    6: np.dtype("<i2"),
+    7: np.dtype("<u2"),
+    8: np.dtype("<i4"),
+    9: np.dtype("<u4"),
+    10: np.dtype("<i8"),
+    11: np.dtype("<u8"),
+}
+_CODE_OF = {dtype: code for code, dtype in DTYPE_CODES.items() if code}
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the message says what was wrong."""
+
+
+def dtype_code(dtype: np.dtype | str) -> int:
+    """The header code of ``dtype``, or :class:`ProtocolError` if the protocol cannot carry it."""
+    dt = np.dtype(dtype)
+    if dt.byteorder == ">":
+        raise ProtocolError(
+            f"dtype {dt} is big-endian; the protocol is little-endian, convert with astype({dt.str[1:]!r})"
+        )
+    try:
+        return _CODE_OF[dt]
+    except KeyError:
+        supported = ", ".join(str(d) for d in _CODE_OF)
+        raise ProtocolError(f"dtype {np.dtype(dtype)} cannot be sent; supported: {supported}") from None
+
+
+@dataclass(frozen=True)
+class Header:
+    """A decoded header."""
+
+    kind: Kind
+    simulation_id: int
+    attempt: int
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int
+    flags: int = 0
+
+
+def encode_header(
+    kind: Kind,
+    simulation_id: int,
+    attempt: int = 1,
+    index: int = 0,
+    *,
+    array: np.ndarray | None = None,
+    nbytes: int = 0,
+) -> bytes:
+    """The header frame of a message; with ``array``, its shape, dtype and size are filled in."""
+    shape = [0, 0, 0, 0]
+    code, ndim = 0, 0
+    if array is not None:
+        if array.ndim > MAX_NDIM:
+            raise ProtocolError(f"samples may have at most {MAX_NDIM} dimensions, got shape {array.shape}")
+        code, ndim, nbytes = dtype_code(array.dtype), array.ndim, array.nbytes
+        shape[:ndim] = array.shape
+    return HEADER.pack(MAGIC, VERSION, int(kind), code, ndim, simulation_id, attempt, 0, index, *shape, nbytes)
+
+
+def decode_header(buffer: bytes | memoryview) -> Header:
+    """Parse a header frame; :class:`ProtocolError` names the first field that is wrong."""
+    if len(buffer) != HEADER.size:
+        raise ProtocolError(f"header frame has {len(buffer)} bytes, expected {HEADER.size}")
+    magic, version, kind, code, ndim, sim_id, attempt, flags, index, s0, s1, s2, s3, nbytes = HEADER.unpack_from(buffer)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version}, this receiver speaks {VERSION}")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {kind}") from None
+    if code not in DTYPE_CODES:
+        raise ProtocolError(f"unknown dtype code {code}")
+    if ndim > MAX_NDIM:
+        raise ProtocolError(f"ndim {ndim} exceeds {MAX_NDIM}")
+    shape = (s0, s1, s2, s3)[:ndim]
+    return Header(kind, sim_id, attempt, index, tuple(shape), DTYPE_CODES[code], nbytes, flags)
+
+
+def encode_json(kind: Kind, simulation_id: int, attempt: int, payload: dict[str, Any], index: int = 0) -> list[bytes]:
+    """A two-frame message whose payload is UTF-8 JSON (``HELLO``, ``JOB``)."""
+    body = json.dumps(payload).encode()
+    return [encode_header(kind, simulation_id, attempt, index, nbytes=len(body)), body]
+
+
+def encode_text(kind: Kind, simulation_id: int, attempt: int, text: str = "", index: int = 0) -> list[bytes]:
+    """A two-frame message whose payload is UTF-8 text (``ERROR``, ``STOP``) or empty."""
+    body = text.encode()
+    return [encode_header(kind, simulation_id, attempt, index, nbytes=len(body)), body]
+
+
+def decode_json(payload: bytes | memoryview) -> dict[str, Any]:
+    try:
+        data = json.loads(bytes(payload).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("JSON payload must be an object")
+    return data

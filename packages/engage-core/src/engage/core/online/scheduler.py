@@ -1,0 +1,591 @@
+"""The simulation scheduler: keeps simulations running and their samples flowing into the buffer.
+
+One background thread owns a ZeroMQ ``ROUTER`` socket bound to an ephemeral port, starts up to
+``concurrency`` simulation processes through an executor, asks the sampler for their parameters,
+validates every frame they send, copies samples into the :class:`TrainingBuffer`, grants credit
+as the buffer frees up (backpressure), detects crashes, silence and malformed data, retries, and
+journals every change of state.
+
+Example (see :class:`~engage.core.online.datamodule.OnlineDataModule` for the usual entry)::
+
+    >>> from engage.core.simulators import HeatEquation
+    >>> from engage.core.samplers import UniformSampler
+    >>> sim = HeatEquation(grid=8, steps=4)
+    >>> buffer = TrainingBuffer(capacity=64, policy="fifo")
+    >>> scheduler = SimulationScheduler(sim, UniformSampler(sim.space), buffer, simulations=2)
+    >>> scheduler.start(); batch = buffer.get_batch(8, timeout=120); scheduler.join(timeout=120)
+    >>> batch["target"].shape, scheduler.finished
+    ((8, 8, 8), 2)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from engage.core.events import SimulationRecord
+from engage.core.executors import Executor, LaunchRequest, LocalExecutor, SimulationProcess
+from engage.core.online import protocol
+from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.client import PARENT_PID_ENV
+from engage.core.online.journal import Journal
+from engage.core.online.protocol import Kind, ProtocolError
+from engage.core.samplers.base import Sampler
+from engage.core.simulators.base import Simulator
+
+log = logging.getLogger("engage.online")
+
+
+class MalformedSample(ValueError):
+    """A sample frame that does not match the simulator's declaration."""
+
+
+def check_sample(header: protocol.Header, payload_len: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raise :class:`MalformedSample` naming what is wrong with a ``SAMPLE`` frame."""
+    where = f"sample {header.index} of simulation {header.simulation_id}"
+    if header.shape != shape:
+        raise MalformedSample(f"{where} has shape {header.shape}, the simulator declares {shape}")
+    if header.dtype != dtype:
+        raise MalformedSample(f"{where} has dtype {header.dtype}, the simulator declares {dtype}")
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if header.nbytes != expected or payload_len != expected:
+        raise MalformedSample(
+            f"{where} is truncated or padded: {payload_len} payload bytes (header says {header.nbytes}), "
+            f"expected {expected}"
+        )
+
+
+@dataclass
+class _Active:
+    """A simulation whose process runs (or is being reaped)."""
+
+    record: SimulationRecord
+    vector: np.ndarray
+    unit: np.ndarray
+    process: SimulationProcess | None = None
+    identity: bytes | None = None
+    credits: int = 0
+    accepted: int = 0
+    resume_from: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    exited_at: float | None = None
+    done: bool = False
+
+
+class SimulationScheduler:
+    """Runs simulations and streams their samples into ``buffer`` (see the module doc).
+
+    ``simulations`` and ``max_samples`` bound the run (``None``: until :meth:`stop`). A failed
+    simulation is retried ``retries`` times with the same parameters, resuming after the samples
+    already received; then it is marked failed, reported to the sampler, and with
+    ``on_failure="redraw"`` replaced by a new point.
+    """
+
+    def __init__(
+        self,
+        simulator: Simulator,
+        sampler: Sampler,
+        buffer: TrainingBuffer,
+        *,
+        simulations: int | None = 16,
+        max_samples: int | None = None,
+        concurrency: int = 2,
+        retries: int = 2,
+        on_failure: str = "fail",
+        executor: Executor | None = None,
+        journal: Journal | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 30.0,
+        startup_timeout: float = 120.0,
+        credit_window: int = 16,
+        simulator_spec: dict[str, Any] | None = None,
+        workdir: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        hooks: Any = None,
+    ):
+        if on_failure not in ("fail", "redraw"):
+            raise ValueError(f"on_failure must be 'fail' or 'redraw', got {on_failure!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.simulator = simulator
+        self.sampler = sampler
+        self.buffer = buffer
+        self.budget = None if simulations is None else len(range(rank, simulations, world_size))
+        self.max_samples = max_samples
+        self.concurrency = concurrency
+        self.retries = retries
+        self.on_failure = on_failure
+        self.executor = executor or LocalExecutor()
+        self.journal = journal
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.startup_timeout = startup_timeout
+        self.credit_window = max(1, credit_window)
+        self.workdir = workdir or tempfile.mkdtemp(prefix="engage-online-")
+        self.rank, self.world_size = rank, world_size
+        self.hooks = hooks
+        self.shape = tuple(simulator.sample_shape)
+        self.dtype = np.dtype(simulator.dtype).newbyteorder("<")  # the wire is little-endian
+        self.spec = simulator_spec
+        self.address: str | None = None
+        # progress counters (read by the progress callback from the training thread)
+        self.next_index = 0  # fresh simulations created on this rank
+        self.planned = 0  # simulations counting toward the budget
+        self.finished = 0
+        self.failed = 0
+        self.retried = 0
+        self.samples = 0
+        self.queue: deque[dict[str, Any]] = deque()  # simulations waiting to (re)start
+        self.active: dict[int, _Active] = {}
+        self._by_identity: dict[bytes, _Active] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._bound = threading.Event()
+        self.error: str | None = None
+        self._restored: dict[str, Any] | None = None
+        self._started_at = time.monotonic()
+        self._last_beat = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the scheduler thread; returns once the socket is bound (see :attr:`address`)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._main, name=f"engage-scheduler-{self.rank}", daemon=True)
+        self._thread.start()
+        self._bound.wait(30)
+        if self.error:
+            raise RuntimeError(self.error)
+
+    def stop(self) -> None:
+        """Stop launching, kill running simulations, and wait for the thread."""
+        self._stop.set()
+        self.join(timeout=30)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> int:
+        return sum(1 for a in self.active.values() if not a.done)
+
+    @property
+    def exhausted(self) -> bool:
+        """No simulation is left to start or running."""
+        return self._budget_reached() and not self.queue and not self.active
+
+    def _budget_reached(self) -> bool:
+        if self.max_samples is not None and self.samples >= self.max_samples:
+            return True
+        return self.budget is not None and self.planned >= self.budget
+
+    def _main(self) -> None:
+        context = zmq.Context()
+        sock = context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        try:
+            port = sock.bind_to_random_port(f"tcp://{self.executor.bind_host()}")
+            self.address = f"tcp://{self.executor.bind_host()}:{port}"
+            self._bound.set()
+            self._apply_restored()
+            if self.spec is None and getattr(self.simulator, "launch_command", None) is None:
+                launch_spec = getattr(self.simulator, "launch_spec", None)
+                self.spec = (launch_spec() if launch_spec else None) or self._pickle_simulator()
+            self._loop(sock)
+        except Exception as exc:  # the trainer must hear about it instead of waiting forever
+            self.error = f"simulation scheduler failed: {type(exc).__name__}: {exc}"
+            log.exception("simulation scheduler failed")
+        finally:
+            self._bound.set()
+            for active in list(self.active.values()):
+                if active.process is not None:
+                    active.process.kill()
+                if not active.done:
+                    self.queue.appendleft(self._retry_entry(active, same_attempt=True))
+            self.active.clear()
+            self.buffer.close(self.error)
+            sock.close(0)
+            context.term()
+
+    def _pickle_simulator(self) -> dict[str, Any]:
+        # Simulators built in Python without an import description reach their processes as a
+        # file in the work directory (local executors only); remote executors need a spec.
+        path = os.path.join(self.workdir, "simulator.pkl")
+        try:
+            with open(path, "wb") as f:
+                pickle.dump(self.simulator, f)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ValueError(
+                f"{type(self.simulator).__name__} cannot be sent to its processes ({exc}); pass simulator_spec="
+                f"{{'target': 'module.Class', 'kwargs': {{...}}}} or use a module-level function"
+            ) from None
+        return {"pickle": path}
+
+    def _loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            self._launch()
+            if poller.poll(20):
+                # drain what is there, bounded so credit and liveness checks keep running
+                for _ in range(4096):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(sock, frames)
+            self._grant(sock)
+            self._check(sock)
+            if self._budget_reached() and not self.queue and not self.active:
+                break
+        for active in list(self.active.values()):
+            self._send(sock, active, protocol.encode_text(Kind.STOP, active.record.simulation_id, 0, "run ended"))
+
+    # ------------------------------------------------------------------ launching
+    def _new_point(self) -> dict[str, Any]:
+        # every rank asks the same sequence (same seed) and keeps its share, so ranks never
+        # simulate the same point
+        points = self.sampler.ask(self.world_size)
+        index = self.next_index
+        self.next_index += 1
+        self.planned += 1
+        return {
+            "simulation_id": index * self.world_size + self.rank,
+            "vector": points[self.rank].tolist(),
+            "attempt": 1,
+            "resume_from": 0,
+        }
+
+    def _launch(self) -> None:
+        while self.running < self.concurrency and not self._stop.is_set():
+            if self.queue:
+                entry = self.queue.popleft()
+            elif not self._budget_reached():
+                entry = self._new_point()
+            else:
+                return
+            self._start(entry)
+
+    def _start(self, entry: dict[str, Any]) -> None:
+        vector = np.asarray(entry["vector"], dtype=np.float64)
+        space = self.simulator.space
+        record = SimulationRecord(
+            simulation_id=int(entry["simulation_id"]),
+            parameters=space.to_dicts(vector)[0],
+            status="running",
+            attempt=int(entry["attempt"]),
+            samples_received=int(entry.get("resume_from", 0)),
+            started_at=time.time(),
+        )
+        unit = space.to_unit(vector)[0].astype(np.float32)
+        active = _Active(record, vector, unit, accepted=record.samples_received, resume_from=record.samples_received)
+        sim_id, attempt = record.simulation_id, record.attempt
+        launch_command = getattr(self.simulator, "launch_command", None)
+        if launch_command is not None:
+            command = list(launch_command(self.address, sim_id, attempt))
+        else:
+            command = [sys.executable, "-m", "engage.core.online.client", "--address", str(self.address)]
+            command += ["--simulation-id", str(sim_id), "--attempt", str(attempt)]
+        request = LaunchRequest(
+            command,
+            sim_id,
+            attempt,
+            env={PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"},
+            log_dir=os.path.join(self.workdir, "logs"),
+        )
+        active.process = self.executor.start(request)
+        record.host = active.process.host
+        self.active[sim_id] = active
+        self._journal(record, active.vector)
+        self._emit("engage_simulation_started", record=record)
+
+    # ------------------------------------------------------------------ messages
+    def _send(self, sock: zmq.Socket, active: _Active, frames: list[bytes]) -> None:
+        if active.identity is not None:
+            try:
+                sock.send_multipart([active.identity, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # a client that vanished is caught by the liveness checks
+
+    def _handle(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        active = self._by_identity.get(identity)
+        try:
+            if len(frames) != 3:
+                raise ProtocolError(f"message of {len(frames) - 1} frames, expected 2 (header, payload)")
+            header = protocol.decode_header(frames[1].buffer)
+            payload = frames[2]
+            if active is None:
+                self._hello(sock, identity, header, payload)
+                return
+            if header.simulation_id != active.record.simulation_id or header.attempt != active.record.attempt:
+                raise ProtocolError(
+                    f"header names simulation {header.simulation_id} attempt {header.attempt}, "
+                    f"the connection belongs to {active.record.simulation_id} attempt {active.record.attempt}"
+                )
+            active.last_seen = time.monotonic()
+            if header.kind == Kind.SAMPLE:
+                self._sample(active, header, payload)
+            elif header.kind == Kind.DONE:
+                self._done(active, header)
+            elif header.kind == Kind.ERROR:
+                self._fail(sock, active, f"simulation reported: {payload.bytes.decode(errors='replace')}")
+            elif header.kind != Kind.HEARTBEAT:
+                raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
+        except (ProtocolError, MalformedSample) as exc:
+            if active is not None:
+                self._fail(sock, active, f"malformed data: {exc}")
+            else:
+                log.warning("ignored a message from an unknown connection: %s", exc)
+
+    def _hello(self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: zmq.Frame) -> None:
+        active = self.active.get(header.simulation_id)
+        if header.kind != Kind.HELLO or active is None or active.record.attempt != header.attempt or active.done:
+            # a stale attempt or a stranger: tell it to go away
+            reason = f"simulation {header.simulation_id} attempt {header.attempt} is not expected"
+            sock.send_multipart([identity, *protocol.encode_text(Kind.STOP, header.simulation_id, 0, reason)])
+            return
+        hello = protocol.decode_json(payload.buffer) if len(payload.buffer) else {}
+        if hello.get("host"):
+            active.record.host = str(hello["host"])
+        active.identity = identity
+        active.last_seen = time.monotonic()
+        self._by_identity[identity] = active
+        job = {
+            "parameters": active.record.parameters,
+            "vector": active.vector.tolist(),
+            "simulator": self.spec,
+            "resume_from": active.resume_from,
+            "heartbeat_interval": self.heartbeat_interval,
+            "server_timeout": max(self.heartbeat_timeout, 10 * self.heartbeat_interval),
+        }
+        rec = active.record
+        self._send(sock, active, protocol.encode_json(Kind.JOB, rec.simulation_id, rec.attempt, job))
+
+    def _sample(self, active: _Active, header: protocol.Header, payload: zmq.Frame) -> None:
+        buf = payload.buffer
+        check_sample(header, len(buf), self.shape, self.dtype)
+        total = self.simulator.samples_per_run
+        if total is not None and header.index >= total:
+            raise MalformedSample(
+                f"sample {header.index} of simulation {header.simulation_id}: the simulator declares {total} per run"
+            )
+        if active.credits <= 0:
+            raise ProtocolError("sample sent without credit (the client must wait for CREDIT messages)")
+        active.credits -= 1
+        if header.index < active.accepted:
+            return  # already received from an earlier attempt
+        if header.index > active.accepted:
+            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
+        sample = np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
+        step_time = (header.index + 1) / total if total else float(header.index)
+        self.buffer.put(sample, parameters=active.unit, simulation_id=header.simulation_id, time=step_time)
+        active.accepted += 1
+        active.record.samples_received = active.accepted
+        self.samples += 1
+
+    def _done(self, active: _Active, header: protocol.Header) -> None:
+        rec = active.record
+        total = self.simulator.samples_per_run
+        if header.index != active.accepted or (total is not None and active.accepted != total):
+            raise ProtocolError(
+                f"simulation {rec.simulation_id} says it sent {header.index} samples; {active.accepted} arrived"
+                + (f" of {total} declared" if total is not None else "")
+            )
+        active.done = True
+        rec.status, rec.ended_at, rec.samples_sent = "finished", time.time(), header.index
+        self.finished += 1
+        self._journal(rec, active.vector)
+        self.sampler.tell(active.vector[None, :], outputs=[{"samples": active.accepted, "duration": rec.duration}])
+        self._emit("engage_simulation_finished", record=rec)
+
+    def _grant(self, sock: zmq.Socket) -> None:
+        connected = [a for a in self.active.values() if a.identity is not None and not a.done]
+        if not connected:
+            return
+        available = self.buffer.credit() - sum(a.credits for a in connected)
+        for active in sorted(connected, key=lambda a: a.credits):
+            want = self.credit_window - active.credits
+            # grant in chunks to keep the message count low, but never let a client starve
+            if available <= 0 or (want < self.credit_window // 2 and active.credits > 0):
+                continue
+            grant = min(want, available)
+            available -= grant
+            active.credits += grant
+            rec = active.record
+            self._send(sock, active, protocol.encode_text(Kind.CREDIT, rec.simulation_id, rec.attempt, index=grant))
+
+    # ------------------------------------------------------------------ liveness and failures
+    def _check(self, sock: zmq.Socket) -> None:
+        now = time.monotonic()
+        beat = now - self._last_beat >= self.heartbeat_interval
+        if beat:
+            self._last_beat = now
+        for active in list(self.active.values()):
+            rec = active.record
+            code = active.process.poll() if active.process is not None else None
+            if active.done:
+                # finished: let it exit on its own, then forget it
+                if code is not None or now - active.last_seen > 10:
+                    if code is None and active.process is not None:
+                        active.process.kill()
+                    self._forget(active)
+                continue
+            if code is not None:
+                # messages sent just before exiting may still be queued: decide a moment later
+                active.exited_at = active.exited_at or now
+                if now - active.exited_at > 0.5:
+                    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    self._fail(sock, active, f"process {how} after {active.accepted} samples")
+                continue
+            if active.identity is None:
+                if now - active.last_seen > self.startup_timeout:
+                    self._fail(sock, active, f"did not connect within {self.startup_timeout:.0f}s")
+            elif now - active.last_seen > self.heartbeat_timeout:
+                self._fail(sock, active, f"silent for {now - active.last_seen:.1f}s (heartbeat timeout)")
+            elif beat:
+                self._send(sock, active, protocol.encode_text(Kind.HEARTBEAT, rec.simulation_id, rec.attempt))
+
+    def _forget(self, active: _Active) -> None:
+        self.active.pop(active.record.simulation_id, None)
+        if active.identity is not None:
+            self._by_identity.pop(active.identity, None)
+
+    def _retry_entry(self, active: _Active, same_attempt: bool = False) -> dict[str, Any]:
+        return {
+            "simulation_id": active.record.simulation_id,
+            "vector": active.vector.tolist(),
+            "attempt": active.record.attempt + (0 if same_attempt else 1),
+            "resume_from": active.accepted,
+        }
+
+    def _fail(self, sock: zmq.Socket, active: _Active, reason: str) -> None:
+        rec = active.record
+        self._send(sock, active, protocol.encode_text(Kind.STOP, rec.simulation_id, rec.attempt, reason))
+        if active.process is not None:
+            active.process.kill()
+            rec.stderr_tail = active.process.stderr_tail()
+        self._forget(active)
+        rec.status, rec.ended_at, rec.error = "failed", time.time(), reason
+        will_retry = rec.attempt <= self.retries
+        log.warning(
+            "simulation %d attempt %d failed: %s%s\n%s",
+            rec.simulation_id,
+            rec.attempt,
+            reason,
+            "; retrying" if will_retry else "; giving up",
+            rec.stderr_tail[-2000:],
+        )
+        self._journal(rec, active.vector, final=not will_retry)
+        self._emit("engage_simulation_failed", record=rec, error=reason)
+        if will_retry:
+            self.retried += 1
+            self.queue.append(self._retry_entry(active))
+            return
+        self.failed += 1
+        self.sampler.report_failure(active.vector[None, :])
+        if self.on_failure == "redraw":
+            self.planned -= 1  # a replacement point takes its place in the budget
+
+    # ------------------------------------------------------------------ journal, events, state
+    def _journal(self, rec: SimulationRecord, vector: np.ndarray, final: bool = True) -> None:
+        if self.journal is not None:
+            entry = rec.to_dict()
+            entry.update(rank=self.rank, vector=vector.tolist(), final=final)
+            self.journal.append(entry)
+
+    def _emit(self, hook: str, **kwargs: Any) -> None:
+        if self.hooks is None:
+            return
+        try:
+            getattr(self.hooks, hook)(**kwargs)
+        except Exception:  # a plugin's bug must not stop the simulations
+            log.exception("plugin hook %s failed", hook)
+
+    def stats(self) -> dict[str, float]:
+        elapsed = max(time.monotonic() - self._started_at, 1e-9)
+        return {
+            "running": float(self.running),
+            "finished": float(self.finished),
+            "failed": float(self.failed),
+            "retried": float(self.retried),
+            "samples": float(self.samples),
+            "samples_per_s": self.samples / elapsed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and the simulations still to run (running ones resume after the samples the
+        buffer already holds)."""
+        queue = list(self.queue) + [self._retry_entry(a, True) for a in list(self.active.values()) if not a.done]
+        return {
+            "next_index": self.next_index,
+            "planned": self.planned,
+            "finished": self.finished,
+            "failed": self.failed,
+            "samples": self.samples,
+            "queue": queue,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore before :meth:`start`; the journal (if any) is reconciled when the thread starts."""
+        self._restored = state
+
+    def _apply_restored(self) -> None:
+        state = self._restored
+        latest = {}
+        if self.journal is not None:
+            latest = {sid: e for sid, e in self.journal.latest().items() if sid % self.world_size == self.rank}
+        if state is None and not latest:
+            return
+        state = state or {"next_index": 0, "planned": 0, "finished": 0, "failed": 0, "samples": 0, "queue": []}
+        self.next_index, self.planned = state["next_index"], state["planned"]
+        self.finished, self.failed, self.samples = state["finished"], state["failed"], state["samples"]
+
+        def settled(entry: dict[str, Any]) -> bool:
+            return entry.get("status") == "finished" or (entry.get("status") == "failed" and entry.get("final"))
+
+        def next_attempt(sid: int, attempt: int) -> int:
+            return max(attempt, int(latest.get(sid, {}).get("attempt", 0)) + 1)
+
+        for entry in state["queue"]:
+            sid = int(entry["simulation_id"])
+            if sid in latest and settled(latest[sid]):
+                self._count_settled(latest[sid])
+                continue
+            self.queue.append({**entry, "attempt": next_attempt(sid, int(entry["attempt"]))})
+        # simulations started after the checkpoint: keep the sampler in step, rerun what did not finish
+        while True:
+            sid = self.next_index * self.world_size + self.rank
+            if sid not in latest:
+                break
+            entry = self._new_point()
+            journaled = latest[sid]
+            if settled(journaled):
+                self._count_settled(journaled)
+                if journaled.get("status") == "failed" and self.on_failure == "redraw":
+                    self.planned -= 1
+                continue
+            vector = journaled.get("vector") or entry["vector"]
+            self.queue.append({**entry, "vector": vector, "attempt": next_attempt(sid, 1)})
+
+    def _count_settled(self, entry: dict[str, Any]) -> None:
+        if entry.get("status") == "finished":
+            self.finished += 1
+            if entry.get("vector"):
+                self.sampler.tell(np.asarray(entry["vector"], dtype=np.float64)[None, :])
+        else:
+            self.failed += 1

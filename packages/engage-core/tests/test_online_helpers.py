@@ -1,0 +1,78 @@
+"""Misbehaving simulations for the online tests, importable by simulation processes.
+
+Run as ``python -m test_online_helpers ADDRESS ID ATTEMPT MODE`` (the tests put this directory on
+``PYTHONPATH``); on attempt 1 it misbehaves as MODE says, on later attempts it behaves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from engage.core.online import protocol
+from engage.core.online.client import SimulationClient, stream
+from engage.core.simulators.base import Simulator
+from engage.core.space import ParameterSpace
+
+SHAPE = (8, 8)
+STEPS = 6
+
+
+def ramp(parameters: dict, steps: int = STEPS, crash_marker: str | None = None, delay: float = 0.0):
+    """``steps`` fields equal to ``x * (t + 1)``; with ``crash_marker``, the first run to create
+    the marker SIGKILLs itself after two samples."""
+    for t in range(steps):
+        if crash_marker and t == 2 and not os.path.exists(crash_marker):
+            open(crash_marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(delay)
+        yield np.full(SHAPE, parameters["x"] * (t + 1), dtype=np.float32)
+
+
+class Rogue(Simulator):
+    """Declares ``(8, 8)`` float32 samples; its processes run :func:`main` with a misbehaviour."""
+
+    space = ParameterSpace.from_config({"x": {"low": 1, "high": 2}})
+    sample_shape = SHAPE
+    dtype = np.dtype("float32")
+    samples_per_run = STEPS
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def simulate(self, parameters):
+        for t in range(STEPS):
+            yield np.full(SHAPE, parameters[0] * (t + 1), dtype=np.float32)
+
+    def launch_command(self, address: str, simulation_id: int, attempt: int) -> list[str]:
+        return [sys.executable, "-m", "test_online_helpers", address, str(simulation_id), str(attempt), self.mode]
+
+
+def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
+    client = SimulationClient(address, simulation_id, attempt, connect_timeout=30)
+    job = client.connect()
+    x = job.vector[0]
+    good = (np.full(SHAPE, x * (t + 1), dtype=np.float32) for t in range(STEPS))
+    if attempt > 1 or mode == "good":
+        stream(client, good, job.resume_from)
+        client.close()
+        return
+    if mode == "shape":
+        client.send(np.zeros((4, 4), dtype=np.float32))
+    elif mode == "truncated":
+        client._wait_for_credit()
+        header = protocol.encode_header(protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=np.zeros(SHAPE, "f4"))
+        client._socket.send_multipart([header, b"\0" * 100])
+    elif mode == "silent":
+        client.send(next(good))
+        time.sleep(600)
+    time.sleep(30)  # the trainer must notice on its own and kill us
+    client.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

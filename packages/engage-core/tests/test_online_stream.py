@@ -1,0 +1,224 @@
+"""Online streaming: wire protocol, training buffer, scheduler with real simulation processes and faults."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engage.core.online import protocol
+from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.journal import Journal
+from engage.core.online.scheduler import SimulationScheduler
+from engage.core.samplers.uniform import UniformSampler
+from engage.core.simulators.function import FunctionSimulator
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def helpers_on_path(monkeypatch):
+    """Simulation processes import ``test_online_helpers`` from this directory."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(HERE))
+    import test_online_helpers
+
+    return test_online_helpers
+
+
+def ramp_simulator(**kwargs) -> FunctionSimulator:
+    return FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=6, kwargs=kwargs
+    )
+
+
+def drain(buffer: TrainingBuffer, timeout: float = 120) -> list[dict]:
+    batches = []
+    while (batch := buffer.get_batch(4, timeout=timeout)) is not None:
+        batches.append(batch)
+    return batches
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_header_round_trip_and_errors():
+    array = np.zeros((3, 5), dtype=np.float64)
+    header = protocol.decode_header(protocol.encode_header(protocol.Kind.SAMPLE, 9, 2, 4, array=array))
+    assert (header.simulation_id, header.attempt, header.index, header.shape, header.nbytes) == (9, 2, 4, (3, 5), 120)
+    assert header.dtype == np.dtype("<f8")
+    with pytest.raises(protocol.ProtocolError, match="magic"):
+        protocol.decode_header(b"XXXX" + bytes(52))
+    with pytest.raises(protocol.ProtocolError, match="56"):
+        protocol.decode_header(b"short")
+    with pytest.raises(protocol.ProtocolError, match="big-endian"):
+        protocol.dtype_code(np.dtype(">f4"))
+
+
+# --------------------------------------------------------------------------- buffer
+
+
+def put(buffer: TrainingBuffer, value: float, sim: int = 0) -> None:
+    buffer.put(np.full((2,), value, np.float32), parameters=np.zeros(1), simulation_id=sim, time=0.0)
+
+
+def test_fifo_serves_in_order_once():
+    buffer = TrainingBuffer(capacity=8, policy="fifo")
+    for v in range(6):
+        put(buffer, v)
+    assert buffer.get_batch(3)["target"][:, 0].tolist() == [0, 1, 2]
+    assert buffer.get_batch(3)["target"][:, 0].tolist() == [3, 4, 5]
+    assert len(buffer) == 0 and buffer.credit() == 8
+
+
+def test_firo_is_random_and_backpressure_when_full():
+    buffer = TrainingBuffer(capacity=16, policy="firo", seed=1)
+    for v in range(16):
+        put(buffer, v)
+    assert buffer.credit() == 0
+    with pytest.raises(OverflowError):
+        put(buffer, 99)
+    values = buffer.get_batch(8)["target"][:, 0].tolist()
+    assert values != sorted(values) and len(set(values)) == 8
+    assert buffer.credit() == 8
+
+
+def test_reservoir_evicts_only_read_samples_and_caps_reads():
+    buffer = TrainingBuffer(capacity=4, policy="reservoir", max_reads=3, seed=0)
+    for v in range(4):
+        put(buffer, v)
+    assert buffer.credit() == 0  # nothing read yet: nothing may be evicted
+    buffer.get_batch(2)
+    assert buffer.credit() == 2
+    put(buffer, 10)
+    put(buffer, 11)
+    assert buffer.evicted == 2 and len(buffer) == 4
+    for _ in range(12):
+        buffer.get_batch(1)
+    assert buffer.reads == 14 and len(buffer) < 4  # samples leave after 3 reads
+
+
+def test_watermark_and_rate_limit_block_the_reader():
+    buffer = TrainingBuffer(capacity=8, policy="reservoir", watermark=4, rate_limit=2.0)
+    for v in range(3):
+        put(buffer, v)
+    with pytest.raises(TimeoutError):
+        buffer.get_batch(1, timeout=0.2)
+    put(buffer, 3)
+    for _ in range(8):
+        buffer.get_batch(1, timeout=1)  # 4 inserted x 2 reads each
+    with pytest.raises(TimeoutError):
+        buffer.get_batch(1, timeout=0.2)
+    buffer.close()
+    assert buffer.get_batch(1, timeout=1) is not None
+
+
+def test_buffer_state_round_trip():
+    buffer = TrainingBuffer(capacity=8, policy="firo", seed=3)
+    for v in range(5):
+        put(buffer, v, sim=v)
+    buffer.get_batch(2)
+    restored = TrainingBuffer(capacity=8, policy="firo")
+    restored.load_state_dict(buffer.state_dict())
+    assert len(restored) == 3 and restored.inserted == 5 and restored.reads == 2
+    assert sorted(restored.get_batch(3)["simulation_id"].tolist()) == sorted(
+        buffer.get_batch(3)["simulation_id"].tolist()
+    )
+
+
+# --------------------------------------------------------------------------- scheduler with processes
+
+
+def test_samples_arrive_intact_with_backpressure(tmp_path, helpers_on_path):
+    sim = ramp_simulator()
+    buffer = TrainingBuffer(capacity=8, policy="fifo")
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=3, concurrency=3, journal=journal,
+        heartbeat_interval=0.2, heartbeat_timeout=1.5, credit_window=4, workdir=str(tmp_path),
+    )  # fmt: skip
+    scheduler.start()
+    assert scheduler.address.startswith("tcp://127.0.0.1:")
+    time.sleep(3)  # the buffer stays full for longer than the heartbeat timeout
+    assert len(buffer) == 8 and scheduler.failed == 0  # blocked simulations are not silent ones
+    batches = drain(buffer)
+    scheduler.join(30)
+    targets = np.concatenate([b["target"] for b in batches])
+    times = np.concatenate([b["time"] for b in batches])[:, 0]
+    ids = np.concatenate([b["simulation_id"] for b in batches])
+    assert len(targets) == 18 and scheduler.finished == 3
+    latest = journal.latest()
+    for sid in range(3):
+        x = latest[sid]["parameters"]["x"]
+        mine = ids == sid
+        # every sample equals x * step, so order, values and time stamps are checked at once
+        np.testing.assert_allclose(targets[mine][:, 0, 0], x * times[mine] * 6, rtol=1e-5)
+        assert latest[sid]["status"] == "finished" and latest[sid]["samples_received"] == 6
+
+
+def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
+    sim = ramp_simulator(crash_marker=str(tmp_path / "crashed"))
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), buffer, simulations=1, journal=journal, workdir=str(tmp_path)
+    )
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    entries = journal.read()
+    failed = [e for e in entries if e["status"] == "failed"]
+    assert len(failed) == 1 and "signal 9" in failed[0]["error"] and failed[0]["final"] is False
+    assert journal.latest()[0]["status"] == "finished" and journal.latest()[0]["attempt"] == 2
+    steps = sorted(np.concatenate([b["time"] for b in batches])[:, 0] * 6)
+    np.testing.assert_allclose(steps, [1, 2, 3, 4, 5, 6])  # resumed after the 2 received: none twice
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("shape", "has shape (4, 4), the simulator declares (8, 8)"),
+        ("truncated", "100 payload bytes (header says 256), expected 256"),
+        ("silent", "heartbeat timeout"),
+    ],
+)
+def test_faulty_simulation_is_detected_and_retried(tmp_path, helpers_on_path, mode, message, caplog):
+    sim = helpers_on_path.Rogue(mode)
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), buffer, simulations=1, journal=journal, workdir=str(tmp_path),
+        heartbeat_interval=0.2, heartbeat_timeout=2.0,
+    )  # fmt: skip
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    failure = next(e for e in journal.read() if e["status"] == "failed")
+    assert message in failure["error"]
+    assert message in caplog.text
+    assert sum(len(b["target"]) for b in batches) == 6 and scheduler.finished == 1
+
+
+def test_permanent_failure_is_reported_and_redrawn(tmp_path, helpers_on_path):
+    sim = helpers_on_path.Rogue("shape")
+    sim.launch_command = lambda address, sid, attempt: [
+        sys.executable, "-m", "test_online_helpers", address, str(sid), "1", "shape"
+    ]  # fmt: skip
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    sampler = UniformSampler(sim.space)
+    scheduler = SimulationScheduler(
+        sim, sampler, buffer, simulations=1, retries=1, on_failure="redraw", workdir=str(tmp_path)
+    )
+    scheduler.max_samples = None
+    scheduler.start()
+    time.sleep(1)
+    deadline = time.time() + 60
+    while scheduler.failed < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    scheduler.stop()
+    assert scheduler.failed >= 2 and len(sampler.failed) >= 2  # each redrawn point failed for good
+    assert buffer.inserted == 0  # nothing malformed reached the buffer
