@@ -7,6 +7,7 @@ Lightning callbacks (:mod:`engage.sampling.callbacks`) analyse the model during 
 the active sampler; :func:`active_learning` drives a sampler with a plain ``simulate`` function.
 """
 
+from engage.sampling.active_learning import ActiveLearningResult, active_learning
 from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_index_maps, sobol_indices
 from engage.sampling.samplers import (
     ImageSimilaritySampler,
@@ -22,6 +23,7 @@ from engage.sampling.similarity import SimilarityLandscape, dissimilarity, simil
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActiveLearningResult",
     "ImageSimilaritySampler",
     "LatinHypercubeSampler",
     "LossDrivenSampler",
@@ -31,6 +33,7 @@ __all__ = [
     "SensitivityWeightedSampler",
     "SimilarityLandscape",
     "SobolSequenceSampler",
+    "active_learning",
     "dissimilarity",
     "morris_indices",
     "similarity_landscape",

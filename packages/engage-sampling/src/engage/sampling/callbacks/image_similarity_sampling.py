@@ -1,0 +1,213 @@
+"""Map how alike outputs are across the parameter space, and refine sampling where they differ."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+from scipy.stats import qmc
+
+from engage.core.space import ParameterSpace
+from engage.sampling.callbacks._common import (
+    Quantity,
+    default_quantity,
+    due,
+    evaluate,
+    find_sampler,
+    find_space,
+    log_figure,
+    log_metrics,
+    warn_once,
+)
+from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape
+
+
+class ImageSimilaritySampling(Callback):
+    """Compares outputs at neighbouring parameter points with scikit-image metrics (``ssim``,
+    ``psnr``, ``nrmse``) and hands the resulting similarity landscape to the active sampler, which
+    refines sampling between the neighbours that differ most
+    (:class:`~engage.sampling.ImageSimilaritySampler`).
+
+    ``source="predictions"``: the model's predictions at ``probe_points`` Sobol' points of the
+    unit cube (``predict(model, unit_points) -> (n, H, W)``; default: the model at time 1). No
+    simulation is needed. ``source="targets"``: the simulator outputs seen in training batches
+    (the latest sample of each ``simulation_id``, up to ``max_points`` simulations).
+
+    Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) it logs the mean and largest
+    dissimilarity and, to MLflow, a map of the landscape over two parameters.
+
+    Example::
+
+        >>> class Step(torch.nn.Module):  # an "image" that switches at x = 0.5
+        ...     def forward(self, x):
+        ...         return (x[:, :1, None] > 0.5).float().expand(-1, 8, 8)
+        >>> callback = ImageSimilaritySampling(num_parameters=1, probe_points=16, metric="nrmse", neighbours=1)
+        >>> landscape = callback.landscape_of(Step())
+        >>> bool(abs(landscape.points[landscape.edges[np.argmax(landscape.dissimilarity)]].mean() - 0.5) < 0.1)
+        True
+    """
+
+    def __init__(
+        self,
+        source: str = "predictions",
+        predict: Quantity | None = None,
+        probe_points: int = 64,
+        space: ParameterSpace | None = None,
+        num_parameters: int | None = None,
+        sampler: Any = None,
+        metric: str = "ssim",
+        neighbours: int = 4,
+        data_range: float | None = None,
+        every_n_epochs: int | None = 1,
+        every_n_steps: int | None = None,
+        max_points: int = 512,
+        seed: int = 0,
+        log_plots: bool = True,
+        plot_parameters: tuple[int, int] = (0, 1),
+        plot_dir: str | Path | None = None,
+    ):
+        super().__init__()
+        if source not in ("predictions", "targets"):
+            raise ValueError(f"ImageSimilaritySampling source must be 'predictions' or 'targets', got {source!r}")
+        if metric not in METRICS:
+            raise ValueError(f"ImageSimilaritySampling metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if probe_points < 2 or neighbours < 1 or max_points < 2:
+            raise ValueError("ImageSimilaritySampling needs probe_points >= 2, neighbours >= 1, max_points >= 2")
+        self.source = source
+        self.predict = predict or default_quantity
+        self.probe_points = int(probe_points)
+        self.space = space
+        self.num_parameters = num_parameters
+        self.sampler = sampler
+        self.metric = metric
+        self.neighbours = int(neighbours)
+        self.data_range = data_range
+        self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
+        self.max_points = int(max_points)
+        self.seed = int(seed)
+        self.log_plots = log_plots
+        self.plot_parameters = tuple(plot_parameters)
+        self.plot_dir = plot_dir
+        #: the latest landscape (not checkpointed; recomputed at the next trigger)
+        self.landscape: SimilarityLandscape | None = None
+        #: metrics of every landscape so far (checkpointed)
+        self.history: list[dict[str, float]] = []
+        self.last_duration_s = 0.0
+        self._seen: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
+
+    def _dim(self, trainer: pl.Trainer | None) -> int:
+        space = self.space
+        if space is None and trainer is not None:
+            space = find_space(trainer, None, find_sampler(trainer, self.sampler))
+        if space is not None:
+            return space.dim
+        if self.num_parameters is not None:
+            return int(self.num_parameters)
+        raise ValueError("ImageSimilaritySampling cannot tell the number of parameters; pass space= or num_parameters=")
+
+    def landscape_of(self, model: Any, trainer: pl.Trainer | None = None) -> SimilarityLandscape:
+        """The similarity landscape of ``model``'s predictions at the probe points."""
+        engine = qmc.Sobol(self._dim(trainer), scramble=True, rng=self.seed)
+        probe = engine.random(self.probe_points)
+        images = evaluate(self.predict, model, probe)
+        return similarity_landscape(probe, images, self.neighbours, self.metric, self.data_range)
+
+    def _landscape_of_targets(self) -> SimilarityLandscape | None:
+        if len(self._seen) < 2:
+            return None
+        entries = list(self._seen.values())
+        points = np.stack([e[1] for e in entries])
+        images = np.stack([e[2] for e in entries])
+        return similarity_landscape(points, images, self.neighbours, self.metric, self.data_range)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SimilarityLandscape | None:
+        """Compute the landscape now, log it, and hand it to the sampler."""
+        started = time.perf_counter()
+        landscape = (
+            self.landscape_of(pl_module, trainer) if self.source == "predictions" else self._landscape_of_targets()
+        )
+        if landscape is None or len(landscape.dissimilarity) == 0:
+            return None
+        self.landscape = landscape
+        metrics = {
+            "similarity/mean_dissimilarity": float(landscape.dissimilarity.mean()),
+            "similarity/max_dissimilarity": float(landscape.dissimilarity.max()),
+        }
+        log_metrics(trainer, metrics)
+        self.history.append({**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step})
+        sampler = find_sampler(trainer, self.sampler)
+        if hasattr(sampler, "set_landscape"):
+            sampler.set_landscape(landscape)
+        elif sampler is not None:
+            warn_once(
+                self,
+                "sampler",
+                f"ImageSimilaritySampling: the active sampler {type(sampler).__name__} cannot refine by similarity; "
+                "use sampler=image_similarity",
+            )
+        if self.log_plots:
+            self._plot(trainer, landscape)
+        self.last_duration_s = time.perf_counter() - started
+        return landscape
+
+    def _plot(self, trainer: pl.Trainer, landscape: SimilarityLandscape) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        from matplotlib.collections import LineCollection
+
+        dim = landscape.points.shape[1]
+        i, j = (self.plot_parameters if dim >= 2 else (0, 0))[:2]
+        names = self.space.names if self.space is not None else [f"x{k + 1}" for k in range(dim)]
+        xy = landscape.points[:, [i, j]] if dim >= 2 else np.c_[landscape.points[:, 0], landscape.scores]
+        fig, ax = plt.subplots(figsize=(5, 4.2))
+        segments = xy[landscape.edges]
+        lines = LineCollection(segments, array=landscape.dissimilarity, cmap="magma", linewidths=1.5)
+        ax.add_collection(lines)
+        ax.scatter(xy[:, 0], xy[:, 1], c=landscape.scores, cmap="magma", s=18, edgecolors="k", linewidths=0.3)
+        fig.colorbar(lines, ax=ax, label=f"dissimilarity ({landscape.metric})")
+        ax.set_xlabel(f"{names[i]} (unit)")
+        ax.set_ylabel(f"{names[j]} (unit)" if dim >= 2 else "largest dissimilarity")
+        ax.set_title(f"similarity landscape, epoch {trainer.current_epoch}")
+        ax.autoscale()
+        fig.tight_layout()
+        tag = f"epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}"
+        log_figure(trainer, fig, f"similarity/landscape_{tag}.png", self.plot_dir)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.source == "targets" and isinstance(batch, Mapping) and "target" in batch:
+            self._collect(batch)
+        if due(trainer.global_step, self.every_n_steps):
+            self.run(trainer, pl_module)
+
+    def _collect(self, batch: Mapping[str, torch.Tensor]) -> None:
+        unit = batch["parameters"].detach().float().cpu().numpy()
+        targets = batch["target"].detach().float().cpu().numpy()
+        times = batch["time"].detach().float().cpu().numpy().reshape(-1) if "time" in batch else np.ones(len(unit))
+        ids = batch["simulation_id"].detach().cpu().numpy().reshape(-1) if "simulation_id" in batch else None
+        for k in range(len(unit)):
+            key = int(ids[k]) if ids is not None else hash(unit[k].tobytes())
+            if key in self._seen and self._seen[key][0] > times[k]:
+                continue  # keep each simulation's latest state: the most developed image
+            if key not in self._seen and len(self._seen) >= self.max_points:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = (float(times[k]), unit[k], targets[k])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if due(trainer.current_epoch + 1, self.every_n_epochs):
+            self.run(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]

@@ -1,0 +1,152 @@
+"""Tell the active sampler which simulations the network has not learnt yet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+
+from engage.sampling.callbacks._common import due, find_sampler, log_metrics, warn_once
+from engage.sampling.samplers._unit import SCHEDULES, check_ratio, scheduled_ratio
+
+#: ``per_sample_loss(model, batch) -> (B,)``: the loss of each sample of a batch
+PerSampleLoss = Callable[[pl.LightningModule, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+@torch.no_grad()
+def mse_per_sample(model: pl.LightningModule, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean squared error of each sample of an ENGAGE batch (``parameters``, ``time``, ``target``).
+
+    The model is called as ``model(parameters, time)``, or ``model(parameters)`` when the batch has
+    no ``time``; the target is compared in the model's output units.
+    """
+    if "time" in batch:
+        prediction = model(batch["parameters"], batch["time"])
+    else:
+        prediction = model(batch["parameters"])
+    target = batch["target"].to(prediction.dtype).reshape(prediction.shape)
+    return ((prediction - target) ** 2).reshape(len(prediction), -1).mean(dim=1)
+
+
+class LossDrivenSampling(Callback):
+    """Tells the active sampler the per-sample training (or validation) losses, so that a
+    loss-aware sampler (:class:`~engage.sampling.LossDrivenSampler`) proposes new simulations
+    around the highest-loss points.
+
+    Per-sample losses are read from the ``training_step`` output when it is a mapping with
+    ``per_sample_loss`` (free), else computed every ``every_n_steps`` steps with
+    ``per_sample_loss(model, batch)`` (default: per-sample MSE, one extra forward pass without
+    gradients). Losses of samples of the same simulation (``simulation_id``) are averaged, and
+    their parameters (unit-normalised in batches) are mapped back to values for ``tell``.
+
+    With ``exploration`` set, the callback also drives the sampler's exploration ratio from
+    ``exploration`` to ``exploration_final`` over training (``schedule``: constant, linear, cosine
+    over ``max_steps`` or ``max_epochs``).
+
+    Example::
+
+        >>> from engage.core import ParameterSpace
+        >>> from engage.sampling import LossDrivenSampler
+        >>> sampler = LossDrivenSampler(ParameterSpace.from_config({"x": {"low": 0, "high": 1}}))
+        >>> callback = LossDrivenSampling(sampler=sampler)
+        >>> batch = {"parameters": torch.tensor([[0.1], [0.9]]), "simulation_id": torch.tensor([0, 1])}
+        >>> callback.tell(sampler, batch, torch.tensor([0.0, 2.0]))
+        2
+        >>> sampler.loss_table()[1].tolist()
+        [0.0, 2.0]
+    """
+
+    def __init__(
+        self,
+        sampler: Any = None,
+        per_sample_loss: PerSampleLoss | None = None,
+        stage: str = "train",
+        every_n_steps: int = 10,
+        output_key: str = "per_sample_loss",
+        exploration: float | None = None,
+        exploration_final: float | None = None,
+        schedule: str = "linear",
+    ):
+        super().__init__()
+        if stage not in ("train", "val"):
+            raise ValueError(f"LossDrivenSampling stage must be 'train' or 'val', got {stage!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"LossDrivenSampling schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if int(every_n_steps) < 1:
+            raise ValueError(f"LossDrivenSampling every_n_steps must be >= 1, got {every_n_steps}")
+        self.sampler = sampler
+        self.per_sample_loss = per_sample_loss or mse_per_sample
+        self.stage = stage
+        self.every_n_steps = int(every_n_steps)
+        self.output_key = output_key
+        self.exploration = None if exploration is None else check_ratio("exploration", exploration)
+        final = self.exploration if exploration_final is None else exploration_final
+        self.exploration_final = None if final is None else check_ratio("exploration_final", final)
+        self.schedule = schedule
+        #: simulations told so far (checkpointed)
+        self.told = 0
+
+    def tell(self, sampler: Any, batch: Mapping[str, torch.Tensor], losses: torch.Tensor) -> int:
+        """Tell ``sampler`` the losses of one batch, averaged per simulation; returns points told."""
+        unit = batch["parameters"].detach().float().cpu().numpy()
+        values = torch.as_tensor(losses).detach().float().cpu().numpy().reshape(-1)
+        if len(values) != len(unit):
+            raise ValueError(f"per-sample loss has {len(values)} values for a batch of {len(unit)}")
+        ids = batch.get("simulation_id")
+        if ids is not None:
+            ids = torch.as_tensor(ids).cpu().numpy().reshape(-1)
+            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+            values = np.bincount(inverse, weights=values) / np.bincount(inverse)
+            unit = unit[first]
+        space = sampler.space
+        points = np.clip(space.from_unit(unit), space.bounds[:, 0], space.bounds[:, 1])
+        sampler.tell(points, losses=values)
+        self.told += len(points)
+        return len(points)
+
+    def _progress(self, trainer: pl.Trainer) -> float:
+        if trainer.max_steps and trainer.max_steps > 0:
+            return trainer.global_step / trainer.max_steps
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            return trainer.current_epoch / trainer.max_epochs
+        return 0.0
+
+    def _handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
+        sampler = find_sampler(trainer, self.sampler)
+        if sampler is None or not hasattr(sampler, "space"):
+            warn_once(
+                self, "nosampler", "LossDrivenSampling found no sampler: pass sampler= or use a DataModule with one"
+            )
+            return
+        if not isinstance(batch, Mapping) or "parameters" not in batch:
+            warn_once(self, "batch", "LossDrivenSampling needs mapping batches with 'parameters' (ENGAGE DataModules)")
+            return
+        if isinstance(outputs, Mapping) and self.output_key in outputs:
+            losses = outputs[self.output_key]
+        elif self.stage == "val" or due(trainer.global_step, self.every_n_steps):
+            losses = self.per_sample_loss(pl_module, batch)
+        else:
+            return
+        self.tell(sampler, batch, losses)
+        if self.exploration is not None and hasattr(sampler, "exploration"):
+            ratio = scheduled_ratio(self.exploration, self.exploration_final, self.schedule, self._progress(trainer))
+            sampler.exploration = sampler.exploration_final = ratio
+            log_metrics(trainer, {"sampling/exploration": ratio})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stage == "train":
+            self._handle(trainer, pl_module, outputs, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.stage == "val" and not trainer.sanity_checking:
+            self._handle(trainer, pl_module, outputs, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"told": self.told}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.told = int(state_dict.get("told", 0))

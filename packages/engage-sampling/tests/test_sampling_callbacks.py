@@ -1,0 +1,108 @@
+"""The callbacks in real Lightning training on core's heat-equation DataModule and surrogate."""
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from engage.core.data.simulated import SimulatedDataModule
+from engage.core.models.heat_surrogate import HeatSurrogate
+from engage.core.simulators import HeatEquation
+from engage.sampling import ImageSimilaritySampler, LossDrivenSampler, SensitivityWeightedSampler
+from engage.sampling.callbacks import ImageSimilaritySampling, LossDrivenSampling, SensitivityAnalysis
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fit(sampler_cls, callbacks, tmp_path, logger=False, epochs=2, **sampler_kwargs):
+    torch.manual_seed(0)
+    simulator = HeatEquation(grid=8, steps=3)
+    sampler = sampler_cls(simulator.space, seed=0, **sampler_kwargs)
+    datamodule = SimulatedDataModule(simulator, sampler, train_simulations=6, val_simulations=2, batch_size=6)
+    model = HeatSurrogate(5, (8, 8), value_range=(100.0, 500.0), width=4)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer, sampler, model
+
+
+def test_callbacks_steer_the_datamodule_sampler_and_are_checkpointed(tmp_path):
+    loss_cb = LossDrivenSampling(every_n_steps=1, exploration=0.8, exploration_final=0.2)
+    sens_cb = SensitivityAnalysis(base_samples=16, num_resamples=10, reweight_sampler=True, plot_dir=tmp_path / "p")
+    trainer, sampler, _ = fit(LossDrivenSampler, [loss_cb, sens_cb], tmp_path)
+    points, losses = sampler.loss_table()
+    assert len(points) == 6 and np.all(losses > 0) and loss_cb.told == sampler.num_told > 0
+    assert sampler.exploration < 0.8  # the schedule moved it
+    assert not np.allclose(sampler.weights, 1.0)  # re-weighted from the total indices
+    assert len(sens_cb.history) == 2 and sens_cb.result.ST_map.shape == (5, 8, 8)
+    assert list((tmp_path / "p" / "sensitivity").glob("maps_*.png"))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    states = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
+    restored = SensitivityAnalysis()
+    restored.load_state_dict(next(v for k, v in states.items() if k.startswith("SensitivityAnalysis")))
+    assert restored.history == sens_cb.history
+    assert next(v for k, v in states.items() if k.startswith("LossDrivenSampling"))["told"] == loss_cb.told
+
+
+def test_sensitivity_logs_metrics_and_plots_to_mlflow(tmp_path):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    logger = MLFlowLogger(experiment_name="sampling", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    callback = SensitivityAnalysis(method="morris", trajectories=8, num_resamples=10)
+    fit(SensitivityWeightedSampler, [callback], tmp_path, logger=logger, epochs=1)
+    client = logger.experiment
+    metrics = client.get_run(logger.run_id).data.metrics
+    assert "sensitivity/mu_star/T_top" in metrics
+    artifacts = [a.path for a in client.list_artifacts(logger.run_id, "sensitivity")]
+    assert any(path.endswith(".png") for path in artifacts)
+
+
+@pytest.mark.parametrize("source", ["predictions", "targets"])
+def test_image_similarity_hands_a_landscape_to_the_sampler(tmp_path, source):
+    callback = ImageSimilaritySampling(source=source, probe_points=16, plot_dir=tmp_path)
+    _, sampler, _ = fit(ImageSimilaritySampler, [callback], tmp_path, epochs=1)
+    assert callback.landscape is not None and sampler.landscape is callback.landscape
+    expected = 16 if source == "predictions" else 6
+    assert len(callback.landscape.points) == expected
+    assert np.all(callback.landscape.dissimilarity >= 0) and callback.history
+    assert list(tmp_path.glob("similarity/landscape_*.png"))
+    proposals = sampler.space.to_unit(sampler.ask(8))
+    assert proposals.shape == (8, 5)
+
+
+def test_loss_driven_reads_per_sample_loss_from_training_step_output():
+    class Reporting(HeatSurrogate):
+        def training_step(self, batch, batch_idx):
+            per_sample = ((self(batch["parameters"], batch["time"]) - 0.5) ** 2).flatten(1).mean(1)
+            return {"loss": per_sample.mean(), "per_sample_loss": per_sample.detach()}
+
+    simulator = HeatEquation(grid=8, steps=2)
+    sampler = LossDrivenSampler(simulator.space, seed=0)
+    calls = []
+    callback = LossDrivenSampling(sampler=sampler, per_sample_loss=lambda m, b: calls.append(1))
+    datamodule = SimulatedDataModule(simulator, sampler, train_simulations=4, val_simulations=1, batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(Reporting(5, (8, 8), width=4), datamodule=datamodule)
+    assert not calls and callback.told == sampler.num_told > 0
+    assert len(sampler.loss_table()[0]) == 4  # one entry per simulation
+
+
+def test_sensitivity_without_parameters_says_what_to_pass():
+    with pytest.raises(ValueError, match="pass space="):
+        SensitivityAnalysis().analyze(torch.nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="power of 2"):
+        SensitivityAnalysis(base_samples=100)
