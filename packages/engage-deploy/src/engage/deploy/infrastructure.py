@@ -134,7 +134,8 @@ class Service:
     """A service placed on a layer: ``quantity`` instances (``simulator``, ``trainer``, ``inference``).
 
     ``cpu`` and ``memory`` are what one instance needs; ``engage place`` uses them, and ``traffic``
-    (``{other service: mbit/s}``) says how much it sends to other services.
+    (``{other service: mbit/s}``) says how much it sends to other services in total; ``pinned``
+    keeps it on the layer that lists it (``engage place`` may move the others).
     """
 
     name: str
@@ -142,6 +143,7 @@ class Service:
     cpu: float = 1.0
     memory: str | None = None
     traffic: dict[str, float] = field(default_factory=dict)
+    pinned: bool = False
 
 
 @dataclass

@@ -19,6 +19,18 @@ def _replay_arguments(parser):
     add_arguments(parser)
 
 
+def _place_arguments(parser):
+    from engage.deploy.place import add_arguments
+
+    add_arguments(parser)
+
+
+def _place(namespace):
+    from engage.deploy.place import run_command
+
+    return run_command(namespace)
+
+
 def _replay(namespace):
     from engage.deploy.replay import run_command
 
@@ -26,9 +38,19 @@ def _replay(namespace):
 
 
 @hookimpl
+def engage_executors() -> dict:
+    from engage.deploy.executor import DeployExecutor
+
+    return {"deploy": DeployExecutor}
+
+
+@hookimpl
 def engage_commands() -> list[Command]:
     return [
         Command(
             "replay", "re-run one job of a sweep from its MLflow record and compare metrics", _replay_arguments, _replay
+        ),
+        Command(
+            "place", "place services on hosts with CP-SAT, least traffic over slow links", _place_arguments, _place
         ),
     ]

@@ -59,6 +59,26 @@ OFFLINE_ARTIFACTS_ENV = "ENGAGE_DEPLOY_OFFLINE_ARTIFACTS"
 EXPERIMENT_ENV = "ENGAGE_DEPLOY_EXPERIMENT"
 HOST_ENV = "ENGAGE_DEPLOY_HOST"
 JOB_DIR_ENV = "ENGAGE_DEPLOY_JOB_DIR"
+#: the deployed hosts, as JSON, for the deploy executor inside jobs
+HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
+
+
+def hosts_description(provider: Provider) -> str:
+    """JSON of the deployed hosts (name, layer, address, command prefix, services)."""
+    services = {layer.name: [s.name for s in layer.services] for layer in provider.infrastructure.layers}
+    return json.dumps(
+        [
+            {
+                "name": h.name,
+                "layer": h.layer,
+                "address": h.address,
+                "exec_prefix": list(h.exec_prefix),
+                "remote": h.remote,
+                "services": services.get(h.layer, []),
+            }
+            for h in provider.hosts
+        ]
+    )
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -213,6 +233,7 @@ class Sweep:
                 self.report.warnings += list(getattr(provider, "warnings", []))
                 self._write_infrastructure(provider)
                 hosts = self._job_hosts(provider)
+                self._hosts_json = hosts_description(provider)
                 for host in provider.hosts:
                     monitor = HostMonitor(
                         host.name, self.folder / "hosts" / host.name / "metrics.csv", self.options.monitor_interval_s
@@ -552,17 +573,26 @@ class Sweep:
         env = {
             **self._tracking_env(job),
             HOST_ENV: host.name,
+            HOSTS_ENV: self._hosts_json,
             JOB_DIR_ENV: str(job.folder),
             "PYTHONPATH": os.pathsep.join(p for p in [_script_dir(), os.environ.get("PYTHONPATH", "")] if p),
         }
         with (job.folder / "stdout.log").open("ab") as out:
             out.write(f"--- attempt {attempt} on {host.name} at {time.strftime('%H:%M:%S')}\n".encode())
         started = time.time()
+        job_dir, cwd = str(job.folder), str(self.config.hydra.runtime.cwd)
+        if host.remote:
+            # prepare: ship the job folder to the host (fsspec SFTP); finalize brings it back below
+            workdir = getattr(provider, "remote_workdir", lambda h: "/tmp/engage")(host)
+            job_dir = f"{workdir}/{self.folder.name}/jobs/{job.index}"
+            cwd = workdir
+            env[JOB_DIR_ENV] = job_dir
+            provider.put(host, job.folder, job_dir)
         process = provider.run(
             host,
-            [python, "-m", "engage.deploy.runner", str(job.folder)],
+            [python, "-m", "engage.deploy.runner", job_dir],
             env=env,
-            cwd=str(self.config.hydra.runtime.cwd),
+            cwd=cwd,
             log_path=job.folder / "stdout.log",
             stderr_path=job.folder / "stderr.log",
         )
@@ -581,6 +611,12 @@ class Sweep:
             with self._lock:
                 self._running.pop(job.index, None)
         ended = time.time()
+        if host.remote:
+            for name in ("result.pkl", "runner.json"):
+                try:
+                    provider.get(host, f"{job_dir}/{name}", job.folder / name)
+                except OSError as exc:
+                    log.warning("job %d: could not fetch %s from %s: %s", job.index, name, host.name, exc)
         runner = _read_json(job.folder / "runner.json")
         if (job.folder / "result.pkl").is_file():
             ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())

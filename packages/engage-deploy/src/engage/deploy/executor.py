@@ -1,0 +1,94 @@
+"""The ``deploy`` executor: an online-training job launched by the engage launcher starts its
+simulation processes on the infrastructure's hosts (by default the layer that runs the
+``simulator`` service), not beside the trainer.
+
+The launcher hands every job the deployed hosts in ``ENGAGE_DEPLOY_HOSTS`` (JSON) and the job's
+own host in ``ENGAGE_DEPLOY_HOST``; the executor starts each simulation on the next host of the
+simulation layer (round robin) through that host's ``exec_prefix`` (``ip netns exec`` and its
+cgroup for ``netns``, SSH for testbeds), and the trainer listens on its own host's address so the
+simulations reach it over the emulated links.
+
+Example (``engage run`` options)::
+
+    engage run -m hydra/launcher=engage +infrastructure=netns_edge_cloud hydra.launcher.layer=cloud \\
+        data=online data.executor=deploy
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engage.core.executors import Executor, LaunchRequest, LocalProcess, SimulationProcess, die_with_parent_command
+
+HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
+HOST_ENV = "ENGAGE_DEPLOY_HOST"
+#: the layer whose hosts run simulations (default: the one with a ``simulator`` service, else the last)
+LAYER_ENV = "ENGAGE_DEPLOY_SIMULATION_LAYER"
+
+
+class DeployExecutor(Executor):
+    """Simulations on the hosts of one layer of the launcher's infrastructure, round robin."""
+
+    def __init__(self, log_dir: str | None = None, layer: str | None = None) -> None:
+        raw = os.environ.get(HOSTS_ENV)
+        if not raw:
+            raise ValueError(
+                "data.executor=deploy needs the engage launcher: run with -m hydra/launcher=engage "
+                "(ENGAGE_DEPLOY_HOSTS is not set)"
+            )
+        self.hosts: list[dict[str, Any]] = json.loads(raw)
+        self.log_dir = log_dir
+        self.layer = layer or os.environ.get(LAYER_ENV) or self._default_layer()
+        self.targets = [h for h in self.hosts if h["layer"] == self.layer]
+        if not self.targets:
+            layers = sorted({h["layer"] for h in self.hosts})
+            raise ValueError(f"{LAYER_ENV}={self.layer!r} names no layer with hosts; layers are {', '.join(layers)}")
+        self.shares_filesystem = not any(h.get("remote") for h in self.targets)
+        self._next = 0
+
+    def _default_layer(self) -> str:
+        for host in self.hosts:
+            if "simulator" in host.get("services", []):
+                return host["layer"]
+        return self.hosts[-1]["layer"]
+
+    def bind_host(self) -> str:
+        """This job's host address, so simulations on other hosts reach the trainer."""
+        me = os.environ.get(HOST_ENV)
+        for host in self.hosts:
+            if host["name"] == me:
+                return "0.0.0.0" if host.get("remote") else host["address"]
+        return "127.0.0.1"
+
+    def start(self, request: LaunchRequest) -> SimulationProcess:
+        host = self.targets[self._next % len(self.targets)]
+        self._next += 1
+        log_dir = Path(request.log_dir or self.log_dir or tempfile.mkdtemp(prefix="engage-sims-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"sim-{request.simulation_id}-{request.attempt}-{host['name']}.log"
+        prefix = list(host.get("exec_prefix") or [])
+        if host.get("remote"):
+            env_part = " ".join(f"{k}={shlex.quote(v)}" for k, v in request.env.items())
+            command = [*prefix, f"env {env_part} {shlex.join(request.command)}"]
+        else:
+            command = [*prefix, *request.command]
+        command, preexec = die_with_parent_command(command)
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **request.env},
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+        process = LocalProcess(popen, log_path)
+        process.host = host["name"]
+        return process
