@@ -31,7 +31,32 @@ SMOKE = {
         space = ParameterSpace.from_config({"x": {"low": 0, "high": 1}})
         assert UniformSampler(space, seed=0).ask(3).shape == (3, 1)
     """,
+    "engage-sampling": """
+        from engage.core import ParameterSpace
+        from engage.core.config.store import options_by_group
+        from engage.sampling import LatinHypercubeSampler
+        space = ParameterSpace.from_config({"x": {"low": 0, "high": 1}, "y": {"low": 0, "high": 1}})
+        points = LatinHypercubeSampler(space, seed=0).ask(8)
+        assert sorted((points[:, 0] * 8).astype(int).tolist()) == list(range(8))  # one point per stratum
+        assert "lhs" in options_by_group()["sampler"]
+    """,
+    "engage-memory": """
+        from engage.core.config.store import options_by_group
+        from engage.memory import MemoryPlanningStrategy, parse_budget
+        assert parse_budget("1GiB") == 2**30
+        MemoryPlanningStrategy(budget="1GiB")
+        assert "memory" in options_by_group()["strategy"]
+    """,
+    "engage-deploy": """
+        from hydra.core.plugins import Plugins
+        from hydra.plugins.launcher import Launcher
+        from engage.deploy import Infrastructure
+        Infrastructure().validate()
+        assert any(c.__name__ == "EngageLauncher" for c in Plugins.instance().discover(Launcher))
+    """,
 }
+#: test modules of a package that must also pass where only it and engage-core are installed
+ALONE_TESTS = {"engage-sampling": ["packages/engage-sampling/tests/test_sampling_ishigami.py"]}
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +130,8 @@ def test_package_installs_and_works_with_only_core(package, wheelhouse, third_pa
     assert package in listed
     if package in SMOKE:
         _run(str(python), "-c", textwrap.dedent(SMOKE[package]), env=env, cwd=tmp_path)
+    for test_module in ALONE_TESTS.get(package, []):
+        # a copy outside the checkout, so only the installed wheels can be imported
+        copy = tmp_path / Path(test_module).name
+        copy.write_text((ROOT / test_module).read_text())
+        _run(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(copy), env=env, cwd=tmp_path, timeout=600)

@@ -1,6 +1,7 @@
 """``engage`` command line: one-line errors with exit code 2, ``engage plugins``."""
 
 import pytest
+
 from engage.core.cli import main
 
 

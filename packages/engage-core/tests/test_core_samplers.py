@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from engage.core import UniformSampler
 from engage.core.testing import SamplerSuite, parameter_spaces
 

@@ -34,15 +34,16 @@ if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     import argparse
     from collections.abc import Mapping, Sequence
 
+    from lightning.pytorch import Callback
+    from lightning.pytorch.strategies import Strategy
+    from omegaconf import DictConfig
+
     from engage.core.commands import Command
     from engage.core.config.options import ConfigOption
     from engage.core.events import RunRecord, SimulationRecord
     from engage.core.executors import Executor
     from engage.core.samplers.base import Sampler
     from engage.core.simulators.base import Simulator
-    from lightning.pytorch import Callback
-    from lightning.pytorch.strategies import Strategy
-    from omegaconf import DictConfig
 
 PROJECT_NAME = "engage"
 

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+
 from engage.core import hookspecs
 
 ENTRY_POINT_GROUP = "engage"

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
 from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
 from engage.core.events import RunRecord
 from engage.core.plugins import flatten, get_plugin_manager
@@ -23,11 +29,6 @@ from engage.core.tracking.store import (
     default_tracking_uri,
     resolve_tracking_uri,
 )
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
 EXIT_TRACKING_UNAVAILABLE = 3
 console = Console(stderr=True, soft_wrap=True)

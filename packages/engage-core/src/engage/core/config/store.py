@@ -6,10 +6,11 @@ import functools
 from collections import defaultdict
 
 import pluggy
+from hydra.core.config_store import ConfigStore
+
 from engage.core.config.options import ConfigOption
 from engage.core.config.schema import EngageConfig
 from engage.core.plugins import flatten, get_plugin_manager
-from hydra.core.config_store import ConfigStore
 
 SCHEMA_NAME = "engage_schema"
 

@@ -11,14 +11,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 
-from engage.core.config.schema import ConfigValueError
-from engage.core.config.store import register_configs
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from engage.core.config.schema import ConfigValueError
+from engage.core.config.store import register_configs
 
 CONFIG_MODULE = "engage.core.conf"
 CONFIG_NAME = "config"

@@ -9,11 +9,12 @@ import fsspec
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
+
 from engage.core.samplers.base import Sampler
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.base import Simulator
-from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset
 
 #: seed offset of the held-out validation simulations, so they never coincide with training ones
 VALIDATION_SEED_OFFSET = 1_000_003

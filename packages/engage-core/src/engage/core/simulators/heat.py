@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from engage.core.simulators.base import Simulator
-from engage.core.space import ParameterSpace
 from scipy.sparse import diags, identity, kron
 from scipy.sparse.linalg import splu
+
+from engage.core.simulators.base import Simulator
+from engage.core.space import ParameterSpace
 
 PARAMETERS = ("T_init", "T_top", "T_bottom", "T_left", "T_right")
 

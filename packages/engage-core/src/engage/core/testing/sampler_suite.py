@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.testing.parameter_spaces import parameter_spaces
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from engage.core.simulators.base import Simulator
 from engage.core.space import ParameterSpace
 

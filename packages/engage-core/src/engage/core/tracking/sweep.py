@@ -6,10 +6,11 @@ import os
 import time
 from typing import Any
 
-from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV, check_reachable, resolve_tracking_uri
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV, check_reachable, resolve_tracking_uri
 
 
 class MLflowSweepCallback(Callback):
