@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.providers.netns import NetnsProvider, netns_available
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from engage.deploy.netem.link import LinkEmulator, LinkSpec
 from engage.deploy.netem.measure import MeasureServer, binomial_interval, goodput, probe_udp, stream_tcp
 from engage.deploy.netem.shaping import htb_commands, queue_limit

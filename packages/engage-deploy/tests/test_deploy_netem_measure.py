@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.netem.measure import binomial_interval, measure_link
 from engage.deploy.providers.netns import NetnsProvider, netns_available

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.providers.base import ProviderError
 from engage.deploy.providers.netns import NetnsProvider, netns_available
