@@ -41,7 +41,9 @@ def fit(sampler_cls, callbacks, tmp_path, logger=False, epochs=2, **sampler_kwar
 
 def test_callbacks_steer_the_datamodule_sampler_and_are_checkpointed(tmp_path):
     loss_cb = LossDrivenSampling(every_n_steps=1, exploration=0.8, exploration_final=0.2)
-    sens_cb = SensitivityAnalysis(base_samples=16, num_resamples=10, reweight_sampler=True, plot_dir=tmp_path / "p")
+    sens_cb = SensitivityAnalysis(
+        base_samples=16, every_n_epochs=1, num_resamples=10, reweight_sampler=True, plot_dir=tmp_path / "p"
+    )
     trainer, sampler, _ = fit(LossDrivenSampler, [loss_cb, sens_cb], tmp_path)
     points, losses = sampler.loss_table()
     assert len(points) == 6 and np.all(losses > 0) and loss_cb.told == sampler.num_told > 0
@@ -61,7 +63,9 @@ def test_sensitivity_logs_metrics_and_plots_to_mlflow(tmp_path):
     from lightning.pytorch.loggers import MLFlowLogger
 
     logger = MLFlowLogger(experiment_name="sampling", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    callback = SensitivityAnalysis(method="morris", trajectories=8, num_resamples=10)
+    callback = SensitivityAnalysis(
+        every_n_epochs=1, every_n_steps=None, method="morris", trajectories=8, num_resamples=10
+    )
     fit(SensitivityWeightedSampler, [callback], tmp_path, logger=logger, epochs=1)
     client = logger.experiment
     metrics = client.get_run(logger.run_id).data.metrics
@@ -72,7 +76,9 @@ def test_sensitivity_logs_metrics_and_plots_to_mlflow(tmp_path):
 
 @pytest.mark.parametrize("source", ["predictions", "targets"])
 def test_image_similarity_hands_a_landscape_to_the_sampler(tmp_path, source):
-    callback = ImageSimilaritySampling(source=source, probe_points=16, plot_dir=tmp_path)
+    callback = ImageSimilaritySampling(
+        every_n_epochs=1, every_n_steps=None, source=source, probe_points=16, plot_dir=tmp_path
+    )
     _, sampler, _ = fit(ImageSimilaritySampler, [callback], tmp_path, epochs=1)
     assert callback.landscape is not None and sampler.landscape is callback.landscape
     expected = 16 if source == "predictions" else 6

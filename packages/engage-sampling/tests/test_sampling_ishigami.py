@@ -74,7 +74,7 @@ def train_with_analysis(b: float, tmp_path, epochs: int = 90) -> SensitivityAnal
     y = ishigami(x, b=b)
     model = MLP(float(y.mean()), float(y.std()))
     analysis = SensitivityAnalysis(
-        names=["x1", "x2", "x3"], base_samples=2**12, every_n_epochs=epochs, plot_dir=tmp_path
+        names=["x1", "x2", "x3"], base_samples=2**12, every_n_epochs=epochs, every_n_steps=None, plot_dir=tmp_path
     )
     trainer = pl.Trainer(
         max_epochs=epochs,

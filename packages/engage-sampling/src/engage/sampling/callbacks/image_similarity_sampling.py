@@ -39,7 +39,7 @@ class ImageSimilaritySampling(Callback):
     simulation is needed. ``source="targets"``: the simulator outputs seen in training batches
     (the latest sample of each ``simulation_id``, up to ``max_points`` simulations).
 
-    Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps) it logs the mean and largest
+    Every ``every_n_steps`` steps (default 200, or every ``every_n_epochs`` epochs) it logs the mean and largest
     dissimilarity and, to MLflow, a map of the landscape over two parameters.
 
     Example::
@@ -64,8 +64,8 @@ class ImageSimilaritySampling(Callback):
         metric: str = "ssim",
         neighbours: int = 4,
         data_range: float | None = None,
-        every_n_epochs: int | None = 1,
-        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = 200,
         max_points: int = 512,
         seed: int = 0,
         log_plots: bool = True,

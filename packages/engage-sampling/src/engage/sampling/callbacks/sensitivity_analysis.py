@@ -31,8 +31,8 @@ METHODS = ("sobol", "morris")
 
 
 class SensitivityAnalysis(Callback):
-    """Every ``every_n_epochs`` epochs (or ``every_n_steps`` steps), evaluates a quantity of interest
-    of the model over a SALib design of the parameter space and computes its sensitivity indices:
+    """Every ``every_n_steps`` steps (default 1000, or every ``every_n_epochs`` epochs), evaluates a
+    quantity of interest of the model over a SALib design of the parameter space and computes its sensitivity indices:
     first- and total-order Sobol indices with bootstrap confidence intervals (``method="sobol"``,
     ``base_samples·(d+2)`` evaluations) or Morris ``mu*``/``sigma`` (``method="morris"``, the cheap
     screening, ``trajectories·(d+1)`` evaluations).
@@ -72,12 +72,12 @@ class SensitivityAnalysis(Callback):
         names: Sequence[str] | None = None,
         num_parameters: int | None = None,
         method: str = "sobol",
-        base_samples: int = 1024,
+        base_samples: int = 256,
         calc_second_order: bool = False,
         trajectories: int = 50,
         num_levels: int = 4,
-        every_n_epochs: int | None = 1,
-        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = 1000,
         num_resamples: int = 100,
         conf_level: float = 0.95,
         seed: int = 0,
@@ -97,6 +97,8 @@ class SensitivityAnalysis(Callback):
             raise ValueError(f"SensitivityAnalysis inputs must be 'unit' or 'values', got {inputs!r}")
         if inputs == "values" and space is None:
             raise ValueError("SensitivityAnalysis inputs='values' needs space= to map unit points to values")
+        if num_resamples < 1:
+            raise ValueError(f"SensitivityAnalysis num_resamples must be >= 1 (bootstrap), got {num_resamples}")
         if trajectories < 2 or num_levels < 2 or num_levels % 2:
             raise ValueError("SensitivityAnalysis needs trajectories >= 2 and an even num_levels >= 2")
         self.quantity = quantity or default_quantity
