@@ -20,6 +20,7 @@ Example (see :class:`~engage.core.online.datamodule.OnlineDataModule` for the us
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -45,6 +46,14 @@ from engage.core.samplers.base import Sampler
 from engage.core.simulators.base import Simulator
 
 log = logging.getLogger("engage.online")
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
 
 
 class MalformedSample(ValueError):
@@ -226,8 +235,18 @@ class SimulationScheduler:
         # file in the work directory (local executors only); remote executors need a spec.
         path = os.path.join(self.workdir, "simulator.pkl")
         try:
+            try:
+                payload = pickle.dumps(self.simulator)
+            except (pickle.PicklingError, AttributeError, TypeError):
+                # private attributes are, by convention, caches a simulator rebuilds when None
+                # (e.g. a factorised solver): send a copy without the ones that cannot travel
+                clone = copy.copy(self.simulator)
+                for name, value in vars(clone).items():
+                    if name.startswith("_") and not _picklable(value):
+                        setattr(clone, name, None)
+                payload = pickle.dumps(clone)
             with open(path, "wb") as f:
-                pickle.dump(self.simulator, f)
+                f.write(payload)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             raise ValueError(
                 f"{type(self.simulator).__name__} cannot be sent to its processes ({exc}); pass simulator_spec="
