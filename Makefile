@@ -7,7 +7,7 @@ PACKAGES := $(sort $(wildcard packages/engage-*))
 STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,15 @@ demo: $(STAMP)
 	$(BIN)/engage run
 	@echo "MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (experiment 'engage')"
 
-test: $(STAMP)
+# The netns hosts of engage-deploy run their own sshd; as root, install it when it is missing
+# (its tests skip with a reason otherwise).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null) \
+		|| echo "openssh-server could not be installed: SSH tests of netns hosts will skip"; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
