@@ -19,6 +19,8 @@ class OnlineDataConfig:
     _target_: str = "engage.core.online.datamodule.OnlineDataModule"
     _recursive_: bool = False
     simulations: int | None = 64
+    #: the offline DataModule's name for ``simulations``; set, it wins (overrides work with both)
+    train_simulations: int | None = None
     max_samples: int | None = None
     concurrency: int = 2
     batch_size: int = 32

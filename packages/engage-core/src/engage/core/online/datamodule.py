@@ -109,8 +109,11 @@ class OnlineDataModule(pl.LightningDataModule):
         workdir: str | None = None,
         simulator_spec: dict[str, Any] | None = None,
         seed: int = 0,
+        train_simulations: int | None = None,
     ):
         super().__init__()
+        if train_simulations is not None:
+            simulations = train_simulations
         for name, value, minimum in (
             ("batch_size", batch_size, 1),
             ("batches_per_epoch", batches_per_epoch, 1),
