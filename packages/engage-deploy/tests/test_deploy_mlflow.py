@@ -46,6 +46,8 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, kids = children(uri)
     assert parent.info.status == "FAILED"
+    folder = next((tmp_path / "sweep" / ".engage").glob("*"))
+    assert (folder / "mlflow-server.json").is_file()  # parallel jobs: the sweep ran its own server
     assert [r.data.params["overrides"] for r in kids] == [f"+x={x} +sleep=0.6 +fail_on=3" for x in (1, 2, 3)]
     assert [r.info.status for r in kids] == ["FINISHED", "FINISHED", "FAILED"]
     client = MlflowClient(uri)
@@ -59,14 +61,15 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
         assert {a.path for a in client.list_artifacts(run.info.run_id, "engage/infrastructure")} == {
             "engage/infrastructure/infrastructure.yaml"
         }
-    folder = next((tmp_path / "sweep" / ".engage").glob("*"))
     result = json.loads((folder / "jobs" / "0" / "result.json").read_text())
     assert result["mlflow_run_id"] == kids[0].info.run_id
 
 
 @pytest.mark.slow
 def test_server_killed_mid_sweep_loses_no_job(tmp_path: Path) -> None:
-    proc = start_app(tmp_path, "hydra.launcher.parallelism=1", "+x=1,2,3,4", "+sleep=1.5")
+    proc = start_app(
+        tmp_path, "hydra.launcher.mlflow.server=true", "hydra.launcher.parallelism=1", "+x=1,2,3,4", "+sleep=1.5"
+    )
     try:
         deadline = time.monotonic() + 120
         state = None

@@ -196,6 +196,7 @@ class Sweep:
         self.server: tracking.TrackingServer | None = None
         self.tracking_uri: str | None = None
         self.backend_uri: str | None = None
+        self.keep_server = False
         self.experiment_name = "engage"
         self.parent_run_id: str | None = None
         self.own_parent = False
@@ -228,7 +229,7 @@ class Sweep:
         previous_handler = self._install_sigterm()
         monitors: dict[str, HostMonitor] = {}
         try:
-            self._start_server()
+            self._start_server(len(jobs) - sum(1 for j in jobs if j.config_hash in done))
             with provider:
                 self.report.warnings += list(getattr(provider, "warnings", []))
                 self._write_infrastructure(provider)
@@ -331,8 +332,13 @@ class Sweep:
 
     # ------------------------------------------------------------------ MLflow
 
-    def _start_server(self) -> None:
-        """Start the sweep's MLflow server early: it loads while hosts are being deployed."""
+    def _start_server(self, jobs: int) -> None:
+        """Start the sweep's MLflow server early: it loads while hosts are being deployed.
+
+        ``mlflow.server``: ``true`` always, ``false`` never (jobs write the store directly),
+        ``null`` (auto) when jobs run in parallel or on other hosts. ``mlflow.keep_server``
+        reuses a server kept by an earlier sweep on the same store and keeps this one running.
+        """
         settings = self.options.mlflow or {}
         if not settings.get("enabled", True):
             return
@@ -340,14 +346,28 @@ class Sweep:
         if not backend:
             backend = f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
         self.backend_uri = backend
-        if backend.startswith(("http://", "https://")) or not settings.get("server", True):
+        if backend.startswith(("http://", "https://")):
+            return
+        wanted = settings.get("server")
+        parallel = min(self.options.parallelism or os.cpu_count() or 1, jobs) > 1
+        local_only = self.infrastructure.provider == "local"
+        if wanted is False or (wanted is None and not parallel and local_only):
             return
         # hosts other than this machine's loopback must reach it: listen on every interface then
-        local_only = self.infrastructure.provider == "local"
+        bind = "127.0.0.1" if local_only else "0.0.0.0"
+        self.keep_server = bool(settings.get("keep_server", False))
+        if self.keep_server:
+            kept = tracking.TrackingServer.find_kept(backend, bind)
+            if kept is not None:
+                self.server = kept
+                return
+        artifacts = self.folder / "mlflow-artifacts"
+        if self.keep_server and tracking.TrackingServer.state_path(backend) is not None:
+            artifacts = tracking.TrackingServer.state_path(backend).parent / "mlartifacts"
         self.server = tracking.TrackingServer(
             backend,
-            self.folder / "mlflow-artifacts",
-            bind="127.0.0.1" if local_only else "0.0.0.0",
+            artifacts,
+            bind=bind,
             log_path=self.folder / "mlflow-server.log",
             start_timeout_s=float(settings.get("server_start_timeout_s", 120.0)),
         )
@@ -362,8 +382,10 @@ class Sweep:
             self.tracking_uri = self.backend_uri
         else:
             self.server.address = provider.launcher_address()
-            self.server.wait_ready()
-            self.tracking_uri = self.server.uri
+            if self.server.process is not None:
+                self.server.wait_ready()
+            # this process talks to it over loopback: the hosts' network may be gone before the end
+            self.tracking_uri = self.server.local_uri
             self._write_server_state()
         experiment = str(settings.get("experiment", "engage"))
         self.experiment_name = experiment
@@ -382,17 +404,19 @@ class Sweep:
             self.own_parent = True
 
     def _write_server_state(self) -> None:
-        assert self.server is not None and self.server.process is not None
-        state = {"pid": self.server.process.pid, "uri": self.server.uri, "backend": self.server.backend_uri}
+        assert self.server is not None
+        pid = self.server.process.pid if self.server.process is not None else getattr(self.server, "kept_pid", None)
+        state = {"pid": pid, "uri": self.server.uri, "backend": self.server.backend_uri}
         tracking.write_json(self.folder / "mlflow-server.json", state)
 
     def _tracking_env(self, job: JobSpec) -> dict[str, str]:
         if self.tracking_uri is None:
             return {}
         offline = job.folder / "offline"
+        uri = self.server.uri if self.server is not None else self.tracking_uri
         return {
-            TRACKING_URI_ENV: self.tracking_uri,
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            TRACKING_URI_ENV: uri,
+            "MLFLOW_TRACKING_URI": uri,
             PARENT_RUN_ENV: self.parent_run_id or "",
             OFFLINE_URI_ENV: f"sqlite:///{offline / 'mlflow.db'}",
             OFFLINE_ARTIFACTS_ENV: str(offline / "artifacts"),
@@ -466,6 +490,8 @@ class Sweep:
                 MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status=status)
         finally:
             if self.server is not None:
+                if self.keep_server:
+                    self.server.keep()
                 self.server.stop()
 
     # ------------------------------------------------------------------ execution

@@ -98,6 +98,13 @@ class TrackingServer:
             raise TrackingError("the MLflow server has not been started")
         return f"http://{self.address}:{self.port}"
 
+    @property
+    def local_uri(self) -> str:
+        """``http://127.0.0.1:<port>``: how this machine reaches it, whatever the hosts' network does."""
+        if self.port is None:
+            raise TrackingError("the MLflow server has not been started")
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, wait: bool = True) -> None:
         """Start the server and wait until it answers (or raise :class:`TrackingError`); with
         ``wait=False`` return at once and call :meth:`wait_ready` before using it."""
@@ -154,12 +161,62 @@ class TrackingServer:
 
     def alive(self) -> bool:
         """Whether the process runs and answers."""
+        if self.process is None and getattr(self, "kept_pid", None):
+            return self.alive_kept()
         return (
             self.process is not None
             and self.process.poll() is None
             and self.port is not None
             and http_alive(f"http://127.0.0.1:{self.port}", timeout_s=2.0)
         )
+
+    # ------------------------------------------------------------ a server kept between sweeps
+
+    @staticmethod
+    def state_path(backend_uri: str) -> Path | None:
+        """Where a kept server for an SQLite store is described (next to the database)."""
+        if not backend_uri.startswith("sqlite:///"):
+            return None
+        return Path(backend_uri.removeprefix("sqlite:///") + ".engage-server.json")
+
+    @classmethod
+    def find_kept(cls, backend_uri: str, bind: str) -> TrackingServer | None:
+        """A server an earlier sweep kept running for this store, if it still answers."""
+        path = cls.state_path(backend_uri)
+        if path is None or not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        usable_bind = state.get("bind") == bind or state.get("bind") == "0.0.0.0"
+        if state.get("backend") != backend_uri or not usable_bind:
+            return None
+        if not http_alive(f"http://127.0.0.1:{state['port']}", timeout_s=2.0):
+            return None
+        server = cls(backend_uri, state["artifacts"], bind=state["bind"])
+        server.port = int(state["port"])
+        server.kept_pid = int(state["pid"])
+        return server
+
+    def keep(self) -> None:
+        """Leave this server running after the sweep, for the next sweeps on the same store."""
+        path = self.state_path(self.backend_uri)
+        if path is None or self.process is None:
+            return
+        state = {
+            "pid": self.process.pid,
+            "port": self.port,
+            "backend": self.backend_uri,
+            "bind": self.bind,
+            "artifacts": str(self.artifacts_dir),
+        }
+        write_json(path, state)
+        self.process = None  # no longer ours to stop
+
+    def alive_kept(self) -> bool:
+        """Whether a server found with :meth:`find_kept` still answers."""
+        return self.port is not None and http_alive(f"http://127.0.0.1:{self.port}", timeout_s=2.0)
 
     def restart(self) -> None:
         """Start it again on the same port and store (after it died)."""

@@ -32,13 +32,17 @@ def _local_infrastructure() -> dict[str, Any]:
 
 @dataclass
 class MLflowConf:
-    """Where jobs log. ``server: true`` starts an ``mlflow server`` for the sweep in front of the
-    sweep's SQLite store (parallel writers go through it); ``tracking_uri`` overrides the store
-    (default: the sweep's ``ENGAGE_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``);
-    ``experiment`` names the MLflow experiment when the sweep has no parent run yet."""
+    """Where jobs log. ``server`` starts an ``mlflow server`` for the sweep in front of the sweep's
+    SQLite store, so parallel writers and other hosts go through it (``null``: when jobs run in
+    parallel or on other hosts; ``true``: always; ``false``: never); ``keep_server`` leaves it
+    running for the next sweeps on the same store and reuses one left by an earlier sweep;
+    ``tracking_uri`` overrides the store (default: the sweep's ``ENGAGE_TRACKING_URI``, else
+    ``sqlite:///<cwd>/mlflow.db``); ``experiment`` names the MLflow experiment when the sweep has
+    no parent run yet."""
 
     enabled: bool = True
-    server: bool = True
+    server: bool | None = None
+    keep_server: bool = False
     tracking_uri: str | None = None
     experiment: str = "engage"
     server_start_timeout_s: float = 120.0
