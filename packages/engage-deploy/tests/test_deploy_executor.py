@@ -1,0 +1,40 @@
+"""The deploy executor starts simulations on the simulation layer's hosts, round robin."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from engage.core.executors import LaunchRequest
+from engage.deploy.executor import DeployExecutor
+
+HOSTS = [
+    {"name": "cloud-1", "layer": "cloud", "address": "10.9.1.2", "exec_prefix": [], "services": ["trainer"]},
+    {"name": "edge-1", "layer": "edge", "address": "10.9.2.2", "exec_prefix": [], "services": ["simulator"]},
+    {"name": "edge-2", "layer": "edge", "address": "10.9.2.3", "exec_prefix": [], "services": ["simulator"]},
+]
+
+
+def test_round_robin_on_the_simulator_layer(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(HOSTS))
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
+    executor = DeployExecutor(log_dir=str(tmp_path))
+    assert executor.layer == "edge" and executor.bind_host() == "10.9.1.2"
+    started = []
+    for sim in range(3):
+        request = LaunchRequest(
+            [sys.executable, "-c", "import os; print(os.environ['SIM'])"], sim, env={"SIM": str(sim)}
+        )
+        process = executor.start(request)
+        assert process.wait(timeout=60) == 0
+        started.append(process.host)
+        assert process.stderr_tail().strip() == str(sim)
+    assert started == ["edge-1", "edge-2", "edge-1"]
+
+
+def test_without_the_launcher_it_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.delenv("ENGAGE_DEPLOY_HOSTS", raising=False)
+    with pytest.raises(ValueError, match="needs the engage launcher"):
+        DeployExecutor()
