@@ -89,6 +89,23 @@ def test_image_similarity_hands_a_landscape_to_the_sampler(tmp_path, source):
     assert proposals.shape == (8, 5)
 
 
+def test_image_similarity_landscape_resumes_from_a_checkpoint(tmp_path):
+    callback = ImageSimilaritySampling(every_n_epochs=1, every_n_steps=None, probe_points=16, log_plots=False)
+    trainer, sampler, _ = fit(ImageSimilaritySampler, [callback], tmp_path, epochs=1)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    restored = ImageSimilaritySampler(sampler.space, seed=5)
+    restored.load_state_dict(checkpoint[type(trainer.datamodule).__qualname__]["sampler"])
+    # the landscape of the model's predictions (16 probe points), not one recomputed from the 6 targets
+    assert len(restored.landscape.points) == 16
+    np.testing.assert_array_equal(restored.landscape.dissimilarity, callback.landscape.dissimilarity)
+    np.testing.assert_array_equal(restored.ask(8), sampler.ask(8))
+    resumed = ImageSimilaritySampling()
+    resumed.load_state_dict(next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ImageSimilarity")))
+    np.testing.assert_array_equal(resumed.landscape.edges, callback.landscape.edges)
+    assert resumed.history == callback.history
+
+
 def test_loss_driven_reads_per_sample_loss_from_training_step_output():
     class Reporting(HeatSurrogate):
         def training_step(self, batch, batch_idx):

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -47,6 +48,28 @@ class SimilarityLandscape:
         a, b = self.points[chosen[:, 0]], self.points[chosen[:, 1]]
         t = 0.5 + rng.uniform(-jitter, jitter, size=(n, 1))
         return np.clip(a + t * (b - a), 0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, for checkpoints (``torch.save``, JSON)."""
+        return {
+            "points": self.points.tolist(),
+            "edges": self.edges.tolist(),
+            "dissimilarity": self.dissimilarity.tolist(),
+            "scores": self.scores.tolist(),
+            "metric": self.metric,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> SimilarityLandscape:
+        """The landscape saved by :meth:`to_dict`."""
+        points = np.asarray(state["points"], dtype=np.float64)
+        return cls(
+            points=points.reshape(len(points), -1),
+            edges=np.asarray(state["edges"], dtype=np.int64).reshape(-1, 2),
+            dissimilarity=np.asarray(state["dissimilarity"], dtype=np.float64),
+            scores=np.asarray(state["scores"], dtype=np.float64),
+            metric=str(state["metric"]),
+        )
 
 
 def _as_images(outputs: np.ndarray) -> np.ndarray:

@@ -207,7 +207,12 @@ class ImageSimilaritySampling(Callback):
             self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history]}
+        return {
+            "history": [dict(h) for h in self.history],
+            "landscape": self.landscape.to_dict() if self.landscape is not None else None,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(h) for h in state_dict.get("history", [])]
+        landscape = state_dict.get("landscape")
+        self.landscape = SimilarityLandscape.from_dict(landscape) if landscape is not None else None

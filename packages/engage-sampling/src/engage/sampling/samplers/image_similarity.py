@@ -22,7 +22,8 @@ class ImageSimilaritySampler(Sampler):
     dissimilar neighbours, and a fraction ``exploration`` of points is drawn uniformly so that
     unexplored regions are found too. A landscape computed elsewhere (for instance from model
     predictions by :class:`~engage.sampling.callbacks.ImageSimilaritySampling`) can be given with
-    :meth:`set_landscape`.
+    :meth:`set_landscape`; it is part of :meth:`state_dict`, so a restored sampler refines by the
+    same landscape as the original.
 
     Example::
 
@@ -62,10 +63,14 @@ class ImageSimilaritySampler(Sampler):
         self._points: list[list[float]] = []
         self._outputs: list[np.ndarray] = []
         self._landscape: SimilarityLandscape | None = None
+        self._landscape_given = False  # set from outside: not recomputable from the told outputs
 
     def set_landscape(self, landscape: SimilarityLandscape) -> None:
         """Refine according to this landscape until new outputs are told."""
+        if not isinstance(landscape, SimilarityLandscape):
+            raise TypeError(f"set_landscape needs a SimilarityLandscape, got {type(landscape).__name__}")
         self._landscape = landscape
+        self._landscape_given = True
 
     @property
     def landscape(self) -> SimilarityLandscape | None:
@@ -86,6 +91,7 @@ class ImageSimilaritySampler(Sampler):
         self._points.extend(self.space.to_unit(points).tolist())
         self._outputs.extend(arrays)
         self._landscape = None
+        self._landscape_given = False
 
     def _ask(self, n: int) -> np.ndarray:
         unit = self.rng.random((n, self.space.dim))
@@ -102,10 +108,14 @@ class ImageSimilaritySampler(Sampler):
             **super().state_dict(),
             "points": [list(p) for p in self._points],
             "outputs": [o.tolist() for o in self._outputs],
+            # a landscape computed from the told outputs is recomputed on restore; a given one is saved
+            "landscape": self._landscape.to_dict() if self._landscape_given and self._landscape is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._points = [list(p) for p in state["points"]]
         self._outputs = [np.asarray(o, dtype=np.float64) for o in state["outputs"]]
-        self._landscape = None
+        given = state.get("landscape")
+        self._landscape = SimilarityLandscape.from_dict(given) if given is not None else None
+        self._landscape_given = given is not None
