@@ -150,3 +150,62 @@ class ImageSimilarityConfig:
         _positive(self, "top_k")
         if self.data_range is not None and not self.data_range > 0:
             raise ConfigValueError("data_range", f"must be > 0, got {self.data_range}")
+
+
+# --------------------------------------------------------------------------- callbacks
+# Selected with ``engage run +callbacks=NAME`` (several: ``+callbacks=[sensitivity,loss_driven]``);
+# each option adds one named entry to core's ``callbacks`` dict, which ``engage run`` instantiates.
+# The callbacks find the active sampler and the parameter space on the DataModule.
+
+
+@dataclass
+class SensitivityAnalysisConfig:
+    """Sobol/Morris indices of the model during training (``SensitivityAnalysis``)."""
+
+    _target_: str = "engage.sampling.callbacks.sensitivity_analysis.SensitivityAnalysis"
+    method: str = "sobol"
+    base_samples: int = 256
+    calc_second_order: bool = False
+    trajectories: int = 50
+    num_levels: int = 4
+    every_n_epochs: int | None = None
+    every_n_steps: int | None = 1000
+    num_resamples: int = 100
+    conf_level: float = 0.95
+    seed: int = "${seed}"  # type: ignore[assignment]
+    inputs: str = "unit"
+    reweight_sampler: bool = False
+    log_plots: bool = True
+    plot_dir: str | None = None
+    batch_size: int = 8192
+
+
+@dataclass
+class LossDrivenSamplingConfig:
+    """Per-simulation training loss told to the active sampler (``LossDrivenSampling``)."""
+
+    _target_: str = "engage.sampling.callbacks.loss_driven_sampling.LossDrivenSampling"
+    stage: str = "train"
+    every_n_steps: int = 10
+    output_key: str = "per_sample_loss"
+    exploration: float | None = None
+    exploration_final: float | None = None
+    schedule: str = "linear"
+
+
+@dataclass
+class ImageSimilaritySamplingConfig:
+    """Similarity landscape of predictions or targets handed to the sampler (``ImageSimilaritySampling``)."""
+
+    _target_: str = "engage.sampling.callbacks.image_similarity_sampling.ImageSimilaritySampling"
+    source: str = "predictions"
+    probe_points: int = 64
+    metric: str = "ssim"
+    neighbours: int = 4
+    data_range: float | None = None
+    every_n_epochs: int | None = None
+    every_n_steps: int | None = 200
+    max_points: int = 512
+    seed: int = "${seed}"  # type: ignore[assignment]
+    log_plots: bool = True
+    plot_dir: str | None = None

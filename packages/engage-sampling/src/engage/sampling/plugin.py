@@ -1,4 +1,5 @@
-"""engage-sampling's plugin: samplers and their ``sampler=NAME`` config options."""
+"""engage-sampling's plugin: samplers and their ``sampler=NAME`` config options, and the
+``+callbacks=NAME`` options of its Lightning callbacks."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def engage_samplers() -> dict[str, type]:
     return {name: cls for name, (cls, _, _) in SAMPLERS.items()}
 
 
+CALLBACKS = {
+    "sensitivity": (config.SensitivityAnalysisConfig, "Sobol/Morris indices of the model during training"),
+    "loss_driven": (config.LossDrivenSamplingConfig, "per-simulation loss told to the active sampler"),
+    "image_similarity": (config.ImageSimilaritySamplingConfig, "output similarity landscape for the sampler"),
+}
+
+
 @hookimpl
 def engage_config_options() -> list[ConfigOption]:
-    return [ConfigOption("sampler", name, node, text) for name, (_, node, text) in SAMPLERS.items()]
+    options = [ConfigOption("sampler", name, node, text) for name, (_, node, text) in SAMPLERS.items()]
+    # core's ``callbacks`` is a dict of named ``_target_`` nodes: each option adds its own entry, so
+    # ``+callbacks=[sensitivity,loss_driven]`` composes several and ``callbacks.NAME.KEY=V`` sets values
+    options += [ConfigOption("callbacks", name, {name: node}, text) for name, (node, text) in CALLBACKS.items()]
+    return options

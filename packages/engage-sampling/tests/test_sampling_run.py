@@ -1,0 +1,52 @@
+"""The sampling callbacks selected from ``engage run`` with ``+callbacks=NAME``."""
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from engage.core.config.validate import ConfigError, compose_config
+from engage.core.testing.process import TINY_RUN, run_engage
+
+
+def test_callback_options_compose_into_core_callbacks():
+    overrides = ["sampler=lhs", "+callbacks=[sensitivity,loss_driven]", "callbacks.sensitivity.base_samples=64"]
+    cfg = compose_config(overrides)
+    assert set(cfg.callbacks) == {"sensitivity", "loss_driven"}
+    assert cfg.callbacks.sensitivity._target_.endswith("SensitivityAnalysis")
+    assert cfg.callbacks.sensitivity.base_samples == 64
+    assert cfg.callbacks.loss_driven.every_n_steps == 10
+    assert set(compose_config(["+callbacks=image_similarity"]).callbacks) == {"image_similarity"}
+    with pytest.raises(ConfigError, match=r"callbacks\.sensitivity\.bogus: unknown key"):
+        compose_config(["+callbacks=sensitivity", "callbacks.sensitivity.bogus=1"])
+    with pytest.raises(ConfigError, match="installed: image_similarity, loss_driven, sensitivity"):
+        compose_config(["+callbacks=nope"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_engage_run_records_the_sensitivity_callback_metrics(tmp_path):
+    result = run_engage(
+        "run",
+        *TINY_RUN,
+        "sampler=lhs",
+        "+callbacks=sensitivity",
+        "callbacks.sensitivity.every_n_epochs=1",
+        "callbacks.sensitivity.every_n_steps=null",
+        "callbacks.sensitivity.base_samples=16",
+        "callbacks.sensitivity.num_resamples=10",
+        "callbacks.sensitivity.log_plots=false",
+        cwd=tmp_path,
+        timeout=280,  # a loaded CI machine; about 20 s otherwise
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("engage")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["sampler._target_"].endswith("LatinHypercubeSampler")
+    names = ("T_init", "T_top", "T_bottom", "T_left", "T_right")  # the heat equation's parameters
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("sensitivity/ST/")}
+    assert metrics, f"no sensitivity metrics among {sorted(run.data.metrics)}"
+    assert all(np.isfinite(v) and v >= 0.0 for v in metrics.values())  # total indices are non-negative
+    assert set(metrics) == {f"sensitivity/ST/{n}" for n in names}
