@@ -161,32 +161,35 @@ def main() -> int:
                 row["error"] = proc.stderr.strip().splitlines()[-1:] or ["?"]
             rows.append(row)
             print(json.dumps(row), flush=True)
+            write(args.out, args.task_s, rows, complete=False)
     for jobs in sorted({r["jobs"] for r in rows}):
         joblib = next((r for r in rows if r["launcher"] == "joblib" and r["jobs"] == jobs), None)
         for r in rows:
             if joblib and r["jobs"] == jobs and r["launcher"].startswith("engage"):
                 r["vs_joblib_per_job_s"] = round(r["overhead_per_job_s"] - joblib["overhead_per_job_s"], 3)
-    result = {
-        "benchmark": "launcher_overhead",
-        "task_s": args.task_s,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_at_end": os.getloadavg(),
-        },
-        "rows": rows,
-    }
     state = warm_db.parent / "mlflow.db.engage-server.json"
     if state.is_file():  # stop the kept server
         try:
             os.killpg(json.loads(state.read_text())["pid"], signal.SIGTERM)
         except ProcessLookupError:
             pass
-    out = Path(args.out)
+    write(args.out, args.task_s, rows, complete=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write(path: str, task_s: float, rows: list[dict], complete: bool) -> None:
+    """The JSON result, rewritten after every row so an interrupted run keeps what it measured."""
+    result = {
+        "benchmark": "launcher_overhead",
+        "complete": complete,
+        "task_s": task_s,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
+        "rows": rows,
+    }
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -80,7 +80,18 @@ def test_killed_sweep_marks_killed_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_replay_reproduces_a_deterministic_cpu_job(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    overrides = ["experiment=heat_quick", "seed=3", "trainer.max_epochs=1", "hydra.sweep.dir=sweep"]
+    # offline data: a fixed set of simulations, so training is deterministic on CPU
+    overrides = [
+        "data=simulated",
+        "data.train_simulations=6",
+        "data.val_simulations=2",
+        "simulator.grid=16",
+        "simulator.steps=20",
+        "model.width=8",
+        "trainer.max_epochs=1",
+        "seed=3",
+        "hydra.sweep.dir=sweep",
+    ]
     proc = subprocess.run(
         [ENGAGE, "run", "-m", "hydra/launcher=engage", *overrides],
         cwd=tmp_path,

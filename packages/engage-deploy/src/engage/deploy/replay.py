@@ -28,6 +28,7 @@ import yaml
 
 #: metrics that measure the machine, not the model: not compared
 VOLATILE_PREFIXES = ("system/", "job/", "run/wall_time", "time", "epoch_time")
+VOLATILE_PARTS = ("time", "/s", "wait", "throughput")
 
 
 class ReplayError(RuntimeError):
@@ -57,7 +58,11 @@ def _default_uri() -> str:
 
 def comparable_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics of a run that a replay must reproduce."""
-    return {k: v for k, v in metrics.items() if not k.startswith(VOLATILE_PREFIXES) and "time" not in k}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if not k.startswith(VOLATILE_PREFIXES) and not any(part in k for part in VOLATILE_PARTS)
+    }
 
 
 def replay(
