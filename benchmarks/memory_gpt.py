@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
-from engage.memory import Decision, InfeasibleBudgetError, MemoryMeter, MemoryPlanner, Plan, Profile
+from engage.memory import (
+    Decision,
+    InfeasibleBudgetError,
+    MemoryMeter,
+    MemoryPlanner,
+    Plan,
+    Profile,
+    chunked_cross_entropy,
+)
 
 FULL = {"layers": 12, "d": 768, "heads": 12, "vocab": 50257, "seq": 1024, "batch": 16}
 SMALL = {"layers": 6, "d": 128, "heads": 4, "vocab": 512, "seq": 128, "batch": 4}
@@ -59,8 +67,10 @@ class Decoder(nn.Module):
         self.layers = nn.Sequential(*[Layer(d, heads) for _ in range(layers)])
         self.norm, self.unembed = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
         self.policy = policy
+        self.loss_chunks = 1
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; with ``targets`` and ``loss_chunks > 1``, the chunked loss instead (no full logits)."""
         h = self.embed(tokens) + self.position(torch.arange(tokens.shape[1], device=tokens.device))
         if self.policy == "per_block":
             for layer in self.layers:
@@ -69,11 +79,15 @@ class Decoder(nn.Module):
             h = checkpoint_sequential(self.layers, int(self.policy.split("_")[1]), h, use_reentrant=False)
         else:
             h = self.layers(h)
+        if targets is not None and self.loss_chunks > 1:
+            return chunked_cross_entropy(self.norm(h), self.unembed, targets, chunks=self.loss_chunks)
         return self.unembed(self.norm(h))
 
 
 def _loss(model: nn.Module, tokens: torch.Tensor, device: str) -> torch.Tensor:
     with torch.autocast(device, dtype=torch.bfloat16):
+        if getattr(model, "loss_chunks", 1) > 1:
+            return model(tokens, tokens)
         logits = model(tokens)
         return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
 
@@ -134,13 +148,17 @@ def run(args: argparse.Namespace) -> dict:
         print(json.dumps(row), flush=True)
         return row
 
-    def fresh(policy: str = "none") -> nn.Module:
+    def fresh(policy: str = "none", loss_chunks: int = 1) -> nn.Module:
         model = copy.deepcopy(base)
         model.policy = policy
+        model.loss_chunks = loss_chunks
         return model
 
     none = record("none", fresh())
     per_block = record("per_block_checkpoint", fresh("per_block"))
+    # The output layer's logits (batch x sequence x vocabulary) never exist at once: see chunked_cross_entropy.
+    record("none_chunked_loss_8", fresh(loss_chunks=8))
+    record("per_block_checkpoint_chunked_loss_8", fresh("per_block", loss_chunks=8))
     for segments in (2, 4):
         record(f"checkpoint_sequential_{segments}", fresh(f"sequential_{segments}"))
     if device == "cuda" and not args.no_compile:

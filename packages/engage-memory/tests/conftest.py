@@ -114,3 +114,10 @@ def gpt() -> TinyGPT:
     """A small transformer language model (vocabulary 128, sequence up to 64)."""
     torch.manual_seed(0)
     return TinyGPT()
+
+
+@pytest.fixture
+def small_gpt() -> TinyGPT:
+    """A smaller transformer (width 32, 3 layers, sequence up to 32) for whole Trainer runs."""
+    torch.manual_seed(0)
+    return TinyGPT(vocab=128, d=32, layers=3, heads=2, seq=32)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engage.memory.budget import format_bytes, parse_budget
+    from engage.memory.chunked_loss import chunked_cross_entropy, loss_chunks
     from engage.memory.ddp_strategy import DDPMemoryPlanningStrategy
     from engage.memory.decisions import Decision
     from engage.memory.errors import InfeasibleBudgetError, PlannedOutOfMemoryError
@@ -39,6 +40,8 @@ _EXPORTS = {
     "Plan": "plan",
     "PlannedOutOfMemoryError": "errors",
     "Profile": "profile",
+    "chunked_cross_entropy": "chunked_loss",
+    "loss_chunks": "chunked_loss",
     "find_blocks": "planner",
     "format_bytes": "budget",
     "parse_budget": "budget",
@@ -56,8 +59,10 @@ __all__ = [
     "Plan",
     "PlannedOutOfMemoryError",
     "Profile",
+    "chunked_cross_entropy",
     "find_blocks",
     "format_bytes",
+    "loss_chunks",
     "parse_budget",
 ]
 

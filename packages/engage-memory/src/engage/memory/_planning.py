@@ -65,7 +65,15 @@ class _MemoryPlanning:
         verify: bool,
         print_plan: bool,
         offload_min_bytes: int,
+        chunked_loss: bool = False,
+        loss_chunks: int = 8,
     ) -> None:
+        if not isinstance(chunked_loss, bool):
+            raise ValueError(f"chunked_loss={chunked_loss!r} must be true or false")
+        if isinstance(loss_chunks, bool) or not isinstance(loss_chunks, int) or loss_chunks < 1:
+            raise ValueError(f"loss_chunks={loss_chunks!r} must be a positive int, such as 8")
+        self.chunked_loss = chunked_loss
+        self.loss_chunks = loss_chunks
         self.budget = budget
         self.solver = solver
         self.blocks = list(blocks) if blocks else None
@@ -132,6 +140,8 @@ class _MemoryPlanning:
                         optimizers=list(trainer.optimizers),
                         roots=roots,
                         grads_persist=trainer.accumulate_grad_batches > 1,
+                        # Lightning zeroes gradients after training_step: the last step's are alive in forward.
+                        grads_in_forward=True,
                     )
                     if self.profile_path and not self.plans:
                         profile.save(self.profile_path)

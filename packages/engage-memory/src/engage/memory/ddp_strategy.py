@@ -35,10 +35,23 @@ class DDPMemoryPlanningStrategy(_MemoryPlanning, DDPStrategy):
         verify: bool = True,
         print_plan: bool = True,
         offload_min_bytes: int = 1 << 16,
+        chunked_loss: bool = False,
+        loss_chunks: int = 8,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._init_planning(budget, solver, blocks, decisions, profile_path, verify, print_plan, offload_min_bytes)
+        self._init_planning(
+            budget,
+            solver,
+            blocks,
+            decisions,
+            profile_path,
+            verify,
+            print_plan,
+            offload_min_bytes,
+            chunked_loss=chunked_loss,
+            loss_chunks=loss_chunks,
+        )
 
     def setup(self, trainer: Any) -> None:
         super().setup(trainer)

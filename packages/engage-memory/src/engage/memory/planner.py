@@ -25,7 +25,6 @@ from engage.memory.profile import (
     _positions,
     _record_run,
     _window_peak,
-    optimizer_state_bytes,
 )
 from engage.memory.runtime import PlanRuntime
 from engage.memory.solver_cpsat import CpSatSolver
@@ -123,21 +122,26 @@ class MemoryPlanner:
         optimizers: Sequence[torch.optim.Optimizer] = (),
         roots: Sequence[Any] = (),
         grads_persist: bool = False,
+        grads_in_forward: bool = False,
     ) -> Profile:
         """Run ``step`` (forward and backward, no optimizer step) once per decision and keep the profile.
 
-        ``optimizers`` add their steady-state state to the fixed memory; ``roots`` are other tensors alive
-        through the step (the batch) that the CPU meter should count; ``grads_persist`` (gradient
-        accumulation) counts parameter gradients as alive from the step's start.
+        ``optimizers`` are stepped once on the first run's gradients, measured and put back: the state
+        they create joins the fixed memory and their temporaries the step's peak, so that a plan holds
+        its budget over forward, backward and optimizer step. ``roots`` are other tensors alive through
+        the step (the batch) that the CPU meter should count; ``grads_persist`` (gradient accumulation)
+        counts parameter gradients as alive from the step's start; ``grads_in_forward`` counts them as alive
+        through the forward and the loss, as in Lightning, which zeroes gradients after ``training_step``
+        and before backward.
         """
-        state, temp = optimizer_state_bytes(optimizers)
-        extra = state
-        if grads_persist:
-            extra += sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        grad_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        extra = grad_bytes if grads_persist else 0
         with self._probe([*optimizers, *roots]) as probe:
             profile = Profiler(self.runtime, probe, self.model.parameters(), self.decisions).run(
-                step, extra=extra, optimizer_temp=temp if optimizers else 0
+                step, extra=extra, optimizers=list(optimizers)
             )
+        if grads_in_forward and not grads_persist:
+            profile.forward_extra = grad_bytes
         shapes = [list(t.shape) for t in roots if isinstance(t, torch.Tensor)]
         profile.input_shapes = shapes
         self.profile_ = profile

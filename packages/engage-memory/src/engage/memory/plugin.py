@@ -26,6 +26,8 @@ class MemoryStrategyConfig:
     profile_path: str | None = None
     verify: bool = True
     print_plan: bool = True
+    chunked_loss: bool = False
+    loss_chunks: int = 8
 
 
 @hookimpl

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from engage.memory.decisions import ALL_DECISIONS, Decision
+from engage.memory.optimizer_step import measure_optimizer_step
 from engage.memory.probes import Probe
 from engage.memory.runtime import PlanRuntime
 
@@ -78,6 +79,7 @@ class Profile:
     step_time: float
     extra: int = 0
     optimizer_peak: int = 0
+    forward_extra: int = 0
     device: str = "cpu"
     input_shapes: list[list[int]] = field(default_factory=list)
     profiling_seconds: float = 0.0
@@ -132,13 +134,15 @@ class Profile:
     def timeline(self, decisions: Sequence[Decision]) -> list[tuple[str, int]]:
         """Predicted peak of each phase of the step, in execution order (labels, bytes)."""
         mem = self.base + self.extra
-        points = [("prologue", self.prologue_peak + self.extra)]
+        # forward_extra (the previous step's gradients, freed by zero_grad before backward) counts up to the loss.
+        ahead = self.forward_extra
+        points = [("prologue", self.prologue_peak + self.extra + ahead)]
         for i in self.fwd_order:
             cost = self.cost(i, decisions[i])
-            points.append((f"{self.blocks[i].name} fwd", mem + cost.fwd_peak))
+            points.append((f"{self.blocks[i].name} fwd", mem + ahead + cost.fwd_peak))
             mem += cost.fwd_delta
         last = decisions[self.fwd_order[-1]].value
-        points.append(("loss", mem + self.epilogue_peak[last]))
+        points.append(("loss", mem + ahead + self.epilogue_peak[last]))
         mem += self.epilogue_delta[last]
         for i in self.bwd_order:
             points.append((f"{self.blocks[i].name} bwd", mem + self.cost(i, decisions[i]).bwd_peak))
@@ -327,13 +331,34 @@ class Profiler:
                     raise
                 stride *= 2
 
-    def run(self, step: Callable[[], Any], extra: int = 0, optimizer_temp: int = 0) -> Profile:
-        """Profile ``step`` (a callable running forward and backward) and return the profile."""
+    def run(
+        self,
+        step: Callable[[], Any],
+        extra: int = 0,
+        optimizer_temp: int = 0,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+    ) -> Profile:
+        """Profile ``step`` (a callable running forward and backward) and return the profile.
+
+        ``extra`` is memory alive through the whole step that the runs do not show (gradients kept for
+        accumulation). With ``optimizers``, their step is measured on the first run's gradients (and undone):
+        the state it creates joins the fixed memory and its temporaries set the optimizer phase's peak;
+        ``optimizer_temp`` is then ignored. Without, ``optimizer_temp`` (with ``extra``) sets that phase.
+        """
         n = len(self.runtime.blocks)
         started = time.perf_counter()
         # A first, low-memory run pays one-off costs (allocator growth, kernel selection) off the clock,
         # and tells the execution order of the blocks.
         reference = _record_run(step, self.runtime, self.probe, {i: Decision.RECOMPUTE for i in range(n)})
+        optimizer_state = None
+        if optimizers:
+            try:
+                optimizer_state, optimizer_temp = measure_optimizer_step(optimizers, self.probe)
+            except (RuntimeError, TypeError):
+                # An optimizer that needs a closure (LBFGS), or no room for a trial step: estimate instead.
+                if self.probe.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                optimizer_state, optimizer_temp = optimizer_state_bytes(optimizers)
         _clear_grads(self.params)
         pos = _positions(reference)
         missing = [self.runtime.blocks[i][0] for i in range(n) if ("fwd_start", i) not in pos]
@@ -377,8 +402,12 @@ class Profiler:
             bwd_order=bwd_order,
             chain=chain,
             step_time=step_time,
-            extra=extra,
-            optimizer_peak=end_live + extra + optimizer_temp if (extra or optimizer_temp) else 0,
+            extra=extra + (optimizer_state or 0),
+            optimizer_peak=(
+                end_live + optimizer_state + optimizer_temp
+                if optimizer_state is not None
+                else (end_live + extra + optimizer_temp if (extra or optimizer_temp) else 0)
+            ),
             device=str(self.probe.device),
             decisions=[d.value for d in self.decisions],
             profiling_seconds=time.perf_counter() - started,

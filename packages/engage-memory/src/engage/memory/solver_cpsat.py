@@ -48,9 +48,7 @@ class CpSatSolver:
     def _model(self, profile: Profile, budget: int | None) -> tuple[cp_model.CpModel, dict, cp_model.IntVar | None]:
         model = cp_model.CpModel()
         options = profile.available
-        x = {
-            (i, d): model.new_bool_var(f"x_{i}_{d.value}") for i in range(len(profile.blocks)) for d in options
-        }
+        x = {(i, d): model.new_bool_var(f"x_{i}_{d.value}") for i in range(len(profile.blocks)) for d in options}
         for i in range(len(profile.blocks)):
             model.add_exactly_one(x[i, d] for d in options)
 
@@ -58,20 +56,21 @@ class CpSatSolver:
             return sum(_up(getattr(profile.cost(i, d), field)) * x[i, d] for d in options)
 
         fixed = _up(profile.base + profile.extra)
+        ahead = _up(profile.forward_extra)  # alive through the forward and the loss only
         peak = model.new_int_var(0, 1 << 50, "peak") if budget is None else None
         limit = peak if peak is not None else _up(budget) if budget is not None else 0
         exprs = []
         prefix: cp_model.LinearExpr = 0
         for i in profile.fwd_order:
-            exprs.append(fixed + prefix + chosen(i, "fwd_peak"))
+            exprs.append(fixed + ahead + prefix + chosen(i, "fwd_peak"))
             prefix = prefix + chosen(i, "fwd_delta")
         last = profile.fwd_order[-1]
-        exprs.append(fixed + prefix + sum(_up(profile.epilogue_peak[d.value]) * x[last, d] for d in options))
+        exprs.append(fixed + ahead + prefix + sum(_up(profile.epilogue_peak[d.value]) * x[last, d] for d in options))
         mem = fixed + prefix + sum(_up(profile.epilogue_delta[d.value]) * x[last, d] for d in options)
         for i in profile.bwd_order:
             exprs.append(mem + chosen(i, "bwd_peak"))
             mem = mem + _up(profile.blocks[i].grad_delta) - chosen(i, "fwd_delta")
-        constant = max(profile.prologue_peak + profile.extra, profile.optimizer_peak)
+        constant = max(profile.prologue_peak + profile.extra + profile.forward_extra, profile.optimizer_peak)
         for expr in exprs:
             model.add(expr <= limit)
         if peak is not None:
@@ -98,7 +97,7 @@ class CpSatSolver:
     def solve(self, profile: Profile, budget: int) -> Plan:
         """Fastest plan whose predicted peak fits ``budget``; :class:`InfeasibleBudgetError` otherwise."""
         started = time.perf_counter()
-        constant = max(profile.prologue_peak + profile.extra, profile.optimizer_peak)
+        constant = max(profile.prologue_peak + profile.extra + profile.forward_extra, profile.optimizer_peak)
         model, x, _ = self._model(profile, budget)
         if constant > budget:
             raise InfeasibleBudgetError(budget, self.minimum_budget(profile))

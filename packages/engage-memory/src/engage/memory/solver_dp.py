@@ -53,6 +53,7 @@ class DynamicProgrammingSolver:
         order = profile.fwd_order
         epilogue_peak, epilogue_delta = profile.epilogue_peak[last.value], profile.epilogue_delta[last.value]
         fixed = profile.base + profile.extra
+        ahead = profile.forward_extra  # alive through the forward and the loss only
         grads_after = {}  # sum of grad_delta of blocks whose backward runs before block i's
         acc = 0
         for i in profile.bwd_order:
@@ -60,7 +61,7 @@ class DynamicProgrammingSolver:
             acc += profile.blocks[i].grad_delta
         spread = sum(max(abs(c.fwd_delta) for c in b.costs.values()) for b in profile.blocks) or 1
         quantum = max(1.0, (budget if not minimise_peak else spread) / self.resolution)
-        start_peak = max(profile.prologue_peak + profile.extra, profile.optimizer_peak)
+        start_peak = max(profile.prologue_peak + profile.extra + ahead, profile.optimizer_peak)
         # bucket -> (key, prefix bytes, running peak, total overhead, decisions)
         states: dict[int, tuple[tuple[float, float], int, int, float, tuple[Decision, ...]]] = {
             0: ((0.0, 0.0), 0, start_peak, 0.0, ())
@@ -73,7 +74,7 @@ class DynamicProgrammingSolver:
                     cost = block.costs[decision.value]
                     after = prefix + cost.fwd_delta
                     bwd_base = fixed + epilogue_delta + after + grads_after[i]
-                    new_peak = max(peak, fixed + prefix + cost.fwd_peak, bwd_base + cost.bwd_peak)
+                    new_peak = max(peak, fixed + ahead + prefix + cost.fwd_peak, bwd_base + cost.bwd_peak)
                     if not minimise_peak and new_peak > budget:
                         continue
                     total = spent + block.overhead(decision) + 1e-9 * list(Decision).index(decision)
@@ -86,7 +87,7 @@ class DynamicProgrammingSolver:
                 return None
         best = None
         for _, prefix, peak, spent, chosen in states.values():
-            final_peak = max(peak, fixed + prefix + epilogue_peak)
+            final_peak = max(peak, fixed + ahead + prefix + epilogue_peak)
             if not minimise_peak and final_peak > budget:
                 continue
             key = (final_peak, spent) if minimise_peak else (spent, final_peak)

@@ -27,6 +27,10 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
         verify: measure one planned step on the first batch and show the measured peak next to the plan.
         print_plan: print the plan table.
         offload_min_bytes: saved tensors smaller than this stay on the device when offloading.
+        chunked_loss: offer a chunked loss to the LightningModule (off by default): a module that computes
+            its loss with ``chunked_cross_entropy(hidden, self.head, targets, chunks=loss_chunks(self))``
+            never holds the whole logits; under any other setting ``loss_chunks(self)`` is 1, the plain loss.
+        loss_chunks: number of row chunks of that loss when ``chunked_loss`` is on.
         device: the device to train on (default: the first GPU if any, else CPU).
 
     Example:
@@ -47,13 +51,26 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
         verify: bool = True,
         print_plan: bool = True,
         offload_min_bytes: int = 1 << 16,
+        chunked_loss: bool = False,
+        loss_chunks: int = 8,
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         super().__init__(device=device, **kwargs)
-        self._init_planning(budget, solver, blocks, decisions, profile_path, verify, print_plan, offload_min_bytes)
+        self._init_planning(
+            budget,
+            solver,
+            blocks,
+            decisions,
+            profile_path,
+            verify,
+            print_plan,
+            offload_min_bytes,
+            chunked_loss=chunked_loss,
+            loss_chunks=loss_chunks,
+        )
 
     def setup(self, trainer: Any) -> None:
         super().setup(trainer)
