@@ -94,7 +94,12 @@ class EngageLauncher(Launcher):
         from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 
         try:
-            Infrastructure.from_dict(self.params.get("infrastructure")).validate()
+            infrastructure = Infrastructure.from_dict(self.params.get("infrastructure"))
+            infrastructure.validate()
+            layer = self.params.get("layer")
+            if layer is not None and layer not in [lay.name for lay in infrastructure.layers]:
+                known = ", ".join(lay.name for lay in infrastructure.layers)
+                raise ValueError(f"hydra.launcher.layer: no layer named {layer!r}; layers are {known}")
             from engage.deploy.sweep import SweepOptions
 
             SweepOptions.from_params(self.params)
