@@ -10,10 +10,11 @@ Two problems, fixed so that results compare across versions:
 
 For a fixed budget of simulations, run in rounds, each method's held-out error is recorded
 after every round (the MLP is refitted, warm-started, after each round), over 5 seeds.
-Loss-driven sampling is told the error of the current surrogate at each new point before the
-refit; sensitivity-weighted sampling gets the total Sobol indices of the current surrogate
-(``SensitivityAnalysis``) each round; image-similarity sampling (problem (a) only) is told the
-simulated fields.
+Loss-driven sampling (half Sobol' exploration, proposals around the highest-loss points with a
+radius shrinking as they fill, the farthest of 4 proposals) is told the error of the current
+surrogate at each new point before the refit; sensitivity-weighted sampling gets the total Sobol
+indices of the current surrogate (``SensitivityAnalysis``) each round; image-similarity sampling
+(problem (a) only) is told the simulated fields.
 
 The callback overhead part trains core's ``HeatSurrogate`` with Lightning on 16x16 heat
 simulations and times each callback's hooks against the training-step time, at the callback's
@@ -133,7 +134,7 @@ def run_method(problem, method: str, seed: int, test: tuple[np.ndarray, np.ndarr
         "uniform": lambda: UniformSampler(space, seed=seed),
         "lhs": lambda: LatinHypercubeSampler(space, seed=seed, design_size=batch),
         "sobol_sequence": lambda: SobolSequenceSampler(space, seed=seed),
-        "loss_driven": lambda: LossDrivenSampler(space, seed=seed, exploration=0.3, sigma=0.08),
+        "loss_driven": lambda: LossDrivenSampler(space, seed=seed, exploration=0.5, sigma=0.1, candidates=4),
         "sensitivity_weighted": lambda: SensitivityWeightedSampler(space, seed=seed),
         "image_similarity": lambda: ImageSimilaritySampler(space, seed=seed, exploration=0.3, metric="ssim"),
     }

@@ -174,6 +174,36 @@ def test_loss_driven_concentrates_on_high_loss_and_follows_schedule():
     assert near.mean() > 0.95
 
 
+def test_loss_driven_radius_shrinks_where_points_crowd():
+    space = SPACES["continuous"]
+    parent = np.array([[0.5, 0.5, 0.5]])
+    crowd = 0.5 + np.random.default_rng(0).uniform(-0.02, 0.02, size=(60, 3))
+    spreads = {}
+    for name, adaptive in (("fixed", False), ("adaptive", True)):
+        sampler = LossDrivenSampler(
+            space, seed=0, exploration=0.0, sigma=0.1, top_k=1, candidates=1, adaptive_radius=adaptive
+        )
+        sampler.tell(space.from_unit(np.vstack([parent, crowd])), losses=[1.0] + [0.0] * len(crowd))
+        spreads[name] = space.to_unit(sampler.ask(300)).std(axis=0).mean()
+    assert spreads["adaptive"] < 0.5 * spreads["fixed"]  # (1 + 60)^(-1/3) ≈ 0.25
+
+
+def test_loss_driven_explores_along_a_sobol_sequence_and_spreads_candidates():
+    space = SPACES["continuous"]
+    explorer = LossDrivenSampler(space, seed=4, exploration=1.0)
+    np.testing.assert_allclose(explorer.ask(16), SobolSequenceSampler(space, seed=4).ask(16))
+    gaps = {}
+    for candidates in (1, 8):
+        sampler = LossDrivenSampler(space, seed=0, exploration=0.0, sigma=0.1, candidates=candidates)
+        sampler.tell(space.from_unit([[0.5, 0.5, 0.5]]), losses=[1.0])
+        unit = space.to_unit(sampler.ask(32))
+        distances = np.linalg.norm(unit[:, None] - unit[None], axis=2) + np.eye(32)
+        gaps[candidates] = distances.min(axis=1).mean()
+    assert gaps[8] > 1.3 * gaps[1]  # the farthest of 8 proposals keeps the batch from piling up
+    with pytest.raises(ValueError, match="exploration_sequence"):
+        LossDrivenSampler(space, exploration_sequence="halton")
+
+
 def test_loss_driven_weights_stretch_perturbations():
     space = SPACES["continuous"]
     sampler = LossDrivenSampler(space, seed=0, exploration=0.0, sigma=0.05)
@@ -202,6 +232,13 @@ def test_sensitivity_weighted_resolves_important_parameter():
         (sampling_config.SALibSobolConfig, "base_samples", 100, "sampler.base_samples: must be a power of 2"),
         (sampling_config.MorrisConfig, "on_failure", "ignore", "sampler.on_failure: must be one of drop, resimulate"),
         (sampling_config.LossDrivenConfig, "exploration", 1.5, "sampler.exploration: must be between 0 and 1"),
+        (sampling_config.LossDrivenConfig, "candidates", 0, "sampler.candidates: must be >= 1"),
+        (
+            sampling_config.LossDrivenConfig,
+            "exploration_sequence",
+            "halton",
+            "sampler.exploration_sequence: must be one of sobol, uniform",
+        ),
         (sampling_config.ImageSimilarityConfig, "metric", "mse", "sampler.metric: must be one of ssim, psnr, nrmse"),
         (sampling_config.LatinHypercubeConfig, "design_size", 0, "sampler.design_size: must be >= 1"),
     ],

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from engage.core.config.schema import ConfigValueError
 from engage.sampling.samplers._unit import SCHEDULES
+from engage.sampling.samplers.loss_driven import EXPLORATION_SEQUENCES
 from engage.sampling.samplers.structured import ON_FAILURE
 from engage.sampling.similarity import METRICS
 
@@ -94,7 +95,7 @@ class MorrisConfig:
 
 @dataclass
 class LossDrivenConfig:
-    """Around the highest-loss points, mixed with uniform exploration."""
+    """Around the highest-loss points, mixed with space-filling exploration."""
 
     _target_: str = "engage.sampling.samplers.loss_driven.LossDrivenSampler"
     seed: int = "${seed}"  # type: ignore[assignment]
@@ -105,14 +106,19 @@ class LossDrivenConfig:
     sigma: float = 0.05
     top_k: int = 16
     max_points: int = 100_000
+    exploration_sequence: str = "sobol"
+    adaptive_radius: bool = True
+    candidates: int = 4
 
     def __post_init__(self) -> None:
         _ratio(self, "exploration")
         _ratio(self, "exploration_final")
         _choice(self, "schedule", SCHEDULES)
+        _choice(self, "exploration_sequence", EXPLORATION_SEQUENCES)
         _positive(self, "horizon")
         _positive(self, "top_k")
         _positive(self, "max_points")
+        _positive(self, "candidates")
         if not self.sigma > 0:
             raise ConfigValueError("sigma", f"must be > 0, got {self.sigma}")
 

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import qmc
 
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, normalised_weights, reflect, scheduled_ratio
 
+EXPLORATION_SEQUENCES = ("sobol", "uniform")
+
 
 class LossDrivenSampler(Sampler):
-    """Proposes new points around the points with the highest reported loss, mixed with uniform
-    exploration.
+    """Proposes new points around the points with the highest reported loss, mixed with
+    space-filling exploration.
 
-    Each proposed point is, with probability ``exploration``, a uniform draw; otherwise a Gaussian
-    perturbation (standard deviation ``sigma`` in unit coordinates, per parameter scaled by
-    :meth:`set_parameter_weights`) of a *parent* drawn among the ``top_k`` highest-loss points
-    with probability proportional to its loss. The exploration ratio follows ``schedule``
-    (``constant``, ``linear`` or ``cosine``) from ``exploration`` to ``exploration_final`` over the
-    first ``horizon`` asked points. Until losses are told, every point is exploratory.
+    Each proposed point is, with probability ``exploration``, an exploratory point (the next point
+    of one scrambled Sobol' sequence with ``exploration_sequence="sobol"``, a uniform draw with
+    ``"uniform"``); otherwise a Gaussian perturbation of a *parent* drawn among the ``top_k``
+    highest-loss points with probability proportional to its loss. The perturbation's standard
+    deviation is ``sigma`` in unit coordinates, per parameter scaled by
+    :meth:`set_parameter_weights`; with ``adaptive_radius`` it shrinks as ``(1 + m)^(-1/d)`` with
+    the number ``m`` of known points within ``sigma`` of the parent, so a region is refined ever
+    more finely as it fills. With ``candidates > 1`` each exploiting point is the one of
+    ``candidates`` proposals farthest from the known points and from the batch so far, which
+    keeps a batch from piling onto one parent.
+
+    The exploration ratio follows ``schedule`` (``constant``, ``linear`` or ``cosine``) from
+    ``exploration`` to ``exploration_final`` over the first ``horizon`` asked points. Until
+    losses are told, every point is exploratory.
 
     Losses are told per point (``tell(points, losses=...)``); telling the same point again
     replaces its loss, so the sampler follows what the network has not learnt *yet*.
@@ -49,6 +62,9 @@ class LossDrivenSampler(Sampler):
         sigma: float = 0.05,
         top_k: int = 16,
         max_points: int = 100_000,
+        exploration_sequence: str = "sobol",
+        adaptive_radius: bool = True,
+        candidates: int = 4,
     ):
         super().__init__(space, seed)
         self.exploration = check_ratio("exploration", exploration)
@@ -57,15 +73,26 @@ class LossDrivenSampler(Sampler):
         )
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if int(horizon) < 1 or not float(sigma) > 0 or int(top_k) < 1 or int(max_points) < 1:
-            raise ValueError("horizon, top_k and max_points must be >= 1 and sigma > 0")
+        if int(horizon) < 1 or not float(sigma) > 0 or int(top_k) < 1 or int(max_points) < 1 or int(candidates) < 1:
+            raise ValueError("horizon, top_k, max_points and candidates must be >= 1 and sigma > 0")
+        if exploration_sequence not in EXPLORATION_SEQUENCES:
+            raise ValueError(
+                f"exploration_sequence must be one of {', '.join(EXPLORATION_SEQUENCES)}, got {exploration_sequence!r}"
+            )
         self.schedule = schedule
         self.horizon = int(horizon)
         self.sigma = float(sigma)
         self.top_k = int(top_k)
         self.max_points = int(max_points)
+        self.exploration_sequence = exploration_sequence
+        self.adaptive_radius = bool(adaptive_radius)
+        self.candidates = int(candidates)
         self.weights = np.ones(space.dim)
         self._losses: dict[tuple[float, ...], float] = {}
+        # a seedless sampler still needs one fixed engine seed to be resumable
+        self._engine_seed = int(seed) if seed is not None else int(self.rng.integers(2**63))
+        self._explored = 0
+        self._engine = self._new_engine()
 
     # ------------------------------------------------------------------ adaptive interface
     def set_parameter_weights(self, weights: np.ndarray | list[float]) -> None:
@@ -94,20 +121,56 @@ class LossDrivenSampler(Sampler):
         while len(self._losses) > self.max_points:
             self._losses.pop(next(iter(self._losses)))
 
+    def _new_engine(self) -> qmc.Sobol:
+        return qmc.Sobol(self.space.dim, scramble=True, rng=self._engine_seed)
+
+    def _explore(self, n: int) -> np.ndarray:
+        if self.exploration_sequence == "uniform":
+            return self.rng.random((n, self.space.dim))
+        with warnings.catch_warnings():
+            # balance holds for the whole stream at powers of two, not for each small batch
+            warnings.filterwarnings("ignore", message=".*balance properties of Sobol.*")
+            unit = self._engine.random(n)
+        self._explored += n
+        return unit
+
+    def _radii(self, parents: np.ndarray, tree: cKDTree) -> np.ndarray:
+        """Per-parent step scale: ``sigma``, shrunk by how crowded the parent's neighbourhood is."""
+        if not self.adaptive_radius:
+            return np.full(len(parents), self.sigma)
+        crowd = np.asarray(tree.query_ball_point(parents, r=self.sigma, return_length=True)) - 1  # minus the parent
+        return self.sigma * (1.0 + np.maximum(crowd, 0)) ** (-1.0 / self.space.dim)
+
+    def _exploit(self, parents: np.ndarray, known: np.ndarray) -> np.ndarray:
+        tree = cKDTree(known)
+        radii = self._radii(parents, tree)[:, None, None]
+        steps = self.rng.normal(size=(len(parents), self.candidates, self.space.dim)) * radii * self.weights
+        proposals = reflect(parents[:, None, :] + steps)
+        if self.candidates == 1:
+            return proposals[:, 0]
+        # farthest candidate from the known points and from the points chosen so far in this batch
+        gaps = tree.query(proposals.reshape(-1, self.space.dim))[0].reshape(len(parents), self.candidates)
+        chosen = np.empty_like(parents)
+        for i, options in enumerate(proposals):
+            if i:
+                batch_gaps = np.linalg.norm(options[:, None, :] - chosen[None, :i, :], axis=2).min(axis=1)
+                gaps[i] = np.minimum(gaps[i], batch_gaps)
+            chosen[i] = options[int(np.argmax(gaps[i]))]
+        return chosen
+
     def _ask(self, n: int) -> np.ndarray:
-        unit = self.rng.random((n, self.space.dim))
         known, losses = self.loss_table()
-        if len(known) == 0:
-            return self.space.from_unit(unit)
-        exploit = self.rng.random(n) >= self.current_exploration()
+        exploit = self.rng.random(n) >= self.current_exploration() if len(known) else np.zeros(n, dtype=bool)
+        unit = np.empty((n, self.space.dim))
         count = int(exploit.sum())
+        if count < n:
+            unit[~exploit] = self._explore(n - count)
         if count:
             top = np.argsort(losses)[::-1][: self.top_k]
             weights = np.clip(losses[top], 0.0, None)
             probabilities = weights / weights.sum() if weights.sum() > 0 else None
             parents = known[self.rng.choice(top, size=count, p=probabilities)]
-            steps = self.rng.normal(size=(count, self.space.dim)) * self.sigma * self.weights
-            unit[exploit] = reflect(parents + steps)
+            unit[exploit] = self._exploit(parents, np.vstack([known, unit[~exploit]]))
         return self.space.from_unit(unit)
 
     # ------------------------------------------------------------------ state
@@ -118,9 +181,16 @@ class LossDrivenSampler(Sampler):
             "weights": self.weights.tolist(),
             "points": points.tolist(),
             "losses": losses.tolist(),
+            "engine_seed": self._engine_seed,
+            "explored": self._explored,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.weights = np.asarray(state["weights"], dtype=np.float64)
         self._losses = {tuple(p): float(v) for p, v in zip(state["points"], state["losses"])}
+        self._engine_seed = int(state.get("engine_seed", self._engine_seed))
+        self._explored = int(state.get("explored", 0))
+        self._engine = self._new_engine()
+        if self._explored:
+            self._engine.fast_forward(self._explored)
