@@ -9,6 +9,7 @@ from engage.core.config.schema import (
     HeatSurrogateConfig,
     LightningStrategyConfig,
     MLflowLoggerConfig,
+    RenderSimulatorConfig,
     SimulatedDatasetConfig,
     TrainerConfig,
     UniformSamplerConfig,
@@ -24,10 +25,11 @@ def engage_config_options() -> list[ConfigOption]:
     options = [
         ConfigOption("trainer", "default", TrainerConfig, "Lightning Trainer arguments"),
         ConfigOption("simulator", "heat", HeatSimulatorConfig, "2D heat equation, implicit finite differences"),
+        ConfigOption("simulator", "render", RenderSimulatorConfig, "ray-marched shaded shape, one image per run"),
         ConfigOption("sampler", "uniform", UniformSamplerConfig, "independent random draws"),
         ConfigOption("data", "simulated", SimulatedDatasetConfig, "simulate a fixed set first, then train in epochs"),
         ConfigOption("data", "online", OnlineDataConfig, "stream samples from simulations running during training"),
-        ConfigOption("model", "heat_surrogate", HeatSurrogateConfig, "MLP + convolutional decoder to a 2D field"),
+        ConfigOption("model", "heat_surrogate", HeatSurrogateConfig, "MLP to a learned basis of a 2D field"),
         ConfigOption("logger", "mlflow", MLflowLoggerConfig, "Lightning's MLFlowLogger, SQLite store by default"),
     ]
     for name in ("auto", "ddp", "ddp_spawn", "fsdp", "single_device"):
@@ -50,7 +52,9 @@ def engage_executors():
 
 @hookimpl
 def engage_simulators():
-    return {"heat": HeatEquation}
+    from engage.core.simulators.render import ImageRenderer
+
+    return {"heat": HeatEquation, "render": ImageRenderer}
 
 
 @hookimpl

@@ -98,6 +98,19 @@ class HeatSimulatorConfig:
 
 
 @dataclass
+class RenderSimulatorConfig:
+    """A ray-marched shaded shape (:class:`engage.core.simulators.render.ImageRenderer`), one image per run."""
+
+    _target_: str = "engage.core.simulators.render.ImageRenderer"
+    size: int = 32
+    max_steps: int = 48
+
+    def __post_init__(self) -> None:
+        _at_least(self, "size", 4)
+        _at_least(self, "max_steps", 1)
+
+
+@dataclass
 class UniformSamplerConfig:
     """Independent random draws (:class:`engage.core.samplers.UniformSampler`)."""
 
@@ -107,16 +120,22 @@ class UniformSamplerConfig:
 
 @dataclass
 class HeatSurrogateConfig:
-    """A convolutional decoder from (parameters, time) to the temperature field."""
+    """An MLP from (parameters, time) to coefficients of a learned basis of the temperature field."""
 
     _target_: str = "engage.core.models.heat_surrogate.HeatSurrogate"
     width: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
+    #: basis size (None: 4 * width)
+    rank: int | None = None
+    #: channels of an optional 3x3 convolutional refinement of the field (0: none)
+    refine: int = 0
 
     def __post_init__(self) -> None:
         _at_least(self, "width", 4)
+        _at_least(self, "rank", 1, allow_none=True)
+        _at_least(self, "refine", 0)
         if not self.lr > 0:
             raise ConfigValueError("lr", f"must be > 0, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):

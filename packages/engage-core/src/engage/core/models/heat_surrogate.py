@@ -1,4 +1,4 @@
-"""A convolutional surrogate: (simulation parameters, time) -> field."""
+"""A reduced-basis surrogate: (simulation parameters, time) -> latent coefficients -> field."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from torch import nn
 
 
 class HeatSurrogate(pl.LightningModule):
-    """Maps normalised parameters and time to a 2D field with an MLP and a convolutional decoder.
+    """Maps normalised parameters and time to a 2D field through a learned linear basis (POD-like).
+
+    The field is ``basis @ z + mean`` where ``z`` (``rank`` coefficients) is the sum of two
+    branches: ``sum_i [p, 1]_i * a_i(t)`` with ``a`` an MLP of time alone (exact for problems that
+    are linear in their parameters at each time, such as the heat equation in its initial and
+    boundary temperatures), and an MLP of ``(p, t)`` for what is not linear. Smooth fields need
+    few modes, so a step costs a few small matrix products instead of full-resolution
+    convolutions. ``refine`` adds one cheap 3x3 convolution (``refine`` channels) on the field.
 
     Batches are mappings with ``parameters`` ``(B, d)`` in ``[0, 1]``, ``time`` ``(B, 1)`` in
     ``[0, 1]`` and ``target`` ``(B, H, W)`` (raw values). Targets are scaled to ``[0, 1]`` with
@@ -37,46 +44,53 @@ class HeatSurrogate(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: str = "cosine",
         samples_per_run: int | None = None,
+        rank: int | None = None,
+        refine: int = 0,
     ):
         super().__init__()
         if len(sample_shape) != 2:
             raise ValueError(f"HeatSurrogate predicts 2D fields; sample_shape is {tuple(sample_shape)}")
+        if width < 1:
+            raise ValueError(f"model.width must be >= 1, got {width}")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters()
-        height, width_px = (int(s) for s in sample_shape)
-        # start the decoder at 1/8 of the field (at least 4x4) and upsample by 2 three times
-        self.seed_hw = (max(4, math.ceil(height / 8)), max(4, math.ceil(width_px / 8)))
-        channels = 2 * width
-        self.encoder = nn.Sequential(
-            nn.Linear(num_parameters + 1, 128),
-            nn.GELU(),
-            nn.Linear(128, 128),
-            nn.GELU(),
-            nn.Linear(128, channels * self.seed_hw[0] * self.seed_hw[1]),
+        pixels = int(sample_shape[0]) * int(sample_shape[1])
+        self.rank = int(rank) if rank else min(4 * width, pixels)
+        hidden = 4 * width
+        inputs = num_parameters + 1
+        # a(t): one coefficient vector per parameter (plus a constant), combined linearly with p
+        self.time_net = nn.Sequential(
+            nn.Linear(1, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, inputs * self.rank)
         )
-        blocks = []
-        in_ch = channels
-        for out_ch in (width, width, width // 2):
-            blocks += [
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                nn.Conv2d(in_ch, out_ch, 3, padding=1),
-                nn.GELU(),
-                nn.Conv2d(out_ch, out_ch, 3, padding=1),
-                nn.GELU(),
-            ]
-            in_ch = out_ch
-        self.decoder = nn.Sequential(*blocks)
-        self.head = nn.Conv2d(in_ch, 1, 1)
+        self.mixed_net = nn.Sequential(
+            nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, self.rank)
+        )
+        # the mixed branch starts silent so the linear structure is learned first
+        nn.init.zeros_(self.mixed_net[-1].weight)
+        nn.init.zeros_(self.mixed_net[-1].bias)
+        self.basis = nn.Linear(self.rank, pixels)
+        nn.init.normal_(self.basis.weight, std=1.0 / math.sqrt(pixels))
+        nn.init.constant_(self.basis.bias, 0.5)
+        self.refiner = (
+            nn.Sequential(nn.Conv2d(1, refine, 3, padding=1), nn.GELU(), nn.Conv2d(refine, 1, 3, padding=1))
+            if refine
+            else None
+        )
         low, high = value_range if value_range is not None else (0.0, 1.0)
         self.register_buffer("offset", torch.tensor(float(low)), persistent=False)
         self.register_buffer("scale", torch.tensor(float(high) - float(low)), persistent=False)
 
     def forward(self, parameters: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """Predicted field in scaled units (``[0, 1]`` when ``value_range`` is set)."""
-        x = self.encoder(torch.cat([parameters, time], dim=1))
-        x = x.view(x.shape[0], -1, *self.seed_hw)
-        x = self.head(self.decoder(x))
-        x = F.interpolate(x, size=tuple(self.hparams.sample_shape), mode="bilinear", align_corners=False)
-        return x.squeeze(1)
+        ones = torch.ones_like(time)
+        p = torch.cat([parameters, ones], dim=1)  # (B, d + 1)
+        a = self.time_net(time).view(time.shape[0], p.shape[1], self.rank)
+        z = torch.bmm(p.unsqueeze(1), a).squeeze(1) + self.mixed_net(torch.cat([parameters, time], dim=1))
+        field = self.basis(z).view(-1, 1, *self.hparams.sample_shape)
+        if self.refiner is not None:
+            field = field + self.refiner(field)
+        return field.squeeze(1)
 
     def predict_field(self, parameters: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         """Predicted field in the simulator's units."""

@@ -152,33 +152,46 @@ class TrainingBuffer:
         :meth:`credit`, so this means a producer sent without credit.
         """
         with self._cond:
-            if self._data is None:
-                self._data = np.empty((self.capacity, *sample.shape), dtype=sample.dtype)
-                self._params = np.empty((self.capacity, len(parameters)), dtype=np.float32)
-            elif sample.shape != self._data.shape[1:] or sample.dtype != self._data.dtype:
-                raise ValueError(
-                    f"sample of shape {sample.shape} and dtype {sample.dtype} does not match the buffer's "
-                    f"{self._data.shape[1:]} {self._data.dtype}"
-                )
-            if self._free:
-                slot = self._free.pop()
-            elif self.policy == "reservoir" and self._read_once.n:
-                slot = int(self._read_once.view()[self.rng.integers(self._read_once.n)])
-                self._read_once.remove(slot)
-                self.evicted += 1
-            else:
-                raise OverflowError(f"the training buffer is full ({self.capacity} samples) and may not evict")
-            self._data[slot] = sample
-            self._params[slot] = parameters  # type: ignore[index]
-            self._time[slot] = time
-            self._sim[slot] = simulation_id
-            self._reads[slot] = 0
-            self._arrival[slot] = self.inserted
-            self._occupied.add(slot)
-            self.inserted += 1
-            if not self._opened and self.inserted >= self.watermark:
-                self._opened = True
+            self._put_locked(sample, parameters, simulation_id, time)
             self._cond.notify_all()
+
+    def put_many(self, samples: list[tuple[np.ndarray, np.ndarray, int, float]]) -> None:
+        """:meth:`put` of several ``(sample, parameters, simulation_id, time)`` under one lock and
+        one wake-up of the readers (the receiver drains its socket in batches)."""
+        if not samples:
+            return
+        with self._cond:
+            for sample, parameters, simulation_id, time_ in samples:
+                self._put_locked(sample, parameters, simulation_id, time_)
+            self._cond.notify_all()
+
+    def _put_locked(self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float) -> None:
+        if self._data is None:
+            self._data = np.empty((self.capacity, *sample.shape), dtype=sample.dtype)
+            self._params = np.empty((self.capacity, len(parameters)), dtype=np.float32)
+        elif sample.shape != self._data.shape[1:] or sample.dtype != self._data.dtype:
+            raise ValueError(
+                f"sample of shape {sample.shape} and dtype {sample.dtype} does not match the buffer's "
+                f"{self._data.shape[1:]} {self._data.dtype}"
+            )
+        if self._free:
+            slot = self._free.pop()
+        elif self.policy == "reservoir" and self._read_once.n:
+            slot = int(self._read_once.view()[self.rng.integers(self._read_once.n)])
+            self._read_once.remove(slot)
+            self.evicted += 1
+        else:
+            raise OverflowError(f"the training buffer is full ({self.capacity} samples) and may not evict")
+        self._data[slot] = sample
+        self._params[slot] = parameters  # type: ignore[index]
+        self._time[slot] = time
+        self._sim[slot] = simulation_id
+        self._reads[slot] = 0
+        self._arrival[slot] = self.inserted
+        self._occupied.add(slot)
+        self.inserted += 1
+        if not self._opened and self.inserted >= self.watermark:
+            self._opened = True
 
     def close(self, error: str | None = None) -> None:
         """No more samples will come; readers drain what is left, then the stream ends (or, with

@@ -18,15 +18,15 @@ class OnlineDataConfig:
 
     _target_: str = "engage.core.online.datamodule.OnlineDataModule"
     _recursive_: bool = False
-    simulations: int | None = 64
+    simulations: int | None = 96
     #: the offline DataModule's name for ``simulations``; set, it wins (overrides work with both)
     train_simulations: int | None = None
     max_samples: int | None = None
     concurrency: int = 2
-    batch_size: int = 32
+    batch_size: int = 64
     batches_per_epoch: int = 100
-    capacity: int = 2048
-    policy: str = "firo"
+    capacity: int = 8192
+    policy: str = "reservoir"
     watermark: int | None = None
     max_reads: int | None = None
     rate_limit: float | None = None
@@ -43,6 +43,8 @@ class OnlineDataConfig:
     workdir: str | None = None
     simulator_spec: Any = "${simulator}"
     seed: int = "${seed}"  # type: ignore[assignment]
+    #: torch threads of the training process; None: the cores local simulations leave free (>= 1)
+    train_threads: int | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, "simulations", 1, allow_none=True)
@@ -50,6 +52,7 @@ class OnlineDataConfig:
         for name in ("concurrency", "batch_size", "batches_per_epoch", "capacity", "credit_window"):
             _at_least(self, name, 1)
         _at_least(self, "retries", 0)
+        _at_least(self, "train_threads", 1, allow_none=True)
         _at_least(self, "val_simulations", 0)
         if self.policy not in ("fifo", "firo", "reservoir"):
             raise ConfigValueError("policy", f"must be fifo, firo or reservoir, got {self.policy!r}")

@@ -110,6 +110,7 @@ class OnlineDataModule(pl.LightningDataModule):
         simulator_spec: dict[str, Any] | None = None,
         seed: int = 0,
         train_simulations: int | None = None,
+        train_threads: int | None = None,
     ):
         super().__init__()
         if train_simulations is not None:
@@ -137,6 +138,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.executor, self.journal_url = executor, journal
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
         self.workdir = workdir
+        self.train_threads = train_threads
         self.simulator_spec = _plain(simulator_spec)
         self.buffer = TrainingBuffer(capacity, policy, self.watermark, max_reads, rate_limit, seed=seed)
         self.scheduler: SimulationScheduler | None = None
@@ -159,12 +161,26 @@ class OnlineDataModule(pl.LightningDataModule):
             self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
         if stage in (None, "fit") and self.scheduler is None:
             self.scheduler = self._new_scheduler()
+            self._limit_threads()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and stage in (None, "fit"):
             from engage.core.online.progress import OnlineProgress
 
             if not any(isinstance(cb, OnlineProgress) for cb in trainer.callbacks):
                 trainer.callbacks.append(OnlineProgress())
+
+    def _limit_threads(self) -> None:
+        # Local simulations share the machine with training: a trainer with as many torch threads
+        # as cores makes its OpenMP threads wait on busy cores, which on small machines costs far
+        # more than the threads gain (a 20x slower step was measured on 2 cores).
+        threads = self.train_threads
+        if threads is None:
+            if self.executor != "local":
+                return
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            threads = max(1, cores - self.concurrency)
+        if threads < torch.get_num_threads() or self.train_threads is not None:
+            torch.set_num_threads(threads)
 
     def _workdir(self) -> str:
         if self.workdir is None:

@@ -31,7 +31,9 @@ class Journal:
 
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.path = fsspec.core.url_to_fs(url)
+        # a private filesystem instance: fsspec caches instances, and a transaction on the shared
+        # one (Lightning writes checkpoints in one) would capture appends made from this thread
+        self.fs, self.path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
         parent = self.fs._parent(self.path)
         if parent:
             self.fs.makedirs(parent, exist_ok=True)

@@ -166,6 +166,9 @@ class SimulationScheduler:
         self._restored: dict[str, Any] | None = None
         self._started_at = time.monotonic()
         self._last_beat = 0.0
+        # samples received in the current drain of the socket, put into the buffer together
+        self._pending: list[tuple[np.ndarray, np.ndarray, int, float]] = []
+        self._arrived: dict[int, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -220,6 +223,10 @@ class SimulationScheduler:
             log.exception("simulation scheduler failed")
         finally:
             self._bound.set()
+            try:
+                self._flush()
+            except Exception:  # a broken buffer must not keep the processes alive
+                log.exception("samples received last could not enter the buffer")
             for active in list(self.active.values()):
                 if active.process is not None:
                     active.process.kill()
@@ -260,13 +267,17 @@ class SimulationScheduler:
         while not self._stop.is_set():
             self._launch()
             if poller.poll(20):
-                # drain what is there, bounded so credit and liveness checks keep running
+                # drain what is there (until EAGAIN), bounded so credit and liveness checks keep
+                # running; the samples enter the buffer under one lock, with one wake-up
                 for _ in range(4096):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._handle(sock, frames)
+                    if len(self._pending) >= 256:
+                        self._flush()
+                self._flush()
             self._grant(sock)
             self._check(sock)
             if self._budget_reached() and not self.queue and not self.active:
@@ -412,12 +423,27 @@ class SimulationScheduler:
             raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
         sample = np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
         step_time = (header.index + 1) / total if total else float(header.index)
-        self.buffer.put(sample, parameters=active.unit, simulation_id=header.simulation_id, time=step_time)
+        # the frame's memory stays valid while the array refers to it: no copy until the buffer's slot
+        self._pending.append((sample, active.unit, header.simulation_id, step_time))
+        self._arrived[header.simulation_id] = self._arrived.get(header.simulation_id, 0) + 1
         active.accepted += 1
         active.record.samples_received = active.accepted
         self.samples += 1
 
+    def _flush(self) -> None:
+        """Put the samples of this drain into the buffer and tell plugins, once per simulation."""
+        if self._pending:
+            self.buffer.put_many(self._pending)
+            self._pending = []
+        if self._arrived:
+            arrived, self._arrived = self._arrived, {}
+            if self.hooks is not None:
+                size = len(self.buffer)
+                for simulation_id, count in arrived.items():
+                    self._emit("engage_samples_arrived", simulation_id=simulation_id, count=count, buffer_size=size)
+
     def _done(self, active: _Active, header: protocol.Header) -> None:
+        self._flush()  # the samples before DONE are in the buffer when the simulation counts as finished
         rec = active.record
         total = self.simulator.samples_per_run
         if header.index != active.accepted or (total is not None and active.accepted != total):

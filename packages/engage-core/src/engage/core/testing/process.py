@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch
+#: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch of at
+#: most 5 batches (online epochs are 100 batches by default)
 TINY_RUN = (
     "simulator.grid=16",
     "simulator.steps=5",
     "data.train_simulations=2",
     "data.val_simulations=1",
     "trainer.max_epochs=1",
+    "trainer.limit_train_batches=5",
     "model.width=4",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
