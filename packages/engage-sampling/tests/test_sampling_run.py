@@ -28,6 +28,7 @@ def test_engage_run_records_the_sensitivity_callback_metrics(tmp_path):
     result = run_engage(
         "run",
         *TINY_RUN,
+        "data=online",  # simulations streamed while training, the sampler asked by the scheduler
         "sampler=lhs",
         "+callbacks=sensitivity",
         "callbacks.sensitivity.every_n_epochs=1",
@@ -45,6 +46,7 @@ def test_engage_run_records_the_sensitivity_callback_metrics(tmp_path):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["sampler._target_"].endswith("LatinHypercubeSampler")
+    assert run.data.params["data._target_"].endswith("OnlineDataModule")
     names = ("T_init", "T_top", "T_bottom", "T_left", "T_right")  # the heat equation's parameters
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("sensitivity/ST/")}
     assert metrics, f"no sensitivity metrics among {sorted(run.data.metrics)}"
