@@ -10,6 +10,14 @@ samples:
   only receives them (no flow control, no validation, no copy): the transport's limit here;
 - ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth).
 
+Then, for training itself (64x64 heat equation, :class:`~engage.core.models.HeatSurrogate`):
+
+- ``data_wait``: the fraction of training-step time spent waiting for data when simulators
+  outpace the model (first-in-random-out buffer, each sample read once);
+- ``online_vs_offline``: wall time from start to a validation relative L2 error of
+  ``TARGET_REL_L2``, online (simulations stream while training) and offline (the same
+  simulations run first with ``SimulatedDataModule``, then epochs), same model and settings.
+
 Run: ``python benchmarks/online_throughput.py``; prints a table and writes
 ``benchmarks/results/online_throughput.json``.
 """
@@ -31,6 +39,7 @@ import zmq
 HERE = Path(__file__).resolve().parent
 SIZES = {"64x64": 64, "256x256": 256, "1024x1024": 1024}
 TOTAL = {64: 40000, 256: 6000, 1024: 400}  # samples per measurement (a few seconds each)
+TARGET_REL_L2 = 0.05
 
 
 def frames(parameters: dict, side: int = 64, count: int = 100):
@@ -105,19 +114,24 @@ def measure_engage(processes: int, side: int) -> tuple[float, float]:
     )  # fmt: skip
     arrivals: list[float] = []
 
+    counts: list[int] = []
+    take = max(1, buffer.capacity // 4)
+
     def consume() -> None:
+        # a training loop reads batches, not single samples
         while True:
-            batch = buffer.get_batch(1)
+            batch = buffer.get_batch(take)
             if batch is None:
                 return
             arrivals.append(time.perf_counter())
+            counts.append(len(batch["target"]))
 
     consumer = threading.Thread(target=consume)
     consumer.start()
     scheduler.start()
     consumer.join()
     scheduler.join(30)
-    rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    rate = (sum(counts) - counts[0]) / (arrivals[-1] - arrivals[0])
     return rate, buffer.wait_seconds
 
 
@@ -129,6 +143,97 @@ def measure_ring(side: int) -> float:
     for i in range(n):
         ring[i % 64] = field
     return n / (time.perf_counter() - started)
+
+
+def measure_data_wait(steps: int = 150) -> dict:
+    """Training steps of the heat surrogate fed by simulators faster than the model."""
+    import torch
+
+    from engage.core.models import HeatSurrogate
+    from engage.core.online.buffer import TrainingBuffer
+    from engage.core.online.scheduler import SimulationScheduler
+    from engage.core.samplers.uniform import UniformSampler
+    from engage.core.simulators.function import FunctionSimulator
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    torch.set_num_threads(1)  # as OnlineDataModule does on 2 cores with local simulations
+    sim = FunctionSimulator(
+        "online_throughput:frames", {"x": {"low": 0, "high": 1}}, (64, 64), samples_per_run=8000,
+        kwargs={"side": 64, "count": 8000}, value_range=(0.0, 1.0),
+    )  # fmt: skip
+    buffer = TrainingBuffer(capacity=4096, policy="firo", watermark=1024)
+    scheduler = SimulationScheduler(sim, UniformSampler(sim.space), buffer, simulations=2, concurrency=2)
+    model = HeatSurrogate(1, (64, 64), (0.0, 1.0), width=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler.start()
+    buffer.get_batch(64, timeout=120)  # past the watermark: the steady state is measured
+    waited, started = buffer.wait_seconds, time.perf_counter()
+    for _ in range(steps):
+        batch = buffer.get_batch(64, timeout=120)
+        prediction = model(torch.from_numpy(batch["parameters"]), torch.from_numpy(batch["time"]))
+        loss = torch.nn.functional.mse_loss(prediction, torch.from_numpy(batch["target"]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    elapsed = time.perf_counter() - started
+    scheduler.stop()
+    wait = buffer.wait_seconds - waited
+    return {"steps": steps, "step_ms": round(1000 * elapsed / steps, 2), "data_wait_fraction": round(wait / elapsed, 4)}
+
+
+def measure_time_to_error(mode: str, simulations: int = 32, max_seconds: float = 100.0) -> dict:
+    """Wall time from start (simulations included) to ``TARGET_REL_L2`` on held-out simulations."""
+    import tempfile
+
+    import lightning.pytorch as pl
+    import torch
+
+    from engage.core.data import SimulatedDataModule
+    from engage.core.models import HeatSurrogate
+    from engage.core.online import OnlineDataModule
+    from engage.core.samplers.uniform import UniformSampler
+    from engage.core.simulators import HeatEquation
+
+    class StopAtTarget(pl.Callback):
+        reached: float | None = None
+
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            error = trainer.callback_metrics.get("val/rel_l2")
+            if error is not None and float(error) < TARGET_REL_L2 and self.reached is None:
+                self.reached = time.perf_counter() - started
+                trainer.should_stop = True
+
+    started = time.perf_counter()
+    pl.seed_everything(0, verbose=False)
+    torch.set_num_threads(1)
+    sim = HeatEquation(grid=64, steps=100)
+    sampler = UniformSampler(sim.space, seed=0)
+    common = {"val_simulations": 4, "batch_size": 64}
+    if mode == "online":
+        dm = OnlineDataModule(
+            sim, sampler, simulations=simulations, concurrency=1, capacity=8192, policy="reservoir",
+            batches_per_epoch=25, workdir=tempfile.mkdtemp(prefix="engage-bench-"), train_threads=1, **common,
+        )  # fmt: skip
+        interval: dict = {}
+    else:
+        dm = SimulatedDataModule(sim, sampler, train_simulations=simulations, **common)
+        interval = {"val_check_interval": 25}
+    model = HeatSurrogate(5, (64, 64), sim.value_range, width=32, lr_schedule="constant", samples_per_run=100)
+    stop = StopAtTarget()
+    trainer = pl.Trainer(
+        max_epochs=1000, max_time={"seconds": max_seconds}, accelerator="cpu", logger=False, callbacks=[stop],
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        **interval,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return {
+        "mode": mode,
+        "simulations": simulations,
+        "target_rel_l2": TARGET_REL_L2,
+        "seconds_to_target": None if stop.reached is None else round(stop.reached, 1),
+        "final_rel_l2": round(float(trainer.callback_metrics["val/rel_l2"]), 4),
+        "steps": int(trainer.global_step),
+    }
 
 
 def main() -> None:
@@ -157,12 +262,20 @@ def main() -> None:
                 f"ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
                 flush=True,
             )
+    data_wait = measure_data_wait()
+    print(f"data wait when simulators outpace the model: {data_wait}", flush=True)
+    training = [measure_time_to_error("online"), measure_time_to_error("offline")]
+    for row in training:
+        print(f"time to rel L2 < {TARGET_REL_L2}: {row}", flush=True)
     result = {
         "benchmark": "online_throughput",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "rows": rows,
+        "data_wait": data_wait,
+        "online_vs_offline": training,
     }
     out = HERE / "results" / "online_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,8 @@ class Kind(enum.IntEnum):
     STOP = 18
 
 
+_KINDS = {int(member): member for member in Kind}
+
 #: dtype codes of the header (always little-endian on the wire)
 DTYPE_CODES: dict[int, np.dtype] = {
     0: np.dtype("V0"),
@@ -125,16 +127,15 @@ def decode_header(buffer: bytes | memoryview) -> Header:
         raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise ProtocolError(f"protocol version {version}, this receiver speaks {VERSION}")
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {kind}") from None
+    kind_member = _KINDS.get(kind)  # a dict lookup: Kind(kind) costs more, once per sample
+    if kind_member is None:
+        raise ProtocolError(f"unknown message kind {kind}")
     if code not in DTYPE_CODES:
         raise ProtocolError(f"unknown dtype code {code}")
     if ndim > MAX_NDIM:
         raise ProtocolError(f"ndim {ndim} exceeds {MAX_NDIM}")
     shape = (s0, s1, s2, s3)[:ndim]
-    return Header(kind, sim_id, attempt, index, tuple(shape), DTYPE_CODES[code], nbytes, flags)
+    return Header(kind_member, sim_id, attempt, index, tuple(shape), DTYPE_CODES[code], nbytes, flags)
 
 
 def encode_json(kind: Kind, simulation_id: int, attempt: int, payload: dict[str, Any], index: int = 0) -> list[bytes]:

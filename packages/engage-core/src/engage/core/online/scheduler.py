@@ -148,6 +148,7 @@ class SimulationScheduler:
         self.shape = tuple(simulator.sample_shape)
         self.dtype = np.dtype(simulator.dtype).newbyteorder("<")  # the wire is little-endian
         self.spec = simulator_spec
+        self._nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.address: str | None = None
         # progress counters (read by the progress callback from the training thread)
         self.next_index = 0  # fresh simulations created on this rank
@@ -408,7 +409,10 @@ class SimulationScheduler:
 
     def _sample(self, active: _Active, header: protocol.Header, payload: zmq.Frame) -> None:
         buf = payload.buffer
-        check_sample(header, len(buf), self.shape, self.dtype)
+        # the common case in one comparison; the full check names what is wrong otherwise
+        size = self._nbytes
+        if header.shape != self.shape or header.dtype != self.dtype or header.nbytes != size or len(buf) != size:
+            check_sample(header, len(buf), self.shape, self.dtype)
         total = self.simulator.samples_per_run
         if total is not None and header.index >= total:
             raise MalformedSample(
