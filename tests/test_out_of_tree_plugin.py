@@ -11,21 +11,33 @@ from engage.core.testing import SamplerSuite, SimulatorSuite
 from engage.core.testing.process import TINY_RUN, run_engage
 
 PLUGIN_DIR = Path(__file__).parent / "fixtures" / "engage-toy-plugin"
-sys.path.insert(0, str(PLUGIN_DIR / "src"))
 
-from engage_toy.plugin import HaltonSampler, PlumeSimulator  # noqa: E402
+
+@pytest.fixture(scope="module")
+def toy_plugin():
+    """The plugin's module, imported from its source tree only for these tests: left in
+    ``sys.modules`` it would be pickled by reference into other tests' job processes."""
+    sys.path.insert(0, str(PLUGIN_DIR / "src"))
+    try:
+        import engage_toy.plugin
+
+        yield engage_toy.plugin
+    finally:
+        sys.path.remove(str(PLUGIN_DIR / "src"))
+        for name in [m for m in sys.modules if m == "engage_toy" or m.startswith("engage_toy.")]:
+            del sys.modules[name]
 
 
 class TestHaltonSampler(SamplerSuite):
     @pytest.fixture
-    def make_sampler(self):
-        return lambda space, seed: HaltonSampler(space, seed=seed)
+    def make_sampler(self, toy_plugin):
+        return lambda space, seed: toy_plugin.HaltonSampler(space, seed=seed)
 
 
 class TestPlumeSimulator(SimulatorSuite):
     @pytest.fixture
-    def simulator(self):
-        return PlumeSimulator(grid=8, steps=3)
+    def simulator(self, toy_plugin):
+        return toy_plugin.PlumeSimulator(grid=8, steps=3)
 
 
 @pytest.fixture(scope="module")
