@@ -19,8 +19,9 @@ import torch
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import time
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from engage.core.models import HeatSurrogate
     from engage.core.online import OnlineDataModule
     from engage.core.samplers import UniformSampler
@@ -29,17 +30,27 @@ SCRIPT = textwrap.dedent(
     workdir, mode = sys.argv[1], sys.argv[2]
     pl.seed_everything(0, verbose=False)
     sim = HeatEquation(grid=16, steps=10)
+    ddp = mode == "ddp"
+    # one simulation at a time outside DDP, so that the kill in the first run lands while some are still to run
     dm = OnlineDataModule(
-        sim, UniformSampler(sim.space, seed=0), simulations=8, concurrency=2, batch_size=8,
+        sim, UniformSampler(sim.space, seed=0), simulations=8, concurrency=2 if ddp else 1, batch_size=8,
         batches_per_epoch=4, capacity=64, watermark=8, val_simulations=1, workdir=workdir + "/online",
         journal=workdir + "/journal.jsonl", cache_dir=workdir + "/cache",
     )
     model = HeatSurrogate(5, (16, 16), sim.value_range, width=4, lr_schedule="constant", samples_per_run=10)
-    ddp = mode == "ddp"
+
+    class Pace(Callback):
+        # the first run is killed within 0.5 s of its first checkpoint: training must still be going then
+        def on_train_batch_end(self, *args):
+            time.sleep(0.25)
+
     trainer = pl.Trainer(
         max_epochs=4, accelerator="cpu", devices=2 if ddp else 1, strategy="ddp" if ddp else "auto",
         logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[ModelCheckpoint(dirpath=workdir + "/ckpt", every_n_train_steps=2, save_last=True, save_top_k=0)],
+        callbacks=[
+            ModelCheckpoint(dirpath=workdir + "/ckpt", every_n_train_steps=2, save_last=True, save_top_k=0),
+            *([Pace()] if mode == "train" else []),
+        ],
     )
     trainer.fit(model, datamodule=dm, ckpt_path="last" if mode == "resume" else None)
     if trainer.is_global_zero:
@@ -98,7 +109,7 @@ def test_trainer_killed_at_random_point_resumes_without_repeating_or_losing_simu
     first = start(tmp_path, "train")
     try:
         wait_for(lambda: (tmp_path / "ckpt" / "last.ckpt").exists(), 240, "the first checkpoint")
-        time.sleep(random.Random(1234).uniform(0.0, 2.0))
+        time.sleep(random.Random(1234).uniform(0.0, 0.5))
         children = psutil.Process(first.pid).children(recursive=True)
         os.kill(first.pid, signal.SIGKILL)
         first.communicate(timeout=30)
@@ -111,6 +122,8 @@ def test_trainer_killed_at_random_point_resumes_without_repeating_or_losing_simu
     before = journal_entries(tmp_path / "journal.jsonl")
     finished_before = {e["simulation_id"] for e in before if e["status"] == "finished"}
     assert len(finished_before) < 8, "the kill came after every simulation finished; nothing to resume"
+    killed_at = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"]
+    assert killed_at < 16, "the kill came after training finished; nothing to resume"
 
     out = finish(start(tmp_path, "resume"))
     assert "RESULT" in out
