@@ -2,7 +2,8 @@
 
 ``delay`` is one-way per direction (EnOSlib ``Netem`` semantics): a symmetric 20 ms constraint
 gives a 40 ms round trip, an asymmetric one delays only ``src -> dst``. Round-trip times must be
-within 1 ms or 10 % of the configured sum, the loss of at least 2000 probes within binomial 99 %
+within 1 ms or 10 % of the configured sum (the delays here are
+chosen so that a busy machine's scheduling jitter, up to about 1 ms, stays inside that bound), the loss of at least 2000 probes within binomial 99 %
 bounds, and TCP goodput within 10 % of the configured rate.
 """
 
@@ -24,8 +25,8 @@ LINKS = {
     "layers": [{"name": "cloud"}, {"name": "fog"}, {"name": "edge"}],
     "network": [
         {"src": "edge", "dst": "cloud", "delay": "20ms", "loss": 0.05},
-        {"src": "fog", "dst": "cloud", "delay": "5ms", "rate": "20mbit"},
-        {"src": "edge", "dst": "fog", "delay": "10ms", "symmetric": False},
+        {"src": "fog", "dst": "cloud", "delay": "10ms", "rate": "20mbit"},
+        {"src": "edge", "dst": "fog", "delay": "20ms", "symmetric": False},
     ],
     # the loss draws are seeded (options.seed, default 0): a rerun drops the same packets
     "options": {"seed": 0},
@@ -59,11 +60,11 @@ def measured(tmp_path_factory):
 
 def test_round_trip_time_is_twice_the_one_way_delay(measured):
     assert _close(measured["edge-cloud"]["probe"]["rtt_median_ms"], 40.0), measured["edge-cloud"]
-    assert _close(measured["fog-cloud"]["probe"]["rtt_median_ms"], 10.0), measured["fog-cloud"]
+    assert _close(measured["fog-cloud"]["probe"]["rtt_median_ms"], 20.0), measured["fog-cloud"]
 
 
 def test_an_asymmetric_constraint_delays_one_direction_only(measured):
-    assert _close(measured["edge-fog"]["probe"]["rtt_median_ms"], 10.0), measured["edge-fog"]
+    assert _close(measured["edge-fog"]["probe"]["rtt_median_ms"], 20.0), measured["edge-fog"]
     # traffic that stays on a host is not emulated at all
     assert measured["cloud-cloud"]["probe"]["rtt_median_ms"] < 2.0
 
