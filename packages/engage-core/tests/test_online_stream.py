@@ -158,6 +158,7 @@ def test_samples_arrive_intact_with_backpressure(tmp_path, helpers_on_path):
         # every sample equals x * step, so order, values and time stamps are checked at once
         np.testing.assert_allclose(targets[mine][:, 0, 0], x * times[mine] * 6, rtol=1e-5)
         assert latest[sid]["status"] == "finished" and latest[sid]["samples_received"] == 6
+        assert latest[sid]["bytes_received"] == 6 * targets[0].nbytes and latest[sid]["stream_bytes_per_s"] > 0
 
 
 def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
@@ -222,3 +223,15 @@ def test_permanent_failure_is_reported_and_redrawn(tmp_path, helpers_on_path):
     scheduler.stop()
     assert scheduler.failed >= 2 and len(sampler.failed) >= 2  # each redrawn point failed for good
     assert buffer.inserted == 0  # nothing malformed reached the buffer
+
+
+def test_executor_options_that_do_not_fit_name_the_field(tmp_path):
+    from engage.core.online import OnlineDataModule
+
+    sim = ramp_simulator()
+    dm = OnlineDataModule(
+        sim, UniformSampler(sim.space), simulations=1, executor="local", executor_options={"layer": "edge"},
+        workdir=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"data.executor_options do not fit the 'local' executor.*\['layer'\]"):
+        dm._new_scheduler()

@@ -2,9 +2,9 @@
 
 ``delay`` is one-way per direction (EnOSlib ``Netem`` semantics): a symmetric 20 ms constraint
 gives a 40 ms round trip, an asymmetric one delays only ``src -> dst``. Round-trip times must be
-within 1 ms or 10 % of the configured sum (the delays here are
-chosen so that a busy machine's scheduling jitter, up to about 1 ms, stays inside that bound), the loss of at least 2000 probes within binomial 99 %
-bounds, and TCP goodput within 10 % of the configured rate.
+within 1 ms or 10 % of the configured sum, the loss of at least 2000 probes within binomial 99 %
+bounds, and TCP goodput within 10 % of the configured rate. The round trips here are all 20 ms or
+more, so that a busy machine's scheduling jitter (up to about 1 ms) stays inside the bound.
 """
 
 from __future__ import annotations

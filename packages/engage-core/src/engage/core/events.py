@@ -25,6 +25,9 @@ class SimulationRecord:
     host: str = "localhost"
     error: str | None = None
     stderr_tail: str = ""
+    #: when this attempt's first sample arrived; with ``bytes_received``, the stream's throughput
+    first_sample_at: float | None = None
+    bytes_received: int = 0
 
     @property
     def duration(self) -> float | None:
@@ -32,9 +35,18 @@ class SimulationRecord:
             return None
         return self.ended_at - self.started_at
 
+    @property
+    def stream_bytes_per_s(self) -> float | None:
+        """Sample bytes per second from this attempt's first sample to its end: the stream's rate,
+        without the process start-up that ``duration`` includes."""
+        if self.first_sample_at is None or self.ended_at is None or self.ended_at <= self.first_sample_at:
+            return None
+        return self.bytes_received / (self.ended_at - self.first_sample_at)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["duration"] = self.duration
+        data["stream_bytes_per_s"] = self.stream_bytes_per_s
         return data
 
 

@@ -153,9 +153,15 @@ class SimulationClient:
         self.sent += 1
         self._last_sent = time.monotonic()
 
-    def done(self) -> None:
-        """Tell the trainer this simulation sent all its samples."""
+    def done(self, wait: bool = True) -> None:
+        """Tell the trainer this simulation sent all its samples and, with ``wait``, block until
+        it acknowledges them all: samples still on their way over a slow link would otherwise be
+        lost when this process exits. :class:`TrainerGone` if no acknowledgement comes."""
         self._socket.send_multipart(protocol.encode_text(Kind.DONE, self.simulation_id, self.attempt, index=self.sent))
+        while wait:
+            received = self._receive(self.heartbeat_interval)
+            if received is not None and received[0].kind == Kind.ACK:
+                return
 
     def error(self, text: str) -> None:
         """Report a failure in one line (the trainer logs it with this process's stderr)."""

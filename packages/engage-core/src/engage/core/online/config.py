@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engage.core.config.schema import ConfigValueError, _at_least
@@ -37,6 +37,8 @@ class OnlineDataConfig:
     startup_timeout: float = 120.0
     credit_window: int = 16
     executor: str = "local"
+    #: keyword arguments of the executor, e.g. ``{layer: edge}`` for ``executor: deploy``
+    executor_options: dict[str, Any] = field(default_factory=dict)
     journal: str | None = None
     val_simulations: int = 4
     cache_dir: str | None = None

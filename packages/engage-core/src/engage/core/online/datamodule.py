@@ -103,6 +103,7 @@ class OnlineDataModule(pl.LightningDataModule):
         startup_timeout: float = 120.0,
         credit_window: int = 16,
         executor: str | Executor = "local",
+        executor_options: dict[str, Any] | None = None,
         journal: str | None = None,
         val_simulations: int = 4,
         cache_dir: str | None = None,
@@ -136,6 +137,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.startup_timeout, self.credit_window = startup_timeout, credit_window
         self.executor, self.journal_url = executor, journal
+        self.executor_options = dict(executor_options or {})
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
         self.workdir = workdir
         self.train_threads = train_threads
@@ -197,13 +199,18 @@ class OnlineDataModule(pl.LightningDataModule):
 
         workdir = self._workdir()
         executor = self.executor
-        if executor == "local":
-            executor = LocalExecutor(log_dir=os.path.join(workdir, "logs"))
-        elif isinstance(executor, str):
-            known = executors()
+        if isinstance(executor, str):
+            known = {"local": LocalExecutor} if executor == "local" else executors()
             if executor not in known:
                 raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
-            executor = known[executor](log_dir=os.path.join(workdir, "logs"))
+            options = {"log_dir": os.path.join(workdir, "logs"), **self.executor_options}
+            try:
+                executor = known[executor](**options)
+            except TypeError as exc:
+                raise ValueError(
+                    f"data.executor_options do not fit the {executor!r} executor ({exc}); "
+                    f"given: {sorted(self.executor_options)}"
+                ) from None
         try:
             hooks = get_plugin_manager().hook
         except PluginError as exc:

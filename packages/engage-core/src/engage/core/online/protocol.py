@@ -44,6 +44,7 @@ class Kind(enum.IntEnum):
     JOB = 16
     CREDIT = 17
     STOP = 18
+    ACK = 19
 
 
 _KINDS = {int(member): member for member in Kind}

@@ -139,6 +139,8 @@ class SimulationScheduler:
         self.executor = executor or LocalExecutor()
         self.journal = journal
         self.heartbeat_interval = heartbeat_interval
+        #: how long a process that exited without DONE may stay quiet before it counts as failed
+        self.exit_grace = max(1.0, heartbeat_interval)
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_timeout = startup_timeout
         self.credit_window = max(1, credit_window)
@@ -372,7 +374,7 @@ class SimulationScheduler:
             if header.kind == Kind.SAMPLE:
                 self._sample(active, header, payload)
             elif header.kind == Kind.DONE:
-                self._done(active, header)
+                self._done(sock, active, header)
             elif header.kind == Kind.ERROR:
                 self._fail(sock, active, f"simulation reported: {payload.bytes.decode(errors='replace')}")
             elif header.kind != Kind.HEARTBEAT:
@@ -391,7 +393,8 @@ class SimulationScheduler:
             sock.send_multipart([identity, *protocol.encode_text(Kind.STOP, header.simulation_id, 0, reason)])
             return
         hello = protocol.decode_json(payload.buffer) if len(payload.buffer) else {}
-        if hello.get("host"):
+        if hello.get("host") and active.record.host in ("", "localhost"):
+            # the executor's host name (edge-1) says more than a hostname that namespaces share
             active.record.host = str(hello["host"])
         active.identity = identity
         active.last_seen = time.monotonic()
@@ -431,7 +434,11 @@ class SimulationScheduler:
         self._pending.append((sample, active.unit, header.simulation_id, step_time))
         self._arrived[header.simulation_id] = self._arrived.get(header.simulation_id, 0) + 1
         active.accepted += 1
-        active.record.samples_received = active.accepted
+        rec = active.record
+        if rec.first_sample_at is None:
+            rec.first_sample_at = time.time()
+        rec.samples_received = active.accepted
+        rec.bytes_received += size
         self.samples += 1
 
     def _flush(self) -> None:
@@ -446,7 +453,7 @@ class SimulationScheduler:
                 for simulation_id, count in arrived.items():
                     self._emit("engage_samples_arrived", simulation_id=simulation_id, count=count, buffer_size=size)
 
-    def _done(self, active: _Active, header: protocol.Header) -> None:
+    def _done(self, sock: zmq.Socket, active: _Active, header: protocol.Header) -> None:
         self._flush()  # the samples before DONE are in the buffer when the simulation counts as finished
         rec = active.record
         total = self.simulator.samples_per_run
@@ -456,6 +463,8 @@ class SimulationScheduler:
                 + (f" of {total} declared" if total is not None else "")
             )
         active.done = True
+        # every sample arrived (DONE travels behind them): the client may exit now
+        self._send(sock, active, protocol.encode_text(Kind.ACK, rec.simulation_id, rec.attempt, index=header.index))
         rec.status, rec.ended_at, rec.samples_sent = "finished", time.time(), header.index
         self.finished += 1
         self._journal(rec, active.vector)
@@ -495,9 +504,10 @@ class SimulationScheduler:
                     self._forget(active)
                 continue
             if code is not None:
-                # messages sent just before exiting may still be queued: decide a moment later
+                # messages sent just before exiting may still be on their way (a slow link drains a
+                # socket buffer for a while): decide once the connection has been quiet a moment
                 active.exited_at = active.exited_at or now
-                if now - active.exited_at > 0.5:
+                if now - max(active.exited_at, active.last_seen) > self.exit_grace:
                     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
                     self._fail(sock, active, f"process {how} after {active.accepted} samples")
                 continue

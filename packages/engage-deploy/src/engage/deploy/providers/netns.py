@@ -441,7 +441,13 @@ class NetnsProvider(Provider):
         """
         lines = ["#!/bin/sh", "# joins the host's cgroups, then runs the command in its network namespace"]
         if self.cgroups is not None:
-            lines += [f"echo $$ > {procs}" for procs in self.cgroups.procs_files(host)]
+            # from inside another host (a trainer starting simulations on edge hosts) /sys is that
+            # namespace's own, without the cgroup mounts: reach them through this process's root
+            here = os.getpid()
+            lines += [
+                f"echo $$ 2>/dev/null > {procs} || echo $$ > /proc/{here}/root{procs}"
+                for procs in self.cgroups.procs_files(host)
+            ]
         lines.append(f'exec ip netns exec {ns} "$@"')
         path = self._state_dir / host / "enter"
         path.parent.mkdir(parents=True, exist_ok=True)
