@@ -43,7 +43,9 @@ TARGET_REL_L2 = 0.05
 
 
 def frames(parameters: dict, side: int = 64, count: int = 100):
-    """Yield the same field ``count`` times (no compute: the benchmark measures transport)."""
+    """Yield the same field ``count`` times (no compute: the benchmark measures transport).
+
+    Nothing ever writes the field, so the simulator may declare ``fresh_samples``."""
     field = np.full((side, side), parameters["x"], dtype=np.float32)
     for _ in range(count):
         yield field
@@ -104,7 +106,7 @@ def measure_engage(processes: int, side: int) -> tuple[float, float]:
     per = TOTAL[side] // processes
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     sim = FunctionSimulator(
-        "online_throughput:frames", {"x": {"low": 0, "high": 1}}, (side, side), samples_per_run=per,
+        "online_throughput:frames", {"x": {"low": 0, "high": 1}}, (side, side), samples_per_run=per, fresh_samples=True,
         kwargs={"side": side, "count": per},
     )  # fmt: skip
     buffer = TrainingBuffer(capacity=max(256, 8 * processes * 16) if side < 1024 else 64, policy="fifo")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -64,7 +65,7 @@ class BumpProblem:
     """(b): a smooth oscillation plus a narrow bump that uniform sampling rarely hits."""
 
     name = "bump4d"
-    budget, rounds = 256, 8
+    budget, rounds = 256, 16
     space = ParameterSpace.from_config({f"x{i}": {"low": 0.0, "high": 1.0} for i in range(1, 5)})
     centre = np.random.default_rng(2024).uniform(size=4)
 
@@ -104,19 +105,26 @@ class HeatProblem:
 
 
 # --------------------------------------------------------------------------- surrogate
+LR_MAX, LR_MIN = 3e-3, 1e-4
+
+
 class Surrogate:
     """A small MLP on unit inputs, refitted (warm start) after every round."""
 
     def __init__(self, dim: int, out: int, seed: int, steps: int = 300):
         torch.manual_seed(seed)
         self.net = nn.Sequential(nn.Linear(dim, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, out))
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=3e-3)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=LR_MAX)
         self.steps = steps
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> None:
         xt = torch.as_tensor(x, dtype=torch.float32)
         yt = torch.as_tensor(y.reshape(len(y), -1), dtype=torch.float32)
-        for _ in range(self.steps):
+        for step in range(self.steps):
+            # cosine decay within each refit: a constant rate left some seeds far from a minimum at
+            # the end of a round, and that training noise, not the points, decided the comparison
+            for group in self.optimizer.param_groups:
+                group["lr"] = LR_MIN + 0.5 * (LR_MAX - LR_MIN) * (1 + math.cos(math.pi * step / self.steps))
             loss = ((self.net(xt) - yt) ** 2).mean()
             self.optimizer.zero_grad()
             loss.backward()

@@ -133,8 +133,13 @@ class SimulationClient:
                 self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
                 return job
 
-    def send(self, sample: np.ndarray) -> None:
-        """Send one sample (waits for credit, heartbeating meanwhile)."""
+    def send(self, sample: np.ndarray, fresh: bool = False) -> None:
+        """Send one sample (waits for credit, heartbeating meanwhile).
+
+        With ``fresh``, the caller promises never to write ``sample``'s memory again, so a large
+        sample is handed to the transport without waiting until it has left (see
+        :attr:`~engage.core.simulators.base.Simulator.fresh_samples`).
+        """
         array = np.ascontiguousarray(sample)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
@@ -142,7 +147,10 @@ class SimulationClient:
             Kind.SAMPLE, self.simulation_id, self.attempt, self.sent, array=array
         )  # validates dtype and ndim before waiting
         self._wait_for_credit()
-        if array.nbytes >= self._copy_threshold:
+        if array.nbytes >= self._copy_threshold and fresh:
+            # zero-copy, and nobody writes the array again: ZeroMQ keeps it alive until it is sent
+            self._socket.send_multipart([header, array], copy=False)
+        elif array.nbytes >= self._copy_threshold:
             # zero-copy: ZeroMQ sends straight from the array; wait until it let go of the memory,
             # since the simulator may overwrite the array for its next sample
             tracker = self._socket.send_multipart([header, array], copy=False, track=True)
@@ -245,14 +253,15 @@ def build_simulator(spec: dict[str, Any]):
     return import_object(target)(**kwargs)
 
 
-def stream(client: SimulationClient, samples: Iterable[np.ndarray], resume_from: int = 0) -> int:
+def stream(client: SimulationClient, samples: Iterable[np.ndarray], resume_from: int = 0, fresh: bool = False) -> int:
     """Send every sample (skipping the first ``resume_from``, already received from an earlier
-    attempt), then ``DONE``; returns how many samples the simulation produced."""
+    attempt), then ``DONE``; returns how many samples the simulation produced. ``fresh``: see
+    :meth:`SimulationClient.send`."""
     client.sent = resume_from  # sample indices on the wire are absolute within the simulation
     count = 0
     for count, sample in enumerate(samples, start=1):
         if count > resume_from:
-            client.send(sample)
+            client.send(sample, fresh=fresh)
     client.done()
     return count
 
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("the trainer sent no simulator description; pass --simulator")
         simulator = build_simulator(spec)
         vector = np.asarray(job.vector, dtype=np.float64) if job.vector else job.parameters
-        stream(client, simulator.run(vector), job.resume_from)
+        stream(client, simulator.run(vector), job.resume_from, fresh=bool(getattr(simulator, "fresh_samples", False)))
     except StopRequested as exc:
         print(f"simulation {args.simulation_id}: stopped by the trainer: {exc}", file=sys.stderr)
         return EXIT_STOPPED

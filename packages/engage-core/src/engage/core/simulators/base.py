@@ -51,6 +51,11 @@ class Simulator(ABC):
     samples_per_run: int | None = None
     #: range the sample values lie in, when the physics bounds them (used to normalise targets)
     value_range: tuple[float, float] | None = None
+    #: ``True`` when every yielded array is memory the simulator never writes again (a new array
+    #: per sample): the client then sends it without waiting for the transport to let go of it,
+    #: overlapping the next sample's computation with this one's transfer. Leave ``False`` for a
+    #: simulator that updates one array in place and yields it again.
+    fresh_samples: bool = False
 
     @abstractmethod
     def simulate(self, parameters: np.ndarray) -> Iterator[np.ndarray]:

@@ -44,6 +44,7 @@ class FunctionSimulator(Simulator):
         samples_per_run: int | None = None,
         value_range: tuple[float, float] | list[float] | None = None,
         kwargs: Mapping[str, Any] | None = None,
+        fresh_samples: bool = False,
     ):
         if isinstance(function, str):
             from engage.core.online.client import import_object
@@ -62,6 +63,7 @@ class FunctionSimulator(Simulator):
         self.samples_per_run = samples_per_run
         self.value_range = tuple(value_range) if value_range is not None else None  # type: ignore[assignment]
         self.kwargs = dict(kwargs or {})
+        self.fresh_samples = bool(fresh_samples)
 
     def simulate(self, parameters: np.ndarray) -> Iterator[np.ndarray]:
         values = self.space.to_dicts(parameters)[0]
@@ -81,5 +83,6 @@ class FunctionSimulator(Simulator):
                 "samples_per_run": self.samples_per_run,
                 "value_range": list(self.value_range) if self.value_range else None,
                 "kwargs": self.kwargs,
+                "fresh_samples": self.fresh_samples,
             },
         }

@@ -33,6 +33,8 @@ class HeatEquation(Simulator):
         True
     """
 
+    fresh_samples = True  # every step yields a new array (astype copies)
+
     def __init__(
         self,
         grid: int = 64,

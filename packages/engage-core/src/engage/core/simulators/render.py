@@ -42,6 +42,8 @@ class ImageRenderer(Simulator):
         ((32, 32), dtype('float32'), True, 0.0)
     """
 
+    fresh_samples = True  # every step yields a new array (astype copies)
+
     def __init__(self, size: int = 32, max_steps: int = 48):
         if size < 4:
             raise ValueError(f"size must be >= 4, got {size}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,15 @@ class SimulatorSuite:
                 assert np.all(np.isfinite(sample))
         if simulator.samples_per_run is not None:
             assert len(samples) == simulator.samples_per_run
+
+    def test_fresh_samples_claim_holds(self, simulator):
+        # a simulator that says its samples are fresh must not hand out the same memory twice:
+        # the client sends such samples without waiting, so a rewrite would corrupt one in flight
+        if not simulator.fresh_samples:
+            pytest.skip("the simulator may reuse its sample memory (the safe default)")
+        samples = list(simulator.run(self._point(simulator)))
+        for earlier, later in itertools.pairwise(samples):
+            assert not np.shares_memory(earlier, later), "fresh_samples is True but two samples share memory"
 
     def test_deterministic(self, simulator):
         point = self._point(simulator, 0.61)
