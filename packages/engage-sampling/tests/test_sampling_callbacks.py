@@ -129,3 +129,19 @@ def test_sensitivity_without_parameters_says_what_to_pass():
         SensitivityAnalysis().analyze(torch.nn.Linear(2, 1))
     with pytest.raises(ValueError, match="power of 2"):
         SensitivityAnalysis(base_samples=100)
+
+
+def test_image_similarity_keeps_each_simulations_latest_step():
+    callback = ImageSimilaritySampling(num_parameters=1, probe_points=4, source="targets")
+    ids = torch.tensor([0, 0, 1, 1, 0, 2])
+    times = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.3, 0.4])
+    batch = {
+        "parameters": ids[:, None].float() / 10,
+        "time": times[:, None],
+        "target": times[:, None, None].expand(6, 3, 3).clone(),
+        "simulation_id": ids,
+    }
+    callback._collect(batch)
+    callback._collect({k: v[:1] for k, v in batch.items()})  # an older step of simulation 0 changes nothing
+    assert {k: round(v[0], 3) for k, v in callback._seen.items()} == {0: 0.5, 1: 0.9, 2: 0.4}
+    assert float(callback._seen[1][2][0, 0]) == pytest.approx(0.9)  # the image of that step

@@ -194,7 +194,14 @@ class ImageSimilaritySampling(Callback):
         targets = batch["target"].detach().float().cpu().numpy()
         times = batch["time"].detach().float().cpu().numpy().reshape(-1) if "time" in batch else np.ones(len(unit))
         ids = batch["simulation_id"].detach().cpu().numpy().reshape(-1) if "simulation_id" in batch else None
-        for k in range(len(unit)):
+        rows: Any = range(len(unit))
+        if ids is not None and len(ids):
+            # a batch holds many steps of a few simulations: keep only each one's latest step here,
+            # so the loop below runs once per simulation, not once per sample (this runs every step)
+            order = np.lexsort((times, ids))
+            last = np.r_[np.flatnonzero(np.diff(ids[order])), len(order) - 1]
+            rows = order[last]
+        for k in rows:
             key = int(ids[k]) if ids is not None else hash(unit[k].tobytes())
             if key in self._seen and self._seen[key][0] > times[k]:
                 continue  # keep each simulation's latest state: the most developed image
