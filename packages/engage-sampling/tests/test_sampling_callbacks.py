@@ -145,3 +145,15 @@ def test_image_similarity_keeps_each_simulations_latest_step():
     callback._collect({k: v[:1] for k, v in batch.items()})  # an older step of simulation 0 changes nothing
     assert {k: round(v[0], 3) for k, v in callback._seen.items()} == {0: 0.5, 1: 0.9, 2: 0.4}
     assert float(callback._seen[1][2][0, 0]) == pytest.approx(0.9)  # the image of that step
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (5, 9), (3, 40), (48, 48)])
+def test_pairwise_ssim_equals_one_call_per_pair(shape):
+    from engage.sampling.similarity import dissimilarity, neighbour_edges, pairwise_dissimilarity
+
+    rng = np.random.default_rng(0)
+    images = rng.random((30, *shape)).cumsum(axis=1)
+    edges = neighbour_edges(rng.random((30, 3)), 3)
+    data_range = float(images.max() - images.min())
+    one_by_one = [dissimilarity(images[i], images[j], "ssim", data_range) for i, j in edges]
+    np.testing.assert_allclose(pairwise_dissimilarity(images, edges, "ssim", data_range), one_by_one, atol=1e-12)
