@@ -114,7 +114,8 @@ def dissimilarity(a: np.ndarray, b: np.ndarray, metric: str = "ssim", data_range
 def pairwise_dissimilarity(
     images: np.ndarray, edges: np.ndarray, metric: str = "ssim", data_range: float | None = None
 ) -> np.ndarray:
-    """:func:`dissimilarity` of ``images[i]`` and ``images[j]`` for every edge ``(i, j)``.
+    """:func:`dissimilarity` of ``images[i]`` and ``images[j]`` for every edge ``(i, j)``;
+    ``data_range`` defaults to the range of all ``images``, so that scores compare across pairs.
 
     For small 2D images and ``ssim`` the pairs go through one call of scikit-image's SSIM rather than one
     call each (a call costs about 0.3 ms, mostly overhead, on small images): the images of each
