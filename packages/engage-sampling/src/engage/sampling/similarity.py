@@ -124,11 +124,11 @@ def pairwise_dissimilarity(
     region scikit-image averages for a single pair; no window there reaches another tile.
     """
     edges = np.asarray(edges, dtype=int).reshape(-1, 2)
+    if data_range is None:
+        data_range = float(images.max() - images.min()) or 1.0
     # beyond about 32x32 pixels the filtering, not the call, dominates and the mosaic stops paying
     if metric != "ssim" or images.ndim != 3 or len(edges) < 2 or images.shape[1] * images.shape[2] > 1024:
         return np.array([dissimilarity(images[i], images[j], metric, data_range) for i, j in edges])
-    if data_range is None:
-        data_range = float(images.max() - images.min()) or 1.0
     height, width = images.shape[1:]
     side = min(height, width)
     if side < 3:
