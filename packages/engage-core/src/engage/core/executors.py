@@ -140,6 +140,29 @@ class LocalProcess(SimulationProcess):
             return ""
 
 
+def start_logged_process(
+    command: list[str], request: LaunchRequest, log_dir: str | None = None, log_suffix: str = ""
+) -> LocalProcess:
+    """Start ``command`` (the request's own or one that wraps it, e.g. to enter another host) as a
+    child that dies with the trainer, its stdout and stderr in
+    ``<log_dir>/sim-<id>-<attempt><log_suffix>.log`` and ``request.env`` added to its environment."""
+    folder = Path(request.log_dir or log_dir or tempfile.mkdtemp(prefix="engage-sims-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"sim-{request.simulation_id}-{request.attempt}{log_suffix}.log"
+    command, preexec = die_with_parent_command(command)
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **request.env},
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+    return LocalProcess(popen, log_path)
+
+
 class LocalExecutor(Executor):
     """Child processes of the trainer on this host (``subprocess``).
 
@@ -152,19 +175,4 @@ class LocalExecutor(Executor):
         self.log_dir = log_dir
 
     def start(self, request: LaunchRequest) -> SimulationProcess:
-        log_dir = Path(request.log_dir or self.log_dir or tempfile.mkdtemp(prefix="engage-sims-"))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"sim-{request.simulation_id}-{request.attempt}.log"
-        env = {**os.environ, **request.env}
-        command, preexec = die_with_parent_command(request.command)
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=preexec,
-                close_fds=True,
-            )
-        return LocalProcess(popen, log_path)
+        return start_logged_process(request.command, request, self.log_dir)

@@ -19,12 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from engage.core.executors import Executor, LaunchRequest, LocalProcess, SimulationProcess, die_with_parent_command
+from engage.core.executors import Executor, LaunchRequest, SimulationProcess, start_logged_process
 
 HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
 HOST_ENV = "ENGAGE_DEPLOY_HOST"
@@ -69,26 +66,12 @@ class DeployExecutor(Executor):
     def start(self, request: LaunchRequest) -> SimulationProcess:
         host = self.targets[self._next % len(self.targets)]
         self._next += 1
-        log_dir = Path(request.log_dir or self.log_dir or tempfile.mkdtemp(prefix="engage-sims-"))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"sim-{request.simulation_id}-{request.attempt}-{host['name']}.log"
         prefix = list(host.get("exec_prefix") or [])
         if host.get("remote"):
             env_part = " ".join(f"{k}={shlex.quote(v)}" for k, v in request.env.items())
             command = [*prefix, f"env {env_part} {shlex.join(request.command)}"]
         else:
             command = [*prefix, *request.command]
-        command, preexec = die_with_parent_command(command)
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **request.env},
-                preexec_fn=preexec,
-                close_fds=True,
-            )
-        process = LocalProcess(popen, log_path)
+        process = start_logged_process(command, request, self.log_dir, log_suffix=f"-{host['name']}")
         process.host = host["name"]
         return process

@@ -60,6 +60,25 @@ def run_simulations(simulator: Simulator, points: np.ndarray, description: str) 
     return fields
 
 
+def cached_simulations(simulator: Simulator, points: np.ndarray, name: str, cache_dir: str | None) -> np.ndarray:
+    """:func:`run_simulations` of the ``name`` set, stored once under ``cache_dir`` (any fsspec URL)
+    and read back on later runs; the file name hashes the simulator and the points."""
+    if not cache_dir:
+        return run_simulations(simulator, points, f"simulating {name} set")
+    key = hashlib.sha256(
+        json.dumps({"simulator": simulator.describe(), "points": points.tolist()}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    fs, path = fsspec.core.url_to_fs(f"{cache_dir.rstrip('/')}/{name}-{key}.npy")
+    if fs.exists(path):
+        with fs.open(path, "rb") as f:
+            return np.load(f)
+    fields = run_simulations(simulator, points, f"simulating {name} set")
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        np.save(f, fields)
+    return fields
+
+
 class SimulatedDataModule(pl.LightningDataModule):
     """Runs ``train_simulations`` points of ``sampler`` and ``val_simulations`` held-out uniform
     points once, then serves their samples in epochs. With ``cache_dir`` (any fsspec URL) the
@@ -99,21 +118,7 @@ class SimulatedDataModule(pl.LightningDataModule):
         self.val_dataset: SimulationDataset | None = None
 
     def _load_or_run(self, points: np.ndarray, name: str) -> np.ndarray:
-        if not self.cache_dir:
-            return run_simulations(self.simulator, points, f"simulating {name} set")
-        key = hashlib.sha256(
-            json.dumps({"simulator": self.simulator.describe(), "points": points.tolist()}, sort_keys=True).encode()
-        ).hexdigest()[:16]
-        url = f"{self.cache_dir.rstrip('/')}/{name}-{key}.npy"
-        fs, path = fsspec.core.url_to_fs(url)
-        if fs.exists(path):
-            with fs.open(path, "rb") as f:
-                return np.load(f)
-        fields = run_simulations(self.simulator, points, f"simulating {name} set")
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        with fs.open(path, "wb") as f:
-            np.save(f, fields)
-        return fields
+        return cached_simulations(self.simulator, points, name, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:

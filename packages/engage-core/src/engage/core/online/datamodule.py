@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import tempfile
 from typing import Any
 
-import fsspec
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
-from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset, run_simulations
+from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset, cached_simulations
 from engage.core.executors import Executor
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.journal import Journal
@@ -242,20 +239,7 @@ class OnlineDataModule(pl.LightningDataModule):
         )
 
     def _cached(self, points: np.ndarray, name: str) -> np.ndarray:
-        if not self.cache_dir:
-            return run_simulations(self.simulator, points, f"simulating {name} set")
-        key = hashlib.sha256(
-            json.dumps({"simulator": self.simulator.describe(), "points": points.tolist()}, sort_keys=True).encode()
-        ).hexdigest()[:16]
-        fs, path = fsspec.core.url_to_fs(f"{self.cache_dir.rstrip('/')}/{name}-{key}.npy")
-        if fs.exists(path):
-            with fs.open(path, "rb") as f:
-                return np.load(f)
-        fields = run_simulations(self.simulator, points, f"simulating {name} set")
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        with fs.open(path, "wb") as f:
-            np.save(f, fields)
-        return fields
+        return cached_simulations(self.simulator, points, name, self.cache_dir)
 
     # ------------------------------------------------------------------ streaming
     def start_streaming(self) -> None:
