@@ -1,4 +1,4 @@
-"""engage-deploy's plugin: the ``infrastructure`` configs and the ``engage replay`` and
+"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs and the ``engage replay`` and
 ``engage place`` sub-commands."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ def _replay_arguments(parser):
 
 
 def _place_arguments(parser):
-    from engage.deploy.place import add_arguments
+    from engage.deploy.placement.cli import add_arguments
 
     add_arguments(parser)
 
 
 def _place(namespace):
-    from engage.deploy.place import run_command
+    from engage.deploy.placement.cli import run_command
 
     return run_command(namespace)
 
@@ -51,6 +51,9 @@ def engage_commands() -> list[Command]:
             "replay", "re-run one job of a sweep from its MLflow record and compare metrics", _replay_arguments, _replay
         ),
         Command(
-            "place", "place services on hosts with CP-SAT, least traffic over slow links", _place_arguments, _place
+            "place",
+            "place model variants (or workflow services) on the continuum with OR-Tools",
+            _place_arguments,
+            _place,
         ),
     ]

@@ -1,5 +1,6 @@
-"""``engage place``: assign service instances to hosts with OR-Tools CP-SAT, within each host's
-CPU and memory, minimising the traffic that crosses slow links.
+"""Workflow services (simulators, trainer) onto an infrastructure's hosts with OR-Tools CP-SAT,
+within each host's CPU and memory, minimising the traffic that crosses slow links; what the
+launcher's ``placement: optimize`` and ``engage place INFRASTRUCTURE`` use.
 
 Services are those listed in the layers of an infrastructure (``quantity`` instances, each
 needing ``cpu`` cores and ``memory``; ``traffic: {other service: mbit/s}`` is what one service
@@ -15,7 +16,7 @@ Example::
     ...         {"name": "edge", "hosts": 2, "cpu": 1, "services": [
     ...             {"name": "simulator", "quantity": 2, "cpu": 1, "traffic": {"trainer": 40}}]}],
     ...     "network": [{"src": "edge", "dst": "cloud", "rate": "10mbit", "delay": "20ms"}]})
-    >>> plan = place(infra)
+    >>> plan = place_services(infra)
     >>> sorted(set(plan.assignment.values()))  # everything fits on the cloud host: no slow traffic
     ['cloud-1']
     >>> plan.slow_traffic_mbit
@@ -24,26 +25,22 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from engage.deploy.infrastructure import Infrastructure, InfrastructureError, parse_size
+from engage.deploy.infrastructure import Infrastructure, parse_size
 
 #: CP-SAT works on integers: costs and capacities are scaled by these
 _CPU_SCALE = 1000
 _COST_SCALE = 1000
 
 
-class PlacementError(RuntimeError):
+class ServicePlacementError(RuntimeError):
     """No placement satisfies the capacities; the message says what does not fit."""
 
 
 @dataclass
-class Placement:
+class ServicePlacement:
     """``assignment``: instance (``simulator#2``) -> host; ``slow_traffic_mbit``: traffic that
     crosses constrained links; ``cost``: the objective (traffic weighted by link slowness)."""
 
@@ -65,7 +62,7 @@ def _link_cost(infra: Infrastructure, a: str, b: str) -> float:
     return (1e6 / rate if rate else 0.0) + constraint.delay_s
 
 
-def place(infra: Infrastructure, time_limit_s: float = 10.0) -> Placement:
+def place_services(infra: Infrastructure, time_limit_s: float = 10.0) -> ServicePlacement:
     """The optimal (or best found within ``time_limit_s``) placement; see the module docstring."""
     from ortools.sat.python import cp_model
 
@@ -79,7 +76,7 @@ def place(infra: Infrastructure, time_limit_s: float = 10.0) -> Placement:
                 instances.append((f"{service.name}#{k}", service))
                 home.append(layer.name)
     if not instances:
-        raise PlacementError("no services to place: list them under infrastructure.layers[*].services")
+        raise ServicePlacementError("no services to place: list them under infrastructure.layers[*].services")
     model = cp_model.CpModel()
     x = {(i, h): model.new_bool_var(f"x_{i}_{h}") for i in range(len(instances)) for h in range(len(hosts))}
     for i, (_, service) in enumerate(instances):
@@ -110,7 +107,7 @@ def place(infra: Infrastructure, time_limit_s: float = 10.0) -> Placement:
         for target, total in src.traffic.items():
             receivers = [j for j, (_, svc) in enumerate(instances) if svc.name == target]
             if not receivers:
-                raise PlacementError(f"service {src.name!r} sends traffic to {target!r}, which is not declared")
+                raise ServicePlacementError(f"service {src.name!r} sends traffic to {target!r}, which is not declared")
             per_pair = float(total) / (src.quantity * len(receivers))
             for j in receivers:
                 flows.append((i, j, per_pair))
@@ -130,7 +127,7 @@ def place(infra: Infrastructure, time_limit_s: float = 10.0) -> Placement:
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         cpu = sum(svc.cpu for _, svc in instances)
         capacity = sum(layer.cpu for layer, _ in hosts if layer.cpu is not None)
-        raise PlacementError(
+        raise ServicePlacementError(
             f"no placement fits: services need {cpu:g} CPU in total, hosts offer {capacity:g}; "
             "add hosts, raise layers' cpu/memory or lower services' needs"
         )
@@ -144,46 +141,10 @@ def place(infra: Infrastructure, time_limit_s: float = 10.0) -> Placement:
                 per_host[name].append(label)
                 where[i] = layer.name
     slow = sum(t for i, j, t in flows if _link_cost(infra, where[i], where[j]) > 0)
-    return Placement(
+    return ServicePlacement(
         assignment=assignment,
         slow_traffic_mbit=float(slow),
         cost=solver.objective_value / _COST_SCALE,
         status=solver.status_name(status),
         per_host=per_host,
     )
-
-
-def load_infrastructure(spec: str) -> Infrastructure:
-    """An infrastructure from a YAML file, or the name of a shipped one (``netns_edge_cloud``)."""
-    import yaml
-
-    path = Path(spec)
-    if not path.is_file():
-        shipped = Path(__file__).parent / "conf" / "infrastructure" / f"{spec}.yaml"
-        if not shipped.is_file():
-            names = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
-            raise InfrastructureError(f"{spec!r} is neither a file nor a shipped infrastructure ({', '.join(names)})")
-        path = shipped
-    return Infrastructure.from_dict(yaml.safe_load(path.read_text()))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("infrastructure", help="infrastructure YAML file or shipped name (e.g. netns_edge_cloud)")
-    parser.add_argument("--time-limit", type=float, default=10.0, help="solver time limit in seconds")
-    parser.add_argument("--json", action="store_true", help="print the placement as JSON")
-
-
-def run_command(namespace: argparse.Namespace) -> int:
-    """``engage place``: 0 with a placement, 2 on bad input or when nothing fits."""
-    try:
-        plan = place(load_infrastructure(namespace.infrastructure), namespace.time_limit)
-    except (InfrastructureError, PlacementError) as exc:
-        print(f"engage place: {exc}", file=sys.stderr)
-        return 2
-    if namespace.json:
-        print(json.dumps(plan.__dict__, indent=1))
-        return 0
-    for host, labels in plan.per_host.items():
-        print(f"{host}: {', '.join(labels) or '-'}")
-    print(f"{plan.status}: {plan.slow_traffic_mbit:g} mbit/s over constrained links (cost {plan.cost:.4g})")
-    return 0

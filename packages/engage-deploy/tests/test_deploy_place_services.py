@@ -1,4 +1,4 @@
-"""``engage place``: CP-SAT placement under CPU and memory capacities, minimising slow-link traffic."""
+"""Workflow services onto hosts: CP-SAT placement under CPU and memory capacities, minimising slow-link traffic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from engage.deploy.infrastructure import Infrastructure
-from engage.deploy.place import PlacementError, place
+from engage.deploy.placement.services import ServicePlacementError, place_services
 
 BASE = {
     "layers": [
@@ -38,7 +38,7 @@ BASE = {
 
 
 def test_simulators_move_to_the_fast_link_when_the_trainer_host_is_full() -> None:
-    plan = place(Infrastructure.from_dict(BASE))
+    plan = place_services(Infrastructure.from_dict(BASE))
     assert plan.status == "OPTIMAL"
     assert plan.assignment["trainer#1"] == "cloud-1"
     # the cloud host is full with the trainer; the fog host has the fast link to it
@@ -49,14 +49,14 @@ def test_simulators_move_to_the_fast_link_when_the_trainer_host_is_full() -> Non
 
 def test_capacities_force_the_slow_link_and_infeasible_is_one_line() -> None:
     data = {**BASE, "layers": [dict(BASE["layers"][0]), {**BASE["layers"][1], "cpu": 1}, BASE["layers"][2]]}
-    plan = place(Infrastructure.from_dict(data))
+    plan = place_services(Infrastructure.from_dict(data))
     on_fog = [k for k, v in plan.assignment.items() if v == "fog-1"]
     assert len(on_fog) == 1  # one simulator fits the fog host; the other stays on the edge
     assert any(v.startswith("edge-") for v in plan.assignment.values())
     data["layers"][0] = {**data["layers"][0], "cpu": 1}
     data["layers"][2] = {**data["layers"][2], "cpu": 0.5}
-    with pytest.raises(PlacementError, match="no placement fits") as info:
-        place(Infrastructure.from_dict(data))
+    with pytest.raises(ServicePlacementError, match="no placement fits") as info:
+        place_services(Infrastructure.from_dict(data))
     assert "\n" not in str(info.value)
 
 

@@ -1,0 +1,58 @@
+"""Placement on the edge-to-cloud continuum with OR-Tools.
+
+* inference delivery networks: which model variant on which node, which node serves each request
+  class, where a model is split (:class:`PlacementProblem`; :class:`CpSatSolver`,
+  :class:`GreedySolver`, :class:`ExhaustiveSolver`; :func:`pareto_front`; re-placement through
+  ``previous`` and ``max_moves``);
+* workflow services: simulators and trainer onto an infrastructure's hosts
+  (:func:`place_services`, what ``placement: optimize`` of the launcher uses).
+
+Example::
+
+    >>> from engage.deploy.placement import CpSatSolver, GreedySolver, random_tree_problem
+    >>> problem = random_tree_problem(nodes=10, models=5, seed=0)
+    >>> optimal, greedy = CpSatSolver().solve(problem), GreedySolver().solve(problem)
+    >>> optimal.objective <= greedy.objective + 1e-9
+    True
+"""
+
+from engage.deploy.placement.cpsat import CpSatSolver
+from engage.deploy.placement.exhaustive import ExhaustiveSolver
+from engage.deploy.placement.greedy import GreedySolver
+from engage.deploy.placement.instances import random_tree_problem
+from engage.deploy.placement.pareto import metric_value, pareto_front
+from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, Route
+from engage.deploy.placement.problem import (
+    Link,
+    Model,
+    Node,
+    PlacementProblem,
+    PlacementProblemError,
+    Requests,
+    SplitPoint,
+    Variant,
+    Weights,
+)
+from engage.deploy.placement.solver import PlacementSolver
+
+__all__ = [
+    "CpSatSolver",
+    "ExhaustiveSolver",
+    "GreedySolver",
+    "Link",
+    "Model",
+    "Node",
+    "PlacementInfeasible",
+    "PlacementPlan",
+    "PlacementProblem",
+    "PlacementProblemError",
+    "PlacementSolver",
+    "Requests",
+    "Route",
+    "SplitPoint",
+    "Variant",
+    "Weights",
+    "metric_value",
+    "pareto_front",
+    "random_tree_problem",
+]

@@ -1,0 +1,172 @@
+"""``engage place CONFIG``: solve a placement, print it as a table and log it to MLflow.
+
+``CONFIG`` is a YAML file or the name of a shipped config: a placement problem (``nodes``,
+``links``, ``models``, ``requests``; shipped: ``edge_inference``) or an infrastructure whose
+layers list services (shipped: ``netns_edge_cloud``), whose service instances are then placed on
+hosts. Exit codes: 0 placed, 2 bad input or nothing fits, 3 placed but MLflow did not answer.
+
+Example::
+
+    engage place edge_inference                       # CP-SAT, table, MLflow run in ./mlflow.db
+    engage place my_network.yaml --solver greedy --no-mlflow
+    engage place edge_inference --pareto latency,inaccuracy --points 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engage.core.tracking.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
+from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
+from engage.deploy.placement.problem import PlacementProblem, PlacementProblemError
+from engage.deploy.placement.services import ServicePlacementError, place_services
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+EXIT_TRACKING_UNAVAILABLE = 3
+
+
+def load_config(spec: str) -> dict[str, Any]:
+    """The mapping in a YAML file, or in the shipped ``placement/`` or ``infrastructure/`` config."""
+    import yaml
+
+    path = Path(spec)
+    if not path.is_file():
+        for group in ("placement", "infrastructure"):
+            shipped = CONF / group / f"{spec}.yaml"
+            if shipped.is_file():
+                path = shipped
+                break
+        else:
+            names = sorted(p.stem for group in ("placement", "infrastructure") for p in (CONF / group).glob("*.yaml"))
+            raise PlacementProblemError(f"{spec!r} is neither a file nor a shipped config ({', '.join(names)})")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise PlacementProblemError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="placement problem or infrastructure: YAML file or shipped name")
+    parser.add_argument("--solver", choices=("cpsat", "greedy", "exhaustive"), default="cpsat")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="CP-SAT time limit in seconds")
+    parser.add_argument("--pareto", metavar="A,B", help="two of latency, inaccuracy, energy: print the front")
+    parser.add_argument("--points", type=int, default=6, help="points of the Pareto front")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the plan to MLflow")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: ENGAGE_TRACKING_URI or ./mlflow.db)"
+    )
+    parser.add_argument("--experiment", default="engage-place", help="MLflow experiment")
+
+
+def _solver(name: str, time_limit_s: float):
+    from engage.deploy.placement import CpSatSolver, ExhaustiveSolver, GreedySolver
+
+    if name == "greedy":
+        return GreedySolver()
+    if name == "exhaustive":
+        return ExhaustiveSolver()
+    return CpSatSolver(time_limit_s)
+
+
+def run_command(namespace: argparse.Namespace) -> int:
+    try:
+        data = load_config(namespace.config)
+        if "layers" in data:
+            return _place_services(data, namespace)
+        problem = PlacementProblem.from_dict(data)
+        front = None
+        objectives: tuple[str, str] = ("latency", "inaccuracy")
+        if namespace.pareto:
+            from engage.deploy.placement.pareto import pareto_front
+
+            objectives = tuple(namespace.pareto.split(","))  # type: ignore[assignment]
+            front = pareto_front(problem, objectives, namespace.points, namespace.time_limit)
+            plan = front[0]
+        else:
+            plan = _solver(namespace.solver, namespace.time_limit).solve(problem)
+    except (PlacementProblemError, PlacementInfeasible, InfrastructureError, ServicePlacementError, ValueError) as exc:
+        print(f"engage place: {exc}", file=sys.stderr)
+        return 2
+    _print(problem, plan, front, objectives, namespace.json)
+    if namespace.no_mlflow:
+        return 0
+    return _log(problem, plan, front, objectives, namespace)
+
+
+def _print(
+    problem: PlacementProblem,
+    plan: PlacementPlan,
+    front: list[PlacementPlan] | None,
+    objectives: tuple[str, str],
+    as_json: bool,
+) -> None:
+    if as_json:
+        print(json.dumps(plan.to_dict() if front is None else [p.to_dict() for p in front], indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from engage.deploy.placement.pareto import metric_value
+    from engage.deploy.placement.report import plan_table
+
+    console = Console()
+    console.print(plan_table(problem, plan))
+    if front:
+        table = Table(title=f"Pareto front: {objectives[0]} against {objectives[1]}")
+        for column in (*objectives, "accuracy", "latency (ms)", "items", "status"):
+            table.add_column(column)
+        for point in front:
+            table.add_row(
+                f"{metric_value(point, objectives[0]):.5g}",
+                f"{metric_value(point, objectives[1]):.5g}",
+                f"{point.accuracy:.4f}",
+                f"{point.latency_s * 1e3:.2f}",
+                str(len(point.items)),
+                point.status,
+            )
+        console.print(table)
+
+
+def _log(
+    problem: PlacementProblem,
+    plan: PlacementPlan,
+    front: list[PlacementPlan] | None,
+    objectives: tuple[str, str],
+    namespace: argparse.Namespace,
+) -> int:
+    uri = resolve_tracking_uri(namespace.tracking_uri)
+    try:
+        check_reachable(uri, timeout_s=10.0)
+    except TrackingUnavailable as exc:
+        print(f"engage place: the plan above is not logged: {exc}; start it or pass --no-mlflow", file=sys.stderr)
+        return EXIT_TRACKING_UNAVAILABLE
+    import mlflow
+
+    from engage.deploy.placement.report import log_plan
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(namespace.experiment)
+    with mlflow.start_run(run_name=f"place {Path(namespace.config).stem}") as run:
+        params = {"config": namespace.config, "time_limit_s": namespace.time_limit}
+        if front:
+            params["pareto"] = ",".join(objectives)
+        log_plan(problem, plan, params=params, front=front, objectives=objectives)
+    print(f"logged to MLflow run {run.info.run_id} ({uri})", file=sys.stderr)
+    return 0
+
+
+def _place_services(data: dict[str, Any], namespace: argparse.Namespace) -> int:
+    plan = place_services(Infrastructure.from_dict(data), namespace.time_limit)
+    if namespace.json:
+        print(json.dumps(plan.__dict__, indent=1))
+        return 0
+    for host, labels in plan.per_host.items():
+        print(f"{host}: {', '.join(labels) or '-'}")
+    print(f"{plan.status}: {plan.slow_traffic_mbit:g} mbit/s over constrained links (cost {plan.cost:.4g})")
+    return 0

@@ -1,0 +1,345 @@
+"""The exact placement model, solved with OR-Tools CP-SAT.
+
+Variables: ``y[c, o]`` (request class ``c`` is served by option ``o``: a node of its path and a
+variant, possibly split with the next node) and ``x[n, i]`` (node ``n`` holds item ``i``: a
+variant, or the head or tail of one). Constraints: one option per class; an option needs its
+items; an item is held only if some class uses it; memory, compute (under ``max_utilization``)
+and link rate per node and link. Objective: the request-weighted mean cost of the chosen options.
+Capacities are rounded towards the safe side (sizes up, capacities down), so a plan that fits the
+integer model fits the real one.
+
+Re-placement warm-starts from the plan in force (CP-SAT solution hints) and can cap the number of
+items loaded onto nodes (``max_moves``). When nothing fits, a second solve over assumptions finds
+a set of capacities that cannot all hold, and the error names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from engage.deploy.placement.plan import (
+    PlacementInfeasible,
+    PlacementPlan,
+    build_plan,
+    previous_choice,
+    unit_cost,
+)
+from engage.deploy.placement.problem import Item, PlacementProblem, Weights, item_label
+from engage.deploy.placement.solver import PlacementSolver
+
+#: objective coefficients are integers: the costliest option is worth this many units
+_OBJECTIVE_SCALE = 1_000_000
+#: metric limits (epsilon constraints) are rounded at this resolution of their largest value
+_LIMIT_SCALE = 1_000_000_000
+_METRICS = ("latency", "inaccuracy", "energy")
+
+
+class CpSatSolver(PlacementSolver):
+    """Optimal placement by CP-SAT within ``time_limit_s``; see the module docstring.
+
+    ``weights`` replaces the problem's objective weights; ``limits`` bounds request-weighted means
+    (``{"latency": 0.05, "inaccuracy": 0.2, "energy": 1.0}``; ``"accuracy"`` is a lower bound), the
+    epsilon constraints of the Pareto mode; ``max_moves`` caps items newly loaded relative to the
+    ``previous`` plan; ``workers`` CP-SAT search workers (default: at least 8, CP-SAT's portfolio
+    needs several even on a small machine); ``seed`` makes single-worker runs repeatable.
+
+    Example::
+
+        >>> from engage.deploy.placement import random_tree_problem
+        >>> plan = CpSatSolver(time_limit_s=10).solve(random_tree_problem(nodes=5, models=3, seed=0))
+        >>> plan.status, plan.gap
+        ('OPTIMAL', 0.0)
+    """
+
+    name = "cp-sat"
+
+    def __init__(
+        self,
+        time_limit_s: float = 10.0,
+        *,
+        weights: Weights | None = None,
+        limits: Mapping[str, float] | None = None,
+        max_moves: int | None = None,
+        workers: int | None = None,
+        seed: int = 0,
+        hint: PlacementPlan | None = None,
+        log: bool = False,
+    ) -> None:
+        if time_limit_s <= 0:
+            raise ValueError(f"time_limit_s is {time_limit_s}; give a positive number of seconds")
+        if max_moves is not None and max_moves < 0:
+            raise ValueError(f"max_moves is {max_moves}; use 0 or more (None: no limit)")
+        for key in limits or {}:
+            if key not in (*_METRICS, "accuracy"):
+                raise ValueError(f"limits: unknown metric {key!r}; use latency, inaccuracy, energy or accuracy")
+        self.time_limit_s = time_limit_s
+        self.weights = weights
+        self.limits = dict(limits or {})
+        self.max_moves = max_moves
+        self.workers = workers or max(8, os.cpu_count() or 1)
+        self.seed = seed
+        self.hint = hint
+        self.log = log
+
+    def solve(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> PlacementPlan:
+        from ortools.sat.python import cp_model
+
+        started = time.perf_counter()
+        problem.check_servable()
+        built = _build(problem, self.weights, self.limits, previous, self.max_moves, cp_model)
+        model = built["model"]
+        start = self.hint or previous
+        if start is not None:
+            _add_hints(model, built, problem, start)
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = self.time_limit_s
+        solver.parameters.num_workers = self.workers
+        solver.parameters.random_seed = self.seed
+        solver.parameters.log_search_progress = self.log
+        status = solver.solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            if status == cp_model.INFEASIBLE:
+                raise PlacementInfeasible(_explain(problem, self.weights, self.limits, previous, self.max_moves))
+            raise PlacementInfeasible(
+                f"CP-SAT found no plan within {self.time_limit_s:g} s ({solver.status_name(status)}); "
+                "raise time_limit_s"
+            )
+        chosen = {}
+        for cls in problem.classes:
+            for option, var in zip(cls.options, built["y"][cls.index], strict=True):
+                if solver.boolean_value(var):
+                    chosen[cls.index] = option
+        plan = build_plan(
+            problem,
+            chosen,
+            status="OPTIMAL" if status == cp_model.OPTIMAL else "FEASIBLE",
+            solver=self.name,
+            solve_time_s=time.perf_counter() - started,
+            previous=previous,
+            weights=self.weights,
+        )
+        if status == cp_model.OPTIMAL:
+            plan.bound = plan.objective
+        elif solver.objective_value > 0:
+            # the bound of the integer model, in the objective's units
+            plan.bound = min(plan.objective, plan.objective * solver.best_objective_bound / solver.objective_value)
+        else:
+            plan.bound = plan.objective
+        return plan
+
+
+def _build(
+    problem: PlacementProblem,
+    weights: Weights | None,
+    limits: Mapping[str, float],
+    previous: PlacementPlan | None,
+    max_moves: int | None,
+    cp_model: Any,
+    enforce: bool = False,
+) -> dict[str, Any]:
+    """The CP-SAT model; with ``enforce``, each capacity constraint behind its own literal."""
+    model = cp_model.CpModel()
+    unit = unit_cost(problem, weights)
+    y: dict[int, list[Any]] = {}
+    x: dict[tuple[str, Item], Any] = {}
+    users: dict[tuple[str, Item], list[Any]] = defaultdict(list)
+    compute: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    traffic: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    objective = []
+    total = problem.total_rate
+    for cls in problem.classes:
+        y[cls.index] = []
+        for k, option in enumerate(cls.options):
+            var = model.new_bool_var(f"y{cls.index}_{k}")
+            y[cls.index].append(var)
+            objective.append(round(problem.option_cost(cls, option, weights) / unit * _OBJECTIVE_SCALE) * var)
+            for need in option.needs:
+                if need not in x:
+                    x[need] = model.new_bool_var(f"x_{need[0]}_{item_label(need[1])}")
+                model.add_implication(var, x[need])
+                users[need].append(var)
+            for node, gflop in option.compute:
+                if math.isfinite(problem.compute_capacity(node)):
+                    # MFLOP/s, rounded up
+                    compute[node].append((math.ceil(cls.rate * gflop * 1000), var))
+            for src, bits in option.traffic:
+                if math.isfinite(problem.link_capacity(src)):
+                    traffic[src].append((math.ceil(cls.rate * bits / 1000), var))  # kbit/s, rounded up
+        model.add_exactly_one(y[cls.index])
+    for need, var in x.items():
+        model.add_bool_or([*users[need], var.Not()])
+    guards: dict[Any, str] = {}
+
+    def capped(expr: Any, capacity: int, name: str) -> None:
+        constraint = model.add(expr <= capacity)
+        if enforce:
+            literal = model.new_bool_var(name)
+            constraint.only_enforce_if(literal)
+            guards[literal] = name
+
+    by_node: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
+    for (node, item), var in x.items():
+        by_node[node].append((item, var))
+    for node, held in by_node.items():
+        capacity = problem.memory_capacity(node)
+        if math.isfinite(capacity):
+            kib = [math.ceil(problem.item_size(item) / 1024) for item, _ in held]
+            if sum(kib) > capacity // 1024:
+                capped(
+                    sum(k * var for k, (_, var) in zip(kib, held, strict=True)),
+                    int(capacity // 1024),
+                    f"memory of {node} ({capacity / 2**20:.0f} MiB)",
+                )
+    for node, terms in compute.items():
+        capacity = math.floor(problem.compute_capacity(node) * 1000)
+        if sum(c for c, _ in terms) > capacity:
+            capped(
+                sum(c * v for c, v in terms),
+                capacity,
+                f"compute of {node} ({problem.compute_capacity(node):.4g} GFLOP/s at "
+                f"max_utilization {problem.max_utilization:g})",
+            )
+    for src, terms in traffic.items():
+        capacity = math.floor(problem.link_capacity(src) / 1000)
+        if sum(c for c, _ in terms) > capacity:
+            link = problem.links[src]
+            capped(
+                sum(c * v for c, v in terms), capacity, f"rate of {src} -> {link.dst} ({link.rate / 1e6:.4g} mbit/s)"
+            )
+    for metric, limit in limits.items():
+        name = "inaccuracy" if metric == "accuracy" else metric
+        bound = 1.0 - limit if metric == "accuracy" else limit
+        values = {
+            (cls.index, k): cls.rate / total * _metric(option, name)
+            for cls in problem.classes
+            for k, option in enumerate(cls.options)
+        }
+        top = max(values.values(), default=0.0) or 1.0
+        terms = [round(v / top * _LIMIT_SCALE) * y[c][k] for (c, k), v in values.items()]
+        slack = len(problem.classes) // 2 + 1  # the coefficients' rounding, at most half a unit each
+        capped(sum(terms), math.floor(bound / top * _LIMIT_SCALE) + slack, f"limit on mean {name} ({bound:.6g})")
+    if max_moves is not None and previous is not None:
+        held_before = previous.items
+        new = [var for (node, item), var in x.items() if (node, item_label(item)) not in held_before]
+        if len(new) > max_moves:
+            capped(sum(new), max_moves, f"max_moves ({max_moves})")
+    model.minimize(sum(objective))
+    return {"model": model, "x": x, "y": y, "guards": guards}
+
+
+def _metric(option: Any, name: str) -> float:
+    if name == "latency":
+        return option.latency
+    if name == "inaccuracy":
+        return 1.0 - option.accuracy
+    return option.energy
+
+
+def _add_hints(model: Any, built: dict[str, Any], problem: PlacementProblem, start: PlacementPlan) -> None:
+    chosen = previous_choice(problem, start)
+    needed = set()
+    for cls in problem.classes:
+        option = chosen.get(cls.index)
+        for option_k, var in zip(cls.options, built["y"][cls.index], strict=True):
+            model.add_hint(var, option_k is option)
+        if option is not None:
+            needed.update(option.needs)
+    for need, var in built["x"].items():
+        model.add_hint(var, need in needed)
+
+
+def _explain(
+    problem: PlacementProblem,
+    weights: Weights | None,
+    limits: Mapping[str, float],
+    previous: PlacementPlan | None,
+    max_moves: int | None,
+) -> str:
+    """One line naming capacities that cannot all hold.
+
+    First the requests arriving at one node alone, against that node's compute and memory and its
+    uplink with everything beyond unlimited (the usual cause on a tree); then a core of CP-SAT's
+    assumptions over the whole model, shrunk by dropping what it does not need.
+    """
+    from ortools.sat.python import cp_model
+
+    demand = sum(
+        cls.rate * min(problem.models[cls.model].variants, key=lambda v: v.gflop).gflop for cls in problem.classes
+    )
+    if not limits and max_moves is None:
+        for source in sorted({cls.source for cls in problem.classes}, key=problem.depth, reverse=True):
+            local = _local_problem(problem, source)
+            if local is None:
+                continue
+            built = _build(local, weights, {}, None, None, cp_model)
+            solver = cp_model.CpSolver()
+            solver.parameters.max_time_in_seconds = 5.0
+            if solver.solve(built["model"]) == cp_model.INFEASIBLE:
+                node, link = problem.nodes[source], problem.links.get(source)
+                rate = sum(cls.rate for cls in local.classes)
+                parts = [f"compute {node.compute:.4g} GFLOP/s" if node.compute is not None else "unlimited compute"]
+                if node.memory is not None:
+                    parts.append(f"memory {node.memory / 2**20:.0f} MiB")
+                if link is not None and link.rate is not None:
+                    parts.append(f"uplink {source} -> {link.dst} {link.rate / 1e6:.4g} mbit/s")
+                return (
+                    f"no plan serves every request: the {rate:.4g} requests/s arriving at {source!r} do not fit its "
+                    f"{', '.join(parts)} (at max_utilization {problem.max_utilization:g}); add capacity there or "
+                    "lower its rates"
+                )
+    built = _build(problem, weights, limits, previous, max_moves, cp_model, enforce=True)
+    guards = built["guards"]
+
+    def infeasible_with(literals: list[Any]) -> bool:
+        model = built["model"]
+        model.clear_assumptions()
+        model.add_assumptions(literals)
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.max_time_in_seconds = 2.0
+        return solver.solve(model) == cp_model.INFEASIBLE
+
+    model = built["model"]
+    model.add_assumptions(list(guards))
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.max_time_in_seconds = 30.0
+    if solver.solve(model) == cp_model.INFEASIBLE:
+        found = set(solver.sufficient_assumptions_for_infeasibility())
+        core = [literal for literal in guards if literal.index in found]
+        deadline = time.perf_counter() + 20.0
+        for literal in list(core):
+            if len(core) <= 1 or time.perf_counter() > deadline:
+                break
+            trial = [other for other in core if other is not literal]
+            if infeasible_with(trial):
+                core = trial
+        if core:
+            names = [guards[literal] for literal in core]
+            shown = "; ".join(names[:8]) + (f"; and {len(names) - 8} more" if len(names) > 8 else "")
+            return (
+                f"no plan serves every request: these capacities cannot all hold: {shown} "
+                f"(requests need at least {demand:.4g} GFLOP/s in all); add capacity or lower the rates"
+            )
+    return f"no plan serves every request within the capacities (requests need at least {demand:.4g} GFLOP/s)"
+
+
+def _local_problem(problem: PlacementProblem, source: str) -> PlacementProblem | None:
+    """The requests arriving at ``source`` alone, with every node but ``source`` and every link but
+    its uplink unlimited; ``None`` when no request arrives there."""
+    from engage.deploy.placement.problem import Requests
+
+    requests = [Requests(r.node, r.model, r.rate) for r in problem.requests if r.node == source]
+    if not requests:
+        return None
+    nodes = [
+        n if n.name == source else dataclasses.replace(n, compute=None, memory=None) for n in problem.nodes.values()
+    ]
+    links = [lk if lk.src == source else dataclasses.replace(lk, rate=None) for lk in problem.links.values()]
+    return PlacementProblem(nodes, links, problem.models.values(), requests, problem.weights, problem.max_utilization)

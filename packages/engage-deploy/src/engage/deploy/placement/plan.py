@@ -1,0 +1,217 @@
+"""A placement plan: what each node holds, how each request class is served, and its figures.
+
+Every solver returns a :class:`PlacementPlan` built by :func:`build_plan` from its choice of one
+option per request class, so figures are computed the same way whatever the solver and every
+plan is checked against the capacities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engage.deploy.placement.problem import Item, Option, PlacementProblem, Weights, item_label
+
+_SLACK = 1e-9
+
+
+class PlacementInfeasible(RuntimeError):
+    """No plan serves every request within the capacities; the message says which ones conflict."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one request class is served."""
+
+    source: str
+    model: str
+    rate: float
+    node: str
+    variant: str
+    split: str | None
+    tail_node: str | None
+    latency_s: float
+    accuracy: float
+    energy_j: float
+
+
+@dataclass
+class PlacementPlan:
+    """The items on each node, one route per request class and the request-weighted means.
+
+    ``status`` is ``OPTIMAL`` (proved), ``FEASIBLE`` (the best found in the time limit, with
+    ``bound`` and ``gap`` its distance to the best lower bound), or ``HEURISTIC`` (greedy);
+    ``moves`` counts items loaded onto a node relative to a previous plan, ``removed`` those unloaded.
+    """
+
+    placement: dict[str, list[str]]
+    routes: list[Route]
+    objective: float
+    latency_s: float
+    accuracy: float
+    energy_j: float
+    status: str
+    solver: str
+    solve_time_s: float = 0.0
+    bound: float | None = None
+    moves: int = 0
+    removed: int = 0
+    #: request class index -> (position, variant, split): what re-placement warm-starts from
+    choice: dict[int, tuple[int, str, str | None]] = field(default_factory=dict, repr=False)
+
+    @property
+    def gap(self) -> float | None:
+        """Relative distance between the objective and the solver's lower bound (0: proved optimal)."""
+        if self.bound is None:
+            return None
+        if self.objective <= 0:
+            return 0.0
+        return max(0.0, (self.objective - self.bound) / self.objective)
+
+    @property
+    def items(self) -> set[tuple[str, str]]:
+        """``{(node, item label)}`` placed."""
+        return {(node, label) for node, labels in self.placement.items() for label in labels}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gap"] = self.gap
+        data["choice"] = {str(k): list(v) for k, v in self.choice.items()}
+        return data
+
+    def summary(self) -> dict[str, float | str | None]:
+        """The headline figures (what benchmarks and MLflow record)."""
+        return {
+            "objective": self.objective,
+            "latency_ms": self.latency_s * 1e3,
+            "accuracy": self.accuracy,
+            "energy_j": self.energy_j,
+            "status": self.status,
+            "gap": self.gap,
+            "solve_time_s": self.solve_time_s,
+            "items": sum(len(v) for v in self.placement.values()),
+            "moves": self.moves,
+        }
+
+
+def option_key(option: Option) -> tuple[int, str, str | None]:
+    return (option.position, option.variant, option.split)
+
+
+def check_capacities(problem: PlacementProblem, chosen: Mapping[int, Option]) -> list[str]:
+    """What the chosen options overrun, one line each (empty when they fit)."""
+    memory: dict[str, set[Item]] = defaultdict(set)
+    compute: dict[str, float] = defaultdict(float)
+    traffic: dict[str, float] = defaultdict(float)
+    for cls in problem.classes:
+        option = chosen[cls.index]
+        for node, item in option.needs:
+            memory[node].add(item)
+        for node, gflop in option.compute:
+            compute[node] += cls.rate * gflop
+        for src, bits in option.traffic:
+            traffic[src] += cls.rate * bits
+    problems = []
+    for node, items in memory.items():
+        used = sum(problem.item_size(i) for i in items)
+        if used > problem.memory_capacity(node) + _SLACK:
+            problems.append(
+                f"memory of {node}: {used / 2**20:.0f} MiB > {problem.memory_capacity(node) / 2**20:.0f} MiB"
+            )
+    for node, load in compute.items():
+        if load > problem.compute_capacity(node) * (1 + 1e-9) + _SLACK:
+            problems.append(f"compute of {node}: {load:.4g} GFLOP/s > {problem.compute_capacity(node):.4g}")
+    for src, bits in traffic.items():
+        if bits > problem.link_capacity(src) * (1 + 1e-9) + _SLACK:
+            link = problem.links[src]
+            problems.append(
+                f"link {src} -> {link.dst}: {bits / 1e6:.4g} mbit/s > {problem.link_capacity(src) / 1e6:.4g}"
+            )
+    return problems
+
+
+def build_plan(
+    problem: PlacementProblem,
+    chosen: Mapping[int, Option],
+    *,
+    status: str,
+    solver: str,
+    solve_time_s: float = 0.0,
+    bound: float | None = None,
+    previous: PlacementPlan | None = None,
+    weights: Weights | None = None,
+) -> PlacementPlan:
+    """The plan of one option per class (``chosen``: class index -> option), checked against the
+    capacities; ``previous`` counts the moves."""
+    overruns = check_capacities(problem, chosen)
+    if overruns:
+        raise PlacementInfeasible(f"{solver} chose a plan over capacity: {'; '.join(overruns)}")
+    placement: dict[str, set[str]] = {name: set() for name in problem.nodes if name != problem.root}
+    routes = []
+    total = problem.total_rate or 1.0
+    latency = accuracy = energy = objective = 0.0
+    for cls in problem.classes:
+        option = chosen[cls.index]
+        for node, item in option.needs:
+            placement[node].add(item_label(item))
+        routes.append(
+            Route(
+                cls.source,
+                cls.model,
+                cls.rate,
+                option.node,
+                option.variant,
+                option.split,
+                option.tail_node,
+                option.latency,
+                option.accuracy,
+                option.energy,
+            )
+        )
+        latency += cls.rate * option.latency / total
+        accuracy += cls.rate * option.accuracy / total
+        energy += cls.rate * option.energy / total
+        objective += problem.option_cost(cls, option, weights)
+    plan = PlacementPlan(
+        placement={node: sorted(labels) for node, labels in placement.items()},
+        routes=routes,
+        objective=objective,
+        latency_s=latency,
+        accuracy=accuracy,
+        energy_j=energy,
+        status=status,
+        solver=solver,
+        solve_time_s=solve_time_s,
+        bound=None if bound is None else min(bound, objective),
+        choice={cls.index: option_key(chosen[cls.index]) for cls in problem.classes},
+    )
+    if previous is not None:
+        before, after = previous.items, plan.items
+        plan.moves = len(after - before)
+        plan.removed = len(before - after)
+    return plan
+
+
+def options_by_key(problem: PlacementProblem) -> dict[int, dict[tuple[int, str, str | None], Option]]:
+    return {cls.index: {option_key(o): o for o in cls.options} for cls in problem.classes}
+
+
+def previous_choice(problem: PlacementProblem, previous: PlacementPlan) -> dict[int, Option]:
+    """The previous plan's options that still exist in ``problem`` (same classes by source and model)."""
+    by_key = options_by_key(problem)
+    prior = {(r.source, r.model): key for r, key in zip(previous.routes, previous.choice.values(), strict=False)}
+    chosen = {}
+    for cls in problem.classes:
+        key = prior.get((cls.source, cls.model))
+        if key is not None and key in by_key[cls.index]:
+            chosen[cls.index] = by_key[cls.index][key]
+    return chosen
+
+
+def unit_cost(problem: PlacementProblem, weights: Weights | None = None) -> float:
+    """The largest option cost: the scale solvers round against."""
+    costs = [problem.option_cost(cls, o, weights) for cls in problem.classes for o in cls.options]
+    return max((c for c in costs if math.isfinite(c)), default=1.0) or 1.0

@@ -1,0 +1,575 @@
+"""The placement problem of an inference delivery network: nodes on a tree towards the cloud,
+models with variants and split points, and inference requests arriving at the nodes.
+
+Routing follows Si Salem et al., "Toward Inference Delivery Networks" (IEEE/ACM ToN 2024): a
+request travels the fixed path from the node where it arrives towards the cloud (the root of the
+tree, which holds every model) and is served by one node of that path hosting a variant of its
+model, or split computing (Matsubara et al.'s survey) runs the head of a variant up to a split
+point on one node and the tail on the next node of the path, sending the intermediate tensor
+instead of the input.
+
+Per request, served by variant ``v`` at path position ``i``:
+
+* latency: the round trip (2 x one-way ``delay``) of every link crossed, plus the input's
+  transfer time on each, plus ``gflop / compute`` of the serving node(s); a split adds the
+  tensor's transfer on the link between head and tail;
+* inaccuracy: ``1 - accuracy``;
+* energy: ``gflop x joules_per_gflop`` of the node(s) that compute.
+
+Capacities: a node's placed items fit its ``memory``; the compute it serves stays under
+``max_utilization x compute`` (no queueing model: the cap keeps queues short); the traffic on a
+link fits its ``rate``. The root holds every variant and is not limited in memory; its compute is
+unlimited unless given. The objective is the request-weighted mean of
+``latency x w_latency + inaccuracy x w_inaccuracy + energy x w_energy``.
+
+Units follow the infrastructure descriptions: ``delay`` is one-way (``"10ms"``), ``rate`` in
+``tc`` units (``"100mbit"``), sizes binary or decimal (``"2GiB"``, ``"150KB"``); ``compute`` is in
+GFLOP/s and ``gflop`` per request.
+
+Example::
+
+    >>> problem = PlacementProblem.from_dict({
+    ...     "nodes": [{"name": "cloud"}, {"name": "edge", "compute": 100, "memory": "1GiB"}],
+    ...     "links": [{"src": "edge", "dst": "cloud", "delay": "20ms", "rate": "100mbit"}],
+    ...     "models": [{"name": "detector", "input": "100KB", "variants": [
+    ...         {"name": "small", "size": "50MB", "accuracy": 0.7, "gflop": 2}]}],
+    ...     "requests": [{"node": "edge", "model": "detector", "rate": 10}]})
+    >>> problem.root, [c.path for c in problem.classes]
+    ('cloud', [('edge', 'cloud')])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from engage.deploy.infrastructure import InfrastructureError, parse_duration, parse_rate, parse_size
+
+
+class PlacementProblemError(ValueError):
+    """A placement problem is invalid; the message is one line naming the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine: ``compute`` GFLOP/s (``None``: unlimited, the root only), ``memory`` bytes for
+    models (``None``: unlimited), ``joules_per_gflop`` of its accelerator, and whether it is
+    ``available`` (an unavailable node serves nothing but still forwards requests)."""
+
+    name: str
+    compute: float | None = None
+    memory: int | None = None
+    joules_per_gflop: float = 0.0
+    available: bool = True
+
+
+@dataclass(frozen=True)
+class Link:
+    """The link from ``src`` to its parent ``dst`` (one step towards the cloud): one-way ``delay``
+    in seconds and ``rate`` in bits per second (``None``: not limited)."""
+
+    src: str
+    dst: str
+    delay: float = 0.0
+    rate: float | None = None
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    """A cut after a layer: the head holds ``compute`` (a fraction) of the variant's GFLOP and
+    ``size`` (a fraction, default the same) of its bytes; ``tensor`` bytes cross to the tail."""
+
+    name: str
+    compute: float
+    tensor: int
+    size: float | None = None
+
+    @property
+    def size_fraction(self) -> float:
+        return self.compute if self.size is None else self.size
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained version of a model: ``size`` bytes, ``accuracy`` in (0, 1], ``gflop`` per request."""
+
+    name: str
+    size: int
+    accuracy: float
+    gflop: float
+    splits: tuple[SplitPoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Model:
+    """A task (``detector``) with its variants; ``input`` bytes travel with each request."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    input: int = 0
+
+
+@dataclass(frozen=True)
+class Requests:
+    """``rate`` requests per second for ``model`` arriving at ``node``."""
+
+    node: str
+    model: str
+    rate: float
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Objective weights: per second of latency, per unit of inaccuracy (1 - accuracy), per joule."""
+
+    latency: float = 1.0
+    inaccuracy: float = 1.0
+    energy: float = 0.0
+
+    def cost(self, latency: float, inaccuracy: float, energy: float) -> float:
+        return self.latency * latency + self.inaccuracy * inaccuracy + self.energy * energy
+
+
+# An item stored on a node: the whole variant, or the head or tail of a variant cut at a split point.
+Item = tuple[str, str, str, str]  # (model, variant, part: "full" | "head" | "tail", split name or "")
+
+
+def item_label(item: Item) -> str:
+    """``detector/large``, ``detector/large[:block3]`` (head), ``detector/large[block3:]`` (tail)."""
+    model, variant, part, split = item
+    if part == "full":
+        return f"{model}/{variant}"
+    return f"{model}/{variant}[:{split}]" if part == "head" else f"{model}/{variant}[{split}:]"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to serve a request class: variant ``variant`` at path position ``position``, or its
+    head there and its tail at the next position when ``split`` is set. Figures are per request."""
+
+    position: int
+    node: str
+    variant: str
+    split: str | None
+    tail_node: str | None
+    latency: float
+    accuracy: float
+    energy: float
+    #: items that must be on which (non-root) node: ((node, item), ...)
+    needs: tuple[tuple[str, Item], ...]
+    #: GFLOP/s per request/s on each node: ((node, gflop), ...)
+    compute: tuple[tuple[str, float], ...]
+    #: bits per request on each link, by its ``src``: ((src, bits), ...)
+    traffic: tuple[tuple[str, float], ...]
+
+
+@dataclass
+class RequestClass:
+    """Requests for one model arriving at one node, with every way to serve them."""
+
+    index: int
+    source: str
+    model: str
+    rate: float
+    path: tuple[str, ...]
+    options: list[Option] = field(default_factory=list)
+
+
+def _quantity(parse: Any, value: Any, where: str) -> Any:
+    try:
+        return parse(value, where)
+    except InfrastructureError as exc:
+        raise PlacementProblemError(str(exc)) from None
+
+
+def _number(value: Any, where: str, *, low: float = 0.0, high: float | None = None, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PlacementProblemError(f"{where}: {value!r} is not a number")
+    if value < low or (strict and value == low):
+        sign = ">" if strict else ">="
+        raise PlacementProblemError(f"{where}: {value!r} is out of range; use a number {sign} {low:g}")
+    if high is not None and value > high:
+        raise PlacementProblemError(f"{where}: {value!r} is out of range; use a number <= {high:g}")
+    return float(value)
+
+
+def _keys(data: Any, cls: type, where: str, required: Iterable[str] = ("name",)) -> None:
+    if not isinstance(data, Mapping):
+        raise PlacementProblemError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            raise PlacementProblemError(f"{where}: unknown key {key!r}; known keys are {', '.join(known)}")
+    for key in required:
+        if key not in data:
+            raise PlacementProblemError(f"{where}: {key!r} is missing")
+
+
+class PlacementProblem:
+    """Nodes, the links of their tree, models and request rates; see the module docstring.
+
+    Build it from a mapping (a Hydra config or YAML) with :meth:`from_dict`, or from the
+    dataclasses directly. It is validated on construction.
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        links: Iterable[Link],
+        models: Iterable[Model],
+        requests: Iterable[Requests],
+        weights: Weights | None = None,
+        max_utilization: float = 0.8,
+    ) -> None:
+        self.nodes = {node.name: node for node in nodes}
+        self.links = {link.src: link for link in links}
+        self.models = {model.name: model for model in models}
+        self.requests = [r for r in requests if r.rate > 0]
+        self.weights = weights or Weights()
+        self.max_utilization = max_utilization
+        self.root = self._validate()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlacementProblem:
+        """From ``nodes``, ``links``, ``models``, ``requests``, ``objective`` and ``max_utilization``."""
+        if not isinstance(data, Mapping):
+            raise PlacementProblemError(f"a placement problem is a mapping, got {type(data).__name__}")
+        known = ("nodes", "links", "models", "requests", "objective", "max_utilization")
+        for key in data:
+            if key not in known:
+                raise PlacementProblemError(f"unknown key {key!r}; known keys are {', '.join(known)}")
+        for key in ("nodes", "models"):
+            if not data.get(key):
+                raise PlacementProblemError(f"{key!r} is missing or empty")
+        nodes = []
+        for i, raw in enumerate(data["nodes"]):
+            where = f"nodes[{i}]"
+            _keys(raw, Node, where)
+            compute = raw.get("compute")
+            memory = raw.get("memory")
+            nodes.append(
+                Node(
+                    name=str(raw["name"]),
+                    compute=None if compute is None else _number(compute, f"{where}.compute"),
+                    memory=None if memory is None else _quantity(parse_size, memory, f"{where}.memory"),
+                    joules_per_gflop=_number(raw.get("joules_per_gflop", 0.0), f"{where}.joules_per_gflop"),
+                    available=bool(raw.get("available", True)),
+                )
+            )
+        links = []
+        for i, raw in enumerate(data.get("links") or []):
+            where = f"links[{i}]"
+            _keys(raw, Link, where, required=("src", "dst"))
+            rate = raw.get("rate")
+            links.append(
+                Link(
+                    src=str(raw["src"]),
+                    dst=str(raw["dst"]),
+                    delay=_quantity(parse_duration, raw.get("delay", 0), f"{where}.delay"),
+                    rate=None if rate is None else _quantity(parse_rate, rate, f"{where}.rate"),
+                )
+            )
+        models = []
+        for i, raw in enumerate(data["models"]):
+            where = f"models[{i}]"
+            _keys(raw, Model, where, required=("name", "variants"))
+            variants = []
+            if not raw["variants"]:
+                raise PlacementProblemError(f"{where}.variants is empty; give at least one variant")
+            for j, var in enumerate(raw["variants"]):
+                vwhere = f"{where}.variants[{j}]"
+                _keys(var, Variant, vwhere, required=("name", "size", "accuracy", "gflop"))
+                splits = []
+                for k, sp in enumerate(var.get("splits") or []):
+                    swhere = f"{vwhere}.splits[{k}]"
+                    _keys(sp, SplitPoint, swhere, required=("name", "compute", "tensor"))
+                    size = sp.get("size")
+                    splits.append(
+                        SplitPoint(
+                            name=str(sp["name"]),
+                            compute=_number(sp["compute"], f"{swhere}.compute", high=1.0),
+                            tensor=_quantity(parse_size, sp["tensor"], f"{swhere}.tensor"),
+                            size=None if size is None else _number(size, f"{swhere}.size", high=1.0),
+                        )
+                    )
+                variants.append(
+                    Variant(
+                        name=str(var["name"]),
+                        size=_quantity(parse_size, var["size"], f"{vwhere}.size"),
+                        accuracy=_number(var["accuracy"], f"{vwhere}.accuracy", high=1.0, strict=True),
+                        gflop=_number(var["gflop"], f"{vwhere}.gflop"),
+                        splits=tuple(splits),
+                    )
+                )
+            models.append(
+                Model(
+                    name=str(raw["name"]),
+                    variants=tuple(variants),
+                    input=_quantity(parse_size, raw.get("input", 0), f"{where}.input"),
+                )
+            )
+        requests = []
+        for i, raw in enumerate(data.get("requests") or []):
+            where = f"requests[{i}]"
+            _keys(raw, Requests, where, required=("node", "model", "rate"))
+            requests.append(Requests(str(raw["node"]), str(raw["model"]), _number(raw["rate"], f"{where}.rate")))
+        objective = data.get("objective") or {}
+        _keys(objective, Weights, "objective", required=())
+        weights = Weights(**{k: _number(v, f"objective.{k}") for k, v in objective.items()})
+        max_utilization = _number(data.get("max_utilization", 0.8), "max_utilization", high=1.0, strict=True)
+        return cls(nodes, links, models, requests, weights, max_utilization)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A mapping :meth:`from_dict` reads back (sizes in bytes, delays in seconds as ``"…s"``)."""
+        return {
+            "nodes": [dataclasses.asdict(n) for n in self.nodes.values()],
+            "links": [
+                {"src": lk.src, "dst": lk.dst, "delay": f"{lk.delay!r}s", "rate": lk.rate} for lk in self.links.values()
+            ],
+            "models": [
+                {
+                    "name": m.name,
+                    "input": m.input,
+                    "variants": [
+                        {**dataclasses.asdict(v), "splits": [dataclasses.asdict(s) for s in v.splits]}
+                        for v in m.variants
+                    ],
+                }
+                for m in self.models.values()
+            ],
+            "requests": [dataclasses.asdict(r) for r in self.requests],
+            "objective": dataclasses.asdict(self.weights),
+            "max_utilization": self.max_utilization,
+        }
+
+    def with_changes(
+        self, *, rates: Mapping[tuple[str, str], float] | None = None, unavailable: Iterable[str] = ()
+    ) -> PlacementProblem:
+        """A copy with new request rates (``{(node, model): rate}``; 0 removes) and nodes taken out
+        of service (they forward requests but serve none), for re-placement."""
+        down = set(unavailable)
+        for name in down:
+            if name not in self.nodes:
+                raise PlacementProblemError(f"unavailable: {name!r} is not a node; nodes are {', '.join(self.nodes)}")
+        requests = {(r.node, r.model): r.rate for r in self.requests}
+        requests.update(rates or {})
+        return PlacementProblem(
+            [dataclasses.replace(n, available=n.available and n.name not in down) for n in self.nodes.values()],
+            self.links.values(),
+            self.models.values(),
+            [Requests(node, model, rate) for (node, model), rate in requests.items()],
+            self.weights,
+            self.max_utilization,
+        )
+
+    # ------------------------------------------------------------------ validation
+
+    def _validate(self) -> str:
+        names = ", ".join(self.nodes)
+        if len(self.nodes) == 0:
+            raise PlacementProblemError("nodes is empty; give at least the cloud node")
+        for link in self.links.values():
+            for end in ("src", "dst"):
+                if getattr(link, end) not in self.nodes:
+                    raise PlacementProblemError(
+                        f"links: {end} {getattr(link, end)!r} of {link.src} -> {link.dst} is not a node; "
+                        f"nodes are {names}"
+                    )
+            if link.rate is not None and link.rate <= 0:
+                raise PlacementProblemError(f"links: {link.src} -> {link.dst} has rate 0; give a positive rate")
+        roots = [n for n in self.nodes if n not in self.links]
+        if len(roots) != 1:
+            raise PlacementProblemError(
+                f"the nodes form {len(roots)} trees (roots: {', '.join(roots) or 'none, a cycle'}); "
+                "give every node but the cloud one link towards the cloud"
+            )
+        root = roots[0]
+        for name in self.nodes:
+            seen = {name}
+            at = name
+            while at != root:
+                at = self.links[at].dst
+                if at in seen:
+                    raise PlacementProblemError(f"links: the path from {name!r} towards the cloud loops at {at!r}")
+                seen.add(at)
+        if not self.nodes[root].available:
+            raise PlacementProblemError(f"nodes: the cloud {root!r} holds every model and cannot be unavailable")
+        for model in self.models.values():
+            variant_names = [v.name for v in model.variants]
+            if len(set(variant_names)) != len(variant_names):
+                raise PlacementProblemError(f"models: {model.name!r} lists a variant name twice ({variant_names})")
+            for variant in model.variants:
+                for split in variant.splits:
+                    if not 0 < split.compute < 1 or not 0 <= split.size_fraction <= 1:
+                        raise PlacementProblemError(
+                            f"models: {model.name}/{variant.name} split {split.name!r} has compute "
+                            f"{split.compute}; a split point cuts inside the model (0 < compute < 1)"
+                        )
+        cloud = self.nodes[root]
+        if cloud.memory is not None:
+            for model in self.models.values():
+                if all(v.size > cloud.memory for v in model.variants):
+                    smallest = min(v.size for v in model.variants)
+                    raise PlacementProblemError(
+                        f"models: {model.name!r} fits nowhere: its smallest variant ({smallest / 2**20:.0f} MiB) "
+                        f"exceeds the cloud's memory ({cloud.memory / 2**20:.0f} MiB), which holds every model; "
+                        "raise the cloud's memory or leave it unset"
+                    )
+        for i, req in enumerate(self.requests):
+            if req.node not in self.nodes:
+                raise PlacementProblemError(f"requests[{i}].node: {req.node!r} is not a node; nodes are {names}")
+            if req.model not in self.models:
+                known = ", ".join(self.models)
+                raise PlacementProblemError(f"requests[{i}].model: {req.model!r} is not a model; models are {known}")
+        pairs = [(r.node, r.model) for r in self.requests]
+        if len(set(pairs)) != len(pairs):
+            raise PlacementProblemError("requests: one (node, model) pair is listed twice; give one rate per pair")
+        return root
+
+    # ------------------------------------------------------------------ structure
+
+    def path(self, node: str) -> tuple[str, ...]:
+        """The nodes from ``node`` to the cloud, both included."""
+        path = [node]
+        while path[-1] != self.root:
+            path.append(self.links[path[-1]].dst)
+        return tuple(path)
+
+    def depth(self, node: str) -> int:
+        return len(self.path(node)) - 1
+
+    @cached_property
+    def classes(self) -> list[RequestClass]:
+        """One class per (node, model) with a positive rate, with its serving options."""
+        classes = []
+        for index, req in enumerate(self.requests):
+            cls = RequestClass(index, req.node, req.model, req.rate, self.path(req.node))
+            cls.options = self._options(cls)
+            classes.append(cls)
+        return classes
+
+    @property
+    def total_rate(self) -> float:
+        return sum(r.rate for r in self.requests)
+
+    def _compute_time(self, node: str, gflop: float) -> float:
+        speed = self.nodes[node].compute
+        if speed is None:
+            return 0.0
+        return gflop / speed if speed > 0 else math.inf
+
+    def _options(self, cls: RequestClass) -> list[Option]:
+        model = self.models[cls.model]
+        path = cls.path
+        options: list[Option] = []
+        reach_latency = 0.0  # latency to get the input to path[i]
+        input_bits = model.input * 8.0
+        for i, node in enumerate(path):
+            if i > 0:
+                link = self.links[path[i - 1]]
+                reach_latency += 2 * link.delay + (input_bits / link.rate if link.rate else 0.0)
+            upstream = tuple((path[j], input_bits) for j in range(i))
+            if not self.nodes[node].available:
+                continue
+            here = self.nodes[node]
+            is_root = node == self.root
+            for variant in model.variants:
+                fits = is_root or here.memory is None or variant.size <= here.memory
+                if fits and (here.compute is None or here.compute > 0):
+                    options.append(
+                        Option(
+                            position=i,
+                            node=node,
+                            variant=variant.name,
+                            split=None,
+                            tail_node=None,
+                            latency=reach_latency + self._compute_time(node, variant.gflop),
+                            accuracy=variant.accuracy,
+                            energy=variant.gflop * here.joules_per_gflop,
+                            needs=() if is_root else ((node, (model.name, variant.name, "full", "")),),
+                            compute=((node, variant.gflop),),
+                            traffic=upstream,
+                        )
+                    )
+                if is_root:
+                    continue
+                tail = path[i + 1]
+                there = self.nodes[tail]
+                if not there.available:
+                    continue
+                link = self.links[node]
+                for split in variant.splits:
+                    head_size = round(variant.size * split.size_fraction)
+                    tail_size = variant.size - head_size
+                    if here.memory is not None and head_size > here.memory:
+                        continue
+                    if tail != self.root and there.memory is not None and tail_size > there.memory:
+                        continue
+                    head_gflop = variant.gflop * split.compute
+                    tail_gflop = variant.gflop - head_gflop
+                    tensor_bits = split.tensor * 8.0
+                    needs = [(node, (model.name, variant.name, "head", split.name))]
+                    if tail != self.root:
+                        needs.append((tail, (model.name, variant.name, "tail", split.name)))
+                    options.append(
+                        Option(
+                            position=i,
+                            node=node,
+                            variant=variant.name,
+                            split=split.name,
+                            tail_node=tail,
+                            latency=reach_latency
+                            + self._compute_time(node, head_gflop)
+                            + 2 * link.delay
+                            + (tensor_bits / link.rate if link.rate else 0.0)
+                            + self._compute_time(tail, tail_gflop),
+                            accuracy=variant.accuracy,
+                            energy=head_gflop * here.joules_per_gflop + tail_gflop * there.joules_per_gflop,
+                            needs=tuple(needs),
+                            compute=((node, head_gflop), (tail, tail_gflop)),
+                            traffic=(*upstream, (node, tensor_bits)),
+                        )
+                    )
+        return [o for o in options if math.isfinite(o.latency)]
+
+    def item_size(self, item: Item) -> int:
+        model, variant_name, part, split_name = item
+        variant = next(v for v in self.models[model].variants if v.name == variant_name)
+        if part == "full":
+            return variant.size
+        split = next(s for s in variant.splits if s.name == split_name)
+        head = round(variant.size * split.size_fraction)
+        return head if part == "head" else variant.size - head
+
+    def compute_capacity(self, node: str) -> float:
+        """GFLOP/s a node may serve (``max_utilization`` of its compute); ``inf`` when unlimited."""
+        compute = self.nodes[node].compute
+        return math.inf if compute is None else compute * self.max_utilization
+
+    def memory_capacity(self, node: str) -> float:
+        memory = self.nodes[node].memory
+        return math.inf if memory is None or node == self.root else float(memory)
+
+    def link_capacity(self, src: str) -> float:
+        rate = self.links[src].rate
+        return math.inf if rate is None else rate
+
+    def option_cost(self, cls: RequestClass, option: Option, weights: Weights | None = None) -> float:
+        """The option's share of the objective: rate x weighted cost, over the total rate."""
+        w = weights or self.weights
+        return cls.rate * w.cost(option.latency, 1.0 - option.accuracy, option.energy) / self.total_rate
+
+    def check_servable(self) -> None:
+        """Raise when a class of requests has no way to be served at all (before any solving)."""
+        for cls in self.classes:
+            if not cls.options:
+                raise PlacementProblemError(
+                    f"requests for {cls.model!r} at {cls.source!r} can be served nowhere on the path "
+                    f"{' -> '.join(cls.path)}: no node there is available with the memory and compute for a variant"
+                )
