@@ -38,3 +38,14 @@ def test_without_the_launcher_it_says_what_to_do(monkeypatch) -> None:
     monkeypatch.delenv("ENGAGE_DEPLOY_HOSTS", raising=False)
     with pytest.raises(ValueError, match="needs the engage launcher"):
         DeployExecutor()
+
+
+def test_simulations_follow_the_optimized_placement(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(HOSTS))
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
+    plan = {"trainer#1": "cloud-1", "simulator#2": "edge-2", "simulator#1": "cloud-1", "simulator#10": "edge-1"}
+    monkeypatch.setenv("ENGAGE_DEPLOY_PLACEMENT", json.dumps(plan))
+    executor = DeployExecutor(log_dir=str(tmp_path))
+    assert [h["name"] for h in executor.targets] == ["cloud-1", "edge-2", "edge-1"]  # instance order
+    # an explicit layer wins over the plan
+    assert [h["name"] for h in DeployExecutor(log_dir=str(tmp_path), layer="edge").targets] == ["edge-1", "edge-2"]

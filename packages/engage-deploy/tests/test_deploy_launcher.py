@@ -127,3 +127,42 @@ def test_shipped_infrastructure_config_selects_layers(tmp_path: Path) -> None:
     hosts = {r["host"] for r in results(folder).values()}
     assert hosts == {"edge-1", "edge-2"}
     assert {p.name for p in (folder / "hosts").iterdir()} == {"cloud-1", "edge-1", "edge-2"}
+
+
+OPTIMIZED = """# @package hydra.launcher.infrastructure
+provider: local
+layers:
+  - {name: edge, hosts: 2, cpu: 0.5, services: [{name: simulator, quantity: 2, cpu: 0.5, traffic: {trainer: 8}}]}
+  - {name: fog, hosts: 1, cpu: 2, services: [{name: trainer, cpu: 1}]}
+  - {name: cloud, hosts: 1, cpu: 1}
+network:
+  - {src: edge, dst: fog, rate: 10mbit, delay: 20ms}
+  - {src: edge, dst: cloud, rate: 10mbit, delay: 40ms}
+  - {src: fog, dst: cloud, rate: 1gbit, delay: 5ms}
+"""
+
+
+def test_optimized_placement_puts_jobs_and_simulations_where_the_plan_says(tmp_path: Path) -> None:
+    conf = tmp_path / "conf" / "infrastructure"
+    conf.mkdir(parents=True)
+    (conf / "optimized.yaml").write_text(OPTIMIZED)
+    search = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    proc = run_app(
+        tmp_path, *NO_MLFLOW, search, "+infrastructure=optimized", "hydra.launcher.placement=optimize", "+x=1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    folder = experiment_folders(tmp_path)[-1]
+    plan = json.loads((folder / "placement.json").read_text())
+    # the fog host has room for the trainer and both simulators: no traffic over the slow links
+    assert plan["assignment"] == {"simulator#1": "fog-1", "simulator#2": "fog-1", "trainer#1": "fog-1"}
+    assert [r["host"] for r in results(folder).values()] == ["fog-1"]  # round robin would take edge-1
+    assert json.dumps(plan["assignment"]) in (folder / "jobs" / "0" / "stdout.log").read_text()
+    # a plan that cannot fit is refused before anything starts, in one line
+    cramped = OPTIMIZED.replace("cpu: 2, services", "cpu: 0.5, services").replace(
+        "hosts: 1, cpu: 1}", "hosts: 1, cpu: 0.5}"
+    )
+    (conf / "optimized.yaml").write_text(cramped)  # the trainer (1 CPU) fits no host
+    bad = run_app(tmp_path, search, "+infrastructure=optimized", "hydra.launcher.placement=optimize", "+x=1")
+    assert bad.returncode == 2
+    assert "engage launcher: hydra.launcher.placement=optimize: no placement fits" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> int:
     x = int(cfg.get("x", 0))
     print(f"job x={x} pid={os.getpid()} host={os.environ.get('ENGAGE_DEPLOY_HOST')}")
+    print(f"placement={os.environ.get('ENGAGE_DEPLOY_PLACEMENT')}")
     time.sleep(float(cfg.get("sleep", 0.0)))
     if x == int(cfg.get("fail_on", -1)):
         raise ValueError(f"boom at x={x}")

@@ -4,9 +4,10 @@ simulation processes on the infrastructure's hosts (by default the layer that ru
 
 The launcher hands every job the deployed hosts in ``ENGAGE_DEPLOY_HOSTS`` (JSON) and the job's
 own host in ``ENGAGE_DEPLOY_HOST``; the executor starts each simulation on the next host of the
-simulation layer (round robin) through that host's ``exec_prefix`` (``ip netns exec`` and its
-cgroup for ``netns``, SSH for testbeds), and the trainer listens on its own host's address so the
-simulations reach it over the emulated links.
+simulation layer (round robin), or, with the launcher's ``placement: optimize``, on the host of the
+next ``simulator`` instance of the plan (``ENGAGE_DEPLOY_PLACEMENT``), through that host's
+``exec_prefix`` (``ip netns exec`` and its cgroup for ``netns``, SSH for testbeds), and the
+trainer listens on its own host's address so the simulations reach it over the emulated links.
 
 Example (``engage run`` options)::
 
@@ -27,10 +28,14 @@ HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
 HOST_ENV = "ENGAGE_DEPLOY_HOST"
 #: the layer whose hosts run simulations (default: the one with a ``simulator`` service, else the last)
 LAYER_ENV = "ENGAGE_DEPLOY_SIMULATION_LAYER"
+#: service instance -> host, from the launcher's ``placement: optimize``
+PLACEMENT_ENV = "ENGAGE_DEPLOY_PLACEMENT"
 
 
 class DeployExecutor(Executor):
-    """Simulations on the hosts of one layer of the launcher's infrastructure, round robin."""
+    """Simulations on the hosts of one layer of the launcher's infrastructure, round robin, or on
+    the hosts the launcher's optimised placement gave the ``simulator`` instances (an explicit
+    ``layer`` wins over the placement)."""
 
     def __init__(self, log_dir: str | None = None, layer: str | None = None) -> None:
         raw = os.environ.get(HOSTS_ENV)
@@ -41,13 +46,23 @@ class DeployExecutor(Executor):
             )
         self.hosts: list[dict[str, Any]] = json.loads(raw)
         self.log_dir = log_dir
+        placed = self._placed_simulators() if layer is None and not os.environ.get(LAYER_ENV) else []
         self.layer = layer or os.environ.get(LAYER_ENV) or self._default_layer()
-        self.targets = [h for h in self.hosts if h["layer"] == self.layer]
+        self.targets = placed or [h for h in self.hosts if h["layer"] == self.layer]
         if not self.targets:
             layers = sorted({h["layer"] for h in self.hosts})
             raise ValueError(f"{LAYER_ENV}={self.layer!r} names no layer with hosts; layers are {', '.join(layers)}")
         self.shares_filesystem = not any(h.get("remote") for h in self.targets)
         self._next = 0
+
+    def _placed_simulators(self) -> list[dict[str, Any]]:
+        """One entry per ``simulator#k`` instance of the launcher's plan, in instance order."""
+        plan = json.loads(os.environ.get(PLACEMENT_ENV) or "{}")
+        by_name = {h["name"]: h for h in self.hosts}
+        instances = sorted(
+            (name for name in plan if name.startswith("simulator#")), key=lambda n: int(n.split("#", 1)[1])
+        )
+        return [by_name[plan[name]] for name in instances if plan[name] in by_name]
 
     def _default_layer(self) -> str:
         for host in self.hosts:

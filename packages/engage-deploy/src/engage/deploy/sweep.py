@@ -4,6 +4,7 @@ Every launch writes a time-stamped experiment folder of the same shape for every
 
     <sweep dir>/.engage/<YYYYmmdd-HHMMSS>/
         infrastructure.yaml        the infrastructure asked for, and the hosts deployed
+        placement.json             with ``placement: optimize``: the host of every service instance
         sweep.json                 options, counts, MLflow ids, tracking incidents
         mlflow-server.log          the sweep's MLflow server output (when it starts one)
         hosts/<host>/metrics.csv   system metrics sampled every monitor_interval_s
@@ -61,6 +62,9 @@ HOST_ENV = "ENGAGE_DEPLOY_HOST"
 JOB_DIR_ENV = "ENGAGE_DEPLOY_JOB_DIR"
 #: the deployed hosts, as JSON, for the deploy executor inside jobs
 HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
+#: with ``placement: optimize``, service instance -> host (``{"simulator#1": "fog-1", ...}``)
+PLACEMENT_ENV = "ENGAGE_DEPLOY_PLACEMENT"
+PLACEMENTS = ("round_robin", "optimize")
 
 
 def hosts_description(provider: Provider) -> str:
@@ -124,6 +128,7 @@ class SweepOptions:
     monitor_interval_s: float = 1.0
     job_timeout_s: float | None = None
     python: str | None = None
+    placement: str = "round_robin"
     mlflow: dict[str, Any] = field(default_factory=dict)
     infrastructure: Any = None
 
@@ -140,6 +145,8 @@ class SweepOptions:
             raise ValueError(f"hydra.launcher.retries is {options.retries}; use 0 or more")
         if options.monitor_interval_s <= 0:
             raise ValueError(f"hydra.launcher.monitor_interval_s is {options.monitor_interval_s}; use a value > 0")
+        if options.placement not in PLACEMENTS:
+            raise ValueError(f"hydra.launcher.placement is {options.placement!r}; use {' or '.join(PLACEMENTS)}")
         return options
 
 
@@ -192,6 +199,7 @@ class Sweep:
         self._running: dict[int, subprocess.Popen] = {}
         self._stop_new = threading.Event()
         self._host_load: dict[str, int] = {}
+        self._placement: dict[str, str] = {}
         self._killed_indices: list[int] = []
         self.server: tracking.TrackingServer | None = None
         self.tracking_uri: str | None = None
@@ -233,6 +241,7 @@ class Sweep:
             with provider:
                 self.report.warnings += list(getattr(provider, "warnings", []))
                 self._write_infrastructure(provider)
+                self._place_services()
                 hosts = self._job_hosts(provider)
                 self._hosts_json = hosts_description(provider)
                 for host in provider.hosts:
@@ -321,7 +330,23 @@ class Sweep:
         description = {"infrastructure": self.infrastructure.to_dict(), "deployed": provider.describe()}
         (self.folder / "infrastructure.yaml").write_text(yaml.safe_dump(description, sort_keys=False))
 
+    def _place_services(self) -> None:
+        """``placement: optimize``: the service instances' hosts, in ``placement.json`` and for the jobs."""
+        if self.options.placement != "optimize":
+            return
+        from engage.deploy.placement.services import place_services
+
+        plan = place_services(self.infrastructure)
+        self._placement = plan.assignment
+        tracking.write_json(self.folder / "placement.json", plan.__dict__)
+        log.info("engage launcher: services placed (%s): %s", plan.status, plan.assignment)
+
     def _job_hosts(self, provider: Provider) -> list[Host]:
+        trainers = sorted({host for name, host in self._placement.items() if name.startswith("trainer#")})
+        if trainers and self.options.layer is None:
+            hosts = [h for h in provider.hosts if h.name in trainers]
+            self._host_load = {h.name: 0 for h in hosts}
+            return hosts
         layer = self.options.layer or self.infrastructure.layers[0].name
         hosts = provider.hosts_of(layer)
         if not hosts:
@@ -600,6 +625,7 @@ class Sweep:
             **self._tracking_env(job),
             HOST_ENV: host.name,
             HOSTS_ENV: self._hosts_json,
+            PLACEMENT_ENV: json.dumps(self._placement),
             JOB_DIR_ENV: str(job.folder),
             "PYTHONPATH": os.pathsep.join(p for p in [_script_dir(), os.environ.get("PYTHONPATH", "")] if p),
         }
@@ -699,7 +725,11 @@ class Sweep:
                 "engage.command": json.dumps(self.command),
                 "engage.cwd": str(self.config.hydra.runtime.cwd),
             },
-            artifacts={"engage": str(job.folder), "engage/infrastructure": str(self.folder / "infrastructure.yaml")},
+            artifacts={
+                "engage": str(job.folder),
+                "engage/infrastructure": str(self.folder / "infrastructure.yaml"),
+                **({"engage/placement": str(self.folder / "placement.json")} if self._placement else {}),
+            },
             system=monitor.job_samples_dicts(key),
         )
         self._record(job, record, offline=summary["offline"])

@@ -57,7 +57,11 @@ class EngageLauncherConf:
     ``layer``: the layer whose hosts run jobs (default: the first layer); ``resume``: skip jobs
     whose resolved config already completed in this sweep directory; ``monitor_interval_s``:
     system-metric sampling period; ``job_timeout_s``: kill a job running longer (null: no limit);
-    ``python``: interpreter on the hosts (default: this one); ``infrastructure``: see
+    ``python``: interpreter on the hosts (default: this one); ``placement``: where the workflow's
+    services run: ``round_robin`` (jobs on ``layer``, simulations spread over the layer listing a
+    ``simulator`` service) or ``optimize`` (the infrastructure's service instances placed on hosts by
+    CP-SAT, least traffic over slow links: jobs run on the ``trainer`` instances' hosts and
+    simulations on the ``simulator`` instances' hosts); ``infrastructure``: see
     ``engage.deploy.infrastructure`` (select shipped ones with ``+infrastructure=NAME``).
     """
 
@@ -70,6 +74,7 @@ class EngageLauncherConf:
     monitor_interval_s: float = 1.0
     job_timeout_s: float | None = None
     python: str | None = None
+    placement: str = "round_robin"
     mlflow: MLflowConf = field(default_factory=MLflowConf)
     infrastructure: Any = field(default_factory=_local_infrastructure)
 
@@ -102,7 +107,14 @@ class EngageLauncher(Launcher):
                 raise ValueError(f"hydra.launcher.layer: no layer named {layer!r}; layers are {known}")
             from engage.deploy.sweep import SweepOptions
 
-            SweepOptions.from_params(self.params)
+            options = SweepOptions.from_params(self.params)
+            if options.placement == "optimize":
+                from engage.deploy.placement.services import ServicePlacementError, place_services
+
+                try:
+                    place_services(infrastructure)
+                except ServicePlacementError as exc:
+                    raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
         except (InfrastructureError, ValueError, TypeError) as exc:
             print(f"engage launcher: {exc}", file=sys.stderr)
             sys.exit(2)
