@@ -5,8 +5,10 @@ variant, possibly split with the next node) and ``x[n, i]`` (node ``n`` holds it
 variant, or the head or tail of one). Constraints: one option per class; an option needs its
 items; an item is held only if some class uses it; memory, compute (under ``max_utilization``)
 and link rate per node and link. Objective: the request-weighted mean cost of the chosen options.
-Capacities are rounded towards the safe side (sizes up, capacities down), so a plan that fits the
-integer model fits the real one.
+Memory is counted in exact bytes; compute and link loads are rounded up (MFLOP/s, kbit/s) and
+their capacities down, so a plan that fits the integer model fits the real one. Costs are counted
+above each class's cheapest option, at a resolution of 1e-9 of the largest such difference; the
+reported bound is lowered by that rounding.
 
 Re-placement warm-starts from the plan in force (CP-SAT solution hints) and can cap the number of
 items loaded onto nodes (``max_moves``). When nothing fits, a second solve over assumptions finds
@@ -28,13 +30,13 @@ from engage.deploy.placement.plan import (
     PlacementPlan,
     build_plan,
     previous_choice,
-    unit_cost,
 )
 from engage.deploy.placement.problem import Item, PlacementProblem, Weights, item_label
 from engage.deploy.placement.solver import PlacementSolver
 
-#: objective coefficients are integers: the costliest option is worth this many units
-_OBJECTIVE_SCALE = 1_000_000
+#: objective coefficients are integers: each option's cost above its class's cheapest one, with
+#: the largest such difference worth this many units
+_OBJECTIVE_SCALE = 1_000_000_000
 #: metric limits (epsilon constraints) are rounded at this resolution of their largest value
 _LIMIT_SCALE = 1_000_000_000
 _METRICS = ("latency", "inaccuracy", "energy")
@@ -47,7 +49,9 @@ class CpSatSolver(PlacementSolver):
     (``{"latency": 0.05, "inaccuracy": 0.2, "energy": 1.0}``; ``"accuracy"`` is a lower bound), the
     epsilon constraints of the Pareto mode; ``max_moves`` caps items newly loaded relative to the
     ``previous`` plan; ``workers`` CP-SAT search workers (default: at least 8, CP-SAT's portfolio
-    needs several even on a small machine); ``seed`` makes single-worker runs repeatable.
+    needs several even on a small machine); ``seed`` makes single-worker runs repeatable;
+    ``explain=False`` skips the search for a reason when nothing fits. Limits are met up to about
+    1e-9 of the metric's largest value (their coefficients are rounded).
 
     Example::
 
@@ -69,6 +73,7 @@ class CpSatSolver(PlacementSolver):
         workers: int | None = None,
         seed: int = 0,
         hint: PlacementPlan | None = None,
+        explain: bool = True,
         log: bool = False,
     ) -> None:
         if time_limit_s <= 0:
@@ -85,12 +90,15 @@ class CpSatSolver(PlacementSolver):
         self.workers = workers or max(8, os.cpu_count() or 1)
         self.seed = seed
         self.hint = hint
+        self.explain = explain
         self.log = log
 
     def solve(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> PlacementPlan:
         from ortools.sat.python import cp_model
 
         started = time.perf_counter()
+        if self.max_moves is not None and previous is None:
+            raise ValueError("max_moves limits moves from a plan in force: pass it as previous=")
         problem.check_servable()
         built = _build(problem, self.weights, self.limits, previous, self.max_moves, cp_model)
         model = built["model"]
@@ -105,6 +113,8 @@ class CpSatSolver(PlacementSolver):
         status = solver.solve(model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
+                if not self.explain:
+                    raise PlacementInfeasible("no plan fits the capacities and limits")
                 raise PlacementInfeasible(_explain(problem, self.weights, self.limits, previous, self.max_moves))
             raise PlacementInfeasible(
                 f"CP-SAT found no plan within {self.time_limit_s:g} s ({solver.status_name(status)}); "
@@ -124,13 +134,14 @@ class CpSatSolver(PlacementSolver):
             previous=previous,
             weights=self.weights,
         )
-        if status == cp_model.OPTIMAL:
-            plan.bound = plan.objective
-        elif solver.objective_value > 0:
-            # the bound of the integer model, in the objective's units
-            plan.bound = min(plan.objective, plan.objective * solver.best_objective_bound / solver.objective_value)
-        else:
-            plan.bound = plan.objective
+        floor, unit = _objective_scale(problem, self.weights)
+        # the integer model's bound in the objective's units; each coefficient is off by at most
+        # half a unit, so the bound is lowered by that much per class to stay a bound
+        rounding = 0.5 * unit / _OBJECTIVE_SCALE * len(problem.classes)
+        bound = sum(floor.values()) + solver.best_objective_bound * unit / _OBJECTIVE_SCALE - rounding
+        plan.bound = min(plan.objective, bound)
+        if status == cp_model.OPTIMAL and plan.objective - bound <= 2 * rounding:
+            plan.bound = plan.objective  # proved optimal up to the rounding of the costs
         return plan
 
 
@@ -145,7 +156,7 @@ def _build(
 ) -> dict[str, Any]:
     """The CP-SAT model; with ``enforce``, each capacity constraint behind its own literal."""
     model = cp_model.CpModel()
-    unit = unit_cost(problem, weights)
+    floor, unit = _objective_scale(problem, weights)
     y: dict[int, list[Any]] = {}
     x: dict[tuple[str, Item], Any] = {}
     users: dict[tuple[str, Item], list[Any]] = defaultdict(list)
@@ -158,7 +169,8 @@ def _build(
         for k, option in enumerate(cls.options):
             var = model.new_bool_var(f"y{cls.index}_{k}")
             y[cls.index].append(var)
-            objective.append(round(problem.option_cost(cls, option, weights) / unit * _OBJECTIVE_SCALE) * var)
+            extra = problem.option_cost(cls, option, weights) - floor[cls.index]
+            objective.append(round(extra / unit * _OBJECTIVE_SCALE) * var)
             for need in option.needs:
                 if need not in x:
                     x[need] = model.new_bool_var(f"x_{need[0]}_{item_label(need[1])}")
@@ -167,10 +179,10 @@ def _build(
             for node, gflop in option.compute:
                 if math.isfinite(problem.compute_capacity(node)):
                     # MFLOP/s, rounded up
-                    compute[node].append((math.ceil(cls.rate * gflop * 1000), var))
+                    compute[node].append((_up(cls.rate * gflop * 1000), var))
             for src, bits in option.traffic:
                 if math.isfinite(problem.link_capacity(src)):
-                    traffic[src].append((math.ceil(cls.rate * bits / 1000), var))  # kbit/s, rounded up
+                    traffic[src].append((_up(cls.rate * bits / 1000), var))  # kbit/s, rounded up
         model.add_exactly_one(y[cls.index])
     for need, var in x.items():
         model.add_bool_or([*users[need], var.Not()])
@@ -189,11 +201,11 @@ def _build(
     for node, held in by_node.items():
         capacity = problem.memory_capacity(node)
         if math.isfinite(capacity):
-            kib = [math.ceil(problem.item_size(item) / 1024) for item, _ in held]
-            if sum(kib) > capacity // 1024:
+            sizes = [problem.item_size(item) for item, _ in held]  # exact bytes: int64 holds them
+            if sum(sizes) > capacity:
                 capped(
-                    sum(k * var for k, (_, var) in zip(kib, held, strict=True)),
-                    int(capacity // 1024),
+                    sum(b * var for b, (_, var) in zip(sizes, held, strict=True)),
+                    int(capacity),
                     f"memory of {node} ({capacity / 2**20:.0f} MiB)",
                 )
     for node, terms in compute.items():
@@ -231,6 +243,22 @@ def _build(
             capped(sum(new), max_moves, f"max_moves ({max_moves})")
     model.minimize(sum(objective))
     return {"model": model, "x": x, "y": y, "guards": guards}
+
+
+def _up(value: float) -> int:
+    """Round up, but not for float noise (300.00000000000006 stays 300)."""
+    return math.ceil(value - 1e-6)
+
+
+def _objective_scale(problem: PlacementProblem, weights: Weights | None) -> tuple[dict[int, float], float]:
+    """Each class's cheapest option cost, and the largest cost above it (the rounding unit)."""
+    floor = {}
+    unit = 0.0
+    for cls in problem.classes:
+        costs = [problem.option_cost(cls, o, weights) for o in cls.options]
+        floor[cls.index] = min(costs)
+        unit = max(unit, max(costs) - floor[cls.index])
+    return floor, unit or 1.0
 
 
 def _metric(option: Any, name: str) -> float:
@@ -283,15 +311,23 @@ def _explain(
             if solver.solve(built["model"]) == cp_model.INFEASIBLE:
                 node, link = problem.nodes[source], problem.links.get(source)
                 rate = sum(cls.rate for cls in local.classes)
-                parts = [f"compute {node.compute:.4g} GFLOP/s" if node.compute is not None else "unlimited compute"]
+                parts = []
+                if node.compute is not None:
+                    parts.append(f"compute {node.compute:.4g} GFLOP/s (at max_utilization {problem.max_utilization:g})")
                 if node.memory is not None:
                     parts.append(f"memory {node.memory / 2**20:.0f} MiB")
                 if link is not None and link.rate is not None:
                     parts.append(f"uplink {source} -> {link.dst} {link.rate / 1e6:.4g} mbit/s")
+                binding = [p for p in parts if _feasible_without(local, source, p.split(" ", 1)[0], weights, cp_model)]
+                if len(binding) == 1:
+                    what = f"{binding[0]} (raising it would do)"
+                elif binding:
+                    what = f"{' and '.join(binding)} together (raising any one of them would do)"
+                else:
+                    what = f"{' and '.join(parts)} together (raising one alone would not do)"
                 return (
-                    f"no plan serves every request: the {rate:.4g} requests/s arriving at {source!r} do not fit its "
-                    f"{', '.join(parts)} (at max_utilization {problem.max_utilization:g}); add capacity there or "
-                    "lower its rates"
+                    f"no plan serves every request: the {rate:.4g} requests/s arriving at {source!r} do not fit "
+                    f"its {what}; add capacity there or lower its rates"
                 )
     built = _build(problem, weights, limits, previous, max_moves, cp_model, enforce=True)
     guards = built["guards"]
@@ -323,11 +359,41 @@ def _explain(
         if core:
             names = [guards[literal] for literal in core]
             shown = "; ".join(names[:8]) + (f"; and {len(names) - 8} more" if len(names) > 8 else "")
+            need = (
+                f" (requests need at least {demand:.4g} GFLOP/s in all)" if any("compute" in n for n in names) else ""
+            )
             return (
-                f"no plan serves every request: these capacities cannot all hold: {shown} "
-                f"(requests need at least {demand:.4g} GFLOP/s in all); add capacity or lower the rates"
+                f"no plan serves every request: these cannot all hold: {shown}{need}; add capacity or lower the rates"
             )
     return f"no plan serves every request within the capacities (requests need at least {demand:.4g} GFLOP/s)"
+
+
+def _feasible_without(
+    local: PlacementProblem, source: str, resource: str, weights: Weights | None, cp_model: Any
+) -> bool:
+    """Whether the local problem becomes feasible with ``source``'s compute, memory or uplink unlimited."""
+    nodes = list(local.nodes.values())
+    links = list(local.links.values())
+    if resource == "compute":
+        nodes = [dataclasses.replace(n, compute=_unlimited(n.compute)) if n.name == source else n for n in nodes]
+    elif resource == "memory":
+        nodes = [dataclasses.replace(n, memory=None) if n.name == source else n for n in nodes]
+    else:
+        links = [dataclasses.replace(lk, rate=None) if lk.src == source else lk for lk in links]
+    relaxed = PlacementProblem(
+        nodes, links, local.models.values(), local.requests, local.weights, local.max_utilization
+    )
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = 5.0
+    return solver.solve(_build(relaxed, weights, {}, None, None, cp_model)["model"]) in (
+        cp_model.OPTIMAL,
+        cp_model.FEASIBLE,
+    )
+
+
+def _unlimited(compute: float | None) -> float | None:
+    """Compute no request class can exhaust (every non-root node needs a figure)."""
+    return None if compute is None else max(compute, 1.0) * 1e9
 
 
 def _local_problem(problem: PlacementProblem, source: str) -> PlacementProblem | None:
@@ -339,7 +405,8 @@ def _local_problem(problem: PlacementProblem, source: str) -> PlacementProblem |
     if not requests:
         return None
     nodes = [
-        n if n.name == source else dataclasses.replace(n, compute=None, memory=None) for n in problem.nodes.values()
+        n if n.name == source else dataclasses.replace(n, compute=_unlimited(n.compute), memory=None)
+        for n in problem.nodes.values()
     ]
     links = [lk if lk.src == source else dataclasses.replace(lk, rate=None) for lk in problem.links.values()]
     return PlacementProblem(nodes, links, problem.models.values(), requests, problem.weights, problem.max_utilization)

@@ -3,9 +3,10 @@ model variant (or split pair) and node with the largest gain per unit of memory,
 placeable gains.
 
 The gain of a candidate is the drop in objective when the request classes that can use it move to
-it, in decreasing order of rate, as far as the compute and link capacities allow. Gains are
-re-evaluated lazily (a candidate is re-scored when it reaches the top of the queue), the usual
-acceleration of greedy placement; it is a baseline, not a bound.
+it, in decreasing order of rate, as far as the compute and link capacities allow; candidates
+whose items are already held cost no memory and come first. Gains are re-evaluated lazily (a
+candidate is re-scored when it reaches the top of the queue), and the queue is rebuilt until a
+pass places nothing, since moves free capacity; it is a baseline, not a bound.
 """
 
 from __future__ import annotations
@@ -100,18 +101,24 @@ class GreedySolver(PlacementSolver):
                 if option.needs:
                     candidates[option.needs].append((cls, option))
         keys = list(candidates)
-        heap = [(-self._ratio(state, keys[i], candidates[keys[i]]), i) for i in range(len(keys))]
-        heap = [entry for entry in heap if entry[0] < -_EPS]
-        heapq.heapify(heap)
-        while heap:
-            _, i = heapq.heappop(heap)
-            ratio = self._ratio(state, keys[i], candidates[keys[i]])
-            if ratio <= _EPS:
-                continue
-            if heap and ratio < -heap[0][0] - _EPS:
-                heapq.heappush(heap, (-ratio, i))
-                continue
-            self._apply(state, keys[i], candidates[keys[i]])
+        # lazy greedy; a candidate that gains nothing now may gain once moves free capacity, so the
+        # queue is rebuilt from every candidate until a full pass places nothing
+        placed = True
+        while placed:
+            placed = False
+            heap = [(-self._ratio(state, keys[i], candidates[keys[i]]), i) for i in range(len(keys))]
+            heap = [entry for entry in heap if entry[0] < -_EPS]
+            heapq.heapify(heap)
+            while heap:
+                _, i = heapq.heappop(heap)
+                ratio = self._ratio(state, keys[i], candidates[keys[i]])
+                if ratio <= _EPS:
+                    continue
+                if heap and ratio < -heap[0][0] - _EPS:
+                    heapq.heappush(heap, (-ratio, i))
+                    continue
+                self._apply(state, keys[i], candidates[keys[i]])
+                placed = True
         unserved = [cls for cls in pending if cls.index not in state.serving]
         if unserved:
             cls = unserved[0]
@@ -136,8 +143,6 @@ class GreedySolver(PlacementSolver):
     def _ratio(self, state: _State, needs, opens) -> float:
         """Gain per MiB of the memory the candidate adds (0 when it does not fit or gains nothing)."""
         new = self._new_items(state, needs)
-        if not new:
-            return 0.0
         extra: dict[str, float] = defaultdict(float)
         for node, item in new:
             extra[node] += state.problem.item_size(item)
@@ -145,6 +150,7 @@ class GreedySolver(PlacementSolver):
             if state.memory[node] + size > state.problem.memory_capacity(node):
                 return 0.0
         gain = self._moves(state, opens, apply=False)
+        # reusing items already held costs no memory: such gains come first
         return gain / max(sum(extra.values()) / 2**20, 1e-3)
 
     def _moves(self, state: _State, opens, apply: bool) -> float:

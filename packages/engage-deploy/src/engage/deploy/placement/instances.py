@@ -2,7 +2,7 @@
 
 Figures are of the right order for image models on the continuum: edge devices of 20-100 GFLOP/s
 with 0.5-2 GiB for models at 0.05 J/GFLOP, fog servers of 0.5-2 TFLOP/s with 8-16 GiB at
-0.02 J/GFLOP, a cloud without limits at 0.005 J/GFLOP; edge links of 5-20 ms one-way and
+0.02 J/GFLOP, a cloud of 20 TFLOP/s without memory limit at 0.005 J/GFLOP; edge links of 5-20 ms one-way and
 50-200 mbit/s, fog links of 20-40 ms and 1 gbit/s. Each model has a small, a medium and a large
 variant (more accuracy for more compute and memory); medium and large ones can be split after
 30 % or 60 % of their compute, where the intermediate tensor is smaller than the input. Each edge
@@ -43,7 +43,7 @@ def random_tree_problem(
     rng = np.random.default_rng(seed)
     fogs = max(1, round(nodes / 10))
     edges = nodes - 1 - fogs
-    node_list = [Node("cloud", compute=None, memory=None, joules_per_gflop=0.005)]
+    node_list = [Node("cloud", compute=20_000.0, memory=None, joules_per_gflop=0.005)]
     links = []
     for f in range(1, fogs + 1):
         node_list.append(

@@ -1,6 +1,7 @@
 """The Pareto mode: the non-dominated plans for two of latency, inaccuracy and energy, by the
-epsilon-constraint method (minimise the first metric with the second bounded, then tighten the
-second at that value, so no returned plan is weakly dominated by another one)."""
+epsilon-constraint method: minimise the first metric with the second bounded, then minimise the
+second with the first held at that optimum (so no returned plan is weakly dominated). Each plan's
+``objective`` is recomputed with the problem's own weights."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engage.deploy.placement.cpsat import CpSatSolver
-from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
+from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, build_plan, options_by_key
 from engage.deploy.placement.problem import PlacementProblem, Weights
 
 _METRICS = ("latency", "inaccuracy", "energy")
@@ -28,6 +29,13 @@ def metric_value(plan: PlacementPlan, metric: str) -> float:
 
 def _only(metric: str) -> Weights:
     return Weights(**{m: (1.0 if m == metric else 0.0) for m in _METRICS})
+
+
+def _reweighed(problem: PlacementProblem, plan: PlacementPlan) -> PlacementPlan:
+    """The plan's objective under the problem's own weights (the front is found with one metric at a time)."""
+    by_key = options_by_key(problem)
+    chosen = {c.index: by_key[c.index][plan.choice[c.index]] for c in problem.classes}
+    return build_plan(problem, chosen, status=plan.status, solver=plan.solver, solve_time_s=plan.solve_time_s)
 
 
 def pareto_front(
@@ -51,25 +59,23 @@ def pareto_front(
         raise ValueError(f"points is {points}; use 2 or more")
     first, second = objectives
 
-    def lexicographic(bound: float | None) -> PlacementPlan | None:
+    def lexicographic(bound: float | None) -> PlacementPlan:
         limits = {} if bound is None else {second: bound}
-        try:
-            plan = CpSatSolver(time_limit_s, weights=_only(first), limits=limits).solve(problem)
-            value = metric_value(plan, first)
-            tight = CpSatSolver(time_limit_s, weights=_only(second), limits={**limits, first: value}, hint=plan)
-            return tight.solve(problem)
-        except PlacementInfeasible:
-            return None
+        explain = bound is None  # only the unconstrained problem's infeasibility needs a reason
+        plan = CpSatSolver(time_limit_s, weights=_only(first), limits=limits, explain=explain).solve(problem)
+        value = metric_value(plan, first)
+        tight = CpSatSolver(time_limit_s, weights=_only(second), limits={**limits, first: value}, hint=plan)
+        return _reweighed(problem, tight.solve(problem))
 
-    best_first = lexicographic(None)
-    assert best_first is not None  # the unconstrained problem is feasible or raised already
+    best_first = lexicographic(None)  # raises PlacementInfeasible when nothing fits at all
     best_second = CpSatSolver(time_limit_s, weights=_only(second)).solve(problem)
     high, low = metric_value(best_first, second), metric_value(best_second, second)
     plans = [best_first]
     for bound in np.linspace(high, low, points)[1:]:
-        plan = lexicographic(float(bound))
-        if plan is not None:
-            plans.append(plan)
+        try:
+            plans.append(lexicographic(float(bound)))
+        except PlacementInfeasible:
+            continue  # a bound below what the time limit could reach
     front: list[PlacementPlan] = []
     for plan in sorted(plans, key=lambda p: (metric_value(p, first), metric_value(p, second))):
         if front and metric_value(plan, second) >= metric_value(front[-1], second) - 1e-12:

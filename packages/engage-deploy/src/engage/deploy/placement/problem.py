@@ -18,8 +18,9 @@ Per request, served by variant ``v`` at path position ``i``:
 
 Capacities: a node's placed items fit its ``memory``; the compute it serves stays under
 ``max_utilization x compute`` (no queueing model: the cap keeps queues short); the traffic on a
-link fits its ``rate``. The root holds every variant and is not limited in memory; its compute is
-unlimited unless given. The objective is the request-weighted mean of
+link fits its ``rate``. The root holds every variant (its ``memory``, if given, is the largest
+variant it can load, not a sum); without ``compute`` it serves in no time and without limit. The
+objective is the request-weighted mean of
 ``latency x w_latency + inaccuracy x w_inaccuracy + energy x w_energy``.
 
 Units follow the infrastructure descriptions: ``delay`` is one-way (``"10ms"``), ``rate`` in
@@ -54,11 +55,20 @@ class PlacementProblemError(ValueError):
     """A placement problem is invalid; the message is one line naming the field and the fix."""
 
 
+def _unique(names: list[str], where: str, key: str, fix: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise PlacementProblemError(f"{where}[{i}].{key}: {name!r} again (as in {where}[{seen[name]}]); {fix}")
+        seen[name] = i
+
+
 @dataclass(frozen=True)
 class Node:
-    """A machine: ``compute`` GFLOP/s (``None``: unlimited, the root only), ``memory`` bytes for
-    models (``None``: unlimited), ``joules_per_gflop`` of its accelerator, and whether it is
-    ``available`` (an unavailable node serves nothing but still forwards requests)."""
+    """A machine: ``compute`` GFLOP/s (``None``: the root only, serving in no time and without
+    limit), ``memory`` bytes for models (``None``: unlimited; on the root, the largest variant),
+    ``joules_per_gflop`` of its accelerator, and whether it is ``available`` (an unavailable node
+    serves nothing but still forwards requests)."""
 
     name: str
     compute: float | None = None
@@ -225,13 +235,19 @@ class PlacementProblem:
         weights: Weights | None = None,
         max_utilization: float = 0.8,
     ) -> None:
+        nodes, links, models, requests = list(nodes), list(links), list(models), list(requests)
+        _unique([n.name for n in nodes], "nodes", "name", "give every node its own name")
+        _unique([lk.src for lk in links], "links", "src", "a node has one link towards the cloud")
+        _unique([m.name for m in models], "models", "name", "give every model its own name")
+        _unique([f"{r.node}/{r.model}" for r in requests], "requests", "node/model", "give one rate per pair")
         self.nodes = {node.name: node for node in nodes}
         self.links = {link.src: link for link in links}
         self.models = {model.name: model for model in models}
-        self.requests = [r for r in requests if r.rate > 0]
         self.weights = weights or Weights()
         self.max_utilization = max_utilization
+        self.requests = requests
         self.root = self._validate()
+        self.requests = [r for r in requests if r.rate > 0]
 
     # ------------------------------------------------------------------ loading
 
@@ -398,6 +414,11 @@ class PlacementProblem:
                 if at in seen:
                     raise PlacementProblemError(f"links: the path from {name!r} towards the cloud loops at {at!r}")
                 seen.add(at)
+        for i, node in enumerate(self.nodes.values()):
+            if node.name != root and node.compute is None:
+                raise PlacementProblemError(
+                    f"nodes[{i}].compute is missing for {node.name!r}; give its GFLOP/s (only the cloud may omit it)"
+                )
         if not self.nodes[root].available:
             raise PlacementProblemError(f"nodes: the cloud {root!r} holds every model and cannot be unavailable")
         for model in self.models.values():
@@ -406,10 +427,15 @@ class PlacementProblem:
                 raise PlacementProblemError(f"models: {model.name!r} lists a variant name twice ({variant_names})")
             for variant in model.variants:
                 for split in variant.splits:
-                    if not 0 < split.compute < 1 or not 0 <= split.size_fraction <= 1:
+                    if not 0 < split.compute < 1:
                         raise PlacementProblemError(
                             f"models: {model.name}/{variant.name} split {split.name!r} has compute "
                             f"{split.compute}; a split point cuts inside the model (0 < compute < 1)"
+                        )
+                    if not 0 <= split.size_fraction <= 1:
+                        raise PlacementProblemError(
+                            f"models: {model.name}/{variant.name} split {split.name!r} has size "
+                            f"{split.size_fraction}; give the head's share of the bytes in [0, 1]"
                         )
         cloud = self.nodes[root]
         if cloud.memory is not None:
@@ -418,8 +444,8 @@ class PlacementProblem:
                     smallest = min(v.size for v in model.variants)
                     raise PlacementProblemError(
                         f"models: {model.name!r} fits nowhere: its smallest variant ({smallest / 2**20:.0f} MiB) "
-                        f"exceeds the cloud's memory ({cloud.memory / 2**20:.0f} MiB), which holds every model; "
-                        "raise the cloud's memory or leave it unset"
+                        f"exceeds the cloud's memory ({cloud.memory / 2**20:.0f} MiB), the largest variant it can "
+                        "load; raise the cloud's memory or leave it unset"
                     )
         for i, req in enumerate(self.requests):
             if req.node not in self.nodes:
@@ -427,9 +453,6 @@ class PlacementProblem:
             if req.model not in self.models:
                 known = ", ".join(self.models)
                 raise PlacementProblemError(f"requests[{i}].model: {req.model!r} is not a model; models are {known}")
-        pairs = [(r.node, r.model) for r in self.requests]
-        if len(set(pairs)) != len(pairs):
-            raise PlacementProblemError("requests: one (node, model) pair is listed twice; give one rate per pair")
         return root
 
     # ------------------------------------------------------------------ structure
@@ -480,7 +503,7 @@ class PlacementProblem:
             here = self.nodes[node]
             is_root = node == self.root
             for variant in model.variants:
-                fits = is_root or here.memory is None or variant.size <= here.memory
+                fits = here.memory is None or variant.size <= here.memory
                 if fits and (here.compute is None or here.compute > 0):
                     options.append(
                         Option(

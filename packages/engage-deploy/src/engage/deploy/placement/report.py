@@ -125,7 +125,7 @@ def plot_plan(problem: PlacementProblem, plan: PlacementPlan, path: str | Path) 
                 )
     fig.colorbar(points, ax=ax, label="share of requests served")
     ax.set_yticks([-d for d in range(max(problem.depth(n) for n in names) + 1)])
-    ax.set_yticklabels(["cloud", "fog", "edge", "depth 3", "depth 4", "depth 5"][: len(ax.get_yticks())])
+    ax.set_yticklabels([problem.root if d == 0 else f"depth {d}" for d in range(len(ax.get_yticks()))])
     ax.set_xticks([])
     ax.set_title(
         f"{plan.solver} ({plan.status}): latency {plan.latency_s * 1e3:.1f} ms, accuracy {plan.accuracy:.3f}",

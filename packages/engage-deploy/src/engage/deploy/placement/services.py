@@ -92,8 +92,8 @@ def place_services(infra: Infrastructure, time_limit_s: float = 10.0) -> Service
                 <= round(layer.cpu * _CPU_SCALE)
             )
         if layer.memory is not None:
-            need = [(parse_size(svc.memory) if svc.memory else 0) // 2**20 for _, svc in instances]
-            model.add(sum(need[i] * x[i, h] for i in range(len(instances))) <= layer.memory_bytes // 2**20)
+            need = [parse_size(svc.memory) if svc.memory else 0 for _, svc in instances]  # exact bytes
+            model.add(sum(need[i] * x[i, h] for i in range(len(instances))) <= layer.memory_bytes)
     layer_names = [layer.name for layer in infra.layers]
     in_layer = {}
     for i in range(len(instances)):
@@ -125,11 +125,8 @@ def place_services(infra: Infrastructure, time_limit_s: float = 10.0) -> Service
     solver.parameters.num_workers = 2
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        cpu = sum(svc.cpu for _, svc in instances)
-        capacity = sum(layer.cpu for layer, _ in hosts if layer.cpu is not None)
         raise ServicePlacementError(
-            f"no placement fits: services need {cpu:g} CPU in total, hosts offer {capacity:g}; "
-            "add hosts, raise layers' cpu/memory or lower services' needs"
+            _why_not(infra, instances, hosts, home, status == cp_model.INFEASIBLE, time_limit_s)
         )
     assignment = {}
     per_host: dict[str, list[str]] = {name: [] for _, name in hosts}
@@ -147,4 +144,38 @@ def place_services(infra: Infrastructure, time_limit_s: float = 10.0) -> Service
         cost=solver.objective_value / _COST_SCALE,
         status=solver.status_name(status),
         per_host=per_host,
+    )
+
+
+def _why_not(infra: Infrastructure, instances: list, hosts: list, home: list[str], proved: bool, limit: float) -> str:
+    """One line on why no placement was found: totals, then pinned layers, then packing."""
+    fix = "add hosts, raise layers' cpu/memory or lower services' needs"
+    if not proved:
+        return f"no placement found within {limit:g} s; raise the time limit or simplify the infrastructure"
+    if all(layer.cpu is not None for layer, _ in hosts):
+        cpu = sum(svc.cpu for _, svc in instances)
+        capacity = sum(layer.cpu for layer, _ in hosts)
+        if cpu > capacity + 1e-9:
+            return f"no placement fits: services need {cpu:g} CPU in total, hosts offer {capacity:g}; {fix}"
+    if all(layer.memory is not None for layer, _ in hosts):
+        memory = sum(parse_size(svc.memory) if svc.memory else 0 for _, svc in instances)
+        capacity = sum(layer.memory_bytes for layer, _ in hosts)
+        if memory > capacity:
+            return (
+                f"no placement fits: services need {memory / 2**20:.0f} MiB in total, hosts offer "
+                f"{capacity / 2**20:.0f} MiB; {fix}"
+            )
+    for layer in infra.layers:
+        pinned = [svc for (_, svc), at in zip(instances, home, strict=True) if svc.pinned and at == layer.name]
+        if pinned and layer.cpu is not None:
+            cpu = sum(svc.cpu for svc in pinned)
+            if cpu > layer.cpu * layer.hosts + 1e-9:
+                return (
+                    f"no placement fits: services pinned to layer {layer.name!r} need {cpu:g} CPU, its "
+                    f"{layer.hosts} host(s) offer {layer.cpu * layer.hosts:g}; {fix}"
+                )
+    largest = max((svc.cpu for _, svc in instances), default=0.0)
+    return (
+        f"no placement fits: the instances cannot be packed onto the hosts (largest needs {largest:g} CPU; "
+        f"pinned services stay on their layer); {fix}"
     )
