@@ -7,7 +7,6 @@ plan is checked against the capacities.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -209,9 +208,3 @@ def previous_choice(problem: PlacementProblem, previous: PlacementPlan) -> dict[
         if key is not None and key in by_key[cls.index]:
             chosen[cls.index] = by_key[cls.index][key]
     return chosen
-
-
-def unit_cost(problem: PlacementProblem, weights: Weights | None = None) -> float:
-    """The largest option cost: the scale solvers round against."""
-    costs = [problem.option_cost(cls, o, weights) for cls in problem.classes for o in cls.options]
-    return max((c for c in costs if math.isfinite(c)), default=1.0) or 1.0

@@ -246,6 +246,7 @@ class PlacementProblem:
         self.weights = weights or Weights()
         self.max_utilization = max_utilization
         self.requests = requests
+        self._sizes: dict[Item, int] = {}
         self.root = self._validate()
         self.requests = [r for r in requests if r.rate > 0]
 
@@ -562,6 +563,13 @@ class PlacementProblem:
         return [o for o in options if math.isfinite(o.latency)]
 
     def item_size(self, item: Item) -> int:
+        """Bytes of a whole variant, or of its head or tail (remembered: solvers ask often)."""
+        size = self._sizes.get(item)
+        if size is None:
+            size = self._sizes[item] = self._item_size(item)
+        return size
+
+    def _item_size(self, item: Item) -> int:
         model, variant_name, part, split_name = item
         variant = next(v for v in self.models[model].variants if v.name == variant_name)
         if part == "full":
