@@ -134,7 +134,7 @@ class CpSatSolver(PlacementSolver):
             previous=previous,
             weights=self.weights,
         )
-        floor, unit = _objective_scale(problem, self.weights)
+        floor, unit = built["floor"], built["unit"]
         # the integer model's bound in the objective's units; each coefficient is off by at most
         # half a unit, so the bound is lowered by that much per class to stay a bound
         rounding = 0.5 * unit / _OBJECTIVE_SCALE * len(problem.classes)
@@ -242,7 +242,7 @@ def _build(
         if len(new) > max_moves:
             capped(sum(new), max_moves, f"max_moves ({max_moves})")
     model.minimize(sum(objective))
-    return {"model": model, "x": x, "y": y, "guards": guards}
+    return {"model": model, "x": x, "y": y, "guards": guards, "floor": floor, "unit": unit}
 
 
 def _up(value: float) -> int:
