@@ -68,9 +68,6 @@ class _State:
         for src, bits in option.traffic:
             traffic[src] += cls.rate * bits
 
-    def available(self, option: Option) -> bool:
-        return all(item in self.held[node] for node, item in option.needs)
-
 
 class GreedySolver(PlacementSolver):
     """The greedy baseline; see the module docstring. ``weights`` replaces the problem's."""
