@@ -4,8 +4,11 @@ Compares, with 1, 2 and 4 local simulation processes and 64x64, 256x256 and 1024
 samples:
 
 - ``engage``: the full path (client with credit flow control -> ROUTER socket in a scheduler
-  thread of this process -> validation -> copy into the TrainingBuffer), a consumer thread
-  draining batches so that the buffer never limits;
+  thread of this process -> validation -> sample in the TrainingBuffer: read into its slot, or
+  kept by reference from 256 KiB), the buffer large enough for every sample of the run;
+- ``to_batch``: the same, plus a consumer thread taking batches from a buffer of the
+  DataModule's default capacity (8192 samples) as a training loop does: the batch's gather is the
+  one copy the path has to make;
 - ``raw_zmq``: the same frames from the same number of processes to a bare ROUTER socket that
   only receives them (no flow control, no validation, no copy): the transport's limit here;
 - ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth).
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 SIZES = {"64x64": 64, "256x256": 256, "1024x1024": 1024}
 TOTAL = {64: 40000, 256: 6000, 1024: 400}  # samples per measurement (a few seconds each)
 TARGET_REL_L2 = 0.05
+REPEAT = 3
 
 
 def frames(parameters: dict, side: int = 64, count: int = 100):
@@ -97,7 +102,10 @@ def measure_raw(processes: int, side: int) -> float:
     return (received - 1) / elapsed
 
 
-def measure_engage(processes: int, side: int) -> tuple[float, float]:
+def measure_engage(processes: int, side: int, to_batch: bool = False) -> float:
+    """Samples per second from the simulations' sends into the buffer; a consumer thread frees
+    the buffer by taking batches into one reused array (``to_batch``: into a new array each time,
+    as the DataModule's loader does)."""
     from engage.core.online.buffer import TrainingBuffer
     from engage.core.online.scheduler import SimulationScheduler
     from engage.core.samplers.uniform import UniformSampler
@@ -109,32 +117,29 @@ def measure_engage(processes: int, side: int) -> tuple[float, float]:
         "online_throughput:frames", {"x": {"low": 0, "high": 1}}, (side, side), samples_per_run=per, fresh_samples=True,
         kwargs={"side": side, "count": per},
     )  # fmt: skip
-    buffer = TrainingBuffer(capacity=max(256, 8 * processes * 16) if side < 1024 else 64, policy="fifo")
+    take = 64 if side < 1024 else 16
+    buffer = TrainingBuffer(capacity=min(8192, per * processes), policy="fifo")  # the DataModule's default
     scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), buffer, simulations=processes, concurrency=processes,
-        credit_window=64 if side < 1024 else 8,
+        sim, UniformSampler(sim.space), buffer, simulations=processes, concurrency=processes
     )  # fmt: skip
-    arrivals: list[float] = []
-
-    counts: list[int] = []
-    take = max(1, buffer.capacity // 4)
+    marks: list[tuple[float, int]] = []  # (time, samples taken so far)
+    out = None if to_batch else np.empty((take, side, side), np.float32)
 
     def consume() -> None:
-        # a training loop reads batches, not single samples
-        while True:
-            batch = buffer.get_batch(take)
-            if batch is None:
-                return
-            arrivals.append(time.perf_counter())
-            counts.append(len(batch["target"]))
+        count = 0
+        while (batch := buffer.get_batch(take, out=out)) is not None:
+            count += len(batch["target"])
+            marks.append((time.perf_counter(), count))
 
     consumer = threading.Thread(target=consume)
     consumer.start()
     scheduler.start()
+    scheduler.join(120)
     consumer.join()
-    scheduler.join(30)
-    rate = (sum(counts) - counts[0]) / (arrivals[-1] - arrivals[0])
-    return rate, buffer.wait_seconds
+    if scheduler.error or buffer.inserted != per * processes:
+        raise RuntimeError(f"benchmark run lost samples: {buffer.inserted} of {per * processes} ({scheduler.error})")
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    return (n1 - n0) / (t1 - t0)
 
 
 def measure_ring(side: int) -> float:
@@ -244,8 +249,12 @@ def main() -> None:
         nbytes = side * side * 4
         ring = measure_ring(side)
         for processes in (1, 2, 4):
-            raw = measure_raw(processes, side)
-            engage, _ = measure_engage(processes, side)
+            # interleaved repetitions, medians: this machine's speed varies from second to second
+            runs = [
+                (measure_raw(processes, side), measure_engage(processes, side), measure_engage(processes, side, True))
+                for _ in range(REPEAT)
+            ]
+            raw, engage, to_batch = (statistics.median(values) for values in zip(*runs))
             row = {
                 "size": label,
                 "sample_bytes": nbytes,
@@ -255,13 +264,16 @@ def main() -> None:
                 "raw_zmq_samples_per_s": round(raw, 1),
                 "raw_zmq_GB_per_s": round(raw * nbytes / 1e9, 3),
                 "engage_vs_raw": round(engage / raw, 3),
+                "to_batch_samples_per_s": round(to_batch, 1),
+                "to_batch_GB_per_s": round(to_batch * nbytes / 1e9, 3),
                 "ring_copy_GB_per_s": round(ring * nbytes / 1e9, 2),
+                "runs_engage_vs_raw": [round(e / r, 3) for r, e, _ in runs],
             }
             rows.append(row)
             print(
                 f"{label:>9} x{processes}: engage {engage:9.0f}/s {row['engage_GB_per_s']:6.2f} GB/s | raw zmq "
                 f"{raw:9.0f}/s {row['raw_zmq_GB_per_s']:6.2f} GB/s | ratio {row['engage_vs_raw']:.2f} | "
-                f"ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
+                f"to batches {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
                 flush=True,
             )
     data_wait = measure_data_wait()

@@ -67,6 +67,11 @@ def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
         client._wait_for_credit()
         header = protocol.encode_header(protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=np.zeros(SHAPE, "f4"))
         client._socket.send_multipart([header, b"\0" * 100])
+    elif mode in ("extra-frame", "header-only"):
+        client._wait_for_credit()
+        sample = np.zeros(SHAPE, "f4")
+        header = protocol.encode_header(protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=sample)
+        client._socket.send_multipart([header, sample, b"more"] if mode == "extra-frame" else [header])
     elif mode == "silent":
         client.send(next(good))
         time.sleep(600)

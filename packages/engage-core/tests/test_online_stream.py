@@ -130,6 +130,45 @@ def test_buffer_state_round_trip():
     )
 
 
+def test_large_owned_samples_are_kept_by_reference_and_others_copied():
+    # zero_copy_bytes=32: every 8x8 float32 sample (256 bytes) is "large" here
+    buffer = TrainingBuffer(capacity=4, policy="fifo", zero_copy_bytes=32)
+    owned, lent = np.full((8, 8), 1.0, np.float32), np.full((8, 8), 2.0, np.float32)
+    buffer.put(owned, parameters=np.zeros(1), simulation_id=0, time=0.0, owned=True)
+    buffer.put(lent, parameters=np.zeros(1), simulation_id=1, time=0.0)
+    # the contract: an owned sample is never written again, a lent one may be at once
+    lent[:] = -1.0
+    owned_view = buffer._refs[0]
+    assert owned_view is owned and not np.shares_memory(buffer._refs[1], lent)
+    batch = buffer.get_batch(2)
+    assert batch["target"].shape == (2, 8, 8) and batch["target"].flags.writeable
+    assert batch["target"][:, 0, 0].tolist() == [1.0, 2.0] and not np.shares_memory(batch["target"], owned)
+    assert buffer._refs == [None] * 4  # read once under fifo: the slots let go of the samples
+    small = TrainingBuffer(capacity=4, policy="fifo")  # default threshold: 256-byte samples are copied
+    small.put(owned, parameters=np.zeros(1), simulation_id=0, time=0.0, owned=True)
+    assert small._refs is None and not np.shares_memory(small._data, owned)
+
+
+def test_by_reference_storage_evicts_and_round_trips():
+    buffer = TrainingBuffer(capacity=3, policy="reservoir", seed=0, zero_copy_bytes=0)
+    for v in range(3):
+        put(buffer, v, sim=v)
+    buffer.get_batch(2)
+    put(buffer, 7, sim=7)  # evicts one of the two samples read
+    assert buffer.evicted == 1 and sum(ref is not None for ref in buffer._refs) == 3
+    state = buffer.state_dict()
+    assert state["data"].shape == (3, 2)
+    restored = TrainingBuffer(capacity=3, policy="reservoir", zero_copy_bytes=0)
+    restored.load_state_dict(state)
+    assert sorted(restored.get_batch(3)["target"][:, 0].tolist()) == sorted(state["data"][:, 0].tolist())
+    empty = TrainingBuffer(capacity=2, policy="fifo", zero_copy_bytes=0)
+    put(empty, 1)
+    empty.get_batch(1)
+    assert empty.state_dict()["data"].shape == (0, 2)
+    with pytest.raises(ValueError, match="zero_copy_bytes"):
+        TrainingBuffer(zero_copy_bytes=-1)
+
+
 # --------------------------------------------------------------------------- scheduler with processes
 
 
@@ -184,6 +223,8 @@ def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
     [
         ("shape", "has shape (4, 4), the simulator declares (8, 8)"),
         ("truncated", "100 payload bytes (header says 256), expected 256"),
+        ("extra-frame", "message of more than 2 frames"),
+        ("header-only", "message of 1 frame"),
         ("silent", "heartbeat timeout"),
     ],
 )

@@ -18,6 +18,12 @@ and the receiver stops granting credit, so simulations wait (backpressure). Trai
 ``watermark`` samples have arrived, and with ``rate_limit`` a sample is read on average at most
 that many times (the trainer waits for new samples beyond it).
 
+Storage. Samples smaller than ``zero_copy_bytes`` are copied into one preallocated block (cheap,
+and a batch is one gather from it). Larger samples that the caller hands over for good
+(``owned=True``, as the receiver does with the memory of the network frame they arrived in) are
+kept by reference: the batch's gather is then the only copy between socket and training step,
+which matters at megabytes per sample where each copy costs as much as the transport.
+
 Example::
 
     >>> import numpy as np
@@ -87,6 +93,7 @@ class TrainingBuffer:
         max_reads: int | None = None,
         rate_limit: float | None = None,
         seed: int = 0,
+        zero_copy_bytes: int = 256 * 1024,
     ):
         if policy not in POLICIES:
             raise ValueError(f"buffer policy {policy!r} is unknown; use one of {', '.join(POLICIES)}")
@@ -98,14 +105,20 @@ class TrainingBuffer:
             raise ValueError(f"buffer max_reads must be >= 1 or None, got {max_reads}")
         if rate_limit is not None and rate_limit <= 0:
             raise ValueError(f"buffer rate_limit must be > 0 or None, got {rate_limit}")
+        if zero_copy_bytes < 0:
+            raise ValueError(f"buffer zero_copy_bytes must be >= 0, got {zero_copy_bytes}")
         self.capacity = int(capacity)
         self.policy = policy
         self.watermark = int(watermark)
         self.max_reads = max_reads if max_reads is not None else (None if policy == "reservoir" else 1)
         self.rate_limit = rate_limit
+        self.zero_copy_bytes = int(zero_copy_bytes)
         self.rng = np.random.default_rng(seed)
         self._cond = threading.Condition()
-        self._data: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None
+        self._dtype: np.dtype | None = None
+        self._data: np.ndarray | None = None  # the block of copied samples
+        self._refs: list[np.ndarray | None] | None = None  # or the samples kept by reference
         self._params: np.ndarray | None = None
         self._time = np.zeros(self.capacity, dtype=np.float32)
         self._sim = np.zeros(self.capacity, dtype=np.int64)
@@ -114,6 +127,7 @@ class TrainingBuffer:
         self._occupied = _IndexSet(self.capacity)
         self._read_once = _IndexSet(self.capacity)  # evictable under the reservoir policy
         self._free = list(range(self.capacity - 1, -1, -1))
+        self._reserved = 0
         self.inserted = 0
         self.reads = 0
         self.evicted = 0
@@ -131,9 +145,10 @@ class TrainingBuffer:
         return self._closed
 
     def credit(self) -> int:
-        """How many more samples :meth:`put` accepts now without dropping an unread one."""
+        """How many more samples :meth:`put` accepts now without dropping an unread one (slots
+        handed out by :meth:`reserve` and not yet committed count as taken)."""
         with self._cond:
-            free = self.capacity - self._occupied.n
+            free = self.capacity - self._occupied.n - self._reserved
             if self.policy == "reservoir":
                 free += self._read_once.n
             return free
@@ -145,34 +160,98 @@ class TrainingBuffer:
         parameters: np.ndarray,
         simulation_id: int,
         time: float,
+        owned: bool = False,
     ) -> None:
-        """Copy one sample in (the only copy on its way from the socket to a batch).
+        """Store one sample: a copy, or with ``owned`` (the caller never writes ``sample`` again)
+        a reference when it is at least ``zero_copy_bytes`` large.
 
         Raises ``OverflowError`` when no slot is free: the receiver grants credit with
         :meth:`credit`, so this means a producer sent without credit.
         """
         with self._cond:
-            self._put_locked(sample, parameters, simulation_id, time)
+            self._put_locked(sample, parameters, simulation_id, time, owned)
             self._cond.notify_all()
 
-    def put_many(self, samples: list[tuple[np.ndarray, np.ndarray, int, float]]) -> None:
+    def put_many(self, samples: list[tuple[np.ndarray, np.ndarray, int, float]], owned: bool = False) -> None:
         """:meth:`put` of several ``(sample, parameters, simulation_id, time)`` under one lock and
         one wake-up of the readers (the receiver drains its socket in batches)."""
         if not samples:
             return
         with self._cond:
             for sample, parameters, simulation_id, time_ in samples:
-                self._put_locked(sample, parameters, simulation_id, time_)
+                self._put_locked(sample, parameters, simulation_id, time_, owned)
             self._cond.notify_all()
 
-    def _put_locked(self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float) -> None:
-        if self._data is None:
-            self._data = np.empty((self.capacity, *sample.shape), dtype=sample.dtype)
-            self._params = np.empty((self.capacity, len(parameters)), dtype=np.float32)
-        elif sample.shape != self._data.shape[1:] or sample.dtype != self._data.dtype:
+    def prepare(self, shape: tuple[int, ...], dtype: np.dtype | str, parameters: int) -> None:
+        """Allocate the storage for samples of ``shape`` and ``dtype`` with ``parameters`` values
+        each (the first :meth:`put` does it otherwise); needed before :meth:`reserve`."""
+        with self._cond:
+            if self._shape is None:
+                self._allocate(tuple(shape), np.dtype(dtype), parameters)
+            elif tuple(shape) != self._shape or np.dtype(dtype) != self._dtype:
+                raise ValueError(f"the buffer holds {self._shape} {self._dtype} samples, not {tuple(shape)} {dtype}")
+
+    @property
+    def writes_in_place(self) -> bool:
+        """Whether samples are copied into a block (so :meth:`reserve` hands out slots to write
+        into) rather than kept by reference."""
+        return self._data is not None
+
+    def reserve(self, n: int) -> list[int]:
+        """Up to ``n`` free slots for the caller to write samples into (:meth:`slot`) and then
+        :meth:`commit`, or give back with :meth:`release`. Never evicts: under the reservoir
+        policy a full buffer reserves nothing and :meth:`put` evicts as usual.
+
+        The receiver reads network frames straight into these slots, which saves a copy and an
+        allocation per sample.
+        """
+        with self._cond:
+            if self._data is None:
+                raise RuntimeError("reserve() needs in-place storage: prepare() samples smaller than zero_copy_bytes")
+            count = min(n, len(self._free))
+            slots = [self._free.pop() for _ in range(count)]
+            self._reserved += count
+            return slots
+
+    def slot(self, slot: int) -> np.ndarray:
+        """The writable storage of a reserved slot."""
+        return self._data[slot]  # type: ignore[index]
+
+    def commit(self, entries: list[tuple[int, np.ndarray, int, float]]) -> None:
+        """Make reserved slots, written by the caller, samples: ``(slot, parameters,
+        simulation_id, time)`` each, under one lock and one wake-up of the readers."""
+        if not entries:
+            return
+        with self._cond:
+            for slot, parameters, simulation_id, time_ in entries:
+                self._reserved -= 1
+                self._record(slot, parameters, simulation_id, time_)
+            self._cond.notify_all()
+
+    def release(self, slots: list[int]) -> None:
+        """Give back reserved slots that were not written."""
+        with self._cond:
+            self._free.extend(slots)
+            self._reserved -= len(slots)
+            self._cond.notify_all()
+
+    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype, parameters: int) -> None:
+        self._shape, self._dtype = tuple(shape), np.dtype(dtype)
+        if self._dtype.itemsize * int(np.prod(shape)) >= self.zero_copy_bytes:
+            self._refs = [None] * self.capacity
+        else:
+            self._data = np.empty((self.capacity, *shape), dtype=dtype)
+        self._params = np.empty((self.capacity, parameters), dtype=np.float32)
+
+    def _put_locked(
+        self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float, owned: bool
+    ) -> None:
+        if self._shape is None:
+            self._allocate(sample.shape, sample.dtype, len(parameters))
+        elif sample.shape != self._shape or sample.dtype != self._dtype:
             raise ValueError(
                 f"sample of shape {sample.shape} and dtype {sample.dtype} does not match the buffer's "
-                f"{self._data.shape[1:]} {self._data.dtype}"
+                f"{self._shape} {self._dtype}"
             )
         if self._free:
             slot = self._free.pop()
@@ -182,7 +261,13 @@ class TrainingBuffer:
             self.evicted += 1
         else:
             raise OverflowError(f"the training buffer is full ({self.capacity} samples) and may not evict")
-        self._data[slot] = sample
+        if self._refs is not None:
+            self._refs[slot] = sample if owned else sample.copy()
+        else:
+            self._data[slot] = sample  # type: ignore[index]
+        self._record(slot, parameters, simulation_id, time)
+
+    def _record(self, slot: int, parameters: np.ndarray, simulation_id: int, time: float) -> None:
         self._params[slot] = parameters  # type: ignore[index]
         self._time[slot] = time
         self._sim[slot] = simulation_id
@@ -219,13 +304,25 @@ class TrainingBuffer:
             return False
         return self.rate_limit is None or self.reads < self.rate_limit * self.inserted
 
-    def get_batch(self, n: int, timeout: float | None = None) -> dict[str, np.ndarray] | None:
+    def get_batch(
+        self, n: int, timeout: float | None = None, out: np.ndarray | None = None
+    ) -> dict[str, np.ndarray] | None:
         """``n`` samples as arrays ``target``, ``parameters``, ``time``, ``simulation_id``.
 
         Blocks until the policy can serve them; returns a smaller batch when the stream has ended
         with fewer left, ``None`` when it has ended and nothing is left, and raises
-        ``TimeoutError`` after ``timeout`` seconds.
+        ``TimeoutError`` after ``timeout`` seconds. With ``out`` (an array of at least ``n``
+        samples, e.g. pinned host memory reused every step) the samples are gathered into it and
+        ``target`` is a view of its first rows, which saves allocating (and page-faulting) a
+        new batch each time.
         """
+        if out is not None and self._shape is not None and (out.shape[1:] != self._shape or out.dtype != self._dtype):
+            raise ValueError(
+                f"get_batch(out=...) has shape {out.shape} {out.dtype}; "
+                f"it must be (>= {n}, *{self._shape}) {self._dtype}"
+            )
+        if out is not None and len(out) < n:
+            raise ValueError(f"get_batch(out=...) holds {len(out)} samples, fewer than the {n} asked for")
         started = time.perf_counter()
         deadline = None if timeout is None else started + timeout
         with self._cond:
@@ -243,11 +340,19 @@ class TrainingBuffer:
             self.wait_seconds += time.perf_counter() - started
             slots = self._choose(min(n, self._occupied.n))
             batch = {
-                "target": self._data[slots],  # type: ignore[index]
                 "parameters": self._params[slots],  # type: ignore[index]
                 "time": self._time[slots, None],
                 "simulation_id": self._sim[slots],
             }
+            if self._refs is not None:
+                # the arrays themselves: their slots may be refilled at once, the gather below
+                # happens outside the lock so the receiver is not held up by it
+                kept = [self._refs[slot] for slot in slots.tolist()]
+            elif out is not None:
+                # mode="clip": with the default "raise", numpy gathers into a temporary first
+                batch["target"] = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
+            else:
+                batch["target"] = self._data[slots]  # type: ignore[index]
             self._reads[slots] += 1
             self.reads += len(slots)
             for slot in slots.tolist():
@@ -255,10 +360,14 @@ class TrainingBuffer:
                     self._occupied.remove(slot)
                     self._read_once.remove(slot)
                     self._free.append(slot)
+                    if self._refs is not None:
+                        self._refs[slot] = None
                 elif self.policy == "reservoir":
                     self._read_once.add(slot)
             self._cond.notify_all()
-            return batch
+        if "target" not in batch:
+            batch["target"] = np.stack(kept, out=None if out is None else out[: len(kept)])  # type: ignore[arg-type]
+        return {"target": batch.pop("target"), **batch}
 
     def _choose(self, n: int) -> np.ndarray:
         occupied = self._occupied.view()
@@ -285,8 +394,14 @@ class TrainingBuffer:
                 "read_counts": torch.from_numpy(self._reads[slots].copy()),
                 "arrival": torch.from_numpy(self._arrival[slots].copy()),
             }
-            if self._data is not None:
-                state["data"] = torch.from_numpy(self._data[slots].copy())
+            if self._shape is not None:
+                if self._refs is None:
+                    data = self._data[slots]  # type: ignore[index]
+                elif len(slots):
+                    data = np.stack([self._refs[slot] for slot in slots.tolist()])  # type: ignore[misc]
+                else:
+                    data = np.empty((0, *self._shape), dtype=self._dtype)
+                state["data"] = torch.from_numpy(np.ascontiguousarray(data))
                 state["parameters"] = torch.from_numpy(self._params[slots].copy())  # type: ignore[index]
             return state
 
@@ -295,19 +410,27 @@ class TrainingBuffer:
         if state["policy"] != self.policy:
             raise ValueError(f"buffer state is for policy {state['policy']!r}, this buffer is {self.policy!r}")
         count = len(state["slots"])
+        if self._reserved:
+            raise RuntimeError("the buffer state must be loaded before samples stream in (slots are reserved)")
         if count > self.capacity:
             raise ValueError(f"buffer state holds {count} samples; capacity is {self.capacity}: raise data.capacity")
         with self._cond:
-            self.__init__(self.capacity, self.policy, self.watermark, self.max_reads, self.rate_limit)  # type: ignore[misc]
+            self.__init__(  # type: ignore[misc]
+                self.capacity, self.policy, self.watermark, self.max_reads, self.rate_limit,
+                zero_copy_bytes=self.zero_copy_bytes,
+            )  # fmt: skip
             self.inserted, self.reads, self.evicted = state["inserted"], state["reads"], state["evicted"]
             self._opened = bool(state["opened"]) or self.watermark == 0
             self.rng.bit_generator.state = state["rng"]
             if count and "data" in state:
                 data, params = state["data"].numpy(), state["parameters"].numpy()
-                self._data = np.empty((self.capacity, *data.shape[1:]), dtype=data.dtype)
-                self._params = np.empty((self.capacity, params.shape[1]), dtype=np.float32)
+                self._allocate(data.shape[1:], data.dtype, params.shape[1])
                 self._free = list(range(self.capacity - 1, count - 1, -1))
-                self._data[:count], self._params[:count] = data, params
+                if self._refs is not None:
+                    self._refs[:count] = list(data)  # views of the loaded block, which nobody writes
+                else:
+                    self._data[:count] = data  # type: ignore[index]
+                self._params[:count] = params  # type: ignore[index]
                 self._time[:count] = state["time"].numpy()
                 self._sim[:count] = state["simulation_id"].numpy()
                 self._reads[:count] = state["read_counts"].numpy()

@@ -103,6 +103,8 @@ class SimulationClient:
         self._last_sent = 0.0
         self._parent_pid = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
         self._copy_threshold = zmq.COPY_THRESHOLD
+        self._header_key: tuple[tuple[int, ...], np.dtype] | None = None
+        self._header_parts = (b"", b"")
 
     # ------------------------------------------------------------------ public API
     def connect(self) -> Job:
@@ -143,20 +145,19 @@ class SimulationClient:
         array = np.ascontiguousarray(sample)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
-        header = protocol.encode_header(
-            Kind.SAMPLE, self.simulation_id, self.attempt, self.sent, array=array
-        )  # validates dtype and ndim before waiting
+        header = self._sample_header(array)  # validates dtype and ndim before waiting
         self._wait_for_credit()
+        socket = self._socket
+        socket.send(header, zmq.SNDMORE)
         if array.nbytes >= self._copy_threshold and fresh:
             # zero-copy, and nobody writes the array again: ZeroMQ keeps it alive until it is sent
-            self._socket.send_multipart([header, array], copy=False)
+            socket.send(array, copy=False)
         elif array.nbytes >= self._copy_threshold:
             # zero-copy: ZeroMQ sends straight from the array; wait until it let go of the memory,
             # since the simulator may overwrite the array for its next sample
-            tracker = self._socket.send_multipart([header, array], copy=False, track=True)
-            tracker.wait()
+            socket.send(array, copy=False, track=True).wait()
         else:
-            self._socket.send_multipart([header, array], copy=True)
+            socket.send(array, copy=True)
         self.credits -= 1
         self.sent += 1
         self._last_sent = time.monotonic()
@@ -186,6 +187,16 @@ class SimulationClient:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _sample_header(self, array: np.ndarray) -> bytes:
+        # a simulation's samples share all header fields but the index: pack them once
+        key = (array.shape, array.dtype)
+        if self._header_key != key:
+            full = protocol.encode_header(Kind.SAMPLE, self.simulation_id, self.attempt, 0, array=array)
+            self._header_parts = (full[:24], full[32:])
+            self._header_key = key
+        prefix, suffix = self._header_parts
+        return prefix + self.sent.to_bytes(8, "little", signed=True) + suffix
+
     def _check_parent(self) -> None:
         if self._parent_pid and os.getppid() != self._parent_pid:
             raise TrainerGone(f"the process that started this simulation (pid {self._parent_pid}) died")

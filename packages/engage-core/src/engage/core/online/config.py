@@ -35,7 +35,8 @@ class OnlineDataConfig:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 30.0
     startup_timeout: float = 120.0
-    credit_window: int = 16
+    #: samples a simulation may send ahead of the buffer; None: about 16 MiB worth (8 to 1024)
+    credit_window: int | None = None
     executor: str = "local"
     #: keyword arguments of the executor, e.g. ``{layer: edge}`` for ``executor: deploy``
     executor_options: dict[str, Any] = field(default_factory=dict)
@@ -51,8 +52,9 @@ class OnlineDataConfig:
     def __post_init__(self) -> None:
         _at_least(self, "simulations", 1, allow_none=True)
         _at_least(self, "max_samples", 1, allow_none=True)
-        for name in ("concurrency", "batch_size", "batches_per_epoch", "capacity", "credit_window"):
+        for name in ("concurrency", "batch_size", "batches_per_epoch", "capacity"):
             _at_least(self, name, 1)
+        _at_least(self, "credit_window", 1, allow_none=True)
         _at_least(self, "retries", 0)
         _at_least(self, "train_threads", 1, allow_none=True)
         _at_least(self, "val_simulations", 0)

@@ -98,7 +98,7 @@ class OnlineDataModule(pl.LightningDataModule):
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 30.0,
         startup_timeout: float = 120.0,
-        credit_window: int = 16,
+        credit_window: int | None = None,
         executor: str | Executor = "local",
         executor_options: dict[str, Any] | None = None,
         journal: str | None = None,

@@ -19,8 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -85,9 +84,8 @@ def dtype_code(dtype: np.dtype | str) -> int:
         raise ProtocolError(f"dtype {np.dtype(dtype)} cannot be sent; supported: {supported}") from None
 
 
-@dataclass(frozen=True)
-class Header:
-    """A decoded header."""
+class Header(NamedTuple):
+    """A decoded header (a named tuple: built once per message, it must be cheap)."""
 
     kind: Kind
     simulation_id: int
@@ -114,7 +112,8 @@ def encode_header(
     if array is not None:
         if array.ndim > MAX_NDIM:
             raise ProtocolError(f"samples may have at most {MAX_NDIM} dimensions, got shape {array.shape}")
-        code, ndim, nbytes = dtype_code(array.dtype), array.ndim, array.nbytes
+        code = _CODE_OF.get(array.dtype) or dtype_code(array.dtype)  # the lookup alone in the common case
+        ndim, nbytes = array.ndim, array.nbytes
         shape[:ndim] = array.shape
     return HEADER.pack(MAGIC, VERSION, int(kind), code, ndim, simulation_id, attempt, 0, index, *shape, nbytes)
 
@@ -135,8 +134,7 @@ def decode_header(buffer: bytes | memoryview) -> Header:
         raise ProtocolError(f"unknown dtype code {code}")
     if ndim > MAX_NDIM:
         raise ProtocolError(f"ndim {ndim} exceeds {MAX_NDIM}")
-    shape = (s0, s1, s2, s3)[:ndim]
-    return Header(kind_member, sim_id, attempt, index, tuple(shape), DTYPE_CODES[code], nbytes, flags)
+    return Header(kind_member, sim_id, attempt, index, (s0, s1, s2, s3)[:ndim], DTYPE_CODES[code], nbytes, flags)
 
 
 def encode_json(kind: Kind, simulation_id: int, attempt: int, payload: dict[str, Any], index: int = 0) -> list[bytes]:

@@ -2,9 +2,14 @@
 
 One background thread owns a ZeroMQ ``ROUTER`` socket bound to an ephemeral port, starts up to
 ``concurrency`` simulation processes through an executor, asks the sampler for their parameters,
-validates every frame they send, copies samples into the :class:`TrainingBuffer`, grants credit
+validates every frame they send, puts samples into the :class:`TrainingBuffer`, grants credit
 as the buffer frees up (backpressure), detects crashes, silence and malformed data, retries, and
 journals every change of state.
+
+Samples reach the buffer with as few copies as the transport allows: a small sample's payload is
+read from the socket straight into a buffer slot reserved for it; a large one (at least the
+buffer's ``zero_copy_bytes``) stays in the memory ZeroMQ received it into, which the buffer then
+keeps by reference. Either way the batch the training step gets is the sample's only other copy.
 
 Example (see :class:`~engage.core.online.datamodule.OnlineDataModule` for the usual entry)::
 
@@ -117,7 +122,7 @@ class SimulationScheduler:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 30.0,
         startup_timeout: float = 120.0,
-        credit_window: int = 16,
+        credit_window: int | None = None,
         simulator_spec: dict[str, Any] | None = None,
         workdir: str | None = None,
         rank: int = 0,
@@ -143,7 +148,6 @@ class SimulationScheduler:
         self.exit_grace = max(1.0, heartbeat_interval)
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_timeout = startup_timeout
-        self.credit_window = max(1, credit_window)
         self.workdir = workdir or tempfile.mkdtemp(prefix="engage-online-")
         self.rank, self.world_size = rank, world_size
         self.hooks = hooks
@@ -151,6 +155,13 @@ class SimulationScheduler:
         self.dtype = np.dtype(simulator.dtype).newbyteorder("<")  # the wire is little-endian
         self.spec = simulator_spec
         self._nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        if credit_window is None:
+            # enough samples in flight per simulation that a round trip of credit never stalls it
+            # at full speed (about 16 MiB), and never fewer than 8
+            credit_window = min(1024, max(8, (16 << 20) // max(1, self._nbytes)))
+        if credit_window < 1:
+            raise ValueError(f"credit_window must be >= 1 or None (sized from the sample), got {credit_window}")
+        self.credit_window = int(credit_window)
         self.address: str | None = None
         # progress counters (read by the progress callback from the training thread)
         self.next_index = 0  # fresh simulations created on this rank
@@ -169,8 +180,11 @@ class SimulationScheduler:
         self._restored: dict[str, Any] | None = None
         self._started_at = time.monotonic()
         self._last_beat = 0.0
-        # samples received in the current drain of the socket, put into the buffer together
+        # samples received in the current drain of the socket, put into the buffer together:
+        # arrays (kept by reference or copied) and slots written in place
         self._pending: list[tuple[np.ndarray, np.ndarray, int, float]] = []
+        self._written: list[tuple[int, np.ndarray, int, float]] = []
+        self._slots: list[int] = []  # reserved, not yet written
         self._arrived: dict[int, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -213,6 +227,7 @@ class SimulationScheduler:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         try:
+            self.buffer.prepare(self.shape, self.dtype, self.simulator.space.dim)
             port = sock.bind_to_random_port(f"tcp://{self.executor.bind_host()}")
             self.address = f"tcp://{self.executor.bind_host()}:{port}"
             self._bound.set()
@@ -228,6 +243,8 @@ class SimulationScheduler:
             self._bound.set()
             try:
                 self._flush()
+                self.buffer.release(self._slots)
+                self._slots = []
             except Exception:  # a broken buffer must not keep the processes alive
                 log.exception("samples received last could not enter the buffer")
             for active in list(self.active.values()):
@@ -274,11 +291,16 @@ class SimulationScheduler:
                 # running; the samples enter the buffer under one lock, with one wake-up
                 for _ in range(4096):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        identity = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(sock, frames)
-                    if len(self._pending) >= 256:
+                    try:
+                        self._handle(sock, identity)
+                    finally:
+                        # whatever _handle left of a malformed message must not be read as the next
+                        while sock.getsockopt(zmq.RCVMORE):
+                            sock.recv(copy=False)
+                    if len(self._pending) + len(self._written) >= 256:
                         self._flush()
                 self._flush()
             self._grant(sock)
@@ -354,16 +376,19 @@ class SimulationScheduler:
             except zmq.ZMQError:
                 pass  # a client that vanished is caught by the liveness checks
 
-    def _handle(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
-        identity = frames[0].bytes
+    def _handle(self, sock: zmq.Socket, identity: bytes) -> None:
+        """Read and act on the rest of a message from ``identity``: a header frame, then a payload
+        frame that :meth:`_sample` reads into its buffer slot and :meth:`_payload` otherwise."""
         active = self._by_identity.get(identity)
         try:
-            if len(frames) != 3:
-                raise ProtocolError(f"message of {len(frames) - 1} frames, expected 2 (header, payload)")
-            header = protocol.decode_header(frames[1].buffer)
-            payload = frames[2]
+            if not sock.getsockopt(zmq.RCVMORE):
+                raise ProtocolError("empty message, expected 2 frames (header, payload)")
+            header_frame = sock.recv()
+            if not sock.getsockopt(zmq.RCVMORE):
+                raise ProtocolError("message of 1 frame, expected 2 (header, payload)")
+            header = protocol.decode_header(header_frame)
             if active is None:
-                self._hello(sock, identity, header, payload)
+                self._hello(sock, identity, header, self._payload(sock))
                 return
             if header.simulation_id != active.record.simulation_id or header.attempt != active.record.attempt:
                 raise ProtocolError(
@@ -372,11 +397,13 @@ class SimulationScheduler:
                 )
             active.last_seen = time.monotonic()
             if header.kind == Kind.SAMPLE:
-                self._sample(active, header, payload)
-            elif header.kind == Kind.DONE:
+                self._sample(sock, active, header)
+                return
+            payload = self._payload(sock)
+            if header.kind == Kind.DONE:
                 self._done(sock, active, header)
             elif header.kind == Kind.ERROR:
-                self._fail(sock, active, f"simulation reported: {payload.bytes.decode(errors='replace')}")
+                self._fail(sock, active, f"simulation reported: {payload.decode(errors='replace')}")
             elif header.kind != Kind.HEARTBEAT:
                 raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
         except (ProtocolError, MalformedSample) as exc:
@@ -385,14 +412,22 @@ class SimulationScheduler:
             else:
                 log.warning("ignored a message from an unknown connection: %s", exc)
 
-    def _hello(self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: zmq.Frame) -> None:
+    @staticmethod
+    def _payload(sock: zmq.Socket, copy: bool = True) -> Any:
+        """The payload frame, which must be the message's last."""
+        payload = sock.recv(copy=copy)
+        if sock.getsockopt(zmq.RCVMORE):
+            raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
+        return payload
+
+    def _hello(self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: bytes) -> None:
         active = self.active.get(header.simulation_id)
         if header.kind != Kind.HELLO or active is None or active.record.attempt != header.attempt or active.done:
             # a stale attempt or a stranger: tell it to go away
             reason = f"simulation {header.simulation_id} attempt {header.attempt} is not expected"
             sock.send_multipart([identity, *protocol.encode_text(Kind.STOP, header.simulation_id, 0, reason)])
             return
-        hello = protocol.decode_json(payload.buffer) if len(payload.buffer) else {}
+        hello = protocol.decode_json(payload) if len(payload) else {}
         if hello.get("host") and active.record.host in ("", "localhost"):
             # the executor's host name (edge-1) says more than a hostname that namespaces share
             active.record.host = str(hello["host"])
@@ -410,12 +445,11 @@ class SimulationScheduler:
         rec = active.record
         self._send(sock, active, protocol.encode_json(Kind.JOB, rec.simulation_id, rec.attempt, job))
 
-    def _sample(self, active: _Active, header: protocol.Header, payload: zmq.Frame) -> None:
-        buf = payload.buffer
-        # the common case in one comparison; the full check names what is wrong otherwise
+    def _sample(self, sock: zmq.Socket, active: _Active, header: protocol.Header) -> None:
         size = self._nbytes
-        if header.shape != self.shape or header.dtype != self.dtype or header.nbytes != size or len(buf) != size:
-            check_sample(header, len(buf), self.shape, self.dtype)
+        # the common case in one comparison; the full check names what is wrong otherwise
+        if header.shape != self.shape or header.dtype != self.dtype or header.nbytes != size:
+            check_sample(header, header.nbytes, self.shape, self.dtype)
         total = self.simulator.samples_per_run
         if total is not None and header.index >= total:
             raise MalformedSample(
@@ -425,13 +459,29 @@ class SimulationScheduler:
             raise ProtocolError("sample sent without credit (the client must wait for CREDIT messages)")
         active.credits -= 1
         if header.index < active.accepted:
+            self._payload(sock, copy=False)
             return  # already received from an earlier attempt
         if header.index > active.accepted:
             raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
-        sample = np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
         step_time = (header.index + 1) / total if total else float(header.index)
-        # the frame's memory stays valid while the array refers to it: no copy until the buffer's slot
-        self._pending.append((sample, active.unit, header.simulation_id, step_time))
+        if self.buffer.writes_in_place and not self._slots:
+            self._slots = self.buffer.reserve(256)
+        if self._slots:
+            slot = self._slots.pop()
+            received = sock.recv_into(self.buffer.slot(slot))
+            if received != size or sock.getsockopt(zmq.RCVMORE):
+                self._slots.append(slot)
+                check_sample(header, received, self.shape, self.dtype)
+                raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
+            self._written.append((slot, active.unit, header.simulation_id, step_time))
+        else:
+            # large samples (or a full reservoir, which evicts on put): ZeroMQ's own memory, kept
+            # by reference in the buffer
+            frame = self._payload(sock, copy=False)
+            if len(frame.buffer) != size:
+                check_sample(header, len(frame.buffer), self.shape, self.dtype)
+            sample = np.frombuffer(frame.buffer, dtype=self.dtype).reshape(self.shape)
+            self._pending.append((sample, active.unit, header.simulation_id, step_time))
         self._arrived[header.simulation_id] = self._arrived.get(header.simulation_id, 0) + 1
         active.accepted += 1
         rec = active.record
@@ -443,8 +493,12 @@ class SimulationScheduler:
 
     def _flush(self) -> None:
         """Put the samples of this drain into the buffer and tell plugins, once per simulation."""
+        if self._written:
+            self.buffer.commit(self._written)
+            self._written = []
         if self._pending:
-            self.buffer.put_many(self._pending)
+            # the frames' memory is the scheduler's alone: large samples are kept without a copy
+            self.buffer.put_many(self._pending, owned=True)
             self._pending = []
         if self._arrived:
             arrived, self._arrived = self._arrived, {}
@@ -475,7 +529,8 @@ class SimulationScheduler:
         connected = [a for a in self.active.values() if a.identity is not None and not a.done]
         if not connected:
             return
-        available = self.buffer.credit() - sum(a.credits for a in connected)
+        # reserved slots are room the buffer no longer counts but this receiver will fill
+        available = self.buffer.credit() + len(self._slots) - sum(a.credits for a in connected)
         for active in sorted(connected, key=lambda a: a.credits):
             want = self.credit_window - active.credits
             # grant in chunks to keep the message count low, but never let a client starve
