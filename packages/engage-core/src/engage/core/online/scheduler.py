@@ -294,12 +294,7 @@ class SimulationScheduler:
                         identity = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    try:
-                        self._handle(sock, identity)
-                    finally:
-                        # whatever _handle left of a malformed message must not be read as the next
-                        while sock.getsockopt(zmq.RCVMORE):
-                            sock.recv(copy=False)
+                    self._handle(sock, identity)
                     if len(self._pending) + len(self._written) >= 256:
                         self._flush()
                 self._flush()
@@ -407,6 +402,9 @@ class SimulationScheduler:
             elif header.kind != Kind.HEARTBEAT:
                 raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
         except (ProtocolError, MalformedSample) as exc:
+            # what is left of a malformed message must not be read as the next one
+            while sock.getsockopt(zmq.RCVMORE):
+                sock.recv(copy=False)
             if active is not None:
                 self._fail(sock, active, f"malformed data: {exc}")
             else:
