@@ -149,6 +149,23 @@ def test_large_owned_samples_are_kept_by_reference_and_others_copied():
     assert small._refs is None and not np.shares_memory(small._data, owned)
 
 
+@pytest.mark.parametrize("zero_copy_bytes", [0, 1 << 20], ids=["by-reference", "in-place"])
+def test_batches_gather_into_a_reused_array(zero_copy_bytes):
+    buffer = TrainingBuffer(capacity=8, policy="fifo", zero_copy_bytes=zero_copy_bytes)
+    for v in range(5):
+        put(buffer, v)
+    buffer.close()
+    out = np.full((4, 2), -1.0, np.float32)
+    first = buffer.get_batch(3, out=out)
+    assert np.shares_memory(first["target"], out) and first["target"][:, 0].tolist() == [0, 1, 2]
+    second = buffer.get_batch(3, out=out)  # the stream ended with two left: a smaller batch
+    assert second["target"][:, 0].tolist() == [3, 4] and out[:, 0].tolist() == [3, 4, 2, -1]
+    with pytest.raises(ValueError, match=r"get_batch\(out=...\) has shape \(4, 3\)"):
+        buffer.get_batch(1, out=np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="fewer than the 8 asked for"):
+        buffer.get_batch(8, out=out)
+
+
 def test_by_reference_storage_evicts_and_round_trips():
     buffer = TrainingBuffer(capacity=3, policy="reservoir", seed=0, zero_copy_bytes=0)
     for v in range(3):
