@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engage.core.tracking.sqlite_store import ensure_sqlite_store
+
 log = logging.getLogger(__name__)
 
 #: tag holding the hash of a job's resolved config (resume matches on it)
@@ -111,6 +113,7 @@ class TrackingServer:
         if self.port is None:
             self.port = free_port(self.bind if self.bind != "0.0.0.0" else "127.0.0.1")
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_store(self.backend_uri)
         command = [
             sys.executable,
             "-m",
@@ -130,10 +133,19 @@ class TrackingServer:
             "--allowed-hosts",
             "*",
         ]
+        # MLflow's job execution (GenAI evaluation jobs) starts a job runner process of its own;
+        # a sweep's server never runs such jobs, and on a small host that process slows its start
+        env = {**os.environ}
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
             )
         finally:
             if output is not subprocess.DEVNULL:
@@ -268,6 +280,7 @@ class JobRecord:
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
+    ensure_sqlite_store(uri)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -1,12 +1,15 @@
-"""MLflow helpers: tracking URIs, reachability, the environment record, sweeps as parent runs."""
+"""MLflow helpers: tracking URIs, reachability, new SQLite stores, the environment record, sweeps as
+parent runs."""
 
 from engage.core.tracking.environment import environment_record, git_state
+from engage.core.tracking.sqlite_store import ensure_sqlite_store
 from engage.core.tracking.store import TrackingUnavailable, check_reachable, default_tracking_uri, resolve_tracking_uri
 
 __all__ = [
     "TrackingUnavailable",
     "check_reachable",
     "default_tracking_uri",
+    "ensure_sqlite_store",
     "environment_record",
     "git_state",
     "resolve_tracking_uri",

@@ -51,6 +51,9 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         return
     from mlflow.tracking import MlflowClient
 
+    from engage.core.tracking.sqlite_store import ensure_sqlite_store
+
+    ensure_sqlite_store(uri)
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # any backend error means no usable store
