@@ -4,7 +4,6 @@ config and the installed plugins, train, and record everything in MLflow."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,10 +22,10 @@ from engage.core.events import RunRecord
 from engage.core.plugins import flatten, get_plugin_manager
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.store import (
-    PARENT_RUN_ENV,
     TrackingUnavailable,
     check_reachable,
     default_tracking_uri,
+    parent_run_id,
     resolve_tracking_uri,
 )
 
@@ -60,7 +59,7 @@ def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
 
 def build_logger(cfg: DictConfig, tracking_uri: str) -> MLFlowLogger:
     tags = {str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}
-    parent = os.environ.get(PARENT_RUN_ENV)
+    parent = parent_run_id()
     if parent:
         tags["mlflow.parentRunId"] = parent
     git = git_state()

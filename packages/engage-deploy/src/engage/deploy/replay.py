@@ -90,7 +90,11 @@ def replay(
             overrides = [o for o in run.data.params.get("overrides", "").split() if o != "(none)"]
     out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix=f"engage-replay-{run_id[:8]}-"))
     out = out.resolve()
-    env = {k: v for k, v in os.environ.items() if k not in ("ENGAGE_PARENT_RUN_ID", "MLFLOW_RUN_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ENGAGE_PARENT_RUN_ID", "ENGAGE_PARENT_RUN_FILE", "MLFLOW_RUN_ID")
+    }
     env["ENGAGE_TRACKING_URI"] = uri
     env["MLFLOW_TRACKING_URI"] = uri
     argv = [*command, *overrides, f"hydra.run.dir={out}"]

@@ -38,14 +38,21 @@ def _picklable(value: Any) -> Any:
 
 
 def _go_offline_if_needed() -> bool:
-    """Log to the job's own SQLite store when the sweep's MLflow server does not answer now;
-    the launcher uploads that store once the server is back."""
+    """Log to the job's own SQLite store when the sweep's MLflow server does not answer now (or,
+    for a job started while it starts, by the time it should); the launcher uploads that store
+    once the server is back."""
     from engage.deploy.tracking import http_alive, offline_experiment
 
     uri = os.environ.get("ENGAGE_TRACKING_URI", "")
     offline_uri = os.environ.get("ENGAGE_DEPLOY_OFFLINE_URI")
     if not offline_uri or not uri.startswith(("http://", "https://")) or http_alive(uri, timeout_s=3.0):
         return False
+    # started while the sweep's server was still starting: a server that is not up yet is not down
+    ready_by = float(os.environ.get("ENGAGE_DEPLOY_SERVER_READY_BY") or 0.0)
+    while time.time() < ready_by:
+        time.sleep(0.2)
+        if http_alive(uri, timeout_s=3.0):
+            return False
     Path(offline_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(
         os.environ.get("ENGAGE_DEPLOY_OFFLINE_ARTIFACTS", Path(offline_uri.removeprefix("sqlite:///")).parent)

@@ -53,7 +53,11 @@ from engage.deploy.providers import Host, Provider, get_provider
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "ENGAGE_PARENT_RUN_ID"
+#: jobs started before the sweep's parent run exists read its id from this file (engage-core waits for it)
+PARENT_RUN_FILE_ENV = "ENGAGE_PARENT_RUN_FILE"
 TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
+#: while the sweep's server starts, a job waits for it until this time (epoch seconds) before going offline
+SERVER_READY_BY_ENV = "ENGAGE_DEPLOY_SERVER_READY_BY"
 #: where a job logs when the sweep's server does not answer at its start
 OFFLINE_URI_ENV = "ENGAGE_DEPLOY_OFFLINE_URI"
 OFFLINE_ARTIFACTS_ENV = "ENGAGE_DEPLOY_OFFLINE_ARTIFACTS"
@@ -209,6 +213,8 @@ class Sweep:
         self.parent_run_id: str | None = None
         self.own_parent = False
         self.experiment_id: str | None = None
+        self._tracking_opening: Future | None = None
+        self._tracking_failure_reported = False
 
     # ------------------------------------------------------------------ entry point
 
@@ -219,25 +225,28 @@ class Sweep:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.folder = self._new_experiment_folder(sweep_dir.resolve())
         singleton_state = Singleton.get_state()
-        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        self._jobs = jobs
-        done = self._completed_results(sweep_dir) if self.options.resume else {}
-        provider_cls = get_provider(self.infrastructure.provider)
-        provider = provider_cls(self.infrastructure, self.folder / "provider")
-        log.info(
-            "engage launcher: %d jobs on %s (%s), experiment folder %s",
-            len(jobs),
-            self.infrastructure.provider,
-            ", ".join(self.infrastructure.host_names()),
-            self.folder,
-        )
-        for job in jobs:
-            log.info("\t#%d : %s", job.index, " ".join(filter_overrides(job.overrides)))
         results: dict[int, JobReturn] = {}
         previous_handler = self._install_sigterm()
         monitors: dict[str, HostMonitor] = {}
         try:
-            self._start_server(len(jobs) - sum(1 for j in jobs if j.config_hash in done))
+            # MLflow first: its server and the sweep's parent run get ready while jobs are
+            # composed and hosts deployed (seconds of imports and start-up on a small machine)
+            self._start_server(len(job_overrides))
+            self._open_tracking_in_background()
+            jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+            self._jobs = jobs
+            done = self._completed_results(sweep_dir) if self.options.resume else {}
+            provider_cls = get_provider(self.infrastructure.provider)
+            provider = provider_cls(self.infrastructure, self.folder / "provider")
+            log.info(
+                "engage launcher: %d jobs on %s (%s), experiment folder %s",
+                len(jobs),
+                self.infrastructure.provider,
+                ", ".join(self.infrastructure.host_names()),
+                self.folder,
+            )
+            for job in jobs:
+                log.info("\t#%d : %s", job.index, " ".join(filter_overrides(job.overrides)))
             with provider:
                 self.report.warnings += list(getattr(provider, "warnings", []))
                 self._write_infrastructure(provider)
@@ -250,7 +259,7 @@ class Sweep:
                     )
                     monitor.start()
                     monitors[host.name] = monitor
-                self._start_tracking(provider)
+                self._connect_tracking(provider, hosts)
                 payload_base = {"hydra_context": self.hydra_context, "task_function": self.task_function}
                 pending = []
                 for job in jobs:
@@ -398,40 +407,86 @@ class Sweep:
         )
         self.server.start(wait=False)
 
-    def _start_tracking(self, provider: Provider) -> None:
+    def _open_tracking_in_background(self) -> None:
+        """Open the sweep's MLflow side (:meth:`_open_tracking`) while the sweep goes on.
+
+        Importing MLflow, waiting for a starting server and creating the parent run take seconds.
+        Jobs on hosts that share this machine's files do not wait for them: they read the parent
+        run's id from a file when they need it and wait for a starting server themselves. Jobs
+        on remote hosts get the id in their environment (:meth:`_connect_tracking` waits).
+        """
         settings = self.options.mlflow or {}
         if not settings.get("enabled", True):
             return
         self.parent_run_id = os.environ.get(PARENT_RUN_ENV)
-        if self.server is None:
-            self.tracking_uri = self.backend_uri
-        else:
-            self.server.address = provider.launcher_address()
-            if self.server.process is not None:
-                self.server.wait_ready()
-            # this process talks to it over loopback: the hosts' network may be gone before the end
-            self.tracking_uri = self.server.local_uri
-            self._write_server_state()
-        experiment = str(settings.get("experiment", "engage"))
-        self.experiment_name = experiment
-        # created in the store itself (not through the server) so its artifact location is a plain
-        # folder that `mlflow ui --backend-store-uri ...` and any client can read later
-        self.experiment_id = tracking.experiment_id_for(self.backend_uri, experiment, self.parent_run_id)
-        if not self.parent_run_id:
-            from mlflow.tracking import MlflowClient
+        # this process talks to the server over loopback: the hosts' network may be gone before the end
+        self.tracking_uri = self.backend_uri if self.server is None else self.server.local_uri
+        self.experiment_name = str(settings.get("experiment", "engage"))
+        self._tracking_opening = _in_background(self._open_tracking, name="engage-mlflow")
 
-            run = MlflowClient(self.tracking_uri).create_run(
-                self.experiment_id,
-                run_name=f"sweep-{self.folder.name}",
-                tags={"engage.kind": "sweep", "engage.sweep_dir": str(self.config.hydra.sweep.dir)},
-            )
-            self.parent_run_id = run.info.run_id
-            self.own_parent = True
+    def _connect_tracking(self, provider: Provider, hosts: list[Host]) -> None:
+        """How the deployed hosts reach the sweep's server; remote ones start once MLflow is open."""
+        if self._tracking_opening is None:
+            return
+        if self.server is not None:
+            self.server.address = provider.launcher_address()
+        if any(host.remote for host in hosts):
+            self._tracking_opened()
+
+    def _open_tracking(self) -> None:
+        """The MLflow work of :meth:`_open_tracking_in_background`, in a background thread."""
+        try:
+            if self.server is not None:
+                # import MLflow's client while the server starts, not after
+                import mlflow.store.tracking.sqlalchemy_store
+                import mlflow.tracking  # noqa: F401
+
+                if self.server.process is not None:
+                    self.server.wait_ready()
+                self._write_server_state()
+            # created in the store itself (not through the server) so its artifact location is a
+            # plain folder that `mlflow ui --backend-store-uri ...` and any client can read later
+            self.experiment_id = tracking.experiment_id_for(self.backend_uri, self.experiment_name, self.parent_run_id)
+            if not self.parent_run_id:
+                from mlflow.tracking import MlflowClient
+
+                run = MlflowClient(self.tracking_uri).create_run(
+                    self.experiment_id,
+                    run_name=f"sweep-{self.folder.name}",
+                    tags={"engage.kind": "sweep", "engage.sweep_dir": str(self.config.hydra.sweep.dir)},
+                )
+                self.parent_run_id = run.info.run_id
+                self.own_parent = True
+        finally:
+            # an empty file tells waiting jobs there is no parent run to attach to
+            tracking.write_text(self._parent_run_file, self.parent_run_id or "")
+
+    @property
+    def _parent_run_file(self) -> Path:
+        return self.folder / "parent-run-id"
+
+    def _tracking_opened(self) -> bool:
+        """Wait for :meth:`_open_tracking`; ``False`` (reported once) if MLflow could not be opened,
+        in which case job records are kept offline in their job folders."""
+        if self._tracking_opening is None:
+            return False
+        try:
+            self._tracking_opening.result()
+            return True
+        except Exception as exc:
+            with self._lock:
+                if not self._tracking_failure_reported:
+                    self._tracking_failure_reported = True
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    message = f"MLflow store {self.backend_uri} could not be opened ({first}); job records kept offline"
+                    log.warning("engage launcher: %s", message)
+                    self.report.warnings.append(message)
+            return False
 
     def _write_server_state(self) -> None:
         assert self.server is not None
         pid = self.server.process.pid if self.server.process is not None else getattr(self.server, "kept_pid", None)
-        state = {"pid": pid, "uri": self.server.uri, "backend": self.server.backend_uri}
+        state = {"pid": pid, "uri": self.server.local_uri, "backend": self.server.backend_uri}
         tracking.write_json(self.folder / "mlflow-server.json", state)
 
     def _tracking_env(self, job: JobSpec) -> dict[str, str]:
@@ -439,10 +494,13 @@ class Sweep:
             return {}
         offline = job.folder / "offline"
         uri = self.server.uri if self.server is not None else self.tracking_uri
-        return {
+        # read in this order: the parent's id is set before the opening is done
+        opening = self._tracking_opening is not None and not self._tracking_opening.done()
+        parent = self.parent_run_id
+        env = {
             TRACKING_URI_ENV: uri,
             "MLFLOW_TRACKING_URI": uri,
-            PARENT_RUN_ENV: self.parent_run_id or "",
+            PARENT_RUN_ENV: parent or "",
             OFFLINE_URI_ENV: f"sqlite:///{offline / 'mlflow.db'}",
             OFFLINE_ARTIFACTS_ENV: str(offline / "artifacts"),
             EXPERIMENT_ENV: self.experiment_name,
@@ -451,10 +509,15 @@ class Sweep:
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         }
+        if opening and not parent:
+            env[PARENT_RUN_FILE_ENV] = str(self._parent_run_file)
+        if opening and self.server is not None and self.server.process is not None:
+            env[SERVER_READY_BY_ENV] = str(self.server.ready_by)
+        return env
 
     def _server_ok(self) -> bool:
         """Whether jobs can log to the sweep's store now; restarts a dead sweep server."""
-        if self.tracking_uri is None:
+        if self.tracking_uri is None or not self._tracking_opened():
             return False
         if self.server is None:
             return not self.tracking_uri.startswith("http") or tracking.http_alive(self.tracking_uri)
@@ -548,7 +611,8 @@ class Sweep:
                     finished, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
                     for future in finished:
                         results[futures[future].index] = future.result()
-                    if self.server is not None and time.monotonic() - last_check > 2.0:
+                    opened = self._tracking_opening is not None and self._tracking_opening.done()
+                    if self.server is not None and opened and time.monotonic() - last_check > 2.0:
                         last_check = time.monotonic()
                         self._server_ok()
             except KeyboardInterrupt:
@@ -864,6 +928,20 @@ def _terminate(process: subprocess.Popen, grace_s: float = 5.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _in_background(function: Any, name: str) -> Future:
+    """Run ``function()`` in a daemon thread; its result or exception lands in the returned future."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(function())
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -154,6 +154,12 @@ class TrackingServer:
         if wait:
             self.wait_ready()
 
+    @property
+    def ready_by(self) -> float:
+        """The time (epoch seconds) by which the started server must answer."""
+        assert self.process is not None, "start() first"
+        return time.time() + max(0.0, self._started_at + self.start_timeout_s - time.monotonic())
+
     def wait_ready(self) -> None:
         """Wait until the started server answers (or raise :class:`TrackingError`)."""
         assert self.process is not None, "start() first"
@@ -420,6 +426,11 @@ def offline_experiment(uri: str, name: str, artifacts: Path) -> str:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    write_text(path, json.dumps(data, indent=1, default=str))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a reader never sees half a file)."""
     scratch = path.with_suffix(path.suffix + ".tmp")
-    scratch.write_text(json.dumps(data, indent=1, default=str))
+    scratch.write_text(text)
     scratch.replace(path)

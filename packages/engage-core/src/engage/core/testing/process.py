@@ -27,7 +27,7 @@ def run_engage(
 ) -> subprocess.CompletedProcess[str]:
     """``engage ARGS`` in ``cwd`` with this interpreter; sweep variables of a parent process removed."""
     full_env = {**os.environ, **(env or {})}
-    for inherited in ("ENGAGE_PARENT_RUN_ID", "ENGAGE_TRACKING_URI"):
+    for inherited in ("ENGAGE_PARENT_RUN_ID", "ENGAGE_PARENT_RUN_FILE", "ENGAGE_TRACKING_URI"):
         if not env or inherited not in env:
             full_env.pop(inherited, None)
     return subprocess.run(

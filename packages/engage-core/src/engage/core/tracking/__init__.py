@@ -3,7 +3,13 @@ parent runs."""
 
 from engage.core.tracking.environment import environment_record, git_state
 from engage.core.tracking.sqlite_store import ensure_sqlite_store
-from engage.core.tracking.store import TrackingUnavailable, check_reachable, default_tracking_uri, resolve_tracking_uri
+from engage.core.tracking.store import (
+    TrackingUnavailable,
+    check_reachable,
+    default_tracking_uri,
+    parent_run_id,
+    resolve_tracking_uri,
+)
 
 __all__ = [
     "TrackingUnavailable",
@@ -12,5 +18,6 @@ __all__ = [
     "ensure_sqlite_store",
     "environment_record",
     "git_state",
+    "parent_run_id",
     "resolve_tracking_uri",
 ]

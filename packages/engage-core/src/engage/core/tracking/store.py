@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from pathlib import Path
 
 #: set by the sweep callback (or a launcher) so every job logs as a child of the sweep's run
 PARENT_RUN_ENV = "ENGAGE_PARENT_RUN_ID"
+#: a file that will hold the parent run's id, for jobs a launcher starts before that run exists
+PARENT_RUN_FILE_ENV = "ENGAGE_PARENT_RUN_FILE"
 #: the tracking URI chosen for a sweep, inherited by its jobs
 TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
 
@@ -26,6 +30,33 @@ def resolve_tracking_uri(configured: str | None) -> str:
     the configured one, else SQLite in the working directory. ``MLFLOW_TRACKING_URI`` is
     deliberately not read implicitly: set ``logger.uri``."""
     return os.environ.get(TRACKING_URI_ENV) or configured or default_tracking_uri()
+
+
+def parent_run_id(timeout_s: float = 300.0) -> str | None:
+    """The sweep's parent run this job's run belongs under, if any.
+
+    ``ENGAGE_PARENT_RUN_ID`` names it; a launcher that starts jobs while it still opens MLflow
+    names a file instead (``ENGAGE_PARENT_RUN_FILE``), written once the parent exists (empty
+    when there is none). This waits for that file up to ``timeout_s``, then goes on without a
+    parent, with a warning.
+    """
+    parent = os.environ.get(PARENT_RUN_ENV)
+    path = os.environ.get(PARENT_RUN_FILE_ENV)
+    if parent or not path:
+        return parent or None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return Path(path).read_text().strip() or None
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                warnings.warn(
+                    f"{PARENT_RUN_FILE_ENV}={path} was not written within {timeout_s:.0f} s; "
+                    "this run is logged without its sweep's parent run",
+                    stacklevel=2,
+                )
+                return None
+            time.sleep(0.05)
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
