@@ -66,6 +66,25 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_jobs_start_while_the_server_starts_and_log_through_it(tmp_path: Path) -> None:
+    proc = start_app(tmp_path, "hydra.launcher.parallelism=2", "+x=1,2", "+log_run=true")
+    _out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    folder = next((tmp_path / "sweep" / ".engage").glob("*"))
+    # written once the server answered and the parent run existed
+    server_ready = (folder / "mlflow-server.json").stat().st_mtime
+    results = [json.loads((folder / "jobs" / str(i) / "result.json").read_text()) for i in (0, 1)]
+    assert all(r["started"] < server_ready for r in results), "jobs waited for MLflow to open"
+    assert not any(r["offline"] for r in results), "a starting server is not a dead one"
+    parent, kids = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert (folder / "parent-run-id").read_text() == parent.info.run_id
+    # each job's own run, found and completed by the launcher: no second run per job
+    assert len(kids) == 2
+    assert sorted(r.data.metrics["x"] for r in kids) == [1.0, 2.0]
+    assert all(r.info.status == "FINISHED" for r in kids)
+
+
+@pytest.mark.slow
 def test_server_killed_mid_sweep_loses_no_job(tmp_path: Path) -> None:
     proc = start_app(
         tmp_path, "hydra.launcher.mlflow.server=true", "hydra.launcher.parallelism=1", "+x=1,2,3,4", "+sleep=1.5"

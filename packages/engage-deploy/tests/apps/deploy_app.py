@@ -1,4 +1,5 @@
-"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, or sleep."""
+"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, sleep, or log its own
+MLflow run under the sweep's parent run."""
 
 import os
 import time
@@ -14,6 +15,17 @@ def main(cfg: DictConfig) -> int:
     print(f"job x={x} pid={os.getpid()} host={os.environ.get('ENGAGE_DEPLOY_HOST')}")
     print(f"placement={os.environ.get('ENGAGE_DEPLOY_PLACEMENT')}")
     time.sleep(float(cfg.get("sleep", 0.0)))
+    if cfg.get("log_run"):
+        import mlflow
+        from hydra.core.hydra_config import HydraConfig
+
+        from engage.core.tracking import parent_run_id
+
+        mlflow.set_experiment(os.environ["ENGAGE_DEPLOY_EXPERIMENT"])
+        # the output folder tag lets the launcher complete this run instead of adding another
+        tags = {"mlflow.parentRunId": parent_run_id(), "engage.output_dir": HydraConfig.get().runtime.output_dir}
+        with mlflow.start_run(tags=tags):
+            mlflow.log_metric("x", x)
     if x == int(cfg.get("fail_on", -1)):
         raise ValueError(f"boom at x={x}")
     flaky = cfg.get("flaky_marker")

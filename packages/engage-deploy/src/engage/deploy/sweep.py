@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -465,14 +466,16 @@ class Sweep:
     def _parent_run_file(self) -> Path:
         return self.folder / "parent-run-id"
 
-    def _tracking_opened(self) -> bool:
-        """Wait for :meth:`_open_tracking`; ``False`` (reported once) if MLflow could not be opened,
-        in which case job records are kept offline in their job folders."""
+    def _tracking_opened(self, timeout_s: float | None = None) -> bool:
+        """Wait for :meth:`_open_tracking` (at most ``timeout_s``); ``False`` if it is not done by
+        then or MLflow could not be opened (reported once: job records are then kept offline)."""
         if self._tracking_opening is None:
             return False
         try:
-            self._tracking_opening.result()
+            self._tracking_opening.result(timeout=timeout_s)
             return True
+        except FutureTimeout:
+            return False
         except Exception as exc:
             with self._lock:
                 if not self._tracking_failure_reported:
@@ -840,7 +843,8 @@ class Sweep:
             runner = _read_json(folder / "runner.json")
             if runner.get("output_dir"):
                 output_dirs.append(runner["output_dir"])
-        if self.tracking_uri and self._server_ok():
+        # an interrupt during start-up does not wait long for MLflow to open
+        if self.tracking_uri and self._tracking_opened(timeout_s=10.0) and self._server_ok():
             try:
                 tracking.mark_killed(self.tracking_uri, self.experiment_id, self.parent_run_id, output_dirs)
                 if self.parent_run_id:
