@@ -46,6 +46,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
 from engage.deploy import tracking
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.monitor import HostMonitor
@@ -53,10 +54,6 @@ from engage.deploy.providers import Host, Provider, get_provider
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ENV = "ENGAGE_PARENT_RUN_ID"
-#: jobs started before the sweep's parent run exists read its id from this file (engage-core waits for it)
-PARENT_RUN_FILE_ENV = "ENGAGE_PARENT_RUN_FILE"
-TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
 #: while the sweep's server starts, a job waits for it until this time (epoch seconds) before going offline
 SERVER_READY_BY_ENV = "ENGAGE_DEPLOY_SERVER_READY_BY"
 #: where a job logs when the sweep's server does not answer at its start
