@@ -5,20 +5,30 @@ sensitivity-weighted and image-similarity refinement) follow the :class:`engage.
 contract, so ``engage run sampler=NAME`` and the online DataModule's scheduler can use them.
 Lightning callbacks (:mod:`engage.sampling.callbacks`) analyse the model during training and steer
 the active sampler; :func:`active_learning` drives a sampler with a plain ``simulate`` function.
+
+Public names are imported on first use (:mod:`engage.core.lazy`): the plugin, which Hydra loads
+to compose any config, does not import SALib, pandas or scikit-image.
 """
 
-from engage.sampling.active_learning import ActiveLearningResult, active_learning
-from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_index_maps, sobol_indices
-from engage.sampling.samplers import (
-    ImageSimilaritySampler,
-    LatinHypercubeSampler,
-    LossDrivenSampler,
-    MorrisSampler,
-    SALibSobolSampler,
-    SensitivityWeightedSampler,
-    SobolSequenceSampler,
-)
-from engage.sampling.similarity import SimilarityLandscape, dissimilarity, similarity_landscape
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engage.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engage.sampling.active_learning import ActiveLearningResult, active_learning
+    from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_index_maps, sobol_indices
+    from engage.sampling.samplers import (
+        ImageSimilaritySampler,
+        LatinHypercubeSampler,
+        LossDrivenSampler,
+        MorrisSampler,
+        SALibSobolSampler,
+        SensitivityWeightedSampler,
+        SobolSequenceSampler,
+    )
+    from engage.sampling.similarity import SimilarityLandscape, dissimilarity, similarity_landscape
 
 __version__ = "0.1.0"
 
@@ -40,3 +50,21 @@ __all__ = [
     "sobol_index_maps",
     "sobol_indices",
 ]
+
+_MODULES = {
+    "engage.sampling.active_learning": ("ActiveLearningResult", "active_learning"),
+    "engage.sampling.analysis": ("SensitivityResult", "morris_indices", "sobol_index_maps", "sobol_indices"),
+    "engage.sampling.samplers": (
+        "ImageSimilaritySampler",
+        "LatinHypercubeSampler",
+        "LossDrivenSampler",
+        "MorrisSampler",
+        "SALibSobolSampler",
+        "SensitivityWeightedSampler",
+        "SobolSequenceSampler",
+    ),
+    "engage.sampling.similarity": ("SimilarityLandscape", "dissimilarity", "similarity_landscape"),
+}
+__getattr__, __dir__ = lazy_exports(
+    __name__, {name: module for module, names in _MODULES.items() for name in names}, globals()
+)

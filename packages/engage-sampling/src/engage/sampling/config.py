@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engage.core.config.schema import ConfigValueError
+from engage.sampling.names import EXPLORATION_SEQUENCES, METRICS
 from engage.sampling.samplers._unit import SCHEDULES
-from engage.sampling.samplers.loss_driven import EXPLORATION_SEQUENCES
 from engage.sampling.samplers.structured import ON_FAILURE
-from engage.sampling.similarity import METRICS
 
 
 def _positive(owner: object, name: str, minimum: int = 1) -> None:

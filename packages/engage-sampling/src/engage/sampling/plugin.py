@@ -6,29 +6,22 @@ from __future__ import annotations
 from engage.core.config.options import ConfigOption
 from engage.core.hookspecs import hookimpl
 from engage.sampling import config
-from engage.sampling.samplers import (
-    ImageSimilaritySampler,
-    LatinHypercubeSampler,
-    LossDrivenSampler,
-    MorrisSampler,
-    SALibSobolSampler,
-    SensitivityWeightedSampler,
-    SobolSequenceSampler,
-)
 
+# (class name, config node, description); the classes are imported when the hook is called, not
+# when the plugin is loaded (every Hydra composition loads it; SALib and SciPy take seconds)
 SAMPLERS = {
-    "lhs": (LatinHypercubeSampler, config.LatinHypercubeConfig, "Latin hypercube designs"),
-    "sobol_sequence": (SobolSequenceSampler, config.SobolSequenceConfig, "scrambled Sobol' sequence"),
-    "salib_sobol": (SALibSobolSampler, config.SALibSobolConfig, "SALib Sobol design for Sobol indices"),
-    "morris": (MorrisSampler, config.MorrisConfig, "SALib Morris trajectories for screening"),
-    "loss_driven": (LossDrivenSampler, config.LossDrivenConfig, "around high-loss points plus exploration"),
+    "lhs": ("LatinHypercubeSampler", config.LatinHypercubeConfig, "Latin hypercube designs"),
+    "sobol_sequence": ("SobolSequenceSampler", config.SobolSequenceConfig, "scrambled Sobol' sequence"),
+    "salib_sobol": ("SALibSobolSampler", config.SALibSobolConfig, "SALib Sobol design for Sobol indices"),
+    "morris": ("MorrisSampler", config.MorrisConfig, "SALib Morris trajectories for screening"),
+    "loss_driven": ("LossDrivenSampler", config.LossDrivenConfig, "around high-loss points plus exploration"),
     "sensitivity_weighted": (
-        SensitivityWeightedSampler,
+        "SensitivityWeightedSampler",
         config.SensitivityWeightedConfig,
         "space filling stretched along sensitive parameters",
     ),
     "image_similarity": (
-        ImageSimilaritySampler,
+        "ImageSimilaritySampler",
         config.ImageSimilarityConfig,
         "refine where neighbouring outputs differ most",
     ),
@@ -37,7 +30,9 @@ SAMPLERS = {
 
 @hookimpl
 def engage_samplers() -> dict[str, type]:
-    return {name: cls for name, (cls, _, _) in SAMPLERS.items()}
+    from engage.sampling import samplers
+
+    return {name: getattr(samplers, class_name) for name, (class_name, _, _) in SAMPLERS.items()}
 
 
 CALLBACKS = {

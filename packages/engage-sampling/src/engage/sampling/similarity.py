@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
-METRICS = ("ssim", "psnr", "nrmse")
+from engage.sampling.names import METRICS
 
 
 @dataclass

@@ -1,13 +1,35 @@
-"""Samplers of engage-sampling; each one follows :class:`engage.core.Sampler` (ask, tell, state)."""
+"""Samplers of engage-sampling; each one follows :class:`engage.core.Sampler` (ask, tell, state).
 
-from engage.sampling.samplers.image_similarity import ImageSimilaritySampler
-from engage.sampling.samplers.lhs import LatinHypercubeSampler
-from engage.sampling.samplers.loss_driven import LossDrivenSampler
-from engage.sampling.samplers.morris import MorrisSampler
-from engage.sampling.samplers.salib_sobol import SALibSobolSampler
-from engage.sampling.samplers.sensitivity_weighted import SensitivityWeightedSampler
-from engage.sampling.samplers.sobol_sequence import SobolSequenceSampler
-from engage.sampling.samplers.structured import StructuredDesignSampler
+Imported on first use (:mod:`engage.core.lazy`): the SALib-based ones bring SciPy and pandas.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engage.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engage.sampling.samplers.image_similarity import ImageSimilaritySampler
+    from engage.sampling.samplers.lhs import LatinHypercubeSampler
+    from engage.sampling.samplers.loss_driven import LossDrivenSampler
+    from engage.sampling.samplers.morris import MorrisSampler
+    from engage.sampling.samplers.salib_sobol import SALibSobolSampler
+    from engage.sampling.samplers.sensitivity_weighted import SensitivityWeightedSampler
+    from engage.sampling.samplers.sobol_sequence import SobolSequenceSampler
+    from engage.sampling.samplers.structured import StructuredDesignSampler
+
+#: public class -> the module that defines it
+SAMPLER_MODULES = {
+    "ImageSimilaritySampler": "engage.sampling.samplers.image_similarity",
+    "LatinHypercubeSampler": "engage.sampling.samplers.lhs",
+    "LossDrivenSampler": "engage.sampling.samplers.loss_driven",
+    "MorrisSampler": "engage.sampling.samplers.morris",
+    "SALibSobolSampler": "engage.sampling.samplers.salib_sobol",
+    "SensitivityWeightedSampler": "engage.sampling.samplers.sensitivity_weighted",
+    "SobolSequenceSampler": "engage.sampling.samplers.sobol_sequence",
+    "StructuredDesignSampler": "engage.sampling.samplers.structured",
+}
 
 __all__ = [
     "ImageSimilaritySampler",
@@ -19,3 +41,5 @@ __all__ = [
     "SobolSequenceSampler",
     "StructuredDesignSampler",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, SAMPLER_MODULES, globals())

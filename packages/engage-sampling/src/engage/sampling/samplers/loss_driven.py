@@ -12,9 +12,8 @@ from scipy.stats import qmc
 
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
+from engage.sampling.names import EXPLORATION_SEQUENCES
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, normalised_weights, reflect, scheduled_ratio
-
-EXPLORATION_SEQUENCES = ("sobol", "uniform")
 
 
 class LossDrivenSampler(Sampler):
