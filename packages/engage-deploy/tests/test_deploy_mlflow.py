@@ -41,11 +41,13 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
         "+sleep=0.6",
         "+fail_on=3",
     )
-    _out, err = proc.communicate(timeout=240)
+    out, err = proc.communicate(timeout=240)
     assert proc.returncode != 0 and "boom at x=3" in err
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, kids = children(uri)
     assert parent.info.status == "FAILED"
+    # one line naming the sweep's run, not MLflow's two links per ended run
+    assert f"MLflow run {parent.info.run_id} in {uri}" in out + err and "View run" not in out + err
     folder = next((tmp_path / "sweep" / ".engage").glob("*"))
     assert (folder / "mlflow-server.json").is_file()  # parallel jobs: the sweep ran its own server
     assert [r.data.params["overrides"] for r in kids] == [f"+x={x} +sleep=0.6 +fail_on=3" for x in (1, 2, 3)]
@@ -58,6 +60,7 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
         assert len(history) >= 2 and all(m.value > 1 for m in history)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "engage")}
         assert {"engage/stdout.log", "engage/stderr.log", "engage/config.yaml", "engage/overrides.yaml"} <= artifacts
+        assert not [a for a in artifacts if a.endswith(".pkl")]  # the launcher's own pickles stay in the folder
         assert {a.path for a in client.list_artifacts(run.info.run_id, "engage/infrastructure")} == {
             "engage/infrastructure/infrastructure.yaml"
         }

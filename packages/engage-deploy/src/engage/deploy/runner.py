@@ -108,6 +108,8 @@ def run(job_dir: Path) -> int:
         "output_dir": str(output_dir) if output_dir else None,
         "pid": os.getpid(),
         "offline": offline,
+        # a job that never imported MLflow made no run of its own: the launcher need not look for one
+        "used_mlflow": "mlflow" in sys.modules,
     }
     (job_dir / "runner.json").write_text(json.dumps(summary, indent=1))
     if error:

@@ -66,6 +66,8 @@ JOB_DIR_ENV = "ENGAGE_DEPLOY_JOB_DIR"
 HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
 #: with ``placement: optimize``, service instance -> host (``{"simulator#1": "fog-1", ...}``)
 PLACEMENT_ENV = "ENGAGE_DEPLOY_PLACEMENT"
+#: MLflow's switch for the run and experiment links it prints when a run ends over HTTP
+QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 PLACEMENTS = ("round_robin", "optimize")
 
 
@@ -203,6 +205,8 @@ class Sweep:
         self._host_load: dict[str, int] = {}
         self._placement: dict[str, str] = {}
         self._killed_indices: list[int] = []
+        self._job_overrides: list[tuple[int, list[str]]] = []  # (index, overrides) of every job
+        self._jobs: list[JobSpec] = []  # those composed so far
         self.server: tracking.TrackingServer | None = None
         self.tracking_uri: str | None = None
         self.backend_uri: str | None = None
@@ -225,26 +229,29 @@ class Sweep:
         singleton_state = Singleton.get_state()
         results: dict[int, JobReturn] = {}
         previous_handler = self._install_sigterm()
+        # MLflow prints two "View run" lines for each run it ends over HTTP (fetching the run to
+        # do so): the launcher ends one per job, and prints the sweep's own link at the end
+        self._user_url_printing = os.environ.get(QUIET_URLS_ENV)
+        os.environ[QUIET_URLS_ENV] = "true"
         monitors: dict[str, HostMonitor] = {}
         try:
-            # MLflow first: its server and the sweep's parent run get ready while jobs are
-            # composed and hosts deployed (seconds of imports and start-up on a small machine)
+            # MLflow first: its server and the sweep's parent run get ready while hosts are
+            # deployed and jobs composed and started (seconds of imports and start-up)
             self._start_server(len(job_overrides))
             self._open_tracking_in_background()
-            jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-            self._jobs = jobs
+            self._job_overrides = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
             done = self._completed_results(sweep_dir) if self.options.resume else {}
             provider_cls = get_provider(self.infrastructure.provider)
             provider = provider_cls(self.infrastructure, self.folder / "provider")
             log.info(
                 "engage launcher: %d jobs on %s (%s), experiment folder %s",
-                len(jobs),
+                len(job_overrides),
                 self.infrastructure.provider,
                 ", ".join(self.infrastructure.host_names()),
                 self.folder,
             )
-            for job in jobs:
-                log.info("\t#%d : %s", job.index, " ".join(filter_overrides(job.overrides)))
+            for index, overrides in self._job_overrides:
+                log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
             with provider:
                 self.report.warnings += list(getattr(provider, "warnings", []))
                 self._write_infrastructure(provider)
@@ -258,15 +265,12 @@ class Sweep:
                     monitor.start()
                     monitors[host.name] = monitor
                 self._connect_tracking(provider, hosts)
-                payload_base = {"hydra_context": self.hydra_context, "task_function": self.task_function}
-                pending = []
-                for job in jobs:
-                    previous = done.get(job.config_hash)
-                    if previous is not None:
-                        results[job.index] = self._resumed(job, previous)
-                    else:
-                        pending.append(job)
-                results.update(self._execute(provider, hosts, monitors, pending, payload_base, singleton_state))
+                payload_base = {
+                    "hydra_context": self.hydra_context,
+                    "task_function": self.task_function,
+                    "singleton_state": singleton_state,
+                }
+                results.update(self._execute(provider, hosts, monitors, done, payload_base))
         except KeyboardInterrupt:
             self._interrupt()
             raise
@@ -275,9 +279,13 @@ class Sweep:
                 monitor.stop()
             self._finish_tracking()
             self._restore_sigterm(previous_handler)
+            if self._user_url_printing is None:
+                os.environ.pop(QUIET_URLS_ENV, None)
+            else:
+                os.environ[QUIET_URLS_ENV] = self._user_url_printing
             self._write_summary()
         self._print_summary()
-        return [results[job.index] for job in jobs]
+        return [results[job.index] for job in self._jobs]
 
     # ------------------------------------------------------------------ preparation
 
@@ -508,6 +516,8 @@ class Sweep:
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            # the job's own MLflow prints as the user's settings say, not as the launcher's
+            QUIET_URLS_ENV: self._user_url_printing or "false",
         }
         if opening and not parent:
             env[PARENT_RUN_FILE_ENV] = str(self._parent_run_file)
@@ -589,32 +599,47 @@ class Sweep:
         provider: Provider,
         hosts: list[Host],
         monitors: dict[str, HostMonitor],
-        jobs: list[JobSpec],
+        done: dict[str, Path],
         payload_base: dict[str, Any],
-        singleton_state: Any,
     ) -> dict[int, JobReturn]:
-        if not jobs:
-            return {}
+        """Compose each job, then start it (or take its earlier result when resuming): the first
+        jobs run while later ones are composed, which costs a tenth of a second or more each."""
         parallelism = self.options.parallelism or os.cpu_count() or 1
+        workers = max(1, min(parallelism, len(self._job_overrides)))
         results: dict[int, JobReturn] = {}
-        with ThreadPoolExecutor(max_workers=min(parallelism, len(jobs)), thread_name_prefix="engage-job") as pool:
-            futures: dict[Future, JobSpec] = {}
-            for job in jobs:
-                payload = {**payload_base, "config": job.config, "singleton_state": singleton_state}
-                (job.folder / "job.pkl").write_bytes(cloudpickle.dumps(payload))
-                futures[pool.submit(self._run_job, provider, hosts, monitors, job)] = job
-            remaining = set(futures)
-            last_check = time.monotonic()
+        futures: dict[Future, JobSpec] = {}
+        remaining: set[Future] = set()
+        last_check = time.monotonic()
+
+        def collect(timeout: float) -> None:
+            nonlocal remaining, last_check
+            finished, remaining = wait(remaining, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[futures[future].index] = future.result()
+            opened = self._tracking_opening is not None and self._tracking_opening.done()
+            if self.server is not None and opened and time.monotonic() - last_check > 2.0:
+                last_check = time.monotonic()
+                self._server_ok()
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engage-job") as pool:
             # the main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly
             try:
+                for index, overrides in self._job_overrides:
+                    job = self._compose(index, overrides)
+                    self._jobs.append(job)
+                    previous = done.get(job.config_hash)
+                    if previous is not None:
+                        results[job.index] = self._resumed(job, previous)
+                        continue
+                    payload = {**payload_base, "config": job.config}
+                    (job.folder / "job.pkl").write_bytes(cloudpickle.dumps(payload))
+                    future = pool.submit(self._run_job, provider, hosts, monitors, job)
+                    futures[future] = job
+                    remaining.add(future)
+                    if remaining:
+                        collect(0)
                 while remaining:
-                    finished, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        results[futures[future].index] = future.result()
-                    opened = self._tracking_opening is not None and self._tracking_opening.done()
-                    if self.server is not None and opened and time.monotonic() - last_check > 2.0:
-                        last_check = time.monotonic()
-                        self._server_ok()
+                    collect(0.5)
             except KeyboardInterrupt:
                 # start nothing more; stop what runs; the job threads then record them KILLED
                 self._stop_new.set()
@@ -795,6 +820,7 @@ class Sweep:
                 **({"engage/placement": str(self.folder / "placement.json")} if self._placement else {}),
             },
             system=monitor.job_samples_dicts(key),
+            job_used_mlflow=bool(runner.get("used_mlflow", True)),
         )
         self._record(job, record, offline=summary["offline"])
         return ret, summary
@@ -852,12 +878,18 @@ class Sweep:
                     self.own_parent = False
             except Exception as exc:  # best effort while going down
                 log.warning("could not mark interrupted runs KILLED: %s", exc)
-        for job in getattr(self, "_jobs", []):
-            if not (job.folder / "result.json").exists():
-                tracking.write_json(
-                    job.folder / "result.json",
-                    {"index": job.index, "status": "NOT_STARTED", "config_hash": job.config_hash},
-                )
+        composed = {job.index: job for job in self._jobs}
+        for index, overrides in self._job_overrides:
+            job = composed.get(index)
+            folder = self.folder / "jobs" / str(index)
+            if job is None:  # interrupted before this job was even composed
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "overrides.yaml").write_text(yaml.safe_dump(overrides, default_flow_style=False))
+            if not (folder / "result.json").exists():
+                record = {"index": index, "status": "NOT_STARTED"}
+                if job is not None:
+                    record["config_hash"] = job.config_hash
+                tracking.write_json(folder / "result.json", record)
         log.warning("sweep interrupted: %d running jobs stopped and marked KILLED", len(indices))
 
     # ------------------------------------------------------------------ reporting
@@ -884,6 +916,13 @@ class Sweep:
         if r.retried:
             parts.append(f"{r.retried} retries")
         log.info("engage launcher: %s; experiment folder %s", ", ".join(parts), self.folder)
+        if self.parent_run_id and self.experiment_id:
+            uri = self.tracking_uri or ""
+            if uri.startswith("http") and (self.server is None or self.keep_server):
+                where = f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+            else:  # the sweep's own server has stopped: name the store (`mlflow ui --backend-store-uri ...`)
+                where = f"run {self.parent_run_id} in {self.backend_uri or uri}"
+            log.info("engage launcher: MLflow %s", where)
         if r.server_restarts:
             log.warning(
                 "engage launcher: the MLflow server died %d time(s) and was restarted; %d job record(s) kept "

@@ -281,6 +281,13 @@ class JobRecord:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact sub-folder -> local path
     system: list[dict[str, float]] = field(default_factory=list)
+    #: False when the job never imported MLflow, so it cannot have made a run of its own to look for
+    job_used_mlflow: bool = True
+
+
+#: files of a job folder not uploaded as artifacts: pickles for the launcher and the runner (a
+#: Hydra context, a JobReturn), of no use to a reader and re-created by ``engage replay``
+SKIPPED_ARTIFACT_SUFFIXES = (".pkl",)
 
 
 def _client(uri: str) -> Any:
@@ -319,7 +326,7 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
-    existing = find_job_run(uri, experiment_id, parent_run_id, record.output_dir)
+    existing = find_job_run(uri, experiment_id, parent_run_id, record.output_dir) if record.job_used_mlflow else None
     tags = {
         JOB_TAG: str(record.index),
         CONFIG_HASH_TAG: record.config_hash,
@@ -331,31 +338,38 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
         tags[PARENT_TAG] = parent_run_id
     if record.output_dir:
         tags[OUTPUT_DIR_TAG] = record.output_dir
-    if existing is None:
-        run = client.create_run(
-            experiment_id, start_time=int(record.start_time * 1000), tags=tags, run_name=record.run_name
-        )
-        run_id = run.info.run_id
-        params = {"overrides": " ".join(record.overrides)[:6000] or "(none)", **record.params}
-        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    else:
-        run_id = existing.info.run_id
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     metrics = []
     for step, sample in enumerate(record.system):
         stamp = int(sample["time"] * 1000)
         for key in ("cpu_percent", "rss_mib", "host_cpu_percent", "host_memory_percent"):
             metrics.append(Metric(f"system/{key}", float(sample[key]), stamp, step))
     metrics.append(Metric("job/duration_s", record.end_time - record.start_time, int(record.end_time * 1000), 0))
-    for start in range(0, len(metrics), 1000):
+    # as few requests as MLflow's batch limits allow (1000 metrics, 100 params, 100 tags each):
+    # a sweep's jobs are recorded while others run, through one server on the same cores
+    if existing is None:
+        run = client.create_run(
+            experiment_id, start_time=int(record.start_time * 1000), tags=tags, run_name=record.run_name
+        )
+        run_id = run.info.run_id
+        params = {"overrides": " ".join(record.overrides)[:6000] or "(none)", **record.params}
+        first = {"params": [Param(k, str(v)[:6000]) for k, v in params.items()]}
+    else:
+        run_id = existing.info.run_id
+        first = {"tags": [RunTag(k, v) for k, v in tags.items()]}
+    client.log_batch(run_id, metrics=metrics[:900], **first)
+    for start in range(900, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     for artifact_path, local in record.artifacts.items():
-        if Path(local).is_dir():
-            client.log_artifacts(run_id, local, artifact_path=artifact_path)
-        elif Path(local).is_file():
-            client.log_artifact(run_id, local, artifact_path=artifact_path)
-    current = client.get_run(run_id).info.status
-    if existing is None or current == "RUNNING" or record.status != "FINISHED":
+        path = Path(local)
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix not in SKIPPED_ARTIFACT_SUFFIXES:
+                    folder = Path(artifact_path, file.parent.relative_to(path)).as_posix()
+                    client.log_artifact(run_id, str(file), artifact_path=folder)
+        elif path.is_file():
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    # the job's own run may have ended already (then its status stands unless the job failed)
+    if existing is None or record.status != "FINISHED" or client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status=record.status, end_time=int(record.end_time * 1000))
     return run_id
 
