@@ -2,6 +2,7 @@
 MLflow run under the sweep's parent run."""
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> int:
     x = int(cfg.get("x", 0))
     print(f"job x={x} pid={os.getpid()} host={os.environ.get('ENGAGE_DEPLOY_HOST')}")
+    # how the job's process was started (a fork server's child or a new interpreter)
+    print(f"ppid={os.getppid()} sid={os.getsid(0)} random={random.random()}")
+    print(f"job_dir={os.environ.get('ENGAGE_DEPLOY_JOB_DIR')} cwd={os.getcwd()}")
     print(f"placement={os.environ.get('ENGAGE_DEPLOY_PLACEMENT')}")
     time.sleep(float(cfg.get("sleep", 0.0)))
     if cfg.get("log_run"):

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
 from engage.deploy import tracking
+from engage.deploy.forkserver import ForkServer, ForkServerError
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.providers import Host, Provider, get_provider
@@ -132,6 +133,7 @@ class SweepOptions:
     monitor_interval_s: float = 1.0
     job_timeout_s: float | None = None
     python: str | None = None
+    fork_jobs: bool = True
     placement: str = "round_robin"
     mlflow: dict[str, Any] = field(default_factory=dict)
     infrastructure: Any = None
@@ -207,6 +209,7 @@ class Sweep:
         self._killed_indices: list[int] = []
         self._job_overrides: list[tuple[int, list[str]]] = []  # (index, overrides) of every job
         self._jobs: list[JobSpec] = []  # those composed so far
+        self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
         self.server: tracking.TrackingServer | None = None
         self.tracking_uri: str | None = None
         self.backend_uri: str | None = None
@@ -651,6 +654,8 @@ class Sweep:
                 for process in running.values():
                     _terminate(process)
                 raise
+            finally:
+                self._close_fork_servers()
         return results
 
     def _pick_host(self, hosts: list[Host]) -> Host:
@@ -729,14 +734,7 @@ class Sweep:
             cwd = workdir
             env[JOB_DIR_ENV] = job_dir
             provider.put(host, job.folder, job_dir)
-        process = provider.run(
-            host,
-            [python, "-m", "engage.deploy.runner", job_dir],
-            env=env,
-            cwd=cwd,
-            log_path=job.folder / "stdout.log",
-            stderr_path=job.folder / "stderr.log",
-        )
+        process = self._start_job(provider, host, python, job_dir, env, cwd, job.folder)
         with self._lock:
             self._running[job.index] = process
         key = f"{job.index}"
@@ -824,6 +822,53 @@ class Sweep:
         )
         self._record(job, record, offline=summary["offline"])
         return ret, summary
+
+    def _start_job(
+        self, provider: Provider, host: Host, python: str, job_dir: str, env: dict[str, str], cwd: str, folder: Path
+    ) -> subprocess.Popen | Any:
+        """The job's process: forked by the host's fork server where there is one, else a new
+        ``python -m engage.deploy.runner JOB_DIR`` (remote hosts, ``fork_jobs=false``, or a
+        server that failed, which is said once)."""
+        stdout, stderr = folder / "stdout.log", folder / "stderr.log"
+        server = self._fork_server(provider, host, python, cwd) if not host.remote else None
+        if server is not None:
+            try:
+                return server.start(job_dir, {**os.environ, **env}, cwd, str(stdout), str(stderr))
+            except ForkServerError as exc:
+                with self._lock:
+                    first = self._fork_servers.get(host.name) is server  # jobs starting at once fail together
+                    self._fork_servers[host.name] = None
+                if first:
+                    detail = server.log_tail().strip().splitlines()[-1:] or [""]
+                    message = f"{host.name}: jobs start as new interpreters from now on: {exc} {detail[0]}".strip()
+                    log.warning("engage launcher: %s", message)
+                    self.report.warnings.append(message)
+        command = [python, "-m", "engage.deploy.runner", job_dir]
+        return provider.run(host, command, env=env, cwd=cwd, log_path=stdout, stderr_path=stderr)
+
+    def _fork_server(self, provider: Provider, host: Host, python: str, cwd: str) -> ForkServer | None:
+        with self._lock:
+            if host.name not in self._fork_servers:
+                server = None
+                if self.options.fork_jobs and not self._stop_new.is_set():
+                    command = provider.command_for(host, [python, "-m", "engage.deploy.forkserver"])
+                    path = os.pathsep.join(p for p in [_script_dir(), os.environ.get("PYTHONPATH", "")] if p)
+                    try:
+                        log_path = self.folder / "hosts" / host.name / "forkserver.log"
+                        log_path.parent.mkdir(parents=True, exist_ok=True)
+                        env = {**os.environ, "PYTHONPATH": path}
+                        server = ForkServer(command, env=env, cwd=cwd, log_path=log_path)
+                    except OSError as exc:
+                        log.warning("engage launcher: no fork server on %s (%s)", host.name, exc)
+                self._fork_servers[host.name] = server
+            return self._fork_servers[host.name]
+
+    def _close_fork_servers(self) -> None:
+        with self._lock:
+            servers = [server for server in self._fork_servers.values() if server is not None]
+            self._fork_servers = {name: None for name in self._fork_servers}
+        for server in servers:
+            server.close()
 
     def _update_result(self, job: JobSpec, **values: Any) -> None:
         self._update_result_at(job.folder, **values)

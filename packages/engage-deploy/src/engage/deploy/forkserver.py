@@ -1,0 +1,331 @@
+"""Starts a sweep's jobs on a host by forking a Python process that has already imported Hydra
+and the job runner, instead of starting a new interpreter for each job.
+
+A job's own work is often shorter than a fresh interpreter's start-up: importing Hydra and
+cloudpickle, then composing Hydra's job bookkeeping, costs about half a CPU second, which a sweep
+of many short jobs on a small host pays once per job. The server pays it once; each job is then
+a forked child that runs :func:`engage.deploy.runner.main` exactly as ``python -m
+engage.deploy.runner JOB_DIR`` would: its own process and session (the launcher signals its
+process group), its own working directory, environment and log files.
+
+The server runs on the host like any job (``Provider.command_for``), so on a ``netns`` host it
+lives in that host's namespace and cgroups, and so do the jobs it forks. It talks to the launcher
+over its stdin and stdout, one JSON object per line::
+
+    -> {"id": 1, "job_dir": "...", "env": {...}, "cwd": "...", "stdout": "...", "stderr": "..."}
+    <- {"id": 1, "pid": 4242}                 (or {"id": 1, "error": "..."})
+    <- {"pid": 4242, "returncode": 0}         (when that job's process ends)
+
+Once its stdin closes (the launcher finished or died) it takes no more jobs, and exits when
+those still running have ended.
+
+Example (what the launcher does for each host that shares this machine's files)::
+
+    >>> server = ForkServer([sys.executable, "-m", "engage.deploy.forkserver"])  # doctest: +SKIP
+    >>> process = server.start("jobs/0", env, cwd, "jobs/0/stdout.log", "jobs/0/stderr.log")  # doctest: +SKIP
+    >>> process.wait()  # doctest: +SKIP
+    0
+    >>> server.close()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: exit code of a forked job whose set-up (log files, working directory) failed
+EXIT_SETUP_FAILED = 71
+
+
+class ForkServerError(RuntimeError):
+    """The fork server could not start a job (the launcher then starts an interpreter for it)."""
+
+
+class ForkedProcess:
+    """A job forked by a :class:`ForkServer`, with the part of :class:`subprocess.Popen` the
+    launcher uses: ``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``, ``kill``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._ended = threading.Event()
+        self._orphaned = False
+
+    def _set_returncode(self, code: int) -> None:
+        self.returncode = code
+        self._ended.set()
+
+    def _orphan(self) -> None:
+        # the server died: nobody will report the exit status; watch the pid instead
+        self._orphaned = True
+        self._ended.set()
+
+    def poll(self) -> int | None:
+        if self._orphaned and self.returncode is None and not _pid_alive(self.pid):
+            self.returncode = -1  # its exit status went with the server
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"job process {self.pid}", timeout)
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"job process {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """The launcher's side: starts the server (``command``, an argv that runs this module on the
+    host) and hands it jobs. Thread-safe; :meth:`start` raises :class:`ForkServerError` when the
+    server is gone or refuses a job."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        log_path: str | os.PathLike[str] = os.devnull,
+    ) -> None:
+        self.command = list(command)
+        self.log_path = str(log_path)
+        with open(self.log_path, "ab") as log:  # a file, not a pipe nobody reads, that could fill up
+            self._process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=dict(env) if env is not None else None,
+                # a job's ``sys.path`` starts with the folder its interpreter started in: the same here
+                cwd=cwd,
+                # its own session: Ctrl-C in the terminal reaches the launcher, which stops jobs itself
+                start_new_session=True,
+            )
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._reply_ready = threading.Condition(self._lock)
+        self._by_pid: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}  # exits reported before their start reply was read
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="engage-forkserver", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._process.poll() is None
+
+    def start(
+        self, job_dir: str, env: Mapping[str, str], cwd: str, stdout: str, stderr: str, timeout_s: float = 60.0
+    ) -> ForkedProcess:
+        """Fork a job that runs ``engage.deploy.runner`` on ``job_dir`` with exactly ``env``."""
+        request = {"job_dir": job_dir, "env": dict(env), "cwd": cwd, "stdout": stdout, "stderr": stderr}
+        with self._lock:
+            if not self.alive:
+                raise ForkServerError(f"the fork server ({' '.join(self.command)}) is not running")
+            self._next_id += 1
+            request_id = request["id"] = self._next_id
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.write((json.dumps(request) + "\n").encode())
+                self._process.stdin.flush()
+            except OSError as exc:
+                raise ForkServerError(f"the fork server stopped taking jobs: {exc}") from None
+            deadline = time.monotonic() + timeout_s
+            while request_id not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive:
+                    raise ForkServerError(f"no answer from the fork server within {timeout_s:.0f}s")
+                self._reply_ready.wait(min(left, 0.5))
+            reply = self._replies.pop(request_id)
+            if "error" in reply:
+                raise ForkServerError(reply["error"])
+            process = ForkedProcess(int(reply["pid"]))
+            if process.pid in self._early_exits:
+                process._set_returncode(self._early_exits.pop(process.pid))
+            else:
+                self._by_pid[process.pid] = process
+            return process
+
+    def close(self) -> None:
+        """Stop the server (running jobs go on; their exits are still reported until it is gone)."""
+        with self._lock:
+            self._closed = True
+            try:
+                if self._process.stdin is not None:
+                    self._process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def log_tail(self, size: int = 2000) -> str:
+        """The end of what the server wrote to its log (for error messages)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, os.fstat(log.fileno()).st_size - size))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            with self._lock:
+                if "id" in message:
+                    self._replies[int(message["id"])] = message
+                    self._reply_ready.notify_all()
+                elif "returncode" in message:
+                    pid, code = int(message["pid"]), int(message["returncode"])
+                    process = self._by_pid.pop(pid, None)
+                    if process is None:
+                        self._early_exits[pid] = code
+                    else:
+                        process._set_returncode(code)
+        # the server is gone: wake everyone waiting on it
+        with self._lock:
+            self._closed = True
+            for process in self._by_pid.values():
+                process._orphan()
+            self._by_pid.clear()
+            self._reply_ready.notify_all()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+def _child(request: dict[str, Any], replies: int) -> None:
+    """In the forked child: become the job's process, run the job, never return."""
+    code = EXIT_SETUP_FAILED
+    try:
+        os.setsid()  # its own session and process group, as ``start_new_session`` gives
+        # the handlers a new interpreter has
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(replies)
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for source, target in ((stdin, 0), (out, 1), (err, 2)):
+            os.dup2(source, target)
+            os.close(source)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        from engage.deploy import runner
+
+        sys.argv = [runner.__file__, request["job_dir"]]
+        code = runner.main([request["job_dir"]])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # anything at all: the child must not return into the server's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve() -> int:
+    """The server's loop: read requests from stdin, fork jobs, report them and their exits on
+    stdout (moved aside first, so that nothing printed by an import garbles the replies)."""
+    commands, replies = 0, os.dup(1)
+    os.dup2(2, 1)
+    # imported before any fork, so that every job starts with them in memory
+    import cloudpickle  # noqa: F401
+    import hydra.core.utils  # noqa: F401
+
+    import engage.deploy.runner  # noqa: F401
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when jobs stop
+    children: set[int] = set()
+    buffered = b""
+    open_input = True
+
+    def send(message: dict[str, Any]) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            data = data[os.write(replies, data) :]
+
+    while open_input or children:
+        ready, _, _ = select.select([commands] if open_input else [], [], [], 0.05)
+        if ready:
+            chunk = os.read(commands, 1 << 16)
+            if not chunk:
+                open_input = False  # the launcher is done (or gone): exit once no job is left to report
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                request = json.loads(line)
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    send({"id": request["id"], "error": f"fork failed: {exc}"})
+                    continue
+                if pid == 0:
+                    _child(request, replies)
+                children.add(pid)
+                send({"id": request["id"], "pid": pid})
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            try:
+                send({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
+            except BrokenPipeError:
+                pass  # the launcher is gone; keep reaping
+        if not open_input and not children:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

@@ -1,0 +1,103 @@
+"""Jobs on hosts that share this machine's files start as children of a per-host fork server:
+each is still its own process and session with its own environment, logs and exit status, a
+timeout still kills it, and a server that cannot start leaves jobs to new interpreters."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engage.deploy.forkserver import ForkServer, ForkServerError
+from engage.deploy.runner import EXIT_RUNNER_ERROR
+
+APP = Path(__file__).parent / "apps" / "deploy_app.py"
+NO_MLFLOW = ["hydra.launcher.mlflow.enabled=false"]
+
+
+def launch(cwd: Path, *overrides: str, timeout: float = 120) -> tuple[int, subprocess.CompletedProcess]:
+    cmd = [sys.executable, str(APP), "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", *NO_MLFLOW, *overrides]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.pid, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def job_lines(cwd: Path) -> dict[int, dict[str, str]]:
+    (folder,) = (cwd / "sweep" / ".engage").glob("*")
+    found = {}
+    for log in folder.glob("jobs/*/stdout.log"):
+        text = log.read_text()
+        found[int(log.parent.name)] = dict(re.findall(r"(\w+)=(\S+)", text))
+    return found
+
+
+def test_jobs_are_forked_children_with_their_own_session_environment_and_logs(tmp_path: Path) -> None:
+    launcher_pid, proc = launch(tmp_path, "hydra.launcher.parallelism=3", "+x=1,2,3")
+    assert proc.returncode == 0, proc.stderr
+    jobs = job_lines(tmp_path)
+    assert sorted(jobs) == [0, 1, 2]
+    parents = {info["ppid"] for info in jobs.values()}
+    assert len(parents) == 1 and parents != {str(launcher_pid)}  # one server forked them all
+    for index, info in jobs.items():
+        assert info["sid"] == info["pid"]  # its own session: the launcher signals its group
+        assert info["job_dir"].endswith(f"/jobs/{index}") and info["cwd"] == str(tmp_path)
+    assert len({info["random"] for info in jobs.values()}) == 3  # no random state shared through the fork
+    assert "engage launcher: 3 completed, 0 failed" in proc.stderr + proc.stdout
+
+
+def test_without_fork_each_job_is_a_new_interpreter(tmp_path: Path) -> None:
+    launcher_pid, proc = launch(tmp_path, "hydra.launcher.fork_jobs=false", "hydra.launcher.parallelism=2", "+x=1,2")
+    assert proc.returncode == 0, proc.stderr
+    assert {info["ppid"] for info in job_lines(tmp_path).values()} == {str(launcher_pid)}
+
+
+def test_a_forked_job_past_its_timeout_is_killed_and_reported(tmp_path: Path) -> None:
+    _, proc = launch(tmp_path, "hydra.launcher.job_timeout_s=2", "+x=1", "+sleep=60", timeout=90)
+    assert proc.returncode != 0
+    (result,) = (tmp_path / "sweep" / ".engage").glob("*/jobs/0/result.json")
+    summary = json.loads(result.read_text())
+    assert summary["status"] == "KILLED" and summary["exit_code"] < 0
+    assert summary["duration_s"] < 30
+    pid = int(job_lines(tmp_path)[0]["pid"])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_server_that_cannot_start_leaves_jobs_to_new_interpreters(tmp_path: Path) -> None:
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *engage.deploy.forkserver*) echo "no fork server here" >&2; exit 3;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    launcher_pid, proc = launch(tmp_path, f"hydra.launcher.python={python}", "hydra.launcher.parallelism=2", "+x=1,2")
+    assert proc.returncode == 0, proc.stderr
+    jobs = job_lines(tmp_path)
+    assert sorted(jobs) == [0, 1] and {info["ppid"] for info in jobs.values()} == {str(launcher_pid)}
+    log = proc.stdout + proc.stderr
+    # said once when it happens, once more in the sweep's summary
+    assert log.count("jobs start as new interpreters from now on") == 2 and "no fork server here" in log
+
+
+def test_the_server_reports_exit_codes_and_refuses_work_once_closed(tmp_path: Path) -> None:
+    server = ForkServer([sys.executable, "-m", "engage.deploy.forkserver"], cwd=str(tmp_path))
+    try:
+        # a folder without job.pkl: the runner says how it is used and exits with its error code
+        stdout, stderr = tmp_path / "out.log", tmp_path / "err.log"
+        process = server.start(str(tmp_path), dict(os.environ), str(tmp_path), str(stdout), str(stderr))
+        assert process.wait(timeout=30) == EXIT_RUNNER_ERROR
+        assert "usage: python -m engage.deploy.runner JOB_DIR" in stderr.read_text()
+        bad = server.start(str(tmp_path), dict(os.environ), str(tmp_path / "missing"), str(stdout), str(stderr))
+        assert bad.wait(timeout=30) != 0  # a working directory that does not exist fails the job, not the server
+        assert server.alive
+    finally:
+        server.close()
+    with pytest.raises(ForkServerError, match="not running"):
+        server.start(str(tmp_path), {}, str(tmp_path), str(stdout), str(stderr))
