@@ -103,14 +103,19 @@ class HostMonitor:
         """:meth:`job_samples` as plain mappings (for JSON)."""
         return [asdict(s) for s in self.job_samples(job)]
 
-    def _tree_usage(self, job: str, root: psutil.Process) -> tuple[float, float]:
+    def _tree_usage(self, job: str, root: psutil.Process) -> tuple[float, float] | None:
+        """CPU percent and RSS (MiB) of the job's process tree; None once its process has ended
+        (gone, or a zombie until whoever started it reaps it, which reads as zero memory)."""
         known = self._children[job]
         try:
-            members = [root, *root.children(recursive=True)]
+            with root.oneshot():
+                if root.status() == psutil.STATUS_ZOMBIE:
+                    return None
+                cpu, rss = root.cpu_percent(None), float(root.memory_info().rss)
+            children = root.children(recursive=True)
         except psutil.Error:
-            members = [root]
-        cpu = rss = 0.0
-        for proc in members:
+            return None
+        for proc in children:
             cached = known.setdefault(proc.pid, proc)
             try:
                 with cached.oneshot():
@@ -130,7 +135,10 @@ class HostMonitor:
             jobs = dict(self._jobs)
         jobs_cpu = jobs_rss = 0.0
         for job, process in jobs.items():
-            cpu, rss = self._tree_usage(job, process)
+            usage = self._tree_usage(job, process)
+            if usage is None:
+                continue
+            cpu, rss = usage
             jobs_cpu += cpu
             jobs_rss += rss
             with self._lock:

@@ -69,6 +69,15 @@ HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
 PLACEMENT_ENV = "ENGAGE_DEPLOY_PLACEMENT"
 #: MLflow's switch for the run and experiment links it prints when a run ends over HTTP
 QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+#: MLflow settings of the launcher's own client during a sweep. MLflow prints two links for each
+#: run it ends over HTTP (fetching the run to do so): the launcher ends one per job and prints the
+#: sweep's own link at the end. MLflow's default retries back off for minutes, far longer than
+#: the launcher takes to restart a dead server.
+LAUNCHER_MLFLOW_ENV = {
+    QUIET_URLS_ENV: "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 PLACEMENTS = ("round_robin", "optimize")
 
 
@@ -219,6 +228,8 @@ class Sweep:
         self.own_parent = False
         self.experiment_id: str | None = None
         self._tracking_opening: Future | None = None
+        self._server_answered = False  # the sweep's server answered once (later deaths are restarted)
+        self._user_mlflow_env: dict[str, str | None] = {}
         self._tracking_failure_reported = False
 
     # ------------------------------------------------------------------ entry point
@@ -232,10 +243,8 @@ class Sweep:
         singleton_state = Singleton.get_state()
         results: dict[int, JobReturn] = {}
         previous_handler = self._install_sigterm()
-        # MLflow prints two "View run" lines for each run it ends over HTTP (fetching the run to
-        # do so): the launcher ends one per job, and prints the sweep's own link at the end
-        self._user_url_printing = os.environ.get(QUIET_URLS_ENV)
-        os.environ[QUIET_URLS_ENV] = "true"
+        self._user_mlflow_env = {name: os.environ.get(name) for name in LAUNCHER_MLFLOW_ENV}
+        os.environ.update(LAUNCHER_MLFLOW_ENV)
         monitors: dict[str, HostMonitor] = {}
         try:
             # MLflow first: its server and the sweep's parent run get ready while hosts are
@@ -282,10 +291,11 @@ class Sweep:
                 monitor.stop()
             self._finish_tracking()
             self._restore_sigterm(previous_handler)
-            if self._user_url_printing is None:
-                os.environ.pop(QUIET_URLS_ENV, None)
-            else:
-                os.environ[QUIET_URLS_ENV] = self._user_url_printing
+            for name, value in self._user_mlflow_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             self._write_summary()
         self._print_summary()
         return [results[job.index] for job in self._jobs]
@@ -445,17 +455,22 @@ class Sweep:
     def _open_tracking(self) -> None:
         """The MLflow work of :meth:`_open_tracking_in_background`, in a background thread."""
         try:
+            lookup = None
             if self.server is not None:
                 # import MLflow's client while the server starts, not after
-                import mlflow.store.tracking.sqlalchemy_store
                 import mlflow.tracking  # noqa: F401
 
                 if self.server.process is not None:
                     self.server.wait_ready()
+                self._server_answered = True
                 self._write_server_state()
-            # created in the store itself (not through the server) so its artifact location is a
-            # plain folder that `mlflow ui --backend-store-uri ...` and any client can read later
-            self.experiment_id = tracking.experiment_id_for(self.backend_uri, self.experiment_name, self.parent_run_id)
+                lookup = self.tracking_uri
+            # a new experiment is created in the store itself (not through the server) so its
+            # artifact location is a plain folder that `mlflow ui --backend-store-uri ...` and any
+            # client can read later; an existing one is found through the server
+            self.experiment_id = tracking.experiment_id_for(
+                self.backend_uri, self.experiment_name, self.parent_run_id, lookup_uri=lookup
+            )
             if not self.parent_run_id:
                 from mlflow.tracking import MlflowClient
 
@@ -520,7 +535,7 @@ class Sweep:
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
             # the job's own MLflow prints as the user's settings say, not as the launcher's
-            QUIET_URLS_ENV: self._user_url_printing or "false",
+            QUIET_URLS_ENV: self._user_mlflow_env.get(QUIET_URLS_ENV) or "false",
         }
         if opening and not parent:
             env[PARENT_RUN_FILE_ENV] = str(self._parent_run_file)
@@ -529,11 +544,23 @@ class Sweep:
         return env
 
     def _server_ok(self) -> bool:
-        """Whether jobs can log to the sweep's store now; restarts a dead sweep server."""
-        if self.tracking_uri is None or not self._tracking_opened():
+        """Whether jobs can log to the sweep's store now; restarts a dead sweep server, also
+        while MLflow is still being opened through it (the parent run's creation retries)."""
+        if self.tracking_uri is None or self._tracking_opening is None:
             return False
+        while not self._tracking_opened(timeout_s=1.0):
+            if self._tracking_opening.done():
+                return False  # MLflow could not be opened (said once)
+            process = self.server.process if self.server is not None else None
+            if self._server_answered and process is not None and process.poll() is not None:
+                self._restart_server()
         if self.server is None:
             return not self.tracking_uri.startswith("http") or tracking.http_alive(self.tracking_uri)
+        return self._restart_server()
+
+    def _restart_server(self) -> bool:
+        """Restart the sweep's server unless it answers; whether it answers now."""
+        assert self.server is not None
         with self._lock:
             if self.server.alive():
                 return True

@@ -297,16 +297,21 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id_for(uri: str, name: str, parent_run_id: str | None) -> str:
-    """The parent's experiment, else the experiment called ``name`` (created if missing)."""
-    client = _client(uri)
+def experiment_id_for(uri: str, name: str, parent_run_id: str | None, lookup_uri: str | None = None) -> str:
+    """The parent's experiment, else the experiment called ``name`` (created in ``uri`` if missing).
+
+    ``lookup_uri``, a server in front of ``uri``, finds existing ones without loading the store in
+    this process (MLflow's SQL store costs over a second of imports)."""
+    client = _client(lookup_uri or uri)
     if parent_run_id:
         try:
             return client.get_run(parent_run_id).info.experiment_id
         except Exception:  # the parent lives in another store (offline): fall back to the name
             pass
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return _client(uri).create_experiment(name)
 
 
 def find_job_run(uri: str, experiment_id: str, parent_run_id: str | None, output_dir: str | None) -> Any:
