@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
 from engage.deploy import tracking
-from engage.deploy.forkserver import ForkServer, ForkServerError
+from engage.deploy.forkserver import ForkedProcess, ForkServer, ForkServerError
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.providers import Host, Provider, get_provider
@@ -211,7 +211,7 @@ class Sweep:
         self.task_id = task_identity(task_function)
         self.command = app_command(task_function)
         self._lock = threading.Lock()
-        self._running: dict[int, subprocess.Popen] = {}
+        self._running: dict[int, subprocess.Popen | ForkedProcess] = {}
         self._stop_new = threading.Event()
         self._host_load: dict[str, int] = {}
         self._placement: dict[str, str] = {}
@@ -244,7 +244,9 @@ class Sweep:
         results: dict[int, JobReturn] = {}
         previous_handler = self._install_sigterm()
         self._user_mlflow_env = {name: os.environ.get(name) for name in LAUNCHER_MLFLOW_ENV}
-        os.environ.update(LAUNCHER_MLFLOW_ENV)
+        if (self.options.mlflow or {}).get("enabled", True):
+            # jobs get the user's values back (_tracking_env)
+            os.environ.update(LAUNCHER_MLFLOW_ENV)
         monitors: dict[str, HostMonitor] = {}
         try:
             # MLflow first: its server and the sweep's parent run get ready while hosts are
@@ -666,8 +668,7 @@ class Sweep:
                     future = pool.submit(self._run_job, provider, hosts, monitors, job)
                     futures[future] = job
                     remaining.add(future)
-                    if remaining:
-                        collect(0)
+                    collect(0)
                 while remaining:
                     collect(0.5)
             except KeyboardInterrupt:
@@ -852,7 +853,7 @@ class Sweep:
 
     def _start_job(
         self, provider: Provider, host: Host, python: str, job_dir: str, env: dict[str, str], cwd: str, folder: Path
-    ) -> subprocess.Popen | Any:
+    ) -> subprocess.Popen | ForkedProcess:
         """The job's process: forked by the host's fork server where there is one, else a new
         ``python -m engage.deploy.runner JOB_DIR`` (remote hosts, ``fork_jobs=false``, or a
         server that failed, which is said once)."""
@@ -1026,7 +1027,7 @@ def _script_dir() -> str:
     return str(Path(path).resolve().parent) if path else ""
 
 
-def _terminate(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+def _terminate(process: subprocess.Popen | ForkedProcess, grace_s: float = 5.0) -> None:
     """SIGTERM the job's process group, then SIGKILL it after ``grace_s``."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         if process.poll() is not None:

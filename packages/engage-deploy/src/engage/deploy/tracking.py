@@ -285,8 +285,8 @@ class JobRecord:
     job_used_mlflow: bool = True
 
 
-#: files of a job folder not uploaded as artifacts: pickles for the launcher and the runner (a
-#: Hydra context, a JobReturn), of no use to a reader and re-created by ``engage replay``
+#: files of a job folder not uploaded as artifacts: the pickles the launcher and the runner pass
+#: each other (a Hydra context, a JobReturn); ``engage replay`` needs only ``overrides.yaml``
 SKIPPED_ARTIFACT_SUFFIXES = (".pkl",)
 
 
