@@ -104,8 +104,8 @@ class HostMonitor:
         return [asdict(s) for s in self.job_samples(job)]
 
     def _tree_usage(self, job: str, root: psutil.Process) -> tuple[float, float] | None:
-        """CPU percent and RSS (MiB) of the job's process tree; None once its process has ended
-        (gone, or a zombie until whoever started it reaps it, which reads as zero memory)."""
+        """CPU percent and RSS (MiB) of the job's process tree; None once its process is ending or
+        has ended (gone, or a zombie until whoever started it reaps it: both read as no memory)."""
         known = self._children[job]
         try:
             with root.oneshot():
@@ -114,6 +114,8 @@ class HostMonitor:
                 cpu, rss = root.cpu_percent(None), float(root.memory_info().rss)
             children = root.children(recursive=True)
         except psutil.Error:
+            return None
+        if rss == 0:  # exiting: its memory is released before it becomes a zombie
             return None
         for proc in children:
             cached = known.setdefault(proc.pid, proc)
