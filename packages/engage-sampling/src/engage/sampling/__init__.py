@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engage.core.lazy import lazy_exports
+from engage.sampling.samplers import SAMPLER_MODULES
 
 if TYPE_CHECKING:
     from engage.sampling.active_learning import ActiveLearningResult, active_learning
@@ -54,17 +55,14 @@ __all__ = [
 _MODULES = {
     "engage.sampling.active_learning": ("ActiveLearningResult", "active_learning"),
     "engage.sampling.analysis": ("SensitivityResult", "morris_indices", "sobol_index_maps", "sobol_indices"),
-    "engage.sampling.samplers": (
-        "ImageSimilaritySampler",
-        "LatinHypercubeSampler",
-        "LossDrivenSampler",
-        "MorrisSampler",
-        "SALibSobolSampler",
-        "SensitivityWeightedSampler",
-        "SobolSequenceSampler",
-    ),
     "engage.sampling.similarity": ("SimilarityLandscape", "dissimilarity", "similarity_landscape"),
 }
 __getattr__, __dir__ = lazy_exports(
-    __name__, {name: module for module, names in _MODULES.items() for name in names}, globals()
+    __name__,
+    {
+        **{name: module for module, names in _MODULES.items() for name in names},
+        # every sampler but the base class of the structured designs
+        **{name: module for name, module in SAMPLER_MODULES.items() if name != "StructuredDesignSampler"},
+    },
+    globals(),
 )
