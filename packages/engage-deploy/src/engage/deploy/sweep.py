@@ -69,15 +69,13 @@ HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
 PLACEMENT_ENV = "ENGAGE_DEPLOY_PLACEMENT"
 #: MLflow's switch for the run and experiment links it prints when a run ends over HTTP
 QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+#: MLflow retries for the launcher's client and the jobs': the defaults back off for minutes,
+#: far longer than the launcher takes to restart a dead sweep server
+MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 #: MLflow settings of the launcher's own client during a sweep. MLflow prints two links for each
 #: run it ends over HTTP (fetching the run to do so): the launcher ends one per job and prints the
-#: sweep's own link at the end. MLflow's default retries back off for minutes, far longer than
-#: the launcher takes to restart a dead server.
-LAUNCHER_MLFLOW_ENV = {
-    QUIET_URLS_ENV: "true",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-}
+#: sweep's own link at the end.
+LAUNCHER_MLFLOW_ENV = {QUIET_URLS_ENV: "true", **MLFLOW_RETRY_ENV}
 PLACEMENTS = ("round_robin", "optimize")
 
 
@@ -532,9 +530,7 @@ class Sweep:
             OFFLINE_URI_ENV: f"sqlite:///{offline / 'mlflow.db'}",
             OFFLINE_ARTIFACTS_ENV: str(offline / "artifacts"),
             EXPERIMENT_ENV: self.experiment_name,
-            # a client retrying for minutes would outlive a server restart by far; keep it short
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            **MLFLOW_RETRY_ENV,
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
             # the job's own MLflow prints as the user's settings say, not as the launcher's
             QUIET_URLS_ENV: self._user_mlflow_env.get(QUIET_URLS_ENV) or "false",
