@@ -1,7 +1,9 @@
 """Launch overhead per job of the engage launcher against Hydra's basic and joblib launchers.
 
 The same sweep (a task that sleeps ``--task-s`` seconds) runs with each launcher for 1, 8 and 64
-jobs at parallelism 8 (the basic launcher runs one job at a time). For each run:
+jobs at parallelism 8 (the basic launcher runs one job at a time). Sweeps of up to 8 jobs run
+``--repeat`` times (default 3), interleaved across launchers, and the run of median wall time is
+reported with all wall times beside it. For each run:
 
 * ``wall_s``: the whole command, Python start to exit;
 * ``startup_s``: the same app run once without a sweep, minus its task time (Python, Hydra,
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 APP = """
 import os, time
@@ -97,6 +100,7 @@ def main() -> int:
     parser.add_argument("--launchers", default="basic,joblib,engage-local,engage-local-warm,engage-netns")
     parser.add_argument("--out", default="benchmarks/results/launcher_overhead.json")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each sweep of up to 8 jobs (median)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="engage-bench-"))
@@ -108,7 +112,7 @@ def main() -> int:
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
         return 1
-    startup = startup_wall - args.task_s
+    args.startup_s = startup_wall - args.task_s
     launchers = {
         "basic": (["hydra/launcher=basic"], 1),
         "joblib": (["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.parallelism}"], args.parallelism),
@@ -136,32 +140,18 @@ def main() -> int:
         wanted.remove("engage-netns")
     rows = []
     for jobs in [int(j) for j in args.jobs.split(",")]:
+        # small sweeps take seconds and vary by as much on a busy machine: their median of
+        # ``--repeat`` runs, interleaved across launchers, is reported
+        repeats = args.repeat if jobs <= 8 else 1
+        measured: dict[str, list[dict]] = {name: [] for name in wanted}
+        for attempt in range(repeats):
+            for name in wanted:
+                measured[name].append(measure(name, jobs, attempt, launchers[name], work, warm_db, args))
         for name in wanted:
-            overrides, parallelism = launchers[name]
-            run_dir = work / f"{name}-{jobs}"
-            run_dir.mkdir()
-            cmd = [python, str(app), "-m", task, *overrides, f"+i=range(0,{jobs})", "hydra.sweep.dir=sweep"]
-            wall, proc = run(cmd, run_dir, args.timeout)
-            ideal = math.ceil(jobs / min(parallelism, jobs)) * args.task_s
-            row = {
-                "launcher": name,
-                "jobs": jobs,
-                "parallelism": min(parallelism, jobs),
-                "ok": proc.returncode == 0,
-                "wall_s": round(wall, 3),
-                "startup_s": round(startup, 3),
-                "ideal_s": round(ideal, 3),
-                "overhead_per_job_s": round((wall - startup - ideal) / jobs, 3),
-            }
-            if name.startswith("engage") and proc.returncode == 0:
-                db = warm_db if name.endswith("-warm") else run_dir / "mlflow.db"
-                runs, distinct = count_children(db, run_dir)
-                row.update(mlflow_runs=runs, mlflow_distinct_jobs=distinct)
-            if proc.returncode != 0:
-                row["error"] = proc.stderr.strip().splitlines()[-1:] or ["?"]
+            row = median_row(measured[name])
             rows.append(row)
             print(json.dumps(row), flush=True)
-            write(args.out, args.task_s, rows, complete=False)
+        write(args.out, args.task_s, rows, complete=False)
     for jobs in sorted({r["jobs"] for r in rows}):
         joblib = next((r for r in rows if r["launcher"] == "joblib" and r["jobs"] == jobs), None)
         for r in rows:
@@ -176,6 +166,46 @@ def main() -> int:
     write(args.out, args.task_s, rows, complete=True)
     print(f"wrote {args.out}")
     return 0
+
+
+def measure(
+    name: str, jobs: int, attempt: int, launcher: tuple[list[str], int], work: Path, warm_db: Path, args: Any
+) -> dict:
+    """One sweep of ``jobs`` jobs with launcher ``name``, run from a folder of its own."""
+    overrides, parallelism = launcher
+    run_dir = work / f"{name}-{jobs}-{attempt}"
+    run_dir.mkdir()
+    cmd = [sys.executable, str(work / "app.py"), "-m", f"+task_s={args.task_s}", *overrides]
+    cmd += [f"+i=range(0,{jobs})", "hydra.sweep.dir=sweep"]
+    wall, proc = run(cmd, run_dir, args.timeout)
+    ideal = math.ceil(jobs / min(parallelism, jobs)) * args.task_s
+    row: dict[str, Any] = {
+        "launcher": name,
+        "jobs": jobs,
+        "parallelism": min(parallelism, jobs),
+        "ok": proc.returncode == 0,
+        "wall_s": round(wall, 3),
+        "startup_s": round(args.startup_s, 3),
+        "ideal_s": round(ideal, 3),
+        "overhead_per_job_s": round((wall - args.startup_s - ideal) / jobs, 3),
+    }
+    if name.startswith("engage") and proc.returncode == 0:
+        db = warm_db if name.endswith("-warm") else run_dir / "mlflow.db"
+        runs, distinct = count_children(db, run_dir)
+        row.update(mlflow_runs=runs, mlflow_distinct_jobs=distinct)
+    if proc.returncode != 0:
+        row["error"] = proc.stderr.strip().splitlines()[-1:] or ["?"]
+    return row
+
+
+def median_row(runs: list[dict]) -> dict:
+    """The run of median wall time, with every run's wall time beside it."""
+    ordered = sorted(runs, key=lambda r: (not r["ok"], r["wall_s"]))
+    row = dict(ordered[(len(ordered) - 1) // 2] if all(r["ok"] for r in runs) else ordered[-1])
+    row["ok"] = all(r["ok"] for r in runs)
+    if len(runs) > 1:
+        row["runs_wall_s"] = [r["wall_s"] for r in runs]
+    return row
 
 
 def write(path: str, task_s: float, rows: list[dict], complete: bool) -> None:
