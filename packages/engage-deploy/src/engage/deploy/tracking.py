@@ -114,11 +114,11 @@ class TrackingServer:
             self.port = free_port(self.bind if self.bind != "0.0.0.0" else "127.0.0.1")
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         ensure_sqlite_store(self.backend_uri)
+        # MLflow's server application in one interpreter (mlflow server would start two)
         command = [
             sys.executable,
             "-m",
-            "mlflow",
-            "server",
+            "engage.deploy.mlflow_server",
             "--backend-store-uri",
             self.backend_uri,
             "--artifacts-destination",
@@ -127,8 +127,6 @@ class TrackingServer:
             self.bind,
             "--port",
             str(self.port),
-            "--workers",
-            "1",
             # hosts in network namespaces reach it by an address that is not localhost
             "--allowed-hosts",
             "*",

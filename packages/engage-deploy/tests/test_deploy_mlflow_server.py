@@ -1,0 +1,53 @@
+"""The sweep's MLflow server: MLflow's own application served from one interpreter."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from engage.deploy.mlflow_server import mlflow_server_argv, parse_args
+from engage.deploy.tracking import TrackingError, TrackingServer
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_process_serves_runs_and_proxies_artifacts(tmp_path: Path) -> None:
+    server = TrackingServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", log_path=tmp_path / "log")
+    server.start()
+    try:
+        assert server.process is not None
+        # no second interpreter behind a command-line parent, as `mlflow server` would start
+        assert psutil.Process(server.process.pid).children(recursive=True) == []
+        client = MlflowClient(server.local_uri)
+        run = client.create_run(client.create_experiment("server-test"))
+        client.log_metric(run.info.run_id, "loss", 0.5)
+        (tmp_path / "notes.txt").write_text("kept")
+        client.log_artifact(run.info.run_id, str(tmp_path / "notes.txt"))
+        assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
+        # artifacts go through the server into its destination folder
+        stored = list((tmp_path / "artifacts").rglob("notes.txt"))
+        assert len(stored) == 1 and stored[0].read_text() == "kept"
+    finally:
+        server.stop()
+    assert "Application shutdown complete" in (tmp_path / "log").read_text()
+
+
+def test_a_store_that_cannot_be_opened_fails_at_start_with_the_log(tmp_path: Path) -> None:
+    bad = tmp_path / "mlflow.db"
+    bad.write_text("not a database")
+    server = TrackingServer(f"sqlite:///{bad}", tmp_path / "artifacts", log_path=tmp_path / "log", start_timeout_s=60)
+    with pytest.raises(TrackingError, match=r"exited with code .* at start; see .*log"):
+        server.start()
+    assert "not a database" in (tmp_path / "log").read_text()
+
+
+def test_without_the_pieces_it_needs_it_runs_mlflow_server_with_the_same_options() -> None:
+    args = parse_args(["--backend-store-uri", "sqlite:///m.db", "--artifacts-destination", "a", "--port", "5001"])
+    assert mlflow_server_argv(args) == [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///m.db",
+        "--artifacts-destination", "a", "--host", "127.0.0.1", "--port", "5001", "--workers", "1",
+    ]  # fmt: skip
