@@ -37,8 +37,8 @@ SIZES = [
     (5, 3, 3, 10.0, False),
     (10, 5, 3, 10.0, False),
     (20, 10, 3, 10.0, False),
-    (50, 20, 2, 30.0, True),
-    (100, 30, 2, 30.0, True),
+    (50, 20, 3, 30.0, True),
+    (100, 30, 3, 30.0, True),
     (200, 50, 1, 55.0, False),  # model building included, the whole solve stays within 60 s
 ]
 QUICK = [(5, 3, 2, 10.0, False), (20, 10, 1, 10.0, False), (50, 20, 1, 10.0, True)]
