@@ -5,10 +5,12 @@ samples:
 
 - ``engage``: the full path (client with credit flow control -> ROUTER socket in a scheduler
   thread of this process -> validation -> sample in the TrainingBuffer: read into its slot, or
-  kept by reference from 256 KiB), the buffer large enough for every sample of the run;
-- ``to_batch``: the same, plus a consumer thread taking batches from a buffer of the
-  DataModule's default capacity (8192 samples) as a training loop does: the batch's gather is the
-  one copy the path has to make;
+  kept by reference from 256 KiB), measured as the rate at which samples enter the buffer (the
+  DataModule's default capacity of 8192 samples, or the whole run if smaller) while a consumer
+  thread frees it as a training loop does, gathering batches into one reused array;
+- ``batches_reused``: the same runs measured at that consumer: the batch's gather is the one copy
+  the path has to make, on the same 2 cores;
+- ``to_batch``: the same, gathering into a new array each time, as the DataModule's loader does;
 - ``raw_zmq``: the same frames from the same number of processes to a bare ROUTER socket that
   only receives them (no flow control, no validation, no copy): the transport's limit here;
 - ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth).
@@ -102,10 +104,13 @@ def measure_raw(processes: int, side: int) -> float:
     return (received - 1) / elapsed
 
 
-def measure_engage(processes: int, side: int, to_batch: bool = False) -> float:
-    """Samples per second from the simulations' sends into the buffer; a consumer thread frees
-    the buffer by taking batches into one reused array (``to_batch``: into a new array each time,
-    as the DataModule's loader does)."""
+def measure_engage(processes: int, side: int, to_batch: bool = False) -> tuple[float, float]:
+    """Samples per second (into the buffer, out of it in batches) from the simulations' sends; a
+    consumer thread frees the buffer by taking batches into one reused array (``to_batch``: into
+    a new array each time, as the DataModule's loader does).
+
+    Into the buffer is the transport's figure: the rate at which samples sit in the buffer,
+    sampled every 5 ms from its insertion counter while the consumer runs beside it."""
     from engage.core.online.buffer import TrainingBuffer
     from engage.core.online.scheduler import SimulationScheduler
     from engage.core.samplers.uniform import UniformSampler
@@ -131,15 +136,31 @@ def measure_engage(processes: int, side: int, to_batch: bool = False) -> float:
             count += len(batch["target"])
             marks.append((time.perf_counter(), count))
 
+    inserted: list[tuple[float, int]] = []  # (time, samples in the buffer so far), on change
+    total = per * processes
+
+    def watch() -> None:
+        while not inserted or inserted[-1][1] < total:
+            count = buffer.inserted
+            if count and (not inserted or count != inserted[-1][1]):
+                inserted.append((time.perf_counter(), count))
+            if scheduler.error:
+                return
+            time.sleep(0.005)
+
     consumer = threading.Thread(target=consume)
+    watcher = threading.Thread(target=watch, daemon=True)
     consumer.start()
+    watcher.start()
     scheduler.start()
     scheduler.join(120)
     consumer.join()
-    if scheduler.error or buffer.inserted != per * processes:
-        raise RuntimeError(f"benchmark run lost samples: {buffer.inserted} of {per * processes} ({scheduler.error})")
+    watcher.join(5)
+    if scheduler.error or buffer.inserted != total:
+        raise RuntimeError(f"benchmark run lost samples: {buffer.inserted} of {total} ({scheduler.error})")
     (t0, n0), (t1, n1) = marks[0], marks[-1]
-    return (n1 - n0) / (t1 - t0)
+    (i0, c0), (i1, c1) = inserted[0], inserted[-1]
+    return (c1 - c0) / (i1 - i0), (n1 - n0) / (t1 - t0)
 
 
 def measure_ring(side: int) -> float:
@@ -250,11 +271,12 @@ def main() -> None:
         ring = measure_ring(side)
         for processes in (1, 2, 4):
             # interleaved repetitions, medians: this machine's speed varies from second to second
-            runs = [
-                (measure_raw(processes, side), measure_engage(processes, side), measure_engage(processes, side, True))
-                for _ in range(REPEAT)
-            ]
-            raw, engage, to_batch = (statistics.median(values) for values in zip(*runs))
+            runs = []
+            for _ in range(REPEAT):
+                raw = measure_raw(processes, side)
+                into_buffer, reused = measure_engage(processes, side)
+                runs.append((raw, into_buffer, reused, measure_engage(processes, side, True)[1]))
+            raw, engage, reused, to_batch = (statistics.median(values) for values in zip(*runs))
             row = {
                 "size": label,
                 "sample_bytes": nbytes,
@@ -264,16 +286,19 @@ def main() -> None:
                 "raw_zmq_samples_per_s": round(raw, 1),
                 "raw_zmq_GB_per_s": round(raw * nbytes / 1e9, 3),
                 "engage_vs_raw": round(engage / raw, 3),
+                "batches_reused_GB_per_s": round(reused * nbytes / 1e9, 3),
+                "batches_reused_vs_raw": round(reused / raw, 3),
                 "to_batch_samples_per_s": round(to_batch, 1),
                 "to_batch_GB_per_s": round(to_batch * nbytes / 1e9, 3),
                 "ring_copy_GB_per_s": round(ring * nbytes / 1e9, 2),
-                "runs_engage_vs_raw": [round(e / r, 3) for r, e, _ in runs],
+                "runs_engage_vs_raw": [round(e / r, 3) for r, e, _, _ in runs],
             }
             rows.append(row)
             print(
                 f"{label:>9} x{processes}: engage {engage:9.0f}/s {row['engage_GB_per_s']:6.2f} GB/s | raw zmq "
                 f"{raw:9.0f}/s {row['raw_zmq_GB_per_s']:6.2f} GB/s | ratio {row['engage_vs_raw']:.2f} | "
-                f"to batches {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
+                f"batches {row['batches_reused_GB_per_s']:6.2f} GB/s ({row['batches_reused_vs_raw']:.2f}), "
+                f"new arrays {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
                 flush=True,
             )
     data_wait = measure_data_wait()
