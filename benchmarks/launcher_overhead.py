@@ -169,7 +169,13 @@ def main() -> int:
 
 
 def measure(
-    name: str, jobs: int, attempt: int, launcher: tuple[list[str], int], work: Path, warm_db: Path, args: Any
+    name: str,
+    jobs: int,
+    attempt: int,
+    launcher: tuple[list[str], int],
+    work: Path,
+    warm_db: Path,
+    args: argparse.Namespace,
 ) -> dict:
     """One sweep of ``jobs`` jobs with launcher ``name``, run from a folder of its own."""
     overrides, parallelism = launcher
