@@ -3,6 +3,7 @@ records of jobs that ran while that server was down uploaded once it is back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -112,4 +114,31 @@ def test_server_killed_mid_sweep_loses_no_job(tmp_path: Path) -> None:
     assert "MLflow server died 1 time(s) and was restarted" in out + err
     _, kids = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert sorted(int(r.data.tags["engage.job"]) for r in kids) == [0, 1, 2, 3]
+    assert all(r.info.status == "FINISHED" for r in kids)
+
+
+@pytest.mark.slow
+def test_a_kept_server_serves_the_next_sweep(tmp_path: Path) -> None:
+    keep = ("hydra.launcher.mlflow.server=true", "hydra.launcher.mlflow.keep_server=true", "+x=1,2")
+    state_file = tmp_path / "mlflow.db.engage-server.json"
+    pids = []
+    try:
+        for sweep in ("first", "second"):
+            proc = start_app(tmp_path, *keep, f"hydra.sweep.dir={sweep}")
+            _out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err
+            folder = next((tmp_path / sweep / ".engage").glob("*"))
+            pids.append(json.loads((folder / "mlflow-server.json").read_text())["pid"])
+            # still running after the sweep, for the next one
+            assert state_file.is_file() and psutil.pid_exists(json.loads(state_file.read_text())["pid"])
+        assert pids[0] == pids[1], "the second sweep started a server of its own"
+    finally:
+        if state_file.is_file():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(json.loads(state_file.read_text())["pid"], signal.SIGTERM)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("engage").experiment_id], max_results=100)
+    parents = {r.info.run_id for r in runs if r.data.tags.get("engage.kind") == "sweep"}
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
+    assert len(parents) == 2 and len(kids) == 4
     assert all(r.info.status == "FINISHED" for r in kids)

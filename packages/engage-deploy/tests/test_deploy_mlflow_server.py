@@ -51,3 +51,12 @@ def test_without_the_pieces_it_needs_it_runs_mlflow_server_with_the_same_options
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///m.db",
         "--artifacts-destination", "a", "--host", "127.0.0.1", "--port", "5001", "--workers", "1",
     ]  # fmt: skip
+
+
+def test_a_kept_server_is_described_next_to_its_database_file() -> None:
+    described = Path("/data/mlflow.db.engage-server.json")
+    assert TrackingServer.state_path("sqlite:////data/mlflow.db") == described
+    # options of the URI are not part of the file's name
+    assert TrackingServer.state_path("sqlite:////data/mlflow.db?timeout=30") == described
+    assert TrackingServer.state_path("sqlite:///:memory:") is None
+    assert TrackingServer.state_path("http://127.0.0.1:5000") is None

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engage.core.tracking.sqlite_store import ensure_sqlite_store
+from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +190,10 @@ class TrackingServer:
 
     @staticmethod
     def state_path(backend_uri: str) -> Path | None:
-        """Where a kept server for an SQLite store is described (next to the database)."""
-        if not backend_uri.startswith("sqlite:///"):
-            return None
-        return Path(backend_uri.removeprefix("sqlite:///") + ".engage-server.json")
+        """Where a kept server for an SQLite store is described (next to the database file;
+        ``None`` for other stores, which no kept server is looked up for)."""
+        database = sqlite_path(backend_uri)
+        return None if database is None else database.with_name(database.name + ".engage-server.json")
 
     @classmethod
     def find_kept(cls, backend_uri: str, bind: str) -> TrackingServer | None:
