@@ -7,14 +7,16 @@ bounds, and TCP goodput within 10 % of the configured rate. The round trips here
 more, so that a busy machine's scheduling jitter (up to about 1 ms) stays inside the bound.
 
 The forwarder and the probes run at real-time priority, but on a shared virtual machine the
-host can still take the CPU away for tens of milliseconds (steal time): a link whose measurement
-misses its bound is measured again, up to three times in all. A wrong constraint misses every
-time; the attempts are in the printed results.
+host can still take the CPU away, for spells of several seconds in which every round trip
+through the forwarder takes milliseconds longer: a link whose measurement misses its bound is
+measured again, a second later, up to five times in all. A wrong constraint misses every time;
+the attempts are in the printed results.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -48,11 +50,13 @@ def _rate_close(goodput_bps: float, rate_bps: float) -> bool:
 
 
 def _measure(provider, src: str, dst: str, within: Callable[[dict], bool], **options) -> dict:
-    """``measure_link``, again while ``within`` says the result misses its bound (3 tries)."""
+    """``measure_link``, again while ``within`` says the result misses its bound (5 tries, a
+    second apart: the host's slow spells last several seconds)."""
     missed: list[dict] = []
     result = measure_link(provider, src, dst, **options)
-    while not within(result) and len(missed) < 2:
+    while not within(result) and len(missed) < 4:
         missed.append(result)
+        time.sleep(1.0)
         result = measure_link(provider, src, dst, **options)
     return {**result, "missed_attempts": missed}
 
