@@ -73,6 +73,11 @@ def test_fifo_serves_in_order_once():
     assert buffer.get_batch(3)["target"][:, 0].tolist() == [0, 1, 2]
     assert buffer.get_batch(3)["target"][:, 0].tolist() == [3, 4, 5]
     assert len(buffer) == 0 and buffer.credit() == 8
+    large = TrainingBuffer(capacity=4096, policy="fifo")  # the oldest of many, still in order
+    for v in range(3000):
+        put(large, v)
+    assert large.get_batch(500)["target"][:, 0].tolist() == list(range(500))
+    assert large.get_batch(700)["target"][:, 0].tolist() == list(range(500, 1200))
 
 
 def test_firo_is_random_and_backpressure_when_full():
@@ -184,6 +189,52 @@ def test_by_reference_storage_evicts_and_round_trips():
     assert empty.state_dict()["data"].shape == (0, 2)
     with pytest.raises(ValueError, match="zero_copy_bytes"):
         TrainingBuffer(zero_copy_bytes=-1)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "firo", "reservoir"])
+def test_buffer_bookkeeping_holds_over_a_random_stream(policy):
+    """Samples written in place and put, read in batches of random size: every sample is read at
+    most ``max_reads`` times, FIFO serves the oldest in order, nothing unread is lost, and the
+    slots add up (occupied + free + reserved = capacity) after every step."""
+    rng = np.random.default_rng(7)
+    capacity, max_reads = 64, 2
+    buffer = TrainingBuffer(capacity=capacity, policy=policy, max_reads=max_reads, seed=5)
+    buffer.prepare((2,), np.float32, 1)
+    written, reads = 0, {}
+    for _ in range(400):
+        if rng.random() < 0.5:
+            slots = buffer.reserve(int(rng.integers(1, 20)))
+            for slot in slots:
+                buffer.slot(slot)[:] = written
+                written += 1
+            keep = int(rng.integers(0, len(slots) + 1))
+            buffer.commit([(slot, np.array([1.0], np.float32), 3, 0.5) for slot in slots[:keep]])
+            buffer.release(slots[keep:])
+            written -= len(slots) - keep  # values of released slots are written again
+        elif buffer.credit() > 0:
+            put(buffer, written, sim=3)
+            written += 1
+        elif len(buffer):
+            oldest = sorted(set(range(written)) - set(reads) | {v for v, c in reads.items() if c < max_reads})
+            batch = buffer.get_batch(int(rng.integers(1, len(buffer) + 1)), timeout=1)
+            values = batch["target"][:, 0].astype(int).tolist()
+            assert len(set(values)) == len(values)
+            if policy == "fifo":
+                assert values == oldest[: len(values)]
+            for value in values:
+                reads[value] = reads.get(value, 0) + 1
+            assert batch["simulation_id"].tolist() == [3] * len(values)
+        occupied = buffer._occupied
+        assert len(set(occupied.view().tolist())) == occupied.n == len(buffer)
+        assert (occupied.pos[occupied.view()] == np.arange(occupied.n)).all()
+        assert len(buffer) + len(buffer._free) + buffer._reserved == capacity
+    assert max(reads.values()) <= max_reads
+    # every sample read max_reads times has left (fifo, firo) or may be evicted (reservoir)
+    present = set(buffer.state_dict()["data"][:, 0].int().tolist())
+    assert all(value not in present for value, count in reads.items() if count == max_reads)
+    if policy != "reservoir":
+        assert present == {v for v in range(written) if reads.get(v, 0) < max_reads}
+    assert buffer.inserted == written
 
 
 # --------------------------------------------------------------------------- scheduler with processes

@@ -53,6 +53,10 @@ from engage.core.simulators.base import Simulator
 log = logging.getLogger("engage.online")
 
 
+# a plain int: getsockopt(zmq.RCVMORE) builds a SocketOption enum on each call, three times a sample
+_RCVMORE = int(zmq.RCVMORE)
+
+
 def _picklable(value: Any) -> bool:
     try:
         pickle.dumps(value)
@@ -376,10 +380,10 @@ class SimulationScheduler:
         frame that :meth:`_sample` reads into its buffer slot and :meth:`_payload` otherwise."""
         active = self._by_identity.get(identity)
         try:
-            if not sock.getsockopt(zmq.RCVMORE):
+            if not sock.get(_RCVMORE):
                 raise ProtocolError("empty message, expected 2 frames (header, payload)")
             header_frame = sock.recv()
-            if not sock.getsockopt(zmq.RCVMORE):
+            if not sock.get(_RCVMORE):
                 raise ProtocolError("message of 1 frame, expected 2 (header, payload)")
             header = protocol.decode_header(header_frame)
             if active is None:
@@ -403,7 +407,7 @@ class SimulationScheduler:
                 raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
         except (ProtocolError, MalformedSample) as exc:
             # what is left of a malformed message must not be read as the next one
-            while sock.getsockopt(zmq.RCVMORE):
+            while sock.get(_RCVMORE):
                 sock.recv(copy=False)
             if active is not None:
                 self._fail(sock, active, f"malformed data: {exc}")
@@ -414,7 +418,7 @@ class SimulationScheduler:
     def _payload(sock: zmq.Socket, copy: bool = True) -> Any:
         """The payload frame, which must be the message's last."""
         payload = sock.recv(copy=copy)
-        if sock.getsockopt(zmq.RCVMORE):
+        if sock.get(_RCVMORE):
             raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
         return payload
 
@@ -467,7 +471,7 @@ class SimulationScheduler:
         if self._slots:
             slot = self._slots.pop()
             received = sock.recv_into(self.buffer.slot(slot))
-            if received != size or sock.getsockopt(zmq.RCVMORE):
+            if received != size or sock.get(_RCVMORE):
                 self._slots.append(slot)
                 check_sample(header, received, self.shape, self.dtype)
                 raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
