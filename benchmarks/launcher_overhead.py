@@ -11,13 +11,13 @@ reported with all wall times beside it. For each run:
 * ``ideal_s``: ``ceil(jobs / parallelism) * task_s``, the time the jobs themselves need;
 * ``overhead_per_job_s``: ``(wall_s - startup_s - ideal_s) / jobs``.
 
-``engage-local`` starts an ``mlflow server`` for each sweep that runs jobs in parallel (its
+``engage-local`` starts an MLflow tracking server for each sweep that runs jobs in parallel (its
 start-up is part of the overhead); ``engage-local-warm`` reuses a server kept running by an
 earlier sweep on the same store (``hydra.launcher.mlflow.keep_server=true``), the steady state
 of a researcher running sweep after sweep.
 
-The engage launcher does all its recording here (experiment folder, per-host metrics, an
-``mlflow server`` for the sweep, a child run per job); for its 64-job runs the benchmark also
+The engage launcher does all its recording here (experiment folder, per-host metrics, an MLflow
+tracking server for the sweep, a child run per job); for its 64-job runs the benchmark also
 checks MLflow holds exactly one run per job (none lost, none duplicated). ``netns`` rows need
 root and iproute2 and are left out otherwise.
 
@@ -112,7 +112,7 @@ def main() -> int:
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
         return 1
-    args.startup_s = startup_wall - args.task_s
+    startup_s = startup_wall - args.task_s
     launchers = {
         "basic": (["hydra/launcher=basic"], 1),
         "joblib": (["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.parallelism}"], args.parallelism),
@@ -146,7 +146,7 @@ def main() -> int:
         measured: dict[str, list[dict]] = {name: [] for name in wanted}
         for attempt in range(repeats):
             for name in wanted:
-                measured[name].append(measure(name, jobs, attempt, launchers[name], work, warm_db, args))
+                measured[name].append(measure(name, jobs, attempt, launchers[name], work, warm_db, startup_s, args))
         for name in wanted:
             row = median_row(measured[name])
             rows.append(row)
@@ -175,9 +175,11 @@ def measure(
     launcher: tuple[list[str], int],
     work: Path,
     warm_db: Path,
+    startup_s: float,
     args: argparse.Namespace,
 ) -> dict:
-    """One sweep of ``jobs`` jobs with launcher ``name``, run from a folder of its own."""
+    """One sweep of ``jobs`` jobs with launcher ``name``, run from a folder of its own;
+    ``startup_s`` is the app's own start-up, subtracted from the sweep's wall time."""
     overrides, parallelism = launcher
     run_dir = work / f"{name}-{jobs}-{attempt}"
     run_dir.mkdir()
@@ -191,9 +193,9 @@ def measure(
         "parallelism": min(parallelism, jobs),
         "ok": proc.returncode == 0,
         "wall_s": round(wall, 3),
-        "startup_s": round(args.startup_s, 3),
+        "startup_s": round(startup_s, 3),
         "ideal_s": round(ideal, 3),
-        "overhead_per_job_s": round((wall - args.startup_s - ideal) / jobs, 3),
+        "overhead_per_job_s": round((wall - startup_s - ideal) / jobs, 3),
     }
     if name.startswith("engage") and proc.returncode == 0:
         db = warm_db if name.endswith("-warm") else run_dir / "mlflow.db"
@@ -215,7 +217,7 @@ def median_row(runs: list[dict]) -> dict:
 
 
 def write(path: str, task_s: float, rows: list[dict], complete: bool) -> None:
-    """The JSON result, rewritten after every row so an interrupted run keeps what it measured."""
+    """The JSON result, rewritten after each sweep size so an interrupted run keeps what it measured."""
     result = {
         "benchmark": "launcher_overhead",
         "complete": complete,

@@ -158,6 +158,8 @@ def measure_engage(processes: int, side: int, to_batch: bool = False) -> tuple[f
     watcher.join(5)
     if scheduler.error or buffer.inserted != total:
         raise RuntimeError(f"benchmark run lost samples: {buffer.inserted} of {total} ({scheduler.error})")
+    if len(marks) < 2 or len(inserted) < 2:
+        raise RuntimeError("the run was too short to time: raise TOTAL for this size")
     (t0, n0), (t1, n1) = marks[0], marks[-1]
     (i0, c0), (i1, c1) = inserted[0], inserted[-1]
     return (c1 - c0) / (i1 - i0), (n1 - n0) / (t1 - t0)

@@ -224,10 +224,15 @@ def test_buffer_bookkeeping_holds_over_a_random_stream(policy):
             for value in values:
                 reads[value] = reads.get(value, 0) + 1
             assert batch["simulation_id"].tolist() == [3] * len(values)
-        occupied = buffer._occupied
-        assert len(set(occupied.view().tolist())) == occupied.n == len(buffer)
-        assert (occupied.pos[occupied.view()] == np.arange(occupied.n)).all()
+        occupied, read_once = buffer._occupied, buffer._read_once
+        for index_set in (occupied, read_once):
+            assert len(set(index_set.view().tolist())) == index_set.n
+            assert (index_set.pos[index_set.view()] == np.arange(index_set.n)).all()
+            assert (index_set.pos >= 0).sum() == index_set.n
+        assert occupied.n == len(buffer) and set(read_once.view().tolist()) <= set(occupied.view().tolist())
         assert len(buffer) + len(buffer._free) + buffer._reserved == capacity
+        evictable = read_once.n if policy == "reservoir" else 0
+        assert buffer.credit() == capacity - len(buffer) - buffer._reserved + evictable
     assert max(reads.values()) <= max_reads
     # every sample read max_reads times has left (fifo, firo) or may be evicted (reservoir)
     present = set(buffer.state_dict()["data"][:, 0].int().tolist())
@@ -235,6 +240,42 @@ def test_buffer_bookkeeping_holds_over_a_random_stream(policy):
     if policy != "reservoir":
         assert present == {v for v in range(written) if reads.get(v, 0) < max_reads}
     assert buffer.inserted == written
+
+
+def test_a_bad_commit_changes_nothing():
+    buffer = TrainingBuffer(capacity=4, policy="fifo")
+    buffer.prepare((2,), np.float32, 1)
+    slots = buffer.reserve(2)
+    with pytest.raises(ValueError, match="with repeats"):
+        buffer.commit([(slots[0], np.zeros(1), 0, 0.0), (slots[0], np.zeros(1), 0, 0.0)])
+    with pytest.raises(ValueError, match=r"parameters of shape \(3,\); the buffer holds \(1,\)"):
+        buffer.commit([(slot, np.zeros(3), 0, 0.0) for slot in slots])
+    assert len(buffer) == 0 and buffer.credit() == 2  # both slots still reserved, none lost
+    buffer.commit([(slot, np.zeros(1), 0, 0.0) for slot in slots])
+    assert len(buffer) == 2 and buffer.credit() == 2
+
+
+def test_a_buffer_that_cannot_fit_in_memory_is_refused_naming_the_field(monkeypatch, caplog):
+    import psutil
+
+    from engage.core.online import OnlineDataModule
+    from engage.core.simulators import HeatEquation
+
+    gib = 2**30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 8 * gib})())
+    sim = HeatEquation(grid=1024, steps=4)  # 4 MiB samples: 2048 of them take 8 GiB
+    with pytest.raises(ValueError, match=r"data.capacity: a full buffer of 4096 samples .* takes 16.0 GiB") as error:
+        OnlineDataModule(sim, UniformSampler(sim.space), capacity=4096)
+    assert "lower data.capacity to 1024 or less" in str(error.value)
+    huge = HeatEquation(grid=65536, steps=4)  # 16 GiB a sample: no capacity helps
+    with pytest.raises(ValueError, match=r"one sample takes 16\.0 GiB: the samples must be smaller"):
+        OnlineDataModule(huge, UniformSampler(huge.space), capacity=64)
+    with caplog.at_level("WARNING", logger="engage.online"):
+        OnlineDataModule(sim, UniformSampler(sim.space), capacity=1536)  # 6 GiB of 8: allowed, with a warning
+    assert "consider data.capacity=1024" in caplog.text
+    caplog.clear()
+    OnlineDataModule(sim, UniformSampler(sim.space), capacity=512)  # 2 GiB: nothing to say
+    assert caplog.text == ""
 
 
 # --------------------------------------------------------------------------- scheduler with processes

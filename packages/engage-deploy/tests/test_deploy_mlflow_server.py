@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from engage.deploy.mlflow_server import mlflow_server_argv, parse_args
+from engage.deploy.mlflow_server import main
 from engage.deploy.tracking import TrackingError, TrackingServer
 
 pytestmark = pytest.mark.slow
@@ -45,12 +46,29 @@ def test_a_store_that_cannot_be_opened_fails_at_start_with_the_log(tmp_path: Pat
     assert "not a database" in (tmp_path / "log").read_text()
 
 
-def test_without_the_pieces_it_needs_it_runs_mlflow_server_with_the_same_options() -> None:
-    args = parse_args(["--backend-store-uri", "sqlite:///m.db", "--artifacts-destination", "a", "--port", "5001"])
-    assert mlflow_server_argv(args) == [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///m.db",
-        "--artifacts-destination", "a", "--host", "127.0.0.1", "--port", "5001", "--workers", "1",
-    ]  # fmt: skip
+class _Exec(Exception):
+    """Raised instead of replacing the test's process."""
+
+
+@pytest.mark.parametrize("missing", ["uvicorn", "job runner"])
+def test_without_a_piece_it_needs_it_runs_mlflow_server_with_the_same_options(monkeypatch, missing) -> None:
+    def execv(path: str, argv: list[str]) -> None:
+        raise _Exec(path, argv)
+
+    monkeypatch.setattr(os, "execv", execv)
+    if missing == "uvicorn":
+        monkeypatch.setitem(sys.modules, "uvicorn", None)  # its import fails
+    else:
+        monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # only `mlflow server` runs jobs
+    with pytest.raises(_Exec) as replaced:
+        main(["--backend-store-uri", "sqlite:///m.db", "--artifacts-destination", "a", "--port", "5001"])
+    assert replaced.value.args == (
+        sys.executable,
+        [
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///m.db",
+            "--artifacts-destination", "a", "--host", "127.0.0.1", "--port", "5001", "--workers", "1",
+        ],
+    )  # fmt: skip
 
 
 def test_a_kept_server_is_described_next_to_its_database_file() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
@@ -145,7 +146,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     simulator = instantiate(cfg.simulator)
     sampler = instantiate(cfg.sampler, space=simulator.space)
-    datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)
+    try:
+        datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)
+    except InstantiationException as exc:
+        # values that only fail together with the simulator (the buffer's memory for its samples)
+        # are the DataModule's to check; its message names the field: one line, like the others
+        if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("data."):
+            raise ConfigError(str(exc.__cause__)) from None
+        raise
     model = instantiate(
         cfg.model,
         num_parameters=simulator.space.dim,

@@ -8,7 +8,9 @@ from one interpreter, in about half of that. It takes the subset of ``mlflow ser
 that :class:`~engage.deploy.tracking.TrackingServer` uses. The settings pass to MLflow's
 application through the environment variables its command line sets for its workers
 (``mlflow.server.constants``); with an MLflow that lacks any piece used here, the module runs
-``mlflow server`` itself with the same options instead.
+``mlflow server`` itself with the same options instead, as it does when MLflow's job execution is
+enabled (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true``), since only ``mlflow server`` starts the job
+runner.
 
 Example (serves until SIGTERM or Ctrl-C)::
 
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, a subset of ``mlflow server``'s with the same names."""
     parser = argparse.ArgumentParser(prog="python -m engage.deploy.mlflow_server", description=__doc__.splitlines()[0])
     parser.add_argument("--backend-store-uri", required=True)
     parser.add_argument("--artifacts-destination", required=True)
@@ -44,8 +47,15 @@ def mlflow_server_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _job_execution_enabled() -> bool:
+    return os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "").strip().lower() in ("true", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Serve MLflow's tracking server with ``argv``'s options until stopped (SIGTERM, Ctrl-C)."""
     args = parse_args(argv)
+    if _job_execution_enabled():
+        os.execv(sys.executable, mlflow_server_argv(args))
     if args.allowed_hosts:
         # read when mlflow.server is imported (its security middleware)
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = args.allowed_hosts
@@ -57,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from mlflow.server.handlers import initialize_backend_stores
         from mlflow.utils.server_cli_utils import resolve_default_artifact_root
 
-        names = (
+        env_var_names = (
             constants.BACKEND_STORE_URI_ENV_VAR,
             constants.REGISTRY_STORE_URI_ENV_VAR,
             constants.ARTIFACT_ROOT_ENV_VAR,
@@ -66,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except (ImportError, AttributeError):
         os.execv(sys.executable, mlflow_server_argv(args))
-    backend_env, registry_env, root_env, serve_env, destination_env = names
+    backend_env, registry_env, root_env, serve_env, destination_env = env_var_names
     default_root = resolve_default_artifact_root(True, None, args.backend_store_uri)
     os.environ.update({
         backend_env: args.backend_store_uri,
@@ -77,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     })  # fmt: skip
     # as mlflow server does before serving: a store it cannot open (an out-of-date schema) fails
     # here, once, with MLflow's own message
-    initialize_backend_stores(args.backend_store_uri, args.backend_store_uri, default_root)
+    try:
+        initialize_backend_stores(args.backend_store_uri, args.backend_store_uri, default_root)
+    except TypeError:  # another signature in another MLflow version: let its own command do it
+        os.execv(sys.executable, mlflow_server_argv(args))
     # no line per request: a sweep makes thousands, and the log is for failures
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 

@@ -85,16 +85,20 @@ class _IndexSet:
         self.n -= 1
 
     def remove_many(self, slots: np.ndarray) -> None:
-        """Remove ``slots`` (those not in the set are ignored) in one pass over the set, which
-        costs less than one Python-level :meth:`remove` per slot from a few slots on."""
-        if self.n == 0 or len(slots) == 0:
+        """Remove distinct ``slots`` (those not in the set are ignored) in time proportional to
+        their number: the set's last entries move into the holes they leave."""
+        slots = slots[self.pos[slots] >= 0]
+        if len(slots) == 0:
             return
+        end = self.n - len(slots)
+        holes = self.pos[slots]
+        holes = np.sort(holes[holes < end])
         self.pos[slots] = -1
-        kept = self.items[: self.n]
-        kept = kept[self.pos[kept] >= 0]
-        self.n = len(kept)
-        self.items[: self.n] = kept
-        self.pos[kept] = np.arange(self.n)
+        tail = self.items[end : self.n]
+        movers = tail[self.pos[tail] >= 0]  # as many as there are holes below the new end
+        self.items[holes] = movers
+        self.pos[movers] = holes
+        self.n = end
 
     def __contains__(self, slot: int) -> bool:
         return self.pos[slot] >= 0
@@ -243,17 +247,24 @@ class TrainingBuffer:
         simulation_id, time)`` each, under one lock and one wake-up of the readers."""
         if not entries:
             return
-        # one vectorized write per field: per-sample numpy scalar writes cost more than the sample
+        # one vectorized write per field: per-sample numpy scalar writes cost more than the sample;
+        # everything is checked before anything changes, so a bad entry loses no reserved slot
         slots, parameters, simulation_ids, times = zip(*entries)
         index = np.array(slots, dtype=np.int64)
+        values = np.asarray(parameters, dtype=np.float32)
+        if len(np.unique(index)) != len(index):
+            raise ValueError(f"commit() got slots {sorted(slots)}, with repeats: each reserved slot is committed once")
+        held = None if self._params is None else self._params.shape[1:]
+        if values.shape[1:] != held or values.ndim != 2:
+            raise ValueError(f"commit() got parameters of shape {values.shape[1:]}; the buffer holds {held}")
         with self._cond:
-            self._reserved -= len(index)
-            self._params[index] = parameters  # type: ignore[index]
+            self._params[index] = values
             self._time[index] = times
             self._sim[index] = simulation_ids
             self._reads[index] = 0
             self._arrival[index] = np.arange(self.inserted, self.inserted + len(index))
             self._occupied.add_many(index)
+            self._reserved -= len(index)
             self.inserted += len(index)
             if not self._opened and self.inserted >= self.watermark:
                 self._opened = True
@@ -378,7 +389,7 @@ class TrainingBuffer:
             if self._refs is not None:
                 # the arrays themselves: their slots may be refilled at once, the gather below
                 # happens outside the lock so the receiver is not held up by it
-                kept = [self._refs[slot] for slot in slots.tolist()]
+                refs_to_gather = [self._refs[slot] for slot in slots.tolist()]
             elif out is not None:
                 # mode="clip": with the default "raise", numpy gathers into a temporary first
                 batch["target"] = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
@@ -388,9 +399,9 @@ class TrainingBuffer:
             self.reads += len(slots)
             if self.max_reads is not None:
                 spent = self._reads[slots] >= self.max_reads
-                done, kept_slots = slots[spent], slots[~spent]
+                done, unspent = slots[spent], slots[~spent]
             else:
-                done, kept_slots = slots[:0], slots
+                done, unspent = slots[:0], slots
             if len(done):
                 self._occupied.remove_many(done)
                 self._read_once.remove_many(done)
@@ -400,10 +411,10 @@ class TrainingBuffer:
                     for slot in freed:
                         self._refs[slot] = None
             if self.policy == "reservoir":
-                self._read_once.add_many(kept_slots)
+                self._read_once.add_many(unspent)
             self._cond.notify_all()
         if "target" not in batch:
-            batch["target"] = np.stack(kept, out=None if out is None else out[: len(kept)])  # type: ignore[arg-type]
+            batch["target"] = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
         return {"target": batch.pop("target"), **batch}
 
     def _choose(self, n: int) -> np.ndarray:

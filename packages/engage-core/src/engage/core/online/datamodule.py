@@ -25,6 +25,32 @@ from engage.core.simulators.base import Simulator
 log = logging.getLogger("engage.online")
 
 
+def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
+    """Refuse a buffer that cannot fit in memory when full, and warn when it would take most of it:
+    otherwise the run fails hours in, when the buffer fills (samples are read into it, or kept, as
+    they arrive)."""
+    shape, dtype = getattr(simulator, "sample_shape", None), getattr(simulator, "dtype", None)
+    if shape is None or dtype is None:
+        return
+    import psutil
+
+    per_sample = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    need, available = capacity * per_sample, psutil.virtual_memory().available
+    if need <= available // 2:
+        return
+    gib = 2**30
+    what = (
+        f"data.capacity: a full buffer of {capacity} samples of {tuple(shape)} {np.dtype(dtype)} takes "
+        f"{need / gib:.1f} GiB, and {available / gib:.1f} GiB of memory is available"
+    )
+    fits = available // 2 // per_sample
+    if need > available and fits == 0:
+        raise ValueError(f"{what}; one sample takes {per_sample / gib:.1f} GiB: the samples must be smaller")
+    if need > available:
+        raise ValueError(f"{what}; lower data.capacity to {fits} or less")
+    log.warning("%s; the model and batches need room too: consider data.capacity=%d", what, max(1, fits))
+
+
 class BufferStream(IterableDataset):
     """Batches drawn from the training buffer; one pass is one epoch of ``batches_per_epoch``.
 
@@ -125,6 +151,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.{name} must be >= {minimum}, got {value}")
         if batch_size > capacity:
             raise ValueError(f"data.batch_size ({batch_size}) exceeds data.capacity ({capacity}); raise the capacity")
+        _check_buffer_memory(simulator, capacity)
         self.simulator, self.sampler = simulator, sampler
         self.simulations, self.max_samples, self.concurrency = simulations, max_samples, concurrency
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch

@@ -53,10 +53,6 @@ from engage.core.simulators.base import Simulator
 log = logging.getLogger("engage.online")
 
 
-# a plain int: getsockopt(zmq.RCVMORE) builds a SocketOption enum on each call, three times a sample
-_RCVMORE = int(zmq.RCVMORE)
-
-
 def _picklable(value: Any) -> bool:
     try:
         pickle.dumps(value)
@@ -380,10 +376,10 @@ class SimulationScheduler:
         frame that :meth:`_sample` reads into its buffer slot and :meth:`_payload` otherwise."""
         active = self._by_identity.get(identity)
         try:
-            if not sock.get(_RCVMORE):
+            if not sock.getsockopt(zmq.RCVMORE):
                 raise ProtocolError("empty message, expected 2 frames (header, payload)")
             header_frame = sock.recv()
-            if not sock.get(_RCVMORE):
+            if not sock.getsockopt(zmq.RCVMORE):
                 raise ProtocolError("message of 1 frame, expected 2 (header, payload)")
             header = protocol.decode_header(header_frame)
             if active is None:
@@ -407,7 +403,7 @@ class SimulationScheduler:
                 raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
         except (ProtocolError, MalformedSample) as exc:
             # what is left of a malformed message must not be read as the next one
-            while sock.get(_RCVMORE):
+            while sock.getsockopt(zmq.RCVMORE):
                 sock.recv(copy=False)
             if active is not None:
                 self._fail(sock, active, f"malformed data: {exc}")
@@ -418,7 +414,7 @@ class SimulationScheduler:
     def _payload(sock: zmq.Socket, copy: bool = True) -> Any:
         """The payload frame, which must be the message's last."""
         payload = sock.recv(copy=copy)
-        if sock.get(_RCVMORE):
+        if sock.getsockopt(zmq.RCVMORE):
             raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
         return payload
 
@@ -471,7 +467,7 @@ class SimulationScheduler:
         if self._slots:
             slot = self._slots.pop()
             received = sock.recv_into(self.buffer.slot(slot))
-            if received != size or sock.get(_RCVMORE):
+            if received != size or sock.getsockopt(zmq.RCVMORE):
                 self._slots.append(slot)
                 check_sample(header, received, self.shape, self.dtype)
                 raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
