@@ -26,7 +26,9 @@ def test_bad_input_is_one_line_and_exit_code_2(override, expected, capsys):
     assert len(err.splitlines()) == 1, err
 
 
-def test_a_value_checked_with_the_simulator_is_one_line_and_exit_code_2(capfd):
+def test_a_value_checked_with_the_simulator_is_one_line_and_exit_code_2(capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # the buffer's memory depends on the simulator's samples: 8192 samples of 16 GiB
     with pytest.raises(SystemExit) as exit_:
         main(["run", "simulator.grid=65536"])
@@ -34,6 +36,7 @@ def test_a_value_checked_with_the_simulator_is_one_line_and_exit_code_2(capfd):
     assert exit_.value.code == 2
     assert err.startswith("engage run: data.capacity: a full buffer of 8192 samples of (65536, 65536) float32"), err
     assert len(err.splitlines()) == 1, err
+    assert list(tmp_path.rglob("*.db")) == []  # found before any tracking store was opened
 
 
 def test_unknown_option_lists_installed_samplers(capsys):

@@ -142,8 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = _output_dir()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     manager = get_plugin_manager()
-    tracking_uri = choose_tracking_uri(cfg, output_dir)
-
+    # what is built from the config comes first: a value found wrong here leaves no store behind
     simulator = instantiate(cfg.simulator)
     sampler = instantiate(cfg.sampler, space=simulator.space)
     try:
@@ -154,6 +153,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("data."):
             raise ConfigError(str(exc.__cause__)) from None
         raise
+    tracking_uri = choose_tracking_uri(cfg, output_dir)
     model = instantiate(
         cfg.model,
         num_parameters=simulator.space.dim,
