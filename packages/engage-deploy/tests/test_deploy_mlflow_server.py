@@ -50,7 +50,7 @@ class _Exec(Exception):
     """Raised instead of replacing the test's process."""
 
 
-@pytest.mark.parametrize("missing", ["uvicorn", "job runner"])
+@pytest.mark.parametrize("missing", ["uvicorn", "job runner", "job runner by default"])
 def test_without_a_piece_it_needs_it_runs_mlflow_server_with_the_same_options(monkeypatch, missing) -> None:
     def execv(path: str, argv: list[str]) -> None:
         raise _Exec(path, argv)
@@ -58,8 +58,10 @@ def test_without_a_piece_it_needs_it_runs_mlflow_server_with_the_same_options(mo
     monkeypatch.setattr(os, "execv", execv)
     if missing == "uvicorn":
         monkeypatch.setitem(sys.modules, "uvicorn", None)  # its import fails
-    else:
+    elif missing == "job runner":
         monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # only `mlflow server` runs jobs
+    else:
+        monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)  # MLflow's default: on
     with pytest.raises(_Exec) as replaced:
         main(["--backend-store-uri", "sqlite:///m.db", "--artifacts-destination", "a", "--port", "5001"])
     assert replaced.value.args == (

@@ -9,8 +9,9 @@ that :class:`~engage.deploy.tracking.TrackingServer` uses. The settings pass to 
 application through the environment variables its command line sets for its workers
 (``mlflow.server.constants``); with an MLflow that lacks any piece used here, the module runs
 ``mlflow server`` itself with the same options instead, as it does when MLflow's job execution is
-enabled (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true``), since only ``mlflow server`` starts the job
-runner.
+enabled (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``, on unless set to false, as MLflow reads it; the
+sweep's :class:`~engage.deploy.tracking.TrackingServer` sets it to false), since only
+``mlflow server`` starts the job runner.
 
 Example (serves until SIGTERM or Ctrl-C)::
 
@@ -47,21 +48,21 @@ def mlflow_server_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _job_execution_enabled() -> bool:
-    return os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "").strip().lower() in ("true", "1")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve MLflow's tracking server with ``argv``'s options until stopped (SIGTERM, Ctrl-C)."""
     args = parse_args(argv)
-    if _job_execution_enabled():
+    try:
+        # uvicorn first: mlflow.server sets itself up as a running server when it is loaded
+        import uvicorn
+        from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+    except ImportError:
+        os.execv(sys.executable, mlflow_server_argv(args))
+    if MLFLOW_SERVER_ENABLE_JOB_EXECUTION.get():  # read, and defaulted, as mlflow server reads it
         os.execv(sys.executable, mlflow_server_argv(args))
     if args.allowed_hosts:
         # read when mlflow.server is imported (its security middleware)
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = args.allowed_hosts
     try:
-        # uvicorn first: mlflow.server sets itself up as a running server when it is loaded
-        import uvicorn
         from mlflow.server import constants
         from mlflow.server.fastapi_app import app
         from mlflow.server.handlers import initialize_backend_stores
