@@ -488,10 +488,9 @@ class TrainingBuffer:
                 self._sim[:count] = state["simulation_id"].numpy()
                 self._reads[:count] = state["read_counts"].numpy()
                 self._arrival[:count] = state["arrival"].numpy()
-                for slot in range(count):
-                    self._occupied.add(slot)
-                    if self.policy == "reservoir" and self._reads[slot] > 0:
-                        self._read_once.add(slot)
+                self._occupied.add_many(np.arange(count))
+                if self.policy == "reservoir":
+                    self._read_once.add_many(np.flatnonzero(self._reads[:count] > 0))
 
     def stats(self) -> dict[str, float]:
         """Fill and counters, for progress display."""
