@@ -11,8 +11,13 @@ samples:
 - ``batches_reused``: the same runs measured at that consumer: the batch's gather is the one copy
   the path has to make, on the same 2 cores;
 - ``to_batch``: the same, gathering into a new array each time, as the DataModule's loader does;
-- ``raw_zmq``: the same frames from the same number of processes to a bare ROUTER socket that
-  only receives them (no flow control, no validation, no copy): the transport's limit here;
+- ``raw_zmq``: the same samples, one per message, from the same number of processes to a bare
+  ROUTER socket that only receives them (no flow control, no validation, no copy): the
+  transport's limit here for a sender that sends each sample as it comes;
+- ``raw_zmq_same_frames``: the same, with as many samples per message as the ENGAGE client puts
+  in one when a simulation sends quickly (``SAMPLES`` messages of up to ``coalesce_bytes``;
+  only 64x64 samples are small enough), already stacked: the transport's limit for the frames
+  ENGAGE sends;
 - ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth).
 
 Then, for training itself (64x64 heat equation, :class:`~engage.core.models.HeatSurrogate`):
@@ -29,6 +34,7 @@ Run: ``python benchmarks/online_throughput.py``; prints a table and writes
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -58,35 +64,43 @@ def frames(parameters: dict, side: int = 64, count: int = 100):
         yield field
 
 
-def raw_sender(address: str, side: int, count: int) -> None:
+def samples_per_message(side: int) -> int:
+    """How many samples of ``side`` x ``side`` float32 the client puts in one message when they
+    come quickly (as :class:`~engage.core.online.client.SimulationClient` decides)."""
+    from engage.core.online.client import SimulationClient
+
+    limit = inspect.signature(SimulationClient).parameters["coalesce_bytes"].default
+    nbytes = side * side * 4
+    return limit // nbytes if 2 * nbytes <= limit else 1
+
+
+def raw_sender(address: str, side: int, count: int, per_message: int = 1) -> None:
     from engage.core.online import protocol
 
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, 64)
     sock.connect(address)
-    field = np.zeros((side, side), dtype=np.float32)
-    for i in range(count):
-        header = protocol.encode_header(protocol.Kind.SAMPLE, 0, 1, i, array=field)
-        sock.send_multipart([header, field], copy=field.nbytes < zmq.COPY_THRESHOLD)
+    frame = np.zeros((per_message, side, side), dtype=np.float32)
+    kind = protocol.Kind.SAMPLE if per_message == 1 else protocol.Kind.SAMPLES
+    for i in range(0, count, per_message):
+        header = protocol.encode_header(kind, 0, 1, i, array=frame[0], count=per_message)
+        sock.send_multipart([header, frame], copy=frame.nbytes < zmq.COPY_THRESHOLD)
     sock.send_multipart([b"end", b""])
     sock.close(linger=-1)
     context.term()
 
 
-def measure_raw(processes: int, side: int) -> float:
-    per = TOTAL[side] // processes
+def measure_raw(processes: int, side: int, per_message: int = 1) -> float:
+    per = TOTAL[side] // processes // per_message * per_message
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, 64)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    senders = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--raw-sender", f"tcp://127.0.0.1:{port}", str(side), str(per)], env=env
-        )
-        for _ in range(processes)
-    ]
+    address = f"tcp://127.0.0.1:{port}"
+    command = [sys.executable, __file__, "--raw-sender", address, str(side), str(per), str(per_message)]
+    senders = [subprocess.Popen(command, env=env) for _ in range(processes)]
     received, ended, first = 0, 0, None
     while ended < processes:
         message = sock.recv_multipart(copy=False)
@@ -95,13 +109,13 @@ def measure_raw(processes: int, side: int) -> float:
             continue
         if first is None:
             first = time.perf_counter()
-        received += 1
+        received += per_message
     elapsed = time.perf_counter() - first
     for s in senders:
         s.wait(30)
     sock.close(0)
     context.term()
-    return (received - 1) / elapsed
+    return (received - per_message) / elapsed
 
 
 def measure_engage(processes: int, side: int, to_batch: bool = False) -> tuple[float, float]:
@@ -271,34 +285,41 @@ def main() -> None:
     for label, side in SIZES.items():
         nbytes = side * side * 4
         ring = measure_ring(side)
+        per_message = samples_per_message(side)
         for processes in (1, 2, 4):
             # interleaved repetitions, medians: this machine's speed varies from second to second
             runs = []
             for _ in range(REPEAT):
                 raw = measure_raw(processes, side)
+                same = measure_raw(processes, side, per_message) if per_message > 1 else raw
                 into_buffer, reused = measure_engage(processes, side)
-                runs.append((raw, into_buffer, reused, measure_engage(processes, side, True)[1]))
-            raw, engage, reused, to_batch = (statistics.median(values) for values in zip(*runs))
+                runs.append((raw, into_buffer, reused, measure_engage(processes, side, True)[1], same))
+            raw, engage, reused, to_batch, same = (statistics.median(values) for values in zip(*runs))
             row = {
                 "size": label,
                 "sample_bytes": nbytes,
                 "processes": processes,
+                "samples_per_message": per_message,
                 "engage_samples_per_s": round(engage, 1),
                 "engage_GB_per_s": round(engage * nbytes / 1e9, 3),
                 "raw_zmq_samples_per_s": round(raw, 1),
                 "raw_zmq_GB_per_s": round(raw * nbytes / 1e9, 3),
                 "engage_vs_raw": round(engage / raw, 3),
+                "raw_zmq_same_frames_samples_per_s": round(same, 1),
+                "engage_vs_raw_same_frames": round(engage / same, 3),
                 "batches_reused_GB_per_s": round(reused * nbytes / 1e9, 3),
                 "batches_reused_vs_raw": round(reused / raw, 3),
                 "to_batch_samples_per_s": round(to_batch, 1),
                 "to_batch_GB_per_s": round(to_batch * nbytes / 1e9, 3),
                 "ring_copy_GB_per_s": round(ring * nbytes / 1e9, 2),
-                "runs_engage_vs_raw": [round(e / r, 3) for r, e, _, _ in runs],
+                "runs_engage_vs_raw": [round(e / r, 3) for r, e, _, _, _ in runs],
+                "runs_engage_vs_raw_same_frames": [round(e / f, 3) for _, e, _, _, f in runs],
             }
             rows.append(row)
             print(
                 f"{label:>9} x{processes}: engage {engage:9.0f}/s {row['engage_GB_per_s']:6.2f} GB/s | raw zmq "
                 f"{raw:9.0f}/s {row['raw_zmq_GB_per_s']:6.2f} GB/s | ratio {row['engage_vs_raw']:.2f} | "
+                f"same frames ({per_message}/message) {same:9.0f}/s, ratio {row['engage_vs_raw_same_frames']:.2f} | "
                 f"batches {row['batches_reused_GB_per_s']:6.2f} GB/s ({row['batches_reused_vs_raw']:.2f}), "
                 f"new arrays {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
                 flush=True,
@@ -326,6 +347,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--raw-sender":
-        raw_sender(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        raw_sender(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()

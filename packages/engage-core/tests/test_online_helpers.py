@@ -57,6 +57,16 @@ def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
     job = client.connect()
     x = job.vector[0]
     good = (np.full(SHAPE, x * (t + 1), dtype=np.float32) for t in range(STEPS))
+    if attempt > 1 and mode == "overlap":
+        # a client that ignores resume_from: the trainer must skip what it already has
+        samples = np.stack(list(good))
+        client._wait_for_credit()
+        header = protocol.encode_header(protocol.Kind.SAMPLES, simulation_id, attempt, 0, array=samples[0], count=STEPS)
+        client._socket.send_multipart([header, samples])
+        client.sent = STEPS
+        client.done()
+        client.close()
+        return
     if attempt > 1 or mode == "good":
         stream(client, good, job.resume_from)
         client.close()
@@ -72,6 +82,20 @@ def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
         sample = np.zeros(SHAPE, "f4")
         header = protocol.encode_header(protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=sample)
         client._socket.send_multipart([header, sample, b"more"] if mode == "extra-frame" else [header])
+    elif mode in ("several-partial", "several-truncated"):
+        client._wait_for_credit()
+        samples = np.zeros((2, *SHAPE), "f4")
+        header = protocol.encode_header(protocol.Kind.SAMPLES, simulation_id, attempt, 0, array=samples[0], count=2)
+        if mode == "several-partial":  # one and a half samples, the header agreeing
+            header = header[:48] + (384).to_bytes(8, "little")
+        client._socket.send_multipart([header, samples.tobytes()[:384]])
+    elif mode == "overlap":
+        client.coalesce_bytes = 0
+        for sample in list(good)[:2]:
+            client.send(sample)
+        client.flush()
+        time.sleep(1)  # both samples arrive before the process dies
+        os._exit(1)
     elif mode == "silent":
         client.send(next(good))
         time.sleep(600)

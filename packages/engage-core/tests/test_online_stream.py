@@ -51,6 +51,8 @@ def test_header_round_trip_and_errors():
     header = protocol.decode_header(protocol.encode_header(protocol.Kind.SAMPLE, 9, 2, 4, array=array))
     assert (header.simulation_id, header.attempt, header.index, header.shape, header.nbytes) == (9, 2, 4, (3, 5), 120)
     assert header.dtype == np.dtype("<f8")
+    several = protocol.decode_header(protocol.encode_header(protocol.Kind.SAMPLES, 9, 2, 4, array=array, count=7))
+    assert (several.kind, several.shape, several.nbytes) == (protocol.Kind.SAMPLES, (3, 5), 7 * 120)
     with pytest.raises(protocol.ProtocolError, match="magic"):
         protocol.decode_header(b"XXXX" + bytes(52))
     with pytest.raises(protocol.ProtocolError, match="56"):
@@ -334,6 +336,8 @@ def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
         ("truncated", "100 payload bytes (header says 256), expected 256"),
         ("extra-frame", "message of more than 2 frames"),
         ("header-only", "message of 1 frame"),
+        ("several-partial", "the header says 384 payload bytes, not a whole number of samples of 256 bytes"),
+        ("several-truncated", "is truncated or padded: 384 payload bytes, the header says 512"),
         ("silent", "heartbeat timeout"),
     ],
 )
@@ -352,6 +356,61 @@ def test_faulty_simulation_is_detected_and_retried(tmp_path, helpers_on_path, mo
     assert message in failure["error"]
     assert message in caplog.text
     assert sum(len(b["target"]) for b in batches) == 6 and scheduler.finished == 1
+
+
+def test_quick_samples_travel_several_to_a_message_in_order(tmp_path, helpers_on_path):
+    steps = 300
+    sim = FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=steps,
+        kwargs={"steps": steps},
+    )  # fmt: skip
+    buffer = TrainingBuffer(capacity=1024, policy="fifo")
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=2, concurrency=2, journal=journal,
+        workdir=str(tmp_path),
+    )  # fmt: skip
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    targets = np.concatenate([b["target"] for b in batches])
+    times = np.concatenate([b["time"] for b in batches])[:, 0]
+    ids = np.concatenate([b["simulation_id"] for b in batches])
+    assert len(targets) == scheduler.samples == 2 * steps and scheduler.finished == 2
+    assert scheduler.sample_messages < scheduler.samples / 4  # a fast simulation's samples are coalesced
+    for sid, entry in journal.latest().items():
+        mine = ids == sid
+        np.testing.assert_allclose(times[mine] * steps, np.arange(1, steps + 1))  # all, once, in order
+        np.testing.assert_allclose(targets[mine][:, 0, 0], entry["parameters"]["x"] * times[mine] * steps, rtol=1e-5)
+
+
+def test_a_slow_simulation_sends_each_sample_at_once(tmp_path, helpers_on_path):
+    sim = ramp_simulator(delay=0.01)  # slower than the client's coalescing gap
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    scheduler = SimulationScheduler(sim, UniformSampler(sim.space), buffer, simulations=1, workdir=str(tmp_path))
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    assert sum(len(b["target"]) for b in batches) == scheduler.sample_messages == 6
+
+
+def test_samples_sent_again_after_a_retry_are_skipped(tmp_path, helpers_on_path):
+    # attempt 1 sends 2 samples and dies; attempt 2 sends all 6 in one message, from the first
+    sim = helpers_on_path.Rogue("overlap")
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), buffer, simulations=1, journal=journal, workdir=str(tmp_path)
+    )
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    latest = journal.latest()[0]
+    assert latest["status"] == "finished" and latest["attempt"] == 2 and latest["samples_received"] == 6
+    times = np.concatenate([b["time"] for b in batches])[:, 0]
+    targets = np.concatenate([b["target"] for b in batches])[:, 0, 0]
+    np.testing.assert_allclose(times * 6, [1, 2, 3, 4, 5, 6])
+    np.testing.assert_allclose(targets, latest["parameters"]["x"] * times * 6, rtol=1e-5)
 
 
 def test_permanent_failure_is_reported_and_redrawn(tmp_path, helpers_on_path):

@@ -242,6 +242,12 @@ class TrainingBuffer:
         """The writable storage of a reserved slot."""
         return self._data[slot]  # type: ignore[index]
 
+    def write(self, slots: list[int], samples: np.ndarray) -> None:
+        """Copy ``samples`` (one per slot, stacked) into reserved ``slots`` in one step."""
+        if len(slots) != len(samples):
+            raise ValueError(f"write() got {len(samples)} samples for {len(slots)} slots")
+        self._data[slots] = samples  # type: ignore[index]
+
     def commit(self, entries: list[tuple[int, np.ndarray, int, float]]) -> None:
         """Make reserved slots, written by the caller, samples: ``(slot, parameters,
         simulation_id, time)`` each, under one lock and one wake-up of the readers."""

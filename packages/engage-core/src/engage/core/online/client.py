@@ -74,6 +74,13 @@ class SimulationClient:
 
     ``send`` blocks until the trainer has granted credit for one more sample; that is the
     backpressure: a full training buffer holds simulations back instead of dropping data.
+
+    Small samples that come quickly travel several to a message (``SAMPLES``, up to
+    ``coalesce_bytes`` of them): a sample is held back only while the next one follows within
+    ``coalesce_gap`` seconds, and leaves with it, or with :meth:`flush`, :meth:`done` or
+    :meth:`error`. A slow simulation thus sends each sample at once, and a fast one pays the
+    transport's cost per message once per few samples. ``coalesce_bytes=0`` sends one sample per
+    message.
     """
 
     def __init__(
@@ -85,7 +92,14 @@ class SimulationClient:
         heartbeat_interval: float = 1.0,
         server_timeout: float = 60.0,
         connect_timeout: float = 60.0,
+        coalesce_bytes: int = 256 * 1024,
+        coalesce_gap: float = 0.001,
     ):
+        if coalesce_bytes < 0 or coalesce_gap < 0:
+            raise ValueError(
+                f"coalesce_bytes ({coalesce_bytes}) and coalesce_gap ({coalesce_gap}) must be >= 0; "
+                "0 turns coalescing off"
+            )
         self.address = address
         self.simulation_id = int(simulation_id)
         self.attempt = int(attempt)
@@ -105,6 +119,11 @@ class SimulationClient:
         self._copy_threshold = zmq.COPY_THRESHOLD
         self._header_key: tuple[tuple[int, ...], np.dtype] | None = None
         self._header_parts = (b"", b"")
+        self.coalesce_bytes = int(coalesce_bytes)
+        self.coalesce_gap = float(coalesce_gap)
+        self._staging: np.ndarray | None = None  # samples held back to leave in one SAMPLES message
+        self._staged = 0
+        self._last_call = -float("inf")
 
     # ------------------------------------------------------------------ public API
     def connect(self) -> Job:
@@ -146,6 +165,14 @@ class SimulationClient:
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
         header = self._sample_header(array)  # validates dtype and ndim before waiting
+        now = time.monotonic()
+        quick, self._last_call = now - self._last_call < self.coalesce_gap, now
+        staging = self._staging
+        if self._staged and (not quick or staging.shape[1:] != array.shape or staging.dtype != array.dtype):
+            self.flush()  # the simulation slowed down (or changed shape): what waits leaves now
+        if quick and 0 < 2 * array.nbytes <= self.coalesce_bytes:
+            self._stage(array)
+            return
         self._wait_for_credit()
         socket = self._socket
         socket.send(header, zmq.SNDMORE)
@@ -162,10 +189,29 @@ class SimulationClient:
         self.sent += 1
         self._last_sent = time.monotonic()
 
+    def flush(self) -> None:
+        """Send the samples :meth:`send` holds back, now (one ``SAMPLES`` message)."""
+        count = self._staged
+        if not count:
+            return
+        self._staged = 0
+        staging = self._staging
+        first = self.sent - count
+        if count == 1:
+            header = protocol.encode_header(Kind.SAMPLE, self.simulation_id, self.attempt, first, array=staging[0])
+        else:
+            header = protocol.encode_header(
+                Kind.SAMPLES, self.simulation_id, self.attempt, first, array=staging[0], count=count
+            )
+        self._socket.send(header, zmq.SNDMORE)
+        self._socket.send(staging[:count], copy=True)  # the staging array is reused at once
+        self._last_sent = time.monotonic()
+
     def done(self, wait: bool = True) -> None:
         """Tell the trainer this simulation sent all its samples and, with ``wait``, block until
         it acknowledges them all: samples still on their way over a slow link would otherwise be
         lost when this process exits. :class:`TrainerGone` if no acknowledgement comes."""
+        self.flush()
         self._socket.send_multipart(protocol.encode_text(Kind.DONE, self.simulation_id, self.attempt, index=self.sent))
         while wait:
             received = self._receive(self.heartbeat_interval)
@@ -173,7 +219,9 @@ class SimulationClient:
                 return
 
     def error(self, text: str) -> None:
-        """Report a failure in one line (the trainer logs it with this process's stderr)."""
+        """Report a failure in one line (the trainer logs it with this process's stderr); the
+        samples held back go first, so a retry need not compute them again."""
+        self.flush()
         self._socket.send_multipart(protocol.encode_text(Kind.ERROR, self.simulation_id, self.attempt, text[:4000]))
 
     def close(self) -> None:
@@ -187,6 +235,18 @@ class SimulationClient:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _stage(self, array: np.ndarray) -> None:
+        self._wait_for_credit()  # a staged sample holds its credit
+        staging = self._staging
+        if staging is None or staging.shape[1:] != array.shape or staging.dtype != array.dtype:
+            staging = self._staging = np.empty((self.coalesce_bytes // array.nbytes, *array.shape), array.dtype)
+        staging[self._staged] = array
+        self._staged += 1
+        self.credits -= 1
+        self.sent += 1
+        if self._staged == len(staging) or self.credits <= 0:
+            self.flush()  # full, or the next sample would wait for credit: never hold one back then
+
     def _sample_header(self, array: np.ndarray) -> bytes:
         # a simulation's samples share all header fields but the index: pack them once
         key = (array.shape, array.dtype)

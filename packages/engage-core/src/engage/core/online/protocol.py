@@ -3,7 +3,9 @@
 Every message is a ZeroMQ multipart message of exactly two frames: a fixed 56-byte header
 (little-endian, :data:`HEADER`) and a payload frame (possibly empty). Samples travel as raw
 C-ordered array bytes in the payload frame, never pickled, so a client in any language can
-speak it; ``docs/protocol.md`` is the normative description.
+speak it; ``docs/protocol.md`` is the normative description. Small samples may travel several
+to a message (``SAMPLES``): for them the cost of each message, not of its bytes, limits how
+many samples a second can arrive.
 
 Example::
 
@@ -40,6 +42,7 @@ class Kind(enum.IntEnum):
     DONE = 3
     HEARTBEAT = 4
     ERROR = 5
+    SAMPLES = 6
     JOB = 16
     CREDIT = 17
     STOP = 18
@@ -105,15 +108,17 @@ def encode_header(
     *,
     array: np.ndarray | None = None,
     nbytes: int = 0,
+    count: int = 1,
 ) -> bytes:
-    """The header frame of a message; with ``array``, its shape, dtype and size are filled in."""
+    """The header frame of a message; with ``array``, its shape, dtype and size are filled in
+    (with ``count``, for a ``SAMPLES`` message of that many samples shaped like ``array``)."""
     shape = [0, 0, 0, 0]
     code, ndim = 0, 0
     if array is not None:
         if array.ndim > MAX_NDIM:
             raise ProtocolError(f"samples may have at most {MAX_NDIM} dimensions, got shape {array.shape}")
         code = _CODE_OF.get(array.dtype) or dtype_code(array.dtype)  # the lookup alone in the common case
-        ndim, nbytes = array.ndim, array.nbytes
+        ndim, nbytes = array.ndim, array.nbytes * count
         shape[:ndim] = array.shape
     return HEADER.pack(MAGIC, VERSION, int(kind), code, ndim, simulation_id, attempt, 0, index, *shape, nbytes)
 

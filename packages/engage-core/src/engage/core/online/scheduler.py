@@ -65,14 +65,29 @@ class MalformedSample(ValueError):
     """A sample frame that does not match the simulator's declaration."""
 
 
-def check_sample(header: protocol.Header, payload_len: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Raise :class:`MalformedSample` naming what is wrong with a ``SAMPLE`` frame."""
-    where = f"sample {header.index} of simulation {header.simulation_id}"
+def check_sample(
+    header: protocol.Header, payload_len: int, shape: tuple[int, ...], dtype: np.dtype, several: bool = False
+) -> None:
+    """Raise :class:`MalformedSample` naming what is wrong with a ``SAMPLE`` frame (``several``:
+    with a ``SAMPLES`` frame)."""
+    what = "samples from" if several else "sample"
+    where = f"{what} {header.index} of simulation {header.simulation_id}"
     if header.shape != shape:
         raise MalformedSample(f"{where} has shape {header.shape}, the simulator declares {shape}")
     if header.dtype != dtype:
         raise MalformedSample(f"{where} has dtype {header.dtype}, the simulator declares {dtype}")
     expected = int(np.prod(shape)) * dtype.itemsize
+    if several:
+        if not expected or not header.nbytes or header.nbytes % expected:
+            raise MalformedSample(
+                f"{where}: the header says {header.nbytes} payload bytes, not a whole number of samples of "
+                f"{expected} bytes"
+            )
+        if payload_len != header.nbytes:
+            raise MalformedSample(
+                f"{where} is truncated or padded: {payload_len} payload bytes, the header says {header.nbytes}"
+            )
+        return
     if header.nbytes != expected or payload_len != expected:
         raise MalformedSample(
             f"{where} is truncated or padded: {payload_len} payload bytes (header says {header.nbytes}), "
@@ -170,6 +185,7 @@ class SimulationScheduler:
         self.failed = 0
         self.retried = 0
         self.samples = 0
+        self.sample_messages = 0  # SAMPLE and SAMPLES messages: fewer than samples when coalesced
         self.queue: deque[dict[str, Any]] = deque()  # simulations waiting to (re)start
         self.active: dict[int, _Active] = {}
         self._by_identity: dict[bytes, _Active] = {}
@@ -394,6 +410,9 @@ class SimulationScheduler:
             if header.kind == Kind.SAMPLE:
                 self._sample(sock, active, header)
                 return
+            if header.kind == Kind.SAMPLES:
+                self._several(sock, active, header)
+                return
             payload = self._payload(sock)
             if header.kind == Kind.DONE:
                 self._done(sock, active, header)
@@ -488,6 +507,60 @@ class SimulationScheduler:
         rec.samples_received = active.accepted
         rec.bytes_received += size
         self.samples += 1
+        self.sample_messages += 1
+
+    def _several(self, sock: zmq.Socket, active: _Active, header: protocol.Header) -> None:
+        """A ``SAMPLES`` message: consecutive samples from ``header.index`` in one payload, copied
+        into buffer slots in one step (or kept by reference, large ones)."""
+        size = self._nbytes
+        count = header.nbytes // size if size else 0
+        if header.shape != self.shape or header.dtype != self.dtype or not count or header.nbytes != count * size:
+            check_sample(header, header.nbytes, self.shape, self.dtype, several=True)
+        sid = header.simulation_id
+        total = self.simulator.samples_per_run
+        if total is not None and header.index + count > total:
+            raise MalformedSample(
+                f"samples {header.index} to {header.index + count - 1} of simulation {sid}: "
+                f"the simulator declares {total} per run"
+            )
+        if active.credits < count:
+            raise ProtocolError(
+                f"{count} samples sent with {active.credits} credits (the client must wait for CREDIT messages)"
+            )
+        active.credits -= count
+        if header.index > active.accepted:
+            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
+        frame = self._payload(sock, copy=False)
+        if len(frame.buffer) != header.nbytes:
+            check_sample(header, len(frame.buffer), self.shape, self.dtype, several=True)
+        skip = active.accepted - header.index  # received already, from an earlier attempt
+        if skip >= count:
+            return
+        samples = np.frombuffer(frame.buffer, dtype=self.dtype).reshape(count, *self.shape)[skip:]
+        n = len(samples)
+        steps = np.arange(header.index + skip + 1, header.index + count + 1, dtype=np.float64)
+        times = (steps / total if total else steps - 1).tolist()
+        unit = active.unit
+        written = 0
+        if self.buffer.writes_in_place:
+            if len(self._slots) < n:
+                self._slots += self.buffer.reserve(max(256, n) - len(self._slots))
+            written = min(n, len(self._slots))
+            slots = self._slots[len(self._slots) - written :]
+            del self._slots[len(self._slots) - written :]
+            self.buffer.write(slots, samples[:written])
+            self._written.extend((slot, unit, sid, t) for slot, t in zip(slots, times))
+        # the rest (large samples, or a full reservoir, which evicts on put): views of the frame
+        self._pending.extend((samples[i], unit, sid, times[i]) for i in range(written, n))
+        self._arrived[sid] = self._arrived.get(sid, 0) + n
+        active.accepted += n
+        rec = active.record
+        if rec.first_sample_at is None:
+            rec.first_sample_at = time.time()
+        rec.samples_received = active.accepted
+        rec.bytes_received += n * size
+        self.samples += n
+        self.sample_messages += 1
 
     def _flush(self) -> None:
         """Put the samples of this drain into the buffer and tell plugins, once per simulation."""
