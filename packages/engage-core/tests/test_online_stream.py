@@ -384,6 +384,23 @@ def test_quick_samples_travel_several_to_a_message_in_order(tmp_path, helpers_on
         np.testing.assert_allclose(targets[mine][:, 0, 0], entry["parameters"]["x"] * times[mine] * steps, rtol=1e-5)
 
 
+def test_the_trainer_can_turn_coalescing_off(tmp_path, helpers_on_path):
+    sim = FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=100,
+        kwargs={"steps": 100},
+    )  # fmt: skip
+    buffer = TrainingBuffer(capacity=256, policy="fifo")
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), buffer, simulations=1, coalesce_bytes=0, workdir=str(tmp_path)
+    )
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    assert sum(len(b["target"]) for b in batches) == scheduler.sample_messages == 100  # the job told the client
+    with pytest.raises(ValueError, match="coalesce_bytes must be >= 0"):
+        SimulationScheduler(sim, UniformSampler(sim.space), buffer, coalesce_bytes=-1)
+
+
 def test_a_slow_simulation_sends_each_sample_at_once(tmp_path, helpers_on_path):
     sim = ramp_simulator(delay=0.01)  # slower than the client's coalescing gap
     buffer = TrainingBuffer(capacity=64, policy="fifo")

@@ -66,6 +66,7 @@ class Job:
     resume_from: int = 0
     heartbeat_interval: float = 1.0
     server_timeout: float = 60.0
+    coalesce_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,7 +81,7 @@ class SimulationClient:
     ``coalesce_gap`` seconds, and leaves with it, or with :meth:`flush`, :meth:`done` or
     :meth:`error`. A slow simulation thus sends each sample at once, and a fast one pays the
     transport's cost per message once per few samples. ``coalesce_bytes=0`` sends one sample per
-    message.
+    message. A trainer's job sets ``coalesce_bytes`` (its ``data.coalesce_bytes``), over the argument.
     """
 
     def __init__(
@@ -141,7 +142,10 @@ class SimulationClient:
             header, payload = message
             if header.kind == Kind.JOB:
                 data = protocol.decode_json(payload)
-                known = {"parameters", "vector", "simulator", "resume_from", "heartbeat_interval", "server_timeout"}
+                known = {
+                    "parameters", "vector", "simulator", "resume_from", "heartbeat_interval", "server_timeout",
+                    "coalesce_bytes",
+                }  # fmt: skip
                 job = Job(
                     parameters=data.get("parameters", {}),
                     vector=list(data.get("vector", [])),
@@ -149,9 +153,12 @@ class SimulationClient:
                     resume_from=int(data.get("resume_from", 0)),
                     heartbeat_interval=float(data.get("heartbeat_interval", self.heartbeat_interval)),
                     server_timeout=float(data.get("server_timeout", self.server_timeout)),
+                    coalesce_bytes=data.get("coalesce_bytes"),
                     extra={k: v for k, v in data.items() if k not in known},
                 )
                 self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
+                if job.coalesce_bytes is not None:
+                    self.coalesce_bytes = max(0, int(job.coalesce_bytes))  # the trainer's setting wins
                 return job
 
     def send(self, sample: np.ndarray, fresh: bool = False) -> None:

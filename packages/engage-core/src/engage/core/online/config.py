@@ -37,6 +37,8 @@ class OnlineDataConfig:
     startup_timeout: float = 120.0
     #: samples a simulation may send ahead of the buffer; None: about 16 MiB worth (8 to 1024)
     credit_window: int | None = None
+    #: Python simulations send samples that come < 1 ms apart up to this many bytes to a message; 0: one each
+    coalesce_bytes: int = 256 * 1024
     executor: str = "local"
     #: keyword arguments of the executor, e.g. ``{layer: edge}`` for ``executor: deploy``
     executor_options: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +57,7 @@ class OnlineDataConfig:
         for name in ("concurrency", "batch_size", "batches_per_epoch", "capacity"):
             _at_least(self, name, 1)
         _at_least(self, "credit_window", 1, allow_none=True)
+        _at_least(self, "coalesce_bytes", 0)
         _at_least(self, "retries", 0)
         _at_least(self, "train_threads", 1, allow_none=True)
         _at_least(self, "val_simulations", 0)

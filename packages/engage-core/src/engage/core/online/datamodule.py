@@ -125,6 +125,7 @@ class OnlineDataModule(pl.LightningDataModule):
         heartbeat_timeout: float = 30.0,
         startup_timeout: float = 120.0,
         credit_window: int | None = None,
+        coalesce_bytes: int = 256 * 1024,
         executor: str | Executor = "local",
         executor_options: dict[str, Any] | None = None,
         journal: str | None = None,
@@ -146,6 +147,7 @@ class OnlineDataModule(pl.LightningDataModule):
             ("concurrency", concurrency, 1),
             ("retries", retries, 0),
             ("val_simulations", val_simulations, 0),
+            ("coalesce_bytes", coalesce_bytes, 0),
         ):
             if value < minimum:
                 raise ValueError(f"data.{name} must be >= {minimum}, got {value}")
@@ -160,6 +162,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.retries, self.on_failure = retries, on_failure
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.startup_timeout, self.credit_window = startup_timeout, credit_window
+        self.coalesce_bytes = coalesce_bytes
         self.executor, self.journal_url = executor, journal
         self.executor_options = dict(executor_options or {})
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
@@ -258,6 +261,7 @@ class OnlineDataModule(pl.LightningDataModule):
             heartbeat_timeout=self.heartbeat_timeout,
             startup_timeout=self.startup_timeout,
             credit_window=self.credit_window,
+            coalesce_bytes=self.coalesce_bytes,
             simulator_spec=self.simulator_spec,
             workdir=workdir,
             rank=self.rank,

@@ -138,6 +138,7 @@ class SimulationScheduler:
         heartbeat_timeout: float = 30.0,
         startup_timeout: float = 120.0,
         credit_window: int | None = None,
+        coalesce_bytes: int = 256 * 1024,
         simulator_spec: dict[str, Any] | None = None,
         workdir: str | None = None,
         rank: int = 0,
@@ -177,6 +178,9 @@ class SimulationScheduler:
         if credit_window < 1:
             raise ValueError(f"credit_window must be >= 1 or None (sized from the sample), got {credit_window}")
         self.credit_window = int(credit_window)
+        if coalesce_bytes < 0:
+            raise ValueError(f"coalesce_bytes must be >= 0 (0: one sample per message), got {coalesce_bytes}")
+        self.coalesce_bytes = int(coalesce_bytes)
         self.address: str | None = None
         # progress counters (read by the progress callback from the training thread)
         self.next_index = 0  # fresh simulations created on this rank
@@ -458,6 +462,7 @@ class SimulationScheduler:
             "resume_from": active.resume_from,
             "heartbeat_interval": self.heartbeat_interval,
             "server_timeout": max(self.heartbeat_timeout, 10 * self.heartbeat_interval),
+            "coalesce_bytes": self.coalesce_bytes,
         }
         rec = active.record
         self._send(sock, active, protocol.encode_json(Kind.JOB, rec.simulation_id, rec.attempt, job))
