@@ -77,11 +77,13 @@ class SimulationClient:
     backpressure: a full training buffer holds simulations back instead of dropping data.
 
     Small samples that come quickly travel several to a message (``SAMPLES``, up to
-    ``coalesce_bytes`` of them): a sample is held back only while the next one follows within
-    ``coalesce_gap`` seconds, and leaves with it, or with :meth:`flush`, :meth:`done` or
-    :meth:`error`. A slow simulation thus sends each sample at once, and a fast one pays the
-    transport's cost per message once per few samples. ``coalesce_bytes=0`` sends one sample per
-    message. A trainer's job sets ``coalesce_bytes`` (its ``data.coalesce_bytes``), over the argument.
+    ``coalesce_bytes`` of them): a sample sent less than ``coalesce_gap`` seconds after the one
+    before is held back, and leaves in one message with those around it at the first
+    :meth:`send` that comes later than that, at :meth:`flush`, :meth:`done` or :meth:`error`, when
+    the message is full, or when the last credit is spent. A slow simulation thus sends each
+    sample at once, and a fast one pays the transport's cost per message once per few samples.
+    ``coalesce_bytes=0`` sends one sample per message. A trainer's job sets ``coalesce_bytes``
+    (its ``data.coalesce_bytes``), over the argument.
     """
 
     def __init__(
