@@ -43,6 +43,20 @@ def drain(buffer: TrainingBuffer, timeout: float = 120) -> list[dict]:
     return batches
 
 
+def stream_all(sim, tmp_path, capacity: int = 64, **kwargs) -> tuple[list[dict], SimulationScheduler, Journal]:
+    """Run ``sim``'s simulations into a FIFO buffer until they end: its batches, the scheduler
+    and its journal."""
+    buffer = TrainingBuffer(capacity=capacity, policy="fifo")
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, journal=journal, workdir=str(tmp_path), **kwargs
+    )
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    return batches, scheduler, journal
+
+
 # --------------------------------------------------------------------------- protocol
 
 
@@ -313,14 +327,7 @@ def test_samples_arrive_intact_with_backpressure(tmp_path, helpers_on_path):
 
 def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
     sim = ramp_simulator(crash_marker=str(tmp_path / "crashed"))
-    buffer = TrainingBuffer(capacity=64, policy="fifo")
-    journal = Journal(str(tmp_path / "journal.jsonl"))
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), buffer, simulations=1, journal=journal, workdir=str(tmp_path)
-    )
-    scheduler.start()
-    batches = drain(buffer)
-    scheduler.join(30)
+    batches, _, journal = stream_all(sim, tmp_path, simulations=1)
     entries = journal.read()
     failed = [e for e in entries if e["status"] == "failed"]
     assert len(failed) == 1 and "signal 9" in failed[0]["error"] and failed[0]["final"] is False
@@ -342,16 +349,9 @@ def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
     ],
 )
 def test_faulty_simulation_is_detected_and_retried(tmp_path, helpers_on_path, mode, message, caplog):
-    sim = helpers_on_path.Rogue(mode)
-    buffer = TrainingBuffer(capacity=64, policy="fifo")
-    journal = Journal(str(tmp_path / "journal.jsonl"))
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), buffer, simulations=1, journal=journal, workdir=str(tmp_path),
-        heartbeat_interval=0.2, heartbeat_timeout=2.0,
-    )  # fmt: skip
-    scheduler.start()
-    batches = drain(buffer)
-    scheduler.join(30)
+    batches, scheduler, journal = stream_all(
+        helpers_on_path.Rogue(mode), tmp_path, simulations=1, heartbeat_interval=0.2, heartbeat_timeout=2.0
+    )
     failure = next(e for e in journal.read() if e["status"] == "failed")
     assert message in failure["error"]
     assert message in caplog.text
@@ -364,15 +364,7 @@ def test_quick_samples_travel_several_to_a_message_in_order(tmp_path, helpers_on
         "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=steps,
         kwargs={"steps": steps},
     )  # fmt: skip
-    buffer = TrainingBuffer(capacity=1024, policy="fifo")
-    journal = Journal(str(tmp_path / "journal.jsonl"))
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space, seed=0), buffer, simulations=2, concurrency=2, journal=journal,
-        workdir=str(tmp_path),
-    )  # fmt: skip
-    scheduler.start()
-    batches = drain(buffer)
-    scheduler.join(30)
+    batches, scheduler, journal = stream_all(sim, tmp_path, capacity=1024, simulations=2, concurrency=2)
     targets = np.concatenate([b["target"] for b in batches])
     times = np.concatenate([b["time"] for b in batches])[:, 0]
     ids = np.concatenate([b["simulation_id"] for b in batches])
@@ -389,39 +381,21 @@ def test_the_trainer_can_turn_coalescing_off(tmp_path, helpers_on_path):
         "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=100,
         kwargs={"steps": 100},
     )  # fmt: skip
-    buffer = TrainingBuffer(capacity=256, policy="fifo")
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), buffer, simulations=1, coalesce_bytes=0, workdir=str(tmp_path)
-    )
-    scheduler.start()
-    batches = drain(buffer)
-    scheduler.join(30)
+    batches, scheduler, _ = stream_all(sim, tmp_path, capacity=256, simulations=1, coalesce_bytes=0)
     assert sum(len(b["target"]) for b in batches) == scheduler.sample_messages == 100  # the job told the client
     with pytest.raises(ValueError, match="coalesce_bytes must be >= 0"):
-        SimulationScheduler(sim, UniformSampler(sim.space), buffer, coalesce_bytes=-1)
+        SimulationScheduler(sim, UniformSampler(sim.space), TrainingBuffer(), coalesce_bytes=-1)
 
 
 def test_a_slow_simulation_sends_each_sample_at_once(tmp_path, helpers_on_path):
     sim = ramp_simulator(delay=0.01)  # slower than the client's coalescing gap
-    buffer = TrainingBuffer(capacity=64, policy="fifo")
-    scheduler = SimulationScheduler(sim, UniformSampler(sim.space), buffer, simulations=1, workdir=str(tmp_path))
-    scheduler.start()
-    batches = drain(buffer)
-    scheduler.join(30)
+    batches, scheduler, _ = stream_all(sim, tmp_path, simulations=1)
     assert sum(len(b["target"]) for b in batches) == scheduler.sample_messages == 6
 
 
 def test_samples_sent_again_after_a_retry_are_skipped(tmp_path, helpers_on_path):
     # attempt 1 sends 2 samples and dies; attempt 2 sends all 6 in one message, from the first
-    sim = helpers_on_path.Rogue("overlap")
-    buffer = TrainingBuffer(capacity=64, policy="fifo")
-    journal = Journal(str(tmp_path / "journal.jsonl"))
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), buffer, simulations=1, journal=journal, workdir=str(tmp_path)
-    )
-    scheduler.start()
-    batches = drain(buffer)
-    scheduler.join(30)
+    batches, _, journal = stream_all(helpers_on_path.Rogue("overlap"), tmp_path, simulations=1)
     latest = journal.latest()[0]
     assert latest["status"] == "finished" and latest["attempt"] == 2 and latest["samples_received"] == 6
     times = np.concatenate([b["time"] for b in batches])[:, 0]
