@@ -34,7 +34,6 @@ Run: ``python benchmarks/online_throughput.py``; prints a table and writes
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import platform
@@ -62,16 +61,6 @@ def frames(parameters: dict, side: int = 64, count: int = 100):
     field = np.full((side, side), parameters["x"], dtype=np.float32)
     for _ in range(count):
         yield field
-
-
-def samples_per_message(side: int) -> int:
-    """How many samples of ``side`` x ``side`` float32 the client puts in one message when they
-    come quickly (as :class:`~engage.core.online.client.SimulationClient` decides)."""
-    from engage.core.online.client import SimulationClient
-
-    limit = inspect.signature(SimulationClient).parameters["coalesce_bytes"].default
-    nbytes = side * side * 4
-    return limit // nbytes if 2 * nbytes <= limit else 1
 
 
 def raw_sender(address: str, side: int, count: int, per_message: int = 1) -> None:
@@ -281,11 +270,13 @@ def measure_time_to_error(mode: str, simulations: int = 32, max_seconds: float =
 
 
 def main() -> None:
+    from engage.core.online import protocol
+
     rows = []
     for label, side in SIZES.items():
         nbytes = side * side * 4
         ring = measure_ring(side)
-        per_message = samples_per_message(side)
+        per_message = protocol.samples_per_message(nbytes)  # as the client decides, by default
         for processes in (1, 2, 4):
             # interleaved repetitions, medians: this machine's speed varies from second to second
             runs = []

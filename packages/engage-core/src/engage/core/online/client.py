@@ -95,7 +95,7 @@ class SimulationClient:
         heartbeat_interval: float = 1.0,
         server_timeout: float = 60.0,
         connect_timeout: float = 60.0,
-        coalesce_bytes: int = 256 * 1024,
+        coalesce_bytes: int = protocol.COALESCE_BYTES,
         coalesce_gap: float = 0.001,
     ):
         if coalesce_bytes < 0 or coalesce_gap < 0:
@@ -176,10 +176,9 @@ class SimulationClient:
         header = self._sample_header(array)  # validates dtype and ndim before waiting
         now = time.monotonic()
         quick, self._last_call = now - self._last_call < self.coalesce_gap, now
-        staging = self._staging
-        if self._staged and (not quick or staging.shape[1:] != array.shape or staging.dtype != array.dtype):
+        if self._staged and (not quick or not self._staging_holds(array)):
             self.flush()  # the simulation slowed down (or changed shape): what waits leaves now
-        if quick and 0 < 2 * array.nbytes <= self.coalesce_bytes:
+        if quick and protocol.samples_per_message(array.nbytes, self.coalesce_bytes) > 1:
             self._stage(array)
             return
         self._wait_for_credit()
@@ -247,14 +246,19 @@ class SimulationClient:
     def _stage(self, array: np.ndarray) -> None:
         self._wait_for_credit()  # a staged sample holds its credit
         staging = self._staging
-        if staging is None or staging.shape[1:] != array.shape or staging.dtype != array.dtype:
-            staging = self._staging = np.empty((self.coalesce_bytes // array.nbytes, *array.shape), array.dtype)
+        if not self._staging_holds(array):
+            count = protocol.samples_per_message(array.nbytes, self.coalesce_bytes)
+            staging = self._staging = np.empty((count, *array.shape), array.dtype)
         staging[self._staged] = array
         self._staged += 1
         self.credits -= 1
         self.sent += 1
         if self._staged == len(staging) or self.credits <= 0:
             self.flush()  # full, or the next sample would wait for credit: never hold one back then
+
+    def _staging_holds(self, array: np.ndarray) -> bool:
+        staging = self._staging
+        return staging is not None and staging.shape[1:] == array.shape and staging.dtype == array.dtype
 
     def _sample_header(self, array: np.ndarray) -> bytes:
         # a simulation's samples share all header fields but the index: pack them once

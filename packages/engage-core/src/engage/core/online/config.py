@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engage.core.config.schema import ConfigValueError, _at_least
+from engage.core.online.protocol import COALESCE_BYTES
 
 
 @dataclass
@@ -38,7 +39,7 @@ class OnlineDataConfig:
     #: samples a simulation may send ahead of the buffer; None: about 16 MiB worth (8 to 1024)
     credit_window: int | None = None
     #: Python simulations send samples that come < 1 ms apart up to this many bytes to a message; 0: one each
-    coalesce_bytes: int = 256 * 1024
+    coalesce_bytes: int = COALESCE_BYTES
     executor: str = "local"
     #: keyword arguments of the executor, e.g. ``{layer: edge}`` for ``executor: deploy``
     executor_options: dict[str, Any] = field(default_factory=dict)

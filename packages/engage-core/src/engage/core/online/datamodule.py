@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset, cached_simulations
 from engage.core.executors import Executor
+from engage.core.online import protocol
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.journal import Journal
 from engage.core.online.scheduler import SimulationScheduler
@@ -125,7 +126,7 @@ class OnlineDataModule(pl.LightningDataModule):
         heartbeat_timeout: float = 30.0,
         startup_timeout: float = 120.0,
         credit_window: int | None = None,
-        coalesce_bytes: int = 256 * 1024,
+        coalesce_bytes: int = protocol.COALESCE_BYTES,
         executor: str | Executor = "local",
         executor_options: dict[str, Any] | None = None,
         journal: str | None = None,

@@ -51,6 +51,16 @@ class Kind(enum.IntEnum):
 
 _KINDS = {int(member): member for member in Kind}
 
+#: the Python client's default bound on the bytes of one ``SAMPLES`` message
+COALESCE_BYTES = 256 * 1024
+
+
+def samples_per_message(nbytes: int, coalesce_bytes: int = COALESCE_BYTES) -> int:
+    """How many samples of ``nbytes`` each the Python client puts in one message when they come
+    quickly: as many as ``coalesce_bytes`` holds, if that is at least two, else 1 (each alone)."""
+    return coalesce_bytes // nbytes if 0 < 2 * nbytes <= coalesce_bytes else 1
+
+
 #: dtype codes of the header (always little-endian on the wire)
 DTYPE_CODES: dict[int, np.dtype] = {
     0: np.dtype("V0"),

@@ -138,7 +138,7 @@ class SimulationScheduler:
         heartbeat_timeout: float = 30.0,
         startup_timeout: float = 120.0,
         credit_window: int | None = None,
-        coalesce_bytes: int = 256 * 1024,
+        coalesce_bytes: int = protocol.COALESCE_BYTES,
         simulator_spec: dict[str, Any] | None = None,
         workdir: str | None = None,
         rank: int = 0,
@@ -504,15 +504,7 @@ class SimulationScheduler:
                 check_sample(header, len(frame.buffer), self.shape, self.dtype)
             sample = np.frombuffer(frame.buffer, dtype=self.dtype).reshape(self.shape)
             self._pending.append((sample, active.unit, header.simulation_id, step_time))
-        self._arrived[header.simulation_id] = self._arrived.get(header.simulation_id, 0) + 1
-        active.accepted += 1
-        rec = active.record
-        if rec.first_sample_at is None:
-            rec.first_sample_at = time.time()
-        rec.samples_received = active.accepted
-        rec.bytes_received += size
-        self.samples += 1
-        self.sample_messages += 1
+        self._count_accepted(active, 1)
 
     def _several(self, sock: zmq.Socket, active: _Active, header: protocol.Header) -> None:
         """A ``SAMPLES`` message: consecutive samples from ``header.index`` in one payload, copied
@@ -557,13 +549,17 @@ class SimulationScheduler:
             self._written.extend((slot, unit, sid, t) for slot, t in zip(slots, times))
         # the rest (large samples, or a full reservoir, which evicts on put): views of the frame
         self._pending.extend((samples[i], unit, sid, times[i]) for i in range(written, n))
-        self._arrived[sid] = self._arrived.get(sid, 0) + n
-        active.accepted += n
+        self._count_accepted(active, n)
+
+    def _count_accepted(self, active: _Active, n: int) -> None:
+        """Count ``n`` samples of one message as received, for the journal, plugins and budget."""
         rec = active.record
+        self._arrived[rec.simulation_id] = self._arrived.get(rec.simulation_id, 0) + n
+        active.accepted += n
         if rec.first_sample_at is None:
             rec.first_sample_at = time.time()
         rec.samples_received = active.accepted
-        rec.bytes_received += n * size
+        rec.bytes_received += n * self._nbytes
         self.samples += n
         self.sample_messages += 1
 
