@@ -18,7 +18,11 @@ samples:
   in one when a simulation sends quickly (``SAMPLES`` messages of up to ``coalesce_bytes``;
   only 64x64 samples are small enough), already stacked: the transport's limit for the frames
   ENGAGE sends;
-- ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth).
+- ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth);
+- ``shared_memory``: the ``engage`` measurement with the same-host path on (``shared_memory=True``,
+  the DataModule's default): the buffer's block in shared memory, each simulation writing its
+  samples into the slots its credit names, messages without payload. Reported against bare
+  pyzmq and against ``ring_copy``, the cost of the one copy a simulation then makes.
 
 Then, for training itself (64x64 heat equation, :class:`~engage.core.models.HeatSurrogate`):
 
@@ -107,7 +111,9 @@ def measure_raw(processes: int, side: int, per_message: int = 1) -> float:
     return (received - per_message) / elapsed
 
 
-def measure_engage(processes: int, side: int, to_batch: bool = False) -> tuple[float, float]:
+def measure_engage(
+    processes: int, side: int, to_batch: bool = False, shared_memory: bool = False
+) -> tuple[float, float]:
     """Samples per second (into the buffer, out of it in batches) from the simulations' sends; a
     consumer thread frees the buffer by taking batches into one reused array (``to_batch``: into
     a new array each time, as the DataModule's loader does).
@@ -128,7 +134,8 @@ def measure_engage(processes: int, side: int, to_batch: bool = False) -> tuple[f
     take = 64 if side < 1024 else 16
     buffer = TrainingBuffer(capacity=min(8192, per * processes), policy="fifo")  # the DataModule's default
     scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), buffer, simulations=processes, concurrency=processes
+        sim, UniformSampler(sim.space), buffer, simulations=processes, concurrency=processes,
+        shared_memory=shared_memory,
     )  # fmt: skip
     marks: list[tuple[float, int]] = []  # (time, samples taken so far)
     out = None if to_batch else np.empty((take, side, side), np.float32)
@@ -161,6 +168,8 @@ def measure_engage(processes: int, side: int, to_batch: bool = False) -> tuple[f
     watcher.join(5)
     if scheduler.error or buffer.inserted != total:
         raise RuntimeError(f"benchmark run lost samples: {buffer.inserted} of {total} ({scheduler.error})")
+    if shared_memory and scheduler.shared_memory_samples != total:
+        raise RuntimeError(f"only {scheduler.shared_memory_samples} of {total} samples came through shared memory")
     if len(marks) < 2 or len(inserted) < 2:
         raise RuntimeError("the run was too short to time: raise TOTAL for this size")
     (t0, n0), (t1, n1) = marks[0], marks[-1]
@@ -284,8 +293,12 @@ def main() -> None:
                 raw = measure_raw(processes, side)
                 same = measure_raw(processes, side, per_message) if per_message > 1 else raw
                 into_buffer, reused = measure_engage(processes, side)
-                runs.append((raw, into_buffer, reused, measure_engage(processes, side, True)[1], same))
-            raw, engage, reused, to_batch, same = (statistics.median(values) for values in zip(*runs))
+                shared, shared_batches = measure_engage(processes, side, shared_memory=True)
+                to_batch = measure_engage(processes, side, True)[1]
+                runs.append((raw, into_buffer, reused, to_batch, same, shared, shared_batches))
+            raw, engage, reused, to_batch, same, shared, shared_batches = (
+                statistics.median(values) for values in zip(*runs)
+            )
             row = {
                 "size": label,
                 "sample_bytes": nbytes,
@@ -303,8 +316,15 @@ def main() -> None:
                 "to_batch_samples_per_s": round(to_batch, 1),
                 "to_batch_GB_per_s": round(to_batch * nbytes / 1e9, 3),
                 "ring_copy_GB_per_s": round(ring * nbytes / 1e9, 2),
-                "runs_engage_vs_raw": [round(e / r, 3) for r, e, _, _, _ in runs],
-                "runs_engage_vs_raw_same_frames": [round(e / f, 3) for _, e, _, _, f in runs],
+                "shared_memory_samples_per_s": round(shared, 1),
+                "shared_memory_GB_per_s": round(shared * nbytes / 1e9, 3),
+                "shared_memory_vs_raw": round(shared / raw, 3),
+                "shared_memory_vs_raw_same_frames": round(shared / same, 3),
+                "shared_memory_vs_ring_copy": round(shared / ring, 3),
+                "shared_memory_batches_GB_per_s": round(shared_batches * nbytes / 1e9, 3),
+                "runs_engage_vs_raw": [round(run[1] / run[0], 3) for run in runs],
+                "runs_engage_vs_raw_same_frames": [round(run[1] / run[4], 3) for run in runs],
+                "runs_shared_memory_vs_raw": [round(run[5] / run[0], 3) for run in runs],
             }
             rows.append(row)
             print(
@@ -312,7 +332,9 @@ def main() -> None:
                 f"{raw:9.0f}/s {row['raw_zmq_GB_per_s']:6.2f} GB/s | ratio {row['engage_vs_raw']:.2f} | "
                 f"same frames ({per_message}/message) {same:9.0f}/s, ratio {row['engage_vs_raw_same_frames']:.2f} | "
                 f"batches {row['batches_reused_GB_per_s']:6.2f} GB/s ({row['batches_reused_vs_raw']:.2f}), "
-                f"new arrays {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s",
+                f"new arrays {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s | "
+                f"shared memory {shared:9.0f}/s {row['shared_memory_GB_per_s']:6.2f} GB/s, "
+                f"ratio {row['shared_memory_vs_raw']:.2f}, {row['shared_memory_vs_ring_copy']:.2f} of ring copy",
                 flush=True,
             )
     data_wait = measure_data_wait()

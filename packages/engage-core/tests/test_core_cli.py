@@ -15,6 +15,7 @@ from engage.core.cli import main
         ("trainer.max_epochs=-5", "trainer.max_epochs: must be >= -1, got -5"),
         ("simulator.grid=2", "simulator.grid: must be >= 3, got 2"),
         ("data.coalesce_bytes=-1", "data.coalesce_bytes: must be >= 0, got -1"),
+        ("data.shared_memory=maybe", "data.shared_memory: Value 'maybe' is not a valid bool"),
         ("trainer.precision=77", "trainer.precision: must be one of 32-true"),
         ("trainer.max_epochs", "cannot parse override 'trainer.max_epochs'"),
         ("nokey=1", "nokey: unknown key; allowed: callbacks, data, logger"),

@@ -15,6 +15,7 @@ import numpy as np
 
 from engage.core.online import protocol
 from engage.core.online.client import SimulationClient, stream
+from engage.core.online.shared_memory import SHARED_MEMORY_ENV
 from engage.core.simulators.base import Simulator
 from engage.core.space import ParameterSpace
 
@@ -53,21 +54,31 @@ class Rogue(Simulator):
 
 
 def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
+    if mode == "elsewhere":  # on a host without the trainer's shared memory
+        os.environ[SHARED_MEMORY_ENV] = "engage-not-on-this-host"
+    elif mode == "slots-unmapped" and attempt == 1:
+        os.environ.pop(SHARED_MEMORY_ENV, None)
     client = SimulationClient(address, simulation_id, attempt, connect_timeout=30)
     job = client.connect()
     x = job.vector[0]
     good = (np.full(SHAPE, x * (t + 1), dtype=np.float32) for t in range(STEPS))
     if attempt > 1 and mode == "overlap":
-        # a client that ignores resume_from: the trainer must skip what it already has
+        # a client that ignores resume_from: the trainer must skip what it already has (credit
+        # comes for the samples left, 4: samples 0-3, then 4-5)
         samples = np.stack(list(good))
-        client._wait_for_credit()
-        header = protocol.encode_header(protocol.Kind.SAMPLES, simulation_id, attempt, 0, array=samples[0], count=STEPS)
-        client._socket.send_multipart([header, samples])
+        for start, stop in ((0, 4), (4, STEPS)):
+            while client.credits < stop - start:
+                client._receive(1.0)
+            header = protocol.encode_header(
+                protocol.Kind.SAMPLES, simulation_id, attempt, start, array=samples[0], count=stop - start
+            )
+            client._socket.send_multipart([header, samples[start:stop]])
+            client.credits -= stop - start
         client.sent = STEPS
         client.done()
         client.close()
         return
-    if attempt > 1 or mode == "good":
+    if attempt > 1 or mode in ("good", "elsewhere"):
         stream(client, good, job.resume_from)
         client.close()
         return
@@ -89,6 +100,13 @@ def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
         if mode == "several-partial":  # one and a half samples, the header agreeing
             header = header[:48] + (384).to_bytes(8, "little")
         client._socket.send_multipart([header, samples.tobytes()[:384]])
+    elif mode in ("slots-payload", "slots-unmapped"):
+        client._wait_for_credit()
+        sample = np.zeros(SHAPE, "f4")
+        header = protocol.encode_header(
+            protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=sample, flags=protocol.FLAG_IN_SLOTS
+        )
+        client._socket.send_multipart([header, sample if mode == "slots-payload" else b""])
     elif mode == "overlap":
         client.coalesce_bytes = 0
         for sample in list(good)[:2]:

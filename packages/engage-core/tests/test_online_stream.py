@@ -14,6 +14,7 @@ from engage.core.online import protocol
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.journal import Journal
 from engage.core.online.scheduler import SimulationScheduler
+from engage.core.online.shared_memory import SharedSegment, attach
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.function import FunctionSimulator
 
@@ -170,6 +171,41 @@ def test_large_owned_samples_are_kept_by_reference_and_others_copied():
     assert small._refs is None and not np.shares_memory(small._data, owned)
 
 
+@pytest.mark.parametrize("held_by_reference", [True, False])
+def test_shared_storage_takes_samples_of_any_size_and_what_is_held(held_by_reference):
+    # zero_copy_bytes=32 would keep 256-byte samples by reference; shared storage holds them all
+    buffer = TrainingBuffer(capacity=4, policy="fifo", zero_copy_bytes=32 if held_by_reference else 1 << 20)
+    for step in range(2):
+        buffer.put(np.full((8, 8), step, np.float32), parameters=np.zeros(1), simulation_id=0, time=step, owned=True)
+    segment = SharedSegment.create(4 * 256)
+    try:
+        buffer.prepare((8, 8), "float32", 1, storage=segment.buffer)  # the samples held move over
+        assert buffer.writes_in_place and buffer._refs is None
+        [slot] = buffer.reserve(1)
+        attach(segment.name)[slot * 256 : (slot + 1) * 256] = np.full((8, 8), 7, np.float32).tobytes()  # another writer
+        buffer.commit([(slot, np.zeros(1, np.float32), 1, 2.0)])
+        assert buffer.get_batch(3)["target"][:, 0, 0].tolist() == [0.0, 1.0, 7.0]
+        with pytest.raises(ValueError, match="buffer storage of 1024 bytes is too small"):
+            TrainingBuffer(capacity=5).prepare((8, 8), "float32", 1, storage=segment.buffer)
+    finally:
+        segment.unlink()
+    assert not os.path.exists(f"/dev/shm/{segment.name}")
+
+
+def test_reservoir_reserves_by_evicting_read_samples_only_when_asked():
+    buffer = TrainingBuffer(capacity=4, policy="reservoir")
+    buffer.prepare((2,), "float32", 1)
+    for step in range(4):
+        buffer.put(np.full(2, step, np.float32), parameters=np.zeros(1), simulation_id=0, time=step)
+    assert buffer.reserve(2) == []  # full: nothing is free
+    buffer.get_batch(2)  # two samples read once: evictable
+    assert buffer.reserve(3) == [] and buffer.credit() == 2
+    slots = buffer.reserve(3, evict=True)
+    assert len(slots) == 2 and len(buffer) == 2 and buffer.evicted == 2 and buffer.credit() == 0
+    buffer.release(slots)
+    assert buffer.credit() == 2
+
+
 @pytest.mark.parametrize("zero_copy_bytes", [0, 1 << 20], ids=["by-reference", "in-place"])
 def test_batches_gather_into_a_reused_array(zero_copy_bytes):
     buffer = TrainingBuffer(capacity=8, policy="fifo", zero_copy_bytes=zero_copy_bytes)
@@ -297,13 +333,15 @@ def test_a_buffer_that_cannot_fit_in_memory_is_refused_naming_the_field(monkeypa
 # --------------------------------------------------------------------------- scheduler with processes
 
 
-def test_samples_arrive_intact_with_backpressure(tmp_path, helpers_on_path):
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_samples_arrive_intact_with_backpressure(tmp_path, helpers_on_path, shared_memory):
     sim = ramp_simulator()
     buffer = TrainingBuffer(capacity=8, policy="fifo")
     journal = Journal(str(tmp_path / "journal.jsonl"))
     scheduler = SimulationScheduler(
         sim, UniformSampler(sim.space, seed=0), buffer, simulations=3, concurrency=3, journal=journal,
         heartbeat_interval=0.2, heartbeat_timeout=1.5, credit_window=4, workdir=str(tmp_path),
+        shared_memory=shared_memory,
     )  # fmt: skip
     scheduler.start()
     assert scheduler.address.startswith("tcp://127.0.0.1:")
@@ -323,17 +361,20 @@ def test_samples_arrive_intact_with_backpressure(tmp_path, helpers_on_path):
         np.testing.assert_allclose(targets[mine][:, 0, 0], x * times[mine] * 6, rtol=1e-5)
         assert latest[sid]["status"] == "finished" and latest[sid]["samples_received"] == 6
         assert latest[sid]["bytes_received"] == 6 * targets[0].nbytes and latest[sid]["stream_bytes_per_s"] > 0
+    assert scheduler.shared_memory_samples == (18 if shared_memory else 0)
 
 
 def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
     sim = ramp_simulator(crash_marker=str(tmp_path / "crashed"))
-    batches, _, journal = stream_all(sim, tmp_path, simulations=1)
+    batches, scheduler, journal = stream_all(sim, tmp_path, simulations=1)
     entries = journal.read()
     failed = [e for e in entries if e["status"] == "failed"]
     assert len(failed) == 1 and "signal 9" in failed[0]["error"] and failed[0]["final"] is False
     assert journal.latest()[0]["status"] == "finished" and journal.latest()[0]["attempt"] == 2
     steps = sorted(np.concatenate([b["time"] for b in batches])[:, 0] * 6)
     np.testing.assert_allclose(steps, [1, 2, 3, 4, 5, 6])  # resumed after the 2 received: none twice
+    # both attempts wrote into shared memory; the slots the killed one held came back
+    assert scheduler.shared_memory_samples == 6 and scheduler.buffer.credit() == 64
 
 
 @pytest.mark.parametrize(
@@ -345,6 +386,8 @@ def test_killed_simulation_is_retried_and_resumes(tmp_path, helpers_on_path):
         ("header-only", "message of 1 frame"),
         ("several-partial", "the header says 384 payload bytes, not a whole number of samples of 256 bytes"),
         ("several-truncated", "is truncated or padded: 384 payload bytes, the header says 512"),
+        ("slots-payload", "a message of samples in shared memory carries no payload, this one has 256 bytes"),
+        ("slots-unmapped", "sent samples in shared memory without having mapped this trainer's segment"),
         ("silent", "heartbeat timeout"),
     ],
 )
@@ -356,6 +399,7 @@ def test_faulty_simulation_is_detected_and_retried(tmp_path, helpers_on_path, mo
     assert message in failure["error"]
     assert message in caplog.text
     assert sum(len(b["target"]) for b in batches) == 6 and scheduler.finished == 1
+    assert scheduler.buffer.credit() == 64  # the failed attempt's shared-memory slots came back
 
 
 def test_quick_samples_travel_several_to_a_message_in_order(tmp_path, helpers_on_path):
@@ -393,8 +437,65 @@ def test_a_slow_simulation_sends_each_sample_at_once(tmp_path, helpers_on_path):
     assert sum(len(b["target"]) for b in batches) == scheduler.sample_messages == 6
 
 
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_samples_arrive_the_same_through_shared_memory_or_the_socket(tmp_path, helpers_on_path, shared_memory):
+    steps = 300
+    sim = FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=steps,
+        kwargs={"steps": steps},
+    )  # fmt: skip
+    # a buffer smaller than the stream: slots are granted, filled, read and granted again
+    batches, scheduler, journal = stream_all(
+        sim, tmp_path, capacity=128, simulations=2, concurrency=2, shared_memory=shared_memory
+    )
+    targets = np.concatenate([b["target"] for b in batches])
+    times = np.concatenate([b["time"] for b in batches])[:, 0]
+    ids = np.concatenate([b["simulation_id"] for b in batches])
+    assert len(targets) == scheduler.samples == 2 * steps and scheduler.finished == 2
+    assert scheduler.shared_memory_samples == (2 * steps if shared_memory else 0)
+    assert scheduler.sample_messages < scheduler.samples / 4  # coalesced either way
+    for sid, entry in journal.latest().items():
+        mine = ids == sid
+        np.testing.assert_allclose(times[mine] * steps, np.arange(1, steps + 1))  # all, once, in order
+        np.testing.assert_allclose(targets[mine][:, 0, 0], entry["parameters"]["x"] * times[mine] * steps, rtol=1e-5)
+        np.testing.assert_array_equal(targets[mine], targets[mine][:, :1, :1] * np.ones((1, 8, 8), "f4"))
+    assert scheduler.buffer.credit() == 128  # every slot is back
+    if shared_memory:
+        assert not os.path.exists(f"/dev/shm/{scheduler.segment.name}")  # the name goes with the run
+    else:
+        assert scheduler.segment is None
+
+
+def test_no_room_for_shared_memory_streams_over_sockets_and_says_why(tmp_path, helpers_on_path, monkeypatch, caplog):
+    def no_room(size: int) -> SharedSegment:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SharedSegment, "create", staticmethod(no_room))
+    batches, scheduler, _ = stream_all(ramp_simulator(), tmp_path, simulations=1)
+    assert sum(len(b["target"]) for b in batches) == 6 and scheduler.shared_memory_samples == 0
+    assert "stream over sockets: no shared memory of" in caplog.text and "enlarge /dev/shm" in caplog.text
+
+
+def test_a_simulation_without_the_trainers_shared_memory_uses_its_socket(tmp_path, helpers_on_path):
+    batches, scheduler, _ = stream_all(helpers_on_path.Rogue("elsewhere"), tmp_path, simulations=2)
+    assert scheduler.segment is not None  # the trainer offered it; the simulations could not map it
+    assert sum(len(b["target"]) for b in batches) == 12 and scheduler.finished == 2
+    assert scheduler.shared_memory_samples == 0
+
+
+def test_processes_started_elsewhere_get_no_shared_memory(tmp_path, helpers_on_path):
+    from engage.core.executors import LocalExecutor
+
+    class BehindALink(LocalExecutor):
+        shares_memory = False  # e.g. a host in a network namespace: its samples must cross the link
+
+    batches, scheduler, _ = stream_all(ramp_simulator(), tmp_path, simulations=1, executor=BehindALink())
+    assert scheduler.segment is None and scheduler.shared_memory_samples == 0
+    assert sum(len(b["target"]) for b in batches) == 6
+
+
 def test_samples_sent_again_after_a_retry_are_skipped(tmp_path, helpers_on_path):
-    # attempt 1 sends 2 samples and dies; attempt 2 sends all 6 in one message, from the first
+    # attempt 1 sends 2 samples and dies; attempt 2 sends them again, in a message with the next 2
     batches, _, journal = stream_all(helpers_on_path.Rogue("overlap"), tmp_path, simulations=1)
     latest = journal.latest()[0]
     assert latest["status"] == "finished" and latest["attempt"] == 2 and latest["samples_received"] == 6

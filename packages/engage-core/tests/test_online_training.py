@@ -119,6 +119,8 @@ def test_trainer_killed_at_random_point_resumes_without_repeating_or_losing_simu
     # no simulation outlives the trainer
     _gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"simulation processes left behind: {[p.pid for p in alive]}"
+    # nor does the buffer's shared memory (its resource tracker, a child too, removed it)
+    assert not list(Path("/dev/shm").glob(f"engage-{first.pid}-*"))
     before = journal_entries(tmp_path / "journal.jsonl")
     finished_before = {e["simulation_id"] for e in before if e["status"] == "finished"}
     assert len(finished_before) < 8, "the kill came after every simulation finished; nothing to resume"

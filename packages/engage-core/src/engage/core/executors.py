@@ -77,6 +77,9 @@ class Executor(ABC):
 
     #: whether started processes can read files of the trainer's host (e.g. a pickled simulator)
     shares_filesystem: bool = True
+    #: whether started processes run beside the trainer, so their samples may skip the network
+    #: and go into the trainer's shared memory; off for hosts reached over (emulated) links
+    shares_memory: bool = False
 
     @abstractmethod
     def start(self, request: LaunchRequest) -> SimulationProcess:
@@ -170,6 +173,8 @@ class LocalExecutor(Executor):
     killed by the kernel when the thread that started it exits (``PR_SET_PDEATHSIG``); start
     processes from a thread that lives as long as they should.
     """
+
+    shares_memory = True
 
     def __init__(self, log_dir: str | None = None):
         self.log_dir = log_dir

@@ -22,7 +22,9 @@ Storage. Samples smaller than ``zero_copy_bytes`` are copied into one preallocat
 and a batch is one gather from it). Larger samples that the caller hands over for good
 (``owned=True``, as the receiver does with the memory of the network frame they arrived in) are
 kept by reference: the batch's gather is then the only copy between socket and training step,
-which matters at megabytes per sample where each copy costs as much as the transport.
+which matters at megabytes per sample where each copy costs as much as the transport. Given
+``storage`` (:meth:`prepare`), e.g. shared memory that simulations on this host write their
+samples into, the block lives there, whatever the samples' size.
 
 Example::
 
@@ -207,14 +209,30 @@ class TrainingBuffer:
                 self._put_locked(sample, parameters, simulation_id, time_, owned)
             self._cond.notify_all()
 
-    def prepare(self, shape: tuple[int, ...], dtype: np.dtype | str, parameters: int) -> None:
+    def prepare(self, shape: tuple[int, ...], dtype: np.dtype | str, parameters: int, storage: Any = None) -> None:
         """Allocate the storage for samples of ``shape`` and ``dtype`` with ``parameters`` values
-        each (the first :meth:`put` does it otherwise); needed before :meth:`reserve`."""
+        each (the first :meth:`put` does it otherwise); needed before :meth:`reserve`.
+
+        ``storage`` (a writable buffer of at least ``capacity`` samples, e.g. shared memory) holds
+        the block of samples instead of memory of this process, for samples of any size; samples
+        already held move into it."""
         with self._cond:
             if self._shape is None:
-                self._allocate(tuple(shape), np.dtype(dtype), parameters)
+                self._allocate(tuple(shape), np.dtype(dtype), parameters, storage)
             elif tuple(shape) != self._shape or np.dtype(dtype) != self._dtype:
                 raise ValueError(f"the buffer holds {self._shape} {self._dtype} samples, not {tuple(shape)} {dtype}")
+            elif storage is not None:
+                if self._reserved:
+                    raise RuntimeError("the buffer's storage cannot move while slots are reserved")
+                block = self._block(storage)
+                held = self._occupied.view()
+                if self._refs is not None:
+                    for slot in held.tolist():
+                        block[slot] = self._refs[slot]
+                    self._refs = None
+                else:
+                    block[held] = self._data[held]  # type: ignore[index]
+                self._data = block
 
     @property
     def writes_in_place(self) -> bool:
@@ -222,20 +240,28 @@ class TrainingBuffer:
         into) rather than kept by reference."""
         return self._data is not None
 
-    def reserve(self, n: int) -> list[int]:
+    def reserve(self, n: int, evict: bool = False) -> list[int]:
         """Up to ``n`` free slots for the caller to write samples into (:meth:`slot`) and then
-        :meth:`commit`, or give back with :meth:`release`. Never evicts: under the reservoir
-        policy a full buffer reserves nothing and :meth:`put` evicts as usual.
+        :meth:`commit`, or give back with :meth:`release`. Under the reservoir policy a full
+        buffer reserves nothing (:meth:`put` evicts as usual) unless ``evict``: then samples read
+        at least once leave to make room, as :meth:`put` would evict them.
 
         The receiver reads network frames straight into these slots, which saves a copy and an
-        allocation per sample.
+        allocation per sample; a simulation on this host writes into them itself (shared memory).
         """
         with self._cond:
             if self._data is None:
                 raise RuntimeError("reserve() needs in-place storage: prepare() samples smaller than zero_copy_bytes")
             count = min(n, len(self._free))
             slots = [self._free.pop() for _ in range(count)]
-            self._reserved += count
+            if evict and self.policy == "reservoir" and count < n and self._read_once.n:
+                chosen = self.rng.choice(self._read_once.n, size=min(n - count, self._read_once.n), replace=False)
+                evicted = self._read_once.view()[chosen].copy()
+                self._read_once.remove_many(evicted)
+                self._occupied.remove_many(evicted)
+                self.evicted += len(evicted)
+                slots += evicted.tolist()
+            self._reserved += len(slots)
             return slots
 
     def slot(self, slot: int) -> np.ndarray:
@@ -283,13 +309,24 @@ class TrainingBuffer:
             self._reserved -= len(slots)
             self._cond.notify_all()
 
-    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype, parameters: int) -> None:
+    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype, parameters: int, storage: Any = None) -> None:
         self._shape, self._dtype = tuple(shape), np.dtype(dtype)
-        if self._dtype.itemsize * int(np.prod(shape)) >= self.zero_copy_bytes:
+        if storage is not None:
+            self._data = self._block(storage)
+        elif self._dtype.itemsize * int(np.prod(shape)) >= self.zero_copy_bytes:
             self._refs = [None] * self.capacity
         else:
             self._data = np.empty((self.capacity, *shape), dtype=dtype)
         self._params = np.empty((self.capacity, parameters), dtype=np.float32)
+
+    def _block(self, storage: Any) -> np.ndarray:
+        """The block of ``capacity`` samples laid over ``storage`` (slot ``i`` at ``i`` samples' bytes)."""
+        shape = (self.capacity, *self._shape)  # type: ignore[misc]
+        needed = int(np.prod(shape)) * self._dtype.itemsize  # type: ignore[union-attr]
+        have = memoryview(storage).nbytes
+        if have < needed:
+            raise ValueError(f"buffer storage of {have} bytes is too small for {shape} {self._dtype}: {needed} needed")
+        return np.ndarray(shape, dtype=self._dtype, buffer=storage)
 
     def _put_locked(
         self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float, owned: bool

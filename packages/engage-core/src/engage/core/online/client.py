@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import mmap
 import os
 import pickle
 import socket as pysocket
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,7 @@ import zmq
 
 from engage.core.online import protocol
 from engage.core.online.protocol import Kind
+from engage.core.online.shared_memory import SHARED_MEMORY_ENV, attach
 
 #: environment variable holding the pid of the process that started this one (local executor)
 PARENT_PID_ENV = "ENGAGE_PARENT_PID"
@@ -84,6 +87,12 @@ class SimulationClient:
     sample at once, and a fast one pays the transport's cost per message once per few samples.
     ``coalesce_bytes=0`` sends one sample per message. A trainer's job sets ``coalesce_bytes``
     (its ``data.coalesce_bytes``), over the argument.
+
+    On the trainer's host, the client maps the trainer's shared-memory segment (``shared_memory``,
+    by default named by the environment the trainer started this process with) and, if the
+    trainer agrees, writes each sample straight into a slot of the training buffer: its credit
+    comes as slot numbers, and its messages carry no payload. Elsewhere the name does not
+    resolve and samples travel over the socket. :attr:`in_shared_memory` says which.
     """
 
     def __init__(
@@ -97,6 +106,7 @@ class SimulationClient:
         connect_timeout: float = 60.0,
         coalesce_bytes: int = protocol.COALESCE_BYTES,
         coalesce_gap: float = 0.001,
+        shared_memory: str | None = None,
     ):
         if coalesce_bytes < 0 or coalesce_gap < 0:
             raise ValueError(
@@ -127,11 +137,24 @@ class SimulationClient:
         self._staging: np.ndarray | None = None  # samples held back to leave in one SAMPLES message
         self._staged = 0
         self._last_call = -float("inf")
+        #: the trainer's segment to write samples into (a name), if it is on this host
+        self.shared_memory = shared_memory or os.environ.get(SHARED_MEMORY_ENV) or None
+        self._ring: mmap.mmap | None = None
+        self._slot_bytes = 0
+        self._free_slots: deque[int] = deque()  # granted slots, in the order they are filled
+        self._in_slots = 0  # samples written to slots, announced at the next flush
+        self._slot_template: np.ndarray | None = None  # shape and dtype of those samples
 
     # ------------------------------------------------------------------ public API
     def connect(self) -> Job:
         """Say hello and wait for the job; :class:`TrainerGone` if nobody answers in time."""
         hello = {"pid": os.getpid(), "host": pysocket.gethostname(), "protocol": protocol.VERSION}
+        if self.shared_memory and self._ring is None:
+            try:
+                self._ring = attach(self.shared_memory)
+                hello["shared_memory"] = self.shared_memory
+            except (OSError, ValueError):
+                self._ring = None  # not the trainer's host (or no such segment): the socket it is
         self._socket.send_multipart(protocol.encode_json(Kind.HELLO, self.simulation_id, self.attempt, hello))
         deadline = time.monotonic() + self.connect_timeout
         while True:
@@ -146,7 +169,7 @@ class SimulationClient:
                 data = protocol.decode_json(payload)
                 known = {
                     "parameters", "vector", "simulator", "resume_from", "heartbeat_interval", "server_timeout",
-                    "coalesce_bytes",
+                    "coalesce_bytes", "shared_memory",
                 }  # fmt: skip
                 job = Job(
                     parameters=data.get("parameters", {}),
@@ -161,6 +184,12 @@ class SimulationClient:
                 self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
                 if job.coalesce_bytes is not None:
                     self.coalesce_bytes = max(0, int(job.coalesce_bytes))  # the trainer's setting wins
+                granted = data.get("shared_memory")
+                ring = self._ring
+                if granted and ring is not None and int(granted["slot_bytes"]) * int(granted["slots"]) <= len(ring):
+                    self._slot_bytes = int(granted["slot_bytes"])
+                else:
+                    self._unmap()  # the trainer declined: samples go over the socket
                 return job
 
     def send(self, sample: np.ndarray, fresh: bool = False) -> None:
@@ -176,6 +205,10 @@ class SimulationClient:
         header = self._sample_header(array)  # validates dtype and ndim before waiting
         now = time.monotonic()
         quick, self._last_call = now - self._last_call < self.coalesce_gap, now
+        if self._slot_bytes and array.nbytes == self._slot_bytes:
+            self._write_to_slot(array, quick)
+            return
+        # (a sample that does not fit a slot goes over the socket, for the trainer to judge it)
         if self._staged and (not quick or not self._staging_holds(array)):
             self.flush()  # the simulation slowed down (or changed shape): what waits leaves now
         if quick and protocol.samples_per_message(array.nbytes, self.coalesce_bytes) > 1:
@@ -197,8 +230,15 @@ class SimulationClient:
         self.sent += 1
         self._last_sent = time.monotonic()
 
+    @property
+    def in_shared_memory(self) -> bool:
+        """Whether samples go into the trainer's shared memory (known after :meth:`connect`)."""
+        return bool(self._slot_bytes)
+
     def flush(self) -> None:
         """Send the samples :meth:`send` holds back, now (one ``SAMPLES`` message)."""
+        if self._in_slots:
+            self._announce_slots()
         count = self._staged
         if not count:
             return
@@ -233,6 +273,7 @@ class SimulationClient:
         self._socket.send_multipart(protocol.encode_text(Kind.ERROR, self.simulation_id, self.attempt, text[:4000]))
 
     def close(self) -> None:
+        self._unmap()
         self._socket.close()
         self._context.term()
 
@@ -243,6 +284,43 @@ class SimulationClient:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _write_to_slot(self, array: np.ndarray, quick: bool) -> None:
+        template = self._slot_template
+        if self._in_slots and (not quick or template.shape != array.shape or template.dtype != array.dtype):
+            self._announce_slots()  # the simulation slowed down: what is written is announced now
+        self._wait_for_credit()
+        slot = self._free_slots.popleft()
+        target = np.ndarray(array.shape, array.dtype, buffer=self._ring, offset=slot * self._slot_bytes)
+        target[...] = array
+        self._slot_template = target
+        self._in_slots += 1
+        self.credits -= 1
+        self.sent += 1
+        if not quick or self._in_slots >= protocol.samples_per_message(array.nbytes, self.coalesce_bytes):
+            self._announce_slots()
+        elif self.credits <= 0:
+            self._announce_slots()  # the next sample waits for credit: never hold one back then
+
+    def _announce_slots(self) -> None:
+        count, self._in_slots = self._in_slots, 0
+        kind = Kind.SAMPLE if count == 1 else Kind.SAMPLES
+        header = protocol.encode_header(
+            kind, self.simulation_id, self.attempt, self.sent - count, array=self._slot_template, count=count,
+            flags=protocol.FLAG_IN_SLOTS,
+        )  # fmt: skip
+        self._socket.send_multipart([header, b""])
+        self._last_sent = time.monotonic()
+
+    def _unmap(self) -> None:
+        self._slot_template = None  # views of the segment must go before it can be unmapped
+        self._slot_bytes = 0
+        if self._ring is not None:
+            try:
+                self._ring.close()
+            except BufferError:
+                pass  # a caller still holds a view: the mapping goes with it
+            self._ring = None
+
     def _stage(self, array: np.ndarray) -> None:
         self._wait_for_credit()  # a staged sample holds its credit
         staging = self._staging
@@ -286,6 +364,11 @@ class SimulationClient:
             raise protocol.ProtocolError(f"message of {len(frames)} frames from the trainer, expected 2")
         header = protocol.decode_header(frames[0])
         if header.kind == Kind.CREDIT:
+            if self._slot_bytes:
+                slots = np.frombuffer(frames[1], dtype="<i8")
+                if len(slots) != header.index:
+                    raise protocol.ProtocolError(f"CREDIT of {header.index} names {len(slots)} shared-memory slots")
+                self._free_slots.extend(slots.tolist())
             self.credits += header.index
         elif header.kind == Kind.STOP:
             raise StopRequested(frames[1].decode(errors="replace") or "stopped by the trainer")

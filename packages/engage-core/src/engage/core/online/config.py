@@ -40,6 +40,8 @@ class OnlineDataConfig:
     credit_window: int | None = None
     #: Python simulations send samples that come < 1 ms apart up to this many bytes to a message; 0: one each
     coalesce_bytes: int = COALESCE_BYTES
+    #: simulations on the trainer's host write samples into the buffer's shared memory (Linux /dev/shm)
+    shared_memory: bool = True
     executor: str = "local"
     #: keyword arguments of the executor, e.g. ``{layer: edge}`` for ``executor: deploy``
     executor_options: dict[str, Any] = field(default_factory=dict)

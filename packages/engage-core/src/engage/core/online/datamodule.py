@@ -127,6 +127,7 @@ class OnlineDataModule(pl.LightningDataModule):
         startup_timeout: float = 120.0,
         credit_window: int | None = None,
         coalesce_bytes: int = protocol.COALESCE_BYTES,
+        shared_memory: bool = True,
         executor: str | Executor = "local",
         executor_options: dict[str, Any] | None = None,
         journal: str | None = None,
@@ -163,7 +164,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.retries, self.on_failure = retries, on_failure
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.startup_timeout, self.credit_window = startup_timeout, credit_window
-        self.coalesce_bytes = coalesce_bytes
+        self.coalesce_bytes, self.shared_memory = coalesce_bytes, shared_memory
         self.executor, self.journal_url = executor, journal
         self.executor_options = dict(executor_options or {})
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
@@ -263,6 +264,7 @@ class OnlineDataModule(pl.LightningDataModule):
             startup_timeout=self.startup_timeout,
             credit_window=self.credit_window,
             coalesce_bytes=self.coalesce_bytes,
+            shared_memory=self.shared_memory,
             simulator_spec=self.simulator_spec,
             workdir=workdir,
             rank=self.rank,

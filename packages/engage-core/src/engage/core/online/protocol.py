@@ -51,6 +51,10 @@ class Kind(enum.IntEnum):
 
 _KINDS = {int(member): member for member in Kind}
 
+#: header flag of a ``SAMPLE`` or ``SAMPLES`` message whose samples the client wrote into the
+#: shared-memory slots the trainer granted it (same host; the payload is then empty)
+FLAG_IN_SLOTS = 1
+
 #: the Python client's default bound on the bytes of one ``SAMPLES`` message
 COALESCE_BYTES = 256 * 1024
 
@@ -119,6 +123,7 @@ def encode_header(
     array: np.ndarray | None = None,
     nbytes: int = 0,
     count: int = 1,
+    flags: int = 0,
 ) -> bytes:
     """The header frame of a message; with ``array``, its shape, dtype and size are filled in
     (with ``count``, for a ``SAMPLES`` message of that many samples shaped like ``array``)."""
@@ -130,7 +135,7 @@ def encode_header(
         code = _CODE_OF.get(array.dtype) or dtype_code(array.dtype)  # the lookup alone in the common case
         ndim, nbytes = array.ndim, array.nbytes * count
         shape[:ndim] = array.shape
-    return HEADER.pack(MAGIC, VERSION, int(kind), code, ndim, simulation_id, attempt, 0, index, *shape, nbytes)
+    return HEADER.pack(MAGIC, VERSION, int(kind), code, ndim, simulation_id, attempt, flags, index, *shape, nbytes)
 
 
 def decode_header(buffer: bytes | memoryview) -> Header:

@@ -10,6 +10,9 @@ Samples reach the buffer with as few copies as the transport allows: a small sam
 read from the socket straight into a buffer slot reserved for it; a large one (at least the
 buffer's ``zero_copy_bytes``) stays in the memory ZeroMQ received it into, which the buffer then
 keeps by reference. Either way the batch the training step gets is the sample's only other copy.
+With ``shared_memory``, the buffer's block lives in a shared-memory segment, and a simulation on
+this host writes its samples into the slots its credit names (:mod:`.shared_memory`): no copy
+here at all, and none in the kernel.
 
 Example (see :class:`~engage.core.online.datamodule.OnlineDataModule` for the usual entry)::
 
@@ -42,7 +45,7 @@ import zmq
 
 from engage.core.events import SimulationRecord
 from engage.core.executors import Executor, LaunchRequest, LocalExecutor, SimulationProcess
-from engage.core.online import protocol
+from engage.core.online import protocol, shared_memory
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.client import PARENT_PID_ENV
 from engage.core.online.journal import Journal
@@ -110,6 +113,9 @@ class _Active:
     last_seen: float = field(default_factory=time.monotonic)
     exited_at: float | None = None
     done: bool = False
+    #: the buffer slots granted to a simulation writing into shared memory, in the order it fills
+    #: them (None: it sends its samples over the socket)
+    slots: deque[int] | None = None
 
 
 class SimulationScheduler:
@@ -118,7 +124,10 @@ class SimulationScheduler:
     ``simulations`` and ``max_samples`` bound the run (``None``: until :meth:`stop`). A failed
     simulation is retried ``retries`` times with the same parameters, resuming after the samples
     already received; then it is marked failed, reported to the sampler, and with
-    ``on_failure="redraw"`` replaced by a new point.
+    ``on_failure="redraw"`` replaced by a new point. With ``shared_memory`` (the default) and an
+    executor that starts processes beside the trainer (``Executor.shares_memory``, as the local
+    one does), simulations write their samples into the buffer's memory themselves; clients that
+    do not ask for it use their socket.
     """
 
     def __init__(
@@ -139,6 +148,7 @@ class SimulationScheduler:
         startup_timeout: float = 120.0,
         credit_window: int | None = None,
         coalesce_bytes: int = protocol.COALESCE_BYTES,
+        shared_memory: bool = True,
         simulator_spec: dict[str, Any] | None = None,
         workdir: str | None = None,
         rank: int = 0,
@@ -181,6 +191,9 @@ class SimulationScheduler:
         if coalesce_bytes < 0:
             raise ValueError(f"coalesce_bytes must be >= 0 (0: one sample per message), got {coalesce_bytes}")
         self.coalesce_bytes = int(coalesce_bytes)
+        self.shared_memory = bool(shared_memory)
+        #: the segment holding the buffer's samples, when ``shared_memory`` could be set up
+        self.segment: shared_memory.SharedSegment | None = None
         self.address: str | None = None
         # progress counters (read by the progress callback from the training thread)
         self.next_index = 0  # fresh simulations created on this rank
@@ -190,6 +203,7 @@ class SimulationScheduler:
         self.retried = 0
         self.samples = 0
         self.sample_messages = 0  # SAMPLE and SAMPLES messages: fewer than samples when coalesced
+        self.shared_memory_samples = 0  # samples simulations wrote into the buffer's shared memory
         self.queue: deque[dict[str, Any]] = deque()  # simulations waiting to (re)start
         self.active: dict[int, _Active] = {}
         self._by_identity: dict[bytes, _Active] = {}
@@ -247,7 +261,7 @@ class SimulationScheduler:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         try:
-            self.buffer.prepare(self.shape, self.dtype, self.simulator.space.dim)
+            self.buffer.prepare(self.shape, self.dtype, self.simulator.space.dim, storage=self._share())
             port = sock.bind_to_random_port(f"tcp://{self.executor.bind_host()}")
             self.address = f"tcp://{self.executor.bind_host()}:{port}"
             self._bound.set()
@@ -270,12 +284,41 @@ class SimulationScheduler:
             for active in list(self.active.values()):
                 if active.process is not None:
                     active.process.kill()
+                self._release_slots(active)
                 if not active.done:
                     self.queue.appendleft(self._retry_entry(active, same_attempt=True))
             self.active.clear()
             self.buffer.close(self.error)
+            if self.segment is not None:
+                self.segment.unlink()  # the buffer keeps its mapping; no new process may attach
             sock.close(0)
             context.term()
+
+    def _share(self) -> Any:
+        """A shared-memory segment for the buffer's samples, or None (``shared_memory`` off, an
+        executor whose processes run elsewhere, no ``/dev/shm``, or too little room in it)."""
+        if not self.shared_memory or not self.executor.shares_memory or not shared_memory.available():
+            return None
+        import psutil
+
+        size = self.buffer.capacity * self._nbytes
+        # the segment takes its memory now, where a buffer in this process takes it as it fills:
+        # never let the faster path be what runs the host out of memory
+        problem = "more than half the available memory" if size > psutil.virtual_memory().available // 2 else None
+        if problem is None:
+            try:
+                self.segment = shared_memory.SharedSegment.create(size)
+            except OSError as exc:
+                problem = f"{exc.strerror or exc}; enlarge /dev/shm"
+        if problem is not None:
+            log.warning(
+                "simulations stream over sockets: no shared memory of %.1f MiB for the buffer (%s); "
+                "lower data.capacity to use it",
+                size / 2**20,
+                problem,
+            )
+            return None
+        return self.segment.buffer
 
     def _pickle_simulator(self) -> dict[str, Any]:
         # Simulators built in Python without an import description reach their processes as a
@@ -370,11 +413,14 @@ class SimulationScheduler:
         else:
             command = [sys.executable, "-m", "engage.core.online.client", "--address", str(self.address)]
             command += ["--simulation-id", str(sim_id), "--attempt", str(attempt)]
+        env = {PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        if self.segment is not None:
+            env[shared_memory.SHARED_MEMORY_ENV] = self.segment.name
         request = LaunchRequest(
             command,
             sim_id,
             attempt,
-            env={PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"},
+            env=env,
             log_dir=os.path.join(self.workdir, "logs"),
         )
         active.process = self.executor.start(request)
@@ -411,11 +457,13 @@ class SimulationScheduler:
                     f"the connection belongs to {active.record.simulation_id} attempt {active.record.attempt}"
                 )
             active.last_seen = time.monotonic()
-            if header.kind == Kind.SAMPLE:
-                self._sample(sock, active, header)
-                return
-            if header.kind == Kind.SAMPLES:
-                self._several(sock, active, header)
+            if header.kind == Kind.SAMPLE or header.kind == Kind.SAMPLES:
+                if header.flags & protocol.FLAG_IN_SLOTS:
+                    self._in_slots(sock, active, header)
+                elif header.kind == Kind.SAMPLE:
+                    self._sample(sock, active, header)
+                else:
+                    self._several(sock, active, header)
                 return
             payload = self._payload(sock)
             if header.kind == Kind.DONE:
@@ -464,6 +512,10 @@ class SimulationScheduler:
             "server_timeout": max(self.heartbeat_timeout, 10 * self.heartbeat_interval),
             "coalesce_bytes": self.coalesce_bytes,
         }
+        if self.segment is not None and hello.get("shared_memory") == self.segment.name:
+            # the client mapped this trainer's segment: its credit comes as slots to write into
+            active.slots = deque()
+            job["shared_memory"] = {"slot_bytes": self._nbytes, "slots": self.buffer.capacity}
         rec = active.record
         self._send(sock, active, protocol.encode_json(Kind.JOB, rec.simulation_id, rec.attempt, job))
 
@@ -482,17 +534,17 @@ class SimulationScheduler:
         active.credits -= 1
         if header.index < active.accepted:
             self._payload(sock, copy=False)
+            if active.slots:
+                self.buffer.release([active.slots.popleft()])
             return  # already received from an earlier attempt
         if header.index > active.accepted:
             raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
         step_time = (header.index + 1) / total if total else float(header.index)
-        if self.buffer.writes_in_place and not self._slots:
-            self._slots = self.buffer.reserve(256)
-        if self._slots:
-            slot = self._slots.pop()
+        slot = self._next_slot(active)
+        if slot is not None:
             received = sock.recv_into(self.buffer.slot(slot))
             if received != size or sock.getsockopt(zmq.RCVMORE):
-                self._slots.append(slot)
+                self._return_slot(active, slot)
                 check_sample(header, received, self.shape, self.dtype)
                 raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
             self._written.append((slot, active.unit, header.simulation_id, step_time))
@@ -531,6 +583,13 @@ class SimulationScheduler:
         if len(frame.buffer) != header.nbytes:
             check_sample(header, len(frame.buffer), self.shape, self.dtype, several=True)
         skip = active.accepted - header.index  # received already, from an earlier attempt
+        granted = None
+        if active.slots is not None:
+            # a shared-memory client's samples sent over its socket fill its next granted slots
+            granted = [active.slots.popleft() for _ in range(count)]
+            if skip:
+                self.buffer.release(granted[: min(skip, count)])
+                granted = granted[skip:]
         if skip >= count:
             return
         samples = np.frombuffer(frame.buffer, dtype=self.dtype).reshape(count, *self.shape)[skip:]
@@ -539,7 +598,11 @@ class SimulationScheduler:
         times = (steps / total if total else steps - 1).tolist()
         unit = active.unit
         written = 0
-        if self.buffer.writes_in_place:
+        if granted is not None:
+            self.buffer.write(granted, samples)
+            self._written.extend((slot, unit, sid, t) for slot, t in zip(granted, times))
+            written = n
+        elif self.buffer.writes_in_place:
             if len(self._slots) < n:
                 self._slots += self.buffer.reserve(max(256, n) - len(self._slots))
             written = min(n, len(self._slots))
@@ -550,6 +613,80 @@ class SimulationScheduler:
         # the rest (large samples, or a full reservoir, which evicts on put): views of the frame
         self._pending.extend((samples[i], unit, sid, times[i]) for i in range(written, n))
         self._count_accepted(active, n)
+
+    def _in_slots(self, sock: zmq.Socket, active: _Active, header: protocol.Header) -> None:
+        """A ``SAMPLE`` or ``SAMPLES`` message flagged ``FLAG_IN_SLOTS``: the client wrote the
+        samples into the next slots of its credit; they become samples without a copy."""
+        size = self._nbytes
+        several = header.kind == Kind.SAMPLES
+        count = header.nbytes // size if size else 0
+        if (
+            header.shape != self.shape or header.dtype != self.dtype or not count
+            or header.nbytes != count * size or (count > 1 and not several)
+        ):  # fmt: skip
+            check_sample(header, header.nbytes, self.shape, self.dtype, several=several)
+        payload = self._payload(sock, copy=False)
+        if len(payload.buffer):
+            raise ProtocolError(
+                f"a message of samples in shared memory carries no payload, this one has {len(payload.buffer)} bytes"
+            )
+        sid = header.simulation_id
+        slots = active.slots
+        if slots is None:
+            raise ProtocolError(
+                f"simulation {sid} sent samples in shared memory without having mapped this trainer's segment "
+                "(its HELLO must name it)"
+            )
+        total = self.simulator.samples_per_run
+        if total is not None and header.index + count > total:
+            raise MalformedSample(
+                f"samples {header.index} to {header.index + count - 1} of simulation {sid}: "
+                f"the simulator declares {total} per run"
+            )
+        if active.credits < count:
+            raise ProtocolError(
+                f"{count} samples written to shared memory with {active.credits} slots granted "
+                "(the client must wait for CREDIT messages)"
+            )
+        if header.index > active.accepted:
+            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
+        active.credits -= count
+        taken = [slots.popleft() for _ in range(count)]
+        skip = min(count, active.accepted - header.index)  # received already, from an earlier attempt
+        if skip:
+            self.buffer.release(taken[:skip])
+        n = count - skip
+        if not n:
+            return
+        first = header.index + skip
+        steps = np.arange(first + 1, first + n + 1, dtype=np.float64)
+        times = (steps / total if total else steps - 1).tolist()
+        unit = active.unit
+        self._written.extend((slot, unit, sid, t) for slot, t in zip(taken[skip:], times))
+        self._count_accepted(active, n)
+        self.shared_memory_samples += n
+
+    def _next_slot(self, active: _Active) -> int | None:
+        """The buffer slot to read a socket sample into: a shared-memory client's next granted
+        slot, else one of this receiver's reserved ones; None when samples are kept by reference."""
+        if active.slots is not None:
+            return active.slots.popleft()  # granted with its credit, which the caller checked
+        if self.buffer.writes_in_place and not self._slots:
+            self._slots = self.buffer.reserve(256)
+        return self._slots.pop() if self._slots else None
+
+    def _return_slot(self, active: _Active, slot: int) -> None:
+        if active.slots is not None:
+            active.slots.appendleft(slot)
+        else:
+            self._slots.append(slot)
+
+    def _release_slots(self, active: _Active) -> None:
+        """Give the buffer back the slots a simulation was granted and will not fill."""
+        if active.slots:
+            self.buffer.release(list(active.slots))
+            active.slots.clear()
+            active.credits = 0
 
     def _count_accepted(self, active: _Active, n: int) -> None:
         """Count ``n`` samples of one message as received, for the journal, plugins and budget."""
@@ -589,6 +726,7 @@ class SimulationScheduler:
                 + (f" of {total} declared" if total is not None else "")
             )
         active.done = True
+        self._release_slots(active)
         # every sample arrived (DONE travels behind them): the client may exit now
         self._send(sock, active, protocol.encode_text(Kind.ACK, rec.simulation_id, rec.attempt, index=header.index))
         rec.status, rec.ended_at, rec.samples_sent = "finished", time.time(), header.index
@@ -601,18 +739,46 @@ class SimulationScheduler:
         connected = [a for a in self.active.values() if a.identity is not None and not a.done]
         if not connected:
             return
-        # reserved slots are room the buffer no longer counts but this receiver will fill
-        available = self.buffer.credit() + len(self._slots) - sum(a.credits for a in connected)
+        # reserved slots are room the buffer no longer counts but this receiver will fill; the
+        # slots of shared-memory clients are reserved already, their credit is not counted again
+        outstanding = sum(a.credits for a in connected if a.slots is None)
+        available = self.buffer.credit() + len(self._slots) - outstanding
+        total = self.simulator.samples_per_run
         for active in sorted(connected, key=lambda a: a.credits):
-            want = self.credit_window - active.credits
+            # never more than the run has left to send: a granted slot is one other samples may
+            # not use (and under the reservoir policy, a shared-memory slot evicts a sample)
+            left = total - active.accepted - active.credits if total is not None else self.credit_window
+            want = min(self.credit_window - active.credits, left)
+            if want <= 0 or available <= 0:
+                continue
             # grant in chunks to keep the message count low, but never let a client starve
-            if available <= 0 or (want < self.credit_window // 2 and active.credits > 0):
+            if active.credits > 0 and want < self.credit_window // 2 and want < left:
                 continue
             grant = min(want, available)
+            rec = active.record
+            if active.slots is None:
+                message = protocol.encode_text(Kind.CREDIT, rec.simulation_id, rec.attempt, index=grant)
+            else:
+                granted = self._take_slots(grant)
+                if not granted:
+                    continue
+                grant = len(granted)
+                active.slots.extend(granted)
+                payload = np.asarray(granted, dtype="<i8").tobytes()
+                header = protocol.encode_header(Kind.CREDIT, rec.simulation_id, rec.attempt, grant, nbytes=len(payload))
+                message = [header, payload]
             available -= grant
             active.credits += grant
-            rec = active.record
-            self._send(sock, active, protocol.encode_text(Kind.CREDIT, rec.simulation_id, rec.attempt, index=grant))
+            self._send(sock, active, message)
+
+    def _take_slots(self, n: int) -> list[int]:
+        """Up to ``n`` buffer slots for a shared-memory client: this receiver's reserved ones
+        first, then from the buffer (evicting, under the reservoir policy, as arrivals would)."""
+        taken = self._slots[-n:]
+        del self._slots[len(self._slots) - len(taken) :]
+        if len(taken) < n:
+            taken += self.buffer.reserve(n - len(taken), evict=True)
+        return taken
 
     # ------------------------------------------------------------------ liveness and failures
     def _check(self, sock: zmq.Socket) -> None:
@@ -647,6 +813,7 @@ class SimulationScheduler:
                 self._send(sock, active, protocol.encode_text(Kind.HEARTBEAT, rec.simulation_id, rec.attempt))
 
     def _forget(self, active: _Active) -> None:
+        self._release_slots(active)
         self.active.pop(active.record.simulation_id, None)
         if active.identity is not None:
             self._by_identity.pop(active.identity, None)
@@ -711,6 +878,7 @@ class SimulationScheduler:
             "retried": float(self.retried),
             "samples": float(self.samples),
             "samples_per_s": self.samples / elapsed,
+            "shared_memory_samples": float(self.shared_memory_samples),
         }
 
     def state_dict(self) -> dict[str, Any]:
