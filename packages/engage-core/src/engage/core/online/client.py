@@ -205,10 +205,20 @@ class SimulationClient:
         header = self._sample_header(array)  # validates dtype and ndim before waiting
         now = time.monotonic()
         quick, self._last_call = now - self._last_call < self.coalesce_gap, now
-        if self._slot_bytes and array.nbytes == self._slot_bytes:
-            self._write_to_slot(array, quick)
+        if self._slot_bytes:
+            if array.nbytes == self._slot_bytes:
+                self._write_to_slot(array, quick)
+                return
+            # a sample that does not fit a slot goes over the socket, for the trainer to judge it;
+            # it spends the next slot, as every sample of this connection does
+            self.flush()
+            self._wait_for_credit()
+            self._free_slots.popleft()
+            self._socket.send_multipart([header, array])
+            self.credits -= 1
+            self.sent += 1
+            self._last_sent = time.monotonic()
             return
-        # (a sample that does not fit a slot goes over the socket, for the trainer to judge it)
         if self._staged and (not quick or not self._staging_holds(array)):
             self.flush()  # the simulation slowed down (or changed shape): what waits leaves now
         if quick and protocol.samples_per_message(array.nbytes, self.coalesce_bytes) > 1:
