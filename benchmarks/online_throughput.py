@@ -6,7 +6,8 @@ samples:
 - ``engage``: the full path (client with credit flow control -> ROUTER socket in a scheduler
   thread of this process -> validation -> sample in the TrainingBuffer: read into its slot, or
   kept by reference from 256 KiB), measured as the rate at which samples enter the buffer (the
-  DataModule's default capacity of 8192 samples, or the whole run if smaller) while a consumer
+  DataModule's default capacity of 8192 samples, at most 1 GiB of them, or the whole run if
+  smaller: at 4 MiB, 256 slots that are filled again and again) while a consumer
   thread frees it as a training loop does, gathering batches into one reused array;
 - ``batches_reused``: the same runs measured at that consumer: the batch's gather is the one copy
   the path has to make, on the same 2 cores;
@@ -53,7 +54,7 @@ import zmq
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"64x64": 64, "256x256": 256, "1024x1024": 1024}
-TOTAL = {64: 40000, 256: 6000, 1024: 400}  # samples per measurement (a few seconds each)
+TOTAL = {64: 40000, 256: 6000, 1024: 800}  # samples per measurement (a few seconds each)
 TARGET_REL_L2 = 0.05
 REPEAT = 3
 
@@ -132,7 +133,8 @@ def measure_engage(
         kwargs={"side": side, "count": per},
     )  # fmt: skip
     take = 64 if side < 1024 else 16
-    buffer = TrainingBuffer(capacity=min(8192, per * processes), policy="fifo")  # the DataModule's default
+    capacity = min(8192, per * processes, (1 << 30) // (side * side * 4))  # the DataModule's default, <= 1 GiB
+    buffer = TrainingBuffer(capacity=capacity, policy="fifo")
     scheduler = SimulationScheduler(
         sim, UniformSampler(sim.space), buffer, simulations=processes, concurrency=processes,
         shared_memory=shared_memory,
