@@ -318,6 +318,11 @@ class SimulationScheduler:
                 problem,
             )
             return None
+        log.info(
+            "training buffer in shared memory %s (%.1f MiB): simulations on this host write their samples into it",
+            self.segment.name,
+            size / 2**20,
+        )
         return self.segment.buffer
 
     def _pickle_simulator(self) -> dict[str, Any]:

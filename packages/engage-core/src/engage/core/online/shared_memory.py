@@ -96,10 +96,6 @@ class SharedSegment:
             pass
         _untrack(self.name)
 
-    @property
-    def linked(self) -> bool:
-        return self._linked
-
 
 def attach(name: str, size: int | None = None) -> mmap.mmap:
     """Map the segment ``name`` (at least ``size`` bytes; all of it by default), writable;
