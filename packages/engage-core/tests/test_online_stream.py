@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,6 +242,46 @@ def test_by_reference_storage_evicts_and_round_trips():
     assert empty.state_dict()["data"].shape == (0, 2)
     with pytest.raises(ValueError, match="zero_copy_bytes"):
         TrainingBuffer(zero_copy_bytes=-1)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "firo", "reservoir"])
+def test_a_batch_is_gathered_while_the_receiver_refills_other_slots(policy):
+    """The gather runs outside the buffer's lock: a receiver thread writing as fast as it can
+    must never overwrite a slot a batch is still being gathered from (each sample is filled
+    with its own number, which its ``time`` also holds) nor lose one."""
+    buffer = TrainingBuffer(
+        capacity=32, policy=policy, max_reads=2 if policy != "reservoir" else None, seed=3, zero_copy_bytes=1 << 20
+    )
+    buffer.prepare((256, 256), np.float32, 1)  # 256 KiB samples in the block: a gather takes a while
+    total, seen = 600, set()
+
+    def receive() -> None:
+        try:
+            for number in range(total):
+                while not (slots := buffer.reserve(1, evict=True)):
+                    time.sleep(0.0005)
+                buffer.slot(slots[0])[:] = number
+                buffer.commit([(slots[0], np.zeros(1, np.float32), 0, float(number))])
+        except Exception as exc:  # the reader must hear of it rather than wait
+            buffer.close(f"receiver failed: {exc!r}")
+        else:
+            buffer.close()
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    out = np.empty((8, 256, 256), np.float32)
+    # (reservoir samples never leave: its reader stops when the stream ends)
+    while not (policy == "reservoir" and buffer.closed):
+        batch = buffer.get_batch(8, timeout=60, out=out)
+        if batch is None:
+            break
+        numbers = batch["time"][:, 0]
+        assert (batch["target"][:, ::64, ::64] == numbers[:, None, None]).all()
+        seen.update(numbers.astype(int).tolist())
+    receiver.join()
+    assert buffer.credit() == 32 or policy == "reservoir"
+    if policy != "reservoir":
+        assert seen == set(range(total))  # nothing unread was lost
 
 
 @pytest.mark.parametrize("policy", ["fifo", "firo", "reservoir"])

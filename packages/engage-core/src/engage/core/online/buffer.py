@@ -142,6 +142,9 @@ class TrainingBuffer:
         self.zero_copy_bytes = int(zero_copy_bytes)
         self.rng = np.random.default_rng(seed)
         self._cond = threading.Condition()
+        # one batch at a time: its gather runs outside ``_cond``, so the receiver can go on
+        # filling other slots meanwhile, and no second reader may free a slot it still reads
+        self._gather = threading.Lock()
         self._shape: tuple[int, ...] | None = None
         self._dtype: np.dtype | None = None
         self._data: np.ndarray | None = None  # the block of copied samples
@@ -155,6 +158,7 @@ class TrainingBuffer:
         self._read_once = _IndexSet(self.capacity)  # evictable under the reservoir policy
         self._free = list(range(self.capacity - 1, -1, -1))
         self._reserved = 0
+        self._leaving = 0  # read for the last time, freed once their batch is gathered
         self.inserted = 0
         self.reads = 0
         self.evicted = 0
@@ -175,7 +179,7 @@ class TrainingBuffer:
         """How many more samples :meth:`put` accepts now without dropping an unread one (slots
         handed out by :meth:`reserve` and not yet committed count as taken)."""
         with self._cond:
-            free = self.capacity - self._occupied.n - self._reserved
+            free = self.capacity - self._occupied.n - self._reserved - self._leaving
             if self.policy == "reservoir":
                 free += self._read_once.n
             return free
@@ -222,8 +226,8 @@ class TrainingBuffer:
             elif tuple(shape) != self._shape or np.dtype(dtype) != self._dtype:
                 raise ValueError(f"the buffer holds {self._shape} {self._dtype} samples, not {tuple(shape)} {dtype}")
             elif storage is not None:
-                if self._reserved:
-                    raise RuntimeError("the buffer's storage cannot move while slots are reserved")
+                if self._reserved or self._leaving:
+                    raise RuntimeError("the buffer's storage cannot move while slots are reserved or read")
                 block = self._block(storage)
                 held = self._occupied.view()
                 if self._refs is not None:
@@ -408,6 +412,10 @@ class TrainingBuffer:
             )
         if out is not None and len(out) < n:
             raise ValueError(f"get_batch(out=...) holds {len(out)} samples, fewer than the {n} asked for")
+        with self._gather:
+            return self._get_batch(n, timeout, out)
+
+    def _get_batch(self, n: int, timeout: float | None, out: np.ndarray | None) -> dict[str, np.ndarray] | None:
         started = time.perf_counter()
         deadline = None if timeout is None else started + timeout
         with self._cond:
@@ -429,15 +437,10 @@ class TrainingBuffer:
                 "time": self._time[slots, None],
                 "simulation_id": self._sim[slots],
             }
-            if self._refs is not None:
-                # the arrays themselves: their slots may be refilled at once, the gather below
-                # happens outside the lock so the receiver is not held up by it
-                refs_to_gather = [self._refs[slot] for slot in slots.tolist()]
-            elif out is not None:
-                # mode="clip": with the default "raise", numpy gathers into a temporary first
-                batch["target"] = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
-            else:
-                batch["target"] = self._data[slots]  # type: ignore[index]
+            # the gather happens outside the lock, so the receiver is not held up by it (at 4 MiB
+            # a batch of 16 is 64 MiB to copy): samples kept by reference are taken as arrays,
+            # whose slots may be refilled at once; slots of the block stay out of reach until then
+            refs_to_gather = None if self._refs is None else [self._refs[slot] for slot in slots.tolist()]
             self._reads[slots] += 1
             self.reads += len(slots)
             if self.max_reads is not None:
@@ -448,17 +451,33 @@ class TrainingBuffer:
             if len(done):
                 self._occupied.remove_many(done)
                 self._read_once.remove_many(done)
+            if refs_to_gather is not None:
                 freed = done.tolist()
                 self._free.extend(freed)
-                if self._refs is not None:
-                    for slot in freed:
-                        self._refs[slot] = None
+                for slot in freed:
+                    self._refs[slot] = None  # type: ignore[index]
+                if self.policy == "reservoir":
+                    self._read_once.add_many(unspent)
+                self._cond.notify_all()
+            else:
+                self._leaving += len(done)
+                if self.policy == "reservoir":
+                    self._read_once.remove_many(unspent)  # not evictable while they are read
+        if refs_to_gather is not None:
+            target = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
+            return {"target": target, **batch}
+        if out is not None:
+            # mode="clip": with the default "raise", numpy gathers into a temporary first
+            target = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
+        else:
+            target = self._data[slots]  # type: ignore[index]
+        with self._cond:
+            self._free.extend(done.tolist())
+            self._leaving -= len(done)
             if self.policy == "reservoir":
                 self._read_once.add_many(unspent)
             self._cond.notify_all()
-        if "target" not in batch:
-            batch["target"] = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
-        return {"target": batch.pop("target"), **batch}
+        return {"target": target, **batch}
 
     def _choose(self, n: int) -> np.ndarray:
         occupied = self._occupied.view()
