@@ -572,18 +572,7 @@ class SimulationScheduler:
             check_sample(header, header.nbytes, self.shape, self.dtype, several=True)
         sid = header.simulation_id
         total = self.simulator.samples_per_run
-        if total is not None and header.index + count > total:
-            raise MalformedSample(
-                f"samples {header.index} to {header.index + count - 1} of simulation {sid}: "
-                f"the simulator declares {total} per run"
-            )
-        if active.credits < count:
-            raise ProtocolError(
-                f"{count} samples sent with {active.credits} credits (the client must wait for CREDIT messages)"
-            )
-        active.credits -= count
-        if header.index > active.accepted:
-            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
+        self._admit(active, header, count, "sent with {} credits")
         frame = self._payload(sock, copy=False)
         if len(frame.buffer) != header.nbytes:
             check_sample(header, len(frame.buffer), self.shape, self.dtype, several=True)
@@ -643,19 +632,7 @@ class SimulationScheduler:
                 "(its HELLO must name it)"
             )
         total = self.simulator.samples_per_run
-        if total is not None and header.index + count > total:
-            raise MalformedSample(
-                f"samples {header.index} to {header.index + count - 1} of simulation {sid}: "
-                f"the simulator declares {total} per run"
-            )
-        if active.credits < count:
-            raise ProtocolError(
-                f"{count} samples written to shared memory with {active.credits} slots granted "
-                "(the client must wait for CREDIT messages)"
-            )
-        if header.index > active.accepted:
-            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
-        active.credits -= count
+        self._admit(active, header, count, "written to shared memory with {} slots granted")
         taken = [slots.popleft() for _ in range(count)]
         skip = min(count, active.accepted - header.index)  # received already, from an earlier attempt
         if skip:
@@ -670,6 +647,23 @@ class SimulationScheduler:
         self._written.extend((slot, unit, sid, t) for slot, t in zip(taken[skip:], times))
         self._count_accepted(active, n)
         self.shared_memory_samples += n
+
+    def _admit(self, active: _Active, header: protocol.Header, count: int, spending: str) -> None:
+        """Check that ``count`` samples from ``header.index`` fit the run, the client's credit
+        (``spending`` words the shortfall) and the order of samples; then spend the credit."""
+        total = self.simulator.samples_per_run
+        if total is not None and header.index + count > total:
+            raise MalformedSample(
+                f"samples {header.index} to {header.index + count - 1} of simulation {header.simulation_id}: "
+                f"the simulator declares {total} per run"
+            )
+        if active.credits < count:
+            raise ProtocolError(
+                f"{count} samples {spending.format(active.credits)} (the client must wait for CREDIT messages)"
+            )
+        if header.index > active.accepted:
+            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
+        active.credits -= count
 
     def _next_slot(self, active: _Active) -> int | None:
         """The buffer slot to read a socket sample into: a shared-memory client's next granted
