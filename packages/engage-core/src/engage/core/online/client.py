@@ -306,10 +306,14 @@ class SimulationClient:
         self._in_slots += 1
         self.credits -= 1
         self.sent += 1
-        if not quick or self._in_slots >= protocol.samples_per_message(array.nbytes, self.coalesce_bytes):
+        # a slow simulation announces each sample at once; a quick one when the message is full,
+        # or when the next sample would wait for credit: never hold one back then
+        if (
+            not quick
+            or self.credits <= 0
+            or self._in_slots >= protocol.samples_per_message(array.nbytes, self.coalesce_bytes)
+        ):
             self._announce_slots()
-        elif self.credits <= 0:
-            self._announce_slots()  # the next sample waits for credit: never hold one back then
 
     def _announce_slots(self) -> None:
         count, self._in_slots = self._in_slots, 0

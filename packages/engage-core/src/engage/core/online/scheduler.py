@@ -571,25 +571,18 @@ class SimulationScheduler:
         if header.shape != self.shape or header.dtype != self.dtype or not count or header.nbytes != count * size:
             check_sample(header, header.nbytes, self.shape, self.dtype, several=True)
         sid = header.simulation_id
-        total = self.simulator.samples_per_run
         self._admit(active, header, count, "sent with {} credits")
         frame = self._payload(sock, copy=False)
         if len(frame.buffer) != header.nbytes:
             check_sample(header, len(frame.buffer), self.shape, self.dtype, several=True)
-        skip = active.accepted - header.index  # received already, from an earlier attempt
-        granted = None
-        if active.slots is not None:
-            # a shared-memory client's samples sent over its socket fill its next granted slots
-            granted = [active.slots.popleft() for _ in range(count)]
-            if skip:
-                self.buffer.release(granted[: min(skip, count)])
-                granted = granted[skip:]
-        if skip >= count:
+        skip = min(count, active.accepted - header.index)  # received already, from an earlier attempt
+        # a shared-memory client's samples sent over its socket fill its next granted slots
+        granted = None if active.slots is None else self._granted_slots(active, count, skip)
+        if skip == count:
             return
         samples = np.frombuffer(frame.buffer, dtype=self.dtype).reshape(count, *self.shape)[skip:]
         n = len(samples)
-        steps = np.arange(header.index + skip + 1, header.index + count + 1, dtype=np.float64)
-        times = (steps / total if total else steps - 1).tolist()
+        times = self._times(header.index + skip, n)
         unit = active.unit
         written = 0
         if granted is not None:
@@ -625,26 +618,19 @@ class SimulationScheduler:
                 f"a message of samples in shared memory carries no payload, this one has {len(payload.buffer)} bytes"
             )
         sid = header.simulation_id
-        slots = active.slots
-        if slots is None:
+        if active.slots is None:
             raise ProtocolError(
                 f"simulation {sid} sent samples in shared memory without having mapped this trainer's segment "
                 "(its HELLO must name it)"
             )
-        total = self.simulator.samples_per_run
         self._admit(active, header, count, "written to shared memory with {} slots granted")
-        taken = [slots.popleft() for _ in range(count)]
         skip = min(count, active.accepted - header.index)  # received already, from an earlier attempt
-        if skip:
-            self.buffer.release(taken[:skip])
+        filled = self._granted_slots(active, count, skip)
         n = count - skip
         if not n:
             return
-        first = header.index + skip
-        steps = np.arange(first + 1, first + n + 1, dtype=np.float64)
-        times = (steps / total if total else steps - 1).tolist()
         unit = active.unit
-        self._written.extend((slot, unit, sid, t) for slot, t in zip(taken[skip:], times))
+        self._written.extend((slot, unit, sid, t) for slot, t in zip(filled, self._times(header.index + skip, n)))
         self._count_accepted(active, n)
         self.shared_memory_samples += n
 
@@ -664,6 +650,21 @@ class SimulationScheduler:
         if header.index > active.accepted:
             raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
         active.credits -= count
+
+    def _granted_slots(self, active: _Active, count: int, skip: int) -> list[int]:
+        """A shared-memory client's next ``count`` granted slots, in order; those of the first
+        ``skip`` samples (received already) go back to the buffer, the rest are returned."""
+        taken = [active.slots.popleft() for _ in range(count)]  # type: ignore[union-attr]
+        if skip:
+            self.buffer.release(taken[:skip])
+        return taken[skip:]
+
+    def _times(self, first: int, n: int) -> list[float]:
+        """The time stamps of samples ``first`` to ``first + n - 1`` of a run: the fraction of
+        the run done, or the sample's index when the run's length is not declared."""
+        total = self.simulator.samples_per_run
+        steps = np.arange(first + 1, first + n + 1, dtype=np.float64)
+        return (steps / total if total else steps - 1).tolist()
 
     def _next_slot(self, active: _Active) -> int | None:
         """The buffer slot to read a socket sample into: a shared-memory client's next granted
