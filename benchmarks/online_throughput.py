@@ -7,10 +7,13 @@ samples:
   thread of this process -> validation -> sample in the TrainingBuffer: read into its slot, or
   kept by reference from 256 KiB), measured as the rate at which samples enter the buffer (the
   DataModule's default capacity of 8192 samples, at most 1 GiB of them, or the whole run if
-  smaller: at 4 MiB, 256 slots that are filled again and again) while a consumer
-  thread frees it as a training loop does, gathering batches into one reused array;
-- ``batches_reused``: the same runs measured at that consumer: the batch's gather is the one copy
-  the path has to make, on the same 2 cores;
+  smaller: at 4 MiB, 256 slots that are filled again and again) while a consumer thread frees it
+  by taking batches without their samples (``get_batch(target=False)``: read and gone, nothing
+  copied, as bare pyzmq's receiver drops its messages): the transport's own figure;
+- ``engage_with_batches``: the same, while the consumer gathers each batch into one reused array
+  as a training loop does: the batch's copy is the one the path has to make, and it runs on the
+  same 2 cores as the transport;
+- ``batches_reused``: those runs measured at the consumer, samples out of the buffer;
 - ``to_batch``: the same, gathering into a new array each time, as the DataModule's loader does;
 - ``raw_zmq``: the same samples, one per message, from the same number of processes to a bare
   ROUTER socket that only receives them (no flow control, no validation, no copy): the
@@ -23,7 +26,11 @@ samples:
 - ``shared_memory``: the ``engage`` measurement with the same-host path on (``shared_memory=True``,
   the DataModule's default): the buffer's block in shared memory, each simulation writing its
   samples into the slots its credit names, messages without payload. Reported against bare
-  pyzmq and against ``ring_copy``, the cost of the one copy a simulation then makes.
+  pyzmq and against ``ring_copy``, the cost of the one copy a simulation then makes; and
+  ``shared_memory_with_batches``, with the consumer gathering batches.
+
+Bare pyzmq runs in this process with the allocator set as the trainer sets it for frames it keeps
+by reference (:mod:`engage.core.online.allocator`), so both sides reuse freed frame memory.
 
 Then, for training itself (64x64 heat equation, :class:`~engage.core.models.HeatSurrogate`):
 
@@ -113,11 +120,13 @@ def measure_raw(processes: int, side: int, per_message: int = 1) -> float:
 
 
 def measure_engage(
-    processes: int, side: int, to_batch: bool = False, shared_memory: bool = False
+    processes: int, side: int, batches: str = "reused", shared_memory: bool = False
 ) -> tuple[float, float]:
-    """Samples per second (into the buffer, out of it in batches) from the simulations' sends; a
-    consumer thread frees the buffer by taking batches into one reused array (``to_batch``: into
-    a new array each time, as the DataModule's loader does).
+    """Samples per second (into the buffer, out of it in batches) from the simulations' sends,
+    while a consumer thread frees the buffer by taking batches: without their samples
+    (``batches="none"``: they are read and leave, nothing is copied, as bare pyzmq's receiver
+    drops its messages), gathered into one reused array (``"reused"``), or into a new array each
+    time (``"new"``, as the DataModule's loader does).
 
     Into the buffer is the transport's figure: the rate at which samples sit in the buffer,
     sampled every 5 ms from its insertion counter while the consumer runs beside it."""
@@ -140,12 +149,12 @@ def measure_engage(
         shared_memory=shared_memory,
     )  # fmt: skip
     marks: list[tuple[float, int]] = []  # (time, samples taken so far)
-    out = None if to_batch else np.empty((take, side, side), np.float32)
+    out = np.empty((take, side, side), np.float32) if batches == "reused" else None
 
     def consume() -> None:
         count = 0
-        while (batch := buffer.get_batch(take, out=out)) is not None:
-            count += len(batch["target"])
+        while (batch := buffer.get_batch(take, out=out, target=batches != "none")) is not None:
+            count += len(batch["simulation_id"])
             marks.append((time.perf_counter(), count))
 
     inserted: list[tuple[float, int]] = []  # (time, samples in the buffer so far), on change
@@ -281,11 +290,16 @@ def measure_time_to_error(mode: str, simulations: int = 32, max_seconds: float =
 
 
 def main() -> None:
-    from engage.core.online import protocol
+    from engage.core.online import allocator, protocol
+    from engage.core.online.buffer import TrainingBuffer
 
     rows = []
     for label, side in SIZES.items():
         nbytes = side * side * 4
+        if nbytes >= TrainingBuffer().zero_copy_bytes:
+            # the trainer sets this once it keeps frames by reference; bare pyzmq runs in this
+            # same process, so it is measured with the same allocator from its first run on
+            allocator.retain_freed_memory(nbytes, min(8192 * nbytes, 1 << 30))
         ring = measure_ring(side)
         per_message = protocol.samples_per_message(nbytes)  # as the client decides, by default
         for processes in (1, 2, 4):
@@ -294,11 +308,15 @@ def main() -> None:
             for _ in range(REPEAT):
                 raw = measure_raw(processes, side)
                 same = measure_raw(processes, side, per_message) if per_message > 1 else raw
-                into_buffer, reused = measure_engage(processes, side)
-                shared, shared_batches = measure_engage(processes, side, shared_memory=True)
-                to_batch = measure_engage(processes, side, True)[1]
-                runs.append((raw, into_buffer, reused, to_batch, same, shared, shared_batches))
-            raw, engage, reused, to_batch, same, shared, shared_batches = (
+                transport = measure_engage(processes, side, "none")[0]
+                with_batches, reused = measure_engage(processes, side, "reused")
+                to_batch = measure_engage(processes, side, "new")[1]
+                shared = measure_engage(processes, side, "none", shared_memory=True)[0]
+                shared_with_batches, shared_batches = measure_engage(processes, side, "reused", shared_memory=True)
+                runs.append(
+                    (raw, transport, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches)
+                )
+            raw, engage, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches = (
                 statistics.median(values) for values in zip(*runs)
             )
             row = {
@@ -313,6 +331,8 @@ def main() -> None:
                 "engage_vs_raw": round(engage / raw, 3),
                 "raw_zmq_same_frames_samples_per_s": round(same, 1),
                 "engage_vs_raw_same_frames": round(engage / same, 3),
+                "engage_with_batches_samples_per_s": round(with_batches, 1),
+                "engage_with_batches_vs_raw": round(with_batches / raw, 3),
                 "batches_reused_GB_per_s": round(reused * nbytes / 1e9, 3),
                 "batches_reused_vs_raw": round(reused / raw, 3),
                 "to_batch_samples_per_s": round(to_batch, 1),
@@ -323,20 +343,25 @@ def main() -> None:
                 "shared_memory_vs_raw": round(shared / raw, 3),
                 "shared_memory_vs_raw_same_frames": round(shared / same, 3),
                 "shared_memory_vs_ring_copy": round(shared / ring, 3),
+                "shared_memory_with_batches_samples_per_s": round(shared_with_batches, 1),
+                "shared_memory_with_batches_vs_raw": round(shared_with_batches / raw, 3),
                 "shared_memory_batches_GB_per_s": round(shared_batches * nbytes / 1e9, 3),
                 "runs_engage_vs_raw": [round(run[1] / run[0], 3) for run in runs],
-                "runs_engage_vs_raw_same_frames": [round(run[1] / run[4], 3) for run in runs],
-                "runs_shared_memory_vs_raw": [round(run[5] / run[0], 3) for run in runs],
+                "runs_engage_vs_raw_same_frames": [round(run[1] / run[5], 3) for run in runs],
+                "runs_engage_with_batches_vs_raw": [round(run[2] / run[0], 3) for run in runs],
+                "runs_shared_memory_vs_raw": [round(run[6] / run[0], 3) for run in runs],
             }
             rows.append(row)
             print(
                 f"{label:>9} x{processes}: engage {engage:9.0f}/s {row['engage_GB_per_s']:6.2f} GB/s | raw zmq "
                 f"{raw:9.0f}/s {row['raw_zmq_GB_per_s']:6.2f} GB/s | ratio {row['engage_vs_raw']:.2f} | "
                 f"same frames ({per_message}/message) {same:9.0f}/s, ratio {row['engage_vs_raw_same_frames']:.2f} | "
-                f"batches {row['batches_reused_GB_per_s']:6.2f} GB/s ({row['batches_reused_vs_raw']:.2f}), "
-                f"new arrays {row['to_batch_GB_per_s']:6.2f} GB/s | ring copy {row['ring_copy_GB_per_s']:.1f} GB/s | "
-                f"shared memory {shared:9.0f}/s {row['shared_memory_GB_per_s']:6.2f} GB/s, "
-                f"ratio {row['shared_memory_vs_raw']:.2f}, {row['shared_memory_vs_ring_copy']:.2f} of ring copy",
+                f"with batches {with_batches:9.0f}/s ({row['engage_with_batches_vs_raw']:.2f}), "
+                f"out {row['batches_reused_GB_per_s']:6.2f} GB/s, new arrays {row['to_batch_GB_per_s']:6.2f} GB/s | "
+                f"ring copy {row['ring_copy_GB_per_s']:.1f} GB/s | shared memory {shared:9.0f}/s "
+                f"{row['shared_memory_GB_per_s']:6.2f} GB/s, ratio {row['shared_memory_vs_raw']:.2f}, "
+                f"{row['shared_memory_vs_ring_copy']:.2f} of ring copy, with batches "
+                f"{row['shared_memory_with_batches_vs_raw']:.2f}",
                 flush=True,
             )
     data_wait = measure_data_wait()

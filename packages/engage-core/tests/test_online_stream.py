@@ -224,6 +224,24 @@ def test_batches_gather_into_a_reused_array(zero_copy_bytes):
         buffer.get_batch(8, out=out)
 
 
+@pytest.mark.parametrize("zero_copy_bytes", [0, 1 << 20], ids=["by-reference", "in-place"])
+@pytest.mark.parametrize("policy", ["fifo", "reservoir"])
+def test_a_batch_without_its_samples_reads_them_all_the_same(zero_copy_bytes, policy):
+    buffer = TrainingBuffer(capacity=4, policy=policy, seed=0, zero_copy_bytes=zero_copy_bytes)
+    for v in range(4):
+        put(buffer, v, sim=v)
+    batch = buffer.get_batch(3, target=False)
+    assert "target" not in batch and len(batch["simulation_id"]) == 3 and buffer.reads == 3
+    if policy == "fifo":
+        # read once: they left, in order, and their slots take new samples
+        assert batch["simulation_id"].tolist() == [0, 1, 2] and len(buffer) == 1 and buffer.credit() == 3
+        put(buffer, 9)
+        assert buffer.get_batch(2)["target"][:, 0].tolist() == [3, 9]
+    else:
+        # read samples stay, and may now be evicted: a full reservoir takes new samples again
+        assert len(buffer) == 4 and buffer.credit() == 3
+
+
 def test_by_reference_storage_evicts_and_round_trips():
     buffer = TrainingBuffer(capacity=3, policy="reservoir", seed=0, zero_copy_bytes=0)
     for v in range(3):

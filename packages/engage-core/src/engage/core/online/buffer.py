@@ -394,7 +394,7 @@ class TrainingBuffer:
         return self.rate_limit is None or self.reads < self.rate_limit * self.inserted
 
     def get_batch(
-        self, n: int, timeout: float | None = None, out: np.ndarray | None = None
+        self, n: int, timeout: float | None = None, out: np.ndarray | None = None, target: bool = True
     ) -> dict[str, np.ndarray] | None:
         """``n`` samples as arrays ``target``, ``parameters``, ``time``, ``simulation_id``.
 
@@ -403,7 +403,9 @@ class TrainingBuffer:
         ``TimeoutError`` after ``timeout`` seconds. With ``out`` (an array of at least ``n``
         samples, e.g. pinned host memory reused every step) the samples are gathered into it and
         ``target`` is a view of its first rows, which saves allocating (and page-faulting) a
-        new batch each time.
+        new batch each time. With ``target=False`` the batch comes without its samples: they
+        count as read and leave as the policy says, and nothing is copied (to see which
+        simulations batches draw, or to time the transport without the batch's copy).
         """
         if out is not None and self._shape is not None and (out.shape[1:] != self._shape or out.dtype != self._dtype):
             raise ValueError(
@@ -413,9 +415,11 @@ class TrainingBuffer:
         if out is not None and len(out) < n:
             raise ValueError(f"get_batch(out=...) holds {len(out)} samples, fewer than the {n} asked for")
         with self._gather:
-            return self._get_batch(n, timeout, out)
+            return self._get_batch(n, timeout, out, target)
 
-    def _get_batch(self, n: int, timeout: float | None, out: np.ndarray | None) -> dict[str, np.ndarray] | None:
+    def _get_batch(
+        self, n: int, timeout: float | None, out: np.ndarray | None, target: bool
+    ) -> dict[str, np.ndarray] | None:
         started = time.perf_counter()
         deadline = None if timeout is None else started + timeout
         with self._cond:
@@ -440,7 +444,8 @@ class TrainingBuffer:
             # the gather happens outside the lock, so the receiver is not held up by it (at 4 MiB
             # a batch of 16 is 64 MiB to copy): samples kept by reference are taken as arrays,
             # whose slots may be refilled at once; slots of the block stay out of reach until then
-            refs_to_gather = None if self._refs is None else [self._refs[slot] for slot in slots.tolist()]
+            by_reference = self._refs is not None
+            refs_to_gather = [self._refs[slot] for slot in slots.tolist()] if by_reference and target else []
             self._reads[slots] += 1
             self.reads += len(slots)
             if self.max_reads is not None:
@@ -451,7 +456,7 @@ class TrainingBuffer:
             if len(done):
                 self._occupied.remove_many(done)
                 self._read_once.remove_many(done)
-            if refs_to_gather is not None:
+            if by_reference:
                 freed = done.tolist()
                 self._free.extend(freed)
                 for slot in freed:
@@ -463,21 +468,23 @@ class TrainingBuffer:
                 self._leaving += len(done)
                 if self.policy == "reservoir":
                     self._read_once.remove_many(unspent)  # not evictable while they are read
-        if refs_to_gather is not None:
-            target = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
-            return {"target": target, **batch}
-        if out is not None:
+        if by_reference:
+            if not target:
+                return batch
+            gathered = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
+            return {"target": gathered, **batch}
+        if target and out is not None:
             # mode="clip": with the default "raise", numpy gathers into a temporary first
-            target = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
-        else:
-            target = self._data[slots]  # type: ignore[index]
+            gathered = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
+        elif target:
+            gathered = self._data[slots]  # type: ignore[index]
         with self._cond:
             self._free.extend(done.tolist())
             self._leaving -= len(done)
             if self.policy == "reservoir":
                 self._read_once.add_many(unspent)
             self._cond.notify_all()
-        return {"target": target, **batch}
+        return {"target": gathered, **batch} if target else batch
 
     def _choose(self, n: int) -> np.ndarray:
         occupied = self._occupied.view()

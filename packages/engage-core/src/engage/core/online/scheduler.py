@@ -9,7 +9,8 @@ journals every change of state.
 Samples reach the buffer with as few copies as the transport allows: a small sample's payload is
 read from the socket straight into a buffer slot reserved for it; a large one (at least the
 buffer's ``zero_copy_bytes``) stays in the memory ZeroMQ received it into, which the buffer then
-keeps by reference. Either way the batch the training step gets is the sample's only other copy.
+keeps by reference (:mod:`.allocator` lets the next frames reuse that memory once it is freed).
+Either way the batch the training step gets is the sample's only other copy.
 With ``shared_memory``, the buffer's block lives in a shared-memory segment, and a simulation on
 this host writes its samples into the slots its credit names (:mod:`.shared_memory`): no copy
 here at all, and none in the kernel.
@@ -45,7 +46,7 @@ import zmq
 
 from engage.core.events import SimulationRecord
 from engage.core.executors import Executor, LaunchRequest, LocalExecutor, SimulationProcess
-from engage.core.online import protocol, shared_memory
+from engage.core.online import allocator, protocol, shared_memory
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.client import PARENT_PID_ENV
 from engage.core.online.journal import Journal
@@ -262,6 +263,9 @@ class SimulationScheduler:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         try:
             self.buffer.prepare(self.shape, self.dtype, self.simulator.space.dim, storage=self._share())
+            if not self.buffer.writes_in_place:
+                # samples stay in the frames they arrived in: let the next frames reuse their memory
+                allocator.retain_freed_memory(self._nbytes, self.buffer.capacity * self._nbytes)
             port = sock.bind_to_random_port(f"tcp://{self.executor.bind_host()}")
             self.address = f"tcp://{self.executor.bind_host()}:{port}"
             self._bound.set()
