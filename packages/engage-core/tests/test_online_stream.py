@@ -140,6 +140,42 @@ def test_watermark_and_rate_limit_block_the_reader():
     assert buffer.get_batch(1, timeout=1) is not None
 
 
+@pytest.mark.parametrize("arrival", ["put", "commit"])
+def test_a_waiting_reader_is_woken_once_its_batch_is_there(arrival):
+    buffer = TrainingBuffer(capacity=8, policy="fifo")
+    buffer.prepare((2,), np.float32, 1)
+    wakes: list[int] = []  # samples held each time the reader woke
+    wait = buffer._cond.wait
+
+    def counting_wait(timeout=None):
+        woken = wait(timeout)
+        wakes.append(len(buffer))
+        return woken
+
+    def arrive(value: int) -> None:
+        if arrival == "put":
+            put(buffer, value, sim=value)
+        else:
+            (slot,) = buffer.reserve(1)
+            buffer.slot(slot)[:] = value
+            buffer.commit([(slot, np.zeros(1), value, 0.0)])
+
+    buffer._cond.wait = counting_wait
+    got: list[dict] = []
+    reader = threading.Thread(target=lambda: got.append(buffer.get_batch(4, timeout=10)))
+    reader.start()
+    time.sleep(0.05)
+    for value in range(3):
+        arrive(value)
+        time.sleep(0.02)
+    assert wakes == []  # three samples cannot serve a batch of four: the reader slept on
+    arrived = time.perf_counter()
+    arrive(3)
+    reader.join(5)
+    assert got and got[0]["simulation_id"].tolist() == [0, 1, 2, 3] and wakes == [4]
+    assert time.perf_counter() - arrived < 0.4  # woken, not found by its periodic check (0.5 s)
+
+
 def test_buffer_state_round_trip():
     buffer = TrainingBuffer(capacity=8, policy="firo", seed=3)
     for v in range(5):
