@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engage.core.online import protocol
+from engage.core.online import allocator, protocol
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.journal import Journal
 from engage.core.online.scheduler import SimulationScheduler
@@ -559,6 +559,37 @@ def test_samples_arrive_the_same_through_shared_memory_or_the_socket(tmp_path, h
         assert not os.path.exists(f"/dev/shm/{scheduler.segment.name}")  # the name goes with the run
     else:
         assert scheduler.segment is None
+
+
+def test_samples_kept_by_reference_arrive_intact_and_their_frames_reuse_memory(tmp_path, helpers_on_path, monkeypatch):
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(allocator, "retain_freed_memory", lambda frame, keep: asked.append((frame, keep)) or True)
+    steps = 40
+    sim = FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=steps,
+        kwargs={"steps": steps},
+    )  # fmt: skip
+    # zero_copy_bytes=0: every 256-byte sample stays in the frame it arrived in
+    buffer = TrainingBuffer(capacity=32, policy="fifo", zero_copy_bytes=0)
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=2, concurrency=2, shared_memory=False,
+        workdir=str(tmp_path),
+    )  # fmt: skip
+    scheduler.start()
+    batches = drain(buffer)
+    scheduler.join(30)
+    assert not buffer.writes_in_place and asked == [(256, 32 * 256)]
+    targets = np.concatenate([b["target"] for b in batches])
+    times = np.concatenate([b["time"] for b in batches])[:, 0]
+    assert len(targets) == 2 * steps and scheduler.finished == 2
+    ids = np.concatenate([b["simulation_id"] for b in batches])
+    # every sample once, in order, intact: no frame's memory was reused while the buffer held it
+    np.testing.assert_array_equal(targets, targets[:, :1, :1] * np.ones((1, 8, 8), "f4"))
+    for sid in set(ids.tolist()):
+        mine = ids == sid
+        np.testing.assert_allclose(times[mine] * steps, np.arange(1, steps + 1))
+        x = targets[mine][:, 0, 0] / (times[mine] * steps)  # ramp: x * (t + 1)
+        np.testing.assert_allclose(x, x[0], rtol=1e-5)
 
 
 def test_no_room_for_shared_memory_streams_over_sockets_and_says_why(tmp_path, helpers_on_path, monkeypatch, caplog):
