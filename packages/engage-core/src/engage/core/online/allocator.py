@@ -5,8 +5,8 @@ into, one allocation per message, until a batch has read them. glibc's allocator
 memory back to the kernel as soon as it is freed: blocks above its mmap threshold are unmapped,
 the top of a heap is trimmed, an empty thread heap is unmapped. Every new frame's pages are then
 faulted in and zeroed again. With 4 MiB samples that was 100 to 200 page faults per sample, and
-the receiving process spent about a third more CPU time per sample than without them (measured
-with ``benchmarks/online_throughput.py``'s transport runs).
+the receiving process spent 800-1030 us of CPU time per sample against 540-660 us without them
+(``benchmarks/online_throughput.py``'s transport runs, one simulation).
 
 :func:`retain_freed_memory` raises three of glibc's thresholds (``mallopt``) so that frames come
 from its heaps and what they free stays mapped, up to the bytes the training buffer can hold. The
