@@ -465,33 +465,35 @@ class TrainingBuffer:
             if len(done):
                 self._occupied.remove_many(done)
                 self._read_once.remove_many(done)
-            if by_reference:
+            if by_reference or not target:
+                # nothing left to read in these slots: they may be refilled at once
                 freed = done.tolist()
                 self._free.extend(freed)
-                for slot in freed:
-                    self._refs[slot] = None  # type: ignore[index]
+                if by_reference:
+                    for slot in freed:
+                        self._refs[slot] = None  # type: ignore[index]
                 if self.policy == "reservoir":
                     self._read_once.add_many(unspent)
             else:
                 self._leaving += len(done)
                 if self.policy == "reservoir":
                     self._read_once.remove_many(unspent)  # not evictable while they are read
+        if not target:
+            return batch
         if by_reference:
-            if not target:
-                return batch
             gathered = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
             return {"target": gathered, **batch}
-        if target and out is not None:
+        if out is not None:
             # mode="clip": with the default "raise", numpy gathers into a temporary first
             gathered = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
-        elif target:
+        else:
             gathered = self._data[slots]  # type: ignore[index]
         with self._cond:
             self._free.extend(done.tolist())
             self._leaving -= len(done)
             if self.policy == "reservoir":
                 self._read_once.add_many(unspent)
-        return {"target": gathered, **batch} if target else batch
+        return {"target": gathered, **batch}
 
     def _choose(self, n: int) -> np.ndarray:
         occupied = self._occupied.view()
