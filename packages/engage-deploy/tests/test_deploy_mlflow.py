@@ -16,6 +16,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from engage.deploy import tracking
+
 APP = Path(__file__).parent / "apps" / "deploy_app.py"
 
 
@@ -87,6 +89,35 @@ def test_jobs_start_while_the_server_starts_and_log_through_it(tmp_path: Path) -
     assert len(kids) == 2
     assert sorted(r.data.metrics["x"] for r in kids) == [1.0, 2.0]
     assert all(r.info.status == "FINISHED" for r in kids)
+
+
+def test_a_record_kept_offline_replaces_what_reached_the_server_before_it_died(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("engage")
+    parent = client.create_run(experiment).info.run_id
+
+    def record(index: int, used_mlflow: bool) -> tracking.JobRecord:
+        return tracking.JobRecord(
+            index=index, run_name=f"job-{index}", status="FINISHED", start_time=time.time() - 1, end_time=time.time(),
+            host="local-1", overrides=[f"+x={index}"], config_hash="h", output_dir=str(tmp_path / f"out-{index}"),
+            job_used_mlflow=used_mlflow,
+        )  # fmt: skip
+
+    # job 0 made no run: the launcher creates one (as far as it got before the server died)
+    made = tracking.record_job(uri, experiment, parent, record(0, used_mlflow=False))
+    # job 1 made its own run, which the launcher only adds to: never the launcher's to delete
+    own = client.create_run(
+        experiment, tags={tracking.PARENT_TAG: parent, tracking.OUTPUT_DIR_TAG: str(tmp_path / "out-1")}
+    ).info.run_id
+    assert tracking.record_job(uri, experiment, parent, record(1, used_mlflow=True)) == own
+    assert client.get_run(made).data.tags[tracking.RECORD_RUN_TAG] == "true"
+
+    assert tracking.delete_record_runs(uri, experiment, parent, 0, str(tmp_path / "out-0")) == 1
+    assert tracking.delete_record_runs(uri, experiment, parent, 1, str(tmp_path / "out-1")) == 0
+    assert tracking.delete_record_runs(uri, experiment, None, 0, None) == 0  # no way to tell whose job it is
+    left = client.search_runs([experiment], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
+    assert [r.info.run_id for r in left] == [own]
 
 
 @pytest.mark.slow

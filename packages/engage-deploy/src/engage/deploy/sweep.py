@@ -214,6 +214,7 @@ class Sweep:
         self._host_load: dict[str, int] = {}
         self._placement: dict[str, str] = {}
         self._killed_indices: list[int] = []
+        self._offline_output_dirs: dict[int, str | None] = {}  # job index -> its output folder
         self._job_overrides: list[tuple[int, list[str]]] = []  # (index, overrides) of every job
         self._jobs: list[JobSpec] = []  # those composed so far
         self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
@@ -591,6 +592,7 @@ class Sweep:
         tracking.record_job(offline_uri, experiment_id, self.parent_run_id, record)
         with self._lock:
             self.report.offline_jobs.append(job.index)
+            self._offline_output_dirs[job.index] = record.output_dir
         self._update_result(job, offline_store=offline_uri)
 
     def _finish_tracking(self) -> None:
@@ -600,6 +602,11 @@ class Sweep:
             if self.report.offline_jobs:
                 if self._server_ok():
                     for index in sorted(self.report.offline_jobs):
+                        # what reached the server before it died is replaced, not joined, by the record
+                        tracking.delete_record_runs(
+                            self.tracking_uri, self.experiment_id, self.parent_run_id, index,
+                            self._offline_output_dirs.get(index),
+                        )  # fmt: skip
                         folder = self.folder / "jobs" / str(index)
                         source = f"sqlite:///{folder / 'offline' / 'mlflow.db'}"
                         ids = tracking.upload_store(source, self.tracking_uri, self.experiment_id)

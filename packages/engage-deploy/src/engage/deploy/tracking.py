@@ -46,6 +46,8 @@ CONFIG_HASH_TAG = "engage.config_hash"
 JOB_TAG = "engage.job"
 PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "engage.output_dir"
+#: tag of the runs the launcher creates to hold a job's record (the job made no run of its own)
+RECORD_RUN_TAG = "engage.record_run"
 
 
 class TrackingError(RuntimeError):
@@ -351,7 +353,10 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
     # a sweep's jobs are recorded while others run, through one server on the same cores
     if existing is None:
         run = client.create_run(
-            experiment_id, start_time=int(record.start_time * 1000), tags=tags, run_name=record.run_name
+            experiment_id,
+            start_time=int(record.start_time * 1000),
+            tags={**tags, RECORD_RUN_TAG: "true"},
+            run_name=record.run_name,
         )
         run_id = run.info.run_id
         params = {"overrides": " ".join(record.overrides)[:6000] or "(none)", **record.params}
@@ -393,6 +398,28 @@ def mark_killed(uri: str, experiment_id: str, parent_run_id: str | None, output_
             client.set_terminated(run.info.run_id, status="KILLED")
             count += 1
     return count
+
+
+def delete_record_runs(
+    uri: str, experiment_id: str, parent_run_id: str | None, index: int, output_dir: str | None
+) -> int:
+    """Delete the runs :func:`record_job` created for job ``index`` (of the sweep ``parent_run_id``,
+    writing to ``output_dir``); returns how many. A record kept offline because the server died
+    while it was being written replaces them: the run made before, whole or in part, would
+    otherwise be the job's second child run. Nothing is deleted without a parent or an output
+    folder to tell this sweep's job from another's."""
+    if not parent_run_id and not output_dir:
+        return 0
+    query = f"tags.`{JOB_TAG}` = '{index}' and tags.`{RECORD_RUN_TAG}` = 'true'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if output_dir:
+        query += f" and tags.`{OUTPUT_DIR_TAG}` = '{output_dir}'"
+    client = _client(uri)
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    return len(runs)
 
 
 def upload_store(source_uri: str, target_uri: str, target_experiment_id: str) -> list[str]:
