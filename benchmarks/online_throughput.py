@@ -294,21 +294,25 @@ def measure_time_to_error(mode: str, simulations: int = 32, max_seconds: float =
     }
 
 
+def ratios(runs: list[tuple[float, ...]], column: int, baseline: int = 0) -> list[float]:
+    """``run[column] / run[baseline]`` of each repetition, whose runs follow one another."""
+    return [round(run[column] / run[baseline], 3) for run in runs]
+
+
 def paired(runs: list[tuple[float, ...]], column: int, baseline: int = 0) -> float:
-    """The median over repetitions of ``run[column] / run[baseline]``: each repetition measures both
-    back to back, so this cancels the host's drift between repetitions, which a ratio of medians
-    mixes in."""
-    return round(statistics.median(run[column] / run[baseline] for run in runs), 3)
+    """The median of :func:`ratios`: each repetition measures both back to back, so this cancels
+    the host's drift between repetitions, which a ratio of medians mixes in."""
+    return statistics.median(ratios(runs, column, baseline))
 
 
 def main() -> None:
     from engage.core.online import allocator, protocol
-    from engage.core.online.buffer import TrainingBuffer
+    from engage.core.online.buffer import ZERO_COPY_BYTES
 
     rows = []
     for label, side in SIZES.items():
         nbytes = side * side * 4
-        if nbytes >= TrainingBuffer().zero_copy_bytes:
+        if nbytes >= ZERO_COPY_BYTES:
             # the trainer sets this once it keeps frames by reference; bare pyzmq runs in this
             # same process, so it is measured with the same allocator from its first run on
             allocator.retain_freed_memory(nbytes, min(8192 * nbytes, 1 << 30))
@@ -359,10 +363,10 @@ def main() -> None:
                 "shared_memory_with_batches_samples_per_s": round(shared_with_batches, 1),
                 "shared_memory_with_batches_vs_raw": paired(runs, 7),
                 "shared_memory_batches_GB_per_s": round(shared_batches * nbytes / 1e9, 3),
-                "runs_engage_vs_raw": [round(run[1] / run[0], 3) for run in runs],
-                "runs_engage_vs_raw_same_frames": [round(run[1] / run[5], 3) for run in runs],
-                "runs_engage_with_batches_vs_raw": [round(run[2] / run[0], 3) for run in runs],
-                "runs_shared_memory_vs_raw": [round(run[6] / run[0], 3) for run in runs],
+                "runs_engage_vs_raw": ratios(runs, 1),
+                "runs_engage_vs_raw_same_frames": ratios(runs, 1, 5),
+                "runs_engage_with_batches_vs_raw": ratios(runs, 2),
+                "runs_shared_memory_vs_raw": ratios(runs, 6),
             }
             rows.append(row)
             print(

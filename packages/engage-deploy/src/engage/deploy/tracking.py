@@ -314,14 +314,20 @@ def experiment_id_for(uri: str, name: str, parent_run_id: str | None, lookup_uri
     return _client(uri).create_experiment(name)
 
 
+def _job_filter(parent_run_id: str | None, output_dir: str | None) -> list[str]:
+    """Search conditions for the runs of a sweep's job: its output folder and its sweep's run."""
+    conditions = [f"tags.`{OUTPUT_DIR_TAG}` = '{output_dir}'"] if output_dir else []
+    if parent_run_id:
+        conditions.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    return conditions
+
+
 def find_job_run(uri: str, experiment_id: str, parent_run_id: str | None, output_dir: str | None) -> Any:
     """The run a job created itself (``engage run`` tags its output folder), if any."""
     if not output_dir:
         return None
     client = _client(uri)
-    query = f"tags.`{OUTPUT_DIR_TAG}` = '{output_dir}'"
-    if parent_run_id:
-        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    query = " and ".join(_job_filter(parent_run_id, output_dir))
     runs = client.search_runs([experiment_id], filter_string=query, max_results=5)
     return runs[0] if runs else None
 
@@ -408,13 +414,10 @@ def delete_record_runs(
     while it was being written replaces them: the run made before, whole or in part, would
     otherwise be the job's second child run. Nothing is deleted without a parent or an output
     folder to tell this sweep's job from another's."""
-    if not parent_run_id and not output_dir:
+    scope = _job_filter(parent_run_id, output_dir)
+    if not scope:
         return 0
-    query = f"tags.`{JOB_TAG}` = '{index}' and tags.`{RECORD_RUN_TAG}` = 'true'"
-    if parent_run_id:
-        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
-    if output_dir:
-        query += f" and tags.`{OUTPUT_DIR_TAG}` = '{output_dir}'"
+    query = " and ".join([f"tags.`{JOB_TAG}` = '{index}'", f"tags.`{RECORD_RUN_TAG}` = 'true'", *scope])
     client = _client(uri)
     runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
     for run in runs:

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 
 POLICIES = ("fifo", "firo", "reservoir")
+#: samples of at least this many bytes, handed over for good, are kept by reference (by default)
+ZERO_COPY_BYTES = 256 * 1024
 
 
 class BufferClosed(RuntimeError):
@@ -120,7 +122,7 @@ class TrainingBuffer:
         max_reads: int | None = None,
         rate_limit: float | None = None,
         seed: int = 0,
-        zero_copy_bytes: int = 256 * 1024,
+        zero_copy_bytes: int = ZERO_COPY_BYTES,
     ):
         if policy not in POLICIES:
             raise ValueError(f"buffer policy {policy!r} is unknown; use one of {', '.join(POLICIES)}")
