@@ -47,6 +47,8 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
     )
     out, err = proc.communicate(timeout=240)
     assert proc.returncode != 0 and "boom at x=3" in err
+    # the job's own traceback, down to the line of the task that raised, though it ran elsewhere
+    assert 'deploy_app.py", line' in err and 'raise ValueError(f"boom at x={x}")' in err
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent, kids = children(uri)
     assert parent.info.status == "FAILED"
@@ -176,3 +178,13 @@ def test_a_kept_server_serves_the_next_sweep(tmp_path: Path) -> None:
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
     assert len(parents) == 2 and len(kids) == 4
     assert all(r.info.status == "FINISHED" for r in kids)
+
+
+def test_an_experiment_created_between_lookup_and_creation_is_the_one_used(tmp_path: Path) -> None:
+    # a job started with the sweep's server may create the experiment through it after the
+    # launcher looked for it: the launcher's lookup (here a store that lacks it) misses it
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made_by_job = MlflowClient(store).create_experiment("engage")
+    lookup = f"sqlite:///{tmp_path / 'lookup.db'}"
+    assert tracking.experiment_id_for(store, "engage", None, lookup_uri=lookup) == made_by_job
+    assert tracking.experiment_id_for(store, "other", None, lookup_uri=lookup) != made_by_job

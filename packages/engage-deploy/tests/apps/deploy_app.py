@@ -25,9 +25,14 @@ def main(cfg: DictConfig) -> int:
 
         from engage.core.tracking import parent_run_id
 
+        # set before the sweep's parent run exists: the experiment may be created here, through
+        # the server, while the launcher creates it in the store
         mlflow.set_experiment(os.environ["ENGAGE_DEPLOY_EXPERIMENT"])
         # the output folder tag lets the launcher complete this run instead of adding another
-        tags = {"mlflow.parentRunId": parent_run_id(), "engage.output_dir": HydraConfig.get().runtime.output_dir}
+        tags = {"engage.output_dir": HydraConfig.get().runtime.output_dir}
+        parent = parent_run_id()
+        if parent:  # none when the launcher could not open MLflow
+            tags["mlflow.parentRunId"] = parent
         with mlflow.start_run(tags=tags):
             mlflow.log_metric("x", x)
     if x == int(cfg.get("fail_on", -1)):

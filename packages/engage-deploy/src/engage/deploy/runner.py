@@ -37,6 +37,22 @@ def _picklable(value: Any) -> Any:
         return repr(value)
 
 
+def _where() -> str:
+    host = os.environ.get("ENGAGE_DEPLOY_HOST")
+    return f"pid {os.getpid()}" + (f" on host {host}" if host else "")
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` as ``add_note`` does (Python 3.11+ prints it with the exception).
+
+    The job's exception reaches the launcher pickled, which drops its traceback: without the note,
+    Hydra's error report would end at the sweeper instead of at the line of the task that raised."""
+    try:
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]
+    except AttributeError:  # an exception type with __slots__ and no __dict__
+        pass
+
+
 def _go_offline_if_needed() -> bool:
     """Log to the job's own SQLite store when the sweep's MLflow server does not answer now (or,
     for a job started while it starts, by the time it should); the launcher uploads that store
@@ -87,11 +103,13 @@ def run(job_dir: Path) -> int:
         job_subdir_key="hydra.sweep.subdir",
     )
     finished = time.time()
-    error = None
+    error = trace = None
     if ret.status == JobStatus.FAILED:
         exc = ret._return_value
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         ret._return_value = exc if _picklable(exc) is exc else RuntimeError(error)
+        _add_note(ret._return_value, f"in the job's process ({_where()}):\n{trace.rstrip()}")
     else:
         ret._return_value = _picklable(ret._return_value)
     (job_dir / "result.pkl").write_bytes(cloudpickle.dumps(ret))
@@ -113,7 +131,7 @@ def run(job_dir: Path) -> int:
     }
     (job_dir / "runner.json").write_text(json.dumps(summary, indent=1))
     if error:
-        print(f"engage runner: job failed: {error}", file=sys.stderr)
+        print(f"{trace}engage runner: job failed: {error}", file=sys.stderr)
     return 0 if ret.status == JobStatus.COMPLETED else EXIT_JOB_FAILED
 
 

@@ -311,7 +311,17 @@ def experiment_id_for(uri: str, name: str, parent_run_id: str | None, lookup_uri
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return _client(uri).create_experiment(name)
+    from mlflow.exceptions import MlflowException
+
+    store = _client(uri)
+    try:
+        return store.create_experiment(name)
+    except MlflowException as exc:
+        # a job that started while the server started may have created it through the server
+        # between the lookup and here: that one is the sweep's experiment
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return store.get_experiment_by_name(name).experiment_id
 
 
 def _job_filter(parent_run_id: str | None, output_dir: str | None) -> list[str]:
