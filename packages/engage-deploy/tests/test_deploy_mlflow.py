@@ -93,7 +93,7 @@ def test_jobs_start_while_the_server_starts_and_log_through_it(tmp_path: Path) -
     assert all(r.info.status == "FINISHED" for r in kids)
 
 
-def test_a_record_kept_offline_replaces_what_reached_the_server_before_it_died(tmp_path: Path) -> None:
+def test_a_record_written_again_replaces_what_reached_the_server_before_it_died(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("engage")
@@ -115,6 +115,11 @@ def test_a_record_kept_offline_replaces_what_reached_the_server_before_it_died(t
     assert tracking.record_job(uri, experiment, parent, record(1, used_mlflow=True)) == own
     assert client.get_run(made).data.tags[tracking.RECORD_RUN_TAG] == "true"
 
+    # the server died after creating job 0's run, before its reply: MLflow's client retried
+    retried = tracking.record_job(uri, experiment, parent, record(0, used_mlflow=False))
+    assert client.get_run(made).info.lifecycle_stage == "deleted", "the first attempt is left beside the retry"
+    assert client.get_run(retried).info.status == "FINISHED"
+    made = retried
     assert tracking.delete_record_runs(uri, experiment, parent, 0, str(tmp_path / "out-0")) == 1
     assert tracking.delete_record_runs(uri, experiment, parent, 1, str(tmp_path / "out-1")) == 0
     assert tracking.delete_record_runs(uri, experiment, None, 0, None) == 0  # no way to tell whose job it is

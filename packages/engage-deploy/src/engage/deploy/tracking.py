@@ -375,6 +375,9 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
             run_name=record.run_name,
         )
         run_id = run.info.run_id
+        # MLflow's client retries a request whose reply was lost: when the server died after
+        # creating the run, the retry made this one, and the first is left RUNNING beside it
+        delete_record_runs(uri, experiment_id, parent_run_id, record.index, record.output_dir, keep=run_id)
         params = {"overrides": " ".join(record.overrides)[:6000] or "(none)", **record.params}
         first = {"params": [Param(k, str(v)[:6000]) for k, v in params.items()]}
     else:
@@ -417,19 +420,25 @@ def mark_killed(uri: str, experiment_id: str, parent_run_id: str | None, output_
 
 
 def delete_record_runs(
-    uri: str, experiment_id: str, parent_run_id: str | None, index: int, output_dir: str | None
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str | None,
+    index: int,
+    output_dir: str | None,
+    keep: str | None = None,
 ) -> int:
     """Delete the runs :func:`record_job` created for job ``index`` (of the sweep ``parent_run_id``,
-    writing to ``output_dir``); returns how many. A record kept offline because the server died
-    while it was being written replaces them: the run made before, whole or in part, would
-    otherwise be the job's second child run. Nothing is deleted without a parent or an output
-    folder to tell this sweep's job from another's."""
+    writing to ``output_dir``), all but ``keep``; returns how many. A record kept offline because
+    the server died while it was being written replaces them: the run made before, whole or in
+    part, would otherwise be the job's second child run. Nothing is deleted without a parent or
+    an output folder to tell this sweep's job from another's."""
     scope = _job_filter(parent_run_id, output_dir)
     if not scope:
         return 0
     query = " and ".join([f"tags.`{JOB_TAG}` = '{index}'", f"tags.`{RECORD_RUN_TAG}` = 'true'", *scope])
     client = _client(uri)
     runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
+    runs = [run for run in runs if run.info.run_id != keep]
     for run in runs:
         client.delete_run(run.info.run_id)
     return len(runs)
