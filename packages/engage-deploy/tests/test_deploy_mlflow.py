@@ -99,32 +99,38 @@ def test_a_record_written_again_replaces_what_reached_the_server_before_it_died(
     experiment = client.create_experiment("engage")
     parent = client.create_run(experiment).info.run_id
 
-    def record(index: int, used_mlflow: bool) -> tracking.JobRecord:
+    def record(index: int, used_mlflow: bool = False, attempt: int = 1, status: str = "FINISHED") -> tracking.JobRecord:
         return tracking.JobRecord(
-            index=index, run_name=f"job-{index}", status="FINISHED", start_time=time.time() - 1, end_time=time.time(),
+            index=index, run_name=f"job-{index}", status=status, start_time=time.time() - 1, end_time=time.time(),
             host="local-1", overrides=[f"+x={index}"], config_hash="h", output_dir=str(tmp_path / f"out-{index}"),
-            job_used_mlflow=used_mlflow,
+            job_used_mlflow=used_mlflow, attempt=attempt,
         )  # fmt: skip
 
     # job 0 made no run: the launcher creates one (as far as it got before the server died)
-    made = tracking.record_job(uri, experiment, parent, record(0, used_mlflow=False))
+    made = tracking.record_job(uri, experiment, parent, record(0))
     # job 1 made its own run, which the launcher only adds to: never the launcher's to delete
     own = client.create_run(
         experiment, tags={tracking.PARENT_TAG: parent, tracking.OUTPUT_DIR_TAG: str(tmp_path / "out-1")}
     ).info.run_id
     assert tracking.record_job(uri, experiment, parent, record(1, used_mlflow=True)) == own
     assert client.get_run(made).data.tags[tracking.RECORD_RUN_TAG] == "true"
+    # job 2 failed once and was retried by the launcher: each attempt is a run of its own
+    failed = tracking.record_job(uri, experiment, parent, record(2, status="FAILED"))
+    second = tracking.record_job(uri, experiment, parent, record(2, attempt=2))
+    assert client.get_run(failed).info.lifecycle_stage == "active", "a retried job lost its failed attempt's run"
+    assert client.get_run(second).data.params[tracking.ATTEMPT_TAG] == "2"
 
     # the server died after creating job 0's run, before its reply: MLflow's client retried
-    retried = tracking.record_job(uri, experiment, parent, record(0, used_mlflow=False))
-    assert client.get_run(made).info.lifecycle_stage == "deleted", "the first attempt is left beside the retry"
+    retried = tracking.record_job(uri, experiment, parent, record(0))
+    assert client.get_run(made).info.lifecycle_stage == "deleted", "the first request's run is left beside the retry's"
     assert client.get_run(retried).info.status == "FINISHED"
-    made = retried
-    assert tracking.delete_record_runs(uri, experiment, parent, 0, str(tmp_path / "out-0")) == 1
-    assert tracking.delete_record_runs(uri, experiment, parent, 1, str(tmp_path / "out-1")) == 0
-    assert tracking.delete_record_runs(uri, experiment, None, 0, None) == 0  # no way to tell whose job it is
+    # a record kept offline replaces what reached the server, attempt by attempt
+    assert tracking.delete_record_runs(uri, experiment, parent, 0, 1, str(tmp_path / "out-0")) == 1
+    assert tracking.delete_record_runs(uri, experiment, parent, 1, 1, str(tmp_path / "out-1")) == 0
+    assert tracking.delete_record_runs(uri, experiment, parent, 2, 2, str(tmp_path / "out-2")) == 1
+    assert tracking.delete_record_runs(uri, experiment, None, 2, 1, None) == 0  # no way to tell whose job it is
     left = client.search_runs([experiment], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
-    assert [r.info.run_id for r in left] == [own]
+    assert sorted(r.info.run_id for r in left) == sorted([own, failed])
 
 
 @pytest.mark.slow
@@ -193,3 +199,15 @@ def test_an_experiment_created_between_lookup_and_creation_is_the_one_used(tmp_p
     lookup = f"sqlite:///{tmp_path / 'lookup.db'}"
     assert tracking.experiment_id_for(store, "engage", None, lookup_uri=lookup) == made_by_job
     assert tracking.experiment_id_for(store, "other", None, lookup_uri=lookup) != made_by_job
+
+
+@pytest.mark.slow
+def test_a_retried_job_keeps_a_run_per_attempt(tmp_path: Path) -> None:
+    marker = tmp_path / "flaky"
+    proc = start_app(tmp_path, "hydra.launcher.retries=1", "+x=1", f"+flaky_marker={marker}")
+    _out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    _, kids = children(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    attempts = sorted((r.data.params[tracking.ATTEMPT_TAG], r.info.status) for r in kids)
+    assert attempts == [("1", "FAILED"), ("2", "FINISHED")]
+    assert all(r.data.tags[tracking.JOB_TAG] == "0" for r in kids)

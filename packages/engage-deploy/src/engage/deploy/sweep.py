@@ -214,7 +214,8 @@ class Sweep:
         self._host_load: dict[str, int] = {}
         self._placement: dict[str, str] = {}
         self._killed_indices: list[int] = []
-        self._offline_output_dirs: dict[int, str | None] = {}  # job index -> its output folder
+        # job index -> (attempt, output folder) of each of its records kept offline
+        self._offline_records: dict[int, list[tuple[int, str | None]]] = {}
         self._job_overrides: list[tuple[int, list[str]]] = []  # (index, overrides) of every job
         self._jobs: list[JobSpec] = []  # those composed so far
         self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
@@ -591,8 +592,9 @@ class Sweep:
         )
         tracking.record_job(offline_uri, experiment_id, self.parent_run_id, record)
         with self._lock:
-            self.report.offline_jobs.append(job.index)
-            self._offline_output_dirs[job.index] = record.output_dir
+            if job.index not in self._offline_records:  # its attempts share one offline store
+                self.report.offline_jobs.append(job.index)
+            self._offline_records.setdefault(job.index, []).append((record.attempt, record.output_dir))
         self._update_result(job, offline_store=offline_uri)
 
     def _finish_tracking(self) -> None:
@@ -603,10 +605,10 @@ class Sweep:
                 if self._server_ok():
                     for index in sorted(self.report.offline_jobs):
                         # what reached the server before it died is replaced, not joined, by the record
-                        tracking.delete_record_runs(
-                            self.tracking_uri, self.experiment_id, self.parent_run_id, index,
-                            self._offline_output_dirs.get(index),
-                        )  # fmt: skip
+                        for attempt, output_dir in self._offline_records[index]:
+                            tracking.delete_record_runs(
+                                self.tracking_uri, self.experiment_id, self.parent_run_id, index, attempt, output_dir
+                            )
                         folder = self.folder / "jobs" / str(index)
                         source = f"sqlite:///{folder / 'offline' / 'mlflow.db'}"
                         ids = tracking.upload_store(source, self.tracking_uri, self.experiment_id)
@@ -836,7 +838,7 @@ class Sweep:
             overrides=job.overrides,
             config_hash=job.config_hash,
             output_dir=summary["output_dir"],
-            params={"engage.attempt": str(attempt)},
+            attempt=attempt,
             tags={
                 "engage.provider": self.infrastructure.provider,
                 "engage.experiment_folder": str(self.folder),

@@ -48,6 +48,8 @@ PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "engage.output_dir"
 #: tag of the runs the launcher creates to hold a job's record (the job made no run of its own)
 RECORD_RUN_TAG = "engage.record_run"
+#: tag (and param) holding which of a job's attempts a record is of (a failed attempt keeps its run)
+ATTEMPT_TAG = "engage.attempt"
 
 
 class TrackingError(RuntimeError):
@@ -283,6 +285,8 @@ class JobRecord:
     system: list[dict[str, float]] = field(default_factory=list)
     #: False when the job never imported MLflow, so it cannot have made a run of its own to look for
     job_used_mlflow: bool = True
+    #: which attempt this is, from 1 (the launcher retries failed jobs)
+    attempt: int = 1
 
 
 #: files of a job folder not uploaded as artifacts: the pickles the launcher and the runner pass
@@ -353,6 +357,7 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
         CONFIG_HASH_TAG: record.config_hash,
         "engage.host": record.host,
         "engage.launcher": "engage",
+        ATTEMPT_TAG: str(record.attempt),
         **record.tags,
     }
     if parent_run_id:
@@ -377,8 +382,14 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
         run_id = run.info.run_id
         # MLflow's client retries a request whose reply was lost: when the server died after
         # creating the run, the retry made this one, and the first is left RUNNING beside it
-        delete_record_runs(uri, experiment_id, parent_run_id, record.index, record.output_dir, keep=run_id)
-        params = {"overrides": " ".join(record.overrides)[:6000] or "(none)", **record.params}
+        delete_record_runs(
+            uri, experiment_id, parent_run_id, record.index, record.attempt, record.output_dir, keep=run_id
+        )
+        params = {
+            "overrides": " ".join(record.overrides)[:6000] or "(none)",
+            ATTEMPT_TAG: str(record.attempt),
+            **record.params,
+        }
         first = {"params": [Param(k, str(v)[:6000]) for k, v in params.items()]}
     else:
         run_id = existing.info.run_id
@@ -424,18 +435,22 @@ def delete_record_runs(
     experiment_id: str,
     parent_run_id: str | None,
     index: int,
+    attempt: int,
     output_dir: str | None,
     keep: str | None = None,
 ) -> int:
-    """Delete the runs :func:`record_job` created for job ``index`` (of the sweep ``parent_run_id``,
-    writing to ``output_dir``), all but ``keep``; returns how many. A record kept offline because
-    the server died while it was being written replaces them: the run made before, whole or in
-    part, would otherwise be the job's second child run. Nothing is deleted without a parent or
-    an output folder to tell this sweep's job from another's."""
+    """Delete the runs :func:`record_job` created for attempt ``attempt`` of job ``index`` (of the
+    sweep ``parent_run_id``, writing to ``output_dir``), all but ``keep``; returns how many.
+
+    A record kept offline because the server died while it was being written replaces them: the
+    run made before, whole or in part, would otherwise be a second child run of the same attempt.
+    The runs of the job's other attempts stay. Nothing is deleted without a parent or an output
+    folder to tell this sweep's job from another's."""
     scope = _job_filter(parent_run_id, output_dir)
     if not scope:
         return 0
-    query = " and ".join([f"tags.`{JOB_TAG}` = '{index}'", f"tags.`{RECORD_RUN_TAG}` = 'true'", *scope])
+    conditions = [f"tags.`{JOB_TAG}` = '{index}'", f"tags.`{ATTEMPT_TAG}` = '{attempt}'", *scope]
+    query = " and ".join([*conditions, f"tags.`{RECORD_RUN_TAG}` = 'true'"])
     client = _client(uri)
     runs = client.search_runs([experiment_id], filter_string=query, max_results=100)
     runs = [run for run in runs if run.info.run_id != keep]
