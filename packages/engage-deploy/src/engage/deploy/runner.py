@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from typing import Any
 EXIT_JOB_FAILED = 1
 #: exit code when the runner itself could not start the job
 EXIT_RUNNER_ERROR = 70
+#: the file cloudpickle (3.1.3 and later) names for the code it pickles by value
+DYNAMIC_CODE_FILE = "<dynamic-code>"
 
 
 def _picklable(value: Any) -> Any:
@@ -35,6 +38,30 @@ def _picklable(value: Any) -> Any:
         return value
     except Exception:  # a return value that cannot travel back is reported by its repr
         return repr(value)
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_with_filename(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def name_source_file(task_function: Any, filename: str | None) -> None:
+    """Give the task function, and the functions of its module it calls, their file back.
+
+    A task defined in the app's script (``__main__``) travels by value, and cloudpickle 3.1.3 and
+    later names its file ``<dynamic-code>``: the job's tracebacks would show line numbers without
+    a file or a source line. ``filename`` is the script's path on the launcher's machine; on a
+    host that shares its files, the traceback then shows each line as Python would."""
+    if not filename:
+        return
+    module = getattr(task_function, "__module__", None)
+    for value in (task_function, *getattr(task_function, "__globals__", {}).values()):
+        if (
+            isinstance(value, types.FunctionType)
+            and value.__module__ == module
+            and value.__code__.co_filename == DYNAMIC_CODE_FILE
+        ):
+            value.__code__ = _with_filename(value.__code__, filename)
 
 
 def _where() -> str:
@@ -89,6 +116,7 @@ def run(job_dir: Path) -> int:
     from omegaconf import OmegaConf
 
     payload = cloudpickle.loads((job_dir / "job.pkl").read_bytes())
+    name_source_file(payload["task_function"], payload.get("task_file"))
     setup_globals()
     Singleton.set_state(payload["singleton_state"])
     config = payload["config"]

@@ -22,6 +22,7 @@ Example (what ``hydra/launcher=engage`` does; the class is driven by the Hydra p
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -101,10 +102,16 @@ class SweepInterrupted(KeyboardInterrupt):
     """The launcher received SIGTERM (or Ctrl-C): running jobs are stopped and marked KILLED."""
 
 
+def source_file(task_function: Any) -> str | None:
+    """The file the task function is defined in, if it has one (its job's tracebacks name it)."""
+    try:
+        return inspect.getsourcefile(task_function)
+    except TypeError:  # a builtin or a callable object
+        return None
+
+
 def task_identity(task_function: Any) -> str:
     """Module, name and code of the task function: a job of another app never counts as done."""
-    import inspect
-
     module = getattr(task_function, "__module__", "")
     name = getattr(task_function, "__qualname__", repr(task_function))
     try:
@@ -282,6 +289,7 @@ class Sweep:
                 payload_base = {
                     "hydra_context": self.hydra_context,
                     "task_function": self.task_function,
+                    "task_file": source_file(self.task_function),
                     "singleton_state": singleton_state,
                 }
                 results.update(self._execute(provider, hosts, monitors, done, payload_base))

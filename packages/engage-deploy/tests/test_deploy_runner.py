@@ -1,0 +1,54 @@
+"""What the job runner restores of a task function that travelled by value."""
+
+from __future__ import annotations
+
+import re
+import traceback
+import types
+
+from engage.deploy import runner
+
+
+def _task(cfg: object) -> None:
+    def inner() -> None:
+        raise ValueError("boom in inner")
+
+    inner()
+
+
+def _as_pickled_by_value(function: types.FunctionType) -> types.FunctionType:
+    # what cloudpickle 3.1.3 and later rebuilds: the same code, its file named "<dynamic-code>"
+    def rename(code: types.CodeType) -> types.CodeType:
+        consts = tuple(rename(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=runner.DYNAMIC_CODE_FILE, co_consts=consts)
+
+    return types.FunctionType(rename(function.__code__), function.__globals__, function.__name__)
+
+
+def _traceback_of(function: types.FunctionType) -> str:
+    try:
+        function(None)
+    except ValueError as exc:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    raise AssertionError("the task did not raise")
+
+
+def test_a_task_pickled_by_value_gets_its_file_back_down_to_nested_functions() -> None:
+    task = _as_pickled_by_value(_task)
+    assert 'File "<dynamic-code>"' in _traceback_of(task)
+    runner.name_source_file(task, __file__)
+    trace = _traceback_of(task)
+    for function in ("_task", "inner"):
+        assert re.search(rf'File "{re.escape(__file__)}", line \d+, in {function}\n', trace), trace
+    assert 'raise ValueError("boom in inner")' in trace
+    assert "<dynamic-code>" not in trace
+
+
+def test_without_a_file_or_for_another_module_nothing_changes() -> None:
+    task = _as_pickled_by_value(_task)
+    runner.name_source_file(task, None)
+    assert task.__code__.co_filename == runner.DYNAMIC_CODE_FILE
+    traceback_module_function = traceback.format_exception  # defined elsewhere, keeps its file
+    before = traceback_module_function.__code__.co_filename
+    runner.name_source_file(task, __file__)
+    assert traceback_module_function.__code__.co_filename == before
