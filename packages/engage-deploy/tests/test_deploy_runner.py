@@ -18,11 +18,8 @@ def _task(cfg: object) -> None:
 
 def _as_pickled_by_value(function: types.FunctionType) -> types.FunctionType:
     # what cloudpickle 3.1.3 and later rebuilds: the same code, its file named "<dynamic-code>"
-    def rename(code: types.CodeType) -> types.CodeType:
-        consts = tuple(rename(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-        return code.replace(co_filename=runner.DYNAMIC_CODE_FILE, co_consts=consts)
-
-    return types.FunctionType(rename(function.__code__), function.__globals__, function.__name__)
+    code = runner._with_filename(function.__code__, runner.DYNAMIC_CODE_FILE)
+    return types.FunctionType(code, function.__globals__, function.__name__)
 
 
 def _traceback_of(function: types.FunctionType) -> str:
