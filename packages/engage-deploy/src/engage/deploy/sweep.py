@@ -600,9 +600,9 @@ class Sweep:
         )
         tracking.record_job(offline_uri, experiment_id, self.parent_run_id, record)
         with self._lock:
-            if job.index not in self._offline_records:  # its attempts share one offline store
-                self.report.offline_jobs.append(job.index)
             self._offline_records.setdefault(job.index, []).append((record.attempt, record.output_dir))
+            # a job, not a record: its attempts share one offline store
+            self.report.offline_jobs = sorted(self._offline_records)
         self._update_result(job, offline_store=offline_uri)
 
     def _finish_tracking(self) -> None:
@@ -611,9 +611,9 @@ class Sweep:
                 return
             if self.report.offline_jobs:
                 if self._server_ok():
-                    for index in sorted(self.report.offline_jobs):
+                    for index, records in sorted(self._offline_records.items()):
                         # what reached the server before it died is replaced, not joined, by the record
-                        for attempt, output_dir in self._offline_records[index]:
+                        for attempt, output_dir in records:
                             tracking.delete_record_runs(
                                 self.tracking_uri, self.experiment_id, self.parent_run_id, index, attempt, output_dir
                             )
