@@ -18,7 +18,7 @@ from engage.core.cli import main
         ("data.shared_memory=maybe", "data.shared_memory: Value 'maybe' is not a valid bool"),
         ("trainer.precision=77", "trainer.precision: must be one of 32-true"),
         ("trainer.max_epochs", "cannot parse override 'trainer.max_epochs'"),
-        ("nokey=1", "nokey: unknown key; allowed: callbacks, data, logger"),
+        ("nokey=1", "nokey: unknown key; allowed: callbacks, checkpoint_every_n_steps, ckpt_path, data, logger"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(override, expected, capsys):

@@ -18,8 +18,11 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from engage.core.checkpoint_io import AtomicCheckpointIO
 from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
 from engage.core.events import RunRecord
+from engage.core.online.buffer import BufferClosed
+from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import flatten, get_plugin_manager
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.store import (
@@ -87,10 +90,61 @@ def build_strategy(cfg: DictConfig) -> Any:
     return str(node)
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
     callbacks += flatten(get_plugin_manager().hook.engage_callbacks(cfg=cfg))
+    if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        # one folder per run, with a last.ckpt that `ckpt_path=last` finds
+        every = cfg.checkpoint_every_n_steps or None
+        callbacks.append(
+            ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_last=True, every_n_train_steps=every)
+        )
     return callbacks
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``cfg.ckpt_path`` as a file: ``last`` is this run folder's newest ``last.ckpt`` (else its
+    newest checkpoint). A path that names no checkpoint is a :class:`ConfigError`."""
+    value = cfg.ckpt_path
+    if value in (None, ""):
+        return None
+    if str(value) == "last":
+        found = sorted(output_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) or sorted(
+            output_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime
+        )
+        if not found:
+            raise ConfigError(
+                f"ckpt_path=last: no checkpoint in the run folder {output_dir}; pass hydra.run.dir of the run to "
+                "resume, or ckpt_path=PATH"
+            )
+        return str(found[-1])
+    if "://" not in str(value) and not Path(value).is_file():
+        raise ConfigError(f"ckpt_path={value}: no such checkpoint file; pass an existing .ckpt or ckpt_path=last")
+    return str(value)
+
+
+def check_checkpoint(path: str, datamodule: Any) -> None:
+    """Refuse, before anything starts, a checkpoint whose data state is of another simulator,
+    parameter space or sampler (one line, :class:`ConfigError`)."""
+    import fsspec
+    import torch
+
+    from engage.core.online.datamodule import check_resumable
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            checkpoint = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ConfigError(f"ckpt_path={path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state is None or not hasattr(datamodule, "sampler"):
+        return
+    try:
+        check_resumable(state, datamodule.simulator, datamodule.sampler)
+    except ValueError as exc:
+        raise ConfigError(f"ckpt_path={path}: {exc}") from None
 
 
 def record_run(logger: MLFlowLogger, cfg: DictConfig, output_dir: Path) -> None:
@@ -153,6 +207,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("data."):
             raise ConfigError(str(exc.__cause__)) from None
         raise
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, datamodule)
     tracking_uri = choose_tracking_uri(cfg, output_dir)
     model = instantiate(
         cfg.model,
@@ -164,15 +221,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = build_logger(cfg, tracking_uri)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer_kwargs.setdefault("default_root_dir", str(output_dir))
-    trainer = pl.Trainer(**trainer_kwargs, logger=logger, callbacks=build_callbacks(cfg), strategy=build_strategy(cfg))
+    trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+    trainer = pl.Trainer(
+        **trainer_kwargs, logger=logger, callbacks=build_callbacks(cfg, output_dir), strategy=build_strategy(cfg)
+    )
     logger.log_hyperparams(flat_params(cfg))
     record_run(logger, cfg, output_dir)
+    if ckpt_path is not None:
+        logger.experiment.set_tag(logger.run_id, "engage.resumed_from", ckpt_path)
 
     status, error = "FINISHED", None
     started = time.perf_counter()
     try:
         if cfg.task == "fit":
-            trainer.fit(model, datamodule=datamodule)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            online_run = getattr(datamodule, "run_id", None)
+            if online_run and trainer.is_global_zero:
+                logger.experiment.set_tag(logger.run_id, "engage.online_run_id", online_run)
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:
@@ -194,10 +259,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             manager.hook.engage_run_finished(record=record)
     if trainer.is_global_zero:
         where = tracking_uri.removeprefix("sqlite:///")
+        outcome = datamodule.outcome().line() + "\n" if hasattr(datamodule, "outcome") else ""
         console.print(
             f"[green]run {logger.run_id} finished[/green]: "
             + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("val"))
-            + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})"
+            + f"\n{outcome}MLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})",
+            highlight=False,
         )
     return metrics
 
@@ -212,4 +279,8 @@ def task(cfg: DictConfig) -> float | None:
     except TrackingUnavailable as exc:
         console.print(f"engage run: {exc}", highlight=False)
         sys.exit(EXIT_TRACKING_UNAVAILABLE)
+    except (OnlineRunFailed, BufferClosed) as exc:
+        # the MLflow run is FAILED already; one line names the cause
+        console.print(f"engage run: {' '.join(str(exc).split())}", highlight=False, markup=False)
+        sys.exit(EXIT_RUN_FAILED)
     return metrics.get("val/rel_l2", metrics.get("val/loss"))

@@ -202,7 +202,12 @@ class EngageConfig:
     seed: int = 0
     task: str = "fit"
     test_after_fit: bool = True
+    #: resume: a checkpoint's path, or ``last`` (the newest checkpoint of this run folder)
+    ckpt_path: str | None = None
+    #: also write ``checkpoints/last.ckpt`` every this many training steps (0: at epoch ends only)
+    checkpoint_every_n_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in ("fit", "validate"):
             raise ConfigValueError("task", f"must be fit or validate, got {self.task!r}")
+        _at_least(self, "checkpoint_every_n_steps", 0)

@@ -216,6 +216,31 @@ class TrainingBuffer:
                 self._put_locked(sample, parameters, simulation_id, time_, owned)
             self._wake_reader()
 
+    def put_first(self, batch: dict[str, np.ndarray]) -> None:
+        """Give back the samples of a batch that left the buffer but was never trained (a
+        checkpoint holds it): they are read before every sample held, as if never read. Samples
+        leave on a read only with ``max_reads=1``; under other settings the batch's samples are
+        still held, and nothing is added."""
+        if self.max_reads != 1:
+            return
+        n = len(batch["simulation_id"])
+        with self._cond:
+            held = self._occupied.view()
+            first = int(self._arrival[held].min()) if len(held) else self.inserted
+            for i in range(n):
+                slot = self._put_locked(
+                    np.ascontiguousarray(batch["target"][i]),
+                    batch["parameters"][i],
+                    int(batch["simulation_id"][i]),
+                    float(np.asarray(batch["time"][i]).reshape(-1)[0]),
+                    owned=False,
+                )
+                # it arrived (and was counted, and read) before every sample held: oldest first
+                self._arrival[slot] = first - n + i
+            self.inserted -= n
+            self.reads -= n
+            self._wake_reader()
+
     def prepare(self, shape: tuple[int, ...], dtype: np.dtype | str, parameters: int, storage: Any = None) -> None:
         """Allocate the storage for samples of ``shape`` and ``dtype`` with ``parameters`` values
         each (the first :meth:`put` does it otherwise); needed before :meth:`reserve`.
@@ -336,7 +361,7 @@ class TrainingBuffer:
 
     def _put_locked(
         self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float, owned: bool
-    ) -> None:
+    ) -> int:
         if self._shape is None:
             self._allocate(sample.shape, sample.dtype, len(parameters))
         elif sample.shape != self._shape or sample.dtype != self._dtype:
@@ -357,6 +382,7 @@ class TrainingBuffer:
         else:
             self._data[slot] = sample  # type: ignore[index]
         self._record(slot, parameters, simulation_id, time)
+        return slot
 
     def _record(self, slot: int, parameters: np.ndarray, simulation_id: int, time: float) -> None:
         self._params[slot] = parameters  # type: ignore[index]
@@ -377,8 +403,8 @@ class TrainingBuffer:
             self._cond.notify_all()
 
     def close(self, error: str | None = None) -> None:
-        """No more samples will come; readers drain what is left, then the stream ends (or, with
-        ``error``, they raise :class:`BufferClosed`)."""
+        """No more samples will come: readers drain what is left, then the stream ends; with
+        ``error``, readers raise :class:`BufferClosed` at once, whatever is left."""
         with self._cond:
             self._closed = True
             self._error = error
@@ -432,8 +458,10 @@ class TrainingBuffer:
         started = time.perf_counter()
         deadline = None if timeout is None else started + timeout
         with self._cond:
-            while not self._ready(n):
+            while self._error is not None or not self._ready(n):
                 if self._error is not None:
+                    # the stream failed: what is left is not what the run asked for, so no batch
+                    # of it is served (a run must never end as if it had trained on everything)
                     raise BufferClosed(self._error)
                 if self._closed and self._occupied.n == 0:
                     self.wait_seconds += time.perf_counter() - started

@@ -13,8 +13,9 @@ from engage.core.online.protocol import COALESCE_BYTES
 class OnlineDataConfig:
     """Train on samples streamed from simulations running alongside training.
 
-    ``simulator_spec`` defaults to the ``simulator`` group, so simulation processes build the same
-    simulator as the trainer.
+    The defaults and ranges of :class:`~engage.core.online.datamodule.OnlineDataModule` too: they
+    are declared here once. ``simulator_spec`` defaults to the ``simulator`` group, so simulation
+    processes build the same simulator as the trainer.
     """
 
     _target_: str = "engage.core.online.datamodule.OnlineDataModule"
@@ -33,6 +34,9 @@ class OnlineDataConfig:
     rate_limit: float | None = None
     retries: int = 2
     on_failure: str = "fail"
+    #: the share of ``simulations`` that must complete (every sample received) for the run to
+    #: succeed; failed ones count against it unless ``on_failure: redraw`` replaces them
+    min_completed: float = 1.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 30.0
     startup_timeout: float = 120.0
@@ -64,6 +68,14 @@ class OnlineDataConfig:
         _at_least(self, "retries", 0)
         _at_least(self, "train_threads", 1, allow_none=True)
         _at_least(self, "val_simulations", 0)
+        _at_least(self, "max_reads", 1, allow_none=True)
+        if not 0.0 <= self.min_completed <= 1.0:
+            raise ConfigValueError("min_completed", f"must be between 0 and 1, got {self.min_completed}")
+        for name in ("startup_timeout", "heartbeat_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigValueError(name, f"must be > 0 seconds, got {getattr(self, name)}")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ConfigValueError("rate_limit", f"must be > 0 reads per sample, or null, got {self.rate_limit}")
         if self.policy not in ("fifo", "firo", "reservoir"):
             raise ConfigValueError("policy", f"must be fifo, firo or reservoir, got {self.policy!r}")
         if self.on_failure not in ("fail", "redraw"):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
+import uuid
+from dataclasses import fields
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,17 +16,34 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
+from engage.core.config.schema import ConfigValueError
 from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset, cached_simulations
 from engage.core.executors import Executor
-from engage.core.online import protocol
 from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.config import OnlineDataConfig
 from engage.core.online.journal import Journal
+from engage.core.online.ledger import TrainingLedger
+from engage.core.online.outcome import OnlineOutcome, OnlineRunFailed
 from engage.core.online.scheduler import SimulationScheduler
 from engage.core.samplers.base import Sampler
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.base import Simulator
 
 log = logging.getLogger("engage.online")
+
+#: the defaults of every setting, declared once (those ``engage run`` users get)
+_D = OnlineDataConfig
+
+
+def _check_settings(values: dict[str, Any]) -> None:
+    """The one range check of the online settings (:class:`OnlineDataConfig`'s), worded for
+    Python users as ``data.<name>: ...``."""
+    names = {f.name for f in fields(OnlineDataConfig)} - {"_target_", "_recursive_", "simulator_spec"}
+    settings = {k: v for k, v in values.items() if k in names and not isinstance(v, Executor)}
+    try:
+        OnlineDataConfig(**settings)
+    except ConfigValueError as exc:
+        raise ValueError(f"data.{exc}") from None
 
 
 def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
@@ -73,6 +93,7 @@ class BufferStream(IterableDataset):
             batch = dm.buffer.get_batch(dm.batch_size)  # type: ignore[union-attr]
             if not dm.all_ranks_have(batch is not None):
                 return
+            dm.ledger.handed_out(batch)  # type: ignore[arg-type]
             yield {
                 "parameters": torch.from_numpy(batch["parameters"]),  # type: ignore[index]
                 "time": torch.from_numpy(batch["time"]),  # type: ignore[index]
@@ -110,58 +131,47 @@ class OnlineDataModule(pl.LightningDataModule):
         self,
         simulator: Simulator,
         sampler: Sampler,
-        simulations: int | None = 64,
-        max_samples: int | None = None,
-        concurrency: int = 2,
-        batch_size: int = 32,
-        batches_per_epoch: int = 100,
-        capacity: int = 2048,
-        policy: str = "firo",
-        watermark: int | None = None,
-        max_reads: int | None = None,
-        rate_limit: float | None = None,
-        retries: int = 2,
-        on_failure: str = "fail",
-        heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 30.0,
-        startup_timeout: float = 120.0,
-        credit_window: int | None = None,
-        coalesce_bytes: int = protocol.COALESCE_BYTES,
-        shared_memory: bool = True,
-        executor: str | Executor = "local",
+        simulations: int | None = _D.simulations,
+        max_samples: int | None = _D.max_samples,
+        concurrency: int = _D.concurrency,
+        batch_size: int = _D.batch_size,
+        batches_per_epoch: int = _D.batches_per_epoch,
+        capacity: int = _D.capacity,
+        policy: str = _D.policy,
+        watermark: int | None = _D.watermark,
+        max_reads: int | None = _D.max_reads,
+        rate_limit: float | None = _D.rate_limit,
+        retries: int = _D.retries,
+        on_failure: str = _D.on_failure,
+        min_completed: float = _D.min_completed,
+        heartbeat_interval: float = _D.heartbeat_interval,
+        heartbeat_timeout: float = _D.heartbeat_timeout,
+        startup_timeout: float = _D.startup_timeout,
+        credit_window: int | None = _D.credit_window,
+        coalesce_bytes: int = _D.coalesce_bytes,
+        shared_memory: bool = _D.shared_memory,
+        executor: str | Executor = _D.executor,
         executor_options: dict[str, Any] | None = None,
-        journal: str | None = None,
-        val_simulations: int = 4,
-        cache_dir: str | None = None,
-        workdir: str | None = None,
+        journal: str | None = _D.journal,
+        val_simulations: int = _D.val_simulations,
+        cache_dir: str | None = _D.cache_dir,
+        workdir: str | None = _D.workdir,
         simulator_spec: dict[str, Any] | None = None,
         seed: int = 0,
-        train_simulations: int | None = None,
-        train_threads: int | None = None,
+        train_simulations: int | None = _D.train_simulations,
+        train_threads: int | None = _D.train_threads,
     ):
         super().__init__()
         if train_simulations is not None:
             simulations = train_simulations
-        for name, value, minimum in (
-            ("batch_size", batch_size, 1),
-            ("batches_per_epoch", batches_per_epoch, 1),
-            ("capacity", capacity, 1),
-            ("concurrency", concurrency, 1),
-            ("retries", retries, 0),
-            ("val_simulations", val_simulations, 0),
-            ("coalesce_bytes", coalesce_bytes, 0),
-        ):
-            if value < minimum:
-                raise ValueError(f"data.{name} must be >= {minimum}, got {value}")
-        if batch_size > capacity:
-            raise ValueError(f"data.batch_size ({batch_size}) exceeds data.capacity ({capacity}); raise the capacity")
+        _check_settings(dict(locals()))
         _check_buffer_memory(simulator, capacity)
         self.simulator, self.sampler = simulator, sampler
         self.simulations, self.max_samples, self.concurrency = simulations, max_samples, concurrency
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.capacity, self.policy, self.max_reads, self.rate_limit = capacity, policy, max_reads, rate_limit
         self.watermark = min(capacity, 4 * batch_size) if watermark is None else watermark
-        self.retries, self.on_failure = retries, on_failure
+        self.retries, self.on_failure, self.min_completed = retries, on_failure, min_completed
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.startup_timeout, self.credit_window = startup_timeout, credit_window
         self.coalesce_bytes, self.shared_memory = coalesce_bytes, shared_memory
@@ -172,8 +182,11 @@ class OnlineDataModule(pl.LightningDataModule):
         self.train_threads = train_threads
         self.simulator_spec = _plain(simulator_spec)
         self.buffer = TrainingBuffer(capacity, policy, self.watermark, max_reads, rate_limit, seed=seed)
+        self.ledger = TrainingLedger()
         self.scheduler: SimulationScheduler | None = None
         self.val_dataset: SimulationDataset | None = None
+        #: names this run's state (journal, work folder, shared memory); a resumed run keeps its own
+        self.run_id: str | None = None
         self.rank, self.world_size = 0, 1
         self._group: Any = None
         self._restored: dict[str, Any] | None = None
@@ -190,15 +203,26 @@ class OnlineDataModule(pl.LightningDataModule):
             points = held_out.ask(self.val_simulations)
             fields = self._cached(points, "val")
             self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
-        if stage in (None, "fit") and self.scheduler is None:
-            self.scheduler = self._new_scheduler()
+        if stage in (None, "fit"):
+            if self.run_id is None:
+                self.run_id = self._agree(uuid.uuid4().hex)
             self._limit_threads()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and stage in (None, "fit"):
             from engage.core.online.progress import OnlineProgress
+            from engage.core.online.run_check import OnlineRunCheck
 
-            if not any(isinstance(cb, OnlineProgress) for cb in trainer.callbacks):
-                trainer.callbacks.append(OnlineProgress())
+            for callback in (OnlineProgress, OnlineRunCheck):
+                if not any(isinstance(cb, callback) for cb in trainer.callbacks):
+                    trainer.callbacks.append(callback())
+
+    def _agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if self._group is None:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self._group)
+        return box[0]
 
     def _limit_threads(self) -> None:
         # Local simulations share the machine with training: a trainer with as many torch threads
@@ -214,11 +238,17 @@ class OnlineDataModule(pl.LightningDataModule):
             torch.set_num_threads(threads)
 
     def _workdir(self) -> str:
+        """This run's own folder: ``<workdir>/<run_id>`` (default ``workdir``: the trainer's
+        ``default_root_dir/online``), so that no run ever reads another's journal or files."""
         if self.workdir is None:
             trainer = getattr(self, "trainer", None)
             root = trainer.default_root_dir if trainer is not None else tempfile.mkdtemp(prefix="engage-online-")
             self.workdir = os.path.join(root, "online")
-        path = os.path.join(self.workdir, f"rank{self.rank}") if self.world_size > 1 else self.workdir
+        if self.run_id is None:
+            self.run_id = uuid.uuid4().hex
+        path = os.path.join(self.workdir, self.run_id)
+        if self.world_size > 1:
+            path = os.path.join(path, f"rank{self.rank}")
         os.makedirs(path, exist_ok=True)
         return path
 
@@ -248,6 +278,12 @@ class OnlineDataModule(pl.LightningDataModule):
         url = self.journal_url or os.path.join(workdir, "journal.jsonl")
         if self.world_size > 1 and self.journal_url:
             url = f"{self.journal_url.removesuffix('.jsonl')}-rank{self.rank}.jsonl"
+        scheduler = self._scheduler(executor, Journal(url, run_id=self.run_id), hooks, workdir)
+        if self._restored is not None:
+            scheduler.load_state_dict(self._restored["scheduler"])
+        return scheduler
+
+    def _scheduler(self, executor: Executor, journal: Journal, hooks: Any, workdir: str) -> SimulationScheduler:
         return SimulationScheduler(
             self.simulator,
             self.sampler,
@@ -257,8 +293,9 @@ class OnlineDataModule(pl.LightningDataModule):
             concurrency=self.concurrency,
             retries=self.retries,
             on_failure=self.on_failure,
+            min_completed=self.min_completed,
             executor=executor,
-            journal=Journal(url),
+            journal=journal,
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
             startup_timeout=self.startup_timeout,
@@ -278,11 +315,11 @@ class OnlineDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ streaming
     def start_streaming(self) -> None:
         """Start the simulations (first training batch; after a checkpoint was restored)."""
+        # batches handed to an iterator of an epoch that ended are not trained: they are lost
+        # with it (Lightning drops an epoch's iterator only after its last step)
+        self.ledger.discard_untrained()
         if self.scheduler is None:
             self.scheduler = self._new_scheduler()
-        if self.scheduler._thread is None:
-            if self._restored is not None:
-                self.scheduler.load_state_dict(self._restored["scheduler"])
             self.scheduler.start()
 
     def all_ranks_have(self, have: bool) -> bool:
@@ -296,9 +333,11 @@ class OnlineDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(BufferStream(self), batch_size=None, num_workers=0)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:
             self.setup("validate")
+        if self.val_dataset is None:  # val_simulations=0: no validation
+            return []
         return DataLoader(self.val_dataset, batch_size=self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
@@ -315,37 +354,121 @@ class OnlineDataModule(pl.LightningDataModule):
             out.update(self.scheduler.stats())
         return out
 
+    # ------------------------------------------------------------------ outcome
+    def outcome(self) -> OnlineOutcome:
+        """What this rank's run did so far (see :class:`~.outcome.OnlineOutcome`)."""
+        sched = self.scheduler
+        if sched is None:
+            requested = None if self.simulations is None or self.max_samples is not None else self.simulations
+            return OnlineOutcome(requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained)
+        requested = sched.budget if self.max_samples is None else sched.planned
+        return OnlineOutcome(
+            requested=requested,
+            completed=sched.finished,
+            failed=sched.failed + sched.retried,
+            given_up=sched.failed,
+            samples_received=sched.samples,
+            samples_trained=self.ledger.samples_trained,
+            batches_trained=self.ledger.batches_trained,
+        )
+
+    def check_outcome(self) -> OnlineOutcome:
+        """The outcome, or :class:`~.outcome.OnlineRunFailed` when the run fell short."""
+        outcome = self.outcome()
+        problem = outcome.problem(self.min_completed)
+        if problem is not None:
+            raise OnlineRunFailed(f"online run failed: {problem}; {outcome.line()}")
+        return outcome
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        local = {
-            "sampler": self.sampler.state_dict(),
-            "buffer": self.buffer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        """One consistent state of the run's data: sampler, buffer, simulations still to run (from
+        the sample index each holds), batches handed out and not yet trained, and the run id.
+        A run restored from it trains every sample its simulations define exactly once with a
+        policy that reads each sample once (fifo or firo with ``max_reads=1``)."""
+        scheduler = self.scheduler
+        lock = scheduler.consistent() if scheduler is not None else threading.RLock()
+        with lock:
+            local = {
+                "sampler": self.sampler.state_dict(),
+                "buffer": self.buffer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else self._pending_scheduler_state(),
+                "ledger": self.ledger.state_dict(),
+            }
+        identity = {
+            "run_id": self.run_id,
+            "simulator": _describe(self.simulator),
+            "sampler": type(self.sampler).__name__,
         }
         if self._group is None:
-            return {"world_size": 1, "ranks": [local]}
+            return {"world_size": 1, "ranks": [local], **identity}
         # the checkpoint is written by rank 0: gather every rank's state into it
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, local, group=self._group)
-        return {"world_size": self.world_size, "ranks": gathered}
+        return {"world_size": self.world_size, "ranks": gathered, **identity}
+
+    def _pending_scheduler_state(self) -> dict[str, Any] | None:
+        return self._restored["scheduler"] if self._restored is not None else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict.get("ranks")
         if ranks is None:  # a checkpoint of the offline DataModule: only the sampler carries over
             self.sampler.load_state_dict(state_dict["sampler"])
             return
+        check_resumable(state_dict, self.simulator, self.sampler)
         if len(ranks) != self.world_size:
             raise ValueError(
                 f"the checkpoint holds the data state of {len(ranks)} ranks; resume with the same number of "
                 f"devices ({len(ranks)}), not {self.world_size}"
             )
+        if self.scheduler is not None:
+            raise RuntimeError("the data state must be loaded before simulations start (before the first batch)")
         local = ranks[self.rank]
         self.sampler.load_state_dict(local["sampler"])
         self.buffer.load_state_dict(local["buffer"])
+        if local.get("ledger") is not None:
+            for batch in self.ledger.load_state_dict(local["ledger"]):
+                self.buffer.put_first(batch)
+        self.run_id = state_dict.get("run_id") or self.run_id
         if local.get("scheduler") is not None:
             self._restored = local
-            if self.scheduler is not None and self.scheduler._thread is not None:
-                log.warning("data state loaded after simulations started; it applies to the next run")
+
+
+def _describe(simulator: Simulator) -> Any:
+    describe = getattr(simulator, "describe", None)
+    return describe() if callable(describe) else type(simulator).__qualname__
+
+
+def check_resumable(state: dict[str, Any], simulator: Simulator, sampler: Sampler) -> None:
+    """Raise ``ValueError`` (one line) when a checkpoint's data state is of another simulator,
+    parameter space or sampler than this run's."""
+    saved = state.get("simulator")
+    if saved is not None and _plain_json(saved) != _plain_json(_describe(simulator)):
+        raise ValueError(
+            f"the checkpoint was written by a run of another simulator ({_short(saved)}; this run: "
+            f"{_short(_describe(simulator))}); resume with the same simulator or start a new run"
+        )
+    name = state.get("sampler")
+    if name is not None and name != type(sampler).__name__:
+        raise ValueError(
+            f"the checkpoint was written with sampler {name}, this run uses {type(sampler).__name__}; "
+            "resume with the same sampler or start a new run"
+        )
+    ranks = state.get("ranks") or []
+    space = ranks[0].get("sampler", {}).get("space") if ranks else None
+    if space is not None and space != sampler.space.to_config():
+        raise ValueError("the checkpoint was written for another parameter space; resume with the same one")
+
+
+def _plain_json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = _plain_json(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _plain(spec: Any) -> dict[str, Any] | None:

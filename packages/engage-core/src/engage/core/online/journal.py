@@ -1,7 +1,8 @@
 """The simulation journal: one JSON line per change of a simulation's state, at any fsspec URL.
 
 Lines are appended as they happen, so the journal of a killed run is complete up to the kill;
-a resumed run reads it to skip simulations that finished and rerun those that did not.
+a journal is a record for people and tools, never read to restore a run (a checkpoint holds
+that state). Entries carry the run's id, so runs that share a journal file stay apart.
 
 Example::
 
@@ -29,8 +30,10 @@ class Journal:
     change, which keeps it correct at the cost of bandwidth.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, run_id: str | None = None):
         self.url = url
+        #: written into every entry; :meth:`latest` and :meth:`table` read only this run's entries
+        self.run_id = run_id
         # a private filesystem instance: fsspec caches instances, and a transaction on the shared
         # one (Lightning writes checkpoints in one) would capture appends made from this thread
         self.fs, self.path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
@@ -43,6 +46,8 @@ class Journal:
     def append(self, entry: dict[str, Any]) -> None:
         """Write one entry (a ``time`` field is added when missing)."""
         entry = {"time": time.time(), **entry}
+        if self.run_id is not None:
+            entry.setdefault("run_id", self.run_id)
         line = json.dumps(entry, default=str) + "\n"
         with self._lock:
             if self._lines is None:
@@ -72,9 +77,11 @@ class Journal:
         return entries
 
     def latest(self) -> dict[int, dict[str, Any]]:
-        """The last entry of each simulation id."""
+        """The last entry of each simulation id (of this journal's run, when it has a run id)."""
         out: dict[int, dict[str, Any]] = {}
         for entry in self.read():
+            if self.run_id is not None and entry.get("run_id") != self.run_id:
+                continue
             if "simulation_id" in entry:
                 out[int(entry["simulation_id"])] = entry
         return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import pickle
 import sys
@@ -44,13 +45,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from engage.core.events import SimulationRecord
 from engage.core.executors import Executor, LaunchRequest, LocalExecutor, SimulationProcess
 from engage.core.online import allocator, protocol, shared_memory
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.client import PARENT_PID_ENV
 from engage.core.online.journal import Journal
 from engage.core.online.protocol import Kind, ProtocolError
+from engage.core.online.record import SimulationRecord
 from engage.core.samplers.base import Sampler
 from engage.core.simulators.base import Simulator
 
@@ -67,6 +68,21 @@ def _picklable(value: Any) -> bool:
 
 class MalformedSample(ValueError):
     """A sample frame that does not match the simulator's declaration."""
+
+
+class SchedulerError(RuntimeError):
+    """A failure of the trainer's side (the sampler, the buffer), never of a peer: it ends the run."""
+
+
+#: unauthenticated or malformed messages from connections that belong to no simulation are
+#: dropped and counted; this many are logged, then every thousandth
+_LOGGED_STRANGERS = 10
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """``text`` from a peer as one bounded log line (a newline in it must not forge another)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_sample(
@@ -104,13 +120,12 @@ class _Active:
     """A simulation whose process runs (or is being reaped)."""
 
     record: SimulationRecord
-    vector: np.ndarray
+    #: the record's unit-cube point as the buffer stores it with each sample
     unit: np.ndarray
     process: SimulationProcess | None = None
     identity: bytes | None = None
     credits: int = 0
     accepted: int = 0
-    resume_from: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     exited_at: float | None = None
     done: bool = False
@@ -142,6 +157,7 @@ class SimulationScheduler:
         concurrency: int = 2,
         retries: int = 2,
         on_failure: str = "fail",
+        min_completed: float = 1.0,
         executor: Executor | None = None,
         journal: Journal | None = None,
         heartbeat_interval: float = 1.0,
@@ -168,6 +184,9 @@ class SimulationScheduler:
         self.concurrency = concurrency
         self.retries = retries
         self.on_failure = on_failure
+        #: the share of the budget that must complete: once more have failed for good, the run
+        #: cannot succeed and ends at once (under ``on_failure="redraw"`` replacements run instead)
+        self.min_completed = float(min_completed)
         self.executor = executor or LocalExecutor()
         self.journal = journal
         self.heartbeat_interval = heartbeat_interval
@@ -202,17 +221,20 @@ class SimulationScheduler:
         self.finished = 0
         self.failed = 0
         self.retried = 0
+        self.dropped_messages = 0  # from connections that belong to no simulation
         self.samples = 0
         self.sample_messages = 0  # SAMPLE and SAMPLES messages: fewer than samples when coalesced
         self.shared_memory_samples = 0  # samples simulations wrote into the buffer's shared memory
-        self.queue: deque[dict[str, Any]] = deque()  # simulations waiting to (re)start
+        self.queue: deque[SimulationRecord] = deque()  # simulations waiting to (re)start
         self.active: dict[int, _Active] = {}
         self._by_identity: dict[bytes, _Active] = {}
         self._thread: threading.Thread | None = None
+        # held by the scheduler thread while it handles messages, and by :meth:`consistent`: a
+        # checkpoint sees every counted sample in the buffer and no sample half-received
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._bound = threading.Event()
         self.error: str | None = None
-        self._restored: dict[str, Any] | None = None
         self._started_at = time.monotonic()
         self._last_beat = 0.0
         self._last_check = 0.0
@@ -270,15 +292,16 @@ class SimulationScheduler:
             port = sock.bind_to_random_port(f"tcp://{self.executor.bind_host()}")
             self.address = f"tcp://{self.executor.bind_host()}:{port}"
             self._bound.set()
-            self._apply_restored()
             if self.spec is None and getattr(self.simulator, "launch_command", None) is None:
                 launch_spec = getattr(self.simulator, "launch_spec", None)
                 self.spec = (launch_spec() if launch_spec else None) or self._pickle_simulator()
             self._loop(sock)
         except Exception as exc:  # the trainer must hear about it instead of waiting forever
-            self.error = f"simulation scheduler failed: {type(exc).__name__}: {exc}"
-            log.exception("simulation scheduler failed")
+            cause = str(exc) if isinstance(exc, SchedulerError) else f"{type(exc).__name__}: {exc}"
+            self.error = f"simulation scheduler failed: {cause}"
+            log.error("%s", self.error, exc_info=not isinstance(exc, SchedulerError))
         finally:
+            self._lock.acquire()
             self._bound.set()
             try:
                 self._flush()
@@ -291,13 +314,14 @@ class SimulationScheduler:
                     active.process.kill()
                 self._release_slots(active)
                 if not active.done:
-                    self.queue.appendleft(self._retry_entry(active, same_attempt=True))
+                    self.queue.appendleft(self._resumable(active))
             self.active.clear()
             self.buffer.close(self.error)
             if self.segment is not None:
                 self.segment.unlink()  # the buffer keeps its mapping; no new process may attach
             sock.close(0)
             context.term()
+            self._lock.release()
 
     def _share(self) -> Any:
         """A shared-memory segment for the buffer's samples, or None (``shared_memory`` off, an
@@ -358,67 +382,60 @@ class SimulationScheduler:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         while not self._stop.is_set():
-            self._launch()
-            if poller.poll(20):
-                # drain what is there (until EAGAIN), bounded so credit and liveness checks keep
-                # running; the samples enter the buffer under one lock, with one wake-up
-                for _ in range(4096):
-                    try:
-                        identity = sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(sock, identity)
-                    if len(self._pending) + len(self._written) >= 256:
-                        self._flush()
-                self._flush()
-            self._grant(sock)
-            if time.monotonic() - self._last_check >= 0.01:
-                # liveness is judged in seconds: polling every process after each drain of the
-                # socket (every few samples when they stream fast) costs the receiver for nothing
-                self._check(sock)
-            if self._budget_reached() and not self.queue and not self.active:
-                break
+            with self._lock:
+                self._launch()
+            ready = poller.poll(20)
+            with self._lock:
+                if ready:
+                    # drain what is there (until EAGAIN), bounded so credit and liveness checks
+                    # keep running; the samples enter the buffer under one lock, with one wake-up
+                    for _ in range(4096):
+                        try:
+                            identity = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle(sock, identity)
+                        if len(self._pending) + len(self._written) >= 256:
+                            self._flush()
+                    self._flush()
+                self._grant(sock)
+                if time.monotonic() - self._last_check >= 0.01:
+                    # liveness is judged in seconds: polling every process after each drain of
+                    # the socket (every few samples when they stream fast) costs the receiver
+                    self._check(sock)
+                if self._budget_reached() and not self.queue and not self.active:
+                    break
         for active in list(self.active.values()):
             self._send(sock, active, protocol.encode_text(Kind.STOP, active.record.simulation_id, 0, "run ended"))
 
     # ------------------------------------------------------------------ launching
-    def _new_point(self) -> dict[str, Any]:
+    def _new_point(self) -> SimulationRecord:
         # every rank asks the same sequence (same seed) and keeps its share, so ranks never
         # simulate the same point
-        points = self.sampler.ask(self.world_size)
+        try:
+            points = self.sampler.ask(self.world_size)
+        except Exception as exc:
+            name = type(self.sampler).__name__
+            raise SchedulerError(f"sampler {name}.ask failed: {type(exc).__name__}: {exc}") from exc
         index = self.next_index
         self.next_index += 1
         self.planned += 1
-        return {
-            "simulation_id": index * self.world_size + self.rank,
-            "vector": points[self.rank].tolist(),
-            "attempt": 1,
-            "resume_from": 0,
-        }
+        return SimulationRecord.create(self.simulator.space, index * self.world_size + self.rank, points[self.rank])
 
     def _launch(self) -> None:
         while self.running < self.concurrency and not self._stop.is_set():
             if self.queue:
-                entry = self.queue.popleft()
+                record = self.queue.popleft()
             elif not self._budget_reached():
-                entry = self._new_point()
+                record = self._new_point()
             else:
                 return
-            self._start(entry)
+            self._start(record)
 
-    def _start(self, entry: dict[str, Any]) -> None:
-        vector = np.asarray(entry["vector"], dtype=np.float64)
-        space = self.simulator.space
-        record = SimulationRecord(
-            simulation_id=int(entry["simulation_id"]),
-            parameters=space.to_dicts(vector)[0],
-            status="running",
-            attempt=int(entry["attempt"]),
-            samples_received=int(entry.get("resume_from", 0)),
-            started_at=time.time(),
-        )
-        unit = space.to_unit(vector)[0].astype(np.float32)
-        active = _Active(record, vector, unit, accepted=record.samples_received, resume_from=record.samples_received)
+    def _start(self, record: SimulationRecord) -> None:
+        record.status, record.started_at = "running", time.time()
+        record.samples_received = record.resume_from
+        active = _Active(record, np.asarray(record.unit, dtype=np.float32), accepted=record.resume_from)
         sim_id, attempt = record.simulation_id, record.attempt
         launch_command = getattr(self.simulator, "launch_command", None)
         if launch_command is not None:
@@ -439,7 +456,7 @@ class SimulationScheduler:
         active.process = self.executor.start(request)
         record.host = active.process.host
         self.active[sim_id] = active
-        self._journal(record, active.vector)
+        self._journal(record)
         self._emit("engage_simulation_started", record=record)
 
     # ------------------------------------------------------------------ messages
@@ -482,17 +499,29 @@ class SimulationScheduler:
             if header.kind == Kind.DONE:
                 self._done(sock, active, header)
             elif header.kind == Kind.ERROR:
-                self._fail(sock, active, f"simulation reported: {payload.decode(errors='replace')}")
+                self._fail(sock, active, f"simulation reported: {_one_line(payload.decode(errors='replace'))}")
             elif header.kind != Kind.HEARTBEAT:
                 raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
-        except (ProtocolError, MalformedSample) as exc:
+        except SchedulerError:
+            raise
+        except Exception as exc:
+            # whatever a peer sends, it fails that peer's simulation (or is dropped) and never the
+            # receiver: protocol and shape checks name what is wrong; anything else they missed
+            # is the peer's data too
             # what is left of a malformed message must not be read as the next one
             while sock.getsockopt(zmq.RCVMORE):
                 sock.recv(copy=False)
+            what = str(exc) if isinstance(exc, (ProtocolError, MalformedSample)) else f"{type(exc).__name__}: {exc}"
             if active is not None:
-                self._fail(sock, active, f"malformed data: {exc}")
+                self._fail(sock, active, f"malformed data: {_one_line(what)}")
             else:
-                log.warning("ignored a message from an unknown connection: %s", exc)
+                self.dropped_messages += 1
+                if self.dropped_messages <= _LOGGED_STRANGERS or self.dropped_messages % 1000 == 0:
+                    log.warning(
+                        "dropped a message from a connection that belongs to no simulation (%d so far): %s",
+                        self.dropped_messages,
+                        _one_line(what, 200),
+                    )
 
     @staticmethod
     def _payload(sock: zmq.Socket, copy: bool = True) -> Any:
@@ -518,9 +547,9 @@ class SimulationScheduler:
         self._by_identity[identity] = active
         job = {
             "parameters": active.record.parameters,
-            "vector": active.vector.tolist(),
+            "vector": active.record.vector,
             "simulator": self.spec,
-            "resume_from": active.resume_from,
+            "resume_from": active.record.resume_from,
             "heartbeat_interval": self.heartbeat_interval,
             "server_timeout": max(self.heartbeat_timeout, 10 * self.heartbeat_interval),
             "coalesce_bytes": self.coalesce_bytes,
@@ -710,13 +739,16 @@ class SimulationScheduler:
 
     def _flush(self) -> None:
         """Put the samples of this drain into the buffer and tell plugins, once per simulation."""
-        if self._written:
-            self.buffer.commit(self._written)
-            self._written = []
-        if self._pending:
-            # the frames' memory is the scheduler's alone: large samples are kept without a copy
-            self.buffer.put_many(self._pending, owned=True)
-            self._pending = []
+        try:
+            if self._written:
+                self.buffer.commit(self._written)
+                self._written = []
+            if self._pending:
+                # the frames' memory is the scheduler's alone: large samples are kept without a copy
+                self.buffer.put_many(self._pending, owned=True)
+                self._pending = []
+        except Exception as exc:
+            raise SchedulerError(f"the training buffer failed: {type(exc).__name__}: {exc}") from exc
         if self._arrived:
             arrived, self._arrived = self._arrived, {}
             if self.hooks is not None:
@@ -739,9 +771,19 @@ class SimulationScheduler:
         self._send(sock, active, protocol.encode_text(Kind.ACK, rec.simulation_id, rec.attempt, index=header.index))
         rec.status, rec.ended_at, rec.samples_sent = "finished", time.time(), header.index
         self.finished += 1
-        self._journal(rec, active.vector)
-        self.sampler.tell(active.vector[None, :], outputs=[{"samples": active.accepted, "duration": rec.duration}])
+        self._journal(rec)
+        self._sampler_call("tell", rec, outputs=[{"samples": active.accepted, "duration": rec.duration}])
         self._emit("engage_simulation_finished", record=rec)
+
+    def _sampler_call(self, method: str, rec: SimulationRecord, **kwargs: Any) -> None:
+        """Tell the sampler about a settled simulation; its failure ends the run (never silently)."""
+        try:
+            getattr(self.sampler, method)(np.asarray(rec.vector, dtype=np.float64)[None, :], **kwargs)
+        except Exception as exc:
+            raise SchedulerError(
+                f"sampler {type(self.sampler).__name__}.{method} failed on simulation {rec.simulation_id}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def _grant(self, sock: zmq.Socket) -> None:
         connected = [a for a in self.active.values() if a.identity is not None and not a.done]
@@ -826,13 +868,12 @@ class SimulationScheduler:
         if active.identity is not None:
             self._by_identity.pop(active.identity, None)
 
-    def _retry_entry(self, active: _Active, same_attempt: bool = False) -> dict[str, Any]:
-        return {
-            "simulation_id": active.record.simulation_id,
-            "vector": active.vector.tolist(),
-            "attempt": active.record.attempt + (0 if same_attempt else 1),
-            "resume_from": active.accepted,
-        }
+    @staticmethod
+    def _resumable(active: _Active) -> SimulationRecord:
+        """A copy of a running simulation's record as a rerun starts it: after the samples held."""
+        record = SimulationRecord.from_dict(active.record.to_dict())
+        record.resume_from = record.samples_received = active.accepted
+        return record
 
     def _fail(self, sock: zmq.Socket, active: _Active, reason: str) -> None:
         rec = active.record
@@ -842,7 +883,8 @@ class SimulationScheduler:
             rec.stderr_tail = active.process.stderr_tail()
         self._forget(active)
         rec.status, rec.ended_at, rec.error = "failed", time.time(), reason
-        will_retry = rec.attempt <= self.retries
+        rec.failures += 1
+        will_retry = rec.failures <= self.retries
         log.warning(
             "simulation %d attempt %d failed: %s%s\n%s",
             rec.simulation_id,
@@ -851,22 +893,30 @@ class SimulationScheduler:
             "; retrying" if will_retry else "; giving up",
             rec.stderr_tail[-2000:],
         )
-        self._journal(rec, active.vector, final=not will_retry)
+        self._journal(rec, final=not will_retry)
         self._emit("engage_simulation_failed", record=rec, error=reason)
         if will_retry:
             self.retried += 1
-            self.queue.append(self._retry_entry(active))
+            retry = self._resumable(active)
+            retry.next_attempt()
+            self.queue.append(retry)
             return
         self.failed += 1
-        self.sampler.report_failure(active.vector[None, :])
+        self._sampler_call("report_failure", rec)
         if self.on_failure == "redraw":
             self.planned -= 1  # a replacement point takes its place in the budget
+        elif self.budget is not None and self.failed > self.budget - math.ceil(self.min_completed * self.budget - 1e-9):
+            raise SchedulerError(
+                f"simulation {rec.simulation_id} failed after {rec.failures} attempts ({_one_line(reason, 200)}); "
+                f"{self.failed} of {self.budget} simulations given up, so min_completed={self.min_completed} cannot "
+                "be met (raise data.retries, set data.on_failure=redraw or lower data.min_completed)"
+            )
 
     # ------------------------------------------------------------------ journal, events, state
-    def _journal(self, rec: SimulationRecord, vector: np.ndarray, final: bool = True) -> None:
+    def _journal(self, rec: SimulationRecord, final: bool = True) -> None:
         if self.journal is not None:
             entry = rec.to_dict()
-            entry.update(rank=self.rank, vector=vector.tolist(), final=final)
+            entry.update(rank=self.rank, final=final)
             self.journal.append(entry)
 
     def _emit(self, hook: str, **kwargs: Any) -> None:
@@ -887,67 +937,49 @@ class SimulationScheduler:
             "samples": float(self.samples),
             "samples_per_s": self.samples / elapsed,
             "shared_memory_samples": float(self.shared_memory_samples),
+            "dropped_messages": float(self.dropped_messages),
         }
+
+    def consistent(self) -> threading.RLock:
+        """A lock under which the scheduler handles no message: the buffer then holds every sample
+        the counters and records count (take a checkpoint's data state under it)."""
+        return self._lock
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and the simulations still to run (running ones resume after the samples the
-        buffer already holds)."""
-        queue = list(self.queue) + [self._retry_entry(a, True) for a in list(self.active.values()) if not a.done]
-        return {
-            "next_index": self.next_index,
-            "planned": self.planned,
-            "finished": self.finished,
-            "failed": self.failed,
-            "samples": self.samples,
-            "queue": queue,
-        }
+        """Counters and the record of every simulation still to run; running ones resume after the
+        samples they sent (all of which are in the buffer, or were read from it). Take it under
+        :meth:`consistent` together with the buffer's and the sampler's state."""
+        with self._lock:
+            pending = [r.to_dict() for r in self.queue]
+            pending += [self._resumable(a).to_dict() for a in list(self.active.values()) if not a.done]
+            return {
+                "version": 2,
+                "next_index": self.next_index,
+                "planned": self.planned,
+                "finished": self.finished,
+                "failed": self.failed,
+                "retried": self.retried,
+                "samples": self.samples,
+                "pending": pending,
+            }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore before :meth:`start`; the journal (if any) is reconciled when the thread starts."""
-        self._restored = state
-
-    def _apply_restored(self) -> None:
-        state = self._restored
-        latest = {}
-        if self.journal is not None:
-            latest = {sid: e for sid, e in self.journal.latest().items() if sid % self.world_size == self.rank}
-        if state is None and not latest:
-            return
-        state = state or {"next_index": 0, "planned": 0, "finished": 0, "failed": 0, "samples": 0, "queue": []}
-        self.next_index, self.planned = state["next_index"], state["planned"]
-        self.finished, self.failed, self.samples = state["finished"], state["failed"], state["samples"]
-
-        def settled(entry: dict[str, Any]) -> bool:
-            return entry.get("status") == "finished" or (entry.get("status") == "failed" and entry.get("final"))
-
-        def next_attempt(sid: int, attempt: int) -> int:
-            return max(attempt, int(latest.get(sid, {}).get("attempt", 0)) + 1)
-
-        for entry in state["queue"]:
-            sid = int(entry["simulation_id"])
-            if sid in latest and settled(latest[sid]):
-                self._count_settled(latest[sid])
-                continue
-            self.queue.append({**entry, "attempt": next_attempt(sid, int(entry["attempt"]))})
-        # simulations started after the checkpoint: keep the sampler in step, rerun what did not finish
-        while True:
-            sid = self.next_index * self.world_size + self.rank
-            if sid not in latest:
-                break
-            entry = self._new_point()
-            journaled = latest[sid]
-            if settled(journaled):
-                self._count_settled(journaled)
-                if journaled.get("status") == "failed" and self.on_failure == "redraw":
-                    self.planned -= 1
-                continue
-            vector = journaled.get("vector") or entry["vector"]
-            self.queue.append({**entry, "vector": vector, "attempt": next_attempt(sid, 1)})
-
-    def _count_settled(self, entry: dict[str, Any]) -> None:
-        if entry.get("status") == "finished":
-            self.finished += 1
-            if entry.get("vector"):
-                self.sampler.tell(np.asarray(entry["vector"], dtype=np.float64)[None, :])
-        else:
-            self.failed += 1
+        """Restore :meth:`state_dict` before :meth:`start`. Everything after that state is redone:
+        simulations running then start again from the sample index it holds, and those started
+        later are asked of the sampler (restored with it) again."""
+        if state.get("version") != 2:
+            raise ValueError(
+                "the checkpoint's simulation state was written by an older ENGAGE; resume from a checkpoint of "
+                "this version or start a new run"
+            )
+        if self._thread is not None:
+            raise RuntimeError("the scheduler state must be loaded before start()")
+        self.next_index, self.planned = int(state["next_index"]), int(state["planned"])
+        self.finished, self.failed, self.retried = int(state["finished"]), int(state["failed"]), int(state["retried"])
+        self.samples = int(state["samples"])
+        self.queue.clear()
+        for data in state["pending"]:
+            record = SimulationRecord.from_dict(data)
+            if record.status != "pending":
+                record.next_attempt()  # a new process: the one of the checkpoint is gone
+            self.queue.append(record)

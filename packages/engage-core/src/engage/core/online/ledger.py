@@ -1,0 +1,66 @@
+"""Which samples were trained: batches handed to the training loop, and the steps that took them.
+
+Lightning fetches the next batch before it trains the current one, so at a checkpoint one batch
+(more with a deeper prefetch) has left the buffer without having been trained. The ledger keeps
+such batches until their step starts: a checkpoint holds them, and a resumed run trains them
+first, so that no sample is lost between the buffer and a step, and none is trained twice.
+
+Example::
+
+    >>> import numpy as np
+    >>> ledger = TrainingLedger()
+    >>> batch = {"target": np.zeros((2, 3)), "parameters": np.zeros((2, 1)), "time": np.zeros((2, 1)),
+    ...          "simulation_id": np.array([0, 1])}
+    >>> ledger.handed_out(batch); ledger.handed_out(batch); ledger.step_started()
+    >>> ledger.batches_trained, ledger.samples_trained, len(ledger.state_dict()["untrained"])
+    (1, 2, 1)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class TrainingLedger:
+    """Batches handed out and not yet trained, in order, and the counts of those trained."""
+
+    def __init__(self) -> None:
+        self._untrained: deque[dict[str, np.ndarray]] = deque()
+        self.batches_trained = 0
+        self.samples_trained = 0
+
+    def handed_out(self, batch: dict[str, np.ndarray]) -> None:
+        """A batch left the buffer for the training loop."""
+        self._untrained.append(batch)
+
+    def step_started(self) -> None:
+        """The training step of the oldest batch handed out starts (batches are trained in order)."""
+        if self._untrained:
+            batch = self._untrained.popleft()
+            self.batches_trained += 1
+            self.samples_trained += len(batch["simulation_id"])
+
+    def discard_untrained(self) -> None:
+        """Forget batches handed out to an iterator that was dropped (an epoch ended early)."""
+        self._untrained.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counts and the untrained batches' samples (tensors, for Lightning checkpoints)."""
+        return {
+            "batches_trained": self.batches_trained,
+            "samples_trained": self.samples_trained,
+            "untrained": [
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()} for batch in self._untrained
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        """Restore the counts; returns the untrained batches, for the buffer to serve first."""
+        self.batches_trained = int(state["batches_trained"])
+        self.samples_trained = int(state["samples_trained"])
+        self._untrained.clear()
+        return [{k: v.numpy() for k, v in batch.items()} for batch in state["untrained"]]

@@ -1,0 +1,92 @@
+"""What an online run did, counted, and the rule that decides whether it did what it was asked.
+
+A run that trained on fewer simulations than it asked for, or on nothing, must not end as if it
+had succeeded: :meth:`OnlineOutcome.problem` says what is missing, and
+:class:`OnlineRunFailed` carries it out of ``Trainer.fit`` (``engage run`` exits with
+:data:`EXIT_RUN_FAILED` and marks its MLflow run FAILED).
+
+Example::
+
+    >>> outcome = OnlineOutcome(requested=4, completed=3, failed=2, given_up=1, samples_received=48,
+    ...                         samples_trained=40, batches_trained=10)
+    >>> outcome.line()
+    'simulations: 4 requested, 3 completed, 2 failed, 1 given up; samples: 48 received, 40 trained'
+    >>> outcome.problem(min_completed=1.0)
+    '3 of 4 simulations completed; data.min_completed=1.0 requires 4 (1 given up after its retries)'
+    >>> outcome.problem(min_completed=0.75) is None
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+#: the exit code of ``engage run`` when a run did not do what it was asked
+EXIT_RUN_FAILED = 4
+
+
+class OnlineRunFailed(RuntimeError):
+    """An online run that did not do what it was asked; the message is one line naming why."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+@dataclass(frozen=True)
+class OnlineOutcome:
+    """Counts of one online run (of one rank, under distributed training).
+
+    ``requested``: simulations the run had to complete (``None`` when it is bounded by samples
+    instead); ``failed`` counts failed processes, retried ones included, and ``given_up`` the
+    simulations that failed for good; ``samples_trained`` the samples of batches that reached a
+    training step.
+    """
+
+    requested: int | None
+    completed: int
+    failed: int
+    given_up: int
+    samples_received: int
+    samples_trained: int
+    batches_trained: int
+
+    def line(self) -> str:
+        """One line for the console and logs."""
+        requested = "" if self.requested is None else f"{self.requested} requested, "
+        return (
+            f"simulations: {requested}{self.completed} completed, {self.failed} failed, {self.given_up} given up; "
+            f"samples: {self.samples_received} received, {self.samples_trained} trained"
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """The counts as MLflow metrics (``online/simulations_completed``, ...)."""
+        names = {
+            "requested": "simulations_requested",
+            "completed": "simulations_completed",
+            "failed": "simulations_failed",
+            "given_up": "simulations_given_up",
+            "samples_received": "samples_received",
+            "samples_trained": "samples_trained",
+            "batches_trained": "batches_trained",
+        }
+        return {f"online/{names[k]}": float(v) for k, v in asdict(self).items() if v is not None}
+
+    def problem(self, min_completed: float) -> str | None:
+        """Why this run did not do what it was asked, or ``None`` when it did."""
+        if self.batches_trained == 0:
+            return (
+                f"no batch was trained ({self.samples_received} samples received, {self.completed} simulations "
+                f"completed, {self.given_up} given up)"
+            )
+        if self.requested is None:
+            return None
+        required = math.ceil(min_completed * self.requested - 1e-9)
+        if self.completed >= required:
+            return None
+        why = f" ({self.given_up} given up after its retries)" if self.given_up else ""
+        if not self.given_up:
+            why = " (training ended first: raise trainer.max_epochs or data.batches_per_epoch, or set data.rate_limit)"
+        return (
+            f"{self.completed} of {self.requested} simulations completed; data.min_completed={min_completed} "
+            f"requires {required}{why}"
+        )

@@ -1,0 +1,70 @@
+"""The callback that makes an online run count what it trained and fail when it fell short."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+
+log = logging.getLogger("engage.online")
+
+
+class OnlineRunCheck(pl.Callback):
+    """Counts the batches each training step takes (:class:`~.ledger.TrainingLedger`), and when
+    training ends records the run's :class:`~.outcome.OnlineOutcome` (MLflow metrics
+    ``online/simulations_*`` and ``online/samples_*``, one log line) and raises
+    :class:`~.outcome.OnlineRunFailed` out of ``Trainer.fit`` when the run did not complete the
+    simulations it was asked for (``min_completed``) or trained no batch.
+
+    :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
+
+    Example::
+
+        >>> import lightning.pytorch as pl
+        >>> trainer = pl.Trainer(callbacks=[OnlineRunCheck()], logger=False, enable_progress_bar=False)
+    """
+
+    def __init__(self) -> None:
+        self._recorded: Any = None
+
+    @staticmethod
+    def _datamodule(trainer: pl.Trainer) -> Any:
+        dm = getattr(trainer, "datamodule", None)
+        return dm if dm is not None and hasattr(dm, "ledger") and hasattr(dm, "outcome") else None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._recorded = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        dm = self._datamodule(trainer)
+        if dm is not None:
+            dm.ledger.step_started()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = self._datamodule(trainer)
+        if dm is None:
+            return
+        outcome = self._record(trainer, dm)
+        problem = outcome.problem(dm.min_completed)
+        if problem is not None:
+            from engage.core.online.outcome import OnlineRunFailed
+
+            raise OnlineRunFailed(f"online run failed: {problem}; {outcome.line()}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        dm = self._datamodule(trainer)
+        if dm is not None and self._recorded is None:
+            self._record(trainer, dm)
+
+    def _record(self, trainer: pl.Trainer, dm: Any) -> Any:
+        outcome = self._recorded = dm.outcome()
+        log.info("%s", outcome.line())
+        if trainer.is_global_zero:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            for logger in trainer.loggers:
+                if isinstance(logger, MLFlowLogger):
+                    for name, value in outcome.metrics().items():
+                        logger.experiment.log_metric(logger.run_id, name, value, step=trainer.global_step)
+        return outcome
