@@ -169,11 +169,19 @@ def encode_text(kind: Kind, simulation_id: int, attempt: int, text: str = "", in
     return [encode_header(kind, simulation_id, attempt, index, nbytes=len(body)), body]
 
 
+#: the largest JSON payload a peer may send (HELLO): a few hundred bytes are enough
+MAX_JSON_BYTES = 64 * 1024
+
+
 def decode_json(payload: bytes | memoryview) -> dict[str, Any]:
+    """A JSON object from a peer; :class:`ProtocolError` for anything else (too large, not UTF-8,
+    not JSON, nested too deep for the decoder, numbers too long to convert)."""
+    if len(payload) > MAX_JSON_BYTES:
+        raise ProtocolError(f"JSON payload of {len(payload)} bytes; at most {MAX_JSON_BYTES} are accepted")
     try:
         data = json.loads(bytes(payload).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ProtocolError(f"payload is not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise ProtocolError("JSON payload must be an object")
     return data

@@ -1,0 +1,254 @@
+"""A run trains on what it reports, or fails naming why: sampler and buffer failures end the fit,
+no peer can stop the receiver, unmet budgets fail, runs never share state, resume is explicit."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from engage.core.online import OnlineDataModule, protocol
+from engage.core.online.buffer import BufferClosed, TrainingBuffer
+from engage.core.online.ledger import TrainingLedger
+from engage.core.online.outcome import OnlineRunFailed
+from engage.core.online.scheduler import SimulationScheduler
+from engage.core.samplers.uniform import UniformSampler
+from engage.core.simulators.function import FunctionSimulator
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def helpers_on_path(monkeypatch):
+    """Simulation processes import ``test_online_helpers`` from this directory."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(HERE))
+    import test_online_helpers
+
+    return test_online_helpers
+
+
+def ramp(**kwargs) -> FunctionSimulator:
+    return FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=6, kwargs=kwargs
+    )
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(64, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch["target"].reshape(len(batch["target"]), -1)).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def fit(dm: OnlineDataModule, root: Path, **trainer) -> pl.Trainer:
+    options = {"max_epochs": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = pl.Trainer(accelerator="cpu", default_root_dir=str(root), **{**options, **trainer})
+    trainer.fit(Tiny(), datamodule=dm)
+    return trainer
+
+
+def datamodule(sim, sampler=None, **kwargs) -> OnlineDataModule:
+    options = {
+        "simulations": 2, "concurrency": 2, "batch_size": 4, "batches_per_epoch": 3, "capacity": 16,
+        "policy": "fifo", "val_simulations": 0, "heartbeat_interval": 0.2, "heartbeat_timeout": 10,
+    }  # fmt: skip
+    return OnlineDataModule(sim, sampler or UniformSampler(sim.space, seed=0), **{**options, **kwargs})
+
+
+class FailingTell(UniformSampler):
+    def _tell(self, points, losses, outputs):
+        raise TypeError("unsupported operand type(s) for -: 'dict' and 'float'")
+
+
+def test_a_sampler_that_raises_ends_the_fit_with_its_cause(tmp_path, helpers_on_path):
+    sim = ramp(delay=0.05)
+    dm = datamodule(sim, FailingTell(sim.space), simulations=4, batches_per_epoch=50)
+    started = time.monotonic()
+    with pytest.raises(BufferClosed, match=r"sampler FailingTell.tell failed on simulation \d+: TypeError"):
+        fit(dm, tmp_path)
+    assert time.monotonic() - started < 60
+    assert dm.ledger.samples_trained < 24  # it did not go on with what the buffer held
+
+
+def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path, helpers_on_path):
+    dm = datamodule(ramp(delay=0.2), simulations=4, concurrency=1, batches_per_epoch=1, capacity=8)
+    with pytest.raises(OnlineRunFailed, match=r"of 4 simulations completed; data.min_completed=1.0 requires 4"):
+        fit(dm, tmp_path)
+    outcome = dm.outcome()
+    assert outcome.completed < 4 and outcome.batches_trained == 1 and outcome.samples_trained == 4
+
+
+def test_simulations_given_up_end_the_run_at_once(tmp_path, helpers_on_path):
+    sim = helpers_on_path.Rogue("shape")
+    sim.launch_command = lambda address, sid, attempt: [
+        sys.executable, "-m", "test_online_helpers", address, str(sid), "1", "shape"
+    ]  # fmt: skip
+    dm = datamodule(sim, simulations=3, retries=0, batches_per_epoch=100)
+    with pytest.raises(BufferClosed, match=r"given up, so min_completed=1.0 cannot be met"):
+        fit(dm, tmp_path)
+    assert dm.outcome().given_up >= 1 and dm.outcome().samples_received == 0
+
+
+def test_min_completed_lets_a_run_end_with_failures_it_accepts(tmp_path, helpers_on_path):
+    sim = helpers_on_path.Rogue("shape")
+    # simulation 0 always sends a wrong shape; the others behave
+    sim.launch_command = lambda address, sid, attempt: [
+        sys.executable, "-m", "test_online_helpers", address, str(sid), "1" if sid == 0 else str(attempt),
+        "shape" if sid == 0 else "good",
+    ]  # fmt: skip
+    dm = datamodule(sim, simulations=4, retries=0, batches_per_epoch=100, min_completed=0.75)
+    fit(dm, tmp_path)
+    outcome = dm.outcome()
+    assert (outcome.requested, outcome.completed, outcome.given_up) == (4, 3, 1)
+    assert outcome.samples_received == outcome.samples_trained == 18
+
+
+def test_two_runs_in_one_folder_are_independent(tmp_path, helpers_on_path):
+    finished = []
+    for _ in range(2):
+        dm = datamodule(ramp(), simulations=3, batches_per_epoch=100)
+        fit(dm, tmp_path)
+        finished.append((dm.run_id, dm.outcome().completed, dm.outcome().samples_trained))
+        journal = tmp_path / "online" / dm.run_id / "journal.jsonl"
+        assert journal.exists()
+    assert finished[0][0] != finished[1][0]
+    assert finished[0][1:] == finished[1][1:] == (3, 18)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"startup_timeout": -1}, "data.startup_timeout: must be > 0 seconds, got -1"),
+        ({"heartbeat_interval": 0}, "data.heartbeat_interval: must be > 0 seconds"),
+        ({"min_completed": 1.5}, "data.min_completed: must be between 0 and 1"),
+        ({"rate_limit": 0}, "data.rate_limit: must be > 0"),
+        ({"max_reads": 0}, "data.max_reads: must be >= 1"),
+        ({"policy": "lifo"}, "data.policy: must be fifo, firo or reservoir"),
+    ],
+)
+def test_every_online_setting_is_range_checked_once(setting, message):
+    sim = ramp()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        OnlineDataModule(sim, UniformSampler(sim.space), **setting)
+
+
+def test_datamodule_defaults_are_those_of_engage_run():
+    from engage.core.online.config import OnlineDataConfig
+
+    sim = ramp()
+    dm = OnlineDataModule(sim, UniformSampler(sim.space))
+    config = OnlineDataConfig()
+    assert (dm.simulations, dm.capacity, dm.policy, dm.batch_size) == (
+        config.simulations, config.capacity, config.policy, config.batch_size,
+    ) == (96, 8192, "reservoir", 64)  # fmt: skip
+
+
+def test_no_validation_simulations_turns_validation_off(tmp_path, helpers_on_path):
+    dm = datamodule(ramp(), simulations=1, val_simulations=0, batches_per_epoch=100)
+    trainer = fit(dm, tmp_path)
+    assert dm.val_dataloader() == [] and trainer.state.finished
+
+
+def test_an_untrained_batch_in_a_checkpoint_is_served_first_after_resume():
+    buffer = TrainingBuffer(capacity=8, policy="fifo")
+    for i in range(6):
+        buffer.put(np.full((2,), i, "float32"), parameters=np.zeros(1), simulation_id=0, time=i / 6)
+    ledger = TrainingLedger()
+    ledger.handed_out(buffer.get_batch(2))  # trained
+    ledger.handed_out(buffer.get_batch(2))  # fetched ahead, not trained when the checkpoint is taken
+    ledger.step_started()
+    state, buffer_state = ledger.state_dict(), buffer.state_dict()
+    restored, ledger2 = TrainingBuffer(capacity=8, policy="fifo"), TrainingLedger()
+    restored.load_state_dict(buffer_state)
+    for batch in ledger2.load_state_dict(state):
+        restored.put_first(batch)
+    served = [restored.get_batch(2)["target"][:, 0].tolist() for _ in range(2)]
+    assert served == [[2.0, 3.0], [4.0, 5.0]]
+    assert (ledger2.batches_trained, ledger2.samples_trained) == (1, 2)
+
+
+# ---------------------------------------------------------------- whatever a peer sends
+def _garbage(rng: random.Random, simulation_id: int) -> list[bytes]:
+    """A message a broken or hostile peer might send: random frames, or headers with random
+    fields around the simulation's own id."""
+    choice = rng.randrange(8)
+    if choice == 0:
+        return [rng.randbytes(rng.randrange(0, 80)) for _ in range(rng.randrange(1, 4))]
+    if choice >= 6:  # almost right: the simulation's own shape and dtype, odd counts and sizes
+        kind = rng.choice([protocol.Kind.SAMPLE, protocol.Kind.SAMPLES, protocol.Kind.DONE, protocol.Kind.HELLO])
+        fields = [
+            b"ENGM", 1, int(kind), 1, 2, simulation_id, rng.choice([1, 2]), rng.choice([0, 1]),
+            rng.choice([-3, -1, 0, 1, 5, 6, 7, 2**40]), 8, 8, 0, 0, rng.choice([0, 255, 256, 512, 1024, 2**40]),
+        ]  # fmt: skip
+        payload = rng.choice([b"", b"\0" * 256, b"\0" * 512, b"\0" * 100, b"\0" * 1536])
+        return [struct.pack("<4sBBBBqIIq4IQ", *fields), payload]
+    kind = rng.choice([int(k) for k in protocol.Kind] + [0, 7, 99, 255])
+    fields = [
+        b"ENGM", 1, kind, rng.choice([0, 1, 2, 11, 12, 200]), rng.choice([0, 1, 2, 4, 5]),
+        rng.choice([simulation_id, -1, 2**62]), rng.choice([0, 1, 2, 2**32 - 1]), rng.choice([0, 1, 2**31]),
+        rng.choice([-5, 0, 1, 6, 2**62]), *[rng.choice([0, 8, 2**31]) for _ in range(4)],
+        rng.choice([0, 7, 256, 2**63]),
+    ]  # fmt: skip
+    header = struct.pack("<4sBBBBqIIq4IQ", *fields)
+    payloads = [b"", b"{", b'{"pid": [1], "shared_memory": 5}', b"\xff" * 256, b"{}", b"line\nforged line"]
+    frames = [header, rng.choice(payloads)]
+    if choice == 1:
+        frames.append(b"extra")
+    elif choice == 2:
+        frames = frames[:1]
+    return frames
+
+
+def test_no_message_from_any_peer_stops_the_receiver(tmp_path, helpers_on_path):
+    # simulations that never connect keep the scheduler waiting while peers send it garbage
+    sim = ramp()
+    sim.launch_command = lambda address, sid, attempt: [sys.executable, "-c", "import time; time.sleep(60)"]
+    buffer = TrainingBuffer(capacity=16, policy="fifo")
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), buffer, simulations=1, retries=50, startup_timeout=60, workdir=str(tmp_path)
+    )
+    scheduler.start()
+    context = zmq.Context()
+    rng = random.Random(20)
+    try:
+        for peer in range(40):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if peer % 2:  # half of them claim to be the running simulation
+                sid = next(iter(scheduler.active))
+                attempt = scheduler.active[sid].record.attempt
+                sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-{attempt}-{peer}".encode())
+                sock.connect(scheduler.address)
+                hello = protocol.encode_json(protocol.Kind.HELLO, sid, attempt, {"pid": 1, "host": "x", "protocol": 1})
+                if peer % 4 == 3:  # a HELLO that is no JSON a decoder survives
+                    hello[1] = rng.choice([b'{"pid": ' + b"1" * 5000 + b"}", b'{"a": ' + b"[" * 100_000, b"\xff{}"])
+                sock.send_multipart(hello)
+            else:
+                sid = 0
+                sock.connect(scheduler.address)
+            for _ in range(25):
+                sock.send_multipart(_garbage(rng, sid))
+            time.sleep(0.05)
+            sock.close(0)
+        time.sleep(0.5)
+        assert scheduler._thread.is_alive() and scheduler.error is None
+        assert scheduler.dropped_messages > 0
+    finally:
+        scheduler.stop()
+        context.term()
+    assert scheduler.error is None and buffer.inserted == 0
