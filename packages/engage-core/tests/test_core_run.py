@@ -1,6 +1,7 @@
 """``engage run`` end to end, in real processes, with MLflow on SQLite."""
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -85,3 +86,75 @@ def test_sweep_with_unreachable_tracking_stops_before_any_job(tmp_path):
         result.stderr.strip().splitlines()[-1].startswith("engage run: MLflow server http://127.0.0.1:9 is unreachable")
     )
     assert not (tmp_path / "multirun").exists()
+
+
+def _stderr_lines(result, prefix: str = "engage run:") -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_folder_are_two_independent_runs(tmp_path):
+    for _ in range(2):
+        result = engage("run", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "simulations: 2 requested, 2 completed, 0 failed, 0 given up" in result.stderr
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert [r.data.metrics["online/simulations_completed"] for r in runs] == [2, 2]
+    online_ids = {r.data.tags["engage.online_run_id"] for r in runs}
+    assert len(online_ids) == 2
+    assert {p.name for p in (tmp_path / "run" / "online").iterdir()} == online_ids
+
+
+@pytest.mark.slow
+def test_a_run_that_falls_short_exits_4_with_one_line_and_a_failed_mlflow_run(tmp_path):
+    result = engage("run", *TINY, "data.startup_timeout=0.001", "data.retries=0", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "did not connect within" in line and "cannot be met" in line, line
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.metrics["online/simulations_given_up"] >= 1
+
+
+def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_path):
+    result = engage("run", *TINY, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "ckpt_path=last: no checkpoint in the run folder" in line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    args = [
+        *TINY, "simulator.steps=8", "data.train_simulations=3", "data.batch_size=2", "data.capacity=4",
+        "data.policy=fifo", "data.max_reads=1", "trainer.limit_train_batches=null", "checkpoint_every_n_steps=1",
+        f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "engage.core.cli", "run", *args, "+callbacks.pace._target_=engage_test_pace.Pace"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not list(run_dir.rglob("last.ckpt")) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    result = engage("run", *args, "ckpt_path=last", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "simulations: 3 requested, 3 completed, 0 failed, 0 given up; samples: 24 received, 24 trained" in (
+        result.stderr
+    )

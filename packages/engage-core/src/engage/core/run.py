@@ -3,6 +3,7 @@ config and the installed plugins, train, and record everything in MLflow."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import tempfile
@@ -234,7 +235,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     try:
         if cfg.task == "fit":
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
+            # whole, as the user's own file (weights_only=False), never from an unknown source
+            whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
             online_run = getattr(datamodule, "run_id", None)
             if online_run and trainer.is_global_zero:
                 logger.experiment.set_tag(logger.run_id, "engage.online_run_id", online_run)
