@@ -64,7 +64,9 @@ def sweep(workdir: Path) -> dict[str, list[float]]:
 
     measured = {}
     for job, layer in enumerate(RATES):
-        entries = journal(workdir / "sweep" / str(job) / "online" / "journal.jsonl")
+        # each run keeps its journal in its own folder, online/<run id>/
+        (path,) = (workdir / "sweep" / str(job) / "online").glob("*/journal.jsonl")
+        entries = journal(path)
         assert [e["status"] for e in entries] == ["finished", "finished"], entries
         assert {e["host"] for e in entries} == {f"{layer}-1"}  # simulations ran on that layer's host
         measured[layer] = [8 * e["stream_bytes_per_s"] for e in entries]

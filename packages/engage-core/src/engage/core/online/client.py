@@ -34,14 +34,13 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zmq
 
 from engage.core.online import protocol
-from engage.core.online.protocol import Kind
+from engage.core.online.protocol import Job, Kind
 from engage.core.online.shared_memory import SHARED_MEMORY_ENV, attach
 
 #: environment variable holding the pid of the process that started this one (local executor)
@@ -57,20 +56,6 @@ class TrainerGone(RuntimeError):
 
 class StopRequested(RuntimeError):
     """The training process asked this simulation to stop; the message says why."""
-
-
-@dataclass
-class Job:
-    """What the trainer asks this simulation to compute."""
-
-    parameters: dict[str, Any]
-    vector: list[float]
-    simulator: dict[str, Any] | None = None
-    resume_from: int = 0
-    heartbeat_interval: float = 1.0
-    server_timeout: float = 60.0
-    coalesce_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SimulationClient:
@@ -166,25 +151,11 @@ class SimulationClient:
                 continue
             header, payload = message
             if header.kind == Kind.JOB:
-                data = protocol.decode_json(payload)
-                known = {
-                    "parameters", "vector", "simulator", "resume_from", "heartbeat_interval", "server_timeout",
-                    "coalesce_bytes", "shared_memory",
-                }  # fmt: skip
-                job = Job(
-                    parameters=data.get("parameters", {}),
-                    vector=list(data.get("vector", [])),
-                    simulator=data.get("simulator"),
-                    resume_from=int(data.get("resume_from", 0)),
-                    heartbeat_interval=float(data.get("heartbeat_interval", self.heartbeat_interval)),
-                    server_timeout=float(data.get("server_timeout", self.server_timeout)),
-                    coalesce_bytes=data.get("coalesce_bytes"),
-                    extra={k: v for k, v in data.items() if k not in known},
-                )
+                job = Job.decode(payload, self.heartbeat_interval, self.server_timeout)
                 self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
                 if job.coalesce_bytes is not None:
                     self.coalesce_bytes = max(0, int(job.coalesce_bytes))  # the trainer's setting wins
-                granted = data.get("shared_memory")
+                granted = job.shared_memory
                 ring = self._ring
                 if granted and ring is not None and int(granted["slot_bytes"]) * int(granted["slots"]) <= len(ring):
                     self._slot_bytes = int(granted["slot_bytes"])

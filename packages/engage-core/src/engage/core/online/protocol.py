@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -185,3 +186,48 @@ def decode_json(payload: bytes | memoryview) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ProtocolError("JSON payload must be an object")
     return data
+
+
+@dataclass
+class Job:
+    """The ``JOB`` message: what the trainer asks one simulation process to compute. Its keys are
+    declared here alone; the trainer builds it from the simulation's record, clients read it.
+
+    ``shared_memory`` (``{"slot_bytes", "slots"}``) is present when the trainer accepted the
+    client's mapping of its segment; keys a client does not know stay in ``extra``.
+    """
+
+    parameters: dict[str, Any]
+    vector: list[float]
+    simulator: dict[str, Any] | None = None
+    resume_from: int = 0
+    heartbeat_interval: float = 1.0
+    server_timeout: float = 60.0
+    coalesce_bytes: int | None = None
+    shared_memory: dict[str, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self, simulation_id: int, attempt: int) -> list[bytes]:
+        """The message's frames."""
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        if data["shared_memory"] is None:
+            del data["shared_memory"]
+        return encode_json(Kind.JOB, simulation_id, attempt, data)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview, heartbeat_interval: float, server_timeout: float) -> Job:
+        """The job in a ``JOB`` payload (the defaults: the client's own settings)."""
+        data = decode_json(payload)
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        return cls(
+            parameters=data.get("parameters", {}),
+            vector=list(data.get("vector", [])),
+            simulator=data.get("simulator"),
+            resume_from=int(data.get("resume_from", 0)),
+            heartbeat_interval=float(data.get("heartbeat_interval", heartbeat_interval)),
+            server_timeout=float(data.get("server_timeout", server_timeout)),
+            coalesce_bytes=data.get("coalesce_bytes"),
+            shared_memory=data.get("shared_memory"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )

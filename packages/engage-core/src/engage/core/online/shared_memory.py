@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import secrets
@@ -37,6 +38,8 @@ SHM_DIR = "/dev/shm"
 # 4 KiB page of a slot faults, a thousand faults per 4 MiB sample, which cost a third of the
 # stream's rate at that size in a run that fills each slot once.
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+log = logging.getLogger("engage.online")
 
 
 def available() -> bool:
@@ -123,3 +126,35 @@ def _untrack(name: str) -> None:
     from multiprocessing import resource_tracker
 
     resource_tracker.unregister("/" + name, "shared_memory")
+
+
+def segment_for(size: int) -> SharedSegment | None:
+    """A segment of ``size`` bytes for the training buffer, or None, with one warning naming the
+    size and the fix, when there is no ``/dev/shm``, too little room in it, or the segment would
+    take more than half the available memory (it takes its memory at once, where a buffer in the
+    trainer's memory takes it as it fills: the faster path must not run the host out of memory)."""
+    if not available():
+        return None
+    import psutil
+
+    problem = "more than half the available memory" if size > psutil.virtual_memory().available // 2 else None
+    segment = None
+    if problem is None:
+        try:
+            segment = SharedSegment.create(size)
+        except OSError as exc:
+            problem = f"{exc.strerror or exc}; enlarge /dev/shm"
+    if segment is None:
+        log.warning(
+            "simulations stream over sockets: no shared memory of %.1f MiB for the buffer (%s); "
+            "lower data.capacity to use it",
+            size / 2**20,
+            problem,
+        )
+        return None
+    log.info(
+        "training buffer in shared memory %s (%.1f MiB): simulations on this host write their samples into it",
+        segment.name,
+        size / 2**20,
+    )
+    return segment

@@ -1,0 +1,146 @@
+"""Credit and shared-memory slots: how many samples each simulation may send, and where they go.
+
+Credit is backpressure: a simulation sends only samples the buffer has room for. A simulation
+writing into the buffer's shared memory gets its credit as slot numbers, in the order it fills
+them; one streaming over its socket gets a count, and the receiver reads each sample into a slot
+it reserved (or keeps large ones by reference). Slots granted and not filled go back to the
+buffer.
+
+Example::
+
+    >>> from engage.core.online.buffer import TrainingBuffer
+    >>> buffer = TrainingBuffer(capacity=8, policy="fifo")
+    >>> buffer.prepare((2,), "float32", parameters=1)
+    >>> credit = Credit(buffer, window=4, samples_per_run=6)
+    >>> credit.available()
+    8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engage.core.online import protocol
+from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.protocol import Kind, ProtocolError
+
+if TYPE_CHECKING:
+    from engage.core.online.fleet import Running
+
+
+class Credit:
+    """Grants credit from the buffer's room; keeps the slots this receiver reserved."""
+
+    def __init__(self, buffer: TrainingBuffer, window: int, samples_per_run: int | None):
+        self.buffer = buffer
+        self.window = int(window)
+        self.samples_per_run = samples_per_run
+        self.reserved: list[int] = []  # slots reserved by the receiver, not yet written
+
+    def available(self, outstanding: int = 0) -> int:
+        """Samples the buffer can take beyond ``outstanding`` credit granted over sockets."""
+        # reserved slots are room the buffer no longer counts but this receiver will fill
+        return self.buffer.credit() + len(self.reserved) - outstanding
+
+    def grant(self, connected: Iterable[Running], send: Callable[[Running, list[bytes]], None]) -> None:
+        """Top up the credit of ``connected`` simulations, least credit first, sending each its
+        ``CREDIT`` message through ``send``."""
+        connected = list(connected)
+        if not connected:
+            return
+        # the slots of shared-memory clients are reserved already: their credit is not counted again
+        available = self.available(sum(a.credits for a in connected if a.slots is None))
+        total = self.samples_per_run
+        for active in sorted(connected, key=lambda a: a.credits):
+            # never more than the run has left to send: a granted slot is one other samples may
+            # not use (and under the reservoir policy, a shared-memory slot evicts a sample)
+            left = total - active.accepted - active.credits if total is not None else self.window
+            want = min(self.window - active.credits, left)
+            if want <= 0 or available <= 0:
+                continue
+            # grant in chunks to keep the message count low, but never let a client starve
+            if active.credits > 0 and want < self.window // 2 and want < left:
+                continue
+            grant = min(want, available)
+            rec = active.record
+            if active.slots is None:
+                message = protocol.encode_text(Kind.CREDIT, rec.simulation_id, rec.attempt, index=grant)
+            else:
+                granted = self._take(grant)
+                if not granted:
+                    continue
+                grant = len(granted)
+                active.slots.extend(granted)
+                payload = np.asarray(granted, dtype="<i8").tobytes()
+                header = protocol.encode_header(Kind.CREDIT, rec.simulation_id, rec.attempt, grant, nbytes=len(payload))
+                message = [header, payload]
+            available -= grant
+            active.credits += grant
+            send(active, message)
+
+    def _take(self, n: int) -> list[int]:
+        """Up to ``n`` buffer slots for a shared-memory client: this receiver's reserved ones
+        first, then from the buffer (evicting, under the reservoir policy, as arrivals would)."""
+        taken = self.reserved[-n:]
+        del self.reserved[len(self.reserved) - len(taken) :]
+        if len(taken) < n:
+            taken += self.buffer.reserve(n - len(taken), evict=True)
+        return taken
+
+    def spend(self, active: Running, header: protocol.Header, count: int, spending: str) -> None:
+        """Check that ``count`` samples from ``header.index`` fit the client's credit
+        (``spending`` words the shortfall) and come in order; then spend the credit."""
+        if active.credits < count:
+            raise ProtocolError(
+                f"{count} samples {spending.format(active.credits)} (the client must wait for CREDIT messages)"
+            )
+        if header.index > active.accepted:
+            raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
+        active.credits -= count
+
+    def granted_slots(self, active: Running, count: int, skip: int) -> list[int]:
+        """A shared-memory client's next ``count`` granted slots, in order; those of the first
+        ``skip`` samples (received already) go back to the buffer, the rest are returned."""
+        taken = [active.slots.popleft() for _ in range(count)]  # type: ignore[union-attr]
+        if skip:
+            self.buffer.release(taken[:skip])
+        return taken[skip:]
+
+    def next_slot(self, active: Running) -> int | None:
+        """The buffer slot to read a socket sample into: a shared-memory client's next granted
+        slot, else one of this receiver's reserved ones; None when samples are kept by reference."""
+        if active.slots is not None:
+            return active.slots.popleft()  # granted with its credit, which the caller checked
+        if self.buffer.writes_in_place and not self.reserved:
+            self.reserved = self.buffer.reserve(256)
+        return self.reserved.pop() if self.reserved else None
+
+    def return_slot(self, active: Running, slot: int) -> None:
+        if active.slots is not None:
+            active.slots.appendleft(slot)
+        else:
+            self.reserved.append(slot)
+
+    def reserved_slots(self, n: int) -> list[int]:
+        """Up to ``n`` reserved slots to copy samples into (more are reserved when needed)."""
+        if len(self.reserved) < n:
+            self.reserved += self.buffer.reserve(max(256, n) - len(self.reserved))
+        written = min(n, len(self.reserved))
+        slots = self.reserved[len(self.reserved) - written :]
+        del self.reserved[len(self.reserved) - written :]
+        return slots
+
+    def release(self, active: Running) -> None:
+        """Give the buffer back the slots a simulation was granted and will not fill."""
+        if active.slots:
+            self.buffer.release(list(active.slots))
+            active.slots.clear()
+            active.credits = 0
+
+    def release_reserved(self) -> None:
+        """Give the buffer back this receiver's reserved slots (the run ends)."""
+        self.buffer.release(self.reserved)
+        self.reserved = []
