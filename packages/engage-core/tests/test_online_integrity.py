@@ -71,7 +71,7 @@ def datamodule(sim, sampler=None, **kwargs) -> OnlineDataModule:
 
 
 class FailingTell(UniformSampler):
-    def _tell(self, points, losses, outputs):
+    def simulation_finished(self, record):
         raise TypeError("unsupported operand type(s) for -: 'dict' and 'float'")
 
 
@@ -79,7 +79,8 @@ def test_a_sampler_that_raises_ends_the_fit_with_its_cause(tmp_path, helpers_on_
     sim = ramp(delay=0.05)
     dm = datamodule(sim, FailingTell(sim.space), simulations=4, batches_per_epoch=50)
     started = time.monotonic()
-    with pytest.raises(BufferClosed, match=r"sampler FailingTell.tell failed on simulation \d+: TypeError"):
+    failed = r"sampler FailingTell.simulation_finished failed on simulation \d+: TypeError"
+    with pytest.raises(BufferClosed, match=failed):
         fit(dm, tmp_path)
     assert time.monotonic() - started < 60
     assert dm.ledger.samples_trained < 24  # it did not go on with what the buffer held
@@ -89,6 +90,7 @@ def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path
     dm = datamodule(ramp(delay=0.2), simulations=4, concurrency=1, batches_per_epoch=1, capacity=8)
     with pytest.raises(OnlineRunFailed, match=r"of 4 simulations completed; data.min_completed=1.0 requires 4"):
         fit(dm, tmp_path)
+    assert dm.sampler.num_finished == dm.outcome().completed  # told once per simulation
     outcome = dm.outcome()
     assert outcome.completed < 4 and outcome.batches_trained == 1 and outcome.samples_trained == 4
 

@@ -42,6 +42,9 @@ class SimulationRecord:
 
     simulation_id: int
     parameters: dict[str, Any]
+    #: the point's position in the sequence the sampler's ``ask`` produced (from 0): how the
+    #: sampler knows which of its points a result is about
+    ask_index: int = 0
     vector: list[float] = field(default_factory=list)
     unit: list[float] = field(default_factory=list)
     status: str = "pending"
@@ -60,12 +63,14 @@ class SimulationRecord:
     bytes_received: int = 0
 
     @classmethod
-    def create(cls, space: Any, simulation_id: int, vector: np.ndarray) -> SimulationRecord:
-        """The record of a new simulation at ``vector`` (parameter values in the order of ``space``)."""
+    def create(cls, space: Any, simulation_id: int, vector: np.ndarray, ask_index: int = 0) -> SimulationRecord:
+        """The record of a new simulation at ``vector`` (parameter values in the order of ``space``),
+        the sampler's point number ``ask_index``."""
         values = np.asarray(vector, dtype=np.float64).reshape(1, -1)
         return cls(
             simulation_id=int(simulation_id),
             parameters=space.to_dicts(values)[0],
+            ask_index=int(ask_index),
             vector=values[0].tolist(),
             unit=space.to_unit(values)[0].tolist(),
         )

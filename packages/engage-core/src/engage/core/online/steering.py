@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from engage.core.online.record import SimulationRecord
 from engage.core.samplers.base import Sampler
 
@@ -58,27 +56,24 @@ class Steering:
 
     def new_record(self) -> SimulationRecord:
         """The record of the next simulation, at the sampler's next point."""
+        first = getattr(self.sampler, "num_asked", 0)
         points = self._call("ask", self.world_size)
         index = self.next_index
         self.next_index += 1
         self.planned += 1
-        return SimulationRecord.create(self.space, index * self.world_size + self.rank, points[self.rank])
+        sid = index * self.world_size + self.rank
+        return SimulationRecord.create(self.space, sid, points[self.rank], ask_index=first + self.rank)
 
     def finished(self, record: SimulationRecord) -> None:
-        """Tell the sampler a simulation finished (every sample received)."""
-        outputs = [{"samples": record.samples_received, "duration": record.duration}]
-        self._call("tell", self._point(record), outputs=outputs, record=record)
+        """Tell the sampler a simulation finished (every sample received), by its record."""
+        self._call("simulation_finished", record, record=record)
 
     def given_up(self, record: SimulationRecord, redraw: bool) -> None:
-        """Tell the sampler a simulation failed for good; with ``redraw`` a new point replaces it
-        in the budget."""
-        self._call("report_failure", self._point(record), record=record)
+        """Tell the sampler a simulation failed for good, by its record; with ``redraw`` a new
+        point replaces it in the budget."""
+        self._call("simulation_failed", record, record=record)
         if redraw:
             self.planned -= 1
-
-    @staticmethod
-    def _point(record: SimulationRecord) -> np.ndarray:
-        return np.asarray(record.vector, dtype=np.float64)[None, :]
 
     def _call(self, method: str, *args: Any, record: SimulationRecord | None = None, **kwargs: Any) -> Any:
         try:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engage.core.space import ParameterSpace
+
+if TYPE_CHECKING:
+    from engage.core.online.record import SimulationRecord
 
 
 class FailureAction(str, enum.Enum):
@@ -51,6 +54,7 @@ class Sampler(ABC):
         self.rng = np.random.default_rng(seed)
         self.num_asked = 0
         self.num_told = 0
+        self.num_finished = 0  # simulations the online engine reported finished
         self.failed: list[list[float]] = []
 
     # ------------------------------------------------------------------ contract
@@ -92,6 +96,23 @@ class Sampler(ABC):
     def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:  # noqa: B027
         """Learn from results; non-adaptive samplers ignore them (hence not abstract)."""
 
+    # ------------------------------------------------------------------ the online engine's contract
+    def simulation_finished(self, record: SimulationRecord) -> None:
+        """The online engine's word that the simulation of ``record`` finished: every sample of it
+        reached the training buffer. Called once per simulation, with the record created when
+        this sampler was asked for its point (``record.ask_index`` is the point's position in the
+        sequence :meth:`ask` produced, counting from 0), never matched by value. Results (losses,
+        outputs) reach the sampler through :meth:`tell`, from callbacks that compute them; the
+        base class only counts finished simulations."""
+        self.num_finished += 1
+
+    def simulation_failed(self, record: SimulationRecord) -> FailureAction:
+        """The online engine's word that the simulation of ``record`` failed for good (once per
+        simulation, by record); returns what the sampler does about it. By default the point is
+        reported to :meth:`report_failure`; structured designs find their row by
+        ``record.ask_index``."""
+        return self.report_failure(np.asarray(record.vector, dtype=np.float64)[None, :])
+
     def report_failure(self, points: np.ndarray) -> FailureAction:
         """Tell the sampler these points failed for good; returns what it does about it."""
         for row in np.atleast_2d(np.asarray(points, dtype=np.float64)):
@@ -107,6 +128,7 @@ class Sampler(ABC):
             "rng": self.rng.bit_generator.state,
             "num_asked": self.num_asked,
             "num_told": self.num_told,
+            "num_finished": self.num_finished,
             "failed": [list(row) for row in self.failed],
             "space": self.space.to_config(),
         }
@@ -121,6 +143,7 @@ class Sampler(ABC):
         self.rng.bit_generator.state = state["rng"]
         self.num_asked = int(state["num_asked"])
         self.num_told = int(state["num_told"])
+        self.num_finished = int(state.get("num_finished", 0))
         self.failed = [list(row) for row in state.get("failed", [])]
 
     def __repr__(self) -> str:

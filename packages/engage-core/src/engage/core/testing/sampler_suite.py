@@ -15,7 +15,8 @@ SPACES = parameter_spaces()
 
 
 class SamplerSuite:
-    """Checks seeding, bounds, batch shapes, ``tell``, failure reporting and checkpointing.
+    """Checks seeding, bounds, batch shapes, ``tell``, the online engine's calls by simulation
+    record, failure reporting and checkpointing.
 
     Subclasses provide a ``make_sampler`` fixture: a callable ``(space, seed) -> Sampler``.
     Override :attr:`batch_sizes` when a sampler only produces certain batch sizes (a structured
@@ -87,6 +88,18 @@ class SamplerSuite:
         action = sampler.report_failure(points[:1])
         assert isinstance(action, FailureAction)
         assert sampler.ask(self.batch_sizes[0]).shape[1] == space.dim
+
+    def test_told_by_record_once_per_simulation(self, make_sampler, space):
+        from engage.core.online.record import SimulationRecord
+
+        sampler = make_sampler(space, 0)
+        points = sampler.ask(self.batch_sizes[0])
+        records = [SimulationRecord.create(space, i, p, ask_index=i) for i, p in enumerate(points)]
+        for record in records[1:]:
+            sampler.simulation_finished(record)
+        assert sampler.num_finished == len(records) - 1
+        assert isinstance(sampler.simulation_failed(records[0]), FailureAction)
+        assert sampler.ask(self.batch_sizes[0]).shape == (self.batch_sizes[0], space.dim)
 
     def test_resume_continues_identically(self, make_sampler, space):
         original = make_sampler(space, 5)
