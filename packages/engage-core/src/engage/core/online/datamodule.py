@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from engage.core.config.schema import ConfigValueError
-from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset, cached_simulations
+from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset
 from engage.core.executors import Executor
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.config import OnlineDataConfig
@@ -110,9 +110,12 @@ class OnlineDataModule(pl.LightningDataModule):
     ``simulation_id`` ``(B,)``). ``simulations`` processes are run, ``concurrency`` at a time,
     with parameters from ``sampler``; their samples fill a :class:`TrainingBuffer`
     (``policy``, ``capacity``, ``watermark``, ``max_reads``, ``rate_limit``). Validation uses
-    ``val_simulations`` held-out runs, computed once and cached under ``cache_dir`` (any fsspec
-    URL). Every simulation is journaled to ``journal`` (any fsspec URL; default: in the run's
-    directory) and a resumed run continues where the checkpoint and the journal left off.
+    ``val_simulations`` held-out simulations, run through simulation processes like training
+    ones, once per run (or cached under ``cache_dir``, any fsspec URL, to share between runs).
+    Each run has its own id and folder; every simulation is journaled to ``journal`` (any fsspec
+    URL; default: in the run's folder). ``Trainer.fit(..., ckpt_path=...)`` resumes exactly where
+    the checkpoint left off; a run that completes fewer than ``min_completed`` of its
+    simulations, or trains no batch, fails (:class:`~.outcome.OnlineRunFailed`).
 
     Example::
 
@@ -198,11 +201,6 @@ class OnlineDataModule(pl.LightningDataModule):
             if self._group is None and self.world_size > 1:
                 # a CPU group for the end-of-stream agreement, whatever the training backend
                 self._group = dist.new_group(backend="gloo")
-        if self.val_dataset is None and self.val_simulations > 0:
-            held_out = UniformSampler(self.simulator.space, seed=self.seed + VALIDATION_SEED_OFFSET)
-            points = held_out.ask(self.val_simulations)
-            fields = self._cached(points, "val")
-            self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
         if stage in (None, "fit"):
             if self.run_id is None:
                 self.run_id = self._agree(uuid.uuid4().hex)
@@ -252,11 +250,10 @@ class OnlineDataModule(pl.LightningDataModule):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def _new_scheduler(self) -> SimulationScheduler:
+    def _executor(self, workdir: str) -> Executor:
         from engage.core.executors import LocalExecutor
-        from engage.core.plugins import PluginError, executors, get_plugin_manager
+        from engage.core.plugins import executors
 
-        workdir = self._workdir()
         executor = self.executor
         if isinstance(executor, str):
             known = {"local": LocalExecutor} if executor == "local" else executors()
@@ -270,6 +267,13 @@ class OnlineDataModule(pl.LightningDataModule):
                     f"data.executor_options do not fit the {executor!r} executor ({exc}); "
                     f"given: {sorted(self.executor_options)}"
                 ) from None
+        return executor
+
+    def _new_scheduler(self) -> SimulationScheduler:
+        from engage.core.plugins import PluginError, get_plugin_manager
+
+        workdir = self._workdir()
+        executor = self._executor(workdir)
         try:
             hooks = get_plugin_manager().hook
         except PluginError as exc:
@@ -278,22 +282,34 @@ class OnlineDataModule(pl.LightningDataModule):
         url = self.journal_url or os.path.join(workdir, "journal.jsonl")
         if self.world_size > 1 and self.journal_url:
             url = f"{self.journal_url.removesuffix('.jsonl')}-rank{self.rank}.jsonl"
-        scheduler = self._scheduler(executor, Journal(url, run_id=self.run_id), hooks, workdir)
+        scheduler = self._scheduler(
+            self.sampler, self.buffer, self.simulations, executor, Journal(url, run_id=self.run_id), hooks, workdir
+        )
         if self._restored is not None:
             scheduler.load_state_dict(self._restored["scheduler"])
         return scheduler
 
-    def _scheduler(self, executor: Executor, journal: Journal, hooks: Any, workdir: str) -> SimulationScheduler:
+    def _scheduler(
+        self,
+        sampler: Sampler,
+        buffer: TrainingBuffer,
+        simulations: int | None,
+        executor: Executor,
+        journal: Journal,
+        hooks: Any,
+        workdir: str,
+        validation: bool = False,
+    ) -> SimulationScheduler:
         return SimulationScheduler(
             self.simulator,
-            self.sampler,
-            self.buffer,
-            simulations=self.simulations,
-            max_samples=self.max_samples,
+            sampler,
+            buffer,
+            simulations=simulations,
+            max_samples=None if validation else self.max_samples,
             concurrency=self.concurrency,
             retries=self.retries,
-            on_failure=self.on_failure,
-            min_completed=self.min_completed,
+            on_failure="fail" if validation else self.on_failure,
+            min_completed=1.0 if validation else self.min_completed,
             executor=executor,
             journal=journal,
             heartbeat_interval=self.heartbeat_interval,
@@ -304,13 +320,28 @@ class OnlineDataModule(pl.LightningDataModule):
             shared_memory=self.shared_memory,
             simulator_spec=self.simulator_spec,
             workdir=workdir,
-            rank=self.rank,
-            world_size=self.world_size,
+            rank=0 if validation else self.rank,
+            world_size=1 if validation else self.world_size,
             hooks=hooks,
         )
 
-    def _cached(self, points: np.ndarray, name: str) -> np.ndarray:
-        return cached_simulations(self.simulator, points, name, self.cache_dir)
+    def _validation_dataset(self) -> SimulationDataset | None:
+        """The held-out simulations (``val_simulations`` uniform points of their own seed), run
+        through simulation processes like training ones, once per run (see :mod:`.validation`)."""
+        if self.val_dataset is None and self.val_simulations > 0:
+            from engage.core.online.validation import held_out_fields
+
+            held_out = UniformSampler(self.simulator.space, seed=self.seed + VALIDATION_SEED_OFFSET)
+            points = held_out.ask(self.val_simulations)
+            folder = os.path.join(self._workdir(), "validation")
+
+            def make(sampler: Sampler, buffer: TrainingBuffer, n: int, workdir: str) -> SimulationScheduler:
+                journal = Journal(os.path.join(workdir, "journal.jsonl"), run_id=self.run_id)
+                return self._scheduler(sampler, buffer, n, self._executor(workdir), journal, None, workdir, True)
+
+            fields = held_out_fields(self.simulator, points, make, folder, self.cache_dir)
+            self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
+        return self.val_dataset
 
     # ------------------------------------------------------------------ streaming
     def start_streaming(self) -> None:
@@ -334,11 +365,10 @@ class OnlineDataModule(pl.LightningDataModule):
         return DataLoader(BufferStream(self), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None:
-            self.setup("validate")
-        if self.val_dataset is None:  # val_simulations=0: no validation
+        dataset = self._validation_dataset()
+        if dataset is None:  # val_simulations=0: no validation
             return []
-        return DataLoader(self.val_dataset, batch_size=self.batch_size)
+        return DataLoader(dataset, batch_size=self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
