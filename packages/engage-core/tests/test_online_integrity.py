@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import psutil
 import pytest
 import torch
 import zmq
@@ -93,6 +94,9 @@ def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path
     assert dm.sampler.num_finished == dm.outcome().completed  # told once per simulation
     outcome = dm.outcome()
     assert outcome.completed < 4 and outcome.batches_trained == 1 and outcome.samples_trained == 4
+    # the failed fit stopped its simulations (Lightning calls no teardown when a fit fails)
+    assert not dm.scheduler._thread.is_alive()
+    assert not [p for p in psutil.Process().children(recursive=True) if "engage.core.online.client" in p.cmdline()]
 
 
 def test_simulations_given_up_end_the_run_at_once(tmp_path, helpers_on_path):

@@ -377,6 +377,10 @@ class OnlineDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and self.scheduler is not None:
             self.scheduler.stop()
 
+    def on_exception(self, exception: BaseException) -> None:
+        """A fit that fails stops its simulations: Lightning calls no ``teardown`` then."""
+        self.teardown("fit")
+
     def stats(self) -> dict[str, float]:
         """Buffer and simulation counters of this rank."""
         out = {f"buffer_{k}": v for k, v in self.buffer.stats().items()}
