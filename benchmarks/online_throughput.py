@@ -44,8 +44,9 @@ Each figure is the median of ``REPEAT`` interleaved repetitions; a ratio is the 
 ratios within each repetition, whose runs follow one another (``engage_vs_raw_of_medians`` is
 the ratio of the medians, for comparison).
 
-Run: ``python benchmarks/online_throughput.py``; prints a table and writes
-``benchmarks/results/online_throughput.json``.
+Run: ``python benchmarks/online_throughput.py`` (``--help`` for the options; ``--quick``: one
+repetition of 64x64 and 1024x1024 with 1 process, no training figures, in about a minute);
+prints a table and writes ``benchmarks/results/online_throughput.json`` (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -270,7 +271,9 @@ def measure_time_to_error(mode: str, simulations: int = 32, max_seconds: float =
     if mode == "online":
         dm = OnlineDataModule(
             sim, sampler, simulations=simulations, concurrency=1, capacity=8192, policy="reservoir",
-            batches_per_epoch=25, workdir=tempfile.mkdtemp(prefix="engage-bench-"), train_threads=1, **common,
+            batches_per_epoch=25, workdir=tempfile.mkdtemp(prefix="engage-bench-"), train_threads=1,
+            min_completed=0.0,  # training stops at the target error, before every simulation has run
+            **common,
         )  # fmt: skip
         interval: dict = {}
     else:
@@ -305,12 +308,42 @@ def paired(runs: list[tuple[float, ...]], column: int, baseline: int = 0) -> flo
     return statistics.median(ratios(runs, column, baseline))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Throughput of online training's transport against bare pyzmq and a memory copy (JSON figures)."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="64x64 and 1024x1024, 1 process, 1 repetition, no training"
+    )
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sample sizes (default: all)")
+    parser.add_argument("--processes", nargs="+", type=int, help="simulation processes (default: 1 2 4)")
+    parser.add_argument("--repeat", type=int, help=f"interleaved repetitions per cell (default: {REPEAT})")
+    parser.add_argument("--no-training", action="store_true", help="skip the data-wait and time-to-error figures")
+    parser.add_argument("--out", help="where to write the JSON (default: benchmarks/results/online_throughput.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = args.sizes or ["64x64", "1024x1024"]
+        args.processes = args.processes or [1]
+        args.repeat = args.repeat or 1
+        args.no_training = True
+    args.sizes = args.sizes or list(SIZES)
+    args.processes = args.processes or [1, 2, 4]
+    args.repeat = args.repeat or REPEAT
+    if args.repeat < 1 or any(p < 1 for p in args.processes):
+        parser.error("--repeat and --processes must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
     from engage.core.online import allocator, protocol
     from engage.core.online.buffer import ZERO_COPY_BYTES
 
+    args = parse_args(argv)
     rows = []
-    for label, side in SIZES.items():
+    for label in args.sizes:
+        side = SIZES[label]
         nbytes = side * side * 4
         if nbytes >= ZERO_COPY_BYTES:
             # the trainer sets this once it keeps frames by reference; bare pyzmq runs in this
@@ -318,10 +351,10 @@ def main() -> None:
             allocator.retain_freed_memory(nbytes, min(8192 * nbytes, 1 << 30))
         ring = measure_ring(side)
         per_message = protocol.samples_per_message(nbytes)  # as the client decides, by default
-        for processes in (1, 2, 4):
+        for processes in args.processes:
             # interleaved repetitions, medians: this machine's speed varies from second to second
             runs = []
-            for _ in range(REPEAT):
+            for _ in range(args.repeat):
                 raw = measure_raw(processes, side)
                 same = measure_raw(processes, side, per_message) if per_message > 1 else raw
                 transport = measure_engage(processes, side, "none")[0]
@@ -381,11 +414,13 @@ def main() -> None:
                 f"{row['shared_memory_with_batches_vs_raw']:.2f}",
                 flush=True,
             )
-    data_wait = measure_data_wait()
-    print(f"data wait when simulators outpace the model: {data_wait}", flush=True)
-    training = [measure_time_to_error("online"), measure_time_to_error("offline")]
-    for row in training:
-        print(f"time to rel L2 < {TARGET_REL_L2}: {row}", flush=True)
+    data_wait, training = None, None
+    if not args.no_training:
+        data_wait = measure_data_wait()
+        print(f"data wait when simulators outpace the model: {data_wait}", flush=True)
+        training = [measure_time_to_error("online"), measure_time_to_error("offline")]
+        for row in training:
+            print(f"time to rel L2 < {TARGET_REL_L2}: {row}", flush=True)
     result = {
         "benchmark": "online_throughput",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -396,7 +431,7 @@ def main() -> None:
         "data_wait": data_wait,
         "online_vs_offline": training,
     }
-    out = HERE / "results" / "online_throughput.json"
+    out = Path(args.out) if args.out else HERE / "results" / "online_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"saved {out}")

@@ -52,6 +52,9 @@ class Tiny(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         return self.layer(batch["target"].reshape(len(batch["target"]), -1)).pow(2).mean()
 
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.training_step(batch, batch_idx))
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
@@ -144,7 +147,7 @@ def test_two_runs_in_one_folder_are_independent(tmp_path, helpers_on_path):
         ({"min_completed": 1.5}, "data.min_completed: must be between 0 and 1"),
         ({"rate_limit": 0}, "data.rate_limit: must be > 0"),
         ({"max_reads": 0}, "data.max_reads: must be >= 1"),
-        ({"policy": "lifo"}, "data.policy: must be fifo, firo or reservoir"),
+        ({"policy": "lifo"}, "data.policy: must be one of fifo, firo, reservoir"),
     ],
 )
 def test_every_online_setting_is_range_checked_once(setting, message):
@@ -168,6 +171,21 @@ def test_no_validation_simulations_turns_validation_off(tmp_path, helpers_on_pat
     dm = datamodule(ramp(), simulations=1, val_simulations=0, batches_per_epoch=100)
     trainer = fit(dm, tmp_path)
     assert dm.val_dataloader() == [] and trainer.state.finished
+
+
+def test_held_out_simulations_run_as_processes_and_their_failure_fails_the_run(tmp_path, helpers_on_path):
+    good = datamodule(ramp(), simulations=1, val_simulations=2, batches_per_epoch=100)
+    trainer = fit(good, tmp_path / "good")
+    assert trainer.state.finished and len(good.val_dataset) == 12
+    (journal,) = (tmp_path / "good" / "online" / good.run_id / "validation").glob("journal.jsonl")
+    assert journal.read_text().count('"finished"') == 2  # two held-out simulation processes
+    sim = helpers_on_path.Rogue("shape")  # its processes send samples of the wrong shape
+    sim.launch_command = lambda address, sid, attempt: [
+        sys.executable, "-m", "test_online_helpers", address, str(sid), "1", "shape"
+    ]  # fmt: skip
+    bad = datamodule(sim, simulations=1, val_simulations=1, retries=0)
+    with pytest.raises(OnlineRunFailed, match=r"held-out validation simulations failed: .*has shape \(4, 4\)"):
+        fit(bad, tmp_path / "bad")
 
 
 def test_an_untrained_batch_in_a_checkpoint_is_served_first_after_resume():

@@ -197,15 +197,15 @@ def test_large_owned_samples_are_kept_by_reference_and_others_copied():
     buffer.put(lent, parameters=np.zeros(1), simulation_id=1, time=0.0)
     # the contract: an owned sample is never written again, a lent one may be at once
     lent[:] = -1.0
-    owned_view = buffer._refs[0]
-    assert owned_view is owned and not np.shares_memory(buffer._refs[1], lent)
+    refs = buffer._store.refs  # a ReferenceStorage
+    assert refs[0] is owned and not np.shares_memory(refs[1], lent)
     batch = buffer.get_batch(2)
     assert batch["target"].shape == (2, 8, 8) and batch["target"].flags.writeable
     assert batch["target"][:, 0, 0].tolist() == [1.0, 2.0] and not np.shares_memory(batch["target"], owned)
-    assert buffer._refs == [None] * 4  # read once under fifo: the slots let go of the samples
+    assert refs == [None] * 4  # read once under fifo: the slots let go of the samples
     small = TrainingBuffer(capacity=4, policy="fifo")  # default threshold: 256-byte samples are copied
     small.put(owned, parameters=np.zeros(1), simulation_id=0, time=0.0, owned=True)
-    assert small._refs is None and not np.shares_memory(small._data, owned)
+    assert small.writes_in_place and not np.shares_memory(small._store.data, owned)
 
 
 @pytest.mark.parametrize("held_by_reference", [True, False])
@@ -217,7 +217,7 @@ def test_shared_storage_takes_samples_of_any_size_and_what_is_held(held_by_refer
     segment = SharedSegment.create(4 * 256)
     try:
         buffer.prepare((8, 8), "float32", 1, storage=segment.buffer)  # the samples held move over
-        assert buffer.writes_in_place and buffer._refs is None
+        assert buffer.writes_in_place and np.shares_memory(buffer._store.data, np.frombuffer(segment.buffer, np.uint8))
         [slot] = buffer.reserve(1)
         attach(segment.name)[slot * 256 : (slot + 1) * 256] = np.full((8, 8), 7, np.float32).tobytes()  # another writer
         buffer.commit([(slot, np.zeros(1, np.float32), 1, 2.0)])
@@ -284,7 +284,7 @@ def test_by_reference_storage_evicts_and_round_trips():
         put(buffer, v, sim=v)
     buffer.get_batch(2)
     put(buffer, 7, sim=7)  # evicts one of the two samples read
-    assert buffer.evicted == 1 and sum(ref is not None for ref in buffer._refs) == 3
+    assert buffer.evicted == 1 and sum(ref is not None for ref in buffer._store.refs) == 3
     state = buffer.state_dict()
     assert state["data"].shape == (3, 2)
     restored = TrainingBuffer(capacity=3, policy="reservoir", zero_copy_bytes=0)
@@ -662,3 +662,19 @@ def test_executor_options_that_do_not_fit_name_the_field(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"data.executor_options do not fit the 'local' executor.*\['layer'\]"):
         dm._new_scheduler()
+
+
+def test_a_read_policy_of_ones_own_is_an_object_the_buffer_asks():
+    from engage.core.online.policies import ReadPolicy
+
+    class Newest(ReadPolicy):
+        name = "newest"
+
+        def choose(self, occupied, arrival, n, rng):
+            return occupied[np.argsort(-arrival)[:n]]
+
+    buffer = TrainingBuffer(capacity=4, policy=Newest())
+    for i in range(3):
+        buffer.put(np.full(2, i, "float32"), parameters=np.zeros(1), simulation_id=0, time=float(i))
+    assert buffer.get_batch(2)["target"][:, 0].tolist() == [2.0, 1.0]
+    assert (buffer.policy, buffer.max_reads, len(buffer)) == ("newest", 1, 1)

@@ -1,17 +1,9 @@
 """The training buffer between simulation clients and the training loop.
 
 Samples enter with :meth:`TrainingBuffer.put` (the receiver thread) and leave as batches with
-:meth:`TrainingBuffer.get_batch` (the training loop). Three policies decide which samples a batch
-holds and when a sample leaves:
-
-``fifo``
-    first in, first out; each sample is read ``max_reads`` times (default once), oldest first.
-``firo``
-    first in, random out: a batch is drawn uniformly from the buffer, so consecutive time steps
-    of one simulation are spread over many batches; a sample leaves after ``max_reads`` reads.
-``reservoir``
-    samples stay and are drawn again and again (up to ``max_reads`` if set); when the buffer is
-    full a new sample evicts a random sample that has already been read at least once.
+:meth:`TrainingBuffer.get_batch` (the training loop). A read policy (:mod:`.policies`: ``fifo``,
+``firo``, ``reservoir``, or a :class:`~.policies.ReadPolicy` of one's own) decides which samples a
+batch holds and when a sample leaves; a storage (:mod:`.storage`) holds the samples.
 
 No policy drops a sample that was never read: when no slot can be freed, :meth:`credit` is zero
 and the receiver stops granting credit, so simulations wait (backpressure). Training starts once
@@ -46,7 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-POLICIES = ("fifo", "firo", "reservoir")
+from engage.core.online.policies import POLICIES, ReadPolicy, read_policy
+from engage.core.online.storage import BlockStorage, SampleStorage, storage_for
+
+__all__ = ["POLICIES", "ZERO_COPY_BYTES", "BufferClosed", "TrainingBuffer"]
+
 #: samples of at least this many bytes, handed over for good, are kept by reference (by default)
 ZERO_COPY_BYTES = 256 * 1024
 
@@ -117,15 +113,14 @@ class TrainingBuffer:
     def __init__(
         self,
         capacity: int = 4096,
-        policy: str = "firo",
+        policy: str | ReadPolicy = "firo",
         watermark: int = 0,
         max_reads: int | None = None,
         rate_limit: float | None = None,
         seed: int = 0,
         zero_copy_bytes: int = ZERO_COPY_BYTES,
     ):
-        if policy not in POLICIES:
-            raise ValueError(f"buffer policy {policy!r} is unknown; use one of {', '.join(POLICIES)}")
+        self.read_policy = read_policy(policy)
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if not 0 <= watermark <= capacity:
@@ -137,9 +132,10 @@ class TrainingBuffer:
         if zero_copy_bytes < 0:
             raise ValueError(f"buffer zero_copy_bytes must be >= 0, got {zero_copy_bytes}")
         self.capacity = int(capacity)
-        self.policy = policy
+        #: the policy's name (``fifo``, ``firo``, ``reservoir``)
+        self.policy = self.read_policy.name
         self.watermark = int(watermark)
-        self.max_reads = max_reads if max_reads is not None else (None if policy == "reservoir" else 1)
+        self.max_reads = max_reads if max_reads is not None else self.read_policy.default_max_reads
         self.rate_limit = rate_limit
         self.zero_copy_bytes = int(zero_copy_bytes)
         self.rng = np.random.default_rng(seed)
@@ -149,15 +145,14 @@ class TrainingBuffer:
         self._gather = threading.Lock()
         self._shape: tuple[int, ...] | None = None
         self._dtype: np.dtype | None = None
-        self._data: np.ndarray | None = None  # the block of copied samples
-        self._refs: list[np.ndarray | None] | None = None  # or the samples kept by reference
+        self._store: SampleStorage | None = None  # allocated for the first sample's shape
         self._params: np.ndarray | None = None
         self._time = np.zeros(self.capacity, dtype=np.float32)
         self._sim = np.zeros(self.capacity, dtype=np.int64)
         self._reads = np.zeros(self.capacity, dtype=np.int64)
         self._arrival = np.zeros(self.capacity, dtype=np.int64)
         self._occupied = _IndexSet(self.capacity)
-        self._read_once = _IndexSet(self.capacity)  # evictable under the reservoir policy
+        self._read_once = _IndexSet(self.capacity)  # evictable, under a policy that evicts
         self._free = list(range(self.capacity - 1, -1, -1))
         self._reserved = 0
         self._leaving = 0  # read for the last time, freed once their batch is gathered
@@ -183,7 +178,7 @@ class TrainingBuffer:
         handed out by :meth:`reserve` and not yet committed count as taken)."""
         with self._cond:
             free = self.capacity - self._occupied.n - self._reserved - self._leaving
-            if self.policy == "reservoir":
+            if self.read_policy.evicts:
                 free += self._read_once.n
             return free
 
@@ -256,21 +251,15 @@ class TrainingBuffer:
             elif storage is not None:
                 if self._reserved or self._leaving:
                     raise RuntimeError("the buffer's storage cannot move while slots are reserved or read")
-                block = self._block(storage)
-                held = self._occupied.view()
-                if self._refs is not None:
-                    for slot in held.tolist():
-                        block[slot] = self._refs[slot]
-                    self._refs = None
-                else:
-                    block[held] = self._data[held]  # type: ignore[index]
-                self._data = block
+                block = BlockStorage(self.capacity, self._shape, self._dtype, storage)
+                block.copy_from(self._store, self._occupied.view())  # type: ignore[arg-type]
+                self._store = block
 
     @property
     def writes_in_place(self) -> bool:
         """Whether samples are copied into a block (so :meth:`reserve` hands out slots to write
         into) rather than kept by reference."""
-        return self._data is not None
+        return self._store is not None and self._store.writes_in_place
 
     def reserve(self, n: int, evict: bool = False) -> list[int]:
         """Up to ``n`` free slots for the caller to write samples into (:meth:`slot`) and then
@@ -282,11 +271,11 @@ class TrainingBuffer:
         allocation per sample; a simulation on this host writes into them itself (shared memory).
         """
         with self._cond:
-            if self._data is None:
+            if not self.writes_in_place:
                 raise RuntimeError("reserve() needs in-place storage: prepare() samples smaller than zero_copy_bytes")
             count = min(n, len(self._free))
             slots = [self._free.pop() for _ in range(count)]
-            if evict and self.policy == "reservoir" and count < n and self._read_once.n:
+            if evict and self.read_policy.evicts and count < n and self._read_once.n:
                 chosen = self.rng.choice(self._read_once.n, size=min(n - count, self._read_once.n), replace=False)
                 evicted = self._read_once.view()[chosen].copy()
                 self._read_once.remove_many(evicted)
@@ -298,13 +287,13 @@ class TrainingBuffer:
 
     def slot(self, slot: int) -> np.ndarray:
         """The writable storage of a reserved slot."""
-        return self._data[slot]  # type: ignore[index]
+        return self._store.slot(slot)  # type: ignore[union-attr]
 
     def write(self, slots: list[int], samples: np.ndarray) -> None:
         """Copy ``samples`` (one per slot, stacked) into reserved ``slots`` in one step."""
         if len(slots) != len(samples):
             raise ValueError(f"write() got {len(samples)} samples for {len(slots)} slots")
-        self._data[slots] = samples  # type: ignore[index]
+        self._store.write(slots, samples)  # type: ignore[union-attr]
 
     def commit(self, entries: list[tuple[int, np.ndarray, int, float]]) -> None:
         """Make reserved slots, written by the caller, samples: ``(slot, parameters,
@@ -342,22 +331,8 @@ class TrainingBuffer:
 
     def _allocate(self, shape: tuple[int, ...], dtype: np.dtype, parameters: int, storage: Any = None) -> None:
         self._shape, self._dtype = tuple(shape), np.dtype(dtype)
-        if storage is not None:
-            self._data = self._block(storage)
-        elif self._dtype.itemsize * int(np.prod(shape)) >= self.zero_copy_bytes:
-            self._refs = [None] * self.capacity
-        else:
-            self._data = np.empty((self.capacity, *shape), dtype=dtype)
+        self._store = storage_for(self.capacity, self._shape, self._dtype, self.zero_copy_bytes, storage)
         self._params = np.empty((self.capacity, parameters), dtype=np.float32)
-
-    def _block(self, storage: Any) -> np.ndarray:
-        """The block of ``capacity`` samples laid over ``storage`` (slot ``i`` at ``i`` samples' bytes)."""
-        shape = (self.capacity, *self._shape)  # type: ignore[misc]
-        needed = int(np.prod(shape)) * self._dtype.itemsize  # type: ignore[union-attr]
-        have = memoryview(storage).nbytes
-        if have < needed:
-            raise ValueError(f"buffer storage of {have} bytes is too small for {shape} {self._dtype}: {needed} needed")
-        return np.ndarray(shape, dtype=self._dtype, buffer=storage)
 
     def _put_locked(
         self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float, owned: bool
@@ -371,16 +346,13 @@ class TrainingBuffer:
             )
         if self._free:
             slot = self._free.pop()
-        elif self.policy == "reservoir" and self._read_once.n:
+        elif self.read_policy.evicts and self._read_once.n:
             slot = int(self._read_once.view()[self.rng.integers(self._read_once.n)])
             self._read_once.remove(slot)
             self.evicted += 1
         else:
             raise OverflowError(f"the training buffer is full ({self.capacity} samples) and may not evict")
-        if self._refs is not None:
-            self._refs[slot] = sample if owned else sample.copy()
-        else:
-            self._data[slot] = sample  # type: ignore[index]
+        self._store.put(slot, sample, owned)  # type: ignore[union-attr]
         self._record(slot, parameters, simulation_id, time)
         return slot
 
@@ -483,8 +455,9 @@ class TrainingBuffer:
             # the gather happens outside the lock, so the receiver is not held up by it (at 4 MiB
             # a batch of 16 is 64 MiB to copy): samples kept by reference are taken as arrays,
             # whose slots may be refilled at once; slots of the block stay out of reach until then
-            by_reference = self._refs is not None
-            refs_to_gather = [self._refs[slot] for slot in slots.tolist()] if by_reference and target else []
+            store = self._store
+            by_reference = store.frees_on_read  # type: ignore[union-attr]
+            taken = store.take(slots) if target else None  # type: ignore[union-attr]
             self._reads[slots] += 1
             self.reads += len(slots)
             if self.max_reads is not None:
@@ -499,42 +472,27 @@ class TrainingBuffer:
                 # nothing left to read in these slots: they may be refilled at once
                 freed = done.tolist()
                 self._free.extend(freed)
-                if by_reference:
-                    for slot in freed:
-                        self._refs[slot] = None  # type: ignore[index]
-                if self.policy == "reservoir":
+                store.clear(freed)  # type: ignore[union-attr]
+                if self.read_policy.evicts:
                     self._read_once.add_many(unspent)
             else:
                 self._leaving += len(done)
-                if self.policy == "reservoir":
+                if self.read_policy.evicts:
                     self._read_once.remove_many(unspent)  # not evictable while they are read
         if not target:
             return batch
-        if by_reference:
-            gathered = np.stack(refs_to_gather, out=None if out is None else out[: len(refs_to_gather)])  # type: ignore[arg-type]
-            return {"target": gathered, **batch}
-        if out is not None:
-            # mode="clip": with the default "raise", numpy gathers into a temporary first
-            gathered = np.take(self._data, slots, axis=0, out=out[: len(slots)], mode="clip")  # type: ignore[arg-type]
-        else:
-            gathered = self._data[slots]  # type: ignore[index]
-        with self._cond:
-            self._free.extend(done.tolist())
-            self._leaving -= len(done)
-            if self.policy == "reservoir":
-                self._read_once.add_many(unspent)
+        gathered = store.gather(taken, slots, out)  # type: ignore[union-attr]
+        if not by_reference:
+            with self._cond:
+                self._free.extend(done.tolist())
+                self._leaving -= len(done)
+                if self.read_policy.evicts:
+                    self._read_once.add_many(unspent)
         return {"target": gathered, **batch}
 
     def _choose(self, n: int) -> np.ndarray:
         occupied = self._occupied.view()
-        if self.policy == "fifo":
-            arrival = self._arrival[occupied]
-            if n < len(occupied):
-                # the n oldest in linear time, then in order: a full buffer is sorted once per batch otherwise
-                oldest = np.argpartition(arrival, n - 1)[:n]
-                return occupied[oldest[np.argsort(arrival[oldest])]]
-            return occupied[np.argsort(arrival)]
-        return occupied[self.rng.choice(len(occupied), size=n, replace=False)]
+        return self.read_policy.choose(occupied, self._arrival[occupied], n, self.rng)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -556,10 +514,8 @@ class TrainingBuffer:
                 "arrival": torch.from_numpy(self._arrival[slots].copy()),
             }
             if self._shape is not None:
-                if self._refs is None:
-                    data = self._data[slots]  # type: ignore[index]
-                elif len(slots):
-                    data = np.stack([self._refs[slot] for slot in slots.tolist()])  # type: ignore[misc]
+                if len(slots):
+                    data = self._store.copy_out(slots)  # type: ignore[union-attr]
                 else:
                     data = np.empty((0, *self._shape), dtype=self._dtype)
                 state["data"] = torch.from_numpy(np.ascontiguousarray(data))
@@ -577,7 +533,7 @@ class TrainingBuffer:
             raise ValueError(f"buffer state holds {count} samples; capacity is {self.capacity}: raise data.capacity")
         with self._cond:
             self.__init__(  # type: ignore[misc]
-                self.capacity, self.policy, self.watermark, self.max_reads, self.rate_limit,
+                self.capacity, self.read_policy, self.watermark, self.max_reads, self.rate_limit,
                 zero_copy_bytes=self.zero_copy_bytes,
             )  # fmt: skip
             self.inserted, self.reads, self.evicted = state["inserted"], state["reads"], state["evicted"]
@@ -587,17 +543,14 @@ class TrainingBuffer:
                 data, params = state["data"].numpy(), state["parameters"].numpy()
                 self._allocate(data.shape[1:], data.dtype, params.shape[1])
                 self._free = list(range(self.capacity - 1, count - 1, -1))
-                if self._refs is not None:
-                    self._refs[:count] = list(data)  # views of the loaded block, which nobody writes
-                else:
-                    self._data[:count] = data  # type: ignore[index]
+                self._store.load(data)  # type: ignore[union-attr]
                 self._params[:count] = params  # type: ignore[index]
                 self._time[:count] = state["time"].numpy()
                 self._sim[:count] = state["simulation_id"].numpy()
                 self._reads[:count] = state["read_counts"].numpy()
                 self._arrival[:count] = state["arrival"].numpy()
                 self._occupied.add_many(np.arange(count))
-                if self.policy == "reservoir":
+                if self.read_policy.evicts:
                     self._read_once.add_many(np.flatnonzero(self._reads[:count] > 0))
 
     def stats(self) -> dict[str, float]:

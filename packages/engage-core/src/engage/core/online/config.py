@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engage.core.config.schema import ConfigValueError, _at_least
+from engage.core.online.policies import POLICIES
 from engage.core.online.protocol import COALESCE_BYTES
 
 
@@ -76,8 +77,8 @@ class OnlineDataConfig:
                 raise ConfigValueError(name, f"must be > 0 seconds, got {getattr(self, name)}")
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ConfigValueError("rate_limit", f"must be > 0 reads per sample, or null, got {self.rate_limit}")
-        if self.policy not in ("fifo", "firo", "reservoir"):
-            raise ConfigValueError("policy", f"must be fifo, firo or reservoir, got {self.policy!r}")
+        if self.policy not in POLICIES:
+            raise ConfigValueError("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.on_failure not in ("fail", "redraw"):
             raise ConfigValueError("on_failure", f"must be fail or redraw, got {self.on_failure!r}")
         if self.batch_size > self.capacity:
