@@ -38,10 +38,20 @@ class StructuredDesignSampler(Sampler):
         self.failure_action = FailureAction.DROP if on_failure == "drop" else FailureAction.RESIMULATE
         # blocks are regenerated from this seed on restore instead of being stored in checkpoints
         self._design_seed = int(seed) if seed is not None else int(self.rng.integers(2**31))
-        self._blocks: list[np.ndarray] = []
         self._cursor = 0
         self._results: dict[int, np.ndarray] = {}
         self._failed_rows: set[int] = set()
+        self._reset_rows()
+
+    def _reset_rows(self) -> None:
+        # every row generated so far, unit coordinates, in a store that grows by doubling; and an
+        # index from each served row's rounded values to its rows, extended as rows are served:
+        # telling one result costs the same after 40,000 rows as after 10
+        self._rows = np.empty((0, self.space.dim))
+        self._generated = 0
+        self._block_count = 0
+        self._index: dict[tuple[float, ...], list[int]] = {}
+        self._indexed = 0
 
     # ------------------------------------------------------------------ design
     @property
@@ -62,10 +72,17 @@ class StructuredDesignSampler(Sampler):
         return int(np.random.SeedSequence([self._design_seed, index]).generate_state(1)[0])
 
     def _unit_rows(self, stop: int) -> np.ndarray:
-        while len(self._blocks) * self.block_rows < stop:
-            self._blocks.append(np.asarray(self._design_block(len(self._blocks)), dtype=np.float64))
-        rows = np.concatenate(self._blocks) if self._blocks else np.empty((0, self.space.dim))
-        return rows[:stop]
+        while self._generated < stop:
+            block = np.asarray(self._design_block(self._block_count), dtype=np.float64)
+            self._block_count += 1
+            end = self._generated + len(block)
+            if end > len(self._rows):
+                grown = np.empty((max(end, 2 * len(self._rows)), self.space.dim))
+                grown[: self._generated] = self._rows[: self._generated]
+                self._rows = grown
+            self._rows[self._generated : end] = block
+            self._generated = end
+        return self._rows[:stop]
 
     def design(self, unit: bool = False) -> np.ndarray:
         """Every row served so far, in design order (values, or unit coordinates with ``unit``)."""
@@ -84,10 +101,12 @@ class StructuredDesignSampler(Sampler):
 
     # ------------------------------------------------------------------ results
     def _row_index(self) -> dict[tuple[float, ...], list[int]]:
-        index: dict[tuple[float, ...], list[int]] = {}
-        for i, row in enumerate(self.design()):
-            index.setdefault(tuple(np.round(row, 9)), []).append(i)
-        return index
+        if self._indexed < self._cursor:
+            new = self._values(self._unit_rows(self._cursor)[self._indexed : self._cursor])
+            for i, row in enumerate(np.round(new, 9).tolist(), start=self._indexed):
+                self._index.setdefault(tuple(row), []).append(i)
+            self._indexed = self._cursor
+        return self._index
 
     def _match(self, points: np.ndarray, want_pending: bool) -> list[int | None]:
         index = self._row_index()
@@ -109,6 +128,17 @@ class StructuredDesignSampler(Sampler):
         for row, value in zip(self._match(points, want_pending=True), values):
             if row is not None:
                 self._results[row] = np.asarray(value, dtype=np.float64)
+
+    def simulation_failed(self, record: Any) -> FailureAction:
+        """The simulation of design row ``record.ask_index`` failed for good: that row, found by
+        its position in the design, never by its values."""
+        row = int(record.ask_index)
+        if not 0 <= row < self._cursor:
+            return super().simulation_failed(record)
+        self.failed.append(list(record.vector))
+        if self.failure_action is FailureAction.DROP:
+            self._failed_rows.add(row)
+        return self.failure_action
 
     def report_failure(self, points: np.ndarray) -> FailureAction:
         action = super().report_failure(points)
@@ -159,6 +189,6 @@ class StructuredDesignSampler(Sampler):
         super().load_state_dict(state)
         self._design_seed = int(state["design_seed"])
         self._cursor = int(state["cursor"])
-        self._blocks = []
+        self._reset_rows()
         self._results = {int(k): np.asarray(v, dtype=np.float64) for k, v in state.get("results", {}).items()}
         self._failed_rows = {int(r) for r in state.get("failed_rows", [])}
