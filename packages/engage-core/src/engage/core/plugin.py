@@ -5,6 +5,7 @@ from __future__ import annotations
 from engage.core.commands import Command
 from engage.core.config.options import ConfigOption
 from engage.core.config.schema import (
+    CommandSimulatorConfig,
     HeatSimulatorConfig,
     HeatSurrogateConfig,
     LightningStrategyConfig,
@@ -26,6 +27,9 @@ def engage_config_options() -> list[ConfigOption]:
         ConfigOption("trainer", "default", TrainerConfig, "Lightning Trainer arguments"),
         ConfigOption("simulator", "heat", HeatSimulatorConfig, "2D heat equation, implicit finite differences"),
         ConfigOption("simulator", "render", RenderSimulatorConfig, "ray-marched shaded shape, one image per run"),
+        ConfigOption(
+            "simulator", "command", CommandSimulatorConfig, "a program in any language that speaks the protocol"
+        ),
         ConfigOption("sampler", "uniform", UniformSamplerConfig, "independent random draws"),
         ConfigOption("data", "simulated", SimulatedDatasetConfig, "simulate a fixed set first, then train in epochs"),
         ConfigOption("data", "online", OnlineDataConfig, "stream samples from simulations running during training"),
@@ -52,9 +56,10 @@ def engage_executors():
 
 @hookimpl
 def engage_simulators():
+    from engage.core.simulators.executable import ExecutableSimulator
     from engage.core.simulators.render import ImageRenderer
 
-    return {"heat": HeatEquation, "render": ImageRenderer}
+    return {"heat": HeatEquation, "render": ImageRenderer, "command": ExecutableSimulator}
 
 
 @hookimpl

@@ -198,7 +198,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     manager = get_plugin_manager()
     # what is built from the config comes first: a value found wrong here leaves no store behind
-    simulator = instantiate(cfg.simulator)
+    try:
+        simulator = instantiate(cfg.simulator)
+    except InstantiationException as exc:
+        # a simulator checks its own arguments (a program that is not there): one line, as the rest
+        if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("simulator."):
+            raise ConfigError(str(exc.__cause__)) from None
+        raise
     sampler = instantiate(cfg.sampler, space=simulator.space)
     try:
         datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)

@@ -6,6 +6,7 @@ Every field is type-checked when the config is composed; ranges are checked in
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,37 @@ class RenderSimulatorConfig:
     def __post_init__(self) -> None:
         _at_least(self, "size", 4)
         _at_least(self, "max_steps", 1)
+
+
+def _travelling_wave_argv() -> list[str]:
+    from engage.core.simulators.executable import TRAVELLING_WAVE
+
+    return [sys.executable, TRAVELLING_WAVE, "{address}", "{simulation_id}", "{attempt}", "20"]
+
+
+def _travelling_wave_space() -> dict[str, Any]:
+    from engage.core.simulators.executable import TRAVELLING_WAVE_SPACE
+
+    return {name: dict(spec) for name, spec in TRAVELLING_WAVE_SPACE.items()}
+
+
+@dataclass
+class CommandSimulatorConfig:
+    """A program in any language that speaks the wire protocol
+    (:class:`engage.core.simulators.ExecutableSimulator`); by default the example damped wave that
+    ships with ENGAGE. ``argv``'s ``{address}``, ``{simulation_id}`` and ``{attempt}`` are filled
+    in for each simulation; the program, the samples and the parameters are checked when the
+    simulator is built, before anything starts."""
+
+    _target_: str = "engage.core.simulators.executable.ExecutableSimulator"
+    argv: list[str] = field(default_factory=_travelling_wave_argv)
+    parameters: dict[str, Any] = field(default_factory=_travelling_wave_space)
+    sample_shape: list[int] = field(default_factory=lambda: [16, 16])
+    samples_per_run: int = 20
+    dtype: str = "float32"
+    value_range: Any = field(default_factory=lambda: [-1.0, 1.0])
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
 
 
 @dataclass

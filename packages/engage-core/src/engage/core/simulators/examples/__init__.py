@@ -1,0 +1,1 @@
+"""Simulation programs that speak the wire protocol without ENGAGE (``docs/protocol.md``)."""
