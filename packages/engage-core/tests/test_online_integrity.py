@@ -3,7 +3,6 @@ no peer can stop the receiver, unmet budgets fail, runs never share state, resum
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import sys
@@ -24,18 +23,6 @@ from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.scheduler import SimulationScheduler
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.function import FunctionSimulator
-
-HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def helpers_on_path(monkeypatch):
-    """Simulation processes import ``test_online_helpers`` from this directory."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(HERE))
-    import test_online_helpers
-
-    return test_online_helpers
 
 
 def ramp(**kwargs) -> FunctionSimulator:

@@ -6,7 +6,6 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,18 +17,6 @@ from engage.core.online.scheduler import SimulationScheduler
 from engage.core.online.shared_memory import SharedSegment, attach
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.function import FunctionSimulator
-
-HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def helpers_on_path(monkeypatch):
-    """Simulation processes import ``test_online_helpers`` from this directory."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(HERE))
-    import test_online_helpers
-
-    return test_online_helpers
 
 
 def ramp_simulator(**kwargs) -> FunctionSimulator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 import fsspec
 import lightning.pytorch as pl
@@ -60,11 +61,20 @@ def run_simulations(simulator: Simulator, points: np.ndarray, description: str) 
     return fields
 
 
-def cached_simulations(simulator: Simulator, points: np.ndarray, name: str, cache_dir: str | None) -> np.ndarray:
-    """:func:`run_simulations` of the ``name`` set, stored once under ``cache_dir`` (any fsspec URL)
-    and read back on later runs; the file name hashes the simulator and the points."""
+def cached_simulations(
+    simulator: Simulator,
+    points: np.ndarray,
+    name: str,
+    cache_dir: str | None,
+    compute: Callable[[], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The ``name`` set's fields, computed by ``compute`` (default: :func:`run_simulations` in
+    this process), stored once under ``cache_dir`` (any fsspec URL) and read back on later runs;
+    the file name hashes the simulator and the points."""
+    if compute is None:
+        compute = lambda: run_simulations(simulator, points, f"simulating {name} set")  # noqa: E731
     if not cache_dir:
-        return run_simulations(simulator, points, f"simulating {name} set")
+        return compute()
     key = hashlib.sha256(
         json.dumps({"simulator": simulator.describe(), "points": points.tolist()}, sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -72,7 +82,7 @@ def cached_simulations(simulator: Simulator, points: np.ndarray, name: str, cach
     if fs.exists(path):
         with fs.open(path, "rb") as f:
             return np.load(f)
-    fields = run_simulations(simulator, points, f"simulating {name} set")
+    fields = compute()
     fs.makedirs(fs._parent(path), exist_ok=True)
     with fs.open(path, "wb") as f:
         np.save(f, fields)

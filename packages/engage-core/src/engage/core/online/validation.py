@@ -16,11 +16,8 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 
-import fsspec
 import numpy as np
 
 from engage.core.online.buffer import BufferClosed, TrainingBuffer
@@ -87,15 +84,9 @@ def held_out_fields(
 ) -> np.ndarray:
     """:func:`simulate`, stored under ``cache_dir`` (any fsspec URL; else ``folder``, the run's
     own) in a file that hashes the simulator and the points, and read back from there."""
-    key = hashlib.sha256(
-        json.dumps({"simulator": simulator.describe(), "points": points.tolist()}, sort_keys=True).encode()
-    ).hexdigest()[:16]
-    fs, path = fsspec.core.url_to_fs(f"{(cache_dir or folder).rstrip('/')}/val-{key}.npy")
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            return np.load(f)
-    fields = simulate(simulator, points, make_scheduler, folder)
-    fs.makedirs(fs._parent(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        np.save(f, fields)
-    return fields
+    from engage.core.data.simulated import cached_simulations
+
+    def compute() -> np.ndarray:
+        return simulate(simulator, points, make_scheduler, folder)
+
+    return cached_simulations(simulator, points, "val", cache_dir or folder, compute=compute)
