@@ -1,6 +1,7 @@
 """Structured designs find a result's row in constant time, and the online engine's failures by
 the row's position in the design, never by its values."""
 
+import gc
 import time
 
 import numpy as np
@@ -13,22 +14,27 @@ from engage.sampling.samplers.salib_sobol import SALibSobolSampler
 SPACE = ParameterSpace.from_config({f"x{i}": {"low": 0.0, "high": 1.0} for i in range(3)})
 
 
-def _tell_one_at_a_time(n: int) -> float:
+def _tell_one_at_a_time(n: int) -> tuple[float, float]:
+    """Seconds to tell the first and the second half of ``n`` rows, one row at a time."""
     sampler = SALibSobolSampler(SPACE, seed=0)
     points = sampler.ask(n)
-    started = time.perf_counter()
-    for i in range(n):
-        sampler.tell(points[i : i + 1], losses=[float(points[i, 0])])
-    elapsed = time.perf_counter() - started
+    gc.collect()  # the garbage of an earlier measurement is not this one's cost
+    halves = []
+    for start in (0, n // 2):
+        started = time.perf_counter()
+        for i in range(start, start + n // 2):
+            sampler.tell(points[i : i + 1], losses=[float(points[i, 0])])
+        halves.append(time.perf_counter() - started)
     assert sampler.num_told == n and len(sampler._results) == n
-    return elapsed
+    return halves[0], halves[1]
 
 
 def test_telling_rows_one_at_a_time_costs_the_same_per_row_however_many_were_told():
-    # the best of three damps a busy host; quadratic telling took 38 s for 2,560 rows
-    ten, twenty = (min(_tell_one_at_a_time(n) for _ in range(3)) for n in (10_240, 20_480))
-    assert twenty <= 2.2 * ten, (ten, twenty)
-    assert _tell_one_at_a_time(40_960) < 1.0
+    # quadratic telling took 38 s for 2,560 rows, and its second half three times its first
+    runs = [_tell_one_at_a_time(20_480) for _ in range(3)]
+    first, second = min(r[0] for r in runs), min(r[1] for r in runs)
+    assert second <= 1.6 * first, (first, second)
+    assert min(sum(_tell_one_at_a_time(40_960)) for _ in range(3)) < 1.0
 
 
 def test_a_failed_simulation_is_found_by_its_row_not_its_values():
@@ -40,3 +46,51 @@ def test_a_failed_simulation_is_found_by_its_row_not_its_values():
     sampler.simulation_failed(record)
     assert sampler._failed_rows == {first}
     assert sampler.complete_groups()[1] == 1
+
+
+def fails_on_the_left(parameters, steps=4):
+    """A simulation whose processes fail for points left of x0 = 0.5 (a region it cannot solve)."""
+    if parameters["x0"] < 0.5:
+        raise RuntimeError("no solution left of x0 = 0.5")
+    for t in range(steps):
+        yield np.full((4, 4), parameters["x0"] * (t + 1), dtype=np.float32)
+
+
+def test_rows_a_design_drops_are_no_longer_requested_and_the_run_succeeds(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import lightning.pytorch as pl
+    import torch
+
+    from engage.core.online import OnlineDataModule
+    from engage.core.simulators.function import FunctionSimulator
+
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(here)  # simulation processes and this one import the function
+    sim = FunctionSimulator(
+        "test_sampling_structured_rows:fails_on_the_left", SPACE.to_config(), sample_shape=(4, 4), samples_per_run=4
+    )
+    sampler = SALibSobolSampler(SPACE, seed=0)  # on_failure="drop": a failed row's group leaves the analysis
+    dm = OnlineDataModule(
+        sim, sampler, simulations=8, retries=0, batch_size=4, capacity=16, batches_per_epoch=100, policy="fifo",
+        val_simulations=0,
+    )  # fmt: skip
+
+    class Flat(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(16, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch["target"].reshape(len(batch["target"]), -1)).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(Flat(), datamodule=dm)  # min_completed=1.0 of what the design still asks for
+    outcome = dm.outcome()
+    assert outcome.given_up >= 1 and outcome.requested == 8 - outcome.given_up == outcome.completed
+    assert sampler._failed_rows and len(sampler._failed_rows) == outcome.given_up

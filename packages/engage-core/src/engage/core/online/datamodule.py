@@ -395,7 +395,7 @@ class OnlineDataModule(pl.LightningDataModule):
         if sched is None:
             requested = None if self.simulations is None or self.max_samples is not None else self.simulations
             return OnlineOutcome(requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained)
-        requested = sched.budget if self.max_samples is None else sched.planned
+        requested = sched.steering.requested if self.max_samples is None else sched.planned
         return OnlineOutcome(
             requested=requested,
             completed=sched.finished,

@@ -454,11 +454,11 @@ class SimulationScheduler:
         counts.failed += 1
         redraw = self.on_failure == "redraw"
         self.steering.given_up(rec, redraw)
-        budget = self.steering.budget
-        if not redraw and budget is not None and counts.failed > budget - math.ceil(self.min_completed * budget - 1e-9):
+        requested, lost = self.steering.requested, counts.failed - self.steering.dropped
+        if not redraw and requested is not None and lost > requested - math.ceil(self.min_completed * requested - 1e-9):
             raise SchedulerError(
                 f"simulation {rec.simulation_id} failed after {rec.failures} attempts ({one_line(reason, 200)}); "
-                f"{counts.failed} of {budget} simulations given up, so min_completed={self.min_completed} cannot "
+                f"{lost} of {requested} simulations given up, so min_completed={self.min_completed} cannot "
                 "be met (raise data.retries, set data.on_failure=redraw or lower data.min_completed)"
             )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from engage.core.online.record import SimulationRecord
-from engage.core.samplers.base import Sampler
+from engage.core.samplers.base import FailureAction, Sampler
 
 
 class SchedulerError(RuntimeError):
@@ -48,6 +48,12 @@ class Steering:
         self.max_samples = max_samples
         self.next_index = 0  # fresh simulations created on this rank
         self.planned = 0  # simulations counting toward the budget
+        self.dropped = 0  # failed simulations a structured design leaves out by design
+
+    @property
+    def requested(self) -> int | None:
+        """Simulations that must complete: the budget, less those a structured design dropped."""
+        return None if self.budget is None else self.budget - self.dropped
 
     def budget_reached(self, samples: int) -> bool:
         if self.max_samples is not None and samples >= self.max_samples:
@@ -70,10 +76,13 @@ class Steering:
 
     def given_up(self, record: SimulationRecord, redraw: bool) -> None:
         """Tell the sampler a simulation failed for good, by its record; with ``redraw`` a new
-        point replaces it in the budget."""
-        self._call("simulation_failed", record, record=record)
+        point replaces it in the budget. A structured design that drops the failed point's group
+        (``drops_by_design``) takes it out of the simulations requested."""
+        action = self._call("simulation_failed", record, record=record)
         if redraw:
             self.planned -= 1
+        elif action is FailureAction.DROP and getattr(self.sampler, "drops_by_design", False):
+            self.dropped += 1
 
     def _call(self, method: str, *args: Any, record: SimulationRecord | None = None, **kwargs: Any) -> Any:
         try:
@@ -85,7 +94,8 @@ class Steering:
             ) from exc
 
     def state_dict(self) -> dict[str, int]:
-        return {"next_index": self.next_index, "planned": self.planned}
+        return {"next_index": self.next_index, "planned": self.planned, "dropped": self.dropped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_index, self.planned = int(state["next_index"]), int(state["planned"])
+        self.dropped = int(state.get("dropped", 0))

@@ -45,6 +45,9 @@ class Sampler(ABC):
 
     #: how this sampler treats a permanently failed point (see :class:`FailureAction`)
     failure_action: FailureAction = FailureAction.DROP
+    #: a structured design that leaves a failed point's group out of its analysis: such a failure
+    #: is part of the design, and the online engine no longer counts that simulation as requested
+    drops_by_design: bool = False
 
     def __init__(self, space: ParameterSpace, seed: int | None = 0):
         if not isinstance(space, ParameterSpace):

@@ -36,6 +36,7 @@ class StructuredDesignSampler(Sampler):
             raise ValueError(f"on_failure must be one of {', '.join(ON_FAILURE)}, got {on_failure!r}")
         self.on_failure = on_failure
         self.failure_action = FailureAction.DROP if on_failure == "drop" else FailureAction.RESIMULATE
+        self.drops_by_design = on_failure == "drop"
         # blocks are regenerated from this seed on restore instead of being stored in checkpoints
         self._design_seed = int(seed) if seed is not None else int(self.rng.integers(2**31))
         self._cursor = 0
@@ -50,7 +51,10 @@ class StructuredDesignSampler(Sampler):
         self._rows = np.empty((0, self.space.dim))
         self._generated = 0
         self._block_count = 0
-        self._index: dict[tuple[float, ...], list[int]] = {}
+        # keys: a row's values rounded to 9 digits, as bytes; values: its row, or the list of rows
+        # that share those values (Morris trajectories share grid points). Neither bytes nor ints
+        # are tracked by the garbage collector, whose passes would otherwise grow with the design
+        self._index: dict[bytes, int | list[int]] = {}
         self._indexed = 0
 
     # ------------------------------------------------------------------ design
@@ -100,19 +104,25 @@ class StructuredDesignSampler(Sampler):
         return self._values(rows)
 
     # ------------------------------------------------------------------ results
-    def _row_index(self) -> dict[tuple[float, ...], list[int]]:
+    @staticmethod
+    def _keys(points: np.ndarray) -> list[bytes]:
+        rounded = np.ascontiguousarray(np.round(np.atleast_2d(points), 9) + 0.0)  # + 0.0: no -0.0
+        return [row.tobytes() for row in rounded]
+
+    def _rows_at(self, key: bytes) -> list[int]:
         if self._indexed < self._cursor:
             new = self._values(self._unit_rows(self._cursor)[self._indexed : self._cursor])
-            for i, row in enumerate(np.round(new, 9).tolist(), start=self._indexed):
-                self._index.setdefault(tuple(row), []).append(i)
+            for i, k in enumerate(self._keys(new), start=self._indexed):
+                held = self._index.get(k)
+                self._index[k] = i if held is None else ([held, i] if isinstance(held, int) else [*held, i])
             self._indexed = self._cursor
-        return self._index
+        rows = self._index.get(key)
+        return [] if rows is None else [rows] if isinstance(rows, int) else rows
 
     def _match(self, points: np.ndarray, want_pending: bool) -> list[int | None]:
-        index = self._row_index()
         matched: list[int | None] = []
-        for point in np.atleast_2d(points):
-            rows = index.get(tuple(np.round(point, 9)), [])
+        for key in self._keys(points):
+            rows = self._rows_at(key)
             # identical points (Morris trajectories share grid points) fill their rows in design order
             waiting = [r for r in rows if r not in self._results and r not in self._failed_rows and r not in matched]
             pick = waiting[0] if waiting else None
