@@ -12,7 +12,12 @@ from engage.core.cli import main
 from engage.core.online import OnlineDataModule
 from engage.core.samplers import UniformSampler
 from engage.core.simulators import ExecutableSimulator
-from engage.core.simulators.executable import TRAVELLING_WAVE, TRAVELLING_WAVE_SPACE
+from engage.core.simulators.executable import (
+    TRAVELLING_WAVE,
+    TRAVELLING_WAVE_SPACE,
+    ExecutableSimulatorError,
+    travelling_wave_arguments,
+)
 from engage.core.testing import SimulatorSuite
 from engage.core.testing.process import run_engage
 
@@ -25,14 +30,19 @@ class TestTravellingWaveProgram(SimulatorSuite):
         return ExecutableSimulator.travelling_wave(steps=3)
 
 
+IDS = ["{address}", "{simulation_id}", "{attempt}"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         ([], "simulator.argv: empty"),
+        ("./sim {address}", "must be a list of words"),
         ([sys.executable, TRAVELLING_WAVE], "no '{address}' placeholder"),
-        ([sys.executable, TRAVELLING_WAVE, "{address}", "{seed}"], "unknown or malformed placeholder"),
-        (["no-such-program-here", "{address}"], "program 'no-such-program-here' not found"),
-        ([__file__, "{address}"], "is not executable"),
+        ([sys.executable, TRAVELLING_WAVE, "{address}", "{simulation_id}"], "no '{attempt}' placeholder"),
+        ([sys.executable, TRAVELLING_WAVE, *IDS, "{seed}"], "unknown or malformed placeholder"),
+        (["no-such-program-here", *IDS], "program 'no-such-program-here' not found on PATH"),
+        ([__file__, *IDS], "is not executable"),
     ],
 )
 def test_bad_command_lines_are_refused_naming_the_field(argv, message):
@@ -40,13 +50,51 @@ def test_bad_command_lines_are_refused_naming_the_field(argv, message):
         ExecutableSimulator(argv, TRAVELLING_WAVE_SPACE, sample_shape=(16, 16), samples_per_run=3)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sample_shape": [0, 16]}, "simulator.sample_shape: 1 to 4 positive integer sizes"),
+        ({"sample_shape": [1, 2, 3, 4, 5]}, "simulator.sample_shape: 1 to 4"),
+        ({"samples_per_run": 0}, "simulator.samples_per_run: must be an integer >= 1"),
+        ({"dtype": "float77"}, "simulator.dtype: 'float77' is not a numpy dtype"),
+        ({"value_range": [1.0, -1.0]}, "simulator.value_range: needs finite low < high"),
+        ({"env": {"A=B": "1"}}, "simulator.env: 'A=B' is not an environment variable name"),
+        ({"cwd": "/no/such/folder"}, "simulator.cwd: '/no/such/folder' is not a folder"),
+        ({"parameters": {"frequency": {"low": 2.0, "high": 1.0}}}, "simulator.parameters: "),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_field(change, message):
+    arguments = {**travelling_wave_arguments(3), **change}
+    with pytest.raises(ExecutableSimulatorError, match=message.replace("(", r"\(")):
+        ExecutableSimulator(**arguments)
+
+
+def test_a_program_runs_in_its_folder_with_its_environment(tmp_path):
+    """``cwd`` and ``env`` reach the program, with no shell parsing its words."""
+    program = tmp_path / "wave.sh"
+    # a program found relative to cwd that checks where it runs and what it was given
+    program.write_text(
+        "#!/bin/sh\n"
+        f'[ "$(pwd)" = "{tmp_path}" ] || exit 9\n'
+        '[ "$WAVE_MARK" = "a b;c" ] || exit 8\n'
+        f'exec "{sys.executable}" "{TRAVELLING_WAVE}" "$@"\n'
+    )
+    program.chmod(0o755)
+    arguments = travelling_wave_arguments(2)
+    sim = ExecutableSimulator(
+        **{**arguments, "argv": ["./wave.sh", *arguments["argv"][2:]]}, env={"WAVE_MARK": "a b;c"}, cwd=tmp_path
+    )
+    assert len(list(sim.run({"frequency": 1.0, "damping": 0.0}))) == 2
+
+
 def test_bad_command_line_from_engage_run_is_one_line_and_exit_code_2(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_:  # found when the simulator is built, inside Hydra's app
-        main(["run", "simulator=command", "simulator.argv=[nope,'{address}']", f"hydra.run.dir={tmp_path}"])
-    assert exit_.value.code == 2
+    # checked when the config is composed, before Hydra's app (or anything else) starts
+    argv = "simulator.argv=[nope,'{address}','{simulation_id}','{attempt}']"
+    assert main(["run", "simulator=command", argv, f"hydra.run.dir={tmp_path}"]) == 2
+    assert not (tmp_path / "online").exists()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "engage run: simulator.argv: program 'nope' not found; give a path or a program on PATH"
+        "engage run: simulator.argv: program 'nope' not found on PATH; give a path or a program on PATH"
     )
 
 

@@ -6,7 +6,6 @@ Every field is type-checked when the config is composed; ranges are checked in
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,35 +110,43 @@ class RenderSimulatorConfig:
         _at_least(self, "max_steps", 1)
 
 
-def _travelling_wave_argv() -> list[str]:
-    from engage.core.simulators.executable import TRAVELLING_WAVE
+def _travelling_wave(key: str) -> Any:
+    from engage.core.simulators.executable import travelling_wave_arguments
 
-    return [sys.executable, TRAVELLING_WAVE, "{address}", "{simulation_id}", "{attempt}", "20"]
-
-
-def _travelling_wave_space() -> dict[str, Any]:
-    from engage.core.simulators.executable import TRAVELLING_WAVE_SPACE
-
-    return {name: dict(spec) for name, spec in TRAVELLING_WAVE_SPACE.items()}
+    return travelling_wave_arguments()[key]
 
 
 @dataclass
 class CommandSimulatorConfig:
     """A program in any language that speaks the wire protocol
     (:class:`engage.core.simulators.ExecutableSimulator`); by default the example damped wave that
-    ships with ENGAGE. ``argv``'s ``{address}``, ``{simulation_id}`` and ``{attempt}`` are filled
-    in for each simulation; the program, the samples and the parameters are checked when the
-    simulator is built, before anything starts."""
+    ships with ENGAGE. ``argv`` is its command line, in which ``{address}``, ``{simulation_id}``
+    and ``{attempt}`` are filled in for each simulation; ``parameters`` its parameter space
+    (``{name: {low: ..., high: ...}}``); every run sends ``samples_per_run`` samples of
+    ``sample_shape`` and ``dtype``. The program is looked up and every field checked when the
+    config is composed, before anything starts."""
 
     _target_: str = "engage.core.simulators.executable.ExecutableSimulator"
-    argv: list[str] = field(default_factory=_travelling_wave_argv)
-    parameters: dict[str, Any] = field(default_factory=_travelling_wave_space)
-    sample_shape: list[int] = field(default_factory=lambda: [16, 16])
-    samples_per_run: int = 20
-    dtype: str = "float32"
-    value_range: Any = field(default_factory=lambda: [-1.0, 1.0])
+    #: the wave's last word, its number of steps, follows ``samples_per_run``
+    argv: list[str] = field(default_factory=lambda: [*_travelling_wave("argv")[:-1], "${..samples_per_run}"])
+    parameters: dict[str, Any] = field(default_factory=lambda: _travelling_wave("parameters"))
+    sample_shape: list[int] = field(default_factory=lambda: _travelling_wave("sample_shape"))
+    samples_per_run: int | None = field(default_factory=lambda: _travelling_wave("samples_per_run"))
+    dtype: str = field(default_factory=lambda: _travelling_wave("dtype"))
+    value_range: list[float] | None = field(default_factory=lambda: _travelling_wave("value_range"))
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+
+    def __post_init__(self) -> None:
+        from engage.core.simulators.executable import ExecutableSimulatorError, check_arguments
+
+        try:
+            check_arguments(
+                self.argv, self.parameters, self.sample_shape, self.samples_per_run, self.dtype, self.value_range,
+                self.env, self.cwd,
+            )  # fmt: skip
+        except ExecutableSimulatorError as exc:
+            raise ConfigValueError(exc.field, exc.reason) from None
 
 
 @dataclass

@@ -2,11 +2,16 @@
 """A damped travelling wave on a 16x16 grid, written against the wire protocol alone.
 
 It imports neither ENGAGE nor its client: only pyzmq and numpy, as a program in any other
-language would use libzmq. ``travelling_wave.py ADDRESS SIMULATION_ID ATTEMPT [STEPS]``:
-connects a ``DEALER`` socket to the trainer, sends ``HELLO``, reads its ``JOB`` (parameters
-``frequency`` and ``damping``, the sample to resume from), then sends one ``SAMPLE`` per step as
-credit allows, answering the trainer's heartbeats, then ``DONE``, and exits once the trainer
-acknowledged every sample. The sample of step ``t`` is
+language would use libzmq (``docs/protocol.md``). Usage::
+
+    travelling_wave.py ADDRESS SIMULATION_ID ATTEMPT [STEPS]
+
+It connects a ``DEALER`` socket to the trainer at ``ADDRESS``, sends ``HELLO``, reads its ``JOB``
+(parameters ``frequency`` and ``damping``, the sample to resume from), then sends one ``SAMPLE``
+per step as credit allows, with a ``HEARTBEAT`` whenever it has sent nothing for a heartbeat
+interval, then ``DONE``, and exits once the trainer acknowledged every sample. A trainer silent
+for ``server_timeout`` seconds or a ``STOP`` ends it; a job it cannot run is answered with
+``ERROR``. The sample of step ``t`` is
 ``exp(-damping * t * dt) * sin(frequency * (x - t * dt)) * cos(frequency * y)`` on ``[0, 2 pi]^2``.
 """
 
@@ -17,6 +22,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 import numpy as np
 import zmq
@@ -26,6 +32,10 @@ HELLO, SAMPLE, DONE, HEARTBEAT, ERROR = 1, 2, 3, 4, 5
 JOB, CREDIT, STOP, ACK = 16, 17, 18, 19
 FLOAT32 = 1
 GRID, DT = 16, 0.1
+
+
+class Stopped(Exception):
+    """The trainer stopped this simulation or went silent."""
 
 
 def header(kind: int, sid: int, attempt: int, index: int = 0, shape: tuple[int, ...] = (), nbytes: int = 0) -> bytes:
@@ -39,56 +49,82 @@ def field(frequency: float, damping: float, step: int) -> np.ndarray:
     return (np.exp(-damping * t) * np.sin(frequency * (x - t)) * np.cos(frequency * y)).astype("<f4")
 
 
+class Connection:
+    """The conversation with the trainer: credit, heartbeats in both directions, its silence."""
+
+    def __init__(self, address: str, sid: int, attempt: int):
+        self.sid, self.attempt = sid, attempt
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-{attempt}".encode())
+        self.sock.connect(address)
+        self.credits, self.job = 0, None
+        self.beat, self.server_timeout = 1.0, 60.0
+        self.heard = self.sent = time.monotonic()
+
+    def send(self, kind: int, payload: bytes = b"", index: int = 0, shape: tuple[int, ...] = ()) -> None:
+        self.sock.send_multipart([header(kind, self.sid, self.attempt, index, shape, len(payload)), payload])
+        self.sent = time.monotonic()
+
+    def receive(self) -> int | None:
+        """Wait up to the next heartbeat for one message from the trainer; its kind, or None."""
+        wait = max(0.0, self.sent + self.beat - time.monotonic())
+        if self.sock.poll(int(wait * 1000) + 1):
+            frames = self.sock.recv_multipart()
+            fields = HEADER.unpack(frames[0])
+            kind, index = fields[2], fields[8]
+            self.heard = time.monotonic()
+            if kind == JOB:
+                self.job = json.loads(frames[1])
+                self.beat = float(self.job.get("heartbeat_interval", self.beat))
+                self.server_timeout = float(self.job.get("server_timeout", self.server_timeout))
+            elif kind == CREDIT:
+                self.credits += index
+            elif kind == STOP:
+                raise Stopped(f"the trainer stopped this simulation: {frames[1].decode(errors='replace')}")
+            return kind
+        if time.monotonic() - self.heard > self.server_timeout:
+            raise Stopped(f"no word from the trainer for {self.server_timeout:g} s")
+        if time.monotonic() - self.sent >= self.beat:
+            self.send(HEARTBEAT)  # nothing sent for an interval: tell the trainer this simulation lives
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+        self.context.term()
+
+
 def main(address: str, sid: int, attempt: int, steps: int = 20) -> int:
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-{attempt}".encode())
-    sock.connect(address)
-    hello = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "protocol": 1}).encode()
-    sock.send_multipart([header(HELLO, sid, attempt, nbytes=len(hello)), hello])
-    credits, job, beat = 0, None, 1.0
-
-    def receive(timeout_s: float) -> int | None:
-        """Handle one message from the trainer; its kind, or None after ``timeout_s``."""
-        nonlocal credits, job, beat
-        if not sock.poll(int(timeout_s * 1000)):
-            return None
-        frames = sock.recv_multipart()
-        kind, index = HEADER.unpack(frames[0])[2], HEADER.unpack(frames[0])[8]
-        if kind == JOB:
-            job = json.loads(frames[1])
-            beat = float(job.get("heartbeat_interval", 1.0))
-        elif kind == CREDIT:
-            credits += index
-        elif kind == STOP:
-            raise SystemExit(f"the trainer stopped this simulation: {frames[1].decode(errors='replace')}")
-        return kind
-
-    while job is None:
-        if receive(60.0) is None:
-            print("no JOB from the trainer within 60 s", file=sys.stderr)
+    conn = Connection(address, sid, attempt)
+    try:
+        conn.send(HELLO, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "protocol": 1}).encode())
+        while conn.job is None:
+            conn.receive()
+        try:
+            frequency = float(conn.job["parameters"]["frequency"])
+            damping = float(conn.job["parameters"]["damping"])
+        except (KeyError, TypeError, ValueError) as exc:
+            conn.send(ERROR, f"the job needs numeric parameters frequency and damping ({exc!r})".encode())
             return 1
-    frequency, damping = float(job["parameters"]["frequency"]), float(job["parameters"]["damping"])
-    for step in range(int(job.get("resume_from", 0)), steps):
-        while credits == 0:  # wait for credit, telling the trainer this simulation is alive
-            if receive(beat) is None:
-                sock.send_multipart([header(HEARTBEAT, sid, attempt), b""])
-        sample = field(frequency, damping, step)
-        sock.send_multipart([header(SAMPLE, sid, attempt, step, sample.shape, sample.nbytes), sample.tobytes()])
-        credits -= 1
-    sock.send_multipart([header(DONE, sid, attempt, steps), b""])
-    for _ in range(int(60 / beat) + 1):  # every sample arrived once the trainer says so
-        if receive(beat) == ACK:
-            break
-    else:
-        print("no ACK from the trainer within 60 s", file=sys.stderr)
+        for step in range(int(conn.job.get("resume_from", 0)), steps):
+            sample = field(frequency, damping, step)
+            while conn.credits == 0:
+                conn.receive()
+            conn.send(SAMPLE, sample.tobytes(), index=step, shape=sample.shape)
+            conn.credits -= 1
+        conn.send(DONE, index=steps)
+        while conn.receive() != ACK:  # every sample arrived once the trainer says so
+            pass
+        return 0
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
         return 1
-    sock.close()
-    context.term()
-    return 0
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":
-    steps = int(sys.argv[4]) if len(sys.argv) > 4 else 20
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), steps))
+    if len(sys.argv) not in (4, 5):
+        sys.exit("usage: travelling_wave.py ADDRESS SIMULATION_ID ATTEMPT [STEPS]")
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) == 5 else 20))
