@@ -300,13 +300,32 @@ class TrainingBuffer:
         simulation_id, time)`` each, under one lock and one wake-up of the readers."""
         if not entries:
             return
+        slots, parameters, simulation_ids, times = zip(*entries)
+        self.commit_arrays(
+            np.asarray(slots, dtype=np.int64), np.asarray(parameters, dtype=np.float32),
+            np.asarray(simulation_ids, dtype=np.int64), np.asarray(times, dtype=np.float64),
+        )  # fmt: skip
+
+    def commit_arrays(
+        self, slots: np.ndarray, parameters: np.ndarray, simulation_ids: np.ndarray, times: np.ndarray
+    ) -> None:
+        """:meth:`commit` for samples given field by field, one row each: the receiver's form,
+        with no Python object per sample."""
+        index = np.asarray(slots, dtype=np.int64)
+        if not len(index):
+            return
         # one vectorized write per field: per-sample numpy scalar writes cost more than the sample;
         # everything is checked before anything changes, so a bad entry loses no reserved slot
-        slots, parameters, simulation_ids, times = zip(*entries)
-        index = np.array(slots, dtype=np.int64)
         values = np.asarray(parameters, dtype=np.float32)
+        if not len(index) == len(values) == len(simulation_ids) == len(times):
+            raise ValueError(
+                f"commit got {len(index)} slots, {len(values)} parameter rows, {len(simulation_ids)} simulation "
+                f"ids and {len(times)} times: one of each per sample"
+            )
         if len(np.unique(index)) != len(index):
-            raise ValueError(f"commit() got slots {sorted(slots)}, with repeats: each reserved slot is committed once")
+            raise ValueError(
+                f"commit() got slots {sorted(index.tolist())}, with repeats: each reserved slot is committed once"
+            )
         held = None if self._params is None else self._params.shape[1:]
         if values.shape[1:] != held or values.ndim != 2:
             raise ValueError(f"commit() got parameters of shape {values.shape[1:]}; the buffer holds {held}")

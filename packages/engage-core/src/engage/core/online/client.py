@@ -77,7 +77,9 @@ class SimulationClient:
     by default named by the environment the trainer started this process with) and, if the
     trainer agrees, writes each sample straight into a slot of the training buffer: its credit
     comes as slot numbers, and its messages carry no payload. Elsewhere the name does not
-    resolve and samples travel over the socket. :attr:`in_shared_memory` says which.
+    resolve and samples travel over the socket. :attr:`in_shared_memory` says which. There,
+    messages carry no payload, so a quick simulation announces what it wrote once per
+    ``coalesce_gap`` (and whenever its credit runs out), however many samples that is.
     """
 
     def __init__(
@@ -128,7 +130,9 @@ class SimulationClient:
         self._slot_bytes = 0
         self._free_slots: deque[int] = deque()  # granted slots, in the order they are filled
         self._in_slots = 0  # samples written to slots, announced at the next flush
-        self._slot_template: np.ndarray | None = None  # shape and dtype of those samples
+        self._slot_count = 0
+        self._slot_view: np.ndarray | None = None  # the segment's slots, shaped as the samples
+        self._first_in_slot = 0.0  # when the first sample not yet announced was written
 
     # ------------------------------------------------------------------ public API
     def connect(self) -> Job:
@@ -158,7 +162,7 @@ class SimulationClient:
                 granted = job.shared_memory
                 ring = self._ring
                 if granted and ring is not None and int(granted["slot_bytes"]) * int(granted["slots"]) <= len(ring):
-                    self._slot_bytes = int(granted["slot_bytes"])
+                    self._slot_bytes, self._slot_count = int(granted["slot_bytes"]), int(granted["slots"])
                 else:
                     self._unmap()  # the trainer declined: samples go over the socket
                 return job
@@ -173,12 +177,15 @@ class SimulationClient:
         array = np.ascontiguousarray(sample)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
-        header = self._sample_header(array)  # validates dtype and ndim before waiting
         now = time.monotonic()
         quick, self._last_call = now - self._last_call < self.coalesce_gap, now
+        if self._slot_bytes and array.nbytes == self._slot_bytes and (array.shape, array.dtype) == self._header_key:
+            self._write_to_slot(array, quick, now)  # the common case, checked when the shape was first seen
+            return
+        header = self._sample_header(array)  # validates dtype and ndim before waiting
         if self._slot_bytes:
             if array.nbytes == self._slot_bytes:
-                self._write_to_slot(array, quick)
+                self._write_to_slot(array, quick, now)
                 return
             # a sample that does not fit a slot goes over the socket, for the trainer to judge it;
             # it spends the next slot, as every sample of this connection does
@@ -265,39 +272,42 @@ class SimulationClient:
         self.close()
 
     # ------------------------------------------------------------------ internals
-    def _write_to_slot(self, array: np.ndarray, quick: bool) -> None:
-        template = self._slot_template
-        if self._in_slots and (not quick or template.shape != array.shape or template.dtype != array.dtype):
+    def _write_to_slot(self, array: np.ndarray, quick: bool, now: float) -> None:
+        slots = self._slot_view
+        if self._in_slots and (not quick or slots.shape[1:] != array.shape or slots.dtype != array.dtype):
             self._announce_slots()  # the simulation slowed down: what is written is announced now
         self._wait_for_credit()
-        slot = self._free_slots.popleft()
-        target = np.ndarray(array.shape, array.dtype, buffer=self._ring, offset=slot * self._slot_bytes)
-        target[...] = array
-        self._slot_template = target
+        if not self._in_slots:
+            self._first_in_slot = now
+            if slots is None or slots.shape[1:] != array.shape or slots.dtype != array.dtype:
+                # the segment as an array of slots shaped like the samples: a sample is one copy
+                slots = self._slot_view = np.ndarray(
+                    (self._slot_count, *array.shape), array.dtype, buffer=self._ring,
+                    strides=(self._slot_bytes, *array.strides),
+                )  # fmt: skip
+        slots[self._free_slots.popleft()] = array
         self._in_slots += 1
         self.credits -= 1
         self.sent += 1
-        # a slow simulation announces each sample at once; a quick one when the message is full,
-        # or when the next sample would wait for credit: never hold one back then
-        if (
-            not quick
-            or self.credits <= 0
-            or self._in_slots >= protocol.samples_per_message(array.nbytes, self.coalesce_bytes)
-        ):
+        # a slow simulation announces each sample at once; a quick one what it wrote in the last
+        # coalesce_gap (messages carry no payload here, so only time bounds how many; coalesce_bytes
+        # 0 still means one sample a message), and always when the next sample would wait for
+        # credit: never hold one back then
+        if not quick or self.credits <= 0 or now - self._first_in_slot >= self.coalesce_gap or not self.coalesce_bytes:
             self._announce_slots()
 
     def _announce_slots(self) -> None:
         count, self._in_slots = self._in_slots, 0
         kind = Kind.SAMPLE if count == 1 else Kind.SAMPLES
         header = protocol.encode_header(
-            kind, self.simulation_id, self.attempt, self.sent - count, array=self._slot_template, count=count,
+            kind, self.simulation_id, self.attempt, self.sent - count, array=self._slot_view[0], count=count,
             flags=protocol.FLAG_IN_SLOTS,
         )  # fmt: skip
         self._socket.send_multipart([header, b""])
         self._last_sent = time.monotonic()
 
     def _unmap(self) -> None:
-        self._slot_template = None  # views of the segment must go before it can be unmapped
+        self._slot_view = None  # views of the segment must go before it can be unmapped
         self._slot_bytes = 0
         if self._ring is not None:
             try:
@@ -362,7 +372,7 @@ class SimulationClient:
     def _wait_for_credit(self) -> None:
         # take what has arrived without blocking (every few samples: a poll per sample costs more
         # than the send), then block (heartbeating) while no credit is left
-        if self.credits <= 0 or self.sent % 8 == 0:
+        if self.credits <= 0 or self.sent % 32 == 0:
             while self._socket.poll(0):
                 self._receive(0)
         while self.credits <= 0:

@@ -31,12 +31,38 @@ if TYPE_CHECKING:
     from engage.core.online.fleet import Running
 
 
-class Credit:
-    """Grants credit from the buffer's room; keeps the slots this receiver reserved."""
+def default_windows(sample_bytes: int, capacity: int, concurrency: int) -> tuple[int, int]:
+    """The credit windows (samples in flight per simulation) for a client streaming over its
+    socket and for one writing into shared memory.
 
-    def __init__(self, buffer: TrainingBuffer, window: int, samples_per_run: int | None):
+    Over a socket, enough that a round trip of credit never stalls a simulation at full speed
+    (about 16 MiB: memory the transport holds), and never fewer than 8. A shared-memory client's
+    credit is slots of the buffer, memory taken already: it may hold more (about 64 MiB, at most
+    half the buffer among the simulations running at once), which keeps a simulation writing
+    256 KiB samples busy while its announcements and the next grant cross.
+
+    >>> default_windows(16384, 8192, 2), default_windows(256 << 10, 4096, 2)
+    ((1024, 1024), (64, 256))
+    """
+    size = max(1, int(sample_bytes))
+    socket = min(1024, max(8, (16 << 20) // size))
+    slots = max(socket, min(1024, (64 << 20) // size, int(capacity) // max(1, 2 * int(concurrency))))
+    return socket, slots
+
+
+class Credit:
+    """Grants credit from the buffer's room; keeps the slots this receiver reserved.
+
+    ``window`` bounds the credit of a simulation streaming over its socket, ``slot_window``
+    (``window`` by default) that of one writing into shared memory; see :func:`default_windows`.
+    """
+
+    def __init__(
+        self, buffer: TrainingBuffer, window: int, samples_per_run: int | None, slot_window: int | None = None
+    ):
         self.buffer = buffer
         self.window = int(window)
+        self.slot_window = self.window if slot_window is None else int(slot_window)
         self.samples_per_run = samples_per_run
         self.reserved: list[int] = []  # slots reserved by the receiver, not yet written
 
@@ -55,14 +81,15 @@ class Credit:
         available = self.available(sum(a.credits for a in connected if a.slots is None))
         total = self.samples_per_run
         for active in sorted(connected, key=lambda a: a.credits):
+            window = self.window if active.slots is None else self.slot_window
             # never more than the run has left to send: a granted slot is one other samples may
             # not use (and under the reservoir policy, a shared-memory slot evicts a sample)
-            left = total - active.accepted - active.credits if total is not None else self.window
-            want = min(self.window - active.credits, left)
+            left = total - active.accepted - active.credits if total is not None else window
+            want = min(window - active.credits, left)
             if want <= 0 or available <= 0:
                 continue
             # grant in chunks to keep the message count low, but never let a client starve
-            if active.credits > 0 and want < self.window // 2 and want < left:
+            if active.credits > 0 and want < window // 2 and want < left:
                 continue
             grant = min(want, available)
             rec = active.record

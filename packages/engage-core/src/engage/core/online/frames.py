@@ -12,7 +12,7 @@ Example::
     >>> spec = SampleSpec((2, 2), np.dtype("<f4"), samples_per_run=4)
     >>> header = protocol.decode_header(protocol.encode_header(
     ...     protocol.Kind.SAMPLES, 0, 1, 2, array=np.zeros((2, 2), "<f4"), count=2))
-    >>> spec.count(header), spec.times(2, 2)
+    >>> spec.count(header), spec.times(2, 2).tolist()
     (2, [0.75, 1.0])
 """
 
@@ -109,12 +109,12 @@ class SampleSpec:
                 f"the simulator declares {total} per run"
             )
 
-    def times(self, first: int, n: int) -> list[float]:
+    def times(self, first: int, n: int) -> np.ndarray:
         """The time stamps of samples ``first`` to ``first + n - 1`` of a run: the fraction of
         the run done, or the sample's index when the run's length is not declared."""
         total = self.samples_per_run
         steps = np.arange(first + 1, first + n + 1, dtype=np.float64)
-        return (steps / total if total else steps - 1).tolist()
+        return steps / total if total else steps - 1
 
 
 def read_payload(sock: zmq.Socket, copy: bool = True) -> Any:

@@ -12,6 +12,8 @@ which the scheduler calls before anything (a DONE, a checkpoint) relies on it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import zmq
@@ -26,6 +28,16 @@ from engage.core.online.state import Counts
 from engage.core.online.steering import SchedulerError
 
 
+class Written(NamedTuple):
+    """Consecutive samples of one simulation written into buffer slots, not yet committed (a
+    tuple: one is made per message, however small)."""
+
+    slots: Sequence[int]  # one per sample
+    unit: np.ndarray  # the simulation's point in the unit cube
+    simulation_id: int
+    times: Sequence[float]  # one per sample
+
+
 class SampleReceiver:
     """Reads the samples of running simulations into ``buffer`` (see the module doc)."""
 
@@ -34,7 +46,7 @@ class SampleReceiver:
         # samples received in the current drain of the socket, put into the buffer together:
         # arrays (kept by reference or copied) and slots written in place
         self._pending: list[tuple[np.ndarray, np.ndarray, int, float]] = []
-        self._written: list[tuple[int, np.ndarray, int, float]] = []
+        self._written: list[Written] = []
         self._arrived: dict[int, int] = {}
 
     def receive(self, sock: zmq.Socket, active: Running, header: protocol.Header) -> None:
@@ -67,7 +79,7 @@ class SampleReceiver:
                 self.credit.return_slot(active, slot)
                 check_sample(header, received, spec.shape, spec.dtype)
                 raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
-            self._written.append((slot, active.unit, header.simulation_id, step_time))
+            self._written.append(Written((slot,), active.unit, header.simulation_id, (step_time,)))
         else:
             # large samples (or a full reservoir, which evicts on put): ZeroMQ's own memory, kept
             # by reference in the buffer
@@ -101,13 +113,13 @@ class SampleReceiver:
         written = 0
         if granted is not None:
             self.buffer.write(granted, samples)
-            self._written.extend((slot, unit, sid, t) for slot, t in zip(granted, times))
+            self._written.append(Written(granted, unit, sid, times))
             written = n
         elif self.buffer.writes_in_place:
             slots = self.credit.reserved_slots(n)
             written = len(slots)
             self.buffer.write(slots, samples[:written])
-            self._written.extend((slot, unit, sid, t) for slot, t in zip(slots, times))
+            self._written.append(Written(slots, unit, sid, times[:written]))
         # the rest (large samples, or a full reservoir, which evicts on put): views of the frame
         self._pending.extend((samples[i], unit, sid, times[i]) for i in range(written, n))
         self._count(active, n)
@@ -136,7 +148,7 @@ class SampleReceiver:
         if not n:
             return
         unit = active.unit
-        self._written.extend((slot, unit, sid, t) for slot, t in zip(filled, spec.times(header.index + skip, n)))
+        self._written.append(Written(filled, unit, sid, spec.times(header.index + skip, n)))
         self._count(active, n)
         self.counts.shared_memory_samples += n
 
@@ -157,8 +169,14 @@ class SampleReceiver:
         since the last flush."""
         try:
             if self._written:
-                self.buffer.commit(self._written)
-                self._written = []
+                written, self._written = self._written, []
+                counts = [len(w.slots) for w in written]
+                self.buffer.commit_arrays(
+                    np.concatenate([np.asarray(w.slots, np.int64) for w in written]),
+                    np.repeat(np.stack([w.unit for w in written]), counts, axis=0),
+                    np.repeat(np.array([w.simulation_id for w in written], np.int64), counts),
+                    np.concatenate([np.asarray(w.times, np.float64) for w in written]),
+                )
             if self._pending:
                 # the frames' memory is the scheduler's alone: large samples are kept without a copy
                 self.buffer.put_many(self._pending, owned=True)
@@ -171,4 +189,4 @@ class SampleReceiver:
     @property
     def waiting(self) -> int:
         """Samples received in this drain and not yet in the buffer."""
-        return len(self._pending) + len(self._written)
+        return len(self._pending) + sum(len(w.slots) for w in self._written)

@@ -48,7 +48,7 @@ import zmq
 from engage.core.executors import Executor, LocalExecutor
 from engage.core.online import allocator, protocol, shared_memory
 from engage.core.online.buffer import TrainingBuffer
-from engage.core.online.credit import Credit
+from engage.core.online.credit import Credit, default_windows
 from engage.core.online.fleet import Fleet, Running, pickled_simulator
 from engage.core.online.frames import (
     MalformedSample,
@@ -134,12 +134,13 @@ class SimulationScheduler:
             tuple(simulator.sample_shape), np.dtype(simulator.dtype).newbyteorder("<"), simulator.samples_per_run
         )
         self.spec = simulator_spec
-        if credit_window is None:
-            # enough samples in flight per simulation that a round trip of credit never stalls it
-            # at full speed (about 16 MiB), and never fewer than 8
-            credit_window = min(1024, max(8, (16 << 20) // max(1, self.spec_samples.nbytes)))
-        if credit_window < 1:
+        if credit_window is not None and credit_window < 1:
             raise ValueError(f"credit_window must be >= 1 or None (sized from the sample), got {credit_window}")
+        window, slot_window = (
+            default_windows(self.spec_samples.nbytes, buffer.capacity, concurrency)
+            if credit_window is None
+            else (credit_window, credit_window)
+        )
         if coalesce_bytes < 0:
             raise ValueError(f"coalesce_bytes must be >= 0 (0: one sample per message), got {coalesce_bytes}")
         self.coalesce_bytes = int(coalesce_bytes)
@@ -157,7 +158,7 @@ class SimulationScheduler:
             log_dir=os.path.join(self.workdir, "logs"),
             launch_command=getattr(simulator, "launch_command", None),
         )
-        self.credit = Credit(buffer, credit_window, simulator.samples_per_run)
+        self.credit = Credit(buffer, window, simulator.samples_per_run, slot_window)
         self.state = RunState(journal, rank)
         #: the segment holding the buffer's samples, when ``shared_memory`` could be set up
         self.segment: shared_memory.SharedSegment | None = None
