@@ -3,7 +3,8 @@
 Compares, with 1, 2 and 4 local simulation processes and 64x64, 256x256 and 1024x1024 float32
 samples:
 
-- ``engage``: the full path (client with credit flow control -> ROUTER socket in a scheduler
+- ``engage``: the full path over CURVE (the default ``transport_security``: each simulation
+  authenticated and its messages encrypted; client with credit flow control -> ROUTER socket in a scheduler
   thread of this process -> validation -> sample in the TrainingBuffer: read into its slot, or
   kept by reference from 256 KiB), measured as the rate at which samples enter the buffer (the
   DataModule's default capacity of 8192 samples, at most 1 GiB of them, or the whole run if
@@ -22,7 +23,11 @@ samples:
   in one when a simulation sends quickly (``SAMPLES`` messages of up to ``coalesce_bytes``;
   only 64x64 samples are small enough), already stacked: the transport's limit for the frames
   ENGAGE sends;
-- ``ring_copy``: copying one in-memory frame into a numpy ring in this process (memory bandwidth);
+- ``raw_zmq_curve``: ``raw_zmq`` with CURVE on both ends (any client key: the encryption's
+  cost alone), the baseline of ``engage``; ``engage_ipc`` and ``raw_zmq_ipc``: both over an
+  ``ipc://`` socket file (``transport_security="ipc"``, local simulations, no encryption);
+- ``ring_copy``: copying one in-memory frame into successive slots of a numpy ring in this
+  process as large as the buffer in bytes (at least 256 MiB: memory bandwidth, not the caches);
 - ``shared_memory``: the ``engage`` measurement with the same-host path on (``shared_memory=True``,
   the DataModule's default): the buffer's block in shared memory, each simulation writing its
   samples into the slots its credit names, messages without payload. Reported against bare
@@ -80,12 +85,15 @@ def frames(parameters: dict, side: int = 64, count: int = 100):
         yield field
 
 
-def raw_sender(address: str, side: int, count: int, per_message: int = 1) -> None:
+def raw_sender(address: str, side: int, count: int, per_message: int = 1, server_key: str = "") -> None:
     from engage.core.online import protocol
 
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, 64)
+    if server_key:  # a CURVE client, as an ENGAGE simulation is by default
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key.encode(), public, secret
     sock.connect(address)
     frame = np.zeros((per_message, side, side), dtype=np.float32)
     kind = protocol.Kind.SAMPLE if per_message == 1 else protocol.Kind.SAMPLES
@@ -97,15 +105,28 @@ def raw_sender(address: str, side: int, count: int, per_message: int = 1) -> Non
     context.term()
 
 
-def measure_raw(processes: int, side: int, per_message: int = 1) -> float:
+def measure_raw(processes: int, side: int, per_message: int = 1, security: str = "none") -> float:
+    """Bare pyzmq: ``security`` ``none`` (plain TCP), ``curve`` (CURVE over TCP, any client key:
+    the encryption's cost, without ENGAGE's key checks) or ``ipc`` (a socket file)."""
+    import tempfile
+
     per = TOTAL[side] // processes // per_message * per_message
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.RCVHWM, 64)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    server_key = ""
+    if security == "curve":
+        public, secret = zmq.curve_keypair()
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+        server_key = public.decode()
+    if security == "ipc":
+        folder = tempfile.mkdtemp(prefix="engage-bench-")
+        address = f"ipc://{folder}/raw"
+        sock.bind(address)
+    else:
+        address = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    address = f"tcp://127.0.0.1:{port}"
-    command = [sys.executable, __file__, "--raw-sender", address, str(side), str(per), str(per_message)]
+    command = [sys.executable, __file__, "--raw-sender", address, str(side), str(per), str(per_message), server_key]
     senders = [subprocess.Popen(command, env=env) for _ in range(processes)]
     received, ended, first = 0, 0, None
     while ended < processes:
@@ -125,7 +146,7 @@ def measure_raw(processes: int, side: int, per_message: int = 1) -> float:
 
 
 def measure_engage(
-    processes: int, side: int, batches: str = "reused", shared_memory: bool = False
+    processes: int, side: int, batches: str = "reused", shared_memory: bool = False, security: str = "curve"
 ) -> tuple[float, float]:
     """Samples per second (into the buffer, out of it in batches) from the simulations' sends,
     while a consumer thread frees the buffer by taking batches: without their samples
@@ -151,7 +172,7 @@ def measure_engage(
     buffer = TrainingBuffer(capacity=capacity, policy="fifo")
     scheduler = SimulationScheduler(
         sim, UniformSampler(sim.space), buffer, simulations=processes, concurrency=processes,
-        shared_memory=shared_memory,
+        shared_memory=shared_memory, transport_security=security,
     )  # fmt: skip
     marks: list[tuple[float, int]] = []  # (time, samples taken so far)
     out = np.empty((take, side, side), np.float32) if batches == "reused" else None
@@ -193,14 +214,25 @@ def measure_engage(
     return (c1 - c0) / (i1 - i0), (n1 - n0) / (t1 - t0)
 
 
+def ring_slots(side: int) -> int:
+    """Slots of the ``ring_copy`` baseline: as many bytes as the buffer the shared-memory runs
+    fill (the DataModule's default capacity, at most 1 GiB), and at least 256 MiB, so that the
+    baseline is memory bandwidth, as the buffer's is, not a copy within the caches."""
+    nbytes = side * side * 4
+    return max(256 << 20, min(8192 * nbytes, 1 << 30)) // nbytes
+
+
 def measure_ring(side: int) -> float:
+    """Samples per second copied from one in-memory field into successive slots of a ring as
+    large as the buffer (:func:`ring_slots`): the one copy the shared-memory path makes."""
     field = np.random.default_rng(0).random((side, side), dtype=np.float32)
-    ring = np.empty((64, side, side), dtype=np.float32)
+    slots = ring_slots(side)
+    ring = np.empty((slots, side, side), dtype=np.float32)
     ring[:] = field  # the steady state: first touches of the ring's pages are not copies
-    n = TOTAL[side] * 2
+    n = max(TOTAL[side] * 2, 2 * slots)
     started = time.perf_counter()
     for i in range(n):
-        ring[i % 64] = field
+        ring[i % slots] = field
     return n / (time.perf_counter() - started)
 
 
@@ -362,12 +394,17 @@ def main(argv: list[str] | None = None) -> None:
                 to_batch = measure_engage(processes, side, "new")[1]
                 shared = measure_engage(processes, side, "none", shared_memory=True)[0]
                 shared_with_batches, shared_batches = measure_engage(processes, side, "reused", shared_memory=True)
+                raw_curve = measure_raw(processes, side, security="curve")
+                raw_ipc = measure_raw(processes, side, security="ipc")
+                engage_ipc = measure_engage(processes, side, "none", security="ipc")[0]
                 runs.append(
-                    (raw, transport, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches)
-                )
-            raw, engage, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches = (
-                statistics.median(values) for values in zip(*runs)
-            )
+                    (raw, transport, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
+                     raw_curve, raw_ipc, engage_ipc)
+                )  # fmt: skip
+            (
+                raw, engage, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
+                raw_curve, raw_ipc, engage_ipc,
+            ) = (statistics.median(values) for values in zip(*runs))  # fmt: skip
             row = {
                 "size": label,
                 "sample_bytes": nbytes,
@@ -379,6 +416,13 @@ def main(argv: list[str] | None = None) -> None:
                 "raw_zmq_GB_per_s": round(raw * nbytes / 1e9, 3),
                 "engage_vs_raw": paired(runs, 1),
                 "engage_vs_raw_of_medians": round(engage / raw, 3),
+                "raw_zmq_curve_samples_per_s": round(raw_curve, 1),
+                "raw_zmq_curve_GB_per_s": round(raw_curve * nbytes / 1e9, 3),
+                "engage_vs_raw_curve": paired(runs, 1, 9),
+                "raw_zmq_ipc_samples_per_s": round(raw_ipc, 1),
+                "engage_ipc_samples_per_s": round(engage_ipc, 1),
+                "engage_ipc_GB_per_s": round(engage_ipc * nbytes / 1e9, 3),
+                "engage_ipc_vs_raw_ipc": paired(runs, 11, 10),
                 "raw_zmq_same_frames_samples_per_s": round(same, 1),
                 "engage_vs_raw_same_frames": paired(runs, 1, 5),
                 "engage_with_batches_samples_per_s": round(with_batches, 1),
@@ -388,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
                 "to_batch_samples_per_s": round(to_batch, 1),
                 "to_batch_GB_per_s": round(to_batch * nbytes / 1e9, 3),
                 "ring_copy_GB_per_s": round(ring * nbytes / 1e9, 2),
+                "ring_copy_slots": ring_slots(side),
                 "shared_memory_samples_per_s": round(shared, 1),
                 "shared_memory_GB_per_s": round(shared * nbytes / 1e9, 3),
                 "shared_memory_vs_raw": paired(runs, 6),
@@ -439,6 +484,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--raw-sender":
-        raw_sender(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        raw_sender(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     else:
         main()

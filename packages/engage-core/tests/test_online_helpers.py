@@ -15,7 +15,6 @@ import numpy as np
 
 from engage.core.online import protocol
 from engage.core.online.client import SimulationClient, stream
-from engage.core.online.shared_memory import SHARED_MEMORY_ENV
 from engage.core.simulators.base import Simulator
 from engage.core.space import ParameterSpace
 
@@ -54,11 +53,21 @@ class Rogue(Simulator):
 
 
 def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
-    if mode == "elsewhere":  # on a host without the trainer's shared memory
-        os.environ[SHARED_MEMORY_ENV] = "engage-not-on-this-host"
-    elif mode == "slots-unmapped" and attempt == 1:
-        os.environ.pop(SHARED_MEMORY_ENV, None)
-    client = SimulationClient(address, simulation_id, attempt, connect_timeout=30)
+    if mode == "elsewhere":  # on a host without the trainer's shared memory: its segment is not here
+        import engage.core.online.client as client_module
+
+        def nowhere(name, size=None):
+            raise FileNotFoundError(name)
+
+        client_module.attach = nowhere
+    # a client that did not ask for the trainer's shared memory (and later writes "into" it)
+    client = SimulationClient(
+        address,
+        simulation_id,
+        attempt,
+        connect_timeout=30,
+        shared_memory=not (mode == "slots-unmapped" and attempt == 1),
+    )
     job = client.connect()
     x = job.vector[0]
     good = (np.full(SHAPE, x * (t + 1), dtype=np.float32) for t in range(STEPS))

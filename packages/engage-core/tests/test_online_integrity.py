@@ -3,6 +3,7 @@ no peer can stop the receiver, unmet budgets fail, runs never share state, resum
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import sys
@@ -21,6 +22,7 @@ from engage.core.online.buffer import BufferClosed, TrainingBuffer
 from engage.core.online.ledger import TrainingLedger
 from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.scheduler import SimulationScheduler
+from engage.core.online.security import use_client_keys
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.function import FunctionSimulator
 
@@ -226,7 +228,9 @@ def _garbage(rng: random.Random, simulation_id: int) -> list[bytes]:
 
 
 def test_no_message_from_any_peer_stops_the_receiver(tmp_path, helpers_on_path):
-    # simulations that never connect keep the scheduler waiting while peers send it garbage
+    # simulations that never connect keep the scheduler waiting while peers send it garbage:
+    # peers without keys (the handshake refuses them), peers holding the running simulation's key
+    # (stolen: they are that simulation, and fail it), peers holding another attempt's key
     sim = ramp()
     sim.launch_command = lambda address, sid, attempt: [sys.executable, "-c", "import time; time.sleep(60)"]
     buffer = TrainingBuffer(capacity=16, policy="fifo")
@@ -236,22 +240,25 @@ def test_no_message_from_any_peer_stops_the_receiver(tmp_path, helpers_on_path):
     scheduler.start()
     context = zmq.Context()
     rng = random.Random(20)
+    keys = scheduler.fleet.keys
+    other = keys.issue(999, 1, to_file=False)
+    sid, attempt = 0, 1
     try:
-        for peer in range(40):
+        for peer in range(42):
+            running = list(scheduler.fleet.active.values())  # between attempts, the last one's
+            if running:
+                sid, attempt = running[0].record.simulation_id, running[0].record.attempt
             sock = context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            if peer % 2:  # half of them claim to be the running simulation
-                sid = next(iter(scheduler.active))
-                attempt = scheduler.active[sid].record.attempt
-                sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-{attempt}-{peer}".encode())
-                sock.connect(scheduler.address)
-                hello = protocol.encode_json(protocol.Kind.HELLO, sid, attempt, {"pid": 1, "host": "x", "protocol": 1})
-                if peer % 4 == 3:  # a HELLO that is no JSON a decoder survives
-                    hello[1] = rng.choice([b'{"pid": ' + b"1" * 5000 + b"}", b'{"a": ' + b"[" * 100_000, b"\xff{}"])
-                sock.send_multipart(hello)
-            else:
-                sid = 0
-                sock.connect(scheduler.address)
+            if peer % 3:
+                held = keys.issue(sid, attempt, to_file=False) if peer % 3 == 1 else other
+                use_client_keys(sock, json.loads(keys.describe(held.public_key, held.secret_key)))
+            sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-{attempt}-{peer}".encode())
+            sock.connect(scheduler.address)
+            hello = protocol.encode_json(protocol.Kind.HELLO, sid, attempt, {"pid": 1, "host": "x", "protocol": 1})
+            if peer % 4 == 3:  # a HELLO that is no JSON a decoder survives
+                hello[1] = rng.choice([b'{"pid": ' + b"1" * 5000 + b"}", b'{"a": ' + b"[" * 100_000, b"\xff{}"])
+            sock.send_multipart(hello)
             for _ in range(25):
                 sock.send_multipart(_garbage(rng, sid))
             time.sleep(0.05)
@@ -261,5 +268,5 @@ def test_no_message_from_any_peer_stops_the_receiver(tmp_path, helpers_on_path):
         assert scheduler.dropped_messages > 0
     finally:
         scheduler.stop()
-        context.term()
+        context.destroy(linger=0)
     assert scheduler.error is None and buffer.inserted == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import psutil
 import pytest
 
 from engage.core.executors import LaunchRequest
@@ -49,3 +50,21 @@ def test_simulations_follow_the_optimized_placement(monkeypatch, tmp_path) -> No
     assert [h["name"] for h in executor.targets] == ["cloud-1", "edge-2", "edge-1"]  # instance order
     # an explicit layer wins over the plan
     assert [h["name"] for h in DeployExecutor(log_dir=str(tmp_path), layer="edge").targets] == ["edge-1", "edge-2"]
+
+
+def test_secrets_reach_a_remote_host_on_stdin_never_on_its_command_line(monkeypatch, tmp_path) -> None:
+    """A host reached with a command string (``ssh host 'env K=V cmd'``, here ``sh -c``): the
+    attempt's keys arrive in its environment, read from its standard input."""
+    remote = [{**HOSTS[1], "remote": True, "exec_prefix": ["sh", "-c"]}]
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps([HOSTS[0], *remote]))
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
+    executor = DeployExecutor(log_dir=str(tmp_path))
+    assert not executor.shares_filesystem
+    script = "import os, sys, time; print(os.environ['SIM'], os.environ['ENGAGE_KEYS'], flush=True); time.sleep(1)"
+    secret = '{"secret": "k3y with spaces; and $signs"}'
+    request = LaunchRequest([sys.executable, "-c", script], 4, env={"SIM": "4"}, secrets={"ENGAGE_KEYS": secret})
+    process = executor.start(request)
+    cmdline = " ".join(psutil.Process(process.pid).cmdline())
+    assert "k3y" not in cmdline
+    assert process.wait(timeout=60) == 0
+    assert process.stderr_tail().strip() == f"4 {secret}"

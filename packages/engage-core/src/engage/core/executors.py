@@ -33,13 +33,18 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass
 class LaunchRequest:
-    """One simulation process to start: ``command`` with ``env`` added to the environment."""
+    """One simulation process to start: ``command`` with ``env`` and ``secrets`` added to the
+    environment. ``secrets`` (the attempt's keys, when they cannot travel as a file) must never
+    appear on a command line, which every user of a host can read: an executor that passes
+    ``env`` on one (``ssh host env K=V ...``) delivers them another way, e.g. on the process's
+    standard input (:func:`start_logged_process`'s ``stdin_text``)."""
 
     command: list[str]
     simulation_id: int
     attempt: int = 1
     env: dict[str, str] = field(default_factory=dict)
     log_dir: str | None = None
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 class SimulationProcess(ABC):
@@ -144,11 +149,17 @@ class LocalProcess(SimulationProcess):
 
 
 def start_logged_process(
-    command: list[str], request: LaunchRequest, log_dir: str | None = None, log_suffix: str = ""
+    command: list[str],
+    request: LaunchRequest,
+    log_dir: str | None = None,
+    log_suffix: str = "",
+    stdin_text: str | None = None,
 ) -> LocalProcess:
     """Start ``command`` (the request's own or one that wraps it, e.g. to enter another host) as a
     child that dies with the trainer, its stdout and stderr in
-    ``<log_dir>/sim-<id>-<attempt><log_suffix>.log`` and ``request.env`` added to its environment."""
+    ``<log_dir>/sim-<id>-<attempt><log_suffix>.log`` and ``request.env`` added to its environment,
+    with ``request.secrets`` too, unless ``stdin_text`` is given: then that is written to its
+    standard input instead (the wrapper reads the secrets from there)."""
     folder = Path(request.log_dir or log_dir or tempfile.mkdtemp(prefix="engage-sims-"))
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"sim-{request.simulation_id}-{request.attempt}{log_suffix}.log"
@@ -156,13 +167,19 @@ def start_logged_process(
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
             command,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **request.env},
+            env={**os.environ, **request.env, **(request.secrets if stdin_text is None else {})},
             preexec_fn=preexec,
             close_fds=True,
         )
+    if stdin_text is not None:
+        try:
+            popen.stdin.write(stdin_text.encode())  # type: ignore[union-attr]
+            popen.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # it died at once: the fleet sees it exit
     return LocalProcess(popen, log_path)
 
 

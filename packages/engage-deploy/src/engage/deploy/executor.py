@@ -82,11 +82,17 @@ class DeployExecutor(Executor):
         host = self.targets[self._next % len(self.targets)]
         self._next += 1
         prefix = list(host.get("exec_prefix") or [])
+        stdin_text = None
         if host.get("remote"):
             env_part = " ".join(f"{k}={shlex.quote(v)}" for k, v in request.env.items())
-            command = [*prefix, f"env {env_part} {shlex.join(request.command)}"]
+            # secrets never on the remote command line (`ps` shows it): one line each on stdin
+            reads = "".join(f"IFS= read -r {name} && export {name} && " for name in request.secrets)
+            command = [*prefix, f"{reads}exec env {env_part} {shlex.join(request.command)}"]
+            stdin_text = "".join(f"{value}\n" for value in request.secrets.values())
         else:
             command = [*prefix, *request.command]
-        process = start_logged_process(command, request, self.log_dir, log_suffix=f"-{host['name']}")
+        process = start_logged_process(
+            command, request, self.log_dir, log_suffix=f"-{host['name']}", stdin_text=stdin_text
+        )
         process.host = host["name"]
         return process

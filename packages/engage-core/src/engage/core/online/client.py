@@ -41,7 +41,8 @@ import zmq
 
 from engage.core.online import protocol
 from engage.core.online.protocol import Job, Kind
-from engage.core.online.shared_memory import SHARED_MEMORY_ENV, attach
+from engage.core.online.security import load_client_keys, use_client_keys
+from engage.core.online.shared_memory import attach, available
 
 #: environment variable holding the pid of the process that started this one (local executor)
 PARENT_PID_ENV = "ENGAGE_PARENT_PID"
@@ -73,11 +74,11 @@ class SimulationClient:
     ``coalesce_bytes=0`` sends one sample per message. A trainer's job sets ``coalesce_bytes``
     (its ``data.coalesce_bytes``), over the argument.
 
-    On the trainer's host, the client maps the trainer's shared-memory segment (``shared_memory``,
-    by default named by the environment the trainer started this process with) and, if the
-    trainer agrees, writes each sample straight into a slot of the training buffer: its credit
-    comes as slot numbers, and its messages carry no payload. Elsewhere the name does not
-    resolve and samples travel over the socket. :attr:`in_shared_memory` says which. There,
+    With ``shared_memory`` (the default), the client offers to write into the trainer's shared
+    memory; a trainer on the same host grants it its segment in the ``JOB``, and the client then
+    writes each sample straight into a slot of the training buffer: its credit comes as slot
+    numbers, and its messages carry no payload. Elsewhere the segment does not resolve and
+    samples travel over the socket. :attr:`in_shared_memory` says which. There,
     messages carry no payload, so a quick simulation announces what it wrote once per
     ``coalesce_gap`` (and whenever its credit runs out), however many samples that is.
     """
@@ -93,7 +94,8 @@ class SimulationClient:
         connect_timeout: float = 60.0,
         coalesce_bytes: int = protocol.COALESCE_BYTES,
         coalesce_gap: float = 0.001,
-        shared_memory: str | None = None,
+        shared_memory: bool = True,
+        keys: dict[str, str] | None = None,
     ):
         if coalesce_bytes < 0 or coalesce_gap < 0:
             raise ValueError(
@@ -110,8 +112,14 @@ class SimulationClient:
         self.sent = 0
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.IDENTITY, f"sim-{self.simulation_id}-{self.attempt}".encode())
+        # no routing identity of its own: the trainer's socket gives each connection one nobody
+        # can claim ahead of it; the simulation is named by its HELLO and, with CURVE, its key
         self._socket.setsockopt(zmq.LINGER, 2000)
+        #: the CURVE keys the trainer issued to this attempt (by default from the environment it
+        #: started this process with); None for a trainer listening on ``ipc://``
+        self.keys = keys if keys is not None else load_client_keys()
+        if self.keys is not None:
+            use_client_keys(self._socket, self.keys)
         self._socket.connect(address)
         self._last_from_server = time.monotonic()
         self._last_sent = 0.0
@@ -124,8 +132,8 @@ class SimulationClient:
         self._staging: np.ndarray | None = None  # samples held back to leave in one SAMPLES message
         self._staged = 0
         self._last_call = -float("inf")
-        #: the trainer's segment to write samples into (a name), if it is on this host
-        self.shared_memory = shared_memory or os.environ.get(SHARED_MEMORY_ENV) or None
+        #: whether to offer writing into the trainer's shared memory
+        self.shared_memory = bool(shared_memory)
         self._ring: mmap.mmap | None = None
         self._slot_bytes = 0
         self._free_slots: deque[int] = deque()  # granted slots, in the order they are filled
@@ -138,12 +146,8 @@ class SimulationClient:
     def connect(self) -> Job:
         """Say hello and wait for the job; :class:`TrainerGone` if nobody answers in time."""
         hello = {"pid": os.getpid(), "host": pysocket.gethostname(), "protocol": protocol.VERSION}
-        if self.shared_memory and self._ring is None:
-            try:
-                self._ring = attach(self.shared_memory)
-                hello["shared_memory"] = self.shared_memory
-            except (OSError, ValueError):
-                self._ring = None  # not the trainer's host (or no such segment): the socket it is
+        if self.shared_memory and available():
+            hello["shared_memory"] = True
         self._socket.send_multipart(protocol.encode_json(Kind.HELLO, self.simulation_id, self.attempt, hello))
         deadline = time.monotonic() + self.connect_timeout
         while True:
@@ -159,12 +163,7 @@ class SimulationClient:
                 self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
                 if job.coalesce_bytes is not None:
                     self.coalesce_bytes = max(0, int(job.coalesce_bytes))  # the trainer's setting wins
-                granted = job.shared_memory
-                ring = self._ring
-                if granted and ring is not None and int(granted["slot_bytes"]) * int(granted["slots"]) <= len(ring):
-                    self._slot_bytes, self._slot_count = int(granted["slot_bytes"]), int(granted["slots"])
-                else:
-                    self._unmap()  # the trainer declined: samples go over the socket
+                self._map(job.shared_memory)
                 return job
 
     def send(self, sample: np.ndarray, fresh: bool = False) -> None:
@@ -305,6 +304,19 @@ class SimulationClient:
         )  # fmt: skip
         self._socket.send_multipart([header, b""])
         self._last_sent = time.monotonic()
+
+    def _map(self, granted: dict[str, Any] | None) -> None:
+        """Map the segment the trainer granted, if it is on this host; else samples go over the
+        socket (into the slots granted all the same)."""
+        self._unmap()
+        if not granted:
+            return
+        try:
+            slot_bytes, slots = int(granted["slot_bytes"]), int(granted["slots"])
+            self._ring = attach(str(granted["name"]), slot_bytes * slots)
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not the trainer's host (or no such segment): the socket it is
+        self._slot_bytes, self._slot_count = slot_bytes, slots
 
     def _unmap(self) -> None:
         self._slot_view = None  # views of the segment must go before it can be unmapped

@@ -8,6 +8,7 @@ from typing import Any
 from engage.core.config.schema import ConfigValueError, _at_least
 from engage.core.online.policies import POLICIES
 from engage.core.online.protocol import COALESCE_BYTES
+from engage.core.online.security import TRANSPORT_SECURITY
 
 
 @dataclass
@@ -47,6 +48,9 @@ class OnlineDataConfig:
     coalesce_bytes: int = COALESCE_BYTES
     #: simulations on the trainer's host write samples into the buffer's shared memory (Linux /dev/shm)
     shared_memory: bool = True
+    #: who may connect: curve (keys the trainer issues to each simulation attempt) or ipc (a socket
+    #: file only this OS user can open; local executors only, no encryption cost)
+    transport_security: str = "curve"
     executor: str = "local"
     #: keyword arguments of the executor, e.g. ``{layer: edge}`` for ``executor: deploy``
     executor_options: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +83,10 @@ class OnlineDataConfig:
             raise ConfigValueError("rate_limit", f"must be > 0 reads per sample, or null, got {self.rate_limit}")
         if self.policy not in POLICIES:
             raise ConfigValueError("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.transport_security not in TRANSPORT_SECURITY:
+            raise ConfigValueError(
+                "transport_security", f"must be one of {', '.join(TRANSPORT_SECURITY)}, got {self.transport_security!r}"
+            )
         if self.on_failure not in ("fail", "redraw"):
             raise ConfigValueError("on_failure", f"must be fail or redraw, got {self.on_failure!r}")
         if self.batch_size > self.capacity:

@@ -153,6 +153,7 @@ class OnlineDataModule(pl.LightningDataModule):
         credit_window: int | None = _D.credit_window,
         coalesce_bytes: int = _D.coalesce_bytes,
         shared_memory: bool = _D.shared_memory,
+        transport_security: str = _D.transport_security,
         executor: str | Executor = _D.executor,
         executor_options: dict[str, Any] | None = None,
         journal: str | None = _D.journal,
@@ -178,6 +179,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.startup_timeout, self.credit_window = startup_timeout, credit_window
         self.coalesce_bytes, self.shared_memory = coalesce_bytes, shared_memory
+        self.transport_security = transport_security
         self.executor, self.journal_url = executor, journal
         self.executor_options = dict(executor_options or {})
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
@@ -318,6 +320,7 @@ class OnlineDataModule(pl.LightningDataModule):
             credit_window=self.credit_window,
             coalesce_bytes=self.coalesce_bytes,
             shared_memory=self.shared_memory,
+            transport_security=self.transport_security,
             simulator_spec=self.simulator_spec,
             workdir=workdir,
             rank=0 if validation else self.rank,

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess
-from engage.core.online import shared_memory
 from engage.core.online.client import PARENT_PID_ENV
 from engage.core.online.record import SimulationRecord
+from engage.core.online.security import RunKeys
 from engage.core.simulators.base import Simulator
 
 
@@ -50,6 +50,8 @@ class Running:
     #: the buffer slots granted to a simulation writing into shared memory, in the order it fills
     #: them (None: it sends its samples over the socket)
     slots: deque[int] | None = None
+    #: the ZAP User-Id its messages must carry (None: the socket does not authenticate, ``ipc``)
+    user_id: str | None = None
 
     def resumable(self) -> SimulationRecord:
         """A copy of this simulation's record as a new process starts it: after the samples held."""
@@ -92,6 +94,8 @@ class Fleet:
         #: how long a process that exited without DONE may stay quiet before it counts as failed
         self.exit_grace = max(1.0, heartbeat_interval)
         self.log_dir = log_dir
+        #: the run's keys: each process is issued its own when it starts (None: ``ipc``)
+        self.keys: RunKeys | None = None
         self.launch_command = launch_command
         self.queue: deque[SimulationRecord] = deque()  # simulations waiting to (re)start
         self.active: dict[int, Running] = {}
@@ -110,8 +114,9 @@ class Fleet:
         """Nothing waits to start and nothing runs."""
         return not self.queue and not self.active
 
-    def start(self, record: SimulationRecord, address: str, segment: str | None = None) -> Running:
-        """Start ``record``'s process, told where the trainer listens (and its shared memory)."""
+    def start(self, record: SimulationRecord, address: str) -> Running:
+        """Start ``record``'s process, told where the trainer listens and, through its
+        environment, its keys."""
         record.status, record.started_at = "running", time.time()
         record.samples_received = record.resume_from
         active = Running(record, np.asarray(record.unit, dtype=np.float32), accepted=record.resume_from)
@@ -122,9 +127,19 @@ class Fleet:
             command = [sys.executable, "-m", "engage.core.online.client", "--address", str(address)]
             command += ["--simulation-id", str(sim_id), "--attempt", str(attempt)]
         env = {PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-        if segment is not None:
-            env[shared_memory.SHARED_MEMORY_ENV] = segment
-        active.process = self.executor.start(LaunchRequest(command, sim_id, attempt, env=env, log_dir=self.log_dir))
+        secrets: dict[str, str] = {}
+        if self.keys is not None:
+            # a file the process reads where it shares this host's files (its path in the
+            # environment); else the keys themselves, which no command line may carry
+            issued = self.keys.issue(sim_id, attempt, to_file=self.executor.shares_filesystem)
+            (env if issued.path is not None else secrets).update(self.keys.environment(issued))
+            active.user_id = issued.user_id
+        try:
+            request = LaunchRequest(command, sim_id, attempt, env=env, log_dir=self.log_dir, secrets=secrets)
+            active.process = self.executor.start(request)
+        except BaseException:
+            self._revoke(active)
+            raise
         record.host = active.process.host
         self.active[sim_id] = active
         return active
@@ -182,7 +197,13 @@ class Fleet:
                 verdicts.beat.append(active)
         return verdicts
 
+    def _revoke(self, active: Running) -> None:
+        if self.keys is not None and active.user_id is not None:
+            self.keys.revoke(active.record.simulation_id, active.record.attempt)
+
     def forget(self, active: Running) -> None:
+        """The attempt is over: its key no longer authenticates."""
+        self._revoke(active)
         self.active.pop(active.record.simulation_id, None)
         if active.identity is not None:
             self._by_identity.pop(active.identity, None)
@@ -216,6 +237,8 @@ class Fleet:
         for active in reversed(unfinished):
             self.queue.appendleft(active.resumable())
         everything = list(self.active.values())
+        for active in everything:
+            self._revoke(active)
         self.active.clear()
         self._by_identity.clear()
         return everything

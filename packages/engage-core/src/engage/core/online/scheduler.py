@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -62,6 +63,7 @@ from engage.core.online.frames import (
 from engage.core.online.journal import Journal
 from engage.core.online.protocol import Kind, ProtocolError
 from engage.core.online.receiver import SampleReceiver
+from engage.core.online.security import TRANSPORT_SECURITY, PeerWarnings, RunKeys, private_folder, serve_curve
 from engage.core.online.state import RunState
 from engage.core.online.steering import SchedulerError, Steering
 from engage.core.samplers.base import Sampler
@@ -71,9 +73,12 @@ __all__ = ["MalformedSample", "SchedulerError", "SimulationScheduler", "check_sa
 
 log = logging.getLogger("engage.online")
 
-#: unauthenticated or malformed messages from connections that belong to no simulation are
-#: dropped and counted; this many are logged, then every thousandth
-_LOGGED_STRANGERS = 10
+#: the largest JSON payload a peer may send (HELLO, DONE, ERROR): the protocol's own bound
+_MAX_TEXT_BYTES = 64 << 10
+
+
+class _Impostor(Exception):
+    """A message whose claimed simulation is not the one its key was issued to."""
 
 
 class SimulationScheduler:
@@ -87,6 +92,12 @@ class SimulationScheduler:
     ``shared_memory`` (the default) and an executor that starts processes beside the trainer
     (``Executor.shares_memory``, as the local one does), simulations write their samples into
     the buffer's memory themselves; clients that do not ask for it use their socket.
+
+    ``transport_security`` says who may connect (:mod:`.security`): ``"curve"`` (the default),
+    only processes holding the keys the scheduler issued to each simulation attempt, each message
+    checked against the attempt it claims; ``"ipc"``, for an executor whose processes run on
+    this host, only processes of this OS user, through a socket file in a private folder (no
+    encryption cost). Executors on other hosts always get ``"curve"``.
     """
 
     def __init__(
@@ -109,12 +120,17 @@ class SimulationScheduler:
         credit_window: int | None = None,
         coalesce_bytes: int = protocol.COALESCE_BYTES,
         shared_memory: bool = True,
+        transport_security: str = "curve",
         simulator_spec: dict[str, Any] | None = None,
         workdir: str | None = None,
         rank: int = 0,
         world_size: int = 1,
         hooks: Any = None,
     ):
+        if transport_security not in TRANSPORT_SECURITY:
+            raise ValueError(
+                f"transport_security must be one of {', '.join(TRANSPORT_SECURITY)}, got {transport_security!r}"
+            )
         if on_failure not in ("fail", "redraw"):
             raise ValueError(f"on_failure must be 'fail' or 'redraw', got {on_failure!r}")
         self.simulator = simulator
@@ -145,6 +161,11 @@ class SimulationScheduler:
             raise ValueError(f"coalesce_bytes must be >= 0 (0: one sample per message), got {coalesce_bytes}")
         self.coalesce_bytes = int(coalesce_bytes)
         self.shared_memory = bool(shared_memory)
+        self.transport_security = transport_security
+        if transport_security == "ipc" and not self.executor.shares_memory:
+            log.warning("data.transport_security=ipc reaches only this host; simulations elsewhere use curve")
+            self.transport_security = "curve"
+        self.warnings = PeerWarnings()
         self.steering = Steering(
             sampler, simulator.space, simulations=simulations, max_samples=max_samples, rank=rank, world_size=world_size
         )
@@ -169,6 +190,7 @@ class SimulationScheduler:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._bound = threading.Event()
+        self._private: str | None = None  # the run's 0700 folder: keys, the ipc socket
         self.error: str | None = None
         self._started_at = time.monotonic()
         self._last_check = 0.0
@@ -225,12 +247,37 @@ class SimulationScheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _max_message_bytes(self) -> int:
+        """The largest frame a simulation may send: a ``SAMPLES`` message as the client fills it
+        (``coalesce_bytes``, or one sample when larger), or a JSON payload; libzmq drops the
+        connection of a peer that sends more, before it is buffered."""
+        nbytes = self.spec_samples.nbytes
+        return max(nbytes * protocol.samples_per_message(nbytes, self.coalesce_bytes), _MAX_TEXT_BYTES) + 4096
+
+    def _listen(self, context: zmq.Context, sock: zmq.Socket) -> Any:
+        """Bind ``sock`` as ``transport_security`` says; the ZAP handler to stop, if any."""
+        self._private = private_folder(tempfile.mkdtemp(prefix="engage-run-"))
+        sock.maxmsgsize = self._max_message_bytes()
+        if self.transport_security == "ipc":
+            # the socket file in a 0700 folder: only this OS user's processes can connect
+            self.address = f"ipc://{self._private}/trainer"
+            sock.bind(self.address)
+            return None
+        keys = RunKeys(os.path.join(self._private, "keys"))
+        authenticator = serve_curve(context, sock, keys)
+        self.fleet.keys = keys
+        host = self.executor.bind_host()
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        return authenticator
+
     def _main(self) -> None:
         context = zmq.Context()
         sock = context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         nbytes = self.spec_samples.nbytes
+        authenticator = None
         try:
             shape, dtype = self.spec_samples.shape, self.spec_samples.dtype
             if self.shared_memory and self.executor.shares_memory:
@@ -240,8 +287,7 @@ class SimulationScheduler:
             if not self.buffer.writes_in_place:
                 # samples stay in the frames they arrived in: let the next frames reuse their memory
                 allocator.retain_freed_memory(nbytes, self.buffer.capacity * nbytes)
-            port = sock.bind_to_random_port(f"tcp://{self.executor.bind_host()}")
-            self.address = f"tcp://{self.executor.bind_host()}:{port}"
+            authenticator = self._listen(context, sock)
             self._bound.set()
             if self.spec is None and self.fleet.launch_command is None:
                 launch_spec = getattr(self.simulator, "launch_spec", None)
@@ -265,6 +311,12 @@ class SimulationScheduler:
                 if self.segment is not None:
                     self.segment.unlink()  # the buffer keeps its mapping; no new process may attach
                 sock.close(0)
+                if authenticator is not None:
+                    authenticator.stop()
+                if self.fleet.keys is not None:
+                    self.fleet.keys.close()  # every key file goes with the run
+                if self._private is not None:
+                    shutil.rmtree(self._private, ignore_errors=True)
                 context.term()
 
     def _loop(self, sock: zmq.Socket) -> None:
@@ -278,12 +330,15 @@ class SimulationScheduler:
                 if ready:
                     # drain what is there (until EAGAIN), bounded so credit and liveness checks
                     # keep running; the samples enter the buffer under one lock, with one wake-up
+                    authenticated = self.fleet.keys is not None
                     for _ in range(4096):
                         try:
-                            identity = sock.recv(zmq.NOBLOCK)
+                            frame = sock.recv(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(sock, identity)
+                        # the attempt whose key the peer holds, as the ZAP handler named it
+                        user = frame.get("User-Id") if authenticated else None
+                        self._handle(sock, frame.bytes, user)
                         if self.receiver.waiting >= 256:
                             self._flush()
                     self._flush()
@@ -307,8 +362,7 @@ class SimulationScheduler:
                 record = self.steering.new_record()
             else:
                 return
-            segment = self.segment.name if self.segment is not None else None
-            active = fleet.start(record, str(self.address), segment)
+            active = fleet.start(record, str(self.address))
             self.state.write(active.record)
             self._emit("engage_simulation_started", record=active.record)
 
@@ -321,12 +375,17 @@ class SimulationScheduler:
             except zmq.ZMQError:
                 pass  # a client that vanished is caught by the liveness checks
 
-    def _handle(self, sock: zmq.Socket, identity: bytes) -> None:
-        """Read and act on the rest of a message from ``identity``: a header frame, then a payload
+    def _handle(self, sock: zmq.Socket, identity: bytes, user: str | None = None) -> None:
+        """Read and act on the rest of a message from ``identity``, authenticated as ``user`` (a
+        simulation attempt, or None without authentication): a header frame, then a payload
         frame (samples: :class:`~.receiver.SampleReceiver`)."""
         active = self.fleet.by_identity(identity)
         try:
             header = read_header(sock)
+            claimed = f"{header.simulation_id}:{header.attempt}"
+            if user is not None and user != (claimed if active is None else active.user_id):
+                # a key issued to one simulation used for another: the message is not that one's
+                raise _Impostor(f"a peer holding the key of attempt {user} sent a message as attempt {claimed}")
             if active is None:
                 self._hello(sock, identity, header, read_payload(sock))
                 return
@@ -348,6 +407,15 @@ class SimulationScheduler:
                 raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
         except SchedulerError:
             raise
+        except _Impostor as exc:
+            discard_rest(sock)
+            self.state.counts.dropped_messages += 1
+            self.warnings.warn(
+                str(user), "dropped a message: %s (%d dropped so far)", exc, self.state.counts.dropped_messages
+            )
+            if active is None:  # this connection is the sender's alone: tell it to go away
+                stop = protocol.encode_text(Kind.STOP, header.simulation_id, 0, f"your key is attempt {user}'s")
+                sock.send_multipart([identity, *stop])
         except Exception as exc:
             # whatever a peer sends fails that peer's simulation (or is dropped), never the
             # receiver: the checks name what is wrong; anything else they missed is the peer's too
@@ -358,12 +426,12 @@ class SimulationScheduler:
             else:
                 counts = self.state.counts
                 counts.dropped_messages += 1
-                if counts.dropped_messages <= _LOGGED_STRANGERS or counts.dropped_messages % 1000 == 0:
-                    log.warning(
-                        "dropped a message from a connection that belongs to no simulation (%d so far): %s",
-                        counts.dropped_messages,
-                        one_line(what, 200),
-                    )
+                self.warnings.warn(
+                    user or identity.hex()[:32],
+                    "dropped a message from a connection that belongs to no simulation (%d so far): %s",
+                    counts.dropped_messages,
+                    one_line(what, 200),
+                )
 
     def _hello(self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: bytes) -> None:
         active = self.fleet.expects(header.simulation_id, header.attempt) if header.kind == Kind.HELLO else None
@@ -387,10 +455,15 @@ class SimulationScheduler:
             server_timeout=max(self.heartbeat_timeout, 10 * self.heartbeat_interval),
             coalesce_bytes=self.coalesce_bytes,
         )
-        if self.segment is not None and hello.get("shared_memory") == self.segment.name:
-            # the client mapped this trainer's segment: its credit comes as slots to write into
+        if self.segment is not None and hello.get("shared_memory") is True:
+            # an authenticated client that can map shared memory: granted the segment, its credit
+            # comes as slots to write into (samples it sends over its socket fill them too)
             active.slots = deque()
-            job.shared_memory = {"slot_bytes": self.spec_samples.nbytes, "slots": self.buffer.capacity}
+            job.shared_memory = {
+                "name": self.segment.name,
+                "slot_bytes": self.spec_samples.nbytes,
+                "slots": self.buffer.capacity,
+            }
         self._send(sock, active, job.encode(rec.simulation_id, rec.attempt))
 
     def _flush(self) -> None:

@@ -9,9 +9,10 @@ the simulation's own process, and the message that follows carries no payload. S
 
 The segment lives under ``/dev/shm`` (Linux). The trainer creates it, removes its name when the
 run ends, and registers it with :mod:`multiprocessing.resource_tracker`, whose process removes
-it should the trainer be killed. A simulation maps it by name, given in the environment variable
-:data:`SHARED_MEMORY_ENV`; on another host (or in a container without the trainer's
-``/dev/shm``) the name does not resolve and the simulation streams over its socket as usual.
+it should the trainer be killed. A simulation maps it by name, which the trainer grants in the
+``JOB`` it sends that simulation once authenticated (never a name the client chose); on another
+host (or in a container without the trainer's ``/dev/shm``) the name does not resolve and the
+simulation streams over its socket as usual.
 
 Example::
 
@@ -30,8 +31,6 @@ import mmap
 import os
 import secrets
 
-#: environment variable naming the trainer's segment, set for every simulation process it starts
-SHARED_MEMORY_ENV = "ENGAGE_SHARED_MEMORY"
 #: where POSIX shared memory objects appear as files (Linux)
 SHM_DIR = "/dev/shm"
 # Map every page at once (23 ms for the default 128 MiB buffer): otherwise the first write to each

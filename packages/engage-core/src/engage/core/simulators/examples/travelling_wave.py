@@ -6,7 +6,8 @@ language would use libzmq (``docs/protocol.md``). Usage::
 
     travelling_wave.py ADDRESS SIMULATION_ID ATTEMPT [STEPS]
 
-It connects a ``DEALER`` socket to the trainer at ``ADDRESS``, sends ``HELLO``, reads its ``JOB``
+It connects a ``DEALER`` socket to the trainer at ``ADDRESS`` (a CURVE client with the keys the
+trainer gave it through its environment), sends ``HELLO``, reads its ``JOB``
 (parameters ``frequency`` and ``damping``, the sample to resume from), then sends one ``SAMPLE``
 per step as credit allows, with a ``HEARTBEAT`` whenever it has sent nothing for a heartbeat
 interval, then ``DONE``, and exits once the trainer acknowledged every sample. A trainer silent
@@ -49,6 +50,16 @@ def field(frequency: float, damping: float, step: int) -> np.ndarray:
     return (np.exp(-damping * t) * np.sin(frequency * (x - t)) * np.cos(frequency * y)).astype("<f4")
 
 
+def trainer_keys() -> dict | None:
+    """The CURVE keys the trainer issued to this attempt: JSON in the file ``ENGAGE_KEY_FILE``
+    names, or in ``ENGAGE_KEYS``; None when the trainer listens on ``ipc://`` (no keys)."""
+    text = os.environ.get("ENGAGE_KEYS")
+    if not text and os.environ.get("ENGAGE_KEY_FILE"):
+        with open(os.environ["ENGAGE_KEY_FILE"]) as f:
+            text = f.read()
+    return json.loads(text) if text else None
+
+
 class Connection:
     """The conversation with the trainer: credit, heartbeats in both directions, its silence."""
 
@@ -57,7 +68,11 @@ class Connection:
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-{attempt}".encode())
+        keys = trainer_keys()
+        if keys is not None:  # a CURVE client with the keys the trainer issued to this attempt
+            self.sock.curve_serverkey = keys["server"].encode()
+            self.sock.curve_publickey = keys["public"].encode()
+            self.sock.curve_secretkey = keys["secret"].encode()
         self.sock.connect(address)
         self.credits, self.job = 0, None
         self.beat, self.server_timeout = 1.0, 60.0

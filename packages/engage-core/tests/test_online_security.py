@@ -1,0 +1,144 @@
+"""Who may take part in a run: CURVE keys per simulation attempt, checked on every message, kept
+out of command lines, deleted with the run; the ipc transport; hostile peers during a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.journal import Journal
+from engage.core.online.scheduler import SimulationScheduler
+from engage.core.online.security import KEY_FILE_ENV, PeerWarnings, load_client_keys
+from engage.core.samplers.uniform import UniformSampler
+from engage.core.simulators.function import FunctionSimulator
+
+STEPS = 40
+
+
+def ramp(steps: int = STEPS, delay: float = 0.0) -> FunctionSimulator:
+    return FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=steps,
+        kwargs={"steps": steps, "delay": delay},
+    )  # fmt: skip
+
+
+def test_keys_are_private_out_of_argv_and_deleted_with_the_run(tmp_path, helpers_on_path):
+    sim = ramp()
+    sim.launch_command = lambda address, sid, attempt: [sys.executable, "-c", "import time; time.sleep(60)"]
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), TrainingBuffer(capacity=64), simulations=1, workdir=str(tmp_path)
+    )
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not scheduler.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        active = next(iter(scheduler.fleet.active.values()))
+        keys = scheduler.fleet.keys
+        assert stat.S_IMODE(os.stat(keys.folder).st_mode) == 0o700
+        process = psutil.Process(active.process.pid)
+        path = process.environ()[KEY_FILE_ENV]
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        secret = load_client_keys({KEY_FILE_ENV: path})["secret"]
+        assert secret not in " ".join(process.cmdline())  # never on a command line `ps` shows
+        assert active.user_id == f"{active.record.simulation_id}:{active.record.attempt}"
+        assert scheduler.address.startswith("tcp://127.0.0.1:")  # the loopback, for local simulations
+    finally:
+        scheduler.stop()
+    assert not os.path.exists(path) and not os.path.exists(keys.folder)
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path):
+    path = tmp_path / "sim.key"
+    path.write_text(json.dumps({"server": "a" * 40, "public": "b" * 40, "secret": "c" * 40}))
+    path.chmod(0o644)
+    with pytest.raises(ValueError, match="readable by others"):
+        load_client_keys({KEY_FILE_ENV: str(path)})
+
+
+@pytest.mark.parametrize("security", ["curve", "ipc"])
+def test_honest_simulations_complete_over_either_transport(tmp_path, helpers_on_path, security):
+    buffer = TrainingBuffer(capacity=256, policy="fifo")
+    sim = ramp(steps=6)
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=2, transport_security=security,
+        shared_memory=False, workdir=str(tmp_path),
+    )  # fmt: skip
+    scheduler.start()
+    assert scheduler.address.startswith("ipc://" if security == "ipc" else "tcp://")
+    folder = scheduler._private
+    if security == "ipc":
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700  # only this OS user reaches the socket
+    scheduler.join(60)
+    assert scheduler.finished == 2 and buffer.inserted == 12 and scheduler.error is None
+    assert not os.path.exists(folder)
+
+
+def test_peer_warnings_are_rate_limited_with_counts(caplog):
+    warnings = PeerWarnings(per_minute=3)
+    with caplog.at_level(logging.WARNING, logger="engage.online"):
+        written = [warnings.warn("peer-a", "bad %s", "thing") for _ in range(1000)]
+        warnings.warn("peer-b", "bad %s", "other")
+    assert sum(written) == 3 and len(caplog.records) == 4
+
+
+@pytest.mark.slow
+def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helpers_on_path, caplog):
+    """Peers without keys, with guessed keys, with a key issued to another attempt, with
+    oversized frames and deeply nested JSON, all claiming running simulations, while two honest
+    simulations run: the run completes, every sample is its simulation's own, memory and log
+    stay bounded."""
+    buffer = TrainingBuffer(capacity=512, policy="fifo")
+    sim = ramp(delay=0.02)  # about a second of samples each, while the attackers run
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=2, concurrency=2, journal=journal,
+        workdir=str(tmp_path),
+    )  # fmt: skip
+    rss = psutil.Process().memory_info().rss
+    with caplog.at_level(logging.WARNING, logger="engage.online"):
+        scheduler.start()
+        keys = scheduler.fleet.keys
+        other = keys.issue(999, 1, to_file=False)  # valid, but another simulation's
+        other_keys = keys.describe(other.public_key, other.secret_key)
+        attacks = [
+            ("unauthenticated", ""), ("guessed", ""), ("other-key", other_keys), ("oversized", other_keys),
+            ("nested", other_keys), ("flood", ""),
+        ]  # fmt: skip
+        server_key = keys.server_public.decode()
+        attackers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "hostile_peer", scheduler.address, server_key, kind, str(sid), held, "20"]
+            )
+            for kind, held in attacks
+            for sid in (0, 1)
+        ]
+        batches = []
+        while (batch := buffer.get_batch(8, timeout=60)) is not None:
+            batches.append(batch)
+        for attacker in attackers:
+            attacker.kill()
+            attacker.wait(10)
+        scheduler.join(30)
+    assert scheduler.error is None and scheduler.finished == 2  # every honest simulation completed
+    targets = np.concatenate([b["target"] for b in batches])[:, 0, 0]
+    times = np.concatenate([b["time"] for b in batches])[:, 0]
+    ids = np.concatenate([b["simulation_id"] for b in batches])
+    assert len(targets) == 2 * STEPS  # nothing more than the honest samples
+    x = {sid: entry["parameters"]["x"] for sid, entry in journal.latest().items()}
+    truth = np.array([x[int(i)] for i in ids]) * times * STEPS
+    np.testing.assert_allclose(targets, truth, rtol=1e-5)  # each sample is its simulation's own
+    assert scheduler.dropped_messages > 0  # the other attempt's key was heard, and refused
+    grown = psutil.Process().memory_info().rss - rss
+    assert grown <= max(2 * 512 * 256, 64 << 20), f"trainer memory grew by {grown / 2**20:.0f} MiB"
+    assert len([r for r in caplog.records if r.name.startswith("engage.online")]) <= 100
