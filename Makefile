@@ -25,12 +25,14 @@ demo: $(STAMP)
 	$(BIN)/engage run
 	@echo "MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (experiment 'engage')"
 
-# The netns hosts of engage-deploy run their own sshd; as root, install it when it is missing
-# (its tests skip with a reason otherwise).
+# The netns hosts of engage-deploy run their own sshd, and the C example simulation compiles
+# against libzmq (Debian's libzmq3-dev, whose libzmq has CURVE through libsodium); as root,
+# install what is missing (their tests skip with a reason otherwise).
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null) \
-		|| echo "openssh-server could not be installed: SSH tests of netns hosts will skip"; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { [ ! -x /usr/sbin/sshd ] || [ ! -f /usr/include/zmq.h ]; }; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server libzmq3-dev >/dev/null) \
+		|| echo "openssh-server or libzmq3-dev could not be installed: SSH tests of netns hosts or the C client will skip"; \
 	fi
 
 test: $(STAMP) system-deps

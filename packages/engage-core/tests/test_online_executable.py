@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +137,54 @@ def test_engage_run_trains_on_a_program_with_no_python_subclass(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "simulations: 2 requested, 2 completed, 0 failed, 0 given up; samples: 40 received" in result.stderr
+
+
+@pytest.fixture(scope="session")
+def c_wave(tmp_path_factory):
+    """The C example client, compiled against the system's libzmq (Debian's libzmq3-dev, which
+    ``make test`` installs)."""
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not Path("/usr/include/zmq.h").exists():
+        pytest.skip("no C compiler or libzmq headers (apt-get install libzmq3-dev)")
+    binary = tmp_path_factory.mktemp("c-client") / "travelling_wave"
+    source = Path(TRAVELLING_WAVE).with_suffix(".c")
+    subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", str(binary), str(source), "-lzmq", "-lm"], check=True)
+    return str(binary)
+
+
+class TestCClient(SimulatorSuite):
+    """The C client authenticates with CURVE (libzmq's API) and passes the conformance suite."""
+
+    @pytest.fixture
+    def simulator(self, c_wave):
+        return ExecutableSimulator(
+            [c_wave, *IDS, "3"], TRAVELLING_WAVE_SPACE, sample_shape=(16, 16), samples_per_run=3, value_range=(-1, 1)
+        )
+
+
+@pytest.mark.parametrize("security", ["curve", "ipc"])
+def test_the_c_client_sends_the_same_wave_as_the_python_one(c_wave, security, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("travelling_wave_example", TRAVELLING_WAVE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    sim = ExecutableSimulator([c_wave, *IDS, "4"], TRAVELLING_WAVE_SPACE, sample_shape=(16, 16), samples_per_run=4)
+    dm = OnlineDataModule(
+        sim, UniformSampler(sim.space, seed=3), simulations=2, val_simulations=0, batch_size=4, capacity=16,
+        policy="fifo", max_reads=1, transport_security=security, workdir=str(tmp_path),
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(Flat(), datamodule=dm)
+    assert dm.outcome().completed == 2 and dm.outcome().samples_received == 8
+    frequency, damping = 1.3, 0.2
+    (sample, *_rest) = ExecutableSimulator(
+        [c_wave, *IDS, "2"], TRAVELLING_WAVE_SPACE, sample_shape=(16, 16), samples_per_run=2
+    ).run({"frequency": frequency, "damping": damping})
+    np.testing.assert_allclose(sample, example.field(frequency, damping, 0), atol=1e-6)

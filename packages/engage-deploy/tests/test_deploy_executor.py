@@ -68,3 +68,14 @@ def test_secrets_reach_a_remote_host_on_stdin_never_on_its_command_line(monkeypa
     assert "k3y" not in cmdline
     assert process.wait(timeout=60) == 0
     assert process.stderr_tail().strip() == f"4 {secret}"
+
+
+def test_the_trainer_on_a_remote_host_binds_its_one_address(monkeypatch, tmp_path) -> None:
+    hosts = [{**HOSTS[0], "remote": True, "address": "localhost"}, {**HOSTS[1], "remote": True}]
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(hosts))
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
+    assert DeployExecutor(log_dir=str(tmp_path)).bind_host() == "127.0.0.1"  # never 0.0.0.0
+    hosts[0]["address"] = "no-such-host.invalid"
+    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(hosts))
+    with pytest.raises(ValueError, match=r"cannot resolve 'no-such-host\.invalid'"):
+        DeployExecutor(log_dir=str(tmp_path)).bind_host()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 from typing import Any
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, start_logged_process
@@ -71,11 +72,21 @@ class DeployExecutor(Executor):
         return self.hosts[-1]["layer"]
 
     def bind_host(self) -> str:
-        """This job's host address, so simulations on other hosts reach the trainer."""
+        """This job's host address, so simulations on other hosts reach the trainer: the one
+        interface they reach it by, never every interface (a remote host's name is resolved to
+        its address on the cluster's network)."""
         me = os.environ.get(HOST_ENV)
         for host in self.hosts:
             if host["name"] == me:
-                return "0.0.0.0" if host.get("remote") else host["address"]
+                if not host.get("remote"):
+                    return host["address"]
+                try:
+                    return socket.gethostbyname(host["address"])
+                except OSError as exc:
+                    raise ValueError(
+                        f"cannot resolve {host['address']!r}, host {me}'s address, to bind the trainer to "
+                        f"({exc.strerror or exc}); give the host an IP address"
+                    ) from None
         return "127.0.0.1"
 
     def start(self, request: LaunchRequest) -> SimulationProcess:
