@@ -19,6 +19,9 @@ from engage.core.cli import main
         ("trainer.precision=77", "trainer.precision: must be one of 32-true"),
         ("trainer.max_epochs", "cannot parse override 'trainer.max_epochs'"),
         ("nokey=1", "nokey: unknown key; allowed: callbacks, checkpoint_every_n_steps, ckpt_path, data, logger"),
+        ("trainer.max_epoch=1", "trainer.max_epoch: unknown key; did you mean trainer.max_epochs? allowed:"),
+        ("trainer.strategy=ddp", "trainer.strategy: ENGAGE builds the Trainer's strategy; set it with strategy="),
+        ("trainer.num_sanity_val_steps=-2", "trainer.num_sanity_val_steps: must be >= -1, got -2"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(override, expected, capsys):
@@ -32,10 +35,8 @@ def test_a_value_checked_with_the_simulator_is_one_line_and_exit_code_2(capfd, t
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # the buffer's memory depends on the simulator's samples: 8192 samples of 16 GiB
-    with pytest.raises(SystemExit) as exit_:
-        main(["run", "simulator.grid=65536"])
+    assert main(["run", "simulator.grid=65536"]) == 2
     err = capfd.readouterr().err.strip()
-    assert exit_.value.code == 2
     assert err.startswith("engage run: data.capacity: a full buffer of 8192 samples of (65536, 65536) float32"), err
     assert len(err.splitlines()) == 1, err
     assert list(tmp_path.rglob("*.db")) == []  # found before any tracking store was opened
@@ -62,3 +63,81 @@ def test_plugins_lists_core_contributions(capsys):
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err
+
+
+def test_the_trainer_group_takes_every_argument_of_the_installed_trainer():
+    import inspect
+
+    import lightning.pytorch as pl
+
+    from engage.core.config.schema import TRAINER_ARGUMENTS_OWNED, TrainerConfig
+
+    lightning = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    ours = set(TrainerConfig.__dataclass_fields__) | set(TRAINER_ARGUMENTS_OWNED)
+    assert ours == lightning, f"missing {sorted(lightning - ours)}, not Lightning's {sorted(ours - lightning)}"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.accelerator=tpu", "engage run: trainer: "),
+        ("trainer.devices=0", "engage run: trainer: "),
+    ],
+)
+def test_lightnings_own_refusals_are_one_line_and_exit_code_2(override, expected, capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", override, "data=simulated", f"hydra.run.dir={tmp_path}"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith(expected) and len(err.splitlines()) == 1, err
+
+
+TINY_FAST = [
+    "data=simulated", "simulator.steps=3", "data.train_simulations=2", "data.val_simulations=1", "model.width=4",
+    "trainer.fast_dev_run=1", "trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def test_a_config_dir_adds_experiments_for_real_runs_too(tmp_path, monkeypatch, capsys):
+    """``-cd``/``--config-dir`` reach Hydra as its own flag: for ``--cfg job`` and for a run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder = tmp_path / "mine" / "experiment"
+    folder.mkdir(parents=True)
+    (folder / "small.yaml").write_text("# @package _global_\nsimulator:\n  grid: 12\nseed: 41\n")
+    assert main(["run", "-cd", str(tmp_path / "mine"), "experiment=small", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "grid: 12" in out and "seed: 41" in out
+    folder = str(tmp_path / "mine")
+    code = main(["run", "--config-dir", folder, "experiment=small", *TINY_FAST, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+
+
+@pytest.mark.parametrize("flags", [["--info", "defaults"], ["--hydra-help"], ["--cfg", "hydra"], ["-c", "job"]])
+def test_hydras_information_flags_work(flags, capsys):
+    assert main(["run", *flags]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_shell_completion_lists_the_installed_samplers(monkeypatch, capsys):
+    from engage.core.plugins import samplers
+
+    monkeypatch.setenv("COMP_LINE", "engage run sampler=")
+    monkeypatch.setenv("COMP_POINT", str(len("engage run sampler=")))
+    assert main(["-sc", "query=bash"]) == 0
+    offered = set(capsys.readouterr().out.split())
+    assert {f"sampler={name}" for name in samplers()} <= offered, offered
+
+
+def test_version_names_the_installed_packages(capsys):
+    assert main(["--version"]) == 0
+    assert "engage-core 0.1.0" in capsys.readouterr().out
+
+
+def test_a_bad_value_in_a_sweep_stops_it_before_any_job(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", "-m", "trainer.max_epochs=1,-5", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "engage run: trainer.max_epochs: must be >= -1, got -5"
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run, no job

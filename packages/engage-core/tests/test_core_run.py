@@ -53,6 +53,18 @@ def test_multirun_is_one_parent_with_a_child_per_job(tmp_path):
     assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_failed"] == 0
 
 
+@pytest.mark.slow
+def test_lightning_options_pass_through_engage_run(tmp_path):
+    """fast_dev_run, profiler and num_sanity_val_steps, which the trainer group lacked, on an
+    online run: a batch or two, checked but not judged against the simulation budget."""
+    result = engage(
+        "run", *TINY, "trainer.fast_dev_run=2", "trainer.profiler=simple", "trainer.num_sanity_val_steps=0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FIT Profiler Report" in result.stdout + result.stderr  # the simple profiler's report
+
+
 def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path):
     result = engage("run", *TINY, "logger.uri=http://127.0.0.1:9", "logger.timeout_s=2", cwd=tmp_path)
     assert result.returncode == 3

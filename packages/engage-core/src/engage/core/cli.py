@@ -12,65 +12,120 @@ from rich.table import Table
 from engage.core.commands import Command
 from engage.core.plugins import PluginError, flatten, get_plugin_manager, plugin_infos
 
-HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+#: Hydra's own flags for shell completion, which also work as ``engage -sc ...``
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
 
 
-def _run(namespace: argparse.Namespace) -> int:
-    """Validate the overrides (one-line errors, exit code 2), then hand over to Hydra."""
+def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
+    """Hand the arguments, unchanged, to Hydra's app: its command line whole (``-m``, ``-cd``,
+    ``-cp``, ``-cn``, ``--cfg``, ``--info``, ``-sc``). Hydra's and OmegaConf's composition errors,
+    the config's own checks and Lightning's refusals become one line with exit code 2; anything
+    else keeps Hydra's report."""
+    import os
+
     import hydra
 
     from engage.core.config.store import register_configs
-    from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME, EXIT_CONFIG_ERROR, ConfigError, compose_config
+    from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
     from engage.core.run import task
 
-    args = list(namespace.args)
-    multirun = "-m" in args or "--multirun" in args
-    if not any(flag in args for flag in HYDRA_INFO_FLAGS):
-        overrides = [a for a in args if not a.startswith("-")]
-        try:
-            cfg = compose_config(overrides, multirun=multirun)
-        except ConfigError as exc:
-            print(f"engage run: {exc}", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
-        if multirun:
-            # the sweep's parent run is opened inside Hydra, where a failure would be a traceback
-            code = _check_sweep_tracking(cfg)
-            if code:
-                return code
     register_configs()
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(task)
-    saved_argv = sys.argv
-    sys.argv = ["engage run", *args]
+    saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [program, *namespace.args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
     try:
         app()
+    except SystemExit as exc:  # the task's own exit codes (2, 3, 4) and Hydra's
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except Exception as exc:
+        code = _one_line(exc)
+        if code is None:
+            _restore(saved_full_error)
+            _hydra_report(exc)
+        return code
     finally:
         sys.argv = saved_argv
+        _restore(saved_full_error)
     return 0
 
 
-def _check_sweep_tracking(cfg) -> int:
+def _hydra_report(error: Exception) -> int:
+    """Report ``error`` as Hydra would have (and exit as it does), or raise it where the user
+    asked for full errors."""
+    from hydra._internal.utils import run_and_report
+
+    def again() -> None:
+        raise error
+
+    run_and_report(again)
+    raise error
+
+
+def _restore(full_error: str | None) -> None:
     import os
 
-    from engage.core.run import EXIT_TRACKING_UNAVAILABLE
-    from engage.core.tracking.store import (
-        TRACKING_URI_ENV,
-        TrackingUnavailable,
-        check_reachable,
-        default_tracking_uri,
-        resolve_tracking_uri,
-    )
+    if full_error is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = full_error
 
-    uri = resolve_tracking_uri(cfg.logger.uri)
+
+def _one_line(exc: BaseException) -> int | None:
+    """Print ``exc`` as one line naming the key, if it is bad input; its exit code (or None)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain
+    from engage.core.run import EXIT_TRACKING_UNAVAILABLE
+    from engage.core.tracking.store import TrackingUnavailable
+
+    if isinstance(exc, ConfigError):
+        line, code = str(exc), EXIT_CONFIG_ERROR
+    elif isinstance(exc, TrackingUnavailable):
+        line, code = f"{exc}; start it, set logger.uri, or allow logger.fallback_local=true", EXIT_TRACKING_UNAVAILABLE
+    elif isinstance(exc, (HydraException, OmegaConfBaseException)):
+        line, code = explain(exc, _base_config()), EXIT_CONFIG_ERROR
+    else:
+        return None
+    print(f"engage run: {' '.join(line.split())}", file=sys.stderr)
+    return code
+
+
+def _base_config():
+    """The config with no overrides, for the keys an error lists (None if even that fails)."""
+    from engage.core.config.validate import compose_config
+
     try:
-        check_reachable(uri, cfg.logger.timeout_s)
-    except TrackingUnavailable as exc:
-        if not cfg.logger.fallback_local:
-            print(f"engage run: {exc}; start it, set logger.uri, or allow logger.fallback_local=true", file=sys.stderr)
-            return EXIT_TRACKING_UNAVAILABLE
-        local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
-        print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
-        os.environ[TRACKING_URI_ENV] = local
-        cfg.logger.uri = local
+        return compose_config([])
+    except Exception:
+        return None
+
+
+def _completion(argv: list[str]) -> int:
+    """``engage -sc query=bash`` (as Hydra's installed completion script calls it) and
+    ``engage -sc install=bash``: Hydra's completion of ``engage run``'s command line."""
+    import os
+
+    line = os.environ.get("COMP_LINE")
+    if line is not None:
+        words = line.split(" ")
+        if len(words) > 1 and words[1] == "run":  # Hydra completes what follows the program
+            os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+            if "COMP_POINT" in os.environ:
+                os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len("run ")))
+    return _run(argparse.Namespace(command="run", args=argv), program="engage")
+
+
+def _version() -> int:
+    """The installed ENGAGE packages and their versions."""
+    from importlib.metadata import distributions
+
+    found = sorted(
+        {(d.metadata["Name"], d.version) for d in distributions() if (d.metadata["Name"] or "").startswith("engage")}
+    )
+    for name, version in found:
+        print(f"{name} {version}")
     return 0
 
 
@@ -173,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    if argv[0] == "--version":
+        return _version()
+    if argv[0] in COMPLETION_FLAGS:
+        return _completion(argv)
     name = argv[0]
     if name not in commands:
         print(f"engage: unknown command {name!r}; available: {', '.join(sorted(commands))}", file=sys.stderr)

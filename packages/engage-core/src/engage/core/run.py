@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -217,7 +218,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
     if ckpt_path is not None:
         check_checkpoint(ckpt_path, datamodule)
-    tracking_uri = choose_tracking_uri(cfg, output_dir)
     model = instantiate(
         cfg.model,
         num_parameters=simulator.space.dim,
@@ -225,13 +225,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         value_range=list(simulator.value_range) if simulator.value_range else None,
         samples_per_run=simulator.samples_per_run,
     )
-    logger = build_logger(cfg, tracking_uri)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer_kwargs.setdefault("default_root_dir", str(output_dir))
     trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-    trainer = pl.Trainer(
-        **trainer_kwargs, logger=logger, callbacks=build_callbacks(cfg, output_dir), strategy=build_strategy(cfg)
-    )
+    callbacks, strategy = build_callbacks(cfg, output_dir), build_strategy(cfg)
+    try:
+        # the logger comes once Lightning accepted its own arguments: a refused Trainer records nothing
+        trainer = pl.Trainer(**trainer_kwargs, logger=False, callbacks=callbacks, strategy=strategy)
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
+        # Lightning's own checks of its arguments (trainer.accelerator=tpu, trainer.devices=0): one
+        # line, as the config's own checks
+        raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
+    tracking_uri = choose_tracking_uri(cfg, output_dir)
+    logger = build_logger(cfg, tracking_uri)
+    trainer.logger = logger
     logger.log_hyperparams(flat_params(cfg))
     record_run(logger, cfg, output_dir)
     if ckpt_path is not None:

@@ -29,9 +29,20 @@ def _at_least(owner: object, name: str, minimum: float, *, allow_none: bool = Fa
         raise ConfigValueError(name, f"must be >= {minimum}, got {value}")
 
 
+#: ``lightning.Trainer`` arguments ENGAGE builds from its own config groups, and where to set them
+TRAINER_ARGUMENTS_OWNED = {
+    "logger": "the logger group (logger.uri, logger.experiment, ...)",
+    "callbacks": "+callbacks.<name>={_target_: ...} or a plugin's engage_callbacks hook",
+    "strategy": "strategy=<option> (engage run --info for the installed ones)",
+    "plugins": "checkpoint IO is ENGAGE's atomic writer; precision goes in trainer.precision",
+}
+
+
 @dataclass
 class TrainerConfig:
-    """Arguments of ``lightning.Trainer`` that ``engage run`` exposes."""
+    """Every argument of ``lightning.Trainer`` but those ENGAGE builds itself
+    (:data:`TRAINER_ARGUMENTS_OWNED`). The first block holds ENGAGE's defaults; in the second,
+    ``None`` leaves Lightning's own default (such values are not passed)."""
 
     max_epochs: int = 5
     max_steps: int = -1
@@ -47,14 +58,39 @@ class TrainerConfig:
     limit_val_batches: Any = None
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
-    deterministic: bool = False
+    deterministic: Any = False
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
     default_root_dir: str | None = None
+    # Lightning's defaults
+    fast_dev_run: Any = None
+    min_epochs: int | None = None
+    min_steps: int | None = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = None
+    num_sanity_val_steps: int | None = None
+    enable_model_summary: bool | None = None
+    gradient_clip_algorithm: str | None = None
+    benchmark: bool | None = None
+    inference_mode: bool | None = None
+    use_distributed_sampler: bool | None = None
+    #: a profiler by name: simple, advanced, pytorch, xla
+    profiler: str | None = None
+    detect_anomaly: bool | None = None
+    barebones: bool | None = None
+    sync_batchnorm: bool | None = None
+    reload_dataloaders_every_n_epochs: int | None = None
+    enable_autolog_hparams: bool | None = None
+    model_registry: str | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, "max_epochs", -1)
         _at_least(self, "num_nodes", 1)
+        _at_least(self, "min_epochs", 0, allow_none=True)
+        _at_least(self, "min_steps", 0, allow_none=True)
+        _at_least(self, "num_sanity_val_steps", -1, allow_none=True)
+        _at_least(self, "reload_dataloaders_every_n_epochs", 0, allow_none=True)
         _at_least(self, "log_every_n_steps", 1)
         _at_least(self, "accumulate_grad_batches", 1)
         _at_least(self, "gradient_clip_val", 0, allow_none=True)

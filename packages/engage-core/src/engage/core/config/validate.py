@@ -6,6 +6,7 @@ users of ``engage run`` get one line naming the key and what is allowed, and exi
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from collections.abc import Sequence
@@ -42,6 +43,19 @@ def _keys_of(cfg: DictConfig | None, dotted: str) -> list[str]:
     return []
 
 
+def unknown_key(key: str, allowed: list[str]) -> str:
+    """The line for an unknown ``key``: the closest allowed name first, then all of them (a
+    ``trainer`` argument ENGAGE builds itself says where it is set instead)."""
+    from engage.core.config.schema import TRAINER_ARGUMENTS_OWNED
+
+    group, _, name = key.rpartition(".")
+    if group == "trainer" and name in TRAINER_ARGUMENTS_OWNED:
+        return f"{key}: ENGAGE builds the Trainer's {name}; set it with {TRAINER_ARGUMENTS_OWNED[name]}"
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {group + '.' if group else ''}{close[0]}? " if close else ""
+    return f"{key}: unknown key; {hint}allowed: {', '.join(allowed) if allowed else '(see engage run --cfg job)'}"
+
+
 def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     """Turn a Hydra/OmegaConf composition error into one line."""
     text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ is not None else "")
@@ -67,8 +81,7 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     full_key = re.search(r"full_key: (\S+)", text)
     key = key or (full_key.group(1) if full_key else None)
     if re.search(r"not in struct|Key '[^']+' not in '|Key '[^']+' is not in struct", text):
-        allowed = _keys_of(base, key or "")
-        return f"{key}: unknown key; allowed: {', '.join(allowed) if allowed else '(see engage run --cfg job)'}"
+        return unknown_key(key or "", _keys_of(base, key or ""))
     converted = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if converted:
         return f"{key}: expected {converted.group(2).lower()}, got {converted.group(1)!r}"
@@ -96,8 +109,7 @@ def check_values(cfg: DictConfig) -> None:
         known = {f.name for f in fields(node_type)}
         extra = sorted(str(k) for k in node.keys() if k not in known)
         if extra:
-            allowed = ", ".join(sorted(k for k in known if not k.startswith("_")))
-            raise ConfigError(f"{group}.{extra[0]}: unknown key; allowed: {allowed}")
+            raise ConfigError(unknown_key(f"{group}.{extra[0]}", sorted(k for k in known if not k.startswith("_"))))
         try:
             OmegaConf.to_object(node)
         except ConfigValueError as exc:
@@ -109,7 +121,7 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(explain(exc, cfg)) from None
 
 
-def _single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
+def single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
     """Override lists that cover every value of every sweep (others at their first value)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     plain: list[str] = []
@@ -141,7 +153,7 @@ def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> 
     """
     register_configs()
     try:
-        variants = _single_run_overrides(overrides) if multirun else [list(overrides)]
+        variants = single_run_overrides(overrides) if multirun else [list(overrides)]
     except HydraException as exc:
         raise ConfigError(f"cannot parse overrides: {_first_line(str(exc))}") from None
     GlobalHydra.instance().clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -10,7 +11,14 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV, check_reachable, resolve_tracking_uri
+from engage.core.tracking.store import (
+    PARENT_RUN_ENV,
+    TRACKING_URI_ENV,
+    TrackingUnavailable,
+    check_reachable,
+    default_tracking_uri,
+    resolve_tracking_uri,
+)
 
 
 class MLflowSweepCallback(Callback):
@@ -40,7 +48,20 @@ class MLflowSweepCallback(Callback):
 
         logger_cfg = config.get("logger") or {}
         self.tracking_uri = resolve_tracking_uri(logger_cfg.get("uri"))
-        check_reachable(self.tracking_uri, float(logger_cfg.get("timeout_s", 10.0)))
+        try:
+            check_reachable(self.tracking_uri, float(logger_cfg.get("timeout_s", 10.0)))
+        except TrackingUnavailable as exc:
+            if not logger_cfg.get("fallback_local"):
+                # before any job (Hydra would turn an exception here into a warning and go on)
+                from engage.core.run import EXIT_TRACKING_UNAVAILABLE
+
+                print(
+                    f"engage run: {exc}; start it, set logger.uri, or allow logger.fallback_local=true", file=sys.stderr
+                )
+                raise SystemExit(EXIT_TRACKING_UNAVAILABLE) from None
+            local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
+            print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
+            self.tracking_uri = local
         client = MlflowClient(tracking_uri=self.tracking_uri)
         name = logger_cfg.get("experiment", "engage")
         experiment = client.get_experiment_by_name(name)

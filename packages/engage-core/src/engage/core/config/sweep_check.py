@@ -1,0 +1,58 @@
+"""A Hydra callback that checks every value of a sweep before its first job starts."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class SweepValuesCheck(Callback):
+    """Before a multirun launches anything, compose the config of every sweep value (with
+    Hydra's own loader, so ``-cd``, ``-cp`` and ``-cn`` count) and run its checks: a bad value in
+    the last job stops the sweep, in one line with exit code 2, before the first one runs.
+
+    Enabled by default in ``engage run``'s config (before the MLflow sweep callback, so that a
+    refused sweep leaves no parent run)::
+
+        hydra:
+          callbacks:
+            sweep_values:
+              _target_: engage.core.config.sweep_check.SweepValuesCheck
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.errors import HydraException
+        from hydra.types import RunMode
+        from omegaconf.errors import OmegaConfBaseException
+
+        from engage.core.config.validate import (
+            EXIT_CONFIG_ERROR,
+            ConfigError,
+            check_values,
+            explain,
+            single_run_overrides,
+        )
+
+        hydra = GlobalHydra.instance().hydra
+        if hydra is None:
+            return
+        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        # the sweep's own Hydra overrides (its launcher and that launcher's options) go with each
+        own = list(OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or [])
+        name = OmegaConf.select(config, "hydra.job.config_name")
+        try:
+            for variant in single_run_overrides(overrides):
+                check_values(hydra.compose_config(name, own + variant, run_mode=RunMode.RUN))
+        except ConfigError as exc:
+            line = str(exc)
+        except (HydraException, OmegaConfBaseException) as exc:
+            line = explain(exc, hydra.compose_config(name, own, run_mode=RunMode.RUN))
+        else:
+            return
+        # Hydra turns a callback's exceptions into warnings and goes on: leave before any job
+        print(f"engage run: {' '.join(line.split())}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR)
