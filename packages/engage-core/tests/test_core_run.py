@@ -54,6 +54,19 @@ def test_multirun_is_one_parent_with_a_child_per_job(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_whose_job_fails_leaves_no_parent_running(tmp_path):
+    """A job that fails (its simulations cannot connect in 1 ms: exit code 4) ends the sweep,
+    and its parent run ends FAILED instead of staying RUNNING."""
+    result = engage("run", "-m", *TINY, "data.retries=0", "data.startup_timeout=60,0.001", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr[-3000:]
+    _, runs = _runs(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("engage.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FAILED"
+    assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED"]
+
+
+@pytest.mark.slow
 def test_lightning_options_pass_through_engage_run(tmp_path):
     """fast_dev_run, profiler and num_sanity_val_steps, which the trainer group lacked, on an
     online run: a batch or two, checked but not judged against the simulation budget."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -28,17 +29,30 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
     from engage.core.run import task
+    from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
+    from engage.core.tracking.sweep import end_open_sweep
 
     register_configs()
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(task)
     saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    # a sweep's parent run (and store) this process runs a job of, if any: a sweep that ends
+    # early leaves them as they were
+    saved_sweep = {name: os.environ.get(name) for name in (PARENT_RUN_ENV, TRACKING_URI_ENV)}
+    parent = saved_sweep[PARENT_RUN_ENV]
     sys.argv = [program, *namespace.args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
     try:
         app()
+    except KeyboardInterrupt:
+        end_open_sweep(parent, "KILLED")
+        raise
     except SystemExit as exc:  # the task's own exit codes (2, 3, 4) and Hydra's
-        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if code:
+            end_open_sweep(parent, "FAILED")
+        return code
     except Exception as exc:
+        end_open_sweep(parent, "FAILED")
         code = _one_line(exc)
         if code is None:
             _restore(saved_full_error)
@@ -47,10 +61,12 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     finally:
         sys.argv = saved_argv
         _restore(saved_full_error)
+        for name, value in saved_sweep.items():
+            _set_env(name, value)
     return 0
 
 
-def _hydra_report(error: Exception) -> int:
+def _hydra_report(error: Exception) -> NoReturn:
     """Report ``error`` as Hydra would have (and exit as it does), or raise it where the user
     asked for full errors."""
     from hydra._internal.utils import run_and_report
@@ -63,12 +79,16 @@ def _hydra_report(error: Exception) -> int:
 
 
 def _restore(full_error: str | None) -> None:
+    _set_env("HYDRA_FULL_ERROR", full_error)
+
+
+def _set_env(name: str, value: str | None) -> None:
     import os
 
-    if full_error is None:
-        os.environ.pop("HYDRA_FULL_ERROR", None)
+    if value is None:
+        os.environ.pop(name, None)
     else:
-        os.environ["HYDRA_FULL_ERROR"] = full_error
+        os.environ[name] = value
 
 
 def _one_line(exc: BaseException) -> int | None:

@@ -85,8 +85,16 @@ class MLflowSweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.COMPLETED:
             self.counts["completed"] += 1
-        else:
-            self.counts["failed"] += 1
+            return
+        self.counts["failed"] += 1
+        if self.run_id is not None:
+            # at once: Hydra's basic sweeper raises the job's error after its batch, and the
+            # sweep's end (where the parent gets its final status) never comes
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            client.log_metric(self.run_id, "jobs_failed", float(self.counts["failed"]))
+            client.set_terminated(self.run_id, status="FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
@@ -109,3 +117,18 @@ class MLflowSweepCallback(Callback):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = previous
+
+
+def end_open_sweep(previous_parent: str | None, status: str) -> None:
+    """End the parent run a multirun opened in this process and could not close (a job's exit,
+    an error or Ctrl-C ended the sweep before Hydra's end of multirun): ``status`` (``FAILED`` or
+    ``KILLED``) if it is still running. ``previous_parent``: the parent this process had before
+    the sweep (a job's own, not to be ended)."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent or parent == previous_parent:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=os.environ.get(TRACKING_URI_ENV))
+    if client.get_run(parent).info.status == "RUNNING":
+        client.set_terminated(parent, status=status)
