@@ -19,9 +19,10 @@ COMPLETION_FLAGS = ("-sc", "--shell-completion")
 
 def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     """Hand the arguments, unchanged, to Hydra's app: its command line whole (``-m``, ``-cd``,
-    ``-cp``, ``-cn``, ``--cfg``, ``--info``, ``-sc``). Hydra's and OmegaConf's composition errors,
-    the config's own checks and Lightning's refusals become one line with exit code 2; anything
-    else keeps Hydra's report."""
+    ``-cp``, ``-cn``, ``--cfg``, ``--info``, ``-sc``). Hydra's and OmegaConf's composition errors
+    become one line with exit code 2 here; the config's own checks, Lightning's refusals and an
+    unreachable tracking store are put in one line by the task (and a sweep's callbacks), whose
+    exit codes this returns; anything else keeps Hydra's report."""
     import os
 
     import hydra
@@ -55,12 +56,12 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
         end_open_sweep(parent, "FAILED")
         code = _one_line(exc)
         if code is None:
-            _restore(saved_full_error)
+            _set_env("HYDRA_FULL_ERROR", saved_full_error)
             _hydra_report(exc)
         return code
     finally:
         sys.argv = saved_argv
-        _restore(saved_full_error)
+        _set_env("HYDRA_FULL_ERROR", saved_full_error)
         for name, value in saved_sweep.items():
             _set_env(name, value)
     return 0
@@ -78,10 +79,6 @@ def _hydra_report(error: Exception) -> NoReturn:
     raise error
 
 
-def _restore(full_error: str | None) -> None:
-    _set_env("HYDRA_FULL_ERROR", full_error)
-
-
 def _set_env(name: str, value: str | None) -> None:
     import os
 
@@ -97,13 +94,9 @@ def _one_line(exc: BaseException) -> int | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain
-    from engage.core.run import EXIT_TRACKING_UNAVAILABLE
-    from engage.core.tracking.store import TrackingUnavailable
 
     if isinstance(exc, ConfigError):
         line, code = str(exc), EXIT_CONFIG_ERROR
-    elif isinstance(exc, TrackingUnavailable):
-        line, code = f"{exc}; start it, set logger.uri, or allow logger.fallback_local=true", EXIT_TRACKING_UNAVAILABLE
     elif isinstance(exc, (HydraException, OmegaConfBaseException)):
         line, code = explain(exc, _base_config()), EXIT_CONFIG_ERROR
     else:

@@ -28,6 +28,7 @@ from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import flatten, get_plugin_manager
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.store import (
+    UNAVAILABLE_FIX,
     TrackingUnavailable,
     check_reachable,
     default_tracking_uri,
@@ -56,7 +57,7 @@ def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
         check_reachable(uri, cfg.logger.timeout_s)
     except TrackingUnavailable as exc:
         if not cfg.logger.fallback_local:
-            raise TrackingUnavailable(f"{exc}; start it, set logger.uri, or allow logger.fallback_local=true") from None
+            raise TrackingUnavailable(f"{exc}; {UNAVAILABLE_FIX}") from None
         local = default_tracking_uri(output_dir)
         console.print(f"[yellow]{exc}; logging locally to {local}[/yellow]")
         return local

@@ -48,6 +48,7 @@ class SampleReceiver:
         self._pending: list[tuple[np.ndarray, np.ndarray, int, float]] = []
         self._written: list[Written] = []
         self._arrived: dict[int, int] = {}
+        self._waiting = 0  # samples counted since the last flush: those in _pending and _written
 
     def receive(self, sock: zmq.Socket, active: Running, header: protocol.Header) -> None:
         """The rest of a ``SAMPLE`` or ``SAMPLES`` message from ``active``."""
@@ -163,6 +164,7 @@ class SampleReceiver:
         rec.bytes_received += n * self.spec.nbytes
         self.counts.samples += n
         self.counts.sample_messages += 1
+        self._waiting += n
 
     def flush(self) -> dict[int, int]:
         """Put the samples of this drain into the buffer; returns how many arrived per simulation
@@ -184,9 +186,10 @@ class SampleReceiver:
         except Exception as exc:
             raise SchedulerError(f"the training buffer failed: {type(exc).__name__}: {exc}") from exc
         arrived, self._arrived = self._arrived, {}
+        self._waiting = 0
         return arrived
 
     @property
     def waiting(self) -> int:
         """Samples received in this drain and not yet in the buffer."""
-        return len(self._pending) + sum(len(w.slots) for w in self._written)
+        return self._waiting

@@ -19,6 +19,10 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server or database cannot be reached."""
 
 
+#: what a user can do about :class:`TrackingUnavailable`, said after its message
+UNAVAILABLE_FIX = "start it, set logger.uri, or allow logger.fallback_local=true"
+
+
 def default_tracking_uri(directory: str | os.PathLike[str] | None = None) -> str:
     """``sqlite:///<directory>/mlflow.db``, the working directory by default."""
     base = Path(directory) if directory is not None else Path.cwd()

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from engage.core.tracking.store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
+    UNAVAILABLE_FIX,
     TrackingUnavailable,
     check_reachable,
     default_tracking_uri,
@@ -55,9 +56,7 @@ class MLflowSweepCallback(Callback):
                 # before any job (Hydra would turn an exception here into a warning and go on)
                 from engage.core.run import EXIT_TRACKING_UNAVAILABLE
 
-                print(
-                    f"engage run: {exc}; start it, set logger.uri, or allow logger.fallback_local=true", file=sys.stderr
-                )
+                print(f"engage run: {exc}; {UNAVAILABLE_FIX}", file=sys.stderr)
                 raise SystemExit(EXIT_TRACKING_UNAVAILABLE) from None
             local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
             print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
