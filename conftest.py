@@ -14,3 +14,16 @@ def engage_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = os.environ.get("ENGAGE_CACHE_DIR") or str(tmp_path_factory.mktemp("engage-cache"))
     os.environ["ENGAGE_CACHE_DIR"] = folder
     return folder
+
+
+#: MLflow's store and experiment as the environment names them: ``engage run`` honours them, and
+#: Lightning's MLflow logger writes the store into the environment of the process it runs in
+MLFLOW_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without an MLflow store or experiment in the environment (a test that
+    logged through Lightning in this process leaves one), and leaves none behind."""
+    for name in MLFLOW_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)

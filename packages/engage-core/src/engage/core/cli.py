@@ -29,7 +29,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
 
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
-    from engage.core.run import task
+    from engage.core.run import RunFailed, task
     from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
     from engage.core.tracking.sweep import end_open_sweep
 
@@ -52,6 +52,9 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
         if code:
             end_open_sweep(parent, "FAILED")
         return code
+    except RunFailed as exc:  # a run, or a sweep's first failed job: its line is printed already
+        end_open_sweep(parent, "FAILED")
+        return exc.exit_code
     except Exception as exc:
         end_open_sweep(parent, "FAILED")
         code = _one_line(exc)
@@ -200,6 +203,18 @@ def _command_owner(manager, command: str) -> str | None:
     return None
 
 
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    from engage.core.replay import add_arguments
+
+    add_arguments(parser)
+
+
+def _replay(namespace: argparse.Namespace) -> int:
+    from engage.core.replay import run_command
+
+    return run_command(namespace)
+
+
 def core_commands() -> list[Command]:
     """The sub-commands engage-core itself provides."""
     return [
@@ -211,6 +226,12 @@ def core_commands() -> list[Command]:
             passthrough=True,
         ),
         Command("plugins", "list installed plugins and what each contributes", lambda p: None, _plugins),
+        Command(
+            "replay",
+            "run a recorded run again from its MLflow record and compare its metric curves",
+            _replay_arguments,
+            _replay,
+        ),
     ]
 
 

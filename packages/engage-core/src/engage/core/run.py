@@ -4,35 +4,33 @@ config and the installed plugins, train, and record everything in MLflow."""
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from engage.core.checkpoint_io import AtomicCheckpointIO
 from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
+from engage.core.console import quiet_lightning
 from engage.core.events import RunRecord
 from engage.core.online.buffer import BufferClosed
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import flatten, get_plugin_manager
-from engage.core.tracking.environment import environment_record, git_state, pip_freeze
+from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
     UNAVAILABLE_FIX,
     TrackingUnavailable,
     check_reachable,
     default_tracking_uri,
-    parent_run_id,
     resolve_tracking_uri,
 )
 
@@ -44,10 +42,6 @@ def _output_dir() -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(tempfile.mkdtemp(prefix="engage-run-"))
-
-
-def _overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
@@ -64,23 +58,6 @@ def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
     return uri
 
 
-def build_logger(cfg: DictConfig, tracking_uri: str) -> MLFlowLogger:
-    tags = {str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}
-    parent = parent_run_id()
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    git = git_state()
-    if git.get("commit"):
-        tags["mlflow.source.git.commit"] = git["commit"]
-    return MLFlowLogger(
-        experiment_name=cfg.logger.experiment,
-        run_name=cfg.logger.run_name,
-        tracking_uri=tracking_uri,
-        tags=tags,
-        log_model=cfg.logger.log_model,
-    )
-
-
 def build_strategy(cfg: DictConfig) -> Any:
     from_plugin = get_plugin_manager().hook.engage_strategy(cfg=cfg)
     if from_plugin is not None:
@@ -94,10 +71,14 @@ def build_strategy(cfg: DictConfig) -> Any:
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
+    from engage.core.callbacks import EngageProgressBar
 
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
     callbacks += flatten(get_plugin_manager().hook.engage_callbacks(cfg=cfg))
+    if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(EngageProgressBar())
     if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # one folder per run, with a last.ckpt that `ckpt_path=last` finds
         every = cfg.checkpoint_every_n_steps or None
@@ -150,52 +131,10 @@ def check_checkpoint(path: str, datamodule: Any) -> None:
         raise ConfigError(f"ckpt_path={path}: {exc}") from None
 
 
-def record_run(logger: MLFlowLogger, cfg: DictConfig, output_dir: Path) -> None:
-    """Resolved config, overrides, seed, versions, git state and pip freeze, as params/artifacts."""
-    client, run_id = logger.experiment, logger.run_id
-    overrides = _overrides()
-    env = environment_record()
-    git = git_state()
-    files = {
-        "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
-        "overrides.json": json.dumps(overrides, indent=1),
-        "environment.json": json.dumps(env, indent=1, default=str),
-        "requirements.txt": pip_freeze(),
-    }
-    if git.get("diff"):
-        files["git.diff"] = git["diff"]
-    folder = output_dir / "engage-record"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-        client.log_artifact(run_id, str(folder / name), artifact_path="run")
-    client.log_param(run_id, "overrides", " ".join(overrides)[:6000] or "(none)")
-    client.log_param(run_id, "seed", cfg.seed)
-    for name, value in env["packages"].items():  # type: ignore[union-attr]
-        client.set_tag(run_id, f"version.{name}", value)
-    client.set_tag(run_id, "engage.output_dir", str(output_dir))
-    if git.get("commit"):
-        client.set_tag(run_id, "engage.git_dirty", str(bool(git.get("diff"))))
-
-
-def flat_params(cfg: DictConfig) -> dict[str, Any]:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    params: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            params[prefix] = node
-
-    walk("", {k: v for k, v in container.items() if k != "hydra"})  # type: ignore[union-attr]
-    return params
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg``, fit, and return the final metrics."""
     check_values(cfg)
+    quiet_lightning()
     output_dir = _output_dir()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     manager = get_plugin_manager()
@@ -238,12 +177,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # line, as the config's own checks
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
     tracking_uri = choose_tracking_uri(cfg, output_dir)
-    logger = build_logger(cfg, tracking_uri)
+    tracked = MLflowRun.open(cfg, tracking_uri)
+    logger = tracked.logger
     trainer.logger = logger
-    logger.log_hyperparams(flat_params(cfg))
-    record_run(logger, cfg, output_dir)
+    # each config value is logged once, under its config path: not again as the model's or the
+    # DataModule's hyperparameters
+    model._log_hyperparams = False
+    datamodule._log_hyperparams = False
+    tracked.record(cfg, output_dir)
     if ckpt_path is not None:
-        logger.experiment.set_tag(logger.run_id, "engage.resumed_from", ckpt_path)
+        tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
 
     status, error = "FINISHED", None
     started = time.perf_counter()
@@ -255,7 +198,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
             online_run = getattr(datamodule, "run_id", None)
             if online_run and trainer.is_global_zero:
-                logger.experiment.set_tag(logger.run_id, "engage.online_run_id", online_run)
+                tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:
@@ -269,17 +212,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         if trainer.is_global_zero:
-            logger.experiment.log_metric(logger.run_id, "run/wall_time_s", time.perf_counter() - started)
-            logger.finalize("success" if status == "FINISHED" else "failed" if status == "FAILED" else "killed")
-            if status != "FINISHED":
-                logger.experiment.set_terminated(logger.run_id, status=status)
-            record = RunRecord(logger.run_id, status, tracking_uri, str(output_dir), metrics, error)
+            tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
+            for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
+                console.print(f"engage run: {line}", highlight=False, markup=False)
+            tracked.close(status)
+            record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
             manager.hook.engage_run_finished(record=record)
     if trainer.is_global_zero:
         where = tracking_uri.removeprefix("sqlite:///")
         outcome = datamodule.outcome().line() + "\n" if hasattr(datamodule, "outcome") else ""
         console.print(
-            f"[green]run {logger.run_id} finished[/green]: "
+            f"[green]run {tracked.name} ({tracked.run_id}) finished[/green]: "
             + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("val"))
             + f"\n{outcome}MLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})",
             highlight=False,
@@ -287,18 +230,40 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+class RunFailed(Exception):
+    """A job of a sweep that did not do what it was asked: the one line naming the cause (printed
+    already) and the exit code ``engage run`` ends with. A job raises it, where a single run
+    exits: the sweep's launcher records the job FAILED and goes on with its other jobs."""
+
+    def __init__(self, line: str, exit_code: int):
+        super().__init__(line)
+        self.line, self.exit_code = line, exit_code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.line, self.exit_code))
+
+
+def _fail(line: str, exit_code: int) -> NoReturn:
+    """Print ``line``; exit with ``exit_code`` (a single run) or raise :class:`RunFailed` (a job of a sweep)."""
+    from hydra.types import RunMode
+
+    line = " ".join(line.split())
+    console.print(f"engage run: {line}", highlight=False, markup=False)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RunFailed(line, exit_code)
+    sys.exit(exit_code)
+
+
 def task(cfg: DictConfig) -> float | None:
-    """The Hydra task function; returns ``val/rel_l2`` (or ``val/loss``) for sweepers."""
+    """The Hydra task function; returns ``val/rel_l2`` (or ``val/loss``) for sweepers. Bad input,
+    an unreachable store and a failed online run are one printed line and an exit code (see :func:`_fail`)."""
     try:
         metrics = train(cfg)
     except ConfigError as exc:
-        console.print(f"engage run: {exc}", highlight=False)
-        sys.exit(EXIT_CONFIG_ERROR)
+        _fail(str(exc), EXIT_CONFIG_ERROR)
     except TrackingUnavailable as exc:
-        console.print(f"engage run: {exc}", highlight=False)
-        sys.exit(EXIT_TRACKING_UNAVAILABLE)
+        _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
     except (OnlineRunFailed, BufferClosed) as exc:
         # the MLflow run is FAILED already; one line names the cause
-        console.print(f"engage run: {' '.join(str(exc).split())}", highlight=False, markup=False)
-        sys.exit(EXIT_RUN_FAILED)
+        _fail(str(exc), EXIT_RUN_FAILED)
     return metrics.get("val/rel_l2", metrics.get("val/loss"))

@@ -41,7 +41,8 @@ class Parameter:
 
     ``uniform``/``loguniform``/``integer`` use ``low`` and ``high`` (integer bounds inclusive);
     ``normal`` uses ``mean`` and ``std`` and, optionally, ``low``/``high`` to truncate it;
-    ``categorical`` uses ``choices`` and is represented by the index of the choice.
+    ``categorical`` uses ``choices`` and is represented by the index of the choice. ``unit``
+    (``"K"``, ``"m/s"``; empty when dimensionless) names what the values measure, for plots.
     """
 
     name: str
@@ -51,6 +52,12 @@ class Parameter:
     mean: float | None = None
     std: float | None = None
     choices: tuple[Any, ...] = field(default_factory=tuple)
+    unit: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name with its unit, for an axis: ``T_top [K]`` (the name alone without a unit)."""
+        return f"{self.name} [{self.unit}]" if self.unit else self.name
 
     def __post_init__(self) -> None:
         where = f"parameter {self.name!r}"
@@ -170,7 +177,7 @@ class ParameterSpace(Sequence[Parameter]):
             items = [(str(name), spec) for name, spec in config.items()]
         else:
             items = [(str(spec.get("name", "")), {k: v for k, v in spec.items() if k != "name"}) for spec in config]
-        allowed = {"distribution", "low", "high", "mean", "std", "choices"}
+        allowed = {"distribution", "low", "high", "mean", "std", "choices", "unit"}
         parameters = []
         for name, spec in items:
             if not name:
@@ -204,6 +211,8 @@ class ParameterSpace(Sequence[Parameter]):
                     spec[key] = getattr(p, key)
             if p.choices:
                 spec["choices"] = list(p.choices)
+            if p.unit:
+                spec["unit"] = p.unit
             out[p.name] = spec
         return out
 

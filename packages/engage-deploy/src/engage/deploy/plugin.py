@@ -1,5 +1,5 @@
-"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs and the ``engage replay`` and
-``engage place`` sub-commands."""
+"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` executor and
+the ``engage place`` sub-command."""
 
 from __future__ import annotations
 
@@ -11,12 +11,6 @@ from engage.core.hookspecs import hookimpl
 def engage_config_searchpath() -> list[str]:
     # the shipped `infrastructure/*.yaml` examples (local, netns, g5k, chameleon, vagrant, static)
     return ["pkg://engage.deploy.conf"]
-
-
-def _replay_arguments(parser):
-    from engage.deploy.replay import add_arguments
-
-    add_arguments(parser)
 
 
 def _place_arguments(parser):
@@ -31,12 +25,6 @@ def _place(namespace):
     return run_command(namespace)
 
 
-def _replay(namespace):
-    from engage.deploy.replay import run_command
-
-    return run_command(namespace)
-
-
 @hookimpl
 def engage_executors() -> dict:
     from engage.deploy.executor import DeployExecutor
@@ -47,9 +35,6 @@ def engage_executors() -> dict:
 @hookimpl
 def engage_commands() -> list[Command]:
     return [
-        Command(
-            "replay", "re-run one job of a sweep from its MLflow record and compare metrics", _replay_arguments, _replay
-        ),
         Command(
             "place",
             "place model variants (or workflow services) on the continuum with OR-Tools",

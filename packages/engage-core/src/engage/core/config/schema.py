@@ -247,19 +247,33 @@ class LightningStrategyConfig:
 class MLflowLoggerConfig:
     """Where and how results are recorded in MLflow (Lightning's ``MLFlowLogger``).
 
-    ``uri`` empty means a SQLite database ``mlflow.db`` in the directory ``engage run`` was
-    started from. When the server cannot be reached, the run stops before training unless
-    ``fallback_local`` is true: then it logs to a SQLite file in the run's output directory and
-    says so.
+    ``uri`` empty means ``MLFLOW_TRACKING_URI``, else a SQLite database ``mlflow.db`` in the
+    directory ``engage run`` was started from; ``experiment`` empty means
+    ``MLFLOW_EXPERIMENT_NAME``, else ``engage``. When the server cannot be reached, the run stops
+    before training unless ``fallback_local`` is true: then it logs to a SQLite file in the run's
+    output directory and says so. Runs are named by what they are (``heat_quick-3fa2c1``; a
+    sweep's job ``sweep-1203-1005-a3f1#1 model.lr=0.003``) unless ``run_name`` is set.
     """
 
     uri: str = ""
-    experiment: str = "engage"
+    experiment: str = ""
     run_name: str | None = None
     fallback_local: bool = False
     timeout_s: float = 10.0
-    log_model: bool = False
+    #: MLflow's system metrics (CPU, memory, disk, network; GPU with the nvidia-ml-py extra)
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
+    #: the last and best checkpoints are logged as artifacts up to this size each; 0: none
+    checkpoint_max_mb: float = 1024.0
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.system_metrics_interval_s > 0:
+            raise ConfigValueError(
+                "system_metrics_interval_s", f"must be > 0 seconds, got {self.system_metrics_interval_s}"
+            )
+        _at_least(self, "checkpoint_max_mb", 0)
+        _at_least(self, "timeout_s", 0)
 
 
 @dataclass

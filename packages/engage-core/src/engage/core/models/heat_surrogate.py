@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -96,10 +96,11 @@ class HeatSurrogate(pl.LightningModule):
         """Predicted field in the simulator's units."""
         return self(parameters, time) * self.scale + self.offset
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str, per_sample: bool = False) -> Any:
         target = (batch["target"] - self.offset) / self.scale
         prediction = self(batch["parameters"], batch["time"])
-        loss = F.mse_loss(prediction, target)
+        sample_losses = (prediction - target).square().flatten(1).mean(dim=1)
+        loss = sample_losses.mean()
         self.log(
             f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=target.shape[0], sync_dist=stage != "train"
         )
@@ -108,10 +109,12 @@ class HeatSurrogate(pl.LightningModule):
                 dim=1
             )
             self.log(f"{stage}/rel_l2", error.mean(), prog_bar=True, batch_size=target.shape[0], sync_dist=True)
-        return loss
+        return (loss, sample_losses) if per_sample else loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        # each sample's loss too, free here: the simulation report and loss-driven sampling use it
+        loss, per_sample = self._step(batch, "train", per_sample=True)
+        return {"loss": loss, "per_sample_loss": per_sample.detach()}
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")

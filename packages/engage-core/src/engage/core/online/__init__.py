@@ -14,6 +14,7 @@ _EXPORTS = {
     "Journal": "engage.core.online.journal",
     "OnlineDataModule": "engage.core.online.datamodule",
     "OnlineProgress": "engage.core.online.progress",
+    "SimulationReport": "engage.core.online.report",
     "SimulationClient": "engage.core.online.client",
     "SimulationScheduler": "engage.core.online.scheduler",
     "TrainingBuffer": "engage.core.online.buffer",

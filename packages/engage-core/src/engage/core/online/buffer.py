@@ -415,9 +415,27 @@ class TrainingBuffer:
             return True
         if not self._opened:
             return False
-        if self._occupied.n < min(n, self.capacity):
+        if len(self._candidates()) < min(n, self.capacity):
             return False
         return self.rate_limit is None or self.reads < self.rate_limit * self.inserted
+
+    def _candidates(self) -> np.ndarray:
+        """The occupied slots a batch may take now (all of them once the stream has ended)."""
+        occupied = self._occupied.view()
+        if not self.read_policy.ordered or self._closed:
+            return occupied
+        return self.read_policy.servable(occupied, self._sim[occupied])
+
+    def simulation_started(self, simulation_id: int) -> None:
+        """Tell the read policy a simulation was launched (an ordered policy waits for its samples)."""
+        with self._cond:
+            self.read_policy.simulation_started(simulation_id)
+
+    def simulation_ended(self, simulation_id: int) -> None:
+        """Tell the read policy a simulation sent its last sample or was given up."""
+        with self._cond:
+            self.read_policy.simulation_ended(simulation_id)
+            self._cond.notify_all()
 
     def get_batch(
         self, n: int, timeout: float | None = None, out: np.ndarray | None = None, target: bool = True
@@ -465,7 +483,7 @@ class TrainingBuffer:
                 self._cond.wait(0.5 if left is None else min(left, 0.5))
                 self._waiting_for = None
             self.wait_seconds += time.perf_counter() - started
-            slots = self._choose(min(n, self._occupied.n))
+            slots = self._choose(n)
             batch = {
                 "parameters": self._params[slots],  # type: ignore[index]
                 "time": self._time[slots, None],
@@ -510,8 +528,13 @@ class TrainingBuffer:
         return {"target": gathered, **batch}
 
     def _choose(self, n: int) -> np.ndarray:
-        occupied = self._occupied.view()
-        return self.read_policy.choose(occupied, self._arrival[occupied], n, self.rng)
+        candidates = self._candidates()
+        n = min(n, len(candidates))
+        if self.read_policy.ordered:
+            return self.read_policy.choose(
+                candidates, self._arrival[candidates], n, self.rng, simulation=self._sim[candidates]
+            )
+        return self.read_policy.choose(candidates, self._arrival[candidates], n, self.rng)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

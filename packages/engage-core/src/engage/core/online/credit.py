@@ -80,33 +80,63 @@ class Credit:
         # the slots of shared-memory clients are reserved already: their credit is not counted again
         available = self.available(sum(a.credits for a in connected if a.slots is None))
         total = self.samples_per_run
-        for active in sorted(connected, key=lambda a: a.credits):
+        policy = self.buffer.read_policy
+        if policy.ordered:
+            # in simulation order, each leaving room for what those before it still have to send:
+            # samples the buffer cannot serve yet never take the room of those it waits for
+            order = self._in_order(connected)
+        else:
+            order = sorted(connected, key=lambda a: a.credits)
+        for active in order:
             window = self.window if active.slots is None else self.slot_window
             # never more than the run has left to send: a granted slot is one other samples may
             # not use (and under the reservoir policy, a shared-memory slot evicts a sample)
             left = total - active.accepted - active.credits if total is not None else window
             want = min(window - active.credits, left)
+            if policy.ordered:
+                if total is None and active is not order[0]:
+                    break  # what the first still needs is unknown: only it gets credit
+                # what it is granted now and what it will still need are both taken from the room
+                self._grant(active, min(want, available), send)
+                available -= max(0, left)
+                continue
             if want <= 0 or available <= 0:
                 continue
             # grant in chunks to keep the message count low, but never let a client starve
             if active.credits > 0 and want < window // 2 and want < left:
                 continue
-            grant = min(want, available)
-            rec = active.record
-            if active.slots is None:
-                message = protocol.encode_text(Kind.CREDIT, rec.simulation_id, rec.attempt, index=grant)
-            else:
-                granted = self._take(grant)
-                if not granted:
-                    continue
-                grant = len(granted)
-                active.slots.extend(granted)
-                payload = np.asarray(granted, dtype="<i8").tobytes()
-                header = protocol.encode_header(Kind.CREDIT, rec.simulation_id, rec.attempt, grant, nbytes=len(payload))
-                message = [header, payload]
-            available -= grant
-            active.credits += grant
-            send(active, message)
+            available -= self._grant(active, min(want, available), send)
+
+    def _in_order(self, connected: list[Running]) -> list[Running]:
+        """The connected simulations by id, up to the first one before which a simulation still
+        sending is not connected (its room cannot be known, so none after it gets credit)."""
+        by_id = {a.record.simulation_id: a for a in connected}
+        order: list[Running] = []
+        for simulation_id in sorted(by_id):
+            if any(i not in by_id for i in self.buffer.read_policy.open_before(simulation_id)):
+                break
+            order.append(by_id[simulation_id])
+        return order
+
+    def _grant(self, active: Running, grant: int, send: Callable[[Running, list[bytes]], None]) -> int:
+        """Send ``active`` up to ``grant`` more credit; returns how much was granted."""
+        if grant <= 0:
+            return 0
+        rec = active.record
+        if active.slots is None:
+            message = protocol.encode_text(Kind.CREDIT, rec.simulation_id, rec.attempt, index=grant)
+        else:
+            granted = self._take(grant)
+            if not granted:
+                return 0
+            grant = len(granted)
+            active.slots.extend(granted)
+            payload = np.asarray(granted, dtype="<i8").tobytes()
+            header = protocol.encode_header(Kind.CREDIT, rec.simulation_id, rec.attempt, grant, nbytes=len(payload))
+            message = [header, payload]
+        active.credits += grant
+        send(active, message)
+        return grant
 
     def _take(self, n: int) -> list[int]:
         """Up to ``n`` buffer slots for a shared-memory client: this receiver's reserved ones

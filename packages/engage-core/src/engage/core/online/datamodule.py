@@ -209,12 +209,36 @@ class OnlineDataModule(pl.LightningDataModule):
             self._limit_threads()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and stage in (None, "fit"):
+            if self.rate_limit is None:
+                self.buffer.rate_limit = self._paced_rate(trainer)
             from engage.core.online.progress import OnlineProgress
+            from engage.core.online.report import SimulationReport
             from engage.core.online.run_check import OnlineRunCheck
 
-            for callback in (OnlineProgress, OnlineRunCheck):
+            for callback in (OnlineProgress, SimulationReport, OnlineRunCheck):
                 if not any(isinstance(cb, callback) for cb in trainer.callbacks):
                     trainer.callbacks.append(callback())
+
+    def _paced_rate(self, trainer: pl.Trainer) -> float | None:
+        """Reads per sample that spread the batches the trainer plans over the samples the
+        simulations will send (at least 1), so that training lasts as long as the simulations
+        instead of ending before they complete; ``None`` (no limit) when either is open-ended."""
+        if trainer.fast_dev_run or self.simulations is None:
+            return None
+        batches = None
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            batches = trainer.max_epochs * self.batches_per_epoch
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            steps = trainer.max_steps * trainer.accumulate_grad_batches
+            batches = steps if batches is None else min(batches, steps)
+        samples = self.simulations * self.simulator.samples_per_run
+        if self.max_samples is not None:
+            samples = min(samples, self.max_samples)
+        if not batches or samples <= 0:
+            return None
+        rate = max(1.0, batches * self.batch_size * self.world_size / samples)
+        log.info("training paced to the simulations: a sample is read %.3g times on average at most", rate)
+        return rate
 
     def _agree(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""
@@ -364,8 +388,11 @@ class OnlineDataModule(pl.LightningDataModule):
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._group)
         return bool(flag.item())
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(BufferStream(self), batch_size=None, num_workers=0)
+    def train_dataloader(self) -> BufferStream:
+        # the batches as they come, sized (a progress bar's total) and not wrapped in a
+        # DataLoader: they are tensors already, and a sized IterableDataset in a DataLoader makes
+        # Lightning warn about worker processes this stream never has
+        return BufferStream(self)
 
     def val_dataloader(self) -> DataLoader | list:
         dataset = self._validation_dataset()

@@ -85,9 +85,3 @@ class Journal:
             if "simulation_id" in entry:
                 out[int(entry["simulation_id"])] = entry
         return out
-
-    def table(self) -> dict[str, list[Any]]:
-        """The latest state of every simulation as columns (for ``mlflow.log_table``)."""
-        rows = sorted(self.latest().values(), key=lambda e: e["simulation_id"])
-        columns = ["simulation_id", "status", "attempt", "samples_received", "duration", "host", "error", "parameters"]
-        return {c: [json.dumps(r.get(c)) if c == "parameters" else r.get(c) for r in rows] for c in columns}

@@ -85,7 +85,10 @@ class OnlineOutcome:
             return None
         why = f" ({self.given_up} given up after its retries)" if self.given_up else ""
         if not self.given_up:
-            why = " (training ended first: raise trainer.max_epochs or data.batches_per_epoch, or set data.rate_limit)"
+            why = (
+                " (training ended first: raise trainer.max_epochs or data.batches_per_epoch, or lower"
+                " data.rate_limit; null paces training to the simulations)"
+            )
         return (
             f"{self.completed} of {self.requested} simulations completed; data.min_completed={min_completed} "
             f"requires {required}{why}"

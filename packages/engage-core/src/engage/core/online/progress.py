@@ -10,8 +10,7 @@ import lightning.pytorch as pl
 
 class OnlineProgress(pl.Callback):
     """Shows buffer fill, simulations running/finished/failed and samples/s in the progress bar,
-    logs the fraction of step time spent waiting for data, and at the end of training logs the
-    simulation journal to MLflow as a table (``online/simulations.json``).
+    and logs the fraction of step time spent waiting for data.
 
     :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
 
@@ -20,6 +19,9 @@ class OnlineProgress(pl.Callback):
         >>> import lightning.pytorch as pl
         >>> trainer = pl.Trainer(callbacks=[OnlineProgress()], logger=False, enable_progress_bar=False)
     """
+
+    #: what it shows that counts things (a progress bar shows them as integers)
+    INTEGER_METRICS = ("online/run", "online/done", "online/fail", "online/smp/s")
 
     def __init__(self, log_every_n_steps: int = 1):
         self.log_every_n_steps = log_every_n_steps
@@ -59,15 +61,3 @@ class OnlineProgress(pl.Callback):
             on_epoch=False,
             rank_zero_only=True,
         )
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dm = self._datamodule(trainer)
-        if dm is None or dm.scheduler is None or dm.scheduler.journal is None or not trainer.is_global_zero:
-            return
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
-                table = dm.scheduler.journal.table()
-                if table["simulation_id"]:
-                    logger.experiment.log_table(logger.run_id, data=table, artifact_file="online/simulations.json")

@@ -363,6 +363,7 @@ class SimulationScheduler:
             else:
                 return
             active = fleet.start(record, str(self.address))
+            self.buffer.simulation_started(active.record.simulation_id)
             self.state.write(active.record)
             self._emit("engage_simulation_started", record=active.record)
 
@@ -488,6 +489,7 @@ class SimulationScheduler:
         # every sample arrived (DONE travels behind them): the client may exit now
         self._send(sock, active, protocol.encode_text(Kind.ACK, rec.simulation_id, rec.attempt, index=header.index))
         rec.status, rec.ended_at, rec.samples_sent = "finished", time.time(), header.index
+        self.buffer.simulation_ended(rec.simulation_id)
         self.state.counts.finished += 1
         self.state.write(rec)
         self.steering.finished(rec)
@@ -526,6 +528,7 @@ class SimulationScheduler:
             counts.retried += 1
             return
         counts.failed += 1
+        self.buffer.simulation_ended(rec.simulation_id)
         redraw = self.on_failure == "redraw"
         self.steering.given_up(rec, redraw)
         requested, lost = self.steering.requested, counts.failed - self.steering.dropped

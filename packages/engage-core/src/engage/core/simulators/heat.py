@@ -52,7 +52,7 @@ class HeatEquation(Simulator):
         self.steps = int(steps)
         self.dt = float(dt)
         self.alpha = float(alpha)
-        self.space = ParameterSpace.from_config({name: {"low": low, "high": high} for name in PARAMETERS})
+        self.space = ParameterSpace.from_config({name: {"low": low, "high": high, "unit": "K"} for name in PARAMETERS})
         self.sample_shape = (self.grid, self.grid)
         self.dtype = np.dtype("float32")
         self.samples_per_run = self.steps

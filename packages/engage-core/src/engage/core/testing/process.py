@@ -25,9 +25,16 @@ TINY_RUN = (
 def run_engage(
     *args: str, cwd: str | Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``engage ARGS`` in ``cwd`` with this interpreter; sweep variables of a parent process removed."""
+    """``engage ARGS`` in ``cwd`` with this interpreter; sweep variables and MLflow's store and
+    experiment of a parent process removed (unless ``env`` sets them)."""
     full_env = {**os.environ, **(env or {})}
-    for inherited in ("ENGAGE_PARENT_RUN_ID", "ENGAGE_PARENT_RUN_FILE", "ENGAGE_TRACKING_URI"):
+    for inherited in (
+        "ENGAGE_PARENT_RUN_ID",
+        "ENGAGE_PARENT_RUN_FILE",
+        "ENGAGE_TRACKING_URI",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+    ):
         if not env or inherited not in env:
             full_env.pop(inherited, None)
     return subprocess.run(

@@ -29,11 +29,26 @@ def default_tracking_uri(directory: str | os.PathLike[str] | None = None) -> str
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
 
 
+#: the MLflow experiment of a run when neither ``logger.experiment`` nor ``MLFLOW_EXPERIMENT_NAME`` names one
+DEFAULT_EXPERIMENT = "engage"
+
+
 def resolve_tracking_uri(configured: str | None) -> str:
-    """The sweep's URI (``ENGAGE_TRACKING_URI``, set for its jobs, possibly a local fallback), else
-    the configured one, else SQLite in the working directory. ``MLFLOW_TRACKING_URI`` is
-    deliberately not read implicitly: set ``logger.uri``."""
-    return os.environ.get(TRACKING_URI_ENV) or configured or default_tracking_uri()
+    """Where a run logs, first found of: the sweep's store (``ENGAGE_TRACKING_URI``, set for its
+    jobs, possibly a local fallback), ``logger.uri`` (config or command line),
+    ``MLFLOW_TRACKING_URI``, SQLite ``mlflow.db`` in the working directory."""
+    return (
+        os.environ.get(TRACKING_URI_ENV)
+        or configured
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or default_tracking_uri()
+    )
+
+
+def resolve_experiment(configured: str | None) -> str:
+    """The MLflow experiment a run logs to: ``logger.experiment`` (config or command line), else
+    ``MLFLOW_EXPERIMENT_NAME``, else :data:`DEFAULT_EXPERIMENT`."""
+    return configured or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
 def parent_run_id(timeout_s: float = 300.0) -> str | None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-import time
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from engage.core.tracking.naming import SWEEP_OVERRIDES_TAG, sweep_name
 from engage.core.tracking.store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
@@ -18,6 +19,7 @@ from engage.core.tracking.store import (
     TrackingUnavailable,
     check_reachable,
     default_tracking_uri,
+    resolve_experiment,
     resolve_tracking_uri,
 )
 
@@ -62,13 +64,13 @@ class MLflowSweepCallback(Callback):
             print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
             self.tracking_uri = local
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        name = logger_cfg.get("experiment", "engage")
+        name = resolve_experiment(logger_cfg.get("experiment"))
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
         sweep_overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         run = client.create_run(
             experiment_id,
-            run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+            run_name=sweep_name(),
             tags={
                 "engage.kind": "sweep",
                 "engage.sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
@@ -77,6 +79,8 @@ class MLflowSweepCallback(Callback):
         )
         self.run_id = run.info.run_id
         client.log_param(self.run_id, "sweep_overrides", " ".join(sweep_overrides)[:6000])
+        # whole, for the names of the jobs' runs (which show the values the sweep varies)
+        client.set_tag(self.run_id, SWEEP_OVERRIDES_TAG, json.dumps(sweep_overrides)[:8000])
         for key, value in ((PARENT_RUN_ENV, self.run_id), (TRACKING_URI_ENV, self.tracking_uri)):
             self._previous_env[key] = os.environ.get(key)
             os.environ[key] = value

@@ -95,22 +95,30 @@ def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
         logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def log_figure(trainer: pl.Trainer, figure: Any, path: str, plot_dir: str | Path | None = None) -> list[str]:
-    """Log a matplotlib figure as an MLflow artifact when an MLflow logger is attached, and save
-    it under ``plot_dir`` when given; returns where it went. Closes the figure."""
+def log_figure(trainer: pl.Trainer, figure: Any, key: str, plot_dir: str | Path | None = None) -> list[str]:
+    """Log a matplotlib figure to MLflow as an image of ``key`` at the trainer's global step (the
+    MLflow UI shows the images of a key with a step slider) when an MLflow logger is attached, and
+    save it under ``plot_dir`` as ``KEY_epochE_stepS.png`` when given; returns where it went.
+    Closes the figure."""
     import matplotlib.pyplot as plt
+    import numpy as np
 
     where = []
+    step = trainer.global_step
     try:
         if trainer.is_global_zero:
+            image = None
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)
                 run_id = getattr(logger, "run_id", None)
-                if run_id is not None and hasattr(experiment, "log_figure"):
-                    experiment.log_figure(run_id, figure, path)
-                    where.append(f"mlflow:{run_id}/{path}")
+                if run_id is not None and hasattr(experiment, "log_image"):
+                    if image is None:
+                        figure.canvas.draw()
+                        image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+                    experiment.log_image(run_id, image, key=key, step=step)
+                    where.append(f"mlflow:{run_id}/{key}@{step}")
             if plot_dir is not None:
-                target = Path(plot_dir) / path
+                target = Path(plot_dir) / f"{key}_epoch{trainer.current_epoch:04d}_step{step:07d}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 figure.savefig(target, dpi=100)
                 where.append(str(target))

@@ -179,8 +179,7 @@ class ImageSimilaritySampling(Callback):
         ax.set_title(f"similarity landscape, epoch {trainer.current_epoch}")
         ax.autoscale()
         fig.tight_layout()
-        tag = f"epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}"
-        log_figure(trainer, fig, f"similarity/landscape_{tag}.png", self.plot_dir)
+        log_figure(trainer, fig, "similarity/landscape", self.plot_dir)
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

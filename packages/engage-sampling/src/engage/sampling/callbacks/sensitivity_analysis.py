@@ -201,7 +201,6 @@ class SensitivityAnalysis(Callback):
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        tag = f"epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}"
         x = np.arange(len(result.names))
         fig, ax = plt.subplots(figsize=(1.2 * len(x) + 3, 3.2))
         if result.method == "sobol":
@@ -215,7 +214,7 @@ class SensitivityAnalysis(Callback):
         ax.legend()
         ax.set_title(f"sensitivity, epoch {trainer.current_epoch}, step {trainer.global_step}")
         fig.tight_layout()
-        log_figure(trainer, fig, f"sensitivity/indices_{tag}.png", self.plot_dir)
+        log_figure(trainer, fig, "sensitivity/indices", self.plot_dir)
         if result.ST_map is not None:
             maps = {"S1": result.S1_map, "ST": result.ST_map}
             d = len(result.names)
@@ -234,7 +233,7 @@ class SensitivityAnalysis(Callback):
                     ax.set_title(f"{key} {name}", fontsize=9)
             if values[0].ndim == 2:
                 fig.colorbar(image, ax=axes, shrink=0.8)
-            log_figure(trainer, fig, f"sensitivity/maps_{tag}.png", self.plot_dir)
+            log_figure(trainer, fig, "sensitivity/maps", self.plot_dir)
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

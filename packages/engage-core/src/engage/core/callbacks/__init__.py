@@ -1,0 +1,5 @@
+"""Lightning callbacks of engage-core, one public class a module."""
+
+from engage.core.callbacks.progress_bar import EngageProgressBar
+
+__all__ = ["EngageProgressBar"]

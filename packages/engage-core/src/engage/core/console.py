@@ -1,0 +1,39 @@
+"""A quiet console for ``engage run``: Lightning's advertising tips and the warnings about its own
+internals that a user cannot act on are left out; everything else is printed as it comes."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+#: how Lightning's tips start (``rank_zero_info("💡 Tip: ...")``)
+TIP_PREFIX = "💡 Tip:"
+#: the loggers Lightning's rank-zero messages go through
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+#: warnings raised inside Lightning about its own use of other libraries (regular expressions)
+INTERNAL_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+class NoTips(logging.Filter):
+    """Drops Lightning's tips (records whose message starts with :data:`TIP_PREFIX`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TIP_PREFIX)
+
+
+def quiet_lightning() -> None:
+    """Leave Lightning's tips and its internal deprecation warnings out of the console (once per
+    process; calling it again changes nothing).
+
+    Example::
+
+        >>> quiet_lightning()
+        >>> any(isinstance(f, NoTips) for f in logging.getLogger(RANK_ZERO_LOGGERS[0]).filters)
+        True
+    """
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoTips) for f in logger.filters):
+            logger.addFilter(NoTips())
+    for pattern in INTERNAL_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)

@@ -1,0 +1,138 @@
+"""Where the simulations went: the run's simulation table and a plot of the sampled points in MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+
+#: the key of a ``training_step`` output holding each sample's loss, ``(B,)`` (the convention of
+#: engage-sampling's loss-driven sampling, which reads it too)
+PER_SAMPLE_LOSS = "per_sample_loss"
+
+
+class SimulationReport(pl.Callback):
+    """At the end of training, logs to MLflow the table of the run's simulations
+    (``online/simulations.json``: one column per parameter, status, attempt, samples, duration,
+    host, error and the mean training loss of its samples) and the sampled points as pairwise
+    scatter plots coloured by order and by loss (``online/sampled_points_by_order.png``,
+    ``online/sampled_points_by_loss.png``), each axis a parameter's name and unit. The loss is
+    known when ``training_step`` returns ``{"loss": ..., "per_sample_loss": (B,)}``.
+
+    :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
+
+    Example::
+
+        >>> report = SimulationReport()
+        >>> import torch
+        >>> report.on_train_batch_end(None, None, {"per_sample_loss": torch.tensor([1.0, 3.0])},
+        ...                           {"simulation_id": torch.tensor([4, 4])}, 0)
+        >>> report.mean_losses()
+        {4: 2.0}
+    """
+
+    def __init__(self) -> None:
+        self._loss_sum: dict[int, float] = {}
+        self._loss_count: dict[int, int] = {}
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not isinstance(outputs, dict) or PER_SAMPLE_LOSS not in outputs or "simulation_id" not in batch:
+            return
+        losses = outputs[PER_SAMPLE_LOSS].detach().float().cpu().numpy().reshape(-1)
+        ids = batch["simulation_id"].detach().cpu().numpy().reshape(-1)
+        if losses.shape != ids.shape:
+            return
+        for sim, total, count in zip(*_group_sums(ids, losses), strict=True):
+            self._loss_sum[sim] = self._loss_sum.get(sim, 0.0) + total
+            self._loss_count[sim] = self._loss_count.get(sim, 0) + count
+
+    def mean_losses(self) -> dict[int, float]:
+        """The mean training loss of each simulation's samples, as trained so far."""
+        return {sim: self._loss_sum[sim] / self._loss_count[sim] for sim in sorted(self._loss_sum)}
+
+    def table(self, datamodule: Any) -> dict[str, list[Any]]:
+        """The simulations of this run as columns (for ``mlflow.log_table``)."""
+        rows = sorted(datamodule.scheduler.journal.latest().values(), key=lambda e: e["simulation_id"])
+        names = list(datamodule.simulator.space.names)
+        losses = self.mean_losses()
+        columns: dict[str, list[Any]] = {"simulation_id": [r["simulation_id"] for r in rows]}
+        for name in names:
+            columns[name] = [(r.get("parameters") or {}).get(name) for r in rows]
+        for key, column in (
+            ("status", "status"),
+            ("attempt", "attempt"),
+            ("samples_received", "samples"),
+            ("duration", "duration_s"),
+            ("host", "host"),
+            ("error", "error"),
+        ):
+            columns[column] = [r.get(key) for r in rows]
+        columns["mean_train_loss"] = [losses.get(int(r["simulation_id"])) for r in rows]
+        return columns
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or getattr(dm, "scheduler", None) is None or dm.scheduler.journal is None:
+            return
+        if not trainer.is_global_zero:
+            return
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
+        if not loggers:
+            return
+        table = self.table(dm)
+        if not table["simulation_id"]:
+            return
+        figures = sampled_points_figures(table, dm.simulator.space)
+        for logger in loggers:
+            logger.experiment.log_table(logger.run_id, data=table, artifact_file="online/simulations.json")
+            for name, figure in figures.items():
+                logger.experiment.log_figure(logger.run_id, figure, f"online/sampled_points_by_{name}.png")
+
+
+def _group_sums(ids: np.ndarray, values: np.ndarray) -> tuple[list[int], list[float], list[int]]:
+    unique, inverse = np.unique(ids, return_inverse=True)
+    sums = np.bincount(inverse, weights=values.astype(np.float64))
+    counts = np.bincount(inverse)
+    return [int(u) for u in unique], [float(s) for s in sums], [int(c) for c in counts]
+
+
+def sampled_points_figures(table: dict[str, list[Any]], space: Any) -> dict[str, Any]:
+    """Pairwise scatter plots of the sampled parameters (every pair of parameters, one panel
+    each; one parameter: its values against the order), coloured by order (``order``) and, where
+    the table has losses, by mean training loss (``loss``). Matplotlib figures by name."""
+    from matplotlib.figure import Figure
+
+    names = [name for name in space.names if name in table]
+    points = np.array([[np.nan if v is None else float(v) for v in table[n]] for n in names], dtype=float).T
+    order = np.asarray(table["simulation_id"], dtype=float)
+    colourings = {"order": (order, "simulation order (id)")}
+    losses = [np.nan if v is None else float(v) for v in table.get("mean_train_loss", [])]
+    if losses and not np.all(np.isnan(losses)):
+        colourings["loss"] = (np.asarray(losses), "mean training loss of its samples (model's loss)")
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    figures = {}
+    for key, (colour, colour_label) in colourings.items():
+        panels = max(1, len(pairs))
+        columns = min(panels, 4)
+        rows = -(-panels // columns)
+        figure = Figure(figsize=(3.2 * columns + 1.2, 3.0 * rows), layout="constrained")
+        axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
+        scatter = None
+        if pairs:
+            for ax, (i, j) in zip(axes, pairs, strict=False):
+                scatter = ax.scatter(points[:, i], points[:, j], c=colour, s=14, cmap="viridis")
+                ax.set_xlabel(space[names[i]].label)
+                ax.set_ylabel(space[names[j]].label)
+        else:
+            scatter = axes[0].scatter(order, points[:, 0], c=colour, s=14, cmap="viridis")
+            axes[0].set_xlabel("simulation order (id)")
+            axes[0].set_ylabel(space[names[0]].label)
+        for ax in axes[len(pairs) or 1 :]:
+            ax.set_visible(False)
+        figure.colorbar(scatter, ax=list(axes), label=colour_label)
+        figure.suptitle(f"sampled points ({len(order)} simulations), coloured by {key}")
+        figures[key] = figure
+    return figures

@@ -1,0 +1,211 @@
+"""The MLflow run of one ``engage run``: named, recorded once, watched, and closed with its status.
+
+:class:`MLflowRun` creates the run (in the experiment and store the user chose, under a sweep's
+parent run when there is one, with a name that says what it is), hands Lightning an
+``MLFlowLogger`` bound to it, logs each config value once under its config path with what a
+replay needs (config, overrides, command, environment), runs MLflow's own system-metrics monitor
+on it (GPU metrics too where ``nvidia-ml-py`` is installed), logs the last and best checkpoints
+as artifacts, and ends it ``FINISHED``, ``FAILED`` or ``KILLED``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from engage.core.tracking.environment import environment_record, git_state, pip_freeze
+from engage.core.tracking.naming import job_run_name, single_run_name, sweep_overrides_of
+from engage.core.tracking.store import parent_run_id, resolve_experiment
+
+#: a config value that only repeats another node (``${simulator}``, ``${seed}``): logged at its source
+_REFERENCE = re.compile(r"^\$\{[A-Za-z_][\w.]*\}$")
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+#: MLflow's limit on a parameter's value
+PARAM_MAX_CHARS = 6000
+
+
+def flat_params(cfg: DictConfig) -> dict[str, Any]:
+    """Each config value once, under its dotted config path (``model.width``); values that only
+    reference another node (``data.simulator_spec: ${simulator}``) and Hydra's own are left out.
+
+    Example::
+
+        >>> from omegaconf import OmegaConf
+        >>> flat_params(OmegaConf.create({"seed": 1, "simulator": {"grid": 8},
+        ...                               "data": {"simulator_spec": "${simulator}", "seed": "${seed}"}}))
+        {'seed': 1, 'simulator.grid': 8}
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any, value: Any) -> None:
+        if isinstance(node, str) and _REFERENCE.match(node):
+            return
+        if isinstance(node, dict):
+            for key in node:
+                walk(f"{prefix}.{key}" if prefix else str(key), node[key], value[key])
+        else:
+            params[prefix] = value
+
+    for key in raw:  # type: ignore[union-attr]
+        if key != "hydra":
+            walk(str(key), raw[key], resolved[key])  # type: ignore[index]
+    return params
+
+
+def _hydra_job() -> tuple[list[str], int | None, str | None]:
+    """This job's overrides, its number in a multirun (else None) and the ``experiment`` option."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return [], None, None
+    hc = HydraConfig.get()
+    number = hc.job.num if hc.mode == RunMode.MULTIRUN else None
+    return list(hc.overrides.task), number, hc.runtime.choices.get("experiment")
+
+
+@dataclass
+class MLflowRun:
+    """An open MLflow run and its Lightning logger; :meth:`open` creates it."""
+
+    tracking_uri: str
+    run_id: str
+    name: str
+    logger: MLFlowLogger
+    overrides: list[str] = field(default_factory=list)
+    _monitor: Any = None
+    _environment_uri: str | None = None
+
+    @classmethod
+    def open(cls, cfg: DictConfig, tracking_uri: str) -> MLflowRun:
+        """Create the run in ``cfg.logger.experiment`` (or ``MLFLOW_EXPERIMENT_NAME``) of
+        ``tracking_uri``, named by :mod:`.naming` unless ``logger.run_name`` is set, as a child of
+        the sweep's parent run when there is one, and start MLflow's system metrics on it."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment_name = resolve_experiment(cfg.logger.experiment)
+        experiment = client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        overrides, job_number, experiment_option = _hydra_job()
+        tags = {str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}
+        parent = parent_run_id()
+        name = cfg.logger.run_name
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+            if not name:
+                sweep = client.get_run(parent)
+                sweep_overrides = sweep_overrides_of(sweep)
+                number = job_number if job_number is not None else 0
+                name = job_run_name(sweep.info.run_name or parent[:8], number, overrides, sweep_overrides)
+        if not name:
+            name = single_run_name(experiment_option or experiment_name)
+        git = git_state()
+        if git.get("commit"):
+            tags["mlflow.source.git.commit"] = git["commit"]
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        logger = MLFlowLogger(
+            experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run.info.run_id, log_model=False
+        )
+        tracked = cls(tracking_uri, run.info.run_id, name, logger, overrides)
+        # the logger sets MLflow's global store, which writes MLFLOW_TRACKING_URI into this
+        # process's environment: a later run of this process (a sweep's next job) would take it
+        # for the user's; it is put back when the run closes
+        tracked._environment_uri = os.environ.get(MLFLOW_TRACKING_URI)
+        logger.experiment  # noqa: B018 (connects now)
+        if cfg.logger.system_metrics:
+            tracked._start_system_metrics(float(cfg.logger.system_metrics_interval_s))
+        return tracked
+
+    @property
+    def client(self) -> Any:
+        return self.logger.experiment
+
+    def _start_system_metrics(self, interval_s: float) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # its start and stop are not news on the console
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval_s, samples_before_logging=1, tracking_uri=self.tracking_uri
+        )
+        self._monitor.start()
+
+    def record(self, cfg: DictConfig, output_dir: Path) -> None:
+        """Each config value once (:func:`flat_params`); the resolved config, overrides, command,
+        environment, pip freeze and git diff as artifacts under ``run/``; versions as tags."""
+        client, run_id = self.client, self.run_id
+        self.logger.log_hyperparams(flat_params(cfg))
+        env = environment_record()
+        git = git_state()
+        files = {
+            "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+            "overrides.json": json.dumps(self.overrides, indent=1),
+            "command.json": json.dumps({"argv": sys.argv, "cwd": str(Path.cwd())}, indent=1),
+            "environment.json": json.dumps(env, indent=1, default=str),
+            "requirements.txt": pip_freeze(),
+        }
+        if git.get("diff"):
+            files["git.diff"] = git["diff"]
+        folder = output_dir / "engage-record"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        client.log_artifacts(run_id, str(folder), artifact_path="run")
+        client.log_param(run_id, "overrides", " ".join(self.overrides)[:PARAM_MAX_CHARS] or "(none)")
+        for name, value in env["packages"].items():  # type: ignore[union-attr]
+            client.set_tag(run_id, f"version.{name}", value)
+        client.set_tag(run_id, "engage.kind", "run")
+        client.set_tag(run_id, "engage.output_dir", str(output_dir))
+        client.set_tag(run_id, "engage.cwd", str(Path.cwd()))
+        if git.get("commit"):
+            client.set_tag(run_id, "engage.git_dirty", str(bool(git.get("diff"))))
+
+    def log_checkpoints(self, trainer: Any, max_mb: float) -> list[str]:
+        """The last and best checkpoints of the trainer's ``ModelCheckpoint`` callbacks as
+        artifacts under ``checkpoints/``, each if at most ``max_mb`` MiB (0: none); returns one
+        line for each one left out, to be shown to the user."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        skipped: list[str] = []
+        if max_mb <= 0:
+            return skipped
+        paths: list[str] = []
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                paths += [p for p in (callback.last_model_path, callback.best_model_path) if p and p not in paths]
+        for path in paths:
+            file = Path(path)
+            if not file.is_file():
+                continue
+            size_mb = file.stat().st_size / 2**20
+            if size_mb > max_mb:
+                skipped.append(
+                    f"checkpoint {file} ({size_mb:.0f} MiB) is larger than logger.checkpoint_max_mb={max_mb:g}: "
+                    "not logged to MLflow; raise logger.checkpoint_max_mb to log it"
+                )
+                continue
+            self.client.log_artifact(self.run_id, str(file), artifact_path="checkpoints")
+        return skipped
+
+    def close(self, status: str) -> None:
+        """Stop the system metrics and end the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        self.client.set_terminated(self.run_id, status=status)
+        if self._environment_uri is None:
+            os.environ.pop(MLFLOW_TRACKING_URI, None)
+        else:
+            os.environ[MLFLOW_TRACKING_URI] = self._environment_uri

@@ -1,0 +1,131 @@
+"""``engage run`` and MLflow's conventions: the store and experiment from the command line, then
+``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME``; run names that say what a run is and are
+never reused; each config value once; system metrics; checkpoints, the simulation table and the
+sampled points as artifacts; a sweep with a failing job leaves every child and a FAILED parent."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+#: a few seconds of online training that still writes a checkpoint (fast_dev_run writes none)
+TINY = [
+    "experiment=heat_quick",
+    "simulator.grid=8",
+    "simulator.steps=10",
+    "data.simulations=2",
+    "data.val_simulations=1",
+    "data.batches_per_epoch=2",
+    "data.batch_size=8",
+    "trainer.max_epochs=1",
+    "model.width=8",
+]
+
+
+def engage_run(args, cwd, env=None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ENGAGE_"))}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "engage.core.cli", "run", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def only_run(uri, experiment):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, [e.name for e in client.search_experiments()]
+    (run,) = client.search_runs([found.experiment_id])
+    return client, run
+
+
+def artifacts(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+@pytest.mark.slow
+def test_single_runs_follow_mlflow_conventions(tmp_path):
+    env_store, cli_store = f"sqlite:///{tmp_path}/env.db", f"sqlite:///{tmp_path}/cli.db"
+    env = {"MLFLOW_TRACKING_URI": env_store, "MLFLOW_EXPERIMENT_NAME": "from-env"}
+    first = engage_run([*TINY, "logger.system_metrics_interval_s=0.5"], tmp_path, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the command line wins over the environment; a checkpoint over the size cap is said, not logged
+    second = engage_run(
+        [*TINY, f"logger.uri={cli_store}", "logger.experiment=from-cli", "logger.checkpoint_max_mb=0.01"], tmp_path, env
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()
+
+    client, run = only_run(env_store, "from-env")
+    _, other = only_run(cli_store, "from-cli")
+    # same seed, different names, each saying what the run is
+    assert run.info.run_name.startswith("heat_quick-") and other.info.run_name.startswith("heat_quick-")
+    assert run.info.run_name != other.info.run_name
+    assert f"run {run.info.run_name} ({run.info.run_id}) finished" in first.stderr
+    # a quiet console: no tips, no warning from ENGAGE's own dataset, counts as integers
+    console = first.stdout + first.stderr
+    for noise in ("Tip:", "IterableDataset", "LeafSpec", "Experiment with name"):
+        assert noise not in console, noise
+    assert "online/done: 2 " in first.stdout and "online/done: 2.0" not in first.stdout
+
+    params = run.data.params
+    assert params["model.width"] == "8" and params["simulator.grid"] == "8" and params["seed"] == "0"
+    for duplicate in ("width", "grid", "lr", "data.simulator_spec.grid", "data.seed"):
+        assert duplicate not in params, duplicate
+    assert not [k for k in params if k.startswith("data.simulator_spec")]
+
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+    files = artifacts(client, run.info.run_id)
+    assert "checkpoints/last.ckpt" in files, files
+    assert {"run/config.yaml", "run/overrides.json", "run/command.json", "run/requirements.txt"} <= set(files)
+    assert {"online/sampled_points_by_order.png", "online/sampled_points_by_loss.png"} <= set(files)
+    table = json.loads(
+        open(client.download_artifacts(run.info.run_id, "online/simulations.json", str(tmp_path))).read()
+    )
+    names = ["T_init", "T_top", "T_bottom", "T_left", "T_right"]
+    assert table["columns"][:6] == ["simulation_id", *names]
+    assert {"status", "samples", "duration_s", "mean_train_loss"} <= set(table["columns"])
+    assert len(table["data"]) == 2 and all(row[6] == "finished" for row in table["data"])
+
+    assert not [f for f in artifacts(MlflowClient(cli_store), other.info.run_id) if f.startswith("checkpoints/")]
+    assert "larger than logger.checkpoint_max_mb=0.01: not logged to MLflow" in second.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_with_a_failing_job_keeps_every_child_and_fails_its_parent(tmp_path, launcher):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # the middle job's simulations cannot connect in 1 ms: that job fails, the others run
+    sweep = ["-m", f"hydra/launcher={launcher}", *TINY, "trainer.fast_dev_run=true", "data.startup_timeout=60,0.001,60"]
+    if launcher == "joblib":
+        sweep.append("hydra.launcher.n_jobs=2")
+    done = engage_run([*sweep, f"logger.uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert "did not connect within 0.001s" in done.stderr
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert parent.info.status == "FAILED"
+    assert parent.info.run_name.startswith("sweep-")
+    sweep_name = parent.info.run_name
+    assert sorted(children) == [
+        f"{sweep_name}#0 data.startup_timeout=60",
+        f"{sweep_name}#1 data.startup_timeout=0.001",
+        f"{sweep_name}#2 data.startup_timeout=60",
+    ]
+    statuses = {name.split("#")[1][0]: run.info.status for name, run in children.items()}
+    assert statuses == {"0": "FINISHED", "1": "FAILED", "2": "FINISHED"}

@@ -1,0 +1,103 @@
+"""``engage replay RUN_ID``: any run of ``engage run`` replays from its MLflow record; a deterministic
+CPU run, offline or online with ``data.policy=deterministic``, replays with identical curves."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from engage.core.replay import compare_curves, config_flags, is_timing
+from engage.core.testing.process import run_engage as engage
+
+SMALL = ["simulator.grid=8", "simulator.steps=20", "model.width=8", "trainer.log_every_n_steps=1", "seed=5"]
+OFFLINE = ["data=simulated", "data.train_simulations=4", "data.val_simulations=1", "trainer.max_epochs=2"]
+ONLINE = [
+    "experiment=heat_quick",
+    "data.simulations=4",
+    "data.val_simulations=1",
+    "data.batches_per_epoch=3",
+    "data.batch_size=8",
+    "data.capacity=32",
+    "data.policy=deterministic",
+    "trainer.max_epochs=2",
+]
+
+
+def replay_of(args, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = engage("run", *args, *SMALL, f"logger.uri={uri}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    again = subprocess.run(
+        [sys.executable, "-m", "engage.core.cli", "replay", run.info.run_id, "--tracking-uri", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    copies = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`engage.replay_of` = '{run.info.run_id}'"
+    )
+    return again, run, copies
+
+
+@pytest.mark.slow
+def test_a_plain_run_replays_with_identical_curves(tmp_path):
+    again, run, copies = replay_of(OFFLINE, tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "train/loss:" in again.stdout and "points match (largest difference 0)" in again.stdout
+    assert f"replay of {run.info.run_id}: run {copies[0].info.run_id}, metrics identical" in again.stdout
+    assert len(copies) == 1 and copies[0].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_deterministic_online_run_replays_with_identical_curves(tmp_path):
+    again, _, copies = replay_of(ONLINE, tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    out = again.stdout
+    assert "metrics identical" in out
+    # the loss curve is compared point by point; the stream's timing is reported apart
+    compared, timing = out.split("compared within")[-1].split("timing-dependent, not compared:")
+    assert "train/loss: 6 points match" in compared
+    assert "online/smp/s:" in timing and "online/smp/s" not in compared
+    assert len(copies) == 1
+
+
+def test_a_run_that_is_not_there_is_one_line_and_exit_code_2(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+
+    def replay_missing():
+        return subprocess.run(
+            [sys.executable, "-m", "engage.core.cli", "replay", "0" * 32, "--tracking-uri", uri],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = replay_missing()
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"engage replay: there is no MLflow store at {uri}; pass --tracking-uri"
+    ]
+    MlflowClient(uri).search_experiments()  # the store now exists, without that run
+    done = replay_missing()
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"engage replay: run {'0' * 32} is not in the tracking store {uri}; pass --tracking-uri"
+    )
+
+
+def test_curves_compare_within_the_declared_tolerance():
+    assert compare_curves("loss", [(0, 1.0), (1, 0.5)], [(0, 1.0), (1, 0.5 + 1e-9)], rtol=1e-6, atol=0).matches
+    assert not compare_curves("loss", [(0, 1.0), (1, 0.5)], [(0, 1.0), (1, 0.51)], rtol=1e-6, atol=0).matches
+    assert not compare_curves("loss", [(0, 1.0), (1, 0.5)], [(0, 1.0)], rtol=1, atol=1).matches  # a step missing
+    assert compare_curves("loss", [(0, 1.0)], [(0, 1.05)], rtol=0, atol=0.1).matches
+
+
+def test_timing_metrics_and_config_flags_are_told_apart():
+    assert all(map(is_timing, ["system/cpu_utilization_percentage", "online/smp/s", "run/wall_time_s", "x/wait"]))
+    assert not any(map(is_timing, ["train/loss", "val/rel_l2", "epoch", "sampling/exploration"]))
+    argv = ["-m", "-cd", "conf", "-cn", "train", "--config-path=p", "model.lr=0.1"]
+    assert config_flags(argv) == ["-cd", "conf", "-cn", "train", "--config-path=p"]

@@ -1,0 +1,88 @@
+"""The deterministic read policy: the same batches whatever the timing of the simulations, and
+credit that never lets simulations ahead fill the buffer with samples it cannot serve yet."""
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.credit import Credit
+from engage.core.online.protocol import decode_header
+
+
+def stream(order, simulations=3, per_run=6, batch=4, capacity=64):
+    """Batches of a buffer fed in the arrival ``order`` (simulation ids, one sample each)."""
+    buffer = TrainingBuffer(capacity=capacity, policy="deterministic")
+    for sim in range(simulations):
+        buffer.simulation_started(sim)
+    sent = dict.fromkeys(range(simulations), 0)
+    batches = []
+
+    def read():
+        while (got := buffer.get_batch(batch, timeout=10)) is not None:
+            batches.append(list(zip(got["simulation_id"].tolist(), got["time"].reshape(-1).tolist(), strict=True)))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for sim in order:
+        index = sent[sim]
+        buffer.put(np.full((2,), index, "float32"), parameters=np.zeros(1), simulation_id=sim, time=index / per_run)
+        sent[sim] += 1
+        if sent[sim] == per_run:
+            buffer.simulation_ended(sim)
+    buffer.close()
+    reader.join(10)
+    return batches
+
+
+def test_batches_do_not_depend_on_the_order_samples_arrive_in():
+    rng = np.random.default_rng(0)
+    orders = [[s for s in range(3) for _ in range(6)]]  # one simulation after another
+    for _ in range(4):  # interleaved at random, as concurrent simulations are
+        order = [s for s in range(3) for _ in range(6)]
+        rng.shuffle(order)
+        orders.append(order)
+    runs = [stream(order) for order in orders]
+    expected = [(sim, index / 6) for sim in range(3) for index in range(6)]
+    for batches in runs:
+        assert [sample for b in batches for sample in b] == pytest_approx(expected)
+        assert [len(b) for b in batches] == [4, 4, 4, 4, 2]
+
+
+def pytest_approx(pairs):
+    return [(s, pytest.approx(t)) for s, t in pairs]
+
+
+def running(sim, accepted=0, credits=0):
+    return SimpleNamespace(
+        record=SimpleNamespace(simulation_id=sim, attempt=1), accepted=accepted, credits=credits, slots=None
+    )
+
+
+def granted(clients, buffer, window=8, per_run=10):
+    sent = {}
+    Credit(buffer, window=window, samples_per_run=per_run).grant(
+        clients, lambda active, frames: sent.__setitem__(active.record.simulation_id, decode_header(frames[0]).index)
+    )
+    return sent
+
+
+def test_credit_leaves_room_for_what_earlier_simulations_still_send():
+    buffer = TrainingBuffer(capacity=16, policy="deterministic")
+    buffer.prepare((2,), "float32", parameters=1)
+    for sim in (0, 1, 2):
+        buffer.simulation_started(sim)
+    # simulation 0 will still send 10 samples: of 16 slots, 6 are left for simulation 1, none for 2
+    assert granted([running(2), running(1), running(0)], buffer) == {0: 8, 1: 6}
+    # a simulation still sending and not connected: nobody after it gets credit
+    assert granted([running(1), running(2)], buffer) == {}
+    buffer.simulation_ended(0)
+    assert granted([running(1), running(2)], buffer) == {1: 8, 2: 6}
+
+
+def test_other_policies_grant_as_before():
+    buffer = TrainingBuffer(capacity=16, policy="fifo")
+    buffer.prepare((2,), "float32", parameters=1)
+    assert granted([running(0), running(1)], buffer) == {0: 8, 1: 8}
