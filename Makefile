@@ -7,7 +7,7 @@ PACKAGES := $(sort $(wildcard packages/engage-*))
 STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean system-deps
+.PHONY: install demo test lint clean system-deps docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(BIN)/python:
 # torch first: a CPU build of exactly this version, so no dependency can pull another one.
 $(STAMP): $(BIN)/python $(foreach p,$(PACKAGES),$(p)/pyproject.toml) pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e ".[dev]"
+	$(PIP) install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e ".[dev,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,7 +35,12 @@ system-deps:
 		|| echo "openssh-server or libzmq3-dev could not be installed: SSH tests of netns hosts or the C client will skip"; \
 	fi
 
-test: $(STAMP) system-deps
+# The documentation site (MkDocs, API reference from the packages' docstrings) in site/; --strict:
+# a broken link or reference fails the build, and with it `make test`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: $(STAMP) system-deps docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -43,4 +48,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) wheelhouse outputs multirun mlflow.db mlruns
+	rm -rf $(VENV) wheelhouse outputs multirun mlflow.db mlruns site

@@ -13,7 +13,7 @@ Example::
     ... })
     >>> space.names
     ['T_init', 'k', 'mesh']
-    >>> space.from_unit([[0.5, 0.5, 0.9]]).tolist()
+    >>> space.from_unit([[0.5, 0.5, 0.9]]).round(6).tolist()
     [[300.0, 0.01, 1.0]]
     >>> space.to_dicts(space.from_unit([[0.5, 0.5, 0.9]]))[0]["mesh"]
     'fine'

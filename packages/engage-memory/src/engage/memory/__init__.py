@@ -3,7 +3,7 @@
 Names load on first use (PEP 562), so that importing the plugin module or the package itself does not pull
 in torch and Lightning: ``engage plugins`` imports every plugin and must stay fast.
 
-Example:
+Examples:
     >>> from engage.memory import MemoryPlanningStrategy
     >>> strategy = MemoryPlanningStrategy(budget="12GiB")
 """

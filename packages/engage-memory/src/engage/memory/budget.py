@@ -35,7 +35,7 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
     Accepts an integer number of bytes, a string with a unit (``"12GiB"``, ``"800 MB"``) or a float in
     ``(0, 1]`` read as a fraction of the device's total memory.
 
-    Example:
+    Examples:
         >>> parse_budget("1.5GiB")
         1610612736
         >>> parse_budget(4096)
@@ -83,7 +83,7 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
 def format_bytes(n: float) -> str:
     """Human-readable size with binary units.
 
-    Example:
+    Examples:
         >>> format_bytes(3 * 2**30)
         '3.00 GiB'
     """

@@ -41,7 +41,7 @@ def chunked_cross_entropy(
         chunks: number of row chunks (at least 1).
         ignore_index: targets equal to this do not count, as in ``F.cross_entropy``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = torch.nn.Linear(16, 1000, bias=False)
         >>> hidden = torch.randn(4, 32, 16, requires_grad=True)
@@ -85,7 +85,7 @@ def loss_chunks(module: Any) -> int:
     computing its loss through :func:`chunked_cross_entropy` with this many chunks; under any other
     strategy (or without a trainer) it gets 1, the plain loss.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss_chunks(torch.nn.Linear(2, 2))
         1

@@ -19,7 +19,7 @@ class DDPMemoryPlanningStrategy(_MemoryPlanning, DDPStrategy):
     recomputation and gradient buckets match across ranks. Arguments as for the single-device strategy,
     plus those of ``DDPStrategy``.
 
-    Example:
+    Examples:
         >>> strategy = DDPMemoryPlanningStrategy(budget="20GiB", process_group_backend="gloo")
     """
 

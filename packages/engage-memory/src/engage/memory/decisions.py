@@ -8,7 +8,7 @@ from enum import Enum
 class Decision(str, Enum):
     """How the tensors a block saves for backward are kept until backward needs them.
 
-    Example:
+    Examples:
         >>> Decision("recompute").label
         'recompute all'
     """

@@ -8,7 +8,7 @@ from engage.memory.budget import format_bytes
 class InfeasibleBudgetError(ValueError):
     """No plan fits the budget; ``minimum`` is the smallest budget (bytes) that has one.
 
-    Example:
+    Examples:
         >>> err = InfeasibleBudgetError(2**30, 3 * 2**30)
         >>> str(err).startswith("no memory plan fits budget=1.00 GiB: the smallest feasible budget is 3.00 GiB")
         True

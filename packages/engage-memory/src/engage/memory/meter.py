@@ -61,7 +61,7 @@ class MemoryMeter(TorchDispatchMode):
     passed as ``roots`` (modules, optimizers, tensors, containers of them). Only storages on
     ``device_type`` count.
 
-    Example:
+    Examples:
         >>> import torch
         >>> lin = torch.nn.Linear(256, 256)
         >>> with MemoryMeter(lin) as meter:

@@ -31,7 +31,7 @@ class Offloader:
     and the host buffers are hidden from the :class:`~engage.memory.meter.MemoryMeter`, so that CPU runs
     measure what a GPU would hold.
 
-    Example:
+    Examples:
         >>> import torch
         >>> off = Offloader(torch.device("cpu"), min_bytes=0)
         >>> lin = torch.nn.Linear(8, 8)

@@ -58,7 +58,7 @@ def measure_optimizer_step(optimizers: Sequence[torch.optim.Optimizer], probe: P
     or two; with ``foreach``/``fused``, copies over whole groups). Parameters and state are restored
     afterwards, so training continues as if nothing ran.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from engage.memory.meter import MemoryMeter
         >>> lin = torch.nn.Linear(64, 64)

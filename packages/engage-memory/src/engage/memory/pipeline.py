@@ -15,7 +15,7 @@ def split_stages(sizes: Sequence[float], num_stages: int) -> list[list[int]]:
     ``sizes`` are per-block memory figures (for instance ``fwd_delta`` of the chosen decisions in a
     :class:`~engage.memory.Profile`), so that each device holds about the same activations.
 
-    Example:
+    Examples:
         >>> split_stages([4, 1, 1, 1, 1], 2)
         [[0], [1, 2, 3, 4]]
     """

@@ -20,7 +20,7 @@ from engage.memory.profile import Profile
 class Plan:
     """The decisions a solver chose and what the profile predicts for them.
 
-    Example:
+    Examples:
         >>> plan = Plan(names=["h.0"], decisions=[Decision.RECOMPUTE], budget=2**30, predicted_peak=2**29,
         ...             predicted_time=0.1, solver="dp")
         >>> plan.counts()

@@ -36,7 +36,7 @@ SOLVERS = ("auto", "dp", "cpsat")
 def find_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
     """The blocks to plan: ``names`` if given, else the children of the heaviest ``ModuleList``/``Sequential``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.ModuleDict({"emb": torch.nn.Linear(2, 2),
         ...                            "h": torch.nn.ModuleList([torch.nn.Linear(9, 9), torch.nn.Linear(9, 9)])})
@@ -77,7 +77,7 @@ def measured_timeline(events: Sequence[Event], profile: Profile) -> list[tuple[s
 class MemoryPlanner:
     """Measures a model's training step, finds the fastest plan under a budget and applies it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(),
         ...                                                    torch.nn.Linear(256, 64)) for _ in range(4)])

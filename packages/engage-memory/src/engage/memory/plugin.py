@@ -13,7 +13,7 @@ from engage.core.hookspecs import hookimpl
 class MemoryStrategyConfig:
     """Options of :class:`~engage.memory.MemoryPlanningStrategy` as a structured config.
 
-    Example:
+    Examples:
         >>> MemoryStrategyConfig(budget="2GiB")._target_
         'engage.memory.MemoryPlanningStrategy'
     """

@@ -12,7 +12,7 @@ from engage.memory.meter import MemoryMeter
 class Probe:
     """Reads live bytes, the peak since the last reset, and a synchronised clock.
 
-    Example:
+    Examples:
         >>> import torch
         >>> with MemoryMeter() as meter:
         ...     probe = Probe(torch.device("cpu"), meter)

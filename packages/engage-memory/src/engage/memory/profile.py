@@ -60,7 +60,7 @@ class Profile:
 
     Save it with :meth:`save` and plan again later with :meth:`load` without re-profiling.
 
-    Example:
+    Examples:
         >>> p = Profile(blocks=[], base=100, prologue_peak=120, epilogue_peak={"keep": 10}, epilogue_delta={"keep": 5},
         ...             end_live=90, fwd_order=[], bwd_order=[], chain=True, step_time=0.1)
         >>> Profile.from_dict(p.to_dict()).base
@@ -279,7 +279,7 @@ class Profiler:
     Each run applies one decision to a subset of blocks and recomputation to the others, which keeps the
     profiling runs themselves within memory; on a CUDA out-of-memory error the subsets are halved.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from engage.memory.meter import MemoryMeter
         >>> model = torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(3)])

@@ -20,7 +20,7 @@ def plot_timeline(
 ) -> Path:
     """Save a plot of the step's memory phase by phase, predicted against measured, with the budget.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> out = plot_timeline([("a", 10), ("b", 20)], [("a", 11), ("b", 19)], 25, tempfile.mktemp(suffix=".png"))
         >>> os.path.getsize(out) > 0

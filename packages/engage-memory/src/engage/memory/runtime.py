@@ -63,7 +63,7 @@ class PlanRuntime:
     events per block: ``fwd_start``, ``fwd_end``, ``bwd_start`` (its output gradient exists) and
     ``bwd_end`` (its input gradient exists).
 
-    Example:
+    Examples:
         >>> import torch
         >>> blocks = [("0", torch.nn.Linear(4, 4)), ("1", torch.nn.Linear(4, 4))]
         >>> rt = PlanRuntime(blocks, torch.device("cpu"))

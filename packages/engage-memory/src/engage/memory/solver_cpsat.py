@@ -27,7 +27,7 @@ class CpSatSolver:
     execution order left alive, plus the window's own peak. Offload's cost is its measured slowdown, which
     already contains the host transfer that the side stream could not hide behind compute.
 
-    Example:
+    Examples:
         >>> from engage.memory.profile import BlockProfile, DecisionCost
         >>> c = lambda m, t: DecisionCost(m, m, m, -m, t, t)
         >>> blocks = [BlockProfile(str(i), {"keep": c(100 * 1024, 1.0), "recompute": c(10 * 1024, 2.0)})

@@ -18,7 +18,7 @@ class DynamicProgrammingSolver:
     ``budget / resolution`` bytes finds the plan. Each state keeps its exact memory, so the returned
     plan's peak is exact, not rounded.
 
-    Example:
+    Examples:
         >>> from engage.memory.profile import BlockProfile, DecisionCost
         >>> c = lambda m, t: DecisionCost(m, m, m, -m, t, t)
         >>> blocks = [BlockProfile(str(i), {"keep": c(100, 1.0), "recompute": c(10, 2.0)}) for i in range(4)]

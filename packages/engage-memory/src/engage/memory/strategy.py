@@ -33,7 +33,7 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
         loss_chunks: number of row chunks of that loss when ``chunked_loss`` is on.
         device: the device to train on (default: the first GPU if any, else CPU).
 
-    Example:
+    Examples:
         >>> import lightning as L
         >>> strategy = MemoryPlanningStrategy(budget="12GiB")
         >>> trainer = L.Trainer(strategy=strategy, accelerator="cpu", max_steps=1, logger=False)
