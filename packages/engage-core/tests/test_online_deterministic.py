@@ -86,3 +86,29 @@ def test_other_policies_grant_as_before():
     buffer = TrainingBuffer(capacity=16, policy="fifo")
     buffer.prepare((2,), "float32", parameters=1)
     assert granted([running(0), running(1)], buffer) == {0: 8, 1: 8}
+
+
+def test_training_is_paced_to_the_samples_the_simulations_will_send():
+    from engage.core.online.datamodule import OnlineDataModule
+    from engage.core.samplers import UniformSampler
+    from engage.core.simulators import HeatEquation
+
+    simulator = HeatEquation(grid=8, steps=4)
+    dm = OnlineDataModule(
+        simulator, UniformSampler(simulator.space), simulations=2, batch_size=4, batches_per_epoch=25, capacity=16
+    )
+    plan = SimpleNamespace(fast_dev_run=False, max_epochs=4, max_steps=-1, accumulate_grad_batches=1)
+    # 4 epochs of 25 batches of 4 = 400 reads over 2 simulations' samples
+    assert dm._paced_rate(plan) == pytest.approx(400 / (2 * simulator.samples_per_run))
+    assert dm._paced_rate(SimpleNamespace(**{**vars(plan), "max_steps": 1})) == 1.0  # at least once
+    assert dm._paced_rate(SimpleNamespace(**{**vars(plan), "fast_dev_run": 1})) is None
+    dm.simulator = SimpleNamespace(samples_per_run=None)  # the program decides how many: nothing to pace to
+    assert dm._paced_rate(plan) is None
+
+
+def test_the_deterministic_policy_reads_each_sample_once():
+    from engage.core.config.schema import ConfigValueError
+    from engage.core.online.config import OnlineDataConfig
+
+    with pytest.raises(ConfigValueError, match="max_reads"):
+        OnlineDataConfig(policy="deterministic", max_reads=2)

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -177,27 +178,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # line, as the config's own checks
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
     tracking_uri = choose_tracking_uri(cfg, output_dir)
-    tracked = MLflowRun.open(cfg, tracking_uri)
-    logger = tracked.logger
-    trainer.logger = logger
+    # one MLflow run, on the process of global rank 0 (Lightning starts the others again)
+    tracked = MLflowRun.open(cfg, tracking_uri) if rank_zero_only.rank == 0 else None
+    trainer.logger = tracked.logger if tracked is not None else None
     # each config value is logged once, under its config path: not again as the model's or the
     # DataModule's hyperparameters
     model._log_hyperparams = False
     datamodule._log_hyperparams = False
-    tracked.record(cfg, output_dir)
-    if ckpt_path is not None:
-        tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
 
     status, error = "FINISHED", None
     started = time.perf_counter()
     try:
+        if tracked is not None:
+            tracked.record(cfg, output_dir)
+            if ckpt_path is not None:
+                tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
         if cfg.task == "fit":
             # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
             # whole, as the user's own file (weights_only=False), never from an unknown source
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
             online_run = getattr(datamodule, "run_id", None)
-            if online_run and trainer.is_global_zero:
+            if online_run and tracked is not None:
                 tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
@@ -211,14 +213,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     finally:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        if trainer.is_global_zero:
-            tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
-            for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
-                console.print(f"engage run: {line}", highlight=False, markup=False)
-            tracked.close(status)
+        if tracked is not None:
+            try:
+                tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
+                if status != "KILLED":  # Ctrl-C does not wait for uploads
+                    for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
+                        console.print(f"engage run: {line}", highlight=False, markup=False)
+            finally:
+                tracked.close(status)
             record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
             manager.hook.engage_run_finished(record=record)
-    if trainer.is_global_zero:
+    if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         outcome = datamodule.outcome().line() + "\n" if hasattr(datamodule, "outcome") else ""
         console.print(

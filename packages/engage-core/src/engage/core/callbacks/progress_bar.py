@@ -36,7 +36,7 @@ def _console_handlers() -> list[logging.StreamHandler]:
     """The logging handlers that write to this process's terminal streams."""
     terminals = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s is not None}
     loggers = [logging.getLogger()] + [
-        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+        logger for logger in list(logging.Logger.manager.loggerDict.values()) if isinstance(logger, logging.Logger)
     ]
     found = []
     for logger in loggers:

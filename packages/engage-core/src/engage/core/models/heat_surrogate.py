@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from engage.core.online.report import PER_SAMPLE_LOSS
+
 
 class HeatSurrogate(pl.LightningModule):
     """Maps normalised parameters and time to a 2D field through a learned linear basis (POD-like).
@@ -114,7 +116,7 @@ class HeatSurrogate(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         # each sample's loss too, free here: the simulation report and loss-driven sampling use it
         loss, per_sample = self._step(batch, "train", per_sample=True)
-        return {"loss": loss, "per_sample_loss": per_sample.detach()}
+        return {"loss": loss, PER_SAMPLE_LOSS: per_sample.detach()}
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")

@@ -86,6 +86,10 @@ class OnlineDataConfig:
             raise ConfigValueError("rate_limit", f"must be > 0 reads per sample, or null, got {self.rate_limit}")
         if self.policy not in POLICIES:
             raise ConfigValueError("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.policy == "deterministic" and self.max_reads not in (None, 1):
+            raise ConfigValueError(
+                "max_reads", f"must be 1 with policy deterministic (each sample once), got {self.max_reads}"
+            )
         if self.transport_security not in TRANSPORT_SECURITY:
             raise ConfigValueError(
                 "transport_security", f"must be one of {', '.join(TRANSPORT_SECURITY)}, got {self.transport_security!r}"

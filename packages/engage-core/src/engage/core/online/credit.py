@@ -72,8 +72,8 @@ class Credit:
         return self.buffer.credit() + len(self.reserved) - outstanding
 
     def grant(self, connected: Iterable[Running], send: Callable[[Running, list[bytes]], None]) -> None:
-        """Top up the credit of ``connected`` simulations, least credit first, sending each its
-        ``CREDIT`` message through ``send``."""
+        """Top up the credit of ``connected`` simulations, least credit first (in id order under
+        an ordered read policy), sending each its ``CREDIT`` message through ``send``."""
         connected = list(connected)
         if not connected:
             return

@@ -231,9 +231,11 @@ class OnlineDataModule(pl.LightningDataModule):
         if trainer.max_steps is not None and trainer.max_steps > 0:
             steps = trainer.max_steps * trainer.accumulate_grad_batches
             batches = steps if batches is None else min(batches, steps)
+        if self.simulator.samples_per_run is None:  # the program decides: no plan to pace to
+            return None
         samples = self.simulations * self.simulator.samples_per_run
-        if self.max_samples is not None:
-            samples = min(samples, self.max_samples)
+        if self.max_samples is not None:  # a bound of each rank's
+            samples = min(samples, self.max_samples * self.world_size)
         if not batches or samples <= 0:
             return None
         rate = max(1.0, batches * self.batch_size * self.world_size / samples)

@@ -69,6 +69,11 @@ class ReadPolicy:
     def simulation_ended(self, simulation_id: int) -> None:
         """A simulation sent its last sample, or was given up."""
 
+    def open_before(self, simulation_id: int) -> list[int]:
+        """The simulations still sending whose samples come before ``simulation_id``'s (an
+        ordered policy's credit waits for them)."""
+        return []
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -232,6 +232,9 @@ class SimulationScheduler:
         """Start the scheduler thread; returns once the socket is bound (see :attr:`address`)."""
         if self._thread is not None:
             return
+        # simulations a resumed run restarts are still sending: an ordered read policy waits for them
+        for record in self.fleet.queue:
+            self.buffer.simulation_started(record.simulation_id)
         self._thread = threading.Thread(target=self._main, name=f"engage-scheduler-{self.rank}", daemon=True)
         self._thread.start()
         self._bound.wait(30)

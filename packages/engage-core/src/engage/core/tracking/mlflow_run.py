@@ -24,11 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.naming import job_run_name, single_run_name, sweep_overrides_of
-from engage.core.tracking.store import parent_run_id, resolve_experiment
+from engage.core.tracking.store import MLFLOW_TRACKING_URI, parent_run_id, resolve_experiment
 
 #: a config value that only repeats another node (``${simulator}``, ``${seed}``): logged at its source
 _REFERENCE = re.compile(r"^\$\{[A-Za-z_][\w.]*\}$")
-MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 #: MLflow's limit on a parameter's value
 PARAM_MAX_CHARS = 6000
 
@@ -184,7 +183,9 @@ class MLflowRun:
         paths: list[str] = []
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
-                paths += [p for p in (callback.last_model_path, callback.best_model_path) if p and p not in paths]
+                # without a monitored metric there is no best: the newest is the last
+                best = callback.best_model_path if callback.monitor is not None else ""
+                paths += [p for p in (callback.last_model_path, best) if p and p not in paths]
         for path in paths:
             file = Path(path)
             if not file.is_file():

@@ -13,6 +13,8 @@ PARENT_RUN_ENV = "ENGAGE_PARENT_RUN_ID"
 PARENT_RUN_FILE_ENV = "ENGAGE_PARENT_RUN_FILE"
 #: the tracking URI chosen for a sweep, inherited by its jobs
 TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
+#: MLflow's own variable for the store (read by ``engage run``; written by MLflow's fluent API)
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -38,10 +40,7 @@ def resolve_tracking_uri(configured: str | None) -> str:
     jobs, possibly a local fallback), ``logger.uri`` (config or command line),
     ``MLFLOW_TRACKING_URI``, SQLite ``mlflow.db`` in the working directory."""
     return (
-        os.environ.get(TRACKING_URI_ENV)
-        or configured
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or default_tracking_uri()
+        os.environ.get(TRACKING_URI_ENV) or configured or os.environ.get(MLFLOW_TRACKING_URI) or default_tracking_uri()
     )
 
 

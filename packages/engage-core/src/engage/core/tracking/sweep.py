@@ -11,6 +11,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from engage.core.tracking.mlflow_run import PARAM_MAX_CHARS
 from engage.core.tracking.naming import SWEEP_OVERRIDES_TAG, sweep_name
 from engage.core.tracking.store import (
     PARENT_RUN_ENV,
@@ -78,7 +79,7 @@ class MLflowSweepCallback(Callback):
             },
         )
         self.run_id = run.info.run_id
-        client.log_param(self.run_id, "sweep_overrides", " ".join(sweep_overrides)[:6000])
+        client.log_param(self.run_id, "sweep_overrides", " ".join(sweep_overrides)[:PARAM_MAX_CHARS])
         # whole, for the names of the jobs' runs (which show the values the sweep varies)
         client.set_tag(self.run_id, SWEEP_OVERRIDES_TAG, json.dumps(sweep_overrides)[:8000])
         for key, value in ((PARENT_RUN_ENV, self.run_id), (TRACKING_URI_ENV, self.tracking_uri)):
