@@ -129,3 +129,4 @@ def test_a_sweep_with_a_failing_job_keeps_every_child_and_fails_its_parent(tmp_p
     ]
     statuses = {name.split("#")[1][0]: run.info.status for name, run in children.items()}
     assert statuses == {"0": "FINISHED", "1": "FAILED", "2": "FINISHED"}
+    assert parent.data.metrics["jobs_failed"] == 1

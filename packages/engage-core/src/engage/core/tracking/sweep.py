@@ -97,8 +97,18 @@ class MLflowSweepCallback(Callback):
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=self.tracking_uri)
-            client.log_metric(self.run_id, "jobs_failed", float(self.counts["failed"]))
+            # jobs in other processes (joblib's workers) count theirs apart: the store has them all
+            failed = sum(1 for r in self._children(client) if r.info.status in ("FAILED", "KILLED"))
+            client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"])))
             client.set_terminated(self.run_id, status="FAILED")
+
+    def _children(self, client: Any) -> list[Any]:
+        """The runs of this sweep's jobs."""
+        return client.search_runs(
+            [client.get_run(self.run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
+            max_results=50000,
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
@@ -106,11 +116,7 @@ class MLflowSweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        children = client.search_runs(
-            [client.get_run(self.run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
-            max_results=50000,
-        )
+        children = self._children(client)
         failed = sum(1 for r in children if r.info.status != "FINISHED")
         client.log_metric(self.run_id, "jobs", float(len(children)))
         client.log_metric(self.run_id, "jobs_failed", float(failed))
