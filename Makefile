@@ -7,7 +7,7 @@ PACKAGES := $(sort $(wildcard packages/engage-*))
 STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean system-deps docs
+.PHONY: install demo test lint clean system-deps docs docs-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,20 +25,28 @@ demo: $(STAMP)
 	$(BIN)/engage run
 	@echo "MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (experiment 'engage')"
 
-# The netns hosts of engage-deploy run their own sshd, and the C example simulation compiles
-# against libzmq (Debian's libzmq3-dev, whose libzmq has CURVE through libsodium); as root,
-# install what is missing (their tests skip with a reason otherwise).
+# The netns hosts of engage-deploy run their own sshd, the C example simulation compiles against
+# libzmq (Debian's libzmq3-dev, whose libzmq has CURVE through libsodium) and the MLflow UI check
+# drives Debian's headless Chromium; as root, install what is missing (their tests skip with a
+# reason otherwise).
+SYSTEM_PACKAGES := openssh-server libzmq3-dev chromium chromium-driver
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& { [ ! -x /usr/sbin/sshd ] || [ ! -f /usr/include/zmq.h ]; }; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server libzmq3-dev >/dev/null) \
-		|| echo "openssh-server or libzmq3-dev could not be installed: SSH tests of netns hosts or the C client will skip"; \
+		&& { [ ! -x /usr/sbin/sshd ] || [ ! -f /usr/include/zmq.h ] || [ ! -x /usr/bin/chromedriver ]; }; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
+		|| echo "$(SYSTEM_PACKAGES) could not be installed: SSH tests of netns hosts, the C client or the MLflow UI check will skip"; \
 	fi
 
 # The documentation site (MkDocs, API reference from the packages' docstrings) in site/; --strict:
 # a broken link or reference fails the build, and with it `make test`.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+# The MLflow UI screenshots of the tutorial, taken by the browser check on a fresh sweep.
+docs-screenshots: $(STAMP) system-deps
+	@shots=$$(mktemp -d) && ENGAGE_SCREENSHOT_DIR=$$shots $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_mlflow_ui.py && mkdir -p docs/images && cp $$shots/*.png docs/images/ && rm -rf $$shots \
+		&& echo "screenshots in docs/images/"
 
 test: $(STAMP) system-deps docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

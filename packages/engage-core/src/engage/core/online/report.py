@@ -68,7 +68,10 @@ class SimulationReport(pl.Callback):
             ("error", "error"),
         ):
             columns[column] = [r.get(key) for r in rows]
-        columns["mean_train_loss"] = [losses.get(int(r["simulation_id"])) for r in rows]
+        # parameters exactly as simulated; a duration to the millisecond and a loss to 6 digits read
+        # better in MLflow's table view
+        columns["duration_s"] = [None if d is None else round(float(d), 3) for d in columns["duration_s"]]
+        columns["mean_train_loss"] = [_significant(losses.get(int(r["simulation_id"]))) for r in rows]
         return columns
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -90,6 +93,10 @@ class SimulationReport(pl.Callback):
             logger.experiment.log_table(logger.run_id, data=table, artifact_file="online/simulations.json")
             for name, figure in figures.items():
                 logger.experiment.log_figure(logger.run_id, figure, f"online/sampled_points_by_{name}.png")
+
+
+def _significant(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def _group_sums(ids: np.ndarray, values: np.ndarray) -> tuple[list[int], list[float], list[int]]:
