@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def _local_infrastructure() -> dict[str, Any]:
@@ -95,38 +95,73 @@ class EngageLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
 
+    @classmethod
+    def preflight(cls, config: DictConfig) -> str | None:
+        """Check ``hydra.launcher`` against the whole config before the sweep exists (its MLflow run,
+        folder or hosts): the infrastructure, the jobs' layer, the other options, the placement, and
+        the simulations' layer (``data.executor_options.layer`` with ``data.executor=deploy``).
+        Raises :class:`ValueError` with one line naming the key; returns the store named by
+        ``hydra.launcher.mlflow.tracking_uri``, where the sweep records, if any."""
+        from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+        from engage.deploy.sweep import SweepOptions
+
+        params = OmegaConf.select(config, "hydra.launcher", default=None) or {}
+        try:
+            infrastructure = Infrastructure.from_dict(params.get("infrastructure"))
+            infrastructure.validate()
+            options = SweepOptions.from_params(params)
+        except (InfrastructureError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+        layers = [layer.name for layer in infrastructure.layers]
+        for key, layer in (
+            ("hydra.launcher.layer", options.layer),
+            ("data.executor_options.layer", _simulation_layer(config)),
+        ):
+            if layer is not None and layer not in layers:
+                raise ValueError(f"{key}: no layer named {layer!r}; layers are {', '.join(layers)}")
+        if options.placement == "optimize":
+            from engage.deploy.placement.services import ServicePlacementError, place_services
+
+            try:
+                place_services(infrastructure)
+            except ServicePlacementError as exc:
+                raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
+        mlflow = options.mlflow or {}
+        return mlflow.get("tracking_uri") if mlflow.get("enabled", True) else None
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
-        # a bad infrastructure or option stops here, before the sweep's MLflow run or any folder exists
-        from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+        # an app without engage run's sweep callback is checked here, before the sweep starts
+        from engage.core.tracking.store import TrackingUnavailable, check_reachable
 
         try:
-            infrastructure = Infrastructure.from_dict(self.params.get("infrastructure"))
-            infrastructure.validate()
-            layer = self.params.get("layer")
-            if layer is not None and layer not in [lay.name for lay in infrastructure.layers]:
-                known = ", ".join(lay.name for lay in infrastructure.layers)
-                raise ValueError(f"hydra.launcher.layer: no layer named {layer!r}; layers are {known}")
-            from engage.deploy.sweep import SweepOptions
-
-            options = SweepOptions.from_params(self.params)
-            if options.placement == "optimize":
-                from engage.deploy.placement.services import ServicePlacementError, place_services
-
-                try:
-                    place_services(infrastructure)
-                except ServicePlacementError as exc:
-                    raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
-        except (InfrastructureError, ValueError, TypeError) as exc:
+            store = self.preflight(config)
+        except ValueError as exc:
             print(f"engage launcher: {exc}", file=sys.stderr)
             sys.exit(2)
+        if store:
+            try:
+                check_reachable(store)
+            except TrackingUnavailable as exc:
+                from engage.core.run import EXIT_TRACKING_UNAVAILABLE
+
+                print(f"engage launcher: hydra.launcher.mlflow.tracking_uri: {exc}", file=sys.stderr)
+                sys.exit(EXIT_TRACKING_UNAVAILABLE)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from . import _core
 
         return _core.launch(launcher=self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+
+
+def _simulation_layer(config: DictConfig) -> str | None:
+    """The layer asked for the simulations, when the deploy executor runs them."""
+    if OmegaConf.select(config, "data.executor", default=None) != "deploy":
+        return None
+    layer = OmegaConf.select(config, "data.executor_options.layer", default=None)
+    return None if layer is None else str(layer)
 
 
 class EngageDeploySearchPathPlugin(SearchPathPlugin):

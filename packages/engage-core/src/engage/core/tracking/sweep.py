@@ -51,10 +51,21 @@ class MLflowSweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         logger_cfg = config.get("logger") or {}
-        self.tracking_uri = resolve_tracking_uri(logger_cfg.get("uri"))
+        try:
+            # the launcher's refusal comes before the sweep's run exists
+            launcher_store = launcher_preflight(config)
+        except ValueError as exc:
+            print(f"engage run: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        self.tracking_uri = launcher_store or resolve_tracking_uri(logger_cfg.get("uri"))
         try:
             check_reachable(self.tracking_uri, float(logger_cfg.get("timeout_s", 10.0)))
         except TrackingUnavailable as exc:
+            if launcher_store:
+                from engage.core.run import EXIT_TRACKING_UNAVAILABLE
+
+                print(f"engage run: {exc}; start it or change the launcher's store", file=sys.stderr)
+                raise SystemExit(EXIT_TRACKING_UNAVAILABLE) from None
             if not logger_cfg.get("fallback_local"):
                 # before any job (Hydra would turn an exception here into a warning and go on)
                 from engage.core.run import EXIT_TRACKING_UNAVAILABLE
@@ -127,6 +138,27 @@ class MLflowSweepCallback(Callback):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = previous
+
+
+def launcher_preflight(config: DictConfig) -> str | None:
+    """What the sweep's launcher says of its options before the sweep exists.
+
+    A launcher class may define ``preflight(config) -> str | None`` (engage-deploy's does): it
+    checks its options against the whole config and raises :class:`ValueError` with one line naming
+    the key and the fix, or returns the MLflow store its jobs record to when its options name one
+    (the sweep's parent run goes there too). Other launchers are checked by Hydra as usual.
+    """
+    target = OmegaConf.select(config, "hydra.launcher._target_", default=None)
+    if not target:
+        return None
+    from hydra.utils import get_class
+
+    try:
+        launcher = get_class(str(target))
+    except Exception:  # Hydra itself reports a launcher it cannot load
+        return None
+    preflight = getattr(launcher, "preflight", None)
+    return preflight(config) if callable(preflight) else None
 
 
 def end_open_sweep(previous_parent: str | None, status: str) -> None:
