@@ -52,6 +52,7 @@ from engage.deploy import tracking
 from engage.deploy.forkserver import ForkedProcess, ForkServer, ForkServerError
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.monitor import HostMonitor
+from engage.deploy.progress import SweepProgress
 from engage.deploy.providers import Host, Provider, get_provider
 
 log = logging.getLogger(__name__)
@@ -656,17 +657,20 @@ class Sweep:
         remaining: set[Future] = set()
         last_check = time.monotonic()
 
+        progress = SweepProgress(total=len(self._job_overrides))
+
         def collect(timeout: float) -> None:
             nonlocal remaining, last_check
             finished, remaining = wait(remaining, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in finished:
-                results[futures[future].index] = future.result()
+                ret = results[futures[future].index] = future.result()
+                progress.ended(futures[future].index, ret.status.name)
             opened = self._tracking_opening is not None and self._tracking_opening.done()
             if self.server is not None and opened and time.monotonic() - last_check > 2.0:
                 last_check = time.monotonic()
                 self._server_ok()
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engage-job") as pool:
+        with progress, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engage-job") as pool:
             # the main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly
             try:
                 for index, overrides in self._job_overrides:
@@ -675,10 +679,11 @@ class Sweep:
                     previous = done.get(job.config_hash)
                     if previous is not None:
                         results[job.index] = self._resumed(job, previous)
+                        progress.ended(job.index, results[job.index].status.name)
                         continue
                     payload = {**payload_base, "config": job.config}
                     (job.folder / "job.pkl").write_bytes(cloudpickle.dumps(payload))
-                    future = pool.submit(self._run_job, provider, hosts, monitors, job)
+                    future = pool.submit(self._shown_job, progress, provider, hosts, monitors, job)
                     futures[future] = job
                     remaining.add(future)
                     collect(0)
@@ -698,6 +703,11 @@ class Sweep:
             finally:
                 self._close_fork_servers()
         return results
+
+    def _shown_job(self, progress: SweepProgress, *job_args: Any) -> JobReturn:
+        """:meth:`_run_job`, counted by ``progress`` from the moment it runs."""
+        progress.started(job_args[-1].index)
+        return self._run_job(*job_args)
 
     def _pick_host(self, hosts: list[Host]) -> Host:
         with self._lock:

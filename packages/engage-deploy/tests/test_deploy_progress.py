@@ -1,0 +1,29 @@
+"""A sweep shows its jobs as they end: a line each with status, duration and counts, or a live bar."""
+
+import logging
+
+from engage.deploy.progress import SweepProgress
+
+
+def test_each_ended_job_is_one_line_with_the_counts(caplog):
+    caplog.set_level(logging.INFO, logger="engage.deploy.sweep")
+    with SweepProgress(total=3, live=False) as progress:
+        for index in range(3):
+            progress.started(index)
+        assert progress.counts() == {"completed": 0, "failed": 0, "running": 3, "waiting": 0}
+        progress.ended(1, "FAILED")
+        progress.ended(0, "COMPLETED")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("engage launcher: job #1 FAILED in ") and lines[0].endswith("(1 of 3 ended, 1 failed)")
+    assert lines[1].endswith("(2 of 3 ended, 1 failed)")
+    assert progress.counts() == {"completed": 1, "failed": 1, "running": 1, "waiting": 0}
+
+
+def test_the_live_bar_counts_the_same_and_logs_nothing(caplog):
+    caplog.set_level(logging.INFO, logger="engage.deploy.sweep")
+    with SweepProgress(total=2, live=True) as progress:
+        progress.started(0)
+        progress.ended(0, "COMPLETED")
+        assert progress._bar is not None
+    assert progress._bar is None and not caplog.records
+    assert progress.counts() == {"completed": 1, "failed": 0, "running": 0, "waiting": 1}
