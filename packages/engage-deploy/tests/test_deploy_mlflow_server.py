@@ -32,9 +32,24 @@ def test_one_process_serves_runs_and_proxies_artifacts(tmp_path: Path) -> None:
         # artifacts go through the server into its destination folder
         stored = list((tmp_path / "artifacts").rglob("notes.txt"))
         assert len(stored) == 1 and stored[0].read_text() == "kept"
+        # a request naming another host (DNS rebinding) is refused; the loopback names are answered
+        assert server.allowed_hosts == f"127.0.0.1:{server.port},localhost:{server.port}"
+        assert _status(server, "evil.example:80") == 403 and _status(server, f"attacker:{server.port}") == 403
+        assert _status(server, f"localhost:{server.port}") == 200
     finally:
         server.stop()
     assert "Application shutdown complete" in (tmp_path / "log").read_text()
+
+
+def _status(server: TrackingServer, host: str) -> int:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def test_a_store_that_cannot_be_opened_fails_at_start_with_the_log(tmp_path: Path) -> None:

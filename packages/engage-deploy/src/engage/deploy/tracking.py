@@ -111,6 +111,17 @@ class TrackingServer:
             raise TrackingError("the MLflow server has not been started")
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def allowed_hosts(self) -> str:
+        """The ``Host`` headers the server answers (MLflow's guard against DNS rebinding): exactly
+        the loopback names at its port when it listens on the loopback; any when it listens on every
+        interface, since hosts in network namespaces reach it by a bridge address that is made after
+        it starts."""
+        if self.bind == "0.0.0.0":
+            return "*"
+        names = {self.bind, "localhost", "127.0.0.1"} if self.bind.startswith("127.") else {self.bind}
+        return ",".join(f"{name}:{self.port}" for name in sorted(names))
+
     def start(self, wait: bool = True) -> None:
         """Start the server and wait until it answers (or raise :class:`TrackingError`); with
         ``wait=False`` return at once and call :meth:`wait_ready` before using it."""
@@ -131,9 +142,8 @@ class TrackingServer:
             self.bind,
             "--port",
             str(self.port),
-            # hosts in network namespaces reach it by an address that is not localhost
             "--allowed-hosts",
-            "*",
+            self.allowed_hosts,
         ]
         # MLflow's job execution (GenAI evaluation jobs) starts a job runner process of its own;
         # a sweep's server never runs such jobs, and on a small host that process slows its start
