@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -142,3 +143,30 @@ def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helper
     grown = psutil.Process().memory_info().rss - rss
     assert grown <= max(2 * 512 * 256, 64 << 20), f"trainer memory grew by {grown / 2**20:.0f} MiB"
     assert len([r for r in caplog.records if r.name.startswith("engage.online")]) <= 100
+
+
+def test_a_killed_trainers_run_folder_is_removed_by_the_next_run(tmp_path):
+    import signal
+
+    from engage.core.online.security import run_folder
+
+    code = (
+        "import sys, time; from engage.core.online.security import run_folder;"
+        "print(run_folder(sys.argv[1]), flush=True); time.sleep(60)"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    killed = trainer.stdout.readline().strip()
+    (Path(killed) / "keys").mkdir()
+    (Path(killed) / "keys" / "client.key").write_text("secret")
+    alive = run_folder(str(tmp_path))  # its trainer still runs: both stay
+    assert Path(killed).exists() and Path(alive).exists()
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    assert Path(killed).exists(), "SIGKILL leaves the folder"
+    # another process that now holds the same pid is not its trainer
+    reused = Path(run_folder(str(tmp_path)))
+    (reused / "owner.json").write_text(json.dumps({"pid": os.getpid(), "started": 1.0}))
+    newest = run_folder(str(tmp_path))
+    assert not Path(killed).exists() and not reused.exists()
+    assert Path(alive).exists() and Path(newest).exists()
+    assert oct(os.stat(newest).st_mode & 0o777) == "0o700"

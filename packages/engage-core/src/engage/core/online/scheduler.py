@@ -63,7 +63,7 @@ from engage.core.online.frames import (
 from engage.core.online.journal import Journal
 from engage.core.online.protocol import Kind, ProtocolError
 from engage.core.online.receiver import SampleReceiver
-from engage.core.online.security import TRANSPORT_SECURITY, PeerWarnings, RunKeys, private_folder, serve_curve
+from engage.core.online.security import TRANSPORT_SECURITY, PeerWarnings, RunKeys, run_folder, serve_curve
 from engage.core.online.state import RunState
 from engage.core.online.steering import SchedulerError, Steering
 from engage.core.samplers.base import Sampler
@@ -259,7 +259,7 @@ class SimulationScheduler:
 
     def _listen(self, context: zmq.Context, sock: zmq.Socket) -> Any:
         """Bind ``sock`` as ``transport_security`` says; the ZAP handler to stop, if any."""
-        self._private = private_folder(tempfile.mkdtemp(prefix="engage-run-"))
+        self._private = run_folder()
         sock.maxmsgsize = self._max_message_bytes()
         if self.transport_security == "ipc":
             # the socket file in a 0700 folder: only this OS user's processes can connect

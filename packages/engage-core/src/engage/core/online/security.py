@@ -81,6 +81,71 @@ def private_folder(path: str) -> str:
     return path
 
 
+#: the name of a run's private folder starts with this
+RUN_FOLDER_PREFIX = "engage-run-"
+#: the file in a run's private folder that names the trainer process owning it
+_OWNER_FILE = "owner.json"
+
+
+def run_folder(parent: str | None = None) -> str:
+    """A new ``0700`` folder for one run's keys and ``ipc`` socket in ``parent`` (default: the
+    system's temporary folder), marked with this process.
+
+    A trainer removes its folder when the run ends; one killed with SIGKILL cannot. So the
+    folders of this user's trainers that are no longer running are removed here first (their
+    keys admit nobody once their trainer is gone, but they should not outlive it).
+    """
+    import tempfile
+
+    import psutil
+
+    base = parent or tempfile.gettempdir()
+    removed = remove_stale_run_folders(base)
+    if removed:
+        log.info("removed %d run folder(s) left by trainers that were killed: %s", len(removed), ", ".join(removed))
+    path = private_folder(tempfile.mkdtemp(prefix=RUN_FOLDER_PREFIX, dir=base))
+    owner = {"pid": os.getpid(), "started": psutil.Process().create_time()}
+    with open(os.open(os.path.join(path, _OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump(owner, out)
+    return path
+
+
+def remove_stale_run_folders(base: str) -> list[str]:
+    """Remove the run folders in ``base`` of this OS user whose trainer process is gone (another
+    process now holding its pid does not count); returns their paths."""
+    removed = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if not entry.name.startswith(RUN_FOLDER_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            with open(os.path.join(entry.path, _OWNER_FILE)) as source:
+                owner = json.load(source)
+        except (OSError, ValueError):
+            continue  # not a run folder, or one being created
+        if not _trainer_alive(owner):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _trainer_alive(owner: Any) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(int(owner["pid"]))
+        return abs(process.create_time() - float(owner["started"])) < 1.0
+    except psutil.AccessDenied:
+        return True
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+        return False
+
+
 class RunKeys:
     """The keys of one run: its server keypair and the client keypairs it issued, by attempt.
 
