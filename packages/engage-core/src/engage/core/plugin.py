@@ -18,6 +18,7 @@ from engage.core.config.schema import (
 from engage.core.hookspecs import hookimpl
 from engage.core.online.config import OnlineDataConfig
 from engage.core.samplers.uniform import UniformSampler
+from engage.core.simulators.burgers import BurgersSimulatorConfig
 from engage.core.simulators.heat import HeatEquation
 
 
@@ -26,6 +27,7 @@ def engage_config_options() -> list[ConfigOption]:
     options = [
         ConfigOption("trainer", "default", TrainerConfig, "Lightning Trainer arguments"),
         ConfigOption("simulator", "heat", HeatSimulatorConfig, "2D heat equation, implicit finite differences"),
+        ConfigOption("simulator", "burgers", BurgersSimulatorConfig, "1D viscous Burgers, smooth to shock-forming"),
         ConfigOption("simulator", "render", RenderSimulatorConfig, "ray-marched shaded shape, one image per run"),
         ConfigOption(
             "simulator", "command", CommandSimulatorConfig, "a program in any language that speaks the protocol"
@@ -56,10 +58,11 @@ def engage_executors():
 
 @hookimpl
 def engage_simulators():
+    from engage.core.simulators.burgers import ViscousBurgers
     from engage.core.simulators.executable import ExecutableSimulator
     from engage.core.simulators.render import ImageRenderer
 
-    return {"heat": HeatEquation, "render": ImageRenderer, "command": ExecutableSimulator}
+    return {"heat": HeatEquation, "burgers": ViscousBurgers, "render": ImageRenderer, "command": ExecutableSimulator}
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """ENGAGE sampling: which simulations to run.
 
 Samplers (Latin hypercube, Sobol' sequence, SALib Sobol and Morris designs, loss-driven,
-sensitivity-weighted and image-similarity refinement) follow the :class:`engage.core.Sampler`
+Breed, sensitivity-weighted and image-similarity refinement) follow the :class:`engage.core.Sampler`
 contract, so ``engage run sampler=NAME`` and the online DataModule's scheduler can use them.
 Lightning callbacks (:mod:`engage.sampling.callbacks`) analyse the model during training and steer
 the active sampler; :func:`active_learning` drives a sampler with a plain ``simulate`` function.
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engage.sampling.active_learning import ActiveLearningResult, active_learning
     from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_index_maps, sobol_indices
     from engage.sampling.samplers import (
+        BreedSampler,
         ImageSimilaritySampler,
         LatinHypercubeSampler,
         LossDrivenSampler,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActiveLearningResult",
+    "BreedSampler",
     "ImageSimilaritySampler",
     "LatinHypercubeSampler",
     "LossDrivenSampler",

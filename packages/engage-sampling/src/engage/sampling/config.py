@@ -108,6 +108,7 @@ class LossDrivenConfig:
     exploration_sequence: str = "sobol"
     adaptive_radius: bool = True
     candidates: int = 4
+    average_losses: bool = True
 
     def __post_init__(self) -> None:
         _ratio(self, "exploration")
@@ -120,6 +121,37 @@ class LossDrivenConfig:
         _positive(self, "candidates")
         if not self.sigma > 0:
             raise ConfigValueError("sigma", f"must be > 0, got {self.sigma}")
+
+
+@dataclass
+class BreedConfig:
+    """Generations of children bred around the highest-loss simulations, plus a shrinking uniform share."""
+
+    _target_: str = "engage.sampling.samplers.breed.BreedSampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    generation_size: int = 32
+    generations: int = 10
+    uniform_start: float = 1.0
+    uniform_end: float = 0.1
+    parents: int | None = None
+    spread: float = 0.1
+    spread_min: float = 0.01
+    shrink: float = 0.8
+    success_target: float = 0.2
+    max_points: int = 100_000
+
+    def __post_init__(self) -> None:
+        _positive(self, "generation_size")
+        _positive(self, "generations")
+        _positive(self, "parents")
+        _positive(self, "max_points")
+        _ratio(self, "uniform_start")
+        _ratio(self, "uniform_end")
+        _ratio(self, "success_target")
+        if not 0 < self.spread_min <= self.spread:
+            raise ConfigValueError("spread_min", f"must be > 0 and <= spread ({self.spread}), got {self.spread_min}")
+        if not 0 < self.shrink < 1:
+            raise ConfigValueError("shrink", f"must be between 0 and 1 (exclusive), got {self.shrink}")
 
 
 @dataclass

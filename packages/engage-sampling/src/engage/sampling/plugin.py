@@ -15,6 +15,7 @@ SAMPLERS = {
     "salib_sobol": ("SALibSobolSampler", config.SALibSobolConfig, "SALib Sobol design for Sobol indices"),
     "morris": ("MorrisSampler", config.MorrisConfig, "SALib Morris trajectories for screening"),
     "loss_driven": ("LossDrivenSampler", config.LossDrivenConfig, "around high-loss points plus exploration"),
+    "breed": ("BreedSampler", config.BreedConfig, "generations bred around the highest-loss simulations"),
     "sensitivity_weighted": (
         "SensitivityWeightedSampler",
         config.SensitivityWeightedConfig,

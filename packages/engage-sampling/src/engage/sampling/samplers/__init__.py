@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from engage.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from engage.sampling.samplers.breed import BreedSampler
     from engage.sampling.samplers.image_similarity import ImageSimilaritySampler
     from engage.sampling.samplers.lhs import LatinHypercubeSampler
     from engage.sampling.samplers.loss_driven import LossDrivenSampler
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 #: public class -> the module that defines it
 SAMPLER_MODULES = {
+    "BreedSampler": "engage.sampling.samplers.breed",
     "ImageSimilaritySampler": "engage.sampling.samplers.image_similarity",
     "LatinHypercubeSampler": "engage.sampling.samplers.lhs",
     "LossDrivenSampler": "engage.sampling.samplers.loss_driven",
@@ -32,6 +34,7 @@ SAMPLER_MODULES = {
 }
 
 __all__ = [
+    "BreedSampler",
     "ImageSimilaritySampler",
     "LatinHypercubeSampler",
     "LossDrivenSampler",

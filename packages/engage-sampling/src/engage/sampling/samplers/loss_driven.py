@@ -14,6 +14,7 @@ from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
 from engage.sampling.names import EXPLORATION_SEQUENCES
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, normalised_weights, reflect, scheduled_ratio
+from engage.sampling.samplers.losses import LossAverages
 
 
 class LossDrivenSampler(Sampler):
@@ -35,8 +36,11 @@ class LossDrivenSampler(Sampler):
     ``exploration`` to ``exploration_final`` over the first ``horizon`` asked points. Until
     losses are told, every point is exploratory.
 
-    Losses are told per point (``tell(points, losses=...)``); telling the same point again
-    replaces its loss, so the sampler follows what the network has not learnt *yet*.
+    Losses are told per point (``tell(points, losses=...)``). With ``average_losses`` (default)
+    the loss of a point is the running mean of every loss told for it: one training batch holds
+    a few samples of a simulation, so its loss there is noisy, while the mean over the samples
+    told so far is a steadier measure of how hard the simulation is. Without it, telling a point
+    again replaces its loss, so the sampler follows the latest losses only.
 
     Example::
 
@@ -64,6 +68,7 @@ class LossDrivenSampler(Sampler):
         exploration_sequence: str = "sobol",
         adaptive_radius: bool = True,
         candidates: int = 4,
+        average_losses: bool = True,
     ):
         super().__init__(space, seed)
         self.exploration = check_ratio("exploration", exploration)
@@ -86,8 +91,9 @@ class LossDrivenSampler(Sampler):
         self.exploration_sequence = exploration_sequence
         self.adaptive_radius = bool(adaptive_radius)
         self.candidates = int(candidates)
+        self.average_losses = bool(average_losses)
         self.weights = np.ones(space.dim)
-        self._losses: dict[tuple[float, ...], float] = {}
+        self._losses = LossAverages(self.max_points)
         # a seedless sampler still needs one fixed engine seed to be resumable
         self._engine_seed = int(seed) if seed is not None else int(self.rng.integers(2**63))
         self._explored = 0
@@ -103,22 +109,13 @@ class LossDrivenSampler(Sampler):
         return scheduled_ratio(self.exploration, self.exploration_final, self.schedule, self.num_asked / self.horizon)
 
     def loss_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(unit points, losses)`` currently known."""
-        if not self._losses:
-            return np.empty((0, self.space.dim)), np.empty(0)
-        keys = list(self._losses)
-        return np.asarray(keys, dtype=np.float64), np.asarray([self._losses[k] for k in keys])
+        """``(unit points, losses)`` currently known (with ``average_losses``, running means)."""
+        points, losses = self._losses.table()
+        return points.reshape(-1, self.space.dim), losses
 
     def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:
-        if losses is None:
-            return
-        unit = np.round(self.space.to_unit(points), 9)
-        for row, loss in zip(unit, losses):
-            if np.isfinite(loss):
-                self._losses.pop(tuple(row), None)  # re-insert: most recent entries survive trimming
-                self._losses[tuple(row)] = float(loss)
-        while len(self._losses) > self.max_points:
-            self._losses.pop(next(iter(self._losses)))
+        if losses is not None:
+            self._losses.add(self.space.to_unit(points), losses, replace=not self.average_losses)
 
     def _new_engine(self) -> qmc.Sobol:
         return qmc.Sobol(self.space.dim, scramble=True, rng=self._engine_seed)
@@ -174,12 +171,10 @@ class LossDrivenSampler(Sampler):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        points, losses = self.loss_table()
         return {
             **super().state_dict(),
             "weights": self.weights.tolist(),
-            "points": points.tolist(),
-            "losses": losses.tolist(),
+            "loss_averages": self._losses.state_dict(),
             "engine_seed": self._engine_seed,
             "explored": self._explored,
         }
@@ -187,7 +182,12 @@ class LossDrivenSampler(Sampler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.weights = np.asarray(state["weights"], dtype=np.float64)
-        self._losses = {tuple(p): float(v) for p, v in zip(state["points"], state["losses"])}
+        if "loss_averages" in state:
+            self._losses.load_state_dict(state["loss_averages"])
+        else:  # a state that kept one loss per point
+            self._losses.load_state_dict(
+                {"points": state["points"], "sums": state["losses"], "counts": [1] * len(state["losses"])}
+            )
         self._engine_seed = int(state.get("engine_seed", self._engine_seed))
         self._explored = int(state.get("explored", 0))
         self._engine = self._new_engine()

@@ -1,0 +1,208 @@
+"""Breed: an evolutionary adaptive sampler that breeds new simulations around the hardest ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from engage.core.samplers.base import FailureAction, Sampler
+from engage.core.space import ParameterSpace
+from engage.sampling.samplers._unit import check_ratio, reflect
+from engage.sampling.samplers.losses import LossAverages
+
+if TYPE_CHECKING:
+    from engage.core.online.record import SimulationRecord
+
+#: how far apart (in unit coordinates, any axis) a told point and an asked one may be and still be the same
+_MATCH = 1e-6
+
+
+class BreedSampler(Sampler):
+    """Breeds new simulations around the simulations the network finds hardest.
+
+    Points come in *generations* of ``generation_size`` asked points (whatever the batch sizes of
+    ``ask``). At the start of each generation the sampler ranks every simulation whose loss it
+    was told by its *fitness*, the running mean of the losses told for it (the mean over its
+    samples, not the loss of one batch), and keeps the ``parents`` fittest. Each point of the
+    generation is then either
+
+    * a uniform draw over the space, with probability ``uniform_share``, which moves linearly
+      from ``uniform_start`` in generation 0 to ``uniform_end`` in generation ``generations - 1``
+      and stays there; before any loss is known every point is uniform;
+    * or a child: a parent drawn with probability proportional to its fitness, moved by a
+      Gaussian step of standard deviation ``spread`` in unit coordinates, reflected back into
+      the unit cube and mapped to values by the space (integers and categoricals snap to their
+      values, log-uniform parameters move in log scale, normal ones in probability).
+
+    The spread adapts once per generation: it is multiplied by ``shrink`` when at least
+    ``success_target`` of the children judged since the last generation are fitter than their
+    parent (the search has found a hard region: refine it), divided by ``shrink`` otherwise (look
+    wider), and kept between ``spread_min`` and the initial ``spread``. A child is judged as soon
+    as losses of both it and its parent are known.
+
+    A failed simulation leaves the fitness table and the sampler proposes a replacement
+    (:attr:`failure_action` is ``SUBSTITUTE``). The sampler is seeded and
+    :meth:`state_dict`/:meth:`load_state_dict` continue exactly.
+
+    Example::
+
+        >>> from engage.core import ParameterSpace
+        >>> space = ParameterSpace.from_config({"x": {"low": 0, "high": 1}})
+        >>> sampler = BreedSampler(space, seed=0, generation_size=8, generations=2, uniform_end=0.0)
+        >>> first = sampler.ask(8)  # generation 0: uniform
+        >>> sampler.tell(first, losses=(first[:, 0] > 0.5).astype(float))  # hard where x > 0.5
+        >>> bool(np.all(sampler.ask(8) > 0.25))  # generation 1: children of the hard points
+        True
+        >>> sampler.generation, sampler.current_uniform_share()
+        (1, 0.0)
+    """
+
+    failure_action = FailureAction.SUBSTITUTE
+
+    def __init__(
+        self,
+        space: ParameterSpace,
+        seed: int | None = 0,
+        generation_size: int = 32,
+        generations: int = 10,
+        uniform_start: float = 1.0,
+        uniform_end: float = 0.1,
+        parents: int | None = None,
+        spread: float = 0.1,
+        spread_min: float = 0.01,
+        shrink: float = 0.8,
+        success_target: float = 0.2,
+        max_points: int = 100_000,
+    ):
+        super().__init__(space, seed)
+        if int(generation_size) < 1 or int(generations) < 1 or int(max_points) < 1:
+            raise ValueError("generation_size, generations and max_points must be >= 1")
+        if parents is not None and int(parents) < 1:
+            raise ValueError(f"parents must be >= 1, got {parents}")
+        if not 0 < float(spread_min) <= float(spread):
+            raise ValueError(f"need 0 < spread_min <= spread, got {spread_min} and {spread}")
+        if not 0 < float(shrink) < 1:
+            raise ValueError(f"shrink must be in (0, 1), got {shrink}")
+        self.generation_size = int(generation_size)
+        self.generations = int(generations)
+        self.uniform_start = check_ratio("uniform_start", uniform_start)
+        self.uniform_end = check_ratio("uniform_end", uniform_end)
+        self.parents = self.generation_size if parents is None else int(parents)
+        self.initial_spread = float(spread)
+        self.spread_min = float(spread_min)
+        self.shrink = float(shrink)
+        self.success_target = check_ratio("success_target", success_target)
+        self.fitness = LossAverages(max_points)
+        #: the spread of the current generation, in unit coordinates
+        self.spread = self.initial_spread
+        #: the current generation; the next one starts when its first point is asked, so that it
+        #: breeds from every loss told until then
+        self.generation = 0
+        #: success rate of the children judged at the start of each generation (``None``: none judged)
+        self.success_history: list[float | None] = []
+        self._pool = np.empty((0, space.dim))  # the parents of the current generation, unit coordinates
+        self._pool_weights = np.empty(0)
+        self._children: list[tuple[tuple[float, ...], tuple[float, ...]]] = []  # (child, parent) not yet judged
+
+    # ------------------------------------------------------------------ schedule
+    def current_uniform_share(self) -> float:
+        """The share of uniform points in the current generation."""
+        progress = min(self.generation / max(self.generations - 1, 1), 1.0)
+        return self.uniform_start + (self.uniform_end - self.uniform_start) * progress
+
+    def loss_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(unit points, fitness)`` of the simulations whose losses were told."""
+        points, losses = self.fitness.table()
+        return points.reshape(-1, self.space.dim), losses
+
+    def _judge_children(self) -> float | None:
+        """Success rate of the children whose own and parent's fitness are both known.
+
+        A child is found in the fitness table by its nearest told point within 1e-6 in unit
+        coordinates: losses told from training batches carry single-precision parameters.
+        """
+        points, losses = self.loss_table()
+        if not self._children or len(points) == 0:
+            return None
+        tree = cKDTree(points)
+        children = np.asarray([child for child, _ in self._children], dtype=np.float64)
+        parents = np.asarray([parent for _, parent in self._children], dtype=np.float64)
+        found = []
+        for rows in (children, parents):
+            distance, index = tree.query(rows, p=np.inf, distance_upper_bound=_MATCH)
+            found.append((np.isfinite(distance), np.minimum(index, len(points) - 1)))
+        (child_known, child_at), (parent_known, parent_at) = found
+        judged = child_known & parent_known
+        self._children = [pair for pair, done in zip(self._children, judged) if not done][-self.fitness.max_points :]
+        if not judged.any():
+            return None
+        return float(np.mean(losses[child_at[judged]] > losses[parent_at[judged]]))
+
+    def _next_generation(self) -> None:
+        self.generation += 1
+        rate = self._judge_children()
+        self.success_history.append(rate)
+        if rate is not None:
+            factor = self.shrink if rate >= self.success_target else 1.0 / self.shrink
+            self.spread = float(np.clip(self.spread * factor, self.spread_min, self.initial_spread))
+        points, losses = self.loss_table()
+        if len(points) == 0:
+            self._pool, self._pool_weights = np.empty((0, self.space.dim)), np.empty(0)
+            return
+        best = np.argsort(-losses, kind="stable")[: self.parents]
+        weights = np.clip(losses[best], 0.0, None)
+        self._pool = points[best]
+        self._pool_weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(best), 1.0 / len(best))
+
+    # ------------------------------------------------------------------ ask / tell
+    def _ask(self, n: int) -> np.ndarray:
+        unit = np.empty((n, self.space.dim))
+        for i in range(n):
+            if i + self.num_asked and (i + self.num_asked) % self.generation_size == 0:
+                self._next_generation()
+            if len(self._pool) == 0 or self.rng.random() < self.current_uniform_share():
+                unit[i] = self.rng.random(self.space.dim)
+                continue
+            parent = self._pool[self.rng.choice(len(self._pool), p=self._pool_weights)]
+            child = reflect(parent + self.spread * self.rng.normal(size=self.space.dim))
+            # the key of the value the child maps to, as its losses will be told
+            child_key = self.fitness.key(self.space.to_unit(self.space.from_unit(child[None, :]))[0])
+            self._children.append((child_key, self.fitness.key(parent)))
+            unit[i] = child
+        return self.space.from_unit(unit)
+
+    def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:
+        if losses is not None:
+            self.fitness.add(self.space.to_unit(points), losses)
+
+    def simulation_failed(self, record: SimulationRecord) -> FailureAction:
+        """Forget the failed simulation's fitness (a partial stream's losses would mislead the
+        ranking) and let the sampler propose a replacement."""
+        self.fitness.forget(self.fitness.key(record.unit))
+        return super().simulation_failed(record)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "fitness": self.fitness.state_dict(),
+            "spread": self.spread,
+            "generation": self.generation,
+            "success_history": list(self.success_history),
+            "pool": self._pool.tolist(),
+            "pool_weights": self._pool_weights.tolist(),
+            "children": [[list(child), list(parent)] for child, parent in self._children],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.fitness.load_state_dict(state["fitness"])
+        self.spread = float(state["spread"])
+        self.generation = int(state["generation"])
+        self.success_history = [None if r is None else float(r) for r in state["success_history"]]
+        self._pool = np.asarray(state["pool"], dtype=np.float64).reshape(-1, self.space.dim)
+        self._pool_weights = np.asarray(state["pool_weights"], dtype=np.float64)
+        self._children = [(tuple(child), tuple(parent)) for child, parent in state["children"]]

@@ -1,0 +1,209 @@
+"""The Breed sampler against core's sampler contract, and what it promises: generations bred
+around high-loss simulations, an adaptive spread, a shrinking uniform share, losses averaged per
+simulation (also for the loss-driven sampler)."""
+
+import copy
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from engage.core import FailureAction, ParameterSpace
+from engage.core.config.validate import ConfigError, check_values
+from engage.core.online.record import SimulationRecord
+from engage.core.testing import SamplerSuite, parameter_spaces
+from engage.sampling import BreedSampler, LossDrivenSampler
+from engage.sampling import config as sampling_config
+
+SPACES = parameter_spaces()
+SQUARE = ParameterSpace.from_config({"a": {"low": 0.0, "high": 1.0}, "b": {"low": -2.0, "high": 2.0}})
+
+
+class TestBreed(SamplerSuite):
+    @pytest.fixture
+    def make_sampler(self):
+        return lambda space, seed: BreedSampler(space, seed=seed)
+
+
+class TestBreedShortGenerations(SamplerSuite):
+    """Generations of 4 points: the suite's batches cross generation boundaries and breed."""
+
+    @pytest.fixture
+    def make_sampler(self):
+        return lambda space, seed: BreedSampler(space, seed=seed, generation_size=4, generations=3)
+
+
+def corner_loss(space: ParameterSpace, points: np.ndarray) -> np.ndarray:
+    """High in the corner where both unit coordinates exceed 0.5, low elsewhere."""
+    unit = space.to_unit(points)
+    return np.where((unit > 0.5).all(axis=1), 1.0 + unit.sum(axis=1), 0.1)
+
+
+def in_corner(space: ParameterSpace, points: np.ndarray) -> np.ndarray:
+    return (space.to_unit(points) > 0.5).all(axis=1)
+
+
+def test_breed_concentrates_where_the_loss_is_high():
+    shares = {}
+    for seed in range(3):
+        breed = BreedSampler(SQUARE, seed=seed, generation_size=32, generations=5, uniform_end=0.1)
+        for _ in range(6):
+            points = breed.ask(32)
+            breed.tell(points, losses=corner_loss(SQUARE, points))
+        shares[seed] = in_corner(SQUARE, points).mean()  # the last generation
+        assert breed.generation == 5 and breed.current_uniform_share() == pytest.approx(0.1)
+    assert min(shares.values()) > 0.5, shares
+    uniform = np.random.default_rng(0).random((10_000, 2))
+    assert in_corner(SQUARE, SQUARE.from_unit(uniform)).mean() == pytest.approx(0.25, abs=0.02)
+
+
+def test_uniform_share_moves_linearly_over_generations():
+    breed = BreedSampler(SQUARE, seed=0, generation_size=10, generations=5, uniform_start=1.0, uniform_end=0.2)
+    shares = []
+    for _ in range(7):
+        points = breed.ask(10)  # a generation starts at its first asked point, after the tells before it
+        shares.append(breed.current_uniform_share())
+        breed.tell(points, losses=corner_loss(SQUARE, points))
+    np.testing.assert_allclose(shares, [1.0, 0.8, 0.6, 0.4, 0.2, 0.2, 0.2])
+    # generations start by asked points, whatever the batch sizes
+    other = BreedSampler(SQUARE, seed=0, generation_size=10, generations=5)
+    other.ask(3), other.ask(9)
+    assert other.generation == 1
+
+
+def test_spread_shrinks_when_children_beat_their_parents_and_widens_when_they_do_not():
+    def spreads(loss):
+        breed = BreedSampler(SQUARE, seed=1, generation_size=16, generations=2, uniform_end=0.0, spread=0.2)
+        history = []
+        for _ in range(6):
+            points = breed.ask(16)
+            breed.tell(points, losses=loss(points))
+            history.append(breed.spread)
+        return breed, history
+
+    # loss growing with a: a child is fitter than its parent about half the time (it moved right)
+    climbing, up = spreads(lambda p: SQUARE.to_unit(p)[:, 0])
+    assert up[-1] < 0.5 * up[0] and all(r is not None and r >= 0.2 for r in climbing.success_history[1:])
+    # a flat loss: children are never fitter, the spread stays at its start
+    flat_run, flat = spreads(lambda p: np.zeros(len(p)))
+    assert flat[-1] == pytest.approx(0.2) and all(r in (None, 0.0) for r in flat_run.success_history)
+    assert climbing.spread >= climbing.spread_min
+
+
+def test_fitness_is_the_running_mean_of_a_simulations_losses():
+    breed = BreedSampler(SQUARE, seed=0, generation_size=4)
+    points = breed.ask(2)
+    for noisy in ([5.0, 0.0], [0.0, 1.0], [1.0, 1.0]):  # one noisy batch each
+        breed.tell(points, losses=noisy)
+    np.testing.assert_allclose(breed.loss_table()[1], [2.0, 2.0 / 3.0])
+    assert breed.fitness.count(breed.fitness.key(SQUARE.to_unit(points)[0])) == 3
+
+
+def test_loss_driven_averages_noisy_losses_unless_told_not_to():
+    averaged = LossDrivenSampler(SQUARE, seed=0)
+    latest = LossDrivenSampler(SQUARE, seed=0, average_losses=False)
+    points = SQUARE.from_unit([[0.2, 0.2], [0.8, 0.8]])
+    for sampler in (averaged, latest):
+        sampler.tell(points, losses=[4.0, 1.0])
+        sampler.tell(points, losses=[0.0, 1.0])
+    np.testing.assert_allclose(averaged.loss_table()[1], [2.0, 1.0])
+    np.testing.assert_allclose(latest.loss_table()[1], [0.0, 1.0])
+    resumed = LossDrivenSampler(SQUARE, seed=5)
+    resumed.load_state_dict(copy.deepcopy(averaged.state_dict()))
+    resumed.tell(points[:1], losses=[2.0])  # the counts travel with the state: (4 + 0 + 2) / 3
+    np.testing.assert_allclose(resumed.loss_table()[1], [1.0, 2.0])  # last told comes last
+
+
+def test_failed_simulation_leaves_the_fitness_table_and_is_substituted():
+    breed = BreedSampler(SQUARE, seed=0, generation_size=4)
+    points = breed.ask(4)
+    breed.tell(points, losses=[1.0, 2.0, 3.0, 4.0])
+    records = [SimulationRecord.create(SQUARE, i, p, ask_index=i) for i, p in enumerate(points)]
+    assert breed.simulation_failed(records[3]) is FailureAction.SUBSTITUTE
+    for record in records[:3]:
+        breed.simulation_finished(record)
+    assert breed.num_finished == 3 and len(breed.failed) == 1
+    np.testing.assert_allclose(breed.loss_table()[1], [1.0, 2.0, 3.0])
+    children = breed.ask(4)  # generation 1 breeds from the three left
+    assert breed.generation == 1 and SQUARE.contains(children)
+
+
+@pytest.mark.parametrize("space_name", ["mixed", "continuous"])
+def test_resume_in_the_middle_of_a_generation_continues_exactly(space_name):
+    space = SPACES[space_name]
+    original = BreedSampler(space, seed=3, generation_size=8, generations=3, uniform_end=0.0)
+    for _ in range(2):
+        points = original.ask(8)
+        original.tell(points, losses=corner_loss(space, points) if space.dim == 3 else np.arange(8.0))
+    original.ask(3)
+    state = copy.deepcopy(original.state_dict())
+    expected = [original.ask(n) for n in (2, 9, 8)]
+    resumed = BreedSampler(space, seed=0, generation_size=8, generations=3, uniform_end=0.0)
+    resumed.load_state_dict(state)
+    for n, want in zip((2, 9, 8), expected):
+        np.testing.assert_array_equal(resumed.ask(n), want)
+    assert resumed.spread == original.spread and resumed.generation == original.generation
+    assert space.contains(np.concatenate(expected))
+
+
+def test_children_keep_integer_and_categorical_values_valid():
+    space = SPACES["mixed"]
+    breed = BreedSampler(space, seed=0, generation_size=16, generations=2, uniform_end=0.0, spread=0.3)
+    points = breed.ask(16)
+    breed.tell(points, losses=np.linspace(0.0, 1.0, 16))
+    children = breed.ask(64)
+    assert space.contains(children)
+    for column in (3, 4):  # integer and categorical: whole numbers
+        np.testing.assert_array_equal(children[:, column], np.round(children[:, column]))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("uniform_end", 1.5, "sampler.uniform_end: must be between 0 and 1"),
+        ("generation_size", 0, "sampler.generation_size: must be >= 1"),
+        ("shrink", 1.0, "sampler.shrink: must be between 0 and 1"),
+        ("spread_min", 0.5, "sampler.spread_min: must be > 0 and <= spread"),
+    ],
+)
+def test_bad_breed_config_fails_with_one_clear_line(key, value, message):
+    cfg = OmegaConf.create({"seed": 0, "sampler": OmegaConf.structured(sampling_config.BreedConfig)})
+    cfg.sampler[key] = value
+    with pytest.raises(ConfigError) as info:
+        check_values(cfg)
+    assert str(info.value).startswith(message)
+
+
+def test_breed_is_selectable_by_name():
+    from engage.core.config.store import config_options
+    from engage.core.plugins import new_plugin_manager, samplers
+    from engage.sampling import plugin
+
+    manager = new_plugin_manager([("sampling", plugin)], installed=False)
+    assert samplers(manager)["breed"] is BreedSampler
+    node = {(o.group, o.name): o.node for _, o in config_options(manager)}[("sampler", "breed")]
+    cfg = OmegaConf.create({"seed": 7, "sampler": OmegaConf.structured(node)})
+    built = OmegaConf.to_object(cfg.sampler)
+    assert built._target_ == "engage.sampling.samplers.breed.BreedSampler" and built.seed == 7
+
+
+def test_children_are_judged_from_losses_told_by_the_training_callback():
+    import torch
+
+    from engage.sampling.callbacks import LossDrivenSampling
+
+    space = SPACES["mixed"]
+    breed = BreedSampler(space, seed=2, generation_size=8, generations=2, uniform_end=0.0)
+    callback = LossDrivenSampling(sampler=breed)
+    ids = iter(range(1000))
+    for _ in range(3):
+        points = breed.ask(8)
+        # as in training: single-precision unit parameters, several samples of each simulation
+        unit = torch.tensor(space.to_unit(np.repeat(points, 3, axis=0)), dtype=torch.float32)
+        simulation_id = torch.tensor(np.repeat([next(ids) for _ in points], 3))
+        losses = torch.tensor(np.repeat(np.arange(8.0), 3))
+        callback.tell(breed, {"parameters": unit, "simulation_id": simulation_id}, losses)
+    breed.ask(1)  # starts generation 3, judging generation 2's children
+    assert len(breed.loss_table()[1]) == 24
+    assert breed.success_history[-1] is not None
+    assert len(breed._children) == 1  # every earlier child was found; only the one just bred waits
