@@ -67,7 +67,7 @@ def installed_plugin(tmp_path_factory):
 def test_engage_run_uses_the_plugin_simulator_and_sampler(tmp_path, installed_plugin):
     listed = run_engage("plugins", cwd=tmp_path, env=installed_plugin)
     assert listed.returncode == 0, listed.stderr
-    assert "engage-toy-plugin" in listed.stdout and "sampler=halton" in listed.stdout
+    assert "engage-toy-plugin" in listed.stdout and "sampler: halton" in listed.stdout
 
     result = run_engage("run", *TINY_RUN, "simulator=plume", "sampler=halton", cwd=tmp_path, env=installed_plugin)
     assert result.returncode == 0, result.stderr[-3000:]

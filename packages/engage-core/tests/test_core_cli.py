@@ -56,7 +56,7 @@ def test_every_value_of_a_sweep_is_checked(capsys):
 def test_plugins_lists_core_contributions(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for expected in ("core", "engage-core", "sampler=uniform", "simulator=heat", "commands: plugins, replay, run"):
+    for expected in ("core", "engage-core", "sampler: uniform", "samplers: uniform", "commands: plugins, replay, run"):
         assert expected in out
 
 

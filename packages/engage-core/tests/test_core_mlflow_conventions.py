@@ -91,6 +91,8 @@ def test_single_runs_follow_mlflow_conventions(tmp_path):
     assert "checkpoints/last.ckpt" in files, files
     assert {"run/config.yaml", "run/overrides.json", "run/command.json", "run/requirements.txt"} <= set(files)
     assert {"online/sampled_points_by_order.png", "online/sampled_points_by_loss.png"} <= set(files)
+    # the simulations' timeline, heard through the event hooks by an observer of the run
+    assert "online/simulation_timeline.png" in files
     table = json.loads(
         open(client.download_artifacts(run.info.run_id, "online/simulations.json", str(tmp_path))).read()
     )

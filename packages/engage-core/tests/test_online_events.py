@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engage.core.hookspecs import hookimpl
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.scheduler import SimulationScheduler
+from engage.core.plugins import new_plugin_manager
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.function import FunctionSimulator
 
@@ -64,6 +66,35 @@ def test_samples_arrived_is_fired_in_batches_with_every_sample_counted(tmp_path,
     assert len(hooks.arrived) < 120  # batched: fewer calls than samples
     sizes = [size for _, _, size in hooks.arrived]
     assert sizes == sorted(sizes) and sizes[-1] == 120  # the buffer size after each batch went in
+
+
+class FailingObserver:
+    """A plugin whose observer of finished simulations has a bug."""
+
+    @hookimpl
+    def engage_simulation_finished(self, record) -> None:
+        raise KeyError("mean_loss")
+
+
+def test_a_failing_observer_fails_the_run_naming_the_hook_not_the_simulation(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    sim = FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=3,
+        kwargs={"steps": 3},
+    )  # fmt: skip
+    manager = new_plugin_manager([("observer", FailingObserver())], installed=False)
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), TrainingBuffer(capacity=64, policy="fifo"), simulations=2,
+        concurrency=1, workdir=str(tmp_path), hooks=manager.hook,
+    )  # fmt: skip
+    scheduler.start()
+    scheduler.join(60)
+    assert (
+        scheduler.error
+        == "simulation scheduler failed: plugin hook engage_simulation_finished failed: KeyError: 'mean_loss'"
+    )
+    assert scheduler.state.counts.failed == 0  # no simulation is blamed for it
 
 
 def test_put_many_wakes_readers_once_with_all_samples():

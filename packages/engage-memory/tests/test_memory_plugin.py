@@ -13,26 +13,28 @@ def test_memory_plugin_offers_strategy_option() -> None:
     pytest.importorskip("engage.core.config")
     from engage.memory import plugin
 
-    (option,) = plugin.engage_config_options()
-    assert (option.group, option.name) == ("strategy", "memory")
-    fields = {f.name: f.default for f in dataclasses.fields(option.node)}
-    assert fields["_target_"] == "engage.memory.MemoryPlanningStrategy"
+    options = {option.name: option for option in plugin.engage_config_options()}
+    assert sorted(options) == ["memory", "memory_ddp"]
+    assert {option.group for option in options.values()} == {"strategy"}
+    assert options["memory_ddp"].node.name == "memory_ddp"
+    fields = {f.name: f.default for f in dataclasses.fields(options["memory"].node)}
     assert fields["solver"] == "auto"
     assert plugin.engage_strategy(None) is None
 
 
-def test_memory_plugin_instantiates_from_config() -> None:
+def test_engage_run_gets_the_memory_strategies_through_the_strategy_hook() -> None:
     pytest.importorskip("engage.core.config")
-    hydra_utils = pytest.importorskip("hydra.utils")
-    from omegaconf import OmegaConf
+    from engage.core.config.validate import compose_config
+    from engage.core.run import build_strategy
+    from engage.memory import DDPMemoryPlanningStrategy, MemoryPlanningStrategy
 
-    from engage.memory import MemoryPlanningStrategy
-    from engage.memory.plugin import MemoryStrategyConfig
-
-    cfg = OmegaConf.structured(MemoryStrategyConfig(budget="2GiB"))
-    strategy = hydra_utils.instantiate(cfg)
-    assert isinstance(strategy, MemoryPlanningStrategy)
-    assert strategy.budget == "2GiB"
+    strategy = build_strategy(compose_config(["strategy=memory", "strategy.budget=2GiB", "strategy.solver=dp"]))
+    assert type(strategy) is MemoryPlanningStrategy
+    assert (strategy.budget, strategy.solver) == ("2GiB", "dp")
+    ddp = build_strategy(compose_config(["strategy=memory_ddp", "strategy.budget=1GiB"]))
+    assert type(ddp) is DDPMemoryPlanningStrategy and ddp.budget == "1GiB"
+    # any other strategy is core's to build
+    assert build_strategy(compose_config(["strategy=ddp"])) == "ddp"
 
 
 def test_memory_plugin_registers_through_plugin_manager() -> None:

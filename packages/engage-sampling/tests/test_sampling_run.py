@@ -8,13 +8,22 @@ from engage.core.config.validate import ConfigError, compose_config
 from engage.core.testing.process import TINY_RUN, run_engage
 
 
-def test_callback_options_compose_into_core_callbacks():
+def test_callback_options_compose_into_core_callbacks(tmp_path):
     overrides = ["sampler=lhs", "+callbacks=[sensitivity,loss_driven]", "callbacks.sensitivity.base_samples=64"]
     cfg = compose_config(overrides)
     assert set(cfg.callbacks) == {"sensitivity", "loss_driven"}
-    assert cfg.callbacks.sensitivity._target_.endswith("SensitivityAnalysis")
     assert cfg.callbacks.sensitivity.base_samples == 64
     assert cfg.callbacks.loss_driven.every_n_steps == 10
+    # the sampling plugin builds its own callbacks through engage_callbacks, each once
+    from engage.core.run import build_callbacks
+    from engage.sampling.callbacks import LossDrivenSampling, SensitivityAnalysis
+
+    built = build_callbacks(cfg, tmp_path)
+    assert [type(c) for c in built if type(c).__module__.startswith("engage.sampling")] == [
+        SensitivityAnalysis,
+        LossDrivenSampling,
+    ]
+    assert next(c for c in built if isinstance(c, SensitivityAnalysis)).base_samples == 64
     assert set(compose_config(["+callbacks=image_similarity"]).callbacks) == {"image_similarity"}
     with pytest.raises(ConfigError, match=r"callbacks\.sensitivity\.bogus: unknown key"):
         compose_config(["+callbacks=sensitivity", "callbacks.sensitivity.bogus=1"])

@@ -147,7 +147,7 @@ def _version() -> int:
 
 def _plugins(namespace: argparse.Namespace) -> int:
     from engage.core.config.store import config_options
-    from engage.core.plugins import executors, samplers, simulators
+    from engage.core.plugins import per_plugin
 
     manager = get_plugin_manager()
     console = Console()
@@ -155,52 +155,68 @@ def _plugins(namespace: argparse.Namespace) -> int:
     for column in ("plugin", "package", "version", "contributes"):
         table.add_column(column)
     options = config_options(manager)
-    registries = {"sampler": samplers(manager), "simulator": simulators(manager), "executor": executors(manager)}
-    commands = {c.name: c for c in flatten(manager.hook.engage_commands())}
+    # what each plugin's own implementation returns, each called through pluggy
+    registries = {kind: per_plugin(manager, hook) for kind, hook in _REGISTRIES.items() if hasattr(manager.hook, hook)}
+    commands = per_plugin(manager, "engage_commands")
+    searchpaths = per_plugin(manager, "engage_config_searchpath")
     for info in plugin_infos(manager):
-        plugin = manager.get_plugin(info.name)
         lines = []
-        mine = sorted(f"{o.group}={o.name}" for p, o in options if p == info.name)
-        if mine:
-            lines.append("options: " + ", ".join(mine))
-        for kind, registry in registries.items():
-            own = sorted(name for name, cls in registry.items() if _owned_by(manager, info.name, kind, name))
+        groups: dict[str, list[str]] = {}
+        for plugin_name, option in options:
+            if plugin_name == info.name:
+                groups.setdefault(option.group, []).append(option.name)
+        for plugin_name, entries in searchpaths:
+            if plugin_name == info.name:
+                for entry in entries or ():
+                    for group, names in _searchpath_options(entry).items():
+                        groups.setdefault(group, []).extend(names)
+        for group, names in sorted(groups.items()):
+            lines.append(f"{group}: " + ", ".join(sorted(names)))
+        for kind, results in registries.items():
+            own = sorted(name for plugin_name, result in results if plugin_name == info.name for name in result or {})
             if own:
                 lines.append(f"{kind}s: " + ", ".join(own))
-        own_commands = sorted(n for n in commands if _command_owner(manager, n) == info.name)
+        own_commands = sorted(c.name for plugin_name, result in commands if plugin_name == info.name for c in result)
         if own_commands:
             lines.append("commands: " + ", ".join(own_commands))
-        others = [h for h in info.hooks if h not in _REGISTRATION_HOOKS]
+        if info.hydra_plugins:
+            lines.append("Hydra plugins: " + ", ".join(info.hydra_plugins))
+        others = [h for h in info.hooks if h not in _LISTED_HOOKS]
         if others:
             lines.append("hooks: " + ", ".join(others))
-        del plugin
         table.add_row(info.name, info.distribution or "-", info.version or "-", "\n".join(lines) or "-")
     console.print(table)
     return 0
 
 
-_REGISTRATION_HOOKS = {
-    "engage_config_options",
-    "engage_samplers",
-    "engage_simulators",
-    "engage_executors",
-    "engage_commands",
+def _searchpath_options(entry: str) -> dict[str, list[str]]:
+    """The YAML options under a ``pkg://`` search-path entry, by config group (its sub-folders)."""
+    from importlib.resources import files
+
+    if not entry.startswith("pkg://"):
+        return {}
+    try:
+        root = files(entry.removeprefix("pkg://"))
+    except ModuleNotFoundError:
+        return {}
+    found: dict[str, list[str]] = {}
+    for folder in root.iterdir():
+        if folder.is_dir():
+            names = [f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml")]
+            if names:
+                found[folder.name] = names
+    return found
+
+
+#: registry hooks whose contributions ``engage plugins`` lists by name, by kind
+_REGISTRIES = {
+    "sampler": "engage_samplers",
+    "simulator": "engage_simulators",
+    "executor": "engage_executors",
+    "provider": "engage_providers",
+    "placement solver": "engage_placement_solvers",
 }
-_KIND_HOOK = {"sampler": "engage_samplers", "simulator": "engage_simulators", "executor": "engage_executors"}
-
-
-def _owned_by(manager, plugin_name: str, kind: str, name: str) -> bool:
-    for impl in getattr(manager.hook, _KIND_HOOK[kind]).get_hookimpls():
-        if impl.plugin_name == plugin_name and name in (impl.function() or {}):
-            return True
-    return False
-
-
-def _command_owner(manager, command: str) -> str | None:
-    for impl in manager.hook.engage_commands.get_hookimpls():
-        if any(c.name == command for c in impl.function() or ()):
-            return impl.plugin_name
-    return None
+_LISTED_HOOKS = {"engage_config_options", "engage_config_searchpath", "engage_commands", *_REGISTRIES.values()}
 
 
 def _replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,7 +264,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
             command.name, help=command.help, description=command.help, add_help=not command.passthrough
         )
         command.add_arguments(sub_parser)
-        manager.hook.engage_add_cli_arguments(parser=sub_parser, command=command.name)
     return parser, commands
 
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
-    import argparse
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
     from lightning.pytorch import Callback
     from lightning.pytorch.strategies import Strategy
@@ -58,10 +58,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def engage_config_options() -> Sequence[ConfigOption]:
     """Config options this plugin adds to Hydra config groups.
 
-    Each :class:`~engage.core.config.options.ConfigOption` names a group (``sampler``,
-    ``strategy``, ``simulator``, ``data``, ``model``, ``callbacks``, ``logger``, ``trainer``,
-    or a new group such as ``infrastructure``), an option name and a node: a dataclass (a
-    structured config, type-checked on composition) or a mapping. ``engage run sampler=NAME``
+    Called once per process, when ``engage`` registers its configs in Hydra's ConfigStore (and by
+    ``engage plugins``). Each :class:`~engage.core.config.options.ConfigOption` names a group
+    (``sampler``, ``strategy``, ``simulator``, ``data``, ``model``, ``callbacks``, ``logger``,
+    ``trainer``, or a new group such as ``infrastructure``), an option name and a node: a dataclass
+    (a structured config, type-checked on composition) or a mapping. ``engage run sampler=NAME``
     then selects it, and an unknown name lists every option that installed plugins offer.
     """
 
@@ -69,7 +70,10 @@ def engage_config_options() -> Sequence[ConfigOption]:
 @hookspec
 def engage_config_searchpath() -> Sequence[str]:
     """Extra Hydra search-path entries (``pkg://module`` or ``file://dir``) for YAML configs
-    this plugin ships, such as experiments. Core's own defaults come first."""
+    this plugin ships, such as experiments.
+
+    Called once per process, when ``engage`` composes a config; core's own defaults come first.
+    """
 
 
 # --------------------------------------------------------------------------- registries
@@ -77,20 +81,50 @@ def engage_config_searchpath() -> Sequence[str]:
 
 @hookspec
 def engage_simulators() -> Mapping[str, type[Simulator]]:
-    """Simulator classes by name (subclasses of :class:`engage.core.Simulator`)."""
+    """Simulator classes by name (subclasses of :class:`engage.core.Simulator`).
+
+    Called whenever the installed simulators are listed (``engage plugins``, checks of a
+    checkpoint); two plugins registering one name is an error.
+    """
 
 
 @hookspec
 def engage_samplers() -> Mapping[str, type[Sampler]]:
-    """Sampler classes by name (subclasses of :class:`engage.core.Sampler`)."""
+    """Sampler classes by name (subclasses of :class:`engage.core.Sampler`).
+
+    Called whenever the installed samplers are listed; two plugins registering one name is an
+    error.
+    """
 
 
 @hookspec
 def engage_executors() -> Mapping[str, type[Executor]]:
     """Executors by name: what starts simulator processes on hosts.
 
-    Core provides ``local`` (child processes of the trainer); engage-deploy adds executors
-    that start them on the hosts of an infrastructure.
+    Called when an ``OnlineDataModule`` chooses its executor (``data.executor=NAME``). Core
+    provides ``local`` (child processes of the trainer); engage-deploy adds ``deploy``, which
+    starts them on the hosts of an infrastructure.
+    """
+
+
+@hookspec
+def engage_providers() -> Mapping[str, type]:
+    """Infrastructure providers by name (``infrastructure.provider=NAME``): classes following
+    ``engage.deploy.providers.base.Provider``, built with ``(infrastructure, workdir)``.
+
+    Called when an infrastructure is checked or deployed. Import a provider's client library
+    inside the provider, not at the top of the plugin, so choosing another provider never
+    imports it.
+    """
+
+
+@hookspec
+def engage_placement_solvers() -> Mapping[str, Callable[..., Any]]:
+    """Placement solvers by name (``engage place --solver NAME``): factories called with the
+    keyword ``time_limit_s`` (seconds) that return an object with
+    ``solve(problem, previous=None) -> PlacementPlan``.
+
+    Called when ``engage place`` parses its options and when a plan is solved.
     """
 
 
@@ -98,7 +132,10 @@ def engage_executors() -> Mapping[str, type[Executor]]:
 def engage_callbacks(cfg: DictConfig) -> Sequence[Callback]:
     """Lightning callbacks to add to the ``Trainer`` of ``engage run`` for this config.
 
-    Return an empty list when the config does not ask for this plugin's callbacks.
+    Called once per ``engage run``, after the config is composed and before the ``Trainer`` is
+    built. ``cfg`` is the whole composed config (``cfg.callbacks`` holds the ``+callbacks=NAME``
+    options chosen). Return an empty list when the config asks for none of this plugin's
+    callbacks; build only the callbacks whose options this plugin added.
     """
 
 
@@ -106,19 +143,20 @@ def engage_callbacks(cfg: DictConfig) -> Sequence[Callback]:
 def engage_strategy(cfg: DictConfig) -> Strategy | str | None:
     """The Lightning strategy for this config, or ``None`` to let another plugin decide.
 
-    The first plugin that returns something wins; without any, ``cfg.strategy`` is
-    instantiated as given (``"auto"`` by default).
+    Called once per ``engage run``, before the ``Trainer`` is built, with the whole composed
+    config; ``cfg.strategy`` is the ``strategy=NAME`` option chosen. The first plugin that
+    returns something wins; without any, ``cfg.strategy`` is instantiated as given (``"auto"``
+    by default).
     """
 
 
 @hookspec
 def engage_commands() -> Sequence[Command]:
-    """Sub-commands of the ``engage`` command (``engage replay``, ``engage place``, ...)."""
+    """Sub-commands of the ``engage`` command (``engage replay``, ``engage place``, ...).
 
-
-@hookspec
-def engage_add_cli_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    """Add options to an existing sub-command's parser (``command`` is its name)."""
+    Called when ``engage`` builds its command line; each :class:`~engage.core.commands.Command`
+    brings its own arguments.
+    """
 
 
 # --------------------------------------------------------------------------- events
@@ -126,32 +164,53 @@ def engage_add_cli_arguments(parser: argparse.ArgumentParser, command: str) -> N
 
 @hookspec
 def engage_simulation_started(record: SimulationRecord) -> None:
-    """A simulation process was started (``record.status == "running"``)."""
+    """A simulation process was started.
+
+    Called on the online scheduler's thread once per attempt, right after its process started;
+    ``record`` is the simulation's :class:`~engage.core.online.record.SimulationRecord`
+    (``record.simulation_id``, ``record.attempt``, ``record.values``, ``record.status ==
+    "running"``). An exception raised here fails the run, naming the hook.
+    """
 
 
 @hookspec
 def engage_simulation_finished(record: SimulationRecord) -> None:
-    """A simulation finished and all its samples were received."""
+    """A simulation finished and all its samples were received.
+
+    Called on the online scheduler's thread once per simulation, after its last samples entered
+    the buffer; ``record.samples_received`` counts them. An exception fails the run.
+    """
 
 
 @hookspec
 def engage_simulation_failed(record: SimulationRecord, error: str) -> None:
-    """A simulation failed (crash, silence past its heartbeat, malformed data).
+    """An attempt of a simulation failed (crash, silence past its heartbeat, malformed data).
 
-    ``record.attempt`` tells whether it will be retried; ``error`` is one readable line,
-    the simulator's stderr is in ``record.stderr_tail``.
+    Called on the online scheduler's thread once per failed attempt. ``record.attempt`` is the
+    attempt that failed (a retry, if any, starts as the next attempt); ``error`` is one readable
+    line; the simulator's stderr is in ``record.stderr_tail``. An exception fails the run.
     """
 
 
 @hookspec
 def engage_samples_arrived(simulation_id: int, count: int, buffer_size: int) -> None:
-    """``count`` samples of one simulation entered the training buffer."""
+    """Samples of one simulation entered the training buffer.
+
+    Called on the online scheduler's thread once per simulation per drain of the socket (not
+    once per sample): ``count`` samples of simulation ``simulation_id`` went in, after which the
+    buffer holds ``buffer_size`` samples. Keep it cheap: it runs on the receiving path.
+    """
 
 
 @hookspec
 def engage_run_finished(record: RunRecord) -> None:
-    """An ``engage run`` job ended (``record.status`` is ``FINISHED``, ``FAILED`` or
-    ``KILLED``); ``record.metrics`` holds the final logged metrics."""
+    """An ``engage run`` job ended.
+
+    Called once per ``engage run`` on the process that holds its MLflow run (global rank 0),
+    while that run is still open, so an observer can add its records to it: ``record.run_id``,
+    ``record.status`` (``FINISHED``, ``FAILED`` or ``KILLED``), ``record.error`` (one line, or
+    ``None``), ``record.metrics`` (the final logged metrics) and ``record.output_dir``.
+    """
 
 
 def hook_names() -> list[str]:

@@ -6,7 +6,8 @@ import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import Distribution, entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -14,6 +15,8 @@ import pluggy
 from engage.core import hookspecs
 
 ENTRY_POINT_GROUP = "engage"
+#: the entry point of engage-core's own plugin, registered before every other
+CORE_PLUGIN = "core"
 #: comma-separated plugin names not to load (like pytest's ``-p no:NAME``), for a broken install
 DISABLE_ENV = "ENGAGE_DISABLE_PLUGINS"
 
@@ -31,6 +34,8 @@ class PluginInfo:
     distribution: str | None
     version: str | None
     hooks: list[str] = field(default_factory=list)
+    #: ``hydra_plugins`` modules the plugin's distribution installs (a Hydra launcher, a search path)
+    hydra_plugins: list[str] = field(default_factory=list)
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -39,30 +44,52 @@ def _new_manager() -> pluggy.PluginManager:
     return manager
 
 
-def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
-    """Register every plugin of the ``engage`` entry-point group, core's own first.
+def disabled_plugins() -> set[str]:
+    """The plugin names ``ENGAGE_DISABLE_PLUGINS`` lists."""
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
-    A plugin that fails to import stops with :class:`PluginError` naming its entry point, since a
-    half-loaded set of plugins would silently change which options exist. Plugins named in the
-    ``ENGAGE_DISABLE_PLUGINS`` environment variable are skipped.
+
+def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
+    """Register every plugin of the ``engage`` entry-point group with pluggy's own loader, core's first.
+
+    Plugins named in ``ENGAGE_DISABLE_PLUGINS`` are blocked first. A plugin that fails to import
+    stops with :class:`PluginError` naming its entry point, since a half-loaded set of plugins
+    would silently change which options exist. Then ``check_pending()``: a function marked as a
+    hook implementation whose name is no hook (a misspelling) is an error, not a silent no-op.
+
+    Examples:
+        >>> manager = load_plugins(_new_manager())
+        >>> manager.list_name_plugin()[0][0]
+        'core'
     """
-    disabled = {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
-    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name != "core", ep.name))
-    for ep in eps:
-        if manager.get_plugin(ep.name) is not None or ep.name in disabled:
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin must name itself
-            raise PluginError(
-                f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
-                f"reinstall or uninstall its package, or set {DISABLE_ENV}={ep.name}"
-            ) from exc
-        manager.register(plugin, name=ep.name)
-        if ep.dist is not None:
-            manager._engage_dists = getattr(manager, "_engage_dists", {})  # type: ignore[attr-defined]
-            manager._engage_dists[ep.name] = (ep.dist.name, ep.dist.version)  # type: ignore[attr-defined]
+    for name in disabled_plugins():
+        manager.set_blocked(name)
+    try:
+        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=CORE_PLUGIN)
+        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as exc:  # a broken third-party plugin must name itself
+        raise _load_error(manager, exc) from exc
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(
+            f"plugin {name!r} has a hook implementation that is no ENGAGE hook: {exc}; "
+            f"fix its name (engage plugins lists the hooks), or set {DISABLE_ENV}={name}"
+        ) from exc
     return manager
+
+
+def _load_error(manager: pluggy.PluginManager, exc: Exception) -> PluginError:
+    """The entry point whose load raised ``exc``: the first one still neither registered nor blocked."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if manager.has_plugin(ep.name) or manager.is_blocked(ep.name):
+            continue
+        return PluginError(
+            f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
+            f"reinstall or uninstall its package, or set {DISABLE_ENV}={ep.name}"
+        )
+    return PluginError(f"an ENGAGE plugin failed to load: {type(exc).__name__}: {exc}")
 
 
 @functools.cache
@@ -73,12 +100,25 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def new_plugin_manager(plugins: Iterable[tuple[str, Any]] = (), *, installed: bool = True) -> pluggy.PluginManager:
     """A fresh manager (for tests and embedding): installed plugins if asked, plus ``plugins``."""
-    manager = _new_manager()
-    if installed:
-        load_plugins(manager)
+    manager = load_plugins(_new_manager()) if installed else _new_manager()
     for name, plugin in plugins:
         manager.register(plugin, name=name)
+    manager.check_pending()
     return manager
+
+
+def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    """``(plugin name, result)`` of one hook for each plugin implementing it, each called through
+    pluggy (``subset_hook_caller``), in the order pluggy calls them."""
+    impls = getattr(manager.hook, hook).get_hookimpls()
+    names = [impl.plugin_name for impl in reversed(impls)]
+    results = []
+    for name in names:
+        others = [plugin for other, plugin in manager.list_name_plugin() if other != name and plugin is not None]
+        caller = manager.subset_hook_caller(hook, remove_plugins=others)
+        for result in caller(**kwargs):
+            results.append((name, result))
+    return results
 
 
 def merge_mappings(results: Iterable[Mapping[str, Any] | None], what: str) -> dict[str, Any]:
@@ -97,21 +137,39 @@ def flatten(results: Iterable[Iterable[Any] | None]) -> list[Any]:
     return [item for result in results for item in (result or ())]
 
 
+def _hydra_plugins(dist: Distribution | None, plugin: Any) -> list[str]:
+    """The ``hydra_plugins`` modules installed beside ``plugin``: from its distribution's file list,
+    or, for an editable install (whose file list holds no sources), from its source folder."""
+    modules: set[str] = set()
+    files = [tuple(path.parts) for path in (dist.files or ()) if path.suffix == ".py"] if dist else []
+    module_file = getattr(plugin, "__file__", None)
+    if not any(parts[0] == "hydra_plugins" for parts in files) and module_file:
+        root = Path(module_file).parents[len(plugin.__name__.split(".")) - 1]
+        files = [path.relative_to(root).parts for path in (root / "hydra_plugins").glob("*/*.py")]
+    for parts in files:
+        if len(parts) >= 3 and parts[0] == "hydra_plugins" and not parts[-1].startswith("_"):
+            modules.add(".".join((*parts[:-1], parts[-1].removesuffix(".py"))))
+    return sorted(modules)
+
+
 def plugin_infos(manager: pluggy.PluginManager | None = None) -> list[PluginInfo]:
-    """One :class:`PluginInfo` per registered plugin."""
+    """One :class:`PluginInfo` per registered plugin, from pluggy's own records."""
     manager = manager or get_plugin_manager()
-    dists: dict[str, tuple[str, str]] = getattr(manager, "_engage_dists", {})
+    dists = {id(plugin): dist for plugin, dist in manager.list_plugin_distributions()}
     infos = []
     for name, plugin in manager.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
         hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
-        dist = dists.get(name)
+        dist = dists.get(id(plugin))
         infos.append(
             PluginInfo(
                 name=name,
                 module=getattr(plugin, "__name__", type(plugin).__qualname__),
-                distribution=dist[0] if dist else None,
-                version=dist[1] if dist else None,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
                 hooks=hooks,
+                hydra_plugins=_hydra_plugins(dist, plugin),
             )
         )
     return infos
@@ -133,3 +191,15 @@ def executors(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed executor class by name."""
     manager = manager or get_plugin_manager()
     return merge_mappings(manager.hook.engage_executors(), "executor")
+
+
+def providers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
+    """Every installed infrastructure provider class by name."""
+    manager = manager or get_plugin_manager()
+    return merge_mappings(manager.hook.engage_providers(), "provider")
+
+
+def placement_solvers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
+    """Every installed placement solver factory by name."""
+    manager = manager or get_plugin_manager()
+    return merge_mappings(manager.hook.engage_placement_solvers(), "placement solver")

@@ -25,6 +25,7 @@ from engage.core.console import quiet_lightning
 from engage.core.events import RunRecord
 from engage.core.online.buffer import BufferClosed
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
+from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import flatten, get_plugin_manager
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
@@ -188,6 +189,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     status, error = "FINISHED", None
     started = time.perf_counter()
+    timeline = None
+    if tracked is not None:
+        # the simulations' timeline, heard through the event hooks, goes to this run when it ends
+        timeline = SimulationTimeline(tracked.client.log_figure, tracked.run_id, title=f"simulations of {tracked.name}")
+        manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
     try:
         if tracked is not None:
             tracked.record(cfg, output_dir)
@@ -219,10 +225,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 if status != "KILLED":  # Ctrl-C does not wait for uploads
                     for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
                         console.print(f"engage run: {line}", highlight=False, markup=False)
+                # observers add their records while the run is still open
+                record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
+                manager.hook.engage_run_finished(record=record)
             finally:
+                manager.unregister(timeline)
                 tracked.close(status)
-            record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
-            manager.hook.engage_run_finished(record=record)
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         outcome = datamodule.outcome().line() + "\n" if hasattr(datamodule, "outcome") else ""

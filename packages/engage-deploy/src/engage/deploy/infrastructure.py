@@ -306,9 +306,9 @@ class Infrastructure:
         units and a loss fraction in ``[0, 1)``.
         """
         if known_providers is None:
-            from engage.deploy.providers import PROVIDERS
+            from engage.deploy.providers import provider_names
 
-            known_providers = sorted(PROVIDERS)
+            known_providers = provider_names()
         if self.provider not in known_providers:
             raise InfrastructureError(
                 f"infrastructure.provider: unknown provider {self.provider!r}; known providers: "

@@ -1,5 +1,5 @@
-"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` executor and
-the ``engage place`` sub-command."""
+"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` executor,
+the infrastructure providers, the placement solvers and the ``engage place`` sub-command."""
 
 from __future__ import annotations
 
@@ -30,6 +30,33 @@ def engage_executors() -> dict:
     from engage.deploy.executor import DeployExecutor
 
     return {"deploy": DeployExecutor}
+
+
+@hookimpl
+def engage_providers() -> dict:
+    from engage.deploy.providers.local import LocalProvider
+    from engage.deploy.providers.netns import NetnsProvider
+    from engage.deploy.providers.testbeds import ChameleonProvider, G5kProvider, StaticProvider, VagrantProvider
+
+    return {
+        "local": LocalProvider,
+        "netns": NetnsProvider,
+        "g5k": G5kProvider,
+        "chameleon": ChameleonProvider,
+        "vagrant": VagrantProvider,
+        "static": StaticProvider,
+    }
+
+
+@hookimpl
+def engage_placement_solvers() -> dict:
+    from engage.deploy.placement import CpSatSolver, ExhaustiveSolver, GreedySolver
+
+    return {
+        "cpsat": lambda time_limit_s=10.0: CpSatSolver(time_limit_s),
+        "greedy": lambda time_limit_s=10.0: GreedySolver(),
+        "exhaustive": lambda time_limit_s=10.0: ExhaustiveSolver(),
+    }
 
 
 @hookimpl

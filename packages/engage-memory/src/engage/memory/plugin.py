@@ -13,12 +13,16 @@ from engage.core.hookspecs import hookimpl
 class MemoryStrategyConfig:
     """Options of :class:`~engage.memory.MemoryPlanningStrategy` as a structured config.
 
+    ``name`` is ``memory`` (:class:`~engage.memory.MemoryPlanningStrategy`) or ``memory_ddp``
+    (:class:`~engage.memory.DDPMemoryPlanningStrategy`, one plan for every rank); the plugin's
+    ``engage_strategy`` hook builds the strategy from the other fields.
+
     Examples:
-        >>> MemoryStrategyConfig(budget="2GiB")._target_
-        'engage.memory.MemoryPlanningStrategy'
+        >>> MemoryStrategyConfig(budget="2GiB").name
+        'memory'
     """
 
-    _target_: str = "engage.memory.MemoryPlanningStrategy"
+    name: str = "memory"
     budget: str = "0.9"
     solver: str = "auto"
     blocks: list[str] | None = None
@@ -30,20 +34,41 @@ class MemoryStrategyConfig:
     loss_chunks: int = 8
 
 
+#: option name -> (strategy class in engage.memory, description)
+STRATEGIES = {
+    "memory": ("MemoryPlanningStrategy", "plan training memory under a budget (recompute, offload to host)"),
+    "memory_ddp": ("DDPMemoryPlanningStrategy", "the same plan on every rank of data-parallel training"),
+}
+
+
 @hookimpl
 def engage_config_options() -> list[ConfigOption]:
-    """``strategy=memory``: plan the training step's memory under ``strategy.budget``."""
+    """``strategy=memory`` and ``strategy=memory_ddp``: plan the training step's memory under
+    ``strategy.budget``."""
     return [
-        ConfigOption(
-            "strategy",
-            "memory",
-            MemoryStrategyConfig,
-            "plan training memory under a budget (recompute, offload to host)",
-        )
+        ConfigOption("strategy", name, MemoryStrategyConfig(name=name), text) for name, (_, text) in STRATEGIES.items()
     ]
 
 
 @hookimpl
-def engage_strategy(cfg: Any) -> None:
-    """Core instantiates ``cfg.strategy`` itself; nothing to choose here."""
-    return None
+def engage_strategy(cfg: Any) -> Any:
+    """The memory strategy ``cfg.strategy`` names, built from its options; ``None`` for any other.
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> engage_strategy(OmegaConf.create({"strategy": {"name": "ddp"}})) is None
+        True
+        >>> cfg = OmegaConf.create({"strategy": OmegaConf.structured(MemoryStrategyConfig(budget="2GiB"))})
+        >>> type(engage_strategy(cfg)).__name__, engage_strategy(cfg).budget
+        ('MemoryPlanningStrategy', '2GiB')
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    node = cfg.strategy if cfg is not None else None
+    if not isinstance(node, DictConfig) or node.get("name") not in STRATEGIES:
+        return None
+    import engage.memory
+
+    options = OmegaConf.to_container(node, resolve=True)
+    class_name, _ = STRATEGIES[options.pop("name")]
+    return getattr(engage.memory, class_name)(**options)

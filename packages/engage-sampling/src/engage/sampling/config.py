@@ -199,7 +199,6 @@ class ImageSimilarityConfig:
 class SensitivityAnalysisConfig:
     """Sobol/Morris indices of the model during training (``SensitivityAnalysis``)."""
 
-    _target_: str = "engage.sampling.callbacks.sensitivity_analysis.SensitivityAnalysis"
     method: str = "sobol"
     base_samples: int = 256
     calc_second_order: bool = False
@@ -221,7 +220,6 @@ class SensitivityAnalysisConfig:
 class LossDrivenSamplingConfig:
     """Per-simulation training loss told to the active sampler (``LossDrivenSampling``)."""
 
-    _target_: str = "engage.sampling.callbacks.loss_driven_sampling.LossDrivenSampling"
     stage: str = "train"
     every_n_steps: int = 10
     output_key: str = "per_sample_loss"
@@ -234,7 +232,6 @@ class LossDrivenSamplingConfig:
 class ImageSimilaritySamplingConfig:
     """Similarity landscape of predictions or targets handed to the sampler (``ImageSimilaritySampling``)."""
 
-    _target_: str = "engage.sampling.callbacks.image_similarity_sampling.ImageSimilaritySampling"
     source: str = "predictions"
     probe_points: int = 64
     metric: str = "ssim"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from engage.core.config.options import ConfigOption
 from engage.core.hookspecs import hookimpl
 from engage.sampling import config
@@ -36,17 +38,52 @@ def engage_samplers() -> dict[str, type]:
     return {name: getattr(samplers, class_name) for name, (class_name, _, _) in SAMPLERS.items()}
 
 
+# ``+callbacks=NAME``: (callback class name in engage.sampling.callbacks, config node, description);
+# the nodes carry no ``_target_``: this plugin builds them, through ``engage_callbacks``
 CALLBACKS = {
-    "sensitivity": (config.SensitivityAnalysisConfig, "Sobol/Morris indices of the model during training"),
-    "loss_driven": (config.LossDrivenSamplingConfig, "per-simulation loss told to the active sampler"),
-    "image_similarity": (config.ImageSimilaritySamplingConfig, "output similarity landscape for the sampler"),
+    "sensitivity": (
+        "SensitivityAnalysis",
+        config.SensitivityAnalysisConfig,
+        "Sobol/Morris indices of the model during training",
+    ),
+    "loss_driven": ("LossDrivenSampling", config.LossDrivenSamplingConfig, "per-simulation loss told to the sampler"),
+    "image_similarity": (
+        "ImageSimilaritySampling",
+        config.ImageSimilaritySamplingConfig,
+        "output similarity landscape for the sampler",
+    ),
 }
+
+
+@hookimpl
+def engage_callbacks(cfg: Any) -> list[Any]:
+    """The sampling callbacks ``cfg.callbacks`` asks for (``+callbacks=[sensitivity,loss_driven]``),
+    built with their options; a node of the same name with its own ``_target_`` is core's to build.
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.create({"seed": 0, "callbacks": {"loss_driven": {"every_n_steps": 5}}})
+        >>> [type(c).__name__ for c in engage_callbacks(cfg)]
+        ['LossDrivenSampling']
+    """
+    from omegaconf import OmegaConf
+
+    chosen = cfg.get("callbacks") or {}
+    built = []
+    for name, (class_name, _, _) in CALLBACKS.items():
+        node = chosen.get(name)
+        if node is None or "_target_" in node:
+            continue
+        from engage.sampling import callbacks  # SALib and scikit-image: only when a callback is chosen
+
+        built.append(getattr(callbacks, class_name)(**OmegaConf.to_container(node, resolve=True)))
+    return built
 
 
 @hookimpl
 def engage_config_options() -> list[ConfigOption]:
     options = [ConfigOption("sampler", name, node, text) for name, (_, node, text) in SAMPLERS.items()]
-    # core's ``callbacks`` is a dict of named ``_target_`` nodes: each option adds its own entry, so
+    # core's ``callbacks`` is a dict of named nodes: each option adds its own entry, so
     # ``+callbacks=[sensitivity,loss_driven]`` composes several and ``callbacks.NAME.KEY=V`` sets values
-    options += [ConfigOption("callbacks", name, {name: node}, text) for name, (node, text) in CALLBACKS.items()]
+    options += [ConfigOption("callbacks", name, {name: node}, text) for name, (_, node, text) in CALLBACKS.items()]
     return options

@@ -298,15 +298,11 @@ class OnlineDataModule(pl.LightningDataModule):
         return executor
 
     def _new_scheduler(self) -> SimulationScheduler:
-        from engage.core.plugins import PluginError, get_plugin_manager
+        from engage.core.plugins import get_plugin_manager
 
         workdir = self._workdir()
         executor = self._executor(workdir)
-        try:
-            hooks = get_plugin_manager().hook
-        except PluginError as exc:
-            log.warning("simulation events will not reach plugins: %s", exc)
-            hooks = None
+        hooks = get_plugin_manager().hook
         url = self.journal_url or os.path.join(workdir, "journal.jsonl")
         if self.world_size > 1 and self.journal_url:
             url = f"{self.journal_url.removesuffix('.jsonl')}-rank{self.rank}.jsonl"

@@ -66,6 +66,7 @@ from engage.core.online.receiver import SampleReceiver
 from engage.core.online.security import TRANSPORT_SECURITY, PeerWarnings, RunKeys, run_folder, serve_curve
 from engage.core.online.state import RunState
 from engage.core.online.steering import SchedulerError, Steering
+from engage.core.plugins import new_plugin_manager
 from engage.core.samplers.base import Sampler
 from engage.core.simulators.base import Simulator
 
@@ -144,7 +145,8 @@ class SimulationScheduler:
         self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.workdir = workdir or tempfile.mkdtemp(prefix="engage-online-")
         self.rank, self.world_size = rank, world_size
-        self.hooks = hooks
+        #: the plugin manager's hook relay: simulation events go to every plugin that observes them
+        self.hooks = hooks if hooks is not None else new_plugin_manager(installed=False).hook
         # the wire is little-endian
         self.spec_samples = SampleSpec(
             tuple(simulator.sample_shape), np.dtype(simulator.dtype).newbyteorder("<"), simulator.samples_per_run
@@ -368,7 +370,7 @@ class SimulationScheduler:
             active = fleet.start(record, str(self.address))
             self.buffer.simulation_started(active.record.simulation_id)
             self.state.write(active.record)
-            self._emit("engage_simulation_started", record=active.record)
+            self._notify(self.hooks.engage_simulation_started, record=active.record)
 
     # ------------------------------------------------------------------ messages
     @staticmethod
@@ -473,10 +475,12 @@ class SimulationScheduler:
     def _flush(self) -> None:
         """Put the samples of this drain into the buffer and tell plugins, once per simulation."""
         arrived = self.receiver.flush()
-        if arrived and self.hooks is not None:
+        if arrived:
             size = len(self.buffer)
             for simulation_id, count in arrived.items():
-                self._emit("engage_samples_arrived", simulation_id=simulation_id, count=count, buffer_size=size)
+                self._notify(
+                    self.hooks.engage_samples_arrived, simulation_id=simulation_id, count=count, buffer_size=size
+                )
 
     def _done(self, sock: zmq.Socket, active: Running, header: protocol.Header) -> None:
         self._flush()  # the samples before DONE are in the buffer when the simulation counts as finished
@@ -496,7 +500,7 @@ class SimulationScheduler:
         self.state.counts.finished += 1
         self.state.write(rec)
         self.steering.finished(rec)
-        self._emit("engage_simulation_finished", record=rec)
+        self._notify(self.hooks.engage_simulation_finished, record=rec)
 
     # ------------------------------------------------------------------ liveness and failures
     def _check(self, sock: zmq.Socket) -> None:
@@ -525,7 +529,7 @@ class SimulationScheduler:
             rec.stderr_tail[-2000:],
         )
         self.state.write(rec, final=retry is None)
-        self._emit("engage_simulation_failed", record=rec, error=reason)
+        self._notify(self.hooks.engage_simulation_failed, record=rec, error=reason)
         counts = self.state.counts
         if retry is not None:
             counts.retried += 1
@@ -542,13 +546,13 @@ class SimulationScheduler:
                 "be met (raise data.retries, set data.on_failure=redraw or lower data.min_completed)"
             )
 
-    def _emit(self, hook: str, **kwargs: Any) -> None:
-        if self.hooks is None:
-            return
+    @staticmethod
+    def _notify(hook: Any, **kwargs: Any) -> None:
+        """Call an event hook; a plugin that fails there fails the run, named (never a peer's fault)."""
         try:
-            getattr(self.hooks, hook)(**kwargs)
-        except Exception:  # a plugin's bug must not stop the simulations
-            log.exception("plugin hook %s failed", hook)
+            hook(**kwargs)
+        except Exception as exc:
+            raise SchedulerError(f"plugin hook {hook.name} failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
 
     # ------------------------------------------------------------------ progress and state
     def stats(self) -> dict[str, float]:

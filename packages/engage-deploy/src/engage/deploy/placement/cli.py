@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engage.core.plugins import placement_solvers
 from engage.core.tracking.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
@@ -52,7 +53,7 @@ def load_config(spec: str) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="placement problem or infrastructure: YAML file or shipped name")
-    parser.add_argument("--solver", choices=("cpsat", "greedy", "exhaustive"), default="cpsat")
+    parser.add_argument("--solver", choices=sorted(placement_solvers()), default="cpsat")
     parser.add_argument("--time-limit", type=float, default=10.0, help="CP-SAT time limit in seconds")
     parser.add_argument("--pareto", metavar="A,B", help="two of latency, inaccuracy, energy: print the front")
     parser.add_argument("--points", type=int, default=6, help="points of the Pareto front")
@@ -65,13 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _solver(name: str, time_limit_s: float):
-    from engage.deploy.placement import CpSatSolver, ExhaustiveSolver, GreedySolver
-
-    if name == "greedy":
-        return GreedySolver()
-    if name == "exhaustive":
-        return ExhaustiveSolver()
-    return CpSatSolver(time_limit_s)
+    return placement_solvers()[name](time_limit_s=time_limit_s)
 
 
 def run_command(namespace: argparse.Namespace) -> int:

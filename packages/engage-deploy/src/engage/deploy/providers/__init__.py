@@ -1,10 +1,12 @@
-"""Providers by name. Each entry is ``"module:Class"``, imported only when used, so that choosing
-the ``local`` provider never imports a testbed's client library.
+"""Providers by name, contributed through the ``engage_providers`` hook (engage-deploy's plugin
+adds ``local``, ``netns``, ``g5k``, ``chameleon``, ``vagrant`` and ``static``). A testbed provider
+imports its client library when it deploys, so that choosing the ``local`` provider never imports
+a testbed's.
 
 Example::
 
-    >>> from engage.deploy.providers import PROVIDERS, get_provider
-    >>> sorted(PROVIDERS)
+    >>> from engage.deploy.providers import get_provider, provider_names
+    >>> provider_names()
     ['chameleon', 'g5k', 'local', 'netns', 'static', 'vagrant']
     >>> get_provider("local").__name__
     'LocalProvider'
@@ -12,33 +14,24 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-
+from engage.core.plugins import providers
 from engage.deploy.infrastructure import InfrastructureError
 from engage.deploy.providers.base import Host, Provider, ProviderError
 
-PROVIDERS: dict[str, str] = {
-    "local": "engage.deploy.providers.local:LocalProvider",
-    "netns": "engage.deploy.providers.netns:NetnsProvider",
-    "g5k": "engage.deploy.providers.testbeds:G5kProvider",
-    "chameleon": "engage.deploy.providers.testbeds:ChameleonProvider",
-    "vagrant": "engage.deploy.providers.testbeds:VagrantProvider",
-    "static": "engage.deploy.providers.testbeds:StaticProvider",
-}
+
+def provider_names() -> list[str]:
+    """The names of every installed provider, sorted."""
+    return sorted(providers())
 
 
 def get_provider(name: str) -> type[Provider]:
     """The provider class registered as ``name``; an unknown name lists the known ones."""
-    if name not in PROVIDERS:
+    known = providers()
+    if name not in known:
         raise InfrastructureError(
-            f"infrastructure.provider: unknown provider {name!r}; known providers: {', '.join(sorted(PROVIDERS))}"
+            f"infrastructure.provider: unknown provider {name!r}; known providers: {', '.join(sorted(known))}"
         )
-    module_name, _, class_name = PROVIDERS[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ProviderError(f"provider {name!r} cannot be loaded ({exc}); reinstall engage-deploy") from exc
-    return getattr(module, class_name)
+    return known[name]
 
 
-__all__ = ["PROVIDERS", "Host", "Provider", "ProviderError", "get_provider"]
+__all__ = ["Host", "Provider", "ProviderError", "get_provider", "provider_names"]
