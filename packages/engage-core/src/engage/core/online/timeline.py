@@ -148,7 +148,10 @@ class SimulationTimeline:
             )
         bars.set_ylabel("simulation id")
         counts = Counter(s.status for s in spans)
-        bars.set_title(f"{self.title}: {counts['finished']} finished, {counts['failed']} failed attempts")
+        bars.set_title(
+            f"{self.title}, attempts: {counts['finished']} finished, {counts['failed']} failed, "
+            f"{counts['running']} running at the end"
+        )
         bars.legend(loc="upper left")
         if fill:
             buffer.step([t - origin for t, _ in fill], [n for _, n in fill], where="post", color="tab:blue")
