@@ -14,14 +14,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from engage.memory.blocks import NoBlocksError, find_blocks
     from engage.memory.budget import format_bytes, parse_budget
     from engage.memory.chunked_loss import chunked_cross_entropy, loss_chunks
     from engage.memory.ddp_strategy import DDPMemoryPlanningStrategy
     from engage.memory.decisions import Decision
-    from engage.memory.errors import InfeasibleBudgetError, PlannedOutOfMemoryError
+    from engage.memory.errors import (
+        InfeasibleBudgetError,
+        PlannedOutOfMemoryError,
+        ProfileMismatchError,
+        UnsupportedSetupError,
+    )
     from engage.memory.meter import MemoryMeter
     from engage.memory.plan import Plan
-    from engage.memory.planner import MemoryPlanner, find_blocks
+    from engage.memory.planner import MemoryPlanner
     from engage.memory.profile import Profile
     from engage.memory.solver_cpsat import CpSatSolver
     from engage.memory.solver_dp import DynamicProgrammingSolver
@@ -37,12 +43,15 @@ _EXPORTS = {
     "MemoryMeter": "meter",
     "MemoryPlanner": "planner",
     "MemoryPlanningStrategy": "strategy",
+    "NoBlocksError": "blocks",
     "Plan": "plan",
     "PlannedOutOfMemoryError": "errors",
     "Profile": "profile",
+    "ProfileMismatchError": "errors",
+    "UnsupportedSetupError": "errors",
     "chunked_cross_entropy": "chunked_loss",
     "loss_chunks": "chunked_loss",
-    "find_blocks": "planner",
+    "find_blocks": "blocks",
     "format_bytes": "budget",
     "parse_budget": "budget",
 }
@@ -56,9 +65,12 @@ __all__ = [
     "MemoryMeter",
     "MemoryPlanner",
     "MemoryPlanningStrategy",
+    "NoBlocksError",
     "Plan",
     "PlannedOutOfMemoryError",
     "Profile",
+    "ProfileMismatchError",
+    "UnsupportedSetupError",
     "chunked_cross_entropy",
     "find_blocks",
     "format_bytes",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -11,11 +13,13 @@ from torch.utils._pytree import tree_flatten
 
 from engage.memory.budget import format_bytes, parse_budget
 from engage.memory.decisions import Decision
-from engage.memory.errors import PlannedOutOfMemoryError
+from engage.memory.errors import PlannedOutOfMemoryError, UnsupportedSetupError
 from engage.memory.plan import Plan
 from engage.memory.planner import SOLVERS, MemoryPlanner
-from engage.memory.profile import Profile
+from engage.memory.profile import Profile, input_signature, model_signature
 from engage.memory.report import log_to_mlflow
+from engage.memory.step_state import cache_off
+from engage.memory.watch import StepWatch
 
 
 def _check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[Decision]:
@@ -46,6 +50,23 @@ def _silenced_logging(module: Any) -> Iterator[None]:
     finally:
         del module.log
         del module.log_dict
+
+
+@contextlib.contextmanager
+def _optimizers_paused(optimizers: Sequence[Any]) -> Iterator[None]:
+    """A manually optimized ``training_step`` steps its optimizers itself; while profiling those steps must
+    neither train nor count as trainer steps: each ``step`` only runs its closure, if any."""
+
+    def paused(closure: Any = None, **kwargs: Any) -> Any:
+        return closure() if closure is not None else None
+
+    for opt in optimizers:
+        opt.step = paused
+    try:
+        yield
+    finally:
+        for opt in optimizers:
+            del opt.step
 
 
 def _shape_key(batch: Any) -> tuple:
@@ -87,6 +108,8 @@ class _MemoryPlanning:
         self.plan: Plan | None = None
         self.profile: Profile | None = None
         self.measured_peak: int | None = None
+        self.watch: StepWatch | None = None
+        self._cache_warned = False
 
     def _setup_planner(self) -> None:
         if self.planner is None:
@@ -97,6 +120,7 @@ class _MemoryPlanning:
                 decisions=self.decisions,
                 offload_min_bytes=self.offload_min_bytes,
             )
+            self.watch = StepWatch(self.planner.runtime, self.root_device)
 
     def _profile_step(self, args: tuple, kwargs: dict) -> Any:
         module = self.lightning_module
@@ -104,7 +128,14 @@ class _MemoryPlanning:
         def step() -> None:
             with self.precision_plugin.train_step_context():
                 out = module.training_step(*args, **kwargs)
+            if not module.automatic_optimization:
+                return  # training_step ran its own backward (its optimizer steps are skipped while profiling)
             loss = out["loss"] if isinstance(out, dict) else out
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                raise UnsupportedSetupError(
+                    f"training_step returned {type(out).__name__}, not a loss that requires grad: the memory "
+                    "planner profiles forward and backward; return the loss (or {'loss': loss})"
+                )
             loss.backward()
 
         return step
@@ -112,58 +143,76 @@ class _MemoryPlanning:
     def _is_rank_zero(self) -> bool:
         return getattr(self, "global_rank", 0) == 0
 
-    def _share(self, plan: Plan | None, profile: Profile | None) -> tuple[Plan, Profile | None]:
-        """Single device: nothing to share (overridden under DDP)."""
+    def _share(self, plan: Plan | None, profile: Profile | None, inputs: str) -> tuple[Plan, Profile | None]:
+        """Single device: nothing to share (overridden under DDP, where ``inputs`` must match rank 0's)."""
         assert plan is not None
         return plan, profile
 
-    def _make_plan(self, args: tuple, kwargs: dict) -> None:
+    def _load_profile(self, signatures: tuple[str, str]) -> Profile | None:
+        """The saved profile for this model and input, ``None`` if there is none to reuse."""
+        if not self.profile_path or self.plans or not os.path.exists(self.profile_path):
+            return None
+        profile = Profile.load(self.profile_path)
+        profile.check_matches(*signatures, source=f"profile_path={self.profile_path!r}")
+        return profile
+
+    def _make_plan(self, args: tuple, kwargs: dict, reuse: bool = True) -> None:
         assert self.planner is not None
         module = self.lightning_module
-        trainer = module.trainer
         key = _shape_key((args, kwargs))
-        if key in self.plans:
-            self.plan = self.plans[key]
-            self.planner.apply(self.plan)
-            return
+        roots = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        signatures = (model_signature(module, self.planner.runtime.blocks), input_signature(roots))
         plan = profile = None
         if self._is_rank_zero():
-            step = self._profile_step(args, kwargs)
-            roots = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-            with _silenced_logging(module):
-                if self.profile_path and not self.plans and __import__("os").path.exists(self.profile_path):
-                    profile = Profile.load(self.profile_path)
-                    self.planner.profile_ = profile
-                else:
-                    profile = self.planner.profile(
-                        step,
-                        optimizers=list(trainer.optimizers),
-                        roots=roots,
-                        grads_persist=trainer.accumulate_grad_batches > 1,
-                        # Lightning zeroes gradients after training_step: the last step's are alive in forward.
-                        grads_in_forward=True,
-                    )
-                    if self.profile_path and not self.plans:
-                        profile.save(self.profile_path)
-                plan = self.planner.plan(self.budget, self.solver, profile)
-                if self.verify:
-                    self.measured_peak, measured = self.planner.measure(step, roots)
-                    for p in module.parameters():
-                        p.grad = None
-                else:
-                    measured = None
-            if self.print_plan:
-                from rich.console import Console
-
-                Console().print(plan.table(self.measured_peak))
-            for logger in trainer.loggers:
-                if type(logger).__name__ == "MLFlowLogger":
-                    log_to_mlflow(logger, plan, profile, self.measured_peak, measured)
-        plan, profile = self._share(plan, profile)
+            if reuse and key in self.plans:
+                plan, profile = self.plans[key], self.planner.profile_
+            else:
+                plan, profile = self._profile_and_solve(args, kwargs, roots, signatures)
+        plan, profile = self._share(plan, profile, signatures[1])
         self.planner.apply(plan)
         self.planner.profile_ = profile
         self.plan, self.profile = plan, profile
         self.plans[key] = plan
+        assert self.watch is not None
+        self.watch.follow(plan, profile)
+
+    def _profile_and_solve(
+        self, args: tuple, kwargs: dict, roots: list[torch.Tensor], signatures: tuple[str, str]
+    ) -> tuple[Plan, Profile]:
+        assert self.planner is not None
+        module = self.lightning_module
+        trainer = module.trainer
+        step = self._profile_step(args, kwargs)
+        with _silenced_logging(module), _optimizers_paused(getattr(self, "_lightning_optimizers", [])):
+            profile = self._load_profile(signatures)
+            if profile is not None:
+                self.planner.profile_ = profile
+            else:
+                profile = self.planner.profile(
+                    step,
+                    optimizers=list(trainer.optimizers),
+                    roots=roots,
+                    grads_persist=trainer.accumulate_grad_batches > 1,
+                    # Lightning zeroes gradients after training_step: the last step's are alive in forward.
+                    grads_in_forward=True,
+                )
+                if self.profile_path and not self.plans:
+                    profile.save(self.profile_path)
+            measured = None
+            if self.verify:
+                plan, self.measured_peak, measured = self.planner.fit(self.budget, step, roots, self.solver)
+                for p in module.parameters():
+                    p.grad = None
+            else:
+                plan = self.planner.plan(self.budget, self.solver, profile)
+        if self.print_plan:
+            from rich.console import Console
+
+            Console().print(plan.table(self.measured_peak))
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "MLFlowLogger":
+                log_to_mlflow(logger, plan, profile, self.measured_peak, measured)
+        return plan, profile
 
     def _oom(self, exc: BaseException) -> PlannedOutOfMemoryError:
         peak = torch.cuda.max_memory_allocated(self.root_device) if self.root_device.type == "cuda" else None
@@ -174,11 +223,34 @@ class _MemoryPlanning:
             f"lower the budget or leave room for other allocations:\n{table}\n{exc}"
         )
 
+    def _needs_plan(self, args: tuple, kwargs: dict) -> tuple[bool, bool]:
+        """Whether this step needs a plan, and whether a cached one for its shapes may serve."""
+        left = self.watch.check() if self.watch is not None else None
+        new_shape = self.plan is not None and _shape_key((args, kwargs)) not in self.plans
+        if left is not None:
+            warnings.warn(f"memory plan exceeded: {left}; profiling this step again", stacklevel=3)
+        elif new_shape:
+            warnings.warn("input shapes changed; planning memory for the new shapes", stacklevel=3)
+        need = self.plan is None or new_shape or left is not None
+        # Under DDP every rank must enter planning together (plans are broadcast from rank 0).
+        return self.reduce_boolean_decision(need, all=False), left is None
+
     def _planned_training_step(self, parent_step: Any, args: tuple, kwargs: dict) -> Any:
         try:
-            if self.plan is None or _shape_key((args, kwargs)) not in self.plans:
-                self._make_plan(args, kwargs)
-            return parent_step(*args, **kwargs)
+            with cache_off(self.lightning_module) as had_cache:
+                if had_cache and not self._cache_warned:
+                    self._cache_warned = True
+                    warnings.warn(
+                        "use_cache=True is turned off during planned training steps: a key/value cache changes "
+                        "when checkpointed blocks recompute",
+                        stacklevel=3,
+                    )
+                need, reuse = self._needs_plan(args, kwargs)
+                if need:
+                    self._make_plan(args, kwargs, reuse=reuse)
+                assert self.watch is not None
+                self.watch.start()
+                return parent_step(*args, **kwargs)
         except torch.cuda.OutOfMemoryError as exc:
             raise self._oom(exc) from exc
 

@@ -8,6 +8,7 @@ from typing import Any
 from lightning.pytorch.strategies import DDPStrategy
 
 from engage.memory._planning import _MemoryPlanning
+from engage.memory.errors import UnsupportedSetupError
 from engage.memory.plan import Plan
 from engage.memory.profile import Profile
 
@@ -57,9 +58,14 @@ class DDPMemoryPlanningStrategy(_MemoryPlanning, DDPStrategy):
         super().setup(trainer)
         self._setup_planner()
 
-    def _share(self, plan: Plan | None, profile: Profile | None) -> tuple[Plan, Profile | None]:
-        payload = (plan.to_dict(), profile.to_dict()) if plan is not None and profile is not None else None
-        plan_data, profile_data = self.broadcast(payload, src=0)
+    def _share(self, plan: Plan | None, profile: Profile | None, inputs: str) -> tuple[Plan, Profile | None]:
+        payload = (plan.to_dict(), profile.to_dict(), inputs) if plan is not None and profile is not None else None
+        plan_data, profile_data, planned_inputs = self.broadcast(payload, src=0)
+        if inputs != planned_inputs:
+            raise UnsupportedSetupError(
+                f"rank {self.global_rank} got input {inputs} but rank 0 planned for {planned_inputs}: every rank "
+                "must use one plan; give all ranks batches of the same shapes (drop_last=True, padding)"
+            )
         return Plan.from_dict(plan_data), Profile.from_dict(profile_data)
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:

@@ -17,11 +17,22 @@ class InfeasibleBudgetError(ValueError):
     def __init__(self, budget: int, minimum: int) -> None:
         self.budget = budget
         self.minimum = minimum
+        low, high = format_bytes(budget), format_bytes(minimum)
+        if low == high:  # two sizes that print alike: show the bytes that tell them apart
+            low, high = f"{low} ({budget} B)", f"{high} ({minimum} B)"
         super().__init__(
-            f"no memory plan fits budget={format_bytes(budget)}: the smallest feasible budget is "
-            f"{format_bytes(minimum)} (the lowest-memory plan); set budget to at least {format_bytes(minimum)}"
+            f"no memory plan fits budget={low}: the smallest feasible budget is "
+            f"{high} (the lowest-memory plan); set budget to at least {high}"
         )
 
 
 class PlannedOutOfMemoryError(RuntimeError):
     """The device ran out of memory during a planned step; the message carries the plan and the measured peak."""
+
+
+class ProfileMismatchError(ValueError):
+    """A saved profile was measured for another model or another input than the one being trained."""
+
+
+class UnsupportedSetupError(ValueError):
+    """A training setup the memory planner cannot plan for; the message says what to change."""

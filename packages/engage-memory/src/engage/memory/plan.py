@@ -43,8 +43,14 @@ class Plan:
         cls, profile: Profile, decisions: list[Decision], budget: int, solver: str, solve_seconds: float = 0.0
     ) -> Plan:
         """Build a plan and its predictions from ``profile``."""
+        per_block = profile.expand(decisions)
+        kept = [0] * len(decisions)
+        overheads = [0.0] * len(decisions)
+        for i, (block, decision) in enumerate(zip(profile.blocks, per_block)):
+            kept[profile.module_of(i)] += block.costs[decision.value].fwd_delta
+            overheads[profile.module_of(i)] += block.overhead(decision)
         return cls(
-            names=[b.name for b in profile.blocks],
+            names=profile.units,
             decisions=list(decisions),
             budget=budget,
             predicted_peak=profile.predict_peak(decisions),
@@ -52,8 +58,8 @@ class Plan:
             solver=solver,
             solve_seconds=solve_seconds,
             timeline=profile.timeline(decisions),
-            block_bytes=[profile.cost(i, d).fwd_delta for i, d in enumerate(decisions)],
-            block_overheads=[b.overhead(d) for b, d in zip(profile.blocks, decisions)],
+            block_bytes=kept,
+            block_overheads=overheads,
         )
 
     def counts(self) -> dict[str, int]:

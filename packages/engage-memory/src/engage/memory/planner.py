@@ -10,68 +10,46 @@ from typing import Any
 import torch
 from torch import nn
 
+from engage.memory.blocks import find_blocks
 from engage.memory.budget import parse_budget
 from engage.memory.decisions import ALL_DECISIONS, Decision
 from engage.memory.errors import InfeasibleBudgetError
 from engage.memory.meter import MemoryMeter
 from engage.memory.plan import Plan
 from engage.memory.probes import Probe
-from engage.memory.profile import (
-    Event,
-    Profile,
-    Profiler,
-    _bwd_window,
-    _fwd_window,
-    _positions,
-    _record_run,
-    _window_peak,
-)
+from engage.memory.profile import Profile, input_signature, model_signature
+from engage.memory.profiler import Event, Profiler, _bwd_window, _fwd_window, _positions, _record_run, _window_peak
 from engage.memory.runtime import PlanRuntime
 from engage.memory.solver_cpsat import CpSatSolver
 from engage.memory.solver_dp import DynamicProgrammingSolver
+from engage.memory.step_state import preserved_state
 
 SOLVERS = ("auto", "dp", "cpsat")
-
-
-def find_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
-    """The blocks to plan: ``names`` if given, else the children of the heaviest ``ModuleList``/``Sequential``.
-
-    Examples:
-        >>> import torch
-        >>> net = torch.nn.ModuleDict({"emb": torch.nn.Linear(2, 2),
-        ...                            "h": torch.nn.ModuleList([torch.nn.Linear(9, 9), torch.nn.Linear(9, 9)])})
-        >>> [n for n, _ in find_blocks(net)]
-        ['h.0', 'h.1']
-    """
-    if names:
-        return [(name, model.get_submodule(name)) for name in names]
-    best: tuple[int, str, nn.Module] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2:
-            size = sum(p.numel() for p in module.parameters()) + len(module)
-            if best is None or size > best[0]:
-                best = (size, name, module)
-    if best is None:
-        raise ValueError(
-            f"{type(model).__name__} has no nn.ModuleList or nn.Sequential of 2 or more blocks; "
-            "pass blocks=['name.of.block', ...] to choose the modules to plan"
-        )
-    _, prefix, container = best
-    return [(f"{prefix}.{k}" if prefix else str(k), child) for k, child in enumerate(container)]
 
 
 def measured_timeline(events: Sequence[Event], profile: Profile) -> list[tuple[str, int]]:
     """Measured peak of each phase of one recorded step, with the labels of :meth:`Profile.timeline`."""
     pos = _positions(events)
-    order = profile.fwd_order
-    points = [("prologue", _window_peak(events, 0, pos[("fwd_start", order[0])]))]
-    for i, following in zip(order, [*order[1:], None]):
-        points.append((f"{profile.blocks[i].name} fwd", _window_peak(events, *_fwd_window(pos, i, following))))
-    fe_last, bs_first = pos[("fwd_end", order[-1])], pos[("bwd_start", profile.bwd_order[0])]
+    calls = list(dict.fromkeys(call for kind, call, *_ in events if kind == "fwd_start"))
+    if len(calls) != len(profile.blocks):
+        return []  # the step ran other blocks than the profiled one: its phases do not correspond
+    names = {call: profile.blocks[profile.fwd_order[k]].name for k, call in enumerate(calls)}
+    bwd = sorted(calls, key=lambda c: pos.get(("bwd_start", c), len(events)))
+    points = [("prologue", _window_peak(events, 0, pos[("fwd_start", calls[0])]))]
+    for call, following in zip(calls, [*calls[1:], None]):
+        points.append((f"{names[call]} fwd", _window_peak(events, *_fwd_window(pos, call, following))))
+    fe_last, bs_first = pos[("fwd_end", calls[-1])], pos[("bwd_start", bwd[0])]
     points.append(("loss", _window_peak(events, fe_last, bs_first)))
-    for i in profile.bwd_order:
-        points.append((f"{profile.blocks[i].name} bwd", _window_peak(events, *_bwd_window(events, pos, i))))
+    for call in bwd:
+        points.append((f"{names[call]} bwd", _window_peak(events, *_bwd_window(events, pos, call))))
     return points
+
+
+def _eager() -> contextlib.AbstractContextManager:
+    """Run compiled code eagerly inside: a frame first seen under the memory meter is then not marked for
+    skipping, so ``torch.compile`` still compiles it on the next real step."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 class MemoryPlanner:
@@ -136,14 +114,20 @@ class MemoryPlanner:
         """
         grad_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
         extra = grad_bytes if grads_persist else 0
-        with self._probe([*optimizers, *roots]) as probe:
+        with preserved_state(self.model) as random_state, _eager(), self._probe([*optimizers, *roots]) as probe:
+
+            def replayed() -> None:
+                random_state.restore()  # every run draws the same dropout masks and skips the same blocks
+                step()
+
             profile = Profiler(self.runtime, probe, self.model.parameters(), self.decisions).run(
-                step, extra=extra, optimizers=list(optimizers)
+                replayed, extra=extra, optimizers=list(optimizers), reseed=random_state.advance
             )
         if grads_in_forward and not grads_persist:
             profile.forward_extra = grad_bytes
-        shapes = [list(t.shape) for t in roots if isinstance(t, torch.Tensor)]
-        profile.input_shapes = shapes
+        profile.input_shapes = [list(t.shape) for t in roots if isinstance(t, torch.Tensor)]
+        profile.model_signature = model_signature(self.model, self.runtime.blocks)
+        profile.input_signature = input_signature(roots)
         self.profile_ = profile
         return profile
 
@@ -152,40 +136,90 @@ class MemoryPlanner:
         budget: str | int | float,
         solver: str = "auto",
         profile: Profile | None = None,
-        margin: float | None = None,
+        margin: float = 0.0,
     ) -> Plan:
         """Fastest plan under ``budget``; applied to the model right away.
 
-        ``margin`` is the share of the budget held back for prediction error: by default none for chains
-        (where measured costs compose exactly) and 5% when blocks branch, since a tensor shared by two
-        branches is freed by whichever of them releases it last, which per-block costs only approximate.
+        ``margin`` is a share of the budget to hold back for allocations the profile does not see (none by
+        default: the plan's predicted peak may reach the budget itself).
         """
         profile = profile or self.profile_
         if profile is None:
             raise ValueError("no profile yet: call profile(step) first or pass profile=Profile.load(path)")
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown; choose one of {', '.join(SOLVERS)}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin={margin} must lie in [0, 1)")
         nbytes = parse_budget(budget, self.device)
-        if solver == "auto":
-            solver = "dp" if profile.chain else "cpsat"
-        engine = DynamicProgrammingSolver() if solver == "dp" else CpSatSolver()
-        if margin is None:
-            margin = 0.0 if profile.chain else 0.05
+        usable = nbytes - math.ceil(nbytes * margin)
         try:
-            plan = engine.solve(profile, int(nbytes * (1.0 - margin)))
-        except InfeasibleBudgetError as exc:
-            raise InfeasibleBudgetError(nbytes, math.ceil(exc.minimum / (1.0 - margin))) from None
+            plan = self._engine(profile, solver).solve(profile, usable)
+        except InfeasibleBudgetError:
+            # Solvers bucket or round memory; the lowest-memory plan decides whether the budget is feasible.
+            lowest = self._lowest(profile)
+            if lowest.predicted_peak > usable:
+                minimum = math.ceil(lowest.predicted_peak / (1.0 - margin)) if margin else lowest.predicted_peak
+                raise InfeasibleBudgetError(nbytes, minimum) from None
+            plan = lowest
         plan.budget = nbytes
         self.apply(plan)
         return plan
 
-    def minimum_budget(self, profile: Profile | None = None) -> int:
-        """Smallest peak any plan reaches for the profiled step."""
+    def fit(
+        self,
+        budget: str | int | float,
+        step: Callable[[], Any],
+        roots: Sequence[Any] = (),
+        solver: str = "auto",
+        profile: Profile | None = None,
+        tries: int = 4,
+    ) -> tuple[Plan, int, list[tuple[str, int]]]:
+        """:meth:`plan`, then run one planned step and check its measured peak against ``budget``.
+
+        Per-block costs compose exactly on chains without shared tensors; where blocks share tensors (skip
+        connections, an offloaded copy of an input another block keeps) a plan can measure above its
+        prediction. Each time it does, the plan is solved again for the budget less the measured excess, and
+        at last the lowest-memory plan is tried. Returns the plan, its measured peak and phase timeline;
+        :class:`InfeasibleBudgetError` names the lowest plan's measured peak when even that one exceeds.
+        """
+        nbytes = parse_budget(budget, self.device)
         profile = profile or self.profile_
-        assert profile is not None, "profile first"
-        floor = (DynamicProgrammingSolver() if profile.chain else CpSatSolver()).minimum_budget(profile)
-        # Non-chains plan with a 5% margin (see plan()): the smallest budget they accept is that much higher.
-        return floor if profile.chain else math.ceil(floor / 0.95)
+        usable = nbytes
+        for _ in range(tries):
+            try:
+                plan = self.plan(usable, solver, profile)
+            except InfeasibleBudgetError:
+                break
+            measured, timeline = self.measure(step, roots)
+            if measured <= nbytes:
+                plan.budget = nbytes
+                return plan, measured, timeline
+            usable -= measured - nbytes
+        assert profile is not None  # plan() raised otherwise
+        lowest = self._lowest(profile)
+        self.apply(lowest)
+        measured, timeline = self.measure(step, roots)
+        if measured > nbytes:
+            raise InfeasibleBudgetError(nbytes, max(measured, lowest.predicted_peak))
+        lowest.budget = nbytes
+        return lowest, measured, timeline
+
+    def _engine(self, profile: Profile, solver: str) -> DynamicProgrammingSolver | CpSatSolver:
+        if solver == "auto":
+            solver = "dp" if profile.chain else "cpsat"
+        return DynamicProgrammingSolver() if solver == "dp" else CpSatSolver()
+
+    def _lowest(self, profile: Profile) -> Plan:
+        engine = self._engine(profile, "auto")
+        decisions = engine.lowest_decisions(profile)
+        return Plan.from_decisions(profile, decisions, profile.predict_peak(decisions), engine.name)
+
+    def minimum_budget(self, profile: Profile | None = None) -> int:
+        """Smallest budget :meth:`plan` accepts: the predicted peak of the lowest-memory plan."""
+        profile = profile or self.profile_
+        if profile is None:
+            raise ValueError("no profile yet: call profile(step) first or pass profile=Profile.load(path)")
+        return self._lowest(profile).predicted_peak
 
     def apply(self, plan: Plan) -> None:
         """Run the blocks under ``plan``'s decisions from now on."""
@@ -195,7 +229,7 @@ class MemoryPlanner:
     def measure(self, step: Callable[[], Any], roots: Sequence[Any] = ()) -> tuple[int, list[tuple[str, int]]]:
         """Run ``step`` under the current plan and return its measured peak and per-phase timeline."""
         decisions = dict(self.runtime.decisions)
-        with self._probe(roots) as probe:
+        with preserved_state(self.model), _eager(), self._probe(roots) as probe:
             if self.device.type == "cuda":
                 probe.reset_peak()
             events = _record_run(step, self.runtime, probe, decisions)

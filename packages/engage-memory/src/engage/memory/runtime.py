@@ -52,7 +52,9 @@ def first_grad_tensor(obj: Any) -> torch.Tensor | None:
     return None
 
 
-Recorder = Callable[[str, int], None]
+#: one call of a block in a step: (block index, how many calls of that block came before it)
+Call = tuple[int, int]
+Recorder = Callable[[str, Call], None]
 
 
 class PlanRuntime:
@@ -60,8 +62,9 @@ class PlanRuntime:
 
     The patch is an instance attribute, so parameter names and ``state_dict`` keys are untouched and
     :meth:`remove` restores the module exactly. A ``recorder`` (set while profiling) is called at four
-    events per block: ``fwd_start``, ``fwd_end``, ``bwd_start`` (its output gradient exists) and
-    ``bwd_end`` (its input gradient exists).
+    events per call of a block: ``fwd_start``, ``fwd_end``, ``bwd_start`` (its output gradient exists) and
+    ``bwd_end`` (its input gradient exists). ``calls`` counts each block's calls under autograd since
+    :meth:`reset_calls`, so that a step that calls blocks more often than the profiled one is noticed.
 
     Examples:
         >>> import torch
@@ -82,6 +85,7 @@ class PlanRuntime:
         self.decisions: dict[int, Decision] = {}
         self.recorder: Recorder | None = None
         self.chain_links: dict[int, bool] = {}
+        self.calls: dict[int, int] = {}
         # Weak, so that linking blocks into a chain never keeps an activation alive.
         self._last_output: weakref.ref | None = None
         params = {p.untyped_storage().data_ptr() for _, m in self.blocks for p in m.parameters()}
@@ -98,6 +102,10 @@ class PlanRuntime:
             module.forward = functools.partial(self._forward, index, original)
             self._installed.append((module, previous))
 
+    def reset_calls(self) -> None:
+        """Start counting block calls afresh (at the start of a step)."""
+        self.calls = {}
+
     def remove(self) -> None:
         """Restore every block's own ``forward``."""
         for module, previous in self._installed:
@@ -111,10 +119,13 @@ class PlanRuntime:
         decision = self.decisions.get(index, Decision.KEEP)
         recorder = self.recorder
         inp = first_grad_tensor((args, kwargs))
+        call = (index, self.calls.get(index, 0))
+        if torch.is_grad_enabled():
+            self.calls[index] = call[1] + 1
         if recorder is not None:
             previous = self._last_output() if self._last_output is not None else None
             self.chain_links[index] = inp is not None and inp is previous
-            recorder("fwd_start", index)
+            recorder("fwd_start", call)
         if not torch.is_grad_enabled() or decision is Decision.KEEP:
             out = original(*args, **kwargs)
         elif decision is Decision.RECOMPUTE:
@@ -129,19 +140,19 @@ class PlanRuntime:
         if first_out is not None and torch.is_grad_enabled():
             # Hooks run in registration order: the event first, so a prefetch counts in this block's backward.
             if recorder is not None:
-                first_out.register_hook(functools.partial(self._record_hook, recorder, "bwd_start", index))
+                first_out.register_hook(functools.partial(self._record_hook, recorder, "bwd_start", call))
                 if inp is not None:
-                    inp.register_hook(functools.partial(self._record_hook, recorder, "bwd_end", index))
+                    inp.register_hook(functools.partial(self._record_hook, recorder, "bwd_end", call))
             if decision is Decision.OFFLOAD:
                 first_out.register_hook(functools.partial(self._prefetch_hook, index))
         if recorder is not None:
             self._last_output = weakref.ref(first_out) if first_out is not None else None
-            recorder("fwd_end", index)
+            recorder("fwd_end", call)
         return out
 
     def _prefetch_hook(self, index: int, grad: torch.Tensor) -> None:
         self.offloader.prefetch(index)
 
     @staticmethod
-    def _record_hook(recorder: Recorder, event: str, index: int, grad: torch.Tensor) -> None:
-        recorder(event, index)
+    def _record_hook(recorder: Recorder, event: str, call: Call, grad: torch.Tensor) -> None:
+        recorder(event, call)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from ortools.sat.python import cp_model
 
@@ -16,8 +17,13 @@ _KIB = 1024
 
 
 def _up(nbytes: float) -> int:
-    # Rounding every term up keeps the model conservative: a plan it accepts fits the exact budget.
+    # Rounding every added term up keeps the model conservative: a plan it accepts fits the exact budget.
     return math.ceil(nbytes / _KIB)
+
+
+def _down(nbytes: float) -> int:
+    # Terms that are subtracted round down, for the same reason.
+    return math.floor(nbytes / _KIB)
 
 
 class CpSatSolver:
@@ -48,28 +54,30 @@ class CpSatSolver:
     def _model(self, profile: Profile, budget: int | None) -> tuple[cp_model.CpModel, dict, cp_model.IntVar | None]:
         model = cp_model.CpModel()
         options = profile.available
-        x = {(i, d): model.new_bool_var(f"x_{i}_{d.value}") for i in range(len(profile.blocks)) for d in options}
-        for i in range(len(profile.blocks)):
-            model.add_exactly_one(x[i, d] for d in options)
+        # One choice per planned module; a module called twice per step has one block per call.
+        x = {(m, d): model.new_bool_var(f"x_{m}_{d.value}") for m in range(len(profile.units)) for d in options}
+        for m in range(len(profile.units)):
+            model.add_exactly_one(x[m, d] for d in options)
 
-        def chosen(i: int, field: str) -> cp_model.LinearExpr:
-            return sum(_up(getattr(profile.cost(i, d), field)) * x[i, d] for d in options)
+        def chosen(i: int, field: str, rounding: Callable[[float], int] = _up) -> cp_model.LinearExpr:
+            return sum(rounding(getattr(profile.cost(i, d), field)) * x[profile.module_of(i), d] for d in options)
 
         fixed = _up(profile.base + profile.extra)
         ahead = _up(profile.forward_extra)  # alive through the forward and the loss only
         peak = model.new_int_var(0, 1 << 50, "peak") if budget is None else None
-        limit = peak if peak is not None else _up(budget) if budget is not None else 0
+        # Terms round up and the budget rounds down, so every plan the model accepts fits the exact budget.
+        limit = peak if peak is not None else (budget // _KIB if budget is not None else 0)
         exprs = []
         prefix: cp_model.LinearExpr = 0
         for i in profile.fwd_order:
             exprs.append(fixed + ahead + prefix + chosen(i, "fwd_peak"))
             prefix = prefix + chosen(i, "fwd_delta")
-        last = profile.fwd_order[-1]
+        last = profile.module_of(profile.fwd_order[-1])
         exprs.append(fixed + ahead + prefix + sum(_up(profile.epilogue_peak[d.value]) * x[last, d] for d in options))
         mem = fixed + prefix + sum(_up(profile.epilogue_delta[d.value]) * x[last, d] for d in options)
         for i in profile.bwd_order:
             exprs.append(mem + chosen(i, "bwd_peak"))
-            mem = mem + _up(profile.blocks[i].grad_delta) - chosen(i, "fwd_delta")
+            mem = mem + _up(profile.blocks[i].grad_delta) - chosen(i, "fwd_delta", _down)
         constant = max(profile.prologue_peak + profile.extra + profile.forward_extra, profile.optimizer_peak)
         for expr in exprs:
             model.add(expr <= limit)
@@ -83,16 +91,22 @@ class CpSatSolver:
         solver.parameters.num_workers = self.workers
         return solver, solver.solve(model)
 
-    def minimum_budget(self, profile: Profile) -> int:
-        """Smallest peak any plan reaches."""
+    def lowest_decisions(self, profile: Profile) -> list[Decision]:
+        """Decisions of the plan with the smallest peak."""
         model, x, peak = self._model(profile, None)
         model.minimize(peak)
         solver, status = self._solve(model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             raise RuntimeError(f"CP-SAT found no plan even without a budget (status {solver.status_name(status)})")
-        decisions = [next(d for d in profile.available if solver.value(x[i, d])) for i in range(len(profile.blocks))]
-        # The model rounds up to KiB: name a budget the model itself accepts.
-        return max(profile.predict_peak(decisions), solver.value(peak) * _KIB)
+        return self._decisions(profile, solver, x)
+
+    @staticmethod
+    def _decisions(profile: Profile, solver: cp_model.CpSolver, x: dict) -> list[Decision]:
+        return [next(d for d in profile.available if solver.value(x[m, d])) for m in range(len(profile.units))]
+
+    def minimum_budget(self, profile: Profile) -> int:
+        """Smallest peak any plan reaches (as predicted from the profile)."""
+        return profile.predict_peak(self.lowest_decisions(profile))
 
     def solve(self, profile: Profile, budget: int) -> Plan:
         """Fastest plan whose predicted peak fits ``budget``; :class:`InfeasibleBudgetError` otherwise."""
@@ -105,7 +119,7 @@ class CpSatSolver:
         rank = {d: k for k, d in enumerate(Decision)}
         model.minimize(
             sum(
-                (round(1e6 * profile.blocks[i].overhead(d)) * 8 + rank[d]) * x[i, d]
+                (round(1e6 * profile.blocks[i].overhead(d)) * 8 + rank[d]) * x[profile.module_of(i), d]
                 for i in range(len(profile.blocks))
                 for d in profile.available
             )
@@ -113,5 +127,5 @@ class CpSatSolver:
         solver, status = self._solve(model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             raise InfeasibleBudgetError(budget, self.minimum_budget(profile))
-        decisions = [next(d for d in profile.available if solver.value(x[i, d])) for i in range(len(profile.blocks))]
+        decisions = self._decisions(profile, solver, x)
         return Plan.from_decisions(profile, decisions, budget, self.name, time.perf_counter() - started)

@@ -98,11 +98,15 @@ class DynamicProgrammingSolver:
         by_block = dict(zip(order, best[1]))
         return [by_block[i] for i in range(len(profile.blocks))]
 
-    def minimum_budget(self, profile: Profile) -> int:
-        """Smallest peak any plan reaches."""
+    def lowest_decisions(self, profile: Profile) -> list[Decision]:
+        """Decisions of the plan with the smallest peak."""
         decisions = self._run(profile, float("inf"), minimise_peak=True)
         assert decisions is not None  # an unbounded budget always has a plan
-        return profile.predict_peak(decisions)
+        return decisions
+
+    def minimum_budget(self, profile: Profile) -> int:
+        """Smallest peak any plan reaches."""
+        return profile.predict_peak(self.lowest_decisions(profile))
 
     def solve(self, profile: Profile, budget: int) -> Plan:
         """Fastest plan whose predicted peak fits ``budget``; :class:`InfeasibleBudgetError` otherwise."""

@@ -21,10 +21,11 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
     Args:
         budget: ``"12GiB"``, bytes as an int, or a fraction of device memory as a float in (0, 1].
         solver: ``"dp"`` (chains of blocks), ``"cpsat"`` (any order of blocks) or ``"auto"``.
-        blocks: module names to plan; default: the children of the largest ``ModuleList``/``Sequential``.
+        blocks: module names to plan; default: the children of every repeated ``ModuleList``/``Sequential``.
         decisions: which decisions the solver may use.
         profile_path: JSON file for the profile: loaded if it exists (no re-profiling), written otherwise.
-        verify: measure one planned step on the first batch and show the measured peak next to the plan.
+        verify: measure one planned step on the first batch, solve again if it exceeds the budget, and show
+            the measured peak next to the plan.
         print_plan: print the plan table.
         offload_min_bytes: saved tensors smaller than this stay on the device when offloading.
         chunked_loss: offer a chunked loss to the LightningModule (off by default): a module that computes

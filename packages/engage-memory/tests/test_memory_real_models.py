@@ -1,0 +1,256 @@
+"""Models as people write them train under the strategy, and profiling leaves their state as it was."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from engage.memory import Decision, MemoryPlanner, MemoryPlanningStrategy, ProfileMismatchError
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int = 32, norm: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.norm = nn.BatchNorm1d(4 * d) if norm else nn.Identity()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.fc2(F.gelu(self.norm(self.fc1(x)))))
+
+
+class _Net(nn.Module):
+    """Blocks with BatchNorm and dropout; optionally LayerDrop (blocks skipped at random) or a reused block."""
+
+    def __init__(self, layers: int = 3, layerdrop: float = 0.0, reuse_last: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block(norm=True) for _ in range(layers)])
+        self.head = nn.Linear(32, 1)
+        self.layerdrop = layerdrop
+        self.reuse_last = reuse_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.training and self.layerdrop and float(torch.rand(())) < self.layerdrop:
+                continue
+            x = block(x)
+        if self.reuse_last:
+            x = self.blocks[-1](x)
+        return self.head(x)
+
+
+class _Lit(L.LightningModule):
+    def __init__(self, net: nn.Module, manual: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.automatic_optimization = not manual
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        x, y = batch
+        loss = F.mse_loss(self.net(x).float(), y)
+        if self.automatic_optimization:
+            return loss
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        return None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+def _data(n: int = 48, batch: int = 16) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    return DataLoader(TensorDataset(torch.randn(n, 32, generator=g), torch.randn(n, 1, generator=g)), batch_size=batch)
+
+
+def _fit(lit: L.LightningModule, strategy: Any = "auto", steps: int = 3, batch: int = 16, **options: Any) -> L.Trainer:
+    trainer = L.Trainer(
+        strategy=strategy,
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+    torch.manual_seed(7)
+    trainer.fit(lit, _data(batch=batch))
+    return trainer
+
+
+def _tight(net: nn.Module) -> int:
+    """A budget between the all-recompute and the all-keep peak of ``net``'s step (no Lightning)."""
+    net = copy.deepcopy(net)
+    x = torch.randn(16, 32)
+    planner = MemoryPlanner(net)
+    profile = planner.profile(lambda: net(x).square().mean().backward(), roots=[x])
+    n = len(profile.units)
+    low, high = profile.predict_peak([Decision.RECOMPUTE] * n), profile.predict_peak([Decision.KEEP] * n)
+    planner.remove()
+    return 1 << 30 if low >= high else (low + high) // 2
+
+
+@pytest.mark.parametrize(
+    ("manual", "options"),
+    [
+        pytest.param(True, {}, id="manual-optimization"),
+        pytest.param(False, {"precision": "bf16-mixed", "accumulate_grad_batches": 2}, id="bf16-accumulate"),
+    ],
+)
+def test_memory_strategy_trains_exactly_as_without_it(manual: bool, options: dict) -> None:
+    """BatchNorm statistics, dropout's random stream and the optimizer come out of profiling untouched."""
+    torch.manual_seed(0)
+    net = _Net()
+    reference = _Lit(copy.deepcopy(net), manual)
+    _fit(reference, **options)
+    planned = _Lit(copy.deepcopy(net), manual)
+    strategy = MemoryPlanningStrategy(budget="1GiB", print_plan=False, decisions=("keep", "recompute"))
+    _fit(planned, strategy, **options)
+    assert strategy.plan is not None and strategy.measured_peak is not None
+    assert strategy.measured_peak <= strategy.plan.budget
+    for (name, a), b in zip(reference.state_dict().items(), planned.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)  # buffers too: running stats, counts
+
+
+def test_memory_profiling_restores_batchnorm_rng_and_optimizer() -> None:
+    torch.manual_seed(0)
+    net = _Net()
+    x = torch.randn(16, 32)
+    opt = torch.optim.AdamW(net.parameters())
+    buffers = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    planner = MemoryPlanner(net)
+    planner.profile(lambda: net(x).square().mean().backward(), optimizers=[opt], roots=[x])
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert len(opt.state) == 0
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, buffers[k]), k  # running_mean, running_var, num_batches_tracked, weights
+    planner.remove()
+
+
+def test_memory_layerdrop_profiles_every_block_and_stays_under_budget() -> None:
+    torch.manual_seed(0)
+    net = _Net(layers=3, layerdrop=0.3)
+    budget = _tight(_Net(layers=3))
+    strategy = MemoryPlanningStrategy(budget=budget, print_plan=False)
+    _fit(_Lit(net), strategy, steps=4)
+    assert strategy.plan is not None and strategy.plan.names == [f"net.blocks.{i}" for i in range(3)]
+    assert strategy.measured_peak is not None and strategy.measured_peak <= budget
+
+
+def test_memory_block_called_twice_is_planned_per_call() -> None:
+    torch.manual_seed(0)
+    net, x = _Net(reuse_last=True), torch.randn(64, 32)
+    planner = MemoryPlanner(net)
+
+    def step() -> None:
+        net(x).square().mean().backward()
+
+    profile = planner.profile(step, roots=[x])
+    assert [b.name for b in profile.blocks][-2:] == ["blocks.2", "blocks.2 (call 2)"]
+    assert profile.units == ["blocks.0", "blocks.1", "blocks.2"] and not profile.chain
+    keep = profile.predict_peak([Decision.KEEP] * 3)
+    floor = planner.minimum_budget()
+    assert floor < keep
+    budget = (floor + keep) // 2
+    plan = planner.plan(budget)
+    assert len(plan.decisions) == 3 and plan.predicted_peak <= budget
+    measured, _ = planner.measure(step, roots=[x])
+    assert measured <= budget, plan.render(measured)
+    assert abs(plan.predicted_peak - measured) <= 0.1 * measured, plan.render(measured)
+    planner.remove()
+
+
+class _ReuseLater(_Lit):
+    """Calls its last block a second time from the second step on: the plan made on step one no longer holds."""
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
+        self.net.reuse_last = batch_idx >= 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_memory_step_that_leaves_its_plan_is_replanned_with_a_warning() -> None:
+    torch.manual_seed(0)
+    strategy = MemoryPlanningStrategy(budget="1GiB", print_plan=False, verify=False)
+    with pytest.warns(UserWarning, match=r"memory plan exceeded: block net.blocks.2 ran 2 times in a step, but 1"):
+        _fit(_ReuseLater(_Net()), strategy, steps=3)
+    assert strategy.profile is not None and len(strategy.profile.blocks) == 4  # re-profiled: 4 calls
+
+
+def test_memory_saved_profile_for_another_input_is_refused_in_one_line(tmp_path) -> None:
+    path = str(tmp_path / "profile.json")
+    first = MemoryPlanningStrategy(budget="1GiB", print_plan=False, verify=False, profile_path=path)
+    _fit(_Lit(_Net()), first, steps=1)
+    again = MemoryPlanningStrategy(budget="1GiB", print_plan=False, verify=False, profile_path=path)
+    _fit(_Lit(_Net()), again, steps=1)  # same model, same input: planned from the file
+    assert again.profile is not None and again.profile.to_dict() == first.profile.to_dict()
+    other = MemoryPlanningStrategy(budget="1GiB", print_plan=False, verify=False, profile_path=path)
+    with pytest.raises(ProfileMismatchError, match=r"another input \(float32\[16, 32\], float32\[16, 1\]") as info:
+        _fit(_Lit(_Net()), other, steps=1, batch=8)
+    assert "\n" not in str(info.value)
+
+
+def test_memory_hugging_face_gpt2_with_cache_trains_under_a_tight_budget() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=32, use_cache=True, attn_implementation="eager"
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+
+    class LitGPT2(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            (idx,) = batch
+            return self.model(input_ids=idx, labels=idx).loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    def fit(budget: int | str) -> MemoryPlanningStrategy:
+        strategy = MemoryPlanningStrategy(budget=budget, print_plan=False)
+        data = DataLoader(TensorDataset(torch.randint(0, 128, (24, 32))), batch_size=8)
+        trainer = L.Trainer(
+            strategy=strategy,
+            accelerator="cpu",
+            max_steps=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(LitGPT2(), data)
+        return strategy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        profile = fit("1GiB").profile
+    assert profile is not None
+    keep = profile.predict_peak([Decision.KEEP] * 2)
+    low = profile.predict_peak([Decision.RECOMPUTE] * 2)
+    assert low < keep
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        strategy = fit((low + keep) // 2)
+    cache_warnings = [w for w in caught if "use_cache=True is turned off" in str(w.message)]
+    assert len(cache_warnings) == 1
+    assert model.config.use_cache is True  # back on outside the planned steps
+    plan = strategy.plan
+    assert plan is not None and plan.names == ["model.transformer.h.0", "model.transformer.h.1"]
+    assert set(plan.counts()) != {"keep"}, "the budget should make some block recompute or offload"
+    assert strategy.measured_peak is not None and strategy.measured_peak <= plan.budget
