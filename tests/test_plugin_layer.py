@@ -31,7 +31,13 @@ def test_every_hook_has_an_implementation_in_the_product():
     manager.register(SimulationTimeline(None, "run"), name="timeline")
     observed = {name for name in hookspecs.hook_names() if getattr(manager.hook, name).get_hookimpls()}
     assert observed == set(hookspecs.hook_names()), sorted(set(hookspecs.hook_names()) - observed)
-    assert {"engage_callbacks", "engage_strategy", "engage_providers", "engage_placement_solvers"} <= implemented
+    assert {
+        "engage_callbacks",
+        "engage_strategy",
+        "engage_providers",
+        "engage_placement_solvers",
+        "engage_run_started",
+    } <= implemented
 
 
 def _install(tmp_path, monkeypatch, name: str, module_source: str | None) -> None:

@@ -1,4 +1,5 @@
-"""The examples in the docstrings of engage-deploy's placement engine run and give what they show."""
+"""The examples in the docstrings of engage-deploy's placement engine and of the launcher's parts run
+and give what they show."""
 
 import doctest
 import importlib
@@ -15,7 +16,10 @@ MODULES = sorted(
 )
 
 
-@pytest.mark.parametrize("name", ["engage.deploy.placement", *MODULES])
+LAUNCHER = [f"engage.deploy.{name}" for name in ("options", "job", "experiment", "report", "processes")]
+
+
+@pytest.mark.parametrize("name", ["engage.deploy.placement", *MODULES, *LAUNCHER])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -1,8 +1,9 @@
-"""The deploy executor starts simulations on the simulation layer's hosts, round robin."""
+"""The deploy executor starts simulations on the simulation layer's hosts, round robin, as the
+job's contract describes them."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 
 import psutil
@@ -10,17 +11,30 @@ import pytest
 
 from engage.core.executors import LaunchRequest
 from engage.deploy.executor import DeployExecutor
+from engage.deploy.job import JOB_FILE_ENV, HostRecord, JobContract
 
-HOSTS = [
-    {"name": "cloud-1", "layer": "cloud", "address": "10.9.1.2", "exec_prefix": [], "services": ["trainer"]},
-    {"name": "edge-1", "layer": "edge", "address": "10.9.2.2", "exec_prefix": [], "services": ["simulator"]},
-    {"name": "edge-2", "layer": "edge", "address": "10.9.2.3", "exec_prefix": [], "services": ["simulator"]},
-]
+HOSTS = (
+    HostRecord("cloud-1", "cloud", "10.9.1.2", services=("trainer",)),
+    HostRecord("edge-1", "edge", "10.9.2.2", services=("simulator",)),
+    HostRecord("edge-2", "edge", "10.9.2.3", services=("simulator",)),
+)
 
 
-def test_round_robin_on_the_simulator_layer(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(HOSTS))
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
+def _job(tmp_path, hosts=HOSTS, placement=None) -> JobContract:
+    return JobContract(
+        index=0,
+        attempt=1,
+        overrides=(),
+        folder=str(tmp_path),
+        host="cloud-1",
+        hosts=tuple(hosts),
+        placement=placement or {},
+    )
+
+
+def test_round_robin_on_the_simulator_layer_of_the_current_job(monkeypatch, tmp_path) -> None:
+    # inside a sweep's job, the runner points the process at its contract
+    monkeypatch.setenv(JOB_FILE_ENV, str(_job(tmp_path).write(tmp_path)))
     executor = DeployExecutor(log_dir=str(tmp_path))
     assert executor.layer == "edge" and executor.bind_host() == "10.9.1.2"
     started = []
@@ -36,29 +50,30 @@ def test_round_robin_on_the_simulator_layer(monkeypatch, tmp_path) -> None:
 
 
 def test_without_the_launcher_it_says_what_to_do(monkeypatch) -> None:
-    monkeypatch.delenv("ENGAGE_DEPLOY_HOSTS", raising=False)
+    monkeypatch.delenv(JOB_FILE_ENV, raising=False)
     with pytest.raises(ValueError, match="needs the engage launcher"):
         DeployExecutor()
 
 
-def test_simulations_follow_the_optimized_placement(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(HOSTS))
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
+def test_simulations_follow_the_optimized_placement(tmp_path) -> None:
     plan = {"trainer#1": "cloud-1", "simulator#2": "edge-2", "simulator#1": "cloud-1", "simulator#10": "edge-1"}
-    monkeypatch.setenv("ENGAGE_DEPLOY_PLACEMENT", json.dumps(plan))
-    executor = DeployExecutor(log_dir=str(tmp_path))
-    assert [h["name"] for h in executor.targets] == ["cloud-1", "edge-2", "edge-1"]  # instance order
+    job = _job(tmp_path, placement=plan)
+    executor = DeployExecutor(log_dir=str(tmp_path), job=job)
+    assert [h.name for h in executor.targets] == ["cloud-1", "edge-2", "edge-1"]  # instance order
     # an explicit layer wins over the plan
-    assert [h["name"] for h in DeployExecutor(log_dir=str(tmp_path), layer="edge").targets] == ["edge-1", "edge-2"]
+    assert [h.name for h in DeployExecutor(log_dir=str(tmp_path), layer="edge", job=job).targets] == [
+        "edge-1",
+        "edge-2",
+    ]
+    with pytest.raises(ValueError, match=r"data\.executor_options\.layer='fog' names no layer with hosts"):
+        DeployExecutor(log_dir=str(tmp_path), layer="fog", job=job)
 
 
-def test_secrets_reach_a_remote_host_on_stdin_never_on_its_command_line(monkeypatch, tmp_path) -> None:
+def test_secrets_reach_a_remote_host_on_stdin_never_on_its_command_line(tmp_path) -> None:
     """A host reached with a command string (``ssh host 'env K=V cmd'``, here ``sh -c``): the
     attempt's keys arrive in its environment, read from its standard input."""
-    remote = [{**HOSTS[1], "remote": True, "exec_prefix": ["sh", "-c"]}]
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps([HOSTS[0], *remote]))
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
-    executor = DeployExecutor(log_dir=str(tmp_path))
+    remote = dataclasses.replace(HOSTS[1], remote=True, exec_prefix=("sh", "-c"))
+    executor = DeployExecutor(log_dir=str(tmp_path), job=_job(tmp_path, hosts=(HOSTS[0], remote)))
     assert not executor.shares_filesystem
     script = "import os, sys, time; print(os.environ['SIM'], os.environ['ENGAGE_KEYS'], flush=True); time.sleep(1)"
     secret = '{"secret": "k3y with spaces; and $signs"}'
@@ -70,12 +85,10 @@ def test_secrets_reach_a_remote_host_on_stdin_never_on_its_command_line(monkeypa
     assert process.stderr_tail().strip() == f"4 {secret}"
 
 
-def test_the_trainer_on_a_remote_host_binds_its_one_address(monkeypatch, tmp_path) -> None:
-    hosts = [{**HOSTS[0], "remote": True, "address": "localhost"}, {**HOSTS[1], "remote": True}]
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(hosts))
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOST", "cloud-1")
-    assert DeployExecutor(log_dir=str(tmp_path)).bind_host() == "127.0.0.1"  # never 0.0.0.0
-    hosts[0]["address"] = "no-such-host.invalid"
-    monkeypatch.setenv("ENGAGE_DEPLOY_HOSTS", json.dumps(hosts))
+def test_the_trainer_on_a_remote_host_binds_its_one_address(tmp_path) -> None:
+    trainer = dataclasses.replace(HOSTS[0], remote=True, address="localhost")
+    edge = dataclasses.replace(HOSTS[1], remote=True)
+    assert DeployExecutor(job=_job(tmp_path, hosts=(trainer, edge))).bind_host() == "127.0.0.1"  # never 0.0.0.0
+    unknown = dataclasses.replace(trainer, address="no-such-host.invalid")
     with pytest.raises(ValueError, match=r"cannot resolve 'no-such-host\.invalid'"):
-        DeployExecutor(log_dir=str(tmp_path)).bind_host()
+        DeployExecutor(job=_job(tmp_path, hosts=(unknown, edge))).bind_host()

@@ -99,20 +99,20 @@ def test_a_record_written_again_replaces_what_reached_the_server_before_it_died(
     experiment = client.create_experiment("engage")
     parent = client.create_run(experiment).info.run_id
 
-    def record(index: int, used_mlflow: bool = False, attempt: int = 1, status: str = "FINISHED") -> tracking.JobRecord:
+    def record(index: int, run_id: str | None = None, attempt: int = 1, status: str = "FINISHED") -> tracking.JobRecord:
         return tracking.JobRecord(
             index=index, run_name=f"job-{index}", status=status, start_time=time.time() - 1, end_time=time.time(),
             host="local-1", overrides=[f"+x={index}"], config_hash="h", output_dir=str(tmp_path / f"out-{index}"),
-            job_used_mlflow=used_mlflow, attempt=attempt,
+            run_id=run_id, attempt=attempt,
         )  # fmt: skip
 
     # job 0 made no run: the launcher creates one (as far as it got before the server died)
     made = tracking.record_job(uri, experiment, parent, record(0))
-    # job 1 made its own run, which the launcher only adds to: never the launcher's to delete
+    # job 1 made its own run and said which, so the launcher only adds to it: never the launcher's to delete
     own = client.create_run(
         experiment, tags={tracking.PARENT_TAG: parent, tracking.OUTPUT_DIR_TAG: str(tmp_path / "out-1")}
     ).info.run_id
-    assert tracking.record_job(uri, experiment, parent, record(1, used_mlflow=True)) == own
+    assert tracking.record_job(uri, experiment, parent, record(1, run_id=own)) == own
     assert client.get_run(made).data.tags[tracking.RECORD_RUN_TAG] == "true"
     # job 2 failed once and was retried by the launcher: each attempt is a run of its own
     failed = tracking.record_job(uri, experiment, parent, record(2, status="FAILED"))

@@ -1,6 +1,7 @@
 """A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, sleep, or log its own
 MLflow run under the sweep's parent run."""
 
+import json
 import os
 import random
 import time
@@ -12,12 +13,15 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base=None, config_path=None)
 def main(cfg: DictConfig) -> int:
+    from engage.deploy.job import JobContract
+
     x = int(cfg.get("x", 0))
-    print(f"job x={x} pid={os.getpid()} host={os.environ.get('ENGAGE_DEPLOY_HOST')}")
+    job = JobContract.current()  # what the launcher told this job about its sweep
+    print(f"job x={x} pid={os.getpid()} host={job.host if job else None}")
     # how the job's process was started (a fork server's child or a new interpreter)
     print(f"ppid={os.getppid()} sid={os.getsid(0)} random={random.random()}")
-    print(f"job_dir={os.environ.get('ENGAGE_DEPLOY_JOB_DIR')} cwd={os.getcwd()}")
-    print(f"placement={os.environ.get('ENGAGE_DEPLOY_PLACEMENT')}")
+    print(f"job_dir={job.folder if job else None} cwd={os.getcwd()}")
+    print(f"placement={json.dumps(dict(job.placement)) if job else None}")
     time.sleep(float(cfg.get("sleep", 0.0)))
     if cfg.get("log_run"):
         import mlflow
@@ -27,8 +31,8 @@ def main(cfg: DictConfig) -> int:
 
         # set before the sweep's parent run exists: the experiment may be created here, through
         # the server, while the launcher creates it in the store
-        mlflow.set_experiment(os.environ["ENGAGE_DEPLOY_EXPERIMENT"])
-        # the output folder tag lets the launcher complete this run instead of adding another
+        mlflow.set_experiment(job.tracking.experiment)
+        # the job's run is found by its id (MLflow's last active run), so the launcher completes it
         tags = {"engage.output_dir": HydraConfig.get().runtime.output_dir}
         parent = parent_run_id()
         if parent:  # none when the launcher could not open MLflow

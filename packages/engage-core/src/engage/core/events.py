@@ -1,4 +1,4 @@
-"""Records passed to the event hooks (``engage_simulation_*``, ``engage_run_finished``)."""
+"""Records passed to the event hooks (``engage_simulation_*``, ``engage_run_started``, ``engage_run_finished``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["RunRecord", "SimulationRecord"]
 
 @dataclass
 class RunRecord:
-    """One ``engage run`` job at its end."""
+    """One ``engage run`` job: when its MLflow run opened (``RUNNING``) or at its end."""
 
     run_id: str | None
     status: str

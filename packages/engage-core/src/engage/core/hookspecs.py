@@ -203,6 +203,17 @@ def engage_samples_arrived(simulation_id: int, count: int, buffer_size: int) -> 
 
 
 @hookspec
+def engage_run_started(record: RunRecord) -> None:
+    """An ``engage run`` job opened its MLflow run.
+
+    Called once per ``engage run`` on the process that holds its MLflow run (global rank 0), right
+    after the run is created and before training starts: ``record.run_id``, ``record.status``
+    (``RUNNING``), ``record.tracking_uri`` and ``record.output_dir``; the metrics are empty. A
+    launcher learns its job's run here, by id (engage-deploy records it in the job's folder).
+    """
+
+
+@hookspec
 def engage_run_finished(record: RunRecord) -> None:
     """An ``engage run`` job ended.
 

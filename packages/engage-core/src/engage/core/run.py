@@ -196,6 +196,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
     try:
         if tracked is not None:
+            manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
             tracked.record(cfg, output_dir)
             if ckpt_path is not None:
                 tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)

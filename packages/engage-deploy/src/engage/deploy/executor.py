@@ -2,10 +2,10 @@
 simulation processes on the infrastructure's hosts (by default the layer that runs the
 ``simulator`` service), not beside the trainer.
 
-The launcher hands every job the deployed hosts in ``ENGAGE_DEPLOY_HOSTS`` (JSON) and the job's
-own host in ``ENGAGE_DEPLOY_HOST``; the executor starts each simulation on the next host of the
-simulation layer (round robin), or, with the launcher's ``placement: optimize``, on the host of the
-next ``simulator`` instance of the plan (``ENGAGE_DEPLOY_PLACEMENT``), through that host's
+The executor reads the job's contract (:class:`~engage.deploy.job.JobContract`: the deployed
+hosts, the job's own host and, with the launcher's ``placement: optimize``, the host of each
+service instance); it starts each simulation on the next host of the simulation layer (round
+robin), or on the host of the next ``simulator`` instance of the plan, through that host's
 ``exec_prefix`` (``ip netns exec`` and its cgroup for ``netns``, SSH for testbeds), and the
 trainer listens on its own host's address so the simulations reach it over the emulated links.
 
@@ -17,49 +17,44 @@ Example (``engage run`` options)::
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import socket
-from typing import Any
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, start_logged_process
-
-HOSTS_ENV = "ENGAGE_DEPLOY_HOSTS"
-HOST_ENV = "ENGAGE_DEPLOY_HOST"
-#: the layer whose hosts run simulations (default: the one with a ``simulator`` service, else the last)
-LAYER_ENV = "ENGAGE_DEPLOY_SIMULATION_LAYER"
-#: service instance -> host, from the launcher's ``placement: optimize``
-PLACEMENT_ENV = "ENGAGE_DEPLOY_PLACEMENT"
+from engage.deploy.job import HostRecord, JobContract
 
 
 class DeployExecutor(Executor):
     """Simulations on the hosts of one layer of the launcher's infrastructure, round robin, or on
     the hosts the launcher's optimised placement gave the ``simulator`` instances (an explicit
-    ``layer`` wins over the placement)."""
+    ``layer`` wins over the placement). ``job``: the contract of the sweep job this process runs
+    (default: :meth:`JobContract.current`)."""
 
-    def __init__(self, log_dir: str | None = None, layer: str | None = None) -> None:
-        raw = os.environ.get(HOSTS_ENV)
-        if not raw:
+    def __init__(self, log_dir: str | None = None, layer: str | None = None, job: JobContract | None = None) -> None:
+        job = job or JobContract.current()
+        if job is None or not job.hosts:
             raise ValueError(
                 "data.executor=deploy needs the engage launcher: run with -m hydra/launcher=engage "
-                "(ENGAGE_DEPLOY_HOSTS is not set)"
+                "(this process is not a job of an engage sweep)"
             )
-        self.hosts: list[dict[str, Any]] = json.loads(raw)
+        self.job = job
+        self.hosts: tuple[HostRecord, ...] = job.hosts
         self.log_dir = log_dir
-        placed = self._placed_simulators() if layer is None and not os.environ.get(LAYER_ENV) else []
-        self.layer = layer or os.environ.get(LAYER_ENV) or self._default_layer()
-        self.targets = placed or [h for h in self.hosts if h["layer"] == self.layer]
+        placed = self._placed_simulators() if layer is None else []
+        self.layer = layer or self._default_layer()
+        self.targets = placed or [h for h in self.hosts if h.layer == self.layer]
         if not self.targets:
-            layers = sorted({h["layer"] for h in self.hosts})
-            raise ValueError(f"{LAYER_ENV}={self.layer!r} names no layer with hosts; layers are {', '.join(layers)}")
-        self.shares_filesystem = not any(h.get("remote") for h in self.targets)
+            layers = sorted({h.layer for h in self.hosts})
+            raise ValueError(
+                f"data.executor_options.layer={self.layer!r} names no layer with hosts; layers are {', '.join(layers)}"
+            )
+        self.shares_filesystem = not any(h.remote for h in self.targets)
         self._next = 0
 
-    def _placed_simulators(self) -> list[dict[str, Any]]:
+    def _placed_simulators(self) -> list[HostRecord]:
         """One entry per ``simulator#k`` instance of the launcher's plan, in instance order."""
-        plan = json.loads(os.environ.get(PLACEMENT_ENV) or "{}")
-        by_name = {h["name"]: h for h in self.hosts}
+        plan = self.job.placement
+        by_name = {h.name: h for h in self.hosts}
         instances = sorted(
             (name for name in plan if name.startswith("simulator#")), key=lambda n: int(n.split("#", 1)[1])
         )
@@ -67,34 +62,33 @@ class DeployExecutor(Executor):
 
     def _default_layer(self) -> str:
         for host in self.hosts:
-            if "simulator" in host.get("services", []):
-                return host["layer"]
-        return self.hosts[-1]["layer"]
+            if "simulator" in host.services:
+                return host.layer
+        return self.hosts[-1].layer
 
     def bind_host(self) -> str:
         """This job's host address, so simulations on other hosts reach the trainer: the one
         interface they reach it by, never every interface (a remote host's name is resolved to
         its address on the cluster's network)."""
-        me = os.environ.get(HOST_ENV)
-        for host in self.hosts:
-            if host["name"] == me:
-                if not host.get("remote"):
-                    return host["address"]
-                try:
-                    return socket.gethostbyname(host["address"])
-                except OSError as exc:
-                    raise ValueError(
-                        f"cannot resolve {host['address']!r}, host {me}'s address, to bind the trainer to "
-                        f"({exc.strerror or exc}); give the host an IP address"
-                    ) from None
-        return "127.0.0.1"
+        host = self.job.this_host()
+        if host is None:
+            return "127.0.0.1"
+        if not host.remote:
+            return host.address
+        try:
+            return socket.gethostbyname(host.address)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot resolve {host.address!r}, host {host.name}'s address, to bind the trainer to "
+                f"({exc.strerror or exc}); give the host an IP address"
+            ) from None
 
     def start(self, request: LaunchRequest) -> SimulationProcess:
         host = self.targets[self._next % len(self.targets)]
         self._next += 1
-        prefix = list(host.get("exec_prefix") or [])
+        prefix = list(host.exec_prefix)
         stdin_text = None
-        if host.get("remote"):
+        if host.remote:
             env_part = " ".join(f"{k}={shlex.quote(v)}" for k, v in request.env.items())
             # secrets never on the remote command line (`ps` shows it): one line each on stdin
             reads = "".join(f"IFS= read -r {name} && export {name} && " for name in request.secrets)
@@ -103,7 +97,7 @@ class DeployExecutor(Executor):
         else:
             command = [*prefix, *request.command]
         process = start_logged_process(
-            command, request, self.log_dir, log_suffix=f"-{host['name']}", stdin_text=stdin_text
+            command, request, self.log_dir, log_suffix=f"-{host.name}", stdin_text=stdin_text
         )
-        process.host = host["name"]
+        process.host = host.name
         return process

@@ -1,10 +1,17 @@
 """engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` executor,
-the infrastructure providers, the placement solvers and the ``engage place`` sub-command."""
+the infrastructure providers, the placement solvers, the ``engage place`` sub-command, and the
+MLflow run id of an ``engage run`` that is a sweep's job (the launcher adds its records to that
+run by id)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engage.core.commands import Command
 from engage.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from engage.core.events import RunRecord
 
 
 @hookimpl
@@ -69,3 +76,11 @@ def engage_commands() -> list[Command]:
             _place,
         ),
     ]
+
+
+@hookimpl
+def engage_run_started(record: RunRecord) -> None:
+    from engage.deploy.job import write_run_id
+
+    if record.run_id:
+        write_run_id(record.run_id)

@@ -1,6 +1,7 @@
 """Runs one job of a sweep on a host: ``python -m engage.deploy.runner JOB_DIR``.
 
-``JOB_DIR/job.pkl`` holds what the launcher prepared (the Hydra context, the job's composed
+``JOB_DIR/job.json`` is the job's contract (:class:`~engage.deploy.job.JobContract`: its host, the
+sweep's hosts and MLflow), ``JOB_DIR/job.pkl`` holds what the launcher prepared (the Hydra context, the job's composed
 config, the task function and Hydra's singleton state, pickled with cloudpickle like Hydra's
 submitit launcher does); the job runs through Hydra's own ``run_job`` so its output folder,
 logging and callbacks are exactly those of any other launcher. The outcome goes to
@@ -21,6 +22,8 @@ import traceback
 import types
 from pathlib import Path
 from typing import Any
+
+from engage.deploy.job import RUN_ID_FILE, JobContract, TrackingContract, read_run_id
 
 #: exit code of a job whose task raised (the launcher reads result.json for the details)
 EXIT_JOB_FAILED = 1
@@ -64,9 +67,8 @@ def name_source_file(task_function: Any, filename: str | None) -> None:
             value.__code__ = _with_filename(value.__code__, filename)
 
 
-def _where() -> str:
-    host = os.environ.get("ENGAGE_DEPLOY_HOST")
-    return f"pid {os.getpid()}" + (f" on host {host}" if host else "")
+def _where(contract: JobContract) -> str:
+    return f"pid {os.getpid()} on host {contract.host}"
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -80,31 +82,44 @@ def _add_note(exc: BaseException, note: str) -> None:
         pass
 
 
-def _go_offline_if_needed() -> bool:
+def _go_offline_if_needed(tracking: TrackingContract | None) -> str | None:
     """Log to the job's own SQLite store when the sweep's MLflow server does not answer now (or,
     for a job started while it starts, by the time it should); the launcher uploads that store
-    once the server is back."""
+    once the server is back. Returns the store the job logs to instead, if any."""
     from engage.deploy.tracking import http_alive, offline_experiment
 
-    uri = os.environ.get("ENGAGE_TRACKING_URI", "")
-    offline_uri = os.environ.get("ENGAGE_DEPLOY_OFFLINE_URI")
-    if not offline_uri or not uri.startswith(("http://", "https://")) or http_alive(uri, timeout_s=3.0):
-        return False
+    if tracking is None or not tracking.offline_uri or not tracking.uri.startswith(("http://", "https://")):
+        return None
+    if http_alive(tracking.uri, timeout_s=3.0):
+        return None
     # started while the sweep's server was still starting: a server that is not up yet is not down
-    ready_by = float(os.environ.get("ENGAGE_DEPLOY_SERVER_READY_BY") or 0.0)
-    while time.time() < ready_by:
+    while time.time() < (tracking.server_ready_by or 0.0):
         time.sleep(0.2)
-        if http_alive(uri, timeout_s=3.0):
-            return False
-    Path(offline_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    artifacts = Path(
-        os.environ.get("ENGAGE_DEPLOY_OFFLINE_ARTIFACTS", Path(offline_uri.removeprefix("sqlite:///")).parent)
+        if http_alive(tracking.uri, timeout_s=3.0):
+            return None
+    store = Path(tracking.offline_uri.removeprefix("sqlite:///"))
+    store.parent.mkdir(parents=True, exist_ok=True)
+    offline_experiment(tracking.offline_uri, tracking.experiment, Path(tracking.offline_artifacts or store.parent))
+    print(
+        f"engage runner: MLflow server {tracking.uri} does not answer; logging to {tracking.offline_uri}",
+        file=sys.stderr,
     )
-    offline_experiment(offline_uri, os.environ.get("ENGAGE_DEPLOY_EXPERIMENT", "engage"), artifacts)
-    os.environ["ENGAGE_TRACKING_URI"] = offline_uri
-    os.environ["MLFLOW_TRACKING_URI"] = offline_uri
-    print(f"engage runner: MLflow server {uri} does not answer; logging to {offline_uri}", file=sys.stderr)
-    return True
+    return tracking.offline_uri
+
+
+def _own_run_id(job_dir: Path) -> str | None:
+    """The MLflow run the job opened: recorded by ``engage run`` (its ``engage_run_started``
+    hook), else the last run MLflow's fluent API started in this process, if any."""
+    run_id = read_run_id(job_dir)
+    if run_id or "mlflow" not in sys.modules:
+        return run_id
+    import mlflow
+
+    try:
+        run = mlflow.last_active_run()
+    except Exception:  # the server went away: the launcher makes a run of its own for the record
+        return None
+    return run.info.run_id if run is not None else None
 
 
 def run(job_dir: Path) -> int:
@@ -115,13 +130,20 @@ def run(job_dir: Path) -> int:
     from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
     from omegaconf import OmegaConf
 
+    contract = JobContract.read(job_dir)
+    # the sweep as this job sees it: for this process and the processes it starts
+    os.environ.update(contract.environ())
     payload = cloudpickle.loads((job_dir / "job.pkl").read_bytes())
     name_source_file(payload["task_function"], payload.get("task_file"))
     setup_globals()
     Singleton.set_state(payload["singleton_state"])
     config = payload["config"]
     HydraConfig.instance().set_config(config)
-    offline = _go_offline_if_needed()
+    offline = _go_offline_if_needed(contract.tracking)
+    if offline:
+        from engage.core.tracking.store import TRACKING_URI_ENV
+
+        os.environ[TRACKING_URI_ENV] = os.environ["MLFLOW_TRACKING_URI"] = offline
     started = time.time()
     ret: JobReturn = run_job(
         hydra_context=payload["hydra_context"],
@@ -137,7 +159,7 @@ def run(job_dir: Path) -> int:
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         ret._return_value = exc if _picklable(exc) is exc else RuntimeError(error)
-        _add_note(ret._return_value, f"in the job's process ({_where()}):\n{trace.rstrip()}")
+        _add_note(ret._return_value, f"in the job's process ({_where(contract)}):\n{trace.rstrip()}")
     else:
         ret._return_value = _picklable(ret._return_value)
     (job_dir / "result.pkl").write_bytes(cloudpickle.dumps(ret))
@@ -153,10 +175,11 @@ def run(job_dir: Path) -> int:
         "duration_s": finished - started,
         "output_dir": str(output_dir) if output_dir else None,
         "pid": os.getpid(),
-        "offline": offline,
-        # a job that never imported MLflow made no run of its own: the launcher need not look for one
-        "used_mlflow": "mlflow" in sys.modules,
+        "offline": bool(offline),
     }
+    run_id = _own_run_id(job_dir)
+    if run_id and not read_run_id(job_dir):
+        (job_dir / RUN_ID_FILE).write_text(run_id)
     (job_dir / "runner.json").write_text(json.dumps(summary, indent=1))
     if error:
         print(f"{trace}engage runner: job failed: {error}", file=sys.stderr)
@@ -165,8 +188,8 @@ def run(job_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not (Path(args[0]) / "job.pkl").is_file():
-        print("usage: python -m engage.deploy.runner JOB_DIR (a folder holding job.pkl)", file=sys.stderr)
+    if len(args) != 1 or not all((Path(args[0]) / name).is_file() for name in ("job.pkl", "job.json")):
+        print("usage: python -m engage.deploy.runner JOB_DIR (a folder holding job.pkl and job.json)", file=sys.stderr)
         return EXIT_RUNNER_ERROR
     try:
         return run(Path(args[0]))

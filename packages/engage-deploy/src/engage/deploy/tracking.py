@@ -293,8 +293,9 @@ class JobRecord:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # artifact sub-folder -> local path
     system: list[dict[str, float]] = field(default_factory=list)
-    #: False when the job never imported MLflow, so it cannot have made a run of its own to look for
-    job_used_mlflow: bool = True
+    #: the MLflow run the job opened itself (its process recorded the id), else ``None``: the
+    #: launcher then makes a child run of the sweep to hold the record
+    run_id: str | None = None
     #: which attempt this is, from 1 (the launcher retries failed jobs)
     attempt: int = 1
 
@@ -302,6 +303,8 @@ class JobRecord:
 #: files of a job folder not uploaded as artifacts: the pickles the launcher and the runner pass
 #: each other (a Hydra context, a JobReturn); ``engage replay`` needs only ``overrides.yaml``
 SKIPPED_ARTIFACT_SUFFIXES = (".pkl",)
+#: files of a job folder never uploaded: the job's contract may hold the sweep server's credentials
+SKIPPED_ARTIFACT_NAMES = ("job.json",)
 
 
 def _client(uri: str) -> Any:
@@ -346,22 +349,13 @@ def _job_filter(parent_run_id: str | None, output_dir: str | None) -> list[str]:
     return conditions
 
 
-def find_job_run(uri: str, experiment_id: str, parent_run_id: str | None, output_dir: str | None) -> Any:
-    """The run a job created itself (``engage run`` tags its output folder), if any."""
-    if not output_dir:
-        return None
-    client = _client(uri)
-    query = " and ".join(_job_filter(parent_run_id, output_dir))
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=5)
-    return runs[0] if runs else None
-
-
 def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: JobRecord) -> str:
-    """Add ``record`` to the job's own run (or a new child run of the sweep); returns the run id."""
+    """Add ``record`` to the job's own run (``record.run_id``) or to a new child run of the sweep;
+    returns the run id."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client(uri)
-    existing = find_job_run(uri, experiment_id, parent_run_id, record.output_dir) if record.job_used_mlflow else None
+    existing = client.get_run(record.run_id) if record.run_id else None
     tags = {
         JOB_TAG: str(record.index),
         CONFIG_HASH_TAG: record.config_hash,
@@ -411,7 +405,11 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
         path = Path(local)
         if path.is_dir():
             for file in sorted(path.rglob("*")):
-                if file.is_file() and file.suffix not in SKIPPED_ARTIFACT_SUFFIXES:
+                if (
+                    file.is_file()
+                    and file.suffix not in SKIPPED_ARTIFACT_SUFFIXES
+                    and file.name not in SKIPPED_ARTIFACT_NAMES
+                ):
                     folder = Path(artifact_path, file.parent.relative_to(path)).as_posix()
                     client.log_artifact(run_id, str(file), artifact_path=folder)
         elif path.is_file():
@@ -422,20 +420,13 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
     return run_id
 
 
-def mark_killed(uri: str, experiment_id: str, parent_run_id: str | None, output_dirs: Iterable[str]) -> int:
-    """Set the runs of interrupted jobs (and any child still RUNNING) to KILLED; returns how many."""
+def mark_killed(uri: str, run_ids: Iterable[str]) -> int:
+    """Set the runs of interrupted jobs (by id) that are still RUNNING to KILLED; returns how many."""
     client = _client(uri)
     count = 0
-    for output_dir in output_dirs:
-        run = find_job_run(uri, experiment_id, parent_run_id, output_dir)
-        if run is not None and run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status="KILLED")
-            count += 1
-    if parent_run_id:
-        for run in client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-        ):
-            client.set_terminated(run.info.run_id, status="KILLED")
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
             count += 1
     return count
 

@@ -13,12 +13,13 @@ from hydra.core.utils import JobReturn
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
     from engage.deploy.sweep import Sweep, SweepInterrupted
 
-    assert launcher.config is not None and launcher.task_function is not None and launcher.hydra_context is not None
+    assert launcher.options is not None and launcher.hydra_context is not None, "setup() first"
     sweep = Sweep(
         hydra_context=launcher.hydra_context,
         task_function=launcher.task_function,
         config=launcher.config,
-        options=launcher.params,
+        options=launcher.options,
+        infrastructure=launcher.infrastructure,
     )
     try:
         return sweep.run(job_overrides, initial_job_idx)

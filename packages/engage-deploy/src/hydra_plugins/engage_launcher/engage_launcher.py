@@ -2,8 +2,9 @@
 infrastructure (``local``, ``netns``, Grid'5000, Chameleon, Vagrant, SSH), records every job as a
 child MLflow run of its sweep and writes a time-stamped experiment folder.
 
-Only light imports here: Hydra imports this module while discovering plugins; the work is in
-``_core`` and :mod:`engage.deploy.sweep`.
+Only light imports here: Hydra imports this module while discovering plugins; the options are
+:class:`engage.deploy.options.LauncherOptions` (standard library only), the work is in ``_core``
+and :mod:`engage.deploy.sweep`.
 
 Example::
 
@@ -14,7 +15,6 @@ Example::
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
@@ -25,91 +25,37 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from engage.deploy.options import LauncherOptions
 
-def _local_infrastructure() -> dict[str, Any]:
-    return {"provider": "local", "layers": [{"name": "local", "hosts": 1}], "network": [], "options": {}}
-
-
-@dataclass
-class MLflowConf:
-    """Where jobs log. ``server`` starts an ``mlflow server`` for the sweep in front of the sweep's
-    SQLite store, so parallel writers and other hosts go through it (``null``: when jobs run in
-    parallel or on other hosts; ``true``: always; ``false``: never); ``keep_server`` leaves it
-    running for the next sweeps on the same store and reuses one left by an earlier sweep;
-    ``tracking_uri`` overrides the store (default: the sweep's ``ENGAGE_TRACKING_URI``, else
-    ``sqlite:///<cwd>/mlflow.db``); ``experiment`` names the MLflow experiment when the sweep has
-    no parent run yet."""
-
-    enabled: bool = True
-    server: bool | None = None
-    keep_server: bool = False
-    tracking_uri: str | None = None
-    experiment: str = "engage"
-    server_start_timeout_s: float = 120.0
-
-
-@dataclass
-class EngageLauncherConf:
-    """``hydra.launcher`` options of the ``engage`` launcher.
-
-    ``parallelism``: jobs running at once (0: one per CPU core of this machine); ``fail_fast``:
-    start no new job after one failed; ``retries``: re-run a failed job this many times;
-    ``layer``: the layer whose hosts run jobs (default: the first layer); ``resume``: skip jobs
-    whose resolved config already completed in this sweep directory; ``monitor_interval_s``:
-    system-metric sampling period; ``job_timeout_s``: kill a job running longer (null: no limit);
-    ``python``: interpreter on the hosts (default: this one); ``fork_jobs``: on hosts that share
-    this machine's files (``local``, ``netns``), start jobs by forking a per-host server that has
-    Hydra and the job runner imported, half a CPU second less per job than a new interpreter
-    (false: a new interpreter per job); ``placement``: where the workflow's
-    services run: ``round_robin`` (jobs on ``layer``, simulations spread over the layer listing a
-    ``simulator`` service) or ``optimize`` (the infrastructure's service instances placed on hosts by
-    CP-SAT, least traffic over slow links: jobs run on the ``trainer`` instances' hosts and
-    simulations on the ``simulator`` instances' hosts); ``infrastructure``: see
-    ``engage.deploy.infrastructure`` (select shipped ones with ``+infrastructure=NAME``).
-    """
-
-    _target_: str = "hydra_plugins.engage_launcher.engage_launcher.EngageLauncher"
-    parallelism: int = 0
-    fail_fast: bool = False
-    retries: int = 0
-    layer: str | None = None
-    resume: bool = True
-    monitor_interval_s: float = 1.0
-    job_timeout_s: float | None = None
-    python: str | None = None
-    fork_jobs: bool = True
-    placement: str = "round_robin"
-    mlflow: MLflowConf = field(default_factory=MLflowConf)
-    infrastructure: Any = field(default_factory=_local_infrastructure)
-
-
-ConfigStore.instance().store(group="hydra/launcher", name="engage", node=EngageLauncherConf, provider="engage-deploy")
+ConfigStore.instance().store(group="hydra/launcher", name="engage", node=LauncherOptions, provider="engage-deploy")
 
 
 class EngageLauncher(Launcher):
-    """Hydra ``Launcher`` that runs jobs on infrastructure hosts; see :class:`EngageLauncherConf`."""
+    """Hydra ``Launcher`` that runs jobs on infrastructure hosts; its options are
+    :class:`engage.deploy.options.LauncherOptions`, checked once in :meth:`setup`."""
 
     def __init__(self, **params: Any) -> None:
         self.params = params
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self.options: LauncherOptions | None = None
+        self.infrastructure: Any = None
 
-    @classmethod
-    def preflight(cls, config: DictConfig) -> str | None:
-        """Check ``hydra.launcher`` against the whole config before the sweep exists (its MLflow run,
-        folder or hosts): the infrastructure, the jobs' layer, the other options, the placement, and
-        the simulations' layer (``data.executor_options.layer`` with ``data.executor=deploy``).
-        Raises :class:`ValueError` with one line naming the key; returns the store named by
-        ``hydra.launcher.mlflow.tracking_uri``, where the sweep records, if any."""
+    @staticmethod
+    def check(config: DictConfig) -> tuple[LauncherOptions, Any]:
+        """``hydra.launcher`` checked against the whole config before the sweep exists (its MLflow
+        run, folder or hosts): the options, the infrastructure, the jobs' layer, the placement,
+        and the simulations' layer (``data.executor_options.layer`` with ``data.executor=deploy``).
+        Returns the options and the infrastructure; raises :class:`ValueError` with one line
+        naming the key."""
         from engage.deploy.infrastructure import Infrastructure, InfrastructureError
-        from engage.deploy.sweep import SweepOptions
 
         params = OmegaConf.select(config, "hydra.launcher", default=None) or {}
         try:
-            infrastructure = Infrastructure.from_dict(params.get("infrastructure"))
+            options = LauncherOptions.checked(params)
+            infrastructure = Infrastructure.from_dict(options.infrastructure)
             infrastructure.validate()
-            options = SweepOptions.from_params(params)
         except (InfrastructureError, TypeError) as exc:
             raise ValueError(str(exc)) from None
         layers = [layer.name for layer in infrastructure.layers]
@@ -126,8 +72,15 @@ class EngageLauncher(Launcher):
                 place_services(infrastructure)
             except ServicePlacementError as exc:
                 raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
-        mlflow = options.mlflow or {}
-        return mlflow.get("tracking_uri") if mlflow.get("enabled", True) else None
+        return options, infrastructure
+
+    @classmethod
+    def preflight(cls, config: DictConfig) -> str | None:
+        """:meth:`check` for a sweep callback that runs before the launcher exists: raises
+        :class:`ValueError` with one line naming the key; returns the store named by
+        ``hydra.launcher.mlflow.tracking_uri``, where the sweep records, if any."""
+        options, _ = cls.check(config)
+        return options.mlflow.tracking_uri if options.mlflow.enabled else None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -137,10 +90,11 @@ class EngageLauncher(Launcher):
         from engage.core.tracking.store import TrackingUnavailable, check_reachable
 
         try:
-            store = self.preflight(config)
+            self.options, self.infrastructure = self.check(config)
         except ValueError as exc:
             print(f"engage launcher: {exc}", file=sys.stderr)
             sys.exit(2)
+        store = self.options.mlflow.tracking_uri if self.options.mlflow.enabled else None
         if store:
             try:
                 check_reachable(store)

@@ -65,6 +65,7 @@ from typing import Any
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.netem.link import LinkSpec
 from engage.deploy.netem.shaping import htb_commands, run_tc
+from engage.deploy.processes import terminate
 from engage.deploy.providers.base import Host, Provider, ProviderError
 
 log = logging.getLogger(__name__)
@@ -700,13 +701,7 @@ class NetnsProvider(Provider):
 
 def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        terminate(proc.pid, grace_s=timeout)
+        proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()

@@ -1,0 +1,424 @@
+"""Running the jobs of one launch on the hosts: a thread pool as wide as ``parallelism``, the least
+loaded host for each attempt, retries, per-host fork servers, and the job folder shipped to
+remote hosts and brought back.
+
+Each attempt writes the job's contract (:class:`~engage.deploy.job.JobContract`) and starts
+``python -m engage.deploy.runner JOB_DIR`` on its host (or forks it from the host's fork
+server); what the job left (``result.pkl``, ``runner.json``, ``mlflow-run-id``) becomes its
+``result.json`` and the launcher's MLflow record of the attempt.
+
+Example (what :class:`~engage.deploy.sweep.Sweep` does)::
+
+    execution = JobExecution(options, folder, tracking, report, provider, hosts, monitors, ...)
+    results = execution.run(job_overrides, compose, done, payload)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from hydra.core.utils import JobReturn, JobStatus
+
+from engage.deploy import tracking
+from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
+from engage.deploy.forkserver import ForkedProcess, ForkServer, ForkServerError
+from engage.deploy.job import HostRecord, JobContract, read_run_id
+from engage.deploy.monitor import HostMonitor
+from engage.deploy.options import LauncherOptions
+from engage.deploy.processes import terminate
+from engage.deploy.progress import SweepProgress
+from engage.deploy.providers import Host, Provider
+from engage.deploy.report import SweepReport
+from engage.deploy.sweep_tracking import SweepTracking
+
+log = logging.getLogger("engage.deploy.sweep")
+
+#: what a remote host's job leaves for the launcher to bring back
+FETCHED_FILES = ("result.pkl", "runner.json", "mlflow-run-id")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What every job record of a launch carries: tags and artifacts naming the launch."""
+
+    provider: str
+    experiment_folder: Path
+    command: Sequence[str]
+    cwd: str
+    placement_file: Path | None
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "engage.provider": self.provider,
+            "engage.experiment_folder": str(self.experiment_folder),
+            "engage.command": json.dumps(list(self.command)),
+            "engage.cwd": self.cwd,
+        }
+
+    def artifacts(self, job_folder: Path) -> dict[str, str]:
+        artifacts = {
+            "engage": str(job_folder),
+            "engage/infrastructure": str(self.experiment_folder / "infrastructure.yaml"),
+        }
+        if self.placement_file is not None:
+            artifacts["engage/placement"] = str(self.placement_file)
+        return artifacts
+
+
+class JobExecution:
+    """Runs the jobs of one launch; see the module docstring."""
+
+    def __init__(
+        self,
+        options: LauncherOptions,
+        folder: ExperimentFolder,
+        tracking: SweepTracking,
+        report: SweepReport,
+        provider: Provider,
+        hosts: list[Host],
+        monitors: Mapping[str, HostMonitor],
+        host_records: Sequence[HostRecord],
+        placement: Mapping[str, str],
+        recording: Recording,
+    ) -> None:
+        self.options = options
+        self.folder = folder
+        self.tracking = tracking
+        self.report = report
+        self.provider = provider
+        self.hosts = hosts
+        self.monitors = monitors
+        self.host_records = tuple(host_records)
+        self.placement = dict(placement)
+        self.recording = recording
+        self.python = options.python or sys.executable
+        self._lock = threading.Lock()
+        self._load = {host.name: 0 for host in hosts}
+        self._running: dict[int, subprocess.Popen | ForkedProcess] = {}
+        self._stop_new = threading.Event()
+        self._stopped: set[int] = set()
+        self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
+
+    # ------------------------------------------------------------------ the pool
+
+    def run(
+        self,
+        job_overrides: Sequence[tuple[int, list[str]]],
+        compose: Callable[[int, list[str]], SweepJob],
+        done: Mapping[str, Path],
+        payload: Mapping[str, Any],
+        on_composed: Callable[[SweepJob], None],
+    ) -> dict[int, JobReturn]:
+        """Compose each job, then start it (or take its earlier result when resuming): the first
+        jobs run while later ones are composed, which costs a tenth of a second or more each.
+        The main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly."""
+        parallelism = self.options.parallelism or os.cpu_count() or 1
+        workers = max(1, min(parallelism, len(job_overrides)))
+        results: dict[int, JobReturn] = {}
+        futures: dict[Future, SweepJob] = {}
+        remaining: set[Future] = set()
+        last_check = time.monotonic()
+        progress = SweepProgress(total=len(job_overrides))
+
+        def collect(timeout: float) -> None:
+            nonlocal remaining, last_check
+            finished, remaining = wait(remaining, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in finished:
+                ret = results[futures[future].index] = future.result()
+                progress.ended(futures[future].index, ret.status.name)
+            if time.monotonic() - last_check > 2.0:
+                last_check = time.monotonic()
+                self.tracking.watch()
+
+        with progress, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engage-job") as pool:
+            try:
+                for index, overrides in job_overrides:
+                    job = compose(index, overrides)
+                    on_composed(job)
+                    previous = done.get(job.config_hash)
+                    if previous is not None:
+                        results[job.index] = self._resumed(job, previous)
+                        progress.ended(job.index, results[job.index].status.name)
+                        continue
+                    (job.folder / "job.pkl").write_bytes(cloudpickle.dumps({**payload, "config": job.config}))
+                    future = pool.submit(self._shown_job, progress, job)
+                    futures[future] = job
+                    remaining.add(future)
+                    collect(0)
+                while remaining:
+                    collect(0.5)
+            except KeyboardInterrupt:
+                # start nothing more; the job threads record what was stopped as KILLED
+                pool.shutdown(wait=False, cancel_futures=True)
+                self.stop()
+                raise
+            finally:
+                self._close_fork_servers()
+        return results
+
+    def stop(self) -> list[int]:
+        """Start no more jobs and stop the running ones; returns the indices of every job stopped
+        so far (their threads record them KILLED)."""
+        self._stop_new.set()
+        with self._lock:
+            running = dict(self._running)
+            self._stopped.update(running)
+        for process in running.values():
+            terminate(process.pid)
+        with self._lock:
+            return sorted(self._stopped)
+
+    def _resumed(self, job: SweepJob, previous: Path) -> JobReturn:
+        ret: JobReturn = cloudpickle.loads(self.folder.copy_result(job, previous))
+        self.report.resumed += 1
+        log.info("\t#%d : already completed in %s, not run again", job.index, previous)
+        return ret
+
+    def _shown_job(self, progress: SweepProgress, job: SweepJob) -> JobReturn:
+        progress.started(job.index)
+        return self._run_job(job)
+
+    def _run_job(self, job: SweepJob) -> JobReturn:
+        if self._stop_new.is_set():
+            return self._not_run(job, "not started: an earlier job failed and hydra.launcher.fail_fast is set")
+        attempts = self.options.retries + 1
+        for attempt in range(1, attempts + 1):
+            host = self._pick_host()
+            try:
+                ret, summary = self._attempt(host, job, attempt)
+            finally:
+                with self._lock:
+                    self._load[host.name] -= 1
+            if ret.status == JobStatus.COMPLETED or summary.get("status") == "KILLED":
+                break
+            if attempt < attempts and not self._stop_new.is_set():
+                with self._lock:
+                    self.report.retried += 1
+                log.warning(
+                    "job %d failed (attempt %d/%d), retrying: %s", job.index, attempt, attempts, summary["error"]
+                )
+        with self._lock:
+            if ret.status == JobStatus.COMPLETED:
+                self.report.completed += 1
+            else:
+                self.report.failed += 1
+                if self.options.fail_fast:
+                    self._stop_new.set()
+        return ret
+
+    def _pick_host(self) -> Host:
+        with self._lock:
+            host = min(self.hosts, key=lambda h: self._load[h.name])
+            self._load[host.name] += 1
+            return host
+
+    def _not_run(self, job: SweepJob, reason: str) -> JobReturn:
+        ret = _failed_return(job, RuntimeError(reason))
+        self.folder.write_result(job.index, {"status": "SKIPPED", "error": reason, "config_hash": job.config_hash})
+        with self._lock:
+            self.report.skipped += 1
+        return ret
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt(self, host: Host, job: SweepJob, attempt: int) -> tuple[JobReturn, dict[str, Any]]:
+        self.folder.clear_attempt(job)
+        with (job.folder / "stdout.log").open("ab") as out:
+            out.write(f"--- attempt {attempt} on {host.name} at {time.strftime('%H:%M:%S')}\n".encode())
+        job_dir, cwd = str(job.folder), self.recording.cwd
+        if host.remote:
+            workdir = getattr(self.provider, "remote_workdir", lambda h: "/tmp/engage")(host)
+            job_dir, cwd = f"{workdir}/{self.folder.name}/jobs/{job.index}", workdir
+        contract = JobContract(
+            index=job.index,
+            attempt=attempt,
+            overrides=tuple(job.overrides),
+            folder=job_dir,
+            host=host.name,
+            hosts=self.host_records,
+            placement=self.placement,
+            tracking=self.tracking.contract_for(job.folder),
+        )
+        contract.write(job.folder)
+        started = time.time()
+        if host.remote:
+            # prepare: ship the job folder (contract included) to the host; brought back below
+            self.provider.put(host, job.folder, job_dir)
+        process = self._start(host, job_dir, cwd, job.folder)
+        with self._lock:
+            self._running[job.index] = process
+        monitor, key = self.monitors[host.name], str(job.index)
+        monitor.track(key, process.pid)
+        timed_out = False
+        try:
+            process.wait(timeout=self.options.job_timeout_s)
+        except subprocess.TimeoutExpired:
+            terminate(process.pid)
+            process.wait()
+            timed_out = True
+        finally:
+            monitor.untrack(key)
+            with self._lock:
+                self._running.pop(job.index, None)
+        ended = time.time()
+        if host.remote:
+            for name in FETCHED_FILES:
+                try:
+                    self.provider.get(host, f"{job_dir}/{name}", job.folder / name)
+                except OSError as exc:
+                    if name != "mlflow-run-id":
+                        log.warning("job %d: could not fetch %s from %s: %s", job.index, name, host.name, exc)
+        ret, summary = self._outcome(job, host, attempt, process.returncode, timed_out, started, ended)
+        self.folder.write_result(job.index, summary)
+        if ret.status != JobStatus.COMPLETED:
+            log.error("job %d failed on %s: %s (logs in %s)", job.index, host.name, summary["error"], job.folder)
+        samples = monitor.job_samples_dicts(key)
+        (job.folder / "system.json").write_text(json.dumps(samples))
+        record = tracking.JobRecord(
+            index=job.index,
+            run_name=f"job-{job.index}",
+            status={"COMPLETED": "FINISHED"}.get(
+                summary["status"], summary["status"] if summary["status"] == "KILLED" else "FAILED"
+            ),
+            start_time=started,
+            end_time=ended,
+            host=host.name,
+            overrides=job.overrides,
+            config_hash=job.config_hash,
+            output_dir=summary["output_dir"],
+            attempt=attempt,
+            tags=self.recording.tags(),
+            artifacts=self.recording.artifacts(job.folder),
+            system=samples,
+            run_id=summary["job_run_id"],
+        )
+        self.tracking.record(job.index, record, offline=summary["offline"])
+        return ret, summary
+
+    def _outcome(
+        self,
+        job: SweepJob,
+        host: Host,
+        attempt: int,
+        exit_code: int | None,
+        timed_out: bool,
+        started: float,
+        ended: float,
+    ) -> tuple[JobReturn, dict[str, Any]]:
+        """The job's ``JobReturn`` and its ``result.json`` from what its process left."""
+        runner = read_json(job.folder / "runner.json")
+        if (job.folder / "result.pkl").is_file():
+            ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
+            ret.hydra_cfg = job.config
+        else:
+            reason = (
+                f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
+                if timed_out
+                else f"job process exited with code {exit_code}"
+            )
+            tail = _tail(job.folder / "stderr.log")
+            ret = _failed_return(job, RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}"))
+            runner = {"status": "FAILED", "error": reason}
+        status = "KILLED" if timed_out or exit_code in (-signal.SIGTERM, -signal.SIGKILL) else runner["status"]
+        if status == "KILLED" and ret.status == JobStatus.COMPLETED:
+            status = "COMPLETED"
+        summary = {
+            "status": status,
+            "attempt": attempt,
+            "host": host.name,
+            "config_hash": job.config_hash,
+            "overrides": job.overrides,
+            "return_value": runner.get("return_value"),
+            "error": runner.get("error"),
+            "exit_code": exit_code,
+            "started": started,
+            "finished": ended,
+            "duration_s": ended - started,
+            "job_duration_s": runner.get("duration_s"),
+            "output_dir": runner.get("output_dir"),
+            "offline": bool(runner.get("offline")),
+            "job_run_id": read_run_id(job.folder),
+        }
+        return ret, summary
+
+    def _start(self, host: Host, job_dir: str, cwd: str, folder: Path) -> subprocess.Popen | ForkedProcess:
+        """The job's process: forked by the host's fork server where there is one, else a new
+        ``python -m engage.deploy.runner JOB_DIR`` (remote hosts, ``fork_jobs=false``, or a
+        server that failed, which is said once)."""
+        stdout, stderr = folder / "stdout.log", folder / "stderr.log"
+        env = {"PYTHONPATH": _python_path()}
+        server = self._fork_server(host, cwd) if not host.remote else None
+        if server is not None:
+            try:
+                return server.start(job_dir, {**os.environ, **env}, cwd, str(stdout), str(stderr))
+            except ForkServerError as exc:
+                with self._lock:
+                    first = self._fork_servers.get(host.name) is server  # jobs starting at once fail together
+                    self._fork_servers[host.name] = None
+                if first:
+                    detail = server.log_tail().strip().splitlines()[-1:] or [""]
+                    message = f"{host.name}: jobs start as new interpreters from now on: {exc} {detail[0]}".strip()
+                    log.warning("engage launcher: %s", message)
+                    self.report.warnings.append(message)
+        command = [self.python, "-m", "engage.deploy.runner", job_dir]
+        return self.provider.run(host, command, env=env, cwd=cwd, log_path=stdout, stderr_path=stderr)
+
+    def _fork_server(self, host: Host, cwd: str) -> ForkServer | None:
+        with self._lock:
+            if host.name not in self._fork_servers:
+                server = None
+                if self.options.fork_jobs and not self._stop_new.is_set():
+                    command = self.provider.command_for(host, [self.python, "-m", "engage.deploy.forkserver"])
+                    try:
+                        log_path = self.folder.host_folder(host.name) / "forkserver.log"
+                        env = {**os.environ, "PYTHONPATH": _python_path()}
+                        server = ForkServer(command, env=env, cwd=cwd, log_path=log_path)
+                    except OSError as exc:
+                        log.warning("engage launcher: no fork server on %s (%s)", host.name, exc)
+                self._fork_servers[host.name] = server
+            return self._fork_servers[host.name]
+
+    def _close_fork_servers(self) -> None:
+        with self._lock:
+            servers = [server for server in self._fork_servers.values() if server is not None]
+            self._fork_servers = {name: None for name in self._fork_servers}
+        for server in servers:
+            server.close()
+
+
+def _failed_return(job: SweepJob, error: BaseException) -> JobReturn:
+    ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config, status=JobStatus.FAILED)
+    ret._return_value = error
+    ret.task_name = str(job.config.hydra.job.name)
+    return ret
+
+
+def script_dir() -> str:
+    """The directory of the Hydra app's script, so a task function pickled by reference imports."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return str(Path(path).resolve().parent) if path else ""
+
+
+def _python_path() -> str:
+    return os.pathsep.join(p for p in [script_dir(), os.environ.get("PYTHONPATH", "")] if p)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,133 @@
+"""The ``hydra.launcher`` options of the ``engage`` launcher: one dataclass, stored in Hydra's
+ConfigStore as ``hydra/launcher=engage``, checked once (:meth:`LauncherOptions.checked`) when the
+launcher is set up.
+
+Only the standard library here: Hydra imports this module while discovering plugins.
+
+Example::
+
+    >>> options = LauncherOptions.checked({"parallelism": 2, "retries": 1})
+    >>> options.parallelism, options.retries, options.mlflow.experiment
+    (2, 1, 'engage')
+    >>> LauncherOptions.checked({"paralelism": 2})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: hydra.launcher.paralelism is not an option of the engage launcher; options are ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: where the launcher places the workflow's services
+PLACEMENTS = ("round_robin", "optimize")
+
+
+def _local_infrastructure() -> dict[str, Any]:
+    return {"provider": "local", "layers": [{"name": "local", "hosts": 1}], "network": [], "options": {}}
+
+
+@dataclass
+class MLflowOptions:
+    """Where jobs log. ``server`` starts an ``mlflow server`` for the sweep in front of the sweep's
+    SQLite store, so parallel writers and other hosts go through it (``null``: when jobs run in
+    parallel or on other hosts; ``true``: always; ``false``: never); ``keep_server`` leaves it
+    running for the next sweeps on the same store and reuses one left by an earlier sweep;
+    ``tracking_uri`` overrides the store (default: the sweep's ``ENGAGE_TRACKING_URI``, else
+    ``sqlite:///<cwd>/mlflow.db``); ``experiment`` names the MLflow experiment when the sweep has
+    no parent run yet; ``server_start_timeout_s``: how long the server may take to answer."""
+
+    enabled: bool = True
+    server: bool | None = None
+    keep_server: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "engage"
+    server_start_timeout_s: float = 120.0
+
+
+@dataclass
+class LauncherOptions:
+    """``hydra.launcher`` options of the ``engage`` launcher.
+
+    ``parallelism``: jobs running at once (0: one per CPU core of this machine); ``fail_fast``:
+    start no new job after one failed; ``retries``: re-run a failed job this many times;
+    ``layer``: the layer whose hosts run jobs (default: the first layer); ``resume``: skip jobs
+    whose resolved config already completed in this sweep directory; ``monitor_interval_s``:
+    system-metric sampling period; ``job_timeout_s``: kill a job running longer (null: no limit);
+    ``python``: interpreter on the hosts (default: this one); ``fork_jobs``: on hosts that share
+    this machine's files (``local``, ``netns``), start jobs by forking a per-host server that has
+    Hydra and the job runner imported, half a CPU second less per job than a new interpreter
+    (false: a new interpreter per job); ``placement``: where the workflow's services run:
+    ``round_robin`` (jobs on ``layer``, simulations spread over the layer listing a ``simulator``
+    service) or ``optimize`` (the infrastructure's service instances placed on hosts by CP-SAT,
+    least traffic over slow links: jobs run on the ``trainer`` instances' hosts and simulations on
+    the ``simulator`` instances' hosts); ``mlflow``: see :class:`MLflowOptions`;
+    ``infrastructure``: see ``engage.deploy.infrastructure`` (select shipped ones with
+    ``+infrastructure=NAME``).
+    """
+
+    _target_: str = "hydra_plugins.engage_launcher.engage_launcher.EngageLauncher"
+    parallelism: int = 0
+    fail_fast: bool = False
+    retries: int = 0
+    layer: str | None = None
+    resume: bool = True
+    monitor_interval_s: float = 1.0
+    job_timeout_s: float | None = None
+    python: str | None = None
+    fork_jobs: bool = True
+    placement: str = "round_robin"
+    mlflow: MLflowOptions = field(default_factory=MLflowOptions)
+    infrastructure: Any = field(default_factory=_local_infrastructure)
+
+    @classmethod
+    def checked(cls, params: Mapping[str, Any]) -> LauncherOptions:
+        """The options in ``params`` (``hydra.launcher``, a mapping or an OmegaConf node), checked:
+        raises :class:`ValueError` with one line naming the key and the fix."""
+        values = _plain(params)
+        options = cls(**_known(values, cls, "hydra.launcher"))
+        options.mlflow = MLflowOptions(**_known(_plain(options.mlflow), MLflowOptions, "hydra.launcher.mlflow"))
+        if options.parallelism < 0:
+            raise ValueError(f"hydra.launcher.parallelism is {options.parallelism}; use 0 (one per core) or more")
+        if options.retries < 0:
+            raise ValueError(f"hydra.launcher.retries is {options.retries}; use 0 or more")
+        if options.monitor_interval_s <= 0:
+            raise ValueError(f"hydra.launcher.monitor_interval_s is {options.monitor_interval_s}; use a value > 0")
+        if options.job_timeout_s is not None and options.job_timeout_s <= 0:
+            raise ValueError(f"hydra.launcher.job_timeout_s is {options.job_timeout_s}; use a value > 0 or null")
+        if options.mlflow.server_start_timeout_s <= 0:
+            raise ValueError(
+                f"hydra.launcher.mlflow.server_start_timeout_s is {options.mlflow.server_start_timeout_s}; "
+                "use a value > 0"
+            )
+        if options.placement not in PLACEMENTS:
+            raise ValueError(f"hydra.launcher.placement is {options.placement!r}; use {' or '.join(PLACEMENTS)}")
+        return options
+
+    def summary(self) -> dict[str, Any]:
+        """The options as plain values, without the infrastructure (recorded in ``sweep.json``)."""
+        values = dataclasses.asdict(self)
+        values.pop("_target_", None)
+        values.pop("infrastructure", None)
+        return values
+
+
+def _plain(params: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    if hasattr(params, "_metadata"):  # an OmegaConf node, without importing OmegaConf eagerly
+        from omegaconf import OmegaConf
+
+        params = OmegaConf.to_container(params, resolve=True)
+    return {str(k): v for k, v in dict(params or {}).items()}
+
+
+def _known(values: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+    for key in values:
+        if key not in names and not key.startswith("_"):
+            raise ValueError(f"{where}.{key} is not an option of the engage launcher; options are {', '.join(names)}")
+    return {k: v for k, v in values.items() if k in names}

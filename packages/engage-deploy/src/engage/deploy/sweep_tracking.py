@@ -1,0 +1,396 @@
+"""The MLflow side of one launch: the sweep's server (start, watch, restart, keep), its parent run,
+each job's tracking contract, the launcher's records of its jobs, and offline records uploaded
+when the server is back.
+
+MLflow is opened in the background (:meth:`SweepTracking.open`): importing MLflow, waiting for a
+starting server and creating the parent run take seconds, while hosts are deployed and jobs
+composed. Jobs on hosts that share this machine's files do not wait for it: their contract names
+the file where the parent run's id will be written and the time by which the server answers.
+
+Example (what :class:`~engage.deploy.sweep.Sweep` does)::
+
+    tracking = SweepTracking(options.mlflow, folder, report, provider_name="local", sweep_dir=...)
+    tracking.start_server(jobs=8, parallelism=2)
+    tracking.open()
+    ...
+    contract = tracking.contract_for(job, offline_folder)   # in each job's JobContract
+    tracking.record(job_index, record, offline=False)
+    tracking.finish()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
+from engage.deploy import tracking
+from engage.deploy.experiment import ExperimentFolder
+from engage.deploy.job import TrackingContract
+from engage.deploy.options import MLflowOptions
+from engage.deploy.report import SweepReport
+
+log = logging.getLogger("engage.deploy.sweep")
+
+#: MLflow's switch for the run and experiment links it prints when a run ends over HTTP
+QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+#: MLflow settings of the launcher's own client during a sweep: retries shorter than MLflow's
+#: default minutes of back-off (the launcher restarts a dead server sooner), and no links printed
+#: for each job run it ends (it prints the sweep's own link at the end)
+LAUNCHER_MLFLOW_ENV = {
+    QUIET_URLS_ENV: "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+
+class SweepTracking:
+    """MLflow for one launch; see the module docstring. ``enabled`` is false with
+    ``hydra.launcher.mlflow.enabled=false``: then every method does nothing."""
+
+    def __init__(
+        self,
+        options: MLflowOptions,
+        folder: ExperimentFolder,
+        report: SweepReport,
+        *,
+        provider_name: str,
+        sweep_dir: str,
+    ) -> None:
+        self.options = options
+        self.folder = folder
+        self.report = report
+        self.provider_name = provider_name
+        self.sweep_dir = sweep_dir
+        self.enabled = options.enabled
+        self.server: tracking.TrackingServer | None = None
+        self.keep_server = False
+        #: the store behind everything, and how this process reaches it (the server over loopback)
+        self.backend_uri: str | None = None
+        self.tracking_uri: str | None = None
+        self.parent_run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._own_parent = False
+        self._opening: Future | None = None
+        self._server_answered = False  # the server answered once (later deaths are restarted)
+        self._failure_reported = False
+        self._user_env: dict[str, str | None] = {}
+        # job index -> (attempt, output folder) of each of its records kept offline
+        self._offline_records: dict[int, list[tuple[int, str | None]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def parent_run_file(self) -> Path:
+        return self.folder.path / "parent-run-id"
+
+    # ------------------------------------------------------------------ the launcher's environment
+
+    @contextmanager
+    def launcher_environment(self) -> Iterator[None]:
+        """MLflow's settings for the launcher's own client (:data:`LAUNCHER_MLFLOW_ENV`) while
+        inside; the user's values are put back after, and given to the jobs."""
+        self._user_env = {name: os.environ.get(name) for name in LAUNCHER_MLFLOW_ENV}
+        if self.enabled:
+            os.environ.update(LAUNCHER_MLFLOW_ENV)
+        try:
+            yield
+        finally:
+            for name, value in self._user_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    # ------------------------------------------------------------------ server and parent run
+
+    def start_server(self, jobs: int, parallelism: int) -> None:
+        """Start the sweep's MLflow server early: it loads while hosts are being deployed.
+
+        ``mlflow.server``: ``true`` always, ``false`` never (jobs write the store directly),
+        ``null`` (auto) when jobs run in parallel or on other hosts. ``mlflow.keep_server``
+        reuses a server kept by an earlier sweep on the same store and keeps this one running.
+        """
+        if not self.enabled:
+            return
+        backend = self.options.tracking_uri or os.environ.get(TRACKING_URI_ENV)
+        if not backend:
+            backend = f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+        self.backend_uri = backend
+        if backend.startswith(("http://", "https://")):
+            return
+        wanted = self.options.server
+        parallel = min(parallelism, jobs) > 1
+        local_only = self.provider_name == "local"
+        if wanted is False or (wanted is None and not parallel and local_only):
+            return
+        # hosts other than this machine's loopback must reach it: listen on every interface then
+        bind = "127.0.0.1" if local_only else "0.0.0.0"
+        self.keep_server = self.options.keep_server
+        if self.keep_server:
+            kept = tracking.TrackingServer.find_kept(backend, bind)
+            if kept is not None:
+                self.server = kept
+                return
+        artifacts = self.folder.path / "mlflow-artifacts"
+        state = tracking.TrackingServer.state_path(backend)
+        if self.keep_server and state is not None:
+            artifacts = state.parent / "mlartifacts"
+        self.server = tracking.TrackingServer(
+            backend,
+            artifacts,
+            bind=bind,
+            log_path=self.folder.path / "mlflow-server.log",
+            start_timeout_s=self.options.server_start_timeout_s,
+        )
+        self.server.start(wait=False)
+
+    def open(self) -> None:
+        """Open the sweep's experiment and parent run in a background thread (see the module)."""
+        if not self.enabled:
+            return
+        self.parent_run_id = os.environ.get(PARENT_RUN_ENV)
+        # this process talks to the server over loopback: the hosts' network may be gone before the end
+        self.tracking_uri = self.backend_uri if self.server is None else self.server.local_uri
+        self._opening = _in_background(self._open, name="engage-mlflow")
+
+    def connect(self, launcher_address: str, remote_hosts: bool) -> None:
+        """How the deployed hosts reach the server; with remote hosts, wait until MLflow is open
+        (their contracts carry the parent run's id, not a file)."""
+        if self._opening is None:
+            return
+        if self.server is not None:
+            self.server.address = launcher_address
+        if remote_hosts:
+            self.opened()
+
+    def _open(self) -> None:
+        try:
+            lookup = None
+            if self.server is not None:
+                # import MLflow's client while the server starts, not after
+                import mlflow.tracking  # noqa: F401
+
+                if self.server.process is not None:
+                    self.server.wait_ready()
+                self._server_answered = True
+                self._write_server_state()
+                lookup = self.tracking_uri
+            # a new experiment is created in the store itself (not through the server) so its
+            # artifact location is a plain folder that `mlflow ui --backend-store-uri ...` and any
+            # client can read later; an existing one is found through the server
+            self.experiment_id = tracking.experiment_id_for(
+                self.backend_uri, self.options.experiment, self.parent_run_id, lookup_uri=lookup
+            )
+            if not self.parent_run_id:
+                from mlflow.tracking import MlflowClient
+
+                run = MlflowClient(self.tracking_uri).create_run(
+                    self.experiment_id,
+                    run_name=f"sweep-{self.folder.name}",
+                    tags={"engage.kind": "sweep", "engage.sweep_dir": self.sweep_dir},
+                )
+                self.parent_run_id = run.info.run_id
+                self._own_parent = True
+        finally:
+            # an empty file tells waiting jobs there is no parent run to attach to
+            tracking.write_text(self.parent_run_file, self.parent_run_id or "")
+
+    def opened(self, timeout_s: float | None = None) -> bool:
+        """Wait for :meth:`open` (at most ``timeout_s``); ``False`` if it is not done by then or
+        MLflow could not be opened (reported once: job records are then kept offline)."""
+        if self._opening is None:
+            return False
+        try:
+            self._opening.result(timeout=timeout_s)
+            return True
+        except FutureTimeout:
+            return False
+        except Exception as exc:
+            with self._lock:
+                if not self._failure_reported:
+                    self._failure_reported = True
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    message = f"MLflow store {self.backend_uri} could not be opened ({first}); job records kept offline"
+                    log.warning("engage launcher: %s", message)
+                    self.report.warnings.append(message)
+            return False
+
+    def _write_server_state(self) -> None:
+        assert self.server is not None
+        pid = self.server.process.pid if self.server.process is not None else getattr(self.server, "kept_pid", None)
+        state = {"pid": pid, "uri": self.server.local_uri, "backend": self.server.backend_uri}
+        tracking.write_json(self.folder.path / "mlflow-server.json", state)
+
+    # ------------------------------------------------------------------ jobs
+
+    def contract_for(self, job_folder: Path) -> TrackingContract | None:
+        """Where the job in ``job_folder`` logs, as its contract says it."""
+        if self.tracking_uri is None:
+            return None
+        offline = job_folder / "offline"
+        uri = self.server.uri if self.server is not None else self.tracking_uri
+        # read in this order: the parent's id is set before the opening is done
+        opening = self._opening is not None and not self._opening.done()
+        parent = self.parent_run_id
+        starting = opening and self.server is not None and self.server.process is not None
+        return TrackingContract(
+            uri=uri,
+            experiment=self.options.experiment,
+            parent_run_id=parent or None,
+            parent_run_file=str(self.parent_run_file) if opening and not parent else None,
+            offline_uri=f"sqlite:///{offline / 'mlflow.db'}",
+            offline_artifacts=str(offline / "artifacts"),
+            server_ready_by=self.server.ready_by if starting else None,
+            # the job's own MLflow prints as the user's settings say, not as the launcher's
+            print_urls=(self._user_env.get(QUIET_URLS_ENV) or "false").lower() != "true",
+        )
+
+    def check_server(self) -> bool:
+        """Whether jobs can log to the sweep's store now; restarts a dead sweep server, also
+        while MLflow is still being opened through it (the parent run's creation retries)."""
+        if self.tracking_uri is None or self._opening is None:
+            return False
+        while not self.opened(timeout_s=1.0):
+            if self._opening.done():
+                return False  # MLflow could not be opened (said once)
+            process = self.server.process if self.server is not None else None
+            if self._server_answered and process is not None and process.poll() is not None:
+                self._restart_server()
+        if self.server is None:
+            return not self.tracking_uri.startswith("http") or tracking.http_alive(self.tracking_uri)
+        return self._restart_server()
+
+    def watch(self) -> None:
+        """Restart the server if it died, once MLflow is open (called every few seconds)."""
+        if self.server is not None and self._opening is not None and self._opening.done():
+            self.check_server()
+
+    def _restart_server(self) -> bool:
+        """Restart the sweep's server unless it answers; whether it answers now."""
+        assert self.server is not None
+        with self._lock:
+            if self.server.alive():
+                return True
+            log.warning("the sweep's MLflow server stopped answering; restarting it")
+            try:
+                self.server.restart()
+            except tracking.TrackingError as exc:
+                log.warning("MLflow server restart failed: %s", exc)
+                return False
+            self.report.server_restarts = self.server.restarts
+            self._write_server_state()
+            return True
+
+    def record(self, index: int, record: tracking.JobRecord, offline: bool) -> None:
+        """Add the launcher's record of a job attempt to the job's own run (by its id), or to a
+        new child run; kept in the job's offline store while the server does not answer."""
+        if self.tracking_uri is None:
+            return
+        if not offline and self.check_server():
+            try:
+                run_id = tracking.record_job(self.tracking_uri, self.experiment_id, self.parent_run_id, record)
+                self.folder.update_result(index, mlflow_run_id=run_id)
+                return
+            except Exception as exc:  # the server died during the upload: keep the record locally
+                log.warning("job %d: MLflow record failed (%s); keeping it offline", index, exc)
+        offline_folder = self.folder.job_folder(index) / "offline"
+        offline_uri = f"sqlite:///{offline_folder / 'mlflow.db'}"
+        offline_folder.mkdir(exist_ok=True)
+        experiment_id = tracking.offline_experiment(offline_uri, self.options.experiment, offline_folder / "artifacts")
+        tracking.record_job(offline_uri, experiment_id, self.parent_run_id, record)
+        with self._lock:
+            self._offline_records.setdefault(index, []).append((record.attempt, record.output_dir))
+            # a job, not a record: its attempts share one offline store
+            self.report.offline_jobs = sorted(self._offline_records)
+        self.folder.update_result(index, offline_store=offline_uri)
+
+    def mark_killed(self, run_ids: Iterable[str]) -> None:
+        """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED."""
+        # an interrupt during start-up does not wait long for MLflow to open
+        if not (self.tracking_uri and self.opened(timeout_s=10.0) and self.check_server()):
+            return
+        try:
+            tracking.mark_killed(self.tracking_uri, run_ids)
+            if self.parent_run_id:
+                from mlflow.tracking import MlflowClient
+
+                # also a parent opened by a sweep callback: its end hook never runs on an interrupt
+                MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status="KILLED")
+                self._own_parent = False
+        except Exception as exc:  # best effort while going down
+            log.warning("could not mark interrupted runs KILLED: %s", exc)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self) -> None:
+        """Upload offline records, end the sweep's own run as the report says, stop (or keep)
+        the server."""
+        try:
+            if self.tracking_uri is None:
+                return
+            if self.report.offline_jobs:
+                self._upload_offline()
+            if self._own_parent and self.check_server():
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status=self.report.parent_status())
+        finally:
+            if self.server is not None:
+                if self.keep_server:
+                    self.server.keep()
+                self.server.stop()
+
+    def _upload_offline(self) -> None:
+        if not self.check_server():
+            self.report.warnings.append(
+                f"{len(self.report.offline_jobs)} job records kept offline under {self.folder.path}/jobs/*/offline"
+            )
+            return
+        for index, records in sorted(self._offline_records.items()):
+            # what reached the server before it died is replaced, not joined, by the record
+            for attempt, output_dir in records:
+                tracking.delete_record_runs(
+                    self.tracking_uri, self.experiment_id, self.parent_run_id, index, attempt, output_dir
+                )
+            source = f"sqlite:///{self.folder.job_folder(index) / 'offline' / 'mlflow.db'}"
+            ids = tracking.upload_store(source, self.tracking_uri, self.experiment_id)
+            self.report.uploaded_runs += len(ids)
+            self.folder.update_result(index, uploaded_run_ids=ids)
+
+    def where(self) -> str | None:
+        """Where the sweep's run is, for the closing line: its page on a server that still runs,
+        else the run's id in the store (``mlflow ui --backend-store-uri ...``)."""
+        if not (self.parent_run_id and self.experiment_id):
+            return None
+        uri = self.tracking_uri or ""
+        if uri.startswith("http") and (self.server is None or self.keep_server):
+            return f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        return f"run {self.parent_run_id} in {self.backend_uri or uri}"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "experiment_id": self.experiment_id,
+        }
+
+
+def _in_background(function: Any, name: str) -> Future:
+    """Run ``function()`` in a daemon thread; its result or exception lands in the returned future."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(function())
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future

@@ -1,0 +1,100 @@
+"""The job contract: the one record a job's process reads about its sweep."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
+from engage.deploy.job import (
+    JOB_FILE_ENV,
+    HostRecord,
+    JobContract,
+    JobContractError,
+    TrackingContract,
+    read_run_id,
+    write_run_id,
+)
+from engage.deploy.options import LauncherOptions
+
+
+def _contract(tmp_path, recorded: bool = True, **tracking) -> JobContract:
+    return JobContract(
+        index=2,
+        attempt=3,
+        overrides=("lr=0.1", "seed=1"),
+        folder=str(tmp_path),
+        host="edge-1",
+        hosts=(HostRecord("edge-1", "edge", "10.0.0.3", ("ip", "netns", "exec", "edge-1"), False, ("simulator",)),),
+        placement={"simulator#1": "edge-1"},
+        tracking=TrackingContract(uri="http://10.0.0.1:5000", **tracking) if recorded else None,
+    )
+
+
+def test_written_once_readable_by_its_owner_only_and_read_back_whole(tmp_path) -> None:
+    contract = _contract(tmp_path, parent_run_id="p", username="u", password="secret")
+    path = contract.write(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert JobContract.read(tmp_path) == contract
+    assert "secret" not in repr(contract.tracking), "a password must not reach logs through repr"
+    (tmp_path / "job.json").write_text("{not json")
+    with pytest.raises(JobContractError, match=r"job\.json: cannot read the job's contract"):
+        JobContract.read(tmp_path)
+
+
+def test_the_environment_a_job_sets_for_itself(tmp_path) -> None:
+    env = _contract(tmp_path, parent_run_id="p", username="u", password="pw").environ()
+    assert env[JOB_FILE_ENV] == str(tmp_path / "job.json")
+    assert env[TRACKING_URI_ENV] == env["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000"
+    assert env[PARENT_RUN_ENV] == "p" and PARENT_RUN_FILE_ENV not in env
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("u", "pw")
+    # while the sweep's run is being created, the job waits for its id in a file
+    waiting = _contract(tmp_path, parent_run_file=str(tmp_path / "parent-run-id")).environ()
+    assert waiting[PARENT_RUN_ENV] == "" and waiting[PARENT_RUN_FILE_ENV] == str(tmp_path / "parent-run-id")
+    assert "MLFLOW_TRACKING_USERNAME" not in waiting
+    # a sweep that records nothing tells its jobs nothing about MLflow
+    assert set(_contract(tmp_path, recorded=False).environ()) == {JOB_FILE_ENV}
+
+
+def test_the_current_job_and_its_run_id(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(JOB_FILE_ENV, raising=False)
+    assert JobContract.current() is None and not write_run_id("abc")
+    path = _contract(tmp_path).write(tmp_path)
+    monkeypatch.setenv(JOB_FILE_ENV, str(path))
+    assert JobContract.current().this_host().layer == "edge"
+    assert write_run_id("abc") and read_run_id(tmp_path) == "abc"
+
+
+def test_no_environment_variable_of_the_sweep_is_read_outside_its_module() -> None:
+    """Jobs learn about their sweep from the contract alone."""
+    import engage.deploy as package
+
+    root = os.path.dirname(package.__file__)
+    readers = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py") and name != "job.py":
+                text = open(os.path.join(folder, name)).read()
+                if "ENGAGE_DEPLOY_" in text or "ENGAGE_JOB_FILE" in text:
+                    readers.append(name)
+    assert readers == []
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"paralelism": 2},
+            "hydra.launcher.paralelism is not an option of the engage launcher; options are parallelism",
+        ),
+        ({"mlflow": {"sever": True}}, "hydra.launcher.mlflow.sever is not an option .* options are enabled, server"),
+        ({"parallelism": -1}, "hydra.launcher.parallelism is -1; use 0"),
+        ({"job_timeout_s": 0}, "hydra.launcher.job_timeout_s is 0; use a value > 0 or null"),
+        ({"placement": "random"}, "hydra.launcher.placement is 'random'; use round_robin or optimize"),
+    ],
+)
+def test_launcher_options_are_checked_in_one_place(params, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        LauncherOptions.checked(params)
