@@ -70,3 +70,40 @@ def test_unusable_cache_falls_back_to_mlflow(tmp_path: Path, monkeypatch: pytest
     assert not store.exists()
     # MLflow then creates the store itself, as without engage
     assert MlflowClient(f"sqlite:///{store}").get_experiment("0").name == "Default"
+
+
+def test_a_current_store_is_checked_without_importing_mlflow(tmp_path: Path) -> None:
+    """``check_reachable`` opens an SQLite store of the installed MLflow's schema with sqlite3:
+    seconds of MLflow imports saved before a run or a sweep starts."""
+    import subprocess
+    import sys
+
+    ensure_sqlite_store(f"sqlite:///{tmp_path / 'first.db'}")  # the kept empty store exists from now on
+    store = tmp_path / "mlflow.db"
+    code = (
+        "import sys\n"
+        "from engage.core.tracking.store import check_reachable\n"
+        f"check_reachable('sqlite:///{store}')\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False" and store.is_file()
+
+
+def test_a_store_of_another_schema_or_no_store_is_left_to_mlflow(tmp_path: Path) -> None:
+    from engage.core.tracking.sqlite_store import sqlite_store_is_current
+    from engage.core.tracking.store import TrackingUnavailable, check_reachable
+
+    current = tmp_path / "current.db"
+    ensure_sqlite_store(f"sqlite:///{current}")
+    assert sqlite_store_is_current(f"sqlite:///{current}")
+    old = tmp_path / "old.db"
+    old.write_bytes(current.read_bytes())
+    with sqlite3.connect(old) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'an-older-revision'")
+    assert not sqlite_store_is_current(f"sqlite:///{old}")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("not a database" * 100)
+    assert not sqlite_store_is_current(f"sqlite:///{garbage}")
+    with pytest.raises(TrackingUnavailable, match="cannot be used"):
+        check_reachable(f"sqlite:///{garbage}")

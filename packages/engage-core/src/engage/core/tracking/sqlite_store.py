@@ -81,6 +81,25 @@ def ensure_sqlite_store(uri: str) -> bool:
             scratch.unlink()
 
 
+def sqlite_store_is_current(uri: str, timeout_s: float = 10.0) -> bool:
+    """Whether the SQLite store at ``uri`` opens for writing and has the schema of the installed
+    MLflow (the revision of its kept empty store); ``False`` when that cannot be told without
+    MLflow (another store, no kept empty store) or it differs: MLflow then says why."""
+    target = sqlite_path(uri)
+    template = _empty_store() if target is not None else None
+    if target is None or template is None or not target.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{target}?mode=rw", uri=True, timeout=timeout_s)) as db:
+            revision = db.execute("SELECT version_num FROM alembic_version").fetchall()
+            db.execute("SELECT experiment_id FROM experiments LIMIT 1").fetchall()
+        with contextlib.closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as db:
+            expected = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return False
+    return bool(revision) and revision == expected
+
+
 def _empty_store() -> Path | None:
     """The kept empty store of the installed MLflow version, built on first use."""
     try:

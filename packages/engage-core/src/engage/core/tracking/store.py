@@ -81,7 +81,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """Raise :class:`TrackingUnavailable` with one readable line if ``uri`` does not answer.
 
     HTTP servers get a plain request with ``timeout_s`` (MLflow's own client retries for
-    minutes); databases and local paths are opened through MLflow's client.
+    minutes); an SQLite store whose schema is the installed MLflow's is opened with ``sqlite3``;
+    other databases and local paths (and any other SQLite store) through MLflow's client.
     """
     if uri.startswith(("http://", "https://")):
         import urllib.error
@@ -98,11 +99,14 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
             reason = getattr(exc, "reason", exc)
             raise TrackingUnavailable(f"MLflow server {uri} is unreachable ({reason})") from None
         return
-    from mlflow.tracking import MlflowClient
-
-    from engage.core.tracking.sqlite_store import ensure_sqlite_store
+    from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_store_is_current
 
     ensure_sqlite_store(uri)
+    # an SQLite store of the installed MLflow's schema opens without importing MLflow (seconds)
+    if sqlite_store_is_current(uri, timeout_s):
+        return
+    from mlflow.tracking import MlflowClient
+
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # any backend error means no usable store
