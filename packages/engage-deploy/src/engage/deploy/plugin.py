@@ -58,11 +58,13 @@ def engage_providers() -> dict:
 @hookimpl
 def engage_placement_solvers() -> dict:
     from engage.deploy.placement import CpSatSolver, ExhaustiveSolver, GreedySolver
+    from engage.deploy.placement.online import OnlineSolver
 
     return {
         "cpsat": lambda time_limit_s=10.0: CpSatSolver(time_limit_s),
         "greedy": lambda time_limit_s=10.0: GreedySolver(),
         "exhaustive": lambda time_limit_s=10.0: ExhaustiveSolver(),
+        "online": lambda time_limit_s=10.0: OnlineSolver(),
     }
 
 

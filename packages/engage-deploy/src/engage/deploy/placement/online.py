@@ -1,0 +1,482 @@
+"""Online placement, slot by slot: an INFIDA-style policy with adversarial regret guarantees.
+
+After Si Salem, Castellano, Neglia, Pianese, Araldo, "Towards Inference Delivery Networks:
+Distributing Machine Learning with Optimality Guarantees" (IEEE/ACM Transactions on Networking
+32(1), 2024; arXiv:2105.02510). Each request class (a model asked for at a node) travels the fixed
+path towards the cloud, which holds every model. Its candidates, the (node, variant) copies on that
+path, are ranked by cost per request ``γ_1 <= γ_2 <= ... <= γ_K`` (the weighted latency,
+inaccuracy and energy of :class:`~engage.deploy.placement.problem.Weights`), ``γ_K`` being the
+cloud's cheapest variant; requests go to the cheapest allocated candidates up to their capacity
+``l_k`` (requests per second: the node's compute under ``max_utilization`` over the variant's
+GFLOP, shared evenly by the request classes whose path crosses the node). With ``x`` the
+allocation (``x_k`` in {0, 1} for a copy, 1 for the cloud), the gain of a slot with request
+rates ``r`` is the cost saved against serving everything in the cloud::
+
+    G(r, x) = Σ_classes Σ_{k<K} (γ_{k+1} - γ_k) · min(r, Z_k(x)),   Z_k(x) = Σ_{j<=k} l_j x_j,
+
+a weighted sum of threshold functions: monotone and submodular in ``x``, and concave in a
+fractional ``y`` in [0, 1], its relaxation. A supergradient of the relaxation is
+``∂G/∂y_j = l_j · Σ_{k>=j} (γ_{k+1} - γ_k) · 1[Z_k(y) < r]``.
+
+Every node keeps a fractional allocation ``y`` in ``{0 <= y <= 1, Σ size·y <= memory}``. Each slot:
+
+1. observe the slot's request rates and take the supergradient ``g`` at ``y``;
+2. mirror ascent with the size-weighted negative entropy ``Φ(y) = Σ s_i y_i log y_i``
+   (``s_i`` the item's share of its node's memory): ``y_i <- y_i · exp(η g_i / s_i)``;
+3. project back onto the node's budget in the same Bregman divergence, which scales the node's
+   entries by one factor and caps them at 1 (``y_i <- min(1, c·y_i)``, ``c`` by bisection); a
+   floor ``epsilon`` keeps every entry positive, as the entropy needs;
+4. sample an integral allocation by dependent rounding (DepRound, Gandhi et al., JACM 2006, here
+   with sizes): pairs of fractional entries exchange mass at a constant ``s_i y_i + s_j y_j``,
+   which keeps every marginal ``E[x_i] = y_i`` and never exceeds the budget; the one entry left
+   fractional is rounded up with probability ``y_i`` when it fits, else down (the only place a
+   marginal may be lost, never with equal sizes);
+5. with ``max_moves``, keep the copies held and load at most that many of the rounded
+   allocation's new copies per slot, those with ``y >= 1/2`` only, most likely first, each
+   evicting only less likely copies (the marginals then lag behind ``y``; without a limit the
+   rounding is used as drawn).
+
+The step ``η_t = eta / (G_t √t)`` (``G_t`` the largest ``|g_i / s_i|`` seen so far) needs no
+horizon; the relaxation then has O(√T) regret against the best static fractional allocation, and
+the rounded allocation's expected gain reaches (1 - 1/e) of the best static allocation up to
+O(√T). Capacities are per request class, as in the paper's threshold model (here a fixed even
+share of the node's compute), and the policy places whole variants only (no split points).
+
+Example::
+
+    >>> from engage.deploy.placement import random_tree_problem
+    >>> from engage.deploy.placement.online import OnlineSolver
+    >>> problem = random_tree_problem(nodes=10, models=4, seed=0)
+    >>> solver = OnlineSolver(seed=0, max_moves=3)
+    >>> plans = [solver.solve(problem) for _ in range(5)]  # one call per slot
+    >>> plans[-1].solver, all(plan.moves <= 3 for plan in plans[1:])
+    ('online', True)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, build_plan
+from engage.deploy.placement.problem import Item, Option, PlacementProblem, RequestClass, Weights, item_label
+from engage.deploy.placement.solver import PlacementSolver
+
+#: (node, model, variant): a whole variant on a non-root node, the policy's decision variable
+Copy = tuple[str, str, str]
+#: (source node, model): a request class
+Key = tuple[str, str]
+
+_BIG = 1e9  # capacity of a copy that computes in no time (requests per second)
+_INTEGRAL = 1e-9
+
+
+@dataclass
+class _Ranked:
+    """A class's candidates, cheapest first: variable index, capacity (req/s), cost per request;
+    ``diff[k] = γ_{k+1} - γ_k`` with the cloud's cost closing the list."""
+
+    var: np.ndarray
+    capacity: np.ndarray
+    diff: np.ndarray
+
+
+class ThresholdGain:
+    """The gain ``G(r, x)`` of the module docstring on a fixed tree, its supergradient, and the
+    decision variables (whole variants on non-root nodes that fit their memory).
+
+    ``demand`` is ``{(node, model): rate}``; classes not on record are ranked from ``problem``
+    on first sight.
+    """
+
+    def __init__(self, problem: PlacementProblem, weights: Weights | None = None) -> None:
+        self.problem = problem
+        self.weights = weights or problem.weights
+        copies: list[Copy] = []
+        sizes: list[float] = []
+        nodes: list[int] = []
+        self.node_names = [n for n, node in problem.nodes.items() if n != problem.root and node.available]
+        for ni, name in enumerate(self.node_names):
+            memory = problem.memory_capacity(name)
+            for model in problem.models.values():
+                for variant in model.variants:
+                    if variant.size <= memory:
+                        copies.append((name, model.name, variant.name))
+                        sizes.append(0.0 if math.isinf(memory) else variant.size / memory)
+                        nodes.append(ni)
+        self.copies = copies
+        self.index = {c: i for i, c in enumerate(copies)}
+        self.share = np.asarray(sizes, dtype=float)  # size over the node's memory
+        self.node_of = np.asarray(nodes, dtype=np.int64)
+        self.keys: list[Key] = []
+        self._ranked: dict[Key, _Ranked] = {}
+        self._matrices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._through: dict[str, int] = defaultdict(int)  # request classes whose path crosses a node
+        for cls in problem.classes:
+            for node in cls.path:
+                self._through[node] += 1
+        for cls in problem.classes:
+            self._add(cls)
+
+    def __len__(self) -> int:
+        return len(self.copies)
+
+    # ------------------------------------------------------------------ ranking
+
+    def _add(self, cls: RequestClass) -> None:
+        key = (cls.source, cls.model)
+        if key in self._ranked:
+            return
+        w = self.weights
+        root = [w.cost(o.latency, 1 - o.accuracy, o.energy) for o in cls.options if not o.needs]
+        ranked = []
+        for option in cls.options:
+            if option.split is not None or not option.needs:
+                continue
+            var = self.index.get((option.node, cls.model, option.variant))
+            if var is None:
+                continue
+            gflop = dict(option.compute)[option.node]
+            share = max(1, self._through.get(option.node, 0))
+            capacity = self.problem.compute_capacity(option.node) / share / gflop if gflop > 0 else _BIG
+            ranked.append((w.cost(option.latency, 1 - option.accuracy, option.energy), var, min(capacity, _BIG)))
+        ranked.sort()
+        baseline = min(root) if root else (ranked[-1][0] if ranked else 0.0)
+        ranked = [r for r in ranked if r[0] < baseline]
+        gammas = [r[0] for r in ranked] + [baseline]
+        self._ranked[key] = _Ranked(
+            var=np.asarray([r[1] for r in ranked], dtype=np.int64),
+            capacity=np.asarray([r[2] for r in ranked], dtype=float),
+            diff=np.diff(np.asarray(gammas, dtype=float)),
+        )
+        self.keys.append(key)
+        self._matrices = None
+
+    def observe(self, problem: PlacementProblem) -> dict[Key, float]:
+        """The demand of a slot's problem, ranking classes seen for the first time."""
+        for cls in problem.classes:
+            if (cls.source, cls.model) not in self._ranked:
+                self._add(cls)
+        return {(r.node, r.model): r.rate for r in problem.requests}
+
+    def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per class (rows) and rank (columns): variable index (padding: one past the last),
+        capacity in requests per second, and ``γ_{k+1} - γ_k``."""
+        if self._matrices is None:
+            width = max([len(self._ranked[k].var) for k in self.keys] + [1])
+            var = np.full((len(self.keys), width), len(self.copies), dtype=np.int64)  # pad: a constant 0
+            capacity = np.zeros((len(self.keys), width))
+            diff = np.zeros((len(self.keys), width))
+            for row, key in enumerate(self.keys):
+                ranked = self._ranked[key]
+                n = len(ranked.var)
+                var[row, :n], capacity[row, :n], diff[row, :n] = ranked.var, ranked.capacity, ranked.diff
+            self._matrices = (var, capacity, diff)
+        return self._matrices
+
+    def rates(self, demand: Mapping[Key, float]) -> np.ndarray:
+        """The demand as a vector over the classes on record (0 for those absent)."""
+        return np.asarray([float(demand.get(key, 0.0)) for key in self.keys])
+
+    def potentials(self, y: np.ndarray) -> np.ndarray:
+        """``Z_k(y)`` per class (rows) and rank (columns)."""
+        var, capacity, _ = self.matrices()
+        padded = np.append(np.asarray(y, dtype=float), 0.0)
+        return np.cumsum(capacity * padded[var], axis=1)
+
+    def gain(self, y: np.ndarray, demand: Mapping[Key, float] | np.ndarray) -> float:
+        """``G(r, y)`` for an integral or fractional allocation ``y`` over :attr:`copies`."""
+        r = demand if isinstance(demand, np.ndarray) else self.rates(demand)
+        _, _, diff = self.matrices()
+        return float(np.sum(diff * np.minimum(r[:, None], self.potentials(y))))
+
+    def supergradient(self, y: np.ndarray, demand: Mapping[Key, float] | np.ndarray) -> np.ndarray:
+        """A supergradient of the relaxation at ``y`` (module docstring)."""
+        r = demand if isinstance(demand, np.ndarray) else self.rates(demand)
+        var, capacity, diff = self.matrices()
+        active = diff * (self.potentials(y) < r[:, None])
+        tail = np.cumsum(active[:, ::-1], axis=1)[:, ::-1]
+        grad = np.bincount(var.ravel(), weights=(capacity * tail).ravel(), minlength=len(self.copies) + 1)
+        return grad[: len(self.copies)]
+
+    # ------------------------------------------------------------------ allocations
+
+    def allocation(self, plan: PlacementPlan) -> np.ndarray:
+        """The whole-variant copies a plan holds, as a 0/1 vector over :attr:`copies`."""
+        x = np.zeros(len(self.copies))
+        for node, labels in plan.placement.items():
+            for label in labels:
+                if "[" in label:
+                    continue
+                model, _, variant = label.partition("/")
+                i = self.index.get((node, model, variant))
+                if i is not None:
+                    x[i] = 1.0
+        return x
+
+    def feasible(self, x: np.ndarray, slack: float = 1e-9) -> bool:
+        """Whether ``x`` fits every node's memory (and ``0 <= x <= 1``)."""
+        used = np.bincount(self.node_of, weights=self.share * x, minlength=len(self.node_names))
+        return bool(np.all(used <= 1 + slack) and np.all(x >= -slack) and np.all(x <= 1 + slack))
+
+    def project(self, z: np.ndarray, floor: float = 0.0) -> np.ndarray:
+        """The Bregman projection (size-weighted relative entropy) of positive ``z`` onto the
+        budgets: per node ``min(1, max(floor, c·z))`` with the largest ``c <= 1`` that fits."""
+        z = np.maximum(np.asarray(z, dtype=float), 1e-300)
+        share, node_of, n_nodes = self.share, self.node_of, len(self.node_names)
+
+        def used(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            y = np.clip(np.exp(np.minimum(log_c[node_of] + np.log(z), 0.0)), floor, 1.0)
+            return np.bincount(node_of, weights=share * y, minlength=n_nodes), y
+
+        hi = np.zeros(n_nodes)
+        total, y = used(hi)
+        if np.all(total <= 1.0):
+            return np.where(share > 0, y, 1.0)
+        lo = np.full(n_nodes, -800.0)
+        over = total > 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            total_mid, _ = used(mid)
+            fits = total_mid <= 1.0
+            lo = np.where(fits, mid, lo)
+            hi = np.where(fits, hi, mid)
+        _, y = used(np.where(over, lo, 0.0))
+        return np.where(share > 0, y, 1.0)
+
+
+def dep_round(y: np.ndarray, share: np.ndarray, node_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dependent rounding per node with sizes (module docstring, step 4): ``E[x] = y`` and each
+    node's ``Σ share·x <= 1`` when ``Σ share·y <= 1``."""
+    x = np.asarray(y, dtype=float).copy()
+    x[x <= _INTEGRAL] = 0.0
+    x[x >= 1 - _INTEGRAL] = 1.0
+    fractional = (x > 0.0) & (x < 1.0)
+    zero_size = fractional & (share <= 0)  # unlimited memory: independent coins keep the marginals
+    x[zero_size] = (rng.random(int(zero_size.sum())) < x[zero_size]).astype(float)
+    sized = np.flatnonzero(fractional & (share > 0))
+    if len(sized) == 0:
+        return x
+    sized = sized[rng.permutation(len(sized))]  # which entry is left over last is left to chance
+    sized = sized[np.argsort(node_of[sized], kind="stable")]
+    bounds = np.flatnonzero(np.diff(node_of[sized])) + 1
+    full = np.bincount(node_of, weights=share * (x >= 1.0), minlength=int(node_of.max()) + 1)
+    for group in np.split(sized, bounds):
+        frac = group.tolist()
+        while len(frac) >= 2:
+            i, j = frac[-1], frac[-2]
+            ratio = share[i] / share[j]
+            up = min(1 - x[i], x[j] / ratio)  # raise x_i by up, lower x_j by up * ratio
+            down = min(x[i], (1 - x[j]) / ratio)  # lower x_i by down, raise x_j by down * ratio
+            if rng.random() * (up + down) < down:
+                x[i] += up
+                x[j] -= up * ratio
+            else:
+                x[i] -= down
+                x[j] += down * ratio
+            done_i, done_j = False, False
+            for k in (i, j):
+                if x[k] <= _INTEGRAL or x[k] >= 1 - _INTEGRAL:
+                    x[k] = float(x[k] >= 0.5)
+                    if k == i:
+                        done_i = True
+                    else:
+                        done_j = True
+            if done_i:
+                frac.pop()
+            if done_j:
+                del frac[-1 if done_i else -2]
+            if not (done_i or done_j):  # only a floating-point error leaves both inside: drop one
+                x[i] = 0.0
+                frac.pop()
+        if frac:
+            (i,) = frac
+            node = int(node_of[i])
+            used = full[node] + float(np.sum(share[group] * (x[group] >= 1.0)))
+            x[i] = float(used + share[i] <= 1 + 1e-12 and rng.random() < x[i])
+    return np.where(x >= 0.5, 1.0, 0.0)
+
+
+class OnlineSolver(PlacementSolver):
+    """The online policy of the module docstring, one :meth:`solve` (or :meth:`step`) per slot.
+
+    ``eta`` scales the step, ``epsilon`` is the floor of the fractional allocation, ``start`` its
+    first value everywhere (projected onto the budgets), ``max_moves``
+    caps the copies newly loaded per slot (a fraction such as 0.1 allows one move every ten
+    slots: unused allowance carries over, up to one slot's worth or one move), ``seed`` seeds
+    the rounding. The topology is fixed by
+    the first problem; later ones bring the slot's request rates. :meth:`solve` observes the
+    slot's requests, updates, and returns the integral allocation for the next slot as a plan
+    (``placement``: every copy held; routes: each class to its cheapest held copy that has room).
+    """
+
+    name = "online"
+
+    def __init__(
+        self,
+        *,
+        eta: float = 3.0,
+        epsilon: float = 1e-3,
+        start: float = 0.05,
+        max_moves: float | None = None,
+        seed: int = 0,
+        weights: Weights | None = None,
+    ) -> None:
+        if eta <= 0:
+            raise ValueError(f"eta is {eta}; use a positive step scale")
+        if not 0 <= epsilon < 1:
+            raise ValueError(f"epsilon is {epsilon}; use a floor in [0, 1)")
+        if max_moves is not None and max_moves < 0:
+            raise ValueError(f"max_moves is {max_moves}; use 0 or more (None: no limit)")
+        if not epsilon <= start <= 1:
+            raise ValueError(f"start is {start}; use a value in [epsilon, 1]")
+        self.eta, self.epsilon, self.max_moves, self.weights = eta, epsilon, max_moves, weights
+        self.initial = start
+        self.rng = np.random.default_rng(seed)
+        self.model: ThresholdGain | None = None
+        self.y: np.ndarray | None = None
+        self.x: np.ndarray | None = None
+        self.slot = 0
+        self._scale = 0.0
+        self._credit = 0.0
+
+    def start(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> ThresholdGain:
+        """Fix the topology and start from the uniform fractional allocation ``start`` (projected),
+        or from the copies of ``previous``, the plan in force (held at 1)."""
+        self.model = ThresholdGain(problem, self.weights)
+        n = len(self.model)
+        if previous is None:
+            self.y = self.model.project(np.full(n, self.initial), floor=self.epsilon)
+            self.x = dep_round(self.y, self.model.share, self.model.node_of, self.rng)
+        else:
+            self.x = self.model.allocation(previous)
+            self.y = self.model.project(np.maximum(self.x, self.initial), floor=self.epsilon)
+            self.y = np.where(self.x > 0.5, np.maximum(self.y, self.x), self.y)
+        self.slot, self._scale, self._credit = 0, 0.0, 0.0
+        return self.model
+
+    def step(self, demand: Mapping[Key, float] | np.ndarray) -> np.ndarray:
+        """Observe one slot's demand, update ``y``, and return the next integral allocation."""
+        if self.model is None or self.y is None or self.x is None:
+            raise RuntimeError("call start(problem) or solve(problem) first")
+        model = self.model
+        grad = model.supergradient(self.y, demand)
+        share = np.where(model.share > 0, model.share, 1.0)
+        scaled = grad / share
+        self.slot += 1
+        self._scale = max(self._scale, float(np.max(np.abs(scaled), initial=0.0)))
+        if self._scale > 0:
+            eta = self.eta / (self._scale * math.sqrt(self.slot))
+            z = self.y * np.exp(np.minimum(eta * scaled, 50.0))
+            self.y = model.project(z, floor=self.epsilon)
+        x = dep_round(self.y, model.share, model.node_of, self.rng)
+        self.x = self._limit_moves(x, self.x)
+        return self.x
+
+    def _limit_moves(self, x: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """Under a move budget, start from the copies held and load, most likely first, the
+        rounded allocation's new copies the budget allows, each evicting less likely held copies
+        of its node (never more likely ones) to make room."""
+        if self.max_moves is None:
+            return x
+        assert self.model is not None and self.y is not None
+        model, y = self.model, self.y
+        self._credit = min(self._credit + self.max_moves, max(1.0, self.max_moves))
+        new = np.flatnonzero((x > 0.5) & (held < 0.5) & (y >= 0.5))  # moves go to likely copies only
+        x = np.where((held < 0.5) & (y < 0.5), 0.0, x)
+        if len(new) <= math.floor(self._credit + 1e-9):
+            self._credit -= len(new)
+            return x
+        out = held.copy()
+        for i in new[np.lexsort((self.rng.random(len(new)), -y[new]))]:
+            if self._credit < 1 - 1e-9:
+                break
+            node = model.node_of[i]
+            members = np.flatnonzero(model.node_of == node)
+            room = 1.0 - float(np.sum(model.share[members] * out[members]))
+            evict = []
+            for j in members[np.argsort(y[members])]:
+                if room + 1e-12 >= model.share[i]:
+                    break
+                if out[j] > 0.5 and x[j] < 0.5:
+                    if y[j] > y[i]:
+                        break
+                    evict.append(j)
+                    room += model.share[j]
+            if room + 1e-12 >= model.share[i]:
+                out[evict] = 0.0
+                out[i] = 1.0
+                self._credit -= 1
+        return out
+
+    def solve(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> PlacementPlan:
+        started = time.perf_counter()
+        problem.check_servable()
+        if self.model is None or set(problem.nodes) != set(self.model.problem.nodes):
+            self.start(problem, previous)
+        assert self.model is not None
+        if previous is not None:
+            self.x = self.model.allocation(previous)
+        demand = self.model.observe(problem)
+        x = self.step(demand)
+        held = {(node, (model, variant, "full", "")) for (node, model, variant), v in zip(self.model.copies, x) if v}
+        plan = route(problem, held, solver=self.name, weights=self.weights)
+        placement: dict[str, set[str]] = {name: set() for name in problem.nodes if name != problem.root}
+        for node, item in held:
+            placement[node].add(item_label(item))
+        plan.placement = {node: sorted(labels) for node, labels in placement.items()}
+        if previous is not None:
+            plan.moves = len(plan.items - previous.items)
+            plan.removed = len(previous.items - plan.items)
+        plan.solve_time_s = time.perf_counter() - started
+        return plan
+
+
+def route(
+    problem: PlacementProblem,
+    held: Iterable[tuple[str, Item]],
+    *,
+    solver: str = "online",
+    weights: Weights | None = None,
+) -> PlacementPlan:
+    """The plan that serves each class by an option whose items are ``held`` (or on the cloud)
+    within the compute and link capacities: first each class by its lightest such option (least
+    GFLOP), then, largest rate first, each moved to its cheapest option that has room."""
+    held = set(held)
+    compute: dict[str, float] = defaultdict(float)
+    traffic: dict[str, float] = defaultdict(float)
+    chosen: dict[int, Option] = {}
+
+    def load(cls: RequestClass, option: Option, sign: float) -> None:
+        for n, g in option.compute:
+            compute[n] += sign * cls.rate * g
+        for s, b in option.traffic:
+            traffic[s] += sign * cls.rate * b
+
+    def fits(cls: RequestClass, option: Option) -> bool:
+        return all(
+            compute[n] + cls.rate * g <= problem.compute_capacity(n) * (1 - 1e-9) for n, g in option.compute
+        ) and all(traffic[s] + cls.rate * b <= problem.link_capacity(s) * (1 - 1e-9) for s, b in option.traffic)
+
+    classes = sorted(problem.classes, key=lambda c: -c.rate)
+    usable = {c.index: [o for o in c.options if all(need in held for need in o.needs)] for c in classes}
+    for cls in classes:
+        lightest = sorted(usable[cls.index], key=lambda o: (sum(g for _, g in o.compute), o.latency))
+        option = next((o for o in lightest if fits(cls, o)), None)
+        if option is None:
+            raise PlacementInfeasible(
+                f"{solver}: requests for {cls.model!r} at {cls.source!r} fit no held copy nor the cloud"
+            )
+        load(cls, option, 1.0)
+        chosen[cls.index] = option
+    for cls in classes:
+        load(cls, chosen[cls.index], -1.0)
+        best = sorted(usable[cls.index], key=lambda o: problem.option_cost(cls, o, weights))
+        chosen[cls.index] = next((o for o in best if fits(cls, o)), chosen[cls.index])
+        load(cls, chosen[cls.index], 1.0)
+    return build_plan(problem, chosen, status="HEURISTIC", solver=solver, weights=weights)
