@@ -26,15 +26,16 @@ demo: $(STAMP)
 	@echo "MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (experiment 'engage')"
 
 # The netns hosts of engage-deploy run their own sshd, the C example simulation compiles against
-# libzmq (Debian's libzmq3-dev, whose libzmq has CURVE through libsodium) and the MLflow UI check
-# drives Debian's headless Chromium; as root, install what is missing (their tests skip with a
-# reason otherwise).
-SYSTEM_PACKAGES := openssh-server libzmq3-dev chromium chromium-driver
+# libzmq (Debian's libzmq3-dev, whose libzmq has CURVE through libsodium), the MLflow UI check
+# drives Debian's headless Chromium and the Slurm executor's tests start a one-node cluster
+# (slurm-wlm, munge); as root, install what is missing (their tests skip with a reason otherwise).
+SYSTEM_PACKAGES := openssh-server libzmq3-dev chromium chromium-driver slurm-wlm munge
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& { [ ! -x /usr/sbin/sshd ] || [ ! -f /usr/include/zmq.h ] || [ ! -x /usr/bin/chromedriver ]; }; then \
+		&& { [ ! -x /usr/sbin/sshd ] || [ ! -f /usr/include/zmq.h ] || [ ! -x /usr/bin/chromedriver ] \
+			|| [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; }; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
-		|| echo "$(SYSTEM_PACKAGES) could not be installed: SSH tests of netns hosts, the C client or the MLflow UI check will skip"; \
+		|| echo "$(SYSTEM_PACKAGES) could not be installed: SSH tests of netns hosts, the C client, the MLflow UI check or the Slurm executor will skip"; \
 	fi
 
 # The documentation site (MkDocs, API reference from the packages' docstrings) in site/; --strict:

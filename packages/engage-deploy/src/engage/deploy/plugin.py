@@ -35,8 +35,9 @@ def _place(namespace):
 @hookimpl
 def engage_executors() -> dict:
     from engage.deploy.executor import DeployExecutor
+    from engage.deploy.slurm.executor import SlurmExecutor
 
-    return {"deploy": DeployExecutor}
+    return {"deploy": DeployExecutor, "slurm": SlurmExecutor}
 
 
 @hookimpl

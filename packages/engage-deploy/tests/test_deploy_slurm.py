@@ -1,0 +1,160 @@
+"""The one-node Slurm cluster that the Slurm executor's tests run on."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _job_state(cluster, job_id: str) -> str:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return fields["JobState"]
+
+
+def test_local_cluster_runs_a_batch_job(slurm_cluster, tmp_path):
+    marker = tmp_path / "ran"
+    job_id = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={tmp_path}", "--wrap", f"touch {marker}"],
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    deadline = time.monotonic() + 20
+    while _job_state(slurm_cluster, job_id) != "COMPLETED":
+        assert time.monotonic() < deadline, "the job did not complete"
+        time.sleep(0.2)
+    assert marker.exists()
+
+
+# Lines recorded from `scontrol show job -o` (Slurm 22.05), shortened to the fields that matter.
+RECORDED = {
+    "COMPLETED": "JobId=7 JobName=sim UserId=root(0) JobState=COMPLETED Reason=None ExitCode=0:0 RunTime=00:00:02",
+    "OUT_OF_MEMORY": "JobId=8 JobName=sim JobState=OUT_OF_MEMORY Reason=OutOfMemory ExitCode=0:125 RunTime=00:00:05",
+    "PREEMPTED": "JobId=9 JobName=sim JobState=PREEMPTED Reason=None ExitCode=0:15 RunTime=00:01:00",
+    "TIMEOUT": "JobId=10 JobName=sim JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15 RunTime=00:01:01",
+    "CANCELLED": "JobId=11 JobName=sim JobState=CANCELLED Reason=None ExitCode=0:15 RunTime=00:00:03",
+    "PENDING": "JobId=12 JobName=sim JobState=PENDING Reason=Resources ExitCode=0:0 RunTime=00:00:00",
+    "RUNNING": "JobId=13 JobName=sim JobState=RUNNING Reason=None ExitCode=0:0 RunTime=00:00:01",
+}
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("COMPLETED", 0),
+        ("OUT_OF_MEMORY", "failure"),
+        ("PREEMPTED", "failure"),
+        ("TIMEOUT", "failure"),
+        ("CANCELLED", "failure"),
+        ("PENDING", None),
+        ("RUNNING", None),
+    ],
+)
+def test_recorded_job_lines_map_to_exit_codes(state, expected):
+    from engage.deploy.slurm.executor import SLURM_FAILURE, exit_code_for, job_state
+
+    line = RECORDED[state]
+    assert job_state(line) == state
+    assert exit_code_for(line) == (SLURM_FAILURE if expected == "failure" else expected)
+
+
+def test_unknown_state_is_an_error():
+    from engage.deploy.slurm.executor import exit_code_for
+
+    with pytest.raises(ValueError, match="unknown Slurm job state"):
+        exit_code_for("JobId=1 JobState=WHATEVER")
+
+
+RUN = [
+    "run",
+    "data.executor=slurm",
+    "simulator.grid=16",
+    "simulator.steps=10",
+    "data.simulations=2",
+    "data.concurrency=2",
+    "data.val_simulations=1",
+    "data.max_reads=1",
+    "data.batches_per_epoch=10000",
+    "data.batch_size=4",
+    "trainer.max_epochs=1",
+    "model.width=4",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _journal(workdir):
+    import json
+
+    entries = []
+    for path in workdir.rglob("journal.jsonl"):
+        entries += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [e for e in entries if e["status"] != "running"]
+
+
+def test_online_training_with_simulations_as_slurm_jobs(slurm_cluster, tmp_path):
+    from engage.core.testing.process import run_engage
+
+    done = run_engage(*RUN, cwd=tmp_path, timeout=90, env={"SLURM_CONF": str(slurm_cluster.conf)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    statuses = [e["status"] for e in _journal(tmp_path)]
+    assert statuses.count("finished") >= 2, statuses
+
+
+def test_unknown_partition_exits_2_naming_the_field(slurm_cluster, tmp_path):
+    from engage.core.testing.process import run_engage
+
+    done = run_engage(
+        *RUN,
+        "+data.executor_options.partition=nosuch",
+        cwd=tmp_path,
+        timeout=60,
+        env={"SLURM_CONF": str(slurm_cluster.conf)},
+    )
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    named = [x for x in lines if "data.executor_options.partition" in x]
+    assert len(named) == 1 and named[0] == lines[-1], lines
+
+
+def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
+    import os
+    import sys
+
+    env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
+    for inherited in ("MLFLOW_TRACKING_URI", "ENGAGE_TRACKING_URI", "ENGAGE_PARENT_RUN_ID"):
+        env.pop(inherited, None)
+    args = [a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engage.core.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    cancelled = None
+    deadline = time.monotonic() + 60
+    while cancelled is None and time.monotonic() < deadline and proc.poll() is None:
+        running = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True, text=True
+        ).stdout.split()
+        if running:
+            cancelled = running[0]
+            subprocess.run(["scancel", cancelled], env=env, check=True)
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=90)
+    assert cancelled is not None, out[-2000:]
+    assert proc.returncode == 0, out[-3000:]
+    assert "retrying" in out, out[-3000:]
