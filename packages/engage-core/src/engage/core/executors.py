@@ -139,13 +139,18 @@ class LocalProcess(SimulationProcess):
                 pass
 
     def stderr_tail(self, limit: int = 4000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path, limit)
+
+
+def log_tail(path: str | os.PathLike[str], limit: int = 4000) -> str:
+    """The last ``limit`` bytes of a simulation's log file, as text (``""`` if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def start_logged_process(

@@ -37,6 +37,11 @@ JOB_FILE = "job.json"
 JOB_FILE_ENV = "ENGAGE_JOB_FILE"
 #: the file where the job's process writes the id of the MLflow run it opened (see :func:`write_run_id`)
 RUN_ID_FILE = "mlflow-run-id"
+#: MLflow's switch for the run and experiment links it prints when a run ends over HTTP
+QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+#: MLflow client retries of every process of a sweep (the launcher's and its jobs'): MLflow's own
+#: back off for minutes, far longer than the launcher takes to restart a dead sweep server
+MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 #: MLflow's variables for basic authentication, set by a job for its own process only
 MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
@@ -163,12 +168,9 @@ class JobContract:
             TRACKING_URI_ENV: tracking.uri,
             "MLFLOW_TRACKING_URI": tracking.uri,
             PARENT_RUN_ENV: tracking.parent_run_id or "",
-            # MLflow's retries back off for minutes by default, far longer than the launcher takes
-            # to restart a dead sweep server
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            **MLFLOW_RETRY_ENV,
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "false" if tracking.print_urls else "true",
+            QUIET_URLS_ENV: "false" if tracking.print_urls else "true",
         })  # fmt: skip
         if tracking.parent_run_file and not tracking.parent_run_id:
             env[PARENT_RUN_FILE_ENV] = tracking.parent_run_file

@@ -118,9 +118,9 @@ class LauncherOptions:
 def _plain(params: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(params) and not isinstance(params, type):
         return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    if hasattr(params, "_metadata"):  # an OmegaConf node, without importing OmegaConf eagerly
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # only when options are checked: Hydra has loaded it by then
 
+    if OmegaConf.is_config(params):
         params = OmegaConf.to_container(params, resolve=True)
     return {str(k): v for k, v in dict(params or {}).items()}
 

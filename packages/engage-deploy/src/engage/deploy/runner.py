@@ -107,12 +107,10 @@ def _go_offline_if_needed(tracking: TrackingContract | None) -> str | None:
     return tracking.offline_uri
 
 
-def _own_run_id(job_dir: Path) -> str | None:
-    """The MLflow run the job opened: recorded by ``engage run`` (its ``engage_run_started``
-    hook), else the last run MLflow's fluent API started in this process, if any."""
-    run_id = read_run_id(job_dir)
-    if run_id or "mlflow" not in sys.modules:
-        return run_id
+def _fluent_run_id() -> str | None:
+    """The last run MLflow's fluent API started in this process, if the job used it."""
+    if "mlflow" not in sys.modules:
+        return None
     import mlflow
 
     try:
@@ -177,8 +175,8 @@ def run(job_dir: Path) -> int:
         "pid": os.getpid(),
         "offline": bool(offline),
     }
-    run_id = _own_run_id(job_dir)
-    if run_id and not read_run_id(job_dir):
+    # the run the job opened: recorded by engage run (its engage_run_started hook), else MLflow's
+    if not read_run_id(job_dir) and (run_id := _fluent_run_id()):
         (job_dir / RUN_ID_FILE).write_text(run_id)
     (job_dir / "runner.json").write_text(json.dumps(summary, indent=1))
     if error:

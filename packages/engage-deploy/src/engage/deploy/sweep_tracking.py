@@ -33,22 +33,15 @@ from typing import Any
 from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder
-from engage.deploy.job import TrackingContract
+from engage.deploy.job import MLFLOW_RETRY_ENV, QUIET_URLS_ENV, TrackingContract
 from engage.deploy.options import MLflowOptions
 from engage.deploy.report import SweepReport
 
 log = logging.getLogger("engage.deploy.sweep")
 
-#: MLflow's switch for the run and experiment links it prints when a run ends over HTTP
-QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-#: MLflow settings of the launcher's own client during a sweep: retries shorter than MLflow's
-#: default minutes of back-off (the launcher restarts a dead server sooner), and no links printed
-#: for each job run it ends (it prints the sweep's own link at the end)
-LAUNCHER_MLFLOW_ENV = {
-    QUIET_URLS_ENV: "true",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-}
+#: MLflow settings of the launcher's own client during a sweep: the sweep's retries, and no links
+#: printed for each job run it ends (it prints the sweep's own link at the end)
+LAUNCHER_MLFLOW_ENV = {QUIET_URLS_ENV: "true", **MLFLOW_RETRY_ENV}
 
 
 class SweepTracking:

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from engage.core.config.validate import ConfigError
-from engage.core.executors import Executor, LaunchRequest, SimulationProcess
+from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
 
 #: Exit code of a job that Slurm ended (failed, cancelled, timed out, out of memory, ...).
 SLURM_FAILURE = 75
@@ -129,13 +129,7 @@ class SlurmProcess(SimulationProcess):
         subprocess.run(["scancel", self.job_id], capture_output=True)
 
     def stderr_tail(self, limit: int = 4000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path, limit)
 
 
 class SlurmExecutor(Executor):
