@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,10 @@ def sweep(workdir: Path) -> dict[str, list[float]]:
     children = [r for r in runs if r.data.tags.get("engage.kind") != "sweep"]
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert all("val/rel_l2" in r.data.metrics for r in children)
+    # hosts in namespaces are not this machine: the sweep's server asked for its own credentials,
+    # which the jobs had from their contracts (their runs are recorded above)
+    (config,) = (workdir / "sweep" / ".engage").glob("*/mlflow-auth/basic_auth.ini")
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600 and "password1234" not in config.read_text()
     return measured
 
 

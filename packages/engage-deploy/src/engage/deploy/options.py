@@ -38,11 +38,15 @@ class MLflowOptions:
     running for the next sweeps on the same store and reuses one left by an earlier sweep;
     ``tracking_uri`` overrides the store (default: the sweep's ``ENGAGE_TRACKING_URI``, else
     ``sqlite:///<cwd>/mlflow.db``); ``experiment`` names the MLflow experiment when the sweep has
-    no parent run yet; ``server_start_timeout_s``: how long the server may take to answer."""
+    no parent run yet; ``server_start_timeout_s``: how long the server may take to answer;
+    ``auth``: the server serves MLflow's basic-auth application with a random admin user that
+    only the sweep's jobs are given (``null``: when the hosts are not all this machine, i.e. any
+    provider but ``local``; ``true``: always; ``false``: never)."""
 
     enabled: bool = True
     server: bool | None = None
     keep_server: bool = False
+    auth: bool | None = None
     tracking_uri: str | None = None
     experiment: str = "engage"
     server_start_timeout_s: float = 120.0

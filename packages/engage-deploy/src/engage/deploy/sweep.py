@@ -105,10 +105,10 @@ class Sweep:
                 # MLflow first: its server and the sweep's parent run get ready while hosts are
                 # deployed and jobs composed and started (seconds of imports and start-up)
                 parallelism = self.options.parallelism or os.cpu_count() or 1
-                tracking.start_server(len(overrides), parallelism)
+                provider = get_provider(self.infrastructure.provider)(self.infrastructure, folder.path / "provider")
+                tracking.start_server(len(overrides), parallelism, provider.planned_launcher_address)
                 tracking.open()
                 done = folder.completed() if self.options.resume else {}
-                provider = get_provider(self.infrastructure.provider)(self.infrastructure, folder.path / "provider")
                 log.info(
                     "engage launcher: %d jobs on %s (%s), experiment folder %s",
                     len(overrides),

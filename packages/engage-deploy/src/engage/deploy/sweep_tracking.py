@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -33,7 +33,13 @@ from typing import Any
 from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder
-from engage.deploy.job import MLFLOW_RETRY_ENV, QUIET_URLS_ENV, TrackingContract
+from engage.deploy.job import (
+    MLFLOW_PASSWORD_ENV,
+    MLFLOW_RETRY_ENV,
+    MLFLOW_USERNAME_ENV,
+    QUIET_URLS_ENV,
+    TrackingContract,
+)
 from engage.deploy.options import MLflowOptions
 from engage.deploy.report import SweepReport
 
@@ -89,7 +95,8 @@ class SweepTracking:
     def launcher_environment(self) -> Iterator[None]:
         """MLflow's settings for the launcher's own client (:data:`LAUNCHER_MLFLOW_ENV`) while
         inside; the user's values are put back after, and given to the jobs."""
-        self._user_env = {name: os.environ.get(name) for name in LAUNCHER_MLFLOW_ENV}
+        names = (*LAUNCHER_MLFLOW_ENV, MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV)
+        self._user_env = {name: os.environ.get(name) for name in names}
         if self.enabled:
             os.environ.update(LAUNCHER_MLFLOW_ENV)
         try:
@@ -103,12 +110,21 @@ class SweepTracking:
 
     # ------------------------------------------------------------------ server and parent run
 
-    def start_server(self, jobs: int, parallelism: int) -> None:
+    def start_server(self, jobs: int, parallelism: int, planned_address: Callable[[], str | None]) -> None:
         """Start the sweep's MLflow server early: it loads while hosts are being deployed.
 
         ``mlflow.server``: ``true`` always, ``false`` never (jobs write the store directly),
         ``null`` (auto) when jobs run in parallel or on other hosts. ``mlflow.keep_server``
         reuses a server kept by an earlier sweep on the same store and keeps this one running.
+
+        It listens on the loopback and, for hosts other than this machine, on the one address at
+        which they reach it: ``planned_address()`` (the provider's
+        :meth:`~engage.deploy.providers.base.Provider.planned_launcher_address`, called only
+        here) when the provider knows it before deploying, else the address :meth:`connect` is
+        given after the deployment (the server is then started again there, on the same port).
+        ``mlflow.auth`` (auto: with hosts other than this machine) makes it ask for the random
+        admin user of :class:`~engage.deploy.tracking.TrackingServer`, which this process and the
+        jobs' contracts are given.
         """
         if not self.enabled:
             return
@@ -123,13 +139,16 @@ class SweepTracking:
         local_only = self.provider_name == "local"
         if wanted is False or (wanted is None and not parallel and local_only):
             return
-        # hosts other than this machine's loopback must reach it: listen on every interface then
-        bind = "127.0.0.1" if local_only else "0.0.0.0"
+        # hosts other than this machine's loopback reach it at one address of this machine
+        address = None if local_only else planned_address()
+        listen = [address] if address and address not in ("127.0.0.1", "localhost") else []
+        auth = self.options.auth if self.options.auth is not None else not local_only
         self.keep_server = self.options.keep_server
         if self.keep_server:
-            kept = tracking.TrackingServer.find_kept(backend, bind)
+            kept = tracking.TrackingServer.find_kept(backend, listen=listen, auth=auth)
             if kept is not None:
                 self.server = kept
+                self._use_credentials()
                 return
         artifacts = self.folder.path / "mlflow-artifacts"
         state = tracking.TrackingServer.state_path(backend)
@@ -138,11 +157,19 @@ class SweepTracking:
         self.server = tracking.TrackingServer(
             backend,
             artifacts,
-            bind=bind,
+            listen=listen,
+            auth=auth,
             log_path=self.folder.path / "mlflow-server.log",
             start_timeout_s=self.options.server_start_timeout_s,
         )
+        self._use_credentials()
         self.server.start(wait=False)
+
+    def _use_credentials(self) -> None:
+        """This process's MLflow client sends the server's credentials (put back as the user had
+        them when the sweep ends, see :meth:`launcher_environment`)."""
+        assert self.server is not None
+        os.environ.update(self.server.client_env())
 
     def open(self) -> None:
         """Open the sweep's experiment and parent run in a background thread (see the module)."""
@@ -158,8 +185,23 @@ class SweepTracking:
         (their contracts carry the parent run's id, not a file)."""
         if self._opening is None:
             return
-        if self.server is not None:
-            self.server.address = launcher_address
+        server = self.server
+        if server is not None and not server.serves(launcher_address):
+            # the provider told the address only now: listen there too, on the same port
+            if server.process is None:
+                raise tracking.TrackingError(
+                    f"the MLflow server kept on port {server.port} (pid {server.kept_pid}) listens on "
+                    f"{', '.join(server.addresses)}, not on {launcher_address} where the hosts reach it; "
+                    "stop it or set hydra.launcher.mlflow.keep_server=false"
+                )
+            self.opened()  # MLflow is opened over the loopback first
+            with self._lock:
+                server.listen = (*server.listen, launcher_address)
+                server.stop()
+                server.start()
+            self._write_server_state()
+        if server is not None:
+            server.address = launcher_address
         if remote_hosts:
             self.opened()
 
@@ -229,6 +271,7 @@ class SweepTracking:
             return None
         offline = job_folder / "offline"
         uri = self.server.uri if self.server is not None else self.tracking_uri
+        credentials = self.server.credentials if self.server is not None else None
         # read in this order: the parent's id is set before the opening is done
         opening = self._opening is not None and not self._opening.done()
         parent = self.parent_run_id
@@ -241,6 +284,8 @@ class SweepTracking:
             offline_uri=f"sqlite:///{offline / 'mlflow.db'}",
             offline_artifacts=str(offline / "artifacts"),
             server_ready_by=self.server.ready_by if starting else None,
+            username=credentials.username if credentials else None,
+            password=credentials.password if credentials else None,
             # the job's own MLflow prints as the user's settings say, not as the launcher's
             print_urls=(self._user_env.get(QUIET_URLS_ENV) or "false").lower() != "true",
         )

@@ -7,23 +7,34 @@ store in its own job folder; the launcher copies such runs to the server once it
 (:func:`upload_store`). The launcher watches the server and restarts it on the same port and
 store if it dies, so running jobs' clients, which retry, carry on.
 
+The server is reachable only where the sweep's hosts need it: it listens on the loopback and on
+the addresses given in ``listen`` (the launcher's address on the hosts' network), nowhere else,
+and answers only requests whose ``Host`` header names one of those addresses at its port (MLflow's
+guard against DNS rebinding). With ``auth=True`` it serves MLflow's basic-auth application: a
+random admin user, written only to 0600 files in the server's own folder; a client process gets
+them through :meth:`TrackingServer.client_env`.
+
 Example::
 
     >>> import tempfile
     >>> from pathlib import Path
     >>> folder = Path(tempfile.mkdtemp())
-    >>> server = TrackingServer(f"sqlite:///{folder}/mlflow.db", folder / "artifacts")
+    >>> server = TrackingServer(f"sqlite:///{folder}/mlflow.db", folder / "artifacts", auth=True)
     >>> server.start()  # doctest: +SKIP
     >>> server.alive()  # doctest: +SKIP
     True
+    >>> sorted(server.client_env())
+    ['MLFLOW_TRACKING_PASSWORD', 'MLFLOW_TRACKING_USERNAME']
     >>> server.stop()
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -31,12 +42,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
+from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +63,29 @@ RECORD_RUN_TAG = "engage.record_run"
 #: tag (and param) holding which of a job's attempts a record is of (a failed attempt keeps its run)
 ATTEMPT_TAG = "engage.attempt"
 
+#: MLflow's server settings for its basic-auth application: the configuration file, the key that
+#: signs its forms, and the admin user's name and password (which would override the file's)
+AUTH_CONFIG_ENV = "MLFLOW_AUTH_CONFIG_PATH"
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+ADMIN_ENV = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD")
+#: what the server listens on when ``bind`` is this: every interface, any ``Host`` (not hardened)
+EVERY_INTERFACE = "0.0.0.0"
+
 
 class TrackingError(RuntimeError):
     """The sweep's MLflow store or server cannot be used; one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    """A tracking server's basic-auth user (its admin)."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def client_env(self) -> dict[str, str]:
+        """The environment variables with which MLflow's client sends them."""
+        return {MLFLOW_USERNAME_ENV: self.username, MLFLOW_PASSWORD_ENV: self.password}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,7 +96,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def http_alive(uri: str, timeout_s: float = 2.0) -> bool:
-    """Whether an MLflow server at ``uri`` answers its ``/health`` endpoint."""
+    """Whether an MLflow server at ``uri`` answers its ``/health`` endpoint (open without credentials)."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
             return response.status < 500
@@ -72,10 +104,35 @@ def http_alive(uri: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def host_port(address: str, port: int) -> str:
+    """``address:port`` as a URL or a ``Host`` header writes it (IPv6 addresses in brackets)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` names this machine's loopback."""
+    return address == "localhost" or address.startswith("127.") or address == "::1"
+
+
 class TrackingServer:
     """An ``mlflow server`` process for one sweep: ``backend_uri`` (SQLite) behind it, artifacts
-    served from ``artifacts_dir``, listening on ``bind`` at a free port; ``address`` is how hosts
-    reach it (``127.0.0.1`` for local hosts, a bridge address for network namespaces)."""
+    served from ``artifacts_dir``, at a free port.
+
+    Where it listens: on ``bind`` (the loopback, ``127.0.0.1``; this machine's own clients use
+    :attr:`local_uri`) and on each address in ``listen``, the launcher's address on the hosts'
+    network. ``address`` is how hosts reach it (:attr:`uri`); by default the first of ``listen``,
+    else the loopback, and it must be one of the addresses listened on. The listening sockets are
+    bound with Linux's ``IP_FREEBIND``, so an address may be given before the interface that
+    carries it exists: the server starts early, while the hosts' network is being made, and answers
+    there as soon as the address is up (and again if the network is made anew, as a kept server
+    does for the next sweep). ``bind="0.0.0.0"`` listens on every interface and answers any
+    ``Host``: it is kept for compatibility and not hardened.
+
+    With ``auth=True`` it serves MLflow's basic-auth application: its configuration file and user
+    database are in ``auth_dir`` (default: the folder holding ``artifacts_dir``), in a 0700
+    folder ``mlflow-auth``, the configuration 0600 with a random admin user and password
+    (:attr:`credentials`), reused when the folder already holds one (a restart, a resumed sweep).
+    """
 
     def __init__(
         self,
@@ -83,26 +140,62 @@ class TrackingServer:
         artifacts_dir: str | os.PathLike[str],
         *,
         bind: str = "127.0.0.1",
-        address: str = "127.0.0.1",
+        address: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
         start_timeout_s: float = 60.0,
+        listen: Sequence[str] = (),
+        auth: bool = False,
+        auth_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.backend_uri = backend_uri
         self.artifacts_dir = Path(artifacts_dir)
         self.bind = bind
-        self.address = address
+        self.listen = tuple(dict.fromkeys(a for a in listen if a and a != bind))
         self.port: int | None = None
         self.log_path = Path(log_path) if log_path else None
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen | None = None
         self.restarts = 0
+        self.kept_pid: int | None = None
+        self.auth = auth
+        self.auth_dir = (Path(auth_dir) if auth_dir else self.artifacts_dir.parent) / "mlflow-auth"
+        self.credentials: ServerCredentials | None = self._load_credentials() if auth else None
+        self._address = "127.0.0.1"
+        self.address = address or (self.listen[0] if self.listen else "127.0.0.1")
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The addresses it listens on: ``bind`` first, then ``listen``."""
+        return (self.bind, *self.listen)
+
+    def serves(self, address: str) -> bool:
+        """Whether it listens where ``address`` leads (``localhost``: when it listens on a loopback address)."""
+        if self.bind == EVERY_INTERFACE or address in self.addresses:
+            return True
+        return address == "localhost" and any(is_loopback(a) for a in self.addresses)
+
+    @property
+    def address(self) -> str:
+        """How the hosts reach it (the host of :attr:`uri`)."""
+        return self._address
+
+    @address.setter
+    def address(self, address: str) -> None:
+        if not self.serves(address):
+            raise TrackingError(
+                f"the MLflow server listens on {', '.join(self.addresses)}, not on {address}: "
+                "give that address in listen= when the server is made"
+            )
+        self._address = address
 
     @property
     def uri(self) -> str:
         """``http://<address>:<port>``."""
         if self.port is None:
             raise TrackingError("the MLflow server has not been started")
-        return f"http://{self.address}:{self.port}"
+        return f"http://{host_port(self.address, self.port)}"
 
     @property
     def local_uri(self) -> str:
@@ -113,20 +206,71 @@ class TrackingServer:
 
     @property
     def allowed_hosts(self) -> str:
-        """The ``Host`` headers the server answers (MLflow's guard against DNS rebinding): exactly
-        the loopback names at its port when it listens on the loopback; any when it listens on every
-        interface, since hosts in network namespaces reach it by a bridge address that is made after
-        it starts."""
-        if self.bind == "0.0.0.0":
+        """The ``Host`` headers the server answers (MLflow's guard against DNS rebinding):
+        ``<address>:<port>`` for each address it listens on, and ``localhost:<port>`` with the
+        loopback; any (``*``) when it listens on every interface."""
+        if self.bind == EVERY_INTERFACE:
             return "*"
-        names = {self.bind, "localhost", "127.0.0.1"} if self.bind.startswith("127.") else {self.bind}
-        return ",".join(f"{name}:{self.port}" for name in sorted(names))
+        assert self.port is not None, "a port first"
+        names = list(self.addresses)
+        if any(is_loopback(a) for a in names):
+            names.append("localhost")
+        return ",".join(dict.fromkeys(host_port(name, self.port) for name in names))
+
+    # ------------------------------------------------------------------ credentials
+
+    @property
+    def auth_config_path(self) -> Path:
+        """MLflow's basic-auth configuration file (``MLFLOW_AUTH_CONFIG_PATH``) of this server."""
+        return self.auth_dir / "basic_auth.ini"
+
+    def client_env(self) -> dict[str, str]:
+        """What a client process needs in its environment to use this server: MLflow's
+        ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` with ``auth``, else nothing."""
+        return self.credentials.client_env() if self.credentials else {}
+
+    def _load_credentials(self) -> ServerCredentials:
+        """The admin user of the configuration file in :attr:`auth_dir`, else a new random one."""
+        config = configparser.ConfigParser()
+        try:
+            config.read_string(self.auth_config_path.read_text())
+            return ServerCredentials(config["mlflow"]["admin_username"], config["mlflow"]["admin_password"])
+        except (OSError, KeyError, configparser.Error):
+            return ServerCredentials(f"engage-{secrets.token_hex(4)}", secrets.token_urlsafe(32))
+
+    def _write_auth_config(self) -> Path:
+        """Write the basic-auth configuration (0600, in a 0700 folder): the admin user, no rights
+        for any other user, the user database beside it, checked credentials cached. A database
+        left by another configuration is removed (its admin has another password)."""
+        assert self.credentials is not None
+        self.auth_dir.mkdir(parents=True, exist_ok=True)
+        self.auth_dir.chmod(0o700)
+        database = self.auth_dir / "basic_auth.db"
+        current = self._load_credentials() if self.auth_config_path.is_file() else None
+        if current != self.credentials:
+            database.unlink(missing_ok=True)
+        text = "\n".join([
+            "[mlflow]",
+            "default_permission = NO_PERMISSIONS",
+            f"database_uri = sqlite:///{database.resolve()}",
+            f"admin_username = {self.credentials.username}",
+            f"admin_password = {self.credentials.password}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            # one user, one worker: a password is hashed (PBKDF2, about 0.2 s of CPU) once an
+            # hour, not on every request of every job
+            "auth_cache_ttl_seconds = 3600",
+            "",
+        ])  # fmt: skip
+        write_private(self.auth_config_path, text)
+        return self.auth_config_path
+
+    # ------------------------------------------------------------------ process
 
     def start(self, wait: bool = True) -> None:
         """Start the server and wait until it answers (or raise :class:`TrackingError`); with
         ``wait=False`` return at once and call :meth:`wait_ready` before using it."""
         if self.port is None:
-            self.port = free_port(self.bind if self.bind != "0.0.0.0" else "127.0.0.1")
+            self.port = free_port(self.bind if self.bind != EVERY_INTERFACE else "127.0.0.1")
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         ensure_sqlite_store(self.backend_uri)
         # MLflow's server application in one interpreter (mlflow server would start two)
@@ -138,17 +282,20 @@ class TrackingServer:
             self.backend_uri,
             "--artifacts-destination",
             str(self.artifacts_dir),
-            "--host",
-            self.bind,
-            "--port",
-            str(self.port),
-            "--allowed-hosts",
-            self.allowed_hosts,
         ]
+        for address in self.addresses:
+            command += ["--host", address]
+        command += ["--port", str(self.port), "--allowed-hosts", self.allowed_hosts]
         # MLflow's job execution (GenAI evaluation jobs) starts a job runner process of its own;
         # a sweep's server never runs such jobs, and on a small host that process slows its start
         env = {**os.environ}
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        for name in (*ADMIN_ENV, AUTH_CONFIG_ENV, SECRET_KEY_ENV):
+            env.pop(name, None)  # only this server's own settings
+        if self.auth:
+            command += ["--app-name", "basic-auth"]
+            env[AUTH_CONFIG_ENV] = str(self._write_auth_config())
+            env[SECRET_KEY_ENV] = secrets.token_hex(32)
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
@@ -182,7 +329,7 @@ class TrackingServer:
                 raise TrackingError(f"mlflow server exited with code {self.process.returncode} at start{where}")
             if http_alive(f"http://127.0.0.1:{self.port}", timeout_s=1.0):
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise TrackingError(
             f"mlflow server did not answer within {self.start_timeout_s:.0f} s; "
@@ -191,7 +338,7 @@ class TrackingServer:
 
     def alive(self) -> bool:
         """Whether the process runs and answers."""
-        if self.process is None and getattr(self, "kept_pid", None):
+        if self.process is None and self.kept_pid:
             return self.alive_kept()
         return (
             self.process is not None
@@ -210,38 +357,63 @@ class TrackingServer:
         return None if database is None else database.with_name(database.name + ".engage-server.json")
 
     @classmethod
-    def find_kept(cls, backend_uri: str, bind: str) -> TrackingServer | None:
-        """A server an earlier sweep kept running for this store, if it still answers."""
+    def find_kept(
+        cls, backend_uri: str, bind: str = "127.0.0.1", *, listen: Sequence[str] = (), auth: bool = False
+    ) -> TrackingServer | None:
+        """A server an earlier sweep kept running for this store, if it still answers and serves
+        what is asked: it listens on ``bind`` and every address of ``listen`` (or on every
+        interface), and has credentials if ``auth`` (its credentials come with it either way)."""
         path = cls.state_path(backend_uri)
         if path is None or not path.is_file():
             return None
         try:
             state = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            kept_bind, kept_listen = str(state["bind"]), [str(a) for a in state.get("listen", [])]
+            port, pid, artifacts = int(state["port"]), int(state["pid"]), str(state["artifacts"])
+            kept_auth = state.get("auth") or None
+            credentials = ServerCredentials(kept_auth["username"], kept_auth["password"]) if kept_auth else None
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        usable_bind = state.get("bind") == bind or state.get("bind") == "0.0.0.0"
-        if state.get("backend") != backend_uri or not usable_bind:
+        wanted = {bind, *listen} - {""}
+        serves = kept_bind == EVERY_INTERFACE or wanted <= {kept_bind, *kept_listen}
+        if state.get("backend") != backend_uri or not serves or (auth and credentials is None):
             return None
-        if not http_alive(f"http://127.0.0.1:{state['port']}", timeout_s=2.0):
+        if not http_alive(f"http://127.0.0.1:{port}", timeout_s=2.0):
             return None
-        server = cls(backend_uri, state["artifacts"], bind=state["bind"])
-        server.port = int(state["port"])
-        server.kept_pid = int(state["pid"])
+        server = cls(
+            backend_uri,
+            artifacts,
+            bind=kept_bind,
+            listen=kept_listen,
+            auth=credentials is not None,
+            auth_dir=Path(kept_auth["folder"]).parent if kept_auth and kept_auth.get("folder") else None,
+        )
+        server.credentials = credentials
+        server.port = port
+        server.kept_pid = pid
         return server
 
     def keep(self) -> None:
-        """Leave this server running after the sweep, for the next sweeps on the same store."""
+        """Leave this server running after the sweep, for the next sweeps on the same store; its
+        description (credentials included) is written 0600 to :meth:`state_path`."""
         path = self.state_path(self.backend_uri)
         if path is None or self.process is None:
             return
-        state = {
+        state: dict[str, Any] = {
             "pid": self.process.pid,
             "port": self.port,
             "backend": self.backend_uri,
             "bind": self.bind,
+            "listen": list(self.listen),
             "artifacts": str(self.artifacts_dir),
         }
-        write_json(path, state)
+        if self.credentials is not None:
+            state["auth"] = {
+                "username": self.credentials.username,
+                "password": self.credentials.password,
+                "folder": str(self.auth_dir),
+            }
+        write_private(path, json.dumps(state, indent=1))
         self.process = None  # no longer ours to stop
 
     def alive_kept(self) -> bool:
@@ -249,27 +421,19 @@ class TrackingServer:
         return self.port is not None and http_alive(f"http://127.0.0.1:{self.port}", timeout_s=2.0)
 
     def restart(self) -> None:
-        """Start it again on the same port and store (after it died)."""
+        """Start it again on the same port, addresses, store and credentials (after it died)."""
         self.stop()
         self.restarts += 1
         self.start()
 
     def stop(self) -> None:
-        """Terminate the server (and its workers); safe to call twice."""
+        """Terminate the server (and its workers; SIGKILL after 10 s); safe to call twice."""
         if self.process is None:
             return
-        import signal
+        from engage.deploy.processes import terminate
 
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(timeout=10)
+        terminate(self.process.pid, grace_s=10.0)
+        self.process.wait(timeout=10)  # reaped here, its exit status read
         self.process = None
 
 
@@ -515,4 +679,14 @@ def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically (a reader never sees half a file)."""
     scratch = path.with_suffix(path.suffix + ".tmp")
     scratch.write_text(text)
+    scratch.replace(path)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to a file only its owner can read or write (0600)."""
+    scratch = path.with_suffix(path.suffix + ".tmp")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
     scratch.replace(path)

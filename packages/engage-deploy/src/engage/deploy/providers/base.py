@@ -113,6 +113,14 @@ class Provider(abc.ABC):
         """The deployed hosts of ``layer``."""
         return [h for h in self.hosts if h.layer == layer]
 
+    def planned_launcher_address(self) -> str | None:
+        """The address at which processes on the hosts will reach this machine, known before
+        :meth:`deploy` (the sweep's MLflow server listens there from its start, while the hosts are
+        deployed), or ``None`` where only the deployed hosts tell (then ask
+        :meth:`launcher_address` after :meth:`deploy`). A provider that answers may set up what
+        carries the address here; :meth:`destroy` removes it."""
+        return None
+
     def launcher_address(self) -> str:
         """The address at which processes on the hosts reach this machine (the sweep's MLflow
         server): the source address of this machine's route to the first non-loopback host, else

@@ -57,6 +57,10 @@ class LocalProvider(Provider):
         }
         return en.StaticConf.from_dictionary({"resources": {"machines": machines, "networks": [network]}})
 
+    def planned_launcher_address(self) -> str:
+        """Every host is this machine: the loopback."""
+        return "127.0.0.1"
+
     def deploy(self) -> list[Host]:
         import enoslib as en
 

@@ -331,25 +331,39 @@ class NetnsProvider(Provider):
             raise ProviderError(f"infrastructure.options.sshd is {sshd!r}; use auto, true or false")
         return options.get("subnet"), int(options.get("seed", 0)), sshd
 
-    def deploy(self) -> list[Host]:
+    def planned_launcher_address(self) -> str:
+        """This machine's end of the management link, ``10.X.0.1``: the subnet is chosen and the
+        router namespace with its link made now (the address exists from here on)."""
+        self._reserve_subnet()
+        assert self.subnet is not None
+        return str(self.subnet[1])
+
+    def _reserve_subnet(self) -> None:
+        """Choose the subnet and make the router namespace and the management link, once."""
+        if self.router in self._namespaces:
+            return
         reason = netns_available()
         if reason:
             raise ProviderError(reason)
         if len(self.infrastructure.layers) > 250 or any(layer.hosts > 250 for layer in self.infrastructure.layers):
             raise ProviderError("netns: at most 250 layers of at most 250 hosts each fit one /16 subnet")
         subnet, _seed, sshd = self._options()
-        self.use_sshd = sshd == "true" or (sshd == "auto" and os.path.exists(_SSHD))
         if sshd == "true" and not os.path.exists(_SSHD):
             raise ProviderError(f"infrastructure.options.sshd is true but {_SSHD} is missing; install openssh-server")
         if not self._atexit_registered:
             atexit.register(self.destroy)
             self._atexit_registered = True
-        self._state_dir.mkdir(parents=True, exist_ok=True)
         with _allocation_lock():
             self.subnet = ipaddress.ip_network(subnet) if subnet else choose_subnet()
             if self.subnet.prefixlen != 16:
                 raise ProviderError(f"infrastructure.options.subnet is {subnet!r}; give a /16 such as '10.231.0.0/16'")
             self._create_router()
+
+    def deploy(self) -> list[Host]:
+        self._reserve_subnet()
+        _subnet, _seed, sshd = self._options()
+        self.use_sshd = sshd == "true" or (sshd == "auto" and os.path.exists(_SSHD))
+        self._state_dir.mkdir(parents=True, exist_ok=True)
         self._setup_cgroups()
         layer_index = self._layer_index()
         self.hosts = []
