@@ -19,7 +19,7 @@ PUBLIC_MODULES = {
     ],
     "engage-sampling": ["engage.sampling", "engage.sampling.callbacks"],
     "engage-memory": ["engage.memory"],
-    "engage-deploy": ["engage.deploy"],
+    "engage-deploy": ["engage.deploy", "engage.deploy.callbacks", "engage.deploy.serve"],
 }
 
 

@@ -1,7 +1,7 @@
-"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` executor,
-the infrastructure providers, the placement solvers, the ``engage place`` sub-command, and the
-MLflow run id of an ``engage run`` that is a sweep's job (the launcher adds its records to that
-run by id)."""
+"""engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` and
+``slurm`` executors, the infrastructure providers, the placement solvers, the ``engage place`` and
+``engage serve`` sub-commands, and the MLflow run id of an ``engage run`` that is a sweep's job
+(the launcher adds its records to that run by id)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def _place_arguments(parser):
 
 def _place(namespace):
     from engage.deploy.placement.cli import run_command
+
+    return run_command(namespace)
+
+
+def _serve_arguments(parser):
+    from engage.deploy.serve.supervisor import add_arguments
+
+    add_arguments(parser)
+
+
+def _serve(namespace):
+    from engage.deploy.serve.supervisor import run_command
 
     return run_command(namespace)
 
@@ -77,6 +89,12 @@ def engage_commands() -> list[Command]:
             "place model variants (or workflow services) on the continuum with OR-Tools",
             _place_arguments,
             _place,
+        ),
+        Command(
+            "serve",
+            "serve a model while it trains: an inference replica (LitServe) that takes new weights",
+            _serve_arguments,
+            _serve,
         ),
     ]
 

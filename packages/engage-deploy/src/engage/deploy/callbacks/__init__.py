@@ -1,0 +1,5 @@
+"""Lightning callbacks of engage-deploy, one public class a module."""
+
+from engage.deploy.callbacks.publish_weights import PublishWeights
+
+__all__ = ["PublishWeights"]

@@ -1,0 +1,209 @@
+"""Send the weights being trained to inference replicas (``engage serve``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+log = logging.getLogger("engage.deploy.serve")
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One version sent to one replica: ``status`` is the HTTP status (0: no answer)."""
+
+    version: int
+    replica: str
+    status: int
+    seconds: float
+    detail: str = ""
+
+
+class PublishWeights(pl.Callback):
+    """Publish the model's weights to every replica in ``replicas`` (their base URLs) every
+    ``every_n_steps`` optimizer steps, when the validation metric ``monitor`` improves
+    (``mode`` ``min`` or ``max``), and when training ends.
+
+    A version is the trainer's ``global_step``; replicas swap it in between two requests and name
+    it in each answer. The weights are copied to the CPU on the training thread at that step and
+    sent from a background thread: training does not wait for the network, and when sending
+    falls behind, only the newest version waiting is sent. A replica that does not answer is
+    warned about (once a minute) and counted; one that refuses the API key (401, 403) stops the
+    training with that one line, since every later version would be refused too. The counts
+    (versions sent, failures) are logged as ``serve/published_version`` and
+    ``serve/publish_failures``, and :attr:`publications` keeps every attempt.
+
+    The key comes from ``api_key`` or the 0600 file ``api_key_file`` (the replicas' own).
+
+    Example::
+
+        >>> from engage.deploy.callbacks import PublishWeights
+        >>> callback = PublishWeights(["http://127.0.0.1:8100"], api_key="k" * 32, every_n_steps=50)
+        >>> callback.every_n_steps
+        50
+    """
+
+    def __init__(
+        self,
+        replicas: Sequence[str],
+        api_key: str | None = None,
+        api_key_file: str | Path | None = None,
+        every_n_steps: int | None = 50,
+        monitor: str | None = None,
+        mode: str = "min",
+        timeout_s: float = 30.0,
+    ) -> None:
+        if not replicas:
+            raise ValueError("PublishWeights needs at least one replica URL")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if (api_key is None) == (api_key_file is None):
+            raise ValueError("give api_key or api_key_file (the replicas' key), one of them")
+        if api_key_file is not None:
+            from engage.deploy.serve.replica import read_api_key
+
+            api_key = read_api_key(api_key_file)
+        self.replicas = [url.rstrip("/") for url in replicas]
+        self.every_n_steps = every_n_steps
+        self.monitor = monitor
+        self.mode = mode
+        self.timeout_s = timeout_s
+        self.publications: list[Publication] = []
+        self._key = str(api_key)
+        self._best: float | None = None
+        self._last_version = -1
+        self._pending: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._logged = 0
+        self._fatal: str | None = None
+        self._last_warning = 0.0
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._closed = False
+        self._thread = threading.Thread(target=self._send_loop, name="engage-publish-weights", daemon=True)
+        self._thread.start()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+        self._check()
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0:
+            self._offer(step, pl_module)
+        self._log(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.monitor is None or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        better = self._best is None or (value < self._best if self.mode == "min" else value > self._best)
+        if better:
+            self._best = value
+            self._offer(trainer.global_step, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._offer(trainer.global_step, pl_module)
+        self.close()
+        self._log(trainer)
+        self._check()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.close(wait=False)
+
+    # ------------------------------------------------------------------ sending
+
+    @property
+    def failures(self) -> int:
+        """Attempts no replica accepted: no answer, or an error other than a stale version."""
+        return sum(1 for p in self.publications if p.status != 200 and p.status != 409)
+
+    def close(self, wait: bool = True) -> None:
+        """Send what waits (with ``wait``, at most ``timeout_s`` per replica) and stop the sender."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if wait and self._thread is not None:
+            self._thread.join(self.timeout_s * len(self.replicas) + 5)
+
+    def _offer(self, version: int, pl_module: pl.LightningModule) -> None:
+        if version <= self._last_version:
+            return
+        self._last_version = version
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+        with self._lock:
+            self._pending = (version, snapshot)  # a version still waiting is replaced by the newer one
+            self._lock.notify_all()
+
+    def _send_loop(self) -> None:
+        from engage.deploy.serve.weights import serialize
+
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._lock.wait()
+                if self._pending is None:
+                    return
+                version, snapshot = self._pending
+                self._pending = None
+            body = json.dumps({"version": version, "state_dict": base64.b64encode(serialize(snapshot)).decode()})
+            for replica in self.replicas:
+                self.publications.append(self._send(replica, version, body.encode()))
+
+    def _send(self, replica: str, version: int, body: bytes) -> Publication:
+        from engage.deploy.serve.replica import API_KEY_HEADER
+
+        request = urllib.request.Request(
+            f"{replica}/weights",
+            data=body,
+            headers={API_KEY_HEADER: self._key, "Content-Type": "application/json"},
+            method="POST",
+        )
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return Publication(version, replica, response.status, time.perf_counter() - started)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(500).decode(errors="replace")
+            if exc.code in (401, 403):
+                self._fatal = f"replica {replica} refused the API key (HTTP {exc.code}); give the replicas' key"
+            elif exc.code != 409:
+                self._warn(f"replica {replica} refused version {version} (HTTP {exc.code}: {detail[:200]})")
+            return Publication(version, replica, exc.code, time.perf_counter() - started, detail)
+        except OSError as exc:
+            self._warn(f"replica {replica} did not take version {version} ({getattr(exc, 'reason', exc)})")
+            return Publication(version, replica, 0, time.perf_counter() - started, str(exc))
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 60:
+            self._last_warning = now
+            log.warning("PublishWeights: %s (%d failures so far)", message, self.failures + 1)
+
+    def _check(self) -> None:
+        if self._fatal:
+            raise RuntimeError(self._fatal)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        if trainer.logger is None or len(self.publications) == self._logged:
+            return
+        self._logged = len(self.publications)
+        accepted = [p.version for p in self.publications if p.status == 200]
+        metrics = {"serve/publish_failures": float(self.failures)}
+        if accepted:
+            metrics["serve/published_version"] = float(max(accepted))
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,98 @@
+"""The replica's two LitServe endpoints (see :mod:`~engage.deploy.serve.replica`). Imported only in
+a replica's processes, once its API key is in the environment: LitServe reads it on import."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import litserve as ls
+import torch
+from fastapi import HTTPException
+
+from engage.deploy.serve.replica import MAX_INPUTS, ReplicaSpec
+from engage.deploy.serve.weights import WeightsRefused, WeightStore
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+class InferenceAPI(ls.LitAPI):
+    """``/predict``: the model's outputs and the version of the weights behind them."""
+
+    def __init__(self, replica: ReplicaSpec, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.replica = replica
+
+    def setup(self, device: str) -> None:
+        self.model = self.replica.model.build()
+        self.store = WeightStore(self.replica.weights_folder, self.model.state_dict())
+        self.version, self.stamp = 0, -1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Load the newest kept version if it changed since the last request (one ``stat``)."""
+        stamp = self.store.stamp()
+        if stamp == self.stamp:
+            return
+        loaded = self.store.load()
+        if loaded is not None:
+            version, state = loaded
+            self.model.load_state_dict(state, strict=True)
+            self.version = version
+        self.stamp = stamp
+
+    def decode_request(self, request: dict) -> list[torch.Tensor]:
+        inputs = request.get("inputs") if isinstance(request, dict) else None
+        if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
+            raise HTTPException(400, f'a request is {{"inputs": [...]}} with 1 to {MAX_INPUTS} arrays')
+        try:
+            return [torch.as_tensor(x, dtype=torch.float32) for x in inputs]
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise HTTPException(400, f"inputs must be arrays of numbers ({_first_line(exc)})") from None
+
+    def predict(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        self._refresh()
+        with torch.inference_mode():
+            try:
+                outputs = self.model(*inputs)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise HTTPException(400, f"the model refused the inputs ({_first_line(exc)})") from None
+        return outputs, self.version
+
+    def encode_response(self, output: tuple[torch.Tensor, int]) -> dict:
+        outputs, version = output
+        return {"outputs": outputs.tolist(), "version": version, "replica": self.replica.name}
+
+
+class WeightsAPI(ls.LitAPI):
+    """``/weights``: keep a newer version that fits the model (see :class:`WeightStore`)."""
+
+    def __init__(self, replica: ReplicaSpec, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.replica = replica
+
+    def setup(self, device: str) -> None:
+        with torch.device("meta"):  # names, shapes and dtypes only: no memory for the weights
+            reference = self.replica.model.build().state_dict()
+        self.store = WeightStore(self.replica.weights_folder, reference)
+
+    def decode_request(self, request: dict) -> tuple[int, bytes]:
+        try:
+            version = int(request["version"])
+            payload = base64.b64decode(request["state_dict"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise HTTPException(400, 'weights are {"version": int, "state_dict": base64 of torch.save bytes}') from None
+        return version, payload
+
+    def predict(self, request: tuple[int, bytes]) -> int:
+        version, payload = request
+        try:
+            return self.store.publish(version, payload)
+        except WeightsRefused as exc:
+            raise HTTPException(409 if exc.stale else 400, str(exc)) from None
+
+    def encode_response(self, version: int) -> dict:
+        return {"version": version, "replica": self.replica.name}

@@ -1,0 +1,141 @@
+"""One inference replica: a LitServe server for a model whose weights change while it serves.
+
+Two endpoints, both behind the replica's API key (LitServe's ``X-API-Key`` header, the key read
+from a 0600 file when the replica starts), as is LitServe's ``/health``:
+
+- ``POST /predict`` with ``{"inputs": [a, b, ...]}``, each a (batch of) number arrays as nested
+  lists, answers ``{"outputs": ..., "version": V, "replica": NAME}``: ``model(a, b, ...)`` with
+  the weights of version ``V`` (0: the weights the model was built with);
+- ``POST /weights`` with ``{"version": V, "state_dict": BASE64}`` (``torch.save`` bytes of a
+  ``state_dict``) keeps version ``V`` if it is newer and fits the model (see
+  :mod:`~engage.deploy.serve.weights`): 200 ``{"version": V}``, else 409 (not newer) or 400
+  (does not fit), with one line saying why.
+
+The inference worker checks, before each request, whether a newer version was kept (one
+``stat``) and loads it then: versions are swapped between two requests, none is dropped. A
+replica started again finds the newest version on disk and serves it from its first answer.
+Bodies larger than ``max_payload_bytes`` are refused before they are read.
+
+Run by ``engage serve`` (:mod:`~engage.deploy.serve.supervisor`), or directly::
+
+    python -m engage.deploy.serve.replica SPEC.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: LitServe reads its API key from this variable when it is imported
+API_KEY_ENV = "LIT_SERVER_API_KEY"
+#: the header a client sends the key in
+API_KEY_HEADER = "X-API-Key"
+#: at most this many positional inputs per request
+MAX_INPUTS = 16
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a replica builds its model: ``target`` (``package.module:Class``) called with
+    ``kwargs``, or, with ``checkpoint``, ``Class.load_from_checkpoint(checkpoint)`` (a Lightning
+    module's checkpoint)."""
+
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+    def build(self):
+        """The model, in evaluation mode, on the CPU."""
+        from engage.core.online.client import import_object
+
+        cls = import_object(self.target)
+        if self.checkpoint:
+            model = cls.load_from_checkpoint(self.checkpoint, map_location="cpu")
+        else:
+            model = cls(**self.kwargs)
+        return model.eval()
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """One replica: its ``name``, its model, its ``folder`` (weights, log, status), where it
+    listens (``host``, ``port``), the 0600 file holding its API key, and the largest request body."""
+
+    name: str
+    model: ModelSpec
+    folder: str
+    host: str
+    port: int
+    api_key_file: str
+    max_payload_bytes: int = 64 << 20
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def weights_folder(self) -> Path:
+        return Path(self.folder) / "weights"
+
+    def save(self, path: Path) -> None:
+        """As JSON, readable by its owner only."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(self), handle, indent=1)
+
+    @classmethod
+    def load(cls, path: Path) -> ReplicaSpec:
+        record = json.loads(Path(path).read_text())
+        return cls(**{**record, "model": ModelSpec(**record["model"])})
+
+
+def read_api_key(path: str | os.PathLike[str]) -> str:
+    """The key in ``path``; ``ValueError`` (one line) when others may read it or it is empty."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ValueError(f"API key file {path} is readable by others (mode {mode:o}); chmod 600 it")
+    key = Path(path).read_text().strip()
+    if len(key) < 16:
+        raise ValueError(f"API key file {path} holds no key of at least 16 characters")
+    return key
+
+
+def build_server(spec: ReplicaSpec):
+    """The LitServe server of ``spec``. Its key must be in the environment first
+    (:data:`API_KEY_ENV`): LitServe reads it when imported, here."""
+    import litserve as ls
+
+    from engage.deploy.serve.apis import InferenceAPI, WeightsAPI
+
+    return ls.LitServer(
+        [InferenceAPI(spec, api_path="/predict"), WeightsAPI(spec, api_path="/weights")],
+        accelerator="cpu",
+        devices=1,
+        workers_per_device=1,
+        max_payload_size=spec.max_payload_bytes,
+        timeout=60,
+        restart_workers=True,  # a worker that dies is started again by LitServe itself
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the replica described by the JSON file in ``argv`` until stopped."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m engage.deploy.serve.replica SPEC.json", file=sys.stderr)
+        return 2
+    spec = ReplicaSpec.load(Path(argv[0]))
+    os.environ[API_KEY_ENV] = read_api_key(spec.api_key_file)
+    server = build_server(spec)
+    # the replica's own address only; no client file written into the working folder
+    server.run(host=spec.host, port=spec.port, num_api_servers=1, generate_client_file=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

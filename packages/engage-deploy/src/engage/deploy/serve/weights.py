@@ -1,0 +1,138 @@
+"""A replica's weights, versioned on disk.
+
+Each version the trainer publishes is one file, ``v<version>.pt`` (a ``state_dict`` saved by
+``torch.save``), and ``current.json`` names the newest; both are replaced atomically, so a reader
+sees a whole version or the one before. Versions only grow (the trainer's optimizer step): an
+older or equal one is refused. A version is kept only when it loads with ``weights_only=True``
+(no code runs) and matches the model's parameter names, shapes and dtypes exactly. The two
+newest versions are kept, older ones removed.
+
+Example::
+
+    >>> import io, tempfile, torch
+    >>> from pathlib import Path
+    >>> model = torch.nn.Linear(2, 1)
+    >>> store = WeightStore(Path(tempfile.mkdtemp()) / "weights", reference=model.state_dict())
+    >>> buffer = io.BytesIO(); torch.save(model.state_dict(), buffer)
+    >>> store.publish(7, buffer.getvalue())
+    7
+    >>> store.current()[0]
+    7
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+CURRENT = "current.json"
+
+
+class WeightsRefused(ValueError):
+    """A published version was not kept; the message says why in one line. ``stale``: it was
+    not newer than the current one (the others do not fit the model)."""
+
+    def __init__(self, message: str, stale: bool = False):
+        super().__init__(message)
+        self.stale = stale
+
+
+def serialize(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """``state_dict`` as the bytes :meth:`WeightStore.publish` takes (tensors on the CPU)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    return buffer.getvalue()
+
+
+class WeightStore:
+    """The versions of one replica's weights in ``folder`` (made 0700), checked against
+    ``reference`` (the model's ``state_dict``, for names, shapes and dtypes)."""
+
+    def __init__(self, folder: Path, reference: Mapping[str, torch.Tensor]):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o700)
+        self._signature = {k: (tuple(v.shape), v.dtype) for k, v in reference.items()}
+
+    @property
+    def current_file(self) -> Path:
+        return self.folder / CURRENT
+
+    def stamp(self) -> int:
+        """A number that changes whenever a new version is kept (cheap: one ``stat``)."""
+        try:
+            return self.current_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def current(self) -> tuple[int, Path] | None:
+        """The newest kept version and its file, or None before the first."""
+        try:
+            record = json.loads(self.current_file.read_text())
+            return int(record["version"]), self.folder / str(record["file"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def load(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The newest version and its tensors (read again if a newer one replaced it meanwhile)."""
+        for _ in range(5):
+            current = self.current()
+            if current is None:
+                return None
+            version, path = current
+            try:
+                return version, torch.load(path, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                continue  # removed by a newer version between the two reads
+        raise OSError(f"weights in {self.folder} keep changing while being read")
+
+    def check(self, state: object) -> dict[str, torch.Tensor]:
+        """``state`` if it is a state dict of this model; :class:`WeightsRefused` naming the first
+        difference otherwise."""
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsRefused("weights must be a state_dict: a mapping of names to tensors")
+        missing = sorted(set(self._signature) - set(state))
+        unexpected = sorted(set(state) - set(self._signature))
+        if missing or unexpected:
+            raise WeightsRefused(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for name, (shape, dtype) in self._signature.items():
+            tensor = state[name]
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise WeightsRefused(
+                    f"weights do not fit the model: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                    f"the model's is {shape} {dtype}"
+                )
+        return state
+
+    def publish(self, version: int, payload: bytes) -> int:
+        """Keep ``payload`` (see :func:`serialize`) as ``version``; returns it.
+        :class:`WeightsRefused` if it is not newer than the current one or does not fit."""
+        version = int(version)
+        current = self.current()
+        if current is not None and version <= current[0]:
+            raise WeightsRefused(f"version {version} is not newer than the replica's {current[0]}", stale=True)
+        try:
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unreadable payload: pickle, zip or torch errors
+            raise WeightsRefused(f"weights cannot be read with weights_only=True ({type(exc).__name__})") from None
+        self.check(state)
+        name = f"v{version}.pt"
+        self._write(self.folder / name, payload)
+        self._write(self.current_file, json.dumps({"version": version, "file": name}).encode())
+        for old in self.folder.glob("v*.pt"):
+            if old.name != name and (current is None or old.name != current[1].name):
+                old.unlink(missing_ok=True)
+        return version
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        scratch = path.with_name(path.name + ".tmp")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(scratch, path)

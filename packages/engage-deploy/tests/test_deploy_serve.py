@@ -1,0 +1,227 @@
+"""Serving a model while it trains: an ``engage serve`` replica takes each version the
+``PublishWeights`` callback sends, answers with the version behind each answer, refuses requests
+without its key and weights that do not fit, and is started again when it dies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
+
+from engage.deploy.callbacks import PublishWeights
+from engage.deploy.serve.load import RequestGenerator
+from engage.deploy.serve.weights import serialize
+
+pytest.importorskip("litserve")
+pytestmark = pytest.mark.slow
+
+APPS = Path(__file__).parent / "apps"
+sys.path.insert(0, str(APPS))
+from serve_app import Sine, loader, truth  # noqa: E402
+
+ENGAGE = [sys.executable, "-m", "engage.core.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request(rng: np.random.Generator) -> tuple[list, np.ndarray]:
+    x = rng.uniform(-1, 1, size=(4, 1))
+    return [x.tolist()], truth(torch.as_tensor(x)).numpy()
+
+
+def post(url: str, path: str, body: dict, key: str) -> tuple[int, dict]:
+    data = json.dumps(body).encode()
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + path, data, headers), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class Replica:
+    """``engage serve`` running the Sine model in its own process."""
+
+    def __init__(self, root: Path) -> None:
+        self.key_file = root / "serve.key"
+        self.key_file.write_text(secrets.token_urlsafe(32))
+        self.key_file.chmod(0o600)
+        self.key = self.key_file.read_text()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = root / "replica"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")])}
+        self.process = subprocess.Popen(
+            [*ENGAGE, "serve", "--model", "serve_app:Sine", "--api-key-file", str(self.key_file),
+             "--port", str(self.port), "--name", "fog-1", "--folder", str(self.folder)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = self.process.stdout.readline()  # once the replica answers
+        assert "serving serve_app:Sine at" in line, line + self.process.stderr.read()
+
+    def status(self) -> dict:
+        return json.loads((self.folder / "status.json").read_text())
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    started = Replica(tmp_path_factory.mktemp("serve"))
+    yield started
+    assert started.stop() == 0
+    # the replica went with its supervisor
+    assert started.status()["pid"] and not _alive(started.status()["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_a_replica_serves_each_version_while_the_model_trains(replica: Replica, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    callback = PublishWeights([replica.url], api_key_file=replica.key_file, every_n_steps=40)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="serve", tracking_uri=uri)
+    trainer = pl.Trainer(
+        max_steps=320, callbacks=[callback], logger=logger, log_every_n_steps=20,
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    generator = RequestGenerator({"edge-1": (replica.url, 25.0)}, request, api_key=replica.key, seed=3)
+    stop = threading.Event()
+    requests = threading.Thread(target=generator.run, args=(120.0, stop))
+    requests.start()
+    try:
+        trainer.fit(Sine(), loader())
+        time.sleep(0.5)  # answers of the last version too
+    finally:
+        stop.set()
+        requests.join(60)
+    published = [p.version for p in callback.publications]
+    assert published[:2] == [40, 80] and published[-1] == 320 and callback.failures == 0
+    assert all(p.status == 200 for p in callback.publications)
+    summary = generator.summary()
+    print(json.dumps(summary))
+    assert summary["requests"] >= 20 and summary["failed"] == 0, summary
+    errors = summary["error_by_version"]
+    versions = sorted(errors)
+    # the answers followed training: several versions served, the last one far better than the first
+    assert len(versions) >= 3 and versions[-1] == 320, versions
+    assert errors[versions[-1]] < 0.3 * errors[versions[0]], errors
+    # each answer names the version that computed it: a request now gets the last one
+    status, answer = post(replica.url, "/predict", {"inputs": [[[0.5]]]}, replica.key)
+    assert status == 200 and answer["version"] == 320 and answer["replica"] == "fog-1"
+    assert abs(answer["outputs"][0][0] - float(np.sin(1.5))) < 0.1
+    # figures over time in MLflow: latency, error and version per second, and the plot
+    generator.log_to_mlflow(logger.run_id, uri)
+    client = MlflowClient(uri)
+    history = client.get_metric_history(logger.run_id, "serve/model_version")
+    seconds = {int(r.due_s) for r in generator.results if r.ok}
+    assert [m.value for m in history][-1] == 320 and [m.step for m in history] == sorted(seconds)
+    assert client.get_metric_history(logger.run_id, "serve/published_version")[-1].value == 320
+    assert {a.path for a in client.list_artifacts(logger.run_id, "serve")} == {
+        "serve/requests.json",
+        "serve/serving.png",
+    }
+
+
+def test_keys_stale_versions_and_weights_that_do_not_fit_are_refused(replica: Replica) -> None:
+    weights = {"version": 10**9, "state_dict": base64.b64encode(serialize(Sine().state_dict())).decode()}
+    assert post(replica.url, "/predict", {"inputs": [[[0.1]]]}, "not-the-key")[0] == 401
+    assert post(replica.url, "/weights", weights, "not-the-key")[0] == 401
+    current = post(replica.url, "/predict", {"inputs": [[[0.1]]]}, replica.key)[1]["version"]
+    stale = {**weights, "version": current}
+    status, answer = post(replica.url, "/weights", stale, replica.key)
+    assert status == 409 and "not newer" in answer["detail"]
+    other = {**weights, "state_dict": base64.b64encode(serialize(Sine(width=8).state_dict())).decode()}
+    status, answer = post(replica.url, "/weights", other, replica.key)
+    assert status == 400 and "do not fit the model" in answer["detail"]
+    code = "import os\nclass A:\n    def __reduce__(self):\n        return (os.system, ('true',))\n"
+    namespace: dict = {}
+    exec(code, namespace)  # a payload that would run code when unpickled without weights_only
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"net.0.weight": namespace["A"]()}, buffer)
+    evil = {**weights, "state_dict": base64.b64encode(buffer.getvalue()).decode()}
+    status, answer = post(replica.url, "/weights", evil, replica.key)
+    assert status == 400 and "weights_only" in answer["detail"]
+    assert post(replica.url, "/predict", {"inputs": [[[1, 2], [3]]]}, replica.key)[0] == 400
+    # nothing of that changed what it serves
+    assert post(replica.url, "/predict", {"inputs": [[[0.1]]]}, replica.key)[1]["version"] == current
+
+
+def test_a_replica_that_dies_is_started_again_with_its_last_version(replica: Replica) -> None:
+    before = post(replica.url, "/predict", {"inputs": [[[0.1]]]}, replica.key)[1]["version"]
+    generator = RequestGenerator({"edge-1": (replica.url, 10.0)}, request, api_key=replica.key, seed=5, timeout_s=5)
+    stop = threading.Event()
+    requests = threading.Thread(target=generator.run, args=(120.0, stop))
+    requests.start()
+    time.sleep(1.0)
+    os.killpg(replica.status()["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not _restarted(replica.status()):
+        time.sleep(0.5)
+    status = replica.status()
+    time.sleep(1.0)  # answered again
+    stop.set()
+    requests.join(60)
+    assert status["restarts"] == 1 and status["events"][0]["exit_code"] == -signal.SIGKILL
+    print(f"replica down for {status['events'][0]['down_s']:.1f} s")
+    results = sorted(generator.results, key=lambda r: r.due_s)
+    failed = [r for r in results if not r.ok]
+    # the requests sent while it was down failed, and were counted; the others were answered
+    assert failed and results[0].ok and results[-1].ok
+    assert generator.summary()["failed"] == len(failed)
+    answers = [r.version for r in results if r.ok]
+    assert set(answers) == {before}  # started again with the newest weights it had kept
+
+
+def _restarted(status: dict) -> bool:
+    return bool(status["events"]) and status["events"][-1]["restarted"] is not None
+
+
+def test_bad_arguments_are_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_text(secrets.token_urlsafe(32))
+    key.chmod(0o644)
+    proc = subprocess.run(
+        [*ENGAGE, "serve", "--model", "torch.nn:Linear", "--model-kwargs", '{"in_features": 1, "out_features": 1}',
+         "--api-key-file", str(key)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--api-key-file" in proc.stderr and "chmod 600" in proc.stderr
+    key.chmod(0o600)
+    proc = subprocess.run(
+        [*ENGAGE, "serve", "--model", "torch.nn:Linear", "--api-key-file", str(key)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--model torch.nn:Linear cannot be built: TypeError" in proc.stderr
