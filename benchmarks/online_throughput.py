@@ -27,7 +27,8 @@ samples:
   cost alone), the baseline of ``engage``; ``engage_ipc`` and ``raw_zmq_ipc``: both over an
   ``ipc://`` socket file (``transport_security="ipc"``, local simulations, no encryption);
 - ``ring_copy``: copying one in-memory frame into successive slots of a numpy ring in this
-  process as large as the buffer in bytes (at least 256 MiB: memory bandwidth, not the caches);
+  process as large as the buffer in bytes (at least 256 MiB: memory bandwidth, not the caches),
+  measured in each round beside the rest, since this host's memory bandwidth drifts too;
 - ``shared_memory``: the ``engage`` measurement with the same-host path on (``shared_memory=True``,
   the DataModule's default): the buffer's block in shared memory, each simulation writing its
   samples into the slots its credit names, messages without payload. Reported against bare
@@ -381,7 +382,6 @@ def main(argv: list[str] | None = None) -> None:
             # the trainer sets this once it keeps frames by reference; bare pyzmq runs in this
             # same process, so it is measured with the same allocator from its first run on
             allocator.retain_freed_memory(nbytes, min(8192 * nbytes, 1 << 30))
-        ring = measure_ring(side)
         per_message = protocol.samples_per_message(nbytes)  # as the client decides, by default
         for processes in args.processes:
             # interleaved repetitions, medians: this machine's speed varies from second to second
@@ -397,13 +397,14 @@ def main(argv: list[str] | None = None) -> None:
                 raw_curve = measure_raw(processes, side, security="curve")
                 raw_ipc = measure_raw(processes, side, security="ipc")
                 engage_ipc = measure_engage(processes, side, "none", security="ipc")[0]
+                ring = measure_ring(side)  # in each round too: memory bandwidth drifts as the rest does
                 runs.append(
                     (raw, transport, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
-                     raw_curve, raw_ipc, engage_ipc)
+                     raw_curve, raw_ipc, engage_ipc, ring)
                 )  # fmt: skip
             (
                 raw, engage, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
-                raw_curve, raw_ipc, engage_ipc,
+                raw_curve, raw_ipc, engage_ipc, ring,
             ) = (statistics.median(values) for values in zip(*runs))  # fmt: skip
             row = {
                 "size": label,
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
                 "shared_memory_GB_per_s": round(shared * nbytes / 1e9, 3),
                 "shared_memory_vs_raw": paired(runs, 6),
                 "shared_memory_vs_raw_same_frames": paired(runs, 6, 5),
-                "shared_memory_vs_ring_copy": round(shared / ring, 3),
+                "shared_memory_vs_ring_copy": paired(runs, 6, 12),
                 "shared_memory_with_batches_samples_per_s": round(shared_with_batches, 1),
                 "shared_memory_with_batches_vs_raw": paired(runs, 7),
                 "shared_memory_batches_GB_per_s": round(shared_batches * nbytes / 1e9, 3),
@@ -445,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
                 "runs_engage_vs_raw_same_frames": ratios(runs, 1, 5),
                 "runs_engage_with_batches_vs_raw": ratios(runs, 2),
                 "runs_shared_memory_vs_raw": ratios(runs, 6),
+                "runs_shared_memory_vs_ring_copy": ratios(runs, 6, 12),
+                "runs_engage_vs_raw_curve": ratios(runs, 1, 9),
+                "runs_engage_ipc_vs_raw_ipc": ratios(runs, 11, 10),
             }
             rows.append(row)
             print(

@@ -151,6 +151,18 @@ def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_pat
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_an_unknown_executor_or_its_options_are_refused_before_anything_starts(tmp_path):
+    result = engage("run", *TINY, "data.executor=nosuch", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "data.executor 'nosuch' is unknown; installed:" in line and "slurm" in line, line
+    result = engage("run", *TINY, "+data.executor_options.colour=red", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "data.executor_options do not fit the 'local' executor" in line and "colour" in line, line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     import os

@@ -126,6 +126,8 @@ def test_unknown_partition_exits_2_naming_the_field(slurm_cluster, tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     named = [x for x in lines if "data.executor_options.partition" in x]
     assert len(named) == 1 and named[0] == lines[-1], lines
+    # checked before the run was recorded or its folder made
+    assert not list(tmp_path.rglob("mlflow.db")) and not list(tmp_path.rglob("online")), list(tmp_path.rglob("*"))
 
 
 def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):

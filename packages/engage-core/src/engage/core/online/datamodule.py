@@ -182,6 +182,10 @@ class OnlineDataModule(pl.LightningDataModule):
         self.transport_security = transport_security
         self.executor, self.journal_url = executor, journal
         self.executor_options = dict(executor_options or {})
+        if isinstance(executor, str):
+            # the executor's name and options are checked now (a Slurm partition by sbatch
+            # --test-only, a deploy layer against the sweep's hosts): before any run or folder exists
+            self._executor(None)
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
         self.workdir = workdir
         self.train_threads = train_threads
@@ -278,7 +282,7 @@ class OnlineDataModule(pl.LightningDataModule):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def _executor(self, workdir: str) -> Executor:
+    def _executor(self, workdir: str | None) -> Executor:
         from engage.core.executors import LocalExecutor
         from engage.core.plugins import executors
 
@@ -287,7 +291,7 @@ class OnlineDataModule(pl.LightningDataModule):
             known = {"local": LocalExecutor} if executor == "local" else executors()
             if executor not in known:
                 raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
-            options = {"log_dir": os.path.join(workdir, "logs"), **self.executor_options}
+            options = {"log_dir": os.path.join(workdir, "logs") if workdir else None, **self.executor_options}
             try:
                 executor = known[executor](**options)
             except TypeError as exc:
