@@ -78,7 +78,7 @@ class _TwoBranches(nn.Module):
 def _unet_planner() -> tuple[MemoryPlanner, UNet, torch.Tensor]:
     torch.manual_seed(0)
     model, x = UNet(), torch.randn(4, 3, 64, 64)
-    planner = MemoryPlanner(model, offload_min_bytes=0)
+    planner = MemoryPlanner(model)
     planner.profile(lambda: model(x).square().mean().backward(), roots=[x])
     return planner, model, x
 
@@ -115,7 +115,7 @@ def test_memory_blocks_inside_a_planned_block_are_part_of_it() -> None:
 def _branch_planner() -> MemoryPlanner:
     torch.manual_seed(0)
     model, x = _TwoBranches(), torch.randn(256, 64)
-    planner = MemoryPlanner(model, offload_min_bytes=0)
+    planner = MemoryPlanner(model)
     planner.profile(lambda: model(x).square().mean().backward(), roots=[x])
     return planner
 

@@ -18,7 +18,7 @@ def _profiled(case: tuple) -> tuple:
     name, model, x, loss_fn, blocks = case
     reference = copy.deepcopy(model)
     loss_fn(reference, x).backward()
-    planner = MemoryPlanner(model, blocks=blocks, offload_min_bytes=0)
+    planner = MemoryPlanner(model, blocks=blocks)
 
     def step() -> None:
         loss_fn(model, x).backward()
@@ -42,22 +42,7 @@ def test_memory_uniform_decisions_keep_gradients(case: tuple, decision: Decision
     planner.remove()
 
 
-#: Known limit of the per-block cost model: on the skip CNN, plans that mix offload with recompute or
-#: selective recompute on neighbouring blocks measure up to 13% above prediction (the backward keeps a
-#: recomputed block's input alive while the next block's offloaded tensors return). The solver may pick
-#: such a plan when timings tie, so these cases fail on some runs.
-MIXED_OFFLOAD_MISPREDICTION = pytest.mark.xfail(
-    reason="per-block profile under-predicts mixed offload/recompute plans on the skip CNN", strict=False
-)
-
-
-def _mark_skip_cnn(request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params.get("case") == "skip_cnn":
-        request.node.add_marker(MIXED_OFFLOAD_MISPREDICTION)
-
-
-def test_memory_plan_fits_budget_matches_meter_and_gradients(case: tuple, request: pytest.FixtureRequest) -> None:
-    _mark_skip_cnn(request)
+def test_memory_plan_fits_budget_matches_meter_and_gradients(case: tuple) -> None:
     name, model, x, step, planner, profile, expected = _profiled(case)
     n = len(profile.blocks)
     unplanned = profile.predict_peak([Decision.KEEP] * n)
@@ -78,8 +63,7 @@ def test_memory_plan_fits_budget_matches_meter_and_gradients(case: tuple, reques
     planner.remove()
 
 
-def test_memory_floor_plan_matches_meter(case: tuple, request: pytest.FixtureRequest) -> None:
-    _mark_skip_cnn(request)
+def test_memory_floor_plan_matches_meter(case: tuple) -> None:
     _, _model, x, step, planner, _profile, _ = _profiled(case)
     floor = planner.minimum_budget()
     plan = planner.plan(floor)

@@ -252,5 +252,5 @@ def test_memory_hugging_face_gpt2_with_cache_trains_under_a_tight_budget() -> No
     assert model.config.use_cache is True  # back on outside the planned steps
     plan = strategy.plan
     assert plan is not None and plan.names == ["model.transformer.h.0", "model.transformer.h.1"]
-    assert set(plan.counts()) != {"keep"}, "the budget should make some block recompute or offload"
+    assert set(plan.counts()) != {"keep"}, "the budget should make some block recompute"
     assert strategy.measured_peak is not None and strategy.measured_peak <= plan.budget

@@ -94,6 +94,14 @@ def test_memory_budget_units() -> None:
         parse_budget(0.5, "cpu")
 
 
+def test_memory_offload_is_refused_with_its_reason() -> None:
+    from engage.memory import UnsupportedSetupError
+
+    with pytest.raises(UnsupportedSetupError, match=r"decision 'offload' is not available: .* CUDA GPU in eager mode"):
+        MemoryPlanningStrategy(budget="1GiB", decisions=["keep", "offload"])
+    assert MemoryPlanningStrategy(budget="1GiB").decisions == ["keep", "selective", "recompute"]
+
+
 def test_memory_bad_solver_is_explained() -> None:
     with pytest.raises(ValueError, match="solver='magic' is unknown"):
         MemoryPlanningStrategy(budget="1GiB", solver="magic")

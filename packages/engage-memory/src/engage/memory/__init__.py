@@ -1,4 +1,4 @@
-"""Plan a training step's memory under a budget: recompute, offload to host, pipeline.
+"""Plan a training step's memory under a budget: keep or recompute (all, or the cheap ops) each block.
 
 Names load on first use (PEP 562), so that importing the plugin module or the package itself does not pull
 in torch and Lightning: ``engage plugins`` imports every plugin and must stay fast.

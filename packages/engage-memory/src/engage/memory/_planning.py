@@ -34,6 +34,8 @@ def _check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[D
     for d in decisions:
         try:
             out.append(Decision(d))
+        except UnsupportedSetupError:
+            raise  # offload: why it is not offered, in its own words
         except ValueError:
             choices = ", ".join(x.value for x in Decision)
             raise ValueError(f"decisions contains {d!r}; choose among {choices}") from None
@@ -85,7 +87,6 @@ class _MemoryPlanning:
         profile_path: str | None,
         verify: bool,
         print_plan: bool,
-        offload_min_bytes: int,
         chunked_loss: bool = False,
         loss_chunks: int = 8,
     ) -> None:
@@ -102,7 +103,6 @@ class _MemoryPlanning:
         self.profile_path = profile_path
         self.verify = verify
         self.print_plan = print_plan
-        self.offload_min_bytes = offload_min_bytes
         self.planner: MemoryPlanner | None = None
         self.plans: dict[tuple, Plan] = {}
         self.plan: Plan | None = None
@@ -118,7 +118,6 @@ class _MemoryPlanning:
                 blocks=self.blocks,
                 device=self.root_device,
                 decisions=self.decisions,
-                offload_min_bytes=self.offload_min_bytes,
             )
             self.watch = StepWatch(self.planner.runtime, self.root_device)
 

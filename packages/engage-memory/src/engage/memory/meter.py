@@ -17,10 +17,11 @@ _HOST = threading.local()
 
 @contextlib.contextmanager
 def host_allocations() -> Iterator[None]:
-    """Tensors created inside this block are host copies (offloaded activations) and do not count.
+    """Tensors created inside this block are host copies (the optimizer step's and the step state's
+    snapshots) and do not count.
 
-    On a CPU-only run the "device" and the host are the same memory; offload code wraps its host
-    buffers in this context so that the meter sees what a GPU would see.
+    On a CPU-only run the "device" and the host are the same memory; code that keeps host copies wraps
+    them in this context so that the meter sees what a GPU would see.
     """
     _HOST.depth = getattr(_HOST, "depth", 0) + 1
     try:

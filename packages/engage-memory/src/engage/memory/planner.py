@@ -74,14 +74,13 @@ class MemoryPlanner:
         blocks: Sequence[str] | None = None,
         device: torch.device | str | None = None,
         decisions: Sequence[Decision] = ALL_DECISIONS,
-        offload_min_bytes: int = 1 << 16,
     ) -> None:
         self.model = model
         if device is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
         self.decisions = list(decisions)
-        self.runtime = PlanRuntime(find_blocks(model, blocks), self.device, offload_min_bytes)
+        self.runtime = PlanRuntime(find_blocks(model, blocks), self.device)
         self.runtime.install()
         self.profile_: Profile | None = None
         self.plan_: Plan | None = None
@@ -177,7 +176,7 @@ class MemoryPlanner:
         """:meth:`plan`, then run one planned step and check its measured peak against ``budget``.
 
         Per-block costs compose exactly on chains without shared tensors; where blocks share tensors (skip
-        connections, an offloaded copy of an input another block keeps) a plan can measure above its
+        connections, an input another block keeps) a plan can measure above its
         prediction. Each time it does, the plan is solved again for the budget less the measured excess, and
         at last the lowest-memory plan is tried. Returns the plan, its measured peak and phase timeline;
         :class:`InfeasibleBudgetError` names the lowest plan's measured peak when even that one exceeds.

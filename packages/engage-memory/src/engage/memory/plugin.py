@@ -26,7 +26,7 @@ class MemoryStrategyConfig:
     budget: str = "0.9"
     solver: str = "auto"
     blocks: list[str] | None = None
-    decisions: list[str] = field(default_factory=lambda: ["keep", "selective", "recompute", "offload"])
+    decisions: list[str] = field(default_factory=lambda: ["keep", "selective", "recompute"])
     profile_path: str | None = None
     verify: bool = True
     print_plan: bool = True
@@ -36,7 +36,7 @@ class MemoryStrategyConfig:
 
 #: option name -> (strategy class in engage.memory, description)
 STRATEGIES = {
-    "memory": ("MemoryPlanningStrategy", "plan training memory under a budget (recompute, offload to host)"),
+    "memory": ("MemoryPlanningStrategy", "plan training memory under a budget (keep or recompute each block)"),
     "memory_ddp": ("DDPMemoryPlanningStrategy", "the same plan on every rank of data-parallel training"),
 }
 

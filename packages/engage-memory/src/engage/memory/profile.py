@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +59,11 @@ class DecisionCost:
     bwd_delta: int
     fwd_time: float
     bwd_time: float
-    host_bytes: int = 0
+
+
+def _decision_cost(data: dict[str, Any]) -> DecisionCost:
+    # profiles written when offload was offered also carry its host_bytes, no cost of any decision now
+    return DecisionCost(**{f.name: data[f.name] for f in fields(DecisionCost)})
 
 
 @dataclass
@@ -131,7 +135,7 @@ class Profile:
         data["blocks"] = [
             BlockProfile(
                 name=b["name"],
-                costs={k: DecisionCost(**v) for k, v in b["costs"].items()},
+                costs={k: _decision_cost(v) for k, v in b["costs"].items()},
                 grad_delta=b.get("grad_delta", 0),
                 module=b.get("module", -1),
             )

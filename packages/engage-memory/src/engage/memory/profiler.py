@@ -75,7 +75,7 @@ def _bwd_window(events: Sequence[Event], pos: dict[tuple[str, Call], int], call:
     return bs, stop
 
 
-def _block_costs(events: Sequence[Event], call: Call, following: Call | None, offloaded: int) -> DecisionCost:
+def _block_costs(events: Sequence[Event], call: Call, following: Call | None) -> DecisionCost:
     pos = _positions(events)
     fs, fstop = _fwd_window(pos, call, following)
     bs, bstop = _bwd_window(events, pos, call)
@@ -87,7 +87,6 @@ def _block_costs(events: Sequence[Event], call: Call, following: Call | None, of
         bwd_delta=events[bstop][2] - events[bs][2],
         fwd_time=events[pos[("fwd_end", call)]][4] - events[fs][4],
         bwd_time=events[be][4] - events[bs][4],
-        host_bytes=offloaded,
     )
 
 
@@ -182,8 +181,7 @@ class Profiler:
                     _clear_grads(self.params)
                     for call in fwd_order:
                         if call[0] % stride == r:
-                            offloaded = self.runtime.offloader.host_bytes.get(call[0], 0)
-                            costs[call] = _block_costs(events, call, following[call], offloaded)
+                            costs[call] = _block_costs(events, call, following[call])
                     if fwd_order[-1][0] % stride == r:
                         epilogue = _epilogue(events, fwd_order[-1], bwd_order[0])
                 return costs, epilogue, events

@@ -13,7 +13,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from engage.memory.decisions import Decision
-from engage.memory.offload import Offloader
 
 # Outputs of these ops are worth saving: recomputing them costs most of a block's FLOPs, while the
 # pointwise and normalisation ops between them are cheap to redo and often produce most of the bytes.
@@ -77,9 +76,7 @@ class PlanRuntime:
         >>> rt.remove()
     """
 
-    def __init__(
-        self, blocks: Sequence[tuple[str, nn.Module]], device: torch.device, offload_min_bytes: int = 1 << 16
-    ) -> None:
+    def __init__(self, blocks: Sequence[tuple[str, nn.Module]], device: torch.device) -> None:
         self.blocks = list(blocks)
         self.device = torch.device(device)
         self.decisions: dict[int, Decision] = {}
@@ -88,8 +85,6 @@ class PlanRuntime:
         self.calls: dict[int, int] = {}
         # Weak, so that linking blocks into a chain never keeps an activation alive.
         self._last_output: weakref.ref | None = None
-        params = {p.untyped_storage().data_ptr() for _, m in self.blocks for p in m.parameters()}
-        self.offloader = Offloader(self.device, min_bytes=offload_min_bytes, skip=params)
         self._installed: list[tuple[nn.Module, Any]] = []
 
     def install(self) -> None:
@@ -130,28 +125,18 @@ class PlanRuntime:
             out = original(*args, **kwargs)
         elif decision is Decision.RECOMPUTE:
             out = checkpoint(original, *args, use_reentrant=False, **kwargs)
-        elif decision is Decision.SELECTIVE:
-            out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
         else:
-            with self.offloader.hooks(index):
-                out = original(*args, **kwargs)
-            self.offloader.finish(index)
+            out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
         first_out = first_grad_tensor(out)
         if first_out is not None and torch.is_grad_enabled():
-            # Hooks run in registration order: the event first, so a prefetch counts in this block's backward.
             if recorder is not None:
                 first_out.register_hook(functools.partial(self._record_hook, recorder, "bwd_start", call))
                 if inp is not None:
                     inp.register_hook(functools.partial(self._record_hook, recorder, "bwd_end", call))
-            if decision is Decision.OFFLOAD:
-                first_out.register_hook(functools.partial(self._prefetch_hook, index))
         if recorder is not None:
             self._last_output = weakref.ref(first_out) if first_out is not None else None
             recorder("fwd_end", call)
         return out
-
-    def _prefetch_hook(self, index: int, grad: torch.Tensor) -> None:
-        self.offloader.prefetch(index)
 
     @staticmethod
     def _record_hook(recorder: Recorder, event: str, call: Call, grad: torch.Tensor) -> None:

@@ -27,11 +27,10 @@ def _down(nbytes: float) -> int:
 
 
 class CpSatSolver:
-    """Chooses keep, recompute (whole or cheap ops) or offload to host for every block's saved tensors.
+    """Chooses keep or recompute (whole or cheap ops) for every block's saved tensors.
 
     Memory at each forward and backward window is linear in the choices: what the blocks before it in
-    execution order left alive, plus the window's own peak. Offload's cost is its measured slowdown, which
-    already contains the host transfer that the side stream could not hide behind compute.
+    execution order left alive, plus the window's own peak.
 
     Examples:
         >>> from engage.memory.profile import BlockProfile, DecisionCost

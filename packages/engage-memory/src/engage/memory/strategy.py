@@ -15,19 +15,20 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
     """Fit the whole training step (weights, gradients, optimizer state, activations) under ``budget``.
 
     On the first batch (and whenever input shapes change) the step is profiled block by block, a solver
-    picks for every block whether to keep its activations, recompute them (all or only cheap ops) or
-    offload them to host memory, and the fastest plan under the budget is applied and printed.
+    picks for every block whether to keep its activations or recompute them (all, or only the cheap ops), and
+    the fastest plan under the budget is applied and printed.
 
     Args:
         budget: ``"12GiB"``, bytes as an int, or a fraction of device memory as a float in (0, 1].
         solver: ``"dp"`` (chains of blocks), ``"cpsat"`` (any order of blocks) or ``"auto"``.
         blocks: module names to plan; default: the children of every repeated ``ModuleList``/``Sequential``.
-        decisions: which decisions the solver may use.
+        decisions: which decisions the solver may use, among ``keep``, ``selective`` and ``recompute``;
+            ``offload`` is refused with one line (it saves memory only on a CUDA GPU in eager mode and awaits
+            its GPU validation).
         profile_path: JSON file for the profile: loaded if it exists (no re-profiling), written otherwise.
         verify: measure one planned step on the first batch, solve again if it exceeds the budget, and show
             the measured peak next to the plan.
         print_plan: print the plan table.
-        offload_min_bytes: saved tensors smaller than this stay on the device when offloading.
         chunked_loss: offer a chunked loss to the LightningModule (off by default): a module that computes
             its loss with ``chunked_cross_entropy(hidden, self.head, targets, chunks=loss_chunks(self))``
             never holds the whole logits; under any other setting ``loss_chunks(self)`` is 1, the plain loss.
@@ -47,11 +48,10 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
         budget: str | int | float,
         solver: str = "auto",
         blocks: Sequence[str] | None = None,
-        decisions: Sequence[str] = ("keep", "selective", "recompute", "offload"),
+        decisions: Sequence[str] = ("keep", "selective", "recompute"),
         profile_path: str | None = None,
         verify: bool = True,
         print_plan: bool = True,
-        offload_min_bytes: int = 1 << 16,
         chunked_loss: bool = False,
         loss_chunks: int = 8,
         device: str | torch.device | None = None,
@@ -68,7 +68,6 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
             profile_path,
             verify,
             print_plan,
-            offload_min_bytes,
             chunked_loss=chunked_loss,
             loss_chunks=loss_chunks,
         )
