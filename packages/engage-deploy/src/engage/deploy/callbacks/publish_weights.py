@@ -36,9 +36,10 @@ class PublishWeights(pl.Callback):
     (``mode`` ``min`` or ``max``), and when training ends.
 
     A version is the trainer's ``global_step``; replicas swap it in between two requests and name
-    it in each answer. The weights are copied to the CPU on the training thread at that step and
-    sent from a background thread: training does not wait for the network, and when sending
-    falls behind, only the newest version waiting is sent. A replica that does not answer is
+    it in each answer. Under data parallelism the first rank sends them. The weights are copied
+    to the CPU on the training thread at that step and sent from a background thread: training
+    does not wait for the network, and when sending falls behind, only the newest version
+    waiting is sent. A replica that does not answer is
     warned about (once a minute) and counted; one that refuses the API key (401, 403) stops the
     training with that one line, since every later version would be refused too. The counts
     (versions sent, failures) are logged as ``serve/published_version`` and
@@ -141,7 +142,8 @@ class PublishWeights(pl.Callback):
             self._thread.join(self.timeout_s * len(self.replicas) + 5)
 
     def _offer(self, version: int, pl_module: pl.LightningModule) -> None:
-        if version <= self._last_version:
+        # under data parallelism every rank holds the same weights: the first one sends them
+        if version <= self._last_version or not pl_module.trainer.is_global_zero:
             return
         self._last_version = version
         snapshot = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
