@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -131,7 +132,6 @@ def test_unknown_partition_exits_2_naming_the_field(slurm_cluster, tmp_path):
 
 
 def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
-    import os
     import sys
 
     env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
@@ -160,3 +160,45 @@ def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     assert cancelled is not None, out[-2000:]
     assert proc.returncode == 0, out[-3000:]
     assert "retrying" in out, out[-3000:]
+
+
+def test_a_job_pending_too_long_is_cancelled_with_a_warning_and_the_run_fails(slurm_cluster, tmp_path):
+    from engage.core.testing.process import run_engage
+
+    env = {"SLURM_CONF": str(slurm_cluster.conf)}
+    done = run_engage(
+        *RUN,
+        "data.retries=0",
+        "data.val_simulations=0",
+        "+data.executor_options.max_pending_s=2",
+        # held until an hour from now: pending (BeginTime) all along
+        '+data.executor_options.extra=["--begin=now+3600"]',
+        cwd=tmp_path,
+        timeout=90,
+        env=env,
+    )
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert "pending for over 2 s (BeginTime); cancelled" in done.stderr, done.stderr[-3000:]
+    assert "given up" in done.stderr.splitlines()[-1], done.stderr[-2000:]
+    queued = subprocess.run(["squeue", "-h", "-o", "%i %j"], env={**os.environ, **env}, capture_output=True, text=True)
+    assert not [x for x in queued.stdout.splitlines() if "engage-sim" in x], queued.stdout
+
+
+def test_an_unreachable_controller_is_one_line_and_exit_code_2(slurm_cluster, tmp_path):
+    import socket
+
+    from engage.core.testing.process import run_engage
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(slurm_cluster.conf.read_text() + f"SlurmctldPort={port}\nMessageTimeout=2\n")
+    started = time.monotonic()
+    done = run_engage(*RUN, cwd=tmp_path, timeout=90, env={"SLURM_CONF": str(conf)})
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert lines[-1].startswith("data.executor=slurm:") or "data.executor=slurm:" in lines[-1], lines[-3:]
+    assert "slurmctld is reachable" in lines[-1], lines[-1]
+    assert not list(tmp_path.rglob("mlflow.db")), "refused before the run was recorded"
+    print(f"refused in {time.monotonic() - started:.1f} s")
