@@ -230,6 +230,8 @@ def test_credentials_stay_in_private_files_and_come_back_with_a_kept_server(serv
         assert kept.addresses == server.addresses and kept.kept_pid == process.pid and kept.alive()
         # a server that does not listen where the hosts are is no use to them
         assert TrackingServer.find_kept(server.backend_uri, listen=["10.9.9.9"]) is None
+        # nor one that listens wider than a loopback-only sweep asks
+        assert TrackingServer.find_kept(server.backend_uri, auth=True) is None
     finally:
         server.process = process
         state.unlink()

@@ -225,3 +225,20 @@ def test_bad_arguments_are_one_line_and_exit_code_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--model torch.nn:Linear cannot be built: TypeError" in proc.stderr
+
+
+def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: Path) -> None:
+    from engage.deploy.serve.apis import WeightsAPI
+    from engage.deploy.serve.replica import ModelSpec, ReplicaSpec
+
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Sine(width=8), loader(samples=64))
+    trainer.save_checkpoint(tmp_path / "sine.ckpt")
+    spec = ReplicaSpec(
+        "r", ModelSpec("serve_app:Sine", checkpoint=str(tmp_path / "sine.ckpt")), str(tmp_path), "127.0.0.1", 1, "k"
+    )
+    api = WeightsAPI(spec, api_path="/weights")
+    api.setup("cpu")  # a checkpoint cannot be loaded onto the meta device: built on the CPU then
+    assert api.predict((3, serialize(Sine(width=8).state_dict()))) == 3
+    with pytest.raises(Exception, match="do not fit the model"):
+        api.predict((4, serialize(Sine(width=4).state_dict())))

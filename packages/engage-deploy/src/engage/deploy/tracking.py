@@ -104,6 +104,20 @@ def http_alive(uri: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid``, of this user, listens on ``port`` (a kept server's port may have
+    been taken by another process since it died)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.uids().real != os.getuid():
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp"))
+    except (psutil.Error, OSError):
+        return False
+
+
 def host_port(address: str, port: int) -> str:
     """``address:port`` as a URL or a ``Host`` header writes it (IPv6 addresses in brackets)."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
@@ -290,6 +304,9 @@ class TrackingServer:
         # a sweep's server never runs such jobs, and on a small host that process slows its start
         env = {**os.environ}
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        if self.listen:
+            # only the one-interpreter server listens on several addresses (mlflow server takes one)
+            env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         for name in (*ADMIN_ENV, AUTH_CONFIG_ENV, SECRET_KEY_ENV):
             env.pop(name, None)  # only this server's own settings
         if self.auth:
@@ -360,9 +377,10 @@ class TrackingServer:
     def find_kept(
         cls, backend_uri: str, bind: str = "127.0.0.1", *, listen: Sequence[str] = (), auth: bool = False
     ) -> TrackingServer | None:
-        """A server an earlier sweep kept running for this store, if it still answers and serves
-        what is asked: it listens on ``bind`` and every address of ``listen`` (or on every
-        interface), and has credentials if ``auth`` (its credentials come with it either way)."""
+        """A server an earlier sweep kept running for this store, if its process (this user's)
+        still listens on its port and answers, and it serves what is asked: it listens on exactly
+        ``bind`` and the addresses of ``listen``, and has credentials if ``auth`` (its credentials
+        come with it either way)."""
         path = cls.state_path(backend_uri)
         if path is None or not path.is_file():
             return None
@@ -374,11 +392,12 @@ class TrackingServer:
             credentials = ServerCredentials(kept_auth["username"], kept_auth["password"]) if kept_auth else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        wanted = {bind, *listen} - {""}
-        serves = kept_bind == EVERY_INTERFACE or wanted <= {kept_bind, *kept_listen}
-        if state.get("backend") != backend_uri or not serves or (auth and credentials is None):
+        # exactly where it is asked to listen, no wider (a server kept on every interface, or on
+        # an earlier network's address, is not reused), and with credentials if they are asked
+        same = kept_bind == bind and set(kept_listen) == ({*listen} - {"", bind})
+        if state.get("backend") != backend_uri or not same or (auth and credentials is None):
             return None
-        if not http_alive(f"http://127.0.0.1:{port}", timeout_s=2.0):
+        if not _listens(pid, port) or not http_alive(f"http://127.0.0.1:{port}", timeout_s=2.0):
             return None
         server = cls(
             backend_uri,
@@ -433,7 +452,10 @@ class TrackingServer:
         from engage.deploy.processes import terminate
 
         terminate(self.process.pid, grace_s=10.0)
-        self.process.wait(timeout=10)  # reaped here, its exit status read
+        try:
+            self.process.wait(timeout=10)  # reaped here, its exit status read
+        except subprocess.TimeoutExpired:
+            log.warning("the MLflow server (pid %d) did not end after SIGKILL", self.process.pid)
         self.process = None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 
 import litserve as ls
 import torch
@@ -12,6 +13,8 @@ from fastapi import HTTPException
 
 from engage.deploy.serve.replica import MAX_INPUTS, ReplicaSpec
 from engage.deploy.serve.weights import WeightsRefused, WeightStore
+
+log = logging.getLogger("engage.deploy.serve")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -29,7 +32,7 @@ class InferenceAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.model = self.replica.model.build()
         self.store = WeightStore(self.replica.weights_folder, self.model.state_dict())
-        self.version, self.stamp = 0, -1
+        self.version, self.stamp = 0, (-1, -1)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -37,12 +40,16 @@ class InferenceAPI(ls.LitAPI):
         stamp = self.store.stamp()
         if stamp == self.stamp:
             return
-        loaded = self.store.load()
+        self.stamp = stamp
+        try:
+            loaded = self.store.load()
+        except Exception as exc:  # a version that cannot be read: the current one keeps serving
+            log.warning("replica %s keeps version %d: %s", self.replica.name, self.version, _first_line(exc))
+            return
         if loaded is not None:
             version, state = loaded
             self.model.load_state_dict(state, strict=True)
             self.version = version
-        self.stamp = stamp
 
     def decode_request(self, request: dict) -> list[torch.Tensor]:
         inputs = request.get("inputs") if isinstance(request, dict) else None
@@ -75,7 +82,10 @@ class WeightsAPI(ls.LitAPI):
         self.replica = replica
 
     def setup(self, device: str) -> None:
-        with torch.device("meta"):  # names, shapes and dtypes only: no memory for the weights
+        try:
+            with torch.device("meta"):  # names, shapes and dtypes only: no memory for the weights
+                reference = self.replica.model.build().state_dict()
+        except Exception:  # a checkpoint, or a model whose construction needs real memory
             reference = self.replica.model.build().state_dict()
         self.store = WeightStore(self.replica.weights_folder, reference)
 

@@ -2,8 +2,9 @@
 
 Each source (an edge host, say) sends requests to one replica as a Poisson process of its own
 rate, its arrival times drawn from its own seeded stream, so a run can be repeated exactly. The
-generator is open-loop: a request leaves at its arrival time whether or not earlier ones were
-answered, and its latency counts from that time (queueing included). Each answer is compared
+generator is open-loop: a request is due at its arrival time whether or not earlier ones were
+answered, and its latency counts from that time, including any wait for one of the
+``max_in_flight`` connections. Each answer is compared
 with the ground truth the request came with (relative L2 error) and keeps the model version the
 replica named. A request with no answer, or an error status, counts as failed.
 
@@ -101,7 +102,8 @@ class RequestGenerator:
         """Send the requests of ``duration_s`` seconds (or until ``stop`` is set); every answer
         is in :attr:`results`, in the order they came."""
         start = time.monotonic()
-        with ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests") as pool:
+        pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests")
+        try:
             for due, source, rng in self.schedule(duration_s):
                 if stop is not None and stop.is_set():
                     break
@@ -110,6 +112,9 @@ class RequestGenerator:
                     break
                 inputs, truth = self.make_request(rng)
                 pool.submit(self._send, start, due, source, inputs, truth)
+        finally:
+            # stopped: requests not yet sent are dropped, those in flight finish (or time out)
+            pool.shutdown(wait=True, cancel_futures=stop is not None and stop.is_set())
         return self.results
 
     def _send(self, start: float, due: float, source: str, inputs: list, truth: np.ndarray) -> None:
@@ -130,7 +135,7 @@ class RequestGenerator:
                 error = float(np.linalg.norm(outputs - truth) / max(np.linalg.norm(truth), 1e-12))
         except urllib.error.HTTPError as exc:
             status = exc.code
-        except (OSError, ValueError, KeyError, TypeError):
+        except Exception:  # no usable answer (reset, truncated, not JSON): a failed request
             status = 0
         latency = time.monotonic() - (start + due)
         with self._lock:

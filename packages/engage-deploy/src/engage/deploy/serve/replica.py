@@ -14,7 +14,8 @@ from a 0600 file when the replica starts), as is LitServe's ``/health``:
 The inference worker checks, before each request, whether a newer version was kept (one
 ``stat``) and loads it then: versions are swapped between two requests, none is dropped. A
 replica started again finds the newest version on disk and serves it from its first answer.
-Bodies larger than ``max_payload_bytes`` are refused before they are read.
+Bodies larger than ``max_payload_bytes`` are refused (LitServe stops reading once a body passes
+it).
 
 Run by ``engage serve`` (:mod:`~engage.deploy.serve.supervisor`), or directly::
 
@@ -129,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m engage.deploy.serve.replica SPEC.json", file=sys.stderr)
         return 2
-    spec = ReplicaSpec.load(Path(argv[0]))
-    os.environ[API_KEY_ENV] = read_api_key(spec.api_key_file)
+    try:
+        spec = ReplicaSpec.load(Path(argv[0]))
+        os.environ[API_KEY_ENV] = read_api_key(spec.api_key_file)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"engage replica: {argv[0]}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
     server = build_server(spec)
     # the replica's own address only; no client file written into the working folder
     server.run(host=spec.host, port=spec.port, num_api_servers=1, generate_client_file=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -32,7 +33,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from engage.deploy.processes import terminate
 from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, read_api_key
 
 log = logging.getLogger("engage.deploy.serve")
@@ -110,7 +110,7 @@ class ReplicaSupervisor:
             if code is None or self._stop.is_set():  # running, or stopped by stop()
                 continue
             died = time.time()
-            terminate(self.process.pid)  # its workers, if any are left
+            _stop_group(self.process.pid)  # its LitServe workers, if any are left, hold the port
             event: dict = {"exited": died, "exit_code": code, "restarted": None}
             self.events.append(event)
             if self.restarts >= self.max_restarts:
@@ -135,8 +135,11 @@ class ReplicaSupervisor:
         """Stop watching and stop the replica."""
         self._stop.set()
         if self.process is not None:
-            terminate(self.process.pid)
-            self.process.wait(timeout=10)
+            _stop_group(self.process.pid)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.warning("replica %s (pid %d) did not end after SIGKILL", self.spec.name, self.process.pid)
 
     def _write_status(self) -> None:
         status = {
@@ -149,6 +152,24 @@ class ReplicaSupervisor:
         scratch = self.status_path.with_suffix(".tmp")
         scratch.write_text(json.dumps(status, indent=1))
         scratch.replace(self.status_path)
+
+
+def _stop_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the replica's process group (it leads its own session: the replica, LitServe's
+    workers and API server), SIGKILL what is left ``grace_s`` later. By group id, so it reaches
+    the workers after the replica itself was reaped, and never a process whose id was reused."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- engage serve
@@ -190,6 +211,10 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
         read_api_key(namespace.api_key_file)
     except (OSError, ValueError) as exc:
         raise ServeError(f"--api-key-file: {getattr(exc, 'strerror', None) or exc}") from None
+    if namespace.host in ("0.0.0.0", "::", ""):
+        raise ServeError(
+            f"--host {namespace.host!r} listens on every interface; give the one address clients reach it at"
+        )
     port = namespace.port
     try:
         with socket.socket(socket.AF_INET6 if ":" in namespace.host else socket.AF_INET) as probe:

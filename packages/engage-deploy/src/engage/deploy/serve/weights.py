@@ -63,12 +63,14 @@ class WeightStore:
     def current_file(self) -> Path:
         return self.folder / CURRENT
 
-    def stamp(self) -> int:
-        """A number that changes whenever a new version is kept (cheap: one ``stat``)."""
+    def stamp(self) -> tuple[int, int]:
+        """A value that changes whenever a new version is kept (cheap: one ``stat``; each version
+        replaces ``current.json`` by a new file, so its inode changes even within one clock tick)."""
         try:
-            return self.current_file.stat().st_mtime_ns
+            status = self.current_file.stat()
         except FileNotFoundError:
-            return 0
+            return (0, 0)
+        return (status.st_ino, status.st_mtime_ns)
 
     def current(self) -> tuple[int, Path] | None:
         """The newest kept version and its file, or None before the first."""
@@ -135,4 +137,6 @@ class WeightStore:
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it is named: a crash leaves no half file behind the name
         os.replace(scratch, path)
