@@ -643,12 +643,13 @@ def test_executor_options_that_do_not_fit_name_the_field(tmp_path):
     from engage.core.online import OnlineDataModule
 
     sim = ramp_simulator()
-    dm = OnlineDataModule(
-        sim, UniformSampler(sim.space), simulations=1, executor="local", executor_options={"layer": "edge"},
-        workdir=str(tmp_path),
-    )  # fmt: skip
+    # checked when the DataModule is made, before any run or folder exists
     with pytest.raises(ValueError, match=r"data.executor_options do not fit the 'local' executor.*\['layer'\]"):
-        dm._new_scheduler()
+        OnlineDataModule(
+            sim, UniformSampler(sim.space), simulations=1, executor="local", executor_options={"layer": "edge"},
+            workdir=str(tmp_path),
+        )  # fmt: skip
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_read_policy_of_ones_own_is_an_object_the_buffer_asks():
