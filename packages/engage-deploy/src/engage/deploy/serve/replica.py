@@ -85,9 +85,9 @@ class ReplicaSpec:
 
     def save(self, path: Path) -> None:
         """As JSON, readable by its owner only."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(self), handle, indent=1)
+        from engage.deploy.tracking import write_private
+
+        write_private(Path(path), json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> ReplicaSpec:

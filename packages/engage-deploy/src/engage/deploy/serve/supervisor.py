@@ -33,7 +33,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from engage.deploy.processes import terminate
 from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, read_api_key
+from engage.deploy.tracking import write_json
 
 log = logging.getLogger("engage.deploy.serve")
 
@@ -135,7 +137,9 @@ class ReplicaSupervisor:
         """Stop watching and stop the replica."""
         self._stop.set()
         if self.process is not None:
-            _stop_group(self.process.pid)
+            # the replica is our child: terminate() counts it ended once it is a zombie, where
+            # probing its group would wait for the reaping below until every grace had passed
+            terminate(self.process.pid, grace_s=10.0)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -149,15 +153,14 @@ class ReplicaSupervisor:
             "restarts": self.restarts,
             "events": self.events,
         }
-        scratch = self.status_path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(status, indent=1))
-        scratch.replace(self.status_path)
+        write_json(self.status_path, status)
 
 
 def _stop_group(pgid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM the replica's process group (it leads its own session: the replica, LitServe's
-    workers and API server), SIGKILL what is left ``grace_s`` later. By group id, so it reaches
-    the workers after the replica itself was reaped, and never a process whose id was reused."""
+    """SIGTERM the process group of a replica that exited and was reaped (LitServe's workers and
+    API server may be left in it), SIGKILL what is left ``grace_s`` later. By group id: the
+    launcher's :func:`~engage.deploy.processes.terminate` starts from the leader's pid, which no
+    longer names a process then."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
