@@ -231,7 +231,9 @@ def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: P
     from engage.deploy.serve.apis import WeightsAPI
     from engage.deploy.serve.replica import ModelSpec, ReplicaSpec
 
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path
+    )
     trainer.fit(Sine(width=8), loader(samples=64))
     trainer.save_checkpoint(tmp_path / "sine.ckpt")
     spec = ReplicaSpec(
