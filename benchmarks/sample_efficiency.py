@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,8 +47,11 @@ from torch import nn
 from engage.core import ParameterSpace, UniformSampler
 from engage.core.data.simulated import SimulatedDataModule
 from engage.core.models.heat_surrogate import HeatSurrogate
+from engage.core.online import OnlineDataModule
 from engage.core.simulators import HeatEquation
+from engage.core.simulators.burgers import ViscousBurgers
 from engage.sampling import (
+    BreedSampler,
     ImageSimilaritySampler,
     LatinHypercubeSampler,
     LossDrivenSampler,
@@ -277,6 +282,232 @@ def callback_overhead(epochs: int, train_simulations: int) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- online path
+FIXED = ("uniform", "lhs", "sobol_sequence")
+#: sensitivity-weighted sampling is left out online: its analysis runs every 1000 steps by default,
+#: after these runs end, so it would be a space-filling design with equal weights
+ADAPTIVE = ("loss_driven", "breed", "image_similarity")
+
+
+class OnlineProblem:
+    """A simulator run through ``OnlineDataModule`` and the default surrogate, and its held-out set.
+
+    ``varies`` says whether its difficulty varies across the parameter space (where adaptive
+    sampling should pay) or not (where it cannot, and must not cost).
+    """
+
+    def __init__(self, name: str, simulator, varies: bool, width: int):
+        self.name, self.simulator, self.varies, self.width = name, simulator, varies, width
+        self.space = simulator.space
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+
+    def test_set(self, simulations: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Unit parameters ``(n, d)`` and trajectories ``(n, samples_per_run, *shape)`` of held-out
+        uniform simulations, run in this process (seed 12345, the same for every method)."""
+        if self._test is None:
+            values = UniformSampler(self.space, seed=12345).ask(simulations)
+            fields = np.stack([np.stack(list(self.simulator.run(p))) for p in values])
+            self._test = self.space.to_unit(values), fields
+        return self._test
+
+    @torch.no_grad()
+    def error(self, model: HeatSurrogate) -> float:
+        """Mean over held-out simulations of the relative L2 error of the whole trajectory, in the
+        simulator's units: the surrogate's own ``val/rel_l2``."""
+        unit, fields = self.test_set()
+        n, steps = fields.shape[:2]
+        parameters = torch.as_tensor(np.repeat(unit, steps, axis=0), dtype=torch.float32)
+        times = torch.as_tensor(np.tile(np.arange(1, steps + 1) / steps, n)[:, None], dtype=torch.float32)
+        model.eval()
+        predicted = model.predict_field(parameters, times).numpy().reshape(n, -1)
+        truth = fields.reshape(n, -1).astype(np.float64)
+        return float(np.mean(np.linalg.norm(predicted - truth, axis=1) / np.linalg.norm(truth, axis=1)))
+
+
+def online_problems() -> list[OnlineProblem]:
+    return [
+        # the surrogate's width: enough that its error is limited by the data (Burgers: the error
+        # halves from 16 to 32 simulations), at a few milliseconds a step
+        OnlineProblem("heat", HeatEquation(grid=16, steps=10, dt=0.005), varies=False, width=16),
+        OnlineProblem("burgers", ViscousBurgers(grid=64, steps=8), varies=True, width=64),
+    ]
+
+
+def online_sampler(method: str, space: ParameterSpace, seed: int, simulations: int):
+    """The sampler of ``method`` as ``engage run sampler=NAME`` makes it (defaults), except the
+    Breed generation, sized to the budget so that a run sees several generations."""
+    if method == "uniform":
+        return UniformSampler(space, seed=seed)
+    if method == "lhs":
+        return LatinHypercubeSampler(space, seed=seed, design_size=simulations)
+    if method == "sobol_sequence":
+        return SobolSequenceSampler(space, seed=seed)
+    if method == "loss_driven":
+        return LossDrivenSampler(space, seed=seed)
+    if method == "breed":
+        return BreedSampler(space, seed=seed, generation_size=max(4, simulations // 5), generations=4)
+    if method == "image_similarity":
+        return ImageSimilaritySampler(space, seed=seed)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def online_callbacks(method: str) -> list[pl.Callback]:
+    """The callback that feeds ``method``'s sampler, at its default frequency (none for fixed designs)."""
+    if method in ("loss_driven", "breed"):
+        return [LossDrivenSampling()]
+    if method == "image_similarity":
+        return [ImageSimilaritySampling(log_plots=False)]
+    return []
+
+
+def online_run(problem: OnlineProblem, method: str, seed: int, simulations: int, steps: int) -> dict:
+    """One online training run: ``simulations`` simulation processes chosen by ``method`` while a
+    surrogate trains for ``steps`` steps; returns its held-out error and what it used."""
+    simulator, batch_size = problem.simulator, 32
+    torch.manual_seed(seed)
+    sampler = online_sampler(method, problem.space, seed, simulations)
+    samples = simulations * simulator.samples_per_run
+    with tempfile.TemporaryDirectory(prefix="engage-sample-efficiency-") as workdir:
+        datamodule = OnlineDataModule(
+            simulator,
+            sampler,
+            simulations=simulations,
+            val_simulations=0,
+            batch_size=batch_size,
+            batches_per_epoch=steps,
+            # a small buffer whose samples leave after their share of the reads: simulations wait
+            # for training, so that each new point is chosen from what the network has learnt
+            capacity=2 * batch_size,
+            policy="firo",
+            max_reads=max(1, math.ceil(steps * batch_size / samples)),
+            concurrency=2,
+            seed=seed,
+            workdir=workdir,
+        )
+        model = HeatSurrogate(
+            problem.space.dim, simulator.sample_shape, value_range=simulator.value_range, width=problem.width
+        )
+        trainer = pl.Trainer(
+            max_steps=steps,
+            max_epochs=1,
+            callbacks=online_callbacks(method),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            default_root_dir=workdir,
+        )
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        wall = time.perf_counter() - started
+    if trainer.global_step != steps:
+        raise RuntimeError(f"{method} trained {trainer.global_step} of {steps} steps")
+    return {"error": problem.error(model), "wall_s": wall, "told": sampler.num_told, "finished": sampler.num_finished}
+
+
+def simulations_to_reach(budgets: list[int], errors: list[float], target: float) -> float | None:
+    """Simulations at which the error curve first reaches ``target``, interpolated linearly in
+    log(error) between budgets (the first budget when it is reached there; None: never)."""
+    for i, error in enumerate(errors):
+        if error <= target:
+            if i == 0:
+                return float(budgets[0])
+            previous = errors[i - 1]
+            share = (math.log(previous) - math.log(target)) / (math.log(previous) - math.log(error))
+            return budgets[i - 1] + share * (budgets[i] - budgets[i - 1])
+    return None
+
+
+def online_benchmark(seeds: tuple[int, ...], budgets: list[int], nominal: int, steps: int) -> dict:
+    """Every method on every problem through the online DataModule: median held-out error at each
+    budget of simulations over ``seeds``, and the share of the Sobol' sequence's ``nominal``
+    budget each method needs to reach the sequence's error at that budget."""
+    out: dict = {"budgets": budgets, "nominal_budget": nominal, "steps": steps, "batch_size": 32, "problems": {}}
+    for problem in online_problems():
+        problem.test_set()
+        results: dict = {"varies": problem.varies, "error": "relative L2 (held-out, 32 uniform simulations)"}
+        methods = {}
+        for method in FIXED + ADAPTIVE:
+            errors = np.full((len(seeds), len(budgets)), np.nan)
+            walls = []
+            for s, seed in enumerate(seeds):
+                for b, simulations in enumerate(budgets):
+                    run = online_run(problem, method, seed, simulations, steps)
+                    errors[s, b] = run["error"]
+                    walls.append(run["wall_s"])
+                    print(
+                        f"  online {problem.name:8s} {method:21s} seed {seed} {simulations:3d} simulations: "
+                        f"error {run['error']:.4f} ({run['wall_s']:.1f} s)",
+                        flush=True,
+                    )
+            methods[method] = {
+                "median": np.median(errors, axis=0).tolist(),
+                "quartiles": np.quantile(errors, [0.25, 0.75], axis=0).tolist(),
+                "per_seed": errors.tolist(),
+                "mean_run_s": float(np.mean(walls)),
+            }
+        target = methods["sobol_sequence"]["median"][budgets.index(nominal)]
+        for stats in methods.values():
+            reached = simulations_to_reach(budgets, stats["median"], target)
+            stats["simulations_to_sobol_error"] = reached
+            stats["fraction_of_sobol_budget"] = None if reached is None else reached / nominal
+        results["sobol_error_at_nominal"] = target
+        results["methods"] = methods
+        out["problems"][problem.name] = results
+    out["targets"] = online_targets(out)
+    return out
+
+
+def online_targets(out: dict) -> dict:
+    """The targets: on problems whose difficulty varies, the best adaptive sampler needs at most 60%
+    of the Sobol' sequence's simulations; on smooth ones, no adaptive sampler needs over 110%."""
+    targets = {}
+    for name, results in out["problems"].items():
+        fractions = {m: results["methods"][m]["fraction_of_sobol_budget"] for m in ADAPTIVE}
+        known = {m: f for m, f in fractions.items() if f is not None}
+        if results["varies"]:
+            best = min(known, key=known.get) if known else None
+            targets[name] = {
+                "rule": "best adaptive <= 60% of the Sobol' sequence's simulations",
+                "best": best,
+                "fraction": known.get(best) if best else None,
+                "met": bool(best and known[best] <= 0.6),
+            }
+        else:
+            worst = {m: (f if f is not None else math.inf) for m, f in fractions.items()}
+            targets[name] = {
+                "rule": "every adaptive <= 110% of the Sobol' sequence's simulations",
+                "fractions": fractions,
+                "met": all(f <= 1.1 for f in worst.values()),
+            }
+    return targets
+
+
+def plot_online(online: dict, path: Path) -> None:
+    problems = online["problems"]
+    fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.2))
+    for ax, (name, results) in zip(np.atleast_1d(axes), problems.items()):
+        budgets = np.asarray(online["budgets"])
+        for method, stats in results["methods"].items():
+            median = np.asarray(stats["median"])
+            low, high = (np.asarray(q) for q in stats["quartiles"])
+            style = "--" if method in FIXED else "-"
+            ax.plot(budgets, median, style, marker="o", ms=3, label=method)
+            ax.fill_between(budgets, low, high, alpha=0.12)
+        ax.axhline(results["sobol_error_at_nominal"], color="k", lw=0.8, ls=":", label="Sobol' sequence at nominal")
+        ax.axvline(online["nominal_budget"], color="grey", lw=0.6)
+        ax.set_yscale("log")
+        ax.set_xlabel("simulations run (count)")
+        ax.set_ylabel("held-out relative L2 error (-)")
+        ax.set_title(f"online, {name}: {online['steps']} steps, median and quartiles of {len(online['seeds'])} seeds")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- main
 def plot(results: dict, path: Path) -> None:
     problems = results["problems"]
@@ -298,51 +529,108 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=len(SEEDS))
-    parser.add_argument("--overhead-epochs", type=int, default=6)
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # small MLPs: one thread is fastest, and runs stay comparable
-    started = time.perf_counter()
-    seeds = SEEDS[: args.seeds]
-    results: dict = {"seeds": list(seeds), "machine": platform.processor() or platform.machine(), "problems": {}}
+PARTS = ("online", "offline", "overhead")
+
+
+def run_offline(seeds: tuple[int, ...]) -> dict:
+    out: dict = {}
     for problem in (BumpProblem(), HeatProblem()):
         methods = ["uniform", "lhs", "sobol_sequence", "loss_driven", "sensitivity_weighted"]
         if problem.name == "heat":
             methods.append("image_similarity")
         test = problem.test_set()
-        out = {
-            "budget": problem.budget,
-            "error": "relative L2" if problem.name == "heat" else "RMSE",
-            "methods": {},
-        }
+        result = {"budget": problem.budget, "error": "relative L2" if problem.name == "heat" else "RMSE", "methods": {}}
         for method in methods:
             curves = [run_method(problem, method, seed, test) for seed in seeds]
             errors = np.array([[e for _, e in c] for c in curves])
-            out["simulations"] = [n for n, _ in curves[0]]
-            out["methods"][method] = {
+            result["simulations"] = [n for n, _ in curves[0]]
+            result["methods"][method] = {
                 "mean": errors.mean(axis=0).tolist(),
                 "std": errors.std(axis=0).tolist(),
                 "final_per_seed": errors[:, -1].tolist(),
             }
-            print(f"{problem.name:7s} {method:22s} final error {errors[:, -1].mean():.4f} ± {errors[:, -1].std():.4f}")
-        results["problems"][problem.name] = out
-    efficiency(results["problems"])
-    results["callback_overhead"] = callback_overhead(args.overhead_epochs, train_simulations=24)
-    results["wall_time_s"] = time.perf_counter() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sample_efficiency.json").write_text(json.dumps(results, indent=1))
-    plot(results, RESULTS / "sample_efficiency.png")
-    print("\nsimulations to reach uniform's final error (fraction of the budget):")
-    for name, out in results["problems"].items():
-        for method, stats in out["methods"].items():
-            print(f"  {name:7s} {method:22s} {stats['simulations_to_uniform_final_error']} "
-                  f"({stats['fraction_of_uniform_budget']})")  # fmt: skip
-    print("\ncallback overhead (callback time / training-step time, default frequency):")
-    for name, stats in results["callback_overhead"].items():
-        print(f"  {name:24s} step {stats['step_time_ms']:.1f} ms, overhead {stats['overhead_fraction']}")
-    print(f"\nwrote {RESULTS / 'sample_efficiency.json'} in {results['wall_time_s']:.0f} s")
+            final = errors[:, -1]
+            print(f"  offline {problem.name:7s} {method:22s} final error {final.mean():.4f} ± {final.std():.4f}")
+        out[problem.name] = result
+    efficiency(out)
+    return out
+
+
+def report(results: dict) -> None:
+    online = results.get("online")
+    if online:
+        print(f"\nonline: median held-out error of {len(online['seeds'])} seeds against simulations run "
+              f"({online['steps']} training steps each); last column: share of the Sobol' sequence's "
+              f"{online['nominal_budget']} simulations needed to reach its error")  # fmt: skip
+        for name, out in online["problems"].items():
+            print(f"  {name} ({'difficulty varies' if out['varies'] else 'smooth'}): budgets {online['budgets']}")
+            for method, stats in out["methods"].items():
+                fraction = stats["fraction_of_sobol_budget"]
+                share = "not reached" if fraction is None else f"{100 * fraction:.0f}%"
+                errors = " ".join(f"{e:.4f}" for e in stats["median"])
+                print(f"    {method:21s} {errors}  {share}")
+        for name, target in online["targets"].items():
+            print(f"  target on {name}: {target['rule']}: {'met' if target['met'] else 'missed'}")
+    if results.get("problems"):
+        print("\noffline: simulations to reach uniform's final error (fraction of the budget):")
+        for name, out in results["problems"].items():
+            for method, stats in out["methods"].items():
+                print(f"  {name:7s} {method:22s} {stats['simulations_to_uniform_final_error']} "
+                      f"({stats['fraction_of_uniform_budget']})")  # fmt: skip
+    if results.get("callback_overhead"):
+        print("\ncallback overhead (callback time / training-step time, default frequency):")
+        for name, stats in results["callback_overhead"].items():
+            print(f"  {name:24s} step {stats['step_time_ms']:.1f} ms, overhead {stats['overhead_fraction']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per method (default 5)")
+    parser.add_argument(
+        "--part",
+        choices=(*PARTS, "all"),
+        default="all",
+        help="run one part only; the others keep their figures from the existing results file",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="online part only, 1 seed, budgets 8/16/20 of 16, 600 steps: a check that it runs "
+        "(a few minutes), written to sample_efficiency_quick.json",
+    )
+    parser.add_argument("--overhead-epochs", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and the plots")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(1)  # small MLPs: one thread is fastest, and runs stay comparable
+    started = time.perf_counter()
+    seeds = SEEDS[: 1 if args.quick else args.seeds]
+    parts = ("online",) if args.quick else PARTS if args.part == "all" else (args.part,)
+    name = "sample_efficiency_quick" if args.quick else "sample_efficiency"
+    path = args.out / f"{name}.json"
+    results: dict = json.loads(path.read_text()) if path.exists() and not args.quick else {}
+    results.update({"machine": platform.processor() or platform.machine()})
+    if "online" in parts:
+        budgets, nominal, steps = ([8, 16, 20], 16, 600) if args.quick else ([8, 16, 32, 40], 32, 600)
+        results["online"] = {"seeds": list(seeds), **online_benchmark(seeds, budgets, nominal, steps)}
+    if "offline" in parts:
+        results["seeds"] = list(seeds)
+        results["problems"] = run_offline(seeds)
+    if "overhead" in parts:
+        results["callback_overhead"] = callback_overhead(args.overhead_epochs, train_simulations=24)
+    walls = results.get("wall_time_s")
+    results["wall_time_s"] = {
+        **(walls if isinstance(walls, dict) else {}),
+        "+".join(parts): time.perf_counter() - started,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    if "online" in parts:
+        plot_online(results["online"], args.out / f"{name}_online.png")
+    if "offline" in parts:
+        plot(results, args.out / f"{name}.png")
+    report(results)
+    print(f"\nwrote {path} in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import logging
 import sys
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from engage.core.callbacks import EngageProgressBar
@@ -53,3 +54,35 @@ def test_counts_are_integers_and_log_lines_go_above_the_bar(capsys):
     assert all(isinstance(stream, _ConsoleStream) for stream in model.streams)
     assert handler.stream is sys.stdout
     assert "step 1 logged" in capsys.readouterr().out
+
+
+def test_online_progress_logs_on_count_changes_and_every_n_steps_not_every_step():
+    from types import SimpleNamespace
+
+    from engage.core.online.progress import OnlineProgress
+
+    counts = {"running": 2.0, "finished": 0.0, "failed": 0.0}
+    buffer = SimpleNamespace(wait_seconds=0.0)
+    datamodule = SimpleNamespace(buffer=buffer, scheduler=object(), stats=lambda: {"buffer_fill": 0.5, **counts})
+    trainer = SimpleNamespace(datamodule=datamodule, global_step=0, log_every_n_steps=50)
+    logged: list[int] = []
+    module = SimpleNamespace(
+        log=lambda name, *a, **k: logged.append(trainer.global_step) if name == "online/done" else None
+    )
+    progress = OnlineProgress(max_interval_s=3600.0)
+    progress.on_train_start(trainer, module)
+
+    def run(steps):
+        for _ in range(steps):
+            trainer.global_step += 1
+            progress.on_train_batch_end(trainer, module, None, None, 0)
+
+    run(10)
+    assert logged == [1]  # the first step, then nothing while no count changes
+    counts["finished"] = 1.0
+    run(1)
+    assert logged == [1, 11]  # a simulation finished: shown at once
+    run(50)
+    assert logged == [1, 11, 50]  # the trainer's log_every_n_steps
+    with pytest.raises(ValueError, match="log_every_n_steps must be >= 1"):
+        OnlineProgress(log_every_n_steps=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -14,6 +15,12 @@ class OnlineProgress(pl.Callback):
 
     :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
 
+    Logging through Lightning costs about a millisecond a metric, more than a small model's whole
+    step, so the metrics are logged after the first step, then every ``log_every_n_steps`` steps
+    (default: the trainer's ``log_every_n_steps``), and in between only when a simulation started,
+    finished or failed, or ``max_interval_s`` passed since the last time: the counts shown are never
+    behind a simulation, and a run of thousands of short steps pays for a few hundred logs.
+
     Example::
 
         >>> import lightning.pytorch as pl
@@ -23,11 +30,15 @@ class OnlineProgress(pl.Callback):
     #: what it shows that counts things (a progress bar shows them as integers)
     INTEGER_METRICS = ("online/run", "online/done", "online/fail", "online/smp/s")
 
-    def __init__(self, log_every_n_steps: int = 1):
+    def __init__(self, log_every_n_steps: int | None = None, max_interval_s: float = 1.0):
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ValueError(f"OnlineProgress log_every_n_steps must be >= 1 or None, got {log_every_n_steps}")
         self.log_every_n_steps = log_every_n_steps
-        self._step_started = 0.0
+        self.max_interval_s = float(max_interval_s)
         self._wait_at_start = 0.0
         self._fit_started = 0.0
+        self._logged_at = -math.inf
+        self._counts: tuple[float, ...] | None = None
 
     @staticmethod
     def _datamodule(trainer: pl.Trainer) -> Any:
@@ -38,13 +49,25 @@ class OnlineProgress(pl.Callback):
         self._fit_started = time.perf_counter()
         dm = self._datamodule(trainer)
         self._wait_at_start = dm.buffer.wait_seconds if dm is not None else 0.0
+        self._logged_at, self._counts = -math.inf, None
+
+    def _due(self, trainer: pl.Trainer, stats: dict[str, float], now: float) -> bool:
+        counts = (stats.get("running", 0.0), stats.get("finished", 0.0), stats.get("failed", 0.0))
+        every = self.log_every_n_steps or max(1, trainer.log_every_n_steps)
+        due = counts != self._counts or trainer.global_step % every == 0 or now - self._logged_at >= self.max_interval_s
+        self._counts = counts
+        return due
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         dm = self._datamodule(trainer)
-        if dm is None or trainer.global_step % self.log_every_n_steps:
+        if dm is None:
             return
         stats = dm.stats()
-        elapsed = max(time.perf_counter() - self._fit_started, 1e-9)
+        now = time.perf_counter()
+        if not self._due(trainer, stats, now):
+            return
+        self._logged_at = now
+        elapsed = max(now - self._fit_started, 1e-9)
         shown = {
             "buf": stats["buffer_fill"],
             "run": stats.get("running", 0.0),

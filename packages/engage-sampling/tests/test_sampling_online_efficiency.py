@@ -1,0 +1,56 @@
+"""The online sample-efficiency benchmark measures what it says, at a tiny size."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from engage.core.simulators import HeatEquation
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "sample_efficiency.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("sample_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulations_to_reach_interpolates_in_log_error(benchmark):
+    budgets, errors = [8, 16, 32], [0.4, 0.2, 0.1]
+    assert benchmark.simulations_to_reach(budgets, errors, 0.5) == 8  # reached at the first budget
+    assert benchmark.simulations_to_reach(budgets, errors, 0.1) == 32
+    # sqrt(0.4 * 0.2) is halfway between 0.4 and 0.2 in log(error): halfway between 8 and 16
+    assert math.isclose(benchmark.simulations_to_reach(budgets, errors, math.sqrt(0.08)), 12.0)
+    assert benchmark.simulations_to_reach(budgets, errors, 0.05) is None
+
+
+def test_targets_judge_the_best_adaptive_sampler_and_every_one_on_smooth_problems(benchmark):
+    def problem(varies, fractions):
+        return {"varies": varies, "methods": {m: {"fraction_of_sobol_budget": f} for m, f in fractions.items()}}
+
+    out = {
+        "problems": {
+            "hard": problem(True, {"loss_driven": 0.55, "breed": 0.9, "image_similarity": None}),
+            "harder": problem(True, {"loss_driven": 0.7, "breed": 0.61, "image_similarity": None}),
+            "smooth": problem(False, {"loss_driven": 0.9, "breed": 1.05, "image_similarity": None}),
+        }
+    }
+    targets = benchmark.online_targets(out)
+    assert targets["hard"]["met"] and targets["hard"]["best"] == "loss_driven"
+    assert not targets["harder"]["met"] and targets["harder"]["best"] == "breed"
+    assert not targets["smooth"]["met"]  # one adaptive sampler never reached the Sobol' sequence's error
+    out["problems"]["smooth"]["methods"]["image_similarity"]["fraction_of_sobol_budget"] = 1.1
+    assert benchmark.online_targets(out)["smooth"]["met"]
+
+
+@pytest.mark.timeout(120)
+def test_an_online_run_trains_its_steps_and_feeds_the_adaptive_sampler(benchmark):
+    problem = benchmark.OnlineProblem("heat", HeatEquation(grid=8, steps=4), varies=False, width=4)
+    result = benchmark.online_run(problem, "loss_driven", seed=0, simulations=4, steps=24)
+    assert result["finished"] == 4  # every simulation of the budget ran through the online path
+    assert result["told"] > 0  # the callback told the sampler the training losses
+    assert 0.0 < result["error"] < 1.0
