@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engage.core.files import write_private
+
 #: the contract's file name in a job's folder
 JOB_FILE = "job.json"
 #: the contract of the job this process runs: set by the runner for the job's process and its children
@@ -110,13 +112,7 @@ class JobContract:
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write the contract to ``folder/job.json``, readable by its owner only; returns the path."""
-        path = Path(folder) / JOB_FILE
-        temporary = path.with_name(f".{JOB_FILE}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(asdict(self), handle, indent=1)
-        os.replace(temporary, path)
-        return path
+        return write_private(Path(folder) / JOB_FILE, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def read(cls, folder: str | os.PathLike[str]) -> JobContract:

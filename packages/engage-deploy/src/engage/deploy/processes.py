@@ -52,6 +52,24 @@ def terminate(pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0) -
     return True
 
 
+def stop_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM process group ``pgid``, SIGKILL what is left of it ``grace_s`` later. By group id,
+    for a group whose leader exited and was reaped (a server's workers may be left in it):
+    :func:`terminate` starts from the leader's pid, which no longer names a process then."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
 def _wait_ended(processes: list[psutil.Process], timeout_s: float) -> bool:
     """Wait until every process ended (a zombie counts: its parent reaps it, and reads its exit
     status, as it would have); whether they all did within ``timeout_s``."""

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engage.core.files import write_private
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
 from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
@@ -701,14 +702,4 @@ def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically (a reader never sees half a file)."""
     scratch = path.with_suffix(path.suffix + ".tmp")
     scratch.write_text(text)
-    scratch.replace(path)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to a file only its owner can read or write (0600)."""
-    scratch = path.with_suffix(path.suffix + ".tmp")
-    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(text)
     scratch.replace(path)

@@ -44,6 +44,8 @@ from typing import Any
 
 import zmq
 
+from engage.core.files import write_private
+
 #: environment variable with the path of a simulation attempt's key file
 KEY_FILE_ENV = "ENGAGE_KEY_FILE"
 #: environment variable with a simulation attempt's keys themselves (JSON), for executors whose
@@ -167,9 +169,7 @@ class RunKeys:
         path = None
         if to_file:
             path = os.path.join(self.folder, f"sim-{simulation_id}-{attempt}.key")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self.describe(public, secret))
+            write_private(path, self.describe(public, secret))
         keys = ClientKeys(int(simulation_id), int(attempt), public, secret, path)
         with self._lock:
             self._by_key[public] = keys

@@ -85,7 +85,7 @@ class ReplicaSpec:
 
     def save(self, path: Path) -> None:
         """As JSON, readable by its owner only."""
-        from engage.deploy.tracking import write_private
+        from engage.core.files import write_private
 
         write_private(Path(path), json.dumps(asdict(self), indent=1))
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from engage.deploy.processes import terminate
+from engage.deploy.processes import stop_group, terminate
 from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, read_api_key
 from engage.deploy.tracking import write_json
 
@@ -112,7 +111,7 @@ class ReplicaSupervisor:
             if code is None or self._stop.is_set():  # running, or stopped by stop()
                 continue
             died = time.time()
-            _stop_group(self.process.pid)  # its LitServe workers, if any are left, hold the port
+            stop_group(self.process.pid)  # its LitServe workers, if any are left, hold the port
             event: dict = {"exited": died, "exit_code": code, "restarted": None}
             self.events.append(event)
             if self.restarts >= self.max_restarts:
@@ -154,25 +153,6 @@ class ReplicaSupervisor:
             "events": self.events,
         }
         write_json(self.status_path, status)
-
-
-def _stop_group(pgid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM the process group of a replica that exited and was reaped (LitServe's workers and
-    API server may be left in it), SIGKILL what is left ``grace_s`` later. By group id: the
-    launcher's :func:`~engage.deploy.processes.terminate` starts from the leader's pid, which no
-    longer names a process then."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- engage serve

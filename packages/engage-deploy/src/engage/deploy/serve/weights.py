@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from engage.core.files import write_private
 
 CURRENT = "current.json"
 
@@ -133,10 +134,5 @@ class WeightStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        scratch = path.with_name(path.name + ".tmp")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before it is named: a crash leaves no half file behind the name
-        os.replace(scratch, path)
+        # on disk before it is named: a crash leaves no half file behind the name
+        write_private(path, data, durable=True)

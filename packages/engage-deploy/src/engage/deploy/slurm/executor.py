@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engage.core.config.validate import ConfigError
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
+from engage.core.files import write_private
 
 #: Exit code of a job that Slurm ended (failed, cancelled, timed out, out of memory, ...).
 SLURM_FAILURE = 75
@@ -194,9 +195,7 @@ class SlurmExecutor(Executor):
         lines = ["#!/bin/sh"]
         if request.secrets:
             secrets = folder / f"{stem}.secrets"
-            fd = os.open(secrets, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items())
+            write_private(secrets, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
             lines += [f". {shlex.quote(str(secrets))}", f"rm -f {shlex.quote(str(secrets))}"]
         lines.append(f"exec {shlex.join(request.command)}")
         script = folder / f"{stem}.sbatch"
