@@ -182,10 +182,11 @@ class OnlineDataModule(pl.LightningDataModule):
         self.transport_security = transport_security
         self.executor, self.journal_url = executor, journal
         self.executor_options = dict(executor_options or {})
-        if isinstance(executor, str):
-            # the executor's name and options are checked now (a Slurm partition by sbatch
-            # --test-only, a deploy layer against the sweep's hosts): before any run or folder exists
-            self._executor(None)
+        #: the executor that starts this run's simulation processes, training and validation ones:
+        #: made now, so that its name and options are checked (a Slurm partition by sbatch
+        #: --test-only, a deploy layer against the sweep's hosts) before any run or folder exists;
+        #: each launch request names its own log folder
+        self.simulation_executor: Executor = self._make_executor()
         self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
         self.workdir = workdir
         self.train_threads = train_threads
@@ -282,7 +283,7 @@ class OnlineDataModule(pl.LightningDataModule):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def _executor(self, workdir: str | None) -> Executor:
+    def _make_executor(self) -> Executor:
         from engage.core.executors import LocalExecutor
         from engage.core.plugins import executors
 
@@ -291,9 +292,8 @@ class OnlineDataModule(pl.LightningDataModule):
             known = {"local": LocalExecutor} if executor == "local" else executors()
             if executor not in known:
                 raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
-            options = {"log_dir": os.path.join(workdir, "logs") if workdir else None, **self.executor_options}
             try:
-                executor = known[executor](**options)
+                executor = known[executor](**self.executor_options)
             except TypeError as exc:
                 raise ValueError(
                     f"data.executor_options do not fit the {executor!r} executor ({exc}); "
@@ -305,14 +305,13 @@ class OnlineDataModule(pl.LightningDataModule):
         from engage.core.plugins import get_plugin_manager
 
         workdir = self._workdir()
-        executor = self._executor(workdir)
         hooks = get_plugin_manager().hook
         url = self.journal_url or os.path.join(workdir, "journal.jsonl")
         if self.world_size > 1 and self.journal_url:
             url = f"{self.journal_url.removesuffix('.jsonl')}-rank{self.rank}.jsonl"
-        scheduler = self._scheduler(
-            self.sampler, self.buffer, self.simulations, executor, Journal(url, run_id=self.run_id), hooks, workdir
-        )
+        journal = Journal(url, run_id=self.run_id)
+        executor = self.simulation_executor
+        scheduler = self._scheduler(self.sampler, self.buffer, self.simulations, executor, journal, hooks, workdir)
         if self._restored is not None:
             scheduler.load_state_dict(self._restored["scheduler"])
         return scheduler
@@ -366,7 +365,7 @@ class OnlineDataModule(pl.LightningDataModule):
 
             def make(sampler: Sampler, buffer: TrainingBuffer, n: int, workdir: str) -> SimulationScheduler:
                 journal = Journal(os.path.join(workdir, "journal.jsonl"), run_id=self.run_id)
-                return self._scheduler(sampler, buffer, n, self._executor(workdir), journal, None, workdir, True)
+                return self._scheduler(sampler, buffer, n, self.simulation_executor, journal, None, workdir, True)
 
             fields = held_out_fields(self.simulator, points, make, folder, self.cache_dir)
             self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
@@ -406,8 +405,10 @@ class OnlineDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
     def teardown(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.scheduler is not None:
-            self.scheduler.stop()
+        if stage in (None, "fit"):
+            if self.scheduler is not None:
+                self.scheduler.stop()
+            self.simulation_executor.shutdown()  # what the executor holds (Slurm: jobs still queued are cancelled)
 
     def on_exception(self, exception: BaseException) -> None:
         """A fit that fails stops its simulations: Lightning calls no ``teardown`` then."""
