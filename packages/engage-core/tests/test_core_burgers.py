@@ -70,6 +70,18 @@ def test_bad_arguments_and_config_values_are_rejected():
         ViscousBurgers(cfl=0.9)
     with pytest.raises(ValueError, match="grid"):
         OmegaConf.to_object(OmegaConf.structured(BurgersSimulatorConfig(grid=4)))
+    with pytest.raises(ValueError, match="phase_low"):
+        ViscousBurgers(phase_low=1.0, phase_high=1.0)
+    with pytest.raises(ValueError, match="phase_low"):
+        OmegaConf.to_object(OmegaConf.structured(BurgersSimulatorConfig(phase_low=2.0, phase_high=1.0)))
+
+
+def test_the_phase_range_bounds_the_initial_wave():
+    narrow = ViscousBurgers(grid=32, steps=2, phase_low=0.0, phase_high=0.5)
+    assert narrow.space.bounds[2].tolist() == [0.0, 0.5]
+    # a phase is a shift of the wave: the initial condition at phase p is the one at 0, moved
+    shifted = narrow.initial_condition(1.0, 2 * np.pi / 32 * 3)  # three cells to the left
+    assert np.allclose(shifted, np.roll(narrow.initial_condition(1.0, 0.0), -3))
 
 
 def test_registered_as_a_simulator_and_a_config_option():

@@ -164,6 +164,7 @@ def test_children_keep_integer_and_categorical_values_valid():
         ("generation_size", 0, "sampler.generation_size: must be >= 1"),
         ("shrink", 1.0, "sampler.shrink: must be between 0 and 1"),
         ("spread_min", 0.5, "sampler.spread_min: must be > 0 and <= spread"),
+        ("significance", -2.0, "sampler.significance: must be a z score >= 0"),
     ],
 )
 def test_bad_breed_config_fails_with_one_clear_line(key, value, message):
@@ -207,3 +208,50 @@ def test_children_are_judged_from_losses_told_by_the_training_callback():
     assert len(breed.loss_table()[1]) == 24
     assert breed.success_history[-1] is not None
     assert len(breed._children) == 1  # every earlier child was found; only the one just bred waits
+
+
+def noisy_tells(sampler, hard: float, rng: np.random.Generator, points: int = 24, tells: int = 8) -> np.ndarray:
+    """``tells`` noisy losses (mean 1, sd 0.2) for each of ``points`` points, the first one's mean
+    raised by ``hard``; returns the points."""
+    unit = rng.random((points, sampler.space.dim))
+    values = sampler.space.from_unit(unit)
+    for _ in range(tells):
+        losses = rng.normal(1.0, 0.2, size=points)
+        losses[0] += hard
+        sampler.tell(values, losses=losses)
+    return values
+
+
+@pytest.mark.parametrize("make", [LossDrivenSampler, BreedSampler], ids=["loss_driven", "breed"])
+def test_adaptive_samplers_refine_only_where_the_loss_is_significantly_high(make):
+    rng = np.random.default_rng(0)
+    # every point equally hard, losses differing by noise: nothing to refine
+    flat = make(SQUARE, seed=0)
+    noisy_tells(flat, hard=0.0, rng=rng)
+    assert not table(flat).significant(2.0).any()
+    # one point twice as hard as the rest: it, and only it, is refined
+    steep = make(SQUARE, seed=0)
+    values = noisy_tells(steep, hard=1.0, rng=rng)
+    assert table(steep).significant(2.0).tolist() == [True] + [False] * (len(values) - 1)
+    if make is LossDrivenSampler:
+        assert steep.parent_candidates().tolist() == [0]
+        assert not len(flat.parent_candidates())
+        # without the test, noise alone picks parents
+        plain = make(SQUARE, seed=0, significance=None)
+        noisy_tells(plain, hard=0.0, rng=rng)
+        assert len(plain.parent_candidates()) == len(values)
+
+
+def table(sampler):
+    return sampler.fitness if isinstance(sampler, BreedSampler) else sampler._losses
+
+
+def test_a_breed_generation_without_significant_parents_is_uniform():
+    rng = np.random.default_rng(1)
+    breed = BreedSampler(SQUARE, seed=0, generation_size=8, generations=2, uniform_end=0.0)
+    noisy_tells(breed, hard=0.0, rng=rng, points=8)
+    breed.ask(8)
+    breed.ask(8)  # generation 1: uniform share 0, but no parent passes the test
+    assert breed.generation == 1 and len(breed._pool) == 0
+    with pytest.raises(ValueError, match="significance must be >= 0"):
+        BreedSampler(SQUARE, significance=-1.0)

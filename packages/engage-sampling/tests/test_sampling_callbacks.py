@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from engage.core import ParameterSpace
 from engage.core.data.simulated import SimulatedDataModule
 from engage.core.models.heat_surrogate import HeatSurrogate
 from engage.core.simulators import HeatEquation
@@ -158,3 +159,20 @@ def test_pairwise_ssim_equals_one_call_per_pair(shape):
     data_range = float(images.max() - images.min())
     one_by_one = [dissimilarity(images[i], images[j], "ssim", data_range) for i, j in edges]
     np.testing.assert_allclose(pairwise_dissimilarity(images, edges, "ssim", data_range), one_by_one, atol=1e-12)
+
+
+def test_loss_driven_tells_losses_relative_to_their_batch():
+    space = ParameterSpace.from_config({"x": {"low": 0.0, "high": 1.0}})
+    early, late = torch.tensor([4.0, 12.0]), torch.tensor([0.5, 0.1])  # the network learnt in between
+    batches = [
+        {"parameters": torch.tensor([[0.1], [0.3]]), "simulation_id": torch.tensor([0, 1])},
+        {"parameters": torch.tensor([[0.6], [0.9]]), "simulation_id": torch.tensor([2, 3])},
+    ]
+    relative, raw = LossDrivenSampler(space, seed=0), LossDrivenSampler(space, seed=0)
+    for sampler, callback in ((relative, LossDrivenSampling()), (raw, LossDrivenSampling(relative=False))):
+        for batch, losses in zip(batches, (early, late)):
+            callback.tell(sampler, batch, losses)
+    # raw: the early simulations outrank the late hard one (0.5 of a batch averaging 0.3)
+    assert np.allclose(raw.loss_table()[1], [4.0, 12.0, 0.5, 0.1])
+    assert np.allclose(relative.loss_table()[1], [0.5, 1.5, 5 / 3, 1 / 3])
+    assert LossDrivenSampling().tell(relative, batches[0], torch.zeros(2)) == 0  # a perfect batch ranks nothing

@@ -113,3 +113,17 @@ def test_design_alone_matches_analytic_indices(b):
     analysis = SensitivityAnalysis(names=["x1", "x2", "x3"], base_samples=2**12, quantity=lambda _, x: ishigami(x, b=b))
     result = analysis.analyze(nn.Identity())
     assert np.all(np.abs(result.ST - ST_TRUE) <= np.maximum(0.03, 2 * result.ST_conf))
+
+
+def test_bootstrap_intervals_are_the_same_for_the_same_seed_zero_included():
+    from SALib.sample import sobol as sobol_sample
+
+    from engage.sampling.analysis import sobol_indices
+
+    problem = {"num_vars": 2, "names": ["a", "b"], "bounds": [[0.0, 1.0]] * 2}
+    X = sobol_sample.sample(problem, 64, calc_second_order=False, seed=0)
+    Y = X[:, 0] + 0.3 * X[:, 1] ** 2
+    first, again = (sobol_indices(Y, ["a", "b"], seed=0, num_resamples=20) for _ in range(2))
+    assert first.ST_conf.tolist() == again.ST_conf.tolist()  # SALib alone leaves a seed of 0 unseeded
+    other = sobol_indices(Y, ["a", "b"], seed=1, num_resamples=20)
+    assert other.ST_conf.tolist() != first.ST_conf.tolist()

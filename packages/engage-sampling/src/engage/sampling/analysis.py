@@ -98,7 +98,8 @@ def sobol_indices(
     """Sobol indices of outputs ``Y`` on a SALib Sobol design, rows in design order.
 
     ``Y`` is ``(rows,)`` for a scalar quantity, or ``(rows, *field_shape)`` for a field: the scalar
-    indices are then those of the field's mean, and the result also carries per-cell maps.
+    indices are then those of the field's mean, and the result also carries per-cell maps. The
+    bootstrap intervals are the same for the same ``seed`` (``None``: not seeded).
     """
     Y = np.asarray(Y, dtype=np.float64)
     names = list(names)
@@ -115,7 +116,8 @@ def sobol_indices(
         calc_second_order=calc_second_order,
         num_resamples=num_resamples,
         conf_level=conf_level,
-        seed=seed,
+        # SALib seeds its bootstrap only for a truthy seed: 0 would leave the intervals unseeded
+        seed=None if seed is None else seed + 1,
     )
     result = SensitivityResult(
         method="sobol",

@@ -26,6 +26,14 @@ def _ratio(owner: object, name: str) -> None:
         raise ConfigValueError(name, f"must be between 0 and 1, got {value}")
 
 
+def _significance(owner: LossDrivenConfig | BreedConfig) -> None:
+    value = owner.significance
+    if value is not None and not value >= 0:
+        raise ConfigValueError(
+            "significance", f"must be a z score >= 0 (e.g. 2), or null to refine whatever the spread; got {value}"
+        )
+
+
 def _choice(owner: object, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(owner, name)
     if value not in allowed:
@@ -109,8 +117,10 @@ class LossDrivenConfig:
     adaptive_radius: bool = True
     candidates: int = 4
     average_losses: bool = True
+    significance: float | None = 2.0
 
     def __post_init__(self) -> None:
+        _significance(self)
         _ratio(self, "exploration")
         _ratio(self, "exploration_final")
         _choice(self, "schedule", SCHEDULES)
@@ -139,8 +149,10 @@ class BreedConfig:
     shrink: float = 0.8
     success_target: float = 0.2
     max_points: int = 100_000
+    significance: float | None = 2.0
 
     def __post_init__(self) -> None:
+        _significance(self)
         _positive(self, "generation_size")
         _positive(self, "generations")
         _positive(self, "parents")
@@ -226,6 +238,7 @@ class LossDrivenSamplingConfig:
     exploration: float | None = None
     exploration_final: float | None = None
     schedule: str = "linear"
+    relative: bool = True
 
 
 @dataclass

@@ -45,7 +45,8 @@ class ViscousBurgers(Simulator):
     Parameters: the viscosity ``nu`` (log-uniform in ``[nu_low, nu_high]``, from smooth decay at
     the top of the range to a sharp shock at the bottom), and the initial condition
     ``u0(x) = offset + amplitude * sin(2 pi x + phase)`` (``amplitude`` uniform in
-    ``amplitude_range``, ``phase`` uniform in ``[0, 2 pi]``).
+    ``[amplitude_low, amplitude_high]``, ``phase`` uniform in ``[phase_low, phase_high]``, by
+    default the whole period ``[0, 2 pi]``).
 
     The solver is conservative: a second-order MUSCL reconstruction (minmod limiter) with the
     exact Godunov flux for the convective term, central differences for diffusion, and Heun's
@@ -89,6 +90,8 @@ class ViscousBurgers(Simulator):
         offset: float = 0.5,
         cfl: float = 0.4,
         row: bool = True,
+        phase_low: float = 0.0,
+        phase_high: float = 2.0 * math.pi,
     ):
         if grid < 8:
             raise ValueError(f"grid must be >= 8, got {grid}")
@@ -102,6 +105,8 @@ class ViscousBurgers(Simulator):
             raise ValueError(f"need 0 <= amplitude_low < amplitude_high, got {amplitude_low} and {amplitude_high}")
         if not 0 < cfl <= 0.5:
             raise ValueError(f"cfl must be in (0, 0.5], got {cfl}")
+        if not phase_low < phase_high:
+            raise ValueError(f"need phase_low < phase_high, got {phase_low} and {phase_high}")
         self.grid = int(grid)
         self.steps = int(steps)
         self.t_final = float(t_final)
@@ -113,7 +118,7 @@ class ViscousBurgers(Simulator):
             {
                 "nu": {"distribution": "loguniform", "low": nu_low, "high": nu_high},
                 "amplitude": {"low": amplitude_low, "high": amplitude_high},
-                "phase": {"low": 0.0, "high": 2.0 * math.pi, "unit": "rad"},
+                "phase": {"low": float(phase_low), "high": float(phase_high), "unit": "rad"},
             }
         )
         self.sample_shape = (1, self.grid) if row else (self.grid,)
@@ -181,6 +186,8 @@ class BurgersSimulatorConfig:
     offset: float = 0.5
     cfl: float = 0.4
     row: bool = True
+    phase_low: float = 0.0
+    phase_high: float = 2.0 * math.pi
 
     def __post_init__(self) -> None:
         # imported here: the config schema pulls in OmegaConf, the simulator itself does not need it
@@ -194,6 +201,8 @@ class BurgersSimulatorConfig:
             raise ConfigValueError("t_final", f"must be > 0, got {self.t_final}")
         if not 0 < self.nu_low < self.nu_high:
             raise ConfigValueError("nu_low", f"must be > 0 and < nu_high ({self.nu_high}), got {self.nu_low}")
+        if not self.phase_low < self.phase_high:
+            raise ConfigValueError("phase_low", f"must be < phase_high ({self.phase_high}), got {self.phase_low}")
         if not 0 <= self.amplitude_low < self.amplitude_high:
             raise ConfigValueError(
                 "amplitude_low", f"must be >= 0 and < amplitude_high ({self.amplitude_high}), got {self.amplitude_low}"

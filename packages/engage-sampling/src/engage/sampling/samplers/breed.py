@@ -43,6 +43,12 @@ class BreedSampler(Sampler):
     wider), and kept between ``spread_min`` and the initial ``spread``. A child is judged as soon
     as losses of both it and its parent are known.
 
+    With ``significance`` (a one-sided z score, default 2), only simulations whose fitness is
+    significantly above the mean fitness (:meth:`LossAverages.significant`) can be parents; a
+    generation with none is all uniform. Where the difficulty does not vary, fitness differs by
+    noise alone and breeding around it would crowd points for nothing; ``None`` breeds from the
+    ``parents`` fittest whatever their spread.
+
     A failed simulation leaves the fitness table and the sampler proposes a replacement
     (:attr:`failure_action` is ``SUBSTITUTE``). The sampler is seeded and
     :meth:`state_dict`/:meth:`load_state_dict` continue exactly.
@@ -76,6 +82,7 @@ class BreedSampler(Sampler):
         shrink: float = 0.8,
         success_target: float = 0.2,
         max_points: int = 100_000,
+        significance: float | None = 2.0,
     ):
         super().__init__(space, seed)
         if int(generation_size) < 1 or int(generations) < 1 or int(max_points) < 1:
@@ -95,6 +102,9 @@ class BreedSampler(Sampler):
         self.spread_min = float(spread_min)
         self.shrink = float(shrink)
         self.success_target = check_ratio("success_target", success_target)
+        if significance is not None and not float(significance) >= 0:
+            raise ValueError(f"significance must be >= 0 or None, got {significance}")
+        self.significance = None if significance is None else float(significance)
         self.fitness = LossAverages(max_points)
         #: the spread of the current generation, in unit coordinates
         self.spread = self.initial_spread
@@ -149,10 +159,13 @@ class BreedSampler(Sampler):
             factor = self.shrink if rate >= self.success_target else 1.0 / self.shrink
             self.spread = float(np.clip(self.spread * factor, self.spread_min, self.initial_spread))
         points, losses = self.loss_table()
-        if len(points) == 0:
+        eligible = np.arange(len(points))
+        if self.significance is not None and len(points):
+            eligible = np.flatnonzero(self.fitness.significant(self.significance))
+        if len(eligible) == 0:
             self._pool, self._pool_weights = np.empty((0, self.space.dim)), np.empty(0)
             return
-        best = np.argsort(-losses, kind="stable")[: self.parents]
+        best = eligible[np.argsort(-losses[eligible], kind="stable")[: self.parents]]
         weights = np.clip(losses[best], 0.0, None)
         self._pool = points[best]
         self._pool_weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(best), 1.0 / len(best))

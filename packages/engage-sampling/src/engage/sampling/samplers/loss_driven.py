@@ -42,12 +42,20 @@ class LossDrivenSampler(Sampler):
     told so far is a steadier measure of how hard the simulation is. Without it, telling a point
     again replaces its loss, so the sampler follows the latest losses only.
 
+    With ``significance`` (a one-sided z score, default 2), only points whose mean loss is
+    significantly above the mean of all points (:meth:`LossAverages.significant`) are parents;
+    while none is, every point is exploratory. Where the difficulty does not vary across the
+    space, the losses differ by noise and the sampler stays a space-filling design (refining
+    around noise crowds points and costs simulations there); ``None`` refines around the
+    ``top_k`` highest losses whatever their spread.
+
     Example::
 
         >>> from engage.core import ParameterSpace
         >>> space = ParameterSpace.from_config({"x": {"low": 0, "high": 1}})
         >>> sampler = LossDrivenSampler(space, seed=0, exploration=0.0, sigma=0.01)
-        >>> sampler.tell([[0.2], [0.8]], losses=[0.0, 1.0])
+        >>> points = [[0.2], [0.4], [0.6], [0.8]] * 4  # four losses told for each point
+        >>> sampler.tell(points, losses=[0.0, 0.1, 0.0, 1.0] * 4)
         >>> bool(np.all(np.abs(sampler.ask(20) - 0.8) < 0.06))
         True
     """
@@ -69,6 +77,7 @@ class LossDrivenSampler(Sampler):
         adaptive_radius: bool = True,
         candidates: int = 4,
         average_losses: bool = True,
+        significance: float | None = 2.0,
     ):
         super().__init__(space, seed)
         self.exploration = check_ratio("exploration", exploration)
@@ -92,6 +101,9 @@ class LossDrivenSampler(Sampler):
         self.adaptive_radius = bool(adaptive_radius)
         self.candidates = int(candidates)
         self.average_losses = bool(average_losses)
+        if significance is not None and not float(significance) >= 0:
+            raise ValueError(f"significance must be >= 0 or None, got {significance}")
+        self.significance = None if significance is None else float(significance)
         self.weights = np.ones(space.dim)
         self._losses = LossAverages(self.max_points)
         # a seedless sampler still needs one fixed engine seed to be resumable
@@ -154,15 +166,23 @@ class LossDrivenSampler(Sampler):
             chosen[i] = options[int(np.argmax(gaps[i]))]
         return chosen
 
+    def parent_candidates(self) -> np.ndarray:
+        """Indices into :meth:`loss_table` of the points that may be parents: those significantly
+        above the others with ``significance``, else every known point."""
+        if self.significance is None:
+            return np.arange(len(self._losses))
+        return np.flatnonzero(self._losses.significant(self.significance))
+
     def _ask(self, n: int) -> np.ndarray:
         known, losses = self.loss_table()
-        exploit = self.rng.random(n) >= self.current_exploration() if len(known) else np.zeros(n, dtype=bool)
+        eligible = self.parent_candidates() if len(known) else np.empty(0, dtype=np.int64)
+        exploit = self.rng.random(n) >= self.current_exploration() if len(eligible) else np.zeros(n, dtype=bool)
         unit = np.empty((n, self.space.dim))
         count = int(exploit.sum())
         if count < n:
             unit[~exploit] = self._explore(n - count)
         if count:
-            top = np.argsort(losses)[::-1][: self.top_k]
+            top = eligible[np.argsort(losses[eligible])[::-1][: self.top_k]]
             weights = np.clip(losses[top], 0.0, None)
             probabilities = weights / weights.sum() if weights.sum() > 0 else None
             parents = known[self.rng.choice(top, size=count, p=probabilities)]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 #: decimals of the unit coordinates that identify a point (told losses are matched on them)
 DECIMALS = 9
@@ -30,6 +31,7 @@ class LossAverages:
     def __init__(self, max_points: int = 100_000):
         self.max_points = int(max_points)
         self._sums: dict[tuple[float, ...], float] = {}
+        self._squares: dict[tuple[float, ...], float] = {}
         self._counts: dict[tuple[float, ...], int] = {}
 
     @staticmethod
@@ -49,11 +51,14 @@ class LossAverages:
             key = self.key(row)
             # popped and re-inserted: the most recently told points survive trimming
             total, count = self._sums.pop(key, 0.0), self._counts.pop(key, 0)
+            squares = self._squares.pop(key, 0.0)  # nan (not known) stays nan
             self._sums[key] = float(loss) if replace else total + float(loss)
+            self._squares[key] = float(loss) ** 2 if replace else squares + float(loss) ** 2
             self._counts[key] = 1 if replace else count + 1
         while len(self._sums) > self.max_points:
             oldest = next(iter(self._sums))
             del self._sums[oldest], self._counts[oldest]
+            self._squares.pop(oldest, None)
 
     def mean(self, key: tuple[float, ...]) -> float | None:
         """The running mean loss of a point, ``None`` when none was told."""
@@ -67,6 +72,7 @@ class LossAverages:
     def forget(self, key: tuple[float, ...]) -> None:
         """Drop a point (its simulation failed)."""
         self._sums.pop(key, None)
+        self._squares.pop(key, None)
         self._counts.pop(key, None)
 
     def table(self) -> tuple[np.ndarray, np.ndarray]:
@@ -76,17 +82,58 @@ class LossAverages:
         keys = list(self._sums)
         return np.asarray(keys, dtype=np.float64), np.asarray([self._sums[k] / self._counts[k] for k in keys])
 
+    def significant(self, z: float) -> np.ndarray:
+        """Which points of :meth:`table` have a mean loss significantly above the mean of all
+        points: ``mean_i - z_m * sem_i > mean of the means``, one-sided, with ``sem_i`` the
+        standard error of point ``i``'s mean (the spread of a point's losses, pooled over the points
+        told at least twice, over the square root of its count) and ``z_m`` the threshold that keeps
+        the chance of *any* false pick among the ``m`` points what ``z`` gives for one (Bonferroni:
+        ``z = 2`` is 3.1 among 24 points, 3.5 among 100).
+
+        Where the difficulty does not vary across the space, the points' means differ by noise
+        alone and (almost always) none passes; a sampler that refines only these points then stays
+        a space-filling design there. While no point has two losses told, noise cannot be told from
+        signal and every point passes (one loss a point, as an offline design tells them, ranks as
+        before).
+
+        Example::
+
+            >>> averages = LossAverages()
+            >>> losses = np.random.default_rng(0).normal(1.0, 0.1, size=40) + np.repeat([0, 0, 0, 1.0], 10)
+            >>> averages.add(np.repeat([[0.1], [0.2], [0.3], [0.9]], 10, axis=0), losses)
+            >>> averages.significant(2.0).tolist()  # only the point whose losses are twice the others'
+            [False, False, False, True]
+        """
+        if not self._sums:
+            return np.zeros(0, dtype=bool)
+        keys = list(self._sums)
+        sums = np.asarray([self._sums[k] for k in keys])
+        squares = np.asarray([self._squares.get(k, np.nan) for k in keys])  # nan: not known
+        counts = np.asarray([self._counts[k] for k in keys], dtype=np.float64)
+        means = sums / counts
+        variances = np.maximum(squares / counts - means**2, 0.0) * counts / np.maximum(counts - 1, 1)
+        usable = (counts >= 2) & np.isfinite(variances)
+        if not usable.any():
+            return np.ones(len(keys), dtype=bool)
+        pooled = float(np.mean(variances[usable]))
+        threshold = float(norm.isf(norm.sf(z) / len(keys)))
+        return means - threshold * np.sqrt(pooled / counts) > means.mean()
+
     def state_dict(self) -> dict[str, Any]:
-        """Points, loss sums and counts as plain lists (exact: sums, not means, are kept)."""
+        """Points, loss sums, sums of squares and counts as plain lists (exact: sums, not means, are kept)."""
         keys = list(self._sums)
         return {
             "points": [list(k) for k in keys],
             "sums": [self._sums[k] for k in keys],
+            "squares": [self._squares.get(k, float("nan")) for k in keys],
             "counts": [self._counts[k] for k in keys],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (a state without sums of squares counts each
+        point's losses as equal: its spread is then the pooled one)."""
         keys = [tuple(float(v) for v in p) for p in state["points"]]
         self._sums = {k: float(s) for k, s in zip(keys, state["sums"])}
         self._counts = {k: int(c) for k, c in zip(keys, state["counts"])}
+        squares = state.get("squares") or [float("nan")] * len(keys)
+        self._squares = {k: float(q) for k, q in zip(keys, squares)}
