@@ -202,3 +202,30 @@ def test_an_unreachable_controller_is_one_line_and_exit_code_2(slurm_cluster, tm
     assert "slurmctld is reachable" in lines[-1], lines[-1]
     assert not list(tmp_path.rglob("mlflow.db")), "refused before the run was recorded"
     print(f"refused in {time.monotonic() - started:.1f} s")
+
+
+def test_a_working_folder_compute_nodes_do_not_see_is_one_line_and_exit_code_2(slurm_cluster, tmp_path):
+    """A node-local scratch folder: the same path exists on the node, but not the trainer's files."""
+    import shutil
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and util-linux unshare for a private mount")
+    local = tmp_path / "scratch"
+    local.mkdir()
+    engage = " ".join([sys.executable, "-m", "engage.core.cli", *RUN])
+    script = f"mount -t tmpfs tmpfs {local} && cd {local} && exec {engage}"
+    env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
+    for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "ENGAGE_TRACKING_URI"):
+        env.pop(inherited, None)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "compute nodes do not see the working folder" in lines[-1], lines[-3:]
+    assert not list(local.iterdir()), "the node saw none of it, and nothing was left in the shared folder"

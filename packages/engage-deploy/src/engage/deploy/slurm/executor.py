@@ -10,6 +10,7 @@ it completed, and a non-zero code (which the fleet retries from the sample index
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import subprocess
 import time
@@ -141,6 +142,14 @@ class SlurmExecutor(Executor):
     the run's folder that the script reads and deletes, never put in the job's environment
     (slurmctld stores that). Options: ``partition``, ``time``, ``cpus_per_task``, ``mem``,
     ``account``, ``extra`` (further ``#SBATCH`` lines) and ``max_pending_s`` (default 600).
+
+    When it is made, the executor checks the options with ``sbatch --test-only`` and, with
+    ``check_folder`` (default), that a job on a compute node sees the folder it will run in (the
+    current folder, where the run's folder and its logs, scripts and key files are made): the
+    trainer writes a file with a random token there and a one-line job (``sbatch --wait``) must
+    read the same token from it. A node-local folder fails this even where the same path exists
+    on the node. A probe job still pending after ``probe_timeout_s`` is cancelled with a warning
+    (a busy cluster cannot tell), and the run goes on.
     """
 
     shares_memory = False
@@ -155,6 +164,8 @@ class SlurmExecutor(Executor):
         account: str | None = None,
         extra: list[str] | None = None,
         max_pending_s: float = 600.0,
+        check_folder: bool = True,
+        probe_timeout_s: float = 60.0,
     ):
         self.log_dir = Path(log_dir or os.getcwd())
         self.max_pending_s = float(max_pending_s)
@@ -172,6 +183,8 @@ class SlurmExecutor(Executor):
         self.extra = [str(line) for line in (extra or [])]
         self._processes: list[SlurmProcess] = []
         self._check()
+        if check_folder:
+            self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
 
     def _check(self) -> None:
         try:
@@ -188,15 +201,52 @@ class SlurmExecutor(Executor):
                 f"data.executor=slurm: {msg}; check that slurmctld is reachable (`sinfo`) and data.executor_options"
             ) from None
 
+    def _check_folder(self, folder: Path, timeout_s: float) -> None:
+        """Refuse (one line) a folder that a job on a compute node does not see as this host does."""
+        token = secrets.token_hex(8)
+        probe = folder / f".engage-probe-{token}"
+        name = f"engage-probe-{token}"
+        try:
+            probe.write_text(token)
+        except OSError as exc:
+            raise ConfigError(f"data.executor=slurm: cannot write in the working folder {folder} ({exc})") from None
+        command = f'test "$(cat {shlex.quote(str(probe))} 2>/dev/null)" = {token}'
+        try:
+            done = subprocess.run(
+                [
+                    *("sbatch", "--wait", "--parsable", f"--job-name={name}", "--output=/dev/null"),
+                    *(*self.options, f"--chdir={folder}", "--wrap", command),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            subprocess.run(["scancel", f"--name={name}"], capture_output=True)
+            warnings.warn(
+                f"data.executor=slurm: the job checking that compute nodes see {folder} did not run within "
+                f"{timeout_s:.0f} s; going on unchecked",
+                stacklevel=2,
+            )
+            return
+        finally:
+            probe.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise ConfigError(
+                f"data.executor=slurm: compute nodes do not see the working folder {folder} as this host does "
+                "(a job there could not read a file written here); run from a folder on a filesystem the nodes "
+                "share, or set data.executor_options.check_folder=false"
+            ) from None
+
     def start(self, request: LaunchRequest) -> SimulationProcess:
         folder = Path(request.log_dir or self.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"sim-{request.simulation_id}-{request.attempt}"
         lines = ["#!/bin/sh"]
         if request.secrets:
-            secrets = folder / f"{stem}.secrets"
-            write_private(secrets, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
-            lines += [f". {shlex.quote(str(secrets))}", f"rm -f {shlex.quote(str(secrets))}"]
+            keys = folder / f"{stem}.secrets"
+            write_private(keys, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
+            lines += [f". {shlex.quote(str(keys))}", f"rm -f {shlex.quote(str(keys))}"]
         lines.append(f"exec {shlex.join(request.command)}")
         script = folder / f"{stem}.sbatch"
         script.write_text("\n".join(["#!/bin/sh", *(f"#SBATCH {x}" for x in self.extra), *lines[1:]]) + "\n")
