@@ -86,3 +86,37 @@ def test_online_progress_logs_on_count_changes_and_every_n_steps_not_every_step(
     assert logged == [1, 11, 50]  # the trainer's log_every_n_steps
     with pytest.raises(ValueError, match="log_every_n_steps must be >= 1"):
         OnlineProgress(log_every_n_steps=0)
+
+
+def test_running_can_be_read_while_the_scheduler_thread_starts_and_ends_simulations():
+    """The progress bar reads the count from the training loop at every step, while the scheduler
+    thread adds and removes simulations: it must never fail there."""
+    import threading
+
+    import numpy as np
+
+    from engage.core.executors import LocalExecutor
+    from engage.core.online.fleet import Fleet, Running
+    from engage.core.online.record import SimulationRecord
+
+    fleet = Fleet(LocalExecutor(), concurrency=4)
+    stop = threading.Event()
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            for sim_id in range(i, i + 64):
+                record = SimulationRecord(simulation_id=sim_id, parameters={}, ask_index=sim_id)
+                fleet.active[sim_id] = Running(record, np.zeros(1))
+            for sim_id in range(i, i + 64):
+                fleet.active.pop(sim_id, None)
+            i += 64
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        counts = [fleet.running for _ in range(20_000)]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(0 <= c <= 64 for c in counts)

@@ -104,7 +104,10 @@ class Fleet:
 
     @property
     def running(self) -> int:
-        return sum(1 for a in self.active.values() if not a.done)
+        """Simulations started and not done. Read from any thread (the progress bar reads it from
+        the training loop while the scheduler thread starts and ends simulations): it counts over
+        a copy of :attr:`active`, taken at once under the GIL."""
+        return sum(1 for a in list(self.active.values()) if not a.done)
 
     def has_room(self) -> bool:
         return self.running < self.concurrency
