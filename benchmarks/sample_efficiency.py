@@ -312,8 +312,8 @@ class OnlineProblem:
     sampling should pay) or not (where it cannot, and must not cost).
     """
 
-    def __init__(self, name: str, simulator, varies: bool, width: int):
-        self.name, self.simulator, self.varies, self.width = name, simulator, varies, width
+    def __init__(self, name: str, simulator, varies: bool, width: int, steps: int):
+        self.name, self.simulator, self.varies, self.width, self.steps = name, simulator, varies, width, steps
         self.space = simulator.space
         self._test: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -342,10 +342,11 @@ class OnlineProblem:
 
 def online_problems() -> list[OnlineProblem]:
     return [
-        # the surrogate's width: enough that its error is limited by the data (Burgers: the error
-        # halves from 16 to 32 simulations), at a few milliseconds a step
-        OnlineProblem("heat", HeatEquation(grid=16, steps=10, dt=0.005), varies=False, width=16),
-        OnlineProblem("burgers", ViscousBurgers(grid=64, steps=8), varies=True, width=64),
+        # the surrogate's width and training steps: enough that its error is limited by the data
+        # (Burgers: a model trained 1500 steps on 32 simulations has half the error of one on 16;
+        # at 600 steps every budget left it near 0.5), at a few milliseconds a step
+        OnlineProblem("heat", HeatEquation(grid=16, steps=10, dt=0.005), varies=False, width=16, steps=600),
+        OnlineProblem("burgers", ViscousBurgers(grid=64, steps=8), varies=True, width=64, steps=1500),
     ]
 
 
@@ -436,44 +437,77 @@ def simulations_to_reach(budgets: list[int], errors: list[float], target: float)
     return None
 
 
-def online_benchmark(seeds: tuple[int, ...], budgets: list[int], nominal: int, steps: int) -> dict:
-    """Every method on every problem through the online DataModule: median held-out error at each
-    budget of simulations over ``seeds``, and the share of the Sobol' sequence's ``nominal``
-    budget each method needs to reach the sequence's error at that budget."""
-    out: dict = {"budgets": budgets, "nominal_budget": nominal, "steps": steps, "batch_size": 32, "problems": {}}
+def online_benchmark(
+    seeds: tuple[int, ...],
+    budgets: list[int],
+    nominal: int,
+    steps_scale: float,
+    problems: list[str],
+    methods: list[str],
+) -> dict:
+    """``methods`` on ``problems`` through the online DataModule, each problem trained for its own
+    steps (times ``steps_scale``): the held-out error of every seed at each budget of simulations."""
+    out: dict = {}
     for problem in online_problems():
+        if problem.name not in problems:
+            continue
         problem.test_set()
-        results: dict = {"varies": problem.varies, "error": "relative L2 (held-out, 32 uniform simulations)"}
-        methods = {}
-        for method in FIXED + ADAPTIVE:
-            errors = np.full((len(seeds), len(budgets)), np.nan)
-            walls = []
+        steps = max(1, round(problem.steps * steps_scale))
+        errors: dict[str, list[list[float]]] = {}
+        walls: dict[str, list[float]] = {}
+        for method in methods:
+            errors[method] = [[math.nan] * len(budgets) for _ in seeds]
             for s, seed in enumerate(seeds):
                 for b, simulations in enumerate(budgets):
                     run = online_run(problem, method, seed, simulations, steps)
-                    errors[s, b] = run["error"]
-                    walls.append(run["wall_s"])
+                    errors[method][s][b] = run["error"]
+                    walls.setdefault(method, []).append(run["wall_s"])
                     print(
                         f"  online {problem.name:8s} {method:21s} seed {seed} {simulations:3d} simulations: "
                         f"error {run['error']:.4f} ({run['wall_s']:.1f} s)",
                         flush=True,
                     )
-            methods[method] = {
-                "median": np.median(errors, axis=0).tolist(),
-                "quartiles": np.quantile(errors, [0.25, 0.75], axis=0).tolist(),
-                "per_seed": errors.tolist(),
-                "mean_run_s": float(np.mean(walls)),
-            }
-        target = methods["sobol_sequence"]["median"][budgets.index(nominal)]
-        for stats in methods.values():
-            reached = simulations_to_reach(budgets, stats["median"], target)
-            stats["simulations_to_sobol_error"] = reached
-            stats["fraction_of_sobol_budget"] = None if reached is None else reached / nominal
-        results["sobol_error_at_nominal"] = target
-        results["methods"] = methods
-        out["problems"][problem.name] = results
-    out["targets"] = online_targets(out)
+        out[problem.name] = summarize_online(problem, budgets, nominal, steps, errors, walls)
     return out
+
+
+def summarize_online(
+    problem: OnlineProblem,
+    budgets: list[int],
+    nominal: int,
+    steps: int,
+    errors: dict[str, list[list[float]]],
+    walls: dict[str, list[float]] | None = None,
+) -> dict:
+    """One problem's results from each method's errors ``[seed][budget]``: median and quartiles per
+    budget, and the simulations each method needs to reach the Sobol' sequence's median error at the
+    ``nominal`` budget (as a share of it)."""
+    methods = {}
+    for method, table in errors.items():
+        array = np.asarray(table, dtype=np.float64)
+        methods[method] = {
+            "median": np.median(array, axis=0).tolist(),
+            "quartiles": np.quantile(array, [0.25, 0.75], axis=0).tolist(),
+            "per_seed": array.tolist(),
+            "mean_run_s": float(np.mean(walls[method])) if walls and method in walls else None,
+        }
+    target = methods["sobol_sequence"]["median"][budgets.index(nominal)] if "sobol_sequence" in methods else None
+    for stats in methods.values():
+        reached = None if target is None else simulations_to_reach(budgets, stats["median"], target)
+        stats["simulations_to_sobol_error"] = reached
+        stats["fraction_of_sobol_budget"] = None if reached is None else reached / nominal
+    return {
+        "varies": problem.varies,
+        "error": "relative L2 (held-out, 32 uniform simulations)",
+        "budgets": budgets,
+        "nominal_budget": nominal,
+        "steps": steps,
+        "batch_size": 32,
+        "seeds": len(next(iter(errors.values()))),
+        "surrogate_width": problem.width,
+        "sobol_error_at_nominal": target,
+        "methods": methods,
+    }
 
 
 def online_targets(out: dict) -> dict:
@@ -481,7 +515,7 @@ def online_targets(out: dict) -> dict:
     of the Sobol' sequence's simulations; on smooth ones, no adaptive sampler needs over 110%."""
     targets = {}
     for name, results in out["problems"].items():
-        fractions = {m: results["methods"][m]["fraction_of_sobol_budget"] for m in ADAPTIVE}
+        fractions = {m: results["methods"][m]["fraction_of_sobol_budget"] for m in ADAPTIVE if m in results["methods"]}
         known = {m: f for m, f in fractions.items() if f is not None}
         if results["varies"]:
             best = min(known, key=known.get) if known else None
@@ -505,19 +539,20 @@ def plot_online(online: dict, path: Path) -> None:
     problems = online["problems"]
     fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.2))
     for ax, (name, results) in zip(np.atleast_1d(axes), problems.items()):
-        budgets = np.asarray(online["budgets"])
+        budgets = np.asarray(results["budgets"])
         for method, stats in results["methods"].items():
             median = np.asarray(stats["median"])
             low, high = (np.asarray(q) for q in stats["quartiles"])
             style = "--" if method in FIXED else "-"
             ax.plot(budgets, median, style, marker="o", ms=3, label=method)
             ax.fill_between(budgets, low, high, alpha=0.12)
-        ax.axhline(results["sobol_error_at_nominal"], color="k", lw=0.8, ls=":", label="Sobol' sequence at nominal")
-        ax.axvline(online["nominal_budget"], color="grey", lw=0.6)
+        if results["sobol_error_at_nominal"] is not None:
+            ax.axhline(results["sobol_error_at_nominal"], color="k", lw=0.8, ls=":", label="Sobol' sequence, nominal")
+        ax.axvline(results["nominal_budget"], color="grey", lw=0.6)
         ax.set_yscale("log")
         ax.set_xlabel("simulations run (count)")
         ax.set_ylabel("held-out relative L2 error (-)")
-        ax.set_title(f"online, {name}: {online['steps']} steps, median and quartiles of {len(online['seeds'])} seeds")
+        ax.set_title(f"online, {name}: {results['steps']} steps, median and quartiles of {results['seeds']} seeds")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -575,11 +610,11 @@ def run_offline(seeds: tuple[int, ...]) -> dict:
 def report(results: dict) -> None:
     online = results.get("online")
     if online:
-        print(f"\nonline: median held-out error of {len(online['seeds'])} seeds against simulations run "
-              f"({online['steps']} training steps each); last column: share of the Sobol' sequence's "
-              f"{online['nominal_budget']} simulations needed to reach its error")  # fmt: skip
+        print("\nonline: median held-out error against simulations run; last column: share of the Sobol' "
+              "sequence's nominal budget needed to reach its error there")  # fmt: skip
         for name, out in online["problems"].items():
-            print(f"  {name} ({'difficulty varies' if out['varies'] else 'smooth'}): budgets {online['budgets']}")
+            kind = "difficulty varies" if out["varies"] else "smooth"
+            print(f"  {name} ({kind}, {out['steps']} steps, {out['seeds']} seeds): budgets {out['budgets']}")
             for method, stats in out["methods"].items():
                 fraction = stats["fraction_of_sobol_budget"]
                 share = "not reached" if fraction is None else f"{100 * fraction:.0f}%"
@@ -611,9 +646,11 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="online part only, 1 seed, budgets 8/16/20 of 16, 600 steps: a check that it runs "
-        "(a few minutes), written to sample_efficiency_quick.json",
+        help="online part only, 1 seed, budgets 8/16/20 of 16, half the training steps: a check that it "
+        "runs (a few minutes), written to sample_efficiency_quick.json",
     )
+    parser.add_argument("--problems", nargs="+", default=["heat", "burgers"], help="online problems to run")
+    parser.add_argument("--methods", nargs="+", default=[*FIXED, *ADAPTIVE], help="online samplers to run")
     parser.add_argument("--overhead-epochs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and the plots")
     args = parser.parse_args()
@@ -629,8 +666,11 @@ def main() -> None:
     results: dict = json.loads(path.read_text()) if path.exists() and not args.quick else {}
     results.update({"machine": platform.processor() or platform.machine()})
     if "online" in parts:
-        budgets, nominal, steps = ([8, 16, 20], 16, 600) if args.quick else ([8, 16, 32, 40], 32, 600)
-        results["online"] = {"seeds": list(seeds), **online_benchmark(seeds, budgets, nominal, steps)}
+        budgets, nominal, scale = ([8, 16, 20], 16, 0.5) if args.quick else ([8, 16, 32, 40], 32, 1.0)
+        problems = {**results.get("online", {}).get("problems", {})}
+        problems.update(online_benchmark(seeds, budgets, nominal, scale, args.problems, args.methods))
+        results["online"] = {"problems": problems}
+        results["online"]["targets"] = online_targets(results["online"])
     if "offline" in parts:
         results["seeds"] = list(seeds)
         results["problems"] = run_offline(seeds)

@@ -49,8 +49,13 @@ def test_targets_judge_the_best_adaptive_sampler_and_every_one_on_smooth_problem
 
 @pytest.mark.timeout(120)
 def test_an_online_run_trains_its_steps_and_feeds_the_adaptive_sampler(benchmark):
-    problem = benchmark.OnlineProblem("heat", HeatEquation(grid=8, steps=4), varies=False, width=4)
-    result = benchmark.online_run(problem, "loss_driven", seed=0, simulations=4, steps=24)
+    problem = benchmark.OnlineProblem("heat", HeatEquation(grid=8, steps=4), varies=False, width=4, steps=24)
+    result = benchmark.online_run(problem, "loss_driven", seed=0, simulations=4, steps=problem.steps)
     assert result["finished"] == 4  # every simulation of the budget ran through the online path
     assert result["told"] > 0  # the callback told the sampler the training losses
     assert 0.0 < result["error"] < 1.0
+    # the summary of a problem: medians per budget, and the share of the Sobol' sequence's budget
+    errors = {"sobol_sequence": [[0.4, 0.2, 0.1]] * 3, "loss_driven": [[0.2, 0.1, 0.05]] * 3}
+    summary = benchmark.summarize_online(problem, [8, 16, 32], 32, problem.steps, errors)
+    assert summary["sobol_error_at_nominal"] == 0.1 and summary["seeds"] == 3
+    assert summary["methods"]["loss_driven"]["fraction_of_sobol_budget"] == 0.5
