@@ -350,7 +350,12 @@ def online_problems() -> list[OnlineProblem]:
     ]
 
 
-def online_sampler(method: str, space: ParameterSpace, seed: int, simulations: int):
+def similarity_metric(simulator) -> str:
+    """SSIM compares windows of at least 3x3 pixels: NRMSE for row outputs such as Burgers'."""
+    return "ssim" if min(simulator.sample_shape) >= 3 else "nrmse"
+
+
+def online_sampler(method: str, space: ParameterSpace, seed: int, simulations: int, metric: str = "ssim"):
     """The sampler of ``method`` as ``engage run sampler=NAME`` makes it (defaults), except the
     Breed generation, sized to the budget so that a run sees several generations."""
     if method == "uniform":
@@ -364,16 +369,16 @@ def online_sampler(method: str, space: ParameterSpace, seed: int, simulations: i
     if method == "breed":
         return BreedSampler(space, seed=seed, generation_size=max(4, simulations // 5), generations=4)
     if method == "image_similarity":
-        return ImageSimilaritySampler(space, seed=seed)
+        return ImageSimilaritySampler(space, seed=seed, metric=metric)
     raise ValueError(f"unknown method {method!r}")
 
 
-def online_callbacks(method: str) -> list[pl.Callback]:
+def online_callbacks(method: str, metric: str = "ssim") -> list[pl.Callback]:
     """The callback that feeds ``method``'s sampler, at its default frequency (none for fixed designs)."""
     if method in ("loss_driven", "breed"):
         return [LossDrivenSampling()]
     if method == "image_similarity":
-        return [ImageSimilaritySampling(log_plots=False)]
+        return [ImageSimilaritySampling(log_plots=False, metric=metric)]
     return []
 
 
@@ -382,7 +387,8 @@ def online_run(problem: OnlineProblem, method: str, seed: int, simulations: int,
     surrogate trains for ``steps`` steps; returns its held-out error and what it used."""
     simulator, batch_size = problem.simulator, 32
     torch.manual_seed(seed)
-    sampler = online_sampler(method, problem.space, seed, simulations)
+    metric = similarity_metric(simulator)
+    sampler = online_sampler(method, problem.space, seed, simulations, metric)
     samples = simulations * simulator.samples_per_run
     with tempfile.TemporaryDirectory(prefix="engage-sample-efficiency-") as workdir:
         datamodule = OnlineDataModule(
@@ -407,7 +413,7 @@ def online_run(problem: OnlineProblem, method: str, seed: int, simulations: int,
         trainer = pl.Trainer(
             max_steps=steps,
             max_epochs=1,
-            callbacks=online_callbacks(method),
+            callbacks=online_callbacks(method, metric),
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

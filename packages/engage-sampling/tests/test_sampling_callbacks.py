@@ -176,3 +176,16 @@ def test_loss_driven_tells_losses_relative_to_their_batch():
     assert np.allclose(raw.loss_table()[1], [4.0, 12.0, 0.5, 0.1])
     assert np.allclose(relative.loss_table()[1], [0.5, 1.5, 5 / 3, 1 / 3])
     assert LossDrivenSampling().tell(relative, batches[0], torch.zeros(2)) == 0  # a perfect batch ranks nothing
+
+
+def test_image_similarity_refuses_ssim_on_outputs_too_small_before_training():
+    from types import SimpleNamespace
+
+    from engage.core.simulators.burgers import ViscousBurgers
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(simulator=ViscousBurgers(grid=16, steps=2)))
+    with pytest.raises(ValueError, match=r"callbacks.image_similarity.metric: ssim .* \(1, 16\); use metric=nrmse"):
+        ImageSimilaritySampling().on_fit_start(trainer, None)
+    ImageSimilaritySampling(metric="nrmse").on_fit_start(trainer, None)  # a plain norm compares rows
+    trainer.datamodule.simulator = HeatEquation(grid=8, steps=2)
+    ImageSimilaritySampling().on_fit_start(trainer, None)

@@ -112,6 +112,18 @@ class ImageSimilaritySampling(Callback):
             return int(self.num_parameters)
         raise ValueError("ImageSimilaritySampling cannot tell the number of parameters; pass space= or num_parameters=")
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse, before training, outputs that ``metric`` cannot compare (SSIM slides a window of
+        at least 3x3 pixels: a 1D profile such as the Burgers simulator's ``(1, grid)`` row is not
+        an image to it), rather than failing at the first landscape."""
+        simulator = getattr(getattr(trainer, "datamodule", None), "simulator", None)
+        shape = tuple(getattr(simulator, "sample_shape", ()) or ())
+        if self.metric == "ssim" and shape and (len(shape) < 2 or min(shape[-2:]) < 3):
+            raise ValueError(
+                f"callbacks.image_similarity.metric: ssim compares images of at least 3x3 pixels and the "
+                f"simulator's samples are {shape}; use metric=nrmse or psnr"
+            )
+
     def landscape_of(self, model: Any, trainer: pl.Trainer | None = None) -> SimilarityLandscape:
         """The similarity landscape of ``model``'s predictions at the probe points."""
         engine = qmc.Sobol(self._dim(trainer), scramble=True, rng=self.seed)
