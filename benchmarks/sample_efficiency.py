@@ -33,7 +33,7 @@ The callback overhead part (``--part overhead``) trains core's ``HeatSurrogate``
 16x16 heat simulations and times each callback's hooks against the training-step time, at the
 callback's default frequency.
 
-Run: ``python benchmarks/sample_efficiency.py`` (all parts: about an hour and a half on 2 cores,
+Run: ``python benchmarks/sample_efficiency.py`` (all parts: about an hour on 2 cores,
 the online part most of it); ``--quick`` checks the online part in a few minutes. Writes
 ``benchmarks/results/sample_efficiency.json``, ``sample_efficiency.png`` (offline) and
 ``sample_efficiency_online.png``.
