@@ -78,6 +78,15 @@ from engage.sampling import (
 from engage.sampling.callbacks import ImageSimilaritySampling, LossDrivenSampling, SensitivityAnalysis
 
 RESULTS = Path(__file__).parent / "results"
+#: a Trainer that trains only: no logger, checkpoint, progress bar, summary or validation
+QUIET_TRAINER = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+}
 SEEDS = (0, 1, 2, 3, 4)
 
 
@@ -275,12 +284,7 @@ def callback_overhead(epochs: int, train_simulations: int) -> dict:
         trainer = pl.Trainer(
             max_epochs=epochs,
             callbacks=[timer],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
+            **QUIET_TRAINER,
         )
         trainer.fit(model, datamodule=datamodule)
         inner = timer.inner
@@ -414,12 +418,7 @@ def online_run(problem: OnlineProblem, method: str, seed: int, simulations: int,
             max_steps=steps,
             max_epochs=1,
             callbacks=online_callbacks(method, metric),
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
+            **QUIET_TRAINER,
             default_root_dir=workdir,
         )
         started = time.perf_counter()
