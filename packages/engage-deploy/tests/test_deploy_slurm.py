@@ -149,9 +149,13 @@ def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     cancelled = None
     deadline = time.monotonic() + 60
     while cancelled is None and time.monotonic() < deadline and proc.poll() is None:
-        running = subprocess.run(
-            ["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True, text=True
-        ).stdout.split()
+        listed = subprocess.run(
+            ["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], env=env, capture_output=True, text=True
+        ).stdout.split("\n")
+        # a simulation's job: not the one-line job that checks the working folder at the start
+        running = [
+            line.split()[0] for line in listed if line.split()[1:2] and line.split()[1].startswith("engage-sim-")
+        ]
         if running:
             cancelled = running[0]
             subprocess.run(["scancel", cancelled], env=env, check=True)
