@@ -159,9 +159,7 @@ class BreedSampler(Sampler):
             factor = self.shrink if rate >= self.success_target else 1.0 / self.shrink
             self.spread = float(np.clip(self.spread * factor, self.spread_min, self.initial_spread))
         points, losses = self.loss_table()
-        eligible = np.arange(len(points))
-        if self.significance is not None and len(points):
-            eligible = np.flatnonzero(self.fitness.significant(self.significance))
+        eligible = self.fitness.candidates(self.significance)
         if len(eligible) == 0:
             self._pool, self._pool_weights = np.empty((0, self.space.dim)), np.empty(0)
             return

@@ -169,9 +169,7 @@ class LossDrivenSampler(Sampler):
     def parent_candidates(self) -> np.ndarray:
         """Indices into :meth:`loss_table` of the points that may be parents: those significantly
         above the others with ``significance``, else every known point."""
-        if self.significance is None:
-            return np.arange(len(self._losses))
-        return np.flatnonzero(self._losses.significant(self.significance))
+        return self._losses.candidates(self.significance)
 
     def _ask(self, n: int) -> np.ndarray:
         known, losses = self.loss_table()

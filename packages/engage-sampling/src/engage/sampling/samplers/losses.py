@@ -119,6 +119,13 @@ class LossAverages:
         threshold = float(norm.isf(norm.sf(z) / len(keys)))
         return means - threshold * np.sqrt(pooled / counts) > means.mean()
 
+    def candidates(self, z: float | None) -> np.ndarray:
+        """Indices into :meth:`table` of the points a sampler may refine: those :meth:`significant`
+        at ``z``, or every point with ``None``."""
+        if z is None:
+            return np.arange(len(self._sums))
+        return np.flatnonzero(self.significant(z))
+
     def state_dict(self) -> dict[str, Any]:
         """Points, loss sums, sums of squares and counts as plain lists (exact: sums, not means, are kept)."""
         keys = list(self._sums)
