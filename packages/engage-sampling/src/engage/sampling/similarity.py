@@ -72,6 +72,12 @@ class SimilarityLandscape:
         )
 
 
+def ssim_fits(shape: tuple[int, ...]) -> bool:
+    """Whether SSIM can compare images of ``shape``: its window needs both sides of at least 3 pixels
+    (a 1D profile or a ``(1, n)`` row is not an image to it)."""
+    return len(shape) >= 2 and min(shape[-2:]) >= 3
+
+
 def _as_images(outputs: np.ndarray) -> np.ndarray:
     outputs = np.asarray(outputs, dtype=np.float64)
     if outputs.ndim == 2:  # one value per point or a 1D profile: compare as 1-row images
@@ -131,7 +137,7 @@ def pairwise_dissimilarity(
         return np.array([dissimilarity(images[i], images[j], metric, data_range) for i, j in edges])
     height, width = images.shape[1:]
     side = min(height, width)
-    if side < 3:
+    if not ssim_fits(images.shape[1:]):
         raise ValueError(f"ssim needs images of at least 3x3 pixels, got shape {images.shape[1:]}; use metric='nrmse'")
     win_size = min(7, side if side % 2 else side - 1)
     pad, stride = (win_size - 1) // 2, width + win_size

@@ -25,7 +25,7 @@ from engage.sampling.callbacks._common import (
     log_metrics,
     warn_once,
 )
-from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape
+from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape, ssim_fits
 
 
 class ImageSimilaritySampling(Callback):
@@ -118,7 +118,7 @@ class ImageSimilaritySampling(Callback):
         an image to it), rather than failing at the first landscape."""
         simulator = getattr(getattr(trainer, "datamodule", None), "simulator", None)
         shape = tuple(getattr(simulator, "sample_shape", ()) or ())
-        if self.metric == "ssim" and shape and (len(shape) < 2 or min(shape[-2:]) < 3):
+        if self.metric == "ssim" and shape and not ssim_fits(shape):
             raise ValueError(
                 f"callbacks.image_similarity.metric: ssim compares images of at least 3x3 pixels and the "
                 f"simulator's samples are {shape}; use metric=nrmse or psnr"
