@@ -18,16 +18,20 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 class Journal:
     """Append-only JSON lines at ``url`` (local path, ``file://``, ``memory://``, ``s3://``...).
 
-    File systems that cannot append (object stores) get the whole journal rewritten on each
-    change, which keeps it correct at the cost of bandwidth.
+    On a local disk the journal keeps one file open for appending and writes each line with one
+    ``write`` call as it comes (no open and close per line: a run of 100,000 simulations writes
+    200,000 lines); :meth:`close` releases it. File systems that cannot append (object stores)
+    get the whole journal rewritten on each change, which keeps it correct at the cost of
+    bandwidth.
     """
 
     def __init__(self, url: str, run_id: str | None = None):
@@ -41,6 +45,8 @@ class Journal:
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
         self._lines: list[str] | None = None  # kept only when appending is not possible
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self._file: BinaryIO | None = None  # the local file, open for appending
         self._lock = threading.Lock()
 
     def append(self, entry: dict[str, Any]) -> None:
@@ -50,6 +56,11 @@ class Journal:
             entry.setdefault("run_id", self.run_id)
         line = json.dumps(entry, default=str) + "\n"
         with self._lock:
+            if self._local:
+                if self._file is None:
+                    self._file = open(self.path, "ab", buffering=0)  # kept open until close()
+                self._file.write(line.encode())  # one write(2) on a file opened O_APPEND: lines never interleave
+                return
             if self._lines is None:
                 try:
                     with self.fs.open(self.path, "ab") as f:
@@ -60,6 +71,13 @@ class Journal:
             self._lines.append(line)
             with self.fs.open(self.path, "wb") as f:
                 f.write("".join(self._lines).encode())
+
+    def close(self) -> None:
+        """Release the open file (a later :meth:`append` opens it again)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def read(self) -> list[dict[str, Any]]:
         """Every entry in order ([] when the journal does not exist yet); a torn last line from a

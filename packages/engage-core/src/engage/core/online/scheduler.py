@@ -323,6 +323,8 @@ class SimulationScheduler:
                 if self._private is not None:
                     shutil.rmtree(self._private, ignore_errors=True)
                 context.term()
+                if self.state.journal is not None:
+                    self.state.journal.close()
 
     def _loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()

@@ -1,0 +1,75 @@
+"""The trainer's cost at scale: the journal keeps one file open, records copy cheaply, and the
+scale benchmark runs multiplexed simulations through the real scheduler at a tiny size."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engage.core import ParameterSpace
+from engage.core.online.journal import Journal
+from engage.core.online.record import SimulationRecord
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "scale.py"
+
+
+@pytest.fixture(scope="module")
+def scale():
+    spec = importlib.util.spec_from_file_location("scale", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_journals_on_one_file_keep_whole_lines_and_reopen_after_close(tmp_path):
+    path = str(tmp_path / "journal.jsonl")
+    first, second = Journal(path, run_id="a"), Journal(path, run_id="b")
+    for i in range(200):  # both keep the file open: every line must stay whole and in place
+        first.append({"simulation_id": i, "status": "running", "text": "x" * 300})
+        second.append({"simulation_id": i, "status": "finished"})
+    first.close()
+    first.append({"simulation_id": 999, "status": "failed"})  # opens it again
+    entries = first.read()
+    assert len(entries) == 401
+    assert sorted(first.latest()) == [*range(200), 999]
+    assert {e["status"] for e in second.latest().values()} == {"finished"}
+    first.close()
+    second.close()
+    with open(path) as f:
+        assert all(json.loads(line) for line in f)  # no torn or interleaved line
+
+
+def test_a_record_copy_does_not_share_its_lists_with_the_record():
+    space = ParameterSpace.from_config({"k": {"low": 0.0, "high": 2.0}, "m": {"low": 0.0, "high": 1.0}})
+    record = SimulationRecord.create(space, 7, [0.5, 0.25], ask_index=3)
+    data = record.to_dict()
+    data["vector"].append(9.0)
+    data["parameters"]["k"] = 1.5
+    assert record.vector == [0.5, 0.25] and record.parameters["k"] == 0.5
+    assert SimulationRecord.from_dict(record.to_dict()) == record
+    assert set(data) >= {"duration", "stream_bytes_per_s", "simulation_id", "unit"}
+
+
+def test_the_scale_benchmark_counts_every_simulation_and_sample(scale):
+    row = scale.measure(budget=40, live=8, workers=1)
+    assert row["budget"] == 40 and row["samples"] == 40 * scale.SAMPLES
+    assert row["journal_lines"] == 80  # started and finished, once each
+    assert row["scheduler_cpu_s"] > 0 and row["trainer_cpu_s"] >= row["scheduler_cpu_s"] * 0.5
+    assert 0 < row["checkpoint_bytes"] < 4096  # nothing per simulation once they all settled
+    assert scale.cost_ratio([{"budget": 10, "c": 2.0}, {"budget": 1000, "c": 3.0}], "c") == 1.5
+
+
+def test_the_scale_benchmark_refuses_an_unknown_sampler_in_one_line(tmp_path):
+    out = tmp_path / "scale.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sampler", "nope", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--sampler" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, timeout=120).returncode == 0
