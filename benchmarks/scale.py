@@ -24,8 +24,10 @@ simulations grow (1 to 256 at 2,000 simulations):
 - ``sampler_us_per_simulation``: CPU time in the sampler's ``ask`` and the engine's
   ``simulation_finished`` calls;
 - ``journal_bytes`` and ``journal_us_per_line`` (CPU time in ``Journal.append``);
-- ``checkpoint_bytes`` and ``checkpoint_ms``: the data state a checkpoint holds (the scheduler's
-  and the sampler's state, pickled as ``torch.save`` does), taken at the end of the run;
+- ``checkpoint_bytes``, ``checkpoint_ms`` and ``checkpoint_records``: the data state a checkpoint
+  holds (the scheduler's, the sampler's and the buffer's, as the DataModule's ``state_dict``),
+  taken under the scheduler's lock halfway through the run and written with ``torch.save``, and
+  the simulation records it lists (those still to run);
 - ``simulations_per_s`` and ``samples_per_s``: wall rates (the workers share the 2 cores);
 - ``submission_rate``: simulations started per second of wall time.
 
@@ -42,9 +44,9 @@ Run: ``python benchmarks/scale.py`` (the whole set, about 15 minutes on 2 cores)
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
-import pickle
 import platform
 import shutil
 import subprocess
@@ -255,6 +257,24 @@ def _thread_cpu(native_id: int | None) -> float:
     return 0.0
 
 
+def take_checkpoint(scheduler: Any, sampler: Any, buffer: Any) -> dict[str, Any]:
+    """The run's data state as a Lightning checkpoint holds it (the DataModule's ``state_dict``:
+    scheduler, sampler and buffer, taken under the scheduler's lock), written with ``torch.save``
+    to memory: its size, the time to take and write it, and the simulations it still lists."""
+    import torch
+
+    started = time.perf_counter()
+    with scheduler.consistent():
+        state = {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "buffer": buffer.state_dict()}
+    data = io.BytesIO()
+    torch.save(state, data)
+    return {
+        "checkpoint_bytes": data.tell(),
+        "checkpoint_ms": round((time.perf_counter() - started) * 1e3, 2),
+        "checkpoint_records": len(state["scheduler"].get("pending", [])),
+    }
+
+
 def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int = 2) -> dict[str, Any]:
     """One online run of ``budget`` tiny simulations, ``live`` at a time; the trainer's costs."""
     from engage.core import plugins
@@ -295,9 +315,12 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
     scheduler_thread = scheduler._thread
     last = started
     scheduler_cpu = 0.0
+    checkpoint: dict[str, Any] | None = None
     while scheduler_thread is not None and scheduler_thread.is_alive():
-        scheduler_thread.join(0.5)
+        scheduler_thread.join(0.2)
         scheduler_cpu = max(scheduler_cpu, _thread_cpu(scheduler_thread.native_id))  # read while it lives
+        if checkpoint is None and scheduler.finished >= budget // 2:
+            checkpoint = take_checkpoint(scheduler, sampler, buffer)  # mid-run, as Lightning would
         if time.perf_counter() - last > 10:
             last = time.perf_counter()
             print(f"  {scheduler.finished:,}/{budget:,} simulations", file=sys.stderr, flush=True)
@@ -311,10 +334,7 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
     samples = scheduler.samples
     if samples != budget * SAMPLES or taken != samples:
         raise RuntimeError(f"{samples} samples received and {taken} taken of {budget * SAMPLES}")
-    clock = time.perf_counter()
-    state = {"scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}
-    checkpoint = pickle.dumps(state, protocol=2)  # torch.save's pickle protocol
-    checkpoint_s = time.perf_counter() - clock
+    checkpoint = checkpoint or take_checkpoint(scheduler, sampler, buffer)
     journal_bytes = os.path.getsize(journal.path)
     shutil.rmtree(folder, ignore_errors=True)
     sampler_s = sum(sampler_time.seconds.values())
@@ -337,8 +357,7 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
         "journal_lines": journal_time.calls["append"],
         "journal_bytes": journal_bytes,
         "journal_us_per_line": round(journal_time.seconds["append"] / max(1, journal_time.calls["append"]) * 1e6, 1),
-        "checkpoint_bytes": len(checkpoint),
-        "checkpoint_ms": round(checkpoint_s * 1e3, 2),
+        **checkpoint,
         "messages": scheduler.sample_messages,
     }
 
