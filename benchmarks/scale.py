@@ -37,7 +37,8 @@ the smallest.
 
 Run: ``python benchmarks/scale.py`` (the whole set, about 15 minutes on 2 cores); ``--quick``
 (budgets 1,000 and 4,000, live 1/16/64, within 2 minutes); ``--budgets``, ``--live``,
-``--sampler`` (any installed sampler), ``--out``. Prints a table and writes
+``--sampler`` (any installed sampler), ``--slurm N`` (also N submissions through the Slurm
+executor: the submission rate and the state queries), ``--out``. Prints a table and writes
 ``benchmarks/results/scale.json``.
 """
 
@@ -362,6 +363,49 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
     }
 
 
+def measure_slurm(jobs: int) -> dict[str, Any]:
+    """Submit ``jobs`` one-line simulations through the Slurm executor (``data.executor=slurm``)
+    to the cluster ``SLURM_CONF`` names, or to a one-node cluster started here (root, Debian's
+    ``slurm-wlm`` and ``munge``), and watch them end as the fleet does: the submission rate the
+    trainer's thread sees (``sbatch`` runs in it, one call a simulation) and the state queries
+    the executor makes while they live."""
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.cluster import LocalSlurmCluster
+    from engage.deploy.slurm.executor import SlurmExecutor
+
+    cluster = None
+    if not os.environ.get("SLURM_CONF"):
+        cluster = LocalSlurmCluster().start()
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+    folder = tempfile.mkdtemp(prefix="engage-scale-slurm-")
+    try:
+        executor = SlurmExecutor(log_dir=folder)
+        started = time.perf_counter()
+        processes = [executor.start(LaunchRequest(["true"], i, log_dir=folder)) for i in range(jobs)]
+        submitted = time.perf_counter() - started
+        polls = 0
+        while any(p.poll() is None for p in processes):
+            polls += 1
+            time.sleep(0.05)
+        drained = time.perf_counter() - started
+        codes = [p.poll() for p in processes]
+        executor.shutdown()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
+            os.environ.pop("SLURM_CONF", None)
+    return {
+        "jobs": jobs,
+        "submissions_per_s": round(jobs / submitted, 1),
+        "ms_per_submission": round(submitted / jobs * 1e3, 2),
+        "all_completed": all(c == 0 for c in codes),
+        "drained_s": round(drained, 2),
+        "fleet_looks": polls,
+        "squeue_calls": executor.states.queries,
+    }
+
+
 def cost_ratio(rows: list[dict[str, Any]], key: str = "scheduler_cpu_us_per_simulation") -> float | None:
     """``key`` at the largest budget over that at the smallest, among the budget rows."""
     rows = sorted(rows, key=lambda r: r["budget"])
@@ -379,6 +423,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--live", nargs="+", type=int, help=f"live simulations at 2,000 simulations (default {LIVE})")
     parser.add_argument("--live-budget", type=int, default=2000, help="budget of the live-simulations rows")
     parser.add_argument("--sampler", default="uniform", help="an installed sampler's name (default: uniform)")
+    parser.add_argument(
+        "--slurm", type=int, default=0, metavar="N",
+        help="also submit N one-line simulations through the Slurm executor (SLURM_CONF, or a local cluster: root)",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="worker processes the simulations run in (default 2)")
     parser.add_argument("--out", default=str(OUT), help="the JSON to write (default: benchmarks/results/scale.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -424,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         by_live.append(measure(args.live_budget, n, args.sampler, args.workers))
         show(by_live[-1])
     ratio = cost_ratio(by_budget)
+    slurm = measure_slurm(args.slurm) if args.slurm else None
+    if slurm:
+        rate, each = slurm["submissions_per_s"], slurm["ms_per_submission"]
+        print(f"slurm: {slurm['jobs']} submissions, {rate}/s ({each} ms each); "
+              f"{slurm['squeue_calls']} squeue calls in {slurm['fleet_looks']} looks at the fleet")  # fmt: skip
     out = {
         "benchmark": "scale",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -431,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample_bytes": int(np.prod(SAMPLE_SHAPE)) * 4,
         "by_budget": by_budget,
         "by_live": by_live,
+        "slurm": slurm,
         "cost_ratio": ratio,
         "target": "scheduler CPU per simulation at the largest budget within 1.2x of the smallest",
         "target_met": None if ratio is None else ratio <= 1.2,

@@ -104,6 +104,30 @@ def _journal(workdir):
     return [e for e in entries if e["status"] != "running"]
 
 
+def test_live_jobs_are_watched_with_one_squeue_call_per_interval(slurm_cluster, tmp_path, monkeypatch):
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SLURM_FAILURE, JobStates, SlurmExecutor, SlurmProcess
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    executor = SlurmExecutor(log_dir=str(tmp_path), check_folder=False)
+    jobs = [executor.start(LaunchRequest(["sleep", "1"], i, log_dir=str(tmp_path))) for i in range(6)]
+    started, looks = time.monotonic(), 0
+    while any(job.poll() is None for job in jobs):
+        looks += 1
+        assert time.monotonic() - started < 60, "the jobs did not end"
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    assert [job.poll() for job in jobs] == [0] * 6
+    # six live jobs, dozens of looks at the fleet: one query per interval, not one per job per look
+    assert looks > 6 * 4
+    assert executor.states.queries <= elapsed / executor.states.interval_s + 2
+    # a job slurmctld forgot (here one that never existed) ends as a failure, not as running forever
+    gone = SlurmProcess("999999", tmp_path / "none.log", 600.0, JobStates(interval_s=0.0))
+    assert gone.poll() == SLURM_FAILURE
+    executor.shutdown()
+
+
 def test_online_training_with_simulations_as_slurm_jobs(slurm_cluster, tmp_path):
     from engage.core.testing.process import run_engage
 

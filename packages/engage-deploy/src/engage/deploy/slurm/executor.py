@@ -1,10 +1,12 @@
 """The ``slurm`` executor: each simulation a Slurm batch job (``data.executor=slurm``), and Slurm
 job states as the simulation fleet sees them.
 
-Without an accounting daemon (slurmdbd), a job's state is read with ``scontrol show job -o``,
-which keeps a finished job for ``MinJobAge`` seconds. These helpers turn one such line into
-the exit code of a simulation process: ``None`` while the job is pending or running, ``0`` when
-it completed, and a non-zero code (which the fleet retries from the sample index) otherwise.
+Without an accounting daemon (slurmdbd), job states come from slurmctld, which keeps a finished
+job for ``MinJobAge`` seconds: the executor reads every live job's state with one
+``squeue --states=all`` call per interval (:class:`JobStates`). A state becomes the exit code of
+a simulation process: ``None`` while the job is pending or running, ``0`` when it completed, and
+a non-zero code (which the fleet retries from the sample index) otherwise; the same mapping
+reads ``scontrol show job -o`` lines (:func:`exit_code_for`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import secrets
 import shlex
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -61,7 +64,11 @@ def job_state(line: str) -> str:
 
 def exit_code_for(line: str) -> int | None:
     """The exit code a simulation process reports for this job line, or ``None`` while it runs."""
-    state = job_state(line)
+    return exit_code_for_state(job_state(line))
+
+
+def exit_code_for_state(state: str) -> int | None:
+    """The exit code a simulation process reports for a job in Slurm state ``state``."""
     if state in RUNNING_STATES:
         return None
     if state == "COMPLETED":
@@ -71,19 +78,88 @@ def exit_code_for(line: str) -> int | None:
     raise ValueError(f"unknown Slurm job state {state!r}")
 
 
+class JobStates:
+    """The states of an executor's live jobs, read for all of them with one ``squeue`` call at
+    most every ``interval_s`` seconds, not one ``scontrol`` call per job: 256 live simulations
+    polled twice a second would otherwise be 512 commands a second against slurmctld.
+
+    ``squeue --states=all`` lists ended jobs too, for ``MinJobAge`` seconds; a watched job it no
+    longer lists was forgotten by slurmctld before it was seen ending.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        #: job id -> when it was first watched; a job submitted after the last query is not judged by it
+        self._watched: dict[str, float] = {}
+        self._states: dict[str, tuple[str, str]] = {}  # job id -> (state, reason), from the last answer
+        self._asked_at = -float("inf")
+        self._answered = False
+        self._lock = threading.Lock()
+        #: ``squeue`` calls made: one per interval however many jobs live
+        self.queries = 0
+
+    def watch(self, job_id: str) -> None:
+        with self._lock:
+            self._watched.setdefault(job_id, time.monotonic())
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._watched.pop(job_id, None)
+            self._states.pop(job_id, None)
+
+    def state(self, job_id: str) -> tuple[str, str] | None:
+        """``(state, reason)`` of a watched job; ``("", "")`` while unknown yet (slurmctld did not
+        answer, or the job was submitted after the last answer); ``None`` when slurmctld no
+        longer knows it."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._asked_at >= self.interval_s:
+                self._query(now)
+            if not self._answered or self._watched.get(job_id, now) >= self._asked_at:
+                return ("", "")
+            return self._states.get(job_id)
+
+    def _query(self, now: float) -> None:
+        self._asked_at = now
+        ids = ",".join(self._watched)
+        if not ids:
+            self._answered, self._states = True, {}
+            return
+        self.queries += 1
+        command = ["squeue", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r"]
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self._answered = False  # ask again at the next poll
+            return
+        if out.returncode != 0:
+            # every job asked about was forgotten (squeue then refuses the list); else no answer now
+            self._answered = "invalid job id" in (out.stderr or "").lower()
+            self._states = {}
+            return
+        states = {}
+        for line in out.stdout.splitlines():
+            job_id, _, rest = line.strip().partition("|")
+            state, _, reason = rest.partition("|")
+            if job_id:
+                states[job_id] = (state.split("+")[0].upper(), reason)
+        self._answered, self._states = True, states
+
+
 # --- the executor -----------------------------------------------------------------------------
 
 
 class SlurmProcess(SimulationProcess):
-    """One simulation submitted as a batch job; ``poll`` reads ``scontrol show job -o``."""
+    """One simulation submitted as a batch job; ``poll`` reads its state from the executor's
+    :class:`JobStates`."""
 
-    def __init__(self, job_id: str, log_path: Path, max_pending_s: float, poll_interval_s: float = 0.5):
+    def __init__(self, job_id: str, log_path: Path, max_pending_s: float, states: JobStates | None = None):
         self.job_id = job_id
         self.log_path = log_path
         self.max_pending_s = max_pending_s
         self._submitted = time.monotonic()
-        self._interval = poll_interval_s
-        self._last_check = 0.0
+        self._states = states or JobStates()
+        self._states.watch(job_id)
         self._code: int | None = None
         self.host = "slurm"
 
@@ -91,41 +167,33 @@ class SlurmProcess(SimulationProcess):
     def pid(self) -> int | None:
         return int(self.job_id)
 
-    def _line(self) -> str | None:
-        """The job's ``scontrol`` line; ``""`` when slurmctld does not answer now, ``None`` when
-        it no longer knows the job (it forgets ended jobs after ``MinJobAge``)."""
-        out = subprocess.run(["scontrol", "show", "job", "-o", self.job_id], capture_output=True, text=True)
-        if out.returncode != 0 and "invalid job id" in (out.stderr or "").lower():
-            return None
-        return out.stdout.strip() if out.returncode == 0 else ""
-
     def poll(self) -> int | None:
         if self._code is not None:
             return self._code
-        now = time.monotonic()
-        if now - self._last_check < self._interval:
+        answer = self._states.state(self.job_id)
+        if answer is None:  # ended and forgotten before it was seen ending: its outcome is unknown
+            return self._settle(SLURM_FAILURE)
+        state, reason = answer
+        if not state:
             return None
-        self._last_check = now
-        line = self._line()
-        if line is None:  # ended and forgotten before it was seen ending: its outcome is unknown
-            self._code = SLURM_FAILURE
-            return self._code
-        if not line:  # slurmctld does not answer now: ask again at the next poll
-            return None
-        if job_state(line) == "PENDING" and now - self._submitted > self.max_pending_s:
+        if state == "PENDING" and time.monotonic() - self._submitted > self.max_pending_s:
             warnings.warn(
-                f"Slurm job {self.job_id} pending for over {self.max_pending_s:.0f} s "
-                f"({parse_job_line(line).get('Reason', '?')}); cancelled, to be retried",
+                f"Slurm job {self.job_id} pending for over {self.max_pending_s:.0f} s ({reason or '?'}); "
+                "cancelled, to be retried",
                 stacklevel=2,
             )
             self.kill()
-            self._code = SLURM_FAILURE
-            return self._code
+            return self._settle(SLURM_FAILURE)
         try:
-            self._code = exit_code_for(line)
+            code = exit_code_for_state(state)
         except ValueError:
-            self._code = None
-        return self._code
+            return None
+        return None if code is None else self._settle(code)
+
+    def _settle(self, code: int) -> int:
+        self._code = code
+        self._states.forget(self.job_id)
+        return code
 
     def kill(self) -> None:
         subprocess.run(["scancel", self.job_id], capture_output=True)
@@ -182,6 +250,7 @@ class SlurmExecutor(Executor):
         ]
         self.extra = [str(line) for line in (extra or [])]
         self._processes: list[SlurmProcess] = []
+        self.states = JobStates()
         self._check()
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
@@ -268,7 +337,7 @@ class SlurmExecutor(Executor):
         )
         if out.returncode != 0:
             raise RuntimeError(f"sbatch failed: {' '.join(out.stderr.split())}")
-        process = SlurmProcess(out.stdout.strip().split(";")[0], log_path, self.max_pending_s)
+        process = SlurmProcess(out.stdout.strip().split(";")[0], log_path, self.max_pending_s, self.states)
         self._processes.append(process)
         return process
 
