@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -208,9 +208,10 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def encode(self, simulation_id: int, attempt: int) -> list[bytes]:
-        """The message's frames."""
-        data = asdict(self)
-        data.update(data.pop("extra"))
+        """The message's frames (the fields as they are: JSON copies them; ``dataclasses.asdict``
+        would deep-copy the simulator's description first, once per simulation)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data.update(self.extra)
         if data["shared_memory"] is None:
             del data["shared_memory"]
         return encode_json(Kind.JOB, simulation_id, attempt, data)
