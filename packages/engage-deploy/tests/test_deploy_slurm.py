@@ -128,6 +128,63 @@ def test_live_jobs_are_watched_with_one_squeue_call_per_interval(slurm_cluster, 
     executor.shutdown()
 
 
+def _wait_for_exit(job, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while (code := job.poll()) is None:
+        assert time.monotonic() < deadline, f"job {job.job_id} did not end"
+        time.sleep(0.05)
+    return code
+
+
+def test_a_slow_or_refusing_sbatch_never_holds_up_the_caller(slurm_cluster, tmp_path, monkeypatch):
+    """sbatch runs in the executor's thread: a controller that takes a second per submission (or
+    refuses one) never blocks the thread that starts simulations and receives their samples."""
+    import shutil
+
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmExecutor
+
+    real = shutil.which("sbatch")
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    refuse = tmp_path / "refuse"
+    (wrappers / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *--test-only*) exec {real} "$@";; esac\n'
+        f"if [ -e {refuse} ]; then echo 'sbatch: error: Socket timed out' >&2; exit 1; fi\n"
+        f'sleep 1; exec {real} "$@"\n'
+    )
+    (wrappers / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    executor = SlurmExecutor(log_dir=str(tmp_path), check_folder=False)
+    clock = time.monotonic()
+    jobs = [executor.start(LaunchRequest(["true"], i, log_dir=str(tmp_path))) for i in range(3)]
+    assert time.monotonic() - clock < 0.5  # their three submissions take over 3 s
+    assert [job.poll() for job in jobs] == [None] * 3  # starting
+    assert [_wait_for_exit(job) for job in jobs] == [0, 0, 0]
+
+    refuse.touch()  # the controller refuses: that attempt fails, with sbatch's words as its log
+    refused = executor.start(LaunchRequest(["true"], 3, log_dir=str(tmp_path)))
+    assert _wait_for_exit(refused) == SLURM_FAILURE
+    assert "Socket timed out" in refused.stderr_tail() and refused.job_id is None
+
+    refuse.unlink()
+    first = executor.start(LaunchRequest(["sleep", "30"], 4, log_dir=str(tmp_path)))
+    queued = executor.start(LaunchRequest(["true"], 5, log_dir=str(tmp_path)))
+    queued.kill()  # given up while waiting behind the first one's submission: never submitted
+    assert queued.poll() == SLURM_FAILURE
+    time.sleep(0.3)  # the first one's sbatch is under way (it takes a second)
+    executor.shutdown()  # waits for that sbatch to answer, then cancels its job
+    assert queued.job_id is None and first.job_id is not None
+    state = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--jobs={first.job_id}", "--format=%T"],
+        env=slurm_cluster.env, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert state in ("CANCELLED", ""), state
+
+
 def test_online_training_with_simulations_as_slurm_jobs(slurm_cluster, tmp_path):
     from engage.core.testing.process import run_engage
 

@@ -12,6 +12,7 @@ reads ``scontrol show job -o`` lines (:func:`exit_code_for`).
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import shlex
 import subprocess
@@ -151,25 +152,56 @@ class JobStates:
 
 class SlurmProcess(SimulationProcess):
     """One simulation submitted as a batch job; ``poll`` reads its state from the executor's
-    :class:`JobStates`."""
+    :class:`JobStates`. The executor submits it from its own thread: until ``sbatch`` answered,
+    :attr:`job_id` is ``None`` and the simulation counts as starting (a refusal makes it a
+    failed attempt whose log tail is ``sbatch``'s message)."""
 
-    def __init__(self, job_id: str, log_path: Path, max_pending_s: float, states: JobStates | None = None):
-        self.job_id = job_id
+    def __init__(
+        self, job_id: str | None, log_path: Path, max_pending_s: float, states: JobStates | None = None
+    ) -> None:
+        self.job_id: str | None = None
         self.log_path = log_path
         self.max_pending_s = max_pending_s
         self._submitted = time.monotonic()
         self._states = states or JobStates()
-        self._states.watch(job_id)
         self._code: int | None = None
+        self._refusal = ""
+        self._killed = False
+        self._lock = threading.Lock()
         self.host = "slurm"
+        if job_id is not None:
+            self.submitted_as(job_id)
 
     @property
     def pid(self) -> int | None:
-        return int(self.job_id)
+        return None if self.job_id is None else int(self.job_id)
+
+    def submitted_as(self, job_id: str) -> None:
+        """``sbatch`` accepted the job: watch it (or cancel it at once if killed meanwhile)."""
+        with self._lock:
+            self.job_id = job_id
+            killed = self._killed
+            if not killed:
+                self._states.watch(job_id)
+        if killed:
+            subprocess.run(["scancel", job_id], capture_output=True)
+
+    def refused(self, message: str) -> None:
+        """``sbatch`` refused the job: the attempt failed, with its message as the log tail."""
+        with self._lock:
+            self._refusal = message
+            self._code = SLURM_FAILURE
+
+    @property
+    def wanted(self) -> bool:
+        """Still to be submitted (not killed before ``sbatch`` ran)."""
+        return not self._killed
 
     def poll(self) -> int | None:
         if self._code is not None:
             return self._code
+        if self.job_id is None:
+            return None  # in the executor's submission queue
         answer = self._states.state(self.job_id)
         if answer is None:  # ended and forgotten before it was seen ending: its outcome is unknown
             return self._settle(SLURM_FAILURE)
@@ -192,13 +224,27 @@ class SlurmProcess(SimulationProcess):
 
     def _settle(self, code: int) -> int:
         self._code = code
-        self._states.forget(self.job_id)
+        if self.job_id is not None:
+            self._states.forget(self.job_id)
         return code
 
     def kill(self) -> None:
-        subprocess.run(["scancel", self.job_id], capture_output=True)
+        job_id = self.withdraw()
+        if job_id is not None:
+            subprocess.run(["scancel", job_id], capture_output=True)
+
+    def withdraw(self) -> str | None:
+        """Never submit it from now on; its job id if it was submitted and has not ended (for the
+        caller to cancel), else ``None``. One still queued ends at once as a failed attempt."""
+        with self._lock:
+            self._killed = True
+            if self.job_id is None and self._code is None:
+                self._code = SLURM_FAILURE
+            return self.job_id if self._code is None else None
 
     def stderr_tail(self, limit: int = 4000) -> str:
+        if self._refusal:
+            return self._refusal[-limit:]
         return log_tail(self.log_path, limit)
 
 
@@ -251,6 +297,9 @@ class SlurmExecutor(Executor):
         self.extra = [str(line) for line in (extra or [])]
         self._processes: list[SlurmProcess] = []
         self.states = JobStates()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._submitter: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._check()
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
@@ -308,6 +357,9 @@ class SlurmExecutor(Executor):
             ) from None
 
     def start(self, request: LaunchRequest) -> SimulationProcess:
+        """Write the simulation's batch script (and its keys' file) and queue it for ``sbatch``;
+        returns at once: the executor's thread submits, so a slow ``slurmctld`` never holds up
+        the thread that receives samples."""
         folder = Path(request.log_dir or self.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"sim-{request.simulation_id}-{request.attempt}"
@@ -320,33 +372,58 @@ class SlurmExecutor(Executor):
         script = folder / f"{stem}.sbatch"
         script.write_text("\n".join(["#!/bin/sh", *(f"#SBATCH {x}" for x in self.extra), *lines[1:]]) + "\n")
         log_path = folder / f"{stem}.log"
-        out = subprocess.run(
-            [
-                "sbatch",
-                "--parsable",
-                f"--job-name=engage-{stem}",
-                f"--output={log_path}",
-                f"--chdir={os.getcwd()}",
-                *self.options,
-                str(script),
-            ],
-            capture_output=True,
-            text=True,
-            # the job's parent is slurmstepd, not the trainer: no parent-pid watch
-            env={k: v for k, v in {**os.environ, **request.env}.items() if k != "ENGAGE_PARENT_PID"},
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"sbatch failed: {' '.join(out.stderr.split())}")
-        process = SlurmProcess(out.stdout.strip().split(";")[0], log_path, self.max_pending_s, self.states)
-        self._processes.append(process)
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--job-name=engage-{stem}",
+            f"--output={log_path}",
+            f"--chdir={os.getcwd()}",
+            *self.options,
+            str(script),
+        ]
+        # the job's parent is slurmstepd, not the trainer: no parent-pid watch
+        env = {k: v for k, v in {**os.environ, **request.env}.items() if k != "ENGAGE_PARENT_PID"}
+        process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
+        with self._lock:
+            if self._submitter is None:
+                self._submitter = threading.Thread(target=self._submit_queued, name="engage-sbatch", daemon=True)
+                self._submitter.start()
+            self._processes.append(process)
+        self._queue.put((process, argv, env))
         return process
+
+    def _submit_queued(self) -> None:
+        """The submission thread: ``sbatch`` each queued simulation in turn."""
+        while (item := self._queue.get()) is not None:
+            process, argv, env = item
+            if not process.wanted:
+                continue  # killed (the run ended, or it was given up) before its turn
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                process.refused(f"sbatch failed: {exc}")
+                continue
+            if out.returncode != 0:
+                process.refused(f"sbatch failed: {' '.join(out.stderr.split())}")
+            else:
+                process.submitted_as(out.stdout.strip().split(";")[0])
+
+    @property
+    def queued(self) -> int:
+        """Simulations waiting for their ``sbatch``."""
+        return self._queue.qsize()
 
     def bind_host(self) -> str:
         return "127.0.0.1"  # one node: the trainer and the jobs share it
 
     def shutdown(self) -> None:
-        """Cancel the jobs still queued or running when the run ends."""
-        live = [p.job_id for p in self._processes if p._code is None]
+        """Stop submitting, then cancel the jobs still queued or running when the run ends."""
+        with self._lock:
+            processes, self._processes = list(self._processes), []
+            submitter, self._submitter = self._submitter, None
+        live = [job_id for process in processes if (job_id := process.withdraw()) is not None]
+        if submitter is not None:
+            self._queue.put(None)
+            submitter.join(150)  # the sbatch under way, if any, answers; its job is then cancelled
         if live:
             subprocess.run(["scancel", *live], capture_output=True)
-        self._processes.clear()
