@@ -325,11 +325,11 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
     last = started
     scheduler_cpu = 0.0
     checkpoint: dict[str, Any] | None = None
-    timeline: list[tuple[int, float]] = []  # (simulations finished, scheduler CPU seconds so far)
+    timeline: list[tuple[int, float, float]] = []  # (simulations finished, scheduler CPU s so far, time)
     while scheduler_thread is not None and scheduler_thread.is_alive():
         scheduler_thread.join(0.2)
         scheduler_cpu = max(scheduler_cpu, _thread_cpu(scheduler_thread.native_id))  # read while it lives
-        timeline.append((scheduler.finished, scheduler_cpu))
+        timeline.append((scheduler.finished, scheduler_cpu, time.perf_counter()))
         if checkpoint is None and scheduler.finished >= budget // 2:
             checkpoint = take_checkpoint(scheduler, sampler, buffer)  # mid-run, as Lightning would
         if time.perf_counter() - last > 10:
@@ -421,20 +421,24 @@ def measure_slurm(jobs: int) -> dict[str, Any]:
     }
 
 
-def marginal_cost(timeline: list[tuple[int, float]], budget: int, windows: int = 20) -> list[dict[str, float]]:
+def marginal_cost(timeline: list[tuple[int, float, float]], budget: int, windows: int = 20) -> list[dict[str, float]]:
     """The scheduler's CPU per simulation within successive windows of the run (each about
-    ``budget / windows`` simulations): the cost of the 1,000th simulation against the
-    100,000th within one run, which drifts of this host's speed between runs do not blur."""
+    ``budget / windows`` simulations), with the simulations a second and the scheduler's share
+    of a core in each: the cost of the 1,000th simulation against the 100,000th within one run,
+    which drifts of this host's speed between runs do not blur."""
     out: list[dict[str, float]] = []
     step = max(1, budget // windows)
-    start = (0, 0.0)
-    for finished, cpu in timeline:
-        if finished - start[0] >= step:
+    start = timeline[0] if timeline else (0, 0.0, 0.0)
+    start = (0, 0.0, start[2])
+    for finished, cpu, clock in timeline:
+        if finished - start[0] >= step and clock > start[2]:
             out.append({
                 "finished": finished,
                 "us_per_simulation": round((cpu - start[1]) / (finished - start[0]) * 1e6, 1),
+                "simulations_per_s": round((finished - start[0]) / (clock - start[2]), 1),
+                "scheduler_core_share": round((cpu - start[1]) / (clock - start[2]), 3),
             })  # fmt: skip
-            start = (finished, cpu)
+            start = (finished, cpu, clock)
     return out
 
 

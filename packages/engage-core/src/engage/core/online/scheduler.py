@@ -330,8 +330,7 @@ class SimulationScheduler:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         while not self._stop.is_set():
-            with self._lock:
-                self._launch()
+            self._launch()
             ready = poller.poll(20)
             with self._lock:
                 if ready:
@@ -361,18 +360,23 @@ class SimulationScheduler:
 
     # ------------------------------------------------------------------ launching
     def _launch(self) -> None:
+        """Start simulations while there is room, each under the lock on its own: a checkpoint
+        waits for one start (a key file, an executor call), not for a whole fleet's."""
         fleet = self.fleet
-        while fleet.has_room() and not self._stop.is_set():
-            if fleet.queue:
-                record = fleet.queue.popleft()
-            elif not self.steering.budget_reached(self.samples):
-                record = self.steering.new_record()
-            else:
-                return
-            active = fleet.start(record, str(self.address))
-            self.buffer.simulation_started(active.record.simulation_id)
-            self.state.write(active.record)
-            self._notify(self.hooks.engage_simulation_started, record=active.record)
+        while not self._stop.is_set():
+            with self._lock:
+                if not fleet.has_room():
+                    return
+                if fleet.queue:
+                    record = fleet.queue.popleft()
+                elif not self.steering.budget_reached(self.samples):
+                    record = self.steering.new_record()
+                else:
+                    return
+                active = fleet.start(record, str(self.address))
+                self.buffer.simulation_started(active.record.simulation_id)
+                self.state.write(active.record)
+                self._notify(self.hooks.engage_simulation_started, record=active.record)
 
     # ------------------------------------------------------------------ messages
     @staticmethod
