@@ -320,6 +320,16 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
     cpu0 = sum(process.cpu_times()[:2])
     started = time.perf_counter()
     consumer.start()
+    ended_cpu: list[float] = []  # the scheduler thread's own CPU time, read by it as it ends
+    main = scheduler._main
+
+    def timed_main() -> None:
+        try:
+            main()
+        finally:
+            ended_cpu.append(time.thread_time())
+
+    scheduler._main = timed_main  # type: ignore[method-assign]
     scheduler.start()
     scheduler_thread = scheduler._thread
     last = started
@@ -336,6 +346,7 @@ def measure(budget: int, live: int, sampler_name: str = "uniform", workers: int 
             last = time.perf_counter()
             print(f"  {scheduler.finished:,}/{budget:,} simulations", file=sys.stderr, flush=True)
     scheduler.join(5)
+    scheduler_cpu = max([scheduler_cpu, *ended_cpu])
     consumer.join(30)
     wall = time.perf_counter() - started
     trainer_cpu = sum(process.cpu_times()[:2]) - cpu0
@@ -431,6 +442,8 @@ def marginal_cost(timeline: list[tuple[int, float, float]], budget: int, windows
     start = timeline[0] if timeline else (0, 0.0, 0.0)
     start = (0, 0.0, start[2])
     for finished, cpu, clock in timeline:
+        if cpu <= start[1]:
+            continue  # read after the thread ended: its CPU time is no longer known
         if finished - start[0] >= step and clock > start[2]:
             out.append({
                 "finished": finished,
