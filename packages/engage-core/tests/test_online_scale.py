@@ -74,3 +74,42 @@ def test_the_scale_benchmark_refuses_an_unknown_sampler_in_one_line(tmp_path):
     assert "--sampler" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
     assert subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, timeout=120).returncode == 0
+
+
+def test_a_simulation_its_executor_still_queues_is_not_timed_out_for_start_up():
+    """An executor that submits from its own queue (Slurm behind a busy controller) may hold a
+    simulation back for longer than the start-up timeout: the clock starts once it is handed on."""
+    import time
+
+    from engage.core.executors import Executor, SimulationProcess
+    from engage.core.online.fleet import Fleet
+
+    class Queued(SimulationProcess):
+        def __init__(self):
+            self.queued = True
+
+        starting = property(lambda self: self.queued)
+        pid = property(lambda self: None)
+
+        def poll(self):
+            return None
+
+        def kill(self):
+            self.queued = False
+
+        def stderr_tail(self, limit=4000):
+            return ""
+
+    class QueueingExecutor(Executor):
+        def start(self, request):
+            return Queued()
+
+    space = ParameterSpace.from_config({"k": {"low": 0.0, "high": 1.0}})
+    fleet = Fleet(QueueingExecutor(), concurrency=1, startup_timeout=0.05)
+    active = fleet.start(SimulationRecord.create(space, 0, [0.5]), "tcp://127.0.0.1:1")
+    time.sleep(0.1)
+    assert fleet.inspect().failed == []  # still queued: not late
+    active.process.queued = False  # handed on: from now on it has startup_timeout to connect
+    assert fleet.inspect().failed == []
+    time.sleep(0.1)
+    assert [reason for _, reason in fleet.inspect().failed] == ["did not connect within 0.05s"]

@@ -69,6 +69,12 @@ class SimulationProcess(ABC):
     def pid(self) -> int | None:
         """Its process id where it runs, when known."""
 
+    @property
+    def starting(self) -> bool:
+        """Still being handed to where it runs (an executor that submits from a queue of its own):
+        the fleet's start-up timeout counts from when this turns false."""
+        return False
+
     def wait(self, timeout: float) -> int | None:
         """Poll until it exits or ``timeout`` seconds pass; the exit code or ``None``."""
         deadline = time.monotonic() + timeout

@@ -192,7 +192,9 @@ class Fleet:
                     verdicts.failed.append((active, f"process {how} after {active.accepted} samples"))
                 continue
             if active.identity is None:
-                if now - active.last_seen > self.startup_timeout:
+                if active.process is not None and active.process.starting:
+                    active.last_seen = now  # queued by its executor: the start-up clock has not begun
+                elif now - active.last_seen > self.startup_timeout:
                     verdicts.failed.append((active, f"did not connect within {self.startup_timeout:g}s"))
             elif now - active.last_seen > self.heartbeat_timeout:
                 verdicts.failed.append((active, f"silent for {now - active.last_seen:.1f}s (heartbeat timeout)"))

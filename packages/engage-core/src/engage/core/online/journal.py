@@ -29,7 +29,8 @@ class Journal:
 
     On a local disk the journal keeps one file open for appending and writes each line with one
     ``write`` call as it comes (no open and close per line: a run of 100,000 simulations writes
-    200,000 lines); :meth:`close` releases it. File systems that cannot append (object stores)
+    200,000 lines); :meth:`close` releases it. Rotate or delete the file only after the run: lines
+    would go on into the file it opened. File systems that cannot append (object stores)
     get the whole journal rewritten on each change, which keeps it correct at the cost of
     bandwidth.
     """
@@ -59,7 +60,12 @@ class Journal:
             if self._local:
                 if self._file is None:
                     self._file = open(self.path, "ab", buffering=0)  # kept open until close()
-                self._file.write(line.encode())  # one write(2) on a file opened O_APPEND: lines never interleave
+                data = memoryview(line.encode())
+                while data:  # one write(2) on a file opened O_APPEND as a rule; a short write goes on
+                    written = self._file.write(data)
+                    if not written:
+                        raise OSError(f"journal {self.url}: nothing written")
+                    data = data[written:]
                 return
             if self._lines is None:
                 try:

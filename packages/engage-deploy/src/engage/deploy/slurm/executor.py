@@ -127,9 +127,11 @@ class JobStates:
             self._answered, self._states = True, {}
             return
         self.queries += 1
-        command = ["squeue", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r"]
+        # --all: jobs in hidden partitions too; no SQUEUE_* variables of the user's filtering them out
+        command = ["squeue", "--all", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
         try:
-            out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            out = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
         except (OSError, subprocess.TimeoutExpired):
             self._answered = False  # ask again at the next poll
             return
@@ -169,6 +171,7 @@ class SlurmProcess(SimulationProcess):
         self._killed = False
         self._lock = threading.Lock()
         self.host = "slurm"
+        self.job_name = ""
         if job_id is not None:
             self.submitted_as(job_id)
 
@@ -176,10 +179,16 @@ class SlurmProcess(SimulationProcess):
     def pid(self) -> int | None:
         return None if self.job_id is None else int(self.job_id)
 
+    @property
+    def starting(self) -> bool:
+        """Waiting in the executor's queue for its ``sbatch``."""
+        return self.job_id is None and self._code is None
+
     def submitted_as(self, job_id: str) -> None:
         """``sbatch`` accepted the job: watch it (or cancel it at once if killed meanwhile)."""
         with self._lock:
             self.job_id = job_id
+            self._submitted = time.monotonic()  # max_pending_s counts from here, not from the queue
             killed = self._killed
             if not killed:
                 self._states.watch(job_id)
@@ -240,7 +249,10 @@ class SlurmProcess(SimulationProcess):
             self._killed = True
             if self.job_id is None and self._code is None:
                 self._code = SLURM_FAILURE
-            return self.job_id if self._code is None else None
+            live = self.job_id if self._code is None else None
+        if self.job_id is not None:
+            self._states.forget(self.job_id)  # never polled again: no longer asked about
+        return live
 
     def stderr_tail(self, limit: int = 4000) -> str:
         if self._refusal:
@@ -300,6 +312,8 @@ class SlurmExecutor(Executor):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._submitter: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: in every job name of this executor, so that a job can be named even when sbatch hung
+        self.token = secrets.token_hex(4)
         self._check()
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
@@ -375,7 +389,7 @@ class SlurmExecutor(Executor):
         argv = [
             "sbatch",
             "--parsable",
-            f"--job-name=engage-{stem}",
+            f"--job-name=engage-{stem}-{self.token}",
             f"--output={log_path}",
             f"--chdir={os.getcwd()}",
             *self.options,
@@ -384,6 +398,7 @@ class SlurmExecutor(Executor):
         # the job's parent is slurmstepd, not the trainer: no parent-pid watch
         env = {k: v for k, v in {**os.environ, **request.env}.items() if k != "ENGAGE_PARENT_PID"}
         process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
+        process.job_name = f"engage-{stem}-{self.token}"
         with self._lock:
             if self._submitter is None:
                 self._submitter = threading.Thread(target=self._submit_queued, name="engage-sbatch", daemon=True)
@@ -400,13 +415,16 @@ class SlurmExecutor(Executor):
                 continue  # killed (the run ended, or it was given up) before its turn
             try:
                 out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                process.refused(f"sbatch failed: {exc}")
-                continue
-            if out.returncode != 0:
-                process.refused(f"sbatch failed: {' '.join(out.stderr.split())}")
-            else:
-                process.submitted_as(out.stdout.strip().split(";")[0])
+                if out.returncode != 0:
+                    process.refused(f"sbatch failed: {' '.join(out.stderr.split())}")
+                else:
+                    process.submitted_as(out.stdout.strip().split(";")[0])
+            except subprocess.TimeoutExpired:
+                # slurmctld may have taken the job before sbatch hung: cancel it by its unique name
+                subprocess.run(["scancel", f"--name={process.job_name}"], capture_output=True, timeout=60)
+                process.refused("sbatch failed: no answer within 120 s")
+            except Exception as exc:  # anything else fails this attempt, never the submission thread
+                process.refused(f"sbatch failed: {type(exc).__name__}: {exc}")
 
     @property
     def queued(self) -> int:
