@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+#: the repository's root: ``benchmarks/`` and ``docs/`` are not packages, their scripts load by path
+ROOT = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """Import a script of the repository by its path relative to the root (``benchmarks/scale.py``):
+    a module named after the file, registered in ``sys.modules`` while it runs (dataclasses and
+    pickling look it up there)."""
+
+    def load(relative: str) -> ModuleType:
+        path = ROOT / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.modules.pop(spec.name, None)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,7 +1,6 @@
 """The trainer's cost at scale: the journal keeps one file open, records copy cheaply, and the
 scale benchmark runs multiplexed simulations through the real scheduler at a tiny size."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "scale.py"
 
 
 @pytest.fixture(scope="module")
-def scale():
-    spec = importlib.util.spec_from_file_location("scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def scale(load_script):
+    return load_script("benchmarks/scale.py")
 
 
 def test_two_journals_on_one_file_keep_whole_lines_and_reopen_after_close(tmp_path):

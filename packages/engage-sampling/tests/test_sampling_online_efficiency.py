@@ -1,22 +1,15 @@
 """The online sample-efficiency benchmark measures what it says, at a tiny size."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
 from engage.core.simulators import HeatEquation
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "sample_efficiency.py"
-
 
 @pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("sample_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def benchmark(load_script):
+    return load_script("benchmarks/sample_efficiency.py")
 
 
 def test_simulations_to_reach_interpolates_in_log_error(benchmark):

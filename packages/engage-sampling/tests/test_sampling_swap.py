@@ -7,28 +7,16 @@ at low viscosity (shocks) than at high viscosity.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "swap_experiment.py"
-
 
 @pytest.fixture(scope="module")
-def swap() -> ModuleType:
+def swap(load_script) -> ModuleType:
     """The benchmark script, imported from its path (``benchmarks/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("swap_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return load_script("benchmarks/swap_experiment.py")
 
 
 def test_renderer_indices_find_the_parameters_without_effect_on_coverage(swap: ModuleType) -> None:

@@ -59,7 +59,11 @@ def parse_job_line(line: str) -> dict[str, str]:
 
 def job_state(line: str) -> str:
     """The base state of a job (``CANCELLED by 0`` and flags such as ``+`` dropped)."""
-    state = parse_job_line(line).get("JobState", "")
+    return base_state(parse_job_line(line).get("JobState", ""))
+
+
+def base_state(state: str) -> str:
+    """A state as Slurm's commands print it (``COMPLETED+``, ``cancelled``) reduced to its name."""
     return state.split("+")[0].upper()
 
 
@@ -145,7 +149,7 @@ class JobStates:
             job_id, _, rest = line.strip().partition("|")
             state, _, reason = rest.partition("|")
             if job_id:
-                states[job_id] = (state.split("+")[0].upper(), reason)
+                states[job_id] = (base_state(state), reason)
         self._answered, self._states = True, states
 
 
