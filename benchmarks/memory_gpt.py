@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -34,6 +35,7 @@ from engage.memory import (
     Profile,
     chunked_cross_entropy,
 )
+from engage.memory.decisions import ALL_DECISIONS
 
 FULL = {"layers": 12, "d": 768, "heads": 12, "vocab": 50257, "seq": 1024, "batch": 16}
 SMALL = {"layers": 6, "d": 128, "heads": 4, "vocab": 512, "seq": 128, "batch": 4}
@@ -123,7 +125,9 @@ def _measure(model: nn.Module, tokens: torch.Tensor, device: str, steps: int, wa
 
 
 def _profile(model: nn.Module, tokens: torch.Tensor, device: str) -> tuple[MemoryPlanner, Profile, float]:
-    planner = MemoryPlanner(model, device=device)
+    # On CUDA the plans may also offload saved activations to host memory (asked for by name).
+    decisions = [*ALL_DECISIONS, Decision.OFFLOAD] if device == "cuda" else list(ALL_DECISIONS)
+    planner = MemoryPlanner(model, device=device, decisions=decisions)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     started = time.perf_counter()
     profile = planner.profile(lambda: _loss(model, tokens, device).backward(), optimizers=[opt], roots=[tokens])
@@ -159,8 +163,9 @@ def run(args: argparse.Namespace) -> dict:
     # The output layer's logits (batch x sequence x vocabulary) never exist at once: see chunked_cross_entropy.
     record("none_chunked_loss_8", fresh(loss_chunks=8))
     record("per_block_checkpoint_chunked_loss_8", fresh("per_block", loss_chunks=8))
+    sequential = {}
     for segments in (2, 4):
-        record(f"checkpoint_sequential_{segments}", fresh(f"sequential_{segments}"))
+        sequential[segments] = record(f"checkpoint_sequential_{segments}", fresh(f"sequential_{segments}"))
     if device == "cuda" and not args.no_compile:
         import torch._functorch.config as functorch_config
 
@@ -196,14 +201,37 @@ def run(args: argparse.Namespace) -> dict:
     floor_row = record(
         "floor_all_recompute", model, predicted_peak_GiB=round(profile.predict_peak(all_recompute) / 2**30, 4)
     )
+    offers_offload = Decision.OFFLOAD in profile.available
+    if offers_offload:
+        all_offload = [Decision.OFFLOAD] * n
+        planner.apply(Plan.from_decisions(profile, all_offload, 2**62, "manual"))
+        moved = planner.runtime.offloader.stats["offloaded_bytes"] + planner.runtime.offloader.stats["fetched_bytes"]
+        row = record(
+            "all_offload",
+            model,
+            predicted_peak_GiB=round(profile.predict_peak(all_offload) / 2**30, 4),
+            predicted_step_ms=round(1000 * profile.predict_time(all_offload), 2),
+        )
+        stats = planner.runtime.offloader.stats
+        copied = stats["offloaded_bytes"] + stats["fetched_bytes"] - moved
+        row["copied_GiB_per_step"] = round(copied / steps / 2**30, 4)
+        row["host_copy_GB_per_s"] = round(copied / steps / row["step_ms"] / 1e6, 2)
+        row["fetched_on_demand"] = stats["on_demand"]
     budgets = {
         "planned_at_per_block_peak": per_block["peak_bytes"],
+        "planned_at_sequential_2_peak": sequential[2]["peak_bytes"],
+        "planned_at_sequential_4_peak": sequential[4]["peak_bytes"],
         "planned_floor_plus_5pct": int(max(floor, floor_row["peak_bytes"]) * 1.05),
         "planned_midway": (per_block["peak_bytes"] + none["peak_bytes"]) // 2,
     }
-    for name, budget in budgets.items():
+    plans = [(name, budget, profile) for name, budget in budgets.items()]
+    if offers_offload:
+        # The same budgets without offload: what moving activations to the host adds to recomputation.
+        eager_only = dataclasses.replace(profile, decisions=[d.value for d in ALL_DECISIONS])
+        plans += [(f"{name}_no_offload", budget, eager_only) for name, budget in budgets.items()]
+    for name, budget, chosen in plans:
         try:
-            plan = planner.plan(budget, profile=profile)
+            plan = planner.plan(budget, profile=chosen)
         except InfeasibleBudgetError as exc:
             rows.append({"policy": name, "budget_bytes": budget, "error": str(exc)})
             print(json.dumps(rows[-1]), flush=True)
@@ -213,6 +241,7 @@ def run(args: argparse.Namespace) -> dict:
             model,
             budget_GiB=round(budget / 2**30, 4),
             predicted_peak_GiB=round(plan.predicted_peak / 2**30, 4),
+            predicted_step_ms=round(1000 * plan.predicted_time, 2),
             decisions=plan.counts(),
         )
         row["within_budget"] = row["peak_bytes"] <= budget

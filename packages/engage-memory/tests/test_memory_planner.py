@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engage.memory import Decision, InfeasibleBudgetError, MemoryMeter, MemoryPlanner, Plan, Profile
+from engage.memory.decisions import ALL_DECISIONS
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -32,7 +33,7 @@ def _clear(model: torch.nn.Module) -> None:
         p.grad = None
 
 
-@pytest.mark.parametrize("decision", list(Decision))
+@pytest.mark.parametrize("decision", ALL_DECISIONS)
 def test_memory_uniform_decisions_keep_gradients(case: tuple, decision: Decision) -> None:
     _, model, _x, step, planner, profile, expected = _profiled(case)
     planner.apply(Plan.from_decisions(profile, [decision] * len(profile.blocks), 2**40, "manual"))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from engage.memory import InfeasibleBudgetError, MemoryPlanningStrategy, parse_budget
+from engage.memory import Decision, InfeasibleBudgetError, MemoryPlanningStrategy, parse_budget
 
 
 class _LitGPT(L.LightningModule):
@@ -94,12 +94,23 @@ def test_memory_budget_units() -> None:
         parse_budget(0.5, "cpu")
 
 
-def test_memory_offload_is_refused_with_its_reason() -> None:
+def test_memory_offload_is_asked_for_by_name_and_refused_off_cuda_or_compiled() -> None:
     from engage.memory import UnsupportedSetupError
+    from engage.memory.decisions import check_decisions, runs_compiled
 
-    with pytest.raises(UnsupportedSetupError, match=r"decision 'offload' is not available: .* CUDA GPU in eager mode"):
-        MemoryPlanningStrategy(budget="1GiB", decisions=["keep", "offload"])
-    assert MemoryPlanningStrategy(budget="1GiB").decisions == ["keep", "selective", "recompute"]
+    with pytest.raises(UnsupportedSetupError, match=r"^decision 'offload' needs a CUDA device: on cpu host and"):
+        MemoryPlanningStrategy(budget="1GiB", decisions=["keep", "offload"], device="cpu")
+    default = MemoryPlanningStrategy(budget="1GiB", device="cpu").decisions
+    assert default == [Decision.KEEP, Decision.SELECTIVE, Decision.RECOMPUTE]  # offload only when named
+    cuda = torch.device("cuda")
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert not runs_compiled(net)
+    net.add_module("fast", torch.compile(torch.nn.Linear(2, 2)))
+    assert runs_compiled(net)
+    with pytest.raises(UnsupportedSetupError, match=r"^decision 'offload' is not available under torch.compile"):
+        check_decisions([Decision.KEEP, Decision.OFFLOAD], cuda, compiled=True)
+    check_decisions([Decision.KEEP, Decision.OFFLOAD], cuda, compiled=False)
+    check_decisions([Decision.KEEP, Decision.RECOMPUTE], torch.device("cpu"), compiled=True)
 
 
 def test_memory_bad_solver_is_explained() -> None:

@@ -34,8 +34,6 @@ def _check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[D
     for d in decisions:
         try:
             out.append(Decision(d))
-        except UnsupportedSetupError:
-            raise  # offload: why it is not offered, in its own words
         except ValueError:
             choices = ", ".join(x.value for x in Decision)
             raise ValueError(f"decisions contains {d!r}; choose among {choices}") from None

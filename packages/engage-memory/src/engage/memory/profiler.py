@@ -177,6 +177,10 @@ class Profiler:
                 events: list[Event] = []
                 for r in range(stride):
                     chosen = {i: decision if i % stride == r else Decision.RECOMPUTE for i in range(n)}
+                    if decision is Decision.OFFLOAD:
+                        # off the clock: the first offloaded step allocates its pinned host buffers
+                        _record_run(step, self.runtime, self.probe, chosen)
+                        _clear_grads(self.params)
                     events = _record_run(step, self.runtime, self.probe, chosen)
                     _clear_grads(self.params)
                     for call in fwd_order:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from engage.memory.decisions import Decision
+
+if TYPE_CHECKING:
+    from engage.memory.offload import ActivationOffloader, OffloadGroup
 
 # Outputs of these ops are worth saving: recomputing them costs most of a block's FLOPs, while the
 # pointwise and normalisation ops between them are cheap to redo and often produce most of the bytes.
@@ -60,7 +63,9 @@ class PlanRuntime:
     """Patches the ``forward`` of each block so that it runs under its :class:`Decision`.
 
     The patch is an instance attribute, so parameter names and ``state_dict`` keys are untouched and
-    :meth:`remove` restores the module exactly. A ``recorder`` (set while profiling) is called at four
+    :meth:`remove` restores the module exactly. Blocks under ``offload`` (CUDA only) save through an
+    :class:`~engage.memory.offload.ActivationOffloader` made on first use; every block's output then fetches
+    the offloaded group before it when backward reaches it. A ``recorder`` (set while profiling) is called at four
     events per call of a block: ``fwd_start``, ``fwd_end``, ``bwd_start`` (its output gradient exists) and
     ``bwd_end`` (its input gradient exists). ``calls`` counts each block's calls under autograd since
     :meth:`reset_calls`, so that a step that calls blocks more often than the profiled one is noticed.
@@ -83,6 +88,7 @@ class PlanRuntime:
         self.recorder: Recorder | None = None
         self.chain_links: dict[int, bool] = {}
         self.calls: dict[int, int] = {}
+        self._offloader: ActivationOffloader | None = None
         # Weak, so that linking blocks into a chain never keeps an activation alive.
         self._last_output: weakref.ref | None = None
         self._installed: list[tuple[nn.Module, Any]] = []
@@ -96,6 +102,15 @@ class PlanRuntime:
             original = module.forward
             module.forward = functools.partial(self._forward, index, original)
             self._installed.append((module, previous))
+
+    @property
+    def offloader(self) -> ActivationOffloader:
+        """The offloader of blocks under ``offload`` (made on first use; CUDA devices only)."""
+        if self._offloader is None:
+            from engage.memory.offload import ActivationOffloader
+
+            self._offloader = ActivationOffloader(self.device)
+        return self._offloader
 
     def reset_calls(self) -> None:
         """Start counting block calls afresh (at the start of a step)."""
@@ -117,18 +132,31 @@ class PlanRuntime:
         call = (index, self.calls.get(index, 0))
         if torch.is_grad_enabled():
             self.calls[index] = call[1] + 1
+        offloading = (self._offloader is not None or decision is Decision.OFFLOAD) and torch.is_grad_enabled()
+        before = None
+        if offloading:
+            self.offloader.block_started()
+            before = self.offloader.last_group()
         if recorder is not None:
             previous = self._last_output() if self._last_output is not None else None
             self.chain_links[index] = inp is not None and inp is previous
             recorder("fwd_start", call)
+        group = None
         if not torch.is_grad_enabled() or decision is Decision.KEEP:
             out = original(*args, **kwargs)
+        elif decision is Decision.OFFLOAD:
+            with self.offloader.offloading(self.blocks[index][1].parameters()) as group:
+                out = original(*args, **kwargs)
         elif decision is Decision.RECOMPUTE:
             out = checkpoint(original, *args, use_reentrant=False, **kwargs)
         else:
             out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
         first_out = first_grad_tensor(out)
         if first_out is not None and torch.is_grad_enabled():
+            if group is not None or before is not None:
+                first_out.register_hook(
+                    functools.partial(self._prefetch_hook, group, weakref.ref(before) if before is not None else None)
+                )
             if recorder is not None:
                 first_out.register_hook(functools.partial(self._record_hook, recorder, "bwd_start", call))
                 if inp is not None:
@@ -137,6 +165,10 @@ class PlanRuntime:
             self._last_output = weakref.ref(first_out) if first_out is not None else None
             recorder("fwd_end", call)
         return out
+
+    def _prefetch_hook(self, group: OffloadGroup | None, before: weakref.ref | None, grad: torch.Tensor) -> None:
+        # Backward reached this block: its own offloaded tensors (if any) and the group before it come back.
+        self.offloader.prefetch_for_backward(group, before() if before is not None else None)
 
     @staticmethod
     def _record_hook(recorder: Recorder, event: str, call: Call, grad: torch.Tensor) -> None:

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from engage.memory._planning import _MemoryPlanning
+from engage.memory.decisions import check_decisions
 
 
 class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
@@ -22,9 +23,9 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
         budget: ``"12GiB"``, bytes as an int, or a fraction of device memory as a float in (0, 1].
         solver: ``"dp"`` (chains of blocks), ``"cpsat"`` (any order of blocks) or ``"auto"``.
         blocks: module names to plan; default: the children of every repeated ``ModuleList``/``Sequential``.
-        decisions: which decisions the solver may use, among ``keep``, ``selective`` and ``recompute``;
-            ``offload`` is refused with one line (it saves memory only on a CUDA GPU in eager mode and awaits
-            its GPU validation).
+        decisions: which decisions the solver may use, among ``keep``, ``selective``, ``recompute`` and
+            ``offload`` (saved activations to pinned host memory and back; CUDA in eager mode only, not by
+            default: asking for it on CPU or under ``torch.compile`` is refused with one line).
         profile_path: JSON file for the profile: loaded if it exists (no re-profiling), written otherwise.
         verify: measure one planned step on the first batch, solve again if it exceeds the budget, and show
             the measured peak next to the plan.
@@ -71,6 +72,7 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
             chunked_loss=chunked_loss,
             loss_chunks=loss_chunks,
         )
+        check_decisions(self.decisions, torch.device(device), compiled=False)
 
     def setup(self, trainer: Any) -> None:
         super().setup(trainer)

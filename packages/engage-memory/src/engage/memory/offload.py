@@ -1,0 +1,201 @@
+"""Moving a block's saved activations to pinned host memory during forward, and back ahead of backward (CUDA)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+#: Why ``offload`` cannot run where it was asked for, in one line each.
+OFFLOAD_NEEDS_CUDA = (
+    "decision 'offload' needs a CUDA device: on {device} host and device are one memory, so copying saved "
+    "activations to host memory saves nothing; choose among keep, selective, recompute"
+)
+OFFLOAD_NOT_COMPILED = (
+    "decision 'offload' is not available under torch.compile: compiled backward unpacks every saved tensor at "
+    "its start, so offloading saves no memory there; leave 'offload' out of decisions or do not compile"
+)
+
+
+class OffloadedTensor:
+    """A saved tensor's host copy, the events that order the copies, and its device copy once fetched."""
+
+    __slots__ = ("__weakref__", "device", "device_copy", "fetched", "host", "nbytes", "original", "stored")
+
+    def __init__(self, original: torch.Tensor, host: torch.Tensor, stored: torch.cuda.Event, nbytes: int) -> None:
+        #: the device tensor itself until it is released (backward reaching it before then uses it as is)
+        self.original: torch.Tensor | None = original
+        self.host = host
+        self.device = original.device
+        self.stored = stored
+        self.fetched: torch.cuda.Event | None = None
+        self.device_copy: torch.Tensor | None = None
+        self.nbytes = nbytes
+
+
+class OffloadGroup:
+    """The tensors one call of an offloaded block saved, in the order it saved them.
+
+    ``previous`` is the group offloaded just before this one in forward (weakly held, so that a finished
+    step's groups are freed with its graph): backward reaches it next, so it is fetched while this block's
+    backward runs.
+    """
+
+    __slots__ = ("__weakref__", "_seen", "previous", "tensors")
+
+    def __init__(self, previous: OffloadGroup | None) -> None:
+        self.tensors: list[OffloadedTensor] = []
+        self.previous = weakref.ref(previous) if previous is not None else None
+        self._seen: dict[tuple, OffloadedTensor] = {}
+
+
+class ActivationOffloader:
+    """Saved-tensor hooks that offload a block's activations to pinned host memory on a side stream.
+
+    In forward, each saved tensor of at least ``min_bytes`` that is not a parameter is copied to a pinned
+    host buffer on a side stream that waits for the compute stream. Its device tensor stays alive while the
+    next block runs (the copy overlaps that block's compute) and is released when the block after starts:
+    if its copy has not finished by then, the compute stream waits for the copy's event, never the host.
+    Profiled and planned steps therefore hold the same bytes at the same points. When
+    backward reaches a block (its output gradient exists), the block's own tensors and those of the
+    offloaded block before it are copied back on the side stream; backward waits for an event before it
+    uses one. A tensor saved twice in one block is copied once.
+
+    Examples:
+        >>> import torch
+        >>> if torch.cuda.is_available():
+        ...     offloader = ActivationOffloader(torch.device("cuda"))
+        ...     lin = torch.nn.Linear(1024, 1024).cuda()
+        ...     x = torch.randn(512, 1024, device="cuda", requires_grad=True)
+        ...     with offloader.offloading([*lin.parameters()]) as group:
+        ...         y = lin(x).relu()
+        ...     offloader.prefetch(group)
+        ...     y.sum().backward()
+    """
+
+    def __init__(self, device: torch.device, min_bytes: int = 1 << 20) -> None:
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(OFFLOAD_NEEDS_CUDA.format(device=self.device))
+        self.min_bytes = int(min_bytes)
+        self.stream = torch.cuda.Stream(self.device)
+        # (block start number, offloaded tensor): its device tensor is released two block starts later
+        self._pending: collections.deque[tuple[int, OffloadedTensor]] = collections.deque()
+        self._blocks_started = 0
+        self._last: weakref.ref[OffloadGroup] | None = None
+        #: bytes copied to the host and back since the offloader was made, and how many copies back were
+        #: issued ahead of backward (``prefetched``) or only when backward asked (``on_demand``)
+        self.stats = {"offloaded_bytes": 0, "fetched_bytes": 0, "prefetched": 0, "on_demand": 0, "kept_small": 0}
+
+    def last_group(self) -> OffloadGroup | None:
+        """The group offloaded most recently in this forward (``None`` once its graph is gone)."""
+        return self._last() if self._last is not None else None
+
+    def release_copied(self) -> None:
+        """Release the device tensors whose copy to the host has finished (never waits)."""
+        while self._pending and self._pending[0][1].stored.query():
+            self._pending.popleft()[1].original = None
+
+    def block_started(self) -> None:
+        """A block's forward starts: release what the blocks before the previous one offloaded.
+
+        A copy still running then makes the compute stream (not the host) wait for its event, so that the
+        memory is reused only after the copy has read it.
+        """
+        self._blocks_started += 1
+        compute = None
+        while self._pending and self._pending[0][0] <= self._blocks_started - 2:
+            _, saved = self._pending.popleft()
+            if not saved.stored.query():
+                compute = compute or torch.cuda.current_stream(self.device)
+                compute.wait_event(saved.stored)
+            saved.original = None
+
+    @contextlib.contextmanager
+    def offloading(self, params: Iterable[torch.Tensor]) -> Iterator[OffloadGroup]:
+        """Offload what the code inside saves for backward, except tensors sharing storage with ``params``."""
+        group = OffloadGroup(self.last_group())
+        own = {p.untyped_storage().data_ptr() for p in params}
+
+        def pack(tensor: torch.Tensor) -> Any:
+            return self._pack(group, own, tensor)
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, self._unpack):
+            yield group
+        self._last = weakref.ref(group)
+
+    def _pack(self, group: OffloadGroup, own: set[int], tensor: torch.Tensor) -> Any:
+        nbytes = tensor.numel() * tensor.element_size()
+        if tensor.device.type != "cuda" or tensor.layout is not torch.strided or nbytes < self.min_bytes:
+            self.stats["kept_small"] += 1
+            return tensor
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in own:
+            return tensor
+        key = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        key += (tensor._version,)
+        if key in group._seen:
+            return group._seen[key]
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        compute = torch.cuda.current_stream(tensor.device)
+        self.stream.wait_stream(compute)
+        with torch.cuda.stream(self.stream):
+            host.copy_(tensor, non_blocking=True)
+            stored = torch.cuda.Event()
+            stored.record(self.stream)
+        saved = OffloadedTensor(tensor, host, stored, nbytes)
+        self._pending.append((self._blocks_started, saved))
+        group.tensors.append(saved)
+        group._seen[key] = saved
+        self.stats["offloaded_bytes"] += nbytes
+        return saved
+
+    def _fetch(self, saved: OffloadedTensor) -> None:
+        if saved.original is not None:  # not released yet: no copy back needed
+            if not saved.stored.query():
+                # its copy to the host may still be reading it: the allocator must not reuse it before then
+                saved.original.record_stream(self.stream)
+            saved.device_copy, saved.fetched, saved.original = saved.original, None, None
+            return
+        compute = torch.cuda.current_stream(saved.device)
+        # Allocated from the compute stream's memory: the side stream waits until its earlier work is done.
+        copy = torch.empty(saved.host.shape, dtype=saved.host.dtype, device=saved.device)
+        self.stream.wait_stream(compute)
+        with torch.cuda.stream(self.stream):
+            copy.copy_(saved.host, non_blocking=True)
+            fetched = torch.cuda.Event()
+            fetched.record(self.stream)
+        copy.record_stream(self.stream)
+        saved.device_copy, saved.fetched = copy, fetched
+        self.stats["fetched_bytes"] += saved.nbytes
+
+    def prefetch(self, group: OffloadGroup | None) -> None:
+        """Start copying ``group``'s tensors back to the device (those not fetched yet)."""
+        if group is None:
+            return
+        for saved in group.tensors:
+            if saved.device_copy is None:
+                self._fetch(saved)
+                self.stats["prefetched"] += 1
+
+    def prefetch_for_backward(self, group: OffloadGroup | None, before: OffloadGroup | None) -> None:
+        """Backward reached a block: fetch its own group (if offloaded) and the offloaded group before it."""
+        self.prefetch(group)
+        self.prefetch(before)
+        self.release_copied()
+
+    def _unpack(self, saved: Any) -> torch.Tensor:
+        if not isinstance(saved, OffloadedTensor):
+            return saved
+        if saved.device_copy is None:
+            self._fetch(saved)
+            self.stats["on_demand"] += 1
+        assert saved.device_copy is not None
+        if saved.fetched is not None:
+            torch.cuda.current_stream(saved.device).wait_event(saved.fetched)
+        tensor, saved.device_copy = saved.device_copy, None
+        return tensor
