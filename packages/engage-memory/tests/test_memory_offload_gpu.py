@@ -44,14 +44,15 @@ class _Stack(nn.Module):
 
 
 def _step(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]]:
-    """Peak allocated bytes of one forward and backward, and the gradients."""
+    """Peak allocated bytes of one forward and backward, and the gradients (copied to the host, so that
+    they take no device memory in the next step's peak)."""
     for p in model.parameters():
         p.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     model(x).backward()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return torch.cuda.max_memory_allocated(), {n: p.grad.cpu() for n, p in model.named_parameters()}
 
 
 @pytest.fixture
@@ -84,11 +85,9 @@ def test_offload_gives_the_same_gradients_with_less_memory(stack: tuple[nn.Modul
     assert offloader.stats["on_demand"] == before["on_demand"], offloader.stats
     # at most two blocks' tensors are on the device at once in forward and in backward, of the eight
     assert offload_peak <= keep_peak - 0.5 * moved, (keep_peak, offload_peak, moved)
-    # Verification sees what a free-running step holds (the profile's runs wait for the device at each block)
-    for p in model.parameters():
-        p.grad = None
-    verified, _timeline = planner.measure(lambda: model(x).backward(), roots=[x])
-    assert verified >= 0.98 * offload_peak, (verified, offload_peak)
+    # Its tensors leave the device one block late and come back one block early: the profile measured that.
+    predicted = profile.predict_peak([Decision.OFFLOAD] * n)
+    assert abs(predicted - offload_peak) <= 0.10 * offload_peak, (predicted, offload_peak)
     planner.remove()
 
 

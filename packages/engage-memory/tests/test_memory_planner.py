@@ -114,3 +114,21 @@ def test_memory_remove_restores_forward() -> None:
     assert list(model.state_dict()) == keys
     planner.remove()
     assert "forward" not in model[0].__dict__
+
+
+def test_memory_step_times_come_from_whole_steps_without_the_meter(case: tuple) -> None:
+    _, _model, x, step, planner, profile, _ = _profiled(case)
+    n = len(profile.units)
+    assert profile.timing_runs == 3 and set(profile.step_times) == {d.value for d in ALL_DECISIONS}
+    # A plan with every block under one decision predicts that decision's measured step, exactly.
+    for decision in ALL_DECISIONS:
+        assert profile.predict_time([decision] * n) == pytest.approx(profile.step_times[decision.value], rel=1e-9)
+    # Mixed plans add each block's share of its decision's measured extra time.
+    mixed = [Decision.RECOMPUTE if i % 2 else Decision.KEEP for i in range(n)]
+    extra = sum(profile.overhead(i, d) for i, d in enumerate(mixed))
+    assert profile.predict_time(mixed) == pytest.approx(profile.step_times["keep"] + extra)
+    assert 0 <= extra <= max(profile.step_times["recompute"] - profile.step_times["keep"], 0) + 1e-12
+    assert Profile.from_dict(profile.to_dict()).step_times == profile.step_times
+    untimed = planner.profile(step, roots=[x], timing_runs=0)
+    assert untimed.step_times == {} and untimed.timing_runs == 0
+    planner.remove()

@@ -24,7 +24,18 @@ OFFLOAD_NOT_COMPILED = (
 class OffloadedTensor:
     """A saved tensor's host copy, the events that order the copies, and its device copy once fetched."""
 
-    __slots__ = ("__weakref__", "device", "device_copy", "fetched", "host", "nbytes", "original", "stored")
+    __slots__ = (
+        "__weakref__",
+        "consumed",
+        "device",
+        "device_copy",
+        "fetched",
+        "host",
+        "nbytes",
+        "original",
+        "stored",
+        "uses",
+    )
 
     def __init__(self, original: torch.Tensor, host: torch.Tensor, stored: torch.cuda.Event, nbytes: int) -> None:
         #: the device tensor itself until it is released (backward reaching it before then uses it as is)
@@ -35,6 +46,10 @@ class OffloadedTensor:
         self.fetched: torch.cuda.Event | None = None
         self.device_copy: torch.Tensor | None = None
         self.nbytes = nbytes
+        #: saved-tensor slots holding it (a tensor saved twice in one block is copied once); the device copy
+        #: is kept until the last of them is unpacked, and a consumed tensor is never prefetched again
+        self.uses = 1
+        self.consumed = False
 
 
 class OffloadGroup:
@@ -45,10 +60,12 @@ class OffloadGroup:
     backward runs.
     """
 
-    __slots__ = ("__weakref__", "_seen", "previous", "tensors")
+    __slots__ = ("__weakref__", "_seen", "previous", "started", "tensors")
 
-    def __init__(self, previous: OffloadGroup | None) -> None:
+    def __init__(self, previous: OffloadGroup | None, started: int) -> None:
         self.tensors: list[OffloadedTensor] = []
+        #: the offloader's count of block starts when this block call started
+        self.started = started
         self.previous = weakref.ref(previous) if previous is not None else None
         self._seen: dict[tuple, OffloadedTensor] = {}
 
@@ -92,8 +109,10 @@ class ActivationOffloader:
         self.stats = {"offloaded_bytes": 0, "fetched_bytes": 0, "prefetched": 0, "on_demand": 0, "kept_small": 0}
 
     def last_group(self) -> OffloadGroup | None:
-        """The group offloaded most recently in this forward (``None`` once its graph is gone)."""
-        return self._last() if self._last is not None else None
+        """The group of the block call just before the current one, if that call offloaded (``None`` once its
+        graph is gone): backward reaches it right after the current block."""
+        group = self._last() if self._last is not None else None
+        return group if group is not None and group.started == self._blocks_started - 1 else None
 
     def release_copied(self) -> None:
         """Release the device tensors whose copy to the host has finished (never waits)."""
@@ -118,7 +137,7 @@ class ActivationOffloader:
     @contextlib.contextmanager
     def offloading(self, params: Iterable[torch.Tensor]) -> Iterator[OffloadGroup]:
         """Offload what the code inside saves for backward, except tensors sharing storage with ``params``."""
-        group = OffloadGroup(self.last_group())
+        group = OffloadGroup(self.last_group(), self._blocks_started)
         own = {p.untyped_storage().data_ptr() for p in params}
 
         def pack(tensor: torch.Tensor) -> Any:
@@ -139,6 +158,7 @@ class ActivationOffloader:
         key = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
         key += (tensor._version,)
         if key in group._seen:
+            group._seen[key].uses += 1
             return group._seen[key]
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         compute = torch.cuda.current_stream(tensor.device)
@@ -178,7 +198,7 @@ class ActivationOffloader:
         if group is None:
             return
         for saved in group.tensors:
-            if saved.device_copy is None:
+            if saved.device_copy is None and not saved.consumed:
                 self._fetch(saved)
                 self.stats["prefetched"] += 1
 
@@ -194,8 +214,11 @@ class ActivationOffloader:
         if saved.device_copy is None:
             self._fetch(saved)
             self.stats["on_demand"] += 1
-        assert saved.device_copy is not None
+        tensor = saved.device_copy
+        assert tensor is not None
         if saved.fetched is not None:
             torch.cuda.current_stream(saved.device).wait_event(saved.fetched)
-        tensor, saved.device_copy = saved.device_copy, None
+        saved.uses -= 1
+        if saved.uses <= 0:  # the last slot: the device copy goes with it
+            saved.device_copy, saved.fetched, saved.consumed = None, None, True
         return tensor

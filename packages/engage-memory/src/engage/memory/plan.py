@@ -48,7 +48,7 @@ class Plan:
         overheads = [0.0] * len(decisions)
         for i, (block, decision) in enumerate(zip(profile.blocks, per_block)):
             kept[profile.module_of(i)] += block.costs[decision.value].fwd_delta
-            overheads[profile.module_of(i)] += block.overhead(decision)
+            overheads[profile.module_of(i)] += profile.overhead(i, decision)
         return cls(
             names=profile.units,
             decisions=list(decisions),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -101,6 +102,7 @@ class MemoryPlanner:
         roots: Sequence[Any] = (),
         grads_persist: bool = False,
         grads_in_forward: bool = False,
+        timing_runs: int = 3,
     ) -> Profile:
         """Run ``step`` (forward and backward, no optimizer step) once per decision and keep the profile.
 
@@ -110,7 +112,9 @@ class MemoryPlanner:
         the step (the batch) that the CPU meter should count; ``grads_persist`` (gradient accumulation)
         counts parameter gradients as alive from the step's start; ``grads_in_forward`` counts them as alive
         through the forward and the loss, as in Lightning, which zeroes gradients after ``training_step``
-        and before backward.
+        and before backward. ``timing_runs`` whole steps per decision are then timed outside the meter
+        (medians; 0: time from the profiling runs only), which sets the step time and scales each block's extra
+        time (see :meth:`Profile.overhead`).
         """
         grad_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
         extra = grad_bytes if grads_persist else 0
@@ -120,9 +124,17 @@ class MemoryPlanner:
                 random_state.restore()  # every run draws the same dropout masks and skips the same blocks
                 step()
 
-            profile = Profiler(self.runtime, probe, self.model.parameters(), self.decisions).run(
-                replayed, extra=extra, optimizers=list(optimizers), reseed=random_state.advance
-            )
+            profiler = Profiler(self.runtime, probe, self.model.parameters(), self.decisions)
+            profile = profiler.run(replayed, extra=extra, optimizers=list(optimizers), reseed=random_state.advance)
+            profiled_state = random_state  # the random state under which every block ran
+        if timing_runs:
+            with preserved_state(self.model), _eager():
+
+                def replayed_again() -> None:
+                    profiled_state.restore()
+                    step()
+
+                profiler.time_steps(replayed_again, profile, runs=timing_runs)
         if grads_in_forward and not grads_persist:
             profile.forward_extra = grad_bytes
         profile.input_shapes = [list(t.shape) for t in roots if isinstance(t, torch.Tensor)]
@@ -146,6 +158,10 @@ class MemoryPlanner:
         profile = profile or self.profile_
         if profile is None:
             raise ValueError("no profile yet: call profile(step) first or pass profile=Profile.load(path)")
+        allowed = [d.value for d in self.decisions]
+        if any(d not in allowed for d in profile.decisions):
+            # a saved profile may have measured decisions this planner was not given: plan without them
+            profile = dataclasses.replace(profile, decisions=[d for d in profile.decisions if d in allowed])
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown; choose one of {', '.join(SOLVERS)}")
         if not 0.0 <= margin < 1.0:
@@ -227,30 +243,13 @@ class MemoryPlanner:
         self.runtime.decisions = dict(enumerate(plan.decisions))
 
     def measure(self, step: Callable[[], Any], roots: Sequence[Any] = ()) -> tuple[int, list[tuple[str, int]]]:
-        """Run ``step`` under the current plan and return its measured peak and per-phase timeline.
-
-        The timeline comes from a run that waits for the device at each block; on CUDA a second, free-running
-        step is measured too and the peak is the higher of the two.
-        """
+        """Run ``step`` under the current plan and return its measured peak and per-phase timeline."""
         decisions = dict(self.runtime.decisions)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad for p in params]
-        with preserved_state(self.model) as random_state, _eager(), self._probe(roots) as probe:
+        with preserved_state(self.model), _eager(), self._probe(roots) as probe:
             if self.device.type == "cuda":
                 probe.reset_peak()
             events = _record_run(step, self.runtime, probe, decisions)
-            peak = max(e[3] for e in events)
-            if self.device.type == "cuda":
-                # The recorded run waits for the device at every block; a free-running step can hold more
-                # (an offloaded block's copies still running): the step's peak is the larger of the two.
-                for p, grad in zip(params, grads):
-                    p.grad = grad
-                random_state.restore()
-                probe.reset_peak()
-                self.runtime.reset_calls()
-                step()
-                probe.now()
-                peak = max(peak, probe.peak())
+        peak = max(e[3] for e in events)
         timeline = measured_timeline(events, self.profile_) if self.profile_ is not None else []
         return peak, timeline
 

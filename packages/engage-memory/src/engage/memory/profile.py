@@ -123,6 +123,11 @@ class Profile:
     #: what the profile was measured for (see :meth:`check_matches`); empty when unknown
     model_signature: str = ""
     input_signature: str = ""
+    #: median time (s) of whole steps with every block under one decision, timed without the memory meter
+    #: and without waiting for the device at each block (see :meth:`overhead`); empty: not timed
+    step_times: dict[str, float] = field(default_factory=dict)
+    #: how many timed steps each median of ``step_times`` took
+    timing_runs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -197,8 +202,12 @@ class Profile:
         """Live-bytes change over a block's backward, made consistent with its forward.
 
         Whatever the decision, forward then backward leaves the same thing behind (parameter gradients,
-        the input gradient): ``fwd_delta + bwd_delta`` is the block's ``grad_delta``.
+        the input gradient): ``fwd_delta + bwd_delta`` is the block's ``grad_delta``. Not so under ``offload``,
+        whose tensors leave the device one block late in forward and come back one block early in backward: its
+        own measured change stands.
         """
+        if decision is Decision.OFFLOAD:
+            return self.cost(block, decision).bwd_delta
         return self.blocks[block].grad_delta - self.cost(block, decision).fwd_delta
 
     def timeline(self, decisions: Sequence[Decision]) -> list[tuple[str, int]]:
@@ -226,7 +235,28 @@ class Profile:
         """Predicted peak bytes of the whole step under ``decisions`` (one per module)."""
         return max(v for _, v in self.timeline(decisions))
 
+    def overhead(self, block: int, decision: Decision) -> float:
+        """Extra step time (s) of ``decision`` for ``block`` over keeping everything.
+
+        The block windows of the profiling runs (under the memory meter on CPU, waiting for the device at each
+        block on CUDA) say how the extra time of a decision splits among blocks; ``step_times``, whole steps
+        timed without either, say how much it is: the block's share of the measured difference between the
+        step with every block under ``decision`` and the step that keeps everything.
+        """
+        raw = self.blocks[block].overhead(decision)
+        measured, keep = self.step_times.get(decision.value), self.step_times.get(Decision.KEEP.value)
+        if measured is None or keep is None or decision is Decision.KEEP:
+            return raw
+        total = self._raw_totals().get(decision.value, 0.0)
+        if total <= 0.0:
+            return max(measured - keep, 0.0) / len(self.blocks)
+        return max(measured - keep, 0.0) * raw / total
+
+    def _raw_totals(self) -> dict[str, float]:
+        return {d.value: sum(b.overhead(d) for b in self.blocks) for d in self.available}
+
     def predict_time(self, decisions: Sequence[Decision]) -> float:
         """Predicted step time (s) under ``decisions`` (one per module)."""
         decisions = self.expand(decisions)
-        return self.step_time + sum(b.overhead(d) for b, d in zip(self.blocks, decisions))
+        base = self.step_times.get(Decision.KEEP.value, self.step_time)
+        return base + sum(self.overhead(i, d) for i, d in enumerate(decisions))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -163,6 +164,43 @@ class Profiler:
         self.probe = probe
         self.params = list(params)
         self.decisions = list(dict.fromkeys([Decision.KEEP, *decisions]))
+
+    def time_steps(self, step: Callable[[], Any], profile: Profile, runs: int = 3) -> Profile:
+        """Fill ``profile.step_times``: the median of ``runs`` whole steps with every block under each decision.
+
+        Call it outside the memory meter (whose bookkeeping slows every op several times over): the steps are
+        timed with no event per block and, on CUDA, one synchronisation at each end, as training runs them.
+        Rounds interleave the decisions so that they share the machine's drifts. A decision whose step does not
+        fit on the GPU is left out (its block windows stand).
+        """
+        n = len(self.runtime.blocks)
+        cuda = self.probe.device.type == "cuda"
+        times: dict[Decision, list[float]] = {d: [] for d in self.decisions}
+        failed: set[Decision] = set()
+        for _ in range(runs):
+            for decision in self.decisions:
+                if decision in failed:
+                    continue
+                self.runtime.decisions = dict.fromkeys(range(n), decision)
+                self.runtime.reset_calls()
+                try:
+                    if cuda:
+                        torch.cuda.synchronize(self.probe.device)
+                    started = time.perf_counter()
+                    step()
+                    if cuda:
+                        torch.cuda.synchronize(self.probe.device)
+                    times[decision].append(time.perf_counter() - started)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    failed.add(decision)
+                finally:
+                    _clear_grads(self.params)
+        profile.step_times = {d.value: statistics.median(t) for d, t in times.items() if t}
+        profile.timing_runs = runs
+        if Decision.KEEP.value in profile.step_times:
+            profile.step_time = profile.step_times[Decision.KEEP.value]
+        return profile
 
     def _measure(
         self, step: Callable[[], Any], decision: Decision, fwd_order: list[Call], bwd_order: list[Call]

@@ -118,7 +118,7 @@ class CpSatSolver:
         rank = {d: k for k, d in enumerate(Decision)}
         model.minimize(
             sum(
-                (round(1e6 * profile.blocks[i].overhead(d)) * 8 + rank[d]) * x[profile.module_of(i), d]
+                (round(1e6 * profile.overhead(i, d)) * 8 + rank[d]) * x[profile.module_of(i), d]
                 for i in range(len(profile.blocks))
                 for d in profile.available
             )

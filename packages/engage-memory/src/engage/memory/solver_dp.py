@@ -66,6 +66,7 @@ class DynamicProgrammingSolver:
         states: dict[int, tuple[tuple[float, float], int, int, float, tuple[Decision, ...]]] = {
             0: ((0.0, 0.0), 0, start_peak, 0.0, ())
         }
+        overheads = {(i, d): profile.overhead(i, d) for i in order for d in profile.available}
         for i in order:
             block = profile.blocks[i]
             nxt: dict[int, tuple[tuple[float, float], int, int, float, tuple[Decision, ...]]] = {}
@@ -77,7 +78,7 @@ class DynamicProgrammingSolver:
                     new_peak = max(peak, fixed + ahead + prefix + cost.fwd_peak, bwd_base + cost.bwd_peak)
                     if not minimise_peak and new_peak > budget:
                         continue
-                    total = spent + block.overhead(decision) + 1e-9 * list(Decision).index(decision)
+                    total = spent + overheads[i, decision] + 1e-9 * list(Decision).index(decision)
                     key = (new_peak, total) if minimise_peak else (total, after)
                     bucket = int(after // quantum)
                     if bucket not in nxt or key < nxt[bucket][0]:
