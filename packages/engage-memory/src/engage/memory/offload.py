@@ -21,6 +21,40 @@ OFFLOAD_NOT_COMPILED = (
 )
 
 
+class CudaCopies:
+    """Where offloaded tensors travel: a side CUDA stream, its events and pinned host buffers.
+
+    :class:`ActivationOffloader` does all its copying through one of these; a stand-in with the same methods
+    lets its bookkeeping run without a GPU.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+        self.device = device
+
+    def compute_stream(self) -> Any:
+        """The stream the model computes on."""
+        return torch.cuda.current_stream(self.device)
+
+    def side(self) -> contextlib.AbstractContextManager:
+        """Run the copies issued inside on the side stream."""
+        return torch.cuda.stream(self.stream)
+
+    def mark(self) -> torch.cuda.Event:
+        """An event recorded on the side stream after the copies issued so far."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+    def host_buffer(self, like: torch.Tensor) -> torch.Tensor:
+        """A pinned host tensor of ``like``'s shape and dtype."""
+        return torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+
+    def used_by_side(self, tensor: torch.Tensor) -> None:
+        """``tensor`` is read or written by side-stream work: the allocator must not reuse it before that ends."""
+        tensor.record_stream(self.stream)
+
+
 class OffloadedTensor:
     """A saved tensor's host copy, the events that order the copies, and its device copy once fetched."""
 
@@ -94,12 +128,12 @@ class ActivationOffloader:
         ...     y.sum().backward()
     """
 
-    def __init__(self, device: torch.device, min_bytes: int = 1 << 20) -> None:
+    def __init__(self, device: torch.device, min_bytes: int = 1 << 20, copies: CudaCopies | None = None) -> None:
         self.device = torch.device(device)
-        if self.device.type != "cuda":
+        if copies is None and self.device.type != "cuda":
             raise ValueError(OFFLOAD_NEEDS_CUDA.format(device=self.device))
         self.min_bytes = int(min_bytes)
-        self.stream = torch.cuda.Stream(self.device)
+        self.copies = copies if copies is not None else CudaCopies(self.device)
         # (block start number, offloaded tensor): its device tensor is released two block starts later
         self._pending: collections.deque[tuple[int, OffloadedTensor]] = collections.deque()
         self._blocks_started = 0
@@ -130,7 +164,7 @@ class ActivationOffloader:
         while self._pending and self._pending[0][0] <= self._blocks_started - 2:
             _, saved = self._pending.popleft()
             if not saved.stored.query():
-                compute = compute or torch.cuda.current_stream(self.device)
+                compute = compute or self.copies.compute_stream()
                 compute.wait_event(saved.stored)
             saved.original = None
 
@@ -149,7 +183,7 @@ class ActivationOffloader:
 
     def _pack(self, group: OffloadGroup, own: set[int], tensor: torch.Tensor) -> Any:
         nbytes = tensor.numel() * tensor.element_size()
-        if tensor.device.type != "cuda" or tensor.layout is not torch.strided or nbytes < self.min_bytes:
+        if tensor.device.type != self.device.type or tensor.layout is not torch.strided or nbytes < self.min_bytes:
             self.stats["kept_small"] += 1
             return tensor
         storage = tensor.untyped_storage().data_ptr()
@@ -160,13 +194,11 @@ class ActivationOffloader:
         if key in group._seen:
             group._seen[key].uses += 1
             return group._seen[key]
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        compute = torch.cuda.current_stream(tensor.device)
-        self.stream.wait_stream(compute)
-        with torch.cuda.stream(self.stream):
+        host = self.copies.host_buffer(tensor)
+        self.copies.stream.wait_stream(self.copies.compute_stream())
+        with self.copies.side():
             host.copy_(tensor, non_blocking=True)
-            stored = torch.cuda.Event()
-            stored.record(self.stream)
+            stored = self.copies.mark()
         saved = OffloadedTensor(tensor, host, stored, nbytes)
         self._pending.append((self._blocks_started, saved))
         group.tensors.append(saved)
@@ -178,18 +210,16 @@ class ActivationOffloader:
         if saved.original is not None:  # not released yet: no copy back needed
             if not saved.stored.query():
                 # its copy to the host may still be reading it: the allocator must not reuse it before then
-                saved.original.record_stream(self.stream)
+                self.copies.used_by_side(saved.original)
             saved.device_copy, saved.fetched, saved.original = saved.original, None, None
             return
-        compute = torch.cuda.current_stream(saved.device)
         # Allocated from the compute stream's memory: the side stream waits until its earlier work is done.
         copy = torch.empty(saved.host.shape, dtype=saved.host.dtype, device=saved.device)
-        self.stream.wait_stream(compute)
-        with torch.cuda.stream(self.stream):
+        self.copies.stream.wait_stream(self.copies.compute_stream())
+        with self.copies.side():
             copy.copy_(saved.host, non_blocking=True)
-            fetched = torch.cuda.Event()
-            fetched.record(self.stream)
-        copy.record_stream(self.stream)
+            fetched = self.copies.mark()
+        self.copies.used_by_side(copy)
         saved.device_copy, saved.fetched = copy, fetched
         self.stats["fetched_bytes"] += saved.nbytes
 
@@ -217,7 +247,7 @@ class ActivationOffloader:
         tensor = saved.device_copy
         assert tensor is not None
         if saved.fetched is not None:
-            torch.cuda.current_stream(saved.device).wait_event(saved.fetched)
+            self.copies.compute_stream().wait_event(saved.fetched)
         saved.uses -= 1
         if saved.uses <= 0:  # the last slot: the device copy goes with it
             saved.device_copy, saved.fetched, saved.consumed = None, None, True
