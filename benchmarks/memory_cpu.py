@@ -58,6 +58,7 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch
 import torch._functorch.config as functorch_config
 import torch.nn.functional as F
+from memory_gpt import Layer  # the decoder layer of memory_gpt.py beside this script
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
@@ -80,24 +81,6 @@ COMPILED = {"compile": 1.0, "compile_0.5": 0.5, "compile_0.1": 0.1}
 
 
 # ----------------------------------------------------------------------------------------------- models
-
-
-class Layer(nn.Module):
-    """Pre-norm decoder layer: causal self-attention then a 4x MLP, both residual."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm_attn, self.norm_mlp = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.to_qkv, self.attn_out = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.mlp_in, self.mlp_out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        n, t, d = h.shape
-        qkv = self.to_qkv(self.norm_attn(h)).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
-        h = h + self.attn_out(ctx.transpose(1, 2).reshape(n, t, d))
-        return h + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h))))
 
 
 class GPT(nn.Module):

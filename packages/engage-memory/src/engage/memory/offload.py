@@ -89,18 +89,16 @@ class OffloadedTensor:
 class OffloadGroup:
     """The tensors one call of an offloaded block saved, in the order it saved them.
 
-    ``previous`` is the group offloaded just before this one in forward (weakly held, so that a finished
-    step's groups are freed with its graph): backward reaches it next, so it is fetched while this block's
-    backward runs.
+    The runtime's backward hook of the block call after this one holds it weakly, so that a finished step's
+    groups are freed with its graph, and fetches it while that block's backward runs.
     """
 
-    __slots__ = ("__weakref__", "_seen", "previous", "started", "tensors")
+    __slots__ = ("__weakref__", "_seen", "started", "tensors")
 
-    def __init__(self, previous: OffloadGroup | None, started: int) -> None:
+    def __init__(self, started: int) -> None:
         self.tensors: list[OffloadedTensor] = []
         #: the offloader's count of block starts when this block call started
         self.started = started
-        self.previous = weakref.ref(previous) if previous is not None else None
         self._seen: dict[tuple, OffloadedTensor] = {}
 
 
@@ -171,7 +169,7 @@ class ActivationOffloader:
     @contextlib.contextmanager
     def offloading(self, params: Iterable[torch.Tensor]) -> Iterator[OffloadGroup]:
         """Offload what the code inside saves for backward, except tensors sharing storage with ``params``."""
-        group = OffloadGroup(self.last_group(), self._blocks_started)
+        group = OffloadGroup(self._blocks_started)
         own = {p.untyped_storage().data_ptr() for p in params}
 
         def pack(tensor: torch.Tensor) -> Any:

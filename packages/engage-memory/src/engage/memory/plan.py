@@ -46,9 +46,10 @@ class Plan:
         per_block = profile.expand(decisions)
         kept = [0] * len(decisions)
         overheads = [0.0] * len(decisions)
+        extra = profile.overheads()
         for i, (block, decision) in enumerate(zip(profile.blocks, per_block)):
             kept[profile.module_of(i)] += block.costs[decision.value].fwd_delta
-            overheads[profile.module_of(i)] += profile.overhead(i, decision)
+            overheads[profile.module_of(i)] += extra[i, decision]
         return cls(
             names=profile.units,
             decisions=list(decisions),

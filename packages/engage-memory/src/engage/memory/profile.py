@@ -241,22 +241,30 @@ class Profile:
         The block windows of the profiling runs (under the memory meter on CPU, waiting for the device at each
         block on CUDA) say how the extra time of a decision splits among blocks; ``step_times``, whole steps
         timed without either, say how much it is: the block's share of the measured difference between the
-        step with every block under ``decision`` and the step that keeps everything.
+        step with every block under ``decision`` and the step that keeps everything. :meth:`overheads` gives
+        every block's at once.
         """
-        raw = self.blocks[block].overhead(decision)
+        total = sum(b.overhead(decision) for b in self.blocks)
+        return self._scaled(self.blocks[block].overhead(decision), decision, total)
+
+    def overheads(self) -> dict[tuple[int, Decision], float]:
+        """:meth:`overhead` of every block under every measured decision, keyed ``(block, decision)``."""
+        measured = [Decision(d) for d in self.blocks[0].costs] if self.blocks else []
+        raw = {(i, d): b.overhead(d) for i, b in enumerate(self.blocks) for d in measured}
+        totals = {d: sum(raw[i, d] for i in range(len(self.blocks))) for d in measured}
+        return {(i, d): self._scaled(value, d, totals[d]) for (i, d), value in raw.items()}
+
+    def _scaled(self, raw: float, decision: Decision, total: float) -> float:
         measured, keep = self.step_times.get(decision.value), self.step_times.get(Decision.KEEP.value)
         if measured is None or keep is None or decision is Decision.KEEP:
             return raw
-        total = self._raw_totals().get(decision.value, 0.0)
         if total <= 0.0:
             return max(measured - keep, 0.0) / len(self.blocks)
         return max(measured - keep, 0.0) * raw / total
-
-    def _raw_totals(self) -> dict[str, float]:
-        return {d.value: sum(b.overhead(d) for b in self.blocks) for d in self.available}
 
     def predict_time(self, decisions: Sequence[Decision]) -> float:
         """Predicted step time (s) under ``decisions`` (one per module)."""
         decisions = self.expand(decisions)
         base = self.step_times.get(Decision.KEEP.value, self.step_time)
-        return base + sum(self.overhead(i, d) for i, d in enumerate(decisions))
+        overheads = self.overheads()
+        return base + sum(overheads[i, d] for i, d in enumerate(decisions))

@@ -116,9 +116,10 @@ class CpSatSolver:
             raise InfeasibleBudgetError(budget, self.minimum_budget(profile))
         # Microseconds, with a tiny preference for simpler decisions when times tie.
         rank = {d: k for k, d in enumerate(Decision)}
+        overheads = profile.overheads()
         model.minimize(
             sum(
-                (round(1e6 * profile.overhead(i, d)) * 8 + rank[d]) * x[profile.module_of(i), d]
+                (round(1e6 * overheads[i, d]) * 8 + rank[d]) * x[profile.module_of(i), d]
                 for i in range(len(profile.blocks))
                 for d in profile.available
             )

@@ -66,7 +66,7 @@ class DynamicProgrammingSolver:
         states: dict[int, tuple[tuple[float, float], int, int, float, tuple[Decision, ...]]] = {
             0: ((0.0, 0.0), 0, start_peak, 0.0, ())
         }
-        overheads = {(i, d): profile.overhead(i, d) for i in order for d in profile.available}
+        overheads = profile.overheads()
         for i in order:
             block = profile.blocks[i]
             nxt: dict[int, tuple[tuple[float, float], int, int, float, tuple[Decision, ...]]] = {}
