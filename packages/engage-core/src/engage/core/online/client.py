@@ -148,7 +148,9 @@ class SimulationClient:
     # ------------------------------------------------------------------ public API
     def connect(self) -> Job:
         """Say hello and wait for the job; :class:`TrainerGone` if nobody answers in time."""
-        hello = {"pid": os.getpid(), "host": pysocket.gethostname(), "protocol": protocol.VERSION}
+        # in a batch job, the node's name as the batch system knows it (nodes may share a hostname)
+        host = os.environ.get("SLURMD_NODENAME") or pysocket.gethostname()
+        hello = {"pid": os.getpid(), "host": host, "protocol": protocol.VERSION}
         if self.shared_memory and available():
             hello["shared_memory"] = True
         self._socket.send_multipart(protocol.encode_json(Kind.HELLO, self.simulation_id, self.attempt, hello))

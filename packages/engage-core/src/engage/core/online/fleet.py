@@ -218,6 +218,8 @@ class Fleet:
         is given up."""
         rec = active.record
         if active.process is not None:
+            # where it ran, when it died before it could say so itself (a node that failed)
+            rec.host = rec.host or active.process.host
             active.process.kill()
             rec.stderr_tail = active.process.stderr_tail()
         self.forget(active)

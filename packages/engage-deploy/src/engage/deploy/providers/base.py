@@ -59,6 +59,15 @@ class Host:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def address_towards(host: str, port: int = 9) -> str:
+    """This machine's address on its route to ``host`` (a name or an IPv4 address): the source
+    address the kernel would send from. A UDP ``connect`` sends no packet. ``OSError`` when
+    ``host`` does not resolve or no route leads there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((socket.gethostbyname(host), port))
+        return str(probe.getsockname()[0])
+
+
 class Provider(abc.ABC):
     """Base of every provider. Subclasses implement :meth:`deploy`, :meth:`apply_network` and
     :meth:`destroy`; :meth:`run` works for any host whose ``exec_prefix`` starts a command there.
@@ -128,9 +137,7 @@ class Provider(abc.ABC):
         for host in self.hosts:
             if host.address and not host.address.startswith("127.") and host.address != "localhost":
                 try:
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                        probe.connect((host.address, 9))  # no packet is sent for a UDP connect
-                        return str(probe.getsockname()[0])
+                    return address_towards(host.address)
                 except OSError:
                     continue
         return "127.0.0.1"

@@ -15,6 +15,7 @@ import os
 import queue
 import secrets
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from engage.core.config.validate import ConfigError
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
 from engage.core.files import write_private
+from engage.deploy.providers.base import address_towards
 
 #: Exit code of a job that Slurm ended (failed, cancelled, timed out, out of memory, ...).
 SLURM_FAILURE = 75
@@ -97,6 +99,7 @@ class JobStates:
         #: job id -> when it was first watched; a job submitted after the last query is not judged by it
         self._watched: dict[str, float] = {}
         self._states: dict[str, tuple[str, str]] = {}  # job id -> (state, reason), from the last answer
+        self._nodes: dict[str, str] = {}  # job id -> the node(s) it was given, once it was
         self._asked_at = -float("inf")
         self._answered = False
         self._lock = threading.Lock()
@@ -111,6 +114,12 @@ class JobStates:
         with self._lock:
             self._watched.pop(job_id, None)
             self._states.pop(job_id, None)
+            self._nodes.pop(job_id, None)
+
+    def node(self, job_id: str) -> str:
+        """The node(s) the job was given, as of the last answer; ``""`` before it was."""
+        with self._lock:
+            return self._nodes.get(job_id, "")
 
     def state(self, job_id: str) -> tuple[str, str] | None:
         """``(state, reason)`` of a watched job; ``("", "")`` while unknown yet (slurmctld did not
@@ -132,7 +141,7 @@ class JobStates:
             return
         self.queries += 1
         # --all: jobs in hidden partitions too; no SQUEUE_* variables of the user's filtering them out
-        command = ["squeue", "--all", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r"]
+        command = ["squeue", "--all", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r|%N"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
         try:
             out = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
@@ -147,10 +156,44 @@ class JobStates:
         states = {}
         for line in out.stdout.splitlines():
             job_id, _, rest = line.strip().partition("|")
-            state, _, reason = rest.partition("|")
+            state, _, rest = rest.partition("|")
+            reason, _, nodes = rest.partition("|")
             if job_id:
                 states[job_id] = (base_state(state), reason)
+                if nodes:
+                    self._nodes[job_id] = nodes
         self._answered, self._states = True, states
+
+
+# --- where the trainer listens ---------------------------------------------------------------
+
+
+def controller_endpoint(config_text: str) -> tuple[str, int]:
+    """``(address, port)`` of the first ``slurmctld`` in ``scontrol show config`` output.
+
+    ``SlurmctldHost[0] = name(address)`` gives the address; a bare name is the address itself
+    (resolved later). The port is the first of a ``SlurmctldPort`` range.
+    """
+    host, port = "", 6817
+    for line in config_text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key.startswith("SlurmctldHost") and not host:
+            name, _, address = value.partition("(")
+            host = address.rstrip(")") or name
+        elif key == "SlurmctldPort":
+            port = int(value.split("-")[0])
+    if not host:
+        raise ValueError("no SlurmctldHost in Slurm's configuration")
+    return host, port
+
+
+def check_local_address(address: str) -> None:
+    """Raise ``OSError`` unless ``address`` is one of this machine's IPv4 addresses."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
 
 
 # --- the executor -----------------------------------------------------------------------------
@@ -174,7 +217,7 @@ class SlurmProcess(SimulationProcess):
         self._refusal = ""
         self._killed = False
         self._lock = threading.Lock()
-        self.host = "slurm"
+        self._node = ""
         self.job_name = ""
         if job_id is not None:
             self.submitted_as(job_id)
@@ -182,6 +225,15 @@ class SlurmProcess(SimulationProcess):
     @property
     def pid(self) -> int | None:
         return None if self.job_id is None else int(self.job_id)
+
+    @property
+    def host(self) -> str:
+        """The node Slurm gave the job (``squeue``'s ``%N``); ``""`` until it was seen running.
+        A simulation also names it when it connects; this one tells where a job ran that died
+        before it could (a node that failed as the job started)."""
+        if not self._node and self.job_id is not None:
+            self._node = self._states.node(self.job_id)
+        return self._node
 
     @property
     def starting(self) -> bool:
@@ -238,6 +290,7 @@ class SlurmProcess(SimulationProcess):
     def _settle(self, code: int) -> int:
         self._code = code
         if self.job_id is not None:
+            _ = self.host  # kept: the states of a job that ended are forgotten
             self._states.forget(self.job_id)
         return code
 
@@ -271,7 +324,14 @@ class SlurmExecutor(Executor):
     small batch script fits it better than submitit. Secrets are written to a ``0600`` file in
     the run's folder that the script reads and deletes, never put in the job's environment
     (slurmctld stores that). Options: ``partition``, ``time``, ``cpus_per_task``, ``mem``,
-    ``account``, ``extra`` (further ``#SBATCH`` lines) and ``max_pending_s`` (default 600).
+    ``account``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (default 600) and
+    ``bind_address``.
+
+    The trainer listens on one address that jobs on other nodes reach: ``bind_address`` when
+    given, else this machine's address on its route to ``slurmctld`` (from ``scontrol show
+    config``), which compute nodes reach as well on a cluster whose nodes and controller share a
+    network. Never every interface: simulations authenticate, but the port stays off networks
+    that have no business with it.
 
     When it is made, the executor checks the options with ``sbatch --test-only`` and, with
     ``check_folder`` (default), that a job on a compute node sees the folder it will run in (the
@@ -296,6 +356,7 @@ class SlurmExecutor(Executor):
         max_pending_s: float = 600.0,
         check_folder: bool = True,
         probe_timeout_s: float = 60.0,
+        bind_address: str | None = None,
     ):
         self.log_dir = Path(log_dir or os.getcwd())
         self.max_pending_s = float(max_pending_s)
@@ -319,6 +380,7 @@ class SlurmExecutor(Executor):
         #: in every job name of this executor, so that a job can be named even when sbatch hung
         self.token = secrets.token_hex(4)
         self._check()
+        self.address = self._bind_address(bind_address)
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
 
@@ -335,6 +397,27 @@ class SlurmExecutor(Executor):
                 raise ConfigError(f"data.executor_options.partition: {msg}; pick one that `sinfo` lists") from None
             raise ConfigError(
                 f"data.executor=slurm: {msg}; check that slurmctld is reachable (`sinfo`) and data.executor_options"
+            ) from None
+
+    def _bind_address(self, given: str | None) -> str:
+        """The address the trainer listens on (see the class); refused in one line when it is not
+        one of this machine's."""
+        if given is not None:
+            try:
+                check_local_address(str(given))
+            except OSError as exc:
+                raise ConfigError(
+                    f"data.executor_options.bind_address: {given!r} is not an address of this machine "
+                    f"({exc.strerror or exc}); give one that `ip -4 addr` lists, or leave it unset"
+                ) from None
+            return str(given)
+        try:
+            out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+            return address_towards(*controller_endpoint(out.stdout))
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(
+                f"data.executor=slurm: cannot tell which address compute nodes reach this machine at ({exc}); "
+                "set data.executor_options.bind_address"
             ) from None
 
     def _check_folder(self, folder: Path, timeout_s: float) -> None:
@@ -396,6 +479,9 @@ class SlurmExecutor(Executor):
             f"--job-name=engage-{stem}-{self.token}",
             f"--output={log_path}",
             f"--chdir={os.getcwd()}",
+            # a job Slurm requeued (after a node failure) would start the simulation again from its
+            # first sample under a spent key: the fleet retries it instead, from its sample index
+            "--no-requeue",
             *self.options,
             str(script),
         ]
@@ -436,7 +522,7 @@ class SlurmExecutor(Executor):
         return self._queue.qsize()
 
     def bind_host(self) -> str:
-        return "127.0.0.1"  # one node: the trainer and the jobs share it
+        return self.address
 
     def shutdown(self) -> None:
         """Stop submitting, then cancel the jobs still queued or running when the run ends."""
