@@ -314,3 +314,29 @@ def test_a_working_folder_compute_nodes_do_not_see_is_one_line_and_exit_code_2(s
     assert done.returncode == 2, done.stderr[-2000:]
     assert "compute nodes do not see the working folder" in lines[-1], lines[-3:]
     assert not list(local.iterdir()), "the node saw none of it, and nothing was left in the shared folder"
+
+
+def test_the_controller_endpoint_is_read_from_slurms_configuration():
+    from engage.deploy.slurm.executor import controller_endpoint
+
+    text = "ClusterName             = engage\nSlurmctldHost[0]        = vm(10.231.0.1)\nSlurmctldPort           = 6817-6818\n"
+    assert controller_endpoint(text) == ("10.231.0.1", 6817)
+    assert controller_endpoint("SlurmctldHost[0] = head\nSlurmctldPort = 7000\n") == ("head", 7000)
+    with pytest.raises(ValueError, match="no SlurmctldHost"):
+        controller_endpoint("ClusterName = engage\n")
+
+
+def test_a_bind_address_not_of_this_machine_exits_2_naming_the_field(slurm_cluster, tmp_path):
+    from engage.core.testing.process import run_engage
+
+    done = run_engage(
+        *RUN,
+        "+data.executor_options.bind_address=192.0.2.1",  # TEST-NET-1: nobody's
+        cwd=tmp_path,
+        timeout=60,
+        env={"SLURM_CONF": str(slurm_cluster.conf)},
+    )
+    lines = [x for x in done.stderr.splitlines() if x.strip()]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert lines[-1].count("data.executor_options.bind_address") == 1 and "192.0.2.1" in lines[-1], lines[-3:]
+    assert not list(tmp_path.rglob("mlflow.db")), "refused before the run was recorded"
