@@ -319,7 +319,7 @@ def test_a_working_folder_compute_nodes_do_not_see_is_one_line_and_exit_code_2(s
 def test_the_controller_endpoint_is_read_from_slurms_configuration():
     from engage.deploy.slurm.executor import controller_endpoint
 
-    text = "ClusterName             = engage\nSlurmctldHost[0]        = vm(10.231.0.1)\nSlurmctldPort           = 6817-6818\n"
+    text = "ClusterName = engage\nSlurmctldHost[0]        = vm(10.231.0.1)\nSlurmctldPort = 6817-6818\n"
     assert controller_endpoint(text) == ("10.231.0.1", 6817)
     assert controller_endpoint("SlurmctldHost[0] = head\nSlurmctldPort = 7000\n") == ("head", 7000)
     with pytest.raises(ValueError, match="no SlurmctldHost"):
