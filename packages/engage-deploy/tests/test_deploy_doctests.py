@@ -16,7 +16,9 @@ MODULES = sorted(
 )
 
 
-LAUNCHER = [f"engage.deploy.{name}" for name in ("options", "job", "experiment", "report", "processes")]
+LAUNCHER = [
+    f"engage.deploy.{name}" for name in ("options", "job", "experiment", "report", "processes", "providers.slurm")
+]
 
 
 @pytest.mark.parametrize("name", ["engage.deploy.placement", *MODULES, *LAUNCHER])

@@ -78,7 +78,7 @@ def test_validation_errors_are_one_line(change, message) -> None:
 
 
 def test_registry_lists_every_provider() -> None:
-    assert provider_names() == ["chameleon", "g5k", "local", "netns", "static", "vagrant"]
+    assert provider_names() == ["chameleon", "g5k", "local", "netns", "slurm", "static", "vagrant"]
     with pytest.raises(InfrastructureError, match="unknown provider 'docker'"):
         get_provider("docker")
 

@@ -177,7 +177,7 @@ class JobExecution:
             running = dict(self._running)
             self._stopped.update(running)
         for process in running.values():
-            terminate(process.pid)
+            _stop(process)
         with self._lock:
             return sorted(self._stopped)
 
@@ -261,12 +261,13 @@ class JobExecution:
         with self._lock:
             self._running[job.index] = process
         monitor, key = self.monitors[host.name], str(job.index)
-        monitor.track(key, process.pid)
+        if process.pid is not None:  # a batch system's job has no process here to sample
+            monitor.track(key, process.pid)
         timed_out = False
         try:
             process.wait(timeout=self.options.job_timeout_s)
         except subprocess.TimeoutExpired:
-            terminate(process.pid)
+            _stop(process)
             process.wait()
             timed_out = True
         finally:
@@ -282,6 +283,10 @@ class JobExecution:
                     if name != "mlflow-run-id":
                         log.warning("job %d: could not fetch %s from %s: %s", job.index, name, host.name, exc)
         ret, summary = self._outcome(job, host, attempt, process.returncode, timed_out, started, ended)
+        # a batch system's job names the node it ran on; the slot it took is the host
+        node = getattr(process, "node", "")
+        if node:
+            summary["node"] = node
         self.folder.write_result(job.index, summary)
         if ret.status != JobStatus.COMPLETED:
             log.error("job %d failed on %s: %s (logs in %s)", job.index, host.name, summary["error"], job.folder)
@@ -295,7 +300,7 @@ class JobExecution:
             ),
             start_time=started,
             end_time=ended,
-            host=host.name,
+            host=f"{host.name} ({node})" if node else host.name,
             overrides=job.overrides,
             config_hash=job.config_hash,
             output_dir=summary["output_dir"],
@@ -360,7 +365,8 @@ class JobExecution:
         server that failed, which is said once)."""
         stdout, stderr = folder / "stdout.log", folder / "stderr.log"
         env = {"PYTHONPATH": _python_path()}
-        server = self._fork_server(host, cwd) if not host.remote else None
+        local = not host.remote and self.provider.local_processes
+        server = self._fork_server(host, cwd) if local else None
         if server is not None:
             try:
                 return server.start(job_dir, {**os.environ, **env}, cwd, str(stdout), str(stderr))
@@ -397,6 +403,15 @@ class JobExecution:
             self._fork_servers = {name: None for name in self._fork_servers}
         for server in servers:
             server.close()
+
+
+def _stop(process: Any) -> None:
+    """Stop a job's process, or cancel a batch system's job (which has no local pid)."""
+    cancel = getattr(process, "cancel", None)
+    if cancel is not None:
+        cancel()
+    else:
+        terminate(process.pid)
 
 
 def _failed_return(job: SweepJob, error: BaseException) -> JobReturn:

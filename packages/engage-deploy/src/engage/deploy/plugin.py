@@ -56,6 +56,7 @@ def engage_executors() -> dict:
 def engage_providers() -> dict:
     from engage.deploy.providers.local import LocalProvider
     from engage.deploy.providers.netns import NetnsProvider
+    from engage.deploy.providers.slurm import SlurmProvider
     from engage.deploy.providers.testbeds import ChameleonProvider, G5kProvider, StaticProvider, VagrantProvider
 
     return {
@@ -65,6 +66,7 @@ def engage_providers() -> dict:
         "chameleon": ChameleonProvider,
         "vagrant": VagrantProvider,
         "static": StaticProvider,
+        "slurm": SlurmProvider,
     }
 
 

@@ -1,5 +1,5 @@
 """Providers by name, contributed through the ``engage_providers`` hook (engage-deploy's plugin
-adds ``local``, ``netns``, ``g5k``, ``chameleon``, ``vagrant`` and ``static``). A testbed provider
+adds ``local``, ``netns``, ``slurm``, ``g5k``, ``chameleon``, ``vagrant`` and ``static``). A testbed provider
 imports its client library when it deploys, so that choosing the ``local`` provider never imports
 a testbed's.
 
@@ -7,7 +7,7 @@ Example::
 
     >>> from engage.deploy.providers import get_provider, provider_names
     >>> provider_names()
-    ['chameleon', 'g5k', 'local', 'netns', 'static', 'vagrant']
+    ['chameleon', 'g5k', 'local', 'netns', 'slurm', 'static', 'vagrant']
     >>> get_provider("local").__name__
     'LocalProvider'
 """

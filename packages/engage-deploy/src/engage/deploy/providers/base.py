@@ -77,6 +77,9 @@ class Provider(abc.ABC):
 
     #: the name under which the provider is registered (``infrastructure.provider``)
     name: ClassVar[str] = ""
+    #: whether :meth:`run` starts a process of this machine (False: a batch system's job, which
+    #: has no local pid to sample or signal and no fork server; it is stopped with ``cancel()``)
+    local_processes: ClassVar[bool] = True
 
     def __init__(self, infrastructure: Infrastructure, workdir: str | os.PathLike[str]) -> None:
         self.infrastructure = infrastructure

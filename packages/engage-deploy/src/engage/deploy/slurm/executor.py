@@ -196,6 +196,69 @@ def check_local_address(address: str) -> None:
         probe.bind((address, 0))
 
 
+def bind_address_for(given: str | None, field: str, what: str) -> str:
+    """The address a server for jobs listens on: ``given`` (refused in one line naming ``field``
+    when it is not one of this machine's), else this machine's address on its route to
+    ``slurmctld``, which compute nodes reach as well on a cluster whose nodes and controller
+    share a network."""
+    if given is not None:
+        try:
+            check_local_address(str(given))
+        except OSError as exc:
+            raise ConfigError(
+                f"{field}: {given!r} is not an address of this machine ({exc.strerror or exc}); "
+                "give one that `ip -4 addr` lists, or leave it unset"
+            ) from None
+        return str(given)
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+        return address_towards(*controller_endpoint(out.stdout))
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(
+            f"{what}: cannot tell which address compute nodes reach this machine at ({exc}); set {field}"
+        ) from None
+
+
+# --- submission -------------------------------------------------------------------------------
+
+
+def sbatch_flags(
+    *,
+    partition: str | None = None,
+    time: str | None = None,
+    cpus_per_task: int | None = None,
+    mem: str | None = None,
+    account: str | None = None,
+    gpus: int | None = None,
+) -> list[str]:
+    """``sbatch`` flags for the options given (``None``: Slurm's default)."""
+    pairs = (
+        ("partition", partition),
+        ("time", time),
+        ("cpus-per-task", cpus_per_task),
+        ("mem", mem),
+        ("account", account),
+        ("gpus", gpus),
+    )
+    return [f"--{flag}={value}" for flag, value in pairs if value is not None]
+
+
+def check_submission(flags: list[str], field: str, what: str) -> None:
+    """Ask ``slurmctld`` whether a job with ``flags`` would be accepted (``sbatch --test-only``);
+    one line naming ``field`` (``data.executor_options``) and the fix when it would not."""
+    try:
+        out = subprocess.run(
+            ["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"{what}: sbatch cannot run ({exc}); install Slurm's client") from None
+    if out.returncode != 0:
+        msg = " ".join(out.stderr.split())
+        if "partition" in msg.lower():
+            raise ConfigError(f"{field}.partition: {msg}; pick one that `sinfo` lists") from None
+        raise ConfigError(f"{what}: {msg}; check that slurmctld is reachable (`sinfo`) and {field}") from None
+
+
 # --- the executor -----------------------------------------------------------------------------
 
 
@@ -360,17 +423,9 @@ class SlurmExecutor(Executor):
     ):
         self.log_dir = Path(log_dir or os.getcwd())
         self.max_pending_s = float(max_pending_s)
-        self.options = [
-            f"--{flag}={value}"
-            for flag, value in (
-                ("partition", partition),
-                ("time", time),
-                ("cpus-per-task", cpus_per_task),
-                ("mem", mem),
-                ("account", account),
-            )
-            if value is not None
-        ]
+        self.options = sbatch_flags(
+            partition=partition, time=time, cpus_per_task=cpus_per_task, mem=mem, account=account
+        )
         self.extra = [str(line) for line in (extra or [])]
         self._processes: list[SlurmProcess] = []
         self.states = JobStates()
@@ -380,45 +435,12 @@ class SlurmExecutor(Executor):
         #: in every job name of this executor, so that a job can be named even when sbatch hung
         self.token = secrets.token_hex(4)
         self._check()
-        self.address = self._bind_address(bind_address)
+        self.address = bind_address_for(bind_address, "data.executor_options.bind_address", "data.executor=slurm")
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
 
     def _check(self) -> None:
-        try:
-            out = subprocess.run(
-                ["sbatch", "--test-only", *self.options, "--wrap", "true"], capture_output=True, text=True, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"data.executor=slurm: sbatch cannot run ({exc}); install Slurm's client") from None
-        if out.returncode != 0:
-            msg = " ".join(out.stderr.split())
-            if "partition" in msg.lower():
-                raise ConfigError(f"data.executor_options.partition: {msg}; pick one that `sinfo` lists") from None
-            raise ConfigError(
-                f"data.executor=slurm: {msg}; check that slurmctld is reachable (`sinfo`) and data.executor_options"
-            ) from None
-
-    def _bind_address(self, given: str | None) -> str:
-        """The address the trainer listens on (see the class); refused in one line when it is not
-        one of this machine's."""
-        if given is not None:
-            try:
-                check_local_address(str(given))
-            except OSError as exc:
-                raise ConfigError(
-                    f"data.executor_options.bind_address: {given!r} is not an address of this machine "
-                    f"({exc.strerror or exc}); give one that `ip -4 addr` lists, or leave it unset"
-                ) from None
-            return str(given)
-        try:
-            out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-            return address_towards(*controller_endpoint(out.stdout))
-        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(
-                f"data.executor=slurm: cannot tell which address compute nodes reach this machine at ({exc}); "
-                "set data.executor_options.bind_address"
-            ) from None
+        check_submission(self.options, "data.executor_options", "data.executor=slurm")
 
     def _check_folder(self, folder: Path, timeout_s: float) -> None:
         """Refuse (one line) a folder that a job on a compute node does not see as this host does."""

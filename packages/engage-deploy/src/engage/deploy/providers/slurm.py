@@ -1,0 +1,255 @@
+"""The ``slurm`` provider: each job of a sweep is a Slurm batch job (``+infrastructure=slurm``).
+
+Its hosts are job slots, not machines: ``layers[0].hosts`` slots (``slurm-1`` ...) cap the jobs
+that live in Slurm's queue at once (as an array's ``%`` limit would), and Slurm places each job on
+a node of the partition. A job is ``python -m engage.deploy.runner JOB_DIR`` in a small batch
+script, submitted with ``sbatch``; its state is read with the Slurm executor's
+:class:`~engage.deploy.slurm.executor.JobStates` (one ``squeue`` call per interval for every
+live job: no accounting daemon needed). The experiment folder must be on a filesystem the compute
+nodes share: the job reads its contract (``job.json``, 0600, with the sweep's MLflow credentials)
+and pickled payload there and writes its result beside them.
+
+The sweep's MLflow server listens on this machine's address towards ``slurmctld`` (or
+``options.bind_address``) and asks for credentials. The job's environment is this process's,
+less MLflow credentials and anything named like a secret (slurmctld stores a job's environment).
+
+``infrastructure.options``: ``partition``, ``time``, ``cpus_per_task``, ``mem``, ``account``,
+``gpus``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (600) and ``bind_address``.
+
+Example::
+
+    >>> infra = Infrastructure.from_dict(
+    ...     {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 4}], "options": {"partition": "debug"}}
+    ... )
+    >>> SlurmProvider(infra, "/tmp/engage-doc").options["partition"]
+    'debug'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engage.core.config.validate import ConfigError
+from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+from engage.deploy.providers.base import Host, Provider, ProviderError
+
+log = logging.getLogger(__name__)
+
+#: every option and its default; one place
+OPTIONS: dict[str, Any] = {
+    "partition": None,
+    "time": None,
+    "cpus_per_task": None,
+    "mem": None,
+    "account": None,
+    "gpus": None,
+    "extra": [],
+    "max_pending_s": 600.0,
+    "bind_address": None,
+}
+
+#: variables never put in a job's environment (slurmctld stores it and shows it to administrators)
+_SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|_KEY$|^MLFLOW_TRACKING_USERNAME$", re.IGNORECASE)
+
+
+def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables that look like secrets.
+
+    >>> job_environment({"PATH": "/bin", "MLFLOW_TRACKING_PASSWORD": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    {'PATH': '/bin'}
+    """
+    return {k: v for k, v in environ.items() if not _SECRET.search(k)}
+
+
+class SlurmJob:
+    """A sweep job submitted to Slurm, standing for its process: ``pid`` is ``None``;
+    :meth:`poll` and :meth:`wait` read its state; :meth:`cancel` ``scancel``\\ s it, after which
+    its ``returncode`` is ``-SIGTERM`` (the launcher records it KILLED). A job Slurm ended
+    (failed, timed out, out of memory, node failure, cancelled by someone else) has the Slurm
+    executor's failure code, which the launcher retries like a failed job."""
+
+    pid = None
+
+    def __init__(self, process: Any) -> None:
+        self._process = process  # a SlurmProcess: state reading, pending limit, cancel
+        self.returncode: int | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        return self._process.job_id
+
+    @property
+    def node(self) -> str:
+        return self._process.host
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._process.poll()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"slurm job {self.job_id}", timeout)
+            time.sleep(0.25)
+        assert self.returncode is not None
+        return self.returncode
+
+    def cancel(self) -> None:
+        if self.poll() is None:
+            self._process.kill()
+            self.returncode = -signal.SIGTERM
+
+
+class SlurmProvider(Provider):
+    """Jobs of a sweep as Slurm batch jobs; see the module docstring."""
+
+    name = "slurm"
+    #: jobs are not processes of this machine: no fork server, no process sampling
+    local_processes = False
+
+    def __init__(self, infrastructure: Infrastructure, workdir: str | os.PathLike[str]) -> None:
+        super().__init__(infrastructure, workdir)
+        given = dict(infrastructure.options or {})
+        unknown = sorted(set(given) - set(OPTIONS))
+        if unknown:
+            raise InfrastructureError(
+                f"infrastructure.options.{unknown[0]}: not a slurm option; options are {', '.join(OPTIONS)}"
+            )
+        self.options: dict[str, Any] = {**OPTIONS, **given}
+        if not isinstance(self.options["extra"], (list, tuple)):
+            raise InfrastructureError("infrastructure.options.extra: give a list of #SBATCH options")
+        self.warnings: list[str] = []
+        self.token = secrets.token_hex(4)
+        self._address: str | None = None
+        self._jobs: list[SlurmJob] = []
+        self._states: Any = None
+        self.flags: list[str] = []
+
+    def _flags(self) -> list[str]:
+        from engage.deploy.slurm.executor import sbatch_flags
+
+        o = self.options
+        return sbatch_flags(
+            partition=o["partition"], time=o["time"], cpus_per_task=o["cpus_per_task"],
+            mem=o["mem"], account=o["account"], gpus=o["gpus"],
+        )  # fmt: skip
+
+    def planned_launcher_address(self) -> str:
+        """This machine's address towards ``slurmctld`` (or ``options.bind_address``): where
+        jobs on compute nodes reach the sweep's MLflow server."""
+        if self._address is None:
+            from engage.deploy.slurm.executor import bind_address_for
+
+            try:
+                self._address = bind_address_for(
+                    self.options["bind_address"], "infrastructure.options.bind_address", "infrastructure.provider=slurm"
+                )
+            except ConfigError as exc:
+                raise ProviderError(str(exc)) from None
+        return self._address
+
+    def launcher_address(self) -> str:
+        return self.planned_launcher_address()
+
+    def deploy(self) -> list[Host]:
+        """Check the options with ``sbatch --test-only`` (one line naming the option when Slurm
+        refuses them), then make the job slots."""
+        from engage.deploy.slurm.executor import JobStates, check_submission
+
+        self.flags = self._flags()
+        try:
+            check_submission(self.flags, "infrastructure.options", "infrastructure.provider=slurm")
+        except ConfigError as exc:
+            raise ProviderError(str(exc)) from None
+        address = self.planned_launcher_address()
+        self._states = JobStates()
+        self.hosts = [
+            Host(name=name, layer=layer.name, address=address, cpu=layer.cpu, memory=layer.memory_bytes)
+            for layer, name in self.infrastructure.iter_hosts()
+        ]
+        return self.hosts
+
+    def apply_network(self) -> None:
+        if self.infrastructure.network:
+            message = (
+                f"the slurm provider runs jobs on the cluster's own network: {len(self.infrastructure.network)} "
+                "network constraints ignored"
+            )
+            self.warnings.append(message)
+            log.warning(message)
+
+    def run(
+        self,
+        host: Host,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        *,
+        stderr_path: str | os.PathLike[str] | None = None,
+    ) -> SlurmJob:  # type: ignore[override]
+        """Submit ``command`` as a batch job; returns once ``sbatch`` answered. A refusal is a
+        failed job (its message in the job's stderr log)."""
+        from engage.deploy.slurm.executor import SlurmProcess
+
+        if self._states is None:
+            raise ProviderError("slurm: run() before deploy()")
+        folder = Path(log_path).parent if log_path is not None else self.workdir
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"job-{folder.name}-{host.name}"
+        script = folder / "job.sbatch"
+        lines = ["#!/bin/sh", *(f"#SBATCH {x}" for x in self.options["extra"]), f"exec {shlex.join(command)}"]
+        script.write_text("\n".join(lines) + "\n")
+        out = Path(log_path) if log_path is not None else folder / "stdout.log"
+        err = Path(stderr_path) if stderr_path is not None else out
+        name = f"engage-{stem}-{self.token}"
+        argv = [
+            *("sbatch", "--parsable", f"--job-name={name}", f"--output={out}", f"--error={err}", "--open-mode=append"),
+            f"--chdir={cwd or os.getcwd()}",
+            "--no-requeue",  # the launcher retries a failed job itself (hydra.launcher.retries)
+            *self.flags,
+            str(script),
+        ]
+        process = SlurmProcess(None, out, float(self.options["max_pending_s"]), self._states)
+        process.job_name = name
+        job = SlurmJob(process)
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=120, env=job_environment({**os.environ, **(env or {})})
+            )
+        except subprocess.TimeoutExpired:
+            subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=60)
+            done = subprocess.CompletedProcess(argv, 1, "", "sbatch: no answer within 120 s")
+        if done.returncode != 0:
+            with open(err, "a") as handle:
+                handle.write(f"sbatch failed: {' '.join(done.stderr.split())}\n")
+            process.refused(f"sbatch failed: {' '.join(done.stderr.split())}")
+        else:
+            process.submitted_as(done.stdout.strip().split(";")[0])
+        self._jobs.append(job)
+        return job
+
+    def command_for(self, host: Host, command: Sequence[str], env=None, cwd=None) -> list[str]:
+        raise ProviderError("slurm: jobs are submitted with run(), not started as local commands")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "slurm": {"sbatch": self.flags, "extra": list(self.options["extra"])}}
+
+    def destroy(self) -> None:
+        """Cancel the jobs still queued or running."""
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.cancel()
+        self.hosts = []

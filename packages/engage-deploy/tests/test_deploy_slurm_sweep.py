@@ -1,0 +1,90 @@
+"""Sweeps on Slurm: ``hydra/launcher=engage +infrastructure=slurm`` submits each job of a sweep
+as a Slurm batch job on the test cluster's ``nodes`` partition (network-namespace nodes), with
+the sweep's MLflow server reached, and authenticated, from the compute nodes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+APP = Path(__file__).parent / "apps" / "deploy_app.py"
+SWEEP = ["-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", "+infrastructure=slurm"]
+NODES = "hydra.launcher.infrastructure.options.partition=nodes"
+
+
+def _env(cluster) -> dict[str, str]:
+    return {k: v for k, v in cluster.env.items() if not k.startswith(("MLFLOW_", "ENGAGE_"))}
+
+
+def _results(cwd: Path) -> dict[int, dict]:
+    (folder,) = sorted((cwd / "sweep" / ".engage").glob("*"))
+    return {int(p.parent.name): json.loads(p.read_text()) for p in folder.glob("jobs/*/result.json")}
+
+
+def _live_jobs(cluster) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=cluster.env, capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "engage-job-" in line]
+
+
+def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_cluster, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    # a secret of the user's and a plain variable in the launcher's environment
+    env = {**_env(slurm_cluster), "ENGAGE_TEST_API_TOKEN": "s3cret-4f1c", "ENGAGE_TEST_MARKER": "plain-9d2e"}
+    done = subprocess.run(
+        [sys.executable, str(APP), *SWEEP, NODES, "+x=1,2,3,4", "+log_run=true"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = _results(tmp_path)
+    assert [results[i]["status"] for i in range(4)] == ["COMPLETED"] * 4, results
+    assert [results[i]["return_value"] for i in range(4)] == ["2", "4", "6", "8"]
+    # Slurm placed them on the partition's nodes, not on this machine
+    assert {results[i]["node"] for i in range(4)} <= {"node-1", "node-2", "node-3"}, results
+    (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
+    contract = json.loads((folder / "jobs" / "0" / "job.json").read_text())
+    tracking = contract["tracking"]
+    # the sweep's server, at this machine's address towards slurmctld, asking for credentials
+    assert tracking["uri"].startswith("http://10.") and tracking["username"] and tracking["password"], tracking
+    assert (folder / "jobs" / "0" / "job.json").stat().st_mode & 0o077 == 0
+    # credentials never in a job's environment, which slurmctld keeps in its state folder
+    kept = [p.read_bytes() for p in (slurm_cluster.root / "state").rglob("environment")]
+    assert any(b"plain-9d2e" in text for text in kept), "the jobs' environments are kept there"
+    assert not [text for text in kept if b"s3cret-4f1c" in text or tracking["password"].encode() in text]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [r.info for r in parents]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert sorted(r.data.metrics["x"] for r in children) == [1, 2, 3, 4]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert not _live_jobs(slurm_cluster)
+
+
+def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slurm_cluster, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, str(APP), *SWEEP, NODES, "+x=1,2", "+sleep=60", "hydra.launcher.mlflow.enabled=false"],
+        cwd=tmp_path, env=_env(slurm_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sum("RUNNING" in line for line in _live_jobs(slurm_cluster)) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else "not running"
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0, out[-3000:]
+    results = _results(tmp_path)
+    assert [results[i]["status"] for i in range(2)] == ["KILLED", "KILLED"], (results, out[-3000:])
+    deadline = time.monotonic() + 10
+    while [line for line in _live_jobs(slurm_cluster) if "RUNNING" in line or "PENDING" in line]:
+        assert time.monotonic() < deadline, _live_jobs(slurm_cluster)
+        time.sleep(0.3)
