@@ -88,3 +88,23 @@ def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slu
     while [line for line in _live_jobs(slurm_cluster) if "RUNNING" in line or "PENDING" in line]:
         assert time.monotonic() < deadline, _live_jobs(slurm_cluster)
         time.sleep(0.3)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.launcher.infrastructure.options.partition=nosuch", "infrastructure.options.partition: sbatch: error"),
+        ("+hydra.launcher.infrastructure.options.colour=red", "infrastructure.options.colour: not a slurm option"),
+        ("hydra.launcher.infrastructure.options.bind_address=192.0.2.1", "infrastructure.options.bind_address:"),
+    ],
+)
+def test_bad_slurm_options_fail_with_one_line_before_anything_starts(slurm_cluster, tmp_path, override, message):
+    done = subprocess.run(
+        [sys.executable, str(APP), *SWEEP, override, "+x=1,2"],
+        cwd=tmp_path, env=_env(slurm_cluster), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("engage launcher: ") and message in lines[0], lines
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not _live_jobs(slurm_cluster)

@@ -50,12 +50,14 @@ class EngageLauncher(Launcher):
         Returns the options and the infrastructure; raises :class:`ValueError` with one line
         naming the key."""
         from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+        from engage.deploy.providers import get_provider
 
         params = OmegaConf.select(config, "hydra.launcher", default=None) or {}
         try:
             options = LauncherOptions.checked(params)
             infrastructure = Infrastructure.from_dict(options.infrastructure)
             infrastructure.validate()
+            get_provider(infrastructure.provider).check(infrastructure)
         except (InfrastructureError, TypeError) as exc:
             raise ValueError(str(exc)) from None
         layers = [layer.name for layer in infrastructure.layers]

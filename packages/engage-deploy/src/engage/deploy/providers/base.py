@@ -86,6 +86,14 @@ class Provider(abc.ABC):
         self.workdir = Path(workdir)
         self.hosts: list[Host] = []
 
+    @classmethod
+    def check(cls, infrastructure: Infrastructure) -> None:
+        """Refuse, before anything is created, what this provider cannot deploy: raise
+        :class:`~engage.deploy.infrastructure.InfrastructureError` with one line naming the key.
+        :meth:`Infrastructure.validate` has checked what every provider shares; a provider with
+        options of its own (a batch system's partition) checks them here."""
+        return None
+
     # ------------------------------------------------------------------ lifecycle
 
     @abc.abstractmethod

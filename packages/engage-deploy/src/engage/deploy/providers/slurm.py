@@ -71,6 +71,20 @@ def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not _SECRET.search(k)}
 
 
+def _options(infrastructure: Infrastructure) -> dict[str, Any]:
+    """The provider's options, defaults filled in; one line naming an unknown or malformed one."""
+    given = dict(infrastructure.options or {})
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise InfrastructureError(
+            f"infrastructure.options.{unknown[0]}: not a slurm option; options are {', '.join(OPTIONS)}"
+        )
+    options = {**OPTIONS, **given}
+    if not isinstance(options["extra"], (list, tuple)):
+        raise InfrastructureError("infrastructure.options.extra: give a list of #SBATCH options, e.g. ['--qos=short']")
+    return options
+
+
 class SlurmJob:
     """A sweep job submitted to Slurm, standing for its process: ``pid`` is ``None``;
     :meth:`poll` and :meth:`wait` read its state; :meth:`cancel` ``scancel``\\ s it, after which
@@ -121,21 +135,31 @@ class SlurmProvider(Provider):
 
     def __init__(self, infrastructure: Infrastructure, workdir: str | os.PathLike[str]) -> None:
         super().__init__(infrastructure, workdir)
-        given = dict(infrastructure.options or {})
-        unknown = sorted(set(given) - set(OPTIONS))
-        if unknown:
-            raise InfrastructureError(
-                f"infrastructure.options.{unknown[0]}: not a slurm option; options are {', '.join(OPTIONS)}"
-            )
-        self.options: dict[str, Any] = {**OPTIONS, **given}
-        if not isinstance(self.options["extra"], (list, tuple)):
-            raise InfrastructureError("infrastructure.options.extra: give a list of #SBATCH options")
+        self.options: dict[str, Any] = _options(infrastructure)
         self.warnings: list[str] = []
         self.token = secrets.token_hex(4)
         self._address: str | None = None
         self._jobs: list[SlurmJob] = []
         self._states: Any = None
         self.flags: list[str] = []
+
+    @classmethod
+    def check(cls, infrastructure: Infrastructure) -> None:
+        """The options, then ``sbatch --test-only`` with them (a partition or account Slurm does
+        not know, an unreachable slurmctld) and the address the sweep's server would listen on."""
+        provider = cls(infrastructure, os.getcwd())
+        try:
+            provider.deploy_checks()
+        except (ConfigError, ProviderError) as exc:
+            raise InfrastructureError(str(exc)) from None
+
+    def deploy_checks(self) -> None:
+        """What :meth:`check` and :meth:`deploy` ask Slurm (one line each when it refuses)."""
+        from engage.deploy.slurm.executor import check_submission
+
+        self.flags = self._flags()
+        check_submission(self.flags, "infrastructure.options", "infrastructure.provider=slurm")
+        self.planned_launcher_address()
 
     def _flags(self) -> list[str]:
         from engage.deploy.slurm.executor import sbatch_flags
@@ -166,11 +190,10 @@ class SlurmProvider(Provider):
     def deploy(self) -> list[Host]:
         """Check the options with ``sbatch --test-only`` (one line naming the option when Slurm
         refuses them), then make the job slots."""
-        from engage.deploy.slurm.executor import JobStates, check_submission
+        from engage.deploy.slurm.executor import JobStates
 
-        self.flags = self._flags()
         try:
-            check_submission(self.flags, "infrastructure.options", "infrastructure.provider=slurm")
+            self.deploy_checks()
         except ConfigError as exc:
             raise ProviderError(str(exc)) from None
         address = self.planned_launcher_address()
