@@ -177,22 +177,31 @@ def test_held_out_simulations_run_as_processes_and_their_failure_fails_the_run(t
         fit(bad, tmp_path / "bad")
 
 
-def test_an_untrained_batch_in_a_checkpoint_is_served_first_after_resume():
+def test_an_untrained_batch_in_a_checkpoint_is_given_back_on_resume():
     buffer = TrainingBuffer(capacity=8, policy="fifo")
     for i in range(6):
         buffer.put(np.full((2,), i, "float32"), parameters=np.zeros(1), simulation_id=0, time=i / 6)
     ledger = TrainingLedger()
     ledger.handed_out(buffer.get_batch(2))  # trained
     ledger.handed_out(buffer.get_batch(2))  # fetched ahead, not trained when the checkpoint is taken
-    ledger.step_started()
-    state, buffer_state = ledger.state_dict(), buffer.state_dict()
-    restored, ledger2 = TrainingBuffer(capacity=8, policy="fifo"), TrainingLedger()
-    restored.load_state_dict(buffer_state)
-    for batch in ledger2.load_state_dict(state):
-        restored.put_first(batch)
-    served = [restored.get_batch(2)["target"][:, 0].tolist() for _ in range(2)]
-    assert served == [[2.0, 3.0], [4.0, 5.0]]
+    ledger.step_started(global_step=0)
+    ledger2 = TrainingLedger()
+    assert [b["target"][:, 0].tolist() for b in ledger2.load_state_dict(ledger.state_dict(global_step=1))] == [
+        [2.0, 3.0]
+    ]
     assert (ledger2.batches_trained, ledger2.samples_trained) == (1, 2)
+    # written mid-step (a requeue signal): the optimizer has not stepped on the first batch yet
+    ledger3 = TrainingLedger()
+    untrained = ledger3.load_state_dict(ledger.state_dict(global_step=0))
+    assert [b["target"][:, 0].tolist() for b in untrained] == [[0.0, 1.0], [2.0, 3.0]]
+    assert (ledger3.batches_trained, ledger3.samples_trained) == (0, 0)
+    # the next step started after the optimizer stepped: the first batch is in the weights for good
+    ledger.handed_out(buffer.get_batch(2))
+    ledger.step_started(global_step=1)
+    assert [b["target"][:, 0].tolist() for b in ledger.state_dict(global_step=1)["untrained"]] == [
+        [2.0, 3.0],
+        [4.0, 5.0],
+    ]
 
 
 # ---------------------------------------------------------------- whatever a peer sends

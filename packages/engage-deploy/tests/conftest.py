@@ -29,7 +29,9 @@ def slurm_cluster(tmp_path_factory):
     provider = NetnsProvider(infra, tmp_path_factory.mktemp("slurm-nodes"))
     try:
         hosts = provider.deploy()
-        cluster = LocalSlurmCluster(nodes=hosts, controller_address=provider.launcher_address(), slurmd_timeout_s=5)
+        cluster = LocalSlurmCluster(
+            nodes=hosts, controller_address=provider.launcher_address(), slurmd_timeout_s=5, kill_wait_s=5
+        )
         cluster.start()
         try:
             yield cluster

@@ -158,3 +158,73 @@ def test_a_node_that_fails_mid_run_has_its_simulations_run_again_elsewhere(slurm
     while not slurm_cluster.node_states().get("node-1", "").startswith("idle"):
         assert time.monotonic() < deadline, slurm_cluster.node_states()
         time.sleep(0.5)
+
+
+def test_a_requeued_trainer_job_resumes_exactly(slurm_cluster, tmp_path):
+    """The trainer is a batch job (``srun`` inside, so that Lightning's ``SLURMEnvironment``
+    handles the requeue signal), submitted as a user would: ``--requeue --signal=USR1@90``. The
+    test sends the signal itself (90 s before a time limit is too long to wait for): Lightning
+    saves its HPC checkpoint, with the online state, and requeues the job; Slurm starts it again
+    (the test lifts the two minutes Slurm holds a requeued job) and it resumes from that
+    checkpoint. Samples trained before the checkpoint and after the restart are each sample
+    exactly once."""
+    import torch
+
+    simulations, samples = 4, 20
+    env = {**_env(slurm_cluster), "ENGAGE_TEST_PACE": "0.3", "ENGAGE_TEST_SAMPLES": str(samples)}
+    script = tmp_path / "trainer.sbatch"
+    script.write_text(
+        "#!/bin/sh\n#SBATCH --requeue\n#SBATCH --signal=USR1@90\n"
+        f"exec srun {sys.executable} {DRIVER} {tmp_path} nodes {simulations} --exclude=node-3\n"
+    )
+    job = subprocess.run(
+        [
+            *("sbatch", "--parsable", "--partition=nodes", "--nodelist=node-3", "--open-mode=append"),
+            *(f"--output={tmp_path / 'trainer.log'}", f"--chdir={tmp_path}", str(script)),
+        ],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    started, log = time.monotonic(), tmp_path / "trained-0.jsonl"
+    state, released, seen = "", False, []
+    try:
+        while not log.exists() or len(log.read_text().splitlines()) < 5:
+            assert time.monotonic() - started < 90, (tmp_path / "trainer.log").read_text()[-3000:]
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR1", job], env=env, check=True)
+        seen.append(f"{time.monotonic() - started:.1f} s: USR1 after {len(log.read_text().splitlines())} steps")
+        while state != "COMPLETED":
+            out = subprocess.run(
+                ["squeue", "-h", "--states=all", f"--jobs={job}", "--format=%T %r"],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            if out and out[0] != state:
+                state = out[0]
+                seen.append(f"{time.monotonic() - started:.1f} s: {' '.join(out)}")
+            if state == "PENDING" and out[1:] == ["BeginTime"] and not released:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+                released = True
+            assert state not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), (
+                seen,
+                (tmp_path / "trainer.log").read_text()[-3000:],
+            )
+            assert time.monotonic() - started < 150, (seen, (tmp_path / "trainer.log").read_text()[-3000:])
+            time.sleep(0.3)
+    finally:
+        subprocess.run(["scancel", job], env=env, capture_output=True)
+    print("; ".join(seen))
+    (checkpoint,) = (tmp_path / "checkpoints").glob("hpc_ckpt_*.ckpt")
+    step = int(torch.load(checkpoint, weights_only=False, map_location="cpu")["global_step"])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["restart"] for r in rows} == {0, 1}, "trained in both incarnations"
+    kept = [tuple(p) for r in rows if r["restart"] == 0 and r["step"] < step for p in r["samples"]]
+    after = [tuple(p) for r in rows if r["restart"] == 1 for p in r["samples"]]
+    assert kept and after
+    trained = collections.Counter(kept + after)
+    expected = collections.Counter((s, i) for s in range(simulations) for i in range(samples))
+    assert trained == expected, (
+        f"lost {sorted((expected - trained).elements())[:8]}, twice {sorted((trained - expected).elements())[:8]}"
+    )
+    outcome = json.loads((tmp_path / "outcome-0.json").read_text())
+    assert outcome["completed"] == simulations and outcome["samples_trained"] == simulations * samples, outcome

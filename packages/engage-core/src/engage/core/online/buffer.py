@@ -211,31 +211,6 @@ class TrainingBuffer:
                 self._put_locked(sample, parameters, simulation_id, time_, owned)
             self._wake_reader()
 
-    def put_first(self, batch: dict[str, np.ndarray]) -> None:
-        """Give back the samples of a batch that left the buffer but was never trained (a
-        checkpoint holds it): they are read before every sample held, as if never read. Samples
-        leave on a read only with ``max_reads=1``; under other settings the batch's samples are
-        still held, and nothing is added."""
-        if self.max_reads != 1:
-            return
-        n = len(batch["simulation_id"])
-        with self._cond:
-            held = self._occupied.view()
-            first = int(self._arrival[held].min()) if len(held) else self.inserted
-            for i in range(n):
-                slot = self._put_locked(
-                    np.ascontiguousarray(batch["target"][i]),
-                    batch["parameters"][i],
-                    int(batch["simulation_id"][i]),
-                    float(np.asarray(batch["time"][i]).reshape(-1)[0]),
-                    owned=False,
-                )
-                # it arrived (and was counted, and read) before every sample held: oldest first
-                self._arrival[slot] = first - n + i
-            self.inserted -= n
-            self.reads -= n
-            self._wake_reader()
-
     def prepare(self, shape: tuple[int, ...], dtype: np.dtype | str, parameters: int, storage: Any = None) -> None:
         """Allocate the storage for samples of ``shape`` and ``dtype`` with ``parameters`` values
         each (the first :meth:`put` does it otherwise); needed before :meth:`reserve`.

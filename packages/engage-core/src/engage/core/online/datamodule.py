@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import uuid
+from collections import deque
 from dataclasses import fields
 from typing import Any
 
@@ -90,7 +91,7 @@ class BufferStream(IterableDataset):
         dm = self.dm
         dm.start_streaming()
         for _ in range(dm.batches_per_epoch):
-            batch = dm.buffer.get_batch(dm.batch_size)  # type: ignore[union-attr]
+            batch = dm.next_batch()
             if not dm.all_ranks_have(batch is not None):
                 return
             dm.ledger.handed_out(batch)  # type: ignore[arg-type]
@@ -193,6 +194,8 @@ class OnlineDataModule(pl.LightningDataModule):
         self.simulator_spec = _plain(simulator_spec)
         self.buffer = TrainingBuffer(capacity, policy, self.watermark, max_reads, rate_limit, seed=seed)
         self.ledger = TrainingLedger()
+        #: batches a checkpoint held as handed out and not trained: served first, as they were
+        self._replay: deque[dict[str, np.ndarray]] = deque()
         self.scheduler: SimulationScheduler | None = None
         self.val_dataset: SimulationDataset | None = None
         #: names this run's state (journal, work folder, shared memory); a resumed run keeps its own
@@ -448,6 +451,17 @@ class OnlineDataModule(pl.LightningDataModule):
         return outcome
 
     # ------------------------------------------------------------------ checkpointing
+    def next_batch(self) -> dict[str, np.ndarray] | None:
+        """The next training batch: those a checkpoint held untrained first (beside the buffer,
+        which a checkpoint may hold full), then the buffer's; ``None`` when the stream ended."""
+        if self._replay:
+            return self._replay.popleft()
+        return self.buffer.get_batch(self.batch_size)  # type: ignore[return-value]
+
+    def _global_step(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.global_step) if trainer is not None else None
+
     def state_dict(self) -> dict[str, Any]:
         """One consistent state of the run's data: sampler, buffer, simulations still to run (from
         the sample index each holds), batches handed out and not yet trained, and the run id.
@@ -460,7 +474,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 "sampler": self.sampler.state_dict(),
                 "buffer": self.buffer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else self._pending_scheduler_state(),
-                "ledger": self.ledger.state_dict(),
+                "ledger": self.ledger.state_dict(global_step=self._global_step()),
             }
         identity = {
             "run_id": self.run_id,
@@ -494,8 +508,10 @@ class OnlineDataModule(pl.LightningDataModule):
         self.sampler.load_state_dict(local["sampler"])
         self.buffer.load_state_dict(local["buffer"])
         if local.get("ledger") is not None:
-            for batch in self.ledger.load_state_dict(local["ledger"]):
-                self.buffer.put_first(batch)
+            untrained = self.ledger.load_state_dict(local["ledger"])
+            # samples leave the buffer on a read only with max_reads=1; else they are still held
+            if self.buffer.max_reads == 1:
+                self._replay.extend(untrained)
         self.run_id = state_dict.get("run_id") or self.run_id
         if local.get("scheduler") is not None:
             self._restored = local

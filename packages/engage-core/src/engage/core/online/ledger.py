@@ -5,15 +5,22 @@ Lightning fetches the next batch before it trains the current one, so at a check
 such batches until their step starts: a checkpoint holds them, and a resumed run trains them
 first, so that no sample is lost between the buffer and a step, and none is trained twice.
 
+A checkpoint may also be written in the middle of a step (Lightning's Slurm requeue handler
+saves one when the signal arrives): a batch whose step started at global step ``g`` is in the
+model's weights only once the optimizer stepped (the trainer's global step passed ``g``);
+until then a checkpoint holds it among the untrained ones.
+
 Example::
 
     >>> import numpy as np
     >>> ledger = TrainingLedger()
     >>> batch = {"target": np.zeros((2, 3)), "parameters": np.zeros((2, 1)), "time": np.zeros((2, 1)),
     ...          "simulation_id": np.array([0, 1])}
-    >>> ledger.handed_out(batch); ledger.handed_out(batch); ledger.step_started()
-    >>> ledger.batches_trained, ledger.samples_trained, len(ledger.state_dict()["untrained"])
+    >>> ledger.handed_out(batch); ledger.handed_out(batch); ledger.step_started(global_step=0)
+    >>> ledger.batches_trained, ledger.samples_trained, len(ledger.state_dict(global_step=1)["untrained"])
     (1, 2, 1)
+    >>> len(ledger.state_dict(global_step=0)["untrained"])  # saved before the optimizer stepped
+    2
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ class TrainingLedger:
 
     def __init__(self) -> None:
         self._untrained: deque[dict[str, np.ndarray]] = deque()
+        #: batches whose step started, with the global step it started at, until the optimizer stepped
+        self._in_step: deque[tuple[int, dict[str, np.ndarray]]] = deque()
         self.batches_trained = 0
         self.samples_trained = 0
 
@@ -37,24 +46,34 @@ class TrainingLedger:
         """A batch left the buffer for the training loop."""
         self._untrained.append(batch)
 
-    def step_started(self) -> None:
-        """The training step of the oldest batch handed out starts (batches are trained in order)."""
+    def step_started(self, global_step: int | None = None) -> None:
+        """The training step of the oldest batch handed out starts (batches are trained in order),
+        at the trainer's ``global_step`` (``None``: counted as trained at once)."""
+        while self._in_step and (global_step is None or self._in_step[0][0] < global_step):
+            self._in_step.popleft()  # the optimizer stepped since: in the weights
         if self._untrained:
             batch = self._untrained.popleft()
             self.batches_trained += 1
             self.samples_trained += len(batch["simulation_id"])
+            if global_step is not None:
+                self._in_step.append((global_step, batch))
 
     def discard_untrained(self) -> None:
         """Forget batches handed out to an iterator that was dropped (an epoch ended early)."""
         self._untrained.clear()
+        self._in_step.clear()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Counts and the untrained batches' samples (tensors, for Lightning checkpoints)."""
+    def state_dict(self, global_step: int | None = None) -> dict[str, Any]:
+        """Counts and the untrained batches' samples (tensors, for Lightning checkpoints). With
+        the trainer's ``global_step``, batches whose step started at it or later (the optimizer
+        has not stepped on them: a checkpoint written mid-step) count as untrained."""
+        pending = [b for g, b in self._in_step if global_step is not None and g >= global_step]
         return {
-            "batches_trained": self.batches_trained,
-            "samples_trained": self.samples_trained,
+            "batches_trained": self.batches_trained - len(pending),
+            "samples_trained": self.samples_trained - sum(len(b["simulation_id"]) for b in pending),
             "untrained": [
-                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()} for batch in self._untrained
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+                for batch in [*pending, *self._untrained]
             ],
         }
 
@@ -63,4 +82,5 @@ class TrainingLedger:
         self.batches_trained = int(state["batches_trained"])
         self.samples_trained = int(state["samples_trained"])
         self._untrained.clear()
+        self._in_step.clear()
         return [{k: v.numpy() for k, v in batch.items()} for batch in state["untrained"]]

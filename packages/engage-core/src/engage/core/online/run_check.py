@@ -39,7 +39,7 @@ class OnlineRunCheck(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
         dm = self._datamodule(trainer)
         if dm is not None:
-            dm.ledger.step_started()
+            dm.ledger.step_started(trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = self._datamodule(trainer)

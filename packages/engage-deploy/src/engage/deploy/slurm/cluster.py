@@ -82,6 +82,7 @@ class LocalSlurmCluster:
         nodes_partition: str = "nodes",
         controller_address: str | None = None,
         slurmd_timeout_s: int = 10,
+        kill_wait_s: int = 30,
     ) -> None:
         if nodes and controller_address is None:
             raise ValueError("nodes in namespaces need controller_address, this machine's address on their network")
@@ -90,6 +91,7 @@ class LocalSlurmCluster:
         self.cpus = cpus
         self.min_job_age_s = min_job_age_s
         self.slurmd_timeout_s = slurmd_timeout_s
+        self.kill_wait_s = kill_wait_s
         self.node = socket.gethostname().split(".")[0]
         self.nodes = list(nodes)
         self.nodes_partition = nodes_partition
@@ -147,6 +149,8 @@ class LocalSlurmCluster:
                     "SelectType=select/cons_tres",
                     "SelectTypeParameters=CR_Core",
                     f"SlurmdTimeout={self.slurmd_timeout_s}",
+                    # between SIGTERM and SIGKILL of a job's processes (cancelled, requeued, timed out)
+                    f"KillWait={self.kill_wait_s}",
                     # the nodes share this machine's cores: take the CPUs declared here as they are
                     "SlurmdParameters=config_overrides",
                     f"MinJobAge={self.min_job_age_s}",
