@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import pytest
 import torch
@@ -49,7 +51,7 @@ def test_memory_strategy_trains_and_logs_plan(tmp_path, gpt) -> None:
     model = _LitGPT(gpt)
     logger = MLFlowLogger(experiment_name="memory", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     strategy = MemoryPlanningStrategy(budget="8MiB", profile_path=str(tmp_path / "profile.json"))
-    trainer = _trainer(strategy, tmp_path, logger=logger, log_every_n_steps=1)
+    trainer = _trainer(strategy, tmp_path, logger=logger, log_every_n_steps=1, max_steps=5)
     trainer.fit(model, _loader())
     assert strategy.plan is not None and strategy.plan.predicted_peak <= 8 * 2**20
     assert strategy.measured_peak is not None and strategy.measured_peak <= 8 * 2**20
@@ -59,7 +61,35 @@ def test_memory_strategy_trains_and_logs_plan(tmp_path, gpt) -> None:
     assert {"memory_plan.txt", "memory_timeline.png", "memory_profile.json"} <= names
     metrics = client.get_run(logger.run_id).data.metrics
     assert metrics["memory/predicted_peak_bytes"] <= 8 * 2**20
+    # a steady-state step's time beside the prediction: measured after the planning step and the
+    # one after it, once, at the step it was measured
+    (measured,) = client.get_metric_history(logger.run_id, "memory/measured_step_s")
+    assert measured.step >= 3 and measured.value == strategy.measured_step_s > 0
+    ratio = metrics["memory/step_time_measured_over_predicted"]
+    assert ratio == pytest.approx(measured.value / strategy.plan.predicted_time)
     assert "forward" not in gpt.blocks[0].__dict__  # teardown gave the model back
+
+
+def test_the_steady_step_timer_skips_the_first_steps_and_reports_once_per_plan() -> None:
+    from engage.memory.step_timing import SteadyStepTimer
+
+    timer = SteadyStepTimer(torch.device("cpu"), skip=1, runs=2)
+    pauses = iter([0.05, 0.001, 0.002, 0.003, 0.004])
+    results = []
+    for _ in range(5):
+        with timer.step():
+            time.sleep(next(pauses))
+        results.append(timer.result())
+    # the first step (0.05 s) is never timed; the median of the next two is reported after them, once
+    assert [r is not None for r in results] == [False, False, True, False, False]
+    assert 0.001 <= results[2][0] < 0.04 and results[2][1] is None  # not the 0.05 s step
+    timer.planned()  # a new plan: measured again
+    for _ in range(3):
+        with timer.step():
+            pass
+    assert timer.result() is not None
+    with pytest.raises(ValueError, match="the first step is not steady"):
+        SteadyStepTimer(torch.device("cpu"), skip=0)
 
 
 def test_memory_strategy_replans_on_new_shapes(tmp_path, gpt) -> None:

@@ -17,8 +17,9 @@ from engage.memory.errors import PlannedOutOfMemoryError, UnsupportedSetupError
 from engage.memory.plan import Plan
 from engage.memory.planner import SOLVERS, MemoryPlanner
 from engage.memory.profile import Profile, input_signature, model_signature
-from engage.memory.report import log_to_mlflow
+from engage.memory.report import log_steady_step, log_to_mlflow
 from engage.memory.step_state import cache_off
+from engage.memory.step_timing import SteadyStepTimer
 from engage.memory.watch import StepWatch
 
 
@@ -106,6 +107,9 @@ class _MemoryPlanning:
         self.plan: Plan | None = None
         self.profile: Profile | None = None
         self.measured_peak: int | None = None
+        #: the median time of a whole step in steady state under the current plan, once measured
+        self.measured_step_s: float | None = None
+        self.step_timer: SteadyStepTimer | None = None
         self.watch: StepWatch | None = None
         self._cache_warned = False
 
@@ -118,6 +122,7 @@ class _MemoryPlanning:
                 decisions=self.decisions,
             )
             self.watch = StepWatch(self.planner.runtime, self.root_device)
+            self.step_timer = SteadyStepTimer(self.root_device)
 
     def _profile_step(self, args: tuple, kwargs: dict) -> Any:
         module = self.lightning_module
@@ -172,6 +177,8 @@ class _MemoryPlanning:
         self.plans[key] = plan
         assert self.watch is not None
         self.watch.follow(plan, profile)
+        if self.step_timer is not None:
+            self.step_timer.planned()
 
     def _profile_and_solve(
         self, args: tuple, kwargs: dict, roots: list[torch.Tensor], signatures: tuple[str, str]
@@ -250,6 +257,27 @@ class _MemoryPlanning:
                 return parent_step(*args, **kwargs)
         except torch.cuda.OutOfMemoryError as exc:
             raise self._oom(exc) from exc
+
+    def _timed_optimizer_step(self, parent_step: Any, *args: Any, **kwargs: Any) -> Any:
+        """The whole step (Lightning runs forward and backward in the optimizer's closure), timed
+        in steady state; its figures are logged once per plan."""
+        module = self.lightning_module
+        if self.step_timer is None or self.plan is None or not module.automatic_optimization:
+            return parent_step(*args, **kwargs)
+        with self.step_timer.step():
+            out = parent_step(*args, **kwargs)
+        measured = self.step_timer.result()
+        if measured is not None:
+            self._log_steady_step(*measured)
+        return out
+
+    def _log_steady_step(self, seconds: float, peak: int | None) -> None:
+        assert self.plan is not None
+        self.measured_step_s = seconds
+        trainer = self.lightning_module.trainer
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "MLFlowLogger":
+                log_steady_step(logger, self.plan, seconds, peak, step=trainer.global_step)
 
     def _planned_backward(self, parent_backward: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -72,6 +72,9 @@ class DDPMemoryPlanningStrategy(_MemoryPlanning, DDPStrategy):
     def backward(self, *args: Any, **kwargs: Any) -> Any:
         return self._planned_backward(super().backward, *args, **kwargs)
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed_optimizer_step(super().optimizer_step, *args, **kwargs)
+
     def teardown(self) -> None:
         self._teardown_planner()
         super().teardown()

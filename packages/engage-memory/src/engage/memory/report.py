@@ -73,3 +73,19 @@ def log_to_mlflow(
         plot_timeline(plan.timeline, measured, plan.budget, folder / "memory_timeline.png")
         for name in ("memory_plan.txt", "memory_plan.json", "memory_profile.json", "memory_timeline.png"):
             logger.experiment.log_artifact(logger.run_id, str(folder / name))
+
+
+def log_steady_step(logger: Any, plan: Plan, seconds: float, peak: int | None, step: int) -> None:
+    """Log a steady-state step's measured time (and, on CUDA, peak) beside the plan's predictions
+    to a Lightning ``MLFlowLogger``, at training step ``step``."""
+    metrics = {
+        "memory/measured_step_s": float(seconds),
+        "memory/predicted_step_s": float(plan.predicted_time),
+        "memory/step_time_measured_over_predicted": float(seconds / plan.predicted_time)
+        if plan.predicted_time > 0
+        else float("nan"),
+    }
+    if peak is not None:
+        metrics["memory/measured_steady_peak_bytes"] = float(peak)
+        metrics["memory/predicted_peak_bytes"] = float(plan.predicted_peak)
+    logger.log_metrics(metrics, step=step)
