@@ -97,7 +97,7 @@ def test_engage_plugins_reports_what_each_plugin_adds_from_pluggy_records(capsys
     deploy = contributions("deploy")
     for expected in (
         "infrastructure: chameleon, g5k, local",
-        "providers: chameleon, g5k, local, netns, static, vagrant",
+        "providers: chameleon, g5k, local, netns, slurm, static, vagrant",
         "placement solvers: cpsat, exhaustive, greedy",
         "Hydra plugins: hydra_plugins.engage_launcher.engage_launcher",
     ):
