@@ -202,6 +202,10 @@ def test_an_untrained_batch_in_a_checkpoint_is_given_back_on_resume():
         [2.0, 3.0],
         [4.0, 5.0],
     ]
+    # batches given back by an earlier checkpoint and not handed out yet are held after those
+    replay = [{k: v[:1] for k, v in untrained[0].items()}]
+    held = ledger.state_dict(global_step=1, replay=replay)["untrained"]
+    assert [b["target"][:, 0].tolist() for b in held] == [[2.0, 3.0], [4.0, 5.0], [0.0]]
 
 
 # ---------------------------------------------------------------- whatever a peer sends

@@ -340,3 +340,33 @@ def test_a_bind_address_not_of_this_machine_exits_2_naming_the_field(slurm_clust
     assert done.returncode == 2, done.stderr[-2000:]
     assert lines[-1].count("data.executor_options.bind_address") == 1 and "192.0.2.1" in lines[-1], lines[-3:]
     assert not list(tmp_path.rglob("mlflow.db")), "refused before the run was recorded"
+
+
+def test_a_cancelled_sweep_job_reports_killed_and_never_runs_again(tmp_path):
+    """The job's thread polls while the launcher cancels: the cancellation's code stays."""
+    import signal
+
+    from engage.deploy.providers.slurm import SlurmJob
+    from engage.deploy.slurm.executor import JobStates, SlurmProcess
+
+    process = SlurmProcess("424242", tmp_path / "log", 600.0, JobStates(interval_s=3600))
+    job = SlurmJob(process)
+    job.cancel()
+    assert job.poll() == -signal.SIGTERM and job.wait(timeout=1) == -signal.SIGTERM
+    assert process.poll() is not None  # given up: never seen running again
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.1", "not-an-ip"])
+def test_a_bind_address_nodes_cannot_reach_is_refused(address):
+    from engage.core.config.validate import ConfigError
+    from engage.deploy.slurm.executor import bind_address_for
+
+    with pytest.raises(ConfigError, match=r"^data.executor_options.bind_address: "):
+        bind_address_for(address, "data.executor_options.bind_address", "data.executor=slurm")
+
+
+def test_secrets_never_reach_a_jobs_environment():
+    from engage.deploy.slurm.executor import job_environment
+
+    env = {"PATH": "/bin", "MLFLOW_TRACKING_PASSWORD": "x", "GITHUB_TOKEN": "t", "DB_PASS": "p", "HOME": "/root"}
+    assert job_environment(env) == {"PATH": "/bin", "HOME": "/root"}

@@ -60,6 +60,11 @@ class EngageLauncher(Launcher):
             get_provider(infrastructure.provider).check(infrastructure)
         except (InfrastructureError, TypeError) as exc:
             raise ValueError(str(exc)) from None
+        if infrastructure.provider == "slurm" and OmegaConf.select(config, "data.executor", default=None) == "deploy":
+            raise ValueError(
+                "data.executor=deploy: the slurm provider's hosts are job slots, not machines to start simulations "
+                "on; use data.executor=slurm to run them as Slurm jobs"
+            )
         layers = [layer.name for layer in infrastructure.layers]
         for key, layer in (
             ("hydra.launcher.layer", options.layer),

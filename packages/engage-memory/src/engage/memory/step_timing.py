@@ -15,8 +15,9 @@ class SteadyStepTimer:
 
     After each new plan it lets ``skip`` steps pass (the first pays one-time costs: the optimizer's
     state is created, the allocator grows), then times the next ``runs`` steps and keeps their
-    median; on CUDA also the allocator's peak over them (the device is synchronised around each
-    timed step only).
+    median; on CUDA also the allocator's peak over them, since each training step started (the
+    device is synchronised around each timed step only). With gradient accumulation, a timed step
+    is the micro-batch that ends with the optimizer's step.
 
     Examples:
         >>> timer = SteadyStepTimer(torch.device("cpu"), skip=1, runs=2)
@@ -57,8 +58,8 @@ class SteadyStepTimer:
             yield
             return
         self._sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        # the peak is not reset here: the plan's watch resets it as the training step starts (inside
+        # this span) and reads it as the next one starts, to notice a step above the budget
         started = time.perf_counter()
         yield
         self._sync()

@@ -474,7 +474,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 "sampler": self.sampler.state_dict(),
                 "buffer": self.buffer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else self._pending_scheduler_state(),
-                "ledger": self.ledger.state_dict(global_step=self._global_step()),
+                "ledger": self.ledger.state_dict(global_step=self._global_step(), replay=list(self._replay)),
             }
         identity = {
             "run_id": self.run_id,

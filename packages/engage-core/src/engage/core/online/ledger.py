@@ -63,17 +63,21 @@ class TrainingLedger:
         self._untrained.clear()
         self._in_step.clear()
 
-    def state_dict(self, global_step: int | None = None) -> dict[str, Any]:
+    def state_dict(
+        self, global_step: int | None = None, replay: list[dict[str, np.ndarray]] | None = None
+    ) -> dict[str, Any]:
         """Counts and the untrained batches' samples (tensors, for Lightning checkpoints). With
         the trainer's ``global_step``, batches whose step started at it or later (the optimizer
-        has not stepped on them: a checkpoint written mid-step) count as untrained."""
+        has not stepped on them: a checkpoint written mid-step) count as untrained. ``replay``:
+        batches an earlier checkpoint gave back that were not handed out yet, served after
+        those."""
         pending = [b for g, b in self._in_step if global_step is not None and g >= global_step]
         return {
             "batches_trained": self.batches_trained - len(pending),
             "samples_trained": self.samples_trained - sum(len(b["simulation_id"]) for b in pending),
             "untrained": [
                 {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-                for batch in [*pending, *self._untrained]
+                for batch in [*pending, *self._untrained, *(replay or [])]
             ],
         }
 

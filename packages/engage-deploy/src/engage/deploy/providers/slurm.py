@@ -11,7 +11,8 @@ and pickled payload there and writes its result beside them.
 
 The sweep's MLflow server listens on this machine's address towards ``slurmctld`` (or
 ``options.bind_address``) and asks for credentials. The job's environment is this process's,
-less MLflow credentials and anything named like a secret (slurmctld stores a job's environment).
+less MLflow credentials and anything named like a secret (``*PASSWORD*``, ``*TOKEN*``,
+``*SECRET*``, ``*CREDENTIAL*``, ``*_KEY``, ...): slurmctld stores a job's environment.
 
 ``infrastructure.options``: ``partition``, ``time``, ``cpus_per_task``, ``mem``, ``account``,
 ``gpus``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (600) and ``bind_address``.
@@ -29,11 +30,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,18 +59,6 @@ OPTIONS: dict[str, Any] = {
     "bind_address": None,
 }
 
-#: variables never put in a job's environment (slurmctld stores it and shows it to administrators)
-_SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|_KEY$|^MLFLOW_TRACKING_USERNAME$", re.IGNORECASE)
-
-
-def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` without the variables that look like secrets.
-
-    >>> job_environment({"PATH": "/bin", "MLFLOW_TRACKING_PASSWORD": "x", "AWS_SECRET_ACCESS_KEY": "y"})
-    {'PATH': '/bin'}
-    """
-    return {k: v for k, v in environ.items() if not _SECRET.search(k)}
-
 
 def _options(infrastructure: Infrastructure) -> dict[str, Any]:
     """The provider's options, defaults filled in; one line naming an unknown or malformed one."""
@@ -82,6 +71,11 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
     options = {**OPTIONS, **given}
     if not isinstance(options["extra"], (list, tuple)):
         raise InfrastructureError("infrastructure.options.extra: give a list of #SBATCH options, e.g. ['--qos=short']")
+    pending = options["max_pending_s"]
+    if isinstance(pending, bool) or not isinstance(pending, (int, float)) or pending <= 0:
+        raise InfrastructureError(
+            f"infrastructure.options.max_pending_s is {pending!r}; give seconds above 0, e.g. 600"
+        )
     return options
 
 
@@ -97,6 +91,7 @@ class SlurmJob:
     def __init__(self, process: Any) -> None:
         self._process = process  # a SlurmProcess: state reading, pending limit, cancel
         self.returncode: int | None = None
+        self._lock = threading.Lock()  # the job's thread polls while the launcher may cancel
 
     @property
     def job_id(self) -> str | None:
@@ -107,9 +102,10 @@ class SlurmJob:
         return self._process.host
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            self.returncode = self._process.poll()
-        return self.returncode
+        with self._lock:
+            if self.returncode is None:
+                self.returncode = self._process.poll()
+            return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -121,9 +117,10 @@ class SlurmJob:
         return self.returncode
 
     def cancel(self) -> None:
-        if self.poll() is None:
-            self._process.kill()
-            self.returncode = -signal.SIGTERM
+        with self._lock:
+            if self.returncode is None:
+                self._process.kill()
+                self.returncode = -signal.SIGTERM
 
 
 class SlurmProvider(Provider):
@@ -158,7 +155,8 @@ class SlurmProvider(Provider):
         from engage.deploy.slurm.executor import check_submission
 
         self.flags = self._flags()
-        check_submission(self.flags, "infrastructure.options", "infrastructure.provider=slurm")
+        extra = [str(x) for x in self.options["extra"]]
+        check_submission([*self.flags, *extra], "infrastructure.options", "infrastructure.provider=slurm")
         self.planned_launcher_address()
 
     def _flags(self) -> list[str]:
@@ -225,7 +223,7 @@ class SlurmProvider(Provider):
     ) -> SlurmJob:  # type: ignore[override]
         """Submit ``command`` as a batch job; returns once ``sbatch`` answered. A refusal is a
         failed job (its message in the job's stderr log)."""
-        from engage.deploy.slurm.executor import SlurmProcess
+        from engage.deploy.slurm.executor import SlurmProcess, job_environment
 
         if self._states is None:
             raise ProviderError("slurm: run() before deploy()")

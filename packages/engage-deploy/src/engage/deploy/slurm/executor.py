@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import secrets
 import shlex
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 from engage.core.config.validate import ConfigError
@@ -191,9 +193,31 @@ def controller_endpoint(config_text: str) -> tuple[str, int]:
 
 
 def check_local_address(address: str) -> None:
-    """Raise ``OSError`` unless ``address`` is one of this machine's IPv4 addresses."""
+    """Raise ``OSError`` unless ``address`` is one of this machine's IPv4 addresses, and neither
+    the unspecified address (every interface) nor a loopback one (no other node reaches it)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise OSError(f"{address!r} is not an IP address") from None
+    if ip.is_unspecified or ip.is_loopback:
+        raise OSError("every interface, or the loopback, which compute nodes do not reach")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
+
+
+#: variables never put in a job's environment (slurmctld stores it and shows it to administrators)
+_SECRET = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|_KEY$|_PASS$|_PAT$|^MLFLOW_TRACKING_USERNAME$", re.I)
+
+
+def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables named like secrets.
+
+    >>> job_environment({"PATH": "/bin", "MLFLOW_TRACKING_PASSWORD": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    {'PATH': '/bin'}
+    """
+    return {k: v for k, v in environ.items() if not _SECRET.search(k)}
 
 
 def bind_address_for(given: str | None, field: str, what: str) -> str:
@@ -248,7 +272,11 @@ def check_submission(flags: list[str], field: str, what: str) -> None:
     one line naming ``field`` (``data.executor_options``) and the fix when it would not."""
     try:
         out = subprocess.run(
-            ["sbatch", "--test-only", *flags, "--wrap", "true"], capture_output=True, text=True, timeout=30
+            ["sbatch", "--test-only", *flags, "--wrap", "true"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=job_environment(os.environ),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(f"{what}: sbatch cannot run ({exc}); install Slurm's client") from None
@@ -361,6 +389,9 @@ class SlurmProcess(SimulationProcess):
         job_id = self.withdraw()
         if job_id is not None:
             subprocess.run(["scancel", job_id], capture_output=True)
+        with self._lock:
+            if self._code is None:
+                self._code = SLURM_FAILURE  # given up: never polled as running again
 
     def withdraw(self) -> str | None:
         """Never submit it from now on; its job id if it was submitted and has not ended (for the
@@ -371,6 +402,7 @@ class SlurmProcess(SimulationProcess):
                 self._code = SLURM_FAILURE
             live = self.job_id if self._code is None else None
         if self.job_id is not None:
+            _ = self.host  # kept: its state is forgotten now
             self._states.forget(self.job_id)  # never polled again: no longer asked about
         return live
 
@@ -461,6 +493,7 @@ class SlurmExecutor(Executor):
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
+                env=job_environment(os.environ),
             )
         except subprocess.TimeoutExpired:
             subprocess.run(["scancel", f"--name={name}"], capture_output=True)
@@ -508,7 +541,8 @@ class SlurmExecutor(Executor):
             str(script),
         ]
         # the job's parent is slurmstepd, not the trainer: no parent-pid watch
-        env = {k: v for k, v in {**os.environ, **request.env}.items() if k != "ENGAGE_PARENT_PID"}
+        # slurmctld stores a job's environment: none of this process's secrets (an MLflow password)
+        env = {k: v for k, v in {**job_environment(os.environ), **request.env}.items() if k != "ENGAGE_PARENT_PID"}
         process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
         process.job_name = f"engage-{stem}-{self.token}"
         with self._lock:
