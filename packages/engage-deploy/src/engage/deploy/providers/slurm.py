@@ -246,19 +246,10 @@ class SlurmProvider(Provider):
         process = SlurmProcess(None, out, float(self.options["max_pending_s"]), self._states)
         process.job_name = name
         job = SlurmJob(process)
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=120, env=job_environment({**os.environ, **(env or {})})
-            )
-        except subprocess.TimeoutExpired:
-            subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=60)
-            done = subprocess.CompletedProcess(argv, 1, "", "sbatch: no answer within 120 s")
-        if done.returncode != 0:
+        process.submit(argv, job_environment({**os.environ, **(env or {})}))
+        if process.job_id is None:  # refused: sbatch's words in the job's stderr log
             with open(err, "a") as handle:
-                handle.write(f"sbatch failed: {' '.join(done.stderr.split())}\n")
-            process.refused(f"sbatch failed: {' '.join(done.stderr.split())}")
-        else:
-            process.submitted_as(done.stdout.strip().split(";")[0])
+                handle.write(process.stderr_tail() + "\n")
         self._jobs.append(job)
         return job
 

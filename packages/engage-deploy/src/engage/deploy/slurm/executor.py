@@ -342,6 +342,22 @@ class SlurmProcess(SimulationProcess):
         if killed:
             subprocess.run(["scancel", job_id], capture_output=True)
 
+    def submit(self, argv: list[str], env: Mapping[str, str]) -> None:
+        """Run ``argv`` (an ``sbatch --parsable`` command for this job, named :attr:`job_name`):
+        the job is then watched, or the attempt failed with ``sbatch``'s words. Never raises."""
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=120)
+            if out.returncode != 0:
+                self.refused(f"sbatch failed: {' '.join(out.stderr.split())}")
+            else:
+                self.submitted_as(out.stdout.strip().split(";")[0])
+        except subprocess.TimeoutExpired:
+            # slurmctld may have taken the job before sbatch hung: cancel it by its unique name
+            subprocess.run(["scancel", f"--name={self.job_name}"], capture_output=True, timeout=60)
+            self.refused("sbatch failed: no answer within 120 s")
+        except Exception as exc:  # anything else fails this attempt, never the caller's thread
+            self.refused(f"sbatch failed: {type(exc).__name__}: {exc}")
+
     def refused(self, message: str) -> None:
         """``sbatch`` refused the job: the attempt failed, with its message as the log tail."""
         with self._lock:
@@ -559,18 +575,7 @@ class SlurmExecutor(Executor):
             process, argv, env = item
             if not process.wanted:
                 continue  # killed (the run ended, or it was given up) before its turn
-            try:
-                out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-                if out.returncode != 0:
-                    process.refused(f"sbatch failed: {' '.join(out.stderr.split())}")
-                else:
-                    process.submitted_as(out.stdout.strip().split(";")[0])
-            except subprocess.TimeoutExpired:
-                # slurmctld may have taken the job before sbatch hung: cancel it by its unique name
-                subprocess.run(["scancel", f"--name={process.job_name}"], capture_output=True, timeout=60)
-                process.refused("sbatch failed: no answer within 120 s")
-            except Exception as exc:  # anything else fails this attempt, never the submission thread
-                process.refused(f"sbatch failed: {type(exc).__name__}: {exc}")
+            process.submit(argv, env)
 
     @property
     def queued(self) -> int:
