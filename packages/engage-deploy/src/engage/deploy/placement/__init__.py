@@ -24,6 +24,7 @@ from engage.deploy.placement.pareto import metric_value, pareto_front
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, Route
 from engage.deploy.placement.problem import (
     Link,
+    Measured,
     Model,
     Node,
     PlacementProblem,
@@ -40,6 +41,7 @@ __all__ = [
     "ExhaustiveSolver",
     "GreedySolver",
     "Link",
+    "Measured",
     "Model",
     "Node",
     "PlacementInfeasible",

@@ -381,7 +381,7 @@ def _feasible_without(
     else:
         links = [dataclasses.replace(lk, rate=None) if lk.src == source else lk for lk in links]
     relaxed = PlacementProblem(
-        nodes, links, local.models.values(), local.requests, local.weights, local.max_utilization
+        nodes, links, local.models.values(), local.requests, local.weights, local.max_utilization, local.measured
     )
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 5.0
@@ -409,4 +409,6 @@ def _local_problem(problem: PlacementProblem, source: str) -> PlacementProblem |
         for n in problem.nodes.values()
     ]
     links = [lk if lk.src == source else dataclasses.replace(lk, rate=None) for lk in problem.links.values()]
-    return PlacementProblem(nodes, links, problem.models.values(), requests, problem.weights, problem.max_utilization)
+    return PlacementProblem(
+        nodes, links, problem.models.values(), requests, problem.weights, problem.max_utilization, problem.measured
+    )

@@ -16,6 +16,12 @@ Per request, served by variant ``v`` at path position ``i``:
 * inaccuracy: ``1 - accuracy``;
 * energy: ``gflop x joules_per_gflop`` of the node(s) that compute.
 
+Measured figures win over nominal ones where they exist: a ``measured`` entry gives the seconds
+one request's whole variant, head or tail takes on a node (profiled there, for example by
+:func:`engage.deploy.serve.split.profile`), and replaces ``gflop / compute`` in that option's
+latency; links take their measured one-way delay and goodput as ``delay`` and ``rate``
+(:func:`engage.deploy.serve.split.link_figures`). Compute capacity stays in GFLOP/s.
+
 Capacities: a node's placed items fit its ``memory``; the compute it serves stays under
 ``max_utilization x compute`` (no queueing model: the cap keeps queues short); the traffic on a
 link fits its ``rate``. The root holds every variant (its ``memory``, if given, is the largest
@@ -133,6 +139,23 @@ class Requests:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """``seconds`` one request of ``model/variant`` takes on ``node``, measured there: the whole
+    variant (``part="full"``), or its ``head`` or ``tail`` at split point ``split``."""
+
+    node: str
+    model: str
+    variant: str
+    seconds: float
+    part: str = "full"
+    split: str = ""
+
+    @property
+    def item(self) -> Item:
+        return (self.model, self.variant, self.part, self.split)
+
+
+@dataclass(frozen=True)
 class Weights:
     """Objective weights: per second of latency, per unit of inaccuracy (1 - accuracy), per joule."""
 
@@ -234,8 +257,10 @@ class PlacementProblem:
         requests: Iterable[Requests],
         weights: Weights | None = None,
         max_utilization: float = 0.8,
+        measured: Iterable[Measured] = (),
     ) -> None:
         nodes, links, models, requests = list(nodes), list(links), list(models), list(requests)
+        measured = list(measured)
         _unique([n.name for n in nodes], "nodes", "name", "give every node its own name")
         _unique([lk.src for lk in links], "links", "src", "a node has one link towards the cloud")
         _unique([m.name for m in models], "models", "name", "give every model its own name")
@@ -249,15 +274,18 @@ class PlacementProblem:
         self._sizes: dict[Item, int] = {}
         self.root = self._validate()
         self.requests = [r for r in requests if r.rate > 0]
+        self.measured = tuple(measured)
+        self._measured = self._validate_measured(self.measured)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PlacementProblem:
-        """From ``nodes``, ``links``, ``models``, ``requests``, ``objective`` and ``max_utilization``."""
+        """From ``nodes``, ``links``, ``models``, ``requests``, ``objective``, ``max_utilization``
+        and ``measured``."""
         if not isinstance(data, Mapping):
             raise PlacementProblemError(f"a placement problem is a mapping, got {type(data).__name__}")
-        known = ("nodes", "links", "models", "requests", "objective", "max_utilization")
+        known = ("nodes", "links", "models", "requests", "objective", "max_utilization", "measured")
         for key in data:
             if key not in known:
                 raise PlacementProblemError(f"unknown key {key!r}; known keys are {', '.join(known)}")
@@ -340,7 +368,21 @@ class PlacementProblem:
         _keys(objective, Weights, "objective", required=())
         weights = Weights(**{k: _number(v, f"objective.{k}") for k, v in objective.items()})
         max_utilization = _number(data.get("max_utilization", 0.8), "max_utilization", high=1.0, strict=True)
-        return cls(nodes, links, models, requests, weights, max_utilization)
+        measured = []
+        for i, raw in enumerate(data.get("measured") or []):
+            where = f"measured[{i}]"
+            _keys(raw, Measured, where, required=("node", "model", "variant", "seconds"))
+            measured.append(
+                Measured(
+                    node=str(raw["node"]),
+                    model=str(raw["model"]),
+                    variant=str(raw["variant"]),
+                    seconds=_number(raw["seconds"], f"{where}.seconds"),
+                    part=str(raw.get("part", "full")),
+                    split=str(raw.get("split", "")),
+                )
+            )
+        return cls(nodes, links, models, requests, weights, max_utilization, measured)
 
     def to_dict(self) -> dict[str, Any]:
         """A mapping :meth:`from_dict` reads back (sizes in bytes, delays in seconds as ``"…s"``)."""
@@ -363,6 +405,7 @@ class PlacementProblem:
             "requests": [dataclasses.asdict(r) for r in self.requests],
             "objective": dataclasses.asdict(self.weights),
             "max_utilization": self.max_utilization,
+            "measured": [dataclasses.asdict(m) for m in self.measured],
         }
 
     def with_changes(
@@ -383,6 +426,7 @@ class PlacementProblem:
             [Requests(node, model, rate) for (node, model), rate in requests.items()],
             self.weights,
             self.max_utilization,
+            self.measured,
         )
 
     # ------------------------------------------------------------------ validation
@@ -456,6 +500,45 @@ class PlacementProblem:
                 raise PlacementProblemError(f"requests[{i}].model: {req.model!r} is not a model; models are {known}")
         return root
 
+    def _validate_measured(self, measured: tuple[Measured, ...]) -> dict[tuple[str, Item], float]:
+        """``{(node, item): seconds}``, each entry checked against the nodes and models."""
+        figures: dict[tuple[str, Item], float] = {}
+        for i, m in enumerate(measured):
+            where = f"measured[{i}]"
+            if m.node not in self.nodes:
+                raise PlacementProblemError(
+                    f"{where}.node: {m.node!r} is not a node; nodes are {', '.join(self.nodes)}"
+                )
+            model = self.models.get(m.model)
+            if model is None:
+                raise PlacementProblemError(
+                    f"{where}.model: {m.model!r} is not a model; models are {', '.join(self.models)}"
+                )
+            variant = next((v for v in model.variants if v.name == m.variant), None)
+            if variant is None:
+                names = ", ".join(v.name for v in model.variants)
+                raise PlacementProblemError(
+                    f"{where}.variant: {m.variant!r} is not a variant of {m.model!r}; it has {names}"
+                )
+            if m.part not in ("full", "head", "tail"):
+                raise PlacementProblemError(f"{where}.part: {m.part!r}; use full, head or tail")
+            if m.part == "full" and m.split:
+                raise PlacementProblemError(
+                    f"{where}.split: a whole variant has no split point; drop split or set part"
+                )
+            if m.part != "full" and m.split not in {sp.name for sp in variant.splits}:
+                names = ", ".join(sp.name for sp in variant.splits) or "none"
+                raise PlacementProblemError(
+                    f"{where}.split: {m.split!r} is not a split point of {m.model}/{m.variant}; it has {names}"
+                )
+            if not math.isfinite(m.seconds) or m.seconds < 0:
+                raise PlacementProblemError(f"{where}.seconds: {m.seconds!r}; use the measured seconds (>= 0)")
+            key = (m.node, m.item)
+            if key in figures:
+                raise PlacementProblemError(f"{where}: {m.node} {item_label(m.item)} measured twice; give one figure")
+            figures[key] = m.seconds
+        return figures
+
     # ------------------------------------------------------------------ structure
 
     def path(self, node: str) -> tuple[str, ...]:
@@ -482,7 +565,10 @@ class PlacementProblem:
     def total_rate(self) -> float:
         return sum(r.rate for r in self.requests)
 
-    def _compute_time(self, node: str, gflop: float) -> float:
+    def _compute_time(self, node: str, gflop: float, item: Item | None = None) -> float:
+        """Seconds of ``item`` on ``node``: measured there if it was, else ``gflop / compute``."""
+        if item is not None and (node, item) in self._measured:
+            return self._measured[(node, item)]
         speed = self.nodes[node].compute
         if speed is None:
             return 0.0
@@ -513,7 +599,8 @@ class PlacementProblem:
                             variant=variant.name,
                             split=None,
                             tail_node=None,
-                            latency=reach_latency + self._compute_time(node, variant.gflop),
+                            latency=reach_latency
+                            + self._compute_time(node, variant.gflop, (model.name, variant.name, "full", "")),
                             accuracy=variant.accuracy,
                             energy=variant.gflop * here.joules_per_gflop,
                             needs=() if is_root else ((node, (model.name, variant.name, "full", "")),),
@@ -549,10 +636,10 @@ class PlacementProblem:
                             split=split.name,
                             tail_node=tail,
                             latency=reach_latency
-                            + self._compute_time(node, head_gflop)
+                            + self._compute_time(node, head_gflop, (model.name, variant.name, "head", split.name))
                             + 2 * link.delay
                             + (tensor_bits / link.rate if link.rate else 0.0)
-                            + self._compute_time(tail, tail_gflop),
+                            + self._compute_time(tail, tail_gflop, (model.name, variant.name, "tail", split.name)),
                             accuracy=variant.accuracy,
                             energy=head_gflop * here.joules_per_gflop + tail_gflop * there.joules_per_gflop,
                             needs=tuple(needs),

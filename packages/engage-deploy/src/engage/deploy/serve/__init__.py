@@ -9,6 +9,8 @@
   again when it dies;
 - :mod:`~engage.deploy.serve.load`: a seeded request generator measuring latency, throughput and
   the answers' error against ground truth, logged to MLflow;
+- :mod:`~engage.deploy.serve.split`: split computing, a model's head on one host and its tail on
+  another, with the measured figures the placement engine decides from;
 - :class:`engage.deploy.callbacks.PublishWeights`: the Lightning callback that sends the weights
   being trained to every replica.
 """

@@ -1,0 +1,280 @@
+"""Split computing on an emulated link: measured end-to-end latency against the placement
+model's prediction from measured compute and transfer figures.
+
+A ``netns`` infrastructure of two hosts, ``edge-1`` and ``cloud-1``, joined by a link with a
+one-way delay and a rate (``--delay``, ``--rate``). A small convolutional model
+(:func:`model`: input 4x64x64 float32, 64 KiB) can be served three ways: whole on the cloud (the
+input crosses the link), split after its first convolution (``early``: a 512 KiB tensor crosses)
+or after its second (``late``: 8 KiB). The edge's memory holds either head but not the whole model.
+
+1. The link is measured (UDP round trips, a TCP stream's goodput) and each host profiles the
+   whole model, every head and every tail (``python -m engage.deploy.serve.split profile``).
+2. A placement problem with those figures (``measured`` entries, the link's measured delay and
+   rate) gives each option's predicted latency, and CP-SAT chooses one.
+3. The tail server runs on ``cloud-1`` (CURVE, one client key), the heads on ``edge-1``;
+   ``--requests`` closed-loop requests per option, each answer checked against the whole model.
+
+Pass condition (what the test asserts): each option's median latency within 20% of its
+prediction, the options ranked by measured latency as predicted, and the engine's choice the
+fastest measured.
+
+Run: ``python benchmarks/split_computing.py`` (as root, with network namespaces; about a minute for
+the two default link settings, ``--quick`` 20 s);
+writes ``benchmarks/results/split_computing.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+INPUT_SHAPE = (4, 64, 64)
+SPLITS = {"cloud": 0, "early": 2, "late": 4}
+TAIL_PORT = 5301
+
+
+def model() -> Any:
+    """4x64x64 -> conv 32 (512 KiB) -> strided conv 8x16x16 (8 KiB) -> 256 -> 10."""
+    import torch
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(4, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 8, 3, stride=4, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 16 * 16, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
+    ).to(torch.float32)
+
+
+def _flops(layers: Any, x: Any) -> list[float]:
+    """FLOPs of each layer on ``x`` (torch's flop counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    with torch.no_grad():
+        for layer in layers:
+            with FlopCounterMode(display=False) as counter:
+                x = layer(x)
+            counts.append(float(counter.get_total_flops()))
+    return counts
+
+
+def placement_problem(spec: Any, link: dict, measured: list[dict], edge_memory: int) -> Any:
+    """The placement problem of one request class at the edge, with measured figures."""
+    from engage.deploy.placement import PlacementProblem
+
+    layers = spec.sequential()
+    flops = _flops(layers, spec.example())
+    total = sum(flops)
+    params = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers]
+    size = sum(params)
+    tensors = spec.tensor_bytes()
+    splits = [
+        {"name": name, "compute": sum(flops[:at]) / total, "tensor": tensors[name], "size": sum(params[:at]) / size}
+        for name, at in spec.splits.items()
+        if at > 0
+    ]
+    return PlacementProblem.from_dict(
+        {
+            "nodes": [{"name": "cloud"}, {"name": "edge", "compute": 50.0, "memory": edge_memory}],
+            "links": [{"src": "edge", "dst": "cloud", "delay": link["delay"], "rate": link["rate"]}],
+            "models": [
+                {
+                    "name": "cnn",
+                    "input": tensors["cloud"],
+                    "variants": [{"name": "v1", "size": size, "accuracy": 1.0, "gflop": total / 1e9, "splits": splits}],
+                }
+            ],
+            "requests": [{"node": "edge", "model": "cnn", "rate": 1.0}],
+            "objective": {"latency": 1.0, "inaccuracy": 0.0},
+            "measured": measured,
+        }
+    )
+
+
+def _start(provider: Any, host: Any, argv: list[str], folder: Path, name: str) -> tuple:
+    out, err = folder / f"{name}.json", folder / f"{name}.err"
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    return provider.run(host, argv, env=env, log_path=out, stderr_path=err), host, name, out, err
+
+
+def _finish(started: tuple, timeout: float = 120.0) -> Any:
+    proc, host, name, out, err = started
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{name} on {host.name} took over {timeout:.0f} s") from None
+    if code != 0:
+        raise RuntimeError(f"{name} on {host.name} exited {code}: {err.read_text().strip()[-400:]}")
+    return json.loads(out.read_text())
+
+
+def run(folder: Path, *, delay: str = "10ms", rate: str = "20mbit", requests: int = 20, repeats: int = 30) -> dict:
+    """Deploy, measure, predict and serve; the figures as one mapping."""
+    from engage.deploy.infrastructure import Infrastructure
+    from engage.deploy.netem.measure import measure_link
+    from engage.deploy.placement import CpSatSolver
+    from engage.deploy.providers.netns import NetnsProvider
+    from engage.deploy.serve.replica import ModelSpec
+    from engage.deploy.serve.split import SplitSpec, issue_keys, link_figures, placement_figures
+
+    started = time.perf_counter()
+    if str(HERE) not in sys.path:  # the model's factory is this script's, for this process as for the hosts'
+        sys.path.insert(0, str(HERE))
+    infra = Infrastructure.from_dict(
+        {
+            "provider": "netns",
+            "layers": [{"name": "cloud"}, {"name": "edge"}],
+            "network": [{"src": "edge", "dst": "cloud", "delay": delay, "rate": rate}],
+        }
+    )
+    infra.validate()
+    provider = NetnsProvider(infra, folder / "infrastructure")
+    spec = SplitSpec(ModelSpec("split_computing:model"), INPUT_SHAPE, dict(SPLITS))
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / "split.json"
+    spec_path.write_text(spec.to_json())
+    tail_keys, head_keys = issue_keys(folder / "keys")
+    tail_proc = None
+    try:
+        provider.deploy()
+        provider.apply_network()
+        edge, cloud = provider.host("edge-1"), provider.host("cloud-1")
+        link_result = measure_link(provider, "edge-1", "cloud-1", probes=300, interval=0.002, stream_seconds=2.0)
+        link = link_figures(link_result)
+        module = [sys.executable, "-m", "engage.deploy.serve.split"]
+        tail_proc = provider.run(
+            cloud, [*module, "tail", str(spec_path), "--keys", str(tail_keys), "--bind", cloud.address,
+                    "--port", str(TAIL_PORT)],
+            env={"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
+            log_path=folder / "tail.log",
+        )  # fmt: skip
+        profiling = [
+            _start(provider, host, [*module, "profile", str(spec_path), "--repeats", str(repeats)], folder, name)
+            for name, host in (("edge", edge), ("cloud", cloud))
+        ]  # both hosts at once: each part's compute is under a millisecond, the start-up is not
+        profiles = {started[2]: _finish(started) for started in profiling}
+        named = [name for name, at in SPLITS.items() if at > 0]
+        measured = placement_figures(
+            profiles["edge"], profiles["cloud"], head_node="edge", tail_node="cloud", model="cnn", variant="v1",
+            splits=named,
+        )  # fmt: skip
+        layers = spec.sequential()
+        head_bytes = {
+            n: sum(p.numel() * p.element_size() for p in layers[:at].parameters()) for n, at in SPLITS.items()
+        }
+        edge_memory = max(head_bytes.values()) + 1024  # both heads fit, the whole model does not
+        problem = placement_problem(spec, link, measured, edge_memory)
+        options = problem.classes[0].options
+        predicted = {(o.split or ("edge" if o.node == "edge" else "cloud")): o.latency for o in options}
+        plan = CpSatSolver().solve(problem)
+        route = plan.routes[0]
+        chosen = route.split or ("edge" if route.node == "edge" else "cloud")
+        head = [*module, "head", str(spec_path), "--keys", str(head_keys), "--connect", f"{cloud.address}:{TAIL_PORT}"]
+        head += [*(a for name in SPLITS for a in ("--split", name)), "--requests", str(requests), "--warmup", "5"]
+        answers = _finish(_start(provider, edge, head, folder, "head"))
+    finally:
+        if tail_proc is not None:
+            tail_proc.terminate()
+            try:
+                tail_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                tail_proc.kill()
+        provider.destroy()
+    rows = []
+    for answer in answers:
+        name = answer["split"]
+        median = answer["median_latency_s"]
+        rows.append(
+            {
+                "option": name,
+                "layers_on_edge": SPLITS[name],
+                "tensor_bytes": spec.tensor_bytes()[name],
+                "predicted_ms": round(predicted[name] * 1000, 2),
+                "measured_median_ms": round(median * 1000, 2),
+                "measured_p90_ms": round(statistics.quantiles(answer["latency_s"], n=10)[-1] * 1000, 2),
+                "measured_over_predicted": round(median / predicted[name], 3),
+                "head_ms": round(statistics.median(answer["head_s"]) * 1000, 3),
+                "tail_ms": round(statistics.median(answer["tail_s"]) * 1000, 3),
+                "max_abs_error": answer["max_abs_error"],
+            }
+        )
+    by_measured = [r["option"] for r in sorted(rows, key=lambda r: r["measured_median_ms"])]
+    by_predicted = [r["option"] for r in sorted(rows, key=lambda r: r["predicted_ms"])]
+    return {
+        "benchmark": "split_computing",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "link": {
+            "configured": {"delay": delay, "rate": rate},
+            "measured": link,
+            "rtt_median_ms": link_result["probe"]["rtt_median_ms"],
+            "goodput_bps": link_result["stream"]["goodput_bps"],
+        },
+        "profiles": profiles,
+        "options_not_served": sorted(set(predicted) - set(SPLITS)),
+        "rows": rows,
+        "chosen": chosen,
+        "ranked_by_prediction": by_predicted,
+        "ranked_by_measurement": by_measured,
+        "requests_per_option": requests,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--link", nargs=2, action="append", metavar=("DELAY", "RATE"),
+        help="one-way delay and rate of the edge-cloud link (repeatable; default 10ms 20mbit and 30ms 50mbit)",
+    )  # fmt: skip
+    parser.add_argument("--requests", type=int, default=40, help="measured requests per option (default 40)")
+    parser.add_argument("--quick", action="store_true", help="the first link setting only, 10 requests per option")
+    parser.add_argument("--out", type=Path, default=RESULTS / "split_computing.json")
+    args = parser.parse_args(argv)
+    links = args.link or [("10ms", "20mbit"), ("30ms", "50mbit")]
+    if args.quick:
+        links = links[:1]
+    settings = []
+    for delay, rate in links:
+        folder = Path(tempfile.mkdtemp(prefix="engage-split-"))
+        try:
+            result = run(folder, delay=delay, rate=rate, requests=10 if args.quick else args.requests)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        settings.append(result)
+        link = result["link"]
+        print(
+            f"link {delay} {rate}: RTT {link['rtt_median_ms']:.2f} ms, goodput {link['goodput_bps'] / 1e6:.2f} Mbit/s"
+        )
+        print(f"  {'option':8} {'tensor':>9} {'predicted':>10} {'measured':>9} {'ratio':>6}")
+        for row in result["rows"]:
+            print(
+                f"  {row['option']:8} {row['tensor_bytes']:>9} {row['predicted_ms']:>8.1f}ms "
+                f"{row['measured_median_ms']:>7.1f}ms {row['measured_over_predicted']:>6.3f}"
+            )
+        print(f"  engine's choice: {result['chosen']}; measured ranking {result['ranked_by_measurement']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "split_computing", "settings": settings}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
