@@ -90,6 +90,51 @@ def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slu
         time.sleep(0.3)
 
 
+def test_a_job_whose_sbatch_is_under_way_when_the_sweep_ends_is_cancelled(slurm_cluster, tmp_path, monkeypatch):
+    """Ctrl-C while a job thread waits for ``sbatch``: ``destroy`` knows the job already, Slurm's
+    answer is cancelled at once, and nothing is submitted after ``destroy``."""
+    import os
+    import shutil
+    import threading
+
+    from engage.deploy.infrastructure import Infrastructure
+    from engage.deploy.providers.slurm import SlurmProvider
+
+    real = shutil.which("sbatch")
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    (wrappers / "sbatch").write_text(
+        f'#!/bin/sh\ncase "$*" in *--test-only*) exec {real} "$@";; esac\nsleep 1.5; exec {real} "$@"\n'
+    )
+    (wrappers / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    infra = Infrastructure.from_dict(
+        {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 2}], "options": {"partition": "nodes"}}
+    )
+    provider = SlurmProvider(infra, tmp_path)
+    first, second = provider.deploy()
+    jobs = []
+    thread = threading.Thread(
+        target=lambda: jobs.append(
+            provider.run(provider.hosts[0], ["sleep", "60"], log_path=tmp_path / "a" / "out.log")
+        )
+    )
+    thread.start()
+    time.sleep(0.4)  # sbatch is under way (it takes 1.5 s)
+    provider.destroy()
+    thread.join(30)
+    (job,) = jobs
+    assert job.poll() == -signal.SIGTERM and job.job_id is not None
+    late = provider.run(second, ["sleep", "60"], log_path=tmp_path / "b" / "out.log")
+    assert late.poll() == -signal.SIGTERM and late.job_id is None  # never submitted
+    state = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--jobs={job.job_id}", "--format=%T"],
+        env=slurm_cluster.env, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert state in ("CANCELLED", ""), state
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -137,6 +137,8 @@ class SlurmProvider(Provider):
         self.token = secrets.token_hex(4)
         self._address: str | None = None
         self._jobs: list[SlurmJob] = []
+        self._jobs_lock = threading.Lock()  # job threads submit while the launcher may destroy
+        self._destroyed = False
         self._states: Any = None
         self.flags: list[str] = []
 
@@ -222,7 +224,9 @@ class SlurmProvider(Provider):
         stderr_path: str | os.PathLike[str] | None = None,
     ) -> SlurmJob:  # type: ignore[override]
         """Submit ``command`` as a batch job; returns once ``sbatch`` answered. A refusal is a
-        failed job (its message in the job's stderr log)."""
+        failed job (its message in the job's stderr log). The job is known to :meth:`destroy`
+        before ``sbatch`` runs: one destroyed meanwhile (Ctrl-C) is cancelled as soon as Slurm
+        names it, and none is submitted after :meth:`destroy`."""
         from engage.deploy.slurm.executor import SlurmProcess, job_environment
 
         if self._states is None:
@@ -246,11 +250,16 @@ class SlurmProvider(Provider):
         process = SlurmProcess(None, out, float(self.options["max_pending_s"]), self._states)
         process.job_name = name
         job = SlurmJob(process)
+        with self._jobs_lock:
+            self._jobs.append(job)
+            destroyed = self._destroyed
+        if destroyed:
+            job.cancel()  # never submitted
+            return job
         process.submit(argv, job_environment({**os.environ, **(env or {})}))
-        if process.job_id is None:  # refused: sbatch's words in the job's stderr log
+        if process.job_id is None and process.wanted:  # refused: sbatch's words in the job's stderr log
             with open(err, "a") as handle:
                 handle.write(process.stderr_tail() + "\n")
-        self._jobs.append(job)
         return job
 
     def command_for(self, host: Host, command: Sequence[str], env=None, cwd=None) -> list[str]:
@@ -260,8 +269,10 @@ class SlurmProvider(Provider):
         return {**super().describe(), "slurm": {"sbatch": self.flags, "extra": list(self.options["extra"])}}
 
     def destroy(self) -> None:
-        """Cancel the jobs still queued or running."""
-        jobs, self._jobs = self._jobs, []
+        """Cancel the jobs still queued or running, and those whose ``sbatch`` is under way."""
+        with self._jobs_lock:
+            self._destroyed = True
+            jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.cancel()
         self.hosts = []

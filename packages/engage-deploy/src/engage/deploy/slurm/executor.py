@@ -344,7 +344,10 @@ class SlurmProcess(SimulationProcess):
 
     def submit(self, argv: list[str], env: Mapping[str, str]) -> None:
         """Run ``argv`` (an ``sbatch --parsable`` command for this job, named :attr:`job_name`):
-        the job is then watched, or the attempt failed with ``sbatch``'s words. Never raises."""
+        the job is then watched, or the attempt failed with ``sbatch``'s words; nothing when it
+        was killed before. Never raises."""
+        if not self.wanted:
+            return
         try:
             out = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=120)
             if out.returncode != 0:
