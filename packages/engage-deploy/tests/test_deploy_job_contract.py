@@ -58,6 +58,33 @@ def test_the_environment_a_job_sets_for_itself(tmp_path) -> None:
     assert set(_contract(tmp_path, recorded=False).environ()) == {JOB_FILE_ENV}
 
 
+def test_a_store_of_the_users_own_gets_their_credentials_through_the_contract(tmp_path, monkeypatch) -> None:
+    # an authenticated MLflow server of the user's: Slurm and SSH jobs do not get the launcher's
+    # environment's secrets (slurmctld keeps job environments), so the 0600 contract carries them
+    from engage.deploy.experiment import ExperimentFolder
+    from engage.deploy.options import MLflowOptions
+    from engage.deploy.report import SweepReport
+    from engage.deploy.sweep_tracking import SweepTracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ada")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-7e1")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-93a")
+    folder = ExperimentFolder.create(tmp_path / "sweep")
+    sweep = SweepTracking(MLflowOptions(), folder, SweepReport(), provider_name="slurm", sweep_dir="sweep")
+    with sweep.launcher_environment():
+        sweep.tracking_uri = "https://mlflow.example.org"  # no server of the sweep's own
+        contract = _contract(tmp_path, recorded=False)
+        contract = JobContract(**{**contract.__dict__, "tracking": sweep.contract_for(folder.job_folder(0))})
+    (tmp_path / "job").mkdir()
+    path = contract.write(tmp_path / "job")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    env = JobContract.read(tmp_path / "job").environ()
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("ada", "pw-7e1")
+    assert env["MLFLOW_TRACKING_TOKEN"] == "tok-93a"
+    assert "tok-93a" not in repr(contract.tracking)
+
+
 def test_the_current_job_and_its_run_id(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(JOB_FILE_ENV, raising=False)
     assert JobContract.current() is None and not write_run_id("abc")

@@ -47,6 +47,7 @@ MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST
 #: MLflow's variables for basic authentication, set by a job for its own process only
 MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
 
 
 class JobContractError(ValueError):
@@ -75,7 +76,9 @@ class TrackingContract:
     own SQLite store, used when the server does not answer at the job's start;
     ``server_ready_by``: epoch seconds by which a starting server answers (a job started earlier
     waits for it, not going offline); ``username``/``password``: the server's basic-auth
-    credentials, if it asks for them; ``print_urls``: whether the job's MLflow prints run links.
+    credentials, if it asks for them (the sweep's own server's, or the user's for a server of
+    their own), ``token``: the user's bearer token for such a server; ``print_urls``: whether
+    the job's MLflow prints run links.
     """
 
     uri: str
@@ -87,6 +90,7 @@ class TrackingContract:
     server_ready_by: float | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
     print_urls: bool = True
 
 
@@ -173,6 +177,8 @@ class JobContract:
         if tracking.username and tracking.password:
             env[MLFLOW_USERNAME_ENV] = tracking.username
             env[MLFLOW_PASSWORD_ENV] = tracking.password
+        if tracking.token:
+            env[MLFLOW_TOKEN_ENV] = tracking.token
         return env
 
 

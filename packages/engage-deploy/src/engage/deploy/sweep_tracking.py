@@ -36,6 +36,7 @@ from engage.deploy.experiment import ExperimentFolder
 from engage.deploy.job import (
     MLFLOW_PASSWORD_ENV,
     MLFLOW_RETRY_ENV,
+    MLFLOW_TOKEN_ENV,
     MLFLOW_USERNAME_ENV,
     QUIET_URLS_ENV,
     TrackingContract,
@@ -95,7 +96,7 @@ class SweepTracking:
     def launcher_environment(self) -> Iterator[None]:
         """MLflow's settings for the launcher's own client (:data:`LAUNCHER_MLFLOW_ENV`) while
         inside; the user's values are put back after, and given to the jobs."""
-        names = (*LAUNCHER_MLFLOW_ENV, MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV)
+        names = (*LAUNCHER_MLFLOW_ENV, MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV, MLFLOW_TOKEN_ENV)
         self._user_env = {name: os.environ.get(name) for name in names}
         if self.enabled:
             os.environ.update(LAUNCHER_MLFLOW_ENV)
@@ -271,7 +272,14 @@ class SweepTracking:
             return None
         offline = job_folder / "offline"
         uri = self.server.uri if self.server is not None else self.tracking_uri
-        credentials = self.server.credentials if self.server is not None else None
+        if self.server is not None:
+            credentials = self.server.credentials
+            username, password, token = (
+                (credentials.username, credentials.password, None) if credentials else (None,) * 3
+            )
+        else:  # the user's store: their own credentials, through the 0600 contract (never a job's environment)
+            username, password = self._user_env.get(MLFLOW_USERNAME_ENV), self._user_env.get(MLFLOW_PASSWORD_ENV)
+            token = self._user_env.get(MLFLOW_TOKEN_ENV)
         # read in this order: the parent's id is set before the opening is done
         opening = self._opening is not None and not self._opening.done()
         parent = self.parent_run_id
@@ -284,8 +292,9 @@ class SweepTracking:
             offline_uri=f"sqlite:///{offline / 'mlflow.db'}",
             offline_artifacts=str(offline / "artifacts"),
             server_ready_by=self.server.ready_by if starting else None,
-            username=credentials.username if credentials else None,
-            password=credentials.password if credentials else None,
+            username=username,
+            password=password,
+            token=token,
             # the job's own MLflow prints as the user's settings say, not as the launcher's
             print_urls=(self._user_env.get(QUIET_URLS_ENV) or "false").lower() != "true",
         )
