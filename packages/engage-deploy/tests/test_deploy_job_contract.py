@@ -83,6 +83,10 @@ def test_a_store_of_the_users_own_gets_their_credentials_through_the_contract(tm
     assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("ada", "pw-7e1")
     assert env["MLFLOW_TRACKING_TOKEN"] == "tok-93a"
     assert "tok-93a" not in repr(contract.tracking)
+    with sweep.launcher_environment():
+        sweep.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a store that asks for no credentials
+        local = sweep.contract_for(folder.job_folder(0))
+    assert (local.username, local.password, local.token) == (None, None, None)
 
 
 def test_the_current_job_and_its_run_id(tmp_path, monkeypatch) -> None:

@@ -116,9 +116,7 @@ def test_a_job_whose_sbatch_is_under_way_when_the_sweep_ends_is_cancelled(slurm_
     first, second = provider.deploy()
     jobs = []
     thread = threading.Thread(
-        target=lambda: jobs.append(
-            provider.run(provider.hosts[0], ["sleep", "60"], log_path=tmp_path / "a" / "out.log")
-        )
+        target=lambda: jobs.append(provider.run(first, ["sleep", "60"], log_path=tmp_path / "a" / "out.log"))
     )
     thread.start()
     time.sleep(0.4)  # sbatch is under way (it takes 1.5 s)

@@ -24,6 +24,7 @@ from engage.deploy.serve.split import (
     issue_keys,
     link_figures,
     main,
+    read_tail_keys,
 )
 
 SPEC = SplitSpec(ModelSpec("engage.deploy.serve.split:example_layers"), (4,), {"cloud": 0, "mid": 1, "late": 2})
@@ -32,7 +33,7 @@ SPEC = SplitSpec(ModelSpec("engage.deploy.serve.split:example_layers"), (4,), {"
 @pytest.fixture
 def keys(tmp_path):
     tail, head = issue_keys(tmp_path / "keys")
-    return json.loads(tail.read_text()), json.loads(head.read_text())
+    return read_tail_keys(tail), json.loads(head.read_text())
 
 
 @pytest.fixture
@@ -43,6 +44,7 @@ def tail(keys):
     yield server
     server.stop()
     thread.join(5)
+    assert not thread.is_alive()
     server.close()
 
 
@@ -59,6 +61,19 @@ def test_every_cut_gives_the_whole_model_and_the_keys_are_private(tmp_path) -> N
     assert {stat.S_IMODE(os.stat(f).st_mode) for f in (tail_file, head_file)} == {0o600}
     with pytest.raises(SplitError, match=r"splits.far: 7 is outside 0..2"):
         SplitSpec(SPEC.model, (4,), {"far": 7}).build()
+    for bad, message in [
+        ({"splits": {"mid": "1"}}, r"splits.mid: '1'; give an integer >= 0"),
+        ({"splits": {}}, "splits: give at least one split point"),
+        ({"input_shape": (4, 0)}, r"input_shape\[1\]: 0"),
+        ({"dtype": "int8"}, "dtype: 'int8'; use one of float32"),
+        ({"threads": 0}, "threads: 0"),
+    ]:
+        with pytest.raises(SplitError, match=message):
+            SplitSpec(**{**SPEC.__dict__, **bad})
+    with pytest.raises(SplitError, match="colour: not a split spec key"):
+        SplitSpec.from_json(json.dumps({**json.loads(SPEC.to_json()), "colour": "red"}))
+    with pytest.raises(SplitError, match="not JSON"):
+        SplitSpec.from_json("{")
 
 
 def test_the_tail_answers_its_key_only_and_refuses_what_it_was_not_declared(tail, keys) -> None:
@@ -94,6 +109,59 @@ def test_the_tail_answers_its_key_only_and_refuses_what_it_was_not_declared(tail
     assert tail.served == 5  # 1 warm-up, 3 measured, 1 after the refusals
 
 
+def test_nothing_a_client_sends_stops_the_tail_and_a_late_answer_is_dropped(tail, keys) -> None:
+    import zmq
+
+    from engage.core.online.security import use_client_keys
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    use_client_keys(sock, keys[1])
+    sock.connect(f"tcp://127.0.0.1:{tail.port}")
+    try:
+        for frames in (
+            [b"[" * 3000, b""],  # nested past any parser's depth
+            [b'{"id": 1, "split": []}', b""],  # a split that is not a name
+            [b'{"id": true, "split": "mid"}', b""],
+            [b"x"] * 50,  # many frames: read and dropped
+            [b'{"id": 2, "split": "mid"}', b"\0" * 31],
+        ):
+            sock.send_multipart(frames)
+            assert sock.poll(5000), frames[0][:30]
+            reply = json.loads(sock.recv_multipart()[0])
+            assert "error" in reply and reply["id"] == -1
+    finally:
+        sock.close(0)
+        context.term()
+    assert tail.refused == 5 and tail.served == 0
+    # a head whose request timed out drops the late answer and takes the next one
+    slow = HeadClient(SPEC, f"127.0.0.1:{tail.port}", keys[1], timeout_s=0.001)
+    try:
+        with pytest.raises(SplitError, match=r"no answer from the tail within 0\.001 s"):
+            for _ in range(50):  # until one answer comes too late
+                slow("mid", SPEC.example())
+        slow.timeout_s = 10
+        assert [slow("late", SPEC.example(i)).output.shape for i in range(3)] == [(1, 2)] * 3
+    finally:
+        slow.close()
+
+
+def test_a_tensor_of_the_largest_declared_size_crosses_curve(keys) -> None:
+    # 16 KiB of input, above the header allowance: CURVE's framing must not push it over the limit
+    wide = SplitSpec(ModelSpec("engage.deploy.serve.split:example_layers", {"inputs": 4096}), (4096,), {"cloud": 0})
+    server = TailServer(wide, "127.0.0.1", keys[0])
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    client = HeadClient(wide, f"127.0.0.1:{server.port}", keys[1], timeout_s=10)
+    try:
+        assert client.measure("cloud", requests=2, warmup=0)["max_abs_error"] < 1e-5
+    finally:
+        client.close()
+        server.stop()
+        thread.join(5)
+        server.close()
+
+
 def test_bad_input_is_one_line(tmp_path, keys, capsys) -> None:
     with pytest.raises(SplitError, match="listens everywhere"):
         TailServer(SPEC, "0.0.0.0", keys[0])
@@ -105,6 +173,16 @@ def test_bad_input_is_one_line(tmp_path, keys, capsys) -> None:
     code = main(["tail", str(spec_path), "--keys", str(loose), "--bind", "127.0.0.1", "--port", "5999"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "readable by others" in err
+    with pytest.raises(SplitError, match="listens everywhere"):
+        TailServer(SPEC, "[::]", keys[0])
+    tail_file, head_file = issue_keys(tmp_path / "k")
+    argv = ["head", str(spec_path), "--keys", str(head_file), "--connect", "127.0.0.1:5999", "--split", "nowhere"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--split nowhere: not a split point of the spec; it has cloud, mid, late")
+    assert main(["tail", str(spec_path), "--keys", str(tail_file), "--bind", "192.0.2.77", "--port", "5999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--bind/--port:" in err
 
 
 def _problem(measured):
@@ -204,6 +282,9 @@ def test_split_computing_on_an_emulated_link_matches_its_prediction(load_script,
     print(json.dumps([{"rows": r["rows"], "link": r["link"], "chosen": r["chosen"]} for r in attempts], indent=1))
     assert {row["option"] for row in result["rows"]} == {"cloud", "early", "late"}
     assert within(result), result["rows"]
+    # the measured compute figures matter: nominal GFLOP/s alone predicts the late split worse
+    late = next(row for row in result["rows"] if row["option"] == "late")
+    assert abs(late["measured_over_predicted"] - 1) < abs(late["measured_over_nominal"] - 1), late
     assert all(row["max_abs_error"] < 1e-4 for row in result["rows"])
     assert result["ranked_by_measurement"] == result["ranked_by_prediction"]
     assert result["chosen"] == result["ranked_by_measurement"][0] == "late"

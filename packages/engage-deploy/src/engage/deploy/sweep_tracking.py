@@ -277,9 +277,12 @@ class SweepTracking:
             username, password, token = (
                 (credentials.username, credentials.password, None) if credentials else (None,) * 3
             )
-        else:  # the user's store: their own credentials, through the 0600 contract (never a job's environment)
+        elif str(self.tracking_uri).startswith(("http://", "https://")):
+            # the user's own server: their credentials, through the 0600 contract (never a job's environment)
             username, password = self._user_env.get(MLFLOW_USERNAME_ENV), self._user_env.get(MLFLOW_PASSWORD_ENV)
             token = self._user_env.get(MLFLOW_TOKEN_ENV)
+        else:  # a file or database store asks for no credentials
+            username = password = token = None
         # read in this order: the parent's id is set before the opening is done
         opening = self._opening is not None and not self._opening.done()
         parent = self.parent_run_id

@@ -490,7 +490,7 @@ class JobRecord:
 #: files of a job folder not uploaded as artifacts: the pickles the launcher and the runner pass
 #: each other (a Hydra context, a JobReturn); ``engage replay`` needs only ``overrides.yaml``
 SKIPPED_ARTIFACT_SUFFIXES = (".pkl",)
-#: files of a job folder never uploaded: the job's contract may hold the sweep server's credentials
+#: files of a job folder never uploaded: the job's contract may hold MLflow credentials
 SKIPPED_ARTIFACT_NAMES = ("job.json",)
 
 

@@ -19,8 +19,8 @@ Per request, served by variant ``v`` at path position ``i``:
 Measured figures win over nominal ones where they exist: a ``measured`` entry gives the seconds
 one request's whole variant, head or tail takes on a node (profiled there, for example by
 :func:`engage.deploy.serve.split.profile`), and replaces ``gflop / compute`` in that option's
-latency; links take their measured one-way delay and goodput as ``delay`` and ``rate``
-(:func:`engage.deploy.serve.split.link_figures`). Compute capacity stays in GFLOP/s.
+latency; give links their measured one-way delay and goodput as ``delay`` and ``rate``
+(:func:`engage.deploy.serve.split.link_figures` turns a link measurement into them). Compute capacity stays in GFLOP/s.
 
 Capacities: a node's placed items fit its ``memory``; the compute it serves stays under
 ``max_utilization x compute`` (no queueing model: the cap keeps queues short); the traffic on a
@@ -369,7 +369,10 @@ class PlacementProblem:
         weights = Weights(**{k: _number(v, f"objective.{k}") for k, v in objective.items()})
         max_utilization = _number(data.get("max_utilization", 0.8), "max_utilization", high=1.0, strict=True)
         measured = []
-        for i, raw in enumerate(data.get("measured") or []):
+        entries = data.get("measured") or []
+        if not isinstance(entries, (list, tuple)) or isinstance(entries, str):
+            raise PlacementProblemError("measured: give a list of entries (node, model, variant, seconds, ...)")
+        for i, raw in enumerate(entries):
             where = f"measured[{i}]"
             _keys(raw, Measured, where, required=("node", "model", "variant", "seconds"))
             measured.append(

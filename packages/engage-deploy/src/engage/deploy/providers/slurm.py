@@ -197,6 +197,8 @@ class SlurmProvider(Provider):
         except ConfigError as exc:
             raise ProviderError(str(exc)) from None
         address = self.planned_launcher_address()
+        with self._jobs_lock:
+            self._destroyed = False  # deployed again: submitting again
         self._states = JobStates()
         self.hosts = [
             Host(name=name, layer=layer.name, address=address, cpu=layer.cpu, memory=layer.memory_bytes)
@@ -255,6 +257,8 @@ class SlurmProvider(Provider):
             destroyed = self._destroyed
         if destroyed:
             job.cancel()  # never submitted
+            with self._jobs_lock:
+                self._jobs.remove(job)
             return job
         process.submit(argv, job_environment({**os.environ, **(env or {})}))
         if process.job_id is None and process.wanted:  # refused: sbatch's words in the job's stderr log

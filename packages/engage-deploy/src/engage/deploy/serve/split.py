@@ -7,9 +7,10 @@ Surveys 55(5), 2022).
   :class:`~engage.deploy.serve.replica.ModelSpec`, seeded), the ``torch.nn.Sequential`` it runs,
   one request's input shape and the named split points (layer indices; 0 sends the input and runs
   the whole model on the tail's host);
-* :class:`TailServer`: every split point's tail behind a CURVE socket that admits one client key,
-  each message bounded by the largest declared tensor; it answers with the tail's output and the
-  seconds its compute took;
+* :class:`TailServer`: every split point's tail behind a CURVE socket that admits one client key;
+  a request is at most three frames, each no larger than the largest split tensor and 4 KiB, and one it
+  cannot serve is answered with its error; it answers with the tail's output and the seconds its
+  compute took;
 * :class:`HeadClient`: runs the head on a request and sends the tensor; each answer carries the
   end-to-end latency and its parts;
 * :func:`profile`: median seconds of the whole model, each head and each tail on this host, and
@@ -39,12 +40,13 @@ import argparse
 import json
 import math
 import os
+import stat
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,21 @@ class SplitError(ValueError):
     """A split specification or a request that cannot be served; the message is one line."""
 
 
-def example_layers() -> Any:
-    """A 4 -> 8 -> 2 multilayer perceptron (the module docstring's example)."""
+#: the dtypes a split model's input may have (its parameters are cast to it)
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def example_layers(inputs: int = 4) -> Any:
+    """An ``inputs`` -> 8 -> 2 multilayer perceptron (the module docstring's example)."""
     import torch
 
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    return torch.nn.Sequential(torch.nn.Linear(inputs, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def _positive_int(value: Any, where: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SplitError(f"{where}: {value!r}; give an integer >= {low}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class SplitSpec:
     ``torch.nn.Sequential`` ("" when the model is one). ``splits`` maps a name to the number of
     layers the head runs (0: the input crosses and the tail is the whole model). ``seed`` seeds
     the build and the example inputs, so every host holds the same weights; ``threads`` is
-    torch's thread count for every part."""
+    torch's thread count on the hosts; ``dtype`` the input's (the model is cast to it)."""
 
     model: ModelSpec
     input_shape: tuple[int, ...]
@@ -84,15 +96,44 @@ class SplitSpec:
     threads: int = 1
     dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.splits, dict) or not self.splits:
+            raise SplitError("splits: give at least one split point, e.g. {'cloud': 0, 'mid': 3}")
+        for name, at in self.splits.items():
+            if not isinstance(name, str) or not name:
+                raise SplitError(f"splits: {name!r} is not a name; name each split point")
+            _positive_int(at, f"splits.{name}", low=0)
+        if not self.input_shape:
+            raise SplitError("input_shape: give one request's shape, e.g. [3, 224, 224]")
+        for i, size in enumerate(self.input_shape):
+            _positive_int(size, f"input_shape[{i}]")
+        _positive_int(self.threads, "threads")
+        _positive_int(self.seed, "seed", low=0)
+        if self.dtype not in DTYPES:
+            raise SplitError(f"dtype: {self.dtype!r}; use one of {', '.join(DTYPES)}")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> SplitSpec:
-        data = json.loads(text)
-        data["model"] = ModelSpec(**data["model"])
-        data["input_shape"] = tuple(data["input_shape"])
-        return cls(**data)
+        """The spec :meth:`to_json` wrote; :class:`SplitError` (one line) for anything else."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise SplitError("the split spec is not JSON") from None
+        known = [f.name for f in fields(cls)]
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise SplitError("the split spec is a mapping with model, input_shape and splits")
+        for key in data:
+            if key not in known:
+                raise SplitError(f"{key}: not a split spec key; keys are {', '.join(known)}")
+        try:
+            data["model"] = ModelSpec(**data["model"])
+            data["input_shape"] = tuple(data.get("input_shape") or ())
+            return cls(**data)
+        except TypeError as exc:
+            raise SplitError(f"the split spec: {exc}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SplitSpec:
@@ -115,7 +156,7 @@ class SplitSpec:
                     f"splits.{name}: {at} is outside 0..{len(layers) - 1}; a split runs 0 to {len(layers) - 1} "
                     "layers on the head"
                 )
-        return layers.eval()
+        return layers.to(getattr(torch, self.dtype)).eval()
 
     def build(self) -> tuple[Any, dict[str, tuple[Any, Any]]]:
         """The whole model and each split point's (head, tail)."""
@@ -128,16 +169,20 @@ class SplitSpec:
         import torch
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return torch.randn((1, *self.input_shape), generator=generator, dtype=getattr(torch, self.dtype))
+        return torch.randn((1, *self.input_shape), generator=generator).to(getattr(torch, self.dtype))
 
-    def tensor_bytes(self) -> dict[str, int]:
-        """Bytes that cross the link per request at each split point."""
+    def tensors(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """Each split point's tensor: its shape and torch dtype."""
         import torch
 
         _, parts = self.build()
         x = self.example()
         with torch.no_grad():
-            return {name: head(x).numel() * head(x).element_size() for name, (head, _) in parts.items()}
+            return {name: (tuple(t.shape), t.dtype) for name, (head, _) in parts.items() for t in (head(x),)}
+
+    def tensor_bytes(self) -> dict[str, int]:
+        """Bytes that cross the link per request at each split point."""
+        return {name: math.prod(shape) * dtype.itemsize for name, (shape, dtype) in self.tensors().items()}
 
 
 def _check_header(raw: bytes) -> dict[str, Any]:
@@ -145,77 +190,115 @@ def _check_header(raw: bytes) -> dict[str, Any]:
         raise SplitError(f"header of {len(raw)} bytes; at most {MAX_HEADER}")
     try:
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SplitError("header is not JSON") from None
-    if not isinstance(header, dict) or not isinstance(header.get("id"), int):
+    if not isinstance(header, dict) or not isinstance(header.get("id"), int) or isinstance(header["id"], bool):
         raise SplitError("header lacks an integer id")
     return header
 
 
+def _tensor_bytes(tensor: Any) -> bytes:
+    """A tensor's bytes (any dtype: bfloat16 has no numpy type)."""
+    import torch
+
+    return tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _unspecified(bind: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(bind.strip("[]")).is_unspecified
+    except ValueError:
+        return bind in ("", "*")
+
+
 class TailServer:
     """Every split point's tail on this host, behind a CURVE socket bound to ``bind:port`` that
-    admits only ``keys["client"]`` (the head's public key). One request at a time, in order.
+    admits only ``keys["client"]`` (the head's public key). One request at a time, in order; a
+    request is three frames at most, each no larger than the largest split tensor and 4 KiB.
 
     ``serve()`` answers until ``stop()``; each answer is ``[header, output]`` with the header's
-    ``tail_s`` (the tail's compute seconds) or ``error`` (a request it could not serve)."""
+    ``tail_s`` (the tail's compute seconds), the output's ``shape`` and ``dtype``, or ``error``
+    (a request it could not serve, counted in :attr:`refused`)."""
 
     def __init__(self, spec: SplitSpec, bind: str, keys: Mapping[str, str], port: int = 0) -> None:
-        import torch
         import zmq
         from zmq.auth.thread import ThreadAuthenticator
 
-        if bind in ("", "0.0.0.0", "*", "::"):
+        if _unspecified(bind):
             raise SplitError(f"bind: {bind!r} listens everywhere; give the host's own address")
-        torch.set_num_threads(spec.threads)
         self.spec = spec
         _, self.parts = spec.build()
-        x = spec.example()
-        with torch.no_grad():
-            self._shapes = {name: tuple(head(x).shape) for name, (head, _) in self.parts.items()}
-        itemsize = x.element_size()
-        self._bytes = {name: math.prod(shape) * itemsize for name, shape in self._shapes.items()}
+        self._tensors = spec.tensors()
+        self._bytes = {name: math.prod(shape) * dtype.itemsize for name, (shape, dtype) in self._tensors.items()}
         self._stop = threading.Event()
-        self.context = zmq.Context()
-        allowed = keys["client"].encode()
-
-        class _Provider:
-            def callback(self, domain: str, key: bytes) -> bool:
-                return key == allowed
-
-        self._auth = ThreadAuthenticator(self.context)
-        self._auth.start()
-        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=_Provider())
-        self.sock = self.context.socket(zmq.ROUTER)
-        self.sock.zap_domain = ZAP_DOMAIN.encode()
-        self.sock.curve_secretkey = keys["server_secret"].encode()
-        self.sock.curve_publickey = keys["server_public"].encode()
-        self.sock.curve_server = True
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max(self._bytes.values()) + MAX_HEADER)
-        self.sock.linger = 0
-        address = f"tcp://{bind}"
-        self.port = self.sock.bind_to_random_port(address) if port == 0 else port
-        if port:
-            self.sock.bind(f"{address}:{port}")
         self.served = 0
         self.refused = 0
+        self.context = zmq.Context()
+        self._auth: Any = None
+        self.sock: Any = None
+        try:
+            allowed = keys["client"].encode()
+
+            class _Provider:
+                def callback(self, domain: str, key: bytes) -> bool:
+                    return key == allowed
+
+            self._auth = ThreadAuthenticator(self.context)
+            self._auth.start()
+            self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=_Provider())
+            self.sock = self.context.socket(zmq.ROUTER)
+            self.sock.zap_domain = ZAP_DOMAIN.encode()
+            self.sock.curve_secretkey = keys["server_secret"].encode()
+            self.sock.curve_publickey = keys["server_public"].encode()
+            self.sock.curve_server = True
+            # libzmq checks a frame's size as it arrives, CURVE's box and command name included
+            self.sock.setsockopt(zmq.MAXMSGSIZE, max(self._bytes.values()) + MAX_HEADER)
+            self.sock.setsockopt(zmq.RCVHWM, 4)
+            self.sock.linger = 0
+            address = f"tcp://{bind}"
+            if port:
+                self.sock.bind(f"{address}:{port}")
+                self.port = port
+            else:
+                self.port = self.sock.bind_to_random_port(address)
+        except BaseException:
+            self.close()
+            raise
 
     def _answer(self, header: dict[str, Any], payload: memoryview) -> tuple[dict[str, Any], bytes]:
         import torch
 
         name = header.get("split")
-        if name not in self.parts:
+        if not isinstance(name, str) or name not in self.parts:
             raise SplitError(f"split {str(name)[:40]!r} is not served here; splits are {', '.join(self.parts)}")
         if len(payload) != self._bytes[name]:
             raise SplitError(f"tensor of {len(payload)} bytes; split {name} takes {self._bytes[name]}")
-        tensor = torch.frombuffer(bytearray(payload), dtype=getattr(torch, self.spec.dtype)).reshape(self._shapes[name])
+        shape, dtype = self._tensors[name]
+        tensor = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype).reshape(shape)
         start = time.perf_counter()
         with torch.no_grad():
             out = self.parts[name][1](tensor)
         elapsed = time.perf_counter() - start
-        return {"id": header["id"], "tail_s": elapsed, "shape": list(out.shape)}, out.numpy().tobytes()
+        reply = {"id": header["id"], "tail_s": elapsed, "shape": list(out.shape), "dtype": str(out.dtype)[6:]}
+        return reply, _tensor_bytes(out)
+
+    def _read(self) -> tuple[bytes, list[Any]] | None:
+        """One request's frames (identity, then at most two); more are read and dropped."""
+        identity = self.sock.recv()
+        frames = []
+        while self.sock.rcvmore:
+            frame = self.sock.recv(copy=False)
+            if len(frames) < 2:
+                frames.append(frame)
+            else:
+                frames.append(None)  # counted, not kept
+        return identity, frames
 
     def serve(self) -> None:
-        """Answer requests until :meth:`stop` (polled every 100 ms)."""
+        """Answer requests until :meth:`stop` (polled every 100 ms). Nothing a client sends
+        stops it: a request it cannot serve is answered with its error."""
         import zmq
 
         poller = zmq.Poller()
@@ -223,26 +306,27 @@ class TailServer:
         while not self._stop.is_set():
             if not poller.poll(100):
                 continue
-            frames = self.sock.recv_multipart(copy=False)
-            if len(frames) != 3:
-                self.refused += 1
-                continue
-            identity, raw, payload = frames
+            identity, frames = self._read()
             try:
-                header = _check_header(raw.bytes)
-                reply, out = self._answer(header, payload.buffer)
+                if len(frames) != 2:
+                    raise SplitError(f"a request is 2 frames (header, tensor), this one has {len(frames)}")
+                header = _check_header(frames[0].bytes)
+                reply, out = self._answer(header, frames[1].buffer)
                 self.served += 1
-            except SplitError as exc:
+            except Exception as exc:  # a request's error is its answer, never the server's end
                 self.refused += 1
-                reply, out = {"id": -1, "error": str(exc)[:200]}, b""
-            self.sock.send_multipart([identity.bytes, json.dumps(reply).encode(), out])
+                message = str(exc) if isinstance(exc, SplitError) else f"{type(exc).__name__}: {exc}"
+                reply, out = {"id": -1, "error": " ".join(message.split())[:200]}, b""
+            self.sock.send_multipart([identity, json.dumps(reply).encode(), out])
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
-        self.sock.close(0)
-        self._auth.stop()
+        if self.sock is not None:
+            self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
         self.context.term()
 
 
@@ -259,48 +343,58 @@ class SplitAnswer:
 
 class HeadClient:
     """The heads on this host, sending their tensors to a :class:`TailServer` at ``address``
-    (``host:port``) with the client keys of ``keys``."""
+    (``host:port``) with the client keys of ``keys`` (``server``, ``public``, ``secret``: the
+    online core's client key format, :func:`engage.core.online.security.load_client_keys`)."""
 
     def __init__(self, spec: SplitSpec, address: str, keys: Mapping[str, str], timeout_s: float = 30.0) -> None:
-        import torch
         import zmq
 
-        torch.set_num_threads(spec.threads)
+        from engage.core.online.security import use_client_keys
+
         self.spec = spec
         _, self.parts = spec.build()
-        self.timeout_ms = int(timeout_s * 1000)
+        self.timeout_s = timeout_s
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.DEALER)
-        self.sock.curve_serverkey = keys["server_public"].encode()
-        self.sock.curve_publickey = keys["public"].encode()
-        self.sock.curve_secretkey = keys["secret"].encode()
-        self.sock.linger = 0
-        self.sock.connect(f"tcp://{address}")
+        try:
+            use_client_keys(self.sock, keys)
+            self.sock.linger = 0
+            self.sock.connect(f"tcp://{address}")
+        except BaseException:
+            self.close()
+            raise
         self._next = 0
 
     def __call__(self, split: str, x: Any) -> SplitAnswer:
-        import numpy as np
         import torch
 
+        if split not in self.parts:
+            raise SplitError(f"split {split!r} is not in the spec; splits are {', '.join(self.parts)}")
         head = self.parts[split][0]
         self._next += 1
         start = time.perf_counter()
         with torch.no_grad():
-            tensor = head(x).contiguous()
+            tensor = head(x)
         head_s = time.perf_counter() - start
         header = json.dumps({"id": self._next, "split": split}).encode()
-        self.sock.send_multipart([header, tensor.numpy()], copy=False)
-        if not self.sock.poll(self.timeout_ms):
-            raise SplitError(f"no answer from the tail within {self.timeout_ms / 1000:.0f} s")
-        raw, out = self.sock.recv_multipart()
+        self.sock.send_multipart([header, _tensor_bytes(tensor)])
+        deadline = start + self.timeout_s
+        while True:  # answers to earlier requests that timed out arrive late: they are dropped
+            left = deadline - time.perf_counter()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise SplitError(f"no answer from the tail within {self.timeout_s:g} s")
+            raw, out = self.sock.recv_multipart()
+            reply = _check_header(raw)
+            if "error" in reply:
+                raise SplitError(f"the tail refused the request: {reply['error']}")
+            if reply["id"] == self._next:
+                break
         latency = time.perf_counter() - start
-        reply = _check_header(raw)
-        if "error" in reply:
-            raise SplitError(f"the tail refused the request: {reply['error']}")
-        if reply["id"] != self._next:
-            raise SplitError(f"answer {reply['id']} to request {self._next}")
-        array = np.frombuffer(out, dtype=self.spec.dtype).reshape(reply["shape"])
-        return SplitAnswer(torch.from_numpy(array.copy()), head_s, float(reply["tail_s"]), latency)
+        dtype = getattr(torch, str(reply.get("dtype", "")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise SplitError(f"answer of an unknown dtype {str(reply.get('dtype'))[:20]!r}")
+        output = torch.frombuffer(bytearray(out), dtype=torch.uint8).view(dtype).reshape(reply["shape"])
+        return SplitAnswer(output, head_s, float(reply["tail_s"]), latency)
 
     def close(self) -> None:
         self.sock.close(0)
@@ -333,7 +427,7 @@ class HeadClient:
             record["head_s"].append(answer.head_s)
             record["tail_s"].append(answer.tail_s)
             with torch.no_grad():
-                error = max(error, float((answer.output - full(x)).abs().max()))
+                error = max(error, float((answer.output.float() - full(x).float()).abs().max()))
         return {
             "split": split,
             **record,
@@ -346,7 +440,6 @@ def profile(spec: SplitSpec, repeats: int = 30, warmup: int = 5) -> dict[str, An
     """Median seconds on this host of the whole model and of each split point's head and tail."""
     import torch
 
-    torch.set_num_threads(spec.threads)
     full, parts = spec.build()
     x = spec.example()
 
@@ -369,72 +462,110 @@ def profile(spec: SplitSpec, repeats: int = 30, warmup: int = 5) -> dict[str, An
 
 
 def placement_figures(
-    head_profile: Mapping[str, Any], tail_profile: Mapping[str, Any], *, head_node: str, tail_node: str,
-    model: str, variant: str, splits: Sequence[str],
+    spec: SplitSpec, head_profile: Mapping[str, Any], tail_profile: Mapping[str, Any], *, head_node: str,
+    tail_node: str, model: str, variant: str,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """A placement problem's ``measured`` entries from :func:`profile` results on the head's and
-    the tail's hosts: the whole variant on each, and each split's head and tail (a split point
-    named here must be in the problem's variant; split 0 is the whole model on the tail's host)."""
+    the tail's hosts: the whole variant on each, and the head and tail of each of ``spec``'s split
+    points but those at 0 (the whole model on the tail's host, a ``full`` entry already). The
+    problem's variant names its split points as ``spec`` does."""
     figures = [
         {"node": head_node, "model": model, "variant": variant, "seconds": head_profile["full_s"]},
         {"node": tail_node, "model": model, "variant": variant, "seconds": tail_profile["full_s"]},
     ]
-    for name in splits:
-        figures.append({"node": head_node, "model": model, "variant": variant, "part": "head", "split": name,
-                        "seconds": head_profile["head_s"][name]})  # fmt: skip
-        figures.append({"node": tail_node, "model": model, "variant": variant, "part": "tail", "split": name,
-                        "seconds": tail_profile["tail_s"][name]})  # fmt: skip
+    for name, at in spec.splits.items():
+        if at == 0:
+            continue
+        for node, part, measured in ((head_node, "head", head_profile), (tail_node, "tail", tail_profile)):
+            figures.append(
+                {"node": node, "model": model, "variant": variant, "part": part, "split": name,
+                 "seconds": measured[f"{part}_s"][name]}
+            )  # fmt: skip
     return figures
 
 
 def link_figures(result: Mapping[str, Any]) -> dict[str, Any]:
     """A placement link's ``delay`` (half the median round trip) and ``rate`` (the TCP goodput,
     where measured) from a :func:`~engage.deploy.netem.measure.measure_link` result."""
+    where = f"the link {result['src']} -> {result['dst']}"
     figures: dict[str, Any] = {"src": result["src"], "dst": result["dst"]}
     if "probe" in result:
-        figures["delay"] = f"{result['probe']['rtt_median_ms'] / 2 / 1000!r}s"
+        rtt = result["probe"].get("rtt_median_ms")
+        if not isinstance(rtt, (int, float)) or not math.isfinite(rtt):
+            raise SplitError(f"{where}: no probe came back, so it has no measured delay; measure it again")
+        figures["delay"] = f"{rtt / 2 / 1000!r}s"
     if "stream" in result:
-        figures["rate"] = f"{round(result['stream']['goodput_bps'])}bit"
+        goodput = result["stream"].get("goodput_bps")
+        if not isinstance(goodput, (int, float)) or not goodput > 0:
+            raise SplitError(f"{where}: the stream carried nothing, so it has no measured rate; measure it again")
+        figures["rate"] = f"{round(goodput)}bit"
     return figures
 
 
 def issue_keys(folder: str | os.PathLike[str]) -> tuple[Path, Path]:
     """A server keypair and one client keypair, written as two ``0600`` files in ``folder``
-    (made ``0700``): the tail's (``tail.keys``) and the head's (``head.keys``)."""
+    (created ``0700``; an existing folder must be this user's alone): the tail's
+    (``tail.keys``) and the head's (``head.keys``, in the online core's client key format)."""
     import zmq
 
     from engage.core.files import write_private
     from engage.core.online.security import private_folder
 
+    folder = Path(folder)
+    if folder.exists() and stat.S_IMODE(folder.stat().st_mode) & 0o077:
+        raise SplitError(f"{folder}: others may read this folder; give a new one for the keys")
     private_folder(str(folder))
-    server_public, server_secret = zmq.curve_keypair()
-    public, secret = zmq.curve_keypair()
-    tail = write_private(
-        Path(folder) / "tail.keys",
-        json.dumps(
-            {
-                "server_public": server_public.decode(),
-                "server_secret": server_secret.decode(),
-                "client": public.decode(),
-            }
-        ),
+    server_public, server_secret = (k.decode() for k in zmq.curve_keypair())
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    tail = {"server_public": server_public, "server_secret": server_secret, "client": public}
+    head = {"server": server_public, "public": public, "secret": secret}
+    return (
+        write_private(folder / "tail.keys", json.dumps(tail)),
+        write_private(folder / "head.keys", json.dumps(head)),
     )
-    head = write_private(
-        Path(folder) / "head.keys",
-        json.dumps({"server_public": server_public.decode(), "public": public.decode(), "secret": secret.decode()}),
-    )
-    return tail, head
 
 
-def _read_keys(path: str) -> dict[str, str]:
-    mode = os.stat(path).st_mode & 0o777
-    if mode & 0o077:
-        raise SplitError(f"--keys: {path} is readable by others (mode {mode:o}); keys live in 0600 files")
-    return json.loads(Path(path).read_text())
+def read_tail_keys(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The tail's keys from its ``0600`` file; :class:`SplitError` (one line) otherwise."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            raise SplitError(f"--keys: {path} is readable by others (mode {mode:o}); keys live in 0600 files")
+        with open(path) as handle:
+            keys = json.loads(handle.read(4096))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, SplitError):
+            raise
+        raise SplitError(f"--keys: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    names = ("server_public", "server_secret", "client")
+    if not isinstance(keys, dict) or not all(isinstance(keys.get(k), str) and len(keys[k]) == 40 for k in names):
+        raise SplitError(f"--keys: {path} needs {', '.join(names)} (Z85, 40 characters)")
+    return keys
+
+
+def _read_head_keys(path: str) -> dict[str, str]:
+    from engage.core.online.security import KEY_FILE_ENV, load_client_keys
+
+    try:
+        keys = load_client_keys({KEY_FILE_ENV: path})
+    except ValueError as exc:
+        raise SplitError(f"--keys: {exc}") from None
+    if keys is None:
+        raise SplitError(f"--keys: {path} is empty")
+    return keys
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m engage.deploy.serve.split tail|head|profile SPEC``; JSON results on stdout."""
+    """``python -m engage.deploy.serve.split tail|head|profile SPEC``; JSON results on stdout.
+    Bad input is one line and exit code 2; a head whose answers differ from the whole model's by
+    more than ``--tolerance`` (the hosts built different weights) exits with 1."""
+
+    def count(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+        return value
+
     parser = argparse.ArgumentParser(prog="engage.deploy.serve.split", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tail = sub.add_parser("tail", help="serve every split point's tail")
@@ -447,18 +578,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     head.add_argument("--keys", required=True, help="the head's 0600 key file")
     head.add_argument("--connect", required=True, help="the tail's host:port")
     head.add_argument("--split", action="append", required=True, help="a split point to measure (repeatable)")
-    head.add_argument("--requests", type=int, default=20)
-    head.add_argument("--warmup", type=int, default=3, help="unrecorded requests per split first, largest tensor first")
+    head.add_argument("--requests", type=count, default=20)
+    head.add_argument(
+        "--warmup", type=count, default=3, help="unrecorded requests per split first, largest tensor first"
+    )
+    head.add_argument("--tolerance", type=float, default=1e-4, help="largest difference from the whole model's answers")
     prof = sub.add_parser("profile", help="median compute seconds on this host")
     prof.add_argument("spec")
-    prof.add_argument("--repeats", type=int, default=30)
+    prof.add_argument("--repeats", type=count, default=30)
     args = parser.parse_args(argv)
+    import torch
+    import zmq
+
+    prefix = f"engage.deploy.serve.split {args.command}"
     try:
         spec = SplitSpec.load(args.spec)
+        torch.set_num_threads(spec.threads)
         if args.command == "profile":
             print(json.dumps(profile(spec, args.repeats)))
         elif args.command == "tail":
-            server = TailServer(spec, args.bind, _read_keys(args.keys), port=args.port)
+            server = TailServer(spec, args.bind, read_tail_keys(args.keys), port=args.port)
             import signal
 
             signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -467,14 +606,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 server.close()
         else:
-            client = HeadClient(spec, args.connect, _read_keys(args.keys))
+            unknown = [name for name in args.split if name not in spec.splits]
+            if unknown:
+                raise SplitError(
+                    f"--split {unknown[0]}: not a split point of the spec; it has {', '.join(spec.splits)}"
+                )
+            client = HeadClient(spec, args.connect, _read_head_keys(args.keys))
             try:
                 client.warm(args.split, args.warmup)
-                print(json.dumps([client.measure(name, args.requests, warmup=1) for name in args.split]))
+                results = [client.measure(name, args.requests, warmup=1) for name in args.split]
             finally:
                 client.close()
+            print(json.dumps(results))
+            worst = max(results, key=lambda r: r["max_abs_error"])
+            if worst["max_abs_error"] > args.tolerance:
+                print(
+                    f"{prefix}: answers through {worst['split']} differ from the whole model's by "
+                    f"{worst['max_abs_error']:.3g} (tolerance {args.tolerance:g}): the hosts built different weights",
+                    file=sys.stderr,
+                )
+                return 1
     except (SplitError, OSError) as exc:
-        print(f"engage.deploy.serve.split {args.command}: {exc}", file=sys.stderr)
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as exc:
+        where = "--connect" if args.command == "head" else "--bind/--port"
+        print(f"{prefix}: {where}: {exc}", file=sys.stderr)
         return 2
     return 0
 

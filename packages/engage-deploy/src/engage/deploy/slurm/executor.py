@@ -340,7 +340,7 @@ class SlurmProcess(SimulationProcess):
             if not killed:
                 self._states.watch(job_id)
         if killed:
-            subprocess.run(["scancel", job_id], capture_output=True)
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
 
     def submit(self, argv: list[str], env: Mapping[str, str]) -> None:
         """Run ``argv`` (an ``sbatch --parsable`` command for this job, named :attr:`job_name`):
