@@ -33,7 +33,10 @@ samples:
   the DataModule's default): the buffer's block in shared memory, each simulation writing its
   samples into the slots its credit names, messages without payload. Reported against bare
   pyzmq and against ``ring_copy``, the cost of the one copy a simulation then makes; and
-  ``shared_memory_with_batches``, with the consumer gathering batches.
+  ``shared_memory_with_batches``, with the consumer gathering batches. It streams ten times as
+  many samples as the socket measurements (``SHARED_TOTAL``, about a second), so that the
+  simulations' start-up does not make most of the figure; ``shared_memory_short`` is the same
+  measurement with the socket measurements' count.
 
 Bare pyzmq runs in this process with the allocator set as the trainer sets it for frames it keeps
 by reference (:mod:`engage.core.online.allocator`), so both sides reuse freed frame memory.
@@ -72,7 +75,11 @@ import zmq
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"64x64": 64, "256x256": 256, "1024x1024": 1024}
-TOTAL = {64: 40000, 256: 6000, 1024: 800}  # samples per measurement (a few seconds each)
+TOTAL = {64: 40000, 256: 6000, 1024: 800}  # samples per measurement (a few seconds each over sockets)
+# The shared-memory path is ten times faster: TOTAL there lasts a tenth of a second, of which the
+# simulations' start-up (tens of milliseconds each, one after another) takes a good part. These
+# keep it streaming for about a second; the short count is measured too (``shared_memory_short``).
+SHARED_TOTAL = {64: 400000, 256: 48000, 1024: 3200}
 TARGET_REL_L2 = 0.05
 REPEAT = 3
 
@@ -147,8 +154,9 @@ def measure_raw(processes: int, side: int, per_message: int = 1, security: str =
 
 
 def measure_engage(
-    processes: int, side: int, batches: str = "reused", shared_memory: bool = False, security: str = "curve"
-) -> tuple[float, float]:
+    processes: int, side: int, batches: str = "reused", shared_memory: bool = False, security: str = "curve",
+    total: int | None = None,
+) -> tuple[float, float]:  # fmt: skip
     """Samples per second (into the buffer, out of it in batches) from the simulations' sends,
     while a consumer thread frees the buffer by taking batches: without their samples
     (``batches="none"``: they are read and leave, nothing is copied, as bare pyzmq's receiver
@@ -162,7 +170,7 @@ def measure_engage(
     from engage.core.samplers.uniform import UniformSampler
     from engage.core.simulators.function import FunctionSimulator
 
-    per = TOTAL[side] // processes
+    per = (total or TOTAL[side]) // processes
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     sim = FunctionSimulator(
         "online_throughput:frames", {"x": {"low": 0, "high": 1}}, (side, side), samples_per_run=per, fresh_samples=True,
@@ -392,19 +400,23 @@ def main(argv: list[str] | None = None) -> None:
                 transport = measure_engage(processes, side, "none")[0]
                 with_batches, reused = measure_engage(processes, side, "reused")
                 to_batch = measure_engage(processes, side, "new")[1]
-                shared = measure_engage(processes, side, "none", shared_memory=True)[0]
-                shared_with_batches, shared_batches = measure_engage(processes, side, "reused", shared_memory=True)
+                long = SHARED_TOTAL[side]
+                shared = measure_engage(processes, side, "none", shared_memory=True, total=long)[0]
+                shared_with_batches, shared_batches = measure_engage(
+                    processes, side, "reused", shared_memory=True, total=long
+                )
+                shared_short = measure_engage(processes, side, "none", shared_memory=True)[0]
                 raw_curve = measure_raw(processes, side, security="curve")
                 raw_ipc = measure_raw(processes, side, security="ipc")
                 engage_ipc = measure_engage(processes, side, "none", security="ipc")[0]
                 ring = measure_ring(side)  # in each round too: memory bandwidth drifts as the rest does
                 runs.append(
                     (raw, transport, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
-                     raw_curve, raw_ipc, engage_ipc, ring)
+                     raw_curve, raw_ipc, engage_ipc, ring, shared_short)
                 )  # fmt: skip
             (
                 raw, engage, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
-                raw_curve, raw_ipc, engage_ipc, ring,
+                raw_curve, raw_ipc, engage_ipc, ring, shared_short,
             ) = (statistics.median(values) for values in zip(*runs))  # fmt: skip
             row = {
                 "size": label,
@@ -439,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
                 "shared_memory_vs_raw": paired(runs, 6),
                 "shared_memory_vs_raw_same_frames": paired(runs, 6, 5),
                 "shared_memory_vs_ring_copy": paired(runs, 6, 12),
+                "shared_memory_samples": SHARED_TOTAL[side] // processes * processes,
+                "shared_memory_short_samples": TOTAL[side] // processes * processes,
+                "shared_memory_short_samples_per_s": round(shared_short, 1),
+                "shared_memory_short_vs_ring_copy": paired(runs, 13, 12),
                 "shared_memory_with_batches_samples_per_s": round(shared_with_batches, 1),
                 "shared_memory_with_batches_vs_raw": paired(runs, 7),
                 "shared_memory_batches_GB_per_s": round(shared_batches * nbytes / 1e9, 3),
@@ -447,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
                 "runs_engage_with_batches_vs_raw": ratios(runs, 2),
                 "runs_shared_memory_vs_raw": ratios(runs, 6),
                 "runs_shared_memory_vs_ring_copy": ratios(runs, 6, 12),
+                "runs_shared_memory_samples_per_s": [round(r[6], 1) for r in runs],
+                "runs_shared_memory_short_samples_per_s": [round(r[13], 1) for r in runs],
                 "runs_engage_vs_raw_curve": ratios(runs, 1, 9),
                 "runs_engage_ipc_vs_raw_ipc": ratios(runs, 11, 10),
             }
