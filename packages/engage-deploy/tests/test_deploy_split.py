@@ -129,7 +129,7 @@ def test_nothing_a_client_sends_stops_the_tail_and_a_late_answer_is_dropped(tail
             sock.send_multipart(frames)
             assert sock.poll(5000), frames[0][:30]
             reply = json.loads(sock.recv_multipart()[0])
-            assert "error" in reply and reply["id"] == -1
+            assert "error" in reply and reply["id"] in (-1, 1, 2), reply  # the id once the header is read
     finally:
         sock.close(0)
         context.term()

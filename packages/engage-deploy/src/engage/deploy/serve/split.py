@@ -284,17 +284,18 @@ class TailServer:
         reply = {"id": header["id"], "tail_s": elapsed, "shape": list(out.shape), "dtype": str(out.dtype)[6:]}
         return reply, _tensor_bytes(out)
 
-    def _read(self) -> tuple[bytes, list[Any]] | None:
-        """One request's frames (identity, then at most two); more are read and dropped."""
+    def _read(self) -> tuple[bytes, list[Any], int]:
+        """One request: its identity, its first two frames and how many frames it had (the
+        rest are read and dropped)."""
         identity = self.sock.recv()
-        frames = []
+        frames: list[Any] = []
+        count = 0
         while self.sock.rcvmore:
             frame = self.sock.recv(copy=False)
-            if len(frames) < 2:
+            count += 1
+            if count <= 2:
                 frames.append(frame)
-            else:
-                frames.append(None)  # counted, not kept
-        return identity, frames
+        return identity, frames, count
 
     def serve(self) -> None:
         """Answer requests until :meth:`stop` (polled every 100 ms). Nothing a client sends
@@ -306,17 +307,19 @@ class TailServer:
         while not self._stop.is_set():
             if not poller.poll(100):
                 continue
-            identity, frames = self._read()
+            identity, frames, count = self._read()
+            request = -1  # the request's id, once its header is read
             try:
-                if len(frames) != 2:
-                    raise SplitError(f"a request is 2 frames (header, tensor), this one has {len(frames)}")
+                if count != 2:
+                    raise SplitError(f"a request is 2 frames (header, tensor), this one has {count}")
                 header = _check_header(frames[0].bytes)
+                request = header["id"]
                 reply, out = self._answer(header, frames[1].buffer)
                 self.served += 1
             except Exception as exc:  # a request's error is its answer, never the server's end
                 self.refused += 1
                 message = str(exc) if isinstance(exc, SplitError) else f"{type(exc).__name__}: {exc}"
-                reply, out = {"id": -1, "error": " ".join(message.split())[:200]}, b""
+                reply, out = {"id": request, "error": " ".join(message.split())[:200]}, b""
             self.sock.send_multipart([identity, json.dumps(reply).encode(), out])
 
     def stop(self) -> None:
@@ -385,10 +388,11 @@ class HeadClient:
                 raise SplitError(f"no answer from the tail within {self.timeout_s:g} s")
             raw, out = self.sock.recv_multipart()
             reply = _check_header(raw)
+            if reply["id"] not in (self._next, -1):
+                continue  # the answer to a request that timed out
             if "error" in reply:
-                raise SplitError(f"the tail refused the request: {reply['error']}")
-            if reply["id"] == self._next:
-                break
+                raise SplitError(f"the tail refused the request: {str(reply['error'])[:200]}")
+            break
         latency = time.perf_counter() - start
         dtype = getattr(torch, str(reply.get("dtype", "")), None)
         if not isinstance(dtype, torch.dtype):
