@@ -382,6 +382,8 @@ def test_a_bad_commit_changes_nothing():
     slots = buffer.reserve(2)
     with pytest.raises(ValueError, match="with repeats"):
         buffer.commit([(slots[0], np.zeros(1), 0, 0.0), (slots[0], np.zeros(1), 0, 0.0)])
+    with pytest.raises(ValueError, match="with repeats"):  # apart, not next to each other
+        buffer.commit([(s, np.zeros(1), 0, 0.0) for s in (slots[0], slots[1], slots[0])])
     with pytest.raises(ValueError, match=r"parameters of shape \(3,\); the buffer holds \(1,\)"):
         buffer.commit([(slot, np.zeros(3), 0, 0.0) for slot in slots])
     assert len(buffer) == 0 and buffer.credit() == 2  # both slots still reserved, none lost
