@@ -90,17 +90,19 @@ def _flops(layers: Any, x: Any) -> list[float]:
 NOMINAL_GFLOPS = 200.0
 
 
-def placement_problem(spec: Any, link: dict, measured: list[dict], edge_memory: int) -> Any:
+def placement_problem(spec: Any, link: dict, measured: list[dict]) -> Any:
     """The placement problem of one request class at the edge, with measured figures (none:
-    nominal compute only, :data:`NOMINAL_GFLOPS` on both hosts)."""
+    nominal compute only, :data:`NOMINAL_GFLOPS` on both hosts). The edge's memory holds every
+    head but not the whole model."""
     from engage.deploy.placement import PlacementProblem
 
-    layers = spec.sequential()
+    layers, parts = spec.build()
     flops = _flops(layers, spec.example())
     total = sum(flops)
     params = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers]
     size = sum(params)
-    tensors = spec.tensor_bytes()
+    edge_memory = max(sum(params[:at]) for at in spec.splits.values()) + 1024
+    tensors = spec.tensor_bytes(parts)
     splits = [
         {"name": name, "compute": sum(flops[:at]) / total, "tensor": tensors[name], "size": sum(params[:at]) / size}
         for name, at in spec.splits.items()
@@ -125,6 +127,16 @@ def placement_problem(spec: Any, link: dict, measured: list[dict], edge_memory: 
             "measured": measured,
         }
     )
+
+
+def _way(split: str | None, node: str) -> str:
+    """An option's name in the rows: its split point, or the node serving the whole model."""
+    return split or node
+
+
+def _latencies(problem: Any) -> dict[str, float]:
+    """Each way's predicted latency (seconds) for the one request class."""
+    return {_way(o.split, o.node): o.latency for o in problem.classes[0].options}
 
 
 def _env() -> dict[str, str]:
@@ -157,6 +169,7 @@ def run(folder: Path, *, delay: str = "10ms", rate: str = "20mbit", requests: in
     from engage.deploy.infrastructure import Infrastructure
     from engage.deploy.netem.measure import measure_link
     from engage.deploy.placement import CpSatSolver
+    from engage.deploy.processes import terminate
     from engage.deploy.providers.netns import NetnsProvider
     from engage.deploy.serve.replica import ModelSpec
     from engage.deploy.serve.split import SplitSpec, issue_keys, link_figures, placement_figures
@@ -202,31 +215,18 @@ def run(folder: Path, *, delay: str = "10ms", rate: str = "20mbit", requests: in
         measured = placement_figures(
             spec, profiles["edge"], profiles["cloud"], head_node="edge", tail_node="cloud", model="cnn", variant="v1"
         )
-        layers = spec.sequential()
-        head_bytes = {
-            n: sum(p.numel() * p.element_size() for p in layers[:at].parameters()) for n, at in SPLITS.items()
-        }
-        edge_memory = max(head_bytes.values()) + 1024  # both heads fit, the whole model does not
-        problem = placement_problem(spec, link, measured, edge_memory)
-        options = problem.classes[0].options
-        predicted = {(o.split or ("edge" if o.node == "edge" else "cloud")): o.latency for o in options}
-        nominal = {
-            (o.split or ("edge" if o.node == "edge" else "cloud")): o.latency
-            for o in placement_problem(spec, link, [], edge_memory).classes[0].options
-        }
-        plan = CpSatSolver().solve(problem)
-        route = plan.routes[0]
-        chosen = route.split or ("edge" if route.node == "edge" else "cloud")
+        problem = placement_problem(spec, link, measured)
+        predicted = _latencies(problem)
+        nominal = _latencies(placement_problem(spec, link, []))
+        route = CpSatSolver().solve(problem).routes[0]
+        chosen = _way(route.split, route.node)
         head = [*module, "head", str(spec_path), "--keys", str(head_keys), "--connect", f"{cloud.address}:{TAIL_PORT}"]
         head += [*(a for name in SPLITS for a in ("--split", name)), "--requests", str(requests), "--warmup", "5"]
         answers = _finish(_start(provider, edge, head, folder, "head"), timeout=240.0)
     finally:
         if tail_proc is not None:
-            tail_proc.terminate()
-            try:
-                tail_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                tail_proc.kill()
+            terminate(tail_proc.pid)
+            tail_proc.wait()
         provider.destroy()
     tensor_bytes = spec.tensor_bytes()
     rows = []

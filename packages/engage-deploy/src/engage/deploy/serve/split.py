@@ -171,18 +171,23 @@ class SplitSpec:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         return torch.randn((1, *self.input_shape), generator=generator).to(getattr(torch, self.dtype))
 
-    def tensors(self) -> dict[str, tuple[tuple[int, ...], Any]]:
-        """Each split point's tensor: its shape and torch dtype."""
+    def tensors(self, parts: dict[str, tuple[Any, Any]] | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """Each split point's tensor: its shape and torch dtype (from ``parts``, :meth:`build`'s,
+        when the caller holds them already)."""
         import torch
 
-        _, parts = self.build()
+        parts = self.build()[1] if parts is None else parts
         x = self.example()
         with torch.no_grad():
             return {name: (tuple(t.shape), t.dtype) for name, (head, _) in parts.items() for t in (head(x),)}
 
-    def tensor_bytes(self) -> dict[str, int]:
+    def tensor_bytes(self, parts: dict[str, tuple[Any, Any]] | None = None) -> dict[str, int]:
         """Bytes that cross the link per request at each split point."""
-        return {name: math.prod(shape) * dtype.itemsize for name, (shape, dtype) in self.tensors().items()}
+        return {name: _nbytes(shape, dtype) for name, (shape, dtype) in self.tensors(parts).items()}
+
+
+def _nbytes(shape: Sequence[int], dtype: Any) -> int:
+    return math.prod(shape) * dtype.itemsize
 
 
 def _check_header(raw: bytes) -> dict[str, Any]:
@@ -202,6 +207,14 @@ def _tensor_bytes(tensor: Any) -> bytes:
     import torch
 
     return tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_from(data: Any, dtype: Any, shape: Sequence[int]) -> Any:
+    """The tensor of ``dtype`` and ``shape`` whose bytes are ``data`` (copied: a frame's memory
+    is not the tensor's to keep)."""
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(tuple(shape))
 
 
 def _unspecified(bind: str) -> bool:
@@ -230,8 +243,8 @@ class TailServer:
             raise SplitError(f"bind: {bind!r} listens everywhere; give the host's own address")
         self.spec = spec
         _, self.parts = spec.build()
-        self._tensors = spec.tensors()
-        self._bytes = {name: math.prod(shape) * dtype.itemsize for name, (shape, dtype) in self._tensors.items()}
+        self._tensors = spec.tensors(self.parts)
+        self._bytes = {name: _nbytes(shape, dtype) for name, (shape, dtype) in self._tensors.items()}
         self._stop = threading.Event()
         self.served = 0
         self.refused = 0
@@ -276,7 +289,7 @@ class TailServer:
         if len(payload) != self._bytes[name]:
             raise SplitError(f"tensor of {len(payload)} bytes; split {name} takes {self._bytes[name]}")
         shape, dtype = self._tensors[name]
-        tensor = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype).reshape(shape)
+        tensor = _tensor_from(payload, dtype, shape)
         start = time.perf_counter()
         with torch.no_grad():
             out = self.parts[name][1](tensor)
@@ -355,7 +368,7 @@ class HeadClient:
         from engage.core.online.security import use_client_keys
 
         self.spec = spec
-        _, self.parts = spec.build()
+        self.full, self.parts = spec.build()
         self.timeout_s = timeout_s
         self.context = zmq.Context()
         self.sock = self.context.socket(zmq.DEALER)
@@ -397,7 +410,7 @@ class HeadClient:
         dtype = getattr(torch, str(reply.get("dtype", "")), None)
         if not isinstance(dtype, torch.dtype):
             raise SplitError(f"answer of an unknown dtype {str(reply.get('dtype'))[:20]!r}")
-        output = torch.frombuffer(bytearray(out), dtype=torch.uint8).view(dtype).reshape(reply["shape"])
+        output = _tensor_from(out, dtype, reply["shape"])
         return SplitAnswer(output, head_s, float(reply["tail_s"]), latency)
 
     def close(self) -> None:
@@ -409,7 +422,7 @@ class HeadClient:
         congestion window opens to the largest transfer, as on a connection in steady use (the
         placement model's ``bytes / rate`` assumes it; a fresh connection's first transfers take
         more round trips)."""
-        tensor = self.spec.tensor_bytes()
+        tensor = self.spec.tensor_bytes(self.parts)
         for name in sorted(splits, key=lambda n: -tensor[n]):
             for _ in range(requests):
                 self(name, self.spec.example())
@@ -419,7 +432,7 @@ class HeadClient:
         per-request seconds and the largest difference from the whole model run here."""
         import torch
 
-        full = self.spec.sequential()
+        full = self.full
         record: dict[str, list[float]] = {"latency_s": [], "head_s": [], "tail_s": []}
         error = 0.0
         for i in range(warmup + requests):

@@ -576,9 +576,7 @@ class SlurmExecutor(Executor):
         """The submission thread: ``sbatch`` each queued simulation in turn."""
         while (item := self._queue.get()) is not None:
             process, argv, env = item
-            if not process.wanted:
-                continue  # killed (the run ended, or it was given up) before its turn
-            process.submit(argv, env)
+            process.submit(argv, env)  # nothing for one killed before its turn
 
     @property
     def queued(self) -> int:
