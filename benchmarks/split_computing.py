@@ -218,6 +218,10 @@ def run(folder: Path, *, delay: str = "10ms", rate: str = "20mbit", requests: in
         problem = placement_problem(spec, link, measured)
         predicted = _latencies(problem)
         nominal = _latencies(placement_problem(spec, link, []))
+        # the same problems on a link that costs nothing: each way's predicted compute alone
+        free = {"delay": 0.0, "rate": None}
+        compute = _latencies(placement_problem(spec, free, measured))
+        compute_nominal = _latencies(placement_problem(spec, free, []))
         route = CpSatSolver().solve(problem).routes[0]
         chosen = _way(route.split, route.node)
         head = [*module, "head", str(spec_path), "--keys", str(head_keys), "--connect", f"{cloud.address}:{TAIL_PORT}"]
@@ -233,6 +237,7 @@ def run(folder: Path, *, delay: str = "10ms", rate: str = "20mbit", requests: in
     for answer in answers:
         name = answer["split"]
         median = answer["median_latency_s"]
+        head_s, tail_s = statistics.median(answer["head_s"]), statistics.median(answer["tail_s"])
         rows.append(
             {
                 "option": name,
@@ -244,8 +249,11 @@ def run(folder: Path, *, delay: str = "10ms", rate: str = "20mbit", requests: in
                 "measured_over_predicted": round(median / predicted[name], 3),
                 "predicted_nominal_ms": round(nominal[name] * 1000, 2),
                 "measured_over_nominal": round(median / nominal[name], 3),
-                "head_ms": round(statistics.median(answer["head_s"]) * 1000, 3),
-                "tail_ms": round(statistics.median(answer["tail_s"]) * 1000, 3),
+                "head_ms": round(head_s * 1000, 3),
+                "tail_ms": round(tail_s * 1000, 3),
+                "compute_ms": round((head_s + tail_s) * 1000, 3),
+                "predicted_compute_ms": round(compute[name] * 1000, 3),
+                "nominal_compute_ms": round(compute_nominal[name] * 1000, 3),
                 "max_abs_error": answer["max_abs_error"],
             }
         )

@@ -282,9 +282,12 @@ def test_split_computing_on_an_emulated_link_matches_its_prediction(load_script,
     print(json.dumps([{"rows": r["rows"], "link": r["link"], "chosen": r["chosen"]} for r in attempts], indent=1))
     assert {row["option"] for row in result["rows"]} == {"cloud", "early", "late"}
     assert within(result), result["rows"]
-    # the measured compute figures matter: nominal GFLOP/s alone predicts the late split worse
+    # the measured compute figures matter: nominal GFLOP/s alone predicts the late split's compute
+    # (head and tail, as timed while serving) worse; compared on compute alone, since the link's
+    # own noise is as large as the gap on the whole latency
     late = next(row for row in result["rows"] if row["option"] == "late")
-    assert abs(late["measured_over_predicted"] - 1) < abs(late["measured_over_nominal"] - 1), late
+    measured = late["compute_ms"]
+    assert abs(late["predicted_compute_ms"] - measured) < abs(late["nominal_compute_ms"] - measured), late
     assert all(row["max_abs_error"] < 1e-4 for row in result["rows"])
     assert result["ranked_by_measurement"] == result["ranked_by_prediction"]
     assert result["chosen"] == result["ranked_by_measurement"][0] == "late"
