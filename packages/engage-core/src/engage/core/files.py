@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
-__all__ = ["write_private"]
+__all__ = ["read_private", "write_private"]
 
 
 def write_private(path: str | os.PathLike[str], data: str | bytes, durable: bool = False) -> Path:
@@ -40,3 +41,41 @@ def write_private(path: str | os.PathLike[str], data: str | bytes, durable: bool
         scratch.unlink(missing_ok=True)
         raise
     return path
+
+
+def read_private(path: str | os.PathLike[str], limit: int = 4096) -> str:
+    """The text of ``path``, a file only its owner may read or write (as :func:`write_private`
+    writes them), at most ``limit`` bytes.
+
+    The file is opened first (never through a symbolic link) and its mode checked on what was
+    opened, so it cannot be swapped between the check and the read. :class:`ValueError`, one line
+    naming the file and the fix, when others may read or write it, it is larger than ``limit``, or
+    it cannot be read.
+
+    Example::
+
+        >>> import tempfile
+        >>> path = write_private(Path(tempfile.mkdtemp()) / "key", "s3cret")
+        >>> read_private(path)
+        's3cret'
+        >>> path.chmod(0o644)
+        >>> read_private(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../key is readable by others (mode 644); chmod 600 it
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if mode & 0o077:
+            raise ValueError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes; it is not a key or credentials file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text") from None

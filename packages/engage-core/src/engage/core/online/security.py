@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -44,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from engage.core.files import write_private
+from engage.core.files import read_private, write_private
 
 #: environment variable with the path of a simulation attempt's key file
 KEY_FILE_ENV = "ENGAGE_KEY_FILE"
@@ -248,13 +247,7 @@ def load_client_keys(environ: Mapping[str, str] | None = None) -> dict[str, str]
     text = environ.get(KEYS_ENV)
     path = environ.get(KEY_FILE_ENV)
     if not text and path:
-        try:
-            if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
-                raise ValueError(f"key file {path} is readable by others; the trainer writes it 0600")
-            with open(path) as f:
-                text = f.read(4096)
-        except OSError as exc:
-            raise ValueError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+        text = read_private(path)
     if not text:
         return None
     try:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engage.core.files import read_private, write_private
 
 #: LitServe reads its API key from this variable when it is imported
 API_KEY_ENV = "LIT_SERVER_API_KEY"
@@ -85,8 +86,6 @@ class ReplicaSpec:
 
     def save(self, path: Path) -> None:
         """As JSON, readable by its owner only."""
-        from engage.core.files import write_private
-
         write_private(Path(path), json.dumps(asdict(self), indent=1))
 
     @classmethod
@@ -97,10 +96,7 @@ class ReplicaSpec:
 
 def read_api_key(path: str | os.PathLike[str]) -> str:
     """The key in ``path``; ``ValueError`` (one line) when others may read it or it is empty."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise ValueError(f"API key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = Path(path).read_text().strip()
+    key = read_private(path).strip()
     if len(key) < 16:
         raise ValueError(f"API key file {path} holds no key of at least 16 characters")
     return key

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from engage.core.files import read_private
 from engage.deploy.serve.replica import ModelSpec
 
 #: largest JSON header a peer may send (request id, split name; the answer's timings)
@@ -545,15 +546,9 @@ def issue_keys(folder: str | os.PathLike[str]) -> tuple[Path, Path]:
 def read_tail_keys(path: str | os.PathLike[str]) -> dict[str, str]:
     """The tail's keys from its ``0600`` file; :class:`SplitError` (one line) otherwise."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        if mode & 0o077:
-            raise SplitError(f"--keys: {path} is readable by others (mode {mode:o}); keys live in 0600 files")
-        with open(path) as handle:
-            keys = json.loads(handle.read(4096))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, SplitError):
-            raise
-        raise SplitError(f"--keys: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        keys = json.loads(read_private(path))
+    except ValueError as exc:  # a file others may read, or not JSON
+        raise SplitError(f"--keys: {exc}") from None
     names = ("server_public", "server_secret", "client")
     if not isinstance(keys, dict) or not all(isinstance(keys.get(k), str) and len(keys[k]) == 40 for k in names):
         raise SplitError(f"--keys: {path} needs {', '.join(names)} (Z85, 40 characters)")
