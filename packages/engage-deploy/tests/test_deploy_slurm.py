@@ -370,3 +370,20 @@ def test_secrets_never_reach_a_jobs_environment():
 
     env = {"PATH": "/bin", "MLFLOW_TRACKING_PASSWORD": "x", "GITHUB_TOKEN": "t", "DB_PASS": "p", "HOME": "/root"}
     assert job_environment(env) == {"PATH": "/bin", "HOME": "/root"}
+
+
+def test_a_scancel_that_does_not_answer_is_a_warning_naming_the_jobs(tmp_path, monkeypatch):
+    from engage.deploy.slurm import executor
+
+    fake = tmp_path / "bin" / "scancel"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(executor, "SCANCEL_TIMEOUT_S", 0.3)
+    started = time.monotonic()
+    with pytest.warns(UserWarning, match=r"no answer within 0.3 s.*may still be queued or running: scancel 17 18$"):
+        assert executor.scancel("17", "18") is False
+    assert time.monotonic() - started < 5
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    assert executor.scancel("17") is True

@@ -51,6 +51,26 @@ FAILED_STATES = frozenset(
 )
 
 
+#: seconds ``scancel`` may take before its jobs are reported as possibly still running
+SCANCEL_TIMEOUT_S = 60.0
+
+
+def scancel(*targets: str) -> bool:
+    """Cancel ``targets`` (job ids, or ``--name=NAME``); whether ``scancel`` answered. One that does
+    not answer within :data:`SCANCEL_TIMEOUT_S` (slurmctld overloaded or gone) is warned about with
+    the command to run, never raised: it is called while a run ends or from watch threads."""
+    try:
+        subprocess.run(["scancel", *targets], capture_output=True, timeout=SCANCEL_TIMEOUT_S)
+        return True
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        why = f"no answer within {SCANCEL_TIMEOUT_S:g} s" if isinstance(exc, subprocess.TimeoutExpired) else exc
+        warnings.warn(
+            f"scancel failed ({why}); these jobs may still be queued or running: scancel {' '.join(targets)}",
+            stacklevel=2,
+        )
+        return False
+
+
 def parse_job_line(line: str) -> dict[str, str]:
     """The ``Key=Value`` fields of one ``scontrol show job -o`` line."""
     fields: dict[str, str] = {}
@@ -340,7 +360,7 @@ class SlurmProcess(SimulationProcess):
             if not killed:
                 self._states.watch(job_id)
         if killed:
-            subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+            scancel(job_id)
 
     def submit(self, argv: list[str], env: Mapping[str, str]) -> None:
         """Run ``argv`` (an ``sbatch --parsable`` command for this job, named :attr:`job_name`):
@@ -356,7 +376,7 @@ class SlurmProcess(SimulationProcess):
                 self.submitted_as(out.stdout.strip().split(";")[0])
         except subprocess.TimeoutExpired:
             # slurmctld may have taken the job before sbatch hung: cancel it by its unique name
-            subprocess.run(["scancel", f"--name={self.job_name}"], capture_output=True, timeout=60)
+            scancel(f"--name={self.job_name}")
             self.refused("sbatch failed: no answer within 120 s")
         except Exception as exc:  # anything else fails this attempt, never the caller's thread
             self.refused(f"sbatch failed: {type(exc).__name__}: {exc}")
@@ -407,7 +427,7 @@ class SlurmProcess(SimulationProcess):
     def kill(self) -> None:
         job_id = self.withdraw()
         if job_id is not None:
-            subprocess.run(["scancel", job_id], capture_output=True)
+            scancel(job_id)
         with self._lock:
             if self._code is None:
                 self._code = SLURM_FAILURE  # given up: never polled as running again
@@ -515,7 +535,7 @@ class SlurmExecutor(Executor):
                 env=job_environment(os.environ),
             )
         except subprocess.TimeoutExpired:
-            subprocess.run(["scancel", f"--name={name}"], capture_output=True)
+            scancel(f"--name={name}")
             warnings.warn(
                 f"data.executor=slurm: the job checking that compute nodes see {folder} did not run within "
                 f"{timeout_s:.0f} s; going on unchecked",
@@ -596,4 +616,4 @@ class SlurmExecutor(Executor):
             self._queue.put(None)
             submitter.join(150)  # the sbatch under way, if any, answers; its job is then cancelled
         if live:
-            subprocess.run(["scancel", *live], capture_output=True)
+            scancel(*live)
