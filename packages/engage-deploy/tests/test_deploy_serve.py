@@ -244,3 +244,21 @@ def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: P
     assert api.predict((3, serialize(Sine(width=8).state_dict()))) == 3
     with pytest.raises(Exception, match="do not fit the model"):
         api.predict((4, serialize(Sine(width=4).state_dict())))
+
+
+def test_the_request_sender_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys) -> None:
+    from engage.deploy.serve.load import RequestPool, main
+
+    pool = RequestPool([np.zeros((2, 3))], np.zeros((2, 1))).save(tmp_path / "pool.npz")
+    key = tmp_path / "k"
+    key.write_text(secrets.token_urlsafe(32))
+    key.chmod(0o644)
+    route = ["--route", "fog-1=5@http://127.0.0.1:9"]
+    assert main(["--pool", str(pool), "--api-key-file", str(key), *route, "--out", str(tmp_path / "o")]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+    key.chmod(0o600)
+    assert main(["--pool", str(tmp_path / "none.npz"), "--api-key-file", str(key), *route, "--out", "o"]) == 2
+    assert "No such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--pool", str(pool), "--api-key-file", str(key), "--route", "fog-1=fast@x", "--out", "o"])
+    assert exit_.value.code == 2 and "is not NAME=RATE@URL" in capsys.readouterr().err

@@ -4,7 +4,9 @@ Each source (an edge host, say) sends requests to one replica as a Poisson proce
 rate, its arrival times drawn from its own seeded stream, so a run can be repeated exactly. The
 generator is open-loop: a request is due at its arrival time whether or not earlier ones were
 answered, and its latency counts from that time, including any wait for one of the
-``max_in_flight`` connections. Each answer is compared
+``max_in_flight`` connections. Connections are kept open between requests (HTTP keep-alive, one
+per sending thread and replica), as a client in steady use does; a request that had to open one
+is marked ``connected`` (its latency holds the TCP handshake's round trip). Each answer is compared
 with the ground truth the request came with (relative L2 error) and keeps the model version the
 replica named. A request with no answer, or an error status, counts as failed.
 
@@ -21,12 +23,15 @@ Example::
 
 from __future__ import annotations
 
+import argparse
+import http.client
 import json
+import signal
+import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +49,8 @@ MakeRequest = Callable[[np.random.Generator], tuple[list, np.ndarray]]
 class ServedRequest:
     """One request: when it was due (seconds from the start), from which source to which
     replica, its latency (s), HTTP status (0: no answer), the model version behind the answer
-    and its relative L2 error against the ground truth (None without an answer)."""
+    and its relative L2 error against the ground truth (None without an answer); ``connected``:
+    the request opened its connection first."""
 
     due_s: float
     source: str
@@ -53,6 +59,7 @@ class ServedRequest:
     status: int
     version: int | None
     error: float | None
+    connected: bool = False
 
     @property
     def ok(self) -> bool:
@@ -84,6 +91,7 @@ class RequestGenerator:
         self.results: list[ServedRequest] = []
         self._key = api_key
         self._lock = threading.Lock()
+        self._local = threading.local()  # each sending thread's open connections
 
     def schedule(self, duration_s: float) -> list[tuple[float, str, np.random.Generator]]:
         """Arrival times within ``duration_s`` of every source, in time order, each with the
@@ -117,29 +125,55 @@ class RequestGenerator:
             pool.shutdown(wait=True, cancel_futures=stop is not None and stop.is_set())
         return self.results
 
+    def _connection(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's open connection to ``url``, or a new one (``True``: opened now)."""
+        connections = self._local.__dict__.setdefault("connections", {})
+        if url in connections:
+            return connections[url], False
+        parsed = urllib.parse.urlsplit(url)
+        connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=self.timeout_s)
+        connection.connect()
+        connections[url] = connection
+        return connection, True
+
+    def _drop(self, url: str) -> None:
+        connection = self._local.__dict__.get("connections", {}).pop(url, None)
+        if connection is not None:
+            connection.close()
+
     def _send(self, start: float, due: float, source: str, inputs: list, truth: np.ndarray) -> None:
         url = self.routes[source][0]
-        request = urllib.request.Request(
-            f"{url}/predict",
-            data=json.dumps({"inputs": inputs}).encode(),
-            headers={API_KEY_HEADER: self._key, "Content-Type": "application/json"},
-            method="POST",
-        )
-        status, version, error = 0, None, None
+        body = json.dumps({"inputs": inputs}).encode()
+        headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
+        status, version, error, connected = 0, None, None, False
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer = json.loads(response.read())
-                status, version = response.status, int(answer["version"])
+            for _attempt in range(2):
+                connection, connected = self._connection(url)
+                try:
+                    connection.request("POST", "/predict", body=body, headers=headers)
+                    response = connection.getresponse()
+                except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+                    self._drop(url)
+                    if connected:
+                        raise
+                    continue  # a kept connection the server had closed (idle): once more on a new one
+                break
+            payload = response.read()
+            status = response.status
+            if response.will_close:
+                self._drop(url)
+            if status == 200:
+                answer = json.loads(payload)
+                version = int(answer["version"])
                 outputs = np.asarray(answer["outputs"], dtype=np.float64)
                 truth = np.asarray(truth, dtype=np.float64)
                 error = float(np.linalg.norm(outputs - truth) / max(np.linalg.norm(truth), 1e-12))
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except Exception:  # no usable answer (reset, truncated, not JSON): a failed request
-            status = 0
+        except Exception:  # no usable answer (refused, reset, truncated, not JSON): a failed request
+            self._drop(url)
+            status = 0 if status == 200 else status
         latency = time.monotonic() - (start + due)
         with self._lock:
-            self.results.append(ServedRequest(due, source, url, latency, status, version, error))
+            self.results.append(ServedRequest(due, source, url, latency, status, version, error, connected))
 
     # ------------------------------------------------------------------ figures
 
@@ -230,3 +264,95 @@ class RequestGenerator:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
+
+
+class RequestPool:
+    """Requests drawn from a fixed set of examples: ``inputs`` (the model's positional arguments,
+    each an array whose first axis indexes the examples) and the ``truth`` each should give. A
+    request is one example, drawn with the request's own random stream; a pool saved with
+    :meth:`save` is what ``python -m engage.deploy.serve.load`` sends from another host.
+
+    Example::
+
+        >>> pool = RequestPool([np.zeros((3, 2)), np.ones((3, 1))], np.arange(3.0).reshape(3, 1))
+        >>> inputs, truth = pool(np.random.default_rng(0))
+        >>> [np.shape(x) for x in inputs], truth.shape
+        ([(1, 2), (1, 1)], (1, 1))
+    """
+
+    def __init__(self, inputs: Sequence[np.ndarray], truth: np.ndarray) -> None:
+        self.inputs = [np.asarray(x) for x in inputs]
+        self.truth = np.asarray(truth)
+        if not self.inputs or any(len(x) != len(self.truth) for x in self.inputs) or not len(self.truth):
+            raise ValueError("a request pool needs inputs and truth with the same number of examples (at least one)")
+
+    def __len__(self) -> int:
+        return len(self.truth)
+
+    def __call__(self, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+        i = int(rng.integers(len(self.truth)))
+        return [x[i : i + 1].tolist() for x in self.inputs], self.truth[i : i + 1]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with open(path, "wb") as handle:
+            np.savez(handle, truth=self.truth, **{f"input_{k}": x for k, x in enumerate(self.inputs)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RequestPool:
+        with np.load(path, allow_pickle=False) as data:
+            count = sum(1 for name in data.files if name.startswith("input_"))
+            return cls([data[f"input_{k}"] for k in range(count)], data["truth"])
+
+
+def _route(text: str) -> tuple[str, tuple[str, float]]:
+    """``NAME=RATE@URL`` (requests per second to the replica at URL, recorded under NAME)."""
+    try:
+        name, rest = text.split("=", 1)
+        rate, url = rest.split("@", 1)
+        value = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=RATE@URL (e.g. fog-1=5@http://10.0.1.2:8100)") from None
+    if not name or value <= 0 or not url.startswith("http://"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a name, a rate > 0 and an http:// URL")
+    return name, (url, value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m engage.deploy.serve.load``: send a pool's requests to replicas from this host
+    until ``--duration`` passes or SIGTERM/Ctrl-C; every request and the summary as JSON in
+    ``--out``. Bad arguments: one line, exit code 2."""
+    from engage.core.files import write_private
+    from engage.deploy.serve.replica import read_api_key
+
+    parser = argparse.ArgumentParser(prog="python -m engage.deploy.serve.load", description=main.__doc__)
+    parser.add_argument("--pool", required=True, help="the requests, an .npz file of RequestPool.save")
+    parser.add_argument("--api-key-file", required=True, help="the replicas' key, a 0600 file")
+    parser.add_argument("--route", action="append", type=_route, required=True, metavar="NAME=RATE@URL")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default: until stopped)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
+    parser.add_argument("--out", required=True, help="where the results go (JSON)")
+    args = parser.parse_args(argv)
+    try:
+        pool = RequestPool.load(args.pool)
+        key = read_api_key(args.api_key_file)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"engage requests: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    generator = RequestGenerator(dict(args.route), pool, api_key=key, seed=args.seed, timeout_s=args.timeout)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"engage requests: {len(args.route)} route(s), {len(pool)} examples", flush=True)
+    generator.run(args.duration, stop=stop)
+    write_private(
+        args.out,
+        json.dumps({"requests": [asdict(r) for r in generator.results], "summary": generator.summary()}),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
