@@ -42,6 +42,7 @@ from engage.deploy.processes import terminate
 from engage.deploy.progress import SweepProgress
 from engage.deploy.providers import Host, Provider
 from engage.deploy.report import SweepReport
+from engage.deploy.serving import ServingPlan
 from engage.deploy.sweep_tracking import SweepTracking
 
 log = logging.getLogger("engage.deploy.sweep")
@@ -93,6 +94,7 @@ class JobExecution:
         host_records: Sequence[HostRecord],
         placement: Mapping[str, str],
         recording: Recording,
+        serving: ServingPlan | None = None,
     ) -> None:
         self.options = options
         self.folder = folder
@@ -104,6 +106,7 @@ class JobExecution:
         self.host_records = tuple(host_records)
         self.placement = dict(placement)
         self.recording = recording
+        self.serving = serving
         self.python = options.python or sys.executable
         self._lock = threading.Lock()
         self._load = {host.name: 0 for host in hosts}
@@ -251,6 +254,7 @@ class JobExecution:
             hosts=self.host_records,
             placement=self.placement,
             tracking=self.tracking.contract_for(job.folder),
+            serving=self.serving,
         )
         contract.write(job.folder)
         started = time.time()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.files import write_private
+from engage.deploy.serving import ServingPlan
 
 #: the contract's file name in a job's folder
 JOB_FILE = "job.json"
@@ -102,7 +103,8 @@ class JobContract:
     ``overrides``: the job's Hydra overrides; ``folder``: the job's folder on its host (``job.pkl``,
     logs, results); ``host``: the host it runs on; ``hosts``: every deployed host; ``placement``:
     service instance -> host with ``placement: optimize`` (``{"simulator#1": "fog-1"}``);
-    ``tracking``: see :class:`TrackingContract` (``None``: the sweep records nothing).
+    ``tracking``: see :class:`TrackingContract` (``None``: the sweep records nothing);
+    ``serving``: the sweep's inference replicas and request routes (``None``: it serves nothing).
     """
 
     index: int
@@ -113,6 +115,7 @@ class JobContract:
     hosts: tuple[HostRecord, ...] = ()
     placement: Mapping[str, str] = field(default_factory=dict)
     tracking: TrackingContract | None = None
+    serving: ServingPlan | None = None
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write the contract to ``folder/job.json``, readable by its owner only; returns the path."""
@@ -143,6 +146,7 @@ class JobContract:
             ),
             placement=dict(data.get("placement") or {}),
             tracking=TrackingContract(**tracking) if tracking else None,
+            serving=ServingPlan.from_dict(data["serving"]) if data.get("serving") else None,
         )
 
     @classmethod

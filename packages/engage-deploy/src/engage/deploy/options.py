@@ -53,6 +53,57 @@ class MLflowOptions:
 
 
 @dataclass
+class ServingOptions:
+    """Inference replicas of the model each job trains, served while it trains
+    (``engage-deploy[serve]``; see ``docs/serve.md``). ``sources``: layer -> requests per second
+    sent from each of its hosts (empty: no serving); ``tree``: layer -> the next layer towards the
+    root (the trainer's layer), the path requests travel; the placement engine (``solver``, one of
+    ``engage place --solver``) puts replicas on hosts of the path with the memory for one
+    (``model_size``: what a replica process takes) and routes each source to one, from the
+    model's ``gflop`` per request and ``input`` bytes, and each host's compute (its layer's ``cpu``
+    x ``gflops_per_cpu``); ``compare_root``: each source also sends to the root's replica, the
+    placement to compare with; ``every_n_steps``: the trainer publishes its weights to every
+    replica this often (and at the end); ``port``: where replicas listen on their host; ``seed``:
+    the requests' arrivals and inputs; ``drain_s``: seconds requests go on after training ends."""
+
+    sources: dict[str, float] = field(default_factory=dict)
+    tree: dict[str, str] = field(default_factory=dict)
+    solver: str = "cpsat"
+    model_size: str = "600MB"
+    gflop: float = 0.001
+    gflops_per_cpu: float = 20.0
+    input: str = "2KB"
+    compare_root: bool = True
+    every_n_steps: int = 20
+    port: int = 8100
+    seed: int = 0
+    drain_s: float = 3.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sources)
+
+    def check(self) -> None:
+        """:class:`ValueError`, one line naming the key and the fix, for values wrong on their own
+        (those that depend on the infrastructure are checked with it when the plan is made)."""
+        where = "hydra.launcher.serving"
+        for layer, rate in self.sources.items():
+            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+                raise ValueError(f"{where}.sources.{layer} is {rate!r}; give requests per second > 0")
+        if self.sources and not self.tree:
+            raise ValueError(f"{where}.tree is empty; give each layer's next layer towards the trainer's")
+        for name, low in (("gflop", 0.0), ("gflops_per_cpu", 0.0)):
+            if getattr(self, name) <= low:
+                raise ValueError(f"{where}.{name} is {getattr(self, name)}; use a value > 0")
+        if self.every_n_steps < 1:
+            raise ValueError(f"{where}.every_n_steps is {self.every_n_steps}; use 1 or more")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"{where}.port is {self.port}; use a port from 1 to 65535")
+        if self.drain_s < 0:
+            raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
+
+
+@dataclass
 class LauncherOptions:
     """``hydra.launcher`` options of the ``engage`` launcher.
 
@@ -70,7 +121,7 @@ class LauncherOptions:
     least traffic over slow links: jobs run on the ``trainer`` instances' hosts and simulations on
     the ``simulator`` instances' hosts); ``mlflow``: see :class:`MLflowOptions`;
     ``infrastructure``: see ``engage.deploy.infrastructure`` (select shipped ones with
-    ``+infrastructure=NAME``).
+    ``+infrastructure=NAME``); ``serving``: see :class:`ServingOptions`.
     """
 
     _target_: str = "hydra_plugins.engage_launcher.engage_launcher.EngageLauncher"
@@ -86,6 +137,7 @@ class LauncherOptions:
     placement: str = "round_robin"
     mlflow: MLflowOptions = field(default_factory=MLflowOptions)
     infrastructure: Any = field(default_factory=_local_infrastructure)
+    serving: ServingOptions = field(default_factory=ServingOptions)
 
     @classmethod
     def checked(cls, params: Mapping[str, Any]) -> LauncherOptions:
@@ -94,6 +146,8 @@ class LauncherOptions:
         values = _plain(params)
         options = cls(**_known(values, cls, "hydra.launcher"))
         options.mlflow = MLflowOptions(**_known(_plain(options.mlflow), MLflowOptions, "hydra.launcher.mlflow"))
+        options.serving = ServingOptions(**_known(_plain(options.serving), ServingOptions, "hydra.launcher.serving"))
+        options.serving.check()
         if options.parallelism < 0:
             raise ValueError(f"hydra.launcher.parallelism is {options.parallelism}; use 0 (one per core) or more")
         if options.retries < 0:

@@ -1,11 +1,12 @@
 """engage-deploy's plugin: the ``infrastructure`` and ``placement`` configs, the ``deploy`` and
 ``slurm`` executors, the infrastructure providers, the placement solvers, the ``engage place`` and
-``engage serve`` sub-commands, and the MLflow run id of an ``engage run`` that is a sweep's job
-(the launcher adds its records to that run by id)."""
+``engage serve`` sub-commands, the serving callbacks of a sweep job whose launcher serves, and the
+MLflow run id of an ``engage run`` that is a sweep's job (the launcher adds its records to that
+run by id)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engage.core.commands import Command
 from engage.core.hookspecs import hookimpl
@@ -107,3 +108,17 @@ def engage_run_started(record: RunRecord) -> None:
 
     if record.run_id:
         write_run_id(record.run_id)
+
+
+@hookimpl
+def engage_callbacks(cfg: Any) -> list[Any]:
+    """In a job of a sweep whose launcher serves (``hydra.launcher.serving``): its replicas and
+    request sources, and the weights' publication to the replicas; nothing otherwise."""
+    from engage.deploy.job import JobContract
+
+    job = JobContract.current()
+    if job is None or job.serving is None:
+        return []
+    from engage.deploy.callbacks.serve_while_training import serving_callbacks
+
+    return serving_callbacks(job.serving, job.hosts, job.folder)

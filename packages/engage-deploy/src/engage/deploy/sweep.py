@@ -22,6 +22,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from engage.core.files import write_private
 from engage.deploy.execution import JobExecution, Recording
 from engage.deploy.experiment import ExperimentFolder, SweepJob, task_identity
 from engage.deploy.infrastructure import Infrastructure
@@ -41,11 +43,16 @@ from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
 from engage.deploy.providers import Host, Provider, get_provider
 from engage.deploy.report import SweepInterrupted, SweepReport, sigterm_interrupts
+from engage.deploy.serving import ServingPlan
 from engage.deploy.sweep_tracking import SweepTracking
+from engage.deploy.tracking import write_json
 
 __all__ = ["Sweep", "SweepInterrupted", "app_command", "host_records"]
 
 log = logging.getLogger(__name__)
+
+#: the inference replicas' API key, in the experiment folder while the sweep runs
+SERVING_KEY_FILE = "serve.key"
 
 
 def host_records(provider: Provider) -> tuple[HostRecord, ...]:
@@ -122,6 +129,7 @@ class Sweep:
                     self.report.warnings += list(getattr(provider, "warnings", []))
                     folder.write_infrastructure(self.infrastructure.to_dict(), provider.describe())
                     self._place_services()
+                    serving = self._plan_serving(provider)
                     hosts = self._job_hosts(provider)
                     for host in provider.hosts:
                         monitor = HostMonitor(
@@ -147,6 +155,7 @@ class Sweep:
                             cwd=str(self.config.hydra.runtime.cwd),
                             placement_file=folder.path / "placement.json" if self.placement else None,
                         ),
+                        serving,
                     )
                     payload = {
                         "hydra_context": self.hydra_context,
@@ -159,6 +168,7 @@ class Sweep:
                 self._interrupt(overrides)
                 raise
             finally:
+                (folder.path / SERVING_KEY_FILE).unlink(missing_ok=True)  # the replicas' key lives as long as the sweep
                 for monitor in monitors.values():
                     monitor.stop()
                 tracking.finish()
@@ -191,6 +201,26 @@ class Sweep:
         self.placement = dict(plan.assignment)
         self.folder.write_placement(plan.__dict__)
         log.info("engage launcher: services placed (%s): %s", plan.status, plan.assignment)
+
+    def _plan_serving(self, provider: Provider) -> ServingPlan | None:
+        """``serving``: the replicas' hosts and each source's route from the placement engine, in
+        ``serving.json`` and for the jobs, with a key for the replicas (0600, deleted at the end)."""
+        if not self.options.serving.enabled:
+            return None
+        from engage.deploy.serve.placing import plan_serving
+
+        assert self.folder is not None
+        key = write_private(self.folder.path / SERVING_KEY_FILE, secrets.token_urlsafe(32))
+        addresses = {host.name: host.address for host in provider.hosts}
+        plan = plan_serving(self.options.serving, self.infrastructure, addresses, str(key))
+        write_json(self.folder.path / "serving.json", plan.to_dict())
+        log.info(
+            "engage launcher: replicas on %s (%s); routes %s",
+            ", ".join(r.name for r in plan.replicas),
+            plan.solver,
+            ", ".join(f"{r.label} {r.predicted_s * 1000:.1f} ms" for r in plan.routes),
+        )
+        return plan
 
     def _job_hosts(self, provider: Provider) -> list[Host]:
         trainers = sorted({host for name, host in self.placement.items() if name.startswith("trainer#")})

@@ -79,6 +79,8 @@ class EngageLauncher(Launcher):
                 place_services(infrastructure)
             except ServicePlacementError as exc:
                 raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
+        if options.serving.enabled:
+            _check_serving(options, infrastructure)
         return options, infrastructure
 
     @classmethod
@@ -130,3 +132,33 @@ class EngageDeploySearchPathPlugin(SearchPathPlugin):
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         search_path.append(provider="engage-deploy", path="pkg://engage.deploy.conf")
+
+
+def _check_serving(options: LauncherOptions, infrastructure: Any) -> None:
+    """``hydra.launcher.serving`` against the infrastructure: the plan is made once with the
+    hosts' names (their addresses come with the deployment); :class:`ValueError`, one line."""
+    import importlib.util
+
+    from engage.deploy.serve.placing import ServingPlanError, plan_serving, root_layer
+
+    where = "hydra.launcher.serving"
+    if infrastructure.provider not in ("local", "netns"):
+        raise ValueError(
+            f"{where}: the {infrastructure.provider} provider's hosts do not share this machine's files; "
+            "serve on a local or netns infrastructure"
+        )
+    if options.parallelism != 1:
+        raise ValueError(f"{where}: set hydra.launcher.parallelism=1 (each job's replicas use the same ports)")
+    if importlib.util.find_spec("litserve") is None:
+        raise ValueError(f"{where} needs LitServe: pip install 'engage-deploy[serve]'")
+    try:
+        root = root_layer(options.serving, infrastructure)
+        plan_serving(options.serving, infrastructure, dict.fromkeys(infrastructure.host_names(), ""), "")
+    except ServingPlanError as exc:
+        raise ValueError(str(exc)) from None
+    trainers = options.layer or infrastructure.layers[0].name
+    if root != trainers:
+        raise ValueError(
+            f"{where}.tree ends at {root}, but jobs run on {trainers}; the trainer publishes from the root: "
+            f"set hydra.launcher.layer={root} or end the tree at {trainers}"
+        )

@@ -1,5 +1,6 @@
 """Lightning callbacks of engage-deploy, one public class a module."""
 
 from engage.deploy.callbacks.publish_weights import PublishWeights
+from engage.deploy.callbacks.serve_while_training import ServeWhileTraining
 
-__all__ = ["PublishWeights"]
+__all__ = ["PublishWeights", "ServeWhileTraining"]

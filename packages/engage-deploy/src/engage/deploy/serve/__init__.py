@@ -9,15 +9,44 @@
   again when it dies;
 - :mod:`~engage.deploy.serve.load`: a seeded request generator measuring latency, throughput and
   the answers' error against ground truth, logged to MLflow;
+- :mod:`~engage.deploy.serve.placing`: where a sweep's replicas run, by the placement engine;
 - :mod:`~engage.deploy.serve.split`: split computing, a model's head on one host and its tail on
   another, with the measured figures the placement engine decides from;
 - :class:`engage.deploy.callbacks.PublishWeights`: the Lightning callback that sends the weights
   being trained to every replica.
 """
 
-from engage.deploy.serve.load import RequestGenerator, ServedRequest
-from engage.deploy.serve.replica import ModelSpec, ReplicaSpec
-from engage.deploy.serve.supervisor import ReplicaSupervisor
-from engage.deploy.serve.weights import WeightStore
+from typing import TYPE_CHECKING
 
-__all__ = ["ModelSpec", "ReplicaSpec", "ReplicaSupervisor", "RequestGenerator", "ServedRequest", "WeightStore"]
+from engage.core.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from engage.deploy.serve.load import RequestGenerator, RequestPool, ServedRequest
+    from engage.deploy.serve.replica import ModelSpec, ReplicaSpec
+    from engage.deploy.serve.supervisor import ReplicaSupervisor
+    from engage.deploy.serve.weights import WeightStore
+
+# imported on first use: the launcher plans serving without loading torch
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ModelSpec": "engage.deploy.serve.replica",
+        "ReplicaSpec": "engage.deploy.serve.replica",
+        "ReplicaSupervisor": "engage.deploy.serve.supervisor",
+        "RequestGenerator": "engage.deploy.serve.load",
+        "RequestPool": "engage.deploy.serve.load",
+        "ServedRequest": "engage.deploy.serve.load",
+        "WeightStore": "engage.deploy.serve.weights",
+    },
+    globals(),
+)
+
+__all__ = [
+    "ModelSpec",
+    "ReplicaSpec",
+    "ReplicaSupervisor",
+    "RequestGenerator",
+    "RequestPool",
+    "ServedRequest",
+    "WeightStore",
+]

@@ -178,6 +178,42 @@ class RequestGenerator:
     # ------------------------------------------------------------------ figures
 
     def summary(self) -> dict[str, Any]:
+        """See :meth:`ServedRequests.summary`."""
+        return ServedRequests(self.results).summary()
+
+    def log_to_mlflow(self, run_id: str, tracking_uri: str | None = None, folder: Path | None = None) -> None:
+        """See :meth:`ServedRequests.log_to_mlflow`."""
+        ServedRequests(self.results).log_to_mlflow(run_id, tracking_uri, folder)
+
+    def plot(self, path: Path) -> None:
+        """See :meth:`ServedRequests.plot`."""
+        ServedRequests(self.results).plot(path)
+
+
+class ServedRequests:
+    """Figures of served requests (a generator's :attr:`~RequestGenerator.results`, or those a
+    generator on another host wrote): summary, MLflow metrics and plot.
+
+    Example::
+
+        >>> served = ServedRequests([ServedRequest(0.1, "edge-1", "http://fog-1", 0.02, 200, 3, 0.5)])
+        >>> served.summary()["latency_ms_p50"], served.summary()["error_by_version"]
+        (20.0, {3: 0.5})
+    """
+
+    def __init__(self, results: Sequence[ServedRequest]) -> None:
+        self.results = list(results)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ServedRequests:
+        """The requests in a JSON file of ``python -m engage.deploy.serve.load``."""
+        return cls([ServedRequest(**r) for r in json.loads(Path(path).read_text())["requests"]])
+
+    def of(self, source: str) -> ServedRequests:
+        """Those sent under ``source`` (a route's name)."""
+        return ServedRequests([r for r in self.results if r.source == source])
+
+    def summary(self) -> dict[str, Any]:
         """Requests sent, failed, throughput of answers (per second of the run), latency
         percentiles (ms) and error per model version."""
         results = sorted(self.results, key=lambda r: r.due_s)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +103,45 @@ def read_api_key(path: str | os.PathLike[str]) -> str:
     return key
 
 
+#: the only addresses LitServe's ``run`` accepts
+LITSERVE_HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+
+
+def listen_host(address: str) -> str:
+    """What LitServe is told to listen on for a replica reached at ``address``: the address
+    itself when LitServe takes it (loopback), else its wildcard when that is the same thing,
+    i.e. ``address`` is the only non-loopback IPv4 address of this network namespace (a host of
+    the ``netns`` provider: its own ``eth0`` and ``lo``). :class:`ValueError` otherwise, since the
+    wildcard would expose the replica on the machine's other networks too."""
+    import ipaddress
+
+    import psutil
+
+    if address in LITSERVE_HOSTS[:1]:
+        return address
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IP address; give the host's own address") from None
+    if ip.version != 4:
+        raise ValueError(f"{address}: replicas listen on IPv4 addresses or 127.0.0.1")
+    ours = {
+        entry.address
+        for entries in psutil.net_if_addrs().values()
+        for entry in entries
+        if entry.family == socket.AF_INET and not ipaddress.ip_address(entry.address).is_loopback
+    }
+    if ours == {address}:
+        return "0.0.0.0"
+    others = ", ".join(sorted(ours - {address})) or "none"
+    raise ValueError(
+        f"{address}: LitServe listens on 0.0.0.0, 127.0.0.1 or :: only, and 0.0.0.0 here would also listen on "
+        f"{others}; serve on 127.0.0.1, or from a host with one address of its own (a netns host)"
+        if address in ours
+        else f"{address} is not an address of this host; give one of {', '.join(sorted(ours)) or '127.0.0.1'}"
+    )
+
+
 def build_server(spec: ReplicaSpec):
     """The LitServe server of ``spec``. Its key must be in the environment first
     (:data:`API_KEY_ENV`): LitServe reads it when imported, here."""
@@ -132,9 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"engage replica: {argv[0]}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
+    try:
+        host = listen_host(spec.host)
+    except ValueError as exc:
+        print(f"engage replica: {exc}", file=sys.stderr)
+        return 2
     server = build_server(spec)
     # the replica's own address only; no client file written into the working folder
-    server.run(host=spec.host, port=spec.port, num_api_servers=1, generate_client_file=False)
+    server.run(host=host, port=spec.port, num_api_servers=1, generate_client_file=False)
     return 0
 
 

@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from engage.deploy.processes import stop_group, terminate
-from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, read_api_key
+from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, listen_host, read_api_key
 from engage.deploy.tracking import write_json
 
 log = logging.getLogger("engage.deploy.serve")
@@ -198,6 +198,10 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
         raise ServeError(
             f"--host {namespace.host!r} listens on every interface; give the one address clients reach it at"
         )
+    try:
+        listen_host(namespace.host)
+    except ValueError as exc:
+        raise ServeError(f"--host {exc}") from None
     port = namespace.port
     try:
         with socket.socket(socket.AF_INET6 if ":" in namespace.host else socket.AF_INET) as probe:
@@ -248,3 +252,17 @@ def run_command(namespace: argparse.Namespace) -> int:
     finally:
         supervisor.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engage.deploy.serve.supervisor``: ``engage serve`` without the ``engage``
+    command (what a sweep job starts on other hosts)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m engage.deploy.serve.supervisor", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

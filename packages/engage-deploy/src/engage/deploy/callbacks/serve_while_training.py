@@ -1,0 +1,382 @@
+"""Serve the model a sweep job trains, on the hosts its launcher's placement engine chose."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+
+from engage.deploy.job import HostRecord
+from engage.deploy.serving import ReplicaRecord, ServingPlan
+
+#: examples of the held-out simulations the request sources draw from, at most
+POOL_SIZE = 512
+
+
+class ServingError(RuntimeError):
+    """A replica or a request source could not do its part; one line saying which and why."""
+
+
+class ServeWhileTraining(pl.Callback):
+    """Start the inference replicas and request sources of a sweep's serving ``plan`` for the
+    model this job trains, and record what they served.
+
+    When fitting starts (first rank), one replica a host of ``plan.replicas`` is started there
+    through the host's command prefix (``python -m engage.deploy.serve.supervisor``: restarted
+    when it dies), built as the model being trained is: its class and its saved hyperparameters.
+    When training starts (the replicas answering), the request sources begin: each source host
+    of ``plan.routes`` sends Poisson requests to its replicas (``python -m
+    engage.deploy.serve.load``), drawn from the held-out simulations' samples, whose fields are
+    the answers' ground truth; a probe source on the root host (the trainer's) sends
+    ``probe_rate`` requests per second to every replica. :class:`PublishWeights` (added beside
+    this callback) sends the weights every ``plan.every_n_steps`` steps. When training ends, the
+    sources go on ``plan.drain_s`` seconds (the last version is served), then everything is
+    stopped. Each replica's service time is what its probes measured (median, requests on kept
+    connections) less the round trip of the links from the root, measured under the same load
+    as the sources' requests; the plan's placement problem, given these as ``measured`` figures,
+    predicts every route's latency. MLflow gets one run per service under the trainer's run:
+    ``replica HOST`` (service time, log, restarts) and ``requests HOST`` (latency over time,
+    error against model version, and per route the predicted and measured median latency), and
+    the trainer's run ``serving/serving.json`` with every figure.
+
+    A replica that does not answer within ``ready_timeout_s``, or a source or replica that ends
+    on its own, fails the run with one line. Added by engage-deploy's plugin to an ``engage run``
+    whose sweep has ``hydra.launcher.serving``; ``hosts`` and ``folder`` are the job's.
+
+    Example::
+
+        >>> from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingPlan
+        >>> plan = ServingPlan((ReplicaRecord("fog-1", "fog", "10.0.2.2", 8100),),
+        ...                    (RouteRecord("edge-1", "fog-1", 5.0, True, 0.02),), "serve.key", 20, {}, "cpsat")
+        >>> ServeWhileTraining(plan, [], "job").folder.name
+        'serving'
+    """
+
+    def __init__(
+        self,
+        plan: ServingPlan,
+        hosts: Sequence[HostRecord],
+        folder: str | Path,
+        ready_timeout_s: float = 180.0,
+        probe_rate: float = 6.0,
+    ) -> None:
+        self.plan = plan
+        self.hosts = {host.name: host for host in hosts}
+        self.folder = Path(folder) / "serving"
+        self.ready_timeout_s = ready_timeout_s
+        self.probe_rate = probe_rate
+        self.processes: dict[str, Any] = {}  # "replica HOST" / "requests HOST" -> its process
+        #: per replica, the seconds one request takes there (measured); per route, the prediction
+        self.service_s: dict[str, float] = {}
+        self.predicted_s: dict[str, float] = {}
+        self._key = ""
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.global_rank != 0:
+            return
+        from engage.deploy.serve.replica import read_api_key
+
+        self._key = read_api_key(self.plan.api_key_file)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target, kwargs = _model_spec(pl_module)
+        for replica in self.plan.replicas:
+            argv = [
+                *("-m", "engage.deploy.serve.supervisor", "--model", target, "--model-kwargs", kwargs),
+                *("--api-key-file", self.plan.api_key_file, "--host", replica.address, "--port", str(replica.port)),
+                *("--name", replica.name, "--folder", str(self.folder / replica.name)),
+            ]
+            self._start(f"replica {replica.name}", replica.host, argv)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or not self.processes:
+            return
+        from engage.deploy.serve.load import RequestPool
+
+        pool = RequestPool(*_examples(trainer, pl_module))
+        for replica in self.plan.replicas:
+            self._wait_ready(replica)
+        path = pool.save(self.folder / "requests.npz")
+        root = self._problem().root
+        probes = [(f"{root}>{r.name}", self.probe_rate, r.url) for r in self.plan.replicas]
+        sources = [(root, probes)]
+        for source in self.plan.sources():
+            routes = [r for r in self.plan.routes if r.source == source]
+            sources.append((source, [(r.label, r.rate, self.plan.replica(r.replica).url) for r in routes]))
+        for index, (source, routes) in enumerate(sources):
+            argv = ["-m", "engage.deploy.serve.load", "--pool", str(path), "--api-key-file", self.plan.api_key_file]
+            argv += [a for label, rate, url in routes for a in ("--route", f"{label}={rate}@{url}")]
+            argv += ["--seed", str(self.plan.seed + index), "--out", str(self.folder / f"requests-{source}.json")]
+            self._start(f"requests {source}", source, argv)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_rank == 0 and trainer.global_step % 50 == 0:
+            self._check_alive()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not self.processes:
+            return
+        try:
+            self._check_alive()
+            time.sleep(self.plan.drain_s)  # the last version, published at the end, is served too
+        finally:
+            self._stop_all()
+        self._record(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._stop_all()
+
+    # ------------------------------------------------------------------ processes
+
+    def _start(self, name: str, host_name: str, argv: list[str]) -> None:
+        from engage.core.executors import die_with_parent_command
+
+        host = self.hosts.get(host_name)
+        if host is None:
+            raise ServingError(f"serving: host {host_name} is not among this job's hosts")
+        command, preexec = die_with_parent_command([*host.exec_prefix, sys.executable, *argv])
+        log_path = self.folder / f"{name.replace(' ', '-')}.log"
+        with open(log_path, "wb") as log:
+            self.processes[name] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
+            )
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = _last_line(self.folder / f"{name.replace(' ', '-')}.log")
+                raise ServingError(f"serving: {name} ended with exit code {process.returncode} ({tail})")
+
+    def _stop_all(self) -> None:
+        from engage.deploy.processes import terminate
+
+        # the sources first: they write their requests when stopped
+        for name in sorted(self.processes, key=lambda n: not n.startswith("requests")):
+            process = self.processes[name]
+            terminate(process.pid, grace_s=15.0)
+            process.wait()
+
+    def _wait_ready(self, replica: ReplicaRecord) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        name = f"replica {replica.name}"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if self._health(replica) == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise ServingError(f"serving: {name} did not answer at {replica.url} within {self.ready_timeout_s:.0f} s")
+
+    def _health(self, replica: ReplicaRecord) -> int:
+        parsed = urllib.parse.urlsplit(replica.url)
+        connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
+        try:
+            connection.request("GET", "/health", headers={"X-API-Key": self._key})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    # ------------------------------------------------------------------ figures
+
+    def _problem(self) -> Any:
+        from engage.deploy.placement import PlacementProblem
+
+        return PlacementProblem.from_dict(self.plan.problem)
+
+    def _delay_to(self, node: str) -> float:
+        """One-way seconds between the tree's root and ``node``."""
+        problem = self._problem()
+        return sum(problem.links[n].delay for n in problem.path(node)[:-1])
+
+    def measure(self, served: Any) -> None:
+        """Each replica's service time from the root's probes in ``served``, and each route's
+        latency predicted from them (:attr:`service_s`, :attr:`predicted_s`)."""
+        from engage.deploy.serve.placing import MODEL, VARIANT, predicted_latencies
+
+        root = self._problem().root
+        for replica in self.plan.replicas:
+            probes = [r.latency_s for r in served.of(f"{root}>{replica.name}").results if r.ok and not r.connected]
+            if probes:
+                self.service_s[replica.name] = max(statistics.median(probes) - 2 * self._delay_to(replica.name), 0.0)
+        measured = [
+            {"node": node, "model": MODEL, "variant": VARIANT, "seconds": seconds}
+            for node, seconds in self.service_s.items()
+        ]
+        from engage.deploy.placement import PlacementProblem
+
+        latency = predicted_latencies(PlacementProblem.from_dict({**self.plan.problem, "measured": measured}))
+        self.predicted_s = {
+            route.label: latency[route.source, route.replica]
+            for route in self.plan.routes
+            if route.replica in self.service_s
+        }
+
+    def route_figures(self, served: Any) -> list[dict[str, Any]]:
+        """Per route: the engine's prediction (nominal and from measured service times), the
+        measured median latency of the requests on kept connections, and their ratio."""
+        rows = []
+        for route in self.plan.routes:
+            answered = [r for r in served.of(route.label).results if r.ok and not r.connected]
+            median = statistics.median(r.latency_s for r in answered) if answered else None
+            predicted = self.predicted_s.get(route.label)
+            rows.append(
+                {
+                    "route": route.label,
+                    "source": route.source,
+                    "replica": route.replica,
+                    "chosen": route.chosen,
+                    "requests": len(served.of(route.label).results),
+                    "answered": len(answered),
+                    "predicted_nominal_ms": round(route.predicted_s * 1000, 2),
+                    "predicted_ms": None if predicted is None else round(predicted * 1000, 2),
+                    "measured_median_ms": None if median is None else round(median * 1000, 2),
+                    "measured_over_predicted": None if not (median and predicted) else round(median / predicted, 3),
+                }
+            )
+        return rows
+
+    def _record(self, trainer: pl.Trainer) -> None:
+        """One MLflow run per service under the trainer's run; ``serving.json`` in the job's folder."""
+        from engage.deploy.serve.load import ServedRequests
+
+        served = ServedRequests([])
+        sources = [self._problem().root, *self.plan.sources()]
+        for source in sources:
+            path = self.folder / f"requests-{source}.json"
+            if not path.exists():
+                why = _last_line(path.with_suffix(".log"))
+                raise ServingError(f"serving: requests {source} wrote no results ({why})")
+            served.results += ServedRequests.read(path).results
+        self.measure(served)
+        figures = {
+            "plan": self.plan.to_dict() | {"api_key_file": "(not recorded)"},
+            "service_ms": {k: round(v * 1000, 3) for k, v in self.service_s.items()},
+            "routes": self.route_figures(served),
+            "summary": served.summary(),
+        }
+        (self.folder / "serving.json").write_text(json.dumps(figures, indent=1, default=str))
+        logger = trainer.logger
+        if logger is None or not hasattr(logger, "run_id"):
+            return
+        client, parent = logger.experiment, logger.run_id
+        experiment = client.get_run(parent).info.experiment_id
+        client.log_dict(parent, figures, "serving/serving.json")
+        client.log_figure(parent, _latency_figure(figures["routes"]), "serving/latency.png")
+        for replica in self.plan.replicas:
+            run = _child(client, experiment, parent, f"replica {replica.name}", "replica", replica.name, replica.layer)
+            client.log_param(run, "url", replica.url)
+            client.log_metric(run, "serve/service_ms", self.service_s.get(replica.name, float("nan")) * 1000)
+            for name in ("status.json", "replica.log"):
+                if (self.folder / replica.name / name).exists():
+                    client.log_artifact(run, str(self.folder / replica.name / name), "replica")
+            client.set_terminated(run, "FINISHED")
+        layer_of = {h.name: h.layer for h in self.hosts.values()}
+        for source in sources:
+            run = _child(client, experiment, parent, f"requests {source}", "requests", source, layer_of.get(source, ""))
+            own = ServedRequests([r for r in served.results if r.source.startswith(f"{source}>")])
+            own.log_to_mlflow(run)
+            for row in figures["routes"]:
+                if row["route"].startswith(f"{source}>") and row["measured_over_predicted"] is not None:
+                    replica = row["route"].split(">", 1)[1]
+                    client.log_metric(run, f"serve/{replica}/predicted_ms", row["predicted_ms"])
+                    client.log_metric(run, f"serve/{replica}/measured_median_ms", row["measured_median_ms"])
+            client.set_terminated(run, "FINISHED")
+
+
+def _latency_figure(rows: Sequence[dict[str, Any]]) -> Any:
+    """Predicted and measured median latency (ms) of each route, the engine's routes marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(5.0, 1.4 * len(rows)), 4))
+    x = np.arange(len(rows))
+    axes.bar(x - 0.2, [r["predicted_ms"] or 0 for r in rows], 0.4, label="predicted (measured service times)")
+    axes.bar(x + 0.2, [r["measured_median_ms"] or 0 for r in rows], 0.4, label="measured median")
+    axes.set_xticks(x, [f"{r['route']}{' *' if r['chosen'] else ''}" for r in rows], rotation=20, ha="right")
+    axes.set_xlabel("route (source > replica; * the engine's choice)")
+    axes.set_ylabel("latency per request (ms)")
+    axes.legend()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def _child(client: Any, experiment: str, parent: str, name: str, kind: str, host: str, layer: str) -> str:
+    tags = {"mlflow.parentRunId": parent, "engage.kind": kind, "engage.host": host, "engage.layer": layer}
+    return client.create_run(experiment, run_name=name, tags=tags).info.run_id
+
+
+def _model_spec(pl_module: pl.LightningModule) -> tuple[str, str]:
+    """The model's class and its saved hyperparameters as JSON: how a replica builds it."""
+    cls = type(pl_module)
+    try:
+        kwargs = json.dumps(dict(pl_module.hparams), default=_plain)
+    except TypeError as exc:
+        raise ServingError(
+            f"serving: {cls.__name__}'s hyperparameters are not JSON ({exc}); replicas are built from them: "
+            "call save_hyperparameters() with plain values"
+        ) from None
+    return f"{cls.__module__}:{cls.__qualname__}", kwargs
+
+
+def _plain(value: Any) -> Any:
+    """Config containers (an ``engage run`` model's list arguments) as plain JSON values."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _examples(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[list[np.ndarray], np.ndarray]:
+    """Held-out samples (the model's inputs) and their fields in the model's output units
+    (``(field - offset) / scale`` for a model with those buffers, as ``HeatSurrogate``)."""
+    datamodule = trainer.datamodule
+    loader = datamodule.val_dataloader() if datamodule is not None else None
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or len(dataset) == 0:
+        raise ServingError("serving: answers are checked against held-out simulations; give data.val_simulations >= 1")
+    step = max(1, len(dataset) // POOL_SIZE)
+    items = [dataset[i] for i in range(0, len(dataset), step)][:POOL_SIZE]
+    offset = float(getattr(pl_module, "offset", 0.0))
+    scale = float(getattr(pl_module, "scale", 1.0))
+    inputs = [np.stack([item[k].numpy() for item in items]) for k in ("parameters", "time")]
+    truth = (np.stack([item["target"].numpy() for item in items]).astype(np.float64) - offset) / scale
+    return inputs, truth
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][-300:] if lines else "empty log"
+
+
+def serving_callbacks(plan: ServingPlan, hosts: Sequence[HostRecord], folder: str) -> list[pl.Callback]:
+    """What a sweep job with a serving plan adds to its Trainer: the replicas and sources, then
+    the weights' publication to every replica."""
+    from engage.deploy.callbacks.publish_weights import PublishWeights
+
+    urls = [replica.url for replica in plan.replicas]
+    return [
+        ServeWhileTraining(plan, hosts, folder),
+        PublishWeights(urls, api_key_file=plan.api_key_file, every_n_steps=plan.every_n_steps),
+    ]

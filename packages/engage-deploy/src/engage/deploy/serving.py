@@ -1,0 +1,102 @@
+"""The serving plan of a sweep: where the inference replicas of the model each job trains run, and
+where each request source's requests go; one typed record, carried by the job contract.
+
+The launcher makes it once per sweep with the placement engine
+(:func:`engage.deploy.serve.placing.plan_serving`); the job's
+:class:`~engage.deploy.callbacks.ServeWhileTraining` starts what it names. Only the standard
+library here: a job's runner reads it before anything heavy is imported.
+
+Example::
+
+    >>> plan = ServingPlan(
+    ...     replicas=(ReplicaRecord("fog-1", "fog", "10.0.2.2", 8100),),
+    ...     routes=(RouteRecord("edge-1", "fog-1", 5.0, True, 0.031),),
+    ...     api_key_file="serve.key", every_n_steps=20, problem={}, solver="cpsat")
+    >>> ServingPlan.from_dict(plan.to_dict()) == plan, plan.replica("fog-1").url
+    (True, 'http://10.0.2.2:8100')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """One inference replica: its ``name`` (the host's: one replica a host), the host's ``layer``,
+    the ``address`` and ``port`` it listens on."""
+
+    name: str
+    layer: str
+    address: str
+    port: int
+
+    @property
+    def host(self) -> str:
+        return self.name
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RouteRecord:
+    """Requests of one ``source`` host to one replica at ``rate`` per second: the engine's route
+    for that source (``chosen``), or a comparison route to the root's replica; ``predicted_s``:
+    the engine's latency for it from the plan's nominal figures."""
+
+    source: str
+    replica: str
+    rate: float
+    chosen: bool
+    predicted_s: float
+
+    @property
+    def label(self) -> str:
+        """``edge-1>fog-1``: how its requests are named in results and MLflow."""
+        return f"{self.source}>{self.replica}"
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Every replica and route of a sweep's serving, the replicas' ``api_key_file`` (0600),
+    publication every ``every_n_steps`` optimizer steps, the placement ``problem`` solved (its
+    ``to_dict``) and the ``solver`` that solved it, the request generators' ``seed`` and the
+    seconds ``drain_s`` they go on after training ends (the last version is served then)."""
+
+    replicas: tuple[ReplicaRecord, ...]
+    routes: tuple[RouteRecord, ...]
+    api_key_file: str
+    every_n_steps: int
+    problem: Mapping[str, Any]
+    solver: str
+    seed: int = 0
+    drain_s: float = 3.0
+    placement: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def replica(self, name: str) -> ReplicaRecord:
+        return next(r for r in self.replicas if r.name == name)
+
+    def sources(self) -> list[str]:
+        """The source hosts, in route order."""
+        return list(dict.fromkeys(route.source for route in self.routes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServingPlan:
+        return cls(
+            replicas=tuple(ReplicaRecord(**r) for r in data["replicas"]),
+            routes=tuple(RouteRecord(**r) for r in data["routes"]),
+            api_key_file=str(data["api_key_file"]),
+            every_n_steps=int(data["every_n_steps"]),
+            problem=dict(data["problem"]),
+            solver=str(data["solver"]),
+            seed=int(data.get("seed", 0)),
+            drain_s=float(data.get("drain_s", 3.0)),
+            placement={k: list(v) for k, v in dict(data.get("placement") or {}).items()},
+        )
