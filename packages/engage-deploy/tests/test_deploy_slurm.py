@@ -387,3 +387,27 @@ def test_a_scancel_that_does_not_answer_is_a_warning_naming_the_jobs(tmp_path, m
     assert time.monotonic() - started < 5
     fake.write_text("#!/bin/sh\nexit 0\n")
     assert executor.scancel("17") is True
+
+
+def test_the_provider_asks_slurm_about_the_same_job_options_once_a_process(monkeypatch):
+    from engage.deploy.infrastructure import Infrastructure
+    from engage.deploy.providers import slurm as provider_module
+    from engage.deploy.slurm import executor
+
+    asked = []
+    monkeypatch.setattr(executor, "check_submission", lambda flags, *_: asked.append(tuple(flags)))
+    monkeypatch.setattr(provider_module.SlurmProvider, "planned_launcher_address", lambda self: "10.0.0.1")
+    monkeypatch.setattr(provider_module, "_ACCEPTED", set())
+    infra = Infrastructure.from_dict(
+        {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 1}], "options": {"partition": "p1"}}
+    )
+    # the sweep callback's check, the launcher's setup, the deployment: one sbatch --test-only
+    provider_module.SlurmProvider.check(infra)
+    provider_module.SlurmProvider.check(infra)
+    provider_module.SlurmProvider(infra, ".").deploy_checks()
+    assert len(asked) == 1 and "--partition=p1" in asked[0]
+    other = Infrastructure.from_dict(
+        {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 1}], "options": {"partition": "p2"}}
+    )
+    provider_module.SlurmProvider.check(other)  # other options are asked about
+    assert len(asked) == 2

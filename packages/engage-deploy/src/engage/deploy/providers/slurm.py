@@ -123,6 +123,10 @@ class SlurmJob:
                 self.returncode = -signal.SIGTERM
 
 
+#: job options ``sbatch --test-only`` accepted in this process
+_ACCEPTED: set[tuple[str, ...]] = set()
+
+
 class SlurmProvider(Provider):
     """Jobs of a sweep as Slurm batch jobs; see the module docstring."""
 
@@ -157,8 +161,12 @@ class SlurmProvider(Provider):
         from engage.deploy.slurm.executor import check_submission
 
         self.flags = self._flags()
-        extra = [str(x) for x in self.options["extra"]]
-        check_submission([*self.flags, *extra], "infrastructure.options", "infrastructure.provider=slurm")
+        submission = (*self.flags, *(str(x) for x in self.options["extra"]))
+        # asked once a process: the launcher checks before the sweep (Hydra's sweep callback),
+        # in its setup and when it deploys, each the same submission seconds apart
+        if submission not in _ACCEPTED:
+            check_submission(list(submission), "infrastructure.options", "infrastructure.provider=slurm")
+            _ACCEPTED.add(submission)
         self.planned_launcher_address()
 
     def _flags(self) -> list[str]:
