@@ -387,6 +387,11 @@ def test_a_scancel_that_does_not_answer_is_a_warning_naming_the_jobs(tmp_path, m
     assert time.monotonic() - started < 5
     fake.write_text("#!/bin/sh\nexit 0\n")
     assert executor.scancel("17") is True
+    fake.write_text("#!/bin/sh\necho 'scancel: error: Kill job error: Invalid job id specified' >&2\nexit 1\n")
+    assert executor.scancel("17") is True  # it ended meanwhile
+    fake.write_text("#!/bin/sh\necho 'scancel: error: Unable to contact slurm controller' >&2\nexit 1\n")
+    with pytest.warns(UserWarning, match=r"Unable to contact slurm controller\); these jobs may still"):
+        assert executor.scancel("17") is False
 
 
 def test_the_provider_asks_slurm_about_the_same_job_options_once_a_process(monkeypatch):

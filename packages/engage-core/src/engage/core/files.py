@@ -47,10 +47,10 @@ def read_private(path: str | os.PathLike[str], limit: int = 4096) -> str:
     """The text of ``path``, a file only its owner may read or write (as :func:`write_private`
     writes them), at most ``limit`` bytes.
 
-    The file is opened first (never through a symbolic link) and its mode checked on what was
-    opened, so it cannot be swapped between the check and the read. :class:`ValueError`, one line
-    naming the file and the fix, when others may read or write it, it is larger than ``limit``, or
-    it cannot be read.
+    The file is opened first (never through a symbolic link, never waiting on a FIFO) and checked
+    on what was opened, so it cannot be swapped between the check and the read: a regular file,
+    this user's, that no one else may read or write. :class:`ValueError`, one line naming the file
+    and the fix, otherwise, or when it is larger than ``limit`` or cannot be read.
 
     Example::
 
@@ -65,14 +65,26 @@ def read_private(path: str | os.PathLike[str], limit: int = 4096) -> str:
         ValueError: .../key is readable by others (mode 644); chmod 600 it
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # never through a link; a FIFO or device must not block the open
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
+        if os.path.islink(path):
+            raise ValueError(f"{path} is a symbolic link; give the file itself") from None
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise ValueError(f"{path} is not a regular file")
     with os.fdopen(descriptor, "rb") as handle:
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if info.st_uid != os.geteuid():
+            raise ValueError(f"{path} belongs to another user (uid {info.st_uid}); only its owner's files are read")
+        mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise ValueError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-        data = handle.read(limit + 1)
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise ValueError(f"{path} is larger than {limit} bytes; it is not a key or credentials file")
     try:

@@ -24,14 +24,16 @@ Example::
 from __future__ import annotations
 
 import argparse
+import heapq
 import http.client
+import itertools
 import json
 import signal
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,27 +95,35 @@ class RequestGenerator:
         self._lock = threading.Lock()
         self._local = threading.local()  # each sending thread's open connections
 
-    def schedule(self, duration_s: float) -> list[tuple[float, str, np.random.Generator]]:
-        """Arrival times within ``duration_s`` of every source, in time order, each with the
-        random stream its request's inputs are drawn from."""
+    def arrivals(self) -> Iterator[tuple[float, str, np.random.Generator]]:
+        """Every source's arrival times (seconds from the start), merged in time order and drawn
+        as they are needed, each with the random stream its request's inputs are drawn from."""
         streams = np.random.SeedSequence(self.seed).spawn(len(self.routes))
-        arrivals = []
-        for (source, (_url, rate)), stream in zip(sorted(self.routes.items()), streams):
-            times_rng, inputs_rng = (np.random.default_rng(s) for s in stream.spawn(2))
-            t = times_rng.exponential(1.0 / rate)
-            while t < duration_s:
-                arrivals.append((t, source, inputs_rng))
-                t += times_rng.exponential(1.0 / rate)
-        return sorted(arrivals, key=lambda a: a[0])
 
-    def run(self, duration_s: float, stop: threading.Event | None = None) -> list[ServedRequest]:
-        """Send the requests of ``duration_s`` seconds (or until ``stop`` is set); every answer
-        is in :attr:`results`, in the order they came."""
+        def arrivals_of(source: str, rate: float, stream: np.random.SeedSequence):
+            times_rng, inputs_rng = (np.random.default_rng(s) for s in stream.spawn(2))
+            t = 0.0
+            while True:
+                t += times_rng.exponential(1.0 / rate)
+                yield t, source, inputs_rng
+
+        sources = [arrivals_of(s, rate, st) for (s, (_url, rate)), st in zip(sorted(self.routes.items()), streams)]
+        return heapq.merge(*sources, key=lambda a: a[0])
+
+    def schedule(self, duration_s: float) -> list[tuple[float, str, np.random.Generator]]:
+        """The arrivals within ``duration_s``, in time order."""
+        return list(itertools.takewhile(lambda a: a[0] < duration_s, self.arrivals()))
+
+    def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> list[ServedRequest]:
+        """Send the requests of ``duration_s`` seconds (``None``: until ``stop`` is set), or until
+        ``stop`` is set; every answer is in :attr:`results`, in the order they came."""
+        if duration_s is None and stop is None:
+            raise ValueError("give a duration, a stop event, or both")
         start = time.monotonic()
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests")
         try:
-            for due, source, rng in self.schedule(duration_s):
-                if stop is not None and stop.is_set():
+            for due, source, rng in self.arrivals():
+                if (stop is not None and stop.is_set()) or (duration_s is not None and due >= duration_s):
                     break
                 delay = start + due - time.monotonic()
                 if delay > 0 and (stop.wait(delay) if stop is not None else time.sleep(delay)):
@@ -367,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-key-file", required=True, help="the replicas' key, a 0600 file")
     parser.add_argument("--route", action="append", type=_route, required=True, metavar="NAME=RATE@URL")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default: until stopped)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
     parser.add_argument("--out", required=True, help="where the results go (JSON)")
     args = parser.parse_args(argv)

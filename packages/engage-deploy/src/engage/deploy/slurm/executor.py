@@ -56,19 +56,23 @@ SCANCEL_TIMEOUT_S = 60.0
 
 
 def scancel(*targets: str) -> bool:
-    """Cancel ``targets`` (job ids, or ``--name=NAME``); whether ``scancel`` answered. One that does
-    not answer within :data:`SCANCEL_TIMEOUT_S` (slurmctld overloaded or gone) is warned about with
-    the command to run, never raised: it is called while a run ends or from watch threads."""
+    """Cancel ``targets`` (job ids, or ``--name=NAME``); whether ``scancel`` did. One that fails or
+    does not answer within :data:`SCANCEL_TIMEOUT_S` (slurmctld overloaded or gone) is warned about
+    with its words and the command to run, never raised: it is called while a run ends or from
+    watch threads. A job Slurm no longer knows (it ended meanwhile) counts as cancelled."""
     try:
-        subprocess.run(["scancel", *targets], capture_output=True, timeout=SCANCEL_TIMEOUT_S)
-        return True
+        out = subprocess.run(["scancel", *targets], capture_output=True, text=True, timeout=SCANCEL_TIMEOUT_S)
+        why = " ".join(out.stderr.split())[:300] or f"exit code {out.returncode}"
+        # a job that ended meanwhile is gone, as asked ("Invalid job id specified")
+        if out.returncode == 0 or "invalid job id" in why.lower():
+            return True
     except (subprocess.TimeoutExpired, OSError) as exc:
-        why = f"no answer within {SCANCEL_TIMEOUT_S:g} s" if isinstance(exc, subprocess.TimeoutExpired) else exc
-        warnings.warn(
-            f"scancel failed ({why}); these jobs may still be queued or running: scancel {' '.join(targets)}",
-            stacklevel=2,
-        )
-        return False
+        why = f"no answer within {SCANCEL_TIMEOUT_S:g} s" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
+    warnings.warn(
+        f"scancel failed ({why}); these jobs may still be queued or running: scancel {' '.join(targets)}",
+        stacklevel=2,
+    )
+    return False
 
 
 def parse_job_line(line: str) -> dict[str, str]:
