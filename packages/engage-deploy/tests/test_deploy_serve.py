@@ -130,6 +130,8 @@ def test_a_replica_serves_each_version_while_the_model_trains(replica: Replica, 
     summary = generator.summary()
     print(json.dumps(summary))
     assert summary["requests"] >= 20 and summary["failed"] == 0, summary
+    # every answer says how long the replica took, never more than the client waited
+    assert all(r.service_s is not None and 0 < r.service_s <= r.latency_s for r in generator.results)
     errors = summary["error_by_version"]
     versions = sorted(errors)
     # the answers followed training: several versions served, the last one far better than the first

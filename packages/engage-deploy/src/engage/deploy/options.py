@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: where the serving options are, in a Hydra config
+SERVING = "hydra.launcher.serving"
 #: where the launcher places the workflow's services
 PLACEMENTS = ("round_robin", "optimize")
 
@@ -86,7 +88,7 @@ class ServingOptions:
     def check(self) -> None:
         """:class:`ValueError`, one line naming the key and the fix, for values wrong on their own
         (those that depend on the infrastructure are checked with it when the plan is made)."""
-        where = "hydra.launcher.serving"
+        where = SERVING
         for layer, rate in self.sources.items():
             if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
                 raise ValueError(f"{where}.sources.{layer} is {rate!r}; give requests per second > 0")
@@ -146,7 +148,7 @@ class LauncherOptions:
         values = _plain(params)
         options = cls(**_known(values, cls, "hydra.launcher"))
         options.mlflow = MLflowOptions(**_known(_plain(options.mlflow), MLflowOptions, "hydra.launcher.mlflow"))
-        options.serving = ServingOptions(**_known(_plain(options.serving), ServingOptions, "hydra.launcher.serving"))
+        options.serving = ServingOptions(**_known(_plain(options.serving), ServingOptions, SERVING))
         options.serving.check()
         if options.parallelism < 0:
             raise ValueError(f"hydra.launcher.parallelism is {options.parallelism}; use 0 (one per core) or more")

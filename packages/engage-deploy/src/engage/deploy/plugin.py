@@ -119,6 +119,12 @@ def engage_callbacks(cfg: Any) -> list[Any]:
     job = JobContract.current()
     if job is None or job.serving is None:
         return []
-    from engage.deploy.callbacks.serve_while_training import serving_callbacks
+    from engage.deploy.callbacks import PublishWeights, ServeWhileTraining
 
-    return serving_callbacks(job.serving, job.hosts, job.folder)
+    plan = job.serving
+    urls = [replica.url for replica in plan.replicas]
+    # the replicas and sources first: PublishWeights sends to replicas that answer
+    return [
+        ServeWhileTraining(plan, job.hosts, job.folder),
+        PublishWeights(urls, api_key_file=plan.api_key_file, every_n_steps=plan.every_n_steps),
+    ]

@@ -11,7 +11,8 @@ Example::
     >>> plan = ServingPlan(
     ...     replicas=(ReplicaRecord("fog-1", "fog", "10.0.2.2", 8100),),
     ...     routes=(RouteRecord("edge-1", "fog-1", 5.0, True, 0.031),),
-    ...     api_key_file="serve.key", every_n_steps=20, problem={}, solver="cpsat")
+    ...     api_key_file="serve.key", every_n_steps=20, problem={}, solver="cpsat", seed=0, drain_s=3.0,
+    ...     placement={"fog-1": ["model/served"]})
     >>> ServingPlan.from_dict(plan.to_dict()) == plan, plan.replica("fog-1").url
     (True, 'http://10.0.2.2:8100')
 """
@@ -19,8 +20,12 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
+
+
+class ServingError(RuntimeError):
+    """A replica or a request source could not do its part; one line saying which and why."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,9 @@ class ServingPlan:
     every_n_steps: int
     problem: Mapping[str, Any]
     solver: str
-    seed: int = 0
-    drain_s: float = 3.0
-    placement: Mapping[str, list[str]] = field(default_factory=dict)
+    seed: int
+    drain_s: float
+    placement: Mapping[str, list[str]]
 
     def replica(self, name: str) -> ReplicaRecord:
         return next(r for r in self.replicas if r.name == name)
@@ -96,7 +101,7 @@ class ServingPlan:
             every_n_steps=int(data["every_n_steps"]),
             problem=dict(data["problem"]),
             solver=str(data["solver"]),
-            seed=int(data.get("seed", 0)),
-            drain_s=float(data.get("drain_s", 3.0)),
-            placement={k: list(v) for k, v in dict(data.get("placement") or {}).items()},
+            seed=int(data["seed"]),
+            drain_s=float(data["drain_s"]),
+            placement={k: list(v) for k, v in dict(data["placement"]).items()},
         )

@@ -25,7 +25,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from engage.deploy.options import LauncherOptions
+from engage.deploy.options import SERVING, LauncherOptions
 
 ConfigStore.instance().store(group="hydra/launcher", name="engage", node=LauncherOptions, provider="engage-deploy")
 
@@ -80,7 +80,7 @@ class EngageLauncher(Launcher):
             except ServicePlacementError as exc:
                 raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
         if options.serving.enabled:
-            _check_serving(options, infrastructure)
+            _check_serving(options, infrastructure, config)
         return options, infrastructure
 
     @classmethod
@@ -134,19 +134,25 @@ class EngageDeploySearchPathPlugin(SearchPathPlugin):
         search_path.append(provider="engage-deploy", path="pkg://engage.deploy.conf")
 
 
-def _check_serving(options: LauncherOptions, infrastructure: Any) -> None:
+def _check_serving(options: LauncherOptions, infrastructure: Any, config: DictConfig) -> None:
     """``hydra.launcher.serving`` against the infrastructure: the plan is made once with the
     hosts' names (their addresses come with the deployment); :class:`ValueError`, one line."""
     import importlib.util
 
     from engage.deploy.serve.placing import ServingPlanError, plan_serving, root_layer
 
-    where = "hydra.launcher.serving"
-    if infrastructure.provider not in ("local", "netns"):
+    where = SERVING
+    if infrastructure.provider != "netns":
         raise ValueError(
-            f"{where}: the {infrastructure.provider} provider's hosts do not share this machine's files; "
-            "serve on a local or netns infrastructure"
+            f"{where}: replicas need hosts with an address of their own that share this machine's files; "
+            f"the {infrastructure.provider} provider's do not: serve on a netns infrastructure"
         )
+    if options.placement == "optimize":
+        raise ValueError(
+            f"{where}: the trainer runs on the root of the serving tree; use hydra.launcher.placement=round_robin"
+        )
+    if OmegaConf.select(config, "data.val_simulations", default=1) == 0:
+        raise ValueError(f"{where}: answers are checked against held-out simulations; give data.val_simulations >= 1")
     if options.parallelism != 1:
         raise ValueError(f"{where}: set hydra.launcher.parallelism=1 (each job's replicas use the same ports)")
     if importlib.util.find_spec("litserve") is None:

@@ -17,14 +17,11 @@ import lightning.pytorch as pl
 import numpy as np
 
 from engage.deploy.job import HostRecord
-from engage.deploy.serving import ReplicaRecord, ServingPlan
+from engage.deploy.serve.load import ServedRequests
+from engage.deploy.serving import ReplicaRecord, ServingError, ServingPlan
 
 #: examples of the held-out simulations the request sources draw from, at most
 POOL_SIZE = 512
-
-
-class ServingError(RuntimeError):
-    """A replica or a request source could not do its part; one line saying which and why."""
 
 
 class ServeWhileTraining(pl.Callback):
@@ -37,17 +34,17 @@ class ServeWhileTraining(pl.Callback):
     When training starts (the replicas answering), the request sources begin: each source host
     of ``plan.routes`` sends Poisson requests to its replicas (``python -m
     engage.deploy.serve.load``), drawn from the held-out simulations' samples, whose fields are
-    the answers' ground truth; a probe source on the root host (the trainer's) sends
-    ``probe_rate`` requests per second to every replica. :class:`PublishWeights` (added beside
-    this callback) sends the weights every ``plan.every_n_steps`` steps. When training ends, the
-    sources go on ``plan.drain_s`` seconds (the last version is served), then everything is
-    stopped. Each replica's service time is what its probes measured (median, requests on kept
-    connections) less the round trip of the links from the root, measured under the same load
-    as the sources' requests; the plan's placement problem, given these as ``measured`` figures,
-    predicts every route's latency. MLflow gets one run per service under the trainer's run:
-    ``replica HOST`` (service time, log, restarts) and ``requests HOST`` (latency over time,
+    the answers' ground truth. :class:`PublishWeights` (added beside this callback) sends the
+    weights every ``plan.every_n_steps`` steps. When training ends, the sources go on
+    ``plan.drain_s`` seconds (the last version is served), then everything is stopped. Each
+    replica's service time is the median of what it said each answer took (from the request's
+    arrival to the answer's first bytes: its queues, worker and model), under the load the
+    requests met; the plan's placement problem, given these as ``measured`` figures, predicts
+    every route's latency. MLflow gets one run per service under the trainer's run:
+    ``replica HOST`` (service time, restarts, log) and ``requests HOST`` (latency over time,
     error against model version, and per route the predicted and measured median latency), and
-    the trainer's run ``serving/serving.json`` with every figure.
+    the trainer's run ``serving/serving.json`` and ``serving/latency.png``. A route with no
+    answer, or a replica that answered nothing, fails the run (its MLflow run ``FAILED``).
 
     A replica that does not answer within ``ready_timeout_s``, or a source or replica that ends
     on its own, fails the run with one line. Added by engage-deploy's plugin to an ``engage run``
@@ -57,7 +54,8 @@ class ServeWhileTraining(pl.Callback):
 
         >>> from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingPlan
         >>> plan = ServingPlan((ReplicaRecord("fog-1", "fog", "10.0.2.2", 8100),),
-        ...                    (RouteRecord("edge-1", "fog-1", 5.0, True, 0.02),), "serve.key", 20, {}, "cpsat")
+        ...                    (RouteRecord("edge-1", "fog-1", 5.0, True, 0.02),), "serve.key", 20, {}, "cpsat",
+        ...                    seed=0, drain_s=3.0, placement={})
         >>> ServeWhileTraining(plan, [], "job").folder.name
         'serving'
     """
@@ -68,16 +66,16 @@ class ServeWhileTraining(pl.Callback):
         hosts: Sequence[HostRecord],
         folder: str | Path,
         ready_timeout_s: float = 180.0,
-        probe_rate: float = 6.0,
     ) -> None:
         self.plan = plan
         self.hosts = {host.name: host for host in hosts}
         self.folder = Path(folder) / "serving"
         self.ready_timeout_s = ready_timeout_s
-        self.probe_rate = probe_rate
-        self.processes: dict[str, Any] = {}  # "replica HOST" / "requests HOST" -> its process
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}  # "replica HOST" / "requests HOST" -> it
         #: per replica, the seconds one request takes there (measured); per route, the prediction
         self.service_s: dict[str, float] = {}
+        #: per source host, the seconds its sender takes to send a request once it is due
+        self.sender_s: dict[str, float] = {}
         self.predicted_s: dict[str, float] = {}
         self._key = ""
 
@@ -105,27 +103,27 @@ class ServeWhileTraining(pl.Callback):
         from engage.deploy.serve.load import RequestPool
 
         pool = RequestPool(*_examples(trainer, pl_module))
+        deadline = time.monotonic() + self.ready_timeout_s  # for all of them together
         for replica in self.plan.replicas:
-            self._wait_ready(replica)
+            self._wait_ready(replica, deadline)
         path = pool.save(self.folder / "requests.npz")
-        root = self._problem().root
-        probes = [(f"{root}>{r.name}", self.probe_rate, r.url) for r in self.plan.replicas]
-        sources = [(root, probes)]
+        senders = []
         for source in self.plan.sources():
-            routes = [r for r in self.plan.routes if r.source == source]
-            sources.append((source, [(r.label, r.rate, self.plan.replica(r.replica).url) for r in routes]))
-        for index, (source, routes) in enumerate(sources):
+            mine = [r for r in self.plan.routes if r.source == source]
+            routes = [(r.label, r.rate, self.plan.replica(r.replica).url) for r in mine]
+            senders.append((f"requests {source}", source, routes))
+        for index, (name, host, routes) in enumerate(senders):
             argv = ["-m", "engage.deploy.serve.load", "--pool", str(path), "--api-key-file", self.plan.api_key_file]
             argv += [a for label, rate, url in routes for a in ("--route", f"{label}={rate}@{url}")]
-            argv += ["--seed", str(self.plan.seed + index), "--out", str(self.folder / f"requests-{source}.json")]
-            self._start(f"requests {source}", source, argv)
+            argv += ["--seed", str(self.plan.seed + index), "--out", str(self._results(name))]
+            self._start(name, host, argv)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_rank == 0 and trainer.global_step % 50 == 0:
             self._check_alive()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not self.processes:
+        if stage != "fit" or not self.processes or trainer.global_rank != 0:
             return
         try:
             self._check_alive()
@@ -152,6 +150,10 @@ class ServeWhileTraining(pl.Callback):
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
             )
 
+    def _results(self, name: str) -> Path:
+        """Where the sender ``name`` (``requests HOST``) writes its requests."""
+        return self.folder / f"{name.replace(' ', '-')}.json"
+
     def _check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
@@ -163,12 +165,11 @@ class ServeWhileTraining(pl.Callback):
 
         # the sources first: they write their requests when stopped
         for name in sorted(self.processes, key=lambda n: not n.startswith("requests")):
-            process = self.processes[name]
+            process = self.processes.pop(name)  # stopped once: a reused pid is never signalled
             terminate(process.pid, grace_s=15.0)
             process.wait()
 
-    def _wait_ready(self, replica: ReplicaRecord) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
+    def _wait_ready(self, replica: ReplicaRecord, deadline: float) -> None:
         name = f"replica {replica.name}"
         while time.monotonic() < deadline:
             self._check_alive()
@@ -191,40 +192,36 @@ class ServeWhileTraining(pl.Callback):
 
     # ------------------------------------------------------------------ figures
 
-    def _problem(self) -> Any:
+    def measure(self, served: ServedRequests) -> None:
+        """Each replica's service time, the median of what it said it took for the answers in
+        ``served``; each source's sending time, the median from a request's due time to its
+        sending; each route's latency predicted from them: the placement problem's, given the
+        service times as measured figures, plus its source's sending time (:attr:`service_s`,
+        :attr:`sender_s`, :attr:`predicted_s`)."""
         from engage.deploy.placement import PlacementProblem
-
-        return PlacementProblem.from_dict(self.plan.problem)
-
-    def _delay_to(self, node: str) -> float:
-        """One-way seconds between the tree's root and ``node``."""
-        problem = self._problem()
-        return sum(problem.links[n].delay for n in problem.path(node)[:-1])
-
-    def measure(self, served: Any) -> None:
-        """Each replica's service time from the root's probes in ``served``, and each route's
-        latency predicted from them (:attr:`service_s`, :attr:`predicted_s`)."""
         from engage.deploy.serve.placing import MODEL, VARIANT, predicted_latencies
 
-        root = self._problem().root
         for replica in self.plan.replicas:
-            probes = [r.latency_s for r in served.of(f"{root}>{replica.name}").results if r.ok and not r.connected]
-            if probes:
-                self.service_s[replica.name] = max(statistics.median(probes) - 2 * self._delay_to(replica.name), 0.0)
+            answers = [r for r in served.results if r.replica == replica.url and r.ok]
+            took = [r.service_s for r in answers if r.service_s is not None]
+            if took:
+                self.service_s[replica.name] = statistics.median(took)
         measured = [
             {"node": node, "model": MODEL, "variant": VARIANT, "seconds": seconds}
             for node, seconds in self.service_s.items()
         ]
-        from engage.deploy.placement import PlacementProblem
-
         latency = predicted_latencies(PlacementProblem.from_dict({**self.plan.problem, "measured": measured}))
+        for source in self.plan.sources():
+            waited = [r.sent_s for r in served.results if r.source.startswith(f"{source}>") and r.sent_s is not None]
+            if waited:
+                self.sender_s[source] = statistics.median(waited)
         self.predicted_s = {
-            route.label: latency[route.source, route.replica]
+            route.label: latency[route.source, route.replica] + self.sender_s.get(route.source, 0.0)
             for route in self.plan.routes
             if route.replica in self.service_s
         }
 
-    def route_figures(self, served: Any) -> list[dict[str, Any]]:
+    def route_figures(self, served: ServedRequests) -> list[dict[str, Any]]:
         """Per route: the engine's prediction (nominal and from measured service times), the
         measured median latency of the requests on kept connections, and their ratio."""
         rows = []
@@ -253,47 +250,75 @@ class ServeWhileTraining(pl.Callback):
         from engage.deploy.serve.load import ServedRequests
 
         served = ServedRequests([])
-        sources = [self._problem().root, *self.plan.sources()]
-        for source in sources:
-            path = self.folder / f"requests-{source}.json"
+        senders = [f"requests {source}" for source in self.plan.sources()]
+        for name in senders:
+            path = self._results(name)
             if not path.exists():
                 why = _last_line(path.with_suffix(".log"))
-                raise ServingError(f"serving: requests {source} wrote no results ({why})")
+                raise ServingError(f"serving: {name} wrote no results ({why})")
             served.results += ServedRequests.read(path).results
         self.measure(served)
         figures = {
             "plan": self.plan.to_dict() | {"api_key_file": "(not recorded)"},
             "service_ms": {k: round(v * 1000, 3) for k, v in self.service_s.items()},
+            "sender_ms": {k: round(v * 1000, 3) for k, v in self.sender_s.items()},
             "routes": self.route_figures(served),
             "summary": served.summary(),
         }
         (self.folder / "serving.json").write_text(json.dumps(figures, indent=1, default=str))
+        unanswered = [row["route"] for row in figures["routes"] if not row["answered"]]
+        unmeasured = [r.name for r in self.plan.replicas if r.name not in self.service_s]
         logger = trainer.logger
-        if logger is None or not hasattr(logger, "run_id"):
-            return
+        if logger is not None and hasattr(logger, "run_id"):
+            self._log(logger, figures, served, senders, set(unanswered), set(unmeasured))
+        # a run never reports more than it served
+        if unanswered or unmeasured:
+            what = [f"route {r}" for r in unanswered] + [f"replica {r}" for r in unmeasured]
+            raise ServingError(f"serving: no answer on kept connections for {', '.join(what)}; see {self.folder}")
+
+    def _log(
+        self, logger: Any, figures: dict, served: Any, senders: list[str], unanswered: set[str], unmeasured: set[str]
+    ) -> None:
+        """The runs of :meth:`_record` (``FAILED`` for a service that served nothing)."""
+        from engage.deploy.serve.load import ServedRequests
+
         client, parent = logger.experiment, logger.run_id
         experiment = client.get_run(parent).info.experiment_id
         client.log_dict(parent, figures, "serving/serving.json")
         client.log_figure(parent, _latency_figure(figures["routes"]), "serving/latency.png")
         for replica in self.plan.replicas:
             run = _child(client, experiment, parent, f"replica {replica.name}", "replica", replica.name, replica.layer)
-            client.log_param(run, "url", replica.url)
-            client.log_metric(run, "serve/service_ms", self.service_s.get(replica.name, float("nan")) * 1000)
-            for name in ("status.json", "replica.log"):
-                if (self.folder / replica.name / name).exists():
-                    client.log_artifact(run, str(self.folder / replica.name / name), "replica")
-            client.set_terminated(run, "FINISHED")
+            status = "FAILED"
+            try:
+                client.log_param(run, "url", replica.url)
+                if replica.name in self.service_s:
+                    client.log_metric(run, "serve/service_ms", self.service_s[replica.name] * 1000)
+                folder = self.folder / replica.name
+                if (folder / "status.json").exists():
+                    restarts = json.loads((folder / "status.json").read_text()).get("restarts", 0)
+                    client.log_metric(run, "serve/restarts", restarts)
+                for name in ("status.json", "replica.log"):
+                    if (folder / name).exists():
+                        client.log_artifact(run, str(folder / name), "replica")
+                status = "FAILED" if replica.name in unmeasured else "FINISHED"
+            finally:
+                client.set_terminated(run, status)
         layer_of = {h.name: h.layer for h in self.hosts.values()}
-        for source in sources:
-            run = _child(client, experiment, parent, f"requests {source}", "requests", source, layer_of.get(source, ""))
-            own = ServedRequests([r for r in served.results if r.source.startswith(f"{source}>")])
-            own.log_to_mlflow(run)
-            for row in figures["routes"]:
-                if row["route"].startswith(f"{source}>") and row["measured_over_predicted"] is not None:
-                    replica = row["route"].split(">", 1)[1]
-                    client.log_metric(run, f"serve/{replica}/predicted_ms", row["predicted_ms"])
-                    client.log_metric(run, f"serve/{replica}/measured_median_ms", row["measured_median_ms"])
-            client.set_terminated(run, "FINISHED")
+        for name in senders:
+            kind, source = name.split(" ", 1)
+            run = _child(client, experiment, parent, name, kind, source, layer_of.get(source, ""))
+            status = "FAILED"
+            try:
+                ServedRequests([r for r in served.results if r.source.startswith(f"{source}>")]).log_to_mlflow(run)
+                for row in figures["routes"]:
+                    if row["route"].startswith(f"{source}>") and row["measured_over_predicted"] is not None:
+                        replica = row["route"].split(">", 1)[1]
+                        client.log_metric(run, f"serve/{replica}/predicted_ms", row["predicted_ms"])
+                        client.log_metric(run, f"serve/{replica}/measured_median_ms", row["measured_median_ms"])
+                mine = {row["route"] for row in figures["routes"] if row["route"].startswith(f"{source}>")}
+                status = "FAILED" if mine & unanswered else "FINISHED"
+            finally:
+                client.set_terminated(run, status)
 
 
 def _latency_figure(rows: Sequence[dict[str, Any]]) -> Any:
@@ -357,8 +382,14 @@ def _examples(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[list[
     items = [dataset[i] for i in range(0, len(dataset), step)][:POOL_SIZE]
     offset = float(getattr(pl_module, "offset", 0.0))
     scale = float(getattr(pl_module, "scale", 1.0))
-    inputs = [np.stack([item[k].numpy() for item in items]) for k in ("parameters", "time")]
-    truth = (np.stack([item["target"].numpy() for item in items]).astype(np.float64) - offset) / scale
+    try:
+        inputs = [np.stack([item[k].numpy() for item in items]) for k in ("parameters", "time")]
+        truth = (np.stack([item["target"].numpy() for item in items]).astype(np.float64) - offset) / scale
+    except (KeyError, TypeError, AttributeError):
+        raise ServingError(
+            "serving: requests are held-out samples with 'parameters', 'time' and 'target' (engage's online "
+            "DataModule); this run's validation data has other samples"
+        ) from None
     return inputs, truth
 
 
@@ -368,15 +399,3 @@ def _last_line(path: Path) -> str:
     except OSError:
         return "no log"
     return lines[-1][-300:] if lines else "empty log"
-
-
-def serving_callbacks(plan: ServingPlan, hosts: Sequence[HostRecord], folder: str) -> list[pl.Callback]:
-    """What a sweep job with a serving plan adds to its Trainer: the replicas and sources, then
-    the weights' publication to every replica."""
-    from engage.deploy.callbacks.publish_weights import PublishWeights
-
-    urls = [replica.url for replica in plan.replicas]
-    return [
-        ServeWhileTraining(plan, hosts, folder),
-        PublishWeights(urls, api_key_file=plan.api_key_file, every_n_steps=plan.every_n_steps),
-    ]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
+from typing import Any
 
 import litserve as ls
 import torch
 from fastapi import HTTPException
 
-from engage.deploy.serve.replica import MAX_INPUTS, ReplicaSpec
+from engage.deploy.serve.replica import MAX_INPUTS, SERVICE_TIME_HEADER, ReplicaSpec
 from engage.deploy.serve.weights import WeightsRefused, WeightStore
 
 log = logging.getLogger("engage.deploy.serve")
@@ -106,3 +108,26 @@ class WeightsAPI(ls.LitAPI):
 
     def encode_response(self, version: int) -> dict:
         return {"version": version, "replica": self.replica.name}
+
+
+class ServiceTime:
+    """ASGI middleware: each answer says, in :data:`SERVICE_TIME_HEADER`, the seconds the replica
+    took from the request's arrival in its application to the answer's first bytes (its queues,
+    worker and the model): what a client's latency holds besides the network."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                took = f"{time.perf_counter() - started:.6f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (SERVICE_TIME_HEADER.encode(), took)]}
+            await send(message)
+
+        await self.app(scope, receive, timed)

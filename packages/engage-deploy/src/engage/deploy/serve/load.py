@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from engage.deploy.serve.replica import API_KEY_HEADER
+from engage.deploy.serve.replica import API_KEY_HEADER, SERVICE_TIME_HEADER
 
 #: a request's inputs (the replica's ``inputs`` list) and the ground truth its outputs should match
 MakeRequest = Callable[[np.random.Generator], tuple[list, np.ndarray]]
@@ -52,7 +52,9 @@ class ServedRequest:
     """One request: when it was due (seconds from the start), from which source to which
     replica, its latency (s), HTTP status (0: no answer), the model version behind the answer
     and its relative L2 error against the ground truth (None without an answer); ``connected``:
-    the request opened its connection first."""
+    the request opened its connection first; ``service_s``: the seconds the replica says it took
+    (its answer's :data:`~engage.deploy.serve.replica.SERVICE_TIME_HEADER`); ``sent_s``: seconds
+    from when it was due until it was sent (this sender's own delay: its threads, the encoding)."""
 
     due_s: float
     source: str
@@ -62,6 +64,8 @@ class ServedRequest:
     version: int | None
     error: float | None
     connected: bool = False
+    service_s: float | None = None
+    sent_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -155,12 +159,14 @@ class RequestGenerator:
         url = self.routes[source][0]
         body = json.dumps({"inputs": inputs}).encode()
         headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
-        status, version, error, connected = 0, None, None, False
+        status, version, error, connected, service = 0, None, None, False, None
+        sent = answered = None  # when the request left, when the answer's last byte came
         try:
             for _attempt in range(2):
                 connection, connected = self._connection(url)
                 try:
                     connection.request("POST", "/predict", body=body, headers=headers)
+                    sent = time.monotonic()
                     response = connection.getresponse()
                 except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
                     self._drop(url)
@@ -169,7 +175,9 @@ class RequestGenerator:
                     continue  # a kept connection the server had closed (idle): once more on a new one
                 break
             payload = response.read()
+            answered = time.monotonic()
             status = response.status
+            service = _seconds(response.getheader(SERVICE_TIME_HEADER))
             if response.will_close:
                 self._drop(url)
             if status == 200:
@@ -181,9 +189,12 @@ class RequestGenerator:
         except Exception:  # no usable answer (refused, reset, truncated, not JSON): a failed request
             self._drop(url)
             status = 0 if status == 200 else status
-        latency = time.monotonic() - (start + due)
+        latency = (answered or time.monotonic()) - (start + due)
+        waited = None if sent is None else sent - (start + due)
         with self._lock:
-            self.results.append(ServedRequest(due, source, url, latency, status, version, error, connected))
+            self.results.append(
+                ServedRequest(due, source, url, latency, status, version, error, connected, service, waited)
+            )
 
     # ------------------------------------------------------------------ figures
 
@@ -198,6 +209,14 @@ class RequestGenerator:
     def plot(self, path: Path) -> None:
         """See :meth:`ServedRequests.plot`."""
         ServedRequests(self.results).plot(path)
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < 3600 else None
 
 
 class ServedRequests:

@@ -21,7 +21,7 @@ with. Every route keeps its predicted latency.
 Example::
 
     >>> from engage.deploy.infrastructure import Infrastructure
-    >>> from engage.deploy.options import ServingOptions
+    >>> from engage.deploy.options import SERVING, ServingOptions
     >>> infra = Infrastructure.from_dict({"provider": "local", "layers": [
     ...     {"name": "cloud", "cpu": 1}, {"name": "fog", "cpu": 1, "memory": "2GiB"},
     ...     {"name": "edge", "cpu": 1, "memory": "512MiB"}],
@@ -43,7 +43,7 @@ from itertools import pairwise
 from typing import Any
 
 from engage.deploy.infrastructure import Infrastructure
-from engage.deploy.options import ServingOptions
+from engage.deploy.options import SERVING, ServingOptions
 from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingPlan
 
 #: the served model's name and its one variant's in the placement problem
@@ -58,7 +58,7 @@ class ServingPlanError(ValueError):
 
 def root_layer(options: ServingOptions, infra: Infrastructure) -> str:
     """The layer every path of ``options.tree`` ends at; :class:`ServingPlanError` otherwise."""
-    where = "hydra.launcher.serving"
+    where = SERVING
     layers = [layer.name for layer in infra.layers]
     for child, parent in options.tree.items():
         for key, name in ((f"tree.{child}", child), (f"tree.{child}", parent)):
@@ -77,7 +77,17 @@ def root_layer(options: ServingOptions, infra: Infrastructure) -> str:
             raise ServingPlanError(f"{where}.sources.{layer}: no layer named {layer!r}; layers are {', '.join(layers)}")
     if len(roots) != 1:
         raise ServingPlanError(f"{where}.tree ends at {', '.join(sorted(roots))}; every path must end at one layer")
-    return roots.pop()
+    root = roots.pop()
+    if root in options.sources:
+        raise ServingPlanError(
+            f"{where}.sources.{root}: the trainer's layer probes every replica itself; send requests from other layers"
+        )
+    if infra.layer(root).hosts != 1:
+        raise ServingPlanError(
+            f"{where}.tree ends at {root}, which has {infra.layer(root).hosts} hosts; serving needs one trainer's host "
+            "at the root of the paths"
+        )
+    return root
 
 
 def _path(options: ServingOptions, layer: str) -> list[str]:
@@ -87,12 +97,20 @@ def _path(options: ServingOptions, layer: str) -> list[str]:
     return path
 
 
+def _two_way(constraint: Any, where: str) -> None:
+    if constraint is not None and not constraint.symmetric:
+        raise ServingPlanError(
+            f"{where}.tree: the constraint between {constraint.src} and {constraint.dst} is one-way "
+            "(symmetric: false); requests and answers cross it both ways: make it symmetric"
+        )
+
+
 def serving_problem(options: ServingOptions, infra: Infrastructure) -> dict[str, Any]:
     """The placement problem of ``options`` on ``infra`` (``PlacementProblem.from_dict`` form);
     :class:`ServingPlanError` when they do not fit together."""
     from engage.deploy.infrastructure import parse_size
 
-    where = "hydra.launcher.serving"
+    where = SERVING
     root = root_layer(options, infra)
     on_paths = {layer for source in options.sources for layer in _path(options, source)} | set(options.tree)
     first = {layer.name: layer.host_names()[0] for layer in infra.layers if layer.hosts}
@@ -121,10 +139,12 @@ def serving_problem(options: ServingOptions, infra: Infrastructure) -> dict[str,
         path, total = _path(options, layer), 0.0
         for child, parent in pairwise(path):
             constraint = infra.constraint_between(child, parent)
+            _two_way(constraint, where)
             total += constraint.delay_s if constraint is not None else 0.0
             if parent == path[1]:
                 continue
             declared = infra.constraint_between(layer, parent)
+            _two_way(declared, where)
             have = declared.delay_s if declared is not None else 0.0
             if abs(have - total) > _DELAY_TOLERANCE_S:
                 crossed = " -> ".join(path[: path.index(parent) + 1])
@@ -178,14 +198,12 @@ def plan_serving(
     data = serving_problem(options, infra)
     solvers = placement_solvers()
     if options.solver not in solvers:
-        raise ServingPlanError(
-            f"hydra.launcher.serving.solver is {options.solver!r}; solvers are {', '.join(sorted(solvers))}"
-        )
+        raise ServingPlanError(f"{SERVING}.solver is {options.solver!r}; solvers are {', '.join(sorted(solvers))}")
     try:
         problem = PlacementProblem.from_dict(data)
         plan = solvers[options.solver](time_limit_s=time_limit_s).solve(problem)
     except (PlacementProblemError, PlacementInfeasible) as exc:
-        raise ServingPlanError(f"hydra.launcher.serving: {exc}") from None
+        raise ServingPlanError(f"{SERVING}: {exc}") from None
     latency = predicted_latencies(problem)
     layer_of = {host: layer.name for layer, host in infra.iter_hosts()}
     routes, serving = [], set()

@@ -38,6 +38,8 @@ from engage.core.files import read_private, write_private
 API_KEY_ENV = "LIT_SERVER_API_KEY"
 #: the header a client sends the key in
 API_KEY_HEADER = "X-API-Key"
+#: the header of each answer giving the seconds the replica took (its queues, worker and model)
+SERVICE_TIME_HEADER = "x-engage-service-s"
 #: at most this many positional inputs per request
 MAX_INPUTS = 16
 
@@ -112,7 +114,17 @@ def listen_host(address: str) -> str:
     itself when LitServe takes it (loopback), else its wildcard when that is the same thing,
     i.e. ``address`` is the only non-loopback IPv4 address of this network namespace (a host of
     the ``netns`` provider: its own ``eth0`` and ``lo``). :class:`ValueError` otherwise, since the
-    wildcard would expose the replica on the machine's other networks too."""
+    wildcard would expose the replica on the machine's other networks too.
+
+    Example::
+
+        >>> listen_host("127.0.0.1")
+        '127.0.0.1'
+        >>> listen_host("192.0.2.99")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: 192.0.2.99 is not an address of this host; give one of ...
+    """
     import ipaddress
 
     import psutil
@@ -147,7 +159,7 @@ def build_server(spec: ReplicaSpec):
     (:data:`API_KEY_ENV`): LitServe reads it when imported, here."""
     import litserve as ls
 
-    from engage.deploy.serve.apis import InferenceAPI, WeightsAPI
+    from engage.deploy.serve.apis import InferenceAPI, ServiceTime, WeightsAPI
 
     return ls.LitServer(
         [InferenceAPI(spec, api_path="/predict"), WeightsAPI(spec, api_path="/weights")],
@@ -157,6 +169,7 @@ def build_server(spec: ReplicaSpec):
         max_payload_size=spec.max_payload_bytes,
         timeout=60,
         restart_workers=True,  # a worker that dies is started again by LitServe itself
+        middlewares=[ServiceTime],
     )
 
 

@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from engage.core.executors import die_with_parent_command
 from engage.deploy.processes import stop_group, terminate
 from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, listen_host, read_api_key
 from engage.deploy.tracking import write_json
@@ -72,11 +73,16 @@ class ReplicaSupervisor:
         self.spec.save(self.spec_path)
         log_file = open(self.folder / "replica.log", "ab")
         try:
+            # it dies with its supervisor, even one killed with SIGKILL (its port is then free)
+            command, preexec = die_with_parent_command(
+                [sys.executable, "-m", "engage.deploy.serve.replica", str(self.spec_path)]
+            )
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "engage.deploy.serve.replica", str(self.spec_path)],
+                command,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its LitServe workers are stopped with it
+                preexec_fn=preexec,
             )
         finally:
             log_file.close()
