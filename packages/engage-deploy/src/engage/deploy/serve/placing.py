@@ -80,7 +80,7 @@ def root_layer(options: ServingOptions, infra: Infrastructure) -> str:
     root = roots.pop()
     if root in options.sources:
         raise ServingPlanError(
-            f"{where}.sources.{root}: the trainer's layer probes every replica itself; send requests from other layers"
+            f"{where}.sources.{root}: is the trainer's layer, the root of every path; send requests from the others"
         )
     if infra.layer(root).hosts != 1:
         raise ServingPlanError(
