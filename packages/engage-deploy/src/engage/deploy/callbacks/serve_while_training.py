@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 
 from engage.deploy.job import HostRecord
-from engage.deploy.serve.load import ServedRequests
+from engage.deploy.serve.load import RequestPool, ServedRequests
 from engage.deploy.serving import ReplicaRecord, ServingError, ServingPlan
 
 #: examples of the held-out simulations the request sources draw from, at most
@@ -100,23 +98,18 @@ class ServeWhileTraining(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0 or not self.processes:
             return
-        from engage.deploy.serve.load import RequestPool
-
         pool = RequestPool(*_examples(trainer, pl_module))
         deadline = time.monotonic() + self.ready_timeout_s  # for all of them together
         for replica in self.plan.replicas:
             self._wait_ready(replica, deadline)
         path = pool.save(self.folder / "requests.npz")
-        senders = []
-        for source in self.plan.sources():
-            mine = [r for r in self.plan.routes if r.source == source]
-            routes = [(r.label, r.rate, self.plan.replica(r.replica).url) for r in mine]
-            senders.append((f"requests {source}", source, routes))
-        for index, (name, host, routes) in enumerate(senders):
+        for index, source in enumerate(self.plan.sources()):
+            name = f"requests {source}"
             argv = ["-m", "engage.deploy.serve.load", "--pool", str(path), "--api-key-file", self.plan.api_key_file]
-            argv += [a for label, rate, url in routes for a in ("--route", f"{label}={rate}@{url}")]
-            argv += ["--seed", str(self.plan.seed + index), "--out", str(self._results(name))]
-            self._start(name, host, argv)
+            for route in (r for r in self.plan.routes if r.source == source):
+                argv += ["--route", f"{route.label}={route.rate}@{self.plan.replica(route.replica).url}"]
+            argv += ["--seed", str(self.plan.seed + index), "--out", str(self._file(name, ".json"))]
+            self._start(name, source, argv)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_rank == 0 and trainer.global_step % 50 == 0:
@@ -144,20 +137,20 @@ class ServeWhileTraining(pl.Callback):
         if host is None:
             raise ServingError(f"serving: host {host_name} is not among this job's hosts")
         command, preexec = die_with_parent_command([*host.exec_prefix, sys.executable, *argv])
-        log_path = self.folder / f"{name.replace(' ', '-')}.log"
-        with open(log_path, "wb") as log:
+        with open(self._file(name, ".log"), "wb") as log:
             self.processes[name] = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
             )
 
-    def _results(self, name: str) -> Path:
-        """Where the sender ``name`` (``requests HOST``) writes its requests."""
-        return self.folder / f"{name.replace(' ', '-')}.json"
+    def _file(self, name: str, suffix: str) -> Path:
+        """The log (``.log``) of the process ``name`` (``replica HOST``, ``requests HOST``), or
+        where a sender writes its requests (``.json``)."""
+        return self.folder / f"{name.replace(' ', '-')}{suffix}"
 
     def _check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
-                tail = _last_line(self.folder / f"{name.replace(' ', '-')}.log")
+                tail = _last_line(self._file(name, ".log"))
                 raise ServingError(f"serving: {name} ended with exit code {process.returncode} ({tail})")
 
     def _stop_all(self) -> None:
@@ -170,25 +163,16 @@ class ServeWhileTraining(pl.Callback):
             process.wait()
 
     def _wait_ready(self, replica: ReplicaRecord, deadline: float) -> None:
-        name = f"replica {replica.name}"
+        from engage.deploy.serve.supervisor import healthy
+
         while time.monotonic() < deadline:
             self._check_alive()
-            try:
-                if self._health(replica) == 200:
-                    return
-            except OSError:
-                pass
+            if healthy(replica.url, self._key, timeout_s=5.0):
+                return
             time.sleep(0.25)
-        raise ServingError(f"serving: {name} did not answer at {replica.url} within {self.ready_timeout_s:.0f} s")
-
-    def _health(self, replica: ReplicaRecord) -> int:
-        parsed = urllib.parse.urlsplit(replica.url)
-        connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
-        try:
-            connection.request("GET", "/health", headers={"X-API-Key": self._key})
-            return connection.getresponse().status
-        finally:
-            connection.close()
+        raise ServingError(
+            f"serving: replica {replica.name} did not answer at {replica.url} within {self.ready_timeout_s:.0f} s"
+        )
 
     # ------------------------------------------------------------------ figures
 
@@ -247,14 +231,12 @@ class ServeWhileTraining(pl.Callback):
 
     def _record(self, trainer: pl.Trainer) -> None:
         """One MLflow run per service under the trainer's run; ``serving.json`` in the job's folder."""
-        from engage.deploy.serve.load import ServedRequests
-
         served = ServedRequests([])
         senders = [f"requests {source}" for source in self.plan.sources()]
         for name in senders:
-            path = self._results(name)
+            path = self._file(name, ".json")
             if not path.exists():
-                why = _last_line(path.with_suffix(".log"))
+                why = _last_line(self._file(name, ".log"))
                 raise ServingError(f"serving: {name} wrote no results ({why})")
             served.results += ServedRequests.read(path).results
         self.measure(served)
@@ -280,8 +262,6 @@ class ServeWhileTraining(pl.Callback):
         self, logger: Any, figures: dict, served: Any, senders: list[str], unanswered: set[str], unmeasured: set[str]
     ) -> None:
         """The runs of :meth:`_record` (``FAILED`` for a service that served nothing)."""
-        from engage.deploy.serve.load import ServedRequests
-
         client, parent = logger.experiment, logger.run_id
         experiment = client.get_run(parent).info.experiment_id
         client.log_dict(parent, figures, "serving/serving.json")

@@ -44,6 +44,16 @@ class ServeError(RuntimeError):
     """The replica cannot be served; one line saying why."""
 
 
+def healthy(url: str, key: str, timeout_s: float = 2.0) -> bool:
+    """Whether the replica at ``url`` answers its ``/health`` to ``key``."""
+    request = urllib.request.Request(f"{url}/health", headers={API_KEY_HEADER: key})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
 class ReplicaSupervisor:
     """Runs the replica of ``spec`` and starts it again when it dies (at most ``max_restarts``
     times); ``ready_timeout_s``: how long a start may take until ``/health`` answers."""
@@ -102,12 +112,7 @@ class ReplicaSupervisor:
 
     def healthy(self) -> bool:
         """Whether its ``/health`` answers."""
-        request = urllib.request.Request(f"{self.spec.url}/health", headers={API_KEY_HEADER: self._key})
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return response.status == 200
-        except (OSError, urllib.error.URLError):
-            return False
+        return healthy(self.spec.url, self._key)
 
     def watch(self, poll_s: float = 0.5) -> int:
         """Keep the replica running until :meth:`stop`; the exit code for ``engage serve``."""
