@@ -71,7 +71,7 @@ def test_job_on_edge_1_sees_only_its_namespace_interfaces(provider, tmp_path):
 def test_enoslib_actions_run_inside_the_host(provider):
     import enoslib as en
 
-    results = en.run_command("ip -o -4 addr show dev eth0", roles=[provider.host("edge-2").enoslib_host])
+    results = en.run_command("ip -o -4 addr show dev eth0", roles=provider.roles()["edge"][1:])
     (result,) = list(results)
     assert provider.host("edge-2").address in result.stdout
 
@@ -167,6 +167,7 @@ def test_hosts_run_their_own_sshd_and_enoslib_reaches_them_over_ssh(tmp_path):
     )
     with NetnsProvider(infra, tmp_path) as prov:
         host = prov.host("edge-1")
+        prov.attach_enoslib()
         assert host.enoslib_host.address == host.address
         assert "ansible_connection" not in host.enoslib_host.extra
         (result,) = list(en.run_command("ip -o link", roles=[host.enoslib_host]))

@@ -43,7 +43,8 @@ class Host:
     ``name`` is ``<layer>-<i>``; ``address`` is how other hosts reach it; ``cpu`` (cores) and
     ``memory`` (bytes) are its limits (``None``: not limited); ``exec_prefix`` is prepended to
     every command started on it (``["ip", "netns", "exec", "ns"]``, ``["ssh", "user@host"]``);
-    ``enoslib_host`` is the :class:`enoslib.Host` Ansible-based actions use. ``remote`` hosts do
+    ``enoslib_host`` is the :class:`enoslib.Host` Ansible-based actions use (set by
+    :meth:`Provider.attach_enoslib`, which :meth:`Provider.roles` calls on first use). ``remote`` hosts do
     not share this machine's environment or filesystem: environment variables and the working
     directory are put on the command line, and files travel through :meth:`Provider.filesystem`.
     """
@@ -153,10 +154,28 @@ class Provider(abc.ABC):
                     continue
         return "127.0.0.1"
 
+    def enoslib_configuration(self) -> Any:
+        """The :class:`enoslib.StaticConf` (or a testbed's configuration) describing the hosts."""
+        raise ProviderError(f"the {self.name} provider's hosts are not reached through EnOSlib")
+
+    def attach_enoslib(self) -> None:
+        """Give every deployed host its :class:`enoslib.Host`, through EnOSlib's Static provider on
+        :meth:`enoslib_configuration`. Done when EnOSlib is first needed (:meth:`roles`), not when
+        deploying: importing EnOSlib costs most of a CPU second that a sweep which runs no
+        EnOSlib action need not pay."""
+        import enoslib as en
+
+        roles, _ = en.Static(self.enoslib_configuration()).init()
+        by_alias = {h.alias: h for h in roles["all"]}
+        for host in self.hosts:
+            host.enoslib_host = by_alias[host.name]
+
     def roles(self) -> Any:
         """An :class:`enoslib.Roles` with one role per layer, for EnOSlib actions."""
         import enoslib as en
 
+        if any(host.enoslib_host is None for host in self.hosts):
+            self.attach_enoslib()
         by_layer: dict[str, list[Any]] = {}
         for host in self.hosts:
             if host.enoslib_host is not None:

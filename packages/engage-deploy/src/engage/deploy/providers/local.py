@@ -62,20 +62,8 @@ class LocalProvider(Provider):
         return "127.0.0.1"
 
     def deploy(self) -> list[Host]:
-        import enoslib as en
-
-        roles, _networks = en.Static(self.enoslib_configuration()).init()
-        by_alias = {h.alias: h for h in roles["all"]}
         self.hosts = [
-            Host(
-                name=name,
-                layer=layer.name,
-                address="127.0.0.1",
-                cpu=layer.cpu,
-                memory=layer.memory_bytes,
-                exec_prefix=[],
-                enoslib_host=by_alias[name],
-            )
+            Host(name=name, layer=layer.name, address="127.0.0.1", cpu=layer.cpu, memory=layer.memory_bytes)
             for layer, name in self.infrastructure.iter_hosts()
         ]
         return self.hosts

@@ -388,7 +388,6 @@ class NetnsProvider(Provider):
             )
             self.warnings.append(message)
             log.info(message)
-        self.attach_enoslib()
         return self.hosts
 
     def _create_router(self) -> None:
@@ -573,15 +572,6 @@ class NetnsProvider(Provider):
             "dns": str(self.subnet[2]),
         }
         return en.StaticConf.from_dictionary({"resources": {"machines": machines, "networks": [network]}})
-
-    def attach_enoslib(self) -> None:
-        """Give every host its :class:`enoslib.Host` (through EnOSlib's Static provider)."""
-        import enoslib as en
-
-        roles, _ = en.Static(self.enoslib_configuration()).init()
-        by_alias = {h.alias: h for h in roles["all"]}
-        for host in self.hosts:
-            host.enoslib_host = by_alias[host.name]
 
     # ------------------------------------------------------------------ network
 
