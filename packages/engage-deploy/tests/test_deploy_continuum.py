@@ -84,6 +84,7 @@ def test_serving_options_that_do_not_fit_the_infrastructure_are_one_line(change,
         ({"sources": {"edge": 0}}, "hydra.launcher.serving.sources.edge is 0; give requests per second > 0"),
         ({"sources": {"edge": 1.0}}, "hydra.launcher.serving.tree is empty"),
         ({"every_n_steps": 0}, "hydra.launcher.serving.every_n_steps is 0"),
+        ({"max_failed": 1.0}, "hydra.launcher.serving.max_failed is 1.0; use a fraction"),
         ({"sauces": {}}, "hydra.launcher.serving.sauces is not an option"),
     ],
 )
@@ -92,6 +93,42 @@ def test_serving_options_are_checked_with_the_launchers(params, message) -> None
 
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         LauncherOptions.checked({"serving": params})
+
+
+@pytest.mark.parametrize(("failed", "ends"), [(1, None), (3, "edge_near-1>fog-1 3 of 20")])
+def test_a_route_whose_requests_failed_beyond_max_failed_fails_the_run(tmp_path: Path, failed, ends) -> None:
+    """Requests that failed (as while a replica restarts) are counted per route; beyond
+    ``max_failed`` of a route's requests the run fails, naming the route and the counts."""
+    from dataclasses import asdict, replace
+    from types import SimpleNamespace
+
+    from engage.deploy.callbacks import ServeWhileTraining
+    from engage.deploy.serve.load import ServedRequest
+    from engage.deploy.serving import ServingError
+
+    options, infra = continuum(max_failed=0.1)
+    plan = plan_serving(options, infra, addresses(infra), "serve.key")
+    plan = replace(plan, routes=tuple(r for r in plan.routes if r.source == "edge_near-1"))
+    callback = ServeWhileTraining(plan, [], tmp_path)
+    callback.folder.mkdir()
+    requests = []
+    for route in plan.routes:
+        url = plan.replica(route.replica).url
+        for k in range(20):
+            ok = route.chosen and k < failed
+            status, version, error = (0, None, None) if ok else (200, 1, 0.1)
+            requests.append(ServedRequest(k * 0.1, route.label, url, 0.03, status, version, error, False, 0.01, 0.0))
+    sender = callback._file("requests edge_near-1", ".json")
+    sender.write_text(json.dumps({"requests": [asdict(r) for r in requests]}))
+    trainer = SimpleNamespace(logger=None)
+    if ends is None:
+        callback._record(trainer)
+    else:
+        with pytest.raises(ServingError, match=f"serving.max_failed=0.1: {ends}"):
+            callback._record(trainer)
+    rows = {row["route"]: row for row in json.loads((callback.folder / "serving.json").read_text())["routes"]}
+    assert rows["edge_near-1>fog-1"]["failed"] == failed and rows["edge_near-1>cloud-1"]["failed"] == 0
+    assert rows["edge_near-1>fog-1"]["failed_fraction"] == failed / 20
 
 
 def test_the_launcher_refuses_serving_it_cannot_run_before_anything_starts() -> None:
@@ -183,3 +220,7 @@ def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path:
     assert children["requests edge_far-1"].data.metrics["serve/fog-1/measured_median_ms"] > 100
     artifacts = {a.path for a in client.list_artifacts(trainer.info.run_id, "serving")}
     assert artifacts == {"serving/serving.json", "serving/latency.png"}
+    # the sweep's run holds the infrastructure and the serving plan the launcher made
+    (sweep,) = [r for r in runs if r.data.tags.get("engage.kind") == "sweep"]
+    described = {a.path for a in client.list_artifacts(sweep.info.run_id, "sweep")}
+    assert described == {"sweep/infrastructure.yaml", "sweep/serving.json"}

@@ -72,6 +72,8 @@ def test_each_job_is_a_child_run_with_its_record(tmp_path: Path) -> None:
         }
     result = json.loads((folder / "jobs" / "0" / "result.json").read_text())
     assert result["mlflow_run_id"] == kids[0].info.run_id
+    # the sweep's own run holds what it ran on (no placement or serving plan was made)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} == {"sweep/infrastructure.yaml"}
 
 
 @pytest.mark.slow

@@ -66,7 +66,9 @@ class ServingOptions:
     x ``gflops_per_cpu``); ``compare_root``: each source also sends to the root's replica, the
     placement to compare with; ``every_n_steps``: the trainer publishes its weights to every
     replica this often (and at the end); ``port``: where replicas listen on their host; ``seed``:
-    the requests' arrivals and inputs; ``drain_s``: seconds requests go on after training ends."""
+    the requests' arrivals and inputs; ``drain_s``: seconds requests go on after training ends;
+    ``max_failed``: the largest fraction of a route's requests that may fail (no answer or an
+    error status, as while a replica restarts) in a run that succeeds."""
 
     sources: dict[str, float] = field(default_factory=dict)
     tree: dict[str, str] = field(default_factory=dict)
@@ -80,6 +82,7 @@ class ServingOptions:
     port: int = 8100
     seed: int = 0
     drain_s: float = 3.0
+    max_failed: float = 0.05
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +106,8 @@ class ServingOptions:
             raise ValueError(f"{where}.port is {self.port}; use a port from 1 to 65535")
         if self.drain_s < 0:
             raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
+        if not 0 <= self.max_failed < 1:
+            raise ValueError(f"{where}.max_failed is {self.max_failed}; use a fraction in [0, 1)")
 
 
 @dataclass

@@ -12,7 +12,7 @@ Example::
     ...     replicas=(ReplicaRecord("fog-1", "fog", "10.0.2.2", 8100),),
     ...     routes=(RouteRecord("edge-1", "fog-1", 5.0, True, 0.031),),
     ...     api_key_file="serve.key", every_n_steps=20, problem={}, solver="cpsat", seed=0, drain_s=3.0,
-    ...     placement={"fog-1": ["model/served"]})
+    ...     placement={"fog-1": ["model/served"]}, max_failed=0.05)
     >>> ServingPlan.from_dict(plan.to_dict()) == plan, plan.replica("fog-1").url
     (True, 'http://10.0.2.2:8100')
 """
@@ -70,7 +70,9 @@ class ServingPlan:
     """Every replica and route of a sweep's serving, the replicas' ``api_key_file`` (0600),
     publication every ``every_n_steps`` optimizer steps, the placement ``problem`` solved (its
     ``to_dict``) and the ``solver`` that solved it, the request generators' ``seed`` and the
-    seconds ``drain_s`` they go on after training ends (the last version is served then)."""
+    seconds ``drain_s`` they go on after training ends (the last version is served then), and
+    ``max_failed``, the largest fraction of a route's requests that may fail in a run that
+    succeeds."""
 
     replicas: tuple[ReplicaRecord, ...]
     routes: tuple[RouteRecord, ...]
@@ -81,6 +83,7 @@ class ServingPlan:
     seed: int
     drain_s: float
     placement: Mapping[str, list[str]]
+    max_failed: float
 
     def replica(self, name: str) -> ReplicaRecord:
         return next(r for r in self.replicas if r.name == name)
@@ -104,4 +107,5 @@ class ServingPlan:
             seed=int(data["seed"]),
             drain_s=float(data["drain_s"]),
             placement={k: list(v) for k, v in dict(data["placement"]).items()},
+            max_failed=float(data["max_failed"]),
         )

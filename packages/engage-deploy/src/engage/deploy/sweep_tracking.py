@@ -46,6 +46,9 @@ from engage.deploy.report import SweepReport
 
 log = logging.getLogger("engage.deploy.sweep")
 
+#: files of the experiment folder that describe the sweep, recorded on its MLflow run
+DESCRIPTION_FILES = ("infrastructure.yaml", "placement.json", "serving.json")
+
 #: MLflow settings of the launcher's own client during a sweep: the sweep's retries, and no links
 #: printed for each job run it ends (it prints the sweep's own link at the end)
 LAUNCHER_MLFLOW_ENV = {QUIET_URLS_ENV: "true", **MLFLOW_RETRY_ENV}
@@ -387,6 +390,7 @@ class SweepTracking:
                 return
             if self.report.offline_jobs:
                 self._upload_offline()
+            self._log_description()
             if self._own_parent and self.check_server():
                 from mlflow.tracking import MlflowClient
 
@@ -396,6 +400,23 @@ class SweepTracking:
                 if self.keep_server:
                     self.server.keep()
                 self.server.stop()
+
+    def _log_description(self) -> None:
+        """The sweep's description on its run, under ``sweep/``: the infrastructure asked for and
+        deployed, and the placement and serving plans when the launcher made them (the files of
+        :data:`DESCRIPTION_FILES` in the experiment folder; never the replicas' key)."""
+        files = [self.folder.path / name for name in DESCRIPTION_FILES]
+        files = [path for path in files if path.is_file()]
+        if not (files and self.parent_run_id and self.check_server()):
+            return
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        try:
+            for path in files:
+                client.log_artifact(self.parent_run_id, str(path), artifact_path="sweep")
+        except Exception as exc:  # the records of the jobs matter more: warned, not fatal
+            self.report.warnings.append(f"the sweep's description was not recorded in MLflow ({exc})")
 
     def _upload_offline(self) -> None:
         if not self.check_server():

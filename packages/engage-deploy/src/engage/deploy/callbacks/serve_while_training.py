@@ -42,7 +42,8 @@ class ServeWhileTraining(pl.Callback):
     ``replica HOST`` (service time, restarts, log) and ``requests HOST`` (latency over time,
     error against model version, and per route the predicted and measured median latency), and
     the trainer's run ``serving/serving.json`` and ``serving/latency.png``. A route with no
-    answer, or a replica that answered nothing, fails the run (its MLflow run ``FAILED``).
+    answer or with more than ``plan.max_failed`` of its requests failed, or a replica that
+    answered nothing, fails the run (its MLflow run ``FAILED``).
 
     A replica that does not answer within ``ready_timeout_s``, or a source or replica that ends
     on its own, fails the run with one line. Added by engage-deploy's plugin to an ``engage run``
@@ -53,7 +54,7 @@ class ServeWhileTraining(pl.Callback):
         >>> from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingPlan
         >>> plan = ServingPlan((ReplicaRecord("fog-1", "fog", "10.0.2.2", 8100),),
         ...                    (RouteRecord("edge-1", "fog-1", 5.0, True, 0.02),), "serve.key", 20, {}, "cpsat",
-        ...                    seed=0, drain_s=3.0, placement={})
+        ...                    seed=0, drain_s=3.0, placement={}, max_failed=0.05)
         >>> ServeWhileTraining(plan, [], "job").folder.name
         'serving'
     """
@@ -210,17 +211,21 @@ class ServeWhileTraining(pl.Callback):
         measured median latency of the requests on kept connections, and their ratio."""
         rows = []
         for route in self.plan.routes:
-            answered = [r for r in served.of(route.label).results if r.ok and not r.connected]
+            sent = served.of(route.label).results
+            answered = [r for r in sent if r.ok and not r.connected]
             median = statistics.median(r.latency_s for r in answered) if answered else None
             predicted = self.predicted_s.get(route.label)
+            failed = sum(not r.ok for r in sent)
             rows.append(
                 {
                     "route": route.label,
                     "source": route.source,
                     "replica": route.replica,
                     "chosen": route.chosen,
-                    "requests": len(served.of(route.label).results),
+                    "requests": len(sent),
                     "answered": len(answered),
+                    "failed": failed,
+                    "failed_fraction": round(failed / len(sent), 4) if sent else None,
                     "predicted_nominal_ms": round(route.predicted_s * 1000, 2),
                     "predicted_ms": None if predicted is None else round(predicted * 1000, 2),
                     "measured_median_ms": None if median is None else round(median * 1000, 2),
@@ -249,19 +254,30 @@ class ServeWhileTraining(pl.Callback):
         }
         (self.folder / "serving.json").write_text(json.dumps(figures, indent=1, default=str))
         unanswered = [row["route"] for row in figures["routes"] if not row["answered"]]
+        failing = [
+            row for row in figures["routes"] if row["answered"] and row["failed_fraction"] > self.plan.max_failed
+        ]
         unmeasured = [r.name for r in self.plan.replicas if r.name not in self.service_s]
         logger = trainer.logger
         if logger is not None and hasattr(logger, "run_id"):
-            self._log(logger, figures, served, senders, set(unanswered), set(unmeasured))
+            bad = set(unanswered) | {row["route"] for row in failing}
+            self._log(logger, figures, served, senders, bad, set(unmeasured))
         # a run never reports more than it served
         if unanswered or unmeasured:
             what = [f"route {r}" for r in unanswered] + [f"replica {r}" for r in unmeasured]
             raise ServingError(f"serving: no answer on kept connections for {', '.join(what)}; see {self.folder}")
+        if failing:
+            what = ", ".join(f"{row['route']} {row['failed']} of {row['requests']}" for row in failing)
+            raise ServingError(
+                f"serving: requests failed beyond serving.max_failed={self.plan.max_failed:g}: {what}; "
+                f"see {self.folder}"
+            )
 
     def _log(
-        self, logger: Any, figures: dict, served: Any, senders: list[str], unanswered: set[str], unmeasured: set[str]
+        self, logger: Any, figures: dict, served: Any, senders: list[str], failed: set[str], unmeasured: set[str]
     ) -> None:
-        """The runs of :meth:`_record` (``FAILED`` for a service that served nothing)."""
+        """The runs of :meth:`_record` (``FAILED`` for a replica that served nothing and for the
+        sender of a route in ``failed``)."""
         client, parent = logger.experiment, logger.run_id
         experiment = client.get_run(parent).info.experiment_id
         client.log_dict(parent, figures, "serving/serving.json")
@@ -296,7 +312,7 @@ class ServeWhileTraining(pl.Callback):
                         client.log_metric(run, f"serve/{replica}/predicted_ms", row["predicted_ms"])
                         client.log_metric(run, f"serve/{replica}/measured_median_ms", row["measured_median_ms"])
                 mine = {row["route"] for row in figures["routes"] if row["route"].startswith(f"{source}>")}
-                status = "FAILED" if mine & unanswered else "FINISHED"
+                status = "FAILED" if mine & failed else "FINISHED"
             finally:
                 client.set_terminated(run, status)
 

@@ -229,4 +229,5 @@ def plan_serving(
         seed=options.seed,
         drain_s=options.drain_s,
         placement={node: list(items) for node, items in plan.placement.items()},
+        max_failed=options.max_failed,
     )
