@@ -12,7 +12,8 @@ that memory binds), and three seeded request traces over their classes:
 Every policy holds an allocation in each slot before seeing the slot's requests, and is scored by
 the gain of :class:`engage.deploy.placement.online.ThresholdGain` (weighted cost saved per second
 against serving everything in the cloud). Policies: the online policy (``--moves`` copies per
-slot), without a move limit, and from CP-SAT's first plan with ``--fewer-moves`` per slot;
+slot), without a move limit, without a move limit and without filling free memory before rounding
+(``online-unfilled``), and from CP-SAT's first plan with ``--fewer-moves`` per slot;
 greedy re-solved every K slots on the mean rates of the last K (slot 0: its own rates);
 CP-SAT solved once on slot 0; CP-SAT re-solved every K slots warm-started from the plan in force
 with ``max_moves`` = K x the online budget; the best static fractional allocation in hindsight
@@ -139,8 +140,8 @@ def best_static(gain: ThresholdGain, rates: np.ndarray, integral: bool, limit_s:
     }
 
 
-def run_online(gain: ThresholdGain, problem, rates, *, max_moves, seed, eta, previous=None) -> dict:
-    solver = OnlineSolver(seed=seed, max_moves=max_moves, eta=eta)
+def run_online(gain: ThresholdGain, problem, rates, *, max_moves, seed, eta, previous=None, fill=True) -> dict:
+    solver = OnlineSolver(seed=seed, max_moves=max_moves, eta=eta, fill=fill)
     solver.start(problem, previous)
     solver.model = gain
     gains, fractional, moves = [], [], 0
@@ -209,6 +210,7 @@ def one_tree(nodes: int, models: int, seed: int, args) -> dict:
         online = run_online(gain, problem, rates, max_moves=args.moves, seed=seed, eta=args.eta)
         rows["online"] = online
         rows["online-no-limit"] = run_online(gain, problem, rates, max_moves=None, seed=seed, eta=args.eta)
+        rows["online-unfilled"] = run_online(gain, problem, rates, max_moves=None, seed=seed, eta=args.eta, fill=False)
         for name in ("greedy", "cpsat-once", "cpsat-periodic"):
             rows[name] = run_offline(
                 gain, problem, rates, kind=name, every=args.every, max_moves=args.moves, limit_s=args.cpsat_limit
@@ -249,6 +251,10 @@ def regret(nodes: int, models: int, seed: int, args) -> dict:
     runs = [run_online(gain, problem, rates, max_moves=None, seed=s, eta=args.eta) for s in range(3)]
     rounded = np.mean([r["gains"] for r in runs], axis=0)
     fractional = np.mean([r["fractional"] for r in runs], axis=0)
+    unfilled = np.mean(
+        [run_online(gain, problem, rates, max_moves=None, seed=s, eta=args.eta, fill=False)["gains"] for s in range(3)],
+        axis=0,
+    )
     horizons = [t for t in (50, 75, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000) if t <= args.slots]
     points = []
     for t in horizons:
@@ -259,6 +265,7 @@ def regret(nodes: int, models: int, seed: int, args) -> dict:
                 "static_fractional": opt,
                 "regret": opt - float(rounded[:t].sum()),
                 "regret_fractional": opt - float(fractional[:t].sum()),
+                "regret_unfilled": opt - float(unfilled[:t].sum()),
                 "regret_e": E_FACTOR * opt - float(rounded[:t].sum()),
             }
         )
@@ -277,6 +284,7 @@ def regret(nodes: int, models: int, seed: int, args) -> dict:
         "points": points,
         "slope": slope("regret"),
         "slope_fractional": slope("regret_fractional"),
+        "slope_unfilled": slope("regret_unfilled"),
         "slope_e": slope("regret_e"),
     }
 
@@ -315,7 +323,12 @@ def plot(reg: dict, path: Path) -> None:
 
     t = np.asarray([p["T"] for p in reg["points"]])
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("regret", "rounded policy"), ("regret_fractional", "fractional state")):
+    curves = (
+        ("regret", "rounded policy"),
+        ("regret_unfilled", "rounded, without filling free memory"),
+        ("regret_fractional", "fractional state"),
+    )
+    for key, label in curves:
         v = np.asarray([p[key] for p in reg["points"]]) / t
         ax.loglog(t[v > 0], v[v > 0], "o-", label=label)
     ref = t.astype(float) ** -0.5
@@ -360,7 +373,7 @@ def main() -> None:
     reg = regret(n, m, s, args)
     print(
         f"regret on adversarial switching, {n} nodes: slope of log(R_T/T) {reg['slope']}, "
-        f"fractional {reg['slope_fractional']}, (1-1/e)-regret {reg['slope_e']}",
+        f"fractional {reg['slope_fractional']}, unfilled {reg['slope_unfilled']}, (1-1/e)-regret {reg['slope_e']}",
         flush=True,
     )
     times = timing(200, 20 if args.quick else 50)

@@ -176,3 +176,40 @@ def test_solver_interface_seed_and_move_limit() -> None:
     assert all(plan.solver == "online" for plan in plans)
     again = OnlineSolver(seed=7, max_moves=2)
     assert again.solve(problem).placement == OnlineSolver(seed=7, max_moves=2).solve(problem).placement
+
+
+def test_filling_free_memory_never_lowers_an_entry_nor_breaks_a_budget() -> None:
+    gain = ThresholdGain(random_tree_problem(nodes=10, models=5, seed=2))
+    y = gain.project(np.random.default_rng(1).uniform(0.001, 0.3, len(gain)), floor=1e-3)
+    filled = gain.fill(y)
+    assert gain.feasible(filled, slack=1e-6) and np.all(filled >= y - 1e-12)
+    used = np.bincount(gain.node_of, weights=gain.share * filled, minlength=len(gain.node_names))
+    everything = np.bincount(gain.node_of, weights=gain.share, minlength=len(gain.node_names))
+    # each node is full, or holds every copy it has
+    assert np.all((used >= 1 - 1e-6) | (np.abs(used - everything) < 1e-9))
+
+
+def test_a_copy_the_relaxation_half_holds_is_held_once_memory_is_free() -> None:
+    """One class at 1 request/s and a copy that serves 80 of them on a node with room for it:
+    the relaxation is saturated by a twentieth of the copy (its supergradient is 0 there), so
+    rounding that fraction serves a twentieth of the requests; filling the free memory holds it."""
+    problem = PlacementProblem.from_dict(
+        {
+            "nodes": [{"name": "cloud"}, {"name": "edge", "compute": 100, "memory": "1GB"}],
+            "links": [{"src": "edge", "dst": "cloud", "delay": "20ms"}],
+            "models": [{"name": "a", "variants": [{"name": "v", "size": "50MB", "accuracy": 0.9, "gflop": 1}]}],
+            "requests": [{"node": "edge", "model": "a", "rate": 1.0}],
+        }
+    )
+    served = {}
+    for fill in (False, True):
+        solver = OnlineSolver(seed=0, fill=fill)
+        gain = solver.start(problem)
+        demand = gain.rates({("edge", "a"): 1.0})
+        full = gain.gain(np.ones(len(gain)), demand)
+        total = 0.0
+        for _ in range(200):
+            total += gain.gain(solver.x, demand)
+            solver.step(demand)
+        served[fill] = total / 200 / full
+    assert served[False] < 0.2 and served[True] == pytest.approx(1.0)

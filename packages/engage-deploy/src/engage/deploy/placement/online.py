@@ -26,21 +26,31 @@ Every node keeps a fractional allocation ``y`` in ``{0 <= y <= 1, Σ size·y <= 
 3. project back onto the node's budget in the same Bregman divergence, which scales the node's
    entries by one factor and caps them at 1 (``y_i <- min(1, c·y_i)``, ``c`` by bisection); a
    floor ``epsilon`` keeps every entry positive, as the entropy needs;
-4. sample an integral allocation by dependent rounding (DepRound, Gandhi et al., JACM 2006, here
-   with sizes): pairs of fractional entries exchange mass at a constant ``s_i y_i + s_j y_j``,
-   which keeps every marginal ``E[x_i] = y_i`` and never exceeds the budget; the one entry left
-   fractional is rounded up with probability ``y_i`` when it fits, else down (the only place a
+4. raise ``y`` into the node's free memory: ``p = min(1, c·y)`` with the largest ``c >= 1`` that
+   fits (every entry 1 where all fit). The relaxation leaves memory idle where a fraction of a
+   copy already covers a class's rate (its supergradient is zero there), and rounding such a
+   fraction loses most of that class's gain; ``p >= y`` and the gain is monotone, so what ``y``
+   gains ``p`` gains at least, relaxed and rounded (``fill=False`` rounds ``y`` itself);
+5. sample an integral allocation by dependent rounding (DepRound, Gandhi et al., JACM 2006, here
+   with sizes): pairs of fractional entries exchange mass at a constant ``s_i p_i + s_j p_j``,
+   which keeps every marginal ``E[x_i] = p_i`` and never exceeds the budget; the one entry left
+   fractional is rounded up with probability ``p_i`` when it fits, else down (the only place a
    marginal may be lost, never with equal sizes);
-5. with ``max_moves``, keep the copies held and load at most that many of the rounded
-   allocation's new copies per slot, those with ``y >= 1/2`` only, most likely first, each
-   evicting only less likely copies (the marginals then lag behind ``y``; without a limit the
+6. with ``max_moves``, keep the copies held and load at most that many of the rounded
+   allocation's new copies per slot, those with ``p >= 1/2`` only, most likely first, each
+   evicting only less likely copies (the marginals then lag behind ``p``; without a limit the
    rounding is used as drawn).
 
-The step ``η_t = eta / (G_t √t)`` (``G_t`` the largest ``|g_i / s_i|`` seen so far) needs no
-horizon; the relaxation then has O(√T) regret against the best static fractional allocation, and
-the rounded allocation's expected gain reaches (1 - 1/e) of the best static allocation up to
-O(√T). Capacities are per request class, as in the paper's threshold model (here a fixed even
-share of the node's compute), and the policy places whole variants only (no split points).
+Each node steps with its own ``η_{n,t} = eta / (G_{n,t} √t)`` (``G_{n,t}`` the largest
+``|g_i / s_i|`` that node has seen so far), as a node of the distributed policy knows only its
+own supergradients; with budgets per node and a mirror map that is a sum over nodes, a step
+size per node is still mirror ascent (each node's block of the map scaled by its step). It
+needs no horizon; the relaxation then has O(√T) regret against the best static fractional
+allocation, and the rounded allocation's expected gain reaches (1 - 1/e) of the best static
+allocation up to O(√T) (step 4 keeps both: it only adds allocation to what mirror ascent chose,
+and the state the next step starts from is ``y``). Capacities are per request class, as in the paper's
+threshold model (here a fixed even share of the node's compute), and the policy places whole
+variants only (no split points).
 
 Example::
 
@@ -224,6 +234,39 @@ class ThresholdGain:
         used = np.bincount(self.node_of, weights=self.share * x, minlength=len(self.node_names))
         return bool(np.all(used <= 1 + slack) and np.all(x >= -slack) and np.all(x <= 1 + slack))
 
+    def fill(self, y: np.ndarray) -> np.ndarray:
+        """``y`` raised into its nodes' free memory: per node ``min(1, c·y)`` with the largest
+        ``c >= 1`` that still fits (every entry 1 where all of the node's copies fit). The gain is
+        monotone, so the filled allocation gains at least what ``y`` does, in the relaxation and
+        once rounded; it turns memory the relaxation leaves idle (a class whose rate a fraction of
+        a copy already covers has a zero supergradient there) into copies held for sure."""
+        y = np.asarray(y, dtype=float)
+        share, node_of, n_nodes = self.share, self.node_of, len(self.node_names)
+        if not len(y):
+            return y.copy()
+        log_y = np.log(np.maximum(y, 1e-300))
+
+        def used(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            filled = np.exp(np.minimum(log_c[node_of] + log_y, 0.0))
+            return np.bincount(node_of, weights=share * filled, minlength=n_nodes), filled
+
+        # c large enough to put every entry of a node at 1
+        hi = np.zeros(n_nodes)
+        np.maximum.at(hi, node_of, -log_y)
+        total, filled = used(hi)
+        if np.all(total <= 1.0 + 1e-12):
+            return np.where(share > 0, filled, 1.0)
+        lo = np.zeros(n_nodes)  # c = 1: y itself fits
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            total_mid, _ = used(mid)
+            fits = total_mid <= 1.0
+            lo = np.where(fits, mid, lo)
+            hi = np.where(fits, hi, mid)
+        full = total <= 1.0 + 1e-12
+        _, filled = used(np.where(full, hi, lo))
+        return np.where(share > 0, np.maximum(filled, y), 1.0)
+
     def project(self, z: np.ndarray, floor: float = 0.0) -> np.ndarray:
         """The Bregman projection (size-weighted relative entropy) of positive ``z`` onto the
         budgets: per node ``min(1, max(floor, c·z))`` with the largest ``c <= 1`` that fits."""
@@ -306,7 +349,9 @@ class OnlineSolver(PlacementSolver):
     """The online policy of the module docstring, one :meth:`solve` (or :meth:`step`) per slot.
 
     ``eta`` scales the step, ``epsilon`` is the floor of the fractional allocation, ``start`` its
-    first value everywhere (projected onto the budgets), ``max_moves``
+    first value everywhere (projected onto the budgets), ``fill``: round the allocation raised
+    into each node's free memory (:meth:`ThresholdGain.fill`; the state ``y`` is unchanged),
+    ``max_moves``
     caps the copies newly loaded per slot (a fraction such as 0.1 allows one move every ten
     slots: unused allowance carries over, up to one slot's worth or one move), ``seed`` seeds
     the rounding. The topology is fixed by
@@ -326,6 +371,7 @@ class OnlineSolver(PlacementSolver):
         max_moves: float | None = None,
         seed: int = 0,
         weights: Weights | None = None,
+        fill: bool = True,
     ) -> None:
         if eta <= 0:
             raise ValueError(f"eta is {eta}; use a positive step scale")
@@ -337,12 +383,15 @@ class OnlineSolver(PlacementSolver):
             raise ValueError(f"start is {start}; use a value in [epsilon, 1]")
         self.eta, self.epsilon, self.max_moves, self.weights = eta, epsilon, max_moves, weights
         self.initial = start
+        self.fill = fill
         self.rng = np.random.default_rng(seed)
         self.model: ThresholdGain | None = None
         self.y: np.ndarray | None = None
+        #: the marginals the integral allocation is drawn with: ``y``, filled with ``fill``
+        self.marginals: np.ndarray | None = None
         self.x: np.ndarray | None = None
         self.slot = 0
-        self._scale = 0.0
+        self._scale: np.ndarray | float = 0.0
         self._credit = 0.0
 
     def start(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> ThresholdGain:
@@ -352,11 +401,13 @@ class OnlineSolver(PlacementSolver):
         n = len(self.model)
         if previous is None:
             self.y = self.model.project(np.full(n, self.initial), floor=self.epsilon)
-            self.x = dep_round(self.y, self.model.share, self.model.node_of, self.rng)
+            self.marginals = self._marginals()
+            self.x = dep_round(self.marginals, self.model.share, self.model.node_of, self.rng)
         else:
             self.x = self.model.allocation(previous)
             self.y = self.model.project(np.maximum(self.x, self.initial), floor=self.epsilon)
             self.y = np.where(self.x > 0.5, np.maximum(self.y, self.x), self.y)
+            self.marginals = self._marginals()
         self.slot, self._scale, self._credit = 0, 0.0, 0.0
         return self.model
 
@@ -369,14 +420,24 @@ class OnlineSolver(PlacementSolver):
         share = np.where(model.share > 0, model.share, 1.0)
         scaled = grad / share
         self.slot += 1
-        self._scale = max(self._scale, float(np.max(np.abs(scaled), initial=0.0)))
-        if self._scale > 0:
-            eta = self.eta / (self._scale * math.sqrt(self.slot))
-            z = self.y * np.exp(np.minimum(eta * scaled, 50.0))
+        # each node's own scale: the largest |g_i / s_i| it has seen (a node steps on what it saw)
+        seen = np.zeros(len(model.node_names))
+        np.maximum.at(seen, model.node_of, np.abs(scaled))
+        self._scale = np.maximum(self._scale, seen)
+        if np.any(self._scale > 0):
+            steps = np.divide(
+                self.eta, self._scale * math.sqrt(self.slot), out=np.zeros_like(seen), where=self._scale > 0
+            )
+            z = self.y * np.exp(np.minimum(steps[model.node_of] * scaled, 50.0))
             self.y = model.project(z, floor=self.epsilon)
-        x = dep_round(self.y, model.share, model.node_of, self.rng)
+        self.marginals = self._marginals()
+        x = dep_round(self.marginals, model.share, model.node_of, self.rng)
         self.x = self._limit_moves(x, self.x)
         return self.x
+
+    def _marginals(self) -> np.ndarray:
+        assert self.model is not None and self.y is not None
+        return self.model.fill(self.y) if self.fill else self.y
 
     def _limit_moves(self, x: np.ndarray, held: np.ndarray) -> np.ndarray:
         """Under a move budget, start from the copies held and load, most likely first, the
@@ -384,8 +445,8 @@ class OnlineSolver(PlacementSolver):
         of its node (never more likely ones) to make room."""
         if self.max_moves is None:
             return x
-        assert self.model is not None and self.y is not None
-        model, y = self.model, self.y
+        assert self.model is not None and self.marginals is not None
+        model, y = self.model, self.marginals
         self._credit = min(self._credit + self.max_moves, max(1.0, self.max_moves))
         new = np.flatnonzero((x > 0.5) & (held < 0.5) & (y >= 0.5))  # moves go to likely copies only
         x = np.where((held < 0.5) & (y < 0.5), 0.0, x)
