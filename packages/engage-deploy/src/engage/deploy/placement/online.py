@@ -241,56 +241,44 @@ class ThresholdGain:
         once rounded; it turns memory the relaxation leaves idle (a class whose rate a fraction of
         a copy already covers has a zero supergradient there) into copies held for sure."""
         y = np.asarray(y, dtype=float)
-        share, node_of, n_nodes = self.share, self.node_of, len(self.node_names)
-        if not len(y):
-            return y.copy()
         log_y = np.log(np.maximum(y, 1e-300))
-
-        def used(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            filled = np.exp(np.minimum(log_c[node_of] + log_y, 0.0))
-            return np.bincount(node_of, weights=share * filled, minlength=n_nodes), filled
-
-        # c large enough to put every entry of a node at 1
-        hi = np.zeros(n_nodes)
-        np.maximum.at(hi, node_of, -log_y)
-        total, filled = used(hi)
-        if np.all(total <= 1.0 + 1e-12):
-            return np.where(share > 0, filled, 1.0)
-        lo = np.zeros(n_nodes)  # c = 1: y itself fits
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            total_mid, _ = used(mid)
-            fits = total_mid <= 1.0
-            lo = np.where(fits, mid, lo)
-            hi = np.where(fits, hi, mid)
-        full = total <= 1.0 + 1e-12
-        _, filled = used(np.where(full, hi, lo))
-        return np.where(share > 0, np.maximum(filled, y), 1.0)
+        every_one = np.zeros(len(self.node_names))  # the factor that puts all of a node's entries at 1
+        np.maximum.at(every_one, self.node_of, -log_y)
+        filled = self._scaled(log_y, self._largest_scale(log_y, np.zeros_like(every_one), every_one))
+        return np.where(self.share > 0, np.maximum(filled, y), 1.0)
 
     def project(self, z: np.ndarray, floor: float = 0.0) -> np.ndarray:
         """The Bregman projection (size-weighted relative entropy) of positive ``z`` onto the
         budgets: per node ``min(1, max(floor, c·z))`` with the largest ``c <= 1`` that fits."""
-        z = np.maximum(np.asarray(z, dtype=float), 1e-300)
-        share, node_of, n_nodes = self.share, self.node_of, len(self.node_names)
+        log_z = np.log(np.maximum(np.asarray(z, dtype=float), 1e-300))
+        n_nodes = len(self.node_names)
+        log_c = self._largest_scale(log_z, np.full(n_nodes, -800.0), np.zeros(n_nodes), floor)
+        return np.where(self.share > 0, self._scaled(log_z, log_c, floor), 1.0)
 
-        def used(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            y = np.clip(np.exp(np.minimum(log_c[node_of] + np.log(z), 0.0)), floor, 1.0)
-            return np.bincount(node_of, weights=share * y, minlength=n_nodes), y
+    def _scaled(self, log_v: np.ndarray, log_c: np.ndarray, floor: float = 0.0) -> np.ndarray:
+        """Each entry ``min(1, max(floor, c·v))`` with its node's factor ``c = exp(log_c)``."""
+        return np.clip(np.exp(np.minimum(log_c[self.node_of] + log_v, 0.0)), floor, 1.0)
 
-        hi = np.zeros(n_nodes)
-        total, y = used(hi)
-        if np.all(total <= 1.0):
-            return np.where(share > 0, y, 1.0)
-        lo = np.full(n_nodes, -800.0)
-        over = total > 1.0
+    def _largest_scale(self, log_v: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float = 0.0) -> np.ndarray:
+        """Per node, the largest ``log c`` in ``[lo, hi]`` whose :meth:`_scaled` entries fit the
+        node's memory: ``hi`` where it fits, else by bisection (``lo`` must fit)."""
+
+        def fits(log_c: np.ndarray) -> np.ndarray:
+            used = np.bincount(
+                self.node_of, weights=self.share * self._scaled(log_v, log_c, floor), minlength=len(self.node_names)
+            )
+            return used <= 1.0
+
+        top = fits(hi)
+        if np.all(top):
+            return hi
+        lo, high = lo.copy(), hi.copy()
         for _ in range(60):
-            mid = (lo + hi) / 2
-            total_mid, _ = used(mid)
-            fits = total_mid <= 1.0
-            lo = np.where(fits, mid, lo)
-            hi = np.where(fits, hi, mid)
-        _, y = used(np.where(over, lo, 0.0))
-        return np.where(share > 0, y, 1.0)
+            mid = (lo + high) / 2
+            ok = fits(mid)
+            lo = np.where(ok, mid, lo)
+            high = np.where(ok, high, mid)
+        return np.where(top, hi, lo)
 
 
 def dep_round(y: np.ndarray, share: np.ndarray, node_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
