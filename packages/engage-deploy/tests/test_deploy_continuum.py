@@ -84,7 +84,7 @@ def test_serving_options_that_do_not_fit_the_infrastructure_are_one_line(change,
         ({"sources": {"edge": 0}}, "hydra.launcher.serving.sources.edge is 0; give requests per second > 0"),
         ({"sources": {"edge": 1.0}}, "hydra.launcher.serving.tree is empty"),
         ({"every_n_steps": 0}, "hydra.launcher.serving.every_n_steps is 0"),
-        ({"max_failed": 1.0}, "hydra.launcher.serving.max_failed is 1.0; use a fraction"),
+        ({"max_failed": 1.5}, "hydra.launcher.serving.max_failed is 1.5; use a fraction"),
         ({"sauces": {}}, "hydra.launcher.serving.sauces is not an option"),
     ],
 )
@@ -115,8 +115,8 @@ def test_a_route_whose_requests_failed_beyond_max_failed_fails_the_run(tmp_path:
     for route in plan.routes:
         url = plan.replica(route.replica).url
         for k in range(20):
-            ok = route.chosen and k < failed
-            status, version, error = (0, None, None) if ok else (200, 1, 0.1)
+            fails = route.chosen and k < failed
+            status, version, error = (0, None, None) if fails else (200, 1, 0.1)
             requests.append(ServedRequest(k * 0.1, route.label, url, 0.03, status, version, error, False, 0.01, 0.0))
     sender = callback._file("requests edge_near-1", ".json")
     sender.write_text(json.dumps({"requests": [asdict(r) for r in requests]}))

@@ -183,10 +183,18 @@ def test_filling_free_memory_never_lowers_an_entry_nor_breaks_a_budget() -> None
     y = gain.project(np.random.default_rng(1).uniform(0.001, 0.3, len(gain)), floor=1e-3)
     filled = gain.fill(y)
     assert gain.feasible(filled, slack=1e-6) and np.all(filled >= y - 1e-12)
-    used = np.bincount(gain.node_of, weights=gain.share * filled, minlength=len(gain.node_names))
-    everything = np.bincount(gain.node_of, weights=gain.share, minlength=len(gain.node_names))
-    # each node is full, or holds every copy it has
-    assert np.all((used >= 1 - 1e-6) | (np.abs(used - everything) < 1e-9))
+    n = len(gain.node_names)
+    used = np.bincount(gain.node_of, weights=gain.share * filled, minlength=n)
+    before = np.bincount(gain.node_of, weights=gain.share * y, minlength=n)
+    everything = np.bincount(gain.node_of, weights=gain.share, minlength=n)
+    largest = np.zeros(n)
+    np.maximum.at(largest, gain.node_of, gain.share)
+    # each node holds every copy it has, or is filled up to its largest copy's share, or (using
+    # more than that already) is left as it was
+    holds_all = np.abs(used - everything) < 1e-9
+    filled_up = np.abs(used - (1 - largest)) < 1e-6
+    left = (before >= 1 - largest) & (np.abs(used - before) < 1e-12)
+    assert np.all(holds_all | filled_up | left) and np.any(filled_up)
 
 
 def test_a_copy_the_relaxation_half_holds_is_held_once_memory_is_free() -> None:
@@ -213,3 +221,28 @@ def test_a_copy_the_relaxation_half_holds_is_held_once_memory_is_free() -> None:
             solver.step(demand)
         served[fill] = total / 200 / full
     assert served[False] < 0.2 and served[True] == pytest.approx(1.0)
+
+
+def test_rounding_keeps_the_marginals_of_a_filled_allocation() -> None:
+    """Four copies of unequal sizes on a node that cannot hold them all: filled, the allocation
+    leaves the largest copy's share free, so the last fractional copy can always be rounded up
+    and every copy is held as often as its filled marginal says (and never less than before)."""
+    problem = PlacementProblem.from_dict(
+        {
+            "nodes": [{"name": "cloud"}, {"name": "edge", "compute": 100, "memory": "100MB"}],
+            "links": [{"src": "edge", "dst": "cloud", "delay": "20ms"}],
+            "models": [
+                {"name": f"m{k}", "variants": [{"name": "v", "size": f"{size}MB", "accuracy": 0.9, "gflop": 1}]}
+                for k, size in enumerate((40, 35, 30, 25))
+            ],
+            "requests": [{"node": "edge", "model": f"m{k}", "rate": 1.0} for k in range(4)],
+        }
+    )
+    gain = ThresholdGain(problem)
+    y = np.full(len(gain), 0.2)
+    p = gain.fill(y)
+    assert np.all(p >= y) and float(np.sum(gain.share * p)) == pytest.approx(1 - gain.share.max())
+    rng = np.random.default_rng(0)
+    draws = np.asarray([dep_round(p, gain.share, gain.node_of, rng) for _ in range(20000)])
+    assert all(gain.feasible(x) for x in draws[:500])
+    np.testing.assert_allclose(draws.mean(axis=0), p, atol=0.015)

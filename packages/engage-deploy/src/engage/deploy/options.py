@@ -68,7 +68,7 @@ class ServingOptions:
     replica this often (and at the end); ``port``: where replicas listen on their host; ``seed``:
     the requests' arrivals and inputs; ``drain_s``: seconds requests go on after training ends;
     ``max_failed``: the largest fraction of a route's requests that may fail (no answer or an
-    error status, as while a replica restarts) in a run that succeeds."""
+    error status, as while a replica restarts) in a run that succeeds (1: no limit)."""
 
     sources: dict[str, float] = field(default_factory=dict)
     tree: dict[str, str] = field(default_factory=dict)
@@ -106,8 +106,8 @@ class ServingOptions:
             raise ValueError(f"{where}.port is {self.port}; use a port from 1 to 65535")
         if self.drain_s < 0:
             raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
-        if not 0 <= self.max_failed < 1:
-            raise ValueError(f"{where}.max_failed is {self.max_failed}; use a fraction in [0, 1)")
+        if not 0 <= self.max_failed <= 1:
+            raise ValueError(f"{where}.max_failed is {self.max_failed}; use a fraction from 0 to 1 (1: no limit)")
 
 
 @dataclass

@@ -407,16 +407,20 @@ class SweepTracking:
         :data:`DESCRIPTION_FILES` in the experiment folder; never the replicas' key)."""
         files = [self.folder.path / name for name in DESCRIPTION_FILES]
         files = [path for path in files if path.is_file()]
-        if not (files and self.parent_run_id and self.check_server()):
+        # an interrupt during start-up does not wait long for MLflow to open
+        if not (files and self.opened(timeout_s=10.0) and self.parent_run_id):
             return
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(self.tracking_uri)
         try:
+            if not self.check_server():
+                raise tracking.TrackingError("the store does not answer")
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
             for path in files:
                 client.log_artifact(self.parent_run_id, str(path), artifact_path="sweep")
         except Exception as exc:  # the records of the jobs matter more: warned, not fatal
-            self.report.warnings.append(f"the sweep's description was not recorded in MLflow ({exc})")
+            names = ", ".join(path.name for path in files)
+            self.report.warnings.append(f"the sweep's {names} not recorded in MLflow ({exc}); see {self.folder.path}")
 
     def _upload_offline(self) -> None:
         if not self.check_server():

@@ -27,15 +27,19 @@ Every node keeps a fractional allocation ``y`` in ``{0 <= y <= 1, Σ size·y <= 
    entries by one factor and caps them at 1 (``y_i <- min(1, c·y_i)``, ``c`` by bisection); a
    floor ``epsilon`` keeps every entry positive, as the entropy needs;
 4. raise ``y`` into the node's free memory: ``p = min(1, c·y)`` with the largest ``c >= 1`` that
-   fits (every entry 1 where all fit). The relaxation leaves memory idle where a fraction of a
-   copy already covers a class's rate (its supergradient is zero there), and rounding such a
+   keeps the largest copy's share of the node free (every entry 1 where all fit), so that step
+   5 keeps every marginal of ``p``. The relaxation leaves memory idle where a fraction of a copy
+   already covers a class's rate (its supergradient is zero there), and rounding such a
    fraction loses most of that class's gain; ``p >= y`` and the gain is monotone, so what ``y``
-   gains ``p`` gains at least, relaxed and rounded (``fill=False`` rounds ``y`` itself);
+   gains ``p`` gains at least, in the relaxation and, its marginals kept, in expectation once
+   rounded (``fill=False`` rounds ``y`` itself; a node whose ``y`` already uses more is left
+   as it is);
 5. sample an integral allocation by dependent rounding (DepRound, Gandhi et al., JACM 2006, here
    with sizes): pairs of fractional entries exchange mass at a constant ``s_i p_i + s_j p_j``,
    which keeps every marginal ``E[x_i] = p_i`` and never exceeds the budget; the one entry left
-   fractional is rounded up with probability ``p_i`` when it fits, else down (the only place a
-   marginal may be lost, never with equal sizes);
+   fractional is rounded up with probability ``p_i`` when it fits, else down. It fits whenever
+   the node's ``Σ s·p`` leaves its largest share free; on a node filled closer than that by the
+   projection, its marginal may be lost;
 6. with ``max_moves``, keep the copies held and load at most that many of the rounded
    allocation's new copies per slot, those with ``p >= 1/2`` only, most likely first, each
    evicting only less likely copies (the marginals then lag behind ``p``; without a limit the
@@ -236,15 +240,24 @@ class ThresholdGain:
 
     def fill(self, y: np.ndarray) -> np.ndarray:
         """``y`` raised into its nodes' free memory: per node ``min(1, c·y)`` with the largest
-        ``c >= 1`` that still fits (every entry 1 where all of the node's copies fit). The gain is
-        monotone, so the filled allocation gains at least what ``y`` does, in the relaxation and
-        once rounded; it turns memory the relaxation leaves idle (a class whose rate a fraction of
-        a copy already covers has a zero supergradient there) into copies held for sure."""
+        ``c >= 1`` whose ``Σ share·min(1, c·y)`` leaves the node's largest share free (every
+        entry 1 where all of the node's copies fit; ``y`` itself where it already uses more).
+        Dependent rounding then keeps every marginal (:func:`dep_round`: its last fractional
+        entry always fits), and as the gain is monotone, the filled allocation gains at least
+        what ``y`` does, in the relaxation and in expectation once rounded. It turns memory the
+        relaxation leaves idle (a class whose rate a fraction of a copy already covers has a zero
+        supergradient there) into copies held."""
         y = np.asarray(y, dtype=float)
+        n_nodes = len(self.node_names)
         log_y = np.log(np.maximum(y, 1e-300))
-        every_one = np.zeros(len(self.node_names))  # the factor that puts all of a node's entries at 1
+        every_one = np.zeros(n_nodes)  # the factor that puts all of a node's entries at 1
         np.maximum.at(every_one, self.node_of, -log_y)
-        filled = self._scaled(log_y, self._largest_scale(log_y, np.zeros_like(every_one), every_one))
+        largest = np.zeros(n_nodes)
+        np.maximum.at(largest, self.node_of, self.share)
+        everything = np.bincount(self.node_of, weights=self.share, minlength=n_nodes)
+        limit = np.where(everything <= 1.0, 1.0, 1.0 - largest)  # room for the last entry to round up
+        log_c = self._largest_scale(log_y, np.zeros(n_nodes), every_one, limit=limit)
+        filled = self._scaled(log_y, log_c)
         return np.where(self.share > 0, np.maximum(filled, y), 1.0)
 
     def project(self, z: np.ndarray, floor: float = 0.0) -> np.ndarray:
@@ -259,15 +272,18 @@ class ThresholdGain:
         """Each entry ``min(1, max(floor, c·v))`` with its node's factor ``c = exp(log_c)``."""
         return np.clip(np.exp(np.minimum(log_c[self.node_of] + log_v, 0.0)), floor, 1.0)
 
-    def _largest_scale(self, log_v: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float = 0.0) -> np.ndarray:
-        """Per node, the largest ``log c`` in ``[lo, hi]`` whose :meth:`_scaled` entries fit the
-        node's memory: ``hi`` where it fits, else by bisection (``lo`` must fit)."""
+    def _largest_scale(
+        self, log_v: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float = 0.0, limit: np.ndarray | float = 1.0
+    ) -> np.ndarray:
+        """Per node, the largest ``log c`` in ``[lo, hi]`` whose :meth:`_scaled` entries use at
+        most ``limit`` of the node's memory: ``hi`` where that holds, ``lo`` where even ``lo``
+        does not, else by bisection."""
 
         def fits(log_c: np.ndarray) -> np.ndarray:
             used = np.bincount(
                 self.node_of, weights=self.share * self._scaled(log_v, log_c, floor), minlength=len(self.node_names)
             )
-            return used <= 1.0
+            return used <= limit
 
         top = fits(hi)
         if np.all(top):
@@ -282,7 +298,7 @@ class ThresholdGain:
 
 
 def dep_round(y: np.ndarray, share: np.ndarray, node_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Dependent rounding per node with sizes (module docstring, step 4): ``E[x] = y`` and each
+    """Dependent rounding per node with sizes (module docstring, step 5): ``E[x] = y`` and each
     node's ``Σ share·x <= 1`` when ``Σ share·y <= 1``."""
     x = np.asarray(y, dtype=float).copy()
     x[x <= _INTEGRAL] = 0.0
@@ -442,14 +458,17 @@ class OnlineSolver(PlacementSolver):
             self._credit -= len(new)
             return x
         out = held.copy()
-        for i in new[np.lexsort((self.rng.random(len(new)), -y[new]))]:
+        state = self.y if self.y is not None else y
+        # most likely first; among equally likely ones (all 1 where a node holds everything),
+        # those mirror ascent values most
+        for i in new[np.lexsort((self.rng.random(len(new)), -state[new], -y[new]))]:
             if self._credit < 1 - 1e-9:
                 break
             node = model.node_of[i]
             members = np.flatnonzero(model.node_of == node)
             room = 1.0 - float(np.sum(model.share[members] * out[members]))
             evict = []
-            for j in members[np.argsort(y[members])]:
+            for j in members[np.lexsort((state[members], y[members]))]:
                 if room + 1e-12 >= model.share[i]:
                     break
                 if out[j] > 0.5 and x[j] < 0.5:
