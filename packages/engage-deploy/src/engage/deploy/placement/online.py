@@ -449,8 +449,8 @@ class OnlineSolver(PlacementSolver):
         of its node (never more likely ones) to make room."""
         if self.max_moves is None:
             return x
-        assert self.model is not None and self.marginals is not None
-        model, y = self.model, self.marginals
+        assert self.model is not None and self.marginals is not None and self.y is not None
+        model, y, state = self.model, self.marginals, self.y
         self._credit = min(self._credit + self.max_moves, max(1.0, self.max_moves))
         new = np.flatnonzero((x > 0.5) & (held < 0.5) & (y >= 0.5))  # moves go to likely copies only
         x = np.where((held < 0.5) & (y < 0.5), 0.0, x)
@@ -458,7 +458,6 @@ class OnlineSolver(PlacementSolver):
             self._credit -= len(new)
             return x
         out = held.copy()
-        state = self.y if self.y is not None else y
         # most likely first; among equally likely ones (all 1 where a node holds everything),
         # those mirror ascent values most
         for i in new[np.lexsort((self.rng.random(len(new)), -state[new], -y[new]))]:
