@@ -17,14 +17,15 @@ def test_running_jobs_are_sampled_and_ended_ones_are_not(tmp_path: Path) -> None
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        monitor.track("running", running.pid)
-        monitor.track("ended", ended.pid)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # not reaped: a zombie until wait()
             with open(f"/proc/{ended.pid}/stat") as stat:
                 if stat.read().split(") ")[1].startswith("Z"):
                     break
             time.sleep(0.05)
+        # tracked once it has ended: while it still ran, the monitor's thread rightly sampled it
+        monitor.track("running", running.pid)
+        monitor.track("ended", ended.pid)
         before = len(monitor.job_samples("running"))  # the monitor's own thread samples too
         for _ in range(3):
             monitor.sample()
