@@ -136,6 +136,59 @@ def _wait_for_exit(job, timeout: float = 60.0):
     return code
 
 
+def _steps(cluster, job_id: str) -> list[str]:
+    out = subprocess.run(
+        ["squeue", "--steps", "--noheader", f"--jobs={job_id}", "--format=%j"],
+        env=cluster.env, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return sorted(out.split())
+
+
+def test_simulations_share_a_job_as_steps_each_with_its_own_outcome(slurm_cluster, tmp_path, monkeypatch):
+    """simulations_per_job=2: two simulations queued together run as two steps of one job;
+    killing one cancels its step alone, the other reports its own exit code, and the job ends
+    with it. A simulation started after shutdown is never submitted."""
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmExecutor
+    from engage.deploy.slurm.group import GROUP_WAIT_S
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    executor = SlurmExecutor(log_dir=str(tmp_path), check_folder=False, simulations_per_job=2, mem="64M")
+    killed = executor.start(LaunchRequest(["sleep", "60"], 1, log_dir=str(tmp_path)))
+    quits = executor.start(LaunchRequest(["sh", "-c", "sleep 4; echo leaving >&2; exit 3"], 2, log_dir=str(tmp_path)))
+    alone = executor.start(LaunchRequest(["sleep", "60"], 3, log_dir=str(tmp_path)))
+    try:
+        deadline = time.monotonic() + 30
+        while killed.job is None or killed.job.job_id is None or len(_steps(slurm_cluster, killed.job.job_id)) < 3:
+            assert time.monotonic() < deadline, "the job's steps did not start"
+            time.sleep(0.1)
+        job = killed.job.job_id
+        assert quits.pid == killed.pid == int(job) and alone.pid != killed.pid  # the third: a job of its own
+        script = (tmp_path / "group-1.sbatch").read_text()
+        assert script.count("srun --ntasks=1 --nodes=1 --exact --cpus-per-task=1 --mem=64M") == 2
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], env=slurm_cluster.env, capture_output=True)
+        assert b"NumTasks=2" in shown.stdout and b"MinMemoryNode=128M" in shown.stdout  # the sum of its steps'
+
+        killed.kill()  # its step alone: the other one runs on
+        assert killed.poll() == SLURM_FAILURE
+        while killed.step_name in _steps(slurm_cluster, job):
+            assert time.monotonic() < deadline + 10, "the killed simulation's step still runs"
+            time.sleep(0.1)
+        assert quits.poll() is None and _job_state(slurm_cluster, job) == "RUNNING"
+        assert _wait_for_exit(quits) == 3 and "leaving" in quits.stderr_tail()  # its own code and log
+        while _job_state(slurm_cluster, job) != "COMPLETED":
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.2)
+        alone.kill()  # the last of its job: the job is cancelled
+        assert alone.poll() == SLURM_FAILURE
+    finally:
+        executor.shutdown()
+    late = executor.start(LaunchRequest(["true"], 4, log_dir=str(tmp_path)))
+    time.sleep(GROUP_WAIT_S + 0.2)
+    assert late.poll() == SLURM_FAILURE and late.job is None and not (tmp_path / "group-3.sbatch").exists()
+
+
 def test_a_slow_or_refusing_sbatch_never_holds_up_the_caller(slurm_cluster, tmp_path, monkeypatch):
     """sbatch runs in the executor's thread: a controller that takes a second per submission (or
     refuses one) never blocks the thread that starts simulations and receives their samples."""
@@ -186,12 +239,24 @@ def test_a_slow_or_refusing_sbatch_never_holds_up_the_caller(slurm_cluster, tmp_
 
 
 def test_online_training_with_simulations_as_slurm_jobs(slurm_cluster, tmp_path):
+    """Two simulations a job (the single-job path runs in the cancellation test below)."""
     from engage.core.testing.process import run_engage
 
-    done = run_engage(*RUN, cwd=tmp_path, timeout=90, env={"SLURM_CONF": str(slurm_cluster.conf)})
+    done = run_engage(
+        *RUN,
+        "+data.executor_options.simulations_per_job=2",
+        cwd=tmp_path,
+        timeout=90,
+        env={"SLURM_CONF": str(slurm_cluster.conf)},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    statuses = [e["status"] for e in _journal(tmp_path)]
-    assert statuses.count("finished") >= 2, statuses
+    entries = _journal(tmp_path)
+    assert [e["status"] for e in entries].count("finished") == 3, entries  # 2 training + 1 held out
+    # the first two started together and shared a job: two steps of one batch script
+    scripts = sorted(tmp_path.rglob("group-*.sbatch"))
+    assert scripts and scripts[0].read_text().count("\n  srun ") == 2, [p.read_text() for p in scripts]
+    assert sum(p.read_text().count("\n  srun ") for p in scripts) == 3
+    assert not list(tmp_path.rglob("*.secrets"))  # every key file read and deleted by its step
 
 
 def test_unknown_partition_exits_2_naming_the_field(slurm_cluster, tmp_path):
@@ -416,3 +481,20 @@ def test_the_provider_asks_slurm_about_the_same_job_options_once_a_process(monke
     )
     provider_module.SlurmProvider.check(other)  # other options are asked about
     assert len(asked) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"simulations_per_job": 0}, "data.executor_options.simulations_per_job"),
+        ({"simulations_per_job": 1.5}, "data.executor_options.simulations_per_job"),
+        ({"simulations_per_job": 2, "mem": "lots"}, "data.executor_options.mem"),
+    ],
+)
+def test_bad_job_sharing_options_are_one_line_naming_the_field(options, field):
+    from engage.core.config.validate import ConfigError
+    from engage.deploy.slurm.executor import SlurmExecutor
+
+    with pytest.raises(ConfigError) as refused:
+        SlurmExecutor(check_folder=False, **options)  # refused before Slurm is asked anything
+    assert str(refused.value).startswith(field) and "\n" not in str(refused.value)

@@ -109,6 +109,11 @@ class SampleSpec:
                 f"the simulator declares {total} per run"
             )
 
+    def time(self, index: int) -> float:
+        """:meth:`times` of one sample (a float, not an array: one per message)."""
+        total = self.samples_per_run
+        return (index + 1) / total if total else float(index)
+
     def times(self, first: int, n: int) -> np.ndarray:
         """The time stamps of samples ``first`` to ``first + n - 1`` of a run: the fraction of
         the run done, or the sample's index when the run's length is not declared."""
@@ -118,21 +123,23 @@ class SampleSpec:
 
 
 def read_payload(sock: zmq.Socket, copy: bool = True) -> Any:
-    """The payload frame, which must be the message's last."""
-    payload = sock.recv(copy=copy)
-    if sock.getsockopt(zmq.RCVMORE):
+    """The payload frame, which must be the message's last (a :class:`zmq.Frame` without
+    ``copy``, else its bytes)."""
+    payload = sock.recv(copy=False)
+    if payload.more:  # the frame's own flag: no socket option call per message
         raise ProtocolError("message of more than 2 frames, expected 2 (header, payload)")
-    return payload
+    return payload.bytes if copy else payload
 
 
-def read_header(sock: zmq.Socket) -> protocol.Header:
-    """The header frame of the message whose identity frame was just read."""
-    if not sock.getsockopt(zmq.RCVMORE):
+def read_header(sock: zmq.Socket, more: bool) -> protocol.Header:
+    """The header frame of the message whose identity frame was just read (``more``: whether
+    that frame said more followed)."""
+    if not more:
         raise ProtocolError("empty message, expected 2 frames (header, payload)")
-    header_frame = sock.recv()
-    if not sock.getsockopt(zmq.RCVMORE):
+    header_frame = sock.recv(copy=False)
+    if not header_frame.more:
         raise ProtocolError("message of 1 frame, expected 2 (header, payload)")
-    return protocol.decode_header(header_frame)
+    return protocol.decode_header(header_frame.buffer)
 
 
 def discard_rest(sock: zmq.Socket) -> None:

@@ -72,7 +72,7 @@ class SampleReceiver:
             return  # already received from an earlier attempt
         if header.index > active.accepted:
             raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
-        (step_time,) = spec.times(header.index, 1)
+        step_time = spec.time(header.index)
         slot = self.credit.next_slot(active)
         if slot is not None:
             received = sock.recv_into(self.buffer.slot(slot))

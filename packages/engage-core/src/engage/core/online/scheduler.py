@@ -344,7 +344,7 @@ class SimulationScheduler:
                             break
                         # the attempt whose key the peer holds, as the ZAP handler named it
                         user = frame.get("User-Id") if authenticated else None
-                        self._handle(sock, frame.bytes, user)
+                        self._handle(sock, frame.bytes, user, frame.more)
                         if self.receiver.waiting >= 256:
                             self._flush()
                     self._flush()
@@ -387,17 +387,19 @@ class SimulationScheduler:
             except zmq.ZMQError:
                 pass  # a client that vanished is caught by the liveness checks
 
-    def _handle(self, sock: zmq.Socket, identity: bytes, user: str | None = None) -> None:
+    def _handle(self, sock: zmq.Socket, identity: bytes, user: str | None = None, more: bool = True) -> None:
         """Read and act on the rest of a message from ``identity``, authenticated as ``user`` (a
         simulation attempt, or None without authentication): a header frame, then a payload
-        frame (samples: :class:`~.receiver.SampleReceiver`)."""
+        frame (samples: :class:`~.receiver.SampleReceiver`). ``more``: whether the identity
+        frame said more frames followed."""
         active = self.fleet.by_identity(identity)
         try:
-            header = read_header(sock)
-            claimed = f"{header.simulation_id}:{header.attempt}"
-            if user is not None and user != (claimed if active is None else active.user_id):
-                # a key issued to one simulation used for another: the message is not that one's
-                raise _Impostor(f"a peer holding the key of attempt {user} sent a message as attempt {claimed}")
+            header = read_header(sock, more)
+            if user is not None:
+                claimed = f"{header.simulation_id}:{header.attempt}"
+                if user != (claimed if active is None else active.user_id):
+                    # a key issued to one simulation used for another: the message is not that one's
+                    raise _Impostor(f"a peer holding the key of attempt {user} sent a message as attempt {claimed}")
             if active is None:
                 self._hello(sock, identity, header, read_payload(sock))
                 return

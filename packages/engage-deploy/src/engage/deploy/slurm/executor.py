@@ -23,11 +23,15 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engage.core.config.validate import ConfigError
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
 from engage.core.files import write_private
 from engage.deploy.providers.base import address_towards
+
+if TYPE_CHECKING:
+    from engage.deploy.slurm.group import SlurmTask
 
 #: Exit code of a job that Slurm ended (failed, cancelled, timed out, out of memory, ...).
 SLURM_FAILURE = 75
@@ -462,8 +466,13 @@ class SlurmExecutor(Executor):
     small batch script fits it better than submitit. Secrets are written to a ``0600`` file in
     the run's folder that the script reads and deletes, never put in the job's environment
     (slurmctld stores that). Options: ``partition``, ``time``, ``cpus_per_task``, ``mem``,
-    ``account``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (default 600) and
-    ``bind_address``.
+    ``account``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (default 600),
+    ``bind_address`` and ``simulations_per_job`` (default 1).
+
+    With ``simulations_per_job`` above 1, the simulations queued within half a second of each
+    other share a batch job, up to that many, each as a job step with ``cpus_per_task`` and
+    ``mem`` of its own (the job asks for the sum, on one node): see :mod:`.group`. The run's
+    ``data.concurrency`` still caps the simulations running at once.
 
     The trainer listens on one address that jobs on other nodes reach: ``bind_address`` when
     given, else this machine's address on its route to ``slurmctld`` (from ``scontrol show
@@ -495,12 +504,25 @@ class SlurmExecutor(Executor):
         check_folder: bool = True,
         probe_timeout_s: float = 60.0,
         bind_address: str | None = None,
+        simulations_per_job: int = 1,
     ):
         self.log_dir = Path(log_dir or os.getcwd())
         self.max_pending_s = float(max_pending_s)
+        if isinstance(simulations_per_job, bool) or not isinstance(simulations_per_job, int) or simulations_per_job < 1:
+            raise ConfigError(
+                f"data.executor_options.simulations_per_job: {simulations_per_job!r} is not an integer >= 1; "
+                "give how many simulations one Slurm job may run (1: a job each)"
+            )
+        self.simulations_per_job = simulations_per_job
         self.options = sbatch_flags(
             partition=partition, time=time, cpus_per_task=cpus_per_task, mem=mem, account=account
         )
+        #: flags of each simulation's step (in a job of several)
+        self.step_options = sbatch_flags(cpus_per_task=cpus_per_task or 1, mem=mem)
+        self._job_options = {"partition": partition, "time": time, "cpus_per_task": cpus_per_task, "account": account}
+        self._mem = mem
+        self._groups = 0
+        self._closed = False
         self.extra = [str(line) for line in (extra or [])]
         self._processes: list[SlurmProcess] = []
         self.states = JobStates()
@@ -514,8 +536,19 @@ class SlurmExecutor(Executor):
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
 
+    def group_options(self, simulations: int) -> list[str]:
+        """``sbatch`` flags of a job of ``simulations`` simulations: one node, a task each, the
+        memory of all of them (one simulation a job: :attr:`options`)."""
+        if self.simulations_per_job == 1:
+            return self.options
+        from engage.deploy.slurm.group import job_memory
+
+        mem = None if self._mem is None else job_memory(self._mem, simulations, "data.executor_options.mem")
+        return ["--nodes=1", f"--ntasks={simulations}", *sbatch_flags(**self._job_options, mem=mem)]
+
     def _check(self) -> None:
-        check_submission(self.options, "data.executor_options", "data.executor=slurm")
+        # the largest job it will submit
+        check_submission(self.group_options(self.simulations_per_job), "data.executor_options", "data.executor=slurm")
 
     def _check_folder(self, folder: Path, timeout_s: float) -> None:
         """Refuse (one line) a folder that a job on a compute node does not see as this host does."""
@@ -563,10 +596,19 @@ class SlurmExecutor(Executor):
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"sim-{request.simulation_id}-{request.attempt}"
         lines = ["#!/bin/sh"]
+        keys = None
         if request.secrets:
             keys = folder / f"{stem}.secrets"
             write_private(keys, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
             lines += [f". {shlex.quote(str(keys))}", f"rm -f {shlex.quote(str(keys))}"]
+        if self.simulations_per_job > 1:
+            from engage.deploy.slurm.group import SlurmTask
+
+            # the job's parent is slurmstepd, not the trainer: no parent-pid watch
+            env = {k: v for k, v in request.env.items() if k != "ENGAGE_PARENT_PID"}
+            task = SlurmTask(folder, stem, request.command, env, keys)
+            self._enqueue(task, task)
+            return task
         lines.append(f"exec {shlex.join(request.command)}")
         script = folder / f"{stem}.sbatch"
         script.write_text("\n".join(["#!/bin/sh", *(f"#SBATCH {x}" for x in self.extra), *lines[1:]]) + "\n")
@@ -588,19 +630,67 @@ class SlurmExecutor(Executor):
         env = {k: v for k, v in {**job_environment(os.environ), **request.env}.items() if k != "ENGAGE_PARENT_PID"}
         process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
         process.job_name = f"engage-{stem}-{self.token}"
+        self._enqueue(process, (process, argv, env))
+        return process
+
+    def _enqueue(self, process: SlurmProcess | SlurmTask, item: object) -> None:
         with self._lock:
+            if self._closed:
+                # started after shutdown(): never submitted, so nothing outlives the run
+                process.withdraw()
+                return
             if self._submitter is None:
                 self._submitter = threading.Thread(target=self._submit_queued, name="engage-sbatch", daemon=True)
                 self._submitter.start()
             self._processes.append(process)
-        self._queue.put((process, argv, env))
-        return process
+        self._queue.put(item)
 
     def _submit_queued(self) -> None:
-        """The submission thread: ``sbatch`` each queued simulation in turn."""
+        """The submission thread: ``sbatch`` each queued simulation in turn, or with up to
+        ``simulations_per_job - 1`` others queued within :data:`~.group.GROUP_WAIT_S` of it."""
         while (item := self._queue.get()) is not None:
-            process, argv, env = item
-            process.submit(argv, env)  # nothing for one killed before its turn
+            if self.simulations_per_job == 1:
+                process, argv, env = item
+                process.submit(argv, env)  # nothing for one killed before its turn
+                continue
+            from engage.deploy.slurm.group import GROUP_WAIT_S
+
+            tasks, deadline, ending = [item], time.monotonic() + GROUP_WAIT_S, False
+            while len(tasks) < self.simulations_per_job:
+                try:
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    ending = True
+                    break
+                tasks.append(more)
+            self._submit_group(tasks)
+            if ending:
+                return
+
+    def _submit_group(self, tasks: list) -> None:
+        """One batch job for ``tasks`` (those not killed meanwhile), a job step each."""
+        from engage.deploy.slurm.group import group_script
+
+        self._groups += 1
+        stem = f"group-{self._groups}"
+        folder = tasks[0].log_path.parent
+        job = SlurmProcess(None, folder / f"{stem}.log", self.max_pending_s, self.states)
+        job.job_name = f"engage-sim-{stem}-{self.token}"
+        members: list = []
+        for task in tasks:
+            if task.attach(job, members, f"{task.stem}-{self.token}"):
+                members.append(task)
+        if not members:
+            return
+        script = folder / f"{stem}.sbatch"
+        script.write_text(group_script(members, self.step_options, self.extra))
+        argv = [
+            *("sbatch", "--parsable", f"--job-name={job.job_name}", f"--output={job.log_path}"),
+            *(f"--chdir={os.getcwd()}", "--no-requeue", *self.group_options(len(members)), str(script)),
+        ]
+        job.submit(argv, job_environment(os.environ))
 
     @property
     def queued(self) -> int:
@@ -611,11 +701,14 @@ class SlurmExecutor(Executor):
         return self.address
 
     def shutdown(self) -> None:
-        """Stop submitting, then cancel the jobs still queued or running when the run ends."""
+        """Stop submitting, then cancel the jobs still queued or running when the run ends; a
+        simulation started after this is never submitted."""
         with self._lock:
+            self._closed = True
             processes, self._processes = list(self._processes), []
             submitter, self._submitter = self._submitter, None
-        live = [job_id for process in processes if (job_id := process.withdraw()) is not None]
+        # a job of several simulations is named once
+        live = list(dict.fromkeys(job_id for process in processes if (job_id := process.withdraw()) is not None))
         if submitter is not None:
             self._queue.put(None)
             submitter.join(150)  # the sbatch under way, if any, answers; its job is then cancelled
