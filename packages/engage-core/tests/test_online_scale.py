@@ -39,6 +39,20 @@ def test_two_journals_on_one_file_keep_whole_lines_and_reopen_after_close(tmp_pa
         assert all(json.loads(line) for line in f)  # no torn or interleaved line
 
 
+def test_a_journal_rotated_or_deleted_mid_run_goes_on_at_its_path(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(str(path), run_id="a")
+    journal.append({"simulation_id": 0, "status": "running"})
+    path.rename(tmp_path / "journal.jsonl.1")  # rotated, as logrotate does
+    journal.append({"simulation_id": 0, "status": "finished"})
+    assert [e["status"] for e in Journal(str(tmp_path / "journal.jsonl.1")).read()] == ["running"]
+    assert [e["status"] for e in journal.read()] == ["finished"]
+    path.unlink()  # deleted
+    journal.append({"simulation_id": 1, "status": "running"})
+    assert [e["simulation_id"] for e in journal.read()] == [1]
+    journal.close()
+
+
 def test_a_record_copy_does_not_share_its_lists_with_the_record():
     space = ParameterSpace.from_config({"k": {"low": 0.0, "high": 2.0}, "m": {"low": 0.0, "high": 1.0}})
     record = SimulationRecord.create(space, 7, [0.5, 0.25], ask_index=3)

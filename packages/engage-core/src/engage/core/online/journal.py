@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any, BinaryIO
@@ -29,8 +30,9 @@ class Journal:
 
     On a local disk the journal keeps one file open for appending and writes each line with one
     ``write`` call as it comes (no open and close per line: a run of 100,000 simulations writes
-    200,000 lines); :meth:`close` releases it. Rotate or delete the file only after the run: lines
-    would go on into the file it opened. File systems that cannot append (object stores)
+    200,000 lines); :meth:`close` releases it. A file rotated (renamed) or deleted while the run
+    writes is noticed at the next line, which goes into a new file at the journal's path (one
+    ``stat`` a line, as logging's ``WatchedFileHandler``). File systems that cannot append (object stores)
     get the whole journal rewritten on each change, which keeps it correct at the cost of
     bandwidth.
     """
@@ -58,6 +60,9 @@ class Journal:
         line = json.dumps(entry, default=str) + "\n"
         with self._lock:
             if self._local:
+                if self._file is not None and not self._still_at_path(self._file):
+                    self._file.close()  # rotated or deleted: the lines from now on go to the path
+                    self._file = None
                 if self._file is None:
                     self._file = open(self.path, "ab", buffering=0)  # kept open until close()
                 data = memoryview(line.encode())
@@ -77,6 +82,15 @@ class Journal:
             self._lines.append(line)
             with self.fs.open(self.path, "wb") as f:
                 f.write("".join(self._lines).encode())
+
+    def _still_at_path(self, file: BinaryIO) -> bool:
+        """Whether the journal's path still names the file open for appending."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(file.fileno())
+        return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
     def close(self) -> None:
         """Release the open file (a later :meth:`append` opens it again)."""
