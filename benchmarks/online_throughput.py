@@ -75,7 +75,11 @@ import zmq
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"64x64": 64, "256x256": 256, "1024x1024": 1024}
-TOTAL = {64: 40000, 256: 6000, 1024: 800}  # samples per measurement (a few seconds each over sockets)
+# Samples per measurement: a few seconds each over sockets. At 256 KiB, 6,000 samples lasted half
+# a second over ipc, in which the simulations started one after the other still import their
+# modules (about 0.1 s of CPU each) beside the first one streaming: a start-up figure, not a
+# transport's. 16,000 last 1-4 s.
+TOTAL = {64: 40000, 256: 16000, 1024: 800}
 # The shared-memory path is ten times faster: TOTAL there lasts a tenth of a second, of which the
 # simulations' start-up (tens of milliseconds each, one after another) takes a good part. These
 # keep it streaming for about a second; the short count is measured too (``shared_memory_short``).
