@@ -139,7 +139,7 @@ def read_header(sock: zmq.Socket, more: bool) -> protocol.Header:
     header_frame = sock.recv(copy=False)
     if not header_frame.more:
         raise ProtocolError("message of 1 frame, expected 2 (header, payload)")
-    return protocol.decode_header(header_frame.buffer)
+    return protocol.decode_header(header_frame.bytes)
 
 
 def discard_rest(sock: zmq.Socket) -> None:

@@ -84,10 +84,10 @@ class SampleReceiver:
         else:
             # large samples (or a full reservoir, which evicts on put): ZeroMQ's own memory, kept
             # by reference in the buffer
-            frame = read_payload(sock, copy=False)
-            if len(frame.buffer) != spec.nbytes:
-                check_sample(header, len(frame.buffer), spec.shape, spec.dtype)
-            sample = np.frombuffer(frame.buffer, dtype=spec.dtype).reshape(spec.shape)
+            memory = read_payload(sock, copy=False).buffer
+            if len(memory) != spec.nbytes:
+                check_sample(header, len(memory), spec.shape, spec.dtype)
+            sample = np.ndarray(spec.shape, spec.dtype, memory)  # a view of the frame, in one call
             self._pending.append((sample, active.unit, header.simulation_id, step_time))
         self._count(active, 1)
 
