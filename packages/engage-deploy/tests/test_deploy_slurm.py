@@ -165,10 +165,11 @@ def test_simulations_share_a_job_as_steps_each_with_its_own_outcome(slurm_cluste
             time.sleep(0.1)
         job = killed.job.job_id
         assert quits.pid == killed.pid == int(job) and alone.pid != killed.pid  # the third: a job of its own
-        script = (tmp_path / "group-1.sbatch").read_text()
-        assert script.count("srun --ntasks=1 --nodes=1 --exact --cpus-per-task=1 --mem=64M") == 2
+        (script,) = tmp_path.glob("group-*-1.sbatch")
+        assert script.read_text().count("srun --ntasks=1 --nodes=1 --exact --cpus-per-task=1 --mem=64M") == 2
         shown = subprocess.run(["scontrol", "show", "job", "-o", job], env=slurm_cluster.env, capture_output=True)
-        assert b"NumTasks=2" in shown.stdout and b"MinMemoryNode=128M" in shown.stdout  # the sum of its steps'
+        # its steps' memory and 32 MiB each for the batch script
+        assert b"NumTasks=2" in shown.stdout and b"MinMemoryNode=192M" in shown.stdout
 
         killed.kill()  # its step alone: the other one runs on
         assert killed.poll() == SLURM_FAILURE
@@ -184,9 +185,15 @@ def test_simulations_share_a_job_as_steps_each_with_its_own_outcome(slurm_cluste
         assert alone.poll() == SLURM_FAILURE
     finally:
         executor.shutdown()
-    late = executor.start(LaunchRequest(["true"], 4, log_dir=str(tmp_path)))
-    time.sleep(GROUP_WAIT_S + 0.2)
-    assert late.poll() == SLURM_FAILURE and late.job is None and not (tmp_path / "group-3.sbatch").exists()
+    # after a shutdown the executor submits again (held-out simulations after fit), and the next
+    # shutdown cancels what it submitted
+    late = executor.start(LaunchRequest(["sleep", "60"], 4, log_dir=str(tmp_path)))
+    deadline = time.monotonic() + GROUP_WAIT_S + 10
+    while late.job is None or late.job.job_id is None:
+        assert time.monotonic() < deadline, "a start after shutdown was not submitted"
+        time.sleep(0.1)
+    executor.shutdown()
+    assert late.poll() == SLURM_FAILURE and _job_state(slurm_cluster, late.job.job_id) == "CANCELLED"
 
 
 def test_a_slow_or_refusing_sbatch_never_holds_up_the_caller(slurm_cluster, tmp_path, monkeypatch):
@@ -245,6 +252,7 @@ def test_online_training_with_simulations_as_slurm_jobs(slurm_cluster, tmp_path)
     done = run_engage(
         *RUN,
         "+data.executor_options.simulations_per_job=2",
+        "+data.executor_options.mem=200M",
         cwd=tmp_path,
         timeout=90,
         env={"SLURM_CONF": str(slurm_cluster.conf)},
@@ -489,6 +497,7 @@ def test_the_provider_asks_slurm_about_the_same_job_options_once_a_process(monke
         ({"simulations_per_job": 0}, "data.executor_options.simulations_per_job"),
         ({"simulations_per_job": 1.5}, "data.executor_options.simulations_per_job"),
         ({"simulations_per_job": 2, "mem": "lots"}, "data.executor_options.mem"),
+        ({"simulations_per_job": 2}, "data.executor_options.mem"),  # each step needs its own
     ],
 )
 def test_bad_job_sharing_options_are_one_line_naming_the_field(options, field):
@@ -498,3 +507,12 @@ def test_bad_job_sharing_options_are_one_line_naming_the_field(options, field):
     with pytest.raises(ConfigError) as refused:
         SlurmExecutor(check_folder=False, **options)  # refused before Slurm is asked anything
     assert str(refused.value).startswith(field) and "\n" not in str(refused.value)
+
+
+def test_a_simulation_sharing_a_job_ignores_files_an_earlier_run_left_under_its_name(tmp_path):
+    from engage.deploy.slurm.group import SlurmTask
+
+    for suffix in ("status", "cancel", "status.part"):  # a resumed run starts attempt 1 again
+        (tmp_path / f"sim-3-1.{suffix}").write_text("0")
+    task = SlurmTask(tmp_path, "sim-3-1", ["true"], {})
+    assert not list(tmp_path.iterdir()) and task.poll() is None

@@ -295,6 +295,15 @@ def sbatch_flags(
     return [f"--{flag}={value}" for flag, value in pairs if value is not None]
 
 
+def slurm_path(path: Path | str) -> str:
+    """``path`` for ``--output``, where Slurm expands ``%`` patterns (``%%`` is one ``%``).
+
+    >>> slurm_path("/runs/100%/sim-1-1.log")
+    '/runs/100%%/sim-1-1.log'
+    """
+    return str(path).replace("%", "%%")
+
+
 def check_submission(flags: list[str], field: str, what: str) -> None:
     """Ask ``slurmctld`` whether a job with ``flags`` would be accepted (``sbatch --test-only``);
     one line naming ``field`` (``data.executor_options``) and the fix when it would not."""
@@ -471,8 +480,8 @@ class SlurmExecutor(Executor):
 
     With ``simulations_per_job`` above 1, the simulations queued within half a second of each
     other share a batch job, up to that many, each as a job step with ``cpus_per_task`` and
-    ``mem`` of its own (the job asks for the sum, on one node): see :mod:`.group`. The run's
-    ``data.concurrency`` still caps the simulations running at once.
+    ``mem`` (then required) of its own; the job asks for the sum, on one node: see
+    :mod:`.group`. The run's ``data.concurrency`` still caps the simulations running at once.
 
     The trainer listens on one address that jobs on other nodes reach: ``bind_address`` when
     given, else this machine's address on its route to ``slurmctld`` (from ``scontrol show
@@ -543,7 +552,7 @@ class SlurmExecutor(Executor):
             return self.options
         from engage.deploy.slurm.group import job_memory
 
-        mem = None if self._mem is None else job_memory(self._mem, simulations, "data.executor_options.mem")
+        mem = job_memory(self._mem, simulations, "data.executor_options.mem")
         return ["--nodes=1", f"--ntasks={simulations}", *sbatch_flags(**self._job_options, mem=mem)]
 
     def _check(self) -> None:
@@ -617,7 +626,7 @@ class SlurmExecutor(Executor):
             "sbatch",
             "--parsable",
             f"--job-name=engage-{stem}-{self.token}",
-            f"--output={log_path}",
+            f"--output={slurm_path(log_path)}",
             f"--chdir={os.getcwd()}",
             # a job Slurm requeued (after a node failure) would start the simulation again from its
             # first sample under a spent key: the fleet retries it instead, from its sample index
@@ -636,7 +645,7 @@ class SlurmExecutor(Executor):
     def _enqueue(self, process: SlurmProcess | SlurmTask, item: object) -> None:
         with self._lock:
             if self._closed:
-                # started after shutdown(): never submitted, so nothing outlives the run
+                # started while shutdown() cancels the rest: never submitted, so nothing outlives it
                 process.withdraw()
                 return
             if self._submitter is None:
@@ -669,28 +678,40 @@ class SlurmExecutor(Executor):
             if ending:
                 return
 
-    def _submit_group(self, tasks: list) -> None:
-        """One batch job for ``tasks`` (those not killed meanwhile), a job step each."""
+    def _submit_group(self, tasks: list[SlurmTask]) -> None:
+        """One batch job for ``tasks`` (those not killed meanwhile), a job step each. Never
+        raises: what fails here fails these simulations' attempts, as a refused ``sbatch``."""
         from engage.deploy.slurm.group import group_script
 
         self._groups += 1
-        stem = f"group-{self._groups}"
+        stem = f"group-{self.token}-{self._groups}"
         folder = tasks[0].log_path.parent
         job = SlurmProcess(None, folder / f"{stem}.log", self.max_pending_s, self.states)
-        job.job_name = f"engage-sim-{stem}-{self.token}"
-        members: list = []
-        for task in tasks:
-            if task.attach(job, members, f"{task.stem}-{self.token}"):
-                members.append(task)
-        if not members:
+        job.job_name = f"engage-sim-{stem}"
+        # the whole list first: a simulation killed while the others join sees all of its job
+        members = [task for task in tasks if task.wanted]
+        joined = [task for task in members if task.attach(job, members, f"{task.stem}-{self.token}")]
+        if not joined:
             return
-        script = folder / f"{stem}.sbatch"
-        script.write_text(group_script(members, self.step_options, self.extra))
-        argv = [
-            *("sbatch", "--parsable", f"--job-name={job.job_name}", f"--output={job.log_path}"),
-            *(f"--chdir={os.getcwd()}", "--no-requeue", *self.group_options(len(members)), str(script)),
-        ]
-        job.submit(argv, job_environment(os.environ))
+        try:
+            script = folder / f"{stem}.sbatch"
+            script.write_text(group_script(joined, self.step_options, self.extra))
+            argv = [
+                *("sbatch", "--parsable", f"--job-name={job.job_name}", f"--output={slurm_path(job.log_path)}"),
+                *(f"--chdir={os.getcwd()}", "--no-requeue", *self.group_options(len(joined)), str(script)),
+            ]
+            # the srun in the script takes SLURM_* and SRUN_* variables as options: not this
+            # process's own (a trainer running inside an allocation has them); where Slurm's
+            # configuration is stays
+            env = {
+                k: v
+                for k, v in job_environment(os.environ).items()
+                if k == "SLURM_CONF" or not k.startswith(("SLURM_", "SRUN_"))
+            }
+        except Exception as exc:
+            job.refused(f"could not write the job's script: {type(exc).__name__}: {exc}")
+            return
+        job.submit(argv, env)
 
     @property
     def queued(self) -> int:
@@ -702,7 +723,8 @@ class SlurmExecutor(Executor):
 
     def shutdown(self) -> None:
         """Stop submitting, then cancel the jobs still queued or running when the run ends; a
-        simulation started after this is never submitted."""
+        simulation started while this runs is never submitted. A later :meth:`start` submits
+        again (the trainer may validate after fitting), and the next shutdown cancels it."""
         with self._lock:
             self._closed = True
             processes, self._processes = list(self._processes), []
@@ -714,3 +736,5 @@ class SlurmExecutor(Executor):
             submitter.join(150)  # the sbatch under way, if any, answers; its job is then cancelled
         if live:
             scancel(*live)
+        with self._lock:
+            self._closed = False  # a later start() (held-out simulations after fit) runs again

@@ -11,13 +11,14 @@ Example (the script a job of two simulations runs)::
 
     >>> from pathlib import Path
     >>> tasks = [SlurmTask(Path("/run/logs"), f"sim-{i}-1", ["python", "sim.py"], {}) for i in (3, 4)]
-    >>> script = group_script(tasks, step_flags=["--cpus-per-task=1"], extra=[])
+    >>> script = group_script(tasks, step_flags=["--cpus-per-task=1", "--mem=512M"], extra=[])
     >>> script.count("srun --ntasks=1 --nodes=1 --exact"), script.splitlines()[-1]
     (2, 'wait')
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from engage.core.config.validate import ConfigError
 from engage.core.executors import SimulationProcess, log_tail
-from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmProcess, scancel
+from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmProcess, scancel, slurm_path
 
 #: how long the executor's submission thread waits for further simulations to share a job
 GROUP_WAIT_S = 0.5
@@ -39,17 +40,29 @@ STATUS_INTERVAL_S = 0.5
 _MEMORY = re.compile(r"(\d+)([KMGT]?)", re.IGNORECASE)
 
 
-def job_memory(mem: str, simulations: int, field: str) -> str:
-    """Slurm's ``--mem`` for a job of ``simulations`` steps of ``mem`` each (``mem`` stays what
-    one simulation needs, however many share its job).
+#: MiB a job of several simulations asks for beyond their steps', per simulation: the batch
+#: script's shell and one ``srun`` client each, which Slurm counts in the job's memory
+BATCH_STEP_MIB = 32
+_MIB = {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024**2}
 
-    >>> job_memory("512M", 3, "mem"), job_memory("2", 4, "mem")
-    ('1536M', '8')
+
+def job_memory(mem: str | None, simulations: int, field: str) -> str:
+    """Slurm's ``--mem`` for a job of ``simulations`` steps of ``mem`` each (``mem`` stays what
+    one simulation needs, however many share its job), in MiB, with :data:`BATCH_STEP_MIB` a
+    simulation for the batch script. A step without a memory size would take the whole job's
+    where memory is a consumable resource, and the others wait for it: ``mem`` is required.
+
+    >>> job_memory("512M", 3, "mem"), job_memory("2G", 2, "mem")
+    ('1632M', '4160M')
     """
-    match = _MEMORY.fullmatch(str(mem).strip())
+    match = _MEMORY.fullmatch(str(mem).strip()) if mem is not None else None
     if match is None:
-        raise ConfigError(f"{field}: {mem!r} is not a Slurm memory size; give e.g. 512M or 2G")
-    return f"{int(match.group(1)) * simulations}{match.group(2).upper()}"
+        raise ConfigError(
+            f"{field}: {mem!r} is not a Slurm memory size, and each simulation of a job of several needs one; "
+            "give e.g. 512M or 2G (what one simulation needs)"
+        )
+    step = int(match.group(1)) * _MIB[match.group(2).upper()]
+    return f"{math.ceil(simulations * (step + BATCH_STEP_MIB))}M"
 
 
 class SlurmTask(SimulationProcess):
@@ -70,6 +83,9 @@ class SlurmTask(SimulationProcess):
         self.log_path = folder / f"{stem}.log"
         self.status_path = folder / f"{stem}.status"
         self.cancel_path = folder / f"{stem}.cancel"
+        # a resumed run starts an attempt under the same name: what an earlier one left is not its
+        for stale in (self.status_path, self.cancel_path, self.status_path.with_name(f"{stem}.status.part")):
+            stale.unlink(missing_ok=True)
         self.job: SlurmProcess | None = None  # its batch job, once submitted
         self.siblings: list[SlurmTask] = [self]  # the simulations of that job, itself included
         self.step_name = ""
@@ -83,7 +99,7 @@ class SlurmTask(SimulationProcess):
     def attach(self, job: SlurmProcess, siblings: list[SlurmTask], step_name: str) -> bool:
         """Join ``job`` as step ``step_name``; False (and left out) when killed before."""
         with self._lock:
-            if self._killed:
+            if self._killed or not job.wanted:
                 return False
             self.job, self.siblings, self.step_name = job, siblings, step_name
             return True
@@ -118,7 +134,10 @@ class SlurmTask(SimulationProcess):
             self._checked = now
             code = self._status()
             if code is not None:
-                return self._settle(code)
+                code = self._settle(code)
+                if all(task._code is not None for task in self.siblings):
+                    job.withdraw()  # every step wrote its code: the job ends on its own, unwatched
+                return code
         if job.poll() is None:
             return None
         # the job ended: what the step wrote, else it never ended on its own (node failure,
@@ -188,7 +207,9 @@ def group_script(tasks: list[SlurmTask], step_flags: list[str], extra: list[str]
         if task.keys is not None:
             lines.append(f"  . {q(str(task.keys))}; rm -f {q(str(task.keys))}")
         step = ["srun", "--ntasks=1", "--nodes=1", "--exact", *step_flags, f"--job-name={task.step_name}"]
-        step += [f"--output={task.log_path}", "--open-mode=append", *task.command]
+        step += [f"--output={slurm_path(task.log_path)}", "--open-mode=append"]
+        # checked again inside the step: one cancelled while srun waited for its CPUs never runs
+        step += ["sh", "-c", 'test -e "$0" && exit 0; exec "$@"', str(task.cancel_path), *task.command]
         lines.append(f"  {shlex.join(step)}")
         part = q(f"{task.status_path}.part")
         lines.append(f"  echo $? > {part} && mv {part} {q(str(task.status_path))}")
@@ -203,7 +224,7 @@ def cancel_step(job_id: str, step_name: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     try:
         out = subprocess.run(
-            ["squeue", "--steps", "--noheader", f"--jobs={job_id}", "--format=%i|%j"],
+            ["squeue", "--all", "--steps", "--noheader", f"--jobs={job_id}", "--format=%i|%j"],
             capture_output=True,
             text=True,
             timeout=30,
