@@ -656,7 +656,9 @@ def main() -> None:
     )
     parser.add_argument("--problems", nargs="+", default=["heat", "burgers"], help="online problems to run")
     parser.add_argument("--methods", nargs="+", default=[*FIXED, *ADAPTIVE], help="online samplers to run")
-    parser.add_argument("--overhead-epochs", type=int, default=6)
+    parser.add_argument(
+        "--overhead-epochs", type=int, default=30, help="epochs of 8 steps each callback is timed over (default 30)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and the plots")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -121,9 +121,35 @@ def test_loss_driven_reads_per_sample_loss_from_training_step_output():
     datamodule = SimulatedDataModule(simulator, sampler, train_simulations=4, val_simulations=1, batch_size=4)
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    tells = []
+    told = sampler.tell
+    sampler.tell = lambda *a, **k: (tells.append(1), told(*a, **k))[1]
     trainer.fit(Reporting(5, (8, 8), width=4), datamodule=datamodule)
     assert not calls and callback.told == sampler.num_told > 0
+    # read at every step, told to the sampler every every_n_steps (10) steps and once at the end
+    assert 1 <= len(tells) <= trainer.global_step // 10 + 1 < trainer.global_step
     assert len(sampler.loss_table()[0]) == 4  # one entry per simulation
+
+
+def test_loss_driven_keeps_the_losses_it_holds_in_its_checkpoint():
+    space = ParameterSpace.from_config({"x": {"low": 0.0, "high": 1.0}})
+    batches = [
+        {"parameters": torch.tensor([[0.1], [0.1], [0.3]]), "simulation_id": torch.tensor([0, 0, 1])},
+        {"parameters": torch.tensor([[0.6], [0.9]]), "simulation_id": torch.tensor([2, 3])},
+    ]
+    losses = [torch.tensor([1.0, 3.0, 2.0]), torch.tensor([0.5, 1.5])]
+    direct, resumed = LossDrivenSampler(space, seed=0), LossDrivenSampler(space, seed=0)
+    callback = LossDrivenSampling()
+    for batch, loss in zip(batches, losses):
+        callback.tell(direct, batch, loss)
+    holding = LossDrivenSampling()
+    for batch, loss in zip(batches, losses):
+        holding._hold(batch, loss)
+    restored = LossDrivenSampling()
+    restored.load_state_dict(holding.state_dict())  # as a checkpoint between two tells keeps them
+    assert restored._tell_held(resumed) == 4 == callback.told
+    np.testing.assert_allclose(resumed.loss_table()[1], direct.loss_table()[1])
+    np.testing.assert_allclose(resumed.loss_table()[1], [1.0, 1.0, 0.5, 1.5])
 
 
 def test_sensitivity_without_parameters_says_what_to_pass():

@@ -38,9 +38,10 @@ class LossDrivenSampling(Callback):
     around the highest-loss points.
 
     Per-sample losses are read from the ``training_step`` output when it is a mapping with
-    ``per_sample_loss`` (free), else computed every ``every_n_steps`` steps with
-    ``per_sample_loss(model, batch)`` (default: per-sample MSE, one extra forward pass without
-    gradients). Losses of samples of the same simulation (``simulation_id``) are averaged, and
+    ``per_sample_loss`` (free: read at every step and told to the sampler in one call every
+    ``every_n_steps`` steps and at the end of training), else computed every ``every_n_steps``
+    steps with ``per_sample_loss(model, batch)`` (default: per-sample MSE, one extra forward pass
+    without gradients). Losses of samples of the same simulation (``simulation_id``) are averaged, and
     their parameters (unit-normalised in batches) are mapped back to values for ``tell``.
 
     With ``relative`` (default), each loss is told divided by the mean loss of its batch: every
@@ -99,27 +100,56 @@ class LossDrivenSampling(Callback):
         self.relative = bool(relative)
         #: simulations told so far (checkpointed)
         self.told = 0
+        #: per-sample losses read from step outputs since the last tell: (unit points, losses, ids)
+        self._held: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
 
     def tell(self, sampler: Any, batch: Mapping[str, torch.Tensor], losses: torch.Tensor) -> int:
-        """Tell ``sampler`` the losses of one batch, averaged per simulation; returns points told."""
+        """Tell ``sampler`` the losses of one batch (and of the batches held since the last tell),
+        averaged per simulation within each batch; returns the points told."""
+        self._hold(batch, losses)
+        return self._tell_held(sampler)
+
+    def _hold(self, batch: Mapping[str, torch.Tensor], losses: torch.Tensor) -> None:
+        """Keep one batch's losses for the next tell (a copy on the host: a few numbers)."""
         unit = batch["parameters"].detach().float().cpu().numpy()
         values = torch.as_tensor(losses).detach().float().cpu().numpy().reshape(-1)
         if len(values) != len(unit):
             raise ValueError(f"per-sample loss has {len(values)} values for a batch of {len(unit)}")
-        if self.relative:
-            finite = values[np.isfinite(values)]
-            scale = float(finite.mean()) if len(finite) else 0.0
-            if not scale > 0.0:
-                return 0  # a batch the network fits exactly (or whose losses are unusable) ranks nothing
-            values = values / scale
         ids = batch.get("simulation_id")
-        if ids is not None:
-            ids = torch.as_tensor(ids).cpu().numpy().reshape(-1)
-            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-            values = np.bincount(inverse, weights=values) / np.bincount(inverse)
-            unit = unit[first]
+        ids = None if ids is None else torch.as_tensor(ids).cpu().numpy().reshape(-1)
+        self._held.append((unit, values, ids))
+
+    def _tell_held(self, sampler: Any) -> int:
+        """Tell the held batches' losses in one call of the sampler: each divided by its batch's
+        mean (``relative``), averaged per simulation within its batch; all batches at once."""
+        held, self._held = self._held, []
+        if not held:
+            return 0
+        unit = np.concatenate([u for u, _, _ in held])
+        values = np.concatenate([v for _, v, _ in held]).astype(np.float64)
+        batch = np.repeat(np.arange(len(held)), [len(v) for _, v, _ in held])
+        # a batch without simulation ids: each sample its own (negative ids never clash)
+        ids = np.concatenate([
+            i if i is not None else -1 - np.arange(len(v)) for _, v, i in held
+        ]).astype(np.int64)  # fmt: skip
+        if self.relative:
+            finite = np.isfinite(values)
+            sums = np.bincount(batch, weights=np.where(finite, values, 0.0), minlength=len(held))
+            counts = np.bincount(batch, weights=finite, minlength=len(held))
+            scale = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+            # a batch the network fits exactly (or whose losses are unusable) ranks nothing
+            keep = scale[batch] > 0.0
+            unit, batch, ids = unit[keep], batch[keep], ids[keep]
+            values = values[keep] / scale[batch]
+        if not len(values):
+            return 0
+        # (batch, simulation) as one integer, ordered as the pairs are: a 1-D unique is fast
+        span = int(ids.max()) - int(ids.min()) + 1
+        key = batch * span + (ids - ids.min())
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        values = np.bincount(inverse, weights=values) / np.bincount(inverse)
         space = sampler.space
-        points = np.clip(space.from_unit(unit), space.bounds[:, 0], space.bounds[:, 1])
+        points = np.clip(space.from_unit(unit[first]), space.bounds[:, 0], space.bounds[:, 1])
         sampler.tell(points, losses=values)
         self.told += len(points)
         return len(points)
@@ -141,13 +171,17 @@ class LossDrivenSampling(Callback):
         if not isinstance(batch, Mapping) or "parameters" not in batch:
             warn_once(self, "batch", "LossDrivenSampling needs mapping batches with 'parameters' (ENGAGE DataModules)")
             return
+        now = self.stage == "val" or due(trainer.global_step, self.every_n_steps)
         if isinstance(outputs, Mapping) and self.output_key in outputs:
-            losses = outputs[self.output_key]
-        elif self.stage == "val" or due(trainer.global_step, self.every_n_steps):
-            losses = self.per_sample_loss(pl_module, batch)
+            # free at every step: held, and told every every_n_steps steps in one call
+            self._hold(batch, outputs[self.output_key])
+            if not now:
+                return
+            self._tell_held(sampler)
+        elif now:
+            self.tell(sampler, batch, self.per_sample_loss(pl_module, batch))
         else:
             return
-        self.tell(sampler, batch, losses)
         if self.exploration is not None and hasattr(sampler, "exploration"):
             ratio = scheduled_ratio(self.exploration, self.exploration_final, self.schedule, self._progress(trainer))
             sampler.exploration = sampler.exploration_final = ratio
@@ -161,8 +195,19 @@ class LossDrivenSampling(Callback):
         if self.stage == "val" and not trainer.sanity_checking:
             self._handle(trainer, pl_module, outputs, batch)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sampler = find_sampler(trainer, self.sampler)
+        if self._held and sampler is not None and hasattr(sampler, "space"):
+            self._tell_held(sampler)  # the last steps' losses too
+
     def state_dict(self) -> dict[str, Any]:
-        return {"told": self.told}
+        # the losses held since the last tell, as plain lists (a checkpoint loads without pickles)
+        held = [(u.tolist(), v.tolist(), None if i is None else i.tolist()) for u, v, i in self._held]
+        return {"told": self.told, "held": held}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.told = int(state_dict.get("told", 0))
+        self._held = [
+            (np.asarray(u, np.float32), np.asarray(v, np.float32), None if i is None else np.asarray(i))
+            for u, v, i in state_dict.get("held", [])
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,15 +46,17 @@ class LossAverages:
     def add(self, unit: np.ndarray, losses: np.ndarray, replace: bool = False) -> None:
         """Add one loss per row of ``unit`` (with ``replace``, the loss replaces what was told
         before for that point); non-finite losses are ignored."""
-        for row, loss in zip(np.atleast_2d(unit), np.asarray(losses, dtype=np.float64).reshape(-1)):
-            if not np.isfinite(loss):
+        # the keys of every row at once (one rounding per batch, not one per point: this runs at
+        # every training step that has per-sample losses)
+        keys = map(tuple, np.round(np.atleast_2d(np.asarray(unit, dtype=np.float64)), DECIMALS).tolist())
+        for key, loss in zip(keys, np.asarray(losses, dtype=np.float64).reshape(-1).tolist()):
+            if not math.isfinite(loss):
                 continue
-            key = self.key(row)
             # popped and re-inserted: the most recently told points survive trimming
             total, count = self._sums.pop(key, 0.0), self._counts.pop(key, 0)
             squares = self._squares.pop(key, 0.0)  # nan (not known) stays nan
-            self._sums[key] = float(loss) if replace else total + float(loss)
-            self._squares[key] = float(loss) ** 2 if replace else squares + float(loss) ** 2
+            self._sums[key] = loss if replace else total + loss
+            self._squares[key] = loss**2 if replace else squares + loss**2
             self._counts[key] = 1 if replace else count + 1
         while len(self._sums) > self.max_points:
             oldest = next(iter(self._sums))
