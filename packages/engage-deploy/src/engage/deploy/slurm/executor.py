@@ -533,7 +533,7 @@ class SlurmExecutor(Executor):
         self._groups = 0
         self._closed = False
         self.extra = [str(line) for line in (extra or [])]
-        self._processes: list[SlurmProcess] = []
+        self._processes: list[SlurmProcess | SlurmTask] = []
         self.states = JobStates()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._submitter: threading.Thread | None = None
@@ -610,12 +610,14 @@ class SlurmExecutor(Executor):
             keys = folder / f"{stem}.secrets"
             write_private(keys, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
             lines += [f". {shlex.quote(str(keys))}", f"rm -f {shlex.quote(str(keys))}"]
+        from engage.core.online.client import PARENT_PID_ENV  # the online stack: loaded by a run already
+
+        # the job's parent is slurmstepd, not the trainer: no parent-pid watch
+        own = {k: v for k, v in request.env.items() if k != PARENT_PID_ENV}
         if self.simulations_per_job > 1:
             from engage.deploy.slurm.group import SlurmTask
 
-            # the job's parent is slurmstepd, not the trainer: no parent-pid watch
-            env = {k: v for k, v in request.env.items() if k != "ENGAGE_PARENT_PID"}
-            task = SlurmTask(folder, stem, request.command, env, keys)
+            task = SlurmTask(folder, stem, request.command, own, keys)
             self._enqueue(task, task)
             return task
         lines.append(f"exec {shlex.join(request.command)}")
@@ -634,9 +636,8 @@ class SlurmExecutor(Executor):
             *self.options,
             str(script),
         ]
-        # the job's parent is slurmstepd, not the trainer: no parent-pid watch
         # slurmctld stores a job's environment: none of this process's secrets (an MLflow password)
-        env = {k: v for k, v in {**job_environment(os.environ), **request.env}.items() if k != "ENGAGE_PARENT_PID"}
+        env = {**{k: v for k, v in job_environment(os.environ).items() if k != PARENT_PID_ENV}, **own}
         process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
         process.job_name = f"engage-{stem}-{self.token}"
         self._enqueue(process, (process, argv, env))
