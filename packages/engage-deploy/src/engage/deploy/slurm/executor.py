@@ -304,6 +304,23 @@ def slurm_path(path: Path | str) -> str:
     return str(path).replace("%", "%%")
 
 
+def batch_script(extra: list[str], body: list[str]) -> str:
+    """A batch script: ``extra`` as ``#SBATCH`` lines, then ``body``.
+
+    >>> batch_script(["--qos=short"], ["exec true"])
+    '#!/bin/sh\\n#SBATCH --qos=short\\nexec true\\n'
+    """
+    return "\n".join(["#!/bin/sh", *(f"#SBATCH {x}" for x in extra), *body]) + "\n"
+
+
+def source_keys(keys: Path | None) -> list[str]:
+    """Script lines that read a simulation's keys' file into its environment and delete it."""
+    if keys is None:
+        return []
+    quoted = shlex.quote(str(keys))
+    return [f". {quoted}", f"rm -f {quoted}"]
+
+
 def check_submission(flags: list[str], field: str, what: str) -> None:
     """Ask ``slurmctld`` whether a job with ``flags`` would be accepted (``sbatch --test-only``);
     one line naming ``field`` (``data.executor_options``) and the fix when it would not."""
@@ -604,12 +621,10 @@ class SlurmExecutor(Executor):
         folder = Path(request.log_dir or self.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"sim-{request.simulation_id}-{request.attempt}"
-        lines = ["#!/bin/sh"]
         keys = None
         if request.secrets:
             keys = folder / f"{stem}.secrets"
             write_private(keys, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
-            lines += [f". {shlex.quote(str(keys))}", f"rm -f {shlex.quote(str(keys))}"]
         from engage.core.online.client import PARENT_PID_ENV  # the online stack: loaded by a run already
 
         # the job's parent is slurmstepd, not the trainer: no parent-pid watch
@@ -620,9 +635,8 @@ class SlurmExecutor(Executor):
             task = SlurmTask(folder, stem, request.command, own, keys)
             self._enqueue(task, task)
             return task
-        lines.append(f"exec {shlex.join(request.command)}")
         script = folder / f"{stem}.sbatch"
-        script.write_text("\n".join(["#!/bin/sh", *(f"#SBATCH {x}" for x in self.extra), *lines[1:]]) + "\n")
+        script.write_text(batch_script(self.extra, [*source_keys(keys), f"exec {shlex.join(request.command)}"]))
         log_path = folder / f"{stem}.log"
         argv = [
             "sbatch",

@@ -30,7 +30,14 @@ from pathlib import Path
 
 from engage.core.config.validate import ConfigError
 from engage.core.executors import SimulationProcess, log_tail
-from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmProcess, scancel, slurm_path
+from engage.deploy.slurm.executor import (
+    SLURM_FAILURE,
+    SlurmProcess,
+    batch_script,
+    scancel,
+    slurm_path,
+    source_keys,
+)
 
 #: how long the executor's submission thread waits for further simulations to share a job
 GROUP_WAIT_S = 0.5
@@ -199,13 +206,12 @@ def group_script(tasks: list[SlurmTask], step_flags: list[str], extra: list[str]
     cancelled before its turn, sources and deletes its keys' file, runs it as a job step and
     writes the step's exit code (atomically: a reader never sees half a number)."""
     q = shlex.quote
-    lines = ["#!/bin/sh", *(f"#SBATCH {x}" for x in extra)]
+    lines = []
     for task in tasks:
         lines.append("(")
         lines.append(f"  test -e {q(str(task.cancel_path))} && exit 0")
         lines += [f"  export {k}={q(v)}" for k, v in task.env.items()]
-        if task.keys is not None:
-            lines.append(f"  . {q(str(task.keys))}; rm -f {q(str(task.keys))}")
+        lines += [f"  {line}" for line in source_keys(task.keys)]
         step = ["srun", "--ntasks=1", "--nodes=1", "--exact", *step_flags, f"--job-name={task.step_name}"]
         step += [f"--output={slurm_path(task.log_path)}", "--open-mode=append"]
         # checked again inside the step: one cancelled while srun waited for its CPUs never runs
@@ -215,7 +221,7 @@ def group_script(tasks: list[SlurmTask], step_flags: list[str], extra: list[str]
         lines.append(f"  echo $? > {part} && mv {part} {q(str(task.status_path))}")
         lines.append(") &")
     lines.append("wait")
-    return "\n".join(lines) + "\n"
+    return batch_script(extra, lines)
 
 
 def cancel_step(job_id: str, step_name: str) -> None:

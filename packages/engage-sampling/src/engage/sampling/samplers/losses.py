@@ -36,9 +36,15 @@ class LossAverages:
         self._counts: dict[tuple[float, ...], int] = {}
 
     @staticmethod
+    def keys(unit: np.ndarray | Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
+        """The keys of points given in unit coordinates, one per row (rounded at once: a batch's
+        are made at every training step that has per-sample losses)."""
+        return list(map(tuple, np.round(np.atleast_2d(np.asarray(unit, dtype=np.float64)), DECIMALS).tolist()))
+
+    @staticmethod
     def key(unit_row: np.ndarray | Sequence[float]) -> tuple[float, ...]:
         """The key of a point given in unit coordinates."""
-        return tuple(np.round(np.asarray(unit_row, dtype=np.float64), DECIMALS).tolist())
+        return LossAverages.keys(unit_row)[0]
 
     def __len__(self) -> int:
         return len(self._sums)
@@ -46,10 +52,7 @@ class LossAverages:
     def add(self, unit: np.ndarray, losses: np.ndarray, replace: bool = False) -> None:
         """Add one loss per row of ``unit`` (with ``replace``, the loss replaces what was told
         before for that point); non-finite losses are ignored."""
-        # the keys of every row at once (one rounding per batch, not one per point: this runs at
-        # every training step that has per-sample losses)
-        keys = map(tuple, np.round(np.atleast_2d(np.asarray(unit, dtype=np.float64)), DECIMALS).tolist())
-        for key, loss in zip(keys, np.asarray(losses, dtype=np.float64).reshape(-1).tolist()):
+        for key, loss in zip(self.keys(unit), np.asarray(losses, dtype=np.float64).reshape(-1).tolist()):
             if not math.isfinite(loss):
                 continue
             # popped and re-inserted: the most recently told points survive trimming
