@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -264,6 +266,10 @@ def test_online_training_with_simulations_as_slurm_jobs(slurm_cluster, tmp_path)
     scripts = sorted(tmp_path.rglob("group-*.sbatch"))
     assert scripts and scripts[0].read_text().count("\n  srun ") == 2, [p.read_text() for p in scripts]
     assert sum(p.read_text().count("\n  srun ") for p in scripts) == 3
+    # each simulation's keys reached it through a 0600 file in the working folder, which compute
+    # nodes see, not through a key file in the trainer's temporary folder, which they may not
+    sourced = [m for p in scripts for m in re.findall(r"^\s*\. (\S+)$", p.read_text(), re.M)]
+    assert len(sourced) == 3 and all(Path(m).parent.is_relative_to(tmp_path) for m in sourced), sourced
     assert not list(tmp_path.rglob("*.secrets"))  # every key file read and deleted by its step
 
 

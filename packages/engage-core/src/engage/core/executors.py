@@ -86,7 +86,8 @@ class SimulationProcess(ABC):
 class Executor(ABC):
     """Starts simulation processes. Subclasses register under a name with ``engage_executors``."""
 
-    #: whether started processes can read files of the trainer's host (e.g. a pickled simulator)
+    #: whether started processes can read files in the trainer host's temporary folder, where a
+    #: run keeps its key files (else a simulation's keys reach it through ``LaunchRequest.secrets``)
     shares_filesystem: bool = True
     #: whether started processes run beside the trainer, so their samples may skip the network
     #: and go into the trainer's shared memory; off for hosts reached over (emulated) links

@@ -516,6 +516,10 @@ class SlurmExecutor(Executor):
     """
 
     shares_memory = False
+    #: compute nodes see the working folder (checked), not the trainer's temporary folder, where
+    #: the run's own key files are: a simulation's keys go into a ``0600`` file beside its batch
+    #: script, which the script reads into its environment and deletes
+    shares_filesystem = False
 
     def __init__(
         self,
