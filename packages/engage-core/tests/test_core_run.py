@@ -143,6 +143,19 @@ def test_a_run_that_falls_short_exits_4_with_one_line_and_a_failed_mlflow_run(tm
     assert runs[0].data.metrics["online/simulations_given_up"] >= 1
 
 
+def test_a_fit_whose_training_loop_never_ran_fails_and_records_its_online_run(tmp_path):
+    """``limit_train_batches=0``: Lightning skips the training loop (no on_train_end); the run
+    trained no batch and must not finish."""
+    result = engage("run", *TINY, "trainer.limit_train_batches=0", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "online run failed: no batch was trained" in line, line
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.metrics["online/batches_trained"] == 0
+    assert len(runs[0].data.tags["engage.online_run_id"]) == 32  # failed runs name their online state too
+
+
 def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_path):
     result = engage("run", *TINY, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -191,6 +204,14 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL
+    _, before = _runs(tmp_path)
+    # the checkpoint of another simulator is refused before anything starts, naming what differs
+    other = [a.replace("simulator.steps=8", "simulator.steps=9") for a in args]
+    refused = engage("run", *other, "ckpt_path=last", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    (line,) = _stderr_lines(refused)
+    assert "another simulator" in line and "samples_per_run: 8 -> 9" in line, line
+    assert len(_runs(tmp_path)[1]) == len(before)
     result = engage("run", *args, "ckpt_path=last", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "simulations: 3 requested, 3 completed, 0 failed, 0 given up; samples: 24 received, 24 trained" in (

@@ -240,6 +240,28 @@ def _garbage(rng: random.Random, simulation_id: int) -> list[bytes]:
     return frames
 
 
+def test_a_scheduler_that_cannot_listen_fails_the_run_with_one_line(tmp_path, helpers_on_path):
+    """The trainer's socket cannot be bound (an address of no interface here): ``start`` raises
+    the run's failure, which ``engage run`` prints as one line with exit code 4."""
+    from engage.core.executors import LocalExecutor
+
+    class Elsewhere(LocalExecutor):
+        def bind_host(self) -> str:
+            return "192.0.2.1"  # TEST-NET-1: no interface of this machine has it
+
+    sim = ramp()
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), TrainingBuffer(capacity=16, policy="fifo"), simulations=1,
+        workdir=str(tmp_path), executor=Elsewhere(),
+    )  # fmt: skip
+    with pytest.raises(OnlineRunFailed, match=r"^simulation scheduler failed: ZMQError: .*address") as failed:
+        scheduler.start()
+    assert "\n" not in str(failed.value)
+    scheduler.join(5)
+    assert not scheduler._thread.is_alive()  # nothing it started holds it
+    assert scheduler.buffer.closed
+
+
 def test_no_message_from_any_peer_stops_the_receiver(tmp_path, helpers_on_path):
     # simulations that never connect keep the scheduler waiting while peers send it garbage:
     # peers without keys (the handshake refuses them), peers holding the running simulation's key

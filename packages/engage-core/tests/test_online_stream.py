@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -62,6 +63,26 @@ def test_header_round_trip_and_errors():
         protocol.decode_header(b"short")
     with pytest.raises(protocol.ProtocolError, match="big-endian"):
         protocol.dtype_code(np.dtype(">f4"))
+    with pytest.raises(protocol.ProtocolError, match=r"negative simulation id or sample index \(9, -1\)"):
+        protocol.decode_header(protocol.encode_header(protocol.Kind.SAMPLES, 9, 2, -1, array=array, count=2))
+
+
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b'{"pid": 1e999}', "out of range"),
+        (b'{"pid": NaN}', "NaN is not a number"),
+        (b'{"pid": -Infinity}', "-Infinity is not a number"),
+        (b'{"a": ' + b"[" * 9 + b"]" * 9 + b"}", "nested deeper than 8"),
+        (b'{"a": ' + b"[" * 60_000, "not UTF-8 JSON"),
+        (b"[1]", "must be an object"),
+    ],
+)
+def test_a_peers_json_is_bounded_in_depth_and_numbers(payload, why):
+    with pytest.raises(protocol.ProtocolError, match=why):
+        protocol.decode_json(payload)
+    hello = {"pid": 12, "host": "node-1", "protocol": 1, "shm": {"name": "x", "slots": [1.5, 2]}}
+    assert protocol.decode_json(json.dumps(hello).encode()) == hello
 
 
 # --------------------------------------------------------------------------- buffer

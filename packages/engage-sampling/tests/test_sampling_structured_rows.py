@@ -33,7 +33,8 @@ def test_telling_rows_one_at_a_time_costs_the_same_per_row_however_many_were_tol
     # quadratic telling took 38 s for 2,560 rows, and its second half three times its first
     runs = [_tell_one_at_a_time(20_480) for _ in range(3)]
     first, second = min(r[0] for r in runs), min(r[1] for r in runs)
-    assert second <= 1.6 * first, (first, second)
+    # 20,480 rows take at most 2.2 times as long as their first 10,240 (2.0 when linear)
+    assert first + second <= 2.2 * first, (first, second)
     assert min(sum(_tell_one_at_a_time(40_960)) for _ in range(3)) < 1.0
 
 

@@ -205,9 +205,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # whole, as the user's own file (weights_only=False), never from an unknown source
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
-            online_run = getattr(datamodule, "run_id", None)
-            if online_run and tracked is not None:
-                tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:
@@ -222,6 +219,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         if tracked is not None:
             try:
+                # the id naming the online run's own journal, caches and folder, failed runs' too
+                online_run = getattr(datamodule, "run_id", None)
+                if online_run:
+                    tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
                 tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
                 if status != "KILLED":  # Ctrl-C does not wait for uploads
                     for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):

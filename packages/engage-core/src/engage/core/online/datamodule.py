@@ -528,8 +528,8 @@ def check_resumable(state: dict[str, Any], simulator: Simulator, sampler: Sample
     saved = state.get("simulator")
     if saved is not None and _plain_json(saved) != _plain_json(_describe(simulator)):
         raise ValueError(
-            f"the checkpoint was written by a run of another simulator ({_short(saved)}; this run: "
-            f"{_short(_describe(simulator))}); resume with the same simulator or start a new run"
+            f"the checkpoint was written by a run of another simulator ({_differences(saved, _describe(simulator))}); "
+            "resume with the same simulator or start a new run"
         )
     name = state.get("sampler")
     if name is not None and name != type(sampler).__name__:
@@ -539,8 +539,12 @@ def check_resumable(state: dict[str, Any], simulator: Simulator, sampler: Sample
         )
     ranks = state.get("ranks") or []
     space = ranks[0].get("sampler", {}).get("space") if ranks else None
-    if space is not None and space != sampler.space.to_config():
-        raise ValueError("the checkpoint was written for another parameter space; resume with the same one")
+    now = sampler.space.to_config()
+    if space is not None and _plain_json(space) != _plain_json(now):
+        raise ValueError(
+            f"the checkpoint was written for another parameter space ({_differences(space, now)}); "
+            "resume with the same one or start a new run"
+        )
 
 
 def _plain_json(value: Any) -> str:
@@ -549,9 +553,28 @@ def _plain_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = _plain_json(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _differences(saved: Any, now: Any, shown: int = 3) -> str:
+    """Where two JSON-like values differ, as ``path: checkpoint's -> this run's``, the first
+    ``shown`` of them (values cut to 40 characters), e.g. ``kwargs.steps: 8 -> 9``."""
+
+    def flat(value: Any, path: str) -> dict[str, str]:
+        if isinstance(value, dict):
+            out: dict[str, str] = {} if value else {path: "{}"}
+            for key in value:
+                out.update(flat(value[key], f"{path}.{key}" if path else str(key)))
+            return out
+        return {path or "(whole)": _plain_json(value)}
+
+    a, b = flat(saved, ""), flat(now, "")
+    paths = [p for p in dict.fromkeys([*a, *b]) if a.get(p) != b.get(p)]
+
+    def cut(text: str | None) -> str:
+        text = "(none)" if text is None else text
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    listed = "; ".join(f"{p}: {cut(a.get(p))} -> {cut(b.get(p))}" for p in paths[:shown])
+    more = f"; and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"checkpoint -> this run: {listed}{more}"
 
 
 def _plain(spec: Any) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
@@ -155,6 +156,8 @@ def decode_header(buffer: bytes | memoryview) -> Header:
         raise ProtocolError(f"unknown dtype code {code}")
     if ndim > MAX_NDIM:
         raise ProtocolError(f"ndim {ndim} exceeds {MAX_NDIM}")
+    if index < 0 or sim_id < 0:
+        raise ProtocolError(f"negative simulation id or sample index ({sim_id}, {index})")
     return Header(kind_member, sim_id, attempt, index, (s0, s1, s2, s3)[:ndim], DTYPE_CODES[code], nbytes, flags)
 
 
@@ -172,19 +175,52 @@ def encode_text(kind: Kind, simulation_id: int, attempt: int, text: str = "", in
 
 #: the largest JSON payload a peer may send (HELLO): a few hundred bytes are enough
 MAX_JSON_BYTES = 64 * 1024
+#: the deepest nesting of objects and arrays a peer's JSON may have (a HELLO has 2)
+MAX_JSON_DEPTH = 8
 
 
-def decode_json(payload: bytes | memoryview) -> dict[str, Any]:
-    """A JSON object from a peer; :class:`ProtocolError` for anything else (too large, not UTF-8,
-    not JSON, nested too deep for the decoder, numbers too long to convert)."""
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number this protocol accepts")
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data``'s objects and arrays nest (a scalar: 0), without recursion."""
+    deepest, level = 0, [(data, 1)]
+    while level:
+        value, depth = level.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        level.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def decode_json(payload: bytes | memoryview, peer: bool = True) -> dict[str, Any]:
+    """A JSON object; :class:`ProtocolError` for anything else (too large, not UTF-8, not JSON,
+    nested too deep for the decoder, numbers too long to convert). With ``peer`` (a simulation's
+    message, read by the trainer) also nested deeper than :data:`MAX_JSON_DEPTH`, ``NaN`` or an
+    infinite number; the trainer's ``JOB`` may carry a simulator's configuration as it is."""
     if len(payload) > MAX_JSON_BYTES:
         raise ProtocolError(f"JSON payload of {len(payload)} bytes; at most {MAX_JSON_BYTES} are accepted")
+    numbers = {"parse_float": _finite, "parse_constant": _no_constant} if peer else {}
     try:
-        data = json.loads(bytes(payload).decode())
+        data = json.loads(bytes(payload).decode(), **numbers)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ProtocolError(f"payload is not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise ProtocolError("JSON payload must be an object")
+    if peer and _depth(data) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"JSON payload nested deeper than {MAX_JSON_DEPTH} levels")
     return data
 
 
@@ -219,7 +255,7 @@ class Job:
     @classmethod
     def decode(cls, payload: bytes | memoryview, heartbeat_interval: float, server_timeout: float) -> Job:
         """The job in a ``JOB`` payload (the defaults: the client's own settings)."""
-        data = decode_json(payload)
+        data = decode_json(payload, peer=False)
         known = set(cls.__dataclass_fields__) - {"extra"}
         return cls(
             parameters=data.get("parameters", {}),

@@ -12,8 +12,9 @@ log = logging.getLogger("engage.online")
 
 class OnlineRunCheck(pl.Callback):
     """Counts the batches each training step takes (:class:`~.ledger.TrainingLedger`), and when
-    training ends records the run's :class:`~.outcome.OnlineOutcome` (MLflow metrics
-    ``online/simulations_*`` and ``online/samples_*``, one log line) and raises
+    training ends (or the fit, when its training loop never ran) records the run's
+    :class:`~.outcome.OnlineOutcome` (MLflow metrics ``online/simulations_*`` and
+    ``online/samples_*``, one log line) and raises
     :class:`~.outcome.OnlineRunFailed` out of ``Trainer.fit`` when the run did not complete the
     simulations it was asked for (``min_completed``) or trained no batch.
 
@@ -42,6 +43,15 @@ class OnlineRunCheck(pl.Callback):
             dm.ledger.step_started(trainer.global_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._judge(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a fit whose training loop never ran (``limit_train_batches=0``, ``max_steps`` reached
+        # already) calls no on_train_end: it is judged here, and trained no batch
+        if self._recorded is None:
+            self._judge(trainer)
+
+    def _judge(self, trainer: pl.Trainer) -> None:
         dm = self._datamodule(trainer)
         if dm is None:
             return

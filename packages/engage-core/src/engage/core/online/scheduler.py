@@ -61,6 +61,7 @@ from engage.core.online.frames import (
     read_payload,
 )
 from engage.core.online.journal import Journal
+from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.protocol import Kind, ProtocolError
 from engage.core.online.receiver import SampleReceiver
 from engage.core.online.security import TRANSPORT_SECURITY, PeerWarnings, RunKeys, run_folder, serve_curve
@@ -240,8 +241,8 @@ class SimulationScheduler:
         self._thread = threading.Thread(target=self._main, name=f"engage-scheduler-{self.rank}", daemon=True)
         self._thread.start()
         self._bound.wait(30)
-        if self.error:
-            raise RuntimeError(self.error)
+        if self.error:  # it could not listen: the run ends here, with one line naming why
+            raise OnlineRunFailed(self.error)
 
     def stop(self) -> None:
         """Stop launching, kill running simulations, and wait for the thread."""
@@ -272,7 +273,11 @@ class SimulationScheduler:
         authenticator = serve_curve(context, sock, keys)
         self.fleet.keys = keys
         host = self.executor.bind_host()
-        port = sock.bind_to_random_port(f"tcp://{host}")
+        try:
+            port = sock.bind_to_random_port(f"tcp://{host}")
+        except BaseException:
+            authenticator.stop()  # its socket would hold the context's term() forever
+            raise
         self.address = f"tcp://{host}:{port}"
         return authenticator
 
