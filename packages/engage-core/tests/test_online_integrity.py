@@ -3,6 +3,7 @@ no peer can stop the receiver, unmet budgets fail, runs never share state, resum
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import struct
@@ -312,3 +313,105 @@ def test_no_message_from_any_peer_stops_the_receiver(tmp_path, helpers_on_path):
         scheduler.stop()
         context.destroy(linger=0)
     assert scheduler.error is None and buffer.inserted == 0
+
+
+def test_reservoir_resume_restores_the_buffer_and_reproduces_what_arrived_after_the_checkpoint(
+    tmp_path, helpers_on_path, monkeypatch
+):
+    """With the reservoir policy a checkpoint holds the buffer as it was, and the simulations still
+    running from the sample index each had reached: a run resumed from it starts from that buffer,
+    and its simulations send again exactly the samples that arrived after the checkpoint (those
+    the killed run received and lost), and none of those before it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    steps = 16
+    received: dict[int, list[tuple[int, int]]] = {}  # id(buffer) -> (simulation id, sample index)
+
+    def log(buffer, ids, times) -> None:
+        pairs = zip(np.asarray(ids).tolist(), np.asarray(times).tolist())
+        received.setdefault(id(buffer), []).extend((s, round(t * steps) - 1) for s, t in pairs)
+
+    commit, put_many = TrainingBuffer.commit_arrays, TrainingBuffer.put_many
+
+    def logged_commit(self, slots, parameters, simulation_ids, times):
+        commit(self, slots, parameters, simulation_ids, times)
+        log(self, simulation_ids, times)
+
+    def logged_put_many(self, samples, owned=False):
+        put_many(self, samples, owned)
+        log(self, [s[2] for s in samples], [s[3] for s in samples])
+
+    monkeypatch.setattr(TrainingBuffer, "commit_arrays", logged_commit)
+    monkeypatch.setattr(TrainingBuffer, "put_many", logged_put_many)
+    sim = FunctionSimulator(
+        "test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=steps,
+        kwargs={"steps": steps, "delay": 0.03},
+    )  # fmt: skip
+
+    def make() -> OnlineDataModule:
+        return datamodule(
+            # a sample is read at most twice: the stream ends once the simulations did and their
+            # samples were read, whatever the pace of training
+            sim, simulations=4, concurrency=2, policy="reservoir", max_reads=2, capacity=16, batches_per_epoch=60,
+            seed=5, workdir=str(tmp_path / "work"),
+        )  # fmt: skip
+
+    first = make()
+    saved = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    with pytest.raises(OnlineRunFailed, match=r"[0-3] of 4 simulations completed"):  # stopped early, as a kill would
+        fit(first, tmp_path, max_steps=8, callbacks=[saved], enable_checkpointing=True, limit_val_batches=0,
+            num_sanity_val_steps=0)  # fmt: skip
+    checkpoint = tmp_path / "ckpt" / "epoch=0-step=2.ckpt"
+    state = torch.load(checkpoint, weights_only=False)["OnlineDataModule"]
+    rank = state["ranks"][0]
+    started = rank["scheduler"]["next_index"]  # simulations 0 .. started - 1 had been asked for
+    resume = {p["simulation_id"]: p["resume_from"] for p in rank["scheduler"]["pending"]}
+    before = received[id(first.buffer)]
+    # the checkpoint came while simulations were running, and the killed run went on receiving
+    assert resume and any(0 < r < steps for r in resume.values()), resume
+    lost = [(s, i) for s, i in before if i >= resume.get(s, steps)]
+    assert lost, "no sample arrived between the checkpoint and the end of the first run"
+
+    second = make()
+    restored: list[list[tuple[int, float]]] = []
+
+    class Restored(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            b = trainer.datamodule.buffer.state_dict()
+            restored.append(sorted(zip(b["simulation_id"].tolist(), b["time"].tolist())))
+
+    trainer = pl.Trainer(
+        accelerator="cpu", default_root_dir=str(tmp_path), max_steps=60, callbacks=[Restored()], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(Tiny(), datamodule=second, ckpt_path=str(checkpoint), weights_only=False)
+    saved_buffer = rank["buffer"]
+    assert restored == [sorted(zip(saved_buffer["simulation_id"].tolist(), saved_buffer["time"].tolist()))]
+    assert len(restored[0]) > 0
+    after = collections.Counter(received[id(second.buffer)])
+    # each simulation sends again from where the checkpoint left it: once each, nothing before
+    expected = collections.Counter(
+        (s, i) for s in range(4) for i in range(resume.get(s, steps if s < started else 0), steps)
+    )
+    assert after == expected, (sorted((expected - after).elements())[:8], sorted((after - expected).elements())[:8])
+    assert set(lost) <= set(after)
+    assert second.outcome().completed == 4
+
+
+def test_training_bounded_by_max_steps_alone_stops_when_the_stream_ends(tmp_path, helpers_on_path):
+    """``max_steps`` without ``max_epochs`` (Lightning then sets no bound on epochs): once the
+    simulations ended and their samples were read, the fit ends instead of starting empty
+    epochs forever."""
+    import threading
+
+    dm = datamodule(ramp(), simulations=2, policy="fifo", max_reads=1, batches_per_epoch=2)
+    trainers: list[pl.Trainer] = []
+    worker = threading.Thread(
+        target=lambda: trainers.append(fit(dm, tmp_path, max_epochs=None, max_steps=1000, limit_val_batches=0)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the fit went on after the stream ended"
+    assert trainers[0].global_step == 3  # 2 simulations x 6 samples, batches of 4
+    assert dm.outcome().samples_trained == 12

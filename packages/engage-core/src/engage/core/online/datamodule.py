@@ -93,6 +93,11 @@ class BufferStream(IterableDataset):
         for _ in range(dm.batches_per_epoch):
             batch = dm.next_batch()
             if not dm.all_ranks_have(batch is not None):
+                # the stream ended: no later epoch has a batch either, so training stops here
+                # (with max_steps and no max_epochs, Lightning would start empty epochs forever)
+                trainer = getattr(dm, "trainer", None)
+                if trainer is not None:
+                    trainer.should_stop = True
                 return
             dm.ledger.handed_out(batch)  # type: ignore[arg-type]
             yield {
