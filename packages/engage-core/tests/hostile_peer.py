@@ -3,8 +3,11 @@ trainer's memory): ``python -m hostile_peer ADDRESS SERVER_KEY KIND SIMULATION_I
 
 ``KIND``: ``unauthenticated`` (no CURVE), ``guessed`` (a CURVE key of its own), ``other-key``
 (``KEYS``, issued to another attempt, claiming this one), ``oversized`` (frames of 8 MiB),
-``nested`` (deeply nested JSON), ``flood`` (many small messages, no key). It claims
-``SIMULATION_ID`` attempt 1 and that simulation's old routing identity."""
+``nested`` (deeply nested JSON), ``flood`` (many small messages, no key), ``stolen`` (``KEYS``
+of the running attempt itself, taken from its key file: messages wrong in each field of the
+header, the frames and the payloads, a premature ``DONE``, an ``ERROR`` that would forge a log
+line, and samples that look right). It claims ``SIMULATION_ID`` attempt 1 and (but the thief)
+that simulation's old routing identity."""
 
 from __future__ import annotations
 
@@ -19,6 +22,46 @@ from engage.core.online import protocol
 from engage.core.online.security import use_client_keys
 
 
+def malformed(sid: int, index: int) -> list[list[bytes]]:
+    """Messages of simulation ``sid`` attempt 1, each wrong in one way (or, the last ones,
+    well-formed but not the attempt's to send)."""
+    sample = np.full((8, 8), 1e6, np.float32)
+    payload = sample.tobytes()
+    code = protocol.dtype_code(sample.dtype)
+
+    def header(
+        kind: int = protocol.Kind.SAMPLE, magic: bytes = protocol.MAGIC, version: int = protocol.VERSION,
+        dtype: int = code, ndim: int = 2, simulation: int = sid, at: int = index, shape=(8, 8, 0, 0),
+        nbytes: int = len(payload), flags: int = 0,
+    ) -> bytes:  # fmt: skip
+        return protocol.HEADER.pack(magic, version, kind, dtype, ndim, simulation, 1, flags, at, *shape, nbytes)
+
+    deep, nan = b'{"a": [[[[[[[[[[]]]]]]]]]]}', b'{"pid": NaN, "host": "x", "protocol": 1}'
+    forged = b"ok\n2026-01-01 12:00:00 INFO engage.online simulation 0 finished"
+    return [
+        [header(magic=b"XXXX"), payload],
+        [header(version=99), payload],
+        [header(kind=200), payload],
+        [header(dtype=99), payload],
+        [header(ndim=7), payload],
+        [header(simulation=sid + 1), payload],
+        [header(at=-1), payload],
+        [header(at=10**9), payload],
+        [header(shape=(4, 4, 0, 0)), payload],
+        [header(nbytes=len(payload) + 4), payload],
+        [header(), payload[:100]],
+        [header(flags=1), b""],  # samples in shared memory it was never granted
+        [header(), payload, payload],
+        [header()],
+        [header(kind=protocol.Kind.HELLO, nbytes=len(deep)), deep],
+        [header(kind=protocol.Kind.HELLO, nbytes=len(nan)), nan],
+        [header(kind=protocol.Kind.DONE, at=index + 1, nbytes=0), b""],  # "done" before its time
+        [header(kind=protocol.Kind.ERROR, nbytes=len(forged)), forged],
+        [header(), payload],  # a sample that looks right: not this connection's to send
+        [protocol.encode_header(protocol.Kind.SAMPLES, sid, 1, index, array=sample, count=2), payload * 2],
+    ]
+
+
 def main(address: str, server_key: str, kind: str, sid: int, keys: str, count: int) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
@@ -30,13 +73,17 @@ def main(address: str, server_key: str, kind: str, sid: int, keys: str, count: i
         # the server's public key is no secret; the client's own key was never issued
         public, secret = zmq.curve_keypair()
         use_client_keys(sock, {"server": server_key, "public": public.decode(), "secret": secret.decode()})
-    sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-1".encode())
+    if kind != "stolen":  # the thief's routing identity is its own: another attacker holds that one
+        sock.setsockopt(zmq.IDENTITY, f"sim-{sid}-1".encode())
     sock.connect(address)
     sample = np.full((8, 8), 1e6, np.float32)  # nothing honest looks like this
     hello = protocol.encode_json(protocol.Kind.HELLO, sid, 1, {"pid": 1, "host": "x", "protocol": 1})
-    messages = count * (100 if kind == "flood" else 1)
+    messages = count * {"flood": 100, "stolen": 5}.get(kind, 1)
     for index in range(messages):
-        if index % 10 == 0:
+        if kind == "stolen":  # every variant, over and over
+            variants = malformed(sid, index % 40)
+            frames = variants[index % len(variants)]
+        elif index % 10 == 0:
             frames = hello
         elif kind == "oversized":
             frames = [protocol.encode_header(protocol.Kind.SAMPLE, sid, 1, 0, array=sample), bytes(8 << 20)]

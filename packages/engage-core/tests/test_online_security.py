@@ -96,11 +96,12 @@ def test_peer_warnings_are_rate_limited_with_counts(caplog):
 @pytest.mark.slow
 def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helpers_on_path, caplog):
     """Peers without keys, with guessed keys, with a key issued to another attempt, with
-    oversized frames and deeply nested JSON, all claiming running simulations, while two honest
-    simulations run: the run completes, every sample is its simulation's own, memory and log
-    stay bounded."""
+    oversized frames and deeply nested JSON, all claiming running simulations, and a peer holding
+    a running simulation's own key (read from its key file) that sends messages wrong in every
+    field, while two honest simulations run: the run completes without a retry, every sample is
+    its simulation's own, memory and log stay bounded."""
     buffer = TrainingBuffer(capacity=512, policy="fifo")
-    sim = ramp(delay=0.02)  # about a second of samples each, while the attackers run
+    sim = ramp(delay=0.05)  # two seconds of samples each, while the attackers run
     journal = Journal(str(tmp_path / "journal.jsonl"))
     scheduler = SimulationScheduler(
         sim, UniformSampler(sim.space, seed=0), buffer, simulations=2, concurrency=2, journal=journal,
@@ -124,6 +125,14 @@ def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helper
             for kind, held in attacks
             for sid in (0, 1)
         ]
+        # a thief of simulation 0's key, once the honest process connected with it
+        deadline = time.monotonic() + 10
+        while (running := scheduler.fleet.active.get(0)) is None or running.identity is None:
+            assert time.monotonic() < deadline, "simulation 0 did not connect"
+            time.sleep(0.01)
+        stolen = Path(keys.folder, f"sim-0-{running.record.attempt}.key").read_text()
+        thief = [sys.executable, "-m", "hostile_peer", scheduler.address, server_key, "stolen", "0", stolen, "20"]
+        attackers.append(subprocess.Popen(thief))
         batches = []
         while (batch := buffer.get_batch(8, timeout=60)) is not None:
             batches.append(batch)
@@ -132,6 +141,9 @@ def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helper
             attacker.wait(10)
         scheduler.join(30)
     assert scheduler.error is None and scheduler.finished == 2  # every honest simulation completed
+    assert scheduler.retried == 0  # a stolen key's messages never failed the honest attempt
+    heard = [r.getMessage() for r in caplog.records if "holding the key of attempt 0:1;" in r.getMessage()]
+    assert heard, "the thief's messages were never read"  # read, and dropped
     targets = np.concatenate([b["target"] for b in batches])[:, 0, 0]
     times = np.concatenate([b["time"] for b in batches])[:, 0]
     ids = np.concatenate([b["simulation_id"] for b in batches])

@@ -445,9 +445,12 @@ class SimulationScheduler:
             else:
                 counts = self.state.counts
                 counts.dropped_messages += 1
+                peer = user or identity.hex()[:32]
                 self.warnings.warn(
-                    user or identity.hex()[:32],
-                    "dropped a message from a connection that belongs to no simulation (%d so far): %s",
+                    peer,
+                    "dropped a message from a connection that belongs to no simulation (%s %s; %d so far): %s",
+                    "holding the key of attempt" if user else "with routing id",
+                    peer,
                     counts.dropped_messages,
                     one_line(what, 200),
                 )
