@@ -415,3 +415,5 @@ def test_training_bounded_by_max_steps_alone_stops_when_the_stream_ends(tmp_path
     assert not worker.is_alive(), "the fit went on after the stream ended"
     assert trainers[0].global_step == 3  # 2 simulations x 6 samples, batches of 4
     assert dm.outcome().samples_trained == 12
+    # the run's shared memory was named after it
+    assert dm.scheduler.segment.name.startswith(f"engage-{dm.run_id}-"), dm.scheduler.segment.name

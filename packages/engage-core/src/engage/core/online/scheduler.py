@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -291,7 +292,10 @@ class SimulationScheduler:
         try:
             shape, dtype = self.spec_samples.shape, self.spec_samples.dtype
             if self.shared_memory and self.executor.shares_memory:
-                self.segment = shared_memory.segment_for(self.buffer.capacity * nbytes)
+                run_id = self.state.journal.run_id if self.state.journal is not None else None
+                # named after the run that owns it (then the trainer's pid: ranks of one run)
+                prefix = "-".join(["engage", *re.findall(r"[0-9A-Za-z]+", str(run_id or ""))[:1]])
+                self.segment = shared_memory.segment_for(self.buffer.capacity * nbytes, prefix)
             storage = self.segment.buffer if self.segment is not None else None
             self.buffer.prepare(shape, dtype, self.simulator.space.dim, storage=storage)
             if not self.buffer.writes_in_place:

@@ -127,11 +127,12 @@ def _untrack(name: str) -> None:
     resource_tracker.unregister("/" + name, "shared_memory")
 
 
-def segment_for(size: int) -> SharedSegment | None:
-    """A segment of ``size`` bytes for the training buffer, or None, with one warning naming the
-    size and the fix, when there is no ``/dev/shm``, too little room in it, or the segment would
-    take more than half the available memory (it takes its memory at once, where a buffer in the
-    trainer's memory takes it as it fills: the faster path must not run the host out of memory)."""
+def segment_for(size: int, prefix: str = "engage") -> SharedSegment | None:
+    """A segment of ``size`` bytes for the training buffer, its name starting with ``prefix``
+    (``engage-<run id>``), or None, with one warning naming the size and the fix, when there is
+    no ``/dev/shm``, too little room in it, or the segment would take more than half the
+    available memory (it takes its memory at once, where a buffer in the trainer's memory takes
+    it as it fills: the faster path must not run the host out of memory)."""
     if not available():
         return None
     import psutil
@@ -140,7 +141,7 @@ def segment_for(size: int) -> SharedSegment | None:
     segment = None
     if problem is None:
         try:
-            segment = SharedSegment.create(size)
+            segment = SharedSegment.create(size, prefix)
         except OSError as exc:
             problem = f"{exc.strerror or exc}; enlarge /dev/shm"
     if segment is None:
