@@ -77,7 +77,7 @@ def test_honest_simulations_complete_over_either_transport(tmp_path, helpers_on_
     )  # fmt: skip
     scheduler.start()
     assert scheduler.address.startswith("ipc://" if security == "ipc" else "tcp://")
-    folder = scheduler._private
+    folder = scheduler.endpoint.folder
     if security == "ipc":
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700  # only this OS user reaches the socket
     scheduler.join(60)

@@ -532,7 +532,7 @@ def test_the_trainer_can_turn_coalescing_off(tmp_path, helpers_on_path):
     )  # fmt: skip
     batches, scheduler, _ = stream_all(sim, tmp_path, capacity=256, simulations=1, coalesce_bytes=0)
     assert sum(len(b["target"]) for b in batches) == scheduler.sample_messages == 100  # the job told the client
-    with pytest.raises(ValueError, match="coalesce_bytes must be >= 0"):
+    with pytest.raises(ValueError, match=r"data\.coalesce_bytes: must be >= 0"):
         SimulationScheduler(sim, UniformSampler(sim.space), TrainingBuffer(), coalesce_bytes=-1)
 
 
@@ -603,7 +603,7 @@ def test_samples_kept_by_reference_arrive_intact_and_their_frames_reuse_memory(t
 
 
 def test_no_room_for_shared_memory_streams_over_sockets_and_says_why(tmp_path, helpers_on_path, monkeypatch, caplog):
-    def no_room(size: int) -> SharedSegment:
+    def no_room(size: int, prefix: str = "engage") -> SharedSegment:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(SharedSegment, "create", staticmethod(no_room))

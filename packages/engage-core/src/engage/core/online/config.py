@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engage.core.config.schema import ConfigValueError, _at_least
@@ -102,3 +102,15 @@ class OnlineDataConfig:
             raise ConfigValueError("watermark", f"must be between 0 and capacity ({self.capacity})")
         if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
             raise ConfigValueError("heartbeat_timeout", "must exceed heartbeat_interval, both > 0")
+
+
+def check_settings(values: dict[str, Any]) -> None:
+    """The one range check of the online settings (:class:`OnlineDataConfig`'s) for Python users
+    of the classes that take them (the DataModule, the scheduler): ``ValueError`` worded as
+    ``data.<name>: ...``. Settings not given take their defaults; values that are not settings
+    (an executor object, a simulator) are ignored."""
+    names = {f.name for f in fields(OnlineDataConfig)} - {"_target_", "_recursive_", "simulator_spec", "executor"}
+    try:
+        OnlineDataConfig(**{k: v for k, v in values.items() if k in names})
+    except ConfigValueError as exc:
+        raise ValueError(f"data.{exc}") from None

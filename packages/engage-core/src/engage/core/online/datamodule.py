@@ -8,7 +8,6 @@ import tempfile
 import threading
 import uuid
 from collections import deque
-from dataclasses import fields
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,11 +16,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
-from engage.core.config.schema import ConfigValueError
 from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset
 from engage.core.executors import Executor
 from engage.core.online.buffer import TrainingBuffer
-from engage.core.online.config import OnlineDataConfig
+from engage.core.online.config import OnlineDataConfig, check_settings
 from engage.core.online.journal import Journal
 from engage.core.online.ledger import TrainingLedger
 from engage.core.online.outcome import OnlineOutcome, OnlineRunFailed
@@ -34,17 +32,6 @@ log = logging.getLogger("engage.online")
 
 #: the defaults of every setting, declared once (those ``engage run`` users get)
 _D = OnlineDataConfig
-
-
-def _check_settings(values: dict[str, Any]) -> None:
-    """The one range check of the online settings (:class:`OnlineDataConfig`'s), worded for
-    Python users as ``data.<name>: ...``."""
-    names = {f.name for f in fields(OnlineDataConfig)} - {"_target_", "_recursive_", "simulator_spec"}
-    settings = {k: v for k, v in values.items() if k in names and not isinstance(v, Executor)}
-    try:
-        OnlineDataConfig(**settings)
-    except ConfigValueError as exc:
-        raise ValueError(f"data.{exc}") from None
 
 
 def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
@@ -174,7 +161,7 @@ class OnlineDataModule(pl.LightningDataModule):
         super().__init__()
         if train_simulations is not None:
             simulations = train_simulations
-        _check_settings(dict(locals()))
+        check_settings(dict(locals()))
         _check_buffer_memory(simulator, capacity)
         self.simulator, self.sampler = simulator, sampler
         self.simulations, self.max_samples, self.concurrency = simulations, max_samples, concurrency

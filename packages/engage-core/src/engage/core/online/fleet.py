@@ -28,6 +28,7 @@ import numpy as np
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess
 from engage.core.online.client import PARENT_PID_ENV
+from engage.core.online.config import OnlineDataConfig as _D
 from engage.core.online.record import SimulationRecord
 from engage.core.online.security import RunKeys
 from engage.core.simulators.base import Simulator
@@ -77,11 +78,11 @@ class Fleet:
         self,
         executor: Executor,
         *,
-        concurrency: int = 2,
-        retries: int = 2,
-        heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 30.0,
-        startup_timeout: float = 120.0,
+        concurrency: int = _D.concurrency,
+        retries: int = _D.retries,
+        heartbeat_interval: float = _D.heartbeat_interval,
+        heartbeat_timeout: float = _D.heartbeat_timeout,
+        startup_timeout: float = _D.startup_timeout,
         log_dir: str | None = None,
         launch_command: Callable[[str, int, int], list[str]] | None = None,
     ):

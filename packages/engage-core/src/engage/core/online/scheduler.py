@@ -1,9 +1,10 @@
 """The simulation scheduler: keeps simulations running and their samples flowing into the buffer.
 
-One background thread owns a ZeroMQ ``ROUTER`` socket bound to an ephemeral port and wires the
-run's collaborators, each a module with one job: :mod:`.steering` asks the sampler for the next
-simulations and tells it of settled ones; :mod:`.fleet` starts their processes through an
-executor, watches them and decides retries; :mod:`.frames` checks every message against the
+One background thread reads the socket of an :mod:`.endpoint` (the ``ROUTER`` socket, its keys
+and shared memory) and wires the run's collaborators, each a module with one job:
+:mod:`.steering` asks the sampler for the next simulations and tells it of settled ones;
+:mod:`.fleet` starts their processes through an executor, watches them and decides retries;
+:mod:`.messages` acts on each message and :mod:`.frames` checks it against the
 simulator's declaration; :mod:`.receiver` reads samples into the buffer; :mod:`.credit` grants
 credit as the buffer frees up (backpressure) and hands out shared-memory slots; :mod:`.state`
 counts, journals and checkpoints. The scheduler reads the socket and acts on what the others
@@ -34,14 +35,10 @@ Example (see :class:`~engage.core.online.datamodule.OnlineDataModule` for the us
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
-import shutil
 import tempfile
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -50,22 +47,21 @@ import zmq
 from engage.core.executors import Executor, LocalExecutor
 from engage.core.online import allocator, protocol, shared_memory
 from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.config import OnlineDataConfig as _D
+from engage.core.online.config import check_settings
 from engage.core.online.credit import Credit, default_windows
-from engage.core.online.fleet import Fleet, Running, pickled_simulator
+from engage.core.online.endpoint import TrainerEndpoint
+from engage.core.online.fleet import Fleet, pickled_simulator
 from engage.core.online.frames import (
     MalformedSample,
     SampleSpec,
     check_sample,
-    discard_rest,
-    one_line,
-    read_header,
-    read_payload,
 )
 from engage.core.online.journal import Journal
+from engage.core.online.messages import SimulationMessages
 from engage.core.online.outcome import OnlineRunFailed
-from engage.core.online.protocol import Kind, ProtocolError
+from engage.core.online.protocol import Kind
 from engage.core.online.receiver import SampleReceiver
-from engage.core.online.security import TRANSPORT_SECURITY, PeerWarnings, RunKeys, run_folder, serve_curve
 from engage.core.online.state import RunState
 from engage.core.online.steering import SchedulerError, Steering
 from engage.core.plugins import new_plugin_manager
@@ -78,10 +74,6 @@ log = logging.getLogger("engage.online")
 
 #: the largest JSON payload a peer may send (HELLO, DONE, ERROR): the protocol's own bound
 _MAX_TEXT_BYTES = 64 << 10
-
-
-class _Impostor(Exception):
-    """A message whose claimed simulation is not the one its key was issued to."""
 
 
 class SimulationScheduler:
@@ -109,67 +101,60 @@ class SimulationScheduler:
         sampler: Sampler,
         buffer: TrainingBuffer,
         *,
-        simulations: int | None = 16,
-        max_samples: int | None = None,
-        concurrency: int = 2,
-        retries: int = 2,
-        on_failure: str = "fail",
-        min_completed: float = 1.0,
+        simulations: int | None = _D.simulations,
+        max_samples: int | None = _D.max_samples,
+        concurrency: int = _D.concurrency,
+        retries: int = _D.retries,
+        on_failure: str = _D.on_failure,
+        min_completed: float = _D.min_completed,
         executor: Executor | None = None,
         journal: Journal | None = None,
-        heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 30.0,
-        startup_timeout: float = 120.0,
-        credit_window: int | None = None,
-        coalesce_bytes: int = protocol.COALESCE_BYTES,
-        shared_memory: bool = True,
-        transport_security: str = "curve",
+        heartbeat_interval: float = _D.heartbeat_interval,
+        heartbeat_timeout: float = _D.heartbeat_timeout,
+        startup_timeout: float = _D.startup_timeout,
+        credit_window: int | None = _D.credit_window,
+        coalesce_bytes: int = _D.coalesce_bytes,
+        shared_memory: bool = _D.shared_memory,
+        transport_security: str = _D.transport_security,
         simulator_spec: dict[str, Any] | None = None,
         workdir: str | None = None,
         rank: int = 0,
         world_size: int = 1,
         hooks: Any = None,
     ):
-        if transport_security not in TRANSPORT_SECURITY:
-            raise ValueError(
-                f"transport_security must be one of {', '.join(TRANSPORT_SECURITY)}, got {transport_security!r}"
-            )
-        if on_failure not in ("fail", "redraw"):
-            raise ValueError(f"on_failure must be 'fail' or 'redraw', got {on_failure!r}")
+        check_settings(
+            {
+                "simulations": simulations, "max_samples": max_samples, "concurrency": concurrency,
+                "retries": retries, "on_failure": on_failure, "min_completed": min_completed,
+                "heartbeat_interval": heartbeat_interval, "heartbeat_timeout": heartbeat_timeout,
+                "startup_timeout": startup_timeout, "credit_window": credit_window,
+                "coalesce_bytes": coalesce_bytes, "transport_security": transport_security,
+            }
+        )  # fmt: skip
         self.simulator = simulator
         self.sampler = sampler
         self.buffer = buffer
-        self.on_failure = on_failure
-        #: the share of the budget that must complete: once more have failed for good, the run
-        #: cannot succeed and ends at once (under ``on_failure="redraw"`` replacements run instead)
-        self.min_completed = float(min_completed)
         self.executor = executor or LocalExecutor()
-        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
         self.workdir = workdir or tempfile.mkdtemp(prefix="engage-online-")
         self.rank, self.world_size = rank, world_size
         #: the plugin manager's hook relay: simulation events go to every plugin that observes them
-        self.hooks = hooks if hooks is not None else new_plugin_manager(installed=False).hook
+        hooks = hooks if hooks is not None else new_plugin_manager(installed=False).hook
         # the wire is little-endian
         self.spec_samples = SampleSpec(
             tuple(simulator.sample_shape), np.dtype(simulator.dtype).newbyteorder("<"), simulator.samples_per_run
         )
         self.spec = simulator_spec
-        if credit_window is not None and credit_window < 1:
-            raise ValueError(f"credit_window must be >= 1 or None (sized from the sample), got {credit_window}")
         window, slot_window = (
             default_windows(self.spec_samples.nbytes, buffer.capacity, concurrency)
             if credit_window is None
             else (credit_window, credit_window)
         )
-        if coalesce_bytes < 0:
-            raise ValueError(f"coalesce_bytes must be >= 0 (0: one sample per message), got {coalesce_bytes}")
         self.coalesce_bytes = int(coalesce_bytes)
         self.shared_memory = bool(shared_memory)
         self.transport_security = transport_security
         if transport_security == "ipc" and not self.executor.shares_memory:
             log.warning("data.transport_security=ipc reaches only this host; simulations elsewhere use curve")
             self.transport_security = "curve"
-        self.warnings = PeerWarnings()
         self.steering = Steering(
             sampler, simulator.space, simulations=simulations, max_samples=max_samples, rank=rank, world_size=world_size
         )
@@ -185,20 +170,27 @@ class SimulationScheduler:
         )
         self.credit = Credit(buffer, window, simulator.samples_per_run, slot_window)
         self.state = RunState(journal, rank)
-        #: the segment holding the buffer's samples, when ``shared_memory`` could be set up
-        self.segment: shared_memory.SharedSegment | None = None
-        self.address: str | None = None
+        #: the socket simulations reach, its keys and shared memory (made by the thread)
+        self.endpoint: TrainerEndpoint | None = None
         self._thread: threading.Thread | None = None
         # held by the scheduler thread while it handles messages, and by :meth:`consistent`: a
         # checkpoint sees every counted sample in the buffer and no sample half-received
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._bound = threading.Event()
-        self._private: str | None = None  # the run's 0700 folder: keys, the ipc socket
         self.error: str | None = None
         self._started_at = time.monotonic()
-        self._last_check = 0.0
-        self.receiver = SampleReceiver(self.spec_samples, buffer, self.credit, self.state.counts)
+        #: acts on each message of the socket, in this thread, under the lock
+        self.messages = SimulationMessages(
+            fleet=self.fleet, steering=self.steering, state=self.state, credit=self.credit,
+            receiver=SampleReceiver(self.spec_samples, buffer, self.credit, self.state.counts), buffer=buffer,
+            spec=self.spec_samples, hooks=hooks, on_failure=on_failure, min_completed=min_completed,
+            job={
+                "heartbeat_interval": heartbeat_interval,
+                "server_timeout": max(heartbeat_timeout, 10 * heartbeat_interval),
+                "coalesce_bytes": self.coalesce_bytes,
+            },
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ what the run did
     journal = property(lambda self: self.state.journal)
@@ -221,6 +213,16 @@ class SimulationScheduler:
     @max_samples.setter
     def max_samples(self, value: int | None) -> None:
         self.steering.max_samples = value
+
+    @property
+    def address(self) -> str | None:
+        """Where simulations connect (once :meth:`start` returned)."""
+        return self.endpoint.address if self.endpoint is not None else None
+
+    @property
+    def segment(self) -> shared_memory.SharedSegment | None:
+        """The shared memory holding the buffer's samples, when it could be set up."""
+        return self.endpoint.segment if self.endpoint is not None else None
 
     @property
     def running(self) -> int:
@@ -261,52 +263,28 @@ class SimulationScheduler:
         nbytes = self.spec_samples.nbytes
         return max(nbytes * protocol.samples_per_message(nbytes, self.coalesce_bytes), _MAX_TEXT_BYTES) + 4096
 
-    def _listen(self, context: zmq.Context, sock: zmq.Socket) -> Any:
-        """Bind ``sock`` as ``transport_security`` says; the ZAP handler to stop, if any."""
-        self._private = run_folder()
-        sock.maxmsgsize = self._max_message_bytes()
-        if self.transport_security == "ipc":
-            # the socket file in a 0700 folder: only this OS user's processes can connect
-            self.address = f"ipc://{self._private}/trainer"
-            sock.bind(self.address)
-            return None
-        keys = RunKeys(os.path.join(self._private, "keys"))
-        authenticator = serve_curve(context, sock, keys)
-        self.fleet.keys = keys
-        host = self.executor.bind_host()
-        try:
-            port = sock.bind_to_random_port(f"tcp://{host}")
-        except BaseException:
-            authenticator.stop()  # its socket would hold the context's term() forever
-            raise
-        self.address = f"tcp://{host}:{port}"
-        return authenticator
-
     def _main(self) -> None:
-        context = zmq.Context()
-        sock = context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        nbytes = self.spec_samples.nbytes
-        authenticator = None
+        endpoint = self.endpoint = TrainerEndpoint(self.transport_security, self.executor, self._max_message_bytes())
+        messages = self.messages
         try:
-            shape, dtype = self.spec_samples.shape, self.spec_samples.dtype
+            spec = self.spec_samples
+            storage = None
             if self.shared_memory and self.executor.shares_memory:
                 run_id = self.state.journal.run_id if self.state.journal is not None else None
-                # named after the run that owns it (then the trainer's pid: ranks of one run)
-                prefix = "-".join(["engage", *re.findall(r"[0-9A-Za-z]+", str(run_id or ""))[:1]])
-                self.segment = shared_memory.segment_for(self.buffer.capacity * nbytes, prefix)
-            storage = self.segment.buffer if self.segment is not None else None
-            self.buffer.prepare(shape, dtype, self.simulator.space.dim, storage=storage)
+                storage = endpoint.share_memory(self.buffer.capacity * spec.nbytes, run_id)
+            self.buffer.prepare(spec.shape, spec.dtype, self.simulator.space.dim, storage=storage)
             if not self.buffer.writes_in_place:
                 # samples stay in the frames they arrived in: let the next frames reuse their memory
-                allocator.retain_freed_memory(nbytes, self.buffer.capacity * nbytes)
-            authenticator = self._listen(context, sock)
+                allocator.retain_freed_memory(spec.nbytes, self.buffer.capacity * spec.nbytes)
+            endpoint.bind()
+            self.fleet.keys = endpoint.keys
             self._bound.set()
+            messages.segment = endpoint.segment
             if self.spec is None and self.fleet.launch_command is None:
                 launch_spec = getattr(self.simulator, "launch_spec", None)
                 self.spec = (launch_spec() if launch_spec else None) or pickled_simulator(self.simulator, self.workdir)
-            self._loop(sock)
+            messages.simulator_spec = self.spec
+            self._loop(endpoint.sock)
         except Exception as exc:  # the trainer must hear about it instead of waiting forever
             cause = str(exc) if isinstance(exc, SchedulerError) else f"{type(exc).__name__}: {exc}"
             self.error = f"simulation scheduler failed: {cause}"
@@ -315,27 +293,19 @@ class SimulationScheduler:
             with self._lock:
                 self._bound.set()
                 try:
-                    self._flush()
+                    messages.flush()
                     self.credit.release_reserved()
                 except Exception:  # a broken buffer must not keep the processes alive
                     log.exception("samples received last could not enter the buffer")
                 for active in self.fleet.stop_all():
                     self.credit.release(active)
                 self.buffer.close(self.error)
-                if self.segment is not None:
-                    self.segment.unlink()  # the buffer keeps its mapping; no new process may attach
-                sock.close(0)
-                if authenticator is not None:
-                    authenticator.stop()
-                if self.fleet.keys is not None:
-                    self.fleet.keys.close()  # every key file goes with the run
-                if self._private is not None:
-                    shutil.rmtree(self._private, ignore_errors=True)
-                context.term()
+                endpoint.close()
                 if self.state.journal is not None:
                     self.state.journal.close()
 
     def _loop(self, sock: zmq.Socket) -> None:
+        messages = self.messages
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         while not self._stop.is_set():
@@ -353,19 +323,19 @@ class SimulationScheduler:
                             break
                         # the attempt whose key the peer holds, as the ZAP handler named it
                         user = frame.get("User-Id") if authenticated else None
-                        self._handle(sock, frame.bytes, user, frame.more)
-                        if self.receiver.waiting >= 256:
-                            self._flush()
-                    self._flush()
-                self.credit.grant(self.fleet.connections(), lambda active, frames: self._send(sock, active, frames))
-                if time.monotonic() - self._last_check >= 0.01:
+                        messages.handle(sock, frame.bytes, user, frame.more)
+                        if messages.receiver.waiting >= 256:
+                            messages.flush()
+                    messages.flush()
+                self.credit.grant(self.fleet.connections(), lambda active, frames: messages.send(sock, active, frames))
+                if time.monotonic() - messages.last_check >= 0.01:
                     # liveness is judged in seconds: polling every process after each drain of
                     # the socket (every few samples when they stream fast) costs the receiver
-                    self._check(sock)
+                    messages.check(sock)
                 if self.exhausted:
                     break
         for active in list(self.fleet.active.values()):
-            self._send(sock, active, protocol.encode_text(Kind.STOP, active.record.simulation_id, 0, "run ended"))
+            messages.send(sock, active, protocol.encode_text(Kind.STOP, active.record.simulation_id, 0, "run ended"))
 
     # ------------------------------------------------------------------ launching
     def _launch(self) -> None:
@@ -385,194 +355,7 @@ class SimulationScheduler:
                 active = fleet.start(record, str(self.address))
                 self.buffer.simulation_started(active.record.simulation_id)
                 self.state.write(active.record)
-                self._notify(self.hooks.engage_simulation_started, record=active.record)
-
-    # ------------------------------------------------------------------ messages
-    @staticmethod
-    def _send(sock: zmq.Socket, active: Running, frames: list[bytes]) -> None:
-        if active.identity is not None:
-            try:
-                sock.send_multipart([active.identity, *frames], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # a client that vanished is caught by the liveness checks
-
-    def _handle(self, sock: zmq.Socket, identity: bytes, user: str | None = None, more: bool = True) -> None:
-        """Read and act on the rest of a message from ``identity``, authenticated as ``user`` (a
-        simulation attempt, or None without authentication): a header frame, then a payload
-        frame (samples: :class:`~.receiver.SampleReceiver`). ``more``: whether the identity
-        frame said more frames followed."""
-        active = self.fleet.by_identity(identity)
-        try:
-            header = read_header(sock, more)
-            if user is not None:
-                claimed = f"{header.simulation_id}:{header.attempt}"
-                if user != (claimed if active is None else active.user_id):
-                    # a key issued to one simulation used for another: the message is not that one's
-                    raise _Impostor(f"a peer holding the key of attempt {user} sent a message as attempt {claimed}")
-            if active is None:
-                self._hello(sock, identity, header, read_payload(sock))
-                return
-            if header.simulation_id != active.record.simulation_id or header.attempt != active.record.attempt:
-                raise ProtocolError(
-                    f"header names simulation {header.simulation_id} attempt {header.attempt}, "
-                    f"the connection belongs to {active.record.simulation_id} attempt {active.record.attempt}"
-                )
-            active.last_seen = time.monotonic()
-            if header.kind == Kind.SAMPLE or header.kind == Kind.SAMPLES:
-                self.receiver.receive(sock, active, header)
-                return
-            payload = read_payload(sock)
-            if header.kind == Kind.DONE:
-                self._done(sock, active, header)
-            elif header.kind == Kind.ERROR:
-                self._fail(sock, active, f"simulation reported: {one_line(payload.decode(errors='replace'))}")
-            elif header.kind != Kind.HEARTBEAT:
-                raise ProtocolError(f"unexpected {header.kind.name} message from a simulation")
-        except SchedulerError:
-            raise
-        except _Impostor as exc:
-            discard_rest(sock)
-            self.state.counts.dropped_messages += 1
-            self.warnings.warn(
-                str(user), "dropped a message: %s (%d dropped so far)", exc, self.state.counts.dropped_messages
-            )
-            if active is None:  # this connection is the sender's alone: tell it to go away
-                stop = protocol.encode_text(Kind.STOP, header.simulation_id, 0, f"your key is attempt {user}'s")
-                sock.send_multipart([identity, *stop])
-        except Exception as exc:
-            # whatever a peer sends fails that peer's simulation (or is dropped), never the
-            # receiver: the checks name what is wrong; anything else they missed is the peer's too
-            discard_rest(sock)
-            what = str(exc) if isinstance(exc, (ProtocolError, MalformedSample)) else f"{type(exc).__name__}: {exc}"
-            if active is not None:
-                self._fail(sock, active, f"malformed data: {one_line(what)}")
-            else:
-                counts = self.state.counts
-                counts.dropped_messages += 1
-                peer = user or identity.hex()[:32]
-                self.warnings.warn(
-                    peer,
-                    "dropped a message from a connection that belongs to no simulation (%s %s; %d so far): %s",
-                    "holding the key of attempt" if user else "with routing id",
-                    peer,
-                    counts.dropped_messages,
-                    one_line(what, 200),
-                )
-
-    def _hello(self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: bytes) -> None:
-        active = self.fleet.expects(header.simulation_id, header.attempt) if header.kind == Kind.HELLO else None
-        if active is None:
-            # a stale attempt or a stranger: tell it to go away
-            reason = f"simulation {header.simulation_id} attempt {header.attempt} is not expected"
-            sock.send_multipart([identity, *protocol.encode_text(Kind.STOP, header.simulation_id, 0, reason)])
-            return
-        hello = protocol.decode_json(payload) if len(payload) else {}
-        rec = active.record
-        if hello.get("host") and rec.host in ("", "localhost"):
-            # the executor's host name (edge-1) says more than a hostname that namespaces share
-            rec.host = one_line(str(hello["host"]), 200)
-        self.fleet.connected(identity, active)
-        job = protocol.Job(
-            parameters=rec.parameters,
-            vector=rec.vector,
-            simulator=self.spec,
-            resume_from=rec.resume_from,
-            heartbeat_interval=self.heartbeat_interval,
-            server_timeout=max(self.heartbeat_timeout, 10 * self.heartbeat_interval),
-            coalesce_bytes=self.coalesce_bytes,
-        )
-        if self.segment is not None and hello.get("shared_memory") is True:
-            # an authenticated client that can map shared memory: granted the segment, its credit
-            # comes as slots to write into (samples it sends over its socket fill them too)
-            active.slots = deque()
-            job.shared_memory = {
-                "name": self.segment.name,
-                "slot_bytes": self.spec_samples.nbytes,
-                "slots": self.buffer.capacity,
-            }
-        self._send(sock, active, job.encode(rec.simulation_id, rec.attempt))
-
-    def _flush(self) -> None:
-        """Put the samples of this drain into the buffer and tell plugins, once per simulation."""
-        arrived = self.receiver.flush()
-        if arrived:
-            size = len(self.buffer)
-            for simulation_id, count in arrived.items():
-                self._notify(
-                    self.hooks.engage_samples_arrived, simulation_id=simulation_id, count=count, buffer_size=size
-                )
-
-    def _done(self, sock: zmq.Socket, active: Running, header: protocol.Header) -> None:
-        self._flush()  # the samples before DONE are in the buffer when the simulation counts as finished
-        rec = active.record
-        total = self.spec_samples.samples_per_run
-        if header.index != active.accepted or (total is not None and active.accepted != total):
-            raise ProtocolError(
-                f"simulation {rec.simulation_id} says it sent {header.index} samples; {active.accepted} arrived"
-                + (f" of {total} declared" if total is not None else "")
-            )
-        active.done = True
-        self.credit.release(active)
-        # every sample arrived (DONE travels behind them): the client may exit now
-        self._send(sock, active, protocol.encode_text(Kind.ACK, rec.simulation_id, rec.attempt, index=header.index))
-        rec.status, rec.ended_at, rec.samples_sent = "finished", time.time(), header.index
-        self.buffer.simulation_ended(rec.simulation_id)
-        self.state.counts.finished += 1
-        self.state.write(rec)
-        self.steering.finished(rec)
-        self._notify(self.hooks.engage_simulation_finished, record=rec)
-
-    # ------------------------------------------------------------------ liveness and failures
-    def _check(self, sock: zmq.Socket) -> None:
-        self._last_check = time.monotonic()
-        verdicts = self.fleet.inspect()
-        for active in verdicts.gone:
-            self.credit.release(active)
-            self.fleet.forget(active)
-        for active, reason in verdicts.failed:
-            self._fail(sock, active, reason)
-        for active in verdicts.beat:
-            rec = active.record
-            self._send(sock, active, protocol.encode_text(Kind.HEARTBEAT, rec.simulation_id, rec.attempt))
-
-    def _fail(self, sock: zmq.Socket, active: Running, reason: str) -> None:
-        rec = active.record
-        self._send(sock, active, protocol.encode_text(Kind.STOP, rec.simulation_id, rec.attempt, reason))
-        self.credit.release(active)
-        retry = self.fleet.failed(active, reason)
-        log.warning(
-            "simulation %d attempt %d failed: %s%s\n%s",
-            rec.simulation_id,
-            rec.attempt,
-            reason,
-            "; retrying" if retry is not None else "; giving up",
-            rec.stderr_tail[-2000:],
-        )
-        self.state.write(rec, final=retry is None)
-        self._notify(self.hooks.engage_simulation_failed, record=rec, error=reason)
-        counts = self.state.counts
-        if retry is not None:
-            counts.retried += 1
-            return
-        counts.failed += 1
-        self.buffer.simulation_ended(rec.simulation_id)
-        redraw = self.on_failure == "redraw"
-        self.steering.given_up(rec, redraw)
-        requested, lost = self.steering.requested, counts.failed - self.steering.dropped
-        if not redraw and requested is not None and lost > requested - math.ceil(self.min_completed * requested - 1e-9):
-            raise SchedulerError(
-                f"simulation {rec.simulation_id} failed after {rec.failures} attempts ({one_line(reason, 200)}); "
-                f"{lost} of {requested} simulations given up, so min_completed={self.min_completed} cannot "
-                "be met (raise data.retries, set data.on_failure=redraw or lower data.min_completed)"
-            )
-
-    @staticmethod
-    def _notify(hook: Any, **kwargs: Any) -> None:
-        """Call an event hook; a plugin that fails there fails the run, named (never a peer's fault)."""
-        try:
-            hook(**kwargs)
-        except Exception as exc:
-            raise SchedulerError(f"plugin hook {hook.name} failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
+                self.messages.notify(self.messages.hooks.engage_simulation_started, record=active.record)
 
     # ------------------------------------------------------------------ progress and state
     def stats(self) -> dict[str, float]:

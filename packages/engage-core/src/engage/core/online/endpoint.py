@@ -1,0 +1,90 @@
+"""Where simulations reach the trainer: one ``ROUTER`` socket bound as the run's transport
+security says (CURVE with a ZAP handler admitting only the keys the run issues, or ``ipc://`` in
+the run's ``0700`` folder), frames bounded in size, and the buffer's shared-memory segment;
+opened by the scheduler's thread and closed as one.
+
+Example::
+
+    >>> from engage.core.executors import LocalExecutor
+    >>> endpoint = TrainerEndpoint("curve", LocalExecutor(), max_message_bytes=1 << 20)
+    >>> endpoint.bind().startswith("tcp://127.0.0.1:"), endpoint.keys is not None
+    (True, True)
+    >>> endpoint.close()
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import Any
+
+import zmq
+
+from engage.core.executors import Executor
+from engage.core.online import shared_memory
+from engage.core.online.security import RunKeys, run_folder, serve_curve
+
+
+class TrainerEndpoint:
+    """The socket simulations send to, its keys and its shared memory (see the module doc).
+
+    ``transport_security`` is ``"curve"`` or ``"ipc"``; ``executor`` says which interface to bind
+    (:meth:`~engage.core.executors.Executor.bind_host`); a peer that sends a frame larger than
+    ``max_message_bytes`` is disconnected by libzmq before the frame is buffered.
+    """
+
+    def __init__(self, transport_security: str, executor: Executor, max_message_bytes: int):
+        self.transport_security = transport_security
+        self.executor = executor
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.sock.maxmsgsize = int(max_message_bytes)
+        #: where simulations connect, once bound
+        self.address: str | None = None
+        #: the keys the run issues to simulation attempts (CURVE only)
+        self.keys: RunKeys | None = None
+        #: the segment holding the buffer's samples, when shared memory could be set up
+        self.segment: shared_memory.SharedSegment | None = None
+        self._authenticator: Any = None
+        #: the run's 0700 folder (keys, the ipc socket), once bound
+        self.folder: str | None = None
+
+    def share_memory(self, size: int, run_id: str | None) -> Any:
+        """A shared-memory segment of ``size`` bytes named after ``run_id``; its writable memory,
+        or ``None`` (with a warning) when the host cannot give it."""
+        # named after the run that owns it (then the trainer's pid: ranks of one run)
+        prefix = "-".join(["engage", *re.findall(r"[0-9A-Za-z]+", str(run_id or ""))[:1]])
+        self.segment = shared_memory.segment_for(size, prefix)
+        return self.segment.buffer if self.segment is not None else None
+
+    def bind(self) -> str:
+        """Listen; the address simulations connect to."""
+        self.folder = run_folder()
+        if self.transport_security == "ipc":
+            # the socket file in a 0700 folder: only this OS user's processes can connect
+            self.address = f"ipc://{self.folder}/trainer"
+            self.sock.bind(self.address)
+            return self.address
+        self.keys = RunKeys(os.path.join(self.folder, "keys"))
+        self._authenticator = serve_curve(self.context, self.sock, self.keys)
+        host = self.executor.bind_host()
+        port = self.sock.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        return self.address
+
+    def close(self) -> None:
+        """Unlink the segment (mappings stay valid), close the socket, stop the ZAP handler,
+        delete every key and the run's folder."""
+        if self.segment is not None:
+            self.segment.unlink()  # the buffer keeps its mapping; no new process may attach
+        self.sock.close(0)
+        if self._authenticator is not None:
+            self._authenticator.stop()  # its socket would hold the context's term() forever
+        if self.keys is not None:
+            self.keys.close()  # every key file goes with the run
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.context.term()
