@@ -122,15 +122,7 @@ class SimulationScheduler:
         world_size: int = 1,
         hooks: Any = None,
     ):
-        check_settings(
-            {
-                "simulations": simulations, "max_samples": max_samples, "concurrency": concurrency,
-                "retries": retries, "on_failure": on_failure, "min_completed": min_completed,
-                "heartbeat_interval": heartbeat_interval, "heartbeat_timeout": heartbeat_timeout,
-                "startup_timeout": startup_timeout, "credit_window": credit_window,
-                "coalesce_bytes": coalesce_bytes, "transport_security": transport_security,
-            }
-        )  # fmt: skip
+        check_settings(dict(locals()))  # the online config's one range check, for its settings here
         self.simulator = simulator
         self.sampler = sampler
         self.buffer = buffer
