@@ -119,6 +119,21 @@ def check_values(cfg: DictConfig) -> None:
             if isinstance(cause, ConfigValueError):
                 raise ConfigError(f"{group}.{cause.key}: {cause.message}") from None
             raise ConfigError(explain(exc, cfg)) from None
+    # the top level's own values (task, checkpoint_every_n_steps, ...): the groups above are
+    # nodes of their own, the top level is no dataclass instance Hydra builds
+    from types import SimpleNamespace
+
+    from engage.core.config.schema import EngageConfig
+
+    scalars = {
+        f.name: cfg.get(f.name, f.default)
+        for f in fields(EngageConfig)
+        if f.name not in cfg or not isinstance(cfg[f.name], DictConfig)
+    }
+    try:
+        EngageConfig.__post_init__(SimpleNamespace(**scalars))  # type: ignore[arg-type]
+    except ConfigValueError as exc:
+        raise ConfigError(f"{exc.key}: {exc.message}") from None
 
 
 def single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
