@@ -156,6 +156,34 @@ def test_a_fit_whose_training_loop_never_ran_fails_and_records_its_online_run(tm
     assert len(runs[0].data.tags["engage.online_run_id"]) == 32  # failed runs name their online state too
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_training_ends_the_run_killed(tmp_path):
+    """Lightning turns Ctrl-C into its own shutdown and exit(1): the MLflow run is KILLED, not FAILED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    args = [*TINY, "data.policy=fifo", "trainer.limit_train_batches=null", "checkpoint_every_n_steps=1",
+            f"hydra.run.dir={run_dir}", "+callbacks.pace._target_=engage_test_pace.Pace"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "engage.core.cli", "run", *args], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not list(run_dir.rglob("last.ckpt")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # training has taken a step
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0, err[-2000:]
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"], err[-2000:]
+
+
 def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_path):
     result = engage("run", *TINY, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]

@@ -213,6 +213,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         status, error = "KILLED", "interrupted"
         raise
     except BaseException as exc:
+        if isinstance(exc, SystemExit) and getattr(trainer, "interrupted", False):
+            # Lightning ends a fit that Ctrl-C interrupted with exit(1), after its own shutdown
+            status, error = "KILLED", "interrupted"
+            raise KeyboardInterrupt from None
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
     finally:
