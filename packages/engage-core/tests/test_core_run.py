@@ -37,6 +37,14 @@ def test_run_trains_and_records_everything(tmp_path):
     env = json.load(open(client.download_artifacts(run.info.run_id, "run/environment.json", str(tmp_path))))
     assert env["packages"]["torch"].startswith("2.")
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stderr
+    # the end-of-run line says what MLflow holds
+    m = run.data.metrics
+    line = (
+        f"simulations: {m['online/simulations_requested']:.0f} requested, {m['online/simulations_completed']:.0f} "
+        f"completed, {m['online/simulations_failed']:.0f} failed, {m['online/simulations_given_up']:.0f} given up; "
+        f"samples: {m['online/samples_received']:.0f} received, {m['online/samples_trained']:.0f} trained"
+    )
+    assert line in result.stderr, result.stderr[-1500:]
 
 
 @pytest.mark.slow

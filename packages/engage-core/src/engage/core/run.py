@@ -25,6 +25,7 @@ from engage.core.console import quiet_lightning
 from engage.core.events import RunRecord
 from engage.core.online.buffer import BufferClosed
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
+from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import flatten, get_plugin_manager
 from engage.core.tracking.mlflow_run import MLflowRun
@@ -239,7 +240,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 tracked.close(status)
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
-        outcome = datamodule.outcome().line() + "\n" if hasattr(datamodule, "outcome") else ""
+        # the counts MLflow holds: recorded when training ended (simulations without a budget go on
+        # finishing until the DataModule's teardown)
+        checks = [c for c in trainer.callbacks if isinstance(c, OnlineRunCheck) and c.recorded is not None]
+        recorded = checks[0].recorded if checks else datamodule.outcome() if hasattr(datamodule, "outcome") else None
+        outcome = recorded.line() + "\n" if recorded is not None else ""
         console.print(
             f"[green]run {tracked.name} ({tracked.run_id}) finished[/green]: "
             + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("val"))

@@ -34,6 +34,11 @@ class OnlineRunCheck(pl.Callback):
         dm = getattr(trainer, "datamodule", None)
         return dm if dm is not None and hasattr(dm, "ledger") and hasattr(dm, "outcome") else None
 
+    @property
+    def recorded(self) -> Any:
+        """The :class:`~.outcome.OnlineOutcome` recorded (in MLflow too) when training ended, or ``None``."""
+        return self._recorded
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._recorded = None
 
