@@ -35,7 +35,7 @@ class OnlineDataConfig:
     max_reads: int | None = None
     #: a sample is read on average at most this many times (training waits for new samples
     #: beyond it); None: paced to the simulations (the trainer's planned batches spread over the
-    #: samples they will send, at least 1 read each); .inf: no limit
+    #: samples they will send, at least 1 read each); inf (.inf in YAML): no limit
     rate_limit: float | None = None
     retries: int = 2
     on_failure: str = "fail"
