@@ -192,6 +192,17 @@ def test_ctrl_c_during_training_ends_the_run_killed(tmp_path):
     assert [r.info.status for r in runs] == ["KILLED"], err[-2000:]
 
 
+@pytest.mark.slow
+def test_a_ddp_fit_starts_its_other_rank_through_engage_run(tmp_path):
+    """Lightning starts the other ranks with this process's command line: ``engage run`` and Hydra's
+    job overrides, not Hydra's view of it (which lacks the program and its command)."""
+    result = engage("run", *TINY, "data.simulations=4", "strategy=ddp", "trainer.devices=2", cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FINISHED"]  # one run: rank 0's
+
+
 def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_path):
     result = engage("run", *TINY, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]

@@ -205,6 +205,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
             # whole, as the user's own file (weights_only=False), never from an unknown source
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+            # Lightning starts a DDP fit's other ranks with this process's command line, Hydra's
+            # job overrides added: the program and its "run" command, which Hydra was not shown
+            from engage.core import cli
+
+            sys.argv = [cli.LAUNCHED_AS, "run", *sys.argv[1:]]
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
