@@ -101,6 +101,19 @@ TINY_FAST = [
 ]  # fmt: skip
 
 
+def test_a_schedule_over_a_training_of_no_known_length_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    endless = [a for a in TINY_FAST if not a.startswith("trainer.fast_dev_run")] + ["trainer.max_epochs=-1"]
+    assert main(["run", *endless, f"hydra.run.dir={tmp_path}"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    lines = [line for line in err if line.startswith("engage run:")]
+    assert lines == [
+        "engage run: model.lr_schedule=cosine needs a training of known length: set trainer.max_epochs or "
+        "trainer.max_steps, or model.lr_schedule=constant"
+    ], err[-10:]
+
+
 def test_a_config_dir_adds_experiments_for_real_runs_too(tmp_path, monkeypatch, capsys):
     """``-cd``/``--config-dir`` reach Hydra as its own flag: for ``--cfg job`` and for a run."""
     monkeypatch.chdir(tmp_path)

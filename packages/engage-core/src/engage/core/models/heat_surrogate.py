@@ -129,8 +129,36 @@ class HeatSurrogate(pl.LightningModule):
         if self.hparams.lr_schedule == "constant":
             return optimizer
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1000
-        total = int(total) if math.isfinite(total) and total > 0 else 1000
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=total + 1, pct_start=0.1
+        if not math.isfinite(total):
+            from engage.core.config.validate import ConfigError
+
+            raise ConfigError(
+                "model.lr_schedule=cosine needs a training of known length: set trainer.max_epochs or "
+                "trainer.max_steps, or model.lr_schedule=constant"
+            )
+        scheduler = FitLengthOneCycle(
+            optimizer, max_lr=self.hparams.lr, total_steps=max(int(total), 1) + 1, pct_start=0.1
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class FitLengthOneCycle(torch.optim.lr_scheduler.OneCycleLR):
+    """One-cycle (cosine) learning rates over the length of this fit: a checkpoint restores how far
+    the schedule went, not the length of the fit that wrote it (a run resumed with more epochs
+    would otherwise step past its end and fail).
+
+    Example::
+
+        >>> layer = torch.nn.Linear(1, 1)
+        >>> first = FitLengthOneCycle(torch.optim.SGD(layer.parameters(), lr=0.1), max_lr=0.1, total_steps=4)
+        >>> for _ in range(3):
+        ...     first.optimizer.step(); first.step()
+        >>> longer = FitLengthOneCycle(torch.optim.SGD(layer.parameters(), lr=0.1), max_lr=0.1, total_steps=10)
+        >>> longer.load_state_dict(first.state_dict())
+        >>> longer.last_epoch, longer.total_steps
+        (3, 10)
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        kept = {k: v for k, v in state_dict.items() if k in ("last_epoch", "_step_count")}
+        super().load_state_dict({**self.state_dict(), **kept})
