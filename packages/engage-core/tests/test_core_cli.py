@@ -25,6 +25,12 @@ from engage.core.cli import main
         # the top level's own values, not only the groups'
         ("task=fitt", "task: must be fit or validate, got 'fitt'"),
         ("checkpoint_every_n_steps=-5", "checkpoint_every_n_steps: must be >= 0, got -5"),
+        # Hydra's grammar names no override; the line does, with the fix
+        (
+            "ckpt_path=a/epoch=0-step=1.ckpt",
+            "cannot parse override 'ckpt_path=a/epoch=0-step=1.ckpt' (mismatched input '=' expecting <EOF>); "
+            "quote a value with special characters: ckpt_path='a/epoch=0-step=1.ckpt'",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(override, expected, capsys):

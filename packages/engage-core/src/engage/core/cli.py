@@ -63,7 +63,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
         return exc.exit_code
     except Exception as exc:
         end_open_sweep(parent, "FAILED")
-        code = _one_line(exc)
+        code = _one_line(exc, namespace.args)
         if code is None:
             _set_env("HYDRA_FULL_ERROR", saved_full_error)
             _hydra_report(exc)
@@ -97,15 +97,21 @@ def _set_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _one_line(exc: BaseException) -> int | None:
-    """Print ``exc`` as one line naming the key, if it is bad input; its exit code (or None)."""
-    from hydra.errors import HydraException
+def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
+    """Print ``exc`` as one line naming the key, if it is bad input; its exit code (or None).
+    ``args``: the command line, for the override Hydra's grammar refused (its message names none)."""
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain
+    from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain, unparsable
 
+    refused = None
+    if isinstance(exc, OverrideParseException):
+        refused = unparsable([a for a in args if "=" in a and not a.startswith("-")])
     if isinstance(exc, ConfigError):
         line, code = str(exc), EXIT_CONFIG_ERROR
+    elif refused is not None:
+        line, code = refused, EXIT_CONFIG_ERROR
     elif isinstance(exc, (HydraException, OmegaConfBaseException)):
         line, code = explain(exc, _base_config()), EXIT_CONFIG_ERROR
     else:

@@ -160,6 +160,20 @@ def single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
     return variants
 
 
+def unparsable(overrides: Sequence[str]) -> str | None:
+    """One line naming the first override Hydra's grammar refuses (its own message names none),
+    with the fix for a value holding ``=`` or other special characters; ``None`` when all parse."""
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except HydraException as exc:
+            key, sep, value = override.partition("=")
+            hint = f"; quote a value with special characters: {key}='{value}'" if sep and value else ""
+            return f"cannot parse override {override!r} ({_first_line(str(exc))}){hint}"
+    return None
+
+
 def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> DictConfig:
     """Compose and validate the config of ``engage run`` with these overrides.
 
@@ -167,6 +181,9 @@ def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> 
     Returns the config of the first job. Raises :class:`ConfigError`.
     """
     register_configs()
+    refused = unparsable(overrides)
+    if refused is not None:
+        raise ConfigError(refused)
     try:
         variants = single_run_overrides(overrides) if multirun else [list(overrides)]
     except HydraException as exc:
