@@ -22,6 +22,7 @@ from engage.core.cli import main
         ("trainer.max_epoch=1", "trainer.max_epoch: unknown key; did you mean trainer.max_epochs? allowed:"),
         ("trainer.strategy=ddp", "trainer.strategy: ENGAGE builds the Trainer's strategy; set it with strategy="),
         ("trainer.num_sanity_val_steps=-2", "trainer.num_sanity_val_steps: must be >= -1, got -2"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval: must be a number of batches (an integer >= 1)"),
         # the top level's own values, not only the groups'
         ("task=fitt", "task: must be fit or validate, got 'fitt'"),
         ("checkpoint_every_n_steps=-5", "checkpoint_every_n_steps: must be >= 0, got -5"),

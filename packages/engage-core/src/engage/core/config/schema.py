@@ -95,6 +95,14 @@ class TrainerConfig:
         _at_least(self, "accumulate_grad_batches", 1)
         _at_least(self, "gradient_clip_val", 0, allow_none=True)
         _at_least(self, "check_val_every_n_epoch", 1, allow_none=True)
+        interval = self.val_check_interval
+        # numbers must be positive; a duration ("DD:HH:MM:SS", a mapping) is Lightning's to read
+        if isinstance(interval, bool) or (isinstance(interval, (int, float)) and interval <= 0):
+            raise ConfigValueError(
+                "val_check_interval",
+                f"must be a number of batches (an integer >= 1), a fraction of an epoch (> 0) or a duration "
+                f"DD:HH:MM:SS, got {interval!r}",
+            )
         allowed = (
             "32-true",
             "32",
