@@ -206,11 +206,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # whole, as the user's own file (weights_only=False), never from an unknown source
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
             # Lightning starts a DDP fit's other ranks with this process's command line, Hydra's
-            # job overrides added: the program and its "run" command, which Hydra was not shown
+            # job overrides added: the program and its "run" command, which Hydra was not shown,
+            # and, for a job of a sweep, that job's overrides rather than the sweep's
+            from hydra.types import RunMode
+
             from engage.core import cli
 
-            sys.argv = [cli.LAUNCHED_AS, "run", *sys.argv[1:]]
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
+            saved_argv, args = sys.argv, sys.argv[1:]
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                args = list(HydraConfig.get().overrides.task)
+            sys.argv = [cli.LAUNCHED_AS, "run", *args]
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
+            finally:
+                sys.argv = saved_argv
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:
