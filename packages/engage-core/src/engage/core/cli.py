@@ -45,7 +45,8 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     # Hydra reads its command line from sys.argv; Lightning starts the other ranks of a DDP fit
     # with this process's command, which it reads there too (see engage.core.run)
     global LAUNCHED_AS
-    LAUNCHED_AS = saved_argv[0] if saved_argv else LAUNCHED_AS
+    if saved_argv and saved_argv[0] != program:  # not an engage run within one
+        LAUNCHED_AS = saved_argv[0]
     sys.argv = [program, *namespace.args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
     try:
