@@ -15,7 +15,7 @@ from dataclasses import fields, is_dataclass
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -181,13 +181,10 @@ def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> 
     Returns the config of the first job. Raises :class:`ConfigError`.
     """
     register_configs()
-    refused = unparsable(overrides)
-    if refused is not None:
-        raise ConfigError(refused)
     try:
         variants = single_run_overrides(overrides) if multirun else [list(overrides)]
     except HydraException as exc:
-        raise ConfigError(f"cannot parse overrides: {_first_line(str(exc))}") from None
+        raise ConfigError(unparsable(overrides) or f"cannot parse overrides: {_first_line(str(exc))}") from None
     GlobalHydra.instance().clear()
     first: DictConfig | None = None
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -196,7 +193,9 @@ def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> 
             try:
                 cfg = compose(config_name=CONFIG_NAME, overrides=variant)
             except (HydraException, OmegaConfBaseException) as exc:
-                raise ConfigError(explain(exc, base)) from None
+                # Hydra's grammar names no override it refuses: found here, only when it refused one
+                refused = unparsable(variant) if isinstance(exc, OverrideParseException) else None
+                raise ConfigError(refused or explain(exc, base)) from None
             check_values(cfg)
             first = first or cfg
     GlobalHydra.instance().clear()

@@ -39,8 +39,8 @@ class SimulationMessages:
     """Acts on each message of the scheduler's socket (see the module doc).
 
     ``job`` holds what every ``JOB`` carries besides the simulation's own record
-    (``heartbeat_interval``, ``server_timeout``, ``coalesce_bytes``); :attr:`simulator_spec`
-    and :attr:`segment` are set once the scheduler knows them. ``on_failure`` and
+    (``heartbeat_interval``, ``server_timeout``, ``coalesce_bytes``); :attr:`segment` is set
+    once the scheduler's endpoint has it. ``on_failure`` and
     ``min_completed`` decide, when a simulation is given up, whether the run can still succeed.
     """
 
@@ -58,6 +58,7 @@ class SimulationMessages:
         job: dict[str, Any],
         on_failure: str,
         min_completed: float,
+        simulator_spec: dict[str, Any] | None = None,
     ):
         self.fleet, self.steering, self.state = fleet, steering, state
         self.credit, self.receiver, self.buffer = credit, receiver, buffer
@@ -67,8 +68,9 @@ class SimulationMessages:
         #: cannot succeed and ends at once (under ``on_failure="redraw"`` replacements run instead)
         self.min_completed = float(min_completed)
         self.warnings = PeerWarnings()
-        #: what a simulation process builds its simulator from (the ``JOB``'s ``simulator``)
-        self.simulator_spec: dict[str, Any] | None = None
+        #: what a simulation process builds its simulator from (the ``JOB``'s ``simulator``;
+        #: the scheduler makes one when none was given and processes are not launched otherwise)
+        self.simulator_spec = simulator_spec
         #: the shared memory a simulation that can map it is granted
         self.segment: Any = None
         self.last_check = 0.0

@@ -135,7 +135,6 @@ class SimulationScheduler:
         self.spec_samples = SampleSpec(
             tuple(simulator.sample_shape), np.dtype(simulator.dtype).newbyteorder("<"), simulator.samples_per_run
         )
-        self.spec = simulator_spec
         window, slot_window = (
             default_windows(self.spec_samples.nbytes, buffer.capacity, concurrency)
             if credit_window is None
@@ -177,6 +176,7 @@ class SimulationScheduler:
             fleet=self.fleet, steering=self.steering, state=self.state, credit=self.credit,
             receiver=SampleReceiver(self.spec_samples, buffer, self.credit, self.state.counts), buffer=buffer,
             spec=self.spec_samples, hooks=hooks, on_failure=on_failure, min_completed=min_completed,
+            simulator_spec=simulator_spec,
             job={
                 "heartbeat_interval": heartbeat_interval,
                 "server_timeout": max(heartbeat_timeout, 10 * heartbeat_interval),
@@ -272,10 +272,10 @@ class SimulationScheduler:
             self.fleet.keys = endpoint.keys
             self._bound.set()
             messages.segment = endpoint.segment
-            if self.spec is None and self.fleet.launch_command is None:
+            if messages.simulator_spec is None and self.fleet.launch_command is None:
                 launch_spec = getattr(self.simulator, "launch_spec", None)
-                self.spec = (launch_spec() if launch_spec else None) or pickled_simulator(self.simulator, self.workdir)
-            messages.simulator_spec = self.spec
+                spec = (launch_spec() if launch_spec else None) or pickled_simulator(self.simulator, self.workdir)
+                messages.simulator_spec = spec
             self._loop(endpoint.sock)
         except Exception as exc:  # the trainer must hear about it instead of waiting forever
             cause = str(exc) if isinstance(exc, SchedulerError) else f"{type(exc).__name__}: {exc}"
