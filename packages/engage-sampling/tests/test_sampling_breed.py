@@ -117,7 +117,7 @@ def test_loss_driven_averages_noisy_losses_unless_told_not_to():
 def test_failed_simulation_leaves_the_fitness_table_and_is_substituted():
     breed = BreedSampler(SQUARE, seed=0, generation_size=4)
     points = breed.ask(4)
-    breed.tell(points, losses=[1.0, 2.0, 3.0, 4.0])
+    breed.tell(points, losses=[1.0, 2.0, 3.0, 4.0], simulation_ids=[0, 1, 2, 3])
     records = [SimulationRecord.create(SQUARE, i, p, ask_index=i) for i, p in enumerate(points)]
     assert breed.simulation_failed(records[3]) is FailureAction.SUBSTITUTE
     for record in records[:3]:
@@ -196,18 +196,52 @@ def test_children_are_judged_from_losses_told_by_the_training_callback():
     space = SPACES["mixed"]
     breed = BreedSampler(space, seed=2, generation_size=8, generations=2, uniform_end=0.0)
     callback = LossDrivenSampling(sampler=breed)
-    ids = iter(range(1000))
-    for _ in range(3):
+    for generation in range(3):
         points = breed.ask(8)
+        # as the engine does: simulation ids that are not ask positions, one record a simulation
+        records = [
+            SimulationRecord.create(space, 100 + 8 * generation + i, p, ask_index=8 * generation + i)
+            for i, p in enumerate(points)
+        ]
         # as in training: single-precision unit parameters, several samples of each simulation
         unit = torch.tensor(space.to_unit(np.repeat(points, 3, axis=0)), dtype=torch.float32)
-        simulation_id = torch.tensor(np.repeat([next(ids) for _ in points], 3))
+        simulation_id = torch.tensor(np.repeat([r.simulation_id for r in records], 3))
         losses = torch.tensor(np.repeat(np.arange(8.0), 3))
         callback.tell(breed, {"parameters": unit, "simulation_id": simulation_id}, losses)
+        for record in records:
+            breed.simulation_finished(record)
     breed.ask(1)  # starts generation 3, judging generation 2's children
     assert len(breed.loss_table()[1]) == 24
     assert breed.success_history[-1] is not None
     assert len(breed._children) == 1  # every earlier child was found; only the one just bred waits
+    # each simulation's fitness sits at its record's exact point, not the batch's single-precision one
+    assert {tuple(r.unit) for r in records} <= set(map(tuple, breed.loss_table()[0].tolist()))
+
+
+def test_a_child_is_its_simulation_whatever_the_values_its_losses_come_with():
+    # two simulations at the very same point stay two; a child is judged by its record, and a
+    # failed simulation leaves alone the other simulation at its point
+    breed = BreedSampler(SQUARE, seed=1, generation_size=4, uniform_start=0.0, uniform_end=0.0, significance=None)
+    first = breed.ask(4)
+    same = np.repeat(first[:1], 4, axis=0)  # every loss told at one point, as four simulations
+    breed.tell(same, losses=[1.0, 1.0, 1.0, 9.0], simulation_ids=[10, 11, 12, 13])
+    assert len(breed.loss_table()[1]) == 4
+    for i, point in enumerate(first):
+        breed.simulation_finished(SimulationRecord.create(SQUARE, 10 + i, point, ask_index=i))
+    assert breed.loss_table()[0].tolist() == SQUARE.to_unit(first).tolist()  # placed by record
+    children = breed.ask(4)  # generation 1: children only
+    records = [SimulationRecord.create(SQUARE, 20 + i, p, ask_index=4 + i) for i, p in enumerate(children)]
+    for record in records:
+        breed.simulation_finished(record)
+    # the children's losses come with points far from where they are: found by id all the same
+    breed.tell(np.zeros((4, 2)), losses=[20.0, 20.0, 0.0, 0.0], simulation_ids=[20, 21, 22, 23])
+    breed.ask(4)  # generation 2 judges generation 1's children: two of four beat their parent
+    assert breed.success_history[-1] == 0.5 and not breed._children[:-4]
+    breed.simulation_failed(SimulationRecord.create(SQUARE, 11, first[0], ask_index=1))
+    assert breed.fitness.count(10) == 1 and breed.fitness.count(11) == 0
+    resumed = BreedSampler(SQUARE, seed=9, generation_size=4, uniform_start=0.0, uniform_end=0.0, significance=None)
+    resumed.load_state_dict(copy.deepcopy(breed.state_dict()))
+    np.testing.assert_array_equal(resumed.ask(8), breed.ask(8))
 
 
 def noisy_tells(sampler, hard: float, rng: np.random.Generator, points: int = 24, tells: int = 8) -> np.ndarray:

@@ -48,6 +48,8 @@ def test_callbacks_steer_the_datamodule_sampler_and_are_checkpointed(tmp_path):
     trainer, sampler, _ = fit(LossDrivenSampler, [loss_cb, sens_cb], tmp_path)
     points, losses = sampler.loss_table()
     assert len(points) == 6 and np.all(losses > 0) and loss_cb.told == sampler.num_told > 0
+    # told keyed by the batches' simulation ids, never matched by the values of the points
+    assert sorted(sampler.state_dict()["loss_averages"]["simulation_ids"]) == list(range(6))
     assert sampler.exploration < 0.8  # the schedule moved it
     assert not np.allclose(sampler.weights, 1.0)  # re-weighted from the total indices
     assert len(sens_cb.history) == 2 and sens_cb.result.ST_map.shape == (5, 8, 8)

@@ -174,6 +174,26 @@ def test_loss_driven_concentrates_on_high_loss_and_follows_schedule():
     assert near.mean() > 0.95
 
 
+def test_loss_driven_keys_losses_by_simulation_and_forgets_a_failed_one_alone():
+    from engage.core.online.record import SimulationRecord
+
+    space = SPACES["continuous"]
+    sampler = LossDrivenSampler(space, seed=0, significance=None)
+    point = space.from_unit([[0.25, 0.5, 0.75]])
+    # two simulations at one point (a resimulated or repeated point) and their losses by batch
+    sampler.tell(np.repeat(point, 4, axis=0), losses=[1.0, 3.0, 8.0, 8.0], simulation_ids=[4, 4, 9, 9])
+    assert sorted(sampler.loss_table()[1].tolist()) == [2.0, 8.0]
+    exact = SimulationRecord.create(space, 4, point[0] + 1e-7, ask_index=0)  # a batch's rounding
+    sampler.simulation_finished(exact)
+    assert exact.unit in sampler.loss_table()[0].tolist()  # placed at its record's point
+    sampler.simulation_failed(SimulationRecord.create(space, 9, point[0], ask_index=1))
+    assert sampler.loss_table()[1].tolist() == [2.0]  # the failed one alone, found by id
+    restored = LossDrivenSampler(space, seed=3, significance=None)
+    restored.load_state_dict(copy.deepcopy(sampler.state_dict()))
+    restored.tell(point, losses=[6.0], simulation_ids=[4])
+    assert restored.loss_table()[1].tolist() == [10.0 / 3]  # the id and its counts travel with the state
+
+
 def test_loss_driven_radius_shrinks_where_points_crowd():
     space = SPACES["continuous"]
     parent = np.array([[0.5, 0.5, 0.5]])

@@ -82,22 +82,43 @@ class Sampler(ABC):
         *,
         losses: Sequence[float] | np.ndarray | None = None,
         outputs: Sequence[Any] | None = None,
+        simulation_ids: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Report results of earlier points: a loss per point and/or an output per point.
 
-        The base class only counts them; adaptive samplers override :meth:`_tell`.
+        With ``simulation_ids`` (one per row: the id of the simulation record each result is
+        about, as the online engine's batches carry it in ``simulation_id``), results are keyed by
+        their simulation, never matched by the values of ``points``, which then only say where each
+        simulation is. Without them (plain Lightning code, offline designs) a result is about the
+        point at those values.
+
+        The base class only counts them; adaptive samplers override :meth:`_tell` and, to key
+        results by simulation, :meth:`_tell_simulations`.
         """
         points = np.atleast_2d(np.asarray(points, dtype=np.float64))
         if points.shape[1] != self.space.dim:
             raise ValueError(f"points have {points.shape[1]} coordinates; the space has {self.space.dim}")
-        for name, values in (("losses", losses), ("outputs", outputs)):
+        for name, values in (("losses", losses), ("outputs", outputs), ("simulation_ids", simulation_ids)):
             if values is not None and len(values) != len(points):
                 raise ValueError(f"{name} has {len(values)} entries for {len(points)} points")
         self.num_told += len(points)
-        self._tell(points, None if losses is None else np.asarray(losses, dtype=np.float64), outputs)
+        losses = None if losses is None else np.asarray(losses, dtype=np.float64)
+        if simulation_ids is None:
+            self._tell(points, losses, outputs)
+            return
+        ids = np.asarray(simulation_ids)
+        if ids.dtype.kind not in "iu" or (len(ids) and ids.min() < 0):
+            raise ValueError("simulation_ids must be non-negative integers (the ids of simulation records)")
+        self._tell_simulations(ids.astype(np.int64), points, losses, outputs)
 
     def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:  # noqa: B027
         """Learn from results; non-adaptive samplers ignore them (hence not abstract)."""
+
+    def _tell_simulations(
+        self, simulation_ids: np.ndarray, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None
+    ) -> None:
+        """Learn from results keyed by simulation id; by default they are told as points."""
+        self._tell(points, losses, outputs)
 
     # ------------------------------------------------------------------ the online engine's contract
     def simulation_finished(self, record: SimulationRecord) -> None:

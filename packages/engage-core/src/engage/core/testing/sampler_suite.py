@@ -76,6 +76,17 @@ class SamplerSuite:
         sampler.tell(points, outputs=[np.zeros(3)] * len(points))
         assert sampler.ask(self.batch_sizes[0]).shape == (self.batch_sizes[0], space.dim)
 
+    def test_tell_by_simulation_id(self, make_sampler, space):
+        sampler = make_sampler(space, 0)
+        points = sampler.ask(self.batch_sizes[0])
+        ids = np.arange(len(points)) * 3 + 7  # record ids, not ask positions
+        sampler.tell(points, losses=np.linspace(0.0, 1.0, len(points)), simulation_ids=ids)
+        sampler.tell(points, losses=np.linspace(1.0, 0.0, len(points)), simulation_ids=ids)
+        assert sampler.ask(self.batch_sizes[0]).shape == (self.batch_sizes[0], space.dim)
+        for wrong in (ids[:-1], -ids, ids + 0.5):
+            with pytest.raises(ValueError):
+                sampler.tell(points, losses=np.zeros(len(points)), simulation_ids=wrong)
+
     def test_tell_rejects_mismatched_results(self, make_sampler, space):
         sampler = make_sampler(space, 0)
         points = sampler.ask(self.batch_sizes[0])

@@ -42,7 +42,9 @@ class LossDrivenSampling(Callback):
     ``every_n_steps`` steps and at the end of training), else computed every ``every_n_steps``
     steps with ``per_sample_loss(model, batch)`` (default: per-sample MSE, one extra forward pass
     without gradients). Losses of samples of the same simulation (``simulation_id``) are averaged, and
-    their parameters (unit-normalised in batches) are mapped back to values for ``tell``.
+    their parameters (unit-normalised in batches) are mapped back to values for ``tell``; batches
+    that carry ``simulation_id`` (every online batch) are told keyed by it
+    (``tell(..., simulation_ids=...)``), so the sampler never matches a loss to a point by value.
 
     With ``relative`` (default), each loss is told divided by the mean loss of its batch: every
     sample of a batch is judged by the same network, so the ratio says how hard a simulation is
@@ -150,7 +152,10 @@ class LossDrivenSampling(Callback):
         values = np.bincount(inverse, weights=values) / np.bincount(inverse)
         space = sampler.space
         points = np.clip(space.from_unit(unit[first]), space.bounds[:, 0], space.bounds[:, 1])
-        sampler.tell(points, losses=values)
+        if all(i is not None for _, _, i in held):  # keyed by simulation, never matched by value
+            sampler.tell(points, losses=values, simulation_ids=ids[first])
+        else:
+            sampler.tell(points, losses=values)
         self.told += len(points)
         return len(points)
 

@@ -11,12 +11,13 @@ from scipy.spatial import cKDTree
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
 from engage.sampling.samplers._unit import check_ratio, reflect
-from engage.sampling.samplers.losses import LossAverages
+from engage.sampling.samplers.losses import Key, LossAverages
 
 if TYPE_CHECKING:
     from engage.core.online.record import SimulationRecord
 
-#: how far apart (in unit coordinates, any axis) a told point and an asked one may be and still be the same
+#: how far apart (in unit coordinates, any axis) a point told without a simulation id and an
+#: asked one may be and still be the same
 _MATCH = 1e-6
 
 
@@ -41,7 +42,10 @@ class BreedSampler(Sampler):
     ``success_target`` of the children judged since the last generation are fitter than their
     parent (the search has found a hard region: refine it), divided by ``shrink`` otherwise (look
     wider), and kept between ``spread_min`` and the initial ``spread``. A child is judged as soon
-    as losses of both it and its parent are known.
+    as losses of both it and its parent are known. In online runs a child is its simulation: the
+    engine's record of it (``simulation_finished``) names the child by the position it was asked
+    at, and its losses come keyed by that simulation's id; losses told without ids (plain
+    ``tell(points)``) are found by the child's point.
 
     With ``significance`` (a one-sided z score, default 2), only simulations whose fitness is
     significantly above the mean fitness (:meth:`LossAverages.significant`) can be parents; a
@@ -114,8 +118,11 @@ class BreedSampler(Sampler):
         #: success rate of the children judged at the start of each generation (``None``: none judged)
         self.success_history: list[float | None] = []
         self._pool = np.empty((0, space.dim))  # the parents of the current generation, unit coordinates
+        self._pool_keys: list[Key] = []  # their keys in the fitness table
         self._pool_weights = np.empty(0)
-        self._children: list[tuple[tuple[float, ...], tuple[float, ...]]] = []  # (child, parent) not yet judged
+        #: children not yet judged: (position asked at, the child's point key, its parent's fitness key)
+        self._children: list[tuple[int, tuple[float, ...], Key]] = []
+        self._child_simulations: dict[int, int] = {}  # position asked at -> simulation id, from records
 
     # ------------------------------------------------------------------ schedule
     def current_uniform_share(self) -> float:
@@ -131,25 +138,30 @@ class BreedSampler(Sampler):
     def _judge_children(self) -> float | None:
         """Success rate of the children whose own and parent's fitness are both known.
 
-        A child is found in the fitness table by its nearest told point within 1e-6 in unit
-        coordinates: losses told from training batches carry single-precision parameters.
+        A child whose simulation the engine named is found in the fitness table by that
+        simulation's id; one told by its point alone, by the nearest told point within 1e-6 in
+        unit coordinates (losses told from training batches carry single-precision parameters).
         """
         points, losses = self.loss_table()
         if not self._children or len(points) == 0:
             return None
+        row_of = {key: row for row, key in enumerate(self.fitness.table_keys())}
         tree = cKDTree(points)
-        children = np.asarray([child for child, _ in self._children], dtype=np.float64)
-        parents = np.asarray([parent for _, parent in self._children], dtype=np.float64)
-        found = []
-        for rows in (children, parents):
-            distance, index = tree.query(rows, p=np.inf, distance_upper_bound=_MATCH)
-            found.append((np.isfinite(distance), np.minimum(index, len(points) - 1)))
-        (child_known, child_at), (parent_known, parent_at) = found
-        judged = child_known & parent_known
-        self._children = [pair for pair, done in zip(self._children, judged) if not done][-self.fitness.max_points :]
-        if not judged.any():
-            return None
-        return float(np.mean(losses[child_at[judged]] > losses[parent_at[judged]]))
+        distance, nearest = tree.query([child for _, child, _ in self._children], p=np.inf, distance_upper_bound=_MATCH)
+        waiting, better = [], []
+        for (asked, child, parent), gap, near in zip(self._children, distance, nearest):
+            simulation = self._child_simulations.get(asked)
+            child_row = row_of.get(simulation) if simulation is not None else (int(near) if np.isfinite(gap) else None)
+            parent_row = row_of.get(parent)
+            if child_row is None or parent_row is None:
+                waiting.append((asked, child, parent))
+                continue
+            better.append(losses[child_row] > losses[parent_row])
+            self._child_simulations.pop(asked, None)
+        self._children = waiting[-self.fitness.max_points :]
+        kept = {asked for asked, _, _ in self._children}
+        self._child_simulations = {a: s for a, s in self._child_simulations.items() if a in kept}
+        return float(np.mean(better)) if better else None
 
     def _next_generation(self) -> None:
         self.generation += 1
@@ -161,11 +173,13 @@ class BreedSampler(Sampler):
         points, losses = self.loss_table()
         eligible = self.fitness.candidates(self.significance)
         if len(eligible) == 0:
-            self._pool, self._pool_weights = np.empty((0, self.space.dim)), np.empty(0)
+            self._pool, self._pool_weights, self._pool_keys = np.empty((0, self.space.dim)), np.empty(0), []
             return
         best = eligible[np.argsort(-losses[eligible], kind="stable")[: self.parents]]
         weights = np.clip(losses[best], 0.0, None)
         self._pool = points[best]
+        keys = self.fitness.table_keys()
+        self._pool_keys = [keys[row] for row in best]
         self._pool_weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(best), 1.0 / len(best))
 
     # ------------------------------------------------------------------ ask / tell
@@ -177,11 +191,11 @@ class BreedSampler(Sampler):
             if len(self._pool) == 0 or self.rng.random() < self.current_uniform_share():
                 unit[i] = self.rng.random(self.space.dim)
                 continue
-            parent = self._pool[self.rng.choice(len(self._pool), p=self._pool_weights)]
-            child = reflect(parent + self.spread * self.rng.normal(size=self.space.dim))
-            # the key of the value the child maps to, as its losses will be told
+            drawn = self.rng.choice(len(self._pool), p=self._pool_weights)
+            child = reflect(self._pool[drawn] + self.spread * self.rng.normal(size=self.space.dim))
+            # the key of the value the child maps to, as its losses are told without simulation ids
             child_key = self.fitness.key(self.space.to_unit(self.space.from_unit(child[None, :]))[0])
-            self._children.append((child_key, self.fitness.key(parent)))
+            self._children.append((self.num_asked + i, child_key, self._pool_keys[drawn]))
             unit[i] = child
         return self.space.from_unit(unit)
 
@@ -189,10 +203,24 @@ class BreedSampler(Sampler):
         if losses is not None:
             self.fitness.add(self.space.to_unit(points), losses)
 
+    def _tell_simulations(
+        self, simulation_ids: np.ndarray, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None
+    ) -> None:
+        if losses is not None:
+            self.fitness.add(self.space.to_unit(points), losses, simulation_ids=simulation_ids)
+
+    def simulation_finished(self, record: SimulationRecord) -> None:
+        """Name the child asked at ``record.ask_index`` by its simulation, and place its fitness
+        at the record's exact point."""
+        super().simulation_finished(record)
+        self.fitness.locate(record.simulation_id, record.unit)
+        if any(asked == record.ask_index for asked, _, _ in self._children):
+            self._child_simulations[record.ask_index] = record.simulation_id
+
     def simulation_failed(self, record: SimulationRecord) -> FailureAction:
         """Forget the failed simulation's fitness (a partial stream's losses would mislead the
         ranking) and let the sampler propose a replacement."""
-        self.fitness.forget(self.fitness.key(record.unit))
+        self.fitness.forget(record.simulation_id)
         return super().simulation_failed(record)
 
     # ------------------------------------------------------------------ state
@@ -204,8 +232,10 @@ class BreedSampler(Sampler):
             "generation": self.generation,
             "success_history": list(self.success_history),
             "pool": self._pool.tolist(),
+            "pool_keys": [_saved(k) for k in self._pool_keys],
             "pool_weights": self._pool_weights.tolist(),
-            "children": [[list(child), list(parent)] for child, parent in self._children],
+            "children": [[asked, list(child), _saved(parent)] for asked, child, parent in self._children],
+            "child_simulations": [[a, s] for a, s in sorted(self._child_simulations.items())],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -216,4 +246,16 @@ class BreedSampler(Sampler):
         self.success_history = [None if r is None else float(r) for r in state["success_history"]]
         self._pool = np.asarray(state["pool"], dtype=np.float64).reshape(-1, self.space.dim)
         self._pool_weights = np.asarray(state["pool_weights"], dtype=np.float64)
-        self._children = [(tuple(child), tuple(parent)) for child, parent in state["children"]]
+        self._pool_keys = [_key(k) for k in state["pool_keys"]]
+        self._children = [(int(asked), tuple(child), _key(parent)) for asked, child, parent in state["children"]]
+        self._child_simulations = {int(a): int(s) for a, s in state["child_simulations"]}
+
+
+def _saved(key: Key) -> int | list[float]:
+    """A fitness key as a state holds it (plain data)."""
+    return list(key) if isinstance(key, tuple) else key
+
+
+def _key(saved: Any) -> Key:
+    """A fitness key as a state holds it: a simulation id, or a point's coordinates as a list."""
+    return int(saved) if isinstance(saved, int) else tuple(float(v) for v in saved)

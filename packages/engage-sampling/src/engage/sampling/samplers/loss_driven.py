@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -15,6 +15,9 @@ from engage.core.space import ParameterSpace
 from engage.sampling.names import EXPLORATION_SEQUENCES
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, normalised_weights, reflect, scheduled_ratio
 from engage.sampling.samplers.losses import LossAverages
+
+if TYPE_CHECKING:
+    from engage.core.online.record import SimulationRecord
 
 
 class LossDrivenSampler(Sampler):
@@ -36,7 +39,9 @@ class LossDrivenSampler(Sampler):
     ``exploration`` to ``exploration_final`` over the first ``horizon`` asked points. Until
     losses are told, every point is exploratory.
 
-    Losses are told per point (``tell(points, losses=...)``). With ``average_losses`` (default)
+    Losses are told per point (``tell(points, losses=...)``), or per simulation with
+    ``simulation_ids`` (what :class:`~engage.sampling.LossDrivenSampling` does with the online
+    engine's batches: two simulations at one point stay two). With ``average_losses`` (default)
     the loss of a point is the running mean of every loss told for it: one training batch holds
     a few samples of a simulation, so its loss there is noisy, while the mean over the samples
     told so far is a steadier measure of how hard the simulation is. Without it, telling a point
@@ -128,6 +133,24 @@ class LossDrivenSampler(Sampler):
     def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:
         if losses is not None:
             self._losses.add(self.space.to_unit(points), losses, replace=not self.average_losses)
+
+    def _tell_simulations(
+        self, simulation_ids: np.ndarray, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None
+    ) -> None:
+        if losses is not None:
+            unit = self.space.to_unit(points)
+            self._losses.add(unit, losses, replace=not self.average_losses, simulation_ids=simulation_ids)
+
+    def simulation_finished(self, record: SimulationRecord) -> None:
+        """Place the finished simulation's losses at its record's exact point."""
+        super().simulation_finished(record)
+        self._losses.locate(record.simulation_id, record.unit)
+
+    def simulation_failed(self, record: SimulationRecord) -> FailureAction:
+        """Forget the failed simulation's losses (a partial stream's would mislead the ranking)
+        and let the sampler propose a replacement."""
+        self._losses.forget(record.simulation_id)
+        return super().simulation_failed(record)
 
     def _new_engine(self) -> qmc.Sobol:
         return qmc.Sobol(self.space.dim, scramble=True, rng=self._engine_seed)

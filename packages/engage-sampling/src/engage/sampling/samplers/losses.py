@@ -9,8 +9,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-#: decimals of the unit coordinates that identify a point (told losses are matched on them)
+#: decimals of the unit coordinates that identify a point told without a simulation id
 DECIMALS = 9
+
+#: what identifies a point: the id of its simulation record, or its rounded unit coordinates
+Key = int | tuple[float, ...]
 
 
 class LossAverages:
@@ -18,8 +21,10 @@ class LossAverages:
 
     A training step sees a few samples of a simulation, so the loss of one batch is a noisy
     estimate of how well the network knows that simulation; the mean over every sample told so
-    far is not. Points are keyed by their unit coordinates rounded to 9 decimals; the oldest
-    points are forgotten beyond ``max_points``.
+    far is not. Losses told with simulation ids (the online engine's batches carry them) are
+    keyed by the id: two simulations at the same point stay two, and nothing is matched by
+    value. Losses told without are keyed by their unit coordinates rounded to 9 decimals. The
+    oldest points are forgotten beyond ``max_points``.
 
     Example::
 
@@ -27,13 +32,17 @@ class LossAverages:
         >>> averages.add(np.array([[0.5], [0.5], [0.25]]), np.array([1.0, 3.0, 4.0]))
         >>> averages.table()[1].tolist(), averages.count((0.5,))
         ([2.0, 4.0], 2)
+        >>> averages.add(np.array([[0.5], [0.5]]), np.array([5.0, 7.0]), simulation_ids=np.array([8, 8]))
+        >>> averages.mean(8), len(averages)
+        (6.0, 3)
     """
 
     def __init__(self, max_points: int = 100_000):
         self.max_points = int(max_points)
-        self._sums: dict[tuple[float, ...], float] = {}
-        self._squares: dict[tuple[float, ...], float] = {}
-        self._counts: dict[tuple[float, ...], int] = {}
+        self._sums: dict[Key, float] = {}
+        self._squares: dict[Key, float] = {}
+        self._counts: dict[Key, int] = {}
+        self._points: dict[Key, tuple[float, ...]] = {}  # where each point is, unit coordinates
 
     @staticmethod
     def keys(unit: np.ndarray | Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
@@ -49,12 +58,18 @@ class LossAverages:
     def __len__(self) -> int:
         return len(self._sums)
 
-    def add(self, unit: np.ndarray, losses: np.ndarray, replace: bool = False) -> None:
+    def add(
+        self, unit: np.ndarray, losses: np.ndarray, replace: bool = False, simulation_ids: np.ndarray | None = None
+    ) -> None:
         """Add one loss per row of ``unit`` (with ``replace``, the loss replaces what was told
-        before for that point); non-finite losses are ignored."""
-        for key, loss in zip(self.keys(unit), np.asarray(losses, dtype=np.float64).reshape(-1).tolist()):
+        before for that point); non-finite losses are ignored. With ``simulation_ids`` each loss
+        is about that simulation (``unit`` says where it is, from the first loss told)."""
+        rows = self.keys(unit)
+        keys: list[Key] = rows if simulation_ids is None else [int(i) for i in np.asarray(simulation_ids).reshape(-1)]
+        for key, row, loss in zip(keys, rows, np.asarray(losses, dtype=np.float64).reshape(-1).tolist()):
             if not math.isfinite(loss):
                 continue
+            self._points.setdefault(key, row)
             # popped and re-inserted: the most recently told points survive trimming
             total, count = self._sums.pop(key, 0.0), self._counts.pop(key, 0)
             squares = self._squares.pop(key, 0.0)  # nan (not known) stays nan
@@ -63,20 +78,27 @@ class LossAverages:
             self._counts[key] = 1 if replace else count + 1
         while len(self._sums) > self.max_points:
             oldest = next(iter(self._sums))
-            del self._sums[oldest], self._counts[oldest]
+            del self._sums[oldest], self._counts[oldest], self._points[oldest]
             self._squares.pop(oldest, None)
 
-    def mean(self, key: tuple[float, ...]) -> float | None:
+    def locate(self, simulation_id: int, unit_row: Sequence[float]) -> None:
+        """Where a simulation whose losses were told is, exactly (its record's unit point: losses
+        told from training batches carry single-precision parameters)."""
+        if simulation_id in self._points:
+            self._points[simulation_id] = tuple(float(v) for v in unit_row)
+
+    def mean(self, key: Key) -> float | None:
         """The running mean loss of a point, ``None`` when none was told."""
         count = self._counts.get(key)
         return None if not count else self._sums[key] / count
 
-    def count(self, key: tuple[float, ...]) -> int:
+    def count(self, key: Key) -> int:
         """How many losses were told for a point."""
         return self._counts.get(key, 0)
 
-    def forget(self, key: tuple[float, ...]) -> None:
+    def forget(self, key: Key) -> None:
         """Drop a point (its simulation failed)."""
+        self._points.pop(key, None)
         self._sums.pop(key, None)
         self._squares.pop(key, None)
         self._counts.pop(key, None)
@@ -86,7 +108,12 @@ class LossAverages:
         if not self._sums:
             return np.empty((0, 0)), np.empty(0)
         keys = list(self._sums)
-        return np.asarray(keys, dtype=np.float64), np.asarray([self._sums[k] / self._counts[k] for k in keys])
+        points = np.asarray([self._points[k] for k in keys], dtype=np.float64)
+        return points, np.asarray([self._sums[k] / self._counts[k] for k in keys])
+
+    def table_keys(self) -> list[Key]:
+        """The keys of the rows of :meth:`table`, in its order."""
+        return list(self._sums)
 
     def significant(self, z: float) -> np.ndarray:
         """Which points of :meth:`table` have a mean loss significantly above the mean of all
@@ -133,10 +160,12 @@ class LossAverages:
         return np.flatnonzero(self.significant(z))
 
     def state_dict(self) -> dict[str, Any]:
-        """Points, loss sums, sums of squares and counts as plain lists (exact: sums, not means, are kept)."""
+        """Points, their simulation ids (``None``: keyed by the point), loss sums, sums of squares
+        and counts as plain lists (exact: sums, not means, are kept)."""
         keys = list(self._sums)
         return {
-            "points": [list(k) for k in keys],
+            "points": [list(self._points[k]) for k in keys],
+            "simulation_ids": [k if isinstance(k, int) else None for k in keys],
             "sums": [self._sums[k] for k in keys],
             "squares": [self._squares.get(k, float("nan")) for k in keys],
             "counts": [self._counts[k] for k in keys],
@@ -145,7 +174,10 @@ class LossAverages:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (a state without sums of squares counts each
         point's losses as equal: its spread is then the pooled one)."""
-        keys = [tuple(float(v) for v in p) for p in state["points"]]
+        points = [tuple(float(v) for v in p) for p in state["points"]]
+        ids = state.get("simulation_ids") or [None] * len(points)
+        keys: list[Key] = [p if i is None else int(i) for p, i in zip(points, ids)]
+        self._points = dict(zip(keys, points))
         self._sums = {k: float(s) for k, s in zip(keys, state["sums"])}
         self._counts = {k: int(c) for k, c in zip(keys, state["counts"])}
         squares = state.get("squares") or [float("nan")] * len(keys)
