@@ -379,15 +379,15 @@ def test_buffer_bookkeeping_holds_over_a_random_stream(policy):
             for value in values:
                 reads[value] = reads.get(value, 0) + 1
             assert batch["simulation_id"].tolist() == [3] * len(values)
-        occupied, read_once = buffer._occupied, buffer._read_once
+        occupied, read_once = buffer.slots.occupied, buffer.slots.read_once
         for index_set in (occupied, read_once):
             assert len(set(index_set.view().tolist())) == index_set.n
             assert (index_set.pos[index_set.view()] == np.arange(index_set.n)).all()
             assert (index_set.pos >= 0).sum() == index_set.n
         assert occupied.n == len(buffer) and set(read_once.view().tolist()) <= set(occupied.view().tolist())
-        assert len(buffer) + len(buffer._free) + buffer._reserved == capacity
+        assert len(buffer) + len(buffer.slots.free) + buffer.slots.reserved == capacity
         evictable = read_once.n if policy == "reservoir" else 0
-        assert buffer.credit() == capacity - len(buffer) - buffer._reserved + evictable
+        assert buffer.credit() == capacity - len(buffer) - buffer.slots.reserved + evictable
     assert max(reads.values()) <= max_reads
     # every sample read max_reads times has left (fifo, firo) or may be evicted (reservoir)
     present = set(buffer.state_dict()["data"][:, 0].int().tolist())

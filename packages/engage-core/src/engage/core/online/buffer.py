@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from engage.core.online.policies import POLICIES, ReadPolicy, read_policy
+from engage.core.online.slots import SlotTable
 from engage.core.online.storage import BlockStorage, SampleStorage, storage_for
 
 __all__ = ["POLICIES", "ZERO_COPY_BYTES", "BufferClosed", "TrainingBuffer"]
@@ -51,64 +52,13 @@ class BufferClosed(RuntimeError):
     """The stream feeding the buffer ended with an error; the message says which."""
 
 
-class _IndexSet:
-    """A set of slot indices with O(1) insert, remove and uniform random choice, and vectorized
-    bulk insert and remove (a batch's slots leave together)."""
-
-    def __init__(self, capacity: int):
-        self.items = np.empty(capacity, dtype=np.int64)
-        self.pos = np.full(capacity, -1, dtype=np.int64)
-        self.n = 0
-
-    def add(self, slot: int) -> None:
-        if self.pos[slot] < 0:
-            self.items[self.n] = slot
-            self.pos[slot] = self.n
-            self.n += 1
-
-    def add_many(self, slots: np.ndarray) -> None:
-        """Add distinct ``slots``; those already in the set stay where they are."""
-        new = slots[self.pos[slots] < 0]
-        end = self.n + len(new)
-        self.items[self.n : end] = new
-        self.pos[new] = np.arange(self.n, end)
-        self.n = end
-
-    def remove(self, slot: int) -> None:
-        i = self.pos[slot]
-        if i < 0:
-            return
-        last = self.items[self.n - 1]
-        self.items[i] = last
-        self.pos[last] = i
-        self.pos[slot] = -1
-        self.n -= 1
-
-    def remove_many(self, slots: np.ndarray) -> None:
-        """Remove distinct ``slots`` (those not in the set are ignored) in time proportional to
-        their number: the set's last entries move into the holes they leave."""
-        slots = slots[self.pos[slots] >= 0]
-        if len(slots) == 0:
-            return
-        end = self.n - len(slots)
-        holes = self.pos[slots]
-        holes = np.sort(holes[holes < end])
-        self.pos[slots] = -1
-        tail = self.items[end : self.n]
-        movers = tail[self.pos[tail] >= 0]  # as many as there are holes below the new end
-        self.items[holes] = movers
-        self.pos[movers] = holes
-        self.n = end
-
-    def __contains__(self, slot: int) -> bool:
-        return self.pos[slot] >= 0
-
-    def view(self) -> np.ndarray:
-        return self.items[: self.n]
-
-
 class TrainingBuffer:
-    """A fixed-capacity, thread-safe store of samples with a read policy (see the module doc)."""
+    """A fixed-capacity, thread-safe store of samples with a read policy (see the module doc).
+
+    It decides when a reader waits and which samples a batch takes; its collaborators keep the
+    slots' books (:class:`~.slots.SlotTable`), choose a batch's samples
+    (:class:`~.policies.ReadPolicy`) and hold the samples (:class:`~.storage.SampleStorage`).
+    """
 
     def __init__(
         self,
@@ -132,8 +82,6 @@ class TrainingBuffer:
         if zero_copy_bytes < 0:
             raise ValueError(f"buffer zero_copy_bytes must be >= 0, got {zero_copy_bytes}")
         self.capacity = int(capacity)
-        #: the policy's name (``fifo``, ``firo``, ``reservoir``)
-        self.policy = self.read_policy.name
         self.watermark = int(watermark)
         self.max_reads = max_reads if max_reads is not None else self.read_policy.default_max_reads
         self.rate_limit = rate_limit
@@ -146,19 +94,8 @@ class TrainingBuffer:
         self._shape: tuple[int, ...] | None = None
         self._dtype: np.dtype | None = None
         self._store: SampleStorage | None = None  # allocated for the first sample's shape
-        self._params: np.ndarray | None = None
-        self._time = np.zeros(self.capacity, dtype=np.float32)
-        self._sim = np.zeros(self.capacity, dtype=np.int64)
-        self._reads = np.zeros(self.capacity, dtype=np.int64)
-        self._arrival = np.zeros(self.capacity, dtype=np.int64)
-        self._occupied = _IndexSet(self.capacity)
-        self._read_once = _IndexSet(self.capacity)  # evictable, under a policy that evicts
-        self._free = list(range(self.capacity - 1, -1, -1))
-        self._reserved = 0
-        self._leaving = 0  # read for the last time, freed once their batch is gathered
-        self.inserted = 0
+        self.slots = SlotTable(self.capacity)
         self.reads = 0
-        self.evicted = 0
         self.wait_seconds = 0.0
         self._opened = self.watermark == 0
         self._closed = False
@@ -167,20 +104,32 @@ class TrainingBuffer:
 
     # ------------------------------------------------------------------ producer side
     def __len__(self) -> int:
-        return self._occupied.n
+        return len(self.slots)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def policy(self) -> str:
+        """The read policy's name (``fifo``, ``firo``, ``reservoir``)."""
+        return self.read_policy.name
+
+    @property
+    def inserted(self) -> int:
+        """Samples that entered the buffer so far."""
+        return self.slots.inserted
+
+    @property
+    def evicted(self) -> int:
+        """Read samples that left to make room for new ones."""
+        return self.slots.evicted
+
     def credit(self) -> int:
         """How many more samples :meth:`put` accepts now without dropping an unread one (slots
         handed out by :meth:`reserve` and not yet committed count as taken)."""
         with self._cond:
-            free = self.capacity - self._occupied.n - self._reserved - self._leaving
-            if self.read_policy.evicts:
-                free += self._read_once.n
-            return free
+            return self.slots.credit(self.read_policy.evicts)
 
     def put(
         self,
@@ -224,10 +173,10 @@ class TrainingBuffer:
             elif tuple(shape) != self._shape or np.dtype(dtype) != self._dtype:
                 raise ValueError(f"the buffer holds {self._shape} {self._dtype} samples, not {tuple(shape)} {dtype}")
             elif storage is not None:
-                if self._reserved or self._leaving:
+                if self.slots.reserved or self.slots.leaving:
                     raise RuntimeError("the buffer's storage cannot move while slots are reserved or read")
                 block = BlockStorage(self.capacity, self._shape, self._dtype, storage)
-                block.copy_from(self._store, self._occupied.view())  # type: ignore[arg-type]
+                block.copy_from(self._store, self.slots.occupied.view())  # type: ignore[arg-type]
                 self._store = block
 
     @property
@@ -248,17 +197,7 @@ class TrainingBuffer:
         with self._cond:
             if not self.writes_in_place:
                 raise RuntimeError("reserve() needs in-place storage: prepare() samples smaller than zero_copy_bytes")
-            count = min(n, len(self._free))
-            slots = [self._free.pop() for _ in range(count)]
-            if evict and self.read_policy.evicts and count < n and self._read_once.n:
-                chosen = self.rng.choice(self._read_once.n, size=min(n - count, self._read_once.n), replace=False)
-                evicted = self._read_once.view()[chosen].copy()
-                self._read_once.remove_many(evicted)
-                self._occupied.remove_many(evicted)
-                self.evicted += len(evicted)
-                slots += evicted.tolist()
-            self._reserved += len(slots)
-            return slots
+            return self.slots.reserve(n, self.rng, evict and self.read_policy.evicts)
 
     def slot(self, slot: int) -> np.ndarray:
         """The writable storage of a reserved slot."""
@@ -289,44 +228,23 @@ class TrainingBuffer:
         index = np.asarray(slots, dtype=np.int64)
         if not len(index):
             return
-        # one vectorized write per field: per-sample numpy scalar writes cost more than the sample;
         # everything is checked before anything changes, so a bad entry loses no reserved slot
         values = np.asarray(parameters, dtype=np.float32)
-        if not len(index) == len(values) == len(simulation_ids) == len(times):
-            raise ValueError(
-                f"commit got {len(index)} slots, {len(values)} parameter rows, {len(simulation_ids)} simulation "
-                f"ids and {len(times)} times: one of each per sample"
-            )
-        if len(np.unique(index)) != len(index):
-            raise ValueError(
-                f"commit() got slots {sorted(index.tolist())}, with repeats: each reserved slot is committed once"
-            )
-        held = None if self._params is None else self._params.shape[1:]
-        if values.shape[1:] != held or values.ndim != 2:
-            raise ValueError(f"commit() got parameters of shape {values.shape[1:]}; the buffer holds {held}")
+        self.slots.check_commit(index, values, simulation_ids, times)
         with self._cond:
-            self._params[index] = values
-            self._time[index] = times
-            self._sim[index] = simulation_ids
-            self._reads[index] = 0
-            self._arrival[index] = np.arange(self.inserted, self.inserted + len(index))
-            self._occupied.add_many(index)
-            self._reserved -= len(index)
-            self.inserted += len(index)
-            if not self._opened and self.inserted >= self.watermark:
-                self._opened = True
+            self.slots.record_reserved(index, values, simulation_ids, times)
+            self._open_at_watermark()
             self._wake_reader()
 
     def release(self, slots: list[int]) -> None:
         """Give back reserved slots that were not written."""
         with self._cond:
-            self._free.extend(slots)
-            self._reserved -= len(slots)
+            self.slots.release(slots)
 
     def _allocate(self, shape: tuple[int, ...], dtype: np.dtype, parameters: int, storage: Any = None) -> None:
         self._shape, self._dtype = tuple(shape), np.dtype(dtype)
         self._store = storage_for(self.capacity, self._shape, self._dtype, self.zero_copy_bytes, storage)
-        self._params = np.empty((self.capacity, parameters), dtype=np.float32)
+        self.slots.allocate(parameters)
 
     def _put_locked(
         self, sample: np.ndarray, parameters: np.ndarray, simulation_id: int, time: float, owned: bool
@@ -338,27 +256,14 @@ class TrainingBuffer:
                 f"sample of shape {sample.shape} and dtype {sample.dtype} does not match the buffer's "
                 f"{self._shape} {self._dtype}"
             )
-        if self._free:
-            slot = self._free.pop()
-        elif self.read_policy.evicts and self._read_once.n:
-            slot = int(self._read_once.view()[self.rng.integers(self._read_once.n)])
-            self._read_once.remove(slot)
-            self.evicted += 1
-        else:
-            raise OverflowError(f"the training buffer is full ({self.capacity} samples) and may not evict")
+        slot = self.slots.take_slot(self.rng, self.read_policy.evicts)
         self._store.put(slot, sample, owned)  # type: ignore[union-attr]
-        self._record(slot, parameters, simulation_id, time)
+        self.slots.record(slot, parameters, simulation_id, time)
+        self._open_at_watermark()
         return slot
 
-    def _record(self, slot: int, parameters: np.ndarray, simulation_id: int, time: float) -> None:
-        self._params[slot] = parameters  # type: ignore[index]
-        self._time[slot] = time
-        self._sim[slot] = simulation_id
-        self._reads[slot] = 0
-        self._arrival[slot] = self.inserted
-        self._occupied.add(slot)
-        self.inserted += 1
-        if not self._opened and self.inserted >= self.watermark:
+    def _open_at_watermark(self) -> None:
+        if not self._opened and self.slots.inserted >= self.watermark:
             self._opened = True
 
     def _wake_reader(self) -> None:
@@ -384,7 +289,7 @@ class TrainingBuffer:
 
     # ------------------------------------------------------------------ consumer side
     def _ready(self, n: int) -> bool:
-        if self._occupied.n == 0:
+        if len(self.slots) == 0:
             return False
         if self._closed:
             return True
@@ -396,10 +301,10 @@ class TrainingBuffer:
 
     def _candidates(self) -> np.ndarray:
         """The occupied slots a batch may take now (all of them once the stream has ended)."""
-        occupied = self._occupied.view()
+        occupied = self.slots.occupied.view()
         if not self.read_policy.ordered or self._closed:
             return occupied
-        return self.read_policy.servable(occupied, self._sim[occupied])
+        return self.read_policy.servable(occupied, self.slots.simulation[occupied])
 
     def simulation_started(self, simulation_id: int) -> None:
         """Tell the read policy a simulation was launched (an ordered policy waits for its samples)."""
@@ -447,7 +352,7 @@ class TrainingBuffer:
                     # the stream failed: what is left is not what the run asked for, so no batch
                     # of it is served (a run must never end as if it had trained on everything)
                     raise BufferClosed(self._error)
-                if self._closed and self._occupied.n == 0:
+                if self._closed and len(self.slots) == 0:
                     self.wait_seconds += time.perf_counter() - started
                     return None
                 left = None if deadline is None else deadline - time.perf_counter()
@@ -459,76 +364,52 @@ class TrainingBuffer:
                 self._waiting_for = None
             self.wait_seconds += time.perf_counter() - started
             slots = self._choose(n)
-            batch = {
-                "parameters": self._params[slots],  # type: ignore[index]
-                "time": self._time[slots, None],
-                "simulation_id": self._sim[slots],
-            }
+            batch = self.slots.columns(slots)
             # the gather happens outside the lock, so the receiver is not held up by it (at 4 MiB
             # a batch of 16 is 64 MiB to copy): samples kept by reference are taken as arrays,
             # whose slots may be refilled at once; slots of the block stay out of reach until then
             store = self._store
             by_reference = store.frees_on_read  # type: ignore[union-attr]
             taken = store.take(slots) if target else None  # type: ignore[union-attr]
-            self._reads[slots] += 1
             self.reads += len(slots)
-            if self.max_reads is not None:
-                spent = self._reads[slots] >= self.max_reads
-                done, unspent = slots[spent], slots[~spent]
-            else:
-                done, unspent = slots[:0], slots
-            if len(done):
-                self._occupied.remove_many(done)
-                self._read_once.remove_many(done)
+            done, unspent = self.slots.read(slots, self.max_reads)
+            evicts = self.read_policy.evicts
             if by_reference or not target:
                 # nothing left to read in these slots: they may be refilled at once
-                freed = done.tolist()
-                self._free.extend(freed)
-                store.clear(freed)  # type: ignore[union-attr]
-                if self.read_policy.evicts:
-                    self._read_once.add_many(unspent)
+                self.slots.free_read(done, unspent, evicts)
+                store.clear(done.tolist())  # type: ignore[union-attr]
             else:
-                self._leaving += len(done)
-                if self.read_policy.evicts:
-                    self._read_once.remove_many(unspent)  # not evictable while they are read
+                self.slots.hold_read(done, unspent, evicts)  # not refilled nor evicted while gathered
         if not target:
             return batch
         gathered = store.gather(taken, slots, out)  # type: ignore[union-attr]
         if not by_reference:
             with self._cond:
-                self._free.extend(done.tolist())
-                self._leaving -= len(done)
-                if self.read_policy.evicts:
-                    self._read_once.add_many(unspent)
+                self.slots.free_held(done, unspent, evicts)
         return {"target": gathered, **batch}
 
     def _choose(self, n: int) -> np.ndarray:
         candidates = self._candidates()
         n = min(n, len(candidates))
+        arrival = self.slots.arrival[candidates]
         if self.read_policy.ordered:
             return self.read_policy.choose(
-                candidates, self._arrival[candidates], n, self.rng, simulation=self._sim[candidates]
+                candidates, arrival, n, self.rng, simulation=self.slots.simulation[candidates]
             )
-        return self.read_policy.choose(candidates, self._arrival[candidates], n, self.rng)
+        return self.read_policy.choose(candidates, arrival, n, self.rng)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """Contents, counters and random state (tensors and plain data, for Lightning checkpoints)."""
         with self._cond:
-            slots = self._occupied.view().copy()
+            slots = self.slots.occupied.view().copy()
             state: dict[str, Any] = {
                 "policy": self.policy,
                 "capacity": self.capacity,
-                "inserted": self.inserted,
                 "reads": self.reads,
-                "evicted": self.evicted,
                 "opened": self._opened,
                 "rng": self.rng.bit_generator.state,
-                "slots": torch.from_numpy(slots),
-                "time": torch.from_numpy(self._time[slots].copy()),
-                "simulation_id": torch.from_numpy(self._sim[slots].copy()),
-                "read_counts": torch.from_numpy(self._reads[slots].copy()),
-                "arrival": torch.from_numpy(self._arrival[slots].copy()),
+                **self.slots.state_dict(slots),
             }
             if self._shape is not None:
                 if len(slots):
@@ -536,7 +417,6 @@ class TrainingBuffer:
                 else:
                     data = np.empty((0, *self._shape), dtype=self._dtype)
                 state["data"] = torch.from_numpy(np.ascontiguousarray(data))
-                state["parameters"] = torch.from_numpy(self._params[slots].copy())  # type: ignore[index]
             return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -544,7 +424,7 @@ class TrainingBuffer:
         if state["policy"] != self.policy:
             raise ValueError(f"buffer state is for policy {state['policy']!r}, this buffer is {self.policy!r}")
         count = len(state["slots"])
-        if self._reserved:
+        if self.slots.reserved:
             raise RuntimeError("the buffer state must be loaded before samples stream in (slots are reserved)")
         if count > self.capacity:
             raise ValueError(f"buffer state holds {count} samples; capacity is {self.capacity}: raise data.capacity")
@@ -553,22 +433,14 @@ class TrainingBuffer:
                 self.capacity, self.read_policy, self.watermark, self.max_reads, self.rate_limit,
                 zero_copy_bytes=self.zero_copy_bytes,
             )  # fmt: skip
-            self.inserted, self.reads, self.evicted = state["inserted"], state["reads"], state["evicted"]
+            self.reads = state["reads"]
             self._opened = bool(state["opened"]) or self.watermark == 0
             self.rng.bit_generator.state = state["rng"]
             if count and "data" in state:
-                data, params = state["data"].numpy(), state["parameters"].numpy()
-                self._allocate(data.shape[1:], data.dtype, params.shape[1])
-                self._free = list(range(self.capacity - 1, count - 1, -1))
+                data = state["data"].numpy()
+                self._allocate(data.shape[1:], data.dtype, state["parameters"].shape[1])
                 self._store.load(data)  # type: ignore[union-attr]
-                self._params[:count] = params  # type: ignore[index]
-                self._time[:count] = state["time"].numpy()
-                self._sim[:count] = state["simulation_id"].numpy()
-                self._reads[:count] = state["read_counts"].numpy()
-                self._arrival[:count] = state["arrival"].numpy()
-                self._occupied.add_many(np.arange(count))
-                if self.read_policy.evicts:
-                    self._read_once.add_many(np.flatnonzero(self._reads[:count] > 0))
+            self.slots.load_state_dict(state, self.read_policy.evicts)
 
     def stats(self) -> dict[str, float]:
         """Fill and counters, for progress display."""
