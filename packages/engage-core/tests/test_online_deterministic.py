@@ -89,21 +89,19 @@ def test_other_policies_grant_as_before():
 
 
 def test_training_is_paced_to_the_samples_the_simulations_will_send():
-    from engage.core.online.datamodule import OnlineDataModule
-    from engage.core.samplers import UniformSampler
+    from engage.core.online.config import OnlineDataConfig
+    from engage.core.online.wiring import paced_rate
     from engage.core.simulators import HeatEquation
 
     simulator = HeatEquation(grid=8, steps=4)
-    dm = OnlineDataModule(
-        simulator, UniformSampler(simulator.space), simulations=2, batch_size=4, batches_per_epoch=25, capacity=16
-    )
+    settings = OnlineDataConfig(simulations=2, batch_size=4, batches_per_epoch=25, capacity=16)
     plan = SimpleNamespace(fast_dev_run=False, max_epochs=4, max_steps=-1, accumulate_grad_batches=1)
     # 4 epochs of 25 batches of 4 = 400 reads over 2 simulations' samples
-    assert dm._paced_rate(plan) == pytest.approx(400 / (2 * simulator.samples_per_run))
-    assert dm._paced_rate(SimpleNamespace(**{**vars(plan), "max_steps": 1})) == 1.0  # at least once
-    assert dm._paced_rate(SimpleNamespace(**{**vars(plan), "fast_dev_run": 1})) is None
-    dm.simulator = SimpleNamespace(samples_per_run=None)  # the program decides how many: nothing to pace to
-    assert dm._paced_rate(plan) is None
+    assert paced_rate(settings, simulator, plan, 1) == pytest.approx(400 / (2 * simulator.samples_per_run))
+    assert paced_rate(settings, simulator, SimpleNamespace(**{**vars(plan), "max_steps": 1}), 1) == 1.0  # at least once
+    assert paced_rate(settings, simulator, SimpleNamespace(**{**vars(plan), "fast_dev_run": 1}), 1) is None
+    # the program decides how many samples: nothing to pace to
+    assert paced_rate(settings, SimpleNamespace(samples_per_run=None), plan, 1) is None
 
 
 def test_the_deterministic_policy_reads_each_sample_once():

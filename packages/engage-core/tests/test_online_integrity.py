@@ -152,7 +152,8 @@ def test_datamodule_defaults_are_those_of_engage_run():
     sim = ramp()
     dm = OnlineDataModule(sim, UniformSampler(sim.space))
     config = OnlineDataConfig()
-    assert (dm.simulations, dm.capacity, dm.policy, dm.batch_size) == (
+    settings = dm.settings
+    assert (settings.simulations, settings.capacity, settings.policy, dm.batch_size) == (
         config.simulations, config.capacity, config.policy, config.batch_size,
     ) == (96, 8192, "reservoir", 64)  # fmt: skip
 

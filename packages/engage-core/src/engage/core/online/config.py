@@ -104,13 +104,13 @@ class OnlineDataConfig:
             raise ConfigValueError("heartbeat_timeout", "must exceed heartbeat_interval, both > 0")
 
 
-def check_settings(values: dict[str, Any]) -> None:
+def check_settings(values: dict[str, Any]) -> OnlineDataConfig:
     """The one range check of the online settings (:class:`OnlineDataConfig`'s) for Python users
     of the classes that take them (the DataModule, the scheduler): ``ValueError`` worded as
     ``data.<name>: ...``. Settings not given take their defaults; values that are not settings
-    (an executor object, a simulator) are ignored."""
+    (an executor object, a simulator) are ignored. Returns the settings, checked."""
     names = {f.name for f in fields(OnlineDataConfig)} - {"_target_", "_recursive_", "simulator_spec", "executor"}
     try:
-        OnlineDataConfig(**{k: v for k, v in values.items() if k in names})
+        return OnlineDataConfig(**{k: v for k, v in values.items() if k in names})
     except ConfigValueError as exc:
         raise ValueError(f"data.{exc}") from None

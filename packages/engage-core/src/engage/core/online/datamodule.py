@@ -24,6 +24,7 @@ from engage.core.online.journal import Journal
 from engage.core.online.ledger import TrainingLedger
 from engage.core.online.outcome import OnlineOutcome, OnlineRunFailed
 from engage.core.online.scheduler import SimulationScheduler
+from engage.core.online.wiring import make_executor, new_scheduler, paced_rate
 from engage.core.samplers.base import Sampler
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.base import Simulator
@@ -72,12 +73,12 @@ class BufferStream(IterableDataset):
         self.dm = datamodule
 
     def __len__(self) -> int:
-        return self.dm.batches_per_epoch
+        return self.dm.settings.batches_per_epoch
 
     def __iter__(self):
         dm = self.dm
         dm.start_streaming()
-        for _ in range(dm.batches_per_epoch):
+        for _ in range(dm.settings.batches_per_epoch):
             batch = dm.next_batch()
             if not dm.all_ranks_have(batch is not None):
                 # the stream ended: no later epoch has a batch either, so training stops here
@@ -161,30 +162,22 @@ class OnlineDataModule(pl.LightningDataModule):
         super().__init__()
         if train_simulations is not None:
             simulations = train_simulations
-        check_settings(dict(locals()))
+        #: every setting, as given (defaults and ranges: :class:`~.config.OnlineDataConfig`)
+        self.settings: OnlineDataConfig = check_settings(dict(locals()))
+        self.settings.executor = executor
+        self.settings.executor_options = dict(executor_options or {})
+        self.settings.simulator_spec = _plain(simulator_spec)
         _check_buffer_memory(simulator, capacity)
         self.simulator, self.sampler = simulator, sampler
-        self.simulations, self.max_samples, self.concurrency = simulations, max_samples, concurrency
-        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
-        self.capacity, self.policy, self.max_reads, self.rate_limit = capacity, policy, max_reads, rate_limit
-        self.watermark = min(capacity, 4 * batch_size) if watermark is None else watermark
-        self.retries, self.on_failure, self.min_completed = retries, on_failure, min_completed
-        self.heartbeat_interval, self.heartbeat_timeout = heartbeat_interval, heartbeat_timeout
-        self.startup_timeout, self.credit_window = startup_timeout, credit_window
-        self.coalesce_bytes, self.shared_memory = coalesce_bytes, shared_memory
-        self.transport_security = transport_security
-        self.executor, self.journal_url = executor, journal
-        self.executor_options = dict(executor_options or {})
+        #: where run folders go (``None``: the trainer's ``default_root_dir/online``, at first use)
+        self.workdir = workdir
         #: the executor that starts this run's simulation processes, training and validation ones:
         #: made now, so that its name and options are checked (a Slurm partition by sbatch
         #: --test-only, a deploy layer against the sweep's hosts) before any run or folder exists;
         #: each launch request names its own log folder
-        self.simulation_executor: Executor = self._make_executor()
-        self.val_simulations, self.cache_dir, self.seed = val_simulations, cache_dir, seed
-        self.workdir = workdir
-        self.train_threads = train_threads
-        self.simulator_spec = _plain(simulator_spec)
-        self.buffer = TrainingBuffer(capacity, policy, self.watermark, max_reads, rate_limit, seed=seed)
+        self.simulation_executor: Executor = make_executor(self.settings)
+        watermark = min(capacity, 4 * batch_size) if watermark is None else watermark
+        self.buffer = TrainingBuffer(capacity, policy, watermark, max_reads, rate_limit, seed=seed)
         self.ledger = TrainingLedger()
         #: batches a checkpoint held as handed out and not trained: served first, as they were
         self._replay: deque[dict[str, np.ndarray]] = deque()
@@ -195,6 +188,15 @@ class OnlineDataModule(pl.LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._group: Any = None
         self._restored: dict[str, Any] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per training batch (``settings.batch_size``; Lightning's batch size finder sets it)."""
+        return self.settings.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.settings.batch_size = int(value)
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -209,8 +211,8 @@ class OnlineDataModule(pl.LightningDataModule):
             self._limit_threads()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and stage in (None, "fit"):
-            if self.rate_limit is None:
-                self.buffer.rate_limit = self._paced_rate(trainer)
+            if self.settings.rate_limit is None:
+                self.buffer.rate_limit = paced_rate(self.settings, self.simulator, trainer, self.world_size)
             from engage.core.online.progress import OnlineProgress
             from engage.core.online.report import SimulationReport
             from engage.core.online.run_check import OnlineRunCheck
@@ -218,29 +220,6 @@ class OnlineDataModule(pl.LightningDataModule):
             for callback in (OnlineProgress, SimulationReport, OnlineRunCheck):
                 if not any(isinstance(cb, callback) for cb in trainer.callbacks):
                     trainer.callbacks.append(callback())
-
-    def _paced_rate(self, trainer: pl.Trainer) -> float | None:
-        """Reads per sample that spread the batches the trainer plans over the samples the
-        simulations will send (at least 1), so that training lasts as long as the simulations
-        instead of ending before they complete; ``None`` (no limit) when either is open-ended."""
-        if trainer.fast_dev_run or self.simulations is None:
-            return None
-        batches = None
-        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
-            batches = trainer.max_epochs * self.batches_per_epoch
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            steps = trainer.max_steps * trainer.accumulate_grad_batches
-            batches = steps if batches is None else min(batches, steps)
-        if self.simulator.samples_per_run is None:  # the program decides: no plan to pace to
-            return None
-        samples = self.simulations * self.simulator.samples_per_run
-        if self.max_samples is not None:  # a bound of each rank's
-            samples = min(samples, self.max_samples * self.world_size)
-        if not batches or samples <= 0:
-            return None
-        rate = max(1.0, batches * self.batch_size * self.world_size / samples)
-        log.info("training paced to the simulations: a sample is read %.3g times on average at most", rate)
-        return rate
 
     def _agree(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""
@@ -254,13 +233,13 @@ class OnlineDataModule(pl.LightningDataModule):
         # Local simulations share the machine with training: a trainer with as many torch threads
         # as cores makes its OpenMP threads wait on busy cores, which on small machines costs far
         # more than the threads gain (a 20x slower step was measured on 2 cores).
-        threads = self.train_threads
+        threads = self.settings.train_threads
         if threads is None:
-            if self.executor != "local":
+            if self.settings.executor != "local":
                 return
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            threads = max(1, cores - self.concurrency)
-        if threads < torch.get_num_threads() or self.train_threads is not None:
+            threads = max(1, cores - self.settings.concurrency)
+        if threads < torch.get_num_threads() or self.settings.train_threads is not None:
             torch.set_num_threads(threads)
 
     def _workdir(self) -> str:
@@ -278,91 +257,43 @@ class OnlineDataModule(pl.LightningDataModule):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def _make_executor(self) -> Executor:
-        from engage.core.executors import LocalExecutor
-        from engage.core.plugins import executors
-
-        executor = self.executor
-        if isinstance(executor, str):
-            known = {"local": LocalExecutor} if executor == "local" else executors()
-            if executor not in known:
-                raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
-            try:
-                executor = known[executor](**self.executor_options)
-            except TypeError as exc:
-                raise ValueError(
-                    f"data.executor_options do not fit the {executor!r} executor ({exc}); "
-                    f"given: {sorted(self.executor_options)}"
-                ) from None
-        return executor
-
     def _new_scheduler(self) -> SimulationScheduler:
         from engage.core.plugins import get_plugin_manager
 
         workdir = self._workdir()
         hooks = get_plugin_manager().hook
-        url = self.journal_url or os.path.join(workdir, "journal.jsonl")
-        if self.world_size > 1 and self.journal_url:
-            url = f"{self.journal_url.removesuffix('.jsonl')}-rank{self.rank}.jsonl"
+        url = self.settings.journal or os.path.join(workdir, "journal.jsonl")
+        if self.world_size > 1 and self.settings.journal:
+            url = f"{self.settings.journal.removesuffix('.jsonl')}-rank{self.rank}.jsonl"
         journal = Journal(url, run_id=self.run_id)
         executor = self.simulation_executor
-        scheduler = self._scheduler(self.sampler, self.buffer, self.simulations, executor, journal, hooks, workdir)
+        scheduler = new_scheduler(
+            self.settings, self.simulator, self.sampler, self.buffer, simulations=self.settings.simulations,
+            executor=executor, journal=journal, hooks=hooks, workdir=workdir, rank=self.rank,
+            world_size=self.world_size,
+        )  # fmt: skip
         if self._restored is not None:
             scheduler.load_state_dict(self._restored["scheduler"])
         return scheduler
 
-    def _scheduler(
-        self,
-        sampler: Sampler,
-        buffer: TrainingBuffer,
-        simulations: int | None,
-        executor: Executor,
-        journal: Journal,
-        hooks: Any,
-        workdir: str,
-        validation: bool = False,
-    ) -> SimulationScheduler:
-        return SimulationScheduler(
-            self.simulator,
-            sampler,
-            buffer,
-            simulations=simulations,
-            max_samples=None if validation else self.max_samples,
-            concurrency=self.concurrency,
-            retries=self.retries,
-            on_failure="fail" if validation else self.on_failure,
-            min_completed=1.0 if validation else self.min_completed,
-            executor=executor,
-            journal=journal,
-            heartbeat_interval=self.heartbeat_interval,
-            heartbeat_timeout=self.heartbeat_timeout,
-            startup_timeout=self.startup_timeout,
-            credit_window=self.credit_window,
-            coalesce_bytes=self.coalesce_bytes,
-            shared_memory=self.shared_memory,
-            transport_security=self.transport_security,
-            simulator_spec=self.simulator_spec,
-            workdir=workdir,
-            rank=0 if validation else self.rank,
-            world_size=1 if validation else self.world_size,
-            hooks=hooks,
-        )
-
     def _validation_dataset(self) -> SimulationDataset | None:
         """The held-out simulations (``val_simulations`` uniform points of their own seed), run
         through simulation processes like training ones, once per run (see :mod:`.validation`)."""
-        if self.val_dataset is None and self.val_simulations > 0:
+        if self.val_dataset is None and self.settings.val_simulations > 0:
             from engage.core.online.validation import held_out_fields
 
-            held_out = UniformSampler(self.simulator.space, seed=self.seed + VALIDATION_SEED_OFFSET)
-            points = held_out.ask(self.val_simulations)
+            held_out = UniformSampler(self.simulator.space, seed=self.settings.seed + VALIDATION_SEED_OFFSET)
+            points = held_out.ask(self.settings.val_simulations)
             folder = os.path.join(self._workdir(), "validation")
 
             def make(sampler: Sampler, buffer: TrainingBuffer, n: int, workdir: str) -> SimulationScheduler:
                 journal = Journal(os.path.join(workdir, "journal.jsonl"), run_id=self.run_id)
-                return self._scheduler(sampler, buffer, n, self.simulation_executor, journal, None, workdir, True)
+                return new_scheduler(
+                    self.settings, self.simulator, sampler, buffer, simulations=n, executor=self.simulation_executor,
+                    journal=journal, hooks=None, workdir=workdir, validation=True,
+                )  # fmt: skip
 
-            fields = held_out_fields(self.simulator, points, make, folder, self.cache_dir)
+            fields = held_out_fields(self.simulator, points, make, folder, self.settings.cache_dir)
             self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
         return self.val_dataset
 
@@ -421,9 +352,13 @@ class OnlineDataModule(pl.LightningDataModule):
         """What this rank's run did so far (see :class:`~.outcome.OnlineOutcome`)."""
         sched = self.scheduler
         if sched is None:
-            requested = None if self.simulations is None or self.max_samples is not None else self.simulations
+            requested = (
+                None
+                if self.settings.simulations is None or self.settings.max_samples is not None
+                else self.settings.simulations
+            )
             return OnlineOutcome(requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained)
-        requested = sched.steering.requested if self.max_samples is None else sched.planned
+        requested = sched.steering.requested if self.settings.max_samples is None else sched.planned
         return OnlineOutcome(
             requested=requested,
             completed=sched.finished,
@@ -437,7 +372,7 @@ class OnlineDataModule(pl.LightningDataModule):
     def check_outcome(self) -> OnlineOutcome:
         """The outcome, or :class:`~.outcome.OnlineRunFailed` when the run fell short."""
         outcome = self.outcome()
-        problem = outcome.problem(self.min_completed)
+        problem = outcome.problem(self.settings.min_completed)
         if problem is not None:
             raise OnlineRunFailed(f"online run failed: {problem}; {outcome.line()}")
         return outcome

@@ -62,7 +62,7 @@ class OnlineRunCheck(pl.Callback):
             return
         outcome = self._record(trainer, dm)
         # fast_dev_run checks that the pieces work with a batch or two: the budget is not judged
-        problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.min_completed)
+        problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.settings.min_completed)
         if problem is not None:
             from engage.core.online.outcome import OnlineRunFailed
 

@@ -1,0 +1,118 @@
+"""From an online DataModule's settings to the objects of its run: the executor that starts the
+simulation processes, the schedulers (training and validation ones) and the pace of training.
+
+Example::
+
+    >>> from engage.core.online.config import OnlineDataConfig
+    >>> type(make_executor(OnlineDataConfig())).__name__
+    'LocalExecutor'
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from engage.core.executors import Executor
+from engage.core.online.scheduler import SimulationScheduler
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from engage.core.online.buffer import TrainingBuffer
+    from engage.core.online.config import OnlineDataConfig
+    from engage.core.online.journal import Journal
+    from engage.core.samplers.base import Sampler
+    from engage.core.simulators.base import Simulator
+
+log = logging.getLogger("engage.online")
+
+
+def make_executor(settings: OnlineDataConfig) -> Executor:
+    """The executor ``settings.executor`` names (or is), built with ``settings.executor_options``;
+    ``ValueError`` (one line naming the setting) for an unknown name or options it does not take."""
+    from engage.core.executors import LocalExecutor
+    from engage.core.plugins import executors
+
+    executor = settings.executor
+    if isinstance(executor, str):
+        known = {"local": LocalExecutor} if executor == "local" else executors()
+        if executor not in known:
+            raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
+        try:
+            executor = known[executor](**settings.executor_options)
+        except TypeError as exc:
+            raise ValueError(
+                f"data.executor_options do not fit the {executor!r} executor ({exc}); "
+                f"given: {sorted(settings.executor_options)}"
+            ) from None
+    return executor
+
+
+def new_scheduler(
+    settings: OnlineDataConfig,
+    simulator: Simulator,
+    sampler: Sampler,
+    buffer: TrainingBuffer,
+    *,
+    simulations: int | None,
+    executor: Executor,
+    journal: Journal,
+    hooks: Any,
+    workdir: str,
+    rank: int = 0,
+    world_size: int = 1,
+    validation: bool = False,
+) -> SimulationScheduler:
+    """A scheduler of ``simulations`` with the run's settings. A ``validation`` one runs its
+    held-out simulations whole on one rank: every one must complete, none is redrawn, and no
+    sample bound applies."""
+    return SimulationScheduler(
+        simulator,
+        sampler,
+        buffer,
+        simulations=simulations,
+        max_samples=None if validation else settings.max_samples,
+        concurrency=settings.concurrency,
+        retries=settings.retries,
+        on_failure="fail" if validation else settings.on_failure,
+        min_completed=1.0 if validation else settings.min_completed,
+        executor=executor,
+        journal=journal,
+        heartbeat_interval=settings.heartbeat_interval,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        startup_timeout=settings.startup_timeout,
+        credit_window=settings.credit_window,
+        coalesce_bytes=settings.coalesce_bytes,
+        shared_memory=settings.shared_memory,
+        transport_security=settings.transport_security,
+        simulator_spec=settings.simulator_spec,
+        workdir=workdir,
+        rank=0 if validation else rank,
+        world_size=1 if validation else world_size,
+        hooks=hooks,
+    )
+
+
+def paced_rate(settings: OnlineDataConfig, simulator: Simulator, trainer: pl.Trainer, world_size: int) -> float | None:
+    """Reads per sample that spread the batches the trainer plans over the samples the
+    simulations will send (at least 1), so that training lasts as long as the simulations
+    instead of ending before they complete; ``None`` (no limit) when either is open-ended."""
+    if trainer.fast_dev_run or settings.simulations is None:
+        return None
+    batches = None
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+        batches = trainer.max_epochs * settings.batches_per_epoch
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        steps = trainer.max_steps * trainer.accumulate_grad_batches
+        batches = steps if batches is None else min(batches, steps)
+    if simulator.samples_per_run is None:  # the program decides: no plan to pace to
+        return None
+    samples = settings.simulations * simulator.samples_per_run
+    if settings.max_samples is not None:  # a bound of each rank's
+        samples = min(samples, settings.max_samples * world_size)
+    if not batches or samples <= 0:
+        return None
+    rate = max(1.0, batches * settings.batch_size * world_size / samples)
+    log.info("training paced to the simulations: a sample is read %.3g times on average at most", rate)
+    return rate
