@@ -23,6 +23,12 @@ from engage.core.cli import main
         ("trainer.strategy=ddp", "trainer.strategy: ENGAGE builds the Trainer's strategy; set it with strategy="),
         ("trainer.num_sanity_val_steps=-2", "trainer.num_sanity_val_steps: must be >= -1, got -2"),
         ("trainer.val_check_interval=0", "trainer.val_check_interval: must be a number of batches (an integer >= 1)"),
+        # a top-level key no interpolation reads would be ignored: a typo
+        ("+seeed=3", "seeed: unknown key; did you mean seed? allowed: callbacks,"),
+        ("~data", "data: no option chosen (removed with ~data?); choose one with data=<option>"),
+        ("~model", "model: no option chosen (removed with ~model?); choose one with model=<option>"),
+        # Lightning's own rule, before anything is created: 100 batches an epoch by default
+        ("trainer.val_check_interval=500", "trainer.val_check_interval: 500 batches is more than an epoch holds (100,"),
         # the top level's own values, not only the groups'
         ("task=fitt", "task: must be fit or validate, got 'fitt'"),
         ("checkpoint_every_n_steps=-5", "checkpoint_every_n_steps: must be >= 0, got -5"),
@@ -39,6 +45,16 @@ def test_bad_input_is_one_line_and_exit_code_2(override, expected, capsys):
     err = capsys.readouterr().err.strip()
     assert expected in err
     assert len(err.splitlines()) == 1, err
+
+
+def test_a_top_level_key_an_interpolation_reads_is_a_variable():
+    from engage.core.config.validate import check_values, compose_config
+
+    cfg = compose_config(
+        ["+width=8", "model.width=${width}", "trainer.val_check_interval=500", "trainer.check_val_every_n_epoch=null"]
+    )
+    check_values(cfg)  # the variable is read; the interval counts batches across epochs
+    assert cfg.model.width == 8
 
 
 def test_a_value_checked_with_the_simulator_is_one_line_and_exit_code_2(capfd, tmp_path, monkeypatch):

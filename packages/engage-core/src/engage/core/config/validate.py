@@ -98,10 +98,11 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Run every structured config's range checks (``__post_init__``); raise :class:`ConfigError`."""
+    """Run every structured config's range checks (``__post_init__``), and those that need two
+    groups at once; raise :class:`ConfigError`."""
     for group in cfg.keys():
-        if group == "hydra":
-            continue
+        if group == "hydra" or OmegaConf.is_missing(cfg, group):
+            continue  # a group with no option chosen: said below
         node = cfg[group]
         node_type = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
         if node_type is None or not is_dataclass(node_type):
@@ -128,12 +129,59 @@ def check_values(cfg: DictConfig) -> None:
     scalars = {
         f.name: cfg.get(f.name, f.default)
         for f in fields(EngageConfig)
-        if f.name not in cfg or not isinstance(cfg[f.name], DictConfig)
+        if f.name not in cfg or not (OmegaConf.is_missing(cfg, f.name) or isinstance(cfg[f.name], DictConfig))
     }
     try:
         EngageConfig.__post_init__(SimpleNamespace(**scalars))  # type: ignore[arg-type]
     except ConfigValueError as exc:
         raise ConfigError(f"{exc.key}: {exc.message}") from None
+    _check_top_level(cfg)
+    _check_validation_interval(cfg)
+
+
+def _check_top_level(cfg: DictConfig) -> None:
+    """Every group chosen, and no top-level key the run would ignore: ``+seeed=3`` is a typo, while
+    a key that an interpolation reads (``+width=64 model.width=${width}``) is a variable."""
+    from engage.core.config.schema import EngageConfig
+
+    allowed = sorted(f.name for f in fields(EngageConfig))
+    for name in ("simulator", "sampler", "data", "model", "strategy"):
+        node = cfg.get(name) if name in cfg and not OmegaConf.is_missing(cfg, name) else None
+        # an option of these groups names what it builds; values alone (an experiment's, after
+        # ~data) build nothing
+        built = isinstance(node, DictConfig) and ("_target_" in node or name == "strategy")
+        if not built:
+            raise ConfigError(f"{name}: no option chosen (removed with ~{name}?); choose one with {name}=<option>")
+    extra = [str(k) for k in cfg.keys() if k not in allowed and k != "hydra"]
+    if extra:
+        text = OmegaConf.to_yaml(cfg)  # interpolations stay as written
+        unread = [k for k in extra if not re.search(r"\$\{\s*" + re.escape(k) + r"\b", text)]
+        if unread:
+            line = unknown_key(unread[0], allowed)
+            raise ConfigError(f"{line} (a top-level key is kept only when an interpolation reads it)")
+
+
+def _check_validation_interval(cfg: DictConfig) -> None:
+    """A batch count for ``trainer.val_check_interval`` fits in an epoch of a DataModule that
+    says how many batches one holds (``data.batches_per_epoch``), as Lightning requires."""
+    trainer, data = cfg.get("trainer"), cfg.get("data")
+    interval = trainer.get("val_check_interval") if isinstance(trainer, DictConfig) else None
+    batches = data.get("batches_per_epoch") if isinstance(data, DictConfig) else None
+    if not isinstance(interval, int) or isinstance(interval, bool) or not isinstance(batches, int):
+        return
+    if trainer.get("check_val_every_n_epoch", 1) is None:
+        return  # counted across epochs
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    if interval > batches:
+        raise ConfigError(
+            f"trainer.val_check_interval: {interval} batches is more than an epoch holds ({batches}, from "
+            "data.batches_per_epoch and trainer.limit_train_batches); lower it, or set "
+            "trainer.check_val_every_n_epoch=null to count batches across epochs"
+        )
 
 
 def single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
