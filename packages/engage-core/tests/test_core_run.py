@@ -258,6 +258,11 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     assert refused.returncode == 2, refused.stderr[-3000:]
     (line,) = _stderr_lines(refused)
     assert "another simulator" in line and "samples_per_run: 8 -> 9" in line, line
+    # and so is one whose weights do not fit the model (another width), naming the first weight
+    wider = engage("run", *[a.replace("model.width=4", "model.width=6") for a in args], "ckpt_path=last", cwd=tmp_path)
+    assert wider.returncode == 2, wider.stderr[-3000:]
+    (line,) = _stderr_lines(wider)
+    assert "the checkpoint's weights do not fit this model (time_net.0.weight: saved (16, 1), now (24, 1)" in line, line
     assert len(_runs(tmp_path)[1]) == len(before)
     result = engage("run", *args, "ckpt_path=last", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

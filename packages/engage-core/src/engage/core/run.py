@@ -112,9 +112,10 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(value)
 
 
-def check_checkpoint(path: str, datamodule: Any) -> None:
-    """Refuse, before anything starts, a checkpoint whose data state is of another simulator,
-    parameter space or sampler (one line, :class:`ConfigError`)."""
+def check_checkpoint(path: str, datamodule: Any, model: Any) -> None:
+    """Refuse, before anything starts, a checkpoint whose weights do not fit ``model`` (another
+    width, say) or whose data state is of another simulator, parameter space or sampler (one
+    line, :class:`ConfigError`)."""
     import fsspec
     import torch
 
@@ -125,6 +126,19 @@ def check_checkpoint(path: str, datamodule: Any) -> None:
             checkpoint = torch.load(f, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ConfigError(f"ckpt_path={path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    saved, now = checkpoint.get("state_dict") or {}, model.state_dict()
+    # weights both know by name (a strategy may wrap modules, renaming others) must agree in shape
+    unlike = [
+        f"{name}: saved {tuple(saved[name].shape)}, now {tuple(value.shape)}"
+        for name, value in now.items()
+        if name in saved and hasattr(saved[name], "shape") and tuple(saved[name].shape) != tuple(value.shape)
+    ]
+    if unlike:
+        raise ConfigError(
+            f"ckpt_path={path}: the checkpoint's weights do not fit this model ({'; '.join(unlike[:2])}"
+            f"{f'; {len(unlike) - 2} more' if len(unlike) > 2 else ''}); resume with the model settings it was "
+            "trained with"
+        )
     state = checkpoint.get(type(datamodule).__qualname__)
     if state is None or not hasattr(datamodule, "sampler"):
         return
@@ -159,8 +173,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise ConfigError(str(exc.__cause__)) from None
         raise
     ckpt_path = resolve_ckpt_path(cfg, output_dir)
-    if ckpt_path is not None:
-        check_checkpoint(ckpt_path, datamodule)
     model = instantiate(
         cfg.model,
         num_parameters=simulator.space.dim,
@@ -168,6 +180,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         value_range=list(simulator.value_range) if simulator.value_range else None,
         samples_per_run=simulator.samples_per_run,
     )
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, datamodule, model)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer_kwargs.setdefault("default_root_dir", str(output_dir))
     trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])
