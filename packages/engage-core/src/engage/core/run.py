@@ -112,10 +112,11 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(value)
 
 
-def check_checkpoint(path: str, datamodule: Any, model: Any) -> None:
+def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig | None = None) -> None:
     """Refuse, before anything starts, a checkpoint whose weights do not fit ``model`` (another
-    width, say) or whose data state is of another simulator, parameter space or sampler (one
-    line, :class:`ConfigError`)."""
+    width, say), whose data state is of another simulator, parameter space or sampler, or, to
+    fit with ``trainer`` (its config), that has trained as long as asked already (one line,
+    :class:`ConfigError`)."""
     import fsspec
     import torch
 
@@ -139,6 +140,8 @@ def check_checkpoint(path: str, datamodule: Any, model: Any) -> None:
             f"{f'; {len(unlike) - 2} more' if len(unlike) > 2 else ''}); resume with the model settings it was "
             "trained with"
         )
+    if trainer is not None:
+        _check_training_left(path, checkpoint, trainer)
     state = checkpoint.get(type(datamodule).__qualname__)
     if state is None or not hasattr(datamodule, "sampler"):
         return
@@ -146,6 +149,22 @@ def check_checkpoint(path: str, datamodule: Any, model: Any) -> None:
         check_resumable(state, datamodule.simulator, datamodule.sampler)
     except ValueError as exc:
         raise ConfigError(f"ckpt_path={path}: {exc}") from None
+
+
+def _check_training_left(path: str, checkpoint: dict[str, Any], trainer: DictConfig) -> None:
+    """A fit from a checkpoint that reached ``trainer.max_epochs`` or ``trainer.max_steps`` would
+    train nothing and end as if it had: refused, saying what to raise."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs, steps = int(progress.get("completed", 0)), int(checkpoint.get("global_step", 0))
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if max_steps is not None and max_steps > 0 and steps >= max_steps:
+        reached = f"trainer.max_steps={max_steps} ({steps} steps trained)"
+    elif max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:  # whichever comes first, as Lightning
+        reached = f"trainer.max_epochs={max_epochs} ({epochs} epochs trained)"
+    else:
+        return
+    name = reached.split("=", 1)[0]
+    raise ConfigError(f"ckpt_path={path}: nothing left to train, the checkpoint reached {reached}; raise {name}")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -181,7 +200,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         samples_per_run=simulator.samples_per_run,
     )
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, datamodule, model)
+        check_checkpoint(ckpt_path, datamodule, model, cfg.trainer if cfg.task == "fit" else None)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer_kwargs.setdefault("default_root_dir", str(output_dir))
     trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])

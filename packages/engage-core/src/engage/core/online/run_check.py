@@ -16,7 +16,9 @@ class OnlineRunCheck(pl.Callback):
     :class:`~.outcome.OnlineOutcome` (MLflow metrics ``online/simulations_*`` and
     ``online/samples_*``, one log line) and raises
     :class:`~.outcome.OnlineRunFailed` out of ``Trainer.fit`` when the run did not complete the
-    simulations it was asked for (``min_completed``) or trained no batch.
+    simulations it was asked for (``min_completed``) or trained no batch, in this fit: a fit
+    resumed from a checkpoint that had trained as long as asked trains nothing and fails too,
+    whatever the counts it carries.
 
     :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
 
@@ -28,6 +30,7 @@ class OnlineRunCheck(pl.Callback):
 
     def __init__(self) -> None:
         self._recorded: Any = None
+        self._batches = 0  # training batches this fit ran (a resumed fit counts from 0)
 
     @staticmethod
     def _datamodule(trainer: pl.Trainer) -> Any:
@@ -40,12 +43,15 @@ class OnlineRunCheck(pl.Callback):
         return self._recorded
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recorded = None
+        self._recorded, self._batches = None, 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
         dm = self._datamodule(trainer)
         if dm is not None:
             dm.ledger.step_started(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        self._batches += 1
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._judge(trainer)
@@ -63,6 +69,11 @@ class OnlineRunCheck(pl.Callback):
         outcome = self._record(trainer, dm)
         # fast_dev_run checks that the pieces work with a batch or two: the budget is not judged
         problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.settings.min_completed)
+        if problem is None and self._batches == 0:
+            problem = (
+                f"no batch was trained in this fit: it resumed at step {trainer.global_step}, where training "
+                "had ended already (raise trainer.max_epochs or trainer.max_steps to train longer)"
+            )
         if problem is not None:
             from engage.core.online.outcome import OnlineRunFailed
 
