@@ -53,6 +53,9 @@ def test_killed_anywhere_and_resumed_trains_every_sample_exactly_once(tmp_path):
         assert result["orphans"] == 0, f"{where}: simulation processes outlived their trainer"
         assert not result["leaked_shared_memory"], where
         assert result["resumed_outcome"]["completed"] == SIMULATIONS, where
+    # the reference run, resumed once it had ended, trains nothing and fails saying so
+    status, error = next(r for r in results if r["kind"] == "none")["finished_resume"]
+    assert status != 0 and "no batch was trained in this fit: it resumed at step" in error, error
     kills = [r for r in results if r["kind"] != "none"]
     assert len(kills) == 10 and sum(r["killed"] for r in kills) >= 8
     # the kills that matter most land where they were drawn: resumed from a checkpoint written
