@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PACKAGES := $(sort $(wildcard packages/engage-*))
 STAMP := $(VENV)/.install-stamp
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 
 .PHONY: install demo test lint clean system-deps docs docs-screenshots
 

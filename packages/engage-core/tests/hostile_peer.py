@@ -7,7 +7,10 @@ trainer's memory): ``python -m hostile_peer ADDRESS SERVER_KEY KIND SIMULATION_I
 of the running attempt itself, taken from its key file: messages wrong in each field of the
 header, the frames and the payloads, a premature ``DONE``, an ``ERROR`` that would forge a log
 line, and samples that look right). It claims ``SIMULATION_ID`` attempt 1 and (but the thief)
-that simulation's old routing identity."""
+that simulation's old routing identity.
+
+An attack is bounded: it stops sending after ``ATTACK_SECONDS`` or its messages, whichever comes
+first, then says on one line of stdout (JSON) how many messages it sent in how many seconds."""
 
 from __future__ import annotations
 
@@ -62,7 +65,12 @@ def malformed(sid: int, index: int) -> list[list[bytes]]:
     ]
 
 
+#: the longest an attack sends for
+ATTACK_SECONDS = 10.0
+
+
 def main(address: str, server_key: str, kind: str, sid: int, keys: str, count: int) -> None:
+    started = time.monotonic()
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -78,8 +86,10 @@ def main(address: str, server_key: str, kind: str, sid: int, keys: str, count: i
     sock.connect(address)
     sample = np.full((8, 8), 1e6, np.float32)  # nothing honest looks like this
     hello = protocol.encode_json(protocol.Kind.HELLO, sid, 1, {"pid": 1, "host": "x", "protocol": 1})
-    messages = count * {"flood": 100, "stolen": 5}.get(kind, 1)
+    messages, sent = count * {"flood": 100, "stolen": 5}.get(kind, 1), 0
     for index in range(messages):
+        if time.monotonic() - started > ATTACK_SECONDS:
+            break
         if kind == "stolen":  # every variant, over and over
             variants = malformed(sid, index % 40)
             frames = variants[index % len(variants)]
@@ -94,8 +104,11 @@ def main(address: str, server_key: str, kind: str, sid: int, keys: str, count: i
             frames = [protocol.encode_header(protocol.Kind.SAMPLE, sid, 1, index % 40, array=sample), sample.tobytes()]
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
+            sent += 1
         except zmq.Again:
             time.sleep(0.01)
+    report = {"kind": kind, "simulation": sid, "messages": sent, "seconds": round(time.monotonic() - started, 3)}
+    print(json.dumps(report), flush=True)
     time.sleep(30)  # stay connected while the run goes on; the test kills this process
 
 

@@ -118,6 +118,15 @@ def test_lightnings_own_refusals_are_one_line_and_exit_code_2(override, expected
     assert err.startswith(expected) and len(err.splitlines()) == 1, err
 
 
+def test_spawned_ranks_cannot_take_the_online_datamodule_one_line_and_exit_code_2(capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", "strategy.name=ddp_spawn", "trainer.devices=2", f"hydra.run.dir={tmp_path}"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("engage run: strategy: ranks started by spawn cannot take the online DataModule"), err
+    assert "use strategy=ddp" in err and list(tmp_path.rglob("*.db")) == []  # before any run was recorded
+
+
 TINY_FAST = [
     "data=simulated", "simulator.steps=3", "data.train_simulations=2", "data.val_simulations=1", "model.width=4",
     "trainer.fast_dev_run=1", "trainer.enable_progress_bar=false",

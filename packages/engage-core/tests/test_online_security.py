@@ -120,7 +120,9 @@ def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helper
         server_key = keys.server_public.decode()
         attackers = [
             subprocess.Popen(
-                [sys.executable, "-m", "hostile_peer", scheduler.address, server_key, kind, str(sid), held, "20"]
+                [sys.executable, "-m", "hostile_peer", scheduler.address, server_key, kind, str(sid), held, "20"],
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for kind, held in attacks
             for sid in (0, 1)
@@ -132,14 +134,18 @@ def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helper
             time.sleep(0.01)
         stolen = Path(keys.folder, f"sim-0-{running.record.attempt}.key").read_text()
         thief = [sys.executable, "-m", "hostile_peer", scheduler.address, server_key, "stolen", "0", stolen, "20"]
-        attackers.append(subprocess.Popen(thief))
+        attackers.append(subprocess.Popen(thief, stdout=subprocess.PIPE, text=True))
         batches = []
         while (batch := buffer.get_batch(8, timeout=60)) is not None:
             batches.append(batch)
+        reports = []
         for attacker in attackers:
             attacker.kill()
-            attacker.wait(10)
+            reports += [json.loads(line) for line in attacker.communicate(timeout=10)[0].splitlines()]
         scheduler.join(30)
+    # each attack is bounded, as the test's budget asks: at most 10 s and 100,000 messages
+    assert all(r["seconds"] <= 10.5 and r["messages"] <= 100_000 for r in reports), reports
+    assert sum(r["messages"] for r in reports) > 0
     assert scheduler.error is None and scheduler.finished == 2  # every honest simulation completed
     assert scheduler.retried == 0  # a stolen key's messages never failed the honest attempt
     heard = [r.getMessage() for r in caplog.records if "holding the key of attempt 0:1;" in r.getMessage()]

@@ -24,6 +24,7 @@ from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_va
 from engage.core.console import quiet_lightning
 from engage.core.events import RunRecord
 from engage.core.online.buffer import BufferClosed
+from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
@@ -212,6 +213,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Lightning's own checks of its arguments (trainer.accelerator=tpu, trainer.devices=0): one
         # line, as the config's own checks
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
+    start = getattr(trainer.strategy, "_start_method", None)
+    if start in ("spawn", "forkserver") and isinstance(datamodule, OnlineDataModule):
+        # a spawned rank is handed the DataModule pickled, and the online one holds its streams
+        raise ConfigError(
+            f"strategy: ranks started by {start} cannot take the online DataModule (it streams from live "
+            "simulations); use strategy=ddp, which starts each rank as a program of its own"
+        )
     tracking_uri = choose_tracking_uri(cfg, output_dir)
     # one MLflow run, on the process of global rank 0 (Lightning starts the others again)
     tracked = MLflowRun.open(cfg, tracking_uri) if rank_zero_only.rank == 0 else None
