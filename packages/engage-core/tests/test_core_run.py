@@ -193,14 +193,53 @@ def test_ctrl_c_during_training_ends_the_run_killed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_ddp_fit_starts_its_other_rank_through_engage_run(tmp_path):
-    """Lightning starts the other ranks with this process's command line: ``engage run`` and Hydra's
-    job overrides, not Hydra's view of it (which lacks the program and its command)."""
-    result = engage("run", *TINY, "data.simulations=4", "strategy=ddp", "trainer.devices=2", cwd=tmp_path, timeout=180)
+def test_ddp_fits_of_a_sweep_start_their_other_rank_through_engage_run(tmp_path):
+    """Lightning starts the other ranks with this process's command line: ``engage run`` and the
+    job's overrides, not Hydra's view of it (which lacks the program and its command); the second
+    job of a sweep in the same process starts ranks of its own, not joining the first's group."""
+    result = engage(
+        "run", "-m", *TINY, "data.simulations=4", "strategy=ddp", "trainer.devices=2", "seed=1,2", cwd=tmp_path,
+        timeout=240,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # each job's rank 1
     _, runs = _runs(tmp_path)
-    assert [r.info.status for r in runs] == ["FINISHED"]  # one run: rank 0's
+    # the sweep's parent run and one run per job (rank 0's), every one finished
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    assert sorted(r.data.params.get("seed") for r in runs if "seed" in r.data.params) == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_a_ddp_rank_ends_with_the_rank_that_started_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    rank0 = subprocess.Popen(
+        [sys.executable, "-m", "engage.core.cli", "run", *TINY, "data.simulations=4", "strategy=ddp",
+         "trainer.devices=2", "trainer.limit_train_batches=null", "+callbacks.pace._target_=engage_test_pace.Pace"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    rank1, deadline = None, time.monotonic() + 120
+    try:
+        while rank1 is None and rank0.poll() is None and time.monotonic() < deadline:
+            for child in psutil.Process(rank0.pid).children():
+                try:
+                    if child.environ().get("LOCAL_RANK") == "1" and child.cpu_times().user > 2:
+                        rank1 = child  # started, and well into its run
+                except psutil.Error:
+                    continue
+            time.sleep(0.1)
+        assert rank1 is not None, "rank 1 was never seen"
+    finally:
+        rank0.kill()
+        rank0.wait(30)
+    _, alive = psutil.wait_procs([rank1], timeout=15)
+    assert not alive, "rank 1 outlived the rank that started it"
 
 
 def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_path):

@@ -35,6 +35,15 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
     from engage.core.tracking.sweep import end_open_sweep
 
+    if os.environ.get("LOCAL_RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
+        # a rank that a DDP launcher (Lightning's, torchrun) started: it ends with its starter
+        from engage.core.executors import die_with_parent
+
+        starter = os.getppid()
+        die_with_parent()
+        if starter == 1 or os.getppid() != starter:
+            print(f"{program}: the process that started this rank is gone", file=sys.stderr)
+            return 1
     register_configs()
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(task)
     saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")

@@ -105,10 +105,11 @@ class Executor(ABC):
         """Release what the executor holds once the run ends."""
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask Linux to SIGKILL it when the thread that
-    # started it exits, so a SIGKILLed trainer never leaves simulations behind. Elsewhere the
-    # client notices its parent pid change and trainer silence instead.
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that started it exits (elsewhere,
+    nothing). Run in a child between fork and exec, so a SIGKILLed trainer never leaves
+    simulations behind (elsewhere the client notices its parent pid change and trainer silence
+    instead), and by a DDP rank a launcher started, so that it never outlives rank 0."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -122,7 +123,7 @@ def die_with_parent_command(command: list[str]) -> tuple[list[str], Any]:
     setpriv = shutil.which("setpriv")
     if setpriv:
         return [setpriv, "--pdeathsig", "KILL", "--", *command], None
-    return command, _die_with_parent
+    return command, die_with_parent
 
 
 class LocalProcess(SimulationProcess):

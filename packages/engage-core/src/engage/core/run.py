@@ -4,6 +4,7 @@ config and the installed plugins, train, and record everything in MLflow."""
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import tempfile
 import time
@@ -168,6 +169,25 @@ def _check_training_left(path: str, checkpoint: dict[str, Any], trainer: DictCon
     raise ConfigError(f"ckpt_path={path}: nothing left to train, the checkpoint reached {reached}; raise {name}")
 
 
+#: what a DDP fit's launcher sets in this process's environment for the ranks it starts
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def leave_distributed(environment: dict[str, str | None]) -> None:
+    """End this process's part in a distributed fit: its process group, and the rank variables
+    Lightning set for the fit, back to ``environment``. The next job of a sweep in this process
+    then starts its own ranks, on a port of its own, instead of joining the last job's group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg``, fit, and return the final metrics."""
     check_values(cfg)
@@ -236,6 +256,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # the simulations' timeline, heard through the event hooks, goes to this run when it ends
         timeline = SimulationTimeline(tracked.client.log_figure, tracked.run_id, title=f"simulations of {tracked.name}")
         manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
+    distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
     try:
         if tracked is not None:
             manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
@@ -293,6 +314,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             finally:
                 manager.unregister(timeline)
                 tracked.close(status)
+        leave_distributed(distributed_env)
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         # the counts MLflow holds: recorded when training ended (simulations without a budget go on

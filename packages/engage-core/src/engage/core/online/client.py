@@ -474,10 +474,9 @@ def _die_with_parent() -> None:
     # is already gone, exit now rather than compute for nobody.
     expected = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
     if sys.platform.startswith("linux") and expected:
-        import ctypes
-        import signal
+        from engage.core.executors import die_with_parent
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        die_with_parent()
         if os.getppid() != expected:
             sys.exit(EXIT_TRAINER_GONE)
 
