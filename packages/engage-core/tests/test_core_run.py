@@ -198,11 +198,14 @@ def test_ddp_fits_of_a_sweep_start_their_other_rank_through_engage_run(tmp_path)
     job's overrides, not Hydra's view of it (which lacks the program and its command); the second
     job of a sweep in the same process starts ranks of its own, not joining the first's group."""
     result = engage(
-        "run", "-m", *TINY, "data.simulations=4", "strategy=ddp", "trainer.devices=2", "seed=1,2", cwd=tmp_path,
+        "run", "-m", *TINY, "data.train_simulations=4", "strategy=ddp", "trainer.devices=2", "seed=1,2", cwd=tmp_path,
         timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (result.stdout + result.stderr).count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # each job's rank 1
+    # each job is judged and reported on all it was asked for, both ranks' shares added up
+    ended = _stderr_lines(result, prefix="simulations: ")
+    assert len(ended) == 2 and all(line.startswith("simulations: 4 requested, 4 completed") for line in ended), ended
     _, runs = _runs(tmp_path)
     # the sweep's parent run and one run per job (rank 0's), every one finished
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
@@ -219,7 +222,7 @@ def test_a_ddp_rank_ends_with_the_rank_that_started_it(tmp_path):
     import psutil
 
     rank0 = subprocess.Popen(
-        [sys.executable, "-m", "engage.core.cli", "run", *TINY, "data.simulations=4", "strategy=ddp",
+        [sys.executable, "-m", "engage.core.cli", "run", *TINY, "strategy=ddp",
          "trainer.devices=2", "trainer.limit_train_batches=null", "+callbacks.pace._target_=engage_test_pace.Pace"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -369,6 +369,22 @@ class OnlineDataModule(pl.LightningDataModule):
             batches_trained=self.ledger.batches_trained,
         )
 
+    def run_outcome(self) -> OnlineOutcome:
+        """The whole run's outcome: this rank's, or under distributed training every rank's added
+        up (a collective: every rank calls it), so that a run is judged and reported once, on the
+        simulations it was asked for."""
+        mine = self.outcome()
+        if self._group is None:
+            return mine
+        counts = [
+            mine.requested or 0, int(mine.requested is None), mine.completed, mine.failed, mine.given_up,
+            mine.samples_received, mine.samples_trained, mine.batches_trained,
+        ]  # fmt: skip
+        total = torch.tensor(counts, dtype=torch.int64)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self._group)
+        requested, unbounded, *rest = (int(v) for v in total.tolist())
+        return OnlineOutcome(None if unbounded else requested, *rest)
+
     def check_outcome(self) -> OnlineOutcome:
         """The outcome, or :class:`~.outcome.OnlineRunFailed` when the run fell short."""
         outcome = self.outcome()

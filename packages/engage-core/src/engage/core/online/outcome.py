@@ -34,7 +34,8 @@ class OnlineRunFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class OnlineOutcome:
-    """Counts of one online run (of one rank, under distributed training).
+    """Counts of one online run: of one rank (:meth:`OnlineDataModule.outcome`), or of every rank
+    added up (:meth:`OnlineDataModule.run_outcome`, what a run is judged and reported on).
 
     ``requested``: simulations the run had to complete (``None`` when it is bounded by samples
     instead); ``failed`` counts failed processes, retried ones included, and ``given_up`` the

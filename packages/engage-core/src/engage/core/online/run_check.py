@@ -13,7 +13,8 @@ log = logging.getLogger("engage.online")
 class OnlineRunCheck(pl.Callback):
     """Counts the batches each training step takes (:class:`~.ledger.TrainingLedger`), and when
     training ends (or the fit, when its training loop never ran) records the run's
-    :class:`~.outcome.OnlineOutcome` (MLflow metrics ``online/simulations_*`` and
+    :class:`~.outcome.OnlineOutcome`, every rank's added up under distributed training (MLflow
+    metrics ``online/simulations_*`` and
     ``online/samples_*``, one log line) and raises
     :class:`~.outcome.OnlineRunFailed` out of ``Trainer.fit`` when the run did not complete the
     simulations it was asked for (``min_completed``) or trained no batch, in this fit: a fit
@@ -35,7 +36,8 @@ class OnlineRunCheck(pl.Callback):
     @staticmethod
     def _datamodule(trainer: pl.Trainer) -> Any:
         dm = getattr(trainer, "datamodule", None)
-        return dm if dm is not None and hasattr(dm, "ledger") and hasattr(dm, "outcome") else None
+        wanted = ("ledger", "outcome", "run_outcome")
+        return dm if dm is not None and all(hasattr(dm, name) for name in wanted) else None
 
     @property
     def recorded(self) -> Any:
@@ -66,7 +68,7 @@ class OnlineRunCheck(pl.Callback):
         dm = self._datamodule(trainer)
         if dm is None:
             return
-        outcome = self._record(trainer, dm)
+        outcome = self._record(trainer, dm, dm.run_outcome())  # every rank's, added up
         # fast_dev_run checks that the pieces work with a batch or two: the budget is not judged
         problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.settings.min_completed)
         if problem is None and self._batches == 0:
@@ -82,10 +84,10 @@ class OnlineRunCheck(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         dm = self._datamodule(trainer)
         if dm is not None and self._recorded is None:
-            self._record(trainer, dm)
+            self._record(trainer, dm, dm.outcome())  # this rank's: the others may never get here
 
-    def _record(self, trainer: pl.Trainer, dm: Any) -> Any:
-        outcome = self._recorded = dm.outcome()
+    def _record(self, trainer: pl.Trainer, dm: Any, outcome: Any) -> Any:
+        self._recorded = outcome
         log.info("%s", outcome.line())
         if trainer.is_global_zero:
             from lightning.pytorch.loggers import MLFlowLogger
