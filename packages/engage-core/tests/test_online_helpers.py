@@ -54,12 +54,12 @@ class Rogue(Simulator):
 
 def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
     if mode == "elsewhere":  # on a host without the trainer's shared memory: its segment is not here
-        import engage.core.online.client as client_module
+        import engage.core.online.slot_writer as slot_writer
 
         def nowhere(name, size=None):
             raise FileNotFoundError(name)
 
-        client_module.attach = nowhere
+        slot_writer.attach = nowhere
     # a client that did not ask for the trainer's shared memory (and later writes "into" it)
     client = SimulationClient(
         address,

@@ -26,14 +26,12 @@ import argparse
 import importlib
 import itertools
 import json
-import mmap
 import os
 import pickle
 import socket as pysocket
 import sys
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,7 +41,8 @@ import zmq
 from engage.core.online import protocol
 from engage.core.online.protocol import Job, Kind
 from engage.core.online.security import load_client_keys, use_client_keys
-from engage.core.online.shared_memory import attach, available
+from engage.core.online.shared_memory import available
+from engage.core.online.slot_writer import SlotWriter
 
 #: environment variable holding the pid of the process that started this one (local executor)
 PARENT_PID_ENV = "ENGAGE_PARENT_PID"
@@ -135,15 +134,8 @@ class SimulationClient:
         self._last_call = -float("inf")
         #: whether to offer writing into the trainer's shared memory
         self.shared_memory = bool(shared_memory)
-        self._ring: mmap.mmap | None = None
-        self._slot_bytes = 0
-        self._free_slots: deque[int] = deque()  # granted slots, in the order they are filled
-        self._in_slots = 0  # samples written to slots, announced at the next flush
-        self._slot_count = 0
-        self._slot_view: np.ndarray | None = None  # the segment's slots, shaped as the samples
-        self._slot_shape: tuple[int, ...] = ()  # the shape and dtype of the slots' view
-        self._slot_dtype: np.dtype | None = None
-        self._first_in_slot = 0.0  # when the first sample not yet announced was written
+        #: the trainer's shared memory, once granted (a segment on this host)
+        self._slots = SlotWriter()
 
     # ------------------------------------------------------------------ public API
     def connect(self) -> Job:
@@ -168,7 +160,7 @@ class SimulationClient:
                 self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
                 if job.coalesce_bytes is not None:
                     self.coalesce_bytes = max(0, int(job.coalesce_bytes))  # the trainer's setting wins
-                self._map(job.shared_memory)
+                self._slots.map(job.shared_memory)
                 return job
 
     def send(self, sample: np.ndarray, fresh: bool = False) -> None:
@@ -180,22 +172,23 @@ class SimulationClient:
         """
         now = time.monotonic()
         gap = self.coalesce_gap
+        slots = self._slots
         if (
-            self._in_slots
+            slots.written
             and self.credits > 1
             and self.sent & 31
             and now - self._last_call < gap
-            and now - self._first_in_slot < gap
+            and now - slots.first_written_at < gap
             and type(sample) is np.ndarray
-            and sample.shape == self._slot_shape
-            and sample.dtype == self._slot_dtype
+            and sample.shape == slots.shape
+            and sample.dtype == slots.dtype
         ):
             # the steady state of a quick simulation on the trainer's host: the sample joins the
             # ones written since the last announcement (a copy into its slot and three counters;
             # every condition that would announce, poll or wait was ruled out above)
             self._last_call = now
-            self._slot_view[self._free_slots.popleft()] = sample
-            self._in_slots += 1
+            slots.view[slots.free.popleft()] = sample  # type: ignore[index]
+            slots.written += 1
             self.credits -= 1
             self.sent += 1
             return
@@ -203,19 +196,19 @@ class SimulationClient:
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
         quick, self._last_call = now - self._last_call < self.coalesce_gap, now
-        if self._slot_bytes and array.nbytes == self._slot_bytes and (array.shape, array.dtype) == self._header_key:
+        if slots.slot_bytes and array.nbytes == slots.slot_bytes and (array.shape, array.dtype) == self._header_key:
             self._write_to_slot(array, quick, now)  # the common case, checked when the shape was first seen
             return
         header = self._sample_header(array)  # validates dtype and ndim before waiting
-        if self._slot_bytes:
-            if array.nbytes == self._slot_bytes:
+        if slots.slot_bytes:
+            if array.nbytes == slots.slot_bytes:
                 self._write_to_slot(array, quick, now)
                 return
             # a sample that does not fit a slot goes over the socket, for the trainer to judge it;
             # it spends the next slot, as every sample of this connection does
             self.flush()
             self._wait_for_credit()
-            self._free_slots.popleft()
+            slots.skip()
             self._socket.send_multipart([header, array])
             self.credits -= 1
             self.sent += 1
@@ -245,11 +238,11 @@ class SimulationClient:
     @property
     def in_shared_memory(self) -> bool:
         """Whether samples go into the trainer's shared memory (known after :meth:`connect`)."""
-        return bool(self._slot_bytes)
+        return self._slots.active
 
     def flush(self) -> None:
         """Send the samples :meth:`send` holds back, now (one ``SAMPLES`` message)."""
-        if self._in_slots:
+        if self._slots.written:
             self._announce_slots()
         count = self._staged
         if not count:
@@ -285,7 +278,7 @@ class SimulationClient:
         self._socket.send_multipart(protocol.encode_text(Kind.ERROR, self.simulation_id, self.attempt, text[:4000]))
 
     def close(self) -> None:
-        self._unmap()
+        self._slots.unmap()
         self._socket.close()
         self._context.term()
 
@@ -297,63 +290,34 @@ class SimulationClient:
 
     # ------------------------------------------------------------------ internals
     def _write_to_slot(self, array: np.ndarray, quick: bool, now: float) -> None:
-        slots = self._slot_view
-        if self._in_slots and (not quick or slots.shape[1:] != array.shape or slots.dtype != array.dtype):
+        slots = self._slots
+        if slots.written and (not quick or not slots.fits(array)):
             self._announce_slots()  # the simulation slowed down: what is written is announced now
         self._wait_for_credit()
-        if not self._in_slots:
-            self._first_in_slot = now
-            if slots is None or slots.shape[1:] != array.shape or slots.dtype != array.dtype:
-                # the segment as an array of slots shaped like the samples: a sample is one copy
-                slots = self._slot_view = np.ndarray(
-                    (self._slot_count, *array.shape), array.dtype, buffer=self._ring,
-                    strides=(self._slot_bytes, *array.strides),
-                )  # fmt: skip
-                self._slot_shape, self._slot_dtype = array.shape, array.dtype
-        slots[self._free_slots.popleft()] = array
-        self._in_slots += 1
+        slots.write(array, now)
         self.credits -= 1
         self.sent += 1
         # a slow simulation announces each sample at once; a quick one what it wrote in the last
         # coalesce_gap (messages carry no payload here, so only time bounds how many; coalesce_bytes
         # 0 still means one sample a message), and always when the next sample would wait for
         # credit: never hold one back then
-        if not quick or self.credits <= 0 or now - self._first_in_slot >= self.coalesce_gap or not self.coalesce_bytes:
+        if (
+            not quick
+            or self.credits <= 0
+            or now - slots.first_written_at >= self.coalesce_gap
+            or not self.coalesce_bytes
+        ):
             self._announce_slots()
 
     def _announce_slots(self) -> None:
-        count, self._in_slots = self._in_slots, 0
+        count = self._slots.take_written()
         kind = Kind.SAMPLE if count == 1 else Kind.SAMPLES
         header = protocol.encode_header(
-            kind, self.simulation_id, self.attempt, self.sent - count, array=self._slot_view[0], count=count,
+            kind, self.simulation_id, self.attempt, self.sent - count, array=self._slots.view[0], count=count,
             flags=protocol.FLAG_IN_SLOTS,
         )  # fmt: skip
         self._socket.send_multipart([header, b""])
         self._last_sent = time.monotonic()
-
-    def _map(self, granted: dict[str, Any] | None) -> None:
-        """Map the segment the trainer granted, if it is on this host; else samples go over the
-        socket (into the slots granted all the same)."""
-        self._unmap()
-        if not granted:
-            return
-        try:
-            slot_bytes, slots = int(granted["slot_bytes"]), int(granted["slots"])
-            self._ring = attach(str(granted["name"]), slot_bytes * slots)
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # not the trainer's host (or no such segment): the socket it is
-        self._slot_bytes, self._slot_count = slot_bytes, slots
-
-    def _unmap(self) -> None:
-        self._slot_view = None  # views of the segment must go before it can be unmapped
-        self._slot_shape, self._slot_dtype = (), None
-        self._slot_bytes = 0
-        if self._ring is not None:
-            try:
-                self._ring.close()
-            except BufferError:
-                pass  # a caller still holds a view: the mapping goes with it
-            self._ring = None
 
     def _stage(self, array: np.ndarray) -> None:
         self._wait_for_credit()  # a staged sample holds its credit
@@ -398,11 +362,11 @@ class SimulationClient:
             raise protocol.ProtocolError(f"message of {len(frames)} frames from the trainer, expected 2")
         header = protocol.decode_header(frames[0])
         if header.kind == Kind.CREDIT:
-            if self._slot_bytes:
+            if self._slots.active:
                 slots = np.frombuffer(frames[1], dtype="<i8")
                 if len(slots) != header.index:
                     raise protocol.ProtocolError(f"CREDIT of {header.index} names {len(slots)} shared-memory slots")
-                self._free_slots.extend(slots.tolist())
+                self._slots.grant(slots)
             self.credits += header.index
         elif header.kind == Kind.STOP:
             raise StopRequested(frames[1].decode(errors="replace") or "stopped by the trainer")
