@@ -297,24 +297,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-        if tracked is not None:
-            try:
-                # the id naming the online run's own journal, caches and folder, failed runs' too
-                online_run = getattr(datamodule, "run_id", None)
-                if online_run:
-                    tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
-                tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
-                if status != "KILLED":  # Ctrl-C does not wait for uploads
-                    for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
-                        console.print(f"engage run: {line}", highlight=False, markup=False)
-                # observers add their records while the run is still open
-                record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
-                manager.hook.engage_run_finished(record=record)
-            finally:
-                manager.unregister(timeline)
-                tracked.close(status)
-        leave_distributed(distributed_env)
+        try:
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            }
+            if tracked is not None:
+                try:
+                    # the id naming the online run's own journal, caches and folder, failed runs' too
+                    online_run = getattr(datamodule, "run_id", None)
+                    if online_run:
+                        tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
+                    tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
+                    if status != "KILLED":  # Ctrl-C does not wait for uploads
+                        for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
+                            console.print(f"engage run: {line}", highlight=False, markup=False)
+                    # observers add their records while the run is still open
+                    record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
+                    manager.hook.engage_run_finished(record=record)
+                finally:
+                    manager.unregister(timeline)
+                    tracked.close(status)
+        finally:
+            leave_distributed(distributed_env)
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         # the counts MLflow holds: recorded when training ended (simulations without a budget go on

@@ -154,8 +154,11 @@ def _check_top_level(cfg: DictConfig) -> None:
             raise ConfigError(f"{name}: no option chosen (removed with ~{name}?); choose one with {name}=<option>")
     extra = [str(k) for k in cfg.keys() if k not in allowed and k != "hydra"]
     if extra:
-        text = OmegaConf.to_yaml(cfg)  # interpolations stay as written
-        unread = [k for k in extra if not re.search(r"\$\{\s*" + re.escape(k) + r"\b", text)]
+        # interpolations stay as written: ${width}, ${..width} (relative), ${oc.select:width,8}
+        bodies = re.findall(r"\$\{([^}]*)\}", OmegaConf.to_yaml(cfg))
+        unread = [
+            k for k in extra if not any(re.search(r"(?:^|[\s:,(\[])\.*" + re.escape(k) + r"\b", b) for b in bodies)
+        ]
         if unread:
             line = unknown_key(unread[0], allowed)
             raise ConfigError(f"{line} (a top-level key is kept only when an interpolation reads it)")
