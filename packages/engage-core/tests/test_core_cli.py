@@ -55,6 +55,15 @@ def test_a_top_level_key_an_interpolation_reads_is_a_variable():
     )
     check_values(cfg)  # the variable is read; the interval counts batches across epochs
     assert cfg.model.width == 8
+    check_values(compose_config(["+w=8", "model.width='${oc.select:nothere,${w}}'"]))  # nested
+
+
+def test_a_top_level_variable_read_by_hydras_own_settings_is_kept(capsys, tmp_path, monkeypatch):
+    # past the top-level check, the run stops at the next one: the variable was accepted
+    overrides = ["+tag=x", f"hydra.run.dir={tmp_path}/${{tag}}", "trainer.val_check_interval=500"]
+    monkeypatch.setattr("sys.argv", ["engage", "run", *overrides])  # as the command line has it
+    assert main(["run", *overrides]) == 2
+    assert "trainer.val_check_interval: 500 batches" in capsys.readouterr().err
 
 
 def test_a_value_checked_with_the_simulator_is_one_line_and_exit_code_2(capfd, tmp_path, monkeypatch):

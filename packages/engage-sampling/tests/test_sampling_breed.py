@@ -242,6 +242,13 @@ def test_a_child_is_its_simulation_whatever_the_values_its_losses_come_with():
     resumed = BreedSampler(SQUARE, seed=9, generation_size=4, uniform_start=0.0, uniform_end=0.0, significance=None)
     resumed.load_state_dict(copy.deepcopy(breed.state_dict()))
     np.testing.assert_array_equal(resumed.ask(8), breed.ask(8))
+    # a state saved before children were named by their records still loads
+    old = copy.deepcopy(breed.state_dict())
+    del old["pool_keys"], old["child_simulations"]
+    old["children"] = [
+        [child, parent if isinstance(parent, list) else [0.5, 0.5]] for _, child, parent in old["children"]
+    ]
+    BreedSampler(SQUARE, seed=9, generation_size=4).load_state_dict(old)
 
 
 def noisy_tells(sampler, hard: float, rng: np.random.Generator, points: int = 24, tells: int = 8) -> np.ndarray:

@@ -38,11 +38,12 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     if os.environ.get("LOCAL_RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
         # a rank that a DDP launcher (Lightning's, torchrun) started: it ends with its starter
         from engage.core.executors import die_with_parent
+        from engage.core.run import RANK_STARTER_ENV
 
-        starter = os.getppid()
         die_with_parent()
-        if starter == 1 or os.getppid() != starter:
-            print(f"{program}: the process that started this rank is gone", file=sys.stderr)
+        starter = os.environ.get(RANK_STARTER_ENV)  # engage run's rank 0, when it started this one
+        if starter and os.getppid() != int(starter):
+            print(f"{program}: the process that started this rank (pid {starter}) is gone", file=sys.stderr)
             return 1
     register_configs()
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(task)

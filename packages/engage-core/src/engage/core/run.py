@@ -157,7 +157,9 @@ def _check_training_left(path: str, checkpoint: dict[str, Any], trainer: DictCon
     """A fit from a checkpoint that reached ``trainer.max_epochs`` or ``trainer.max_steps`` would
     train nothing and end as if it had: refused, saying what to raise."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    epochs, steps = int(progress.get("completed", 0)), int(checkpoint.get("global_step", 0))
+    # a checkpoint of the last epoch's end counts it processed, not yet completed (as Lightning reads it)
+    epochs = max(int(progress.get("processed", 0)), int(progress.get("completed", 0)))
+    steps = int(checkpoint.get("global_step", 0))
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
     if max_steps is not None and max_steps > 0 and steps >= max_steps:
         reached = f"trainer.max_steps={max_steps} ({steps} steps trained)"
@@ -169,8 +171,10 @@ def _check_training_left(path: str, checkpoint: dict[str, Any], trainer: DictCon
     raise ConfigError(f"ckpt_path={path}: nothing left to train, the checkpoint reached {reached}; raise {name}")
 
 
-#: what a DDP fit's launcher sets in this process's environment for the ranks it starts
-DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+#: the pid of the process whose DDP launcher starts the other ranks (they die with it)
+RANK_STARTER_ENV = "ENGAGE_RANK_STARTER"
+#: what a DDP fit's launcher sets in this process's environment for the ranks it starts, and ours
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RANK_STARTER_ENV)
 
 
 def leave_distributed(environment: dict[str, str | None]) -> None:
@@ -257,6 +261,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         timeline = SimulationTimeline(tracked.client.log_figure, tracked.run_id, title=f"simulations of {tracked.name}")
         manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
     distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        os.environ[RANK_STARTER_ENV] = str(os.getpid())  # what ranks started from here check
     try:
         if tracked is not None:
             manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))

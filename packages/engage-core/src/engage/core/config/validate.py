@@ -154,14 +154,23 @@ def _check_top_level(cfg: DictConfig) -> None:
             raise ConfigError(f"{name}: no option chosen (removed with ~{name}?); choose one with {name}=<option>")
     extra = [str(k) for k in cfg.keys() if k not in allowed and k != "hydra"]
     if extra:
-        # interpolations stay as written: ${width}, ${..width} (relative), ${oc.select:width,8}
-        bodies = re.findall(r"\$\{([^}]*)\}", OmegaConf.to_yaml(cfg))
+        # interpolations as written: ${width}, ${..width} (relative), ${oc.select:width,8}, nested
+        # ones, and those of Hydra's own settings on the command line (hydra.run.dir=out/${tag})
+        text = OmegaConf.to_yaml(cfg) + "\n".join(_command_line_overrides())
+        bodies = [text[m.end() : text.find("}", m.end())] for m in re.finditer(r"\$\{", text)]
         unread = [
             k for k in extra if not any(re.search(r"(?:^|[\s:,(\[])\.*" + re.escape(k) + r"\b", b) for b in bodies)
         ]
         if unread:
             line = unknown_key(unread[0], allowed)
             raise ConfigError(f"{line} (a top-level key is kept only when an interpolation reads it)")
+
+
+def _command_line_overrides() -> list[str]:
+    """The command line as written (Hydra keeps its own settings' overrides resolved)."""
+    import sys
+
+    return [str(arg) for arg in sys.argv[1:]]
 
 
 def _check_validation_interval(cfg: DictConfig) -> None:
@@ -172,8 +181,8 @@ def _check_validation_interval(cfg: DictConfig) -> None:
     batches = data.get("batches_per_epoch") if isinstance(data, DictConfig) else None
     if not isinstance(interval, int) or isinstance(interval, bool) or not isinstance(batches, int):
         return
-    if trainer.get("check_val_every_n_epoch", 1) is None:
-        return  # counted across epochs
+    if trainer.get("check_val_every_n_epoch", 1) is None or trainer.get("fast_dev_run"):
+        return  # counted across epochs; fast_dev_run sets its own interval
     limit = trainer.get("limit_train_batches")
     if isinstance(limit, int) and not isinstance(limit, bool):
         batches = min(batches, limit)

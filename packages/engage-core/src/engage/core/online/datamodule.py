@@ -352,10 +352,12 @@ class OnlineDataModule(pl.LightningDataModule):
         """What this rank's run did so far (see :class:`~.outcome.OnlineOutcome`)."""
         sched = self.scheduler
         if sched is None:
+            simulations = self.settings.simulations
+            # this rank's share, as its scheduler would have it
             requested = (
                 None
-                if self.settings.simulations is None or self.settings.max_samples is not None
-                else self.settings.simulations
+                if simulations is None or self.settings.max_samples is not None
+                else len(range(self.rank, simulations, self.world_size))
             )
             return OnlineOutcome(requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained)
         requested = sched.steering.requested if self.settings.max_samples is None else sched.planned

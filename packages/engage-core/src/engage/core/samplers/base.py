@@ -107,7 +107,7 @@ class Sampler(ABC):
             self._tell(points, losses, outputs)
             return
         ids = np.asarray(simulation_ids)
-        if ids.dtype.kind not in "iu" or (len(ids) and ids.min() < 0):
+        if len(ids) and (ids.dtype.kind not in "iu" or ids.min() < 0):
             raise ValueError("simulation_ids must be non-negative integers (the ids of simulation records)")
         self._tell_simulations(ids.astype(np.int64), points, losses, outputs)
 

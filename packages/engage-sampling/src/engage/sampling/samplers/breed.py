@@ -45,7 +45,7 @@ class BreedSampler(Sampler):
     as losses of both it and its parent are known. In online runs a child is its simulation: the
     engine's record of it (``simulation_finished``) names the child by the position it was asked
     at, and its losses come keyed by that simulation's id; losses told without ids (plain
-    ``tell(points)``) are found by the child's point.
+    ``tell(points)``, offline designs) are found by the child's point.
 
     With ``significance`` (a one-sided z score, default 2), only simulations whose fitness is
     significantly above the mean fitness (:meth:`LossAverages.significant`) can be parents; a
@@ -146,12 +146,17 @@ class BreedSampler(Sampler):
         if not self._children or len(points) == 0:
             return None
         row_of = {key: row for row, key in enumerate(self.fitness.table_keys())}
+        # told by simulation (online): a child is found by its record alone, never by its point
+        by_record = any(isinstance(key, int) for key in row_of)
         tree = cKDTree(points)
         distance, nearest = tree.query([child for _, child, _ in self._children], p=np.inf, distance_upper_bound=_MATCH)
         waiting, better = [], []
         for (asked, child, parent), gap, near in zip(self._children, distance, nearest):
             simulation = self._child_simulations.get(asked)
-            child_row = row_of.get(simulation) if simulation is not None else (int(near) if np.isfinite(gap) else None)
+            if simulation is not None:
+                child_row = row_of.get(simulation)
+            else:
+                child_row = None if by_record or not np.isfinite(gap) else int(near)
             parent_row = row_of.get(parent)
             if child_row is None or parent_row is None:
                 waiting.append((asked, child, parent))
@@ -221,6 +226,8 @@ class BreedSampler(Sampler):
         """Forget the failed simulation's fitness (a partial stream's losses would mislead the
         ranking) and let the sampler propose a replacement."""
         self.fitness.forget(record.simulation_id)
+        self._children = [child for child in self._children if child[0] != record.ask_index]
+        self._child_simulations.pop(record.ask_index, None)
         return super().simulation_failed(record)
 
     # ------------------------------------------------------------------ state
@@ -246,9 +253,15 @@ class BreedSampler(Sampler):
         self.success_history = [None if r is None else float(r) for r in state["success_history"]]
         self._pool = np.asarray(state["pool"], dtype=np.float64).reshape(-1, self.space.dim)
         self._pool_weights = np.asarray(state["pool_weights"], dtype=np.float64)
-        self._pool_keys = [_key(k) for k in state["pool_keys"]]
-        self._children = [(int(asked), tuple(child), _key(parent)) for asked, child, parent in state["children"]]
-        self._child_simulations = {int(a): int(s) for a, s in state["child_simulations"]}
+        # a state saved before children were named by their records: points stand for keys
+        self._pool_keys = [_key(k) for k in state.get("pool_keys", [list(self.fitness.key(p)) for p in self._pool])]
+        self._children = [
+            (int(entry[0]), tuple(entry[1]), _key(entry[2]))
+            if len(entry) == 3
+            else (-1, tuple(entry[0]), tuple(entry[1]))
+            for entry in state["children"]
+        ]
+        self._child_simulations = {int(a): int(s) for a, s in state.get("child_simulations", [])}
 
 
 def _saved(key: Key) -> int | list[float]:
