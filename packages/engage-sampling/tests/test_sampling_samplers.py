@@ -188,10 +188,16 @@ def test_loss_driven_keys_losses_by_simulation_and_forgets_a_failed_one_alone():
     assert exact.unit in sampler.loss_table()[0].tolist()  # placed at its record's point
     sampler.simulation_failed(SimulationRecord.create(space, 9, point[0], ask_index=1))
     assert sampler.loss_table()[1].tolist() == [2.0]  # the failed one alone, found by id
+    # finished before its losses are told (batches trained after the stream ended): still exact
+    early = SimulationRecord.create(space, 12, space.from_unit([[0.1, 0.2, 0.3]])[0], ask_index=2)
+    sampler.simulation_finished(early)
+    rounded = space.from_unit(np.asarray([early.unit], dtype=np.float32).astype(np.float64))
+    sampler.tell(rounded, losses=[1.0], simulation_ids=[12])
+    assert early.unit in sampler.loss_table()[0].tolist()
     restored = LossDrivenSampler(space, seed=3, significance=None)
     restored.load_state_dict(copy.deepcopy(sampler.state_dict()))
     restored.tell(point, losses=[6.0], simulation_ids=[4])
-    assert restored.loss_table()[1].tolist() == [10.0 / 3]  # the id and its counts travel with the state
+    assert restored.loss_table()[1].tolist() == [1.0, 10.0 / 3]  # ids and counts travel with the state
 
 
 def test_loss_driven_radius_shrinks_where_points_crowd():

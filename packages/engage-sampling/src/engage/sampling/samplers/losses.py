@@ -82,10 +82,12 @@ class LossAverages:
             self._squares.pop(oldest, None)
 
     def locate(self, simulation_id: int, unit_row: Sequence[float]) -> None:
-        """Where a simulation whose losses were told is, exactly (its record's unit point: losses
-        told from training batches carry single-precision parameters)."""
-        if simulation_id in self._points:
-            self._points[simulation_id] = tuple(float(v) for v in unit_row)
+        """Where a simulation is, exactly (its record's unit point: losses told from training
+        batches carry single-precision parameters), whether its losses come before or after."""
+        self._points[simulation_id] = tuple(float(v) for v in unit_row)
+        if len(self._points) > 2 * self.max_points:  # located, never told: the oldest go
+            for key in [k for k in self._points if k not in self._sums][: len(self._points) - self.max_points]:
+                del self._points[key]
 
     def mean(self, key: Key) -> float | None:
         """The running mean loss of a point, ``None`` when none was told."""
