@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 
 from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset
-from engage.core.executors import Executor
+from engage.core.executors import Executor, LocalExecutor
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.config import OnlineDataConfig, check_settings
 from engage.core.online.journal import Journal
@@ -164,7 +164,9 @@ class OnlineDataModule(pl.LightningDataModule):
             simulations = train_simulations
         #: every setting, as given (defaults and ranges: :class:`~.config.OnlineDataConfig`)
         self.settings: OnlineDataConfig = check_settings(dict(locals()))
-        self.settings.executor = executor
+        # a name; an executor given as an object is named by its class (it is simulation_executor)
+        kind = type(executor)
+        self.settings.executor = executor if isinstance(executor, str) else f"{kind.__module__}.{kind.__qualname__}"
         self.settings.executor_options = dict(executor_options or {})
         self.settings.simulator_spec = _plain(simulator_spec)
         _check_buffer_memory(simulator, capacity)
@@ -175,7 +177,7 @@ class OnlineDataModule(pl.LightningDataModule):
         #: made now, so that its name and options are checked (a Slurm partition by sbatch
         #: --test-only, a deploy layer against the sweep's hosts) before any run or folder exists;
         #: each launch request names its own log folder
-        self.simulation_executor: Executor = make_executor(self.settings)
+        self.simulation_executor: Executor = make_executor(executor, self.settings.executor_options)
         watermark = min(capacity, 4 * batch_size) if watermark is None else watermark
         self.buffer = TrainingBuffer(capacity, policy, watermark, max_reads, rate_limit, seed=seed)
         self.ledger = TrainingLedger()
@@ -235,7 +237,7 @@ class OnlineDataModule(pl.LightningDataModule):
         # more than the threads gain (a 20x slower step was measured on 2 cores).
         threads = self.settings.train_threads
         if threads is None:
-            if self.settings.executor != "local":
+            if type(self.simulation_executor) is not LocalExecutor:  # simulations elsewhere
                 return
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             threads = max(1, cores - self.settings.concurrency)

@@ -4,7 +4,8 @@ simulation processes, the schedulers (training and validation ones) and the pace
 Example::
 
     >>> from engage.core.online.config import OnlineDataConfig
-    >>> type(make_executor(OnlineDataConfig())).__name__
+    >>> settings = OnlineDataConfig()
+    >>> type(make_executor(settings.executor, settings.executor_options)).__name__
     'LocalExecutor'
 """
 
@@ -28,23 +29,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("engage.online")
 
 
-def make_executor(settings: OnlineDataConfig) -> Executor:
-    """The executor ``settings.executor`` names (or is), built with ``settings.executor_options``;
-    ``ValueError`` (one line naming the setting) for an unknown name or options it does not take."""
+def make_executor(executor: str | Executor, options: dict[str, Any]) -> Executor:
+    """The executor named ``executor`` (``data.executor``), built with ``options``
+    (``data.executor_options``), or ``executor`` itself when it is one; ``ValueError`` (one line
+    naming the setting) for an unknown name or options it does not take."""
     from engage.core.executors import LocalExecutor
     from engage.core.plugins import executors
 
-    executor = settings.executor
     if isinstance(executor, str):
         known = {"local": LocalExecutor} if executor == "local" else executors()
         if executor not in known:
             raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
         try:
-            executor = known[executor](**settings.executor_options)
+            executor = known[executor](**options)
         except TypeError as exc:
             raise ValueError(
-                f"data.executor_options do not fit the {executor!r} executor ({exc}); "
-                f"given: {sorted(settings.executor_options)}"
+                f"data.executor_options do not fit the {executor!r} executor ({exc}); given: {sorted(options)}"
             ) from None
     return executor
 
