@@ -37,12 +37,11 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
 
     if os.environ.get("LOCAL_RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
         # a rank that a DDP launcher (Lightning's, torchrun) started: it ends with its starter
-        from engage.core.executors import die_with_parent
+        from engage.core.executors import tie_to_parent
         from engage.core.run import RANK_STARTER_ENV
 
-        die_with_parent()
         starter = os.environ.get(RANK_STARTER_ENV)  # engage run's rank 0, when it started this one
-        if starter and os.getppid() != int(starter):
+        if not tie_to_parent(int(starter) if starter else None):
             print(f"{program}: the process that started this rank (pid {starter}) is gone", file=sys.stderr)
             return 1
     register_configs()

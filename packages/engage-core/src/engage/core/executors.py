@@ -114,6 +114,14 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def tie_to_parent(expected: int | None) -> bool:
+    """:func:`die_with_parent`, then whether the parent is still the process ``expected`` (its
+    pid, as the starter passed it): ``False`` when it died before the tie was made, and the
+    caller should exit. Elsewhere than on Linux, or with no ``expected``, ``True``."""
+    die_with_parent()
+    return expected is None or not sys.platform.startswith("linux") or os.getppid() == expected
+
+
 def die_with_parent_command(command: list[str]) -> tuple[list[str], Any]:
     """``command`` made to die with its parent: prefixed with util-linux ``setpriv --pdeathsig``
     when available (the child then runs no Python between fork and exec, which is safe in a

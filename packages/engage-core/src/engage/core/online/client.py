@@ -437,11 +437,10 @@ def _die_with_parent() -> None:
     # Belt and braces with the executor: die with the process that started us (Linux), and if it
     # is already gone, exit now rather than compute for nobody.
     expected = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
-    if sys.platform.startswith("linux") and expected:
-        from engage.core.executors import die_with_parent
+    if expected:
+        from engage.core.executors import tie_to_parent
 
-        die_with_parent()
-        if os.getppid() != expected:
+        if not tie_to_parent(expected):
             sys.exit(EXIT_TRAINER_GONE)
 
 

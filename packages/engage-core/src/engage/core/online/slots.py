@@ -250,7 +250,8 @@ class SlotTable:
         if not count or "parameters" not in state:
             return
         parameters = state["parameters"].numpy()
-        self.allocate(parameters.shape[1])
+        if self.parameters is None or self.parameters.shape[1] != parameters.shape[1]:
+            self.allocate(parameters.shape[1])  # the buffer allocates it with its storage
         self.free = list(range(self.capacity - 1, count - 1, -1))
         self.parameters[:count] = parameters  # type: ignore[index]
         self.time[:count] = state["time"].numpy()
