@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PACKAGES := $(sort $(wildcard packages/engage-*))
 STAMP := $(VENV)/.install-stamp
-PYTEST_ARGS ?= --durations=30
+# the suite on every core, at most 4 (tests that share the session's Slurm cluster on one of them)
+PYTEST_ARGS ?= -n logical --maxprocesses 4 --dist loadgroup --durations=30
 
 .PHONY: install demo test lint clean system-deps docs docs-screenshots
 

@@ -55,3 +55,16 @@ def no_mlflow_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     logged through Lightning in this process leaves one), and leaves none behind."""
     for name in MLFLOW_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run in parallel (``make test``: ``-n logical --dist loadgroup``), the tests that share the
+    session's Slurm cluster go to one worker, which starts the cluster once; and the slow
+    end-to-end tests are handed out first, so that no worker is left with one at the end while the
+    other idles."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+    if config.getoption("dist", "no") != "no":
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
