@@ -81,7 +81,7 @@ def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
             header = protocol.encode_header(
                 protocol.Kind.SAMPLES, simulation_id, attempt, start, array=samples[0], count=stop - start
             )
-            client._socket.send_multipart([header, samples[start:stop]])
+            client.link.socket.send_multipart([header, samples[start:stop]])
             client.credits -= stop - start
         client.sent = STEPS
         client.done()
@@ -96,26 +96,26 @@ def main(address: str, simulation_id: int, attempt: int, mode: str) -> None:
     elif mode == "truncated":
         client._wait_for_credit()
         header = protocol.encode_header(protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=np.zeros(SHAPE, "f4"))
-        client._socket.send_multipart([header, b"\0" * 100])
+        client.link.socket.send_multipart([header, b"\0" * 100])
     elif mode in ("extra-frame", "header-only"):
         client._wait_for_credit()
         sample = np.zeros(SHAPE, "f4")
         header = protocol.encode_header(protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=sample)
-        client._socket.send_multipart([header, sample, b"more"] if mode == "extra-frame" else [header])
+        client.link.socket.send_multipart([header, sample, b"more"] if mode == "extra-frame" else [header])
     elif mode in ("several-partial", "several-truncated"):
         client._wait_for_credit()
         samples = np.zeros((2, *SHAPE), "f4")
         header = protocol.encode_header(protocol.Kind.SAMPLES, simulation_id, attempt, 0, array=samples[0], count=2)
         if mode == "several-partial":  # one and a half samples, the header agreeing
             header = header[:48] + (384).to_bytes(8, "little")
-        client._socket.send_multipart([header, samples.tobytes()[:384]])
+        client.link.socket.send_multipart([header, samples.tobytes()[:384]])
     elif mode in ("slots-payload", "slots-unmapped"):
         client._wait_for_credit()
         sample = np.zeros(SHAPE, "f4")
         header = protocol.encode_header(
             protocol.Kind.SAMPLE, simulation_id, attempt, 0, array=sample, flags=protocol.FLAG_IN_SLOTS
         )
-        client._socket.send_multipart([header, sample if mode == "slots-payload" else b""])
+        client.link.socket.send_multipart([header, sample if mode == "slots-payload" else b""])
     elif mode == "overlap":
         client.coalesce_bytes = 0
         for sample in list(good)[:2]:

@@ -39,20 +39,14 @@ import numpy as np
 import zmq
 
 from engage.core.online import protocol
+from engage.core.online.link import PARENT_PID_ENV, TrainerGone, TrainerLink
 from engage.core.online.protocol import Job, Kind
-from engage.core.online.security import load_client_keys, use_client_keys
+from engage.core.online.security import load_client_keys
 from engage.core.online.shared_memory import available
 from engage.core.online.slot_writer import SlotWriter
 
-#: environment variable holding the pid of the process that started this one (local executor)
-PARENT_PID_ENV = "ENGAGE_PARENT_PID"
-
 EXIT_STOPPED = 3  # the trainer told this simulation to stop
 EXIT_TRAINER_GONE = 4  # the trainer stopped answering or its parent process died
-
-
-class TrainerGone(RuntimeError):
-    """The training process stopped answering (or the process that started this one died)."""
 
 
 class StopRequested(RuntimeError):
@@ -102,31 +96,18 @@ class SimulationClient:
                 f"coalesce_bytes ({coalesce_bytes}) and coalesce_gap ({coalesce_gap}) must be >= 0; "
                 "0 turns coalescing off"
             )
-        self.address = address
         self.simulation_id = int(simulation_id)
         self.attempt = int(attempt)
-        self.heartbeat_interval = heartbeat_interval
-        self.server_timeout = server_timeout
         self.connect_timeout = connect_timeout
         self.credits = 0
         self.sent = 0
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        # no routing identity of its own: the trainer's socket gives each connection one nobody
-        # can claim ahead of it; the simulation is named by its HELLO and, with CURVE, its key
-        self._socket.setsockopt(zmq.LINGER, 2000)
-        #: the CURVE keys the trainer issued to this attempt (by default from the environment it
-        #: started this process with); None for a trainer listening on ``ipc://``
-        self.keys = keys if keys is not None else load_client_keys()
-        if self.keys is not None:
-            use_client_keys(self._socket, self.keys)
-        self._socket.connect(address)
-        self._last_from_server = time.monotonic()
-        self._last_sent = 0.0
-        self._parent_pid = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
-        self._copy_threshold = zmq.COPY_THRESHOLD
-        self._header_key: tuple[tuple[int, ...], np.dtype] | None = None
-        self._header_parts = (b"", b"")
+        #: the connection; its CURVE keys are the ones the trainer issued to this attempt (by
+        #: default from the environment it started this process with), none over ``ipc://``
+        self.link = TrainerLink(
+            address, keys if keys is not None else load_client_keys(), heartbeat_interval, server_timeout
+        )
+        #: the samples' (shape, dtype) and the bytes of their header before and after the index
+        self._header: tuple[tuple[tuple[int, ...], np.dtype] | None, bytes, bytes] = (None, b"", b"")
         self.coalesce_bytes = int(coalesce_bytes)
         self.coalesce_gap = float(coalesce_gap)
         self._staging: np.ndarray | None = None  # samples held back to leave in one SAMPLES message
@@ -145,19 +126,20 @@ class SimulationClient:
         hello = {"pid": os.getpid(), "host": host, "protocol": protocol.VERSION}
         if self.shared_memory and available():
             hello["shared_memory"] = True
-        self._socket.send_multipart(protocol.encode_json(Kind.HELLO, self.simulation_id, self.attempt, hello))
+        link = self.link
+        link.send(protocol.encode_json(Kind.HELLO, self.simulation_id, self.attempt, hello))
         deadline = time.monotonic() + self.connect_timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TrainerGone(f"no job from {self.address} within {self.connect_timeout:.0f}s")
-            message = self._receive(timeout=min(left, self.heartbeat_interval))
+                raise TrainerGone(f"no job from {link.address} within {self.connect_timeout:.0f}s")
+            message = self._receive(timeout=min(left, link.heartbeat_interval))
             if message is None:
                 continue
             header, payload = message
             if header.kind == Kind.JOB:
-                job = Job.decode(payload, self.heartbeat_interval, self.server_timeout)
-                self.heartbeat_interval, self.server_timeout = job.heartbeat_interval, job.server_timeout
+                job = Job.decode(payload, link.heartbeat_interval, link.server_timeout)
+                link.heartbeat_interval, link.server_timeout = job.heartbeat_interval, job.server_timeout
                 if job.coalesce_bytes is not None:
                     self.coalesce_bytes = max(0, int(job.coalesce_bytes))  # the trainer's setting wins
                 self._slots.map(job.shared_memory)
@@ -196,7 +178,7 @@ class SimulationClient:
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
         quick, self._last_call = now - self._last_call < self.coalesce_gap, now
-        if slots.slot_bytes and array.nbytes == slots.slot_bytes and (array.shape, array.dtype) == self._header_key:
+        if slots.slot_bytes and array.nbytes == slots.slot_bytes and (array.shape, array.dtype) == self._header[0]:
             self._write_to_slot(array, quick, now)  # the common case, checked when the shape was first seen
             return
         header = self._sample_header(array)  # validates dtype and ndim before waiting
@@ -209,10 +191,9 @@ class SimulationClient:
             self.flush()
             self._wait_for_credit()
             slots.skip()
-            self._socket.send_multipart([header, array])
+            self.link.send([header, array])
             self.credits -= 1
             self.sent += 1
-            self._last_sent = time.monotonic()
             return
         if self._staged and (not quick or not self._staging_holds(array)):
             self.flush()  # the simulation slowed down (or changed shape): what waits leaves now
@@ -220,12 +201,12 @@ class SimulationClient:
             self._stage(array)
             return
         self._wait_for_credit()
-        socket = self._socket
+        socket = self.link.socket
         socket.send(header, zmq.SNDMORE)
-        if array.nbytes >= self._copy_threshold and fresh:
+        if array.nbytes >= zmq.COPY_THRESHOLD and fresh:
             # zero-copy, and nobody writes the array again: ZeroMQ keeps it alive until it is sent
             socket.send(array, copy=False)
-        elif array.nbytes >= self._copy_threshold:
+        elif array.nbytes >= zmq.COPY_THRESHOLD:
             # zero-copy: ZeroMQ sends straight from the array; wait until it let go of the memory,
             # since the simulator may overwrite the array for its next sample
             socket.send(array, copy=False, track=True).wait()
@@ -233,7 +214,7 @@ class SimulationClient:
             socket.send(array, copy=True)
         self.credits -= 1
         self.sent += 1
-        self._last_sent = time.monotonic()
+        self.link.last_sent = time.monotonic()
 
     @property
     def in_shared_memory(self) -> bool:
@@ -256,18 +237,19 @@ class SimulationClient:
             header = protocol.encode_header(
                 Kind.SAMPLES, self.simulation_id, self.attempt, first, array=staging[0], count=count
             )
-        self._socket.send(header, zmq.SNDMORE)
-        self._socket.send(staging[:count], copy=True)  # the staging array is reused at once
-        self._last_sent = time.monotonic()
+        socket = self.link.socket
+        socket.send(header, zmq.SNDMORE)
+        socket.send(staging[:count], copy=True)  # the staging array is reused at once
+        self.link.last_sent = time.monotonic()
 
     def done(self, wait: bool = True) -> None:
         """Tell the trainer this simulation sent all its samples and, with ``wait``, block until
         it acknowledges them all: samples still on their way over a slow link would otherwise be
         lost when this process exits. :class:`TrainerGone` if no acknowledgement comes."""
         self.flush()
-        self._socket.send_multipart(protocol.encode_text(Kind.DONE, self.simulation_id, self.attempt, index=self.sent))
+        self.link.send(protocol.encode_text(Kind.DONE, self.simulation_id, self.attempt, index=self.sent))
         while wait:
-            received = self._receive(self.heartbeat_interval)
+            received = self._receive(self.link.heartbeat_interval)
             if received is not None and received[0].kind == Kind.ACK:
                 return
 
@@ -275,12 +257,11 @@ class SimulationClient:
         """Report a failure in one line (the trainer logs it with this process's stderr); the
         samples held back go first, so a retry need not compute them again."""
         self.flush()
-        self._socket.send_multipart(protocol.encode_text(Kind.ERROR, self.simulation_id, self.attempt, text[:4000]))
+        self.link.send(protocol.encode_text(Kind.ERROR, self.simulation_id, self.attempt, text[:4000]))
 
     def close(self) -> None:
         self._slots.unmap()
-        self._socket.close()
-        self._context.term()
+        self.link.close()
 
     def __enter__(self) -> SimulationClient:
         return self
@@ -316,8 +297,7 @@ class SimulationClient:
             kind, self.simulation_id, self.attempt, self.sent - count, array=self._slots.view[0], count=count,
             flags=protocol.FLAG_IN_SLOTS,
         )  # fmt: skip
-        self._socket.send_multipart([header, b""])
-        self._last_sent = time.monotonic()
+        self.link.send([header, b""])
 
     def _stage(self, array: np.ndarray) -> None:
         self._wait_for_credit()  # a staged sample holds its credit
@@ -339,51 +319,39 @@ class SimulationClient:
     def _sample_header(self, array: np.ndarray) -> bytes:
         # a simulation's samples share all header fields but the index: pack them once
         key = (array.shape, array.dtype)
-        if self._header_key != key:
+        if self._header[0] != key:
             full = protocol.encode_header(Kind.SAMPLE, self.simulation_id, self.attempt, 0, array=array)
-            self._header_parts = (full[:24], full[32:])
-            self._header_key = key
-        prefix, suffix = self._header_parts
+            self._header = (key, full[:24], full[32:])
+        _, prefix, suffix = self._header
         return prefix + self.sent.to_bytes(8, "little", signed=True) + suffix
 
-    def _check_parent(self) -> None:
-        if self._parent_pid and os.getppid() != self._parent_pid:
-            raise TrainerGone(f"the process that started this simulation (pid {self._parent_pid}) died")
-
     def _receive(self, timeout: float) -> tuple[protocol.Header, bytes] | None:
-        self._check_parent()
-        if not self._socket.poll(int(timeout * 1000)):
-            if time.monotonic() - self._last_from_server > self.server_timeout:
-                raise TrainerGone(f"no word from the trainer at {self.address} for {self.server_timeout:.0f}s")
+        """The trainer's next message within ``timeout`` seconds, credit and stops acted on."""
+        message = self.link.receive(timeout)
+        if message is None:
             return None
-        frames = self._socket.recv_multipart()
-        self._last_from_server = time.monotonic()
-        if len(frames) != 2:
-            raise protocol.ProtocolError(f"message of {len(frames)} frames from the trainer, expected 2")
-        header = protocol.decode_header(frames[0])
+        header, payload = message
         if header.kind == Kind.CREDIT:
             if self._slots.active:
-                slots = np.frombuffer(frames[1], dtype="<i8")
+                slots = np.frombuffer(payload, dtype="<i8")
                 if len(slots) != header.index:
                     raise protocol.ProtocolError(f"CREDIT of {header.index} names {len(slots)} shared-memory slots")
                 self._slots.grant(slots)
             self.credits += header.index
         elif header.kind == Kind.STOP:
-            raise StopRequested(frames[1].decode(errors="replace") or "stopped by the trainer")
-        return header, frames[1]
+            raise StopRequested(payload.decode(errors="replace") or "stopped by the trainer")
+        return message
 
     def _wait_for_credit(self) -> None:
         # take what has arrived without blocking (every few samples: a poll per sample costs more
         # than the send), then block (heartbeating) while no credit is left
+        link = self.link
         if self.credits <= 0 or self.sent % 32 == 0:
-            while self._socket.poll(0):
+            while link.pending():
                 self._receive(0)
         while self.credits <= 0:
-            now = time.monotonic()
-            if now - self._last_sent >= self.heartbeat_interval:
-                self._socket.send_multipart(protocol.encode_text(Kind.HEARTBEAT, self.simulation_id, self.attempt))
-                self._last_sent = now
-            self._receive(self.heartbeat_interval)
+            link.heartbeat(self.simulation_id, self.attempt)
+            self._receive(link.heartbeat_interval)
 
 
 def import_object(path: str) -> Any:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess
-from engage.core.online.client import PARENT_PID_ENV
 from engage.core.online.config import OnlineDataConfig as _D
+from engage.core.online.link import PARENT_PID_ENV
 from engage.core.online.record import SimulationRecord
 from engage.core.online.security import RunKeys
 from engage.core.simulators.base import Simulator

@@ -1,0 +1,93 @@
+"""A simulation's line to its trainer: the socket, heartbeats while it waits, and the watch on
+the trainer and on the process that started it.
+
+The :class:`~.client.SimulationClient` decides what to send and when (credit, coalescing, shared
+memory); a :class:`TrainerLink` carries the messages and tells when the other end is gone.
+
+Example::
+
+    >>> link = TrainerLink("tcp://127.0.0.1:5555", keys=None, heartbeat_interval=0.1, server_timeout=5)
+    >>> link.receive(0.01) is None  # nobody there yet: nothing heard, not gone either
+    True
+    >>> link.close()
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import zmq
+
+from engage.core.online import protocol
+from engage.core.online.protocol import Kind
+from engage.core.online.security import use_client_keys
+
+#: environment variable holding the pid of the process that started this one (local executor)
+PARENT_PID_ENV = "ENGAGE_PARENT_PID"
+
+
+class TrainerGone(RuntimeError):
+    """The training process stopped answering (or the process that started this one died)."""
+
+
+class TrainerLink:
+    """One ZeroMQ ``DEALER`` connection to ``address``, with the CURVE ``keys`` the trainer
+    issued (None over ``ipc://``); :class:`TrainerGone` once the trainer is silent for
+    ``server_timeout`` seconds or the process that started this one has died."""
+
+    def __init__(
+        self, address: str, keys: dict[str, str] | None, heartbeat_interval: float, server_timeout: float
+    ) -> None:
+        self.address = address
+        self.heartbeat_interval = heartbeat_interval
+        self.server_timeout = server_timeout
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        # no routing identity of its own: the trainer's socket gives each connection one nobody
+        # can claim ahead of it; the simulation is named by its HELLO and, with CURVE, its key
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        if keys is not None:
+            use_client_keys(self.socket, keys)
+        self.socket.connect(address)
+        self.last_heard = time.monotonic()
+        #: when this end last sent a message (a heartbeat is due ``heartbeat_interval`` later)
+        self.last_sent = 0.0
+        self.parent_pid = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send one message of ``frames``."""
+        self.socket.send_multipart(frames)
+        self.last_sent = time.monotonic()
+
+    def heartbeat(self, simulation_id: int, attempt: int) -> None:
+        """Say this simulation is alive, if nothing was sent for ``heartbeat_interval``."""
+        now = time.monotonic()
+        if now - self.last_sent >= self.heartbeat_interval:
+            self.socket.send_multipart(protocol.encode_text(Kind.HEARTBEAT, simulation_id, attempt))
+            self.last_sent = now
+
+    def receive(self, timeout: float) -> tuple[protocol.Header, bytes] | None:
+        """The next message from the trainer within ``timeout`` seconds, or None."""
+        self.check_parent()
+        if not self.socket.poll(int(timeout * 1000)):
+            if time.monotonic() - self.last_heard > self.server_timeout:
+                raise TrainerGone(f"no word from the trainer at {self.address} for {self.server_timeout:.0f}s")
+            return None
+        frames = self.socket.recv_multipart()
+        self.last_heard = time.monotonic()
+        if len(frames) != 2:
+            raise protocol.ProtocolError(f"message of {len(frames)} frames from the trainer, expected 2")
+        return protocol.decode_header(frames[0]), frames[1]
+
+    def pending(self) -> bool:
+        """Whether a message from the trainer waits to be read."""
+        return bool(self.socket.poll(0))
+
+    def check_parent(self) -> None:
+        if self.parent_pid and os.getppid() != self.parent_pid:
+            raise TrainerGone(f"the process that started this simulation (pid {self.parent_pid}) died")
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
