@@ -130,6 +130,25 @@ def test_live_jobs_are_watched_with_one_squeue_call_per_interval(slurm_cluster, 
     executor.shutdown()
 
 
+def test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout(slurm_cluster, tmp_path, monkeypatch):
+    """A live TIMEOUT: Slurm ends a simulation's job at its time limit (``time: "0:02"``, two
+    seconds); the attempt fails (the fault policy retries it from its sample index, as a crashed
+    process) and its failure says why, though the simulation's own log says nothing."""
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmExecutor
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    executor = SlurmExecutor(log_dir=str(tmp_path), time="0:02", check_folder=False)
+    job = executor.start(LaunchRequest(["sleep", "300"], 0, log_dir=str(tmp_path)))
+    try:
+        assert _wait_for_exit(job, timeout=100) == SLURM_FAILURE
+        assert job.ended == "TIMEOUT (TimeLimit)"
+        assert job.stderr_tail().startswith(f"Slurm ended job {job.job_id}: TIMEOUT (TimeLimit)")
+    finally:
+        executor.shutdown()
+
+
 def _wait_for_exit(job, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while (code := job.poll()) is None:

@@ -364,6 +364,8 @@ class SlurmProcess(SimulationProcess):
         self._lock = threading.Lock()
         self._node = ""
         self.job_name = ""
+        #: the state (and reason) Slurm ended the job in, when it failed (``TIMEOUT (TimeLimit)``)
+        self.ended = ""
         if job_id is not None:
             self.submitted_as(job_id)
 
@@ -449,6 +451,8 @@ class SlurmProcess(SimulationProcess):
             code = exit_code_for_state(state)
         except ValueError:
             return None
+        if code:
+            self.ended = f"{state} ({reason})" if reason and reason != "None" else state
         return None if code is None else self._settle(code)
 
     def _settle(self, code: int) -> int:
@@ -482,7 +486,10 @@ class SlurmProcess(SimulationProcess):
     def stderr_tail(self, limit: int = 4000) -> str:
         if self._refusal:
             return self._refusal[-limit:]
-        return log_tail(self.log_path, limit)
+        tail = log_tail(self.log_path, limit)
+        if self.ended:  # what Slurm says ended it first: the log may be cut short or empty
+            return f"Slurm ended job {self.job_id}: {self.ended}\n{tail}"[-limit:]
+        return tail
 
 
 class SlurmExecutor(Executor):
@@ -629,7 +636,7 @@ class SlurmExecutor(Executor):
         if request.secrets:
             keys = folder / f"{stem}.secrets"
             write_private(keys, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in request.secrets.items()))
-        from engage.core.online.client import PARENT_PID_ENV  # the online stack: loaded by a run already
+        from engage.core.online.link import PARENT_PID_ENV  # the online stack: loaded by a run already
 
         # the job's parent is slurmstepd, not the trainer: no parent-pid watch
         own = {k: v for k, v in request.env.items() if k != PARENT_PID_ENV}

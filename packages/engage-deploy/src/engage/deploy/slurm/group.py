@@ -183,8 +183,11 @@ class SlurmTask(SimulationProcess):
 
     def stderr_tail(self, limit: int = 4000) -> str:
         tail = log_tail(self.log_path, limit)
-        if not tail.strip() and self.job is not None:
-            return self.job.stderr_tail(limit)  # sbatch's refusal, or srun's own words
+        job = self.job
+        if job is not None and not tail.strip():
+            return job.stderr_tail(limit)  # sbatch's refusal, or srun's own words
+        if job is not None and job.ended and self._status() is None:  # the job ended before the step
+            return f"Slurm ended job {job.job_id}: {job.ended}\n{tail}"[-limit:]
         return tail
 
     def _status(self) -> int | None:
