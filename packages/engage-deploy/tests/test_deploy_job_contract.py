@@ -48,6 +48,7 @@ def test_the_environment_a_job_sets_for_itself(tmp_path) -> None:
     env = _contract(tmp_path, parent_run_id="p", username="u", password="pw").environ()
     assert env[JOB_FILE_ENV] == str(tmp_path / "job.json")
     assert env[TRACKING_URI_ENV] == env["MLFLOW_TRACKING_URI"] == "http://10.0.0.1:5000"
+    assert env["MLFLOW_EXPERIMENT_NAME"] == _contract(tmp_path).tracking.experiment
     assert env[PARENT_RUN_ENV] == "p" and PARENT_RUN_FILE_ENV not in env
     assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("u", "pw")
     # while the sweep's run is being created, the job waits for its id in a file

@@ -161,7 +161,8 @@ class JobContract:
 
     def environ(self) -> dict[str, str]:
         """The variables the job's process sets for itself (and its children): where this contract
-        is, and MLflow's settings (the engage-core tracking variables, retries, credentials)."""
+        is, and MLflow's settings (the engage-core tracking variables, the sweep's experiment,
+        retries, credentials)."""
         from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
 
         env = {JOB_FILE_ENV: str(Path(self.folder) / JOB_FILE)}
@@ -171,6 +172,10 @@ class JobContract:
         env.update({
             TRACKING_URI_ENV: tracking.uri,
             "MLFLOW_TRACKING_URI": tracking.uri,
+            # the sweep's experiment, for runs the job opens without naming one: MLflow's
+            # set_experiment leaves none active when another process created the experiment
+            # between its lookup and its create (jobs start while the launcher creates it)
+            "MLFLOW_EXPERIMENT_NAME": tracking.experiment,
             PARENT_RUN_ENV: tracking.parent_run_id or "",
             **MLFLOW_RETRY_ENV,
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
