@@ -120,9 +120,13 @@ def test_memory_step_times_come_from_whole_steps_without_the_meter(case: tuple) 
     _, _model, x, step, planner, profile, _ = _profiled(case)
     n = len(profile.units)
     assert profile.timing_runs == 3 and set(profile.step_times) == {d.value for d in ALL_DECISIONS}
-    # A plan with every block under one decision predicts that decision's measured step, exactly.
+    # A plan with every block under one decision predicts that decision's measured step, exactly;
+    # never less than keeping everything (a step measured faster under recompute or offload, on
+    # a busy machine, is noise: no decision saves time)
+    keep = profile.step_times[Decision.KEEP.value]
     for decision in ALL_DECISIONS:
-        assert profile.predict_time([decision] * n) == pytest.approx(profile.step_times[decision.value], rel=1e-9)
+        expected = max(profile.step_times[decision.value], keep)
+        assert profile.predict_time([decision] * n) == pytest.approx(expected, rel=1e-9)
     # Mixed plans add each block's share of its decision's measured extra time.
     mixed = [Decision.RECOMPUTE if i % 2 else Decision.KEEP for i in range(n)]
     extra = sum(profile.overhead(i, d) for i, d in enumerate(mixed))
