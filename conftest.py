@@ -57,14 +57,32 @@ def no_mlflow_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delenv(name, raising=False)
 
 
+def _shared_setup(item: pytest.Item) -> str | None:
+    """The test module whose costly fixture ``item`` shares with its neighbours (one not made per
+    test, defined in that module), or the session's Slurm cluster; None for a test on its own."""
+    if "slurm_cluster" in item.fixturenames:
+        return "slurm"
+    for definitions in item._fixtureinfo.name2fixturedefs.values():
+        fixture = definitions[-1]
+        if fixture.scope != "function" and fixture.baseid.endswith(".py"):
+            return fixture.baseid
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run in parallel (``make test``: ``-n logical --dist loadgroup``), the tests that share the
-    session's Slurm cluster go to one worker, which starts the cluster once; and the slow
-    end-to-end tests are handed out first, so that no worker is left with one at the end while the
-    other idles."""
+    """Run in parallel (``make test``'s first pass: ``-n logical --dist loadgroup``), the tests
+    that share a fixture made once (the session's Slurm cluster, a module's server or install) go
+    to one worker, which makes it once; and the tests marked ``timing`` are left out: their
+    figures mean something only on a machine that runs nothing else (the second pass,
+    ``-m timing``)."""
     for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-    if config.getoption("dist", "no") != "no":
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+        group = _shared_setup(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if not hasattr(config, "workerinput"):  # not a pytest-xdist worker: one process runs everything
+        return
+    timed = [item for item in items if item.get_closest_marker("timing")]
+    if timed:
+        config.hook.pytest_deselected(items=timed)
+        items[:] = [item for item in items if not item.get_closest_marker("timing")]

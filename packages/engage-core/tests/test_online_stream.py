@@ -148,6 +148,7 @@ def test_watermark_and_rate_limit_block_the_reader():
     assert buffer.get_batch(1, timeout=1) is not None
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("arrival", ["put", "commit"])
 def test_a_waiting_reader_is_woken_once_its_batch_is_there(arrival):
     buffer = TrainingBuffer(capacity=8, policy="fifo")

@@ -21,7 +21,12 @@ from engage.core.testing.process import run_engage
 from engage.deploy.providers.netns import netns_available
 
 _REASON = netns_available()
-pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.timing,
+    pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+]
 
 ROOT = Path(__file__).resolve().parents[3]
 RATES = {"edge_slow": 2e6, "edge_fast": 10e6}  # bits/s, as in edge_links.yaml

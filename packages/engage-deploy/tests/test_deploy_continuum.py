@@ -174,6 +174,7 @@ def within(figures: dict) -> bool:
 _REASON = netns_available()
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(_REASON is not None, reason=_REASON or "")

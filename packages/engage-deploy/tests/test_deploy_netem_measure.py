@@ -26,7 +26,12 @@ from engage.deploy.netem.measure import binomial_interval, measure_link
 from engage.deploy.providers.netns import NetnsProvider, netns_available
 
 _REASON = netns_available()
-pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.timing,
+    pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
+]
 
 LINKS = {
     "provider": "netns",

@@ -88,6 +88,7 @@ def test_hosts_reach_each_other_and_this_machine_reaches_them(provider):
         socket.create_connection((provider.host("edge-2").address, 9), timeout=3)
 
 
+@pytest.mark.timing
 def test_cpu_limit_is_set_and_enforced(provider):
     limits = provider.cgroup_limits("edge-1")
     if not limits:

@@ -270,6 +270,7 @@ def test_link_figures_from_a_measurement() -> None:
 _REASON = netns_available()
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(_REASON is not None, reason=_REASON or "")

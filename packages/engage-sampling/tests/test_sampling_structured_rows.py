@@ -5,6 +5,7 @@ import gc
 import time
 
 import numpy as np
+import pytest
 
 from engage.core import ParameterSpace
 from engage.core.online.record import SimulationRecord
@@ -29,6 +30,7 @@ def _tell_one_at_a_time(n: int) -> tuple[float, float]:
     return halves[0], halves[1]
 
 
+@pytest.mark.timing
 def test_telling_rows_one_at_a_time_costs_the_same_per_row_however_many_were_told():
     # quadratic telling took 38 s for 2,560 rows, and its second half three times its first
     runs = [_tell_one_at_a_time(20_480) for _ in range(3)]
