@@ -201,20 +201,15 @@ class SimulationClient:
             self._stage(array)
             return
         self._wait_for_credit()
-        socket = self.link.socket
-        socket.send(header, zmq.SNDMORE)
-        if array.nbytes >= zmq.COPY_THRESHOLD and fresh:
-            # zero-copy, and nobody writes the array again: ZeroMQ keeps it alive until it is sent
-            socket.send(array, copy=False)
-        elif array.nbytes >= zmq.COPY_THRESHOLD:
-            # zero-copy: ZeroMQ sends straight from the array; wait until it let go of the memory,
-            # since the simulator may overwrite the array for its next sample
-            socket.send(array, copy=False, track=True).wait()
-        else:
-            socket.send(array, copy=True)
+        # a large sample leaves zero-copy, straight from the array; unless the caller never writes
+        # it again (ZeroMQ then keeps it alive until it is sent), wait until ZeroMQ let go of the
+        # memory, since the simulator may overwrite the array for its next sample
+        large = array.nbytes >= zmq.COPY_THRESHOLD
+        tracker = self.link.send([header, array], copy=not large, track=large and not fresh)
+        if tracker is not None:
+            tracker.wait()
         self.credits -= 1
         self.sent += 1
-        self.link.last_sent = time.monotonic()
 
     @property
     def in_shared_memory(self) -> bool:
@@ -237,10 +232,7 @@ class SimulationClient:
             header = protocol.encode_header(
                 Kind.SAMPLES, self.simulation_id, self.attempt, first, array=staging[0], count=count
             )
-        socket = self.link.socket
-        socket.send(header, zmq.SNDMORE)
-        socket.send(staging[:count], copy=True)  # the staging array is reused at once
-        self.link.last_sent = time.monotonic()
+        self.link.send([header, staging[:count]])  # copied: the staging array is reused at once
 
     def done(self, wait: bool = True) -> None:
         """Tell the trainer this simulation sent all its samples and, with ``wait``, block until

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import zmq
 
@@ -55,10 +56,13 @@ class TrainerLink:
         self.last_sent = 0.0
         self.parent_pid = int(os.environ.get(PARENT_PID_ENV, "0") or 0)
 
-    def send(self, frames: list[bytes]) -> None:
-        """Send one message of ``frames``."""
-        self.socket.send_multipart(frames)
+    def send(self, frames: list[Any], copy: bool = True, track: bool = False) -> zmq.MessageTracker | None:
+        """Send one message of ``frames``. With ``copy=False`` large frames leave from their own
+        memory (small ones are copied all the same); ``track`` then returns the tracker that
+        tells when ZeroMQ let go of that memory."""
+        tracker = self.socket.send_multipart(frames, copy=copy, track=track)
         self.last_sent = time.monotonic()
+        return tracker
 
     def heartbeat(self, simulation_id: int, attempt: int) -> None:
         """Say this simulation is alive, if nothing was sent for ``heartbeat_interval``."""
