@@ -149,6 +149,18 @@ def test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout(slurm_cl
         executor.shutdown()
 
 
+def test_how_slurm_ended_a_job_heads_its_log_tail_within_the_limit(tmp_path):
+    from engage.deploy.slurm.executor import SlurmProcess
+
+    log = tmp_path / "sim.log"
+    log.write_text("x" * 5000)
+    job = SlurmProcess(None, log, 600.0)
+    assert job.stderr_tail(100) == "x" * 100  # ended by nothing Slurm said
+    job.job_id, job.ended = "42", "TIMEOUT (TimeLimit)"
+    tail = job.stderr_tail(100)
+    assert tail.startswith("Slurm ended job 42: TIMEOUT (TimeLimit)\n") and len(tail) == 100 and tail.endswith("x")
+
+
 def _wait_for_exit(job, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while (code := job.poll()) is None:

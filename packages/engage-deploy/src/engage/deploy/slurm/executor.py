@@ -486,10 +486,13 @@ class SlurmProcess(SimulationProcess):
     def stderr_tail(self, limit: int = 4000) -> str:
         if self._refusal:
             return self._refusal[-limit:]
-        tail = log_tail(self.log_path, limit)
-        if self.ended:  # what Slurm says ended it first: the log may be cut short or empty
-            return f"Slurm ended job {self.job_id}: {self.ended}\n{tail}"[-limit:]
-        return tail
+        return self.headed_tail(self.log_path, limit)
+
+    def headed_tail(self, log_path: Path, limit: int) -> str:
+        """The end of ``log_path`` within ``limit`` characters, after a line saying how Slurm
+        ended the job when it failed it (the log may be cut short or empty then)."""
+        head = f"Slurm ended job {self.job_id}: {self.ended}\n" if self.ended else ""
+        return head + log_tail(log_path, max(0, limit - len(head)))
 
 
 class SlurmExecutor(Executor):

@@ -184,10 +184,12 @@ class SlurmTask(SimulationProcess):
     def stderr_tail(self, limit: int = 4000) -> str:
         tail = log_tail(self.log_path, limit)
         job = self.job
-        if job is not None and not tail.strip():
+        if job is None:
+            return tail
+        if not tail.strip():
             return job.stderr_tail(limit)  # sbatch's refusal, or srun's own words
-        if job is not None and job.ended and self._status() is None:  # the job ended before the step
-            return f"Slurm ended job {job.job_id}: {job.ended}\n{tail}"[-limit:]
+        if job.ended and self._status() is None:  # the job ended before the step wrote its code
+            return job.headed_tail(self.log_path, limit)
         return tail
 
     def _status(self) -> int | None:
