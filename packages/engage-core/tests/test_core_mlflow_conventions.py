@@ -4,12 +4,11 @@ never reused; each config value once; system metrics; checkpoints, the simulatio
 sampled points as artifacts; a sweep with a failing job leaves every child and a FAILED parent."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from engage.core.testing.process import run_engage
 
 #: a few seconds of online training that still writes a checkpoint (fast_dev_run writes none)
 TINY = [
@@ -26,16 +25,7 @@ TINY = [
 
 
 def engage_run(args, cwd, env=None):
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ENGAGE_"))}
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "engage.core.cli", "run", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_engage("run", *args, cwd=cwd, env=env)
 
 
 def only_run(uri, experiment):

@@ -1,9 +1,6 @@
 """``engage replay RUN_ID``: any run of ``engage run`` replays from its MLflow record; a deterministic
 CPU run, offline or online with ``data.policy=deterministic``, replays with identical curves."""
 
-import subprocess
-import sys
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -30,13 +27,7 @@ def replay_of(args, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
-    again = subprocess.run(
-        [sys.executable, "-m", "engage.core.cli", "replay", run.info.run_id, "--tracking-uri", uri],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = engage("replay", run.info.run_id, "--tracking-uri", uri, cwd=tmp_path)
     copies = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.`engage.replay_of` = '{run.info.run_id}'"
     )
@@ -69,12 +60,7 @@ def test_a_run_that_is_not_there_is_one_line_and_exit_code_2(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
 
     def replay_missing():
-        return subprocess.run(
-            [sys.executable, "-m", "engage.core.cli", "replay", "0" * 32, "--tracking-uri", uri],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return engage("replay", "0" * 32, "--tracking-uri", uri, cwd=tmp_path, timeout=120)
 
     done = replay_missing()
     assert done.returncode == 2

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engage.deploy.forkserver import ForkServer, ForkServerError
+from engage.core.forkserver import ForkServer, ForkServerError
+from engage.deploy.execution import JOB_PRELOAD, RUNNER_MAIN
 from engage.deploy.runner import EXIT_RUNNER_ERROR
 
 APP = Path(__file__).parent / "apps" / "deploy_app.py"
@@ -73,7 +74,7 @@ def test_a_server_that_cannot_start_leaves_jobs_to_new_interpreters(tmp_path: Pa
     python = tmp_path / "python"
     python.write_text(
         "#!/bin/sh\n"
-        'case "$*" in *engage.deploy.forkserver*) echo "no fork server here" >&2; exit 3;; esac\n'
+        'case "$*" in *engage.core.forkserver*) echo "no fork server here" >&2; exit 3;; esac\n'
         f'exec {sys.executable} "$@"\n'
     )
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
@@ -87,17 +88,19 @@ def test_a_server_that_cannot_start_leaves_jobs_to_new_interpreters(tmp_path: Pa
 
 
 def test_the_server_reports_exit_codes_and_refuses_work_once_closed(tmp_path: Path) -> None:
-    server = ForkServer([sys.executable, "-m", "engage.deploy.forkserver"], cwd=str(tmp_path))
+    server = ForkServer(ForkServer.server_command(sys.executable, JOB_PRELOAD), cwd=str(tmp_path))
     try:
         # a folder without job.pkl: the runner says how it is used and exits with its error code
         stdout, stderr = tmp_path / "out.log", tmp_path / "err.log"
-        process = server.start(str(tmp_path), dict(os.environ), str(tmp_path), str(stdout), str(stderr))
+        process = server.start(RUNNER_MAIN, [str(tmp_path)], dict(os.environ), str(tmp_path), str(stdout), str(stderr))
         assert process.wait(timeout=30) == EXIT_RUNNER_ERROR
         assert "usage: python -m engage.deploy.runner JOB_DIR" in stderr.read_text()
-        bad = server.start(str(tmp_path), dict(os.environ), str(tmp_path / "missing"), str(stdout), str(stderr))
+        bad = server.start(
+            RUNNER_MAIN, [str(tmp_path)], dict(os.environ), str(tmp_path / "missing"), str(stdout), str(stderr)
+        )
         assert bad.wait(timeout=30) != 0  # a working directory that does not exist fails the job, not the server
         assert server.alive
     finally:
         server.close()
     with pytest.raises(ForkServerError, match="not running"):
-        server.start(str(tmp_path), {}, str(tmp_path), str(stdout), str(stderr))
+        server.start(RUNNER_MAIN, [str(tmp_path)], {}, str(tmp_path), str(stdout), str(stderr))

@@ -32,9 +32,9 @@ from typing import Any
 import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
+from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
-from engage.deploy.forkserver import ForkedProcess, ForkServer, ForkServerError
 from engage.deploy.job import HostRecord, JobContract, read_run_id
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
@@ -49,6 +49,11 @@ log = logging.getLogger("engage.deploy.sweep")
 
 #: what a remote host's job leaves for the launcher to bring back
 FETCHED_FILES = ("result.pkl", "runner.json", "mlflow-run-id")
+#: what a job's forked process runs (as ``python -m engage.deploy.runner JOB_DIR`` would)
+RUNNER_MAIN = "engage.deploy.runner:main"
+#: what a host's fork server imports before its first job: Hydra's job bookkeeping, cloudpickle
+#: and the runner itself
+JOB_PRELOAD = ("cloudpickle", "hydra.core.utils", "engage.deploy.runner")
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class JobExecution:
         self._stop_new = threading.Event()
         self._stopped: set[int] = set()
         self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
+        self._preload = JOB_PRELOAD  # what a host's fork server imports before its first job
 
     # ------------------------------------------------------------------ the pool
 
@@ -128,6 +134,7 @@ class JobExecution:
         """Compose each job, then start it (or take its earlier result when resuming): the first
         jobs run while later ones are composed, which costs a tenth of a second or more each.
         The main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly."""
+        self._preload = job_preload(payload.get("task_function"))
         parallelism = self.options.parallelism or os.cpu_count() or 1
         workers = max(1, min(parallelism, len(job_overrides)))
         results: dict[int, JobReturn] = {}
@@ -373,7 +380,7 @@ class JobExecution:
         server = self._fork_server(host, cwd) if local else None
         if server is not None:
             try:
-                return server.start(job_dir, {**os.environ, **env}, cwd, str(stdout), str(stderr))
+                return server.start(RUNNER_MAIN, [job_dir], {**os.environ, **env}, cwd, str(stdout), str(stderr))
             except ForkServerError as exc:
                 with self._lock:
                     first = self._fork_servers.get(host.name) is server  # jobs starting at once fail together
@@ -391,7 +398,7 @@ class JobExecution:
             if host.name not in self._fork_servers:
                 server = None
                 if self.options.fork_jobs and not self._stop_new.is_set():
-                    command = self.provider.command_for(host, [self.python, "-m", "engage.deploy.forkserver"])
+                    command = self.provider.command_for(host, ForkServer.server_command(self.python, self._preload))
                     try:
                         log_path = self.folder.host_folder(host.name) / "forkserver.log"
                         env = {**os.environ, "PYTHONPATH": _python_path()}
@@ -407,6 +414,16 @@ class JobExecution:
             self._fork_servers = {name: None for name in self._fork_servers}
         for server in servers:
             server.close()
+
+
+def job_preload(task_function: Any) -> tuple[str, ...]:
+    """What a host's fork server imports before its first job: :data:`JOB_PRELOAD` and the task's
+    own module (``engage run``'s imports Lightning, PyTorch and MLflow: seconds each job would
+    spend again), unless the task comes from a script (``__main__``), which only its job runs."""
+    module = getattr(task_function, "__module__", None)
+    if not module or module == "__main__" or module in JOB_PRELOAD:
+        return JOB_PRELOAD
+    return (*JOB_PRELOAD, module)
 
 
 def _stop(process: Any) -> None:

@@ -1,11 +1,25 @@
-"""Run the ``engage`` command in a child process, as a user would (for end-to-end tests)."""
+"""Run the ``engage`` command in a child process, as a user would (for end-to-end tests).
+
+Each call is a process of its own with its own working directory, environment, output and exit
+code. To spare each one the import of Lightning, PyTorch, Hydra and MLflow (about 8 CPU seconds),
+the processes are forked from one server per test process that imported them once
+(:mod:`engage.core.forkserver`); a call whose ``PYTHONPATH`` differs from the server's (its
+modules could differ), or made while another is running, starts a new interpreter instead.
+Setting ``ENGAGE_TEST_FORK=0`` starts a new interpreter for every call.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
+
+from engage.core.forkserver import ForkServer, ForkServerError
 
 #: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch of at
 #: most 5 batches (online epochs are 100 batches by default)
@@ -21,6 +35,19 @@ TINY_RUN = (
     "trainer.log_every_n_steps=1",
 )
 
+#: ``ENGAGE_TEST_FORK=0``: every call starts a new interpreter
+FORK_ENV = "ENGAGE_TEST_FORK"
+#: what the server imports before its first fork: ``engage run``'s whole program
+PRELOAD = ("engage.core.cli", "engage.core.run")
+#: the variables of a sweep and MLflow's store and experiment that a parent process may hold
+INHERITED = (
+    "ENGAGE_PARENT_RUN_ID",
+    "ENGAGE_PARENT_RUN_FILE",
+    "ENGAGE_TRACKING_URI",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+)
+
 
 def run_engage(
     *args: str, cwd: str | Path, timeout: float = 300, env: dict[str, str] | None = None
@@ -28,20 +55,76 @@ def run_engage(
     """``engage ARGS`` in ``cwd`` with this interpreter; sweep variables and MLflow's store and
     experiment of a parent process removed (unless ``env`` sets them)."""
     full_env = {**os.environ, **(env or {})}
-    for inherited in (
-        "ENGAGE_PARENT_RUN_ID",
-        "ENGAGE_PARENT_RUN_FILE",
-        "ENGAGE_TRACKING_URI",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_EXPERIMENT_NAME",
-    ):
+    for inherited in INHERITED:
         if not env or inherited not in env:
             full_env.pop(inherited, None)
-    return subprocess.run(
-        [sys.executable, "-m", "engage.core.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+    command = [sys.executable, "-m", "engage.core.cli", *args]
+    forked = _EngageServer.shared().run(list(args), full_env, str(cwd), timeout)
+    if forked is not None:
+        code, out, err = forked
+        return subprocess.CompletedProcess(command, code, out, err)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+class _EngageServer:
+    """This test process's fork server for ``engage``, started at its first use; one call at a
+    time (a call made while another runs gets ``None``: the caller starts an interpreter)."""
+
+    _shared: _EngageServer | None = None
+
+    def __init__(self) -> None:
+        self._server: ForkServer | None = None
+        self._python_path = os.environ.get("PYTHONPATH", "")
+        self._busy = threading.Lock()
+        self._failed = os.environ.get(FORK_ENV, "1") == "0"
+
+    @classmethod
+    def shared(cls) -> _EngageServer:
+        if cls._shared is None:
+            cls._shared = cls()
+            atexit.register(cls._shared.close)
+        return cls._shared
+
+    def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> tuple[int, str, str] | None:
+        """``engage ARGV`` forked: its exit code, output and errors; ``None`` when it cannot be forked."""
+        if self._failed or env.get("PYTHONPATH", "") != self._python_path or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            with tempfile.TemporaryDirectory(prefix="engage-run-") as folder:
+                out, err = Path(folder, "stdout"), Path(folder, "stderr")
+                try:
+                    process = self._start(argv, env, cwd, str(out), str(err))
+                except ForkServerError:
+                    self._failed = True  # said by the server's log; new interpreters from now on
+                    return None
+                try:
+                    code = process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(process.pid)
+                    process.wait(timeout=30)
+                    raise subprocess.TimeoutExpired(["engage", *argv], timeout) from None
+                return code, _read(out), _read(err)
+        finally:
+            self._busy.release()
+
+    def _start(self, argv: list[str], env: dict[str, str], cwd: str, out: str, err: str):
+        if self._server is None or not self._server.alive:
+            # the server inherits this process's environment; each call's is its own
+            self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), cwd=cwd)
+        return self._server.start("engage.core.cli:main", argv, env, cwd, out, err)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read(path: Path) -> str:
+    return path.read_bytes().decode(errors="replace") if path.exists() else ""

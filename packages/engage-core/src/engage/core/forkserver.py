@@ -1,28 +1,34 @@
-"""Starts a sweep's jobs on a host by forking a Python process that has already imported Hydra
-and the job runner, instead of starting a new interpreter for each job.
+"""Starts programs by forking a Python process that has imported what they need already, instead
+of starting a new interpreter for each.
 
-A job's own work is often shorter than a fresh interpreter's start-up: importing Hydra and
-cloudpickle, then composing Hydra's job bookkeeping, costs about half a CPU second, which a sweep
-of many short jobs on a small host pays once per job. The server pays it once; each job is then
-a forked child that runs :func:`engage.deploy.runner.main` exactly as ``python -m
-engage.deploy.runner JOB_DIR`` would: its own process and session (the launcher signals its
-process group), its own working directory, environment and log files.
+A short program's own work is often shorter than a fresh interpreter's start-up: ``engage run``
+imports Lightning, PyTorch, Hydra and MLflow (about 8 CPU seconds on a small host) before it reads
+its first override, and a sweep's job imports Hydra and cloudpickle. The server pays that once,
+importing the modules it is told to preload; each program is then a forked child that runs
+``module:function(argv)`` exactly as ``python -m module ARGV`` would: its own process and session
+(signal its process group to stop it and what it started), its own working directory (first on
+``sys.path``), environment, command line (``sys.argv``, and ``__main__.__spec__`` naming the module,
+as Lightning reads them to start a DDP fit's other ranks) and log files; when the function returns
+it waits for its non-daemon threads and runs its ``atexit`` handlers, as an interpreter ending
+would.
 
-The server runs on the host like any job (``Provider.command_for``), so on a ``netns`` host it
-lives in that host's namespace and cgroups, and so do the jobs it forks. It talks to the launcher
-over its stdin and stdout, one JSON object per line::
+The server talks to its client over its stdin and stdout, one JSON object per line::
 
-    -> {"id": 1, "job_dir": "...", "env": {...}, "cwd": "...", "stdout": "...", "stderr": "..."}
+    -> {"id": 1, "target": "engage.deploy.runner:main", "argv": ["jobs/0"], "env": {...},
+        "cwd": "...", "stdout": "...", "stderr": "..."}
     <- {"id": 1, "pid": 4242}                 (or {"id": 1, "error": "..."})
-    <- {"pid": 4242, "returncode": 0}         (when that job's process ends)
+    <- {"pid": 4242, "returncode": 0}         (when that program's process ends)
 
-Once its stdin closes (the launcher finished or died) it takes no more jobs, and exits when
-those still running have ended.
+Once its stdin closes (the client finished or died) it takes no more work, and exits when the
+programs still running have ended.
 
 Example (what the launcher does for each host that shares this machine's files)::
 
-    >>> server = ForkServer([sys.executable, "-m", "engage.deploy.forkserver"])  # doctest: +SKIP
-    >>> process = server.start("jobs/0", env, cwd, "jobs/0/stdout.log", "jobs/0/stderr.log")  # doctest: +SKIP
+    >>> command = ForkServer.server_command(sys.executable, ["engage.deploy.runner"])  # doctest: +SKIP
+    >>> server = ForkServer(command)  # doctest: +SKIP
+    >>> process = server.start(  # doctest: +SKIP
+    ...     "engage.deploy.runner:main", ["jobs/0"], env, cwd, "jobs/0/stdout.log", "jobs/0/stderr.log"
+    ... )
     >>> process.wait()  # doctest: +SKIP
     0
     >>> server.close()  # doctest: +SKIP
@@ -30,6 +36,9 @@ Example (what the launcher does for each host that shares this machine's files):
 
 from __future__ import annotations
 
+import argparse
+import atexit
+import importlib
 import json
 import os
 import select
@@ -41,17 +50,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: exit code of a forked job whose set-up (log files, working directory) failed
+#: exit code of a forked program whose set-up (log files, working directory, its module) failed
 EXIT_SETUP_FAILED = 71
 
 
 class ForkServerError(RuntimeError):
-    """The fork server could not start a job (the launcher then starts an interpreter for it)."""
+    """The fork server could not start a program (its client then starts an interpreter for it)."""
 
 
 class ForkedProcess:
-    """A job forked by a :class:`ForkServer`, with the part of :class:`subprocess.Popen` the
-    launcher uses: ``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``, ``kill``."""
+    """A program forked by a :class:`ForkServer`, with the part of :class:`subprocess.Popen` its
+    clients use: ``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``, ``kill``."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -76,10 +85,10 @@ class ForkedProcess:
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._ended.wait(timeout):
-            raise subprocess.TimeoutExpired(f"job process {self.pid}", timeout)
+            raise subprocess.TimeoutExpired(f"forked process {self.pid}", timeout)
         while self.poll() is None:
             if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"job process {self.pid}", timeout)
+                raise subprocess.TimeoutExpired(f"forked process {self.pid}", timeout)
             time.sleep(0.05)
         return self.returncode  # type: ignore[return-value]
 
@@ -98,9 +107,9 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """The launcher's side: starts the server (``command``, an argv that runs this module on the
-    host) and hands it jobs. Thread-safe; :meth:`start` raises :class:`ForkServerError` when the
-    server is gone or refuses a job."""
+    """The client's side: starts the server (``command``, an argv that runs this module, see
+    :meth:`server_command`) and hands it programs to run. Thread-safe; :meth:`start` raises
+    :class:`ForkServerError` when the server is gone or refuses."""
 
     def __init__(
         self,
@@ -118,9 +127,9 @@ class ForkServer:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 env=dict(env) if env is not None else None,
-                # a job's ``sys.path`` starts with the folder its interpreter started in: the same here
+                # where the server starts: the working directory of what it forks unless told another
                 cwd=cwd,
-                # its own session: Ctrl-C in the terminal reaches the launcher, which stops jobs itself
+                # its own session: Ctrl-C in the terminal reaches the client, which stops programs itself
                 start_new_session=True,
             )
         self._lock = threading.Lock()
@@ -133,15 +142,40 @@ class ForkServer:
         self._reader = threading.Thread(target=self._read, name="engage-forkserver", daemon=True)
         self._reader.start()
 
+    @staticmethod
+    def server_command(python: str, preload: Sequence[str] = ()) -> list[str]:
+        """The argv that runs a server with ``python``, importing the modules ``preload`` names
+        before its first fork."""
+        return [python, "-m", __name__, *(f"--preload={module}" for module in preload)]
+
     @property
     def alive(self) -> bool:
         return not self._closed and self._process.poll() is None
 
     def start(
-        self, job_dir: str, env: Mapping[str, str], cwd: str, stdout: str, stderr: str, timeout_s: float = 60.0
+        self,
+        target: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        stdout: str,
+        stderr: str,
+        timeout_s: float = 60.0,
     ) -> ForkedProcess:
-        """Fork a job that runs ``engage.deploy.runner`` on ``job_dir`` with exactly ``env``."""
-        request = {"job_dir": job_dir, "env": dict(env), "cwd": cwd, "stdout": stdout, "stderr": stderr}
+        """Fork a process that runs ``target`` (``"module:function"``) on ``argv``, as ``python -m
+        module ARGV`` would, with exactly ``env``, in ``cwd``, appending to the files ``stdout``
+        and ``stderr``; its exit status is the function's return value."""
+        module, _, function = target.partition(":")
+        if not module or not function:
+            raise ValueError(f"target {target!r}: expected 'module:function'")
+        request = {
+            "target": target,
+            "argv": list(argv),
+            "env": dict(env),
+            "cwd": cwd,
+            "stdout": stdout,
+            "stderr": stderr,
+        }
         with self._lock:
             if not self.alive:
                 raise ForkServerError(f"the fork server ({' '.join(self.command)}) is not running")
@@ -152,7 +186,7 @@ class ForkServer:
                 self._process.stdin.write((json.dumps(request) + "\n").encode())
                 self._process.stdin.flush()
             except OSError as exc:
-                raise ForkServerError(f"the fork server stopped taking jobs: {exc}") from None
+                raise ForkServerError(f"the fork server stopped taking work: {exc}") from None
             deadline = time.monotonic() + timeout_s
             while request_id not in self._replies:
                 left = deadline - time.monotonic()
@@ -170,7 +204,7 @@ class ForkServer:
             return process
 
     def close(self) -> None:
-        """Stop the server (running jobs go on; their exits are still reported until it is gone)."""
+        """Stop the server (running programs go on; their exits are still reported until it is gone)."""
         with self._lock:
             self._closed = True
             try:
@@ -234,8 +268,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _child(request: dict[str, Any], replies: int) -> None:
-    """In the forked child: become the job's process, run the job, never return."""
-    code = EXIT_SETUP_FAILED
+    """In the forked child: become the program's process, run it, never return."""
+    code, interrupted = EXIT_SETUP_FAILED, False
     try:
         os.setsid()  # its own session and process group, as ``start_new_session`` gives
         # the handlers a new interpreter has
@@ -251,36 +285,73 @@ def _child(request: dict[str, Any], replies: int) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        from engage.deploy import runner
-
-        sys.argv = [runner.__file__, request["job_dir"]]
-        code = runner.main([request["job_dir"]])
+        code = 1  # from here on, what an uncaught exception in ``python -m module`` exits with
+        # what ``python -m module`` has: the working directory first on the path, the module's
+        # file as the program and its spec on ``__main__``
+        sys.path[0] = os.getcwd()
+        name, _, function = request["target"].partition(":")
+        module = importlib.import_module(name)
+        sys.argv = [module.__file__ or name, *request["argv"]]
+        sys.modules["__main__"].__spec__ = module.__spec__
+        code = getattr(module, function)(list(request["argv"]))
+        code = 0 if code is None else code
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # anything at all: the child must not return into the server's loop
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BaseException as exc:  # anything at all: the child must not return into the server's loop
         import traceback
 
         traceback.print_exc()
+        interrupted = isinstance(exc, KeyboardInterrupt)
     finally:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _end_as_an_interpreter()
         finally:
-            os._exit(code)
+            if interrupted:  # as Python ends on Ctrl-C: killed by SIGINT, for its parent to see
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
+            os._exit(code if isinstance(code, int) else 1)
 
 
-def serve() -> int:
-    """The server's loop: read requests from stdin, fork jobs, report them and their exits on
-    stdout (moved aside first, so that nothing printed by an import garbles the replies)."""
+def _end_as_an_interpreter() -> None:
+    """What a Python process does when its program returns: the threading module's exit hooks
+    (executors shut down their workers there), then wait for its non-daemon threads, run its
+    ``atexit`` handlers and flush its output (CPython's own order, through the function its
+    finalization calls)."""
+    try:
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        else:  # an interpreter without it: the threads, without the executors' hooks
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+
+def serve(preload: Sequence[str] = ()) -> int:
+    """The server's loop: read requests from stdin, fork programs, report them and their exits on
+    stdout (moved aside first, so that nothing printed by an import garbles the replies).
+    ``preload``: the modules imported before any fork, so that every program starts with them in
+    memory."""
     commands, replies = 0, os.dup(1)
     os.dup2(2, 1)
-    # imported before any fork, so that every job starts with them in memory
-    import cloudpickle  # noqa: F401
-    import hydra.core.utils  # noqa: F401
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except Exception:  # the program that needs it imports it again, and says why it fails
+            import traceback
 
-    import engage.deploy.runner  # noqa: F401
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when jobs stop
+            print(f"engage fork server: could not preload {module}:", file=sys.stderr)
+            traceback.print_exc()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when programs stop
     children: set[int] = set()
     buffered = b""
     open_input = True
@@ -295,7 +366,7 @@ def serve() -> int:
         if ready:
             chunk = os.read(commands, 1 << 16)
             if not chunk:
-                open_input = False  # the launcher is done (or gone): exit once no job is left to report
+                open_input = False  # the client is done (or gone): exit once no program is left to report
             buffered += chunk
             while b"\n" in buffered:
                 line, buffered = buffered.split(b"\n", 1)
@@ -327,5 +398,12 @@ def serve() -> int:
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m engage.core.forkserver [--preload=MODULE ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m engage.core.forkserver", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE", help="a module to import first")
+    return serve(parser.parse_args(argv).preload)
+
+
 if __name__ == "__main__":
-    sys.exit(serve())
+    sys.exit(main())
