@@ -140,13 +140,13 @@ def test_two_runs_in_one_folder_are_independent(tmp_path, helpers_on_path):
         ({"policy": "lifo"}, "data.policy: must be one of fifo, firo, reservoir"),
     ],
 )
-def test_every_online_setting_is_range_checked_once(setting, message):
+def test_every_online_setting_is_range_checked_once(setting, message, helpers_on_path):
     sim = ramp()
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         OnlineDataModule(sim, UniformSampler(sim.space), **setting)
 
 
-def test_datamodule_defaults_are_those_of_engage_run():
+def test_datamodule_defaults_are_those_of_engage_run(helpers_on_path):
     from engage.core.online.config import OnlineDataConfig
 
     sim = ramp()
