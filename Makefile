@@ -39,7 +39,8 @@ system-deps:
 	fi
 
 # The documentation site (MkDocs, API reference from the packages' docstrings) in site/; --strict:
-# a broken link or reference fails the build, and with it `make test`.
+# a broken link or reference fails the build, and with it `make test` (tests/test_docs_site.py
+# builds the same site the same way, among the other tests).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
@@ -51,7 +52,7 @@ docs-screenshots: $(STAMP) system-deps
 
 # The suite in two passes, each failing on its own: on every core (at most 4 pytest-xdist
 # workers), then the tests that compare measured times or rates (marked timing), alone.
-test: $(STAMP) system-deps docs
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -n logical --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)
 

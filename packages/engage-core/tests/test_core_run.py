@@ -21,6 +21,8 @@ def _runs(tmp_path):
 def test_run_trains_and_records_everything(tmp_path):
     result = engage("run", *TINY, "seed=7", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Lightning's messages once each, on standard error, though it is imported after Hydra's logging
+    assert result.stderr.count("GPU available: False") == 1 and "GPU available" not in result.stdout
     client, runs = _runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]

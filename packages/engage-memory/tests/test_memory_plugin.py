@@ -25,7 +25,7 @@ def test_memory_plugin_offers_strategy_option() -> None:
 def test_engage_run_gets_the_memory_strategies_through_the_strategy_hook() -> None:
     pytest.importorskip("engage.core.config")
     from engage.core.config.validate import compose_config
-    from engage.core.run import build_strategy
+    from engage.core.training import build_strategy
     from engage.memory import DDPMemoryPlanningStrategy, MemoryPlanningStrategy
 
     strategy = build_strategy(compose_config(["strategy=memory", "strategy.budget=2GiB", "strategy.solver=dp"]))

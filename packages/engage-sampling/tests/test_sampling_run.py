@@ -15,7 +15,7 @@ def test_callback_options_compose_into_core_callbacks(tmp_path):
     assert cfg.callbacks.sensitivity.base_samples == 64
     assert cfg.callbacks.loss_driven.every_n_steps == 10
     # the sampling plugin builds its own callbacks through engage_callbacks, each once
-    from engage.core.run import build_callbacks
+    from engage.core.training import build_callbacks
     from engage.sampling.callbacks import LossDrivenSampling, SensitivityAnalysis
 
     built = build_callbacks(cfg, tmp_path)

@@ -10,6 +10,8 @@ import warnings
 TIP_PREFIX = "💡 Tip:"
 #: the loggers Lightning's rank-zero messages go through
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+#: Lightning's package loggers, which print its messages
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 #: warnings raised inside Lightning about its own use of other libraries (regular expressions)
 INTERNAL_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 
@@ -22,8 +24,9 @@ class NoTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Leave Lightning's tips and its internal deprecation warnings out of the console (once per
-    process; calling it again changes nothing).
+    """Print Lightning's messages once, on standard error, whenever it was imported; leave its tips
+    and its internal deprecation warnings out of the console (once per process; calling it again
+    changes nothing).
 
     Example::
 
@@ -31,6 +34,14 @@ def quiet_lightning() -> None:
         >>> any(isinstance(f, NoTips) for f in logging.getLogger(RANK_ZERO_LOGGERS[0]).filters)
         True
     """
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.propagate and not logger.handlers:
+            # as Lightning sets itself up when imported before logging is configured: its messages
+            # once, on standard error (imported after Hydra configured the root logger, they
+            # would also reach the root's handlers, beside the ``lightning`` logger's own)
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
     for name in RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, NoTips) for f in logger.filters):

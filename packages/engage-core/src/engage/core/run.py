@@ -1,344 +1,29 @@
-"""``engage run``: compose a Lightning Trainer, model, DataModule, callbacks and strategy from the
-config and the installed plugins, train, and record everything in MLflow."""
+"""``engage run``'s Hydra task: check the composed config, then train (:mod:`engage.core.training`,
+imported only once the config passed its checks) and turn what ended the run into one line and
+an exit code."""
 
 from __future__ import annotations
 
-import inspect
-import os
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any, NoReturn
 
-import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
-from engage.core.checkpoint_io import AtomicCheckpointIO
 from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
-from engage.core.console import quiet_lightning
-from engage.core.events import RunRecord
-from engage.core.online.buffer import BufferClosed
-from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
-from engage.core.online.run_check import OnlineRunCheck
-from engage.core.online.timeline import SimulationTimeline
-from engage.core.plugins import flatten, get_plugin_manager
-from engage.core.tracking.mlflow_run import MLflowRun
-from engage.core.tracking.store import (
-    UNAVAILABLE_FIX,
-    TrackingUnavailable,
-    check_reachable,
-    default_tracking_uri,
-    resolve_tracking_uri,
-)
+from engage.core.tracking.store import TrackingUnavailable
 
 EXIT_TRACKING_UNAVAILABLE = 3
 console = Console(stderr=True, soft_wrap=True)
-
-
-def _output_dir() -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(tempfile.mkdtemp(prefix="engage-run-"))
-
-
-def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
-    """The tracking URI to log to; checks it answers (or falls back to a local store if allowed)."""
-    uri = resolve_tracking_uri(cfg.logger.uri)
-    try:
-        check_reachable(uri, cfg.logger.timeout_s)
-    except TrackingUnavailable as exc:
-        if not cfg.logger.fallback_local:
-            raise TrackingUnavailable(f"{exc}; {UNAVAILABLE_FIX}") from None
-        local = default_tracking_uri(output_dir)
-        console.print(f"[yellow]{exc}; logging locally to {local}[/yellow]")
-        return local
-    return uri
-
-
-def build_strategy(cfg: DictConfig) -> Any:
-    from_plugin = get_plugin_manager().hook.engage_strategy(cfg=cfg)
-    if from_plugin is not None:
-        return from_plugin
-    node = cfg.strategy
-    if isinstance(node, DictConfig) and "_target_" in node:
-        return instantiate(node)
-    if isinstance(node, DictConfig):
-        return node.name
-    return str(node)
-
-
-def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
-    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-
-    from engage.core.callbacks import EngageProgressBar
-
-    callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
-    callbacks += flatten(get_plugin_manager().hook.engage_callbacks(cfg=cfg))
-    if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.append(EngageProgressBar())
-    if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        # one folder per run, with a last.ckpt that `ckpt_path=last` finds
-        every = cfg.checkpoint_every_n_steps or None
-        callbacks.append(
-            ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_last=True, every_n_train_steps=every)
-        )
-    return callbacks
-
-
-def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``cfg.ckpt_path`` as a file: ``last`` is this run folder's newest ``last.ckpt`` (else its
-    newest checkpoint). A path that names no checkpoint is a :class:`ConfigError`."""
-    value = cfg.ckpt_path
-    if value in (None, ""):
-        return None
-    if str(value) == "last":
-        found = sorted(output_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) or sorted(
-            output_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime
-        )
-        if not found:
-            raise ConfigError(
-                f"ckpt_path=last: no checkpoint in the run folder {output_dir}; pass hydra.run.dir of the run to "
-                "resume, or ckpt_path=PATH"
-            )
-        return str(found[-1])
-    if "://" not in str(value) and not Path(value).is_file():
-        raise ConfigError(f"ckpt_path={value}: no such checkpoint file; pass an existing .ckpt or ckpt_path=last")
-    return str(value)
-
-
-def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig | None = None) -> None:
-    """Refuse, before anything starts, a checkpoint whose weights do not fit ``model`` (another
-    width, say), whose data state is of another simulator, parameter space or sampler, or, to
-    fit with ``trainer`` (its config), that has trained as long as asked already (one line,
-    :class:`ConfigError`)."""
-    import fsspec
-    import torch
-
-    from engage.core.online.datamodule import check_resumable
-
-    try:
-        with fsspec.open(path, "rb") as f:
-            checkpoint = torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ConfigError(f"ckpt_path={path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
-    saved, now = checkpoint.get("state_dict") or {}, model.state_dict()
-    # weights both know by name (a strategy may wrap modules, renaming others) must agree in shape
-    unlike = [
-        f"{name}: saved {tuple(saved[name].shape)}, now {tuple(value.shape)}"
-        for name, value in now.items()
-        if name in saved and hasattr(saved[name], "shape") and tuple(saved[name].shape) != tuple(value.shape)
-    ]
-    if unlike:
-        raise ConfigError(
-            f"ckpt_path={path}: the checkpoint's weights do not fit this model ({'; '.join(unlike[:2])}"
-            f"{f'; {len(unlike) - 2} more' if len(unlike) > 2 else ''}); resume with the model settings it was "
-            "trained with"
-        )
-    if trainer is not None:
-        _check_training_left(path, checkpoint, trainer)
-    state = checkpoint.get(type(datamodule).__qualname__)
-    if state is None or not hasattr(datamodule, "sampler"):
-        return
-    try:
-        check_resumable(state, datamodule.simulator, datamodule.sampler)
-    except ValueError as exc:
-        raise ConfigError(f"ckpt_path={path}: {exc}") from None
-
-
-def _check_training_left(path: str, checkpoint: dict[str, Any], trainer: DictConfig) -> None:
-    """A fit from a checkpoint that reached ``trainer.max_epochs`` or ``trainer.max_steps`` would
-    train nothing and end as if it had: refused, saying what to raise."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    # a checkpoint of the last epoch's end counts it processed, not yet completed (as Lightning reads it)
-    epochs = max(int(progress.get("processed", 0)), int(progress.get("completed", 0)))
-    steps = int(checkpoint.get("global_step", 0))
-    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
-    if max_steps is not None and max_steps > 0 and steps >= max_steps:
-        reached = f"trainer.max_steps={max_steps} ({steps} steps trained)"
-    elif max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs:  # whichever comes first, as Lightning
-        reached = f"trainer.max_epochs={max_epochs} ({epochs} epochs trained)"
-    else:
-        return
-    name = reached.split("=", 1)[0]
-    raise ConfigError(f"ckpt_path={path}: nothing left to train, the checkpoint reached {reached}; raise {name}")
-
-
 #: the pid of the process whose DDP launcher starts the other ranks (they die with it)
 RANK_STARTER_ENV = "ENGAGE_RANK_STARTER"
 #: what a DDP fit's launcher sets in this process's environment for the ranks it starts, and ours
 DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RANK_STARTER_ENV)
-
-
-def leave_distributed(environment: dict[str, str | None]) -> None:
-    """End this process's part in a distributed fit: its process group, and the rank variables
-    Lightning set for the fit, back to ``environment``. The next job of a sweep in this process
-    then starts its own ranks, on a port of its own, instead of joining the last job's group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    for name, value in environment.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Build everything from ``cfg``, fit, and return the final metrics."""
-    check_values(cfg)
-    quiet_lightning()
-    output_dir = _output_dir()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    manager = get_plugin_manager()
-    # what is built from the config comes first: a value found wrong here leaves no store behind
-    try:
-        simulator = instantiate(cfg.simulator)
-    except InstantiationException as exc:
-        # a simulator checks its own arguments (a program that is not there): one line, as the rest
-        if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("simulator."):
-            raise ConfigError(str(exc.__cause__)) from None
-        raise
-    sampler = instantiate(cfg.sampler, space=simulator.space)
-    try:
-        datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)
-    except InstantiationException as exc:
-        # values that only fail together with the simulator (the buffer's memory for its samples)
-        # are the DataModule's to check; its message names the field: one line, like the others
-        if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("data."):
-            raise ConfigError(str(exc.__cause__)) from None
-        raise
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
-    model = instantiate(
-        cfg.model,
-        num_parameters=simulator.space.dim,
-        sample_shape=list(simulator.sample_shape),
-        value_range=list(simulator.value_range) if simulator.value_range else None,
-        samples_per_run=simulator.samples_per_run,
-    )
-    if ckpt_path is not None:
-        check_checkpoint(ckpt_path, datamodule, model, cfg.trainer if cfg.task == "fit" else None)
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    trainer_kwargs.setdefault("default_root_dir", str(output_dir))
-    trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-    callbacks, strategy = build_callbacks(cfg, output_dir), build_strategy(cfg)
-    try:
-        # the logger comes once Lightning accepted its own arguments: a refused Trainer records nothing
-        trainer = pl.Trainer(**trainer_kwargs, logger=False, callbacks=callbacks, strategy=strategy)
-    except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
-        # Lightning's own checks of its arguments (trainer.accelerator=tpu, trainer.devices=0): one
-        # line, as the config's own checks
-        raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
-    start = getattr(trainer.strategy, "_start_method", None)
-    if start in ("spawn", "forkserver") and isinstance(datamodule, OnlineDataModule):
-        # a spawned rank is handed the DataModule pickled, and the online one holds its streams
-        raise ConfigError(
-            f"strategy: ranks started by {start} cannot take the online DataModule (it streams from live "
-            "simulations); use strategy=ddp, which starts each rank as a program of its own"
-        )
-    tracking_uri = choose_tracking_uri(cfg, output_dir)
-    # one MLflow run, on the process of global rank 0 (Lightning starts the others again)
-    tracked = MLflowRun.open(cfg, tracking_uri) if rank_zero_only.rank == 0 else None
-    trainer.logger = tracked.logger if tracked is not None else None
-    # each config value is logged once, under its config path: not again as the model's or the
-    # DataModule's hyperparameters
-    model._log_hyperparams = False
-    datamodule._log_hyperparams = False
-
-    status, error = "FINISHED", None
-    started = time.perf_counter()
-    timeline = None
-    if tracked is not None:
-        # the simulations' timeline, heard through the event hooks, goes to this run when it ends
-        timeline = SimulationTimeline(tracked.client.log_figure, tracked.run_id, title=f"simulations of {tracked.name}")
-        manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
-    distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        os.environ[RANK_STARTER_ENV] = str(os.getpid())  # what ranks started from here check
-    try:
-        if tracked is not None:
-            manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
-            tracked.record(cfg, output_dir)
-            if ckpt_path is not None:
-                tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
-        if cfg.task == "fit":
-            # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
-            # whole, as the user's own file (weights_only=False), never from an unknown source
-            whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
-            # Lightning starts a DDP fit's other ranks with this process's command line, Hydra's
-            # job overrides added: the program and its "run" command, which Hydra was not shown,
-            # and, for a job of a sweep, that job's overrides rather than the sweep's
-            from hydra.types import RunMode
-
-            from engage.core import cli
-
-            saved_argv, args = sys.argv, sys.argv[1:]
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-                args = list(HydraConfig.get().overrides.task)
-            sys.argv = [cli.LAUNCHED_AS, "run", *args]
-            try:
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
-            finally:
-                sys.argv = saved_argv
-            if cfg.test_after_fit:
-                trainer.validate(model, datamodule=datamodule, verbose=False)
-        else:
-            trainer.validate(model, datamodule=datamodule)
-    except KeyboardInterrupt:
-        status, error = "KILLED", "interrupted"
-        raise
-    except BaseException as exc:
-        if isinstance(exc, SystemExit) and getattr(trainer, "interrupted", False):
-            # Lightning ends a fit that Ctrl-C interrupted with exit(1), after its own shutdown
-            status, error = "KILLED", "interrupted"
-            raise KeyboardInterrupt from None
-        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        try:
-            metrics = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
-            }
-            if tracked is not None:
-                try:
-                    # the id naming the online run's own journal, caches and folder, failed runs' too
-                    online_run = getattr(datamodule, "run_id", None)
-                    if online_run:
-                        tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
-                    tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
-                    if status != "KILLED":  # Ctrl-C does not wait for uploads
-                        for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
-                            console.print(f"engage run: {line}", highlight=False, markup=False)
-                    # observers add their records while the run is still open
-                    record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
-                    manager.hook.engage_run_finished(record=record)
-                finally:
-                    manager.unregister(timeline)
-                    tracked.close(status)
-        finally:
-            leave_distributed(distributed_env)
-    if tracked is not None:
-        where = tracking_uri.removeprefix("sqlite:///")
-        # the counts MLflow holds: recorded when training ended (simulations without a budget go on
-        # finishing until the DataModule's teardown)
-        checks = [c for c in trainer.callbacks if isinstance(c, OnlineRunCheck) and c.recorded is not None]
-        recorded = checks[0].recorded if checks else datamodule.outcome() if hasattr(datamodule, "outcome") else None
-        outcome = recorded.line() + "\n" if recorded is not None else ""
-        console.print(
-            f"[green]run {tracked.name} ({tracked.run_id}) finished[/green]: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("val"))
-            + f"\n{outcome}MLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})",
-            highlight=False,
-        )
-    return metrics
+#: what :func:`task` imports when it runs, for a process that forks runs of it to import once
+#: (the launcher's fork servers, see :func:`engage.deploy.execution.job_preload`)
+TASK_IMPORTS = ("engage.core.training",)
 
 
 class RunFailed(Exception):
@@ -369,12 +54,19 @@ def task(cfg: DictConfig) -> float | None:
     """The Hydra task function; returns ``val/rel_l2`` (or ``val/loss``) for sweepers. Bad input,
     an unreachable store and a failed online run are one printed line and an exit code (see :func:`_fail`)."""
     try:
+        check_values(cfg)
+        from engage.core.training import train  # Lightning and PyTorch, once the config is good
+
         metrics = train(cfg)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG_ERROR)
     except TrackingUnavailable as exc:
         _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
-    except (OnlineRunFailed, BufferClosed) as exc:
+    except Exception as exc:
+        from engage.core.online.buffer import BufferClosed
+
+        if not isinstance(exc, (OnlineRunFailed, BufferClosed)):
+            raise
         # the MLflow run is FAILED already; one line names the cause
         _fail(str(exc), EXIT_RUN_FAILED)
     return metrics.get("val/rel_l2", metrics.get("val/loss"))

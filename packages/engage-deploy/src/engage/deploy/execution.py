@@ -417,13 +417,16 @@ class JobExecution:
 
 
 def job_preload(task_function: Any) -> tuple[str, ...]:
-    """What a host's fork server imports before its first job: :data:`JOB_PRELOAD` and the task's
-    own module (``engage run``'s imports Lightning, PyTorch and MLflow: seconds each job would
-    spend again), unless the task comes from a script (``__main__``), which only its job runs."""
-    module = getattr(task_function, "__module__", None)
-    if not module or module == "__main__" or module in JOB_PRELOAD:
+    """What a host's fork server imports before its first job: :data:`JOB_PRELOAD`, the task's
+    own module and the modules that module names in ``TASK_IMPORTS``, those its task imports when
+    it runs (``engage run``'s: Lightning, PyTorch and MLflow, seconds each job would spend again);
+    a task from a script (``__main__``) is imported by its jobs only."""
+    name = getattr(task_function, "__module__", None)
+    if not name or name == "__main__":
         return JOB_PRELOAD
-    return (*JOB_PRELOAD, module)
+    module = sys.modules.get(name)
+    imports = tuple(getattr(module, "TASK_IMPORTS", ()))
+    return tuple(dict.fromkeys((*JOB_PRELOAD, name, *imports)))
 
 
 def _stop(process: Any) -> None:

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from engage.core.forkserver import ForkServer, ForkServerError
+from engage.core.run import TASK_IMPORTS
 
 #: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch of at
 #: most 5 batches (online epochs are 100 batches by default)
@@ -38,7 +39,7 @@ TINY_RUN = (
 #: ``ENGAGE_TEST_FORK=0``: every call starts a new interpreter
 FORK_ENV = "ENGAGE_TEST_FORK"
 #: what the server imports before its first fork: ``engage run``'s whole program
-PRELOAD = ("engage.core.cli", "engage.core.run")
+PRELOAD = ("engage.core.cli", "engage.core.run", *TASK_IMPORTS)
 #: the variables of a sweep and MLflow's store and experiment that a parent process may hold
 INHERITED = (
     "ENGAGE_PARENT_RUN_ID",

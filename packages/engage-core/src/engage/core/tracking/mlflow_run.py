@@ -23,13 +23,11 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
-from engage.core.tracking.naming import job_run_name, single_run_name, sweep_overrides_of
+from engage.core.tracking.naming import PARAM_MAX_CHARS, job_run_name, single_run_name, sweep_overrides_of
 from engage.core.tracking.store import MLFLOW_TRACKING_URI, parent_run_id, resolve_experiment
 
 #: a config value that only repeats another node (``${simulator}``, ``${seed}``): logged at its source
 _REFERENCE = re.compile(r"^\$\{[A-Za-z_][\w.]*\}$")
-#: MLflow's limit on a parameter's value
-PARAM_MAX_CHARS = 6000
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:

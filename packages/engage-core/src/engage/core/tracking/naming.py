@@ -17,6 +17,8 @@ from typing import Any
 
 #: the tag of a sweep's parent run holding its command line's overrides (a JSON list)
 SWEEP_OVERRIDES_TAG = "engage.sweep_overrides"
+#: MLflow's limit on a parameter's value (a run's overrides, a sweep's)
+PARAM_MAX_CHARS = 6000
 
 
 def sweep_overrides_of(run: Any) -> list[str]:

@@ -11,8 +11,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from engage.core.tracking.mlflow_run import PARAM_MAX_CHARS
-from engage.core.tracking.naming import SWEEP_OVERRIDES_TAG, sweep_name
+from engage.core.tracking.naming import PARAM_MAX_CHARS, SWEEP_OVERRIDES_TAG, sweep_name
 from engage.core.tracking.store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
