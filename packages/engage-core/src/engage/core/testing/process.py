@@ -19,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from engage.core.forkserver import ForkServer, ForkServerError
+from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError
 from engage.core.run import TASK_IMPORTS
 
 #: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch of at
@@ -75,7 +75,7 @@ class _EngageServer:
 
     def __init__(self) -> None:
         self._server: ForkServer | None = None
-        self._python_path = os.environ.get("PYTHONPATH", "")
+        self._python_path = ""  # the server's, which forks only calls with the same
         self._busy = threading.Lock()
         self._failed = os.environ.get(FORK_ENV, "1") == "0"
 
@@ -88,13 +88,15 @@ class _EngageServer:
 
     def run(self, argv: list[str], env: dict[str, str], cwd: str, timeout: float) -> tuple[int, str, str] | None:
         """``engage ARGV`` forked: its exit code, output and errors; ``None`` when it cannot be forked."""
-        if self._failed or env.get("PYTHONPATH", "") != self._python_path or not self._busy.acquire(blocking=False):
+        if self._failed or not self._busy.acquire(blocking=False):
             return None
         try:
             with tempfile.TemporaryDirectory(prefix="engage-run-") as folder:
                 out, err = Path(folder, "stdout"), Path(folder, "stderr")
                 try:
                     process = self._start(argv, env, cwd, str(out), str(err))
+                    if process is None:
+                        return None
                 except ForkServerError:
                     self._failed = True  # said by the server's log; new interpreters from now on
                     return None
@@ -108,10 +110,15 @@ class _EngageServer:
         finally:
             self._busy.release()
 
-    def _start(self, argv: list[str], env: dict[str, str], cwd: str, out: str, err: str):
+    def _start(self, argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> ForkedProcess | None:
+        """The call forked, or ``None`` when its ``PYTHONPATH`` is not the server's."""
+        python_path = env.get("PYTHONPATH", "")
         if self._server is None or not self._server.alive:
-            # the server inherits this process's environment; each call's is its own
-            self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), cwd=cwd)
+            # started with the first call's environment: its modules are found where that call's are
+            self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), env=env, cwd=cwd)
+            self._python_path = python_path
+        elif python_path != self._python_path:
+            return None
         return self._server.start("engage.core.cli:main", argv, env, cwd, out, err)
 
     def close(self) -> None:
