@@ -104,3 +104,16 @@ def test_the_server_reports_exit_codes_and_refuses_work_once_closed(tmp_path: Pa
         server.close()
     with pytest.raises(ForkServerError, match="not running"):
         server.start(RUNNER_MAIN, [str(tmp_path)], {}, str(tmp_path), str(stdout), str(stderr))
+
+
+def test_a_host_server_preloads_the_task_module_and_what_its_task_imports() -> None:
+    from engage.core.run import task
+    from engage.deploy.execution import job_preload
+
+    assert job_preload(task) == (*JOB_PRELOAD, "engage.core.run", "engage.core.training")
+
+    def from_a_script() -> None: ...
+
+    from_a_script.__module__ = "__main__"
+    assert job_preload(from_a_script) == JOB_PRELOAD  # a script is imported by its jobs only
+    assert job_preload(None) == JOB_PRELOAD
