@@ -79,3 +79,17 @@ def test_an_interrupted_program_ends_killed_by_sigint_as_python_does(tmp_path: P
     out, err = tmp_path / "out.log", tmp_path / "err.log"
     process = server.start("interrupted_program:main", [], {}, str(tmp_path), str(out), str(err))
     assert process.wait(timeout=30) == -2 and "KeyboardInterrupt" in err.read_text()
+
+
+def test_a_slow_preload_is_not_counted_against_a_start_and_its_output_is_not_copied(tmp_path: Path) -> None:
+    # what a server imports first may take long (Lightning: seconds) and print; neither reaches a program
+    (tmp_path / "slow_import.py").write_text("import time\nprint('imported once')\ntime.sleep(2)\n")
+    (tmp_path / "quick_program.py").write_text("def main(argv):\n    print('ran')\n")
+    server = ForkServer(ForkServer.server_command(sys.executable, ["slow_import"]), cwd=str(tmp_path))
+    try:
+        out, err = tmp_path / "out.log", tmp_path / "err.log"
+        process = server.start("quick_program:main", [], {}, str(tmp_path), str(out), str(err), timeout_s=1)
+        assert process.wait(timeout=30) == 0
+        assert out.read_text() == "ran\n"
+    finally:
+        server.close()

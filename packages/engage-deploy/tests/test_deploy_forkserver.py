@@ -107,10 +107,11 @@ def test_the_server_reports_exit_codes_and_refuses_work_once_closed(tmp_path: Pa
 
 
 def test_a_host_server_preloads_the_task_module_and_what_its_task_imports() -> None:
-    from engage.core.run import task
+    from engage.core.run import TASK_IMPORTS, task
     from engage.deploy.execution import job_preload
 
-    assert job_preload(task) == (*JOB_PRELOAD, "engage.core.run", "engage.core.training")
+    assert job_preload(task) == (*JOB_PRELOAD, "engage.core.run", *TASK_IMPORTS)
+    assert "engage.core.training" in TASK_IMPORTS
 
     def from_a_script() -> None: ...
 

@@ -50,8 +50,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: exit code of a forked program whose set-up (log files, working directory, its module) failed
+#: exit code of a forked program whose set-up (log files, working directory) failed; a module
+#: that fails to import exits with 1, as ``python -m`` does
 EXIT_SETUP_FAILED = 71
+#: how long a client waits for the server to have imported what it preloads (seconds)
+READY_TIMEOUT_S = 600.0
 
 
 class ForkServerError(RuntimeError):
@@ -139,6 +142,7 @@ class ForkServer:
         self._by_pid: dict[int, ForkedProcess] = {}
         self._early_exits: dict[int, int] = {}  # exits reported before their start reply was read
         self._closed = False
+        self._ready = False  # the server has imported what it preloads and reads requests
         self._reader = threading.Thread(target=self._read, name="engage-forkserver", daemon=True)
         self._reader.start()
 
@@ -179,6 +183,14 @@ class ForkServer:
         with self._lock:
             if not self.alive:
                 raise ForkServerError(f"the fork server ({' '.join(self.command)}) is not running")
+            # its preloading does not count against ``timeout_s``: a request is written once the
+            # server reads them, so one given up on is never forked later
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not self._ready:
+                if time.monotonic() >= deadline or not self.alive:
+                    self._kill()
+                    raise ForkServerError(f"the fork server did not get ready within {READY_TIMEOUT_S:.0f}s")
+                self._reply_ready.wait(0.5)
             self._next_id += 1
             request_id = request["id"] = self._next_id
             try:
@@ -191,6 +203,7 @@ class ForkServer:
             while request_id not in self._replies:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self.alive:
+                    self._kill()  # nothing it still holds is forked once given up on
                     raise ForkServerError(f"no answer from the fork server within {timeout_s:.0f}s")
                 self._reply_ready.wait(min(left, 0.5))
             reply = self._replies.pop(request_id)
@@ -218,6 +231,13 @@ class ForkServer:
             self._process.kill()
             self._process.wait()
 
+    def _kill(self) -> None:
+        self._closed = True
+        try:
+            self._process.kill()
+        except OSError:
+            pass
+
     def log_tail(self, size: int = 2000) -> str:
         """The end of what the server wrote to its log (for error messages)."""
         try:
@@ -235,7 +255,10 @@ class ForkServer:
             except json.JSONDecodeError:
                 continue
             with self._lock:
-                if "id" in message:
+                if message.get("ready"):
+                    self._ready = True
+                    self._reply_ready.notify_all()
+                elif "id" in message:
                     self._replies[int(message["id"])] = message
                     self._reply_ready.notify_all()
                 elif "returncode" in message:
@@ -288,7 +311,8 @@ def _child(request: dict[str, Any], replies: int) -> None:
         code = 1  # from here on, what an uncaught exception in ``python -m module`` exits with
         # what ``python -m module`` has: the working directory first on the path, the module's
         # file as the program and its spec on ``__main__``
-        sys.path[0] = os.getcwd()
+        if not sys.flags.safe_path:
+            sys.path[0] = os.getcwd()
         name, _, function = request["target"].partition(":")
         module = importlib.import_module(name)
         sys.argv = [module.__file__ or name, *request["argv"]]
@@ -351,6 +375,8 @@ def serve(preload: Sequence[str] = ()) -> int:
 
             print(f"engage fork server: could not preload {module}:", file=sys.stderr)
             traceback.print_exc()
+    sys.stdout.flush()  # nothing an import printed is copied into every program
+    sys.stderr.flush()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when programs stop
     children: set[int] = set()
     buffered = b""
@@ -361,6 +387,7 @@ def serve(preload: Sequence[str] = ()) -> int:
         while data:
             data = data[os.write(replies, data) :]
 
+    send({"ready": True})
     while open_input or children:
         ready, _, _ = select.select([commands] if open_input else [], [], [], 0.05)
         if ready:

@@ -22,8 +22,9 @@ RANK_STARTER_ENV = "ENGAGE_RANK_STARTER"
 #: what a DDP fit's launcher sets in this process's environment for the ranks it starts, and ours
 DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RANK_STARTER_ENV)
 #: what :func:`task` imports when it runs, for a process that forks runs of it to import once
-#: (the launcher's fork servers, see :func:`engage.deploy.execution.job_preload`)
-TASK_IMPORTS = ("engage.core.training",)
+#: (the launcher's fork servers, see :func:`engage.deploy.execution.job_preload`): the training
+#: (Lightning, PyTorch), MLflow and its store for the default local tracking (SQLite)
+TASK_IMPORTS = ("engage.core.training", "mlflow", "mlflow.store.tracking.sqlalchemy_store")
 
 
 class RunFailed(Exception):
@@ -63,9 +64,9 @@ def task(cfg: DictConfig) -> float | None:
     except TrackingUnavailable as exc:
         _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
     except Exception as exc:
-        from engage.core.online.buffer import BufferClosed
-
-        if not isinstance(exc, (OnlineRunFailed, BufferClosed)):
+        buffer = sys.modules.get("engage.core.online.buffer")  # loaded if the run got that far
+        closed = getattr(buffer, "BufferClosed", None)
+        if not isinstance(exc, OnlineRunFailed) and not (closed is not None and isinstance(exc, closed)):
             raise
         # the MLflow run is FAILED already; one line names the cause
         _fail(str(exc), EXIT_RUN_FAILED)

@@ -54,6 +54,8 @@ RUNNER_MAIN = "engage.deploy.runner:main"
 #: what a host's fork server imports before its first job: Hydra's job bookkeeping, cloudpickle
 #: and the runner itself
 JOB_PRELOAD = ("cloudpickle", "hydra.core.utils", "engage.deploy.runner")
+#: the memory limit (bytes) under which a host's fork server does not preload the task's imports
+PRELOAD_MIN_MEMORY = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,11 @@ class JobExecution:
         process = self._start(host, job_dir, cwd, job.folder)
         with self._lock:
             self._running[job.index] = process
+            stopping = self._stop_new.is_set()  # stopped (Ctrl-C, fail-fast) while it was starting
+            if stopping:
+                self._stopped.add(job.index)
+        if stopping:
+            _stop(process)
         monitor, key = self.monitors[host.name], str(job.index)
         if process.pid is not None:  # a batch system's job has no process here to sample
             monitor.track(key, process.pid)
@@ -398,7 +405,11 @@ class JobExecution:
             if host.name not in self._fork_servers:
                 server = None
                 if self.options.fork_jobs and not self._stop_new.is_set():
-                    command = self.provider.command_for(host, ForkServer.server_command(self.python, self._preload))
+                    # the task's imports stay resident in the server (engage run's about 600 MiB):
+                    # a host with less memory than PRELOAD_MIN_MEMORY leaves them to each job
+                    roomy = host.memory is None or host.memory >= PRELOAD_MIN_MEMORY
+                    preload = self._preload if roomy else JOB_PRELOAD
+                    command = self.provider.command_for(host, ForkServer.server_command(self.python, preload))
                     try:
                         log_path = self.folder.host_folder(host.name) / "forkserver.log"
                         env = {**os.environ, "PYTHONPATH": _python_path()}

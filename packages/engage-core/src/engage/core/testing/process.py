@@ -40,27 +40,21 @@ TINY_RUN = (
 FORK_ENV = "ENGAGE_TEST_FORK"
 #: what the server imports before its first fork: ``engage run``'s whole program
 PRELOAD = ("engage.core.cli", "engage.core.run", *TASK_IMPORTS)
-#: the variables of a sweep and MLflow's store and experiment that a parent process may hold
-INHERITED = (
-    "ENGAGE_PARENT_RUN_ID",
-    "ENGAGE_PARENT_RUN_FILE",
-    "ENGAGE_TRACKING_URI",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_EXPERIMENT_NAME",
-)
+#: the variables of a sweep that a parent process may hold (and every ``MLFLOW_*`` setting)
+INHERITED = ("ENGAGE_PARENT_RUN_ID", "ENGAGE_PARENT_RUN_FILE", "ENGAGE_TRACKING_URI")
 
 
 def run_engage(
     *args: str, cwd: str | Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``engage ARGS`` in ``cwd`` with this interpreter; sweep variables and MLflow's store and
-    experiment of a parent process removed (unless ``env`` sets them)."""
+    """``engage ARGS`` in ``cwd`` with this interpreter; a parent process's sweep variables and
+    MLflow settings (every ``MLFLOW_*``) removed, unless ``env`` sets them."""
     full_env = {**os.environ, **(env or {})}
-    for inherited in INHERITED:
-        if not env or inherited not in env:
-            full_env.pop(inherited, None)
+    for name in list(full_env):
+        if (name in INHERITED or name.startswith("MLFLOW_")) and name not in (env or {}):
+            full_env.pop(name)
     command = [sys.executable, "-m", "engage.core.cli", *args]
-    forked = _EngageServer.shared().run(list(args), full_env, str(cwd), timeout)
+    forked = _EngageServer.shared().run(list(args), full_env, os.path.abspath(cwd), timeout)
     if forked is not None:
         code, out, err = forked
         return subprocess.CompletedProcess(command, code, out, err)
@@ -102,10 +96,12 @@ class _EngageServer:
                     return None
                 try:
                     code = process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
+                except BaseException as exc:  # its own time-out, pytest's, Ctrl-C: it ends too
                     _kill_group(process.pid)
                     process.wait(timeout=30)
-                    raise subprocess.TimeoutExpired(["engage", *argv], timeout) from None
+                    if isinstance(exc, subprocess.TimeoutExpired):
+                        raise subprocess.TimeoutExpired(["engage", *argv], timeout, _read(out), _read(err)) from None
+                    raise
                 return code, _read(out), _read(err)
         finally:
             self._busy.release()
@@ -135,4 +131,6 @@ def _kill_group(pid: int) -> None:
 
 
 def _read(path: Path) -> str:
-    return path.read_bytes().decode(errors="replace") if path.exists() else ""
+    """A forked call's output as ``subprocess.run(text=True)`` gives it: line ends translated."""
+    text = path.read_bytes().decode(errors="replace") if path.exists() else ""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
