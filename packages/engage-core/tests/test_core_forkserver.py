@@ -21,7 +21,7 @@ def main(argv):
     facts = {
         "argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(), "pid": os.getpid(),
         "sid": os.getsid(0), "env": os.environ.get("PROBE"), "home": os.environ.get("HOME"),
-        "spec": __main__.__spec__.name,
+        "spec": __main__.__spec__.name, "main_file": __main__.__file__,
     }
     print(json.dumps(facts))
     print("to stderr", file=sys.stderr)
@@ -51,6 +51,7 @@ def test_a_forked_program_is_what_python_dash_m_would_run(tmp_path: Path, server
     assert process.wait(timeout=30) == 3
     facts = json.loads(out.read_text())
     assert facts["argv"] == [str(work / "probe_program.py"), "3"] and facts["spec"] == "probe_program"
+    assert facts["main_file"] == str(work / "probe_program.py")
     assert facts["cwd"] == facts["path0"] == str(work)
     assert facts["env"] == "yes" and facts["home"] is None  # exactly the environment it was given
     assert facts["sid"] == facts["pid"] == process.pid  # its own session

@@ -2,15 +2,20 @@
 of starting a new interpreter for each.
 
 A short program's own work is often shorter than a fresh interpreter's start-up: ``engage run``
-imports Lightning, PyTorch, Hydra and MLflow (about 8 CPU seconds on a small host) before it reads
-its first override, and a sweep's job imports Hydra and cloudpickle. The server pays that once,
-importing the modules it is told to preload; each program is then a forked child that runs
-``module:function(argv)`` exactly as ``python -m module ARGV`` would: its own process and session
-(signal its process group to stop it and what it started), its own working directory (first on
-``sys.path``), environment, command line (``sys.argv``, and ``__main__.__spec__`` naming the module,
-as Lightning reads them to start a DDP fit's other ranks) and log files; when the function returns
-it waits for its non-daemon threads and runs its ``atexit`` handlers, as an interpreter ending
-would.
+trains after importing Lightning, PyTorch and MLflow (about 8 CPU seconds on a small host), and a
+sweep's job imports Hydra and cloudpickle. The server pays that once, importing the modules it is
+told to preload; each program is then a forked child that runs ``module:function(argv)`` as
+``python -m module ARGV`` would: its own process and session (signal its process group to stop it
+and what it started), its own working directory (first on ``sys.path``), environment, command line
+(``sys.argv``, and ``__main__.__spec__`` and ``__file__`` naming the module, as Lightning reads
+them to start a DDP fit's other ranks) and log files; when the function returns it waits for its
+non-daemon threads and runs its ``atexit`` handlers, as an interpreter ending would.
+
+What differs from a new interpreter: the module runs under its own name, not as ``__main__``;
+what the preloaded modules read when imported (thread-count variables such as
+``OMP_NUM_THREADS``, ``PYTHONHASHSEED``, warning filters, the terminal's size) is the server's;
+and what they printed or warned while imported went to the server's log. A program that depends
+on these needs a new interpreter (the launcher's ``fork_jobs=false``).
 
 The server talks to its client over its stdin and stdout, one JSON object per line::
 
@@ -316,7 +321,8 @@ def _child(request: dict[str, Any], replies: int) -> None:
         name, _, function = request["target"].partition(":")
         module = importlib.import_module(name)
         sys.argv = [module.__file__ or name, *request["argv"]]
-        sys.modules["__main__"].__spec__ = module.__spec__
+        main = sys.modules["__main__"]
+        main.__spec__, main.__file__ = module.__spec__, module.__file__
         code = getattr(module, function)(list(request["argv"]))
         code = 0 if code is None else code
     except SystemExit as exc:
