@@ -19,6 +19,7 @@ on these needs a new interpreter (the launcher's ``fork_jobs=false``).
 
 The server talks to its client over its stdin and stdout, one JSON object per line::
 
+    <- {"ready": true}                        (once it has imported what it preloads)
     -> {"id": 1, "target": "engage.deploy.runner:main", "argv": ["jobs/0"], "env": {...},
         "cwd": "...", "stdout": "...", "stderr": "..."}
     <- {"id": 1, "pid": 4242}                 (or {"id": 1, "error": "..."})
