@@ -351,13 +351,7 @@ def _end_as_an_interpreter() -> None:
     ``atexit`` handlers and flush its output (CPython's own order, through the function its
     finalization calls)."""
     try:
-        shutdown = getattr(threading, "_shutdown", None)
-        if shutdown is not None:
-            shutdown()
-        else:  # an interpreter without it: the threads, without the executors' hooks
-            for thread in threading.enumerate():
-                if thread is not threading.main_thread() and not thread.daemon:
-                    thread.join()
+        threading._shutdown()  # type: ignore[attr-defined]  # in every CPython this package supports
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):

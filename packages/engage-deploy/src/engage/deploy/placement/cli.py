@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.plugins import placement_solvers
+from engage.core.run import EXIT_TRACKING_UNAVAILABLE
 from engage.core.tracking.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
@@ -28,7 +29,6 @@ from engage.deploy.placement.problem import PlacementProblem, PlacementProblemEr
 from engage.deploy.placement.services import ServicePlacementError, place_services
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-EXIT_TRACKING_UNAVAILABLE = 3
 
 
 def load_config(spec: str) -> dict[str, Any]:
