@@ -69,20 +69,37 @@ def _shared_setup(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     """Run in parallel (``make test``'s first pass: ``-n logical --dist loadgroup``), the tests
     that share a fixture made once (the session's Slurm cluster, a module's server or install) go
     to one worker, which makes it once; and the tests marked ``timing`` are left out: their
     figures mean something only on a machine that runs nothing else (the second pass,
     ``-m timing``)."""
+    groups = {}
     for item in items:
         group = _shared_setup(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+            groups[item] = group
+    result = yield
     if not hasattr(config, "workerinput"):  # not a pytest-xdist worker: one process runs everything
-        return
+        return result
+    if config.getvalue("loadgroup"):
+        for item, group in groups.items():
+            _suffix_group(item, group)
     timed = [item for item in items if item.get_closest_marker("timing")]
     if timed:
         config.hook.pytest_deselected(items=timed)
         items[:] = [item for item in items if not item.get_closest_marker("timing")]
+    return result
+
+
+def _suffix_group(item: pytest.Item, group: str) -> None:
+    """Name ``item`` ``<node id>@<group>``, which is how pytest-xdist's loadgroup scheduler reads
+    a test's group. pytest-xdist 3.8 writes that name into ``Item._nodeid``, which pytest 9.2 no
+    longer reads (a node's id is ``Item._id``, a ``NodeId``): without this, the tests of a group
+    spread over the workers and each makes the shared fixture again (two Slurm clusters)."""
+    if item.nodeid.endswith(f"@{group}") or not hasattr(item, "_id"):
+        return
+    item._id = type(item._id).parse(f"{item.nodeid}@{group}")

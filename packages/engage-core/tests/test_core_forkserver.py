@@ -94,3 +94,17 @@ def test_a_slow_preload_is_not_counted_against_a_start_and_its_output_is_not_cop
         assert out.read_text() == "ran\n"
     finally:
         server.close()
+
+
+def test_a_program_finds_modules_in_the_folders_its_pythonpath_adds(tmp_path: Path, server: ForkServer) -> None:
+    helpers, work = tmp_path / "helpers", tmp_path / "work"
+    helpers.mkdir()
+    work.mkdir()
+    program = "import os, sys\n\ndef main(argv):\n    print(sys.path.index(os.path.dirname(__file__)))\n"
+    (helpers / "helper_module.py").write_text(program)
+    out, err = work / "out.log", work / "err.log"
+    found = server.start("helper_module:main", [], {"PYTHONPATH": str(helpers)}, str(work), str(out), str(err))
+    assert found.wait(timeout=30) == 0, err.read_text()
+    assert out.read_text() == "1\n"  # after the working directory, where an interpreter puts PYTHONPATH
+    alone = server.start("helper_module:main", [], {}, str(work), str(out), str(err))
+    assert alone.wait(timeout=30) == 1 and "ModuleNotFoundError" in err.read_text()  # added for that program only

@@ -11,7 +11,11 @@ and what it started), its own working directory (first on ``sys.path``), environ
 them to start a DDP fit's other ranks) and log files; when the function returns it waits for its
 non-daemon threads and runs its ``atexit`` handlers, as an interpreter ending would.
 
+A program's ``PYTHONPATH`` may add folders to the server's: they go on its ``sys.path`` where a
+new interpreter puts them (after the working directory), so what it imports from them is found.
+
 What differs from a new interpreter: the module runs under its own name, not as ``__main__``;
+a module the server preloaded stays the one it imported, even where an added folder holds another;
 what the preloaded modules read when imported (thread-count variables such as
 ``OMP_NUM_THREADS``, ``PYTHONHASHSEED``, warning filters, the terminal's size) is the server's;
 and what they printed or warned while imported went to the server's log. A program that depends
@@ -296,6 +300,10 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------- the server
 
 
+def _python_path(env: dict[str, str]) -> list[str]:
+    return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
+
+
 def _child(request: dict[str, Any], replies: int) -> None:
     """In the forked child: become the program's process, run it, never return."""
     code, interrupted = EXIT_SETUP_FAILED, False
@@ -312,6 +320,7 @@ def _child(request: dict[str, Any], replies: int) -> None:
             os.dup2(source, target)
             os.close(source)
         os.chdir(request["cwd"])
+        served = _python_path(os.environ)
         os.environ.clear()
         os.environ.update(request["env"])
         code = 1  # from here on, what an uncaught exception in ``python -m module`` exits with
@@ -319,6 +328,9 @@ def _child(request: dict[str, Any], replies: int) -> None:
         # file as the program and its spec on ``__main__``
         if not sys.flags.safe_path:
             sys.path[0] = os.getcwd()
+        # the program's PYTHONPATH folders the server's lacks, where an interpreter puts PYTHONPATH
+        added = [os.path.abspath(entry) for entry in _python_path(os.environ) if entry not in served]
+        sys.path[1:1] = [entry for entry in dict.fromkeys(added) if entry not in sys.path]
         name, _, function = request["target"].partition(":")
         module = importlib.import_module(name)
         sys.argv = [module.__file__ or name, *request["argv"]]

@@ -3,8 +3,9 @@
 Each call is a process of its own with its own working directory, environment, output and exit
 code. To spare each one the import of Lightning, PyTorch, Hydra and MLflow (about 8 CPU seconds),
 the processes are forked from one server per test process that imported them once
-(:mod:`engage.core.forkserver`); a call whose ``PYTHONPATH`` differs from the server's (its
-modules could differ), or made while another is running, starts a new interpreter instead.
+(:mod:`engage.core.forkserver`); a call's ``PYTHONPATH`` may add folders (a test's helper
+modules); a call whose ``PYTHONPATH`` lacks one of this process's, or made while another is
+running, starts a new interpreter instead.
 Setting ``ENGAGE_TEST_FORK=0`` starts a new interpreter for every call.
 """
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError
@@ -69,7 +71,6 @@ class _EngageServer:
 
     def __init__(self) -> None:
         self._server: ForkServer | None = None
-        self._python_path = ""  # the server's, which forks only calls with the same
         self._busy = threading.Lock()
         self._failed = os.environ.get(FORK_ENV, "1") == "0"
 
@@ -107,20 +108,22 @@ class _EngageServer:
             self._busy.release()
 
     def _start(self, argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> ForkedProcess | None:
-        """The call forked, or ``None`` when its ``PYTHONPATH`` is not the server's."""
-        python_path = env.get("PYTHONPATH", "")
-        if self._server is None or not self._server.alive:
-            # started with the first call's environment: its modules are found where that call's are
-            self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), env=env, cwd=cwd)
-            self._python_path = python_path
-        elif python_path != self._python_path:
+        """The call forked, or ``None`` when its ``PYTHONPATH`` lacks a folder of this process's
+        (the server's: a forked call can add folders to its path, not take them away)."""
+        if not set(_folders(os.environ)) <= set(_folders(env)):
             return None
+        if self._server is None or not self._server.alive:
+            self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), cwd=cwd)
         return self._server.start("engage.core.cli:main", argv, env, cwd, out, err)
 
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+def _folders(env: Mapping[str, str]) -> list[str]:
+    return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
 
 
 def _kill_group(pid: int) -> None:
