@@ -50,8 +50,8 @@ docs-screenshots: $(STAMP) system-deps
 		tests/test_mlflow_ui.py && mkdir -p docs/images && cp $$shots/*.png docs/images/ && rm -rf $$shots \
 		&& echo "screenshots in docs/images/"
 
-# The suite in two passes, each failing on its own: on every core (at most 4 pytest-xdist
-# workers), then the tests that compare measured times or rates (marked timing), alone.
+# The suite in two passes, each failing on its own: on every core (a pytest-xdist worker per core
+# and one for the Slurm tests, which mostly wait: the root conftest.py; at most 4), then the tests that compare measured times or rates (marked timing), alone.
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -n logical --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)
