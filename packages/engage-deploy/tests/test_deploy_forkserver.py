@@ -118,3 +118,21 @@ def test_a_host_server_preloads_the_task_module_and_what_its_task_imports() -> N
     from_a_script.__module__ = "__main__"
     assert job_preload(from_a_script) == JOB_PRELOAD  # a script is imported by its jobs only
     assert job_preload(None) == JOB_PRELOAD
+
+
+@pytest.mark.slow
+def test_a_ddp_fit_in_a_job_starts_its_other_rank_as_engage_run(tmp_path: Path) -> None:
+    """Lightning starts a DDP fit's other ranks with the command that started the process: in a
+    launcher's job (forked from the host's server, running the job runner), rank 1 is ``python -m
+    engage.core.cli run`` with the job's overrides, not the runner again."""
+    from engage.core.testing.process import TINY_RUN, run_engage
+
+    proc = run_engage(
+        "run", "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", *NO_MLFLOW, *TINY_RUN,
+        "data.train_simulations=4", "strategy=ddp", "trainer.devices=2", cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = (tmp_path / "sweep" / ".engage").glob("*")
+    log = "".join(path.read_text() for path in folder.glob("jobs/0/*.log"))
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
+    assert "simulations: 4 requested, 4 completed" in log, log[-3000:]  # both ranks' shares

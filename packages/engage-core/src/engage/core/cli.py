@@ -15,8 +15,6 @@ from engage.core.plugins import PluginError, flatten, get_plugin_manager, plugin
 
 #: Hydra's own flags for shell completion, which also work as ``engage -sc ...``
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
-#: the program this process was started as (the ``engage`` script, or ``-m``'s module file)
-LAUNCHED_AS = "engage"
 
 
 def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
@@ -51,11 +49,8 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     # early leaves them as they were
     saved_sweep = {name: os.environ.get(name) for name in (PARENT_RUN_ENV, TRACKING_URI_ENV)}
     parent = saved_sweep[PARENT_RUN_ENV]
-    # Hydra reads its command line from sys.argv; Lightning starts the other ranks of a DDP fit
-    # with this process's command, which it reads there too (see engage.core.run)
-    global LAUNCHED_AS
-    if saved_argv and saved_argv[0] != program:  # not an engage run within one
-        LAUNCHED_AS = saved_argv[0]
+    # Hydra reads its command line from sys.argv (a DDP fit's other ranks are started from this
+    # run's overrides: engage.core.training)
     sys.argv = [program, *namespace.args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
     try:

@@ -5,11 +5,13 @@ input, ``--cfg``, ``--help`` and shell completion answer without importing Light
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,31 @@ def leave_distributed(environment: dict[str, str | None]) -> None:
             os.environ[name] = value
 
 
+@contextlib.contextmanager
+def _ranks_start_as_engage_run() -> Iterator[None]:
+    """While it lasts, Lightning starts a DDP fit's other ranks as ``python -m engage.core.cli run``
+    with this run's overrides (it builds their command from ``__main__.__spec__`` and
+    ``sys.argv``, adding Hydra's run folder): whatever started this process (the ``engage``
+    script, ``python -m engage.core.cli``, a sweep launcher's job runner), and, for a job of a
+    sweep, that job's overrides rather than the sweep's."""
+    import importlib.util
+
+    from hydra.types import RunMode
+
+    import __main__
+
+    args = sys.argv[1:]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        args = list(HydraConfig.get().overrides.task)
+    saved = sys.argv, getattr(__main__, "__spec__", None)
+    spec = importlib.util.find_spec("engage.core.cli")
+    sys.argv, __main__.__spec__ = [spec.origin or "engage", "run", *args], spec
+    try:
+        yield
+    finally:
+        sys.argv, __main__.__spec__ = saved
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg`` (checked by :func:`~engage.core.config.validate.check_values`),
     fit, and return the final metrics."""
@@ -264,21 +291,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
             # whole, as the user's own file (weights_only=False), never from an unknown source
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
-            # Lightning starts a DDP fit's other ranks with this process's command line, Hydra's
-            # job overrides added: the program and its "run" command, which Hydra was not shown,
-            # and, for a job of a sweep, that job's overrides rather than the sweep's
-            from hydra.types import RunMode
-
-            from engage.core import cli
-
-            saved_argv, args = sys.argv, sys.argv[1:]
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-                args = list(HydraConfig.get().overrides.task)
-            sys.argv = [cli.LAUNCHED_AS, "run", *args]
-            try:
+            with _ranks_start_as_engage_run():
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
-            finally:
-                sys.argv = saved_argv
             if cfg.test_after_fit:
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:
