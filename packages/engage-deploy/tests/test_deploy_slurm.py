@@ -25,6 +25,42 @@ def _job_state(cluster, job_id: str) -> str:
     return fields["JobState"]
 
 
+@pytest.fixture(scope="module")
+def job_past_its_time_limit(slurm_cluster, tmp_path_factory):
+    """A simulation's job that Slurm ends at its time limit (``time: "0:02"``, which Slurm rounds
+    up to a minute, and enforces when its controller next checks limits, every 30 s): submitted
+    through the executor when this module's first cluster test starts, on the partition of the
+    netns nodes, which this module's other tests leave alone, so that its minute and more passes
+    while they run; :func:`test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout`,
+    last in the module, waits for its end."""
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SlurmExecutor
+
+    folder = tmp_path_factory.mktemp("time-limit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+        patch.chdir(folder)  # the job's working folder
+        executor = SlurmExecutor(
+            log_dir=str(folder), partition=slurm_cluster.nodes_partition, time="0:02", check_folder=False
+        )
+        job = executor.start(LaunchRequest(["sleep", "300"], 0, log_dir=str(folder)))
+        deadline = time.monotonic() + 60
+        while job.job_id is None and job.poll() is None:  # submitted (by the executor's own thread)
+            assert time.monotonic() < deadline, "the job was never submitted"
+            time.sleep(0.05)
+    yield job
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+        executor.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _time_limit_clock(request):
+    """Starts the time-limit job with the module's first test that uses the cluster."""
+    if "slurm_cluster" in request.fixturenames:
+        request.getfixturevalue("job_past_its_time_limit")
+
+
 def test_local_cluster_runs_a_batch_job(slurm_cluster, tmp_path):
     marker = tmp_path / "ran"
     job_id = subprocess.run(
@@ -128,25 +164,6 @@ def test_live_jobs_are_watched_with_one_squeue_call_per_interval(slurm_cluster, 
     gone = SlurmProcess("999999", tmp_path / "none.log", 600.0, JobStates(interval_s=0.0))
     assert gone.poll() == SLURM_FAILURE
     executor.shutdown()
-
-
-def test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout(slurm_cluster, tmp_path, monkeypatch):
-    """A live TIMEOUT: Slurm ends a simulation's job at its time limit (``time: "0:02"``, two
-    seconds); the attempt fails (the fault policy retries it from its sample index, as a crashed
-    process) and its failure says why, though the simulation's own log says nothing."""
-    from engage.core.executors import LaunchRequest
-    from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmExecutor
-
-    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
-    monkeypatch.chdir(tmp_path)
-    executor = SlurmExecutor(log_dir=str(tmp_path), time="0:02", check_folder=False)
-    job = executor.start(LaunchRequest(["sleep", "300"], 0, log_dir=str(tmp_path)))
-    try:
-        assert _wait_for_exit(job, timeout=100) == SLURM_FAILURE
-        assert job.ended == "TIMEOUT (TimeLimit)"
-        assert job.stderr_tail().startswith(f"Slurm ended job {job.job_id}: TIMEOUT (TimeLimit)")
-    finally:
-        executor.shutdown()
 
 
 def test_how_slurm_ended_a_job_heads_its_log_tail_within_the_limit(tmp_path):
@@ -341,7 +358,10 @@ def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     deadline = time.monotonic() + 60
     while cancelled is None and time.monotonic() < deadline and proc.poll() is None:
         listed = subprocess.run(
-            ["squeue", "-h", "-t", "RUNNING", "-o", "%i %j"], env=env, capture_output=True, text=True
+            ["squeue", "-h", "-t", "RUNNING", "-p", slurm_cluster.partition, "-o", "%i %j"],
+            env=env,
+            capture_output=True,
+            text=True,
         ).stdout.split("\n")
         # a simulation's job: not the one-line job that checks the working folder at the start
         running = [
@@ -375,7 +395,12 @@ def test_a_job_pending_too_long_is_cancelled_with_a_warning_and_the_run_fails(sl
     assert done.returncode == 4, done.stderr[-3000:]
     assert "pending for over 2 s (BeginTime); cancelled" in done.stderr, done.stderr[-3000:]
     assert "given up" in done.stderr.splitlines()[-1], done.stderr[-2000:]
-    queued = subprocess.run(["squeue", "-h", "-o", "%i %j"], env={**os.environ, **env}, capture_output=True, text=True)
+    queued = subprocess.run(
+        ["squeue", "-h", "-p", slurm_cluster.partition, "-o", "%i %j"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
     assert not [x for x in queued.stdout.splitlines() if "engage-sim" in x], queued.stdout
 
 
@@ -553,3 +578,18 @@ def test_a_simulation_sharing_a_job_ignores_files_an_earlier_run_left_under_its_
         (tmp_path / f"sim-3-1.{suffix}").write_text("0")
     task = SlurmTask(tmp_path, "sim-3-1", ["true"], {})
     assert not list(tmp_path.iterdir()) and task.poll() is None
+
+
+def test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout(
+    slurm_cluster, job_past_its_time_limit, monkeypatch
+):
+    """A live TIMEOUT (the job of :func:`job_past_its_time_limit`): the attempt fails (the fault
+    policy retries it from its sample index, as a crashed process) and its failure says why,
+    though the simulation's own log says nothing."""
+    from engage.deploy.slurm.executor import SLURM_FAILURE
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    job = job_past_its_time_limit
+    assert _wait_for_exit(job, timeout=150) == SLURM_FAILURE
+    assert job.ended == "TIMEOUT (TimeLimit)"
+    assert job.stderr_tail().startswith(f"Slurm ended job {job.job_id}: TIMEOUT (TimeLimit)")
