@@ -300,7 +300,8 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------- the server
 
 
-def _python_path(env: dict[str, str]) -> list[str]:
+def python_path_folders(env: Mapping[str, str]) -> list[str]:
+    """The folders ``env``'s ``PYTHONPATH`` names, in order."""
     return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
 
 
@@ -320,7 +321,7 @@ def _child(request: dict[str, Any], replies: int) -> None:
             os.dup2(source, target)
             os.close(source)
         os.chdir(request["cwd"])
-        served = _python_path(os.environ)
+        served = python_path_folders(os.environ)
         os.environ.clear()
         os.environ.update(request["env"])
         code = 1  # from here on, what an uncaught exception in ``python -m module`` exits with
@@ -329,7 +330,7 @@ def _child(request: dict[str, Any], replies: int) -> None:
         if not sys.flags.safe_path:
             sys.path[0] = os.getcwd()
         # the program's PYTHONPATH folders the server's lacks, where an interpreter puts PYTHONPATH
-        added = [os.path.abspath(entry) for entry in _python_path(os.environ) if entry not in served]
+        added = [os.path.abspath(entry) for entry in python_path_folders(os.environ) if entry not in served]
         sys.path[1:1] = [entry for entry in dict.fromkeys(added) if entry not in sys.path]
         name, _, function = request["target"].partition(":")
         module = importlib.import_module(name)

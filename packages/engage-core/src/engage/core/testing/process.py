@@ -18,10 +18,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
-from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError
+from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError, python_path_folders
 from engage.core.run import TASK_IMPORTS
 
 #: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch of at
@@ -110,7 +109,7 @@ class _EngageServer:
     def _start(self, argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> ForkedProcess | None:
         """The call forked, or ``None`` when its ``PYTHONPATH`` lacks a folder of this process's
         (the server's: a forked call can add folders to its path, not take them away)."""
-        if not set(_folders(os.environ)) <= set(_folders(env)):
+        if not set(python_path_folders(os.environ)) <= set(python_path_folders(env)):
             return None
         if self._server is None or not self._server.alive:
             self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), cwd=cwd)
@@ -120,10 +119,6 @@ class _EngageServer:
         if self._server is not None:
             self._server.close()
             self._server = None
-
-
-def _folders(env: Mapping[str, str]) -> list[str]:
-    return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
 
 
 def _kill_group(pid: int) -> None:
