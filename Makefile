@@ -51,7 +51,8 @@ docs-screenshots: $(STAMP) system-deps
 		&& echo "screenshots in docs/images/"
 
 # The suite in two passes, each failing on its own: on every core (a pytest-xdist worker per core
-# and one for the Slurm tests, which mostly wait: the root conftest.py; at most 4), then the tests that compare measured times or rates (marked timing), alone.
+# and one more, for the time the Slurm tests wait on their cluster: the root conftest.py; at most
+# 4), then the tests that compare measured times or rates (marked timing), alone.
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -n logical --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)

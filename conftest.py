@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -57,13 +58,14 @@ def no_mlflow_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config):
-    """``-n logical`` (``make test``'s first pass): one worker per core, and one more for the Slurm
-    tests, which run on one worker (they share the session's cluster) and mostly wait for the
-    cluster: with a worker per core, that core idles for most of their four minutes (a sixth of
-    the pass on 2 cores; the extra worker saves about 70 s there). ``PYTEST_XDIST_AUTO_NUM_WORKERS``
-    still says exactly how many."""
+    """``-n logical`` or ``-n auto`` (``make test``'s first pass): one worker per core, and one
+    more, for the time the Slurm tests (on one worker: they share the session's cluster) mostly
+    wait for the cluster; with a worker per core, that core idled for most of those minutes (a
+    sixth of the pass on 2 cores; the extra worker saves about 70 s there). Where the Slurm tests
+    skip, the extra worker only shares the cores. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still says
+    exactly how many."""
     count = yield
     return count if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else count + 1
 
@@ -87,18 +89,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     to one worker, which makes it once; and the tests marked ``timing`` are left out: their
     figures mean something only on a machine that runs nothing else (the second pass,
     ``-m timing``)."""
-    groups = {}
     for item in items:
         group = _shared_setup(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-            groups[item] = group
     result = yield
     if not hasattr(config, "workerinput"):  # not a pytest-xdist worker: one process runs everything
         return result
     if config.getvalue("loadgroup"):
-        for item, group in groups.items():
-            _suffix_group(item, group)
+        for item in items:
+            _suffix_group(item)
     timed = [item for item in items if item.get_closest_marker("timing")]
     if timed:
         config.hook.pytest_deselected(items=timed)
@@ -106,11 +106,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     return result
 
 
-def _suffix_group(item: pytest.Item, group: str) -> None:
-    """Name ``item`` ``<node id>@<group>``, which is how pytest-xdist's loadgroup scheduler reads
-    a test's group. pytest-xdist 3.8 writes that name into ``Item._nodeid``, which pytest 9.2 no
+def _suffix_group(item: pytest.Item) -> None:
+    """Name ``item`` ``<node id>@<groups>`` (its ``xdist_group`` marks' names, sorted, joined by
+    ``_``), which is how pytest-xdist's loadgroup scheduler reads a test's group, and how it
+    reports the test. pytest-xdist 3.8 writes that name into ``Item._nodeid``, which pytest 9.2 no
     longer reads (a node's id is ``Item._id``, a ``NodeId``): without this, the tests of a group
     spread over the workers and each makes the shared fixture again (two Slurm clusters)."""
-    if item.nodeid.endswith(f"@{group}") or not hasattr(item, "_id"):
-        return
-    item._id = type(item._id).parse(f"{item.nodeid}@{group}")
+    names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    node_id = getattr(item, "_id", None)
+    if not names or node_id is None or "@" in str(node_id).rpartition("]")[2]:
+        return  # no group, an older pytest (where pytest-xdist names it), or named already
+    last = node_id.names[-1] + (f"[{node_id.params}]" if node_id.params is not None else "")
+    item._id = dataclasses.replace(
+        node_id, names=(*node_id.names[:-1], f"{last}@{'_'.join(sorted(names))}"), params=None
+    )

@@ -30,7 +30,12 @@ def slurm_cluster(tmp_path_factory):
     try:
         hosts = provider.deploy()
         cluster = LocalSlurmCluster(
-            nodes=hosts, controller_address=provider.launcher_address(), slurmd_timeout_s=5, kill_wait_s=5
+            nodes=hosts,
+            controller_address=provider.launcher_address(),
+            slurmd_timeout_s=5,
+            kill_wait_s=5,
+            # ended jobs stay known for the whole session: a test may read one that ended minutes ago
+            min_job_age_s=1800,
         )
         cluster.start()
         try:

@@ -32,7 +32,7 @@ def job_past_its_time_limit(slurm_cluster, tmp_path_factory):
     through the executor when this module's first cluster test starts, on the partition of the
     netns nodes, which this module's other tests leave alone, so that its minute and more passes
     while they run; :func:`test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout`,
-    last in the module, waits for its end."""
+    last in the module, waits for its end (the cluster keeps ended jobs known for half an hour)."""
     from engage.core.executors import LaunchRequest
     from engage.deploy.slurm.executor import SlurmExecutor
 
@@ -48,6 +48,7 @@ def job_past_its_time_limit(slurm_cluster, tmp_path_factory):
         while job.job_id is None and job.poll() is None:  # submitted (by the executor's own thread)
             assert time.monotonic() < deadline, "the job was never submitted"
             time.sleep(0.05)
+        assert job.job_id is not None, f"sbatch refused the job: {job.stderr_tail()}"
     yield job
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLURM_CONF", str(slurm_cluster.conf))

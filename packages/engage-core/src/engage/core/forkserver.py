@@ -11,8 +11,9 @@ and what it started), its own working directory (first on ``sys.path``), environ
 them to start a DDP fit's other ranks) and log files; when the function returns it waits for its
 non-daemon threads and runs its ``atexit`` handlers, as an interpreter ending would.
 
-A program's ``PYTHONPATH`` may add folders to the server's: they go on its ``sys.path`` where a
-new interpreter puts them (after the working directory), so what it imports from them is found.
+A program's ``PYTHONPATH`` may add folders to the server's: its ``sys.path`` then starts as a new
+interpreter's would (the working directory, then its ``PYTHONPATH`` in order), so what it imports
+from them is found.
 
 What differs from a new interpreter: the module runs under its own name, not as ``__main__``;
 a module the server preloaded stays the one it imported, even where an added folder holds another;
@@ -301,8 +302,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def python_path_folders(env: Mapping[str, str]) -> list[str]:
-    """The folders ``env``'s ``PYTHONPATH`` names, in order."""
-    return [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    """The folders ``env``'s ``PYTHONPATH`` names, in order (an empty entry is the working
+    directory, as for an interpreter)."""
+    value = env.get("PYTHONPATH", "")
+    return value.split(os.pathsep) if value else []
 
 
 def _child(request: dict[str, Any], replies: int) -> None:
@@ -320,8 +323,9 @@ def _child(request: dict[str, Any], replies: int) -> None:
         for source, target in ((stdin, 0), (out, 1), (err, 2)):
             os.dup2(source, target)
             os.close(source)
-        os.chdir(request["cwd"])
         served = python_path_folders(os.environ)
+        served_paths = {*served, *(os.path.abspath(entry) for entry in served)}  # as the server resolved them
+        os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
         code = 1  # from here on, what an uncaught exception in ``python -m module`` exits with
@@ -329,9 +333,13 @@ def _child(request: dict[str, Any], replies: int) -> None:
         # file as the program and its spec on ``__main__``
         if not sys.flags.safe_path:
             sys.path[0] = os.getcwd()
-        # the program's PYTHONPATH folders the server's lacks, where an interpreter puts PYTHONPATH
-        added = [os.path.abspath(entry) for entry in python_path_folders(os.environ) if entry not in served]
-        sys.path[1:1] = [entry for entry in dict.fromkeys(added) if entry not in sys.path]
+        wanted = python_path_folders(os.environ)
+        if wanted != served:
+            # its PYTHONPATH where an interpreter puts it, ahead of the rest of the server's path
+            folders = list(dict.fromkeys(os.path.abspath(entry) for entry in wanted))
+            start = 0 if sys.flags.safe_path else 1
+            rest = [p for p in sys.path[start:] if p not in served_paths and p not in folders]
+            sys.path[start:] = folders + rest
         name, _, function = request["target"].partition(":")
         module = importlib.import_module(name)
         sys.argv = [module.__file__ or name, *request["argv"]]

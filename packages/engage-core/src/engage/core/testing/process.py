@@ -70,6 +70,7 @@ class _EngageServer:
 
     def __init__(self) -> None:
         self._server: ForkServer | None = None
+        self._served: list[str] = []  # the server's PYTHONPATH folders
         self._busy = threading.Lock()
         self._failed = os.environ.get(FORK_ENV, "1") == "0"
 
@@ -107,12 +108,13 @@ class _EngageServer:
             self._busy.release()
 
     def _start(self, argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> ForkedProcess | None:
-        """The call forked, or ``None`` when its ``PYTHONPATH`` lacks a folder of this process's
-        (the server's: a forked call can add folders to its path, not take them away)."""
-        if not set(python_path_folders(os.environ)) <= set(python_path_folders(env)):
-            return None
+        """The call forked, or ``None`` when its ``PYTHONPATH`` lacks a folder of the server's (a
+        forked call can add folders to its path, not take away what the server imported from)."""
         if self._server is None or not self._server.alive:
+            self._served = python_path_folders(os.environ)  # the environment the server starts with
             self._server = ForkServer(ForkServer.server_command(sys.executable, PRELOAD), cwd=cwd)
+        if not set(self._served) <= set(python_path_folders(env)):
+            return None
         return self._server.start("engage.core.cli:main", argv, env, cwd, out, err)
 
     def close(self) -> None:
