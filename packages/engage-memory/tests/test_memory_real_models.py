@@ -104,9 +104,9 @@ def _tight(net: nn.Module) -> int:
 
 @pytest.fixture
 def one_thread() -> Any:
-    """One intra-op thread: the same sums in the same order in both fits. With several, the BLAS
-    library may split a reduction differently from one call to the next on a loaded machine, and
-    the deepest BatchNorm's running mean then differs in its last bits."""
+    """One intra-op thread: the same sums in the same order in both fits, whatever else the
+    machine runs (under 3 workers on 2 cores, the deepest BatchNorm's running mean once differed
+    beyond the tolerance with several threads; the cause was not pinned down)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

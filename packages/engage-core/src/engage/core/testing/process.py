@@ -4,8 +4,8 @@ Each call is a process of its own with its own working directory, environment, o
 code. To spare each one the import of Lightning, PyTorch, Hydra and MLflow (about 8 CPU seconds),
 the processes are forked from one server per test process that imported them once
 (:mod:`engage.core.forkserver`); a call's ``PYTHONPATH`` may add folders (a test's helper
-modules); a call whose ``PYTHONPATH`` lacks one of this process's, or made while another is
-running, starts a new interpreter instead.
+modules); a call whose ``PYTHONPATH`` lacks one of the server's (this process's when it started
+the server), or made while another is running, starts a new interpreter instead.
 Setting ``ENGAGE_TEST_FORK=0`` starts a new interpreter for every call.
 """
 
