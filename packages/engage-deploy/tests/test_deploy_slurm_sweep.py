@@ -5,6 +5,7 @@ the sweep's MLflow server reached, and authenticated, from the compute nodes."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,47 @@ def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_clust
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert sorted(r.data.metrics["x"] for r in children) == [1, 2, 3, 4]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert not _live_jobs(slurm_cluster)
+
+
+def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes(slurm_cluster, tmp_path):
+    """``nodes=2``: the job's script starts the runner once a task with ``srun``; each task is a
+    rank of one DDP fit (gloo between two network namespaces, which share no loopback), rank 0
+    records the job, and both ranks' simulations count in its outcome."""
+    from engage.core.testing.process import TINY_RUN, run_engage
+
+    done = run_engage(
+        "run", *SWEEP, NODES, "hydra.launcher.infrastructure.options.nodes=2", *TINY_RUN,
+        "data.train_simulations=4", "strategy=ddp", "trainer.num_nodes=2", "hydra.launcher.mlflow.enabled=false",
+        cwd=tmp_path, env=_env(slurm_cluster), timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
+    log = "".join(path.read_text() for path in sorted(folder.glob("jobs/0/*.log")))
+    ranks = dict(re.findall(r"engage runner: rank (\d) of 2 on node (node-\d)", log))
+    assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"], log[-3000:]  # one rank a node
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
+    assert "simulations: 4 requested, 4 completed" in log, log[-3000:]  # both ranks' shares, judged on rank 0
+    assert "exec srun --kill-on-bad-exit=1 " in (folder / "jobs" / "0" / "job.sbatch").read_text()
+    results = _results(tmp_path)
+    assert results[0]["status"] == "COMPLETED", results
+    # rank 1 ran the job in rank 0's output folder, logging to a file of its own
+    output = Path(results[0]["output_dir"])
+    assert (output / ".hydra").is_dir() and list(output.glob("*_rank_1.log")), sorted(output.iterdir())
+    assert not _live_jobs(slurm_cluster)
+
+
+def test_a_job_shape_the_trainer_does_not_match_is_refused_before_anything_starts(slurm_cluster, tmp_path):
+    from engage.core.testing.process import run_engage
+
+    done = run_engage(
+        "run", *SWEEP, NODES, "hydra.launcher.infrastructure.options.nodes=2", "seed=1,2",
+        cwd=tmp_path, env=_env(slurm_cluster), timeout=120,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1 and "trainer.num_nodes is 1; set trainer.num_nodes=2" in lines[0], lines
+    assert not (tmp_path / "sweep").exists() and not list(tmp_path.rglob("*.db"))
     assert not _live_jobs(slurm_cluster)
 
 

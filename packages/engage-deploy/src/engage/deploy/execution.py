@@ -264,6 +264,7 @@ class JobExecution:
             placement=self.placement,
             tracking=self.tracking.contract_for(job.folder),
             serving=self.serving,
+            ranks=self.provider.ranks_per_job,
         )
         contract.write(job.folder)
         started = time.time()

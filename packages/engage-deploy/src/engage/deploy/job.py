@@ -104,7 +104,9 @@ class JobContract:
     logs, results); ``host``: the host it runs on; ``hosts``: every deployed host; ``placement``:
     service instance -> host with ``placement: optimize`` (``{"simulator#1": "fog-1"}``);
     ``tracking``: see :class:`TrackingContract` (``None``: the sweep records nothing);
-    ``serving``: the sweep's inference replicas and request routes (``None``: it serves nothing).
+    ``serving``: the sweep's inference replicas and request routes (``None``: it serves nothing);
+    ``ranks``: the processes the job runs as (a multi-node Slurm job's tasks, each started by
+    ``srun``, each a rank of its fit); rank 0 records the job's outcome.
     """
 
     index: int
@@ -116,6 +118,7 @@ class JobContract:
     placement: Mapping[str, str] = field(default_factory=dict)
     tracking: TrackingContract | None = None
     serving: ServingPlan | None = None
+    ranks: int = 1
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write the contract to ``folder/job.json``, readable by its owner only; returns the path."""
@@ -147,6 +150,7 @@ class JobContract:
             placement=dict(data.get("placement") or {}),
             tracking=TrackingContract(**tracking) if tracking else None,
             serving=ServingPlan.from_dict(data["serving"]) if data.get("serving") else None,
+            ranks=int(data.get("ranks", 1)),
         )
 
     @classmethod

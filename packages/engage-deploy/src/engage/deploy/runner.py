@@ -5,7 +5,9 @@ sweep's hosts and MLflow), ``JOB_DIR/job.pkl`` holds what the launcher prepared 
 config, the task function and Hydra's singleton state, pickled with cloudpickle like Hydra's
 submitit launcher does); the job runs through Hydra's own ``run_job`` so its output folder,
 logging and callbacks are exactly those of any other launcher. The outcome goes to
-``JOB_DIR/result.pkl`` (the ``JobReturn``) and ``JOB_DIR/result.json`` (status, timings, error).
+``JOB_DIR/result.pkl`` (the ``JobReturn``) and ``JOB_DIR/runner.json`` (status, timings, error).
+A job of several ranks (a multi-node Slurm job) runs this once a task: every rank runs the task,
+rank 0 alone records its outcome (:mod:`engage.deploy.slurm.ranks`).
 
 Example (what the launcher starts)::
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.deploy.job import RUN_ID_FILE, JobContract, TrackingContract, read_run_id
+from engage.deploy.slurm.ranks import TaskRank
 
 #: exit code of a job whose task raised (the launcher reads result.json for the details)
 EXIT_JOB_FAILED = 1
@@ -120,15 +123,26 @@ def _fluent_run_id() -> str | None:
     return run.info.run_id if run is not None else None
 
 
+def _rank(contract: JobContract) -> TaskRank:
+    """This process's rank in its job (a job of several ranks: one Slurm task each), with the
+    variables the ranks meet by set; the job's log says where each runs."""
+    rank = TaskRank.current(contract.ranks)
+    if rank.ranks > 1:
+        os.environ.update(rank.rendezvous())
+        print(f"engage runner: {rank.describe()}", file=sys.stderr, flush=True)
+    return rank
+
+
 def run(job_dir: Path) -> int:
     """Run the job described in ``job_dir``; returns the process exit code."""
     import cloudpickle
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict, read_write
 
     contract = JobContract.read(job_dir)
+    rank = _rank(contract)
     # the sweep as this job sees it: for this process and the processes it starts
     os.environ.update(contract.environ())
     payload = cloudpickle.loads((job_dir / "job.pkl").read_bytes())
@@ -136,8 +150,14 @@ def run(job_dir: Path) -> int:
     setup_globals()
     Singleton.set_state(payload["singleton_state"])
     config = payload["config"]
+    if not rank.records:
+        # the same output folder as rank 0's, without a second copy of its .hydra files, and a
+        # log file of its own (as Lightning names the ranks it starts under Hydra)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.output_subdir = None
+            config.hydra.job.name = f"{config.hydra.job.name}_rank_{rank.rank}"
     HydraConfig.instance().set_config(config)
-    offline = _go_offline_if_needed(contract.tracking)
+    offline = _go_offline_if_needed(contract.tracking) if rank.records else None
     if offline:
         from engage.core.tracking.store import TRACKING_URI_ENV
 
@@ -151,6 +171,12 @@ def run(job_dir: Path) -> int:
         job_subdir_key="hydra.sweep.subdir",
     )
     finished = time.time()
+    if not rank.records:  # rank 0 records the job: this rank's failure is in its log and exit code
+        if ret.status == JobStatus.FAILED:
+            exc = ret._return_value
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            print(f"engage runner: {rank.describe()} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 0 if ret.status == JobStatus.COMPLETED else EXIT_JOB_FAILED
     error = trace = None
     if ret.status == JobStatus.FAILED:
         exc = ret._return_value

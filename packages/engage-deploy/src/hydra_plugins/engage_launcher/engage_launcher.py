@@ -58,6 +58,10 @@ class EngageLauncher(Launcher):
             infrastructure = Infrastructure.from_dict(options.infrastructure)
             infrastructure.validate()
             get_provider(infrastructure.provider).check(infrastructure)
+            if infrastructure.provider == "slurm":
+                from engage.deploy.providers.slurm import check_ranks
+
+                check_ranks(infrastructure, config)
         except (InfrastructureError, TypeError) as exc:
             raise ValueError(str(exc)) from None
         if infrastructure.provider == "slurm" and OmegaConf.select(config, "data.executor", default=None) == "deploy":

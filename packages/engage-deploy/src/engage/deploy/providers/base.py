@@ -87,6 +87,12 @@ class Provider(abc.ABC):
         self.workdir = Path(workdir)
         self.hosts: list[Host] = []
 
+    @property
+    def ranks_per_job(self) -> int:
+        """Processes each job of a sweep runs as, one rank each (a batch system's multi-node job
+        starts them itself); 1 on hosts that run a job as one process."""
+        return 1
+
     @classmethod
     def check(cls, infrastructure: Infrastructure) -> None:
         """Refuse, before anything is created, what this provider cannot deploy: raise

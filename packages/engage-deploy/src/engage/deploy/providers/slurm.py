@@ -15,7 +15,10 @@ less MLflow credentials and anything named like a secret (``*PASSWORD*``, ``*TOK
 ``*SECRET*``, ``*CREDENTIAL*``, ``*_KEY``, ...): slurmctld stores a job's environment.
 
 ``infrastructure.options``: ``partition``, ``time``, ``cpus_per_task``, ``mem``, ``account``,
-``gpus``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (600) and ``bind_address``.
+``gpus``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (600) and ``bind_address``;
+``nodes``, ``ntasks_per_node`` and ``gpus_per_node`` shape a multi-node job: with more than one
+task, the script starts the runner with ``srun``, once a task, and each task is one rank of the
+job's fit under Lightning's ``SLURMEnvironment`` (:mod:`engage.deploy.slurm.ranks`).
 
 Example::
 
@@ -54,6 +57,9 @@ OPTIONS: dict[str, Any] = {
     "mem": None,
     "account": None,
     "gpus": None,
+    "nodes": 1,
+    "ntasks_per_node": 1,
+    "gpus_per_node": None,
     "extra": [],
     "max_pending_s": 600.0,
     "bind_address": None,
@@ -71,12 +77,45 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
     options = {**OPTIONS, **given}
     if not isinstance(options["extra"], (list, tuple)):
         raise InfrastructureError("infrastructure.options.extra: give a list of #SBATCH options, e.g. ['--qos=short']")
+    for key in ("nodes", "ntasks_per_node", "gpus_per_node"):
+        value = options[key]
+        if value is None and key == "gpus_per_node":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InfrastructureError(f"infrastructure.options.{key} is {value!r}; give a whole number from 1, e.g. 2")
     pending = options["max_pending_s"]
     if isinstance(pending, bool) or not isinstance(pending, (int, float)) or pending <= 0:
         raise InfrastructureError(
             f"infrastructure.options.max_pending_s is {pending!r}; give seconds above 0, e.g. 600"
         )
     return options
+
+
+def check_ranks(infrastructure: Infrastructure, config: Any) -> None:
+    """For jobs of several ranks, a job config's ``trainer.num_nodes`` and ``trainer.devices``
+    (when it has a ``trainer``) must be the job's nodes and tasks per node: Lightning's
+    ``SLURMEnvironment`` gives each task a rank and refuses a mismatch, but only inside the job.
+    Raises :class:`InfrastructureError` with one line naming both keys."""
+    from omegaconf import OmegaConf
+
+    options = _options(infrastructure)
+    nodes, per_node = int(options["nodes"]), int(options["ntasks_per_node"])
+    trainer = OmegaConf.select(config, "trainer", default=None)
+    if nodes * per_node == 1 or trainer is None:
+        return
+    key = "hydra.launcher.infrastructure.options"
+    num_nodes = OmegaConf.select(trainer, "num_nodes", default=1)
+    if num_nodes != nodes:
+        raise InfrastructureError(
+            f"{key}.nodes={nodes}: each job runs on {nodes} nodes, but trainer.num_nodes is {num_nodes}; "
+            f"set trainer.num_nodes={nodes}"
+        )
+    devices = OmegaConf.select(trainer, "devices", default="auto")
+    if devices != per_node:
+        raise InfrastructureError(
+            f"{key}.ntasks_per_node={per_node}: each node runs {per_node} ranks, one a task, but trainer.devices "
+            f"is {devices!r}; set trainer.devices={per_node}"
+        )
 
 
 class SlurmJob:
@@ -146,6 +185,11 @@ class SlurmProvider(Provider):
         self._states: Any = None
         self.flags: list[str] = []
 
+    @property
+    def ranks_per_job(self) -> int:
+        """Tasks each job runs as (``nodes`` x ``ntasks_per_node``), one rank each."""
+        return int(self.options["nodes"]) * int(self.options["ntasks_per_node"])
+
     @classmethod
     def check(cls, infrastructure: Infrastructure) -> None:
         """The options, then ``sbatch --test-only`` with them (a partition or account Slurm does
@@ -173,9 +217,10 @@ class SlurmProvider(Provider):
         from engage.deploy.slurm.executor import sbatch_flags
 
         o = self.options
+        shape = {"nodes": o["nodes"], "ntasks_per_node": o["ntasks_per_node"]} if self.ranks_per_job > 1 else {}
         return sbatch_flags(
             partition=o["partition"], time=o["time"], cpus_per_task=o["cpus_per_task"],
-            mem=o["mem"], account=o["account"], gpus=o["gpus"],
+            mem=o["mem"], account=o["account"], gpus=o["gpus"], gpus_per_node=o["gpus_per_node"], **shape,
         )  # fmt: skip
 
     def planned_launcher_address(self) -> str:
@@ -237,7 +282,7 @@ class SlurmProvider(Provider):
         failed job (its message in the job's stderr log). The job is known to :meth:`destroy`
         before ``sbatch`` runs: one destroyed meanwhile (Ctrl-C) is cancelled as soon as Slurm
         names it, and none is submitted after :meth:`destroy`."""
-        from engage.deploy.slurm.executor import SlurmProcess, job_environment
+        from engage.deploy.slurm.executor import SlurmProcess, batch_script, job_environment
 
         if self._states is None:
             raise ProviderError("slurm: run() before deploy()")
@@ -245,8 +290,9 @@ class SlurmProvider(Provider):
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"job-{folder.name}-{host.name}"
         script = folder / "job.sbatch"
-        lines = ["#!/bin/sh", *(f"#SBATCH {x}" for x in self.options["extra"]), f"exec {shlex.join(command)}"]
-        script.write_text("\n".join(lines) + "\n")
+        script.write_text(
+            batch_script([str(x) for x in self.options["extra"]], [f"exec {shlex.join(self._tasks(command))}"])
+        )
         out = Path(log_path) if log_path is not None else folder / "stdout.log"
         err = Path(stderr_path) if stderr_path is not None else out
         name = f"engage-{stem}-{self.token}"
@@ -273,6 +319,15 @@ class SlurmProvider(Provider):
             with open(err, "a") as handle:
                 handle.write(process.stderr_tail() + "\n")
         return job
+
+    def _tasks(self, command: Sequence[str]) -> list[str]:
+        """``command`` as the batch script runs it: itself, or once a task with ``srun`` for a job
+        of several ranks (one failed rank ends the others: the rest would wait for it forever)."""
+        if self.ranks_per_job == 1:
+            return list(command)
+        cpus = self.options["cpus_per_task"]
+        # srun inside a batch job takes the allocation's tasks, but not its --cpus-per-task
+        return ["srun", "--kill-on-bad-exit=1", *([f"--cpus-per-task={cpus}"] if cpus else []), *command]
 
     def command_for(self, host: Host, command: Sequence[str], env=None, cwd=None) -> list[str]:
         raise ProviderError("slurm: jobs are submitted with run(), not started as local commands")

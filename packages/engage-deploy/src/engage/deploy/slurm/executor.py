@@ -282,8 +282,15 @@ def sbatch_flags(
     mem: str | None = None,
     account: str | None = None,
     gpus: int | None = None,
+    nodes: int | None = None,
+    ntasks_per_node: int | None = None,
+    gpus_per_node: int | None = None,
 ) -> list[str]:
-    """``sbatch`` flags for the options given (``None``: Slurm's default)."""
+    """``sbatch`` flags for the options given (``None``: Slurm's default).
+
+    >>> sbatch_flags(partition="gpu", nodes=2, ntasks_per_node=4, gpus_per_node=4)
+    ['--partition=gpu', '--nodes=2', '--ntasks-per-node=4', '--gpus-per-node=4']
+    """
     pairs = (
         ("partition", partition),
         ("time", time),
@@ -291,6 +298,9 @@ def sbatch_flags(
         ("mem", mem),
         ("account", account),
         ("gpus", gpus),
+        ("nodes", nodes),
+        ("ntasks-per-node", ntasks_per_node),
+        ("gpus-per-node", gpus_per_node),
     )
     return [f"--{flag}={value}" for flag, value in pairs if value is not None]
 

@@ -1,0 +1,122 @@
+"""A sweep job that runs as several Slurm tasks: this process's rank, and where the ranks meet.
+
+With ``nodes`` or ``ntasks_per_node`` above 1 (the ``slurm`` provider's options), a job's batch
+script starts the job runner with ``srun``, once a task; Lightning's ``SLURMEnvironment`` then
+gives each task its rank (``SLURM_PROCID``) in the job's fit. :class:`TaskRank` is the runner's
+record of its own task. Before the fit, :meth:`TaskRank.rendezvous` names what the ranks need to
+find each other where node names do not resolve, or resolve to an address other nodes cannot
+reach (the loopback): ``MASTER_ADDR``, the first node's address as Slurm knows it
+(``NodeAddr``), and ``GLOO_SOCKET_IFNAME``, the interface this node reaches that address
+through (gloo otherwise binds the address its host name resolves to). A value the user set wins.
+
+Example::
+
+    >>> rank = TaskRank.current(1, environ={})
+    >>> rank.rank, rank.ranks, rank.records
+    (0, 1, True)
+    >>> TaskRank.current(2, environ={"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURMD_NODENAME": "n2"})
+    TaskRank(rank=1, ranks=2, node='n2')
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: the variables :meth:`TaskRank.rendezvous` sets, each only when the user has not
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "GLOO_SOCKET_IFNAME")
+
+
+class RankError(RuntimeError):
+    """The job runs as several ranks, but this process was not started as one of them."""
+
+
+@dataclass(frozen=True)
+class TaskRank:
+    """One task of a job: its ``rank`` of ``ranks``, on ``node``."""
+
+    rank: int
+    ranks: int
+    node: str
+
+    @classmethod
+    def current(cls, ranks: int, environ: Mapping[str, str] | None = None) -> TaskRank:
+        """This process's rank in a job that runs as ``ranks`` tasks (from Slurm's variables when
+        ``ranks`` is above 1); :class:`RankError` when Slurm did not start it as one of them."""
+        env = os.environ if environ is None else environ
+        node = env.get("SLURMD_NODENAME") or socket.gethostname()
+        if ranks <= 1:
+            return cls(0, 1, node)
+        procid, ntasks = env.get("SLURM_PROCID"), env.get("SLURM_NTASKS")
+        if procid is None or ntasks != str(ranks):
+            raise RankError(
+                f"the job runs as {ranks} ranks, one a Slurm task started by srun, but this process has "
+                f"SLURM_PROCID={procid} and SLURM_NTASKS={ntasks}"
+            )
+        return cls(int(procid), ranks, node)
+
+    @property
+    def records(self) -> bool:
+        """Whether this process records the job's outcome (rank 0 does, for every rank)."""
+        return self.rank == 0
+
+    def rendezvous(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The variables to set for the ranks to meet (see the module doc); empty for one rank."""
+        env = os.environ if environ is None else environ
+        if self.ranks == 1:
+            return {}
+        found: dict[str, str] = {}
+        root = env.get("MASTER_ADDR") or root_node_address(env.get("SLURM_JOB_NODELIST", ""))
+        if root and "MASTER_ADDR" not in env:
+            found["MASTER_ADDR"] = root
+        if root and "GLOO_SOCKET_IFNAME" not in env:
+            interface = interface_towards(root)
+            if interface:
+                found["GLOO_SOCKET_IFNAME"] = interface
+        return found
+
+    def describe(self, environ: Mapping[str, str] | None = None) -> str:
+        """One line on where this rank runs and meets the others (the job's log shows each)."""
+        env = os.environ if environ is None else environ
+        meet = ", ".join(f"{name}={env[name]}" for name in RENDEZVOUS_VARIABLES if env.get(name))
+        return f"rank {self.rank} of {self.ranks} on node {self.node}" + (f" ({meet})" if meet else "")
+
+
+def root_node_address(nodelist: str) -> str | None:
+    """The address Slurm reaches the first node of ``nodelist`` at (its ``NodeAddr``, which is
+    its name unless the cluster says otherwise); ``None`` when ``scontrol`` cannot tell."""
+    if not nodelist:
+        return None
+    try:
+        names = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()
+        if not names:
+            return None
+        line = subprocess.run(
+            ["scontrol", "show", "node", "-o", names[0]], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+    return fields.get("NodeAddr") or names[0]
+
+
+def interface_towards(address: str) -> str | None:
+    """The network interface holding this machine's address on its route to ``address`` (the
+    loopback is never it: other nodes cannot reach it); ``None`` when there is none."""
+    import psutil
+
+    from engage.deploy.providers.base import address_towards
+
+    try:
+        local = address_towards(address)
+    except OSError:
+        return None
+    for name, addresses in psutil.net_if_addrs().items():
+        if name != "lo" and any(a.family == socket.AF_INET and a.address == local for a in addresses):
+            return name
+    return None
