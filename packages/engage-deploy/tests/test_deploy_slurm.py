@@ -216,7 +216,7 @@ def test_simulations_share_a_job_as_steps_each_with_its_own_outcome(slurm_cluste
             time.sleep(0.1)
         job = killed.job.job_id
         assert quits.pid == killed.pid == int(job) and alone.pid != killed.pid  # the third: a job of its own
-        (script,) = tmp_path.glob("group-*-1.sbatch")
+        (script,) = tmp_path.glob("group-1-*.sbatch")
         assert script.read_text().count("srun --ntasks=1 --nodes=1 --exact --cpus-per-task=1 --mem=64M") == 2
         shown = subprocess.run(["scontrol", "show", "job", "-o", job], env=slurm_cluster.env, capture_output=True)
         # its steps' memory and 32 MiB each for the batch script
@@ -376,6 +376,41 @@ def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     assert cancelled is not None, out[-2000:]
     assert proc.returncode == 0, out[-3000:]
     assert "retrying" in out, out[-3000:]
+
+
+def test_a_killed_trainers_simulation_jobs_are_cancelled_at_once(slurm_cluster, tmp_path):
+    """``kill -9`` of the trainer: it cancels nothing itself, its reaper (a process of its own
+    reading the trainer's pipe) sees the pipe close and cancels the run's jobs, long before the
+    simulations would notice their trainer gone (``data.heartbeat_timeout``)."""
+    import sys
+
+    env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
+    for inherited in ("MLFLOW_TRACKING_URI", "ENGAGE_TRACKING_URI", "ENGAGE_PARENT_RUN_ID"):
+        env.pop(inherited, None)
+    args = [a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engage.core.cli", *args], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def simulation_jobs() -> list[str]:
+        listed = subprocess.run(
+            ["squeue", "-h", "-p", slurm_cluster.partition, "-o", "%i %j %T"], env=env, capture_output=True, text=True
+        ).stdout
+        return [line for line in listed.splitlines() if line.split()[1:2] and line.split()[1].startswith("engage-sim-")]
+
+    deadline = time.monotonic() + 60
+    while not [line for line in simulation_jobs() if line.endswith("RUNNING")]:
+        assert time.monotonic() < deadline and proc.poll() is None, "no simulation job ran"
+        time.sleep(0.2)
+    proc.kill()
+    killed = time.monotonic()
+    while simulation_jobs():
+        assert time.monotonic() - killed < 15, simulation_jobs()
+        time.sleep(0.2)
+    print(f"the killed trainer's simulation jobs left the queue {time.monotonic() - killed:.1f} s after the kill")
+    out, _ = proc.communicate(timeout=30)  # the reaper held its stderr until it had cancelled them
+    assert "engage slurm reaper: its submitter died; cancelled jobs " in out, out[-2000:]
 
 
 def test_a_job_pending_too_long_is_cancelled_with_a_warning_and_the_run_fails(slurm_cluster, tmp_path):

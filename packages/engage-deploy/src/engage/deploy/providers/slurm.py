@@ -46,6 +46,7 @@ from typing import Any
 from engage.core.config.validate import ConfigError
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.providers.base import Host, Provider, ProviderError
+from engage.deploy.slurm.reaper import JobReaper
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ class SlurmProvider(Provider):
         self.options: dict[str, Any] = _options(infrastructure)
         self.warnings: list[str] = []
         self.token = secrets.token_hex(4)
+        #: cancels the sweep's jobs if this process is killed before :meth:`destroy`
+        self._reaper = JobReaper(self.token)
         self._address: str | None = None
         self._jobs: list[SlurmJob] = []
         self._jobs_lock = threading.Lock()  # job threads submit while the launcher may destroy
@@ -253,6 +256,7 @@ class SlurmProvider(Provider):
         with self._jobs_lock:
             self._destroyed = False  # deployed again: submitting again
         self._states = JobStates()
+        self._reaper.start()  # the jobs go with this process, however it ends
         self.hosts = [
             Host(name=name, layer=layer.name, address=address, cpu=layer.cpu, memory=layer.memory_bytes)
             for layer, name in self.infrastructure.iter_hosts()
@@ -342,4 +346,5 @@ class SlurmProvider(Provider):
             jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.cancel()
+        self._reaper.stop()
         self.hosts = []

@@ -29,6 +29,7 @@ from engage.core.config.validate import ConfigError
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
 from engage.core.files import write_private
 from engage.deploy.providers.base import address_towards
+from engage.deploy.slurm.reaper import JobReaper
 
 if TYPE_CHECKING:
     from engage.deploy.slurm.group import SlurmTask
@@ -581,6 +582,8 @@ class SlurmExecutor(Executor):
         self._lock = threading.Lock()
         #: in every job name of this executor, so that a job can be named even when sbatch hung
         self.token = secrets.token_hex(4)
+        #: cancels this executor's jobs if this process is killed before :meth:`shutdown`
+        self._reaper = JobReaper(self.token)
         self._check()
         self.address = bind_address_for(bind_address, "data.executor_options.bind_address", "data.executor=slurm")
         if check_folder:
@@ -688,6 +691,7 @@ class SlurmExecutor(Executor):
                 process.withdraw()
                 return
             if self._submitter is None:
+                self._reaper.start()  # the jobs go with this process, however it ends
                 self._submitter = threading.Thread(target=self._submit_queued, name="engage-sbatch", daemon=True)
                 self._submitter.start()
             self._processes.append(process)
@@ -723,7 +727,7 @@ class SlurmExecutor(Executor):
         from engage.deploy.slurm.group import group_script
 
         self._groups += 1
-        stem = f"group-{self.token}-{self._groups}"
+        stem = f"group-{self._groups}-{self.token}"  # the token last, as in every job name
         folder = tasks[0].log_path.parent
         job = SlurmProcess(None, folder / f"{stem}.log", self.max_pending_s, self.states)
         job.job_name = f"engage-sim-{stem}"
@@ -775,5 +779,6 @@ class SlurmExecutor(Executor):
             submitter.join(150)  # the sbatch under way, if any, answers; its job is then cancelled
         if live:
             scancel(*live)
+        self._reaper.stop()
         with self._lock:
             self._closed = False  # a later start() (held-out simulations after fit) runs again

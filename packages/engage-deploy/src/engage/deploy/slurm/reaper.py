@@ -1,0 +1,139 @@
+"""Cancels a process's Slurm jobs when that process dies, however it dies.
+
+A trainer (``data.executor=slurm``) or a sweep's launcher (``+infrastructure=slurm``) cancels its
+jobs when it ends, fails or is interrupted; one killed outright (``kill -9``, the OOM killer, a
+lost login session) cannot. :class:`JobReaper` covers that case: it starts ``python -m
+engage.deploy.slurm.reaper TOKEN``, in a session of its own, reading a pipe whose write end only
+the submitting process holds. When that process dies, the kernel closes the pipe; the reaper reads
+end of file and cancels every job of this user whose name ends with ``-TOKEN`` (the names the
+process gave its jobs), then exits. :meth:`JobReaper.stop` (the process cancelled its jobs itself)
+writes a line first, and the reaper exits without cancelling anything. A child the submitter
+forks without exec (a data loader's worker) would hold the pipe open after the submitter dies:
+in such a child the write end is pointed at ``/dev/null`` at once.
+
+The reaper ignores ``SIGTERM`` and ``SIGHUP``: when a trainer that runs inside a Slurm job is
+killed with its job, Slurm signals every process of the job and sends ``SIGKILL`` only
+``KillWait`` seconds (30 by default) later, by which time the reaper has cancelled the jobs.
+
+Example::
+
+    >>> reaper = JobReaper("3fa2c9d1")
+    >>> reaper.running
+    False
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+#: the reaper's log lines start with this
+PREFIX = "engage slurm reaper:"
+#: the write ends of this process's reapers' pipes, which no forked child may keep open
+_WRITE_ENDS: set[int] = set()
+
+
+def _drop_write_ends() -> None:
+    # in a forked child: the same descriptors stay valid (the child's copies of the Popen objects
+    # close them one day) but no longer keep the pipes open
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in _WRITE_ENDS:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
+    _WRITE_ENDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_write_ends)
+
+
+class JobReaper:
+    """The watch over the jobs named ``*-<token>`` (see the module doc); one per submitter."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the reaper, unless it runs already."""
+        if self.running:
+            return
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "engage.deploy.slurm.reaper", self.token],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # not in the submitter's process group: Ctrl-C is not for it
+        )
+        assert self._process.stdin is not None
+        _WRITE_ENDS.add(self._process.stdin.fileno())
+
+    def stop(self) -> None:
+        """Tell the reaper the jobs were cancelled as they should: it exits, cancelling nothing."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        _WRITE_ENDS.discard(process.stdin.fileno())
+        try:
+            process.stdin.write(b"stopped\n")
+            process.stdin.close()
+        except OSError:
+            pass  # it is gone already
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def jobs_named(token: str, user: str | None = None) -> list[str]:
+    """Ids of ``user``'s queued or running jobs whose names end with ``-token``."""
+    user = user or _user()
+    listed = subprocess.run(
+        ["squeue", "--noheader", f"--user={user}", "--format=%i %j"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    return [
+        parts[0] for line in listed.splitlines() if len(parts := line.split()) == 2 and parts[1].endswith(f"-{token}")
+    ]
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0]:
+        print(
+            "usage: python -m engage.deploy.slurm.reaper TOKEN (reads its submitter's pipe on stdin)", file=sys.stderr
+        )
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    if sys.stdin.buffer.readline():
+        return 0  # stopped: the submitter cancelled its jobs itself
+    try:
+        ids = jobs_named(args[0])
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"{PREFIX} the jobs named *-{args[0]} may still be queued or running: {exc}", file=sys.stderr)
+        return 1
+    if ids:
+        try:
+            print(f"{PREFIX} its submitter died; cancelled jobs {' '.join(ids)}", file=sys.stderr)
+        except OSError:
+            pass  # nobody reads the dead submitter's stderr any more
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
