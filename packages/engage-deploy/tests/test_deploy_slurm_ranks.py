@@ -51,6 +51,7 @@ def test_a_job_shape_that_is_not_a_whole_number_is_one_line_naming_the_field(tmp
         ({"num_nodes": 2, "devices": 1}, "trainer.devices is 1; set trainer.devices=2"),
         ({"num_nodes": 2, "devices": "auto"}, "trainer.devices is 'auto'; set trainer.devices=2"),
         ({"num_nodes": 2, "devices": 2}, None),
+        ({"max_epochs": 1}, None),  # keys it does not have are left to Lightning, inside the job
         (None, None),  # not a Lightning app: nothing to compare
     ],
 )

@@ -94,7 +94,7 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
 
 def check_ranks(infrastructure: Infrastructure, config: Any) -> None:
     """For jobs of several ranks, a job config's ``trainer.num_nodes`` and ``trainer.devices``
-    (when it has a ``trainer``) must be the job's nodes and tasks per node: Lightning's
+    (those it has) must be the job's nodes and tasks per node: Lightning's
     ``SLURMEnvironment`` gives each task a rank and refuses a mismatch, but only inside the job.
     Raises :class:`InfrastructureError` with one line naming both keys."""
     from omegaconf import OmegaConf
@@ -105,13 +105,14 @@ def check_ranks(infrastructure: Infrastructure, config: Any) -> None:
     if nodes * per_node == 1 or trainer is None:
         return
     key = "hydra.launcher.infrastructure.options"
-    num_nodes = OmegaConf.select(trainer, "num_nodes", default=1)
+    # keys the config does not have are left to Lightning (its defaults: one node, devices="auto")
+    num_nodes = OmegaConf.select(trainer, "num_nodes", default=nodes)
     if num_nodes != nodes:
         raise InfrastructureError(
             f"{key}.nodes={nodes}: each job runs on {nodes} nodes, but trainer.num_nodes is {num_nodes}; "
             f"set trainer.num_nodes={nodes}"
         )
-    devices = OmegaConf.select(trainer, "devices", default="auto")
+    devices = OmegaConf.select(trainer, "devices", default=per_node)
     if devices != per_node:
         raise InfrastructureError(
             f"{key}.ntasks_per_node={per_node}: each node runs {per_node} ranks, one a task, but trainer.devices "
