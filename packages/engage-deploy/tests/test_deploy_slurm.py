@@ -346,7 +346,9 @@ def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
     for inherited in ("MLFLOW_TRACKING_URI", "ENGAGE_TRACKING_URI", "ENGAGE_PARENT_RUN_ID"):
         env.pop(inherited, None)
-    args = [a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN]
+    # a small buffer holds the simulations to the training's pace: each lives for seconds, long
+    # after squeue (which lags behind the jobs on a loaded machine) first lists it running
+    args = [*(a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN), "data.capacity=16"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "engage.core.cli", *args],
         cwd=tmp_path,
