@@ -26,6 +26,10 @@ samples:
 - ``raw_zmq_curve``: ``raw_zmq`` with CURVE on both ends (any client key: the encryption's
   cost alone), the baseline of ``engage``; ``engage_ipc`` and ``raw_zmq_ipc``: both over an
   ``ipc://`` socket file (``transport_security="ipc"``, local simulations, no encryption);
+- ``raw_zmq_ipc_held``: ``raw_zmq_ipc`` whose receiver keeps each message until as many newer
+  ones arrived as the consumer takes in a batch, as any buffer feeding batches must: libzmq
+  then receives each message into memory that is no longer the one it just freed, hot in the
+  cache (the cost of holding samples at all, which ``raw_zmq`` never pays);
 - ``ring_copy``: copying one in-memory frame into successive slots of a numpy ring in this
   process as large as the buffer in bytes (at least 256 MiB: memory bandwidth, not the caches),
   measured in each round beside the rest, since this host's memory bandwidth drifts too;
@@ -117,9 +121,11 @@ def raw_sender(address: str, side: int, count: int, per_message: int = 1, server
     context.term()
 
 
-def measure_raw(processes: int, side: int, per_message: int = 1, security: str = "none") -> float:
+def measure_raw(processes: int, side: int, per_message: int = 1, security: str = "none", hold: int = 0) -> float:
     """Bare pyzmq: ``security`` ``none`` (plain TCP), ``curve`` (CURVE over TCP, any client key:
-    the encryption's cost, without ENGAGE's key checks) or ``ipc`` (a socket file)."""
+    the encryption's cost, without ENGAGE's key checks) or ``ipc`` (a socket file). ``hold``:
+    the receiver keeps each message until that many newer ones arrived (0: drops it at once)."""
+    import collections
     import tempfile
 
     per = TOTAL[side] // processes // per_message * per_message
@@ -141,6 +147,7 @@ def measure_raw(processes: int, side: int, per_message: int = 1, security: str =
     command = [sys.executable, __file__, "--raw-sender", address, str(side), str(per), str(per_message), server_key]
     senders = [subprocess.Popen(command, env=env) for _ in range(processes)]
     received, ended, first = 0, 0, None
+    held: collections.deque = collections.deque(maxlen=hold or None)
     while ended < processes:
         message = sock.recv_multipart(copy=False)
         if message[1].bytes == b"end":
@@ -149,6 +156,8 @@ def measure_raw(processes: int, side: int, per_message: int = 1, security: str =
         if first is None:
             first = time.perf_counter()
         received += per_message
+        if hold:
+            held.append(message)
     elapsed = time.perf_counter() - first
     for s in senders:
         s.wait(30)
@@ -180,7 +189,7 @@ def measure_engage(
         "online_throughput:frames", {"x": {"low": 0, "high": 1}}, (side, side), samples_per_run=per, fresh_samples=True,
         kwargs={"side": side, "count": per},
     )  # fmt: skip
-    take = 64 if side < 1024 else 16
+    take = batch_size(side)
     capacity = min(8192, per * processes, (1 << 30) // (side * side * 4))  # the DataModule's default, <= 1 GiB
     buffer = TrainingBuffer(capacity=capacity, policy="fifo")
     scheduler = SimulationScheduler(
@@ -225,6 +234,11 @@ def measure_engage(
     (t0, n0), (t1, n1) = marks[0], marks[-1]
     (i0, c0), (i1, c1) = inserted[0], inserted[-1]
     return (c1 - c0) / (i1 - i0), (n1 - n0) / (t1 - t0)
+
+
+def batch_size(side: int) -> int:
+    """Samples the consumer takes at once, so at least as many the buffer holds until then."""
+    return 64 if side < 1024 else 16
 
 
 def ring_slots(side: int) -> int:
@@ -412,15 +426,16 @@ def main(argv: list[str] | None = None) -> None:
                 shared_short = measure_engage(processes, side, "none", shared_memory=True)[0]
                 raw_curve = measure_raw(processes, side, security="curve")
                 raw_ipc = measure_raw(processes, side, security="ipc")
+                raw_ipc_held = measure_raw(processes, side, security="ipc", hold=batch_size(side))
                 engage_ipc = measure_engage(processes, side, "none", security="ipc")[0]
                 ring = measure_ring(side)  # in each round too: memory bandwidth drifts as the rest does
                 runs.append(
                     (raw, transport, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
-                     raw_curve, raw_ipc, engage_ipc, ring, shared_short)
+                     raw_curve, raw_ipc, engage_ipc, ring, shared_short, raw_ipc_held)
                 )  # fmt: skip
             (
                 raw, engage, with_batches, reused, to_batch, same, shared, shared_with_batches, shared_batches,
-                raw_curve, raw_ipc, engage_ipc, ring, shared_short,
+                raw_curve, raw_ipc, engage_ipc, ring, shared_short, raw_ipc_held,
             ) = (statistics.median(values) for values in zip(*runs))  # fmt: skip
             row = {
                 "size": label,
@@ -440,6 +455,9 @@ def main(argv: list[str] | None = None) -> None:
                 "engage_ipc_samples_per_s": round(engage_ipc, 1),
                 "engage_ipc_GB_per_s": round(engage_ipc * nbytes / 1e9, 3),
                 "engage_ipc_vs_raw_ipc": paired(runs, 11, 10),
+                "raw_zmq_ipc_held_samples_per_s": round(raw_ipc_held, 1),
+                "raw_zmq_ipc_held_vs_raw_ipc": paired(runs, 14, 10),
+                "engage_ipc_vs_raw_ipc_held": paired(runs, 11, 14),
                 "raw_zmq_same_frames_samples_per_s": round(same, 1),
                 "engage_vs_raw_same_frames": paired(runs, 1, 5),
                 "engage_with_batches_samples_per_s": round(with_batches, 1),
@@ -471,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                 "runs_shared_memory_short_samples_per_s": [round(r[13], 1) for r in runs],
                 "runs_engage_vs_raw_curve": ratios(runs, 1, 9),
                 "runs_engage_ipc_vs_raw_ipc": ratios(runs, 11, 10),
+                "runs_engage_ipc_vs_raw_ipc_held": ratios(runs, 11, 14),
             }
             rows.append(row)
             print(
@@ -482,7 +501,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"ring copy {row['ring_copy_GB_per_s']:.1f} GB/s | shared memory {shared:9.0f}/s "
                 f"{row['shared_memory_GB_per_s']:6.2f} GB/s, ratio {row['shared_memory_vs_raw']:.2f}, "
                 f"{row['shared_memory_vs_ring_copy']:.2f} of ring copy, with batches "
-                f"{row['shared_memory_with_batches_vs_raw']:.2f}",
+                f"{row['shared_memory_with_batches_vs_raw']:.2f} | "
+                f"CURVE {row['engage_vs_raw_curve']:.2f} of bare CURVE | "
+                f"ipc {row['engage_ipc_vs_raw_ipc']:.2f} of bare ipc, {row['engage_ipc_vs_raw_ipc_held']:.2f} of bare "
+                f"ipc holding {batch_size(side)} messages",
                 flush=True,
             )
     data_wait, training = None, None
