@@ -244,7 +244,12 @@ def test_simulations_share_a_job_as_steps_each_with_its_own_outcome(slurm_cluste
         assert time.monotonic() < deadline, "a start after shutdown was not submitted"
         time.sleep(0.1)
     executor.shutdown()
-    assert late.poll() == SLURM_FAILURE and _job_state(slurm_cluster, late.job.job_id) == "CANCELLED"
+    assert late.poll() == SLURM_FAILURE
+    deadline = time.monotonic() + 10
+    while (state := _job_state(slurm_cluster, late.job.job_id)) == "COMPLETING":  # its processes end
+        assert time.monotonic() < deadline, "the cancelled job is still completing"
+        time.sleep(0.1)
+    assert state == "CANCELLED", state
 
 
 def test_a_slow_or_refusing_sbatch_never_holds_up_the_caller(slurm_cluster, tmp_path, monkeypatch):
