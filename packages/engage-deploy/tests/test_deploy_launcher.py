@@ -68,6 +68,17 @@ def test_failed_job_is_reported_and_does_not_abort_the_sweep(tmp_path: Path) -> 
     assert yaml.safe_load((folder / "jobs" / "1" / "config.yaml").read_text()) == {"x": 2, "fail_on": 2, "sleep": 0.5}
 
 
+def test_a_job_whose_process_fails_after_its_task_returned_is_failed(tmp_path: Path) -> None:
+    """As when another rank of a multi-node job fails: the task's result is there, the exit code
+    says the job did not end well, and the job is reported failed, never completed."""
+    proc = run_app(tmp_path, *NO_MLFLOW, "hydra.launcher.fork_jobs=false", "+x=1,2", "+exit_after_return_on=2")
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    (folder,) = experiment_folders(tmp_path)
+    res = results(folder)
+    assert [res[i]["status"] for i in range(2)] == ["COMPLETED", "FAILED"], res
+    assert res[1]["exit_code"] == 5 and "then its process exited with code 5" in res[1]["error"], res[1]
+
+
 def test_retries_and_fail_fast(tmp_path: Path) -> None:
     marker = tmp_path / "flaky"
     proc = run_app(tmp_path, *NO_MLFLOW, "hydra.launcher.retries=1", "+x=1,2", f"+flaky_marker={marker}")

@@ -1,5 +1,5 @@
-"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, sleep, or log its own
-MLflow run under the sweep's parent run."""
+"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, sleep, exit with an
+error after returning, or log its own MLflow run under the sweep's parent run."""
 
 import json
 import os
@@ -39,6 +39,12 @@ def main(cfg: DictConfig) -> int:
             tags["mlflow.parentRunId"] = parent
         with mlflow.start_run(tags=tags):
             mlflow.log_metric("x", x)
+    if x == int(cfg.get("exit_after_return_on", -1)):
+        # the task returns; then the process ends with code 5, as a failed rank or a crash in
+        # teardown would (a new interpreter waits for this thread before it exits)
+        import threading
+
+        threading.Thread(target=lambda: (time.sleep(0.5), os._exit(5))).start()
     if x == int(cfg.get("fail_on", -1)):
         raise ValueError(f"boom at x={x}")
     flaky = cfg.get("flaky_marker")

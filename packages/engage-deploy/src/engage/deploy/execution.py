@@ -359,6 +359,13 @@ class JobExecution:
         status = "KILLED" if timed_out or exit_code in (-signal.SIGTERM, -signal.SIGKILL) else runner["status"]
         if status == "KILLED" and ret.status == JobStatus.COMPLETED:
             status = "COMPLETED"
+        elif status == "COMPLETED" and exit_code not in (0, None):
+            # its task returned, then the job failed: another rank of a multi-node job, or the
+            # process's own end (an exit handler, a crash in teardown); never reported completed
+            reason = f"the job's task completed, then its process exited with code {exit_code}"
+            tail = _tail(job.folder / "stderr.log")
+            ret = _failed_return(job, RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}"))
+            status, runner = "FAILED", {**runner, "status": "FAILED", "error": reason}
         summary = {
             "status": status,
             "attempt": attempt,
