@@ -49,9 +49,12 @@ def test_a_job_shape_that_is_not_a_whole_number_is_one_line_naming_the_field(tmp
     [
         ({"num_nodes": 1, "devices": 2}, "trainer.num_nodes is 1; set trainer.num_nodes=2"),
         ({"num_nodes": 2, "devices": 1}, "trainer.devices is 1; set trainer.devices=2"),
-        ({"num_nodes": 2, "devices": "auto"}, "trainer.devices is 'auto'; set trainer.devices=2"),
+        ({"num_nodes": 2, "devices": [0]}, "trainer.devices is 1; set trainer.devices=2"),
+        ({"max_epochs": 1}, "trainer.num_nodes is 1; set trainer.num_nodes=2"),  # Lightning's default
         ({"num_nodes": 2, "devices": 2}, None),
-        ({"max_epochs": 1}, None),  # keys it does not have are left to Lightning, inside the job
+        ({"num_nodes": 2, "devices": "2"}, None),
+        ({"num_nodes": 2, "devices": [0, 1]}, None),
+        ({"num_nodes": 2, "devices": "auto"}, None),  # what each task sees: Lightning checks it there
         (None, None),  # not a Lightning app: nothing to compare
     ],
 )
@@ -68,14 +71,15 @@ def test_the_trainer_must_have_the_jobs_shape(trainer, message):
 
 
 def test_a_task_knows_its_rank_only_when_srun_started_it():
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURMD_NODENAME": "gpu-7"}
+    env = {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURMD_NODENAME": "gpu-7"}
     rank = TaskRank.current(4, environ=env)
     assert (rank.rank, rank.ranks, rank.node, rank.records) == (3, 4, "gpu-7", False)
     assert TaskRank.current(4, environ={**env, "SLURM_PROCID": "0"}).records
     with pytest.raises(RankError, match="SLURM_PROCID=None"):
-        TaskRank.current(4, environ={})  # sbatch without srun: one process where four were asked
-    with pytest.raises(RankError, match="SLURM_NTASKS=2"):
-        TaskRank.current(4, environ={**env, "SLURM_NTASKS": "2"})
+        TaskRank.current(4, environ={})
+    # the batch script itself, without srun: a step of one task, rank 0 of a job of four
+    with pytest.raises(RankError, match="SLURM_STEP_NUM_TASKS=1"):
+        TaskRank.current(4, environ={"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "1"})
 
 
 def test_the_ranks_meet_where_the_user_says_else_at_the_interface_towards_the_first_node():

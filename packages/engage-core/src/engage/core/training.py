@@ -262,8 +262,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"strategy: ranks started by {start} cannot take the online DataModule (it streams from live "
             "simulations); use strategy=ddp, which starts each rank as a program of its own"
         )
-    tracking_uri = choose_tracking_uri(cfg, output_dir)
-    # one MLflow run, on the process of global rank 0 (Lightning starts the others again)
+    # one MLflow run, on the process of global rank 0 (Lightning or srun starts the others): they
+    # record nothing, so they do not ask whether the store answers either
+    tracking_uri = choose_tracking_uri(cfg, output_dir) if rank_zero_only.rank == 0 else ""
     tracked = MLflowRun.open(cfg, tracking_uri) if rank_zero_only.rank == 0 else None
     trainer.logger = tracked.logger if tracked is not None else None
     # each config value is logged once, under its config path: not again as the model's or the

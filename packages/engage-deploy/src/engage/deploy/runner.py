@@ -154,6 +154,9 @@ def run(job_dir: Path) -> int:
         # the same output folder as rank 0's, without a second copy of its .hydra files, and a
         # log file of its own (as Lightning names the ranks it starts under Hydra)
         with read_write(config.hydra), open_dict(config.hydra):
+            # rank 0's folder, resolved before the job's name changes (a sweep folder may name it)
+            for key in ("dir", "subdir"):
+                config.hydra.sweep[key] = str(OmegaConf.select(config, f"hydra.sweep.{key}"))
             config.hydra.output_subdir = None
             config.hydra.job.name = f"{config.hydra.job.name}_rank_{rank.rank}"
     HydraConfig.instance().set_config(config)

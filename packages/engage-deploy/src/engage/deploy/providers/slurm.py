@@ -11,8 +11,9 @@ and pickled payload there and writes its result beside them.
 
 The sweep's MLflow server listens on this machine's address towards ``slurmctld`` (or
 ``options.bind_address``) and asks for credentials. The job's environment is this process's,
-less MLflow credentials and anything named like a secret (``*PASSWORD*``, ``*TOKEN*``,
-``*SECRET*``, ``*CREDENTIAL*``, ``*_KEY``, ...): slurmctld stores a job's environment.
+less its own Slurm and rank variables, MLflow credentials and anything named like a secret
+(``*PASSWORD*``, ``*TOKEN*``, ``*SECRET*``, ``*CREDENTIAL*``, ``*_KEY``, ...): slurmctld stores
+a job's environment.
 
 ``infrastructure.options``: ``partition``, ``time``, ``cpus_per_task``, ``mem``, ``account``,
 ``gpus``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (600) and ``bind_address``;
@@ -94,7 +95,8 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
 
 def check_ranks(infrastructure: Infrastructure, config: Any) -> None:
     """For jobs of several ranks, a job config's ``trainer.num_nodes`` and ``trainer.devices``
-    (those it has) must be the job's nodes and tasks per node: Lightning's
+    (Lightning's defaults where it has none; ``devices`` as a count, a list of indices, ``auto``
+    or -1, which only the node can tell) must be the job's nodes and tasks per node: Lightning's
     ``SLURMEnvironment`` gives each task a rank and refuses a mismatch, but only inside the job.
     Raises :class:`InfrastructureError` with one line naming both keys."""
     from omegaconf import OmegaConf
@@ -105,14 +107,19 @@ def check_ranks(infrastructure: Infrastructure, config: Any) -> None:
     if nodes * per_node == 1 or trainer is None:
         return
     key = "hydra.launcher.infrastructure.options"
-    # keys the config does not have are left to Lightning (its defaults: one node, devices="auto")
-    num_nodes = OmegaConf.select(trainer, "num_nodes", default=nodes)
+    num_nodes = OmegaConf.select(trainer, "num_nodes", default=1)  # Lightning's default
     if num_nodes != nodes:
         raise InfrastructureError(
             f"{key}.nodes={nodes}: each job runs on {nodes} nodes, but trainer.num_nodes is {num_nodes}; "
             f"set trainer.num_nodes={nodes}"
         )
-    devices = OmegaConf.select(trainer, "devices", default=per_node)
+    devices = OmegaConf.select(trainer, "devices", default="auto")
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        devices = len(devices)  # device indices
+    if devices in ("auto", -1):
+        return  # as many as the node shows each task: known only there, where Lightning checks it
     if devices != per_node:
         raise InfrastructureError(
             f"{key}.ntasks_per_node={per_node}: each node runs {per_node} ranks, one a task, but trainer.devices "
@@ -287,7 +294,7 @@ class SlurmProvider(Provider):
         failed job (its message in the job's stderr log). The job is known to :meth:`destroy`
         before ``sbatch`` runs: one destroyed meanwhile (Ctrl-C) is cancelled as soon as Slurm
         names it, and none is submitted after :meth:`destroy`."""
-        from engage.deploy.slurm.executor import SlurmProcess, batch_script, job_environment
+        from engage.deploy.slurm.executor import SlurmProcess, batch_script, step_environment
 
         if self._states is None:
             raise ProviderError("slurm: run() before deploy()")
@@ -319,7 +326,9 @@ class SlurmProvider(Provider):
             with self._jobs_lock:
                 self._jobs.remove(job)
             return job
-        process.submit(argv, job_environment({**os.environ, **(env or {})}))
+        # none of this process's own Slurm or rank variables: a job of several ranks runs srun, which
+        # reads SLURM_* as options, and any job's fit finds its ranks itself
+        process.submit(argv, step_environment({**os.environ, **(env or {})}))
         if process.job_id is None and process.wanted:  # refused: sbatch's words in the job's stderr log
             with open(err, "a") as handle:
                 handle.write(process.stderr_tail() + "\n")

@@ -249,6 +249,28 @@ def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not _SECRET.search(k)}
 
 
+#: torch.distributed's rendezvous and rank variables: a process inside a distributed job has them,
+#: and a job it submits must not inherit them (its ranks find their own)
+DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
+                         "LOCAL_WORLD_SIZE", "GROUP_RANK")  # fmt: skip
+
+
+def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a job whose script starts ``srun``: :func:`job_environment`, less this
+    process's own ``SLURM_*`` and ``SRUN_*`` variables (``srun`` takes them as options, and a
+    process inside an allocation has them) and torch.distributed's rank variables; where
+    Slurm's configuration is (``SLURM_CONF``) stays.
+
+    >>> step_environment({"PATH": "/bin", "SLURM_CONF": "/etc/s.conf", "SRUN_CPUS_PER_TASK": "8", "RANK": "3"})
+    {'PATH': '/bin', 'SLURM_CONF': '/etc/s.conf'}
+    """
+    return {
+        k: v
+        for k, v in job_environment(environ).items()
+        if k == "SLURM_CONF" or not (k.startswith(("SLURM_", "SRUN_")) or k in DISTRIBUTED_VARIABLES)
+    }
+
+
 def bind_address_for(given: str | None, field: str, what: str) -> str:
     """The address a server for jobs listens on: ``given`` (refused in one line naming ``field``
     when it is not one of this machine's), else this machine's address on its route to
@@ -743,14 +765,7 @@ class SlurmExecutor(Executor):
                 *("sbatch", "--parsable", f"--job-name={job.job_name}", f"--output={slurm_path(job.log_path)}"),
                 *(f"--chdir={os.getcwd()}", "--no-requeue", *self.group_options(len(joined)), str(script)),
             ]
-            # the srun in the script takes SLURM_* and SRUN_* variables as options: not this
-            # process's own (a trainer running inside an allocation has them); where Slurm's
-            # configuration is stays
-            env = {
-                k: v
-                for k, v in job_environment(os.environ).items()
-                if k == "SLURM_CONF" or not k.startswith(("SLURM_", "SRUN_"))
-            }
+            env = step_environment(os.environ)  # the script's srun reads SLURM_* as options
         except Exception as exc:
             job.refused(f"could not write the job's script: {type(exc).__name__}: {exc}")
             return

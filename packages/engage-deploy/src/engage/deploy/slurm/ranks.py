@@ -7,14 +7,15 @@ record of its own task. Before the fit, :meth:`TaskRank.rendezvous` names what t
 find each other where node names do not resolve, or resolve to an address other nodes cannot
 reach (the loopback): ``MASTER_ADDR``, the first node's address as Slurm knows it
 (``NodeAddr``), and ``GLOO_SOCKET_IFNAME``, the interface this node reaches that address
-through (gloo otherwise binds the address its host name resolves to). A value the user set wins.
+through, or, where that is the loopback, the controller (gloo otherwise binds the address its
+host name resolves to). A value the user set wins.
 
 Example::
 
     >>> rank = TaskRank.current(1, environ={})
     >>> rank.rank, rank.ranks, rank.records
     (0, 1, True)
-    >>> TaskRank.current(2, environ={"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURMD_NODENAME": "n2"})
+    >>> TaskRank.current(2, environ={"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURMD_NODENAME": "n2"})
     TaskRank(rank=1, ranks=2, node='n2')
 """
 
@@ -50,11 +51,13 @@ class TaskRank:
         node = env.get("SLURMD_NODENAME") or socket.gethostname()
         if ranks <= 1:
             return cls(0, 1, node)
-        procid, ntasks = env.get("SLURM_PROCID"), env.get("SLURM_NTASKS")
+        # the step's task count, which srun sets: the batch script itself is a step of one task
+        # with SLURM_PROCID=0, whatever the job asked for
+        procid, ntasks = env.get("SLURM_PROCID"), env.get("SLURM_STEP_NUM_TASKS")
         if procid is None or ntasks != str(ranks):
             raise RankError(
                 f"the job runs as {ranks} ranks, one a Slurm task started by srun, but this process has "
-                f"SLURM_PROCID={procid} and SLURM_NTASKS={ntasks}"
+                f"SLURM_PROCID={procid} and SLURM_STEP_NUM_TASKS={ntasks}"
             )
         return cls(int(procid), ranks, node)
 
@@ -73,7 +76,9 @@ class TaskRank:
         if root and "MASTER_ADDR" not in env:
             found["MASTER_ADDR"] = root
         if root and "GLOO_SOCKET_IFNAME" not in env:
-            interface = interface_towards(root)
+            # on the first node its own name may resolve to a loopback address (127.0.1.1): the
+            # interface towards the controller is then the one other nodes reach it through
+            interface = interface_towards(root) or interface_towards(controller_host())
             if interface:
                 found["GLOO_SOCKET_IFNAME"] = interface
         return found
@@ -105,6 +110,17 @@ def root_node_address(nodelist: str) -> str | None:
     return fields.get("NodeAddr") or names[0]
 
 
+def controller_host() -> str:
+    """The host of ``slurmctld``, from ``scontrol show config`` (empty when it cannot tell)."""
+    from engage.deploy.slurm.executor import controller_endpoint
+
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=True)
+        return controller_endpoint(out.stdout)[0]
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return ""
+
+
 def interface_towards(address: str) -> str | None:
     """The network interface holding this machine's address on its route to ``address`` (the
     loopback is never it: other nodes cannot reach it); ``None`` when there is none."""
@@ -112,6 +128,8 @@ def interface_towards(address: str) -> str | None:
 
     from engage.deploy.providers.base import address_towards
 
+    if not address:
+        return None
     try:
         local = address_towards(address)
     except OSError:

@@ -11,7 +11,7 @@ writes a line first, and the reaper exits without cancelling anything. A child t
 forks without exec (a data loader's worker) would hold the pipe open after the submitter dies:
 in such a child the write end is pointed at ``/dev/null`` at once.
 
-The reaper ignores ``SIGTERM`` and ``SIGHUP``: when a trainer that runs inside a Slurm job is
+The reaper ignores ``SIGTERM``, ``SIGHUP`` and ``SIGINT``: when a trainer that runs inside a Slurm job is
 killed with its job, Slurm signals every process of the job and sends ``SIGKILL`` only
 ``KillWait`` seconds (30 by default) later, by which time the reaper has cancelled the jobs.
 
@@ -28,9 +28,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 #: the reaper's log lines start with this
 PREFIX = "engage slurm reaper:"
+#: seconds after its submitter died at which the reaper looks for that submitter's jobs (an
+#: ``sbatch`` under way then answers within the submitter's two minutes for it)
+PASSES_S = (0.0, 2.0, 10.0, 30.0, 120.0)
 #: the write ends of this process's reapers' pipes, which no forked child may keep open
 _WRITE_ENDS: set[int] = set()
 
@@ -92,11 +96,13 @@ class JobReaper:
 
 
 def jobs_named(token: str, user: str | None = None) -> list[str]:
-    """Ids of ``user``'s queued or running jobs whose names end with ``-token``."""
+    """Ids of ``user``'s queued or running jobs whose names end with ``-token``, in every
+    partition, hidden ones included, whatever the user's ``SQUEUE_*`` defaults say."""
     user = user or _user()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     listed = subprocess.run(
-        ["squeue", "--noheader", f"--user={user}", "--format=%i %j"],
-        capture_output=True, text=True, timeout=60, check=True,
+        ["squeue", "--noheader", "--all", f"--user={user}", "--format=%i %j"],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
     ).stdout  # fmt: skip
     return [
         parts[0] for line in listed.splitlines() if len(parts := line.split()) == 2 and parts[1].endswith(f"-{token}")
@@ -107,6 +113,37 @@ def _user() -> str:
     import pwd
 
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _say(line: str) -> None:
+    try:
+        print(f"{PREFIX} {line}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # nobody reads the dead submitter's stderr any more
+
+
+def reap(token: str) -> None:
+    """Cancel the jobs named with ``token``: at once, then again :data:`PASSES_S` seconds after,
+    for those whose ``sbatch`` was still under way when the submitter died and a controller
+    that did not answer. After the first pass the reaper lets go of the submitter's stderr,
+    so that whoever reads the dead submitter's output sees its end."""
+    cancelled: set[str] = set()
+    started = time.monotonic()
+    for number, at in enumerate(PASSES_S):
+        time.sleep(max(0.0, started + at - time.monotonic()))
+        try:
+            ids = [i for i in jobs_named(token) if i not in cancelled]
+            if ids:
+                # a job that ended meanwhile is no error: there is nothing left to cancel
+                subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+                cancelled.update(ids)
+                _say(f"its submitter died; cancelled jobs {' '.join(ids)}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            _say(f"the jobs named *-{token} may still be queued or running: {exc}")
+        if number == 0:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,18 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, signal.SIG_IGN)
     if sys.stdin.buffer.readline():
         return 0  # stopped: the submitter cancelled its jobs itself
-    try:
-        ids = jobs_named(args[0])
-        if ids:
-            subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"{PREFIX} the jobs named *-{args[0]} may still be queued or running: {exc}", file=sys.stderr)
-        return 1
-    if ids:
-        try:
-            print(f"{PREFIX} its submitter died; cancelled jobs {' '.join(ids)}", file=sys.stderr)
-        except OSError:
-            pass  # nobody reads the dead submitter's stderr any more
+    reap(args[0])
     return 0
 
 
