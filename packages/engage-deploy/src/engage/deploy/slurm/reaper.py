@@ -64,9 +64,11 @@ class JobReaper:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        """Start the reaper, unless it runs already."""
+        """Start the reaper, unless it runs already (one that died meanwhile is replaced)."""
         if self.running:
             return
+        if self._process is not None:
+            self.stop()  # its pipe closed and forgotten, before the next one may reuse the number
         self._process = subprocess.Popen(
             [sys.executable, "-m", "engage.deploy.slurm.reaper", self.token],
             stdin=subprocess.PIPE,
@@ -85,9 +87,13 @@ class JobReaper:
         _WRITE_ENDS.discard(process.stdin.fileno())
         try:
             process.stdin.write(b"stopped\n")
-            process.stdin.close()
         except OSError:
             pass  # it is gone already
+        finally:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
