@@ -345,23 +345,26 @@ def test_unknown_partition_exits_2_naming_the_field(slurm_cluster, tmp_path):
     assert not list(tmp_path.rglob("mlflow.db")) and not list(tmp_path.rglob("online")), list(tmp_path.rglob("*"))
 
 
-def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
+def _long_run(slurm_cluster, tmp_path, *extra: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """``engage run`` (``RUN``, simulations of 400 steps, then ``extra``) in a process of its own,
+    its output piped; with the environment it runs in."""
     import sys
 
     env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
     for inherited in ("MLFLOW_TRACKING_URI", "ENGAGE_TRACKING_URI", "ENGAGE_PARENT_RUN_ID"):
         env.pop(inherited, None)
+    args = [*(a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN), *extra]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engage.core.cli", *args], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    return proc, env
+
+
+def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     # a small buffer holds the simulations to the training's pace: each lives for seconds, long
     # after squeue (which lags behind the jobs on a loaded machine) first lists it running
-    args = [*(a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN), "data.capacity=16"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engage.core.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, env = _long_run(slurm_cluster, tmp_path, "data.capacity=16")
     cancelled = None
     deadline = time.monotonic() + 60
     while cancelled is None and time.monotonic() < deadline and proc.poll() is None:
@@ -389,16 +392,7 @@ def test_a_killed_trainers_simulation_jobs_are_cancelled_at_once(slurm_cluster, 
     """``kill -9`` of the trainer: it cancels nothing itself, its reaper (a process of its own
     reading the trainer's pipe) sees the pipe close and cancels the run's jobs, long before the
     simulations would notice their trainer gone (``data.heartbeat_timeout``)."""
-    import sys
-
-    env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf)}
-    for inherited in ("MLFLOW_TRACKING_URI", "ENGAGE_TRACKING_URI", "ENGAGE_PARENT_RUN_ID"):
-        env.pop(inherited, None)
-    args = [a.replace("simulator.steps=10", "simulator.steps=400") for a in RUN]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engage.core.cli", *args], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc, env = _long_run(slurm_cluster, tmp_path)
 
     def simulation_jobs() -> list[str]:
         listed = subprocess.run(

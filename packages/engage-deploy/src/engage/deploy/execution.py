@@ -344,6 +344,11 @@ class JobExecution:
     ) -> tuple[JobReturn, dict[str, Any]]:
         """The job's ``JobReturn`` and its ``result.json`` from what its process left."""
         runner = read_json(job.folder / "runner.json")
+
+        def failed(reason: str) -> JobReturn:
+            tail = _tail(job.folder / "stderr.log")
+            return _failed_return(job, RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}"))
+
         if (job.folder / "result.pkl").is_file():
             ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
             ret.hydra_cfg = job.config
@@ -353,9 +358,7 @@ class JobExecution:
                 if timed_out
                 else f"job process exited with code {exit_code}"
             )
-            tail = _tail(job.folder / "stderr.log")
-            ret = _failed_return(job, RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}"))
-            runner = {"status": "FAILED", "error": reason}
+            ret, runner = failed(reason), {"status": "FAILED", "error": reason}
         status = "KILLED" if timed_out or exit_code in (-signal.SIGTERM, -signal.SIGKILL) else runner["status"]
         if status == "KILLED" and ret.status == JobStatus.COMPLETED:
             status = "COMPLETED"
@@ -363,9 +366,8 @@ class JobExecution:
             # its task returned, then the job failed: another rank of a multi-node job, or the
             # process's own end (an exit handler, a crash in teardown); never reported completed
             reason = f"the job's task completed, then its process exited with code {exit_code}"
-            tail = _tail(job.folder / "stderr.log")
-            ret = _failed_return(job, RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}"))
-            status, runner = "FAILED", {**runner, "status": "FAILED", "error": reason}
+            ret, runner = failed(reason), {**runner, "status": "FAILED", "error": reason}
+            status = "FAILED"
         summary = {
             "status": status,
             "attempt": attempt,

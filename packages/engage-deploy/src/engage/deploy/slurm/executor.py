@@ -81,7 +81,7 @@ def scancel(*targets: str) -> bool:
 
 
 def parse_job_line(line: str) -> dict[str, str]:
-    """The ``Key=Value`` fields of one ``scontrol show job -o`` line."""
+    """The ``Key=Value`` fields of one ``scontrol show job -o`` line (or ``show node -o``)."""
     fields: dict[str, str] = {}
     for token in line.split():
         key, sep, value = token.partition("=")
@@ -221,6 +221,13 @@ def controller_endpoint(config_text: str) -> tuple[str, int]:
     return host, port
 
 
+def slurmctld_endpoint() -> tuple[str, int]:
+    """:func:`controller_endpoint` of the configuration ``scontrol show config`` prints now;
+    ``OSError``, ``ValueError`` or ``subprocess.TimeoutExpired`` when it cannot tell."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    return controller_endpoint(out.stdout)
+
+
 def check_local_address(address: str) -> None:
     """Raise ``OSError`` unless ``address`` is one of this machine's IPv4 addresses, and neither
     the unspecified address (every interface) nor a loopback one (no other node reaches it)."""
@@ -286,8 +293,7 @@ def bind_address_for(given: str | None, field: str, what: str) -> str:
             ) from None
         return str(given)
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-        return address_towards(*controller_endpoint(out.stdout))
+        return address_towards(*slurmctld_endpoint())
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(
             f"{what}: cannot tell which address compute nodes reach this machine at ({exc}); set {field}"

@@ -93,6 +93,8 @@ class TaskRank:
 def root_node_address(nodelist: str) -> str | None:
     """The address Slurm reaches the first node of ``nodelist`` at (its ``NodeAddr``, which is
     its name unless the cluster says otherwise); ``None`` when ``scontrol`` cannot tell."""
+    from engage.deploy.slurm.executor import parse_job_line
+
     if not nodelist:
         return None
     try:
@@ -106,17 +108,15 @@ def root_node_address(nodelist: str) -> str | None:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-    return fields.get("NodeAddr") or names[0]
+    return parse_job_line(line).get("NodeAddr") or names[0]
 
 
 def controller_host() -> str:
     """The host of ``slurmctld``, from ``scontrol show config`` (empty when it cannot tell)."""
-    from engage.deploy.slurm.executor import controller_endpoint
+    from engage.deploy.slurm.executor import slurmctld_endpoint
 
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=True)
-        return controller_endpoint(out.stdout)[0]
+        return slurmctld_endpoint()[0]
     except (OSError, ValueError, subprocess.SubprocessError):
         return ""
 
