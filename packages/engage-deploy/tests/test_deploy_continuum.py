@@ -118,7 +118,7 @@ def test_a_route_whose_requests_failed_beyond_max_failed_fails_the_run(tmp_path:
             fails = route.chosen and k < failed
             status, version, error = (0, None, None) if fails else (200, 1, 0.1)
             requests.append(ServedRequest(k * 0.1, route.label, url, 0.03, status, version, error, False, 0.01, 0.0))
-    sender = callback._file("requests edge_near-1", ".json")
+    sender = callback.services.file("requests edge_near-1", ".json")
     sender.write_text(json.dumps({"requests": [asdict(r) for r in requests]}))
     trainer = SimpleNamespace(logger=None)
     if ends is None:

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,27 +58,39 @@ class MLflowOptions:
 @dataclass
 class ServingOptions:
     """Inference replicas of the model each job trains, served while it trains
-    (``engage-deploy[serve]``; see ``docs/serve.md``). ``sources``: layer -> requests per second
-    sent from each of its hosts (empty: no serving); ``tree``: layer -> the next layer towards the
-    root (the trainer's layer), the path requests travel; the placement engine (``solver``, one of
-    ``engage place --solver``) puts replicas on hosts of the path with the memory for one
-    (``model_size``: what a replica process takes) and routes each source to one, from the
-    model's ``gflop`` per request and ``input`` bytes, and each host's compute (its layer's ``cpu``
-    x ``gflops_per_cpu``); ``compare_root``: each source also sends to the root's replica, the
-    placement to compare with; ``every_n_steps``: the trainer publishes its weights to every
-    replica this often (and at the end); ``port``: where replicas listen on their host; ``seed``:
-    the requests' arrivals and inputs; ``drain_s``: seconds requests go on after training ends;
-    ``max_failed``: the largest fraction of a route's requests that may fail (no answer or an
-    error status, as while a replica restarts) in a run that succeeds (1: no limit)."""
+    (``engage-deploy[serve]``; see ``docs/serve.md``). ``sources``: layer -> what each of its hosts
+    sends (:mod:`engage.deploy.serve.demand`: requests per second, a schedule
+    ``[[from_s, rate], ...]``, or either per served model; empty: no serving); ``tree``: layer ->
+    the next layer towards the root (the trainer's layer), the path requests travel; the placement
+    engine (``solver``, one of ``engage place --solver``) puts replicas on hosts of the path with
+    the memory for one (``model_size``: what a replica process takes) and routes each source to
+    one, from the model's ``gflop`` per request and ``input`` bytes, and each host's compute (its
+    layer's ``cpu`` x ``gflops_per_cpu``); ``models``: other models served beside the one being
+    trained, name -> ``{checkpoint: a Lightning checkpoint of the trained model's class,
+    model_size: ..., gflop: ...}`` (sizes and GFLOP default to the trained model's);
+    ``compare_root``: each source also sends to the root's replica, the placement to compare
+    with; ``slot_s``: when > 0, the placement is solved again every ``slot_s`` seconds from the
+    request rates the sources measured in the last slot (``solver=online`` keeps its state from
+    slot to slot), replicas started and stopped and sources re-routed accordingly, at most
+    ``max_moves`` new replicas a slot (``null``: no limit); ``every_n_steps``: the trainer
+    publishes its weights to every replica of the model being trained this often (and at the
+    end); ``port``: where replicas listen on their host (the n-th served model at ``port + n``);
+    ``seed``: the requests' arrivals and inputs; ``drain_s``: seconds requests go on after
+    training ends; ``max_failed``: the largest fraction of a route's requests that may fail (no
+    answer or an error status, as while a replica restarts) in a run that succeeds (1: no
+    limit)."""
 
-    sources: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
     tree: dict[str, str] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
     solver: str = "cpsat"
     model_size: str = "600MB"
     gflop: float = 0.001
     gflops_per_cpu: float = 20.0
     input: str = "2KB"
     compare_root: bool = True
+    slot_s: float = 0.0
+    max_moves: float | None = None
     every_n_steps: int = 20
     port: int = 8100
     seed: int = 0
@@ -92,9 +105,7 @@ class ServingOptions:
         """:class:`ValueError`, one line naming the key and the fix, for values wrong on their own
         (those that depend on the infrastructure are checked with it when the plan is made)."""
         where = SERVING
-        for layer, rate in self.sources.items():
-            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
-                raise ValueError(f"{where}.sources.{layer} is {rate!r}; give requests per second > 0")
+        self.demand()
         if self.sources and not self.tree:
             raise ValueError(f"{where}.tree is empty; give each layer's next layer towards the trainer's")
         for name, low in (("gflop", 0.0), ("gflops_per_cpu", 0.0)):
@@ -106,8 +117,53 @@ class ServingOptions:
             raise ValueError(f"{where}.port is {self.port}; use a port from 1 to 65535")
         if self.drain_s < 0:
             raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
+        if self.slot_s < 0:
+            raise ValueError(f"{where}.slot_s is {self.slot_s}; use 0 (placement fixed) or seconds > 0")
+        if self.max_moves is not None and self.max_moves < 0:
+            raise ValueError(
+                f"{where}.max_moves is {self.max_moves}; use 0 or more new replicas a slot (null: no limit)"
+            )
+        if self.max_moves is not None and self.solver != "online":
+            raise ValueError(f"{where}.max_moves limits the online policy's moves; set solver=online or max_moves=null")
         if not 0 <= self.max_failed <= 1:
             raise ValueError(f"{where}.max_failed is {self.max_failed}; use a fraction from 0 to 1 (1: no limit)")
+
+    def served_models(self) -> dict[str, dict[str, Any]]:
+        """Every served model, the trained one (``model``) first: name -> ``{checkpoint,
+        model_size, gflop}`` (the trained one's checkpoint ``None``); :class:`ValueError` for an
+        entry of ``models`` that names no readable checkpoint or has unknown keys."""
+        from engage.deploy.serving import TRAINED
+
+        where = f"{SERVING}.models"
+        served = {TRAINED: {"checkpoint": None, "model_size": self.model_size, "gflop": self.gflop}}
+        for name, entry in self.models.items():
+            if name == TRAINED:
+                raise ValueError(f"{where}.{name}: {TRAINED!r} is the model being trained; name the others otherwise")
+            if not isinstance(entry, Mapping) or not entry.get("checkpoint"):
+                raise ValueError(f"{where}.{name} is {entry!r}; give {{checkpoint: PATH}} (a Lightning checkpoint)")
+            unknown = sorted(set(entry) - {"checkpoint", "model_size", "gflop"})
+            if unknown:
+                raise ValueError(f"{where}.{name}.{unknown[0]} is not a key; keys are checkpoint, model_size, gflop")
+            checkpoint = os.path.abspath(os.path.expanduser(str(entry["checkpoint"])))
+            if not os.path.isfile(checkpoint) or not os.access(checkpoint, os.R_OK):
+                raise ValueError(
+                    f"{where}.{name}.checkpoint: no readable file {checkpoint}; give a Lightning checkpoint"
+                )
+            gflop = entry.get("gflop", self.gflop)
+            if not isinstance(gflop, (int, float)) or isinstance(gflop, bool) or gflop <= 0:
+                raise ValueError(f"{where}.{name}.gflop is {gflop!r}; use a value > 0")
+            served[str(name)] = {
+                "checkpoint": checkpoint,
+                "model_size": str(entry.get("model_size", self.model_size)),
+                "gflop": float(gflop),
+            }
+        return served
+
+    def demand(self) -> dict[tuple[str, str], Any]:
+        """``(layer, model) -> RateSchedule`` of :attr:`sources`; :class:`ValueError`, one line."""
+        from engage.deploy.serve.demand import parse_sources
+
+        return parse_sources(self.sources, self.served_models(), f"{SERVING}.sources")
 
 
 @dataclass

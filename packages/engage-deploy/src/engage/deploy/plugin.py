@@ -120,11 +120,10 @@ def engage_callbacks(cfg: Any) -> list[Any]:
     if job is None or job.serving is None:
         return []
     from engage.deploy.callbacks import PublishWeights, ServeWhileTraining
+    from engage.deploy.serving import TRAINED
 
     plan = job.serving
-    urls = [replica.url for replica in plan.replicas]
+    urls = [replica.url for replica in plan.replicas if replica.model == TRAINED]
+    publisher = PublishWeights(urls, api_key_file=plan.api_key_file, every_n_steps=plan.every_n_steps)
     # the replicas and sources first: PublishWeights sends to replicas that answer
-    return [
-        ServeWhileTraining(plan, job.hosts, job.folder),
-        PublishWeights(urls, api_key_file=plan.api_key_file, every_n_steps=plan.every_n_steps),
-    ]
+    return [ServeWhileTraining(plan, job.hosts, job.folder, publisher=publisher), publisher]

@@ -20,8 +20,11 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+#: the served model being trained: its name in the sources, the placement problem and the plans
+TRAINED = "model"
 
 
 class ServingError(RuntimeError):
@@ -30,17 +33,20 @@ class ServingError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReplicaRecord:
-    """One inference replica: its ``name`` (the host's: one replica a host), the host's ``layer``,
-    the ``address`` and ``port`` it listens on."""
+    """One inference replica: its ``name`` (the host's for the model being trained, ``MODEL:HOST``
+    for another served ``model``), the host's ``layer``, the ``address`` and ``port`` it listens on,
+    and its ``host``."""
 
     name: str
     layer: str
     address: str
     port: int
+    model: str = TRAINED
+    host: str = ""
 
-    @property
-    def host(self) -> str:
-        return self.name
+    def __post_init__(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", self.name)
 
     @property
     def url(self) -> str:
@@ -58,6 +64,7 @@ class RouteRecord:
     rate: float
     chosen: bool
     predicted_s: float
+    model: str = TRAINED
 
     @property
     def label(self) -> str:
@@ -84,9 +91,51 @@ class ServingPlan:
     drain_s: float
     placement: Mapping[str, list[str]]
     max_failed: float
+    #: every served model: name -> its checkpoint (``None``: the model being trained), in port order
+    models: Mapping[str, str | None] = field(default_factory=lambda: {TRAINED: None})
+    #: source layer -> model -> ``[[from_s, rate], ...]`` (see :mod:`engage.deploy.serve.demand`)
+    schedules: Mapping[str, Mapping[str, list[list[float]]]] = field(default_factory=dict)
+    #: every host of the paths: name -> ``[layer, address]`` (where replicas may go)
+    hosts: Mapping[str, list[str]] = field(default_factory=dict)
+    port: int = 0
+    slot_s: float = 0.0
+    max_moves: float | None = None
+    compare_root: bool = False
 
     def replica(self, name: str) -> ReplicaRecord:
         return next(r for r in self.replicas if r.name == name)
+
+    def replica_at(self, host: str, model: str) -> ReplicaRecord:
+        """The replica of ``model`` on ``host``, as any plan of this sweep names it."""
+        layer, address = self.hosts[host]
+        name = host if model == TRAINED else f"{model}:{host}"
+        return ReplicaRecord(name, layer, address, self.port + list(self.models).index(model), model, host)
+
+    def source_schedules(self) -> dict[str, dict[str, list[list[float]]]]:
+        """Source host -> model -> its ``[[from_s, rate], ...]``."""
+        return {
+            host: dict(models)
+            for layer, models in self.schedules.items()
+            for host, (host_layer, _address) in self.hosts.items()
+            if host_layer == layer
+        }
+
+    def problem_with(self, rates: Mapping[tuple[str, str], float]) -> dict[str, Any]:
+        """The placement problem with ``rates`` (``(source host, model) -> requests per second``;
+        zero rates left out) instead of the rates it was solved for."""
+        requests = [{"node": h, "model": m, "rate": float(r)} for (h, m), r in rates.items() if r > 0]
+        return {**self.problem, "requests": requests}
+
+    def peak_problem(self) -> dict[str, Any]:
+        """The problem with every source sending every model at its peak: its options predict
+        every route a run may use."""
+        return self.problem_with(
+            {
+                (host, model): max(rate for _, rate in steps)
+                for host, models in self.source_schedules().items()
+                for model, steps in models.items()
+            }
+        )
 
     def sources(self) -> list[str]:
         """The source hosts, in route order."""
@@ -108,4 +157,14 @@ class ServingPlan:
             drain_s=float(data["drain_s"]),
             placement={k: list(v) for k, v in dict(data["placement"]).items()},
             max_failed=float(data["max_failed"]),
+            models=dict(data.get("models", {TRAINED: None})),
+            schedules={
+                k: {m: [list(x) for x in v] for m, v in dict(d).items()}
+                for k, d in dict(data.get("schedules", {})).items()
+            },
+            hosts={k: list(v) for k, v in dict(data.get("hosts", {})).items()},
+            port=int(data.get("port", 0)),
+            slot_s=float(data.get("slot_s", 0.0)),
+            max_moves=None if data.get("max_moves") is None else float(data["max_moves"]),
+            compare_root=bool(data.get("compare_root", False)),
         )

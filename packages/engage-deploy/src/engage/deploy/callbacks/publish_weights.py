@@ -65,8 +65,6 @@ class PublishWeights(pl.Callback):
         mode: str = "min",
         timeout_s: float = 30.0,
     ) -> None:
-        if not replicas:
-            raise ValueError("PublishWeights needs at least one replica URL")
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
         if mode not in ("min", "max"):
@@ -93,6 +91,23 @@ class PublishWeights(pl.Callback):
         self._lock = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._last_sent: tuple[int, bytes] | None = None
+
+    def add_replica(self, url: str) -> None:
+        """Publish to ``url`` from now on, starting with the newest version sent so far (sent
+        from the caller's thread)."""
+        url = url.rstrip("/")
+        with self._lock:
+            if url not in self.replicas:
+                self.replicas.append(url)
+            last = self._last_sent
+        if last is not None:
+            self.publications.append(self._send(url, *last))
+
+    def remove_replica(self, url: str) -> None:
+        """Publish to ``url`` no more (a replica being stopped)."""
+        with self._lock:
+            self.replicas = [r for r in self.replicas if r != url.rstrip("/")]
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -163,7 +178,10 @@ class PublishWeights(pl.Callback):
                 version, snapshot = self._pending
                 self._pending = None
             body = json.dumps({"version": version, "state_dict": base64.b64encode(serialize(snapshot)).decode()})
-            for replica in self.replicas:
+            with self._lock:
+                self._last_sent = (version, body.encode())
+                replicas = list(self.replicas)
+            for replica in replicas:
                 self.publications.append(self._send(replica, version, body.encode()))
 
     def _send(self, replica: str, version: int, body: bytes) -> Publication:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +14,8 @@ import numpy as np
 
 from engage.deploy.job import HostRecord
 from engage.deploy.serve.load import RequestPool, ServedRequests
-from engage.deploy.serving import ReplicaRecord, ServingError, ServingPlan
+from engage.deploy.serve.replacing import Replacer, sender_streams
+from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingError, ServingPlan
 
 #: examples of the held-out simulations the request sources draw from, at most
 POOL_SIZE = 512
@@ -45,6 +44,13 @@ class ServeWhileTraining(pl.Callback):
     answer or with more than ``plan.max_failed`` of its requests failed, or a replica that
     answered nothing, fails the run (its MLflow run ``FAILED``).
 
+    Other served models (``plan.models``) are built from their checkpoints. With
+    ``plan.slot_s > 0`` a :class:`~engage.deploy.serve.replacing.Replacer` solves the placement
+    again every slot from the rates the sources measured and moves replicas and routes to follow
+    it (``publisher``, the :class:`PublishWeights` beside this callback, then sends the weights to
+    new replicas of the model being trained); its timeline goes into ``serving.json`` and
+    ``serving/placement.png``.
+
     A replica that does not answer within ``ready_timeout_s``, or a source or replica that ends
     on its own, fails the run with one line. Added by engage-deploy's plugin to an ``engage run``
     whose sweep has ``hydra.launcher.serving``; ``hosts`` and ``folder`` are the job's.
@@ -65,12 +71,17 @@ class ServeWhileTraining(pl.Callback):
         hosts: Sequence[HostRecord],
         folder: str | Path,
         ready_timeout_s: float = 180.0,
+        publisher: Any = None,
     ) -> None:
+        from engage.deploy.serve.services import ServiceProcesses
+
         self.plan = plan
         self.hosts = {host.name: host for host in hosts}
         self.folder = Path(folder) / "serving"
         self.ready_timeout_s = ready_timeout_s
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}  # "replica HOST" / "requests HOST" -> it
+        self.publisher = publisher
+        self.services = ServiceProcesses(self.hosts, self.folder)
+        self.replacer: Replacer | None = None
         #: per replica, the seconds one request takes there (measured); per route, the prediction
         self.service_s: dict[str, float] = {}
         #: per source host, the seconds its sender takes to send a request once it is due
@@ -87,95 +98,95 @@ class ServeWhileTraining(pl.Callback):
 
         self._key = read_api_key(self.plan.api_key_file)
         self.folder.mkdir(parents=True, exist_ok=True)
-        target, kwargs = _model_spec(pl_module)
+        self._model = _model_spec(pl_module)
+        self.replacer = Replacer(
+            self.plan,
+            self.services,
+            self._start_replica,
+            self.publisher,
+            lambda source: self.services.file(f"requests {source}", ".routes.json"),
+            lambda source: self.services.file(f"requests {source}", ".counts.json"),
+            self._key,
+            self.ready_timeout_s,
+        )
         for replica in self.plan.replicas:
-            argv = [
-                *("-m", "engage.deploy.serve.supervisor", "--model", target, "--model-kwargs", kwargs),
-                *("--api-key-file", self.plan.api_key_file, "--host", replica.address, "--port", str(replica.port)),
-                *("--name", replica.name, "--folder", str(self.folder / replica.name)),
-            ]
-            self._start(f"replica {replica.name}", replica.host, argv)
+            self._start_replica(replica)
+
+    def _start_replica(self, replica: ReplicaRecord) -> None:
+        target, kwargs = self._model
+        argv = [
+            *("-m", "engage.deploy.serve.supervisor", "--model", target, "--model-kwargs", kwargs),
+            *("--api-key-file", self.plan.api_key_file, "--host", replica.address, "--port", str(replica.port)),
+            *("--name", replica.name, "--folder", str(self.folder / replica.name)),
+        ]
+        checkpoint = self.plan.models.get(replica.model)
+        if checkpoint:
+            argv += ["--checkpoint", checkpoint]
+        self.services.start(f"replica {replica.name}", replica.host, argv)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_rank != 0 or not self.processes:
+        if trainer.global_rank != 0 or not self.services or self.replacer is None:
             return
         pool = RequestPool(*_examples(trainer, pl_module))
         deadline = time.monotonic() + self.ready_timeout_s  # for all of them together
         for replica in self.plan.replicas:
-            self._wait_ready(replica, deadline)
+            self.services.wait_ready(replica, self._key, deadline, self.ready_timeout_s)
         path = pool.save(self.folder / "requests.npz")
-        for index, source in enumerate(self.plan.sources()):
+        self.replacer.write_routes()
+        schedules = self.plan.source_schedules()
+        for index, (source, streams) in enumerate(sender_streams(self.plan).items()):
             name = f"requests {source}"
             argv = ["-m", "engage.deploy.serve.load", "--pool", str(path), "--api-key-file", self.plan.api_key_file]
-            for route in (r for r in self.plan.routes if r.source == source):
-                argv += ["--route", f"{route.label}={route.rate}@{self.plan.replica(route.replica).url}"]
-            argv += ["--seed", str(self.plan.seed + index), "--out", str(self._file(name, ".json"))]
-            self._start(name, source, argv)
+            for stream, label in streams.items():
+                rate = json.dumps(schedules[source][self.replacer.routes[label].model])
+                argv += ["--route", f"{stream}={rate}@{self.plan.replica(self.replacer.routes[label].replica).url}"]
+            argv += ["--routes-file", str(self.services.file(name, ".routes.json"))]
+            argv += ["--counts-file", str(self.services.file(name, ".counts.json"))]
+            argv += ["--seed", str(self.plan.seed + index), "--out", str(self.services.file(name, ".json"))]
+            self.services.start(name, source, argv)
+        if self.plan.slot_s > 0:
+            self.replacer.start()
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_rank == 0 and trainer.global_step % 50 == 0:
-            self._check_alive()
+            self._check()
+
+    def _check(self) -> None:
+        if self.replacer is not None:
+            self.replacer.check()
+        self.services.check_alive()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not self.processes or trainer.global_rank != 0:
+        if stage != "fit" or not self.services or trainer.global_rank != 0:
             return
         try:
-            self._check_alive()
+            self._check()
             time.sleep(self.plan.drain_s)  # the last version, published at the end, is served too
         finally:
             self._stop_all()
+        if self.replacer is not None:
+            self.replacer.check()  # an error of its last slots
         self._record(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._stop_all()
 
-    # ------------------------------------------------------------------ processes
-
-    def _start(self, name: str, host_name: str, argv: list[str]) -> None:
-        from engage.core.executors import die_with_parent_command
-
-        host = self.hosts.get(host_name)
-        if host is None:
-            raise ServingError(f"serving: host {host_name} is not among this job's hosts")
-        command, preexec = die_with_parent_command([*host.exec_prefix, sys.executable, *argv])
-        with open(self._file(name, ".log"), "wb") as log:
-            self.processes[name] = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
-            )
-
-    def _file(self, name: str, suffix: str) -> Path:
-        """The log (``.log``) of the process ``name`` (``replica HOST``, ``requests HOST``), or
-        where a sender writes its requests (``.json``)."""
-        return self.folder / f"{name.replace(' ', '-')}{suffix}"
-
-    def _check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                tail = _last_line(self._file(name, ".log"))
-                raise ServingError(f"serving: {name} ended with exit code {process.returncode} ({tail})")
-
     def _stop_all(self) -> None:
-        from engage.deploy.processes import terminate
-
-        # the sources first: they write their requests when stopped
-        for name in sorted(self.processes, key=lambda n: not n.startswith("requests")):
-            process = self.processes.pop(name)  # stopped once: a reused pid is never signalled
-            terminate(process.pid, grace_s=15.0)
-            process.wait()
-
-    def _wait_ready(self, replica: ReplicaRecord, deadline: float) -> None:
-        from engage.deploy.serve.supervisor import healthy
-
-        while time.monotonic() < deadline:
-            self._check_alive()
-            if healthy(replica.url, self._key, timeout_s=5.0):
-                return
-            time.sleep(0.25)
-        raise ServingError(
-            f"serving: replica {replica.name} did not answer at {replica.url} within {self.ready_timeout_s:.0f} s"
-        )
+        try:
+            if self.replacer is not None:
+                self.replacer.stop()
+        finally:
+            self.services.stop_all()
 
     # ------------------------------------------------------------------ figures
+
+    def replicas(self) -> list[ReplicaRecord]:
+        """Every replica the job ran (those of every slot when the placement changed)."""
+        return list(self.replacer.replicas.values()) if self.replacer is not None else list(self.plan.replicas)
+
+    def routes(self) -> list[RouteRecord]:
+        """Every route the job's sources followed."""
+        return list(self.replacer.routes.values()) if self.replacer is not None else list(self.plan.routes)
 
     def measure(self, served: ServedRequests) -> None:
         """Each replica's service time, the median of what it said it took for the answers in
@@ -184,25 +195,27 @@ class ServeWhileTraining(pl.Callback):
         service times as measured figures, plus its source's sending time (:attr:`service_s`,
         :attr:`sender_s`, :attr:`predicted_s`)."""
         from engage.deploy.placement import PlacementProblem
-        from engage.deploy.serve.placing import MODEL, VARIANT, predicted_latencies
+        from engage.deploy.serve.placing import VARIANT, predicted_latencies
 
-        for replica in self.plan.replicas:
+        for replica in self.replicas():
             answers = [r for r in served.results if r.replica == replica.url and r.ok]
             took = [r.service_s for r in answers if r.service_s is not None]
             if took:
                 self.service_s[replica.name] = statistics.median(took)
+        replicas = {replica.name: replica for replica in self.replicas()}
         measured = [
-            {"node": node, "model": MODEL, "variant": VARIANT, "seconds": seconds}
-            for node, seconds in self.service_s.items()
+            {"node": replicas[name].host, "model": replicas[name].model, "variant": VARIANT, "seconds": seconds}
+            for name, seconds in self.service_s.items()
         ]
-        latency = predicted_latencies(PlacementProblem.from_dict({**self.plan.problem, "measured": measured}))
+        latency = predicted_latencies(PlacementProblem.from_dict({**self.plan.peak_problem(), "measured": measured}))
         for source in self.plan.sources():
             waited = [r.sent_s for r in served.results if r.source.startswith(f"{source}>") and r.sent_s is not None]
             if waited:
                 self.sender_s[source] = statistics.median(waited)
         self.predicted_s = {
-            route.label: latency[route.source, route.replica] + self.sender_s.get(route.source, 0.0)
-            for route in self.plan.routes
+            route.label: latency[route.source, route.model, replicas[route.replica].host]
+            + self.sender_s.get(route.source, 0.0)
+            for route in self.routes()
             if route.replica in self.service_s
         }
 
@@ -210,7 +223,7 @@ class ServeWhileTraining(pl.Callback):
         """Per route: the engine's prediction (nominal and from measured service times), the
         measured median latency of the requests on kept connections, and their ratio."""
         rows = []
-        for route in self.plan.routes:
+        for route in self.routes():
             sent = served.of(route.label).results
             answered = [r for r in sent if r.ok and not r.connected]
             median = statistics.median(r.latency_s for r in answered) if answered else None
@@ -221,6 +234,7 @@ class ServeWhileTraining(pl.Callback):
                     "route": route.label,
                     "source": route.source,
                     "replica": route.replica,
+                    "model": route.model,
                     "chosen": route.chosen,
                     "requests": len(sent),
                     "answered": len(answered),
@@ -239,9 +253,9 @@ class ServeWhileTraining(pl.Callback):
         served = ServedRequests([])
         senders = [f"requests {source}" for source in self.plan.sources()]
         for name in senders:
-            path = self._file(name, ".json")
+            path = self.services.file(name, ".json")
             if not path.exists():
-                why = _last_line(self._file(name, ".log"))
+                why = self.services.last_line(name)
                 raise ServingError(f"serving: {name} wrote no results ({why})")
             served.results += ServedRequests.read(path).results
         self.measure(served)
@@ -251,13 +265,20 @@ class ServeWhileTraining(pl.Callback):
             "sender_ms": {k: round(v * 1000, 3) for k, v in self.sender_s.items()},
             "routes": self.route_figures(served),
             "summary": served.summary(),
+            "timeline": self.replacer.timeline if self.replacer is not None else [],
+            "given_up": self.replacer.given_up if self.replacer is not None else [],
         }
         (self.folder / "serving.json").write_text(json.dumps(figures, indent=1, default=str))
-        unanswered = [row["route"] for row in figures["routes"] if not row["answered"]]
+        # a route re-placing gave up may have carried no request; one that did must have answers
+        replaced = self.plan.slot_s > 0
+        unanswered = [
+            row["route"] for row in figures["routes"] if not row["answered"] and (row["requests"] or not replaced)
+        ]
         # judged on the counts (the fraction in serving.json is rounded for reading)
         limit = self.plan.max_failed
         failing = [row for row in figures["routes"] if row["answered"] and row["failed"] > limit * row["requests"]]
-        unmeasured = [r.name for r in self.plan.replicas if r.name not in self.service_s]
+        used = {row["replica"] for row in figures["routes"] if row["requests"] or not replaced}
+        unmeasured = [r.name for r in self.replicas() if r.name in used and r.name not in self.service_s]
         logger = trainer.logger
         if logger is not None and hasattr(logger, "run_id"):
             bad = set(unanswered) | {row["route"] for row in failing}
@@ -282,7 +303,19 @@ class ServeWhileTraining(pl.Callback):
         experiment = client.get_run(parent).info.experiment_id
         client.log_dict(parent, figures, "serving/serving.json")
         client.log_figure(parent, _latency_figure(figures["routes"]), "serving/latency.png")
-        for replica in self.plan.replicas:
+        if figures["timeline"]:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [
+                Metric(name, float(value), now, slot["slot"])
+                for slot in figures["timeline"]
+                for name, value in (("serve/replicas", len(slot["replicas"])), ("serve/moves", slot["moves"]))
+            ]
+            for i in range(0, len(metrics), 900):
+                client.log_batch(parent, metrics=metrics[i : i + 900])
+            client.log_figure(parent, _placement_figure(figures["timeline"]), "serving/placement.png")
+        for replica in self.replicas():
             run = _child(client, experiment, parent, f"replica {replica.name}", "replica", replica.name, replica.layer)
             status = "FAILED"
             try:
@@ -332,6 +365,31 @@ def _latency_figure(rows: Sequence[dict[str, Any]]) -> Any:
     axes.set_xlabel("route (source > replica; * the engine's choice)")
     axes.set_ylabel("latency per request (ms)")
     axes.legend()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def _placement_figure(timeline: Sequence[dict[str, Any]]) -> Any:
+    """Measured request rates (requests/s) over time, and which replicas each slot held."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rates, held) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    times = [slot["t_s"] for slot in timeline]
+    for key in sorted({k for slot in timeline for k in slot["rates"]}):
+        rates.step(times, [slot["rates"].get(key, 0.0) for slot in timeline], where="post", label=key)
+    rates.set_ylabel("measured rate (requests/s)")
+    rates.legend(fontsize="small")
+    names = sorted({name for slot in timeline for name in slot["replicas"]})
+    for row, name in enumerate(names):
+        present = [t for t, slot in zip(times, timeline) if name in slot["replicas"]]
+        held.scatter(present, [row] * len(present), marker="s", s=30)
+    held.set_yticks(range(len(names)), names)
+    held.set_xlabel("time since requests began (s), one point a slot")
+    held.set_ylabel("replica held")
     figure.tight_layout()
     plt.close(figure)
     return figure
@@ -387,11 +445,3 @@ def _examples(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[list[
             "DataModule); this run's validation data has other samples"
         ) from None
     return inputs, truth
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1][-300:] if lines else "empty log"

@@ -1,7 +1,10 @@
 """A seeded request generator for inference replicas: latency, throughput and the answers' error.
 
-Each source (an edge host, say) sends requests to one replica as a Poisson process of its own
-rate, its arrival times drawn from its own seeded stream, so a run can be repeated exactly. The
+Each stream (a source host's requests for one model, say) sends requests to one replica as a
+Poisson process of its own rate, constant or changing at given times (a
+:class:`~engage.deploy.serve.demand.RateSchedule`), its arrival times drawn from its own seeded
+stream, so a run can be repeated exactly; :meth:`RequestGenerator.retarget` sends a stream's
+later requests to another replica (a new placement) under another route name. The
 generator is open-loop: a request is due at its arrival time whether or not earlier ones were
 answered, and its latency counts from that time, including any wait for one of the
 ``max_in_flight`` connections. Connections are kept open between requests (HTTP keep-alive, one
@@ -28,6 +31,8 @@ import heapq
 import http.client
 import itertools
 import json
+import math
+import os
 import signal
 import sys
 import threading
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from engage.deploy.serve.demand import RateSchedule
 from engage.deploy.serve.replica import API_KEY_HEADER, SERVICE_TIME_HEADER
 
 #: a request's inputs (the replica's ``inputs`` list) and the ground truth its outputs should match
@@ -66,6 +72,7 @@ class ServedRequest:
     connected: bool = False
     service_s: float | None = None
     sent_s: float | None = None
+    stream: str = ""
 
     @property
     def ok(self) -> bool:
@@ -73,70 +80,118 @@ class ServedRequest:
 
 
 class RequestGenerator:
-    """Requests from each source of ``routes`` (``source -> (replica URL, requests per second)``)
-    made by ``make_request``, sent with ``api_key``; ``seed`` fixes arrivals and inputs;
-    ``max_in_flight`` requests at most are open at once."""
+    """Requests of each stream of ``routes`` (``name -> (replica URL, requests per second or a
+    RateSchedule)``; a stream's requests are recorded under its name until :meth:`retarget` names
+    another route) made by ``make_request``, sent with ``api_key``; ``seed`` fixes arrivals and
+    inputs; ``max_in_flight`` requests at most are open at once. :attr:`sent` counts each stream's
+    requests so far."""
 
     def __init__(
         self,
-        routes: Mapping[str, tuple[str, float]],
+        routes: Mapping[str, tuple[str, float | RateSchedule]],
         make_request: MakeRequest,
         api_key: str,
         seed: int = 0,
         timeout_s: float = 10.0,
         max_in_flight: int = 16,
     ) -> None:
-        for source, (_url, rate) in routes.items():
-            if rate <= 0:
-                raise ValueError(f"the request rate of {source} must be > 0, got {rate}")
-        self.routes = {source: (url.rstrip("/"), float(rate)) for source, (url, rate) in routes.items()}
+        self.schedules: dict[str, RateSchedule] = {}
+        self.targets: dict[str, tuple[str, str]] = {}  # stream -> (route name, replica URL)
+        for stream, (url, rate) in routes.items():
+            if not isinstance(rate, RateSchedule):
+                if rate <= 0:
+                    raise ValueError(f"the request rate of {stream} must be > 0, got {rate}")
+                rate = RateSchedule(((0.0, float(rate)),))
+            self.schedules[stream] = rate
+            self.targets[stream] = (stream, url.rstrip("/"))
         self.make_request = make_request
         self.seed = seed
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.results: list[ServedRequest] = []
+        self.sent: dict[str, int] = dict.fromkeys(self.schedules, 0)
         self._key = api_key
         self._lock = threading.Lock()
         self._local = threading.local()  # each sending thread's open connections
 
-    def arrivals(self) -> Iterator[tuple[float, str, np.random.Generator]]:
-        """Every source's arrival times (seconds from the start), merged in time order and drawn
-        as they are needed, each with the random stream its request's inputs are drawn from."""
-        streams = np.random.SeedSequence(self.seed).spawn(len(self.routes))
+    def counts(self) -> dict[str, int]:
+        """Requests each stream sent so far."""
+        with self._lock:
+            return dict(self.sent)
 
-        def arrivals_of(source: str, rate: float, stream: np.random.SeedSequence):
-            times_rng, inputs_rng = (np.random.default_rng(s) for s in stream.spawn(2))
+    def retarget(self, stream: str, route: str, url: str) -> None:
+        """Send ``stream``'s later requests to ``url``, recorded under ``route``."""
+        with self._lock:
+            self.targets[stream] = (route, url.rstrip("/"))
+
+    def arrivals(self) -> Iterator[tuple[float, str, np.random.Generator]]:
+        """Every stream's arrival times (seconds from the start), merged in time order and drawn
+        as they are needed, each with the random stream its request's inputs are drawn from. A
+        changing rate is followed exactly: a unit-rate exponential draw is spent across the
+        schedule's steps (time rescaling), so a step at rate 0 sends nothing."""
+        streams = np.random.SeedSequence(self.seed).spawn(len(self.schedules))
+
+        def arrivals_of(stream: str, schedule: RateSchedule, seeds: np.random.SeedSequence):
+            times_rng, inputs_rng = (np.random.default_rng(s) for s in seeds.spawn(2))
+            steps = list(schedule.steps)
             t = 0.0
             while True:
-                t += times_rng.exponential(1.0 / rate)
-                yield t, source, inputs_rng
+                budget = times_rng.exponential(1.0)
+                while True:
+                    i = max(k for k, (start, _rate) in enumerate(steps) if start <= t)
+                    rate = steps[i][1]
+                    end = steps[i + 1][0] if i + 1 < len(steps) else math.inf
+                    if rate > 0 and budget <= rate * (end - t):
+                        t += budget / rate
+                        break
+                    if math.isinf(end):
+                        return  # the last step sends nothing
+                    budget -= rate * (end - t)
+                    t = end
+                yield t, stream, inputs_rng
 
-        sources = [arrivals_of(s, rate, st) for (s, (_url, rate)), st in zip(sorted(self.routes.items()), streams)]
-        return heapq.merge(*sources, key=lambda a: a[0])
+        merged = [
+            arrivals_of(name, self.schedules[name], seeds) for name, seeds in zip(sorted(self.schedules), streams)
+        ]
+        return heapq.merge(*merged, key=lambda a: a[0])
 
     def schedule(self, duration_s: float) -> list[tuple[float, str, np.random.Generator]]:
         """The arrivals within ``duration_s``, in time order."""
         return list(itertools.takewhile(lambda a: a[0] < duration_s, self.arrivals()))
 
-    def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> list[ServedRequest]:
+    def run(
+        self,
+        duration_s: float | None = None,
+        stop: threading.Event | None = None,
+        tick: Callable[[], None] | None = None,
+        tick_s: float = 0.2,
+    ) -> list[ServedRequest]:
         """Send the requests of ``duration_s`` seconds (``None``: until ``stop`` is set), or until
-        ``stop`` is set; every answer is in :attr:`results`, in the order they came."""
+        ``stop`` is set, calling ``tick`` at least every ``tick_s`` seconds while waiting; every
+        answer is in :attr:`results`, in the order they came."""
         if duration_s is None and stop is None:
             raise ValueError("give a duration, a stop event, or both")
+        stop = stop or threading.Event()
         start = time.monotonic()
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests")
         try:
-            for due, source, rng in self.arrivals():
-                if (stop is not None and stop.is_set()) or (duration_s is not None and due >= duration_s):
-                    break
-                delay = start + due - time.monotonic()
-                if delay > 0 and (stop.wait(delay) if stop is not None else time.sleep(delay)):
+            for due, stream, rng in itertools.chain(self.arrivals(), [(math.inf, "", None)]):
+                if duration_s is not None and due >= duration_s:
+                    due = duration_s
+                while not stop.is_set() and (delay := start + due - time.monotonic()) > 0:
+                    if stop.wait(min(delay, tick_s) if tick is not None else None if math.isinf(delay) else delay):
+                        break
+                    if tick is not None:
+                        tick()
+                if stop.is_set() or rng is None or (duration_s is not None and due >= duration_s):
                     break
                 inputs, truth = self.make_request(rng)
-                pool.submit(self._send, start, due, source, inputs, truth)
+                with self._lock:
+                    self.sent[stream] += 1
+                pool.submit(self._send, start, due, stream, inputs, truth)
         finally:
             # stopped: requests not yet sent are dropped, those in flight finish (or time out)
-            pool.shutdown(wait=True, cancel_futures=stop is not None and stop.is_set())
+            pool.shutdown(wait=True, cancel_futures=stop.is_set())
         return self.results
 
     def _connection(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
@@ -155,8 +210,9 @@ class RequestGenerator:
         if connection is not None:
             connection.close()
 
-    def _send(self, start: float, due: float, source: str, inputs: list, truth: np.ndarray) -> None:
-        url = self.routes[source][0]
+    def _send(self, start: float, due: float, stream: str, inputs: list, truth: np.ndarray) -> None:
+        with self._lock:
+            source, url = self.targets[stream]
         body = json.dumps({"inputs": inputs}).encode()
         headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
         status, version, error, connected, service = 0, None, None, False, None
@@ -193,7 +249,7 @@ class RequestGenerator:
         waited = None if sent is None else sent - (start + due)
         with self._lock:
             self.results.append(
-                ServedRequest(due, source, url, latency, status, version, error, connected, service, waited)
+                ServedRequest(due, source, url, latency, status, version, error, connected, service, waited, stream)
             )
 
     # ------------------------------------------------------------------ figures
@@ -371,17 +427,55 @@ class RequestPool:
             return cls([data[f"input_{k}"] for k in range(count)], data["truth"])
 
 
-def _route(text: str) -> tuple[str, tuple[str, float]]:
-    """``NAME=RATE@URL`` (requests per second to the replica at URL, recorded under NAME)."""
+def _route(text: str) -> tuple[str, tuple[str, RateSchedule]]:
+    """``NAME=RATE@URL`` (requests per second, or a schedule ``[[from_s, rate], ...]`` as JSON,
+    to the replica at URL, recorded under NAME)."""
     try:
         name, rest = text.split("=", 1)
-        rate, url = rest.split("@", 1)
-        value = float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=RATE@URL (e.g. fog-1=5@http://10.0.1.2:8100)") from None
-    if not name or value <= 0 or not url.startswith("http://"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a name, a rate > 0 and an http:// URL")
-    return name, (url, value)
+        rate, url = rest.rsplit("@", 1)
+        schedule = RateSchedule.parse(json.loads(rate), "the rate")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=RATE@URL (e.g. fog-1=5@http://10.0.1.2:8100 or "
+            f"fog-1=[[0,5],[30,1]]@http://10.0.1.2:8100): {exc}"
+        ) from None
+    if not name or not url.startswith("http://"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a name, a rate and an http:// URL")
+    return name, (url, schedule)
+
+
+class RouteTable:
+    """The file a running sender takes its routes from, and the file it reports to: ``routes``
+    (JSON ``{"version": V, "routes": {STREAM: [ROUTE, URL]}}``, written by whoever places the
+    replicas) is read again whenever it changes; ``counts`` (JSON ``{"version": V, "sent":
+    {STREAM: N}, "elapsed_s": S}``) tells the placer which routes are in force and how many
+    requests each stream sent."""
+
+    def __init__(self, generator: RequestGenerator, routes: str | None, counts: str | None) -> None:
+        self.generator, self.routes, self.counts = generator, routes, counts
+        self.version = 0
+        self._seen: tuple[int, int] | None = None
+        self._start = time.monotonic()
+
+    def __call__(self) -> None:
+        from engage.core.files import write_private
+
+        if self.routes:
+            try:
+                stat = os.stat(self.routes)
+            except FileNotFoundError:
+                stat = None
+            if stat is not None and (stat.st_mtime_ns, stat.st_size) != self._seen:
+                self._seen = (stat.st_mtime_ns, stat.st_size)
+                table = json.loads(Path(self.routes).read_text())
+                for stream, (route, url) in table["routes"].items():
+                    if stream in self.generator.targets:
+                        self.generator.retarget(stream, route, url)
+                self.version = int(table["version"])
+        if self.counts:
+            sent = self.generator.counts()
+            elapsed = round(time.monotonic() - self._start, 3)
+            write_private(self.counts, json.dumps({"version": self.version, "sent": sent, "elapsed_s": elapsed}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
+    parser.add_argument("--routes-file", default=None, help="routes to follow while running (see RouteTable)")
+    parser.add_argument("--counts-file", default=None, help="where requests sent so far are reported")
     parser.add_argument("--out", required=True, help="where the results go (JSON)")
     args = parser.parse_args(argv)
     try:
@@ -407,11 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"engage requests: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     generator = RequestGenerator(dict(args.route), pool, api_key=key, seed=args.seed, timeout_s=args.timeout)
+    table = RouteTable(generator, args.routes_file, args.counts_file)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     print(f"engage requests: {len(args.route)} route(s), {len(pool)} examples", flush=True)
-    generator.run(args.duration, stop=stop)
+    generator.run(args.duration, stop=stop, tick=table if args.routes_file or args.counts_file else None)
     write_private(
         args.out,
         json.dumps({"requests": [asdict(r) for r in generator.results], "summary": generator.summary()}),

@@ -39,15 +39,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.options import SERVING, ServingOptions
-from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingPlan
+from engage.deploy.serving import TRAINED, RouteRecord, ServingPlan
 
 #: the served model's name and its one variant's in the placement problem
-MODEL, VARIANT = "model", "served"
+MODEL, VARIANT = TRAINED, "served"
 #: how far (seconds) a layer pair's declared delay may be from its path's sum
 _DELAY_TOLERANCE_S = 1e-4
 
@@ -105,9 +106,12 @@ def _two_way(constraint: Any, where: str) -> None:
         )
 
 
-def serving_problem(options: ServingOptions, infra: Infrastructure) -> dict[str, Any]:
-    """The placement problem of ``options`` on ``infra`` (``PlacementProblem.from_dict`` form);
-    :class:`ServingPlanError` when they do not fit together."""
+def serving_problem(
+    options: ServingOptions, infra: Infrastructure, rates: Mapping[tuple[str, str], float] | None = None
+) -> dict[str, Any]:
+    """The placement problem of ``options`` on ``infra`` (``PlacementProblem.from_dict`` form)
+    with ``rates`` (``(source host, model) -> requests per second``; default
+    :func:`initial_rates`); :class:`ServingPlanError` when they do not fit together."""
     from engage.deploy.infrastructure import parse_size
 
     where = SERVING
@@ -153,34 +157,43 @@ def serving_problem(options: ServingOptions, infra: Infrastructure) -> dict[str,
                     f"{total * 1000:g} ms one way, but infrastructure.network gives {layer} -> {parent} "
                     f"{have * 1000:g} ms; declare {{src: {layer}, dst: {parent}, delay: {total * 1000:g}ms}}"
                 )
-    try:
-        size = parse_size(options.model_size)
-        input_bytes = parse_size(options.input)
-    except Exception as exc:
-        raise ServingPlanError(f"{where}: {exc}") from None
+    models = []
+    for name, entry in options.served_models().items():
+        try:
+            size = parse_size(entry["model_size"])
+            input_bytes = parse_size(options.input)
+        except Exception as exc:
+            raise ServingPlanError(f"{where}: {exc}") from None
+        variant = {"name": VARIANT, "size": size, "accuracy": 1.0, "gflop": entry["gflop"]}
+        models.append({"name": name, "input": input_bytes, "variants": [variant]})
+    if rates is None:
+        rates = initial_rates(options, infra)
     requests = [
-        {"node": host, "model": MODEL, "rate": float(rate)}
-        for layer_name, rate in options.sources.items()
-        for host in infra.layer(layer_name).host_names()
+        {"node": host, "model": model, "rate": float(rate)} for (host, model), rate in rates.items() if rate > 0
     ]
     return {
         "nodes": nodes,
         "links": links,
-        "models": [
-            {
-                "name": MODEL,
-                "input": input_bytes,
-                "variants": [{"name": VARIANT, "size": size, "accuracy": 1.0, "gflop": options.gflop}],
-            }
-        ],
+        "models": models,
         "requests": requests,
         "objective": {"latency": 1.0, "inaccuracy": 0.0},
     }
 
 
-def predicted_latencies(problem: Any) -> dict[tuple[str, str], float]:
-    """(source, serving node) -> seconds per request, for every option of every request class."""
-    return {(c.source, o.node): o.latency for c in problem.classes for o in c.options if o.split is None}
+def initial_rates(options: ServingOptions, infra: Infrastructure) -> dict[tuple[str, str], float]:
+    """``(source host, model) -> requests per second`` the first plan is made for: the rate at
+    the start when the placement is solved again every slot (``slot_s > 0``), else the
+    schedule's peak (a placement kept all along must hold its busiest time)."""
+    return {
+        (host, model): schedule.rate_at(0.0) if options.slot_s > 0 else schedule.peak
+        for (layer, model), schedule in options.demand().items()
+        for host in infra.layer(layer).host_names()
+    }
+
+
+def predicted_latencies(problem: Any) -> dict[tuple[str, str, str], float]:
+    """(source, model, serving node) -> seconds per request, for every option of every request class."""
+    return {(c.source, c.model, o.node): o.latency for c in problem.classes for o in c.options if o.split is None}
 
 
 def plan_serving(
@@ -204,30 +217,71 @@ def plan_serving(
         plan = solvers[options.solver](time_limit_s=time_limit_s).solve(problem)
     except (PlacementProblemError, PlacementInfeasible) as exc:
         raise ServingPlanError(f"{SERVING}: {exc}") from None
-    latency = predicted_latencies(problem)
-    layer_of = {host: layer.name for layer, host in infra.iter_hosts()}
-    routes, serving = [], set()
-    for route in plan.routes:
-        routes.append(RouteRecord(route.source, route.node, route.rate, True, latency[route.source, route.node]))
-        serving.add(route.node)
-        if options.compare_root and route.node != problem.root:
-            root_latency = latency[route.source, problem.root]
-            routes.append(RouteRecord(route.source, problem.root, route.rate, False, root_latency))
-            serving.add(problem.root)
-    replicas = tuple(
-        ReplicaRecord(host, layer_of[host], addresses[host], options.port)
-        for host in [n.name for n in problem.nodes.values()]
-        if host in serving
-    )
-    return ServingPlan(
-        replicas=replicas,
-        routes=tuple(routes),
+    hosts = {host: [layer.name, addresses[host]] for layer, host in infra.iter_hosts() if host in problem.nodes}
+    base = ServingPlan(
+        replicas=(),
+        routes=(),
         api_key_file=str(api_key_file),
         every_n_steps=options.every_n_steps,
         problem=data,
         solver=options.solver,
         seed=options.seed,
         drain_s=options.drain_s,
-        placement={node: list(items) for node, items in plan.placement.items()},
+        placement={},
         max_failed=options.max_failed,
+        models={name: entry["checkpoint"] for name, entry in options.served_models().items()},
+        schedules=_schedules(options),
+        hosts=hosts,
+        port=options.port,
+        slot_s=options.slot_s,
+        max_moves=options.max_moves,
+        compare_root=options.compare_root,
+    )
+    return placed(base, plan)
+
+
+def _schedules(options: ServingOptions) -> dict[str, dict[str, list[list[float]]]]:
+    schedules: dict[str, dict[str, list[list[float]]]] = {}
+    for (layer, model), schedule in options.demand().items():
+        schedules.setdefault(layer, {})[model] = schedule.to_list()
+    return schedules
+
+
+def placed(base: ServingPlan, solved: Any) -> ServingPlan:
+    """``base`` with the replicas and routes of ``solved`` (a
+    :class:`~engage.deploy.placement.PlacementPlan` of ``base``'s problem, at any rates): one
+    replica for each copy the plan holds, and the root's replica of a model where a route ends
+    there; each source's route for each model it sends (a model it sends at no rate now, to the
+    root, which holds every model), and with ``compare_root`` one to the root's replica as well
+    (kept all along when the placement changes every slot, so a source's streams stay the same)."""
+    from engage.deploy.placement import PlacementProblem
+
+    peak = PlacementProblem.from_dict(base.peak_problem())
+    latency = predicted_latencies(peak)
+    root = peak.root
+    chosen = {(route.source, route.model): (route.node, route.rate) for route in solved.routes}
+    held = {(node, label.split("/", 1)[0]) for node, labels in solved.placement.items() for label in labels}
+    routes: list[RouteRecord] = []
+    for source, models in base.source_schedules().items():
+        for model in models:
+            node, rate = chosen.get((source, model), (root, 0.0))
+            held.add((node, model))
+            replica = base.replica_at(node, model).name
+            routes.append(RouteRecord(source, replica, rate, True, latency[source, model, node], model))
+            if base.compare_root and (node != root or base.slot_s > 0):
+                held.add((root, model))
+                if node != root:
+                    compared = base.replica_at(root, model).name
+                    routes.append(RouteRecord(source, compared, rate, False, latency[source, model, root], model))
+    order = list(peak.nodes)
+    replicas = tuple(
+        base.replica_at(node, model)
+        for node, model in sorted(held, key=lambda nm: (order.index(nm[0]), list(base.models).index(nm[1])))
+        if node in base.hosts
+    )
+    return replace(
+        base,
+        replicas=replicas,
+        routes=tuple(routes),
+        placement={node: list(items) for node, items in solved.placement.items()},
     )

@@ -1,0 +1,309 @@
+"""Re-placing a job's inference replicas while it serves: every slot, the placement is solved
+again from the request rates the sources measured, and the replicas and routes follow it.
+
+Each slot of ``plan.slot_s`` seconds:
+
+1. the rate of each (source host, model) over the last slot, from the counts each sender
+   reports (its requests of the model on the engine's route, not the comparison route);
+2. the plan's placement problem with these rates, solved by ``plan.solver``; ``online`` keeps
+   its state from slot to slot (:class:`~engage.deploy.placement.online.OnlineSolver`, at most
+   ``plan.max_moves`` new copies a slot), others solve each slot afresh;
+3. the new plan applied within the nodes' memory (:meth:`Replacer.apply`): streams leave the
+   replicas that go, those stop, the new ones start and answer (those of the model being
+   trained get the newest weights published so far), and the streams take their new routes;
+   each sender says it follows a new routing before anything is stopped, so a request is never
+   sent to a replica being stopped.
+
+Every slot is kept in :attr:`Replacer.timeline` (rates, replicas, moves, the seconds to solve and
+to apply); a move
+the job's end interrupts (its replicas not answering yet) is given up and named in
+:attr:`Replacer.given_up`. An error
+(a replica that does not answer, a sender that does not follow) is kept in :attr:`Replacer.error`
+and re-placing stops; the job raises it (one line).
+
+Example::
+
+    >>> from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingPlan
+    >>> plan = ServingPlan((), (RouteRecord("edge-1", "fog-1", 5.0, True, 0.02),), "k", 20, {}, "online",
+    ...                    seed=0, drain_s=1.0, placement={}, max_failed=0.05)
+    >>> sender_streams(plan)
+    {'edge-1': {'model': 'edge-1>fog-1'}}
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from engage.deploy.serving import TRAINED, ReplicaRecord, RouteRecord, ServingError, ServingPlan
+
+#: the suffix of a model's stream to the root's replica (``model@root``)
+COMPARE = "@root"
+#: seconds a sender may take to follow new routes
+FOLLOW_TIMEOUT_S = 10.0
+
+
+def stream_of(route: RouteRecord) -> str:
+    """The sender's stream a route carries: the model's name, or ``MODEL@root`` for the comparison route."""
+    return route.model if route.chosen else f"{route.model}{COMPARE}"
+
+
+def sender_streams(plan: ServingPlan) -> dict[str, dict[str, str]]:
+    """Source host -> stream -> the route it follows in ``plan``."""
+    streams: dict[str, dict[str, str]] = {}
+    for route in plan.routes:
+        streams.setdefault(route.source, {})[stream_of(route)] = route.label
+    return streams
+
+
+class Replacer:
+    """Re-place ``plan``'s replicas every ``plan.slot_s`` seconds (see the module).
+
+    ``start_replica`` starts a replica's process, ``services`` waits for it and stops it,
+    ``publisher`` (a :class:`~engage.deploy.callbacks.PublishWeights` or ``None``) sends the
+    weights to new replicas of the model being trained; ``routes_file(source)`` and
+    ``counts_file(source)`` are each sender's; ``key`` is the replicas' API key.
+    """
+
+    def __init__(
+        self,
+        plan: ServingPlan,
+        services: Any,
+        start_replica: Callable[[ReplicaRecord], None],
+        publisher: Any,
+        routes_file: Callable[[str], Path],
+        counts_file: Callable[[str], Path],
+        key: str,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self.plan = plan
+        self.services = services
+        self.start_replica = start_replica
+        self.publisher = publisher
+        self.routes_file = routes_file
+        self.counts_file = counts_file
+        self.key = key
+        self.ready_timeout_s = ready_timeout_s
+        self.version = 0
+        self.timeline: list[dict[str, Any]] = []
+        #: every route and replica a slot used, by name (what the run is judged and recorded on)
+        self.routes: dict[str, RouteRecord] = {route.label: route for route in plan.routes}
+        self.replicas: dict[str, ReplicaRecord] = {replica.name: replica for replica in plan.replicas}
+        #: the replicas running now
+        self.running: dict[str, ReplicaRecord] = dict(self.replicas)
+        self.root = ""
+        self.latency: dict[tuple[str, str, str], float] = {}
+        self.error: BaseException | None = None
+        self._followed: dict[str, dict[str, str]] = {}
+        #: the replicas of a move the job's end interrupted (started, never routed to)
+        self.given_up: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+
+    # ------------------------------------------------------------------ routes
+
+    def write_routes(self, streams: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Give every sender its routes (``source -> stream -> route``; default: :attr:`plan`'s)
+        under a new version."""
+        from engage.core.files import write_private
+
+        self.version += 1
+        self._followed = {source: dict(s) for source, s in (streams or sender_streams(self.plan)).items()}
+        for source, table in self._followed.items():
+            urls = {stream: [label, self.running[self.routes[label].replica].url] for stream, label in table.items()}
+            write_private(self.routes_file(source), json.dumps({"version": self.version, "routes": urls}))
+
+    def _counts(self) -> dict[str, dict[str, Any]]:
+        counts = {}
+        for source in sender_streams(self.plan):
+            try:
+                counts[source] = json.loads(self.counts_file(source).read_text())
+            except (OSError, ValueError):
+                counts[source] = {"version": 0, "sent": {}, "elapsed_s": 0.0}
+        return counts
+
+    def _await_followed(self) -> None:
+        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+        while True:
+            behind = [s for s, c in self._counts().items() if int(c.get("version", 0)) < self.version]
+            if not behind:
+                return
+            self.services.check_alive()
+            if time.monotonic() > deadline:
+                raise ServingError(
+                    f"serving: requests {', '.join(behind)} did not take routes version {self.version} "
+                    f"within {FOLLOW_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ slots
+
+    def start(self) -> None:
+        """Re-place every slot, in a thread of its own, until :meth:`stop`."""
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="engage-replace", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.ready_timeout_s + FOLLOW_TIMEOUT_S + 30)
+
+    def check(self) -> None:
+        """Raise the error that stopped re-placing, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            self._slots()
+        except BaseException as exc:  # kept for the training thread, which raises it
+            self.error = exc if isinstance(exc, ServingError) else ServingError(f"serving: re-placing failed: {exc!r}")
+
+    def _solver(self) -> Any:
+        from engage.core.plugins import placement_solvers
+        from engage.deploy.placement.online import OnlineSolver
+
+        if self.plan.solver == "online":
+            return OnlineSolver(seed=self.plan.seed, max_moves=self.plan.max_moves)
+        return placement_solvers()[self.plan.solver]()
+
+    def _slots(self) -> None:
+        from engage.deploy.placement import PlacementPlan, PlacementProblem
+        from engage.deploy.serve.placing import placed, predicted_latencies
+
+        peak = PlacementProblem.from_dict(self.plan.peak_problem())
+        self.root, self.latency = peak.root, predicted_latencies(peak)
+        solver = self._solver()
+        previous = PlacementPlan(
+            placement={k: list(v) for k, v in self.plan.placement.items()},
+            routes=[],
+            objective=0.0,
+            latency_s=0.0,
+            accuracy=0.0,
+            energy_j=0.0,
+            status="INITIAL",
+            solver=self.plan.solver,
+        )
+        if hasattr(solver, "start"):
+            solver.start(peak, previous)
+        before = self._counts()
+        while not self._stop.wait(self.plan.slot_s):
+            counts = self._counts()
+            rates = {}
+            for source, streams in sender_streams(self.plan).items():
+                seconds = float(counts[source]["elapsed_s"]) - float(before[source]["elapsed_s"])
+                for stream in streams:
+                    if stream.endswith(COMPARE) or seconds <= 0:
+                        continue
+                    sent = int(counts[source]["sent"].get(stream, 0)) - int(before[source]["sent"].get(stream, 0))
+                    rates[source, stream] = max(sent, 0) / seconds
+            before = counts
+            started = time.perf_counter()
+            solved = solver.solve(PlacementProblem.from_dict(self.plan.problem_with(rates)), previous)
+            solve_s = time.perf_counter() - started
+            applying = time.perf_counter()
+            moved = self.apply(placed(self.plan, solved))
+            apply_s = time.perf_counter() - applying
+            previous = solved
+            self.timeline.append(
+                {
+                    "slot": len(self.timeline) + 1,
+                    "t_s": round(time.monotonic() - self._started, 3),
+                    "rates": {f"{s}/{m}": round(r, 3) for (s, m), r in rates.items()},
+                    "replicas": sorted(name for name in self.running if name not in self.given_up),
+                    "started": moved[0],
+                    "stopped": moved[1],
+                    "moves": int(getattr(solved, "moves", 0)),
+                    "solve_ms": round(solve_s * 1000, 3),
+                    "apply_s": round(apply_s, 3),
+                    "given_up": list(self.given_up),
+                }
+            )
+
+    def apply(self, plan: ServingPlan) -> tuple[list[str], list[str]]:
+        """Make ``plan`` the one in force; the replicas started and stopped.
+
+        A node's memory holds the new plan's replicas, not the old and the new together, so
+        replicas leave before others come: first each stream whose replica is leaving is routed
+        to its new replica if that one runs already, else to its old replica if that one stays,
+        else to the root's replica of its model (started for the while if it is not running);
+        then the leaving replicas stop, the new ones start and answer (those of the model being
+        trained given the newest weights published), and the streams take the new routes."""
+        new = {r.name: r for r in plan.replicas}
+        removed = [r for name, r in self.running.items() if name not in new]
+        added = [r for name, r in new.items() if name not in self.running]
+        interim, extra = [], []
+        for route in plan.routes:
+            now = self._following(route)
+            if route.replica in self.running:
+                interim.append(route)
+            elif now is not None and now.replica in new and now.replica in self.running:
+                interim.append(now)
+            else:
+                root = plan.replica_at(self.root, route.model)
+                if root.name not in self.running and root not in extra:
+                    extra.append(root)
+                interim.append(self._route(route, root))
+        if not self._start(extra) or not self._follow(interim):
+            return [], []
+        for replica in removed:
+            self._stop_replica(replica)
+        if not self._start(added):
+            return [], []
+        self._follow(list(plan.routes))
+        for replica in extra:
+            if replica.name not in new:
+                self._stop_replica(replica)
+        self.plan = plan
+        return [r.name for r in added], [r.name for r in removed]
+
+    def _route(self, route: RouteRecord, replica: ReplicaRecord) -> RouteRecord:
+        """``route``'s stream sent to ``replica`` instead, with that route's prediction."""
+        predicted = self.latency[route.source, route.model, replica.host]
+        return replace(route, replica=replica.name, predicted_s=predicted)
+
+    def _following(self, route: RouteRecord) -> RouteRecord | None:
+        """The route ``route``'s stream follows now."""
+        label = self._followed.get(route.source, {}).get(stream_of(route))
+        return None if label is None else self.routes[label]
+
+    def _start(self, replicas: list[ReplicaRecord]) -> bool:
+        """Start ``replicas`` and wait until they answer; ``False`` when the job ends meanwhile
+        (the move is given up; they are stopped with the others)."""
+        for replica in replicas:
+            self.start_replica(replica)
+            self.running[replica.name] = replica
+        deadline = time.monotonic() + self.ready_timeout_s
+        for replica in replicas:
+            if not self.services.wait_ready(replica, self.key, deadline, self.ready_timeout_s, self._stop):
+                self.given_up = [r.name for r in replicas]
+                return False
+            self.replicas[replica.name] = replica
+            if replica.model == TRAINED and self.publisher is not None:
+                self.publisher.add_replica(replica.url)
+        return True
+
+    def _stop_replica(self, replica: ReplicaRecord) -> None:
+        if replica.model == TRAINED and self.publisher is not None:
+            self.publisher.remove_replica(replica.url)
+        self.services.stop(f"replica {replica.name}")
+        self.running.pop(replica.name, None)
+
+    def _follow(self, routes: list[RouteRecord]) -> bool:
+        """Every sender follows ``routes`` (written under a new version when they change)."""
+        for route in routes:
+            self.routes.setdefault(route.label, route)
+        streams: dict[str, dict[str, str]] = {}
+        for route in routes:
+            streams.setdefault(route.source, {})[stream_of(route)] = route.label
+        if streams != self._followed:
+            self.write_routes(streams)
+            self._await_followed()
+        return True

@@ -1,0 +1,204 @@
+"""Re-placing inference replicas while request rates change: schedules of rates, several served
+models, and the online policy moving replicas slot by slot in a job on the continuum."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.options import ServingOptions
+from engage.deploy.providers.netns import netns_available
+from engage.deploy.serve.demand import RateSchedule, parse_sources
+from engage.deploy.serve.load import RequestGenerator
+from engage.deploy.serve.placing import plan_serving
+from engage.deploy.serve.replacing import sender_streams
+from engage.deploy.serving import ServingPlan
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "engage" / "deploy" / "conf"
+
+
+def _infra() -> Infrastructure:
+    from omegaconf import OmegaConf
+
+    return Infrastructure.from_dict(
+        OmegaConf.to_container(OmegaConf.load(CONF / "infrastructure" / "netns_continuum.yaml"))
+    )
+
+
+def _checkpoint(path: Path) -> Path:
+    """A Lightning checkpoint of the model ``engage run`` trains in the slow test (untrained)."""
+    import lightning
+    import torch
+
+    from engage.core.models.heat_surrogate import HeatSurrogate
+    from engage.core.simulators.heat import HeatEquation
+
+    simulator = HeatEquation(grid=16, steps=20)
+    model = HeatSurrogate(
+        num_parameters=simulator.space.dim,
+        sample_shape=list(simulator.sample_shape),
+        value_range=list(simulator.value_range) if simulator.value_range else None,
+        samples_per_run=simulator.samples_per_run,
+        width=4,
+    )
+    state = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    torch.save({**state, "pytorch-lightning_version": lightning.__version__}, path)
+    return path
+
+
+def _options(checkpoint: Path, **changes) -> ServingOptions:
+    values = {
+        "sources": {"edge_near": {"model": [[0, 1], [8, 20]], "production": [[0, 20], [8, 1]]}},
+        "tree": {"edge_near": "fog", "edge_far": "fog", "fog": "cloud"},
+        "models": {"production": {"checkpoint": str(checkpoint)}},
+        "model_size": "300MB",
+        "gflop": 1.0,
+        "solver": "online",
+        "slot_s": 2.0,
+        "max_moves": 1,
+        "compare_root": False,
+    }
+    return ServingOptions(**{**values, **changes})
+
+
+def test_a_schedule_is_followed_and_a_step_at_rate_zero_sends_nothing() -> None:
+    schedule = RateSchedule.parse([[0, 50], [2, 0], [4, 200]], "rate")
+    generator = RequestGenerator(
+        {"s": ("http://127.0.0.1:9", schedule)}, lambda rng: ([], np.zeros(1)), "k" * 32, seed=3
+    )
+    times = np.array([t for t, _, _ in generator.schedule(6.0)])
+    counts = [np.sum((times >= a) & (times < b)) for a, b in ((0, 2), (2, 4), (4, 6))]
+    assert counts[1] == 0
+    assert 70 <= counts[0] <= 130 and 330 <= counts[2] <= 470, counts
+    # the same seed, the same arrivals
+    again = RequestGenerator({"s": ("http://127.0.0.1:9", schedule)}, lambda rng: ([], np.zeros(1)), "k" * 32, seed=3)
+    assert np.array_equal(times, [t for t, _, _ in again.schedule(6.0)])
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ({"edge": [[1, 5]]}, "sources.edge[0] starts at 1.0 s; the first step starts at 0"),
+        ({"edge": [[0, 5], [0, 2]]}, "sources.edge[1] starts at 0 s, not after the step before"),
+        ({"edge": [[0, 0]]}, "sources.edge never sends"),
+        ({"edge": [[0, -1]]}, "sources.edge[0] is [0, -1]; give seconds >= 0 and requests per second >= 0"),
+        ({"edge": {"other": 5}}, "sources.edge.other: no served model of that name; models are model"),
+        ({"edge": {}}, "sources.edge is empty"),
+        ({"edge": "fast"}, "sources.edge is 'fast'; give requests per second"),
+    ],
+)
+def test_bad_sources_are_refused_in_one_line(sources: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=None) as caught:
+        parse_sources(sources, ["model"])
+    assert message in str(caught.value)
+
+
+def test_bad_served_models_and_moves_are_refused(tmp_path: Path) -> None:
+    for models, message in [
+        ({"model": {"checkpoint": "x"}}, "models.model: 'model' is the model being trained"),
+        ({"old": {"checkpoint": str(tmp_path / "none.ckpt")}}, "models.old.checkpoint: no readable file"),
+        ({"old": {"checkpoint": __file__, "size": 1}}, "models.old.size is not a key"),
+        ({"old": "x.ckpt"}, "models.old is 'x.ckpt'; give {checkpoint: PATH}"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, models=models).check()
+        assert message in str(caught.value)
+    with pytest.raises(ValueError, match="max_moves is -1"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, solver="online", max_moves=-1).check()
+    with pytest.raises(ValueError, match="max_moves limits the online policy's moves; set solver=online"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, max_moves=1).check()
+    with pytest.raises(ValueError, match="slot_s is -2"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, slot_s=-2).check()
+
+
+def test_a_plan_serves_several_models_each_replica_on_a_port_of_its_own(tmp_path: Path) -> None:
+    infra = _infra()
+    addresses = {host: f"10.0.{i}.2" for i, host in enumerate(infra.host_names())}
+    options = _options(_checkpoint(tmp_path / "production.ckpt"))
+    options.check()
+    plan = plan_serving(options, infra, addresses, "serve.key")
+    assert ServingPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert plan.models == {"model": None, "production": str(tmp_path / "production.ckpt")}
+    # at the start the production model is asked for most; a sources' stream per model, routed
+    assert set(sender_streams(plan)["edge_near-1"]) == {"model", "production"}
+    ports = {r.name: r.port for r in plan.replicas}
+    assert all(ports[name] == 8101 for name in ports if name.startswith("production:"))
+    assert all(ports[name] == 8100 for name in ports if ":" not in name)
+    # each route ends at a replica of its own model
+    replicas = {r.name: r for r in plan.replicas}
+    assert {(r.source, r.model) for r in plan.routes} == {("edge_near-1", "model"), ("edge_near-1", "production")}
+    assert all(replicas[r.replica].model == r.model for r in plan.routes)
+    # a model sent at no rate when the plan is made goes to the root's replica, which holds every model
+    quiet = plan_serving(
+        _options(
+            options.models["production"]["checkpoint"],
+            sources={"edge_near": {"model": 2, "production": [[0, 0], [5, 9]]}},
+        ),
+        infra,
+        addresses,
+        "k",
+    )
+    (route,) = [r for r in quiet.routes if r.model == "production"]
+    assert route.replica == "production:cloud-1" and route.rate == 0.0
+    # at the schedule's peak, for a placement kept all along (slot_s = 0)
+    static = plan_serving(_options(options.models["production"]["checkpoint"], slot_s=0.0), infra, addresses, "k")
+    assert {(r.source, r.model): r.rate for r in static.routes} == {("edge_near-1", "model"): 20.0,
+                                                                    ("edge_near-1", "production"): 20.0}  # fmt: skip
+
+
+_REASON = netns_available()
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+@pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) -> None:
+    """One ``engage run`` on the continuum serving two models: the production model (a
+    checkpoint) asked for at 20 requests/s and the model being trained at 1, swapped after 4 s.
+    The edge host holds one replica of the two (1.2 GB each, 2 GiB): the online policy puts the
+    production model there first and the model being trained after the swap, one move a slot,
+    starting the new replica before routing to it and stopping the old one after."""
+    from engage.core.testing.process import run_engage
+
+    checkpoint = _checkpoint(tmp_path / "production.ckpt")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    serving = "hydra.launcher.serving"  # not in the launcher's config until given
+    sources = "{edge_near:{model:[[0,1],[4,20]],production:[[0,20],[4,1]]}}"
+    proc = run_engage(
+        "run", "-m", "hydra/launcher=engage", "+infrastructure=netns_continuum",
+        "hydra.launcher.layer=cloud", "hydra.launcher.parallelism=1", "hydra.sweep.dir=sweep",
+        # a replica process takes about 600 MB: the edge (2 GiB) holds one of the two models as
+        # declared (1.2 GB each), and both for the seconds a move overlaps them; the fog holds both
+        "hydra.launcher.infrastructure.layers.1.memory=4GiB", "hydra.launcher.infrastructure.layers.2.memory=2GiB",
+        f"++{serving}.sources={sources}", f"++{serving}.tree={{edge_near:fog,edge_far:fog,fog:cloud}}",
+        f"++{serving}.models={{production:{{checkpoint:'{checkpoint}'}}}}", f"++{serving}.model_size=1.2GB",
+        f"++{serving}.gflop=1.0", f"++{serving}.solver=online", f"++{serving}.slot_s=2", f"++{serving}.max_moves=1",
+        f"++{serving}.compare_root=false", f"++{serving}.drain_s=18",
+        "data.executor=deploy", "simulator.grid=16", "simulator.steps=20", "data.simulations=8",
+        "data.concurrency=2", "data.val_simulations=2", "trainer.max_epochs=1", "model.width=4",
+        "trainer.enable_progress_bar=false",
+        cwd=workdir, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (path,) = (workdir / "sweep" / ".engage").glob("*/jobs/0/serving/serving.json")
+    figures = json.loads(path.read_text())
+    timeline = figures["timeline"]
+    print(json.dumps(timeline, indent=1))
+    on_edge = [[r for r in slot["replicas"] if r.endswith("edge_near-1")] for slot in timeline]
+    before = [slot for slot, t in zip(on_edge, timeline) if t["t_s"] < 4]
+    assert before and before[-1] == ["production:edge_near-1"], on_edge
+    assert on_edge[-1] == ["edge_near-1"], on_edge
+    (move,) = [slot for slot in timeline if slot["started"] or slot["stopped"]]
+    assert move["started"] == ["edge_near-1"] and move["stopped"] == ["production:edge_near-1"], move
+    assert move["t_s"] > 4 and move["moves"] == 1, move
+    assert all(slot["moves"] <= 1 for slot in timeline) and not figures["given_up"], timeline
+    routes = {row["route"]: row for row in figures["routes"]}
+    # the edge's own replicas answered, each the model it serves
+    assert routes["edge_near-1>production:edge_near-1"]["answered"] > 0
+    assert routes["edge_near-1>edge_near-1"]["answered"] > 0
+    assert all(row["failed"] <= 0.05 * row["requests"] for row in figures["routes"]), figures["routes"]
