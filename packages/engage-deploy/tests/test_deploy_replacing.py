@@ -144,6 +144,16 @@ def test_a_plan_serves_several_models_each_replica_on_a_port_of_its_own(tmp_path
     )
     (route,) = [r for r in quiet.routes if r.model == "production"]
     assert route.replica == "production:cloud-1" and route.rate == 0.0
+    # re-placing, a stream a slot saw no request of keeps its replica while that one's node holds the model
+    from engage.deploy.placement import PlacementPlan
+    from engage.deploy.serve.placing import placed
+
+    assert "production/served" in quiet.placement["fog-1"]
+    solved = PlacementPlan(dict(quiet.placement), [], 0.0, 0.0, 0.0, 0.0, "HEURISTIC", "online")
+    kept = placed(quiet, solved, {("edge_near-1", "production"): "fog-1"})
+    assert [r.replica for r in kept.routes if r.model == "production"] == ["production:fog-1"]
+    gone = placed(quiet, solved, {("edge_near-1", "production"): "edge_far-1"})
+    assert [r.replica for r in gone.routes if r.model == "production"] == ["production:cloud-1"]
     # at the schedule's peak, for a placement kept all along (slot_s = 0)
     static = plan_serving(_options(options.models["production"]["checkpoint"], slot_s=0.0), infra, addresses, "k")
     assert {(r.source, r.model): r.rate for r in static.routes} == {("edge_near-1", "model"): 20.0,
@@ -202,3 +212,19 @@ def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) ->
     assert routes["edge_near-1>production:edge_near-1"]["answered"] > 0
     assert routes["edge_near-1>edge_near-1"]["answered"] > 0
     assert all(row["failed"] <= 0.05 * row["requests"] for row in figures["routes"]), figures["routes"]
+
+
+def test_a_served_checkpoint_that_cannot_be_loaded_fails_the_job_before_any_replica_starts(tmp_path: Path) -> None:
+    from engage.deploy.callbacks import ServeWhileTraining
+    from engage.deploy.serving import ServingError
+
+    bad = tmp_path / "old.ckpt"
+    bad.write_text("not a checkpoint")
+    plan = ServingPlan((), (), "k", 20, {}, "online", seed=0, drain_s=1.0, placement={}, max_failed=0.05,
+                       models={"model": None, "old": str(bad)})  # fmt: skip
+    callback = ServeWhileTraining(plan, [], tmp_path)
+    kwargs = {"num_parameters": 5, "sample_shape": [16, 16], "width": 4}
+    callback._model = ("engage.core.models.heat_surrogate:HeatSurrogate", json.dumps(kwargs))
+    with pytest.raises(ServingError, match=r"hydra.launcher.serving.models.old.checkpoint .*old.ckpt cannot be built"):
+        callback._check_models()
+    assert not callback.services  # nothing started

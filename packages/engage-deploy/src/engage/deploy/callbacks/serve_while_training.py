@@ -99,6 +99,7 @@ class ServeWhileTraining(pl.Callback):
         self._key = read_api_key(self.plan.api_key_file)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._model = _model_spec(pl_module)
+        self._check_models()
         self.replacer = Replacer(
             self.plan,
             self.services,
@@ -112,10 +113,27 @@ class ServeWhileTraining(pl.Callback):
         for replica in self.plan.replicas:
             self._start_replica(replica)
 
+    def _check_models(self) -> None:
+        """Each served model is built once here, where its class is imported already, so that
+        replicas need not build it before they start (``--built``): the model being trained from
+        its class and saved hyperparameters, the others from their checkpoints."""
+        from engage.deploy.options import SERVING
+        from engage.deploy.serve.replica import ModelSpec
+        from engage.deploy.serve.supervisor import ServeError, check_model
+
+        target, kwargs = self._model
+        for name, checkpoint in self.plan.models.items():
+            spec = ModelSpec(target, json.loads(kwargs), checkpoint)
+            where = f"{SERVING}.models.{name}.checkpoint {checkpoint}" if checkpoint else f"the served model {target}"
+            try:
+                check_model(spec, where)
+            except ServeError as exc:
+                raise ServingError(f"serving: {exc}") from None
+
     def _start_replica(self, replica: ReplicaRecord) -> None:
         target, kwargs = self._model
         argv = [
-            *("-m", "engage.deploy.serve.supervisor", "--model", target, "--model-kwargs", kwargs),
+            *("-m", "engage.deploy.serve.supervisor", "--built", "--model", target, "--model-kwargs", kwargs),
             *("--api-key-file", self.plan.api_key_file, "--host", replica.address, "--port", str(replica.port)),
             *("--name", replica.name, "--folder", str(self.folder / replica.name)),
         ]

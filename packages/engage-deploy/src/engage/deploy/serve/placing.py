@@ -247,13 +247,15 @@ def _schedules(options: ServingOptions) -> dict[str, dict[str, list[list[float]]
     return schedules
 
 
-def placed(base: ServingPlan, solved: Any) -> ServingPlan:
+def placed(base: ServingPlan, solved: Any, following: Mapping[tuple[str, str], str] | None = None) -> ServingPlan:
     """``base`` with the replicas and routes of ``solved`` (a
     :class:`~engage.deploy.placement.PlacementPlan` of ``base``'s problem, at any rates): one
     replica for each copy the plan holds, and the root's replica of a model where a route ends
-    there; each source's route for each model it sends (a model it sends at no rate now, to the
-    root, which holds every model), and with ``compare_root`` one to the root's replica as well
-    (kept all along when the placement changes every slot, so a source's streams stay the same)."""
+    there; each source's route for each model it sends (a model it sends at no rate now keeps
+    the node it is ``following``, ``(source, model) -> node``, where that node still holds the
+    model, else goes to the root, which holds every model), and with ``compare_root`` one to the
+    root's replica as well (kept all along when the placement changes every slot, so a source's
+    streams stay the same)."""
     from engage.deploy.placement import PlacementProblem
 
     peak = PlacementProblem.from_dict(base.peak_problem())
@@ -262,9 +264,12 @@ def placed(base: ServingPlan, solved: Any) -> ServingPlan:
     chosen = {(route.source, route.model): (route.node, route.rate) for route in solved.routes}
     held = {(node, label.split("/", 1)[0]) for node, labels in solved.placement.items() for label in labels}
     routes: list[RouteRecord] = []
+    following = following or {}
     for source, models in base.source_schedules().items():
         for model in models:
-            node, rate = chosen.get((source, model), (root, 0.0))
+            kept = following.get((source, model))
+            idle = (kept, 0.0) if kept is not None and (kept == root or (kept, model) in held) else (root, 0.0)
+            node, rate = chosen.get((source, model), idle)
             held.add((node, model))
             replica = base.replica_at(node, model).name
             routes.append(RouteRecord(source, replica, rate, True, latency[source, model, node], model))

@@ -209,7 +209,13 @@ class Replacer:
             solved = solver.solve(PlacementProblem.from_dict(self.plan.problem_with(rates)), previous)
             solve_s = time.perf_counter() - started
             applying = time.perf_counter()
-            moved = self.apply(placed(self.plan, solved))
+            following = {
+                (source, self.routes[label].model): self.running[self.routes[label].replica].host
+                for source, streams in self._followed.items()
+                for stream, label in streams.items()
+                if not stream.endswith(COMPARE)
+            }
+            moved = self.apply(placed(self.plan, solved, following))
             apply_s = time.perf_counter() - applying
             previous = solved
             self.timeline.append(

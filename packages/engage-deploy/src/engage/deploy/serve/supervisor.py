@@ -182,6 +182,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folder", default=None, help="its weights, log and status (default: serve/NAME)")
     parser.add_argument("--max-payload-mb", type=float, default=64.0, help="the largest request body, MiB")
     parser.add_argument("--max-restarts", type=int, default=10, help="restarts before giving up")
+    parser.add_argument(
+        "--built",
+        action="store_true",
+        help="whoever starts the replica built this model already: do not build it again first (seconds saved)",
+    )
+
+
+def check_model(model: ModelSpec, where: str) -> None:
+    """Build ``model`` once; :class:`ServeError` naming ``where`` (one line) when it cannot be built."""
+    try:
+        model.build()
+    except Exception as exc:  # the user's class: any error is theirs to read, in one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ServeError(f"{where} cannot be built: {type(exc).__name__}: {first}") from None
 
 
 def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
@@ -196,11 +210,8 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
     if namespace.max_payload_mb <= 0 or namespace.max_restarts < 0:
         raise ServeError("--max-payload-mb must be > 0 and --max-restarts >= 0")
     model = ModelSpec(namespace.model, kwargs, namespace.checkpoint)
-    try:
-        model.build()
-    except Exception as exc:  # the user's class: any error is theirs to read, in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ServeError(f"--model {namespace.model} cannot be built: {type(exc).__name__}: {first}") from None
+    if not namespace.built:
+        check_model(model, f"--model {namespace.model}")
     try:
         read_api_key(namespace.api_key_file)
     except (OSError, ValueError) as exc:
