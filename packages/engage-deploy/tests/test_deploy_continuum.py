@@ -64,7 +64,7 @@ def test_the_engine_places_replicas_where_they_fit_and_routes_each_source() -> N
             "edge_near -> fog -> cloud, 25 ms one way, but infrastructure.network gives edge_near -> cloud 30 ms; "
             "declare {src: edge_near, dst: cloud, delay: 25ms}",
         ),
-        (lambda o, i: setattr(o, "model_size", "lots"), "hydra.launcher.serving: "),
+        (lambda o, i: setattr(o, "model_size", "lots"), "hydra.launcher.serving.model_size: size: cannot read"),
         (lambda o, i: setattr(o, "sources", {**o.sources, "cloud": 1.0}), "sources.cloud: is the trainer's layer"),
         (lambda o, i: setattr(i.layer("cloud"), "hosts", 2), "tree ends at cloud, which has 2 hosts"),
         (lambda o, i: setattr(i.network[1], "symmetric", False), "between edge_near and fog is one-way"),

@@ -16,7 +16,7 @@ from engage.deploy.serve.demand import RateSchedule, parse_sources
 from engage.deploy.serve.load import RequestGenerator
 from engage.deploy.serve.placing import plan_serving
 from engage.deploy.serve.replacing import sender_streams
-from engage.deploy.serving import ServingPlan
+from engage.deploy.serving import ReplicaRecord, ServingPlan
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "engage" / "deploy" / "conf"
 
@@ -60,7 +60,6 @@ def _options(checkpoint: Path, **changes) -> ServingOptions:
         "solver": "online",
         "slot_s": 2.0,
         "max_moves": 1,
-        "compare_root": False,
     }
     return ServingOptions(**{**values, **changes})
 
@@ -89,6 +88,8 @@ def test_a_schedule_is_followed_and_a_step_at_rate_zero_sends_nothing() -> None:
         ({"edge": {"other": 5}}, "sources.edge.other: no served model of that name; models are model"),
         ({"edge": {}}, "sources.edge is empty"),
         ({"edge": "fast"}, "sources.edge is 'fast'; give requests per second"),
+        ({"edge": float("inf")}, "sources.edge is inf; give requests per second"),
+        ({"edge": [[0, float("nan")]]}, "sources.edge[0] is [0, nan]; give seconds >= 0"),
     ],
 )
 def test_bad_sources_are_refused_in_one_line(sources: dict, message: str) -> None:
@@ -110,7 +111,15 @@ def test_bad_served_models_and_moves_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_moves is -1"):
         ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, solver="online", max_moves=-1).check()
     with pytest.raises(ValueError, match="max_moves limits the online policy's moves; set solver=online"):
-        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, max_moves=1).check()
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, slot_s=2, max_moves=1).check()
+    with pytest.raises(ValueError, match="max_moves limits moves from slot to slot; set slot_s > 0"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, solver="online", max_moves=1).check()
+    with pytest.raises(ValueError, match="compare_root compares a fixed placement"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, slot_s=2, compare_root=True).check()
+    with pytest.raises(ValueError, match=r"re-place every 0\.5 s or more"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, slot_s=0.1).check()
+    with pytest.raises(ValueError, match="a served model's name holds letters"):
+        ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, models={"a/b": {"checkpoint": __file__}}).check()
     with pytest.raises(ValueError, match="slot_s is -2"):
         ServingOptions(sources={"edge": 1.0}, tree={"edge": "cloud"}, slot_s=-2).check()
 
@@ -155,7 +164,9 @@ def test_a_plan_serves_several_models_each_replica_on_a_port_of_its_own(tmp_path
     gone = placed(quiet, solved, {("edge_near-1", "production"): "edge_far-1"})
     assert [r.replica for r in gone.routes if r.model == "production"] == ["production:cloud-1"]
     # at the schedule's peak, for a placement kept all along (slot_s = 0)
-    static = plan_serving(_options(options.models["production"]["checkpoint"], slot_s=0.0), infra, addresses, "k")
+    static = plan_serving(
+        _options(options.models["production"]["checkpoint"], slot_s=0.0, max_moves=None), infra, addresses, "k"
+    )
     assert {(r.source, r.model): r.rate for r in static.routes} == {("edge_near-1", "model"): 20.0,
                                                                     ("edge_near-1", "production"): 20.0}  # fmt: skip
 
@@ -170,8 +181,9 @@ def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) ->
     """One ``engage run`` on the continuum serving two models: the production model (a
     checkpoint) asked for at 20 requests/s and the model being trained at 1, swapped after 4 s.
     The edge host holds one replica of the two (1.2 GB each, 2 GiB): the online policy puts the
-    production model there first and the model being trained after the swap, one move a slot,
-    starting the new replica before routing to it and stopping the old one after."""
+    production model there first and the model being trained after the swap, one move a slot:
+    the production model's requests go to the fog's replica, the edge's stops, the new one
+    starts and answers, then the trained model's requests go to it."""
     from engage.core.testing.process import run_engage
 
     checkpoint = _checkpoint(tmp_path / "production.ckpt")
@@ -183,12 +195,12 @@ def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) ->
         "run", "-m", "hydra/launcher=engage", "+infrastructure=netns_continuum",
         "hydra.launcher.layer=cloud", "hydra.launcher.parallelism=1", "hydra.sweep.dir=sweep",
         # a replica process takes about 600 MB: the edge (2 GiB) holds one of the two models as
-        # declared (1.2 GB each), and both for the seconds a move overlaps them; the fog holds both
+        # declared (1.2 GB each) beside the simulations and the sender; the fog holds both
         "hydra.launcher.infrastructure.layers.1.memory=4GiB", "hydra.launcher.infrastructure.layers.2.memory=2GiB",
         f"++{serving}.sources={sources}", f"++{serving}.tree={{edge_near:fog,edge_far:fog,fog:cloud}}",
         f"++{serving}.models={{production:{{checkpoint:'{checkpoint}'}}}}", f"++{serving}.model_size=1.2GB",
         f"++{serving}.gflop=1.0", f"++{serving}.solver=online", f"++{serving}.slot_s=2", f"++{serving}.max_moves=1",
-        f"++{serving}.compare_root=false", f"++{serving}.drain_s=18",
+        f"++{serving}.drain_s=18",
         "data.executor=deploy", "simulator.grid=16", "simulator.steps=20", "data.simulations=8",
         "data.concurrency=2", "data.val_simulations=2", "trainer.max_epochs=1", "model.width=4",
         "trainer.enable_progress_bar=false",
@@ -215,6 +227,10 @@ def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) ->
 
 
 def test_a_served_checkpoint_that_cannot_be_loaded_fails_the_job_before_any_replica_starts(tmp_path: Path) -> None:
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from engage.core.models.heat_surrogate import HeatSurrogate
     from engage.deploy.callbacks import ServeWhileTraining
     from engage.deploy.serving import ServingError
 
@@ -222,9 +238,134 @@ def test_a_served_checkpoint_that_cannot_be_loaded_fails_the_job_before_any_repl
     bad.write_text("not a checkpoint")
     plan = ServingPlan((), (), "k", 20, {}, "online", seed=0, drain_s=1.0, placement={}, max_failed=0.05,
                        models={"model": None, "old": str(bad)})  # fmt: skip
+    key = tmp_path / "serve.key"
+    key.write_text("k" * 32)
+    key.chmod(0o600)
+    # a replica to start (on a host the job does not have: starting it would fail otherwise)
+    plan = replace(plan, api_key_file=str(key), replicas=(ReplicaRecord("fog-1", "fog", "10.0.0.2", 8100),))
     callback = ServeWhileTraining(plan, [], tmp_path)
-    kwargs = {"num_parameters": 5, "sample_shape": [16, 16], "width": 4}
-    callback._model = ("engage.core.models.heat_surrogate:HeatSurrogate", json.dumps(kwargs))
+    model = HeatSurrogate(num_parameters=5, sample_shape=[16, 16], width=4)
     with pytest.raises(ServingError, match=r"hydra.launcher.serving.models.old.checkpoint .*old.ckpt cannot be built"):
-        callback._check_models()
-    assert not callback.services  # nothing started
+        callback.setup(SimpleNamespace(global_rank=0), model, "fit")
+    assert not callback.services  # no replica started
+
+
+class _Services:
+    """Replica processes as a re-placing sees them, with what happened, in order."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def wait_ready(self, replica, key, deadline, timeout_s, stop=None) -> bool:
+        return True
+
+    def stop(self, name: str) -> None:
+        self.events.append(("stop", name.split(" ", 1)[1]))
+
+    def check_alive(self) -> None:
+        pass
+
+
+def _replacer(tmp_path: Path, plan: ServingPlan, events: list):
+    """A Replacer of ``plan`` whose senders are real route tables (``RouteTable``) that follow
+    the routes file and report, and whose replicas are recorded in ``events``."""
+    from engage.deploy.placement import PlacementProblem
+    from engage.deploy.serve.load import RouteTable
+    from engage.deploy.serve.placing import predicted_latencies
+    from engage.deploy.serve.replacing import Replacer
+
+    replacer = Replacer(
+        plan, _Services(events), lambda replica: events.append(("start", replica.name)), None,
+        lambda source: tmp_path / f"{source}.routes.json", lambda source: tmp_path / f"{source}.counts.json", "k",
+    )  # fmt: skip
+    peak = PlacementProblem.from_dict(plan.peak_problem())
+    replacer.root, replacer.latency = peak.root, predicted_latencies(peak)
+    write = replacer.write_routes
+
+    def logged(streams=None) -> None:
+        write(streams)
+        events.append(("route", dict(replacer._followed[next(iter(replacer._followed))])))
+
+    replacer.write_routes = logged
+    tables = []
+    for source, streams in sender_streams(plan).items():
+        generator = RequestGenerator({s: ("http://127.0.0.1:9", 1.0) for s in streams}, lambda rng: ([], None), "k")
+        tables.append(RouteTable(generator, str(tmp_path / f"{source}.routes.json"),
+                                 str(tmp_path / f"{source}.counts.json"), every_s=0.02))  # fmt: skip
+    replacer.write_routes()
+    for table in tables:
+        table.start()
+    return replacer, tables
+
+
+def test_a_move_routes_away_stops_then_starts_and_starts_each_replica_once(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    infra = _infra()
+    addresses = {host: f"10.0.{i}.2" for i, host in enumerate(infra.host_names())}
+    plan = plan_serving(_options(_checkpoint(tmp_path / "p.ckpt")), infra, addresses, "serve.key")
+    at = plan.replica_at
+    first = replace(
+        plan,
+        replicas=(at("fog-1", "model"), at("edge_near-1", "production"), at("fog-1", "production")),
+        routes=tuple(replace(r, replica={"model": "fog-1", "production": "production:edge_near-1"}[r.model])
+                     for r in plan.routes),
+    )  # fmt: skip
+    events: list = []
+    replacer, tables = _replacer(tmp_path, first, events)
+    try:
+        # the edge swaps the production model for the model being trained (one fits its memory)
+        swapped = replace(
+            first,
+            replicas=(at("fog-1", "model"), at("edge_near-1", "model"), at("fog-1", "production")),
+            routes=tuple(replace(r, replica={"model": "edge_near-1", "production": "production:fog-1"}[r.model])
+                         for r in first.routes),
+        )  # fmt: skip
+        events.clear()
+        assert replacer.apply(swapped) == (["edge_near-1"], ["production:edge_near-1"])
+        assert events == [
+            ("route", {"model": "edge_near-1>fog-1", "production": "edge_near-1>production:fog-1"}),
+            ("stop", "production:edge_near-1"),
+            ("start", "edge_near-1"),
+            ("route", {"model": "edge_near-1>edge_near-1", "production": "edge_near-1>production:fog-1"}),
+        ]
+        # everything to the root, whose replicas do not run yet: started once each, as stand-ins
+        rooted = replace(
+            swapped,
+            replicas=(at("cloud-1", "model"), at("cloud-1", "production")),
+            routes=tuple(replace(r, replica={"model": "cloud-1", "production": "production:cloud-1"}[r.model])
+                         for r in swapped.routes),
+        )  # fmt: skip
+        events.clear()
+        started, stopped = replacer.apply(rooted)
+        assert sorted(started) == ["cloud-1", "production:cloud-1"]
+        assert [e for e in events if e[0] == "start"] == [("start", "cloud-1"), ("start", "production:cloud-1")]
+        assert sorted(stopped) == ["edge_near-1", "fog-1", "production:fog-1"]
+        to_root = ("route", {"model": "edge_near-1>cloud-1", "production": "edge_near-1>production:cloud-1"})
+        assert events.index(to_root) < min(events.index(("stop", name)) for name in stopped)
+        # the senders follow the last routing
+        counts = json.loads((tmp_path / "edge_near-1.counts.json").read_text())
+        assert counts["version"] == replacer.version
+    finally:
+        for table in tables:
+            table.stop()
+
+
+def test_slots_with_no_new_counts_measure_nothing() -> None:
+    from engage.deploy.serve.replacing import _rates
+
+    streams = {"edge-1": {"model": "edge-1>fog-1"}}
+    before = {"edge-1": {"elapsed_s": 1.0, "sent": {"model": 10}}}
+    assert _rates(before, {"edge-1": {"elapsed_s": 3.0, "sent": {"model": 30}}}, streams) == {("edge-1", "model"): 10.0}
+    assert _rates(before, before, streams) is None
+
+
+def test_a_schedule_whose_peak_no_placement_serves_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from engage.deploy.serve.placing import ServingPlanError
+
+    infra = _infra()
+    addresses = {host: f"10.0.{i}.2" for i, host in enumerate(infra.host_names())}
+    sources = {"edge_near": {"model": [[0, 5], [10, 100000]], "production": 1}}
+    options = _options(_checkpoint(tmp_path / "p.ckpt"), sources=sources)
+    with pytest.raises(ServingPlanError, match=r"serving\.sources: at the schedules' peak rates, "):
+        plan_serving(options, infra, addresses, "k")

@@ -69,9 +69,10 @@ class ServingOptions:
     trained, name -> ``{checkpoint: a Lightning checkpoint of the trained model's class,
     model_size: ..., gflop: ...}`` (sizes and GFLOP default to the trained model's);
     ``compare_root``: each source also sends to the root's replica, the placement to compare
-    with; ``slot_s``: when > 0, the placement is solved again every ``slot_s`` seconds from the
-    request rates the sources measured in the last slot (``solver=online`` keeps its state from
-    slot to slot), replicas started and stopped and sources re-routed accordingly, at most
+    with (``null``: when the placement is fixed, ``slot_s: 0``); ``slot_s``: when > 0, the
+    placement is solved again every ``slot_s`` seconds from the request rates the sources
+    measured in the last slot (``solver=online`` keeps its state from slot to slot), replicas
+    started and stopped and sources re-routed accordingly, at most
     ``max_moves`` new replicas a slot (``null``: no limit); ``every_n_steps``: the trainer
     publishes its weights to every replica of the model being trained this often (and at the
     end); ``port``: where replicas listen on their host (the n-th served model at ``port + n``);
@@ -88,7 +89,7 @@ class ServingOptions:
     gflop: float = 0.001
     gflops_per_cpu: float = 20.0
     input: str = "2KB"
-    compare_root: bool = True
+    compare_root: bool | None = None
     slot_s: float = 0.0
     max_moves: float | None = None
     every_n_steps: int = 20
@@ -100,6 +101,11 @@ class ServingOptions:
     @property
     def enabled(self) -> bool:
         return bool(self.sources)
+
+    @property
+    def compared(self) -> bool:
+        """Whether each source also sends to the root's replica (``compare_root``, or its default)."""
+        return self.slot_s == 0 if self.compare_root is None else bool(self.compare_root)
 
     def check(self) -> None:
         """:class:`ValueError`, one line naming the key and the fix, for values wrong on their own
@@ -113,8 +119,11 @@ class ServingOptions:
                 raise ValueError(f"{where}.{name} is {getattr(self, name)}; use a value > 0")
         if self.every_n_steps < 1:
             raise ValueError(f"{where}.every_n_steps is {self.every_n_steps}; use 1 or more")
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"{where}.port is {self.port}; use a port from 1 to 65535")
+        if not 1 <= self.port <= 65535 - len(self.models):
+            raise ValueError(
+                f"{where}.port is {self.port}; use a port from 1 to {65535 - len(self.models)} "
+                "(the n-th served model listens on port + n)"
+            )
         if self.drain_s < 0:
             raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
         if self.slot_s < 0:
@@ -122,6 +131,17 @@ class ServingOptions:
         if self.max_moves is not None and self.max_moves < 0:
             raise ValueError(
                 f"{where}.max_moves is {self.max_moves}; use 0 or more new replicas a slot (null: no limit)"
+            )
+        if 0 < self.slot_s < 0.5:
+            raise ValueError(
+                f"{where}.slot_s is {self.slot_s}; re-place every 0.5 s or more (senders report every 0.2 s)"
+            )
+        if self.slot_s == 0 and self.max_moves is not None:
+            raise ValueError(f"{where}.max_moves limits moves from slot to slot; set slot_s > 0 or max_moves=null")
+        if self.slot_s > 0 and self.compare_root:
+            raise ValueError(
+                f"{where}.compare_root compares a fixed placement with the root's; "
+                "with slot_s > 0 set compare_root=false"
             )
         if self.max_moves is not None and self.solver != "online":
             raise ValueError(f"{where}.max_moves limits the online policy's moves; set solver=online or max_moves=null")
@@ -132,13 +152,15 @@ class ServingOptions:
         """Every served model, the trained one (``model``) first: name -> ``{checkpoint,
         model_size, gflop}`` (the trained one's checkpoint ``None``); :class:`ValueError` for an
         entry of ``models`` that names no readable checkpoint or has unknown keys."""
-        from engage.deploy.serving import TRAINED
+        from engage.deploy.serve.demand import MODEL_NAME, TRAINED
 
         where = f"{SERVING}.models"
         served = {TRAINED: {"checkpoint": None, "model_size": self.model_size, "gflop": self.gflop}}
         for name, entry in self.models.items():
             if name == TRAINED:
                 raise ValueError(f"{where}.{name}: {TRAINED!r} is the model being trained; name the others otherwise")
+            if not MODEL_NAME.fullmatch(str(name)):
+                raise ValueError(f"{where}.{name}: a served model's name holds letters, digits, _ and - only")
             if not isinstance(entry, Mapping) or not entry.get("checkpoint"):
                 raise ValueError(f"{where}.{name} is {entry!r}; give {{checkpoint: PATH}} (a Lightning checkpoint)")
             unknown = sorted(set(entry) - {"checkpoint", "model_size", "gflop"})

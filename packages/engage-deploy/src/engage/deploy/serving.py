@@ -23,8 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: the served model being trained: its name in the sources, the placement problem and the plans
-TRAINED = "model"
+from engage.deploy.serve.demand import TRAINED, RateSchedule
 
 
 class ServingError(RuntimeError):
@@ -131,7 +130,7 @@ class ServingPlan:
         every route a run may use."""
         return self.problem_with(
             {
-                (host, model): max(rate for _, rate in steps)
+                (host, model): RateSchedule(tuple((start, rate) for start, rate in steps)).peak
                 for host, models in self.source_schedules().items()
                 for model, steps in models.items()
             }

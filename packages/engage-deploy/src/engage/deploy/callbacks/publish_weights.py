@@ -46,6 +46,8 @@ class PublishWeights(pl.Callback):
     ``serve/publish_failures``, and :attr:`publications` keeps every attempt.
 
     The key comes from ``api_key`` or the 0600 file ``api_key_file`` (the replicas' own).
+    Replicas started later (a placement that changes while serving) are added with
+    :meth:`add_replica` and dropped with :meth:`remove_replica`; ``replicas`` may then start empty.
 
     Example::
 
@@ -93,16 +95,19 @@ class PublishWeights(pl.Callback):
         self._thread: threading.Thread | None = None
         self._last_sent: tuple[int, bytes] | None = None
 
-    def add_replica(self, url: str) -> None:
+    def add_replica(self, url: str) -> Publication | None:
         """Publish to ``url`` from now on, starting with the newest version sent so far (sent
-        from the caller's thread)."""
+        from the caller's thread; its :class:`Publication`, ``None`` when none was sent yet)."""
         url = url.rstrip("/")
         with self._lock:
             if url not in self.replicas:
                 self.replicas.append(url)
             last = self._last_sent
-        if last is not None:
-            self.publications.append(self._send(url, *last))
+        if last is None:
+            return None
+        publication = self._send(url, *last)
+        self.publications.append(publication)
+        return publication
 
     def remove_replica(self, url: str) -> None:
         """Publish to ``url`` no more (a replica being stopped)."""

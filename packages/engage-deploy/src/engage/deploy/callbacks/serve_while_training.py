@@ -150,19 +150,25 @@ class ServeWhileTraining(pl.Callback):
         for replica in self.plan.replicas:
             self.services.wait_ready(replica, self._key, deadline, self.ready_timeout_s)
         path = pool.save(self.folder / "requests.npz")
-        self.replacer.write_routes()
+        replacing = self.plan.slot_s > 0
+        if replacing:
+            self.replacer.write_routes()
         schedules = self.plan.source_schedules()
         for index, (source, streams) in enumerate(sender_streams(self.plan).items()):
             name = f"requests {source}"
             argv = ["-m", "engage.deploy.serve.load", "--pool", str(path), "--api-key-file", self.plan.api_key_file]
             for stream, label in streams.items():
-                rate = json.dumps(schedules[source][self.replacer.routes[label].model])
-                argv += ["--route", f"{stream}={rate}@{self.plan.replica(self.replacer.routes[label].replica).url}"]
-            argv += ["--routes-file", str(self.services.file(name, ".routes.json"))]
-            argv += ["--counts-file", str(self.services.file(name, ".counts.json"))]
+                route = self.replacer.routes[label]
+                rate = json.dumps(schedules[source][route.model])
+                # a fixed placement's streams are its routes; re-placed ones follow the routes file
+                named = stream if replacing else label
+                argv += ["--route", f"{named}={rate}@{self.plan.replica(route.replica).url}"]
+            if replacing:
+                argv += ["--routes-file", str(self.services.file(name, ".routes.json"))]
+                argv += ["--counts-file", str(self.services.file(name, ".counts.json"))]
             argv += ["--seed", str(self.plan.seed + index), "--out", str(self.services.file(name, ".json"))]
             self.services.start(name, source, argv)
-        if self.plan.slot_s > 0:
+        if replacing:
             self.replacer.start()
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -255,6 +261,7 @@ class ServeWhileTraining(pl.Callback):
                     "model": route.model,
                     "chosen": route.chosen,
                     "requests": len(sent),
+                    "ok": sum(r.ok for r in sent),
                     "answered": len(answered),
                     "failed": failed,
                     "failed_fraction": round(failed / len(sent), 4) if sent else None,
@@ -287,14 +294,17 @@ class ServeWhileTraining(pl.Callback):
             "given_up": self.replacer.given_up if self.replacer is not None else [],
         }
         (self.folder / "serving.json").write_text(json.dumps(figures, indent=1, default=str))
-        # a route re-placing gave up may have carried no request; one that did must have answers
+        # a route of a fixed placement must have answers on kept connections (its latency is
+        # judged on them); one a re-placing used for a while, an answer if it carried requests
         replaced = self.plan.slot_s > 0
         unanswered = [
-            row["route"] for row in figures["routes"] if not row["answered"] and (row["requests"] or not replaced)
+            row["route"]
+            for row in figures["routes"]
+            if ((not row["ok"] and row["requests"]) if replaced else not row["answered"])
         ]
         # judged on the counts (the fraction in serving.json is rounded for reading)
         limit = self.plan.max_failed
-        failing = [row for row in figures["routes"] if row["answered"] and row["failed"] > limit * row["requests"]]
+        failing = [row for row in figures["routes"] if row["ok"] and row["failed"] > limit * row["requests"]]
         used = {row["replica"] for row in figures["routes"] if row["requests"] or not replaced}
         unmeasured = [r.name for r in self.replicas() if r.name in used and r.name not in self.service_s]
         logger = trainer.logger
@@ -304,7 +314,8 @@ class ServeWhileTraining(pl.Callback):
         # a run never reports more than it served
         if unanswered or unmeasured:
             what = [f"route {r}" for r in unanswered] + [f"replica {r}" for r in unmeasured]
-            raise ServingError(f"serving: no answer on kept connections for {', '.join(what)}; see {self.folder}")
+            kept = "" if replaced else " on kept connections"
+            raise ServingError(f"serving: no answer{kept} for {', '.join(what)}; see {self.folder}")
         if failing:
             what = ", ".join(f"{row['route']} {row['failed']} of {row['requests']}" for row in failing)
             raise ServingError(

@@ -20,11 +20,16 @@ Example::
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engage.deploy.serving import TRAINED
+#: the served model being trained: its name in the sources, the placement problem and the plans
+TRAINED = "model"
+#: what a served model's name may hold (it names replicas, routes, streams and MLflow metrics)
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,6 @@ class RateSchedule:
     @property
     def peak(self) -> float:
         return max(rate for _, rate in self.steps)
-
-    def changes(self) -> bool:
-        return len({rate for _, rate in self.steps}) > 1
 
     def to_list(self) -> list[list[float]]:
         return [[start, rate] for start, rate in self.steps]
@@ -79,7 +81,7 @@ class RateSchedule:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_sources(

@@ -110,14 +110,16 @@ class RequestGenerator:
         self.max_in_flight = max_in_flight
         self.results: list[ServedRequest] = []
         self.sent: dict[str, int] = dict.fromkeys(self.schedules, 0)
+        #: requests on their way to each replica URL now
+        self.in_flight: dict[str, int] = {}
         self._key = api_key
         self._lock = threading.Lock()
         self._local = threading.local()  # each sending thread's open connections
 
-    def counts(self) -> dict[str, int]:
-        """Requests each stream sent so far."""
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Requests each stream sent so far, and those on their way to each replica URL now."""
         with self._lock:
-            return dict(self.sent)
+            return dict(self.sent), {url: n for url, n in self.in_flight.items() if n}
 
     def retarget(self, stream: str, route: str, url: str) -> None:
         """Send ``stream``'s later requests to ``url``, recorded under ``route``."""
@@ -159,16 +161,9 @@ class RequestGenerator:
         """The arrivals within ``duration_s``, in time order."""
         return list(itertools.takewhile(lambda a: a[0] < duration_s, self.arrivals()))
 
-    def run(
-        self,
-        duration_s: float | None = None,
-        stop: threading.Event | None = None,
-        tick: Callable[[], None] | None = None,
-        tick_s: float = 0.2,
-    ) -> list[ServedRequest]:
+    def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> list[ServedRequest]:
         """Send the requests of ``duration_s`` seconds (``None``: until ``stop`` is set), or until
-        ``stop`` is set, calling ``tick`` at least every ``tick_s`` seconds while waiting; every
-        answer is in :attr:`results`, in the order they came."""
+        ``stop`` is set; every answer is in :attr:`results`, in the order they came."""
         if duration_s is None and stop is None:
             raise ValueError("give a duration, a stop event, or both")
         stop = stop or threading.Event()
@@ -176,14 +171,11 @@ class RequestGenerator:
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests")
         try:
             for due, stream, rng in itertools.chain(self.arrivals(), [(math.inf, "", None)]):
-                if duration_s is not None and due >= duration_s:
-                    due = duration_s
-                while not stop.is_set() and (delay := start + due - time.monotonic()) > 0:
-                    if stop.wait(min(delay, tick_s) if tick is not None else None if math.isinf(delay) else delay):
-                        break
-                    if tick is not None:
-                        tick()
-                if stop.is_set() or rng is None or (duration_s is not None and due >= duration_s):
+                end = min(due, duration_s if duration_s is not None else math.inf)
+                delay = start + end - time.monotonic()
+                if delay > 0 and stop.wait(None if math.isinf(delay) else delay):
+                    break
+                if rng is None or (duration_s is not None and due >= duration_s):
                     break
                 inputs, truth = self.make_request(rng)
                 with self._lock:
@@ -213,6 +205,16 @@ class RequestGenerator:
     def _send(self, start: float, due: float, stream: str, inputs: list, truth: np.ndarray) -> None:
         with self._lock:
             source, url = self.targets[stream]
+            self.in_flight[url] = self.in_flight.get(url, 0) + 1
+        try:
+            self._request(start, due, stream, source, url, inputs, truth)
+        finally:
+            with self._lock:
+                self.in_flight[url] -= 1
+
+    def _request(
+        self, start: float, due: float, stream: str, source: str, url: str, inputs: list, truth: np.ndarray
+    ) -> None:
         body = json.dumps({"inputs": inputs}).encode()
         headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
         status, version, error, connected, service = 0, None, None, False, None
@@ -445,37 +447,54 @@ def _route(text: str) -> tuple[str, tuple[str, RateSchedule]]:
 
 
 class RouteTable:
-    """The file a running sender takes its routes from, and the file it reports to: ``routes``
-    (JSON ``{"version": V, "routes": {STREAM: [ROUTE, URL]}}``, written by whoever places the
-    replicas) is read again whenever it changes; ``counts`` (JSON ``{"version": V, "sent":
-    {STREAM: N}, "elapsed_s": S}``) tells the placer which routes are in force and how many
-    requests each stream sent."""
+    """The file a running sender takes its routes from, and the file it reports to, every
+    ``every_s`` seconds in a thread of its own: ``routes`` (JSON ``{"version": V, "routes":
+    {STREAM: [ROUTE, URL]}}``, written by whoever places the replicas) is read again whenever it
+    changes; ``counts`` (JSON ``{"version": V, "sent": {STREAM: N}, "in_flight": {URL: N},
+    "elapsed_s": S}``) tells the placer which routing is in force, how many requests each stream
+    sent and which replicas still have requests on their way."""
 
-    def __init__(self, generator: RequestGenerator, routes: str | None, counts: str | None) -> None:
-        self.generator, self.routes, self.counts = generator, routes, counts
+    def __init__(self, generator: RequestGenerator, routes: str, counts: str, every_s: float = 0.2) -> None:
+        self.generator, self.routes, self.counts, self.every_s = generator, routes, counts, every_s
         self.version = 0
         self._seen: tuple[int, int] | None = None
         self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def __call__(self) -> None:
+    def poll(self) -> None:
+        """Take the routes if they changed, then report."""
         from engage.core.files import write_private
 
-        if self.routes:
-            try:
-                stat = os.stat(self.routes)
-            except FileNotFoundError:
-                stat = None
-            if stat is not None and (stat.st_mtime_ns, stat.st_size) != self._seen:
-                self._seen = (stat.st_mtime_ns, stat.st_size)
-                table = json.loads(Path(self.routes).read_text())
-                for stream, (route, url) in table["routes"].items():
-                    if stream in self.generator.targets:
-                        self.generator.retarget(stream, route, url)
-                self.version = int(table["version"])
-        if self.counts:
-            sent = self.generator.counts()
-            elapsed = round(time.monotonic() - self._start, 3)
-            write_private(self.counts, json.dumps({"version": self.version, "sent": sent, "elapsed_s": elapsed}))
+        try:
+            stat = os.stat(self.routes)
+        except FileNotFoundError:
+            stat = None
+        if stat is not None and (stat.st_mtime_ns, stat.st_size) != self._seen:
+            self._seen = (stat.st_mtime_ns, stat.st_size)
+            table = json.loads(Path(self.routes).read_text())
+            for stream, (route, url) in table["routes"].items():
+                if stream in self.generator.targets:
+                    self.generator.retarget(stream, route, url)
+            self.version = int(table["version"])
+        sent, in_flight = self.generator.counts()
+        report = {"version": self.version, "sent": sent, "in_flight": in_flight}
+        write_private(self.counts, json.dumps({**report, "elapsed_s": round(time.monotonic() - self._start, 3)}))
+
+    def start(self) -> None:
+        """Poll once now, then every ``every_s`` seconds until :meth:`stop`."""
+        self.poll()
+        self._thread = threading.Thread(target=self._run, name="engage-routes", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
     parser.add_argument("--routes-file", default=None, help="routes to follow while running (see RouteTable)")
-    parser.add_argument("--counts-file", default=None, help="where requests sent so far are reported")
+    parser.add_argument("--counts-file", default=None, help="where requests sent and in flight are reported")
     parser.add_argument("--out", required=True, help="where the results go (JSON)")
     args = parser.parse_args(argv)
     try:
@@ -502,13 +521,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"engage requests: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
+    if (args.routes_file is None) != (args.counts_file is None):
+        print("engage requests: give --routes-file and --counts-file together, or neither", file=sys.stderr)
+        return 2
     generator = RequestGenerator(dict(args.route), pool, api_key=key, seed=args.seed, timeout_s=args.timeout)
-    table = RouteTable(generator, args.routes_file, args.counts_file)
+    table = RouteTable(generator, args.routes_file, args.counts_file) if args.routes_file else None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     print(f"engage requests: {len(args.route)} route(s), {len(pool)} examples", flush=True)
-    generator.run(args.duration, stop=stop, tick=table if args.routes_file or args.counts_file else None)
+    if table is not None:
+        table.start()
+    try:
+        generator.run(args.duration, stop=stop)
+    finally:
+        if table is not None:
+            table.stop()
     write_private(
         args.out,
         json.dumps({"requests": [asdict(r) for r in generator.results], "summary": generator.summary()}),

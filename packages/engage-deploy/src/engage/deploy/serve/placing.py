@@ -45,10 +45,10 @@ from typing import Any
 
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.options import SERVING, ServingOptions
-from engage.deploy.serving import TRAINED, RouteRecord, ServingPlan
+from engage.deploy.serving import RouteRecord, ServingPlan
 
-#: the served model's name and its one variant's in the placement problem
-MODEL, VARIANT = TRAINED, "served"
+#: each served model's one variant in the placement problem
+VARIANT = "served"
 #: how far (seconds) a layer pair's declared delay may be from its path's sum
 _DELAY_TOLERANCE_S = 1e-4
 
@@ -158,12 +158,16 @@ def serving_problem(
                     f"{have * 1000:g} ms; declare {{src: {layer}, dst: {parent}, delay: {total * 1000:g}ms}}"
                 )
     models = []
+    try:
+        input_bytes = parse_size(options.input)
+    except Exception as exc:
+        raise ServingPlanError(f"{where}.input: {exc}") from None
     for name, entry in options.served_models().items():
         try:
             size = parse_size(entry["model_size"])
-            input_bytes = parse_size(options.input)
         except Exception as exc:
-            raise ServingPlanError(f"{where}: {exc}") from None
+            key = "model_size" if entry["checkpoint"] is None else f"models.{name}.model_size"
+            raise ServingPlanError(f"{where}.{key}: {exc}") from None
         variant = {"name": VARIANT, "size": size, "accuracy": 1.0, "gflop": entry["gflop"]}
         models.append({"name": name, "input": input_bytes, "variants": [variant]})
     if rates is None:
@@ -235,8 +239,14 @@ def plan_serving(
         port=options.port,
         slot_s=options.slot_s,
         max_moves=options.max_moves,
-        compare_root=options.compare_root,
+        compare_root=options.compared,
     )
+    if options.slot_s > 0:
+        # re-placed slot by slot from measured rates: the busiest each schedule gets must be servable
+        try:
+            solvers[options.solver](time_limit_s=time_limit_s).solve(PlacementProblem.from_dict(base.peak_problem()))
+        except PlacementInfeasible as exc:
+            raise ServingPlanError(f"{SERVING}.sources: at the schedules' peak rates, {exc}") from None
     return placed(base, plan)
 
 
@@ -253,9 +263,8 @@ def placed(base: ServingPlan, solved: Any, following: Mapping[tuple[str, str], s
     replica for each copy the plan holds, and the root's replica of a model where a route ends
     there; each source's route for each model it sends (a model it sends at no rate now keeps
     the node it is ``following``, ``(source, model) -> node``, where that node still holds the
-    model, else goes to the root, which holds every model), and with ``compare_root`` one to the
-    root's replica as well (kept all along when the placement changes every slot, so a source's
-    streams stay the same)."""
+    model, else goes to the root, which holds every model), and with ``compare_root`` (a fixed
+    placement) one to the root's replica as well."""
     from engage.deploy.placement import PlacementProblem
 
     peak = PlacementProblem.from_dict(base.peak_problem())
@@ -273,16 +282,14 @@ def placed(base: ServingPlan, solved: Any, following: Mapping[tuple[str, str], s
             held.add((node, model))
             replica = base.replica_at(node, model).name
             routes.append(RouteRecord(source, replica, rate, True, latency[source, model, node], model))
-            if base.compare_root and (node != root or base.slot_s > 0):
+            if base.compare_root and node != root:
                 held.add((root, model))
-                if node != root:
-                    compared = base.replica_at(root, model).name
-                    routes.append(RouteRecord(source, compared, rate, False, latency[source, model, root], model))
+                compared = base.replica_at(root, model).name
+                routes.append(RouteRecord(source, compared, rate, False, latency[source, model, root], model))
     order = list(peak.nodes)
     replicas = tuple(
         base.replica_at(node, model)
         for node, model in sorted(held, key=lambda nm: (order.index(nm[0]), list(base.models).index(nm[1])))
-        if node in base.hosts
     )
     return replace(
         base,

@@ -46,6 +46,8 @@ from engage.deploy.serving import TRAINED, ReplicaRecord, RouteRecord, ServingEr
 COMPARE = "@root"
 #: seconds a sender may take to follow new routes
 FOLLOW_TIMEOUT_S = 10.0
+#: seconds requests already on their way to a leaving replica may take (a request's own limit)
+DRAIN_TIMEOUT_S = 10.0
 
 
 def stream_of(route: RouteRecord) -> str:
@@ -151,9 +153,14 @@ class Replacer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop re-placing: a move under way ends at its next wait (a replica still starting is
+        given up); :class:`ServingError` if it does not end in time."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.ready_timeout_s + FOLLOW_TIMEOUT_S + 30)
+            limit = FOLLOW_TIMEOUT_S + DRAIN_TIMEOUT_S + 60
+            self._thread.join(limit)
+            if self._thread.is_alive():
+                raise ServingError(f"serving: re-placing did not stop within {limit:.0f} s")
 
     def check(self) -> None:
         """Raise the error that stopped re-placing, if any."""
@@ -175,7 +182,7 @@ class Replacer:
         return placement_solvers()[self.plan.solver]()
 
     def _slots(self) -> None:
-        from engage.deploy.placement import PlacementPlan, PlacementProblem
+        from engage.deploy.placement import PlacementInfeasible, PlacementPlan, PlacementProblem
         from engage.deploy.serve.placing import placed, predicted_latencies
 
         peak = PlacementProblem.from_dict(self.plan.peak_problem())
@@ -196,39 +203,38 @@ class Replacer:
         before = self._counts()
         while not self._stop.wait(self.plan.slot_s):
             counts = self._counts()
-            rates = {}
-            for source, streams in sender_streams(self.plan).items():
-                seconds = float(counts[source]["elapsed_s"]) - float(before[source]["elapsed_s"])
-                for stream in streams:
-                    if stream.endswith(COMPARE) or seconds <= 0:
-                        continue
-                    sent = int(counts[source]["sent"].get(stream, 0)) - int(before[source]["sent"].get(stream, 0))
-                    rates[source, stream] = max(sent, 0) / seconds
+            entry: dict[str, Any] = {"slot": len(self.timeline) + 1, "t_s": round(time.monotonic() - self._started, 3)}
+            rates = _rates(before, counts, sender_streams(self.plan))
+            if rates is None:  # a sender has not reported since the last slot: nothing measured
+                self.timeline.append({**entry, "skipped": "a sender reported no new counts"})
+                continue
             before = counts
+            entry["rates"] = {f"{s}/{m}": round(r, 3) for (s, m), r in rates.items()}
             started = time.perf_counter()
-            solved = solver.solve(PlacementProblem.from_dict(self.plan.problem_with(rates)), previous)
+            try:
+                solved = solver.solve(PlacementProblem.from_dict(self.plan.problem_with(rates)), previous)
+            except PlacementInfeasible as exc:  # rates of one slot beyond what the plan was checked for
+                self.timeline.append({**entry, "skipped": f"no placement serves these rates ({exc})"})
+                continue
             solve_s = time.perf_counter() - started
-            applying = time.perf_counter()
             following = {
                 (source, self.routes[label].model): self.running[self.routes[label].replica].host
                 for source, streams in self._followed.items()
                 for stream, label in streams.items()
                 if not stream.endswith(COMPARE)
             }
-            moved = self.apply(placed(self.plan, solved, following))
-            apply_s = time.perf_counter() - applying
+            applying = time.perf_counter()
+            started_names, stopped_names = self.apply(placed(self.plan, solved, following))
             previous = solved
             self.timeline.append(
                 {
-                    "slot": len(self.timeline) + 1,
-                    "t_s": round(time.monotonic() - self._started, 3),
-                    "rates": {f"{s}/{m}": round(r, 3) for (s, m), r in rates.items()},
+                    **entry,
                     "replicas": sorted(name for name in self.running if name not in self.given_up),
-                    "started": moved[0],
-                    "stopped": moved[1],
+                    "started": started_names,
+                    "stopped": stopped_names,
                     "moves": int(getattr(solved, "moves", 0)),
                     "solve_ms": round(solve_s * 1000, 3),
-                    "apply_s": round(apply_s, 3),
+                    "apply_s": round(time.perf_counter() - applying, 3),
                     "given_up": list(self.given_up),
                 }
             )
@@ -244,7 +250,6 @@ class Replacer:
         trained given the newest weights published), and the streams take the new routes."""
         new = {r.name: r for r in plan.replicas}
         removed = [r for name, r in self.running.items() if name not in new]
-        added = [r for name, r in new.items() if name not in self.running]
         interim, extra = [], []
         for route in plan.routes:
             now = self._following(route)
@@ -257,18 +262,22 @@ class Replacer:
                 if root.name not in self.running and root not in extra:
                     extra.append(root)
                 interim.append(self._route(route, root))
-        if not self._start(extra) or not self._follow(interim):
+        if not self._start(extra):
             return [], []
+        self._follow(interim)
+        self._drained(removed)
         for replica in removed:
             self._stop_replica(replica)
+        added = [r for name, r in new.items() if name not in self.running]  # a stand-in may be one
         if not self._start(added):
             return [], []
         self._follow(list(plan.routes))
-        for replica in extra:
-            if replica.name not in new:
-                self._stop_replica(replica)
+        leaving = [r for r in extra if r.name not in new]
+        self._drained(leaving)
+        for replica in leaving:
+            self._stop_replica(replica)
         self.plan = plan
-        return [r.name for r in added], [r.name for r in removed]
+        return [r.name for r in [*extra, *added]], [r.name for r in [*removed, *leaving]]
 
     def _route(self, route: RouteRecord, replica: ReplicaRecord) -> RouteRecord:
         """``route``'s stream sent to ``replica`` instead, with that route's prediction."""
@@ -293,8 +302,21 @@ class Replacer:
                 return False
             self.replicas[replica.name] = replica
             if replica.model == TRAINED and self.publisher is not None:
-                self.publisher.add_replica(replica.url)
+                self._publish_to(replica)
         return True
+
+    def _publish_to(self, replica: ReplicaRecord) -> None:
+        """The newest weights to a new replica of the model being trained, tried twice; a
+        replica that takes none would serve the untrained model: :class:`ServingError`."""
+        for _attempt in range(2):
+            publication = self.publisher.add_replica(replica.url)
+            if publication is None or publication.status == 200:
+                return
+            time.sleep(1.0)
+        raise ServingError(
+            f"serving: replica {replica.name} did not take version {publication.version} of the weights "
+            f"(HTTP {publication.status or 'no answer'}: {publication.detail[:200]})"
+        )
 
     def _stop_replica(self, replica: ReplicaRecord) -> None:
         if replica.model == TRAINED and self.publisher is not None:
@@ -302,7 +324,17 @@ class Replacer:
         self.services.stop(f"replica {replica.name}")
         self.running.pop(replica.name, None)
 
-    def _follow(self, routes: list[RouteRecord]) -> bool:
+    def _drained(self, replicas: list[ReplicaRecord]) -> None:
+        """Wait until no sender has a request on its way to ``replicas`` (those it sent before it
+        followed other routes), at most ``DRAIN_TIMEOUT_S``; those still out then may fail."""
+        urls = {r.url for r in replicas}
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while urls and time.monotonic() < deadline:
+            if not any(urls & set(c.get("in_flight", {})) for c in self._counts().values()):
+                return
+            time.sleep(0.05)
+
+    def _follow(self, routes: list[RouteRecord]) -> None:
         """Every sender follows ``routes`` (written under a new version when they change)."""
         for route in routes:
             self.routes.setdefault(route.label, route)
@@ -312,4 +344,20 @@ class Replacer:
         if streams != self._followed:
             self.write_routes(streams)
             self._await_followed()
-        return True
+
+
+def _rates(
+    before: Mapping[str, Mapping[str, Any]], now: Mapping[str, Mapping[str, Any]], streams: Mapping[str, Any]
+) -> dict[tuple[str, str], float] | None:
+    """``(source, model) -> requests per second`` between two reports of the senders (their
+    streams to the engine's routes); ``None`` when a sender has not reported since ``before``."""
+    rates = {}
+    for source, names in streams.items():
+        seconds = float(now[source]["elapsed_s"]) - float(before[source]["elapsed_s"])
+        if seconds <= 0:
+            return None
+        for stream in names:
+            if not stream.endswith(COMPARE):
+                sent = int(now[source]["sent"].get(stream, 0)) - int(before[source]["sent"].get(stream, 0))
+                rates[source, stream] = max(sent, 0) / seconds
+    return rates

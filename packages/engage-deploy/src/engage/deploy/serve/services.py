@@ -28,6 +28,8 @@ class ServiceProcesses:
         self.hosts = dict(hosts)
         self.folder = Path(folder)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # started, stopped and checked from the training thread and a re-placing one
+        self._lock = threading.RLock()
 
     def __bool__(self) -> bool:
         return bool(self.processes)
@@ -40,7 +42,7 @@ class ServiceProcesses:
         if host is None:
             raise ServingError(f"serving: host {host_name} is not among this job's hosts")
         command, preexec = die_with_parent_command([*host.exec_prefix, sys.executable, *argv])
-        with open(self.file(name, ".log"), "wb") as log:
+        with self._lock, open(self.file(name, ".log"), "ab") as log:  # a replica started again keeps its log
             self.processes[name] = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
             )
@@ -62,14 +64,17 @@ class ServiceProcesses:
         """Stop ``name`` (SIGTERM, then SIGKILL after 15 s) and forget it: a reused pid is never signalled."""
         from engage.deploy.processes import terminate
 
-        process = self.processes.pop(name, None)
+        with self._lock:  # forgotten before it is signalled: never taken for one that ended on its own
+            process = self.processes.pop(name, None)
         if process is not None:
             terminate(process.pid, grace_s=15.0)
             process.wait()
 
     def stop_all(self) -> None:
         """The sources first (they write their requests when stopped), then the replicas."""
-        for name in sorted(self.processes, key=lambda n: not n.startswith("requests")):
+        with self._lock:
+            names = sorted(self.processes, key=lambda n: not n.startswith("requests"))
+        for name in names:
             self.stop(name)
 
     def wait_ready(
