@@ -224,6 +224,17 @@ def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) ->
     assert routes["edge_near-1>production:edge_near-1"]["answered"] > 0
     assert routes["edge_near-1>edge_near-1"]["answered"] > 0
     assert all(row["failed"] <= 0.05 * row["requests"] for row in figures["routes"]), figures["routes"]
+    # what the move bought: the trained model's requests answered on the edge, not across the link
+    edge, fog = routes["edge_near-1>edge_near-1"], routes["edge_near-1>fog-1"]
+    assert edge["measured_median_ms"] + 15 < fog["measured_median_ms"], (edge, fog)
+    # the timeline as a plot and metrics on the job's MLflow run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    (job,) = [r for r in runs if r.data.tags.get("engage.kind") == "run"]
+    assert "serving/placement.png" in {a.path for a in client.list_artifacts(job.info.run_id, "serving")}
+    assert [m.value for m in client.get_metric_history(job.info.run_id, "serve/moves")].count(1.0) == 1
 
 
 def test_a_served_checkpoint_that_cannot_be_loaded_fails_the_job_before_any_replica_starts(tmp_path: Path) -> None:
