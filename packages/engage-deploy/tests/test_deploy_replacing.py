@@ -315,23 +315,21 @@ def test_a_move_routes_away_stops_then_starts_and_starts_each_replica_once(tmp_p
     infra = _infra()
     addresses = {host: f"10.0.{i}.2" for i, host in enumerate(infra.host_names())}
     plan = plan_serving(_options(_checkpoint(tmp_path / "p.ckpt")), infra, addresses, "serve.key")
-    at = plan.replica_at
-    first = replace(
-        plan,
-        replicas=(at("fog-1", "model"), at("edge_near-1", "production"), at("fog-1", "production")),
-        routes=tuple(replace(r, replica={"model": "fog-1", "production": "production:edge_near-1"}[r.model])
-                     for r in plan.routes),
-    )  # fmt: skip
+
+    def placing(replicas: list[tuple[str, str]], model: str, production: str) -> ServingPlan:
+        """``plan`` with replicas at (host, model) and each model's route to the replica named."""
+        to = {"model": model, "production": production}
+        routes = tuple(replace(r, replica=to[r.model]) for r in plan.routes)
+        return replace(plan, replicas=tuple(plan.replica_at(h, m) for h, m in replicas), routes=routes)
+
+    first = placing([("fog-1", "model"), ("edge_near-1", "production"), ("fog-1", "production")],
+                    "fog-1", "production:edge_near-1")  # fmt: skip
     events: list = []
     replacer, tables = _replacer(tmp_path, first, events)
     try:
         # the edge swaps the production model for the model being trained (one fits its memory)
-        swapped = replace(
-            first,
-            replicas=(at("fog-1", "model"), at("edge_near-1", "model"), at("fog-1", "production")),
-            routes=tuple(replace(r, replica={"model": "edge_near-1", "production": "production:fog-1"}[r.model])
-                         for r in first.routes),
-        )  # fmt: skip
+        swapped = placing([("fog-1", "model"), ("edge_near-1", "model"), ("fog-1", "production")],
+                          "edge_near-1", "production:fog-1")  # fmt: skip
         events.clear()
         assert replacer.apply(swapped) == (["edge_near-1"], ["production:edge_near-1"])
         assert events == [
@@ -341,12 +339,7 @@ def test_a_move_routes_away_stops_then_starts_and_starts_each_replica_once(tmp_p
             ("route", {"model": "edge_near-1>edge_near-1", "production": "edge_near-1>production:fog-1"}),
         ]
         # everything to the root, whose replicas do not run yet: started once each, as stand-ins
-        rooted = replace(
-            swapped,
-            replicas=(at("cloud-1", "model"), at("cloud-1", "production")),
-            routes=tuple(replace(r, replica={"model": "cloud-1", "production": "production:cloud-1"}[r.model])
-                         for r in swapped.routes),
-        )  # fmt: skip
+        rooted = placing([("cloud-1", "model"), ("cloud-1", "production")], "cloud-1", "production:cloud-1")
         events.clear()
         started, stopped = replacer.apply(rooted)
         assert sorted(started) == ["cloud-1", "production:cloud-1"]
