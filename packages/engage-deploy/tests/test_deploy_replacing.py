@@ -295,7 +295,7 @@ def _replacer(tmp_path: Path, plan: ServingPlan, events: list):
 
     def logged(streams=None) -> None:
         write(streams)
-        events.append(("route", dict(replacer._followed[next(iter(replacer._followed))])))
+        events.append(("route", dict(replacer.senders.followed[next(iter(replacer.senders.followed))])))
 
     replacer.write_routes = logged
     tables = []
@@ -349,7 +349,7 @@ def test_a_move_routes_away_stops_then_starts_and_starts_each_replica_once(tmp_p
         assert events.index(to_root) < min(events.index(("stop", name)) for name in stopped)
         # the senders follow the last routing
         counts = json.loads((tmp_path / "edge_near-1.counts.json").read_text())
-        assert counts["version"] == replacer.version
+        assert counts["version"] == replacer.senders.version
     finally:
         for table in tables:
             table.stop()

@@ -9,7 +9,14 @@
   again when it dies;
 - :mod:`~engage.deploy.serve.load`: a seeded request generator measuring latency, throughput and
   the answers' error against ground truth, logged to MLflow;
+- :mod:`~engage.deploy.serve.demand`: request rates per source and served model, constant or on
+  a schedule;
 - :mod:`~engage.deploy.serve.placing`: where a sweep's replicas run, by the placement engine;
+- :mod:`~engage.deploy.serve.services`: a job's replica and sender processes on their hosts;
+- :mod:`~engage.deploy.serve.replacing`: replicas and routes re-placed every slot from the
+  measured request rates;
+- :mod:`~engage.deploy.serve.record`: what a job served, judged and recorded (``serving.json``,
+  plots, one MLflow run per service);
 - :mod:`~engage.deploy.serve.split`: split computing, a model's head on one host and its tail on
   another, with the measured figures the placement engine decides from;
 - :class:`engage.deploy.callbacks.PublishWeights`: the Lightning callback that sends the weights

@@ -63,6 +63,67 @@ def sender_streams(plan: ServingPlan) -> dict[str, dict[str, str]]:
     return streams
 
 
+class SenderRoutes:
+    """The routing a job's senders follow (:class:`~engage.deploy.serve.load.RouteTable` on
+    their side): each source's routes file written under a new version, its counts file read
+    back (the version it follows, requests sent, requests on their way to each replica).
+    ``check_alive`` raises when a process of the job ended (a sender that died never follows)."""
+
+    def __init__(
+        self, routes_file: Callable[[str], Path], counts_file: Callable[[str], Path], check_alive: Callable[[], None]
+    ) -> None:
+        self.routes_file, self.counts_file, self.check_alive = routes_file, counts_file, check_alive
+        self.version = 0
+        #: source -> stream -> the route it was last given
+        self.followed: dict[str, dict[str, str]] = {}
+
+    def write(self, routes: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:
+        """Give each source ``stream -> (route, replica URL)`` under a new version."""
+        from engage.core.files import write_private
+
+        self.version += 1
+        self.followed = {
+            source: {stream: route for stream, (route, _) in table.items()} for source, table in routes.items()
+        }
+        for source, table in routes.items():
+            urls = {stream: list(target) for stream, target in table.items()}
+            write_private(self.routes_file(source), json.dumps({"version": self.version, "routes": urls}))
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Each source's last report (nothing sent yet where it has not reported)."""
+        counts = {}
+        for source in self.followed:
+            try:
+                counts[source] = json.loads(self.counts_file(source).read_text())
+            except (OSError, ValueError):
+                counts[source] = {"version": 0, "sent": {}, "elapsed_s": 0.0}
+        return counts
+
+    def await_followed(self) -> None:
+        """Until every sender follows the last version; :class:`ServingError` after ``FOLLOW_TIMEOUT_S``."""
+        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+        while True:
+            behind = [s for s, c in self.counts().items() if int(c.get("version", 0)) < self.version]
+            if not behind:
+                return
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise ServingError(
+                    f"serving: requests {', '.join(behind)} did not take routes version {self.version} "
+                    f"within {FOLLOW_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.05)
+
+    def await_drained(self, urls: set[str]) -> None:
+        """Until no sender has a request on its way to ``urls`` (those it sent before it followed
+        other routes), at most ``DRAIN_TIMEOUT_S``; those still out then may fail."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while urls and time.monotonic() < deadline:
+            if not any(urls & set(c.get("in_flight", {})) for c in self.counts().values()):
+                return
+            time.sleep(0.05)
+
+
 class Replacer:
     """Re-place ``plan``'s replicas every ``plan.slot_s`` seconds (see the module).
 
@@ -87,11 +148,9 @@ class Replacer:
         self.services = services
         self.start_replica = start_replica
         self.publisher = publisher
-        self.routes_file = routes_file
-        self.counts_file = counts_file
+        self.senders = SenderRoutes(routes_file, counts_file, services.check_alive)
         self.key = key
         self.ready_timeout_s = ready_timeout_s
-        self.version = 0
         self.timeline: list[dict[str, Any]] = []
         #: every route and replica a slot used, by name (what the run is judged and recorded on)
         self.routes: dict[str, RouteRecord] = {route.label: route for route in plan.routes}
@@ -101,7 +160,6 @@ class Replacer:
         self.root = ""
         self.latency: dict[tuple[str, str, str], float] = {}
         self.error: BaseException | None = None
-        self._followed: dict[str, dict[str, str]] = {}
         #: the replicas of a move the job's end interrupted (started, never routed to)
         self.given_up: list[str] = []
         self._stop = threading.Event()
@@ -111,38 +169,16 @@ class Replacer:
     # ------------------------------------------------------------------ routes
 
     def write_routes(self, streams: Mapping[str, Mapping[str, str]] | None = None) -> None:
-        """Give every sender its routes (``source -> stream -> route``; default: :attr:`plan`'s)
-        under a new version."""
-        from engage.core.files import write_private
-
-        self.version += 1
-        self._followed = {source: dict(s) for source, s in (streams or sender_streams(self.plan)).items()}
-        for source, table in self._followed.items():
-            urls = {stream: [label, self.running[self.routes[label].replica].url] for stream, label in table.items()}
-            write_private(self.routes_file(source), json.dumps({"version": self.version, "routes": urls}))
-
-    def _counts(self) -> dict[str, dict[str, Any]]:
-        counts = {}
-        for source in sender_streams(self.plan):
-            try:
-                counts[source] = json.loads(self.counts_file(source).read_text())
-            except (OSError, ValueError):
-                counts[source] = {"version": 0, "sent": {}, "elapsed_s": 0.0}
-        return counts
-
-    def _await_followed(self) -> None:
-        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
-        while True:
-            behind = [s for s, c in self._counts().items() if int(c.get("version", 0)) < self.version]
-            if not behind:
-                return
-            self.services.check_alive()
-            if time.monotonic() > deadline:
-                raise ServingError(
-                    f"serving: requests {', '.join(behind)} did not take routes version {self.version} "
-                    f"within {FOLLOW_TIMEOUT_S:.0f} s"
-                )
-            time.sleep(0.05)
+        """Give every sender its routes (``source -> stream -> route``; default: :attr:`plan`'s)."""
+        streams = streams or sender_streams(self.plan)
+        self.senders.write(
+            {
+                source: {
+                    stream: (label, self.running[self.routes[label].replica].url) for stream, label in table.items()
+                }
+                for source, table in streams.items()
+            }
+        )
 
     # ------------------------------------------------------------------ slots
 
@@ -200,9 +236,9 @@ class Replacer:
         )
         if hasattr(solver, "start"):
             solver.start(peak, previous)
-        before = self._counts()
+        before = self.senders.counts()
         while not self._stop.wait(self.plan.slot_s):
-            counts = self._counts()
+            counts = self.senders.counts()
             entry: dict[str, Any] = {"slot": len(self.timeline) + 1, "t_s": round(time.monotonic() - self._started, 3)}
             rates = _rates(before, counts, sender_streams(self.plan))
             if rates is None:  # a sender has not reported since the last slot: nothing measured
@@ -219,7 +255,7 @@ class Replacer:
             solve_s = time.perf_counter() - started
             following = {
                 (source, self.routes[label].model): self.running[self.routes[label].replica].host
-                for source, streams in self._followed.items()
+                for source, streams in self.senders.followed.items()
                 for stream, label in streams.items()
                 if not stream.endswith(COMPARE)
             }
@@ -265,7 +301,7 @@ class Replacer:
         if not self._start(extra):
             return [], []
         self._follow(interim)
-        self._drained(removed)
+        self.senders.await_drained({r.url for r in removed})
         for replica in removed:
             self._stop_replica(replica)
         added = [r for name, r in new.items() if name not in self.running]  # a stand-in may be one
@@ -273,7 +309,7 @@ class Replacer:
             return [], []
         self._follow(list(plan.routes))
         leaving = [r for r in extra if r.name not in new]
-        self._drained(leaving)
+        self.senders.await_drained({r.url for r in leaving})
         for replica in leaving:
             self._stop_replica(replica)
         self.plan = plan
@@ -286,7 +322,7 @@ class Replacer:
 
     def _following(self, route: RouteRecord) -> RouteRecord | None:
         """The route ``route``'s stream follows now."""
-        label = self._followed.get(route.source, {}).get(stream_of(route))
+        label = self.senders.followed.get(route.source, {}).get(stream_of(route))
         return None if label is None else self.routes[label]
 
     def _start(self, replicas: list[ReplicaRecord]) -> bool:
@@ -324,16 +360,6 @@ class Replacer:
         self.services.stop(f"replica {replica.name}")
         self.running.pop(replica.name, None)
 
-    def _drained(self, replicas: list[ReplicaRecord]) -> None:
-        """Wait until no sender has a request on its way to ``replicas`` (those it sent before it
-        followed other routes), at most ``DRAIN_TIMEOUT_S``; those still out then may fail."""
-        urls = {r.url for r in replicas}
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while urls and time.monotonic() < deadline:
-            if not any(urls & set(c.get("in_flight", {})) for c in self._counts().values()):
-                return
-            time.sleep(0.05)
-
     def _follow(self, routes: list[RouteRecord]) -> None:
         """Every sender follows ``routes`` (written under a new version when they change)."""
         for route in routes:
@@ -341,9 +367,9 @@ class Replacer:
         streams: dict[str, dict[str, str]] = {}
         for route in routes:
             streams.setdefault(route.source, {})[stream_of(route)] = route.label
-        if streams != self._followed:
+        if streams != self.senders.followed:
             self.write_routes(streams)
-            self._await_followed()
+            self.senders.await_followed()
 
 
 def _rates(
