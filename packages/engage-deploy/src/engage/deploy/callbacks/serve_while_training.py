@@ -18,6 +18,8 @@ from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingError, Serv
 
 #: examples of the held-out simulations the request sources draw from, at most
 POOL_SIZE = 512
+#: seconds between a source's ``/health`` probes of each replica it sends to (the path's round trip)
+PROBE_S = 1.0
 
 
 class ServeWhileTraining(pl.Callback):
@@ -162,6 +164,7 @@ class ServeWhileTraining(pl.Callback):
             if replacing:
                 argv += ["--routes-file", str(self.services.file(name, ".routes.json"))]
                 argv += ["--counts-file", str(self.services.file(name, ".counts.json"))]
+            argv += ["--probe-s", str(PROBE_S)]
             argv += ["--seed", str(self.plan.seed + index), "--out", str(self.services.file(name, ".json"))]
             self.services.start(name, source, argv)
         if replacing:

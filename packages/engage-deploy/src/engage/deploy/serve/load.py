@@ -84,7 +84,9 @@ class RequestGenerator:
     RateSchedule)``; a stream's requests are recorded under its name until :meth:`retarget` names
     another route) made by ``make_request``, sent with ``api_key``; ``seed`` fixes arrivals and
     inputs; ``max_in_flight`` requests at most are open at once. :attr:`sent` counts each stream's
-    requests so far."""
+    requests so far. With ``probe_s``, every replica a stream is sent to gets a ``/health`` request
+    that often, on a kept connection of its own, while requests are sent (:attr:`probes`): the
+    path there and back with HTTP on both ends, but no model, measured apart from the requests."""
 
     def __init__(
         self,
@@ -94,6 +96,7 @@ class RequestGenerator:
         seed: int = 0,
         timeout_s: float = 10.0,
         max_in_flight: int = 16,
+        probe_s: float | None = None,
     ) -> None:
         self.schedules: dict[str, RateSchedule] = {}
         self.targets: dict[str, tuple[str, str]] = {}  # stream -> (route name, replica URL)
@@ -112,6 +115,9 @@ class RequestGenerator:
         self.sent: dict[str, int] = dict.fromkeys(self.schedules, 0)
         #: requests on their way to each replica URL now
         self.in_flight: dict[str, int] = {}
+        self.probe_s = probe_s
+        #: replica URL -> seconds each ``/health`` probe took (the path there and back, HTTP included)
+        self.probes: dict[str, list[float]] = {}
         self._key = api_key
         self._lock = threading.Lock()
         self._local = threading.local()  # each sending thread's open connections
@@ -169,6 +175,9 @@ class RequestGenerator:
         stop = stop or threading.Event()
         start = time.monotonic()
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests")
+        probing = threading.Thread(target=self._probe, args=(stop,), name="engage-probes", daemon=True)
+        if self.probe_s:
+            probing.start()
         try:
             for due, stream, rng in itertools.chain(self.arrivals(), [(math.inf, "", None)]):
                 end = min(due, duration_s if duration_s is not None else math.inf)
@@ -184,7 +193,31 @@ class RequestGenerator:
         finally:
             # stopped: requests not yet sent are dropped, those in flight finish (or time out)
             pool.shutdown(wait=True, cancel_futures=stop.is_set())
+            if probing.is_alive():
+                stop.set()
+                probing.join()
         return self.results
+
+    def _probe(self, stop: threading.Event) -> None:
+        """A ``/health`` request to every replica streams go to, every ``probe_s`` seconds."""
+        while not stop.wait(self.probe_s):
+            with self._lock:
+                urls = sorted({url for _, url in self.targets.values()})
+            for url in urls:
+                began = time.monotonic()
+                try:
+                    connection, _ = self._connection(url)
+                    connection.request("GET", "/health", headers={API_KEY_HEADER: self._key})
+                    response = connection.getresponse()
+                    response.read()
+                    ok = response.status == 200
+                    if response.will_close:
+                        self._drop(url)
+                except Exception:  # a probe that failed measures nothing; requests count failures
+                    self._drop(url)
+                    ok = False
+                if ok:
+                    self.probes.setdefault(url, []).append(time.monotonic() - began)
 
     def _connection(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's open connection to ``url``, or a new one (``True``: opened now)."""
@@ -511,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
+    parser.add_argument("--probe-s", type=float, default=0.0, help="seconds between /health probes (0: none)")
     parser.add_argument("--routes-file", default=None, help="routes to follow while running (see RouteTable)")
     parser.add_argument("--counts-file", default=None, help="where requests sent and in flight are reported")
     parser.add_argument("--out", required=True, help="where the results go (JSON)")
@@ -524,7 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.routes_file is None) != (args.counts_file is None):
         print("engage requests: give --routes-file and --counts-file together, or neither", file=sys.stderr)
         return 2
-    generator = RequestGenerator(dict(args.route), pool, api_key=key, seed=args.seed, timeout_s=args.timeout)
+    generator = RequestGenerator(
+        dict(args.route), pool, api_key=key, seed=args.seed, timeout_s=args.timeout, probe_s=args.probe_s or None
+    )
     table = RouteTable(generator, args.routes_file, args.counts_file) if args.routes_file else None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -539,7 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.stop()
     write_private(
         args.out,
-        json.dumps({"requests": [asdict(r) for r in generator.results], "summary": generator.summary()}),
+        json.dumps(
+            {
+                "requests": [asdict(r) for r in generator.results],
+                "probes": generator.probes,
+                "summary": generator.summary(),
+            }
+        ),
     )
     return 0
 

@@ -54,13 +54,19 @@ class ServingRecord:
         #: per source host, the seconds its sender takes to send a request once it is due
         self.sender_s: dict[str, float] = {}
         self.predicted_s: dict[str, float] = {}
+        #: per route, the median of its sender's ``/health`` probes of its replica
+        self.path_s: dict[str, float] = {}
+        #: source host -> replica URL -> seconds of each probe (read with the senders' requests)
+        self.probes: dict[str, dict[str, list[float]]] = {}
 
     def measure(self, served: ServedRequests) -> None:
         """Each replica's service time, the median of what it said it took for the answers in
         ``served``; each source's sending time, the median from a request's due time to its
         sending; each route's latency predicted from them: the placement problem's, given the
-        service times as measured figures, plus its source's sending time (:attr:`service_s`,
-        :attr:`sender_s`, :attr:`predicted_s`)."""
+        service times as measured figures, plus its source's sending time, with the path's round
+        trip as its sender's ``/health`` probes measured it (:attr:`probes`) instead of the declared
+        one where there are probes (:attr:`service_s`, :attr:`sender_s`, :attr:`path_s`,
+        :attr:`predicted_s`)."""
         from engage.deploy.placement import PlacementProblem
         from engage.deploy.serve.placing import VARIANT, predicted_latencies
 
@@ -79,12 +85,19 @@ class ServingRecord:
             waited = [r.sent_s for r in served.results if r.source.startswith(f"{source}>") and r.sent_s is not None]
             if waited:
                 self.sender_s[source] = statistics.median(waited)
-        self.predicted_s = {
-            route.label: latency[route.source, route.model, replicas[route.replica].host]
-            + self.sender_s.get(route.source, 0.0)
-            for route in self.routes
-            if route.replica in self.service_s
-        }
+        problem = PlacementProblem.from_dict(self.plan.problem)
+        for route in self.routes:
+            if route.replica not in self.service_s:
+                continue
+            replica = replicas[route.replica]
+            predicted = latency[route.source, route.model, replica.host] + self.sender_s.get(route.source, 0.0)
+            probed = self.probes.get(route.source, {}).get(replica.url)
+            if probed:
+                # the path as measured (the emulator's forwarding and HTTP on both ends included)
+                # instead of its declared round trip
+                self.path_s[route.label] = statistics.median(probed)
+                predicted += self.path_s[route.label] - _round_trip(problem, route.source, replica.host)
+            self.predicted_s[route.label] = predicted
 
     def route_figures(self, served: ServedRequests) -> list[dict[str, Any]]:
         """Per route: the engine's prediction (nominal and from measured service times), the
@@ -110,6 +123,7 @@ class ServingRecord:
                     "failed_fraction": round(failed / len(sent), 4) if sent else None,
                     "predicted_nominal_ms": round(route.predicted_s * 1000, 2),
                     "predicted_ms": None if predicted is None else round(predicted * 1000, 2),
+                    "path_probed_ms": round(self.path_s[route.label] * 1000, 2) if route.label in self.path_s else None,
                     "measured_median_ms": None if median is None else round(median * 1000, 2),
                     "measured_over_predicted": None if not (median and predicted) else round(median / predicted, 3),
                 }
@@ -128,6 +142,7 @@ class ServingRecord:
                 why = self.services.last_line(name)
                 raise ServingError(f"serving: {name} wrote no results ({why})")
             served.results += ServedRequests.read(path).results
+            self.probes[name.split(" ", 1)[1]] = json.loads(path.read_text()).get("probes", {})
         self.measure(served)
         figures = {
             "plan": self.plan.to_dict() | {"api_key_file": "(not recorded)"},
@@ -277,3 +292,13 @@ def _placement_figure(timeline: Sequence[dict[str, Any]]) -> Any:
 def _child(client: Any, experiment: str, parent: str, name: str, kind: str, host: str, layer: str) -> str:
     tags = {"mlflow.parentRunId": parent, "engage.kind": kind, "engage.host": host, "engage.layer": layer}
     return client.create_run(experiment, run_name=name, tags=tags).info.run_id
+
+
+def _round_trip(problem: Any, source: str, node: str) -> float:
+    """Seconds there and back along the declared links from ``source`` up to ``node``."""
+    seconds, at = 0.0, source
+    while at != node:
+        link = problem.links[at]
+        seconds += 2 * link.delay
+        at = link.dst
+    return seconds
