@@ -199,6 +199,9 @@ def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path:
     assert delays["edge_far-1"] - delays["edge_near-1"] >= 80  # round trips: one-way delays 45 ms apart
     for row in figures["routes"]:
         assert row["answered"] >= 20, row
+        # the links are as declared: the probes find the path a few milliseconds slower (the
+        # emulator's forwarding, HTTP), never the tens a wrong delay would add
+        assert 0 <= row["round_trip_probed_ms"] - row["round_trip_declared_ms"] <= 15, row
     assert within(figures), figures["routes"]
     for source in ("edge_near-1", "edge_far-1"):
         fog, cloud = routes[f"{source}>fog-1"], routes[f"{source}>cloud-1"]
@@ -226,3 +229,45 @@ def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path:
     (sweep,) = [r for r in runs if r.data.tags.get("engage.kind") == "sweep"]
     described = {a.path for a in client.list_artifacts(sweep.info.run_id, "sweep")}
     assert described == {"sweep/infrastructure.yaml", "sweep/serving.json"}
+
+
+def test_a_route_is_predicted_with_its_probed_round_trip_instead_of_the_declared_one(tmp_path: Path) -> None:
+    """Prediction = the problem's latency with the replica's measured service time, less the
+    declared round trip, plus the median of the sender's probes of that replica, plus the
+    sender's own time; a route without probes keeps the declared round trip, and says so."""
+    from dataclasses import asdict
+
+    from engage.deploy.placement import PlacementProblem
+    from engage.deploy.serve.load import ServedRequest
+    from engage.deploy.serve.record import ServingRecord, _round_trip
+    from engage.deploy.serve.services import ServiceProcesses
+    from engage.deploy.serving import ServingError
+
+    options, infra = continuum()
+    plan = plan_serving(options, infra, addresses(infra), "serve.key")
+    problem = PlacementProblem.from_dict(plan.problem)
+    assert _round_trip(problem, "edge_near-1", "fog-1") == pytest.approx(0.020)
+    assert _round_trip(problem, "edge_near-1", "cloud-1") == pytest.approx(0.050)
+    assert _round_trip(problem, "edge_near-1", "edge_near-1") == 0.0
+    with pytest.raises(ServingError, match="edge_far-1 is not on the path of edge_near-1"):
+        _round_trip(problem, "edge_near-1", "edge_far-1")
+    services = ServiceProcesses({}, tmp_path)
+    fog, cloud = plan.replica("fog-1"), plan.replica("cloud-1")
+    requests = [ServedRequest(k * 0.1, route.label, plan.replica(route.replica).url, 0.04, 200, 1, 0.1, False,
+                              0.008, 0.001) for route in plan.routes for k in range(5)]  # fmt: skip
+    probes = {fog.url: [0.023, 0.024, 0.022]}  # the fog probed from edge_near only, 3 ms slower than declared
+    for source in plan.sources():
+        mine = [asdict(r) for r in requests if r.source.startswith(f"{source}>")]
+        data = {"requests": mine, "probes": probes if source == "edge_near-1" else {}}
+        services.file(f"requests {source}", ".json").write_text(json.dumps(data))
+    record = ServingRecord(plan, services, plan.replicas, plan.routes, [], [])
+    record.record(None, {})
+    rows = {row["route"]: row for row in json.loads((tmp_path / "serving.json").read_text())["routes"]}
+    near_fog, near_cloud = rows["edge_near-1>fog-1"], rows["edge_near-1>cloud-1"]
+    assert near_fog["round_trip_declared_ms"] == 20.0 and near_fog["round_trip_probed_ms"] == 23.0
+    # the probed 23 ms round trip, the fog's 8 ms service time (instead of its nominal compute) and
+    # the sender's 1 ms
+    assert near_fog["predicted_ms"] == pytest.approx(23.0 + 8.0 + 1.0, abs=0.1)
+    assert near_fog["predicted_nominal_ms"] == pytest.approx(20.0, abs=0.1)
+    assert near_cloud["round_trip_probed_ms"] is None and near_cloud["round_trip_declared_ms"] == 50.0
+    assert cloud.url not in probes

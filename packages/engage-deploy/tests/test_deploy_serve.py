@@ -264,3 +264,37 @@ def test_the_request_sender_refuses_bad_arguments_in_one_line(tmp_path: Path, ca
     with pytest.raises(SystemExit) as exit_:
         main(["--pool", str(pool), "--api-key-file", str(key), "--route", "fog-1=fast@x", "--out", "o"])
     assert exit_.value.code == 2 and "is not NAME=RATE@URL" in capsys.readouterr().err
+
+
+def test_the_sender_probes_each_replica_on_a_kept_connection_less_the_replica_own_time() -> None:
+    """A probe that opened its connection measures nothing; the others give their time less
+    what the replica says it took (here 30 ms of its 35 ms)."""
+    import http.server
+
+    from engage.deploy.serve.load import RequestGenerator
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # kept connections
+
+        def do_GET(self) -> None:
+            time.sleep(0.035)
+            self.send_response(200)
+            self.send_header("x-engage-service-s", "0.030")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        generator = RequestGenerator({"s": (url, 0.001)}, request, api_key="k" * 32, probe_s=0.1)
+        generator.run(duration_s=1.0)
+    finally:
+        server.shutdown()
+    probes = generator.probes[url]
+    assert 2 <= len(probes) <= 8, probes  # one a round, the first (its connection opened) left out
+    assert all(0.0 <= p < 0.02 for p in probes), probes  # 35 ms less the 30 the replica took

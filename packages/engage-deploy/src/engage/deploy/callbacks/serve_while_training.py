@@ -37,8 +37,10 @@ class ServeWhileTraining(pl.Callback):
     ``plan.drain_s`` seconds (the last version is served), then everything is stopped. Each
     replica's service time is the median of what it said each answer took (from the request's
     arrival to the answer's first bytes: its queues, worker and model), under the load the
-    requests met; the plan's placement problem, given these as ``measured`` figures, predicts
-    every route's latency. MLflow gets one run per service under the trainer's run:
+    requests met; the plan's placement problem, given these as ``measured`` figures and each
+    route's round trip as its source's ``/health`` probes measured it (every :data:`PROBE_S`
+    seconds), predicts every route's latency
+    (:class:`~engage.deploy.serve.record.ServingRecord`). MLflow gets one run per service under the trainer's run:
     ``replica HOST`` (service time, restarts, log) and ``requests HOST`` (latency over time,
     error against model version, and per route the predicted and measured median latency), and
     the trainer's run ``serving/serving.json`` and ``serving/latency.png``. A route with no

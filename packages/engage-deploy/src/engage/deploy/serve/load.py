@@ -85,8 +85,9 @@ class RequestGenerator:
     another route) made by ``make_request``, sent with ``api_key``; ``seed`` fixes arrivals and
     inputs; ``max_in_flight`` requests at most are open at once. :attr:`sent` counts each stream's
     requests so far. With ``probe_s``, every replica a stream is sent to gets a ``/health`` request
-    that often, on a kept connection of its own, while requests are sent (:attr:`probes`): the
-    path there and back with HTTP on both ends, but no model, measured apart from the requests."""
+    about that often, on a kept connection of its own, while requests are sent (:attr:`probes`,
+    see :meth:`_probe`): the path there and back with HTTP on both ends, measured apart from the
+    requests."""
 
     def __init__(
         self,
@@ -175,7 +176,8 @@ class RequestGenerator:
         stop = stop or threading.Event()
         start = time.monotonic()
         pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="engage-requests")
-        probing = threading.Thread(target=self._probe, args=(stop,), name="engage-probes", daemon=True)
+        done = threading.Event()  # this run's end, whatever ``stop`` (the caller's) says
+        probing = threading.Thread(target=self._probe, args=(stop, done), name="engage-probes", daemon=True)
         if self.probe_s:
             probing.start()
         try:
@@ -193,39 +195,55 @@ class RequestGenerator:
         finally:
             # stopped: requests not yet sent are dropped, those in flight finish (or time out)
             pool.shutdown(wait=True, cancel_futures=stop.is_set())
+            done.set()
             if probing.is_alive():
-                stop.set()
                 probing.join()
         return self.results
 
-    def _probe(self, stop: threading.Event) -> None:
-        """A ``/health`` request to every replica streams go to, every ``probe_s`` seconds."""
-        while not stop.wait(self.probe_s):
+    def _probe(self, stop: threading.Event, done: threading.Event) -> None:
+        """A ``/health`` request to every replica streams go to, every ``probe_s`` seconds, on
+        this thread's kept connections; a probe that opened its connection (its handshake's round
+        trip in it) or failed measures nothing. A probe's figure is its time less what the replica
+        says it took (its ``x-engage-service-s``): the path there and back, HTTP on both ends."""
+        while not (stop.wait(self.probe_s) or done.is_set()):
             with self._lock:
                 urls = sorted({url for _, url in self.targets.values()})
             for url in urls:
-                began = time.monotonic()
-                try:
-                    connection, _ = self._connection(url)
-                    connection.request("GET", "/health", headers={API_KEY_HEADER: self._key})
-                    response = connection.getresponse()
-                    response.read()
-                    ok = response.status == 200
-                    if response.will_close:
-                        self._drop(url)
-                except Exception:  # a probe that failed measures nothing; requests count failures
-                    self._drop(url)
-                    ok = False
-                if ok:
-                    self.probes.setdefault(url, []).append(time.monotonic() - began)
+                if stop.is_set() or done.is_set():
+                    return
+                figure = self._probe_once(url)
+                if figure is not None:
+                    self.probes.setdefault(url, []).append(figure)
 
-    def _connection(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
+    def _probe_once(self, url: str) -> float | None:
+        for _attempt in range(2):
+            try:
+                connection, opened = self._connection(url, timeout_s=min(self.timeout_s, 2.0))
+                began = time.monotonic()
+                connection.request("GET", "/health", headers={API_KEY_HEADER: self._key})
+                response = connection.getresponse()
+                response.read()
+                took = time.monotonic() - began
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+                self._drop(url)  # a kept connection the server had closed (idle): once more on a new one
+                continue
+            except Exception:
+                self._drop(url)
+                return None
+            if response.will_close:
+                self._drop(url)
+            if response.status != 200 or opened:
+                return None
+            return took - (_seconds(response.getheader(SERVICE_TIME_HEADER)) or 0.0)
+        return None
+
+    def _connection(self, url: str, timeout_s: float | None = None) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's open connection to ``url``, or a new one (``True``: opened now)."""
         connections = self._local.__dict__.setdefault("connections", {})
         if url in connections:
             return connections[url], False
         parsed = urllib.parse.urlsplit(url)
-        connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=self.timeout_s)
+        connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=timeout_s or self.timeout_s)
         connection.connect()
         connections[url] = connection
         return connection, True
@@ -554,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = read_api_key(args.api_key_file)
     except (OSError, ValueError, KeyError) as exc:
         print(f"engage requests: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    if args.probe_s < 0:
+        print(f"engage requests: --probe-s is {args.probe_s}; give seconds > 0, or 0 for no probes", file=sys.stderr)
         return 2
     if (args.routes_file is None) != (args.counts_file is None):
         print("engage requests: give --routes-file and --counts-file together, or neither", file=sys.stderr)

@@ -54,8 +54,10 @@ class ServingRecord:
         #: per source host, the seconds its sender takes to send a request once it is due
         self.sender_s: dict[str, float] = {}
         self.predicted_s: dict[str, float] = {}
-        #: per route, the median of its sender's ``/health`` probes of its replica
+        #: per route, the median of its sender's ``/health`` probes of its replica, and the
+        #: declared round trip it replaces in the prediction
         self.path_s: dict[str, float] = {}
+        self.declared_s: dict[str, float] = {}
         #: source host -> replica URL -> seconds of each probe (read with the senders' requests)
         self.probes: dict[str, dict[str, list[float]]] = {}
 
@@ -87,16 +89,17 @@ class ServingRecord:
                 self.sender_s[source] = statistics.median(waited)
         problem = PlacementProblem.from_dict(self.plan.problem)
         for route in self.routes:
+            replica = replicas[route.replica]
+            self.declared_s[route.label] = _round_trip(problem, route.source, replica.host)
             if route.replica not in self.service_s:
                 continue
-            replica = replicas[route.replica]
             predicted = latency[route.source, route.model, replica.host] + self.sender_s.get(route.source, 0.0)
             probed = self.probes.get(route.source, {}).get(replica.url)
             if probed:
                 # the path as measured (the emulator's forwarding and HTTP on both ends included)
                 # instead of its declared round trip
                 self.path_s[route.label] = statistics.median(probed)
-                predicted += self.path_s[route.label] - _round_trip(problem, route.source, replica.host)
+                predicted += self.path_s[route.label] - self.declared_s[route.label]
             self.predicted_s[route.label] = predicted
 
     def route_figures(self, served: ServedRequests) -> list[dict[str, Any]]:
@@ -123,7 +126,10 @@ class ServingRecord:
                     "failed_fraction": round(failed / len(sent), 4) if sent else None,
                     "predicted_nominal_ms": round(route.predicted_s * 1000, 2),
                     "predicted_ms": None if predicted is None else round(predicted * 1000, 2),
-                    "path_probed_ms": round(self.path_s[route.label] * 1000, 2) if route.label in self.path_s else None,
+                    "round_trip_declared_ms": round(self.declared_s[route.label] * 1000, 2),
+                    "round_trip_probed_ms": (
+                        round(self.path_s[route.label] * 1000, 2) if route.label in self.path_s else None
+                    ),
                     "measured_median_ms": None if median is None else round(median * 1000, 2),
                     "measured_over_predicted": None if not (median and predicted) else round(median / predicted, 3),
                 }
@@ -192,7 +198,7 @@ class ServingRecord:
         unmeasured: set[str],
         layers: Mapping[str, str],
     ) -> None:
-        """The runs of :meth:`_record` (``FAILED`` for a replica that served nothing and for the
+        """The runs of :meth:`record` (``FAILED`` for a replica that served nothing and for the
         sender of a route in ``failed``)."""
         client, parent = logger.experiment, logger.run_id
         experiment = client.get_run(parent).info.experiment_id
@@ -237,6 +243,8 @@ class ServingRecord:
                     if row["route"].startswith(f"{source}>") and row["measured_over_predicted"] is not None:
                         replica = row["route"].split(">", 1)[1]
                         client.log_metric(run, f"serve/{replica}/predicted_ms", row["predicted_ms"])
+                        if row["round_trip_probed_ms"] is not None:
+                            client.log_metric(run, f"serve/{replica}/round_trip_probed_ms", row["round_trip_probed_ms"])
                         client.log_metric(run, f"serve/{replica}/measured_median_ms", row["measured_median_ms"])
                 mine = {row["route"] for row in figures["routes"] if row["route"].startswith(f"{source}>")}
                 status = "FAILED" if mine & failed else "FINISHED"
@@ -253,7 +261,12 @@ def _latency_figure(rows: Sequence[dict[str, Any]]) -> Any:
 
     figure, axes = plt.subplots(figsize=(max(5.0, 1.4 * len(rows)), 4))
     x = np.arange(len(rows))
-    axes.bar(x - 0.2, [r["predicted_ms"] or 0 for r in rows], 0.4, label="predicted (measured service times)")
+    axes.bar(
+        x - 0.2,
+        [r["predicted_ms"] or 0 for r in rows],
+        0.4,
+        label="predicted (measured service times, probed round trips)",
+    )
     axes.bar(x + 0.2, [r["measured_median_ms"] or 0 for r in rows], 0.4, label="measured median")
     axes.set_xticks(x, [f"{r['route']}{' *' if r['chosen'] else ''}" for r in rows], rotation=20, ha="right")
     axes.set_xlabel("route (source > replica; * the engine's choice)")
@@ -295,10 +308,9 @@ def _child(client: Any, experiment: str, parent: str, name: str, kind: str, host
 
 
 def _round_trip(problem: Any, source: str, node: str) -> float:
-    """Seconds there and back along the declared links from ``source`` up to ``node``."""
-    seconds, at = 0.0, source
-    while at != node:
-        link = problem.links[at]
-        seconds += 2 * link.delay
-        at = link.dst
-    return seconds
+    """Seconds there and back along the declared links from ``source`` up to ``node`` (0 on the
+    source itself); :class:`ServingError` for a node off the source's path."""
+    path = problem.path(source)
+    if node not in path:
+        raise ServingError(f"serving: {node} is not on the path of {source} ({' -> '.join(path)})")
+    return sum(2 * problem.links[hop].delay for hop in path[: path.index(node)])

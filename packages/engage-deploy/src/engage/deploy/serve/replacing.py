@@ -66,12 +66,18 @@ def sender_streams(plan: ServingPlan) -> dict[str, dict[str, str]]:
 class SenderRoutes:
     """The routing a job's senders follow (:class:`~engage.deploy.serve.load.RouteTable` on
     their side): each source's routes file written under a new version, its counts file read
-    back (the version it follows, requests sent, requests on their way to each replica).
-    ``check_alive`` raises when a process of the job ended (a sender that died never follows)."""
+    back (the version it follows, requests sent, requests on their way to each replica), for
+    each of ``sources``. ``check_alive`` raises when a process of the job ended (a sender that
+    died never follows)."""
 
     def __init__(
-        self, routes_file: Callable[[str], Path], counts_file: Callable[[str], Path], check_alive: Callable[[], None]
+        self,
+        sources: list[str],
+        routes_file: Callable[[str], Path],
+        counts_file: Callable[[str], Path],
+        check_alive: Callable[[], None],
     ) -> None:
+        self.sources = list(sources)
         self.routes_file, self.counts_file, self.check_alive = routes_file, counts_file, check_alive
         self.version = 0
         #: source -> stream -> the route it was last given
@@ -92,7 +98,7 @@ class SenderRoutes:
     def counts(self) -> dict[str, dict[str, Any]]:
         """Each source's last report (nothing sent yet where it has not reported)."""
         counts = {}
-        for source in self.followed:
+        for source in self.sources:
             try:
                 counts[source] = json.loads(self.counts_file(source).read_text())
             except (OSError, ValueError):
@@ -148,7 +154,7 @@ class Replacer:
         self.services = services
         self.start_replica = start_replica
         self.publisher = publisher
-        self.senders = SenderRoutes(routes_file, counts_file, services.check_alive)
+        self.senders = SenderRoutes(list(sender_streams(plan)), routes_file, counts_file, services.check_alive)
         self.key = key
         self.ready_timeout_s = ready_timeout_s
         self.timeline: list[dict[str, Any]] = []
