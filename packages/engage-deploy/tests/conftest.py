@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
+
+
+@pytest.fixture
+def serve_on_continuum() -> Callable[..., dict]:
+    """``run(workdir, *overrides)``: one ``engage run`` serving while it trains on the
+    ``netns_continuum`` infrastructure (a tiny heat surrogate, the trainer on the cloud host, the
+    simulations on ``edge_near``), with ``overrides`` (the serving options, the number of
+    simulations); what its job recorded in ``serving.json``."""
+    from engage.core.testing.process import run_engage
+
+    def run(workdir: Path, *overrides: str) -> dict:
+        workdir.mkdir()
+        proc = run_engage(
+            "run", "-m", "hydra/launcher=engage", "+infrastructure=netns_continuum",
+            "hydra.launcher.layer=cloud", "hydra.launcher.parallelism=1", "hydra.sweep.dir=sweep", *overrides,
+            "data.executor=deploy", "simulator.grid=16", "simulator.steps=20", "data.concurrency=2",
+            "data.val_simulations=2", "trainer.max_epochs=1", "model.width=4", "trainer.enable_progress_bar=false",
+            cwd=workdir, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (path,) = (workdir / "sweep" / ".engage").glob("*/jobs/0/serving/serving.json")
+        return json.loads(path.read_text())
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -149,24 +149,6 @@ def test_the_launcher_refuses_serving_it_cannot_run_before_anything_starts() -> 
     EngageLauncher.check(OmegaConf.create({"hydra": {"launcher": launcher}, "data": {"val_simulations": 2}}))
 
 
-def serve_once(workdir: Path) -> dict:
-    """One ``engage run`` serving while it trains; what its job recorded in ``serving.json``."""
-    from engage.core.testing.process import run_engage
-
-    workdir.mkdir()
-    proc = run_engage(
-        "run", "-m", "hydra/launcher=engage", "+infrastructure=netns_continuum", "+serving=continuum",
-        "hydra.launcher.layer=cloud", "hydra.launcher.parallelism=1", "hydra.sweep.dir=sweep",
-        "data.executor=deploy", "simulator.grid=16", "simulator.steps=20", "data.simulations=12",
-        "data.concurrency=2", "data.val_simulations=2", "trainer.max_epochs=1", "model.width=4",
-        "trainer.enable_progress_bar=false",
-        cwd=workdir, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (path,) = (workdir / "sweep" / ".engage").glob("*/jobs/0/serving/serving.json")
-    return json.loads(path.read_text())
-
-
 def within(figures: dict) -> bool:
     return all(0.8 <= row["measured_over_predicted"] <= 1.2 for row in figures["routes"])
 
@@ -178,7 +160,7 @@ _REASON = netns_available()
 @pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path: Path) -> None:
+def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path: Path, serve_on_continuum) -> None:
     """One ``engage run``: every route within 20% of its prediction, the engine's routes faster
     than the cloud's as predicted, in two link settings 45 ms apart; the answers' error falls as
     versions advance; one MLflow run per service. This machine's slow spells (seconds, with the
@@ -189,7 +171,7 @@ def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path:
     attempts = []
     for name in ("first", "second", "third"):
         workdir = tmp_path / name
-        attempts.append(serve_once(workdir))
+        attempts.append(serve_on_continuum(workdir, "+serving=continuum", "data.simulations=12"))
         if within(attempts[-1]):
             break
     figures = attempts[-1]

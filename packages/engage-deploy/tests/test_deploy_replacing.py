@@ -180,38 +180,27 @@ _REASON = netns_available()
 @pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path) -> None:
+def test_replicas_follow_the_requests_when_their_rates_change(tmp_path: Path, serve_on_continuum) -> None:
     """One ``engage run`` on the continuum serving two models: the production model (a
     checkpoint) asked for at 20 requests/s and the model being trained at 1, swapped after 4 s.
     The edge host holds one replica of the two (1.2 GB each, 2 GiB): the online policy puts the
     production model there first and the model being trained after the swap, one move a slot:
     the production model's requests go to the fog's replica, the edge's stops, the new one
     starts and answers, then the trained model's requests go to it."""
-    from engage.core.testing.process import run_engage
-
     checkpoint = _checkpoint(tmp_path / "production.ckpt")
     workdir = tmp_path / "run"
-    workdir.mkdir()
     serving = "hydra.launcher.serving"  # not in the launcher's config until given
     sources = "{edge_near:{model:[[0,1],[4,20]],production:[[0,20],[4,1]]}}"
-    proc = run_engage(
-        "run", "-m", "hydra/launcher=engage", "+infrastructure=netns_continuum",
-        "hydra.launcher.layer=cloud", "hydra.launcher.parallelism=1", "hydra.sweep.dir=sweep",
+    figures = serve_on_continuum(
+        workdir,
         # a replica process takes about 600 MB: the edge (2 GiB) holds one of the two models as
         # declared (1.2 GB each) beside the simulations and the sender; the fog holds both
         "hydra.launcher.infrastructure.layers.1.memory=4GiB", "hydra.launcher.infrastructure.layers.2.memory=2GiB",
         f"++{serving}.sources={sources}", f"++{serving}.tree={{edge_near:fog,edge_far:fog,fog:cloud}}",
         f"++{serving}.models={{production:{{checkpoint:'{checkpoint}'}}}}", f"++{serving}.model_size=1.2GB",
         f"++{serving}.gflop=1.0", f"++{serving}.solver=online", f"++{serving}.slot_s=2", f"++{serving}.max_moves=1",
-        f"++{serving}.drain_s=18",
-        "data.executor=deploy", "simulator.grid=16", "simulator.steps=20", "data.simulations=8",
-        "data.concurrency=2", "data.val_simulations=2", "trainer.max_epochs=1", "model.width=4",
-        "trainer.enable_progress_bar=false",
-        cwd=workdir, timeout=300,
+        f"++{serving}.drain_s=18", "data.simulations=8",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (path,) = (workdir / "sweep" / ".engage").glob("*/jobs/0/serving/serving.json")
-    figures = json.loads(path.read_text())
     timeline = figures["timeline"]
     print(json.dumps(timeline, indent=1))
     on_edge = [[r for r in slot["replicas"] if r.endswith("edge_near-1")] for slot in timeline]

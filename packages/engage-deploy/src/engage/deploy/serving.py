@@ -26,6 +26,12 @@ from typing import Any
 from engage.deploy.serve.demand import TRAINED, RateSchedule
 
 
+def requests_at(rates: Mapping[tuple[str, str], float]) -> list[dict[str, Any]]:
+    """A placement problem's ``requests`` for ``rates`` (``(source host, model) -> requests per
+    second``), those at no rate left out (a request class needs a positive rate)."""
+    return [{"node": host, "model": model, "rate": float(rate)} for (host, model), rate in rates.items() if rate > 0]
+
+
 class ServingError(RuntimeError):
     """A replica or a request source could not do its part; one line saying which and why."""
 
@@ -122,8 +128,7 @@ class ServingPlan:
     def problem_with(self, rates: Mapping[tuple[str, str], float]) -> dict[str, Any]:
         """The placement problem with ``rates`` (``(source host, model) -> requests per second``;
         zero rates left out) instead of the rates it was solved for."""
-        requests = [{"node": h, "model": m, "rate": float(r)} for (h, m), r in rates.items() if r > 0]
-        return {**self.problem, "requests": requests}
+        return {**self.problem, "requests": requests_at(rates)}
 
     def peak_problem(self) -> dict[str, Any]:
         """The problem with every source sending every model at its peak: its options predict

@@ -182,12 +182,13 @@ class PublishWeights(pl.Callback):
                     return
                 version, snapshot = self._pending
                 self._pending = None
-            body = json.dumps({"version": version, "state_dict": base64.b64encode(serialize(snapshot)).decode()})
+            text = json.dumps({"version": version, "state_dict": base64.b64encode(serialize(snapshot)).decode()})
+            body = text.encode()  # once, for every replica and those added later
             with self._lock:
-                self._last_sent = (version, body.encode())
+                self._last_sent = (version, body)
                 replicas = list(self.replicas)
             for replica in replicas:
-                self.publications.append(self._send(replica, version, body.encode()))
+                self.publications.append(self._send(replica, version, body))
 
     def _send(self, replica: str, version: int, body: bytes) -> Publication:
         from engage.deploy.serve.replica import API_KEY_HEADER

@@ -45,7 +45,7 @@ from typing import Any
 
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.options import SERVING, ServingOptions
-from engage.deploy.serving import RouteRecord, ServingPlan
+from engage.deploy.serving import RouteRecord, ServingPlan, requests_at
 
 #: each served model's one variant in the placement problem
 VARIANT = "served"
@@ -172,14 +172,11 @@ def serving_problem(
         models.append({"name": name, "input": input_bytes, "variants": [variant]})
     if rates is None:
         rates = initial_rates(options, infra)
-    requests = [
-        {"node": host, "model": model, "rate": float(rate)} for (host, model), rate in rates.items() if rate > 0
-    ]
     return {
         "nodes": nodes,
         "links": links,
         "models": models,
-        "requests": requests,
+        "requests": requests_at(rates),
         "objective": {"latency": 1.0, "inaccuracy": 0.0},
     }
 

@@ -4,7 +4,7 @@ again from the request rates the sources measured, and the replicas and routes f
 Each slot of ``plan.slot_s`` seconds:
 
 1. the rate of each (source host, model) over the last slot, from the counts each sender
-   reports (its requests of the model on the engine's route, not the comparison route);
+   reports (a re-placed plan has no comparison routes: each stream is one model's requests);
 2. the plan's placement problem with these rates, solved by ``plan.solver``; ``online`` keeps
    its state from slot to slot (:class:`~engage.deploy.placement.online.OnlineSolver`, at most
    ``plan.max_moves`` new copies a slot), others solve each slot afresh;
@@ -15,11 +15,9 @@ Each slot of ``plan.slot_s`` seconds:
    sent to a replica being stopped.
 
 Every slot is kept in :attr:`Replacer.timeline` (rates, replicas, moves, the seconds to solve and
-to apply); a move
-the job's end interrupts (its replicas not answering yet) is given up and named in
-:attr:`Replacer.given_up`. An error
-(a replica that does not answer, a sender that does not follow) is kept in :attr:`Replacer.error`
-and re-placing stops; the job raises it (one line).
+to apply); a move the job's end interrupts (its replicas not answering yet) is given up and
+named in :attr:`Replacer.given_up`. An error (a replica that does not answer, a sender that does
+not follow) is kept in :attr:`Replacer.error` and re-placing stops; the job raises it (one line).
 
 Example::
 
@@ -35,7 +33,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,8 +55,13 @@ def stream_of(route: RouteRecord) -> str:
 
 def sender_streams(plan: ServingPlan) -> dict[str, dict[str, str]]:
     """Source host -> stream -> the route it follows in ``plan``."""
+    return streams_of(plan.routes)
+
+
+def streams_of(routes: Iterable[RouteRecord]) -> dict[str, dict[str, str]]:
+    """Source host -> stream -> the route of ``routes`` it follows."""
     streams: dict[str, dict[str, str]] = {}
-    for route in plan.routes:
+    for route in routes:
         streams.setdefault(route.source, {})[stream_of(route)] = route.label
     return streams
 
@@ -262,8 +265,7 @@ class Replacer:
             following = {
                 (source, self.routes[label].model): self.running[self.routes[label].replica].host
                 for source, streams in self.senders.followed.items()
-                for stream, label in streams.items()
-                if not stream.endswith(COMPARE)
+                for label in streams.values()
             }
             applying = time.perf_counter()
             started_names, stopped_names = self.apply(placed(self.plan, solved, following))
@@ -370,9 +372,7 @@ class Replacer:
         """Every sender follows ``routes`` (written under a new version when they change)."""
         for route in routes:
             self.routes.setdefault(route.label, route)
-        streams: dict[str, dict[str, str]] = {}
-        for route in routes:
-            streams.setdefault(route.source, {})[stream_of(route)] = route.label
+        streams = streams_of(routes)
         if streams != self.senders.followed:
             self.write_routes(streams)
             self.senders.await_followed()
@@ -381,15 +381,15 @@ class Replacer:
 def _rates(
     before: Mapping[str, Mapping[str, Any]], now: Mapping[str, Mapping[str, Any]], streams: Mapping[str, Any]
 ) -> dict[tuple[str, str], float] | None:
-    """``(source, model) -> requests per second`` between two reports of the senders (their
-    streams to the engine's routes); ``None`` when a sender has not reported since ``before``."""
+    """``(source, model) -> requests per second`` between two reports of the senders (a
+    re-placed plan's streams are its models); ``None`` when a sender has not reported since
+    ``before``."""
     rates = {}
     for source, names in streams.items():
         seconds = float(now[source]["elapsed_s"]) - float(before[source]["elapsed_s"])
         if seconds <= 0:
             return None
         for stream in names:
-            if not stream.endswith(COMPARE):
-                sent = int(now[source]["sent"].get(stream, 0)) - int(before[source]["sent"].get(stream, 0))
-                rates[source, stream] = max(sent, 0) / seconds
+            sent = int(now[source]["sent"].get(stream, 0)) - int(before[source]["sent"].get(stream, 0))
+            rates[source, stream] = max(sent, 0) / seconds
     return rates
