@@ -528,6 +528,49 @@ def test_a_cancelled_sweep_job_reports_killed_and_never_runs_again(tmp_path):
     assert process.poll() is not None  # given up: never seen running again
 
 
+def test_an_array_task_held_by_its_arrays_limit_is_not_pending_too_long(tmp_path, monkeypatch):
+    """``max_pending_s`` counts from when the array's ``%`` limit lets the task run, not from
+    its submission: a task waits for its array's others by design."""
+    from engage.deploy.slurm.executor import JobStates, SlurmProcess
+
+    states = JobStates(interval_s=3600)
+    answers = {"12_3": ("PENDING", "JobArrayTaskLimit")}
+    monkeypatch.setattr(states, "state", lambda job_id: answers[job_id])
+    task = SlurmProcess(None, tmp_path / "log", 0.2, states)
+    task.submitted_as("12_3")
+    time.sleep(0.3)
+    assert task.poll() is None and task.waiting  # past max_pending_s, but held by the array
+    answers["12_3"] = ("PENDING", "Resources")  # its turn: now waiting for Slurm
+    assert task.poll() is None
+    time.sleep(0.3)
+    cancelled = []
+    monkeypatch.setattr("engage.deploy.slurm.executor.scancel", lambda *ids: cancelled.append(ids) or True)
+    with pytest.warns(UserWarning, match="pending for over 0 s"):
+        assert task.poll() == 75
+    assert cancelled == [("12_3",)]
+    answers["12_4"] = ("RUNNING", "None")
+    running = SlurmProcess("12_4", tmp_path / "log", 0.2, states)
+    assert running.poll() is None and not running.waiting
+
+
+def test_slurm_array_options_are_checked_and_indices_written_as_ranges():
+    from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+    from engage.deploy.providers.slurm import SlurmProvider, _ranges
+
+    def provider(**options):
+        infra = {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 3}], "options": options}
+        return SlurmProvider(Infrastructure.from_dict(infra), "/tmp/engage-test")
+
+    with pytest.raises(InfrastructureError, match=r"infrastructure\.options\.array is 'yes'; give true"):
+        provider(array="yes")
+    on, off = provider(), provider(array=False)
+    on.hosts = off.hosts = ["slot"] * 3  # deployed
+    assert (on.array_limit, off.array_limit, off.array_indices([0, 1])) == (3, 0, [])
+    on._array_size = 4  # slurmctld's MaxArraySize: task ids 0 to 3
+    assert on.array_indices([5, 0, 3, 4]) == [0, 3]
+    assert _ranges([0, 1, 2, 5, 7, 8, 10]) == "0-2,5,7-8,10" and _ranges([4]) == "4"
+
+
 @pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.1", "not-an-ip"])
 def test_a_bind_address_nodes_cannot_reach_is_refused(address):
     from engage.core.config.validate import ConfigError

@@ -16,13 +16,15 @@ import pytest
 
 @pytest.fixture
 def slurm_commands(tmp_path, monkeypatch) -> Path:
-    """``squeue`` lists three jobs, two of them named with token ``t0k3n``; ``scancel`` writes
-    its arguments to the returned file."""
+    """``squeue`` lists three jobs and a job array (a running task and the pending others, each
+    as the array's id, as ``%F`` does), all but one named with token ``t0k3n``; ``scancel``
+    writes its arguments to the returned file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     asked = tmp_path / "scancel.args"
     (bin_dir / "squeue").write_text(
-        "#!/bin/sh\nprintf '11 engage-sim-1-1-t0k3n\\n12 other-job\\n13 engage-job-0-slurm-1-t0k3n\\n'\n"
+        "#!/bin/sh\nprintf '11 engage-sim-1-1-t0k3n\\n12 other-job\\n13 engage-job-0-slurm-1-t0k3n\\n"
+        "14 engage-job-array-0-3-t0k3n\\n14 engage-job-array-0-3-t0k3n\\n'\n"
     )
     (bin_dir / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {asked}\n')
     for name in ("squeue", "scancel"):
@@ -85,6 +87,6 @@ def test_a_killed_submitters_jobs_are_cancelled_by_their_name(slurm_commands):
     while not slurm_commands.exists():
         assert time.monotonic() < deadline, "the reaper cancelled nothing"
         time.sleep(0.05)
-    assert slurm_commands.read_text().split() == ["11", "13"]  # the token's jobs only
-    assert "cancelled jobs 11 13" in proc.stderr.read()  # the reaper held the dead submitter's stderr
+    assert slurm_commands.read_text().split() == ["11", "13", "14"]  # the token's jobs only, an array once
+    assert "cancelled jobs 11 13 14" in proc.stderr.read()  # the reaper held the dead submitter's stderr
     os.kill(child, signal.SIGKILL)

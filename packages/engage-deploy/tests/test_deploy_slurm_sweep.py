@@ -40,16 +40,31 @@ def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_clust
 
     # a secret of the user's and a plain variable in the launcher's environment
     env = {**_env(slurm_cluster), "ENGAGE_TEST_API_TOKEN": "s3cret-4f1c", "ENGAGE_TEST_MARKER": "plain-9d2e"}
+    # 2 slots: one job array of 4 tasks, 2 running at once; job x=4 fails once and is retried alone
+    slots, flaky = "hydra.launcher.infrastructure.layers.0.hosts=2", f"+flaky_marker={tmp_path / 'flaky'}"
     done = subprocess.run(
-        [sys.executable, str(APP), *SWEEP, NODES, "+x=1,2,3,4", "+log_run=true"],
+        [sys.executable, str(APP), *SWEEP, NODES, "+x=1,2,3,4", "+log_run=true", slots, flaky, "+flaky_on=4",
+         "hydra.launcher.retries=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     results = _results(tmp_path)
     assert [results[i]["status"] for i in range(4)] == ["COMPLETED"] * 4, results
     assert [results[i]["return_value"] for i in range(4)] == ["2", "4", "6", "8"]
+    assert [results[i]["attempt"] for i in range(4)] == [1, 1, 1, 2], results
     # Slurm placed them on the partition's nodes, not on this machine
     assert {results[i]["node"] for i in range(4)} <= {"node-1", "node-2", "node-3"}, results
+    # tasks 0-2 of one array ran jobs 0-2 at their first attempt; job 3's retry was a job of its own
+    ids = [results[i]["batch_job_id"] for i in range(4)]
+    assert len({i.split("_")[0] for i in ids[:3]}) == 1 and [i.split("_")[1] for i in ids[:3]] == ["0", "1", "2"], ids
+    assert "_" not in ids[3], ids
+    first_of_3 = f"{ids[0].split('_')[0]}_3"
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "-o", first_of_3], env=slurm_cluster.env, capture_output=True, text=True
+    )
+    assert "ArrayTaskThrottle=2" in shown.stdout and "JobState=COMPLETED" not in shown.stdout, (
+        shown.stdout + shown.stderr
+    )
     (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
     contract = json.loads((folder / "jobs" / "0" / "job.json").read_text())
     tracking = contract["tracking"]
@@ -65,9 +80,31 @@ def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_clust
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED", [r.info for r in parents]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
-    assert sorted(r.data.metrics["x"] for r in children) == [1, 2, 3, 4]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(r.data.metrics["x"] for r in finished) == [1, 2, 3, 4], [r.info for r in children]
+    # job x=4's first attempt: a run of its own, FAILED
+    (failed,) = [r for r in children if r.info.status != "FINISHED"]
+    assert (failed.info.status, failed.data.metrics["x"], failed.data.tags["engage.attempt"]) == ("FAILED", 4, "1")
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert not _live_jobs(slurm_cluster)
+
+
+def test_fail_fast_cancels_the_array_tasks_slurm_has_not_started(slurm_cluster, tmp_path):
+    """One slot: the array runs a task at a time. Job 0 fails; with ``fail_fast`` the tasks Slurm
+    has not started yet are cancelled and recorded SKIPPED, never run."""
+    done = subprocess.run(
+        [sys.executable, str(APP), *SWEEP, NODES, "+x=1,2,3", "+fail_on=1", "hydra.launcher.fail_fast=true",
+         "hydra.launcher.infrastructure.layers.0.hosts=1", "hydra.launcher.mlflow.enabled=false"],
+        cwd=tmp_path, env=_env(slurm_cluster), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode != 0, done.stderr[-3000:]
+    results = _results(tmp_path)
+    assert results[0]["status"] == "FAILED", results
+    # job 1's task may have started before job 0's end was seen: it then runs to its end
+    assert results[1]["status"] in ("COMPLETED", "SKIPPED") and results[2]["status"] == "SKIPPED", results
+    assert "fail_fast" in results[2]["error"], results
+    (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
+    assert "job x=3" not in (folder / "jobs" / "2" / "stdout.log").read_text()
     assert not _live_jobs(slurm_cluster)
 
 
@@ -89,7 +126,7 @@ def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes(slurm_clu
     assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"], log[-3000:]  # one rank a node
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
     assert "simulations: 4 requested, 4 completed" in log, log[-3000:]  # both ranks' shares, judged on rank 0
-    assert "exec srun --kill-on-bad-exit=1 " in (folder / "jobs" / "0" / "job.sbatch").read_text()
+    assert "exec srun --kill-on-bad-exit=1 " in (folder / "jobs" / "array-0-0.sbatch").read_text()
     results = _results(tmp_path)
     assert results[0]["status"] == "COMPLETED", results
     # rank 1 ran the job in rank 0's output folder, logging to a file of its own

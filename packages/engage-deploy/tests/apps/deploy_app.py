@@ -47,8 +47,8 @@ def main(cfg: DictConfig) -> int:
         threading.Thread(target=lambda: (time.sleep(0.5), os._exit(5))).start()
     if x == int(cfg.get("fail_on", -1)):
         raise ValueError(f"boom at x={x}")
-    flaky = cfg.get("flaky_marker")
-    if flaky and not Path(f"{flaky}.{x}").exists():
+    flaky = cfg.get("flaky_marker")  # every job fails once, or the one of x=flaky_on
+    if flaky and x == int(cfg.get("flaky_on", x)) and not Path(f"{flaky}.{x}").exists():
         Path(f"{flaky}.{x}").write_text("failed once")
         raise RuntimeError(f"flaky failure at x={x}")
     return 2 * x

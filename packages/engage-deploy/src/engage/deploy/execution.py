@@ -4,8 +4,10 @@ remote hosts and brought back.
 
 Each attempt writes the job's contract (:class:`~engage.deploy.job.JobContract`) and starts
 ``python -m engage.deploy.runner JOB_DIR`` on its host (or forks it from the host's fork
-server); what the job left (``result.pkl``, ``runner.json``, ``mlflow-run-id``) becomes its
-``result.json`` and the launcher's MLflow record of the attempt.
+server). On a batch system that takes job arrays (``provider.array_limit``), the first attempts
+of a launch's jobs are one array, submitted once all are composed, a thread a job watching its
+task; retries are submitted on their own. What the job left (``result.pkl``, ``runner.json``,
+``mlflow-run-id``) becomes its ``result.json`` and the launcher's MLflow record of the attempt.
 
 Example (what :class:`~engage.deploy.sweep.Sweep` does)::
 
@@ -54,6 +56,8 @@ RUNNER_MAIN = "engage.deploy.runner:main"
 #: what a host's fork server imports before its first job: Hydra's job bookkeeping, cloudpickle
 #: and the runner itself
 JOB_PRELOAD = ("cloudpickle", "hydra.core.utils", "engage.deploy.runner")
+#: why a job did not run once another failed under ``hydra.launcher.fail_fast``
+NOT_STARTED = "not started: an earlier job failed and hydra.launcher.fail_fast is set"
 #: the memory limit (bytes) under which a host's fork server does not preload the task's imports
 PRELOAD_MIN_MEMORY = 2 * 2**30
 
@@ -84,6 +88,16 @@ class Recording:
         if self.placement_file is not None:
             artifacts["engage/placement"] = str(self.placement_file)
         return artifacts
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job's first attempt, submitted with the launch's others as one job array: the slot
+    it counts on, the batch system's handle of its task and when it was submitted."""
+
+    host: Host
+    job: Any
+    started: float
 
 
 class JobExecution:
@@ -120,6 +134,7 @@ class JobExecution:
         self._running: dict[int, subprocess.Popen | ForkedProcess] = {}
         self._stop_new = threading.Event()
         self._stopped: set[int] = set()
+        self._withdrawn: set[int] = set()  # jobs whose array task fail-fast cancelled before it started
         self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
         self._preload = JOB_PRELOAD  # what a host's fork server imports before its first job
 
@@ -139,6 +154,12 @@ class JobExecution:
         self._preload = job_preload(payload.get("task_function"))
         parallelism = self.options.parallelism or os.cpu_count() or 1
         workers = max(1, min(parallelism, len(job_overrides)))
+        arrays = self.provider.array_limit > 0
+        if arrays:
+            # the batch system holds the jobs and runs at most the array's limit of them: a thread
+            # for each only watches its job, and records it when it ends
+            workers = max(1, len(job_overrides))
+        held: list[SweepJob] = []  # jobs for one job array, submitted once all are composed
         results: dict[int, JobReturn] = {}
         futures: dict[Future, SweepJob] = {}
         remaining: set[Future] = set()
@@ -166,10 +187,18 @@ class JobExecution:
                         progress.ended(job.index, results[job.index].status.name)
                         continue
                     (job.folder / "job.pkl").write_bytes(cloudpickle.dumps({**payload, "config": job.config}))
+                    if arrays:
+                        held.append(job)
+                        continue
                     future = pool.submit(self._shown_job, progress, job)
                     futures[future] = job
                     remaining.add(future)
                     collect(0)
+                submitted = self._submit_array(held) if held else {}
+                for job in held:
+                    future = pool.submit(self._shown_job, progress, job, submitted.get(job.index))
+                    futures[future] = job
+                    remaining.add(future)
                 while remaining:
                     collect(0.5)
             except KeyboardInterrupt:
@@ -199,21 +228,25 @@ class JobExecution:
         log.info("\t#%d : already completed in %s, not run again", job.index, previous)
         return ret
 
-    def _shown_job(self, progress: SweepProgress, job: SweepJob) -> JobReturn:
+    def _shown_job(self, progress: SweepProgress, job: SweepJob, submitted: Submitted | None = None) -> JobReturn:
         progress.started(job.index)
-        return self._run_job(job)
+        return self._run_job(job, submitted)
 
-    def _run_job(self, job: SweepJob) -> JobReturn:
-        if self._stop_new.is_set():
-            return self._not_run(job, "not started: an earlier job failed and hydra.launcher.fail_fast is set")
+    def _run_job(self, job: SweepJob, submitted: Submitted | None = None) -> JobReturn:
+        """Attempts of ``job`` until one completes or its retries are spent; ``submitted``: its
+        first attempt, already submitted as a task of the launch's job array."""
+        if self._stop_new.is_set() and submitted is None:
+            return self._not_run(job, NOT_STARTED)
         attempts = self.options.retries + 1
         for attempt in range(1, attempts + 1):
-            host = self._pick_host()
+            host = submitted.host if attempt == 1 and submitted is not None else self._pick_host()
             try:
-                ret, summary = self._attempt(host, job, attempt)
+                ret, summary = self._attempt(host, job, attempt, submitted if attempt == 1 else None)
             finally:
                 with self._lock:
                     self._load[host.name] -= 1
+            if summary.get("status") == "SKIPPED":
+                return ret  # its array task never started: withdrawn by fail-fast, counted skipped
             if ret.status == JobStatus.COMPLETED or summary.get("status") == "KILLED":
                 break
             if attempt < attempts and not self._stop_new.is_set():
@@ -222,6 +255,7 @@ class JobExecution:
                 log.warning(
                     "job %d failed (attempt %d/%d), retrying: %s", job.index, attempt, attempts, summary["error"]
                 )
+        waiting: dict[int, Any] = {}
         with self._lock:
             if ret.status == JobStatus.COMPLETED:
                 self.report.completed += 1
@@ -229,6 +263,11 @@ class JobExecution:
                 self.report.failed += 1
                 if self.options.fail_fast:
                     self._stop_new.set()
+                    # tasks of the job array that have not started yet start nothing either
+                    waiting = {i: p for i, p in self._running.items() if getattr(p, "waiting", False)}
+                    self._withdrawn.update(waiting)
+        for process in waiting.values():
+            _stop(process)
         return ret
 
     def _pick_host(self) -> Host:
@@ -246,7 +285,42 @@ class JobExecution:
 
     # ------------------------------------------------------------------ one attempt
 
-    def _attempt(self, host: Host, job: SweepJob, attempt: int) -> tuple[JobReturn, dict[str, Any]]:
+    def _submit_array(self, jobs: Sequence[SweepJob]) -> dict[int, Submitted]:
+        """The first attempt of ``jobs`` as one job array (one ``sbatch``), at most the
+        provider's array limit (and ``parallelism``, when set) running at once; jobs whose index
+        the array cannot hold are left to their threads, which submit them one by one."""
+        limit = min(self.provider.array_limit, self.options.parallelism or self.provider.array_limit)
+        indices = self.provider.array_indices([job.index for job in jobs])
+        if len(indices) < len(jobs):
+            message = (
+                f"{len(jobs) - len(indices)} jobs submitted one by one: the batch system's job arrays hold "
+                f"task ids up to {max(indices, default=-1)} only (Slurm's MaxArraySize)"
+            )
+            log.warning("engage launcher: %s", message)
+            self.report.warnings.append(message)
+        if not indices:
+            return {}
+        chosen = {job.index: job for job in jobs if job.index in set(indices)}
+        hosts: dict[int, Host] = {}
+        for number, (index, job) in enumerate(sorted(chosen.items())):
+            host = hosts[index] = self.hosts[number % len(self.hosts)]
+            with self._lock:
+                self._load[host.name] += 1  # given back when the attempt ends, as a picked host's
+            self._prepare(host, job, 1)
+        started = time.time()
+        command = [self.python, "-m", "engage.deploy.runner"]
+        env = {"PYTHONPATH": _python_path()}
+        folders = {index: job.folder for index, job in chosen.items()}
+        tasks = self.provider.run_array(command, folders, limit, env=env, cwd=self.recording.cwd)
+        log.info(
+            "engage launcher: %d jobs (%d to %d) submitted as one job array, at most %d running at once",
+            len(tasks), indices[0], indices[-1], limit,
+        )  # fmt: skip
+        return {index: Submitted(hosts[index], task, started) for index, task in tasks.items()}
+
+    def _prepare(self, host: Host, job: SweepJob, attempt: int) -> tuple[str, str]:
+        """Write the attempt's contract (and ship the job folder to a remote host); the job's
+        folder and working directory as the host sees them."""
         self.folder.clear_attempt(job)
         with (job.folder / "stdout.log").open("ab") as out:
             out.write(f"--- attempt {attempt} on {host.name} at {time.strftime('%H:%M:%S')}\n".encode())
@@ -267,11 +341,21 @@ class JobExecution:
             ranks=self.provider.ranks_per_job,
         )
         contract.write(job.folder)
-        started = time.time()
         if host.remote:
-            # prepare: ship the job folder (contract included) to the host; brought back below
+            # ship the job folder (contract included) to the host; brought back after the attempt
             self.provider.put(host, job.folder, job_dir)
-        process = self._start(host, job_dir, cwd, job.folder)
+        return job_dir, cwd
+
+    def _attempt(
+        self, host: Host, job: SweepJob, attempt: int, submitted: Submitted | None = None
+    ) -> tuple[JobReturn, dict[str, Any]]:
+        job_dir = str(job.folder)
+        if submitted is None:
+            started = time.time()
+            job_dir, cwd = self._prepare(host, job, attempt)
+            process = self._start(host, job_dir, cwd, job.folder)
+        else:
+            process, started = submitted.job, submitted.started
         with self._lock:
             self._running[job.index] = process
             stopping = self._stop_new.is_set()  # stopped (Ctrl-C, fail-fast) while it was starting
@@ -293,6 +377,9 @@ class JobExecution:
             monitor.untrack(key)
             with self._lock:
                 self._running.pop(job.index, None)
+                withdrawn = job.index in self._withdrawn
+        if withdrawn:
+            return self._not_run(job, NOT_STARTED), {"status": "SKIPPED"}
         ended = time.time()
         if host.remote:
             for name in FETCHED_FILES:
@@ -306,6 +393,9 @@ class JobExecution:
         node = getattr(process, "node", "")
         if node:
             summary["node"] = node
+        batch_id = getattr(process, "job_id", None)  # the batch system's id (``12_3``: task 3 of array 12)
+        if batch_id:
+            summary["batch_job_id"] = batch_id
         self.folder.write_result(job.index, summary)
         if ret.status != JobStatus.COMPLETED:
             log.error("job %d failed on %s: %s (logs in %s)", job.index, host.name, summary["error"], job.folder)

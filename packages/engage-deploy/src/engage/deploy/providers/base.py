@@ -93,6 +93,17 @@ class Provider(abc.ABC):
         starts them itself); 1 on hosts that run a job as one process."""
         return 1
 
+    @property
+    def array_limit(self) -> int:
+        """For a batch system that takes a launch's jobs as one job array (its ``run_array``),
+        how many of them run at once; 0 on providers that start each job on its own."""
+        return 0
+
+    def array_indices(self, indices: Sequence[int]) -> list[int]:
+        """Which of a launch's job ``indices`` one job array can hold (all of them, or those
+        below a batch system's limit on task ids); none where :attr:`array_limit` is 0."""
+        return []
+
     @classmethod
     def check(cls, infrastructure: Infrastructure) -> None:
         """Refuse, before anything is created, what this provider cannot deploy: raise

@@ -1,9 +1,12 @@
-"""The ``slurm`` provider: each job of a sweep is a Slurm batch job (``+infrastructure=slurm``).
+"""The ``slurm`` provider: the jobs of a sweep as Slurm batch jobs (``+infrastructure=slurm``).
 
 Its hosts are job slots, not machines: ``layers[0].hosts`` slots (``slurm-1`` ...) cap the jobs
-that live in Slurm's queue at once (as an array's ``%`` limit would), and Slurm places each job on
-a node of the partition. A job is ``python -m engage.deploy.runner JOB_DIR`` in a small batch
-script, submitted with ``sbatch``; its state is read with the Slurm executor's
+running at once, and Slurm places each job on a node of the partition. The jobs of a launch are
+one job array (:meth:`SlurmProvider.run_array`, task ``i`` job ``i``, the slots its ``%``
+limit); a retry, and every job with ``options.array: false``, is a batch job of its own
+(:meth:`SlurmProvider.run`, at most one a slot in Slurm's queue). A job is ``python -m
+engage.deploy.runner JOB_DIR`` in a small batch script, submitted with ``sbatch``; its state is
+read with the Slurm executor's
 :class:`~engage.deploy.slurm.executor.JobStates` (one ``squeue`` call per interval for every
 live job: no accounting daemon needed). The experiment folder must be on a filesystem the compute
 nodes share: the job reads its contract (``job.json``, 0600, with the sweep's MLflow credentials)
@@ -16,7 +19,8 @@ less its own Slurm and rank variables, MLflow credentials and anything named lik
 a job's environment.
 
 ``infrastructure.options``: ``partition``, ``time``, ``cpus_per_task``, ``mem``, ``account``,
-``gpus``, ``extra`` (further ``#SBATCH`` lines), ``max_pending_s`` (600) and ``bind_address``;
+``gpus``, ``extra`` (further ``#SBATCH`` lines), ``array`` (true), ``max_pending_s`` (600) and
+``bind_address``;
 ``nodes``, ``ntasks_per_node`` and ``gpus_per_node`` shape a multi-node job: with more than one
 task, the script starts the runner with ``srun``, once a task, and each task is one rank of the
 job's fit under Lightning's ``SLURMEnvironment`` (:mod:`engage.deploy.slurm.ranks`).
@@ -63,6 +67,7 @@ OPTIONS: dict[str, Any] = {
     "ntasks_per_node": 1,
     "gpus_per_node": None,
     "extra": [],
+    "array": True,
     "max_pending_s": 600.0,
     "bind_address": None,
 }
@@ -77,6 +82,11 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
             f"infrastructure.options.{unknown[0]}: not a slurm option; options are {', '.join(OPTIONS)}"
         )
     options = {**OPTIONS, **given}
+    if not isinstance(options["array"], bool):
+        raise InfrastructureError(
+            f"infrastructure.options.array is {options['array']!r}; give true (the jobs of a launch as one job "
+            "array) or false (each job submitted on its own)"
+        )
     if not isinstance(options["extra"], (list, tuple)):
         raise InfrastructureError("infrastructure.options.extra: give a list of #SBATCH options, e.g. ['--qos=short']")
     for key in ("nodes", "ntasks_per_node", "gpus_per_node"):
@@ -149,6 +159,19 @@ class SlurmJob:
     def node(self) -> str:
         return self._process.host
 
+    def submitted_as(self, job_id: str) -> None:
+        """``sbatch`` took it as ``job_id`` (``12_3``: task 3 of array 12)."""
+        self._process.submitted_as(job_id)
+
+    def refused(self, message: str) -> None:
+        """``sbatch`` refused it: a failed job, ``message`` its log's tail."""
+        self._process.refused(message)
+
+    @property
+    def waiting(self) -> bool:
+        """Not started by Slurm yet, as far as the last look at the queue tells."""
+        return self.returncode is None and self._process.waiting
+
     def poll(self) -> int | None:
         with self._lock:
             if self.returncode is None:
@@ -165,10 +188,20 @@ class SlurmJob:
         return self.returncode
 
     def cancel(self) -> None:
+        from engage.deploy.slurm.executor import scancel
+
+        job_id = self.withdraw()
+        if job_id is not None:
+            scancel(job_id)
+
+    def withdraw(self) -> str | None:
+        """Stopped: never submitted from now on, recorded as cancelled; its job id when it is
+        queued or running, for the caller to ``scancel`` (with others, in one call)."""
         with self._lock:
-            if self.returncode is None:
-                self._process.kill()
-                self.returncode = -signal.SIGTERM
+            if self.returncode is not None:
+                return None
+            self.returncode = -signal.SIGTERM
+            return self._process.withdraw(give_up=True)
 
 
 #: job options ``sbatch --test-only`` accepted in this process
@@ -194,6 +227,7 @@ class SlurmProvider(Provider):
         self._jobs_lock = threading.Lock()  # job threads submit while the launcher may destroy
         self._destroyed = False
         self._states: Any = None
+        self._array_size: int | None = None  # slurmctld's MaxArraySize, asked once
         self.flags: list[str] = []
 
     @property
@@ -334,6 +368,94 @@ class SlurmProvider(Provider):
                 handle.write(process.stderr_tail() + "\n")
         return job
 
+    @property
+    def array_limit(self) -> int:
+        """With ``options.array`` (the default), a launch's jobs are one job array, at most as
+        many running as the layer has slots."""
+        return len(self.hosts) if self.options["array"] else 0
+
+    def run_array(
+        self,
+        command: Sequence[str],
+        folders: Mapping[int, Path],
+        limit: int,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> dict[int, SlurmJob]:
+        """Submit jobs as one job array with one ``sbatch``: ``folders`` maps each job's index to
+        its folder (``<jobs>/<index>``, one parent for all), the index becomes the task's id and
+        its task runs ``command`` and its folder, logging to the folder's ``stdout.log`` and
+        ``stderr.log``; at most ``limit`` tasks run at once (the array's ``%``). Returns the job
+        of each index (all below :meth:`array_indices`' bound). A refused ``sbatch`` fails every
+        task, its words in each job's stderr log."""
+        from engage.deploy.slurm.executor import SlurmProcess, batch_script, sbatch, slurm_path, step_environment
+
+        if self._states is None:
+            raise ProviderError("slurm: run_array() before deploy()")
+        indices = sorted(folders)
+        if self.array_indices(indices) != indices:
+            raise ProviderError(f"slurm: task ids of a job array stay below MaxArraySize={self._max_array_size()}")
+        if not indices:
+            return {}
+        (root,) = {Path(folders[index]).parent for index in indices}
+        if any(Path(folders[index]).name != str(index) for index in indices):
+            raise ProviderError(f"slurm: the folders of an array's jobs are named by their index: {dict(folders)}")
+        stem = f"array-{indices[0]}-{indices[-1]}"
+        script = root / f"{stem}.sbatch"
+        task = f'{shlex.quote(str(root) + os.sep)}"$SLURM_ARRAY_TASK_ID"'
+        script.write_text(
+            batch_script([str(x) for x in self.options["extra"]], [f"exec {shlex.join(self._tasks(command))} {task}"])
+        )
+        name = f"engage-job-{stem}-{self.token}"
+        throttle = f"%{limit}" if 0 < limit < len(indices) else ""
+        argv = [
+            *("sbatch", "--parsable", f"--job-name={name}", f"--array={_ranges(indices)}{throttle}"),
+            f"--output={slurm_path(root)}/%a/stdout.log",
+            f"--error={slurm_path(root)}/%a/stderr.log",
+            *("--open-mode=append", f"--chdir={cwd or os.getcwd()}", "--no-requeue", *self.flags, str(script)),
+        ]
+        jobs: dict[int, SlurmJob] = {}
+        pending_s = float(self.options["max_pending_s"])
+        for index in indices:
+            process = SlurmProcess(None, root / str(index) / "stdout.log", pending_s, self._states)
+            process.job_name = name
+            jobs[index] = SlurmJob(process)
+        with self._jobs_lock:
+            self._jobs.extend(jobs.values())
+            destroyed = self._destroyed
+        if destroyed:
+            for job in jobs.values():
+                job.cancel()  # never submitted
+            return jobs
+        array_id, refusal = sbatch(argv, step_environment({**os.environ, **(env or {})}), name)
+        for index, job in jobs.items():
+            if array_id is None:
+                job.refused(refusal)
+                with open(root / str(index) / "stderr.log", "a") as handle:
+                    handle.write(refusal + "\n")
+            else:
+                job.submitted_as(f"{array_id}_{index}")
+        return jobs
+
+    def array_indices(self, indices: Sequence[int]) -> list[int]:
+        """Those of ``indices`` below slurmctld's ``MaxArraySize`` (``scontrol show config``),
+        the bound on task ids; the launcher submits the others one by one."""
+        if not self.array_limit:
+            return []
+        bound = self._max_array_size()
+        return sorted(index for index in indices if index < bound)
+
+    def _max_array_size(self) -> int:
+        if self._array_size is None:
+            from engage.deploy.slurm.executor import max_array_size
+
+            try:
+                out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+                self._array_size = max_array_size(out.stdout)
+            except (OSError, subprocess.TimeoutExpired):
+                self._array_size = max_array_size("")
+        return self._array_size
+
     def _tasks(self, command: Sequence[str]) -> list[str]:
         """``command`` as the batch script runs it: itself, or once a task with ``srun`` for a job
         of several ranks (one failed rank ends the others: the rest would wait for it forever)."""
@@ -351,10 +473,31 @@ class SlurmProvider(Provider):
 
     def destroy(self) -> None:
         """Cancel the jobs still queued or running, and those whose ``sbatch`` is under way."""
+        from engage.deploy.slurm.executor import scancel
+
         with self._jobs_lock:
             self._destroyed = True
             jobs, self._jobs = self._jobs, []
-        for job in jobs:
-            job.cancel()
+        live = [job_id for job in jobs if (job_id := job.withdraw()) is not None]
+        if live:
+            scancel(*live)  # one call, however many jobs and array tasks
         self._reaper.stop()
         self.hosts = []
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """Sorted job indices as an ``--array`` list of ranges.
+
+    >>> _ranges([0, 1, 2, 5, 7, 8])
+    '0-2,5,7-8'
+    """
+    parts: list[str] = []
+    start = previous = indices[0]
+    for index in [*indices[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if index is not None:
+            start = previous = index
+    return ",".join(parts)

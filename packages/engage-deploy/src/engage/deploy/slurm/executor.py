@@ -56,6 +56,9 @@ FAILED_STATES = frozenset(
 )
 
 
+#: why a task of a job array pends while its array runs as many tasks as its ``%`` limit allows
+ARRAY_WAIT_REASONS = frozenset({"JobArrayTaskLimit"})
+
 #: seconds ``scancel`` may take before its jobs are reported as possibly still running
 SCANCEL_TIMEOUT_S = 60.0
 
@@ -172,7 +175,8 @@ class JobStates:
             return
         self.queries += 1
         # --all: jobs in hidden partitions too; no SQUEUE_* variables of the user's filtering them out
-        command = ["squeue", "--all", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r|%N"]
+        # --array: a task of a job array on a line of its own (``12_3``), pending ones too
+        command = ["squeue", "--all", "--array", "--noheader", "--states=all", f"--jobs={ids}", "--format=%i|%T|%r|%N"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
         try:
             out = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
@@ -226,6 +230,20 @@ def slurmctld_endpoint() -> tuple[str, int]:
     ``OSError``, ``ValueError`` or ``subprocess.TimeoutExpired`` when it cannot tell."""
     out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
     return controller_endpoint(out.stdout)
+
+
+def max_array_size(config_text: str) -> int:
+    """``MaxArraySize`` in ``scontrol show config`` output (Slurm's default, 1001, where it is
+    not said): the task ids of a job array are below it.
+
+    >>> max_array_size("MaxArraySize            = 4001\nMaxJobCount = 10000")
+    4001
+    """
+    for line in config_text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value)
+    return 1001
 
 
 def check_local_address(address: str) -> None:
@@ -383,6 +401,23 @@ def check_submission(flags: list[str], field: str, what: str) -> None:
 # --- the executor -----------------------------------------------------------------------------
 
 
+def sbatch(argv: list[str], env: Mapping[str, str], job_name: str) -> tuple[str | None, str]:
+    """Run ``argv`` (an ``sbatch --parsable`` command for a job named ``job_name``): ``(job id,
+    "")``, or ``(None, why)`` in one line when ``sbatch`` refused the job or did not answer
+    within 120 s (the job, which slurmctld may have taken meanwhile, is then cancelled by its
+    unique name). Never raises: a failed submission fails attempts, never the caller's thread."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=120)
+    except subprocess.TimeoutExpired:
+        scancel(f"--name={job_name}")
+        return None, "sbatch failed: no answer within 120 s"
+    except Exception as exc:
+        return None, f"sbatch failed: {type(exc).__name__}: {exc}"
+    if out.returncode != 0:
+        return None, f"sbatch failed: {' '.join(out.stderr.split())}"
+    return out.stdout.strip().split(";")[0], ""
+
+
 class SlurmProcess(SimulationProcess):
     """One simulation submitted as a batch job; ``poll`` reads its state from the executor's
     :class:`JobStates`. The executor submits it from its own thread: until ``sbatch`` answered,
@@ -402,6 +437,7 @@ class SlurmProcess(SimulationProcess):
         self._killed = False
         self._lock = threading.Lock()
         self._node = ""
+        self._state = ""  # as of the last look at the queue
         self.job_name = ""
         #: the state (and reason) Slurm ended the job in, when it failed (``TIMEOUT (TimeLimit)``)
         self.ended = ""
@@ -443,24 +479,22 @@ class SlurmProcess(SimulationProcess):
         was killed before. Never raises."""
         if not self.wanted:
             return
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=120)
-            if out.returncode != 0:
-                self.refused(f"sbatch failed: {' '.join(out.stderr.split())}")
-            else:
-                self.submitted_as(out.stdout.strip().split(";")[0])
-        except subprocess.TimeoutExpired:
-            # slurmctld may have taken the job before sbatch hung: cancel it by its unique name
-            scancel(f"--name={self.job_name}")
-            self.refused("sbatch failed: no answer within 120 s")
-        except Exception as exc:  # anything else fails this attempt, never the caller's thread
-            self.refused(f"sbatch failed: {type(exc).__name__}: {exc}")
+        job_id, refusal = sbatch(argv, env, self.job_name)
+        if job_id is None:
+            self.refused(refusal)
+        else:
+            self.submitted_as(job_id)
 
     def refused(self, message: str) -> None:
         """``sbatch`` refused the job: the attempt failed, with its message as the log tail."""
         with self._lock:
             self._refusal = message
             self._code = SLURM_FAILURE
+
+    @property
+    def waiting(self) -> bool:
+        """Submitted or queued for ``sbatch``, and not seen started by Slurm yet."""
+        return self._code is None and self._state in ("", "PENDING")
 
     @property
     def wanted(self) -> bool:
@@ -478,7 +512,10 @@ class SlurmProcess(SimulationProcess):
         state, reason = answer
         if not state:
             return None
-        if state == "PENDING" and time.monotonic() - self._submitted > self.max_pending_s:
+        self._state = state
+        if state == "PENDING" and reason in ARRAY_WAIT_REASONS:
+            self._submitted = time.monotonic()  # held by its array's own limit: not waiting for Slurm yet
+        elif state == "PENDING" and time.monotonic() - self._submitted > self.max_pending_s:
             warnings.warn(
                 f"Slurm job {self.job_id} pending for over {self.max_pending_s:.0f} s ({reason or '?'}); "
                 "cancelled, to be retried",
@@ -502,21 +539,19 @@ class SlurmProcess(SimulationProcess):
         return code
 
     def kill(self) -> None:
-        job_id = self.withdraw()
+        job_id = self.withdraw(give_up=True)
         if job_id is not None:
             scancel(job_id)
-        with self._lock:
-            if self._code is None:
-                self._code = SLURM_FAILURE  # given up: never polled as running again
 
-    def withdraw(self) -> str | None:
+    def withdraw(self, give_up: bool = False) -> str | None:
         """Never submit it from now on; its job id if it was submitted and has not ended (for the
-        caller to cancel), else ``None``. One still queued ends at once as a failed attempt."""
+        caller to cancel), else ``None``. One still queued ends at once as a failed attempt, and
+        so does a submitted one when ``give_up`` (never polled as running again)."""
         with self._lock:
             self._killed = True
-            if self.job_id is None and self._code is None:
-                self._code = SLURM_FAILURE
             live = self.job_id if self._code is None else None
+            if self._code is None and (self.job_id is None or give_up):
+                self._code = SLURM_FAILURE
         if self.job_id is not None:
             _ = self.host  # kept: its state is forgotten now
             self._states.forget(self.job_id)  # never polled again: no longer asked about

@@ -103,16 +103,16 @@ class JobReaper:
 
 def jobs_named(token: str, user: str | None = None) -> list[str]:
     """Ids of ``user``'s queued or running jobs whose names end with ``-token``, in every
-    partition, hidden ones included, whatever the user's ``SQUEUE_*`` defaults say."""
+    partition, hidden ones included, whatever the user's ``SQUEUE_*`` defaults say; a job array
+    once, by its array's id (``scancel`` of which cancels every task)."""
     user = user or _user()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     listed = subprocess.run(
-        ["squeue", "--noheader", "--all", f"--user={user}", "--format=%i %j"],
+        ["squeue", "--noheader", "--all", f"--user={user}", "--format=%F %j"],
         capture_output=True, text=True, timeout=60, check=True, env=env,
     ).stdout  # fmt: skip
-    return [
-        parts[0] for line in listed.splitlines() if len(parts := line.split()) == 2 and parts[1].endswith(f"-{token}")
-    ]
+    lines = (line.split() for line in listed.splitlines())
+    return list(dict.fromkeys(parts[0] for parts in lines if len(parts) == 2 and parts[1].endswith(f"-{token}")))
 
 
 def _user() -> str:
