@@ -4,6 +4,7 @@ never reused; each config value once; system metrics; checkpoints, the simulatio
 sampled points as artifacts; a sweep with a failing job leaves every child and a FAILED parent."""
 
 import json
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -122,3 +123,43 @@ def test_a_sweep_with_a_failing_job_keeps_every_child_and_fails_its_parent(tmp_p
     statuses = {name.split("#")[1][0]: run.info.status for name, run in children.items()}
     assert statuses == {"0": "FINISHED", "1": "FAILED", "2": "FINISHED"}
     assert parent.data.metrics["jobs_failed"] == 1
+
+
+def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_path, monkeypatch):
+    """Inside a Slurm job Lightning resumes a fit from the HPC checkpoint a requeue left in the
+    run's folder; ``engage run`` then takes on the MLflow run its earlier incarnation named there
+    (set RUNNING again, not recorded twice), instead of opening a second run for the same job.
+    Outside Slurm, without that checkpoint, or for another store, a run is a new one."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from engage.core.tracking.mlflow_run import MLflowRun
+    from engage.core.training import RUN_FILE, requeued_run
+
+    for name in list(os.environ):
+        if name.startswith("SLURM_"):
+            monkeypatch.delenv(name)
+    store, out = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run"
+    out.mkdir()
+    logger = {"experiment": "requeue", "tags": {}, "run_name": None, "system_metrics": False}
+    cfg = OmegaConf.create({"logger": {**logger, "system_metrics_interval_s": 1.0}})
+    first = MLflowRun.open(cfg, store)
+    (out / RUN_FILE).write_text(json.dumps({"run_id": first.run_id, "tracking_uri": store}))
+    first.close("SCHEDULED")  # what a requeued incarnation leaves
+    trainer = SimpleNamespace(default_root_dir=str(out))
+    assert requeued_run(trainer, out, store) is None  # not in Slurm
+    for name, value in {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "engage-job", "SLURM_NTASKS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert requeued_run(trainer, out, store) is None  # no HPC checkpoint to resume from
+    (out / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    assert requeued_run(trainer, out, f"sqlite:///{tmp_path}/other.db") is None  # another store
+    continued = requeued_run(trainer, out, store)
+    assert continued == first.run_id
+    again = MLflowRun.open(cfg, store, continued=continued)
+    assert again.continued and again.run_id == first.run_id and again.name == first.name
+    client = MlflowClient(store)
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    again.close("FINISHED")
+    (run,) = client.search_runs([client.get_experiment_by_name("requeue").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["engage.incarnations"] == "2"

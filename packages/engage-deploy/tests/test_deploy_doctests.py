@@ -17,8 +17,10 @@ MODULES = sorted(
 
 
 LAUNCHER = [
-    f"engage.deploy.{name}" for name in ("options", "job", "experiment", "report", "processes", "providers.slurm")
-]
+    f"engage.deploy.{name}"
+    for name in ("options", "job", "experiment", "report", "processes", "providers.slurm", "slurm.executor",
+                 "slurm.requeue", "callbacks.slurm_requeue")
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["engage.deploy.placement", *MODULES, *LAUNCHER])

@@ -553,6 +553,38 @@ def test_an_array_task_held_by_its_arrays_limit_is_not_pending_too_long(tmp_path
     assert running.poll() is None and not running.waiting
 
 
+def test_a_requeued_job_pends_anew_and_is_never_taken_for_one_not_started(tmp_path, monkeypatch):
+    """A job Slurm requeued (time-out warning, preemption, node failure) pends again: its
+    ``max_pending_s`` counts from then, and fail-fast does not take it for a job not started."""
+    from engage.deploy.slurm.executor import JobStates, SlurmProcess
+
+    states = JobStates(interval_s=3600)
+    answer = {"state": ("RUNNING", "None")}
+    monkeypatch.setattr(states, "state", lambda job_id: answer["state"])
+    job = SlurmProcess("31", tmp_path / "log", 0.3, states)
+    assert job.waiting and job.poll() is None and not job.waiting
+    time.sleep(0.4)  # longer than max_pending_s since its submission
+    answer["state"] = ("PENDING", "BeginTime")
+    assert job.poll() is None and not job.waiting  # pending anew: its clock starts again
+
+
+def test_requeue_options_make_the_job_requeueable_with_its_warning_signal():
+    from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+    from engage.deploy.providers.slurm import SlurmProvider
+
+    def flags(**options):
+        infra = {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 1}], "options": options}
+        return SlurmProvider(Infrastructure.from_dict(infra), "/tmp/engage-test")._requeue_flags()
+
+    assert flags() == ["--no-requeue"]  # the launcher retries
+    assert flags(requeue=True) == ["--requeue", "--signal=B:USR1@90"]  # to the runner, which the script execs
+    assert flags(requeue=True, requeue_signal_s=300, nodes=2) == ["--requeue", "--signal=USR1@300"]  # to each rank
+    with pytest.raises(InfrastructureError, match=r"options\.requeue_signal_s is 0; give whole seconds"):
+        flags(requeue=True, requeue_signal_s=0)
+    with pytest.raises(InfrastructureError, match=r"options\.requeue is 'no'; give true"):
+        flags(requeue="no")
+
+
 def test_slurm_array_options_are_checked_and_indices_written_as_ranges():
     from engage.deploy.infrastructure import Infrastructure, InfrastructureError
     from engage.deploy.providers.slurm import SlurmProvider, _ranges

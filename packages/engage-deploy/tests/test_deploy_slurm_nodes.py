@@ -1,5 +1,6 @@
 """Online training across the nodes of a real Slurm cluster: simulations as Slurm jobs on some
-nodes, the trainer's DDP ranks on another, and a node that fails mid-run.
+nodes, the trainer's DDP ranks on another (requeued mid-run, and resumed), and a node that fails
+mid-run.
 
 The cluster (``slurm_cluster`` in conftest) has three network-namespace hosts as nodes: a job
 there reaches the trainer over the hosts' network only, as on a real cluster.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 import sys
 import time
@@ -49,45 +51,6 @@ def _env(cluster) -> dict[str, str]:
 
 def _node(cluster, name: str):
     return next(h for h in cluster.nodes if h.name == name)
-
-
-def test_simulations_on_two_nodes_feed_two_ddp_ranks_on_a_third(slurm_cluster, tmp_path):
-    """``srun`` starts two trainer ranks on node-3 (DDP over gloo under Lightning's Slurm
-    environment); each rank submits its share of the simulations as jobs that Slurm places on
-    node-1 and node-2, and each binds its receiver on node-3's address, where they connect."""
-    node3 = _node(slurm_cluster, "node-3")
-    simulations = 6
-    started = time.monotonic()
-    done = subprocess.run(
-        [
-            *("srun", "--partition=nodes", "--nodelist=node-3", "--nodes=1", "--ntasks-per-node=2"),
-            # node names do not resolve here: DDP's rendezvous at node-3's address
-            f"--export=ALL,MASTER_ADDR={node3.address}",
-            *(sys.executable, str(DRIVER), str(tmp_path), "nodes", str(simulations), "--exclude=node-3"),
-        ],
-        cwd=tmp_path, env=_env(slurm_cluster), capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    trained = _trained(tmp_path)
-    assert sorted(trained) == [0, 1], "both ranks trained"
-    everything = sum(trained.values(), collections.Counter())
-    expected = collections.Counter((s, i) for s in range(simulations) for i in range(SAMPLES))
-    assert everything == expected, (
-        f"lost {sorted((expected - everything).elements())[:8]}, twice {sorted((everything - expected).elements())[:8]}"
-    )
-    # distinct simulations per rank: no simulation's samples on both
-    sims = {rank: {s for s, _ in counter} for rank, counter in trained.items()}
-    assert not sims[0] & sims[1] and sims[0] and sims[1], sims
-    outcomes = [json.loads((tmp_path / f"outcome-{r}.json").read_text()) for r in (0, 1)]
-    assert [o["address"] for o in outcomes] == [node3.address] * 2, "each rank listens on its node's address"
-    journal = _journal(tmp_path)
-    per_node = collections.Counter(e["host"] for e in journal if e["status"] == "finished")
-    assert set(per_node) <= {"node-1", "node-2"} and sum(per_node.values()) == simulations, per_node
-    print(
-        f"{simulations} simulations ({dict(per_node)}) -> samples per rank "
-        f"{ {r: sum(c.values()) for r, c in trained.items()} }, duplicates 0, lost 0, "
-        f"{time.monotonic() - started:.1f} s"
-    )
 
 
 def test_a_node_that_fails_mid_run_has_its_simulations_run_again_elsewhere(slurm_cluster, tmp_path):
@@ -160,18 +123,18 @@ def test_a_node_that_fails_mid_run_has_its_simulations_run_again_elsewhere(slurm
         time.sleep(0.5)
 
 
-def test_a_requeued_trainer_job_resumes_exactly(slurm_cluster, tmp_path):
-    """The trainer is a batch job (``srun`` inside, so that Lightning's ``SLURMEnvironment``
-    handles the requeue signal), submitted as a user would: ``--requeue --signal=USR1@90``. The
-    test sends the signal itself (90 s before a time limit is too long to wait for): Lightning
-    saves its HPC checkpoint, with the online state, and requeues the job; Slurm starts it again
-    (the test lifts the two minutes Slurm holds a requeued job) and it resumes from that
-    checkpoint. Samples trained before the checkpoint and after the restart are each sample
-    exactly once."""
-    import torch
-
+def test_a_requeued_two_rank_trainer_job_resumes_exactly(slurm_cluster, tmp_path):
+    """The trainer is a batch job of two DDP ranks (``srun`` inside, Lightning's
+    ``SLURMEnvironment``), submitted as a user would: ``--requeue --signal=USR1@90``. The test
+    sends the signal itself to both ranks (90 s before a time limit is too long to wait for):
+    :class:`~engage.deploy.callbacks.SlurmRequeue` has both ranks save the HPC checkpoint at the
+    same step, with the online state of each, and requeues the job; Slurm starts it again (the
+    test lifts the two minutes Slurm holds a requeued job) and both ranks resume from that
+    checkpoint. Samples trained before the checkpoint and after the restart, on either rank, are
+    each sample exactly once."""
     simulations, samples = 4, 20
     env = {**_env(slurm_cluster), "ENGAGE_TEST_PACE": "0.3", "ENGAGE_TEST_SAMPLES": str(samples)}
+    env["MASTER_ADDR"] = _node(slurm_cluster, "node-3").address  # node names do not resolve here
     script = tmp_path / "trainer.sbatch"
     script.write_text(
         "#!/bin/sh\n#SBATCH --requeue\n#SBATCH --signal=USR1@90\n"
@@ -179,7 +142,8 @@ def test_a_requeued_trainer_job_resumes_exactly(slurm_cluster, tmp_path):
     )
     job = subprocess.run(
         [
-            *("sbatch", "--parsable", "--partition=nodes", "--nodelist=node-3", "--open-mode=append"),
+            *("sbatch", "--parsable", "--partition=nodes", "--nodelist=node-3", "--ntasks-per-node=2"),
+            "--open-mode=append",
             *(f"--output={tmp_path / 'trainer.log'}", f"--chdir={tmp_path}", str(script)),
         ],
         env=env, capture_output=True, text=True, check=True,
@@ -214,17 +178,38 @@ def test_a_requeued_trainer_job_resumes_exactly(slurm_cluster, tmp_path):
     finally:
         subprocess.run(["scancel", job], env=env, capture_output=True)
     print("; ".join(seen))
-    (checkpoint,) = (tmp_path / "checkpoints").glob("hpc_ckpt_*.ckpt")
-    step = int(torch.load(checkpoint, weights_only=False, map_location="cpu")["global_step"])
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert {r["restart"] for r in rows} == {0, 1}, "trained in both incarnations"
-    kept = [tuple(p) for r in rows if r["restart"] == 0 and r["step"] < step for p in r["samples"]]
-    after = [tuple(p) for r in rows if r["restart"] == 1 for p in r["samples"]]
+    # the step both ranks checkpointed at; the checkpoint itself is removed once the fit ended
+    steps = re.findall(
+        rf"job {job} requeued at step (\d+); it resumes from \S+hpc_ckpt_1\.ckpt",
+        (tmp_path / "trainer.log").read_text(),
+    )
+    assert len(steps) == 2 and len(set(steps)) == 1, steps  # said by each rank
+    step = int(steps[0])
+    assert not list((tmp_path / "checkpoints").glob("hpc_ckpt_*.ckpt"))
+    rows = {r: [json.loads(x) for x in (tmp_path / f"trained-{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    for rank, taken in rows.items():
+        assert {r["restart"] for r in taken} == {0, 1}, f"rank {rank} trained in both incarnations"
+        # both ranks stopped at the checkpoint's step: nothing trained after it and thrown away
+        assert max(r["step"] for r in taken if r["restart"] == 0) == step - 1, (rank, step)
+    every = [r for taken in rows.values() for r in taken]
+    kept = [tuple(p) for r in every if r["restart"] == 0 for p in r["samples"]]
+    after = [tuple(p) for r in every if r["restart"] == 1 for p in r["samples"]]
     assert kept and after
     trained = collections.Counter(kept + after)
     expected = collections.Counter((s, i) for s in range(simulations) for i in range(samples))
     assert trained == expected, (
         f"lost {sorted((expected - trained).elements())[:8]}, twice {sorted((trained - expected).elements())[:8]}"
     )
-    outcome = json.loads((tmp_path / "outcome-0.json").read_text())
-    assert outcome["completed"] == simulations and outcome["samples_trained"] == simulations * samples, outcome
+    # each rank its own simulations, received on node-3's address, run by Slurm on the other nodes
+    sims = {rank: {s for r in taken for s, _ in r["samples"]} for rank, taken in rows.items()}
+    assert not sims[0] & sims[1] and sims[0] and sims[1], sims
+    outcomes = [json.loads((tmp_path / f"outcome-{r}.json").read_text()) for r in (0, 1)]
+    assert sum(o["completed"] for o in outcomes) == simulations, outcomes
+    assert sum(o["samples_trained"] for o in outcomes) == simulations * samples, outcomes
+    assert [o["address"] for o in outcomes] == [_node(slurm_cluster, "node-3").address] * 2, outcomes
+    finished = collections.Counter(e["host"] for e in _journal(tmp_path) if e["status"] == "finished")
+    assert set(finished) <= {"node-1", "node-2"} and sum(finished.values()) == simulations, finished
+    print(
+        f"{simulations} simulations ({dict(finished)}) -> samples per rank "
+        f"{ {r: sum(len(x['samples']) for x in t) for r, t in rows.items()} }, checkpoint at step {step}"
+    )

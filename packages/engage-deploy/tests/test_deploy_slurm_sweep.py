@@ -108,31 +108,80 @@ def test_fail_fast_cancels_the_array_tasks_slurm_has_not_started(slurm_cluster, 
     assert not _live_jobs(slurm_cluster)
 
 
-def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes(slurm_cluster, tmp_path):
+def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_midway(slurm_cluster, tmp_path):
     """``nodes=2``: the job's script starts the runner once a task with ``srun``; each task is a
     rank of one DDP fit (gloo between two network namespaces, which share no loopback), rank 0
-    records the job, and both ranks' simulations count in its outcome."""
+    records the job, and both ranks' simulations count in its outcome. With ``requeue=true`` the
+    job is submitted ``--requeue --signal=USR1@90``; the test sends the warning signal itself as
+    the ranks start: they checkpoint together at the first step, the job is requeued, and its
+    next incarnation resumes from that checkpoint to the end, recorded once by the launcher."""
+    import threading
+
     from engage.core.testing.process import TINY_RUN, run_engage
 
-    done = run_engage(
+    done: list = []
+    args = [
         "run", *SWEEP, NODES, "hydra.launcher.infrastructure.options.nodes=2", *TINY_RUN,
-        "data.train_simulations=4", "strategy=ddp", "trainer.num_nodes=2", "hydra.launcher.mlflow.enabled=false",
-        cwd=tmp_path, env=_env(slurm_cluster), timeout=180,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+        "hydra.launcher.infrastructure.options.requeue=true", "data.train_simulations=4", "strategy=ddp",
+        "trainer.num_nodes=2",
+    ]  # fmt: skip
+    thread = threading.Thread(
+        target=lambda: done.append(run_engage(*args, cwd=tmp_path, env=_env(slurm_cluster), timeout=180))
+    )
+    thread.start()
+
+    def log() -> str:
+        return "".join(p.read_text() for p in sorted((tmp_path / "sweep" / ".engage").glob("*/jobs/0/*.log")))
+
+    deadline, seen, released = time.monotonic() + 120, [], False
+    while log().count("engage runner: rank") < 2:  # both ranks listen for the signal
+        assert time.monotonic() < deadline and thread.is_alive(), log()[-3000:]
+        time.sleep(0.2)
+    (job,) = [line.split()[0] for line in _live_jobs(slurm_cluster)]
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm_cluster.env, check=True)
+    while thread.is_alive():
+        line = subprocess.run(
+            ["squeue", "-h", "--states=all", f"--jobs={job}", "--format=%T %r"], env=slurm_cluster.env,
+            capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        if line and (not seen or seen[-1] != line):
+            seen.append(line)
+        if line == "PENDING BeginTime" and not released:  # Slurm holds a requeued job two minutes
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_cluster.env, check=True)
+            released = True
+        assert time.monotonic() < deadline + 60, (seen, log()[-3000:])
+        time.sleep(0.3)
+    thread.join()
+    assert done[0].returncode == 0, done[0].stderr[-4000:]
+    assert released and "PENDING BeginTime" in seen, seen
+    text = log()
+    ranks = dict(re.findall(r"engage runner: rank (\d) of 2 on node (node-\d)", text))
+    assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"], text[-3000:]  # one rank a node
+    started = re.findall(r"engage runner: rank \d of 2 on node node-\d \([^)]*\)\n", text)
+    assert len(started) == 4, text[-3000:]  # two incarnations of two ranks
+    assert "engage runner: job requeued: job " in text and "failed: RunFailed" not in text, text[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text and f"engage: job {job} requeued at step 1" in text, text[-3000:]
+    assert "Restoring states from the checkpoint path at" in text and "hpc_ckpt_1.ckpt" in text, text[-3000:]
+    assert "simulations: 4 requested, 4 completed, 0 failed" in text, text[-3000:]  # both ranks' shares, on rank 0
     (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
-    log = "".join(path.read_text() for path in sorted(folder.glob("jobs/0/*.log")))
-    ranks = dict(re.findall(r"engage runner: rank (\d) of 2 on node (node-\d)", log))
-    assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"], log[-3000:]  # one rank a node
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
-    assert "simulations: 4 requested, 4 completed" in log, log[-3000:]  # both ranks' shares, judged on rank 0
-    assert "exec srun --kill-on-bad-exit=1 " in (folder / "jobs" / "array-0-0.sbatch").read_text()
+    script = (folder / "jobs" / "array-0-0.sbatch").read_text()
+    assert "exec srun --kill-on-bad-exit=1 " in script, script
     results = _results(tmp_path)
-    assert results[0]["status"] == "COMPLETED", results
+    assert results[0]["status"] == "COMPLETED" and results[0]["attempt"] == 1, results
     # rank 1 ran the job in rank 0's output folder, logging to a file of its own
     output = Path(results[0]["output_dir"])
     assert (output / ".hydra").is_dir() and list(output.glob("*_rank_1.log")), sorted(output.iterdir())
+    assert not list(output.glob("hpc_ckpt_*.ckpt"))  # spent once the fit ended
+    # one MLflow run for the job, which the second incarnation took on and finished
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert child.info.status == "FINISHED" and child.data.tags["engage.incarnations"] == "2", child.info
+    assert child.info.run_id == results[0]["job_run_id"], results
     assert not _live_jobs(slurm_cluster)
+    print(f"{job}: {' -> '.join(seen)}")
 
 
 def test_a_job_shape_the_trainer_does_not_match_is_refused_before_anything_starts(slurm_cluster, tmp_path):

@@ -40,6 +40,16 @@ class RunFailed(Exception):
         return (type(self), (self.line, self.exit_code))
 
 
+#: the exit code of a run's incarnation that ended because its batch job was requeued (sysexits' EX_TEMPFAIL)
+EXIT_REQUEUED = 75
+
+
+class Requeued(Exception):
+    """This incarnation of a run ended because its batch job was requeued after a checkpoint
+    (:class:`engage.deploy.callbacks.SlurmRequeue`): the next incarnation resumes from that
+    checkpoint and continues the same MLflow run, which is ``SCHEDULED`` meanwhile."""
+
+
 def _fail(line: str, exit_code: int) -> NoReturn:
     """Print ``line``; exit with ``exit_code`` (a single run) or raise :class:`RunFailed` (a job of a sweep)."""
     from hydra.types import RunMode
@@ -63,6 +73,8 @@ def task(cfg: DictConfig) -> float | None:
         _fail(str(exc), EXIT_CONFIG_ERROR)
     except TrackingUnavailable as exc:
         _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
+    except Requeued as exc:
+        _fail(str(exc), EXIT_REQUEUED)
     except Exception as exc:
         buffer = sys.modules.get("engage.core.online.buffer")  # loaded if the run got that far
         closed = getattr(buffer, "BufferClosed", None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import flatten, get_plugin_manager
-from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, console
+from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, console
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
     UNAVAILABLE_FIX,
@@ -40,6 +41,9 @@ from engage.core.tracking.store import (
     default_tracking_uri,
     resolve_tracking_uri,
 )
+
+#: in a run's output folder: its MLflow run (id and store), which a requeued incarnation takes on
+RUN_FILE = "engage-mlflow-run.json"
 
 
 def _output_dir() -> Path:
@@ -90,6 +94,22 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
             ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_last=True, every_n_train_steps=every)
         )
     return callbacks
+
+
+def requeued_run(trainer: pl.Trainer, output_dir: Path, tracking_uri: str) -> str | None:
+    """The MLflow run of this run's earlier incarnation, when this one continues it: Lightning
+    resumes a fit inside a Slurm job from the HPC checkpoint a requeue left in
+    ``default_root_dir`` (``hpc_ckpt_N.ckpt``), and that incarnation named its run in
+    ``output_dir``'s :data:`RUN_FILE` (for the same tracking store)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or not list(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+        return None
+    try:
+        earlier = json.loads((output_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return earlier.get("run_id") if earlier.get("tracking_uri") == tracking_uri else None
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -265,7 +285,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # one MLflow run, on the process of global rank 0 (Lightning or srun starts the others): they
     # record nothing, so they do not ask whether the store answers either
     tracking_uri = choose_tracking_uri(cfg, output_dir) if rank_zero_only.rank == 0 else ""
-    tracked = MLflowRun.open(cfg, tracking_uri) if rank_zero_only.rank == 0 else None
+    tracked = None
+    if rank_zero_only.rank == 0:
+        continued = requeued_run(trainer, output_dir, tracking_uri) if ckpt_path is None else None
+        tracked = MLflowRun.open(cfg, tracking_uri, continued=continued)
+        (output_dir / RUN_FILE).write_text(json.dumps({"run_id": tracked.run_id, "tracking_uri": tracking_uri}))
     trainer.logger = tracked.logger if tracked is not None else None
     # each config value is logged once, under its config path: not again as the model's or the
     # DataModule's hyperparameters
@@ -285,7 +309,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if tracked is not None:
             manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
-            tracked.record(cfg, output_dir)
+            if not tracked.continued:
+                tracked.record(cfg, output_dir)
             if ckpt_path is not None:
                 tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
         if cfg.task == "fit":
@@ -300,6 +325,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.validate(model, datamodule=datamodule)
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted"
+        raise
+    except Requeued as exc:
+        status, error = "SCHEDULED", str(exc)  # the next incarnation takes the run on
         raise
     except BaseException as exc:
         if isinstance(exc, SystemExit) and getattr(trainer, "interrupted", False):
@@ -320,7 +348,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     if online_run:
                         tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
                     tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
-                    if status != "KILLED":  # Ctrl-C does not wait for uploads
+                    if status not in ("KILLED", "SCHEDULED"):  # Ctrl-C does not wait for uploads, nor a requeue
                         for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
                             console.print(f"engage run: {line}", highlight=False, markup=False)
                     # observers add their records while the run is still open

@@ -112,13 +112,23 @@ def engage_run_started(record: RunRecord) -> None:
 
 @hookimpl
 def engage_callbacks(cfg: Any) -> list[Any]:
-    """In a job of a sweep whose launcher serves (``hydra.launcher.serving``): its replicas and
-    request sources, and the weights' publication to the replicas; nothing otherwise."""
+    """In a Slurm job that Slurm may requeue (``sbatch --requeue``; a sweep's jobs with
+    ``infrastructure.options.requeue``): :class:`~engage.deploy.callbacks.SlurmRequeue`, unless
+    the config adds it itself. In a job of a sweep whose launcher serves
+    (``hydra.launcher.serving``): its replicas and request sources, and the weights' publication
+    to the replicas."""
     from engage.deploy.job import JobContract
+    from engage.deploy.slurm.requeue import requeueable
 
+    callbacks: list[Any] = []
+    named = [str(node.get("_target_", "")) for node in (cfg.get("callbacks") or {}).values() if node]
+    if not any(target.endswith("SlurmRequeue") for target in named) and requeueable():
+        from engage.deploy.callbacks import SlurmRequeue
+
+        callbacks.append(SlurmRequeue())
     job = JobContract.current()
     if job is None or job.serving is None:
-        return []
+        return callbacks
     from engage.deploy.callbacks import PublishWeights, ServeWhileTraining
     from engage.deploy.serving import TRAINED
 
@@ -126,4 +136,4 @@ def engage_callbacks(cfg: Any) -> list[Any]:
     urls = [replica.url for replica in plan.replicas if replica.model == TRAINED]
     publisher = PublishWeights(urls, api_key_file=plan.api_key_file, every_n_steps=plan.every_n_steps)
     # the replicas and sources first: PublishWeights sends to replicas that answer
-    return [ServeWhileTraining(plan, job.hosts, job.folder, publisher=publisher), publisher]
+    return [*callbacks, ServeWhileTraining(plan, job.hosts, job.folder, publisher=publisher), publisher]

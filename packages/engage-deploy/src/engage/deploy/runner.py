@@ -123,6 +123,13 @@ def _fluent_run_id() -> str | None:
     return run.info.run_id if run is not None else None
 
 
+def _requeued(exc: BaseException) -> bool:
+    """Whether the task ended because its batch job was requeued (``engage run``'s one line)."""
+    from engage.core.run import EXIT_REQUEUED, Requeued
+
+    return isinstance(exc, Requeued) or getattr(exc, "exit_code", None) == EXIT_REQUEUED
+
+
 def _rank(contract: JobContract) -> TaskRank:
     """This process's rank in its job (a job of several ranks: one Slurm task each), with the
     variables the ranks meet by set; the job's log says where each runs."""
@@ -142,6 +149,10 @@ def run(job_dir: Path) -> int:
     from omegaconf import OmegaConf, open_dict, read_write
 
     contract = JobContract.read(job_dir)
+    if "SLURM_JOB_ID" in os.environ:
+        from engage.deploy.slurm.requeue import note_early
+
+        note_early()  # a requeue's warning signal while the job starts: for its fit, not fatal
     rank = _rank(contract)
     # the sweep as this job sees it: for this process and the processes it starts
     os.environ.update(contract.environ())
@@ -174,8 +185,11 @@ def run(job_dir: Path) -> int:
         job_subdir_key="hydra.sweep.subdir",
     )
     finished = time.time()
+    requeued = ret.status == JobStatus.FAILED and _requeued(ret._return_value)
     if not rank.records:  # rank 0 records the job: this rank's failure is in its log and exit code
-        if ret.status == JobStatus.FAILED:
+        if requeued:
+            print(f"engage runner: {rank.describe()} requeued: {ret._return_value}", file=sys.stderr)
+        elif ret.status == JobStatus.FAILED:
             exc = ret._return_value
             traceback.print_exception(type(exc), exc, exc.__traceback__)
             print(f"engage runner: {rank.describe()} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -208,7 +222,9 @@ def run(job_dir: Path) -> int:
     if not read_run_id(job_dir) and (run_id := _fluent_run_id()):
         (job_dir / RUN_ID_FILE).write_text(run_id)
     (job_dir / "runner.json").write_text(json.dumps(summary, indent=1))
-    if error:
+    if requeued:  # its batch job runs it again, from the checkpoint; the launcher waits for that
+        print(f"engage runner: job requeued: {ret._return_value}", file=sys.stderr)
+    elif error:
         print(f"{trace}engage runner: job failed: {error}", file=sys.stderr)
     return 0 if ret.status == JobStatus.COMPLETED else EXIT_JOB_FAILED
 

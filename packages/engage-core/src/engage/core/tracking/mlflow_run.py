@@ -81,17 +81,23 @@ class MLflowRun:
     name: str
     logger: MLFlowLogger
     overrides: list[str] = field(default_factory=list)
+    #: an earlier incarnation's run taken on (recorded then; not again)
+    continued: bool = False
     _monitor: Any = None
     _environment_uri: str | None = None
 
     @classmethod
-    def open(cls, cfg: DictConfig, tracking_uri: str) -> MLflowRun:
+    def open(cls, cfg: DictConfig, tracking_uri: str, continued: str | None = None) -> MLflowRun:
         """Create the run in ``cfg.logger.experiment`` (or ``MLFLOW_EXPERIMENT_NAME``) of
         ``tracking_uri``, named by :mod:`.naming` unless ``logger.run_name`` is set, as a child of
-        the sweep's parent run when there is one, and start MLflow's system metrics on it."""
+        the sweep's parent run when there is one, and start MLflow's system metrics on it.
+        ``continued``: the id of this run's earlier incarnation's MLflow run (a requeued batch
+        job's), which is set RUNNING again and taken on instead."""
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking_uri)
+        if continued is not None:
+            return cls._continue(cfg, client, tracking_uri, continued)
         experiment_name = resolve_experiment(cfg.logger.experiment)
         experiment = client.get_experiment_by_name(experiment_name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
@@ -115,15 +121,28 @@ class MLflowRun:
         logger = MLFlowLogger(
             experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run.info.run_id, log_model=False
         )
-        tracked = cls(tracking_uri, run.info.run_id, name, logger, overrides)
+        return cls(tracking_uri, run.info.run_id, name, logger, overrides)._started(cfg)
+
+    @classmethod
+    def _continue(cls, cfg: DictConfig, client: Any, tracking_uri: str, run_id: str) -> MLflowRun:
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "engage.incarnations", str(int(run.data.tags.get("engage.incarnations", "1")) + 1))
+        experiment = client.get_experiment(run.info.experiment_id)
+        logger = MLFlowLogger(
+            experiment_name=experiment.name, tracking_uri=tracking_uri, run_id=run_id, log_model=False
+        )
+        return cls(tracking_uri, run_id, run.info.run_name, logger, _hydra_job()[0], continued=True)._started(cfg)
+
+    def _started(self, cfg: DictConfig) -> MLflowRun:
         # the logger sets MLflow's global store, which writes MLFLOW_TRACKING_URI into this
         # process's environment: a later run of this process (a sweep's next job) would take it
         # for the user's; it is put back when the run closes
-        tracked._environment_uri = os.environ.get(MLFLOW_TRACKING_URI)
-        logger.experiment  # noqa: B018 (connects now)
+        self._environment_uri = os.environ.get(MLFLOW_TRACKING_URI)
+        self.logger.experiment  # noqa: B018 (connects now)
         if cfg.logger.system_metrics:
-            tracked._start_system_metrics(float(cfg.logger.system_metrics_interval_s))
-        return tracked
+            self._start_system_metrics(float(cfg.logger.system_metrics_interval_s))
+        return self
 
     @property
     def client(self) -> Any:
@@ -199,7 +218,8 @@ class MLflowRun:
         return skipped
 
     def close(self, status: str) -> None:
-        """Stop the system metrics and end the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        """Stop the system metrics and end the run ``FINISHED``, ``FAILED`` or ``KILLED``
+        (``SCHEDULED``: a requeued job's incarnation, which the next continues)."""
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None

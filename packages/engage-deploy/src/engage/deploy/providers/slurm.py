@@ -19,8 +19,8 @@ less its own Slurm and rank variables, MLflow credentials and anything named lik
 a job's environment.
 
 ``infrastructure.options``: ``partition``, ``time``, ``cpus_per_task``, ``mem``, ``account``,
-``gpus``, ``extra`` (further ``#SBATCH`` lines), ``array`` (true), ``max_pending_s`` (600) and
-``bind_address``;
+``gpus``, ``extra`` (further ``#SBATCH`` lines), ``array`` (true), ``requeue`` (false) and
+``requeue_signal_s`` (90), ``max_pending_s`` (600) and ``bind_address``;
 ``nodes``, ``ntasks_per_node`` and ``gpus_per_node`` shape a multi-node job: with more than one
 task, the script starts the runner with ``srun``, once a task, and each task is one rank of the
 job's fit under Lightning's ``SLURMEnvironment`` (:mod:`engage.deploy.slurm.ranks`).
@@ -68,6 +68,8 @@ OPTIONS: dict[str, Any] = {
     "gpus_per_node": None,
     "extra": [],
     "array": True,
+    "requeue": False,
+    "requeue_signal_s": 90,
     "max_pending_s": 600.0,
     "bind_address": None,
 }
@@ -82,6 +84,16 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
             f"infrastructure.options.{unknown[0]}: not a slurm option; options are {', '.join(OPTIONS)}"
         )
     options = {**OPTIONS, **given}
+    signal_s = options["requeue_signal_s"]
+    if isinstance(signal_s, bool) or not isinstance(signal_s, int) or not 1 <= signal_s <= 65535:
+        raise InfrastructureError(
+            f"infrastructure.options.requeue_signal_s is {signal_s!r}; give whole seconds from 1 to 65535, e.g. 90"
+        )
+    if not isinstance(options["requeue"], bool):
+        raise InfrastructureError(
+            f"infrastructure.options.requeue is {options['requeue']!r}; give true (the job is requeued on its "
+            "warning signal, a time-out's or a preemption's, and resumes) or false (the launcher retries it)"
+        )
     if not isinstance(options["array"], bool):
         raise InfrastructureError(
             f"infrastructure.options.array is {options['array']!r}; give true (the jobs of a launch as one job "
@@ -345,7 +357,7 @@ class SlurmProvider(Provider):
         argv = [
             *("sbatch", "--parsable", f"--job-name={name}", f"--output={out}", f"--error={err}", "--open-mode=append"),
             f"--chdir={cwd or os.getcwd()}",
-            "--no-requeue",  # the launcher retries a failed job itself (hydra.launcher.retries)
+            *self._requeue_flags(),
             *self.flags,
             str(script),
         ]
@@ -412,7 +424,7 @@ class SlurmProvider(Provider):
             *("sbatch", "--parsable", f"--job-name={name}", f"--array={_ranges(indices)}{throttle}"),
             f"--output={slurm_path(root)}/%a/stdout.log",
             f"--error={slurm_path(root)}/%a/stderr.log",
-            *("--open-mode=append", f"--chdir={cwd or os.getcwd()}", "--no-requeue", *self.flags, str(script)),
+            *("--open-mode=append", f"--chdir={cwd or os.getcwd()}", *self._requeue_flags(), *self.flags, str(script)),
         ]
         jobs: dict[int, SlurmJob] = {}
         pending_s = float(self.options["max_pending_s"])
@@ -455,6 +467,17 @@ class SlurmProvider(Provider):
             except (OSError, subprocess.TimeoutExpired):
                 self._array_size = max_array_size("")
         return self._array_size
+
+    def _requeue_flags(self) -> list[str]:
+        """``--no-requeue`` (a failed job is the launcher's to retry, ``hydra.launcher.retries``), or
+        with ``options.requeue`` ``--requeue`` and the warning signal ``requeue_signal_s`` before the
+        time limit: ``USR1`` to the runner itself (``B:``, the batch script execs it) or to each
+        task of a job of several ranks, where :class:`~engage.deploy.callbacks.SlurmRequeue`
+        takes it."""
+        if not self.options["requeue"]:
+            return ["--no-requeue"]
+        target = "B:" if self.ranks_per_job == 1 else ""
+        return ["--requeue", f"--signal={target}USR1@{int(self.options['requeue_signal_s'])}"]
 
     def _tasks(self, command: Sequence[str]) -> list[str]:
         """``command`` as the batch script runs it: itself, or once a task with ``srun`` for a job

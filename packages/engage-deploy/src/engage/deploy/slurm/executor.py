@@ -236,7 +236,7 @@ def max_array_size(config_text: str) -> int:
     """``MaxArraySize`` in ``scontrol show config`` output (Slurm's default, 1001, where it is
     not said): the task ids of a job array are below it.
 
-    >>> max_array_size("MaxArraySize            = 4001\nMaxJobCount = 10000")
+    >>> max_array_size("MaxArraySize            = 4001\\nMaxJobCount = 10000")
     4001
     """
     for line in config_text.splitlines():
@@ -438,6 +438,7 @@ class SlurmProcess(SimulationProcess):
         self._lock = threading.Lock()
         self._node = ""
         self._state = ""  # as of the last look at the queue
+        self._started = False  # seen in any state but PENDING (a requeued job pends again)
         self.job_name = ""
         #: the state (and reason) Slurm ended the job in, when it failed (``TIMEOUT (TimeLimit)``)
         self.ended = ""
@@ -494,7 +495,7 @@ class SlurmProcess(SimulationProcess):
     @property
     def waiting(self) -> bool:
         """Submitted or queued for ``sbatch``, and not seen started by Slurm yet."""
-        return self._code is None and self._state in ("", "PENDING")
+        return self._code is None and not self._started
 
     @property
     def wanted(self) -> bool:
@@ -512,7 +513,10 @@ class SlurmProcess(SimulationProcess):
         state, reason = answer
         if not state:
             return None
+        if state == "PENDING" and self._state not in ("", "PENDING"):
+            self._submitted = time.monotonic()  # pending again, requeued: waiting anew
         self._state = state
+        self._started = self._started or state != "PENDING"
         if state == "PENDING" and reason in ARRAY_WAIT_REASONS:
             self._submitted = time.monotonic()  # held by its array's own limit: not waiting for Slurm yet
         elif state == "PENDING" and time.monotonic() - self._submitted > self.max_pending_s:

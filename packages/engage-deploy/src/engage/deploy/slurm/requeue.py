@@ -1,0 +1,55 @@
+"""A Slurm job's requeue, as its processes see it: which job this is, whether Slurm may requeue
+it, and its warning signal noted while the job starts (before a fit's
+:class:`~engage.deploy.callbacks.SlurmRequeue` takes the signal over). Light: a sweep job's
+runner imports it before anything else.
+
+Example::
+
+    >>> import signal
+    >>> noted_early(signal.SIGUSR1)
+    False
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+#: signals :func:`note_early` saw
+_NOTED: set[int] = set()
+
+
+def note_early(signum: int = signal.SIGUSR1) -> None:
+    """Note ``signum`` from now on instead of dying of it (its default action), for the
+    :class:`~engage.deploy.callbacks.SlurmRequeue` of a fit this process starts later: a job's warning signal may come
+    while it imports and starts. Called by a sweep job's runner inside Slurm."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, lambda number, frame: _NOTED.add(number))
+
+
+def job_id() -> str:
+    """This Slurm job's id as ``scontrol`` takes it: ``12_3`` for task 3 of array 12."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
+
+
+def requeueable() -> bool:
+    """Whether this process runs in a Slurm job that Slurm may requeue (``sbatch --requeue``, or
+    the cluster's ``JobRequeue=1``), as ``scontrol show job`` says; False outside Slurm or when
+    slurmctld does not answer."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return False
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id()], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Requeue=1" in shown.stdout.split()
+
+
+def noted_early(signum: int) -> bool:
+    """Whether :func:`note_early` saw ``signum`` come."""
+    return signum in _NOTED
