@@ -71,22 +71,26 @@ class SimulationTimeline:
         self._clock = clock
         self._lock = threading.Lock()
         self._spans: dict[tuple[int, int], Span] = {}
+        #: simulation id -> its attempts not ended, by start: samples go to the last one (a lookup
+        #: per flush, whatever the number of simulations the run has had)
+        self._running: dict[int, dict[int, Span]] = {}
         self._fill: list[tuple[float, int]] = []
 
     # ------------------------------------------------------------------ events
     @hookimpl
     def engage_simulation_started(self, record: SimulationRecord) -> None:
         with self._lock:
-            key = (record.simulation_id, record.attempt)
-            self._spans[key] = Span(record.simulation_id, record.attempt, self._clock())
+            span = Span(record.simulation_id, record.attempt, self._clock())
+            self._spans[(record.simulation_id, record.attempt)] = span
+            self._running.setdefault(record.simulation_id, {})[record.attempt] = span
 
     @hookimpl
     def engage_samples_arrived(self, simulation_id: int, count: int, buffer_size: int) -> None:
         now = self._clock()
         with self._lock:
-            running = [s for s in self._spans.values() if s.simulation_id == simulation_id and s.ended is None]
+            running = self._running.get(simulation_id)
             if running:
-                running[-1].samples += count
+                next(reversed(running.values())).samples += count
             if self._fill and now - self._fill[-1][0] < FILL_RESOLUTION_S:
                 self._fill[-1] = (self._fill[-1][0], buffer_size)
             else:
@@ -115,6 +119,10 @@ class SimulationTimeline:
                     record.simulation_id, record.attempt, now
                 )
             span.ended, span.status = now, status
+            attempts = self._running.get(record.simulation_id, {})
+            attempts.pop(record.attempt, None)
+            if not attempts:
+                self._running.pop(record.simulation_id, None)
 
     # ------------------------------------------------------------------ results
     def spans(self) -> list[Span]:
