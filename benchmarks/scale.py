@@ -150,6 +150,7 @@ class MultiplexExecutor(Executor):
 
     shares_filesystem = True
     shares_memory = False
+    keys_in_environment = True  # its workers are the trainer's children, as a local executor's
 
     def __init__(self, workers: int = 2, per_worker: int = PER_WORKER):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.journal import Journal
 from engage.core.online.scheduler import SimulationScheduler
-from engage.core.online.security import KEY_FILE_ENV, PeerWarnings, load_client_keys
+from engage.core.online.security import KEY_FILE_ENV, KEYS_ENV, PeerWarnings, load_client_keys
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.function import FunctionSimulator
 
@@ -48,12 +49,51 @@ def test_keys_are_private_out_of_argv_and_deleted_with_the_run(tmp_path, helpers
         keys = scheduler.fleet.keys
         assert stat.S_IMODE(os.stat(keys.folder).st_mode) == 0o700
         process = psutil.Process(active.process.pid)
-        path = process.environ()[KEY_FILE_ENV]
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        secret = load_client_keys({KEY_FILE_ENV: path})["secret"]
+        # a child of the trainer: its keys in its environment, no key file to create and delete
+        environ = process.environ()
+        assert KEY_FILE_ENV not in environ and not os.listdir(keys.folder)
+        secret = load_client_keys({KEYS_ENV: environ[KEYS_ENV]})["secret"]
         assert secret not in " ".join(process.cmdline())  # never on a command line `ps` shows
+        if os.geteuid() == 0 and shutil.which("setpriv"):
+            # as private as a 0600 file: another user cannot read the process's environment
+            other = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", f"/proc/{process.pid}/environ"],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            assert other.returncode != 0 and secret not in other.stdout, other
         assert active.user_id == f"{active.record.simulation_id}:{active.record.attempt}"
         assert scheduler.address.startswith("tcp://127.0.0.1:")  # the loopback, for local simulations
+    finally:
+        scheduler.stop()
+    assert not os.path.exists(keys.folder)
+
+
+def test_a_simulation_that_cannot_take_its_keys_in_its_environment_reads_them_from_a_private_file(
+    tmp_path, helpers_on_path
+):
+    from engage.core.executors import LocalExecutor
+
+    class FileKeys(LocalExecutor):
+        keys_in_environment = False
+
+    sim = ramp()
+    sim.launch_command = lambda address, sid, attempt: [sys.executable, "-c", "import time; time.sleep(60)"]
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space), TrainingBuffer(capacity=64), simulations=1, workdir=str(tmp_path),
+        executor=FileKeys(),
+    )  # fmt: skip
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not scheduler.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        active = next(iter(scheduler.fleet.active.values()))
+        keys = scheduler.fleet.keys
+        assert stat.S_IMODE(os.stat(keys.folder).st_mode) == 0o700
+        environ = psutil.Process(active.process.pid).environ()
+        path = environ[KEY_FILE_ENV]
+        assert KEYS_ENV not in environ and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert load_client_keys({KEY_FILE_ENV: path})["secret"]
     finally:
         scheduler.stop()
     assert not os.path.exists(path) and not os.path.exists(keys.folder)
@@ -132,7 +172,7 @@ def test_hostile_peers_during_a_run_change_nothing_it_trains_on(tmp_path, helper
         while (running := scheduler.fleet.active.get(0)) is None or running.identity is None:
             assert time.monotonic() < deadline, "simulation 0 did not connect"
             time.sleep(0.01)
-        stolen = Path(keys.folder, f"sim-0-{running.record.attempt}.key").read_text()
+        stolen = psutil.Process(running.process.pid).environ()[KEYS_ENV]
         thief = [sys.executable, "-m", "hostile_peer", scheduler.address, server_key, "stolen", "0", stolen, "20"]
         attackers.append(subprocess.Popen(thief, stdout=subprocess.PIPE, text=True))
         batches = []

@@ -89,6 +89,12 @@ class Executor(ABC):
     #: whether started processes can read files in the trainer host's temporary folder, where a
     #: run keeps its key files (else a simulation's keys reach it through ``LaunchRequest.secrets``)
     shares_filesystem: bool = True
+    #: whether a simulation's keys go in its process's environment (``LaunchRequest.secrets``)
+    #: rather than in a ``0600`` key file: where that environment is as private as such a file
+    #: (a child process of the trainer on this host, whose ``/proc/PID/environ`` only its user
+    #: and root read) and kept nowhere else, it spares the scheduler a file's creation and
+    #: deletion per attempt
+    keys_in_environment: bool = False
     #: whether started processes run beside the trainer, so their samples may skip the network
     #: and go into the trainer's shared memory; off for hosts reached over (emulated) links
     shares_memory: bool = False
@@ -205,7 +211,8 @@ def start_logged_process(
 
 
 class LocalExecutor(Executor):
-    """Child processes of the trainer on this host (``subprocess``).
+    """Child processes of the trainer on this host (``subprocess``), each given its keys in its
+    environment (``ENGAGE_KEYS``).
 
     Their stdout and stderr go to ``<log_dir>/sim-<id>-<attempt>.log``. On Linux each child is
     killed by the kernel when the thread that started it exits (``PR_SET_PDEATHSIG``); start
@@ -213,6 +220,7 @@ class LocalExecutor(Executor):
     """
 
     shares_memory = True
+    keys_in_environment = True
 
     def __init__(self, log_dir: str | None = None):
         self.log_dir = log_dir

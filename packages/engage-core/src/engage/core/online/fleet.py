@@ -134,8 +134,10 @@ class Fleet:
         secrets: dict[str, str] = {}
         if self.keys is not None:
             # a file the process reads where it shares this host's files (its path in the
-            # environment); else the keys themselves, which no command line may carry
-            issued = self.keys.issue(sim_id, attempt, to_file=self.executor.shares_filesystem)
+            # environment); else, or where its environment is private, the keys themselves,
+            # which no command line may carry
+            to_file = self.executor.shares_filesystem and not self.executor.keys_in_environment
+            issued = self.keys.issue(sim_id, attempt, to_file=to_file)
             (env if issued.path is not None else secrets).update(self.keys.environment(issued))
             active.user_id = issued.user_id
         try:
