@@ -163,3 +163,7 @@ def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_pat
     again.close("FINISHED")
     (run,) = client.search_runs([client.get_experiment_by_name("requeue").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["engage.incarnations"] == "2"
+    # an incarnation that ended otherwise than requeued (FINISHED here) is not taken on again
+    fresh = MLflowRun.open(cfg, store, continued=first.run_id)
+    assert not fresh.continued and fresh.run_id != first.run_id
+    fresh.close("FINISHED")

@@ -568,6 +568,32 @@ def test_a_requeued_job_pends_anew_and_is_never_taken_for_one_not_started(tmp_pa
     assert job.poll() is None and not job.waiting  # pending anew: its clock starts again
 
 
+def test_a_batch_jobs_time_limit_counts_only_the_time_it_runs():
+    """``hydra.launcher.job_timeout_s`` counts a batch job's running time, not the time it
+    waits in the queue for its array's limit or after a requeue."""
+    import subprocess
+
+    from engage.deploy.execution import _wait
+
+    class Queued:
+        job_id, queued = "12_3", True
+
+        def __init__(self, states):
+            self.states, self.returncode = iter(states), None
+
+        def poll(self):
+            state = next(self.states, "DONE")
+            self.queued = state == "PENDING"
+            if state == "DONE":
+                self.returncode = 0
+            return self.returncode
+
+    # 1 s pending, then 0.5 s running, then done: within a 0.8 s limit
+    assert _wait(Queued(["PENDING"] * 4 + ["RUNNING"] * 2), 0.8) == 0
+    with pytest.raises(subprocess.TimeoutExpired):
+        _wait(Queued(["PENDING"] * 2 + ["RUNNING"] * 8), 0.8)  # runs past it
+
+
 def test_requeue_options_make_the_job_requeueable_with_its_warning_signal():
     from engage.deploy.infrastructure import Infrastructure, InfrastructureError
     from engage.deploy.providers.slurm import SlurmProvider

@@ -219,7 +219,8 @@ def engage_run_finished(record: RunRecord) -> None:
 
     Called once per ``engage run`` on the process that holds its MLflow run (global rank 0),
     while that run is still open, so an observer can add its records to it: ``record.run_id``,
-    ``record.status`` (``FINISHED``, ``FAILED`` or ``KILLED``), ``record.error`` (one line, or
+    ``record.status`` (``FINISHED``, ``FAILED``, ``KILLED``, or ``SCHEDULED`` when its batch job
+    was requeued and a next incarnation continues the run), ``record.error`` (one line, or
     ``None``), ``record.metrics`` (the final logged metrics) and ``record.output_dir``.
     """
 

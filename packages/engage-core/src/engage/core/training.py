@@ -28,6 +28,7 @@ from engage.core.checkpoint_io import AtomicCheckpointIO
 from engage.core.config.validate import ConfigError
 from engage.core.console import quiet_lightning
 from engage.core.events import RunRecord
+from engage.core.files import write_private
 from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
@@ -289,7 +290,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank_zero_only.rank == 0:
         continued = requeued_run(trainer, output_dir, tracking_uri) if ckpt_path is None else None
         tracked = MLflowRun.open(cfg, tracking_uri, continued=continued)
-        (output_dir / RUN_FILE).write_text(json.dumps({"run_id": tracked.run_id, "tracking_uri": tracking_uri}))
+        # private: the store's address may carry credentials
+        write_private(output_dir / RUN_FILE, json.dumps({"run_id": tracked.run_id, "tracking_uri": tracking_uri}))
     trainer.logger = tracked.logger if tracked is not None else None
     # each config value is logged once, under its config path: not again as the model's or the
     # DataModule's hyperparameters

@@ -134,7 +134,9 @@ class JobExecution:
         self._running: dict[int, subprocess.Popen | ForkedProcess] = {}
         self._stop_new = threading.Event()
         self._stopped: set[int] = set()
-        self._withdrawn: set[int] = set()  # jobs whose array task fail-fast cancelled before it started
+        self._withdrawn: set[int] = set()  # jobs whose array task fail-fast cancelled if still pending
+        self._array_tasks: set[int] = set()  # jobs running their first attempt as a task of the array
+        self._singles: threading.BoundedSemaphore | None = None  # with arrays: jobs submitted alone
         self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
         self._preload = JOB_PRELOAD  # what a host's fork server imports before its first job
 
@@ -157,8 +159,10 @@ class JobExecution:
         arrays = self.provider.array_limit > 0
         if arrays:
             # the batch system holds the jobs and runs at most the array's limit of them: a thread
-            # for each only watches its job, and records it when it ends
+            # for each only watches its job, and records it when it ends; jobs submitted one by one
+            # (retries, indices past the array's) take a slot of that limit each
             workers = max(1, len(job_overrides))
+            self._singles = threading.BoundedSemaphore(self._array_limit())
         held: list[SweepJob] = []  # jobs for one job array, submitted once all are composed
         results: dict[int, JobReturn] = {}
         futures: dict[Future, SweepJob] = {}
@@ -239,12 +243,17 @@ class JobExecution:
             return self._not_run(job, NOT_STARTED)
         attempts = self.options.retries + 1
         for attempt in range(1, attempts + 1):
-            host = submitted.host if attempt == 1 and submitted is not None else self._pick_host()
+            alone = attempt > 1 or submitted is None
+            if alone and self._singles is not None:
+                self._singles.acquire()
+            host = self._pick_host() if alone else submitted.host
             try:
-                ret, summary = self._attempt(host, job, attempt, submitted if attempt == 1 else None)
+                ret, summary = self._attempt(host, job, attempt, None if alone else submitted)
             finally:
                 with self._lock:
                     self._load[host.name] -= 1
+                if alone and self._singles is not None:
+                    self._singles.release()
             if summary.get("status") == "SKIPPED":
                 return ret  # its array task never started: withdrawn by fail-fast, counted skipped
             if ret.status == JobStatus.COMPLETED or summary.get("status") == "KILLED":
@@ -264,10 +273,12 @@ class JobExecution:
                 if self.options.fail_fast:
                     self._stop_new.set()
                     # tasks of the job array that have not started yet start nothing either
-                    waiting = {i: p for i, p in self._running.items() if getattr(p, "waiting", False)}
+                    waiting = {i: self._running[i] for i in self._array_tasks if self._running[i].waiting}
                     self._withdrawn.update(waiting)
-        for process in waiting.values():
-            _stop(process)
+        if waiting:
+            # one call, which Slurm applies only to tasks still pending; a task it started meanwhile
+            # runs on and is recorded as any other
+            self.provider.cancel_pending(list(waiting.values()))
         return ret
 
     def _pick_host(self) -> Host:
@@ -289,12 +300,12 @@ class JobExecution:
         """The first attempt of ``jobs`` as one job array (one ``sbatch``), at most the
         provider's array limit (and ``parallelism``, when set) running at once; jobs whose index
         the array cannot hold are left to their threads, which submit them one by one."""
-        limit = min(self.provider.array_limit, self.options.parallelism or self.provider.array_limit)
+        limit = self._array_limit()
         indices = self.provider.array_indices([job.index for job in jobs])
         if len(indices) < len(jobs):
             message = (
-                f"{len(jobs) - len(indices)} jobs submitted one by one: the batch system's job arrays hold "
-                f"task ids up to {max(indices, default=-1)} only (Slurm's MaxArraySize)"
+                f"{len(jobs) - len(indices)} jobs submitted one by one: their indices are past the batch "
+                "system's largest job array task id (Slurm's MaxArraySize)"
             )
             log.warning("engage launcher: %s", message)
             self.report.warnings.append(message)
@@ -317,6 +328,10 @@ class JobExecution:
             len(tasks), indices[0], indices[-1], limit,
         )  # fmt: skip
         return {index: Submitted(hosts[index], task, started) for index, task in tasks.items()}
+
+    def _array_limit(self) -> int:
+        """Jobs of the array running at once: the provider's limit, and ``parallelism`` when set."""
+        return min(self.provider.array_limit, self.options.parallelism or self.provider.array_limit)
 
     def _prepare(self, host: Host, job: SweepJob, attempt: int) -> tuple[str, str]:
         """Write the attempt's contract (and ship the job folder to a remote host); the job's
@@ -358,6 +373,8 @@ class JobExecution:
             process, started = submitted.job, submitted.started
         with self._lock:
             self._running[job.index] = process
+            if submitted is not None:
+                self._array_tasks.add(job.index)
             stopping = self._stop_new.is_set()  # stopped (Ctrl-C, fail-fast) while it was starting
             if stopping:
                 self._stopped.add(job.index)
@@ -368,7 +385,7 @@ class JobExecution:
             monitor.track(key, process.pid)
         timed_out = False
         try:
-            process.wait(timeout=self.options.job_timeout_s)
+            _wait(process, self.options.job_timeout_s)
         except subprocess.TimeoutExpired:
             _stop(process)
             process.wait()
@@ -377,7 +394,9 @@ class JobExecution:
             monitor.untrack(key)
             with self._lock:
                 self._running.pop(job.index, None)
-                withdrawn = job.index in self._withdrawn
+                self._array_tasks.discard(job.index)
+                # cancelled by fail-fast while it pended: it never ran
+                withdrawn = job.index in self._withdrawn and not getattr(process, "started", True)
         if withdrawn:
             return self._not_run(job, NOT_STARTED), {"status": "SKIPPED"}
         ended = time.time()
@@ -538,6 +557,24 @@ def job_preload(task_function: Any) -> tuple[str, ...]:
     module = sys.modules.get(name)
     imports = tuple(getattr(module, "TASK_IMPORTS", ()))
     return tuple(dict.fromkeys((*JOB_PRELOAD, name, *imports)))
+
+
+def _wait(process: Any, timeout_s: float | None) -> int:
+    """Wait for a job's process; ``subprocess.TimeoutExpired`` after ``timeout_s`` seconds of
+    running. A batch system's job counts only the time it runs, not the time it waits in the
+    queue (for its array's limit, or requeued)."""
+    if timeout_s is None or not hasattr(process, "queued"):
+        return process.wait(timeout=timeout_s)
+    ran, last = 0.0, time.monotonic()
+    while (code := process.poll()) is None:
+        time.sleep(0.25)
+        now = time.monotonic()
+        if not process.queued:
+            ran += now - last
+        last = now
+        if ran > timeout_s:
+            raise subprocess.TimeoutExpired(f"job {getattr(process, 'job_id', '')}", timeout_s)
+    return code
 
 
 def _stop(process: Any) -> None:

@@ -112,17 +112,19 @@ def engage_run_started(record: RunRecord) -> None:
 
 @hookimpl
 def engage_callbacks(cfg: Any) -> list[Any]:
-    """In a Slurm job that Slurm may requeue (``sbatch --requeue``; a sweep's jobs with
-    ``infrastructure.options.requeue``): :class:`~engage.deploy.callbacks.SlurmRequeue`, unless
-    the config adds it itself. In a job of a sweep whose launcher serves
-    (``hydra.launcher.serving``): its replicas and request sources, and the weights' publication
-    to the replicas."""
+    """In a Slurm job: :class:`~engage.deploy.callbacks.SlurmRequeue` (which arms itself where
+    Slurm may requeue the job: ``sbatch --requeue``, a sweep's jobs with
+    ``infrastructure.options.requeue``), unless the config adds it itself. In a job of a sweep
+    whose launcher serves (``hydra.launcher.serving``): its replicas and request sources, and the
+    weights' publication to the replicas."""
+    import os
+
     from engage.deploy.job import JobContract
-    from engage.deploy.slurm.requeue import requeueable
 
     callbacks: list[Any] = []
     named = [str(node.get("_target_", "")) for node in (cfg.get("callbacks") or {}).values() if node]
-    if not any(target.endswith("SlurmRequeue") for target in named) and requeueable():
+    # every rank of a job decides alike (its environment); the callback asks slurmctld, once
+    if "SLURM_JOB_ID" in os.environ and not any(target.endswith("SlurmRequeue") for target in named):
         from engage.deploy.callbacks import SlurmRequeue
 
         callbacks.append(SlurmRequeue())

@@ -92,12 +92,15 @@ class MLflowRun:
         ``tracking_uri``, named by :mod:`.naming` unless ``logger.run_name`` is set, as a child of
         the sweep's parent run when there is one, and start MLflow's system metrics on it.
         ``continued``: the id of this run's earlier incarnation's MLflow run (a requeued batch
-        job's), which is set RUNNING again and taken on instead."""
+        job's), which is set RUNNING again and taken on instead if it is ``SCHEDULED`` (an
+        incarnation that failed, or a run deleted since, is not continued: a new run is made)."""
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking_uri)
         if continued is not None:
-            return cls._continue(cfg, client, tracking_uri, continued)
+            taken = cls._continue(cfg, client, tracking_uri, continued)
+            if taken is not None:
+                return taken
         experiment_name = resolve_experiment(cfg.logger.experiment)
         experiment = client.get_experiment_by_name(experiment_name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
@@ -124,8 +127,15 @@ class MLflowRun:
         return cls(tracking_uri, run.info.run_id, name, logger, overrides)._started(cfg)
 
     @classmethod
-    def _continue(cls, cfg: DictConfig, client: Any, tracking_uri: str, run_id: str) -> MLflowRun:
-        run = client.get_run(run_id)
+    def _continue(cls, cfg: DictConfig, client: Any, tracking_uri: str, run_id: str) -> MLflowRun | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.status != "SCHEDULED":
+            return None
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "engage.incarnations", str(int(run.data.tags.get("engage.incarnations", "1")) + 1))
         experiment = client.get_experiment(run.info.experiment_id)

@@ -99,6 +99,10 @@ class Provider(abc.ABC):
         how many of them run at once; 0 on providers that start each job on its own."""
         return 0
 
+    def cancel_pending(self, jobs: Sequence[Any]) -> None:  # noqa: B027 - no queue: nothing pends
+        """Cancel those of ``jobs`` (this provider's handles) that its batch system has not
+        started yet, leaving the others running; nothing where jobs start at once."""
+
     def array_indices(self, indices: Sequence[int]) -> list[int]:
         """Which of a launch's job ``indices`` one job array can hold (all of them, or those
         below a batch system's limit on task ids); none where :attr:`array_limit` is 0."""

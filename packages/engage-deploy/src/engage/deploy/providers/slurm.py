@@ -184,6 +184,16 @@ class SlurmJob:
         """Not started by Slurm yet, as far as the last look at the queue tells."""
         return self.returncode is None and self._process.waiting
 
+    @property
+    def queued(self) -> bool:
+        """Pending in Slurm's queue now (before it runs, or requeued), as the last look tells."""
+        return self.returncode is None and self._process.queued
+
+    @property
+    def started(self) -> bool:
+        """Seen started by Slurm (running, or ended other than cancelled while pending)."""
+        return self._process.started
+
     def poll(self) -> int | None:
         with self._lock:
             if self.returncode is None:
@@ -409,9 +419,10 @@ class SlurmProvider(Provider):
             raise ProviderError(f"slurm: task ids of a job array stay below MaxArraySize={self._max_array_size()}")
         if not indices:
             return {}
-        (root,) = {Path(folders[index]).parent for index in indices}
-        if any(Path(folders[index]).name != str(index) for index in indices):
-            raise ProviderError(f"slurm: the folders of an array's jobs are named by their index: {dict(folders)}")
+        roots = {Path(folders[index]).parent for index in indices}
+        if len(roots) != 1 or any(Path(folders[index]).name != str(index) for index in indices):
+            raise ProviderError(f"slurm: an array's job folders are named by their index, in one folder: {folders}")
+        (root,) = roots
         stem = f"array-{indices[0]}-{indices[-1]}"
         script = root / f"{stem}.sbatch"
         task = f'{shlex.quote(str(root) + os.sep)}"$SLURM_ARRAY_TASK_ID"'
@@ -448,6 +459,15 @@ class SlurmProvider(Provider):
             else:
                 job.submitted_as(f"{array_id}_{index}")
         return jobs
+
+    def cancel_pending(self, jobs: Sequence[Any]) -> None:
+        """``scancel --state=PENDING`` the jobs among ``jobs`` Slurm has not started, in one call:
+        Slurm leaves any that started meanwhile running. Their threads see them end."""
+        from engage.deploy.slurm.executor import scancel
+
+        ids = [job.job_id for job in jobs if isinstance(job, SlurmJob) and job.job_id is not None]
+        if ids:
+            scancel("--state=PENDING", *ids)
 
     def array_indices(self, indices: Sequence[int]) -> list[int]:
         """Those of ``indices`` below slurmctld's ``MaxArraySize`` (``scontrol show config``),

@@ -405,7 +405,8 @@ def sbatch(argv: list[str], env: Mapping[str, str], job_name: str) -> tuple[str 
     """Run ``argv`` (an ``sbatch --parsable`` command for a job named ``job_name``): ``(job id,
     "")``, or ``(None, why)`` in one line when ``sbatch`` refused the job or did not answer
     within 120 s (the job, which slurmctld may have taken meanwhile, is then cancelled by its
-    unique name). Never raises: a failed submission fails attempts, never the caller's thread."""
+    unique name). Never raises but ``KeyboardInterrupt`` and the like, after cancelling the job by
+    its name: a failed submission fails attempts, never the caller's thread."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=120)
     except subprocess.TimeoutExpired:
@@ -413,6 +414,9 @@ def sbatch(argv: list[str], env: Mapping[str, str], job_name: str) -> tuple[str 
         return None, "sbatch failed: no answer within 120 s"
     except Exception as exc:
         return None, f"sbatch failed: {type(exc).__name__}: {exc}"
+    except BaseException:  # Ctrl-C while sbatch ran: slurmctld may have taken the job already
+        scancel(f"--name={job_name}")
+        raise
     if out.returncode != 0:
         return None, f"sbatch failed: {' '.join(out.stderr.split())}"
     return out.stdout.strip().split(";")[0], ""
@@ -438,7 +442,7 @@ class SlurmProcess(SimulationProcess):
         self._lock = threading.Lock()
         self._node = ""
         self._state = ""  # as of the last look at the queue
-        self._started = False  # seen in any state but PENDING (a requeued job pends again)
+        self._started = False  # seen in any state but PENDING or CANCELLED (a requeued job pends again)
         self.job_name = ""
         #: the state (and reason) Slurm ended the job in, when it failed (``TIMEOUT (TimeLimit)``)
         self.ended = ""
@@ -447,7 +451,8 @@ class SlurmProcess(SimulationProcess):
 
     @property
     def pid(self) -> int | None:
-        return None if self.job_id is None else int(self.job_id)
+        """The job's id as a number; ``None`` for a task of an array (``12_3``) and before ``sbatch``."""
+        return int(self.job_id) if self.job_id is not None and self.job_id.isdigit() else None
 
     @property
     def host(self) -> str:
@@ -498,6 +503,16 @@ class SlurmProcess(SimulationProcess):
         return self._code is None and not self._started
 
     @property
+    def queued(self) -> bool:
+        """Pending in Slurm's queue as of the last look (or not seen by Slurm yet)."""
+        return self._code is None and self._state in ("", "PENDING")
+
+    @property
+    def started(self) -> bool:
+        """Seen started by Slurm: in any state but pending, or cancelled (while it pended)."""
+        return self._started
+
+    @property
     def wanted(self) -> bool:
         """Still to be submitted (not killed before ``sbatch`` ran)."""
         return not self._killed
@@ -516,7 +531,7 @@ class SlurmProcess(SimulationProcess):
         if state == "PENDING" and self._state not in ("", "PENDING"):
             self._submitted = time.monotonic()  # pending again, requeued: waiting anew
         self._state = state
-        self._started = self._started or state != "PENDING"
+        self._started = self._started or state not in ("PENDING", "CANCELLED")
         if state == "PENDING" and reason in ARRAY_WAIT_REASONS:
             self._submitted = time.monotonic()  # held by its array's own limit: not waiting for Slurm yet
         elif state == "PENDING" and time.monotonic() - self._submitted > self.max_pending_s:
