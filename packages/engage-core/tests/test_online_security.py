@@ -3,6 +3,7 @@ out of command lines, deleted with the run; the ipc transport; hostile peers dur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,18 +35,27 @@ def ramp(steps: int = STEPS, delay: float = 0.0) -> FunctionSimulator:
     )  # fmt: skip
 
 
-def test_keys_are_private_out_of_argv_and_deleted_with_the_run(tmp_path, helpers_on_path):
+@contextlib.contextmanager
+def _one_sleeping_simulation(tmp_path, executor=None):
+    """A run of one simulation that sleeps once started: its scheduler and its running attempt."""
     sim = ramp()
     sim.launch_command = lambda address, sid, attempt: [sys.executable, "-c", "import time; time.sleep(60)"]
     scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), TrainingBuffer(capacity=64), simulations=1, workdir=str(tmp_path)
-    )
+        sim, UniformSampler(sim.space), TrainingBuffer(capacity=64), simulations=1, workdir=str(tmp_path),
+        executor=executor,
+    )  # fmt: skip
     scheduler.start()
     try:
         deadline = time.monotonic() + 10
         while not scheduler.active and time.monotonic() < deadline:
             time.sleep(0.05)
-        active = next(iter(scheduler.fleet.active.values()))
+        yield scheduler, next(iter(scheduler.fleet.active.values()))
+    finally:
+        scheduler.stop()
+
+
+def test_keys_are_private_out_of_argv_and_deleted_with_the_run(tmp_path, helpers_on_path):
+    with _one_sleeping_simulation(tmp_path) as (scheduler, active):
         keys = scheduler.fleet.keys
         assert stat.S_IMODE(os.stat(keys.folder).st_mode) == 0o700
         process = psutil.Process(active.process.pid)
@@ -63,8 +73,6 @@ def test_keys_are_private_out_of_argv_and_deleted_with_the_run(tmp_path, helpers
             assert other.returncode != 0 and secret not in other.stdout, other
         assert active.user_id == f"{active.record.simulation_id}:{active.record.attempt}"
         assert scheduler.address.startswith("tcp://127.0.0.1:")  # the loopback, for local simulations
-    finally:
-        scheduler.stop()
     assert not os.path.exists(keys.folder)
 
 
@@ -76,26 +84,13 @@ def test_a_simulation_that_cannot_take_its_keys_in_its_environment_reads_them_fr
     class FileKeys(LocalExecutor):
         keys_in_environment = False
 
-    sim = ramp()
-    sim.launch_command = lambda address, sid, attempt: [sys.executable, "-c", "import time; time.sleep(60)"]
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space), TrainingBuffer(capacity=64), simulations=1, workdir=str(tmp_path),
-        executor=FileKeys(),
-    )  # fmt: skip
-    scheduler.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not scheduler.active and time.monotonic() < deadline:
-            time.sleep(0.05)
-        active = next(iter(scheduler.fleet.active.values()))
+    with _one_sleeping_simulation(tmp_path, FileKeys()) as (scheduler, active):
         keys = scheduler.fleet.keys
         assert stat.S_IMODE(os.stat(keys.folder).st_mode) == 0o700
         environ = psutil.Process(active.process.pid).environ()
         path = environ[KEY_FILE_ENV]
         assert KEYS_ENV not in environ and stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert load_client_keys({KEY_FILE_ENV: path})["secret"]
-    finally:
-        scheduler.stop()
     assert not os.path.exists(path) and not os.path.exists(keys.folder)
 
 
