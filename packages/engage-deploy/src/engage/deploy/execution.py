@@ -311,7 +311,8 @@ class JobExecution:
             self.report.warnings.append(message)
         if not indices:
             return {}
-        chosen = {job.index: job for job in jobs if job.index in set(indices)}
+        held = set(indices)
+        chosen = {job.index: job for job in jobs if job.index in held}
         hosts: dict[int, Host] = {}
         for number, (index, job) in enumerate(sorted(chosen.items())):
             host = hosts[index] = self.hosts[number % len(self.hosts)]

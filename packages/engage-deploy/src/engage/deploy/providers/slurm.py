@@ -350,44 +350,26 @@ class SlurmProvider(Provider):
         failed job (its message in the job's stderr log). The job is known to :meth:`destroy`
         before ``sbatch`` runs: one destroyed meanwhile (Ctrl-C) is cancelled as soon as Slurm
         names it, and none is submitted after :meth:`destroy`."""
-        from engage.deploy.slurm.executor import SlurmProcess, batch_script, step_environment
+        from engage.deploy.slurm.executor import step_environment
 
         if self._states is None:
             raise ProviderError("slurm: run() before deploy()")
         folder = Path(log_path).parent if log_path is not None else self.workdir
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"job-{folder.name}-{host.name}"
-        script = folder / "job.sbatch"
-        script.write_text(
-            batch_script([str(x) for x in self.options["extra"]], [f"exec {shlex.join(self._tasks(command))}"])
-        )
+        script = self._script(folder / "job.sbatch", command, "")
         out = Path(log_path) if log_path is not None else folder / "stdout.log"
         err = Path(stderr_path) if stderr_path is not None else out
-        name = f"engage-{stem}-{self.token}"
-        argv = [
-            *("sbatch", "--parsable", f"--job-name={name}", f"--output={out}", f"--error={err}", "--open-mode=append"),
-            f"--chdir={cwd or os.getcwd()}",
-            *self._requeue_flags(),
-            *self.flags,
-            str(script),
-        ]
-        process = SlurmProcess(None, out, float(self.options["max_pending_s"]), self._states)
-        process.job_name = name
-        job = SlurmJob(process)
-        with self._jobs_lock:
-            self._jobs.append(job)
-            destroyed = self._destroyed
-        if destroyed:
-            job.cancel()  # never submitted
-            with self._jobs_lock:
-                self._jobs.remove(job)
+        name = f"engage-job-{folder.name}-{host.name}-{self.token}"
+        argv = self._sbatch_argv(name, out, err, cwd, script)
+        (job,) = self._register(name, [out])
+        if job.returncode is not None:  # destroyed meanwhile: never submitted
             return job
         # none of this process's own Slurm or rank variables: a job of several ranks runs srun, which
         # reads SLURM_* as options, and any job's fit finds its ranks itself
-        process.submit(argv, step_environment({**os.environ, **(env or {})}))
-        if process.job_id is None and process.wanted:  # refused: sbatch's words in the job's stderr log
+        job._process.submit(argv, step_environment({**os.environ, **(env or {})}))
+        if job.job_id is None and job._process.wanted:  # refused: sbatch's words in the job's stderr log
             with open(err, "a") as handle:
-                handle.write(process.stderr_tail() + "\n")
+                handle.write(job._process.stderr_tail() + "\n")
         return job
 
     @property
@@ -410,7 +392,7 @@ class SlurmProvider(Provider):
         ``stderr.log``; at most ``limit`` tasks run at once (the array's ``%``). Returns the job
         of each index (all below :meth:`array_indices`' bound). A refused ``sbatch`` fails every
         task, its words in each job's stderr log."""
-        from engage.deploy.slurm.executor import SlurmProcess, batch_script, sbatch, slurm_path, step_environment
+        from engage.deploy.slurm.executor import sbatch, slurm_path, step_environment
 
         if self._states is None:
             raise ProviderError("slurm: run_array() before deploy()")
@@ -424,31 +406,16 @@ class SlurmProvider(Provider):
             raise ProviderError(f"slurm: an array's job folders are named by their index, in one folder: {folders}")
         (root,) = roots
         stem = f"array-{indices[0]}-{indices[-1]}"
-        script = root / f"{stem}.sbatch"
         task = f'{shlex.quote(str(root) + os.sep)}"$SLURM_ARRAY_TASK_ID"'
-        script.write_text(
-            batch_script([str(x) for x in self.options["extra"]], [f"exec {shlex.join(self._tasks(command))} {task}"])
-        )
+        script = self._script(root / f"{stem}.sbatch", command, task)
         name = f"engage-job-{stem}-{self.token}"
         throttle = f"%{limit}" if 0 < limit < len(indices) else ""
-        argv = [
-            *("sbatch", "--parsable", f"--job-name={name}", f"--array={_ranges(indices)}{throttle}"),
-            f"--output={slurm_path(root)}/%a/stdout.log",
-            f"--error={slurm_path(root)}/%a/stderr.log",
-            *("--open-mode=append", f"--chdir={cwd or os.getcwd()}", *self._requeue_flags(), *self.flags, str(script)),
-        ]
-        jobs: dict[int, SlurmJob] = {}
-        pending_s = float(self.options["max_pending_s"])
-        for index in indices:
-            process = SlurmProcess(None, root / str(index) / "stdout.log", pending_s, self._states)
-            process.job_name = name
-            jobs[index] = SlurmJob(process)
-        with self._jobs_lock:
-            self._jobs.extend(jobs.values())
-            destroyed = self._destroyed
-        if destroyed:
-            for job in jobs.values():
-                job.cancel()  # never submitted
+        # %a: each task logs to its job's folder (``%`` itself written %% in the folder's path)
+        tasks = Path(f"{slurm_path(root)}/%a")
+        array = f"--array={_ranges(indices)}{throttle}"
+        argv = self._sbatch_argv(name, tasks / "stdout.log", tasks / "stderr.log", cwd, script, array, escape=False)
+        jobs = dict(zip(indices, self._register(name, [root / str(index) / "stdout.log" for index in indices])))
+        if next(iter(jobs.values())).returncode is not None:  # destroyed meanwhile: never submitted
             return jobs
         array_id, refusal = sbatch(argv, step_environment({**os.environ, **(env or {})}), name)
         for index, job in jobs.items():
@@ -479,14 +446,62 @@ class SlurmProvider(Provider):
 
     def _max_array_size(self) -> int:
         if self._array_size is None:
-            from engage.deploy.slurm.executor import max_array_size
+            from engage.deploy.slurm.executor import max_array_size, show_config
 
             try:
-                out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-                self._array_size = max_array_size(out.stdout)
+                self._array_size = max_array_size(show_config())
             except (OSError, subprocess.TimeoutExpired):
                 self._array_size = max_array_size("")
         return self._array_size
+
+    def _script(self, path: Path, command: Sequence[str], argument: str) -> Path:
+        """The batch script at ``path``: the options' ``extra`` lines, then ``exec`` of ``command``
+        (with ``srun`` for a job of several ranks) and ``argument`` as shell text."""
+        from engage.deploy.slurm.executor import batch_script
+
+        line = f"exec {shlex.join(self._tasks(command))} {argument}".rstrip()
+        path.write_text(batch_script([str(x) for x in self.options["extra"]], [line]))
+        return path
+
+    def _sbatch_argv(
+        self,
+        name: str,
+        out: Path,
+        err: Path,
+        cwd: str | os.PathLike[str] | None,
+        script: Path,
+        *more: str,
+        escape: bool = True,
+    ) -> list[str]:
+        """``sbatch`` of ``script`` as job ``name``, logging to ``out`` and ``err`` (appended; their
+        ``%`` escaped unless ``escape`` is off, for Slurm's own ``%a``), with the requeue options,
+        the provider's ``#SBATCH`` flags and ``more``."""
+        from engage.deploy.slurm.executor import slurm_path
+
+        logs = [str(path) if not escape else slurm_path(path) for path in (out, err)]
+        return [
+            *("sbatch", "--parsable", f"--job-name={name}", f"--output={logs[0]}", f"--error={logs[1]}"),
+            *("--open-mode=append", f"--chdir={cwd or os.getcwd()}", *self._requeue_flags(), *self.flags, *more),
+            str(script),
+        ]
+
+    def _register(self, name: str, logs: Sequence[Path]) -> list[SlurmJob]:
+        """A job named ``name`` for each log, known to :meth:`destroy` before ``sbatch`` runs; all
+        cancelled at once (never submitted) if the provider was destroyed meanwhile."""
+        from engage.deploy.slurm.executor import SlurmProcess
+
+        jobs = []
+        for log_path in logs:
+            process = SlurmProcess(None, log_path, float(self.options["max_pending_s"]), self._states)
+            process.job_name = name
+            jobs.append(SlurmJob(process))
+        with self._jobs_lock:
+            self._jobs.extend(jobs)
+            destroyed = self._destroyed
+        if destroyed:
+            for job in jobs:
+                job.cancel()
+        return jobs
 
     def _requeue_flags(self) -> list[str]:
         """``--no-requeue`` (a failed job is the launcher's to retry, ``hydra.launcher.retries``), or

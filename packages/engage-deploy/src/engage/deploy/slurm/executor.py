@@ -203,33 +203,45 @@ class JobStates:
 # --- where the trainer listens ---------------------------------------------------------------
 
 
+def config_values(config_text: str) -> dict[str, str]:
+    """The ``Key = Value`` lines of ``scontrol show config`` output, in their order.
+
+    >>> config_values("MaxArraySize            = 4001\\nSlurmctldPort = 6817-6818")
+    {'MaxArraySize': '4001', 'SlurmctldPort': '6817-6818'}
+    """
+    values: dict[str, str] = {}
+    for line in config_text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values.setdefault(key.strip(), value.strip())
+    return values
+
+
+def show_config() -> str:
+    """What ``scontrol show config`` prints now; ``OSError`` or ``subprocess.TimeoutExpired``
+    when it cannot run or does not answer within 30 s."""
+    return subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+
+
 def controller_endpoint(config_text: str) -> tuple[str, int]:
     """``(address, port)`` of the first ``slurmctld`` in ``scontrol show config`` output.
 
     ``SlurmctldHost[0] = name(address)`` gives the address; a bare name is the address itself
     (resolved later). The port is the first of a ``SlurmctldPort`` range.
     """
-    host, port = "", 6817
-    for line in config_text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        if key.startswith("SlurmctldHost") and not host:
-            name, _, address = value.partition("(")
-            host = address.rstrip(")") or name
-        elif key == "SlurmctldPort":
-            port = int(value.split("-")[0])
+    values = config_values(config_text)
+    host = next((value for key, value in values.items() if key.startswith("SlurmctldHost")), "")
+    name, _, address = host.partition("(")
+    host = address.rstrip(")") or name
     if not host:
         raise ValueError("no SlurmctldHost in Slurm's configuration")
-    return host, port
+    return host, int(values.get("SlurmctldPort", "6817").split("-")[0])
 
 
 def slurmctld_endpoint() -> tuple[str, int]:
     """:func:`controller_endpoint` of the configuration ``scontrol show config`` prints now;
     ``OSError``, ``ValueError`` or ``subprocess.TimeoutExpired`` when it cannot tell."""
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-    return controller_endpoint(out.stdout)
+    return controller_endpoint(show_config())
 
 
 def max_array_size(config_text: str) -> int:
@@ -239,11 +251,8 @@ def max_array_size(config_text: str) -> int:
     >>> max_array_size("MaxArraySize            = 4001\\nMaxJobCount = 10000")
     4001
     """
-    for line in config_text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "MaxArraySize" and value.strip().isdigit():
-            return int(value)
-    return 1001
+    value = config_values(config_text).get("MaxArraySize", "")
+    return int(value) if value.isdigit() else 1001
 
 
 def check_local_address(address: str) -> None:

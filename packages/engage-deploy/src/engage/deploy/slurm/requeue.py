@@ -23,8 +23,9 @@ _NOTED: set[int] = set()
 
 def note_early(signum: int = signal.SIGUSR1) -> None:
     """Note ``signum`` from now on instead of dying of it (its default action), for the
-    :class:`~engage.deploy.callbacks.SlurmRequeue` of a fit this process starts later: a job's warning signal may come
-    while it imports and starts. Called by a sweep job's runner inside Slurm."""
+    :class:`~engage.deploy.callbacks.SlurmRequeue` of a fit this process starts later: a job's
+    warning signal may come while it imports and starts. Called by a sweep job's runner inside
+    Slurm."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signum, lambda number, frame: _NOTED.add(number))
 
@@ -43,11 +44,13 @@ def requeueable() -> bool:
     slurmctld does not answer."""
     if "SLURM_JOB_ID" not in os.environ:
         return False
+    from engage.deploy.slurm.executor import parse_job_line
+
     try:
         shown = subprocess.run(["scontrol", "show", "job", "-o", job_id()], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "Requeue=1" in shown.stdout.split()
+    return parse_job_line(shown.stdout).get("Requeue") == "1"
 
 
 def noted_early(signum: int) -> bool:
