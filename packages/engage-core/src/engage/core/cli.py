@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -307,7 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = argparse.Namespace(command=name, args=argv[1:])
     else:
         namespace = parser.parse_args(argv)
-    return int(command.run(namespace) or 0)
+    try:
+        return int(command.run(namespace) or 0)
+    except KeyboardInterrupt:
+        # one line, not a traceback; Python still ends the process by SIGINT after its exit
+        # handlers, as a shell or a job script expects of a program stopped by Ctrl-C
+        print(f"engage {name}: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.excepthook = _interrupted_quietly
+        raise
+
+
+def _interrupted_quietly(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
 
 
 if __name__ == "__main__":  # pragma: no cover

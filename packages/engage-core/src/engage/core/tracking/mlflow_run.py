@@ -2,10 +2,11 @@
 
 :class:`MLflowRun` creates the run (in the experiment and store the user chose, under a sweep's
 parent run when there is one, with a name that says what it is), hands Lightning an
-``MLFlowLogger`` bound to it, logs each config value once under its config path with what a
-replay needs (config, overrides, command, environment), runs MLflow's own system-metrics monitor
-on it (GPU metrics too where ``nvidia-ml-py`` is installed), logs the last and best checkpoints
-as artifacts, and ends it ``FINISHED``, ``FAILED`` or ``KILLED``.
+``MLFlowLogger`` bound to it (whose writes Ctrl-C lets finish: :mod:`.uninterrupted`), logs each
+config value once under its config path with what a replay needs (config, overrides, command,
+environment), runs MLflow's own system-metrics monitor on it (GPU metrics too where
+``nvidia-ml-py`` is installed), logs the last and best checkpoints as artifacts, and ends it
+``FINISHED``, ``FAILED`` or ``KILLED``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.naming import PARAM_MAX_CHARS, job_run_name, single_run_name, sweep_overrides_of
 from engage.core.tracking.store import MLFLOW_TRACKING_URI, parent_run_id, resolve_experiment
+from engage.core.tracking.uninterrupted import RunLogger
 
 #: a config value that only repeats another node (``${simulator}``, ``${seed}``): logged at its source
 _REFERENCE = re.compile(r"^\$\{[A-Za-z_][\w.]*\}$")
@@ -79,7 +80,7 @@ class MLflowRun:
     tracking_uri: str
     run_id: str
     name: str
-    logger: MLFlowLogger
+    logger: RunLogger
     overrides: list[str] = field(default_factory=list)
     #: an earlier incarnation's run taken on (recorded then; not again)
     continued: bool = False
@@ -121,7 +122,7 @@ class MLflowRun:
         if git.get("commit"):
             tags["mlflow.source.git.commit"] = git["commit"]
         run = client.create_run(experiment_id, run_name=name, tags=tags)
-        logger = MLFlowLogger(
+        logger = RunLogger(
             experiment_name=experiment_name, tracking_uri=tracking_uri, run_id=run.info.run_id, log_model=False
         )
         return cls(tracking_uri, run.info.run_id, name, logger, overrides)._started(cfg)
@@ -139,9 +140,7 @@ class MLflowRun:
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "engage.incarnations", str(int(run.data.tags.get("engage.incarnations", "1")) + 1))
         experiment = client.get_experiment(run.info.experiment_id)
-        logger = MLFlowLogger(
-            experiment_name=experiment.name, tracking_uri=tracking_uri, run_id=run_id, log_model=False
-        )
+        logger = RunLogger(experiment_name=experiment.name, tracking_uri=tracking_uri, run_id=run_id, log_model=False)
         return cls(tracking_uri, run_id, run.info.run_name, logger, _hydra_job()[0], continued=True)._started(cfg)
 
     def _started(self, cfg: DictConfig) -> MLflowRun:
