@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PACKAGES := $(sort $(wildcard packages/engage-*))
 STAMP := $(VENV)/.install-stamp
+# engage-memory's tests train a tiny Hugging Face GPT-2 (built from its config, no weights). Hugging
+# Face transformers lives apart from the environment, on no process's path but that test's:
+# installed, torchmetrics imports it with every `import lightning`, 1.2 s more for each trainer,
+# rank and sweep job the suite starts.
+TRANSFORMERS_APART := $(VENV)/transformers-apart
 PYTEST_ARGS ?= --durations=30
 
 .PHONY: install demo test lint clean system-deps docs docs-screenshots
@@ -17,6 +22,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python $(foreach p,$(PACKAGES),$(p)/pyproject.toml) pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e ".[dev,docs]"
+	@# pip warns that the packages apart do not match the environment's: shown only if it fails
+	$(PIP) install --quiet --upgrade --target $(TRANSFORMERS_APART) "transformers>=4.40" \
+		2>$(VENV)/transformers-apart.log || { cat $(VENV)/transformers-apart.log; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -150,7 +150,7 @@ def test_live_jobs_are_watched_with_one_squeue_call_per_interval(slurm_cluster, 
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     monkeypatch.chdir(tmp_path)
     executor = SlurmExecutor(log_dir=str(tmp_path), check_folder=False)
-    jobs = [executor.start(LaunchRequest(["sleep", "1"], i, log_dir=str(tmp_path))) for i in range(6)]
+    jobs = [executor.start(LaunchRequest(["sleep", "0.5"], i, log_dir=str(tmp_path))) for i in range(6)]
     started, looks = time.monotonic(), 0
     while any(job.poll() is None for job in jobs):
         looks += 1

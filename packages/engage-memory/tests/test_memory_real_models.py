@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -230,8 +232,19 @@ def test_memory_saved_profile_for_another_input_is_refused_in_one_line(tmp_path)
     assert "\n" not in str(info.value)
 
 
+def _transformers() -> Any:
+    """Hugging Face transformers: from the environment, else from the folder ``make install`` puts
+    it in apart (``$VENV/transformers-apart``: torchmetrics would import it with every ``import
+    lightning`` of the suite's processes), added at the end of this process's path (its modules
+    load lazily, as a model needs them)."""
+    apart = Path(sys.prefix) / "transformers-apart"
+    if apart.is_dir() and str(apart) not in sys.path:
+        sys.path.append(str(apart))
+    return pytest.importorskip("transformers")
+
+
 def test_memory_hugging_face_gpt2_with_cache_trains_under_a_tight_budget() -> None:
-    transformers = pytest.importorskip("transformers")
+    transformers = _transformers()
     config = transformers.GPT2Config(
         n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=32, use_cache=True, attn_implementation="eager"
     )
