@@ -609,6 +609,22 @@ def test_requeue_options_make_the_job_requeueable_with_its_warning_signal():
         flags(requeue=True, requeue_signal_s=0)
     with pytest.raises(InfrastructureError, match=r"options\.requeue is 'no'; give true"):
         flags(requeue="no")
+    # Slurm may signal up to 60 s early: a job of 2 min warned 90 s ahead could be requeued at its start
+    early = r"options\.time='2' \(120 s\) leaves a requeued job 30 s .* give a time over 150 s"
+    with pytest.raises(InfrastructureError, match=early):
+        flags(requeue=True, time="2")
+    assert flags(requeue=True, time="00:02:31") == ["--requeue", "--signal=B:USR1@90"]
+    assert flags(requeue=True, time="1-0", requeue_signal_s=600)[1] == "--signal=B:USR1@600"
+    assert flags(requeue=False, time="1") == ["--no-requeue"]  # no signal: any time limit
+
+
+def test_slurm_time_limits_are_read_in_every_form_sbatch_takes():
+    from engage.deploy.providers.slurm import time_limit_s
+
+    forms = {"45": 2700, 45: 2700, "5:30": 330, "2:00:00": 7200, "3-0": 259200, "1-2:30": 95400, "0-0:0:9": 9}
+    assert {value: time_limit_s(value) for value in forms} == forms
+    for none in (None, "UNLIMITED", "infinite", "", "soon", "1:2:3:4", "-5", "1:-2"):
+        assert time_limit_s(none) is None, none
 
 
 def test_slurm_array_options_are_checked_and_indices_written_as_ranges():

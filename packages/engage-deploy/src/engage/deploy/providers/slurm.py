@@ -75,6 +75,46 @@ OPTIONS: dict[str, Any] = {
 }
 
 
+#: Slurm may send a job's ``--signal`` up to this many seconds before the time it was asked for
+#: (sbatch(1), ``--signal``: "due to the resolution of event handling by Slurm")
+SIGNAL_RESOLUTION_S = 60
+
+
+def time_limit_s(value: Any) -> int | None:
+    """A Slurm time limit (``--time``) in seconds: ``minutes``, ``minutes:seconds``,
+    ``hours:minutes:seconds``, ``days-hours``, ``days-hours:minutes`` or
+    ``days-hours:minutes:seconds``; ``None`` for none, ``UNLIMITED`` or ``INFINITE``, and for a
+    value sbatch would refuse (its own check says so).
+
+    Example::
+
+        >>> [time_limit_s(v) for v in (30, "0:02", "1:00:00", "2-0", "1-01:30", "INFINITE")]
+        [1800, 2, 3600, 172800, 91800, None]
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    if text.upper() in ("", "UNLIMITED", "INFINITE"):
+        return None
+    days_text, dash, clock = text.rpartition("-") if "-" in text else ("0", "", text)
+    try:
+        days = int(days_text)
+        fields = [int(f) for f in clock.split(":")]
+    except ValueError:
+        return None
+    if days < 0 or any(f < 0 for f in fields) or not 1 <= len(fields) <= 3:
+        return None
+    if dash:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = (*fields, 0, 0)[:3]
+    elif len(fields) == 1:  # minutes
+        hours, minutes, seconds = 0, fields[0], 0
+    elif len(fields) == 2:  # minutes:seconds
+        hours, minutes, seconds = 0, *fields
+    else:
+        hours, minutes, seconds = fields
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 def _options(infrastructure: Infrastructure) -> dict[str, Any]:
     """The provider's options, defaults filled in; one line naming an unknown or malformed one."""
     given = dict(infrastructure.options or {})
@@ -93,6 +133,15 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
         raise InfrastructureError(
             f"infrastructure.options.requeue is {options['requeue']!r}; give true (the job is requeued on its "
             "warning signal, a time-out's or a preemption's, and resumes) or false (the launcher retries it)"
+        )
+    limit_s = time_limit_s(options["time"])
+    if options["requeue"] and limit_s is not None and limit_s - signal_s <= SIGNAL_RESOLUTION_S:
+        # signalled at its start, the job would checkpoint and be requeued for ever
+        raise InfrastructureError(
+            f"infrastructure.options.time={options['time']!r} ({limit_s} s) leaves a requeued job "
+            f"{limit_s - signal_s} s before its warning signal (requeue_signal_s={signal_s}), which Slurm may send "
+            f"up to {SIGNAL_RESOLUTION_S} s early: the job could be requeued as it starts, for ever; give a time "
+            f"over {signal_s + SIGNAL_RESOLUTION_S} s or a smaller requeue_signal_s"
         )
     if not isinstance(options["array"], bool):
         raise InfrastructureError(
