@@ -23,6 +23,7 @@ $(STAMP): $(BIN)/python $(foreach p,$(PACKAGES),$(p)/pyproject.toml) pyproject.t
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet $(foreach p,$(PACKAGES),-e $(p)) -e ".[dev,docs]"
 	@# pip warns that the packages apart do not match the environment's: shown only if it fails
+	$(PIP) uninstall --quiet --yes transformers 2>/dev/null || true
 	$(PIP) install --quiet --upgrade --target $(TRANSFORMERS_APART) "transformers>=4.40" \
 		2>$(VENV)/transformers-apart.log || { cat $(VENV)/transformers-apart.log; exit 1; }
 	touch $(STAMP)

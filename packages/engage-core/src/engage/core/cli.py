@@ -309,11 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = parser.parse_args(argv)
     try:
         return int(command.run(namespace) or 0)
-    except KeyboardInterrupt:
-        # one line, not a traceback; Python still ends the process by SIGINT after its exit
-        # handlers, as a shell or a job script expects of a program stopped by Ctrl-C
-        print(f"engage {name}: interrupted (Ctrl-C)", file=sys.stderr)
-        sys.excepthook = _interrupted_quietly
+    except KeyboardInterrupt as exc:
+        if type(exc) is KeyboardInterrupt:  # Ctrl-C itself, not an error of that family
+            # one line, not a traceback; Python still ends the process by SIGINT after its exit
+            # handlers, as a shell or a job script expects of a program stopped by Ctrl-C
+            print(f"engage {name}: interrupted (Ctrl-C)", file=sys.stderr)
+            sys.excepthook = _interrupted_quietly
         raise
 
 

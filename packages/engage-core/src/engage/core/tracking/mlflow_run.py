@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.naming import PARAM_MAX_CHARS, job_run_name, single_run_name, sweep_overrides_of
 from engage.core.tracking.store import MLFLOW_TRACKING_URI, parent_run_id, resolve_experiment
-from engage.core.tracking.uninterrupted import RunLogger
+from engage.core.tracking.uninterrupted import UninterruptedClient, ctrl_c_deferred, uninterrupted_client
 
 #: a config value that only repeats another node (``${simulator}``, ``${seed}``): logged at its source
 _REFERENCE = re.compile(r"^\$\{[A-Za-z_][\w.]*\}$")
@@ -73,6 +74,26 @@ def _hydra_job() -> tuple[list[str], int | None, str | None]:
     return list(hc.overrides.task), number, hc.runtime.choices.get("experiment")
 
 
+class RunLogger(MLFlowLogger):
+    """Lightning's ``MLFlowLogger`` whose ``experiment`` (the ``MlflowClient`` every one of its
+    calls goes through, and :class:`MLflowRun`'s) lets each call finish before a Ctrl-C is raised
+    (:mod:`.uninterrupted`)."""
+
+    @property
+    def experiment(self) -> Any:
+        with ctrl_c_deferred():  # the first access creates the client and reads the run
+            client = super().experiment
+        held = self.__dict__.get("_uninterrupted")
+        if held is None or held.wrapped is not client:
+            held = self._uninterrupted = UninterruptedClient(client)
+        return held
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_uninterrupted", None)  # made again from the client on first use
+        return state
+
+
 @dataclass
 class MLflowRun:
     """An open MLflow run and its Lightning logger; :meth:`open` creates it."""
@@ -95,9 +116,7 @@ class MLflowRun:
         ``continued``: the id of this run's earlier incarnation's MLflow run (a requeued batch
         job's), which is set RUNNING again and taken on instead if it is ``SCHEDULED`` (an
         incarnation that failed, or a run deleted since, is not continued: a new run is made)."""
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = uninterrupted_client(tracking_uri)
         if continued is not None:
             taken = cls._continue(cfg, client, tracking_uri, continued)
             if taken is not None:
@@ -230,7 +249,8 @@ class MLflowRun:
         """Stop the system metrics and end the run ``FINISHED``, ``FAILED`` or ``KILLED``
         (``SCHEDULED``: a requeued job's incarnation, which the next continues)."""
         if self._monitor is not None:
-            self._monitor.finish()
+            with ctrl_c_deferred():  # its last samples are written from this thread
+                self._monitor.finish()
             self._monitor = None
         self.client.set_terminated(self.run_id, status=status)
         if self._environment_uri is None:

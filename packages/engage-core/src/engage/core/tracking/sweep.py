@@ -22,6 +22,7 @@ from engage.core.tracking.store import (
     resolve_experiment,
     resolve_tracking_uri,
 )
+from engage.core.tracking.uninterrupted import uninterrupted_client
 
 
 class MLflowSweepCallback(Callback):
@@ -47,8 +48,6 @@ class MLflowSweepCallback(Callback):
         self._previous_env: dict[str, str | None] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
         logger_cfg = config.get("logger") or {}
         try:
             # the launcher's refusal comes before the sweep's run exists
@@ -74,7 +73,7 @@ class MLflowSweepCallback(Callback):
             local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
             print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
             self.tracking_uri = local
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = uninterrupted_client(self.tracking_uri)
         name = resolve_experiment(logger_cfg.get("experiment"))
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
@@ -104,9 +103,7 @@ class MLflowSweepCallback(Callback):
         if self.run_id is not None:
             # at once: Hydra's basic sweeper raises the job's error after its batch, and the
             # sweep's end (where the parent gets its final status) never comes
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=self.tracking_uri)
+            client = uninterrupted_client(self.tracking_uri)
             # jobs in other processes (joblib's workers) count theirs apart: the store has them all
             failed = sum(1 for r in self._children(client) if r.info.status in ("FAILED", "KILLED"))
             client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"])))
@@ -123,9 +120,7 @@ class MLflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
             return
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = uninterrupted_client(self.tracking_uri)
         children = self._children(client)
         failed = sum(1 for r in children if r.info.status != "FINISHED")
         client.log_metric(self.run_id, "jobs", float(len(children)))
@@ -168,8 +163,6 @@ def end_open_sweep(previous_parent: str | None, status: str) -> None:
     parent = os.environ.get(PARENT_RUN_ENV)
     if not parent or parent == previous_parent:
         return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=os.environ.get(TRACKING_URI_ENV))
+    client = uninterrupted_client(os.environ.get(TRACKING_URI_ENV))
     if client.get_run(parent).info.status == "RUNNING":
         client.set_terminated(parent, status=status)

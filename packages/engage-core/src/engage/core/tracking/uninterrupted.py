@@ -1,15 +1,17 @@
-"""MLflow writes that Ctrl-C lets finish.
+"""MLflow calls that Ctrl-C lets finish.
 
 Ctrl-C raises ``KeyboardInterrupt`` at the next Python instruction of the main thread, which may
-lie inside an MLflow call to an SQLite store: between the statement that took the file's write
-lock and the code that would close it. SQLAlchemy then throws the connection away with its
-statement still open, so the lock stays held by a connection nobody can reach, and every later
-write of the process, the ``KILLED`` status included, waits for SQLite's 20 s busy timeout and
-fails with ``database is locked``. Seen: an ``engage run`` stopped with Ctrl-C that took over a
-minute to exit and left its run ``RUNNING``.
+lie inside an MLflow call to an SQLite store, a read as well as a write: between the statement
+that took a lock on the file and the code that would release it. SQLAlchemy then throws the
+connection away with its statement still open, so the lock stays held by a connection nobody can
+reach, and every later write of the process, the ``KILLED`` status included, waits for SQLite's
+20 s busy timeout and fails with ``database is locked``. Seen: an ``engage run`` stopped with
+Ctrl-C that took over a minute to exit and left its run ``RUNNING``.
 
-:class:`RunLogger` is Lightning's ``MLFlowLogger`` whose client lets every call finish first: a
-Ctrl-C that arrives during the call is raised as it returns (a write takes milliseconds).
+:func:`uninterrupted_client` and :class:`~engage.core.tracking.mlflow_run.RunLogger` (Lightning's
+``MLFlowLogger``) give ``MlflowClient`` objects whose calls a first Ctrl-C lets finish: it is raised as the call returns
+(an SQLite call takes milliseconds; an upload or a store that does not answer takes longer). A
+second Ctrl-C during the same call stops it at once.
 
 Example::
 
@@ -34,24 +36,31 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
-
 
 class _Deferring:
-    """The SIGINT handler while a call runs: it notes the signal for after the call."""
+    """The SIGINT handler while a call runs: the first signal is noted for after the call, a
+    second one is handed to the handler that was in place (stop now)."""
 
-    def __init__(self) -> None:
-        self.pending: Any = None
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.pending = False
+        self.frame: Any = None
 
     def __call__(self, signum: int, frame: Any) -> None:
-        self.pending = frame
+        if self.pending:
+            signal.signal(signal.SIGINT, self.previous)
+            self.pending = False
+            self.previous(signum, frame)
+            return
+        self.pending, self.frame = True, frame
 
 
 @contextlib.contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
     """Hold a Ctrl-C (``SIGINT``) that arrives in the block until the block ends, then hand it
-    to the handler that was in place (``KeyboardInterrupt`` by default). Outside the main thread,
-    or while ``SIGINT`` is ignored or left to the system, nothing changes."""
+    to the handler that was in place (``KeyboardInterrupt`` by default); a second Ctrl-C is
+    handed to it at once. Outside the main thread, or while ``SIGINT`` is ignored or left to the
+    system, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -59,14 +68,15 @@ def ctrl_c_deferred() -> Iterator[None]:
     if not callable(previous) or isinstance(previous, _Deferring):
         yield  # ignored, the system's, or already held by an enclosing block
         return
-    deferring = _Deferring()
+    deferring = _Deferring(previous)
     signal.signal(signal.SIGINT, deferring)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if deferring.pending is not None:
-            previous(signal.SIGINT, deferring.pending)
+        if signal.getsignal(signal.SIGINT) is deferring:
+            signal.signal(signal.SIGINT, previous)
+        if deferring.pending:
+            previous(signal.SIGINT, deferring.frame)
 
 
 class UninterruptedClient:
@@ -82,6 +92,8 @@ class UninterruptedClient:
         return self._client
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_client":
+            raise AttributeError(name)  # copy and pickle ask before ``_client`` is set
         attribute = getattr(self._client, name)
         if not callable(attribute):
             return attribute
@@ -94,15 +106,8 @@ class UninterruptedClient:
         return call
 
 
-class RunLogger(MLFlowLogger):
-    """Lightning's ``MLFlowLogger`` whose ``experiment`` (the ``MlflowClient`` every one of its
-    writes goes through, and :class:`~engage.core.tracking.mlflow_run.MLflowRun`'s) lets each
-    call finish before a Ctrl-C is raised."""
+def uninterrupted_client(tracking_uri: str | None = None) -> UninterruptedClient:
+    """An ``MlflowClient`` of ``tracking_uri`` whose calls Ctrl-C lets finish."""
+    from mlflow.tracking import MlflowClient
 
-    @property
-    def experiment(self) -> Any:
-        client = super().experiment
-        held = getattr(self, "_uninterrupted", None)
-        if held is None or held.wrapped is not client:
-            held = self._uninterrupted = UninterruptedClient(client)
-        return held
+    return UninterruptedClient(MlflowClient(tracking_uri=tracking_uri))
