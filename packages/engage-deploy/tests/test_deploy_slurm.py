@@ -616,6 +616,7 @@ def test_requeue_options_make_the_job_requeueable_with_its_warning_signal():
     assert flags(requeue=True, time="00:02:31") == ["--requeue", "--signal=B:USR1@90"]
     assert flags(requeue=True, time="1-0", requeue_signal_s=600)[1] == "--signal=B:USR1@600"
     assert flags(requeue=False, time="1") == ["--no-requeue"]  # no signal: any time limit
+    assert flags(requeue=True, time="0") == ["--requeue", "--signal=B:USR1@90"]  # 0: no time limit
 
 
 def test_slurm_time_limits_are_read_in_every_form_sbatch_takes():
@@ -623,7 +624,7 @@ def test_slurm_time_limits_are_read_in_every_form_sbatch_takes():
 
     forms = {"45": 2700, 45: 2700, "5:30": 330, "2:00:00": 7200, "3-0": 259200, "1-2:30": 95400, "0-0:0:9": 9}
     assert {value: time_limit_s(value) for value in forms} == forms
-    for none in (None, "UNLIMITED", "infinite", "", "soon", "1:2:3:4", "-5", "1:-2"):
+    for none in (None, "UNLIMITED", "infinite", "", "0", 0, "00:00:00", "0-0", "soon", "1:2:3:4", "-5", "1:-2"):
         assert time_limit_s(none) is None, none
 
 
@@ -642,6 +643,7 @@ def test_slurm_array_options_are_checked_and_indices_written_as_ranges():
     assert (on.array_limit, off.array_limit, off.array_indices([0, 1])) == (3, 0, [])
     on._array_size = 4  # slurmctld's MaxArraySize: task ids 0 to 3
     assert on.array_indices([5, 0, 3, 4]) == [0, 3]
+    assert on.array_indices([1005, 1001, 1003, 1004]) == [1001, 1003, 1004]  # task ids from the first
     assert _ranges([0, 1, 2, 5, 7, 8, 10]) == "0-2,5,7-8,10" and _ranges([4]) == "4"
 
 

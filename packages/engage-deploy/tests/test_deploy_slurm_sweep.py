@@ -218,6 +218,36 @@ def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slu
         time.sleep(0.3)
 
 
+def test_a_later_launchs_array_counts_its_tasks_from_zero(slurm_cluster, tmp_path, monkeypatch):
+    """Jobs 1001 to 1003 of a sweep (a sweeper's later launch), past the default MaxArraySize of
+    1001: one array of tasks 0 to 2, task t running job 1001 + t and logging to its folder."""
+    from engage.deploy.infrastructure import Infrastructure
+    from engage.deploy.providers.slurm import SlurmProvider
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    infra = Infrastructure.from_dict(
+        {"provider": "slurm", "layers": [{"name": "slurm", "hosts": 2}], "options": {"partition": "nodes"}}
+    )
+    provider = SlurmProvider(infra, tmp_path)
+    provider.deploy()
+    try:
+        indices = [1001, 1002, 1003]
+        assert provider.array_indices(indices) == indices
+        folders = {index: tmp_path / "jobs" / str(index) for index in indices}
+        for folder in folders.values():
+            folder.mkdir(parents=True)
+        command = ["sh", "-c", 'echo "task $SLURM_ARRAY_TASK_ID runs ${1##*/}"', "job"]
+        jobs = provider.run_array(command, folders, limit=2, cwd=tmp_path)
+        assert [jobs[index].wait(timeout=60) for index in indices] == [0, 0, 0]
+        array_ids = {jobs[index].job_id.split("_")[0] for index in indices}
+        assert len(array_ids) == 1  # one sbatch
+        for task, index in enumerate(indices):
+            assert jobs[index].job_id.endswith(f"_{task}")
+            assert (folders[index] / "stdout.log").read_text() == f"task {task} runs {index}\n"
+    finally:
+        provider.destroy()
+
+
 def test_a_job_whose_sbatch_is_under_way_when_the_sweep_ends_is_cancelled(slurm_cluster, tmp_path, monkeypatch):
     """Ctrl-C while a job thread waits for ``sbatch``: ``destroy`` knows the job already, Slurm's
     answer is cancelled at once, and nothing is submitted after ``destroy``."""

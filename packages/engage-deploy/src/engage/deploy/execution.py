@@ -298,14 +298,14 @@ class JobExecution:
 
     def _submit_array(self, jobs: Sequence[SweepJob]) -> dict[int, Submitted]:
         """The first attempt of ``jobs`` as one job array (one ``sbatch``), at most the
-        provider's array limit (and ``parallelism``, when set) running at once; jobs whose index
-        the array cannot hold are left to their threads, which submit them one by one."""
+        provider's array limit (and ``parallelism``, when set) running at once; jobs past the
+        array's size are left to their threads, which submit them one by one."""
         limit = self._array_limit()
         indices = self.provider.array_indices([job.index for job in jobs])
         if len(indices) < len(jobs):
             message = (
-                f"{len(jobs) - len(indices)} jobs submitted one by one: their indices are past the batch "
-                "system's largest job array task id (Slurm's MaxArraySize)"
+                f"{len(jobs) - len(indices)} jobs submitted one by one: the launch has more jobs than one job "
+                f"array holds (Slurm's MaxArraySize, {len(indices)} here)"
             )
             log.warning("engage launcher: %s", message)
             self.report.warnings.append(message)

@@ -83,8 +83,8 @@ SIGNAL_RESOLUTION_S = 60
 def time_limit_s(value: Any) -> int | None:
     """A Slurm time limit (``--time``) in seconds: ``minutes``, ``minutes:seconds``,
     ``hours:minutes:seconds``, ``days-hours``, ``days-hours:minutes`` or
-    ``days-hours:minutes:seconds``; ``None`` for none, ``UNLIMITED`` or ``INFINITE``, and for a
-    value sbatch would refuse (its own check says so).
+    ``days-hours:minutes:seconds``; ``None`` for none, ``UNLIMITED``, ``INFINITE`` or zero (no
+    limit, for sbatch), and for a value sbatch would refuse (its own check says so).
 
     Example::
 
@@ -112,7 +112,8 @@ def time_limit_s(value: Any) -> int | None:
         hours, minutes, seconds = 0, *fields
     else:
         hours, minutes, seconds = fields
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return total or None
 
 
 def _options(infrastructure: Infrastructure) -> dict[str, Any]:
@@ -436,32 +437,41 @@ class SlurmProvider(Provider):
         cwd: str | os.PathLike[str] | None = None,
     ) -> dict[int, SlurmJob]:
         """Submit jobs as one job array with one ``sbatch``: ``folders`` maps each job's index to
-        its folder (``<jobs>/<index>``, one parent for all), the index becomes the task's id and
-        its task runs ``command`` and its folder, logging to the folder's ``stdout.log`` and
-        ``stderr.log``; at most ``limit`` tasks run at once (the array's ``%``). Returns the job
-        of each index (all below :meth:`array_indices`' bound). A refused ``sbatch`` fails every
-        task, its words in each job's stderr log."""
+        its folder (``<jobs>/<index>``, one parent for all). Task ``t`` is the job of index
+        ``first + t`` (``first``, the smallest index: a later launch of a sweep starts its
+        array at task 0 too), runs ``command`` and its job's folder, and logs to the folder's
+        ``stdout.log`` and ``stderr.log`` (through ``<jobs>/array-<first>-<last>/<t>``, a link
+        to the folder, for Slurm's ``%a``); at most ``limit`` tasks run at once (the array's
+        ``%``). Returns the job of each index (all within :meth:`array_indices`' bound). A
+        refused ``sbatch`` fails every task, its words in each job's stderr log."""
         from engage.deploy.slurm.executor import sbatch, slurm_path, step_environment
 
         if self._states is None:
             raise ProviderError("slurm: run_array() before deploy()")
         indices = sorted(folders)
         if self.array_indices(indices) != indices:
-            raise ProviderError(f"slurm: task ids of a job array stay below MaxArraySize={self._max_array_size()}")
+            raise ProviderError(f"slurm: an array's task ids stay below MaxArraySize={self._max_array_size()}")
         if not indices:
             return {}
         roots = {Path(folders[index]).parent for index in indices}
         if len(roots) != 1 or any(Path(folders[index]).name != str(index) for index in indices):
             raise ProviderError(f"slurm: an array's job folders are named by their index, in one folder: {folders}")
         (root,) = roots
-        stem = f"array-{indices[0]}-{indices[-1]}"
-        task = f'{shlex.quote(str(root) + os.sep)}"$SLURM_ARRAY_TASK_ID"'
+        first = indices[0]
+        stem = f"array-{first}-{indices[-1]}"
+        links = root / stem
+        links.mkdir(exist_ok=True)
+        for index in indices:
+            link = links / str(index - first)
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / str(index))
+        task = f'{shlex.quote(str(root) + os.sep)}"$(({first} + SLURM_ARRAY_TASK_ID))"'
         script = self._script(root / f"{stem}.sbatch", command, task)
         name = f"engage-job-{stem}-{self.token}"
         throttle = f"%{limit}" if 0 < limit < len(indices) else ""
         # %a: each task logs to its job's folder (``%`` itself written %% in the folder's path)
-        tasks = Path(f"{slurm_path(root)}/%a")
-        array = f"--array={_ranges(indices)}{throttle}"
+        tasks = Path(f"{slurm_path(links)}/%a")
+        array = f"--array={_ranges([index - first for index in indices])}{throttle}"
         argv = self._sbatch_argv(name, tasks / "stdout.log", tasks / "stderr.log", cwd, script, array, escape=False)
         jobs = dict(zip(indices, self._register(name, [root / str(index) / "stdout.log" for index in indices])))
         if next(iter(jobs.values())).returncode is not None:  # destroyed meanwhile: never submitted
@@ -473,7 +483,7 @@ class SlurmProvider(Provider):
                 with open(root / str(index) / "stderr.log", "a") as handle:
                     handle.write(refusal + "\n")
             else:
-                job.submitted_as(f"{array_id}_{index}")
+                job.submitted_as(f"{array_id}_{index - first}")
         return jobs
 
     def cancel_pending(self, jobs: Sequence[Any]) -> None:
@@ -486,12 +496,13 @@ class SlurmProvider(Provider):
             scancel("--state=PENDING", *ids)
 
     def array_indices(self, indices: Sequence[int]) -> list[int]:
-        """Those of ``indices`` below slurmctld's ``MaxArraySize`` (``scontrol show config``),
-        the bound on task ids; the launcher submits the others one by one."""
-        if not self.array_limit:
+        """Those of ``indices`` that one array holds: task ids count from the smallest index and
+        stay below slurmctld's ``MaxArraySize`` (``scontrol show config``); the launcher submits
+        the others one by one."""
+        if not self.array_limit or not indices:
             return []
-        bound = self._max_array_size()
-        return sorted(index for index in indices if index < bound)
+        first, bound = min(indices), self._max_array_size()
+        return sorted(index for index in indices if index - first < bound)
 
     def _max_array_size(self) -> int:
         if self._array_size is None:
