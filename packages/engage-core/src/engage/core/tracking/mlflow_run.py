@@ -2,7 +2,7 @@
 
 :class:`MLflowRun` creates the run (in the experiment and store the user chose, under a sweep's
 parent run when there is one, with a name that says what it is), hands Lightning an
-``MLFlowLogger`` bound to it (whose writes Ctrl-C lets finish: :mod:`.uninterrupted`), logs each
+``MLFlowLogger`` bound to it (whose calls Ctrl-C lets finish: :mod:`.uninterrupted`), logs each
 config value once under its config path with what a replay needs (config, overrides, command,
 environment), runs MLflow's own system-metrics monitor on it (GPU metrics too where
 ``nvidia-ml-py`` is installed), logs the last and best checkpoints as artifacts, and ends it

@@ -8,10 +8,10 @@ reach, and every later write of the process, the ``KILLED`` status included, wai
 20 s busy timeout and fails with ``database is locked``. Seen: an ``engage run`` stopped with
 Ctrl-C that took over a minute to exit and left its run ``RUNNING``.
 
-:func:`uninterrupted_client` and :class:`~engage.core.tracking.mlflow_run.RunLogger` (Lightning's
-``MLFlowLogger``) give ``MlflowClient`` objects whose calls a first Ctrl-C lets finish: it is raised as the call returns
-(an SQLite call takes milliseconds; an upload or a store that does not answer takes longer). A
-second Ctrl-C during the same call stops it at once.
+:func:`uninterrupted_client` and :class:`~engage.core.tracking.mlflow_run.RunLogger`
+(Lightning's ``MLFlowLogger``) give ``MlflowClient`` objects whose calls a first Ctrl-C lets
+finish: it is raised as the call returns (an SQLite call takes milliseconds; an upload or a store
+that does not answer takes longer). A second Ctrl-C during the same call stops it at once.
 
 Example::
 
