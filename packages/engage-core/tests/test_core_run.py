@@ -166,11 +166,10 @@ def test_a_fit_whose_training_loop_never_ran_fails_and_records_its_online_run(tm
     assert len(runs[0].data.tags["engage.online_run_id"]) == 32  # failed runs name their online state too
 
 
-@pytest.mark.slow
-def test_ctrl_c_during_training_ends_the_run_killed(tmp_path):
-    """Lightning turns Ctrl-C into its own shutdown and exit(1): the MLflow run is KILLED, not FAILED."""
+def _stopped_midway(tmp_path, signum):
+    """``engage run`` sent ``signum`` once training has taken a step: its exit status, its
+    stderr and the statuses of its MLflow runs."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -187,11 +186,36 @@ def test_ctrl_c_during_training_ends_the_run_killed(tmp_path):
     deadline = time.time() + 120
     while not list(run_dir.rglob("last.ckpt")) and run.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # training has taken a step
-    run.send_signal(signal.SIGINT)
+    run.send_signal(signum)
     _, err = run.communicate(timeout=60)
-    assert run.returncode != 0, err[-2000:]
     _, runs = _runs(tmp_path)
-    assert [r.info.status for r in runs] == ["KILLED"], err[-2000:]
+    return run.returncode, err, [r.info.status for r in runs]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_ends_the_run_killed(tmp_path):
+    """Lightning turns Ctrl-C into its own shutdown and exit(1): the MLflow run is KILLED, not FAILED,
+    and the program says so in one line and ends by the signal."""
+    import signal
+
+    code, err, statuses = _stopped_midway(tmp_path, signal.SIGINT)
+    assert code == -signal.SIGINT, err[-2000:]  # ended by the signal, as a shell expects
+    assert err.rstrip().splitlines()[-1] == "engage run: interrupted (Ctrl-C)", err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert statuses == ["KILLED"], err[-2000:]
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_ends_the_run_killed_and_says_so(tmp_path):
+    """``scancel`` or a supervisor's SIGTERM: Lightning stops the fit at the next step; the run is
+    KILLED, the line names SIGTERM (not Ctrl-C) and the program ends by SIGTERM."""
+    import signal
+
+    code, err, statuses = _stopped_midway(tmp_path, signal.SIGTERM)
+    assert code == -signal.SIGTERM, err[-2000:]
+    assert err.rstrip().splitlines()[-1] == "engage run: terminated (SIGTERM)", err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert statuses == ["KILLED"], err[-2000:]
 
 
 @pytest.mark.slow

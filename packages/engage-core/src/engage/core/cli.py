@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -29,7 +31,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
 
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
-    from engage.core.run import RunFailed, task
+    from engage.core.run import RunFailed, Terminated, task
     from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
     from engage.core.tracking.sweep import end_open_sweep
 
@@ -55,7 +57,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
     try:
         app()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         end_open_sweep(parent, "KILLED")
         raise
     except SystemExit as exc:  # the task's own exit codes (2, 3, 4) and Hydra's
@@ -307,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = argparse.Namespace(command=name, args=argv[1:])
     else:
         namespace = parser.parse_args(argv)
+    from engage.core.run import Terminated
+
     try:
         return int(command.run(namespace) or 0)
     except KeyboardInterrupt as exc:
@@ -316,6 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"engage {name}: interrupted (Ctrl-C)", file=sys.stderr)
             sys.excepthook = _interrupted_quietly
         raise
+    except Terminated as exc:
+        # one line; then the process ends by the signal that stopped it, as a batch system or
+        # a supervisor that sent it expects
+        print(f"engage {name}: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        return 128 + exc.signum  # where the signal does not end the process
 
 
 def _interrupted_quietly(kind: type[BaseException], error: BaseException, traceback: Any) -> None:

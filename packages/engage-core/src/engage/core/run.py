@@ -50,6 +50,22 @@ class Requeued(Exception):
     checkpoint and continues the same MLflow run, which is ``SCHEDULED`` meanwhile."""
 
 
+class Terminated(BaseException):
+    """The run was stopped by a signal other than Ctrl-C (``SIGTERM``: ``scancel``, a batch
+    system's time limit, a supervisor); its MLflow run is ``KILLED``. A ``BaseException``, as
+    ``KeyboardInterrupt`` is: nothing that catches errors takes it for one. ``engage`` ends by
+    the same signal, after one line naming it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        import signal
+
+        return f"terminated ({signal.Signals(self.signum).name})"
+
+
 def _fail(line: str, exit_code: int) -> NoReturn:
     """Print ``line``; exit with ``exit_code`` (a single run) or raise :class:`RunFailed` (a job of a sweep)."""
     from hydra.types import RunMode

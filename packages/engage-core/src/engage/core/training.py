@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import flatten, get_plugin_manager
-from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, console
+from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
     UNAVAILABLE_FIX,
@@ -333,8 +334,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     except BaseException as exc:
         if isinstance(exc, SystemExit) and getattr(trainer, "interrupted", False):
+            status = "KILLED"
+            if getattr(trainer, "received_sigterm", False):
+                # Lightning stops a fit at the step after a SIGTERM with SIGTERMException
+                error = "terminated (SIGTERM)"
+                raise Terminated(signal.SIGTERM) from None
             # Lightning ends a fit that Ctrl-C interrupted with exit(1), after its own shutdown
-            status, error = "KILLED", "interrupted"
+            error = "interrupted"
             raise KeyboardInterrupt from None
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
