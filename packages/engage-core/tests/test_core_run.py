@@ -166,6 +166,33 @@ def test_a_fit_whose_training_loop_never_ran_fails_and_records_its_online_run(tm
     assert len(runs[0].data.tags["engage.online_run_id"]) == 32  # failed runs name their online state too
 
 
+def test_sigterm_outside_a_fit_raises_terminated_and_inside_one_is_left_to_lightning():
+    import os
+    import signal
+
+    from engage.core.run import Terminated, sigterm_raises_terminated
+
+    previous = sigterm_raises_terminated()
+    try:
+        with pytest.raises(Terminated, match=r"^terminated \(SIGTERM\)$"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # where the signal lands
+                pass
+        ours, called = signal.getsignal(signal.SIGTERM), []
+
+        def lightnings(signum, frame):  # Lightning's handler during a fit calls the one before it
+            called.append(signum)
+            ours(signum, frame)
+
+        signal.signal(signal.SIGTERM, lightnings)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+        assert called == [signal.SIGTERM]  # and nothing raised: Lightning stops at its next step
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _stopped_midway(tmp_path, signum):
     """``engage run`` sent ``signum`` once training has taken a step: its exit status, its
     stderr and the statuses of its MLflow runs."""
@@ -175,8 +202,11 @@ def _stopped_midway(tmp_path, signum):
     import time
 
     run_dir = tmp_path / "run"
-    args = [*TINY, "data.policy=fifo", "trainer.limit_train_batches=null", "checkpoint_every_n_steps=1",
-            f"hydra.run.dir={run_dir}", "+callbacks.pace._target_=engage_test_pace.Pace"]  # fmt: skip
+    # 40 paced steps: a signal sent at the first checkpoint, however late on a loaded machine,
+    # lands while training still has steps to take (Lightning acts on SIGTERM at the next one)
+    args = [*TINY, "simulator.steps=40", "data.policy=fifo", "trainer.limit_train_batches=null",
+            "checkpoint_every_n_steps=1", f"hydra.run.dir={run_dir}",
+            "+callbacks.pace._target_=engage_test_pace.Pace"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")}
     env.pop("MLFLOW_TRACKING_URI", None)
     run = subprocess.Popen(

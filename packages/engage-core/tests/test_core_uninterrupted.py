@@ -34,6 +34,27 @@ def test_a_call_interrupted_midway_ends_then_raises(default_ctrl_c):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_sigterm_the_program_handles_is_held_as_ctrl_c_is():
+    class Stopped(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    steps = []
+    try:
+        with pytest.raises(Stopped):
+            with ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10_000):
+                    pass
+                steps.append("ended")
+        assert steps == ["ended"] and signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_second_ctrl_c_stops_the_call_at_once(default_ctrl_c):
     steps = []
     with pytest.raises(KeyboardInterrupt):

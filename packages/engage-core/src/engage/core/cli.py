@@ -31,7 +31,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
 
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
-    from engage.core.run import RunFailed, Terminated, task
+    from engage.core.run import RunFailed, Terminated, sigterm_raises_terminated, task
     from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
     from engage.core.tracking.sweep import end_open_sweep
 
@@ -55,6 +55,8 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     # run's overrides: engage.core.training)
     sys.argv = [program, *namespace.args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
+    # SIGTERM between a sweep's jobs too: its parent run ends KILLED
+    previous_sigterm = sigterm_raises_terminated()
     try:
         app()
     except (KeyboardInterrupt, Terminated):
@@ -76,6 +78,8 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
             _hydra_report(exc)
         return code
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         sys.argv = saved_argv
         _set_env("HYDRA_FULL_ERROR", saved_full_error)
         for name, value in saved_sweep.items():

@@ -4,7 +4,9 @@ an exit code."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
@@ -61,9 +63,22 @@ class Terminated(BaseException):
         self.signum = signum
 
     def __str__(self) -> str:
-        import signal
-
         return f"terminated ({signal.Signals(self.signum).name})"
+
+
+def sigterm_raises_terminated() -> Any:
+    """From here, a SIGTERM raises :class:`Terminated`, except inside Lightning's fit and
+    validation, where Lightning's own handler (which calls this one too) stops them at their
+    next step; returns the handler it replaces (to be put back), or ``None`` outside the main
+    thread, which cannot set one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is terminated:  # not called by Lightning's handler
+            raise Terminated(signum)
+
+    return signal.signal(signal.SIGTERM, terminated)
 
 
 def _fail(line: str, exit_code: int) -> NoReturn:

@@ -34,7 +34,7 @@ from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import flatten, get_plugin_manager
-from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console
+from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console, sigterm_raises_terminated
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
     UNAVAILABLE_FIX,
@@ -43,6 +43,7 @@ from engage.core.tracking.store import (
     default_tracking_uri,
     resolve_tracking_uri,
 )
+from engage.core.tracking.uninterrupted import ctrl_c_deferred
 
 #: in a run's output folder: its MLflow run (id and store), which a requeued incarnation takes on
 RUN_FILE = "engage-mlflow-run.json"
@@ -309,6 +310,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
     if os.environ.get("LOCAL_RANK", "0") == "0":
         os.environ[RANK_STARTER_ENV] = str(os.getpid())  # what ranks started from here check
+    previous_sigterm = sigterm_raises_terminated()
     try:
         if tracked is not None:
             manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
@@ -332,6 +334,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except Requeued as exc:
         status, error = "SCHEDULED", str(exc)  # the next incarnation takes the run on
         raise
+    except Terminated as exc:
+        status, error = "KILLED", str(exc)  # outside a fit (which stops at its next step)
+        raise
     except BaseException as exc:
         if isinstance(exc, SystemExit) and getattr(trainer, "interrupted", False):
             status = "KILLED"
@@ -345,28 +350,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        try:
-            metrics = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
-            }
-            if tracked is not None:
-                try:
-                    # the id naming the online run's own journal, caches and folder, failed runs' too
-                    online_run = getattr(datamodule, "run_id", None)
-                    if online_run:
-                        tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
-                    tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
-                    if status not in ("KILLED", "SCHEDULED"):  # Ctrl-C does not wait for uploads, nor a requeue
-                        for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
-                            console.print(f"engage run: {line}", highlight=False, markup=False)
-                    # observers add their records while the run is still open
-                    record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
-                    manager.hook.engage_run_finished(record=record)
-                finally:
-                    manager.unregister(timeline)
-                    tracked.close(status)
-        finally:
-            leave_distributed(distributed_env)
+        # the run's record is completed and closed whole: a signal meanwhile is raised after it
+        with ctrl_c_deferred():
+            try:
+                metrics = {
+                    k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+                }
+                if tracked is not None:
+                    try:
+                        # the id naming the online run's own journal, caches and folder, failed runs' too
+                        online_run = getattr(datamodule, "run_id", None)
+                        if online_run:
+                            tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
+                        tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
+                        if status not in ("KILLED", "SCHEDULED"):  # Ctrl-C does not wait for uploads, nor a requeue
+                            for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
+                                console.print(f"engage run: {line}", highlight=False, markup=False)
+                        # observers add their records while the run is still open
+                        record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
+                        manager.hook.engage_run_finished(record=record)
+                    finally:
+                        manager.unregister(timeline)
+                        tracked.close(status)
+            finally:
+                leave_distributed(distributed_env)
+                if previous_sigterm is not None:
+                    signal.signal(signal.SIGTERM, previous_sigterm)
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         # the counts MLflow holds: recorded when training ended (simulations without a budget go on

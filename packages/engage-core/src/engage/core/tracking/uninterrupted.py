@@ -1,4 +1,4 @@
-"""MLflow calls that Ctrl-C lets finish.
+"""MLflow calls that Ctrl-C (and a handled SIGTERM) lets finish.
 
 Ctrl-C raises ``KeyboardInterrupt`` at the next Python instruction of the main thread, which may
 lie inside an MLflow call to an SQLite store, a read as well as a write: between the statement
@@ -36,19 +36,22 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+#: the signals a call holds: Ctrl-C, and the SIGTERM a run turns into an exception of its own
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class _Deferring:
-    """The SIGINT handler while a call runs: the first signal is noted for after the call, a
-    second one is handed to the handler that was in place (stop now)."""
+    """A held signal's handler while a call runs: the first signal is noted for after the call,
+    a second one is handed to the handler that was in place (stop now)."""
 
-    def __init__(self, previous: Any) -> None:
-        self.previous = previous
+    def __init__(self, signum: int, previous: Any) -> None:
+        self.signum, self.previous = signum, previous
         self.pending = False
         self.frame: Any = None
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.pending:
-            signal.signal(signal.SIGINT, self.previous)
+            signal.signal(self.signum, self.previous)
             self.pending = False
             self.previous(signum, frame)
             return
@@ -57,26 +60,28 @@ class _Deferring:
 
 @contextlib.contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (``SIGINT``) that arrives in the block until the block ends, then hand it
-    to the handler that was in place (``KeyboardInterrupt`` by default); a second Ctrl-C is
-    handed to it at once. Outside the main thread, or while ``SIGINT`` is ignored or left to the
-    system, nothing changes."""
+    """Hold a Ctrl-C (``SIGINT``), or a ``SIGTERM`` the program handles itself, that arrives in
+    the block until the block ends, then hand it to the handler that was in place
+    (``KeyboardInterrupt`` for Ctrl-C by default); a second one is handed to it at once. Outside
+    the main thread, or for a signal ignored or left to the system, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous) or isinstance(previous, _Deferring):
-        yield  # ignored, the system's, or already held by an enclosing block
-        return
-    deferring = _Deferring(previous)
-    signal.signal(signal.SIGINT, deferring)
+    held: list[_Deferring] = []
+    for signum in HELD_SIGNALS:
+        previous = signal.getsignal(signum)
+        if callable(previous) and not isinstance(previous, _Deferring):  # else: ignored, the system's, or held
+            held.append(_Deferring(signum, previous))
+            signal.signal(signum, held[-1])
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGINT) is deferring:
-            signal.signal(signal.SIGINT, previous)
-        if deferring.pending:
-            previous(signal.SIGINT, deferring.frame)
+        for deferring in held:
+            if signal.getsignal(deferring.signum) is deferring:
+                signal.signal(deferring.signum, deferring.previous)
+        for deferring in held:
+            if deferring.pending:
+                deferring.previous(deferring.signum, deferring.frame)
 
 
 class UninterruptedClient:
