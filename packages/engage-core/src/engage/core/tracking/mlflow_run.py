@@ -81,11 +81,10 @@ class RunLogger(MLFlowLogger):
 
     @property
     def experiment(self) -> Any:
-        with ctrl_c_deferred():  # the first access creates the client and reads the run
-            client = super().experiment
         held = self.__dict__.get("_uninterrupted")
-        if held is None or held.wrapped is not client:
-            held = self._uninterrupted = UninterruptedClient(client)
+        if held is None:  # the first access (on each copy) creates the client and reads the run
+            with ctrl_c_deferred():
+                held = self._uninterrupted = UninterruptedClient(super().experiment)
         return held
 
     def __getstate__(self) -> dict[str, Any]:
