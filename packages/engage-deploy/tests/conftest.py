@@ -62,6 +62,7 @@ def slurm_cluster(tmp_path_factory):
             controller_address=provider.launcher_address(),
             slurmd_timeout_s=5,
             kill_wait_s=5,
+            message_timeout_s=3,
             # ended jobs stay known for the whole session: a test may read one that ended minutes ago
             min_job_age_s=1800,
         )
