@@ -1,10 +1,15 @@
-"""What the job runner restores of a task function that travelled by value."""
+"""What the job runner restores of a task function that travelled by value, and how it ends when
+its job is terminated."""
 
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import traceback
 import types
+from pathlib import Path
 
 from engage.deploy import runner
 
@@ -49,3 +54,29 @@ def test_without_a_file_or_for_another_module_nothing_changes() -> None:
     before = traceback_module_function.__code__.co_filename
     runner.name_source_file(task, __file__)
     assert traceback_module_function.__code__.co_filename == before
+
+
+TERMINATED_JOB = """
+import sys
+from engage.core.run import Terminated
+from engage.deploy import runner
+
+def terminated(job_dir):
+    raise Terminated(15)  # what engage run raises on a SIGTERM outside its fit
+
+runner.run = terminated
+sys.exit(runner.main([sys.argv[1]]))
+"""
+
+
+def test_a_terminated_job_says_so_in_one_line_and_ends_by_its_signal(tmp_path: Path) -> None:
+    """scancel or a time limit while the job's engage run records its run: the job's log ends with
+    one line, not a traceback, and the process ends by SIGTERM as the batch system expects."""
+    for name in ("job.pkl", "job.json"):
+        (tmp_path / name).write_bytes(b"")
+    done = subprocess.run(
+        [sys.executable, "-c", TERMINATED_JOB, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "engage runner: terminated (SIGTERM)", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

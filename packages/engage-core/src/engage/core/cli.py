@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -325,13 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.excepthook = _interrupted_quietly
         raise
     except Terminated as exc:
-        # one line; then the process ends by the signal that stopped it, as a batch system or
-        # a supervisor that sent it expects
-        print(f"engage {name}: {exc}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        signal.signal(exc.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), exc.signum)
-        return 128 + exc.signum  # where the signal does not end the process
+        return exc.end_process(f"engage {name}")
 
 
 def _interrupted_quietly(kind: type[BaseException], error: BaseException, traceback: Any) -> None:

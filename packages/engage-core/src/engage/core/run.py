@@ -4,6 +4,7 @@ an exit code."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -64,6 +65,16 @@ class Terminated(BaseException):
 
     def __str__(self) -> str:
         return f"terminated ({signal.Signals(self.signum).name})"
+
+    def end_process(self, who: str) -> int:
+        """Print ``<who>: terminated (SIGTERM)`` and end this process by the signal that stopped it,
+        as a batch system or a supervisor that sent it expects; returns ``128 + signum`` where the
+        signal does not end the process."""
+        print(f"{who}: {self}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        signal.signal(self.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), self.signum)
+        return 128 + self.signum
 
 
 def sigterm_raises_terminated() -> Any:

@@ -234,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not all((Path(args[0]) / name).is_file() for name in ("job.pkl", "job.json")):
         print("usage: python -m engage.deploy.runner JOB_DIR (a folder holding job.pkl and job.json)", file=sys.stderr)
         return EXIT_RUNNER_ERROR
+    from engage.core.run import Terminated
+
     try:
         return run(Path(args[0]))
+    except Terminated as exc:  # SIGTERM (scancel, a time limit) while engage run recorded its run
+        return exc.end_process("engage runner")
     except Exception:
         traceback.print_exc()
         return EXIT_RUNNER_ERROR
