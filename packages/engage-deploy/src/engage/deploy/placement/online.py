@@ -43,7 +43,14 @@ Every node keeps a fractional allocation ``y`` in ``{0 <= y <= 1, Σ size·y <= 
 6. with ``max_moves``, keep the copies held and load at most that many of the rounded
    allocation's new copies per slot, those with ``p >= 1/2`` only, most likely first, each
    evicting only less likely copies (the marginals then lag behind ``p``; without a limit the
-   rounding is used as drawn).
+   rounding is used as drawn); and make those moves only when the allocation they lead to
+   gains more than the one held on the slot's requests, else keep the held copies and the
+   slot's allowance. A move budget makes the integral allocation a slow walk, and a step of
+   that walk drawn from ``p`` may land on copies worth less than those it replaces: on the
+   benchmark's 50-node tree under shifting popularity, the move-limited policy reached 0.897
+   of the best static integral allocation with 1,394 moves without this check, 0.968 with 40
+   moves with it. The policy without a move limit, which draws afresh each slot, is left as
+   the paper has it.
 
 Each node steps with its own ``η_{n,t} = eta / (G_{n,t} √t)`` (``G_{n,t}`` the largest
 ``|g_i / s_i|`` that node has seen so far), as a node of the distributed policy knows only its
@@ -436,7 +443,17 @@ class OnlineSolver(PlacementSolver):
             self.y = model.project(z, floor=self.epsilon)
         self.marginals = self._marginals()
         x = dep_round(self.marginals, model.share, model.node_of, self.rng)
-        self.x = self._limit_moves(x, self.x)
+        if self.max_moves is None:
+            self.x = x
+            return self.x
+        self._credit = min(self._credit + self.max_moves, max(1.0, self.max_moves))
+        credit, held = self._credit, self.x
+        x = self._limit_moves(x, held)
+        if model.gain(x, demand) <= model.gain(held, demand):
+            # moves that gain nothing on the requests just seen are not made: the slot's
+            # allowance is kept for a move that does
+            x, self._credit = held, credit
+        self.x = x
         return self.x
 
     def _marginals(self) -> np.ndarray:
@@ -447,11 +464,8 @@ class OnlineSolver(PlacementSolver):
         """Under a move budget, start from the copies held and load, most likely first, the
         rounded allocation's new copies the budget allows, each evicting less likely held copies
         of its node (never more likely ones) to make room."""
-        if self.max_moves is None:
-            return x
         assert self.model is not None and self.marginals is not None and self.y is not None
         model, y, state = self.model, self.marginals, self.y
-        self._credit = min(self._credit + self.max_moves, max(1.0, self.max_moves))
         new = np.flatnonzero((x > 0.5) & (held < 0.5) & (y >= 0.5))  # moves go to likely copies only
         x = np.where((held < 0.5) & (y < 0.5), 0.0, x)
         if len(new) <= math.floor(self._credit + 1e-9):
