@@ -332,7 +332,7 @@ def plot(reg: dict, path: Path) -> None:
     t = np.asarray([p["T"] for p in reg["points"]])
     fig, ax = plt.subplots(figsize=(6, 4))
     curves = (
-        ("regret", "rounded policy"),
+        ("regret", "rounded, no move limit"),
         ("regret_unfilled", "rounded, without filling free memory"),
         ("regret_limited", "rounded, move limit (online)"),
         ("regret_fractional", "fractional state"),
