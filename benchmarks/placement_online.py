@@ -12,9 +12,10 @@ that memory binds), and three seeded request traces over their classes:
 Every policy holds an allocation in each slot before seeing the slot's requests, and is scored by
 the gain of :class:`engage.deploy.placement.online.ThresholdGain` (weighted cost saved per second
 against serving everything in the cloud). Policies: the online policy (``--moves`` copies per
-slot, made only when they gain on the slot's requests), without a move limit, without a move
-limit and without filling free memory before rounding (``online-unfilled``), and from CP-SAT's
-first plan with ``--fewer-moves`` per slot;
+slot, made only when they gain on the slot's requests), the same making every move it draws
+(``online-unchecked``), without a move limit, without a move limit and without filling free
+memory before rounding (``online-unfilled``), and from CP-SAT's first plan with
+``--fewer-moves`` per slot;
 greedy re-solved every K slots on the mean rates of the last K (slot 0: its own rates);
 CP-SAT solved once on slot 0; CP-SAT re-solved every K slots warm-started from the plan in force
 with ``max_moves`` = K x the online budget; the best static fractional allocation in hindsight
@@ -23,8 +24,9 @@ piecewise-linear) and the best static integral allocation (the same as a MILP, S
 
 Regret ``R_T = Σ_t g_t(x*) - Σ_t E[g_t(x_t)]`` on the adversarial trace for T = 50 ... 1000, with
 ``x*`` the best static fractional allocation on the first T slots, the expectation over three
-seeds of the policy without move limit (and of the policy with ``--moves``, its fractional state
-and without filling); the log-log slope of ``R_T / T``. Also the per-slot time
+seeds of the policy without move limit (its rounded allocation, its fractional state, and its
+rounded allocation without filling) and of the policy with ``--moves``; the log-log slope of
+``R_T / T``. Also the per-slot time
 of the policy on a 200-node tree.
 
 Run: ``python benchmarks/placement_online.py`` (about 5 minutes on 2 cores; ``--quick``: 20 nodes,
@@ -142,8 +144,10 @@ def best_static(gain: ThresholdGain, rates: np.ndarray, integral: bool, limit_s:
     }
 
 
-def run_online(gain: ThresholdGain, problem, rates, *, max_moves, seed, eta, previous=None, fill=True) -> dict:
-    solver = OnlineSolver(seed=seed, max_moves=max_moves, eta=eta, fill=fill)
+def run_online(
+    gain: ThresholdGain, problem, rates, *, max_moves, seed, eta, previous=None, fill=True, check_moves=True
+) -> dict:
+    solver = OnlineSolver(seed=seed, max_moves=max_moves, eta=eta, fill=fill, check_moves=check_moves)
     solver.start(problem, previous)
     solver.model = gain
     gains, fractional, moves = [], [], 0
@@ -211,6 +215,9 @@ def one_tree(nodes: int, models: int, seed: int, args) -> dict:
         rows = {}
         online = run_online(gain, problem, rates, max_moves=args.moves, seed=seed, eta=args.eta)
         rows["online"] = online
+        rows["online-unchecked"] = run_online(
+            gain, problem, rates, max_moves=args.moves, seed=seed, eta=args.eta, check_moves=False
+        )
         rows["online-no-limit"] = run_online(gain, problem, rates, max_moves=None, seed=seed, eta=args.eta)
         rows["online-unfilled"] = run_online(gain, problem, rates, max_moves=None, seed=seed, eta=args.eta, fill=False)
         for name in ("greedy", "cpsat-once", "cpsat-periodic"):

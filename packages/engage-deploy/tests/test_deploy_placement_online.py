@@ -200,6 +200,21 @@ def test_under_a_move_limit_a_slots_moves_are_made_only_when_they_gain() -> None
     assert moves > 0 and gains[-1] > 1.1 * gains[0], (moves, gains[0], gains[-1])
 
 
+def test_a_slots_moves_that_lose_are_not_made_and_its_allowance_is_kept(monkeypatch) -> None:
+    problem = random_tree_problem(nodes=12, models=4, seed=4)
+    solver = OnlineSolver(seed=0, max_moves=0.5)
+    gain = solver.start(problem)
+    demand = {(r.node, r.model): r.rate for r in problem.requests}  # a mapping, as solve() passes it
+    held = solver.x.copy()
+    assert gain.gain(held, demand) > 0
+    monkeypatch.setattr(solver, "_limit_moves", lambda x, held: np.zeros_like(held))  # a draw that loses
+    for _ in range(3):
+        assert np.array_equal(solver.step(demand), held)
+    assert solver._credit == 1.0  # half a move a slot, carried over up to one move: none spent
+    solver.check_moves = False  # the walk as drawn: the losing draw is made
+    assert not solver.step(demand).any()
+
+
 def test_filling_free_memory_never_lowers_an_entry_nor_breaks_a_budget() -> None:
     gain = ThresholdGain(random_tree_problem(nodes=10, models=5, seed=2))
     y = gain.project(np.random.default_rng(1).uniform(0.001, 0.3, len(gain)), floor=1e-3)

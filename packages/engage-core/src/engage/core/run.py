@@ -68,7 +68,8 @@ class Terminated(BaseException):
 
     def end_process(self, who: str) -> int:
         """Print ``<who>: terminated (SIGTERM)`` and end this process by the signal that stopped it,
-        as a batch system or a supervisor that sent it expects; returns ``128 + signum`` where the
+        as a batch system or a supervisor that sent it expects: at once, without the interpreter's
+        exit handlers (the run's record is complete by then); returns ``128 + signum`` where the
         signal does not end the process."""
         print(f"{who}: {self}", file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -234,15 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not all((Path(args[0]) / name).is_file() for name in ("job.pkl", "job.json")):
         print("usage: python -m engage.deploy.runner JOB_DIR (a folder holding job.pkl and job.json)", file=sys.stderr)
         return EXIT_RUNNER_ERROR
-    from engage.core.run import Terminated
-
     try:
         return run(Path(args[0]))
-    except Terminated as exc:  # SIGTERM (scancel, a time limit) while engage run recorded its run
-        return exc.end_process("engage runner")
     except Exception:
         traceback.print_exc()
         return EXIT_RUNNER_ERROR
+    except BaseException as exc:
+        # SIGTERM (scancel, a time limit) while engage run recorded its run: one line, then the
+        # process ends by that signal; engage.core.run is imported only by a job that ran it
+        core_run = sys.modules.get("engage.core.run")
+        if core_run is not None and isinstance(exc, core_run.Terminated):
+            return exc.end_process("engage runner")
+        raise
 
 
 if __name__ == "__main__":

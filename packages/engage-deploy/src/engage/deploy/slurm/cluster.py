@@ -150,12 +150,13 @@ class LocalSlurmCluster:
                     "TaskPlugin=task/none",
                     "SelectType=select/cons_tres",
                     "SelectTypeParameters=CR_Core",
-                    # start batch jobs at the scheduler's next pass (each second) rather than up to 3 s
-                    # later, Slurm's default: six 0.5 s jobs on two CPUs took 7.1 s, now 2.7 s
+                    # start batch jobs at the scheduler's next pass rather than up to 3 s later,
+                    # Slurm's default: six 0.5 s jobs on two CPUs took 7.1 s, now 2.7 s (the waves
+                    # were allocated 3 s apart, now about 1 s)
                     "SchedulerParameters=batch_sched_delay=0",
                     f"SlurmdTimeout={self.slurmd_timeout_s}",
-                    # how long slurmctld waits on any one message; its pings of a node that died
-                    # wait this long too: a node failure took 24 s to see with 10 s, 10 s with 3 s
+                    # how long slurmctld and the commands wait on a message; measured here, a killed
+                    # node was marked down 24 s after with 10 s (Slurm's default), 10 s with 3 s
                     f"MessageTimeout={self.message_timeout_s}",
                     # between SIGTERM and SIGKILL of a job's processes (cancelled, requeued, timed out)
                     f"KillWait={self.kill_wait_s}",
@@ -226,8 +227,9 @@ class LocalSlurmCluster:
 
     def kill_node(self, name: str) -> None:
         """A power cut of node ``name``: its ``slurmd`` and every process in its namespace (the
-        jobs' too) are killed at once; slurmctld marks it down once its pings have gone unanswered for
-        ``SlurmdTimeout`` (about 10 s with a 5 s ``SlurmdTimeout`` and a 3 s ``MessageTimeout``)."""
+        jobs' too) are killed at once; slurmctld marks it down once it has not answered for
+        ``SlurmdTimeout`` (measured: about 10 s with a 5 s ``SlurmdTimeout`` and a 3 s
+        ``MessageTimeout``, 24 s with Slurm's default 10 s ``MessageTimeout``)."""
         ns = self._host(name).extra["netns"]
         proc = self._slurmd.pop(name)
         proc.kill()
