@@ -172,7 +172,7 @@ def test_sigterm_outside_a_fit_raises_terminated_and_inside_one_is_left_to_light
 
     from engage.core.run import Terminated, sigterm_raises_terminated
 
-    previous = sigterm_raises_terminated()
+    put_back = sigterm_raises_terminated()
     try:
         with pytest.raises(Terminated, match=r"^terminated \(SIGTERM\)$"):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -190,7 +190,7 @@ def test_sigterm_outside_a_fit_raises_terminated_and_inside_one_is_left_to_light
             pass
         assert called == [signal.SIGTERM]  # and nothing raised: Lightning stops at its next step
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        put_back()
 
 
 def _stopped_midway(tmp_path, signum):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -55,7 +54,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     sys.argv = [program, *namespace.args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's exceptions reach this function, to be put in one line
     # SIGTERM between a sweep's jobs too: its parent run ends KILLED
-    previous_sigterm = sigterm_raises_terminated()
+    put_back_sigterm = sigterm_raises_terminated()
     try:
         app()
     except (KeyboardInterrupt, Terminated):
@@ -77,8 +76,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
             _hydra_report(exc)
         return code
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        put_back_sigterm()
         sys.argv = saved_argv
         _set_env("HYDRA_FULL_ERROR", saved_full_error)
         for name, value in saved_sweep.items():

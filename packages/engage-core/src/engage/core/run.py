@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
@@ -78,19 +79,24 @@ class Terminated(BaseException):
         return 128 + self.signum
 
 
-def sigterm_raises_terminated() -> Any:
+def sigterm_raises_terminated() -> Callable[[], None]:
     """From here, a SIGTERM raises :class:`Terminated`, except inside Lightning's fit and
     validation, where Lightning's own handler (which calls this one too) stops them at their
-    next step; returns the handler it replaces (to be put back), or ``None`` outside the main
-    thread, which cannot set one."""
+    next step; returns the function that puts back the handler it replaced (outside the main
+    thread, which cannot set one, nothing is replaced)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return lambda: None
 
     def terminated(signum: int, frame: Any) -> None:
         if signal.getsignal(signal.SIGTERM) is terminated:  # not called by Lightning's handler
             raise Terminated(signum)
 
-    return signal.signal(signal.SIGTERM, terminated)
+    previous = signal.signal(signal.SIGTERM, terminated)
+
+    def put_back() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return put_back
 
 
 def _fail(line: str, exit_code: int) -> NoReturn:

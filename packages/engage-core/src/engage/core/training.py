@@ -310,7 +310,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
     if os.environ.get("LOCAL_RANK", "0") == "0":
         os.environ[RANK_STARTER_ENV] = str(os.getpid())  # what ranks started from here check
-    previous_sigterm = sigterm_raises_terminated()
+    put_back_sigterm = sigterm_raises_terminated()
     try:
         if tracked is not None:
             manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
@@ -374,8 +374,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         tracked.close(status)
             finally:
                 leave_distributed(distributed_env)
-                if previous_sigterm is not None:
-                    signal.signal(signal.SIGTERM, previous_sigterm)
+                put_back_sigterm()
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         # the counts MLflow holds: recorded when training ended (simulations without a budget go on
