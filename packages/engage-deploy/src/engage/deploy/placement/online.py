@@ -455,7 +455,7 @@ class OnlineSolver(PlacementSolver):
         self._credit = min(self._credit + self.max_moves, max(1.0, self.max_moves))
         credit, held = self._credit, self.x
         x = self._limit_moves(x, held)
-        if self.check_moves and model.gain(x, demand) <= model.gain(held, demand):
+        if self.check_moves and not np.array_equal(x, held) and model.gain(x, demand) <= model.gain(held, demand):
             # moves that gain nothing on the requests just seen are not made: the slot's
             # allowance is kept for a move that does
             x, self._credit = held, credit
