@@ -4,7 +4,8 @@ Online (``--part online``): each sampler chooses the simulations of an ``OnlineD
 DataModule ``engage run data=online`` uses: simulation processes streaming into the training
 buffer) while Lightning trains core's default surrogate (``HeatSurrogate``) for a fixed number of
 steps; the adaptive samplers are fed by their callbacks as in ``engage run`` (``LossDrivenSampling``
-for loss-driven and Breed sampling, ``ImageSimilaritySampling`` for image similarity). The buffer
+for loss-driven, Breed and loss-density sampling, telling each sample's squared relative error,
+``ImageSimilaritySampling`` for image similarity). The buffer
 is small and its samples leave after their share of the reads, so simulations wait for training
 and each new point is chosen from what the network has learnt by then. Problems: the 16x16 heat
 equation (smooth: the field is linear in its parameters) and the 1D viscous Burgers equation on 64
@@ -12,6 +13,9 @@ cells (a shock forms at low viscosity: the difficulty varies across the space). 
 simulations is a separate run with the same training steps; error: relative L2 of the whole
 trajectory on 32 held-out uniform simulations; 5 seeds, medians. From the curves: how many
 simulations each method needs to reach the scrambled Sobol' sequence's error at the nominal budget.
+On Burgers, ``informed_sobol`` is the Sobol' sequence made denser where the problem is known to
+be hard (the lowest viscosities): not a sampler anyone could run without that knowledge, but a
+yardstick of what moving the design towards the hard region buys at these budgets.
 
 Offline (``--part offline``), the second table: an active-learning loop outside Lightning:
 
@@ -64,12 +68,14 @@ from engage.core import ParameterSpace, UniformSampler
 from engage.core.data.simulated import SimulatedDataModule
 from engage.core.models.heat_surrogate import HeatSurrogate
 from engage.core.online import OnlineDataModule
+from engage.core.online.report import PER_SAMPLE_RELATIVE_LOSS
 from engage.core.simulators import HeatEquation
 from engage.core.simulators.burgers import ViscousBurgers
 from engage.sampling import (
     BreedSampler,
     ImageSimilaritySampler,
     LatinHypercubeSampler,
+    LossDensitySampler,
     LossDrivenSampler,
     SensitivityWeightedSampler,
     SobolSequenceSampler,
@@ -306,7 +312,33 @@ def callback_overhead(epochs: int, train_simulations: int) -> dict:
 FIXED = ("uniform", "lhs", "sobol_sequence")
 #: sensitivity-weighted sampling is left out online: its analysis runs every 1000 steps by default,
 #: after these runs end, so it would be a space-filling design with equal weights
-ADAPTIVE = ("loss_driven", "breed", "image_similarity")
+ADAPTIVE = ("loss_driven", "breed", "loss_density", "image_similarity")
+#: the samplers told the training losses (by ``LossDrivenSampling``)
+LOSS_AWARE = ("loss_driven", "breed", "loss_density")
+#: fixed designs told in advance where a problem is hard (problems that know it only): what knowing
+#: the hard region buys at most with such a design, a yardstick for the adaptive samplers
+INFORMED = ("informed_sobol",)
+
+
+class InformedSobol(SobolSequenceSampler):
+    """The scrambled Sobol' sequence with its points moved by ``towards_hard`` (a map of the unit
+    cube onto itself that is denser where the problem is known to be hard)."""
+
+    def __init__(self, space: ParameterSpace, seed: int, towards_hard) -> None:
+        super().__init__(space, seed=seed)
+        self.towards_hard = towards_hard
+
+    def _ask(self, n: int) -> np.ndarray:
+        return self.space.from_unit(self.towards_hard(self.space.to_unit(super()._ask(n))))
+
+
+def denser_at_low_viscosity(unit: np.ndarray, power: float = 2.5) -> np.ndarray:
+    """Burgers' hard region is its low viscosities (the shock): the unit log-viscosity ``u``
+    becomes ``u ** power`` (density proportional to ``u ** (1 / power - 1)``; with 2.5, 52% of the
+    points in the lowest fifth of log-viscosity against 20%); amplitude and phase are kept."""
+    moved = unit.copy()
+    moved[:, 0] = unit[:, 0] ** power
+    return moved
 
 
 class OnlineProblem:
@@ -316,8 +348,10 @@ class OnlineProblem:
     sampling should pay) or not (where it cannot, and must not cost).
     """
 
-    def __init__(self, name: str, simulator, varies: bool, width: int, steps: int):
+    def __init__(self, name: str, simulator, varies: bool, width: int, steps: int, towards_hard=None):
         self.name, self.simulator, self.varies, self.width, self.steps = name, simulator, varies, width, steps
+        #: where the problem is known to be hard, for :data:`INFORMED` designs (a map of unit points)
+        self.towards_hard = towards_hard
         self.space = simulator.space
         self._test: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -350,7 +384,14 @@ def online_problems() -> list[OnlineProblem]:
         # (Burgers: a model trained 1500 steps on 32 simulations has half the error of one on 16;
         # at 600 steps every budget left it near 0.5), at a few milliseconds a step
         OnlineProblem("heat", HeatEquation(grid=16, steps=10, dt=0.005), varies=False, width=16, steps=600),
-        OnlineProblem("burgers", ViscousBurgers(grid=64, steps=8), varies=True, width=64, steps=1500),
+        OnlineProblem(
+            "burgers",
+            ViscousBurgers(grid=64, steps=8),
+            varies=True,
+            width=64,
+            steps=1500,
+            towards_hard=denser_at_low_viscosity,
+        ),
     ]
 
 
@@ -359,9 +400,16 @@ def similarity_metric(simulator) -> str:
     return "ssim" if min(simulator.sample_shape) >= 3 else "nrmse"
 
 
-def online_sampler(method: str, space: ParameterSpace, seed: int, simulations: int, metric: str = "ssim"):
+def online_sampler(
+    method: str, space: ParameterSpace, seed: int, simulations: int, metric: str = "ssim", towards_hard=None
+):  # fmt: skip
     """The sampler of ``method`` as ``engage run sampler=NAME`` makes it (defaults), except the
-    Breed generation, sized to the budget so that a run sees several generations."""
+    Breed generation, sized to the budget so that a run sees several generations; ``informed_sobol``
+    needs the problem's ``towards_hard``."""
+    if method == "informed_sobol":
+        if towards_hard is None:
+            raise ValueError("informed_sobol needs a problem that knows where it is hard (towards_hard)")
+        return InformedSobol(space, seed, towards_hard)
     if method == "uniform":
         return UniformSampler(space, seed=seed)
     if method == "lhs":
@@ -372,15 +420,19 @@ def online_sampler(method: str, space: ParameterSpace, seed: int, simulations: i
         return LossDrivenSampler(space, seed=seed)
     if method == "breed":
         return BreedSampler(space, seed=seed, generation_size=max(4, simulations // 5), generations=4)
+    if method == "loss_density":
+        return LossDensitySampler(space, seed=seed)
     if method == "image_similarity":
         return ImageSimilaritySampler(space, seed=seed, metric=metric)
     raise ValueError(f"unknown method {method!r}")
 
 
 def online_callbacks(method: str, metric: str = "ssim") -> list[pl.Callback]:
-    """The callback that feeds ``method``'s sampler, at its default frequency (none for fixed designs)."""
-    if method in ("loss_driven", "breed"):
-        return [LossDrivenSampling()]
+    """The callback that feeds ``method``'s sampler, at its default frequency (none for fixed designs).
+    The loss-aware samplers are told each sample's squared relative error, the measure the
+    benchmark judges by (the surrogate returns it beside its loss)."""
+    if method in LOSS_AWARE:
+        return [LossDrivenSampling(output_key=PER_SAMPLE_RELATIVE_LOSS)]
     if method == "image_similarity":
         return [ImageSimilaritySampling(log_plots=False, metric=metric)]
     return []
@@ -392,7 +444,7 @@ def online_run(problem: OnlineProblem, method: str, seed: int, simulations: int,
     simulator, batch_size = problem.simulator, 32
     torch.manual_seed(seed)
     metric = similarity_metric(simulator)
-    sampler = online_sampler(method, problem.space, seed, simulations, metric)
+    sampler = online_sampler(method, problem.space, seed, simulations, metric, problem.towards_hard)
     samples = simulations * simulator.samples_per_run
     with tempfile.TemporaryDirectory(prefix="engage-sample-efficiency-") as workdir:
         datamodule = OnlineDataModule(
@@ -449,18 +501,24 @@ def online_benchmark(
     steps_scale: float,
     problems: list[str],
     methods: list[str],
+    previous: dict | None = None,
 ) -> dict:
     """``methods`` on ``problems`` through the online DataModule, each problem trained for its own
-    steps (times ``steps_scale``): the held-out error of every seed at each budget of simulations."""
+    steps (times ``steps_scale``): the held-out error of every seed at each budget of simulations.
+
+    The other methods of a problem in ``previous`` (the results file's problems) are kept when
+    they were measured with the same budgets, steps and seeds, so that one method can be measured
+    again, or added, without running the others."""
     out: dict = {}
     for problem in online_problems():
         if problem.name not in problems:
             continue
         problem.test_set()
         steps = max(1, round(problem.steps * steps_scale))
-        errors: dict[str, list[list[float]]] = {}
-        walls: dict[str, list[float]] = {}
+        errors, walls = kept_results((previous or {}).get(problem.name), budgets, steps, len(seeds), methods)
         for method in methods:
+            if method in INFORMED and problem.towards_hard is None:
+                continue  # the problem does not know where it is hard
             errors[method] = [[math.nan] * len(budgets) for _ in seeds]
             for s, seed in enumerate(seeds):
                 for b, simulations in enumerate(budgets):
@@ -474,6 +532,21 @@ def online_benchmark(
                     )
         out[problem.name] = summarize_online(problem, budgets, nominal, steps, errors, walls)
     return out
+
+
+def kept_results(
+    before: dict | None, budgets: list[int], steps: int, seeds: int, methods: list[str]
+) -> tuple[dict[str, list[list[float]]], dict[str, list[float]]]:
+    """The errors ``[seed][budget]`` and run times of a problem's methods other than ``methods``
+    from its previous summary, when that was measured with the same budgets, steps and seeds."""
+    errors: dict[str, list[list[float]]] = {}
+    walls: dict[str, list[float]] = {}
+    if before and (before["budgets"], before["steps"], before["seeds"]) == (budgets, steps, seeds):
+        for method, stats in before["methods"].items():
+            if method not in methods:
+                errors[method] = stats["per_seed"]
+                walls[method] = [stats["mean_run_s"]] if stats.get("mean_run_s") is not None else []
+    return errors, walls
 
 
 def summarize_online(
@@ -548,9 +621,10 @@ def plot_online(online: dict, path: Path) -> None:
         for method, stats in results["methods"].items():
             median = np.asarray(stats["median"])
             low, high = (np.asarray(q) for q in stats["quartiles"])
-            style = "--" if method in FIXED else "-"
-            ax.plot(budgets, median, style, marker="o", ms=3, label=method)
-            ax.fill_between(budgets, low, high, alpha=0.12)
+            style = "--" if method in FIXED else ":" if method in INFORMED else "-"
+            color = f"C{[*FIXED, *ADAPTIVE, *INFORMED].index(method) % 10}"  # one colour a method on every panel
+            ax.plot(budgets, median, style, marker="o", ms=3, label=method, color=color)
+            ax.fill_between(budgets, low, high, alpha=0.12, color=color)
         if results["sobol_error_at_nominal"] is not None:
             ax.axhline(results["sobol_error_at_nominal"], color="k", lw=0.8, ls=":", label="Sobol' sequence, nominal")
         ax.axvline(results["nominal_budget"], color="grey", lw=0.6)
@@ -655,7 +729,12 @@ def main() -> None:
         "runs (a few minutes), written to sample_efficiency_quick.json",
     )
     parser.add_argument("--problems", nargs="+", default=["heat", "burgers"], help="online problems to run")
-    parser.add_argument("--methods", nargs="+", default=[*FIXED, *ADAPTIVE], help="online samplers to run")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[*FIXED, *ADAPTIVE, *INFORMED],
+        help="online samplers to run (the others keep their figures from the results file)",
+    )
     parser.add_argument(
         "--overhead-epochs", type=int, default=30, help="epochs of 8 steps each callback is timed over (default 30)"
     )
@@ -675,7 +754,7 @@ def main() -> None:
     if "online" in parts:
         budgets, nominal, scale = ([8, 16, 20], 16, 0.5) if args.quick else ([8, 16, 32, 40], 32, 1.0)
         problems = {**results.get("online", {}).get("problems", {})}
-        problems.update(online_benchmark(seeds, budgets, nominal, scale, args.problems, args.methods))
+        problems.update(online_benchmark(seeds, budgets, nominal, scale, args.problems, args.methods, problems))
         results["online"] = {"problems": problems}
         results["online"]["targets"] = online_targets(results["online"])
     if "offline" in parts:

@@ -52,3 +52,36 @@ def test_an_online_run_trains_its_steps_and_feeds_the_adaptive_sampler(benchmark
     summary = benchmark.summarize_online(problem, [8, 16, 32], 32, problem.steps, errors)
     assert summary["sobol_error_at_nominal"] == 0.1 and summary["seeds"] == 3
     assert summary["methods"]["loss_driven"]["fraction_of_sobol_budget"] == 0.5
+
+
+def test_methods_run_again_replace_only_their_own_figures(benchmark):
+    before = {
+        "budgets": [8, 16],
+        "steps": 600,
+        "seeds": 2,
+        "methods": {
+            "sobol_sequence": {"per_seed": [[0.2, 0.1], [0.3, 0.2]], "mean_run_s": 4.0},
+            "loss_density": {"per_seed": [[0.5, 0.4], [0.6, 0.5]], "mean_run_s": 5.0},
+        },
+    }
+    errors, walls = benchmark.kept_results(before, [8, 16], 600, 2, ["loss_density"])
+    assert errors == {"sobol_sequence": [[0.2, 0.1], [0.3, 0.2]]} and walls == {"sobol_sequence": [4.0]}
+    # figures measured otherwise are not mixed with new ones
+    assert benchmark.kept_results(before, [8, 16], 300, 2, ["loss_density"]) == ({}, {})
+    assert benchmark.kept_results(before, [8, 16, 32], 600, 2, []) == ({}, {})
+    assert benchmark.kept_results(None, [8, 16], 600, 2, []) == ({}, {})
+
+
+def test_the_informed_design_is_the_sobol_sequence_denser_where_the_problem_is_hard(benchmark):
+    import numpy as np
+
+    from engage.core.simulators.burgers import ViscousBurgers
+
+    space = ViscousBurgers(grid=8, steps=2).space
+    informed = benchmark.online_sampler("informed_sobol", space, 0, 64, towards_hard=benchmark.denser_at_low_viscosity)
+    sequence = space.to_unit(benchmark.online_sampler("sobol_sequence", space, 0, 64).ask(64))
+    unit = space.to_unit(informed.ask(64))
+    np.testing.assert_allclose(unit[:, 0], sequence[:, 0] ** 2.5)  # viscosity: 52% in its lowest fifth
+    np.testing.assert_allclose(unit[:, 1:], sequence[:, 1:])  # amplitude and phase as the sequence
+    with pytest.raises(ValueError, match="towards_hard"):
+        benchmark.online_sampler("informed_sobol", space, 0, 64)

@@ -1,7 +1,7 @@
 """ENGAGE sampling: which simulations to run.
 
 Samplers (Latin hypercube, Sobol' sequence, SALib Sobol and Morris designs, loss-driven,
-Breed, sensitivity-weighted and image-similarity refinement) follow the :class:`engage.core.Sampler`
+loss-density, Breed, sensitivity-weighted and image-similarity refinement) follow the :class:`engage.core.Sampler`
 contract, so ``engage run sampler=NAME`` and the online DataModule's scheduler can use them.
 Lightning callbacks (:mod:`engage.sampling.callbacks`) analyse the model during training and steer
 the active sampler; :func:`active_learning` drives a sampler with a plain ``simulate`` function.
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         BreedSampler,
         ImageSimilaritySampler,
         LatinHypercubeSampler,
+        LossDensitySampler,
         LossDrivenSampler,
         MorrisSampler,
         SALibSobolSampler,
@@ -39,6 +40,7 @@ __all__ = [
     "BreedSampler",
     "ImageSimilaritySampler",
     "LatinHypercubeSampler",
+    "LossDensitySampler",
     "LossDrivenSampler",
     "MorrisSampler",
     "SALibSobolSampler",

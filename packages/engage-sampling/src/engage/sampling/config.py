@@ -167,6 +167,29 @@ class BreedConfig:
 
 
 @dataclass
+class LossDensityConfig:
+    """A scrambled Sobol' sequence made denser along each parameter where the told losses are high."""
+
+    _target_: str = "engage.sampling.samplers.loss_density.LossDensitySampler"
+    seed: int = "${seed}"  # type: ignore[assignment]
+    bins: int = 6
+    max_ratio: float = 4.0
+    prior: float = 2.0
+    alpha: float | None = 0.05
+    max_points: int = 100_000
+
+    def __post_init__(self) -> None:
+        _positive(self, "bins", 2)
+        _positive(self, "max_points")
+        if not self.max_ratio >= 1:
+            raise ConfigValueError("max_ratio", f"must be >= 1 (1: no warping), got {self.max_ratio}")
+        if not self.prior > 0:
+            raise ConfigValueError("prior", f"must be > 0 (pseudo-simulations per bin), got {self.prior}")
+        if self.alpha is not None and not 0 < self.alpha <= 1:
+            raise ConfigValueError("alpha", f"must be in (0, 1], or null to warp every parameter; got {self.alpha}")
+
+
+@dataclass
 class SensitivityWeightedConfig:
     """Weighted maximin space filling, weights from sensitivity analysis."""
 

@@ -18,6 +18,11 @@ SAMPLERS = {
     "morris": ("MorrisSampler", config.MorrisConfig, "SALib Morris trajectories for screening"),
     "loss_driven": ("LossDrivenSampler", config.LossDrivenConfig, "around high-loss points plus exploration"),
     "breed": ("BreedSampler", config.BreedConfig, "generations bred around the highest-loss simulations"),
+    "loss_density": (
+        "LossDensitySampler",
+        config.LossDensityConfig,
+        "Sobol' sequence made denser along each parameter where losses are high",
+    ),
     "sensitivity_weighted": (
         "SensitivityWeightedSampler",
         config.SensitivityWeightedConfig,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from engage.core.online.report import PER_SAMPLE_LOSS
+from engage.core.online.report import PER_SAMPLE_LOSS, PER_SAMPLE_RELATIVE_LOSS
 
 
 class HeatSurrogate(pl.LightningModule):
@@ -26,7 +25,9 @@ class HeatSurrogate(pl.LightningModule):
     Batches are mappings with ``parameters`` ``(B, d)`` in ``[0, 1]``, ``time`` ``(B, 1)`` in
     ``[0, 1]`` and ``target`` ``(B, H, W)`` (raw values). Targets are scaled to ``[0, 1]`` with
     ``value_range`` when given. Logs ``train/loss``, ``val/loss`` and ``val/rel_l2`` (relative L2
-    error of the field, the usual surrogate metric).
+    error of the field, the usual surrogate metric). ``training_step`` also returns each sample's
+    loss (``per_sample_loss``, the squared error in scaled units) and squared relative error
+    (``per_sample_relative_loss``), for a loss-aware sampler to be told either.
 
     Example::
 
@@ -98,31 +99,34 @@ class HeatSurrogate(pl.LightningModule):
         """Predicted field in the simulator's units."""
         return self(parameters, time) * self.scale + self.offset
 
-    def _step(self, batch, stage: str, per_sample: bool = False) -> Any:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's loss, and each sample's loss and squared relative error."""
         target = (batch["target"] - self.offset) / self.scale
         prediction = self(batch["parameters"], batch["time"])
-        sample_losses = (prediction - target).square().flatten(1).mean(dim=1)
+        squared_errors = (prediction - target).square().flatten(1)
+        sample_losses = squared_errors.mean(dim=1)
         loss = sample_losses.mean()
         self.log(
             f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=target.shape[0], sync_dist=stage != "train"
         )
+        # in the simulator's units: the offset is added back, the scale cancels
+        relative = squared_errors.sum(dim=1) / (target + self.offset / self.scale).square().flatten(1).sum(dim=1)
         if stage != "train":
-            error = (prediction - target).flatten(1).norm(dim=1) / (target + self.offset / self.scale).flatten(1).norm(
-                dim=1
-            )
+            error = relative.sqrt()
             self.log(f"{stage}/rel_l2", error.mean(), prog_bar=True, batch_size=target.shape[0], sync_dist=True)
-        return (loss, sample_losses) if per_sample else loss
+        return loss, sample_losses, relative
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        # each sample's loss too, free here: the simulation report and loss-driven sampling use it
-        loss, per_sample = self._step(batch, "train", per_sample=True)
-        return {"loss": loss, PER_SAMPLE_LOSS: per_sample.detach()}
+        # each sample's loss and relative error too, free here: the simulation report and
+        # loss-aware sampling read them
+        loss, per_sample, relative = self._step(batch, "train")
+        return {"loss": loss, PER_SAMPLE_LOSS: per_sample.detach(), PER_SAMPLE_RELATIVE_LOSS: relative.detach()}
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        return self._step(batch, "val")[0]
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._step(batch, "test")[0]
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

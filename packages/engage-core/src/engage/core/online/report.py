@@ -10,6 +10,10 @@ import numpy as np
 #: the key of a ``training_step`` output holding each sample's loss, ``(B,)`` (the convention of
 #: engage-sampling's loss-driven sampling, which reads it too)
 PER_SAMPLE_LOSS = "per_sample_loss"
+#: the key of a ``training_step`` output holding each sample's squared relative error, ``(B,)``:
+#: ``||prediction - target||^2 / ||target||^2`` in the simulator's units, the square of the relative
+#: L2 error surrogates are judged by (``LossDrivenSampling(output_key=...)`` tells it to a sampler)
+PER_SAMPLE_RELATIVE_LOSS = "per_sample_relative_loss"
 
 
 class SimulationReport(pl.Callback):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from engage.sampling.samplers.breed import BreedSampler
     from engage.sampling.samplers.image_similarity import ImageSimilaritySampler
     from engage.sampling.samplers.lhs import LatinHypercubeSampler
+    from engage.sampling.samplers.loss_density import LossDensitySampler
     from engage.sampling.samplers.loss_driven import LossDrivenSampler
     from engage.sampling.samplers.morris import MorrisSampler
     from engage.sampling.samplers.salib_sobol import SALibSobolSampler
@@ -25,6 +26,7 @@ SAMPLER_MODULES = {
     "BreedSampler": "engage.sampling.samplers.breed",
     "ImageSimilaritySampler": "engage.sampling.samplers.image_similarity",
     "LatinHypercubeSampler": "engage.sampling.samplers.lhs",
+    "LossDensitySampler": "engage.sampling.samplers.loss_density",
     "LossDrivenSampler": "engage.sampling.samplers.loss_driven",
     "MorrisSampler": "engage.sampling.samplers.morris",
     "SALibSobolSampler": "engage.sampling.samplers.salib_sobol",
@@ -37,6 +39,7 @@ __all__ = [
     "BreedSampler",
     "ImageSimilaritySampler",
     "LatinHypercubeSampler",
+    "LossDensitySampler",
     "LossDrivenSampler",
     "MorrisSampler",
     "SALibSobolSampler",
