@@ -182,8 +182,10 @@ def test_replicas_placed_by_the_engine_serve_the_model_while_it_trains(tmp_path:
     for row in figures["routes"]:
         assert row["answered"] >= 20, row
         # the links are as declared: the probes find the path a few milliseconds slower (the
-        # emulator's forwarding, HTTP), never the tens a wrong delay would add
-        assert 0 <= row["round_trip_probed_ms"] - row["round_trip_declared_ms"] <= 15, row
+        # emulator's forwarding, HTTP, the pacing of a field's answer: up to 9% of the round trip),
+        # never the 30 ms and more a wrong delay would add
+        declared = row["round_trip_declared_ms"]
+        assert 0 <= row["round_trip_probed_ms"] - declared <= 5 + 0.1 * declared, row
     assert within(figures), figures["routes"]
     for source in ("edge_near-1", "edge_far-1"):
         fog, cloud = routes[f"{source}>fog-1"], routes[f"{source}>cloud-1"]

@@ -267,19 +267,25 @@ def test_the_request_sender_refuses_bad_arguments_in_one_line(tmp_path: Path, ca
 
 
 def test_the_sender_probes_each_replica_on_a_kept_connection_less_the_replica_own_time() -> None:
-    """A probe that opened its connection measures nothing; the others give their time less
-    what the replica says it took (here 30 ms of its 35 ms)."""
+    """A probe is a request of the pool's size, sent as the requests are; one that opened its
+    connection, or that the replica did not time, measures nothing; the others give their time
+    less what the replica says it took (here 30 ms of its 35 ms)."""
     import http.server
+    import json
 
     from engage.deploy.serve.load import RequestGenerator
 
-    class Health(http.server.BaseHTTPRequestHandler):
+    bodies: list[tuple[str, bytes]] = []
+
+    class Replica(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # kept connections
 
-        def do_GET(self) -> None:
+        def do_POST(self) -> None:
+            bodies.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
             time.sleep(0.035)
             self.send_response(200)
-            self.send_header("x-engage-service-s", "0.030")
+            if len(bodies) % 4:  # every fourth answer untimed: its probe measures nothing
+                self.send_header("x-engage-service-s", "0.030")
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
@@ -287,7 +293,7 @@ def test_the_sender_probes_each_replica_on_a_kept_connection_less_the_replica_ow
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replica)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
@@ -296,5 +302,9 @@ def test_the_sender_probes_each_replica_on_a_kept_connection_less_the_replica_ow
     finally:
         server.shutdown()
     probes = generator.probes[url]
-    assert 2 <= len(probes) <= 8, probes  # one a round, the first (its connection opened) left out
+    # one a round; the first (its connection opened) and the untimed ones left out
+    assert 2 <= len(probes) <= len(bodies) - 1 - (len(bodies) // 4), (probes, len(bodies))
     assert all(0.0 <= p < 0.02 for p in probes), probes  # 35 ms less the 30 the replica took
+    inputs, _ = request(np.random.default_rng(0))
+    assert {path for path, _ in bodies} == {"/predict"}
+    assert all(json.loads(body) == json.loads(json.dumps({"inputs": inputs})) for _, body in bodies)

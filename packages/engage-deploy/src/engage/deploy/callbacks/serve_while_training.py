@@ -18,7 +18,7 @@ from engage.deploy.serving import ReplicaRecord, RouteRecord, ServingError, Serv
 
 #: examples of the held-out simulations the request sources draw from, at most
 POOL_SIZE = 512
-#: seconds between a source's ``/health`` probes of each replica it sends to (the path's round trip)
+#: seconds between a source's probes (requests of its pool) of each replica it sends to (the path's round trip)
 PROBE_S = 1.0
 
 
@@ -38,7 +38,7 @@ class ServeWhileTraining(pl.Callback):
     replica's service time is the median of what it said each answer took (from the request's
     arrival to the answer's first bytes: its queues, worker and model), under the load the
     requests met; the plan's placement problem, given these as ``measured`` figures and each
-    route's round trip as its source's ``/health`` probes measured it (every :data:`PROBE_S`
+    route's round trip as its source's probes measured it (every :data:`PROBE_S`
     seconds), predicts every route's latency
     (:class:`~engage.deploy.serve.record.ServingRecord`). MLflow gets one run per service under the trainer's run:
     ``replica HOST`` (service time, restarts, log) and ``requests HOST`` (latency over time,

@@ -84,10 +84,10 @@ class RequestGenerator:
     RateSchedule)``; a stream's requests are recorded under its name until :meth:`retarget` names
     another route) made by ``make_request``, sent with ``api_key``; ``seed`` fixes arrivals and
     inputs; ``max_in_flight`` requests at most are open at once. :attr:`sent` counts each stream's
-    requests so far. With ``probe_s``, every replica a stream is sent to gets a ``/health`` request
+    requests so far. With ``probe_s``, every replica a stream is sent to gets a probe request
     about that often, on a kept connection of its own, while requests are sent (:attr:`probes`,
-    see :meth:`_probe`): the path there and back with HTTP on both ends, measured apart from the
-    requests."""
+    see :meth:`_probe`): the path there and back with HTTP on both ends, for messages of the
+    requests' sizes, measured apart from the requests."""
 
     def __init__(
         self,
@@ -117,8 +117,10 @@ class RequestGenerator:
         #: requests on their way to each replica URL now
         self.in_flight: dict[str, int] = {}
         self.probe_s = probe_s
-        #: replica URL -> seconds each ``/health`` probe took (the path there and back, HTTP included)
+        #: replica URL -> seconds each probe took, less the replica's own time (the path there and
+        #: back, HTTP included)
         self.probes: dict[str, list[float]] = {}
+        self._probe_body: bytes | None = None  # one request of the pool, as every probe sends it
         self._key = api_key
         self._lock = threading.Lock()
         self._local = threading.local()  # each sending thread's open connections
@@ -201,10 +203,19 @@ class RequestGenerator:
         return self.results
 
     def _probe(self, stop: threading.Event, done: threading.Event) -> None:
-        """A ``/health`` request to every replica streams go to, every ``probe_s`` seconds, on
-        this thread's kept connections; a probe that opened its connection (its handshake's round
-        trip in it) or failed measures nothing. A probe's figure is its time less what the replica
-        says it took (its ``x-engage-service-s``): the path there and back, HTTP on both ends."""
+        """A request to every replica streams go to, every ``probe_s`` seconds, on this thread's
+        kept connections; a probe that opened its connection (its handshake's round trip in it),
+        failed or was not timed by the replica measures nothing. A probe's figure is its time less
+        what the replica says it took (its ``x-engage-service-s``): the path there and back, HTTP on
+        both ends.
+
+        The probe is a ``/predict`` request of one of the pool's examples, not a ``/health`` one:
+        the path's time depends on what it carries. The hosts' TCP paces an answer of several
+        segments (BBR, the kernel's default here, at a rate it estimates from the connection's
+        small, sparse messages), so a field's answer arrives later than a one-segment ``/health``
+        answer, by a share of the round trip: on the continuum test's routes, requests' paths
+        took 2 to 10 ms more than ``/health`` probes of the same paths (21 to 142 ms), the more
+        the longer the path."""
         while not (stop.wait(self.probe_s) or done.is_set()):
             with self._lock:
                 urls = sorted({url for _, url in self.targets.values()})
@@ -219,8 +230,10 @@ class RequestGenerator:
         for _attempt in range(2):
             try:
                 connection, opened = self._connection(url, timeout_s=min(self.timeout_s, 2.0))
+                body = self._probe_request()
                 began = time.monotonic()
-                connection.request("GET", "/health", headers={API_KEY_HEADER: self._key})
+                headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
+                connection.request("POST", "/predict", body=body, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 took = time.monotonic() - began
@@ -232,10 +245,18 @@ class RequestGenerator:
                 return None
             if response.will_close:
                 self._drop(url)
-            if response.status != 200 or opened:
+            service = _seconds(response.getheader(SERVICE_TIME_HEADER))
+            if response.status != 200 or opened or service is None:
                 return None
-            return took - (_seconds(response.getheader(SERVICE_TIME_HEADER)) or 0.0)
+            return took - service
         return None
+
+    def _probe_request(self) -> bytes:
+        """The body every probe sends: the pool's request for this generator's seed."""
+        if self._probe_body is None:
+            inputs, _ = self.make_request(np.random.default_rng(self.seed))
+            self._probe_body = json.dumps({"inputs": inputs}).encode()
+        return self._probe_body
 
     def _connection(self, url: str, timeout_s: float | None = None) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's open connection to ``url``, or a new one (``True``: opened now)."""
@@ -562,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take")
-    parser.add_argument("--probe-s", type=float, default=0.0, help="seconds between /health probes (0: none)")
+    parser.add_argument("--probe-s", type=float, default=0.0, help="seconds between probe requests (0: none)")
     parser.add_argument("--routes-file", default=None, help="routes to follow while running (see RouteTable)")
     parser.add_argument("--counts-file", default=None, help="where requests sent and in flight are reported")
     parser.add_argument("--out", required=True, help="where the results go (JSON)")

@@ -54,7 +54,7 @@ class ServingRecord:
         #: per source host, the seconds its sender takes to send a request once it is due
         self.sender_s: dict[str, float] = {}
         self.predicted_s: dict[str, float] = {}
-        #: per route, the median of its sender's ``/health`` probes of its replica, and the
+        #: per route, the median of its sender's probes of its replica, and the
         #: declared round trip it replaces in the prediction
         self.path_s: dict[str, float] = {}
         self.declared_s: dict[str, float] = {}
@@ -66,7 +66,7 @@ class ServingRecord:
         ``served``; each source's sending time, the median from a request's due time to its
         sending; each route's latency predicted from them: the placement problem's, given the
         service times as measured figures, plus its source's sending time, with the path's round
-        trip as its sender's ``/health`` probes measured it (:attr:`probes`) instead of the declared
+        trip as its sender's probes measured it (:attr:`probes`) instead of the declared
         one where there are probes (:attr:`service_s`, :attr:`sender_s`, :attr:`path_s`,
         :attr:`predicted_s`)."""
         from engage.deploy.placement import PlacementProblem
