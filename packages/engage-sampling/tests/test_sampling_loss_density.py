@@ -102,6 +102,50 @@ def test_losses_are_kept_per_simulation_and_a_failed_one_forgets_its_own():
     failed = SimulationRecord.create(SQUARE, 11, points[1], ask_index=1)
     assert sampler.simulation_failed(failed) is FailureAction.SUBSTITUTE
     assert sampler.loss_table()[1].tolist() == [1.0, 3.0, 4.0]
+    # its samples read after the failure (still in the buffer) tell nothing about it
+    sampler.tell(points[1:2], losses=[9.0], simulation_ids=[11])
+    assert sampler.loss_table()[1].tolist() == [1.0, 3.0, 4.0]
+    resumed = LossDensitySampler(SQUARE, seed=0, bins=2)
+    resumed.load_state_dict(copy.deepcopy(sampler.state_dict()))
+    resumed.tell(points[1:2], losses=[9.0], simulation_ids=[11])
+    assert resumed.loss_table()[1].tolist() == [1.0, 3.0, 4.0]
+
+
+def test_a_simulation_located_before_its_losses_are_told_is_placed_the_same_after_a_restore():
+    # online, a simulation often finishes before training reads its samples: its exact point
+    # (the record's) must survive a checkpoint taken in between
+    original = LossDensitySampler(SQUARE, seed=0, bins=2, alpha=None)
+    points = original.ask(8)
+    for i, point in enumerate(points):
+        original.simulation_finished(SimulationRecord.create(SQUARE, i, point, ask_index=i))
+    resumed = LossDensitySampler(SQUARE, seed=0, bins=2, alpha=None)
+    resumed.load_state_dict(copy.deepcopy(original.state_dict()))
+    told = np.round(points, 1)  # the batch's coarse parameters: not where the simulations are
+    for sampler in (original, resumed):
+        sampler.tell(told, losses=np.arange(1.0, 9.0), simulation_ids=np.arange(8))
+    np.testing.assert_array_equal(resumed.loss_table()[0], SQUARE.to_unit(points))
+    np.testing.assert_array_equal(resumed.densities(), original.densities())
+    np.testing.assert_array_equal(resumed.ask(5), original.ask(5))
+
+
+def test_the_test_is_corrected_for_the_number_of_parameters():
+    space = ParameterSpace.from_config({f"x{i}": {"low": 0.0, "high": 1.0} for i in range(10)})
+    rng = np.random.default_rng(4)
+    warped = 0
+    for seed in range(100):
+        sampler = LossDensitySampler(space, seed=seed)
+        sampler.tell(space.from_unit(rng.random((60, 10))), losses=rng.lognormal(0.0, 1.0, size=60))
+        warped += not (sampler.densities() == 1.0).all()
+    # any of ten parameters at alpha = 0.05 each would warp 40% of these samplers
+    assert warped <= 10
+
+
+def test_negative_losses_count_as_zero():
+    sampler = LossDensitySampler(SQUARE, seed=0, bins=2, alpha=None, prior=1e-9, max_ratio=10.0)
+    unit = np.array([[0.1, 0.5], [0.2, 0.5], [0.7, 0.5], [0.8, 0.5]])
+    sampler.tell(SQUARE.from_unit(unit), losses=[-1.0, -1.0, 3.0, 3.0])
+    # relative to the mean of the counted losses (1.5): 0 and 2, not 0 and 3
+    np.testing.assert_allclose(sampler.densities()[0], [0.1, 2.0])
 
 
 def test_a_restored_sampler_continues_exactly():
@@ -120,8 +164,10 @@ def test_a_restored_sampler_continues_exactly():
     ("key", "value", "message"),
     [
         ("bins", 1, "sampler.bins: must be >= 2"),
-        ("max_ratio", 0.5, "sampler.max_ratio: must be >= 1"),
-        ("prior", 0.0, "sampler.prior: must be > 0"),
+        ("max_ratio", 0.5, "sampler.max_ratio: must be finite and >= 1"),
+        ("prior", 0.0, "sampler.prior: must be finite and > 0"),
+        ("prior", float("inf"), "sampler.prior: must be finite and > 0"),
+        ("max_ratio", float("inf"), "sampler.max_ratio: must be finite and >= 1"),
         ("alpha", 1.5, "sampler.alpha: must be in (0, 1]"),
     ],
 )

@@ -6,6 +6,7 @@ reports as one line naming the key (``sampler.base_samples: must be a power of 2
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from engage.core.config.schema import ConfigValueError
@@ -181,10 +182,10 @@ class LossDensityConfig:
     def __post_init__(self) -> None:
         _positive(self, "bins", 2)
         _positive(self, "max_points")
-        if not self.max_ratio >= 1:
-            raise ConfigValueError("max_ratio", f"must be >= 1 (1: no warping), got {self.max_ratio}")
-        if not self.prior > 0:
-            raise ConfigValueError("prior", f"must be > 0 (pseudo-simulations per bin), got {self.prior}")
+        if not (math.isfinite(self.max_ratio) and self.max_ratio >= 1):
+            raise ConfigValueError("max_ratio", f"must be finite and >= 1 (1: no warping), got {self.max_ratio}")
+        if not (math.isfinite(self.prior) and self.prior > 0):
+            raise ConfigValueError("prior", f"must be finite and > 0 (pseudo-simulations per bin), got {self.prior}")
         if self.alpha is not None and not 0 < self.alpha <= 1:
             raise ConfigValueError("alpha", f"must be in (0, 1], or null to warp every parameter; got {self.alpha}")
 

@@ -12,7 +12,9 @@ import numpy as np
 PER_SAMPLE_LOSS = "per_sample_loss"
 #: the key of a ``training_step`` output holding each sample's squared relative error, ``(B,)``:
 #: ``||prediction - target||^2 / ||target||^2`` in the simulator's units, the square of the relative
-#: L2 error surrogates are judged by (``LossDrivenSampling(output_key=...)`` tells it to a sampler)
+#: L2 error surrogates are judged by (``LossDrivenSampling(output_key=...)`` tells it to a sampler).
+#: A target of zero norm gives ``inf``, which samplers ignore; a target near zero gives a very large
+#: value that outweighs its batch: for fields that cross zero, tell ``per_sample_loss`` instead
 PER_SAMPLE_RELATIVE_LOSS = "per_sample_relative_loss"
 
 

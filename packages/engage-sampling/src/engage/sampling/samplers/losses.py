@@ -43,6 +43,9 @@ class LossAverages:
         self._squares: dict[Key, float] = {}
         self._counts: dict[Key, int] = {}
         self._points: dict[Key, tuple[float, ...]] = {}  # where each point is, unit coordinates
+        # simulations that failed for good: losses still told for them (their samples read after
+        # the failure) are not counted; an ordered set, the oldest forgotten beyond max_points
+        self._failed: dict[int, None] = {}
 
     @staticmethod
     def keys(unit: np.ndarray | Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
@@ -67,7 +70,7 @@ class LossAverages:
         rows = self.keys(unit)
         keys: list[Key] = rows if simulation_ids is None else [int(i) for i in np.asarray(simulation_ids).reshape(-1)]
         for key, row, loss in zip(keys, rows, np.asarray(losses, dtype=np.float64).reshape(-1).tolist()):
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or key in self._failed:
                 continue
             self._points.setdefault(key, row)
             # popped and re-inserted: the most recently told points survive trimming
@@ -84,6 +87,8 @@ class LossAverages:
     def locate(self, simulation_id: int, unit_row: Sequence[float]) -> None:
         """Where a simulation is, exactly (its record's unit point: losses told from training
         batches carry single-precision parameters), whether its losses come before or after."""
+        if simulation_id in self._failed:
+            return
         self._points[simulation_id] = tuple(float(v) for v in unit_row)
         if len(self._points) > 2 * self.max_points:  # located, never told: the oldest go
             for key in [k for k in self._points if k not in self._sums][: len(self._points) - self.max_points]:
@@ -99,7 +104,11 @@ class LossAverages:
         return self._counts.get(key, 0)
 
     def forget(self, key: Key) -> None:
-        """Drop a point (its simulation failed)."""
+        """Drop a point (its simulation failed); a simulation's later losses are not counted."""
+        if isinstance(key, int):
+            self._failed[key] = None
+            while len(self._failed) > self.max_points:
+                del self._failed[next(iter(self._failed))]
         self._points.pop(key, None)
         self._sums.pop(key, None)
         self._squares.pop(key, None)
@@ -163,7 +172,8 @@ class LossAverages:
 
     def state_dict(self) -> dict[str, Any]:
         """Points, their simulation ids (``None``: keyed by the point), loss sums, sums of squares
-        and counts as plain lists (exact: sums, not means, are kept)."""
+        and counts as plain lists (exact: sums, not means, are kept); the simulations located and
+        not yet told, and those that failed."""
         keys = list(self._sums)
         return {
             "points": [list(self._points[k]) for k in keys],
@@ -171,6 +181,8 @@ class LossAverages:
             "sums": [self._sums[k] for k in keys],
             "squares": [self._squares.get(k, float("nan")) for k in keys],
             "counts": [self._counts[k] for k in keys],
+            "located": [[k, list(p)] for k, p in self._points.items() if k not in self._sums],
+            "failed": list(self._failed),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -184,3 +196,6 @@ class LossAverages:
         self._counts = {k: int(c) for k, c in zip(keys, state["counts"])}
         squares = state.get("squares") or [float("nan")] * len(keys)
         self._squares = {k: float(q) for k, q in zip(keys, squares)}
+        for key, point in state.get("located", []):
+            self._points[int(key)] = tuple(float(v) for v in point)
+        self._failed = dict.fromkeys(int(k) for k in state.get("failed", []))
