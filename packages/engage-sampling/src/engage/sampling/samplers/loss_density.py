@@ -10,19 +10,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import kruskal, qmc
+from scipy.stats import kruskal
 
-from engage.core.samplers.base import FailureAction, Sampler
+from engage.core.samplers.base import FailureAction
 from engage.core.space import ParameterSpace
 from engage.sampling.samplers.losses import LossAverages
+from engage.sampling.samplers.sobol_sequence import SobolSequenceSampler
 
 if TYPE_CHECKING:
     from engage.core.online.record import SimulationRecord
 
 
-class LossDensitySampler(Sampler):
-    """Consecutive points of one scrambled Sobol' sequence, each coordinate mapped so that the
-    points are denser where the simulations told so far were hard.
+class LossDensitySampler(SobolSequenceSampler):
+    """Consecutive points of one scrambled Sobol' sequence (a :class:`SobolSequenceSampler`), each
+    coordinate mapped so that the points are denser where the simulations told so far were hard.
 
     Each parameter's unit axis is cut into ``bins`` equal bins. A bin's *density* is the mean
     relative loss of the simulations whose points lie in it (each simulation's running-mean loss
@@ -76,8 +77,6 @@ class LossDensitySampler(Sampler):
         True
     """
 
-    failure_action = FailureAction.SUBSTITUTE
-
     def __init__(
         self,
         space: ParameterSpace,
@@ -88,7 +87,7 @@ class LossDensitySampler(Sampler):
         alpha: float | None = 0.05,
         max_points: int = 100_000,
     ):
-        super().__init__(space, seed)
+        super().__init__(space, seed, scramble=True)
         for name, value, minimum in (("bins", bins, 2), ("max_points", max_points, 1)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -103,10 +102,6 @@ class LossDensitySampler(Sampler):
         self.prior = float(prior)
         self.alpha = None if alpha is None else float(alpha)
         self._losses = LossAverages(int(max_points))
-        # a seedless sampler still needs one fixed engine seed to be resumable
-        self._engine_seed = int(seed) if seed is not None else int(self.rng.integers(2**63))
-        self._drawn = 0
-        self._engine = self._new_engine()
         self._density: np.ndarray | None = None  # computed once per change of the losses
 
     # ------------------------------------------------------------------ the density
@@ -163,16 +158,8 @@ class LossDensitySampler(Sampler):
         return warped
 
     # ------------------------------------------------------------------ sampler contract
-    def _new_engine(self) -> qmc.Sobol:
-        return qmc.Sobol(self.space.dim, scramble=True, rng=self._engine_seed)
-
     def _ask(self, n: int) -> np.ndarray:
-        with warnings.catch_warnings():
-            # balance holds for the whole stream at powers of two, not for each small batch
-            warnings.filterwarnings("ignore", message=".*balance properties of Sobol.*")
-            unit = self._engine.random(n)
-        self._drawn += n
-        return self.space.from_unit(self._warp(unit))
+        return self.space.from_unit(self._warp(self._next_unit(n)))
 
     def _tell(self, points: np.ndarray, losses: np.ndarray | None, outputs: Sequence[Any] | None) -> None:
         if losses is not None:
@@ -199,19 +186,9 @@ class LossDensitySampler(Sampler):
         return super().simulation_failed(record)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "loss_averages": self._losses.state_dict(),
-            "engine_seed": self._engine_seed,
-            "drawn": self._drawn,
-        }
+        return {**super().state_dict(), "loss_averages": self._losses.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._losses.load_state_dict(state["loss_averages"])
         self._density = None
-        self._engine_seed = int(state["engine_seed"])
-        self._drawn = int(state["drawn"])
-        self._engine = self._new_engine()
-        if self._drawn:
-            self._engine.fast_forward(self._drawn)

@@ -44,13 +44,17 @@ class SobolSequenceSampler(Sampler):
     def _new_engine(self) -> qmc.Sobol:
         return qmc.Sobol(self.space.dim, scramble=self.scramble, rng=self._engine_seed)
 
-    def _ask(self, n: int) -> np.ndarray:
+    def _next_unit(self, n: int) -> np.ndarray:
+        """The sequence's next ``n`` points in the unit cube."""
         with warnings.catch_warnings():
             # balance holds for the whole stream at powers of two, not for each small batch
             warnings.filterwarnings("ignore", message=".*balance properties of Sobol.*")
             unit = self._engine.random(n)
         self._drawn += n
-        return self.space.from_unit(unit)
+        return unit
+
+    def _ask(self, n: int) -> np.ndarray:
+        return self.space.from_unit(self._next_unit(n))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "engine_seed": self._engine_seed, "drawn": self._drawn}
