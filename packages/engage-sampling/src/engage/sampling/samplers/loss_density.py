@@ -43,9 +43,10 @@ class LossDensitySampler(SobolSequenceSampler):
     difficulty does not vary along a parameter, that parameter keeps the sequence's uniform
     coverage; with no significant parameter the sampler *is* the Sobol' sequence (``alpha=None``
     warps every parameter). Until ``2 * bins`` simulations have losses, every point is the
-    sequence's, and the test needs more than that: with 6 bins, 12 losses perfectly ordered by
-    bin give p = 0.056, 24 give 0.0004, so with three parameters (threshold 0.017) a parameter
-    is warped from somewhere between 13 and 24 losses on, later when one bin alone is hard.
+    sequence's, and the test needs more than that: with 6 bins, losses perfectly ordered by bin
+    give at best p = 0.056 from 12 of them, 0.012 from 16 and 0.0004 from 24, so with three
+    parameters (threshold 0.017) a parameter is warped from 16 losses on, later when they are
+    not so ordered (one hard bin alone).
 
     The losses are what :class:`~engage.sampling.LossDrivenSampling` tells, per simulation
     (running means, never matched by value); tell it the error you judge the network by (core's
@@ -58,7 +59,7 @@ class LossDensitySampler(SobolSequenceSampler):
     least ``bins / (1 + (bins - 1) * M**2)`` times the sequence's uniform share (``M`` is
     ``max_ratio``; 4.6 and 0.07 with the defaults), which bounds what adaptivity costs where it
     cannot help; warped parameters multiply their factors in the joint space. Bins cut the unit
-    axis evenly: an integer or categorical parameter whose values do not fall one a bin is
+    axis evenly: an integer or categorical parameter whose values do not fall one to a bin is
     warped by bins, not by value.
 
     A failed simulation leaves the loss table and the sampler proposes the sequence's next point
