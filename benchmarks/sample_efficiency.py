@@ -329,7 +329,7 @@ class InformedSobol(SobolSequenceSampler):
         self.towards_hard = towards_hard
 
     def _ask(self, n: int) -> np.ndarray:
-        return self.space.from_unit(self.towards_hard(self.space.to_unit(super()._ask(n))))
+        return self.space.from_unit(self.towards_hard(self._next_unit(n)))
 
 
 def denser_at_low_viscosity(unit: np.ndarray, power: float = 2.5) -> np.ndarray:
