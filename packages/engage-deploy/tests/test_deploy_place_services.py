@@ -1,14 +1,27 @@
-"""Workflow services onto hosts: CP-SAT placement under CPU and memory capacities, minimising slow-link traffic."""
+"""Workflow services onto hosts with the placement engine: CPU, memory and link rates as
+capacities, slow-link traffic as the cost, services and model variants sharing the nodes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from engage.deploy.infrastructure import Infrastructure
-from engage.deploy.placement.services import ServicePlacementError, place_services
+from engage.deploy.placement import (
+    CpSatSolver,
+    ExhaustiveSolver,
+    GreedySolver,
+    PlacementInfeasible,
+    PlacementProblem,
+    PlacementProblemError,
+)
+from engage.deploy.placement.online import OnlineSolver
+from engage.deploy.placement.plan import check_capacities
+from engage.deploy.placement.services import counts_of
+from engage.deploy.placement.workflow import ServicePlacementError, place_services, workflow_problem
 
 BASE = {
     "layers": [
@@ -31,7 +44,7 @@ BASE = {
         },
     ],
     "network": [
-        {"src": "edge", "dst": "cloud", "rate": "10mbit", "delay": "30ms"},
+        {"src": "edge", "dst": "cloud", "rate": "100mbit", "delay": "30ms"},
         {"src": "fog", "dst": "cloud", "rate": "1gbit", "delay": "2ms"},
     ],
 }
@@ -39,12 +52,14 @@ BASE = {
 
 def test_simulators_move_to_the_fast_link_when_the_trainer_host_is_full() -> None:
     plan = place_services(Infrastructure.from_dict(BASE))
-    assert plan.status == "OPTIMAL"
+    assert plan.status == "OPTIMAL" and plan.solver == "cp-sat"
     assert plan.assignment["trainer#1"] == "cloud-1"
     # the cloud host is full with the trainer; the fog host has the fast link to it
     assert plan.assignment["simulator#1"] == plan.assignment["simulator#2"] == "fog-1"
-    assert plan.slow_traffic_mbit == pytest.approx(40.0)  # over the 1gbit fog link, far cheaper than 10mbit
-    assert plan.cost == pytest.approx(40 * (1 / 1000 + 0.002), rel=1e-3)
+    assert plan.slow_traffic_mbit == pytest.approx(40.0)  # over the 1gbit fog link, far cheaper than 100mbit
+    assert plan.traffic_cost == pytest.approx(40 * (1 / 1000 + 0.002), rel=1e-6)
+    assert plan.objective == pytest.approx(plan.traffic_cost)
+    assert plan.per_node == {"cloud-1": ["trainer#1"], "fog-1": ["simulator#1", "simulator#2"]}
 
 
 def test_capacities_force_the_slow_link_and_infeasible_is_one_line() -> None:
@@ -53,17 +68,138 @@ def test_capacities_force_the_slow_link_and_infeasible_is_one_line() -> None:
     on_fog = [k for k, v in plan.assignment.items() if v == "fog-1"]
     assert len(on_fog) == 1  # one simulator fits the fog host; the other stays on the edge
     assert any(v.startswith("edge-") for v in plan.assignment.values())
+    assert plan.traffic_cost == pytest.approx(20 * (1 / 1000 + 0.002) + 20 * (1 / 100 + 0.03), rel=1e-6)
     data["layers"][0] = {**data["layers"][0], "cpu": 1}
+    with pytest.raises(ServicePlacementError, match="no placement fits: one copy of service 'trainer' needs 2 CPU"):
+        place_services(Infrastructure.from_dict(data))
+    data["layers"][0] = {**data["layers"][0], "cpu": 2}
     data["layers"][2] = {**data["layers"][2], "cpu": 0.5}
     with pytest.raises(ServicePlacementError, match="no placement fits") as info:
         place_services(Infrastructure.from_dict(data))
     assert "\n" not in str(info.value)
 
 
-def test_engage_place_command_on_a_shipped_infrastructure() -> None:
-    engage = [sys.executable, "-m", "engage.core.cli"]
-    proc = subprocess.run([*engage, "place", "netns_edge_cloud"], capture_output=True, text=True, timeout=120)
+def test_link_rates_are_capacities_for_the_services_traffic() -> None:
+    """A copy that would send more than its link carries goes elsewhere, or nothing fits, by name."""
+    data = {**BASE, "network": [{**BASE["network"][0], "rate": "10mbit"}, BASE["network"][1]]}
+    data["layers"] = [dict(BASE["layers"][0]), {**BASE["layers"][1], "cpu": 1}, BASE["layers"][2]]
+    # 20 mbit/s per simulator: the fog host takes one, the 10mbit edge link cannot take the other
+    with pytest.raises(ServicePlacementError, match="traffic exceeds the rate of constrained links"):
+        place_services(Infrastructure.from_dict(data))
+    with pytest.raises(ServicePlacementError, match="greedy: copy 2 of service 'simulator' fits nowhere"):
+        place_services(Infrastructure.from_dict(data), GreedySolver())
+    data["layers"][1] = {**data["layers"][1], "cpu": 2}
+    plan = place_services(Infrastructure.from_dict(data))
+    problem = workflow_problem(Infrastructure.from_dict(data))
+    assert check_capacities(problem, {}, counts_of(plan.assignment)) == []
+    moved = {**plan.assignment, "simulator#2": "edge-1"}
+    assert check_capacities(problem, {}, counts_of(moved)) == ["link edge-1 -> cloud-1: 20 mbit/s > 10"]
+
+
+def test_greedy_places_the_same_services_and_the_model_only_solvers_refuse_them() -> None:
+    problem = workflow_problem(Infrastructure.from_dict(BASE))
+    optimal, greedy = CpSatSolver().solve(problem), GreedySolver().solve(problem)
+    assert greedy.status == "HEURISTIC" and greedy.traffic_cost >= optimal.traffic_cost - 1e-12
+    assert greedy.assignment == optimal.assignment  # the fast link is the obvious choice here
+    for solver in (ExhaustiveSolver(), OnlineSolver()):
+        with pytest.raises(PlacementProblemError, match=r"places model variants only.*use the cpsat or greedy"):
+            solver.solve(problem)
+
+
+def test_layers_reach_each_other_directly_and_hosts_of_a_layer_freely() -> None:
+    """The netns provider shapes layer pairs: edge to fog crosses their own constraint, not cloud's."""
+    data = {**BASE, "network": [*BASE["network"], {"src": "edge", "dst": "fog", "rate": "50mbit", "delay": "5ms"}]}
+    problem = workflow_problem(Infrastructure.from_dict(data))
+    assert problem.root == "cloud-1"
+    assert problem.route("edge-1", "fog-1") == ("edge-1<->fog-1",)
+    assert problem.link("edge-1<->fog-1").delay == pytest.approx(0.005)
+    assert problem.route("edge-2", "cloud-1") == ("edge-2",)
+    assert problem.link("edge-1<->edge-2").delay == 0 and problem.link("edge-1<->edge-2").rate is None
+    # a tree without cross links routes through the nearest common node
+    tree = PlacementProblem(problem.nodes.values(), problem.links.values(), (), (), services=problem.services.values())
+    assert tree.route("edge-1", "fog-1") == ("edge-1", "fog-1")
+
+
+def test_services_and_models_share_a_node() -> None:
+    """A service's reserved memory and compute are what the model variants can no longer use."""
+    data = {
+        "nodes": [{"name": "cloud", "compute": 100}, {"name": "edge", "compute": 100, "memory": "1GiB"}],
+        "links": [{"src": "edge", "dst": "cloud", "delay": "20ms"}],
+        "models": [
+            {"name": "detector", "variants": [{"name": "small", "size": "600MiB", "accuracy": 0.8, "gflop": 5}]}
+        ],
+        "requests": [{"node": "edge", "model": "detector", "rate": 10}],
+    }
+    alone = CpSatSolver().solve(PlacementProblem.from_dict(data))
+    assert alone.placement["edge"] == ["detector/small"] and alone.latency_s == pytest.approx(0.05)
+    simulator = {"name": "simulator", "nodes": ["edge"], "memory": "512MiB"}
+    beside = CpSatSolver().solve(PlacementProblem.from_dict({**data, "services": [simulator]}))
+    assert beside.placement["edge"] == [] and beside.routes[0].node == "cloud"  # 600 + 512 MiB > 1 GiB
+    assert beside.assignment == {"simulator#1": "edge"}
+    # compute: 10 req/s x 5 GFLOP = 50 GFLOP/s fits 0.8 x (100 - 30) = 56 but not 0.8 x (100 - 40) = 48
+    for reserved, served_at in ((30, "edge"), (40, "cloud")):
+        busy = {"name": "simulator", "nodes": ["edge"], "compute": reserved}
+        for solver in (CpSatSolver(), GreedySolver()):
+            plan = solver.solve(PlacementProblem.from_dict({**data, "services": [busy]}))
+            assert plan.routes[0].node == served_at, (solver.name, reserved)
+    problem = PlacementProblem.from_dict({**data, "services": [simulator]})
+    again = PlacementProblem.from_dict(problem.to_dict())
+    assert again.services == problem.services and again.to_dict() == problem.to_dict()
+
+
+def test_bad_services_are_one_line_naming_the_field() -> None:
+    base = {"nodes": [{"name": "cloud", "compute": 4}]}
+    for services, expected in (
+        ([{"name": "a", "instances": 0}], r"services\[0\]\.instances: 0; give a whole number >= 1"),
+        (
+            [{"name": "a", "traffic": {"b": "1mbit"}}],
+            r"services\[0\]\.traffic: 'a' sends to 'b', which is not a service",
+        ),
+        ([{"name": "a", "nodes": ["fog"]}], r"services\[0\]\.nodes: 'fog' is not a node"),
+        ([{"name": "a", "compute": 8}], r"services\[0\]: 'a' fits on no node"),
+        ([{"name": "a", "speed": 1}], r"services\[0\]: unknown key 'speed'"),
+    ):
+        with pytest.raises(PlacementProblemError, match=expected) as info:
+            PlacementProblem.from_dict({**base, "services": services})
+        assert "\n" not in str(info.value)
+
+
+def test_engage_place_command_on_a_shipped_infrastructure(tmp_path) -> None:
+    engage = [sys.executable, "-m", "engage.core.cli", "place"]
+
+    def place(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*engage, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    proc = place("netns_edge_cloud", "--json", "--no-mlflow")
     assert proc.returncode == 0, proc.stderr
-    assert "cloud-1: trainer#1" in proc.stdout and "OPTIMAL" in proc.stdout
-    bad = subprocess.run([*engage, "place", "nowhere"], capture_output=True, text=True, timeout=120)
+    plan = json.loads(proc.stdout)
+    assert plan["assignment"]["trainer#1"] == "cloud-1" and plan["status"] == "OPTIMAL"
+    greedy = json.loads(place("netns_edge_cloud", "--json", "--no-mlflow", "--solver", "greedy").stdout)
+    assert greedy["solver"] == "greedy" and greedy["assignment"]["trainer#1"] == "cloud-1"
+    table = place("netns_edge_cloud", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert table.returncode == 0, table.stderr
+    assert "trainer#1" in table.stdout and "OPTIMAL" in table.stdout and "logged to MLflow run" in table.stderr
+    pareto = place("netns_edge_cloud", "--pareto", "latency,energy", "--no-mlflow")
+    assert pareto.returncode == 2 and pareto.stderr.strip() == (
+        "engage place: --pareto trades request metrics; an infrastructure's services have none: drop --pareto"
+    )
+    bad = place("nowhere")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("engage place: 'nowhere' is neither a file")
+
+
+def test_cpsat_names_the_capacities_the_copies_cannot_all_fit() -> None:
+    problem = PlacementProblem.from_dict({
+        "nodes": [{"name": "cloud", "compute": 4}, {"name": "edge", "compute": 2}],
+        "links": [{"src": "edge", "dst": "cloud", "rate": "1mbit"}],
+        "services": [
+            {"name": "trainer", "compute": 3, "nodes": ["cloud"]},
+            {"name": "simulator", "instances": 2, "compute": 2, "traffic": {"trainer": "4mbit"}},
+        ],
+    })  # fmt: skip
+    with pytest.raises(PlacementInfeasible) as info:
+        CpSatSolver().solve(problem)
+    assert info.value.proved
+    assert str(info.value) == (
+        "no plan places every service copy: these cannot all hold: compute of cloud (4 GFLOP/s); "
+        "rate of edge -> cloud (1 mbit/s); add capacity or lower the services' needs"
+    )

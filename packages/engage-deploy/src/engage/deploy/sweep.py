@@ -194,12 +194,12 @@ class Sweep:
         """``placement: optimize``: the service instances' hosts, in ``placement.json`` and for the jobs."""
         if self.options.placement != "optimize":
             return
-        from engage.deploy.placement.services import place_services
+        from engage.deploy.placement.workflow import place_services
 
         assert self.folder is not None
         plan = place_services(self.infrastructure)
         self.placement = dict(plan.assignment)
-        self.folder.write_placement(plan.__dict__)
+        self.folder.write_placement(plan.to_dict())
         log.info("engage launcher: services placed (%s): %s", plan.status, plan.assignment)
 
     def _plan_serving(self, provider: Provider) -> ServingPlan | None:

@@ -77,7 +77,7 @@ class EngageLauncher(Launcher):
             if layer is not None and layer not in layers:
                 raise ValueError(f"{key}: no layer named {layer!r}; layers are {', '.join(layers)}")
         if options.placement == "optimize":
-            from engage.deploy.placement.services import ServicePlacementError, place_services
+            from engage.deploy.placement.workflow import ServicePlacementError, place_services
 
             try:
                 place_services(infrastructure)

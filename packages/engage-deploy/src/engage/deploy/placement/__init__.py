@@ -4,8 +4,10 @@
   class, where a model is split (:class:`PlacementProblem`; :class:`CpSatSolver`,
   :class:`GreedySolver`, :class:`ExhaustiveSolver`; :func:`pareto_front`; re-placement through
   ``previous`` and ``max_moves``);
-* workflow services: simulators and trainer onto an infrastructure's hosts
-  (:func:`place_services`, what ``placement: optimize`` of the launcher uses).
+* services placed whole (a trainer, simulators) beside the models, on the same nodes, links and
+  capacities (:class:`Service`, :mod:`~engage.deploy.placement.services`); an infrastructure's
+  services are one such problem (:func:`~engage.deploy.placement.workflow.place_services`, what
+  the launcher's ``placement: optimize`` and ``engage place INFRASTRUCTURE`` solve).
 
 Example::
 
@@ -34,6 +36,7 @@ from engage.deploy.placement.problem import (
     Variant,
     Weights,
 )
+from engage.deploy.placement.services import Service
 from engage.deploy.placement.solver import PlacementSolver
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "PlacementSolver",
     "Requests",
     "Route",
+    "Service",
     "SplitPoint",
     "Variant",
     "Weights",

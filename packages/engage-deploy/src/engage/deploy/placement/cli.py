@@ -1,15 +1,17 @@
 """``engage place CONFIG``: solve a placement, print it as a table and log it to MLflow.
 
 ``CONFIG`` is a YAML file or the name of a shipped config: a placement problem (``nodes``,
-``links``, ``models``, ``requests``; shipped: ``edge_inference``) or an infrastructure whose
-layers list services (shipped: ``netns_edge_cloud``), whose service instances are then placed on
-hosts. Exit codes: 0 placed, 2 bad input or nothing fits, 3 placed but MLflow did not answer.
+``links``, ``models``, ``requests``, ``services``; shipped: ``edge_inference``) or an
+infrastructure whose layers list services (shipped: ``netns_edge_cloud``), which becomes a
+problem of those services on its hosts; both are solved, printed and logged alike. Exit codes:
+0 placed, 2 bad input or nothing fits, 3 placed but MLflow did not answer.
 
 Example::
 
     engage place edge_inference                       # CP-SAT, table, MLflow run in ./mlflow.db
     engage place my_network.yaml --solver greedy --no-mlflow
     engage place edge_inference --pareto latency,inaccuracy --points 6
+    engage place netns_edge_cloud --no-mlflow          # the launcher's placement: optimize
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engage.core.tracking.store import TrackingUnavailable, check_reachable, res
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
 from engage.deploy.placement.problem import PlacementProblem, PlacementProblemError
-from engage.deploy.placement.services import ServicePlacementError, place_services
+from engage.deploy.placement.workflow import ServicePlacementError, place_services, workflow_problem
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -72,18 +74,27 @@ def _solver(name: str, time_limit_s: float):
 def run_command(namespace: argparse.Namespace) -> int:
     try:
         data = load_config(namespace.config)
-        if "layers" in data:
-            return _place_services(data, namespace)
-        problem = PlacementProblem.from_dict(data)
         front = None
         objectives: tuple[str, str] = ("latency", "inaccuracy")
-        if namespace.pareto:
+        if "layers" in data:
+            if namespace.pareto:
+                raise PlacementProblemError(
+                    "--pareto trades request metrics; an infrastructure's services have none: drop --pareto"
+                )
+            infra = Infrastructure.from_dict(data)
+            problem = workflow_problem(infra)
+            # CP-SAT without its capacity search: the infrastructure's own reasons read in cores
+            chosen = None if namespace.solver == "cpsat" else _solver(namespace.solver, namespace.time_limit)
+            plan = place_services(infra, chosen, namespace.time_limit)
+        elif namespace.pareto:
             from engage.deploy.placement.pareto import pareto_front
 
+            problem = PlacementProblem.from_dict(data)
             objectives = tuple(namespace.pareto.split(","))  # type: ignore[assignment]
             front = pareto_front(problem, objectives, namespace.points, namespace.time_limit)
             plan = front[0]
         else:
+            problem = PlacementProblem.from_dict(data)
             plan = _solver(namespace.solver, namespace.time_limit).solve(problem)
     except (PlacementProblemError, PlacementInfeasible, InfrastructureError, ServicePlacementError, ValueError) as exc:
         print(f"engage place: {exc}", file=sys.stderr)
@@ -153,15 +164,4 @@ def _log(
             params["pareto"] = ",".join(objectives)
         log_plan(problem, plan, params=params, front=front, objectives=objectives)
     print(f"logged to MLflow run {run.info.run_id} ({uri})", file=sys.stderr)
-    return 0
-
-
-def _place_services(data: dict[str, Any], namespace: argparse.Namespace) -> int:
-    plan = place_services(Infrastructure.from_dict(data), namespace.time_limit)
-    if namespace.json:
-        print(json.dumps(plan.__dict__, indent=1))
-        return 0
-    for host, labels in plan.per_host.items():
-        print(f"{host}: {', '.join(labels) or '-'}")
-    print(f"{plan.status}: {plan.slow_traffic_mbit:g} mbit/s over constrained links (cost {plan.cost:.4g})")
     return 0

@@ -1,10 +1,13 @@
 """The exact placement model, solved with OR-Tools CP-SAT.
 
 Variables: ``y[c, o]`` (request class ``c`` is served by option ``o``: a node of its path and a
-variant, possibly split with the next node) and ``x[n, i]`` (node ``n`` holds item ``i``: a
-variant, or the head or tail of one). Constraints: one option per class; an option needs its
-items; an item is held only if some class uses it; memory, compute (under ``max_utilization``)
-and link rate per node and link. Objective: the request-weighted mean cost of the chosen options.
+variant, possibly split with the next node), ``x[n, i]`` (node ``n`` holds item ``i``: a
+variant, or the head or tail of one) and ``k[s, n]`` (copies of service ``s`` on node ``n``),
+with ``k[a, u] x k[b, v]`` for the pairs of nodes a service's traffic crosses a costly or limited
+link between. Constraints: one option per class; an option needs its items; an item is held
+only if some class uses it; every service copy on one node; memory, compute (requests under
+``max_utilization`` of what services leave) and link rate per node and link. Objective: the
+request-weighted mean cost of the chosen options plus the services' weighted traffic cost.
 Memory is counted in exact bytes; compute and link loads are rounded up (MFLOP/s, kbit/s) and
 their capacities down, so a plan that fits the integer model fits the real one. Costs are counted
 above each class's cheapest option, at a resolution of 1e-9 of the largest such difference; the
@@ -32,6 +35,7 @@ from engage.deploy.placement.plan import (
     previous_choice,
 )
 from engage.deploy.placement.problem import Item, PlacementProblem, Weights, item_label
+from engage.deploy.placement.services import counts_of, link_cost
 from engage.deploy.placement.solver import PlacementSolver
 
 #: objective coefficients are integers: each option's cost above its class's cheapest one, with
@@ -114,8 +118,10 @@ class CpSatSolver(PlacementSolver):
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             if status == cp_model.INFEASIBLE:
                 if not self.explain:
-                    raise PlacementInfeasible("no plan fits the capacities and limits")
-                raise PlacementInfeasible(_explain(problem, self.weights, self.limits, previous, self.max_moves))
+                    raise PlacementInfeasible("no plan fits the capacities and limits", proved=True)
+                raise PlacementInfeasible(
+                    _explain(problem, self.weights, self.limits, previous, self.max_moves), proved=True
+                )
             raise PlacementInfeasible(
                 f"CP-SAT found no plan within {self.time_limit_s:g} s ({solver.status_name(status)}); "
                 "raise time_limit_s"
@@ -125,6 +131,7 @@ class CpSatSolver(PlacementSolver):
             for option, var in zip(cls.options, built["y"][cls.index], strict=True):
                 if solver.boolean_value(var):
                     chosen[cls.index] = option
+        counts = {key: solver.value(var) for key, var in built["k"].items()}
         plan = build_plan(
             problem,
             chosen,
@@ -133,11 +140,13 @@ class CpSatSolver(PlacementSolver):
             solve_time_s=time.perf_counter() - started,
             previous=previous,
             weights=self.weights,
+            counts=counts,
         )
         floor, unit = built["floor"], built["unit"]
         # the integer model's bound in the objective's units; each coefficient is off by at most
-        # half a unit, so the bound is lowered by that much per class to stay a bound
-        rounding = 0.5 * unit / _OBJECTIVE_SCALE * len(problem.classes)
+        # half a unit (a pair of service nodes' by half a unit per pair of copies), so the bound
+        # is lowered by that much to stay a bound
+        rounding = 0.5 * unit / _OBJECTIVE_SCALE * (len(problem.classes) + built["pair_copies"])
         bound = sum(floor.values()) + solver.best_objective_bound * unit / _OBJECTIVE_SCALE - rounding
         plan.bound = min(plan.objective, bound)
         if status == cp_model.OPTIMAL and plan.objective - bound <= 2 * rounding:
@@ -157,11 +166,26 @@ def _build(
     """The CP-SAT model; with ``enforce``, each capacity constraint behind its own literal."""
     model = cp_model.CpModel()
     floor, unit = _objective_scale(problem, weights)
+    traffic_weight = (weights or problem.weights).traffic
+    # the services' dearest pair of nodes: coefficients must stay far below int64's range
+    unit = max(
+        unit,
+        max(
+            (
+                traffic_weight * flow.bits / 1e6 * sum(link_cost(problem.link(key)) for key in problem.route(u, v))
+                for flow in problem.flows
+                for u in problem.service_nodes(flow.source)
+                for v in problem.service_nodes(flow.target)
+            ),
+            default=0.0,
+        ),
+    )
     y: dict[int, list[Any]] = {}
     x: dict[tuple[str, Item], Any] = {}
     users: dict[tuple[str, Item], list[Any]] = defaultdict(list)
     compute: dict[str, list[tuple[int, Any]]] = defaultdict(list)
     traffic: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    serving: set[str] = set()  # nodes where requests may use compute
     objective = []
     total = problem.total_rate
     for cls in problem.classes:
@@ -180,12 +204,44 @@ def _build(
                 if math.isfinite(problem.compute_capacity(node)):
                     # MFLOP/s, rounded up
                     compute[node].append((_up(cls.rate * gflop * 1000), var))
+                    serving.add(node)
             for src, bits in option.traffic:
                 if math.isfinite(problem.link_capacity(src)):
                     traffic[src].append((_up(cls.rate * bits / 1000), var))  # kbit/s, rounded up
         model.add_exactly_one(y[cls.index])
     for need, var in x.items():
         model.add_bool_or([*users[need], var.Not()])
+    # services: copies per node, their memory and compute reserved, their traffic on the links
+    k: dict[tuple[str, str], Any] = {}
+    service_memory: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    for service in problem.services.values():
+        where = problem.service_nodes(service.name)
+        for node in where:
+            k[service.name, node] = model.new_int_var(0, service.instances, f"k_{service.name}_{node}")
+            if service.memory:
+                service_memory[node].append((service.memory, k[service.name, node]))
+            if service.compute and math.isfinite(problem.compute_capacity(node)):
+                # reserved whole: counted at 1 / max_utilization against the requests' cap
+                compute[node].append((_up(problem.max_utilization * service.compute * 1000), k[service.name, node]))
+        model.add(sum(k[service.name, node] for node in where) == service.instances)
+    pair_copies = 0
+    for flow in problem.flows:
+        for u in problem.service_nodes(flow.source):
+            for v in problem.service_nodes(flow.target):
+                keys = problem.route(u, v)
+                cost = sum(link_cost(problem.link(key)) for key in keys)
+                limited = [key for key in keys if math.isfinite(problem.link_capacity(key))]
+                if cost <= 0 and not limited:
+                    continue
+                both = model.new_int_var(
+                    0, problem.services[flow.source].instances * problem.services[flow.target].instances, f"p_{u}_{v}"
+                )
+                model.add_multiplication_equality(both, [k[flow.source, u], k[flow.target, v]])
+                pair_copies += problem.services[flow.source].instances * problem.services[flow.target].instances
+                if cost > 0 and traffic_weight > 0:
+                    objective.append(round(traffic_weight * flow.bits / 1e6 * cost / unit * _OBJECTIVE_SCALE) * both)
+                for key in limited:
+                    traffic[key].append((_up(flow.bits / 1000), both))  # kbit/s, rounded up
     guards: dict[Any, str] = {}
 
     def capped(expr: Any, capacity: int, name: str) -> None:
@@ -198,31 +254,35 @@ def _build(
     by_node: dict[str, list[tuple[Item, Any]]] = defaultdict(list)
     for (node, item), var in x.items():
         by_node[node].append((item, var))
-    for node, held in by_node.items():
-        capacity = problem.memory_capacity(node)
-        if math.isfinite(capacity):
-            sizes = [problem.item_size(item) for item, _ in held]  # exact bytes: int64 holds them
-            if sum(sizes) > capacity:
-                capped(
-                    sum(b * var for b, (_, var) in zip(sizes, held, strict=True)),
-                    int(capacity),
-                    f"memory of {node} ({capacity / 2**20:.0f} MiB)",
-                )
+    for node in problem.nodes:
+        # on the cloud only the services' sum: it bounds variants one by one (options do that)
+        held = [] if node == problem.root else by_node.get(node, [])
+        capacity = problem.service_memory_capacity(node)
+        # exact bytes: int64 holds them
+        terms = [(problem.item_size(item), var) for item, var in held] + service_memory.get(node, [])
+        if not terms or not math.isfinite(capacity):
+            continue
+        most = sum(b * _most(var) for b, var in terms)
+        if most > capacity:
+            capped(sum(b * var for b, var in terms), int(capacity), f"memory of {node} ({capacity / 2**20:.0f} MiB)")
     for node, terms in compute.items():
         capacity = math.floor(problem.compute_capacity(node) * 1000)
-        if sum(c for c, _ in terms) > capacity:
+        if sum(c * _most(var) for c, var in terms) > capacity:
+            name = (
+                f"compute of {node} ({problem.compute_capacity(node):.4g} GFLOP/s at "
+                f"max_utilization {problem.max_utilization:g})"
+                if node in serving
+                else f"compute of {node} ({problem.nodes[node].compute:.4g} GFLOP/s)"
+            )
+            capped(sum(c * v for c, v in terms), capacity, name)
+    for key, terms in traffic.items():
+        capacity = math.floor(problem.link_capacity(key) / 1000)
+        if sum(c * _most(var) for c, var in terms) > capacity:
+            link = problem.link(key)
             capped(
                 sum(c * v for c, v in terms),
                 capacity,
-                f"compute of {node} ({problem.compute_capacity(node):.4g} GFLOP/s at "
-                f"max_utilization {problem.max_utilization:g})",
-            )
-    for src, terms in traffic.items():
-        capacity = math.floor(problem.link_capacity(src) / 1000)
-        if sum(c for c, _ in terms) > capacity:
-            link = problem.links[src]
-            capped(
-                sum(c * v for c, v in terms), capacity, f"rate of {src} -> {link.dst} ({link.rate / 1e6:.4g} mbit/s)"
+                f"rate of {link.src} -> {link.dst} ({link.rate / 1e6:.4g} mbit/s)",
             )
     for metric, limit in limits.items():
         name = "inaccuracy" if metric == "accuracy" else metric
@@ -242,7 +302,22 @@ def _build(
         if len(new) > max_moves:
             capped(sum(new), max_moves, f"max_moves ({max_moves})")
     model.minimize(sum(objective))
-    return {"model": model, "x": x, "y": y, "guards": guards, "floor": floor, "unit": unit}
+    return {
+        "model": model,
+        "x": x,
+        "y": y,
+        "k": k,
+        "guards": guards,
+        "floor": floor,
+        "unit": unit,
+        "pair_copies": pair_copies,
+    }
+
+
+def _most(var: Any) -> int:
+    """The largest value a CP-SAT variable may take."""
+    domain = var.proto.domain  # [low, high, ...]; a negative index does not work on it
+    return domain[len(domain) - 1]
 
 
 def _up(value: float) -> int:
@@ -280,6 +355,10 @@ def _add_hints(model: Any, built: dict[str, Any], problem: PlacementProblem, sta
             needed.update(option.needs)
     for need, var in built["x"].items():
         model.add_hint(var, need in needed)
+    if start.assignment:
+        counts = counts_of(start.assignment)
+        for key, var in built["k"].items():
+            model.add_hint(var, counts.get(key, 0))
 
 
 def _explain(
@@ -331,6 +410,10 @@ def _explain(
                 )
     built = _build(problem, weights, limits, previous, max_moves, cp_model, enforce=True)
     guards = built["guards"]
+    what = "no plan serves every request" if problem.classes else "no plan places every service copy"
+    lower = "rates" if problem.classes else "services' needs"
+    if problem.classes and problem.services:
+        what, lower = "no plan serves every request and places every service copy", "rates or the services' needs"
 
     def infeasible_with(literals: list[Any]) -> bool:
         model = built["model"]
@@ -360,12 +443,14 @@ def _explain(
             names = [guards[literal] for literal in core]
             shown = "; ".join(names[:8]) + (f"; and {len(names) - 8} more" if len(names) > 8 else "")
             need = (
-                f" (requests need at least {demand:.4g} GFLOP/s in all)" if any("compute" in n for n in names) else ""
+                f" (requests need at least {demand:.4g} GFLOP/s in all)"
+                if demand and any("compute" in n for n in names)
+                else ""
             )
-            return (
-                f"no plan serves every request: these cannot all hold: {shown}{need}; add capacity or lower the rates"
-            )
-    return f"no plan serves every request within the capacities (requests need at least {demand:.4g} GFLOP/s)"
+            return f"{what}: these cannot all hold: {shown}{need}; add capacity or lower the {lower}"
+    if not demand:
+        return f"{what} within the capacities; add capacity or lower the services' needs"
+    return f"{what} within the capacities (requests need at least {demand:.4g} GFLOP/s)"
 
 
 def _feasible_without(
@@ -381,7 +466,15 @@ def _feasible_without(
     else:
         links = [dataclasses.replace(lk, rate=None) if lk.src == source else lk for lk in links]
     relaxed = PlacementProblem(
-        nodes, links, local.models.values(), local.requests, local.weights, local.max_utilization, local.measured
+        nodes,
+        links,
+        local.models.values(),
+        local.requests,
+        local.weights,
+        local.max_utilization,
+        local.measured,
+        local.services.values(),
+        local.cross_links.values(),
     )
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = 5.0
@@ -410,5 +503,13 @@ def _local_problem(problem: PlacementProblem, source: str) -> PlacementProblem |
     ]
     links = [lk if lk.src == source else dataclasses.replace(lk, rate=None) for lk in problem.links.values()]
     return PlacementProblem(
-        nodes, links, problem.models.values(), requests, problem.weights, problem.max_utilization, problem.measured
+        nodes,
+        links,
+        problem.models.values(),
+        requests,
+        problem.weights,
+        problem.max_utilization,
+        problem.measured,
+        problem.services.values(),
+        problem.cross_links.values(),
     )

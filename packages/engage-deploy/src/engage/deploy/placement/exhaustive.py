@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, build_plan
 from engage.deploy.placement.problem import Item, Option, PlacementProblem, Weights
-from engage.deploy.placement.solver import PlacementSolver
+from engage.deploy.placement.solver import PlacementSolver, refuse_services
 
 
 class ExhaustiveSolver(PlacementSolver):
@@ -26,6 +26,7 @@ class ExhaustiveSolver(PlacementSolver):
     def solve(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> PlacementPlan:
         started = time.perf_counter()
         problem.check_servable()
+        refuse_services(self.name, problem)
         combinations = 1.0
         for cls in problem.classes:
             combinations *= len(cls.options)

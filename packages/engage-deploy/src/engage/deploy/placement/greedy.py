@@ -7,6 +7,10 @@ it, in decreasing order of rate, as far as the compute and link capacities allow
 whose items are already held cost no memory and come first. Gains are re-evaluated lazily (a
 candidate is re-scored when it reaches the top of the queue), and the queue is rebuilt until a
 pass places nothing, since moves free capacity; it is a baseline, not a bound.
+
+Services go first: copy by copy, the services with the fewest nodes to choose from and then the
+most traffic first, each copy onto the node where it adds the least traffic cost towards the
+copies already placed, within the capacities. The requests then use what they leave.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections import defaultdict
 
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, build_plan
 from engage.deploy.placement.problem import Item, Option, PlacementProblem, RequestClass, Weights
+from engage.deploy.placement.services import link_cost, usage
 from engage.deploy.placement.solver import PlacementSolver
 
 _EPS = 1e-12
@@ -81,6 +86,14 @@ class GreedySolver(PlacementSolver):
         started = time.perf_counter()
         problem.check_servable()
         state = _State(problem, self.weights)
+        counts = place_services_greedily(problem)
+        reserved = usage(problem, counts)
+        for node, memory in reserved.memory.items():
+            state.memory[node] += memory
+        for node, gflops in reserved.compute.items():
+            state.compute[node] += problem.max_utilization * gflops  # requests get max_utilization of the rest
+        for key, bits in reserved.traffic.items():
+            state.traffic[key] += bits
         classes = sorted(problem.classes, key=lambda c: -c.rate)
         pending = []
         for cls in classes:
@@ -132,6 +145,7 @@ class GreedySolver(PlacementSolver):
             solve_time_s=time.perf_counter() - started,
             previous=previous,
             weights=self.weights,
+            counts=counts,
         )
 
     def _new_items(self, state: _State, needs: tuple[tuple[str, Item], ...]) -> list[tuple[str, Item]]:
@@ -179,3 +193,52 @@ def greedy_hint(problem: PlacementProblem, weights: Weights | None = None) -> Pl
         return GreedySolver(weights).solve(problem)
     except PlacementInfeasible:
         return None
+
+
+def place_services_greedily(problem: PlacementProblem) -> dict[tuple[str, str], int]:
+    """The services' copies per (service, node), placed as the module docstring says."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    memory: dict[str, float] = defaultdict(float)
+    compute: dict[str, float] = defaultdict(float)
+    traffic: dict[str, float] = defaultdict(float)
+    sent: dict[str, float] = defaultdict(float)
+    for flow in problem.flows:
+        sent[flow.source] += flow.bits
+        sent[flow.target] += flow.bits
+    order = sorted(problem.services.values(), key=lambda s: (len(problem.service_nodes(s.name)), -sent[s.name]))
+    for service in order:
+        for copy in range(1, service.instances + 1):
+            best: tuple[float, str, dict[str, float]] | None = None
+            for node in problem.service_nodes(service.name):
+                if memory[node] + service.memory > problem.service_memory_capacity(node):
+                    continue
+                capacity = problem.nodes[node].compute
+                if capacity is not None and compute[node] + service.compute > capacity * (1 + 1e-9):
+                    continue
+                cost, extra = 0.0, defaultdict(float)
+                for flow in problem.flows:
+                    for other, towards in ((flow.target, flow.source), (flow.source, flow.target)):
+                        if towards != service.name:
+                            continue
+                        for (name, there), n in list(counts.items()):
+                            if name != other or not n:
+                                continue
+                            for key in problem.route(node, there):
+                                extra[key] += flow.bits * n
+                                cost += flow.bits * n / 1e6 * link_cost(problem.link(key))
+                if any(traffic[key] + bits > problem.link_capacity(key) * (1 + 1e-9) for key, bits in extra.items()):
+                    continue
+                if best is None or cost < best[0] - _EPS:
+                    best = (cost, node, extra)
+            if best is None:
+                raise PlacementInfeasible(
+                    f"greedy: copy {copy} of service {service.name!r} fits nowhere once the others were placed; "
+                    "the exact solver may still find a plan"
+                )
+            _, node, extra = best
+            counts[(service.name, node)] += 1
+            memory[node] += service.memory
+            compute[node] += service.compute
+            for key, bits in extra.items():
+                traffic[key] += bits
+    return dict(counts)

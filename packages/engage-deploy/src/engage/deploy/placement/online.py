@@ -89,7 +89,7 @@ import numpy as np
 
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, build_plan
 from engage.deploy.placement.problem import Item, Option, PlacementProblem, RequestClass, Weights, item_label
-from engage.deploy.placement.solver import PlacementSolver
+from engage.deploy.placement.solver import PlacementSolver, refuse_services
 
 #: (node, model, variant): a whole variant on a non-root node, the policy's decision variable
 Copy = tuple[str, str, str]
@@ -504,6 +504,7 @@ class OnlineSolver(PlacementSolver):
     def solve(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> PlacementPlan:
         started = time.perf_counter()
         problem.check_servable()
+        refuse_services(self.name, problem)
         if self.model is None or set(problem.nodes) != set(self.model.problem.nodes):
             self.start(problem, previous)
         assert self.model is not None

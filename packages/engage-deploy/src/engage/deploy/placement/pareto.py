@@ -12,6 +12,7 @@ import numpy as np
 from engage.deploy.placement.cpsat import CpSatSolver
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan, build_plan, options_by_key
 from engage.deploy.placement.problem import PlacementProblem, Weights
+from engage.deploy.placement.services import counts_of
 
 _METRICS = ("latency", "inaccuracy", "energy")
 
@@ -27,15 +28,23 @@ def metric_value(plan: PlacementPlan, metric: str) -> float:
     raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(_METRICS)}")
 
 
-def _only(metric: str) -> Weights:
-    return Weights(**{m: (1.0 if m == metric else 0.0) for m in _METRICS})
+def _only(metric: str, problem: PlacementProblem) -> Weights:
+    """One request metric, and the services' traffic as the problem weighs it."""
+    return Weights(**{m: (1.0 if m == metric else 0.0) for m in _METRICS}, traffic=problem.weights.traffic)
 
 
 def _reweighed(problem: PlacementProblem, plan: PlacementPlan) -> PlacementPlan:
     """The plan's objective under the problem's own weights (the front is found with one metric at a time)."""
     by_key = options_by_key(problem)
     chosen = {c.index: by_key[c.index][plan.choice[c.index]] for c in problem.classes}
-    return build_plan(problem, chosen, status=plan.status, solver=plan.solver, solve_time_s=plan.solve_time_s)
+    return build_plan(
+        problem,
+        chosen,
+        status=plan.status,
+        solver=plan.solver,
+        solve_time_s=plan.solve_time_s,
+        counts=counts_of(plan.assignment),
+    )
 
 
 def pareto_front(
@@ -62,13 +71,13 @@ def pareto_front(
     def lexicographic(bound: float | None) -> PlacementPlan:
         limits = {} if bound is None else {second: bound}
         explain = bound is None  # only the unconstrained problem's infeasibility needs a reason
-        plan = CpSatSolver(time_limit_s, weights=_only(first), limits=limits, explain=explain).solve(problem)
+        plan = CpSatSolver(time_limit_s, weights=_only(first, problem), limits=limits, explain=explain).solve(problem)
         value = metric_value(plan, first)
-        tight = CpSatSolver(time_limit_s, weights=_only(second), limits={**limits, first: value}, hint=plan)
+        tight = CpSatSolver(time_limit_s, weights=_only(second, problem), limits={**limits, first: value}, hint=plan)
         return _reweighed(problem, tight.solve(problem))
 
     best_first = lexicographic(None)  # raises PlacementInfeasible when nothing fits at all
-    best_second = CpSatSolver(time_limit_s, weights=_only(second)).solve(problem)
+    best_second = CpSatSolver(time_limit_s, weights=_only(second, problem)).solve(problem)
     high, low = metric_value(best_first, second), metric_value(best_second, second)
     plans = [best_first]
     for bound in np.linspace(high, low, points)[1:]:

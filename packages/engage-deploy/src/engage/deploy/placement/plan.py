@@ -1,8 +1,8 @@
 """A placement plan: what each node holds, how each request class is served, and its figures.
 
 Every solver returns a :class:`PlacementPlan` built by :func:`build_plan` from its choice of one
-option per request class, so figures are computed the same way whatever the solver and every
-plan is checked against the capacities.
+option per request class and of the nodes of the services' copies, so figures are computed the
+same way whatever the solver and every plan is checked against the capacities.
 """
 
 from __future__ import annotations
@@ -13,12 +13,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engage.deploy.placement.problem import Item, Option, PlacementProblem, Weights, item_label
+from engage.deploy.placement.services import Counts, label_copies, usage
 
 _SLACK = 1e-9
 
 
 class PlacementInfeasible(RuntimeError):
-    """No plan serves every request within the capacities; the message says which ones conflict."""
+    """No plan serves every request within the capacities; the message says which ones conflict.
+    ``proved``: the solver showed that no plan exists (not only that it found none)."""
+
+    def __init__(self, message: str, *, proved: bool = False) -> None:
+        super().__init__(message)
+        self.proved = proved
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,9 @@ class Route:
 
 @dataclass
 class PlacementPlan:
-    """The items on each node, one route per request class and the request-weighted means.
+    """The items on each node, one route per request class and the request-weighted means, and the
+    node of each service copy (``assignment``: ``{"simulator#1": node}``) with the services'
+    traffic cost and the Mbit/s they send over links with a cost (``slow_traffic_mbit``).
 
     ``status`` is ``OPTIMAL`` (proved), ``FEASIBLE`` (the best found in the time limit, with
     ``bound`` and ``gap`` its distance to the best lower bound), or ``HEURISTIC`` (greedy);
@@ -60,6 +68,17 @@ class PlacementPlan:
     removed: int = 0
     #: request class index -> (position, variant, split): what re-placement warm-starts from
     choice: dict[int, tuple[int, str, str | None]] = field(default_factory=dict, repr=False)
+    assignment: dict[str, str] = field(default_factory=dict)
+    traffic_cost: float = 0.0
+    slow_traffic_mbit: float = 0.0
+
+    @property
+    def per_node(self) -> dict[str, list[str]]:
+        """``{node: [service copies on it]}`` for nodes with copies."""
+        hosts: dict[str, list[str]] = defaultdict(list)
+        for label, node in self.assignment.items():
+            hosts[node].append(label)
+        return dict(hosts)
 
     @property
     def gap(self) -> float | None:
@@ -93,6 +112,9 @@ class PlacementPlan:
             "solve_time_s": self.solve_time_s,
             "items": sum(len(v) for v in self.placement.values()),
             "moves": self.moves,
+            "service_copies": len(self.assignment),
+            "traffic_cost": self.traffic_cost,
+            "slow_traffic_mbit": self.slow_traffic_mbit,
         }
 
 
@@ -100,11 +122,15 @@ def option_key(option: Option) -> tuple[int, str, str | None]:
     return (option.position, option.variant, option.split)
 
 
-def check_capacities(problem: PlacementProblem, chosen: Mapping[int, Option]) -> list[str]:
-    """What the chosen options overrun, one line each (empty when they fit)."""
+def check_capacities(
+    problem: PlacementProblem, chosen: Mapping[int, Option], counts: Counts | None = None
+) -> list[str]:
+    """What the chosen options and service copies (``counts``: (service, node) -> copies) overrun,
+    one line each (empty when they fit)."""
     memory: dict[str, set[Item]] = defaultdict(set)
+    services = usage(problem, counts or {})
     compute: dict[str, float] = defaultdict(float)
-    traffic: dict[str, float] = defaultdict(float)
+    traffic: dict[str, float] = defaultdict(float, services.traffic)
     for cls in problem.classes:
         option = chosen[cls.index]
         for node, item in option.needs:
@@ -114,20 +140,29 @@ def check_capacities(problem: PlacementProblem, chosen: Mapping[int, Option]) ->
         for src, bits in option.traffic:
             traffic[src] += cls.rate * bits
     problems = []
-    for node, items in memory.items():
-        used = sum(problem.item_size(i) for i in items)
-        if used > problem.memory_capacity(node) + _SLACK:
+    for node in problem.nodes:
+        items = sum(problem.item_size(i) for i in memory.get(node, ()))
+        reserved = services.memory.get(node, 0.0)
+        if items > problem.memory_capacity(node) - reserved + _SLACK:
             problems.append(
-                f"memory of {node}: {used / 2**20:.0f} MiB > {problem.memory_capacity(node) / 2**20:.0f} MiB"
+                f"memory of {node}: {items / 2**20:.0f} MiB of models > "
+                f"{(problem.memory_capacity(node) - reserved) / 2**20:.0f} MiB"
             )
-    for node, load in compute.items():
-        if load > problem.compute_capacity(node) * (1 + 1e-9) + _SLACK:
-            problems.append(f"compute of {node}: {load:.4g} GFLOP/s > {problem.compute_capacity(node):.4g}")
-    for src, bits in traffic.items():
-        if bits > problem.link_capacity(src) * (1 + 1e-9) + _SLACK:
-            link = problem.links[src]
+        if reserved > problem.service_memory_capacity(node) + _SLACK:
             problems.append(
-                f"link {src} -> {link.dst}: {bits / 1e6:.4g} mbit/s > {problem.link_capacity(src) / 1e6:.4g}"
+                f"memory of {node}: {reserved / 2**20:.0f} MiB of services > "
+                f"{problem.service_memory_capacity(node) / 2**20:.0f} MiB"
+            )
+        # services reserve their compute whole; requests may use max_utilization of the rest
+        spare = problem.compute_capacity(node) - problem.max_utilization * services.compute.get(node, 0.0)
+        load = compute.get(node, 0.0)
+        if (load or services.compute.get(node)) and load > spare * (1 + 1e-9) + _SLACK:
+            problems.append(f"compute of {node}: {load:.4g} GFLOP/s of requests > {spare:.4g} left by services")
+    for key, bits in traffic.items():
+        if bits > problem.link_capacity(key) * (1 + 1e-9) + _SLACK:
+            link = problem.link(key)
+            problems.append(
+                f"link {link.src} -> {link.dst}: {bits / 1e6:.4g} mbit/s > {problem.link_capacity(key) / 1e6:.4g}"
             )
     return problems
 
@@ -142,10 +177,17 @@ def build_plan(
     bound: float | None = None,
     previous: PlacementPlan | None = None,
     weights: Weights | None = None,
+    counts: Counts | None = None,
 ) -> PlacementPlan:
-    """The plan of one option per class (``chosen``: class index -> option), checked against the
-    capacities; ``previous`` counts the moves."""
-    overruns = check_capacities(problem, chosen)
+    """The plan of one option per class (``chosen``: class index -> option) and of ``counts``
+    service copies per (service, node), checked against the capacities; ``previous`` counts the
+    moves."""
+    counts = counts or {}
+    if sorted(problem.services) != sorted({name for (name, _), n in counts.items() if n}) or any(
+        sum(n for (name, _), n in counts.items() if name == s.name) != s.instances for s in problem.services.values()
+    ):
+        raise PlacementInfeasible(f"{solver} placed the services' copies wrongly: {dict(counts)}")
+    overruns = check_capacities(problem, chosen, counts)
     if overruns:
         raise PlacementInfeasible(f"{solver} chose a plan over capacity: {'; '.join(overruns)}")
     placement: dict[str, set[str]] = {name: set() for name in problem.nodes if name != problem.root}
@@ -174,6 +216,8 @@ def build_plan(
         accuracy += cls.rate * option.accuracy / total
         energy += cls.rate * option.energy / total
         objective += problem.option_cost(cls, option, weights)
+    services = usage(problem, counts)
+    objective += (weights or problem.weights).traffic * services.cost
     plan = PlacementPlan(
         placement={node: sorted(labels) for node, labels in placement.items()},
         routes=routes,
@@ -186,6 +230,9 @@ def build_plan(
         solve_time_s=solve_time_s,
         bound=None if bound is None else min(bound, objective),
         choice={cls.index: option_key(chosen[cls.index]) for cls in problem.classes},
+        assignment=label_copies(problem, counts),
+        traffic_cost=services.cost,
+        slow_traffic_mbit=services.slow_mbit,
     )
     if previous is not None:
         before, after = previous.items, plan.items

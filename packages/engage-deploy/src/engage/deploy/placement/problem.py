@@ -29,6 +29,9 @@ variant it can load, not a sum); without ``compute`` it serves in no time and wi
 objective is the request-weighted mean of
 ``latency x w_latency + inaccuracy x w_inaccuracy + energy x w_energy``.
 
+Services (a trainer, simulators: workloads placed whole, with traffic between them) share the
+nodes, links and capacities with the models; see :mod:`engage.deploy.placement.services`.
+
 Units follow the infrastructure descriptions: ``delay`` is one-way (``"10ms"``), ``rate`` in
 ``tc`` units (``"100mbit"``), sizes binary or decimal (``"2GiB"``, ``"150KB"``); ``compute`` is in
 GFLOP/s and ``gflop`` per request.
@@ -55,6 +58,7 @@ from functools import cached_property
 from typing import Any
 
 from engage.deploy.infrastructure import InfrastructureError, parse_duration, parse_rate, parse_size
+from engage.deploy.placement.services import Flow, Service, flows, parse_services, validate_services
 
 
 class PlacementProblemError(ValueError):
@@ -157,11 +161,13 @@ class Measured:
 
 @dataclass(frozen=True)
 class Weights:
-    """Objective weights: per second of latency, per unit of inaccuracy (1 - accuracy), per joule."""
+    """Objective weights: per second of latency, per unit of inaccuracy (1 - accuracy), per joule,
+    and per unit of the services' traffic cost (Mbit/s x (seconds per Mbit + delay) of each link)."""
 
     latency: float = 1.0
     inaccuracy: float = 1.0
     energy: float = 0.0
+    traffic: float = 1.0
 
     def cost(self, latency: float, inaccuracy: float, energy: float) -> float:
         return self.latency * latency + self.inaccuracy * inaccuracy + self.energy * energy
@@ -243,7 +249,7 @@ def _keys(data: Any, cls: type, where: str, required: Iterable[str] = ("name",))
 
 
 class PlacementProblem:
-    """Nodes, the links of their tree, models and request rates; see the module docstring.
+    """Nodes, the links of their tree, models, request rates and services; see the module docstring.
 
     Build it from a mapping (a Hydra config or YAML) with :meth:`from_dict`, or from the
     dataclasses directly. It is validated on construction.
@@ -258,16 +264,22 @@ class PlacementProblem:
         weights: Weights | None = None,
         max_utilization: float = 0.8,
         measured: Iterable[Measured] = (),
+        services: Iterable[Service] = (),
+        cross_links: Iterable[Link] = (),
     ) -> None:
         nodes, links, models, requests = list(nodes), list(links), list(models), list(requests)
-        measured = list(measured)
+        measured, services, cross_links = list(measured), list(services), list(cross_links)
         _unique([n.name for n in nodes], "nodes", "name", "give every node its own name")
         _unique([lk.src for lk in links], "links", "src", "a node has one link towards the cloud")
         _unique([m.name for m in models], "models", "name", "give every model its own name")
         _unique([f"{r.node}/{r.model}" for r in requests], "requests", "node/model", "give one rate per pair")
+        _unique([s.name for s in services], "services", "name", "give every service its own name")
+        _unique([cross_key(lk.src, lk.dst) for lk in cross_links], "cross_links", "src/dst", "give one link per pair")
         self.nodes = {node.name: node for node in nodes}
         self.links = {link.src: link for link in links}
         self.models = {model.name: model for model in models}
+        self.services = {service.name: service for service in services}
+        self.cross_links = {cross_key(lk.src, lk.dst): lk for lk in cross_links}
         self.weights = weights or Weights()
         self.max_utilization = max_utilization
         self.requests = requests
@@ -276,22 +288,35 @@ class PlacementProblem:
         self.requests = [r for r in requests if r.rate > 0]
         self.measured = tuple(measured)
         self._measured = self._validate_measured(self.measured)
+        self._validate_cross_links()
+        validate_services(self)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PlacementProblem:
-        """From ``nodes``, ``links``, ``models``, ``requests``, ``objective``, ``max_utilization``
-        and ``measured``."""
+        """From ``nodes``, ``links``, ``models``, ``requests``, ``objective``, ``max_utilization``,
+        ``measured``, ``services`` and ``cross_links``."""
         if not isinstance(data, Mapping):
             raise PlacementProblemError(f"a placement problem is a mapping, got {type(data).__name__}")
-        known = ("nodes", "links", "models", "requests", "objective", "max_utilization", "measured")
+        known = (
+            "nodes",
+            "links",
+            "models",
+            "requests",
+            "objective",
+            "max_utilization",
+            "measured",
+            "services",
+            "cross_links",
+        )
         for key in data:
             if key not in known:
                 raise PlacementProblemError(f"unknown key {key!r}; known keys are {', '.join(known)}")
-        for key in ("nodes", "models"):
-            if not data.get(key):
-                raise PlacementProblemError(f"{key!r} is missing or empty")
+        if not data.get("nodes"):
+            raise PlacementProblemError("'nodes' is missing or empty")
+        if not data.get("models") and not data.get("services"):
+            raise PlacementProblemError("'models' and 'services' are both missing or empty; give what to place")
         nodes = []
         for i, raw in enumerate(data["nodes"]):
             where = f"nodes[{i}]"
@@ -307,21 +332,10 @@ class PlacementProblem:
                     available=bool(raw.get("available", True)),
                 )
             )
-        links = []
-        for i, raw in enumerate(data.get("links") or []):
-            where = f"links[{i}]"
-            _keys(raw, Link, where, required=("src", "dst"))
-            rate = raw.get("rate")
-            links.append(
-                Link(
-                    src=str(raw["src"]),
-                    dst=str(raw["dst"]),
-                    delay=_quantity(parse_duration, raw.get("delay", 0), f"{where}.delay"),
-                    rate=None if rate is None else _quantity(parse_rate, rate, f"{where}.rate"),
-                )
-            )
+        links = [_link(raw, f"links[{i}]") for i, raw in enumerate(data.get("links") or [])]
+        cross_links = [_link(raw, f"cross_links[{i}]") for i, raw in enumerate(data.get("cross_links") or [])]
         models = []
-        for i, raw in enumerate(data["models"]):
+        for i, raw in enumerate(data.get("models") or []):
             where = f"models[{i}]"
             _keys(raw, Model, where, required=("name", "variants"))
             variants = []
@@ -385,7 +399,8 @@ class PlacementProblem:
                     split=str(raw.get("split", "")),
                 )
             )
-        return cls(nodes, links, models, requests, weights, max_utilization, measured)
+        services = parse_services(data.get("services"))
+        return cls(nodes, links, models, requests, weights, max_utilization, measured, services, cross_links)
 
     def to_dict(self) -> dict[str, Any]:
         """A mapping :meth:`from_dict` reads back (sizes in bytes, delays in seconds as ``"…s"``)."""
@@ -409,6 +424,14 @@ class PlacementProblem:
             "objective": dataclasses.asdict(self.weights),
             "max_utilization": self.max_utilization,
             "measured": [dataclasses.asdict(m) for m in self.measured],
+            "services": [
+                {**dataclasses.asdict(s), "nodes": list(s.nodes), "traffic": dict(s.traffic)}
+                for s in self.services.values()
+            ],
+            "cross_links": [
+                {"src": lk.src, "dst": lk.dst, "delay": f"{lk.delay!r}s", "rate": lk.rate}
+                for lk in self.cross_links.values()
+            ],
         }
 
     def with_changes(
@@ -430,6 +453,8 @@ class PlacementProblem:
             self.weights,
             self.max_utilization,
             self.measured,
+            self.services.values(),
+            self.cross_links.values(),
         )
 
     # ------------------------------------------------------------------ validation
@@ -463,9 +488,10 @@ class PlacementProblem:
                     raise PlacementProblemError(f"links: the path from {name!r} towards the cloud loops at {at!r}")
                 seen.add(at)
         for i, node in enumerate(self.nodes.values()):
-            if node.name != root and node.compute is None:
+            if node.name != root and node.compute is None and self.models:
                 raise PlacementProblemError(
-                    f"nodes[{i}].compute is missing for {node.name!r}; give its GFLOP/s (only the cloud may omit it)"
+                    f"nodes[{i}].compute is missing for {node.name!r}; give its GFLOP/s (only the cloud may omit "
+                    "it, or every node of a problem without models)"
                 )
         if not self.nodes[root].available:
             raise PlacementProblemError(f"nodes: the cloud {root!r} holds every model and cannot be unavailable")
@@ -542,6 +568,21 @@ class PlacementProblem:
             figures[key] = m.seconds
         return figures
 
+    def _validate_cross_links(self) -> None:
+        for i, link in enumerate(self.cross_links.values()):
+            for end in ("src", "dst"):
+                if getattr(link, end) not in self.nodes:
+                    raise PlacementProblemError(
+                        f"cross_links[{i}].{end}: {getattr(link, end)!r} is not a node; "
+                        f"nodes are {', '.join(self.nodes)}"
+                    )
+            if link.src == link.dst:
+                raise PlacementProblemError(f"cross_links[{i}]: links {link.src!r} to itself; give two nodes")
+            if link.rate is not None and link.rate <= 0:
+                raise PlacementProblemError(
+                    f"cross_links[{i}]: {link.src} - {link.dst} has rate 0; give a positive rate"
+                )
+
     # ------------------------------------------------------------------ structure
 
     def path(self, node: str) -> tuple[str, ...]:
@@ -563,6 +604,39 @@ class PlacementProblem:
             cls.options = self._options(cls)
             classes.append(cls)
         return classes
+
+    @cached_property
+    def flows(self) -> list[Flow]:
+        """The services' traffic per pair of copies."""
+        return flows(self.services.values())
+
+    def service_nodes(self, name: str) -> tuple[str, ...]:
+        """The available nodes where one copy of service ``name`` fits, in the problem's order."""
+        service = self.services[name]
+        allowed = service.nodes or tuple(self.nodes)
+        return tuple(
+            n
+            for n in allowed
+            if self.nodes[n].available
+            and (self.nodes[n].memory is None or service.memory <= self.nodes[n].memory)
+            and (self.nodes[n].compute is None or service.compute <= self.nodes[n].compute)
+        )
+
+    def route(self, u: str, v: str) -> tuple[str, ...]:
+        """The keys of the links traffic from node ``u`` to node ``v`` crosses: their cross link,
+        else the tree path up to their nearest common node and down (tree links by ``src``)."""
+        if u == v:
+            return ()
+        key = cross_key(u, v)
+        if key in self.cross_links:
+            return (key,)
+        up, down = self.path(u), self.path(v)
+        common = next(n for n in up if n in down)
+        return up[: up.index(common)] + down[: down.index(common)]
+
+    def link(self, key: str) -> Link:
+        """The tree link from ``key`` towards the cloud, or the cross link of that key."""
+        return self.links[key] if key in self.links else self.cross_links[key]
 
     @property
     def total_rate(self) -> float:
@@ -592,6 +666,8 @@ class PlacementProblem:
                 continue
             here = self.nodes[node]
             is_root = node == self.root
+            if here.compute is None and not is_root:
+                continue  # a node without compute holds services only
             for variant in model.variants:
                 fits = here.memory is None or variant.size <= here.memory
                 if fits and (here.compute is None or here.compute > 0):
@@ -615,7 +691,7 @@ class PlacementProblem:
                     continue
                 tail = path[i + 1]
                 there = self.nodes[tail]
-                if not there.available:
+                if not there.available or (there.compute is None and tail != self.root):
                     continue
                 link = self.links[node]
                 for split in variant.splits:
@@ -677,14 +753,20 @@ class PlacementProblem:
         memory = self.nodes[node].memory
         return math.inf if memory is None or node == self.root else float(memory)
 
-    def link_capacity(self, src: str) -> float:
-        rate = self.links[src].rate
+    def link_capacity(self, key: str) -> float:
+        """Bits per second over the link of ``key`` (a tree link's ``src`` or a cross link's key)."""
+        rate = self.link(key).rate
         return math.inf if rate is None else rate
 
     def option_cost(self, cls: RequestClass, option: Option, weights: Weights | None = None) -> float:
         """The option's share of the objective: rate x weighted cost, over the total rate."""
         w = weights or self.weights
         return cls.rate * w.cost(option.latency, 1.0 - option.accuracy, option.energy) / self.total_rate
+
+    def service_memory_capacity(self, node: str) -> float:
+        """Bytes for services and items on ``node`` (on the cloud, for services: its ``memory`` as a sum)."""
+        memory = self.nodes[node].memory
+        return math.inf if memory is None else float(memory)
 
     def check_servable(self) -> None:
         """Raise when a class of requests has no way to be served at all (before any solving)."""
@@ -694,3 +776,20 @@ class PlacementProblem:
                     f"requests for {cls.model!r} at {cls.source!r} can be served nowhere on the path "
                     f"{' -> '.join(cls.path)}: no node there is available with the memory and compute for a variant"
                 )
+
+
+def cross_key(a: str, b: str) -> str:
+    """The key of the cross link between nodes ``a`` and ``b``, whichever way it was given."""
+    first, second = sorted((a, b))
+    return f"{first}<->{second}"
+
+
+def _link(raw: Any, where: str) -> Link:
+    _keys(raw, Link, where, required=("src", "dst"))
+    rate = raw.get("rate")
+    return Link(
+        src=str(raw["src"]),
+        dst=str(raw["dst"]),
+        delay=_quantity(parse_duration, raw.get("delay", 0), f"{where}.delay"),
+        rate=None if rate is None else _quantity(parse_rate, rate, f"{where}.rate"),
+    )

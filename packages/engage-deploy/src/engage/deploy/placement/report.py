@@ -1,5 +1,5 @@
-"""A placement plan for people: a table per node, a plot of the tree with what each node holds and
-serves, and both in MLflow."""
+"""A placement plan for people: a table per node, a plot of the tree with what each node holds,
+runs and serves, and both in MLflow."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def node_loads(problem: PlacementProblem, plan: PlacementPlan) -> dict[str, dict
             split = next(s for s in variant.splits if s.name == route.split)
             loads[route.node]["gflops"] += route.rate * variant.gflop * split.compute
             loads[route.tail_node]["gflops"] += route.rate * variant.gflop * (1 - split.compute)
+    for label, node_name in plan.assignment.items():
+        loads[node_name]["gflops"] += problem.services[label.rsplit("#", 1)[0]].compute
     out = {}
     for name, node in problem.nodes.items():
         load = loads.get(name, {"requests": 0.0, "gflops": 0.0})
@@ -34,31 +36,50 @@ def node_loads(problem: PlacementProblem, plan: PlacementPlan) -> dict[str, dict
 
 
 def plan_table(problem: PlacementProblem, plan: PlacementPlan, max_rows: int = 40) -> Any:
-    """A ``rich`` table: node, what it holds, requests/s it serves, compute used."""
+    """A ``rich`` table: node, what it holds, the service copies it runs, requests/s it serves, compute used."""
     from rich.table import Table
 
     gap = "" if plan.gap is None else f", gap {plan.gap:.2%}"
+    figures = []
+    if problem.models:
+        figures.append(
+            f"mean latency {plan.latency_s * 1e3:.1f} ms, accuracy {plan.accuracy:.3f}, "
+            f"energy {plan.energy_j:.3f} J/request"
+        )
+    if problem.services:
+        figures.append(
+            f"services' traffic cost {plan.traffic_cost:.4g}, "
+            f"{plan.slow_traffic_mbit:.4g} Mbit/s over constrained links"
+        )
     table = Table(
-        title=f"{plan.solver} plan ({plan.status}{gap}): mean latency {plan.latency_s * 1e3:.1f} ms, "
-        f"accuracy {plan.accuracy:.3f}, energy {plan.energy_j:.3f} J/request, objective {plan.objective:.5f}"
+        title=f"{plan.solver} plan ({plan.status}{gap}): {', '.join(figures)}, objective {plan.objective:.5g}"
     )
-    for column in ("node", "holds", "serves (req/s)", "compute used"):
+    columns = ["node"]
+    columns += ["holds", "serves (req/s)"] if problem.models else []
+    columns += ["runs"] if problem.services else []
+    for column in (*columns, "compute used"):
         table.add_column(column, overflow="fold")
     loads = node_loads(problem, plan)
+    runs = plan.per_node
     names = sorted(problem.nodes, key=lambda n: (problem.depth(n), n))
     for name in names[:max_rows]:
-        held = ", ".join(plan.placement.get(name, [])) or ("every model" if name == problem.root else "-")
         load = loads[name]
-        used = f"{load['utilisation']:.0%}" if problem.nodes[name].compute else f"{load['gflops']:.4g} GFLOP/s"
-        table.add_row(name, held, f"{load['requests']:.4g}", used)
+        row = [name]
+        if problem.models:
+            held = ", ".join(plan.placement.get(name, [])) or ("every model" if name == problem.root else "-")
+            row += [held, f"{load['requests']:.4g}"]
+        if problem.services:
+            row.append(", ".join(runs.get(name, [])) or "-")
+        row.append(f"{load['utilisation']:.0%}" if problem.nodes[name].compute else f"{load['gflops']:.4g}")
+        table.add_row(*row)
     if len(names) > max_rows:
-        table.add_row(f"... {len(names) - max_rows} more", "", "", "")
+        table.add_row(f"... {len(names) - max_rows} more", *[""] * len(columns))
     return table
 
 
 def plot_plan(problem: PlacementProblem, plan: PlacementPlan, path: str | Path) -> Path:
     """The tree (cloud on top), each node coloured by the share of requests it serves and labelled
-    with the number of items it holds; the title gives the plan's figures."""
+    with the number of items it holds and service copies it runs; the title gives the plan's figures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,27 +108,29 @@ def plot_plan(problem: PlacementProblem, plan: PlacementPlan, path: str | Path) 
     for link in problem.links.values():
         ax.plot([x[link.src], x[link.dst]], [-problem.depth(link.src), -problem.depth(link.dst)], color="0.75", lw=0.8)
     names = list(problem.nodes)
+    runs = plan.per_node
     shares = [loads[n]["requests"] / total for n in names]
     points = ax.scatter(
         [x[n] for n in names],
         [-problem.depth(n) for n in names],
         c=shares,
         cmap="viridis",
-        s=[60 + 30 * len(plan.placement.get(n, [])) for n in names],
+        s=[60 + 30 * (len(plan.placement.get(n, [])) + len(runs.get(n, []))) for n in names],
         edgecolors=["red" if not problem.nodes[n].available else "black" for n in names],
         zorder=3,
     )
     if len(names) <= 60:
         crowded = leaves[0] > 8
         for n in names:
-            held = len(plan.placement.get(n, []))
+            held = len(plan.placement.get(n, [])) + len(runs.get(n, []))
             leaf = not children[n]
-            if n == problem.root:
+            what = "item" if not problem.services else "item or copy" if held == 1 else "items and copies"
+            if n == problem.root and not runs.get(n):
                 label = n
             elif crowded and leaf:
                 label = f"{n} ({held})"
             else:
-                label = f"{n}\n{held} item{'s' * (held != 1)}"
+                label = f"{n}\n{held} {what}{'s' * (held != 1 and not problem.services)}"
             if crowded and leaf:
                 ax.annotate(
                     label,
@@ -127,11 +150,11 @@ def plot_plan(problem: PlacementProblem, plan: PlacementPlan, path: str | Path) 
     ax.set_yticks([-d for d in range(max(problem.depth(n) for n in names) + 1)])
     ax.set_yticklabels([problem.root if d == 0 else f"depth {d}" for d in range(len(ax.get_yticks()))])
     ax.set_xticks([])
-    ax.set_title(
-        f"{plan.solver} ({plan.status}): latency {plan.latency_s * 1e3:.1f} ms, accuracy {plan.accuracy:.3f}",
-        fontsize=9,
-    )
-    ax.set_xlabel("marker size: items held (in brackets); red outline: unavailable", fontsize=8)
+    title = f"{plan.solver} ({plan.status}): latency {plan.latency_s * 1e3:.1f} ms, accuracy {plan.accuracy:.3f}"
+    if problem.services:
+        title += f", services' traffic {plan.slow_traffic_mbit:.4g} Mbit/s over constrained links"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("marker size: items held and service copies run (in brackets); red outline: unavailable", fontsize=8)
     deepest = max(problem.depth(n) for n in names)
     ax.set_ylim(-deepest - (0.9 if leaves[0] > 8 else 0.4), 0.4)
     fig.tight_layout()
@@ -179,6 +202,7 @@ def log_plan(
             "nodes": len(problem.nodes),
             "models": len(problem.models),
             "request_classes": len(problem.classes),
+            "services": len(problem.services),
             **(params or {}),
         }
     )

@@ -1,181 +1,216 @@
-"""Workflow services (simulators, trainer) onto an infrastructure's hosts with OR-Tools CP-SAT,
-within each host's CPU and memory, minimising the traffic that crosses slow links; what the
-launcher's ``placement: optimize`` and ``engage place INFRASTRUCTURE`` use.
+"""Services in a placement problem: workloads placed whole (a trainer, simulators) beside the
+model variants that serve requests, on the same nodes, links and capacities.
 
-Services are those listed in the layers of an infrastructure (``quantity`` instances, each
-needing ``cpu`` cores and ``memory``; ``traffic: {other service: mbit/s}`` is what one service
-sends to another in total). A byte between two layers costs ``1 / rate`` of the constraint
-linking them (plus a delay term), nothing within a layer or over an unconstrained link.
+A :class:`Service` has ``instances`` copies. Each copy takes ``memory`` bytes and ``compute``
+GFLOP/s of the node it runs on, and may run on one of ``nodes`` (empty: any available node with
+room for one copy). ``traffic`` is what all of a service's copies send to all of another
+service's copies in total, in bits per second, shared evenly between the pairs of copies.
+
+Traffic between two nodes crosses the problem's cross link between them when it declares one (a
+direct link off the tree, such as a pair of an infrastructure's layers), else the tree path
+between them, up to their nearest common node and down.
+
+Capacities and cost:
+
+* **Reserved.** Services reserve their memory and compute whole on every node. Requests may use
+  ``max_utilization`` of the compute they leave. On the cloud, whose ``memory`` otherwise bounds
+  each model variant, the services' memory counts as a sum.
+* **Shared links.** Service traffic shares the links' ``rate`` with requests.
+* **Cost.** Per pair of copies, the Mbit/s sent times the sum over the links crossed of seconds
+  per Mbit plus one-way delay in seconds; weighted by ``objective.traffic`` in the objective.
 
 Example::
 
-    >>> from engage.deploy.infrastructure import Infrastructure
-    >>> infra = Infrastructure.from_dict({
-    ...     "layers": [
-    ...         {"name": "cloud", "hosts": 1, "cpu": 4, "services": [{"name": "trainer", "cpu": 2, "pinned": True}]},
-    ...         {"name": "edge", "hosts": 2, "cpu": 1, "services": [
-    ...             {"name": "simulator", "quantity": 2, "cpu": 1, "traffic": {"trainer": 40}}]}],
-    ...     "network": [{"src": "edge", "dst": "cloud", "rate": "10mbit", "delay": "20ms"}]})
-    >>> plan = place_services(infra)
-    >>> sorted(set(plan.assignment.values()))  # everything fits on the cloud host: no slow traffic
-    ['cloud-1']
-    >>> plan.slow_traffic_mbit
-    0.0
+    >>> from engage.deploy.placement import CpSatSolver, PlacementProblem
+    >>> problem = PlacementProblem.from_dict({
+    ...     "nodes": [{"name": "cloud", "compute": 40, "memory": "8GiB"},
+    ...               {"name": "edge", "compute": 20, "memory": "1GiB"}],
+    ...     "links": [{"src": "edge", "dst": "cloud", "delay": "20ms", "rate": "10mbit"}],
+    ...     "services": [{"name": "trainer", "compute": 40, "nodes": ["cloud"]},
+    ...                  {"name": "simulator", "instances": 2, "compute": 10, "traffic": {"trainer": "4mbit"}}]})
+    >>> plan = CpSatSolver().solve(problem)
+    >>> plan.assignment  # the cloud's compute is the trainer's: the simulators send over the link
+    {'trainer#1': 'cloud', 'simulator#1': 'edge', 'simulator#2': 'edge'}
+    >>> round(plan.slow_traffic_mbit, 6), round(plan.traffic_cost, 6)
+    (4.0, 0.48)
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engage.deploy.infrastructure import Infrastructure, parse_size
+from engage.deploy.infrastructure import InfrastructureError, parse_rate, parse_size
 
-#: CP-SAT works on integers: costs and capacities are scaled by these
-_CPU_SCALE = 1000
-_COST_SCALE = 1000
+if TYPE_CHECKING:
+    from engage.deploy.placement.problem import Link, PlacementProblem
+
+#: (service name, node) -> copies of the service on the node
+Counts = Mapping[tuple[str, str], int]
 
 
-class ServicePlacementError(RuntimeError):
-    """No placement satisfies the capacities; the message says what does not fit."""
+@dataclass(frozen=True)
+class Service:
+    """A workload placed whole; see the module docstring. ``traffic``: ``((service, bits/s), ...)``."""
+
+    name: str
+    instances: int = 1
+    memory: int = 0
+    compute: float = 0.0
+    nodes: tuple[str, ...] = ()
+    traffic: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Flow:
+    """``bits`` per second from each copy of ``source`` to each copy of ``target``."""
+
+    source: str
+    target: str
+    bits: float
 
 
 @dataclass
-class ServicePlacement:
-    """``assignment``: instance (``simulator#2``) -> host; ``slow_traffic_mbit``: traffic that
-    crosses constrained links; ``cost``: the objective (traffic weighted by link slowness)."""
+class ServiceUsage:
+    """What the services of a plan take: bytes and GFLOP/s per node, bits/s per link (by key),
+    their traffic cost (unweighted) and the Mbit/s that cross links with a cost."""
 
-    assignment: dict[str, str]
-    slow_traffic_mbit: float
-    cost: float
-    status: str
-    per_host: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _link_cost(infra: Infrastructure, a: str, b: str) -> float:
-    """Cost of one mbit/s from layer ``a`` to ``b``: seconds per megabit plus the delay in seconds."""
-    if a == b:
-        return 0.0
-    constraint = infra.constraint_between(a, b)
-    if constraint is None:
-        return 0.0
-    rate = constraint.rate_bps
-    return (1e6 / rate if rate else 0.0) + constraint.delay_s
+    memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    compute: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    traffic: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cost: float = 0.0
+    slow_mbit: float = 0.0
 
 
-def place_services(infra: Infrastructure, time_limit_s: float = 10.0) -> ServicePlacement:
-    """The optimal (or best found within ``time_limit_s``) placement; see the module docstring."""
-    from ortools.sat.python import cp_model
+def link_cost(link: Link) -> float:
+    """The cost of one Mbit/s over ``link``: seconds per Mbit plus the one-way delay in seconds."""
+    return (1e6 / link.rate if link.rate else 0.0) + link.delay
 
-    infra.validate(known_providers=[infra.provider])
-    hosts = [(layer, name) for layer, name in infra.iter_hosts()]
-    instances: list[tuple[str, Any]] = []
-    home: list[str] = []
-    for layer in infra.layers:
-        for service in layer.services:
-            for k in range(1, service.quantity + 1):
-                instances.append((f"{service.name}#{k}", service))
-                home.append(layer.name)
-    if not instances:
-        raise ServicePlacementError("no services to place: list them under infrastructure.layers[*].services")
-    model = cp_model.CpModel()
-    x = {(i, h): model.new_bool_var(f"x_{i}_{h}") for i in range(len(instances)) for h in range(len(hosts))}
-    for i, (_, service) in enumerate(instances):
-        model.add_exactly_one(x[i, h] for h in range(len(hosts)))
-        if service.pinned:
-            for h, (layer, _) in enumerate(hosts):
-                if layer.name != home[i]:
-                    model.add(x[i, h] == 0)
-    for h, (layer, _name) in enumerate(hosts):
-        if layer.cpu is not None:
-            model.add(
-                sum(round(svc.cpu * _CPU_SCALE) * x[i, h] for i, (_, svc) in enumerate(instances))
-                <= round(layer.cpu * _CPU_SCALE)
+
+def flows(services: Iterable[Service]) -> list[Flow]:
+    """Every service's traffic, split evenly between pairs of copies."""
+    by_name = {s.name: s for s in services}
+    return [
+        Flow(s.name, target, bits / (s.instances * by_name[target].instances))
+        for s in by_name.values()
+        for target, bits in s.traffic
+    ]
+
+
+def parse_services(entries: Any) -> list[Service]:
+    """``services`` of a placement problem's mapping; :class:`PlacementProblemError` names the field."""
+    from engage.deploy.placement.problem import PlacementProblemError, _keys, _number
+
+    if entries is None:
+        return []
+    if not isinstance(entries, (list, tuple)):
+        raise PlacementProblemError("services: give a list of services (name, instances, memory, compute, ...)")
+    services = []
+    for i, raw in enumerate(entries):
+        where = f"services[{i}]"
+        _keys(raw, Service, where)
+        instances = raw.get("instances", 1)
+        if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+            raise PlacementProblemError(f"{where}.instances: {instances!r}; give a whole number >= 1")
+        nodes = raw.get("nodes") or []
+        if isinstance(nodes, str) or not isinstance(nodes, (list, tuple)):
+            raise PlacementProblemError(f"{where}.nodes: give a list of node names (empty: any node)")
+        traffic = raw.get("traffic") or {}
+        if not isinstance(traffic, Mapping):
+            raise PlacementProblemError(
+                f"{where}.traffic: give a mapping {{service: rate}}, such as {{trainer: 8mbit}}"
             )
-        if layer.memory is not None:
-            need = [parse_size(svc.memory) if svc.memory else 0 for _, svc in instances]  # exact bytes
-            model.add(sum(need[i] * x[i, h] for i in range(len(instances))) <= layer.memory_bytes)
-    layer_names = [layer.name for layer in infra.layers]
-    in_layer = {}
-    for i in range(len(instances)):
-        for name in layer_names:
-            var = model.new_bool_var(f"in_{i}_{name}")
-            model.add(var == sum(x[i, h] for h, (layer, _) in enumerate(hosts) if layer.name == name))
-            in_layer[i, name] = var
-    terms = []
-    flows: list[tuple[int, int, float]] = []
-    for i, (_, src) in enumerate(instances):
-        for target, total in src.traffic.items():
-            receivers = [j for j, (_, svc) in enumerate(instances) if svc.name == target]
-            if not receivers:
-                raise ServicePlacementError(f"service {src.name!r} sends traffic to {target!r}, which is not declared")
-            per_pair = float(total) / (src.quantity * len(receivers))
-            for j in receivers:
-                flows.append((i, j, per_pair))
-                for a in layer_names:
-                    for b in layer_names:
-                        cost = _link_cost(infra, a, b)
-                        if cost <= 0:
-                            continue
-                        both = model.new_bool_var(f"f_{i}_{j}_{a}_{b}")
-                        model.add_bool_or([in_layer[i, a].Not(), in_layer[j, b].Not(), both])
-                        terms.append(round(per_pair * cost * _COST_SCALE) * both)
-    model.minimize(sum(terms) if terms else 0)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = 2
-    status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise ServicePlacementError(
-            _why_not(infra, instances, hosts, home, status == cp_model.INFEASIBLE, time_limit_s)
+        try:
+            memory = parse_size(raw.get("memory", 0), f"{where}.memory")
+            sent = tuple((str(k), parse_rate(v, f"{where}.traffic.{k}")) for k, v in traffic.items())
+        except InfrastructureError as exc:
+            raise PlacementProblemError(str(exc)) from None
+        services.append(
+            Service(
+                name=str(raw["name"]),
+                instances=instances,
+                memory=memory,
+                compute=_number(raw.get("compute", 0.0), f"{where}.compute"),
+                nodes=tuple(str(n) for n in nodes),
+                traffic=sent,
+            )
         )
-    assignment = {}
-    per_host: dict[str, list[str]] = {name: [] for _, name in hosts}
-    where = {}
-    for i, (label, _) in enumerate(instances):
-        for h, (layer, name) in enumerate(hosts):
-            if solver.value(x[i, h]):
-                assignment[label] = name
-                per_host[name].append(label)
-                where[i] = layer.name
-    slow = sum(t for i, j, t in flows if _link_cost(infra, where[i], where[j]) > 0)
-    return ServicePlacement(
-        assignment=assignment,
-        slow_traffic_mbit=float(slow),
-        cost=solver.objective_value / _COST_SCALE,
-        status=solver.status_name(status),
-        per_host=per_host,
-    )
+    return services
 
 
-def _why_not(infra: Infrastructure, instances: list, hosts: list, home: list[str], proved: bool, limit: float) -> str:
-    """One line on why no placement was found: totals, then pinned layers, then packing."""
-    fix = "add hosts, raise layers' cpu/memory or lower services' needs"
-    if not proved:
-        return f"no placement found within {limit:g} s; raise the time limit or simplify the infrastructure"
-    if all(layer.cpu is not None for layer, _ in hosts):
-        cpu = sum(svc.cpu for _, svc in instances)
-        capacity = sum(layer.cpu for layer, _ in hosts)
-        if cpu > capacity + 1e-9:
-            return f"no placement fits: services need {cpu:g} CPU in total, hosts offer {capacity:g}; {fix}"
-    if all(layer.memory is not None for layer, _ in hosts):
-        memory = sum(parse_size(svc.memory) if svc.memory else 0 for _, svc in instances)
-        capacity = sum(layer.memory_bytes for layer, _ in hosts)
-        if memory > capacity:
-            return (
-                f"no placement fits: services need {memory / 2**20:.0f} MiB in total, hosts offer "
-                f"{capacity / 2**20:.0f} MiB; {fix}"
-            )
-    for layer in infra.layers:
-        pinned = [svc for (_, svc), at in zip(instances, home, strict=True) if svc.pinned and at == layer.name]
-        if pinned and layer.cpu is not None:
-            cpu = sum(svc.cpu for svc in pinned)
-            if cpu > layer.cpu * layer.hosts + 1e-9:
-                return (
-                    f"no placement fits: services pinned to layer {layer.name!r} need {cpu:g} CPU, its "
-                    f"{layer.hosts} host(s) offer {layer.cpu * layer.hosts:g}; {fix}"
+def validate_services(problem: PlacementProblem) -> None:
+    """Names, nodes and traffic targets of the services, and that each fits some node alone."""
+    from engage.deploy.placement.problem import PlacementProblemError, _unique
+
+    services = list(problem.services.values())
+    for i, service in enumerate(services):
+        where = f"services[{i}]"
+        if service.instances < 1:
+            raise PlacementProblemError(f"{where}.instances: {service.instances}; give a whole number >= 1")
+        for node in service.nodes:
+            if node not in problem.nodes:
+                raise PlacementProblemError(
+                    f"{where}.nodes: {node!r} is not a node; nodes are {', '.join(problem.nodes)}"
                 )
-    largest = max((svc.cpu for _, svc in instances), default=0.0)
-    return (
-        f"no placement fits: the instances cannot be packed onto the hosts (largest needs {largest:g} CPU; "
-        f"pinned services stay on their layer); {fix}"
-    )
+        _unique([t for t, _ in service.traffic], f"{where}.traffic", "service", "give one rate per service")
+        for target, bits in service.traffic:
+            if target not in problem.services:
+                raise PlacementProblemError(
+                    f"{where}.traffic: {service.name!r} sends to {target!r}, which is not a service; "
+                    f"services are {', '.join(problem.services)}"
+                )
+            if not bits >= 0:
+                raise PlacementProblemError(f"{where}.traffic.{target}: {bits!r}; give a rate >= 0")
+        if not problem.service_nodes(service.name):
+            raise PlacementProblemError(
+                f"{where}: {service.name!r} fits on no node ({service.memory / 2**20:.0f} MiB, "
+                f"{service.compute:g} GFLOP/s a copy, on {', '.join(service.nodes) or 'any available node'}); "
+                "lower its needs or give it larger nodes"
+            )
+
+
+def usage(problem: PlacementProblem, counts: Counts) -> ServiceUsage:
+    """What ``counts`` copies of the services take and cost on ``problem``."""
+    used = ServiceUsage()
+    for (name, node), copies in counts.items():
+        service = problem.services[name]
+        used.memory[node] += copies * service.memory
+        used.compute[node] += copies * service.compute
+    for flow in problem.flows:
+        for (source, u), m in counts.items():
+            if source != flow.source or not m:
+                continue
+            for (target, v), n in counts.items():
+                if target != flow.target or not n or u == v:
+                    continue
+                bits = flow.bits * m * n
+                cost = 0.0
+                for key in problem.route(u, v):
+                    used.traffic[key] += bits
+                    cost += link_cost(problem.link(key))
+                used.cost += bits / 1e6 * cost
+                if cost > 0:
+                    used.slow_mbit += bits / 1e6
+    return used
+
+
+def label_copies(problem: PlacementProblem, counts: Counts) -> dict[str, str]:
+    """``{"simulator#1": node, ...}``: copies numbered in the order of the problem's nodes."""
+    assignment = {}
+    for service in problem.services.values():
+        k = 0
+        for node in problem.nodes:
+            for _ in range(counts.get((service.name, node), 0)):
+                k += 1
+                assignment[f"{service.name}#{k}"] = node
+    return assignment
+
+
+def counts_of(assignment: Mapping[str, str]) -> dict[tuple[str, str], int]:
+    """The copies per (service, node) of an assignment ``{"simulator#1": node, ...}``."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for label, node in assignment.items():
+        counts[(label.rsplit("#", 1)[0], node)] += 1
+    return dict(counts)

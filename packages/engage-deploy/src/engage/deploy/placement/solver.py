@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from engage.deploy.placement.plan import PlacementPlan
-from engage.deploy.placement.problem import PlacementProblem
+from engage.deploy.placement.problem import PlacementProblem, PlacementProblemError
 
 
 class PlacementSolver(ABC):
@@ -26,3 +26,12 @@ class PlacementSolver(ABC):
     @abstractmethod
     def solve(self, problem: PlacementProblem, previous: PlacementPlan | None = None) -> PlacementPlan:
         """The best plan this solver finds; raises ``PlacementInfeasible`` when none fits."""
+
+
+def refuse_services(solver: str, problem: PlacementProblem) -> None:
+    """For solvers that place model variants only: one line when ``problem`` has services."""
+    if problem.services:
+        raise PlacementProblemError(
+            f"the {solver} solver places model variants only, and this problem has services "
+            f"({', '.join(problem.services)}); use the cpsat or greedy solver"
+        )
