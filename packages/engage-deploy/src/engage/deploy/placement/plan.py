@@ -101,7 +101,12 @@ class PlacementPlan:
         return data
 
     def summary(self) -> dict[str, float | str | None]:
-        """The headline figures (what benchmarks and MLflow record)."""
+        """The headline figures (what benchmarks and MLflow record); the services' with services."""
+        services = {
+            "service_copies": len(self.assignment),
+            "traffic_cost": self.traffic_cost,
+            "slow_traffic_mbit": self.slow_traffic_mbit,
+        }
         return {
             "objective": self.objective,
             "latency_ms": self.latency_s * 1e3,
@@ -112,9 +117,7 @@ class PlacementPlan:
             "solve_time_s": self.solve_time_s,
             "items": sum(len(v) for v in self.placement.values()),
             "moves": self.moves,
-            "service_copies": len(self.assignment),
-            "traffic_cost": self.traffic_cost,
-            "slow_traffic_mbit": self.slow_traffic_mbit,
+            **(services if self.assignment else {}),
         }
 
 
