@@ -229,8 +229,9 @@ def test_bad_arguments_are_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert "--model torch.nn:Linear cannot be built: TypeError" in proc.stderr
 
 
-def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: Path) -> None:
-    from engage.deploy.serve.apis import WeightsAPI
+def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: Path, monkeypatch) -> None:
+    import engage.deploy.serve.apis as apis
+    from engage.deploy.serve.apis import InferenceAPI, WeightsAPI
     from engage.deploy.serve.replica import ModelSpec, ReplicaSpec
 
     trainer = pl.Trainer(
@@ -242,9 +243,16 @@ def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: P
         "r", ModelSpec("serve_app:Sine", checkpoint=str(tmp_path / "sine.ckpt")), str(tmp_path), "127.0.0.1", 1, "k"
     )
     api = WeightsAPI(spec, api_path="/weights")
-    api.setup("cpu")  # a checkpoint cannot be loaded onto the meta device: built on the CPU then
+    # the weights worker builds no model: it waits for the inference worker's signature
+    monkeypatch.setattr(apis, "SIGNATURE_TIMEOUT_S", 0.2)
+    with pytest.raises(TimeoutError, match=r"signature.json was not written within 0.2 s by the inference worker"):
+        api.setup("cpu")
+    InferenceAPI(spec, api_path="/predict").setup("cpu")  # loads the checkpoint, writes its signature
+    api.setup("cpu")
     assert api.predict((3, serialize(Sine(width=8).state_dict()))) == 3
-    with pytest.raises(Exception, match="do not fit the model"):
+    with pytest.raises(
+        Exception, match=r"do not fit the model: net.0.weight is \(4, 1\) torch.float32, the model's is \(8, 1\)"
+    ):
         api.predict((4, serialize(Sine(width=4).state_dict())))
 
 

@@ -1,5 +1,9 @@
 """The replica's two LitServe endpoints (see :mod:`~engage.deploy.serve.replica`). Imported only in
-a replica's processes, once its API key is in the environment: LitServe reads it on import."""
+a replica's processes, once its API key is in the environment: LitServe reads it on import.
+
+Only the inference worker builds the model (and imports its code); it writes the model's
+signature for the weights worker, which checks versions against it. The replica's own process
+imports neither torch nor the model: it only starts the workers."""
 
 from __future__ import annotations
 
@@ -7,14 +11,18 @@ import base64
 import binascii
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import litserve as ls
-import torch
 from fastapi import HTTPException
 
 from engage.deploy.serve.replica import MAX_INPUTS, SERVICE_TIME_HEADER, ReplicaSpec
-from engage.deploy.serve.weights import WeightsRefused, WeightStore
+
+if TYPE_CHECKING:
+    import torch
+
+#: how long the weights worker waits for the inference worker to write the model's signature
+SIGNATURE_TIMEOUT_S = 120.0
 
 log = logging.getLogger("engage.deploy.serve")
 
@@ -32,8 +40,12 @@ class InferenceAPI(ls.LitAPI):
         self.replica = replica
 
     def setup(self, device: str) -> None:
+        from engage.deploy.serve.weights import WeightStore, signature, write_signature
+
         self.model = self.replica.model.build()
-        self.store = WeightStore(self.replica.weights_folder, self.model.state_dict())
+        model_signature = signature(self.model.state_dict())
+        write_signature(self.replica.weights_folder, model_signature)
+        self.store = WeightStore(self.replica.weights_folder, model_signature)
         self.version, self.stamp = 0, (-1, -1)
         self._refresh()
 
@@ -54,6 +66,8 @@ class InferenceAPI(ls.LitAPI):
             self.version = version
 
     def decode_request(self, request: dict) -> list[torch.Tensor]:
+        import torch
+
         inputs = request.get("inputs") if isinstance(request, dict) else None
         if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
             raise HTTPException(400, f'a request is {{"inputs": [...]}} with 1 to {MAX_INPUTS} arrays')
@@ -63,6 +77,8 @@ class InferenceAPI(ls.LitAPI):
             raise HTTPException(400, f"inputs must be arrays of numbers ({_first_line(exc)})") from None
 
     def predict(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        import torch
+
         self._refresh()
         with torch.inference_mode():
             try:
@@ -84,12 +100,11 @@ class WeightsAPI(ls.LitAPI):
         self.replica = replica
 
     def setup(self, device: str) -> None:
-        try:
-            with torch.device("meta"):  # names, shapes and dtypes only: no memory for the weights
-                reference = self.replica.model.build().state_dict()
-        except Exception:  # a checkpoint, or a model whose construction needs real memory
-            reference = self.replica.model.build().state_dict()
-        self.store = WeightStore(self.replica.weights_folder, reference)
+        from engage.deploy.serve.weights import WeightStore, wait_for_signature
+
+        # written by this start's inference worker (the replica removes an earlier one first)
+        model_signature = wait_for_signature(self.replica.weights_folder, SIGNATURE_TIMEOUT_S)
+        self.store = WeightStore(self.replica.weights_folder, model_signature)
 
     def decode_request(self, request: dict) -> tuple[int, bytes]:
         try:
@@ -100,6 +115,8 @@ class WeightsAPI(ls.LitAPI):
         return version, payload
 
     def predict(self, request: tuple[int, bytes]) -> int:
+        from engage.deploy.serve.weights import WeightsRefused
+
         version, payload = request
         try:
             return self.store.publish(version, payload)

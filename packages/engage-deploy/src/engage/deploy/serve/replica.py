@@ -42,6 +42,8 @@ API_KEY_HEADER = "X-API-Key"
 SERVICE_TIME_HEADER = "x-engage-service-s"
 #: at most this many positional inputs per request
 MAX_INPUTS = 16
+#: the model's names, shapes and dtypes, in the weights folder (see :mod:`~engage.deploy.serve.weights`)
+SIGNATURE_FILE = "signature.json"
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"engage replica: {exc}", file=sys.stderr)
         return 2
+    # the weights worker waits for this start's inference worker to write the model's signature
+    (spec.weights_folder / SIGNATURE_FILE).unlink(missing_ok=True)
     server = build_server(spec)
     # the replica's own address only; no client file written into the working folder
     server.run(host=host, port=spec.port, num_api_servers=1, generate_client_file=False)

@@ -249,9 +249,9 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
 def run_command(namespace: argparse.Namespace) -> int:
     """``engage serve``: serve until stopped; exit code 2 for bad arguments, 1 if the replica
     cannot be kept running."""
-    try:
-        import litserve  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("litserve") is None:  # found, not imported: the replica's process imports it
         print("engage serve: LitServe is not installed; pip install 'engage-deploy[serve]'", file=sys.stderr)
         return 2
     try:

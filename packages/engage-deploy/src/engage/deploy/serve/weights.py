@@ -7,12 +7,17 @@ older or equal one is refused. A version is kept only when it loads with ``weigh
 (no code runs) and matches the model's parameter names, shapes and dtypes exactly. The two
 newest versions are kept, older ones removed.
 
+The model's names, shapes and dtypes (its :func:`signature`) are what a version is checked
+against. The replica's inference worker, which builds the model, writes them beside the versions
+(:func:`write_signature`); its weights worker reads them (:func:`wait_for_signature`) instead of
+building the model, and so never imports the model's code.
+
 Example::
 
     >>> import io, tempfile, torch
     >>> from pathlib import Path
     >>> model = torch.nn.Linear(2, 1)
-    >>> store = WeightStore(Path(tempfile.mkdtemp()) / "weights", reference=model.state_dict())
+    >>> store = WeightStore(Path(tempfile.mkdtemp()) / "weights", signature(model.state_dict()))
     >>> buffer = io.BytesIO(); torch.save(model.state_dict(), buffer)
     >>> store.publish(7, buffer.getvalue())
     7
@@ -24,14 +29,47 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from engage.core.files import write_private
+from engage.deploy.serve.replica import SIGNATURE_FILE
 
 CURRENT = "current.json"
+
+#: parameter or buffer name -> (shape, dtype name such as ``float32``)
+Signature = dict[str, tuple[tuple[int, ...], str]]
+
+
+def signature(state_dict: Mapping[str, torch.Tensor]) -> Signature:
+    """The names, shapes and dtypes of ``state_dict``."""
+    return {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state_dict.items()}
+
+
+def write_signature(folder: Path, model_signature: Signature) -> None:
+    """Keep ``model_signature`` in ``folder`` (0600, whole or not at all)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {name: [list(shape), dtype] for name, (shape, dtype) in model_signature.items()}
+    write_private(folder / SIGNATURE_FILE, json.dumps(record))
+
+
+def wait_for_signature(folder: Path, timeout_s: float) -> Signature:
+    """The signature written in ``folder``, waiting up to ``timeout_s`` for it to appear;
+    :class:`TimeoutError` naming the file otherwise."""
+    path = Path(folder) / SIGNATURE_FILE
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            record = json.loads(path.read_text())
+            return {name: (tuple(shape), str(dtype)) for name, (shape, dtype) in record.items()}
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} was not written within {timeout_s:g} s by the inference worker") from None
+            time.sleep(0.05)
 
 
 class WeightsRefused(ValueError):
@@ -51,14 +89,14 @@ def serialize(state_dict: Mapping[str, torch.Tensor]) -> bytes:
 
 
 class WeightStore:
-    """The versions of one replica's weights in ``folder`` (made 0700), checked against
-    ``reference`` (the model's ``state_dict``, for names, shapes and dtypes)."""
+    """The versions of one replica's weights in ``folder`` (made 0700), checked against the
+    model's :func:`signature`."""
 
-    def __init__(self, folder: Path, reference: Mapping[str, torch.Tensor]):
+    def __init__(self, folder: Path, model_signature: Signature):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o700)
-        self._signature = {k: (tuple(v.shape), v.dtype) for k, v in reference.items()}
+        self._signature = dict(model_signature)
 
     @property
     def current_file(self) -> Path:
@@ -103,12 +141,12 @@ class WeightStore:
         unexpected = sorted(set(state) - set(self._signature))
         if missing or unexpected:
             raise WeightsRefused(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        for name, (shape, dtype) in self._signature.items():
-            tensor = state[name]
-            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        for name, (shape, dtype) in signature(state).items():
+            if (shape, dtype) != self._signature[name]:
+                want_shape, want_dtype = self._signature[name]
                 raise WeightsRefused(
-                    f"weights do not fit the model: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
-                    f"the model's is {shape} {dtype}"
+                    f"weights do not fit the model: {name} is {shape} torch.{dtype}, "
+                    f"the model's is {want_shape} torch.{want_dtype}"
                 )
         return state
 
