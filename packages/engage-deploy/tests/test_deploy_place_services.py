@@ -203,3 +203,136 @@ def test_cpsat_names_the_capacities_the_copies_cannot_all_fit() -> None:
         "no plan places every service copy: these cannot all hold: compute of cloud (4 GFLOP/s); "
         "rate of edge -> cloud (1 mbit/s); add capacity or lower the services' needs"
     )
+
+
+def test_capacities_exactly_filled_fit() -> None:
+    """Float noise and copies sharing a flow never turn an exact fit into 'nothing fits'."""
+    exact = {
+        "nodes": [{"name": "cloud"}, {"name": "edge", "compute": 3}],
+        "links": [{"src": "edge", "dst": "cloud", "rate": "10mbit"}],
+        "max_utilization": 0.7,
+        "services": [
+            {"name": "trainer", "nodes": ["cloud"]},
+            {"name": "simulator", "instances": 3, "compute": 1, "nodes": ["edge"], "traffic": {"trainer": "10mbit"}},
+        ],
+    }
+    plan = CpSatSolver().solve(PlacementProblem.from_dict(exact))  # 3 x 1 GFLOP/s on 3; 3 x 10/3 mbit on 10
+    assert plan.assignment["simulator#3"] == "edge" and plan.slow_traffic_mbit == pytest.approx(10.0)
+    trainer = {**BASE["layers"][0]["services"][0], "cpu": 2.01}
+    data = {**BASE, "layers": [{**BASE["layers"][0], "cpu": 2.01, "services": [trainer]}, *BASE["layers"][1:]]}
+    assert place_services(Infrastructure.from_dict(data)).assignment["trainer#1"] == "cloud-1"
+
+
+def test_each_direction_of_a_link_has_its_rate() -> None:
+    """As the netns provider shapes them: 8 mbit/s each way over a 10mbit link fits."""
+    data = {
+        "layers": [
+            {"name": "cloud", "services": [{"name": "trainer", "pinned": True, "traffic": {"simulator": 8}}]},
+            {"name": "edge", "services": [{"name": "simulator", "pinned": True, "traffic": {"trainer": 8}}]},
+        ],
+        "network": [{"src": "edge", "dst": "cloud", "rate": "10mbit", "symmetric": True}],
+    }
+    plan = place_services(Infrastructure.from_dict(data))
+    assert plan.slow_traffic_mbit == pytest.approx(16.0)
+    problem = workflow_problem(Infrastructure.from_dict(data))
+    assert problem.crossings("cloud-1", "edge-1") == (("edge-1", False),)
+    data["layers"][0]["services"][0]["traffic"] = {"simulator": 12}
+    with pytest.raises(ServicePlacementError, match="traffic exceeds the rate"):
+        place_services(Infrastructure.from_dict(data))
+
+
+def test_request_costs_keep_their_precision_beside_dear_services_traffic() -> None:
+    """A dear, unused pair of nodes for the services does not blur the choice between variants."""
+    problem = PlacementProblem.from_dict({
+        "nodes": [{"name": "cloud"}, {"name": "edge", "compute": 10}, {"name": "far", "compute": 10}],
+        "links": [{"src": "edge", "dst": "cloud", "delay": "1ms"}, {"src": "far", "dst": "cloud", "rate": "1kbit"}],
+        "models": [{"name": "m", "variants": [
+            {"name": "a", "size": "10MB", "accuracy": 0.8, "gflop": 1},
+            {"name": "b", "size": "10MB", "accuracy": 0.8002, "gflop": 1}]}],
+        "requests": [{"node": "edge", "model": "m", "rate": 1}],
+        "services": [{"name": "trainer", "nodes": ["cloud"]}, {"name": "simulator", "traffic": {"trainer": "1gbit"}}],
+    })  # fmt: skip
+    plan = CpSatSolver().solve(problem)
+    assert plan.routes[0].variant == "b" and plan.status == "OPTIMAL"
+    assert plan.bound <= plan.objective + 1e-12
+
+
+def test_hosts_of_a_layer_are_interchangeable_and_many_are_placed_fast() -> None:
+    layers = [
+        {"name": "cloud", "hosts": 2, "cpu": 4, "services": [{"name": "trainer", "cpu": 2, "pinned": True}]},
+        {"name": "fog", "hosts": 8, "cpu": 2, "services": [
+            {"name": "replay", "quantity": 4, "traffic": {"trainer": 10}}]},
+        {"name": "edge", "hosts": 8, "cpu": 1, "services": [
+            {"name": "simulator", "quantity": 16, "cpu": 0.5, "traffic": {"trainer": 20, "replay": 10}}]},
+    ]  # fmt: skip
+    network = [
+        {"src": "edge", "dst": "cloud", "delay": "20ms", "rate": "1gbit"},
+        {"src": "fog", "dst": "cloud", "delay": "5ms", "rate": "1gbit"},
+        {"src": "edge", "dst": "fog", "delay": "2ms"},
+    ]
+    infra = Infrastructure.from_dict({"layers": layers, "network": network})
+    problem = workflow_problem(infra)
+    assert problem.interchangeable == (("cloud-1", "cloud-2"), tuple(f"fog-{i}" for i in range(1, 9)),
+                                       tuple(f"edge-{i}" for i in range(1, 9)))  # fmt: skip
+    plan = place_services(infra, time_limit_s=60)
+    assert plan.status == "OPTIMAL" and plan.solve_time_s < 30
+    assert check_capacities(problem, {}, counts_of(plan.assignment)) == []
+    # renumbered hosts come first: the copies of a layer fill its first hosts
+    assert "fog-8" not in plan.per_node and "edge-8" not in plan.per_node
+    greedy = place_services(infra, GreedySolver())
+    assert greedy.traffic_cost >= plan.traffic_cost - 1e-9
+    unlike = {**problem.to_dict(), "interchangeable": [["cloud-1", "fog-1"]]}
+    with pytest.raises(PlacementProblemError, match=r"interchangeable\[0\]: 'cloud-1' and 'fog-1' differ"):
+        PlacementProblem.from_dict(unlike)
+
+
+def test_bad_services_of_an_infrastructure_are_one_line() -> None:
+    for service, expected in (
+        ({"name": "s", "cpu": None}, r"infrastructure.layers\[1\].services\[0\].cpu: None; give a finite number >= 0"),
+        ({"name": "s", "cpu": -5}, r"services\[0\].cpu: -5; give a finite number >= 0"),
+        ({"name": "s", "traffic": ["trainer"]}, r"services\[0\].traffic: give a mapping"),
+        ({"name": "s", "traffic": {"trainer": "lots"}}, r"services\[0\].traffic.trainer: 'lots'; give a finite"),
+    ):
+        data = {**BASE, "layers": [BASE["layers"][0], {**BASE["layers"][1], "services": [service]}, BASE["layers"][2]]}
+        with pytest.raises(ServicePlacementError, match=expected) as info:
+            place_services(Infrastructure.from_dict(data))
+        assert "\n" not in str(info.value)
+
+
+def test_many_copy_counts_sharing_a_link_stay_in_the_solver_integer_range() -> None:
+    """Exact counting multiplies a link's rate by the copies' common multiple: when that leaves
+    64-bit integers, the link is counted in bits/s, rounded up, and the plan is still found."""
+    primes = (7, 11, 13, 17, 19, 23, 29, 31)  # their product, 6.7e9, times 1 Gbit/s leaves int64
+    sims = [{"name": f"sim{p}", "quantity": p, "cpu": 0.1, "pinned": True, "traffic": {"trainer": 200}} for p in primes]
+    infra = Infrastructure.from_dict({
+        "layers": [
+            {"name": "cloud", "cpu": 100, "services": [{"name": "trainer", "pinned": True}]},
+            {"name": "edge", "hosts": 2, "cpu": 100, "services": sims},
+        ],
+        "network": [{"src": "edge", "dst": "cloud", "rate": "1gbit"}],
+    })  # fmt: skip
+    plan = place_services(infra)
+    assert plan.status == "OPTIMAL" and len(plan.assignment) == 1 + sum(primes)
+
+
+def test_only_nodes_with_a_link_of_their_own_to_every_other_node_are_interchangeable() -> None:
+    """A and B look alike, but D's traffic crosses A's uplink: renumbering them is not free."""
+    data = {
+        "nodes": [
+            {"name": "R", "compute": 0.5}, {"name": "A", "compute": 1}, {"name": "B", "compute": 1},
+            {"name": "D", "compute": 0.5},
+        ],
+        "links": [{"src": "A", "dst": "R", "rate": "10mbit"}, {"src": "B", "dst": "R", "rate": "10mbit"},
+                  {"src": "D", "dst": "A", "rate": "10mbit"}],
+        "cross_links": [{"src": "B", "dst": "D", "rate": "10mbit"}],
+        "services": [{"name": "tr", "nodes": ["R"]}, {"name": "dsim", "nodes": ["D"], "traffic": {"tr": "10mbit"}},
+                     {"name": "srv", "compute": 1, "traffic": {"tr": "5mbit"}}],
+    }  # fmt: skip
+    assert CpSatSolver().solve(PlacementProblem.from_dict(data)).assignment["srv#1"] == "B"
+    for groups, expected in (
+        ([["A", "B"]], r"'A' has no link of its own to 'B'"),
+        ([[]], r"interchangeable\[0\]: \[\]; give at least two nodes"),
+        ([["A", "A"]], r"'A' is listed twice"),
+    ):
+        with pytest.raises(PlacementProblemError, match=expected):
+            PlacementProblem.from_dict({**data, "interchangeable": groups})

@@ -26,7 +26,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -46,6 +46,9 @@ from engage.deploy.report import SweepInterrupted, SweepReport, sigterm_interrup
 from engage.deploy.serving import ServingPlan
 from engage.deploy.sweep_tracking import SweepTracking
 from engage.deploy.tracking import write_json
+
+if TYPE_CHECKING:
+    from engage.deploy.placement.plan import PlacementPlan
 
 __all__ = ["Sweep", "SweepInterrupted", "app_command", "host_records"]
 
@@ -77,6 +80,7 @@ class Sweep:
         config: DictConfig,
         options: LauncherOptions,
         infrastructure: Infrastructure,
+        placement: PlacementPlan | None = None,
     ) -> None:
         self.hydra_context = hydra_context
         self.task_function = task_function
@@ -89,6 +93,7 @@ class Sweep:
         self.folder: ExperimentFolder | None = None
         self.tracking: SweepTracking | None = None
         self.execution: JobExecution | None = None
+        self.plan = placement  # the services' plan the launcher made with placement: optimize
         self.placement: dict[str, str] = {}
 
     def run(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -197,7 +202,7 @@ class Sweep:
         from engage.deploy.placement.workflow import place_services
 
         assert self.folder is not None
-        plan = place_services(self.infrastructure)
+        plan = self.plan or place_services(self.infrastructure)
         self.placement = dict(plan.assignment)
         self.folder.write_placement(plan.to_dict())
         log.info("engage launcher: services placed (%s): %s", plan.status, plan.assignment)

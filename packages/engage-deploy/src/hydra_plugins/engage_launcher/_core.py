@@ -20,6 +20,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         config=launcher.config,
         options=launcher.options,
         infrastructure=launcher.infrastructure,
+        placement=launcher.placement,
     )
     try:
         return sweep.run(job_overrides, initial_job_idx)

@@ -41,14 +41,15 @@ class EngageLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.options: LauncherOptions | None = None
         self.infrastructure: Any = None
+        self.placement: Any = None  # the services' plan with placement: optimize, made once in setup
 
     @staticmethod
-    def check(config: DictConfig) -> tuple[LauncherOptions, Any]:
+    def check(config: DictConfig) -> tuple[LauncherOptions, Any, Any]:
         """``hydra.launcher`` checked against the whole config before the sweep exists (its MLflow
         run, folder or hosts): the options, the infrastructure, the jobs' layer, the placement,
         and the simulations' layer (``data.executor_options.layer`` with ``data.executor=deploy``).
-        Returns the options and the infrastructure; raises :class:`ValueError` with one line
-        naming the key."""
+        Returns the options, the infrastructure and the services' placement plan (``None``
+        unless ``placement: optimize``); raises :class:`ValueError` with one line naming the key."""
         from engage.deploy.infrastructure import Infrastructure, InfrastructureError
         from engage.deploy.providers import get_provider
 
@@ -76,23 +77,24 @@ class EngageLauncher(Launcher):
         ):
             if layer is not None and layer not in layers:
                 raise ValueError(f"{key}: no layer named {layer!r}; layers are {', '.join(layers)}")
+        plan = None
         if options.placement == "optimize":
             from engage.deploy.placement.workflow import ServicePlacementError, place_services
 
             try:
-                place_services(infrastructure)
+                plan = place_services(infrastructure)
             except ServicePlacementError as exc:
                 raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
         if options.serving.enabled:
             _check_serving(options, infrastructure, config)
-        return options, infrastructure
+        return options, infrastructure, plan
 
     @classmethod
     def preflight(cls, config: DictConfig) -> str | None:
         """:meth:`check` for a sweep callback that runs before the launcher exists: raises
         :class:`ValueError` with one line naming the key; returns the store named by
         ``hydra.launcher.mlflow.tracking_uri``, where the sweep records, if any."""
-        options, _ = cls.check(config)
+        options, _, _ = cls.check(config)
         return options.mlflow.tracking_uri if options.mlflow.enabled else None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -103,7 +105,7 @@ class EngageLauncher(Launcher):
         from engage.core.tracking.store import TrackingUnavailable, check_reachable
 
         try:
-            self.options, self.infrastructure = self.check(config)
+            self.options, self.infrastructure, self.placement = self.check(config)
         except ValueError as exc:
             print(f"engage launcher: {exc}", file=sys.stderr)
             sys.exit(2)

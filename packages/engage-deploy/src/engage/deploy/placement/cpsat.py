@@ -21,6 +21,7 @@ a set of capacities that cannot all hold, and the error names them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -34,13 +35,15 @@ from engage.deploy.placement.plan import (
     build_plan,
     previous_choice,
 )
-from engage.deploy.placement.problem import Item, PlacementProblem, Weights, item_label
+from engage.deploy.placement.problem import Item, PlacementProblem, PlacementProblemError, Weights, item_label
 from engage.deploy.placement.services import counts_of, link_cost
 from engage.deploy.placement.solver import PlacementSolver
 
 #: objective coefficients are integers: each option's cost above its class's cheapest one, with
 #: the largest such difference worth this many units
 _OBJECTIVE_SCALE = 1_000_000_000
+#: the objective's largest value in integer units: well inside int64, whatever the sums
+_INT_RANGE = 2**60
 #: metric limits (epsilon constraints) are rounded at this resolution of their largest value
 _LIMIT_SCALE = 1_000_000_000
 _METRICS = ("latency", "inaccuracy", "energy")
@@ -122,6 +125,11 @@ class CpSatSolver(PlacementSolver):
                 raise PlacementInfeasible(
                     _explain(problem, self.weights, self.limits, previous, self.max_moves), proved=True
                 )
+            if status == cp_model.MODEL_INVALID:
+                raise PlacementProblemError(
+                    f"CP-SAT refused the model ({model.validate() or 'MODEL_INVALID'}); the problem's figures are "
+                    "out of its integer range: lower the largest rates, sizes or costs"
+                )
             raise PlacementInfeasible(
                 f"CP-SAT found no plan within {self.time_limit_s:g} s ({solver.status_name(status)}); "
                 "raise time_limit_s"
@@ -142,12 +150,12 @@ class CpSatSolver(PlacementSolver):
             weights=self.weights,
             counts=counts,
         )
-        floor, unit = built["floor"], built["unit"]
+        floor, per_unit = built["floor"], built["per_unit"]
         # the integer model's bound in the objective's units; each coefficient is off by at most
-        # half a unit (a pair of service nodes' by half a unit per pair of copies), so the bound
-        # is lowered by that much to stay a bound
-        rounding = 0.5 * unit / _OBJECTIVE_SCALE * (len(problem.classes) + built["pair_copies"])
-        bound = sum(floor.values()) + solver.best_objective_bound * unit / _OBJECTIVE_SCALE - rounding
+        # half a unit (counted once per class, and once per pair of copies of a service flow), so
+        # the bound is lowered by that much to stay a bound
+        rounding = 0.5 / per_unit * (len(problem.classes) + built["pair_copies"])
+        bound = sum(floor.values()) + solver.best_objective_bound / per_unit - rounding
         plan.bound = min(plan.objective, bound)
         if status == cp_model.OPTIMAL and plan.objective - bound <= 2 * rounding:
             plan.bound = plan.objective  # proved optimal up to the rounding of the costs
@@ -167,34 +175,21 @@ def _build(
     model = cp_model.CpModel()
     floor, unit = _objective_scale(problem, weights)
     traffic_weight = (weights or problem.weights).traffic
-    # the services' dearest pair of nodes: coefficients must stay far below int64's range
-    unit = max(
-        unit,
-        max(
-            (
-                traffic_weight * flow.bits / 1e6 * sum(link_cost(problem.link(key)) for key in problem.route(u, v))
-                for flow in problem.flows
-                for u in problem.service_nodes(flow.source)
-                for v in problem.service_nodes(flow.target)
-            ),
-            default=0.0,
-        ),
-    )
     y: dict[int, list[Any]] = {}
     x: dict[tuple[str, Item], Any] = {}
     users: dict[tuple[str, Item], list[Any]] = defaultdict(list)
     compute: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-    traffic: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    # per link and direction: (bits/s in total, shared by this many pairs of copies, variable)
+    traffic: dict[tuple[str, bool], list[tuple[float, int, Any]]] = defaultdict(list)
     serving: set[str] = set()  # nodes where requests may use compute
-    objective = []
+    costs: list[tuple[float, Any]] = []  # (cost above the floor, variable): the objective
     total = problem.total_rate
     for cls in problem.classes:
         y[cls.index] = []
         for k, option in enumerate(cls.options):
             var = model.new_bool_var(f"y{cls.index}_{k}")
             y[cls.index].append(var)
-            extra = problem.option_cost(cls, option, weights) - floor[cls.index]
-            objective.append(round(extra / unit * _OBJECTIVE_SCALE) * var)
+            costs.append((problem.option_cost(cls, option, weights) - floor[cls.index], var))
             for need in option.needs:
                 if need not in x:
                     x[need] = model.new_bool_var(f"x_{need[0]}_{item_label(need[1])}")
@@ -207,7 +202,7 @@ def _build(
                     serving.add(node)
             for src, bits in option.traffic:
                 if math.isfinite(problem.link_capacity(src)):
-                    traffic[src].append((_up(cls.rate * bits / 1000), var))  # kbit/s, rounded up
+                    traffic[src, True].append((cls.rate * bits, 1, var))  # up the tree
         model.add_exactly_one(y[cls.index])
     for need, var in x.items():
         model.add_bool_or([*users[need], var.Not()])
@@ -224,24 +219,34 @@ def _build(
                 # reserved whole: counted at 1 / max_utilization against the requests' cap
                 compute[node].append((_up(problem.max_utilization * service.compute * 1000), k[service.name, node]))
         model.add(sum(k[service.name, node] for node in where) == service.instances)
-    pair_copies = 0
+    _break_symmetries(problem, model, k)
+    pair_copies = 0  # pairs of copies whose cost is rounded (each by at most half a unit)
     for flow in problem.flows:
+        pairs = problem.services[flow.source].instances * problem.services[flow.target].instances
+        counted = False
         for u in problem.service_nodes(flow.source):
             for v in problem.service_nodes(flow.target):
-                keys = problem.route(u, v)
-                cost = sum(link_cost(problem.link(key)) for key in keys)
-                limited = [key for key in keys if math.isfinite(problem.link_capacity(key))]
+                crossed = problem.crossings(u, v)
+                cost = sum(link_cost(problem.link(key)) for key, _ in crossed)
+                limited = [c for c in crossed if math.isfinite(problem.link_capacity(c[0]))]
                 if cost <= 0 and not limited:
                     continue
-                both = model.new_int_var(
-                    0, problem.services[flow.source].instances * problem.services[flow.target].instances, f"p_{u}_{v}"
-                )
+                both = model.new_int_var(0, pairs, f"p_{flow.source}_{u}_{flow.target}_{v}")
                 model.add_multiplication_equality(both, [k[flow.source, u], k[flow.target, v]])
-                pair_copies += problem.services[flow.source].instances * problem.services[flow.target].instances
                 if cost > 0 and traffic_weight > 0:
-                    objective.append(round(traffic_weight * flow.bits / 1e6 * cost / unit * _OBJECTIVE_SCALE) * both)
-                for key in limited:
-                    traffic[key].append((_up(flow.bits / 1000), both))  # kbit/s, rounded up
+                    costs.append((traffic_weight * flow.bits / 1e6 * cost, both))
+                    counted = True
+                for direction in limited:
+                    traffic[direction].append((flow.bits * pairs, pairs, both))
+        pair_copies += pairs if counted else 0
+    # one scale for every cost: 1e-9 of the largest request cost difference, unless the whole
+    # objective would then leave int64's range (services' traffic far dearer than requests)
+    dearest = len(problem.classes) * unit + sum(
+        traffic_weight * flow.bits / 1e6 * _dearest_pair(problem, flow) * _pairs_of(problem, flow)
+        for flow in problem.flows
+    )
+    per_unit = min(_OBJECTIVE_SCALE / unit, _INT_RANGE / max(dearest, 1e-300))
+    objective = [round(cost * per_unit) * var for cost, var in costs]
     guards: dict[Any, str] = {}
 
     def capped(expr: Any, capacity: int, name: str) -> None:
@@ -266,7 +271,7 @@ def _build(
         if most > capacity:
             capped(sum(b * var for b, var in terms), int(capacity), f"memory of {node} ({capacity / 2**20:.0f} MiB)")
     for node, terms in compute.items():
-        capacity = math.floor(problem.compute_capacity(node) * 1000)
+        capacity = _down(problem.compute_capacity(node) * 1000)
         if sum(c * _most(var) for c, var in terms) > capacity:
             name = (
                 f"compute of {node} ({problem.compute_capacity(node):.4g} GFLOP/s at "
@@ -275,14 +280,15 @@ def _build(
                 else f"compute of {node} ({problem.nodes[node].compute:.4g} GFLOP/s)"
             )
             capped(sum(c * v for c, v in terms), capacity, name)
-    for key, terms in traffic.items():
-        capacity = math.floor(problem.link_capacity(key) / 1000)
+    for (key, forward), entries in traffic.items():
+        terms, capacity = _link_terms(entries, problem.link_capacity(key))
         if sum(c * _most(var) for c, var in terms) > capacity:
             link = problem.link(key)
+            ends = (link.src, link.dst) if forward else (link.dst, link.src)
             capped(
                 sum(c * v for c, v in terms),
                 capacity,
-                f"rate of {link.src} -> {link.dst} ({link.rate / 1e6:.4g} mbit/s)",
+                f"rate of {ends[0]} -> {ends[1]} ({link.rate / 1e6:.4g} mbit/s)",
             )
     for metric, limit in limits.items():
         name = "inaccuracy" if metric == "accuracy" else metric
@@ -309,9 +315,23 @@ def _build(
         "k": k,
         "guards": guards,
         "floor": floor,
-        "unit": unit,
+        "per_unit": per_unit,
         "pair_copies": pair_copies,
     }
+
+
+def _link_terms(entries: list[tuple[float, int, Any]], rate: float) -> tuple[list[tuple[int, Any]], int]:
+    """Integer terms and capacity of one link's direction. Exact where int64 allows it: bits/s
+    times the common multiple of the pairs of copies sharing each flow (a service's traffic
+    counts exactly, a request's rounded up); else in bits/s, kbit/s, ... rounded up. A term
+    that alone overruns the capacity is worth just more than it (the same constraint)."""
+    exact = math.lcm(*(pairs for _, pairs, _ in entries))
+    for scale in (exact, 1, 1e-3, 1e-6, 1e-9):
+        capacity = _down(rate * scale)
+        terms = [(min(_up(bits * scale / pairs), capacity + 1), var) for bits, pairs, var in entries]
+        if capacity < _INT_RANGE and sum(c * _most(var) for c, var in terms) < _INT_RANGE:
+            break
+    return terms, capacity
 
 
 def _most(var: Any) -> int:
@@ -323,6 +343,47 @@ def _most(var: Any) -> int:
 def _up(value: float) -> int:
     """Round up, but not for float noise (300.00000000000006 stays 300)."""
     return math.ceil(value - 1e-6)
+
+
+def _down(value: float) -> int:
+    """Round a capacity down, but not for float noise (2099.9999999999995 stays 2100)."""
+    return math.floor(value + 1e-6)
+
+
+def _pairs_of(problem: PlacementProblem, flow: Any) -> int:
+    """Pairs of copies sharing ``flow``."""
+    return problem.services[flow.source].instances * problem.services[flow.target].instances
+
+
+def _dearest_pair(problem: PlacementProblem, flow: Any) -> float:
+    """The largest cost of one Mbit/s between nodes where ``flow``'s two services may run."""
+    return max(
+        (
+            sum(link_cost(problem.link(key)) for key in problem.route(u, v))
+            for u in problem.service_nodes(flow.source)
+            for v in problem.service_nodes(flow.target)
+        ),
+        default=0.0,
+    )
+
+
+def _break_symmetries(problem: PlacementProblem, model: Any, k: Mapping[tuple[str, str], Any]) -> None:
+    """Within each group of interchangeable nodes, the nodes' copies (a vector, one entry per
+    service) come in decreasing lexicographic order: any plan can be renumbered so, at the same
+    cost. The vector is read as one number in base (most copies + 1), which int64 must hold."""
+    for group in problem.interchangeable:
+        allowed = [s for s in problem.services.values() if all((s.name, n) in k for n in group)]
+        if not allowed:
+            continue
+        base = max(s.instances for s in allowed) + 1
+        while len(allowed) > 1 and base ** len(allowed) > 2**60:
+            allowed = allowed[:-1]  # order by the first services only: still a valid order
+        weights = [base ** (len(allowed) - 1 - i) for i in range(len(allowed))]
+        for first, second in itertools.pairwise(group):
+            model.add(
+                sum(w * k[s.name, first] for w, s in zip(weights, allowed, strict=True))
+                >= sum(w * k[s.name, second] for w, s in zip(weights, allowed, strict=True))
+            )
 
 
 def _objective_scale(problem: PlacementProblem, weights: Weights | None) -> tuple[dict[int, float], float]:
@@ -379,8 +440,8 @@ def _explain(
     demand = sum(
         cls.rate * min(problem.models[cls.model].variants, key=lambda v: v.gflop).gflop for cls in problem.classes
     )
-    if not limits and max_moves is None:
-        for source in sorted({cls.source for cls in problem.classes}, key=problem.depth, reverse=True):
+    if not limits and max_moves is None and not problem.services:  # services load other nodes and links
+        for source in sorted({cls.source for cls in problem.classes}, key=lambda n: (-problem.depth(n), n)):
             local = _local_problem(problem, source)
             if local is None:
                 continue

@@ -92,8 +92,9 @@ class GreedySolver(PlacementSolver):
             state.memory[node] += memory
         for node, gflops in reserved.compute.items():
             state.compute[node] += problem.max_utilization * gflops  # requests get max_utilization of the rest
-        for key, bits in reserved.traffic.items():
-            state.traffic[key] += bits
+        for (key, forward), bits in reserved.traffic.items():
+            if forward and key in problem.links:  # requests go up the tree links only
+                state.traffic[key] += bits
         classes = sorted(problem.classes, key=lambda c: -c.rate)
         pending = []
         for cls in classes:
@@ -200,7 +201,7 @@ def place_services_greedily(problem: PlacementProblem) -> dict[tuple[str, str], 
     counts: dict[tuple[str, str], int] = defaultdict(int)
     memory: dict[str, float] = defaultdict(float)
     compute: dict[str, float] = defaultdict(float)
-    traffic: dict[str, float] = defaultdict(float)
+    traffic: dict[tuple[str, bool], float] = defaultdict(float)
     sent: dict[str, float] = defaultdict(float)
     for flow in problem.flows:
         sent[flow.source] += flow.bits
@@ -217,16 +218,20 @@ def place_services_greedily(problem: PlacementProblem) -> dict[tuple[str, str], 
                     continue
                 cost, extra = 0.0, defaultdict(float)
                 for flow in problem.flows:
-                    for other, towards in ((flow.target, flow.source), (flow.source, flow.target)):
-                        if towards != service.name:
+                    for other, sends in ((flow.target, True), (flow.source, False)):
+                        if (flow.source if sends else flow.target) != service.name:
                             continue
                         for (name, there), n in list(counts.items()):
                             if name != other or not n:
                                 continue
-                            for key in problem.route(node, there):
-                                extra[key] += flow.bits * n
+                            ends = (node, there) if sends else (there, node)
+                            for key, forward in problem.crossings(*ends):
+                                extra[key, forward] += flow.bits * n
                                 cost += flow.bits * n / 1e6 * link_cost(problem.link(key))
-                if any(traffic[key] + bits > problem.link_capacity(key) * (1 + 1e-9) for key, bits in extra.items()):
+                if any(
+                    traffic[direction] + bits > problem.link_capacity(direction[0]) * (1 + 1e-9)
+                    for direction, bits in extra.items()
+                ):
                     continue
                 if best is None or cost < best[0] - _EPS:
                     best = (cost, node, extra)

@@ -133,7 +133,7 @@ def check_capacities(
     memory: dict[str, set[Item]] = defaultdict(set)
     services = usage(problem, counts or {})
     compute: dict[str, float] = defaultdict(float)
-    traffic: dict[str, float] = defaultdict(float, services.traffic)
+    traffic: dict[tuple[str, bool], float] = defaultdict(float, services.traffic)
     for cls in problem.classes:
         option = chosen[cls.index]
         for node, item in option.needs:
@@ -141,7 +141,7 @@ def check_capacities(
         for node, gflop in option.compute:
             compute[node] += cls.rate * gflop
         for src, bits in option.traffic:
-            traffic[src] += cls.rate * bits
+            traffic[src, True] += cls.rate * bits  # up the tree
     problems = []
     for node in problem.nodes:
         items = sum(problem.item_size(i) for i in memory.get(node, ()))
@@ -161,11 +161,12 @@ def check_capacities(
         load = compute.get(node, 0.0)
         if (load or services.compute.get(node)) and load > spare * (1 + 1e-9) + _SLACK:
             problems.append(f"compute of {node}: {load:.4g} GFLOP/s of requests > {spare:.4g} left by services")
-    for key, bits in traffic.items():
+    for (key, forward), bits in traffic.items():
         if bits > problem.link_capacity(key) * (1 + 1e-9) + _SLACK:
             link = problem.link(key)
+            ends = (link.src, link.dst) if forward else (link.dst, link.src)
             problems.append(
-                f"link {link.src} -> {link.dst}: {bits / 1e6:.4g} mbit/s > {problem.link_capacity(key) / 1e6:.4g}"
+                f"link {ends[0]} -> {ends[1]}: {bits / 1e6:.4g} mbit/s > {problem.link_capacity(key) / 1e6:.4g}"
             )
     return problems
 

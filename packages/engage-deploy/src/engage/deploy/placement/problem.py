@@ -266,6 +266,7 @@ class PlacementProblem:
         measured: Iterable[Measured] = (),
         services: Iterable[Service] = (),
         cross_links: Iterable[Link] = (),
+        interchangeable: Iterable[Iterable[str]] = (),
     ) -> None:
         nodes, links, models, requests = list(nodes), list(links), list(models), list(requests)
         measured, services, cross_links = list(measured), list(services), list(cross_links)
@@ -290,6 +291,7 @@ class PlacementProblem:
         self._measured = self._validate_measured(self.measured)
         self._validate_cross_links()
         validate_services(self)
+        self.interchangeable = self._validate_interchangeable([tuple(group) for group in interchangeable])
 
     # ------------------------------------------------------------------ loading
 
@@ -309,6 +311,7 @@ class PlacementProblem:
             "measured",
             "services",
             "cross_links",
+            "interchangeable",
         )
         for key in data:
             if key not in known:
@@ -333,7 +336,10 @@ class PlacementProblem:
                 )
             )
         links = [_link(raw, f"links[{i}]") for i, raw in enumerate(data.get("links") or [])]
-        cross_links = [_link(raw, f"cross_links[{i}]") for i, raw in enumerate(data.get("cross_links") or [])]
+        entries = data.get("cross_links") or []
+        if not isinstance(entries, (list, tuple)):
+            raise PlacementProblemError("cross_links: give a list of links ({src, dst, delay, rate})")
+        cross_links = [_link(raw, f"cross_links[{i}]") for i, raw in enumerate(entries)]
         models = []
         for i, raw in enumerate(data.get("models") or []):
             where = f"models[{i}]"
@@ -400,7 +406,10 @@ class PlacementProblem:
                 )
             )
         services = parse_services(data.get("services"))
-        return cls(nodes, links, models, requests, weights, max_utilization, measured, services, cross_links)
+        groups = data.get("interchangeable") or []
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in groups):
+            raise PlacementProblemError("interchangeable: give a list of groups of node names")
+        return cls(nodes, links, models, requests, weights, max_utilization, measured, services, cross_links, groups)
 
     def to_dict(self) -> dict[str, Any]:
         """A mapping :meth:`from_dict` reads back (sizes in bytes, delays in seconds as ``"…s"``)."""
@@ -432,6 +441,7 @@ class PlacementProblem:
                 {"src": lk.src, "dst": lk.dst, "delay": f"{lk.delay!r}s", "rate": lk.rate}
                 for lk in self.cross_links.values()
             ],
+            "interchangeable": [list(group) for group in self.interchangeable],
         }
 
     def with_changes(
@@ -455,6 +465,8 @@ class PlacementProblem:
             self.measured,
             self.services.values(),
             self.cross_links.values(),
+            # a node taken out of service is no longer like the others of its group
+            [kept for group in self.interchangeable if len(kept := [n for n in group if n not in down]) > 1],
         )
 
     # ------------------------------------------------------------------ validation
@@ -568,6 +580,53 @@ class PlacementProblem:
             figures[key] = m.seconds
         return figures
 
+    def _validate_interchangeable(self, groups: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+        """Groups of nodes any plan may renumber (the solvers break that symmetry): checked to have
+        the same figures, the same services, and a link of their own to every other node, with
+        the same figures (so no other pair's traffic crosses it)."""
+        seen: set[str] = set()
+        for i, group in enumerate(groups):
+            where = f"interchangeable[{i}]"
+            if len(group) < 2:
+                raise PlacementProblemError(f"{where}: {list(group)}; give at least two nodes")
+            for name in group:
+                if name not in self.nodes:
+                    raise PlacementProblemError(f"{where}: {name!r} is not a node; nodes are {', '.join(self.nodes)}")
+                if name in seen:
+                    raise PlacementProblemError(f"{where}: {name!r} is listed twice; give each node once, in one group")
+                seen.add(name)
+            if self.models:
+                raise PlacementProblemError(f"{where}: only a problem of services alone may have interchangeable nodes")
+            first = group[0]
+            for member in group:
+                far = [n for n in self.nodes if n != member and len(self.route(member, n)) != 1]
+                if far:
+                    raise PlacementProblemError(
+                        f"{where}: {member!r} has no link of its own to {far[0]!r}; group only nodes linked "
+                        "directly to every other node"
+                    )
+            for other in group[1:]:
+                figures = dataclasses.replace(self.nodes[other], name=first)
+                same = figures == self.nodes[first] and all(
+                    (first in s.nodes) == (other in s.nodes) for s in self.services.values() if s.nodes
+                )
+                for node in self.nodes:
+                    if not same or node in (first, other):
+                        continue
+                    same = self._figures(first, node) == self._figures(other, node) and self._figures(
+                        node, first
+                    ) == self._figures(node, other)
+                if not same:
+                    raise PlacementProblemError(
+                        f"{where}: {first!r} and {other!r} differ (capacities, links or services); "
+                        "group only nodes a plan may swap"
+                    )
+        return tuple(groups)
+
+    def _figures(self, u: str, v: str) -> tuple[tuple[float, float | None], ...]:
+        """The delay and rate of each link from ``u`` to ``v``."""
+        return tuple((self.link(key).delay, self.link(key).rate) for key in self.route(u, v))
+
     def _validate_cross_links(self) -> None:
         for i, link in enumerate(self.cross_links.values()):
             for end in ("src", "dst"):
@@ -578,6 +637,12 @@ class PlacementProblem:
                     )
             if link.src == link.dst:
                 raise PlacementProblemError(f"cross_links[{i}]: links {link.src!r} to itself; give two nodes")
+            tree = self.links.get(link.src)
+            back = self.links.get(link.dst)
+            if (tree is not None and tree.dst == link.dst) or (back is not None and back.dst == link.src):
+                raise PlacementProblemError(
+                    f"cross_links[{i}]: {link.src} and {link.dst} are linked by the tree already; drop this link"
+                )
             if link.rate is not None and link.rate <= 0:
                 raise PlacementProblemError(
                     f"cross_links[{i}]: {link.src} - {link.dst} has rate 0; give a positive rate"
@@ -622,17 +687,23 @@ class PlacementProblem:
             and (self.nodes[n].compute is None or service.compute <= self.nodes[n].compute)
         )
 
-    def route(self, u: str, v: str) -> tuple[str, ...]:
-        """The keys of the links traffic from node ``u`` to node ``v`` crosses: their cross link,
-        else the tree path up to their nearest common node and down (tree links by ``src``)."""
+    def crossings(self, u: str, v: str) -> tuple[tuple[str, bool], ...]:
+        """The links traffic from node ``u`` to node ``v`` crosses, as (key, whether it goes from
+        the link's ``src`` to its ``dst``): their cross link, else the tree path up to their
+        nearest common node and down (tree links by ``src``). Each direction of a link has its
+        ``rate``."""
         if u == v:
             return ()
         key = cross_key(u, v)
         if key in self.cross_links:
-            return (key,)
+            return ((key, self.cross_links[key].src == u),)
         up, down = self.path(u), self.path(v)
         common = next(n for n in up if n in down)
-        return up[: up.index(common)] + down[: down.index(common)]
+        return tuple((n, True) for n in up[: up.index(common)]) + tuple((n, False) for n in down[: down.index(common)])
+
+    def route(self, u: str, v: str) -> tuple[str, ...]:
+        """The keys of the links :meth:`crossings` names."""
+        return tuple(key for key, _ in self.crossings(u, v))
 
     def link(self, key: str) -> Link:
         """The tree link from ``key`` towards the cloud, or the cross link of that key."""

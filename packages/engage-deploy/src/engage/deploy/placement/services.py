@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -74,12 +75,13 @@ class Flow:
 
 @dataclass
 class ServiceUsage:
-    """What the services of a plan take: bytes and GFLOP/s per node, bits/s per link (by key),
-    their traffic cost (unweighted) and the Mbit/s that cross links with a cost."""
+    """What the services of a plan take: bytes and GFLOP/s per node, bits/s per link and direction
+    (``(key, from src to dst)``), their traffic cost (unweighted) and the Mbit/s that cross links
+    with a cost."""
 
     memory: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     compute: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    traffic: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    traffic: dict[tuple[str, bool], float] = field(default_factory=lambda: defaultdict(float))
     cost: float = 0.0
     slow_mbit: float = 0.0
 
@@ -161,8 +163,13 @@ def validate_services(problem: PlacementProblem) -> None:
                     f"{where}.traffic: {service.name!r} sends to {target!r}, which is not a service; "
                     f"services are {', '.join(problem.services)}"
                 )
-            if not bits >= 0:
-                raise PlacementProblemError(f"{where}.traffic.{target}: {bits!r}; give a rate >= 0")
+            if not (math.isfinite(bits) and bits >= 0):
+                raise PlacementProblemError(f"{where}.traffic.{target}: {bits!r}; give a finite rate >= 0")
+        if not (math.isfinite(service.compute) and service.compute >= 0 and service.memory >= 0):
+            raise PlacementProblemError(
+                f"{where}: {service.name!r} needs compute {service.compute!r} and memory {service.memory!r}; "
+                "give finite numbers >= 0"
+            )
         if not problem.service_nodes(service.name):
             raise PlacementProblemError(
                 f"{where}: {service.name!r} fits on no node ({service.memory / 2**20:.0f} MiB, "
@@ -187,8 +194,8 @@ def usage(problem: PlacementProblem, counts: Counts) -> ServiceUsage:
                     continue
                 bits = flow.bits * m * n
                 cost = 0.0
-                for key in problem.route(u, v):
-                    used.traffic[key] += bits
+                for key, forward in problem.crossings(u, v):
+                    used.traffic[key, forward] += bits
                     cost += link_cost(problem.link(key))
                 used.cost += bits / 1e6 * cost
                 if cost > 0:

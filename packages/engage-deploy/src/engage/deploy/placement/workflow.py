@@ -10,7 +10,10 @@ only (:func:`workflow_problem`):
 * **Links.** Every host links to the first host of the first layer (the tree's root). Every other
   pair of hosts gets a cross link. Both carry the constraint between the two hosts' layers, and
   nothing within a layer or between unconstrained layers: the ``netns`` provider shapes layer
-  pairs, not paths. A one-way constraint counts for both directions.
+  pairs, not paths, each direction at the constraint's rate. A one-way constraint counts for
+  both directions.
+* **Interchangeable hosts.** The hosts of a layer are alike: solvers may renumber them, and
+  CP-SAT uses that to search less.
 * **Services.** Each layer's services: ``quantity`` copies of ``cpu`` cores and ``memory``, kept
   on their layer's hosts when ``pinned``, sending ``traffic`` (Mbit/s in total) to the others.
 
@@ -36,9 +39,11 @@ Example::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
-from engage.deploy.infrastructure import Infrastructure, parse_size
+from engage.deploy.infrastructure import Infrastructure, InfrastructureError, parse_size
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
 from engage.deploy.placement.problem import Link, Node, PlacementProblem, PlacementProblemError, Weights
 from engage.deploy.placement.services import Service
@@ -63,18 +68,7 @@ def workflow_problem(infra: Infrastructure) -> PlacementProblem:
     """The placement problem of ``infra``'s services on its hosts; see the module docstring."""
     infra.validate(known_providers=[infra.provider])
     hosts = list(infra.iter_hosts())
-    services = [
-        Service(
-            name=service.name,
-            instances=service.quantity,
-            memory=parse_size(service.memory, f"{layer.name}.services.{service.name}.memory") if service.memory else 0,
-            compute=float(service.cpu),
-            nodes=tuple(layer.host_names()) if service.pinned else (),
-            traffic=tuple((target, float(mbit) * 1e6) for target, mbit in service.traffic.items()),
-        )
-        for layer in infra.layers
-        for service in layer.services
-    ]
+    services = [_service(layer, i, j) for i, layer in enumerate(infra.layers) for j in range(len(layer.services))]
     if not services:
         raise ServicePlacementError("no services to place: list them under infrastructure.layers[*].services")
     _check_copies_fit(infra)
@@ -93,10 +87,43 @@ def workflow_problem(infra: Infrastructure) -> PlacementProblem:
     root = hosts[0]
     links = [_link(infra, host, root) for host in hosts[1:]]
     cross = [_link(infra, a, b) for i, a in enumerate(hosts[1:], start=1) for b in hosts[i + 1 :]]
+    alike = [layer.host_names() for layer in infra.layers if layer.hosts > 1]
     try:
-        return PlacementProblem(nodes, links, (), (), Weights(latency=0.0, inaccuracy=0.0), 1.0, (), services, cross)
+        return PlacementProblem(
+            nodes, links, (), (), Weights(latency=0.0, inaccuracy=0.0), 1.0, (), services, cross, alike
+        )
     except PlacementProblemError as exc:
         raise ServicePlacementError(str(exc)) from None
+
+
+def _number(value: Any, where: str) -> float:
+    """``value`` as a finite number >= 0; one line naming ``where`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ServicePlacementError(f"{where}: {value!r}; give a finite number >= 0")
+    return float(value)
+
+
+def _service(layer: Any, i: int, j: int) -> Service:
+    """Service ``j`` of ``layer`` (layer ``i``), its figures checked (one line naming the field)."""
+    service = layer.services[j]
+    where = f"infrastructure.layers[{i}].services[{j}]"
+    traffic = service.traffic
+    if not isinstance(traffic, Mapping):
+        raise ServicePlacementError(f"{where}.traffic: give a mapping {{service: mbit/s}}, such as {{trainer: 8}}")
+    try:
+        memory = parse_size(service.memory, f"{where}.memory") if service.memory else 0
+    except InfrastructureError as exc:
+        raise ServicePlacementError(str(exc)) from None
+    return Service(
+        name=str(service.name),
+        instances=service.quantity,  # checked by the infrastructure
+        memory=memory,
+        compute=_number(service.cpu, f"{where}.cpu"),
+        nodes=tuple(layer.host_names()) if service.pinned else (),
+        traffic=tuple(
+            (str(target), _number(mbit, f"{where}.traffic.{target}") * 1e6) for target, mbit in traffic.items()
+        ),
+    )
 
 
 def _check_copies_fit(infra: Infrastructure) -> None:
