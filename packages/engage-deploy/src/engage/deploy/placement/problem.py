@@ -57,8 +57,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from engage.deploy.infrastructure import InfrastructureError, parse_duration, parse_rate, parse_size
-from engage.deploy.placement.services import Flow, Service, flows, parse_services, validate_services
+from engage.deploy.placement.services import Flow, Service, flows, validate_interchangeable, validate_services
 
 
 class PlacementProblemError(ValueError):
@@ -218,36 +217,6 @@ class RequestClass:
     options: list[Option] = field(default_factory=list)
 
 
-def _quantity(parse: Any, value: Any, where: str) -> Any:
-    try:
-        return parse(value, where)
-    except InfrastructureError as exc:
-        raise PlacementProblemError(str(exc)) from None
-
-
-def _number(value: Any, where: str, *, low: float = 0.0, high: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PlacementProblemError(f"{where}: {value!r} is not a number")
-    if value < low or (strict and value == low):
-        sign = ">" if strict else ">="
-        raise PlacementProblemError(f"{where}: {value!r} is out of range; use a number {sign} {low:g}")
-    if high is not None and value > high:
-        raise PlacementProblemError(f"{where}: {value!r} is out of range; use a number <= {high:g}")
-    return float(value)
-
-
-def _keys(data: Any, cls: type, where: str, required: Iterable[str] = ("name",)) -> None:
-    if not isinstance(data, Mapping):
-        raise PlacementProblemError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in known:
-            raise PlacementProblemError(f"{where}: unknown key {key!r}; known keys are {', '.join(known)}")
-    for key in required:
-        if key not in data:
-            raise PlacementProblemError(f"{where}: {key!r} is missing")
-
-
 class PlacementProblem:
     """Nodes, the links of their tree, models, request rates and services; see the module docstring.
 
@@ -291,158 +260,24 @@ class PlacementProblem:
         self._measured = self._validate_measured(self.measured)
         self._validate_cross_links()
         validate_services(self)
-        self.interchangeable = self._validate_interchangeable([tuple(group) for group in interchangeable])
+        self.interchangeable = validate_interchangeable(self, [tuple(group) for group in interchangeable])
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PlacementProblem:
         """From ``nodes``, ``links``, ``models``, ``requests``, ``objective``, ``max_utilization``,
-        ``measured``, ``services`` and ``cross_links``."""
-        if not isinstance(data, Mapping):
-            raise PlacementProblemError(f"a placement problem is a mapping, got {type(data).__name__}")
-        known = (
-            "nodes",
-            "links",
-            "models",
-            "requests",
-            "objective",
-            "max_utilization",
-            "measured",
-            "services",
-            "cross_links",
-            "interchangeable",
-        )
-        for key in data:
-            if key not in known:
-                raise PlacementProblemError(f"unknown key {key!r}; known keys are {', '.join(known)}")
-        if not data.get("nodes"):
-            raise PlacementProblemError("'nodes' is missing or empty")
-        if not data.get("models") and not data.get("services"):
-            raise PlacementProblemError("'models' and 'services' are both missing or empty; give what to place")
-        nodes = []
-        for i, raw in enumerate(data["nodes"]):
-            where = f"nodes[{i}]"
-            _keys(raw, Node, where)
-            compute = raw.get("compute")
-            memory = raw.get("memory")
-            nodes.append(
-                Node(
-                    name=str(raw["name"]),
-                    compute=None if compute is None else _number(compute, f"{where}.compute"),
-                    memory=None if memory is None else _quantity(parse_size, memory, f"{where}.memory"),
-                    joules_per_gflop=_number(raw.get("joules_per_gflop", 0.0), f"{where}.joules_per_gflop"),
-                    available=bool(raw.get("available", True)),
-                )
-            )
-        links = [_link(raw, f"links[{i}]") for i, raw in enumerate(data.get("links") or [])]
-        entries = data.get("cross_links") or []
-        if not isinstance(entries, (list, tuple)):
-            raise PlacementProblemError("cross_links: give a list of links ({src, dst, delay, rate})")
-        cross_links = [_link(raw, f"cross_links[{i}]") for i, raw in enumerate(entries)]
-        models = []
-        for i, raw in enumerate(data.get("models") or []):
-            where = f"models[{i}]"
-            _keys(raw, Model, where, required=("name", "variants"))
-            variants = []
-            if not raw["variants"]:
-                raise PlacementProblemError(f"{where}.variants is empty; give at least one variant")
-            for j, var in enumerate(raw["variants"]):
-                vwhere = f"{where}.variants[{j}]"
-                _keys(var, Variant, vwhere, required=("name", "size", "accuracy", "gflop"))
-                splits = []
-                for k, sp in enumerate(var.get("splits") or []):
-                    swhere = f"{vwhere}.splits[{k}]"
-                    _keys(sp, SplitPoint, swhere, required=("name", "compute", "tensor"))
-                    size = sp.get("size")
-                    splits.append(
-                        SplitPoint(
-                            name=str(sp["name"]),
-                            compute=_number(sp["compute"], f"{swhere}.compute", high=1.0),
-                            tensor=_quantity(parse_size, sp["tensor"], f"{swhere}.tensor"),
-                            size=None if size is None else _number(size, f"{swhere}.size", high=1.0),
-                        )
-                    )
-                variants.append(
-                    Variant(
-                        name=str(var["name"]),
-                        size=_quantity(parse_size, var["size"], f"{vwhere}.size"),
-                        accuracy=_number(var["accuracy"], f"{vwhere}.accuracy", high=1.0, strict=True),
-                        gflop=_number(var["gflop"], f"{vwhere}.gflop"),
-                        splits=tuple(splits),
-                    )
-                )
-            models.append(
-                Model(
-                    name=str(raw["name"]),
-                    variants=tuple(variants),
-                    input=_quantity(parse_size, raw.get("input", 0), f"{where}.input"),
-                )
-            )
-        requests = []
-        for i, raw in enumerate(data.get("requests") or []):
-            where = f"requests[{i}]"
-            _keys(raw, Requests, where, required=("node", "model", "rate"))
-            requests.append(Requests(str(raw["node"]), str(raw["model"]), _number(raw["rate"], f"{where}.rate")))
-        objective = data.get("objective") or {}
-        _keys(objective, Weights, "objective", required=())
-        weights = Weights(**{k: _number(v, f"objective.{k}") for k, v in objective.items()})
-        max_utilization = _number(data.get("max_utilization", 0.8), "max_utilization", high=1.0, strict=True)
-        measured = []
-        entries = data.get("measured") or []
-        if not isinstance(entries, (list, tuple)) or isinstance(entries, str):
-            raise PlacementProblemError("measured: give a list of entries (node, model, variant, seconds, ...)")
-        for i, raw in enumerate(entries):
-            where = f"measured[{i}]"
-            _keys(raw, Measured, where, required=("node", "model", "variant", "seconds"))
-            measured.append(
-                Measured(
-                    node=str(raw["node"]),
-                    model=str(raw["model"]),
-                    variant=str(raw["variant"]),
-                    seconds=_number(raw["seconds"], f"{where}.seconds"),
-                    part=str(raw.get("part", "full")),
-                    split=str(raw.get("split", "")),
-                )
-            )
-        services = parse_services(data.get("services"))
-        groups = data.get("interchangeable") or []
-        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, (list, tuple)) for g in groups):
-            raise PlacementProblemError("interchangeable: give a list of groups of node names")
-        return cls(nodes, links, models, requests, weights, max_utilization, measured, services, cross_links, groups)
+        ``measured``, ``services``, ``cross_links`` and ``interchangeable``
+        (:func:`~engage.deploy.placement.loading.problem_from_dict`)."""
+        from engage.deploy.placement.loading import problem_from_dict
+
+        return problem_from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         """A mapping :meth:`from_dict` reads back (sizes in bytes, delays in seconds as ``"…s"``)."""
-        return {
-            "nodes": [dataclasses.asdict(n) for n in self.nodes.values()],
-            "links": [
-                {"src": lk.src, "dst": lk.dst, "delay": f"{lk.delay!r}s", "rate": lk.rate} for lk in self.links.values()
-            ],
-            "models": [
-                {
-                    "name": m.name,
-                    "input": m.input,
-                    "variants": [
-                        {**dataclasses.asdict(v), "splits": [dataclasses.asdict(s) for s in v.splits]}
-                        for v in m.variants
-                    ],
-                }
-                for m in self.models.values()
-            ],
-            "requests": [dataclasses.asdict(r) for r in self.requests],
-            "objective": dataclasses.asdict(self.weights),
-            "max_utilization": self.max_utilization,
-            "measured": [dataclasses.asdict(m) for m in self.measured],
-            "services": [
-                {**dataclasses.asdict(s), "nodes": list(s.nodes), "traffic": dict(s.traffic)}
-                for s in self.services.values()
-            ],
-            "cross_links": [
-                {"src": lk.src, "dst": lk.dst, "delay": f"{lk.delay!r}s", "rate": lk.rate}
-                for lk in self.cross_links.values()
-            ],
-            "interchangeable": [list(group) for group in self.interchangeable],
-        }
+        from engage.deploy.placement.loading import problem_to_dict
+
+        return problem_to_dict(self)
 
     def with_changes(
         self, *, rates: Mapping[tuple[str, str], float] | None = None, unavailable: Iterable[str] = ()
@@ -579,53 +414,6 @@ class PlacementProblem:
                 raise PlacementProblemError(f"{where}: {m.node} {item_label(m.item)} measured twice; give one figure")
             figures[key] = m.seconds
         return figures
-
-    def _validate_interchangeable(self, groups: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
-        """Groups of nodes any plan may renumber (the solvers break that symmetry): checked to have
-        the same figures, the same services, and a link of their own to every other node, with
-        the same figures (so no other pair's traffic crosses it)."""
-        seen: set[str] = set()
-        for i, group in enumerate(groups):
-            where = f"interchangeable[{i}]"
-            if len(group) < 2:
-                raise PlacementProblemError(f"{where}: {list(group)}; give at least two nodes")
-            for name in group:
-                if name not in self.nodes:
-                    raise PlacementProblemError(f"{where}: {name!r} is not a node; nodes are {', '.join(self.nodes)}")
-                if name in seen:
-                    raise PlacementProblemError(f"{where}: {name!r} is listed twice; give each node once, in one group")
-                seen.add(name)
-            if self.models:
-                raise PlacementProblemError(f"{where}: only a problem of services alone may have interchangeable nodes")
-            first = group[0]
-            for member in group:
-                far = [n for n in self.nodes if n != member and len(self.route(member, n)) != 1]
-                if far:
-                    raise PlacementProblemError(
-                        f"{where}: {member!r} has no link of its own to {far[0]!r}; group only nodes linked "
-                        "directly to every other node"
-                    )
-            for other in group[1:]:
-                figures = dataclasses.replace(self.nodes[other], name=first)
-                same = figures == self.nodes[first] and all(
-                    (first in s.nodes) == (other in s.nodes) for s in self.services.values() if s.nodes
-                )
-                for node in self.nodes:
-                    if not same or node in (first, other):
-                        continue
-                    same = self._figures(first, node) == self._figures(other, node) and self._figures(
-                        node, first
-                    ) == self._figures(node, other)
-                if not same:
-                    raise PlacementProblemError(
-                        f"{where}: {first!r} and {other!r} differ (capacities, links or services); "
-                        "group only nodes a plan may swap"
-                    )
-        return tuple(groups)
-
-    def _figures(self, u: str, v: str) -> tuple[tuple[float, float | None], ...]:
-        """The delay and rate of each link from ``u`` to ``v``."""
-        return tuple((self.link(key).delay, self.link(key).rate) for key in self.route(u, v))
 
     def _validate_cross_links(self) -> None:
         for i, link in enumerate(self.cross_links.values()):
@@ -853,14 +641,3 @@ def cross_key(a: str, b: str) -> str:
     """The key of the cross link between nodes ``a`` and ``b``, whichever way it was given."""
     first, second = sorted((a, b))
     return f"{first}<->{second}"
-
-
-def _link(raw: Any, where: str) -> Link:
-    _keys(raw, Link, where, required=("src", "dst"))
-    rate = raw.get("rate")
-    return Link(
-        src=str(raw["src"]),
-        dst=str(raw["dst"]),
-        delay=_quantity(parse_duration, raw.get("delay", 0), f"{where}.delay"),
-        rate=None if rate is None else _quantity(parse_rate, rate, f"{where}.rate"),
-    )

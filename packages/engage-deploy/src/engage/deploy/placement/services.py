@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -103,7 +104,8 @@ def flows(services: Iterable[Service]) -> list[Flow]:
 
 def parse_services(entries: Any) -> list[Service]:
     """``services`` of a placement problem's mapping; :class:`PlacementProblemError` names the field."""
-    from engage.deploy.placement.problem import PlacementProblemError, _keys, _number
+    from engage.deploy.placement.loading import _keys, _number
+    from engage.deploy.placement.problem import PlacementProblemError
 
     if entries is None:
         return []
@@ -221,3 +223,54 @@ def counts_of(assignment: Mapping[str, str]) -> dict[tuple[str, str], int]:
     for label, node in assignment.items():
         counts[(label.rsplit("#", 1)[0], node)] += 1
     return dict(counts)
+
+
+def validate_interchangeable(problem: PlacementProblem, groups: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """Groups of nodes any plan may renumber (the solvers break that symmetry): checked to have
+    the same figures, the same services, and a link of their own to every other node, with
+    the same figures (so no other pair's traffic crosses it)."""
+    from engage.deploy.placement.problem import PlacementProblemError
+
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        where = f"interchangeable[{i}]"
+        if len(group) < 2:
+            raise PlacementProblemError(f"{where}: {list(group)}; give at least two nodes")
+        for name in group:
+            if name not in problem.nodes:
+                raise PlacementProblemError(f"{where}: {name!r} is not a node; nodes are {', '.join(problem.nodes)}")
+            if name in seen:
+                raise PlacementProblemError(f"{where}: {name!r} is listed twice; give each node once, in one group")
+            seen.add(name)
+        if problem.models:
+            raise PlacementProblemError(f"{where}: only a problem of services alone may have interchangeable nodes")
+        first = group[0]
+        for member in group:
+            far = [n for n in problem.nodes if n != member and len(problem.route(member, n)) != 1]
+            if far:
+                raise PlacementProblemError(
+                    f"{where}: {member!r} has no link of its own to {far[0]!r}; group only nodes linked "
+                    "directly to every other node"
+                )
+        for other in group[1:]:
+            figures = dataclasses.replace(problem.nodes[other], name=first)
+            same = figures == problem.nodes[first] and all(
+                (first in s.nodes) == (other in s.nodes) for s in problem.services.values() if s.nodes
+            )
+            for node in problem.nodes:
+                if not same or node in (first, other):
+                    continue
+                same = _figures(problem, first, node) == _figures(problem, other, node) and _figures(
+                    problem, node, first
+                ) == _figures(problem, node, other)
+            if not same:
+                raise PlacementProblemError(
+                    f"{where}: {first!r} and {other!r} differ (capacities, links or services); "
+                    "group only nodes a plan may swap"
+                )
+    return tuple(groups)
+
+
+def _figures(problem: PlacementProblem, u: str, v: str) -> tuple[tuple[float, float | None], ...]:
+    """The delay and rate of each link from ``u`` to ``v``."""
+    return tuple((problem.link(key).delay, problem.link(key).rate) for key in problem.route(u, v))
