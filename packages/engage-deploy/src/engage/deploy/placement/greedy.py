@@ -209,14 +209,14 @@ def place_services_greedily(problem: PlacementProblem) -> dict[tuple[str, str], 
     order = sorted(problem.services.values(), key=lambda s: (len(problem.service_nodes(s.name)), -sent[s.name]))
     for service in order:
         for copy in range(1, service.instances + 1):
-            best: tuple[float, str, dict[str, float]] | None = None
+            best: tuple[float, str, dict[tuple[str, bool], float]] | None = None
             for node in problem.service_nodes(service.name):
                 if memory[node] + service.memory > problem.service_memory_capacity(node):
                     continue
                 capacity = problem.nodes[node].compute
                 if capacity is not None and compute[node] + service.compute > capacity * (1 + 1e-9):
                     continue
-                cost, extra = 0.0, defaultdict(float)
+                cost, extra = 0.0, defaultdict[tuple[str, bool], float](float)
                 for flow in problem.flows:
                     for other, sends in ((flow.target, True), (flow.source, False)):
                         if (flow.source if sends else flow.target) != service.name:

@@ -157,10 +157,15 @@ def check_capacities(
                 f"{problem.service_memory_capacity(node) / 2**20:.0f} MiB"
             )
         # services reserve their compute whole; requests may use max_utilization of the rest
-        spare = problem.compute_capacity(node) - problem.max_utilization * services.compute.get(node, 0.0)
+        reserved_compute = services.compute.get(node, 0.0)
+        whole = problem.nodes[node].compute
+        if whole is not None and reserved_compute > whole * (1 + 1e-9) + _SLACK:
+            problems.append(f"compute of {node}: {reserved_compute:.4g} GFLOP/s of services > {whole:.4g}")
+        spare = problem.compute_capacity(node) - problem.max_utilization * reserved_compute
         load = compute.get(node, 0.0)
-        if (load or services.compute.get(node)) and load > spare * (1 + 1e-9) + _SLACK:
-            problems.append(f"compute of {node}: {load:.4g} GFLOP/s of requests > {spare:.4g} left by services")
+        if load and load > spare * (1 + 1e-9) + _SLACK:
+            left = " left by services" if reserved_compute else ""
+            problems.append(f"compute of {node}: {load:.4g} GFLOP/s of requests > {spare:.4g}{left}")
     for (key, forward), bits in traffic.items():
         if bits > problem.link_capacity(key) * (1 + 1e-9) + _SLACK:
             link = problem.link(key)
