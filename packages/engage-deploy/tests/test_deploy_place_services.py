@@ -336,3 +336,11 @@ def test_only_nodes_with_a_link_of_their_own_to_every_other_node_are_interchange
     ):
         with pytest.raises(PlacementProblemError, match=expected):
             PlacementProblem.from_dict({**data, "interchangeable": groups})
+
+
+def test_the_capacity_check_names_what_overruns() -> None:
+    problem = workflow_problem(Infrastructure.from_dict(BASE))
+    crowded = {("trainer", "cloud-1"): 1, ("simulator", "edge-1"): 2}  # two 1-CPU copies on a 1-CPU host
+    assert check_capacities(problem, {}, crowded) == ["compute of edge-1: 2 GFLOP/s of services > 1"]
+    spread = {("trainer", "cloud-1"): 1, ("simulator", "edge-1"): 1, ("simulator", "edge-2"): 1}
+    assert check_capacities(problem, {}, spread) == []
