@@ -15,7 +15,8 @@ Capacities and cost:
 * **Reserved.** Services reserve their memory and compute whole on every node. Requests may use
   ``max_utilization`` of the compute they leave. On the cloud, whose ``memory`` otherwise bounds
   each model variant, the services' memory counts as a sum.
-* **Shared links.** Service traffic shares the links' ``rate`` with requests.
+* **Shared links.** Each direction of a link has its ``rate``, shared by the services' traffic
+  going that way and the requests (which go up the tree).
 * **Cost.** Per pair of copies, the Mbit/s sent times the sum over the links crossed of seconds
   per Mbit plus one-way delay in seconds; weighted by ``objective.traffic`` in the objective.
 
