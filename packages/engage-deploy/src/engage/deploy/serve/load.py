@@ -231,8 +231,7 @@ class RequestGenerator:
                 connection, opened = self._connection(url, timeout_s=min(self.timeout_s, 2.0))
                 body = self._probe_request()
                 began = time.monotonic()
-                headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
-                connection.request("POST", "/predict", body=body, headers=headers)
+                self._post_predict(connection, body)
                 response = connection.getresponse()
                 response.read()
                 took = time.monotonic() - began
@@ -254,8 +253,13 @@ class RequestGenerator:
         """The body every probe sends: the pool's request for this generator's seed."""
         if self._probe_body is None:
             inputs, _ = self.make_request(np.random.default_rng(self.seed))
-            self._probe_body = json.dumps({"inputs": inputs}).encode()
+            self._probe_body = _predict_body(inputs)
         return self._probe_body
+
+    def _post_predict(self, connection: http.client.HTTPConnection, body: bytes) -> None:
+        """Send ``body`` to ``/predict`` with the key: what requests and probes send alike."""
+        headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
+        connection.request("POST", "/predict", body=body, headers=headers)
 
     def _connection(self, url: str, timeout_s: float | None = None) -> tuple[http.client.HTTPConnection, bool]:
         """This thread's open connection to ``url``, or a new one (``True``: opened now)."""
@@ -286,15 +290,14 @@ class RequestGenerator:
     def _request(
         self, start: float, due: float, stream: str, source: str, url: str, inputs: list, truth: np.ndarray
     ) -> None:
-        body = json.dumps({"inputs": inputs}).encode()
-        headers = {API_KEY_HEADER: self._key, "Content-Type": "application/json"}
+        body = _predict_body(inputs)
         status, version, error, connected, service = 0, None, None, False, None
         sent = answered = None  # when the request left, when the answer's last byte came
         try:
             for _attempt in range(2):
                 connection, connected = self._connection(url)
                 try:
-                    connection.request("POST", "/predict", body=body, headers=headers)
+                    self._post_predict(connection, body)
                     sent = time.monotonic()
                     response = connection.getresponse()
                 except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
@@ -338,6 +341,11 @@ class RequestGenerator:
     def plot(self, path: Path) -> None:
         """See :meth:`ServedRequests.plot`."""
         ServedRequests(self.results).plot(path)
+
+
+def _predict_body(inputs: list) -> bytes:
+    """A ``/predict`` request's body: ``{"inputs": [...]}`` as JSON."""
+    return json.dumps({"inputs": inputs}).encode()
 
 
 def _seconds(text: str | None) -> float | None:
