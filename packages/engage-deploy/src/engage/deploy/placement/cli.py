@@ -28,7 +28,7 @@ from engage.core.tracking.store import TrackingUnavailable, check_reachable, res
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.placement.plan import PlacementInfeasible, PlacementPlan
 from engage.deploy.placement.problem import PlacementProblem, PlacementProblemError
-from engage.deploy.placement.workflow import ServicePlacementError, place_services, workflow_problem
+from engage.deploy.placement.workflow import ServicePlacementError, solve_workflow, workflow_problem
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -85,7 +85,7 @@ def run_command(namespace: argparse.Namespace) -> int:
             problem = workflow_problem(infra)
             # CP-SAT without its capacity search: the infrastructure's own reasons read in cores
             chosen = None if namespace.solver == "cpsat" else _solver(namespace.solver, namespace.time_limit)
-            plan = place_services(infra, chosen, namespace.time_limit)
+            plan = solve_workflow(infra, problem, chosen, namespace.time_limit)
         elif namespace.pareto:
             from engage.deploy.placement.pareto import pareto_front
 

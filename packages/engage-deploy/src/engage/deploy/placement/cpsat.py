@@ -221,9 +221,12 @@ def _build(
         model.add(sum(k[service.name, node] for node in where) == service.instances)
     _break_symmetries(problem, model, k)
     pair_copies = 0  # pairs of copies whose cost is rounded (each by at most half a unit)
+    # the objective's largest value, in its units: every class at its dearest option, every flow
+    # between its dearest pair of nodes
+    dearest = len(problem.classes) * unit
     for flow in problem.flows:
         pairs = problem.services[flow.source].instances * problem.services[flow.target].instances
-        counted = False
+        counted, flow_dearest = False, 0.0
         for u in problem.service_nodes(flow.source):
             for v in problem.service_nodes(flow.target):
                 crossed = problem.crossings(u, v)
@@ -231,6 +234,7 @@ def _build(
                 limited = [c for c in crossed if math.isfinite(problem.link_capacity(c[0]))]
                 if cost <= 0 and not limited:
                     continue
+                flow_dearest = max(flow_dearest, cost)
                 both = model.new_int_var(0, pairs, f"p_{flow.source}_{u}_{flow.target}_{v}")
                 model.add_multiplication_equality(both, [k[flow.source, u], k[flow.target, v]])
                 if cost > 0 and traffic_weight > 0:
@@ -239,12 +243,9 @@ def _build(
                 for direction in limited:
                     traffic[direction].append((flow.bits * pairs, pairs, both))
         pair_copies += pairs if counted else 0
+        dearest += traffic_weight * flow.bits / 1e6 * flow_dearest * pairs
     # one scale for every cost: 1e-9 of the largest request cost difference, unless the whole
     # objective would then leave int64's range (services' traffic far dearer than requests)
-    dearest = len(problem.classes) * unit + sum(
-        traffic_weight * flow.bits / 1e6 * _dearest_pair(problem, flow) * _pairs_of(problem, flow)
-        for flow in problem.flows
-    )
     per_unit = min(_OBJECTIVE_SCALE / unit, _INT_RANGE / max(dearest, 1e-300))
     objective = [round(cost * per_unit) * var for cost, var in costs]
     guards: dict[Any, str] = {}
@@ -348,23 +349,6 @@ def _up(value: float) -> int:
 def _down(value: float) -> int:
     """Round a capacity down, but not for float noise (2099.9999999999995 stays 2100)."""
     return math.floor(value + 1e-6)
-
-
-def _pairs_of(problem: PlacementProblem, flow: Any) -> int:
-    """Pairs of copies sharing ``flow``."""
-    return problem.services[flow.source].instances * problem.services[flow.target].instances
-
-
-def _dearest_pair(problem: PlacementProblem, flow: Any) -> float:
-    """The largest cost of one Mbit/s between nodes where ``flow``'s two services may run."""
-    return max(
-        (
-            sum(link_cost(problem.link(key)) for key in problem.route(u, v))
-            for u in problem.service_nodes(flow.source)
-            for v in problem.service_nodes(flow.target)
-        ),
-        default=0.0,
-    )
 
 
 def _break_symmetries(problem: PlacementProblem, model: Any, k: Mapping[tuple[str, str], Any]) -> None:

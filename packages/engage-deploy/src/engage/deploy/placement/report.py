@@ -11,6 +11,7 @@ from typing import Any
 
 from engage.deploy.placement.plan import PlacementPlan
 from engage.deploy.placement.problem import PlacementProblem
+from engage.deploy.placement.services import counts_of
 
 
 def node_loads(problem: PlacementProblem, plan: PlacementPlan) -> dict[str, dict[str, float]]:
@@ -25,8 +26,8 @@ def node_loads(problem: PlacementProblem, plan: PlacementPlan) -> dict[str, dict
             split = next(s for s in variant.splits if s.name == route.split)
             loads[route.node]["gflops"] += route.rate * variant.gflop * split.compute
             loads[route.tail_node]["gflops"] += route.rate * variant.gflop * (1 - split.compute)
-    for label, node_name in plan.assignment.items():
-        loads[node_name]["gflops"] += problem.services[label.rsplit("#", 1)[0]].compute
+    for (service, node_name), copies in counts_of(plan.assignment).items():
+        loads[node_name]["gflops"] += copies * problem.services[service].compute
     out = {}
     for name, node in problem.nodes.items():
         load = loads.get(name, {"requests": 0.0, "gflops": 0.0})

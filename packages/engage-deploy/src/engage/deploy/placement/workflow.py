@@ -150,9 +150,18 @@ def place_services(
 ) -> PlacementPlan:
     """The services' plan by ``solver`` (default: CP-SAT within ``time_limit_s``); one line on
     what does not fit as :class:`ServicePlacementError`."""
+    return solve_workflow(infra, workflow_problem(infra), solver, time_limit_s)
+
+
+def solve_workflow(
+    infra: Infrastructure,
+    problem: PlacementProblem,
+    solver: PlacementSolver | None = None,
+    time_limit_s: float = 10.0,
+) -> PlacementPlan:
+    """:func:`place_services` for the ``problem`` :func:`workflow_problem` made of ``infra``."""
     from engage.deploy.placement.cpsat import CpSatSolver
 
-    problem = workflow_problem(infra)
     try:
         return (solver or CpSatSolver(time_limit_s, explain=False)).solve(problem)
     except PlacementInfeasible as exc:
