@@ -177,3 +177,28 @@ def test_optimized_placement_puts_jobs_and_simulations_where_the_plan_says(tmp_p
     assert bad.returncode == 2
     assert "engage launcher: hydra.launcher.placement=optimize: no placement fits" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_engage_run_and_the_launcher_share_one_services_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``engage run`` checks the launcher before the sweep exists, and the launcher checks again
+    in ``setup``: the services are placed once, and both get that plan."""
+    from hydra_plugins.engage_launcher import engage_launcher
+    from omegaconf import OmegaConf
+
+    from engage.deploy.placement import workflow
+
+    solved = []
+    place = workflow.place_services
+    monkeypatch.setattr(workflow, "place_services", lambda infra: solved.append(infra) or place(infra))
+    monkeypatch.setattr(engage_launcher, "_PLANS", {})
+    launcher = {"placement": "optimize", "infrastructure": yaml.safe_load(OPTIMIZED)}
+    config = OmegaConf.create({"hydra": {"launcher": launcher}})
+    engage_launcher.EngageLauncher.preflight(config)
+    _, _, plan = engage_launcher.EngageLauncher.check(config)
+    assert len(solved) == 1
+    assert plan.assignment == {"simulator#1": "fog-1", "simulator#2": "fog-1", "trainer#1": "fog-1"}
+    # another infrastructure is another problem
+    wider = {**launcher["infrastructure"], "options": {"note": "another"}}
+    other = OmegaConf.create({"hydra": {"launcher": {**launcher, "infrastructure": wider}}})
+    engage_launcher.EngageLauncher.check(other)
+    assert len(solved) == 2

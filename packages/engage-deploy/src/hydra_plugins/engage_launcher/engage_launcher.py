@@ -13,6 +13,7 @@ Example::
     python my_app.py -m hydra/launcher=engage hydra.launcher.retries=1 lr=0.1,0.01
 """
 
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -79,10 +80,10 @@ class EngageLauncher(Launcher):
                 raise ValueError(f"{key}: no layer named {layer!r}; layers are {', '.join(layers)}")
         plan = None
         if options.placement == "optimize":
-            from engage.deploy.placement.workflow import ServicePlacementError, place_services
+            from engage.deploy.placement.workflow import ServicePlacementError
 
             try:
-                plan = place_services(infrastructure)
+                plan = _services_plan(infrastructure)
             except ServicePlacementError as exc:
                 raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
         if options.serving.enabled:
@@ -123,6 +124,24 @@ class EngageLauncher(Launcher):
         from . import _core
 
         return _core.launch(launcher=self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+
+
+#: services' plans made in this process, by infrastructure (``to_dict()`` as sorted JSON)
+_PLANS: dict[str, Any] = {}
+
+
+def _services_plan(infrastructure: Any) -> Any:
+    """The services' plan of ``infrastructure``, solved once a process: ``engage run`` checks the
+    launcher before the sweep exists (:meth:`EngageLauncher.preflight`) and the launcher checks
+    again in ``setup``; both get this one plan, which the sweep then deploys."""
+    from engage.deploy.placement.workflow import place_services
+
+    key = json.dumps(infrastructure.to_dict(), sort_keys=True, default=str)
+    if key not in _PLANS:
+        if len(_PLANS) >= 8:
+            _PLANS.clear()
+        _PLANS[key] = place_services(infrastructure)
+    return _PLANS[key]
 
 
 def _simulation_layer(config: DictConfig) -> str | None:
