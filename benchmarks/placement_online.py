@@ -26,10 +26,12 @@ Regret ``R_T = Σ_t g_t(x*) - Σ_t E[g_t(x_t)]`` on the adversarial trace for T 
 ``x*`` the best static fractional allocation on the first T slots, the expectation over three
 seeds of the policy without move limit (its rounded allocation, its fractional state, and its
 rounded allocation without filling) and of the policy with ``--moves``; the log-log slope of
-``R_T / T``. Also the per-slot time
+``R_T / T``; the same at the memory scales of ``--regret-memory``, each with its integrality gap
+(the fractional static optimum less the integral one, per slot: what any static integral
+allocation loses against ``x*``). Also the per-slot time
 of the policy on a 200-node tree.
 
-Run: ``python benchmarks/placement_online.py`` (about 5 minutes on 2 cores; ``--quick``: 20 nodes,
+Run: ``python benchmarks/placement_online.py`` (about 10 minutes on 2 cores; ``--quick``: 20 nodes,
 300 slots, under a minute); writes ``benchmarks/results/placement_online.json`` and
 ``benchmarks/results/placement_online_regret.png``.
 """
@@ -252,8 +254,11 @@ def one_tree(nodes: int, models: int, seed: int, args) -> dict:
     return out
 
 
-def regret(nodes: int, models: int, seed: int, args) -> dict:
-    problem = whole_variants(tree(nodes, models, seed), args.memory)
+def regret(nodes: int, models: int, seed: int, args, memory: float) -> dict:
+    """The regret curves of the module docstring on the tree with every node's memory scaled by
+    ``memory``, and the integral static optimum over the whole trace (its gap to the fractional
+    one is what any static integral allocation loses per slot against ``x*``)."""
+    problem = whole_variants(tree(nodes, models, seed), memory)
     gain = ThresholdGain(problem)
     base = gain.rates({(r.node, r.model): r.rate for r in problem.requests})
     rates = trace(gain, base, "adversarial", args.slots, seed + 100)
@@ -284,6 +289,8 @@ def regret(nodes: int, models: int, seed: int, args) -> dict:
             }
         )
 
+    integral = best_static(gain, rates, integral=True, limit_s=args.milp_limit)
+
     def slope(name: str) -> float | None:
         pts = [(p["T"], p[name] / p["T"]) for p in points if p[name] > 0]
         if len(pts) < 3:
@@ -295,6 +302,11 @@ def regret(nodes: int, models: int, seed: int, args) -> dict:
         "nodes": nodes,
         "models": models,
         "seed": seed,
+        "memory": memory,
+        "static_integral": integral["value"],
+        "static_integral_status": integral["status"],
+        # per slot over the whole trace: what the best static integral allocation loses against x*
+        "integrality_gap_per_slot": (points[-1]["static_fractional"] - integral["value"]) / len(rates),
         "points": points,
         "slope": slope("regret"),
         "slope_fractional": slope("regret_fractional"),
@@ -330,14 +342,14 @@ def timing(nodes: int, models: int) -> dict:
     }
 
 
-def plot(reg: dict, path: Path) -> None:
+def plot(reg: dict, by_memory: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = np.asarray([p["T"] for p in reg["points"]])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(11, 4))
     curves = (
         ("regret", "rounded, no move limit"),
         ("regret_unfilled", "rounded, without filling free memory"),
@@ -353,8 +365,21 @@ def plot(reg: dict, path: Path) -> None:
         ax.loglog(t, first * ref / ref[0], "k--", lw=0.8, label="slope -1/2")
     ax.set_xlabel("horizon T (slots)")
     ax.set_ylabel("regret R_T / T (weighted cost per s)")
-    ax.set_title(f"Adversarial switching, {reg['nodes']}-node tree")
+    ax.set_title(f"Adversarial switching, {reg['nodes']}-node tree, memory x{reg['memory']}")
     ax.legend()
+    for i, level in enumerate(by_memory):
+        color = f"C{i}"
+        tt = np.asarray([p["T"] for p in level["points"]])
+        v = np.asarray([p["regret_limited"] for p in level["points"]]) / tt
+        fitted = level["slope_limited"]
+        ax_label = f"memory x{level['memory']}" + ("" if fitted is None else f" (slope {fitted:.2f})")
+        right.loglog(tt[v > 0], v[v > 0], "o-", color=color, label=ax_label)
+        if level["integrality_gap_per_slot"] > 0:
+            right.axhline(level["integrality_gap_per_slot"], color=color, ls=":", lw=1)
+    right.set_xlabel("horizon T (slots)")
+    right.set_ylabel("regret R_T / T (weighted cost per s)")
+    right.set_title("Online (move limit) by memory; dotted: integrality gap")
+    right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -376,6 +401,11 @@ def main() -> None:
     parser.add_argument("--cpsat-limit", type=float, default=None, help="s per CP-SAT solve (default 10; quick 2)")
     parser.add_argument("--milp-limit", type=float, default=None, help="s for the integral static optimum (60)")
     parser.add_argument("--memory", type=float, default=0.2, help="scale of every node's memory (0.2: tight)")
+    parser.add_argument(
+        "--regret-memory",
+        default=None,
+        help="memory scales the regret is also measured at, comma-separated (default 0.35,0.5; quick: none)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "placement_online.json")
     args = parser.parse_args()
     args.slots = args.slots or (300 if args.quick else 1000)
@@ -386,13 +416,19 @@ def main() -> None:
     started = time.perf_counter()
     results = [one_tree(n, m, s, args) for n, m, s in trees]
     n, m, s = trees[-1]
-    reg = regret(n, m, s, args)
-    print(
-        f"regret on adversarial switching, {n} nodes: slope of log(R_T/T) {reg['slope']}, "
-        f"fractional {reg['slope_fractional']}, unfilled {reg['slope_unfilled']}, move limit {reg['slope_limited']}, "
-        f"(1-1/e)-regret {reg['slope_e']}",
-        flush=True,
-    )
+    extra = args.regret_memory if args.regret_memory is not None else ("" if args.quick else "0.35,0.5")
+    by_memory = []
+    for memory in [args.memory, *(float(v) for v in extra.split(",") if v.strip())]:
+        level = regret(n, m, s, args, memory)
+        by_memory.append(level)
+        print(
+            f"regret on adversarial switching, {n} nodes, memory x{memory}: slope of log(R_T/T) {level['slope']}, "
+            f"fractional {level['slope_fractional']}, unfilled {level['slope_unfilled']}, "
+            f"move limit {level['slope_limited']}, (1-1/e)-regret {level['slope_e']}; "
+            f"integrality gap {level['integrality_gap_per_slot']:.3f} per slot ({level['static_integral_status']})",
+            flush=True,
+        )
+    reg = by_memory[0]
     times = timing(200, 20 if args.quick else 50)
     print(
         f"per slot on {times['nodes']} nodes: update and rounding {times['step_s'] * 1e3:.0f} ms "
@@ -416,13 +452,14 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "trees": results,
         "regret": reg,
+        "regret_by_memory": by_memory,
         "timing": times,
         "wall_s": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     png = args.out.with_name(args.out.stem + "_regret.png")
-    plot(reg, png)
+    plot(reg, by_memory, png)
     print(f"wrote {args.out} and {png} in {result['wall_s']:.0f} s")
 
 
