@@ -9,14 +9,17 @@ import sys
 
 import pytest
 
-from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.placement import (
     CpSatSolver,
     ExhaustiveSolver,
     GreedySolver,
+    Link,
+    Node,
     PlacementInfeasible,
     PlacementProblem,
     PlacementProblemError,
+    Service,
 )
 from engage.deploy.placement.online import OnlineSolver
 from engage.deploy.placement.plan import check_capacities
@@ -158,10 +161,76 @@ def test_bad_services_are_one_line_naming_the_field() -> None:
         ([{"name": "a", "nodes": ["fog"]}], r"services\[0\]\.nodes: 'fog' is not a node"),
         ([{"name": "a", "compute": 8}], r"services\[0\]: 'a' fits on no node"),
         ([{"name": "a", "speed": 1}], r"services\[0\]: unknown key 'speed'"),
+        ([{"name": "a", "traffic": {"a": "1mbit"}}], r"services\[0\]\.traffic: 'a' sends to itself"),
     ):
         with pytest.raises(PlacementProblemError, match=expected) as info:
             PlacementProblem.from_dict({**base, "services": services})
         assert "\n" not in str(info.value)
+
+
+def test_services_made_in_python_with_wrong_types_are_one_line() -> None:
+    nodes = [Node("cloud", compute=None), Node("edge", compute=10.0)]
+    links = [Link("edge", "cloud")]
+    for service, expected in (
+        (Service("a", instances="2"), r"services\[0\]\.instances: '2'; give a whole number >= 1"),
+        (Service("a", instances=1.5), r"services\[0\]\.instances: 1.5; give a whole number"),
+        (Service("a", compute="1"), r"services\[0\]\.compute: '1'; give a number >= 0"),
+        (Service("a", nodes="edge"), r"services\[0\]\.nodes: 'edge'; give a tuple of node names"),
+        (Service("a", traffic={"b": 1e6}), r"services\[0\]\.traffic: \{'b': 1000000.0\}; give \(\(service"),
+    ):
+        with pytest.raises(PlacementProblemError, match=expected) as info:
+            PlacementProblem(nodes, links, (), (), services=[service])
+        assert "\n" not in str(info.value)
+
+
+def test_infrastructure_switches_are_booleans() -> None:
+    pinned = {**BASE, "layers": [{**BASE["layers"][0], "services": [{"name": "trainer", "pinned": "no"}]}]}
+    with pytest.raises(InfrastructureError, match=r"layers.cloud.services.trainer.pinned is 'no'; use true or false"):
+        Infrastructure.from_dict(pinned).validate()
+    one_way = {**BASE, "network": [{**BASE["network"][0], "symmetric": "no"}]}
+    with pytest.raises(InfrastructureError, match=r"network\[0\].symmetric is 'no'; use true or false"):
+        Infrastructure.from_dict(one_way).validate()
+
+
+def test_engage_place_refuses_bad_files_and_arguments_in_one_line(tmp_path, capsys) -> None:
+    import argparse
+
+    import yaml
+
+    from engage.deploy.placement.cli import add_arguments, run_command
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def place(*args: str) -> tuple[int, str]:
+        code = run_command(parser.parse_args([*args, "--no-mlflow", "--json"]))
+        return code, capsys.readouterr().err
+
+    files = {
+        "syntax.yaml": "layers: [\n  - name: x\n",
+        "empty.yaml": "",
+        "list.yaml": "- a\n",
+        "binary.yaml": b"\xf0\x28\x8c\x28 layers",
+        "provider.yaml": yaml.safe_dump({**BASE, "provider": "nope"}),
+    }
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for args, expected in (
+        (["syntax.yaml"], "syntax.yaml is not valid YAML at line 2, column 3: expected the node content"),
+        (["empty.yaml"], "empty.yaml is empty; give a placement problem or an infrastructure"),
+        (["list.yaml"], "list.yaml: expected a mapping at the top, got list"),
+        (["binary.yaml"], "binary.yaml is not a UTF-8 text file; give a YAML file"),
+        (["provider.yaml"], "infrastructure.provider: unknown provider 'nope'; known providers:"),
+        (["netns_edge_cloud", "--time-limit", "nan"], "--time-limit is nan; give seconds > 0"),
+        (["netns_edge_cloud", "--points", "3"], "--points counts the points of a Pareto front: give --pareto A,B"),
+    ):
+        code, err = place(*[str(tmp_path / a) if a.endswith(".yaml") else a for a in args])
+        assert code == 2 and expected in err and err.count("\n") == 1, (args, err)
+    # the shipped infrastructures with services all place
+    for name in ("local_edge_cloud", "netns_edge_cloud", "netns_continuum"):
+        code, err = place(name)
+        assert code == 0, (name, err)
 
 
 def test_engage_place_command_on_a_shipped_infrastructure(tmp_path) -> None:
@@ -179,6 +248,13 @@ def test_engage_place_command_on_a_shipped_infrastructure(tmp_path) -> None:
     table = place("netns_edge_cloud", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert table.returncode == 0, table.stderr
     assert "trainer#1" in table.stdout and "OPTIMAL" in table.stdout and "logged to MLflow run" in table.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("engage-place").experiment_id])
+    # the services' figures, and no request latency or accuracy for a plan that routes no requests
+    assert {"placement/traffic_cost", "placement/service_copies"} <= set(run.data.metrics)
+    assert not {"placement/latency_ms", "placement/accuracy"} & set(run.data.metrics)
     pareto = place("netns_edge_cloud", "--pareto", "latency,energy", "--no-mlflow")
     assert pareto.returncode == 2 and pareto.stderr.strip() == (
         "engage place: --pareto trades request metrics; an infrastructure's services have none: drop --pareto"
@@ -288,10 +364,18 @@ def test_hosts_of_a_layer_are_interchangeable_and_many_are_placed_fast() -> None
 
 def test_bad_services_of_an_infrastructure_are_one_line() -> None:
     for service, expected in (
-        ({"name": "s", "cpu": None}, r"infrastructure.layers\[1\].services\[0\].cpu: None; give a finite number >= 0"),
-        ({"name": "s", "cpu": -5}, r"services\[0\].cpu: -5; give a finite number >= 0"),
+        ({"name": "s", "cpu": None}, r"infrastructure.layers\[1\].services\[0\].cpu: None; give cores as a finite"),
+        ({"name": "s", "cpu": -5}, r"services\[0\].cpu: -5; give cores as a finite number >= 0"),
         ({"name": "s", "traffic": ["trainer"]}, r"services\[0\].traffic: give a mapping"),
-        ({"name": "s", "traffic": {"trainer": "lots"}}, r"services\[0\].traffic.trainer: 'lots'; give a finite"),
+        ({"name": "s", "traffic": {"trainer": "8mbit"}}, r"services\[0\].traffic.trainer: '8mbit'; give Mbit/s as a"),
+        (
+            {"name": "s", "traffic": {"s": 4}},
+            r"services\[0\].traffic.s: a service sends traffic to other services, not",
+        ),
+        (
+            {"name": "simulator"},
+            r"layers\[2\].services\[0\].name: 'simulator' again \(as in infrastructure.layers\[1\]",
+        ),
     ):
         data = {**BASE, "layers": [BASE["layers"][0], {**BASE["layers"][1], "services": [service]}, BASE["layers"][2]]}
         with pytest.raises(ServicePlacementError, match=expected) as info:

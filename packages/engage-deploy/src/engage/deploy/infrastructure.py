@@ -133,9 +133,10 @@ def parse_size(value: str | int, what: str = "size") -> int:
 class Service:
     """A service placed on a layer: ``quantity`` instances (``simulator``, ``trainer``, ``inference``).
 
-    ``cpu`` and ``memory`` are what one instance needs; ``engage place`` uses them, and ``traffic``
-    (``{other service: mbit/s}``) says how much it sends to other services in total; ``pinned``
-    keeps it on the layer that lists it (``engage place`` may move the others).
+    ``cpu`` (cores, 1 unless given) and ``memory`` (none unless given) are what one instance
+    needs; ``engage place`` uses them, and ``traffic`` (``{other service: mbit/s}``) says how much
+    it sends to other services in total; ``pinned`` (true or false) keeps it on the layer that
+    lists it (``engage place`` may move the others).
     """
 
     name: str
@@ -340,6 +341,10 @@ class Infrastructure:
                     )
                 if service.memory is not None:
                     parse_size(service.memory, f"{where}.services.{service.name}.memory")
+                if not isinstance(service.pinned, bool):
+                    raise InfrastructureError(
+                        f"{where}.services.{service.name}.pinned is {service.pinned!r}; use true or false"
+                    )
         pairs: set[tuple[str, str]] = set()
         for i, constraint in enumerate(self.network):
             where = f"infrastructure.network[{i}]"
@@ -356,6 +361,8 @@ class Infrastructure:
             parse_duration(constraint.delay, f"{where}.delay")
             if constraint.rate is not None and parse_rate(constraint.rate, f"{where}.rate") <= 0:
                 raise InfrastructureError(f"{where}.rate is {constraint.rate!r}; use a rate > 0 like '100mbit' or null")
+            if not isinstance(constraint.symmetric, bool):
+                raise InfrastructureError(f"{where}.symmetric is {constraint.symmetric!r}; use true or false")
             loss = constraint.loss
             if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0.0 <= float(loss) < 1.0:
                 raise InfrastructureError(f"{where}.loss is {loss!r}; use a fraction in [0, 1) (5% is 0.05)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from engage.deploy.placement.problem import PlacementProblem, PlacementProblemEr
 from engage.deploy.placement.workflow import ServicePlacementError, solve_workflow, workflow_problem
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
+#: points of a Pareto front unless ``--points`` says otherwise
+POINTS = 6
 
 
 def load_config(spec: str) -> dict[str, Any]:
@@ -47,7 +50,17 @@ def load_config(spec: str) -> dict[str, Any]:
         else:
             names = sorted(p.stem for group in ("placement", "infrastructure") for p in (CONF / group).glob("*.yaml"))
             raise PlacementProblemError(f"{spec!r} is neither a file nor a shipped config ({', '.join(names)})")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise PlacementProblemError(f"{path} is not a UTF-8 text file; give a YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise PlacementProblemError(f"{path} is not valid YAML{where}: {problem}; fix the file") from None
+    if data is None:
+        raise PlacementProblemError(f"{path} is empty; give a placement problem or an infrastructure")
     if not isinstance(data, dict):
         raise PlacementProblemError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
     return data
@@ -58,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solver", choices=sorted(placement_solvers()), default="cpsat")
     parser.add_argument("--time-limit", type=float, default=10.0, help="CP-SAT time limit in seconds")
     parser.add_argument("--pareto", metavar="A,B", help="two of latency, inaccuracy, energy: print the front")
-    parser.add_argument("--points", type=int, default=6, help="points of the Pareto front")
+    parser.add_argument("--points", type=int, default=POINTS, help=f"points of the Pareto front ({POINTS})")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the plan to MLflow")
     parser.add_argument(
@@ -71,8 +84,17 @@ def _solver(name: str, time_limit_s: float):
     return placement_solvers()[name](time_limit_s=time_limit_s)
 
 
+def check_arguments(namespace: argparse.Namespace) -> None:
+    """The command's own figures, named by their flags (:class:`ValueError`, one line)."""
+    if not math.isfinite(namespace.time_limit) or namespace.time_limit <= 0:
+        raise ValueError(f"--time-limit is {namespace.time_limit}; give seconds > 0")
+    if namespace.points != POINTS and not namespace.pareto:
+        raise ValueError("--points counts the points of a Pareto front: give --pareto A,B with it")
+
+
 def run_command(namespace: argparse.Namespace) -> int:
     try:
+        check_arguments(namespace)
         data = load_config(namespace.config)
         front = None
         objectives: tuple[str, str] = ("latency", "inaccuracy")
@@ -82,6 +104,7 @@ def run_command(namespace: argparse.Namespace) -> int:
                     "--pareto trades request metrics; an infrastructure's services have none: drop --pareto"
                 )
             infra = Infrastructure.from_dict(data)
+            infra.validate()  # the provider too: this infrastructure is meant for the launcher
             problem = workflow_problem(infra)
             # CP-SAT without its capacity search: the infrastructure's own reasons read in cores
             chosen = None if namespace.solver == "cpsat" else _solver(namespace.solver, namespace.time_limit)

@@ -83,8 +83,8 @@ class CpSatSolver(PlacementSolver):
         explain: bool = True,
         log: bool = False,
     ) -> None:
-        if time_limit_s <= 0:
-            raise ValueError(f"time_limit_s is {time_limit_s}; give a positive number of seconds")
+        if not time_limit_s > 0 or time_limit_s == float("inf"):
+            raise ValueError(f"time_limit_s is {time_limit_s}; give a positive, finite number of seconds")
         if max_moves is not None and max_moves < 0:
             raise ValueError(f"max_moves is {max_moves}; use 0 or more (None: no limit)")
         for key in limits or {}:

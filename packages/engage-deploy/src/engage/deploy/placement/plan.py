@@ -101,7 +101,15 @@ class PlacementPlan:
         return data
 
     def summary(self) -> dict[str, float | str | None]:
-        """The headline figures (what benchmarks and MLflow record); the services' with services."""
+        """The headline figures (what benchmarks and MLflow record): the requests' where the plan
+        routes requests (a plan of services alone has no latency or accuracy to report), the
+        services' where it places services."""
+        requests = {
+            "latency_ms": self.latency_s * 1e3,
+            "accuracy": self.accuracy,
+            "energy_j": self.energy_j,
+            "items": sum(len(v) for v in self.placement.values()),
+        }
         services = {
             "service_copies": len(self.assignment),
             "traffic_cost": self.traffic_cost,
@@ -109,13 +117,10 @@ class PlacementPlan:
         }
         return {
             "objective": self.objective,
-            "latency_ms": self.latency_s * 1e3,
-            "accuracy": self.accuracy,
-            "energy_j": self.energy_j,
+            **(requests if self.routes or not self.assignment else {}),
             "status": self.status,
             "gap": self.gap,
             "solve_time_s": self.solve_time_s,
-            "items": sum(len(v) for v in self.placement.values()),
             "moves": self.moves,
             **(services if self.assignment else {}),
         }

@@ -152,6 +152,7 @@ def validate_services(problem: PlacementProblem) -> None:
     services = list(problem.services.values())
     for i, service in enumerate(services):
         where = f"services[{i}]"
+        _check_types(service, where)
         if service.instances < 1:
             raise PlacementProblemError(f"{where}.instances: {service.instances}; give a whole number >= 1")
         for node in service.nodes:
@@ -161,6 +162,11 @@ def validate_services(problem: PlacementProblem) -> None:
                 )
         _unique([t for t, _ in service.traffic], f"{where}.traffic", "service", "give one rate per service")
         for target, bits in service.traffic:
+            if target == service.name:
+                raise PlacementProblemError(
+                    f"{where}.traffic: {service.name!r} sends to itself; traffic goes between different services "
+                    "(the copies of one service are not modelled as talking to each other): remove it"
+                )
             if target not in problem.services:
                 raise PlacementProblemError(
                     f"{where}.traffic: {service.name!r} sends to {target!r}, which is not a service; "
@@ -179,6 +185,29 @@ def validate_services(problem: PlacementProblem) -> None:
                 f"{service.compute:g} GFLOP/s a copy, on {', '.join(service.nodes) or 'any available node'}); "
                 "lower its needs or give it larger nodes"
             )
+
+
+def _check_types(service: Service, where: str) -> None:
+    """A :class:`Service` made in Python with the types its fields need (``from_dict`` converts)."""
+    from engage.deploy.placement.problem import PlacementProblemError
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(service.instances, int) or isinstance(service.instances, bool):
+        raise PlacementProblemError(f"{where}.instances: {service.instances!r}; give a whole number >= 1")
+    for key in ("memory", "compute"):
+        if not number(getattr(service, key)):
+            raise PlacementProblemError(f"{where}.{key}: {getattr(service, key)!r}; give a number >= 0")
+    if isinstance(service.nodes, str) or not all(isinstance(n, str) for n in service.nodes):
+        raise PlacementProblemError(f"{where}.nodes: {service.nodes!r}; give a tuple of node names, such as ('edge',)")
+    if isinstance(service.traffic, Mapping) or not all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and number(pair[1])
+        for pair in service.traffic
+    ):
+        raise PlacementProblemError(
+            f"{where}.traffic: {service.traffic!r}; give ((service, bits/s), ...), such as (('trainer', 8e6),)"
+        )
 
 
 def usage(problem: PlacementProblem, counts: Counts) -> ServiceUsage:

@@ -69,6 +69,16 @@ def workflow_problem(infra: Infrastructure) -> PlacementProblem:
     infra.validate(known_providers=[infra.provider])
     hosts = list(infra.iter_hosts())
     services = [_service(layer, i, j) for i, layer in enumerate(infra.layers) for j in range(len(layer.services))]
+    named: dict[str, str] = {}
+    for i, layer in enumerate(infra.layers):
+        for j, service in enumerate(layer.services):
+            where = f"infrastructure.layers[{i}].services[{j}]"
+            if service.name in named:
+                raise ServicePlacementError(
+                    f"{where}.name: {service.name!r} again (as in {named[service.name]}); "
+                    "give every service its own name"
+                )
+            named[service.name] = where
     if not services:
         raise ServicePlacementError("no services to place: list them under infrastructure.layers[*].services")
     _check_copies_fit(infra)
@@ -96,10 +106,10 @@ def workflow_problem(infra: Infrastructure) -> PlacementProblem:
         raise ServicePlacementError(str(exc)) from None
 
 
-def _number(value: Any, where: str) -> float:
-    """``value`` as a finite number >= 0; one line naming ``where`` otherwise."""
+def _number(value: Any, where: str, unit: str) -> float:
+    """``value`` as a finite number >= 0 of ``unit``; one line naming ``where`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ServicePlacementError(f"{where}: {value!r}; give a finite number >= 0")
+        raise ServicePlacementError(f"{where}: {value!r}; give {unit} as a finite number >= 0")
     return float(value)
 
 
@@ -110,6 +120,10 @@ def _service(layer: Any, i: int, j: int) -> Service:
     traffic = service.traffic
     if not isinstance(traffic, Mapping):
         raise ServicePlacementError(f"{where}.traffic: give a mapping {{service: mbit/s}}, such as {{trainer: 8}}")
+    if service.name in traffic:
+        raise ServicePlacementError(
+            f"{where}.traffic.{service.name}: a service sends traffic to other services, not to itself; remove it"
+        )
     try:
         memory = parse_size(service.memory, f"{where}.memory") if service.memory else 0
     except InfrastructureError as exc:
@@ -118,10 +132,11 @@ def _service(layer: Any, i: int, j: int) -> Service:
         name=str(service.name),
         instances=service.quantity,  # checked by the infrastructure
         memory=memory,
-        compute=_number(service.cpu, f"{where}.cpu"),
+        compute=_number(service.cpu, f"{where}.cpu", "cores"),
         nodes=tuple(layer.host_names()) if service.pinned else (),
         traffic=tuple(
-            (str(target), _number(mbit, f"{where}.traffic.{target}") * 1e6) for target, mbit in traffic.items()
+            (str(target), _number(mbit, f"{where}.traffic.{target}", "Mbit/s") * 1e6)
+            for target, mbit in traffic.items()
         ),
     )
 
