@@ -49,8 +49,8 @@ def plan_table(problem: PlacementProblem, plan: PlacementPlan, max_rows: int = 4
         )
     if problem.services:
         figures.append(
-            f"services' traffic cost {plan.traffic_cost:.4g}, "
-            f"{plan.slow_traffic_mbit:.4g} Mbit/s over constrained links"
+            f"services' traffic cost {plan.traffic_cost:.4g} "
+            f"({plan.slow_traffic_mbit:.4g} Mbit/s over constrained links)"
         )
     table = Table(
         title=f"{plan.solver} plan ({plan.status}{gap}): {', '.join(figures)}, objective {plan.objective:.5g}"

@@ -152,11 +152,11 @@ def _check_copies_fit(infra: Infrastructure) -> None:
                 for h in hosts
             ):
                 continue
-            where = f"the hosts of layer {layer.name!r} (pinned)" if service.pinned else "any host"
+            where = f"the hosts of layer {layer.name!r} (pinned) offer" if service.pinned else "any host offers"
+            needs = f"{service.cpu:g} CPU" + (f" and {memory / 2**20:.0f} MiB" if memory else "")
             raise ServicePlacementError(
-                f"no placement fits: one copy of service {service.name!r} needs {service.cpu:g} CPU and "
-                f"{memory / 2**20:.0f} MiB, more than {where} offers; raise the layers' cpu/memory or lower "
-                "the service's needs"
+                f"no placement fits: one copy of service {service.name!r} needs {needs}, more than {where}; "
+                "raise the layers' cpu/memory or lower the service's needs"
             )
 
 
