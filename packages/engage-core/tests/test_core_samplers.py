@@ -22,3 +22,17 @@ def test_ask_rejects_bad_counts():
     sampler = UniformSampler(parameter_spaces()["one"])
     with pytest.raises(ValueError, match="non-negative integer"):
         sampler.ask(-1)
+
+
+def test_a_sampler_that_produces_nan_is_stopped_at_ask():
+    class Broken(UniformSampler):
+        def _ask(self, n):
+            points = super()._ask(n)
+            points[1, 0] = np.nan
+            return points
+
+    space = parameter_spaces()["continuous"]
+    sampler = Broken(space, seed=0)
+    with pytest.raises(ValueError, match=rf"Broken asked point 1 with parameter '{space.names[0]}' = nan"):
+        sampler.ask(3)
+    assert sampler.num_asked == 0

@@ -217,3 +217,41 @@ def test_image_similarity_refuses_ssim_on_outputs_too_small_before_training():
     ImageSimilaritySampling(metric="nrmse").on_fit_start(trainer, None)  # a plain norm compares rows
     trainer.datamodule.simulator = HeatEquation(grid=8, steps=2)
     ImageSimilaritySampling().on_fit_start(trainer, None)
+
+
+def test_callbacks_refuse_periods_and_figures_that_would_never_run_or_fail_later():
+    from engage.sampling.samplers.breed import BreedSampler
+
+    space = HeatEquation(grid=8, steps=2).space
+    for build, expected in (
+        (lambda: SensitivityAnalysis(names=["a", "b"], every_n_steps=0), "every_n_steps must be a whole number >= 1"),
+        (lambda: SensitivityAnalysis(names=["a", "b"], conf_level=2), "conf_level must be between 0 and 1"),
+        (lambda: SensitivityAnalysis(names=["a", "b"], batch_size=0), "batch_size must be >= 1"),
+        (lambda: ImageSimilaritySampling(every_n_epochs=0), "every_n_epochs must be a whole number >= 1"),
+        (lambda: ImageSimilaritySampling(data_range=-1), "data_range must be > 0"),
+        (lambda: BreedSampler(space, spread=float("inf")), "spread must be finite and > 0"),
+        (lambda: LossDrivenSampler(space, sigma=float("inf")), "sigma must be finite and > 0"),
+    ):
+        with pytest.raises(ValueError, match=expected):
+            build()
+    # inputs="values" takes the space from the trainer's DataModule when none is given
+    assert SensitivityAnalysis(inputs="values").inputs == "values"
+
+
+def test_loss_driven_schedule_ends_at_its_final_value_and_held_out_losses_keep_their_own_ids():
+    from types import SimpleNamespace
+
+    callback = LossDrivenSampling(exploration=0.5, exploration_final=0.1, schedule="linear")
+    trainer = SimpleNamespace(estimated_stepping_batches=40, global_step=40, max_epochs=2, current_epoch=1)
+    assert callback._progress(trainer) == 1.0  # the last step: exploration_final
+    trainer.global_step = 20
+    assert callback._progress(trainer) == 0.5
+    # validation simulations are numbered from 0 like the training ones: told at their points only
+    space = HeatEquation(grid=8, steps=2).space
+    sampler = LossDrivenSampler(space, seed=0)
+    told = []
+    sampler.tell = lambda points, losses, simulation_ids=None: told.append(simulation_ids)
+    batch = {"parameters": torch.rand(4, 5), "simulation_id": torch.tensor([0, 0, 1, 1])}
+    LossDrivenSampling(sampler=sampler, stage="val").tell(sampler, batch, torch.rand(4))
+    LossDrivenSampling(sampler=sampler, stage="train").tell(sampler, batch, torch.rand(4))
+    assert told[0] is None and list(told[1]) == [0, 1]

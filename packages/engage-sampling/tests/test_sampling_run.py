@@ -61,3 +61,26 @@ def test_engage_run_records_the_sensitivity_callback_metrics(tmp_path):
     assert metrics, f"no sensitivity metrics among {sorted(run.data.metrics)}"
     assert all(np.isfinite(v) and v >= 0.0 for v in metrics.values())  # total indices are non-negative
     assert set(metrics) == {f"sensitivity/ST/{n}" for n in names}
+
+
+def test_callback_and_sampler_values_are_one_line_before_the_run(tmp_path):
+    for overrides, expected in (
+        (["+callbacks=sensitivity", "callbacks.sensitivity.base_samples=100"], "base_samples: must be a power of 2"),
+        (["+callbacks=sensitivity", "callbacks.sensitivity.method=foo"], "method: must be one of sobol, morris"),
+        (["+callbacks=sensitivity", "callbacks.sensitivity.conf_level=2"], "conf_level: must be between 0 and 1"),
+        (["+callbacks=sensitivity", "callbacks.sensitivity.every_n_steps=0"], "every_n_steps: must be >= 1, or null"),
+        (["+callbacks=loss_driven", "callbacks.loss_driven.schedule=cosin"], "schedule: must be one of"),
+        (["+callbacks=loss_driven", "callbacks.loss_driven.exploration=1.5"], "exploration: must be between 0 and 1"),
+        (["+callbacks=image_similarity", "callbacks.image_similarity.source=target"], "source: must be one of"),
+        (["+callbacks=image_similarity", "callbacks.image_similarity.probe_points=1"], "probe_points: must be >= 2"),
+        (["sampler=breed", "sampler.spread=inf"], "sampler.spread: must be finite and > 0"),
+        (["sampler=loss_driven", "sampler.sigma=inf"], "sampler.sigma: must be finite and > 0"),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            compose_config(overrides)
+    # a single run refused leaves no output folder: checked before Hydra makes one
+    proc = run_engage("run", "+callbacks=sensitivity", "callbacks.sensitivity.conf_level=2", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "engage run: callbacks.sensitivity.conf_level: must be between 0 and 1 (exclusive), got 2.0"
+    )
+    assert not (tmp_path / "outputs").exists()

@@ -35,6 +35,14 @@ def _significance(owner: LossDrivenConfig | BreedConfig) -> None:
         )
 
 
+def _every(owner: object) -> None:
+    """``every_n_steps`` and ``every_n_epochs``: null (never) or >= 1; 0 would never run."""
+    for name in ("every_n_steps", "every_n_epochs"):
+        value = getattr(owner, name)
+        if value is not None and value < 1:
+            raise ConfigValueError(name, f"must be >= 1, or null to not run on {name[8:]}; got {value}")
+
+
 def _choice(owner: object, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(owner, name)
     if value not in allowed:
@@ -130,8 +138,10 @@ class LossDrivenConfig:
         _positive(self, "top_k")
         _positive(self, "max_points")
         _positive(self, "candidates")
-        if not self.sigma > 0:
-            raise ConfigValueError("sigma", f"must be > 0, got {self.sigma}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ConfigValueError(
+                "sigma", f"must be finite and > 0 (a fraction of each parameter's range), got {self.sigma}"
+            )
 
 
 @dataclass
@@ -161,6 +171,10 @@ class BreedConfig:
         _ratio(self, "uniform_start")
         _ratio(self, "uniform_end")
         _ratio(self, "success_target")
+        if not (math.isfinite(self.spread) and self.spread > 0):
+            raise ConfigValueError(
+                "spread", f"must be finite and > 0 (a fraction of each parameter's range), got {self.spread}"
+            )
         if not 0 < self.spread_min <= self.spread:
             raise ConfigValueError("spread_min", f"must be > 0 and <= spread ({self.spread}), got {self.spread_min}")
         if not 0 < self.shrink < 1:
@@ -251,6 +265,22 @@ class SensitivityAnalysisConfig:
     plot_dir: str | None = None
     batch_size: int = 8192
 
+    def __post_init__(self) -> None:
+        _choice(self, "method", ("sobol", "morris"))
+        n = self.base_samples
+        if n < 2 or n & (n - 1):
+            raise ConfigValueError("base_samples", f"must be a power of 2 (>= 2), got {n}")
+        if self.trajectories < 2:
+            raise ConfigValueError("trajectories", f"must be >= 2, got {self.trajectories}")
+        if self.num_levels < 2 or self.num_levels % 2:
+            raise ConfigValueError("num_levels", f"must be an even number >= 2, got {self.num_levels}")
+        _every(self)
+        _positive(self, "num_resamples")
+        _positive(self, "batch_size")
+        if not 0 < self.conf_level < 1:
+            raise ConfigValueError("conf_level", f"must be between 0 and 1 (exclusive), got {self.conf_level}")
+        _choice(self, "inputs", ("unit", "values"))
+
 
 @dataclass
 class LossDrivenSamplingConfig:
@@ -263,6 +293,13 @@ class LossDrivenSamplingConfig:
     exploration_final: float | None = None
     schedule: str = "linear"
     relative: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self, "stage", ("train", "val"))
+        _positive(self, "every_n_steps")
+        _ratio(self, "exploration")
+        _ratio(self, "exploration_final")
+        _choice(self, "schedule", SCHEDULES)
 
 
 @dataclass
@@ -280,3 +317,15 @@ class ImageSimilaritySamplingConfig:
     seed: int = "${seed}"  # type: ignore[assignment]
     log_plots: bool = True
     plot_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self, "source", ("predictions", "targets"))
+        _choice(self, "metric", METRICS)
+        _positive(self, "probe_points", minimum=2)
+        _positive(self, "neighbours")
+        _positive(self, "max_points", minimum=2)
+        _every(self)
+        if self.data_range is not None and not self.data_range > 0:
+            raise ConfigValueError(
+                "data_range", f"must be > 0, or null to take it from the data; got {self.data_range}"
+            )

@@ -1,4 +1,5 @@
-"""A Hydra callback that checks every value of a sweep before its first job starts."""
+"""A Hydra callback that checks every value of a sweep before its first job starts, and a single
+run's values before Hydra makes its output folder."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ class SweepValuesCheck(Callback):
             sweep_values:
               _target_: engage.core.config.sweep_check.SweepValuesCheck
     """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run: its values checked before Hydra makes the run's output folder (the task
+        checks them again, for apps without this callback)."""
+        from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
+
+        try:
+            check_values(config)
+        except ConfigError as exc:
+            print(f"engage run: {' '.join(str(exc).split())}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG_ERROR) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra

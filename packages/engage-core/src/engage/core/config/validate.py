@@ -103,23 +103,12 @@ def check_values(cfg: DictConfig) -> None:
     for group in cfg.keys():
         if group == "hydra" or OmegaConf.is_missing(cfg, group):
             continue  # a group with no option chosen: said below
-        node = cfg[group]
-        node_type = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
-        if node_type is None or not is_dataclass(node_type):
-            continue
-        known = {f.name for f in fields(node_type)}
-        extra = sorted(str(k) for k in node.keys() if k not in known)
-        if extra:
-            raise ConfigError(unknown_key(f"{group}.{extra[0]}", sorted(k for k in known if not k.startswith("_"))))
-        try:
-            OmegaConf.to_object(node)
-        except ConfigValueError as exc:
-            raise ConfigError(f"{group}.{exc.key}: {exc.message}") from None
-        except OmegaConfBaseException as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ConfigValueError):
-                raise ConfigError(f"{group}.{cause.key}: {cause.message}") from None
-            raise ConfigError(explain(exc, cfg)) from None
+        _check_node(cfg, cfg[group], str(group))
+        if group == "callbacks" and isinstance(cfg[group], DictConfig):
+            # each callback chosen (+callbacks=NAME) is a structured config of its own
+            for name in cfg[group].keys():
+                if not OmegaConf.is_missing(cfg[group], name):
+                    _check_node(cfg, cfg[group][name], f"{group}.{name}")
     # the top level's own values (task, checkpoint_every_n_steps, ...): the groups above are
     # nodes of their own, the top level is no dataclass instance Hydra builds
     from types import SimpleNamespace
@@ -137,6 +126,26 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"{exc.key}: {exc.message}") from None
     _check_top_level(cfg)
     _check_validation_interval(cfg)
+
+
+def _check_node(cfg: DictConfig, node: object, where: str) -> None:
+    """The range checks of one structured config node at ``where`` (unknown keys first)."""
+    node_type = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if node_type is None or not is_dataclass(node_type):
+        return
+    known = {f.name for f in fields(node_type)}
+    extra = sorted(str(k) for k in node.keys() if k not in known)
+    if extra:
+        raise ConfigError(unknown_key(f"{where}.{extra[0]}", sorted(k for k in known if not k.startswith("_"))))
+    try:
+        OmegaConf.to_object(node)
+    except ConfigValueError as exc:
+        raise ConfigError(f"{where}.{exc.key}: {exc.message}") from None
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConfigValueError):
+            raise ConfigError(f"{where}.{cause.key}: {cause.message}") from None
+        raise ConfigError(explain(exc, cfg)) from None
 
 
 def _check_top_level(cfg: DictConfig) -> None:

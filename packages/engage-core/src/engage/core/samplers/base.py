@@ -69,6 +69,13 @@ class Sampler(ABC):
         if n == 0:
             return np.empty((0, self.space.dim))
         points = np.asarray(self._ask(n), dtype=np.float64).reshape(n, self.space.dim)
+        bad = ~np.isfinite(points)
+        if bad.any():
+            row, column = (int(i[0]) for i in np.nonzero(bad))
+            raise ValueError(
+                f"{type(self).__name__} asked point {row} with parameter {self.space.names[column]!r} = "
+                f"{points[row, column]}: a sampler's points are finite values inside the space"
+            )
         self.num_asked += n
         return points
 

@@ -138,3 +138,13 @@ def warn_once(owner: Any, key: str, message: str) -> None:
 def due(step_or_epoch: int, every: int | None) -> bool:
     """Whether a periodic action runs at this 1-based step or epoch count."""
     return every is not None and every > 0 and step_or_epoch % every == 0
+
+
+def check_every(owner: str, name: str, value: int | None) -> int | None:
+    """A periodic action's ``every_n_steps`` or ``every_n_epochs``: ``None`` (never) or a whole
+    number >= 1; 0 would silently never run."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner} {name} must be a whole number >= 1, or None to not run on {name[8:]}; got {value!r}")
+    return value

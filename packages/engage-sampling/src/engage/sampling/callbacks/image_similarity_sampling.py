@@ -16,6 +16,7 @@ from scipy.stats import qmc
 from engage.core.space import ParameterSpace
 from engage.sampling.callbacks._common import (
     Quantity,
+    check_every,
     default_quantity,
     due,
     evaluate,
@@ -79,6 +80,12 @@ class ImageSimilaritySampling(Callback):
             raise ValueError(f"ImageSimilaritySampling metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if probe_points < 2 or neighbours < 1 or max_points < 2:
             raise ValueError("ImageSimilaritySampling needs probe_points >= 2, neighbours >= 1, max_points >= 2")
+        if data_range is not None and not data_range > 0:
+            raise ValueError(
+                f"ImageSimilaritySampling data_range must be > 0, or None to take it from the data; got {data_range}"
+            )
+        check_every("ImageSimilaritySampling", "every_n_steps", every_n_steps)
+        check_every("ImageSimilaritySampling", "every_n_epochs", every_n_epochs)
         self.source = source
         self.predict = predict or default_quantity
         self.probe_points = int(probe_points)

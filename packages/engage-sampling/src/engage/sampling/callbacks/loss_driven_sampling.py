@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -118,7 +119,9 @@ class LossDrivenSampling(Callback):
         if len(values) != len(unit):
             raise ValueError(f"per-sample loss has {len(values)} values for a batch of {len(unit)}")
         ids = batch.get("simulation_id")
-        ids = None if ids is None else torch.as_tensor(ids).cpu().numpy().reshape(-1)
+        # held-out simulations are numbered apart from the sampler's own: their losses are told
+        # at their points, never credited to the sampler's simulation of the same number
+        ids = None if ids is None or self.stage == "val" else torch.as_tensor(ids).cpu().numpy().reshape(-1)
         self._held.append((unit, values, ids))
 
     def _tell_held(self, sampler: Any) -> int:
@@ -160,10 +163,13 @@ class LossDrivenSampling(Callback):
         return len(points)
 
     def _progress(self, trainer: pl.Trainer) -> float:
-        if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.global_step / trainer.max_steps
+        """How far training is, from 0 to 1 at its last step (Lightning's estimate of the steps
+        ``max_steps`` or ``max_epochs`` allow), so that the schedule ends at ``exploration_final``."""
+        total = trainer.estimated_stepping_batches
+        if math.isfinite(total) and total > 0:
+            return min(1.0, trainer.global_step / total)
         if trainer.max_epochs and trainer.max_epochs > 0:
-            return trainer.current_epoch / trainer.max_epochs
+            return min(1.0, (trainer.current_epoch + 1) / trainer.max_epochs)
         return 0.0
 
     def _handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:

@@ -17,6 +17,7 @@ from engage.core.space import ParameterSpace
 from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_indices
 from engage.sampling.callbacks._common import (
     Quantity,
+    check_every,
     default_quantity,
     due,
     evaluate,
@@ -95,12 +96,16 @@ class SensitivityAnalysis(Callback):
             raise ValueError(f"SensitivityAnalysis base_samples must be a power of 2 (>= 2), got {base_samples}")
         if inputs not in ("unit", "values"):
             raise ValueError(f"SensitivityAnalysis inputs must be 'unit' or 'values', got {inputs!r}")
-        if inputs == "values" and space is None:
-            raise ValueError("SensitivityAnalysis inputs='values' needs space= to map unit points to values")
         if num_resamples < 1:
             raise ValueError(f"SensitivityAnalysis num_resamples must be >= 1 (bootstrap), got {num_resamples}")
         if trajectories < 2 or num_levels < 2 or num_levels % 2:
             raise ValueError("SensitivityAnalysis needs trajectories >= 2 and an even num_levels >= 2")
+        if not 0 < conf_level < 1:
+            raise ValueError(f"SensitivityAnalysis conf_level must be between 0 and 1 (exclusive), got {conf_level}")
+        if batch_size < 1:
+            raise ValueError(f"SensitivityAnalysis batch_size must be >= 1, got {batch_size}")
+        check_every("SensitivityAnalysis", "every_n_steps", every_n_steps)
+        check_every("SensitivityAnalysis", "every_n_epochs", every_n_epochs)
         self.quantity = quantity or default_quantity
         self.space = space
         self.names = list(names) if names is not None else None
@@ -163,6 +168,11 @@ class SensitivityAnalysis(Callback):
     def analyze(self, model: Any, trainer: pl.Trainer | None = None) -> SensitivityResult:
         """Run one analysis of ``model`` now and return its result (also usable without a Trainer)."""
         names = self._resolve_names(trainer)
+        if self.inputs == "values" and self.space is None:
+            raise ValueError(
+                "SensitivityAnalysis inputs='values' maps unit points to values with a parameter space: pass "
+                "space=, or train with a DataModule that has one"
+            )
         unit = self.design(len(names))
         points = self.space.from_unit(unit) if self.inputs == "values" else unit
         Y = evaluate(self.quantity, model, points, self.batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,8 @@ class BreedSampler(Sampler):
             raise ValueError("generation_size, generations and max_points must be >= 1")
         if parents is not None and int(parents) < 1:
             raise ValueError(f"parents must be >= 1, got {parents}")
+        if not (math.isfinite(float(spread)) and float(spread) > 0):
+            raise ValueError(f"spread must be finite and > 0 (a fraction of each parameter's range), got {spread}")
         if not 0 < float(spread_min) <= float(spread):
             raise ValueError(f"need 0 < spread_min <= spread, got {spread_min} and {spread}")
         if not 0 < float(shrink) < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -91,8 +92,10 @@ class LossDrivenSampler(Sampler):
         )
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if int(horizon) < 1 or not float(sigma) > 0 or int(top_k) < 1 or int(max_points) < 1 or int(candidates) < 1:
-            raise ValueError("horizon, top_k, max_points and candidates must be >= 1 and sigma > 0")
+        if int(horizon) < 1 or int(top_k) < 1 or int(max_points) < 1 or int(candidates) < 1:
+            raise ValueError("horizon, top_k, max_points and candidates must be >= 1")
+        if not (math.isfinite(float(sigma)) and float(sigma) > 0):
+            raise ValueError(f"sigma must be finite and > 0 (a fraction of each parameter's range), got {sigma}")
         if exploration_sequence not in EXPLORATION_SEQUENCES:
             raise ValueError(
                 f"exploration_sequence must be one of {', '.join(EXPLORATION_SEQUENCES)}, got {exploration_sequence!r}"
