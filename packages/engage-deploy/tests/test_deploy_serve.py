@@ -176,6 +176,19 @@ def test_keys_stale_versions_and_weights_that_do_not_fit_are_refused(replica: Re
     status, answer = post(replica.url, "/weights", evil, replica.key)
     assert status == 400 and "weights_only" in answer["detail"]
     assert post(replica.url, "/predict", {"inputs": [[[1, 2], [3]]]}, replica.key)[0] == 400
+    # a version is a whole number a trainer reaches; inputs are finite numbers
+    status, answer = post(replica.url, "/weights", {**weights, "version": 6.7}, replica.key)
+    assert status == 400 and "give a whole number" in answer["detail"]
+    status, answer = post(replica.url, "/predict", {"inputs": [[[float("nan")]]]}, replica.key)
+    assert status == 400 and "finite" in answer["detail"]
+    # no route answers without the key, and a body is not read before the key is checked
+    for path, data in (("/docs", None), ("/openapi.json", None), ("/predict", b"not json at all")):
+        try:
+            urllib.request.urlopen(urllib.request.Request(replica.url + path, data), timeout=30)
+            code = 200
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        assert code == 401, path
     # nothing of that changed what it serves
     assert post(replica.url, "/predict", {"inputs": [[[0.1]]]}, replica.key)[1]["version"] == current
 
@@ -316,3 +329,90 @@ def test_the_sender_probes_each_replica_on_a_kept_connection_less_the_replica_ow
     inputs, _ = request(np.random.default_rng(0))
     assert {path for path, _ in bodies} == {"/predict"}
     assert all(json.loads(body) == json.loads(json.dumps({"inputs": inputs})) for _, body in bodies)
+
+
+def test_the_key_is_checked_before_the_body_is_read_and_outputs_of_any_shape_are_served() -> None:
+    import asyncio
+
+    from engage.deploy.serve.apis import RequireKey, _plain
+
+    reached, read = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+        await receive()
+
+    async def receive():
+        read.append(1)
+        return {"type": "http.request", "body": b"x" * 100, "more_body": False}
+
+    def call(headers):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/predict", "headers": headers}
+        asyncio.run(RequireKey(app, "k" * 32)(scope, receive, send))
+        return sent
+
+    refused = call([(b"x-api-key", b"wrong")])
+    assert refused[0]["status"] == 401 and not reached and not read
+    assert call([])[0]["status"] == 401 and not reached and not read
+    call([(b"x-api-key", b"k" * 32)])
+    assert reached == ["/predict"] and read == [1]
+    # an LSTM's (output, (h, c)), and non-finite outputs as null
+    lstm = (torch.ones(1, 2), (torch.zeros(1, 1), torch.tensor([float("inf")])))
+    assert _plain(lstm) == [[[1.0, 1.0]], [[[0.0]], [None]]]
+
+
+def test_serve_arguments_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    import argparse
+
+    from engage.deploy.serve.supervisor import ServeError, add_arguments, spec_from_arguments
+
+    key = tmp_path / "k"
+    key.write_text(secrets.token_urlsafe(32))
+    key.chmod(0o600)
+    (tmp_path / "afile").write_text("")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--model", "torch.nn:Linear", "--model-kwargs", '{"in_features": 1, "out_features": 1}']
+    for extra, expected in (
+        (["--port", "70000"], "--port is 70000; give a port from 1 to 65535"),
+        (["--max-payload-mb", "nan"], "--max-payload-mb is nan; give a finite size"),
+        (["--max-payload-mb", "1e-9"], "--max-payload-mb is 1e-09; give a finite size"),
+        (["--folder", str(tmp_path / "afile")], "afile is a file; give a folder"),
+        (["--checkpoint", str(tmp_path / "x.ckpt")], "--model-kwargs is not used with --checkpoint"),
+    ):
+        namespace = parser.parse_args([*base, "--api-key-file", str(key), *extra])
+        with pytest.raises(ServeError, match=expected):
+            spec_from_arguments(namespace)
+
+
+def test_a_replica_that_refuses_the_key_fails_the_run_in_one_line() -> None:
+    import http.server
+
+    from engage.core.online.outcome import OnlineRunFailed
+    from engage.deploy.serving import ServingError
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        callback = PublishWeights([f"http://127.0.0.1:{server.server_port}"], api_key="k" * 32)
+        callback._send(callback.replicas[0], 1, b"{}")
+        with pytest.raises(ServingError, match=r"refused the API key \(HTTP 401\); give the replicas' key") as info:
+            callback._check()
+        # engage run ends such a run as any run that did not do what it was asked: one line, exit code 4
+        assert isinstance(info.value, OnlineRunFailed) and info.value.exit_code == 4
+    finally:
+        server.shutdown()
+        server.server_close()

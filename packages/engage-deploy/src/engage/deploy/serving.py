@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engage.core.online.outcome import OnlineRunFailed
 from engage.deploy.serve.demand import TRAINED, RateSchedule
 
 
@@ -32,8 +33,10 @@ def requests_at(rates: Mapping[tuple[str, str], float]) -> list[dict[str, Any]]:
     return [{"node": host, "model": model, "rate": float(rate)} for (host, model), rate in rates.items() if rate > 0]
 
 
-class ServingError(RuntimeError):
-    """A replica or a request source could not do its part; one line saying which and why."""
+class ServingError(OnlineRunFailed):
+    """A replica or a request source could not do its part; one line saying which and why. A run
+    that serves while it trains did not do what it was asked: ``engage run`` ends with that line,
+    exit code 4 and a FAILED MLflow run."""
 
 
 @dataclass(frozen=True)

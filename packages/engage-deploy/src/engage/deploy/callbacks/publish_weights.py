@@ -222,7 +222,9 @@ class PublishWeights(pl.Callback):
 
     def _check(self) -> None:
         if self._fatal:
-            raise RuntimeError(self._fatal)
+            from engage.deploy.serving import ServingError
+
+            raise ServingError(self._fatal)
 
     def _log(self, trainer: pl.Trainer) -> None:
         if trainer.logger is None or len(self.publications) == self._logged:

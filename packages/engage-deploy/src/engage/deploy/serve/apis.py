@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import litserve as ls
 from fastapi import HTTPException
 
-from engage.deploy.serve.replica import MAX_INPUTS, SERVICE_TIME_HEADER, ReplicaSpec
+from engage.deploy.serve.replica import API_KEY_HEADER, MAX_INPUTS, SERVICE_TIME_HEADER, ReplicaSpec
 
 if TYPE_CHECKING:
     import torch
@@ -72,9 +74,12 @@ class InferenceAPI(ls.LitAPI):
         if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
             raise HTTPException(400, f'a request is {{"inputs": [...]}} with 1 to {MAX_INPUTS} arrays')
         try:
-            return [torch.as_tensor(x, dtype=torch.float32) for x in inputs]
+            tensors = [torch.as_tensor(x, dtype=torch.float32) for x in inputs]
         except (TypeError, ValueError, RuntimeError) as exc:
             raise HTTPException(400, f"inputs must be arrays of numbers ({_first_line(exc)})") from None
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise HTTPException(400, "inputs must be finite numbers (NaN and infinities are refused)")
+        return tensors
 
     def predict(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
         import torch
@@ -83,13 +88,32 @@ class InferenceAPI(ls.LitAPI):
         with torch.inference_mode():
             try:
                 outputs = self.model(*inputs)
-            except (TypeError, ValueError, RuntimeError) as exc:
+            except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+                # shapes and dtypes the model cannot take (torch says so with these four)
                 raise HTTPException(400, f"the model refused the inputs ({_first_line(exc)})") from None
         return outputs, self.version
 
     def encode_response(self, output: tuple[torch.Tensor, int]) -> dict:
         outputs, version = output
-        return {"outputs": outputs.tolist(), "version": version, "replica": self.replica.name}
+        return {"outputs": _plain(outputs), "version": version, "replica": self.replica.name}
+
+
+def _plain(value: Any) -> Any:
+    """A model's output as JSON values: tensors as nested lists, tuples (an LSTM's ``(output, (h,
+    c))``), lists and mappings of them alike; non-finite numbers as null."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+#: the largest version a replica takes (a trainer's step count stays far below)
+MAX_VERSION = 2**53
 
 
 class WeightsAPI(ls.LitAPI):
@@ -108,10 +132,13 @@ class WeightsAPI(ls.LitAPI):
 
     def decode_request(self, request: dict) -> tuple[int, bytes]:
         try:
-            version = int(request["version"])
+            version = request["version"]
             payload = base64.b64decode(request["state_dict"], validate=True)
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise HTTPException(400, 'weights are {"version": int, "state_dict": base64 of torch.save bytes}') from None
+        # a whole number a trainer's step can reach: one version far ahead would lock every later one out
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+            raise HTTPException(400, f"version is {version!r}; give a whole number from 0 to {MAX_VERSION}")
         return version, payload
 
     def predict(self, request: tuple[int, bytes]) -> int:
@@ -125,6 +152,27 @@ class WeightsAPI(ls.LitAPI):
 
     def encode_response(self, version: int) -> dict:
         return {"version": version, "replica": self.replica.name}
+
+
+class RequireKey:
+    """ASGI middleware: a request without the replica's key in :data:`API_KEY_HEADER` is answered
+    401 before any of its body is read or any route (``/docs`` and ``/openapi.json`` included)
+    sees it; the key is compared in constant time."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or ()).get(API_KEY_HEADER.lower().encode(), b"")
+            if not hmac.compare_digest(given, self.key):
+                body = b'{"detail":"give the replica\'s API key in the X-API-Key header"}'
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({"type": "http.response.start", "status": 401, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class ServiceTime:

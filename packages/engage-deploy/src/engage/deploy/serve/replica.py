@@ -1,7 +1,8 @@
 """One inference replica: a LitServe server for a model whose weights change while it serves.
 
 Two endpoints, both behind the replica's API key (LitServe's ``X-API-Key`` header, the key read
-from a 0600 file when the replica starts), as is LitServe's ``/health``:
+from a 0600 file when the replica starts), as is every other route (``/health``, ``/docs``): a
+request without the key is answered 401 before its body is read:
 
 - ``POST /predict`` with ``{"inputs": [a, b, ...]}``, each a (batch of) number arrays as nested
   lists, answers ``{"outputs": ..., "version": V, "replica": NAME}``: ``model(a, b, ...)`` with
@@ -161,7 +162,7 @@ def build_server(spec: ReplicaSpec):
     (:data:`API_KEY_ENV`): LitServe reads it when imported, here."""
     import litserve as ls
 
-    from engage.deploy.serve.apis import InferenceAPI, ServiceTime, WeightsAPI
+    from engage.deploy.serve.apis import InferenceAPI, RequireKey, ServiceTime, WeightsAPI
 
     return ls.LitServer(
         [InferenceAPI(spec, api_path="/predict"), WeightsAPI(spec, api_path="/weights")],
@@ -171,7 +172,7 @@ def build_server(spec: ReplicaSpec):
         max_payload_size=spec.max_payload_bytes,
         timeout=60,
         restart_workers=True,  # a worker that dies is started again by LitServe itself
-        middlewares=[ServiceTime],
+        middlewares=[ServiceTime, (RequireKey, {"key": os.environ[API_KEY_ENV]})],
     )
 
 

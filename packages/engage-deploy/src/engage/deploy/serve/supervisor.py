@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import socket
 import subprocess
@@ -207,8 +208,24 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
         raise ServeError(f"--model-kwargs is not JSON ({exc.msg}); give an object such as '{{\"width\": 8}}'") from None
     if not isinstance(kwargs, dict):
         raise ServeError("--model-kwargs must be a JSON object of the constructor's arguments")
-    if namespace.max_payload_mb <= 0 or namespace.max_restarts < 0:
-        raise ServeError("--max-payload-mb must be > 0 and --max-restarts >= 0")
+    if not (math.isfinite(namespace.max_payload_mb) and namespace.max_payload_mb * 2**20 >= 1024):
+        raise ServeError(f"--max-payload-mb is {namespace.max_payload_mb}; give a finite size of 1 KiB (0.001) or more")
+    if namespace.max_restarts < 0:
+        raise ServeError(f"--max-restarts is {namespace.max_restarts}; give 0 or more")
+    if not 0 <= namespace.port <= 65535:
+        raise ServeError(f"--port is {namespace.port}; give a port from 1 to 65535 (0: any free one)")
+    if namespace.checkpoint and kwargs:
+        raise ServeError(
+            "--model-kwargs is not used with --checkpoint: the checkpoint's own hyperparameters build the model; "
+            "drop one of them"
+        )
+    folder = Path(namespace.folder or Path("serve") / namespace.name)
+    if folder.exists() and not folder.is_dir():
+        raise ServeError(f"--folder {folder} is a file; give a folder for the replica's files")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"--folder {folder}: cannot be made ({exc.strerror}); give a folder you can write") from None
     model = ModelSpec(namespace.model, kwargs, namespace.checkpoint)
     if not namespace.built:
         check_model(model, f"--model {namespace.model}")
@@ -234,7 +251,6 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
             f"--host {namespace.host} --port {namespace.port}: cannot listen there ({exc.strerror}); "
             "give one of this machine's addresses and a free port"
         ) from None
-    folder = namespace.folder or str(Path("serve") / namespace.name)
     return ReplicaSpec(
         name=namespace.name,
         model=model,
