@@ -255,3 +255,13 @@ def test_loss_driven_schedule_ends_at_its_final_value_and_held_out_losses_keep_t
     LossDrivenSampling(sampler=sampler, stage="val").tell(sampler, batch, torch.rand(4))
     LossDrivenSampling(sampler=sampler, stage="train").tell(sampler, batch, torch.rand(4))
     assert told[0] is None and list(told[1]) == [0, 1]
+
+
+def test_a_run_shorter_than_the_analysis_period_analyses_the_trained_model_and_a_missing_output_key_is_said(
+    tmp_path,
+):
+    sensitivity = SensitivityAnalysis(base_samples=8, every_n_steps=1000, log_plots=False)
+    losses = LossDrivenSampling(every_n_steps=1, output_key="per_sample_relativ_loss")
+    with pytest.warns(UserWarning, match=r"has no 'per_sample_relativ_loss' \(it has loss"):
+        trainer, _, _ = fit(LossDrivenSampler, [sensitivity, losses], tmp_path, epochs=1)
+    assert [h["step"] for h in sensitivity.history] == [trainer.global_step]

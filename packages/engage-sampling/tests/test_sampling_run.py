@@ -84,3 +84,6 @@ def test_callback_and_sampler_values_are_one_line_before_the_run(tmp_path):
         "engage run: callbacks.sensitivity.conf_level: must be between 0 and 1 (exclusive), got 2.0"
     )
     assert not (tmp_path / "outputs").exists()
+    # an unknown key lists the keys of the option chosen on the command line
+    proc = run_engage("run", "sampler=loss_driven", "sampler.sigmaa=0.1", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "sampler.sigmaa: unknown key; did you mean sampler.sigma?" in proc.stderr

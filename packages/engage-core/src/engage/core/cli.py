@@ -121,21 +121,25 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
     elif refused is not None:
         line, code = refused, EXIT_CONFIG_ERROR
     elif isinstance(exc, (HydraException, OmegaConfBaseException)):
-        line, code = explain(exc, _base_config()), EXIT_CONFIG_ERROR
+        line, code = explain(exc, _base_config(args)), EXIT_CONFIG_ERROR
     else:
         return None
     print(f"engage run: {' '.join(line.split())}", file=sys.stderr)
     return code
 
 
-def _base_config():
-    """The config with no overrides, for the keys an error lists (None if even that fails)."""
+def _base_config(args: Sequence[str] = ()):
+    """The config with the options ``args`` choose (``sampler=loss_driven``) and no other
+    override, for the keys an error lists (None if even that fails)."""
     from engage.core.config.validate import compose_config
 
-    try:
-        return compose_config([])
-    except Exception:
-        return None
+    choices = [a for a in args if "=" in a and not a.startswith("-") and "." not in a.split("=", 1)[0]]
+    for overrides in (choices, []):
+        try:
+            return compose_config(overrides)
+        except Exception:
+            continue
+    return None
 
 
 def _completion(argv: list[str]) -> int:

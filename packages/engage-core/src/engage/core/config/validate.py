@@ -243,6 +243,16 @@ def unparsable(overrides: Sequence[str]) -> str | None:
     return None
 
 
+def _chosen(overrides: Sequence[str]) -> DictConfig | None:
+    """The config with only the options chosen among ``overrides`` (``sampler=loss_driven``,
+    ``+callbacks=...``), whose keys an unknown key's line lists; ``None`` if that fails too."""
+    choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+    try:
+        return compose(config_name=CONFIG_NAME, overrides=choices)
+    except (HydraException, OmegaConfBaseException):
+        return None
+
+
 def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> DictConfig:
     """Compose and validate the config of ``engage run`` with these overrides.
 
@@ -264,7 +274,7 @@ def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> 
             except (HydraException, OmegaConfBaseException) as exc:
                 # Hydra's grammar names no override it refuses: found here, only when it refused one
                 refused = unparsable(variant) if isinstance(exc, OverrideParseException) else None
-                raise ConfigError(refused or explain(exc, base)) from None
+                raise ConfigError(refused or explain(exc, _chosen(variant) or base)) from None
             check_values(cfg)
             first = first or cfg
     GlobalHydra.instance().clear()

@@ -14,6 +14,9 @@ from lightning.pytorch import Callback
 from engage.sampling.callbacks._common import due, find_sampler, log_metrics, warn_once
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, scheduled_ratio
 
+#: the training step's output read for per-sample losses unless ``output_key`` says otherwise
+DEFAULT_OUTPUT_KEY = "per_sample_loss"
+
 #: ``per_sample_loss(model, batch) -> (B,)``: the loss of each sample of a batch
 PerSampleLoss = Callable[[pl.LightningModule, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -78,7 +81,7 @@ class LossDrivenSampling(Callback):
         per_sample_loss: PerSampleLoss | None = None,
         stage: str = "train",
         every_n_steps: int = 10,
-        output_key: str = "per_sample_loss",
+        output_key: str = DEFAULT_OUTPUT_KEY,
         exploration: float | None = None,
         exploration_final: float | None = None,
         schedule: str = "linear",
@@ -190,6 +193,13 @@ class LossDrivenSampling(Callback):
                 return
             self._tell_held(sampler)
         elif now:
+            if isinstance(outputs, Mapping) and self.output_key != DEFAULT_OUTPUT_KEY:
+                warn_once(
+                    self,
+                    "output_key",
+                    f"LossDrivenSampling: the training step's output has no {self.output_key!r} (it has "
+                    f"{', '.join(map(str, outputs))}); per-sample losses are computed by another forward pass",
+                )
             self.tell(sampler, batch, self.per_sample_loss(pl_module, batch))
         else:
             return

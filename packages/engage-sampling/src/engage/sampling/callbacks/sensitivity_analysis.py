@@ -32,7 +32,8 @@ METHODS = ("sobol", "morris")
 
 
 class SensitivityAnalysis(Callback):
-    """Every ``every_n_steps`` steps (default 1000, or every ``every_n_epochs`` epochs), evaluates a
+    """Every ``every_n_steps`` steps (default 1000, or every ``every_n_epochs`` epochs), and once
+    more when training ends unless its last step was just analysed, evaluates a
     quantity of interest of the model over a SALib design of the parameter space and computes its sensitivity indices:
     first- and total-order Sobol indices with bootstrap confidence intervals (``method="sobol"``,
     ``base_samples·(d+2)`` evaluations) or Morris ``mu*``/``sigma`` (``method="morris"``, the cheap
@@ -252,6 +253,12 @@ class SensitivityAnalysis(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if due(trainer.current_epoch + 1, self.every_n_epochs):
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # the trained model's indices, when the period did not end on the last step (a run
+        # shorter than every_n_steps would otherwise analyse nothing)
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
