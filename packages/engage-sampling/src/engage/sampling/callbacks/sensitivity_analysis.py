@@ -33,7 +33,8 @@ METHODS = ("sobol", "morris")
 
 class SensitivityAnalysis(Callback):
     """Every ``every_n_steps`` steps (default 1000, or every ``every_n_epochs`` epochs), and once
-    more when training ends unless its last step was just analysed, evaluates a
+    more when training ends unless its last step was just analysed (both periods ``None``: only
+    when :meth:`analyze` is called), evaluates a
     quantity of interest of the model over a SALib design of the parameter space and computes its sensitivity indices:
     first- and total-order Sobol indices with bootstrap confidence intervals (``method="sobol"``,
     ``base_samples·(d+2)`` evaluations) or Morris ``mu*``/``sigma`` (``method="morris"``, the cheap
@@ -257,7 +258,9 @@ class SensitivityAnalysis(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         # the trained model's indices, when the period did not end on the last step (a run
-        # shorter than every_n_steps would otherwise analyse nothing)
+        # shorter than every_n_steps would otherwise analyse nothing); none without a period
+        if self.every_n_steps is None and self.every_n_epochs is None:
+            return
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.run(trainer, pl_module)
 
