@@ -222,10 +222,6 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
     folder = Path(namespace.folder or Path("serve") / namespace.name)
     if folder.exists() and not folder.is_dir():
         raise ServeError(f"--folder {folder} is a file; give a folder for the replica's files")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ServeError(f"--folder {folder}: cannot be made ({exc.strerror}); give a folder you can write") from None
     model = ModelSpec(namespace.model, kwargs, namespace.checkpoint)
     if not namespace.built:
         check_model(model, f"--model {namespace.model}")
@@ -251,6 +247,10 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
             f"--host {namespace.host} --port {namespace.port}: cannot listen there ({exc.strerror}); "
             "give one of this machine's addresses and a free port"
         ) from None
+    try:  # the last check: the folder is the first thing made
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"--folder {folder}: cannot be made ({exc.strerror}); give a folder you can write") from None
     return ReplicaSpec(
         name=namespace.name,
         model=model,
