@@ -416,3 +416,13 @@ def test_a_replica_that_refuses_the_key_fails_the_run_in_one_line() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_path: Path) -> None:
+    from engage.deploy.serve.weights import wait_for_signature, write_build_failure
+
+    write_build_failure(tmp_path, "ModuleNotFoundError: No module named 'nosuch'")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="cannot build the model: ModuleNotFoundError: No module named 'nosuch'"):
+        wait_for_signature(tmp_path, timeout_s=60)
+    assert time.monotonic() - started < 1

@@ -42,9 +42,13 @@ class InferenceAPI(ls.LitAPI):
         self.replica = replica
 
     def setup(self, device: str) -> None:
-        from engage.deploy.serve.weights import WeightStore, signature, write_signature
+        from engage.deploy.serve.weights import WeightStore, signature, write_build_failure, write_signature
 
-        self.model = self.replica.model.build()
+        try:
+            self.model = self.replica.model.build()
+        except Exception as exc:  # the user's class: the weights worker stops waiting, with the reason
+            write_build_failure(self.replica.weights_folder, f"{type(exc).__name__}: {_first_line(exc)}")
+            raise
         model_signature = signature(self.model.state_dict())
         write_signature(self.replica.weights_folder, model_signature)
         self.store = WeightStore(self.replica.weights_folder, model_signature)

@@ -45,6 +45,8 @@ SERVICE_TIME_HEADER = "x-engage-service-s"
 MAX_INPUTS = 16
 #: the model's names, shapes and dtypes, in the weights folder (see :mod:`~engage.deploy.serve.weights`)
 SIGNATURE_FILE = "signature.json"
+#: written instead by an inference worker that cannot build the model: the reason, one line
+BUILD_FAILED_FILE = "build-failed.txt"
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the weights worker waits for this start's inference worker to write the model's signature
     (spec.weights_folder / SIGNATURE_FILE).unlink(missing_ok=True)
+    (spec.weights_folder / BUILD_FAILED_FILE).unlink(missing_ok=True)
     server = build_server(spec)
     # the replica's own address only; no client file written into the working folder
     server.run(host=host, port=spec.port, num_api_servers=1, generate_client_file=False)

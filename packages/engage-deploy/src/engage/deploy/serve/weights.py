@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from engage.core.files import write_private
-from engage.deploy.serve.replica import SIGNATURE_FILE
+from engage.deploy.serve.replica import BUILD_FAILED_FILE, SIGNATURE_FILE
 
 CURRENT = "current.json"
 
@@ -57,16 +57,28 @@ def write_signature(folder: Path, model_signature: Signature) -> None:
     write_private(folder / SIGNATURE_FILE, json.dumps(record))
 
 
+def write_build_failure(folder: Path, reason: str) -> None:
+    """Say in ``folder`` that the model could not be built (``reason``, one line), so that the
+    weights worker waiting for the signature stops at once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_private(folder / BUILD_FAILED_FILE, reason)
+
+
 def wait_for_signature(folder: Path, timeout_s: float) -> Signature:
     """The signature written in ``folder``, waiting up to ``timeout_s`` for it to appear;
-    :class:`TimeoutError` naming the file otherwise."""
+    :class:`TimeoutError` naming the file otherwise, and :class:`RuntimeError` with the inference
+    worker's reason as soon as it says it cannot build the model."""
     path = Path(folder) / SIGNATURE_FILE
+    failed = Path(folder) / BUILD_FAILED_FILE
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             record = json.loads(path.read_text())
             return {name: (tuple(shape), str(dtype)) for name, (shape, dtype) in record.items()}
         except FileNotFoundError:
+            if failed.exists():
+                raise RuntimeError(f"the inference worker cannot build the model: {failed.read_text()}") from None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{path} was not written within {timeout_s:g} s by the inference worker") from None
             time.sleep(0.05)
