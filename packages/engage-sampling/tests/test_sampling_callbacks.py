@@ -231,11 +231,23 @@ def test_callbacks_refuse_periods_and_figures_that_would_never_run_or_fail_later
         (lambda: ImageSimilaritySampling(data_range=-1), "data_range must be > 0"),
         (lambda: BreedSampler(space, spread=float("inf")), "spread must be finite and > 0"),
         (lambda: LossDrivenSampler(space, sigma=float("inf")), "sigma must be finite and > 0"),
+        (lambda: LossDrivenSampler(space, top_k=2.7), "top_k must be a whole number >= 1, got 2.7"),
+        (lambda: ImageSimilaritySampler(space, data_range=-1), "data_range must be > 0"),
+        (lambda: ImageSimilaritySampler(space, top_k=0), "top_k must be a whole number >= 1, got 0"),
+        (lambda: LossDrivenSampling(exploration_final=0.1), "exploration_final needs exploration"),
     ):
         with pytest.raises(ValueError, match=expected):
             build()
+    from engage.sampling import SALibSobolSampler
+
+    for base_samples in (8.5, "8"):
+        with pytest.raises(ValueError, match="base_samples must be a whole number >= 2"):
+            SALibSobolSampler(space, base_samples=base_samples)
     # inputs="values" takes the space from the trainer's DataModule when none is given
     assert SensitivityAnalysis(inputs="values").inputs == "values"
+    # names that are not the space's are refused, not silently replaced
+    with pytest.raises(ValueError, match=r"names=\['x1', 'x2'\] differ from the parameter space's"):
+        SensitivityAnalysis(names=["x1", "x2"], space=space).analyze(torch.nn.Linear(5, 1))
 
 
 def test_loss_driven_schedule_ends_at_its_final_value_and_held_out_losses_keep_their_own_ids():

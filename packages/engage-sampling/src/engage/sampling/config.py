@@ -299,6 +299,8 @@ class LossDrivenSamplingConfig:
         _positive(self, "every_n_steps")
         _ratio(self, "exploration")
         _ratio(self, "exploration_final")
+        if self.exploration is None and self.exploration_final is not None:
+            raise ConfigValueError("exploration_final", "needs exploration, the schedule's start: give both")
         _choice(self, "schedule", SCHEDULES)
 
 

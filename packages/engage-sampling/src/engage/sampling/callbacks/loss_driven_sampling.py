@@ -99,6 +99,8 @@ class LossDrivenSampling(Callback):
         self.stage = stage
         self.every_n_steps = int(every_n_steps)
         self.output_key = output_key
+        if exploration is None and exploration_final is not None:
+            raise ValueError("LossDrivenSampling exploration_final needs exploration, the schedule's start")
         self.exploration = None if exploration is None else check_ratio("exploration", exploration)
         final = self.exploration if exploration_final is None else exploration_final
         self.exploration_final = None if final is None else check_ratio("exploration_final", final)

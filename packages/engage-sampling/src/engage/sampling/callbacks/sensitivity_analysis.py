@@ -142,6 +142,11 @@ class SensitivityAnalysis(Callback):
         if space is None and trainer is not None:
             space = find_space(trainer, None, find_sampler(trainer, self.sampler))
         if space is not None:
+            if self.names is not None and list(self.names) != list(space.names):
+                raise ValueError(
+                    f"SensitivityAnalysis names={self.names} differ from the parameter space's {list(space.names)}; "
+                    "drop names= (the space names them) or give the same ones"
+                )
             self.space = space
             return space.names
         if self.names is not None:

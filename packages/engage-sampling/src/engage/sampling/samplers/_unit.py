@@ -26,6 +26,14 @@ def scheduled_ratio(start: float, end: float, schedule: str, progress: float) ->
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def check_whole(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` as a whole number >= ``minimum`` (numpy integers too; never a float or a string
+    silently rounded); :class:`ValueError` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_ratio(name: str, value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:

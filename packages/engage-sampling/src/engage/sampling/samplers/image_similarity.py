@@ -9,7 +9,7 @@ import numpy as np
 
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
-from engage.sampling.samplers._unit import check_ratio
+from engage.sampling.samplers._unit import check_ratio, check_whole
 from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape
 
 
@@ -52,8 +52,11 @@ class ImageSimilaritySampler(Sampler):
         super().__init__(space, seed)
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        if int(neighbours) < 1:
-            raise ValueError(f"neighbours must be >= 1, got {neighbours}")
+        check_whole("neighbours", neighbours)
+        if top_k is not None:
+            check_whole("top_k", top_k)
+        if data_range is not None and not data_range > 0:
+            raise ValueError(f"data_range must be > 0, or None to take it from the fields; got {data_range}")
         self.exploration = check_ratio("exploration", exploration)
         self.jitter = check_ratio("jitter", jitter)
         self.metric = metric

@@ -14,7 +14,14 @@ from scipy.stats import qmc
 from engage.core.samplers.base import FailureAction, Sampler
 from engage.core.space import ParameterSpace
 from engage.sampling.names import EXPLORATION_SEQUENCES
-from engage.sampling.samplers._unit import SCHEDULES, check_ratio, normalised_weights, reflect, scheduled_ratio
+from engage.sampling.samplers._unit import (
+    SCHEDULES,
+    check_ratio,
+    check_whole,
+    normalised_weights,
+    reflect,
+    scheduled_ratio,
+)
 from engage.sampling.samplers.losses import LossAverages
 
 if TYPE_CHECKING:
@@ -92,8 +99,13 @@ class LossDrivenSampler(Sampler):
         )
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if int(horizon) < 1 or int(top_k) < 1 or int(max_points) < 1 or int(candidates) < 1:
-            raise ValueError("horizon, top_k, max_points and candidates must be >= 1")
+        for name, value in (
+            ("horizon", horizon),
+            ("top_k", top_k),
+            ("max_points", max_points),
+            ("candidates", candidates),
+        ):
+            check_whole(name, value)
         if not (math.isfinite(float(sigma)) and float(sigma) > 0):
             raise ValueError(f"sigma must be finite and > 0 (a fraction of each parameter's range), got {sigma}")
         if exploration_sequence not in EXPLORATION_SEQUENCES:

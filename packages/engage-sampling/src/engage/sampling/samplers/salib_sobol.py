@@ -10,6 +10,7 @@ from SALib.sample import sobol as sobol_sample
 
 from engage.core.space import ParameterSpace
 from engage.sampling.analysis import SensitivityResult, sobol_indices
+from engage.sampling.samplers._unit import check_whole
 from engage.sampling.samplers.structured import StructuredDesignSampler
 
 
@@ -43,8 +44,8 @@ class SALibSobolSampler(StructuredDesignSampler):
         scramble: bool = True,
         on_failure: str = "drop",
     ):
-        base_samples = int(base_samples)
-        if base_samples < 2 or base_samples & (base_samples - 1):
+        base_samples = check_whole("base_samples", base_samples, minimum=2)
+        if base_samples & (base_samples - 1):
             raise ValueError(f"base_samples must be a power of 2 (>= 2), got {base_samples}")
         super().__init__(space, seed, on_failure)
         self.base_samples = base_samples
