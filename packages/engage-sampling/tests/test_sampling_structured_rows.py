@@ -99,3 +99,13 @@ def test_rows_a_design_drops_are_no_longer_requested_and_the_run_succeeds(tmp_pa
     outcome = dm.outcome()
     assert outcome.given_up >= 1 and outcome.requested == 8 - outcome.given_up == outcome.completed
     assert sampler._failed_rows and len(sampler._failed_rows) == outcome.given_up
+
+
+def test_groups_asked_without_every_result_are_reported_as_pending():
+    sampler = SALibSobolSampler(SPACE, seed=0, base_samples=8)
+    size = sampler.group_size
+    points = sampler.ask(3 * size)  # three groups asked; the budget ran out before the third ran
+    sampler.tell(points[: 2 * size], losses=points[: 2 * size, 0])
+    result = sampler.analyze()
+    assert (result.groups, result.groups_dropped, result.groups_pending) == (2, 0, 1)
+    assert sampler.pending_groups() == 1

@@ -31,7 +31,9 @@ class SensitivityResult:
     """Indices of one analysis. ``S1``/``ST`` (Sobol) or ``mu_star``/``sigma`` (Morris) per
     parameter, their confidence half-widths, and for field outputs ``S1_map``/``ST_map`` of shape
     ``(d, *field_shape)``. :attr:`importance` is the normalised per-parameter importance used to
-    re-weight samplers."""
+    re-weight samplers. ``groups``: the design groups analysed; ``groups_dropped``: those left out
+    because one of their points failed; ``groups_pending``: those asked for and left out because
+    some of their points have no result (never run, or still running)."""
 
     method: str
     names: list[str]
@@ -46,6 +48,7 @@ class SensitivityResult:
     ST_map: np.ndarray | None = None
     groups: int = 0
     groups_dropped: int = 0
+    groups_pending: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,6 +97,7 @@ def sobol_indices(
     conf_level: float = 0.95,
     seed: int | None = 0,
     groups_dropped: int = 0,
+    groups_pending: int = 0,
 ) -> SensitivityResult:
     """Sobol indices of outputs ``Y`` on a SALib Sobol design, rows in design order.
 
@@ -128,6 +132,7 @@ def sobol_indices(
         ST_conf=np.asarray(si["ST_conf"]),
         groups=groups,
         groups_dropped=groups_dropped,
+        groups_pending=groups_pending,
     )
     if calc_second_order:
         result.extra["S2"] = np.asarray(si["S2"])
@@ -147,6 +152,7 @@ def morris_indices(
     conf_level: float = 0.95,
     seed: int | None = 0,
     groups_dropped: int = 0,
+    groups_pending: int = 0,
 ) -> SensitivityResult:
     """Morris elementary-effect statistics of outputs ``Y`` at unit-cube trajectory points ``X``
     (SALib's Morris design, rows in design order). A field output is reduced to its mean."""
@@ -168,5 +174,6 @@ def morris_indices(
         sigma=np.asarray(si["sigma"], dtype=np.float64),
         groups=X.shape[0] // (len(names) + 1),
         groups_dropped=groups_dropped,
+        groups_pending=groups_pending,
         extra={"mu": np.asarray(si["mu"], dtype=np.float64)},
     )

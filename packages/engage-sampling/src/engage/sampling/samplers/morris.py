@@ -71,4 +71,5 @@ class MorrisSampler(StructuredDesignSampler):
             conf_level=conf_level,
             seed=seed,
             groups_dropped=dropped,
+            groups_pending=self.pending_groups(),
         )

@@ -83,4 +83,5 @@ class SALibSobolSampler(StructuredDesignSampler):
             conf_level=conf_level,
             seed=seed,
             groups_dropped=dropped,
+            groups_pending=self.pending_groups(),
         )

@@ -171,6 +171,13 @@ class StructuredDesignSampler(Sampler):
                 complete.append(g)
         return np.asarray(complete, dtype=int), dropped
 
+    def pending_groups(self) -> int:
+        """Groups asked for (in part too), none of whose points failed, still without every
+        result: never run (a budget spent on re-simulations) or still running; an analysis now
+        leaves them out, as it does dropped ones."""
+        complete, dropped = self.complete_groups()
+        return -(-self._cursor // self.group_size) - len(complete) - dropped
+
     def collected(self) -> tuple[np.ndarray, np.ndarray, int]:
         """``(unit rows, outputs, groups dropped)`` of the complete groups, in design order."""
         complete, dropped = self.complete_groups()
