@@ -123,7 +123,8 @@ class ServeWhileTraining(pl.Callback):
 
         target, kwargs = self._model
         for name, checkpoint in self.plan.models.items():
-            spec = ModelSpec(target, json.loads(kwargs), checkpoint)
+            # a checkpoint's own hyperparameters build its model
+            spec = ModelSpec(target, {} if checkpoint else json.loads(kwargs), checkpoint)
             where = f"{SERVING}.models.{name}.checkpoint {checkpoint}" if checkpoint else f"the served model {target}"
             try:
                 check_model(spec, where)
@@ -133,13 +134,13 @@ class ServeWhileTraining(pl.Callback):
     def _start_replica(self, replica: ReplicaRecord) -> None:
         target, kwargs = self._model
         argv = [
-            *("-m", "engage.deploy.serve.supervisor", "--built", "--model", target, "--model-kwargs", kwargs),
+            *("-m", "engage.deploy.serve.supervisor", "--built", "--model", target),
             *("--api-key-file", self.plan.api_key_file, "--host", replica.address, "--port", str(replica.port)),
             *("--name", replica.name, "--folder", str(self.folder / replica.name)),
         ]
         checkpoint = self.plan.models.get(replica.model)
-        if checkpoint:
-            argv += ["--checkpoint", checkpoint]
+        # a checkpoint's own hyperparameters build its model; the model being trained, its arguments
+        argv += ["--checkpoint", checkpoint] if checkpoint else ["--model-kwargs", kwargs]
         self.services.start(f"replica {replica.name}", replica.host, argv)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
