@@ -142,3 +142,27 @@ def test_memory_step_times_come_from_whole_steps_without_the_meter(case: tuple) 
     untimed = planner.profile(step, roots=[x], timing_runs=0)
     assert untimed.step_times == {} and untimed.timing_runs == 0
     planner.remove()
+
+
+def test_memory_fit_refuses_a_budget_below_the_whole_step_prediction() -> None:
+    """The check step runs forward and backward only; a budget below the predicted peak of the
+    whole step (optimizer state and step included) is refused, as plan() refuses it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        *[torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)) for _ in range(4)]
+    )
+    optimizer = torch.optim.AdamW(model.parameters())
+    x, y = torch.randn(16, 64), torch.randn(16, 64)
+
+    def step() -> None:
+        torch.nn.functional.mse_loss(model(x), y).backward()
+
+    planner = MemoryPlanner(model)
+    planner.profile(step, optimizers=[optimizer], roots=[x, y], timing_runs=0)
+    floor = planner.minimum_budget()
+    with pytest.raises(InfeasibleBudgetError) as info:
+        planner.fit(int(floor * 0.9), step, [x, y])
+    assert info.value.minimum >= floor
+    plan, _, _ = planner.fit(floor, step, [x, y])  # the minimum itself fits
+    assert plan.predicted_peak <= floor
+    planner.remove()

@@ -66,3 +66,21 @@ def test_memory_package_names_load_lazily() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = engage.memory.Nope
     assert sorted(engage.memory.__all__) == sorted(engage.memory._EXPORTS)
+
+
+def test_memory_strategy_options_are_one_line_before_the_run() -> None:
+    from engage.core.config.validate import ConfigError, compose_config
+    from engage.memory.options import StrategyOptionError, check_options
+
+    for override, expected in (
+        ("strategy.budget=0", "strategy.budget: budget='0' must be positive"),
+        ("strategy.budget=1.5", "strategy.budget: budget='1.5' has no unit and is no fraction"),
+        ("strategy.solver=greedy", "strategy.solver: solver='greedy' is unknown"),
+        ("strategy.decisions=[]", r"strategy.decisions: decisions=\[\]; give a list of at least one of"),
+        ("strategy.loss_chunks=0", "strategy.loss_chunks: must be a whole number >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=expected):
+            compose_config(["strategy=memory", override])
+    assert check_options("0.5GiB", "auto", ["keep"]) and check_options("0.5", "dp", ["keep", "recompute"])
+    with pytest.raises(StrategyOptionError, match="decisions='keep'; give a list"):
+        check_options("1GiB", "auto", "keep")

@@ -93,11 +93,13 @@ def _fit(lit: L.LightningModule, strategy: Any = "auto", steps: int = 3, batch: 
 
 
 def _tight(net: nn.Module) -> int:
-    """A budget between the all-recompute and the all-keep peak of ``net``'s step (no Lightning)."""
+    """A budget between the all-recompute and the all-keep peak of ``net``'s whole step (no
+    Lightning), its AdamW state and step included, as the strategy plans it."""
     net = copy.deepcopy(net)
     x = torch.randn(16, 32)
     planner = MemoryPlanner(net)
-    profile = planner.profile(lambda: net(x).square().mean().backward(), roots=[x])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    profile = planner.profile(lambda: net(x).square().mean().backward(), optimizers=[optimizer], roots=[x])
     n = len(profile.units)
     low, high = profile.predict_peak([Decision.RECOMPUTE] * n), profile.predict_peak([Decision.KEEP] * n)
     planner.remove()

@@ -11,34 +11,16 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from engage.memory.budget import format_bytes, parse_budget
-from engage.memory.decisions import Decision
+from engage.memory.budget import format_bytes
 from engage.memory.errors import PlannedOutOfMemoryError, UnsupportedSetupError
+from engage.memory.options import StrategyOptionError, check_options
 from engage.memory.plan import Plan
-from engage.memory.planner import SOLVERS, MemoryPlanner
+from engage.memory.planner import MemoryPlanner
 from engage.memory.profile import Profile, input_signature, model_signature
 from engage.memory.report import log_steady_step, log_to_mlflow
 from engage.memory.step_state import cache_off
 from engage.memory.step_timing import SteadyStepTimer
 from engage.memory.watch import StepWatch
-
-
-def _check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[Decision]:
-    if isinstance(budget, float) or (isinstance(budget, str) and budget.strip().startswith("0.")):
-        if not 0.0 < float(budget) <= 1.0:
-            raise ValueError(f"budget={budget} as a fraction of device memory must lie in (0, 1]; or write '12GiB'")
-    else:
-        parse_budget(budget)  # fail at construction, not on the first batch
-    if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r} is unknown; choose one of {', '.join(SOLVERS)}")
-    out = []
-    for d in decisions:
-        try:
-            out.append(Decision(d))
-        except ValueError:
-            choices = ", ".join(x.value for x in Decision)
-            raise ValueError(f"decisions contains {d!r}; choose among {choices}") from None
-    return out
 
 
 @contextlib.contextmanager
@@ -98,7 +80,9 @@ class _MemoryPlanning:
         self.budget = budget
         self.solver = solver
         self.blocks = list(blocks) if blocks else None
-        self.decisions = _check_options(budget, solver, decisions)
+        if isinstance(blocks, str):
+            raise StrategyOptionError("blocks", f"blocks={blocks!r}; give a list of module names, such as ['net']")
+        self.decisions = check_options(budget, solver, decisions)
         self.profile_path = profile_path
         self.verify = verify
         self.print_plan = print_plan

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _UNITS = {
     "": 1,
@@ -21,8 +23,22 @@ _UNITS = {
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
+def fraction(budget: object) -> float | None:
+    """The fraction of device memory ``budget`` asks for (a float, or a number written without a
+    unit and with a decimal point, ``"0.8"``), else ``None`` (a size)."""
+    if isinstance(budget, float):
+        return budget
+    if isinstance(budget, str):
+        match = _PATTERN.match(budget)
+        if match and not match.group(2) and "." in match.group(1) and float(match.group(1)) <= 1.0:
+            return float(match.group(1))
+    return None
+
+
 def device_memory(device: torch.device | str | None = None) -> int | None:
     """Total memory of ``device`` in bytes, or ``None`` where it has no fixed size (CPU)."""
+    import torch
+
     device = torch.device(device or "cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).total_memory
@@ -68,9 +84,14 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
                 f"{field}={budget!r} is not a memory size; write a number with a unit among "
                 "B, KB, MB, GB, KiB, MiB, GiB (for example '12GiB'), or a fraction such as 0.8"
             )
-        if not unit and "." in match.group(1) and float(match.group(1)) <= 1.0:
-            # "0.8" from a config file means the same as the float 0.8: a fraction of device memory.
-            return parse_budget(float(match.group(1)), device, field)
+        if not unit and "." in match.group(1):
+            if float(match.group(1)) <= 1.0:
+                # "0.8" from a config file means the same as the float 0.8: a fraction of device memory.
+                return parse_budget(float(match.group(1)), device, field)
+            raise ValueError(
+                f"{field}={budget!r} has no unit and is no fraction; write '{match.group(1)}GiB', a whole number "
+                "of bytes (4096) or a fraction of device memory in (0, 1]"
+            )
         value = float(match.group(1)) * _UNITS[unit]
         if value <= 0:
             raise ValueError(f"{field}={budget!r} must be positive; write a size such as '12GiB'")

@@ -16,6 +16,7 @@ from engage.memory.budget import parse_budget
 from engage.memory.decisions import ALL_DECISIONS, Decision, check_decisions, runs_compiled
 from engage.memory.errors import InfeasibleBudgetError
 from engage.memory.meter import MemoryMeter
+from engage.memory.options import SOLVERS
 from engage.memory.plan import Plan
 from engage.memory.probes import Probe
 from engage.memory.profile import Profile, input_signature, model_signature
@@ -24,8 +25,6 @@ from engage.memory.runtime import PlanRuntime
 from engage.memory.solver_cpsat import CpSatSolver
 from engage.memory.solver_dp import DynamicProgrammingSolver
 from engage.memory.step_state import preserved_state
-
-SOLVERS = ("auto", "dp", "cpsat")
 
 
 def measured_timeline(events: Sequence[Event], profile: Profile) -> list[tuple[str, int]]:
@@ -215,7 +214,9 @@ class MemoryPlanner:
         lowest = self._lowest(profile)
         self.apply(lowest)
         measured, timeline = self.measure(step, roots)
-        if measured > nbytes:
+        # the prediction counts the whole step (optimizer state and step included), the check step
+        # its forward and backward: a plan predicted above the budget is refused, as plan() does
+        if measured > nbytes or lowest.predicted_peak > nbytes:
             raise InfeasibleBudgetError(nbytes, max(measured, lowest.predicted_peak))
         lowest.budget = nbytes
         return lowest, measured, timeline

@@ -33,6 +33,27 @@ class MemoryStrategyConfig:
     chunked_loss: bool = False
     loss_chunks: int = 8
 
+    def __post_init__(self) -> None:
+        # the strategy's own checks, before anything runs (engage run reports the field in one line)
+        from engage.core.config.schema import ConfigValueError
+        from engage.memory.options import StrategyOptionError, check_options
+
+        if self.name not in STRATEGIES:
+            raise ConfigValueError("name", f"must be one of {', '.join(STRATEGIES)}, got {self.name!r}")
+        try:
+            check_options(self.budget, self.solver, self.decisions)
+        except StrategyOptionError as exc:
+            raise ConfigValueError(exc.field, str(exc)) from None
+        if "offload" in self.decisions:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigValueError(
+                    "decisions", "offload needs a CUDA device (on the CPU, host and device are one memory); drop it"
+                )
+        if isinstance(self.loss_chunks, bool) or self.loss_chunks < 1:
+            raise ConfigValueError("loss_chunks", f"must be a whole number >= 1, such as 8; got {self.loss_chunks}")
+
 
 #: option name -> (strategy class in engage.memory, description)
 STRATEGIES = {
