@@ -122,7 +122,7 @@ def test_a_sweep_with_a_failing_job_keeps_every_child_and_fails_its_parent(tmp_p
     ]
     statuses = {name.split("#")[1][0]: run.info.status for name, run in children.items()}
     assert statuses == {"0": "FINISHED", "1": "FAILED", "2": "FINISHED"}
-    assert parent.data.metrics["jobs_failed"] == 1
+    assert parent.data.metrics["jobs_failed"] == 1 and parent.data.metrics["jobs"] == 3
 
 
 def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_path, monkeypatch):

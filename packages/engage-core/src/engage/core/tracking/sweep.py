@@ -98,16 +98,23 @@ class MLflowSweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.COMPLETED:
             self.counts["completed"] += 1
+        else:
+            self.counts["failed"] += 1
+        if self.run_id is None:
             return
-        self.counts["failed"] += 1
-        if self.run_id is not None:
-            # at once: Hydra's basic sweeper raises the job's error after its batch, and the
-            # sweep's end (where the parent gets its final status) never comes
-            client = uninterrupted_client(self.tracking_uri)
-            # jobs in other processes (joblib's workers) count theirs apart: the store has them all
-            failed = sum(1 for r in self._children(client) if r.info.status in ("FAILED", "KILLED"))
-            client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"])))
-            client.set_terminated(self.run_id, status="FAILED")
+        client = uninterrupted_client(self.tracking_uri)
+        # a job of another process (joblib's workers) may have failed the sweep already
+        if not self.counts["failed"] and client.get_run(self.run_id).info.status != "FAILED":
+            return
+        # from the first failure on, at each job's end: Hydra's basic sweeper raises the job's error
+        # after its batch, and the sweep's end (where the parent gets its final counts) never comes
+        # jobs in other processes (joblib's workers) count theirs apart: the store has them all
+        children = self._children(client)
+        failed = sum(1 for r in children if r.info.status in ("FAILED", "KILLED"))
+        ended = self.counts["completed"] + self.counts["failed"]
+        client.log_metric(self.run_id, "jobs", float(max(len(children), ended)))
+        client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"])))
+        client.set_terminated(self.run_id, status="FAILED")
 
     def _children(self, client: Any) -> list[Any]:
         """The runs of this sweep's jobs."""
