@@ -21,17 +21,17 @@ class StrategyOptionError(ValueError):
         self.field = field
 
 
-def check_options(budget: Any, solver: str, decisions: Sequence[str], device: str | None = None) -> list[Decision]:
+def check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[Decision]:
     """The options every memory strategy checks when built (and ``engage run`` before it runs):
-    :class:`StrategyOptionError` naming the first wrong one. A fraction of device memory is checked
-    against ``device`` when one is given."""
+    :class:`StrategyOptionError` naming the first wrong one. A fraction of device memory is read
+    against the device when the strategy plans; here only its range is checked."""
     share = fraction(budget)
     try:
-        if share is not None and device is None:
+        if share is not None:
             if not 0.0 < share <= 1.0:  # NaN too
                 raise ValueError(f"budget={budget} as a fraction of device memory must lie in (0, 1]; or write '12GiB'")
         else:
-            parse_budget(budget, device)  # fail at construction, not on the first batch
+            parse_budget(budget)  # fail at construction, not on the first batch
     except ValueError as exc:
         raise StrategyOptionError("budget", str(exc)) from None
     if solver not in SOLVERS:
