@@ -131,10 +131,9 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
 def _base_config(args: Sequence[str] = ()):
     """The config with the options ``args`` choose (``sampler=loss_driven``) and no other
     override, for the keys an error lists (None if even that fails)."""
-    from engage.core.config.validate import compose_config
+    from engage.core.config.validate import compose_config, option_choices
 
-    choices = [a for a in args if "=" in a and not a.startswith("-") and "." not in a.split("=", 1)[0]]
-    for overrides in (choices, []):
+    for overrides in (option_choices(args), []):
         try:
             return compose_config(overrides)
         except Exception:

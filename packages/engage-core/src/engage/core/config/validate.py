@@ -243,12 +243,17 @@ def unparsable(overrides: Sequence[str]) -> str | None:
     return None
 
 
+def option_choices(args: Sequence[str]) -> list[str]:
+    """The overrides among ``args`` that choose an option (``sampler=loss_driven``,
+    ``+callbacks=...``), not a value inside one (``sampler.sigma=0.1``) nor a flag."""
+    return [a for a in args if "=" in a and not a.startswith("-") and "." not in a.split("=", 1)[0]]
+
+
 def _chosen(overrides: Sequence[str]) -> DictConfig | None:
-    """The config with only the options chosen among ``overrides`` (``sampler=loss_driven``,
-    ``+callbacks=...``), whose keys an unknown key's line lists; ``None`` if that fails too."""
-    choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+    """The config with only the options chosen among ``overrides``, whose keys an unknown key's
+    line lists; ``None`` if that fails too."""
     try:
-        return compose(config_name=CONFIG_NAME, overrides=choices)
+        return compose(config_name=CONFIG_NAME, overrides=option_choices(overrides))
     except (HydraException, OmegaConfBaseException):
         return None
 
