@@ -120,8 +120,30 @@ def test_memory_budget_units() -> None:
     assert parse_budget("12GiB") == 12 * 2**30
     assert parse_budget("800 MB") == 800 * 10**6
     assert parse_budget(4096) == 4096
-    with pytest.raises(ValueError, match="no fixed size"):
-        parse_budget(0.5, "cpu")
+    # on the CPU a fraction is of the host's memory, as far as this process's cgroup allows
+    import psutil
+
+    from engage.memory.budget import host_memory
+
+    assert 0 < host_memory() <= psutil.virtual_memory().total
+    assert parse_budget(0.5, "cpu") == int(0.5 * host_memory())
+
+
+def test_a_fraction_on_the_cpu_is_of_the_cgroup_limit_where_it_is_lower(tmp_path, monkeypatch) -> None:
+    """A Slurm job given ``--mem=2G`` (or a container) has a cgroup limit below the host's memory:
+    the fraction is of that; an unlimited group (v1's huge number, v2's ``max``) changes nothing."""
+    import psutil
+
+    from engage.memory import budget
+
+    limit, unlimited, absent = tmp_path / "memory.max", tmp_path / "unlimited", tmp_path / "absent"
+    limit.write_text(f"{2 * 2**30}\n")
+    unlimited.write_text("max\n")
+    monkeypatch.setattr(budget, "_cgroup_limit_files", lambda: [str(absent), str(unlimited), str(limit)])
+    assert budget.host_memory() == min(2 * 2**30, psutil.virtual_memory().total)
+    assert budget.parse_budget("0.5", "cpu") == min(2**30, psutil.virtual_memory().total // 2)
+    monkeypatch.setattr(budget, "_cgroup_limit_files", lambda: [str(unlimited)])
+    assert budget.host_memory() == psutil.virtual_memory().total
 
 
 def test_memory_offload_is_asked_for_by_name_and_refused_off_cuda_or_compiled() -> None:

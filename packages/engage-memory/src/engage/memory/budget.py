@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,21 +36,58 @@ def fraction(budget: object) -> float | None:
     return None
 
 
-def device_memory(device: torch.device | str | None = None) -> int | None:
-    """Total memory of ``device`` in bytes, or ``None`` where it has no fixed size (CPU)."""
+def device_memory(device: torch.device | str | None = None) -> int:
+    """Total memory of ``device`` in bytes: a CUDA device's own, or for the CPU the host's memory
+    as this process may use it (:func:`host_memory`), where activations then live."""
     import torch
 
     device = torch.device(device or "cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).total_memory
-    return None
+    return host_memory()
+
+
+def host_memory() -> int:
+    """The host's memory in bytes, or less where this process's control group is limited to less
+    (a Slurm job's ``--mem``, a container's limit): cgroup v2 ``memory.max`` or v1
+    ``memory.limit_in_bytes`` of this process's group."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    for path in _cgroup_limit_files():
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def _cgroup_limit_files() -> list[str]:
+    """The memory limit files of this process's control groups (v2 and v1), most specific first."""
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            files.append(f"/sys/fs/cgroup{group.rstrip('/')}/memory.max")
+        elif "memory" in controllers.split(","):
+            files.append(f"/sys/fs/cgroup/memory{group.rstrip('/')}/memory.limit_in_bytes")
+    return [*files, "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
 
 
 def parse_budget(budget: str | int | float, device: torch.device | str | None = None, field: str = "budget") -> int:
     """Turn ``budget`` into bytes.
 
     Accepts an integer number of bytes, a string with a unit (``"12GiB"``, ``"800 MB"``) or a float in
-    ``(0, 1]`` read as a fraction of the device's total memory.
+    ``(0, 1]`` read as a fraction of the device's total memory (on the CPU, the host's, or the
+    process's cgroup limit where it is lower).
 
     Examples:
         >>> parse_budget("1.5GiB")
@@ -69,13 +107,7 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
                 f"{field}={budget} as a float is a fraction of device memory and must lie in (0, 1]; "
                 "write '12GiB' for an absolute size"
             )
-        total = device_memory(device)
-        if total is None:
-            raise ValueError(
-                f"{field}={budget} is a fraction of device memory, but device {device or 'cpu'} has no fixed size; "
-                "give an absolute size such as '2GiB'"
-            )
-        return int(budget * total)
+        return int(budget * device_memory(device))
     if isinstance(budget, str):
         match = _PATTERN.match(budget)
         unit = match.group(2).upper() if match else None

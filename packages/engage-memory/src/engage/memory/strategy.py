@@ -20,7 +20,8 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
     the fastest plan under the budget is applied and printed.
 
     Args:
-        budget: ``"12GiB"``, bytes as an int, or a fraction of device memory as a float in (0, 1].
+        budget: ``"12GiB"``, bytes as an int, or a fraction of device memory as a float in (0, 1] (on the
+            CPU, of the host's memory as this process may use it).
         solver: ``"dp"`` (chains of blocks), ``"cpsat"`` (any order of blocks) or ``"auto"``.
         blocks: module names to plan; default: the children of every repeated ``ModuleList``/``Sequential``.
         decisions: which decisions the solver may use, among ``keep``, ``selective``, ``recompute`` and
