@@ -116,6 +116,28 @@ def test_memory_bad_budget_names_field_and_fix(budget, match) -> None:
         MemoryPlanningStrategy(budget=budget)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"verify": "no"}, ValueError, "verify='no' must be True or False"),  # a string is true
+        ({"print_plan": 1}, ValueError, "print_plan=1 must be True or False"),
+        ({"profile_path": 3}, ValueError, "profile_path=3 must be a file path"),
+        ({"budgte": "1GiB"}, TypeError, "MemoryPlanningStrategy got unexpected keyword arguments budgte; it takes"),
+    ],
+)
+def test_memory_strategy_arguments_of_the_wrong_kind_name_the_strategy_and_the_fix(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        MemoryPlanningStrategy(budget="1GiB", **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_memory_strategy_on_cuda_without_a_cuda_device_is_one_line() -> None:
+    from engage.memory import UnsupportedSetupError
+
+    with pytest.raises(UnsupportedSetupError, match="device='cuda', but torch sees no CUDA device"):
+        MemoryPlanningStrategy(budget="1GiB", device="cuda")
+
+
 def test_memory_budget_units() -> None:
     assert parse_budget("12GiB") == 12 * 2**30
     assert parse_budget("800 MB") == 800 * 10**6

@@ -56,6 +56,23 @@ def _shape_key(batch: Any) -> tuple:
     return tuple(tuple(t.shape) for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor))
 
 
+def check_strategy_kwargs(strategy: str, base: type, kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments neither the memory strategy nor its Lightning ``base`` takes,
+    naming the strategy and the arguments it does take (Lightning's own error names its class);
+    a base that passes further arguments on is left to check them."""
+    import inspect
+
+    parameters = inspect.signature(base.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # the base passes the rest on (DDP's to DistributedDataParallel), which checks them
+    taken = [p for p in parameters if p != "self"]
+    unknown = [k for k in kwargs if k not in taken]
+    if unknown:
+        ours = "budget, solver, blocks, decisions, profile_path, verify, print_plan, chunked_loss, loss_chunks"
+        raise TypeError(f"{strategy} got unexpected keyword arguments {', '.join(unknown)}; it takes {ours}, "
+                        f"and Lightning's {', '.join(taken)}")  # fmt: skip
+
+
 class _MemoryPlanning:
     """Mixin for Lightning strategies; the host class provides ``lightning_module``, ``root_device``, etc."""
 
@@ -71,8 +88,11 @@ class _MemoryPlanning:
         chunked_loss: bool = False,
         loss_chunks: int = 8,
     ) -> None:
-        if not isinstance(chunked_loss, bool):
-            raise ValueError(f"chunked_loss={chunked_loss!r} must be true or false")
+        for name, flag in (("verify", verify), ("print_plan", print_plan), ("chunked_loss", chunked_loss)):
+            if not isinstance(flag, bool):  # "no" would be true
+                raise ValueError(f"{name}={flag!r} must be True or False")
+        if profile_path is not None and not isinstance(profile_path, (str, os.PathLike)):
+            raise ValueError(f"profile_path={profile_path!r} must be a file path (str) or None")
         if isinstance(loss_chunks, bool) or not isinstance(loss_chunks, int) or loss_chunks < 1:
             raise ValueError(f"loss_chunks={loss_chunks!r} must be a positive int, such as 8")
         self.chunked_loss = chunked_loss

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.strategies import DDPStrategy
 
-from engage.memory._planning import _MemoryPlanning
+from engage.memory._planning import _MemoryPlanning, check_strategy_kwargs
 from engage.memory.errors import UnsupportedSetupError
 from engage.memory.plan import Plan
 from engage.memory.profile import Profile
@@ -39,6 +39,7 @@ class DDPMemoryPlanningStrategy(_MemoryPlanning, DDPStrategy):
         loss_chunks: int = 8,
         **kwargs: Any,
     ) -> None:
+        check_strategy_kwargs(type(self).__name__, DDPStrategy, kwargs)
         super().__init__(**kwargs)
         self._init_planning(
             budget,

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from engage.memory._planning import _MemoryPlanning
+from engage.memory._planning import _MemoryPlanning, check_strategy_kwargs
 from engage.memory.decisions import check_decisions
+from engage.memory.errors import UnsupportedSetupError
 
 
 class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
@@ -59,8 +60,11 @@ class MemoryPlanningStrategy(_MemoryPlanning, SingleDeviceStrategy):
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
+        check_strategy_kwargs(type(self).__name__, SingleDeviceStrategy, kwargs)
         if device is None:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        elif torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise UnsupportedSetupError(f"device={device!r}, but torch sees no CUDA device; leave device out (CPU)")
         super().__init__(device=device, **kwargs)
         self._init_planning(
             budget,
