@@ -307,6 +307,12 @@ def test_resuming_without_a_checkpoint_is_refused_before_anything_starts(tmp_pat
     (line,) = _stderr_lines(result)
     assert "ckpt_path=last: no checkpoint in the run folder" in line
     assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "run").exists()  # refused before Hydra makes the run's folder
+    result = engage("run", *TINY, "ckpt_path=gone.ckpt", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "ckpt_path=gone.ckpt: no such checkpoint file" in line
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_an_unknown_executor_or_its_options_are_refused_before_anything_starts(tmp_path):

@@ -1,9 +1,10 @@
 """A Hydra callback that checks every value of a sweep before its first job starts, and a single
-run's values before Hydra makes its output folder."""
+run's values and checkpoint before Hydra makes its output folder."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -25,12 +26,17 @@ class SweepValuesCheck(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A single run: its values checked before Hydra makes the run's output folder (the task
-        checks them again, for apps without this callback)."""
+        """A single run: its values, and the checkpoint it resumes from, checked before Hydra
+        makes the run's output folder (the task checks them again, for apps without this
+        callback)."""
         from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
 
         try:
             check_values(config)
+            if OmegaConf.select(config, "ckpt_path", default=None) not in (None, ""):
+                from engage.core.training import resolve_ckpt_path
+
+                resolve_ckpt_path(config, Path(config.hydra.run.dir))
         except ConfigError as exc:
             print(f"engage run: {' '.join(str(exc).split())}", file=sys.stderr)
             raise SystemExit(EXIT_CONFIG_ERROR) from None
