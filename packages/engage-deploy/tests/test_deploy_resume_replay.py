@@ -63,6 +63,9 @@ def test_killed_sweep_marks_killed_and_resumes(tmp_path: Path) -> None:
     assert not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"
     by_job = {r.data.tags.get("engage.job"): r.info.status for r in runs if "engage.job" in r.data.tags}
     assert by_job == {"0": "FINISHED", "1": "FINISHED", "2": "KILLED"}
+    (parent,) = [r for r in runs if "engage.job" not in r.data.tags]
+    # the sweep's run: KILLED, with the counts of the jobs that ran (two finished, one stopped)
+    assert parent.info.status == "KILLED" and parent.data.metrics == {"jobs": 3.0, "jobs_failed": 1.0}, parent
 
     second = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr

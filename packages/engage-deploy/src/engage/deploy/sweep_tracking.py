@@ -365,7 +365,9 @@ class SweepTracking:
         self.folder.update_result(index, offline_store=offline_uri)
 
     def mark_killed(self, run_ids: Iterable[str]) -> None:
-        """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED."""
+        """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED;
+        the sweep's run gets the counts a sweep's end gives it, from its jobs' runs (``jobs``, the
+        jobs that ran; ``jobs_failed``, those that failed or were stopped)."""
         # an interrupt during start-up does not wait long for MLflow to open
         if not (self.tracking_uri and self.opened(timeout_s=10.0) and self.check_server()):
             return
@@ -375,7 +377,14 @@ class SweepTracking:
                 from mlflow.tracking import MlflowClient
 
                 # also a parent opened by a sweep callback: its end hook never runs on an interrupt
-                MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status="KILLED")
+                client = MlflowClient(self.tracking_uri)
+                children = client.search_runs(
+                    [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=50000
+                )
+                client.log_metric(self.parent_run_id, "jobs", float(len(children)))
+                failed = sum(1 for run in children if run.info.status != "FINISHED")
+                client.log_metric(self.parent_run_id, "jobs_failed", float(failed))
+                client.set_terminated(self.parent_run_id, status="KILLED")
                 self._own_parent = False
         except Exception as exc:  # best effort while going down
             log.warning("could not mark interrupted runs KILLED: %s", exc)
