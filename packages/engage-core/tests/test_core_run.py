@@ -323,8 +323,13 @@ def test_an_unknown_executor_or_its_options_are_refused_before_anything_starts(t
     result = engage("run", *TINY, "+data.executor_options.colour=red", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = _stderr_lines(result)
-    assert "data.executor_options do not fit the 'local' executor" in line and "colour" in line, line
+    assert "data.executor_options.colour: unknown key; allowed: log_dir" in line, line
     assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra makes the run's folder
+    result = engage("run", *TINY, "data.executor_options={log_dir: x}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert "write ++data.executor_options={log_dir: x} to add data.executor_options.log_dir" in line, line
 
 
 @pytest.mark.slow

@@ -752,3 +752,33 @@ def test_a_job_past_its_time_limit_fails_its_attempt_naming_the_timeout(
     assert _wait_for_exit(job, timeout=150) == SLURM_FAILURE
     assert job.ended == "TIMEOUT (TimeLimit)"
     assert job.stderr_tail().startswith(f"Slurm ended job {job.job_id}: TIMEOUT (TimeLimit)")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"time": "-5"}, "data.executor_options.time is '-5'; give minutes (30), 'HH:MM:SS'"),
+        ({"time": "1:2:3:4"}, "data.executor_options.time is '1:2:3:4'"),
+        ({"mem": "lots"}, "data.executor_options.mem is 'lots'; give a size with K, M, G or T"),
+        ({"mem": "-1G"}, "data.executor_options.mem is '-1G'"),
+        ({"cpus_per_task": 0}, "data.executor_options.cpus_per_task is 0; give a whole number from 1"),
+        ({"max_pending_s": -1}, "data.executor_options.max_pending_s is -1; give seconds above 0"),
+        ({"max_pending_s": "abc"}, "data.executor_options.max_pending_s is 'abc'"),
+        ({"probe_timeout_s": 0}, "data.executor_options.probe_timeout_s is 0"),
+        ({"check_folder": "maybe"}, "data.executor_options.check_folder is 'maybe'; give true or false"),
+        (
+            {"partiton": "debug"},
+            "data.executor_options.partiton: unknown key; did you mean data.executor_options.partition?",
+        ),
+    ],
+)
+def test_slurm_executor_options_are_checked_before_anything_is_submitted(options, message) -> None:
+    """Without a cluster: the values sbatch would refuse, or take otherwise than meant (a
+    negative time gives jobs an invalid limit), are one line naming the option."""
+    from engage.deploy.slurm.executor import SlurmExecutor
+
+    with pytest.raises(ValueError) as error:
+        SlurmExecutor.check_options(options)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    SlurmExecutor.check_options({"time": "1-02:30", "mem": "512M", "cpus_per_task": 2, "max_pending_s": 30})
+    SlurmExecutor.check_options({"time": "UNLIMITED", "mem": "0", "check_folder": False})

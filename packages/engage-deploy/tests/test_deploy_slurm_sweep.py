@@ -297,6 +297,8 @@ def test_a_job_whose_sbatch_is_under_way_when_the_sweep_ends_is_cancelled(slurm_
         ("hydra.launcher.infrastructure.options.partition=nosuch", "infrastructure.options.partition: sbatch: error"),
         ("+hydra.launcher.infrastructure.options.colour=red", "infrastructure.options.colour: not a slurm option"),
         ("hydra.launcher.infrastructure.options.bind_address=192.0.2.1", "infrastructure.options.bind_address:"),
+        # sbatch takes -5 and gives the jobs an invalid time limit
+        ("hydra.launcher.infrastructure.options.time=-5", "infrastructure.options.time is -5; give minutes (30)"),
     ],
 )
 def test_bad_slurm_options_fail_with_one_line_before_anything_starts(slurm_cluster, tmp_path, override, message):

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,23 @@ class Executor(ABC):
     #: whether started processes run beside the trainer, so their samples may skip the network
     #: and go into the trainer's shared memory; off for hosts reached over (emulated) links
     shares_memory: bool = False
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], field: str = "data.executor_options") -> None:
+        """Refuse, before the run builds anything, options this executor does not take (``ValueError``,
+        one line naming ``field.KEY``, the closest name and the allowed ones). Executors that check
+        their values without side effects extend it."""
+        import inspect
+
+        from engage.core.config.validate import unknown_key
+
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        allowed = [name for name in parameters if name != "self"]
+        for key in options:
+            if key not in allowed:
+                raise ValueError(unknown_key(f"{field}.{key}", allowed))
 
     @abstractmethod
     def start(self, request: LaunchRequest) -> SimulationProcess:

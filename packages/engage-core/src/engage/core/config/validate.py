@@ -59,6 +59,11 @@ def unknown_key(key: str, allowed: list[str]) -> str:
 def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     """Turn a Hydra/OmegaConf composition error into one line."""
     text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ is not None else "")
+    built = re.match(r"Error in call to target '([^']+)'", str(exc))
+    if built:  # the object a config builds refused its arguments: say what and why
+        cause = exc.__cause__
+        why = f"{type(cause).__name__}: {_first_line(str(cause))}" if cause is not None else _first_line(text)
+        return f"building {built.group(1)} failed: {why}"
     parse = re.search(r"Error parsing override '([^']*)'\n(.*)", text)
     if parse:
         return f"cannot parse override {parse.group(1)!r} ({parse.group(2).strip()}); write key=value or group=option"
@@ -81,6 +86,11 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     full_key = re.search(r"full_key: (\S+)", text)
     key = key or (full_key.group(1) if full_key else None)
     if re.search(r"not in struct|Key '[^']+' not in '|Key '[^']+' is not in struct", text):
+        assigned = re.search(r"To append to your config use \+(\S+)=(.*)", text)
+        if key and full_key and full_key.group(1).startswith(f"{key}.") and assigned:
+            # a mapping given whole (data.executor_options={bogus: 1}) to a key that holds one
+            value = assigned.group(2).strip()
+            return f"{key}: '=' replaces only keys it has; write ++{key}={value} to add {full_key.group(1)}"
         return unknown_key(key or "", _keys_of(base, key or ""))
     converted = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if converted:
@@ -126,6 +136,22 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"{exc.key}: {exc.message}") from None
     _check_top_level(cfg)
     _check_validation_interval(cfg)
+    _check_executor(cfg)
+
+
+def _check_executor(cfg: DictConfig) -> None:
+    """``data.executor`` installed, and its options ones it takes, with values it can check
+    without building it (an executor may submit a probe job when built)."""
+    executor = OmegaConf.select(cfg, "data.executor", default=None)
+    if not isinstance(executor, str):
+        return
+    from engage.core.online.wiring import check_executor
+
+    options = OmegaConf.select(cfg, "data.executor_options", default=None)
+    try:
+        check_executor(executor, OmegaConf.to_container(options, resolve=True) if options is not None else {})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_node(cfg: DictConfig, node: object, where: str) -> None:

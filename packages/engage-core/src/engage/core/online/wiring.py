@@ -33,20 +33,34 @@ def make_executor(executor: str | Executor, options: dict[str, Any]) -> Executor
     """The executor named ``executor`` (``data.executor``), built with ``options``
     (``data.executor_options``), or ``executor`` itself when it is one; ``ValueError`` (one line
     naming the setting) for an unknown name or options it does not take."""
-    from engage.core.executors import LocalExecutor
-    from engage.core.plugins import executors
-
     if isinstance(executor, str):
-        known = {"local": LocalExecutor} if executor == "local" else executors()
-        if executor not in known:
-            raise ValueError(f"data.executor {executor!r} is unknown; installed: {', '.join(sorted(known))}")
+        chosen = executor_class(executor)
+        chosen.check_options(options)
         try:
-            executor = known[executor](**options)
+            executor = chosen(**options)
         except TypeError as exc:
             raise ValueError(
                 f"data.executor_options do not fit the {executor!r} executor ({exc}); given: {sorted(options)}"
             ) from None
     return executor
+
+
+def executor_class(name: str) -> type[Executor]:
+    """The executor class named ``name`` (``data.executor``); ``ValueError`` naming the installed
+    ones when there is none."""
+    from engage.core.executors import LocalExecutor
+    from engage.core.plugins import executors
+
+    known = {"local": LocalExecutor} if name == "local" else executors()
+    if name not in known:
+        raise ValueError(f"data.executor {name!r} is unknown; installed: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def check_executor(name: str, options: dict[str, Any]) -> None:
+    """``data.executor`` and its options as far as they can be checked before anything is built:
+    the name, the option names and their values (:meth:`Executor.check_options`)."""
+    executor_class(name).check_options(options)
 
 
 def new_scheduler(

@@ -52,6 +52,7 @@ from engage.core.config.validate import ConfigError
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.providers.base import Host, Provider, ProviderError
 from engage.deploy.slurm.reaper import JobReaper
+from engage.deploy.slurm.values import check_job_values, time_limit_s
 
 log = logging.getLogger(__name__)
 
@@ -80,42 +81,6 @@ OPTIONS: dict[str, Any] = {
 SIGNAL_RESOLUTION_S = 60
 
 
-def time_limit_s(value: Any) -> int | None:
-    """A Slurm time limit (``--time``) in seconds: ``minutes``, ``minutes:seconds``,
-    ``hours:minutes:seconds``, ``days-hours``, ``days-hours:minutes`` or
-    ``days-hours:minutes:seconds``; ``None`` for none, ``UNLIMITED``, ``INFINITE`` or zero (no
-    limit, for sbatch), and for a value sbatch would refuse (its own check says so).
-
-    Example::
-
-        >>> [time_limit_s(v) for v in (30, "0:02", "1:00:00", "2-0", "1-01:30", "INFINITE")]
-        [1800, 2, 3600, 172800, 91800, None]
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    text = str(value).strip()
-    if text.upper() in ("", "UNLIMITED", "INFINITE"):
-        return None
-    days_text, dash, clock = text.rpartition("-") if "-" in text else ("0", "", text)
-    try:
-        days = int(days_text)
-        fields = [int(f) for f in clock.split(":")]
-    except ValueError:
-        return None
-    if days < 0 or any(f < 0 for f in fields) or not 1 <= len(fields) <= 3:
-        return None
-    if dash:  # days-hours[:minutes[:seconds]]
-        hours, minutes, seconds = (*fields, 0, 0)[:3]
-    elif len(fields) == 1:  # minutes
-        hours, minutes, seconds = 0, fields[0], 0
-    elif len(fields) == 2:  # minutes:seconds
-        hours, minutes, seconds = 0, *fields
-    else:
-        hours, minutes, seconds = fields
-    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return total or None
-
-
 def _options(infrastructure: Infrastructure) -> dict[str, Any]:
     """The provider's options, defaults filled in; one line naming an unknown or malformed one."""
     given = dict(infrastructure.options or {})
@@ -125,6 +90,10 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
             f"infrastructure.options.{unknown[0]}: not a slurm option; options are {', '.join(OPTIONS)}"
         )
     options = {**OPTIONS, **given}
+    try:
+        check_job_values("infrastructure.options", options)
+    except ValueError as exc:
+        raise InfrastructureError(str(exc)) from None
     signal_s = options["requeue_signal_s"]
     if isinstance(signal_s, bool) or not isinstance(signal_s, int) or not 1 <= signal_s <= 65535:
         raise InfrastructureError(
@@ -157,11 +126,6 @@ def _options(infrastructure: Infrastructure) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InfrastructureError(f"infrastructure.options.{key} is {value!r}; give a whole number from 1, e.g. 2")
-    pending = options["max_pending_s"]
-    if isinstance(pending, bool) or not isinstance(pending, (int, float)) or pending <= 0:
-        raise InfrastructureError(
-            f"infrastructure.options.max_pending_s is {pending!r}; give seconds above 0, e.g. 600"
-        )
     return options
 
 

@@ -23,13 +23,14 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engage.core.config.validate import ConfigError
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
 from engage.core.files import write_private
 from engage.deploy.providers.base import address_towards
 from engage.deploy.slurm.reaper import JobReaper
+from engage.deploy.slurm.values import check_job_values
 
 if TYPE_CHECKING:
     from engage.deploy.slurm.group import SlurmTask
@@ -648,6 +649,12 @@ class SlurmExecutor(Executor):
         bind_address: str | None = None,
         simulations_per_job: int = 1,
     ):
+        given = {"time": time, "mem": mem, "cpus_per_task": cpus_per_task, "partition": partition, "account": account}
+        given |= {"max_pending_s": max_pending_s, "probe_timeout_s": probe_timeout_s, "check_folder": check_folder}
+        try:
+            self.check_options(given)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.log_dir = Path(log_dir or os.getcwd())
         self.max_pending_s = float(max_pending_s)
         if isinstance(simulations_per_job, bool) or not isinstance(simulations_per_job, int) or simulations_per_job < 1:
@@ -679,6 +686,12 @@ class SlurmExecutor(Executor):
         self.address = bind_address_for(bind_address, "data.executor_options.bind_address", "data.executor=slurm")
         if check_folder:
             self._check_folder(Path(os.getcwd()), float(probe_timeout_s))
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], field: str = "data.executor_options") -> None:
+        """The option names, then the values sbatch would refuse or take otherwise than meant."""
+        super().check_options(options, field)
+        check_job_values(field, options)
 
     def group_options(self, simulations: int) -> list[str]:
         """``sbatch`` flags of a job of ``simulations`` simulations: one node, a task each, the

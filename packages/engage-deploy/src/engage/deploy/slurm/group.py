@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shlex
 import subprocess
 import threading
@@ -38,13 +37,12 @@ from engage.deploy.slurm.executor import (
     slurm_path,
     source_keys,
 )
+from engage.deploy.slurm.values import MEMORY
 
 #: how long the executor's submission thread waits for further simulations to share a job
 GROUP_WAIT_S = 0.5
 #: how often a simulation's status file is looked at while its job runs
 STATUS_INTERVAL_S = 0.5
-
-_MEMORY = re.compile(r"(\d+)([KMGT]?)", re.IGNORECASE)
 
 
 #: MiB a job of several simulations asks for beyond their steps', per simulation: the batch
@@ -62,7 +60,7 @@ def job_memory(mem: str | None, simulations: int, field: str) -> str:
     >>> job_memory("512M", 3, "mem"), job_memory("2G", 2, "mem")
     ('1632M', '4160M')
     """
-    match = _MEMORY.fullmatch(str(mem).strip()) if mem is not None else None
+    match = MEMORY.fullmatch(str(mem).strip()) if mem is not None else None
     if match is None:
         raise ConfigError(
             f"{field}: {mem!r} is not a Slurm memory size, and each simulation of a job of several needs one; "
