@@ -80,6 +80,17 @@ def test_a_sampler_that_raises_ends_the_fit_with_its_cause(tmp_path, helpers_on_
     assert dm.ledger.samples_trained < 24  # it did not go on with what the buffer held
 
 
+def test_a_simulator_that_yields_more_than_it_declares_fails_its_attempt_naming_why(tmp_path, helpers_on_path):
+    """The trainer grants no credit beyond ``samples_per_run``: a simulation with more to send
+    would wait for ever; its process fails the attempt at the first sample too many."""
+    dm = datamodule(ramp(steps=8), retries=0)  # 6 declared
+    started = time.monotonic()
+    with pytest.raises(BufferClosed, match=r"yields more samples than its samples_per_run \(6\)"):
+        fit(dm, tmp_path)
+    assert time.monotonic() - started < 30
+    assert not _running_clients()
+
+
 def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path, helpers_on_path):
     dm = datamodule(ramp(delay=0.2), simulations=4, concurrency=1, batches_per_epoch=1, capacity=8)
     with pytest.raises(OnlineRunFailed, match=r"of 4 simulations completed; data.min_completed=1.0 requires 4"):
@@ -150,6 +161,13 @@ def test_two_runs_in_one_folder_are_independent(tmp_path, helpers_on_path):
         ({"rate_limit": 0}, "data.rate_limit: must be > 0"),
         ({"max_reads": 0}, "data.max_reads: must be >= 1"),
         ({"policy": "lifo"}, "data.policy: must be one of fifo, firo, reservoir"),
+        # the kinds Python callers may get wrong, where Hydra's config would have refused them
+        ({"simulations": 2.5}, "data.simulations: must be a whole number or null, got 2.5"),
+        ({"batch_size": True}, "data.batch_size: must be a whole number, got True"),
+        ({"concurrency": "2"}, "data.concurrency: must be a whole number, got '2'"),
+        ({"shared_memory": "no"}, "data.shared_memory: must be true or false, got 'no'"),
+        ({"journal": 5}, "data.journal: must be text or null, got 5"),
+        ({"seed": "x"}, "data.seed: must be a whole number, got 'x'"),
     ],
 )
 def test_every_online_setting_is_range_checked_once(setting, message, helpers_on_path):
@@ -433,3 +451,35 @@ def test_training_bounded_by_max_steps_alone_stops_when_the_stream_ends(tmp_path
     assert dm.outcome().samples_trained == 12
     # the run's shared memory was named after it
     assert dm.scheduler.segment.name.startswith(f"engage-{dm.run_id}-"), dm.scheduler.segment.name
+
+
+def test_a_simulator_class_of_the_script_being_run_is_refused_before_any_process_starts(
+    tmp_path, monkeypatch, helpers_on_path
+):
+    """A simulator class defined in the user's script (``__main__``) cannot be rebuilt in its
+    processes, each a fresh interpreter: one line says so and how to fix it, before any attempt."""
+    import __main__
+    from engage.core.online.fleet import pickled_simulator
+
+    class Ramp(FunctionSimulator):
+        pass
+
+    Ramp.__module__, Ramp.__qualname__ = "__main__", "Ramp"
+    monkeypatch.setattr(__main__, "Ramp", Ramp, raising=False)
+    sim = Ramp("test_online_helpers:ramp", {"x": {"low": 1, "high": 2}}, sample_shape=(8, 8), samples_per_run=6)
+    with pytest.raises(ValueError, match=r"Ramp uses what the script being run defines \(__main__\).*PYTHONPATH"):
+        pickled_simulator(sim, str(tmp_path))
+    assert not (tmp_path / "simulator.pkl").exists()
+    assert pickled_simulator(ramp(), str(tmp_path)) == {"pickle": str(tmp_path / "simulator.pkl")}
+
+
+@pytest.mark.parametrize("setting", ["workdir", "cache_dir"])
+def test_a_folder_the_run_cannot_write_is_one_line_naming_the_setting(setting, tmp_path, helpers_on_path):
+    from engage.core.config.validate import ConfigError
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    dm = datamodule(ramp(), val_simulations=1, **{setting: str(blocked / "sub")})
+    with pytest.raises(ConfigError, match=rf"^data.{setting}: cannot .*a-file/sub.*\((Not a directory|No such file)"):
+        fit(dm, tmp_path)
+    assert not _running_clients()

@@ -6,6 +6,7 @@ Every field is type-checked when the config is composed; ranges are checked in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,33 @@ class ConfigValueError(ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str, os.PathLike)}
+_KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def check_types(owner: object) -> None:
+    """Each field of the dataclass instance ``owner`` declared ``int``, ``float``, ``bool`` or
+    ``str`` (``| None`` where null is allowed) holds a value of that kind, or
+    :class:`ConfigValueError` naming it: Python callers pass what they like, and ``2.5``
+    simulations, ``"no"`` for a flag (which is true) or ``True`` retries must not go further.
+    An interpolation not yet resolved (``${seed}``) is left to the config."""
+    from dataclasses import fields
+
+    for f in fields(owner):  # type: ignore[arg-type]
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        known = [k for k in kinds if k in _KINDS]
+        if not known or len(known) + ("None" in kinds) != len(kinds):
+            continue  # Any, mappings, lists: the fields' own checks
+        value = getattr(owner, f.name)
+        if (value is None and "None" in kinds) or (isinstance(value, str) and value.startswith("${")):
+            continue
+        if (isinstance(value, bool) and "bool" not in known) or not isinstance(
+            value, sum((_KINDS[k] for k in known), ())
+        ):
+            wanted = " or ".join(_KIND_WORDS[k] for k in known) + (" or null" if "None" in kinds else "")
+            raise ConfigValueError(f.name, f"must be {wanted}, got {value!r}")
 
 
 def _at_least(owner: object, name: str, minimum: float, *, allow_none: bool = False) -> None:

@@ -370,7 +370,13 @@ def build_simulator(spec: dict[str, Any]):
                 f"(data.simulator_spec or a launch_spec() method) to run it elsewhere"
             )
         with open(spec["pickle"], "rb") as f:
-            return pickle.load(f)
+            try:
+                return pickle.load(f)
+            except (ImportError, AttributeError) as exc:  # a module or class this interpreter cannot find
+                raise ImportError(
+                    f"the simulator cannot be rebuilt in its process ({type(exc).__name__}: {exc}); its class must "
+                    "be importable in a fresh interpreter: a module on PYTHONPATH, not the script being run"
+                ) from None
     target = spec.get("target") or spec.get("_target_")
     if not target:
         raise ValueError(f"simulator spec {spec!r} has neither 'target' nor 'pickle'")
@@ -378,17 +384,29 @@ def build_simulator(spec: dict[str, Any]):
     return import_object(target)(**kwargs)
 
 
-def stream(client: SimulationClient, samples: Iterable[np.ndarray], resume_from: int = 0, fresh: bool = False) -> int:
+def stream(
+    client: SimulationClient,
+    samples: Iterable[np.ndarray],
+    resume_from: int = 0,
+    fresh: bool = False,
+    limit: int | None = None,
+) -> int:
     """Send every sample (skipping the first ``resume_from``, already received from an earlier
     attempt), then ``DONE``; returns how many samples the simulation produced. ``fresh``: see
-    :meth:`SimulationClient.send`."""
+    :meth:`SimulationClient.send`. ``limit``: the samples the simulator declares
+    (``samples_per_run``); one more is a ``ValueError`` (the trainer grants no credit beyond them,
+    so it would wait for ever)."""
     client.sent = resume_from  # sample indices on the wire are absolute within the simulation
     samples = iter(samples)
     skipped = sum(1 for _ in itertools.islice(samples, resume_from))
     count = skipped
     send = client.send
-    for count, sample in enumerate(samples, start=skipped + 1):  # noqa: B007 (the count is returned)
+    bounded = samples if limit is None else itertools.islice(samples, max(0, limit - skipped))
+    for count, sample in enumerate(bounded, start=skipped + 1):  # noqa: B007 (the count is returned)
         send(sample, fresh)
+    if limit is not None and count >= limit and next(samples, None) is not None:
+        client.flush()  # what it sent is the trainer's; the attempt then fails on the error
+        raise ValueError(f"the simulator yields more samples than its samples_per_run ({limit})")
     client.done()
     return count
 
@@ -427,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("the trainer sent no simulator description; pass --simulator")
         simulator = build_simulator(spec)
         vector = np.asarray(job.vector, dtype=np.float64) if job.vector else job.parameters
-        stream(client, simulator.run(vector), job.resume_from, fresh=bool(getattr(simulator, "fresh_samples", False)))
+        fresh = bool(getattr(simulator, "fresh_samples", False))
+        declared = getattr(simulator, "samples_per_run", None)
+        stream(client, simulator.run(vector), job.resume_from, fresh=fresh, limit=declared)
     except StopRequested as exc:
         print(f"simulation {args.simulation_id}: stopped by the trainer: {exc}", file=sys.stderr)
         return EXIT_STOPPED

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from engage.core.config.schema import ConfigValueError, _at_least
+from engage.core.config.schema import ConfigValueError, _at_least, check_types
 from engage.core.online.policies import POLICIES
 from engage.core.online.protocol import COALESCE_BYTES
 from engage.core.online.security import TRANSPORT_SECURITY
@@ -67,6 +67,12 @@ class OnlineDataConfig:
     train_threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
+        spec = self.simulator_spec
+        if spec is not None and not isinstance(spec, str) and not hasattr(spec, "keys") and not is_dataclass(spec):
+            raise ConfigValueError(
+                "simulator_spec", f"must be a simulator's config (a mapping with _target_) or null, got {spec!r}"
+            )
         _at_least(self, "simulations", 1, allow_none=True)
         _at_least(self, "max_samples", 1, allow_none=True)
         for name in ("concurrency", "batch_size", "batches_per_epoch", "capacity"):

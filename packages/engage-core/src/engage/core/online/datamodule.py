@@ -256,7 +256,12 @@ class OnlineDataModule(pl.LightningDataModule):
         path = os.path.join(self.workdir, self.run_id)
         if self.world_size > 1:
             path = os.path.join(path, f"rank{self.rank}")
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            from engage.core.config.validate import ConfigError
+
+            raise ConfigError(f"data.workdir: cannot make {path} ({exc.strerror}); give a writable folder") from None
         return path
 
     def _new_scheduler(self) -> SimulationScheduler:
@@ -295,7 +300,17 @@ class OnlineDataModule(pl.LightningDataModule):
                     journal=journal, hooks=None, workdir=workdir, validation=True,
                 )  # fmt: skip
 
-            fields = held_out_fields(self.simulator, points, make, folder, self.settings.cache_dir)
+            try:
+                fields = held_out_fields(self.simulator, points, make, folder, self.settings.cache_dir)
+            except OSError as exc:
+                if self.settings.cache_dir is None:
+                    raise
+                from engage.core.config.validate import ConfigError
+
+                raise ConfigError(
+                    f"data.cache_dir: cannot store held-out simulations under {self.settings.cache_dir} "
+                    f"({exc.strerror or exc}); give a folder (or fsspec URL) this user can write"
+                ) from None
             self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
         return self.val_dataset
 

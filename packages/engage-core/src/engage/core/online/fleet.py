@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import pickletools
 import sys
 import time
 from collections import deque
@@ -267,6 +268,19 @@ def _picklable(value: object) -> bool:
     return True
 
 
+def _from_main(payload: bytes) -> bool:
+    """Whether the pickle ``payload`` names a class or function of ``__main__``."""
+    strings: list[str] = []
+    for op, arg, _ in pickletools.genops(payload):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2 and strings[-2] == "__main__":
+            return True
+        elif op.name == "GLOBAL" and str(arg).split(" ")[0] == "__main__":
+            return True
+    return False
+
+
 def pickled_simulator(simulator: Simulator, workdir: str) -> dict[str, str]:
     """The launch spec of a simulator built in Python without an import description: the
     simulator pickled into a file of ``workdir``, which local processes load (remote executors
@@ -283,6 +297,12 @@ def pickled_simulator(simulator: Simulator, workdir: str) -> dict[str, str]:
                 if name.startswith("_") and not _picklable(value):
                     setattr(clone, name, None)
             payload = pickle.dumps(clone)
+        if _from_main(payload):
+            raise ValueError(
+                f"{type(simulator).__name__} uses what the script being run defines (__main__), which its "
+                "processes (each a fresh interpreter) cannot import; move it to a module on PYTHONPATH, or pass "
+                "simulator_spec={'target': 'module.Class', 'kwargs': {...}}"
+            )
         with open(path, "wb") as f:
             f.write(payload)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:

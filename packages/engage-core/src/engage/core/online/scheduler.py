@@ -122,7 +122,8 @@ class SimulationScheduler:
         world_size: int = 1,
         hooks: Any = None,
     ):
-        check_settings(dict(locals()))  # the online config's one range check, for its settings here
+        # the online config's one range check, for its settings here (its journal is an object)
+        check_settings({k: v for k, v in locals().items() if k != "journal"})
         self.simulator = simulator
         self.sampler = sampler
         self.buffer = buffer
