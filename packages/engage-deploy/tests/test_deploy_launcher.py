@@ -79,6 +79,24 @@ def test_a_job_whose_process_fails_after_its_task_returned_is_failed(tmp_path: P
     assert res[1]["exit_code"] == 5 and "then its process exited with code 5" in res[1]["error"], res[1]
 
 
+@pytest.mark.slow
+def test_engage_run_ends_a_sweep_whose_job_process_died_with_one_line_and_exit_code_4(tmp_path: Path) -> None:
+    """A job's process that ends without its task's own line (killed, or dead in a callback):
+    ``engage run`` names the job, its host, its exit code and its log in one line, not a traceback."""
+    from engage.core.testing.process import run_engage
+
+    proc = run_engage(
+        "run", "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep",
+        "+callbacks.die={_target_: os._exit, _args_: [3]}", "simulator.grid=8", "simulator.steps=10",
+        "data.simulations=2", "data.val_simulations=1", "trainer.max_epochs=1", cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("engage run: job #0 failed on local-1: job process exited with code 3; see "), last
+    assert last.endswith("jobs/0/stderr.log")
+
+
 def test_retries_and_fail_fast(tmp_path: Path) -> None:
     marker = tmp_path / "flaky"
     proc = run_app(tmp_path, *NO_MLFLOW, "hydra.launcher.retries=1", "+x=1,2", f"+flaky_marker={marker}")

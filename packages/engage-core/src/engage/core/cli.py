@@ -65,7 +65,9 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
         if code:
             end_open_sweep(parent, "FAILED")
         return code
-    except RunFailed as exc:  # a run, or a sweep's first failed job: its line is printed already
+    except RunFailed as exc:  # a run, or a sweep's first failed job
+        if not exc.printed:
+            print(f"engage run: {' '.join(exc.line.split())}", file=sys.stderr)
         end_open_sweep(parent, "FAILED")
         return exc.exit_code
     except Exception as exc:

@@ -32,16 +32,18 @@ TASK_IMPORTS = ("engage.core.training", "mlflow", "mlflow.store.tracking.sqlalch
 
 
 class RunFailed(Exception):
-    """A job of a sweep that did not do what it was asked: the one line naming the cause (printed
-    already) and the exit code ``engage run`` ends with. A job raises it, where a single run
-    exits: the sweep's launcher records the job FAILED and goes on with its other jobs."""
+    """A job of a sweep that did not do what it was asked: the one line naming the cause and the
+    exit code ``engage run`` ends with. A job raises it, where a single run exits: the sweep's
+    launcher records the job FAILED and goes on with its other jobs. ``printed``: whether the
+    line was printed already (by the job, in this process); a launcher that saw a job's process
+    fail raises one not printed, for ``engage run`` to print."""
 
-    def __init__(self, line: str, exit_code: int):
+    def __init__(self, line: str, exit_code: int, printed: bool = True):
         super().__init__(line)
-        self.line, self.exit_code = line, exit_code
+        self.line, self.exit_code, self.printed = line, exit_code, printed
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.line, self.exit_code))
+        return (type(self), (self.line, self.exit_code, self.printed))
 
 
 #: the exit code of a run's incarnation that ended because its batch job was requeued (sysexits' EX_TEMPFAIL)

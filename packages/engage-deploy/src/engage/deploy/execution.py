@@ -456,8 +456,15 @@ class JobExecution:
         runner = read_json(job.folder / "runner.json")
 
         def failed(reason: str) -> JobReturn:
-            tail = _tail(job.folder / "stderr.log")
-            return _failed_return(job, RuntimeError(f"{reason}; stderr: {job.folder / 'stderr.log'}\n{tail}"))
+            from engage.core.online.outcome import EXIT_RUN_FAILED
+            from engage.core.run import RunFailed
+
+            # one line for ``engage run`` to print (the job's own never came); the log holds the rest
+            line = f"job #{job.index} failed on {host.name}: {reason}; see {job.folder / 'stderr.log'}"
+            tail = _tail(job.folder / "stderr.log").strip()
+            if tail:
+                log.warning("job %d: the end of its stderr:\n%s", job.index, tail)
+            return _failed_return(job, RunFailed(line, EXIT_RUN_FAILED, printed=False))
 
         if (job.folder / "result.pkl").is_file():
             ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
