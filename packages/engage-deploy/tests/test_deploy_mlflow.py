@@ -213,3 +213,20 @@ def test_a_retried_job_keeps_a_run_per_attempt(tmp_path: Path) -> None:
     attempts = sorted((r.data.params[tracking.ATTEMPT_TAG], r.info.status) for r in kids)
     assert attempts == [("1", "FAILED"), ("2", "FINISHED")]
     assert all(r.data.tags[tracking.JOB_TAG] == "0" for r in kids)
+
+
+def test_the_runs_of_interrupted_jobs_end_killed_even_where_the_stop_failed_them(tmp_path: Path) -> None:
+    """A job stopped mid-fit may end its own run FAILED (short of its simulations) before the
+    launcher marks it: the launcher stopped it, so KILLED; a job that finished stays FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    from engage.deploy.tracking import mark_killed
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    running, failed, finished = (client.create_run(experiment).info.run_id for _ in range(3))
+    client.set_terminated(failed, status="FAILED")
+    client.set_terminated(finished, status="FINISHED")
+    assert mark_killed(uri, [running, failed, finished]) == 2
+    assert [client.get_run(r).info.status for r in (running, failed, finished)] == ["KILLED", "KILLED", "FINISHED"]

@@ -608,11 +608,12 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
 
 
 def mark_killed(uri: str, run_ids: Iterable[str]) -> int:
-    """Set the runs of interrupted jobs (by id) that are still RUNNING to KILLED; returns how many."""
+    """Set the runs of interrupted jobs (by id) to KILLED, those still RUNNING and those the stop
+    itself failed (a job stopped mid-fit ends short of its simulations); returns how many."""
     client = _client(uri)
     count = 0
     for run_id in run_ids:
-        if client.get_run(run_id).info.status == "RUNNING":
+        if client.get_run(run_id).info.status in ("RUNNING", "FAILED"):
             client.set_terminated(run_id, status="KILLED")
             count += 1
     return count
