@@ -627,8 +627,11 @@ def test_slurm_time_limits_are_read_in_every_form_sbatch_takes():
 
     forms = {"45": 2700, 45: 2700, "5:30": 330, "2:00:00": 7200, "3-0": 259200, "1-2:30": 95400, "0-0:0:9": 9}
     assert {value: time_limit_s(value) for value in forms} == forms
-    for none in (None, "UNLIMITED", "infinite", "", "0", 0, "00:00:00", "0-0", "soon", "1:2:3:4", "-5", "1:-2"):
-        assert time_limit_s(none) is None, none
+    for none in (None, "UNLIMITED", "infinite", "", "0", 0, "00:00:00", "0-0"):
+        assert time_limit_s(none) is None, none  # no limit
+    for wrong in ("soon", "1:2:3:4", "-5", -5, "1:-2", True, 1.5):
+        with pytest.raises(ValueError, match="is not a Slurm time limit"):
+            time_limit_s(wrong)
 
 
 def test_slurm_array_options_are_checked_and_indices_written_as_ranges():
@@ -782,3 +785,22 @@ def test_slurm_executor_options_are_checked_before_anything_is_submitted(options
     assert message in str(error.value) and "\n" not in str(error.value)
     SlurmExecutor.check_options({"time": "1-02:30", "mem": "512M", "cpus_per_task": 2, "max_pending_s": 30})
     SlurmExecutor.check_options({"time": "UNLIMITED", "mem": "0", "check_folder": False})
+
+
+def test_two_simulations_of_one_number_never_share_a_job_name(slurm_cluster, tmp_path, monkeypatch):
+    """A held-out and a training simulation may both be simulation 0, attempt 1: a job is
+    cancelled by its name when its sbatch hangs, so each name is the run's only one."""
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SlurmExecutor
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    executor = SlurmExecutor(log_dir=str(tmp_path), check_folder=False)
+    try:
+        held_out = executor.start(LaunchRequest(["sleep", "60"], 0, log_dir=str(tmp_path / "val")))
+        training = executor.start(LaunchRequest(["sleep", "60"], 0, log_dir=str(tmp_path / "train")))
+    finally:
+        executor.shutdown()
+    names = [held_out.job_name, training.job_name]
+    assert names[0] != names[1] and all(n.startswith("engage-sim-0-1.") for n in names), names
+    assert all(n.endswith(f"-{executor.token}") for n in names), names

@@ -671,6 +671,7 @@ class SlurmExecutor(Executor):
         self._job_options = {"partition": partition, "time": time, "cpus_per_task": cpus_per_task, "account": account}
         self._mem = mem
         self._groups = 0
+        self._jobs = 0  # simulations submitted as jobs of their own
         self._closed = False
         self.extra = [str(line) for line in (extra or [])]
         self._processes: list[SlurmProcess | SlurmTask] = []
@@ -769,10 +770,13 @@ class SlurmExecutor(Executor):
         script = folder / f"{stem}.sbatch"
         script.write_text(batch_script(self.extra, [*source_keys(keys), f"exec {shlex.join(request.command)}"]))
         log_path = folder / f"{stem}.log"
+        with self._lock:  # a held-out and a training simulation may share a number: never a name
+            self._jobs += 1
+            job_name = f"engage-{stem}.{self._jobs}-{self.token}"
         argv = [
             "sbatch",
             "--parsable",
-            f"--job-name=engage-{stem}-{self.token}",
+            f"--job-name={job_name}",
             f"--output={slurm_path(log_path)}",
             f"--chdir={os.getcwd()}",
             # a job Slurm requeued (after a node failure) would start the simulation again from its
@@ -784,7 +788,7 @@ class SlurmExecutor(Executor):
         # slurmctld stores a job's environment: none of this process's secrets (an MLflow password)
         env = {**{k: v for k, v in job_environment(os.environ).items() if k != PARENT_PID_ENV}, **own}
         process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
-        process.job_name = f"engage-{stem}-{self.token}"
+        process.job_name = job_name
         self._enqueue(process, (process, argv, env))
         return process
 

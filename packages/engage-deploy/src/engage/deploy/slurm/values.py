@@ -37,7 +37,7 @@ def time_limit_s(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"{value!r} is not a Slurm time limit")
     text = str(value).strip()
-    if text.upper() in ("UNLIMITED", "INFINITE"):
+    if text.upper() in ("", "UNLIMITED", "INFINITE"):
         return None
     days_text, dash, clock = text.partition("-") if "-" in text else ("0", "", text)
     fields = clock.split(":")
