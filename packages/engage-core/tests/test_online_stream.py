@@ -663,7 +663,7 @@ def test_permanent_failure_is_reported_and_redrawn(tmp_path, helpers_on_path):
     assert buffer.inserted == 0  # nothing malformed reached the buffer
 
 
-def test_executor_options_that_do_not_fit_name_the_field(tmp_path):
+def test_executor_options_that_do_not_fit_name_the_field(tmp_path, helpers_on_path):
     from engage.core.online import OnlineDataModule
 
     sim = ramp_simulator()
