@@ -32,3 +32,18 @@ def test_project_experiment_is_unknown_elsewhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="experiment=heat_sweep_width: unknown option"):
         compose_config(["experiment=heat_sweep_width"])
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("+experiment=heat_quick", "+experiment=heat_quick: experiment has a default; write experiment=heat_quick"),
+        ("data.executor_options.partition=debug", "add it with +data.executor_options.partition=VALUE"),
+        ("data.executor_options={log_dir: x}", "write ++data.executor_options={log_dir: x} to add"),
+        ("hydra.launcher.foo=1", "hydra.launcher.foo: unknown key; `engage run --cfg hydra` shows Hydra's keys"),
+    ],
+)
+def test_command_line_slips_get_the_line_that_fixes_them(override, line):
+    with pytest.raises(ConfigError) as error:
+        compose_config([override])
+    assert line in str(error.value), str(error.value)

@@ -53,7 +53,11 @@ def unknown_key(key: str, allowed: list[str]) -> str:
         return f"{key}: ENGAGE builds the Trainer's {name}; set it with {TRAINER_ARGUMENTS_OWNED[name]}"
     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
     hint = f"did you mean {group + '.' if group else ''}{close[0]}? " if close else ""
-    return f"{key}: unknown key; {hint}allowed: {', '.join(allowed) if allowed else '(see engage run --cfg job)'}"
+    if not allowed and key.startswith("hydra."):
+        return f"{key}: unknown key; `engage run --cfg hydra` shows Hydra's keys"
+    if not allowed:  # a mapping of free keys (data.executor_options): a new one is added with +
+        return f"{key}: not in the config; add it with +{key}=VALUE"
+    return f"{key}: unknown key; {hint}allowed: {', '.join(allowed)}"
 
 
 def explain(exc: BaseException, base: DictConfig | None = None) -> str:
@@ -64,6 +68,10 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
         cause = exc.__cause__
         why = f"{type(cause).__name__}: {_first_line(str(cause))}" if cause is not None else _first_line(text)
         return f"building {built.group(1)} failed: {why}"
+    several = re.search(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", text)
+    if several:  # +group=option where the group has a default
+        group, option = several.group(1), several.group(2)
+        return f"+{group}={option}: {group} has a default; write {group}={option}"
     parse = re.search(r"Error parsing override '([^']*)'\n(.*)", text)
     if parse:
         return f"cannot parse override {parse.group(1)!r} ({parse.group(2).strip()}); write key=value or group=option"
