@@ -30,3 +30,24 @@ def test_heat_flows_from_the_hot_boundary_and_is_symmetric():
 def test_heat_rejects_bad_settings():
     with pytest.raises(ValueError, match="grid must be >= 3"):
         HeatEquation(grid=2)
+
+
+def test_the_suite_says_which_sample_breaks_the_declaration():
+    """The suite is not a test module of the user's: its assertions say what is wrong themselves."""
+
+    class Leaky(HeatEquation):
+        def run(self, parameters):
+            for i, field in enumerate(super().run(parameters)):
+                if i == 2:
+                    field = field.copy()
+                    field[0, 0] = np.nan
+                yield field
+            yield field  # one more than declared
+
+    suite = SimulatorSuite()
+    with pytest.raises(AssertionError, match="sample 2 has 1 values that are NaN or infinite"):
+        suite.test_samples_match_declaration(Leaky(grid=8, steps=4))
+    flat = HeatEquation(grid=8, steps=4)
+    flat.sample_shape = (0, 8)
+    with pytest.raises(AssertionError, match=r"sample_shape \(0, 8\) has a size that is not positive"):
+        suite.test_declares_its_contract(flat)

@@ -483,3 +483,13 @@ def test_a_folder_the_run_cannot_write_is_one_line_naming_the_setting(setting, t
     with pytest.raises(ConfigError, match=rf"^data.{setting}: cannot .*a-file/sub.*\((Not a directory|No such file)"):
         fit(dm, tmp_path)
     assert not _running_clients()
+
+
+def test_the_fix_a_short_run_suggests_depends_on_its_rate_limit():
+    from engage.core.online.outcome import OnlineOutcome
+
+    short = OnlineOutcome(requested=8, completed=3, failed=0, given_up=0, samples_received=30, samples_trained=8,
+                          batches_trained=2)  # fmt: skip
+    assert "or lower data.rate_limit" in short.problem(1.0, rate_limit=8.0)
+    unpaced = short.problem(1.0, rate_limit=None)
+    assert "raise trainer.max_epochs or data.batches_per_epoch)" in unpaced and "rate_limit" not in unpaced

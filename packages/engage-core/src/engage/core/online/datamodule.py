@@ -407,7 +407,7 @@ class OnlineDataModule(pl.LightningDataModule):
     def check_outcome(self) -> OnlineOutcome:
         """The outcome, or :class:`~.outcome.OnlineRunFailed` when the run fell short."""
         outcome = self.outcome()
-        problem = outcome.problem(self.settings.min_completed)
+        problem = outcome.problem(self.settings.min_completed, self.settings.rate_limit)
         if problem is not None:
             raise OnlineRunFailed(f"online run failed: {problem}; {outcome.line()}")
         return outcome

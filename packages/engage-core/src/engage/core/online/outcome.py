@@ -72,8 +72,9 @@ class OnlineOutcome:
         }
         return {f"online/{names[k]}": float(v) for k, v in asdict(self).items() if v is not None}
 
-    def problem(self, min_completed: float) -> str | None:
-        """Why this run did not do what it was asked, or ``None`` when it did."""
+    def problem(self, min_completed: float, rate_limit: float | None = None) -> str | None:
+        """Why this run did not do what it was asked, or ``None`` when it did; ``rate_limit``
+        (``data.rate_limit``) picks the fix the line suggests."""
         if self.batches_trained == 0:
             return (
                 f"no batch was trained ({self.samples_received} samples received, {self.completed} simulations "
@@ -86,10 +87,10 @@ class OnlineOutcome:
             return None
         why = f" ({self.given_up} given up after its retries)" if self.given_up else ""
         if not self.given_up:
-            why = (
-                " (training ended first: raise trainer.max_epochs or data.batches_per_epoch, or lower"
-                " data.rate_limit; null paces training to the simulations)"
-            )
+            why = " (training ended first: raise trainer.max_epochs or data.batches_per_epoch"
+            if rate_limit is not None:  # reads per sample: fewer let training wait for the simulations
+                why += ", or lower data.rate_limit; null paces training to the simulations"
+            why += ")"
         return (
             f"{self.completed} of {self.requested} simulations completed; data.min_completed={min_completed} "
             f"requires {required}{why}"

@@ -70,7 +70,7 @@ class OnlineRunCheck(pl.Callback):
             return
         outcome = self._record(trainer, dm, dm.run_outcome())  # every rank's, added up
         # fast_dev_run checks that the pieces work with a batch or two: the budget is not judged
-        problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.settings.min_completed)
+        problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.settings.min_completed, dm.settings.rate_limit)
         if problem is None and self._batches == 0:
             problem = (
                 f"no batch was trained in this fit: it resumed at step {trainer.global_step}, where training "

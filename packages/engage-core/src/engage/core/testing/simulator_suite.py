@@ -27,22 +27,29 @@ class SimulatorSuite:
         return simulator.space.from_unit(np.full((1, simulator.space.dim), u))[0]
 
     def test_declares_its_contract(self, simulator):
-        assert isinstance(simulator, Simulator)
-        assert isinstance(simulator.space, ParameterSpace) and simulator.space.dim >= 1
-        assert all(int(s) > 0 for s in simulator.sample_shape)
+        assert isinstance(simulator, Simulator), f"{type(simulator).__name__} is not a Simulator"
+        space = simulator.space
+        assert isinstance(space, ParameterSpace) and space.dim >= 1, f"space is {space!r}, not a ParameterSpace"
+        shape = tuple(simulator.sample_shape)
+        assert all(int(s) > 0 for s in shape), f"sample_shape {shape} has a size that is not positive"
         np.dtype(simulator.dtype)
-        assert simulator.samples_per_run is None or simulator.samples_per_run >= 1
+        per_run = simulator.samples_per_run
+        assert per_run is None or per_run >= 1, f"samples_per_run is {per_run!r}; give None or at least 1"
 
     def test_samples_match_declaration(self, simulator):
         samples = list(simulator.run(self._point(simulator)))
         assert samples, "a run produced no samples"
-        for sample in samples:
-            assert sample.shape == tuple(simulator.sample_shape)
-            assert sample.dtype == np.dtype(simulator.dtype)
+        shape, dtype = tuple(simulator.sample_shape), np.dtype(simulator.dtype)
+        for i, sample in enumerate(samples):
+            assert sample.shape == shape, f"sample {i} has shape {sample.shape}; sample_shape declares {shape}"
+            assert sample.dtype == dtype, f"sample {i} is {sample.dtype}; dtype declares {dtype}"
             if np.issubdtype(sample.dtype, np.floating):
-                assert np.all(np.isfinite(sample))
+                bad = np.size(sample) - int(np.isfinite(sample).sum())
+                assert not bad, f"sample {i} has {bad} values that are NaN or infinite"
         if simulator.samples_per_run is not None:
-            assert len(samples) == simulator.samples_per_run
+            assert len(samples) == simulator.samples_per_run, (
+                f"a run yielded {len(samples)} samples; samples_per_run declares {simulator.samples_per_run}"
+            )
 
     def test_fresh_samples_claim_holds(self, simulator):
         # a simulator that says its samples are fresh must not hand out the same memory twice:
@@ -67,8 +74,11 @@ class SimulatorSuite:
         if simulator.value_range is None:
             pytest.skip("no value_range declared")
         low, high = simulator.value_range
-        for sample in simulator.run(self._point(simulator, 0.8)):
-            assert sample.min() >= low - 1e-3 * abs(high - low) and sample.max() <= high + 1e-3 * abs(high - low)
+        slack = 1e-3 * abs(high - low)
+        for i, sample in enumerate(simulator.run(self._point(simulator, 0.8))):
+            assert sample.min() >= low - slack and sample.max() <= high + slack, (
+                f"sample {i} spans [{sample.min()}, {sample.max()}]; value_range declares [{low}, {high}]"
+            )
 
     def test_rejects_out_of_range_parameters(self, simulator):
         bad = simulator.space.bounds[:, 1] + 1.0 + np.abs(simulator.space.bounds[:, 1])
