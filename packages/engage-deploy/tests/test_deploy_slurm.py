@@ -804,3 +804,20 @@ def test_two_simulations_of_one_number_never_share_a_job_name(slurm_cluster, tmp
     names = [held_out.job_name, training.job_name]
     assert names[0] != names[1] and all(n.startswith("engage-sim-0-1.") for n in names), names
     assert all(n.endswith(f"-{executor.token}") for n in names), names
+
+
+def test_a_simulation_job_that_fails_reports_its_own_exit_code(slurm_cluster, tmp_path, monkeypatch):
+    """Slurm's FAILED state says only that the script exited non-zero: the code it exited with
+    (scontrol's ExitCode) is the attempt's, not the executor's own failure code."""
+    from engage.core.executors import LaunchRequest
+    from engage.deploy.slurm.executor import SLURM_FAILURE, SlurmExecutor
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    executor = SlurmExecutor(log_dir=str(tmp_path), check_folder=False)
+    try:
+        failing = executor.start(LaunchRequest(["sh", "-c", "echo broken >&2; exit 3"], 0, log_dir=str(tmp_path)))
+        assert _wait_for_exit(failing) == 3 != SLURM_FAILURE
+        assert "FAILED" in failing.stderr_tail() and "broken" in failing.stderr_tail()
+    finally:
+        executor.shutdown()

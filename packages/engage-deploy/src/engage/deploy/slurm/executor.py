@@ -104,6 +104,18 @@ def base_state(state: str) -> str:
     return state.split("+")[0].upper()
 
 
+def job_exit_code(job_id: str) -> int | None:
+    """The exit code Slurm recorded for an ended job (``ExitCode=CODE:SIGNAL`` of ``scontrol show
+    job``: its batch script's, so its simulation's), while the controller still knows the job;
+    ``None`` when it does not, or the job ended by a signal."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    code, _, signum = parse_job_line(out.stdout).get("ExitCode", "").partition(":")
+    return int(code) if code.isdigit() and int(code) > 0 and signum in ("", "0") else None
+
+
 def exit_code_for(line: str) -> int | None:
     """The exit code a simulation process reports for this job line, or ``None`` while it runs."""
     return exit_code_for_state(job_state(line))
@@ -558,6 +570,8 @@ class SlurmProcess(SimulationProcess):
             return None
         if code:
             self.ended = f"{state} ({reason})" if reason and reason != "None" else state
+            if state == "FAILED":  # its script's own exit code, where Slurm kept it (a crash, an error)
+                code = job_exit_code(self.job_id) or code
         return None if code is None else self._settle(code)
 
     def _settle(self, code: int) -> int:
