@@ -22,15 +22,18 @@ SHAPE = (8, 8)
 STEPS = 6
 
 
-def ramp(parameters: dict, steps: int = STEPS, crash_marker: str | None = None, delay: float = 0.0):
+def ramp(parameters: dict, steps: int = STEPS, crash_marker: str | None = None, delay: float = 0.0, nan_at: int = -1):
     """``steps`` fields equal to ``x * (t + 1)``; with ``crash_marker``, the first run to create
-    the marker SIGKILLs itself after two samples."""
+    the marker SIGKILLs itself after two samples; sample ``nan_at`` holds one NaN."""
     for t in range(steps):
         if crash_marker and t == 2 and not os.path.exists(crash_marker):
             open(crash_marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(delay)
-        yield np.full(SHAPE, parameters["x"] * (t + 1), dtype=np.float32)
+        field = np.full(SHAPE, parameters["x"] * (t + 1), dtype=np.float32)
+        if t == nan_at:
+            field[0, 0] = np.nan
+        yield field
 
 
 class Rogue(Simulator):

@@ -91,6 +91,15 @@ def test_a_simulator_that_yields_more_than_it_declares_fails_its_attempt_naming_
     assert not _running_clients()
 
 
+def test_a_sample_with_nan_fails_the_run_naming_its_simulation(tmp_path, helpers_on_path):
+    """Trained on, a NaN makes the loss NaN and the run would still end as if it had succeeded."""
+    dm = datamodule(ramp(nan_at=3), simulations=2, batches_per_epoch=3)
+    with pytest.raises(OnlineRunFailed, match=r"simulation [01](, 1)? sent samples with NaN or infinite values"):
+        fit(dm, tmp_path)
+    assert dm.ledger.batches_trained < 3
+    assert not _running_clients()
+
+
 def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path, helpers_on_path):
     dm = datamodule(ramp(delay=0.2), simulations=4, concurrency=1, batches_per_epoch=1, capacity=8)
     with pytest.raises(OnlineRunFailed, match=r"of 4 simulations completed; data.min_completed=1.0 requires 4"):

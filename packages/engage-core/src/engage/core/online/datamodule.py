@@ -61,6 +61,22 @@ def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
     log.warning("%s; the model and batches need room too: consider data.capacity=%d", what, max(1, fits))
 
 
+def check_finite(batch: dict[str, np.ndarray]) -> None:
+    """:class:`OnlineRunFailed` naming the simulations whose samples in ``batch`` hold NaN or
+    infinite values: a model trained on them learns nothing, and the run would report success.
+    One sum of the batch decides (NaN and infinities survive it); only then are rows looked at."""
+    target = batch["target"]
+    if target.dtype.kind != "f" or np.isfinite(target.sum()):
+        return
+    broken = ~np.isfinite(target.reshape(len(target), -1)).all(axis=1)
+    if broken.any():  # else the sum itself overflowed: every value is finite
+        simulations = sorted({int(i) for i in batch["simulation_id"][broken]})
+        raise OnlineRunFailed(
+            f"simulation {', '.join(map(str, simulations))} sent samples with NaN or infinite values "
+            f"({int(broken.sum())} of a batch of {len(target)}); the simulator produced them, fix it there"
+        )
+
+
 class BufferStream(IterableDataset):
     """Batches drawn from the training buffer; one pass is one epoch of ``batches_per_epoch``.
 
@@ -87,6 +103,7 @@ class BufferStream(IterableDataset):
                 if trainer is not None:
                     trainer.should_stop = True
                 return
+            check_finite(batch)  # type: ignore[arg-type]
             dm.ledger.handed_out(batch)  # type: ignore[arg-type]
             yield {
                 "parameters": torch.from_numpy(batch["parameters"]),  # type: ignore[index]
