@@ -100,6 +100,17 @@ def test_a_sample_with_nan_fails_the_run_naming_its_simulation(tmp_path, helpers
     assert not _running_clients()
 
 
+def test_a_held_out_simulation_that_fails_names_the_fixes_that_apply_to_it(tmp_path, helpers_on_path):
+    """Every held-out simulation must complete and none is redrawn: data.on_failure and
+    data.min_completed, which the training simulations' line suggests, do not apply to them."""
+    dm = datamodule(ramp(steps=8), val_simulations=1, retries=0)
+    with pytest.raises(OnlineRunFailed) as error:
+        fit(dm, tmp_path)
+    line = str(error.value)
+    assert "held-out simulation 0 failed after 1 attempts" in line and "lower data.val_simulations" in line, line
+    assert "on_failure" not in line and "min_completed" not in line, line
+
+
 def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path, helpers_on_path):
     dm = datamodule(ramp(delay=0.2), simulations=4, concurrency=1, batches_per_epoch=1, capacity=8)
     with pytest.raises(OnlineRunFailed, match=r"of 4 simulations completed; data.min_completed=1.0 requires 4"):

@@ -59,8 +59,11 @@ class SimulationMessages:
         on_failure: str,
         min_completed: float,
         simulator_spec: dict[str, Any] | None = None,
+        held_out: bool = False,
     ):
         self.fleet, self.steering, self.state = fleet, steering, state
+        #: whether these are held-out simulations (every one must complete; none is redrawn)
+        self.held_out = held_out
         self.credit, self.receiver, self.buffer = credit, receiver, buffer
         self.spec_samples, self.hooks, self.job = spec, hooks, job
         self.on_failure = on_failure
@@ -245,6 +248,12 @@ class SimulationMessages:
         self.steering.given_up(rec, redraw)
         requested, lost = self.steering.requested, counts.failed - self.steering.dropped
         if not redraw and requested is not None and lost > requested - math.ceil(self.min_completed * requested - 1e-9):
+            if self.held_out:
+                raise SchedulerError(
+                    f"held-out simulation {rec.simulation_id} failed after {rec.failures} attempts "
+                    f"({one_line(reason, 200)}); every held-out simulation must complete (raise data.retries, "
+                    "or lower data.val_simulations)"
+                )
             raise SchedulerError(
                 f"simulation {rec.simulation_id} failed after {rec.failures} attempts ({one_line(reason, 200)}); "
                 f"{lost} of {requested} simulations given up, so min_completed={self.min_completed} cannot "

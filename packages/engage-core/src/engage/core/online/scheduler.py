@@ -121,9 +121,10 @@ class SimulationScheduler:
         rank: int = 0,
         world_size: int = 1,
         hooks: Any = None,
+        held_out: bool = False,
     ):
         # the online config's one range check, for its settings here (its journal is an object)
-        check_settings({k: v for k, v in locals().items() if k != "journal"})
+        check_settings({k: v for k, v in locals().items() if k not in ("journal", "held_out")})
         self.simulator = simulator
         self.sampler = sampler
         self.buffer = buffer
@@ -177,7 +178,7 @@ class SimulationScheduler:
             fleet=self.fleet, steering=self.steering, state=self.state, credit=self.credit,
             receiver=SampleReceiver(self.spec_samples, buffer, self.credit, self.state.counts), buffer=buffer,
             spec=self.spec_samples, hooks=hooks, on_failure=on_failure, min_completed=min_completed,
-            simulator_spec=simulator_spec,
+            simulator_spec=simulator_spec, held_out=held_out,
             job={
                 "heartbeat_interval": heartbeat_interval,
                 "server_timeout": max(heartbeat_timeout, 10 * heartbeat_interval),

@@ -105,6 +105,7 @@ def new_scheduler(
         rank=0 if validation else rank,
         world_size=1 if validation else world_size,
         hooks=hooks,
+        held_out=validation,
     )
 
 
