@@ -188,10 +188,12 @@ def test_two_runs_in_one_folder_are_independent(tmp_path, helpers_on_path):
         ({"shared_memory": "no"}, "data.shared_memory: must be true or false, got 'no'"),
         ({"journal": 5}, "data.journal: must be text or null, got 5"),
         ({"seed": "x"}, "data.seed: must be a whole number, got 'x'"),
+        ({"simulations": np.float64(3.0)}, "data.simulations: must be a whole number or null"),
     ],
 )
 def test_every_online_setting_is_range_checked_once(setting, message, helpers_on_path):
     sim = ramp()
+    OnlineDataModule(sim, UniformSampler(sim.space), simulations=np.int64(4), rate_limit=np.float32(2))  # numpy's
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         OnlineDataModule(sim, UniformSampler(sim.space), **setting)
 

@@ -821,3 +821,13 @@ def test_a_simulation_job_that_fails_reports_its_own_exit_code(slurm_cluster, tm
         assert "FAILED" in failing.stderr_tail() and "broken" in failing.stderr_tail()
     finally:
         executor.shutdown()
+
+
+def test_a_job_no_node_can_hold_is_refused_naming_what_it_asks(slurm_cluster, tmp_path, monkeypatch):
+    from engage.core.config.validate import ConfigError
+    from engage.deploy.slurm.executor import SlurmExecutor
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"no node of the partition has what a job asks \(--mem=999G\); lower mem"):
+        SlurmExecutor(log_dir=str(tmp_path), check_folder=False, mem="999G")

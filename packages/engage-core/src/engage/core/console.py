@@ -12,8 +12,13 @@ TIP_PREFIX = "💡 Tip:"
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 #: Lightning's package loggers, which print its messages
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
-#: warnings raised inside Lightning about its own use of other libraries (regular expressions)
-INTERNAL_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+#: warnings a user of ``engage run`` cannot act on (regular expressions): Lightning's about its
+#: own use of other libraries, and its advice to prefix the command with ``srun`` wherever Slurm
+#: is installed (``engage run`` puts runs in Slurm jobs through its launcher, never so)
+INTERNAL_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The `srun` command is available on your system but is not used",
+)
 
 
 class NoTips(logging.Filter):

@@ -6,6 +6,7 @@ Every field is type-checked when the config is composed; ranges are checked in
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,12 @@ class ConfigValueError(ValueError):
         self.message = message
 
 
-_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str, os.PathLike)}
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (numbers.Integral,),  # numpy's integers too
+    "float": (numbers.Real,),
+    "bool": (bool,),
+    "str": (str, os.PathLike),
+}
 _KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 

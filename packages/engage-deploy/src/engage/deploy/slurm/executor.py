@@ -417,6 +417,12 @@ def check_submission(flags: list[str], field: str, what: str) -> None:
         msg = " ".join(out.stderr.split())
         if "partition" in msg.lower():
             raise ConfigError(f"{field}.partition: {msg}; pick one that `sinfo` lists") from None
+        if "node configuration is not available" in msg or "memory specification" in msg.lower():
+            asked = " ".join(flag for flag in flags if flag.startswith(("--mem", "--cpus", "--gpus", "--nodes")))
+            raise ConfigError(
+                f"{field}: {msg}: no node of the partition has what a job asks ({asked or 'its defaults'}); "
+                "lower mem or cpus_per_task (`sinfo -N -l` lists the nodes' CPUs and memory)"
+            ) from None
         raise ConfigError(f"{what}: {msg}; check that slurmctld is reachable (`sinfo`) and {field}") from None
 
 
