@@ -48,9 +48,8 @@ def check_types(owner: object) -> None:
         value = getattr(owner, f.name)
         if (value is None and "None" in kinds) or (isinstance(value, str) and value.startswith("${")):
             continue
-        if (isinstance(value, bool) and "bool" not in known) or not isinstance(
-            value, sum((_KINDS[k] for k in known), ())
-        ):
+        allowed = tuple(kind for k in known for kind in _KINDS[k])
+        if (isinstance(value, bool) and "bool" not in known) or not isinstance(value, allowed):
             wanted = " or ".join(_KIND_WORDS[k] for k in known) + (" or null" if "None" in kinds else "")
             raise ConfigValueError(f.name, f"must be {wanted}, got {value!r}")
 
