@@ -104,3 +104,68 @@ def test_engage_plugins_reports_what_each_plugin_adds_from_pluggy_records(capsys
         assert expected in deploy
     assert "strategy: memory, memory_ddp" in contributions("memory")
     assert "callbacks: image_similarity, loss_driven, sensitivity" in contributions("sampling")
+
+
+def test_a_package_that_declares_a_plugin_name_already_taken_is_refused(tmp_path, monkeypatch):
+    """pluggy loads the first of two entry points of one name and skips the other: another
+    package's ``sampling`` would silently replace engage-sampling."""
+    _install(tmp_path, monkeypatch, "sampling", "")
+    with pytest.raises(PluginError) as failure:
+        load_plugins(new_plugin_manager(installed=False))
+    message = str(failure.value)
+    assert "'sampling-plugin'" in message and "'engage-sampling'" in message, message
+    assert "both declare the ENGAGE plugin 'sampling'" in message and "\n" not in message
+
+
+def test_two_plugins_offering_one_option_are_named_instead_of_one_winning(tmp_path, monkeypatch):
+    from engage.core.config.store import config_options
+
+    _install(
+        tmp_path,
+        monkeypatch,
+        "clash",
+        """
+        from dataclasses import dataclass
+        from engage.core import hookimpl
+        from engage.core.config.options import ConfigOption
+
+        @dataclass
+        class Heat:
+            _target_: str = "engage.core.simulators.heat.HeatEquation"
+
+        @hookimpl
+        def engage_config_options():
+            return [ConfigOption("simulator", "heat", Heat())]
+        """,
+    )
+    with pytest.raises(PluginError, match=r"plugins '\w+' and 'clash' both offer simulator=heat; rename one"):
+        config_options(load_plugins(new_plugin_manager(installed=False)))
+
+
+def test_an_observer_of_the_run_end_that_raises_fails_the_run_naming_it(tmp_path, monkeypatch):
+    """Its record would say FINISHED, though the run did not end as it should."""
+    import os
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    _install(plugin, monkeypatch, "observer", """
+        from engage.core import hookimpl
+
+        @hookimpl
+        def engage_run_finished(record):
+            raise RuntimeError("the report server is down")
+        """)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    tiny = ["simulator.grid=8", "simulator.steps=10", "data.simulations=2", "data.val_simulations=1",
+            "trainer.max_epochs=1", "model.width=4"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "engage.core.cli", "run", *tiny], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 4, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "plugin 'observer' failed in engage_run_finished: RuntimeError: the report server is down" in last, last
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    assert run.info.status == "FAILED"

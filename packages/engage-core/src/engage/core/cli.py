@@ -118,7 +118,7 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
     refused = None
     if isinstance(exc, OverrideParseException):
         refused = unparsable([a for a in args if "=" in a and not a.startswith("-")])
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, PluginError)):  # a plugin's contribution that cannot work
         line, code = str(exc), EXIT_CONFIG_ERROR
     elif refused is not None:
         line, code = refused, EXIT_CONFIG_ERROR

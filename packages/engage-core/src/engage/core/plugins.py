@@ -6,7 +6,7 @@ import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import Distribution, entry_points
+from importlib.metadata import Distribution, distributions, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
     """
     for name in disabled_plugins():
         manager.set_blocked(name)
+    _check_entry_point_names()
     try:
         manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=CORE_PLUGIN)
         manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
@@ -78,6 +79,21 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
             f"fix its name (engage plugins lists the hooks), or set {DISABLE_ENV}={name}"
         ) from exc
     return manager
+
+
+def _check_entry_point_names() -> None:
+    """Two installed packages that declare one plugin name: pluggy would load the first and skip
+    the other silently (``sampling`` of another package would replace engage-sampling)."""
+    seen: dict[str, str] = {}
+    for dist in distributions():
+        for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+            package = dist.metadata["Name"] or "?"
+            if seen.get(ep.name, package) != package:
+                raise PluginError(
+                    f"packages {seen[ep.name]!r} and {package!r} both declare the ENGAGE plugin {ep.name!r}; "
+                    "rename the entry point of one of them, or uninstall it"
+                )
+            seen[ep.name] = package
 
 
 def _load_error(manager: pluggy.PluginManager, exc: Exception) -> PluginError:
@@ -118,6 +134,25 @@ def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[
         caller = manager.subset_hook_caller(hook, remove_plugins=others)
         for result in caller(**kwargs):
             results.append((name, result))
+    return results
+
+
+class PluginHookError(PluginError):
+    """A plugin's hook implementation raised; the message names the plugin, the hook and why."""
+
+
+def call_each(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[Any]:
+    """Call hook ``hook`` as pluggy would (each implementation, in pluggy's order), one plugin at
+    a time so that one that raises is named: :class:`PluginHookError`."""
+    results = []
+    for impl in reversed(getattr(manager.hook, hook).get_hookimpls()):
+        others = [plugin for name, plugin in manager.list_name_plugin() if name != impl.plugin_name and plugin]
+        try:
+            results.extend(manager.subset_hook_caller(hook, remove_plugins=others)(**kwargs))
+        except Exception as exc:
+            raise PluginHookError(
+                f"plugin {impl.plugin_name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            ) from exc
     return results
 
 

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
+from engage.core.plugins import PluginError
 from engage.core.tracking.store import TrackingUnavailable
 
 EXIT_TRACKING_UNAVAILABLE = 3
@@ -126,6 +127,8 @@ def task(cfg: DictConfig) -> float | None:
         _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
     except Requeued as exc:
         _fail(str(exc), EXIT_REQUEUED)
+    except PluginError as exc:  # a plugin's hook that raised during the run (its MLflow run is FAILED)
+        _fail(str(exc), EXIT_RUN_FAILED)
     except Exception as exc:
         buffer = sys.modules.get("engage.core.online.buffer")  # loaded if the run got that far
         closed = getattr(buffer, "BufferClosed", None)

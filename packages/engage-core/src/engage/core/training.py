@@ -33,7 +33,7 @@ from engage.core.files import write_private
 from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
-from engage.core.plugins import flatten, get_plugin_manager
+from engage.core.plugins import PluginHookError, call_each, flatten, get_plugin_manager
 from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console, sigterm_raises_terminated
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
@@ -301,6 +301,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule._log_hyperparams = False
 
     status, error = "FINISHED", None
+    hook_failure: PluginHookError | None = None  # an observer of the run's end that raised
     started = time.perf_counter()
     timeline = None
     if tracked is not None:
@@ -313,7 +314,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     put_back_sigterm = sigterm_raises_terminated()
     try:
         if tracked is not None:
-            manager.hook.engage_run_started(record=RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir)))
+            opened = RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir))
+            call_each(manager, "engage_run_started", record=opened)
             if not tracked.continued:
                 tracked.record(cfg, output_dir)
             if ckpt_path is not None:
@@ -368,13 +370,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                 console.print(f"engage run: {line}", highlight=False, markup=False)
                         # observers add their records while the run is still open
                         record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
-                        manager.hook.engage_run_finished(record=record)
+                        try:
+                            call_each(manager, "engage_run_finished", record=record)
+                        except PluginHookError as exc:  # the run did not end as it should: never FINISHED
+                            hook_failure = exc
+                            status = "FAILED" if status == "FINISHED" else status
                     finally:
                         manager.unregister(timeline)
                         tracked.close(status)
             finally:
                 leave_distributed(distributed_env)
                 put_back_sigterm()
+    if hook_failure is not None:
+        raise hook_failure
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         # the counts MLflow holds: recorded when training ended (simulations without a budget go on

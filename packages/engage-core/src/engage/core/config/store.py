@@ -10,18 +10,40 @@ from hydra.core.config_store import ConfigStore
 
 from engage.core.config.options import ConfigOption
 from engage.core.config.schema import EngageConfig
-from engage.core.plugins import flatten, get_plugin_manager
+from engage.core.plugins import DISABLE_ENV, PluginError, flatten, get_plugin_manager
 
 SCHEMA_NAME = "engage_schema"
 
 
 def config_options(manager: pluggy.PluginManager | None = None) -> list[tuple[str, ConfigOption]]:
-    """``(plugin name, option)`` for every option of every installed plugin."""
+    """``(plugin name, option)`` for every option of every installed plugin. A plugin whose hook
+    raises or returns something else than a list of :class:`ConfigOption`, and two plugins that
+    offer one ``group=name``, are :class:`PluginError` naming them: the last would win silently."""
     manager = manager or get_plugin_manager()
-    found = []
+    found: list[tuple[str, ConfigOption]] = []
+    owner: dict[tuple[str, str], str] = {}
     for impl in manager.hook.engage_config_options.get_hookimpls():
-        for option in impl.function() or ():
-            found.append((impl.plugin_name, option))
+        plugin = impl.plugin_name
+        try:
+            options = impl.function()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin!r} failed in engage_config_options: {type(exc).__name__}: {exc}; "
+                f"fix it, or set {DISABLE_ENV}={plugin}"
+            ) from exc
+        if isinstance(options, ConfigOption) or not all(isinstance(o, ConfigOption) for o in options or ()):
+            raise PluginError(
+                f"plugin {plugin!r}: engage_config_options must return a list of ConfigOption, got {options!r}"
+            )
+        for option in options or ():
+            key = (option.group, option.name)
+            if key in owner:
+                raise PluginError(
+                    f"plugins {owner[key]!r} and {plugin!r} both offer {option.group}={option.name}; rename one "
+                    f"option, or set {DISABLE_ENV} to one of them"
+                )
+            owner[key] = plugin
+            found.append((plugin, option))
     return found
 
 
