@@ -166,10 +166,12 @@ def engage_commands() -> Sequence[Command]:
 def engage_simulation_started(record: SimulationRecord) -> None:
     """A simulation process was started.
 
-    Called on the online scheduler's thread once per attempt, right after its process started;
+    Called on the online scheduler's thread once per attempt of a training simulation (held-out
+    simulations, run for validation, are not reported), right after its process started;
     ``record`` is the simulation's :class:`~engage.core.online.record.SimulationRecord`
-    (``record.simulation_id``, ``record.attempt``, ``record.values``, ``record.status ==
-    "running"``). An exception raised here fails the run, naming the hook.
+    (``record.simulation_id``, ``record.attempt``, ``record.parameters`` by name,
+    ``record.vector`` and ``record.unit`` as lists, ``record.status == "running"``). An
+    exception raised here fails the run, naming the hook.
     """
 
 
