@@ -169,3 +169,34 @@ def test_an_observer_of_the_run_end_that_raises_fails_the_run_naming_it(tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_registry_clashes_and_failing_hooks_name_their_plugins():
+    from engage.core import hookimpl
+    from engage.core.plugins import PluginHookError, call_each, samplers
+
+    class One:
+        @staticmethod
+        @hookimpl
+        def engage_samplers():
+            return {"grid": int}
+
+    class Two:
+        @staticmethod
+        @hookimpl
+        def engage_samplers():
+            return {"grid": float}
+
+    manager = new_plugin_manager([("one", One), ("two", Two)], installed=False)
+    with pytest.raises(PluginError, match=r"plugins '(one|two)' and '(one|two)' both register the sampler 'grid'"):
+        samplers(manager)
+
+    class Broken:
+        @staticmethod
+        @hookimpl
+        def engage_callbacks(cfg):
+            raise KeyError("logger")
+
+    manager = new_plugin_manager([("broken", Broken)], installed=False)
+    with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in engage_callbacks: KeyError: 'logger'"):
+        call_each(manager, "engage_callbacks", cfg=None)

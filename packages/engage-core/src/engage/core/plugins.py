@@ -125,15 +125,24 @@ def new_plugin_manager(plugins: Iterable[tuple[str, Any]] = (), *, installed: bo
 
 def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
     """``(plugin name, result)`` of one hook for each plugin implementing it, each called through
-    pluggy (``subset_hook_caller``), in the order pluggy calls them."""
-    impls = getattr(manager.hook, hook).get_hookimpls()
-    names = [impl.plugin_name for impl in reversed(impls)]
+    pluggy (``subset_hook_caller``), in the order pluggy calls them; a plugin whose
+    implementation raises is :class:`PluginHookError` naming it."""
+    caller_of = getattr(manager.hook, hook)
+    first_result = bool(caller_of.spec and caller_of.spec.opts.get("firstresult"))
+    names = [impl.plugin_name for impl in reversed(caller_of.get_hookimpls())]
     results = []
     for name in names:
         others = [plugin for other, plugin in manager.list_name_plugin() if other != name and plugin is not None]
         caller = manager.subset_hook_caller(hook, remove_plugins=others)
-        for result in caller(**kwargs):
-            results.append((name, result))
+        try:
+            answers = caller(**kwargs)
+        except Exception as exc:
+            raise PluginHookError(
+                f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            ) from exc
+        if first_result:  # one value (None: no answer), as pluggy gives for such a hook
+            answers = [] if answers is None else [answers]
+        results.extend((name, result) for result in answers)
     return results
 
 
@@ -142,28 +151,24 @@ class PluginHookError(PluginError):
 
 
 def call_each(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[Any]:
-    """Call hook ``hook`` as pluggy would (each implementation, in pluggy's order), one plugin at
-    a time so that one that raises is named: :class:`PluginHookError`."""
-    results = []
-    for impl in reversed(getattr(manager.hook, hook).get_hookimpls()):
-        others = [plugin for name, plugin in manager.list_name_plugin() if name != impl.plugin_name and plugin]
-        try:
-            results.extend(manager.subset_hook_caller(hook, remove_plugins=others)(**kwargs))
-        except Exception as exc:
-            raise PluginHookError(
-                f"plugin {impl.plugin_name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}"
-            ) from exc
-    return results
+    """The results of hook ``hook`` as pluggy would call it, one plugin at a time so that one that
+    raises is named (:class:`PluginHookError`)."""
+    return [result for _, result in per_plugin(manager, hook, **kwargs)]
 
 
-def merge_mappings(results: Iterable[Mapping[str, Any] | None], what: str) -> dict[str, Any]:
-    """Merge the mappings returned by a registry hook; two plugins claiming one name is an error."""
+def merge_mappings(results: Iterable[tuple[str, Mapping[str, Any] | None]], what: str) -> dict[str, Any]:
+    """Merge the ``(plugin name, mapping)`` results of a registry hook; two plugins claiming one
+    name is an error naming both."""
     merged: dict[str, Any] = {}
-    for result in results:
+    owner: dict[str, str] = {}
+    for plugin, result in results:
         for name, value in (result or {}).items():
             if name in merged and merged[name] is not value:
-                raise PluginError(f"two plugins register the {what} {name!r}; uninstall one of them")
-            merged[name] = value
+                raise PluginError(
+                    f"plugins {owner[name]!r} and {plugin!r} both register the {what} {name!r}; uninstall one "
+                    f"of them, or set {DISABLE_ENV} to one"
+                )
+            merged[name], owner[name] = value, plugin
     return merged
 
 
@@ -213,28 +218,28 @@ def plugin_infos(manager: pluggy.PluginManager | None = None) -> list[PluginInfo
 def samplers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed sampler class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(manager.hook.engage_samplers(), "sampler")
+    return merge_mappings(per_plugin(manager, "engage_samplers"), "sampler")
 
 
 def simulators(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed simulator class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(manager.hook.engage_simulators(), "simulator")
+    return merge_mappings(per_plugin(manager, "engage_simulators"), "simulator")
 
 
 def executors(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed executor class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(manager.hook.engage_executors(), "executor")
+    return merge_mappings(per_plugin(manager, "engage_executors"), "executor")
 
 
 def providers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed infrastructure provider class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(manager.hook.engage_providers(), "provider")
+    return merge_mappings(per_plugin(manager, "engage_providers"), "provider")
 
 
 def placement_solvers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed placement solver factory by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(manager.hook.engage_placement_solvers(), "placement solver")
+    return merge_mappings(per_plugin(manager, "engage_placement_solvers"), "placement solver")

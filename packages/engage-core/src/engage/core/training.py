@@ -70,7 +70,8 @@ def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
 
 
 def build_strategy(cfg: DictConfig) -> Any:
-    from_plugin = get_plugin_manager().hook.engage_strategy(cfg=cfg)
+    # the first plugin's answer wins, as pluggy's firstresult would have it
+    from_plugin = next(iter(call_each(get_plugin_manager(), "engage_strategy", cfg=cfg)), None)
     if from_plugin is not None:
         return from_plugin
     node = cfg.strategy
@@ -87,7 +88,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     from engage.core.callbacks import EngageProgressBar
 
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
-    callbacks += flatten(get_plugin_manager().hook.engage_callbacks(cfg=cfg))
+    callbacks += flatten(call_each(get_plugin_manager(), "engage_callbacks", cfg=cfg))
     if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(EngageProgressBar())
     if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
