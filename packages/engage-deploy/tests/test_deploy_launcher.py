@@ -97,6 +97,18 @@ def test_engage_run_ends_a_sweep_whose_job_process_died_with_one_line_and_exit_c
     assert last.endswith("jobs/0/stderr.log")
 
 
+def test_a_job_killed_by_a_signal_no_one_here_sent_is_a_failure_that_retries_cover(tmp_path: Path) -> None:
+    """SIGKILL from the kernel's out-of-memory killer is no interrupt of the sweep: the attempt
+    failed, named so, and is retried; only jobs the launcher stopped are KILLED."""
+    marker = tmp_path / "killed-once"
+    proc = run_app(tmp_path, *NO_MLFLOW, "hydra.launcher.retries=1", "+x=1", f"+sigkill_marker={marker}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "job process was killed by SIGKILL (out of memory at the host's limit" in proc.stdout + proc.stderr
+    (folder,) = experiment_folders(tmp_path)
+    assert results(folder)[0]["status"] == "COMPLETED" and results(folder)[0]["attempt"] == 2
+    assert json.loads((folder / "sweep.json").read_text())["report"]["retried"] == 1
+
+
 def test_retries_and_fail_fast(tmp_path: Path) -> None:
     marker = tmp_path / "flaky"
     proc = run_app(tmp_path, *NO_MLFLOW, "hydra.launcher.retries=1", "+x=1,2", f"+flaky_marker={marker}")

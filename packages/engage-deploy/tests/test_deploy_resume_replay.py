@@ -58,6 +58,9 @@ def test_killed_sweep_marks_killed_and_resumes(tmp_path: Path) -> None:
     (folder,) = (tmp_path / "sweep" / ".engage").glob("*")
     statuses = {i: json.loads((folder / "jobs" / str(i) / "result.json").read_text())["status"] for i in range(4)}
     assert statuses == {0: "COMPLETED", 1: "COMPLETED", 2: "KILLED", 3: "NOT_STARTED"}
+    report = json.loads((folder / "sweep.json").read_text())["report"]
+    assert (report["failed"], report["killed"]) == (0, 1), report  # stopped, not failed
+    assert "job 2 failed" not in out, out[-2000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = sweep_runs(uri)
     assert not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"

@@ -1,5 +1,6 @@
-"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, sleep, exit with an
-error after returning, or log its own MLflow run under the sweep's parent run."""
+"""A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, be killed once by
+SIGKILL, sleep, exit with an error after returning, or log its own MLflow run under the sweep's
+parent run."""
 
 import json
 import os
@@ -47,6 +48,10 @@ def main(cfg: DictConfig) -> int:
         threading.Thread(target=lambda: (time.sleep(0.5), os._exit(5))).start()
     if x == int(cfg.get("fail_on", -1)):
         raise ValueError(f"boom at x={x}")
+    marker = cfg.get("sigkill_marker")  # killed once by SIGKILL, as the out-of-memory killer would
+    if marker and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), 9)
     flaky = cfg.get("flaky_marker")  # every job fails once, or the one of x=flaky_on
     if flaky and x == int(cfg.get("flaky_on", x)) and not Path(f"{flaky}.{x}").exists():
         Path(f"{flaky}.{x}").write_text("failed once")

@@ -268,6 +268,8 @@ class JobExecution:
         with self._lock:
             if ret.status == JobStatus.COMPLETED:
                 self.report.completed += 1
+            elif job.index in self._stopped and summary.get("status") == "KILLED":
+                pass  # stopped by an interrupt: counted killed, not failed
             else:
                 self.report.failed += 1
                 if self.options.fail_fast:
@@ -417,7 +419,7 @@ class JobExecution:
         if batch_id:
             summary["batch_job_id"] = batch_id
         self.folder.write_result(job.index, summary)
-        if ret.status != JobStatus.COMPLETED:
+        if ret.status != JobStatus.COMPLETED and not (summary["status"] == "KILLED" and not timed_out):
             log.error("job %d failed on %s: %s (logs in %s)", job.index, host.name, summary["error"], job.folder)
         samples = monitor.job_samples_dicts(key)
         (job.folder / "system.json").write_text(json.dumps(samples))
@@ -466,17 +468,25 @@ class JobExecution:
                 log.warning("job %d: the end of its stderr:\n%s", job.index, tail)
             return _failed_return(job, RunFailed(line, EXIT_RUN_FAILED, printed=False))
 
+        with self._lock:
+            stopped = job.index in self._stopped  # by the launcher: an interrupt or fail-fast
         if (job.folder / "result.pkl").is_file():
             ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
             ret.hydra_cfg = job.config
         else:
-            reason = (
-                f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
-                if timed_out
-                else f"job process exited with code {exit_code}"
-            )
+            if timed_out:
+                reason = f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
+            elif exit_code is not None and exit_code < 0 and not stopped:
+                # no one here stopped it: a failure, which retries cover (SIGKILL: most often the
+                # kernel's out-of-memory killer, at the host's memory limit)
+                name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
+                why = " (out of memory at the host's limit, or killed by another process)" if name == "SIGKILL" else ""
+                reason = f"job process was killed by {name}{why}"
+            else:
+                reason = f"job process exited with code {exit_code}"
             ret, runner = failed(reason), {"status": "FAILED", "error": reason}
-        status = "KILLED" if timed_out or exit_code in (-signal.SIGTERM, -signal.SIGKILL) else runner["status"]
+        killed = stopped and exit_code in (-signal.SIGTERM, -signal.SIGKILL)
+        status = "KILLED" if timed_out or killed else runner["status"]
         if status == "KILLED" and ret.status == JobStatus.COMPLETED:
             status = "COMPLETED"
         elif status == "COMPLETED" and exit_code not in (0, None):
