@@ -180,3 +180,26 @@ def test_hosts_run_their_own_sshd_and_enoslib_reaches_them_over_ssh(tmp_path):
         # a login lands in the host's cgroup, so its limits hold for SSH sessions too
         assert f"engage-{prov.prefix}/edge-1" in out.stdout, out.stderr
     assert _leftovers(prov.prefix) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sed": 1}, "infrastructure.options.sed: not a netns option; options are subnet, seed, sshd"),
+        ({"seed": "abc"}, "infrastructure.options.seed is 'abc'; give a whole number"),
+        ({"sshd": "maybe"}, "infrastructure.options.sshd is 'maybe'; use auto, true or false"),
+        ({"subnet": "10.0.0.0/8"}, "infrastructure.options.subnet is '10.0.0.0/8'; give a 10.X.0.0/16"),
+        ({"subnet": "192.168.0.0/16"}, "infrastructure.options.subnet is '192.168.0.0/16'"),
+    ],
+)
+def test_netns_options_are_checked_before_anything_is_created(options, message) -> None:
+    """Statically, as the launcher's setup checks every provider: a typo was ignored, and the
+    others failed in the middle of deploying, after the sweep's folder and MLflow run existed."""
+    from engage.deploy.infrastructure import InfrastructureError
+
+    infra = Infrastructure.from_dict({"provider": "netns", "layers": [{"name": "edge"}], "options": options})
+    with pytest.raises(InfrastructureError) as error:
+        NetnsProvider.check(infra)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    good = {"seed": 3, "sshd": False, "subnet": "10.240.0.0/16"}
+    NetnsProvider.check(Infrastructure.from_dict({"provider": "netns", "layers": [{"name": "edge"}], "options": good}))

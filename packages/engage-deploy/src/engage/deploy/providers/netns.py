@@ -33,7 +33,7 @@ after a failed deploy; names carry a per-instance prefix, so parallel deployment
 Example (as root)::
 
     >>> import tempfile
-    >>> from engage.deploy.infrastructure import Infrastructure
+    >>> from engage.deploy.infrastructure import Infrastructure, InfrastructureError
     >>> infra = Infrastructure.from_dict({"provider": "netns",
     ...     "layers": [{"name": "cloud"}, {"name": "edge", "hosts": 2, "cpu": 0.5, "memory": "256MiB"}],
     ...     "network": [{"src": "edge", "dst": "cloud", "delay": "10ms", "rate": "20mbit"}]})
@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.infrastructure import Infrastructure, InfrastructureError
 from engage.deploy.netem.link import LinkSpec
 from engage.deploy.netem.shaping import htb_commands, run_tc
 from engage.deploy.processes import terminate
@@ -271,6 +271,37 @@ def _allocation_lock():
 
 # --------------------------------------------------------------------------- provider
 
+#: the provider's options (``infrastructure.options``)
+OPTIONS = ("subnet", "seed", "sshd")
+
+
+def netns_options(infrastructure: Infrastructure) -> tuple[str | None, int, str]:
+    """``(subnet or None, seed, sshd)`` of ``infrastructure.options``; an unknown or malformed
+    option is :class:`InfrastructureError`, one line naming it."""
+    options = dict(infrastructure.options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InfrastructureError(
+            f"infrastructure.options.{unknown[0]}: not a netns option; options are {', '.join(OPTIONS)}"
+        )
+    seed = options.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InfrastructureError(f"infrastructure.options.seed is {seed!r}; give a whole number, e.g. 0")
+    sshd = str(options.get("sshd", "auto")).lower()
+    if sshd not in ("auto", "true", "false"):
+        raise InfrastructureError(f"infrastructure.options.sshd is {options.get('sshd')!r}; use auto, true or false")
+    subnet = options.get("subnet")
+    if subnet is not None:
+        try:
+            network = ipaddress.ip_network(str(subnet))
+        except ValueError:
+            network = None
+        if network is None or network.prefixlen != 16 or not network.subnet_of(ipaddress.ip_network("10.0.0.0/8")):
+            raise InfrastructureError(
+                f"infrastructure.options.subnet is {subnet!r}; give a 10.X.0.0/16 such as '10.231.0.0/16'"
+            )
+    return subnet, seed, sshd
+
 
 class NetnsProvider(Provider):
     """Hosts as network namespaces with cgroup limits, links emulated in a router namespace.
@@ -324,12 +355,13 @@ class NetnsProvider(Provider):
 
     # ------------------------------------------------------------------ deploy
 
+    @classmethod
+    def check(cls, infrastructure: Infrastructure) -> None:
+        """The provider's options, before anything is created (:func:`netns_options`)."""
+        netns_options(infrastructure)
+
     def _options(self) -> tuple[str | None, int, str]:
-        options = self.infrastructure.options or {}
-        sshd = str(options.get("sshd", "auto")).lower()
-        if sshd not in ("auto", "true", "false"):
-            raise ProviderError(f"infrastructure.options.sshd is {sshd!r}; use auto, true or false")
-        return options.get("subnet"), int(options.get("seed", 0)), sshd
+        return netns_options(self.infrastructure)
 
     def planned_launcher_address(self) -> str:
         """This machine's end of the management link, ``10.X.0.1``: the subnet is chosen and the
@@ -354,9 +386,7 @@ class NetnsProvider(Provider):
             atexit.register(self.destroy)
             self._atexit_registered = True
         with _allocation_lock():
-            self.subnet = ipaddress.ip_network(subnet) if subnet else choose_subnet()
-            if self.subnet.prefixlen != 16:
-                raise ProviderError(f"infrastructure.options.subnet is {subnet!r}; give a /16 such as '10.231.0.0/16'")
+            self.subnet = ipaddress.ip_network(subnet) if subnet else choose_subnet()  # checked by netns_options
             self._create_router()
 
     def deploy(self) -> list[Host]:
