@@ -361,7 +361,10 @@ class NetnsProvider(Provider):
         netns_options(infrastructure)
 
     def _options(self) -> tuple[str | None, int, str]:
-        return netns_options(self.infrastructure)
+        try:
+            return netns_options(self.infrastructure)
+        except InfrastructureError as exc:  # deployed without the launcher's check first
+            raise ProviderError(str(exc)) from None
 
     def planned_launcher_address(self) -> str:
         """This machine's end of the management link, ``10.X.0.1``: the subnet is chosen and the
