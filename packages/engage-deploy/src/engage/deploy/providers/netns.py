@@ -636,7 +636,9 @@ class NetnsProvider(Provider):
                     raise ProviderError(f"netns: rate limit of {src} -> {dst}: {exc}") from exc
             name = f"{src}->{dst}"
             specs.append(
-                LinkSpec(name=name, device=device, delay=constraint.delay_s, loss=constraint.loss, seed=seed + k)
+                # seeded by the option and the link's name (``"<seed>:<A>-><B>"``), not its place in
+                # the list: adding or reordering constraints keeps each link's drops
+                LinkSpec(name=name, device=device, delay=constraint.delay_s, loss=constraint.loss, seed=seed)
             )
             self.links.append(
                 {
