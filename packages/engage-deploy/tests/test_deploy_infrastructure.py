@@ -41,6 +41,8 @@ def test_units() -> None:
         parse_duration("3parsecs")
     with pytest.raises(InfrastructureError, match="cannot read"):
         parse_rate("fast")
+    with pytest.raises(InfrastructureError, match=r"'-5ms' is negative; use a value >= 0"):
+        parse_duration("-5ms")
 
 
 def test_hosts_and_roundtrip() -> None:

@@ -91,6 +91,8 @@ def _parse(value: Any, units: Mapping[str, float], what: str, example: str) -> f
         number, unit = float(value), ""
     else:
         match = re.fullmatch(_NUMBER + r"([A-Za-z]*)\s*", str(value))
+        if match is None and re.fullmatch(r"\s*-" + _NUMBER + r"[A-Za-z]*\s*", str(value)):
+            raise InfrastructureError(f"{what}: {value!r} is negative; use a value >= 0 like {example!r}")
         if match is None:
             raise InfrastructureError(f"{what}: cannot read {value!r}; write it like {example!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
