@@ -131,6 +131,9 @@ def test_retries_and_fail_fast(tmp_path: Path) -> None:
     res = results(folder)
     assert [res[i]["status"] for i in range(3)] == ["FAILED", "SKIPPED", "SKIPPED"]
     assert not (folder / "jobs" / "1" / "stdout.log").exists()
+    # the console says so too: never "FAILED" for a job that did not run
+    assert "job #1 SKIPPED" in proc.stdout and "job #2 SKIPPED" in proc.stdout, proc.stdout[-2000:]
+    assert "(3 of 3 ended, 1 failed)" in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.parametrize(

@@ -174,8 +174,10 @@ class JobExecution:
             nonlocal remaining, last_check
             finished, remaining = wait(remaining, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in finished:
-                ret = results[futures[future].index] = future.result()
-                progress.ended(futures[future].index, ret.status.name)
+                index = futures[future].index
+                ret = results[index] = future.result()
+                # as its result.json says it ended (SKIPPED, KILLED), where Hydra knows only failed
+                progress.ended(index, self.folder.read_result(index).get("status") or ret.status.name)
             if time.monotonic() - last_check > 2.0:
                 last_check = time.monotonic()
                 self.tracking.watch()

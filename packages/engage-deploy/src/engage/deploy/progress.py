@@ -87,9 +87,10 @@ class SweepProgress:
         with self._lock:
             completed = sum(1 for s in self._ended.values() if s == "COMPLETED")
             running = sum(1 for i in self._started if i not in self._ended)
+            failed = sum(1 for s in self._ended.values() if s not in ("COMPLETED", "SKIPPED"))  # skipped: never ran
             return {
                 "completed": completed,
-                "failed": len(self._ended) - completed,
+                "failed": failed,
                 "running": running,
                 "waiting": self.total - len(self._ended) - running,
             }
