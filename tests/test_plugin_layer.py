@@ -77,8 +77,29 @@ def test_a_misspelled_hook_implementation_fails_loudly(tmp_path, monkeypatch):
             pass
         """,
     )
-    with pytest.raises(PluginError, match=r"plugin 'typo' has a hook implementation that is no ENGAGE hook"):
+    with pytest.raises(PluginError, match=r"plugin 'typo' has a hook implementation that is no ENGAGE hook") as error:
         load_plugins(new_plugin_manager(installed=False))
+    assert "did you mean engage_simulation_finished?" in str(error.value)
+
+
+def test_a_hook_implementation_with_an_argument_the_hook_does_not_give_names_the_fix(tmp_path, monkeypatch):
+    _install(
+        tmp_path,
+        monkeypatch,
+        "args",
+        """
+        from engage.core import hookimpl
+
+        @hookimpl
+        def engage_simulation_failed(record, err):
+            pass
+        """,
+    )
+    with pytest.raises(PluginError) as error:
+        load_plugins(new_plugin_manager(installed=False))
+    line = str(error.value)
+    assert "plugin 'args' (args_module): engage_simulation_failed(record, err) takes {'err'}" in line, line
+    assert "its arguments are among (record, error): rename them" in line and "\n" not in line, line
 
 
 def test_engage_plugins_reports_what_each_plugin_adds_from_pluggy_records(capsys, monkeypatch):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import Distribution, distributions, entry_points
@@ -74,9 +76,13 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         name = manager.get_name(exc.plugin) or repr(exc.plugin)
+        hooks = [h for h in dir(hookspecs) if h.startswith("engage_")]
+        typo = next(iter(re.findall(r"unknown hook '(\w+)'", str(exc))), "")
+        close = difflib.get_close_matches(typo, hooks, n=1)
+        hint = f"did you mean {close[0]}? " if close else f"the hooks are {', '.join(hooks)}; "
         raise PluginError(
-            f"plugin {name!r} has a hook implementation that is no ENGAGE hook: {exc}; "
-            f"fix its name (engage plugins lists the hooks), or set {DISABLE_ENV}={name}"
+            f"plugin {name!r} has a hook implementation that is no ENGAGE hook: {' '.join(str(exc).split())}; "
+            f"{hint}or set {DISABLE_ENV}={name}"
         ) from exc
     return manager
 
@@ -101,6 +107,17 @@ def _load_error(manager: pluggy.PluginManager, exc: Exception) -> PluginError:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if manager.has_plugin(ep.name) or manager.is_blocked(ep.name):
             continue
+        if isinstance(exc, pluggy.PluginValidationError):  # an implementation whose arguments are no hook's
+            found = re.search(
+                r"for hook '(\w+)'.*definition: (\w+\([^)]*\)).*Argument\(s\) (\{[^}]*\})", str(exc), re.S
+            )
+            if found:
+                hook, definition, extra = found.groups()
+                wanted = ", ".join(getattr(manager.hook, hook).spec.argnames)
+                return PluginError(
+                    f"plugin {ep.name!r} ({ep.value}): {definition} takes {extra}, which {hook} does not give; "
+                    f"its arguments are among ({wanted}): rename them, or set {DISABLE_ENV}={ep.name}"
+                )
         return PluginError(
             f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
             f"reinstall or uninstall its package, or set {DISABLE_ENV}={ep.name}"
