@@ -96,7 +96,7 @@ def test_infeasible_instances_say_which_capacities_conflict() -> None:
     [
         (lambda d: d["links"].append({"src": "fog", "dst": "cloud"}), "links: src 'fog' of fog -> cloud is not a node"),
         (lambda d: d["nodes"][1].update(compute=-4), r"nodes\[1\].compute: -4 is out of range; use a number >= 0"),
-        (lambda d: d["nodes"][1].update(memory="-1GiB"), r"nodes\[1\].memory: cannot read '-1GiB'"),
+        (lambda d: d["nodes"][1].update(memory="-1GiB"), r"nodes\[1\].memory: '-1GiB' is negative; use a value >= 0"),
         (
             lambda d: d["nodes"][0].update(memory="5MB"),
             "models: 'm' fits nowhere: its smallest variant .* exceeds the cloud's memory",
