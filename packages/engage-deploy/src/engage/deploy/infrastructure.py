@@ -45,7 +45,7 @@ class InfrastructureError(ValueError):
     """An infrastructure description is invalid; the message is one line naming the field and the fix."""
 
 
-_NUMBER = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
+_NUMBER = r"\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"  # signed: a negative one is said to be so
 
 _DURATION_UNITS = {"": 1e-3, "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0}
 # tc's rate units: "bit" suffixes are bits per second, "bps" suffixes are bytes per second.
@@ -91,8 +91,6 @@ def _parse(value: Any, units: Mapping[str, float], what: str, example: str) -> f
         number, unit = float(value), ""
     else:
         match = re.fullmatch(_NUMBER + r"([A-Za-z]*)\s*", str(value))
-        if match is None and re.fullmatch(r"\s*-" + _NUMBER + r"[A-Za-z]*\s*", str(value)):
-            raise InfrastructureError(f"{what}: {value!r} is negative; use a value >= 0 like {example!r}")
         if match is None:
             raise InfrastructureError(f"{what}: cannot read {value!r}; write it like {example!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
