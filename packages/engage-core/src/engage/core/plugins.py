@@ -155,7 +155,8 @@ def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[
             answers = caller(**kwargs)
         except Exception as exc:
             raise PluginHookError(
-                f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}; "
+                f"fix it, or set {DISABLE_ENV}={name}"
             ) from exc
         if first_result:  # one value (None: no answer), as pluggy gives for such a hook
             answers = [] if answers is None else [answers]

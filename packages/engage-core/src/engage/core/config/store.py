@@ -10,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 
 from engage.core.config.options import ConfigOption
 from engage.core.config.schema import EngageConfig
-from engage.core.plugins import DISABLE_ENV, PluginError, flatten, get_plugin_manager
+from engage.core.plugins import DISABLE_ENV, PluginError, flatten, get_plugin_manager, per_plugin
 
 SCHEMA_NAME = "engage_schema"
 
@@ -22,15 +22,8 @@ def config_options(manager: pluggy.PluginManager | None = None) -> list[tuple[st
     manager = manager or get_plugin_manager()
     found: list[tuple[str, ConfigOption]] = []
     owner: dict[tuple[str, str], str] = {}
-    for impl in manager.hook.engage_config_options.get_hookimpls():
-        plugin = impl.plugin_name
-        try:
-            options = impl.function()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {plugin!r} failed in engage_config_options: {type(exc).__name__}: {exc}; "
-                f"fix it, or set {DISABLE_ENV}={plugin}"
-            ) from exc
+    # in the order plugins were registered (core's first), which the clash line names first
+    for plugin, options in reversed(per_plugin(manager, "engage_config_options")):
         if isinstance(options, ConfigOption) or not all(isinstance(o, ConfigOption) for o in options or ()):
             raise PluginError(
                 f"plugin {plugin!r}: engage_config_options must return a list of ConfigOption, got {options!r}"
