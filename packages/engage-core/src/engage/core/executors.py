@@ -105,17 +105,11 @@ class Executor(ABC):
         """Refuse, before the run builds anything, options this executor does not take (``ValueError``,
         one line naming ``field.KEY``, the closest name and the allowed ones). Executors that check
         their values without side effects extend it."""
-        import inspect
+        from engage.core.config.validate import keywords_not_taken, unknown_key
 
-        from engage.core.config.validate import unknown_key
-
-        parameters = inspect.signature(cls.__init__).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return
-        allowed = [name for name in parameters if name != "self"]
-        for key in options:
-            if key not in allowed:
-                raise ValueError(unknown_key(f"{field}.{key}", allowed))
+        unknown, allowed = keywords_not_taken(cls.__init__, options)
+        if unknown:
+            raise ValueError(unknown_key(f"{field}.{unknown[0]}", allowed))
 
     @abstractmethod
     def start(self, request: LaunchRequest) -> SimulationProcess:

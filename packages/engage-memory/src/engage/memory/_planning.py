@@ -60,13 +60,10 @@ def check_strategy_kwargs(strategy: str, base: type, kwargs: dict[str, Any]) -> 
     """Refuse keyword arguments neither the memory strategy nor its Lightning ``base`` takes,
     naming the strategy and the arguments it does take (Lightning's own error names its class);
     a base that passes further arguments on is left to check them."""
-    import inspect
+    from engage.core.config.validate import keywords_not_taken
 
-    parameters = inspect.signature(base.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return  # the base passes the rest on (DDP's to DistributedDataParallel), which checks them
-    taken = [p for p in parameters if p != "self"]
-    unknown = [k for k in kwargs if k not in taken]
+    # none where the base passes the rest on (DDP's to DistributedDataParallel), which checks them
+    unknown, taken = keywords_not_taken(base.__init__, kwargs)
     if unknown:
         ours = "budget, solver, blocks, decisions, profile_path, verify, print_plan, chunked_loss, loss_chunks"
         raise TypeError(f"{strategy} got unexpected keyword arguments {', '.join(unknown)}; it takes {ours}, "

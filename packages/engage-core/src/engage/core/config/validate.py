@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, is_dataclass
 
 from hydra import compose, initialize_config_module
@@ -58,6 +58,18 @@ def unknown_key(key: str, allowed: list[str]) -> str:
     if not allowed:  # a mapping of free keys (data.executor_options): a new one is added with +
         return f"{key}: not in the config; add it with +{key}=VALUE"
     return f"{key}: unknown key; {hint}allowed: {', '.join(allowed)}"
+
+
+def keywords_not_taken(function: Callable[..., object], given: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(the names of given that function does not take, the names it takes)``; both empty when
+    it takes ``**kwargs`` (what it passes them on to checks them)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return [], []
+    taken = [name for name in parameters if name != "self"]
+    return [name for name in given if name not in taken], taken
 
 
 def explain(exc: BaseException, base: DictConfig | None = None) -> str:

@@ -672,7 +672,7 @@ class SlurmExecutor(Executor):
         given = {"time": time, "mem": mem, "cpus_per_task": cpus_per_task, "partition": partition, "account": account}
         given |= {"max_pending_s": max_pending_s, "probe_timeout_s": probe_timeout_s, "check_folder": check_folder}
         try:
-            self.check_options(given)
+            check_job_values("data.executor_options", given)  # its arguments' names are its own
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.log_dir = Path(log_dir or os.getcwd())
