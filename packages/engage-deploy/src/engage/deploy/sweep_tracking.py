@@ -376,14 +376,11 @@ class SweepTracking:
             if self.parent_run_id:
                 from mlflow.tracking import MlflowClient
 
+                from engage.core.tracking.sweep import log_job_counts
+
                 # also a parent opened by a sweep callback: its end hook never runs on an interrupt
                 client = MlflowClient(self.tracking_uri)
-                children = client.search_runs(
-                    [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=50000
-                )
-                client.log_metric(self.parent_run_id, "jobs", float(len(children)))
-                failed = sum(1 for run in children if run.info.status != "FINISHED")
-                client.log_metric(self.parent_run_id, "jobs_failed", float(failed))
+                log_job_counts(client, self.parent_run_id)
                 client.set_terminated(self.parent_run_id, status="KILLED")
                 self._own_parent = False
         except Exception as exc:  # best effort while going down

@@ -109,29 +109,18 @@ class MLflowSweepCallback(Callback):
         # from the first failure on, at each job's end: Hydra's basic sweeper raises the job's error
         # after its batch, and the sweep's end (where the parent gets its final counts) never comes
         # jobs in other processes (joblib's workers) count theirs apart: the store has them all
-        children = self._children(client)
+        children = job_runs(client, self.run_id)
         failed = sum(1 for r in children if r.info.status in ("FAILED", "KILLED"))
         ended = self.counts["completed"] + self.counts["failed"]
         client.log_metric(self.run_id, "jobs", float(max(len(children), ended)))
         client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"])))
         client.set_terminated(self.run_id, status="FAILED")
 
-    def _children(self, client: Any) -> list[Any]:
-        """The runs of this sweep's jobs."""
-        return client.search_runs(
-            [client.get_run(self.run_id).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
-            max_results=50000,
-        )
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
             return
         client = uninterrupted_client(self.tracking_uri)
-        children = self._children(client)
-        failed = sum(1 for r in children if r.info.status != "FINISHED")
-        client.log_metric(self.run_id, "jobs", float(len(children)))
-        client.log_metric(self.run_id, "jobs_failed", float(failed))
+        failed = log_job_counts(client, self.run_id)
         status = "FAILED" if failed or self.counts["failed"] else "FINISHED"
         client.set_terminated(self.run_id, status=status)
         for key, previous in self._previous_env.items():
@@ -139,6 +128,25 @@ class MLflowSweepCallback(Callback):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = previous
+
+
+def job_runs(client: Any, run_id: str) -> list[Any]:
+    """The runs of the jobs of the sweep whose run is ``run_id`` (its children)."""
+    return client.search_runs(
+        [client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+        max_results=50000,
+    )
+
+
+def log_job_counts(client: Any, run_id: str) -> int:
+    """Log a sweep's ``jobs`` (its jobs' runs) and ``jobs_failed`` (those not FINISHED) on its run
+    ``run_id``, as its end or its interrupt gives them; returns ``jobs_failed``."""
+    children = job_runs(client, run_id)
+    failed = sum(1 for r in children if r.info.status != "FINISHED")
+    client.log_metric(run_id, "jobs", float(len(children)))
+    client.log_metric(run_id, "jobs_failed", float(failed))
+    return failed
 
 
 def launcher_preflight(config: DictConfig) -> str | None:
