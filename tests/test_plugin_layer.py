@@ -62,6 +62,13 @@ def test_a_plugin_that_fails_to_import_is_named_and_can_be_disabled(tmp_path, mo
     monkeypatch.setenv(DISABLE_ENV, "broken")
     manager = load_plugins(new_plugin_manager(installed=False))
     assert manager.is_blocked("broken") and "broken" not in {info.name for info in plugin_infos(manager)}
+    monkeypatch.setenv(DISABLE_ENV, "brokn")  # a misspelling would leave the broken plugin loaded
+    with pytest.raises(PluginError) as misspelt:
+        load_plugins(new_plugin_manager(installed=False))
+    assert str(misspelt.value).startswith(
+        f"{DISABLE_ENV} names 'brokn', which no installed package declares; did you mean 'broken'? "
+        "the installed ENGAGE plugins are broken, core,"
+    )
 
 
 def test_a_misspelled_hook_implementation_fails_loudly(tmp_path, monkeypatch):

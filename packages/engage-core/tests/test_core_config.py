@@ -41,6 +41,7 @@ def test_project_experiment_is_unknown_elsewhere(tmp_path, monkeypatch):
         ("data.executor_options.partition=debug", "add it with +data.executor_options.partition=VALUE"),
         ("data.executor_options={log_dir: x}", "write ++data.executor_options={log_dir: x} to add"),
         ("hydra.launcher.foo=1", "hydra.launcher.foo: unknown key; `engage run --cfg hydra` shows Hydra's keys"),
+        ("hydra.job.chdr=true", "hydra.job.chdr: unknown key; did you mean hydra.job.chdir? allowed: chdir,"),
     ],
 )
 def test_command_line_slips_get_the_line_that_fixes_them(override, line):

@@ -76,7 +76,7 @@ class FailingObserver:
         raise KeyError("mean_loss")
 
 
-def test_a_failing_observer_fails_the_run_naming_the_hook_not_the_simulation(tmp_path, monkeypatch):
+def test_a_failing_observer_fails_the_run_naming_the_plugin_not_the_simulation(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     sim = FunctionSimulator(
@@ -91,8 +91,8 @@ def test_a_failing_observer_fails_the_run_naming_the_hook_not_the_simulation(tmp
     scheduler.start()
     scheduler.join(60)
     assert (
-        scheduler.error
-        == "simulation scheduler failed: plugin hook engage_simulation_finished failed: KeyError: 'mean_loss'"
+        scheduler.error == "simulation scheduler failed: plugin 'observer' failed in engage_simulation_finished: "
+        "KeyError: 'mean_loss'; fix it, or set ENGAGE_DISABLE_PLUGINS=observer"
     )
     assert scheduler.state.counts.failed == 0  # no simulation is blamed for it
 

@@ -64,9 +64,16 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
         >>> manager.list_name_plugin()[0][0]
         'core'
     """
-    for name in disabled_plugins():
+    declared = _check_entry_point_names()
+    for name in sorted(disabled_plugins()):
+        if name not in declared:  # a misspelt name would leave the plugin it meant loaded
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PluginError(
+                f"{DISABLE_ENV} names {name!r}, which no installed package declares; {hint}"
+                f"the installed ENGAGE plugins are {', '.join(sorted(declared))}"
+            )
         manager.set_blocked(name)
-    _check_entry_point_names()
     try:
         manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=CORE_PLUGIN)
         manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
@@ -87,9 +94,10 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
     return manager
 
 
-def _check_entry_point_names() -> None:
-    """Two installed packages that declare one plugin name: pluggy would load the first and skip
-    the other silently (``sampling`` of another package would replace engage-sampling)."""
+def _check_entry_point_names() -> dict[str, str]:
+    """The package declaring each installed plugin name; two installed packages that declare one
+    name are an error (pluggy would load the first and skip the other silently: ``sampling`` of
+    another package would replace engage-sampling)."""
     seen: dict[str, str] = {}
     for dist in distributions():
         for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP):
@@ -100,6 +108,7 @@ def _check_entry_point_names() -> None:
                     "rename the entry point of one of them, or uninstall it"
                 )
             seen[ep.name] = package
+    return seen
 
 
 def _load_error(manager: pluggy.PluginManager, exc: Exception) -> PluginError:
@@ -162,6 +171,20 @@ def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[
             answers = [] if answers is None else [answers]
         results.extend((name, result) for result in answers)
     return results
+
+
+def plugin_that_raised(hook: Any, exc: BaseException) -> str | None:
+    """The name of the plugin whose implementation of ``hook`` (a pluggy hook caller) raised
+    ``exc``, found in its traceback; ``None`` when none of them is there. For hooks called often
+    (the simulation events), where calling each plugin alone (:func:`per_plugin`) would cost on
+    every call, not only when one fails."""
+    codes = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in hook.get_hookimpls()}
+    frames = exc.__traceback__
+    while frames is not None:
+        if frames.tb_frame.f_code in codes:
+            return codes[frames.tb_frame.f_code]
+        frames = frames.tb_next
+    return None
 
 
 class PluginHookError(PluginError):

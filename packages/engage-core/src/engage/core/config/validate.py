@@ -43,6 +43,15 @@ def _keys_of(cfg: DictConfig | None, dotted: str) -> list[str]:
     return []
 
 
+def _fields_of(error: BaseException | None) -> list[str]:
+    """The fields of the structured config an OmegaConf ``error`` was raised in (a Hydra
+    plugin's options, such as a launcher's, which the composed config ``base`` does not hold)."""
+    node_type = getattr(error, "object_type", None)
+    if isinstance(node_type, type) and is_dataclass(node_type):
+        return sorted(f.name for f in fields(node_type) if not f.name.startswith("_"))
+    return []
+
+
 def unknown_key(key: str, allowed: list[str]) -> str:
     """The line for an unknown ``key``: the closest allowed name first, then all of them (a
     ``trainer`` argument ENGAGE builds itself says where it is set instead)."""
@@ -111,7 +120,7 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
             # a mapping given whole (data.executor_options={bogus: 1}) to a key that holds one
             value = assigned.group(2).strip()
             return f"{key}: '=' replaces only keys it has; write ++{key}={value} to add {full_key.group(1)}"
-        return unknown_key(key or "", _keys_of(base, key or ""))
+        return unknown_key(key or "", _keys_of(base, key or "") or _fields_of(exc.__cause__))
     converted = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if converted:
         return f"{key}: expected {converted.group(2).lower()}, got {converted.group(1)!r}"

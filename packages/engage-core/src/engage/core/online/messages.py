@@ -27,6 +27,7 @@ from engage.core.online.receiver import SampleReceiver
 from engage.core.online.security import PeerWarnings
 from engage.core.online.state import RunState
 from engage.core.online.steering import SchedulerError, Steering
+from engage.core.plugins import DISABLE_ENV, plugin_that_raised
 
 log = logging.getLogger("engage.online")
 
@@ -266,4 +267,7 @@ class SimulationMessages:
         try:
             hook(**kwargs)
         except Exception as exc:
-            raise SchedulerError(f"plugin hook {hook.name} failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
+            plugin = plugin_that_raised(hook, exc)
+            who = f"plugin {plugin!r} failed in {hook.name}" if plugin else f"plugin hook {hook.name} failed"
+            fix = f"; fix it, or set {DISABLE_ENV}={plugin}" if plugin else ""
+            raise SchedulerError(f"{who}: {type(exc).__name__}: {one_line(str(exc))}{fix}") from exc
