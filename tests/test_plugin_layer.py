@@ -170,6 +170,62 @@ def test_two_plugins_offering_one_option_are_named_instead_of_one_winning(tmp_pa
         config_options(load_plugins(new_plugin_manager(installed=False)))
 
 
+def test_a_group_a_plugin_adds_is_chosen_like_engages_own(tmp_path, monkeypatch):
+    """``report=html`` as ``sampler=lhs``: empty until chosen, its keys checked once it is."""
+    import os
+    import subprocess
+
+    _install(tmp_path, monkeypatch, "reports", """
+        from dataclasses import dataclass
+        from engage.core import hookimpl
+        from engage.core.config.options import ConfigOption
+
+        @dataclass
+        class Report:
+            every: int = 5
+
+        @hookimpl
+        def engage_config_options():
+            return [ConfigOption("report", "html", Report, "an HTML report")]
+        """)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def engage_run(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "engage.core.cli", "run", *overrides, "--cfg", "job"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    chosen = engage_run("report=html", "report.every=3")
+    assert chosen.returncode == 0, chosen.stderr[-2000:]
+    assert "report:\n  every: 3\n" in chosen.stdout
+    assert "report: null\n" in engage_run().stdout
+    typo = engage_run("report=html", "report.evry=3")
+    assert typo.returncode == 2
+    assert typo.stderr.strip().splitlines()[-1] == (
+        "engage run: report.evry: unknown key; did you mean report.every? allowed: every"
+    )
+
+
+def test_an_option_whose_default_has_the_wrong_type_names_its_plugin():
+    """OmegaConf refuses such a node when it is stored, which every `engage run` does first."""
+    from dataclasses import dataclass
+
+    from hydra.core.config_store import ConfigStore
+
+    from engage.core.config.options import ConfigOption
+    from engage.core.config.store import store_option
+
+    @dataclass
+    class Steps:
+        steps: int = "many"  # type: ignore[assignment]
+
+    with pytest.raises(PluginError) as failure:
+        store_option(ConfigStore.instance(), "typed", ConfigOption("test_typed", "steps", Steps))
+    assert str(failure.value) == (
+        "plugin 'typed': option test_typed=steps is no valid config: field steps: Value 'many' of type 'str' "
+        f"could not be converted to Integer; fix its default, or set {DISABLE_ENV}=typed"
+    )
+
+
 def test_an_observer_of_the_run_end_that_raises_fails_the_run_naming_it(tmp_path, monkeypatch):
     """Its record would say FINISHED, though the run did not end as it should."""
     import os

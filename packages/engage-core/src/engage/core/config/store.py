@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections import defaultdict
+from dataclasses import field, fields, make_dataclass
+from typing import Any
 
 import pluggy
 from hydra.core.config_store import ConfigStore
@@ -52,9 +55,39 @@ def options_by_group(manager: pluggy.PluginManager | None = None) -> dict[str, l
 def register_configs() -> None:
     """Store the top-level schema and every plugin's options (idempotent)."""
     store = ConfigStore.instance()
-    store.store(name=SCHEMA_NAME, node=EngageConfig)
-    for plugin_name, option in config_options():
+    options = config_options()
+    store.store(name=SCHEMA_NAME, node=schema_with_groups(sorted({option.group for _, option in options})))
+    for plugin_name, option in options:
+        store_option(store, plugin_name, option)
+
+
+def schema_with_groups(groups: list[str]) -> type:
+    """:class:`EngageConfig`, plus a key for each of ``groups`` it has none for (a group a plugin
+    adds), empty until an option is chosen: ``report=html`` as for ENGAGE's own groups."""
+    new = [group for group in groups if group not in {f.name for f in fields(EngageConfig)}]
+    if not new:
+        return EngageConfig
+    entries = ["_self_", *({group: None} for group in new)]  # the chosen option over the empty key
+    return make_dataclass(
+        "EngageConfig",
+        [*((group, Any, None) for group in new), ("defaults", list[Any], field(default_factory=lambda: entries))],
+        bases=(EngageConfig,),
+    )
+
+
+def store_option(store: ConfigStore, plugin_name: str, option: ConfigOption) -> None:
+    """Store one plugin's option; a node OmegaConf refuses (a default of the wrong type) is a
+    :class:`PluginError` naming the plugin and the option, since it would break every run."""
+    try:
         store.store(group=option.group, name=option.name, node=option.node, provider=plugin_name)
+    except Exception as exc:
+        why = " ".join(str(exc).split("\n", 1)[0].split())
+        where = re.search(r"full_key: (\S+)", str(exc))
+        field = f" field {where.group(1)}:" if where else ""
+        raise PluginError(
+            f"plugin {plugin_name!r}: option {option.group}={option.name} is no valid config:{field} {why}; "
+            f"fix its default, or set {DISABLE_ENV}={plugin_name}"
+        ) from exc
 
 
 def searchpath_entries(manager: pluggy.PluginManager | None = None) -> list[str]:

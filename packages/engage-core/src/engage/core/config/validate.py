@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engage.core.config.schema import ConfigValueError
-from engage.core.config.store import register_configs
+from engage.core.config.store import options_by_group, register_configs
 
 CONFIG_MODULE = "engage.core.conf"
 CONFIG_NAME = "config"
@@ -208,7 +208,8 @@ def _check_top_level(cfg: DictConfig) -> None:
     a key that an interpolation reads (``+width=64 model.width=${width}``) is a variable."""
     from engage.core.config.schema import EngageConfig
 
-    allowed = sorted(f.name for f in fields(EngageConfig))
+    # ENGAGE's keys, and the groups plugins add (each a key of the registered schema)
+    allowed = sorted({f.name for f in fields(EngageConfig)} | set(options_by_group()))
     for name in ("simulator", "sampler", "data", "model", "strategy"):
         node = cfg.get(name) if name in cfg and not OmegaConf.is_missing(cfg, name) else None
         # an option of these groups names what it builds; values alone (an experiment's, after
