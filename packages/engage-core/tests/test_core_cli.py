@@ -95,6 +95,16 @@ def test_plugins_lists_core_contributions(capsys):
         assert expected in out
 
 
+def test_plugins_options_lists_each_option_with_what_it_is(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line a row
+    assert main(["plugins", "--options"]) == 0
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in capsys.readouterr().out.splitlines()]
+    assert ["sampler", "uniform", "core", "independent random draws"] in rows
+    # a YAML option: the first sentence of its opening comment
+    (about,) = [row[3] for row in rows if row[:3] == ["experiment", "heat_quick", "core"]]
+    assert about.startswith("A quick check that everything runs") and "\n" not in about
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -211,7 +212,29 @@ def _plugins(namespace: argparse.Namespace) -> int:
             lines.append("hooks: " + ", ".join(others))
         table.add_row(info.name, info.distribution or "-", info.version or "-", "\n".join(lines) or "-")
     console.print(table)
+    if namespace.options:
+        console.print(_options_table(options, searchpaths))
     return 0
+
+
+def _options_table(options: list, searchpaths: list[tuple[str, Any]]) -> Table:
+    """Every option of every config group (``group=option``), with its plugin and what it is: a
+    :class:`ConfigOption`'s ``help``, a YAML option's opening comment."""
+    from rich.markup import escape
+
+    from engage.core.config.validate import CONFIG_MODULE
+
+    rows = [(o.group, o.name, plugin, o.help) for plugin, o in options]
+    for plugin, entries in [("core", [f"pkg://{CONFIG_MODULE}"]), *searchpaths]:
+        for entry in entries or ():
+            for group, names in _searchpath_options(entry).items():
+                rows.extend((group, name, plugin, about) for name, about in names.items())
+    table = Table(title="Config options (engage run group=option)")
+    for column in ("group", "option", "plugin", "what it is"):
+        table.add_column(column)
+    for group, name, plugin, about in sorted(rows):
+        table.add_row(group, name, plugin, escape(about) or "-")
+    return table
 
 
 def _searchpath_options(entry: str) -> dict[str, list[str]]:
@@ -224,13 +247,30 @@ def _searchpath_options(entry: str) -> dict[str, list[str]]:
         root = files(entry.removeprefix("pkg://"))
     except ModuleNotFoundError:
         return {}
-    found: dict[str, list[str]] = {}
+    found: dict[str, dict[str, str]] = {}
     for folder in root.iterdir():
         if folder.is_dir():
-            names = [f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml")]
+            names = {
+                f.name.removesuffix(".yaml"): _first_sentence(f.read_text())
+                for f in folder.iterdir()
+                if f.name.endswith(".yaml")
+            }
             if names:
                 found[folder.name] = names
     return found
+
+
+def _first_sentence(yaml_text: str) -> str:
+    """The first sentence of a YAML config's opening comment (after ``# @package``), its description."""
+    comment = []
+    for line in yaml_text.splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            comment.append(line.lstrip("#").strip())
+    text = " ".join(comment)
+    end = re.search(r"\.(\s|$)", text)
+    return text[: end.start()] if end else text
 
 
 #: registry hooks whose contributions ``engage plugins`` lists by name, by kind
@@ -242,6 +282,12 @@ _REGISTRIES = {
     "placement solver": "engage_placement_solvers",
 }
 _LISTED_HOOKS = {"engage_config_options", "engage_config_searchpath", "engage_commands", *_REGISTRIES.values()}
+
+
+def _plugins_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--options", action="store_true", help="also list every config group's options and what each is"
+    )
 
 
 def _replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,7 +312,7 @@ def core_commands() -> list[Command]:
             _run,
             passthrough=True,
         ),
-        Command("plugins", "list installed plugins and what each contributes", lambda p: None, _plugins),
+        Command("plugins", "list installed plugins and what each contributes", _plugins_arguments, _plugins),
         Command(
             "replay",
             "run a recorded run again from its MLflow record and compare its metric curves",
