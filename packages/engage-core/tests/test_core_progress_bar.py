@@ -66,9 +66,14 @@ def test_online_progress_logs_on_count_changes_and_every_n_steps_not_every_step(
     datamodule = SimpleNamespace(buffer=buffer, scheduler=object(), stats=lambda: {"buffer_fill": 0.5, **counts})
     trainer = SimpleNamespace(datamodule=datamodule, global_step=0, log_every_n_steps=50)
     logged: list[int] = []
-    module = SimpleNamespace(
-        log=lambda name, *a, **k: logged.append(trainer.global_step) if name == "online/done" else None
-    )
+    names: set[str] = set()
+
+    def log(name, *args, **kwargs) -> None:
+        names.add(name)
+        if name == "online/done":
+            logged.append(trainer.global_step)
+
+    module = SimpleNamespace(log=log)
     progress = OnlineProgress(max_interval_s=3600.0)
     progress.on_train_start(trainer, module)
 
@@ -79,6 +84,8 @@ def test_online_progress_logs_on_count_changes_and_every_n_steps_not_every_step(
 
     run(10)
     assert logged == [1]  # the first step, then nothing while no count changes
+    # simulations given up, named as the run's simulations_given_up (not failed attempts)
+    assert {"online/run", "online/done", "online/given_up", "online/smp/s"} <= names
     counts["finished"] = 1.0
     run(1)
     assert logged == [1, 11]  # a simulation finished: shown at once

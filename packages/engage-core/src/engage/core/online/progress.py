@@ -28,7 +28,7 @@ class OnlineProgress(pl.Callback):
     """
 
     #: what it shows that counts things (a progress bar shows them as integers)
-    INTEGER_METRICS = ("online/run", "online/done", "online/fail", "online/smp/s")
+    INTEGER_METRICS = ("online/run", "online/done", "online/given_up", "online/smp/s")
 
     def __init__(self, log_every_n_steps: int | None = None, max_interval_s: float = 1.0):
         if log_every_n_steps is not None and log_every_n_steps < 1:
@@ -72,7 +72,7 @@ class OnlineProgress(pl.Callback):
             "buf": stats["buffer_fill"],
             "run": stats.get("running", 0.0),
             "done": stats.get("finished", 0.0),
-            "fail": stats.get("failed", 0.0),
+            "given_up": stats.get("failed", 0.0),  # after their retries: simulations_given_up at the end
             "smp/s": stats.get("samples_per_s", 0.0),
         }
         for name, value in shown.items():
