@@ -88,6 +88,15 @@ def test_every_value_of_a_sweep_is_checked(capsys):
     assert "trainer.max_epochs: expected integer, got 'oops'" in capsys.readouterr().err
 
 
+def test_a_glob_sweep_over_a_groups_options_is_expanded_and_checked(capsys):
+    from engage.core.config.validate import compose_config
+
+    # the check expands glob() with Hydra's config loader, as Hydra's sweeper does
+    assert main(["run", "-m", "sampler=glob(lh*)", "model.width=-3"]) == 2
+    assert capsys.readouterr().err.startswith("engage run: model.width: must be >= 4, got -3")
+    assert compose_config(["sampler=glob(lh*)"], multirun=True).sampler._target_.endswith("LatinHypercubeSampler")
+
+
 def test_plugins_lists_core_contributions(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out

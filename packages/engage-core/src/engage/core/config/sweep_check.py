@@ -63,7 +63,7 @@ class SweepValuesCheck(Callback):
         own = list(OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or [])
         name = OmegaConf.select(config, "hydra.job.config_name")
         try:
-            for variant in single_run_overrides(overrides):
+            for variant in single_run_overrides(overrides, hydra.config_loader):
                 check_values(hydra.compose_config(name, own + variant, run_mode=RunMode.RUN))
         except ConfigError as exc:
             line = str(exc)

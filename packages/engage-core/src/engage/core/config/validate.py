@@ -11,6 +11,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, is_dataclass
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -261,9 +262,10 @@ def _check_validation_interval(cfg: DictConfig) -> None:
         )
 
 
-def single_run_overrides(overrides: Sequence[str]) -> list[list[str]]:
-    """Override lists that cover every value of every sweep (others at their first value)."""
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+def single_run_overrides(overrides: Sequence[str], config_loader: Any = None) -> list[list[str]]:
+    """Override lists that cover every value of every sweep (others at their first value);
+    ``config_loader`` (Hydra's) expands ``glob()`` over a group's options, as Hydra's sweeper does."""
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(list(overrides))
     plain: list[str] = []
     sweeps: list[tuple[str, list[str]]] = []
     for override in parsed:
@@ -321,13 +323,14 @@ def compose_config(overrides: Sequence[str] = (), *, multirun: bool = False) -> 
     Returns the config of the first job. Raises :class:`ConfigError`.
     """
     register_configs()
-    try:
-        variants = single_run_overrides(overrides) if multirun else [list(overrides)]
-    except HydraException as exc:
-        raise ConfigError(unparsable(overrides) or f"cannot parse overrides: {_first_line(str(exc))}") from None
     GlobalHydra.instance().clear()
     first: DictConfig | None = None
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        try:
+            loader = GlobalHydra.instance().config_loader()
+            variants = single_run_overrides(overrides, loader) if multirun else [list(overrides)]
+        except HydraException as exc:
+            raise ConfigError(unparsable(overrides) or f"cannot parse overrides: {_first_line(str(exc))}") from None
         base = compose(config_name=CONFIG_NAME)
         for variant in variants:
             try:
