@@ -88,6 +88,21 @@ def test_every_value_of_a_sweep_is_checked(capsys):
     assert "trainer.max_epochs: expected integer, got 'oops'" in capsys.readouterr().err
 
 
+def test_each_sweep_jobs_checkpoint_is_found_before_the_first_job(capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "0" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    # job 0 has its checkpoint in its own folder, job 1 none: refused before either starts
+    assert main(["run", "-m", "model.width=4,8", "ckpt_path=last", f"hydra.sweep.dir={sweep}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"engage run: ckpt_path=last: job 1 (model.width=8 ckpt_path=last) has no checkpoint in its folder "
+        f"{sweep}/1; pass hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
+    )
+    assert sorted(p.name for p in sweep.iterdir()) == ["0"]  # no job started, no folder made
+    assert main(["run", "-m", "model.width=4,8", f"ckpt_path={tmp_path}/none.ckpt"]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
+
+
 def test_a_glob_sweep_over_a_groups_options_is_expanded_and_checked(capsys):
     from engage.core.config.validate import compose_config
 

@@ -63,8 +63,13 @@ class SweepValuesCheck(Callback):
         own = list(OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or [])
         name = OmegaConf.select(config, "hydra.job.config_name")
         try:
+            resumes = False
             for variant in single_run_overrides(overrides, hydra.config_loader):
-                check_values(hydra.compose_config(name, own + variant, run_mode=RunMode.RUN))
+                cfg = hydra.compose_config(name, own + variant, run_mode=RunMode.RUN)
+                check_values(cfg)
+                resumes = resumes or OmegaConf.select(cfg, "ckpt_path", default=None) not in (None, "")
+            if resumes:
+                _check_checkpoints(hydra, name, own, overrides)
         except ConfigError as exc:
             line = str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
@@ -74,3 +79,32 @@ class SweepValuesCheck(Callback):
         # Hydra turns a callback's exceptions into warnings and goes on: leave before any job
         print(f"engage run: {' '.join(line.split())}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR)
+
+
+def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: list[str]) -> None:
+    """The checkpoint each job of the sweep resumes from exists: ``ckpt_path=PATH`` a file,
+    ``ckpt_path=last`` one in that job's own folder (``hydra.sweep.dir``/``subdir``, as Hydra's
+    launchers name it), so that no job fails for want of it after others have started."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from engage.core.config.validate import ConfigError
+    from engage.core.training import resolve_ckpt_path
+
+    parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(overrides)
+    (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    for num, job in enumerate(jobs):
+        cfg = hydra.compose_config(name, own + job, run_mode=RunMode.MULTIRUN)
+        if OmegaConf.select(cfg, "ckpt_path", default=None) in (None, ""):
+            continue
+        with open_dict(cfg):
+            cfg.hydra.job.num = cfg.hydra.job.id = num
+        folder = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+        if str(cfg.ckpt_path) == "last" and not any(folder.rglob("*.ckpt")):
+            raise ConfigError(
+                f"ckpt_path=last: job {num} ({' '.join(job)}) has no checkpoint in its folder {folder}; pass "
+                "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
+            )
+        resolve_ckpt_path(cfg, folder)
