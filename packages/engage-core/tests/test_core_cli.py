@@ -1,5 +1,7 @@
 """``engage`` command line: one-line errors with exit code 2, ``engage plugins``."""
 
+import sys
+
 import pytest
 
 from engage.core.cli import main
@@ -232,3 +234,26 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "engage run: trainer.max_epochs: must be >= -1, got -5"
     assert not (tmp_path / "mlflow.db").exists()  # no parent run, no job
+
+
+def test_engages_configs_join_its_own_app_only(tmp_path, capsys):
+    """Another Hydra app in the environment keeps its search path: no ENGAGE experiments, no
+    ./configs read where it runs; engage run's lists each entry once."""
+    import subprocess
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("lr: 0.1\n")
+    (tmp_path / "configs" / "experiment").mkdir(parents=True)
+    (tmp_path / "app.py").write_text(
+        "import hydra\n\n"
+        "@hydra.main(version_base='1.3', config_path='conf', config_name='config')\n"
+        "def main(cfg):\n    pass\n\n"
+        "main()\n"
+    )
+    shown = subprocess.run([sys.executable, "app.py", "--info", "searchpath"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "pkg://engage.core.conf" not in shown.stdout and f"{tmp_path}/configs" not in shown.stdout, shown.stdout
+    assert main(["run", "--info", "searchpath"]) == 0
+    paths = [line.split("|")[2].strip() for line in capsys.readouterr().out.splitlines() if line.count("|") == 3]
+    assert "pkg://engage.core.conf" in paths and len(paths) == len(set(paths)), paths

@@ -27,6 +27,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
     import os
 
     import hydra
+    from hydra_plugins.engage_core.searchpath import engage_app_runs
 
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
@@ -44,6 +45,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
             print(f"{program}: the process that started this rank (pid {starter}) is gone", file=sys.stderr)
             return 1
     register_configs()
+    engage_app_runs()  # ENGAGE's search path, even where -cp replaces its primary configs
     app = hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(task)
     saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     # a sweep's parent run (and store) this process runs a job of, if any: a sweep that ends

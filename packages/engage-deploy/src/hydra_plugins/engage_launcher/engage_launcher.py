@@ -156,7 +156,8 @@ class EngageDeploySearchPathPlugin(SearchPathPlugin):
     """Makes the shipped ``infrastructure/*.yaml`` configs selectable from any Hydra app."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        search_path.append(provider="engage-deploy", path="pkg://engage.deploy.conf")
+        if "pkg://engage.deploy.conf" not in {element.path for element in search_path.get_path()}:
+            search_path.append(provider="engage-deploy", path="pkg://engage.deploy.conf")
 
 
 def _check_serving(options: LauncherOptions, infrastructure: Any, config: DictConfig) -> None:
