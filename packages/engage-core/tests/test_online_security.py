@@ -120,6 +120,92 @@ def test_honest_simulations_complete_over_either_transport(tmp_path, helpers_on_
     assert not os.path.exists(folder)
 
 
+def _misbehaving(mode: str):
+    from engage.core.simulators import ExecutableSimulator
+    from engage.core.simulators.executable import TRAVELLING_WAVE_SPACE
+
+    helper = str(Path(__file__).with_name("misbehaving_simulation.py"))
+    argv = [sys.executable, helper, "{address}", "{simulation_id}", "{attempt}", mode]
+    return ExecutableSimulator(argv, TRAVELLING_WAVE_SPACE, sample_shape=(16, 16), samples_per_run=3)
+
+
+def test_what_a_finished_simulation_sends_is_dropped_and_counted(tmp_path, caplog):
+    """DONE three times, then one sample more: finished once, no retry, nothing more trained."""
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    sim = _misbehaving("done-twice")
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=1, workdir=str(tmp_path)
+    )
+    with caplog.at_level(logging.WARNING, logger="engage.online"):
+        scheduler.start()
+        scheduler.join(60)
+    assert scheduler.error is None and scheduler.finished == 1 and scheduler.retried == 0
+    assert buffer.inserted == 3 and scheduler.dropped_messages == 3  # two DONE and the late sample
+    assert any("which had finished" in r.getMessage() for r in caplog.records)
+
+
+def test_a_malformed_hello_fails_its_attempt_at_once(tmp_path):
+    """The key says whose connection it is: its attempt fails at once, not after its start-up time."""
+    sim = _misbehaving("bad-hello")
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), TrainingBuffer(capacity=64, policy="fifo"), simulations=1,
+        retries=0, startup_timeout=120.0, workdir=str(tmp_path),
+    )  # fmt: skip
+    started = time.monotonic()
+    scheduler.start()
+    scheduler.join(60)
+    assert time.monotonic() - started < 30
+    assert scheduler.error is not None and "malformed data" in scheduler.error, scheduler.error
+
+
+def test_an_attempt_that_cannot_be_started_fails_alone(tmp_path, helpers_on_path, monkeypatch):
+    """No file descriptor left (a peer holding idle connections): that attempt fails and is
+    retried, where the scheduler used to stop."""
+    from engage.core.executors import LocalExecutor
+
+    start, calls = LocalExecutor.start, []
+
+    def start_once_out_of_files(self, request):
+        calls.append(request.attempt)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")
+        return start(self, request)
+
+    monkeypatch.setattr(LocalExecutor, "start", start_once_out_of_files)
+    buffer = TrainingBuffer(capacity=64, policy="fifo")
+    sim = ramp(steps=3)
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), buffer, simulations=1, workdir=str(tmp_path)
+    )
+    scheduler.start()
+    scheduler.join(60)
+    assert scheduler.error is None and scheduler.finished == 1 and scheduler.retried == 1
+    assert calls == [1, 2] and buffer.inserted == 3
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one():
+    import resource
+
+    from engage.core.online.endpoint import raise_open_files_limit
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, before[1]))
+        soft, hard = raise_open_files_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard) and soft > 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+def test_text_from_a_peer_cannot_forge_log_lines_nor_drive_a_terminal():
+    from engage.core.online.frames import log_block, one_line
+
+    assert one_line("boom\x1b[2J\x07\x00\nWARNING forged") == "boom\\x1b[2J\\x07\\x00 WARNING forged"
+    assert log_block("stderr line\n[2026-12-07][engage][INFO] - forged\x1b[0m") == (
+        "  | stderr line\n  | [2026-12-07][engage][INFO] - forged\\x1b[0m"
+    )
+
+
 def test_peer_warnings_are_rate_limited_with_counts(caplog):
     warnings = PeerWarnings(per_minute=3)
     with caplog.at_level(logging.WARNING, logger="engage.online"):

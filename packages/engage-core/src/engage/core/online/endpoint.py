@@ -25,6 +25,27 @@ from engage.core.executors import Executor
 from engage.core.online import shared_memory
 from engage.core.online.security import RunKeys, run_folder, serve_curve
 
+#: the longest a peer's connection may take to complete its handshake, in milliseconds
+HANDSHAKE_MS = 10_000
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit, as Go's runtime does at
+    start: every connection to the trainer's socket holds a descriptor until libzmq closes it,
+    so at the usual soft limit of 1,024 a peer opening idle connections would leave none for the
+    run's own files and processes. Returns the limits ``(soft, hard)`` in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # above the kernel's own ceiling: keep what there is
+            return soft, hard
+        soft = wanted
+    return soft, hard
+
 
 class TrainerEndpoint:
     """The socket simulations send to, its keys and its shared memory (see the module doc).
@@ -42,6 +63,9 @@ class TrainerEndpoint:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.sock.maxmsgsize = int(max_message_bytes)
+        # a connection that has not completed its handshake (CURVE's included) within this is
+        # closed: one that never does holds a file descriptor for this long, not libzmq's 30 s
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         #: where simulations connect, once bound
         self.address: str | None = None
         #: the keys the run issues to simulation attempts (CURVE only)
@@ -62,6 +86,7 @@ class TrainerEndpoint:
 
     def bind(self) -> str:
         """Listen; the address simulations connect to."""
+        raise_open_files_limit()
         self.folder = run_folder()
         if self.transport_security == "ipc":
             # the socket file in a 0700 folder: only this OS user's processes can connect

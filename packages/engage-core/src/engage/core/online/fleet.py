@@ -35,6 +35,15 @@ from engage.core.online.security import RunKeys
 from engage.core.simulators.base import Simulator
 
 
+class LaunchFailed(Exception):
+    """An attempt whose process could not be started (no file descriptor left, a node that
+    refused it): it fails as one that died would, retried or given up, never the scheduler."""
+
+    def __init__(self, active: Running, reason: str) -> None:
+        super().__init__(reason)
+        self.active, self.reason = active, reason
+
+
 @dataclass
 class Running:
     """A simulation whose process runs (or is being reaped), with its connection and credit."""
@@ -144,6 +153,8 @@ class Fleet:
         try:
             request = LaunchRequest(command, sim_id, attempt, env=env, log_dir=self.log_dir, secrets=secrets)
             active.process = self.executor.start(request)
+        except OSError as exc:
+            raise LaunchFailed(active, f"could not be started: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             self._revoke(active)
             raise
@@ -165,6 +176,12 @@ class Fleet:
         if active is None or active.record.attempt != attempt or active.done or active.identity is not None:
             return None
         return active
+
+    def starting(self, user_id: str) -> Running | None:
+        """The attempt the key of ``user_id`` was issued to, while it has not connected yet."""
+        return next(
+            (a for a in self.active.values() if a.user_id == user_id and a.identity is None and not a.done), None
+        )
 
     def connections(self) -> list[Running]:
         """Simulations connected and still sending."""

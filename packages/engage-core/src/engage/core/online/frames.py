@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,25 @@ class MalformedSample(ValueError):
 
 
 def one_line(text: str, limit: int = 500) -> str:
-    """``text`` from a peer as one bounded log line (a newline in it must not forge another)."""
-    text = " ".join(text.split())
+    """``text`` from a peer as one bounded log line: a newline in it must not forge another, nor a
+    control character (an escape sequence, a bell, NUL) act on the terminal that shows it, so
+    those are written as escapes (``\\x1b``)."""
+    text = _escaped(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def log_block(text: str, prefix: str = "  | ") -> str:
+    """Several lines from a peer (a simulation's stderr) under a log line, each behind ``prefix``
+    with its control characters escaped, so that none reads as a log line of its own."""
+    return "\n".join(prefix + _escaped(line) for line in text.splitlines())
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
+#: characters of C0 and C1 control, and DEL, but tab (whitespace, already collapsed or harmless)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def check_sample(

@@ -21,7 +21,15 @@ from engage.core.online import protocol
 from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.credit import Credit
 from engage.core.online.fleet import Fleet, Running
-from engage.core.online.frames import MalformedSample, SampleSpec, discard_rest, one_line, read_header, read_payload
+from engage.core.online.frames import (
+    MalformedSample,
+    SampleSpec,
+    discard_rest,
+    log_block,
+    one_line,
+    read_header,
+    read_payload,
+)
 from engage.core.online.protocol import Kind, ProtocolError
 from engage.core.online.receiver import SampleReceiver
 from engage.core.online.security import PeerWarnings
@@ -101,7 +109,7 @@ class SimulationMessages:
                     # a key issued to one simulation used for another: the message is not that one's
                     raise _Impostor(f"a peer holding the key of attempt {user} sent a message as attempt {claimed}")
             if active is None:
-                self.hello(sock, identity, header, read_payload(sock))
+                self.hello(sock, identity, header, read_payload(sock), user)
                 return
             if header.simulation_id != active.record.simulation_id or header.attempt != active.record.attempt:
                 raise ProtocolError(
@@ -109,6 +117,21 @@ class SimulationMessages:
                     f"the connection belongs to {active.record.simulation_id} attempt {active.record.attempt}"
                 )
             active.last_seen = time.monotonic()
+            if active.done:
+                # finished: its record is final, and nothing it sends now counts (a second DONE
+                # would count it finished twice, a late sample fail what has finished)
+                discard_rest(sock)
+                if header.kind != Kind.HEARTBEAT:
+                    self.state.counts.dropped_messages += 1
+                    self.warnings.warn(
+                        active.user_id or str(active.record.simulation_id),
+                        "dropped a %s message of simulation %d attempt %d, which had finished (%d dropped so far)",
+                        header.kind.name,
+                        active.record.simulation_id,
+                        active.record.attempt,
+                        self.state.counts.dropped_messages,
+                    )
+                return
             if header.kind == Kind.SAMPLE or header.kind == Kind.SAMPLES:
                 self.receiver.receive(sock, active, header)
                 return
@@ -135,8 +158,11 @@ class SimulationMessages:
             # receiver: the checks name what is wrong; anything else they missed is the peer's too
             discard_rest(sock)
             what = str(exc) if isinstance(exc, (ProtocolError, MalformedSample)) else f"{type(exc).__name__}: {exc}"
-            if active is not None:
-                self.fail(sock, active, f"malformed data: {one_line(what)}")
+            # a malformed HELLO on the connection of the attempt its key belongs to fails that
+            # attempt now, not after its start-up time
+            starting = self.fleet.starting(user) if active is None and user else None
+            if active is not None or starting is not None:
+                self.fail(sock, active or starting, f"malformed data: {one_line(what)}")
             else:
                 counts = self.state.counts
                 counts.dropped_messages += 1
@@ -150,12 +176,24 @@ class SimulationMessages:
                     one_line(what, 200),
                 )
 
-    def hello(self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: bytes) -> None:
+    def hello(
+        self, sock: zmq.Socket, identity: bytes, header: protocol.Header, payload: bytes, user: str | None = None
+    ) -> None:
         active = self.fleet.expects(header.simulation_id, header.attempt) if header.kind == Kind.HELLO else None
         if active is None:
             # a stale attempt or a stranger: tell it to go away
             reason = f"simulation {header.simulation_id} attempt {header.attempt} is not expected"
             sock.send_multipart([identity, *protocol.encode_text(Kind.STOP, header.simulation_id, 0, reason)])
+            if user is not None:  # a second connection with an attempt's key, or one that finished
+                counts = self.state.counts
+                counts.dropped_messages += 1
+                self.warnings.warn(
+                    user,
+                    "dropped a %s message of a second connection holding the key of attempt %s (%d dropped so far)",
+                    header.kind.name,
+                    user,
+                    counts.dropped_messages,
+                )
             return
         hello = protocol.decode_json(payload) if len(payload) else {}
         rec = active.record
@@ -235,7 +273,7 @@ class SimulationMessages:
             rec.attempt,
             reason,
             "; retrying" if retry is not None else "; giving up",
-            rec.stderr_tail[-2000:],
+            log_block(rec.stderr_tail[-2000:]),
         )
         self.state.write(rec, final=retry is None)
         self.notify(self.hooks.engage_simulation_failed, record=rec, error=reason)

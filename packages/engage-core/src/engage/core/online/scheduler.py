@@ -51,7 +51,7 @@ from engage.core.online.config import OnlineDataConfig as _D
 from engage.core.online.config import check_settings
 from engage.core.online.credit import Credit, default_windows
 from engage.core.online.endpoint import TrainerEndpoint
-from engage.core.online.fleet import Fleet, pickled_simulator
+from engage.core.online.fleet import Fleet, LaunchFailed, pickled_simulator
 from engage.core.online.frames import (
     MalformedSample,
     SampleSpec,
@@ -303,7 +303,7 @@ class SimulationScheduler:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         while not self._stop.is_set():
-            self._launch()
+            self._launch(sock)
             ready = poller.poll(20)
             with self._lock:
                 if ready:
@@ -332,9 +332,10 @@ class SimulationScheduler:
             messages.send(sock, active, protocol.encode_text(Kind.STOP, active.record.simulation_id, 0, "run ended"))
 
     # ------------------------------------------------------------------ launching
-    def _launch(self) -> None:
+    def _launch(self, sock: zmq.Socket) -> None:
         """Start simulations while there is room, each under the lock on its own: a checkpoint
-        waits for one start (a key file, an executor call), not for a whole fleet's."""
+        waits for one start (a key file, an executor call), not for a whole fleet's. An attempt
+        whose process cannot be started fails as one that died would."""
         fleet = self.fleet
         while not self._stop.is_set():
             with self._lock:
@@ -346,7 +347,11 @@ class SimulationScheduler:
                     record = self.steering.new_record()
                 else:
                     return
-                active = fleet.start(record, str(self.address))
+                try:
+                    active = fleet.start(record, str(self.address))
+                except LaunchFailed as failure:
+                    self.messages.fail(sock, failure.active, failure.reason)
+                    continue
                 self.buffer.simulation_started(active.record.simulation_id)
                 self.state.write(active.record)
                 self.messages.notify(self.messages.hooks.engage_simulation_started, record=active.record)
