@@ -42,6 +42,11 @@ def test_project_experiment_is_unknown_elsewhere(tmp_path, monkeypatch):
         ("data.executor_options={log_dir: x}", "write ++data.executor_options={log_dir: x} to add"),
         ("hydra.launcher.foo=1", "hydra.launcher.foo: unknown key; `engage run --cfg hydra` shows Hydra's keys"),
         ("hydra.job.chdr=true", "hydra.job.chdr: unknown key; did you mean hydra.job.chdir? allowed: chdir,"),
+        # Hydra's hints, which its first line alone leaves out
+        ("model.lr=1,2", "model.lr=1,2: several values; write model.lr=[1,2] for a list, model.lr='1,2' for a"),
+        ("+model.width=8", "+model.width=8: model.width exists already; write model.width=8 to change it, or ++"),
+        ("~model.width", "~model.width: a field of HeatSurrogateConfig cannot be removed; set it instead"),
+        ("model.lr=${oops}", "model.lr: reads ${oops}, which is not in the config"),
     ],
 )
 def test_command_line_slips_get_the_line_that_fixes_them(override, line):

@@ -235,3 +235,14 @@ def test_engage_run_and_the_launcher_share_one_services_plan(monkeypatch: pytest
     other = OmegaConf.create({"hydra": {"launcher": {**launcher, "infrastructure": wider}}})
     engage_launcher.EngageLauncher.check(other)
     assert len(solved) == 2
+
+
+def test_an_infrastructure_without_the_engage_launcher_says_which_launcher_takes_it() -> None:
+    from engage.core.config.validate import ConfigError, compose_config
+
+    with pytest.raises(ConfigError) as refused:
+        compose_config(["+infrastructure=local"])
+    assert str(refused.value) == (
+        "hydra.launcher.infrastructure: the chosen launcher has no such option; it is an option of "
+        "hydra/launcher=engage"
+    )

@@ -127,6 +127,10 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
         line, code = refused, EXIT_CONFIG_ERROR
     elif isinstance(exc, (HydraException, OmegaConfBaseException)):
         line, code = explain(exc, _base_config(args)), EXIT_CONFIG_ERROR
+        unresolved = re.fullmatch(r"Interpolation key '([^']+)' not found", line)
+        readers = [a.partition("=")[0] for a in args if unresolved and "${" + unresolved.group(1) in a]
+        if readers:  # a resolved print (--cfg --resolve) names no key: the override that reads it
+            line = f"{readers[0]}: reads ${{{unresolved.group(1)}}}, which is not in the config (removed, or misspelt?)"
     else:
         return None
     print(f"engage run: {' '.join(line.split())}", file=sys.stderr)

@@ -53,6 +53,18 @@ def _fields_of(error: BaseException | None) -> list[str]:
     return []
 
 
+def _launchers_with(option: str) -> list[str]:
+    """The installed Hydra launchers (``hydra/launcher=NAME``) that take ``option``."""
+    from hydra.core.config_store import ConfigStore
+
+    launchers = ConfigStore.instance().repo.get("hydra", {}).get("launcher", {})
+    return sorted(
+        name.removesuffix(".yaml")
+        for name, entry in launchers.items()
+        if isinstance(getattr(entry, "node", None), DictConfig) and option in entry.node
+    )
+
+
 def unknown_key(key: str, allowed: list[str]) -> str:
     """The line for an unknown ``key``: the closest allowed name first, then all of them (a
     ``trainer`` argument ENGAGE builds itself says where it is set instead)."""
@@ -63,6 +75,11 @@ def unknown_key(key: str, allowed: list[str]) -> str:
         return f"{key}: ENGAGE builds the Trainer's {name}; set it with {TRAINER_ARGUMENTS_OWNED[name]}"
     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
     hint = f"did you mean {group + '.' if group else ''}{close[0]}? " if close else ""
+    if key.startswith("hydra.launcher.") and name not in allowed:
+        others = _launchers_with(key.removeprefix("hydra.launcher.").split(".")[0])
+        if others:  # an option of another launcher than the one chosen (Hydra's basic by default)
+            chosen = " or ".join(f"hydra/launcher={name}" for name in others)
+            return f"{key}: the chosen launcher has no such option; it is an option of {chosen}"
     if not allowed and key.startswith("hydra."):
         return f"{key}: unknown key; `engage run --cfg hydra` shows Hydra's keys"
     if not allowed:  # a mapping of free keys (data.executor_options): a new one is added with +
@@ -94,6 +111,23 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     if several:  # +group=option where the group has a default
         group, option = several.group(1), several.group(2)
         return f"+{group}={option}: {group} has a default; write {group}={option}"
+    ambiguous = re.search(r"Ambiguous value for argument '([^=']+)=([^']*)'", text)
+    if ambiguous:  # Hydra's three ways out, on one line
+        key, value = ambiguous.groups()
+        return (
+            f"{key}={value}: several values; write {key}=[{value}] for a list, {key}='{value}' for a string, "
+            "or add -m to sweep over them"
+        )
+    no_default = re.search(r"Could not override '([^']+)'\. No match in the defaults list\.", text)
+    appended = re.search(r"To append to your default list use \+(\S+)", text)
+    if no_default and appended:
+        group = no_default.group(1)
+        return f"{appended.group(1)}: {group} has no default to replace; write +{appended.group(1)}"
+    exists = re.search(r"Could not append to config\. An item is already at '([^']+)'\.", text)
+    plus = re.search(r"Either remove \+ prefix: '([^']*)'", text)
+    if exists and plus:
+        key, override = exists.group(1), plus.group(1)
+        return f"+{override}: {key} exists already; write {override} to change it, or ++{override}"
     parse = re.search(r"Error parsing override '([^']*)'\n(.*)", text)
     if parse:
         return f"cannot parse override {parse.group(1)!r} ({parse.group(2).strip()}); write key=value or group=option"
@@ -115,6 +149,8 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     key = override.group(1) if override else None
     full_key = re.search(r"full_key: (\S+)", text)
     key = key or (full_key.group(1) if full_key else None)
+    # OmegaConf's own errors carry the key when their text does not (a --cfg --resolve)
+    key = key or getattr(exc, "full_key", None) or getattr(exc.__cause__, "full_key", None) or None
     if re.search(r"not in struct|Key '[^']+' not in '|Key '[^']+' is not in struct", text):
         assigned = re.search(r"To append to your config use \+(\S+)=(.*)", text)
         if key and full_key and full_key.group(1).startswith(f"{key}.") and assigned:
@@ -122,6 +158,12 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
             value = assigned.group(2).strip()
             return f"{key}: '=' replaces only keys it has; write ++{key}={value} to add {full_key.group(1)}"
         return unknown_key(key or "", _keys_of(base, key or "") or _fields_of(exc.__cause__))
+    undeletable = re.search(r"(\w+) \(DictConfig\) does not support deletion", text)
+    if undeletable and key:
+        return f"~{key}: a field of {undeletable.group(1)} cannot be removed; set it instead ({key}=VALUE)"
+    unresolved = re.search(r"Interpolation key '([^']+)' not found", text)
+    if unresolved and key:
+        return f"{key}: reads ${{{unresolved.group(1)}}}, which is not in the config (removed, or misspelt?)"
     converted = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if converted:
         return f"{key}: expected {converted.group(2).lower()}, got {converted.group(1)!r}"
