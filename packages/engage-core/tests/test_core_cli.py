@@ -131,6 +131,17 @@ def test_plugins_options_lists_each_option_with_what_it_is(capsys, monkeypatch):
     assert about.startswith("A quick check that everything runs") and "\n" not in about
 
 
+def test_hydras_own_refusals_of_its_flags_are_one_line(capsys, tmp_path):
+    assert main(["run", "-m", "model.lr=1,2", "--cfg", "job"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "engage run: --run, --multirun, --cfg, --info and --shell_completion exclude one another: give one of them"
+    ]
+    assert main(["run", "--experimental-rerun", str(tmp_path / "nope.pickle")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"engage run: --experimental-rerun {tmp_path}/nope.pickle: no such file; give a run's .hydra/config.pickle"
+    )
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err

@@ -119,6 +119,12 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
     from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain, unparsable
 
     refused = None
+    flags = re.fullmatch(r"Only one of (--run, .*) can be specified", str(exc)) if isinstance(exc, ValueError) else None
+    rerun = re.fullmatch(r"File (.*) does not exist!", str(exc)) if isinstance(exc, ValueError) else None
+    if flags:  # Hydra's own refusals of its flags, raised as ValueError
+        refused = f"{flags.group(1)} exclude one another: give one of them"
+    elif rerun:
+        refused = f"--experimental-rerun {rerun.group(1)}: no such file; give a run's .hydra/config.pickle"
     if isinstance(exc, OverrideParseException):
         refused = unparsable([a for a in args if "=" in a and not a.startswith("-")])
     if isinstance(exc, (ConfigError, PluginError)):  # a plugin's contribution that cannot work
