@@ -142,6 +142,18 @@ def test_hydras_own_refusals_of_its_flags_are_one_line(capsys, tmp_path):
     )
 
 
+def test_an_accelerator_this_machine_lacks_is_refused_before_the_run_folder(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["run", "trainer.accelerator=cuda", f"hydra.run.dir={tmp_path}/run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "engage run: trainer.accelerator: 'cuda' is not available on this machine; use auto or cpu, or run where it is"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err

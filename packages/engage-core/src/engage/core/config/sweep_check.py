@@ -29,10 +29,11 @@ class SweepValuesCheck(Callback):
         """A single run: its values, and the checkpoint it resumes from, checked before Hydra
         makes the run's output folder (the task checks them again, for apps without this
         callback)."""
-        from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
+        from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_accelerator, check_values
 
         try:
             check_values(config)
+            check_accelerator(config)
             if OmegaConf.select(config, "ckpt_path", default=None) not in (None, ""):
                 from engage.core.training import resolve_ckpt_path
 

@@ -211,6 +211,25 @@ def check_values(cfg: DictConfig) -> None:
     _check_executor(cfg)
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """``trainer.accelerator`` named (not ``auto`` or ``cpu``) must be there on this machine,
+    which Lightning would say only once the run's folder exists. For a run that trains here:
+    a sweep's jobs may run on other machines (a Slurm partition of GPU nodes)."""
+    name = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    if not isinstance(name, str) or name in ("auto", "cpu"):
+        return
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    wanted = ["cuda", "mps"] if name == "gpu" else [name]
+    known = AcceleratorRegistry.available_accelerators()
+    if not all(w in known for w in wanted):
+        return  # an accelerator object or a name Lightning does not register: Lightning says
+    if not any(AcceleratorRegistry.get(w).is_available() for w in wanted):
+        raise ConfigError(
+            f"trainer.accelerator: {name!r} is not available on this machine; use auto or cpu, or run where it is"
+        )
+
+
 def _check_executor(cfg: DictConfig) -> None:
     """``data.executor`` installed, and its options ones it takes, with values it can check
     without building it (an executor may submit a probe job when built)."""
