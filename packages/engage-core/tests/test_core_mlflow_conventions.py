@@ -125,6 +125,22 @@ def test_a_sweep_with_a_failing_job_keeps_every_child_and_fails_its_parent(tmp_p
     assert parent.data.metrics["jobs_failed"] == 1 and parent.data.metrics["jobs"] == 3
 
 
+@pytest.mark.slow
+def test_a_sweep_named_by_run_name_names_its_jobs_after_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = ["-m", *TINY, "trainer.fast_dev_run=true", "logger.run_name=mysweep", "model.lr=0.001,0.003"]
+    done = engage_run([*sweep, f"logger.uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == "mysweep"
+    assert sorted(r.info.run_name for r in runs if r is not parent) == [
+        "mysweep#0 model.lr=0.001",
+        "mysweep#1 model.lr=0.003",
+    ]
+
+
 def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_path, monkeypatch):
     """Inside a Slurm job Lightning resumes a fit from the HPC checkpoint a requeue left in the
     run's folder; ``engage run`` then takes on the MLflow run its earlier incarnation named there

@@ -80,7 +80,8 @@ class MLflowSweepCallback(Callback):
         sweep_overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         run = client.create_run(
             experiment_id,
-            run_name=sweep_name(),
+            # logger.run_name names the sweep (its jobs then NAME#N ...), else a new name
+            run_name=str(logger_cfg.get("run_name") or sweep_name()),
             tags={
                 "engage.kind": "sweep",
                 "engage.sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
