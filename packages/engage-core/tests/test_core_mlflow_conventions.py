@@ -141,6 +141,18 @@ def test_a_sweep_named_by_run_name_names_its_jobs_after_it(tmp_path):
     ]
 
 
+@pytest.mark.slow
+def test_a_run_in_its_own_folder_logs_to_the_store_of_the_folder_it_started_in(tmp_path):
+    """hydra.job.chdir=true makes the run's folder the working directory; the store, and its
+    artifacts, stay where a sweep started in the same folder keeps them."""
+    done = engage_run([*TINY, "trainer.fast_dev_run=true", "hydra.job.chdir=true", "hydra.run.dir=runs/a"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list((tmp_path / "runs" / "a").glob("mlflow.db")) and not (tmp_path / "runs" / "a" / "mlruns").exists()
+    client, run = only_run(f"sqlite:///{tmp_path}/mlflow.db", "engage")
+    assert run.info.artifact_uri.startswith(f"{tmp_path}/mlruns/")
+    assert artifacts(client, run.info.run_id)
+
+
 def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_path, monkeypatch):
     """Inside a Slurm job Lightning resumes a fit from the HPC checkpoint a requeue left in the
     run's folder; ``engage run`` then takes on the MLflow run its earlier incarnation named there

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.naming import PARAM_MAX_CHARS, job_run_name, single_run_name, sweep_overrides_of
-from engage.core.tracking.store import MLFLOW_TRACKING_URI, parent_run_id, resolve_experiment
+from engage.core.tracking.store import MLFLOW_TRACKING_URI, launch_folder, parent_run_id, resolve_experiment
 from engage.core.tracking.uninterrupted import UninterruptedClient, ctrl_c_deferred, uninterrupted_client
 
 #: a config value that only repeats another node (``${simulator}``, ``${seed}``): logged at its source
@@ -60,6 +60,18 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
         if key != "hydra":
             walk(str(key), raw[key], resolved[key])  # type: ignore[index]
     return params
+
+
+def _new_experiment(client: Any, tracking_uri: str, name: str) -> str:
+    """Create experiment ``name``. A local SQLite store's keeps its artifacts where MLflow puts
+    them for a client started in the launch folder (``./mlruns/<id>`` beside the store), also
+    when ``hydra.job.chdir`` made the run's folder the working directory."""
+    launch = launch_folder().resolve()
+    if tracking_uri.startswith("sqlite:///") and launch != Path.cwd().resolve():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        return SqlAlchemyStore(tracking_uri, str(launch / "mlruns")).create_experiment(name)
+    return client.create_experiment(name)
 
 
 def _hydra_job() -> tuple[list[str], int | None, str | None]:
@@ -122,7 +134,10 @@ class MLflowRun:
                 return taken
         experiment_name = resolve_experiment(cfg.logger.experiment)
         experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        if experiment is None:
+            experiment_id = _new_experiment(client, tracking_uri, experiment_name)
+        else:
+            experiment_id = experiment.experiment_id
         overrides, job_number, experiment_option = _hydra_job()
         tags = {str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}
         parent = parent_run_id()

@@ -26,9 +26,21 @@ UNAVAILABLE_FIX = "start it, set logger.uri, or allow logger.fallback_local=true
 
 
 def default_tracking_uri(directory: str | os.PathLike[str] | None = None) -> str:
-    """``sqlite:///<directory>/mlflow.db``, the working directory by default."""
-    base = Path(directory) if directory is not None else Path.cwd()
+    """``sqlite:///<directory>/mlflow.db``; by default the folder the command was started in
+    (Hydra's ``runtime.cwd``, which ``hydra.job.chdir=true`` leaves for the run's folder), so
+    that a run and a sweep started in one folder log to one store there."""
+    base = Path(directory) if directory is not None else launch_folder()
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+
+
+def launch_folder() -> Path:
+    """The folder the command was started in: Hydra's ``runtime.cwd`` inside a Hydra app, else
+    the working directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
 
 
 #: the MLflow experiment of a run when neither ``logger.experiment`` nor ``MLFLOW_EXPERIMENT_NAME`` names one
