@@ -157,6 +157,8 @@ def test_an_accelerator_this_machine_lacks_is_refused_before_the_run_folder(caps
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err
+    assert main(["runn"]) == 2
+    assert "unknown command 'runn'; did you mean 'run'? available:" in capsys.readouterr().err
 
 
 def test_the_trainer_group_takes_every_argument_of_the_installed_trainer():
@@ -243,6 +245,16 @@ def test_shell_completion_lists_the_installed_samplers(monkeypatch, capsys):
     assert main(["-sc", "query=bash"]) == 0
     offered = set(capsys.readouterr().out.split())
     assert {f"sampler={name}" for name in samplers()} <= offered, offered
+
+
+def test_shell_completion_offers_the_sub_commands_first(monkeypatch, capsys):
+    monkeypatch.setenv("COMP_LINE", "engage pl")
+    assert main(["-sc", "query=bash"]) == 0
+    assert {"run", "plugins", "replay", "--version"} <= set(capsys.readouterr().out.split())
+    monkeypatch.delenv("COMP_LINE")
+    # installed from engage run's flags too: for the program engage, not for every command named run
+    assert main(["run", "-sc", "install=bash"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("-F hydra_bash_completion engage")
 
 
 def test_version_names_the_installed_packages(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 from collections.abc import Sequence
@@ -156,18 +157,24 @@ def _base_config(args: Sequence[str] = ()):
     return None
 
 
-def _completion(argv: list[str]) -> int:
+def _completion(argv: list[str], commands: Sequence[str] = ()) -> int:
     """``engage -sc query=bash`` (as Hydra's installed completion script calls it) and
-    ``engage -sc install=bash``: Hydra's completion of ``engage run``'s command line."""
+    ``engage -sc install=bash``: the sub-commands after ``engage``, then Hydra's completion of
+    ``engage run``'s command line."""
     import os
 
     line = os.environ.get("COMP_LINE")
     if line is not None:
         words = line.split(" ")
-        if len(words) > 1 and words[1] == "run":  # Hydra completes what follows the program
-            os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
-            if "COMP_POINT" in os.environ:
-                os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len("run ")))
+        if len(words) <= 2:  # the sub-command itself
+            print(" ".join([*sorted(commands), "--help", "--version"]))
+            return 0
+        if words[1] != "run":  # another sub-command's arguments: the shell's own (file names)
+            return 0
+        # Hydra completes what follows the program
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+        if "COMP_POINT" in os.environ:
+            os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len("run ")))
     return _run(argparse.Namespace(command="run", args=argv), program="engage")
 
 
@@ -336,7 +343,12 @@ def core_commands() -> list[Command]:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     manager = get_plugin_manager()
-    parser = argparse.ArgumentParser(prog="engage", description="ENGAGE: online training from live simulations.")
+    parser = argparse.ArgumentParser(
+        prog="engage",
+        description="ENGAGE: online training from live simulations.",
+        epilog='engage --version lists the installed ENGAGE packages; eval "$(engage -sc install=bash)" '
+        "completes the sub-commands and engage run's overrides in bash.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, Command] = {}
     for command in flatten(manager.hook.engage_commands()):
@@ -363,10 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "--version":
         return _version()
     if argv[0] in COMPLETION_FLAGS:
-        return _completion(argv)
+        return _completion(argv, list(commands))
+    if argv[0] == "run" and any(arg in COMPLETION_FLAGS for arg in argv[1:]):
+        # engage run -sc install=bash: the same script as engage -sc (Hydra would register "run")
+        return _completion(argv[1:], list(commands))
     name = argv[0]
     if name not in commands:
-        print(f"engage: unknown command {name!r}; available: {', '.join(sorted(commands))}", file=sys.stderr)
+        close = difflib.get_close_matches(name, commands, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        print(f"engage: unknown command {name!r}; {hint}available: {', '.join(sorted(commands))}", file=sys.stderr)
         return 2
     command = commands[name]
     if command.passthrough:
