@@ -154,6 +154,14 @@ def test_an_accelerator_this_machine_lacks_is_refused_before_the_run_folder(caps
     assert not (tmp_path / "run").exists()
 
 
+def test_a_relative_config_path_says_how_to_give_it(capsys):
+    assert main(["run", "-cp", "my_configs", "-cn", "mine"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "engage run: --config-path: no config module 'engage.core.my_configs'; a relative -cp is read inside "
+        "ENGAGE's package: give an absolute path (-cp $PWD/my_configs), or add a folder with -cd"
+    )
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err

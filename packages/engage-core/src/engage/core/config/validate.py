@@ -128,6 +128,12 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     if exists and plus:
         key, override = exists.group(1), plus.group(1)
         return f"+{override}: {key} exists already; write {override} to change it, or ++{override}"
+    module = re.search(r"Primary config module '([^']+)' not found", text)
+    if module:  # a relative --config-path is a package path next to ENGAGE's own configs
+        return (
+            f"--config-path: no config module {module.group(1)!r}; a relative -cp is read inside ENGAGE's "
+            "package: give an absolute path (-cp $PWD/my_configs), or add a folder with -cd"
+        )
     parse = re.search(r"Error parsing override '([^']*)'\n(.*)", text)
     if parse:
         return f"cannot parse override {parse.group(1)!r} ({parse.group(2).strip()}); write key=value or group=option"
