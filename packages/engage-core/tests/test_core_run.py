@@ -214,7 +214,7 @@ def _stopped_midway(tmp_path, signum):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 120
-    while not list(run_dir.rglob("last.ckpt")) and run.poll() is None and time.time() < deadline:
+    while not list(run_dir.rglob("*.ckpt")) and run.poll() is None and time.time() < deadline:
         time.sleep(0.05)  # training has taken a step
     run.send_signal(signum)
     _, err = run.communicate(timeout=60)
@@ -355,7 +355,7 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
         text=True,
     )
     deadline = time.time() + 120
-    while not list(run_dir.rglob("last.ckpt")) and first.poll() is None and time.time() < deadline:
+    while not list(run_dir.rglob("*.ckpt")) and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)

@@ -92,11 +92,18 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(EngageProgressBar())
     if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        # one folder per run, with a last.ckpt that `ckpt_path=last` finds
-        every = cfg.checkpoint_every_n_steps or None
-        callbacks.append(
-            ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_last=True, every_n_train_steps=every)
-        )
+        # one folder per run: last.ckpt at each epoch's end and, with checkpoint_every_n_steps,
+        # steps-*.ckpt every so many steps as well (Lightning takes one or the other from one
+        # callback, so two, whose files are named apart since each deletes its own older one);
+        # `ckpt_path=last` resumes from the newest
+        folder = str(output_dir / "checkpoints")
+        callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True))
+        if cfg.checkpoint_every_n_steps:
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=folder, filename="steps-{epoch}-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps
+                )
+            )
     return callbacks
 
 
@@ -117,15 +124,14 @@ def requeued_run(trainer: pl.Trainer, output_dir: Path, tracking_uri: str) -> st
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``cfg.ckpt_path`` as a file: ``last`` is this run folder's newest ``last.ckpt`` (else its
-    newest checkpoint). A path that names no checkpoint is a :class:`ConfigError`."""
+    """``cfg.ckpt_path`` as a file: ``last`` is this run folder's newest checkpoint (``last.ckpt``
+    of an epoch's end, or a ``steps-*.ckpt`` of ``checkpoint_every_n_steps`` written since). A
+    path that names no checkpoint is a :class:`ConfigError`."""
     value = cfg.ckpt_path
     if value in (None, ""):
         return None
     if str(value) == "last":
-        found = sorted(output_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) or sorted(
-            output_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime
-        )
+        found = sorted(output_dir.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
         if not found:
             raise ConfigError(
                 f"ckpt_path=last: no checkpoint in the run folder {output_dir}; pass hydra.run.dir of the run to "

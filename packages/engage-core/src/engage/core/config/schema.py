@@ -334,7 +334,8 @@ class EngageConfig:
     test_after_fit: bool = True
     #: resume: a checkpoint's path, or ``last`` (the newest checkpoint of this run folder)
     ckpt_path: str | None = None
-    #: also write ``checkpoints/last.ckpt`` every this many training steps (0: at epoch ends only)
+    #: also write ``checkpoints/steps-*.ckpt`` every this many training steps, beside ``last.ckpt``
+    #: at epoch ends (0: at epoch ends only); ``ckpt_path=last`` resumes from the newest
     checkpoint_every_n_steps: int = 0
 
     def __post_init__(self) -> None:
