@@ -162,6 +162,29 @@ def test_a_relative_config_path_says_how_to_give_it(capsys):
     )
 
 
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_anything(capsys, tmp_path):
+    import os
+    import subprocess
+
+    (tmp_path / "afile").write_text("")
+    assert main(["run", f"hydra.run.dir={tmp_path}/afile/run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"engage run: hydra.run.dir: {tmp_path}/afile is a file, not a folder; choose another hydra.run.dir"
+    )
+    if os.geteuid() != 0:
+        return  # a read-only file system of the test's own needs root (any other user's folder would do)
+    (tmp_path / "ro").mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", tmp_path / "ro", tmp_path / "ro"], check=True)
+    try:
+        assert main(["run", "-m", "model.width=8,16", f"hydra.sweep.dir={tmp_path}/ro/sweep"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"engage run: hydra.sweep.dir: cannot write under {tmp_path}/ro (a read-only file system); "
+            "choose another hydra.sweep.dir"
+        )
+    finally:
+        subprocess.run(["umount", tmp_path / "ro"], check=True)
+
+
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; available:" in capsys.readouterr().err

@@ -34,6 +34,7 @@ class SweepValuesCheck(Callback):
         try:
             check_values(config)
             check_accelerator(config)
+            check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
             if OmegaConf.select(config, "ckpt_path", default=None) not in (None, ""):
                 from engage.core.training import resolve_ckpt_path
 
@@ -71,6 +72,7 @@ class SweepValuesCheck(Callback):
                 resumes = resumes or OmegaConf.select(cfg, "ckpt_path", default=None) not in (None, "")
             if resumes:
                 _check_checkpoints(hydra, name, own, overrides)
+            check_writable(Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="."))), "hydra.sweep.dir")
         except ConfigError as exc:
             line = str(exc)
         except (HydraException, OmegaConfBaseException) as exc:
@@ -109,3 +111,21 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
                 "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
             )
         resolve_ckpt_path(cfg, folder)
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """``folder`` can be made or written to (Hydra makes it, then writes its log there): the
+    nearest folder of it that exists takes new entries. :class:`ConfigError` naming ``key``."""
+    import os
+
+    from engage.core.config.validate import ConfigError
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is a file, not a folder; choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        why = "a read-only file system" if read_only else "no permission to write"
+        raise ConfigError(f"{key}: cannot write under {existing} ({why}); choose another {key}")
