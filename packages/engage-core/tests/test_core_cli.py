@@ -207,7 +207,7 @@ def test_the_trainer_group_takes_every_argument_of_the_installed_trainer():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("trainer.accelerator=tpu", "engage run: trainer: "),
+        ("trainer.accelerator=tpu", "engage run: trainer.accelerator: 'tpu' is not available on this machine"),
         ("trainer.devices=0", "engage run: trainer: "),
     ],
 )
