@@ -384,3 +384,76 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     assert again.returncode == 2, again.stderr[-3000:]
     (line,) = _stderr_lines(again)
     assert "nothing left to train, the checkpoint reached trainer.max_epochs=1 (1 epochs trained)" in line, line
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_during_the_run_ends_it_in_one_line(tmp_path):
+    """MLflow retries each request for minutes by default, and a run logs hundreds: the run ends
+    within about a minute, with exit code 3 and one line saying what to do, and sends the dead
+    server nothing more."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--workers", "1", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url, run_dir = f"http://127.0.0.1:{port}", tmp_path / "run"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.3)
+        args = [*TINY, "simulator.steps=40", "data.policy=fifo", "trainer.limit_train_batches=null",
+                f"logger.uri={url}", f"hydra.run.dir={run_dir}",
+                "+callbacks.pace._target_=engage_test_pace.Pace"]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "fixtures")}
+        env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"  # the user's own setting wins over the run's bound
+        run = subprocess.Popen([sys.executable, "-m", "engage.core.cli", "run", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (run_dir / "engage-mlflow-run.json").exists() and run.poll() is None:
+            assert time.monotonic() < deadline, "the run did not open its MLflow run"
+            time.sleep(0.1)
+        time.sleep(2)  # training has begun, and logged to the server
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    killed = time.monotonic()
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 3, err[-3000:]
+    assert time.monotonic() - killed < 60  # MLflow's own retries would take many minutes
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"engage run: MLflow server {url} stopped answering during the run ("), last
+    assert f"resume with hydra.run.dir={run_dir} ckpt_path=last" in last, last
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_mlflow_http_retries_are_bounded_for_a_server_unless_the_user_set_them(monkeypatch):
+    import os
+
+    from engage.core.tracking.store import bound_http_requests
+
+    for name in ("MAX_RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
+    bound_http_requests("sqlite:///x.db", 10.0)
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # a file store has no requests
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    bound_http_requests("http://127.0.0.1:5000", 10.0)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the user's own

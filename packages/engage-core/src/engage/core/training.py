@@ -39,8 +39,10 @@ from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
     UNAVAILABLE_FIX,
     TrackingUnavailable,
+    bound_http_requests,
     check_reachable,
     default_tracking_uri,
+    lost_server,
     resolve_tracking_uri,
 )
 from engage.core.tracking.uninterrupted import ctrl_c_deferred
@@ -295,10 +297,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # one MLflow run, on the process of global rank 0 (Lightning or srun starts the others): they
     # record nothing, so they do not ask whether the store answers either
     tracking_uri = choose_tracking_uri(cfg, output_dir) if rank_zero_only.rank == 0 else ""
+    bound_http_requests(tracking_uri, cfg.logger.timeout_s)
     tracked = None
     if rank_zero_only.rank == 0:
         continued = requeued_run(trainer, output_dir, tracking_uri) if ckpt_path is None else None
-        tracked = MLflowRun.open(cfg, tracking_uri, continued=continued)
+        try:
+            tracked = MLflowRun.open(cfg, tracking_uri, continued=continued)
+        except Exception as exc:  # it answered the check a moment ago
+            lost = lost_server(exc, tracking_uri)
+            if lost is None:
+                raise
+            raise TrackingUnavailable(f"{lost}, before the run started; {UNAVAILABLE_FIX}") from None
         # private: the store's address may carry credentials
         write_private(output_dir / RUN_FILE, json.dumps({"run_id": tracked.run_id, "tracking_uri": tracking_uri}))
     trainer.logger = tracked.logger if tracked is not None else None
@@ -309,6 +318,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     status, error = "FINISHED", None
     hook_failure: PluginHookError | None = None  # an observer of the run's end that raised
+    lost: str | None = None  # the tracking server stopped answering: nothing more is sent to it
     started = time.perf_counter()
     timeline = None
     if tracked is not None:
@@ -357,6 +367,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             error = "interrupted"
             raise KeyboardInterrupt from None
         status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        lost = lost_server(exc, tracking_uri)
+        if lost is not None:
+            step = getattr(trainer, "global_step", 0)
+            raise TrackingUnavailable(
+                f"{lost}: training stopped at step {step}, and its MLflow run {tracked.run_id if tracked else ''} "
+                f"stays RUNNING there; once it answers, resume with hydra.run.dir={output_dir} ckpt_path=last"
+            ) from None
         raise
     finally:
         # the run's record is completed and closed whole: a signal meanwhile is raised after it
@@ -365,7 +382,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metrics = {
                     k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
                 }
-                if tracked is not None:
+                if tracked is not None and lost is not None:
+                    manager.unregister(timeline)
+                    tracked.close(status, reachable=False)
+                elif tracked is not None:
                     try:
                         # the id naming the online run's own journal, caches and folder, failed runs' too
                         online_run = getattr(datamodule, "run_id", None)

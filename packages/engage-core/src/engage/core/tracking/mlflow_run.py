@@ -260,14 +260,23 @@ class MLflowRun:
             self.client.log_artifact(self.run_id, str(file), artifact_path="checkpoints")
         return skipped
 
-    def close(self, status: str) -> None:
+    def close(self, status: str, reachable: bool = True) -> None:
         """Stop the system metrics and end the run ``FINISHED``, ``FAILED`` or ``KILLED``
-        (``SCHEDULED``: a requeued job's incarnation, which the next continues)."""
+        (``SCHEDULED``: a requeued job's incarnation, which the next continues). Not
+        ``reachable``: the store stopped answering, so nothing more is sent to it (the run
+        stays as the store last heard of it)."""
         if self._monitor is not None:
-            with ctrl_c_deferred():  # its last samples are written from this thread
-                self._monitor.finish()
+            if reachable:
+                with ctrl_c_deferred():  # its last samples are written from this thread
+                    self._monitor.finish()
+            else:
+                # its daemon thread ends without a last write; a request it has under way says no
+                # more than the run's own line did
+                self._monitor._shutdown_event.set()
+                logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
             self._monitor = None
-        self.client.set_terminated(self.run_id, status=status)
+        if reachable:
+            self.client.set_terminated(self.run_id, status=status)
         if self._environment_uri is None:
             os.environ.pop(MLFLOW_TRACKING_URI, None)
         else:

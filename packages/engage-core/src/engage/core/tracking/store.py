@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -87,6 +88,34 @@ def parent_run_id(timeout_s: float = 300.0) -> str | None:
                 )
                 return None
             time.sleep(0.05)
+
+
+#: MLflow's retries of an HTTP request during a run, unless the environment sets them: a server
+#: that stops answering fails the run within about a minute (MLflow's own defaults retry each
+#: request for minutes, and a run logs hundreds)
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def bound_http_requests(uri: str, timeout_s: float) -> None:
+    """For a tracking server at ``uri``: MLflow's requests retried :data:`HTTP_RETRIES`, each
+    waiting at most ``timeout_s`` for an answer, where the environment does not say otherwise."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    for name, value in {**HTTP_RETRIES, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s)))}.items():
+        os.environ.setdefault(name, value)
+
+
+def lost_server(exc: BaseException, uri: str) -> str | None:
+    """One line saying the tracking server at ``uri`` stopped answering, if ``exc`` (raised
+    during a run) says so; else ``None``."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    for error in (exc, exc.__cause__, exc.__context__):
+        text = str(error) if error is not None else ""
+        if type(error).__name__ == "MlflowException" and "API request to" in text and "failed" in text:
+            why = re.search(r"(Max retries exceeded|Connection refused|Read timed out|timed out)", text)
+            return f"MLflow server {uri} stopped answering during the run ({why.group(1) if why else 'no answer'})"
+    return None
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
