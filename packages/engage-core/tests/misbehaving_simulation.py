@@ -1,6 +1,7 @@
 """A simulation program that speaks the protocol with its own keys but misbehaves in one way
 (``MODE``), for the trainer's tests: ``done-twice`` sends every sample, then ``DONE`` three
-times and a sample after them; ``bad-hello`` opens with a ``HELLO`` too deeply nested to read.
+times and a sample after them; ``bad-hello`` opens with a ``HELLO`` too deeply nested to read;
+``stuck`` sends one sample, then only heartbeats, as a solver stuck beside a live thread.
 
 Usage: ``python misbehaving_simulation.py ADDRESS SIMULATION_ID ATTEMPT MODE``
 """
@@ -15,7 +16,7 @@ import time
 from engage.core.simulators.executable import TRAVELLING_WAVE
 
 sys.path.insert(0, os.path.dirname(TRAVELLING_WAVE))
-from travelling_wave import DONE, HELLO, SAMPLE, Connection, field
+from travelling_wave import DONE, HEARTBEAT, HELLO, SAMPLE, Connection, field
 
 STEPS = 3
 
@@ -30,6 +31,15 @@ def main(address: str, sid: int, attempt: int, mode: str) -> int:
     while conn.job is None:
         conn.receive()
     frequency, damping = float(conn.job["parameters"]["frequency"]), float(conn.job["parameters"]["damping"])
+    if mode == "stuck":
+        while conn.credits == 0:
+            conn.receive()
+        sample = field(frequency, damping, 0)
+        conn.send(SAMPLE, sample.tobytes(), index=0, shape=sample.shape)
+        for _ in range(300):  # a minute of heartbeats, holding the rest of its credit
+            conn.send(HEARTBEAT)
+            time.sleep(0.2)
+        return 1
     for step in range(STEPS):
         while conn.credits == 0:
             conn.receive()

@@ -361,6 +361,8 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL
     _, before = _runs(tmp_path)
+    # the run SIGKILL left RUNNING names its online run (journal, folder), tagged as training began
+    assert [len(r.data.tags.get("engage.online_run_id", "")) for r in before] == [32]
     # the checkpoint of another simulator is refused before anything starts, naming what differs
     other = [a.replace("simulator.steps=8", "simulator.steps=9") for a in args]
     refused = engage("run", *other, "ckpt_path=last", cwd=tmp_path)

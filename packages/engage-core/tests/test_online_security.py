@@ -197,6 +197,21 @@ def test_the_open_files_limit_is_raised_to_the_hard_one():
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
 
 
+def test_a_simulation_that_only_heartbeats_while_holding_credit_fails(tmp_path):
+    """Stuck, beside a thread that still answers: it fails after the heartbeat timeout."""
+    sim = _misbehaving("stuck")
+    scheduler = SimulationScheduler(
+        sim, UniformSampler(sim.space, seed=0), TrainingBuffer(capacity=64, policy="fifo"), simulations=1,
+        retries=0, heartbeat_timeout=2.0, workdir=str(tmp_path),
+    )  # fmt: skip
+    started = time.monotonic()
+    scheduler.start()
+    scheduler.join(60)
+    assert time.monotonic() - started < 20
+    assert scheduler.error is not None and "no sample for" in scheduler.error, scheduler.error
+    assert "while holding credit" in scheduler.error
+
+
 def test_text_from_a_peer_cannot_forge_log_lines_nor_drive_a_terminal():
     from engage.core.online.frames import log_block, one_line
 

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -134,6 +135,8 @@ class Credit:
             payload = np.asarray(granted, dtype="<i8").tobytes()
             header = protocol.encode_header(Kind.CREDIT, rec.simulation_id, rec.attempt, grant, nbytes=len(payload))
             message = [header, payload]
+        if active.credits == 0:
+            active.progress_at = time.monotonic()  # it may send from now: its samples show it lives
         active.credits += grant
         send(active, message)
         return grant
@@ -157,6 +160,7 @@ class Credit:
         if header.index > active.accepted:
             raise ProtocolError(f"sample {header.index} arrived after sample {active.accepted - 1}: samples missing")
         active.credits -= count
+        active.progress_at = time.monotonic()
 
     def granted_slots(self, active: Running, count: int, skip: int) -> list[int]:
         """A shared-memory client's next ``count`` granted slots, in order; those of the first

@@ -56,6 +56,10 @@ class Running:
     credits: int = 0
     accepted: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    #: when it last sent a sample, or was granted credit holding none: a simulation that holds
+    #: credit shows it lives by its samples, not by heartbeats alone (a solver stuck while a
+    #: thread of its program still answers)
+    progress_at: float = field(default_factory=time.monotonic)
     exited_at: float | None = None
     done: bool = False
     #: the buffer slots granted to a simulation writing into shared memory, in the order it fills
@@ -219,6 +223,14 @@ class Fleet:
                     verdicts.failed.append((active, f"did not connect within {self.startup_timeout:g}s"))
             elif now - active.last_seen > self.heartbeat_timeout:
                 verdicts.failed.append((active, f"silent for {now - active.last_seen:.1f}s (heartbeat timeout)"))
+            elif active.credits > 0 and now - active.progress_at > self.heartbeat_timeout:
+                verdicts.failed.append(
+                    (
+                        active,
+                        f"no sample for {now - active.progress_at:.1f}s while holding credit for {active.credits} "
+                        "(heartbeat timeout: heartbeats alone do not count while a simulation may send)",
+                    )
+                )
             elif beat:
                 verdicts.beat.append(active)
         return verdicts

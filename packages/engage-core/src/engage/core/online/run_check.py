@@ -47,6 +47,16 @@ class OnlineRunCheck(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._recorded, self._batches = None, 0
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Tag the MLflow run with the online run's id (its journal's, its folder's) as training
+        starts, once a checkpoint restored it: a run killed later (SIGKILL) still names it."""
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        dm, logger = self._datamodule(trainer), trainer.logger
+        run_id = getattr(dm, "run_id", None)
+        if run_id and isinstance(logger, MLFlowLogger) and trainer.is_global_zero and logger.run_id:
+            logger.experiment.set_tag(logger.run_id, "engage.online_run_id", run_id)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
         dm = self._datamodule(trainer)
         if dm is not None:
