@@ -94,12 +94,13 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(EngageProgressBar())
     if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-        # one folder per run: last.ckpt at each epoch's end and, with checkpoint_every_n_steps,
-        # steps-*.ckpt every so many steps as well (Lightning takes one or the other from one
-        # callback, so two, whose files are named apart since each deletes its own older one);
-        # `ckpt_path=last` resumes from the newest
+        # one folder per run: at each epoch's end its checkpoint, with last.ckpt a link to it (a
+        # checkpoint holds the buffer's samples: no second copy of them) and, with
+        # checkpoint_every_n_steps, steps-*.ckpt every so many steps as well (Lightning takes one
+        # or the other from one callback, so two, whose files are named apart since each deletes
+        # its own older one); `ckpt_path=last` resumes from the newest
         folder = str(output_dir / "checkpoints")
-        callbacks.append(ModelCheckpoint(dirpath=folder, save_last=True))
+        callbacks.append(ModelCheckpoint(dirpath=folder, save_last="link"))
         if cfg.checkpoint_every_n_steps:
             callbacks.append(
                 ModelCheckpoint(
