@@ -69,6 +69,9 @@ def test_a_plugin_that_fails_to_import_is_named_and_can_be_disabled(tmp_path, mo
         f"{DISABLE_ENV} names 'brokn', which no installed package declares; did you mean 'broken'? "
         "the installed ENGAGE plugins are broken, core,"
     )
+    # a plugin this environment lacks (a setting shared with others), close to no installed name
+    monkeypatch.setenv(DISABLE_ENV, "broken,tensorflowish")
+    assert load_plugins(new_plugin_manager(installed=False)).is_blocked("broken")
 
 
 def test_a_misspelled_hook_implementation_fails_loudly(tmp_path, monkeypatch):

@@ -117,7 +117,7 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain, unparsable
+    from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, explain, missing_interpolation, unparsable
 
     refused = None
     flags = re.fullmatch(r"Only one of (--run, .*) can be specified", str(exc)) if isinstance(exc, ValueError) else None
@@ -137,7 +137,7 @@ def _one_line(exc: BaseException, args: Sequence[str] = ()) -> int | None:
         unresolved = re.fullmatch(r"Interpolation key '([^']+)' not found", line)
         readers = [a.partition("=")[0] for a in args if unresolved and "${" + unresolved.group(1) in a]
         if readers:  # a resolved print (--cfg --resolve) names no key: the override that reads it
-            line = f"{readers[0]}: reads ${{{unresolved.group(1)}}}, which is not in the config (removed, or misspelt?)"
+            line = missing_interpolation(readers[0], unresolved.group(1))
     else:
         return None
     print(f"engage run: {' '.join(line.split())}", file=sys.stderr)
@@ -165,16 +165,18 @@ def _completion(argv: list[str], commands: Sequence[str] = ()) -> int:
 
     line = os.environ.get("COMP_LINE")
     if line is not None:
-        words = line.split(" ")
-        if len(words) <= 2:  # the sub-command itself
+        words = line.split()
+        if len(words) <= 1 or (len(words) == 2 and not line.endswith(" ")):  # the sub-command itself
             print(" ".join([*sorted(commands), "--help", "--version"]))
             return 0
         if words[1] != "run":  # another sub-command's arguments: the shell's own (file names)
             return 0
-        # Hydra completes what follows the program
-        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+        # Hydra completes what follows the program (a word begun after a space: a new one)
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (" " if line.endswith(" ") else "")
         if "COMP_POINT" in os.environ:
-            os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len("run ")))
+            os.environ["COMP_POINT"] = str(
+                max(0, int(os.environ["COMP_POINT"]) - (len(line) - len(os.environ["COMP_LINE"])))
+            )
     return _run(argparse.Namespace(command="run", args=argv), program="engage")
 
 
@@ -288,7 +290,7 @@ def _first_sentence(yaml_text: str) -> str:
         if not line.startswith("# @package"):
             comment.append(line.lstrip("#").strip())
     text = " ".join(comment)
-    end = re.search(r"\.(\s|$)", text)
+    end = re.search(r"\.(\s+[A-Z(]|$)", text)  # a full stop before a new sentence, not "e.g. this"
     return text[: end.start()] if end else text
 
 

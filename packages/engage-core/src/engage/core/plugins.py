@@ -66,11 +66,12 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
     """
     declared = _check_entry_point_names()
     for name in sorted(disabled_plugins()):
-        if name not in declared:  # a misspelt name would leave the plugin it meant loaded
-            close = difflib.get_close_matches(name, declared, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+        close = difflib.get_close_matches(name, declared, n=1)
+        if name not in declared and close:
+            # a misspelling would leave the plugin it meant loaded; a name close to none is a
+            # plugin this environment lacks (a shared setting): nothing to block
             raise PluginError(
-                f"{DISABLE_ENV} names {name!r}, which no installed package declares; {hint}"
+                f"{DISABLE_ENV} names {name!r}, which no installed package declares; did you mean {close[0]!r}? "
                 f"the installed ENGAGE plugins are {', '.join(sorted(declared))}"
             )
         manager.set_blocked(name)
@@ -92,6 +93,11 @@ def load_plugins(manager: pluggy.PluginManager) -> pluggy.PluginManager:
             f"{hint}or set {DISABLE_ENV}={name}"
         ) from exc
     return manager
+
+
+def declared_plugins() -> set[str]:
+    """The plugin names installed packages declare (what ``ENGAGE_DISABLE_PLUGINS`` can name)."""
+    return set(_check_entry_point_names())
 
 
 def _check_entry_point_names() -> dict[str, str]:

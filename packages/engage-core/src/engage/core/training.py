@@ -298,7 +298,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # one MLflow run, on the process of global rank 0 (Lightning or srun starts the others): they
     # record nothing, so they do not ask whether the store answers either
     tracking_uri = choose_tracking_uri(cfg, output_dir) if rank_zero_only.rank == 0 else ""
-    bound_http_requests(tracking_uri, cfg.logger.timeout_s)
+    bound_http_requests(tracking_uri)
     tracked = None
     if rank_zero_only.rank == 0:
         continued = requeued_run(trainer, output_dir, tracking_uri) if ckpt_path is None else None
@@ -403,14 +403,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         except PluginHookError as exc:  # the run did not end as it should: never FINISHED
                             hook_failure = exc
                             status = "FAILED" if status == "FINISHED" else status
+                    except Exception as exc:  # the server stopped answering as the run ended
+                        lost = lost_server(exc, tracking_uri)
+                        if lost is None:
+                            raise
                     finally:
                         manager.unregister(timeline)
-                        tracked.close(status)
+                        tracked.close(status, reachable=lost is None)
             finally:
                 leave_distributed(distributed_env)
                 put_back_sigterm()
     if hook_failure is not None:
         raise hook_failure
+    if lost is not None and tracked is not None:
+        raise TrackingUnavailable(
+            f"{lost}, as it ended: training ended at step {trainer.global_step}, but MLflow run {tracked.run_id} "
+            f"lacks its last records and stays RUNNING there; its checkpoints are in {output_dir / 'checkpoints'}"
+        )
     if tracked is not None:
         where = tracking_uri.removeprefix("sqlite:///")
         # the counts MLflow holds: recorded when training ended (simulations without a budget go on

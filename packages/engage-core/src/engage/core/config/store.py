@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import keyword
 import re
 from collections import defaultdict
 from dataclasses import field, fields, make_dataclass
@@ -64,7 +65,13 @@ def register_configs() -> None:
 def schema_with_groups(groups: list[str]) -> type:
     """:class:`EngageConfig`, plus a key for each of ``groups`` it has none for (a group a plugin
     adds), empty until an option is chosen: ``report=html`` as for ENGAGE's own groups."""
-    new = [group for group in groups if group not in {f.name for f in fields(EngageConfig)}]
+    # a top-level key each: a nested group (model/encoder) is its parent's, and a name that is
+    # no identifier cannot be a field (such a group is chosen with +group=option)
+    new = [
+        group
+        for group in groups
+        if group.isidentifier() and not keyword.iskeyword(group) and group not in {f.name for f in fields(EngageConfig)}
+    ]
     if not new:
         return EngageConfig
     entries = ["_self_", *({group: None} for group in new)]  # the chosen option over the empty key
@@ -83,9 +90,9 @@ def store_option(store: ConfigStore, plugin_name: str, option: ConfigOption) -> 
     except Exception as exc:
         why = " ".join(str(exc).split("\n", 1)[0].split())
         where = re.search(r"full_key: (\S+)", str(exc))
-        field = f" field {where.group(1)}:" if where else ""
+        named = f" field {where.group(1)}:" if where else ""
         raise PluginError(
-            f"plugin {plugin_name!r}: option {option.group}={option.name} is no valid config:{field} {why}; "
+            f"plugin {plugin_name!r}: option {option.group}={option.name} is no valid config:{named} {why}; "
             f"fix its default, or set {DISABLE_ENV}={plugin_name}"
         ) from exc
 

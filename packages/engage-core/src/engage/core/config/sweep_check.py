@@ -70,8 +70,8 @@ class SweepValuesCheck(Callback):
                 cfg = hydra.compose_config(name, own + variant, run_mode=RunMode.RUN)
                 check_values(cfg)
                 resumes = resumes or OmegaConf.select(cfg, "ckpt_path", default=None) not in (None, "")
-            if resumes:
-                _check_checkpoints(hydra, name, own, overrides)
+            if resumes and _jobs_run_here(config):
+                _check_checkpoints(hydra, name, own, overrides, config)
             check_writable(Path(str(OmegaConf.select(config, "hydra.sweep.dir", default="."))), "hydra.sweep.dir")
         except ConfigError as exc:
             line = str(exc)
@@ -84,10 +84,29 @@ class SweepValuesCheck(Callback):
         raise SystemExit(EXIT_CONFIG_ERROR)
 
 
-def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: list[str]) -> None:
+#: launchers whose jobs run on this machine's file system (the engage launcher's, on hosts of
+#: these providers), where their folders and checkpoints can be looked at before they start
+_LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", "JoblibLauncher")
+_LOCAL_PROVIDERS = ("local", "netns")
+
+
+def _jobs_run_here(config: DictConfig) -> bool:
+    """Whether Hydra's basic sweeper makes the sweep's jobs and they run on this file system."""
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if not sweeper.endswith("BasicSweeper"):
+        return False
+    if launcher.endswith("EngageLauncher"):
+        provider = OmegaConf.select(config, "hydra.launcher.infrastructure.provider", default="local")
+        return provider in _LOCAL_PROVIDERS
+    return launcher.endswith(_LOCAL_LAUNCHERS)
+
+
+def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: list[str], config: DictConfig) -> None:
     """The checkpoint each job of the sweep resumes from exists: ``ckpt_path=PATH`` a file,
     ``ckpt_path=last`` one in that job's own folder (``hydra.sweep.dir``/``subdir``, as Hydra's
-    launchers name it), so that no job fails for want of it after others have started."""
+    launchers name it), so that no job fails for want of it after others have started. The jobs
+    are those Hydra's basic sweeper makes: its ``params`` first, then the command line's."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
@@ -96,7 +115,9 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
     from engage.core.config.validate import ConfigError
     from engage.core.training import resolve_ckpt_path
 
-    parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(overrides)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    swept = [f"{key}={value}" for key, value in params.items()] + list(overrides)
+    parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(swept)
     (jobs,) = BasicSweeper.split_arguments(parsed, None)
     for num, job in enumerate(jobs):
         cfg = hydra.compose_config(name, own + job, run_mode=RunMode.MULTIRUN)

@@ -53,16 +53,31 @@ def _fields_of(error: BaseException | None) -> list[str]:
     return []
 
 
+def missing_interpolation(key: str, missing: str) -> str:
+    """The line for ``key`` whose value reads ``${missing}``, which the config does not hold."""
+    return f"{key}: reads ${{{missing}}}, which is not in the config (removed, or misspelt?)"
+
+
 def _launchers_with(option: str) -> list[str]:
     """The installed Hydra launchers (``hydra/launcher=NAME``) that take ``option``."""
+    return sorted(name for name in _launcher_nodes() if option in _launcher_keys(name))
+
+
+def _launcher_nodes() -> dict[str, DictConfig]:
     from hydra.core.config_store import ConfigStore
 
     launchers = ConfigStore.instance().repo.get("hydra", {}).get("launcher", {})
-    return sorted(
-        name.removesuffix(".yaml")
+    return {
+        name.removesuffix(".yaml"): entry.node
         for name, entry in launchers.items()
-        if isinstance(getattr(entry, "node", None), DictConfig) and option in entry.node
-    )
+        if isinstance(getattr(entry, "node", None), DictConfig)
+    }
+
+
+def _launcher_keys(name: str) -> set[str]:
+    """The options launcher ``name`` takes."""
+    node = _launcher_nodes().get(name)
+    return {str(k) for k in node.keys() if not str(k).startswith("_")} if node is not None else set()
 
 
 def unknown_key(key: str, allowed: list[str]) -> str:
@@ -75,10 +90,11 @@ def unknown_key(key: str, allowed: list[str]) -> str:
         return f"{key}: ENGAGE builds the Trainer's {name}; set it with {TRAINER_ARGUMENTS_OWNED[name]}"
     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
     hint = f"did you mean {group + '.' if group else ''}{close[0]}? " if close else ""
-    if key.startswith("hydra.launcher.") and name not in allowed:
-        others = _launchers_with(key.removeprefix("hydra.launcher.").split(".")[0])
-        if others:  # an option of another launcher than the one chosen (Hydra's basic by default)
-            chosen = " or ".join(f"hydra/launcher={name}" for name in others)
+    if group == "hydra.launcher" and name not in allowed:
+        # an option of another launcher than the one chosen (Hydra's basic by default)
+        others = [launcher for launcher in _launchers_with(name) if not set(allowed) >= _launcher_keys(launcher)]
+        if others:
+            chosen = " or ".join(f"hydra/launcher={launcher}" for launcher in others)
             return f"{key}: the chosen launcher has no such option; it is an option of {chosen}"
     if not allowed and key.startswith("hydra."):
         return f"{key}: unknown key; `engage run --cfg hydra` shows Hydra's keys"
@@ -169,7 +185,7 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
         return f"~{key}: a field of {undeletable.group(1)} cannot be removed; set it instead ({key}=VALUE)"
     unresolved = re.search(r"Interpolation key '([^']+)' not found", text)
     if unresolved and key:
-        return f"{key}: reads ${{{unresolved.group(1)}}}, which is not in the config (removed, or misspelt?)"
+        return missing_interpolation(key, unresolved.group(1))
     converted = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
     if converted:
         return f"{key}: expected {converted.group(2).lower()}, got {converted.group(1)!r}"

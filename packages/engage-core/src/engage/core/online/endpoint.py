@@ -29,15 +29,21 @@ from engage.core.online.security import RunKeys, run_folder, serve_curve
 HANDSHAKE_MS = 10_000
 
 
+#: the most this process raises its soft limit of open files to (children inherit it, and some
+#: programs close every descriptor up to it)
+OPEN_FILES_LIMIT = 65_536
+
+
 def raise_open_files_limit() -> tuple[int, int]:
-    """Raise this process's soft limit of open files to its hard limit, as Go's runtime does at
-    start: every connection to the trainer's socket holds a descriptor until libzmq closes it,
-    so at the usual soft limit of 1,024 a peer opening idle connections would leave none for the
-    run's own files and processes. Returns the limits ``(soft, hard)`` in force."""
+    """Raise this process's soft limit of open files towards its hard limit (at most
+    :data:`OPEN_FILES_LIMIT`), as Go's runtime does at start: every connection to the trainer's
+    socket holds a descriptor until libzmq closes it, so at the usual soft limit of 1,024 a peer
+    opening idle connections would leave none for the run's own files and processes. Returns the
+    limits ``(soft, hard)`` in force."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    wanted = OPEN_FILES_LIMIT if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_LIMIT)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

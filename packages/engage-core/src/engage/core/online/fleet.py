@@ -36,8 +36,8 @@ from engage.core.simulators.base import Simulator
 
 
 class LaunchFailed(Exception):
-    """An attempt whose process could not be started (no file descriptor left, a node that
-    refused it): it fails as one that died would, retried or given up, never the scheduler."""
+    """An attempt whose process could not be started (an ``OSError``: no file descriptor or
+    process left): it fails as one that died would, retried or given up, never the scheduler."""
 
     def __init__(self, active: Running, reason: str) -> None:
         super().__init__(reason)

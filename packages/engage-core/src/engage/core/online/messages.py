@@ -35,7 +35,7 @@ from engage.core.online.receiver import SampleReceiver
 from engage.core.online.security import PeerWarnings
 from engage.core.online.state import RunState
 from engage.core.online.steering import SchedulerError, Steering
-from engage.core.plugins import DISABLE_ENV, plugin_that_raised
+from engage.core.plugins import DISABLE_ENV, declared_plugins, plugin_that_raised
 
 log = logging.getLogger("engage.online")
 
@@ -307,5 +307,6 @@ class SimulationMessages:
         except Exception as exc:
             plugin = plugin_that_raised(hook, exc)
             who = f"plugin {plugin!r} failed in {hook.name}" if plugin else f"plugin hook {hook.name} failed"
-            fix = f"; fix it, or set {DISABLE_ENV}={plugin}" if plugin else ""
+            # an installed plugin can be set aside; one registered by code (an observer) cannot
+            fix = f"; fix it, or set {DISABLE_ENV}={plugin}" if plugin in declared_plugins() else ""
             raise SchedulerError(f"{who}: {type(exc).__name__}: {one_line(str(exc))}{fix}") from exc

@@ -72,6 +72,8 @@ __all__ = ["MalformedSample", "SchedulerError", "SimulationScheduler", "check_sa
 
 log = logging.getLogger("engage.online")
 
+#: seconds without a start after a simulation's process could not be started
+LAUNCH_PAUSE_S = 1.0
 #: the largest JSON payload a peer may send (HELLO, DONE, ERROR): the protocol's own bound
 _MAX_TEXT_BYTES = 64 << 10
 
@@ -169,6 +171,8 @@ class SimulationScheduler:
         # held by the scheduler thread while it handles messages, and by :meth:`consistent`: a
         # checkpoint sees every counted sample in the buffer and no sample half-received
         self._lock = threading.RLock()
+        #: no simulation starts before this (a pause after one that could not be started)
+        self._launch_after = 0.0
         self._stop = threading.Event()
         self._bound = threading.Event()
         self.error: str | None = None
@@ -337,7 +341,7 @@ class SimulationScheduler:
         waits for one start (a key file, an executor call), not for a whole fleet's. An attempt
         whose process cannot be started fails as one that died would."""
         fleet = self.fleet
-        while not self._stop.is_set():
+        while not self._stop.is_set() and time.monotonic() >= self._launch_after:
             with self._lock:
                 if not fleet.has_room():
                     return
@@ -351,7 +355,10 @@ class SimulationScheduler:
                     active = fleet.start(record, str(self.address))
                 except LaunchFailed as failure:
                     self.messages.fail(sock, failure.active, failure.reason)
-                    continue
+                    # what was short (file descriptors, processes) may come back: the next start
+                    # waits a moment, and the socket is read meanwhile
+                    self._launch_after = time.monotonic() + LAUNCH_PAUSE_S
+                    return
                 self.buffer.simulation_started(active.record.simulation_id)
                 self.state.write(active.record)
                 self.messages.notify(self.messages.hooks.engage_simulation_started, record=active.record)

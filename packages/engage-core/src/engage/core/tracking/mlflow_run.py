@@ -143,13 +143,15 @@ class MLflowRun:
         parent = parent_run_id()
         name = cfg.logger.run_name
         if parent:
-            # a job's run: its sweep's name (logger.run_name when set), its number and its values,
-            # so that no two jobs' runs share a name
             tags["mlflow.parentRunId"] = parent
-            sweep = client.get_run(parent)
-            sweep_overrides = sweep_overrides_of(sweep)
-            number = job_number if job_number is not None else 0
-            name = job_run_name(name or sweep.info.run_name or parent[:8], number, overrides, sweep_overrides)
+            if not (name and OmegaConf.is_interpolation(cfg.logger, "run_name")):
+                # a job's run: its sweep's name (logger.run_name as written names the sweep), its
+                # number and its values, so that no two jobs' runs share a name; a run_name that
+                # interpolates (lr_${model.lr}) is the job's own, resolved for it
+                sweep = client.get_run(parent)
+                sweep_overrides = sweep_overrides_of(sweep)
+                number = job_number if job_number is not None else 0
+                name = job_run_name(name or sweep.info.run_name or parent[:8], number, overrides, sweep_overrides)
         if not name:
             name = single_run_name(experiment_option or experiment_name)
         git = git_state()

@@ -92,16 +92,17 @@ def parent_run_id(timeout_s: float = 300.0) -> str | None:
 
 #: MLflow's retries of an HTTP request during a run, unless the environment sets them: a server
 #: that stops answering fails the run within about a minute (MLflow's own defaults retry each
-#: request for minutes, and a run logs hundreds)
+#: request for minutes, and a run logs hundreds). Each request's own timeout stays MLflow's: an
+#: upload of a checkpoint may take a while to be answered.
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
-def bound_http_requests(uri: str, timeout_s: float) -> None:
-    """For a tracking server at ``uri``: MLflow's requests retried :data:`HTTP_RETRIES`, each
-    waiting at most ``timeout_s`` for an answer, where the environment does not say otherwise."""
+def bound_http_requests(uri: str) -> None:
+    """For a tracking server at ``uri``: MLflow's requests retried :data:`HTTP_RETRIES`, where the
+    environment does not say otherwise."""
     if not uri.startswith(("http://", "https://")):
         return
-    for name, value in {**HTTP_RETRIES, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s)))}.items():
+    for name, value in HTTP_RETRIES.items():
         os.environ.setdefault(name, value)
 
 

@@ -80,8 +80,7 @@ class MLflowSweepCallback(Callback):
         sweep_overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         run = client.create_run(
             experiment_id,
-            # logger.run_name names the sweep (its jobs then NAME#N ...), else a new name
-            run_name=str(logger_cfg.get("run_name") or sweep_name()),
+            run_name=_parent_name(logger_cfg),
             tags={
                 "engage.kind": "sweep",
                 "engage.sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
@@ -182,3 +181,15 @@ def end_open_sweep(previous_parent: str | None, status: str) -> None:
     client = uninterrupted_client(os.environ.get(TRACKING_URI_ENV))
     if client.get_run(parent).info.status == "RUNNING":
         client.set_terminated(parent, status=status)
+
+
+def _parent_name(logger_cfg: Any) -> str:
+    """``logger.run_name`` names the sweep (its jobs are then ``NAME#N ...``) when it is a name as
+    written; one that interpolates (``lr_${model.lr}``, ``${hydra:job.override_dirname}``) is each
+    job's own, resolved in that job, and the sweep gets a name of its own."""
+    if isinstance(logger_cfg, DictConfig) and "run_name" in logger_cfg:
+        if OmegaConf.is_interpolation(logger_cfg, "run_name"):
+            return sweep_name()
+        value = logger_cfg.get("run_name")
+        return str(value) if value else sweep_name()
+    return sweep_name()
