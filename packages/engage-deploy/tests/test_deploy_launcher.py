@@ -169,7 +169,8 @@ def test_shipped_infrastructure_config_selects_layers(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     folder = experiment_folders(tmp_path)[-1]
     hosts = {r["host"] for r in results(folder).values()}
-    assert hosts == {"edge-1", "edge-2"}
+    # the edge layer's hosts (a job that ends before the other starts may leave edge-2 unused)
+    assert hosts and hosts <= {"edge-1", "edge-2"}, hosts
     assert {p.name for p in (folder / "hosts").iterdir()} == {"cloud-1", "edge-1", "edge-2"}
 
 
