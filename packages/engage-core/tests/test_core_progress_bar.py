@@ -127,3 +127,16 @@ def test_running_can_be_read_while_the_scheduler_thread_starts_and_ends_simulati
         stop.set()
         thread.join()
     assert all(0 <= c <= 64 for c in counts)
+
+
+def test_a_verbose_run_leaves_the_libraries_debug_chatter_out_unless_named(monkeypatch):
+    """hydra.verbose=true wrote 179 DEBUG lines of matplotlib's font lookups in a 4-simulation run."""
+    import logging
+
+    from engage.core.console import quiet_lightning
+
+    for name, level in (("matplotlib", logging.NOTSET), ("PIL", logging.DEBUG)):  # PIL: hydra.verbose=[PIL]
+        monkeypatch.setattr(logging.getLogger(name), "level", level)
+    quiet_lightning()
+    assert logging.getLogger("matplotlib").level == logging.INFO
+    assert logging.getLogger("PIL").level == logging.DEBUG

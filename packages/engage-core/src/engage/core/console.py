@@ -28,6 +28,11 @@ class NoTips(logging.Filter):
         return not str(record.msg).startswith(TIP_PREFIX)
 
 
+#: libraries whose DEBUG lines ``hydra.verbose=true`` would otherwise show by the hundred (font
+#: lookups, image encoders) unless named on their own
+LIBRARY_CHATTER = ("matplotlib", "PIL")
+
+
 def quiet_lightning() -> None:
     """Print Lightning's messages once, on standard error, whenever it was imported; leave its tips
     and its internal deprecation warnings out of the console (once per process; calling it again
@@ -53,3 +58,7 @@ def quiet_lightning() -> None:
             logger.addFilter(NoTips())
     for pattern in INTERNAL_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    for name in LIBRARY_CHATTER:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:  # hydra.verbose=true; hydra.verbose=[matplotlib] sets it
+            logger.setLevel(logging.INFO)
