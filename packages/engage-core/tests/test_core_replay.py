@@ -39,8 +39,11 @@ def test_a_plain_run_replays_with_identical_curves(tmp_path):
     again, run, copies = replay_of(OFFLINE, tmp_path)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "train/loss:" in again.stdout and "points match (largest difference 0)" in again.stdout
-    assert f"replay of {run.info.run_id}: run {copies[0].info.run_id}, metrics identical" in again.stdout
+    assert f"replay of {run.info.run_id}: run {copies[0].info.run_id} in " in again.stdout
+    assert again.stdout.rstrip().endswith(", metrics identical")
     assert len(copies) == 1 and copies[0].info.status == "FINISHED"
+    # the verdict is the replay run's own record
+    assert copies[0].data.tags["engage.replay_verdict"] == "identical"
 
 
 @pytest.mark.slow
@@ -67,6 +70,11 @@ def test_a_run_that_is_not_there_is_one_line_and_exit_code_2(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"engage replay: there is no MLflow store at {uri}; pass --tracking-uri"
     ]
+    # a path is an SQLite store, as the default ./mlflow.db is (MLflow's file store is retired)
+    as_path = engage("replay", "0" * 32, "--tracking-uri", str(tmp_path / "m.db"), cwd=tmp_path, timeout=120)
+    assert as_path.returncode == 2 and as_path.stderr.strip().splitlines()[-1].startswith(
+        f"engage replay: there is no MLflow store at {uri}"
+    )
     MlflowClient(uri).search_experiments()  # the store now exists, without that run
     done = replay_missing()
     assert done.returncode == 2
@@ -87,3 +95,18 @@ def test_timing_metrics_and_config_flags_are_told_apart():
     assert not any(map(is_timing, ["train/loss", "val/rel_l2", "epoch", "sampling/exploration"]))
     argv = ["-m", "-cd", "conf", "-cn", "train", "--config-path=p", "model.lr=0.1"]
     assert config_flags(argv) == ["-cd", "conf", "-cn", "train", "--config-path=p"]
+
+
+def test_a_replay_that_differs_says_when_the_read_order_is_why(monkeypatch, capsys):
+    import argparse
+
+    from engage.core import replay as module
+
+    different = compare_curves("train/loss", [(0, 1.0)], [(0, 0.9)], rtol=1e-6, atol=0)
+    result = module.ReplayResult("a" * 32, "b" * 32, 0, [different], output_dir="/out", policy="reservoir")
+    monkeypatch.setattr(module, "replay", lambda *args: result)
+    namespace = argparse.Namespace(run_id="a" * 32, tracking_uri=None, output_dir=None, rtol=1e-6, atol=0.0)
+    assert module.run_command(namespace) == 1
+    out = capsys.readouterr().out
+    assert "data.policy=reservoir, in an order that depends on when they arrive" in out
+    assert out.rstrip().endswith(f"replay of {'a' * 32}: run {'b' * 32} in /out, metrics DIFFERENT")

@@ -120,6 +120,10 @@ class ReplayResult:
     compared: list[Comparison] = field(default_factory=list)
     timing: dict[str, tuple[float, float | None]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: the replay's Hydra output folder
+    output_dir: str = ""
+    #: the original run's ``data.policy`` (its read order), if it recorded one
+    policy: str | None = None
 
     @property
     def identical(self) -> bool:
@@ -183,6 +187,8 @@ def replay(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri and "://" not in tracking_uri:  # a path: an SQLite store, as the default ./mlflow.db
+        tracking_uri = f"sqlite:///{Path(tracking_uri).resolve()}"
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ReplayError(f"there is no MLflow store at {uri}; pass --tracking-uri")
@@ -217,7 +223,8 @@ def replay(
         new_id = new.info.run_id
         client.set_terminated(new_id, status="FINISHED" if proc.returncode == 0 else "FAILED")
     client.set_tag(new_id, "engage.replay_of", run_id)
-    result = ReplayResult(run_id, new_id, proc.returncode, warnings=warnings)
+    policy = run.data.params.get("data.policy")
+    result = ReplayResult(run_id, new_id, proc.returncode, warnings=warnings, output_dir=str(out), policy=policy)
     new_metrics = client.get_run(new_id).data.metrics
     for name in sorted(run.data.metrics):
         if is_timing(name):
@@ -228,6 +235,12 @@ def replay(
             for r in (run_id, new_id)
         ]
         result.compared.append(compare_curves(name, *curves, rtol=rtol, atol=atol))
+    # the verdict is the replay run's own record, not the console's only
+    different = [c.name for c in result.compared if not c.matches]
+    client.set_tag(new_id, "engage.replay_verdict", "identical" if result.identical else "different")
+    client.set_tag(new_id, "engage.replay_tolerance", f"rtol={rtol:g} atol={atol:g}")
+    if different:
+        client.set_tag(new_id, "engage.replay_different", " ".join(different)[:5000])
     return result
 
 
@@ -268,5 +281,11 @@ def run_command(namespace: argparse.Namespace) -> int:
     if result.exit_code:
         print(f"the replay exited with code {result.exit_code}")
     verdict = "identical" if result.identical else "DIFFERENT"
-    print(f"replay of {result.original_run_id}: run {result.new_run_id}, metrics {verdict}")
+    if not result.identical and result.policy not in (None, "deterministic"):
+        # the usual cause: a buffer read in an order that depends on when samples arrive
+        print(
+            f"the run read its samples with data.policy={result.policy}, in an order that depends on when they "
+            "arrive: only a run with data.policy=deterministic replays exactly"
+        )
+    print(f"replay of {result.original_run_id}: run {result.new_run_id} in {result.output_dir}, metrics {verdict}")
     return 0 if result.identical else 1
