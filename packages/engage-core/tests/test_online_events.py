@@ -192,3 +192,22 @@ def test_the_timeline_credits_samples_to_the_live_attempt_whatever_the_run_has_h
     assert timeline.spans()[0].samples == 7  # the earlier attempt, still running, takes them now
     # scanning 40,000 spans a flush would take hundreds of times longer
     assert late < 10 * fresh + 0.05, (fresh, late)
+
+
+def test_the_timeline_figure_reads_whole_ids_and_a_buffer_from_empty():
+    from types import SimpleNamespace
+
+    from engage.core.online.timeline import SimulationTimeline
+
+    ticks = iter(range(100))
+    timeline = SimulationTimeline(log_figure=None, run_id="r", title="simulations of sweep-1207-0715-e1e7#1 x=1",
+                                  clock=lambda: float(next(ticks)))  # fmt: skip
+    for sim in (0, 1):
+        record = SimpleNamespace(simulation_id=sim, attempt=1)
+        timeline.engage_simulation_started(record=record)
+        timeline.engage_samples_arrived(simulation_id=sim, count=5, buffer_size=60 + sim)
+        timeline.engage_simulation_finished(record=record)
+    bars, buffer = timeline.figure().axes
+    assert all(float(t).is_integer() for t in bars.get_yticks())  # no tick at simulation id 0.5
+    assert buffer.get_ylim()[0] == 0
+    assert bars.get_title().splitlines()[1] == "attempts: 2 finished, 0 failed, 0 running at the end"

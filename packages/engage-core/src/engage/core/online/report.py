@@ -145,7 +145,12 @@ def sampled_points_figures(table: dict[str, list[Any]], space: Any) -> dict[str,
             axes[0].set_ylabel(space[names[0]].label)
         for ax in axes[len(pairs) or 1 :]:
             ax.set_visible(False)
-        figure.colorbar(scatter, ax=list(axes), label=colour_label)
+        bar = figure.colorbar(scatter, ax=list(axes), label=colour_label)
+        if key == "order":  # simulation ids: whole numbers
+            from matplotlib.ticker import MaxNLocator
+
+            bar.locator = MaxNLocator(integer=True)
+            bar.update_ticks()
         figure.suptitle(f"sampled points ({len(order)} simulations), coloured by {key}")
         figures[key] = figure
     return figures

@@ -133,6 +133,7 @@ class SimulationTimeline:
     def figure(self) -> Any:
         """The timeline as a matplotlib ``Figure``: attempts above, the buffer's fill below."""
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         spans = self.spans()
         with self._lock:
@@ -155,14 +156,17 @@ class SimulationTimeline:
                 label=f"{status} ({len(mine)})",
             )
         bars.set_ylabel("simulation id")
+        bars.yaxis.set_major_locator(MaxNLocator(integer=True))  # ids: no tick between two
         counts = Counter(s.status for s in spans)
-        bars.set_title(
-            f"{self.title}, attempts: {counts['finished']} finished, {counts['failed']} failed, "
+        bars.set_title(  # on two lines: a sweep job's run name is long
+            f"{self.title}\nattempts: {counts['finished']} finished, {counts['failed']} failed, "
             f"{counts['running']} running at the end"
         )
         bars.legend(loc="upper left")
         if fill:
             buffer.step([t - origin for t, _ in fill], [n for _, n in fill], where="post", color="tab:blue")
         buffer.set_ylabel("samples in the buffer")
+        buffer.set_ylim(bottom=0)  # a fill read against an empty buffer
+        buffer.yaxis.set_major_locator(MaxNLocator(integer=True))
         buffer.set_xlabel("time since the first simulation started (s)")
         return figure
