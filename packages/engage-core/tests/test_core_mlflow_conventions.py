@@ -139,6 +139,12 @@ def test_a_sweep_named_by_run_name_names_its_jobs_after_it(tmp_path):
         "mysweep#0 model.lr=0.001",
         "mysweep#1 model.lr=0.003",
     ]
+    # the sweep's end says how it went, and which job did best, on the console and on its run
+    best = min((r for r in runs if r is not parent), key=lambda r: r.data.metrics["val/rel_l2"])
+    assert parent.data.metrics["best/val/rel_l2"] == best.data.metrics["val/rel_l2"]
+    assert parent.data.tags["engage.best_job"] == best.info.run_name
+    summary = f"sweep mysweep ({parent.info.run_id}) FINISHED: 2 jobs, 0 failed; best val/rel_l2="
+    assert summary in done.stderr and f"({best.info.run_name})" in done.stderr, done.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -122,7 +122,20 @@ class MLflowSweepCallback(Callback):
         client = uninterrupted_client(self.tracking_uri)
         failed = log_job_counts(client, self.run_id)
         status = "FAILED" if failed or self.counts["failed"] else "FINISHED"
+        best = best_job(job_runs(client, self.run_id))
+        if best is not None:
+            metric, value, name = best
+            client.log_metric(self.run_id, f"best/{metric}", value)
+            client.set_tag(self.run_id, "engage.best_job", name)
         client.set_terminated(self.run_id, status=status)
+        parent = client.get_run(self.run_id)
+        jobs = int(parent.data.metrics.get("jobs", 0))
+        print(
+            f"sweep {parent.info.run_name} ({self.run_id}) {status}: {jobs} jobs, {failed} failed"
+            + (f"; best {best[0]}={best[1]:.4g} ({best[2]})" if best is not None else "")
+            + f"\nMLflow: mlflow ui --backend-store-uri {self.tracking_uri}",
+            file=sys.stderr,
+        )
         for key, previous in self._previous_env.items():
             if previous is None:
                 os.environ.pop(key, None)
@@ -137,6 +150,22 @@ def job_runs(client: Any, run_id: str) -> list[Any]:
         filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
         max_results=50000,
     )
+
+
+#: what a sweep's jobs are ranked by, the first their runs have (as ``engage run`` returns it)
+OBJECTIVES = ("val/rel_l2", "val/loss")
+
+
+def best_job(children: list[Any]) -> tuple[str, float, str] | None:
+    """``(metric, value, run name)`` of the finished job whose :data:`OBJECTIVES` metric is
+    lowest, or ``None`` when none has one."""
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    for metric in OBJECTIVES:
+        scored = [(r.data.metrics[metric], r.info.run_name) for r in finished if metric in r.data.metrics]
+        if scored:
+            value, name = min(scored)
+            return metric, value, name
+    return None
 
 
 def log_job_counts(client: Any, run_id: str) -> int:
