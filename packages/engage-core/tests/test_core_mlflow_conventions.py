@@ -62,6 +62,7 @@ def test_single_runs_follow_mlflow_conventions(tmp_path):
     # same seed, different names, each saying what the run is
     assert run.info.run_name.startswith("heat_quick-") and other.info.run_name.startswith("heat_quick-")
     assert run.info.run_name != other.info.run_name
+    assert run.data.tags["engage.experiment"] == "heat_quick"  # a tag to filter runs on
     assert f"run {run.info.run_name} ({run.info.run_id}) finished" in first.stderr
     # a quiet console: no tips, no warning from ENGAGE's own dataset, counts as integers
     console = first.stdout + first.stderr

@@ -82,12 +82,12 @@ class TrainerEndpoint:
         #: the run's 0700 folder (keys, the ipc socket), once bound
         self.folder: str | None = None
 
-    def share_memory(self, size: int, run_id: str | None) -> Any:
+    def share_memory(self, size: int, run_id: str | None, what: str = "training buffer") -> Any:
         """A shared-memory segment of ``size`` bytes named after ``run_id``; its writable memory,
         or ``None`` (with a warning) when the host cannot give it."""
         # named after the run that owns it (then the trainer's pid: ranks of one run)
         prefix = "-".join(["engage", *re.findall(r"[0-9A-Za-z]+", str(run_id or ""))[:1]])
-        self.segment = shared_memory.segment_for(size, prefix)
+        self.segment = shared_memory.segment_for(size, prefix, what)
         return self.segment.buffer if self.segment is not None else None
 
     def bind(self) -> str:

@@ -269,7 +269,8 @@ class SimulationScheduler:
             storage = None
             if self.shared_memory and self.executor.shares_memory:
                 run_id = self.state.journal.run_id if self.state.journal is not None else None
-                storage = endpoint.share_memory(self.buffer.capacity * spec.nbytes, run_id)
+                what = "buffer of the held-out simulations" if self.messages.held_out else "training buffer"
+                storage = endpoint.share_memory(self.buffer.capacity * spec.nbytes, run_id, what)
             self.buffer.prepare(spec.shape, spec.dtype, self.simulator.space.dim, storage=storage)
             if not self.buffer.writes_in_place:
                 # samples stay in the frames they arrived in: let the next frames reuse their memory

@@ -127,7 +127,7 @@ def _untrack(name: str) -> None:
     resource_tracker.unregister("/" + name, "shared_memory")
 
 
-def segment_for(size: int, prefix: str = "engage") -> SharedSegment | None:
+def segment_for(size: int, prefix: str = "engage", what: str = "training buffer") -> SharedSegment | None:
     """A segment of ``size`` bytes for the training buffer, its name starting with ``prefix``
     (``engage-<run id>``), or None, with one warning naming the size and the fix, when there is
     no ``/dev/shm``, too little room in it, or the segment would take more than half the
@@ -146,14 +146,16 @@ def segment_for(size: int, prefix: str = "engage") -> SharedSegment | None:
             problem = f"{exc.strerror or exc}; enlarge /dev/shm"
     if segment is None:
         log.warning(
-            "simulations stream over sockets: no shared memory of %.1f MiB for the buffer (%s); "
+            "simulations stream over sockets: no shared memory of %.1f MiB for the %s (%s); "
             "lower data.capacity to use it",
             size / 2**20,
+            what,
             problem,
         )
         return None
     log.info(
-        "training buffer in shared memory %s (%.1f MiB): simulations on this host write their samples into it",
+        "%s in shared memory %s (%.1f MiB): simulations on this host write their samples into it",
+        what,
         segment.name,
         size / 2**20,
     )

@@ -140,6 +140,8 @@ class MLflowRun:
             experiment_id = experiment.experiment_id
         overrides, job_number, experiment_option = _hydra_job()
         tags = {str(k): str(v) for k, v in (cfg.logger.tags or {}).items()}
+        if experiment_option:  # experiment=heat_quick, to filter runs on (its values are params)
+            tags["engage.experiment"] = experiment_option
         parent = parent_run_id()
         name = cfg.logger.run_name
         if parent:
