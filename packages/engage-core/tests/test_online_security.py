@@ -144,18 +144,25 @@ def test_what_a_finished_simulation_sends_is_dropped_and_counted(tmp_path, caplo
     assert any("which had finished" in r.getMessage() for r in caplog.records)
 
 
-def test_a_malformed_hello_fails_its_attempt_at_once(tmp_path):
-    """The key says whose connection it is: its attempt fails at once, not after its start-up time."""
-    sim = _misbehaving("bad-hello")
+def _its_only_attempt_fails(tmp_path, mode: str, within_s: float, **settings) -> str:
+    """The error of a run of one ``mode`` simulation without retries, which must end within ``within_s``."""
+    sim = _misbehaving(mode)
     scheduler = SimulationScheduler(
         sim, UniformSampler(sim.space, seed=0), TrainingBuffer(capacity=64, policy="fifo"), simulations=1,
-        retries=0, startup_timeout=120.0, workdir=str(tmp_path),
+        retries=0, workdir=str(tmp_path), **settings,
     )  # fmt: skip
     started = time.monotonic()
     scheduler.start()
     scheduler.join(60)
-    assert time.monotonic() - started < 30
-    assert scheduler.error is not None and "malformed data" in scheduler.error, scheduler.error
+    assert time.monotonic() - started < within_s
+    assert scheduler.error is not None
+    return scheduler.error
+
+
+def test_a_malformed_hello_fails_its_attempt_at_once(tmp_path):
+    """The key says whose connection it is: its attempt fails at once, not after its start-up time."""
+    error = _its_only_attempt_fails(tmp_path, "bad-hello", 30, startup_timeout=120.0)
+    assert "malformed data" in error, error
 
 
 def test_an_attempt_that_cannot_be_started_fails_alone(tmp_path, helpers_on_path, monkeypatch):
@@ -199,17 +206,8 @@ def test_the_open_files_limit_is_raised_to_the_hard_one():
 
 def test_a_simulation_that_only_heartbeats_while_holding_credit_fails(tmp_path):
     """Stuck, beside a thread that still answers: it fails after the heartbeat timeout."""
-    sim = _misbehaving("stuck")
-    scheduler = SimulationScheduler(
-        sim, UniformSampler(sim.space, seed=0), TrainingBuffer(capacity=64, policy="fifo"), simulations=1,
-        retries=0, heartbeat_timeout=2.0, workdir=str(tmp_path),
-    )  # fmt: skip
-    started = time.monotonic()
-    scheduler.start()
-    scheduler.join(60)
-    assert time.monotonic() - started < 20
-    assert scheduler.error is not None and "no sample for" in scheduler.error, scheduler.error
-    assert "while holding credit" in scheduler.error
+    error = _its_only_attempt_fails(tmp_path, "stuck", 20, heartbeat_timeout=2.0)
+    assert "no sample for" in error and "while holding credit" in error, error
 
 
 def test_text_from_a_peer_cannot_forge_log_lines_nor_drive_a_terminal():
