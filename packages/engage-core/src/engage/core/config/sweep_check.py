@@ -126,12 +126,16 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
         with open_dict(cfg):
             cfg.hydra.job.num = cfg.hydra.job.id = num
         folder = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
-        if str(cfg.ckpt_path) == "last" and not any(folder.rglob("*.ckpt")):
+        try:
+            resolve_ckpt_path(cfg, folder)
+        except ConfigError:
+            if str(cfg.ckpt_path) != "last":
+                raise
+            # said of the job and its sweep, where the run's line speaks of hydra.run.dir
             raise ConfigError(
                 f"ckpt_path=last: job {num} ({' '.join(job)}) has no checkpoint in its folder {folder}; pass "
                 "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
-            )
-        resolve_ckpt_path(cfg, folder)
+            ) from None
 
 
 def check_writable(folder: Path, key: str) -> None:
