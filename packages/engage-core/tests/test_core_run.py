@@ -46,6 +46,8 @@ def test_run_trains_and_records_everything(tmp_path):
         f"completed, {m['online/simulations_failed']:.0f} failed, {m['online/simulations_given_up']:.0f} given up; "
         f"samples: {m['online/samples_received']:.0f} received, {m['online/samples_trained']:.0f} trained"
     )
+    unread = m["online/samples_unread"]  # received, left in the buffer as training ended
+    line += f", {unread:.0f} never read\n" if unread else "\n"
     assert line in result.stderr, result.stderr[-1500:]
 
 

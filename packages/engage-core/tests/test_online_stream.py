@@ -389,6 +389,8 @@ def test_buffer_bookkeeping_holds_over_a_random_stream(policy):
         assert len(buffer) + len(buffer.slots.free) + buffer.slots.reserved == capacity
         evictable = read_once.n if policy == "reservoir" else 0
         assert buffer.credit() == capacity - len(buffer) - buffer.slots.reserved + evictable
+        # what the run's outcome reports as received and never read: none of it was dropped
+        assert buffer.unread() == written - len(reads)
     assert max(reads.values()) <= max_reads
     # every sample read max_reads times has left (fifo, firo) or may be evicted (reservoir)
     present = set(buffer.state_dict()["data"][:, 0].int().tolist())

@@ -125,6 +125,11 @@ class TrainingBuffer:
         """Read samples that left to make room for new ones."""
         return self.slots.evicted
 
+    def unread(self) -> int:
+        """Samples held that no batch has read yet (at the end of a run: received, never trained)."""
+        with self._cond:
+            return self.slots.unread()
+
     def credit(self) -> int:
         """How many more samples :meth:`put` accepts now without dropping an unread one (slots
         handed out by :meth:`reserve` and not yet committed count as taken)."""

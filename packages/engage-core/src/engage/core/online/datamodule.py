@@ -403,6 +403,7 @@ class OnlineDataModule(pl.LightningDataModule):
             samples_received=sched.samples,
             samples_trained=self.ledger.samples_trained,
             batches_trained=self.ledger.batches_trained,
+            samples_unread=self.buffer.unread(),
         )
 
     def run_outcome(self) -> OnlineOutcome:
@@ -414,7 +415,7 @@ class OnlineDataModule(pl.LightningDataModule):
             return mine
         counts = [
             mine.requested or 0, int(mine.requested is None), mine.completed, mine.failed, mine.given_up,
-            mine.samples_received, mine.samples_trained, mine.batches_trained,
+            mine.samples_received, mine.samples_trained, mine.batches_trained, mine.samples_unread,
         ]  # fmt: skip
         total = torch.tensor(counts, dtype=torch.int64)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self._group)

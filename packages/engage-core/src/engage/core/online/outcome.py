@@ -8,9 +8,9 @@ had succeeded: :meth:`OnlineOutcome.problem` says what is missing, and
 Example::
 
     >>> outcome = OnlineOutcome(requested=4, completed=3, failed=2, given_up=1, samples_received=48,
-    ...                         samples_trained=40, batches_trained=10)
+    ...                         samples_trained=40, batches_trained=10, samples_unread=8)
     >>> outcome.line()
-    'simulations: 4 requested, 3 completed, 2 failed, 1 given up; samples: 48 received, 40 trained'
+    'simulations: 4 requested, 3 completed, 2 failed, 1 given up; samples: 48 received, 40 trained, 8 never read'
     >>> outcome.problem(min_completed=1.0)
     '3 of 4 simulations completed; data.min_completed=1.0 requires 4 (1 given up after its retries)'
     >>> outcome.problem(min_completed=0.75) is None
@@ -40,7 +40,9 @@ class OnlineOutcome:
     ``requested``: simulations the run had to complete (``None`` when it is bounded by samples
     instead); ``failed`` counts failed processes, retried ones included, and ``given_up`` the
     simulations that failed for good; ``samples_trained`` the samples of batches that reached a
-    training step.
+    training step (a sample read by several batches counts in each); ``samples_unread`` the
+    samples received that no batch has read, still in the training buffer (at the end of a run:
+    received and never trained; a checkpoint keeps them for a resumed run).
     """
 
     requested: int | None
@@ -50,6 +52,7 @@ class OnlineOutcome:
     samples_received: int
     samples_trained: int
     batches_trained: int
+    samples_unread: int = 0
 
     def line(self) -> str:
         """One line for the console and logs."""
@@ -57,6 +60,7 @@ class OnlineOutcome:
         return (
             f"simulations: {requested}{self.completed} completed, {self.failed} failed, {self.given_up} given up; "
             f"samples: {self.samples_received} received, {self.samples_trained} trained"
+            + (f", {self.samples_unread} never read" if self.samples_unread else "")
         )
 
     def metrics(self) -> dict[str, float]:
@@ -69,6 +73,7 @@ class OnlineOutcome:
             "samples_received": "samples_received",
             "samples_trained": "samples_trained",
             "batches_trained": "batches_trained",
+            "samples_unread": "samples_unread",
         }
         return {f"online/{names[k]}": float(v) for k, v in asdict(self).items() if v is not None}
 

@@ -109,6 +109,10 @@ class SlotTable:
     def __len__(self) -> int:
         return self.occupied.n
 
+    def unread(self) -> int:
+        """Samples held that no batch has read yet."""
+        return int(np.count_nonzero(self.reads[self.occupied.view()] == 0))
+
     def allocate(self, parameters: int) -> None:
         """Room for ``parameters`` values per sample."""
         self.parameters = np.empty((self.capacity, int(parameters)), dtype=np.float32)
