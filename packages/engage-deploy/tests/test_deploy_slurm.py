@@ -442,6 +442,8 @@ def test_a_job_pending_too_long_is_cancelled_with_a_warning_and_the_run_fails(sl
         text=True,
     )
     assert not [x for x in queued.stdout.splitlines() if "engage-sim" in x], queued.stdout
+    # the keys' file of the job that never started went with it (its script deletes it when it runs)
+    assert not list(tmp_path.rglob("*.secrets")), list(tmp_path.rglob("*.secrets"))
 
 
 def test_an_unreachable_controller_is_one_line_and_exit_code_2(slurm_cluster, tmp_path):

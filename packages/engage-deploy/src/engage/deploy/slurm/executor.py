@@ -400,6 +400,16 @@ def source_keys(keys: Path | None) -> list[str]:
     return [f". {quoted}", f"rm -f {quoted}"]
 
 
+def discard_keys(keys: Path | None) -> None:
+    """Delete a simulation's keys' file that its job did not read: the job was cancelled or
+    withdrawn before it started, or ended without running its script."""
+    if keys is not None:
+        try:
+            keys.unlink(missing_ok=True)
+        except OSError:
+            pass  # the run's folder is gone with it
+
+
 def check_submission(flags: list[str], field: str, what: str) -> None:
     """Ask ``slurmctld`` whether a job with ``flags`` would be accepted (``sbatch --test-only``);
     one line naming ``field`` (``data.executor_options``) and the fix when it would not."""
@@ -457,10 +467,18 @@ class SlurmProcess(SimulationProcess):
     failed attempt whose log tail is ``sbatch``'s message)."""
 
     def __init__(
-        self, job_id: str | None, log_path: Path, max_pending_s: float, states: JobStates | None = None
+        self,
+        job_id: str | None,
+        log_path: Path,
+        max_pending_s: float,
+        states: JobStates | None = None,
+        keys: Path | None = None,
     ) -> None:
         self.job_id: str | None = None
         self.log_path = log_path
+        #: the keys' file its script reads and deletes; deleted here once the job ended or was
+        #: withdrawn, in case it never started (cancelled while pending)
+        self.keys = keys
         self.max_pending_s = max_pending_s
         self._submitted = time.monotonic()
         self._states = states or JobStates()
@@ -582,6 +600,7 @@ class SlurmProcess(SimulationProcess):
 
     def _settle(self, code: int) -> int:
         self._code = code
+        discard_keys(self.keys)
         if self.job_id is not None:
             _ = self.host  # kept: the states of a job that ended are forgotten
             self._states.forget(self.job_id)
@@ -601,6 +620,7 @@ class SlurmProcess(SimulationProcess):
             live = self.job_id if self._code is None else None
             if self._code is None and (self.job_id is None or give_up):
                 self._code = SLURM_FAILURE
+        discard_keys(self.keys)
         if self.job_id is not None:
             _ = self.host  # kept: its state is forgotten now
             self._states.forget(self.job_id)  # never polled again: no longer asked about
@@ -807,7 +827,7 @@ class SlurmExecutor(Executor):
         ]
         # slurmctld stores a job's environment: none of this process's secrets (an MLflow password)
         env = {**{k: v for k, v in job_environment(os.environ).items() if k != PARENT_PID_ENV}, **own}
-        process = SlurmProcess(None, log_path, self.max_pending_s, self.states)
+        process = SlurmProcess(None, log_path, self.max_pending_s, self.states, keys=keys)
         process.job_name = job_name
         self._enqueue(process, (process, argv, env))
         return process

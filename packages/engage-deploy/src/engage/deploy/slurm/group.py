@@ -33,6 +33,7 @@ from engage.deploy.slurm.executor import (
     SLURM_FAILURE,
     SlurmProcess,
     batch_script,
+    discard_keys,
     scancel,
     slurm_path,
     source_keys,
@@ -177,6 +178,7 @@ class SlurmTask(SimulationProcess):
             self.cancel_path.touch()
         except OSError:
             pass  # the run's folder is gone: nothing starts from it either
+        discard_keys(self.keys)
         return all(task._code is not None for task in self.siblings)
 
     def stderr_tail(self, limit: int = 4000) -> str:
@@ -201,7 +203,8 @@ class SlurmTask(SimulationProcess):
         with self._lock:
             if self._code is None:
                 self._code = code
-            return self._code
+        discard_keys(self.keys)  # its step read and deleted it, unless it never ran
+        return self._code
 
 
 def group_script(tasks: list[SlurmTask], step_flags: list[str], extra: list[str]) -> str:
