@@ -65,8 +65,11 @@ def _link(infra: Infrastructure, a: tuple[Any, str], b: tuple[Any, str]) -> Link
 
 
 def workflow_problem(infra: Infrastructure) -> PlacementProblem:
-    """The placement problem of ``infra``'s services on its hosts; see the module docstring."""
-    infra.validate(known_providers=[infra.provider])
+    """The placement problem of ``infra``'s services on its hosts; see the module docstring.
+    ``infra`` is one :meth:`~engage.deploy.infrastructure.Infrastructure.validate` accepted (the
+    launcher's ``setup`` and ``engage place`` check it first); what only placement can find (a
+    service named twice, copies that fit no host, traffic to a service that is not there) is a
+    :class:`ServicePlacementError`."""
     hosts = list(infra.iter_hosts())
     services = [_service(layer, i, j) for i, layer in enumerate(infra.layers) for j in range(len(layer.services))]
     named: dict[str, str] = {}
