@@ -60,11 +60,14 @@ def test_hosts_and_roundtrip() -> None:
     ("change", "message"),
     [
         (lambda d: d.update(provider="docker"), "unknown provider 'docker'; known providers: chameleon, g5k, local"),
-        (lambda d: d["layers"][1].update(hosts=0), "infrastructure.layers.edge.hosts is 0; a layer needs hosts >= 1"),
+        (
+            lambda d: d["layers"][1].update(hosts=0),
+            "infrastructure.layers[1].hosts is 0 (layer 'edge'); a layer needs hosts >= 1",
+        ),
         (lambda d: d["network"][0].update(dst="fog"), "infrastructure.network[0].dst: no layer named 'fog'"),
         (lambda d: d["network"][0].update(delay="20 lightyears"), "infrastructure.network[0].delay: unknown unit"),
         (lambda d: d["network"][0].update(loss=5), "loss is 5; use a fraction in [0, 1)"),
-        (lambda d: d["layers"][0].update(memory="lots"), "infrastructure.layers.cloud.memory: cannot read 'lots'"),
+        (lambda d: d["layers"][0].update(memory="lots"), "infrastructure.layers[0].memory: cannot read 'lots'"),
         (lambda d: d["layers"][0].update(gpus=2), "infrastructure.layers[0]: unknown key 'gpus'"),
         (lambda d: d.update(layers=[]), "infrastructure.layers is empty"),
     ],

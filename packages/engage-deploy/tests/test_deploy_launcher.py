@@ -140,7 +140,10 @@ def test_retries_and_fail_fast(tmp_path: Path) -> None:
     ("override", "message"),
     [
         ("hydra.launcher.infrastructure.provider=docker", "unknown provider 'docker'; known providers: chameleon, g5k"),
-        ("hydra.launcher.infrastructure.layers=[{name:edge,hosts:0}]", "infrastructure.layers.edge.hosts is 0"),
+        (
+            "hydra.launcher.infrastructure.layers=[{name:edge,hosts:0}]",
+            "infrastructure.layers[0].hosts is 0 (layer 'edge')",
+        ),
         ("hydra.launcher.layer=fog", "hydra.launcher.layer: no layer named 'fog'; layers are local"),
         (
             "hydra.launcher.infrastructure.network=[{src:edge,dst:cloud}]",

@@ -185,7 +185,9 @@ def test_services_made_in_python_with_wrong_types_are_one_line() -> None:
 
 def test_infrastructure_switches_are_booleans() -> None:
     pinned = {**BASE, "layers": [{**BASE["layers"][0], "services": [{"name": "trainer", "pinned": "no"}]}]}
-    with pytest.raises(InfrastructureError, match=r"layers.cloud.services.trainer.pinned is 'no'; use true or false"):
+    with pytest.raises(
+        InfrastructureError, match=r"layers\[0\].services\[0\].pinned is 'no' \(service 'trainer'\); use true or false"
+    ):
         Infrastructure.from_dict(pinned).validate()
     one_way = {**BASE, "network": [{**BASE["network"][0], "symmetric": "no"}]}
     with pytest.raises(InfrastructureError, match=r"network\[0\].symmetric is 'no'; use true or false"):

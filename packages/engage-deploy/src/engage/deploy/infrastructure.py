@@ -318,33 +318,33 @@ class Infrastructure:
         if not self.layers:
             raise InfrastructureError("infrastructure.layers is empty; declare at least one layer with hosts >= 1")
         seen: set[str] = set()
-        for layer in self.layers:
-            where = f"infrastructure.layers.{layer.name}"
+        for i, layer in enumerate(self.layers):
+            # paths as in the YAML list (infrastructure.layers[1]), as reading it names them
+            where, named = f"infrastructure.layers[{i}]", f"layer {layer.name!r}"
             if not isinstance(layer.name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", layer.name):
                 raise InfrastructureError(
-                    f"infrastructure.layers: layer name {layer.name!r} must start with a letter and hold only "
+                    f"{where}.name is {layer.name!r}; a layer name starts with a letter and holds only "
                     f"letters, digits and '_' (host names are '<layer>-<i>')"
                 )
             if layer.name in seen:
-                raise InfrastructureError(f"{where}: two layers are named {layer.name!r}; give each a unique name")
+                raise InfrastructureError(f"{where}.name: two layers are named {layer.name!r}; give each a unique name")
             seen.add(layer.name)
             if isinstance(layer.hosts, bool) or not isinstance(layer.hosts, int) or layer.hosts < 1:
-                raise InfrastructureError(f"{where}.hosts is {layer.hosts!r}; a layer needs hosts >= 1")
+                raise InfrastructureError(f"{where}.hosts is {layer.hosts!r} ({named}); a layer needs hosts >= 1")
             if layer.cpu is not None and (isinstance(layer.cpu, bool) or float(layer.cpu) <= 0):
-                raise InfrastructureError(f"{where}.cpu is {layer.cpu!r}; use a number of cores > 0, or null")
-            if layer.memory is not None and layer.memory_bytes == 0:
-                raise InfrastructureError(f"{where}.memory is {layer.memory!r}; use a size like '512MiB', or null")
-            for service in layer.services:
+                raise InfrastructureError(f"{where}.cpu is {layer.cpu!r} ({named}); use a number of cores > 0, or null")
+            if layer.memory is not None and parse_size(layer.memory, f"{where}.memory") == 0:
+                raise InfrastructureError(
+                    f"{where}.memory is {layer.memory!r} ({named}); use a size like '512MiB', or null"
+                )
+            for j, service in enumerate(layer.services):
+                at, named = f"{where}.services[{j}]", f"service {service.name!r}"
                 if isinstance(service.quantity, bool) or not isinstance(service.quantity, int) or service.quantity < 1:
-                    raise InfrastructureError(
-                        f"{where}.services.{service.name}.quantity is {service.quantity!r}; use an integer >= 1"
-                    )
+                    raise InfrastructureError(f"{at}.quantity is {service.quantity!r} ({named}); use an integer >= 1")
                 if service.memory is not None:
-                    parse_size(service.memory, f"{where}.services.{service.name}.memory")
+                    parse_size(service.memory, f"{at}.memory")
                 if not isinstance(service.pinned, bool):
-                    raise InfrastructureError(
-                        f"{where}.services.{service.name}.pinned is {service.pinned!r}; use true or false"
-                    )
+                    raise InfrastructureError(f"{at}.pinned is {service.pinned!r} ({named}); use true or false")
         pairs: set[tuple[str, str]] = set()
         for i, constraint in enumerate(self.network):
             where = f"infrastructure.network[{i}]"
