@@ -202,6 +202,9 @@ class OnlineDataModule(pl.LightningDataModule):
         self._replay: deque[dict[str, np.ndarray]] = deque()
         self.scheduler: SimulationScheduler | None = None
         self.val_dataset: SimulationDataset | None = None
+        #: the held-out simulations' parameters, ``(val_simulations, d)`` in the simulator's units,
+        #: once drawn (the simulation report plots them beside the sampled points)
+        self.held_out_points: np.ndarray | None = None
         #: names this run's state (journal, work folder, shared memory); a resumed run keeps its own
         self.run_id: str | None = None
         self.rank, self.world_size = 0, 1
@@ -308,6 +311,7 @@ class OnlineDataModule(pl.LightningDataModule):
 
             held_out = UniformSampler(self.simulator.space, seed=self.settings.seed + VALIDATION_SEED_OFFSET)
             points = held_out.ask(self.settings.val_simulations)
+            self.held_out_points = points
             folder = os.path.join(self._workdir(), "validation")
 
             def make(sampler: Sampler, buffer: TrainingBuffer, n: int, workdir: str) -> SimulationScheduler:

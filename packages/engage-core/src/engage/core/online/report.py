@@ -23,7 +23,8 @@ class SimulationReport(pl.Callback):
     (``online/simulations.json``: one column per parameter, status, attempt, samples, duration,
     host, error and the mean training loss of its samples) and the sampled points as pairwise
     scatter plots coloured by order and by loss (``online/sampled_points_by_order.png``,
-    ``online/sampled_points_by_loss.png``), each axis a parameter's name and unit. The loss is
+    ``online/sampled_points_by_loss.png``), each axis a parameter's name and unit, the held-out
+    simulations validation runs on marked beside them. The loss is
     known when ``training_step`` returns ``{"loss": ..., "per_sample_loss": (B,)}``.
 
     :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
@@ -94,7 +95,7 @@ class SimulationReport(pl.Callback):
         table = self.table(dm)
         if not table["simulation_id"]:
             return
-        figures = sampled_points_figures(table, dm.simulator.space)
+        figures = sampled_points_figures(table, dm.simulator.space, getattr(dm, "held_out_points", None))
         for logger in loggers:
             logger.experiment.log_table(logger.run_id, data=table, artifact_file="online/simulations.json")
             for name, figure in figures.items():
@@ -112,10 +113,14 @@ def _group_sums(ids: np.ndarray, values: np.ndarray) -> tuple[list[int], list[fl
     return [int(u) for u in unique], [float(s) for s in sums], [int(c) for c in counts]
 
 
-def sampled_points_figures(table: dict[str, list[Any]], space: Any) -> dict[str, Any]:
+def sampled_points_figures(
+    table: dict[str, list[Any]], space: Any, held_out: np.ndarray | None = None
+) -> dict[str, Any]:
     """Pairwise scatter plots of the sampled parameters (every pair of parameters, one panel
     each; one parameter: its values against the order), coloured by order (``order``) and, where
-    the table has losses, by mean training loss (``loss``). Matplotlib figures by name."""
+    the table has losses, by mean training loss (``loss``); ``held_out`` (``(n, d)`` in the
+    space's units, its parameters in order) are marked as grey crosses on the pairwise panels.
+    Matplotlib figures by name."""
     from matplotlib.figure import Figure
 
     names = [name for name in space.names if name in table]
@@ -126,6 +131,10 @@ def sampled_points_figures(table: dict[str, list[Any]], space: Any) -> dict[str,
     if losses and not np.all(np.isnan(losses)):
         colourings["loss"] = (np.asarray(losses), "mean training loss of its samples (model's loss)")
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    columns_of = [list(space.names).index(name) for name in names]
+    held = (
+        None if held_out is None or not len(held_out) else np.asarray(held_out, dtype=float).reshape(len(held_out), -1)
+    )
     figures = {}
     for key, (colour, colour_label) in colourings.items():
         panels = max(1, len(pairs))
@@ -136,9 +145,14 @@ def sampled_points_figures(table: dict[str, list[Any]], space: Any) -> dict[str,
         scatter = None
         if pairs:
             for ax, (i, j) in zip(axes, pairs, strict=False):
-                scatter = ax.scatter(points[:, i], points[:, j], c=colour, s=14, cmap="viridis")
+                scatter = ax.scatter(points[:, i], points[:, j], c=colour, s=14, cmap="viridis", label="sampled")
+                if held is not None:
+                    ax.scatter(held[:, columns_of[i]], held[:, columns_of[j]], marker="x", c="0.45", s=16,
+                               linewidths=0.8, label=f"held-out ({len(held)})")  # fmt: skip
                 ax.set_xlabel(space[names[i]].label)
                 ax.set_ylabel(space[names[j]].label)
+            if held is not None:
+                axes[0].legend(loc="best", fontsize="small")
         else:
             scatter = axes[0].scatter(order, points[:, 0], c=colour, s=14, cmap="viridis")
             axes[0].set_xlabel("simulation order (id)")
@@ -151,6 +165,7 @@ def sampled_points_figures(table: dict[str, list[Any]], space: Any) -> dict[str,
 
             bar.locator = MaxNLocator(integer=True)
             bar.update_ticks()
-        figure.suptitle(f"sampled points ({len(order)} simulations), coloured by {key}")
+        also = f", {len(held)} held-out" if held is not None and pairs else ""
+        figure.suptitle(f"sampled points ({len(order)} simulations{also}), coloured by {key}")
         figures[key] = figure
     return figures
