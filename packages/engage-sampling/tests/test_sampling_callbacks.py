@@ -226,7 +226,15 @@ def test_callbacks_refuse_periods_and_figures_that_would_never_run_or_fail_later
     for build, expected in (
         (lambda: SensitivityAnalysis(names=["a", "b"], every_n_steps=0), "every_n_steps must be a whole number >= 1"),
         (lambda: SensitivityAnalysis(names=["a", "b"], conf_level=2), "conf_level must be between 0 and 1"),
-        (lambda: SensitivityAnalysis(names=["a", "b"], batch_size=0), "batch_size must be >= 1"),
+        (lambda: SensitivityAnalysis(names=["a", "b"], batch_size=0), "batch_size must be a whole number >= 1"),
+        (lambda: SensitivityAnalysis(names="ab"), "names must be a list of names, got the string 'ab'"),
+        (lambda: SensitivityAnalysis(names=["a"], base_samples="64"), "base_samples must be a whole number >= 2"),
+        (lambda: SensitivityAnalysis(names=["a"], base_samples=64.0), "base_samples must be a whole number >= 2"),
+        (lambda: SensitivityAnalysis(space=3), "space must be a ParameterSpace or a mapping"),
+        (lambda: ImageSimilaritySampling(plot_parameters=(0,)), "plot_parameters must be two parameter indices"),
+        (lambda: LossDrivenSampling(every_n_steps=None), "every_n_steps must be a whole number >= 1 .*got None"),
+        (lambda: LossDrivenSampling(every_n_steps=2.7), "every_n_steps must be a whole number >= 1 .*got 2.7"),
+        (lambda: LossDrivenSampling(sampler="loss_driven"), "sampler must be a sampler object .*got 'loss_driven'"),
         (lambda: ImageSimilaritySampling(every_n_epochs=0), "every_n_epochs must be a whole number >= 1"),
         (lambda: ImageSimilaritySampling(data_range=-1), "data_range must be > 0"),
         (lambda: BreedSampler(space, spread=float("inf")), "spread must be finite and > 0"),
@@ -243,6 +251,8 @@ def test_callbacks_refuse_periods_and_figures_that_would_never_run_or_fail_later
     for base_samples in (8.5, "8"):
         with pytest.raises(ValueError, match="base_samples must be a whole number >= 2"):
             SALibSobolSampler(space, base_samples=base_samples)
+    # a space as a config declares it
+    assert SensitivityAnalysis(space={"x": {"low": 0, "high": 1}}).space.names == ["x"]
     # inputs="values" takes the space from the trainer's DataModule when none is given
     assert SensitivityAnalysis(inputs="values").inputs == "values"
     # names that are not the space's are refused, not silently replaced
@@ -277,3 +287,74 @@ def test_a_run_shorter_than_the_analysis_period_analyses_the_trained_model_and_a
     with pytest.warns(UserWarning, match=r"has no 'per_sample_relativ_loss' \(it has loss"):
         trainer, _, _ = fit(LossDrivenSampler, [sensitivity, losses], tmp_path, epochs=1)
     assert [h["step"] for h in sensitivity.history] == [trainer.global_step]
+
+
+class _Plain(pl.LightningModule):
+    """A user's own module and loader: parameter tensors in, a value out, no ENGAGE DataModule."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(3, 1)
+        self.steps = 0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x).squeeze(1), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _plain_fit(callbacks, tmp_path, max_steps=4):
+    x = torch.rand(32, 3)
+    loader = torch.utils.data.DataLoader(list(zip(x, x @ torch.tensor([3.0, 1.0, 0.0]), strict=True)), batch_size=8)
+    model = _Plain()
+    trainer = pl.Trainer(max_steps=max_steps, callbacks=callbacks, logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, loader)
+    return trainer, model
+
+
+@pytest.mark.parametrize(
+    ("callback", "expected"),
+    [
+        (lambda: SensitivityAnalysis(every_n_steps=2), "SensitivityAnalysis cannot tell the model's parameters"),
+        (lambda: ImageSimilaritySampling(every_n_steps=2), "ImageSimilaritySampling cannot tell the number"),
+        (
+            lambda: ImageSimilaritySampling(num_parameters=3, plot_parameters=(0, 5)),
+            r"plot_parameters=\(0, 5\) names a parameter beyond the 3 there are",
+        ),
+    ],
+)
+def test_in_plain_lightning_what_would_fail_at_the_first_analysis_fails_before_training(callback, expected, tmp_path):
+    model = None
+    with pytest.raises(ValueError, match=expected):
+        _, model = _plain_fit([callback()], tmp_path)
+    assert model is None or model.steps == 0
+
+
+def test_two_analyses_of_one_kind_train_side_by_side_and_each_resumes_its_own_history(tmp_path):
+    def analyses():
+        return [
+            SensitivityAnalysis(names=["a", "b", "c"], base_samples=16, every_n_steps=2, log_plots=False),
+            SensitivityAnalysis(names=["a", "b", "c"], method="morris", trajectories=4, every_n_steps=2,
+                                log_plots=False),
+        ]  # fmt: skip
+
+    sobol, morris = first = analyses()
+    trainer, _ = _plain_fit(first, tmp_path)
+    assert [h["step"] for h in sobol.history] == [h["step"] for h in morris.history] == [2, 4]
+    assert "sensitivity/ST/a" in sobol.history[0] and "sensitivity/mu_star/a" in morris.history[0]
+    path = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(path)
+    again = analyses()
+    x = torch.rand(8, 3)
+    resumed = pl.Trainer(max_steps=4, callbacks=again, logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    resumed.fit(_Plain(), torch.utils.data.DataLoader(list(zip(x, x.sum(1), strict=True)), batch_size=8),
+                ckpt_path=path)  # fmt: skip
+    assert again[0].history == sobol.history and again[1].history == morris.history

@@ -140,6 +140,37 @@ def due(step_or_epoch: int, every: int | None) -> bool:
     return every is not None and every > 0 and step_or_epoch % every == 0
 
 
+def check_whole(owner: str, name: str, value: Any, low: int = 1) -> int:
+    """A count given to a callback: a whole number >= ``low`` (not a bool, a float or a string,
+    which would fail, or be cut, later)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{owner} {name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_space(owner: str, space: Any) -> ParameterSpace | None:
+    """A callback's ``space``: a :class:`ParameterSpace`, a mapping as a config declares one
+    (``{"x": {"low": 0, "high": 1}}``), or ``None`` (taken from the sampler or the DataModule)."""
+    if space is None or isinstance(space, ParameterSpace):
+        return space
+    if isinstance(space, dict) or hasattr(space, "items"):
+        return ParameterSpace.from_config(dict(space))
+    raise ValueError(
+        f"{owner} space must be a ParameterSpace or a mapping such as {{'x': {{'low': 0, 'high': 1}}}}, "
+        f"got {type(space).__name__}"
+    )
+
+
+def check_sampler(owner: str, sampler: Any) -> Any:
+    """A callback's ``sampler``: ``None`` (the DataModule's) or a sampler object, not its name."""
+    if sampler is not None and not hasattr(sampler, "tell"):
+        raise ValueError(
+            f"{owner} sampler must be a sampler object (such as LossDrivenSampler(space)), or None for the "
+            f"DataModule's; got {sampler!r}"
+        )
+    return sampler
+
+
 def check_every(owner: str, name: str, value: int | None) -> int | None:
     """A periodic action's ``every_n_steps`` or ``every_n_epochs``: ``None`` (never) or a whole
     number >= 1; 0 would silently never run."""

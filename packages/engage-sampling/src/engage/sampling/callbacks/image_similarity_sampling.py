@@ -17,6 +17,9 @@ from engage.core.space import ParameterSpace
 from engage.sampling.callbacks._common import (
     Quantity,
     check_every,
+    check_sampler,
+    check_space,
+    check_whole,
     default_quantity,
     due,
     evaluate,
@@ -78,8 +81,22 @@ class ImageSimilaritySampling(Callback):
             raise ValueError(f"ImageSimilaritySampling source must be 'predictions' or 'targets', got {source!r}")
         if metric not in METRICS:
             raise ValueError(f"ImageSimilaritySampling metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        if probe_points < 2 or neighbours < 1 or max_points < 2:
-            raise ValueError("ImageSimilaritySampling needs probe_points >= 2, neighbours >= 1, max_points >= 2")
+        owner = "ImageSimilaritySampling"
+        probe_points = check_whole(owner, "probe_points", probe_points, 2)
+        neighbours = check_whole(owner, "neighbours", neighbours)
+        max_points = check_whole(owner, "max_points", max_points, 2)
+        if num_parameters is not None:
+            num_parameters = check_whole(owner, "num_parameters", num_parameters)
+        plot_parameters = tuple(plot_parameters)
+        if len(plot_parameters) != 2 or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in plot_parameters
+        ):
+            raise ValueError(
+                "ImageSimilaritySampling plot_parameters must be two parameter indices such as (0, 1), "
+                f"got {plot_parameters!r}"
+            )
+        space = check_space(owner, space)
+        sampler = check_sampler(owner, sampler)
         if data_range is not None and not data_range > 0:
             raise ValueError(
                 f"ImageSimilaritySampling data_range must be > 0, or None to take it from the data; got {data_range}"
@@ -100,7 +117,7 @@ class ImageSimilaritySampling(Callback):
         self.max_points = int(max_points)
         self.seed = int(seed)
         self.log_plots = log_plots
-        self.plot_parameters = tuple(plot_parameters)
+        self.plot_parameters = plot_parameters
         self.plot_dir = plot_dir
         #: the latest landscape (not checkpointed; recomputed at the next trigger)
         self.landscape: SimilarityLandscape | None = None
@@ -119,10 +136,25 @@ class ImageSimilaritySampling(Callback):
             return int(self.num_parameters)
         raise ValueError("ImageSimilaritySampling cannot tell the number of parameters; pass space= or num_parameters=")
 
+    @property
+    def state_key(self) -> str:
+        # two landscapes in one trainer (of predictions and of targets, or two metrics) each keep their own
+        return self._generate_state_key(source=self.source, metric=self.metric, every_n_steps=self.every_n_steps,
+                                        every_n_epochs=self.every_n_epochs)  # fmt: skip
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Refuse, before training, outputs that ``metric`` cannot compare (SSIM slides a window of
-        at least 3x3 pixels: a 1D profile such as the Burgers simulator's ``(1, grid)`` row is not
-        an image to it), rather than failing at the first landscape."""
+        """Refuse, before training, what would fail at the first landscape: parameters it cannot
+        count (no ``space`` nor ``num_parameters``, and none from the sampler or the DataModule),
+        ``plot_parameters`` beyond them, and outputs that ``metric`` cannot compare (SSIM slides a
+        window of at least 3x3 pixels: a 1D profile such as the Burgers simulator's ``(1, grid)``
+        row is not an image to it)."""
+        if self.every_n_steps is not None or self.every_n_epochs is not None:
+            dim = self._dim(trainer)
+            if dim >= 2 and max(self.plot_parameters) >= dim:
+                raise ValueError(
+                    f"ImageSimilaritySampling plot_parameters={self.plot_parameters} names a parameter beyond "
+                    f"the {dim} there are; give two indices below {dim}"
+                )
         simulator = getattr(getattr(trainer, "datamodule", None), "simulator", None)
         shape = tuple(getattr(simulator, "sample_shape", ()) or ())
         if self.metric == "ssim" and shape and not ssim_fits(shape):
@@ -229,6 +261,14 @@ class ImageSimilaritySampling(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if due(trainer.current_epoch + 1, self.every_n_epochs):
+            self.run(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # the trained model's landscape, when the period did not end on the last step (a run
+        # shorter than every_n_steps would otherwise have none); none without a period
+        if self.every_n_steps is None and self.every_n_epochs is None:
+            return
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_in
 from engage.sampling.callbacks._common import (
     Quantity,
     check_every,
+    check_sampler,
+    check_space,
+    check_whole,
     default_quantity,
     due,
     evaluate,
@@ -94,18 +97,26 @@ class SensitivityAnalysis(Callback):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"SensitivityAnalysis method must be one of {', '.join(METHODS)}, got {method!r}")
-        if base_samples < 2 or base_samples & (base_samples - 1):
+        owner = "SensitivityAnalysis"
+        base_samples = check_whole(owner, "base_samples", base_samples, 2)
+        if base_samples & (base_samples - 1):
             raise ValueError(f"SensitivityAnalysis base_samples must be a power of 2 (>= 2), got {base_samples}")
         if inputs not in ("unit", "values"):
             raise ValueError(f"SensitivityAnalysis inputs must be 'unit' or 'values', got {inputs!r}")
-        if num_resamples < 1:
-            raise ValueError(f"SensitivityAnalysis num_resamples must be >= 1 (bootstrap), got {num_resamples}")
-        if trajectories < 2 or num_levels < 2 or num_levels % 2:
-            raise ValueError("SensitivityAnalysis needs trajectories >= 2 and an even num_levels >= 2")
+        num_resamples = check_whole(owner, "num_resamples", num_resamples)  # the bootstrap's
+        trajectories = check_whole(owner, "trajectories", trajectories, 2)
+        num_levels = check_whole(owner, "num_levels", num_levels, 2)
+        if num_levels % 2:
+            raise ValueError(f"SensitivityAnalysis num_levels must be even (Morris' design), got {num_levels}")
         if not 0 < conf_level < 1:
             raise ValueError(f"SensitivityAnalysis conf_level must be between 0 and 1 (exclusive), got {conf_level}")
-        if batch_size < 1:
-            raise ValueError(f"SensitivityAnalysis batch_size must be >= 1, got {batch_size}")
+        batch_size = check_whole(owner, "batch_size", batch_size)
+        if isinstance(names, str):
+            raise ValueError(f"SensitivityAnalysis names must be a list of names, got the string {names!r}")
+        if num_parameters is not None:
+            num_parameters = check_whole(owner, "num_parameters", num_parameters)
+        space = check_space(owner, space)
+        sampler = check_sampler(owner, sampler)
         check_every("SensitivityAnalysis", "every_n_steps", every_n_steps)
         check_every("SensitivityAnalysis", "every_n_epochs", every_n_epochs)
         self.quantity = quantity or default_quantity
@@ -200,6 +211,13 @@ class SensitivityAnalysis(Callback):
             sampler = find_sampler(trainer, self.sampler)
             if hasattr(sampler, "set_parameter_weights"):
                 sampler.set_parameter_weights(result.importance)
+            elif sampler is None:
+                warn_once(
+                    self,
+                    "reweight",
+                    "SensitivityAnalysis(reweight_sampler=True) found no sampler to re-weight: pass sampler=, or "
+                    "train with a DataModule that has one",
+                )
             else:
                 warn_once(
                     self,
@@ -253,6 +271,19 @@ class SensitivityAnalysis(Callback):
             log_figure(trainer, fig, "sensitivity/maps", self.plot_dir)
 
     # ------------------------------------------------------------------ Lightning hooks
+    @property
+    def state_key(self) -> str:
+        # two analyses in one trainer (Sobol' and Morris) each keep their own history
+        return self._generate_state_key(method=self.method, every_n_steps=self.every_n_steps,
+                                        every_n_epochs=self.every_n_epochs)  # fmt: skip
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse, before training, an analysis that could not tell the model's parameters (no
+        ``space``, ``names`` nor ``num_parameters``, and none from the sampler or the DataModule)
+        rather than at its first analysis, ``every_n_steps`` steps into training."""
+        if self.every_n_steps is not None or self.every_n_epochs is not None:
+            self._resolve_names(trainer)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if due(trainer.global_step, self.every_n_steps):
             self.run(trainer, pl_module)
