@@ -83,6 +83,19 @@ def test_unknown_option_lists_installed_samplers(capsys):
     assert main(["run", "sampler=nonexistent"]) == 2
     listed = capsys.readouterr().err.split("installed: ")[1].split(", ")
     assert "uniform" in [name.strip() for name in listed]
+    assert "pip install" not in listed[-1]  # engage-sampling is installed here
+
+
+def test_an_unknown_option_of_a_package_not_installed_names_the_package(capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "engage.memory" else find_spec(name, *a)
+    )
+    assert main(["run", "strategy=nonexistent"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.endswith("(more come with engage-memory: pip install engage-memory)"), line
 
 
 def test_every_value_of_a_sweep_is_checked(capsys):

@@ -115,6 +115,28 @@ def keywords_not_taken(function: Callable[..., object], given: Iterable[str]) ->
     return [name for name in given if name not in taken], taken
 
 
+#: the config groups whose further options come with another ENGAGE package: (module, distribution)
+_GROUP_PACKAGES = {
+    "sampler": ("engage.sampling", "engage-sampling"),
+    "callbacks": ("engage.sampling", "engage-sampling"),
+    "strategy": ("engage.memory", "engage-memory"),
+    "hydra/launcher": ("engage.deploy", "engage-deploy"),
+    "infrastructure": ("engage.deploy", "engage-deploy"),
+    "placement": ("engage.deploy", "engage-deploy"),
+    "serving": ("engage.deploy", "engage-deploy"),
+}
+
+
+def _package_hint(group: str) -> str:
+    """Where more options of ``group`` come from, when that ENGAGE package is not installed."""
+    import importlib.util
+
+    module, distribution = _GROUP_PACKAGES.get(group.lstrip("+"), (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return ""
+    return f" (more come with {distribution}: pip install {distribution})"
+
+
 def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     """Turn a Hydra/OmegaConf composition error into one line."""
     text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ is not None else "")
@@ -162,7 +184,7 @@ def explain(exc: BaseException, base: DictConfig | None = None) -> str:
             else []
         )
         allowed = ", ".join(options) if options else "none installed"
-        return f"{group}={name}: unknown option for '{group}'; installed: {allowed}"
+        return f"{group}={name}: unknown option for '{group}'; installed: {allowed}{_package_hint(group)}"
     override = (
         re.search(r"Could not override '([^']+)'", text)
         or re.search(r"Error merging override ([^=\s]+)=", text)
