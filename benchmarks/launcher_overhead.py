@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _cli import check_out, names, number, whole, whole_numbers
+
 APP = """
 import os, time
 import hydra
@@ -54,6 +56,10 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     main()
 """
+
+#: the launchers measured, in this order: Hydra's, then ENGAGE's (a server started for the
+#: sweep, one kept from an earlier sweep, hosts in network namespaces)
+LAUNCHERS = ("basic", "joblib", "engage-local", "engage-local-warm", "engage-netns")
 
 NETNS_INFRA = [
     "+infrastructure=netns_edge_cloud",
@@ -94,14 +100,28 @@ def count_children(db: Path, run_dir: Path) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", default="1,8,64")
-    parser.add_argument("--parallelism", type=int, default=8)
-    parser.add_argument("--task-s", type=float, default=0.2)
-    parser.add_argument("--launchers", default="basic,joblib,engage-local,engage-local-warm,engage-netns")
-    parser.add_argument("--out", default="benchmarks/results/launcher_overhead.json")
-    parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each sweep of up to 8 jobs (median)")
+    parser.add_argument(
+        "--jobs", type=whole_numbers(), default="1,8,64", help="jobs per sweep, comma-separated (default 1,8,64)"
+    )
+    parser.add_argument("--parallelism", type=whole(), default=8, help="jobs run at once (default 8)")
+    parser.add_argument(
+        "--task-s", type=number(0.0, strict=False, unit="s"), default=0.2, help="each job's own work, s (default 0.2)"
+    )
+    parser.add_argument(
+        "--launchers",
+        type=names(LAUNCHERS),
+        default=",".join(LAUNCHERS),
+        help=f"comma-separated, of {', '.join(LAUNCHERS)} (default all; engage-netns needs root)",
+    )
+    parser.add_argument(
+        "--out", default="benchmarks/results/launcher_overhead.json", help="the JSON to write (default %(default)s)"
+    )
+    parser.add_argument("--timeout", type=number(unit="s"), default=900, help="limit of each sweep, s (default 900)")
+    parser.add_argument(
+        "--repeat", type=whole(), default=3, help="runs of each sweep of up to 8 jobs, median taken (default 3)"
+    )
     args = parser.parse_args()
+    check_out(parser, args.out)
 
     work = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     app = work / "app.py"
@@ -131,7 +151,7 @@ def main() -> int:
         f"hydra.launcher.mlflow.tracking_uri=sqlite:///{warm_db}",
     ]
     launchers["engage-local-warm"] = ([*launchers["engage-local"][0], *warm], args.parallelism)
-    wanted = [name for name in args.launchers.split(",") if name]
+    wanted = args.launchers
     if "engage-local-warm" in wanted:
         warmup = [python, str(app), "-m", task, *launchers["engage-local-warm"][0], "+i=0", "hydra.sweep.dir=warmup"]
         run(warmup, warm_db.parent, args.timeout)
@@ -139,7 +159,7 @@ def main() -> int:
         print("engage-netns left out: needs root and network namespaces", file=sys.stderr)
         wanted.remove("engage-netns")
     rows = []
-    for jobs in [int(j) for j in args.jobs.split(",")]:
+    for jobs in args.jobs:
         # small sweeps take seconds and vary by as much on a busy machine: their median of
         # ``--repeat`` runs, interleaved across launchers, is reported
         repeats = args.repeat if jobs <= 8 else 1

@@ -58,6 +58,7 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import torch
 import torch._functorch.config as functorch_config
 import torch.nn.functional as F
+from _cli import check_out, whole
 from memory_gpt import Layer  # the decoder layer of memory_gpt.py beside this script
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
@@ -745,8 +746,10 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="4-layer GPT, 16-channel U-Net, 2 rounds, 1 step, compiled at 0.1 only"
     )
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 2)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per policy and round (default 2)")
+    parser.add_argument("--rounds", type=whole(), default=None, help="interleaved rounds (default 5; quick 2)")
+    parser.add_argument(
+        "--steps", type=whole(), default=None, help="timed steps per policy and round (default 2; quick 1)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument(
         "--out",
@@ -757,7 +760,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (1 if args.quick else 2)
-    out = args.out or RESULTS / ("memory_cpu_quick.json" if args.quick else "memory_cpu.json")
+    out = check_out(parser, args.out or RESULTS / ("memory_cpu_quick.json" if args.quick else "memory_cpu.json"))
     if not _rss_supported():
         parser.error("the RSS peak needs Linux (/proc/self/clear_refs and glibc's mallopt)")
     _malloc_setup()

@@ -17,12 +17,14 @@ import copy
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _cli import check_out
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
@@ -260,22 +262,43 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=["cuda", "cpu"],
+        help="where the model trains (default: cuda when this torch sees a GPU, else cpu)",
+    )
     parser.add_argument("--small", action="store_true", help="CI-sized shapes")
     parser.add_argument("--activation-heavy", action="store_true", help="vocabulary 8192, sequence 2048")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile rows")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON (default benchmarks/results)"
+    )
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda, but this torch sees no GPU; give --device cpu")
+    out = check_out(parser, args.out, folder=True)
     result = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tag = "memory_gpt_" + args.device + ("_small" if args.small else "")
     tag += "_activation_heavy" if args.activation_heavy else ""
     (out / f"{tag}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+    # a check of budget adherence: a plan whose measured peak passed its budget fails the run
+    planned = [row for row in result["rows"] if "within_budget" in row]
+    over = [row for row in planned if not row["within_budget"]]
+    print(f"memory_gpt: {len(planned) - len(over)} of {len(planned)} plans within their budget")
+    for row in over:
+        budget = row["budget_GiB"]
+        measured = row["peak_bytes"] / 2**30
+        print(
+            f"memory_gpt: {row['policy']} over its budget: {measured:.4f} GiB measured against "
+            f"{budget:.4f} GiB ({100 * (measured / budget - 1):+.1f}%)",
+            file=sys.stderr,
+        )
+    return 1 if over else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

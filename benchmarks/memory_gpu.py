@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from _cli import check_out, number
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -112,11 +114,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anchor", help="reference script to run third (writes memory_anchor.json into $OUT)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for JSON and logs")
-    parser.add_argument("--limit", type=float, default=570.0, help="seconds for all parts together")
+    parser.add_argument(
+        "--limit", type=number(unit="s"), default=570.0, help="seconds for all parts together (default 570)"
+    )
     parser.add_argument("--skip-tests", action="store_true", help="run the benchmarks only")
     args = parser.parse_args()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.error("this torch sees no CUDA GPU, which every part measures; run it on a machine with one")
+    out = check_out(parser, args.out, folder=True).resolve()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OUT": str(out)}
     started = time.perf_counter()
 

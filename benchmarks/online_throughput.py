@@ -370,6 +370,8 @@ def paired(runs: list[tuple[float, ...]], column: int, baseline: int = 0) -> flo
 def parse_args(argv: list[str] | None = None):
     import argparse
 
+    from _cli import check_out, whole
+
     parser = argparse.ArgumentParser(
         description="Throughput of online training's transport against bare pyzmq and a memory copy (JSON figures)."
     )
@@ -377,8 +379,8 @@ def parse_args(argv: list[str] | None = None):
         "--quick", action="store_true", help="64x64 and 1024x1024, 1 process, 1 repetition, no training"
     )
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sample sizes (default: all)")
-    parser.add_argument("--processes", nargs="+", type=int, help="simulation processes (default: 1 2 4)")
-    parser.add_argument("--repeat", type=int, help=f"interleaved repetitions per cell (default: {REPEAT})")
+    parser.add_argument("--processes", nargs="+", type=whole(), help="simulation processes (default: 1 2 4)")
+    parser.add_argument("--repeat", type=whole(), help=f"interleaved repetitions per cell (default: {REPEAT})")
     parser.add_argument("--no-training", action="store_true", help="skip the data-wait and time-to-error figures")
     parser.add_argument("--out", help="where to write the JSON (default: benchmarks/results/online_throughput.json)")
     args = parser.parse_args(argv)
@@ -390,8 +392,7 @@ def parse_args(argv: list[str] | None = None):
     args.sizes = args.sizes or list(SIZES)
     args.processes = args.processes or [1, 2, 4]
     args.repeat = args.repeat or REPEAT
-    if args.repeat < 1 or any(p < 1 for p in args.processes):
-        parser.error("--repeat and --processes must be >= 1")
+    args.out = check_out(parser, args.out or HERE / "results" / "online_throughput.json")
     return args
 
 
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         "data_wait": data_wait,
         "online_vs_offline": training,
     }
-    out = Path(args.out) if args.out else HERE / "results" / "online_throughput.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"saved {out}")

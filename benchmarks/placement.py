@@ -22,6 +22,8 @@ import platform
 import time
 from pathlib import Path
 
+from _cli import check_out
+
 from engage.deploy.placement import (
     CpSatSolver,
     ExhaustiveSolver,
@@ -81,8 +83,11 @@ def one_instance(nodes: int, models: int, seed: int, limit: float, mid: bool, lo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller set of instances")
-    parser.add_argument("--out", type=Path, default=RESULTS / "placement.json")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "placement.json", help="the JSON to write (default %(default)s)"
+    )
     args = parser.parse_args()
+    check_out(parser, args.out)
     rows = []
     for nodes, models, seeds, limit, mid in QUICK if args.quick else SIZES:
         for seed in range(seeds):

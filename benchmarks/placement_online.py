@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import check_out, number, whole
 from ortools.linear_solver import pywraplp
 
 from engage.deploy.placement import CpSatSolver, GreedySolver, PlacementInfeasible, PlacementProblem
@@ -385,29 +386,52 @@ def plot(reg: dict, by_memory: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _scales(text: str) -> list[float]:
+    """``--regret-memory``: comma-separated memory scales > 0 (empty: none)."""
+    one = number()
+    return [one(part.strip()) for part in text.split(",") if part.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 nodes, 300 slots, short solver limits")
-    parser.add_argument("--slots", type=int, default=None, help="slots per trace (default 1000; quick 300)")
-    parser.add_argument("--every", type=int, default=None, help="K: slots between re-solves (default 100; quick 50)")
-    parser.add_argument("--moves", type=int, default=2, help="copies newly loaded per slot (online policy)")
+    parser.add_argument(
+        "--slots", type=whole(50), default=None, help="slots per trace, >= 50 (default 1000; quick 300)"
+    )
+    parser.add_argument(
+        "--every", type=whole(), default=None, help="K: slots between re-solves (default 100; quick 50)"
+    )
+    parser.add_argument("--moves", type=whole(0), default=2, help="copies newly loaded per slot (online policy)")
     parser.add_argument(
         "--fewer-moves",
-        type=float,
+        type=number(0.0, strict=False),
         default=0.05,
         help="per-slot move budget of the online run started from CP-SAT's first plan (0.05)",
     )
-    parser.add_argument("--eta", type=float, default=3.0, help="step scale of the online policy")
-    parser.add_argument("--cpsat-limit", type=float, default=None, help="s per CP-SAT solve (default 10; quick 2)")
-    parser.add_argument("--milp-limit", type=float, default=None, help="s for the integral static optimum (60)")
-    parser.add_argument("--memory", type=float, default=0.2, help="scale of every node's memory (0.2: tight)")
+    parser.add_argument("--eta", type=number(), default=3.0, help="step scale of the online policy (default 3)")
+    parser.add_argument(
+        "--cpsat-limit", type=number(unit="s"), default=None, help="s per CP-SAT solve (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--milp-limit",
+        type=number(unit="s"),
+        default=None,
+        help="s for the integral static optimum (default 60; quick 10)",
+    )
+    parser.add_argument(
+        "--memory", type=number(), default=0.2, help="scale of every node's memory (default 0.2: tight)"
+    )
     parser.add_argument(
         "--regret-memory",
+        type=_scales,
         default=None,
         help="memory scales the regret is also measured at, comma-separated (default 0.35,0.5; quick: none)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "placement_online.json")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "placement_online.json", help="the JSON to write (plot beside it)"
+    )
     args = parser.parse_args()
+    check_out(parser, args.out)
     args.slots = args.slots or (300 if args.quick else 1000)
     args.every = args.every or (50 if args.quick else 100)
     args.cpsat_limit = args.cpsat_limit or (2.0 if args.quick else 10.0)
@@ -416,9 +440,9 @@ def main() -> None:
     started = time.perf_counter()
     results = [one_tree(n, m, s, args) for n, m, s in trees]
     n, m, s = trees[-1]
-    extra = args.regret_memory if args.regret_memory is not None else ("" if args.quick else "0.35,0.5")
+    extra = args.regret_memory if args.regret_memory is not None else ([] if args.quick else [0.35, 0.5])
     by_memory = []
-    for memory in [args.memory, *(float(v) for v in extra.split(",") if v.strip())]:
+    for memory in [args.memory, *extra]:
         level = regret(n, m, s, args, memory)
         by_memory.append(level)
         print(

@@ -56,6 +56,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+from _cli import check_out, whole
 
 matplotlib.use("Agg")
 import lightning.pytorch as pl
@@ -715,7 +716,12 @@ def report(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per method (default 5)")
+    parser.add_argument(
+        "--seeds",
+        type=whole(),
+        default=len(SEEDS),
+        help=f"seeds per method, at most {len(SEEDS)} (default {len(SEEDS)})",
+    )
     parser.add_argument(
         "--part",
         choices=(*PARTS, "all"),
@@ -728,18 +734,25 @@ def main() -> None:
         help="online part only, 1 seed, budgets 8/16/20 of 16, half the training steps: a check that it "
         "runs (a few minutes), written to sample_efficiency_quick.json",
     )
-    parser.add_argument("--problems", nargs="+", default=["heat", "burgers"], help="online problems to run")
+    problems = [problem.name for problem in online_problems()]
+    parser.add_argument(
+        "--problems", nargs="+", choices=problems, default=problems, help="online problems to run (default all)"
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
+        choices=[*FIXED, *ADAPTIVE, *INFORMED],
         default=[*FIXED, *ADAPTIVE, *INFORMED],
         help="online samplers to run (the others keep their figures from the results file)",
     )
     parser.add_argument(
-        "--overhead-epochs", type=int, default=30, help="epochs of 8 steps each callback is timed over (default 30)"
+        "--overhead-epochs", type=whole(), default=30, help="epochs of 8 steps each callback is timed over (default 30)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and the plots")
     args = parser.parse_args()
+    if args.seeds > len(SEEDS):
+        parser.error(f"argument --seeds: at most {len(SEEDS)} (the seeds {SEEDS}), got {args.seeds}")
+    check_out(parser, args.out, folder=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     # Lightning's hint to use srun when Slurm's commands are installed: not what a benchmark wants
     warnings.filterwarnings("ignore", message=".*`srun` command is available.*")

@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from _cli import check_out
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, die_with_parent_command
 
@@ -533,6 +534,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--live takes at most {PER_WORKER * 16}")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if not args.worker:
+        check_out(parser, args.out)
     return args
 
 

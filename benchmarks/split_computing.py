@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _cli import check_out, whole
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 INPUT_SHAPE = (4, 64, 64)
@@ -285,10 +287,28 @@ def main(argv: list[str] | None = None) -> None:
         "--link", nargs=2, action="append", metavar=("DELAY", "RATE"),
         help="one-way delay and rate of the edge-cloud link (repeatable; default 10ms 20mbit and 30ms 50mbit)",
     )  # fmt: skip
-    parser.add_argument("--requests", type=int, default=40, help="measured requests per option (default 40)")
-    parser.add_argument("--quick", action="store_true", help="the first link setting only, 10 requests per option")
-    parser.add_argument("--out", type=Path, default=RESULTS / "split_computing.json")
+    parser.add_argument(
+        "--requests", type=whole(), default=None, help="measured requests per option (default 40; quick 10)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the first link setting only, 10 requests per option unless --requests"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "split_computing.json", help="the JSON to write (default %(default)s)"
+    )
     args = parser.parse_args(argv)
+    from engage.deploy.infrastructure import InfrastructureError, parse_duration, parse_rate
+
+    for delay, rate in args.link or []:
+        try:
+            parse_duration(delay, "--link DELAY")
+            parse_rate(rate, "--link RATE")
+        except InfrastructureError as exc:
+            parser.error(f"argument {exc}")
+    if os.geteuid() != 0:
+        parser.error("the link is emulated between network namespaces (tc, veth), which needs root")
+    check_out(parser, args.out)
+    requests = args.requests or (10 if args.quick else 40)
     links = args.link or [("10ms", "20mbit"), ("30ms", "50mbit")]
     if args.quick:
         links = links[:1]
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     for delay, rate in links:
         folder = Path(tempfile.mkdtemp(prefix="engage-split-"))
         try:
-            result = run(folder, delay=delay, rate=rate, requests=10 if args.quick else args.requests)
+            result = run(folder, delay=delay, rate=rate, requests=requests)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         settings.append(result)

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from _cli import check_out, whole
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -560,13 +561,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run the experiment, print its tables, write the JSON and the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller designs, 2 seeds, one design size (< 1 min)")
-    parser.add_argument("--seeds", type=int, help="how many of the seeds 0, 1, ... to run (default: 5, quick 2)")
+    parser.add_argument("--seeds", type=whole(), help="how many of the seeds 0, 1, ... to run (default: 5, quick 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and figures")
     args = parser.parse_args(argv)
+    check_out(parser, args.out, folder=True)
     settings = QUICK if args.quick else FULL
     if args.seeds is not None:
-        if args.seeds < 1:
-            parser.error("--seeds must be >= 1")
         settings = Settings(**{**asdict(settings), "seeds": tuple(range(args.seeds))})
     torch.set_num_threads(1)  # small MLPs: one thread is fastest, and runs stay comparable
     started = time.perf_counter()
