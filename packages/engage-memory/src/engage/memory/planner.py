@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,9 +22,11 @@ from engage.memory.probes import Probe
 from engage.memory.profile import Profile, input_signature, model_signature
 from engage.memory.profiler import Event, Profiler, _bwd_window, _fwd_window, _positions, _record_run, _window_peak
 from engage.memory.runtime import PlanRuntime
-from engage.memory.solver_cpsat import CpSatSolver
 from engage.memory.solver_dp import DynamicProgrammingSolver
 from engage.memory.step_state import preserved_state
+
+if TYPE_CHECKING:
+    from engage.memory.solver_cpsat import CpSatSolver
 
 
 def measured_timeline(events: Sequence[Event], profile: Profile) -> list[tuple[str, int]]:
@@ -224,7 +226,11 @@ class MemoryPlanner:
     def _engine(self, profile: Profile, solver: str) -> DynamicProgrammingSolver | CpSatSolver:
         if solver == "auto":
             solver = "dp" if profile.chain else "cpsat"
-        return DynamicProgrammingSolver() if solver == "dp" else CpSatSolver()
+        if solver == "dp":
+            return DynamicProgrammingSolver()
+        from engage.memory.solver_cpsat import CpSatSolver  # OR-Tools, imported when a plan needs it
+
+        return CpSatSolver()
 
     def _lowest(self, profile: Profile) -> Plan:
         engine = self._engine(profile, "auto")
