@@ -188,3 +188,38 @@ def test_the_c_client_sends_the_same_wave_as_the_python_one(c_wave, security, tm
         [c_wave, *IDS, "2"], TRAVELLING_WAVE_SPACE, sample_shape=(16, 16), samples_per_run=2
     ).run({"frequency": frequency, "damping": damping})
     np.testing.assert_allclose(sample, example.field(frequency, damping, 0), atol=1e-6)
+
+
+def test_the_c_client_stops_at_once_when_the_trainer_refuses_its_keys_or_it_has_none(c_wave, tmp_path):
+    import json
+    import os
+    import subprocess
+    import time
+
+    import zmq
+
+    from engage.core.online.security import RunKeys, serve_curve
+
+    context = zmq.Context()
+    keys = RunKeys(str(tmp_path / "keys"))
+    server = context.socket(zmq.ROUTER)
+    authenticator = serve_curve(context, server, keys)
+    address = f"tcp://127.0.0.1:{server.bind_to_random_port('tcp://127.0.0.1')}"
+    public, secret = zmq.curve_keypair()
+    foreign = json.dumps({"server": keys.server_public.decode(), "public": public.decode(), "secret": secret.decode()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGAGE_KEY")}
+    try:
+        started = time.monotonic()
+        refused = subprocess.run([c_wave, address, "0", "0", "3"], env={**env, "ENGAGE_KEYS": foreign},
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert time.monotonic() - started < 10  # not the 60 s of a silent trainer
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("the trainer refused this simulation's keys (CURVE authentication failed, "
+                                         "status 400)"), refused.stderr  # fmt: skip
+        bare = subprocess.run([c_wave, address, "0", "0", "3"], env=env, capture_output=True, text=True, timeout=30)
+        assert bare.returncode == 1 and bare.stderr.startswith(f"no keys for {address}"), bare.stderr
+    finally:
+        server.close(linger=0)
+        authenticator.stop()
+        context.term()
+        keys.close()

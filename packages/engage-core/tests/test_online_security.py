@@ -322,3 +322,66 @@ def test_a_killed_trainers_run_folder_is_removed_by_the_next_run(tmp_path):
     assert not Path(killed).exists() and not reused.exists()
     assert Path(alive).exists() and Path(newest).exists()
     assert oct(os.stat(newest).st_mode & 0o777) == "0o700"
+
+
+def test_a_simulation_whose_keys_the_trainer_refuses_stops_at_once_saying_so(tmp_path):
+    """Keys the trainer did not issue (or revoked): the client hears the refusal and stops with
+    one line at once, not after ``server_timeout`` of silence."""
+    import zmq
+
+    from engage.core.online.link import TrainerGone, TrainerLink
+    from engage.core.online.security import RunKeys, serve_curve
+
+    context = zmq.Context()
+    keys = RunKeys(str(tmp_path / "keys"))
+    server = context.socket(zmq.ROUTER)
+    authenticator = serve_curve(context, server, keys)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    issued = keys.issue(0, 0, to_file=False)
+    public, secret = zmq.curve_keypair()
+    server_key = keys.server_public.decode()
+    links = []
+    try:
+        honest = TrainerLink(f"tcp://127.0.0.1:{port}", json.loads(keys.describe(issued.public_key, issued.secret_key)),
+                             heartbeat_interval=0.1, server_timeout=30)  # fmt: skip
+        links.append(honest)
+        thief = TrainerLink(f"tcp://127.0.0.1:{port}", {"server": server_key, "public": public.decode(),
+                            "secret": secret.decode()}, heartbeat_interval=0.1, server_timeout=30)  # fmt: skip
+        links.append(thief)
+        honest.heartbeat(0, 0)
+        thief.heartbeat(0, 0)
+        started = time.monotonic()
+        with pytest.raises(
+            TrainerGone, match=r"refused this simulation's keys \(CURVE authentication failed, status 400\)"
+        ):
+            while time.monotonic() - started < 10:
+                thief.receive(0.2)
+        assert time.monotonic() - started < 5
+        assert server.poll(5000) and server.recv_multipart()  # the honest one got through
+        assert honest.receive(0.3) is None  # and hears no refusal
+    finally:
+        for link in links:
+            link.close()
+        server.close(linger=0)
+        authenticator.stop()
+        context.term()
+        keys.close()
+
+
+def test_a_python_client_without_keys_for_a_tcp_trainer_stops_at_once_in_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in (KEYS_ENV, KEY_FILE_ENV)}
+    command = [
+        sys.executable,
+        "-m",
+        "engage.core.online.client",
+        "--address",
+        "tcp://127.0.0.1:9",
+        "--simulation-id",
+        "3",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "simulation 3: no keys for tcp://127.0.0.1:9: the trainer gives them in ENGAGE_KEY_FILE or ENGAGE_KEYS "
+        "(only an ipc:// trainer needs none)"
+    )

@@ -41,7 +41,7 @@ import zmq
 from engage.core.online import protocol
 from engage.core.online.link import PARENT_PID_ENV, TrainerGone, TrainerLink
 from engage.core.online.protocol import Job, Kind
-from engage.core.online.security import load_client_keys
+from engage.core.online.security import KEY_FILE_ENV, KEYS_ENV, load_client_keys
 from engage.core.online.shared_memory import available
 from engage.core.online.slot_writer import SlotWriter
 
@@ -103,9 +103,13 @@ class SimulationClient:
         self.sent = 0
         #: the connection; its CURVE keys are the ones the trainer issued to this attempt (by
         #: default from the environment it started this process with), none over ``ipc://``
-        self.link = TrainerLink(
-            address, keys if keys is not None else load_client_keys(), heartbeat_interval, server_timeout
-        )
+        keys = keys if keys is not None else load_client_keys()
+        if keys is None and not address.startswith("ipc://"):
+            raise ValueError(
+                f"no keys for {address}: the trainer gives them in {KEY_FILE_ENV} or {KEYS_ENV} (only an ipc:// "
+                "trainer needs none)"
+            )
+        self.link = TrainerLink(address, keys, heartbeat_interval, server_timeout)
         #: the samples' (shape, dtype) and the bytes of their header before and after the index
         self._header: tuple[tuple[tuple[int, ...], np.dtype] | None, bytes, bytes] = (None, b"", b"")
         self.coalesce_bytes = int(coalesce_bytes)
@@ -436,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _die_with_parent()
 
-    client = SimulationClient(args.address, args.simulation_id, args.attempt, connect_timeout=args.connect_timeout)
+    try:
+        client = SimulationClient(args.address, args.simulation_id, args.attempt, connect_timeout=args.connect_timeout)
+    except ValueError as exc:  # no keys, or keys it cannot read: nothing was sent
+        print(f"simulation {args.simulation_id}: {exc}", file=sys.stderr)
+        return 2
     try:
         job = client.connect()
         spec = {"target": args.simulator, "kwargs": json.loads(args.simulator_kwargs)} if args.simulator else None

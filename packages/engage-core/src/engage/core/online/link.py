@@ -35,7 +35,9 @@ class TrainerGone(RuntimeError):
 class TrainerLink:
     """One ZeroMQ ``DEALER`` connection to ``address``, with the CURVE ``keys`` the trainer
     issued (None over ``ipc://``); :class:`TrainerGone` once the trainer is silent for
-    ``server_timeout`` seconds or the process that started this one has died."""
+    ``server_timeout`` seconds or the process that started this one has died, and at once when
+    the trainer refuses the keys (not the ones it issued to this attempt, or revoked since: its
+    ZAP handler answers 400, which a socket monitor hears), rather than after ``server_timeout``."""
 
     def __init__(
         self, address: str, keys: dict[str, str] | None, heartbeat_interval: float, server_timeout: float
@@ -48,8 +50,13 @@ class TrainerLink:
         # no routing identity of its own: the trainer's socket gives each connection one nobody
         # can claim ahead of it; the simulation is named by its HELLO and, with CURVE, its key
         self.socket.setsockopt(zmq.LINGER, 2000)
+        self._monitor: zmq.Socket | None = None
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
         if keys is not None:
             use_client_keys(self.socket, keys)
+            self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._poller.register(self._monitor, zmq.POLLIN)
         self.socket.connect(address)
         self.last_heard = time.monotonic()
         #: when this end last sent a message (a heartbeat is due ``heartbeat_interval`` later)
@@ -74,7 +81,10 @@ class TrainerLink:
     def receive(self, timeout: float) -> tuple[protocol.Header, bytes] | None:
         """The next message from the trainer within ``timeout`` seconds, or None."""
         self.check_parent()
-        if not self.socket.poll(int(timeout * 1000)):
+        ready = dict(self._poller.poll(int(timeout * 1000)))
+        if self._monitor is not None and self._monitor in ready:
+            self._refused()
+        if self.socket not in ready:
             if time.monotonic() - self.last_heard > self.server_timeout:
                 raise TrainerGone(f"no word from the trainer at {self.address} for {self.server_timeout:.0f}s")
             return None
@@ -83,6 +93,15 @@ class TrainerLink:
         if len(frames) != 2:
             raise protocol.ProtocolError(f"message of {len(frames)} frames from the trainer, expected 2")
         return protocol.decode_header(frames[0]), frames[1]
+
+    def _refused(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        event = recv_monitor_message(self._monitor)
+        raise TrainerGone(
+            f"the trainer at {self.address} refused this simulation's keys (CURVE authentication failed, status "
+            f"{int(event['value'])}): they are not the keys it issued to this attempt, or the attempt is over"
+        )
 
     def pending(self) -> bool:
         """Whether a message from the trainer waits to be read."""
@@ -93,5 +112,8 @@ class TrainerLink:
             raise TrainerGone(f"the process that started this simulation (pid {self.parent_pid}) died")
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
         self.socket.close()
         self.context.term()

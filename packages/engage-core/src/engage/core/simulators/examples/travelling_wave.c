@@ -11,6 +11,7 @@
  * sample. The sample of step t is
  * exp(-damping * t * dt) * sin(frequency * (x - t * dt)) * cos(frequency * y) on [0, 2 pi]^2.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -36,7 +37,7 @@ typedef struct {
 } header_t;
 #pragma pack(pop)
 
-static void *sock;
+static void *sock, *monitor; /* monitor: hears the trainer refuse our keys */
 static int64_t sim_id;
 static uint32_t attempt;
 static double beat = 1.0, server_timeout = 60.0, last_sent, last_heard;
@@ -76,34 +77,62 @@ static int json_key(const char *text, const char *key, char *out) {
     return 1;
 }
 
-static int use_keys(void) {
+/* The CURVE keys the trainer issued to this attempt, from its environment, on the socket; -1
+   (after a line saying why) when they cannot be read, or when a tcp:// trainer gave none. */
+static int use_keys(const char *address, void *context) {
     char text[4096] = {0}, server[41], public[41], secret[41];
     const char *inline_keys = getenv("ENGAGE_KEYS"), *path = getenv("ENGAGE_KEY_FILE");
+    const char *from = "ENGAGE_KEYS";
     if (inline_keys && *inline_keys) {
         snprintf(text, sizeof text, "%s", inline_keys);
     } else if (path && *path) {
         FILE *f = fopen(path, "r");
-        if (!f || !fread(text, 1, sizeof text - 1, f)) { perror(path); if (f) fclose(f); return -1; }
+        from = "ENGAGE_KEY_FILE";
+        if (!f || !fread(text, 1, sizeof text - 1, f)) {
+            fprintf(stderr, "ENGAGE_KEY_FILE=%s: %s\n", path, f ? "empty" : strerror(errno));
+            if (f) fclose(f);
+            return -1;
+        }
         fclose(f);
-    } else {
+    } else if (strncmp(address, "ipc://", 6) == 0) {
         return 0; /* an ipc:// trainer: the OS user is the authentication */
+    } else {
+        fprintf(stderr, "no keys for %s: the trainer gives them in ENGAGE_KEY_FILE or ENGAGE_KEYS "
+                        "(only an ipc:// trainer needs none)\n", address);
+        return -1;
     }
     if (!json_key(text, "server", server) || !json_key(text, "public", public) || !json_key(text, "secret", secret)) {
-        fprintf(stderr, "the trainer's keys lack server, public or secret\n");
+        fprintf(stderr, "%s holds no keys of the trainer's: JSON with server, public and secret (Z85, 40 "
+                        "characters each)\n", from);
         return -1;
     }
     zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, 41);
     zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, public, 41);
     zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret, 41);
+    /* the trainer's refusal of these keys (its ZAP handler answers 400) is heard on a monitor */
+    if (zmq_socket_monitor(sock, "inproc://engage-auth", ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0) {
+        monitor = zmq_socket(context, ZMQ_PAIR);
+        zmq_connect(monitor, "inproc://engage-auth");
+    }
     return 0;
 }
 
 /* Wait up to the next heartbeat for one message; its kind, 0 on none, -1 when stopped or gone. */
 static int receive(void) {
     header_t h;
-    zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t items[2] = {{sock, 0, ZMQ_POLLIN, 0}, {monitor, 0, ZMQ_POLLIN, 0}};
     double wait = last_sent + beat - now();
-    if (zmq_poll(&item, 1, (long)(wait > 0 ? wait * 1000 : 0) + 1) > 0) {
+    int ready = zmq_poll(items, monitor ? 2 : 1, (long)(wait > 0 ? wait * 1000 : 0) + 1);
+    if (ready > 0 && monitor && (items[1].revents & ZMQ_POLLIN)) {
+        uint8_t event[6] = {0};
+        uint32_t status = 0;
+        zmq_recv(monitor, event, sizeof event, 0); /* event number (16 bits), then its value */
+        memcpy(&status, event + 2, sizeof status);
+        fprintf(stderr, "the trainer refused this simulation's keys (CURVE authentication failed, status %u): "
+                        "they are not the keys it issued to this attempt, or the attempt is over\n", status);
+        return -1;
+    }
+    if (ready > 0 && (items[0].revents & ZMQ_POLLIN)) {
         static char payload[sizeof job];
         int size = zmq_recv(sock, &h, sizeof h, 0);
         int n = zmq_recv(sock, payload, sizeof payload - 1, 0);
@@ -143,7 +172,7 @@ int main(int argc, char **argv) {
     sock = zmq_socket(context, ZMQ_DEALER);
     int linger = 2000;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (use_keys() == 0 && zmq_connect(sock, argv[1]) == 0) {
+    if (use_keys(argv[1], context) == 0 && zmq_connect(sock, argv[1]) == 0) {
         char hello[128];
         int n = snprintf(hello, sizeof hello, "{\"pid\": %d, \"host\": \"c-client\", \"protocol\": 1}", (int)getpid());
         last_heard = now();
@@ -175,6 +204,10 @@ int main(int argc, char **argv) {
             while ((kind = receive()) >= 0 && kind != ACK) {}
             status = kind == ACK ? 0 : 1;
         }
+    }
+    if (monitor) {
+        zmq_socket_monitor(sock, NULL, 0);
+        zmq_close(monitor);
     }
     zmq_close(sock);
     zmq_ctx_term(context);
