@@ -31,6 +31,8 @@ def test_run_trains_and_records_everything(tmp_path):
     assert run.data.params["simulator.grid"] == "16"
     assert "trainer.max_epochs=1" in run.data.params["overrides"]
     assert {"train/loss", "val/loss", "val/rel_l2"} <= set(run.data.metrics)
+    # the epoch's validation saw the final weights: the one after the fit is not run a second time
+    assert len(client.get_metric_history(run.info.run_id, "val/rel_l2")) == 1
     assert run.data.tags["version.engage-core"] == "0.1.0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
     assert {"run/config.yaml", "run/overrides.json", "run/environment.json", "run/requirements.txt"} <= artifacts

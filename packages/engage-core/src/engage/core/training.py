@@ -84,6 +84,24 @@ def build_strategy(cfg: DictConfig) -> Any:
     return str(node)
 
 
+class LastValidation(pl.Callback):
+    """The global step of the fit's last validation (``None``: none yet), so that the
+    validation after the fit (``test_after_fit``) runs only where the final weights were not
+    validated already, instead of logging the same point a second time."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.step = trainer.global_step
+
+    @staticmethod
+    def of_final_weights(trainer: pl.Trainer) -> bool:
+        """Whether the fit ended with a validation of its final weights."""
+        return any(isinstance(c, LastValidation) and c.step == trainer.global_step for c in trainer.callbacks)
+
+
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
@@ -107,6 +125,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
                     dirpath=folder, filename="steps-{epoch}-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps
                 )
             )
+    callbacks.append(LastValidation())
     return callbacks
 
 
@@ -344,7 +363,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
             with _ranks_start_as_engage_run():
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
-            if cfg.test_after_fit:
+            if cfg.test_after_fit and not LastValidation.of_final_weights(trainer):
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:
             trainer.validate(model, datamodule=datamodule)
