@@ -20,10 +20,13 @@ ROOT = Path(__file__).resolve().parent
 def load_script() -> Callable[[str], ModuleType]:
     """Import a script of the repository by its path relative to the root (``benchmarks/scale.py``):
     a module named after the file, registered in ``sys.modules`` while it runs (dataclasses and
-    pickling look it up there)."""
+    pickling look it up there), with its folder on ``sys.path`` as when Python runs it (the
+    benchmarks import their shared ``_cli``)."""
 
     def load(relative: str) -> ModuleType:
         path = ROOT / relative
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module

@@ -73,10 +73,10 @@ def names(choices: Iterable[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         chosen = [part.strip() for part in text.split(",") if part.strip()]
         unknown = [name for name in chosen if name not in known]
-        if unknown or not chosen:
-            raise argparse.ArgumentTypeError(
-                f"{', '.join(map(repr, unknown)) or 'nothing'} is not one of {', '.join(known)}"
-            )
+        if not chosen:
+            raise argparse.ArgumentTypeError(f"give one or more of {', '.join(known)}, comma-separated")
+        if unknown:
+            raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))} is not one of {', '.join(known)}")
         return chosen
 
     parse.__name__ = "list of names"
@@ -94,6 +94,9 @@ def check_out(parser: argparse.ArgumentParser, path: str | os.PathLike[str], fol
             raise IsADirectoryError(f"{out} is a folder")
         with tempfile.NamedTemporaryFile(dir=where, prefix=".write-check-"):
             pass
+        if not folder and out.exists():
+            with open(out, "a"):  # a file kept from an earlier run: writable, left as it is
+                pass
     except OSError as exc:
         parser.error(f"argument --out: cannot write {out} ({exc.strerror or exc}); give a path this user can write")
     return out

@@ -760,9 +760,9 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (1 if args.quick else 2)
-    out = check_out(parser, args.out or RESULTS / ("memory_cpu_quick.json" if args.quick else "memory_cpu.json"))
     if not _rss_supported():
         parser.error("the RSS peak needs Linux (/proc/self/clear_refs and glibc's mallopt)")
+    out = check_out(parser, args.out or RESULTS / ("memory_cpu_quick.json" if args.quick else "memory_cpu.json"))
     _malloc_setup()
     torch._dynamo.config.cache_size_limit = torch._dynamo.config.recompile_limit = 64
     shapes = QUICK_SHAPES if args.quick else SHAPES

@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> dict:
             predicted_step_ms=round(1000 * plan.predicted_time, 2),
             decisions=plan.counts(),
         )
+        row["budget_bytes"] = budget
         row["within_budget"] = row["peak_bytes"] <= budget
         row["predicted_vs_measured"] = round(plan.predicted_peak / max(row["peak_bytes"], 1), 4)
     planner.remove()
@@ -290,14 +291,15 @@ def main() -> int:
     over = [row for row in planned if not row["within_budget"]]
     print(f"memory_gpt: {len(planned) - len(over)} of {len(planned)} plans within their budget")
     for row in over:
-        budget = row["budget_GiB"]
-        measured = row["peak_bytes"] / 2**30
+        budget, measured = row["budget_bytes"], row["peak_bytes"]
         print(
-            f"memory_gpt: {row['policy']} over its budget: {measured:.4f} GiB measured against "
-            f"{budget:.4f} GiB ({100 * (measured / budget - 1):+.1f}%)",
+            f"memory_gpt: {row['policy']} over its budget: {measured / 2**30:.4f} GiB measured against "
+            f"{budget / 2**30:.4f} GiB ({100 * (measured / budget - 1):+.1f}%)",
             file=sys.stderr,
         )
-    return 1 if over else 0
+    if not planned:
+        print("memory_gpt: no plan was made, so no budget was checked", file=sys.stderr)
+    return 1 if over or not planned else 0
 
 
 if __name__ == "__main__":

@@ -10,44 +10,53 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
 
-from _cli import check_out, names, number, whole, whole_numbers  # noqa: E402
+
+@pytest.fixture(scope="module")
+def cli(load_script):
+    return load_script("benchmarks/_cli.py")
 
 
 @pytest.mark.parametrize(
-    ("kind", "text", "expected"),
+    ("kind", "args", "text", "expected"),
     [
-        (whole(), "abc", "must be a whole number >= 1, got 'abc'"),
-        (whole(), "0", "must be a whole number >= 1, got 0"),
-        (whole(50), "-5", "must be a whole number >= 50, got -5"),
-        (number(unit="s"), "-5", "must be a finite number > 0 s, got -5"),
-        (number(unit="s"), "inf", "must be a finite number > 0 s, got inf"),
-        (number(0.0, strict=False), "x", "must be a number >= 0, got 'x'"),
-        (whole_numbers(), "1,-1", "must be a whole number >= 1, got -1"),
-        (whole_numbers(), ",", "must be a whole number >= 1, got ''"),
-        (names(["basic", "joblib"]), "basic,foo", "'foo' is not one of basic, joblib"),
+        ("whole", (), "abc", "must be a whole number >= 1, got 'abc'"),
+        ("whole", (), "0", "must be a whole number >= 1, got 0"),
+        ("whole", (50,), "-5", "must be a whole number >= 50, got -5"),
+        ("number", (), "-5", "must be a finite number > 0, got -5"),
+        ("number", (), "inf", "must be a finite number > 0, got inf"),
+        ("number", (0.0, False), "x", "must be a number >= 0, got 'x'"),
+        ("whole_numbers", (), "1,-1", "must be a whole number >= 1, got -1"),
+        ("whole_numbers", (), ",", "must be a whole number >= 1, got ''"),
+        ("names", (["basic", "joblib"],), "basic,foo", "'foo' is not one of basic, joblib"),
+        ("names", (["basic", "joblib"],), ",", "give one or more of basic, joblib"),
     ],
 )
-def test_option_types_refuse_bad_values_naming_what_is_wanted(kind, text, expected):
+def test_option_types_refuse_bad_values_naming_what_is_wanted(cli, kind, args, text, expected):
     with pytest.raises(argparse.ArgumentTypeError, match=expected):
-        kind(text)
+        getattr(cli, kind)(*args)(text)
 
 
-def test_option_types_read_good_values():
-    assert whole(0)("0") == 0 and number(0.0, strict=False)("0") == 0.0 and number()("2.5") == 2.5
-    assert whole_numbers()("1, 8,64") == [1, 8, 64] and names(["a", "b"])("b,a") == ["b", "a"]
+def test_option_types_read_good_values(cli):
+    assert cli.whole(0)("0") == 0 and cli.number(0.0, strict=False)("0") == 0.0 and cli.number()("2.5") == 2.5
+    assert cli.number(unit="s")("1") == 1.0 and cli.whole_numbers()("1, 8,64") == [1, 8, 64]
+    assert cli.names(["a", "b"])("b,a") == ["b", "a"]
 
 
-def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(cli, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="bench")
-    assert check_out(parser, tmp_path / "new" / "out.json") == tmp_path / "new" / "out.json"
+    assert cli.check_out(parser, tmp_path / "new" / "out.json") == tmp_path / "new" / "out.json"
     assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())  # the probe is gone
-    assert check_out(parser, tmp_path / "figures", folder=True).is_dir()
+    assert cli.check_out(parser, tmp_path / "figures", folder=True).is_dir()
     (tmp_path / "file").write_text("")
-    for path, folder in ((tmp_path / "file" / "out.json", False), (tmp_path, False), (tmp_path / "file", True)):
+    (tmp_path / "kept.json").write_text("{}")
+    (tmp_path / "kept.json").chmod(0o444)
+    refused = [(tmp_path / "file" / "out.json", False), (tmp_path, False), (tmp_path / "file", True)]
+    if os.geteuid() != 0:  # root writes any file
+        refused.append((tmp_path / "kept.json", False))
+    for path, folder in refused:
         with pytest.raises(SystemExit) as stopped:
-            check_out(parser, path, folder=folder)
+            cli.check_out(parser, path, folder=folder)
         assert stopped.value.code == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert line.startswith(f"bench: error: argument --out: cannot write {path}"), line
