@@ -87,9 +87,9 @@ class ImageSimilaritySampling(Callback):
         max_points = check_whole(owner, "max_points", max_points, 2)
         if num_parameters is not None:
             num_parameters = check_whole(owner, "num_parameters", num_parameters)
-        plot_parameters = tuple(plot_parameters)
+        plot_parameters = tuple(plot_parameters) if isinstance(plot_parameters, (tuple, list)) else (plot_parameters,)
         if len(plot_parameters) != 2 or any(
-            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in plot_parameters
+            isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in plot_parameters
         ):
             raise ValueError(
                 "ImageSimilaritySampling plot_parameters must be two parameter indices such as (0, 1), "
@@ -117,7 +117,7 @@ class ImageSimilaritySampling(Callback):
         self.max_points = int(max_points)
         self.seed = int(seed)
         self.log_plots = log_plots
-        self.plot_parameters = plot_parameters
+        self.plot_parameters = tuple(int(i) for i in plot_parameters)
         self.plot_dir = plot_dir
         #: the latest landscape (not checkpointed; recomputed at the next trigger)
         self.landscape: SimilarityLandscape | None = None
@@ -138,9 +138,15 @@ class ImageSimilaritySampling(Callback):
 
     @property
     def state_key(self) -> str:
-        # two landscapes in one trainer (of predictions and of targets, or two metrics) each keep their own
-        return self._generate_state_key(source=self.source, metric=self.metric, every_n_steps=self.every_n_steps,
-                                        every_n_epochs=self.every_n_epochs)  # fmt: skip
+        # two landscapes in one trainer (of predictions and of targets, or two metrics) each keep
+        # their own; a period changed on resume keeps it too
+        return self._generate_state_key(source=self.source, metric=self.metric)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # a checkpoint from before the state key named the analysis holds it under the class's name
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and type(self).__qualname__ in states:
+            self.load_state_dict(states[type(self).__qualname__])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before training, what would fail at the first landscape: parameters it cannot
@@ -148,7 +154,8 @@ class ImageSimilaritySampling(Callback):
         ``plot_parameters`` beyond them, and outputs that ``metric`` cannot compare (SSIM slides a
         window of at least 3x3 pixels: a 1D profile such as the Burgers simulator's ``(1, grid)``
         row is not an image to it)."""
-        if self.every_n_steps is not None or self.every_n_epochs is not None:
+        periodic = self.every_n_steps is not None or self.every_n_epochs is not None
+        if periodic and self.source == "predictions":  # a landscape of targets takes its points from batches
             dim = self._dim(trainer)
             if dim >= 2 and max(self.plot_parameters) >= dim:
                 raise ValueError(
@@ -263,10 +270,11 @@ class ImageSimilaritySampling(Callback):
         if due(trainer.current_epoch + 1, self.every_n_epochs):
             self.run(trainer, pl_module)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        # the trained model's landscape, when the period did not end on the last step (a run
-        # shorter than every_n_steps would otherwise have none); none without a period
-        if self.every_n_steps is None and self.every_n_epochs is None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The trained model's landscape, when the period did not end on the last step (a run
+        shorter than ``every_n_steps`` would otherwise have none); none without a period, or
+        without a step trained."""
+        if (self.every_n_steps is None and self.every_n_epochs is None) or trainer.global_step == 0:
             return
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.run(trainer, pl_module)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from engage.sampling.callbacks._common import check_sampler, due, find_sampler, log_metrics, warn_once
+from engage.sampling.callbacks._common import check_sampler, check_whole, due, find_sampler, log_metrics, warn_once
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, scheduled_ratio
 
 #: the training step's output read for per-sample losses unless ``output_key`` says otherwise
@@ -92,15 +92,12 @@ class LossDrivenSampling(Callback):
             raise ValueError(f"LossDrivenSampling stage must be 'train' or 'val', got {stage!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"LossDrivenSampling schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(
-                f"LossDrivenSampling every_n_steps must be a whole number >= 1 (the losses are told to the sampler "
-                f"every so many steps, and at the end of training), got {every_n_steps!r}"
-            )
+        # the losses are told to the sampler every so many steps, and at the end of training: no "off"
+        every_n_steps = check_whole("LossDrivenSampling", "every_n_steps", every_n_steps)
         self.sampler = check_sampler("LossDrivenSampling", sampler)
         self.per_sample_loss = per_sample_loss or mse_per_sample
         self.stage = stage
-        self.every_n_steps = int(every_n_steps)
+        self.every_n_steps = every_n_steps
         self.output_key = output_key
         if exploration is None and exploration_final is not None:
             raise ValueError("LossDrivenSampling exploration_final needs exploration, the schedule's start")

@@ -273,9 +273,15 @@ class SensitivityAnalysis(Callback):
     # ------------------------------------------------------------------ Lightning hooks
     @property
     def state_key(self) -> str:
-        # two analyses in one trainer (Sobol' and Morris) each keep their own history
-        return self._generate_state_key(method=self.method, every_n_steps=self.every_n_steps,
-                                        every_n_epochs=self.every_n_epochs)  # fmt: skip
+        # two analyses in one trainer (Sobol' and Morris, of parameters in the unit cube or as
+        # values) each keep their own history; a period changed on resume keeps it too
+        return self._generate_state_key(method=self.method, inputs=self.inputs)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # a checkpoint from before the state key named the analysis holds it under the class's name
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and type(self).__qualname__ in states:
+            self.load_state_dict(states[type(self).__qualname__])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before training, an analysis that could not tell the model's parameters (no
@@ -292,10 +298,11 @@ class SensitivityAnalysis(Callback):
         if due(trainer.current_epoch + 1, self.every_n_epochs):
             self.run(trainer, pl_module)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        # the trained model's indices, when the period did not end on the last step (a run
-        # shorter than every_n_steps would otherwise analyse nothing); none without a period
-        if self.every_n_steps is None and self.every_n_epochs is None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The trained model's indices, when the period did not end on the last step (a run
+        shorter than ``every_n_steps`` would otherwise analyse nothing); none without a period,
+        or without a step trained."""
+        if (self.every_n_steps is None and self.every_n_epochs is None) or trainer.global_step == 0:
             return
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.run(trainer, pl_module)
