@@ -225,8 +225,10 @@ def test_engage_run_and_the_launcher_share_one_services_plan(monkeypatch: pytest
     from engage.deploy.placement import workflow
 
     solved = []
-    place = workflow.place_services
-    monkeypatch.setattr(workflow, "place_services", lambda infra: solved.append(infra) or place(infra))
+    solve = workflow.solve_workflow
+    monkeypatch.setattr(
+        workflow, "solve_workflow", lambda infra, problem: solved.append(infra) or solve(infra, problem)
+    )
     monkeypatch.setattr(engage_launcher, "_PLANS", {})
     launcher = {"placement": "optimize", "infrastructure": yaml.safe_load(OPTIMIZED)}
     config = OmegaConf.create({"hydra": {"launcher": launcher}})

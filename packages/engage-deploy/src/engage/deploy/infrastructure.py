@@ -165,7 +165,7 @@ class Layer:
     @property
     def memory_bytes(self) -> int | None:
         """The memory limit in bytes, or ``None``."""
-        return None if self.memory is None else parse_size(self.memory, f"infrastructure.layers.{self.name}.memory")
+        return None if self.memory is None else parse_size(self.memory, f"layer {self.name!r} memory")
 
 
 @dataclass

@@ -199,10 +199,11 @@ class Sweep:
         """``placement: optimize``: the service instances' hosts, in ``placement.json`` and for the jobs."""
         if self.options.placement != "optimize":
             return
-        from engage.deploy.placement.workflow import place_services
+        from engage.deploy.placement.workflow import solve_workflow, workflow_problem
 
         assert self.folder is not None
-        plan = self.plan or place_services(self.infrastructure)
+        # the launcher's setup checked the infrastructure (and usually placed it: self.plan)
+        plan = self.plan or solve_workflow(self.infrastructure, workflow_problem(self.infrastructure))
         self.placement = dict(plan.assignment)
         self.folder.write_placement(plan.to_dict())
         log.info("engage launcher: services placed (%s): %s", plan.status, plan.assignment)

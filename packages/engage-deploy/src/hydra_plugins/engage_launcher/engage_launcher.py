@@ -134,13 +134,13 @@ def _services_plan(infrastructure: Any) -> Any:
     """The services' plan of ``infrastructure``, solved once a process: ``engage run`` checks the
     launcher before the sweep exists (:meth:`EngageLauncher.preflight`) and the launcher checks
     again in ``setup``; both get this one plan, which the sweep then deploys."""
-    from engage.deploy.placement.workflow import place_services
+    from engage.deploy.placement.workflow import solve_workflow, workflow_problem
 
     key = json.dumps(infrastructure.to_dict(), sort_keys=True, default=str)
     if key not in _PLANS:
         if len(_PLANS) >= 8:
             _PLANS.clear()
-        _PLANS[key] = place_services(infrastructure)
+        _PLANS[key] = solve_workflow(infrastructure, workflow_problem(infrastructure))  # checked by the caller
     return _PLANS[key]
 
 

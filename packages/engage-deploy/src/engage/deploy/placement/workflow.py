@@ -148,7 +148,7 @@ def _check_copies_fit(infra: Infrastructure) -> None:
     """One line when a single copy of a service is larger than every host it may run on."""
     for layer in infra.layers:
         for service in layer.services:
-            memory = parse_size(service.memory) if service.memory else 0
+            memory = parse_size(service.memory, f"service {service.name!r} memory") if service.memory else 0
             hosts = [layer] if service.pinned else infra.layers
             if any(
                 (h.cpu is None or service.cpu <= h.cpu) and (h.memory is None or memory <= h.memory_bytes)
@@ -166,8 +166,12 @@ def _check_copies_fit(infra: Infrastructure) -> None:
 def place_services(
     infra: Infrastructure, solver: PlacementSolver | None = None, time_limit_s: float = 10.0
 ) -> PlacementPlan:
-    """The services' plan by ``solver`` (default: CP-SAT within ``time_limit_s``); one line on
-    what does not fit as :class:`ServicePlacementError`."""
+    """The services' plan by ``solver`` (default: CP-SAT within ``time_limit_s``), for an
+    infrastructure not checked yet: :class:`~engage.deploy.infrastructure.InfrastructureError`
+    on what :meth:`~engage.deploy.infrastructure.Infrastructure.validate` refuses, one line on
+    what does not fit as :class:`ServicePlacementError`. The launcher, which checked its
+    infrastructure in ``setup``, calls :func:`solve_workflow` on :func:`workflow_problem`."""
+    infra.validate(known_providers=[infra.provider])
     return solve_workflow(infra, workflow_problem(infra), solver, time_limit_s)
 
 
