@@ -217,7 +217,7 @@ def test_the_c_client_stops_at_once_when_the_trainer_refuses_its_keys_or_it_has_
         assert refused.stderr.startswith("the trainer refused this simulation's keys (CURVE authentication failed, "
                                          "status 400)"), refused.stderr  # fmt: skip
         bare = subprocess.run([c_wave, address, "0", "0", "3"], env=env, capture_output=True, text=True, timeout=30)
-        assert bare.returncode == 1 and bare.stderr.startswith(f"no keys for {address}"), bare.stderr
+        assert bare.returncode == 2 and bare.stderr.startswith(f"no keys for {address}"), bare.stderr
     finally:
         server.close(linger=0)
         authenticator.stop()

@@ -118,6 +118,9 @@ def test_training_that_ends_before_its_simulations_fails_naming_the_fix(tmp_path
     assert dm.sampler.num_finished == dm.outcome().completed  # told once per simulation
     outcome = dm.outcome()
     assert outcome.completed < 4 and outcome.batches_trained == 1 and outcome.samples_trained == 4
+    # read once each (fifo): every sample received is trained, still unread, or in a batch not trained
+    assert outcome.samples_received == outcome.samples_trained + outcome.samples_unread + outcome.samples_untrained
+    assert outcome.samples_received > 4 and outcome.samples_unread > 0, outcome  # what training never took is said
     # the failed fit stopped its simulations (Lightning calls no teardown when a fit fails)
     assert not dm.scheduler._thread.is_alive()
     assert not _running_clients()
@@ -470,7 +473,8 @@ def test_training_bounded_by_max_steps_alone_stops_when_the_stream_ends(tmp_path
     worker.join(60)
     assert not worker.is_alive(), "the fit went on after the stream ended"
     assert trainers[0].global_step == 3  # 2 simulations x 6 samples, batches of 4
-    assert dm.outcome().samples_trained == 12
+    outcome = dm.outcome()
+    assert (outcome.samples_trained, outcome.samples_unread, outcome.samples_untrained) == (12, 0, 0)
     # the run's shared memory was named after it
     assert dm.scheduler.segment.name.startswith(f"engage-{dm.run_id}-"), dm.scheduler.segment.name
 

@@ -359,6 +359,7 @@ def test_a_simulation_whose_keys_the_trainer_refuses_stops_at_once_saying_so(tmp
         assert time.monotonic() - started < 5
         assert server.poll(5000) and server.recv_multipart()  # the honest one got through
         assert honest.receive(0.3) is None  # and hears no refusal
+        thief.close()  # closing twice (again in finally) is nothing
     finally:
         for link in links:
             link.close()

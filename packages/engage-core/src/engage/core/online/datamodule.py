@@ -397,18 +397,30 @@ class OnlineDataModule(pl.LightningDataModule):
                 if simulations is None or self.settings.max_samples is not None
                 else len(range(self.rank, simulations, self.world_size))
             )
-            return OnlineOutcome(requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained)
+            return OnlineOutcome(
+                requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained,
+                samples_unread=self.buffer.unread(), samples_untrained=self._untrained_samples(),
+            )  # fmt: skip
         requested = sched.steering.requested if self.settings.max_samples is None else sched.planned
+        with sched.consistent():  # no message handled meanwhile: the buffer holds what was counted
+            received, unread = sched.samples, self.buffer.unread()
         return OnlineOutcome(
             requested=requested,
             completed=sched.finished,
             failed=sched.failed + sched.retried,
             given_up=sched.failed,
-            samples_received=sched.samples,
+            samples_received=received,
             samples_trained=self.ledger.samples_trained,
             batches_trained=self.ledger.batches_trained,
-            samples_unread=self.buffer.unread(),
+            samples_unread=unread,
+            samples_untrained=self._untrained_samples(),
         )
+
+    def _untrained_samples(self) -> int:
+        """Samples of batches out of the buffer that reached no training step (see
+        :class:`~.outcome.OnlineOutcome`): handed out, given back by a checkpoint, or dropped."""
+        replayed = sum(len(batch["simulation_id"]) for batch in self._replay)
+        return self.ledger.untrained() + replayed + self.ledger.samples_discarded
 
     def run_outcome(self) -> OnlineOutcome:
         """The whole run's outcome: this rank's, or under distributed training every rank's added
@@ -420,6 +432,7 @@ class OnlineDataModule(pl.LightningDataModule):
         counts = [
             mine.requested or 0, int(mine.requested is None), mine.completed, mine.failed, mine.given_up,
             mine.samples_received, mine.samples_trained, mine.batches_trained, mine.samples_unread,
+            mine.samples_untrained,
         ]  # fmt: skip
         total = torch.tensor(counts, dtype=torch.int64)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self._group)

@@ -41,6 +41,8 @@ class TrainingLedger:
         self._in_step: deque[tuple[int, dict[str, np.ndarray]]] = deque()
         self.batches_trained = 0
         self.samples_trained = 0
+        #: samples of batches handed to an iterator that was dropped before their step
+        self.samples_discarded = 0
 
     def handed_out(self, batch: dict[str, np.ndarray]) -> None:
         """A batch left the buffer for the training loop."""
@@ -59,9 +61,15 @@ class TrainingLedger:
                 self._in_step.append((global_step, batch))
 
     def discard_untrained(self) -> None:
-        """Forget batches handed out to an iterator that was dropped (an epoch ended early)."""
+        """Forget batches handed out to an iterator that was dropped (an epoch ended early),
+        counting their samples."""
+        self.samples_discarded += self.untrained()
         self._untrained.clear()
         self._in_step.clear()
+
+    def untrained(self) -> int:
+        """Samples of the batches handed out whose step has not started."""
+        return sum(len(batch["simulation_id"]) for batch in self._untrained)
 
     def state_dict(
         self, global_step: int | None = None, replay: list[dict[str, np.ndarray]] | None = None
@@ -73,6 +81,7 @@ class TrainingLedger:
         those."""
         pending = [b for g, b in self._in_step if global_step is not None and g >= global_step]
         return {
+            "samples_discarded": self.samples_discarded,
             "batches_trained": self.batches_trained - len(pending),
             "samples_trained": self.samples_trained - sum(len(b["simulation_id"]) for b in pending),
             "untrained": [
@@ -85,6 +94,7 @@ class TrainingLedger:
         """Restore the counts; returns the untrained batches, for the buffer to serve first."""
         self.batches_trained = int(state["batches_trained"])
         self.samples_trained = int(state["samples_trained"])
+        self.samples_discarded = int(state.get("samples_discarded", 0))  # not in older checkpoints
         self._untrained.clear()
         self._in_step.clear()
         return [{k: v.numpy() for k, v in batch.items()} for batch in state["untrained"]]

@@ -53,11 +53,15 @@ class TrainerLink:
         self._monitor: zmq.Socket | None = None
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
-        if keys is not None:
-            use_client_keys(self.socket, keys)
-            self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-            self._poller.register(self._monitor, zmq.POLLIN)
-        self.socket.connect(address)
+        try:
+            if keys is not None:
+                use_client_keys(self.socket, keys)
+                self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+                self._poller.register(self._monitor, zmq.POLLIN)
+            self.socket.connect(address)
+        except BaseException:  # a bad address or key: nothing left open
+            self.close()
+            raise
         self.last_heard = time.monotonic()
         #: when this end last sent a message (a heartbeat is due ``heartbeat_interval`` later)
         self.last_sent = 0.0
@@ -112,6 +116,9 @@ class TrainerLink:
             raise TrainerGone(f"the process that started this simulation (pid {self.parent_pid}) died")
 
     def close(self) -> None:
+        """Close the connection (again: nothing)."""
+        if self.socket.closed:
+            return
         if self._monitor is not None:
             self.socket.disable_monitor()
             self._monitor.close(linger=0)

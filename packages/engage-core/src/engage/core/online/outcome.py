@@ -11,6 +11,8 @@ Example::
     ...                         samples_trained=40, batches_trained=10, samples_unread=8)
     >>> outcome.line()
     'simulations: 4 requested, 3 completed, 2 failed, 1 given up; samples: 48 received, 40 trained, 8 never read'
+    >>> OnlineOutcome(None, 3, 0, 0, 48, 40, 10, samples_untrained=8).line()
+    'simulations: 3 completed, 0 failed, 0 given up; samples: 48 received, 40 trained, 8 in batches not trained'
     >>> outcome.problem(min_completed=1.0)
     '3 of 4 simulations completed; data.min_completed=1.0 requires 4 (1 given up after its retries)'
     >>> outcome.problem(min_completed=0.75) is None
@@ -41,8 +43,12 @@ class OnlineOutcome:
     instead); ``failed`` counts failed processes, retried ones included, and ``given_up`` the
     simulations that failed for good; ``samples_trained`` the samples of batches that reached a
     training step (a sample read by several batches counts in each); ``samples_unread`` the
-    samples received that no batch has read, still in the training buffer (at the end of a run:
-    received and never trained; a checkpoint keeps them for a resumed run).
+    samples in the training buffer that no batch has read (a checkpoint keeps them for a resumed
+    run); ``samples_untrained`` the samples of batches that left the buffer and reached no
+    training step (handed out as training ended, or dropped with an epoch's iterator). Read
+    once each (``fifo``, ``firo``, ``deterministic``), the samples received are those trained,
+    unread and untrained; under ``reservoir`` a sample may be trained in one batch and untrained
+    in another.
     """
 
     requested: int | None
@@ -53,6 +59,7 @@ class OnlineOutcome:
     samples_trained: int
     batches_trained: int
     samples_unread: int = 0
+    samples_untrained: int = 0
 
     def line(self) -> str:
         """One line for the console and logs."""
@@ -61,6 +68,7 @@ class OnlineOutcome:
             f"simulations: {requested}{self.completed} completed, {self.failed} failed, {self.given_up} given up; "
             f"samples: {self.samples_received} received, {self.samples_trained} trained"
             + (f", {self.samples_unread} never read" if self.samples_unread else "")
+            + (f", {self.samples_untrained} in batches not trained" if self.samples_untrained else "")
         )
 
     def metrics(self) -> dict[str, float]:
@@ -74,6 +82,7 @@ class OnlineOutcome:
             "samples_trained": "samples_trained",
             "batches_trained": "batches_trained",
             "samples_unread": "samples_unread",
+            "samples_untrained": "samples_untrained",
         }
         return {f"online/{names[k]}": float(v) for k, v in asdict(self).items() if v is not None}
 

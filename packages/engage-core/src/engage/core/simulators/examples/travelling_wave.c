@@ -172,7 +172,9 @@ int main(int argc, char **argv) {
     sock = zmq_socket(context, ZMQ_DEALER);
     int linger = 2000;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (use_keys(argv[1], context) == 0 && zmq_connect(sock, argv[1]) == 0) {
+    if (use_keys(argv[1], context) != 0) {
+        status = 2; /* no keys, or keys it cannot read: nothing was sent */
+    } else if (zmq_connect(sock, argv[1]) == 0) {
         char hello[128];
         int n = snprintf(hello, sizeof hello, "{\"pid\": %d, \"host\": \"c-client\", \"protocol\": 1}", (int)getpid());
         last_heard = now();
