@@ -57,6 +57,17 @@ def test_memory_plugin_import_loads_neither_torch_nor_lightning() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_strategy_and_planner_leave_or_tools_unloaded_until_a_plan_asks_cp_sat() -> None:
+    code = (
+        "import sys; from engage.memory import MemoryPlanner, MemoryPlanningStrategy; "
+        "assert 'ortools' not in sys.modules, 'ortools loaded'; "
+        "from engage.memory.planner import MemoryPlanner as P; from engage.memory.profile import Profile; "
+        "P._engine(None, Profile.__new__(Profile), 'cpsat'); assert 'ortools' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 def test_memory_package_names_load_lazily() -> None:
     import engage.memory
 
