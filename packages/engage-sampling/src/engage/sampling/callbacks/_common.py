@@ -171,6 +171,36 @@ def check_sampler(owner: str, sampler: Any) -> Any:
     return sampler
 
 
+class PeriodicAnalysis(pl.Callback):
+    """What the callbacks that analyse the model every ``every_n_steps`` steps or
+    ``every_n_epochs`` epochs share (each has its own ``run(trainer, pl_module)`` and keeps a
+    ``history`` of results, each with its ``step``): the epoch's period, one more analysis of
+    the trained model when training ends off the period, and the state of checkpoints written
+    before each analysis had a key of its own (saved under the class's name)."""
+
+    every_n_steps: int | None
+    every_n_epochs: int | None
+    history: list[dict[str, float]]
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and type(self).__qualname__ in states:
+            self.load_state_dict(states[type(self).__qualname__])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if due(trainer.current_epoch + 1, self.every_n_epochs):
+            self.run(trainer, pl_module)  # type: ignore[attr-defined]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The trained model's analysis, when the period did not end on the last step (a run
+        shorter than ``every_n_steps`` would otherwise have none); none without a period, or
+        without a step trained."""
+        if (self.every_n_steps is None and self.every_n_epochs is None) or trainer.global_step == 0:
+            return
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
+            self.run(trainer, pl_module)  # type: ignore[attr-defined]
+
+
 def check_every(owner: str, name: str, value: int | None) -> int | None:
     """A periodic action's ``every_n_steps`` or ``every_n_epochs``: ``None`` (never) or a whole
     number >= 1; 0 would silently never run."""

@@ -10,11 +10,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch import Callback
 from scipy.stats import qmc
 
 from engage.core.space import ParameterSpace
 from engage.sampling.callbacks._common import (
+    PeriodicAnalysis,
     Quantity,
     check_every,
     check_sampler,
@@ -32,7 +32,7 @@ from engage.sampling.callbacks._common import (
 from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape, ssim_fits
 
 
-class ImageSimilaritySampling(Callback):
+class ImageSimilaritySampling(PeriodicAnalysis):
     """Compares outputs at neighbouring parameter points with scikit-image metrics (``ssim``,
     ``psnr``, ``nrmse``) and hands the resulting similarity landscape to the active sampler, which
     refines sampling between the neighbours that differ most
@@ -141,12 +141,6 @@ class ImageSimilaritySampling(Callback):
         # two landscapes in one trainer (of predictions and of targets, or two metrics) each keep
         # their own; a period changed on resume keeps it too
         return self._generate_state_key(source=self.source, metric=self.metric)
-
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        # a checkpoint from before the state key named the analysis holds it under the class's name
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key not in states and type(self).__qualname__ in states:
-            self.load_state_dict(states[type(self).__qualname__])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before training, what would fail at the first landscape: parameters it cannot
@@ -265,19 +259,6 @@ class ImageSimilaritySampling(Callback):
             if key not in self._seen and len(self._seen) >= self.max_points:
                 self._seen.pop(next(iter(self._seen)))
             self._seen[key] = (float(times[k]), unit[k], targets[k])
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if due(trainer.current_epoch + 1, self.every_n_epochs):
-            self.run(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The trained model's landscape, when the period did not end on the last step (a run
-        shorter than ``every_n_steps`` would otherwise have none); none without a period, or
-        without a step trained."""
-        if (self.every_n_steps is None and self.every_n_epochs is None) or trainer.global_step == 0:
-            return
-        if not self.history or self.history[-1]["step"] != trainer.global_step:
-            self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {

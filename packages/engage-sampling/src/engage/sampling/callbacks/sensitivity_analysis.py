@@ -9,13 +9,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-from lightning.pytorch import Callback
 from SALib.sample import morris as morris_sample
 from SALib.sample import sobol as sobol_sample
 
 from engage.core.space import ParameterSpace
 from engage.sampling.analysis import SensitivityResult, morris_indices, sobol_indices
 from engage.sampling.callbacks._common import (
+    PeriodicAnalysis,
     Quantity,
     check_every,
     check_sampler,
@@ -34,7 +34,7 @@ from engage.sampling.callbacks._common import (
 METHODS = ("sobol", "morris")
 
 
-class SensitivityAnalysis(Callback):
+class SensitivityAnalysis(PeriodicAnalysis):
     """Every ``every_n_steps`` steps (default 1000, or every ``every_n_epochs`` epochs), and once
     more when training ends unless its last step was just analysed (both periods ``None``: only
     when :meth:`analyze` is called), evaluates a
@@ -277,12 +277,6 @@ class SensitivityAnalysis(Callback):
         # values) each keep their own history; a period changed on resume keeps it too
         return self._generate_state_key(method=self.method, inputs=self.inputs)
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        # a checkpoint from before the state key named the analysis holds it under the class's name
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key not in states and type(self).__qualname__ in states:
-            self.load_state_dict(states[type(self).__qualname__])
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before training, an analysis that could not tell the model's parameters (no
         ``space``, ``names`` nor ``num_parameters``, and none from the sampler or the DataModule)
@@ -292,19 +286,6 @@ class SensitivityAnalysis(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if due(trainer.global_step, self.every_n_steps):
-            self.run(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if due(trainer.current_epoch + 1, self.every_n_epochs):
-            self.run(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The trained model's indices, when the period did not end on the last step (a run
-        shorter than ``every_n_steps`` would otherwise analyse nothing); none without a period,
-        or without a step trained."""
-        if (self.every_n_steps is None and self.every_n_epochs is None) or trainer.global_step == 0:
-            return
-        if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
