@@ -147,6 +147,30 @@ def test_a_glob_sweep_over_a_groups_options_is_expanded_and_checked(capsys):
     assert compose_config(["sampler=glob(lh*)"], multirun=True).sampler._target_.endswith("LatinHypercubeSampler")
 
 
+def test_an_interval_is_checked_at_both_ends_and_a_config_files_sweeper_params_before_any_job(
+    capsys, tmp_path, monkeypatch
+):
+    from engage.core.config.validate import single_run_overrides
+
+    # Optuna's sweeper draws from an interval: its ends are what can be checked
+    assert single_run_overrides(["model.lr=interval(0.0005,0.01)", "model.width=tag(log, interval(4, 64))"]) == [
+        ["model.lr=0.0005", "model.width=4"], ["model.lr=0.01", "model.width=4"], ["model.lr=0.0005", "model.width=64"],
+    ]  # fmt: skip
+    assert main(["run", "-m", "model.lr=interval(-1,0.01)"]) == 2
+    assert capsys.readouterr().err.startswith("engage run: model.lr: must be > 0, got -1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder = tmp_path / "mine" / "experiment"
+    folder.mkdir(parents=True)
+    (folder / "grid.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.lr: 0.001,-1\n"
+    )
+    sweep = tmp_path / "sweep"
+    assert main(["run", "-m", "-cd", str(tmp_path / "mine"), "experiment=grid", f"hydra.sweep.dir={sweep}"]) == 2
+    assert capsys.readouterr().err.strip().endswith("model.lr: must be > 0, got -1.0")
+    assert not sweep.exists() and not list(tmp_path.glob("*.db"))  # before any job, folder or run
+
+
 def test_plugins_lists_core_contributions(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out

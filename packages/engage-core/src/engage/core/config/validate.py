@@ -16,6 +16,7 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -372,13 +373,19 @@ def _check_validation_interval(cfg: DictConfig) -> None:
 
 
 def single_run_overrides(overrides: Sequence[str], config_loader: Any = None) -> list[list[str]]:
-    """Override lists that cover every value of every sweep (others at their first value);
-    ``config_loader`` (Hydra's) expands ``glob()`` over a group's options, as Hydra's sweeper does."""
+    """Override lists that cover every value of every sweep (others at their first value), and
+    both ends of an ``interval()``; ``config_loader`` (Hydra's) expands ``glob()`` over a group's
+    options, as Hydra's sweeper does."""
     parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(list(overrides))
     plain: list[str] = []
     sweeps: list[tuple[str, list[str]]] = []
     for override in parsed:
-        if override.is_sweep_override():
+        if override.value_type == ValueType.INTERVAL_SWEEP:
+            # a sweeper that draws from an interval (Optuna's): its two ends are checked
+            interval = override.value()
+            ends = [str(int(x)) if float(x).is_integer() else repr(float(x)) for x in (interval.start, interval.end)]
+            sweeps.append((override.get_key_element(), ends))
+        elif override.is_sweep_override():
             key = override.get_key_element()
             values = list(itertools.islice(override.sweep_string_iterator(), 64))
             sweeps.append((key, values))
