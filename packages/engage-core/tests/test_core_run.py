@@ -78,6 +78,40 @@ def test_a_sweep_whose_job_fails_leaves_no_parent_running(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FAILED"
     assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED"]
+    # the sweep says how it went, as at a normal end: counts, and the best of the jobs that finished
+    assert parent.data.metrics["jobs"] == 2 and parent.data.metrics["jobs_failed"] == 1
+    (finished,) = [r for r in children if r.info.status == "FINISHED"]
+    assert parent.data.tags["engage.best_job"] == finished.info.run_name
+    assert f"sweep {parent.info.run_name} ({parent.info.run_id}) FAILED: 2 jobs, 1 failed; best " in result.stderr
+
+
+def test_a_stopped_sweep_of_local_processes_ends_its_jobs_runs_left_running(tmp_path, capsys):
+    """Ctrl-C under joblib's launcher: its workers die with the sweep before their runs end."""
+    from mlflow import MlflowClient
+
+    from engage.core.tracking.sweep import close_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweeps")
+
+    def sweep(launcher):
+        parent = client.create_run(experiment, run_name="s", tags={"engage.kind": "sweep", "engage.launcher": launcher})
+        tags = {"mlflow.parentRunId": parent.info.run_id}
+        running, done = (client.create_run(experiment, run_name=f"s#{i}", tags=tags) for i in range(2))
+        client.set_terminated(done.info.run_id, "FINISHED")
+        return parent.info.run_id, running.info.run_id
+
+    parent, running = sweep("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher")
+    close_sweep(client, parent, uri, status="KILLED")
+    assert client.get_run(running).info.status == "KILLED" and client.get_run(parent).info.status == "KILLED"
+    metrics = client.get_run(parent).data.metrics
+    assert (metrics["jobs"], metrics["jobs_failed"]) == (2, 1)
+    assert f"sweep s ({parent}) KILLED: 2 jobs, 1 failed" in capsys.readouterr().err
+    # a launcher whose jobs may outlive the sweep (on a cluster) leaves their runs to them
+    parent, running = sweep("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+    close_sweep(client, parent, uri, status="KILLED")
+    assert client.get_run(running).info.status == "RUNNING"
 
 
 @pytest.mark.slow

@@ -120,27 +120,54 @@ class MLflowSweepCallback(Callback):
         if self.run_id is None:
             return
         client = uninterrupted_client(self.tracking_uri)
-        failed = log_job_counts(client, self.run_id)
-        status = "FAILED" if failed or self.counts["failed"] else "FINISHED"
-        best = best_job(job_runs(client, self.run_id))
-        if best is not None:
-            metric, value, name = best
-            client.log_metric(self.run_id, f"best/{metric}", value)
-            client.set_tag(self.run_id, "engage.best_job", name)
-        client.set_terminated(self.run_id, status=status)
-        parent = client.get_run(self.run_id)
-        jobs = int(parent.data.metrics.get("jobs", 0))
-        print(
-            f"sweep {parent.info.run_name} ({self.run_id}) {status}: {jobs} jobs, {failed} failed"
-            + (f"; best {best[0]}={best[1]:.4g} ({best[2]})" if best is not None else "")
-            + f"\nMLflow: mlflow ui --backend-store-uri {self.tracking_uri}",
-            file=sys.stderr,
-        )
+        close_sweep(client, self.run_id, self.tracking_uri, failed_here=self.counts["failed"])
         for key, previous in self._previous_env.items():
             if previous is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = previous
+
+
+#: launchers whose jobs are processes of this machine that end with the sweep (Hydra's basic
+#: launcher runs them in its own process, joblib's and submitit's local ones in its children):
+#: once the sweep is over, a job run of theirs still RUNNING was stopped with it
+LOCAL_PROCESS_LAUNCHERS = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "JoblibLauncher",
+    "submitit_launcher.LocalLauncher",
+)
+
+
+def close_sweep(
+    client: Any, run_id: str, tracking_uri: str | None, status: str | None = None, failed_here: int = 0
+) -> None:
+    """End the sweep's run ``run_id`` and say how it went, at its end or when it stopped early
+    (``status``: ``KILLED`` or ``FAILED``; ``None``: ``FAILED`` if a job failed, else
+    ``FINISHED``): its jobs' runs still RUNNING under a launcher of local processes end
+    ``KILLED`` (their processes went with the sweep), then the parent gets ``jobs``,
+    ``jobs_failed``, the best job, its status, and the console one line with the ``mlflow ui``
+    command. ``failed_here``: jobs this process saw fail (whose runs may not say so)."""
+    launcher = client.get_run(run_id).data.tags.get("engage.launcher", "")
+    if status is not None and launcher.endswith(LOCAL_PROCESS_LAUNCHERS):
+        for child in job_runs(client, run_id):
+            if child.info.status == "RUNNING":
+                client.set_terminated(child.info.run_id, status="KILLED")
+    failed = log_job_counts(client, run_id)
+    status = status or ("FAILED" if failed or failed_here else "FINISHED")
+    best = best_job(job_runs(client, run_id))
+    if best is not None:
+        metric, value, name = best
+        client.log_metric(run_id, f"best/{metric}", value)
+        client.set_tag(run_id, "engage.best_job", name)
+    client.set_terminated(run_id, status=status)
+    parent = client.get_run(run_id)
+    jobs = int(parent.data.metrics.get("jobs", 0))
+    print(
+        f"sweep {parent.info.run_name} ({run_id}) {status}: {jobs} jobs, {failed} failed"
+        + (f"; best {best[0]}={best[1]:.4g} ({best[2]})" if best is not None else "")
+        + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}",
+        file=sys.stderr,
+    )
 
 
 def job_runs(client: Any, run_id: str) -> list[Any]:
@@ -201,15 +228,16 @@ def launcher_preflight(config: DictConfig) -> str | None:
 
 def end_open_sweep(previous_parent: str | None, status: str) -> None:
     """End the parent run a multirun opened in this process and could not close (a job's exit,
-    an error or Ctrl-C ended the sweep before Hydra's end of multirun): ``status`` (``FAILED`` or
-    ``KILLED``) if it is still running. ``previous_parent``: the parent this process had before
-    the sweep (a job's own, not to be ended)."""
+    an error or Ctrl-C ended the sweep before Hydra's end of multirun, which closes it and puts
+    back ``previous_parent``): ``status`` (``FAILED`` or ``KILLED``), with what
+    :func:`close_sweep` records and says, also where its first failed job marked it ``FAILED``
+    already. ``previous_parent``: the parent this process had before the sweep (a job's own,
+    not to be ended)."""
     parent = os.environ.get(PARENT_RUN_ENV)
     if not parent or parent == previous_parent:
         return
-    client = uninterrupted_client(os.environ.get(TRACKING_URI_ENV))
-    if client.get_run(parent).info.status == "RUNNING":
-        client.set_terminated(parent, status=status)
+    tracking_uri = os.environ.get(TRACKING_URI_ENV)
+    close_sweep(uninterrupted_client(tracking_uri), parent, tracking_uri, status=status)
 
 
 def _parent_name(logger_cfg: Any) -> str:
