@@ -497,3 +497,22 @@ def test_mlflow_http_retries_are_bounded_for_a_server_unless_the_user_set_them(m
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"  # the user's own
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ  # MLflow's: an upload may take a while
+
+
+def test_a_failed_jobs_line_is_printed_again_only_where_its_process_wrote_it_elsewhere(tmp_path):
+    """joblib's workers share the console; submitit's write to their own logs."""
+    import pickle
+    import subprocess
+    import sys
+
+    from engage.core.run import RunFailed
+
+    assert pickle.loads(pickle.dumps(RunFailed("x", 4))).printed_here  # a job of this process
+    assert not RunFailed("x", 4, printed=False).printed_here
+    code = (
+        "import pickle, sys; from engage.core.run import RunFailed; "
+        "sys.stdout.buffer.write(pickle.dumps(RunFailed('x', 4)))"
+    )
+    with open(tmp_path / "job.err", "w") as log:  # the job's standard error is a log file
+        done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, check=True)
+    assert not pickle.loads(done.stdout).printed_here

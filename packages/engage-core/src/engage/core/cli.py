@@ -70,7 +70,7 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
             end_open_sweep(parent, "FAILED")
         return code
     except RunFailed as exc:  # a run, or a sweep's first failed job
-        if not exc.printed:
+        if not exc.printed_here:  # a job of another process whose standard error was its own log
             print(f"engage run: {' '.join(exc.line.split())}", file=sys.stderr)
         end_open_sweep(parent, "FAILED")
         return exc.exit_code

@@ -36,15 +36,34 @@ class RunFailed(Exception):
     """A job of a sweep that did not do what it was asked: the one line naming the cause and the
     exit code ``engage run`` ends with. A job raises it, where a single run exits: the sweep's
     launcher records the job FAILED and goes on with its other jobs. ``printed``: whether the
-    line was printed already (by the job, in this process); a launcher that saw a job's process
-    fail raises one not printed, for ``engage run`` to print."""
+    line was printed already, by the job; a launcher that saw a job's process fail raises one
+    not printed, for ``engage run`` to print. The line was printed to the job's standard error,
+    which :attr:`printed_here` compares with the receiving process's: a launcher whose jobs
+    write to their own logs (submitit's) hands back an error whose line the console never
+    showed."""
 
-    def __init__(self, line: str, exit_code: int, printed: bool = True):
+    def __init__(self, line: str, exit_code: int, printed: bool = True, printed_on: str | None = None):
         super().__init__(line)
         self.line, self.exit_code, self.printed = line, exit_code, printed
+        #: the standard error the line went to (device and inode), when printed
+        self.printed_on = (printed_on or stderr_identity()) if printed else None
+
+    @property
+    def printed_here(self) -> bool:
+        """Whether the line reached this process's standard error already."""
+        return self.printed and self.printed_on is not None and self.printed_on == stderr_identity()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.line, self.exit_code, self.printed))
+        return (type(self), (self.line, self.exit_code, self.printed, self.printed_on))
+
+
+def stderr_identity() -> str | None:
+    """This process's standard error as ``device:inode`` (one terminal, pipe or file), or None."""
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"{stat.st_dev}:{stat.st_ino}"
 
 
 #: the exit code of a run's incarnation that ended because its batch job was requeued (sysexits' EX_TEMPFAIL)
