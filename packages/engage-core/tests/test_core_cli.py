@@ -169,6 +169,11 @@ def test_an_interval_is_checked_at_both_ends_and_a_config_files_sweeper_params_b
     assert main(["run", "-m", "-cd", str(tmp_path / "mine"), "experiment=grid", f"hydra.sweep.dir={sweep}"]) == 2
     assert capsys.readouterr().err.strip().endswith("model.lr: must be > 0, got -1.0")
     assert not sweep.exists() and not list(tmp_path.glob("*.db"))  # before any job, folder or run
+    # the params name the jobs by what they vary, as a command line's sweep does
+    from engage.core.tracking.naming import job_run_name
+
+    swept = ["model.lr=0.001,0.002", "experiment=grid"]
+    assert job_run_name("s", 1, ["model.lr=0.002", "experiment=grid"], swept) == "s#1 model.lr=0.002"
 
 
 def test_plugins_lists_core_contributions(capsys):

@@ -55,6 +55,7 @@ class SweepValuesCheck(Callback):
             check_values,
             explain,
             single_run_overrides,
+            sweeper_params,
         )
 
         hydra = GlobalHydra.instance().hydra
@@ -66,7 +67,7 @@ class SweepValuesCheck(Callback):
         name = OmegaConf.select(config, "hydra.job.config_name")
         try:
             resumes = False
-            swept = _sweeper_params(config, hydra.config_loader) + overrides
+            swept = sweeper_params(config, hydra.config_loader) + overrides
             for variant in single_run_overrides(swept, hydra.config_loader):
                 cfg = hydra.compose_config(name, own + variant, run_mode=RunMode.RUN)
                 check_values(cfg)
@@ -89,28 +90,6 @@ class SweepValuesCheck(Callback):
 #: these providers), where their folders and checkpoints can be looked at before they start
 _LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", "JoblibLauncher")
 _LOCAL_PROVIDERS = ("local", "netns")
-
-
-def _sweeper_params(config: DictConfig, config_loader: Any) -> list[str]:
-    """The sweeper's ``params`` from the config (``hydra.sweeper.params``, as Hydra's basic and
-    Optuna's sweepers take them) as overrides to check with the command line's; an entry in
-    another sweeper's own form (not an override's text) is left to that sweeper."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-    if not isinstance(params, DictConfig):
-        return []
-    parser = OverridesParser.create(config_loader=config_loader)
-    kept = []
-    for key, value in params.items():
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            try:
-                parser.parse_overrides([f"{key}={value}"])
-            except HydraException:
-                continue
-            kept.append(f"{key}={value}")
-    return kept
 
 
 def _jobs_run_here(config: DictConfig) -> bool:

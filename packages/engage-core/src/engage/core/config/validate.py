@@ -403,6 +403,33 @@ def single_run_overrides(overrides: Sequence[str], config_loader: Any = None) ->
     return variants
 
 
+def sweeper_params(config: DictConfig, config_loader: Any = None) -> list[str]:
+    """The sweeper's ``params`` from the config (``hydra.sweeper.params``, as Hydra's basic and
+    Optuna's sweepers take them) as overrides: checked with the command line's before any job,
+    recorded on the sweep's run, and naming its jobs by what they vary. An entry in another
+    sweeper's own form (not an override's text) is left to that sweeper.
+
+    Example::
+
+        >>> sweeper_params(OmegaConf.create({"hydra": {"sweeper": {"params": {
+        ...     "model.lr": "interval(0.0005, 0.01)", "model.width": "8,16", "other": {"kind": "own"}}}}}))
+        ['model.lr=interval(0.0005, 0.01)', 'model.width=8,16']
+    """
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    if not isinstance(params, DictConfig):
+        return []
+    parser = OverridesParser.create(config_loader=config_loader)
+    kept = []
+    for key, value in params.items():
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                parser.parse_overrides([f"{key}={value}"])
+            except HydraException:
+                continue
+            kept.append(f"{key}={value}")
+    return kept
+
+
 def unparsable(overrides: Sequence[str]) -> str | None:
     """One line naming the first override Hydra's grammar refuses (its own message names none),
     with the fix for a value holding ``=`` or other special characters; ``None`` when all parse."""

@@ -77,7 +77,12 @@ class MLflowSweepCallback(Callback):
         name = resolve_experiment(logger_cfg.get("experiment"))
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        sweep_overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        from engage.core.config.validate import sweeper_params
+
+        # the sweeper's params (a config file's, Optuna's search space) and the command line's
+        sweep_overrides = sweeper_params(config) + list(
+            OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
+        )
         run = client.create_run(
             experiment_id,
             run_name=_parent_name(logger_cfg),
