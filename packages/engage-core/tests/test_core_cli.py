@@ -158,6 +158,10 @@ def test_an_interval_is_checked_at_both_ends_and_a_config_files_sweeper_params_b
     ]  # fmt: skip
     assert main(["run", "-m", "model.lr=interval(-1,0.01)"]) == 2
     assert capsys.readouterr().err.startswith("engage run: model.lr: must be > 0, got -1")
+    assert main(["run", "-m", "model.lr=interval(0.01,0.0005)"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "engage run: model.lr: interval(0.01, 0.0005) has its ends reversed; write interval(0.0005, 0.01)"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     folder = tmp_path / "mine" / "experiment"
@@ -169,6 +173,10 @@ def test_an_interval_is_checked_at_both_ends_and_a_config_files_sweeper_params_b
     assert main(["run", "-m", "-cd", str(tmp_path / "mine"), "experiment=grid", f"hydra.sweep.dir={sweep}"]) == 2
     assert capsys.readouterr().err.strip().endswith("model.lr: must be > 0, got -1.0")
     assert not sweep.exists() and not list(tmp_path.glob("*.db"))  # before any job, folder or run
+    # the command line replaces a param of the same key, as Hydra's sweepers do: -1 never runs
+    grid = ["-cd", str(tmp_path / "mine"), "experiment=grid", f"hydra.sweep.dir={sweep}"]
+    assert main(["run", "-m", *grid, "model.lr=0.01", "model.width=-3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("model.width: must be >= 4, got -3")
     # the params name the jobs by what they vary, as a command line's sweep does
     from engage.core.tracking.naming import job_run_name
 

@@ -112,6 +112,23 @@ def test_a_stopped_sweep_of_local_processes_ends_its_jobs_runs_left_running(tmp_
     parent, running = sweep("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
     close_sweep(client, parent, uri, status="KILLED")
     assert client.get_run(running).info.status == "RUNNING"
+    metrics = client.get_run(parent).data.metrics
+    assert (metrics["jobs"], metrics["jobs_failed"], metrics["jobs_running"]) == (2, 0, 1)
+    assert f"sweep s ({parent}) KILLED: 2 jobs, 0 failed, 1 still running" in capsys.readouterr().err
+    # a parent the stopped launcher ended KILLED itself is left as it is, with no second summary
+    from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
+    from engage.core.tracking.sweep import end_open_sweep
+
+    parent, _ = sweep("hydra_plugins.engage_launcher.engage_launcher.EngageLauncher")
+    client.set_terminated(parent, "KILLED")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(PARENT_RUN_ENV, parent)
+        env.setenv(TRACKING_URI_ENV, uri)
+        end_open_sweep(None, "FAILED")  # as after the launcher's exit code 130
+        assert client.get_run(parent).info.status == "KILLED" and "sweep s" not in capsys.readouterr().err
+        env.setenv(TRACKING_URI_ENV, f"sqlite:///{tmp_path / 'no' / 'such' / 'store.db'}")
+        end_open_sweep(None, "FAILED")  # a store that fails: one line, nothing raised
+        assert "could not be ended FAILED" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -509,6 +526,11 @@ def test_a_failed_jobs_line_is_printed_again_only_where_its_process_wrote_it_els
 
     assert pickle.loads(pickle.dumps(RunFailed("x", 4))).printed_here  # a job of this process
     assert not RunFailed("x", 4, printed=False).printed_here
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):  # a stream without a file: this process's own
+        assert pickle.loads(pickle.dumps(RunFailed("x", 4))).printed_here
     code = (
         "import pickle, sys; from engage.core.run import RunFailed; "
         "sys.stdout.buffer.write(pickle.dumps(RunFailed('x', 4)))"

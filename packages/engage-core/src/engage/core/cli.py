@@ -70,9 +70,9 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
             end_open_sweep(parent, "FAILED")
         return code
     except RunFailed as exc:  # a run, or a sweep's first failed job
+        end_open_sweep(parent, "FAILED")  # its summary, then the cause as the last line
         if not exc.printed_here:  # a job of another process whose standard error was its own log
             print(f"engage run: {' '.join(exc.line.split())}", file=sys.stderr)
-        end_open_sweep(parent, "FAILED")
         return exc.exit_code
     except Exception as exc:
         end_open_sweep(parent, "FAILED")

@@ -42,28 +42,34 @@ class RunFailed(Exception):
     write to their own logs (submitit's) hands back an error whose line the console never
     showed."""
 
-    def __init__(self, line: str, exit_code: int, printed: bool = True, printed_on: str | None = None):
+    def __init__(self, line: str, exit_code: int, printed: bool = True):
         super().__init__(line)
         self.line, self.exit_code, self.printed = line, exit_code, printed
-        #: the standard error the line went to (device and inode), when printed
-        self.printed_on = (printed_on or stderr_identity()) if printed else None
+        #: the standard error the line went to, when printed (see :func:`stderr_identity`)
+        self.printed_on = stderr_identity() if printed else None
 
     @property
     def printed_here(self) -> bool:
         """Whether the line reached this process's standard error already."""
-        return self.printed and self.printed_on is not None and self.printed_on == stderr_identity()
+        return self.printed and self.printed_on == stderr_identity()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.line, self.exit_code, self.printed, self.printed_on))
+        # where it was printed travels as state: an engage that does not know it still unpickles it
+        return (type(self), (self.line, self.exit_code, self.printed), {"printed_on": self.printed_on})
 
 
-def stderr_identity() -> str | None:
-    """This process's standard error as ``device:inode`` (one terminal, pipe or file), or None."""
+def stderr_identity() -> str:
+    """This process's standard error: ``host:device:inode`` of its file (one terminal, pipe or
+    log file, shared by the processes that inherit it), else ``host:pid:object`` where it has
+    none (a captured or redirected stream, which only this process writes to)."""
+    import socket
+
+    host = socket.gethostname()
     try:
         stat = os.fstat(sys.stderr.fileno())
     except (OSError, ValueError, AttributeError):
-        return None
-    return f"{stat.st_dev}:{stat.st_ino}"
+        return f"{host}:pid{os.getpid()}:{id(sys.stderr)}"
+    return f"{host}:{stat.st_dev}:{stat.st_ino}"
 
 
 #: the exit code of a run's incarnation that ended because its batch job was requeued (sysexits' EX_TEMPFAIL)

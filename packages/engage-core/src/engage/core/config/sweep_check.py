@@ -54,6 +54,7 @@ class SweepValuesCheck(Callback):
             ConfigError,
             check_values,
             explain,
+            last_per_key,
             single_run_overrides,
             sweeper_params,
         )
@@ -67,7 +68,7 @@ class SweepValuesCheck(Callback):
         name = OmegaConf.select(config, "hydra.job.config_name")
         try:
             resumes = False
-            swept = sweeper_params(config, hydra.config_loader) + overrides
+            swept = last_per_key(sweeper_params(config, hydra.config_loader) + overrides)
             for variant in single_run_overrides(swept, hydra.config_loader):
                 cfg = hydra.compose_config(name, own + variant, run_mode=RunMode.RUN)
                 check_values(cfg)
@@ -86,9 +87,8 @@ class SweepValuesCheck(Callback):
         raise SystemExit(EXIT_CONFIG_ERROR)
 
 
-#: launchers whose jobs run on this machine's file system (the engage launcher's, on hosts of
-#: these providers), where their folders and checkpoints can be looked at before they start
-_LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", "JoblibLauncher")
+#: the engage launcher's providers whose hosts share this machine's file system, where a job's
+#: folder and checkpoint can be looked at before it starts
 _LOCAL_PROVIDERS = ("local", "netns")
 
 
@@ -101,7 +101,9 @@ def _jobs_run_here(config: DictConfig) -> bool:
     if launcher.endswith("EngageLauncher"):
         provider = OmegaConf.select(config, "hydra.launcher.infrastructure.provider", default="local")
         return provider in _LOCAL_PROVIDERS
-    return launcher.endswith(_LOCAL_LAUNCHERS)
+    from engage.core.tracking.sweep import LOCAL_PROCESS_LAUNCHERS
+
+    return launcher.endswith(LOCAL_PROCESS_LAUNCHERS)
 
 
 def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: list[str], config: DictConfig) -> None:
@@ -114,11 +116,10 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    from engage.core.config.validate import ConfigError
+    from engage.core.config.validate import ConfigError, sweeper_params
     from engage.core.training import resolve_ckpt_path
 
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    swept = [f"{key}={value}" for key, value in params.items()] + list(overrides)
+    swept = sweeper_params(config, hydra.config_loader) + list(overrides)
     parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(swept)
     (jobs,) = BasicSweeper.split_arguments(parsed, None)
     for num, job in enumerate(jobs):

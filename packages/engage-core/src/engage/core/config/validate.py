@@ -383,6 +383,11 @@ def single_run_overrides(overrides: Sequence[str], config_loader: Any = None) ->
         if override.value_type == ValueType.INTERVAL_SWEEP:
             # a sweeper that draws from an interval (Optuna's): its two ends are checked
             interval = override.value()
+            if interval.start > interval.end:
+                raise ConfigError(
+                    f"{override.get_key_element()}: interval({interval.start:g}, {interval.end:g}) has its ends "
+                    f"reversed; write interval({interval.end:g}, {interval.start:g})"
+                )
             ends = [str(int(x)) if float(x).is_integer() else repr(float(x)) for x in (interval.start, interval.end)]
             sweeps.append((override.get_key_element(), ends))
         elif override.is_sweep_override():
@@ -421,13 +426,27 @@ def sweeper_params(config: DictConfig, config_loader: Any = None) -> list[str]:
     parser = OverridesParser.create(config_loader=config_loader)
     kept = []
     for key, value in params.items():
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
+        if isinstance(value, str | int | float | bool):
             try:
                 parser.parse_overrides([f"{key}={value}"])
             except HydraException:
                 continue
             kept.append(f"{key}={value}")
     return kept
+
+
+def last_per_key(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with one per key, the last, as Hydra's sweepers take them: the command
+    line's ``model.lr=0.01`` replaces a config file's ``model.lr: 0.5,1`` in ``params``.
+
+    Example::
+
+        >>> last_per_key(["model.lr=0.5,1", "seed=1", "model.lr=0.01"])
+        ['seed=1', 'model.lr=0.01']
+    """
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    last = {o.get_key_element(): i for i, o in enumerate(parsed)}
+    return [text for i, (text, o) in enumerate(zip(overrides, parsed, strict=True)) if last[o.get_key_element()] == i]
 
 
 def unparsable(overrides: Sequence[str]) -> str | None:

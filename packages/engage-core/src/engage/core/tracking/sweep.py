@@ -77,12 +77,12 @@ class MLflowSweepCallback(Callback):
         name = resolve_experiment(logger_cfg.get("experiment"))
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        from engage.core.config.validate import sweeper_params
+        from engage.core.config.validate import last_per_key, sweeper_params
 
-        # the sweeper's params (a config file's, Optuna's search space) and the command line's
-        sweep_overrides = sweeper_params(config) + list(
-            OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
-        )
+        # the sweeper's params (a config file's, Optuna's search space) and the command line's,
+        # which replaces a param of the same key
+        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        sweep_overrides = last_per_key(sweeper_params(config) + task)
         run = client.create_run(
             experiment_id,
             run_name=_parent_name(logger_cfg),
@@ -134,30 +134,29 @@ class MLflowSweepCallback(Callback):
 
 
 #: launchers whose jobs are processes of this machine that end with the sweep (Hydra's basic
-#: launcher runs them in its own process, joblib's and submitit's local ones in its children):
-#: once the sweep is over, a job run of theirs still RUNNING was stopped with it
-LOCAL_PROCESS_LAUNCHERS = (
-    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
-    "JoblibLauncher",
-    "submitit_launcher.LocalLauncher",
-)
+#: launcher runs them in its own process, joblib's in workers that die with it): once the sweep
+#: is over, a job run of theirs still RUNNING was stopped with it. Other launchers' jobs may
+#: outlive the sweep (a cluster's), or end their own runs (submitit's local ones).
+LOCAL_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", "JoblibLauncher")
 
 
 def close_sweep(
     client: Any, run_id: str, tracking_uri: str | None, status: str | None = None, failed_here: int = 0
 ) -> None:
-    """End the sweep's run ``run_id`` and say how it went, at its end or when it stopped early
-    (``status``: ``KILLED`` or ``FAILED``; ``None``: ``FAILED`` if a job failed, else
-    ``FINISHED``): its jobs' runs still RUNNING under a launcher of local processes end
-    ``KILLED`` (their processes went with the sweep), then the parent gets ``jobs``,
-    ``jobs_failed``, the best job, its status, and the console one line with the ``mlflow ui``
-    command. ``failed_here``: jobs this process saw fail (whose runs may not say so)."""
+    """End the sweep's run ``run_id`` and say how it went, at its end (``status`` None:
+    ``FAILED`` if a job failed, else ``FINISHED``) or when it stopped early (``KILLED`` or
+    ``FAILED``). Early, its jobs' runs still RUNNING under a launcher of local processes end
+    ``KILLED`` (their processes went with the sweep), and others still running are counted as
+    such, not as failed. The parent gets ``jobs``, ``jobs_failed``, the best job and its
+    status, and the console one line with the ``mlflow ui`` command. ``failed_here``: jobs this
+    process saw fail (whose runs may not say so)."""
     launcher = client.get_run(run_id).data.tags.get("engage.launcher", "")
     if status is not None and launcher.endswith(LOCAL_PROCESS_LAUNCHERS):
         for child in job_runs(client, run_id):
             if child.info.status == "RUNNING":
                 client.set_terminated(child.info.run_id, status="KILLED")
-    failed = log_job_counts(client, run_id)
+    # at its end every job has ended: a run left RUNNING did not report success
+    failed, running = log_job_counts(client, run_id, running_failed=status is None)
     status = status or ("FAILED" if failed or failed_here else "FINISHED")
     best = best_job(job_runs(client, run_id))
     if best is not None:
@@ -169,6 +168,7 @@ def close_sweep(
     jobs = int(parent.data.metrics.get("jobs", 0))
     print(
         f"sweep {parent.info.run_name} ({run_id}) {status}: {jobs} jobs, {failed} failed"
+        + (f", {running} still running" if running else "")
         + (f"; best {best[0]}={best[1]:.4g} ({best[2]})" if best is not None else "")
         + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}",
         file=sys.stderr,
@@ -200,14 +200,20 @@ def best_job(children: list[Any]) -> tuple[str, float, str] | None:
     return None
 
 
-def log_job_counts(client: Any, run_id: str) -> int:
-    """Log a sweep's ``jobs`` (its jobs' runs) and ``jobs_failed`` (those not FINISHED) on its run
-    ``run_id``, as its end or its interrupt gives them; returns ``jobs_failed``."""
+def log_job_counts(client: Any, run_id: str, running_failed: bool = True) -> tuple[int, int]:
+    """Log a sweep's ``jobs`` (its jobs' runs) and ``jobs_failed`` on its run ``run_id``, as its
+    end or its interrupt gives them; returns ``(jobs_failed, still running)``. Runs still
+    RUNNING count as failed when ``running_failed`` (the sweep's end, after which none should
+    be), else apart, in ``jobs_running`` (a sweep stopped early whose jobs run elsewhere)."""
     children = job_runs(client, run_id)
+    running = sum(1 for r in children if r.info.status in ("RUNNING", "SCHEDULED"))
     failed = sum(1 for r in children if r.info.status != "FINISHED")
+    if not running_failed:
+        failed -= running
+        client.log_metric(run_id, "jobs_running", float(running))
     client.log_metric(run_id, "jobs", float(len(children)))
     client.log_metric(run_id, "jobs_failed", float(failed))
-    return failed
+    return failed, 0 if running_failed else running
 
 
 def launcher_preflight(config: DictConfig) -> str | None:
@@ -236,13 +242,24 @@ def end_open_sweep(previous_parent: str | None, status: str) -> None:
     an error or Ctrl-C ended the sweep before Hydra's end of multirun, which closes it and puts
     back ``previous_parent``): ``status`` (``FAILED`` or ``KILLED``), with what
     :func:`close_sweep` records and says, also where its first failed job marked it ``FAILED``
-    already. ``previous_parent``: the parent this process had before the sweep (a job's own,
-    not to be ended)."""
+    already; a parent ended ``KILLED`` already (by the launcher that was stopped) is left as
+    it is. ``previous_parent``: the parent this process had before the sweep (a job's own, not
+    to be ended). Never raises: a store that fails here gets one line, and the sweep's own
+    cause and exit code stand."""
     parent = os.environ.get(PARENT_RUN_ENV)
     if not parent or parent == previous_parent:
         return
     tracking_uri = os.environ.get(TRACKING_URI_ENV)
-    close_sweep(uninterrupted_client(tracking_uri), parent, tracking_uri, status=status)
+    try:
+        client = uninterrupted_client(tracking_uri)
+        if client.get_run(parent).info.status in ("RUNNING", "FAILED"):
+            close_sweep(client, parent, tracking_uri, status=status)
+    except Exception as exc:  # the store itself failed: the sweep's cause is what to report
+        print(
+            f"engage run: the sweep's MLflow run {parent} could not be ended {status} in {tracking_uri} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+            file=sys.stderr,
+        )
 
 
 def _parent_name(logger_cfg: Any) -> str:
