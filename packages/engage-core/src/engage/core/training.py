@@ -84,28 +84,10 @@ def build_strategy(cfg: DictConfig) -> Any:
     return str(node)
 
 
-class LastValidation(pl.Callback):
-    """The global step of the fit's last validation (``None``: none yet), so that the
-    validation after the fit (``test_after_fit``) runs only where the final weights were not
-    validated already, instead of logging the same point a second time."""
-
-    def __init__(self) -> None:
-        self.step: int | None = None
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self.step = trainer.global_step
-
-    @staticmethod
-    def of_final_weights(trainer: pl.Trainer) -> bool:
-        """Whether the fit ended with a validation of its final weights."""
-        return any(isinstance(c, LastValidation) and c.step == trainer.global_step for c in trainer.callbacks)
-
-
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
-    from engage.core.callbacks import EngageProgressBar
+    from engage.core.callbacks import EngageProgressBar, LastValidation
 
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
     callbacks += flatten(call_each(get_plugin_manager(), "engage_callbacks", cfg=cfg))
@@ -363,6 +345,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             whole = {"weights_only": False} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
             with _ranks_start_as_engage_run():
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **whole)
+            from engage.core.callbacks import LastValidation
+
             if cfg.test_after_fit and not LastValidation.of_final_weights(trainer):
                 trainer.validate(model, datamodule=datamodule, verbose=False)
         else:

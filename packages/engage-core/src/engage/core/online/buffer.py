@@ -126,7 +126,7 @@ class TrainingBuffer:
         return self.slots.evicted
 
     def unread(self) -> int:
-        """Samples held that no batch has read yet (at the end of a run: received, never trained)."""
+        """Samples held that no batch has read yet."""
         with self._cond:
             return self.slots.unread()
 
