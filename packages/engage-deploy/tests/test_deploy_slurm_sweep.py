@@ -159,7 +159,9 @@ def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_
     assert sorted(ranks) == ["0", "1"] and ranks["0"] != ranks["1"], text[-3000:]  # one rank a node
     started = re.findall(r"engage runner: rank \d of 2 on node node-\d \([^)]*\)\n", text)
     assert len(started) == 4, text[-3000:]  # two incarnations of two ranks
-    assert "engage runner: job requeued: job " in text and "failed: RunFailed" not in text, text[-3000:]
+    # the first incarnation's runner names the requeue as it ends, unless Slurm's SIGKILL, KillWait (5 s
+    # on the test cluster) after its SIGTERM, comes first on a loaded machine; it never names a failure
+    assert "failed: RunFailed" not in text and "job failed" not in text, text[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text and f"engage: job {job} requeued at step 1" in text, text[-3000:]
     assert "Restoring states from the checkpoint path at" in text and "hpc_ckpt_1.ckpt" in text, text[-3000:]
     assert "simulations: 4 requested, 4 completed, 0 failed" in text, text[-3000:]  # both ranks' shares, on rank 0
