@@ -150,24 +150,25 @@ def close_sweep(
     such, not as failed. The parent gets ``jobs``, ``jobs_failed``, the best job and its
     status, and the console one line with the ``mlflow ui`` command. ``failed_here``: jobs this
     process saw fail (whose runs may not say so)."""
-    launcher = client.get_run(run_id).data.tags.get("engage.launcher", "")
-    if status is not None and launcher.endswith(LOCAL_PROCESS_LAUNCHERS):
-        for child in job_runs(client, run_id):
+    parent = client.get_run(run_id)
+    children = job_runs(client, run_id)
+    statuses = [r.info.status for r in children]
+    if status is not None and parent.data.tags.get("engage.launcher", "").endswith(LOCAL_PROCESS_LAUNCHERS):
+        for i, child in enumerate(children):
             if child.info.status == "RUNNING":
                 client.set_terminated(child.info.run_id, status="KILLED")
+                statuses[i] = "KILLED"
     # at its end every job has ended: a run left RUNNING did not report success
-    failed, running = log_job_counts(client, run_id, running_failed=status is None)
+    failed, running = log_job_counts(client, run_id, running_failed=status is None, statuses=statuses)
     status = status or ("FAILED" if failed or failed_here else "FINISHED")
-    best = best_job(job_runs(client, run_id))
+    best = best_job(children)  # the FINISHED ones: those ended KILLED just now were not
     if best is not None:
         metric, value, name = best
         client.log_metric(run_id, f"best/{metric}", value)
         client.set_tag(run_id, "engage.best_job", name)
     client.set_terminated(run_id, status=status)
-    parent = client.get_run(run_id)
-    jobs = int(parent.data.metrics.get("jobs", 0))
     print(
-        f"sweep {parent.info.run_name} ({run_id}) {status}: {jobs} jobs, {failed} failed"
+        f"sweep {parent.info.run_name} ({run_id}) {status}: {len(statuses)} jobs, {failed} failed"
         + (f", {running} still running" if running else "")
         + (f"; best {best[0]}={best[1]:.4g} ({best[2]})" if best is not None else "")
         + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}",
@@ -200,18 +201,22 @@ def best_job(children: list[Any]) -> tuple[str, float, str] | None:
     return None
 
 
-def log_job_counts(client: Any, run_id: str, running_failed: bool = True) -> tuple[int, int]:
+def log_job_counts(
+    client: Any, run_id: str, running_failed: bool = True, statuses: list[str] | None = None
+) -> tuple[int, int]:
     """Log a sweep's ``jobs`` (its jobs' runs) and ``jobs_failed`` on its run ``run_id``, as its
     end or its interrupt gives them; returns ``(jobs_failed, still running)``. Runs still
     RUNNING count as failed when ``running_failed`` (the sweep's end, after which none should
-    be), else apart, in ``jobs_running`` (a sweep stopped early whose jobs run elsewhere)."""
-    children = job_runs(client, run_id)
-    running = sum(1 for r in children if r.info.status in ("RUNNING", "SCHEDULED"))
-    failed = sum(1 for r in children if r.info.status != "FINISHED")
+    be), else apart, in ``jobs_running`` (a sweep stopped early whose jobs run elsewhere).
+    ``statuses``: the jobs' runs' statuses where the caller has them, else they are looked up."""
+    if statuses is None:
+        statuses = [r.info.status for r in job_runs(client, run_id)]
+    running = sum(1 for status in statuses if status in ("RUNNING", "SCHEDULED"))
+    failed = sum(1 for status in statuses if status != "FINISHED")
     if not running_failed:
         failed -= running
         client.log_metric(run_id, "jobs_running", float(running))
-    client.log_metric(run_id, "jobs", float(len(children)))
+    client.log_metric(run_id, "jobs", float(len(statuses)))
     client.log_metric(run_id, "jobs_failed", float(failed))
     return failed, 0 if running_failed else running
 
