@@ -140,14 +140,6 @@ def due(step_or_epoch: int, every: int | None) -> bool:
     return every is not None and every > 0 and step_or_epoch % every == 0
 
 
-def check_whole(owner: str, name: str, value: Any, low: int = 1) -> int:
-    """A count given to a callback: a whole number >= ``low`` (not a bool, a float or a string,
-    which would fail, or be cut, later)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{owner} {name} must be a whole number >= {low}, got {value!r}")
-    return int(value)
-
-
 def check_space(owner: str, space: Any) -> ParameterSpace | None:
     """A callback's ``space``: a :class:`ParameterSpace`, a mapping as a config declares one
     (``{"x": {"low": 0, "high": 1}}``), or ``None`` (taken from the sampler or the DataModule)."""

@@ -19,7 +19,6 @@ from engage.sampling.callbacks._common import (
     check_every,
     check_sampler,
     check_space,
-    check_whole,
     default_quantity,
     due,
     evaluate,
@@ -29,6 +28,7 @@ from engage.sampling.callbacks._common import (
     log_metrics,
     warn_once,
 )
+from engage.sampling.samplers._unit import check_whole
 from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape, ssim_fits
 
 
@@ -82,11 +82,11 @@ class ImageSimilaritySampling(PeriodicAnalysis):
         if metric not in METRICS:
             raise ValueError(f"ImageSimilaritySampling metric must be one of {', '.join(METRICS)}, got {metric!r}")
         owner = "ImageSimilaritySampling"
-        probe_points = check_whole(owner, "probe_points", probe_points, 2)
-        neighbours = check_whole(owner, "neighbours", neighbours)
-        max_points = check_whole(owner, "max_points", max_points, 2)
+        probe_points = check_whole(f"{owner} probe_points", probe_points, 2)
+        neighbours = check_whole(f"{owner} neighbours", neighbours)
+        max_points = check_whole(f"{owner} max_points", max_points, 2)
         if num_parameters is not None:
-            num_parameters = check_whole(owner, "num_parameters", num_parameters)
+            num_parameters = check_whole(f"{owner} num_parameters", num_parameters)
         plot_parameters = tuple(plot_parameters) if isinstance(plot_parameters, (tuple, list)) else (plot_parameters,)
         if len(plot_parameters) != 2 or any(
             isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in plot_parameters

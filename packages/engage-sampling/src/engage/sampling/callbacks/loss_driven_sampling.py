@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from engage.sampling.callbacks._common import check_sampler, check_whole, due, find_sampler, log_metrics, warn_once
-from engage.sampling.samplers._unit import SCHEDULES, check_ratio, scheduled_ratio
+from engage.sampling.callbacks._common import check_sampler, due, find_sampler, log_metrics, warn_once
+from engage.sampling.samplers._unit import SCHEDULES, check_ratio, check_whole, scheduled_ratio
 
 #: the training step's output read for per-sample losses unless ``output_key`` says otherwise
 DEFAULT_OUTPUT_KEY = "per_sample_loss"
@@ -93,7 +93,7 @@ class LossDrivenSampling(Callback):
         if schedule not in SCHEDULES:
             raise ValueError(f"LossDrivenSampling schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         # the losses are told to the sampler every so many steps, and at the end of training: no "off"
-        every_n_steps = check_whole("LossDrivenSampling", "every_n_steps", every_n_steps)
+        every_n_steps = check_whole("LossDrivenSampling every_n_steps", every_n_steps)
         self.sampler = check_sampler("LossDrivenSampling", sampler)
         self.per_sample_loss = per_sample_loss or mse_per_sample
         self.stage = stage

@@ -20,7 +20,6 @@ from engage.sampling.callbacks._common import (
     check_every,
     check_sampler,
     check_space,
-    check_whole,
     default_quantity,
     due,
     evaluate,
@@ -30,6 +29,7 @@ from engage.sampling.callbacks._common import (
     log_metrics,
     warn_once,
 )
+from engage.sampling.samplers._unit import check_whole
 
 METHODS = ("sobol", "morris")
 
@@ -98,23 +98,23 @@ class SensitivityAnalysis(PeriodicAnalysis):
         if method not in METHODS:
             raise ValueError(f"SensitivityAnalysis method must be one of {', '.join(METHODS)}, got {method!r}")
         owner = "SensitivityAnalysis"
-        base_samples = check_whole(owner, "base_samples", base_samples, 2)
+        base_samples = check_whole(f"{owner} base_samples", base_samples, 2)
         if base_samples & (base_samples - 1):
             raise ValueError(f"SensitivityAnalysis base_samples must be a power of 2 (>= 2), got {base_samples}")
         if inputs not in ("unit", "values"):
             raise ValueError(f"SensitivityAnalysis inputs must be 'unit' or 'values', got {inputs!r}")
-        num_resamples = check_whole(owner, "num_resamples", num_resamples)  # the bootstrap's
-        trajectories = check_whole(owner, "trajectories", trajectories, 2)
-        num_levels = check_whole(owner, "num_levels", num_levels, 2)
+        num_resamples = check_whole(f"{owner} num_resamples", num_resamples)  # the bootstrap's
+        trajectories = check_whole(f"{owner} trajectories", trajectories, 2)
+        num_levels = check_whole(f"{owner} num_levels", num_levels, 2)
         if num_levels % 2:
             raise ValueError(f"SensitivityAnalysis num_levels must be even (Morris' design), got {num_levels}")
         if not 0 < conf_level < 1:
             raise ValueError(f"SensitivityAnalysis conf_level must be between 0 and 1 (exclusive), got {conf_level}")
-        batch_size = check_whole(owner, "batch_size", batch_size)
+        batch_size = check_whole(f"{owner} batch_size", batch_size)
         if isinstance(names, str):
             raise ValueError(f"SensitivityAnalysis names must be a list of names, got the string {names!r}")
         if num_parameters is not None:
-            num_parameters = check_whole(owner, "num_parameters", num_parameters)
+            num_parameters = check_whole(f"{owner} num_parameters", num_parameters)
         space = check_space(owner, space)
         sampler = check_sampler(owner, sampler)
         check_every("SensitivityAnalysis", "every_n_steps", every_n_steps)
