@@ -328,6 +328,7 @@ def _plain_fit(callbacks, tmp_path, max_steps=4, model=None):
             lambda: ImageSimilaritySampling(num_parameters=3, plot_parameters=(0, 5)),
             r"plot_parameters=\(0, 5\) names a parameter beyond the 3 there are",
         ),
+        (lambda: LossDrivenSampling(), "LossDrivenSampling found no sampler to tell the losses to"),
     ],
 )
 def test_in_plain_lightning_what_would_fail_at_the_first_analysis_fails_before_training(callback, expected, tmp_path):
@@ -335,6 +336,14 @@ def test_in_plain_lightning_what_would_fail_at_the_first_analysis_fails_before_t
     with pytest.raises(ValueError, match=expected):
         _plain_fit([callback()], tmp_path, model=model)
     assert model.steps == 0  # refused before the first step
+
+
+def test_loss_driven_sampling_on_batches_without_parameters_stops_training_saying_what_it_needs(tmp_path):
+    sampler = LossDrivenSampler(ParameterSpace.from_config({n: {"low": 0, "high": 1} for n in "abc"}))
+    model = _Plain()
+    with pytest.raises(TypeError, match=r"got list: have your collate_fn return \{'parameters': space.to_unit"):
+        _plain_fit([LossDrivenSampling(sampler=sampler, every_n_steps=1)], tmp_path, model=model)
+    assert model.steps == 1 and sampler.num_told == 0  # not a run of steps that told nothing
 
 
 def test_image_similarity_draws_the_trained_models_landscape_when_training_ends_and_targets_need_no_space(tmp_path):

@@ -31,6 +31,33 @@ def test_callback_options_compose_into_core_callbacks(tmp_path):
         compose_config(["+callbacks=nope"])
 
 
+def test_an_adaptive_sampler_chosen_alone_gets_the_callback_it_learns_from(tmp_path, caplog):
+    from engage.core.training import build_callbacks
+    from engage.sampling.callbacks import ImageSimilaritySampling, LossDrivenSampling, SensitivityAnalysis
+
+    def sampling_callbacks(*overrides):
+        built = build_callbacks(compose_config(list(overrides)), tmp_path)
+        return [c for c in built if type(c).__module__.startswith("engage.sampling")]
+
+    caplog.set_level("INFO", logger="engage.sampling")
+    # chosen alone, each adaptive sampler would be told nothing and run as a space-filling design
+    for sampler in ("loss_driven", "breed", "loss_density"):
+        (feeder,) = sampling_callbacks(f"sampler={sampler}")
+        assert type(feeder) is LossDrivenSampling and feeder.every_n_steps == 10
+    assert "added with its defaults (+callbacks=loss_driven to set its options)" in caplog.text
+    (feeder,) = sampling_callbacks("sampler=image_similarity")
+    assert type(feeder) is ImageSimilaritySampling
+    (feeder,) = sampling_callbacks("sampler=sensitivity_weighted", "seed=7")
+    assert type(feeder) is SensitivityAnalysis and feeder.reweight_sampler and feeder.seed == 7
+    # chosen by the user, with their options, it is not added twice; other samplers need none
+    (feeder,) = sampling_callbacks("sampler=breed", "+callbacks=loss_driven", "callbacks.loss_driven.every_n_steps=3")
+    assert feeder.every_n_steps == 3
+    own = "+callbacks.mine={_target_: engage.sampling.callbacks.LossDrivenSampling, every_n_steps: 4}"
+    (feeder,) = sampling_callbacks("sampler=loss_driven", own)
+    assert feeder.every_n_steps == 4
+    assert sampling_callbacks("sampler=sobol_sequence") == sampling_callbacks("sampler=uniform") == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_engage_run_records_the_sensitivity_callback_metrics(tmp_path):

@@ -60,10 +60,24 @@ CALLBACKS = {
 }
 
 
+# What each adaptive sampler learns from, and the callback that tells it (with the options it
+# needs to): a sampler chosen without it would never be told anything, and run as the
+# space-filling design it starts from while its name says otherwise
+FED_BY = {
+    "loss_driven": ("loss_driven", {}),
+    "breed": ("loss_driven", {}),
+    "loss_density": ("loss_driven", {}),
+    "image_similarity": ("image_similarity", {}),
+    "sensitivity_weighted": ("sensitivity", {"reweight_sampler": True}),
+}
+
+
 @hookimpl
 def engage_callbacks(cfg: Any) -> list[Any]:
     """The sampling callbacks ``cfg.callbacks`` asks for (``+callbacks=[sensitivity,loss_driven]``),
     built with their options; a node of the same name with its own ``_target_`` is core's to build.
+    An adaptive sampler (``sampler=loss_driven``, ...) chosen without the callback that tells it
+    what it learns from gets that callback with its defaults, and a line says so.
 
     Examples:
         >>> from omegaconf import OmegaConf
@@ -82,7 +96,52 @@ def engage_callbacks(cfg: Any) -> list[Any]:
         from engage.sampling import callbacks  # SALib and scikit-image: only when a callback is chosen
 
         built.append(getattr(callbacks, class_name)(**OmegaConf.to_container(node, resolve=True)))
+    feeder = sampler_feeder(cfg, built)
+    if feeder is not None:
+        built.append(feeder)
     return built
+
+
+def sampler_feeder(cfg: Any, built: list[Any]) -> Any:
+    """The callback the chosen sampler learns from, with its defaults, when neither ``built`` nor
+    a ``+callbacks.NAME._target_`` of the user's holds one; ``None`` when it needs none.
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.create({"seed": 0, "sampler": {"_target_": "engage.sampling.samplers.breed.BreedSampler"}})
+        >>> type(sampler_feeder(cfg, [])).__name__
+        'LossDrivenSampling'
+    """
+    import dataclasses
+    import logging
+
+    target = (cfg.get("sampler") or {}).get("_target_")
+    if not target:
+        return None
+    from engage.sampling import callbacks, samplers
+
+    for sampler_name, (callback_name, needed) in FED_BY.items():
+        if not _is_subclass(target, getattr(samplers, SAMPLERS[sampler_name][0])):
+            continue
+        class_name, node, _ = CALLBACKS[callback_name]
+        feeder_class = getattr(callbacks, class_name)
+        if any(isinstance(c, feeder_class) for c in built) or any(
+            _is_subclass(user["_target_"], feeder_class)
+            for user in (cfg.get("callbacks") or {}).values()
+            if user and "_target_" in user
+        ):
+            return None
+        options = {f.name: f.default for f in dataclasses.fields(node)} | needed
+        if "seed" in options:  # the config's ``${seed}``
+            options["seed"] = cfg.get("seed", 0)
+        logging.getLogger("engage.sampling").info(
+            "sampler %s learns from what %s tells it: added with its defaults (+callbacks=%s to set its options)",
+            target.rsplit(".", 1)[-1],
+            class_name,
+            callback_name,
+        )
+        return feeder_class(**options)
+    return None
 
 
 @hookimpl
@@ -92,3 +151,13 @@ def engage_config_options() -> list[ConfigOption]:
     # ``+callbacks=[sensitivity,loss_driven]`` composes several and ``callbacks.NAME.KEY=V`` sets values
     options += [ConfigOption("callbacks", name, {name: node}, text) for name, (_, node, text) in CALLBACKS.items()]
     return options
+
+
+def _is_subclass(target: str, base: type) -> bool:
+    """Whether the ``_target_`` names a subclass of ``base`` (a factory function names none)."""
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(target), base)
+    except Exception:  # not a class, or nothing importable: Hydra says so when it builds it
+        return False

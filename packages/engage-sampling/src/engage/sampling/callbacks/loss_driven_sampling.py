@@ -177,16 +177,29 @@ class LossDrivenSampling(Callback):
             return min(1.0, (trainer.current_epoch + 1) / trainer.max_epochs)
         return 0.0
 
-    def _handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
+    def _sampler(self, trainer: pl.Trainer) -> Any:
         sampler = find_sampler(trainer, self.sampler)
         if sampler is None or not hasattr(sampler, "space"):
-            warn_once(
-                self, "nosampler", "LossDrivenSampling found no sampler: pass sampler= or use a DataModule with one"
+            raise ValueError(
+                "LossDrivenSampling found no sampler to tell the losses to: pass sampler=LossDrivenSampler(space) "
+                "(or another loss-aware sampler), or use a DataModule with a sampler (ENGAGE's have one)"
             )
-            return
+        return sampler
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse, before the first step, a callback with no sampler to tell: it would train the
+        whole run telling nothing."""
+        self._sampler(trainer)
+
+    def _handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
+        sampler = self._sampler(trainer)
         if not isinstance(batch, Mapping) or "parameters" not in batch:
-            warn_once(self, "batch", "LossDrivenSampling needs mapping batches with 'parameters' (ENGAGE DataModules)")
-            return
+            got = type(batch).__name__ if not isinstance(batch, Mapping) else f"keys {', '.join(map(str, batch))}"
+            raise TypeError(
+                "LossDrivenSampling needs batches that are mappings holding each sample's unit-normalised "
+                f"'parameters' (ENGAGE's DataModules give them), got {got}: have your collate_fn return "
+                "{'parameters': space.to_unit(x), 'target': y}"
+            )
         now = self.stage == "val" or due(trainer.global_step, self.every_n_steps)
         if isinstance(outputs, Mapping) and self.output_key in outputs:
             # free at every step: held, and told every every_n_steps steps in one call
@@ -219,9 +232,8 @@ class LossDrivenSampling(Callback):
             self._handle(trainer, pl_module, outputs, batch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = find_sampler(trainer, self.sampler)
-        if self._held and sampler is not None and hasattr(sampler, "space"):
-            self._tell_held(sampler)  # the last steps' losses too
+        if self._held:
+            self._tell_held(self._sampler(trainer))  # the last steps' losses too
 
     def state_dict(self) -> dict[str, Any]:
         # the losses held since the last tell, as plain lists (a checkpoint loads without pickles)
