@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from engage.core import hookspecs
+from engage.core.config.validate import ConfigError
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import DISABLE_ENV, PluginError, load_plugins, new_plugin_manager, plugin_infos
 
@@ -286,4 +287,14 @@ def test_registry_clashes_and_failing_hooks_name_their_plugins():
 
     manager = new_plugin_manager([("broken", Broken)], installed=False)
     with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in engage_callbacks: KeyError: 'logger'"):
+        call_each(manager, "engage_callbacks", cfg=None)
+
+    class Refusing:  # a config the plugin's callbacks cannot run with is the user's to fix
+        @staticmethod
+        @hookimpl
+        def engage_callbacks(cfg):
+            raise ConfigError("callbacks.mine.every: must be >= 1, got 0")
+
+    manager = new_plugin_manager([("refusing", Refusing)], installed=False)
+    with pytest.raises(ConfigError, match=r"^callbacks.mine.every: must be >= 1, got 0$"):
         call_each(manager, "engage_callbacks", cfg=None)

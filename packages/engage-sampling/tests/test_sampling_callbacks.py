@@ -329,6 +329,10 @@ def _plain_fit(callbacks, tmp_path, max_steps=4, model=None):
             r"plot_parameters=\(0, 5\) names a parameter beyond the 3 there are",
         ),
         (lambda: LossDrivenSampling(), "LossDrivenSampling found no sampler to tell the losses to"),
+        (
+            lambda: SensitivityAnalysis(names=["a", "b", "c"], every_n_steps=2, reweight_sampler=True),
+            r"SensitivityAnalysis\(reweight_sampler=True\) found no sampler to re-weight",
+        ),
     ],
 )
 def test_in_plain_lightning_what_would_fail_at_the_first_analysis_fails_before_training(callback, expected, tmp_path):

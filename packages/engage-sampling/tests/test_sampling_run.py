@@ -56,6 +56,9 @@ def test_an_adaptive_sampler_chosen_alone_gets_the_callback_it_learns_from(tmp_p
     (feeder,) = sampling_callbacks("sampler=loss_driven", own)
     assert feeder.every_n_steps == 4
     assert sampling_callbacks("sampler=sobol_sequence") == sampling_callbacks("sampler=uniform") == []
+    # a re-weighting asked of a sampler with no weights is refused before anything runs
+    with pytest.raises(ConfigError, match=r"^callbacks.sensitivity.reweight_sampler: the sampler UniformSampler"):
+        sampling_callbacks("+callbacks=sensitivity", "callbacks.sensitivity.reweight_sampler=true")
 
 
 @pytest.mark.slow

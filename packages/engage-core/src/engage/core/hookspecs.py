@@ -135,7 +135,9 @@ def engage_callbacks(cfg: DictConfig) -> Sequence[Callback]:
     Called once per ``engage run``, after the config is composed and before the ``Trainer`` is
     built. ``cfg`` is the whole composed config (``cfg.callbacks`` holds the ``+callbacks=NAME``
     options chosen). Return an empty list when the config asks for none of this plugin's
-    callbacks; build only the callbacks whose options this plugin added.
+    callbacks; build only the callbacks whose options this plugin added. A config these callbacks
+    cannot run with raises :class:`~engage.core.config.validate.ConfigError`, one line naming the
+    key and the fix: ``engage run`` prints it and exits with code 2 before any MLflow run exists.
     """
 
 

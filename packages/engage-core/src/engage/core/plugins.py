@@ -158,7 +158,8 @@ def new_plugin_manager(plugins: Iterable[tuple[str, Any]] = (), *, installed: bo
 def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
     """``(plugin name, result)`` of one hook for each plugin implementing it, each called through
     pluggy (``subset_hook_caller``), in the order pluggy calls them; a plugin whose
-    implementation raises is :class:`PluginHookError` naming it."""
+    implementation raises is :class:`PluginHookError` naming it, unless it refused the config
+    (:class:`~engage.core.config.validate.ConfigError`: one line naming the key)."""
     caller_of = getattr(manager.hook, hook)
     first_result = bool(caller_of.spec and caller_of.spec.opts.get("firstresult"))
     names = [impl.plugin_name for impl in reversed(caller_of.get_hookimpls())]
@@ -169,6 +170,10 @@ def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[
         try:
             answers = caller(**kwargs)
         except Exception as exc:
+            from engage.core.config.validate import ConfigError
+
+            if isinstance(exc, ConfigError):
+                raise  # the config is wrong, not the plugin: its one line, as core's own checks give
             raise PluginHookError(
                 f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}; "
                 f"fix it, or set {DISABLE_ENV}={name}"

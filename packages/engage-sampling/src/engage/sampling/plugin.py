@@ -99,7 +99,29 @@ def engage_callbacks(cfg: Any) -> list[Any]:
     feeder = sampler_feeder(cfg, built)
     if feeder is not None:
         built.append(feeder)
+    _check_reweighting(cfg, built)
     return built
+
+
+def _check_reweighting(cfg: Any, built: list[Any]) -> None:
+    """Refuse, before anything runs, ``callbacks.sensitivity.reweight_sampler=true`` with a sampler
+    that has no parameter weights to set."""
+    from engage.core.config.validate import ConfigError
+
+    target = (cfg.get("sampler") or {}).get("_target_")
+    if not target or not any(getattr(c, "reweight_sampler", False) and c.sampler is None for c in built):
+        return
+    from hydra.utils import get_class
+
+    try:
+        chosen = get_class(target)
+    except Exception:  # a factory function: its sampler is checked when training starts
+        return
+    if not hasattr(chosen, "set_parameter_weights"):
+        raise ConfigError(
+            f"callbacks.sensitivity.reweight_sampler: the sampler {chosen.__name__} has no parameter weights to "
+            "set; choose sampler=sensitivity_weighted or sampler=loss_driven, or set it to false"
+        )
 
 
 def sampler_feeder(cfg: Any, built: list[Any]) -> Any:

@@ -27,7 +27,6 @@ from engage.sampling.callbacks._common import (
     find_space,
     log_figure,
     log_metrics,
-    warn_once,
 )
 from engage.sampling.samplers._unit import check_whole
 
@@ -208,23 +207,7 @@ class SensitivityAnalysis(PeriodicAnalysis):
         log_metrics(trainer, metrics)
         self.history.append({**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step})
         if self.reweight_sampler:
-            sampler = find_sampler(trainer, self.sampler)
-            if hasattr(sampler, "set_parameter_weights"):
-                sampler.set_parameter_weights(result.importance)
-            elif sampler is None:
-                warn_once(
-                    self,
-                    "reweight",
-                    "SensitivityAnalysis(reweight_sampler=True) found no sampler to re-weight: pass sampler=, or "
-                    "train with a DataModule that has one",
-                )
-            else:
-                warn_once(
-                    self,
-                    "reweight",
-                    f"SensitivityAnalysis(reweight_sampler=True): the active sampler {type(sampler).__name__} has "
-                    "no set_parameter_weights; use sampler=sensitivity_weighted or loss_driven",
-                )
+            self._reweighted(trainer).set_parameter_weights(result.importance)
         if self.log_plots:
             self._plot(trainer, result)
         self.last_duration_s = time.perf_counter() - started
@@ -283,6 +266,24 @@ class SensitivityAnalysis(PeriodicAnalysis):
         rather than at its first analysis, ``every_n_steps`` steps into training."""
         if self.every_n_steps is not None or self.every_n_epochs is not None:
             self._resolve_names(trainer)
+            if self.reweight_sampler:
+                self._reweighted(trainer)
+
+    def _reweighted(self, trainer: pl.Trainer) -> Any:
+        """The sampler ``reweight_sampler`` re-weights; refused when there is none that can be."""
+        sampler = find_sampler(trainer, self.sampler)
+        if sampler is None:
+            raise ValueError(
+                "SensitivityAnalysis(reweight_sampler=True) found no sampler to re-weight: pass sampler=, or "
+                "train with a DataModule that has one"
+            )
+        if not hasattr(sampler, "set_parameter_weights"):
+            raise ValueError(
+                f"SensitivityAnalysis(reweight_sampler=True): the active sampler {type(sampler).__name__} has "
+                "no parameter weights to set; use sampler=sensitivity_weighted or loss_driven, or "
+                "reweight_sampler=False"
+            )
+        return sampler
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if due(trainer.global_step, self.every_n_steps):
