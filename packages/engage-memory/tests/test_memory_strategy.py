@@ -92,6 +92,25 @@ def test_the_steady_step_timer_skips_the_first_steps_and_reports_once_per_plan()
         SteadyStepTimer(torch.device("cpu"), skip=0)
 
 
+def test_without_mlflow_the_plan_goes_to_the_loggers_metrics_and_its_files_beside_the_logs(tmp_path, gpt) -> None:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    strategy = MemoryPlanningStrategy(budget="8MiB")
+    logger = CSVLogger(tmp_path)
+    _trainer(strategy, tmp_path, logger=logger, log_every_n_steps=1, max_steps=5).fit(_LitGPT(gpt), _loader())
+    folder = tmp_path / "lightning_logs" / "version_0" / "memory_plan"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["memory_plan.txt", "memory_plan.json", "memory_profile.json", "memory_timeline.png"]
+    )
+    assert "budget 8.00 MiB" in (folder / "memory_plan.txt").read_text()
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as rows:
+        logged = {key: value for row in csv.DictReader(rows) for key, value in row.items() if value}
+    assert float(logged["memory/predicted_peak_bytes"]) == strategy.plan.predicted_peak
+    assert float(logged["memory/measured_step_s"]) == pytest.approx(strategy.measured_step_s)
+
+
 def test_memory_strategy_replans_on_new_shapes(tmp_path, gpt) -> None:
     strategy = MemoryPlanningStrategy(budget="16MiB", print_plan=False, verify=False)
     batches = [(torch.randint(0, 128, (8, n)),) for n in (32, 64, 32)]

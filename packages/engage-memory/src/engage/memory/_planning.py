@@ -6,6 +6,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from engage.memory.options import StrategyOptionError, check_options
 from engage.memory.plan import Plan
 from engage.memory.planner import MemoryPlanner
 from engage.memory.profile import Profile, input_signature, model_signature
-from engage.memory.report import log_steady_step, log_to_mlflow
+from engage.memory.report import log_steady_step, report_plan
 from engage.memory.step_state import cache_off
 from engage.memory.step_timing import SteadyStepTimer
 from engage.memory.watch import StepWatch
@@ -214,9 +215,10 @@ class _MemoryPlanning:
             from rich.console import Console
 
             Console().print(plan.table(self.measured_peak))
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "MLFlowLogger":
-                log_to_mlflow(logger, plan, profile, self.measured_peak, measured)
+        if trainer.is_global_zero:
+            # beside the run's logs: the logger's folder, else the trainer's
+            folder = Path(trainer.log_dir or trainer.default_root_dir) / "memory_plan"
+            report_plan(trainer.loggers, plan, profile, self.measured_peak, measured, folder, trainer.global_step)
         return plan, profile
 
     def _oom(self, exc: BaseException) -> PlannedOutOfMemoryError:
@@ -277,8 +279,7 @@ class _MemoryPlanning:
         self.measured_step_s = seconds
         trainer = self.lightning_module.trainer
         for logger in trainer.loggers:
-            if type(logger).__name__ == "MLFlowLogger":
-                log_steady_step(logger, self.plan, seconds, peak, step=trainer.global_step)
+            log_steady_step(logger, self.plan, seconds, peak, step=trainer.global_step)
 
     def _planned_backward(self, parent_backward: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -1,4 +1,4 @@
-"""Showing a plan: the memory timeline plot and MLflow logging."""
+"""Showing a plan: the memory timeline plot, its files, and its figures to Lightning's loggers."""
 
 from __future__ import annotations
 
@@ -51,10 +51,54 @@ def plot_timeline(
     return path
 
 
-def log_to_mlflow(
-    logger: Any, plan: Plan, profile: Profile, measured_peak: int | None, measured: Sequence[tuple[str, int]] | None
-) -> None:
-    """Log the plan (table, JSON, profile, timeline plot) and its figures to a Lightning ``MLFlowLogger``."""
+#: the files a plan is shown by: its table, its JSON, the profile it was solved from, the timeline plot
+PLAN_FILES = ("memory_plan.txt", "memory_plan.json", "memory_profile.json", "memory_timeline.png")
+
+
+def write_plan_files(
+    folder: str | Path,
+    plan: Plan,
+    profile: Profile,
+    measured_peak: int | None,
+    measured: Sequence[tuple[str, int]] | None,
+) -> list[Path]:
+    """Write :data:`PLAN_FILES` into ``folder`` (made if needed); returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "memory_plan.txt").write_text(plan.render(measured_peak))
+    plan.save(folder / "memory_plan.json")
+    profile.save(folder / "memory_profile.json")
+    plot_timeline(plan.timeline, measured, plan.budget, folder / "memory_timeline.png")
+    return [folder / name for name in PLAN_FILES]
+
+
+def report_plan(
+    loggers: Sequence[Any],
+    plan: Plan,
+    profile: Profile,
+    measured_peak: int | None,
+    measured: Sequence[tuple[str, int]] | None,
+    folder: str | Path,
+    step: int = 0,
+) -> list[str]:
+    """Show a plan to each of a trainer's Lightning ``loggers``: its figures as metrics to every
+    logger; its :data:`PLAN_FILES` as artifacts of an ``MLFlowLogger``'s run, and in ``folder``
+    when no logger keeps artifacts (a CSV or TensorBoard logger, or none). Call on global rank
+    zero only. Returns where the files went.
+
+    Examples:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> from engage.memory.plan import Plan
+        >>> from engage.memory.profile import Profile
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> plan = Plan(names=[], decisions=[], budget=2**20, predicted_peak=2**19, predicted_time=0.01, solver="dp")
+        >>> profile = Profile(blocks=[], base=100, prologue_peak=120, epilogue_peak={"keep": 10},
+        ...                   epilogue_delta={"keep": 5}, end_live=90, fwd_order=[], bwd_order=[], chain=True,
+        ...                   step_time=0.1)
+        >>> [Path(p).name for p in report_plan([CSVLogger(folder)], plan, profile, None, None, folder)]
+        ['memory_plan.txt', 'memory_plan.json', 'memory_profile.json', 'memory_timeline.png']
+    """
     metrics = {
         "memory/budget_bytes": float(plan.budget),
         "memory/predicted_peak_bytes": float(plan.predicted_peak),
@@ -64,20 +108,22 @@ def log_to_mlflow(
     }
     if measured_peak is not None:
         metrics["memory/measured_peak_bytes"] = float(measured_peak)
-    logger.log_metrics(metrics)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "memory_plan.txt").write_text(plan.render(measured_peak))
-        plan.save(folder / "memory_plan.json")
-        profile.save(folder / "memory_profile.json")
-        plot_timeline(plan.timeline, measured, plan.budget, folder / "memory_timeline.png")
-        for name in ("memory_plan.txt", "memory_plan.json", "memory_profile.json", "memory_timeline.png"):
-            logger.experiment.log_artifact(logger.run_id, str(folder / name))
+    where: list[str] = []
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        if type(logger).__name__ == "MLFlowLogger":
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in write_plan_files(tmp, plan, profile, measured_peak, measured):
+                    logger.experiment.log_artifact(logger.run_id, str(path))
+                    where.append(f"mlflow:{logger.run_id}/{path.name}")
+    if not where:
+        where = [str(path) for path in write_plan_files(folder, plan, profile, measured_peak, measured)]
+    return where
 
 
 def log_steady_step(logger: Any, plan: Plan, seconds: float, peak: int | None, step: int) -> None:
     """Log a steady-state step's measured time (and, on CUDA, peak) beside the plan's predictions
-    to a Lightning ``MLFlowLogger``, at training step ``step``."""
+    to a Lightning logger, at training step ``step``."""
     metrics = {
         "memory/measured_step_s": float(seconds),
         "memory/predicted_step_s": float(plan.predicted_time),
