@@ -102,6 +102,42 @@ def test_training_is_paced_to_the_samples_the_simulations_will_send():
     assert paced_rate(settings, simulator, SimpleNamespace(**{**vars(plan), "fast_dev_run": 1}), 1) is None
     # the program decides how many samples: nothing to pace to
     assert paced_rate(settings, SimpleNamespace(samples_per_run=None), plan, 1) is None
+    # a policy that reads each sample once bounds the reads itself: no pace, and no claim of more
+    assert paced_rate(settings, simulator, plan, 1, max_reads=1) is None
+
+
+def test_a_plan_the_samples_cannot_fill_is_said_before_training_and_counted_at_its_end():
+    from engage.core.online.config import OnlineDataConfig
+    from engage.core.online.outcome import OnlineOutcome
+    from engage.core.online.wiring import unfed_plan
+    from engage.core.simulators import HeatEquation
+
+    simulator = HeatEquation(grid=8, steps=4)  # 4 samples a simulation
+    settings = OnlineDataConfig(simulations=6, batch_size=4, batches_per_epoch=20, capacity=16, policy="deterministic")
+    plan = SimpleNamespace(fast_dev_run=False, max_epochs=2, max_steps=-1, accumulate_grad_batches=1)
+    said = unfed_plan(settings, simulator, plan, 1, max_reads=1)
+    assert said == (
+        "data.policy=deterministic reads each sample once: the 6 simulations' 24 samples fill 6 batches of 4 of "
+        "the 40 the trainer plans (trainer.max_epochs=2 x data.batches_per_epoch=20), and training stops when they "
+        "run out; to train them all, raise data.simulations to 40 or use data.policy=reservoir, which reads samples "
+        "again"
+    )
+    assert "on each of 2 ranks" in unfed_plan(settings, simulator, plan, 2, max_reads=1)
+    # Lightning's limit on an epoch's batches is part of the plan
+    limited = SimpleNamespace(**{**vars(plan), "limit_train_batches": 3})
+    assert unfed_plan(settings, simulator, limited, 1, max_reads=1) is None
+    limited.limit_train_batches = 0.5
+    assert (
+        "of the 20 the trainer plans (trainer.max_epochs=2 x data.batches_per_epoch=20 x "
+        "trainer.limit_train_batches=0.5)" in unfed_plan(settings, simulator, limited, 1, max_reads=1)
+    )
+    # samples read again (reservoir), read often enough, or a plan with no end: nothing to say
+    assert unfed_plan(settings, simulator, plan, 1, max_reads=None) is None
+    assert unfed_plan(settings, simulator, plan, 1, max_reads=7) is None
+    assert unfed_plan(settings, simulator, SimpleNamespace(**{**vars(plan), "max_epochs": -1}), 1, 1) is None
+    line = OnlineOutcome(6, 6, 0, 0, 24, 24, 6, batches_planned=40).line()
+    assert line.endswith("samples: 24 received, 24 trained; batches: 6 trained of 40 planned")
+    assert "planned" not in OnlineOutcome(6, 6, 0, 0, 24, 24, 6, batches_planned=6).line()
 
 
 def test_the_deterministic_policy_reads_each_sample_once():

@@ -24,7 +24,7 @@ from engage.core.online.journal import Journal
 from engage.core.online.ledger import TrainingLedger
 from engage.core.online.outcome import OnlineOutcome, OnlineRunFailed
 from engage.core.online.scheduler import SimulationScheduler
-from engage.core.online.wiring import make_executor, new_scheduler, paced_rate
+from engage.core.online.wiring import make_executor, new_scheduler, paced_rate, planned_batches, unfed_plan
 from engage.core.samplers.base import Sampler
 from engage.core.samplers.uniform import UniformSampler
 from engage.core.simulators.base import Simulator
@@ -208,6 +208,8 @@ class OnlineDataModule(pl.LightningDataModule):
         #: names this run's state (journal, work folder, shared memory); a resumed run keeps its own
         self.run_id: str | None = None
         self.rank, self.world_size = 0, 1
+        #: the batches this rank's trainer plans to train (``None``: no end planned), once fitting
+        self.batches_planned: int | None = None
         self._group: Any = None
         self._restored: dict[str, Any] | None = None
 
@@ -233,8 +235,15 @@ class OnlineDataModule(pl.LightningDataModule):
             self._limit_threads()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and stage in (None, "fit"):
+            plan = planned_batches(self.settings, trainer)
+            self.batches_planned = plan[0] if plan is not None else None
+            unfed = unfed_plan(self.settings, self.simulator, trainer, self.world_size, self.buffer.max_reads)
+            if unfed is not None and self.rank == 0:
+                log.warning(unfed)
             if self.settings.rate_limit is None:
-                self.buffer.rate_limit = paced_rate(self.settings, self.simulator, trainer, self.world_size)
+                self.buffer.rate_limit = paced_rate(
+                    self.settings, self.simulator, trainer, self.world_size, self.buffer.max_reads
+                )
             from engage.core.online.progress import OnlineProgress
             from engage.core.online.report import SimulationReport
             from engage.core.online.run_check import OnlineRunCheck
@@ -400,6 +409,7 @@ class OnlineDataModule(pl.LightningDataModule):
             return OnlineOutcome(
                 requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained,
                 samples_unread=self.buffer.unread(), samples_untrained=self._untrained_samples(),
+                batches_planned=self.batches_planned,
             )  # fmt: skip
         requested = sched.steering.requested if self.settings.max_samples is None else sched.planned
         with sched.consistent():  # no message handled meanwhile: the buffer holds what was counted
@@ -414,6 +424,7 @@ class OnlineDataModule(pl.LightningDataModule):
             batches_trained=self.ledger.batches_trained,
             samples_unread=unread,
             samples_untrained=self._untrained_samples(),
+            batches_planned=self.batches_planned,
         )
 
     def _untrained_samples(self) -> int:
@@ -432,12 +443,12 @@ class OnlineDataModule(pl.LightningDataModule):
         counts = [
             mine.requested or 0, int(mine.requested is None), mine.completed, mine.failed, mine.given_up,
             mine.samples_received, mine.samples_trained, mine.batches_trained, mine.samples_unread,
-            mine.samples_untrained,
+            mine.samples_untrained, mine.batches_planned or 0,
         ]  # fmt: skip
         total = torch.tensor(counts, dtype=torch.int64)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self._group)
-        requested, unbounded, *rest = (int(v) for v in total.tolist())
-        return OnlineOutcome(None if unbounded else requested, *rest)
+        requested, unbounded, *rest, planned = (int(v) for v in total.tolist())
+        return OnlineOutcome(None if unbounded else requested, *rest, batches_planned=planned or None)
 
     def check_outcome(self) -> OnlineOutcome:
         """The outcome, or :class:`~.outcome.OnlineRunFailed` when the run fell short."""

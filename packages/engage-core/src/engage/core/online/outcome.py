@@ -13,6 +13,8 @@ Example::
     'simulations: 4 requested, 3 completed, 2 failed, 1 given up; samples: 48 received, 40 trained, 8 never read'
     >>> OnlineOutcome(None, 3, 0, 0, 48, 40, 10, samples_untrained=8).line()
     'simulations: 3 completed, 0 failed, 0 given up; samples: 48 received, 40 trained, 8 in batches not trained'
+    >>> OnlineOutcome(None, 3, 0, 0, 9, 9, 3, batches_planned=10).line()
+    'simulations: 3 completed, 0 failed, 0 given up; samples: 9 received, 9 trained; batches: 3 trained of 10 planned'
     >>> outcome.problem(min_completed=1.0)
     '3 of 4 simulations completed; data.min_completed=1.0 requires 4 (1 given up after its retries)'
     >>> outcome.problem(min_completed=0.75) is None
@@ -48,7 +50,8 @@ class OnlineOutcome:
     training step (handed out as training ended, or dropped with an epoch's iterator). Read
     once each (``fifo``, ``firo``, ``deterministic``), the samples received are those trained,
     unread and untrained; under ``reservoir`` a sample may be trained in one batch and untrained
-    in another.
+    in another. ``batches_planned``: the batches the trainer planned (``None``: no end planned);
+    the line says how many of them were trained when the stream ended first.
     """
 
     requested: int | None
@@ -60,15 +63,18 @@ class OnlineOutcome:
     batches_trained: int
     samples_unread: int = 0
     samples_untrained: int = 0
+    batches_planned: int | None = None
 
     def line(self) -> str:
         """One line for the console and logs."""
         requested = "" if self.requested is None else f"{self.requested} requested, "
+        short = self.batches_planned is not None and self.batches_trained < self.batches_planned
         return (
             f"simulations: {requested}{self.completed} completed, {self.failed} failed, {self.given_up} given up; "
             f"samples: {self.samples_received} received, {self.samples_trained} trained"
             + (f", {self.samples_unread} never read" if self.samples_unread else "")
             + (f", {self.samples_untrained} in batches not trained" if self.samples_untrained else "")
+            + (f"; batches: {self.batches_trained} trained of {self.batches_planned} planned" if short else "")
         )
 
     def metrics(self) -> dict[str, float]:
@@ -83,6 +89,7 @@ class OnlineOutcome:
             "batches_trained": "batches_trained",
             "samples_unread": "samples_unread",
             "samples_untrained": "samples_untrained",
+            "batches_planned": "batches_planned",
         }
         return {f"online/{names[k]}": float(v) for k, v in asdict(self).items() if v is not None}
 

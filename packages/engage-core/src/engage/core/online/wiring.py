@@ -109,25 +109,76 @@ def new_scheduler(
     )
 
 
-def paced_rate(settings: OnlineDataConfig, simulator: Simulator, trainer: pl.Trainer, world_size: int) -> float | None:
-    """Reads per sample that spread the batches the trainer plans over the samples the
-    simulations will send (at least 1), so that training lasts as long as the simulations
-    instead of ending before they complete; ``None`` (no limit) when either is open-ended."""
-    if trainer.fast_dev_run or settings.simulations is None:
+def planned_batches(settings: OnlineDataConfig, trainer: pl.Trainer) -> tuple[int, str] | None:
+    """The batches each rank's trainer plans to train, and where that number comes from;
+    ``None`` when it plans no end (or only a dry run)."""
+    if trainer.fast_dev_run:
         return None
-    batches = None
+    plans = []
     if trainer.max_epochs is not None and trainer.max_epochs >= 0:
-        batches = trainer.max_epochs * settings.batches_per_epoch
+        per_epoch, source = settings.batches_per_epoch, f"data.batches_per_epoch={settings.batches_per_epoch}"
+        limit = getattr(trainer, "limit_train_batches", None)
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit < per_epoch:
+            per_epoch, source = limit, f"trainer.limit_train_batches={limit}"
+        elif isinstance(limit, float) and limit < 1.0:
+            per_epoch, source = int(per_epoch * limit), f"{source} x trainer.limit_train_batches={limit}"
+        plans.append((trainer.max_epochs * per_epoch, f"trainer.max_epochs={trainer.max_epochs} x {source}"))
     if trainer.max_steps is not None and trainer.max_steps > 0:
         steps = trainer.max_steps * trainer.accumulate_grad_batches
-        batches = steps if batches is None else min(batches, steps)
-    if simulator.samples_per_run is None:  # the program decides: no plan to pace to
+        accumulated = f" x {trainer.accumulate_grad_batches} accumulated" if trainer.accumulate_grad_batches > 1 else ""
+        plans.append((steps, f"trainer.max_steps={trainer.max_steps}{accumulated}"))
+    return min(plans) if plans else None
+
+
+def planned_samples(settings: OnlineDataConfig, simulator: Simulator, world_size: int) -> int | None:
+    """The samples all the run's simulations send, when the simulator says how many each sends."""
+    if settings.simulations is None or simulator.samples_per_run is None:  # the program decides
         return None
     samples = settings.simulations * simulator.samples_per_run
     if settings.max_samples is not None:  # a bound of each rank's
         samples = min(samples, settings.max_samples * world_size)
-    if not batches or samples <= 0:
+    return samples
+
+
+def unfed_plan(
+    settings: OnlineDataConfig, simulator: Simulator, trainer: pl.Trainer, world_size: int, max_reads: int | None
+) -> str | None:
+    """Why the trainer's plan cannot be fed, or ``None``: under a policy that reads each sample
+    at most ``max_reads`` times, the simulations' samples may fill fewer batches than the trainer
+    plans, and training then stops when they run out (the end of the stream ends it)."""
+    plan = planned_batches(settings, trainer)
+    samples = planned_samples(settings, simulator, world_size)
+    if max_reads is None or plan is None or not samples:
         return None
-    rate = max(1.0, batches * settings.batch_size * world_size / samples)
+    batches, source = plan
+    per_batch = settings.batch_size * world_size
+    possible = -(-samples * max_reads // per_batch)  # the last one may be short
+    if possible >= batches:
+        return None
+    reads = "once" if max_reads == 1 else f"{max_reads} times"
+    ranks = f" on each of {world_size} ranks" if world_size > 1 else ""
+    needed = -(-batches * per_batch // (simulator.samples_per_run * max_reads))
+    return (
+        f"data.policy={settings.policy} reads each sample {reads}: the {settings.simulations} simulations' "
+        f"{samples} samples fill {possible} batches of {settings.batch_size}{ranks} of the {batches} the trainer "
+        f"plans ({source}), and training stops when they run out; to train them all, raise data.simulations to "
+        f"{needed} or use data.policy=reservoir, which reads samples again"
+    )
+
+
+def paced_rate(
+    settings: OnlineDataConfig, simulator: Simulator, trainer: pl.Trainer, world_size: int, max_reads: int | None = None
+) -> float | None:
+    """Reads per sample that spread the batches the trainer plans over the samples the
+    simulations will send (at least 1), so that training lasts as long as the simulations
+    instead of ending before they complete; ``None`` (no limit) when either is open-ended, or
+    when the policy's ``max_reads`` bounds the reads of each sample below that anyway."""
+    plan = planned_batches(settings, trainer)
+    samples = planned_samples(settings, simulator, world_size)
+    if plan is None or not plan[0] or not samples:
+        return None
+    rate = max(1.0, plan[0] * settings.batch_size * world_size / samples)
+    if max_reads is not None and rate >= max_reads:
+        return None
     log.info("training paced to the simulations: a sample is read %.3g times on average at most", rate)
     return rate
