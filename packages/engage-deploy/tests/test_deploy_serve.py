@@ -147,6 +147,13 @@ def test_a_replica_serves_each_version_while_the_model_trains(replica: Replica, 
     history = client.get_metric_history(logger.run_id, "serve/model_version")
     seconds = {int(r.due_s) for r in generator.results if r.ok}
     assert [m.value for m in history][-1] == 320 and [m.step for m in history] == sorted(seconds)
+    # the per-second median latency is a series of the seconds alone; the whole run's is its own
+    latency = client.get_metric_history(logger.run_id, "serve/latency_ms_p50")
+    assert [m.step for m in latency] == sorted(seconds)
+    summary = generator.summary()
+    (whole,) = client.get_metric_history(logger.run_id, "serve/run/latency_ms_p50")
+    assert whole.value == pytest.approx(summary["latency_ms_p50"])
+    assert client.get_metric_history(logger.run_id, "serve/run/requests")[0].value == summary["requests"]
     assert client.get_metric_history(logger.run_id, "serve/published_version")[-1].value == 320
     assert {a.path for a in client.list_artifacts(logger.run_id, "serve")} == {
         "serve/requests.json",

@@ -401,9 +401,10 @@ class ServedRequests:
 
     def log_to_mlflow(self, run_id: str, tracking_uri: str | None = None, folder: Path | None = None) -> None:
         """Per second of the run: answers, failures, median latency (ms), median error and the
-        newest model version answering (``serve/...`` metrics, step = second), the summary as
-        parameters-like tags, every request as ``serve/requests.json`` and a plot of latency (ms)
-        over time (s) and error against model version, ``serve/serving.png``."""
+        newest model version answering (``serve/...`` metrics, step = second); the whole run's
+        :meth:`summary` (``serve/run/requests``, ``serve/run/latency_ms_p50``, ...); every request
+        as ``serve/requests.json``; a plot of latency (ms) over time (s) and error against model
+        version, ``serve/serving.png``."""
         import tempfile
 
         from mlflow.entities import Metric
@@ -427,11 +428,13 @@ class ServedRequests:
             metrics += [Metric(k, float(v), now, second) for k, v in values.items()]
         for i in range(0, len(metrics), 900):
             client.log_batch(run_id, metrics=metrics[i : i + 900])
+        # the whole run's figures under names of their own: one value each, never a point of the
+        # per-second series above (a p50 of the whole run at second 0 would be read as one)
         summary = self.summary()
         client.log_batch(
             run_id,
             metrics=[
-                Metric(f"serve/{k}", float(v), now, 0)
+                Metric(f"serve/run/{k}", float(v), now, 0)
                 for k, v in summary.items()
                 if isinstance(v, (int, float)) and v is not None
             ],
