@@ -230,3 +230,47 @@ def test_the_runs_of_interrupted_jobs_end_killed_even_where_the_stop_failed_them
     client.set_terminated(finished, status="FINISHED")
     assert mark_killed(uri, [running, failed, finished]) == 2
     assert [client.get_run(r).info.status for r in (running, failed, finished)] == ["KILLED", "KILLED", "FINISHED"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_plain_mlflow_apps_runs_are_the_jobs_runs_from_their_start_to_a_stop(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # a new store, parallel jobs: they start while the sweep's server starts, and their own
+    # mlflow.start_run() must neither create the experiment (racing the launcher) nor run alone
+    proc = start_app(tmp_path, "hydra.launcher.parallelism=3", "+x=1,2,3", "+fluent_run=true")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    experiment = MlflowClient(uri).get_experiment_by_name("engage")
+    assert not experiment.artifact_location.startswith("mlflow-artifacts:")  # readable without a server
+    parent, kids = children(uri)
+    assert [r.info.run_name for r in kids] == ["x=1", "x=2", "x=3"]  # the app's runs, one a job
+    assert [r.data.params["overrides"] for r in kids] == [f"+x={x} +fluent_run=True" for x in (1, 2, 3)]
+    assert {r.data.params["engage.attempt"] for r in kids} == {"1"}
+    assert not any(r.data.tags.get("engage.record_run") for r in kids)
+    # stopped while the app's runs are open: they end KILLED, under the sweep, with no second run
+    proc = start_app(
+        tmp_path, "hydra.sweep.dir=stopped", "hydra.launcher.parallelism=2", "+x=4,5", "+fluent_run=true",
+        "+fluent_sleep=120",
+    )  # fmt: skip
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+        if len([r for r in running if r.info.run_name in ("x=4", "x=5")]) == 2:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the jobs' runs did not start")
+    assert all(r.data.tags.get("mlflow.parentRunId") for r in running if r.info.run_name.startswith("x="))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "marked KILLED" in out + err
+    runs = client.search_runs([experiment.experiment_id], "tags.`engage.job` != ''", max_results=100)
+    stopped = sorted((r.info.run_name, r.info.status) for r in runs if r.info.start_time > parent.info.end_time)
+    assert stopped == [("x=4", "KILLED"), ("x=5", "KILLED")]
+    # a sweep without the server (one job at a time) writes to the same store directly
+    proc = start_app(tmp_path, "hydra.sweep.dir=one", "hydra.launcher.parallelism=1", "+x=6", "+fluent_run=true")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]

@@ -1,6 +1,6 @@
 """A tiny Hydra app for the launcher tests: returns 2*x, can fail, fail once, be killed once by
-SIGKILL, sleep, exit with an error after returning, or log its own MLflow run under the sweep's
-parent run."""
+SIGKILL, sleep, exit with an error after returning, log its own MLflow run under the sweep's
+parent run, or open one as a plain MLflow user's app does (``mlflow.start_run()``)."""
 
 import json
 import os
@@ -40,6 +40,13 @@ def main(cfg: DictConfig) -> int:
             tags["mlflow.parentRunId"] = parent
         with mlflow.start_run(tags=tags):
             mlflow.log_metric("x", x)
+    if cfg.get("fluent_run"):
+        # a plain MLflow user's app: its own run, in no experiment and under no parent of its own
+        import mlflow
+
+        with mlflow.start_run(run_name=f"x={x}"):
+            mlflow.log_metric("x", x)
+            time.sleep(float(cfg.get("fluent_sleep", 0.0)))
     if x == int(cfg.get("exit_after_return_on", -1)):
         # the task returns; then the process ends with code 5, as a failed rank or a crash in
         # teardown would (a new interpreter waits for this thread before it exits)

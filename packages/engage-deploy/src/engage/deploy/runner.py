@@ -16,8 +16,10 @@ Example (what the launcher starts)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -110,6 +112,45 @@ def _go_offline_if_needed(tracking: TrackingContract | None) -> str | None:
     return tracking.offline_uri
 
 
+def _wait_for_the_sweeps_experiment(tracking: TrackingContract | None) -> None:
+    """Let the launcher create the sweep's experiment (and its parent run) before the job's code
+    may: a job started while the sweep's server started would otherwise find no experiment, and
+    MLflow's fluent API (``mlflow.start_run()`` with ``MLFLOW_EXPERIMENT_NAME``) would create it
+    through the server, racing the launcher (one of them fails, ``RESOURCE_ALREADY_EXISTS``) and
+    giving it an artifact location only that server can resolve. The runs the job opens are then
+    made under the sweep's run from the start (:mod:`engage.deploy.job_run_context`). Jobs logging
+    straight to an SQLite store start at once: the launcher began opening it before they did."""
+    from engage.core.tracking.store import PARENT_RUN_ENV, parent_run_id
+
+    if tracking is None or not tracking.uri.startswith(("http://", "https://")) or tracking.parent_run_id:
+        return
+    if tracking.parent_run_file:
+        os.environ[PARENT_RUN_ENV] = parent_run_id() or ""
+
+
+def _end_the_jobs_run_when_stopped(job_dir: Path) -> None:
+    """On SIGTERM (the launcher stopping its sweep, a job's time limit), end the run the job's
+    code opened through MLflow's fluent API as KILLED and record its id for the launcher, then
+    end by that signal as before: the run is not left RUNNING, and the launcher adds its records
+    to it instead of making a run of its own. ``engage run`` handles SIGTERM itself while it
+    trains, and records its run's id as it opens it."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stopped(signum: int, frame: Any) -> None:
+        mlflow = sys.modules.get("mlflow")
+        with contextlib.suppress(Exception):  # the process ends by the signal whatever MLflow says
+            run = mlflow.active_run() if mlflow is not None else None
+            if run is not None:
+                if not read_run_id(job_dir):
+                    (job_dir / RUN_ID_FILE).write_text(run.info.run_id)
+                mlflow.end_run("KILLED")
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, stopped)
+
+
 def _fluent_run_id() -> str | None:
     """The last run MLflow's fluent API started in this process, if the job used it."""
     if "mlflow" not in sys.modules:
@@ -176,6 +217,10 @@ def run(job_dir: Path) -> int:
         from engage.core.tracking.store import TRACKING_URI_ENV
 
         os.environ[TRACKING_URI_ENV] = os.environ["MLFLOW_TRACKING_URI"] = offline
+    elif rank.records:
+        _wait_for_the_sweeps_experiment(contract.tracking)
+    if rank.records:
+        _end_the_jobs_run_when_stopped(job_dir)
     started = time.time()
     ret: JobReturn = run_job(
         hydra_context=payload["hydra_context"],

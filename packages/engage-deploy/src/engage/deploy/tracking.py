@@ -536,6 +536,11 @@ def _job_filter(parent_run_id: str | None, output_dir: str | None) -> list[str]:
     return conditions
 
 
+def job_params(record: JobRecord) -> dict[str, str]:
+    """The params every job's run holds: its overrides and its attempt."""
+    return {"overrides": " ".join(record.overrides)[:6000] or "(none)", ATTEMPT_TAG: str(record.attempt)}
+
+
 def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: JobRecord) -> str:
     """Add ``record`` to the job's own run (``record.run_id``) or to a new child run of the sweep;
     returns the run id."""
@@ -576,15 +581,13 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
         delete_record_runs(
             uri, experiment_id, parent_run_id, record.index, record.attempt, record.output_dir, keep=run_id
         )
-        params = {
-            "overrides": " ".join(record.overrides)[:6000] or "(none)",
-            ATTEMPT_TAG: str(record.attempt),
-            **record.params,
-        }
+        params = {**job_params(record), **record.params}
         first = {"params": [Param(k, str(v)[:6000]) for k, v in params.items()]}
     else:
         run_id = existing.info.run_id
-        first = {"tags": [RunTag(k, v) for k, v in tags.items()]}
+        # the job's own run gets the same params, where its code did not log one of that name
+        params = {k: v for k, v in job_params(record).items() if k not in existing.data.params}
+        first = {"tags": [RunTag(k, v) for k, v in tags.items()], "params": [Param(k, v) for k, v in params.items()]}
     client.log_batch(run_id, metrics=metrics[:900], **first)
     for start in range(900, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
