@@ -300,6 +300,26 @@ def test_spawned_ranks_cannot_take_the_online_datamodule_one_line_and_exit_code_
     assert "use strategy=ddp" in err and list(tmp_path.rglob("*.db")) == []  # before any run was recorded
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Lightning would start this node's two ranks and wait for the other node's for ever
+        (["trainer.num_nodes=2"], "engage run: trainer.num_nodes=2: nothing starts the other nodes' ranks here"),
+        # the third rank would have no simulation of its own, and no rank could train
+        (["trainer.devices=3", "data.simulations=2"], "engage run: data.simulations=2: fewer than the 3 ranks"),
+    ],
+)
+def test_what_several_ranks_cannot_run_is_one_line_and_exit_code_2(overrides, expected, capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("MASTER_ADDR", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["run", "strategy=ddp", "trainer.devices=2", *overrides, f"hydra.run.dir={tmp_path}"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(expected), err
+    assert list(tmp_path.rglob("*.db")) == [] and not (tmp_path / "online").exists()
+
+
 TINY_FAST = [
     "data=simulated", "simulator.steps=3", "data.train_simulations=2", "data.val_simulations=1", "model.width=4",
     "trainer.fast_dev_run=1", "trainer.enable_progress_bar=false",

@@ -109,3 +109,12 @@ def test_ddp_two_ranks_get_distinct_simulations_and_save_both_states(tmp_path):
     state = checkpoint["OnlineDataModule"]
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert state["ranks"][0]["sampler"]["num_asked"] == state["ranks"][1]["sampler"]["num_asked"]
+    # resumed on another number of ranks: refused before anything starts, naming both
+    from types import SimpleNamespace
+
+    from engage.core.config.validate import ConfigError
+    from engage.core.training import check_ranks
+
+    one = SimpleNamespace(world_size=1, num_nodes=1, strategy=SimpleNamespace())
+    with pytest.raises(ConfigError, match=r"holds the data state of 2 ranks; resume with as many .* = 2\), not 1$"):
+        check_ranks(one, None, str(tmp_path / "ckpt" / "last.ckpt"), len(state["ranks"]))

@@ -147,11 +147,48 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(value)
 
 
-def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig | None = None) -> None:
+def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, saved_ranks: int | None) -> None:
+    """Refuse, before anything starts, what several ranks cannot run (one line,
+    :class:`ConfigError`): nodes no cluster starts, fewer online simulations than ranks (a rank
+    without any would train nothing), and a checkpoint of another number of ranks."""
+    import os
+
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    ranks = trainer.world_size
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if (
+        trainer.num_nodes > 1
+        and isinstance(environment, LightningEnvironment)
+        and not {"MASTER_ADDR", "NODE_RANK"} & set(os.environ)
+    ):
+        # Lightning would start this node's ranks and wait for the others' for ever
+        raise ConfigError(
+            f"trainer.num_nodes={trainer.num_nodes}: nothing starts the other nodes' ranks here (no Slurm job, no "
+            "torchrun, no NODE_RANK and MASTER_ADDR); run it inside a Slurm allocation or under torchrun, or set "
+            "trainer.num_nodes=1"
+        )
+    simulations = getattr(getattr(datamodule, "settings", None), "simulations", None)
+    if isinstance(datamodule, OnlineDataModule) and simulations is not None and simulations < ranks:
+        raise ConfigError(
+            f"data.simulations={simulations}: fewer than the {ranks} ranks (trainer.devices x trainer.num_nodes), and "
+            f"each rank trains on simulations of its own; raise data.simulations to {ranks} or more, or train on "
+            "fewer devices"
+        )
+    if saved_ranks is not None and saved_ranks != ranks:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: the checkpoint holds the data state of {saved_ranks} "
+            f"rank{'s' if saved_ranks != 1 else ''}; resume with as many (trainer.devices x trainer.num_nodes = "
+            f"{saved_ranks}), not {ranks}"
+        )
+
+
+def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig | None = None) -> int | None:
     """Refuse, before anything starts, a checkpoint whose weights do not fit ``model`` (another
     width, say), whose data state is of another simulator, parameter space or sampler, or, to
     fit with ``trainer`` (its config), that has trained as long as asked already (one line,
-    :class:`ConfigError`)."""
+    :class:`ConfigError`). Returns the number of ranks whose online data state it holds, if any
+    (see :func:`check_ranks`)."""
     import fsspec
     import torch
 
@@ -179,11 +216,13 @@ def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig
         _check_training_left(path, checkpoint, trainer)
     state = checkpoint.get(type(datamodule).__qualname__)
     if state is None or not hasattr(datamodule, "sampler"):
-        return
+        return None
     try:
         check_resumable(state, datamodule.simulator, datamodule.sampler)
     except ValueError as exc:
         raise ConfigError(f"ckpt_path={path}: {exc}") from None
+    ranks = state.get("ranks")
+    return len(ranks) if isinstance(ranks, list) else None
 
 
 def _check_training_left(path: str, checkpoint: dict[str, Any], trainer: DictConfig) -> None:
@@ -276,8 +315,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         value_range=list(simulator.value_range) if simulator.value_range else None,
         samples_per_run=simulator.samples_per_run,
     )
+    saved_ranks = None
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, datamodule, model, cfg.trainer if cfg.task == "fit" else None)
+        saved_ranks = check_checkpoint(ckpt_path, datamodule, model, cfg.trainer if cfg.task == "fit" else None)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer_kwargs.setdefault("default_root_dir", str(output_dir))
     trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])
@@ -289,6 +329,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Lightning's own checks of its arguments (trainer.accelerator=tpu, trainer.devices=0): one
         # line, as the config's own checks
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
+    check_ranks(trainer, datamodule, ckpt_path, saved_ranks)
     start = getattr(trainer.strategy, "_start_method", None)
     if start in ("spawn", "forkserver") and isinstance(datamodule, OnlineDataModule):
         # a spawned rank is handed the DataModule pickled, and the online one holds its streams

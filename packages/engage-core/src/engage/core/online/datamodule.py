@@ -507,8 +507,8 @@ class OnlineDataModule(pl.LightningDataModule):
         check_resumable(state_dict, self.simulator, self.sampler)
         if len(ranks) != self.world_size:
             raise ValueError(
-                f"the checkpoint holds the data state of {len(ranks)} ranks; resume with the same number of "
-                f"devices ({len(ranks)}), not {self.world_size}"
+                f"the checkpoint holds the data state of {len(ranks)} rank{'s' if len(ranks) != 1 else ''}; resume "
+                f"with the same number of devices ({len(ranks)}), not {self.world_size}"
             )
         if self.scheduler is not None:
             raise RuntimeError("the data state must be loaded before simulations start (before the first batch)")
