@@ -9,8 +9,10 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from engage.core.cli import main
+from engage.core.config.validate import compose_config
 from engage.core.online import OnlineDataModule
 from engage.core.samplers import UniformSampler
 from engage.core.simulators import ExecutableSimulator
@@ -87,6 +89,28 @@ def test_a_program_runs_in_its_folder_with_its_environment(tmp_path):
         **{**arguments, "argv": ["./wave.sh", *arguments["argv"][2:]]}, env={"WAVE_MARK": "a b;c"}, cwd=tmp_path
     )
     assert len(list(sim.run({"frequency": 1.0, "damping": 0.0}))) == 2
+
+
+def test_a_program_of_ones_own_declares_its_parameters_whole(capsys, tmp_path, monkeypatch):
+    """The example wave's parameters are its own: another program with none declared is refused,
+    and the ones it declares are all it has (never merged with the wave's)."""
+    monkeypatch.chdir(tmp_path)
+    program = tmp_path / "mine.sh"
+    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TRAVELLING_WAVE}" "$@"\n')
+    program.chmod(0o755)
+    argv = f"simulator.argv=[{program},'{{address}}','{{simulation_id}}','{{attempt}}']"
+    assert main(["run", "simulator=command", argv, f"hydra.run.dir={tmp_path}"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith("engage run: simulator.parameters: declare your program's parameters, e.g. ++simulator.parameters=")
+    )
+    cfg = compose_config(["simulator=command", argv, "++simulator.parameters={omega: {low: 1, high: 3}}"])
+    assert list(cfg.simulator.parameters) == ["omega"]
+    assert list(instantiate(cfg.simulator).space.names) == ["omega"]
+    # the example wave, as it ships, keeps its own
+    assert list(instantiate(compose_config(["simulator=command"]).simulator).space.names) == ["frequency", "damping"]
 
 
 def test_bad_command_line_from_engage_run_is_one_line_and_exit_code_2(capsys, tmp_path, monkeypatch):

@@ -206,7 +206,9 @@ class CommandSimulatorConfig:
     _target_: str = "engage.core.simulators.executable.ExecutableSimulator"
     #: the wave's last word, its number of steps, follows ``samples_per_run``
     argv: list[str] = field(default_factory=lambda: [*_travelling_wave("argv")[:-1], "${..samples_per_run}"])
-    parameters: dict[str, Any] = field(default_factory=lambda: _travelling_wave("parameters"))
+    #: empty: the example wave's (frequency, damping), for the example wave only; your program
+    #: declares its own, whole (what is given here is never merged with the wave's)
+    parameters: dict[str, Any] = field(default_factory=dict)
     sample_shape: list[int] = field(default_factory=lambda: _travelling_wave("sample_shape"))
     samples_per_run: int | None = field(default_factory=lambda: _travelling_wave("samples_per_run"))
     dtype: str = field(default_factory=lambda: _travelling_wave("dtype"))

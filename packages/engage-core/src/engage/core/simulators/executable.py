@@ -137,7 +137,7 @@ def _check_argv(argv: Sequence[Any], env: Mapping[str, str], cwd: str | None) ->
 
 def check_arguments(
     argv: Sequence[Any],
-    parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
     sample_shape: Sequence[int],
     samples_per_run: int | None,
     dtype: str | np.dtype = "float32",
@@ -146,7 +146,8 @@ def check_arguments(
     cwd: str | os.PathLike[str] | None = None,
 ) -> CheckedArguments:
     """Check the arguments of :class:`ExecutableSimulator` (and of ``simulator=command``'s config);
-    raise :class:`ExecutableSimulatorError` naming the first field that cannot work."""
+    raise :class:`ExecutableSimulatorError` naming the first field that cannot work. ``parameters``
+    ``None`` or empty is the example wave's space, for the example wave's program only."""
     if env is not None and not isinstance(env, Mapping):
         raise ExecutableSimulatorError("env", f"must map variable names to values, got {env!r}")
     environment = {}
@@ -162,6 +163,15 @@ def check_arguments(
         if not os.path.isdir(folder):
             raise ExecutableSimulatorError("cwd", f"{os.fspath(cwd)!r} is not a folder; give an existing one or None")
     words, program = _check_argv(argv, environment, folder)
+    if not parameters:
+        # the example wave's own, for the example wave alone: a program of the user's declares its
+        # own (a default space merged with theirs would give the model inputs it never reads)
+        if len(words) < 2 or os.path.abspath(words[1]) != os.path.abspath(TRAVELLING_WAVE):
+            raise ExecutableSimulatorError(
+                "parameters",
+                "declare your program's parameters, e.g. ++simulator.parameters='{viscosity: {low: 0.001, high: 0.1}}'",
+            )
+        parameters = travelling_wave_arguments()["parameters"]
     try:
         space = ParameterSpace.from_config(parameters)  # type: ignore[arg-type]
     except (TypeError, ValueError, AttributeError) as exc:
@@ -237,7 +247,7 @@ class ExecutableSimulator(Simulator):
     def __init__(
         self,
         argv: Sequence[str],
-        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
         sample_shape: Sequence[int],
         samples_per_run: int | None,
         dtype: str | np.dtype = "float32",
