@@ -110,3 +110,27 @@ def test_a_replay_that_differs_says_when_the_read_order_is_why(monkeypatch, caps
     out = capsys.readouterr().out
     assert "data.policy=reservoir, in an order that depends on when they arrive" in out
     assert out.rstrip().endswith(f"replay of {'a' * 32}: run {'b' * 32} in /out, metrics DIFFERENT")
+
+
+def test_a_replay_of_a_failed_run_says_whether_it_failed_again(monkeypatch, capsys):
+    import argparse
+
+    from engage.core import replay as module
+
+    namespace = argparse.Namespace(run_id="a" * 32, tracking_uri=None, output_dir=None, rtol=1e-6, atol=0.0)
+    why = "online run failed: 1 of 4 simulations completed"
+    failed_again = module.ReplayResult(
+        "a" * 32, "b" * 32, 4, output_dir="/out", policy="reservoir", original_status="FAILED",
+        original_error=why, replay_error=why,
+    )  # fmt: skip
+    monkeypatch.setattr(module, "replay", lambda *args: failed_again)
+    assert failed_again.verdict == "failure reproduced" and module.run_command(namespace) == 0
+    out = capsys.readouterr().out
+    assert f"the original run failed: {why}" in out and f"the replay exited with code 4: {why}" in out
+    assert "data.policy" not in out  # no curve was compared: the read order is not why
+    assert out.rstrip().endswith(f"replay of {'a' * 32}: run {'b' * 32} in /out, failure reproduced")
+    # a failed run whose replay finished is a different outcome
+    finished = module.ReplayResult("a" * 32, "b" * 32, 0, output_dir="/out", original_status="FAILED")
+    monkeypatch.setattr(module, "replay", lambda *args: finished)
+    assert finished.verdict == "different" and module.run_command(namespace) == 1
+    assert capsys.readouterr().out.rstrip().endswith(", DIFFERENT")

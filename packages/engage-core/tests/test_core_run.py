@@ -1,6 +1,7 @@
 """``engage run`` end to end, in real processes, with MLflow on SQLite."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ def test_run_trains_and_records_everything(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["seed"] == "7"
     assert run.data.params["simulator.grid"] == "16"
+    assert "; T_top [K]: uniform in [" in run.data.params["simulator.space"]  # what the simulator declares
     assert "trainer.max_epochs=1" in run.data.params["overrides"]
     assert {"train/loss", "val/loss", "val/rel_l2"} <= set(run.data.metrics)
     # the epoch's validation saw the final weights: the one after the fit is not run a second time
@@ -321,6 +323,52 @@ def test_ddp_fits_of_a_sweep_start_their_other_rank_through_engage_run(tmp_path)
     # the sweep's parent run and one run per job (rank 0's), every one finished
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
     assert sorted(r.data.params.get("seed") for r in runs if "seed" in r.data.params) == ["1", "2"]
+    # each job's table of simulations holds both ranks' (rank 0 records what every rank ran)
+    client, job = (
+        MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        next(r for r in runs if "seed" in r.data.params),
+    )
+    table = json.loads(
+        Path(client.download_artifacts(job.info.run_id, "online/simulations.json", str(tmp_path))).read_text()
+    )
+    assert sorted(row[table["columns"].index("simulation_id")] for row in table["data"]) == [0, 1, 2, 3]
+    assert "online/rank0/done" in job.data.metrics and "online/done" not in job.data.metrics  # rank 0's own count
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_counts_as_its_own(tmp_path):
+    """Rank 1's simulations fail for good: rank 0 ends the run FAILED with exit code 4 and one line
+    naming rank 1's cause (not the connection it lost, nor Lightning's kill of every rank), and
+    records its own counts as its own, since the other rank's cannot be added up any more."""
+    import stat
+
+    example = Path(__file__).parents[1] / "src" / "engage" / "core" / "simulators" / "examples" / "travelling_wave.py"
+    script = tmp_path / "sim.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "${LOCAL_RANK:-0}" = 1 ] && [ "$2" -ge 3 ]; then echo "no such file" >&2; exit 1; fi\n'
+        f'exec "{sys.executable}" "{example}" "$@"\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    argv = f'simulator.argv=[{script},"{{address}}","{{simulation_id}}","{{attempt}}","20"]'
+    space = "++simulator.parameters={frequency: {low: 0.5, high: 2}, damping: {low: 0, high: 0.5}}"
+    result = engage(
+        "run", "simulator=command", argv, space, "data.simulations=8", "data.val_simulations=1",
+        "data.batches_per_epoch=10", "trainer.max_epochs=2", "model.width=4", "strategy=ddp", "trainer.devices=2",
+        "data.retries=0", "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stderr[-3000:]
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(
+        "engage run: online run failed: rank 1 of 2 failed: simulation scheduler failed: simulation 3 failed"
+    ), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and len(_stderr_lines(result)) == 1, result.stderr[-3000:]
+    _, (run,) = _runs(tmp_path)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["engage.error"].startswith("online run failed: rank 1 of 2 failed")
+    assert "online/simulations_completed" not in run.data.metrics  # no false total
+    assert run.data.metrics["online/rank0/simulations_requested"] == 4  # rank 0's share, as its own
 
 
 @pytest.mark.slow

@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.tracking.environment import git_state, package_versions
-from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV, resolve_tracking_uri
+from engage.core.tracking.store import (
+    ERROR_TAG,
+    PARENT_RUN_ENV,
+    PARENT_RUN_FILE_ENV,
+    TRACKING_URI_ENV,
+    resolve_tracking_uri,
+)
 
 #: metrics that measure the machine or the timing of a live stream: reported, never compared
 TIMING_PREFIXES = ("system/", "online/", "run/", "job/")
@@ -124,10 +130,27 @@ class ReplayResult:
     output_dir: str = ""
     #: the original run's ``data.policy`` (its read order), if it recorded one
     policy: str | None = None
+    #: how the original run ended (MLflow's status) and why, when it did not finish
+    original_status: str = "FINISHED"
+    original_error: str | None = None
+    #: why the replay did not finish, when it did not
+    replay_error: str | None = None
 
     @property
     def identical(self) -> bool:
         return self.exit_code == 0 and bool(self.compared) and all(c.matches for c in self.compared)
+
+    @property
+    def failure_reproduced(self) -> bool:
+        """The original run failed, and so did its replay."""
+        return self.original_status == "FAILED" and self.exit_code != 0
+
+    @property
+    def verdict(self) -> str:
+        """``identical``, ``failure reproduced`` or ``different``."""
+        if self.failure_reproduced:
+            return "failure reproduced"
+        return "identical" if self.identical and self.original_status != "FAILED" else "different"
 
 
 def _command(client: Any, run: Any, scratch: str) -> tuple[list[str], list[str], str | None]:
@@ -202,7 +225,9 @@ def replay(
     with tempfile.TemporaryDirectory() as scratch:
         command, overrides, cwd = _command(client, run, scratch)
     warnings = environment_warnings(run, cwd)
-    out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix=f"engage-replay-{run_id[:8]}-"))
+    # beside the runs of the folder it is started in, as Hydra's own outputs/, not a temporary
+    # folder left behind by each replay
+    out = Path(output_dir) if output_dir else Path("outputs", f"replay-{run_id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
     out = out.resolve()
     experiment = client.get_experiment(run.info.experiment_id)
     env = {k: v for k, v in os.environ.items() if k not in (PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, "MLFLOW_RUN_ID")}
@@ -224,8 +249,13 @@ def replay(
         client.set_terminated(new_id, status="FINISHED" if proc.returncode == 0 else "FAILED")
     client.set_tag(new_id, "engage.replay_of", run_id)
     policy = run.data.params.get("data.policy")
-    result = ReplayResult(run_id, new_id, proc.returncode, warnings=warnings, output_dir=str(out), policy=policy)
-    new_metrics = client.get_run(new_id).data.metrics
+    replayed = client.get_run(new_id)
+    result = ReplayResult(
+        run_id, new_id, proc.returncode, warnings=warnings, output_dir=str(out), policy=policy,
+        original_status=run.info.status, original_error=run.data.tags.get(ERROR_TAG),
+        replay_error=replayed.data.tags.get(ERROR_TAG),
+    )  # fmt: skip
+    new_metrics = replayed.data.metrics
     for name in sorted(run.data.metrics):
         if is_timing(name):
             result.timing[name] = (run.data.metrics[name], new_metrics.get(name))
@@ -237,7 +267,7 @@ def replay(
         result.compared.append(compare_curves(name, *curves, rtol=rtol, atol=atol))
     # the verdict is the replay run's own record, not the console's only
     different = [c.name for c in result.compared if not c.matches]
-    client.set_tag(new_id, "engage.replay_verdict", "identical" if result.identical else "different")
+    client.set_tag(new_id, "engage.replay_verdict", result.verdict)
     client.set_tag(new_id, "engage.replay_tolerance", f"rtol={rtol:g} atol={atol:g}")
     if different:
         client.set_tag(new_id, "engage.replay_different", " ".join(different)[:5000])
@@ -259,7 +289,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(namespace: argparse.Namespace) -> int:
-    """``engage replay``: exit 0 when the curves match, 1 when they differ, 2 on bad input."""
+    """``engage replay``: exit 0 when the curves match (or a failed run fails again), 1 when they
+    differ, 2 on bad input."""
     for name in ("rtol", "atol"):
         if not getattr(namespace, name) >= 0:
             print(f"engage replay: --{name} must be >= 0, got {getattr(namespace, name)}", file=sys.stderr)
@@ -278,10 +309,15 @@ def run_command(namespace: argparse.Namespace) -> int:
         print("timing-dependent, not compared:")
         for name, (old, new) in result.timing.items():
             print(f"  {name}: {old:.6g} -> {'-' if new is None else f'{new:.6g}'}")
+    if result.original_status == "FAILED":
+        print(f"the original run failed: {result.original_error or '(its cause was not recorded)'}")
     if result.exit_code:
-        print(f"the replay exited with code {result.exit_code}")
-    verdict = "identical" if result.identical else "DIFFERENT"
-    if not result.identical and result.policy not in (None, "deterministic"):
+        print(f"the replay exited with code {result.exit_code}: {result.replay_error or '(see its output above)'}")
+    verdict = {"identical": "identical", "failure reproduced": "failure reproduced"}.get(result.verdict, "DIFFERENT")
+    if result.failure_reproduced or result.original_status == "FAILED":
+        print(f"replay of {result.original_run_id}: run {result.new_run_id} in {result.output_dir}, {verdict}")
+        return 0 if result.failure_reproduced else 1
+    if not result.identical and result.compared and result.policy not in (None, "deterministic"):
         # the usual cause: a buffer read in an order that depends on when samples arrive
         print(
             f"the run read its samples with data.policy={result.policy}, in an order that depends on when they "

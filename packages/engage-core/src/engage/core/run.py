@@ -127,6 +127,18 @@ def sigterm_raises_terminated() -> Callable[[], None]:
     return put_back
 
 
+def _left_to_rank_zero(exc: BaseException) -> bool:
+    """Whether this process is a rank that ``engage run``'s rank 0 started (Lightning's DDP) and
+    its failure is one it left for rank 0 to report (its DataModule wrote the cause where rank 0
+    reads it): it then ends quietly with code 0, and its connections close, so rank 0 says why
+    the run failed, ends its MLflow run FAILED and exits with the run's code. Ending with another
+    code, Lightning's rank 0 would kill every process, itself included, within seconds, saying
+    nothing and leaving its MLflow run RUNNING."""
+    starter = os.environ.get(RANK_STARTER_ENV)
+    started = os.environ.get("LOCAL_RANK", "0") != "0" and starter is not None and str(os.getppid()) == starter
+    return started and bool(getattr(exc, "left_to_rank_zero", False))
+
+
 def _fail(line: str, exit_code: int) -> NoReturn:
     """Print ``line``; exit with ``exit_code`` (a single run) or raise :class:`RunFailed` (a job of a sweep)."""
     from hydra.types import RunMode
@@ -155,10 +167,14 @@ def task(cfg: DictConfig) -> float | None:
     except PluginError as exc:  # a plugin's hook that raised during the run (its MLflow run is FAILED)
         _fail(str(exc), EXIT_RUN_FAILED)
     except Exception as exc:
+        if _left_to_rank_zero(exc):
+            sys.exit(0)
         buffer = sys.modules.get("engage.core.online.buffer")  # loaded if the run got that far
         closed = getattr(buffer, "BufferClosed", None)
         if not isinstance(exc, OnlineRunFailed) and not (closed is not None and isinstance(exc, closed)):
             raise
+        if getattr(exc, "said_elsewhere", False):  # another rank's failure, which rank 0 reports
+            sys.exit(EXIT_RUN_FAILED)
         # the MLflow run is FAILED already; one line names the cause
         _fail(str(exc), EXIT_RUN_FAILED)
     return metrics.get("val/rel_l2", metrics.get("val/loss"))

@@ -59,6 +59,15 @@ class Parameter:
         """The name with its unit, for an axis: ``T_top [K]`` (the name alone without a unit)."""
         return f"{self.name} [{self.unit}]" if self.unit else self.name
 
+    def describe(self) -> str:
+        """The parameter in words, for records: ``T_top [K]: uniform in [300, 500]``."""
+        if self.distribution == "categorical":
+            return f"{self.label}: one of {', '.join(map(str, self.choices))}"
+        if self.distribution == "normal":
+            bounds = f", within [{self.low:g}, {self.high:g}]" if self.low is not None and self.high is not None else ""
+            return f"{self.label}: normal with mean {self.mean:g} and std {self.std:g}{bounds}"
+        return f"{self.label}: {self.distribution} in [{self.low:g}, {self.high:g}]"
+
     def __post_init__(self) -> None:
         where = f"parameter {self.name!r}"
         if self.distribution not in DISTRIBUTIONS:
@@ -239,6 +248,18 @@ class ParameterSpace(Sequence[Parameter]):
     @property
     def names(self) -> list[str]:
         return [p.name for p in self._parameters]
+
+    def describe(self) -> str:
+        """Every parameter in words, for records (an MLflow param of each run).
+
+        Example::
+
+            >>> space = {"T": {"low": 300, "high": 500, "unit": "K"},
+            ...          "n": {"distribution": "categorical", "choices": [1, 2]}}
+            >>> ParameterSpace.from_config(space).describe()
+            'T [K]: uniform in [300, 500]; n: one of 1, 2'
+        """
+        return "; ".join(p.describe() for p in self._parameters)
 
     @property
     def dim(self) -> int:

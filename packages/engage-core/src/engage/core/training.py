@@ -30,13 +30,15 @@ from engage.core.config.validate import ConfigError
 from engage.core.console import quiet_lightning
 from engage.core.events import RunRecord
 from engage.core.files import write_private
-from engage.core.online.datamodule import OnlineDataModule
+from engage.core.online.datamodule import OnlineDataModule, peer_lost
+from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import PluginHookError, call_each, flatten, get_plugin_manager
 from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console, sigterm_raises_terminated
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.store import (
+    ERROR_TAG,
     UNAVAILABLE_FIX,
     TrackingUnavailable,
     bound_http_requests,
@@ -258,6 +260,14 @@ def leave_distributed(environment: dict[str, str | None]) -> None:
             os.environ[name] = value
 
 
+def _job_log(output_dir: Path) -> Path | None:
+    """Hydra's log file of this run (``<job name>.log`` in its folder), if it writes one."""
+    if not HydraConfig.initialized():
+        return None
+    path = output_dir / f"{HydraConfig.get().job.name}.log"
+    return path if path.is_file() else None
+
+
 @contextlib.contextmanager
 def _ranks_start_as_engage_run() -> Iterator[None]:
     """While it lasts, Lightning starts a DDP fit's other ranks as ``python -m engage.core.cli run``
@@ -366,7 +376,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     timeline = None
     if tracked is not None:
         # the simulations' timeline, heard through the event hooks, goes to this run when it ends
-        timeline = SimulationTimeline(tracked.client.log_figure, tracked.run_id, title=f"simulations of {tracked.name}")
+        # rank 0's process hears its own simulations' events: under distributed training, its share
+        share = f" (rank 0's, of {trainer.world_size} ranks)" if trainer.world_size > 1 else ""
+        timeline = SimulationTimeline(
+            tracked.client.log_figure, tracked.run_id, title=f"simulations of {tracked.name}{share}"
+        )
         manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
     distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
     if os.environ.get("LOCAL_RANK", "0") == "0":
@@ -378,6 +392,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             call_each(manager, "engage_run_started", record=opened)
             if not tracked.continued:
                 tracked.record(cfg, output_dir)
+                # the space the simulator declares, units included, whatever the config says of it
+                tracked.client.log_param(tracked.run_id, "simulator.space", simulator.space.describe()[:6000])
             if ckpt_path is not None:
                 tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
         if cfg.task == "fit":
@@ -411,7 +427,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # Lightning ends a fit that Ctrl-C interrupted with exit(1), after its own shutdown
             error = "interrupted"
             raise KeyboardInterrupt from None
-        status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+        # the line engage run prints for a run that fell short, else the exception's type and text
+        status, error = "FAILED", str(exc) if isinstance(exc, OnlineRunFailed) else f"{type(exc).__name__}: {exc}"
+        lost_peer = isinstance(datamodule, OnlineDataModule) and isinstance(exc, Exception) and peer_lost(exc)
+        peer = datamodule.peer_failure(trainer) if lost_peer else None
+        if peer is not None:
+            # another rank failed (or died): its cause, not the connection this rank lost to it
+            error = f"online run failed: {peer}"
+            raise OnlineRunFailed(error, said_elsewhere=trainer.global_rank != 0) from None
         lost = lost_server(exc, tracking_uri)
         if lost is not None:
             step = getattr(trainer, "global_step", 0)
@@ -437,6 +460,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         if online_run:
                             tracked.client.set_tag(tracked.run_id, "engage.online_run_id", online_run)
                         tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
+                        if error is not None:  # why it did not finish, on the run itself
+                            tracked.client.set_tag(tracked.run_id, ERROR_TAG, " ".join(error.split())[:5000])
+                        log_file = _job_log(output_dir)
+                        if log_file is not None:  # the run's console, as its folder keeps it
+                            tracked.client.log_artifact(tracked.run_id, str(log_file), "run")
                         if status not in ("KILLED", "SCHEDULED"):  # Ctrl-C does not wait for uploads, nor a requeue
                             for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):
                                 console.print(f"engage run: {line}", highlight=False, markup=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -72,9 +73,9 @@ class EngageProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
-        for name in self.integer_metrics & items.keys():
-            value = items[name]
-            if isinstance(value, (int, float)):
+        for name, value in items.items():
+            # a rank's own counts (online/rank0/done under distributed training) are counts too
+            if re.sub(r"^online/rank\d+/", "online/", name) in self.integer_metrics and isinstance(value, (int, float)):
                 items[name] = str(round(value))  # a string is shown as it is
         return items
 

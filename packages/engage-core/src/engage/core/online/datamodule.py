@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import tempfile
 import threading
+import time
 import uuid
 from collections import deque
 from typing import Any
@@ -18,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset
 from engage.core.executors import Executor, LocalExecutor
-from engage.core.online.buffer import TrainingBuffer
+from engage.core.online.buffer import BufferClosed, TrainingBuffer
 from engage.core.online.config import OnlineDataConfig, check_settings
 from engage.core.online.journal import Journal
 from engage.core.online.ledger import TrainingLedger
@@ -33,6 +36,17 @@ log = logging.getLogger("engage.online")
 
 #: the defaults of every setting, declared once (those ``engage run`` users get)
 _D = OnlineDataConfig
+#: under distributed training, the file in its folder where a rank whose fit failed writes why
+FAILURE_FILE = "failure.txt"
+
+
+def peer_lost(exception: BaseException) -> bool:
+    """Whether ``exception`` is another rank's failure seen from here: a collective whose peer
+    closed its connection (gloo and NCCL say so in their messages)."""
+    text = str(exception)
+    return type(exception).__name__ == "DistBackendError" or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    )
 
 
 def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
@@ -384,8 +398,60 @@ class OnlineDataModule(pl.LightningDataModule):
             self.simulation_executor.shutdown()  # what the executor holds (Slurm: jobs still queued are cancelled)
 
     def on_exception(self, exception: BaseException) -> None:
-        """A fit that fails stops its simulations: Lightning calls no ``teardown`` then."""
+        """A fit that fails stops its simulations: Lightning calls no ``teardown`` then. Under
+        distributed training, a rank whose own fit failed leaves its cause for the others."""
+        self._note_failure(exception)
         self.teardown("fit")
+
+    def _rank_folder(self, rank: int) -> str | None:
+        if self.workdir is None or self.run_id is None:
+            return None
+        return os.path.join(self.workdir, self.run_id, f"rank{rank}")
+
+    def _note_failure(self, exception: BaseException) -> None:
+        """Write this rank's one-line cause to :data:`FAILURE_FILE` in its folder (distributed
+        training only), unless the failure is another rank's, seen here as a lost connection."""
+        folder = self._rank_folder(self.rank)
+        if self.world_size <= 1 or folder is None or peer_lost(exception) or isinstance(exception, KeyboardInterrupt):
+            return
+        cause = " ".join(str(exception).split()) or type(exception).__name__
+        if not isinstance(exception, (OnlineRunFailed, BufferClosed)):
+            cause = f"{type(exception).__name__}: {cause}"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, FAILURE_FILE), "w") as out:
+                out.write(cause)
+        except OSError:
+            return
+        with contextlib.suppress(AttributeError):  # engage run's rank leaves the report to rank 0
+            exception.left_to_rank_zero = True  # type: ignore[attr-defined]
+
+    def peer_failure(self, trainer: pl.Trainer | None = None, wait_s: float = 5.0) -> str | None:
+        """Why another rank stopped, when this rank's fit failed for a lost connection: the cause
+        that rank left (waited for up to ``wait_s``), else how its process ended (a rank this
+        process started); ``None`` when neither is known."""
+        if self.world_size <= 1:
+            return None
+        launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+        processes = list(getattr(launcher, "procs", None) or [])  # Lightning's: ranks 1, 2, ... it started
+        deadline = time.monotonic() + wait_s
+        while True:
+            for rank in range(self.world_size):
+                folder = self._rank_folder(rank)
+                if rank == self.rank or folder is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(folder, FAILURE_FILE)) as cause:
+                        return f"rank {rank} of {self.world_size} failed: {cause.read().strip()}"
+            ended = [(i + 1, p.poll()) for i, p in enumerate(processes) if p.poll() not in (None, 0)]
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if ended:
+            rank, code = ended[0]
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            return f"rank {rank} of {self.world_size} stopped: its process {how}"
+        return None
 
     def stats(self) -> dict[str, float]:
         """Buffer and simulation counters of this rank."""

@@ -31,9 +31,14 @@ EXIT_RUN_FAILED = 4
 
 
 class OnlineRunFailed(RuntimeError):
-    """An online run that did not do what it was asked; the message is one line naming why."""
+    """An online run that did not do what it was asked; the message is one line naming why.
+    ``said_elsewhere``: another rank of the run says it (this one ends without repeating it)."""
 
     exit_code = EXIT_RUN_FAILED
+
+    def __init__(self, message: str, said_elsewhere: bool = False):
+        super().__init__(message)
+        self.said_elsewhere = said_elsewhere
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import lightning.pytorch as pl
 
 class OnlineProgress(pl.Callback):
     """Shows buffer fill, simulations running/finished/failed and samples/s in the progress bar,
-    and logs the fraction of step time spent waiting for data.
+    and logs the fraction of step time spent waiting for data; under distributed training, rank
+    0's own, as ``online/rank0/...``.
 
     :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
 
@@ -75,10 +76,13 @@ class OnlineProgress(pl.Callback):
             "given_up": stats.get("failed", 0.0),  # after their retries: simulations_given_up at the end
             "smp/s": stats.get("samples_per_s", 0.0),
         }
+        # under distributed training these are rank 0's own counts (adding up every rank's at each
+        # step would cost a collective): named so (online/rank0/done)
+        prefix = f"online/rank{dm.rank}/" if getattr(dm, "world_size", 1) > 1 else "online/"
         for name, value in shown.items():
-            pl_module.log(f"online/{name}", value, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log(f"{prefix}{name}", value, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
         pl_module.log(
-            "online/data_wait_frac",
+            f"{prefix}data_wait_frac",
             (dm.buffer.wait_seconds - self._wait_at_start) / elapsed,
             on_step=True,
             on_epoch=False,

@@ -58,9 +58,12 @@ class SimulationReport(pl.Callback):
         """The mean training loss of each simulation's samples, as trained so far."""
         return {sim: self._loss_sum[sim] / self._loss_count[sim] for sim in sorted(self._loss_sum)}
 
-    def table(self, datamodule: Any) -> dict[str, list[Any]]:
-        """The simulations of this run as columns (for ``mlflow.log_table``)."""
-        rows = sorted(datamodule.scheduler.journal.latest().values(), key=lambda e: e["simulation_id"])
+    def table(self, datamodule: Any, rows: list[dict[str, Any]] | None = None) -> dict[str, list[Any]]:
+        """The simulations of this run as columns (for ``mlflow.log_table``): ``rows``, journal
+        entries (every rank's, gathered), else this rank's journal's."""
+        if rows is None:
+            rows = list(datamodule.scheduler.journal.latest().values())
+        rows = sorted(rows, key=lambda e: e["simulation_id"])
         names = list(datamodule.simulator.space.names)
         losses = self.mean_losses()
         columns: dict[str, list[Any]] = {"simulation_id": [r["simulation_id"] for r in rows]}
@@ -87,12 +90,15 @@ class SimulationReport(pl.Callback):
         dm = getattr(trainer, "datamodule", None)
         if dm is None or getattr(dm, "scheduler", None) is None or dm.scheduler.journal is None:
             return
+        # every rank's simulations and losses (a collective: every rank gets here), rank 0 records them
+        rows, losses = self._gathered(dm)
         if not trainer.is_global_zero:
             return
         loggers = [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
         if not loggers:
             return
-        table = self.table(dm)
+        self._loss_sum, self._loss_count = losses
+        table = self.table(dm, rows)
         if not table["simulation_id"]:
             return
         figures = sampled_points_figures(table, dm.simulator.space, getattr(dm, "held_out_points", None))
@@ -100,6 +106,26 @@ class SimulationReport(pl.Callback):
             logger.experiment.log_table(logger.run_id, data=table, artifact_file="online/simulations.json")
             for name, figure in figures.items():
                 logger.experiment.log_figure(logger.run_id, figure, f"online/sampled_points_by_{name}.png")
+
+    def _gathered(self, dm: Any) -> tuple[list[dict[str, Any]], tuple[dict[int, float], dict[int, int]]]:
+        """Journal entries and loss sums of every rank under distributed training (the
+        DataModule's own gloo group), this rank's alone otherwise."""
+        rows = list(dm.scheduler.journal.latest().values())
+        losses = (dict(self._loss_sum), dict(self._loss_count))
+        group = getattr(dm, "_group", None)
+        if group is None:
+            return rows, losses
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, (rows, losses), group=group)
+        sums: dict[int, float] = {}
+        counts: dict[int, int] = {}
+        for _, (rank_sums, rank_counts) in gathered:
+            for sim, total in rank_sums.items():
+                sums[sim] = sums.get(sim, 0.0) + total
+                counts[sim] = counts.get(sim, 0) + rank_counts[sim]
+        return [row for rank_rows, _ in gathered for row in rank_rows], (sums, counts)
 
 
 def _significant(value: float | None, digits: int = 6) -> float | None:

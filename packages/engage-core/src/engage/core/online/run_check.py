@@ -94,16 +94,23 @@ class OnlineRunCheck(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         dm = self._datamodule(trainer)
         if dm is not None and self._recorded is None:
-            self._record(trainer, dm, dm.outcome())  # this rank's: the others may never get here
+            # this rank's: the others may never get here, so their counts cannot be added up; under
+            # distributed training they are said and recorded as this rank's (online/rank0/...)
+            self._record(trainer, dm, dm.outcome(), rank=getattr(dm, "rank", 0), ranks=getattr(dm, "world_size", 1))
 
-    def _record(self, trainer: pl.Trainer, dm: Any, outcome: Any) -> Any:
+    def _record(self, trainer: pl.Trainer, dm: Any, outcome: Any, rank: int = 0, ranks: int = 1) -> Any:
         self._recorded = outcome
-        log.info("%s", outcome.line())
+        metrics = outcome.metrics()
+        if ranks > 1:
+            log.info("rank %d of %d: %s", rank, ranks, outcome.line())
+            metrics = {name.replace("online/", f"online/rank{rank}/", 1): value for name, value in metrics.items()}
+        else:
+            log.info("%s", outcome.line())
         if trainer.is_global_zero:
             from lightning.pytorch.loggers import MLFlowLogger
 
             for logger in trainer.loggers:
                 if isinstance(logger, MLFlowLogger):
-                    for name, value in outcome.metrics().items():
+                    for name, value in metrics.items():
                         logger.experiment.log_metric(logger.run_id, name, value, step=trainer.global_step)
         return outcome

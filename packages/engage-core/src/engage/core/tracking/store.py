@@ -14,6 +14,8 @@ PARENT_RUN_ENV = "ENGAGE_PARENT_RUN_ID"
 PARENT_RUN_FILE_ENV = "ENGAGE_PARENT_RUN_FILE"
 #: the tracking URI chosen for a sweep, inherited by its jobs
 TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
+#: the tag of a run that did not finish (FAILED or KILLED) holding why: the line ``engage run`` printed
+ERROR_TAG = "engage.error"
 #: MLflow's own variable for the store (read by ``engage run``; written by MLflow's fluent API)
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
