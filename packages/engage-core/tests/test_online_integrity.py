@@ -100,6 +100,23 @@ def test_a_sample_with_nan_fails_the_run_naming_its_simulation(tmp_path, helpers
     assert not _running_clients()
 
 
+def test_samples_outside_the_declared_value_range_are_named_by_their_simulations():
+    import numpy as np
+
+    from engage.core.online.datamodule import out_of_range
+
+    target = np.zeros((4, 2, 2), dtype=np.float32)
+    batch = {"target": target, "simulation_id": np.array([7, 7, 9, 11])}
+    assert out_of_range(batch, (-1.0, 1.0)) is None and out_of_range(batch, None) is None
+    target[2, 0, 1], target[3, 1, 1] = 100.5, -3.0
+    assert out_of_range(batch, (-1.0, 1.0)) == (
+        "simulation 9, 11 sent values from -3 to 100.5, outside the simulator's declared value_range [-1, 1], "
+        "which scales the targets; declare the range its samples take"
+    )
+    target[2, 0, 1], target[3, 1, 1] = 1.0000001, -1.0  # the range's ends, rounded
+    assert out_of_range(batch, (-1.0, 1.0)) is None
+
+
 def test_a_held_out_simulation_that_fails_names_the_fixes_that_apply_to_it(tmp_path, helpers_on_path):
     """Every held-out simulation must complete and none is redrawn: data.on_failure and
     data.min_completed, which the training simulations' line suggests, do not apply to them."""

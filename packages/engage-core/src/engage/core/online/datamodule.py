@@ -91,6 +91,28 @@ def check_finite(batch: dict[str, np.ndarray]) -> None:
         )
 
 
+def out_of_range(batch: dict[str, np.ndarray], value_range: tuple[float, float] | None) -> str | None:
+    """What ``batch`` holds outside the simulator's declared ``value_range`` (which normalises
+    the targets), or ``None``: a simulator that breaks its declaration, or declares a range too
+    narrow. Two reductions of the batch decide; only then are rows looked at."""
+    target = batch["target"]
+    if value_range is None or target.dtype.kind not in "fiu" or not len(target):
+        return None
+    low, high = value_range
+    slack = 1e-6 * (high - low)  # rounding of values computed at the range's ends
+    smallest, largest = float(target.min()), float(target.max())
+    if smallest >= low - slack and largest <= high + slack:
+        return None
+    rows = target.reshape(len(target), -1)
+    outside = (rows.min(axis=1) < low - slack) | (rows.max(axis=1) > high + slack)
+    simulations = sorted({int(i) for i in batch["simulation_id"][outside]})
+    return (
+        f"simulation {', '.join(map(str, simulations))} sent values from {smallest:.6g} to {largest:.6g}, outside "
+        f"the simulator's declared value_range [{low:g}, {high:g}], which scales the targets; declare the range "
+        "its samples take"
+    )
+
+
 class BufferStream(IterableDataset):
     """Batches drawn from the training buffer; one pass is one epoch of ``batches_per_epoch``.
 
@@ -118,6 +140,11 @@ class BufferStream(IterableDataset):
                     trainer.should_stop = True
                 return
             check_finite(batch)  # type: ignore[arg-type]
+            if not dm.range_warned:
+                outside = out_of_range(batch, getattr(dm.simulator, "value_range", None))  # type: ignore[arg-type]
+                if outside is not None:  # once a run: the model trains on, scaled wrongly
+                    dm.range_warned = True
+                    log.warning(outside)
             dm.ledger.handed_out(batch)  # type: ignore[arg-type]
             yield {
                 "parameters": torch.from_numpy(batch["parameters"]),  # type: ignore[index]
@@ -224,6 +251,8 @@ class OnlineDataModule(pl.LightningDataModule):
         self.rank, self.world_size = 0, 1
         #: the batches this rank's trainer plans to train (``None``: no end planned), once fitting
         self.batches_planned: int | None = None
+        #: whether a batch outside the simulator's declared value range was warned about (once a run)
+        self.range_warned = False
         self._group: Any = None
         self._restored: dict[str, Any] | None = None
 
