@@ -320,6 +320,20 @@ def test_what_several_ranks_cannot_run_is_one_line_and_exit_code_2(overrides, ex
     assert list(tmp_path.rglob("*.db")) == [] and not (tmp_path / "online").exists()
 
 
+def test_what_the_config_builds_and_cannot_is_one_line_and_exit_code_2(capfd, tmp_path, monkeypatch):
+    """A _target_ that cannot be imported, or a class that refuses its arguments: one line naming
+    it, not Hydra's "Error executing job" line and its advice before it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", "data=simulated", "model._target_=nosuchmodule.Model", f"hydra.run.dir={tmp_path}"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        'engage run: model._target_=nosuchmodule.Model: cannot be imported (ModuleNotFoundError("No module named '
+        "'nosuchmodule'\")); check the module and name, and that its package is installed or on PYTHONPATH"
+    ], err
+    assert list(tmp_path.rglob("*.db")) == []
+
+
 TINY_FAST = [
     "data=simulated", "simulator.steps=3", "data.train_simulations=2", "data.val_simulations=1", "model.width=4",
     "trainer.fast_dev_run=1", "trainer.enable_progress_bar=false",

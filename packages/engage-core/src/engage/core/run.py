@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from rich.console import Console
 
-from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
+from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values, explain
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import PluginError
 from engage.core.tracking.store import TrackingUnavailable
@@ -160,6 +161,10 @@ def task(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG_ERROR)
+    except InstantiationException as exc:
+        # an object the config builds refused its arguments: its one line here, before Hydra's
+        # "Error executing job" line could precede it
+        _fail(explain(exc, cfg), EXIT_CONFIG_ERROR)
     except TrackingUnavailable as exc:
         _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
     except Requeued as exc:

@@ -138,9 +138,31 @@ def _package_hint(group: str) -> str:
     return f" (more come with {distribution}: pip install {distribution})"
 
 
+def _target_key(cfg: Any, target: str, prefix: str = "") -> str | None:
+    """The config path of the node whose ``_target_`` is ``target`` (depth first), if any."""
+    if isinstance(cfg, DictConfig):
+        if cfg.get("_target_", None) == target:
+            return prefix or None
+        for key in cfg:
+            found = _target_key(cfg._get_node(key), target, f"{prefix}.{key}" if prefix else str(key))
+            if found:
+                return found
+    return None
+
+
 def explain(exc: BaseException, base: DictConfig | None = None) -> str:
     """Turn a Hydra/OmegaConf composition error into one line."""
     text = str(exc) + ("\n" + str(exc.__cause__) if exc.__cause__ is not None else "")
+    located = re.match(r"Error locating target '([^']+)'", str(exc))
+    if located:  # a _target_ that cannot be imported: say which and why, not Hydra's advice
+        key = _target_key(base, located.group(1)) if base is not None else None
+        where = f"{key}._target_" if key else "_target_"
+        lines = [line.strip() for line in str(exc.__cause__ or "").splitlines() if line.strip()]
+        why = f" ({lines[1] if len(lines) > 1 else lines[0]})" if lines else ""
+        return (
+            f"{where}={located.group(1)}: cannot be imported{why}; check the module and name, and that its "
+            "package is installed or on PYTHONPATH"
+        )
     built = re.match(r"Error in call to target '([^']+)'", str(exc))
     if built:  # the object a config builds refused its arguments: say what and why
         cause = exc.__cause__
