@@ -51,6 +51,10 @@ class ReplayError(RuntimeError):
     """The run cannot be replayed; one line saying why."""
 
 
+#: MLflow's switch of its progress bars while it downloads artifacts
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
 def config_flags(argv: list[str]) -> list[str]:
     """The config-choosing flags of an ``engage run`` command line, with their values.
 
@@ -223,7 +227,16 @@ def replay(
     if run.data.tags.get("engage.kind") == "sweep":
         raise ReplayError(f"run {run_id} is a sweep's parent run; replay one of its jobs' runs")
     with tempfile.TemporaryDirectory() as scratch:
-        command, overrides, cwd = _command(client, run, scratch)
+        # a few small files: no progress bar of MLflow's among the replay's lines
+        saved = os.environ.get(PROGRESS_BAR_ENV)
+        os.environ[PROGRESS_BAR_ENV] = "false"
+        try:
+            command, overrides, cwd = _command(client, run, scratch)
+        finally:
+            if saved is None:
+                os.environ.pop(PROGRESS_BAR_ENV, None)
+            else:
+                os.environ[PROGRESS_BAR_ENV] = saved
     warnings = environment_warnings(run, cwd)
     # beside the runs of the folder it is started in, as Hydra's own outputs/, not a temporary
     # folder left behind by each replay
