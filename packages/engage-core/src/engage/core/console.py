@@ -62,3 +62,26 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:  # hydra.verbose=true; hydra.verbose=[matplotlib] sets it
             logger.setLevel(logging.INFO)
+
+
+class WarningsAndAbove(logging.Filter):
+    """Lets records of level WARNING and above through (a console that says only what went wrong)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def quiet_other_ranks(rank: int) -> None:
+    """On a rank other than 0 of a distributed fit, the console shows only warnings and errors:
+    rank 0 says how the run goes, and every rank's own log file keeps everything (Hydra's file
+    handlers are left as they are). Nothing on rank 0.
+
+    Example::
+
+        >>> quiet_other_ranks(0)  # rank 0 keeps its console as it is
+    """
+    if rank == 0:
+        return
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and not any(isinstance(f, WarningsAndAbove) for f in handler.filters):
+            handler.addFilter(WarningsAndAbove())

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engage.core.checkpoint_io import AtomicCheckpointIO
 from engage.core.config.validate import ConfigError
-from engage.core.console import quiet_lightning
+from engage.core.console import quiet_lightning, quiet_other_ranks
 from engage.core.events import RunRecord
 from engage.core.files import write_private
 from engage.core.online.datamodule import OnlineDataModule, peer_lost
@@ -297,6 +297,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from ``cfg`` (checked by :func:`~engage.core.config.validate.check_values`),
     fit, and return the final metrics."""
     quiet_lightning()
+    quiet_other_ranks(rank_zero_only.rank)  # each line once on the console, from rank 0
     output_dir = _output_dir()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     manager = get_plugin_manager()
