@@ -80,3 +80,34 @@ def test_a_terminated_job_says_so_in_one_line_and_ends_by_its_signal(tmp_path: P
     assert done.returncode == -signal.SIGTERM, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "engage runner: terminated (SIGTERM)", done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_sigterm_ends_a_jobs_fluent_runs_killed_and_leaves_a_handler_that_took_over_to_unwind(tmp_path: Path) -> None:
+    """The runs the job's code opened (nested ones too) end KILLED, the outermost's id is left for
+    the launcher; when another handler (Lightning's, during a fit) called this one, the process is
+    left to that handler, which stops the fit at its next step."""
+    import os
+
+    import mlflow
+
+    from engage.deploy.job import RUN_ID_FILE
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    saved = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        runner._end_the_jobs_run_when_stopped(tmp_path)
+        ours = signal.getsignal(signal.SIGTERM)
+        took_over = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: (took_over.append(signum), ours(signum, frame)))
+        outer = mlflow.start_run(run_name="outer")
+        inner = mlflow.start_run(run_name="inner", nested=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # this process lives on: the other handler decides
+        assert took_over == [signal.SIGTERM] and mlflow.active_run() is None
+        client = mlflow.tracking.MlflowClient()
+        statuses = {client.get_run(r.info.run_id).info.status for r in (outer, inner)}
+        assert statuses == {"KILLED"}
+        assert (tmp_path / RUN_ID_FILE).read_text() == outer.info.run_id
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+        mlflow.set_tracking_uri(None)

@@ -117,35 +117,38 @@ def _wait_for_the_sweeps_experiment(tracking: TrackingContract | None) -> None:
     may: a job started while the sweep's server started would otherwise find no experiment, and
     MLflow's fluent API (``mlflow.start_run()`` with ``MLFLOW_EXPERIMENT_NAME``) would create it
     through the server, racing the launcher (one of them fails, ``RESOURCE_ALREADY_EXISTS``) and
-    giving it an artifact location only that server can resolve. The runs the job opens are then
-    made under the sweep's run from the start (:mod:`engage.deploy.job_run_context`). Jobs logging
-    straight to an SQLite store start at once: the launcher began opening it before they did."""
-    from engage.core.tracking.store import PARENT_RUN_ENV, parent_run_id
+    giving it an artifact location only that server can resolve. The parent's id is then the
+    job's to read (``engage run`` waits no more). Jobs logging straight to an SQLite store start
+    at once: the launcher began opening it before they did."""
+    from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, parent_run_id
 
     if tracking is None or not tracking.uri.startswith(("http://", "https://")) or tracking.parent_run_id:
         return
     if tracking.parent_run_file:
         os.environ[PARENT_RUN_ENV] = parent_run_id() or ""
+        os.environ.pop(PARENT_RUN_FILE_ENV, None)  # waited for once: none, or none in time
 
 
 def _end_the_jobs_run_when_stopped(job_dir: Path) -> None:
-    """On SIGTERM (the launcher stopping its sweep, a job's time limit), end the run the job's
-    code opened through MLflow's fluent API as KILLED and record its id for the launcher, then
-    end by that signal as before: the run is not left RUNNING, and the launcher adds its records
-    to it instead of making a run of its own. ``engage run`` handles SIGTERM itself while it
-    trains, and records its run's id as it opens it."""
+    """On SIGTERM (the launcher stopping its sweep, a job's time limit), end the runs the job's
+    code has open through MLflow's fluent API as KILLED, nested ones included, and record the
+    outermost's id for the launcher, which then adds its records to it instead of making a run of
+    its own. Then the process ends by that signal as before, unless another handler called this
+    one (Lightning's, during a fit, stops the fit at its next step and unwinds; ``engage run``
+    handles SIGTERM itself while it trains and records its run's id as it opens it)."""
     previous = signal.getsignal(signal.SIGTERM)
 
     def stopped(signum: int, frame: Any) -> None:
         mlflow = sys.modules.get("mlflow")
-        with contextlib.suppress(Exception):  # the process ends by the signal whatever MLflow says
-            run = mlflow.active_run() if mlflow is not None else None
-            if run is not None:
-                if not read_run_id(job_dir):
-                    (job_dir / RUN_ID_FILE).write_text(run.info.run_id)
+        with contextlib.suppress(Exception):  # the process ends as it would whatever MLflow says
+            named = read_run_id(job_dir) is not None  # engage run named its own
+            while mlflow is not None and (run := mlflow.active_run()) is not None:
+                if not named:  # first, on this host: the launcher ends it by id if MLflow does not answer
+                    (job_dir / RUN_ID_FILE).write_text(run.info.run_id)  # the outermost, in the end
                 mlflow.end_run("KILLED")
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if signal.getsignal(signal.SIGTERM) is stopped:  # not called by a handler that took over
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, stopped)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.files import write_private
+from engage.core.tracking.naming import PARAM_MAX_CHARS
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
 from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
@@ -538,7 +539,7 @@ def _job_filter(parent_run_id: str | None, output_dir: str | None) -> list[str]:
 
 def job_params(record: JobRecord) -> dict[str, str]:
     """The params every job's run holds: its overrides and its attempt."""
-    return {"overrides": " ".join(record.overrides)[:6000] or "(none)", ATTEMPT_TAG: str(record.attempt)}
+    return {"overrides": " ".join(record.overrides)[:PARAM_MAX_CHARS] or "(none)", ATTEMPT_TAG: str(record.attempt)}
 
 
 def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: JobRecord) -> str:
@@ -582,7 +583,7 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
             uri, experiment_id, parent_run_id, record.index, record.attempt, record.output_dir, keep=run_id
         )
         params = {**job_params(record), **record.params}
-        first = {"params": [Param(k, str(v)[:6000]) for k, v in params.items()]}
+        first = {"params": [Param(k, str(v)[:PARAM_MAX_CHARS]) for k, v in params.items()]}
     else:
         run_id = existing.info.run_id
         # the job's own run gets the same params, where its code did not log one of that name
