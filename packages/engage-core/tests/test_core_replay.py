@@ -129,8 +129,13 @@ def test_a_replay_of_a_failed_run_says_whether_it_failed_again(monkeypatch, caps
     assert f"the original run failed: {why}" in out and f"the replay exited with code 4: {why}" in out
     assert "data.policy" not in out  # no curve was compared: the read order is not why
     assert out.rstrip().endswith(f"replay of {'a' * 32}: run {'b' * 32} in /out, failure reproduced")
-    # a failed run whose replay finished is a different outcome
+    # a failed run whose replay finished, or failed for another cause, is a different outcome
     finished = module.ReplayResult("a" * 32, "b" * 32, 0, output_dir="/out", original_status="FAILED")
-    monkeypatch.setattr(module, "replay", lambda *args: finished)
-    assert finished.verdict == "different" and module.run_command(namespace) == 1
-    assert capsys.readouterr().out.rstrip().endswith(", DIFFERENT")
+    elsewhere = module.ReplayResult(
+        "a" * 32, "b" * 32, 2, output_dir="/out", original_status="FAILED", original_error=why,
+        replay_error="simulator.argv: program './wave' not found",
+    )  # fmt: skip
+    for outcome in (finished, elsewhere):
+        monkeypatch.setattr(module, "replay", lambda *args, outcome=outcome: outcome)
+        assert outcome.verdict == "different" and module.run_command(namespace) == 1
+        assert capsys.readouterr().out.rstrip().endswith(", DIFFERENT")

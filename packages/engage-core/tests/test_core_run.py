@@ -30,7 +30,7 @@ def test_run_trains_and_records_everything(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["seed"] == "7"
     assert run.data.params["simulator.grid"] == "16"
-    assert "; T_top [K]: uniform in [" in run.data.params["simulator.space"]  # what the simulator declares
+    assert "; T_top [K]: uniform in [" in run.data.params["engage.simulator_space"]  # what the simulator declares
     assert "trainer.max_epochs=1" in run.data.params["overrides"]
     assert {"train/loss", "val/loss", "val/rel_l2"} <= set(run.data.metrics)
     # the epoch's validation saw the final weights: the one after the fit is not run a second time

@@ -123,6 +123,15 @@ def test_a_plan_the_samples_cannot_fill_is_said_before_training_and_counted_at_i
         "again"
     )
     assert "on each of 2 ranks" in unfed_plan(settings, simulator, plan, 2, max_reads=1)
+    # the fix names the bound that binds: the samples kept, or the reads a sample may have
+    bounded = OnlineDataConfig(simulations=6, max_samples=10, batch_size=4, batches_per_epoch=20, policy="fifo")
+    assert unfed_plan(bounded, simulator, plan, 1, max_reads=1).endswith(
+        "raise data.max_samples to 160 or use data.policy=reservoir, which reads samples again"
+    )
+    capped = OnlineDataConfig(simulations=6, batch_size=4, batches_per_epoch=20, policy="reservoir", max_reads=3)
+    assert unfed_plan(capped, simulator, plan, 1, max_reads=3).endswith(
+        "raise data.simulations to 14 or raise data.max_reads"
+    )
     # Lightning's limit on an epoch's batches is part of the plan
     limited = SimpleNamespace(**{**vars(plan), "limit_train_batches": 3})
     assert unfed_plan(settings, simulator, limited, 1, max_reads=1) is None

@@ -110,7 +110,7 @@ def test_samples_outside_the_declared_value_range_are_named_by_their_simulations
     assert out_of_range(batch, (-1.0, 1.0)) is None and out_of_range(batch, None) is None
     target[2, 0, 1], target[3, 1, 1] = 100.5, -3.0
     assert out_of_range(batch, (-1.0, 1.0)) == (
-        "simulation 9, 11 sent values from -3 to 100.5, outside the simulator's declared value_range [-1, 1], "
+        "simulations 9, 11 sent values from -3 to 100.5, outside the simulator's declared value_range [-1, 1], "
         "which scales the targets; declare the range its samples take"
     )
     target[2, 0, 1], target[3, 1, 1] = 1.0000001, -1.0  # the range's ends, rounded

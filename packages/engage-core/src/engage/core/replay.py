@@ -146,8 +146,17 @@ class ReplayResult:
 
     @property
     def failure_reproduced(self) -> bool:
-        """The original run failed, and so did its replay."""
-        return self.original_status == "FAILED" and self.exit_code != 0
+        """The original run failed, and its replay failed for the same recorded cause."""
+
+        def said(error: str | None) -> str:
+            return " ".join((error or "").split())
+
+        return (
+            self.original_status == "FAILED"
+            and self.exit_code != 0
+            and bool(said(self.original_error))
+            and said(self.replay_error) == said(self.original_error)
+        )
 
     @property
     def verdict(self) -> str:

@@ -4,6 +4,7 @@ an exit code."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -12,11 +13,10 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from rich.console import Console
 
-from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values, explain
+from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import PluginError
 from engage.core.tracking.store import TrackingUnavailable
@@ -161,10 +161,6 @@ def task(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG_ERROR)
-    except InstantiationException as exc:
-        # an object the config builds refused its arguments: its one line here, before Hydra's
-        # "Error executing job" line could precede it
-        _fail(explain(exc, cfg), EXIT_CONFIG_ERROR)
     except TrackingUnavailable as exc:
         _fail(str(exc), EXIT_TRACKING_UNAVAILABLE)
     except Requeued as exc:
@@ -173,6 +169,8 @@ def task(cfg: DictConfig) -> float | None:
         _fail(str(exc), EXIT_RUN_FAILED)
     except Exception as exc:
         if _left_to_rank_zero(exc):
+            # in this rank's own log (its console shows warnings only): rank 0 says it once
+            logging.getLogger("engage.online").info("this rank's run fell short, as rank 0 reports: %s", exc)
             sys.exit(0)
         buffer = sys.modules.get("engage.core.online.buffer")  # loaded if the run got that far
         closed = getattr(buffer, "BufferClosed", None)

@@ -64,7 +64,11 @@ class Parameter:
         if self.distribution == "categorical":
             return f"{self.label}: one of {', '.join(map(str, self.choices))}"
         if self.distribution == "normal":
-            bounds = f", within [{self.low:g}, {self.high:g}]" if self.low is not None and self.high is not None else ""
+            bounds = ""
+            if self.low is not None or self.high is not None:
+                low = "-inf" if self.low is None else f"{self.low:g}"
+                high = "inf" if self.high is None else f"{self.high:g}"
+                bounds = f", within [{low}, {high}]"
             return f"{self.label}: normal with mean {self.mean:g} and std {self.std:g}{bounds}"
         return f"{self.label}: {self.distribution} in [{self.low:g}, {self.high:g}]"
 

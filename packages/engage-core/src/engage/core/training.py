@@ -26,17 +26,18 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from engage.core.checkpoint_io import AtomicCheckpointIO
-from engage.core.config.validate import ConfigError
+from engage.core.config.validate import ConfigError, explain
 from engage.core.console import quiet_lightning, quiet_other_ranks
 from engage.core.events import RunRecord
 from engage.core.files import write_private
-from engage.core.online.datamodule import OnlineDataModule, peer_lost
+from engage.core.online.datamodule import OnlineDataModule, other_ranks, peer_lost
 from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import PluginHookError, call_each, flatten, get_plugin_manager
 from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console, sigterm_raises_terminated
 from engage.core.tracking.mlflow_run import MLflowRun
+from engage.core.tracking.naming import PARAM_MAX_CHARS, SIMULATOR_SPACE_PARAM
 from engage.core.tracking.store import (
     ERROR_TAG,
     UNAVAILABLE_FIX,
@@ -178,11 +179,7 @@ def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, sav
             "fewer devices"
         )
     if saved_ranks is not None and saved_ranks != ranks:
-        raise ConfigError(
-            f"ckpt_path={ckpt_path}: the checkpoint holds the data state of {saved_ranks} "
-            f"rank{'s' if saved_ranks != 1 else ''}; resume with as many (trainer.devices x trainer.num_nodes = "
-            f"{saved_ranks}), not {ranks}"
-        )
+        raise ConfigError(f"ckpt_path={ckpt_path}: {other_ranks(saved_ranks, ranks)}")
 
 
 def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig | None = None) -> int | None:
@@ -260,6 +257,20 @@ def leave_distributed(environment: dict[str, str | None]) -> None:
             os.environ[name] = value
 
 
+@contextlib.contextmanager
+def _building(cfg: DictConfig) -> Iterator[None]:
+    """While the run's parts are built from ``cfg``, before anything is recorded: a ``_target_``
+    that cannot be imported, or a class that refuses its arguments (``TypeError``,
+    ``ValueError``), is bad input (:class:`ConfigError`, one line naming it); any other error
+    keeps its traceback."""
+    try:
+        yield
+    except InstantiationException as exc:
+        if str(exc).startswith("Error locating target") or isinstance(exc.__cause__, (TypeError, ValueError)):
+            raise ConfigError(explain(exc, cfg)) from None
+        raise
+
+
 def _job_log(output_dir: Path) -> Path | None:
     """Hydra's log file of this run (``<job name>.log`` in its folder), if it writes one."""
     if not HydraConfig.initialized():
@@ -302,37 +313,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     manager = get_plugin_manager()
     # what is built from the config comes first: a value found wrong here leaves no store behind
-    try:
-        simulator = instantiate(cfg.simulator)
-    except InstantiationException as exc:
-        # a simulator checks its own arguments (a program that is not there): one line, as the rest
-        if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("simulator."):
-            raise ConfigError(str(exc.__cause__)) from None
-        raise
-    sampler = instantiate(cfg.sampler, space=simulator.space)
-    try:
-        datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)
-    except InstantiationException as exc:
-        # values that only fail together with the simulator (the buffer's memory for its samples)
-        # are the DataModule's to check; its message names the field: one line, like the others
-        if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("data."):
-            raise ConfigError(str(exc.__cause__)) from None
-        raise
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
-    model = instantiate(
-        cfg.model,
-        num_parameters=simulator.space.dim,
-        sample_shape=list(simulator.sample_shape),
-        value_range=list(simulator.value_range) if simulator.value_range else None,
-        samples_per_run=simulator.samples_per_run,
-    )
+    with _building(cfg):
+        try:
+            simulator = instantiate(cfg.simulator)
+        except InstantiationException as exc:
+            # a simulator checks its own arguments (a program that is not there): one line, as the rest
+            if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("simulator."):
+                raise ConfigError(str(exc.__cause__)) from None
+            raise
+        sampler = instantiate(cfg.sampler, space=simulator.space)
+        try:
+            datamodule = instantiate(cfg.data, simulator=simulator, sampler=sampler)
+        except InstantiationException as exc:
+            # values that only fail together with the simulator (the buffer's memory for its samples)
+            # are the DataModule's to check; its message names the field: one line, like the others
+            if isinstance(exc.__cause__, ValueError) and str(exc.__cause__).startswith("data."):
+                raise ConfigError(str(exc.__cause__)) from None
+            raise
+        ckpt_path = resolve_ckpt_path(cfg, output_dir)
+        model = instantiate(
+            cfg.model,
+            num_parameters=simulator.space.dim,
+            sample_shape=list(simulator.sample_shape),
+            value_range=list(simulator.value_range) if simulator.value_range else None,
+            samples_per_run=simulator.samples_per_run,
+        )
     saved_ranks = None
     if ckpt_path is not None:
         saved_ranks = check_checkpoint(ckpt_path, datamodule, model, cfg.trainer if cfg.task == "fit" else None)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer_kwargs.setdefault("default_root_dir", str(output_dir))
     trainer_kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-    callbacks, strategy = build_callbacks(cfg, output_dir), build_strategy(cfg)
+    with _building(cfg):
+        callbacks, strategy = build_callbacks(cfg, output_dir), build_strategy(cfg)
     try:
         # the logger comes once Lightning accepted its own arguments: a refused Trainer records nothing
         trainer = pl.Trainer(**trainer_kwargs, logger=False, callbacks=callbacks, strategy=strategy)
@@ -394,7 +407,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if not tracked.continued:
                 tracked.record(cfg, output_dir)
                 # the space the simulator declares, units included, whatever the config says of it
-                tracked.client.log_param(tracked.run_id, "simulator.space", simulator.space.describe()[:6000])
+                space = simulator.space.describe()[:PARAM_MAX_CHARS]
+                tracked.client.log_param(tracked.run_id, SIMULATOR_SPACE_PARAM, space)
             if ckpt_path is not None:
                 tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
         if cfg.task == "fit":

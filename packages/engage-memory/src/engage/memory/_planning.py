@@ -216,8 +216,10 @@ class _MemoryPlanning:
 
             Console().print(plan.table(self.measured_peak))
         if trainer.is_global_zero:
-            # beside the run's logs: the logger's folder, else the trainer's
-            folder = Path(trainer.log_dir or trainer.default_root_dir) / "memory_plan"
+            # beside the run's logs: the first logger's folder, else the trainer's (not through
+            # Trainer.log_dir, a collective that only rank 0 would enter here)
+            logs = next((getattr(logger, "log_dir", None) for logger in trainer.loggers), None)
+            folder = Path(logs or trainer.default_root_dir) / "memory_plan"
             report_plan(trainer.loggers, plan, profile, self.measured_peak, measured, folder, trainer.global_step)
         return plan, profile
 

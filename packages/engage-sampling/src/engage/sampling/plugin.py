@@ -67,8 +67,9 @@ FED_BY = {
     "loss_driven": ("loss_driven", {}),
     "breed": ("loss_driven", {}),
     "loss_density": ("loss_driven", {}),
-    "image_similarity": ("image_similarity", {}),
-    "sensitivity_weighted": ("sensitivity", {"reweight_sampler": True}),
+    # analyses told once an epoch: their default period, in steps, may not come in a short run
+    "image_similarity": ("image_similarity", {"every_n_epochs": 1, "every_n_steps": None}),
+    "sensitivity_weighted": ("sensitivity", {"reweight_sampler": True, "every_n_epochs": 1, "every_n_steps": None}),
 }
 
 

@@ -40,12 +40,20 @@ _D = OnlineDataConfig
 FAILURE_FILE = "failure.txt"
 
 
+def other_ranks(saved: int, now: int) -> str:
+    """Why a checkpoint of ``saved`` ranks' data state cannot resume on ``now`` ranks."""
+    return (
+        f"the checkpoint holds the data state of {saved} rank{'s' if saved != 1 else ''}; resume with as many "
+        f"(trainer.devices x trainer.num_nodes = {saved}), not {now}"
+    )
+
+
 def peer_lost(exception: BaseException) -> bool:
     """Whether ``exception`` is another rank's failure seen from here: a collective whose peer
-    closed its connection (gloo and NCCL say so in their messages)."""
+    closed its connection (torch's ``DistBackendError``, or gloo's own message)."""
     text = str(exception)
-    return type(exception).__name__ == "DistBackendError" or any(
-        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return type(exception).__name__ == "DistBackendError" or (
+        "gloo" in text and any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer"))
     )
 
 
@@ -104,12 +112,14 @@ def out_of_range(batch: dict[str, np.ndarray], value_range: tuple[float, float] 
     if smallest >= low - slack and largest <= high + slack:
         return None
     rows = target.reshape(len(target), -1)
-    outside = (rows.min(axis=1) < low - slack) | (rows.max(axis=1) > high + slack)
+    lows, highs = rows.min(axis=1), rows.max(axis=1)
+    outside = (lows < low - slack) | (highs > high + slack)
     simulations = sorted({int(i) for i in batch["simulation_id"][outside]})
+    which = "simulation" if len(simulations) == 1 else "simulations"
     return (
-        f"simulation {', '.join(map(str, simulations))} sent values from {smallest:.6g} to {largest:.6g}, outside "
-        f"the simulator's declared value_range [{low:g}, {high:g}], which scales the targets; declare the range "
-        "its samples take"
+        f"{which} {', '.join(map(str, simulations))} sent values from {float(lows[outside].min()):.6g} to "
+        f"{float(highs[outside].max()):.6g}, outside the simulator's declared value_range [{low:g}, {high:g}], "
+        "which scales the targets; declare the range its samples take"
     )
 
 
@@ -253,6 +263,8 @@ class OnlineDataModule(pl.LightningDataModule):
         self.batches_planned: int | None = None
         #: whether a batch outside the simulator's declared value range was warned about (once a run)
         self.range_warned = False
+        #: when this process's fit set up (another rank's failure written earlier is not this fit's)
+        self._fit_started = 0.0
         self._group: Any = None
         self._restored: dict[str, Any] | None = None
 
@@ -273,6 +285,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 # a CPU group for the end-of-stream agreement, whatever the training backend
                 self._group = dist.new_group(backend="gloo")
         if stage in (None, "fit"):
+            self._fit_started = time.time()
             if self.run_id is None:
                 self.run_id = self._agree(uuid.uuid4().hex)
             self._limit_threads()
@@ -439,21 +452,29 @@ class OnlineDataModule(pl.LightningDataModule):
 
     def _note_failure(self, exception: BaseException) -> None:
         """Write this rank's one-line cause to :data:`FAILURE_FILE` in its folder (distributed
-        training only), unless the failure is another rank's, seen here as a lost connection."""
+        training only), unless the failure is another rank's, seen here as a lost connection, or
+        no failure of its own (Ctrl-C, SIGTERM, a requeue: every rank gets those). A run that
+        fell short (:class:`OnlineRunFailed`, a closed buffer) is left for rank 0 to report."""
         folder = self._rank_folder(self.rank)
-        if self.world_size <= 1 or folder is None or peer_lost(exception) or isinstance(exception, KeyboardInterrupt):
+        if self.world_size <= 1 or folder is None or not isinstance(exception, Exception) or peer_lost(exception):
             return
+        if type(exception).__name__ == "Requeued":
+            return
+        short = isinstance(exception, (OnlineRunFailed, BufferClosed))
         cause = " ".join(str(exception).split()) or type(exception).__name__
-        if not isinstance(exception, (OnlineRunFailed, BufferClosed)):
+        if not short:
             cause = f"{type(exception).__name__}: {cause}"
         try:
             os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, FAILURE_FILE), "w") as out:
+            scratch = os.path.join(folder, f".{FAILURE_FILE}.{os.getpid()}")
+            with open(scratch, "w") as out:
                 out.write(cause)
+            os.replace(scratch, os.path.join(folder, FAILURE_FILE))  # whole, for a reader
         except OSError:
             return
-        with contextlib.suppress(AttributeError):  # engage run's rank leaves the report to rank 0
-            exception.left_to_rank_zero = True  # type: ignore[attr-defined]
+        if short:
+            with contextlib.suppress(AttributeError):  # engage run's rank leaves the report to rank 0
+                exception.left_to_rank_zero = True  # type: ignore[attr-defined]
 
     def peer_failure(self, trainer: pl.Trainer | None = None, wait_s: float = 5.0) -> str | None:
         """Why another rank stopped, when this rank's fit failed for a lost connection: the cause
@@ -469,16 +490,24 @@ class OnlineDataModule(pl.LightningDataModule):
                 folder = self._rank_folder(rank)
                 if rank == self.rank or folder is None:
                     continue
+                path = os.path.join(folder, FAILURE_FILE)
                 with contextlib.suppress(OSError):
-                    with open(os.path.join(folder, FAILURE_FILE)) as cause:
-                        return f"rank {rank} of {self.world_size} failed: {cause.read().strip()}"
+                    # one of this fit's ranks wrote it (a resumed run keeps its folders)
+                    if os.path.getmtime(path) >= self._fit_started - 1.0:
+                        with open(path) as written:
+                            cause = written.read().strip()
+                        if cause:
+                            return f"rank {rank} of {self.world_size} failed: {cause}"
             ended = [(i + 1, p.poll()) for i, p in enumerate(processes) if p.poll() not in (None, 0)]
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
         if ended:
             rank, code = ended[0]
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            how = f"exited with code {code}"
+            if code < 0:
+                with contextlib.suppress(ValueError):
+                    how = f"was killed by {signal.Signals(-code).name}"
             return f"rank {rank} of {self.world_size} stopped: its process {how}"
         return None
 
@@ -601,10 +630,7 @@ class OnlineDataModule(pl.LightningDataModule):
             return
         check_resumable(state_dict, self.simulator, self.sampler)
         if len(ranks) != self.world_size:
-            raise ValueError(
-                f"the checkpoint holds the data state of {len(ranks)} rank{'s' if len(ranks) != 1 else ''}; resume "
-                f"with the same number of devices ({len(ranks)}), not {self.world_size}"
-            )
+            raise ValueError(other_ranks(len(ranks), self.world_size))
         if self.scheduler is not None:
             raise RuntimeError("the data state must be loaded before simulations start (before the first batch)")
         local = ranks[self.rank]

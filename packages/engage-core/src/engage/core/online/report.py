@@ -58,14 +58,17 @@ class SimulationReport(pl.Callback):
         """The mean training loss of each simulation's samples, as trained so far."""
         return {sim: self._loss_sum[sim] / self._loss_count[sim] for sim in sorted(self._loss_sum)}
 
-    def table(self, datamodule: Any, rows: list[dict[str, Any]] | None = None) -> dict[str, list[Any]]:
+    def table(
+        self, datamodule: Any, rows: list[dict[str, Any]] | None = None, losses: dict[int, float] | None = None
+    ) -> dict[str, list[Any]]:
         """The simulations of this run as columns (for ``mlflow.log_table``): ``rows``, journal
-        entries (every rank's, gathered), else this rank's journal's."""
+        entries, and ``losses``, mean training losses by simulation (every rank's, gathered),
+        else this rank's."""
         if rows is None:
             rows = list(datamodule.scheduler.journal.latest().values())
         rows = sorted(rows, key=lambda e: e["simulation_id"])
         names = list(datamodule.simulator.space.names)
-        losses = self.mean_losses()
+        losses = self.mean_losses() if losses is None else losses
         columns: dict[str, list[Any]] = {"simulation_id": [r["simulation_id"] for r in rows]}
         for name in names:
             columns[name] = [(r.get("parameters") or {}).get(name) for r in rows]
@@ -97,8 +100,8 @@ class SimulationReport(pl.Callback):
         loggers = [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
         if not loggers:
             return
-        self._loss_sum, self._loss_count = losses
-        table = self.table(dm, rows)
+        sums, counts = losses
+        table = self.table(dm, rows, {sim: sums[sim] / counts[sim] for sim in sorted(sums)})
         if not table["simulation_id"]:
             return
         figures = sampled_points_figures(table, dm.simulator.space, getattr(dm, "held_out_points", None))

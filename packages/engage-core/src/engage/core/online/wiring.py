@@ -157,12 +157,19 @@ def unfed_plan(
         return None
     reads = "once" if max_reads == 1 else f"{max_reads} times"
     ranks = f" on each of {world_size} ranks" if world_size > 1 else ""
-    needed = -(-batches * per_batch // (simulator.samples_per_run * max_reads))
+    wanted = -(-batches * per_batch // max_reads)  # samples that would fill the plan
+    if settings.max_samples is not None and samples == settings.max_samples * world_size:
+        more = f"raise data.max_samples to {-(-wanted // world_size)}"  # the bound that binds
+    else:
+        more = f"raise data.simulations to {-(-wanted // simulator.samples_per_run)}"
+    if settings.max_reads is not None:
+        again = "or raise data.max_reads"
+    else:
+        again = "or use data.policy=reservoir, which reads samples again"
     return (
         f"data.policy={settings.policy} reads each sample {reads}: the {settings.simulations} simulations' "
         f"{samples} samples fill {possible} batches of {settings.batch_size}{ranks} of the {batches} the trainer "
-        f"plans ({source}), and training stops when they run out; to train them all, raise data.simulations to "
-        f"{needed} or use data.policy=reservoir, which reads samples again"
+        f"plans ({source}), and training stops when they run out; to train them all, {more} {again}"
     )
 
 

@@ -166,7 +166,9 @@ def check_arguments(
     if not parameters:
         # the example wave's own, for the example wave alone: a program of the user's declares its
         # own (a default space merged with theirs would give the model inputs it never reads)
-        if len(words) < 2 or os.path.abspath(words[1]) != os.path.abspath(TRAVELLING_WAVE):
+        if len(words) < 2 or os.path.abspath(os.path.join(folder or os.getcwd(), words[1])) != os.path.abspath(
+            TRAVELLING_WAVE
+        ):
             raise ExecutableSimulatorError(
                 "parameters",
                 "declare your program's parameters, e.g. ++simulator.parameters='{viscosity: {low: 0.001, high: 0.1}}'",

@@ -19,6 +19,9 @@ from typing import Any
 SWEEP_OVERRIDES_TAG = "engage.sweep_overrides"
 #: MLflow's limit on a parameter's value (a run's overrides, a sweep's)
 PARAM_MAX_CHARS = 6000
+#: the param of each run holding its simulator's parameter space in words, units included (a
+#: key no config option has)
+SIMULATOR_SPACE_PARAM = "engage.simulator_space"
 
 
 def sweep_overrides_of(run: Any) -> list[str]:

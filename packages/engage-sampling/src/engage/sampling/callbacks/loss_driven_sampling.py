@@ -179,10 +179,15 @@ class LossDrivenSampling(Callback):
 
     def _sampler(self, trainer: pl.Trainer) -> Any:
         sampler = find_sampler(trainer, self.sampler)
-        if sampler is None or not hasattr(sampler, "space"):
+        if sampler is None:
             raise ValueError(
                 "LossDrivenSampling found no sampler to tell the losses to: pass sampler=LossDrivenSampler(space) "
                 "(or another loss-aware sampler), or use a DataModule with a sampler (ENGAGE's have one)"
+            )
+        if not hasattr(sampler, "space"):
+            raise ValueError(
+                f"LossDrivenSampling: the sampler {type(sampler).__name__} has no parameter space (its 'space'), "
+                "which the losses' points are told in; give it one, as engage.core.samplers.Sampler does"
             )
         return sampler
 
