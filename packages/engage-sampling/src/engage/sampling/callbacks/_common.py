@@ -27,6 +27,20 @@ def find_sampler(trainer: pl.Trainer, explicit: Any = None) -> Any:
     return getattr(datamodule, "sampler", None)
 
 
+def required_sampler(trainer: pl.Trainer, explicit: Any, owner: str, purpose: str, attribute: str, lacking: str) -> Any:
+    """The sampler ``owner`` works with (:func:`find_sampler`), refused with one line when there is
+    none (``purpose``: what it would do with it) or when it lacks ``attribute`` (``lacking``: what
+    that is, and the fix)."""
+    sampler = find_sampler(trainer, explicit)
+    if sampler is None:
+        raise ValueError(
+            f"{owner} found no sampler {purpose}: pass sampler=, or train with a DataModule that has one (ENGAGE's do)"
+        )
+    if not hasattr(sampler, attribute):
+        raise ValueError(f"{owner}: the sampler {type(sampler).__name__} has no {lacking}")
+    return sampler
+
+
 def find_space(trainer: pl.Trainer, explicit: ParameterSpace | None, sampler: Any = None) -> ParameterSpace | None:
     """The parameter space: given, else the sampler's, else the DataModule simulator's."""
     if explicit is not None:

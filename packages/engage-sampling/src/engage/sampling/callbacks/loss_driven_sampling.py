@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from engage.sampling.callbacks._common import check_sampler, due, find_sampler, log_metrics, warn_once
+from engage.sampling.callbacks._common import check_sampler, due, log_metrics, required_sampler, warn_once
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, check_whole, scheduled_ratio
 
 #: the training step's output read for per-sample losses unless ``output_key`` says otherwise
@@ -178,18 +178,11 @@ class LossDrivenSampling(Callback):
         return 0.0
 
     def _sampler(self, trainer: pl.Trainer) -> Any:
-        sampler = find_sampler(trainer, self.sampler)
-        if sampler is None:
-            raise ValueError(
-                "LossDrivenSampling found no sampler to tell the losses to: pass sampler=LossDrivenSampler(space) "
-                "(or another loss-aware sampler), or use a DataModule with a sampler (ENGAGE's have one)"
-            )
-        if not hasattr(sampler, "space"):
-            raise ValueError(
-                f"LossDrivenSampling: the sampler {type(sampler).__name__} has no parameter space (its 'space'), "
-                "which the losses' points are told in; give it one, as engage.core.samplers.Sampler does"
-            )
-        return sampler
+        return required_sampler(
+            trainer, self.sampler, "LossDrivenSampling", "to tell the losses to (a loss-aware one)", "space",
+            "parameter space (its 'space'), which the losses' points are told in; give it one, as "
+            "engage.core.samplers.Sampler does",
+        )  # fmt: skip
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, before the first step, a callback with no sampler to tell: it would train the

@@ -27,6 +27,7 @@ from engage.sampling.callbacks._common import (
     find_space,
     log_figure,
     log_metrics,
+    required_sampler,
 )
 from engage.sampling.samplers._unit import check_whole
 
@@ -271,19 +272,11 @@ class SensitivityAnalysis(PeriodicAnalysis):
 
     def _reweighted(self, trainer: pl.Trainer) -> Any:
         """The sampler ``reweight_sampler`` re-weights; refused when there is none that can be."""
-        sampler = find_sampler(trainer, self.sampler)
-        if sampler is None:
-            raise ValueError(
-                "SensitivityAnalysis(reweight_sampler=True) found no sampler to re-weight: pass sampler=, or "
-                "train with a DataModule that has one"
-            )
-        if not hasattr(sampler, "set_parameter_weights"):
-            raise ValueError(
-                f"SensitivityAnalysis(reweight_sampler=True): the active sampler {type(sampler).__name__} has "
-                "no parameter weights to set; use sampler=sensitivity_weighted or loss_driven, or "
-                "reweight_sampler=False"
-            )
-        return sampler
+        return required_sampler(
+            trainer, self.sampler, "SensitivityAnalysis(reweight_sampler=True)", "to re-weight",
+            "set_parameter_weights",
+            "parameter weights to set; use sampler=sensitivity_weighted or loss_driven, or reweight_sampler=False",
+        )  # fmt: skip
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if due(trainer.global_step, self.every_n_steps):
