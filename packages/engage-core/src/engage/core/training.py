@@ -30,8 +30,9 @@ from engage.core.config.validate import ConfigError, explain
 from engage.core.console import quiet_lightning, quiet_other_ranks
 from engage.core.events import RunRecord
 from engage.core.files import write_private
-from engage.core.online.datamodule import OnlineDataModule, other_ranks, peer_lost
+from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.outcome import OnlineRunFailed
+from engage.core.online.rank_failures import other_ranks, peer_lost
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import PluginHookError, call_each, flatten, get_plugin_manager

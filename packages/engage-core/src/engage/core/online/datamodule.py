@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import tempfile
 import threading
-import time
 import uuid
 from collections import deque
 from typing import Any
@@ -21,11 +18,12 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from engage.core.data.simulated import VALIDATION_SEED_OFFSET, SimulationDataset
 from engage.core.executors import Executor, LocalExecutor
-from engage.core.online.buffer import BufferClosed, TrainingBuffer
+from engage.core.online.buffer import TrainingBuffer
 from engage.core.online.config import OnlineDataConfig, check_settings
 from engage.core.online.journal import Journal
 from engage.core.online.ledger import TrainingLedger
 from engage.core.online.outcome import OnlineOutcome, OnlineRunFailed
+from engage.core.online.rank_failures import RankFailures, other_ranks
 from engage.core.online.scheduler import SimulationScheduler
 from engage.core.online.wiring import make_executor, new_scheduler, paced_rate, planned_batches, unfed_plan
 from engage.core.samplers.base import Sampler
@@ -36,25 +34,6 @@ log = logging.getLogger("engage.online")
 
 #: the defaults of every setting, declared once (those ``engage run`` users get)
 _D = OnlineDataConfig
-#: under distributed training, the file in its folder where a rank whose fit failed writes why
-FAILURE_FILE = "failure.txt"
-
-
-def other_ranks(saved: int, now: int) -> str:
-    """Why a checkpoint of ``saved`` ranks' data state cannot resume on ``now`` ranks."""
-    return (
-        f"the checkpoint holds the data state of {saved} rank{'s' if saved != 1 else ''}; resume with as many "
-        f"(trainer.devices x trainer.num_nodes = {saved}), not {now}"
-    )
-
-
-def peer_lost(exception: BaseException) -> bool:
-    """Whether ``exception`` is another rank's failure seen from here: a collective whose peer
-    closed its connection (torch's ``DistBackendError``, or gloo's own message)."""
-    text = str(exception)
-    return type(exception).__name__ == "DistBackendError" or (
-        "gloo" in text and any(sign in text for sign in ("Connection closed by peer", "Connection reset by peer"))
-    )
 
 
 def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
@@ -263,8 +242,8 @@ class OnlineDataModule(pl.LightningDataModule):
         self.batches_planned: int | None = None
         #: whether a batch outside the simulator's declared value range was warned about (once a run)
         self.range_warned = False
-        #: when this process's fit set up (another rank's failure written earlier is not this fit's)
-        self._fit_started = 0.0
+        #: how the ranks of a distributed fit tell one another why one failed (set up with the fit)
+        self._failures: RankFailures | None = None
         self._group: Any = None
         self._restored: dict[str, Any] | None = None
 
@@ -285,10 +264,11 @@ class OnlineDataModule(pl.LightningDataModule):
                 # a CPU group for the end-of-stream agreement, whatever the training backend
                 self._group = dist.new_group(backend="gloo")
         if stage in (None, "fit"):
-            self._fit_started = time.time()
             if self.run_id is None:
                 self.run_id = self._agree(uuid.uuid4().hex)
             self._limit_threads()
+            if self.world_size > 1:
+                self._failures = RankFailures(self._rank_folder, self.rank, self.world_size)
         trainer = getattr(self, "trainer", None)
         if trainer is not None and stage in (None, "fit"):
             plan = planned_batches(self.settings, trainer)
@@ -442,7 +422,8 @@ class OnlineDataModule(pl.LightningDataModule):
     def on_exception(self, exception: BaseException) -> None:
         """A fit that fails stops its simulations: Lightning calls no ``teardown`` then. Under
         distributed training, a rank whose own fit failed leaves its cause for the others."""
-        self._note_failure(exception)
+        if self._failures is not None:
+            self._failures.note(exception)
         self.teardown("fit")
 
     def _rank_folder(self, rank: int) -> str | None:
@@ -450,66 +431,13 @@ class OnlineDataModule(pl.LightningDataModule):
             return None
         return os.path.join(self.workdir, self.run_id, f"rank{rank}")
 
-    def _note_failure(self, exception: BaseException) -> None:
-        """Write this rank's one-line cause to :data:`FAILURE_FILE` in its folder (distributed
-        training only), unless the failure is another rank's, seen here as a lost connection, or
-        no failure of its own (Ctrl-C, SIGTERM, a requeue: every rank gets those). A run that
-        fell short (:class:`OnlineRunFailed`, a closed buffer) is left for rank 0 to report."""
-        folder = self._rank_folder(self.rank)
-        if self.world_size <= 1 or folder is None or not isinstance(exception, Exception) or peer_lost(exception):
-            return
-        if type(exception).__name__ == "Requeued":
-            return
-        short = isinstance(exception, (OnlineRunFailed, BufferClosed))
-        cause = " ".join(str(exception).split()) or type(exception).__name__
-        if not short:
-            cause = f"{type(exception).__name__}: {cause}"
-        try:
-            os.makedirs(folder, exist_ok=True)
-            scratch = os.path.join(folder, f".{FAILURE_FILE}.{os.getpid()}")
-            with open(scratch, "w") as out:
-                out.write(cause)
-            os.replace(scratch, os.path.join(folder, FAILURE_FILE))  # whole, for a reader
-        except OSError:
-            return
-        if short:
-            with contextlib.suppress(AttributeError):  # engage run's rank leaves the report to rank 0
-                exception.left_to_rank_zero = True  # type: ignore[attr-defined]
-
     def peer_failure(self, trainer: pl.Trainer | None = None, wait_s: float = 5.0) -> str | None:
-        """Why another rank stopped, when this rank's fit failed for a lost connection: the cause
-        that rank left (waited for up to ``wait_s``), else how its process ended (a rank this
-        process started); ``None`` when neither is known."""
-        if self.world_size <= 1:
+        """Why another rank of this distributed fit stopped, when this one lost it (see
+        :meth:`RankFailures.peer`); ``None`` when not known, or not distributed."""
+        if self._failures is None:
             return None
         launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
-        processes = list(getattr(launcher, "procs", None) or [])  # Lightning's: ranks 1, 2, ... it started
-        deadline = time.monotonic() + wait_s
-        while True:
-            for rank in range(self.world_size):
-                folder = self._rank_folder(rank)
-                if rank == self.rank or folder is None:
-                    continue
-                path = os.path.join(folder, FAILURE_FILE)
-                with contextlib.suppress(OSError):
-                    # one of this fit's ranks wrote it (a resumed run keeps its folders)
-                    if os.path.getmtime(path) >= self._fit_started - 1.0:
-                        with open(path) as written:
-                            cause = written.read().strip()
-                        if cause:
-                            return f"rank {rank} of {self.world_size} failed: {cause}"
-            ended = [(i + 1, p.poll()) for i, p in enumerate(processes) if p.poll() not in (None, 0)]
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-        if ended:
-            rank, code = ended[0]
-            how = f"exited with code {code}"
-            if code < 0:
-                with contextlib.suppress(ValueError):
-                    how = f"was killed by {signal.Signals(-code).name}"
-            return f"rank {rank} of {self.world_size} stopped: its process {how}"
-        return None
+        return self._failures.peer(list(getattr(launcher, "procs", None) or []), wait_s)
 
     def stats(self) -> dict[str, float]:
         """Buffer and simulation counters of this rank."""
