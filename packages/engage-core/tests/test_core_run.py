@@ -369,6 +369,9 @@ def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_coun
     assert run.data.tags["engage.error"].startswith("online run failed: rank 1 of 2 failed")
     assert "online/simulations_completed" not in run.data.metrics  # no false total
     assert run.data.metrics["online/rank0/simulations_requested"] == 4  # rank 0's share, as its own
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logs = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
+    assert {"run/run.log", "run/train_ddp_process_1.log"} <= logs  # the failing rank's own log too
 
 
 @pytest.mark.slow

@@ -117,7 +117,7 @@ def test_a_plan_the_samples_cannot_fill_is_said_before_training_and_counted_at_i
     plan = SimpleNamespace(fast_dev_run=False, max_epochs=2, max_steps=-1, accumulate_grad_batches=1)
     said = unfed_plan(settings, simulator, plan, 1, max_reads=1)
     assert said == (
-        "data.policy=deterministic reads each sample once: the 6 simulations' 24 samples fill 6 batches of 4 of "
+        "data.policy=deterministic reads each sample once: the 6 simulations' 24 samples fill 6 batches of up to 4 of "
         "the 40 the trainer plans (trainer.max_epochs=2 x data.batches_per_epoch=20), and training stops when they "
         "run out; to train them all, raise data.simulations to 40 or use data.policy=reservoir, which reads samples "
         "again"

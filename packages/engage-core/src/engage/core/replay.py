@@ -324,9 +324,12 @@ def run_command(namespace: argparse.Namespace) -> int:
         return 2
     for warning in result.warnings:
         print(f"engage replay: warning: {warning}", file=sys.stderr)
-    print(f"compared within rtol={namespace.rtol:g}, atol={namespace.atol:g}:")
-    for comparison in result.compared:
-        print(f"  {comparison.line()}")
+    if result.compared:
+        print(f"compared within rtol={namespace.rtol:g}, atol={namespace.atol:g}:")
+        for comparison in result.compared:
+            print(f"  {comparison.line()}")
+    else:
+        print("no curve to compare: neither run logged one the replay can compare")
     if result.timing:
         print("timing-dependent, not compared:")
         for name, (old, new) in result.timing.items():

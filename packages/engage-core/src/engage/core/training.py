@@ -272,12 +272,13 @@ def _building(cfg: DictConfig) -> Iterator[None]:
         raise
 
 
-def _job_log(output_dir: Path) -> Path | None:
-    """Hydra's log file of this run (``<job name>.log`` in its folder), if it writes one."""
+def _job_logs(output_dir: Path) -> list[Path]:
+    """Hydra's log files of this run in its folder: its own (``<job name>.log``) and, under
+    distributed training, those of the ranks it started (``<job name>_process_N.log`` as Lightning
+    names them); none outside a Hydra app."""
     if not HydraConfig.initialized():
-        return None
-    path = output_dir / f"{HydraConfig.get().job.name}.log"
-    return path if path.is_file() else None
+        return []
+    return sorted(path for path in output_dir.glob("*.log") if path.is_file())
 
 
 @contextlib.contextmanager
@@ -478,8 +479,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         tracked.client.log_metric(tracked.run_id, "run/wall_time_s", time.perf_counter() - started)
                         if error is not None:  # why it did not finish, on the run itself
                             tracked.client.set_tag(tracked.run_id, ERROR_TAG, " ".join(error.split())[:5000])
-                        log_file = _job_log(output_dir)
-                        if log_file is not None:  # the run's console, as its folder keeps it
+                        for log_file in _job_logs(output_dir):  # the run's consoles, as its folder keeps them
                             tracked.client.log_artifact(tracked.run_id, str(log_file), "run")
                         if status not in ("KILLED", "SCHEDULED"):  # Ctrl-C does not wait for uploads, nor a requeue
                             for line in tracked.log_checkpoints(trainer, float(cfg.logger.checkpoint_max_mb)):

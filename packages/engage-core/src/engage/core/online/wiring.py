@@ -168,7 +168,7 @@ def unfed_plan(
         again = "or use data.policy=reservoir, which reads samples again"
     return (
         f"data.policy={settings.policy} reads each sample {reads}: the {settings.simulations} simulations' "
-        f"{samples} samples fill {possible} batches of {settings.batch_size}{ranks} of the {batches} the trainer "
+        f"{samples} samples fill {possible} batches of up to {settings.batch_size}{ranks} of the {batches} the trainer "
         f"plans ({source}), and training stops when they run out; to train them all, {more} {again}"
     )
 
