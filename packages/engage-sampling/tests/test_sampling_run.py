@@ -44,7 +44,9 @@ def test_an_adaptive_sampler_chosen_alone_gets_the_callback_it_learns_from(tmp_p
     for sampler in ("loss_driven", "breed", "loss_density"):
         (feeder,) = sampling_callbacks(f"sampler={sampler}")
         assert type(feeder) is LossDrivenSampling and feeder.every_n_steps == 10
-    assert "added with its defaults (+callbacks=loss_driven to set its options)" in caplog.text
+    assert (
+        "learns from what LossDrivenSampling tells it: added (+callbacks=loss_driven to set its options)" in caplog.text
+    )
     (feeder,) = sampling_callbacks("sampler=image_similarity")
     assert type(feeder) is ImageSimilaritySampling
     (feeder,) = sampling_callbacks("sampler=sensitivity_weighted", "seed=7")

@@ -78,7 +78,7 @@ def engage_callbacks(cfg: Any) -> list[Any]:
     """The sampling callbacks ``cfg.callbacks`` asks for (``+callbacks=[sensitivity,loss_driven]``),
     built with their options; a node of the same name with its own ``_target_`` is core's to build.
     An adaptive sampler (``sampler=loss_driven``, ...) chosen without the callback that tells it
-    what it learns from gets that callback with its defaults, and a line says so.
+    what it learns from gets that callback, and a line says so.
 
     Examples:
         >>> from omegaconf import OmegaConf
@@ -112,13 +112,8 @@ def _check_reweighting(cfg: Any, built: list[Any]) -> None:
     target = (cfg.get("sampler") or {}).get("_target_")
     if not target or not any(getattr(c, "reweight_sampler", False) and c.sampler is None for c in built):
         return
-    from hydra.utils import get_class
-
-    try:
-        chosen = get_class(target)
-    except Exception:  # a factory function: its sampler is checked when training starts
-        return
-    if not hasattr(chosen, "set_parameter_weights"):
+    chosen = _class_of(target)  # none for a factory function: its sampler is checked when training starts
+    if chosen is not None and not hasattr(chosen, "set_parameter_weights"):
         raise ConfigError(
             f"callbacks.sensitivity.reweight_sampler: the sampler {chosen.__name__} has no parameter weights to "
             "set; choose sampler=sensitivity_weighted or sampler=loss_driven, or set it to false"
@@ -126,8 +121,9 @@ def _check_reweighting(cfg: Any, built: list[Any]) -> None:
 
 
 def sampler_feeder(cfg: Any, built: list[Any]) -> Any:
-    """The callback the chosen sampler learns from, with its defaults, when neither ``built`` nor
-    a ``+callbacks.NAME._target_`` of the user's holds one; ``None`` when it needs none.
+    """The callback the chosen sampler learns from (its defaults; an analysis once an epoch), when
+    neither ``built`` nor a ``+callbacks.NAME._target_`` of the user's holds one; ``None`` when it
+    needs none.
 
     Examples:
         >>> from omegaconf import OmegaConf
@@ -158,7 +154,7 @@ def sampler_feeder(cfg: Any, built: list[Any]) -> Any:
         if "seed" in options:  # the config's ``${seed}``
             options["seed"] = cfg.get("seed", 0)
         logging.getLogger("engage.sampling").info(
-            "sampler %s learns from what %s tells it: added with its defaults (+callbacks=%s to set its options)",
+            "sampler %s learns from what %s tells it: added (+callbacks=%s to set its options)",
             target.rsplit(".", 1)[-1],
             class_name,
             callback_name,
@@ -176,11 +172,19 @@ def engage_config_options() -> list[ConfigOption]:
     return options
 
 
-def _is_subclass(target: str, base: type) -> bool:
-    """Whether the ``_target_`` names a subclass of ``base`` (a factory function names none)."""
+def _class_of(target: str) -> type | None:
+    """The class a ``_target_`` names; ``None`` for a factory function, or nothing importable
+    (Hydra says so when it builds it)."""
     from hydra.utils import get_class
 
     try:
-        return issubclass(get_class(target), base)
-    except Exception:  # not a class, or nothing importable: Hydra says so when it builds it
-        return False
+        found = get_class(target)
+    except Exception:
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _is_subclass(target: str, base: type) -> bool:
+    """Whether the ``_target_`` names a subclass of ``base``."""
+    found = _class_of(target)
+    return found is not None and issubclass(found, base)
