@@ -155,8 +155,6 @@ def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, sav
     """Refuse, before anything starts, what several ranks cannot run (one line,
     :class:`ConfigError`): nodes no cluster starts, fewer online simulations than ranks (a rank
     without any would train nothing), and a checkpoint of another number of ranks."""
-    import os
-
     from lightning.fabric.plugins.environments import LightningEnvironment
 
     ranks = trainer.world_size
