@@ -130,14 +130,14 @@ def sigterm_raises_terminated() -> Callable[[], None]:
 
 def _left_to_rank_zero(exc: BaseException) -> bool:
     """Whether this process is a rank that ``engage run``'s rank 0 started (Lightning's DDP) and
-    its failure is one it left for rank 0 to report (its DataModule wrote the cause where rank 0
-    reads it): it then ends quietly with code 0, and its connections close, so rank 0 says why
-    the run failed, ends its MLflow run FAILED and exits with the run's code. Ending with another
-    code, Lightning's rank 0 would kill every process, itself included, within seconds, saying
-    nothing and leaving its MLflow run RUNNING."""
+    its failure is rank 0's to report: its own run fell short (its DataModule wrote the cause
+    where rank 0 reads it), or it saw another rank's. It then ends quietly with code 0, and its
+    connections close, so rank 0 says why the run failed, ends its MLflow run FAILED and exits
+    with the run's code. Ending with another code, Lightning's rank 0 would kill every process,
+    itself included, within seconds, saying nothing and leaving its MLflow run RUNNING."""
     starter = os.environ.get(RANK_STARTER_ENV)
     started = os.environ.get("LOCAL_RANK", "0") != "0" and starter is not None and str(os.getppid()) == starter
-    return started and bool(getattr(exc, "left_to_rank_zero", False))
+    return started and (bool(getattr(exc, "left_to_rank_zero", False)) or bool(getattr(exc, "said_elsewhere", False)))
 
 
 def _fail(line: str, exit_code: int) -> NoReturn:
