@@ -170,9 +170,7 @@ def task(cfg: DictConfig) -> float | None:
     except Exception as exc:
         if _left_to_rank_zero(exc):
             # in this rank's own log (its console shows warnings only): rank 0 says it once
-            logging.getLogger("engage.online").info(
-                "this rank's run fell short (rank 0 reports the run's failure): %s", exc
-            )
+            logging.getLogger("engage.online").info("this rank stops; rank 0 reports the run's failure: %s", exc)
             sys.exit(0)
         buffer = sys.modules.get("engage.core.online.buffer")  # loaded if the run got that far
         closed = getattr(buffer, "BufferClosed", None)
