@@ -337,17 +337,19 @@ def test_ddp_fits_of_a_sweep_start_their_other_rank_through_engage_run(tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_counts_as_its_own(tmp_path):
-    """Rank 1's simulations fail for good: rank 0 ends the run FAILED with exit code 4 and one line
-    naming rank 1's cause (not the connection it lost, nor Lightning's kill of every rank), and
-    records its own counts as its own, since the other rank's cannot be added up any more."""
+@pytest.mark.parametrize(("rank", "first"), [(1, 3), (0, 2)])
+def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_counts_as_its_own(rank, first, tmp_path):
+    """A rank's simulations fail for good: rank 0 ends the run FAILED with exit code 4 and one line
+    naming that rank and its cause (not the connection it lost, nor Lightning's kill of every
+    rank, nor counts that are only that rank's share), and records its own counts as its own,
+    since the other rank's cannot be added up any more."""
     import stat
 
     example = Path(__file__).parents[1] / "src" / "engage" / "core" / "simulators" / "examples" / "travelling_wave.py"
     script = tmp_path / "sim.sh"
     script.write_text(
         "#!/bin/sh\n"
-        'if [ "${LOCAL_RANK:-0}" = 1 ] && [ "$2" -ge 3 ]; then echo "no such file" >&2; exit 1; fi\n'
+        f'if [ "${{LOCAL_RANK:-0}}" = {rank} ] && [ "$2" -ge {first} ]; then echo "no such file" >&2; exit 1; fi\n'
         f'exec "{sys.executable}" "{example}" "$@"\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
@@ -361,12 +363,13 @@ def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_coun
     assert result.returncode == 4, result.stderr[-3000:]
     last = result.stderr.rstrip().splitlines()[-1]
     assert last.startswith(
-        "engage run: online run failed: rank 1 of 2 failed: simulation scheduler failed: simulation 3 failed"
+        f"engage run: online run failed: rank {rank} of 2 failed: simulation scheduler failed: "
+        f"simulation {first} failed"
     ), result.stderr[-3000:]
     assert "Traceback" not in result.stderr and len(_stderr_lines(result)) == 1, result.stderr[-3000:]
     _, (run,) = _runs(tmp_path)
     assert run.info.status == "FAILED"
-    assert run.data.tags["engage.error"].startswith("online run failed: rank 1 of 2 failed")
+    assert run.data.tags["engage.error"].startswith(f"online run failed: rank {rank} of 2 failed")
     assert "online/simulations_completed" not in run.data.metrics  # no false total
     assert run.data.metrics["online/rank0/simulations_requested"] == 4  # rank 0's share, as its own
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

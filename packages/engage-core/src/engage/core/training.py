@@ -30,6 +30,7 @@ from engage.core.config.validate import ConfigError, explain
 from engage.core.console import quiet_lightning, quiet_other_ranks
 from engage.core.events import RunRecord
 from engage.core.files import write_private
+from engage.core.online.buffer import BufferClosed
 from engage.core.online.datamodule import OnlineDataModule
 from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.rank_failures import other_ranks, peer_lost
@@ -450,6 +451,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # another rank failed (or died): its cause, not the connection this rank lost to it
             error = f"online run failed: {peer}"
             raise OnlineRunFailed(error, said_elsewhere=trainer.global_rank != 0) from None
+        if trainer.world_size > 1 and isinstance(exc, BufferClosed):
+            # this rank's own simulations failed: its counts ("1 of 4 simulations") are its share
+            error = f"online run failed: rank {trainer.global_rank} of {trainer.world_size} failed: {exc}"
+            short = OnlineRunFailed(error)
+            short.left_to_rank_zero = getattr(exc, "left_to_rank_zero", False)  # type: ignore[attr-defined]
+            raise short from None
         lost = lost_server(exc, tracking_uri)
         if lost is not None:
             step = getattr(trainer, "global_step", 0)
