@@ -160,6 +160,20 @@ def test_bad_infrastructure_fails_with_one_line_before_anything_starts(tmp_path:
     assert not (tmp_path / "sweep" / ".engage").exists()
 
 
+def test_a_refused_command_line_ends_before_mlflow_is_imported(tmp_path: Path) -> None:
+    """The launcher starts importing MLflow (over a second) in its ``setup``, once its options
+    are checked: a refused command line ends with its one line before any of it is imported."""
+    cmd = [sys.executable, "-X", "importtime", str(APP), "-m", "hydra/launcher=engage", "hydra.launcher.layer=fog"]
+    proc = subprocess.run([*cmd, "+x=1,2"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    said = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert proc.returncode == 2 and said == [
+        "engage launcher: hydra.launcher.layer: no layer named 'fog'; layers are local"
+    ]
+    assert "engage.deploy.infrastructure" in imported  # the options were checked
+    assert not [name for name in imported if name.split(".")[0] == "mlflow"]
+
+
 def test_shipped_infrastructure_config_selects_layers(tmp_path: Path) -> None:
     proc = run_app(
         tmp_path,

@@ -20,8 +20,11 @@ Example (what :class:`~engage.deploy.sweep.Sweep` does)::
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -461,6 +464,25 @@ class SweepTracking:
             "parent_run_id": self.parent_run_id,
             "experiment_id": self.experiment_id,
         }
+
+
+def import_mlflow_early() -> None:
+    """Start importing MLflow's client (over a second) in a background thread, for a launcher
+    that knows a sweep will record, before the sweep composes its jobs; :meth:`SweepTracking.open`
+    then finds it imported, or waits for the import under Python's own import lock.
+
+    MLflow's modules live as long as the process: once they are imported, the objects of the
+    process are frozen out of the garbage collector's walks (``gc.freeze()``, once a process,
+    since only the first import does it), so that every later collection of the sweep does not
+    walk them again: 0.15 s of a one-job sweep's 2.6 s. Objects that exist at that moment are
+    never collected as cycles afterwards, a bounded cost paid once."""
+    if "mlflow.tracking" not in sys.modules:
+        _in_background(_import_mlflow, name="engage-mlflow-import")
+
+
+def _import_mlflow() -> None:
+    importlib.import_module("mlflow.tracking")
+    gc.freeze()
 
 
 def _in_background(function: Any, name: str) -> Future:

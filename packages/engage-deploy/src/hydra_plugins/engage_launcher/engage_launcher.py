@@ -119,6 +119,10 @@ class EngageLauncher(Launcher):
 
                 print(f"engage launcher: hydra.launcher.mlflow.tracking_uri: {exc}", file=sys.stderr)
                 sys.exit(EXIT_TRACKING_UNAVAILABLE)
+        if self.options.mlflow.enabled:
+            from engage.deploy.sweep_tracking import import_mlflow_early
+
+            import_mlflow_early()
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from . import _core
