@@ -392,8 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace = argparse.Namespace(command=name, args=argv[1:])
     else:
         namespace = parser.parse_args(argv)
+    from engage.core.quick_exit import skip_last_collection
     from engage.core.run import Terminated
 
+    skip_last_collection()
     try:
         return int(command.run(namespace) or 0)
     except KeyboardInterrupt as exc:
