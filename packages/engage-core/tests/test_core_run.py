@@ -208,6 +208,14 @@ def test_a_run_that_falls_short_exits_4_with_one_line_and_a_failed_mlflow_run(tm
     _, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
     assert runs[0].data.metrics["online/simulations_given_up"] >= 1
+    # the failed run's simulations, beside its failure
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    table = json.loads(
+        Path(client.download_artifacts(runs[0].info.run_id, "online/simulations.json", str(tmp_path))).read_text()
+    )
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    failed = [row for row in rows if row["status"] == "failed"]  # as they stood when the fit failed
+    assert failed and all(row["error"] == "did not connect within 0.001s" for row in failed), rows
 
 
 def test_a_fit_whose_training_loop_never_ran_fails_and_records_its_online_run(tmp_path):
@@ -375,6 +383,7 @@ def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_coun
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     logs = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
     assert {"run/run.log", "run/train_ddp_process_1.log"} <= logs  # the failing rank's own log too
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "online")} >= {"online/simulations_rank0.json"}
 
 
 @pytest.mark.slow

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+
+log = logging.getLogger("engage.online")
 
 #: the key of a ``training_step`` output holding each sample's loss, ``(B,)`` (the convention of
 #: engage-sampling's loss-driven sampling, which reads it too)
@@ -25,7 +28,8 @@ class SimulationReport(pl.Callback):
     scatter plots coloured by order and by loss (``online/sampled_points_by_order.png``,
     ``online/sampled_points_by_loss.png``), each axis a parameter's name and unit, the held-out
     simulations validation runs on marked beside them. The loss is
-    known when ``training_step`` returns ``{"loss": ..., "per_sample_loss": (B,)}``.
+    known when ``training_step`` returns ``{"loss": ..., "per_sample_loss": (B,)}``. A fit that
+    fails logs the table too (:meth:`on_exception`).
 
     :class:`~engage.core.online.datamodule.OnlineDataModule` adds it to the trainer by itself.
 
@@ -88,27 +92,49 @@ class SimulationReport(pl.Callback):
         return columns
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        dm = getattr(trainer, "datamodule", None)
-        if dm is None or getattr(dm, "scheduler", None) is None or dm.scheduler.journal is None:
+        dm = _online_datamodule(trainer)
+        if dm is None:
             return
         # every rank's simulations and losses (a collective: every rank gets here), rank 0 records them
-        rows, losses = self._gathered(dm)
-        if not trainer.is_global_zero:
+        rows, (sums, counts) = self._gathered(dm)
+        if trainer.is_global_zero:
+            losses = {sim: sums[sim] / counts[sim] for sim in sorted(sums)}
+            self._log(trainer, dm, self.table(dm, rows, losses), "online/simulations.json", figures=True)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A fit that failed logs its table too, so that its simulations (which failed, with what
+        error, which were running) are read beside the failure, as they stood when it failed:
+        those this rank knows, since another rank may be gone (no collective):
+        ``online/simulations.json`` on one rank, ``online/simulations_rank0.json`` under several.
+        Nothing for a run stopped (Ctrl-C, SIGTERM, a requeue), nor for one whose MLflow server
+        stopped answering."""
+        from engage.core.run import Requeued
+        from engage.core.tracking.store import lost_server
+
+        dm = _online_datamodule(trainer)
+        if dm is None or not trainer.is_global_zero or not isinstance(exception, Exception):
             return
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
-        if not loggers:
+        if isinstance(exception, Requeued):
             return
-        sums, counts = losses
-        table = self.table(dm, rows, {sim: sums[sim] / counts[sim] for sim in sorted(sums)})
-        if not table["simulation_id"]:
+        name = "online/simulations.json" if trainer.world_size == 1 else "online/simulations_rank0.json"
+        try:
+            for logger in _mlflow_loggers(trainer):
+                if lost_server(exception, logger.experiment.tracking_uri):
+                    return
+            self._log(trainer, dm, self.table(dm), name, figures=False)
+        except Exception as exc:  # the run's own failure is the one to report
+            log.warning("engage: the failed run's table of simulations was not logged (%s)", exc)
+
+    def _log(self, trainer: pl.Trainer, dm: Any, table: dict[str, list[Any]], name: str, figures: bool) -> None:
+        loggers = _mlflow_loggers(trainer)
+        if not loggers or not table["simulation_id"]:
             return
-        figures = sampled_points_figures(table, dm.simulator.space, getattr(dm, "held_out_points", None))
+        held_out = getattr(dm, "held_out_points", None)
+        plots = sampled_points_figures(table, dm.simulator.space, held_out) if figures else {}
         for logger in loggers:
-            logger.experiment.log_table(logger.run_id, data=table, artifact_file="online/simulations.json")
-            for name, figure in figures.items():
-                logger.experiment.log_figure(logger.run_id, figure, f"online/sampled_points_by_{name}.png")
+            logger.experiment.log_table(logger.run_id, data=table, artifact_file=name)
+            for plot, figure in plots.items():
+                logger.experiment.log_figure(logger.run_id, figure, f"online/sampled_points_by_{plot}.png")
 
     def _gathered(self, dm: Any) -> tuple[list[dict[str, Any]], tuple[dict[int, float], dict[int, int]]]:
         """Journal entries and loss sums of every rank under distributed training (the
@@ -129,6 +155,20 @@ class SimulationReport(pl.Callback):
                 sums[sim] = sums.get(sim, 0.0) + total
                 counts[sim] = counts.get(sim, 0) + rank_counts[sim]
         return [row for rank_rows, _ in gathered for row in rank_rows], (sums, counts)
+
+
+def _online_datamodule(trainer: pl.Trainer) -> Any:
+    """The trainer's online DataModule with its journal of simulations, else None."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or getattr(dm, "scheduler", None) is None or dm.scheduler.journal is None:
+        return None
+    return dm
+
+
+def _mlflow_loggers(trainer: pl.Trainer) -> list[Any]:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
 
 
 def _significant(value: float | None, digits: int = 6) -> float | None:
