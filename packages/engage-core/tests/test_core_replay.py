@@ -4,7 +4,7 @@ CPU run, offline or online with ``data.policy=deterministic``, replays with iden
 import pytest
 from mlflow.tracking import MlflowClient
 
-from engage.core.replay import compare_curves, config_flags, is_timing
+from engage.core.replay import NOT_COMPARED, compare_curves, config_flags, is_timing
 from engage.core.testing.process import run_engage as engage
 
 SMALL = ["simulator.grid=8", "simulator.steps=20", "model.width=8", "trainer.log_every_n_steps=1", "seed=5"]
@@ -53,9 +53,11 @@ def test_a_deterministic_online_run_replays_with_identical_curves(tmp_path):
     out = again.stdout
     assert "metrics identical" in out
     # the loss curve is compared point by point; the stream's timing is reported apart
-    compared, timing = out.split("compared within")[-1].split("timing-dependent, not compared:")
+    compared, timing = out.split("compared within")[-1].split(NOT_COMPARED)
     assert "train/loss: 6 points match" in compared
     assert "online/smp/s:" in timing and "online/smp/s" not in compared
+    # what training took from the stream does not depend on its timing under this policy
+    assert "online/samples_trained: 1 points match" in compared and "online/samples_trained" not in timing
     assert len(copies) == 1
 
 
@@ -93,6 +95,8 @@ def test_curves_compare_within_the_declared_tolerance():
 def test_timing_metrics_and_config_flags_are_told_apart():
     assert all(map(is_timing, ["system/cpu_utilization_percentage", "online/smp/s", "run/wall_time_s", "x/wait"]))
     assert not any(map(is_timing, ["train/loss", "val/rel_l2", "epoch", "sampling/exploration"]))
+    assert is_timing("online/samples_trained") and not is_timing("online/samples_trained", "deterministic")
+    assert is_timing("online/samples_received", "deterministic")  # what arrived depends on when training ended
     argv = ["-m", "-cd", "conf", "-cn", "train", "--config-path=p", "model.lr=0.1"]
     assert config_flags(argv) == ["-cd", "conf", "-cn", "train", "--config-path=p"]
 

@@ -43,6 +43,11 @@ from engage.core.tracking.store import (
 #: metrics that measure the machine or the timing of a live stream: reported, never compared
 TIMING_PREFIXES = ("system/", "online/", "run/", "job/")
 TIMING_PARTS = ("time", "/s", "wait", "throughput", "per_s")
+#: a live stream's totals that its timing cannot change when samples are served in simulation
+#: order (``data.policy=deterministic``): what training took from the stream, compared then
+DETERMINISTIC_TOTALS = ("online/batches_trained", "online/samples_trained")
+#: the heading of the metrics reported and not compared
+NOT_COMPARED = "depend on the machine or the stream's timing, not compared:"
 #: Hydra flags that choose the config (recorded with a run, given again to its replay)
 CONFIG_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
 
@@ -70,8 +75,12 @@ def config_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def is_timing(name: str) -> bool:
-    """Whether metric ``name`` measures the machine or a stream's timing."""
+def is_timing(name: str, policy: str | None = None) -> bool:
+    """Whether metric ``name`` measures the machine or a stream's timing, for a run whose samples
+    were read with ``policy`` (``data.policy``; the totals of :data:`DETERMINISTIC_TOTALS` do
+    not under ``deterministic``)."""
+    if policy == "deterministic" and name in DETERMINISTIC_TOTALS:
+        return False
     return name.startswith(TIMING_PREFIXES) or any(part in name for part in TIMING_PARTS)
 
 
@@ -279,7 +288,7 @@ def replay(
     )  # fmt: skip
     new_metrics = replayed.data.metrics
     for name in sorted(run.data.metrics):
-        if is_timing(name):
+        if is_timing(name, policy):
             result.timing[name] = (run.data.metrics[name], new_metrics.get(name))
             continue
         curves = [
@@ -331,7 +340,7 @@ def run_command(namespace: argparse.Namespace) -> int:
     else:
         print("no curve to compare: neither run logged one the replay can compare")
     if result.timing:
-        print("timing-dependent, not compared:")
+        print(NOT_COMPARED)
         for name, (old, new) in result.timing.items():
             print(f"  {name}: {old:.6g} -> {'-' if new is None else f'{new:.6g}'}")
     if result.original_status == "FAILED":
