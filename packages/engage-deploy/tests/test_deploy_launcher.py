@@ -174,6 +174,29 @@ def test_a_refused_command_line_ends_before_mlflow_is_imported(tmp_path: Path) -
     assert not [name for name in imported if name.split(".")[0] == "mlflow"]
 
 
+def test_an_experiment_whose_artifacts_are_behind_a_server_is_refused_before_anything(tmp_path: Path) -> None:
+    """An experiment that an MLflow server created with ``--serve-artifacts`` keeps its artifacts
+    as ``mlflow-artifacts:`` URIs, which only that server resolves: a sweep writing to the store
+    itself is refused before it starts, and told what to set."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).create_experiment("engage", artifact_location="mlflow-artifacts:/1")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_app(tmp_path, "+x=1")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lines == [
+        f"engage launcher: hydra.launcher.mlflow.experiment: experiment 'engage' of {store} keeps its artifacts "
+        "behind an MLflow server (mlflow-artifacts:/1); set hydra.launcher.mlflow.tracking_uri to that server's "
+        "http(s) address, or hydra.launcher.mlflow.experiment to another name"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert [r.info.run_id for r in MlflowClient(store).search_runs(["1"])] == []
+    # another experiment of the same store is used as usual
+    assert run_app(tmp_path, "+x=1", "hydra.launcher.mlflow.experiment=mine").returncode == 0
+
+
 def test_shipped_infrastructure_config_selects_layers(tmp_path: Path) -> None:
     proc = run_app(
         tmp_path,

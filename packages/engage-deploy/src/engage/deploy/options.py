@@ -54,6 +54,16 @@ class MLflowOptions:
     experiment: str = "engage"
     server_start_timeout_s: float = 120.0
 
+    def store(self) -> str:
+        """The store the sweep records in: ``tracking_uri``, else the store of the sweep it runs
+        inside (``ENGAGE_TRACKING_URI``), else ``mlflow.db`` in the working folder."""
+        from pathlib import Path
+
+        from engage.core.tracking.store import TRACKING_URI_ENV
+
+        configured = self.tracking_uri or os.environ.get(TRACKING_URI_ENV)
+        return configured or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
 
 @dataclass
 class ServingOptions:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
+from engage.core.tracking.store import PARENT_RUN_ENV
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder
 from engage.deploy.job import (
@@ -135,10 +135,7 @@ class SweepTracking:
         """
         if not self.enabled:
             return
-        backend = self.options.tracking_uri or os.environ.get(TRACKING_URI_ENV)
-        if not backend:
-            backend = f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
-        self.backend_uri = backend
+        backend = self.backend_uri = self.options.store()
         if backend.startswith(("http://", "https://")):
             return
         wanted = self.options.server

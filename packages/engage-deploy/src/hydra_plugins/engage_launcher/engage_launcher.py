@@ -88,6 +88,8 @@ class EngageLauncher(Launcher):
                 raise ValueError(f"hydra.launcher.placement=optimize: {exc}") from None
         if options.serving.enabled:
             _check_serving(options, infrastructure, config)
+        if options.mlflow.enabled:
+            _check_experiment(options.mlflow)
         return options, infrastructure, plan
 
     @classmethod
@@ -128,6 +130,23 @@ class EngageLauncher(Launcher):
         from . import _core
 
         return _core.launch(launcher=self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+
+
+def _check_experiment(mlflow: Any) -> None:
+    """A sweep cannot write the artifacts of an experiment that an MLflow server of its own
+    created with ``--serve-artifacts`` (``mlflow-artifacts:``) unless through that server: written
+    to the store itself they fail, and through the sweep's server they would land in the sweep's
+    folder, not where that server keeps them."""
+    from engage.core.tracking.sqlite_store import experiment_artifact_location
+
+    store = mlflow.store()
+    location = experiment_artifact_location(store, mlflow.experiment)
+    if location is not None and location.startswith("mlflow-artifacts:"):
+        raise ValueError(
+            f"hydra.launcher.mlflow.experiment: experiment {mlflow.experiment!r} of {store} keeps its artifacts "
+            f"behind an MLflow server ({location}); set hydra.launcher.mlflow.tracking_uri to that server's "
+            "http(s) address, or hydra.launcher.mlflow.experiment to another name"
+        )
 
 
 #: services' plans made in this process, by infrastructure (``to_dict()`` as sorted JSON)

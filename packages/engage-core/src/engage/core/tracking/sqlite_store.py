@@ -100,6 +100,21 @@ def sqlite_store_is_current(uri: str, timeout_s: float = 10.0) -> bool:
     return bool(revision) and revision == expected
 
 
+def experiment_artifact_location(uri: str, name: str, timeout_s: float = 10.0) -> str | None:
+    """Where the experiment called ``name`` of the SQLite store at ``uri`` keeps its artifacts,
+    read without MLflow; ``None`` for another store, one that does not exist or cannot be read,
+    or no such experiment."""
+    target = sqlite_path(uri)
+    if target is None or not target.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=timeout_s)) as db:
+            found = db.execute("SELECT artifact_location FROM experiments WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return found[0] if found else None
+
+
 def _empty_store() -> Path | None:
     """The kept empty store of the installed MLflow version, built on first use."""
     try:
