@@ -133,10 +133,10 @@ class EngageLauncher(Launcher):
 
 
 def _check_experiment(mlflow: Any) -> None:
-    """A sweep cannot write the artifacts of an experiment that an MLflow server of its own
-    created with ``--serve-artifacts`` (``mlflow-artifacts:``) unless through that server: written
-    to the store itself they fail, and through the sweep's server they would land in the sweep's
-    folder, not where that server keeps them."""
+    """A sweep cannot write the artifacts of an experiment that the user's own MLflow server
+    created with ``--serve-artifacts`` (``mlflow-artifacts:``) but through that server: written to
+    the store itself they fail, and through the sweep's server they would land in the sweep's
+    folder, not where the user's server keeps them."""
     from engage.core.tracking.sqlite_store import experiment_artifact_location
 
     store = mlflow.store()
