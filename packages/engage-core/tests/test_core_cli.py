@@ -224,6 +224,24 @@ def test_an_accelerator_this_machine_lacks_is_refused_before_the_run_folder(caps
     assert not (tmp_path / "run").exists()
 
 
+def test_an_experiment_whose_artifacts_are_behind_a_server_is_refused_before_the_run_folder(capsys, tmp_path):
+    """An MLflow server of the user's own with ``--serve-artifacts`` makes experiments whose
+    artifacts only it resolves (``mlflow-artifacts:``): a run writing to its store directly would
+    train, then fail with MLflow's traceback when it logs its first artifact."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).create_experiment("served", artifact_location="mlflow-artifacts:/1")
+    capsys.readouterr()  # what MLflow said as it made the store
+    run = ["run", f"hydra.run.dir={tmp_path}/run", f"logger.uri={store}", "logger.experiment=served"]
+    assert main(run) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"engage run: logger.experiment: experiment 'served' of {store} keeps its artifacts behind an MLflow server "
+        "(mlflow-artifacts:/1); set logger.uri to that server's http(s) address, or logger.experiment to another name"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_relative_config_path_says_how_to_give_it(capsys):
     assert main(["run", "-cp", "my_configs", "-cn", "mine"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -133,20 +133,14 @@ class EngageLauncher(Launcher):
 
 
 def _check_experiment(mlflow: Any) -> None:
-    """A sweep cannot write the artifacts of an experiment that the user's own MLflow server
-    created with ``--serve-artifacts`` (``mlflow-artifacts:``) but through that server: written to
-    the store itself they fail, and through the sweep's server they would land in the sweep's
-    folder, not where the user's server keeps them."""
-    from engage.core.tracking.sqlite_store import experiment_artifact_location
+    """An experiment whose artifacts the user's own MLflow server keeps is used through it."""
+    from engage.core.tracking.sqlite_store import artifacts_behind_a_server
 
-    store = mlflow.store()
-    location = experiment_artifact_location(store, mlflow.experiment)
-    if location is not None and location.startswith("mlflow-artifacts:"):
-        raise ValueError(
-            f"hydra.launcher.mlflow.experiment: experiment {mlflow.experiment!r} of {store} keeps its artifacts "
-            f"behind an MLflow server ({location}); set hydra.launcher.mlflow.tracking_uri to that server's "
-            "http(s) address, or hydra.launcher.mlflow.experiment to another name"
-        )
+    line = artifacts_behind_a_server(
+        mlflow.store(), mlflow.experiment, "hydra.launcher.mlflow.tracking_uri", "hydra.launcher.mlflow.experiment"
+    )
+    if line is not None:
+        raise ValueError(line)
 
 
 #: services' plans made in this process, by infrastructure (``to_dict()`` as sorted JSON)

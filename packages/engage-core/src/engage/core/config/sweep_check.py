@@ -35,6 +35,7 @@ class SweepValuesCheck(Callback):
             check_values(config)
             check_accelerator(config)
             check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+            check_store(config)
             if OmegaConf.select(config, "ckpt_path", default=None) not in (None, ""):
                 from engage.core.training import resolve_ckpt_path
 
@@ -139,6 +140,21 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
                 f"ckpt_path=last: job {num} ({' '.join(job)}) has no checkpoint in its folder {folder}; pass "
                 "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
             ) from None
+
+
+def check_store(config: DictConfig) -> None:
+    """The run's experiment, when it is in an SQLite store that an MLflow server of the user's
+    own created it in with ``--serve-artifacts``, is used through that server (read with
+    ``sqlite3``, without MLflow); raise :class:`~engage.core.config.validate.ConfigError`."""
+    from engage.core.config.validate import ConfigError
+    from engage.core.tracking.sqlite_store import artifacts_behind_a_server
+    from engage.core.tracking.store import resolve_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(OmegaConf.select(config, "logger.uri", default=None))
+    experiment = resolve_experiment(OmegaConf.select(config, "logger.experiment", default=None))
+    line = artifacts_behind_a_server(uri, experiment, "logger.uri", "logger.experiment")
+    if line is not None:
+        raise ConfigError(line)
 
 
 def check_writable(folder: Path, key: str) -> None:

@@ -115,6 +115,21 @@ def experiment_artifact_location(uri: str, name: str, timeout_s: float = 10.0) -
     return found[0] if found else None
 
 
+def artifacts_behind_a_server(uri: str, experiment: str, uri_key: str, experiment_key: str) -> str | None:
+    """One line refusing to write to ``experiment`` of the SQLite store at ``uri`` directly when an
+    MLflow server created it with ``--serve-artifacts``: its artifact location
+    (``mlflow-artifacts:...``) is resolved by that server alone, so artifacts written past it fail
+    (or, through another server, land where that server keeps its own). ``uri_key`` and
+    ``experiment_key`` name the settings the line tells to change; ``None`` when nothing is wrong."""
+    location = experiment_artifact_location(uri, experiment)
+    if location is None or not location.startswith("mlflow-artifacts:"):
+        return None
+    return (
+        f"{experiment_key}: experiment {experiment!r} of {uri} keeps its artifacts behind an MLflow server "
+        f"({location}); set {uri_key} to that server's http(s) address, or {experiment_key} to another name"
+    )
+
+
 def _empty_store() -> Path | None:
     """The kept empty store of the installed MLflow version, built on first use."""
     try:
