@@ -235,11 +235,19 @@ def test_an_experiment_whose_artifacts_are_behind_a_server_is_refused_before_the
     capsys.readouterr()  # what MLflow said as it made the store
     run = ["run", f"hydra.run.dir={tmp_path}/run", f"logger.uri={store}", "logger.experiment=served"]
     assert main(run) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"engage run: logger.experiment: experiment 'served' of {store} keeps its artifacts behind an MLflow server "
+    said = capsys.readouterr().err.strip()
+    line = said.removeprefix("engage run: ")
+    assert said.startswith("engage run: ") and line == (
+        f"logger.experiment: experiment 'served' of {store} keeps its artifacts behind an MLflow server "
         "(mlflow-artifacts:/1); set logger.uri to that server's http(s) address, or logger.experiment to another name"
     )
     assert not (tmp_path / "run").exists()
+    # a sweep of Hydra's launchers, before its parent run and its first job
+    sweep = ["run", "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep", *run[2:]]
+    assert main(sweep) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"engage run: {line}"]
+    assert not (tmp_path / "sweep").exists()
+    assert MlflowClient(store).search_runs(["1"]) == []
 
 
 def test_a_relative_config_path_says_how_to_give_it(capsys):

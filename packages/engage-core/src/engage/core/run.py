@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 
-from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_values
+from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_store, check_values
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import PluginError
 from engage.core.tracking.store import TrackingUnavailable
@@ -156,6 +156,7 @@ def task(cfg: DictConfig) -> float | None:
     an unreachable store and a failed online run are one printed line and an exit code (see :func:`_fail`)."""
     try:
         check_values(cfg)
+        check_store(cfg)  # a sweep's job too, whose launcher ran no run-start check
         from engage.core.training import train  # Lightning and PyTorch, once the config is good
 
         metrics = train(cfg)

@@ -29,7 +29,13 @@ class SweepValuesCheck(Callback):
         """A single run: its values, and the checkpoint it resumes from, checked before Hydra
         makes the run's output folder (the task checks them again, for apps without this
         callback)."""
-        from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_accelerator, check_values
+        from engage.core.config.validate import (
+            EXIT_CONFIG_ERROR,
+            ConfigError,
+            check_accelerator,
+            check_store,
+            check_values,
+        )
 
         try:
             check_values(config)
@@ -53,6 +59,7 @@ class SweepValuesCheck(Callback):
         from engage.core.config.validate import (
             EXIT_CONFIG_ERROR,
             ConfigError,
+            check_store,
             check_values,
             explain,
             last_per_key,
@@ -69,10 +76,14 @@ class SweepValuesCheck(Callback):
         name = OmegaConf.select(config, "hydra.job.config_name")
         try:
             resumes = False
+            # the engage launcher gives its jobs its own store, which it checks itself
+            own_store = str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("EngageLauncher")
             swept = last_per_key(sweeper_params(config, hydra.config_loader) + overrides)
             for variant in single_run_overrides(swept, hydra.config_loader):
                 cfg = hydra.compose_config(name, own + variant, run_mode=RunMode.RUN)
                 check_values(cfg)
+                if not own_store:
+                    check_store(cfg)
                 resumes = resumes or OmegaConf.select(cfg, "ckpt_path", default=None) not in (None, "")
             if resumes and _jobs_run_here(config):
                 _check_checkpoints(hydra, name, own, overrides, config)
@@ -140,21 +151,6 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
                 f"ckpt_path=last: job {num} ({' '.join(job)}) has no checkpoint in its folder {folder}; pass "
                 "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
             ) from None
-
-
-def check_store(config: DictConfig) -> None:
-    """The run's experiment, when it is in an SQLite store that an MLflow server of the user's
-    own created it in with ``--serve-artifacts``, is used through that server (read with
-    ``sqlite3``, without MLflow); raise :class:`~engage.core.config.validate.ConfigError`."""
-    from engage.core.config.validate import ConfigError
-    from engage.core.tracking.sqlite_store import artifacts_behind_a_server
-    from engage.core.tracking.store import resolve_experiment, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(OmegaConf.select(config, "logger.uri", default=None))
-    experiment = resolve_experiment(OmegaConf.select(config, "logger.experiment", default=None))
-    line = artifacts_behind_a_server(uri, experiment, "logger.uri", "logger.experiment")
-    if line is not None:
-        raise ConfigError(line)
 
 
 def check_writable(folder: Path, key: str) -> None:

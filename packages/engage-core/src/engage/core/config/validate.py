@@ -301,6 +301,20 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
+def check_store(config: DictConfig) -> None:
+    """The run's experiment, when an MLflow server of the user's own created it in an SQLite
+    store with ``--serve-artifacts``, is used through that server (read with ``sqlite3``,
+    without MLflow); raise :class:`ConfigError`."""
+    from engage.core.tracking.sqlite_store import artifacts_behind_a_server
+    from engage.core.tracking.store import resolve_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(OmegaConf.select(config, "logger.uri", default=None))
+    experiment = resolve_experiment(OmegaConf.select(config, "logger.experiment", default=None))
+    line = artifacts_behind_a_server(uri, experiment, "logger.uri", "logger.experiment")
+    if line is not None:
+        raise ConfigError(line)
+
+
 def _check_executor(cfg: DictConfig) -> None:
     """``data.executor`` installed, and its options ones it takes, with values it can check
     without building it (an executor may submit a probe job when built)."""
