@@ -4,6 +4,7 @@ plugins loaded by pluggy's own loader with ``check_pending()``, failures named i
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import textwrap
 
@@ -257,6 +258,7 @@ def test_an_observer_of_the_run_end_that_raises_fails_the_run_naming_it(tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
     assert run.info.status == "FAILED"
+    assert "plugin 'observer' failed in engage_run_finished" in run.data.tags["engage.error"]  # why, on the run
 
 
 def test_registry_clashes_and_failing_hooks_name_their_plugins():
@@ -298,3 +300,96 @@ def test_registry_clashes_and_failing_hooks_name_their_plugins():
     manager = new_plugin_manager([("refusing", Refusing)], installed=False)
     with pytest.raises(ConfigError, match=r"^callbacks.mine.every: must be >= 1, got 0$"):
         call_each(manager, "engage_callbacks", cfg=None)
+
+
+def test_a_plugin_that_breaks_the_command_line_is_one_line_and_exit_code_2(tmp_path, monkeypatch):
+    """Two plugins offering one option, a plugin whose ``engage_commands`` raises, two registering
+    one sampler: every ``engage`` command says so in one line naming them, exit code 2, before
+    anything is created."""
+    import os
+    import subprocess
+
+    sources = {
+        "clash": """
+            from dataclasses import dataclass
+            from engage.core import hookimpl
+            from engage.core.config.options import ConfigOption
+
+            @dataclass
+            class Heat:
+                _target_: str = "engage.core.simulators.heat.HeatEquation"
+
+            @hookimpl
+            def engage_config_options():
+                return [ConfigOption("simulator", "heat", Heat())]
+            """,
+        "nocommand": """
+            from engage.core import hookimpl
+
+            @hookimpl
+            def engage_commands():
+                raise KeyError("deliberate")
+            """,
+        "twin": """
+            from engage.core import hookimpl
+
+            @hookimpl
+            def engage_samplers():
+                return {"uniform": int}
+            """,
+    }
+    expected = {
+        "clash": r"plugins '\w+' and 'clash' both offer simulator=heat; rename one option, or set "
+        r"ENGAGE_DISABLE_PLUGINS",
+        "nocommand": r"plugin 'nocommand' failed in engage_commands: KeyError: 'deliberate'; fix it, or set "
+        r"ENGAGE_DISABLE_PLUGINS=nocommand",
+        "twin": r"plugins '\w+' and 'twin' both register the sampler 'uniform'",
+    }
+    for name, source in sources.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        _install(folder, monkeypatch, name, source)
+        env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        command = ["plugins"] if name == "twin" else ["run", "--cfg", "job"]
+        done = subprocess.run([sys.executable, "-m", "engage.core.cli", *command], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (name, done.stderr[-2000:])
+        assert re.match(rf"engage( {command[0]})?: {expected[name]}", lines[0]), lines[0]
+        assert sorted(p.name for p in folder.iterdir()) == [f"{name}_module.py", f"{name}_plugin-1.0.dist-info"]
+
+
+def test_callbacks_a_plugin_returns_are_a_list_of_callbacks_or_its_plugin_is_named(monkeypatch):
+    from lightning.pytorch.callbacks import Callback
+
+    from engage.core import hookimpl, training
+
+    class Good:
+        @staticmethod
+        @hookimpl
+        def engage_callbacks(cfg):
+            return [Callback()]
+
+    class One:  # one callback, not a list of them
+        @staticmethod
+        @hookimpl
+        def engage_callbacks(cfg):
+            return Callback()
+
+    class Dicts:
+        @staticmethod
+        @hookimpl
+        def engage_callbacks(cfg):
+            return [{"not": "a callback"}]
+
+    monkeypatch.setattr(training, "get_plugin_manager", lambda: new_plugin_manager([("good", Good)], installed=False))
+    assert [type(c) for c in training.plugin_callbacks(None)] == [Callback]
+    for name, plugin, got in (("one", One, "Callback"), ("dicts", Dicts, "dict")):
+        manager = new_plugin_manager([(name, plugin)], installed=False)
+        monkeypatch.setattr(training, "get_plugin_manager", lambda manager=manager: manager)
+        with pytest.raises(PluginError) as failure:
+            training.plugin_callbacks(None)
+        assert str(failure.value) == (
+            f"plugin {name!r}: engage_callbacks must return a list of Lightning callbacks, got {got}; "
+            f"fix it, or set {DISABLE_ENV}={name}"
+        )

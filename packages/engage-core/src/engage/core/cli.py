@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engage.core.commands import Command
-from engage.core.plugins import PluginError, flatten, get_plugin_manager, plugin_infos
+from engage.core.plugins import DISABLE_ENV, PluginError, get_plugin_manager, per_plugin, plugin_infos
 
 #: Hydra's own flags for shell completion, which also work as ``engage -sc ...``
 COMPLETION_FLAGS = ("-sc", "--shell-completion")
@@ -194,7 +194,7 @@ def _version() -> int:
 
 def _plugins(namespace: argparse.Namespace) -> int:
     from engage.core.config.store import config_options
-    from engage.core.plugins import per_plugin
+    from engage.core.plugins import merge_mappings, per_plugin
 
     manager = get_plugin_manager()
     console = Console()
@@ -204,6 +204,8 @@ def _plugins(namespace: argparse.Namespace) -> int:
     options = config_options(manager)
     # what each plugin's own implementation returns, each called through pluggy
     registries = {kind: per_plugin(manager, hook) for kind, hook in _REGISTRIES.items() if hasattr(manager.hook, hook)}
+    for kind, results in registries.items():
+        merge_mappings(results, kind)  # two plugins registering one name: one line naming both
     commands = per_plugin(manager, "engage_commands")
     searchpaths = per_plugin(manager, "engage_config_searchpath")
     for info in plugin_infos(manager):
@@ -353,10 +355,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, Command] = {}
-    for command in flatten(manager.hook.engage_commands()):
-        if command.name in commands:
-            raise PluginError(f"two plugins add the command {command.name!r}; uninstall one of them")
-        commands[command.name] = command
+    owner: dict[str, str] = {}
+    for plugin, added in reversed(per_plugin(manager, "engage_commands")):  # in registration order, core first
+        for command in added or ():
+            if command.name in commands:
+                raise PluginError(
+                    f"plugins {owner[command.name]!r} and {plugin!r} both add the command {command.name!r}; "
+                    f"uninstall one of them, or set {DISABLE_ENV} to one of them"
+                )
+            commands[command.name], owner[command.name] = command, plugin
+    for command in sorted(commands.values(), key=lambda c: c.name):
         sub_parser = sub.add_parser(
             command.name, help=command.help, description=command.help, add_help=not command.passthrough
         )
@@ -398,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     skip_last_collection()
     try:
         return int(command.run(namespace) or 0)
+    except PluginError as exc:  # a plugin that breaks the command before it starts (its options, hooks)
+        print(f"engage {name}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         if type(exc) is KeyboardInterrupt:  # Ctrl-C itself, not an error of that family
             # one line, not a traceback; Python still ends the process by SIGINT after its exit

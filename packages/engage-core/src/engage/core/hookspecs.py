@@ -83,8 +83,9 @@ def engage_config_searchpath() -> Sequence[str]:
 def engage_simulators() -> Mapping[str, type[Simulator]]:
     """Simulator classes by name (subclasses of :class:`engage.core.Simulator`).
 
-    Called whenever the installed simulators are listed (``engage plugins``, checks of a
-    checkpoint); two plugins registering one name is an error.
+    Called whenever the installed simulators are listed (``engage plugins``); two plugins
+    registering one name is an error. A simulator is chosen on the command line
+    (``simulator=NAME``) through the option a plugin offers for it (``engage_config_options``).
     """
 
 
@@ -92,8 +93,9 @@ def engage_simulators() -> Mapping[str, type[Simulator]]:
 def engage_samplers() -> Mapping[str, type[Sampler]]:
     """Sampler classes by name (subclasses of :class:`engage.core.Sampler`).
 
-    Called whenever the installed samplers are listed; two plugins registering one name is an
-    error.
+    Called whenever the installed samplers are listed (``engage plugins``); two plugins
+    registering one name is an error. A sampler is chosen on the command line
+    (``sampler=NAME``) through the option a plugin offers for it (``engage_config_options``).
     """
 
 

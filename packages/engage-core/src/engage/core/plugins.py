@@ -209,11 +209,12 @@ def call_each(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[A
 
 
 def merge_mappings(results: Iterable[tuple[str, Mapping[str, Any] | None]], what: str) -> dict[str, Any]:
-    """Merge the ``(plugin name, mapping)`` results of a registry hook; two plugins claiming one
-    name is an error naming both."""
+    """Merge the ``(plugin name, mapping)`` results of a registry hook, as :func:`per_plugin`
+    gives them; two plugins claiming one name is an error naming both, the one registered first
+    (core before the others) first."""
     merged: dict[str, Any] = {}
     owner: dict[str, str] = {}
-    for plugin, result in results:
+    for plugin, result in reversed(list(results)):  # pluggy calls the last registered first
         for name, value in (result or {}).items():
             if name in merged and merged[name] is not value:
                 raise PluginError(

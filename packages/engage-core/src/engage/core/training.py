@@ -36,7 +36,7 @@ from engage.core.online.outcome import OnlineRunFailed
 from engage.core.online.rank_failures import other_ranks, peer_lost
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
-from engage.core.plugins import PluginHookError, call_each, flatten, get_plugin_manager
+from engage.core.plugins import DISABLE_ENV, PluginError, PluginHookError, call_each, get_plugin_manager, per_plugin
 from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console, sigterm_raises_terminated
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.naming import PARAM_MAX_CHARS, SIMULATOR_SPACE_PARAM
@@ -76,6 +76,24 @@ def choose_tracking_uri(cfg: DictConfig, output_dir: Path) -> str:
     return uri
 
 
+def plugin_callbacks(cfg: DictConfig) -> list[Any]:
+    """The Lightning callbacks plugins add to a run (``engage_callbacks``); a plugin that returns
+    something else than a list of callbacks is a :class:`PluginError` naming it."""
+    from lightning.pytorch.callbacks import Callback
+
+    callbacks: list[Any] = []
+    for plugin, added in per_plugin(get_plugin_manager(), "engage_callbacks", cfg=cfg):
+        items = list(added) if isinstance(added, (list, tuple)) else None
+        if items is None or not all(isinstance(c, Callback) for c in items):
+            got = type(added).__name__ if items is None else ", ".join(sorted({type(c).__name__ for c in items}))
+            raise PluginError(
+                f"plugin {plugin!r}: engage_callbacks must return a list of Lightning callbacks, got {got}; "
+                f"fix it, or set {DISABLE_ENV}={plugin}"
+            )
+        callbacks.extend(items)
+    return callbacks
+
+
 def build_strategy(cfg: DictConfig) -> Any:
     # the first plugin's answer wins, as pluggy's firstresult would have it
     from_plugin = next(iter(call_each(get_plugin_manager(), "engage_strategy", cfg=cfg)), None)
@@ -95,7 +113,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     from engage.core.callbacks import EngageProgressBar, LastValidation
 
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
-    callbacks += flatten(call_each(get_plugin_manager(), "engage_callbacks", cfg=cfg))
+    callbacks += plugin_callbacks(cfg)
     if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(EngageProgressBar())
     if cfg.trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
@@ -495,7 +513,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                             call_each(manager, "engage_run_finished", record=record)
                         except PluginHookError as exc:  # the run did not end as it should: never FINISHED
                             hook_failure = exc
-                            status = "FAILED" if status == "FINISHED" else status
+                            if status == "FINISHED":
+                                status = "FAILED"
+                                tracked.client.set_tag(tracked.run_id, ERROR_TAG, " ".join(str(exc).split())[:5000])
                     except Exception as exc:  # the server stopped answering as the run ended
                         lost = lost_server(exc, tracking_uri)
                         if lost is None:

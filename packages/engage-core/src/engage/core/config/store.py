@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 
 from engage.core.config.options import ConfigOption
 from engage.core.config.schema import EngageConfig
-from engage.core.plugins import DISABLE_ENV, PluginError, flatten, get_plugin_manager, per_plugin
+from engage.core.plugins import DISABLE_ENV, PluginError, call_each, flatten, get_plugin_manager, per_plugin
 
 SCHEMA_NAME = "engage_schema"
 
@@ -100,4 +100,4 @@ def store_option(store: ConfigStore, plugin_name: str, option: ConfigOption) -> 
 def searchpath_entries(manager: pluggy.PluginManager | None = None) -> list[str]:
     """Search-path entries contributed by plugins, in registration order."""
     manager = manager or get_plugin_manager()
-    return flatten(reversed(manager.hook.engage_config_searchpath()))
+    return flatten(reversed(call_each(manager, "engage_config_searchpath")))
