@@ -337,18 +337,31 @@ def test_a_plugin_that_breaks_the_command_line_is_one_line_and_exit_code_2(tmp_p
             def engage_samplers():
                 return {"uniform": int}
             """,
+        "shadow": """
+            from engage.core import hookimpl
+
+            @hookimpl
+            def engage_config_searchpath():
+                return ["pkg://shadow_conf"]
+            """,
     }
     expected = {
         "clash": r"plugins '\w+' and 'clash' both offer simulator=heat; rename one option, or set "
         r"ENGAGE_DISABLE_PLUGINS",
         "nocommand": r"plugin 'nocommand' failed in engage_commands: KeyError: 'deliberate'; fix it, or set "
         r"ENGAGE_DISABLE_PLUGINS=nocommand",
-        "twin": r"plugins '\w+' and 'twin' both register the sampler 'uniform'",
+        "twin": r"plugins 'core' and 'twin' both register the sampler 'uniform'",
+        "shadow": r"core's option and shadow's shadow_conf sampler/uniform.yaml both offer sampler=uniform; rename "
+        r"one, or set ENGAGE_DISABLE_PLUGINS to one of the plugins",
     }
     for name, source in sources.items():
         folder = tmp_path / name
         folder.mkdir()
         _install(folder, monkeypatch, name, source)
+        if name == "shadow":  # a YAML config of the name of core's default sampler
+            (folder / "shadow_conf" / "sampler").mkdir(parents=True)
+            (folder / "shadow_conf" / "__init__.py").write_text("")
+            (folder / "shadow_conf" / "sampler" / "uniform.yaml").write_text("seed: 12345\n")
         env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         command = ["plugins"] if name == "twin" else ["run", "--cfg", "job"]
         done = subprocess.run([sys.executable, "-m", "engage.core.cli", *command], cwd=folder, env=env,
@@ -356,7 +369,8 @@ def test_a_plugin_that_breaks_the_command_line_is_one_line_and_exit_code_2(tmp_p
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, (name, done.stderr[-2000:])
         assert re.match(rf"engage( {command[0]})?: {expected[name]}", lines[0]), lines[0]
-        assert sorted(p.name for p in folder.iterdir()) == [f"{name}_module.py", f"{name}_plugin-1.0.dist-info"]
+        made = {p.name for p in folder.iterdir()} - {"shadow_conf", "__pycache__"}
+        assert made == {f"{name}_module.py", f"{name}_plugin-1.0.dist-info"}
 
 
 def test_callbacks_a_plugin_returns_are_a_list_of_callbacks_or_its_plugin_is_named(monkeypatch):

@@ -193,7 +193,7 @@ def _version() -> int:
 
 
 def _plugins(namespace: argparse.Namespace) -> int:
-    from engage.core.config.store import config_options
+    from engage.core.config.store import check_config_names, config_options
     from engage.core.plugins import merge_mappings, per_plugin
 
     manager = get_plugin_manager()
@@ -202,6 +202,7 @@ def _plugins(namespace: argparse.Namespace) -> int:
     for column in ("plugin", "package", "version", "contributes"):
         table.add_column(column)
     options = config_options(manager)
+    check_config_names(manager, options)
     # what each plugin's own implementation returns, each called through pluggy
     registries = {kind: per_plugin(manager, hook) for kind, hook in _REGISTRIES.items() if hasattr(manager.hook, hook)}
     for kind, results in registries.items():
@@ -260,27 +261,14 @@ def _options_table(options: list, searchpaths: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def _searchpath_options(entry: str) -> dict[str, list[str]]:
-    """The YAML options under a ``pkg://`` search-path entry, by config group (its sub-folders)."""
-    from importlib.resources import files
+def _searchpath_options(entry: str) -> dict[str, dict[str, str]]:
+    """The YAML options under a ``pkg://`` search-path entry, by config group, with their descriptions."""
+    from engage.core.config.store import yaml_options
 
-    if not entry.startswith("pkg://"):
-        return {}
-    try:
-        root = files(entry.removeprefix("pkg://"))
-    except ModuleNotFoundError:
-        return {}
-    found: dict[str, dict[str, str]] = {}
-    for folder in root.iterdir():
-        if folder.is_dir():
-            names = {
-                f.name.removesuffix(".yaml"): _first_sentence(f.read_text())
-                for f in folder.iterdir()
-                if f.name.endswith(".yaml")
-            }
-            if names:
-                found[folder.name] = names
-    return found
+    return {
+        group: {name: _first_sentence(file.read_text()) for name, file in names.items()}
+        for group, names in yaml_options(entry).items()
+    }
 
 
 def _first_sentence(yaml_text: str) -> str:

@@ -52,11 +52,55 @@ def options_by_group(manager: pluggy.PluginManager | None = None) -> dict[str, l
     return {group: sorted(names) for group, names in sorted(groups.items())}
 
 
+def yaml_options(entry: str) -> dict[str, dict[str, Any]]:
+    """The YAML options under a ``pkg://`` search-path entry: config group (a sub-folder) ->
+    option name -> its file (an ``importlib.resources`` traversable)."""
+    from importlib.resources import files
+
+    if not entry.startswith("pkg://"):
+        return {}
+    try:
+        root = files(entry.removeprefix("pkg://"))
+    except ModuleNotFoundError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for folder in root.iterdir():
+        if folder.is_dir():
+            names = {f.name.removesuffix(".yaml"): f for f in folder.iterdir() if f.name.endswith(".yaml")}
+            if names:
+                found[folder.name] = names
+    return found
+
+
+def check_config_names(manager: pluggy.PluginManager, options: list[tuple[str, ConfigOption]]) -> None:
+    """No ``group=name`` offered twice by core's YAML configs, a plugin's YAML configs and the
+    plugins' :class:`ConfigOption`: Hydra would take one of them silently (a plugin's
+    ``sampler/uniform.yaml`` became the default sampler). A :class:`PluginError` names both; a
+    project's own ``configs/`` still overrides on purpose."""
+    from hydra_plugins.engage_core.searchpath import ENGAGE_CONFIGS
+
+    owner = {(option.group, option.name): f"{plugin}'s option" for plugin, option in options}
+    entries = [("core", [ENGAGE_CONFIGS]), *reversed(per_plugin(manager, "engage_config_searchpath"))]
+    for plugin, paths in entries:
+        for entry in paths or ():
+            for group, names in yaml_options(entry).items():
+                for name in names:
+                    here = f"{plugin}'s {entry.removeprefix('pkg://')} {group}/{name}.yaml"
+                    if (group, name) in owner and not owner[(group, name)].startswith(f"{plugin}'s "):
+                        raise PluginError(
+                            f"{owner[(group, name)]} and {here} both offer {group}={name}; rename one, or set "
+                            f"{DISABLE_ENV} to one of the plugins"
+                        )
+                    owner[(group, name)] = here
+
+
 @functools.cache
 def register_configs() -> None:
-    """Store the top-level schema and every plugin's options (idempotent)."""
+    """Store the top-level schema and every plugin's options (idempotent), after checking that
+    no option is offered twice (:func:`config_options`, :func:`check_config_names`)."""
     store = ConfigStore.instance()
     options = config_options()
+    check_config_names(get_plugin_manager(), options)
     store.store(name=SCHEMA_NAME, node=schema_with_groups(sorted({option.group for _, option in options})))
     for plugin_name, option in options:
         store_option(store, plugin_name, option)
