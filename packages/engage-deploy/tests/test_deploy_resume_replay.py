@@ -123,3 +123,23 @@ def test_replay_reproduces_a_deterministic_cpu_job(tmp_path: Path) -> None:
     assert "metrics identical" in replay.stdout
     (copy,) = [r for r in sweep_runs(uri) if r.data.tags.get("engage.replay_of") == job.info.run_id]
     assert copy.data.metrics["val/loss"] == job.data.metrics["val/loss"]
+
+
+def test_a_job_resumes_only_as_the_job_of_its_number(tmp_path: Path) -> None:
+    """A batched sweeper (Optuna) numbers its jobs on from batch to batch: a later trial asking for
+    an earlier trial's config is a new job, run again, not the earlier one's result."""
+    from omegaconf import OmegaConf
+
+    from engage.deploy.experiment import ExperimentFolder
+
+    config = OmegaConf.create({"lr": 0.001})
+    earlier = ExperimentFolder.create(tmp_path)
+    job = earlier.add_job(0, ["lr=0.001"], config, task="app:main")
+    earlier.write_result(0, {"status": "COMPLETED", "config_hash": job.config_hash})
+    (job.folder / "result.pkl").write_bytes(b"")
+    later = ExperimentFolder.create(tmp_path)
+    done = later.completed()
+    again = later.add_job(0, ["lr=0.001"], config, task="app:main")  # the sweep launched again
+    repeat = later.add_job(3, ["lr=0.001"], config, task="app:main")  # trial 3 asks for trial 0's config
+    assert done.get((again.index, again.config_hash)) == job.folder
+    assert (repeat.index, repeat.config_hash) not in done

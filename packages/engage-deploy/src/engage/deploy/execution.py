@@ -146,7 +146,7 @@ class JobExecution:
         self,
         job_overrides: Sequence[tuple[int, list[str]]],
         compose: Callable[[int, list[str]], SweepJob],
-        done: Mapping[str, Path],
+        done: Mapping[tuple[int, str], Path],
         payload: Mapping[str, Any],
         on_composed: Callable[[SweepJob], None],
     ) -> dict[int, JobReturn]:
@@ -187,7 +187,7 @@ class JobExecution:
                 for index, overrides in job_overrides:
                     job = compose(index, overrides)
                     on_composed(job)
-                    previous = done.get(job.config_hash)
+                    previous = done.get((job.index, job.config_hash))
                     if previous is not None:
                         results[job.index] = self._resumed(job, previous)
                         progress.ended(job.index, results[job.index].status.name)

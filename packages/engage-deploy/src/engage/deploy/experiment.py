@@ -136,15 +136,18 @@ class ExperimentFolder:
         for name in ATTEMPT_FILES:
             (job.folder / name).unlink(missing_ok=True)
 
-    def completed(self) -> dict[str, Path]:
-        """Config hash -> job folder of every job that completed in an earlier launch here."""
-        found: dict[str, Path] = {}
+    def completed(self) -> dict[tuple[int, str], Path]:
+        """(job number, config hash) -> job folder of every job that completed in an earlier
+        launch here. A job is the one of its number, its hash only confirming it is the same:
+        a batched sweeper (Optuna) numbers its jobs on from batch to batch, and a trial that asks
+        for a config an earlier trial ran is a new job, run again."""
+        found: dict[tuple[int, str], Path] = {}
         for result in sorted((self.sweep_dir / ".engage").glob("*/jobs/*/result.json")):
-            if result.parent.parent.parent == self.path:
+            if result.parent.parent.parent == self.path or not result.parent.name.isdigit():
                 continue
             data = read_json(result)
             if data.get("status") == "COMPLETED" and (result.parent / "result.pkl").is_file():
-                found[data["config_hash"]] = result.parent
+                found[(int(result.parent.name), data["config_hash"])] = result.parent
         return found
 
     def copy_result(self, job: SweepJob, previous: Path) -> bytes:
