@@ -30,7 +30,11 @@ def test_a_multi_node_job_asks_slurm_for_its_shape_and_starts_one_runner_a_task(
     assert provider._tasks(command) == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=8", *command]
     one = SlurmProvider(_infrastructure(), tmp_path)
     assert one.ranks_per_job == 1 and one._tasks(command) == command
-    assert not [flag for flag in one._flags() if flag.startswith(("--nodes", "--ntasks"))]
+    # one task is asked for too, for Slurm to set SLURM_NTASKS, which Lightning looks for
+    assert [flag for flag in one._flags() if flag.startswith(("--nodes", "--ntasks"))] == [
+        "--nodes=1",
+        "--ntasks-per-node=1",
+    ]
 
 
 @pytest.mark.parametrize(

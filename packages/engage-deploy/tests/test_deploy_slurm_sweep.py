@@ -186,6 +186,61 @@ def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_
     print(f"{job}: {' -> '.join(seen)}")
 
 
+def test_a_one_rank_job_of_a_sweep_requeued_midway_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+    """A job of one task is submitted with its shape (``--nodes=1 --ntasks-per-node=1``), so that
+    Slurm sets ``SLURM_NTASKS``: without it Lightning does not take the job for a Slurm job, and
+    its next incarnation trained again from the start in a second MLflow run, the first left
+    SCHEDULED and the sweep FAILED beside a launcher that said it completed."""
+    import threading
+
+    from engage.core.testing.process import TINY_RUN, run_engage
+
+    done: list = []
+    args = ["run", *SWEEP, *TINY_RUN, "trainer.limit_train_batches=20"]
+    args.append("hydra.launcher.infrastructure.options.requeue=true")
+    thread = threading.Thread(
+        target=lambda: done.append(run_engage(*args, cwd=tmp_path, env=_env(slurm_cluster), timeout=180))
+    )
+    thread.start()
+
+    def log() -> str:
+        return "".join(p.read_text() for p in sorted((tmp_path / "sweep" / ".engage").glob("*/jobs/0/*.log")))
+
+    deadline, released = time.monotonic() + 120, False
+    # the job's runner is up (a warning signal that comes before its fit is kept for the fit)
+    while "GPU available" not in log():
+        assert time.monotonic() < deadline and thread.is_alive(), log()[-3000:]
+        time.sleep(0.2)
+    (job,) = [line.split()[0] for line in _live_jobs(slurm_cluster)]
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=slurm_cluster.env, check=True)
+    while thread.is_alive():
+        state = subprocess.run(
+            ["squeue", "-h", "--states=all", f"--jobs={job}", "--format=%T %r"], env=slurm_cluster.env,
+            capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        if state == "PENDING BeginTime" and not released:  # Slurm holds a requeued job two minutes
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_cluster.env, check=True)
+            released = True
+        assert time.monotonic() < deadline + 60, log()[-3000:]
+        time.sleep(0.3)
+    thread.join()
+    assert done[0].returncode == 0, done[0].stderr[-4000:]
+    text = log()
+    assert released and f"engage: job {job} requeued at step" in text, text[-3000:]
+    assert "Restoring states from the checkpoint path at" in text and "hpc_ckpt_1.ckpt" in text, text[-3000:]
+    results = _results(tmp_path)
+    assert results[0]["status"] == "COMPLETED", results
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # one run, taken on
+    assert child.info.status == "FINISHED" and child.data.tags["engage.incarnations"] == "2", child.info
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED", parent.data.metrics
+    assert not _live_jobs(slurm_cluster)
+
+
 def test_a_job_shape_the_trainer_does_not_match_is_refused_before_anything_starts(slurm_cluster, tmp_path):
     from engage.core.testing.process import run_engage
 

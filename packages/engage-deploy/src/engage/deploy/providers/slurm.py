@@ -298,10 +298,13 @@ class SlurmProvider(Provider):
         from engage.deploy.slurm.executor import sbatch_flags
 
         o = self.options
-        shape = {"nodes": o["nodes"], "ntasks_per_node": o["ntasks_per_node"]} if self.ranks_per_job > 1 else {}
+        # the job's shape, one task too: Slurm then sets SLURM_NTASKS, without which Lightning does
+        # not take the job for a Slurm job (SLURMEnvironment.detect) and a requeued incarnation
+        # would not resume from its HPC checkpoint
         return sbatch_flags(
             partition=o["partition"], time=o["time"], cpus_per_task=o["cpus_per_task"],
-            mem=o["mem"], account=o["account"], gpus=o["gpus"], gpus_per_node=o["gpus_per_node"], **shape,
+            mem=o["mem"], account=o["account"], gpus=o["gpus"], gpus_per_node=o["gpus_per_node"],
+            nodes=o["nodes"], ntasks_per_node=o["ntasks_per_node"],
         )  # fmt: skip
 
     def planned_launcher_address(self) -> str:
