@@ -389,6 +389,7 @@ def test_a_cancelled_simulation_job_is_retried(slurm_cluster, tmp_path):
     assert cancelled is not None, out[-2000:]
     assert proc.returncode == 0, out[-3000:]
     assert "retrying" in out, out[-3000:]
+    assert "process ended CANCELLED" in out, out[-3000:]  # as Slurm says it ended, not a made-up exit code
 
 
 def test_a_killed_trainers_simulation_jobs_are_cancelled_at_once(slurm_cluster, tmp_path):

@@ -412,12 +412,15 @@ class JobExecution:
                 except OSError as exc:
                     if name != "mlflow-run-id":
                         log.warning("job %d: could not fetch %s from %s: %s", job.index, name, host.name, exc)
-        ret, summary = self._outcome(job, host, attempt, process.returncode, timed_out, started, ended)
+        # a batch system's job says how it ended (its state: CANCELLED, TIMEOUT, NODE_FAIL, ...)
+        ended_as = getattr(process, "ended", "")
+        batch_id = getattr(process, "job_id", None)  # the batch system's id (``12_3``: task 3 of array 12)
+        how = f"batch job {batch_id} ended {ended_as}" if ended_as and batch_id else None
+        ret, summary = self._outcome(job, host, attempt, process.returncode, timed_out, started, ended, how)
         # a batch system's job names the node it ran on; the slot it took is the host
         node = getattr(process, "node", "")
         if node:
             summary["node"] = node
-        batch_id = getattr(process, "job_id", None)  # the batch system's id (``12_3``: task 3 of array 12)
         if batch_id:
             summary["batch_job_id"] = batch_id
         self.folder.write_result(job.index, summary)
@@ -455,8 +458,10 @@ class JobExecution:
         timed_out: bool,
         started: float,
         ended: float,
+        how: str | None = None,
     ) -> tuple[JobReturn, dict[str, Any]]:
-        """The job's ``JobReturn`` and its ``result.json`` from what its process left."""
+        """The job's ``JobReturn`` and its ``result.json`` from what its process left; ``how`` it
+        ended, where its batch system said (rather than an exit code)."""
         runner = read_json(job.folder / "runner.json")
 
         def failed(reason: str) -> JobReturn:
@@ -485,7 +490,7 @@ class JobExecution:
                 why = " (out of memory at the host's limit, or killed by another process)" if name == "SIGKILL" else ""
                 reason = f"job process was killed by {name}{why}"
             else:
-                reason = f"job process exited with code {exit_code}"
+                reason = how or f"job process exited with code {exit_code}"
             ret, runner = failed(reason), {"status": "FAILED", "error": reason}
         killed = stopped and exit_code in (-signal.SIGTERM, -signal.SIGKILL)
         status = "KILLED" if timed_out or killed else runner["status"]

@@ -214,6 +214,9 @@ class Fleet:
                 active.exited_at = active.exited_at or now
                 if now - max(active.exited_at, active.last_seen) > self.exit_grace:
                     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    # a batch system's job says how it ended (its state: CANCELLED, TIMEOUT, ...)
+                    ended = getattr(active.process, "ended", "")
+                    how = f"ended {ended}" if ended else how
                     verdicts.failed.append((active, f"process {how} after {active.accepted} samples"))
                 continue
             if active.identity is None:
