@@ -346,6 +346,31 @@ def test_what_several_ranks_cannot_run_is_one_line_and_exit_code_2(overrides, ex
     assert list(tmp_path.rglob("*.db")) == [] and not (tmp_path / "online").exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.num_nodes=2"], "engage run: trainer.num_nodes=2: this Slurm job has 1 node(s) (--nodes=1); set "
+         "trainer.num_nodes=1, or run in an allocation of 2 nodes"),
+        (["trainer.devices=1"], "engage run: trainer.devices=1: this Slurm job runs 2 task(s) a node "
+         "(--ntasks-per-node=2), one a rank; set trainer.devices=2, or start 1 tasks a node (srun --ntasks-per-node)"),
+    ],
+)  # fmt: skip
+def test_a_shape_the_slurm_job_does_not_have_is_one_line_and_exit_code_2(overrides, expected, capfd, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    """``srun -N1 --ntasks-per-node=2 engage run ...``: Lightning checks the shape only as the fit
+    starts, a traceback on each rank after the MLflow run was opened."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "train",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+             "SLURM_JOB_ID": "1"}  # fmt: skip
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert main(["run", "strategy=ddp", "trainer.devices=2", *overrides, f"hydra.run.dir={tmp_path}"]) == 2
+    assert capfd.readouterr().err.strip().splitlines()[-1] == expected
+    assert list(tmp_path.rglob("*.db")) == []  # before any run was recorded
+
+
 def test_what_the_config_builds_and_cannot_is_one_line_and_exit_code_2(capfd, tmp_path, monkeypatch):
     """A _target_ that cannot be imported, or a class that refuses its arguments: one line naming
     it, not Hydra's "Error executing job" line and its advice before it."""

@@ -189,6 +189,7 @@ def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, sav
             "torchrun, no NODE_RANK and MASTER_ADDR); run it inside a Slurm allocation or under torchrun, or set "
             "trainer.num_nodes=1"
         )
+    check_slurm_shape(trainer, environment)
     simulations = getattr(getattr(datamodule, "settings", None), "simulations", None)
     if isinstance(datamodule, OnlineDataModule) and simulations is not None and simulations < ranks:
         raise ConfigError(
@@ -198,6 +199,28 @@ def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, sav
         )
     if saved_ranks is not None and saved_ranks != ranks:
         raise ConfigError(f"ckpt_path={ckpt_path}: {other_ranks(saved_ranks, ranks)}")
+
+
+def check_slurm_shape(trainer: pl.Trainer, environment: Any) -> None:
+    """Inside a Slurm job, the trainer's ranks are the job's tasks: ``trainer.num_nodes`` its
+    nodes and ``trainer.devices`` its tasks a node. Lightning checks it only as the fit starts, a
+    traceback on every rank after the MLflow run was opened; refused here in one line."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not isinstance(environment, SLURMEnvironment):
+        return
+    nodes, per_node = os.environ.get("SLURM_NNODES"), os.environ.get("SLURM_NTASKS_PER_NODE")
+    devices = trainer.num_devices
+    if nodes is not None and nodes.isdigit() and int(nodes) != trainer.num_nodes:
+        raise ConfigError(
+            f"trainer.num_nodes={trainer.num_nodes}: this Slurm job has {nodes} node(s) (--nodes={nodes}); set "
+            f"trainer.num_nodes={nodes}, or run in an allocation of {trainer.num_nodes} nodes"
+        )
+    if per_node is not None and per_node.isdigit() and int(per_node) != devices:
+        raise ConfigError(
+            f"trainer.devices={devices}: this Slurm job runs {per_node} task(s) a node (--ntasks-per-node={per_node}), "
+            f"one a rank; set trainer.devices={per_node}, or start {devices} tasks a node (srun --ntasks-per-node)"
+        )
 
 
 def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig | None = None) -> int | None:
