@@ -1,6 +1,9 @@
 """``engage replay RUN_ID``: any run of ``engage run`` replays from its MLflow record; a deterministic
 CPU run, offline or online with ``data.policy=deterministic``, replays with identical curves."""
 
+import socket
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -83,6 +86,19 @@ def test_a_run_that_is_not_there_is_one_line_and_exit_code_2(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"engage replay: run {'0' * 32} is not in the tracking store {uri}; pass --tracking-uri"
     )
+    # a prefix of an id, as MLflow's UI shows them, is no id
+    short = engage("replay", "0" * 8, "--tracking-uri", uri, cwd=tmp_path, timeout=120)
+    assert short.returncode == 2 and short.stderr.strip().splitlines()[-1] == (
+        "engage replay: '00000000' is no MLflow run id (32 hexadecimal digits); copy the whole id of the run"
+    )
+    # a server that does not answer is said at once (MLflow's client would retry for minutes)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    down = engage("replay", "0" * 32, "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path, timeout=120)
+    assert down.returncode == 2 and time.monotonic() - started < 60
+    assert down.stderr.strip().splitlines()[-1].startswith(f"engage replay: MLflow server http://127.0.0.1:{port} is ")
 
 
 def test_curves_compare_within_the_declared_tolerance():

@@ -87,6 +87,42 @@ def test_a_sweep_whose_job_fails_leaves_no_parent_running(tmp_path):
     assert f"sweep {parent.info.run_name} ({parent.info.run_id}) FAILED: 2 jobs, 1 failed; best " in result.stderr
 
 
+def test_a_sweep_whose_sweeper_went_on_past_a_failed_job_ends_with_its_code_and_line(tmp_path, capsys):
+    """Optuna's ``max_failure_rate`` returns from the sweep as if all went well: the sweep still
+    ends FAILED, with the first failed job's exit code and its line last."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from mlflow import MlflowClient
+
+    from engage.core.run import RunFailed
+    from engage.core.tracking.sweep import MLflowSweepCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweeps")
+    parent = client.create_run(experiment, run_name="s", tags={"engage.kind": "sweep"}).info.run_id
+    callback = MLflowSweepCallback()
+    callback.run_id, callback.tracking_uri = parent, uri
+    for status, value in (
+        (JobStatus.FAILED, RunFailed("online run failed: simulation 3 failed after 1 attempts", 4)),
+        (JobStatus.COMPLETED, 0.1),
+        (JobStatus.FAILED, RunFailed("another", 3)),
+    ):
+        job = JobReturn(status=status)
+        job._return_value = value
+        client.set_terminated(
+            client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id,
+            "FAILED" if status == JobStatus.FAILED else "FINISHED",
+        )
+        callback.on_job_end(None, job)
+    with pytest.raises(SystemExit) as ended:
+        callback.on_multirun_end(None)
+    assert ended.value.code == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "engage run: online run failed: simulation 3 failed after 1 attempts"
+    assert f"sweep s ({parent}) FAILED: 3 jobs, 2 failed" in err[-3]
+    assert client.get_run(parent).info.status == "FAILED"
+
+
 def test_a_stopped_sweep_of_local_processes_ends_its_jobs_runs_left_running(tmp_path, capsys):
     """Ctrl-C under joblib's launcher: its workers die with the sweep before their runs end."""
     from mlflow import MlflowClient
@@ -601,3 +637,12 @@ def test_a_failed_jobs_line_is_printed_again_only_where_its_process_wrote_it_els
     with open(tmp_path / "job.err", "w") as log:  # the job's standard error is a log file
         done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, check=True)
     assert not pickle.loads(done.stdout).printed_here
+
+
+def test_a_run_whose_training_diverged_says_so(tmp_path):
+    """A learning rate far too high: the metrics are nan, which a sweeper optimising them or a
+    reader of the end line would take for a result."""
+    result = engage("run", *TINY, "model.lr=1e30", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = [line for line in result.stderr.splitlines() if "training diverged" in line]
+    assert warning and "val/rel_l2" in warning[0] and "lower model.lr" in warning[0], result.stderr[-2000:]

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,9 @@ from engage.core.tracking.store import (
     PARENT_RUN_ENV,
     PARENT_RUN_FILE_ENV,
     TRACKING_URI_ENV,
+    TrackingUnavailable,
+    bound_http_requests,
+    check_reachable,
     resolve_tracking_uri,
 )
 
@@ -237,11 +241,21 @@ def replay(
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ReplayError(f"there is no MLflow store at {uri}; pass --tracking-uri")
+    if uri.startswith(("http://", "https://")):
+        try:  # MLflow's own client would retry for minutes
+            check_reachable(uri)
+        except TrackingUnavailable as exc:
+            raise ReplayError(f"{exc}; start it, or pass --tracking-uri") from None
+        bound_http_requests(uri)
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ReplayError(f"{run_id!r} is no MLflow run id (32 hexadecimal digits); copy the whole id of the run")
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ReplayError(f"run {run_id} is not in the tracking store {uri}; pass --tracking-uri") from None
+        overridden = os.environ.get(TRACKING_URI_ENV) and tracking_uri and uri != tracking_uri
+        where = f" (named by {TRACKING_URI_ENV}, which takes precedence over --tracking-uri)" if overridden else ""
+        raise ReplayError(f"run {run_id} is not in the tracking store {uri}{where}; pass --tracking-uri") from None
     if run.data.tags.get("engage.kind") == "sweep":
         raise ReplayError(f"run {run_id} is a sweep's parent run; replay one of its jobs' runs")
     with tempfile.TemporaryDirectory() as scratch:
@@ -337,8 +351,10 @@ def run_command(namespace: argparse.Namespace) -> int:
         print(f"compared within rtol={namespace.rtol:g}, atol={namespace.atol:g}:")
         for comparison in result.compared:
             print(f"  {comparison.line()}")
+    elif result.original_status == "KILLED":
+        print("no curve to compare: the original run was stopped (KILLED) before it logged one")
     else:
-        print("no curve to compare: neither run logged one the replay can compare")
+        print("no curve to compare: the original run logged none the replay can compare")
     if result.timing:
         print(NOT_COMPARED)
         for name, (old, new) in result.timing.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import signal
 import sys
@@ -567,6 +568,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"[green]run {tracked.name} ({tracked.run_id}) finished[/green]: "
             + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("val"))
             + f"\n{outcome}MLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})",
+            highlight=False,
+        )
+    diverged = sorted(k for k, v in metrics.items() if k.startswith(("train/", "val/")) and not math.isfinite(v))
+    if diverged:  # a sweeper optimising it, or a reader of the line above, would take nan for a result
+        console.print(
+            f"[yellow]engage run: warning: {', '.join(diverged)} not finite: training diverged; lower model.lr, "
+            "or look at the data[/yellow]",
             highlight=False,
         )
     return metrics

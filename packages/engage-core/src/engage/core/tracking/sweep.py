@@ -45,6 +45,9 @@ class MLflowSweepCallback(Callback):
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
         self.counts = {"completed": 0, "failed": 0}
+        #: the first failed job's exit code and line, which a sweep that goes on past failed jobs
+        #: (Optuna's ``max_failure_rate``) ends with
+        self.first_failure: tuple[int, str] | None = None
         self._previous_env: dict[str, str | None] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -105,6 +108,10 @@ class MLflowSweepCallback(Callback):
             self.counts["completed"] += 1
         else:
             self.counts["failed"] += 1
+            if self.first_failure is None:
+                error = job_return._return_value
+                line = getattr(error, "line", None) or f"{type(error).__name__}: {error}"
+                self.first_failure = (int(getattr(error, "exit_code", 1)), " ".join(str(line).split()))
         if self.run_id is None:
             return
         client = uninterrupted_client(self.tracking_uri)
@@ -125,12 +132,20 @@ class MLflowSweepCallback(Callback):
         if self.run_id is None:
             return
         client = uninterrupted_client(self.tracking_uri)
-        close_sweep(client, self.run_id, self.tracking_uri, failed_here=self.counts["failed"])
+        status, failed = close_sweep(client, self.run_id, self.tracking_uri, failed_here=self.counts["failed"])
         for key, previous in self._previous_env.items():
             if previous is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = previous
+        if status == "FAILED":
+            # a sweeper that went on past failed jobs (Optuna's max_failure_rate) returns as if all
+            # went well: the sweep ends as one whose sweeper stopped at its first failed job does
+            from engage.core.online.outcome import EXIT_RUN_FAILED
+
+            code, line = self.first_failure or (EXIT_RUN_FAILED, f"{failed} of the sweep's jobs failed")
+            print(f"engage run: {line}", file=sys.stderr)
+            raise SystemExit(code)
 
 
 #: launchers whose jobs are processes of this machine that end with the sweep (Hydra's basic
@@ -142,14 +157,14 @@ LOCAL_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLau
 
 def close_sweep(
     client: Any, run_id: str, tracking_uri: str | None, status: str | None = None, failed_here: int = 0
-) -> None:
+) -> tuple[str, int]:
     """End the sweep's run ``run_id`` and say how it went, at its end (``status`` None:
     ``FAILED`` if a job failed, else ``FINISHED``) or when it stopped early (``KILLED`` or
     ``FAILED``). Early, its jobs' runs still RUNNING under a launcher of local processes end
     ``KILLED`` (their processes went with the sweep), and others still running are counted as
     such, not as failed. The parent gets ``jobs``, ``jobs_failed``, the best job and its
     status, and the console one line with the ``mlflow ui`` command. ``failed_here``: jobs this
-    process saw fail (whose runs may not say so)."""
+    process saw fail (whose runs may not say so). Returns the status and the jobs failed."""
     parent = client.get_run(run_id)
     children = job_runs(client, run_id)
     statuses = [r.info.status for r in children]
@@ -174,6 +189,7 @@ def close_sweep(
         + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}",
         file=sys.stderr,
     )
+    return status, max(failed, failed_here)
 
 
 def job_runs(client: Any, run_id: str) -> list[Any]:
