@@ -242,7 +242,10 @@ class Sweep:
     def _interrupt(self, overrides: Sequence[tuple[int, list[str]]]) -> None:
         """Stop every running job; mark it (its folder, its MLflow run) and the sweep's run KILLED."""
         assert self.folder is not None and self.tracking is not None
-        killed = self.execution.stop() if self.execution is not None else []
+        stopped = self.execution.stop() if self.execution is not None else []
+        # a job whose task completed as it was stopped recorded itself COMPLETED (its thread has
+        # ended by now): it is done, not killed, and a later launch takes its result
+        killed = [index for index in stopped if self.folder.read_result(index).get("status") != "COMPLETED"]
         self.report.killed = len(killed)
         self.folder.mark_interrupted(killed, overrides, {job.index: job.config_hash for job in self.jobs})
         run_ids = [run_id for index in killed if (run_id := read_run_id(self.folder.job_folder(index)))]

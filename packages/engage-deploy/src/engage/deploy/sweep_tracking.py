@@ -366,8 +366,9 @@ class SweepTracking:
 
     def mark_killed(self, run_ids: Iterable[str]) -> None:
         """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED;
-        the sweep's run gets the counts a sweep's end gives it, from its jobs' runs (``jobs``, the
-        jobs that ran; ``jobs_failed``, those that failed or were stopped)."""
+        the sweep's run gets the counts and best job a sweep's end gives it, from its jobs' runs
+        (``jobs``, the jobs that ran; ``jobs_failed``, those that failed or were stopped), and the
+        console the sweep's line."""
         # an interrupt during start-up does not wait long for MLflow to open
         if not (self.tracking_uri and self.opened(timeout_s=10.0) and self.check_server()):
             return
@@ -376,12 +377,11 @@ class SweepTracking:
             if self.parent_run_id:
                 from mlflow.tracking import MlflowClient
 
-                from engage.core.tracking.sweep import log_job_counts
+                from engage.core.tracking.sweep import close_sweep
 
-                # also a parent opened by a sweep callback: its end hook never runs on an interrupt
-                client = MlflowClient(self.tracking_uri)
-                log_job_counts(client, self.parent_run_id)
-                client.set_terminated(self.parent_run_id, status="KILLED")
+                # also a parent opened by a sweep callback: its end hook never runs on an interrupt;
+                # its counts and best job, and the sweep's line, as at a sweep's end
+                close_sweep(MlflowClient(self.tracking_uri), self.parent_run_id, self.tracking_uri, status="KILLED")
                 self._own_parent = False
         except Exception as exc:  # best effort while going down
             log.warning("could not mark interrupted runs KILLED: %s", exc)
