@@ -832,5 +832,9 @@ def test_a_job_no_node_can_hold_is_refused_naming_what_it_asks(slurm_cluster, tm
 
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"no node of the partition has what a job asks \(--mem=999G\); lower mem"):
+    with pytest.raises(ConfigError, match=r"no node of the partition has what a job asks \(--mem=999G\); ask for less"):
         SlurmExecutor(log_dir=str(tmp_path), check_folder=False, mem="999G")
+    from engage.deploy.slurm.executor import check_submission
+
+    with pytest.raises(ConfigError, match=r"asks \(--nodes=9\); ask for fewer nodes, less mem"):
+        check_submission(["--nodes=9"], "infrastructure.options", "infrastructure.provider=slurm")

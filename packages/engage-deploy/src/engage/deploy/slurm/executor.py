@@ -429,9 +429,11 @@ def check_submission(flags: list[str], field: str, what: str) -> None:
             raise ConfigError(f"{field}.partition: {msg}; pick one that `sinfo` lists") from None
         if "node configuration is not available" in msg or "memory specification" in msg.lower():
             asked = " ".join(flag for flag in flags if flag.startswith(("--mem", "--cpus", "--gpus", "--nodes")))
+            many = [f for f in flags if f.startswith("--nodes=") and f.removeprefix("--nodes=") not in ("", "1")]
+            fix = "fewer nodes, " if many else ""  # a partition of fewer nodes than a job asks
             raise ConfigError(
                 f"{field}: {msg}: no node of the partition has what a job asks ({asked or 'its defaults'}); "
-                "lower mem or cpus_per_task (`sinfo -N -l` lists the nodes' CPUs and memory)"
+                f"ask for {fix}less mem or fewer cpus_per_task (`sinfo -N -l` lists the nodes, their CPUs and memory)"
             ) from None
         raise ConfigError(f"{what}: {msg}; check that slurmctld is reachable (`sinfo`) and {field}") from None
 
