@@ -416,6 +416,8 @@ class JobExecution:
         ended_as = getattr(process, "ended", "")
         batch_id = getattr(process, "job_id", None)  # the batch system's id (``12_3``: task 3 of array 12)
         how = f"batch job {batch_id} ended {ended_as}" if ended_as and batch_id else None
+        if how and ended_as.startswith("FAILED"):  # its script's own exit code, which Slurm kept
+            how += f" with exit code {process.returncode}"
         ret, summary = self._outcome(job, host, attempt, process.returncode, timed_out, started, ended, how)
         # a batch system's job names the node it ran on; the slot it took is the host
         node = getattr(process, "node", "")

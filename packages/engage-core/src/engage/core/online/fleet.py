@@ -216,7 +216,8 @@ class Fleet:
                     how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
                     # a batch system's job says how it ended (its state: CANCELLED, TIMEOUT, ...)
                     ended = getattr(active.process, "ended", "")
-                    how = f"ended {ended}" if ended else how
+                    if ended:  # FAILED: its script's own exit code, which Slurm kept
+                        how = f"ended {ended}" + (f" with exit code {code}" if ended.startswith("FAILED") else "")
                     verdicts.failed.append((active, f"process {how} after {active.accepted} samples"))
                 continue
             if active.identity is None:
