@@ -42,6 +42,22 @@ def test_every_hook_has_an_implementation_in_the_product():
     } <= implemented
 
 
+#: a plugin offering core's simulator=heat again
+CLASH = """
+from dataclasses import dataclass
+from engage.core import hookimpl
+from engage.core.config.options import ConfigOption
+
+@dataclass
+class Heat:
+    _target_: str = "engage.core.simulators.heat.HeatEquation"
+
+@hookimpl
+def engage_config_options():
+    return [ConfigOption("simulator", "heat", Heat())]
+"""
+
+
 def _install(tmp_path, monkeypatch, name: str, module_source: str | None) -> None:
     """A distribution with one ``engage`` entry point, found by importlib.metadata on sys.path."""
     info = tmp_path / f"{name}_plugin-1.0.dist-info"
@@ -153,24 +169,7 @@ def test_a_package_that_declares_a_plugin_name_already_taken_is_refused(tmp_path
 def test_two_plugins_offering_one_option_are_named_instead_of_one_winning(tmp_path, monkeypatch):
     from engage.core.config.store import config_options
 
-    _install(
-        tmp_path,
-        monkeypatch,
-        "clash",
-        """
-        from dataclasses import dataclass
-        from engage.core import hookimpl
-        from engage.core.config.options import ConfigOption
-
-        @dataclass
-        class Heat:
-            _target_: str = "engage.core.simulators.heat.HeatEquation"
-
-        @hookimpl
-        def engage_config_options():
-            return [ConfigOption("simulator", "heat", Heat())]
-        """,
-    )
+    _install(tmp_path, monkeypatch, "clash", CLASH)
     with pytest.raises(PluginError, match=r"plugins '\w+' and 'clash' both offer simulator=heat; rename one"):
         config_options(load_plugins(new_plugin_manager(installed=False)))
 
@@ -310,19 +309,7 @@ def test_a_plugin_that_breaks_the_command_line_is_one_line_and_exit_code_2(tmp_p
     import subprocess
 
     sources = {
-        "clash": """
-            from dataclasses import dataclass
-            from engage.core import hookimpl
-            from engage.core.config.options import ConfigOption
-
-            @dataclass
-            class Heat:
-                _target_: str = "engage.core.simulators.heat.HeatEquation"
-
-            @hookimpl
-            def engage_config_options():
-                return [ConfigOption("simulator", "heat", Heat())]
-            """,
+        "clash": CLASH,
         "nocommand": """
             from engage.core import hookimpl
 
