@@ -121,6 +121,18 @@ def test_a_sweep_whose_sweeper_went_on_past_a_failed_job_ends_with_its_code_and_
     assert err[-1] == "engage run: online run failed: simulation 3 failed after 1 attempts"
     assert f"sweep s ({parent}) FAILED: 3 jobs, 2 failed" in err[-3]
     assert client.get_run(parent).info.status == "FAILED"
+    # jobs of other processes (the engage launcher's): the first failed job's run says why
+    parent = client.create_run(experiment, run_name="t", tags={"engage.kind": "sweep"}).info.run_id
+    job = client.create_run(experiment, run_name="t#0", tags={"mlflow.parentRunId": parent}).info.run_id
+    client.set_tag(job, "engage.error", "online run failed: simulation 1 failed")
+    client.set_terminated(job, "FAILED")
+    callback = MLflowSweepCallback()
+    callback.run_id, callback.tracking_uri = parent, uri
+    with pytest.raises(SystemExit) as ended:
+        callback.on_multirun_end(None)
+    assert ended.value.code == 4
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "engage run: 1 of the sweep's jobs failed; the first, t#0: online run failed: simulation 1 failed"
 
 
 def test_a_stopped_sweep_of_local_processes_ends_its_jobs_runs_left_running(tmp_path, capsys):

@@ -381,7 +381,9 @@ class SweepTracking:
 
                 # also a parent opened by a sweep callback: its end hook never runs on an interrupt;
                 # its counts and best job, and the sweep's line, as at a sweep's end
-                close_sweep(MlflowClient(self.tracking_uri), self.parent_run_id, self.tracking_uri, status="KILLED")
+                # the line names the store, not the sweep's own server, which stops with the sweep
+                store = self.backend_uri or self.tracking_uri
+                close_sweep(MlflowClient(self.tracking_uri), self.parent_run_id, store, status="KILLED")
                 self._own_parent = False
         except Exception as exc:  # best effort while going down
             log.warning("could not mark interrupted runs KILLED: %s", exc)

@@ -143,7 +143,7 @@ class MLflowSweepCallback(Callback):
             # went well: the sweep ends as one whose sweeper stopped at its first failed job does
             from engage.core.online.outcome import EXIT_RUN_FAILED
 
-            code, line = self.first_failure or (EXIT_RUN_FAILED, f"{failed} of the sweep's jobs failed")
+            code, line = self.first_failure or (EXIT_RUN_FAILED, _first_failed_job(client, self.run_id, failed))
             print(f"engage run: {line}", file=sys.stderr)
             raise SystemExit(code)
 
@@ -190,6 +190,19 @@ def close_sweep(
         file=sys.stderr,
     )
     return status, max(failed, failed_here)
+
+
+def _first_failed_job(client: Any, run_id: str, failed: int) -> str:
+    """The line naming the sweep's first failed job and why (its runs' ``engage.error``), for a
+    sweep whose jobs ran in other processes, whose errors this one did not see."""
+    from engage.core.tracking.store import ERROR_TAG
+
+    runs = sorted(job_runs(client, run_id), key=lambda r: r.info.start_time or 0)
+    for run in runs:
+        if run.info.status == "FAILED":
+            why = run.data.tags.get(ERROR_TAG)
+            return f"{failed} of the sweep's jobs failed; the first, {run.info.run_name}: {why or 'see its log'}"
+    return f"{failed} of the sweep's jobs failed"
 
 
 def job_runs(client: Any, run_id: str) -> list[Any]:
