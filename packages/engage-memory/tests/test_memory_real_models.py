@@ -118,14 +118,25 @@ def one_thread() -> Any:
 
 
 @pytest.mark.parametrize(
-    ("manual", "options"),
+    ("manual", "options", "decisions"),
     [
-        pytest.param(True, {}, id="manual-optimization"),
-        pytest.param(False, {"precision": "bf16-mixed", "accumulate_grad_batches": 2}, id="bf16-accumulate"),
+        pytest.param(True, {}, ("keep", "recompute"), id="manual-optimization"),
+        pytest.param(
+            False,
+            {"precision": "bf16-mixed", "accumulate_grad_batches": 2},
+            ("keep", "recompute"),
+            id="bf16-accumulate",
+        ),
+        pytest.param(False, {}, ("recompute",), id="recompute-every-block"),
+        pytest.param(True, {}, ("selective",), id="selective-every-block"),
     ],
 )
-def test_memory_strategy_trains_exactly_as_without_it(manual: bool, options: dict, one_thread: None) -> None:
-    """BatchNorm statistics, dropout's random stream and the optimizer come out of profiling untouched."""
+def test_memory_strategy_trains_exactly_as_without_it(
+    manual: bool, options: dict, decisions: tuple[str, ...], one_thread: None
+) -> None:
+    """BatchNorm statistics, dropout's random stream and the optimizer come out of profiling untouched,
+    and out of recomputation too: a recomputed block's forward, run again in backward, updates no
+    running statistics a second time."""
     import threading
 
     torch.manual_seed(0)
@@ -140,9 +151,10 @@ def test_memory_strategy_trains_exactly_as_without_it(manual: bool, options: dic
         others = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread())
         pytest.skip(f"two fits without the strategy differ in this process (threads: {', '.join(others)})")
     planned = _Lit(copy.deepcopy(net), manual)
-    strategy = MemoryPlanningStrategy(budget="1GiB", print_plan=False, decisions=("keep", "recompute"))
+    strategy = MemoryPlanningStrategy(budget="1GiB", print_plan=False, decisions=decisions)
     _fit(planned, strategy, **options)
     assert strategy.plan is not None and strategy.measured_peak is not None
+    assert set(strategy.plan.decisions) == {Decision(decisions[0])}
     assert strategy.measured_peak <= strategy.plan.budget
     for (name, a), b in zip(reference.state_dict().items(), planned.state_dict().values()):
         # buffers too: running stats, counts

@@ -42,6 +42,9 @@ class Decision(str, Enum):
         }[self.value]
 
 
+#: Simpler decisions first: where plans take the same time, solvers choose the simpler one.
+SIMPLICITY: dict[Decision, int] = {d: k for k, d in enumerate(Decision)}
+
 #: The default decisions: they mean something on every device and under torch.compile.
 ALL_DECISIONS: tuple[Decision, ...] = (Decision.KEEP, Decision.SELECTIVE, Decision.RECOMPUTE)
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.utils._pytree import tree_flatten
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
+)
 
 from engage.memory.decisions import Decision
 
@@ -44,6 +51,67 @@ def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoin
 
 def _selective_context() -> Any:
     return create_selective_checkpoint_contexts(_selective_policy)
+
+
+class _BufferKeeper:
+    """Keeps the buffers of a recomputed block as its forward left them.
+
+    Recomputation runs a block's forward a second time, in training mode: modules that update buffers
+    in their forward (BatchNorm's running mean, variance and batch count) would update them twice a
+    step. The forward notes which buffers it changed: those whose version counter moved (an in-place
+    update in Python), and the running statistics of normalisation layers that track them in training
+    mode (their kernel updates them in place without moving the counter). Recomputation puts those
+    back as they were before it ran. Outputs are unchanged: in training mode BatchNorm normalises
+    with the batch's own statistics.
+    """
+
+    def __init__(self, module: nn.Module, buffers: list[torch.Tensor]) -> None:
+        self.module = module
+        self.buffers = buffers
+        self.changed: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        versions = [b._version for b in self.buffers]
+        yield
+        changed = {id(b): b for b, v in zip(self.buffers, versions) if b._version != v}
+        for norm in self.module.modules():
+            if isinstance(norm, _NormBase) and norm.training and norm.track_running_stats:
+                for stat in (norm.running_mean, norm.running_var):
+                    if stat is not None:
+                        changed[id(stat)] = stat
+        self.changed = list(changed.values())
+
+    @contextlib.contextmanager
+    def recompute(self) -> Iterator[None]:
+        saved = [b.detach().clone() for b in self.changed]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(self.changed, saved):
+                    buffer.copy_(value)
+
+
+@contextlib.contextmanager
+def _both(first: Any, second: Any) -> Iterator[None]:
+    with first, second:
+        yield
+
+
+def _recompute_contexts(
+    module: nn.Module, buffers: list[torch.Tensor], selective: bool
+) -> Callable[[], tuple[Any, Any]]:
+    """The ``context_fn`` of one checkpointed call: buffers kept, and the selective policy if asked."""
+
+    def contexts() -> tuple[Any, Any]:
+        keeper = _BufferKeeper(module, buffers)
+        if not selective:
+            return keeper.forward(), keeper.recompute()
+        forward, recompute = _selective_context()
+        return _both(keeper.forward(), forward), _both(keeper.recompute(), recompute)
+
+    return contexts
 
 
 def first_grad_tensor(obj: Any) -> torch.Tensor | None:
@@ -147,10 +215,17 @@ class PlanRuntime:
         elif decision is Decision.OFFLOAD:
             with self.offloader.offloading(self.blocks[index][1].parameters()) as group:
                 out = original(*args, **kwargs)
-        elif decision is Decision.RECOMPUTE:
-            out = checkpoint(original, *args, use_reentrant=False, **kwargs)
+        elif torch.compiler.is_compiling():
+            # The compiled graph applies a block's buffer updates once, however it recomputes; dynamo
+            # traces a checkpoint whose contexts are given by a plain function only.
+            if decision is Decision.RECOMPUTE:
+                out = checkpoint(original, *args, use_reentrant=False, **kwargs)
+            else:
+                out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
         else:
-            out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
+            out = checkpoint(
+                original, *args, use_reentrant=False, context_fn=self._context_fn(index, decision), **kwargs
+            )
         first_out = first_grad_tensor(out)
         if first_out is not None and torch.is_grad_enabled():
             if group is not None or before is not None:
@@ -165,6 +240,14 @@ class PlanRuntime:
             self._last_output = weakref.ref(first_out) if first_out is not None else None
             recorder("fwd_end", call)
         return out
+
+    def _context_fn(self, index: int, decision: Decision) -> Callable[[], tuple[Any, Any]]:
+        selective = decision is not Decision.RECOMPUTE
+        module = self.blocks[index][1]
+        buffers = list(module.buffers())
+        if not buffers:
+            return _selective_context if selective else noop_context_fn
+        return _recompute_contexts(module, buffers, selective)
 
     def _prefetch_hook(self, group: OffloadGroup | None, before: weakref.ref | None, grad: torch.Tensor) -> None:
         # Backward reached this block: its own offloaded tensors (if any) and the group before it come back.

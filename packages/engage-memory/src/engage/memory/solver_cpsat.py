@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ortools.sat.python import cp_model
 
-from engage.memory.decisions import Decision
+from engage.memory.decisions import SIMPLICITY, Decision
 from engage.memory.errors import InfeasibleBudgetError
 from engage.memory.plan import Plan
 from engage.memory.profile import Profile
@@ -115,11 +115,10 @@ class CpSatSolver:
         if constant > budget:
             raise InfeasibleBudgetError(budget, self.minimum_budget(profile))
         # Microseconds, with a tiny preference for simpler decisions when times tie.
-        rank = {d: k for k, d in enumerate(Decision)}
         overheads = profile.overheads()
         model.minimize(
             sum(
-                (round(1e6 * overheads[i, d]) * 8 + rank[d]) * x[profile.module_of(i), d]
+                (round(1e6 * overheads[i, d]) * 8 + SIMPLICITY[d]) * x[profile.module_of(i), d]
                 for i in range(len(profile.blocks))
                 for d in profile.available
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from engage.memory.decisions import Decision
+from engage.memory.decisions import SIMPLICITY, Decision
 from engage.memory.errors import InfeasibleBudgetError
 from engage.memory.plan import Plan
 from engage.memory.profile import Profile
@@ -42,7 +42,9 @@ class DynamicProgrammingSolver:
             if decisions is None:
                 continue
             peak, spent = profile.predict_peak(decisions), profile.predict_time(decisions)
-            key = (peak, spent) if minimise_peak else (spent, peak)
+            # Where times tie (timing noise measured no cost for recomputing), the simpler decisions win.
+            simpler = sum(SIMPLICITY[d] for d in decisions)
+            key = (peak, spent, simpler) if minimise_peak else (spent, simpler, peak)
             if best is None or key < best[0]:
                 best = (key, decisions)
         return best[1] if best is not None else None
@@ -78,7 +80,7 @@ class DynamicProgrammingSolver:
                     new_peak = max(peak, fixed + ahead + prefix + cost.fwd_peak, bwd_base + cost.bwd_peak)
                     if not minimise_peak and new_peak > budget:
                         continue
-                    total = spent + overheads[i, decision] + 1e-9 * list(Decision).index(decision)
+                    total = spent + overheads[i, decision] + 1e-9 * SIMPLICITY[decision]
                     key = (new_peak, total) if minimise_peak else (total, after)
                     bucket = int(after // quantum)
                     if bucket not in nxt or key < nxt[bucket][0]:
