@@ -389,6 +389,10 @@ def test_ddp_fits_of_a_sweep_start_their_other_rank_through_engage_run(tmp_path)
     )
     assert sorted(row[table["columns"].index("simulation_id")] for row in table["data"]) == [0, 1, 2, 3]
     assert "online/rank0/done" in job.data.metrics and "online/done" not in job.data.metrics  # rank 0's own count
+    # the held-out simulation of each job ran once, on rank 0, and both ranks validated on it
+    validations = sorted(p.parent.parent.name for p in tmp_path.rglob("validation/journal.jsonl"))
+    assert validations == ["rank0", "rank0"], validations
+    assert all("val/loss" in r.data.metrics for r in runs if "seed" in r.data.params)
 
 
 @pytest.mark.slow
@@ -432,6 +436,40 @@ def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_coun
     logs = {a.path for a in client.list_artifacts(run.info.run_id, "run")}
     assert {"run/run.log", "run/train_ddp_process_1.log"} <= logs  # the failing rank's own log too
     assert {a.path for a in client.list_artifacts(run.info.run_id, "online")} >= {"online/simulations_rank0.json"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_held_out_simulations_run_on_rank_zero_alone_whose_failure_ends_every_rank(tmp_path):
+    """Under DDP the held-out simulations run once, on rank 0, and reach the other ranks; when one
+    of them fails, rank 0 says why in one line and the other rank ends with it, quietly."""
+    import stat
+
+    example = Path(__file__).parents[1] / "src" / "engage" / "core" / "simulators" / "examples" / "travelling_wave.py"
+    script = tmp_path / "sim.sh"
+    # the first simulation of each rank fails: on rank 0 that is the held-out one (held-out
+    # simulations run before training streams); a rank 1 that ran held-out simulations would fail too
+    script.write_text(
+        "#!/bin/sh\n"
+        f'marker="{tmp_path}/started-rank${{LOCAL_RANK:-0}}"\n'
+        'if [ ! -e "$marker" ]; then touch "$marker"; echo "bad mesh" >&2; exit 1; fi\n'
+        f'exec "{sys.executable}" "{example}" "$@"\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    argv = f'simulator.argv=[{script},"{{address}}","{{simulation_id}}","{{attempt}}","20"]'
+    space = "++simulator.parameters={frequency: {low: 0.5, high: 2}, damping: {low: 0, high: 0.5}}"
+    result = engage(
+        "run", "simulator=command", argv, space, "data.simulations=4", "data.val_simulations=1",
+        "data.batches_per_epoch=4", "trainer.max_epochs=1", "model.width=4", "strategy=ddp", "trainer.devices=2",
+        "data.retries=0", "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stderr[-3000:]
+    lines = _stderr_lines(result)
+    assert len(lines) == 1 and "held-out simulation 0 failed" in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "started-rank1").exists()  # rank 1 started no simulation of its own
+    _, (run,) = _runs(tmp_path)
+    assert run.info.status == "FAILED"
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -296,6 +297,25 @@ class OnlineDataModule(pl.LightningDataModule):
         dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
 
+    def _on_rank_zero(self, compute: Callable[[], Any], what: str) -> Any:
+        """``compute()`` run by rank 0 alone, its result on every rank (each rank would otherwise
+        start the same simulation processes on the same node). Rank 0 reports its own failure; the
+        other ranks end with it, quietly (:class:`OnlineRunFailed` said elsewhere)."""
+        if self._group is None:
+            return compute()
+        if self.rank != 0:
+            done, value = self._agree(None)
+            if not done:
+                raise OnlineRunFailed(f"{what} failed on rank 0: {value}", said_elsewhere=True)
+            return value
+        try:
+            value = compute()
+        except BaseException as exc:
+            self._agree((False, " ".join(str(exc).split()) or type(exc).__name__))
+            raise
+        self._agree((True, value))
+        return value
+
     def _limit_threads(self) -> None:
         # Local simulations share the machine with training: a trainer with as many torch threads
         # as cores makes its OpenMP threads wait on busy cores, which on small machines costs far
@@ -366,17 +386,20 @@ class OnlineDataModule(pl.LightningDataModule):
                     journal=journal, hooks=None, workdir=workdir, validation=True,
                 )  # fmt: skip
 
-            try:
-                fields = held_out_fields(self.simulator, points, make, folder, self.settings.cache_dir)
-            except OSError as exc:
-                if self.settings.cache_dir is None:
-                    raise
-                from engage.core.config.validate import ConfigError
+            def run() -> np.ndarray:
+                try:
+                    return held_out_fields(self.simulator, points, make, folder, self.settings.cache_dir)
+                except OSError as exc:
+                    if self.settings.cache_dir is None:
+                        raise
+                    from engage.core.config.validate import ConfigError
 
-                raise ConfigError(
-                    f"data.cache_dir: cannot store held-out simulations under {self.settings.cache_dir} "
-                    f"({exc.strerror or exc}); give a folder (or fsspec URL) this user can write"
-                ) from None
+                    raise ConfigError(
+                        f"data.cache_dir: cannot store held-out simulations under {self.settings.cache_dir} "
+                        f"({exc.strerror or exc}); give a folder (or fsspec URL) this user can write"
+                    ) from None
+
+            fields = self._on_rank_zero(run, "held-out simulations")
             self.val_dataset = SimulationDataset(self.simulator.space.to_unit(points), fields)
         return self.val_dataset
 

@@ -65,13 +65,13 @@ class RankFailures:
 
     def note(self, exception: BaseException) -> None:
         """Write this rank's one-line cause, whole, unless the failure is another rank's, seen
-        here as a lost connection, or none of its own (Ctrl-C, SIGTERM, a requeue: every rank gets
-        those). A run that fell short (:class:`OnlineRunFailed`, a closed buffer) is marked
-        ``left_to_rank_zero``: rank 0 reports it."""
+        here as a lost connection or told by it (``said_elsewhere``), or none of its own (Ctrl-C,
+        SIGTERM, a requeue: every rank gets those). A run that fell short (:class:`OnlineRunFailed`,
+        a closed buffer) is marked ``left_to_rank_zero``: rank 0 reports it."""
         folder = self.folder_of(self.rank)
         if folder is None or not isinstance(exception, Exception) or peer_lost(exception):
             return
-        if type(exception).__name__ == "Requeued":
+        if type(exception).__name__ == "Requeued" or getattr(exception, "said_elsewhere", False):
             return
         short = isinstance(exception, (OnlineRunFailed, BufferClosed))
         cause = " ".join(str(exception).split()) or type(exception).__name__
