@@ -16,6 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from engage.memory import Decision, MemoryPlanner, MemoryPlanningStrategy, ProfileMismatchError
+from engage.memory.blocks import NoBlocksError
+from engage.memory.errors import UnsupportedSetupError
 
 
 class _Block(nn.Module):
@@ -313,3 +315,96 @@ def test_memory_hugging_face_gpt2_with_cache_trains_under_a_tight_budget() -> No
     assert plan is not None and plan.names == ["model.transformer.h.0", "model.transformer.h.1"]
     assert set(plan.counts()) != {"keep"}, "the budget should make some block recompute"
     assert strategy.measured_peak is not None and strategy.measured_peak <= plan.budget
+
+
+class _StatefulBlock(nn.Module):
+    """A block whose forward reads or writes more than its input, as models in the wild do."""
+
+    def __init__(self, kind: str, d: int = 32) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc = nn.Linear(d, d)
+        if kind == "spectral":
+            self.fc = nn.utils.parametrizations.spectral_norm(self.fc)  # power iteration on buffers
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ema", torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "reassigned":
+            self.calls = self.calls + 1  # a new tensor in the buffer's place
+        elif self.kind == "ema-data":
+            self.ema.data.mul_(0.9).add_(0.1 * x.detach().mean(0))  # VQ-VAE codebooks update so
+        elif self.kind in ("python-random", "numpy-random"):
+            import random
+
+            import numpy as np
+
+            draw = random.random() if self.kind == "python-random" else float(np.random.rand())
+            if draw < 0.3:  # stochastic depth drawn outside torch
+                return x
+        return x + F.gelu(self.fc(x))
+
+
+class _StatefulNet(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[_StatefulBlock(kind) for _ in range(3)])
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x))
+
+
+@pytest.mark.parametrize("decision", ["recompute", "selective"])
+@pytest.mark.parametrize("kind", ["spectral", "reassigned", "ema-data", "python-random", "numpy-random"])
+def test_memory_recomputed_blocks_see_their_buffers_and_random_draws_as_their_forward_did(
+    kind: str, decision: str, one_thread: None
+) -> None:
+    """Recomputation replays a block's buffers (changed in place, through ``.data`` or replaced) and
+    Python's and NumPy's generators as its first forward had them, and leaves them as it found them:
+    the fit is the fit without the strategy, buffers included."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    net = _StatefulNet(kind)
+    fits = []
+    for strategy in (None, MemoryPlanningStrategy(budget="1GiB", print_plan=False, decisions=(decision,))):
+        random.seed(3)
+        np.random.seed(3)
+        lit = _Lit(copy.deepcopy(net))
+        _fit(lit, strategy or "auto", steps=4)
+        fits.append(lit)
+        if strategy is not None:
+            assert strategy.plan is not None and set(strategy.plan.decisions) == {Decision(decision)}
+    reference, planned = fits
+    for (name, a), b in zip(reference.state_dict().items(), planned.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    if kind == "reassigned":
+        assert int(planned.net.blocks[0].calls) == 4  # one count a step: none from profiling or recomputing
+
+
+def test_memory_a_block_that_changes_its_input_in_place_is_refused_where_recomputing_it_was_asked() -> None:
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        blocks = [nn.Sequential(nn.LeakyReLU(0.2, inplace=True), nn.Linear(32, 32)) for _ in range(3)]
+        return nn.Sequential(nn.Linear(32, 32), nn.Sequential(*blocks), nn.Linear(32, 1))
+
+    blocks = ["net.1.0", "net.1.1", "net.1.2"]
+    recompute = MemoryPlanningStrategy(budget="1GiB", print_plan=False, decisions=("recompute",), blocks=blocks)
+    with pytest.raises(UnsupportedSetupError, match=r"^block 'net\.1\.0' changes its input in place .* leave"):
+        _fit(_Lit(net()), recompute)
+    keep = MemoryPlanningStrategy(budget="1GiB", print_plan=False, decisions=("keep",), blocks=blocks)
+    _fit(_Lit(net()), keep)  # kept, it trains as without the strategy
+    assert keep.plan is not None and set(keep.plan.decisions) == {Decision.KEEP}
+
+
+def test_memory_blocks_named_twice_or_one_inside_another_are_refused_in_one_line() -> None:
+    net = _Net()
+    with pytest.raises(
+        NoBlocksError, match=r"^blocks= names 'blocks\.0' and 'blocks\.0', the same module; name it once$"
+    ):
+        MemoryPlanner(net, blocks=["blocks.0", "blocks.0"])
+    with pytest.raises(NoBlocksError, match=r"^blocks= names 'blocks' and 'blocks\.0', which is inside it; name"):
+        MemoryPlanner(net, blocks=["blocks", "blocks.0"])

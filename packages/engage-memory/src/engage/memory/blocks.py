@@ -67,6 +67,7 @@ def find_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[tu
                     f"blocks= names {name!r}, which {type(model).__name__} does not have; "
                     "name submodules as in model.named_modules(), such as 'layers.0'"
                 ) from None
+        _check_apart(blocks)
         return blocks
     containers = _containers(model, _repeated) or _containers(
         model, lambda m: sum(_has_params(child) for child in m.children()) >= 2
@@ -82,3 +83,19 @@ def find_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[tu
             "to plan; pass blocks=['name.of.block', ...] naming the modules to plan"
         )
     return blocks
+
+
+def _check_apart(blocks: list[tuple[str, nn.Module]]) -> None:
+    """Each block named once, and none inside another (one would be planned twice)."""
+    seen: dict[int, str] = {}
+    for name, module in blocks:
+        if id(module) in seen:
+            raise NoBlocksError(f"blocks= names {seen[id(module)]!r} and {name!r}, the same module; name it once")
+        seen[id(module)] = name
+    for name, module in blocks:
+        for inner in module.modules():
+            if inner is not module and id(inner) in seen:
+                raise NoBlocksError(
+                    f"blocks= names {name!r} and {seen[id(inner)]!r}, which is inside it; "
+                    "name blocks that do not contain one another"
+                )

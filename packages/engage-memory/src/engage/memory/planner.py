@@ -33,8 +33,10 @@ def measured_timeline(events: Sequence[Event], profile: Profile) -> list[tuple[s
     """Measured peak of each phase of one recorded step, with the labels of :meth:`Profile.timeline`."""
     pos = _positions(events)
     calls = list(dict.fromkeys(call for kind, call, *_ in events if kind == "fwd_start"))
-    if len(calls) != len(profile.blocks):
-        return []  # the step ran other blocks than the profiled one: its phases do not correspond
+    if len(calls) != len(profile.blocks) or any(("bwd_start", call) not in pos for call in calls):
+        # the step ran other blocks than the profiled one, or one returned its input (skipped at
+        # random from inside): its phases do not correspond
+        return []
     names = {call: profile.blocks[profile.fwd_order[k]].name for k, call in enumerate(calls)}
     bwd = sorted(calls, key=lambda c: pos.get(("bwd_start", c), len(events)))
     points = [("prologue", _window_peak(events, 0, pos[("fwd_start", calls[0])]))]

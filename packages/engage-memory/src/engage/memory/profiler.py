@@ -241,15 +241,28 @@ class Profiler:
         another random state until a run uses every block.
         """
         n = len(self.runtime.blocks)
+        # the lowest-memory decision among those asked for: a block that cannot be recomputed is
+        # refused only where recomputing it was asked for
+        low = next(d for d in (Decision.RECOMPUTE, Decision.SELECTIVE, Decision.KEEP) if d in self.decisions)
         for _ in range(tries if reseed is not None else 1):
-            events = _record_run(step, self.runtime, self.probe, {i: Decision.RECOMPUTE for i in range(n)})
+            events = _record_run(step, self.runtime, self.probe, dict.fromkeys(range(n), low))
             ran = {call[0] for kind, call, *_ in events if kind == "fwd_start"}
             missing = [self.runtime.blocks[i][0] for i in range(n) if i not in ran]
-            if not missing:
+            # a block that returned its input (skipped from inside its forward) has no backward
+            skipped = {call[0] for kind, call, *_ in events if kind == "fwd_start"} - {
+                call[0] for kind, call, *_ in events if kind == "bwd_start"
+            }
+            if not missing and (not skipped or reseed is None):
                 return events
             _clear_grads(self.params)
             if reseed is not None:
                 reseed()
+        if not missing:  # every block ran, but one never took part in backward
+            name = self.runtime.blocks[min(skipped)][0]
+            raise ValueError(
+                f"block {name!r} produced no gradient: it does not take part in backward (or returns its input); "
+                "leave it out of blocks="
+            )
         raise ValueError(
             f"blocks {missing} did not run in the training step"
             + (f" under any of {tries} random states (blocks skipped at random)" if reseed is not None else "")

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 from torch.utils._pytree import tree_flatten
 from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
     create_selective_checkpoint_contexts,
-    noop_context_fn,
 )
 
 from engage.memory.decisions import Decision
+from engage.memory.errors import UnsupportedSetupError
+from engage.memory.replay import replayed_contexts
 
 if TYPE_CHECKING:
     from engage.memory.offload import ActivationOffloader, OffloadGroup
@@ -51,67 +50,6 @@ def _selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoin
 
 def _selective_context() -> Any:
     return create_selective_checkpoint_contexts(_selective_policy)
-
-
-class _BufferKeeper:
-    """Keeps the buffers of a recomputed block as its forward left them.
-
-    Recomputation runs a block's forward a second time, in training mode: modules that update buffers
-    in their forward (BatchNorm's running mean, variance and batch count) would update them twice a
-    step. The forward notes which buffers it changed: those whose version counter moved (an in-place
-    update in Python), and the running statistics of normalisation layers that track them in training
-    mode (their kernel updates them in place without moving the counter). Recomputation puts those
-    back as they were before it ran. Outputs are unchanged: in training mode BatchNorm normalises
-    with the batch's own statistics.
-    """
-
-    def __init__(self, module: nn.Module, buffers: list[torch.Tensor]) -> None:
-        self.module = module
-        self.buffers = buffers
-        self.changed: list[torch.Tensor] = []
-
-    @contextlib.contextmanager
-    def forward(self) -> Iterator[None]:
-        versions = [b._version for b in self.buffers]
-        yield
-        changed = {id(b): b for b, v in zip(self.buffers, versions) if b._version != v}
-        for norm in self.module.modules():
-            if isinstance(norm, _NormBase) and norm.training and norm.track_running_stats:
-                for stat in (norm.running_mean, norm.running_var):
-                    if stat is not None:
-                        changed[id(stat)] = stat
-        self.changed = list(changed.values())
-
-    @contextlib.contextmanager
-    def recompute(self) -> Iterator[None]:
-        saved = [b.detach().clone() for b in self.changed]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for buffer, value in zip(self.changed, saved):
-                    buffer.copy_(value)
-
-
-@contextlib.contextmanager
-def _both(first: Any, second: Any) -> Iterator[None]:
-    with first, second:
-        yield
-
-
-def _recompute_contexts(
-    module: nn.Module, buffers: list[torch.Tensor], selective: bool
-) -> Callable[[], tuple[Any, Any]]:
-    """The ``context_fn`` of one checkpointed call: buffers kept, and the selective policy if asked."""
-
-    def contexts() -> tuple[Any, Any]:
-        keeper = _BufferKeeper(module, buffers)
-        if not selective:
-            return keeper.forward(), keeper.recompute()
-        forward, recompute = _selective_context()
-        return _both(keeper.forward(), forward), _both(keeper.recompute(), recompute)
-
-    return contexts
 
 
 def first_grad_tensor(obj: Any) -> torch.Tensor | None:
@@ -223,9 +161,17 @@ class PlanRuntime:
             else:
                 out = checkpoint(original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs)
         else:
+            inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            versions = [t._version for t in inputs]
             out = checkpoint(
                 original, *args, use_reentrant=False, context_fn=self._context_fn(index, decision), **kwargs
             )
+            if any(t._version != v for t, v in zip(inputs, versions)):
+                raise UnsupportedSetupError(
+                    f"block {self.blocks[index][0]!r} changes its input in place (an inplace=True activation "
+                    "or an in-place op first in the block?), so it cannot be recomputed; make that op not "
+                    "in place, or leave the block out of blocks="
+                )
         first_out = first_grad_tensor(out)
         if first_out is not None and torch.is_grad_enabled():
             if group is not None or before is not None:
@@ -242,12 +188,10 @@ class PlanRuntime:
         return out
 
     def _context_fn(self, index: int, decision: Decision) -> Callable[[], tuple[Any, Any]]:
-        selective = decision is not Decision.RECOMPUTE
-        module = self.blocks[index][1]
-        buffers = list(module.buffers())
-        if not buffers:
-            return _selective_context if selective else noop_context_fn
-        return _recompute_contexts(module, buffers, selective)
+        """Buffers and Python's and NumPy's generators replayed (see :mod:`.replay`), and the
+        selective policy for ``selective``."""
+        selective = _selective_context if decision is not Decision.RECOMPUTE else None
+        return replayed_contexts(self.blocks[index][1], selective)
 
     def _prefetch_hook(self, group: OffloadGroup | None, before: weakref.ref | None, grad: torch.Tensor) -> None:
         # Backward reached this block: its own offloaded tensors (if any) and the group before it come back.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,10 +12,12 @@ import torch
 from torch import nn
 
 from engage.memory.meter import host_allocations
+from engage.memory.replay import put_buffer
 
 
 class RandomState:
-    """The random generators a training step draws from (Python, torch CPU, every CUDA device).
+    """The random generators a training step draws from (Python, NumPy's global one, torch CPU, every
+    CUDA device).
 
     :meth:`restore` puts them back to the captured state, so that profiling runs repeat the same dropout
     masks and the same random block skipping, and the first real step draws what it would have drawn
@@ -35,12 +38,16 @@ class RandomState:
     def capture(self) -> None:
         """Remember the generators' current state."""
         self.python = random.getstate()
+        numpy = sys.modules.get("numpy")  # a step draws from NumPy only once it is imported
+        self.numpy = numpy.random.get_state() if numpy is not None else None
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
 
     def restore(self) -> None:
         """Put the generators back to the remembered state."""
         random.setstate(self.python)
+        if self.numpy is not None:
+            sys.modules["numpy"].random.set_state(self.numpy)
         torch.set_rng_state(self.cpu)
         if self.cuda:
             torch.cuda.set_rng_state_all(self.cuda)
@@ -49,6 +56,8 @@ class RandomState:
         """Move to a state the step has not seen: draw once from each generator and remember the result."""
         self.restore()
         random.random()
+        if self.numpy is not None:
+            sys.modules["numpy"].random.random()
         torch.rand(())
         if self.cuda:
             for device in range(len(self.cuda)):
@@ -56,9 +65,9 @@ class RandomState:
         self.capture()
 
 
-def _buffer_copies(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _buffer_copies(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     with torch.no_grad(), host_allocations():
-        return [(b, b.detach().to("cpu", copy=True)) for b in model.buffers()]
+        return [(name, b, b.detach().to("cpu", copy=True)) for name, b in model.named_buffers()]
 
 
 @contextlib.contextmanager
@@ -66,7 +75,8 @@ def preserved_state(model: nn.Module) -> Iterator[RandomState]:
     """Inside: profile freely. After: the model's buffers and the random generators are what they were.
 
     Buffers cover BatchNorm's running mean, variance and ``num_batches_tracked``, which every profiled
-    forward in training mode would otherwise update; the copies live on the host.
+    forward in training mode would otherwise update, and buffers a forward replaces by new tensors;
+    the copies live on the host.
 
     Examples:
         >>> import torch
@@ -82,8 +92,10 @@ def preserved_state(model: nn.Module) -> Iterator[RandomState]:
         yield RandomState()  # the caller may replay or advance this one; ``original`` comes back at the end
     finally:
         with torch.no_grad():
-            for live, saved in buffers:
+            for name, live, saved in buffers:
                 live.copy_(saved)
+                # a forward that puts a new tensor in a buffer's place (``self.n = self.n + 1``)
+                put_buffer(model, name, live)
         original.restore()
 
 
