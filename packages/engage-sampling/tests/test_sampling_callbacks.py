@@ -402,3 +402,60 @@ def test_an_analysis_resumes_its_history_from_a_checkpoint_that_named_it_by_its_
     resumed.fit(_Plain(), torch.utils.data.DataLoader(list(zip(x, x.sum(1), strict=True)), batch_size=8),
                 ckpt_path=path)  # fmt: skip
     assert again.history == made.history and len(made.history) == 2
+
+
+class _MappedPlain(pl.LightningModule):
+    """A user's own module whose loader gives mappings of unit parameters and targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 1)
+
+    def forward(self, parameters):
+        return self.net(parameters).squeeze(1)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.mse_loss(self(batch["parameters"]), batch["target"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _mapped_fit(callbacks, tmp_path, max_steps, ckpt_path=None, checkpoint=None):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 2, generator=g)
+    rows = [{"parameters": p, "target": p @ torch.tensor([3.0, -1.0])} for p in x]
+    loader = torch.utils.data.DataLoader(rows, batch_size=8)
+    trainer = pl.Trainer(max_steps=max_steps, callbacks=[*callbacks, *([checkpoint] if checkpoint else [])],
+                         logger=False, default_root_dir=tmp_path, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(_MappedPlain(), loader, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_in_plain_lightning_the_sampler_a_callback_was_given_resumes_from_the_checkpoint_and_short_runs_tell_it(
+    tmp_path,
+):
+    """A sampler given to the callbacks (no DataModule holds it) is kept in the checkpoint and
+    proposes after a resume what it would have proposed; a run shorter than ``every_n_steps``
+    (or fast_dev_run) tells it the last batch's losses when training ends."""
+    import copy
+
+    space = ParameterSpace.from_config({"a": {"low": 0.0, "high": 1.0}, "b": {"low": 0.0, "high": 1.0}})
+    sampler = LossDrivenSampler(space, seed=0, significance=None)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    callbacks = [LossDrivenSampling(sampler=sampler, every_n_steps=1), SensitivityAnalysis(space=space, every_n_steps=2,
+                 base_samples=8, num_resamples=5, log_plots=False)]  # fmt: skip
+    _mapped_fit(callbacks, tmp_path, max_steps=3, checkpoint=checkpoint)
+    assert sampler.num_told > 0
+    expected = copy.deepcopy(sampler)
+    fresh = LossDrivenSampler(space, seed=0, significance=None)
+    _mapped_fit([LossDrivenSampling(sampler=fresh, every_n_steps=1)], tmp_path, max_steps=3,
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert fresh.num_told == expected.num_told
+    np.testing.assert_array_equal(fresh.loss_table()[1], expected.loss_table()[1])
+    np.testing.assert_array_equal(fresh.ask(3), expected.ask(3))
+
+    short = LossDrivenSampler(space, seed=0, significance=None)
+    _mapped_fit([LossDrivenSampling(sampler=short)], tmp_path / "short", max_steps=3)  # every_n_steps=10
+    assert short.num_told == 8  # the last batch's eight points, told as training ended

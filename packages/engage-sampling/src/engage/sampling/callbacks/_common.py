@@ -27,6 +27,28 @@ def find_sampler(trainer: pl.Trainer, explicit: Any = None) -> Any:
     return getattr(datamodule, "sampler", None)
 
 
+def saved_sampler(trainer: pl.Trainer, explicit: Any) -> Any:
+    """The sampler whose state a callback keeps in checkpoints: the one given to it (``explicit``),
+    unless the trainer's DataModule holds that very sampler (ENGAGE's online DataModule saves its
+    own, with the simulations in flight); else ``None``. A plain Lightning run that resumes then
+    proposes the points it would have proposed without the interruption."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if explicit is None or getattr(datamodule, "sampler", None) is explicit or not hasattr(explicit, "state_dict"):
+        return None
+    return explicit
+
+
+def with_sampler_state(state: dict[str, Any], sampler: Any) -> dict[str, Any]:
+    """``state`` with ``sampler``'s own (see :func:`saved_sampler`) under ``sampler``."""
+    return state if sampler is None else {**state, "sampler": sampler.state_dict()}
+
+
+def restore_sampler_state(state: dict[str, Any], explicit: Any) -> None:
+    """Give the sampler given to a callback the state its checkpoint kept (if it kept one)."""
+    if explicit is not None and state.get("sampler") is not None:
+        explicit.load_state_dict(state["sampler"])
+
+
 def required_sampler(trainer: pl.Trainer, explicit: Any, owner: str, purpose: str, attribute: str, lacking: str) -> Any:
     """The sampler ``owner`` works with (:func:`find_sampler`), refused with one line when there is
     none (``purpose``: what it would do with it) or when it lacks ``attribute`` (``lacking``: what

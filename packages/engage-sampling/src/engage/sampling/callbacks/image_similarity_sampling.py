@@ -26,7 +26,10 @@ from engage.sampling.callbacks._common import (
     find_space,
     log_figure,
     log_metrics,
+    restore_sampler_state,
+    saved_sampler,
     warn_once,
+    with_sampler_state,
 )
 from engage.sampling.samplers._unit import check_whole
 from engage.sampling.similarity import METRICS, SimilarityLandscape, similarity_landscape, ssim_fits
@@ -109,6 +112,7 @@ class ImageSimilaritySampling(PeriodicAnalysis):
         self.space = space
         self.num_parameters = num_parameters
         self.sampler = sampler
+        self._saved_sampler: Any = None
         self.metric = metric
         self.neighbours = int(neighbours)
         self.data_range = data_range
@@ -148,6 +152,7 @@ class ImageSimilaritySampling(PeriodicAnalysis):
         ``plot_parameters`` beyond them, and outputs that ``metric`` cannot compare (SSIM slides a
         window of at least 3x3 pixels: a 1D profile such as the Burgers simulator's ``(1, grid)``
         row is not an image to it)."""
+        self._saved_sampler = saved_sampler(trainer, self.sampler)
         periodic = self.every_n_steps is not None or self.every_n_epochs is not None
         if periodic and self.source == "predictions":  # a landscape of targets takes its points from batches
             dim = self._dim(trainer)
@@ -261,12 +266,16 @@ class ImageSimilaritySampling(PeriodicAnalysis):
             self._seen[key] = (float(times[k]), unit[k], targets[k])
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [dict(h) for h in self.history],
-            "landscape": self.landscape.to_dict() if self.landscape is not None else None,
-        }
+        return with_sampler_state(
+            {
+                "history": [dict(h) for h in self.history],
+                "landscape": self.landscape.to_dict() if self.landscape is not None else None,
+            },
+            self._saved_sampler,
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restore_sampler_state(state_dict, self.sampler)
         self.history = [dict(h) for h in state_dict.get("history", [])]
         landscape = state_dict.get("landscape")
         self.landscape = SimilarityLandscape.from_dict(landscape) if landscape is not None else None

@@ -11,7 +11,16 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from engage.sampling.callbacks._common import check_sampler, due, log_metrics, required_sampler, warn_once
+from engage.sampling.callbacks._common import (
+    check_sampler,
+    due,
+    log_metrics,
+    required_sampler,
+    restore_sampler_state,
+    saved_sampler,
+    warn_once,
+    with_sampler_state,
+)
 from engage.sampling.samplers._unit import SCHEDULES, check_ratio, check_whole, scheduled_ratio
 
 #: the training step's output read for per-sample losses unless ``output_key`` says otherwise
@@ -110,6 +119,9 @@ class LossDrivenSampling(Callback):
         self.told = 0
         #: per-sample losses read from step outputs since the last tell: (unit points, losses, ids)
         self._held: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        #: the last training batch whose losses were neither read nor computed (told at the end)
+        self._untold: Any = None
+        self._saved_sampler: Any = None
 
     def tell(self, sampler: Any, batch: Mapping[str, torch.Tensor], losses: torch.Tensor) -> int:
         """Tell ``sampler`` the losses of one batch (and of the batches held since the last tell),
@@ -188,6 +200,7 @@ class LossDrivenSampling(Callback):
         """Refuse, before the first step, a callback with no sampler to tell: it would train the
         whole run telling nothing."""
         self._sampler(trainer)
+        self._saved_sampler = saved_sampler(trainer, self.sampler)
 
     def _handle(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
         sampler = self._sampler(trainer)
@@ -199,7 +212,9 @@ class LossDrivenSampling(Callback):
                 "{'parameters': space.to_unit(x), 'target': y}"
             )
         now = self.stage == "val" or due(trainer.global_step, self.every_n_steps)
+        self._untold = None if now or self.stage == "val" else batch
         if isinstance(outputs, Mapping) and self.output_key in outputs:
+            self._untold = None
             # free at every step: held, and told every every_n_steps steps in one call
             self._hold(batch, outputs[self.output_key])
             if not now:
@@ -230,16 +245,22 @@ class LossDrivenSampling(Callback):
             self._handle(trainer, pl_module, outputs, batch)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the last steps' losses too: held ones, else the last batch's, computed now (a run shorter
+        # than every_n_steps, or fast_dev_run, tells its sampler something)
+        untold, self._untold = self._untold, None
+        if untold is not None:
+            self._hold(untold, self.per_sample_loss(pl_module, untold))
         if self._held:
-            self._tell_held(self._sampler(trainer))  # the last steps' losses too
+            self._tell_held(self._sampler(trainer))
 
     def state_dict(self) -> dict[str, Any]:
         # the losses held since the last tell, as plain lists (a checkpoint loads without pickles)
         held = [(u.tolist(), v.tolist(), None if i is None else i.tolist()) for u, v, i in self._held]
-        return {"told": self.told, "held": held}
+        return with_sampler_state({"told": self.told, "held": held}, self._saved_sampler)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.told = int(state_dict.get("told", 0))
+        restore_sampler_state(state_dict, self.sampler)
         self._held = [
             (np.asarray(u, np.float32), np.asarray(v, np.float32), None if i is None else np.asarray(i))
             for u, v, i in state_dict.get("held", [])

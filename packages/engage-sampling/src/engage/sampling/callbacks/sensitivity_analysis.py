@@ -28,6 +28,9 @@ from engage.sampling.callbacks._common import (
     log_figure,
     log_metrics,
     required_sampler,
+    restore_sampler_state,
+    saved_sampler,
+    with_sampler_state,
 )
 from engage.sampling.samplers._unit import check_whole
 
@@ -136,6 +139,7 @@ class SensitivityAnalysis(PeriodicAnalysis):
         self.inputs = inputs
         self.reweight_sampler = reweight_sampler
         self.sampler = sampler
+        self._saved_sampler: Any = None
         self.log_plots = log_plots
         self.plot_dir = plot_dir
         self.batch_size = int(batch_size)
@@ -265,6 +269,7 @@ class SensitivityAnalysis(PeriodicAnalysis):
         """Refuse, before training, an analysis that could not tell the model's parameters (no
         ``space``, ``names`` nor ``num_parameters``, and none from the sampler or the DataModule)
         rather than at its first analysis, ``every_n_steps`` steps into training."""
+        self._saved_sampler = saved_sampler(trainer, self.sampler)
         if self.every_n_steps is not None or self.every_n_epochs is not None:
             self._resolve_names(trainer)
             if self.reweight_sampler:
@@ -283,7 +288,11 @@ class SensitivityAnalysis(PeriodicAnalysis):
             self.run(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history], "seed": self.seed, "method": self.method}
+        return with_sampler_state(
+            {"history": [dict(h) for h in self.history], "seed": self.seed, "method": self.method},
+            self._saved_sampler,
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restore_sampler_state(state_dict, self.sampler)
         self.history = [dict(h) for h in state_dict.get("history", [])]
