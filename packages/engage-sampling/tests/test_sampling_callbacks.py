@@ -211,12 +211,20 @@ def test_image_similarity_refuses_ssim_on_outputs_too_small_before_training():
 
     from engage.core.simulators.burgers import ViscousBurgers
 
+    class Rows(torch.nn.Module):  # a surrogate of the simulator's rows or images
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.w = shape, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, p):
+            return p.new_zeros(len(p), *self.shape) + self.w
+
     trainer = SimpleNamespace(datamodule=SimpleNamespace(simulator=ViscousBurgers(grid=16, steps=2)))
     with pytest.raises(ValueError, match=r"callbacks.image_similarity.metric: ssim .* \(1, 16\); use metric=nrmse"):
-        ImageSimilaritySampling().on_fit_start(trainer, None)
-    ImageSimilaritySampling(metric="nrmse").on_fit_start(trainer, None)  # a plain norm compares rows
+        ImageSimilaritySampling().on_fit_start(trainer, Rows((1, 16)))
+    ImageSimilaritySampling(metric="nrmse").on_fit_start(trainer, Rows((1, 16)))  # a plain norm compares rows
     trainer.datamodule.simulator = HeatEquation(grid=8, steps=2)
-    ImageSimilaritySampling().on_fit_start(trainer, None)
+    ImageSimilaritySampling().on_fit_start(trainer, Rows((8, 8)))
 
 
 def test_callbacks_refuse_periods_and_figures_that_would_never_run_or_fail_later():
@@ -350,17 +358,32 @@ def test_loss_driven_sampling_on_batches_without_parameters_stops_training_sayin
     assert model.steps == 1 and sampler.num_told == 0  # not a run of steps that told nothing
 
 
-def test_image_similarity_draws_the_trained_models_landscape_when_training_ends_and_targets_need_no_space(tmp_path):
+def test_image_similarity_draws_the_trained_models_landscape_when_training_ends_and_refuses_what_it_cannot_read(
+    tmp_path,
+):
     def images(model, x):  # the model's value as a 4x4 image
         return model(x)[:, :, None].expand(-1, 4, 4)
 
     predictions = ImageSimilaritySampling(num_parameters=3, probe_points=8, metric="nrmse", log_plots=False,
                                           predict=images)  # fmt: skip
-    targets = ImageSimilaritySampling(
-        source="targets", metric="nrmse", log_plots=False
-    )  # no space: points from batches
-    trainer, _ = _plain_fit([predictions, targets], tmp_path)
+    trainer, _ = _plain_fit([predictions], tmp_path)
     assert [h["step"] for h in predictions.history] == [trainer.global_step] == [4]  # every_n_steps=200 not reached
+    # a landscape of targets from (x, y) batches: refused at the first batch, not a landscape of nothing
+    targets = ImageSimilaritySampling(source="targets", metric="nrmse", log_plots=False)
+    with pytest.raises(TypeError, match=r"source='targets'\) needs batches that are mappings .* got list"):
+        _plain_fit([targets], tmp_path / "targets")
+    # a model that returns one number per point, or that cannot take the space's points: before training
+    model = _Plain()
+    numbers = ImageSimilaritySampling(num_parameters=3, metric="nrmse", log_plots=False)
+    with pytest.raises(ValueError, match=r"gives one number per point, not an image to compare; give predict="):
+        _plain_fit([numbers], tmp_path / "numbers", model=model)
+    assert model.steps == 0
+    wider = SensitivityAnalysis(names=["a", "b"], every_n_steps=2, log_plots=False)
+    with pytest.raises(
+        ValueError, match=r"^SensitivityAnalysis could not evaluate the model on points of the 2 .*mat1"
+    ):
+        _plain_fit([wider], tmp_path / "wider", model=model)
+    assert model.steps == 0
 
 
 def test_two_analyses_of_one_kind_train_side_by_side_and_each_resumes_its_own_history(tmp_path):

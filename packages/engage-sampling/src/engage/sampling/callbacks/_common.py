@@ -123,6 +123,21 @@ def evaluate(quantity: Quantity, model: torch.nn.Module, unit_points: np.ndarray
     return out
 
 
+def tried_quantity(owner: str, field: str, quantity: Quantity, model: torch.nn.Module, dim: int) -> np.ndarray:
+    """``quantity`` on two points of ``dim`` parameters, tried before training: a model that cannot
+    take them is refused in one line naming ``field`` (the callback's argument that fixes it) now,
+    rather than failing with the framework's error at the first analysis."""
+    try:
+        return evaluate(quantity, model, np.full((2, dim), 0.5))
+    except Exception as exc:
+        cause = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ValueError(
+            f"{owner} could not evaluate the model on points of the {dim} parameters of its space "
+            f"({type(exc).__name__}: {cause}); give {field}=, a function of (model, unit points), or a space "
+            "whose parameters are the model's inputs"
+        ) from None
+
+
 def log_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     """Send metrics to every logger of the trainer (rank zero only)."""
     if not trainer.is_global_zero:

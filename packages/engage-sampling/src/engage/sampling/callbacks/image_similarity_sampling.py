@@ -28,6 +28,7 @@ from engage.sampling.callbacks._common import (
     log_metrics,
     restore_sampler_state,
     saved_sampler,
+    tried_quantity,
     warn_once,
     with_sampler_state,
 )
@@ -168,6 +169,14 @@ class ImageSimilaritySampling(PeriodicAnalysis):
                 f"callbacks.image_similarity.metric: ssim compares images of at least 3x3 pixels and the "
                 f"simulator's samples are {shape}; use metric=nrmse or psnr"
             )
+        if periodic and self.source == "predictions":
+            images = tried_quantity("ImageSimilaritySampling", "predict", self.predict, pl_module, self._dim(trainer))
+            if images.ndim < 2:
+                raise ValueError(
+                    "ImageSimilaritySampling: the model gives one number per point, not an image to compare; "
+                    "give predict=, a function of (model, unit points) returning (n, H, W) images or (n, 1, W) "
+                    "profiles"
+                )
 
     def landscape_of(self, model: Any, trainer: pl.Trainer | None = None) -> SimilarityLandscape:
         """The similarity landscape of ``model``'s predictions at the probe points."""
@@ -240,7 +249,14 @@ class ImageSimilaritySampling(PeriodicAnalysis):
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.source == "targets" and isinstance(batch, Mapping) and "target" in batch:
+        if self.source == "targets":
+            if not isinstance(batch, Mapping) or "target" not in batch or "parameters" not in batch:
+                got = type(batch).__name__ if not isinstance(batch, Mapping) else f"keys {', '.join(map(str, batch))}"
+                raise TypeError(
+                    "ImageSimilaritySampling(source='targets') needs batches that are mappings holding each "
+                    f"sample's unit-normalised 'parameters' and its 'target' image, got {got}: have your "
+                    "collate_fn return {'parameters': space.to_unit(x), 'target': y}, or use source='predictions'"
+                )
             self._collect(batch)
         if due(trainer.global_step, self.every_n_steps):
             self.run(trainer, pl_module)

@@ -30,6 +30,7 @@ from engage.sampling.callbacks._common import (
     required_sampler,
     restore_sampler_state,
     saved_sampler,
+    tried_quantity,
     with_sampler_state,
 )
 from engage.sampling.samplers._unit import check_whole
@@ -271,7 +272,8 @@ class SensitivityAnalysis(PeriodicAnalysis):
         rather than at its first analysis, ``every_n_steps`` steps into training."""
         self._saved_sampler = saved_sampler(trainer, self.sampler)
         if self.every_n_steps is not None or self.every_n_epochs is not None:
-            self._resolve_names(trainer)
+            names = self._resolve_names(trainer)
+            tried_quantity("SensitivityAnalysis", "quantity", self.quantity, pl_module, len(names))
             if self.reweight_sampler:
                 self._reweighted(trainer)
 
