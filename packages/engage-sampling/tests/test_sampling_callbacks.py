@@ -482,3 +482,53 @@ def test_in_plain_lightning_the_sampler_a_callback_was_given_resumes_from_the_ch
     short = LossDrivenSampler(space, seed=0, significance=None)
     _mapped_fit([LossDrivenSampling(sampler=short)], tmp_path / "short", max_steps=3)  # every_n_steps=10
     assert short.num_told == 8  # the last batch's eight points, told as training ended
+
+
+_DDP_APP = """
+import json, sys
+import lightning.pytorch as pl, numpy as np, torch
+from engage.core import ParameterSpace
+from engage.sampling import LossDrivenSampler
+from engage.sampling.callbacks import LossDrivenSampling
+
+class Model(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 1)
+    def forward(self, p):
+        return self.net(p).squeeze(1)
+    def training_step(self, batch, i):
+        return torch.nn.functional.mse_loss(self(batch["parameters"]), batch["target"])
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+if __name__ == "__main__":
+    space = ParameterSpace.from_config({"a": {"low": 0.0, "high": 1.0}, "b": {"low": 0.0, "high": 1.0}})
+    sampler = LossDrivenSampler(space, seed=0, significance=None)
+    x = torch.rand(64, 2, generator=torch.Generator().manual_seed(0))
+    rows = [{"parameters": p, "target": p @ torch.tensor([3.0, -1.0])} for p in x]
+    trainer = pl.Trainer(max_steps=3, strategy="ddp", devices=2, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         callbacks=[LossDrivenSampling(sampler=sampler, every_n_steps=2)])
+    trainer.fit(Model(), torch.utils.data.DataLoader(rows, batch_size=8))
+    with open(sys.argv[1] + f".{trainer.global_rank}", "w") as out:
+        json.dump({"told": sampler.num_told, "next": sampler.ask(3).tolist()}, out)
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_a_sampler_given_to_the_callback_is_told_every_ranks_losses_and_proposes_alike(tmp_path):
+    """Each rank holds a copy of the sampler; each tell takes both ranks' losses (at step 2, and the
+    last batch's when training ends), so both copies propose the same next points."""
+    import json
+    import subprocess
+    import sys
+
+    app = tmp_path / "app.py"
+    app.write_text(_DDP_APP)
+    result = subprocess.run([sys.executable, str(app), str(tmp_path / "out")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
+    assert ranks[0]["told"] == ranks[1]["told"] == 2 * 2 * 8  # two tells of both ranks' 8-sample batches
+    assert ranks[0]["next"] == ranks[1]["next"]

@@ -145,6 +145,8 @@ class LossDrivenSampling(Callback):
         """Tell the held batches' losses in one call of the sampler: each divided by its batch's
         mean (``relative``), averaged per simulation within its batch; all batches at once."""
         held, self._held = self._held, []
+        if self._gathers():
+            held = _gathered(held)
         if not held:
             return 0
         unit = np.concatenate([u for u, _, _ in held])
@@ -178,6 +180,20 @@ class LossDrivenSampling(Callback):
             sampler.tell(points, losses=values)
         self.told += len(points)
         return len(points)
+
+    def _gathers(self) -> bool:
+        """Whether each tell takes every rank's losses: under DDP, for a sampler given to this
+        callback that no DataModule holds (each rank has its own copy, which would otherwise learn
+        from its own batches alone and propose other points than the others). Training batches
+        only: every rank tells at the same steps. A DataModule's sampler (ENGAGE's online one gives
+        each rank its own simulations) is told its own rank's."""
+        return (
+            self.stage == "train"
+            and self._saved_sampler is not None
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        )
 
     def _progress(self, trainer: pl.Trainer) -> float:
         """How far training is, from 0 to 1 at its last step (Lightning's estimate of the steps
@@ -265,3 +281,10 @@ class LossDrivenSampling(Callback):
             (np.asarray(u, np.float32), np.asarray(v, np.float32), None if i is None else np.asarray(i))
             for u, v, i in state_dict.get("held", [])
         ]
+
+
+def _gathered(held: list[Any]) -> list[Any]:
+    """Every rank's held losses, in rank order (one collective call on every rank)."""
+    everyone: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, held)
+    return [entry for rank_held in everyone for entry in rank_held]
