@@ -51,7 +51,8 @@ class Sampler(ABC):
 
     def __init__(self, space: ParameterSpace, seed: int | None = 0):
         if not isinstance(space, ParameterSpace):
-            raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}")
+            hint = "; make one with ParameterSpace.from_config(...)" if isinstance(space, dict) else ""
+            raise TypeError(f"space must be a ParameterSpace, got {type(space).__name__}{hint}")
         self.space = space
         self.seed = seed
         self.rng = np.random.default_rng(seed)

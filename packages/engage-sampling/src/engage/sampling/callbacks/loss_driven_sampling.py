@@ -237,12 +237,13 @@ class LossDrivenSampling(Callback):
                 return
             self._tell_held(sampler)
         elif now:
-            if isinstance(outputs, Mapping) and self.output_key != DEFAULT_OUTPUT_KEY:
+            if isinstance(outputs, Mapping) and (self.output_key != DEFAULT_OUTPUT_KEY or set(outputs) - {"loss"}):
                 warn_once(
                     self,
                     "output_key",
                     f"LossDrivenSampling: the training step's output has no {self.output_key!r} (it has "
-                    f"{', '.join(map(str, outputs))}); per-sample losses are computed by another forward pass",
+                    f"{', '.join(map(str, outputs))}); per-sample losses are computed by another forward pass "
+                    "(return them under that key, or set output_key=)",
                 )
             self.tell(sampler, batch, self.per_sample_loss(pl_module, batch))
         else:

@@ -90,8 +90,13 @@ class BreedSampler(Sampler):
         significance: float | None = 2.0,
     ):
         super().__init__(space, seed)
-        if int(generation_size) < 1 or int(generations) < 1 or int(max_points) < 1:
-            raise ValueError("generation_size, generations and max_points must be >= 1")
+        for name, value in (
+            ("generation_size", generation_size),
+            ("generations", generations),
+            ("max_points", max_points),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if parents is not None and int(parents) < 1:
             raise ValueError(f"parents must be >= 1, got {parents}")
         if not (math.isfinite(float(spread)) and float(spread) > 0):
