@@ -128,7 +128,13 @@ def test_memory_strategy_infeasible_budget_is_one_line(tmp_path, gpt) -> None:
 
 @pytest.mark.parametrize(
     ("budget", "match"),
-    [("12 GB?", "budget='12 GB\\?' is not a memory size"), (-5, "must be positive"), (1.5, r"in \(0, 1\]")],
+    [
+        ("12 GB?", "budget='12 GB\\?' is not a memory size"),
+        (-5, "must be positive"),
+        ("-5MiB", "budget='-5MiB' must be positive"),
+        ("12G", "G alone could mean GiB \\(as Slurm reads it\\) or GB; write '12GiB' or '12GB'$"),
+        (1.5, r"in \(0, 1\]"),
+    ],
 )
 def test_memory_bad_budget_names_field_and_fix(budget, match) -> None:
     with pytest.raises(ValueError, match=match):

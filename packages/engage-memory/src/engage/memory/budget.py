@@ -111,6 +111,14 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
     if isinstance(budget, str):
         match = _PATTERN.match(budget)
         unit = match.group(2).upper() if match else None
+        if budget.strip().startswith("-") and _PATTERN.match(budget.strip()[1:]):
+            raise ValueError(f"{field}={budget!r} must be positive; write a size such as '12GiB'")
+        if match is not None and unit in ("K", "M", "G", "T"):
+            number = match.group(1)
+            raise ValueError(
+                f"{field}={budget!r}: {unit} alone could mean {unit}iB (as Slurm reads it) or {unit}B; "
+                f"write '{number}{unit}iB' or '{number}{unit}B'"
+            )
         if match is None or unit not in _UNITS:
             raise ValueError(
                 f"{field}={budget!r} is not a memory size; write a number with a unit among "
