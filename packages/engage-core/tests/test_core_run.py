@@ -156,8 +156,8 @@ def test_a_stopped_sweep_of_local_processes_ends_its_jobs_runs_left_running(tmp_
     close_sweep(client, parent, uri, status="KILLED")
     assert client.get_run(running).info.status == "KILLED" and client.get_run(parent).info.status == "KILLED"
     metrics = client.get_run(parent).data.metrics
-    assert (metrics["jobs"], metrics["jobs_failed"]) == (2, 1)
-    assert f"sweep s ({parent}) KILLED: 2 jobs, 1 failed" in capsys.readouterr().err
+    assert (metrics["jobs"], metrics["jobs_failed"], metrics["jobs_stopped"]) == (2, 0, 1)
+    assert f"sweep s ({parent}) KILLED: 2 jobs, 0 failed, 1 stopped" in capsys.readouterr().err
     # a launcher whose jobs may outlive the sweep (on a cluster) leaves their runs to them
     parent, running = sweep("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
     close_sweep(client, parent, uri, status="KILLED")

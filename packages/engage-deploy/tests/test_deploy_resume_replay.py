@@ -68,10 +68,10 @@ def test_killed_sweep_marks_killed_and_resumes(tmp_path: Path) -> None:
     assert by_job == {"0": "FINISHED", "1": "FINISHED", "2": "KILLED"}
     (parent,) = [r for r in runs if "engage.job" not in r.data.tags]
     # the sweep's run: KILLED, with the counts of the jobs that ran (two finished, one stopped)
-    counts = {"jobs": 3.0, "jobs_failed": 1.0, "jobs_running": 0.0}
+    counts = {"jobs": 3.0, "jobs_failed": 0.0, "jobs_stopped": 1.0, "jobs_running": 0.0}
     assert parent.info.status == "KILLED" and parent.data.metrics == counts, parent
     # the sweep's line, as at its end
-    assert f"({parent.info.run_id}) KILLED: 3 jobs, 1 failed" in out + err, (out + err)[-2000:]
+    assert f"({parent.info.run_id}) KILLED: 3 jobs, 0 failed, 1 stopped" in out + err, (out + err)[-2000:]
 
     second = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr

@@ -367,8 +367,8 @@ class SweepTracking:
     def mark_killed(self, run_ids: Iterable[str]) -> None:
         """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED;
         the sweep's run gets the counts and best job a sweep's end gives it, from its jobs' runs
-        (``jobs``, the jobs that ran; ``jobs_failed``, those that failed or were stopped), and the
-        console the sweep's line."""
+        (``jobs``, the jobs that ran; ``jobs_failed`` and ``jobs_stopped``, those that failed and
+        those stopped), and the console the sweep's line."""
         # an interrupt during start-up does not wait long for MLflow to open
         if not (self.tracking_uri and self.opened(timeout_s=10.0) and self.check_server()):
             return

@@ -122,10 +122,12 @@ class MLflowSweepCallback(Callback):
         # after its batch, and the sweep's end (where the parent gets its final counts) never comes
         # jobs in other processes (joblib's workers) count theirs apart: the store has them all
         children = job_runs(client, self.run_id)
-        failed = sum(1 for r in children if r.info.status in ("FAILED", "KILLED"))
+        failed = sum(1 for r in children if r.info.status == "FAILED")
+        stopped = sum(1 for r in children if r.info.status == "KILLED")
         ended = self.counts["completed"] + self.counts["failed"]
         client.log_metric(self.run_id, "jobs", float(max(len(children), ended)))
-        client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"])))
+        client.log_metric(self.run_id, "jobs_failed", float(max(failed, self.counts["failed"] - stopped)))
+        client.log_metric(self.run_id, "jobs_stopped", float(stopped))
         client.set_terminated(self.run_id, status="FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -164,7 +166,8 @@ def close_sweep(
     ``KILLED`` (their processes went with the sweep), and others still running are counted as
     such, not as failed. The parent gets ``jobs``, ``jobs_failed``, the best job and its
     status, and the console one line with the ``mlflow ui`` command. ``failed_here``: jobs this
-    process saw fail (whose runs may not say so). Returns the status and the jobs failed."""
+    process saw fail (whose runs may not say so). Returns the status and the jobs that did not
+    complete (failed or stopped)."""
     parent = client.get_run(run_id)
     children = job_runs(client, run_id)
     statuses = [r.info.status for r in children]
@@ -174,8 +177,8 @@ def close_sweep(
                 client.set_terminated(child.info.run_id, status="KILLED")
                 statuses[i] = "KILLED"
     # at its end every job has ended: a run left RUNNING did not report success
-    failed, running = log_job_counts(client, run_id, running_failed=status is None, statuses=statuses)
-    status = status or ("FAILED" if failed or failed_here else "FINISHED")
+    failed, stopped, running = log_job_counts(client, run_id, running_failed=status is None, statuses=statuses)
+    status = status or ("FAILED" if failed or stopped or failed_here else "FINISHED")
     best = best_job(children)  # the FINISHED ones: those ended KILLED just now were not
     if best is not None:
         metric, value, name = best
@@ -184,12 +187,13 @@ def close_sweep(
     client.set_terminated(run_id, status=status)
     print(
         f"sweep {parent.info.run_name} ({run_id}) {status}: {len(statuses)} jobs, {failed} failed"
+        + (f", {stopped} stopped" if stopped else "")
         + (f", {running} still running" if running else "")
         + (f"; best {best[0]}={best[1]:.4g} ({best[2]})" if best is not None else "")
         + f"\nMLflow: mlflow ui --backend-store-uri {tracking_uri}",
         file=sys.stderr,
     )
-    return status, max(failed, failed_here)
+    return status, max(failed + stopped, failed_here)
 
 
 def _first_failed_job(client: Any, run_id: str, failed: int) -> str:
@@ -198,11 +202,12 @@ def _first_failed_job(client: Any, run_id: str, failed: int) -> str:
     from engage.core.tracking.store import ERROR_TAG
 
     runs = sorted(job_runs(client, run_id), key=lambda r: r.info.start_time or 0)
+    ended = "did not complete" if any(run.info.status == "KILLED" for run in runs) else "failed"
     for run in runs:
-        if run.info.status == "FAILED":
-            why = run.data.tags.get(ERROR_TAG)
-            return f"{failed} of the sweep's jobs failed; the first, {run.info.run_name}: {why or 'see its log'}"
-    return f"{failed} of the sweep's jobs failed"
+        if run.info.status in ("FAILED", "KILLED"):
+            why = run.data.tags.get(ERROR_TAG) or ("it was stopped" if run.info.status == "KILLED" else "see its log")
+            return f"{failed} of the sweep's jobs {ended}; the first, {run.info.run_name}: {why}"
+    return f"{failed} of the sweep's jobs {ended}"
 
 
 def job_runs(client: Any, run_id: str) -> list[Any]:
@@ -232,22 +237,25 @@ def best_job(children: list[Any]) -> tuple[str, float, str] | None:
 
 def log_job_counts(
     client: Any, run_id: str, running_failed: bool = True, statuses: list[str] | None = None
-) -> tuple[int, int]:
-    """Log a sweep's ``jobs`` (its jobs' runs) and ``jobs_failed`` on its run ``run_id``, as its
-    end or its interrupt gives them; returns ``(jobs_failed, still running)``. Runs still
-    RUNNING count as failed when ``running_failed`` (the sweep's end, after which none should
-    be), else apart, in ``jobs_running`` (a sweep stopped early whose jobs run elsewhere).
-    ``statuses``: the jobs' runs' statuses where the caller has them, else they are looked up."""
+) -> tuple[int, int, int]:
+    """Log a sweep's ``jobs`` (its jobs' runs), ``jobs_failed`` and ``jobs_stopped`` (KILLED) on
+    its run ``run_id``, as its end or its interrupt gives them; returns ``(jobs_failed,
+    jobs_stopped, still running)``. Runs still RUNNING count as failed when ``running_failed``
+    (the sweep's end, after which none should be), else apart, in ``jobs_running`` (a sweep
+    stopped early whose jobs run elsewhere). ``statuses``: the jobs' runs' statuses where the
+    caller has them, else they are looked up."""
     if statuses is None:
         statuses = [r.info.status for r in job_runs(client, run_id)]
     running = sum(1 for status in statuses if status in ("RUNNING", "SCHEDULED"))
-    failed = sum(1 for status in statuses if status != "FINISHED")
+    stopped = sum(1 for status in statuses if status == "KILLED")
+    failed = sum(1 for status in statuses if status not in ("FINISHED", "KILLED"))
     if not running_failed:
         failed -= running
         client.log_metric(run_id, "jobs_running", float(running))
     client.log_metric(run_id, "jobs", float(len(statuses)))
     client.log_metric(run_id, "jobs_failed", float(failed))
-    return failed, 0 if running_failed else running
+    client.log_metric(run_id, "jobs_stopped", float(stopped))
+    return failed, stopped, 0 if running_failed else running
 
 
 def launcher_preflight(config: DictConfig) -> str | None:
