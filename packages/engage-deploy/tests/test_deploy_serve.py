@@ -269,11 +269,11 @@ def test_a_replica_built_from_a_checkpoint_checks_weights_against_it(tmp_path: P
         api.setup("cpu")
     InferenceAPI(spec, api_path="/predict").setup("cpu")  # loads the checkpoint, writes its signature
     api.setup("cpu")
-    assert api.predict((3, serialize(Sine(width=8).state_dict()))) == 3
+    assert api.predict((3, serialize(Sine(width=8).state_dict()), None)) == 3
     with pytest.raises(
         Exception, match=r"do not fit the model: net.0.weight is \(4, 1\) torch.float32, the model's is \(8, 1\)"
     ):
-        api.predict((4, serialize(Sine(width=4).state_dict())))
+        api.predict((4, serialize(Sine(width=4).state_dict()), None))
 
 
 def test_the_request_sender_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys) -> None:
@@ -433,3 +433,81 @@ def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_pat
     with pytest.raises(RuntimeError, match="cannot build the model: ModuleNotFoundError: No module named 'nosuch'"):
         wait_for_signature(tmp_path, timeout_s=60)
     assert time.monotonic() - started < 1
+
+
+def test_versions_are_ordered_within_one_training_and_a_new_training_replaces_what_an_earlier_one_left(
+    tmp_path: Path,
+) -> None:
+    """A replica kept from an earlier training (its folder holds version 500) takes the next
+    training's first version, whatever its number, and orders versions within that training."""
+    from engage.deploy.serve.weights import WeightsRefused, WeightStore, signature
+
+    model = Sine()
+    store = WeightStore(tmp_path / "weights", signature(model.state_dict()))
+    payload = serialize(model.state_dict())
+    earlier, later, third = "a" * 32, "b" * 32, "c" * 32
+    assert store.publish(500, payload, earlier) == 500
+    with pytest.raises(WeightsRefused, match="not newer"):
+        store.publish(500, payload, earlier)
+    assert store.publish(10, payload, later) == 10 and store.current_run() == later
+    with pytest.raises(WeightsRefused, match="not newer"):
+        store.publish(10, payload, later)
+    assert store.publish(10, payload, third) == 10  # the same number from another training: its own file
+    assert store.current_run() == third and store.load()[0] == 10
+    assert sorted(p.name for p in (tmp_path / "weights").glob("v*.pt")) == [f"v10-{third}.pt", "v10.pt"]
+
+
+def test_publishing_refuses_what_it_cannot_send_and_a_training_no_replica_took_fails(tmp_path: Path) -> None:
+    """A replica address without its scheme is refused when the callback is made; weights that
+    hold NaN are never sent (a diverged training does not replace the served model); a training
+    whose every publication failed ends with one line, not as a success."""
+    from types import SimpleNamespace
+
+    from engage.deploy.serving import ServingError
+
+    with pytest.raises(ValueError, match=r"^replicas: '127\.0\.0\.1:8100' is not a replica's URL; give its base URL"):
+        PublishWeights(["127.0.0.1:8100"], api_key="k" * 32)
+    callback = PublishWeights([f"http://127.0.0.1:{free_port()}"], api_key="k" * 32, every_n_steps=1, timeout_s=2)
+    diverged = SimpleNamespace(
+        trainer=SimpleNamespace(is_global_zero=True), state_dict=lambda: {"w": torch.tensor([float("nan")])}
+    )
+    nan = PublishWeights(callback.replicas, api_key="k" * 32)
+    nan._offer(5, diverged)
+    assert nan._pending is None
+    trainer = pl.Trainer(max_steps=2, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ServingError, match=r"^no replica took any version of the weights \(2 attempts; the last, to"):
+        trainer.fit(Sine(), loader(samples=256))
+    assert {p.status for p in callback.publications} == {0}
+
+
+def test_a_replica_name_stays_in_its_folder_a_missing_checkpoint_is_named_and_a_port_in_time_wait_is_free(
+    tmp_path: Path,
+) -> None:
+    import argparse
+
+    from engage.deploy.serve.supervisor import ServeError, add_arguments, spec_from_arguments
+
+    key = tmp_path / "k"
+    key.write_text(secrets.token_urlsafe(32))
+    key.chmod(0o600)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--model", "torch.nn:Linear", "--api-key-file", str(key)]
+    kwargs = ["--model-kwargs", '{"in_features": 1, "out_features": 1}']
+    with pytest.raises(ServeError, match=r"^--name '\.\./escape': give letters, digits"):
+        spec_from_arguments(parser.parse_args([*base, *kwargs, "--name", "../escape"]))
+    with pytest.raises(ServeError, match=r"^--checkpoint \S+nothere\.ckpt: no such file"):
+        spec_from_arguments(parser.parse_args([*base, "--checkpoint", str(tmp_path / "nothere.ckpt")]))
+    # a replica just stopped leaves its port's connections in TIME_WAIT: the next one may listen there
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+    server.close()
+    client.close()
+    spec = spec_from_arguments(
+        parser.parse_args([*base, *kwargs, "--port", str(port), "--folder", str(tmp_path / "replica")])
+    )
+    assert spec.port == port

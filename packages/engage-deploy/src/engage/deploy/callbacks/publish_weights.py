@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +74,19 @@ class PublishWeights(pl.Callback):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if (api_key is None) == (api_key_file is None):
             raise ValueError("give api_key or api_key_file (the replicas' key), one of them")
+        for url in replicas:
+            if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+                raise ValueError(
+                    f"replicas: {url!r} is not a replica's URL; give its base URL, like http://127.0.0.1:8100"
+                )
         if api_key_file is not None:
             from engage.deploy.serve.replica import read_api_key
 
             api_key = read_api_key(api_key_file)
         self.replicas = [url.rstrip("/") for url in replicas]
+        #: this training's id, sent with each version and kept in checkpoints: a replica orders
+        #: versions within one training, and takes a new training's first version whatever its number
+        self.run_id = uuid.uuid4().hex
         self.every_n_steps = every_n_steps
         self.monitor = monitor
         self.mode = mode
@@ -142,6 +151,24 @@ class PublishWeights(pl.Callback):
         self.close()
         self._log(trainer)
         self._check()
+        attempts = [p for p in self.publications if p.status != 409]
+        if attempts and not any(p.status == 200 for p in attempts):
+            from engage.deploy.serving import ServingError
+
+            last = attempts[-1]
+            raise ServingError(
+                f"no replica took any version of the weights ({len(attempts)} attempts; the last, to {last.replica}: "
+                f"{' '.join((last.detail or f'HTTP {last.status}').split())[:200]})"
+            )
+
+    def state_dict(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "best": self._best}
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        # a resumed training goes on with its versions: a replica refuses those it already has
+        self.run_id = str(state_dict.get("run_id", self.run_id))
+        best = state_dict.get("best")
+        self._best = None if best is None else float(best)  # type: ignore[arg-type]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.close(wait=False)
@@ -167,6 +194,11 @@ class PublishWeights(pl.Callback):
             return
         self._last_version = version
         snapshot = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+        diverged = [k for k, v in snapshot.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if diverged:
+            # a diverged training never replaces the model the replicas serve
+            self._warn(f"version {version} not published: {diverged[0]} holds NaN or infinite values", failure=False)
+            return
         with self._lock:
             self._pending = (version, snapshot)  # a version still waiting is replaced by the newer one
             self._lock.notify_all()
@@ -182,7 +214,8 @@ class PublishWeights(pl.Callback):
                     return
                 version, snapshot = self._pending
                 self._pending = None
-            text = json.dumps({"version": version, "state_dict": base64.b64encode(serialize(snapshot)).decode()})
+            state = base64.b64encode(serialize(snapshot)).decode()
+            text = json.dumps({"version": version, "run": self.run_id, "state_dict": state})
             body = text.encode()  # once, for every replica and those added later
             with self._lock:
                 self._last_sent = (version, body)
@@ -214,11 +247,12 @@ class PublishWeights(pl.Callback):
             self._warn(f"replica {replica} did not take version {version} ({getattr(exc, 'reason', exc)})")
             return Publication(version, replica, 0, time.perf_counter() - started, str(exc))
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, message: str, failure: bool = True) -> None:
         now = time.monotonic()
         if now - self._last_warning >= 60:
             self._last_warning = now
-            log.warning("PublishWeights: %s (%d failures so far)", message, self.failures + 1)
+            counted = f" ({self.failures + 1} failures so far)" if failure else ""
+            log.warning("PublishWeights: %s%s", message, counted)
 
     def _check(self) -> None:
         if self._fatal:

@@ -12,6 +12,7 @@ import binascii
 import hmac
 import logging
 import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,8 @@ def _plain(value: Any) -> Any:
 
 #: the largest version a replica takes (a trainer's step count stays far below)
 MAX_VERSION = 2**53
+#: a training's id (:attr:`~engage.deploy.callbacks.PublishWeights.run_id`)
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class WeightsAPI(ls.LitAPI):
@@ -134,7 +137,7 @@ class WeightsAPI(ls.LitAPI):
         model_signature = wait_for_signature(self.replica.weights_folder, SIGNATURE_TIMEOUT_S)
         self.store = WeightStore(self.replica.weights_folder, model_signature)
 
-    def decode_request(self, request: dict) -> tuple[int, bytes]:
+    def decode_request(self, request: dict) -> tuple[int, bytes, str | None]:
         try:
             version = request["version"]
             payload = base64.b64decode(request["state_dict"], validate=True)
@@ -143,14 +146,17 @@ class WeightsAPI(ls.LitAPI):
         # a whole number a trainer's step can reach: one version far ahead would lock every later one out
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
             raise HTTPException(400, f"version is {version!r}; give a whole number from 0 to {MAX_VERSION}")
-        return version, payload
+        run = request.get("run")
+        if run is not None and not (isinstance(run, str) and RUN_ID.fullmatch(run)):
+            raise HTTPException(400, "run is the training's id: 32 hexadecimal digits")
+        return version, payload, run
 
-    def predict(self, request: tuple[int, bytes]) -> int:
+    def predict(self, request: tuple[int, bytes, str | None]) -> int:
         from engage.deploy.serve.weights import WeightsRefused
 
-        version, payload = request
+        version, payload, run = request
         try:
-            return self.store.publish(version, payload)
+            return self.store.publish(version, payload, run)
         except WeightsRefused as exc:
             raise HTTPException(409 if exc.stale else 400, str(exc)) from None
 

@@ -47,6 +47,8 @@ MAX_INPUTS = 16
 SIGNATURE_FILE = "signature.json"
 #: written instead by an inference worker that cannot build the model: the reason, one line
 BUILD_FAILED_FILE = "build-failed.txt"
+#: the newest kept version of the weights and its file, in the weights folder
+CURRENT_FILE = "current.json"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import signal
 import socket
 import subprocess
@@ -35,7 +36,14 @@ from pathlib import Path
 
 from engage.core.executors import die_with_parent_command
 from engage.deploy.processes import stop_group, terminate
-from engage.deploy.serve.replica import API_KEY_HEADER, ModelSpec, ReplicaSpec, listen_host, read_api_key
+from engage.deploy.serve.replica import (
+    API_KEY_HEADER,
+    CURRENT_FILE,
+    ModelSpec,
+    ReplicaSpec,
+    listen_host,
+    read_api_key,
+)
 from engage.deploy.tracking import write_json
 
 log = logging.getLogger("engage.deploy.serve")
@@ -190,6 +198,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: a replica's name: it names its folder (``serve/NAME``) and is in every answer
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
 def check_model(model: ModelSpec, where: str) -> None:
     """Build ``model`` once; :class:`ServeError` naming ``where`` (one line) when it cannot be built."""
     try:
@@ -219,12 +231,21 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
             "--model-kwargs is not used with --checkpoint: the checkpoint's own hyperparameters build the model; "
             "drop one of them"
         )
+    if not NAME.fullmatch(namespace.name):
+        raise ServeError(
+            f"--name {namespace.name!r}: give letters, digits and '.', '_', ':', '@', '-' (it names the "
+            "replica's folder and is in every answer)"
+        )
+    if namespace.checkpoint and not Path(namespace.checkpoint).is_file():
+        raise ServeError(f"--checkpoint {namespace.checkpoint}: no such file; give a Lightning checkpoint (.ckpt)")
     folder = Path(namespace.folder or Path("serve") / namespace.name)
     if folder.exists() and not folder.is_dir():
         raise ServeError(f"--folder {folder} is a file; give a folder for the replica's files")
     model = ModelSpec(namespace.model, kwargs, namespace.checkpoint)
     if not namespace.built:
-        check_model(model, f"--model {namespace.model}")
+        check_model(
+            model, f"--checkpoint {namespace.checkpoint}" if namespace.checkpoint else f"--model {namespace.model}"
+        )
     try:
         read_api_key(namespace.api_key_file)
     except (OSError, ValueError) as exc:
@@ -240,6 +261,9 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
     port = namespace.port
     try:
         with socket.socket(socket.AF_INET6 if ":" in namespace.host else socket.AF_INET) as probe:
+            # as the server binds (uvicorn): connections of a replica just stopped, in TIME_WAIT,
+            # leave the port free for the next one
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((namespace.host, port))
             port = probe.getsockname()[1]
     except OSError as exc:
@@ -281,6 +305,13 @@ def run_command(namespace: argparse.Namespace) -> int:
     try:
         supervisor.start()
         print(f"engage serve: replica {spec.name} serving {spec.model.target} at {spec.url}", flush=True)
+        kept = _kept_version(spec)
+        if kept is not None:
+            print(
+                f"engage serve: it serves version {kept} kept in {spec.weights_folder} by an earlier start; "
+                "the next training's first version replaces it",
+                flush=True,
+            )
         return supervisor.watch()
     except ServeError as exc:
         print(f"engage serve: {exc}", file=sys.stderr)
@@ -290,6 +321,14 @@ def run_command(namespace: argparse.Namespace) -> int:
     finally:
         supervisor.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _kept_version(spec: ReplicaSpec) -> int | None:
+    """The version an earlier start of this replica kept in its folder (read without torch)."""
+    try:
+        return int(json.loads((spec.weights_folder / CURRENT_FILE).read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

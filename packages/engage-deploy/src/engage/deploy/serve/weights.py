@@ -36,9 +36,7 @@ from pathlib import Path
 import torch
 
 from engage.core.files import write_private
-from engage.deploy.serve.replica import BUILD_FAILED_FILE, SIGNATURE_FILE
-
-CURRENT = "current.json"
+from engage.deploy.serve.replica import BUILD_FAILED_FILE, CURRENT_FILE, SIGNATURE_FILE
 
 #: parameter or buffer name -> (shape, dtype name such as ``float32``)
 Signature = dict[str, tuple[tuple[int, ...], str]]
@@ -112,7 +110,7 @@ class WeightStore:
 
     @property
     def current_file(self) -> Path:
-        return self.folder / CURRENT
+        return self.folder / CURRENT_FILE
 
     def stamp(self) -> tuple[int, int]:
         """A value that changes whenever a new version is kept (cheap: one ``stat``; each version
@@ -125,9 +123,20 @@ class WeightStore:
 
     def current(self) -> tuple[int, Path] | None:
         """The newest kept version and its file, or None before the first."""
+        record = self._record()
+        return None if record is None else (int(record["version"]), self.folder / str(record["file"]))
+
+    def current_run(self) -> str | None:
+        """The training that published the current version (``None``: before the first, or unnamed)."""
+        record = self._record()
+        run = record.get("run") if record is not None else None
+        return run if isinstance(run, str) else None
+
+    def _record(self) -> dict | None:
         try:
             record = json.loads(self.current_file.read_text())
-            return int(record["version"]), self.folder / str(record["file"])
+            int(record["version"]), str(record["file"])
+            return record
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
@@ -162,12 +171,15 @@ class WeightStore:
                 )
         return state
 
-    def publish(self, version: int, payload: bytes) -> int:
-        """Keep ``payload`` (see :func:`serialize`) as ``version``; returns it.
-        :class:`WeightsRefused` if it is not newer than the current one or does not fit."""
+    def publish(self, version: int, payload: bytes, run: str | None = None) -> int:
+        """Keep ``payload`` (see :func:`serialize`) as ``version`` of the training ``run``; returns
+        it. :class:`WeightsRefused` if it does not fit, or if it is not newer than the current one
+        of the same training: versions (optimizer steps) are ordered within one training, and a
+        new training's first version replaces what an earlier one left, whatever its number."""
         version = int(version)
         current = self.current()
-        if current is not None and version <= current[0]:
+        same_training = run is None or run == self.current_run()
+        if current is not None and same_training and version <= current[0]:
             raise WeightsRefused(f"version {version} is not newer than the replica's {current[0]}", stale=True)
         try:
             state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
@@ -175,8 +187,12 @@ class WeightStore:
             raise WeightsRefused(f"weights cannot be read with weights_only=True ({type(exc).__name__})") from None
         self.check(state)
         name = f"v{version}.pt"
+        record = {"version": version, "file": name, **({"run": run} if run is not None else {})}
+        if current is not None and current[1].name == name:  # another training's version of the same number
+            name = f"v{version}-{run}.pt"
+            record["file"] = name
         self._write(self.folder / name, payload)
-        self._write(self.current_file, json.dumps({"version": version, "file": name}).encode())
+        self._write(self.current_file, json.dumps(record).encode())
         for old in self.folder.glob("v*.pt"):
             if old.name != name and (current is None or old.name != current[1].name):
                 old.unlink(missing_ok=True)
