@@ -395,6 +395,22 @@ def test_ddp_fits_of_a_sweep_start_their_other_rank_through_engage_run(tmp_path)
     assert all("val/loss" in r.data.metrics for r in runs if "seed" in r.data.params)
 
 
+def _failing_simulator(tmp_path: Path, fails: str) -> list[str]:
+    """Overrides of a command simulator (the travelling-wave example) whose script first runs the
+    shell line ``fails`` (``$2``: the simulation's id; ``LOCAL_RANK``: the rank)."""
+    import stat
+
+    example = Path(__file__).parents[1] / "src" / "engage" / "core" / "simulators" / "examples" / "travelling_wave.py"
+    script = tmp_path / "sim.sh"
+    script.write_text(f'#!/bin/sh\n{fails}\nexec "{sys.executable}" "{example}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return [
+        "simulator=command",
+        f'simulator.argv=[{script},"{{address}}","{{simulation_id}}","{{attempt}}","20"]',
+        "++simulator.parameters={frequency: {low: 0.5, high: 2}, damping: {low: 0, high: 0.5}}",
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("rank", "first"), [(1, 3), (0, 2)])
@@ -403,20 +419,9 @@ def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_coun
     naming that rank and its cause (not the connection it lost, nor Lightning's kill of every
     rank, nor counts that are only that rank's share), and records its own counts as its own,
     since the other rank's cannot be added up any more."""
-    import stat
-
-    example = Path(__file__).parents[1] / "src" / "engage" / "core" / "simulators" / "examples" / "travelling_wave.py"
-    script = tmp_path / "sim.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'if [ "${{LOCAL_RANK:-0}}" = {rank} ] && [ "$2" -ge {first} ]; then echo "no such file" >&2; exit 1; fi\n'
-        f'exec "{sys.executable}" "{example}" "$@"\n'
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    argv = f'simulator.argv=[{script},"{{address}}","{{simulation_id}}","{{attempt}}","20"]'
-    space = "++simulator.parameters={frequency: {low: 0.5, high: 2}, damping: {low: 0, high: 0.5}}"
+    fails = f'if [ "${{LOCAL_RANK:-0}}" = {rank} ] && [ "$2" -ge {first} ]; then echo "no such file" >&2; exit 1; fi'
     result = engage(
-        "run", "simulator=command", argv, space, "data.simulations=8", "data.val_simulations=1",
+        "run", *_failing_simulator(tmp_path, fails), "data.simulations=8", "data.val_simulations=1",
         "data.batches_per_epoch=10", "trainer.max_epochs=2", "model.width=4", "strategy=ddp", "trainer.devices=2",
         "data.retries=0", "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=280,
     )  # fmt: skip
@@ -443,23 +448,12 @@ def test_a_ddp_rank_that_fails_is_reported_by_rank_zero_in_one_line_and_its_coun
 def test_held_out_simulations_run_on_rank_zero_alone_whose_failure_ends_every_rank(tmp_path):
     """Under DDP the held-out simulations run once, on rank 0, and reach the other ranks; when one
     of them fails, rank 0 says why in one line and the other rank ends with it, quietly."""
-    import stat
-
-    example = Path(__file__).parents[1] / "src" / "engage" / "core" / "simulators" / "examples" / "travelling_wave.py"
-    script = tmp_path / "sim.sh"
     # the first simulation of each rank fails: on rank 0 that is the held-out one (held-out
     # simulations run before training streams); a rank 1 that ran held-out simulations would fail too
-    script.write_text(
-        "#!/bin/sh\n"
-        f'marker="{tmp_path}/started-rank${{LOCAL_RANK:-0}}"\n'
-        'if [ ! -e "$marker" ]; then touch "$marker"; echo "bad mesh" >&2; exit 1; fi\n'
-        f'exec "{sys.executable}" "{example}" "$@"\n'
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    argv = f'simulator.argv=[{script},"{{address}}","{{simulation_id}}","{{attempt}}","20"]'
-    space = "++simulator.parameters={frequency: {low: 0.5, high: 2}, damping: {low: 0, high: 0.5}}"
+    marker = f'marker="{tmp_path}/started-rank${{LOCAL_RANK:-0}}"'
+    fails = f'{marker}; if [ ! -e "$marker" ]; then touch "$marker"; echo "bad mesh" >&2; exit 1; fi'
     result = engage(
-        "run", "simulator=command", argv, space, "data.simulations=4", "data.val_simulations=1",
+        "run", *_failing_simulator(tmp_path, fails), "data.simulations=4", "data.val_simulations=1",
         "data.batches_per_epoch=4", "trainer.max_epochs=1", "model.width=4", "strategy=ddp", "trainer.devices=2",
         "data.retries=0", "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=280,
     )  # fmt: skip
