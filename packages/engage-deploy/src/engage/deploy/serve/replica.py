@@ -116,6 +116,18 @@ def read_api_key(path: str | os.PathLike[str]) -> str:
 LITSERVE_HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
 
+def current_record(weights_folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record of the newest version kept in ``weights_folder`` (``version``, ``file``, and
+    ``run``, the training that published it, when named), or ``None`` before the first; read
+    without torch."""
+    try:
+        record = json.loads((Path(weights_folder) / CURRENT_FILE).read_text())
+        int(record["version"]), str(record["file"])
+        return record
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
 def listen_host(address: str) -> str:
     """What LitServe is told to listen on for a replica reached at ``address``: the address
     itself when LitServe takes it (loopback), else its wildcard when that is the same thing,

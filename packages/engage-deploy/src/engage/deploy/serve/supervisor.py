@@ -38,9 +38,9 @@ from engage.core.executors import die_with_parent_command
 from engage.deploy.processes import stop_group, terminate
 from engage.deploy.serve.replica import (
     API_KEY_HEADER,
-    CURRENT_FILE,
     ModelSpec,
     ReplicaSpec,
+    current_record,
     listen_host,
     read_api_key,
 )
@@ -305,10 +305,10 @@ def run_command(namespace: argparse.Namespace) -> int:
     try:
         supervisor.start()
         print(f"engage serve: replica {spec.name} serving {spec.model.target} at {spec.url}", flush=True)
-        kept = _kept_version(spec)
+        kept = current_record(spec.weights_folder)
         if kept is not None:
             print(
-                f"engage serve: it serves version {kept} kept in {spec.weights_folder} by an earlier start; "
+                f"engage serve: it serves version {kept['version']} kept in {spec.weights_folder} by an earlier start; "
                 "the next training's first version replaces it",
                 flush=True,
             )
@@ -321,14 +321,6 @@ def run_command(namespace: argparse.Namespace) -> int:
     finally:
         supervisor.stop()
         signal.signal(signal.SIGTERM, previous)
-
-
-def _kept_version(spec: ReplicaSpec) -> int | None:
-    """The version an earlier start of this replica kept in its folder (read without torch)."""
-    try:
-        return int(json.loads((spec.weights_folder / CURRENT_FILE).read_text())["version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from engage.core.files import write_private
-from engage.deploy.serve.replica import BUILD_FAILED_FILE, CURRENT_FILE, SIGNATURE_FILE
+from engage.deploy.serve.replica import BUILD_FAILED_FILE, CURRENT_FILE, SIGNATURE_FILE, current_record
 
 #: parameter or buffer name -> (shape, dtype name such as ``float32``)
 Signature = dict[str, tuple[tuple[int, ...], str]]
@@ -123,22 +123,14 @@ class WeightStore:
 
     def current(self) -> tuple[int, Path] | None:
         """The newest kept version and its file, or None before the first."""
-        record = self._record()
-        return None if record is None else (int(record["version"]), self.folder / str(record["file"]))
+        return self._current(current_record(self.folder))
 
     def current_run(self) -> str | None:
         """The training that published the current version (``None``: before the first, or unnamed)."""
-        record = self._record()
-        run = record.get("run") if record is not None else None
-        return run if isinstance(run, str) else None
+        return _run(current_record(self.folder))
 
-    def _record(self) -> dict | None:
-        try:
-            record = json.loads(self.current_file.read_text())
-            int(record["version"]), str(record["file"])
-            return record
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
+    def _current(self, record: dict | None) -> tuple[int, Path] | None:
+        return None if record is None else (int(record["version"]), self.folder / str(record["file"]))
 
     def load(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest version and its tensors (read again if a newer one replaced it meanwhile)."""
@@ -177,8 +169,9 @@ class WeightStore:
         of the same training: versions (optimizer steps) are ordered within one training, and a
         new training's first version replaces what an earlier one left, whatever its number."""
         version = int(version)
-        current = self.current()
-        same_training = run is None or run == self.current_run()
+        record = current_record(self.folder)  # read once: the version and the training behind it
+        current = self._current(record)
+        same_training = run is None or run == _run(record)
         if current is not None and same_training and version <= current[0]:
             raise WeightsRefused(f"version {version} is not newer than the replica's {current[0]}", stale=True)
         try:
@@ -202,3 +195,8 @@ class WeightStore:
     def _write(path: Path, data: bytes) -> None:
         # on disk before it is named: a crash leaves no half file behind the name
         write_private(path, data, durable=True)
+
+
+def _run(record: dict | None) -> str | None:
+    run = record.get("run") if record is not None else None
+    return run if isinstance(run, str) else None
