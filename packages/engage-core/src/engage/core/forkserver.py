@@ -387,11 +387,13 @@ def serve(preload: Sequence[str] = ()) -> int:
     stdout (moved aside first, so that nothing printed by an import garbles the replies).
     ``preload``: the modules imported before any fork, so that every program starts with them in
     memory."""
+    from engage.core.preimport import preimport
+
     commands, replies = 0, os.dup(1)
     os.dup2(2, 1)
     for module in preload:
         try:
-            importlib.import_module(module)
+            preimport(module)  # collector paused; frozen, so forked programs' collections skip them
         except Exception:  # the program that needs it imports it again, and says why it fails
             import traceback
 

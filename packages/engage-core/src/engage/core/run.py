@@ -19,6 +19,7 @@ from rich.console import Console
 from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_store, check_values
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import PluginError
+from engage.core.preimport import preimport
 from engage.core.tracking.store import TrackingUnavailable
 
 EXIT_TRACKING_UNAVAILABLE = 3
@@ -157,7 +158,9 @@ def task(cfg: DictConfig) -> float | None:
     try:
         check_values(cfg)
         check_store(cfg)  # a sweep's job too, whose launcher ran no run-start check
-        from engage.core.training import train  # Lightning and PyTorch, once the config is good
+        # Lightning, PyTorch and MLflow, once the config is good (1-2 s faster with the collector paused)
+        preimport("engage.core.training")
+        from engage.core.training import train
 
         metrics = train(cfg)
     except ConfigError as exc:

@@ -124,7 +124,9 @@ class EngageLauncher(Launcher):
         if self.options.mlflow.enabled:
             from engage.deploy.sweep_tracking import import_mlflow_early
 
-            import_mlflow_early()
+            # a kept server is asked over HTTP; otherwise this process writes the SQLite store
+            mlflow = self.options.mlflow
+            import_mlflow_early(sql_store=mlflow.store().startswith("sqlite:") and not mlflow.keep_server)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from . import _core
