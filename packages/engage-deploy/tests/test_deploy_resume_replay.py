@@ -84,6 +84,11 @@ def test_killed_sweep_marks_killed_and_resumes(tmp_path: Path) -> None:
     assert sorted(r.data.tags["engage.job"] for r in new_children) == ["2", "3"]
     hashes = {r.data.tags["engage.config_hash"] for r in new_children}
     assert hashes == {results[2]["config_hash"], results[3]["config_hash"]}
+    # the sweep is still one run, continued: the second launch's jobs are its children too
+    (again,) = [r for r in sweep_runs(uri) if "engage.job" not in r.data.tags]
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert again.data.tags["engage.launches"] == "2"
+    assert {r.data.tags["mlflow.parentRunId"] for r in new_children} == {parent.info.run_id}
 
 
 @pytest.mark.slow
@@ -146,3 +151,60 @@ def test_a_job_resumes_only_as_the_job_of_its_number(tmp_path: Path) -> None:
     repeat = later.add_job(3, ["lr=0.001"], config, task="app:main")  # trial 3 asks for trial 0's config
     assert done.get((again.index, again.config_hash)) == job.folder
     assert (repeat.index, repeat.config_hash) not in done
+
+
+def test_a_resumed_sweep_continues_its_parent_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``engage run -m hydra/launcher=engage`` launched again into its sweep directory: the sweep
+    stays one MLflow run, and a job that failed in the first launch and completed in the second
+    counts once, as completed (its failed attempt keeps its run)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
+    from engage.core.tracking.sweep import MLflowSweepCallback
+    from engage.deploy.experiment import ExperimentFolder
+
+    monkeypatch.chdir(tmp_path)
+    for name in (PARENT_RUN_ENV, TRACKING_URI_ENV):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def config(resume: bool = True, task: str = "x=1,2"):
+        launcher = {"_target_": "hydra_plugins.engage_launcher.engage_launcher.EngageLauncher", "resume": resume}
+        hydra = {"launcher": launcher, "sweep": {"dir": "sweep"}, "overrides": {"task": [task]}}
+        return OmegaConf.create({"hydra": hydra, "logger": {"uri": uri, "experiment": "sweeps"}})
+
+    def launch(statuses: dict[int, str], cfg=None):
+        callback = MLflowSweepCallback()
+        callback.on_multirun_start(cfg or config())
+        # what the launcher does with the sweep's run: its launch folder records it
+        ExperimentFolder.create(tmp_path / "sweep").parent_run_file.write_text(callback.run_id)
+        time.sleep(0.01)  # the next launch's folder is written later
+        client = MlflowClient(uri)
+        experiment = client.get_run(callback.run_id).info.experiment_id
+        for job, status in statuses.items():
+            tags = {"mlflow.parentRunId": callback.run_id, "engage.job": str(job)}
+            client.set_terminated(client.create_run(experiment, tags=tags).info.run_id, status)
+            time.sleep(0.01)  # each attempt starts after the one before
+            result = JobReturn(status=JobStatus.COMPLETED if status == "FINISHED" else JobStatus.FAILED)
+            result._return_value = 0.0 if status == "FINISHED" else RuntimeError("job failed")
+            callback.on_job_end(None, result)
+        try:
+            callback.on_multirun_end(None)
+        except SystemExit as exc:
+            return callback.run_id, exc.code
+        return callback.run_id, 0
+
+    first, code = launch({0: "FINISHED", 1: "FAILED"})
+    assert code == 1 and MlflowClient(uri).get_run(first).info.status == "FAILED"
+    second, code = launch({1: "FINISHED"})  # job 0 was taken from the first launch
+    assert second == first and code == 0
+    parent = MlflowClient(uri).get_run(first)
+    assert parent.info.status == "FINISHED" and parent.data.tags["engage.launches"] == "2"
+    assert (parent.data.metrics["jobs"], parent.data.metrics["jobs_failed"]) == (2, 0)
+    assert f"({first}) FINISHED: 2 jobs, 0 failed" in capsys.readouterr().err
+    # another sweep into the same folder (other values), or a launch that does not resume: a new run
+    other, _ = launch({0: "FINISHED"}, config(task="x=3,4"))
+    assert other != first
+    fresh, _ = launch({0: "FINISHED"}, config(resume=False))
+    assert fresh not in (first, other)

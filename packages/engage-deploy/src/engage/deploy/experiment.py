@@ -6,6 +6,7 @@ Every launch writes a time-stamped folder of the same shape for every provider::
         infrastructure.yaml        the infrastructure asked for, and the hosts deployed
         placement.json             with ``placement: optimize``: the host of every service instance
         sweep.json                 options, counts, MLflow ids, tracking incidents
+        parent-run-id              the MLflow run the jobs record under (a resumed sweep continues it)
         mlflow-server.log          the sweep's MLflow server output (when it starts one)
         hosts/<host>/metrics.csv   system metrics sampled every monitor_interval_s
         jobs/<idx>/                stdout.log, stderr.log, config.yaml, overrides.yaml, result.json,
@@ -13,7 +14,8 @@ Every launch writes a time-stamped folder of the same shape for every provider::
                                    with the runner), mlflow-run-id (the run the job opened)
 
 A job whose resolved config (and task) completed in an earlier launch into the same sweep
-directory is found by :meth:`ExperimentFolder.completed` and not run again.
+directory is found by :meth:`ExperimentFolder.completed` and not run again, and the sweep's
+MLflow run is the one that launch recorded under (:meth:`ExperimentFolder.recorded_parent`).
 
 Example::
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +46,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from engage.deploy.tracking import write_json
 
+#: the file of a launch folder holding the id of the MLflow run its jobs record under
+PARENT_RUN_FILE = "parent-run-id"
+#: an MLflow run id
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 #: the result files a job leaves in its folder: a retry starts without them
 ATTEMPT_FILES = ("result.pkl", "runner.json", "mlflow-run-id")
 
@@ -107,6 +114,25 @@ class ExperimentFolder:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def parent_run_file(self) -> Path:
+        """Where the launch writes the id of the MLflow run its jobs record under (empty: none)."""
+        return self.path / PARENT_RUN_FILE
+
+    @staticmethod
+    def recorded_parent(sweep_dir: Path, before: Path | None = None) -> str | None:
+        """The MLflow run the last launch into ``sweep_dir`` (other than ``before``, a launch
+        folder) recorded its jobs under, if any."""
+        written = []
+        for path in (sweep_dir / ".engage").glob(f"*/{PARENT_RUN_FILE}"):
+            try:
+                if path.parent != before:
+                    written.append((path.stat().st_mtime_ns, path.read_text().strip()))
+            except OSError:
+                continue
+        ids = [run_id for _, run_id in sorted(written) if RUN_ID.fullmatch(run_id)]
+        return ids[-1] if ids else None
 
     def job_folder(self, index: int) -> Path:
         return self.path / "jobs" / str(index)

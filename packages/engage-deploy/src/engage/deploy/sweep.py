@@ -108,6 +108,7 @@ class Sweep:
             self.report,
             provider_name=self.infrastructure.provider,
             sweep_dir=str(self.config.hydra.sweep.dir),
+            resume=self.options.resume,
         )
         overrides = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         results: dict[int, JobReturn] = {}

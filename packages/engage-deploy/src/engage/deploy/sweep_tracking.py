@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.preimport import preimport
+from engage.core.tracking.resumed_sweep import continuable, reopen
 from engage.core.tracking.store import PARENT_RUN_ENV
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder
@@ -68,8 +69,11 @@ class SweepTracking:
         *,
         provider_name: str,
         sweep_dir: str,
+        resume: bool = False,
     ) -> None:
         self.options = options
+        #: the launch resumes the sweep of ``sweep_dir``: it continues that sweep's parent run
+        self.resume = resume
         self.folder = folder
         self.report = report
         self.provider_name = provider_name
@@ -93,7 +97,7 @@ class SweepTracking:
 
     @property
     def parent_run_file(self) -> Path:
-        return self.folder.path / "parent-run-id"
+        return self.folder.parent_run_file
 
     # ------------------------------------------------------------------ the launcher's environment
 
@@ -229,12 +233,19 @@ class SweepTracking:
             if not self.parent_run_id:
                 from mlflow.tracking import MlflowClient
 
-                run = MlflowClient(self.tracking_uri).create_run(
-                    self.experiment_id,
-                    run_name=f"sweep-{self.folder.name}",
-                    tags={"engage.kind": "sweep", "engage.sweep_dir": self.sweep_dir},
-                )
-                self.parent_run_id = run.info.run_id
+                client = MlflowClient(self.tracking_uri)
+                # a launch that resumes the sweep of its sweep directory continues that sweep's run
+                earlier = self.folder.recorded_parent(self.folder.sweep_dir, before=self.folder.path)
+                if self.resume and earlier and continuable(client, earlier, self.sweep_dir, self.experiment_id):
+                    reopen(client, earlier)
+                    self.parent_run_id = earlier
+                else:
+                    run = client.create_run(
+                        self.experiment_id,
+                        run_name=f"sweep-{self.folder.name}",
+                        tags={"engage.kind": "sweep", "engage.sweep_dir": self.sweep_dir},
+                    )
+                    self.parent_run_id = run.info.run_id
                 self._own_parent = True
         finally:
             # an empty file tells waiting jobs there is no parent run to attach to

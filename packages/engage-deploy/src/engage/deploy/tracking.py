@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.files import write_private
-from engage.core.tracking.naming import PARAM_MAX_CHARS
+from engage.core.tracking.naming import JOB_TAG, PARAM_MAX_CHARS
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
 from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 
 #: tag holding the hash of a job's resolved config (resume matches on it)
 CONFIG_HASH_TAG = "engage.config_hash"
-#: tag holding the job index in its sweep
-JOB_TAG = "engage.job"
 PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "engage.output_dir"
 #: tag of the runs the launcher creates to hold a job's record (the job made no run of its own)

@@ -100,6 +100,19 @@ class EngageLauncher(Launcher):
         options, _, _ = cls.check(config)
         return options.mlflow.tracking_uri if options.mlflow.enabled else None
 
+    @classmethod
+    def resumed_parent(cls, config: DictConfig) -> str | None:
+        """With ``hydra.launcher.resume``, the MLflow run the last launch into the sweep
+        directory recorded under (the sweep's parent run continues it), else ``None``."""
+        from pathlib import Path
+
+        from engage.deploy.experiment import ExperimentFolder
+
+        params = OmegaConf.select(config, "hydra.launcher", default=None) or {}
+        if not LauncherOptions.checked(params).resume:
+            return None
+        return ExperimentFolder.recorded_parent(Path(str(config.hydra.sweep.dir)))
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.task_function = task_function

@@ -17,6 +17,8 @@ from typing import Any
 
 #: the tag of a sweep's parent run holding its command line's overrides (a JSON list)
 SWEEP_OVERRIDES_TAG = "engage.sweep_overrides"
+#: the tag of a sweep job's run holding the job's number in its sweep (one run per attempt)
+JOB_TAG = "engage.job"
 #: MLflow's limit on a parameter's value (a run's overrides, a sweep's)
 PARAM_MAX_CHARS = 6000
 #: the param of each run holding its simulator's parameter space in words, units included (a

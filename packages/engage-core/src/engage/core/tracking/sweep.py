@@ -11,7 +11,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from engage.core.tracking.naming import PARAM_MAX_CHARS, SWEEP_OVERRIDES_TAG, sweep_name
+from engage.core.tracking.naming import JOB_TAG, PARAM_MAX_CHARS, SWEEP_OVERRIDES_TAG, sweep_name
+from engage.core.tracking.resumed_sweep import continuable, reopen
 from engage.core.tracking.store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
@@ -86,19 +87,27 @@ class MLflowSweepCallback(Callback):
         # which replaces a param of the same key
         task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
         sweep_overrides = last_per_key(sweeper_params(config) + task)
-        run = client.create_run(
-            experiment_id,
-            run_name=_parent_name(logger_cfg),
-            tags={
-                "engage.kind": "sweep",
-                "engage.sweep_dir": str(OmegaConf.select(config, "hydra.sweep.dir", default="")),
-                "engage.launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
-            },
-        )
-        self.run_id = run.info.run_id
-        client.log_param(self.run_id, "sweep_overrides", " ".join(sweep_overrides)[:PARAM_MAX_CHARS])
-        # whole, for the names of the jobs' runs (which show the values the sweep varies)
-        client.set_tag(self.run_id, SWEEP_OVERRIDES_TAG, json.dumps(sweep_overrides)[:8000])
+        sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir", default=""))
+        overrides_param = " ".join(sweep_overrides)[:PARAM_MAX_CHARS]
+        # a launch that resumes the sweep of its sweep directory continues that sweep's run
+        earlier = launcher_resumed_parent(config)
+        if earlier is not None and continuable(client, earlier, sweep_dir, experiment_id, overrides_param):
+            reopen(client, earlier)
+            self.run_id = earlier
+        else:
+            run = client.create_run(
+                experiment_id,
+                run_name=_parent_name(logger_cfg),
+                tags={
+                    "engage.kind": "sweep",
+                    "engage.sweep_dir": sweep_dir,
+                    "engage.launcher": str(OmegaConf.select(config, "hydra.launcher._target_", default="")),
+                },
+            )
+            self.run_id = run.info.run_id
+            client.log_param(self.run_id, "sweep_overrides", overrides_param)
+            # whole, for the names of the jobs' runs (which show the values the sweep varies)
+            client.set_tag(self.run_id, SWEEP_OVERRIDES_TAG, json.dumps(sweep_overrides)[:8000])
         for key, value in ((PARENT_RUN_ENV, self.run_id), (TRACKING_URI_ENV, self.tracking_uri)):
             self._previous_env[key] = os.environ.get(key)
             os.environ[key] = value
@@ -211,12 +220,23 @@ def _first_failed_job(client: Any, run_id: str, failed: int) -> str:
 
 
 def job_runs(client: Any, run_id: str) -> list[Any]:
-    """The runs of the jobs of the sweep whose run is ``run_id`` (its children)."""
-    return client.search_runs(
+    """The runs of the jobs of the sweep whose run is ``run_id`` (its children): of a job run
+    more than once (a launcher's retries, a launch that resumed the sweep), numbered by its
+    ``engage.job`` tag, the latest attempt alone, the one that stands for the job."""
+    children = client.search_runs(
         [client.get_run(run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
         max_results=50000,
     )
+    latest: dict[str, Any] = {}
+    runs = []
+    for run in children:
+        job = run.data.tags.get(JOB_TAG)
+        if job is None:
+            runs.append(run)
+        elif job not in latest or (run.info.start_time or 0) >= (latest[job].info.start_time or 0):
+            latest[job] = run
+    return runs + list(latest.values())
 
 
 #: what a sweep's jobs are ranked by, the first their runs have (as ``engage run`` returns it)
@@ -266,17 +286,33 @@ def launcher_preflight(config: DictConfig) -> str | None:
     the key and the fix, or returns the MLflow store its jobs record to when its options name one
     (the sweep's parent run goes there too). Other launchers are checked by Hydra as usual.
     """
+    preflight = getattr(_launcher_class(config), "preflight", None)
+    return preflight(config) if callable(preflight) else None
+
+
+def launcher_resumed_parent(config: DictConfig) -> str | None:
+    """The sweep run of the launch this one resumes, if the sweep's launcher resumes one.
+
+    A launcher class may define ``resumed_parent(config) -> str | None`` (engage-deploy's does,
+    with ``hydra.launcher.resume``): the id of the parent run its last launch into the same sweep
+    directory recorded under, which this sweep then continues
+    (:mod:`engage.core.tracking.resumed_sweep`). Other launchers run every job again, under a new
+    parent run."""
+    resumed_parent = getattr(_launcher_class(config), "resumed_parent", None)
+    return resumed_parent(config) if callable(resumed_parent) else None
+
+
+def _launcher_class(config: DictConfig) -> Any:
+    """The class ``hydra.launcher._target_`` names, or ``None`` (Hydra reports one it cannot load)."""
     target = OmegaConf.select(config, "hydra.launcher._target_", default=None)
     if not target:
         return None
     from hydra.utils import get_class
 
     try:
-        launcher = get_class(str(target))
-    except Exception:  # Hydra itself reports a launcher it cannot load
+        return get_class(str(target))
+    except Exception:
         return None
-    preflight = getattr(launcher, "preflight", None)
-    return preflight(config) if callable(preflight) else None
 
 
 def end_open_sweep(previous_parent: str | None, status: str) -> None:
