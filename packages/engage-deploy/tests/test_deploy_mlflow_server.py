@@ -352,3 +352,39 @@ def test_a_sweep_whose_provider_tells_the_hosts_address_late_listens_there_with_
             server.stop()
     # the launcher's environment is the user's again
     assert "MLFLOW_TRACKING_USERNAME" not in os.environ
+
+
+def test_a_process_that_launches_again_on_the_same_store_keeps_its_server(tmp_path: Path, monkeypatch) -> None:
+    """A batched sweeper (Optuna's) launches once a batch: the server one launch started serves
+    the next launches of the process on the same store, and stops at exit (or for another store)."""
+    from engage.deploy import sweep_tracking
+    from engage.deploy.experiment import ExperimentFolder
+    from engage.deploy.options import MLflowOptions
+    from engage.deploy.report import SweepReport
+    from engage.deploy.sweep_tracking import SweepTracking
+
+    monkeypatch.chdir(tmp_path)
+
+    def launch(store: str):
+        folder = ExperimentFolder.create(tmp_path / "sweep")
+        options = MLflowOptions(tracking_uri=f"sqlite:///{tmp_path / store}")
+        sweep = SweepTracking(options, folder, SweepReport(), provider_name="local", sweep_dir="sweep")
+        with sweep.launcher_environment():
+            sweep.start_server(jobs=2, parallelism=2, planned_address=lambda: None)
+            sweep.open()
+            assert sweep.opened(timeout_s=120)
+            server = sweep.server
+            sweep.finish()
+        return server
+
+    try:
+        first = launch("mlflow.db")
+        assert first is not None and first.alive()  # held for the process's next launch
+        pid = first.process.pid
+        again = launch("mlflow.db")
+        assert again is first and again.process.pid == pid and again.restarts == 0
+        other = launch("other.db")  # another store: a server of its own, the held one stopped
+        assert other is not first and not first.alive() and other.alive()
+    finally:
+        sweep_tracking._stop_held()
+    assert not other.alive()

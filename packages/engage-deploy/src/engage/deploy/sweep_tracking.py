@@ -20,6 +20,7 @@ Example (what :class:`~engage.deploy.sweep.Sweep` does)::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -157,6 +158,11 @@ class SweepTracking:
                 self.server = kept
                 self._use_credentials()
                 return
+        held = _take_held(backend, listen, auth)
+        if held is not None:  # this process's earlier launch on the store (a batched sweeper's)
+            self.server = held
+            self._use_credentials()
+            return
         artifacts = self.folder.path / "mlflow-artifacts"
         state = tracking.TrackingServer.state_path(backend)
         if self.keep_server and state is not None:
@@ -417,7 +423,9 @@ class SweepTracking:
             if self.server is not None:
                 if self.keep_server:
                     self.server.keep()
-                self.server.stop()
+                    self.server.stop()
+                else:
+                    _hold(self.server)
 
     def _log_description(self) -> None:
         """The sweep's description on its run, under ``sweep/``: the infrastructure asked for and
@@ -473,6 +481,39 @@ class SweepTracking:
             "parent_run_id": self.parent_run_id,
             "experiment_id": self.experiment_id,
         }
+
+
+#: the server this process started for its last launch, kept running for its next launch on the
+#: same store (a batched sweeper such as Optuna's launches once a batch) and stopped at exit
+_held: list[tracking.TrackingServer] = []
+
+
+def _hold(server: tracking.TrackingServer) -> None:
+    """Keep ``server`` (started by this process) for this process's next launch, or stop it if
+    it no longer answers; stops the one held before, so that at most one is held."""
+    while _held:
+        _held.pop().stop()
+    if server.process is None or not server.alive():
+        server.stop()
+        return
+    _held.append(server)
+    atexit.unregister(_stop_held)
+    atexit.register(_stop_held)
+
+
+def _take_held(backend_uri: str, listen: list[str], auth: bool) -> tracking.TrackingServer | None:
+    """The held server, if it serves ``backend_uri`` where and as asked and still answers."""
+    for server in list(_held):
+        same = set(server.listen) == {*listen} - {"", server.bind} and (server.credentials is not None) == auth
+        if server.backend_uri == backend_uri and same and server.alive():
+            _held.remove(server)
+            return server
+    return None
+
+
+def _stop_held() -> None:
+    while _held:
+        _held.pop().stop()
 
 
 def import_mlflow_early(sql_store: bool) -> None:
