@@ -130,3 +130,39 @@ def test_no_environment_variable_of_the_sweep_is_read_outside_its_module() -> No
 def test_launcher_options_are_checked_in_one_place(params, message) -> None:
     with pytest.raises(ValueError, match=message):
         LauncherOptions.checked(params)
+
+
+PROBE_APP = """
+import hydra
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg) -> None:
+    # the environment the job's process (or the fork server it came from) was started with
+    names = {e.split(b"=", 1)[0] for e in open("/proc/self/environ", "rb").read().split(b"\\0")}
+    print("INHERITED", sorted(n.decode() for n in names if n.startswith(b"MLFLOW_TRACKING_")))
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fork_jobs", [True, False])
+def test_jobs_do_not_inherit_the_launchers_mlflow_credentials(tmp_path, fork_jobs) -> None:
+    """The sweep server's admin user reaches a job through its contract only: the processes the
+    launcher starts (fork servers, jobs) are not given the launcher's own MLflow credentials."""
+    import subprocess
+    import sys
+
+    (tmp_path / "app.py").write_text(PROBE_APP)
+    argv = [sys.executable, "app.py", "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", "+x=1"]
+    argv += [
+        "hydra.launcher.mlflow.auth=true",
+        "hydra.launcher.mlflow.server=true",
+        f"hydra.launcher.fork_jobs={fork_jobs}",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (log,) = (tmp_path / "sweep" / ".engage").glob("*/jobs/0/stdout.log")
+    assert "INHERITED []" in log.read_text(), log.read_text()[-2000:]

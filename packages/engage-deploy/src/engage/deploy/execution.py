@@ -37,7 +37,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
-from engage.deploy.job import HostRecord, JobContract, read_run_id
+from engage.deploy.job import HostRecord, JobContract, inherited_environ, read_run_id
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
 from engage.deploy.processes import terminate
@@ -533,7 +533,9 @@ class JobExecution:
         server = self._fork_server(host, cwd) if local else None
         if server is not None:
             try:
-                return server.start(RUNNER_MAIN, [job_dir], {**os.environ, **env}, cwd, str(stdout), str(stderr))
+                return server.start(
+                    RUNNER_MAIN, [job_dir], {**inherited_environ(), **env}, cwd, str(stdout), str(stderr)
+                )
             except ForkServerError as exc:
                 with self._lock:
                     first = self._fork_servers.get(host.name) is server  # jobs starting at once fail together
@@ -558,7 +560,7 @@ class JobExecution:
                     command = self.provider.command_for(host, ForkServer.server_command(self.python, preload))
                     try:
                         log_path = self.folder.host_folder(host.name) / "forkserver.log"
-                        env = {**os.environ, "PYTHONPATH": _python_path()}
+                        env = {**inherited_environ(), "PYTHONPATH": _python_path()}
                         server = ForkServer(command, env=env, cwd=cwd, log_path=log_path)
                     except OSError as exc:
                         log.warning("engage launcher: no fork server on %s (%s)", host.name, exc)

@@ -49,6 +49,15 @@ MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST
 MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
+#: the variables above, which no process the launcher starts inherits from it
+CREDENTIAL_ENVS = (MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV, MLFLOW_TOKEN_ENV)
+
+
+def inherited_environ() -> dict[str, str]:
+    """The environment a process the launcher starts inherits: the launcher's own, without the
+    MLflow credentials it holds (the sweep server's admin user): a job sets its own from its
+    contract, for its process only, and nothing else the launcher starts gets them."""
+    return {name: value for name, value in os.environ.items() if name not in CREDENTIAL_ENVS}
 
 
 class JobContractError(ValueError):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engage.deploy.infrastructure import Infrastructure
+from engage.deploy.job import inherited_environ
 
 
 class ProviderError(RuntimeError):
@@ -244,7 +245,7 @@ class Provider(abc.ABC):
         gets its own session so the whole tree can be signalled.
         """
         argv = self.command_for(host, command, env, cwd)
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**inherited_environ(), **(env or {})}
         stdout = stderr = None
         try:
             if log_path is not None:

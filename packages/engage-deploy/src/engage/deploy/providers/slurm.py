@@ -50,6 +50,7 @@ from typing import Any
 
 from engage.core.config.validate import ConfigError
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+from engage.deploy.job import inherited_environ
 from engage.deploy.providers.base import Host, Provider, ProviderError
 from engage.deploy.slurm.reaper import JobReaper
 from engage.deploy.slurm.values import check_job_values, time_limit_s
@@ -383,7 +384,7 @@ class SlurmProvider(Provider):
             return job
         # none of this process's own Slurm or rank variables: a job of several ranks runs srun, which
         # reads SLURM_* as options, and any job's fit finds its ranks itself
-        job._process.submit(argv, step_environment({**os.environ, **(env or {})}))
+        job._process.submit(argv, step_environment({**inherited_environ(), **(env or {})}))
         if job.job_id is None and job._process.wanted:  # refused: sbatch's words in the job's stderr log
             with open(err, "a") as handle:
                 handle.write(job._process.stderr_tail() + "\n")
@@ -443,7 +444,7 @@ class SlurmProvider(Provider):
         jobs = dict(zip(indices, self._register(name, [root / str(index) / "stdout.log" for index in indices])))
         if next(iter(jobs.values())).returncode is not None:  # destroyed meanwhile: never submitted
             return jobs
-        array_id, refusal = sbatch(argv, step_environment({**os.environ, **(env or {})}), name)
+        array_id, refusal = sbatch(argv, step_environment({**inherited_environ(), **(env or {})}), name)
         for index, job in jobs.items():
             if array_id is None:
                 job.refused(refusal)
