@@ -277,3 +277,34 @@ def test_a_plain_mlflow_apps_runs_are_its_jobs_runs_in_a_new_store_and_end_kille
     (alone,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'x=6'")
     assert alone.info.status == "FINISHED" and alone.data.tags["mlflow.parentRunId"] != parent.info.run_id
     assert "engage" in {a.path for a in MlflowClient(uri).list_artifacts(alone.info.run_id)}
+
+
+FAILING_DEPLOY_APP = """
+import hydra
+from engage.deploy.providers.local import LocalProvider
+
+def deploy(self):
+    raise RuntimeError("the hosts could not be deployed")
+
+LocalProvider.deploy = deploy  # the launcher runs in this process
+
+@hydra.main(version_base=None, config_path=None)
+def main(cfg) -> None:
+    pass
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_launch_that_fails_outside_its_jobs_ends_its_run_failed(tmp_path: Path) -> None:
+    """A provider that fails to deploy ends the launch: its parent run is FAILED, saying why,
+    never FINISHED nor left RUNNING (it may be created after the failure, in the background)."""
+    (tmp_path / "app.py").write_text(FAILING_DEPLOY_APP)
+    argv = [sys.executable, "app.py", "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep", "+x=1,2"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "the hosts could not be deployed" in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("engage").experiment_id])
+    assert run.info.status == "FAILED", run.info
+    assert run.data.tags["engage.error"] == "RuntimeError: the hosts could not be deployed"

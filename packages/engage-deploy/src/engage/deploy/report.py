@@ -41,6 +41,9 @@ class SweepReport:
     offline_jobs: list[int] = field(default_factory=list)
     uploaded_runs: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: what ended the launch outside its jobs (a provider that failed to deploy, a store that
+    #: failed), in one line; ``None`` when the launch itself went through
+    error: str | None = None
 
     def line(self) -> str:
         """The counts, as the launcher's last line says them."""
@@ -55,8 +58,8 @@ class SweepReport:
 
     def parent_status(self) -> str:
         """The status of the sweep's own MLflow run: FAILED when a job failed or was not started,
-        KILLED when interrupted, else FINISHED."""
-        if self.failed or self.skipped:
+        or the launch itself failed, KILLED when interrupted, else FINISHED."""
+        if self.failed or self.skipped or self.error:
             return "FAILED"
         return "KILLED" if self.killed else "FINISHED"
 

@@ -173,6 +173,9 @@ class Sweep:
             except KeyboardInterrupt:
                 self._interrupt(overrides)
                 raise
+            except BaseException as exc:  # the launch itself failed: its run does not end FINISHED
+                self.report.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
+                raise
             finally:
                 (folder.path / SERVING_KEY_FILE).unlink(missing_ok=True)  # the replicas' key lives as long as the sweep
                 for monitor in monitors.values():

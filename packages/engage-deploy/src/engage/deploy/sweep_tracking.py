@@ -34,7 +34,7 @@ from typing import Any
 
 from engage.core.preimport import preimport
 from engage.core.tracking.resumed_sweep import continuable, reopen
-from engage.core.tracking.store import PARENT_RUN_ENV
+from engage.core.tracking.store import ERROR_TAG, PARENT_RUN_ENV
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder
 from engage.deploy.job import (
@@ -412,13 +412,19 @@ class SweepTracking:
         try:
             if self.tracking_uri is None:
                 return
+            # a launch that ends early (a failed deployment, an interrupt) waits for its parent
+            # run to exist before ending it: one created after this would stay RUNNING
+            self.opened(timeout_s=self.options.server_start_timeout_s + 30.0)
             if self.report.offline_jobs:
                 self._upload_offline()
             self._log_description()
             if self._own_parent and self.check_server():
                 from mlflow.tracking import MlflowClient
 
-                MlflowClient(self.tracking_uri).set_terminated(self.parent_run_id, status=self.report.parent_status())
+                client = MlflowClient(self.tracking_uri)
+                if self.report.error:
+                    client.set_tag(self.parent_run_id, ERROR_TAG, self.report.error)
+                client.set_terminated(self.parent_run_id, status=self.report.parent_status())
         finally:
             if self.server is not None:
                 if self.keep_server:
