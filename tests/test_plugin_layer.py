@@ -288,7 +288,7 @@ def test_registry_clashes_and_failing_hooks_name_their_plugins():
 
     manager = new_plugin_manager([("broken", Broken)], installed=False)
     with pytest.raises(PluginHookError, match=r"plugin 'broken' failed in engage_callbacks: KeyError: 'logger'"):
-        call_each(manager, "engage_callbacks", cfg=None)
+        call_each(manager, manager.hook.engage_callbacks, cfg=None)
 
     class Refusing:  # a config the plugin's callbacks cannot run with is the user's to fix
         @staticmethod
@@ -298,7 +298,23 @@ def test_registry_clashes_and_failing_hooks_name_their_plugins():
 
     manager = new_plugin_manager([("refusing", Refusing)], installed=False)
     with pytest.raises(ConfigError, match=r"^callbacks.mine.every: must be >= 1, got 0$"):
-        call_each(manager, "engage_callbacks", cfg=None)
+        call_each(manager, manager.hook.engage_callbacks, cfg=None)
+
+    class Answering:  # a firstresult hook: the first answer ends the call, as in pluggy
+        @staticmethod
+        @hookimpl
+        def engage_strategy(cfg):
+            return "ddp"
+
+    class NotAsked:
+        @staticmethod
+        @hookimpl
+        def engage_strategy(cfg):
+            raise AssertionError("asked after an answer")
+
+    # pluggy calls the last registered first
+    manager = new_plugin_manager([("not-asked", NotAsked), ("answering", Answering)], installed=False)
+    assert call_each(manager, manager.hook.engage_strategy, cfg=None) == ["ddp"]
 
 
 def test_a_plugin_that_breaks_the_command_line_is_one_line_and_exit_code_2(tmp_path, monkeypatch):

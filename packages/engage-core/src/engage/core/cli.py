@@ -204,11 +204,15 @@ def _plugins(namespace: argparse.Namespace) -> int:
     options = config_options(manager)
     check_config_names(manager, options)
     # what each plugin's own implementation returns, each called through pluggy
-    registries = {kind: per_plugin(manager, hook) for kind, hook in _REGISTRIES.items() if hasattr(manager.hook, hook)}
+    registries = {
+        kind: per_plugin(manager, getattr(manager.hook, hook))
+        for kind, hook in _REGISTRIES.items()
+        if hasattr(manager.hook, hook)
+    }
     for kind, results in registries.items():
         merge_mappings(results, kind)  # two plugins registering one name: one line naming both
-    commands = per_plugin(manager, "engage_commands")
-    searchpaths = per_plugin(manager, "engage_config_searchpath")
+    commands = per_plugin(manager, manager.hook.engage_commands)
+    searchpaths = per_plugin(manager, manager.hook.engage_config_searchpath)
     for info in plugin_infos(manager):
         lines = []
         groups: dict[str, list[str]] = {}
@@ -344,7 +348,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, Command] = {}
     owner: dict[str, str] = {}
-    for plugin, added in reversed(per_plugin(manager, "engage_commands")):  # in registration order, core first
+    for plugin, added in reversed(
+        per_plugin(manager, manager.hook.engage_commands)
+    ):  # in registration order, core first
         for command in added or ():
             if command.name in commands:
                 raise PluginError(

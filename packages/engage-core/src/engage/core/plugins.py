@@ -155,12 +155,12 @@ def new_plugin_manager(plugins: Iterable[tuple[str, Any]] = (), *, installed: bo
     return manager
 
 
-def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-    """``(plugin name, result)`` of one hook for each plugin implementing it, each called through
-    pluggy (``subset_hook_caller``), in the order pluggy calls them; a plugin whose
-    implementation raises is :class:`PluginHookError` naming it, unless it refused the config
-    (:class:`~engage.core.config.validate.ConfigError`: one line naming the key)."""
-    caller_of = getattr(manager.hook, hook)
+def per_plugin(manager: pluggy.PluginManager, caller_of: pluggy.HookCaller, **kwargs: Any) -> list[tuple[str, Any]]:
+    """``(plugin name, result)`` of one hook (``manager.hook.<name>``) for each plugin implementing
+    it, each called through pluggy (``subset_hook_caller``), in the order pluggy calls them; a
+    plugin whose implementation raises is :class:`PluginHookError` naming it, unless it refused
+    the config (:class:`~engage.core.config.validate.ConfigError`: one line naming the key)."""
+    hook = caller_of.name
     first_result = bool(caller_of.spec and caller_of.spec.opts.get("firstresult"))
     names = [impl.plugin_name for impl in reversed(caller_of.get_hookimpls())]
     results = []
@@ -178,8 +178,10 @@ def per_plugin(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[
                 f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {' '.join(str(exc).split())}; "
                 f"fix it, or set {DISABLE_ENV}={name}"
             ) from exc
-        if first_result:  # one value (None: no answer), as pluggy gives for such a hook
-            answers = [] if answers is None else [answers]
+        if first_result:  # one value (None: no answer), and the first answer ends the call, as in pluggy
+            if answers is not None:
+                return [(name, answers)]
+            continue
         results.extend((name, result) for result in answers)
     return results
 
@@ -202,9 +204,9 @@ class PluginHookError(PluginError):
     """A plugin's hook implementation raised; the message names the plugin, the hook and why."""
 
 
-def call_each(manager: pluggy.PluginManager, hook: str, **kwargs: Any) -> list[Any]:
-    """The results of hook ``hook`` as pluggy would call it, one plugin at a time so that one that
-    raises is named (:class:`PluginHookError`)."""
+def call_each(manager: pluggy.PluginManager, hook: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
+    """The results of ``hook`` (``manager.hook.<name>``) as pluggy would call it, one plugin at a
+    time so that one that raises is named (:class:`PluginHookError`)."""
     return [result for _, result in per_plugin(manager, hook, **kwargs)]
 
 
@@ -271,28 +273,28 @@ def plugin_infos(manager: pluggy.PluginManager | None = None) -> list[PluginInfo
 def samplers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed sampler class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(per_plugin(manager, "engage_samplers"), "sampler")
+    return merge_mappings(per_plugin(manager, manager.hook.engage_samplers), "sampler")
 
 
 def simulators(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed simulator class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(per_plugin(manager, "engage_simulators"), "simulator")
+    return merge_mappings(per_plugin(manager, manager.hook.engage_simulators), "simulator")
 
 
 def executors(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed executor class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(per_plugin(manager, "engage_executors"), "executor")
+    return merge_mappings(per_plugin(manager, manager.hook.engage_executors), "executor")
 
 
 def providers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed infrastructure provider class by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(per_plugin(manager, "engage_providers"), "provider")
+    return merge_mappings(per_plugin(manager, manager.hook.engage_providers), "provider")
 
 
 def placement_solvers(manager: pluggy.PluginManager | None = None) -> dict[str, Any]:
     """Every installed placement solver factory by name."""
     manager = manager or get_plugin_manager()
-    return merge_mappings(per_plugin(manager, "engage_placement_solvers"), "placement solver")
+    return merge_mappings(per_plugin(manager, manager.hook.engage_placement_solvers), "placement solver")

@@ -83,7 +83,8 @@ def plugin_callbacks(cfg: DictConfig) -> list[Any]:
     from lightning.pytorch.callbacks import Callback
 
     callbacks: list[Any] = []
-    for plugin, added in per_plugin(get_plugin_manager(), "engage_callbacks", cfg=cfg):
+    manager = get_plugin_manager()
+    for plugin, added in per_plugin(manager, manager.hook.engage_callbacks, cfg=cfg):
         items = list(added) if isinstance(added, (list, tuple)) else None
         if items is None or not all(isinstance(c, Callback) for c in items):
             got = type(added).__name__ if items is None else ", ".join(sorted({type(c).__name__ for c in items}))
@@ -96,8 +97,9 @@ def plugin_callbacks(cfg: DictConfig) -> list[Any]:
 
 
 def build_strategy(cfg: DictConfig) -> Any:
-    # the first plugin's answer wins, as pluggy's firstresult would have it
-    from_plugin = next(iter(call_each(get_plugin_manager(), "engage_strategy", cfg=cfg)), None)
+    manager = get_plugin_manager()
+    # the first plugin's answer wins (pluggy's firstresult: the plugins after it are not asked)
+    from_plugin = next(iter(call_each(manager, manager.hook.engage_strategy, cfg=cfg)), None)
     if from_plugin is not None:
         return from_plugin
     node = cfg.strategy
@@ -446,7 +448,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if tracked is not None:
             opened = RunRecord(tracked.run_id, "RUNNING", tracking_uri, str(output_dir))
-            call_each(manager, "engage_run_started", record=opened)
+            call_each(manager, manager.hook.engage_run_started, record=opened)
             if not tracked.continued:
                 tracked.record(cfg, output_dir)
                 # the space the simulator declares, units included, whatever the config says of it
@@ -534,7 +536,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         # observers add their records while the run is still open
                         record = RunRecord(tracked.run_id, status, tracking_uri, str(output_dir), metrics, error)
                         try:
-                            call_each(manager, "engage_run_finished", record=record)
+                            call_each(manager, manager.hook.engage_run_finished, record=record)
                         except PluginHookError as exc:  # the run did not end as it should: never FINISHED
                             hook_failure = exc
                             if status == "FINISHED":

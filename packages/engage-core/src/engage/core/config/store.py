@@ -27,7 +27,7 @@ def config_options(manager: pluggy.PluginManager | None = None) -> list[tuple[st
     found: list[tuple[str, ConfigOption]] = []
     owner: dict[tuple[str, str], str] = {}
     # in the order plugins were registered (core's first), which the clash line names first
-    for plugin, options in reversed(per_plugin(manager, "engage_config_options")):
+    for plugin, options in reversed(per_plugin(manager, manager.hook.engage_config_options)):
         if isinstance(options, ConfigOption) or not all(isinstance(o, ConfigOption) for o in options or ()):
             raise PluginError(
                 f"plugin {plugin!r}: engage_config_options must return a list of ConfigOption, got {options!r}"
@@ -80,7 +80,7 @@ def check_config_names(manager: pluggy.PluginManager, options: list[tuple[str, C
     from hydra_plugins.engage_core.searchpath import ENGAGE_CONFIGS
 
     owner = {(option.group, option.name): f"{plugin}'s option" for plugin, option in options}
-    entries = [("core", [ENGAGE_CONFIGS]), *reversed(per_plugin(manager, "engage_config_searchpath"))]
+    entries = [("core", [ENGAGE_CONFIGS]), *reversed(per_plugin(manager, manager.hook.engage_config_searchpath))]
     for plugin, paths in entries:
         for entry in paths or ():
             for group, names in yaml_options(entry).items():
@@ -144,4 +144,4 @@ def store_option(store: ConfigStore, plugin_name: str, option: ConfigOption) -> 
 def searchpath_entries(manager: pluggy.PluginManager | None = None) -> list[str]:
     """Search-path entries contributed by plugins, in registration order."""
     manager = manager or get_plugin_manager()
-    return flatten(reversed(call_each(manager, "engage_config_searchpath")))
+    return flatten(reversed(call_each(manager, manager.hook.engage_config_searchpath)))
