@@ -77,7 +77,7 @@ def engage_placement_solvers() -> dict:
     from engage.deploy.placement.online import OnlineSolver
 
     return {
-        "cpsat": lambda time_limit_s=10.0: CpSatSolver(time_limit_s),
+        "cpsat": lambda time_limit_s=10.0, **options: CpSatSolver(time_limit_s, **options),
         "greedy": lambda time_limit_s=10.0: GreedySolver(),
         "exhaustive": lambda time_limit_s=10.0: ExhaustiveSolver(),
         "online": lambda time_limit_s=10.0: OnlineSolver(),

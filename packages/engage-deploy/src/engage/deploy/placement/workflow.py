@@ -181,11 +181,15 @@ def solve_workflow(
     solver: PlacementSolver | None = None,
     time_limit_s: float = 10.0,
 ) -> PlacementPlan:
-    """:func:`place_services` for the ``problem`` :func:`workflow_problem` made of ``infra``."""
-    from engage.deploy.placement.cpsat import CpSatSolver
+    """:func:`place_services` for the ``problem`` :func:`workflow_problem` made of ``infra``;
+    ``solver`` defaults to the ``cpsat`` solver of the ``engage_placement_solvers`` hook (which
+    ``engage place --solver`` chooses from), without its search for a reason when nothing fits:
+    :func:`why_not` gives one."""
+    from engage.core.plugins import placement_solvers
 
+    solver = solver or placement_solvers()["cpsat"](time_limit_s=time_limit_s, explain=False)
     try:
-        return (solver or CpSatSolver(time_limit_s, explain=False)).solve(problem)
+        return solver.solve(problem)
     except PlacementInfeasible as exc:
         raise ServicePlacementError(why_not(infra, problem) if exc.proved else str(exc)) from None
 
