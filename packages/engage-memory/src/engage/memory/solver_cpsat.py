@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from ortools.sat.python import cp_model
 
+from engage.core.cpsat import cp_solver
 from engage.memory.decisions import SIMPLICITY, Decision
 from engage.memory.errors import InfeasibleBudgetError
 from engage.memory.plan import Plan
@@ -85,7 +86,7 @@ class CpSatSolver:
         return model, x, peak
 
     def _solve(self, model: cp_model.CpModel) -> tuple[cp_model.CpSolver, int]:
-        solver = cp_model.CpSolver()
+        solver = cp_solver()
         solver.parameters.max_time_in_seconds = self.time_limit
         solver.parameters.num_workers = self.workers
         return solver, solver.solve(model)

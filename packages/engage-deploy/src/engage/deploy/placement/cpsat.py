@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from engage.core.cpsat import cp_solver
 from engage.deploy.placement.plan import (
     PlacementInfeasible,
     PlacementPlan,
@@ -112,7 +113,7 @@ class CpSatSolver(PlacementSolver):
         start = self.hint or previous
         if start is not None:
             _add_hints(model, built, problem, start)
-        solver = cp_model.CpSolver()
+        solver = cp_solver()
         solver.parameters.max_time_in_seconds = self.time_limit_s
         solver.parameters.num_workers = self.workers
         solver.parameters.random_seed = self.seed
@@ -430,7 +431,7 @@ def _explain(
             if local is None:
                 continue
             built = _build(local, weights, {}, None, None, cp_model)
-            solver = cp_model.CpSolver()
+            solver = cp_solver()
             solver.parameters.max_time_in_seconds = 5.0
             if solver.solve(built["model"]) == cp_model.INFEASIBLE:
                 node, link = problem.nodes[source], problem.links.get(source)
@@ -464,14 +465,14 @@ def _explain(
         model = built["model"]
         model.clear_assumptions()
         model.add_assumptions(literals)
-        solver = cp_model.CpSolver()
+        solver = cp_solver()
         solver.parameters.num_workers = 1
         solver.parameters.max_time_in_seconds = 2.0
         return solver.solve(model) == cp_model.INFEASIBLE
 
     model = built["model"]
     model.add_assumptions(list(guards))
-    solver = cp_model.CpSolver()
+    solver = cp_solver()
     solver.parameters.num_workers = 1
     solver.parameters.max_time_in_seconds = 30.0
     if solver.solve(model) == cp_model.INFEASIBLE:
@@ -521,7 +522,7 @@ def _feasible_without(
         local.services.values(),
         local.cross_links.values(),
     )
-    solver = cp_model.CpSolver()
+    solver = cp_solver()
     solver.parameters.max_time_in_seconds = 5.0
     return solver.solve(_build(relaxed, weights, {}, None, None, cp_model)["model"]) in (
         cp_model.OPTIMAL,
