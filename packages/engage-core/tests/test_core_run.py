@@ -567,6 +567,11 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     assert refused.returncode == 2, refused.stderr[-3000:]
     (line,) = _stderr_lines(refused)
     assert "another simulator" in line and "samples_per_run: 8 -> 9" in line, line
+    # and one of other physics, which the simulator's description does not show
+    hotter = engage("run", *args, "simulator.alpha=0.5", "ckpt_path=last", cwd=tmp_path)
+    assert hotter.returncode == 2, hotter.stderr[-3000:]
+    (line,) = _stderr_lines(hotter)
+    assert "other simulator settings" in line and "kwargs.alpha: " in line and " -> 0.5" in line, line
     # and so is one whose weights do not fit the model (another width), naming the first weight
     wider = engage("run", *[a.replace("model.width=4", "model.width=6") for a in args], "ckpt_path=last", cwd=tmp_path)
     assert wider.returncode == 2, wider.stderr[-3000:]

@@ -51,3 +51,18 @@ def test_another_sampler_or_parameter_space_is_refused():
     state.pop("simulator")  # a checkpoint that names no simulator: the space is still compared
     with pytest.raises(ValueError, match=rf"another parameter space \(checkpoint -> this run: {first}\.high: "):
         check_resumable(state, sim, UniformSampler(ParameterSpace.from_config(narrower)))
+
+
+def test_other_simulator_settings_are_refused():
+    """Settings the simulator's description does not show (a heat simulator's ``alpha``) are its
+    configured arguments, compared too where both the checkpoint and the run have them."""
+    sim = HeatEquation(grid=8, steps=8)
+    settings = {"target": "engage.core.simulators.heat.HeatEquation", "kwargs": {"grid": 8, "alpha": 1.0}}
+    state = {**_state(sim, UniformSampler(sim.space)), "simulator_settings": settings}
+    check_resumable(state, sim, UniformSampler(sim.space), settings)
+    check_resumable(state, sim, UniformSampler(sim.space))  # a DataModule given no simulator spec
+    hotter = {**settings, "kwargs": {"grid": 8, "alpha": 3.0}}
+    with pytest.raises(
+        ValueError, match=r"other simulator settings \(checkpoint -> this run: kwargs.alpha: 1.0 -> 3.0\)"
+    ):
+        check_resumable(state, sim, UniformSampler(sim.space), hotter)

@@ -261,7 +261,8 @@ def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig
     if state is None or not hasattr(datamodule, "sampler"):
         return None
     try:
-        check_resumable(state, datamodule.simulator, datamodule.sampler)
+        settings = getattr(getattr(datamodule, "settings", None), "simulator_spec", None)
+        check_resumable(state, datamodule.simulator, datamodule.sampler, settings)
     except ValueError as exc:
         raise ConfigError(f"ckpt_path={path}: {exc}") from None
     ranks = state.get("ranks")

@@ -562,6 +562,9 @@ class OnlineDataModule(pl.LightningDataModule):
         identity = {
             "run_id": self.run_id,
             "simulator": _describe(self.simulator),
+            # the simulator's settings as configured (a heat simulator's alpha and dt): samples of
+            # other settings would be mixed with the checkpoint's on resume
+            "simulator_settings": self.settings.simulator_spec,
             "sampler": type(self.sampler).__name__,
         }
         if self._group is None:
@@ -579,7 +582,7 @@ class OnlineDataModule(pl.LightningDataModule):
         if ranks is None:  # a checkpoint of the offline DataModule: only the sampler carries over
             self.sampler.load_state_dict(state_dict["sampler"])
             return
-        check_resumable(state_dict, self.simulator, self.sampler)
+        check_resumable(state_dict, self.simulator, self.sampler, self.settings.simulator_spec)
         if len(ranks) != self.world_size:
             raise ValueError(other_ranks(len(ranks), self.world_size))
         if self.scheduler is not None:
@@ -602,14 +605,23 @@ def _describe(simulator: Simulator) -> Any:
     return describe() if callable(describe) else type(simulator).__qualname__
 
 
-def check_resumable(state: dict[str, Any], simulator: Simulator, sampler: Sampler) -> None:
-    """Raise ``ValueError`` (one line) when a checkpoint's data state is of another simulator,
+def check_resumable(
+    state: dict[str, Any], simulator: Simulator, sampler: Sampler, settings: dict[str, Any] | None = None
+) -> None:
+    """Raise ``ValueError`` (one line) when a checkpoint's data state is of another simulator, its
+    other settings (``settings``: the DataModule's ``simulator_spec``, where both have one),
     parameter space or sampler than this run's."""
     saved = state.get("simulator")
     if saved is not None and _plain_json(saved) != _plain_json(_describe(simulator)):
         raise ValueError(
             f"the checkpoint was written by a run of another simulator ({_differences(saved, _describe(simulator))}); "
             "resume with the same simulator or start a new run"
+        )
+    saved_settings = state.get("simulator_settings")
+    if saved_settings is not None and settings is not None and _plain_json(saved_settings) != _plain_json(settings):
+        raise ValueError(
+            "the checkpoint was written with other simulator settings "
+            f"({_differences(saved_settings, settings)}); resume with the same settings or start a new run"
         )
     name = state.get("sampler")
     if name is not None and name != type(sampler).__name__:
