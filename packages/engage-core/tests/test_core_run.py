@@ -1,6 +1,7 @@
 """``engage run`` end to end, in real processes, with MLflow on SQLite."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -695,3 +696,27 @@ def test_a_run_whose_training_diverged_says_so(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     warning = [line for line in result.stderr.splitlines() if "training diverged" in line]
     assert warning and "val/rel_l2" in warning[0] and "lower model.lr" in warning[0], result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_with_no_sample_left_writes_no_checkpoint_and_says_what_to_raise(tmp_path):
+    """Resumed where its simulations were all trained, a fit trains nothing and fails; it wrote
+    a checkpoint of its empty epoch before, from which the next resume skipped that epoch."""
+    run_dir = tmp_path / "run"
+    args = [
+        *TINY, "data.policy=fifo", "data.max_reads=1", "data.batch_size=2", "data.capacity=10",
+        "data.val_simulations=0", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    first = engage("run", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    empty = engage("run", *args, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path)
+    assert empty.returncode == 4, empty.stderr[-3000:]
+    line = _stderr_lines(empty)[-1]
+    assert "no batch was trained in this fit" in line and "no sample left to train" in line, line
+    assert "raise data.simulations, or data.train_simulations" in line, line
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == written
+    # with more simulations, the second epoch is trained, not skipped
+    more = engage("run", *args, "trainer.max_epochs=2", "data.train_simulations=4", "ckpt_path=last", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "epoch=1-step=10.ckpt").is_file(), sorted(os.listdir(run_dir / "checkpoints"))

@@ -113,7 +113,7 @@ def build_strategy(cfg: DictConfig) -> Any:
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
     from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
-    from engage.core.callbacks import EngageProgressBar, LastValidation
+    from engage.core.callbacks import EngageProgressBar, LastValidation, TrainedCheckpoint
 
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node and "_target_" in node]
     callbacks += plugin_callbacks(cfg)
@@ -126,10 +126,10 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[pl.Callback]:
         # or the other from one callback, so two, whose files are named apart since each deletes
         # its own older one); `ckpt_path=last` resumes from the newest
         folder = str(output_dir / "checkpoints")
-        callbacks.append(ModelCheckpoint(dirpath=folder, save_last="link"))
+        callbacks.append(TrainedCheckpoint(dirpath=folder, save_last="link"))
         if cfg.checkpoint_every_n_steps:
             callbacks.append(
-                ModelCheckpoint(
+                TrainedCheckpoint(
                     dirpath=folder, filename="steps-{epoch}-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps
                 )
             )

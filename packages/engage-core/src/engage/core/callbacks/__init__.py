@@ -2,5 +2,6 @@
 
 from engage.core.callbacks.last_validation import LastValidation
 from engage.core.callbacks.progress_bar import EngageProgressBar
+from engage.core.callbacks.trained_checkpoint import TrainedCheckpoint
 
-__all__ = ["EngageProgressBar", "LastValidation"]
+__all__ = ["EngageProgressBar", "LastValidation", "TrainedCheckpoint"]

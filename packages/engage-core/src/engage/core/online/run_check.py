@@ -82,10 +82,19 @@ class OnlineRunCheck(pl.Callback):
         # fast_dev_run checks that the pieces work with a batch or two: the budget is not judged
         problem = outcome.problem(0.0 if trainer.fast_dev_run else dm.settings.min_completed, dm.settings.rate_limit)
         if problem is None and self._batches == 0:
-            problem = (
-                f"no batch was trained in this fit: it resumed at step {trainer.global_step}, where training "
-                "had ended already (raise trainer.max_epochs or trainer.max_steps to train longer)"
+            # every simulation of the budget done and each of its samples trained: the data ran out
+            ran_out = (
+                outcome.requested is not None
+                and outcome.completed >= outcome.requested
+                and outcome.samples_trained >= outcome.samples_received
             )
+            why = (
+                "with no sample left to train: the checkpoint's simulations were all trained (raise "
+                "data.simulations, or data.train_simulations, for more); no checkpoint was written"
+                if ran_out
+                else "where training had ended already (raise trainer.max_epochs or trainer.max_steps to train longer)"
+            )
+            problem = f"no batch was trained in this fit: it resumed at step {trainer.global_step}, {why}"
         if problem is not None:
             from engage.core.online.outcome import OnlineRunFailed
 
