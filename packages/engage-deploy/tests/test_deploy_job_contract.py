@@ -99,6 +99,23 @@ def test_the_current_job_and_its_run_id(tmp_path, monkeypatch) -> None:
     assert write_run_id("abc") and read_run_id(tmp_path) == "abc"
 
 
+def test_a_jobs_run_is_tagged_as_its_job_when_it_opens(tmp_path, monkeypatch) -> None:
+    """Before the launcher records anything (it may be killed meanwhile), the run an ``engage
+    run`` job opened says which job and attempt it is: a sweep counts it once, as that job."""
+    from mlflow.tracking import MlflowClient
+
+    from engage.core.events import RunRecord
+    from engage.deploy.plugin import engage_run_started
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    monkeypatch.setenv(JOB_FILE_ENV, str(_contract(tmp_path).write(tmp_path)))
+    engage_run_started(RunRecord(run_id=run_id, status="RUNNING", tracking_uri=uri, output_dir=str(tmp_path)))
+    tags = client.get_run(run_id).data.tags
+    assert (tags["engage.job"], tags["engage.attempt"]) == ("2", "3") and read_run_id(tmp_path) == run_id
+
+
 def test_no_environment_variable_of_the_sweep_is_read_outside_its_module() -> None:
     """Jobs learn about their sweep from the contract alone."""
     import engage.deploy as package

@@ -104,10 +104,23 @@ def engage_commands() -> list[Command]:
 
 @hookimpl
 def engage_run_started(record: RunRecord) -> None:
-    from engage.deploy.job import write_run_id
+    """In a sweep's job: the run's id goes to the job's folder (the launcher adds its records to
+    that run), and the run is tagged with the job's number and attempt from the start, so that a
+    sweep counts it as its job even where the launcher could not record it (killed meanwhile)."""
+    from engage.deploy.job import JobContract, write_run_id
 
-    if record.run_id:
-        write_run_id(record.run_id)
+    if not record.run_id or not write_run_id(record.run_id):
+        return
+    job = JobContract.current()
+    if job is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from engage.deploy.tracking import ATTEMPT_TAG, JOB_TAG
+
+    client = MlflowClient(record.tracking_uri)
+    client.set_tag(record.run_id, JOB_TAG, str(job.index))
+    client.set_tag(record.run_id, ATTEMPT_TAG, str(job.attempt))
 
 
 @hookimpl
