@@ -710,6 +710,19 @@ def test_a_resumed_fit_with_no_sample_left_writes_no_checkpoint_and_says_what_to
     first = engage("run", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     written = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    # settings the checkpoint cannot be resumed with: one line, exit 2, no run
+    for change, said in (
+        ("data.train_simulations=1", "data.simulations: the checkpoint's run completed 2 simulations already"),
+        (
+            "data.policy=reservoir",
+            "data.policy: the checkpoint's buffer is of policy 'fifo', this run's of 'reservoir'",
+        ),
+    ):
+        refused = engage("run", *args, "trainer.max_epochs=2", change, "ckpt_path=last", cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        (line,) = _stderr_lines(refused)
+        assert said in line, line
+    assert len(_runs(tmp_path)[1]) == 1
     empty = engage("run", *args, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path)
     assert empty.returncode == 4, empty.stderr[-3000:]
     line = _stderr_lines(empty)[-1]

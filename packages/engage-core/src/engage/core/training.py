@@ -263,6 +263,19 @@ def check_checkpoint(path: str, datamodule: Any, model: Any, trainer: DictConfig
     try:
         settings = getattr(getattr(datamodule, "settings", None), "simulator_spec", None)
         check_resumable(state, datamodule.simulator, datamodule.sampler, settings)
+        ranks = [rank for rank in state.get("ranks") or [] if isinstance(rank, dict)]
+        buffer = getattr(datamodule, "buffer", None)
+        for rank in ranks:
+            if buffer is not None and "buffer" in rank:
+                buffer.check_loadable(rank["buffer"])
+        # a budget below what the checkpoint's run completed can be neither met nor undone
+        budget = getattr(getattr(datamodule, "settings", None), "simulations", None)
+        done = sum(int((rank.get("scheduler") or {}).get("finished", 0)) for rank in ranks)
+        if budget is not None and done > budget:
+            raise ValueError(
+                f"data.simulations: the checkpoint's run completed {done} simulations already, more than the "
+                f"{budget} this run asks; resume with data.simulations={done} or more"
+            )
     except ValueError as exc:
         raise ConfigError(f"ckpt_path={path}: {exc}") from None
     ranks = state.get("ranks")

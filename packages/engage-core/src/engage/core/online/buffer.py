@@ -424,15 +424,27 @@ class TrainingBuffer:
                 state["data"] = torch.from_numpy(np.ascontiguousarray(data))
             return state
 
+    def check_loadable(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` (one line naming the setting) when :meth:`load_state_dict` could
+        not restore ``state``: another policy, or more samples than this capacity."""
+        if state["policy"] != self.policy:
+            raise ValueError(
+                f"data.policy: the checkpoint's buffer is of policy {state['policy']!r}, this run's of "
+                f"{self.policy!r}; resume with data.policy={state['policy']} or start a new run"
+            )
+        count = len(state["slots"])
+        if count > self.capacity:
+            raise ValueError(
+                f"data.capacity: the checkpoint's buffer holds {count} samples, this run's holds {self.capacity}; "
+                f"resume with data.capacity={count} or more"
+            )
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` of a buffer with the same policy and at most this capacity."""
-        if state["policy"] != self.policy:
-            raise ValueError(f"buffer state is for policy {state['policy']!r}, this buffer is {self.policy!r}")
+        self.check_loadable(state)
         count = len(state["slots"])
         if self.slots.reserved:
             raise RuntimeError("the buffer state must be loaded before samples stream in (slots are reserved)")
-        if count > self.capacity:
-            raise ValueError(f"buffer state holds {count} samples; capacity is {self.capacity}: raise data.capacity")
         with self._cond:
             self.__init__(  # type: ignore[misc]
                 self.capacity, self.read_policy, self.watermark, self.max_reads, self.rate_limit,
