@@ -27,3 +27,17 @@ def test_the_live_bar_counts_the_same_and_logs_nothing(caplog):
         assert progress._bar is not None
     assert progress._bar is None and not caplog.records
     assert progress.counts() == {"completed": 1, "failed": 0, "running": 0, "waiting": 1}
+
+
+def test_a_long_job_still_shows_the_counts_now_and_then(caplog):
+    """Outside a terminal (a log, a batch job's output), a launch whose jobs run long says how
+    they stand every heartbeat_s, instead of nothing until the first job ends."""
+    import time
+
+    caplog.set_level(logging.INFO, logger="engage.deploy.sweep")
+    with SweepProgress(total=2, live=False, heartbeat_s=0.2) as progress:
+        progress.started(0)
+        time.sleep(0.7)
+    beats = [r.getMessage() for r in caplog.records]
+    assert len(beats) >= 2, beats
+    assert beats[0].startswith("engage launcher: 1 running, 0 completed, 0 failed, 1 waiting (0m0"), beats

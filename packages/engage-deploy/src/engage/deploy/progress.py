@@ -1,4 +1,5 @@
-"""Live progress of a sweep's jobs: a rich bar on a terminal, one log line per ended job elsewhere.
+"""Live progress of a sweep's jobs: a rich bar on a terminal; elsewhere (a log, a batch job's
+output) one log line per ended job, and the counts every ``heartbeat_s`` while jobs run.
 
 Example::
 
@@ -24,11 +25,17 @@ class SweepProgress:
     """Counts the jobs of one launch as they start and end, and shows them.
 
     ``live``: a rich progress bar on standard error (default: when it is a terminal); otherwise
-    each ended job is one log line with its status, duration and the counts so far.
+    each ended job is one log line with its status, duration and the counts so far, and every
+    ``heartbeat_s`` without one, a line with the counts and the time since the launch began.
     """
 
-    def __init__(self, total: int, live: bool | None = None) -> None:
+    def __init__(self, total: int, live: bool | None = None, heartbeat_s: float = 30.0) -> None:
         self.total = total
+        self.heartbeat_s = heartbeat_s
+        self._began = time.monotonic()
+        self._last_line = self._began
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         self._started: dict[int, float] = {}
         self._ended: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -52,12 +59,35 @@ class SweepProgress:
             )
             self._task = self._bar.add_task("jobs", total=self.total, detail=self._detail())
             self._bar.start()
+        elif self.total and self.heartbeat_s > 0:
+            self._heartbeat = threading.Thread(target=self._beat, name="engage-progress", daemon=True)
+            self._heartbeat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+    def _beat(self) -> None:
+        """The counts, logged when no line was for ``heartbeat_s``, until the launch ends."""
+        while not self._stop.wait(min(self.heartbeat_s, 1.0)):
+            now = time.monotonic()
+            if now - self._last_line < self.heartbeat_s:
+                continue
+            self._last_line = now
+            elapsed = int(now - self._began)
+            log.info(
+                "engage launcher: %s, %d waiting (%dm%02ds)",
+                self._detail(),
+                self.counts()["waiting"],
+                elapsed // 60,
+                elapsed % 60,
+            )
 
     def started(self, index: int) -> None:
         with self._lock:
@@ -72,6 +102,7 @@ class SweepProgress:
         took = f" in {time.monotonic() - began:.1f} s" if began is not None else ""
         counts = self.counts()
         if self._bar is None:
+            self._last_line = time.monotonic()
             log.info(
                 "engage launcher: job #%d %s%s (%d of %d ended, %d failed)",
                 index,
