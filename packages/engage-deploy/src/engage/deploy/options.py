@@ -44,7 +44,10 @@ class MLflowOptions:
     no parent run yet; ``server_start_timeout_s``: how long the server may take to answer;
     ``auth``: the server serves MLflow's basic-auth application with a random admin user that
     only the sweep's jobs are given (``null``: when the hosts are not all this machine, i.e. any
-    provider but ``local``; ``true``: always; ``false``: never)."""
+    provider but ``local``; ``true``: always; ``false``: never); ``fallback_local``: when
+    ``tracking_uri`` does not answer as the sweep starts, record the sweep in
+    ``mlflow-fallback.db`` of the working folder (one warning line) instead of stopping with exit
+    code 3, as ``logger.fallback_local`` does for a run."""
 
     enabled: bool = True
     server: bool | None = None
@@ -53,6 +56,7 @@ class MLflowOptions:
     tracking_uri: str | None = None
     experiment: str = "engage"
     server_start_timeout_s: float = 120.0
+    fallback_local: bool = False
 
     def store(self) -> str:
         """The store the sweep records in: ``tracking_uri``, else the store of the sweep it runs

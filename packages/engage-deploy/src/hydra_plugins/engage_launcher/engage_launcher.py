@@ -96,9 +96,14 @@ class EngageLauncher(Launcher):
     def preflight(cls, config: DictConfig) -> str | None:
         """:meth:`check` for a sweep callback that runs before the launcher exists: raises
         :class:`ValueError` with one line naming the key; returns the store named by
-        ``hydra.launcher.mlflow.tracking_uri``, where the sweep records, if any."""
+        ``hydra.launcher.mlflow.tracking_uri``, where the sweep records, if any (the local fallback
+        store where it does not answer and ``fallback_local`` allows it)."""
         options, _, _ = cls.check(config)
-        return options.mlflow.tracking_uri if options.mlflow.enabled else None
+        mlflow = options.mlflow
+        if not (mlflow.enabled and mlflow.tracking_uri):
+            return None
+        # without fallback_local, the callback checks the store itself, and stops where it does not answer
+        return _reachable_store(mlflow.tracking_uri, True) if mlflow.fallback_local else mlflow.tracking_uri
 
     @classmethod
     def resumed_parent(cls, config: DictConfig) -> str | None:
@@ -118,17 +123,17 @@ class EngageLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
         # an app without engage run's sweep callback is checked here, before the sweep starts
-        from engage.core.tracking.store import TrackingUnavailable, check_reachable
+        from engage.core.tracking.store import TrackingUnavailable
 
         try:
             self.options, self.infrastructure, self.placement = self.check(config)
         except ValueError as exc:
             print(f"engage launcher: {exc}", file=sys.stderr)
             sys.exit(2)
-        store = self.options.mlflow.tracking_uri if self.options.mlflow.enabled else None
-        if store:
+        mlflow = self.options.mlflow
+        if mlflow.enabled and mlflow.tracking_uri:
             try:
-                check_reachable(store)
+                mlflow.tracking_uri = _reachable_store(mlflow.tracking_uri, mlflow.fallback_local)
             except TrackingUnavailable as exc:
                 from engage.core.run import EXIT_TRACKING_UNAVAILABLE
 
@@ -145,6 +150,34 @@ class EngageLauncher(Launcher):
         from . import _core
 
         return _core.launch(launcher=self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+
+
+#: store named by hydra.launcher.mlflow.tracking_uri -> the one the sweep records in, once
+#: checked in this process (the sweep callback's preflight, then the launcher's setup)
+_STORES: dict[tuple[str, bool], str] = {}
+
+
+def _reachable_store(uri: str, fallback_local: bool) -> str:
+    """``uri`` if it answers; else, with ``fallback_local``, the local fallback store (said in
+    one warning line), else :class:`~engage.core.tracking.store.TrackingUnavailable`."""
+    from engage.core.tracking.store import TrackingUnavailable, check_reachable, default_tracking_uri
+
+    key = (uri, fallback_local)
+    if key not in _STORES:
+        try:
+            check_reachable(uri)
+            _STORES[key] = uri
+        except TrackingUnavailable as exc:
+            if not fallback_local:
+                raise
+            local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
+            print(
+                f"engage launcher: warning: hydra.launcher.mlflow.tracking_uri: {exc}; recording the sweep "
+                f"locally to {local}",
+                file=sys.stderr,
+            )
+            _STORES[key] = local
+    return _STORES[key]
 
 
 def _check_experiment(mlflow: Any) -> None:
