@@ -23,20 +23,22 @@ import psutil
 
 def terminate(pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0) -> bool:
     """SIGTERM process ``pid``, its process group when it leads one, and its descendants; SIGKILL
-    those still alive ``grace_s`` later. Returns whether it had to be stopped (``False`` when it
-    had ended already)."""
+    those still alive ``grace_s`` later. A group whose leader exited (and was reaped, or is a
+    zombie) is still stopped by its id: a server's workers left in it may hold its port. Returns
+    whether anything had to be stopped (``False`` when all had ended already)."""
     if pid is None:
         return False
+    members = _group_members(pid)
     try:
         root = psutil.Process(pid)
-        if root.status() == psutil.STATUS_ZOMBIE:
-            return False
-        processes = [root, *root.children(recursive=True)]
+        tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
+        tree = []
+    processes = [p for p in {p.pid: p for p in (*tree, *members)}.values() if _running(p)]
+    if not processes:
         return False
-    leads_group = _leads_group(pid)
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
-        if leads_group:
+        if members:
             try:
                 os.killpg(pid, sig)
             except (ProcessLookupError, PermissionError):
@@ -46,28 +48,21 @@ def terminate(pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0) -
                 process.send_signal(sig)
             except psutil.NoSuchProcess:
                 pass
-        if not _wait_ended(processes, wait_s):
-            continue
-        break
+        if _wait_ended(processes, wait_s):
+            break
     return True
 
 
-def stop_group(pgid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM process group ``pgid``, SIGKILL what is left of it ``grace_s`` later. By group id,
-    for a group whose leader exited and was reaped (a server's workers may be left in it):
-    :func:`terminate` starts from the leader's pid, which no longer names a process then."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """The processes of process group ``pgid`` (the leader among them while it lives)."""
+    members = []
+    for process in psutil.process_iter():
         try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
 
 
 def _wait_ended(processes: list[psutil.Process], timeout_s: float) -> bool:
@@ -81,13 +76,6 @@ def _wait_ended(processes: list[psutil.Process], timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-
-
-def _leads_group(pid: int) -> bool:
-    try:
-        return os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return False
 
 
 def _running(process: psutil.Process) -> bool:

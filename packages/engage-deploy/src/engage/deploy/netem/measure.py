@@ -255,12 +255,10 @@ def measure_link(
             argv += ["--seconds", str(stream_seconds)]
             result["stream"] = _run_json(provider, src_host, argv, timeout)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        from engage.deploy.processes import terminate
+
+        terminate(server.pid)
+        server.wait()
     return result
 
 

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from engage.core.executors import die_with_parent_command
-from engage.deploy.processes import stop_group, terminate
+from engage.deploy.processes import terminate
 from engage.deploy.serve.replica import (
     API_KEY_HEADER,
     ModelSpec,
@@ -131,7 +131,7 @@ class ReplicaSupervisor:
             if code is None or self._stop.is_set():  # running, or stopped by stop()
                 continue
             died = time.time()
-            stop_group(self.process.pid)  # its LitServe workers, if any are left, hold the port
+            terminate(self.process.pid, grace_s=10.0)  # its LitServe workers, if any are left, hold the port
             event: dict = {"exited": died, "exit_code": code, "restarted": None}
             self.events.append(event)
             if self.restarts >= self.max_restarts:

@@ -280,14 +280,11 @@ class LocalSlurmCluster:
             if jobs:
                 subprocess.run([_which("scancel") or "scancel", *jobs], env=self.env, capture_output=True)
                 time.sleep(1)  # let slurmstepd end the job steps before slurmd goes
+        from engage.deploy.processes import terminate
+
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc.pid, grace_s=10.0)
+            proc.wait()
         self._procs.clear()
         self._slurmd.clear()
 
