@@ -130,14 +130,13 @@ def engage_callbacks(cfg: Any) -> list[Any]:
     ``infrastructure.options.requeue``), unless the config adds it itself. In a job of a sweep
     whose launcher serves (``hydra.launcher.serving``): its replicas and request sources, and the
     weights' publication to the replicas."""
-    import os
-
     from engage.deploy.job import JobContract
+    from engage.deploy.slurm.requeue import in_slurm_job
 
     callbacks: list[Any] = []
     named = [str(node.get("_target_", "")) for node in (cfg.get("callbacks") or {}).values() if node]
     # every rank of a job decides alike (its environment); the callback asks slurmctld, once
-    if "SLURM_JOB_ID" in os.environ and not any(target.endswith("SlurmRequeue") for target in named):
+    if in_slurm_job() and not any(target.endswith("SlurmRequeue") for target in named):
         from engage.deploy.callbacks import SlurmRequeue
 
         callbacks.append(SlurmRequeue())

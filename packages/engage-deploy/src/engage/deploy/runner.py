@@ -193,9 +193,9 @@ def run(job_dir: Path) -> int:
     from omegaconf import OmegaConf, open_dict, read_write
 
     contract = JobContract.read(job_dir)
-    if "SLURM_JOB_ID" in os.environ:
-        from engage.deploy.slurm.requeue import note_early
+    from engage.deploy.slurm.requeue import in_slurm_job, note_early
 
+    if in_slurm_job():
         note_early()  # a requeue's warning signal while the job starts: for its fit, not fatal
     rank = _rank(contract)
     # the sweep as this job sees it: for this process and the processes it starts

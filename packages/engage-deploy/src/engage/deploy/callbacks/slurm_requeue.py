@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from engage.core.run import Requeued
-from engage.deploy.slurm.requeue import job_id, noted_early, requeueable
+from engage.deploy.slurm.requeue import in_slurm_job, job_id, noted_early, requeueable
 
 log = logging.getLogger("engage.deploy.slurm")
 
@@ -78,7 +77,7 @@ class SlurmRequeue(pl.Callback):
         self._terminated = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or "SLURM_JOB_ID" not in os.environ:
+        if stage != "fit" or not in_slurm_job():
             return
         # every rank has this callback (the same environment); rank 0 alone asks slurmctld
         armed = trainer.strategy.broadcast(requeueable() if trainer.is_global_zero else False, src=0)

@@ -17,8 +17,17 @@ import signal
 import subprocess
 import threading
 
+#: Slurm's variables of a job's processes that this module reads (the only reader of them)
+JOB_ID_ENV = "SLURM_JOB_ID"
+ARRAY_JOB_ID_ENV = "SLURM_ARRAY_JOB_ID"
+ARRAY_TASK_ID_ENV = "SLURM_ARRAY_TASK_ID"
 #: signals :func:`note_early` saw
 _NOTED: set[int] = set()
+
+
+def in_slurm_job() -> bool:
+    """Whether this process runs inside a Slurm job."""
+    return JOB_ID_ENV in os.environ
 
 
 def note_early(signum: int = signal.SIGUSR1) -> None:
@@ -32,17 +41,17 @@ def note_early(signum: int = signal.SIGUSR1) -> None:
 
 def job_id() -> str:
     """This Slurm job's id as ``scontrol`` takes it: ``12_3`` for task 3 of array 12."""
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
-        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ["SLURM_JOB_ID"]
+    array = os.environ.get(ARRAY_JOB_ID_ENV)
+    if array is not None and ARRAY_TASK_ID_ENV in os.environ:
+        return f"{array}_{os.environ[ARRAY_TASK_ID_ENV]}"
+    return os.environ[JOB_ID_ENV]
 
 
 def requeueable() -> bool:
     """Whether this process runs in a Slurm job that Slurm may requeue (``sbatch --requeue``, or
     the cluster's ``JobRequeue=1``), as ``scontrol show job`` says; False outside Slurm or when
     slurmctld does not answer."""
-    if "SLURM_JOB_ID" not in os.environ:
+    if not in_slurm_job():
         return False
     from engage.deploy.slurm.executor import parse_job_line
 
