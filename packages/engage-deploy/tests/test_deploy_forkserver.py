@@ -63,7 +63,8 @@ def test_a_forked_job_past_its_timeout_is_killed_and_reported(tmp_path: Path) ->
     assert proc.returncode != 0
     (result,) = (tmp_path / "sweep" / ".engage").glob("*/jobs/0/result.json")
     summary = json.loads(result.read_text())
-    assert summary["status"] == "KILLED" and summary["exit_code"] < 0
+    assert summary["status"] == "FAILED" and summary["exit_code"] < 0
+    assert summary["error"] == "killed after hydra.launcher.job_timeout_s=2.0", summary
     assert summary["duration_s"] < 30
     pid = int(job_lines(tmp_path)[0]["pid"])
     with pytest.raises(ProcessLookupError):

@@ -495,7 +495,9 @@ class JobExecution:
                 reason = how or f"job process exited with code {exit_code}"
             ret, runner = failed(reason), {"status": "FAILED", "error": reason}
         killed = stopped and exit_code in (-signal.SIGTERM, -signal.SIGKILL)
-        status = "KILLED" if timed_out or killed else runner["status"]
+        # a job past job_timeout_s failed (its error says so), as the launch's counts have it;
+        # KILLED is for jobs the user stopped (an interrupt, fail-fast)
+        status = "FAILED" if timed_out else "KILLED" if killed else runner["status"]
         if status == "KILLED" and ret.status == JobStatus.COMPLETED:
             status = "COMPLETED"
         elif status == "COMPLETED" and exit_code not in (0, None):

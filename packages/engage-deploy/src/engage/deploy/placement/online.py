@@ -558,7 +558,8 @@ def route(
         option = next((o for o in lightest if fits(cls, o)), None)
         if option is None:
             raise PlacementInfeasible(
-                f"{solver}: requests for {cls.model!r} at {cls.source!r} fit no held copy nor the cloud"
+                f"{solver}: requests for {cls.model!r} at {cls.source!r} fit no held copy nor the cloud once "
+                "the heavier classes were placed; the exact solver may still find a plan"
             )
         load(cls, option, 1.0)
         chosen[cls.index] = option
