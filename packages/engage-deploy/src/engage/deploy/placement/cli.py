@@ -69,7 +69,12 @@ def load_config(spec: str) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="placement problem or infrastructure: YAML file or shipped name")
     parser.add_argument("--solver", choices=sorted(placement_solvers()), default="cpsat")
-    parser.add_argument("--time-limit", type=float, default=10.0, help="CP-SAT's time limit for its search, in seconds (default 10; building the model comes on top)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=10.0,
+        help="CP-SAT's time limit for its search, in seconds (default 10; building the model comes on top)",
+    )
     parser.add_argument("--pareto", metavar="A,B", help="two of latency, inaccuracy, energy: print the front")
     parser.add_argument("--points", type=int, default=POINTS, help=f"points of the Pareto front ({POINTS})")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
