@@ -159,3 +159,25 @@ def test_a_replay_of_a_failed_run_says_whether_it_failed_again(monkeypatch, caps
         monkeypatch.setattr(module, "replay", lambda *args, outcome=outcome: outcome)
         assert outcome.verdict == "different" and module.run_command(namespace) == 1
         assert capsys.readouterr().out.rstrip().endswith(", DIFFERENT")
+
+
+def test_a_resumed_run_replays_from_the_checkpoint_it_resumed_from(tmp_path):
+    """Its ``ckpt_path=last`` would name the replay's own new folder, which holds none."""
+    from types import SimpleNamespace
+
+    from engage.core.replay import ReplayError, _from_the_same_checkpoint
+
+    def run(**tags):
+        return SimpleNamespace(info=SimpleNamespace(run_id="a" * 32), data=SimpleNamespace(tags=tags))
+
+    checkpoint = tmp_path / "epoch=4-step=25.ckpt"
+    checkpoint.write_bytes(b"")
+    overrides = ["seed=1", "ckpt_path=last"]
+    resumed = run(**{"engage.resumed_from": str(checkpoint)})
+    assert _from_the_same_checkpoint(resumed, overrides) == ["seed=1", f"ckpt_path='{checkpoint}'"]
+    assert _from_the_same_checkpoint(run(), ["seed=1"]) == ["seed=1"]  # a run that did not resume
+    checkpoint.unlink()
+    with pytest.raises(ReplayError, match=r"resumed from .*epoch=4-step=25.ckpt, which no longer exists"):
+        _from_the_same_checkpoint(resumed, overrides)
+    with pytest.raises(ReplayError, match=r"resumed from a checkpoint \(ckpt_path=last\) it did not record"):
+        _from_the_same_checkpoint(run(), overrides)

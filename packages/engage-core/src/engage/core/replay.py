@@ -206,6 +206,28 @@ def _command(client: Any, run: Any, scratch: str) -> tuple[list[str], list[str],
     return [sys.executable, "-m", "engage.core.cli", "run", *flags], list(overrides), tags.get("engage.cwd")
 
 
+def _from_the_same_checkpoint(run: Any, overrides: list[str]) -> list[str]:
+    """A run that resumed from a checkpoint replays from that checkpoint (its ``engage.resumed_from``
+    tag), not from ``ckpt_path=last`` of the replay's own new folder; :class:`ReplayError` when
+    that file is gone."""
+    resumed = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "ckpt_path"]
+    if not resumed:
+        return overrides
+    path = run.data.tags.get("engage.resumed_from")
+    if not path:
+        raise ReplayError(
+            f"run {run.info.run_id} resumed from a checkpoint ({resumed[-1]}) it did not record; "
+            "replay the run it resumed"
+        )
+    if "://" not in path and not Path(path).is_file():
+        raise ReplayError(
+            f"run {run.info.run_id} resumed from {path}, which no longer exists; a replay starts from the "
+            "same checkpoint"
+        )
+    quoted = path.replace("\\", "\\\\").replace("'", "\\'")
+    return [o for o in overrides if o not in resumed] + [f"ckpt_path='{quoted}'"]
+
+
 def environment_warnings(run: Any, cwd: str | None) -> list[str]:
     """How the code and packages differ from the run's (empty when they do not)."""
     tags = run.data.tags
@@ -269,6 +291,7 @@ def replay(
                 os.environ.pop(PROGRESS_BAR_ENV, None)
             else:
                 os.environ[PROGRESS_BAR_ENV] = saved
+    overrides = _from_the_same_checkpoint(run, overrides)
     warnings = environment_warnings(run, cwd)
     # beside the runs of the folder it is started in, as Hydra's own outputs/, not a temporary
     # folder left behind by each replay

@@ -469,7 +469,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 space = simulator.space.describe()[:PARAM_MAX_CHARS]
                 tracked.client.log_param(tracked.run_id, SIMULATOR_SPACE_PARAM, space)
             if ckpt_path is not None:
-                tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)
+                # the file itself, not last.ckpt's link, which a later checkpoint moves on
+                resumed_from = ckpt_path if "://" in ckpt_path else os.path.realpath(ckpt_path)
+                tracked.client.set_tag(tracked.run_id, "engage.resumed_from", resumed_from)
         if cfg.task == "fit":
             # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
             # whole, as the user's own file (weights_only=False), never from an unknown source
