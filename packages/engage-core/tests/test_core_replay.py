@@ -181,3 +181,14 @@ def test_a_resumed_run_replays_from_the_checkpoint_it_resumed_from(tmp_path):
         _from_the_same_checkpoint(resumed, overrides)
     with pytest.raises(ReplayError, match=r"resumed from a checkpoint \(ckpt_path=last\) it did not record"):
         _from_the_same_checkpoint(run(), overrides)
+
+
+def test_a_replay_says_which_config_values_differ_from_the_runs():
+    """A config file edited since the run: the replay runs the new values, and says so."""
+    from engage.core.replay import config_drift
+
+    run = {"model.width": "16", "seed": "1", "ckpt_path": "last"}
+    assert config_drift(run, {**run, "ckpt_path": "'/x/epoch=0-step=2.ckpt'"}) == ""
+    assert config_drift(run, {**run, "model.width": "24", "model.lr": "0.1"}) == (
+        "model.lr: (none) -> 0.1; model.width: 16 -> 24"
+    )

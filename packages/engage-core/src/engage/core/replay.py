@@ -228,6 +228,20 @@ def _from_the_same_checkpoint(run: Any, overrides: list[str]) -> list[str]:
     return [o for o in overrides if o not in resumed] + [f"ckpt_path='{quoted}'"]
 
 
+#: params a replay sets otherwise by design (it resumes from the checkpoint's file itself)
+REPLAY_PARAMS = ("ckpt_path",)
+
+
+def config_drift(original: dict[str, str], replayed: dict[str, str], shown: int = 3) -> str:
+    """The config values (MLflow params) a replay ran with that differ from the run's, as
+    ``key: run's -> replay's``, the first ``shown`` of them; empty when there are none."""
+    keys = sorted(k for k in {*original, *replayed} if k not in REPLAY_PARAMS and original.get(k) != replayed.get(k))
+    if not keys:
+        return ""
+    listed = "; ".join(f"{k}: {original.get(k, '(none)')} -> {replayed.get(k, '(none)')}" for k in keys[:shown])
+    return listed + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 def environment_warnings(run: Any, cwd: str | None) -> list[str]:
     """How the code and packages differ from the run's (empty when they do not)."""
     tags = run.data.tags
@@ -323,6 +337,11 @@ def replay(
         original_status=run.info.status, original_error=run.data.tags.get(ERROR_TAG),
         replay_error=replayed.data.tags.get(ERROR_TAG),
     )  # fmt: skip
+    drift = config_drift(run.data.params, replayed.data.params)
+    if drift:
+        result.warnings.append(
+            f"the replay ran another config than the run's ({drift}): a config file, or a default, changed since"
+        )
     new_metrics = replayed.data.metrics
     for name in sorted(run.data.metrics):
         if is_timing(name, policy):
