@@ -195,6 +195,13 @@ def _command(client: Any, run: Any, scratch: str) -> tuple[list[str], list[str],
     try:
         overrides = json.loads(Path(client.download_artifacts(run_id, "run/overrides.json", scratch)).read_text())
     except Exception:
+        location = run.info.artifact_uri or ""
+        folder = location.removeprefix("file://") if location.startswith(("/", "file://")) else None
+        if folder and not Path(folder).is_dir():  # a store moved without its artifacts' folder
+            raise ReplayError(
+                f"run {run_id}'s artifacts are not at {folder}, where the store says they are (moved with "
+                "another folder?); put them back there to replay it"
+            ) from None
         raise ReplayError(
             f"run {run_id} was not recorded by engage run (no run/overrides.json artifact): nothing to replay it from"
         ) from None
