@@ -105,17 +105,40 @@ def test_every_value_of_a_sweep_is_checked(capsys):
 
 def test_each_sweep_jobs_checkpoint_is_found_before_the_first_job(capsys, tmp_path):
     sweep = tmp_path / "sweep"
-    (sweep / "0" / "checkpoints").mkdir(parents=True)
-    (sweep / "0" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    # job 0 has its checkpoint in its own folder, job 1 none: refused before either starts
+    sweep.mkdir()
+    # no job of the sweep has a checkpoint in its folder (another sweep's folder, or none): refused
     assert main(["run", "-m", "model.width=4,8", "ckpt_path=last", f"hydra.sweep.dir={sweep}"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"engage run: ckpt_path=last: job 1 (model.width=8 ckpt_path=last) has no checkpoint in its folder "
-        f"{sweep}/1; pass hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
+        f"engage run: ckpt_path=last: no job of the sweep has a checkpoint in its folder under {sweep}; pass "
+        "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
     )
-    assert sorted(p.name for p in sweep.iterdir()) == ["0"]  # no job started, no folder made
+    assert sorted(p.name for p in sweep.iterdir()) == []  # no job started, no folder made
     assert main(["run", "-m", "model.width=4,8", f"ckpt_path={tmp_path}/none.ckpt"]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def test_a_resumed_sweeps_jobs_without_a_checkpoint_start_from_the_beginning(tmp_path, monkeypatch, capsys):
+    """An interrupted sweep resumed with ``ckpt_path=last``: the jobs it never started (no folder)
+    start from the beginning, said in one line, beside the jobs that resume."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from engage.core.config.store import register_configs
+    from engage.core.config.sweep_check import _check_checkpoints
+    from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
+
+    register_configs()
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "0" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    overrides = ["model.width=4,8", "ckpt_path=last"]
+    own = [f"hydra.sweep.dir={sweep}"]
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        config = compose(CONFIG_NAME, overrides=[*own, "ckpt_path=last"], return_hydra_config=True)
+        _check_checkpoints(GlobalHydra.instance().hydra, CONFIG_NAME, own, overrides, config)
+    assert capsys.readouterr().out.strip() == (
+        "engage run: ckpt_path=last: job 1 has no checkpoint in its folder; it starts from the beginning"
+    )
 
 
 @pytest.mark.parametrize(

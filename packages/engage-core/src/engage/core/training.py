@@ -153,21 +153,38 @@ def requeued_run(trainer: pl.Trainer, output_dir: Path, tracking_uri: str) -> st
     return earlier.get("run_id") if earlier.get("tracking_uri") == tracking_uri else None
 
 
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest checkpoint under a run folder (``last.ckpt`` of an epoch's end, or a
+    ``steps-*.ckpt`` of ``checkpoint_every_n_steps`` written since), if any."""
+    found = sorted(output_dir.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
+    return str(found[-1]) if found else None
+
+
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``cfg.ckpt_path`` as a file: ``last`` is this run folder's newest checkpoint (``last.ckpt``
-    of an epoch's end, or a ``steps-*.ckpt`` of ``checkpoint_every_n_steps`` written since). A
-    path that names no checkpoint is a :class:`ConfigError`."""
+    """``cfg.ckpt_path`` as a file: ``last`` is :func:`last_checkpoint` of this run folder. A
+    path that names no checkpoint is a :class:`ConfigError`, and so is ``last`` without one,
+    except in a job of a sweep: a job the interrupted sweep had not started (or that had written
+    none) starts from the beginning, said in one log line."""
     value = cfg.ckpt_path
     if value in (None, ""):
         return None
     if str(value) == "last":
-        found = sorted(output_dir.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
-        if not found:
+        from hydra.types import RunMode
+
+        found = last_checkpoint(output_dir)
+        if found is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            console.print(
+                f"[yellow]engage run: ckpt_path=last: no checkpoint in this job's folder {output_dir}; it starts "
+                "from the beginning[/yellow]",
+                highlight=False,
+            )
+            return None
+        if found is None:
             raise ConfigError(
                 f"ckpt_path=last: no checkpoint in the run folder {output_dir}; pass hydra.run.dir of the run to "
                 "resume, or ckpt_path=PATH"
             )
-        return str(found[-1])
+        return found
     if "://" not in str(value) and not Path(value).is_file():
         raise ConfigError(f"ckpt_path={value}: no such checkpoint file; pass an existing .ckpt or ckpt_path=last")
     return str(value)

@@ -122,18 +122,24 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
     """The checkpoint each job of the sweep resumes from exists: ``ckpt_path=PATH`` a file,
     ``ckpt_path=last`` one in that job's own folder (``hydra.sweep.dir``/``subdir``, as Hydra's
     launchers name it), so that no job fails for want of it after others have started. The jobs
-    are those Hydra's basic sweeper makes: its ``params`` first, then the command line's."""
+    are those Hydra's basic sweeper makes: its ``params`` first, then the command line's.
+
+    With ``ckpt_path=last``, the jobs that left no checkpoint (those the interrupted sweep never
+    started, or stopped before their first checkpoint) start from the beginning, said in one line,
+    as long as some job of the sweep has one; none having one is a sweep directory of another
+    sweep, or none: refused."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
     from omegaconf import open_dict
 
     from engage.core.config.validate import ConfigError, sweeper_params
-    from engage.core.training import resolve_ckpt_path
+    from engage.core.training import last_checkpoint, resolve_ckpt_path
 
     swept = sweeper_params(config, hydra.config_loader) + list(overrides)
     parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(swept)
     (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    found, fresh = 0, []
     for num, job in enumerate(jobs):
         cfg = hydra.compose_config(name, own + job, run_mode=RunMode.MULTIRUN)
         if OmegaConf.select(cfg, "ckpt_path", default=None) in (None, ""):
@@ -141,16 +147,26 @@ def _check_checkpoints(hydra: Any, name: str | None, own: list[str], overrides: 
         with open_dict(cfg):
             cfg.hydra.job.num = cfg.hydra.job.id = num
         folder = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
-        try:
+        if str(cfg.ckpt_path) != "last":
             resolve_ckpt_path(cfg, folder)
-        except ConfigError:
-            if str(cfg.ckpt_path) != "last":
-                raise
-            # said of the job and its sweep, where the run's line speaks of hydra.run.dir
-            raise ConfigError(
-                f"ckpt_path=last: job {num} ({' '.join(job)}) has no checkpoint in its folder {folder}; pass "
-                "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
-            ) from None
+        elif last_checkpoint(folder) is None:
+            fresh.append(num)
+        else:
+            found += 1
+    if fresh and not found:
+        # said of the sweep, where the run's line speaks of hydra.run.dir
+        sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=".")
+        raise ConfigError(
+            f"ckpt_path=last: no job of the sweep has a checkpoint in its folder under {sweep_dir}; pass "
+            "hydra.sweep.dir of the sweep to resume, or ckpt_path=PATH"
+        )
+    if fresh:
+        said = (
+            f"job {fresh[0]} has no checkpoint in its folder; it starts"
+            if len(fresh) == 1
+            else f"jobs {', '.join(map(str, fresh))} have no checkpoint in their folders; they start"
+        )
+        print(f"engage run: ckpt_path=last: {said} from the beginning")
 
 
 def check_writable(folder: Path, key: str) -> None:
