@@ -34,13 +34,13 @@ from typing import Any
 import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
-from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError
+from engage.core.forkserver import ForkServer, ForkServerError
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
 from engage.deploy.job import HostRecord, JobContract, inherited_environ, read_run_id
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
-from engage.deploy.processes import terminate
+from engage.deploy.processes import JobProcess, terminate
 from engage.deploy.progress import SweepProgress
 from engage.deploy.providers import Host, Provider
 from engage.deploy.report import SweepReport
@@ -131,7 +131,7 @@ class JobExecution:
         self.python = options.python or sys.executable
         self._lock = threading.Lock()
         self._load = {host.name: 0 for host in hosts}
-        self._running: dict[int, subprocess.Popen | ForkedProcess] = {}
+        self._running: dict[int, JobProcess] = {}
         self._stop_new = threading.Event()
         self._stopped: set[int] = set()
         self._withdrawn: set[int] = set()  # jobs whose array task fail-fast cancelled if still pending
@@ -525,7 +525,7 @@ class JobExecution:
         }
         return ret, summary
 
-    def _start(self, host: Host, job_dir: str, cwd: str, folder: Path) -> subprocess.Popen | ForkedProcess:
+    def _start(self, host: Host, job_dir: str, cwd: str, folder: Path) -> JobProcess:
         """The job's process: forked by the host's fork server where there is one, else a new
         ``python -m engage.deploy.runner JOB_DIR`` (remote hosts, ``fork_jobs=false``, or a
         server that failed, which is said once)."""

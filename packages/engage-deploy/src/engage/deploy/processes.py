@@ -1,6 +1,8 @@
-"""Stopping the launcher's processes: SIGTERM a process and everything it started, SIGKILL what is
-left after a grace period (psutil finds the descendants, also those that left the process group). The processes are
-never reaped here: the one that started a process reads its exit status as usual.
+"""The launcher's processes: the one handle a job's process is seen through (:class:`JobProcess`,
+whatever started it), and stopping them: SIGTERM a process and everything it started, SIGKILL what
+is left after a grace period (psutil finds the descendants, also those that left the process
+group). The processes are never reaped here: the one that started a process reads its exit status
+as usual.
 
 Example::
 
@@ -17,8 +19,25 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Protocol
 
 import psutil
+
+
+class JobProcess(Protocol):
+    """What the launcher knows of a job's process, as ``subprocess.Popen`` offers it: a process
+    it started (``Popen``), one a host's fork server forked
+    (:class:`~engage.core.forkserver.ForkedProcess`), or a batch job standing for one
+    (:class:`~engage.deploy.providers.slurm.SlurmJob`, whose ``pid`` is ``None``)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 def terminate(pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0) -> bool:
