@@ -27,12 +27,14 @@ class ExhaustiveSolver(PlacementSolver):
         started = time.perf_counter()
         problem.check_servable()
         refuse_services(self.name, problem)
-        combinations = 1.0
+        combinations = 1  # an integer: a float product of many classes' options overflows to inf
         for cls in problem.classes:
             combinations *= len(cls.options)
         if combinations > self.max_combinations:
+            digits = len(str(combinations))
+            count = f"{combinations:,}" if digits <= 15 else f"about 1e{digits - 1}"
             raise ValueError(
-                f"exhaustive search over {combinations:.3g} combinations exceeds max_combinations "
+                f"exhaustive search over {count} combinations exceeds max_combinations "
                 f"({self.max_combinations:.3g}); use CpSatSolver for an instance this size"
             )
         classes = sorted(problem.classes, key=lambda c: -c.rate)
