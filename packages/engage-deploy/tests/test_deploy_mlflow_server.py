@@ -357,7 +357,7 @@ def test_a_sweep_whose_provider_tells_the_hosts_address_late_listens_there_with_
 def test_a_process_that_launches_again_on_the_same_store_keeps_its_server(tmp_path: Path, monkeypatch) -> None:
     """A batched sweeper (Optuna's) launches once a batch: the server one launch started serves
     the next launches of the process on the same store, and stops at exit (or for another store)."""
-    from engage.deploy import sweep_tracking
+    from engage.deploy import mlflow_process
     from engage.deploy.experiment import ExperimentFolder
     from engage.deploy.options import MLflowOptions
     from engage.deploy.report import SweepReport
@@ -386,5 +386,5 @@ def test_a_process_that_launches_again_on_the_same_store_keeps_its_server(tmp_pa
         other = launch("other.db")  # another store: a server of its own, the held one stopped
         assert other is not first and not first.alive() and other.alive()
     finally:
-        sweep_tracking._stop_held()
+        mlflow_process._stop_held()
     assert not other.alive()

@@ -20,10 +20,8 @@ Example (what :class:`~engage.deploy.sweep.Sweep` does)::
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -32,7 +30,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engage.core.preimport import preimport
 from engage.core.tracking.resumed_sweep import continuable, reopen
 from engage.core.tracking.store import ERROR_TAG, PARENT_RUN_ENV
 from engage.deploy import tracking
@@ -45,6 +42,7 @@ from engage.deploy.job import (
     QUIET_URLS_ENV,
     TrackingContract,
 )
+from engage.deploy.mlflow_process import hold_server, in_background, take_held_server
 from engage.deploy.options import MLflowOptions
 from engage.deploy.report import SweepReport
 
@@ -158,7 +156,7 @@ class SweepTracking:
                 self.server = kept
                 self._use_credentials()
                 return
-        held = _take_held(backend, listen, auth)
+        held = take_held_server(backend, listen, auth)
         if held is not None:  # this process's earlier launch on the store (a batched sweeper's)
             self.server = held
             self._use_credentials()
@@ -191,7 +189,7 @@ class SweepTracking:
         self.parent_run_id = os.environ.get(PARENT_RUN_ENV)
         # this process talks to the server over loopback: the hosts' network may be gone before the end
         self.tracking_uri = self.backend_uri if self.server is None else self.server.local_uri
-        self._opening = _in_background(self._open, name="engage-mlflow")
+        self._opening = in_background(self._open, name="engage-mlflow")
 
     def connect(self, launcher_address: str, remote_hosts: bool) -> None:
         """How the deployed hosts reach the server; with remote hosts, wait until MLflow is open
@@ -431,7 +429,7 @@ class SweepTracking:
                     self.server.keep()
                     self.server.stop()
                 else:
-                    _hold(self.server)
+                    hold_server(self.server)
 
     def _log_description(self) -> None:
         """The sweep's description on its run, under ``sweep/``: the infrastructure asked for and
@@ -487,66 +485,3 @@ class SweepTracking:
             "parent_run_id": self.parent_run_id,
             "experiment_id": self.experiment_id,
         }
-
-
-#: the server this process started for its last launch, kept running for its next launch on the
-#: same store (a batched sweeper such as Optuna's launches once a batch) and stopped at exit
-_held: list[tracking.TrackingServer] = []
-
-
-def _hold(server: tracking.TrackingServer) -> None:
-    """Keep ``server`` (started by this process) for this process's next launch, or stop it if
-    it no longer answers; stops the one held before, so that at most one is held."""
-    while _held:
-        _held.pop().stop()
-    if server.process is None or not server.alive():
-        server.stop()
-        return
-    _held.append(server)
-    atexit.unregister(_stop_held)
-    atexit.register(_stop_held)
-
-
-def _take_held(backend_uri: str, listen: list[str], auth: bool) -> tracking.TrackingServer | None:
-    """The held server, if it serves ``backend_uri`` where and as asked and still answers."""
-    for server in list(_held):
-        same = set(server.listen) == {*listen} - {"", server.bind} and (server.credentials is not None) == auth
-        if server.backend_uri == backend_uri and same and server.alive():
-            _held.remove(server)
-            return server
-    return None
-
-
-def _stop_held() -> None:
-    while _held:
-        _held.pop().stop()
-
-
-def import_mlflow_early(sql_store: bool) -> None:
-    """Start importing MLflow's client (over a second) in a background thread, for a launcher
-    that knows a sweep will record, before the sweep composes its jobs; :meth:`SweepTracking.open`
-    then finds it imported, or waits for the import under Python's own import lock. With
-    ``sql_store`` (the sweep writes an SQLite store itself), MLflow's SQL store (SQLAlchemy,
-    Alembic and MLflow's models, 0.6 s more) is imported in the same go.
-
-    The imports run with the garbage collector paused and their objects are frozen out of its
-    walks afterwards (:func:`~engage.core.preimport.preimport`): 0.4 s of the 1.6 s import here,
-    and every later collection of the sweep does not walk them again (0.15 s of a one-job
-    sweep)."""
-    if "mlflow.tracking" not in sys.modules:
-        modules = ("mlflow.tracking", *(("mlflow.store.tracking.sqlalchemy_store",) if sql_store else ()))
-        _in_background(lambda: preimport(*modules), name="engage-mlflow-import")
-
-
-def _in_background(function: Any, name: str) -> Future:
-    """Run ``function()`` in a daemon thread; its result or exception lands in the returned future."""
-    future: Future = Future()
-
-    def target() -> None:
-        try:
-            future.set_result(function())
-        except BaseException as exc:  # handed to whoever waits on the future
-            future.set_exception(exc)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future

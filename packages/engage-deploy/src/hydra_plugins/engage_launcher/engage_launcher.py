@@ -140,7 +140,7 @@ class EngageLauncher(Launcher):
                 print(f"engage launcher: hydra.launcher.mlflow.tracking_uri: {exc}", file=sys.stderr)
                 sys.exit(EXIT_TRACKING_UNAVAILABLE)
         if self.options.mlflow.enabled:
-            from engage.deploy.sweep_tracking import import_mlflow_early
+            from engage.deploy.mlflow_process import import_mlflow_early
 
             # a kept server is asked over HTTP; otherwise this process writes the SQLite store
             mlflow = self.options.mlflow
