@@ -40,19 +40,29 @@ class JobProcess(Protocol):
     def wait(self, timeout: float | None = None) -> int: ...
 
 
-def terminate(pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0) -> bool:
-    """SIGTERM process ``pid``, its process group when it leads one, and its descendants; SIGKILL
-    those still alive ``grace_s`` later. A group whose leader exited (and was reaped, or is a
-    zombie) is still stopped by its id: a server's workers left in it may hold its port. Returns
-    whether anything had to be stopped (``False`` when all had ended already)."""
+def terminate(
+    pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0, *, reaped_at: float | None = None
+) -> bool:
+    """SIGTERM process ``pid`` (a child of the caller, not reaped yet), its process group when it
+    leads one, and its descendants; SIGKILL those still alive ``grace_s`` later. Returns whether
+    anything had to be stopped (``False`` when all had ended already).
+
+    ``reaped_at`` (``time.time()``): the child ``pid`` has exited and was reaped by then; what is
+    left of its group (a server's workers, which may hold its port) is stopped by the group's id,
+    counting only processes started before that time: ``pid`` itself may name another process
+    by now."""
     if pid is None:
         return False
     members = _group_members(pid)
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+    if reaped_at is not None:
+        members = [m for m in members if _created_before(m, reaped_at)]
         tree = []
+    else:
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
     processes = [p for p in {p.pid: p for p in (*tree, *members)}.values() if _running(p)]
     if not processes:
         return False
@@ -70,6 +80,16 @@ def terminate(pid: int | None, grace_s: float = 5.0, kill_wait_s: float = 5.0) -
         if _wait_ended(processes, wait_s):
             break
     return True
+
+
+def stop_process(process: JobProcess, grace_s: float = 5.0) -> bool:
+    """:func:`terminate` a process this one started (a ``Popen``, a forked one), safely for its
+    pid: once it has ended and been reaped, only what is left of its group, started before, is
+    stopped, since its pid may name another process by then."""
+    if process.pid is None:
+        return False
+    reaped_at = time.time() if process.poll() is not None else None
+    return terminate(process.pid, grace_s, reaped_at=reaped_at)
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
@@ -95,6 +115,13 @@ def _wait_ended(processes: list[psutil.Process], timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def _created_before(process: psutil.Process, moment: float) -> bool:
+    try:
+        return process.create_time() <= moment
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _running(process: psutil.Process) -> bool:

@@ -48,20 +48,16 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.files import write_private
-from engage.core.tracking.naming import JOB_TAG, PARAM_MAX_CHARS
+from engage.core.tracking.naming import ATTEMPT_TAG, CONFIG_HASH_TAG, JOB_TAG, PARAM_MAX_CHARS
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
 from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
 log = logging.getLogger(__name__)
 
-#: tag holding the hash of a job's resolved config (resume matches on it)
-CONFIG_HASH_TAG = "engage.config_hash"
 PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "engage.output_dir"
 #: tag of the runs the launcher creates to hold a job's record (the job made no run of its own)
 RECORD_RUN_TAG = "engage.record_run"
-#: tag (and param) holding which of a job's attempts a record is of (a failed attempt keeps its run)
-ATTEMPT_TAG = "engage.attempt"
 
 #: MLflow's server settings for its basic-auth application: the configuration file, the key that
 #: signs its forms, and the admin user's name and password (which would override the file's)
@@ -449,9 +445,9 @@ class TrackingServer:
         """Terminate the server (and its workers; SIGKILL after 10 s); safe to call twice."""
         if self.process is None:
             return
-        from engage.deploy.processes import terminate
+        from engage.deploy.processes import stop_process
 
-        terminate(self.process.pid, grace_s=10.0)
+        stop_process(self.process, grace_s=10.0)
         try:
             self.process.wait(timeout=10)  # reaped here, its exit status read
         except subprocess.TimeoutExpired:

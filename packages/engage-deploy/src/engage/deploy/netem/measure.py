@@ -255,9 +255,9 @@ def measure_link(
             argv += ["--seconds", str(stream_seconds)]
             result["stream"] = _run_json(provider, src_host, argv, timeout)
     finally:
-        from engage.deploy.processes import terminate
+        from engage.deploy.processes import stop_process
 
-        terminate(server.pid)
+        stop_process(server)
         server.wait()
     return result
 

@@ -62,12 +62,12 @@ class ServiceProcesses:
 
     def stop(self, name: str) -> None:
         """Stop ``name`` (SIGTERM, then SIGKILL after 15 s) and forget it: a reused pid is never signalled."""
-        from engage.deploy.processes import terminate
+        from engage.deploy.processes import stop_process
 
         with self._lock:  # forgotten before it is signalled: never taken for one that ended on its own
             process = self.processes.pop(name, None)
         if process is not None:
-            terminate(process.pid, grace_s=15.0)
+            stop_process(process, grace_s=15.0)
             process.wait()
 
     def stop_all(self) -> None:

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from engage.core.executors import die_with_parent_command
-from engage.deploy.processes import terminate
+from engage.deploy.processes import stop_process, terminate
 from engage.deploy.serve.replica import (
     API_KEY_HEADER,
     ModelSpec,
@@ -131,7 +131,8 @@ class ReplicaSupervisor:
             if code is None or self._stop.is_set():  # running, or stopped by stop()
                 continue
             died = time.time()
-            terminate(self.process.pid, grace_s=10.0)  # its LitServe workers, if any are left, hold the port
+            # its LitServe workers, if any are left, hold the port (poll() reaped the replica)
+            terminate(self.process.pid, grace_s=10.0, reaped_at=died)
             event: dict = {"exited": died, "exit_code": code, "restarted": None}
             self.events.append(event)
             if self.restarts >= self.max_restarts:
@@ -158,7 +159,7 @@ class ReplicaSupervisor:
         if self.process is not None:
             # the replica is our child: terminate() counts it ended once it is a zombie, where
             # probing its group would wait for the reaping below until every grace had passed
-            terminate(self.process.pid, grace_s=10.0)
+            stop_process(self.process, grace_s=10.0)
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:

@@ -283,8 +283,9 @@ class LocalSlurmCluster:
         from engage.deploy.processes import terminate
 
         for proc in reversed(self._procs):
-            terminate(proc.pid, grace_s=10.0)
-            proc.wait()
+            if proc.poll() is None:  # not reaped: its pid is still its own
+                terminate(proc.pid, grace_s=10.0)
+                proc.wait()
         self._procs.clear()
         self._slurmd.clear()
 
