@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
+from engage.deploy.job import inherited_environ
 from engage.deploy.netem.link import LinkSpec
 from engage.deploy.netem.shaping import htb_commands, run_tc
 from engage.deploy.processes import terminate
@@ -549,6 +550,7 @@ class NetnsProvider(Provider):
                 stdout=subprocess.DEVNULL,
                 stderr=open(keys / f"sshd_{host.name}.log", "ab"),
                 start_new_session=True,
+                env=inherited_environ(),
             )
         for host in self.hosts:
             self._wait_tcp(host, 22, timeout=10.0)
@@ -666,7 +668,9 @@ class NetnsProvider(Provider):
         argv += [str(spec_path), "--stats", str(self._state_dir / "forwarder-stats.json")]
         log_path = self._state_dir / "forwarder.log"
         with open(log_path, "ab") as err:
-            self._forwarder = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+            self._forwarder = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=err, start_new_session=True, env=inherited_environ()
+            )
         assert self._forwarder.stdout is not None
         # the forwarder prints "ready" once it holds every TUN device; until then links drop everything
         readable, _, _ = select.select([self._forwarder.stdout], [], [], 30.0)

@@ -69,11 +69,14 @@ class JobReaper:
             return
         if self._process is not None:
             self.stop()  # its pipe closed and forgotten, before the next one may reuse the number
+        from engage.deploy.job import inherited_environ  # not at import: the reaper's own process is light
+
         self._process = subprocess.Popen(
             [sys.executable, "-m", "engage.deploy.slurm.reaper", self.token],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # not in the submitter's process group: Ctrl-C is not for it
+            env=inherited_environ(),
         )
         assert self._process.stdin is not None
         _WRITE_ENDS.add(self._process.stdin.fileno())
