@@ -174,8 +174,13 @@ def test_a_resumed_run_replays_from_the_checkpoint_it_resumed_from(tmp_path):
     checkpoint.write_bytes(b"")
     overrides = ["seed=1", "ckpt_path=last"]
     resumed = run(**{"engage.resumed_from": str(checkpoint)})
-    assert _from_the_same_checkpoint(resumed, overrides) == ["seed=1", f"ckpt_path='{checkpoint}'"]
-    assert _from_the_same_checkpoint(run(), ["seed=1"]) == ["seed=1"]  # a run that did not resume
+    assert _from_the_same_checkpoint(resumed, overrides) == (["seed=1", f"ckpt_path='{checkpoint}'"], None)
+    assert _from_the_same_checkpoint(run(), ["seed=1", "ckpt_path=null"]) == (["seed=1", "ckpt_path=null"], None)
+    link = tmp_path / "last.ckpt"  # a run recorded before the tag named the file itself
+    link.symlink_to(checkpoint.name)
+    _, warning = _from_the_same_checkpoint(run(**{"engage.resumed_from": str(link)}), overrides)
+    assert warning is not None and f"now points at {checkpoint}" in warning
+    link.unlink()
     checkpoint.unlink()
     with pytest.raises(ReplayError, match=r"resumed from .*epoch=4-step=25.ckpt, which no longer exists"):
         _from_the_same_checkpoint(resumed, overrides)

@@ -213,13 +213,19 @@ def _command(client: Any, run: Any, scratch: str) -> tuple[list[str], list[str],
     return [sys.executable, "-m", "engage.core.cli", "run", *flags], list(overrides), tags.get("engage.cwd")
 
 
-def _from_the_same_checkpoint(run: Any, overrides: list[str]) -> list[str]:
+def _from_the_same_checkpoint(run: Any, overrides: list[str]) -> tuple[list[str], str | None]:
     """A run that resumed from a checkpoint replays from that checkpoint (its ``engage.resumed_from``
     tag), not from ``ckpt_path=last`` of the replay's own new folder; :class:`ReplayError` when
-    that file is gone."""
-    resumed = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "ckpt_path"]
+    that file is gone. Returns the overrides and a warning: a run recorded before the tag named
+    the file itself names ``last.ckpt``'s link, which may point at a later checkpoint now."""
+
+    def resumes(override: str) -> bool:
+        key, _, value = override.partition("=")
+        return key.lstrip("+~") == "ckpt_path" and value.strip("'\"") not in ("", "null")
+
+    resumed = [o for o in overrides if resumes(o)]
     if not resumed:
-        return overrides
+        return overrides, None
     path = run.data.tags.get("engage.resumed_from")
     if not path:
         raise ReplayError(
@@ -231,8 +237,11 @@ def _from_the_same_checkpoint(run: Any, overrides: list[str]) -> list[str]:
             f"run {run.info.run_id} resumed from {path}, which no longer exists; a replay starts from the "
             "same checkpoint"
         )
-    quoted = path.replace("\\", "\\\\").replace("'", "\\'")
-    return [o for o in overrides if o not in resumed] + [f"ckpt_path='{quoted}'"]
+    warning = None
+    if "://" not in path and Path(path).is_symlink():
+        warning = f"the run recorded the link {path}, which now points at {os.path.realpath(path)}: replayed from that"
+    quoted = path.replace("'", "\\'")  # Hydra's quoted strings: only quotes are escaped
+    return [o for o in overrides if o not in resumed] + [f"ckpt_path='{quoted}'"], warning
 
 
 #: params a replay sets otherwise by design (it resumes from the checkpoint's file itself)
@@ -312,8 +321,8 @@ def replay(
                 os.environ.pop(PROGRESS_BAR_ENV, None)
             else:
                 os.environ[PROGRESS_BAR_ENV] = saved
-    overrides = _from_the_same_checkpoint(run, overrides)
-    warnings = environment_warnings(run, cwd)
+    overrides, linked = _from_the_same_checkpoint(run, overrides)
+    warnings = environment_warnings(run, cwd) + ([linked] if linked else [])
     # beside the runs of the folder it is started in, as Hydra's own outputs/, not a temporary
     # folder left behind by each replay
     out = Path(output_dir) if output_dir else Path("outputs", f"replay-{run_id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")

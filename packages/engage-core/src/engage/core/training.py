@@ -155,16 +155,18 @@ def requeued_run(trainer: pl.Trainer, output_dir: Path, tracking_uri: str) -> st
 
 def last_checkpoint(output_dir: Path) -> str | None:
     """The newest checkpoint under a run folder (``last.ckpt`` of an epoch's end, or a
-    ``steps-*.ckpt`` of ``checkpoint_every_n_steps`` written since), if any."""
+    ``steps-*.ckpt`` of ``checkpoint_every_n_steps`` written since), if any: the file itself,
+    not ``last.ckpt``'s link to it, so that the fit resumed from it keeps it (Lightning never
+    removes the checkpoint a fit resumed from) and ``engage replay`` finds it later."""
     found = sorted(output_dir.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
-    return str(found[-1]) if found else None
+    return os.path.realpath(found[-1]) if found else None
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     """``cfg.ckpt_path`` as a file: ``last`` is :func:`last_checkpoint` of this run folder. A
     path that names no checkpoint is a :class:`ConfigError`, and so is ``last`` without one,
-    except in a job of a sweep: a job the interrupted sweep had not started (or that had written
-    none) starts from the beginning, said in one log line."""
+    except in a job of a sweep some other job of which left a checkpoint: a job the interrupted
+    sweep had not started (or that had written none) starts from the beginning, said in a line."""
     value = cfg.ckpt_path
     if value in (None, ""):
         return None
@@ -172,7 +174,12 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
         from hydra.types import RunMode
 
         found = last_checkpoint(output_dir)
-        if found is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = HydraConfig.get() if HydraConfig.initialized() else None
+        # a job of a resumed sweep (some job of it left a checkpoint) that left none starts anew
+        resumed_sweep = (
+            sweep is not None and sweep.mode == RunMode.MULTIRUN and any(Path(str(sweep.sweep.dir)).rglob("*.ckpt"))
+        )
+        if found is None and resumed_sweep:
             console.print(
                 f"[yellow]engage run: ckpt_path=last: no checkpoint in this job's folder {output_dir}; it starts "
                 "from the beginning[/yellow]",
@@ -185,9 +192,11 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
                 "resume, or ckpt_path=PATH"
             )
         return found
-    if "://" not in str(value) and not Path(value).is_file():
+    if "://" in str(value):
+        return str(value)
+    if not Path(value).is_file():
         raise ConfigError(f"ckpt_path={value}: no such checkpoint file; pass an existing .ckpt or ckpt_path=last")
-    return str(value)
+    return os.path.realpath(value)  # the file itself, as for last
 
 
 def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, saved_ranks: int | None) -> None:
@@ -486,9 +495,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 space = simulator.space.describe()[:PARAM_MAX_CHARS]
                 tracked.client.log_param(tracked.run_id, SIMULATOR_SPACE_PARAM, space)
             if ckpt_path is not None:
-                # the file itself, not last.ckpt's link, which a later checkpoint moves on
-                resumed_from = ckpt_path if "://" in ckpt_path else os.path.realpath(ckpt_path)
-                tracked.client.set_tag(tracked.run_id, "engage.resumed_from", resumed_from)
+                tracked.client.set_tag(tracked.run_id, "engage.resumed_from", ckpt_path)  # the file itself
         if cfg.task == "fit":
             # a checkpoint of a run holds its config (OmegaConf nodes) and data state: it is loaded
             # whole, as the user's own file (weights_only=False), never from an unknown source

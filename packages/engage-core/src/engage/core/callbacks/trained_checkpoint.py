@@ -23,11 +23,20 @@ class TrainedCheckpoint(ModelCheckpoint):
         >>> callback = TrainedCheckpoint(dirpath=tempfile.mkdtemp(), save_last="link")
         >>> callback.save_last
         'link'
+        >>> callback.state_key.startswith("ModelCheckpoint{")  # checkpoints of either restore into either
+        True
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fit_started_at: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s own key: its state in checkpoints written before (which best and
+        last files it keeps) is restored into this one, and this one's into a ``ModelCheckpoint``."""
+        key = super().state_key
+        return ModelCheckpoint.__qualname__ + key.removeprefix(type(self).__qualname__)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
