@@ -197,10 +197,12 @@ def test_a_resumed_sweep_continues_its_parent_run(tmp_path: Path, monkeypatch, c
 
     first, code = launch({0: "FINISHED", 1: "FAILED"})
     assert code == 1 and MlflowClient(uri).get_run(first).info.status == "FAILED"
+    MlflowClient(uri).set_tag(first, "engage.error", "job 1 failed")  # the first launch's cause
     second, code = launch({1: "FINISHED"})  # job 0 was taken from the first launch
     assert second == first and code == 0
     parent = MlflowClient(uri).get_run(first)
     assert parent.info.status == "FINISHED" and parent.data.tags["engage.launches"] == "2"
+    assert "engage.error" not in parent.data.tags  # the sweep finished: no cause of an earlier end
     assert (parent.data.metrics["jobs"], parent.data.metrics["jobs_failed"]) == (2, 0)
     assert f"({first}) FINISHED: 2 jobs, 0 failed" in capsys.readouterr().err
     # another sweep into the same folder (other values), or a launch that does not resume: a new run
@@ -208,3 +210,17 @@ def test_a_resumed_sweep_continues_its_parent_run(tmp_path: Path, monkeypatch, c
     assert other != first
     fresh, _ = launch({0: "FINISHED"}, config(resume=False))
     assert fresh not in (first, other)
+
+
+def test_another_sweep_into_the_same_folder_opens_a_run_of_its_own(tmp_path: Path) -> None:
+    """A plain Hydra app on the engage launcher: the same sweep launched again continues its run;
+    other values swept into the same folder are another sweep, with a run of its own."""
+    base = [sys.executable, str(APP), "-m", "hydra/launcher=engage", "hydra.sweep.dir=sweep"]
+    for values in ("+x=1", "+x=1", "+x=2"):
+        done = subprocess.run([*base, values], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    parents = [
+        r for r in sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}") if r.data.tags.get("engage.kind") == "sweep"
+    ]
+    launches = sorted((r.data.params["sweep_overrides"], r.data.tags.get("engage.launches", "1")) for r in parents)
+    assert launches == [("+x=1", "2"), ("+x=2", "1")], launches

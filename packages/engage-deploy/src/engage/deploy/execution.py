@@ -40,7 +40,7 @@ from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
 from engage.deploy.job import HostRecord, JobContract, inherited_environ, read_run_id
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
-from engage.deploy.processes import JobProcess, terminate
+from engage.deploy.processes import JobProcess, stop_process
 from engage.deploy.progress import SweepProgress
 from engage.deploy.providers import Host, Provider
 from engage.deploy.report import SweepReport
@@ -359,6 +359,7 @@ class JobExecution:
             tracking=self.tracking.contract_for(job.folder),
             serving=self.serving,
             ranks=self.provider.ranks_per_job,
+            config_hash=job.config_hash,
         )
         contract.write(job.folder)
         if host.remote:
@@ -498,8 +499,8 @@ class JobExecution:
         # a job past job_timeout_s failed (its error says so), as the launch's counts have it;
         # KILLED is for jobs the user stopped (an interrupt, fail-fast)
         status = "FAILED" if timed_out else "KILLED" if killed else runner["status"]
-        if status == "KILLED" and ret.status == JobStatus.COMPLETED:
-            status = "COMPLETED"
+        if status in ("KILLED", "FAILED") and (timed_out or killed) and ret.status == JobStatus.COMPLETED:
+            status = "COMPLETED"  # its task had returned when the limit or the stop came
         elif status == "COMPLETED" and exit_code not in (0, None):
             # its task returned, then the job failed: another rank of a multi-node job, or the
             # process's own end (an exit handler, a crash in teardown); never reported completed
@@ -614,7 +615,7 @@ def _stop(process: Any) -> None:
     if cancel is not None:
         cancel()
     else:
-        terminate(process.pid)
+        stop_process(process)
 
 
 def _failed_return(job: SweepJob, error: BaseException) -> JobReturn:

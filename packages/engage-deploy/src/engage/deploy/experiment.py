@@ -7,7 +7,8 @@ Every launch writes a time-stamped folder of the same shape for every provider::
         placement.json             with ``placement: optimize``: the host of every service instance
         sweep.json                 options, counts, MLflow ids, tracking incidents
         parent-run-id              the MLflow run the jobs record under (a resumed sweep continues it)
-        mlflow-server.log          the sweep's MLflow server output (when it starts one)
+        mlflow-server.log          the sweep's MLflow server output (when it starts one; later
+                                   launches of the process on the same store use that server)
         hosts/<host>/metrics.csv   system metrics sampled every monitor_interval_s
         jobs/<idx>/                stdout.log, stderr.log, config.yaml, overrides.yaml, result.json,
                                    job.json (the job's contract), job.pkl/result.pkl (exchanged

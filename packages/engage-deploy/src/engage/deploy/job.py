@@ -128,6 +128,8 @@ class JobContract:
     tracking: TrackingContract | None = None
     serving: ServingPlan | None = None
     ranks: int = 1
+    #: the hash of the job's resolved config and task, as resume matches jobs on it
+    config_hash: str = ""
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
         """Write the contract to ``folder/job.json``, readable by its owner only; returns the path."""
@@ -160,6 +162,7 @@ class JobContract:
             tracking=TrackingContract(**tracking) if tracking else None,
             serving=ServingPlan.from_dict(data["serving"]) if data.get("serving") else None,
             ranks=int(data.get("ranks", 1)),
+            config_hash=str(data.get("config_hash", "")),
         )
 
     @classmethod

@@ -116,11 +116,21 @@ def engage_run_started(record: RunRecord) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    from engage.deploy.tracking import ATTEMPT_TAG, JOB_TAG
+    from engage.deploy.tracking import ATTEMPT_TAG, CONFIG_HASH_TAG, JOB_TAG
 
-    client = MlflowClient(record.tracking_uri)
-    client.set_tag(record.run_id, JOB_TAG, str(job.index))
-    client.set_tag(record.run_id, ATTEMPT_TAG, str(job.attempt))
+    tags = {JOB_TAG: str(job.index), ATTEMPT_TAG: str(job.attempt)}
+    if job.config_hash:
+        tags[CONFIG_HASH_TAG] = job.config_hash
+    try:
+        client = MlflowClient(record.tracking_uri)
+        for name, value in tags.items():
+            client.set_tag(record.run_id, name, value)
+    except Exception as exc:  # the launcher tags it as it records the job; the run goes on
+        import logging
+
+        logging.getLogger("engage.deploy").warning(
+            "job %d: its run could not be tagged as its job yet: %s", job.index, exc
+        )
 
 
 @hookimpl

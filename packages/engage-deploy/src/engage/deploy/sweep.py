@@ -32,9 +32,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engage.core.files import write_private
+from engage.core.tracking.naming import PARAM_MAX_CHARS
 from engage.deploy.execution import JobExecution, Recording
 from engage.deploy.experiment import ExperimentFolder, SweepJob, task_identity
 from engage.deploy.infrastructure import Infrastructure
@@ -109,10 +110,14 @@ class Sweep:
             provider_name=self.infrastructure.provider,
             sweep_dir=str(self.config.hydra.sweep.dir),
             resume=self.options.resume,
+            sweep_overrides=" ".join(OmegaConf.select(self.config, "hydra.overrides.task", default=[]) or [])[
+                :PARAM_MAX_CHARS
+            ],
         )
         overrides = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         results: dict[int, JobReturn] = {}
         monitors: dict[str, HostMonitor] = {}
+        interrupted = False
         with sigterm_interrupts(), tracking.launcher_environment():
             try:
                 # MLflow first: its server and the sweep's parent run get ready while hosts are
@@ -171,6 +176,7 @@ class Sweep:
                     }
                     results.update(self.execution.run(overrides, self._compose, done, payload, self.jobs.append))
             except KeyboardInterrupt:
+                interrupted = True
                 self._interrupt(overrides)
                 raise
             except BaseException as exc:  # the launch itself failed: its run does not end FINISHED
@@ -180,7 +186,7 @@ class Sweep:
                 (folder.path / SERVING_KEY_FILE).unlink(missing_ok=True)  # the replicas' key lives as long as the sweep
                 for monitor in monitors.values():
                     monitor.stop()
-                tracking.finish()
+                tracking.finish(interrupted=interrupted)
                 folder.write_summary({
                     "provider": self.infrastructure.provider,
                     **tracking.summary(),

@@ -69,10 +69,13 @@ class SweepTracking:
         provider_name: str,
         sweep_dir: str,
         resume: bool = False,
+        sweep_overrides: str = "",
     ) -> None:
         self.options = options
-        #: the launch resumes the sweep of ``sweep_dir``: it continues that sweep's parent run
+        #: the launch resumes the sweep of ``sweep_dir``: it continues that sweep's parent run,
+        #: if that run was of the same ``sweep_overrides`` (the command line's, its param)
         self.resume = resume
+        self.sweep_overrides = sweep_overrides or "(none)"  # MLflow keeps no empty param
         self.folder = folder
         self.report = report
         self.provider_name = provider_name
@@ -240,7 +243,12 @@ class SweepTracking:
                 client = MlflowClient(self.tracking_uri)
                 # a launch that resumes the sweep of its sweep directory continues that sweep's run
                 earlier = self.folder.recorded_parent(self.folder.sweep_dir, before=self.folder.path)
-                if self.resume and earlier and continuable(client, earlier, self.sweep_dir, self.experiment_id):
+                same = (
+                    self.resume
+                    and earlier is not None
+                    and continuable(client, earlier, self.sweep_dir, self.experiment_id, self.sweep_overrides)
+                )
+                if same:
                     reopen(client, earlier)
                     self.parent_run_id = earlier
                 else:
@@ -250,6 +258,7 @@ class SweepTracking:
                         tags={"engage.kind": "sweep", "engage.sweep_dir": self.sweep_dir},
                     )
                     self.parent_run_id = run.info.run_id
+                    client.log_param(self.parent_run_id, "sweep_overrides", self.sweep_overrides)
                 self._own_parent = True
         finally:
             # an empty file tells waiting jobs there is no parent run to attach to
@@ -404,15 +413,15 @@ class SweepTracking:
 
     # ------------------------------------------------------------------ the end
 
-    def finish(self) -> None:
+    def finish(self, interrupted: bool = False) -> None:
         """Upload offline records, end the sweep's own run as the report says, stop (or keep)
-        the server."""
+        the server. A launch that ended early waits for its parent run to exist before ending it
+        (one created after would stay RUNNING): as long as the server may take to start, or 10 s
+        when ``interrupted`` (Ctrl-C asks for a quick end)."""
         try:
             if self.tracking_uri is None:
                 return
-            # a launch that ends early (a failed deployment, an interrupt) waits for its parent
-            # run to exist before ending it: one created after this would stay RUNNING
-            self.opened(timeout_s=self.options.server_start_timeout_s + 30.0)
+            self.opened(timeout_s=10.0 if interrupted else self.options.server_start_timeout_s + 30.0)
             if self.report.offline_jobs:
                 self._upload_offline()
             self._log_description()

@@ -103,7 +103,7 @@ class EngageLauncher(Launcher):
         if not (mlflow.enabled and mlflow.tracking_uri):
             return None
         # without fallback_local, the callback checks the store itself, and stops where it does not answer
-        return _reachable_store(mlflow.tracking_uri, True) if mlflow.fallback_local else mlflow.tracking_uri
+        return _reachable_store(mlflow.tracking_uri, True, keep=True) if mlflow.fallback_local else mlflow.tracking_uri
 
     @classmethod
     def resumed_parent(cls, config: DictConfig) -> str | None:
@@ -152,32 +152,35 @@ class EngageLauncher(Launcher):
         return _core.launch(launcher=self, job_overrides=job_overrides, initial_job_idx=initial_job_idx)
 
 
-#: store named by hydra.launcher.mlflow.tracking_uri -> the one the sweep records in, once
-#: checked in this process (the sweep callback's preflight, then the launcher's setup)
+#: store named by hydra.launcher.mlflow.tracking_uri -> the one the sweep records in, as the sweep
+#: callback's preflight found it, until the launcher's setup takes it (each sweep checks anew)
 _STORES: dict[tuple[str, bool], str] = {}
 
 
-def _reachable_store(uri: str, fallback_local: bool) -> str:
+def _reachable_store(uri: str, fallback_local: bool, keep: bool = False) -> str:
     """``uri`` if it answers; else, with ``fallback_local``, the local fallback store (said in
-    one warning line), else :class:`~engage.core.tracking.store.TrackingUnavailable`."""
-    from engage.core.tracking.store import TrackingUnavailable, check_reachable, default_tracking_uri
+    one warning line), else :class:`~engage.core.tracking.store.TrackingUnavailable`. ``keep``
+    (the sweep callback's preflight): the answer waits for the launcher's setup, which takes it."""
+    from engage.core.tracking.store import TrackingUnavailable, check_reachable, fallback_tracking_uri
 
     key = (uri, fallback_local)
-    if key not in _STORES:
-        try:
-            check_reachable(uri)
-            _STORES[key] = uri
-        except TrackingUnavailable as exc:
-            if not fallback_local:
-                raise
-            local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
-            print(
-                f"engage launcher: warning: hydra.launcher.mlflow.tracking_uri: {exc}; recording the sweep "
-                f"locally to {local}",
-                file=sys.stderr,
-            )
-            _STORES[key] = local
-    return _STORES[key]
+    if key in _STORES:  # the sweep callback's preflight checked it for this sweep: the setup takes it
+        return _STORES.pop(key)
+    try:
+        check_reachable(uri)
+        found = uri
+    except TrackingUnavailable as exc:
+        if not fallback_local:
+            raise
+        found = fallback_tracking_uri()
+        print(
+            f"engage launcher: warning: hydra.launcher.mlflow.tracking_uri: {exc}; recording the sweep "
+            f"locally to {found}",
+            file=sys.stderr,
+        )
+    if keep:
+        _STORES[key] = found
+    return found
 
 
 def _check_experiment(mlflow: Any) -> None:

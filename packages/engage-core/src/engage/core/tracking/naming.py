@@ -19,6 +19,10 @@ from typing import Any
 SWEEP_OVERRIDES_TAG = "engage.sweep_overrides"
 #: the tag of a sweep job's run holding the job's number in its sweep (one run per attempt)
 JOB_TAG = "engage.job"
+#: the tag of a sweep job's run holding the hash of its resolved config and task (resume matches on it)
+CONFIG_HASH_TAG = "engage.config_hash"
+#: the tag of a sweep job's run holding which of the job's attempts it is, from 1
+ATTEMPT_TAG = "engage.attempt"
 #: MLflow's limit on a parameter's value (a run's overrides, a sweep's)
 PARAM_MAX_CHARS = 6000
 #: the param of each run holding its simulator's parameter space in words, units included (a

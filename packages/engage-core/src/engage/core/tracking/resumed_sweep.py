@@ -46,7 +46,12 @@ def continuable(
 
 
 def reopen(client: Any, run_id: str) -> None:
-    """Mark ``run_id`` ``RUNNING`` again, counting the launches it spans in :data:`LAUNCHES_TAG`."""
-    launches = int(client.get_run(run_id).data.tags.get(LAUNCHES_TAG, "1")) + 1
+    """Mark ``run_id`` ``RUNNING`` again, counting the launches it spans in :data:`LAUNCHES_TAG`;
+    the cause an earlier launch ended with (``engage.error``) goes: this launch says its own."""
+    from engage.core.tracking.store import ERROR_TAG
+
+    tags = client.get_run(run_id).data.tags
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, LAUNCHES_TAG, str(launches))
+    client.set_tag(run_id, LAUNCHES_TAG, str(int(tags.get(LAUNCHES_TAG, "1")) + 1))
+    if ERROR_TAG in tags:
+        client.delete_tag(run_id, ERROR_TAG)

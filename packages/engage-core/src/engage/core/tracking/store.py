@@ -36,6 +36,13 @@ def default_tracking_uri(directory: str | os.PathLike[str] | None = None) -> str
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
 
 
+def fallback_tracking_uri() -> str:
+    """Where a sweep records when its store does not answer and falling back was allowed
+    (``logger.fallback_local``, ``hydra.launcher.mlflow.fallback_local``): ``mlflow-fallback.db``
+    beside :func:`default_tracking_uri`'s store."""
+    return f"sqlite:///{(launch_folder() / 'mlflow-fallback.db').resolve()}"
+
+
 def launch_folder() -> Path:
     """The folder the command was started in: Hydra's ``runtime.cwd`` inside a Hydra app, else
     the working directory."""

@@ -11,7 +11,14 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from engage.core.tracking.naming import JOB_TAG, PARAM_MAX_CHARS, SWEEP_OVERRIDES_TAG, sweep_name
+from engage.core.tracking.naming import (
+    ATTEMPT_TAG,
+    CONFIG_HASH_TAG,
+    JOB_TAG,
+    PARAM_MAX_CHARS,
+    SWEEP_OVERRIDES_TAG,
+    sweep_name,
+)
 from engage.core.tracking.resumed_sweep import continuable, reopen
 from engage.core.tracking.store import (
     PARENT_RUN_ENV,
@@ -19,7 +26,7 @@ from engage.core.tracking.store import (
     UNAVAILABLE_FIX,
     TrackingUnavailable,
     check_reachable,
-    default_tracking_uri,
+    fallback_tracking_uri,
     resolve_experiment,
     resolve_tracking_uri,
 )
@@ -74,7 +81,7 @@ class MLflowSweepCallback(Callback):
 
                 print(f"engage run: {exc}; {UNAVAILABLE_FIX}", file=sys.stderr)
                 raise SystemExit(EXIT_TRACKING_UNAVAILABLE) from None
-            local = default_tracking_uri().replace("mlflow.db", "mlflow-fallback.db")
+            local = fallback_tracking_uri()
             print(f"engage run: {exc}; logging the sweep locally to {local}", file=sys.stderr)
             self.tracking_uri = local
         client = uninterrupted_client(self.tracking_uri)
@@ -221,21 +228,30 @@ def _first_failed_job(client: Any, run_id: str, failed: int) -> str:
 
 def job_runs(client: Any, run_id: str) -> list[Any]:
     """The runs of the jobs of the sweep whose run is ``run_id`` (its children): of a job run
-    more than once (a launcher's retries, a launch that resumed the sweep), numbered by its
-    ``engage.job`` tag, the latest attempt alone, the one that stands for the job."""
+    more than once (a launcher's retries, a launch that resumed the sweep), the one job of its
+    number (``engage.job``) and config (``engage.config_hash``, where the run has it: a batched
+    sweeper resumed in a new process numbers its trials from 0 again), the latest attempt alone
+    stands for it."""
     children = client.search_runs(
         [client.get_run(run_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
         max_results=50000,
     )
-    latest: dict[str, Any] = {}
+
+    def order(run: Any) -> tuple[int, int]:
+        attempt = run.data.tags.get(ATTEMPT_TAG, "0")
+        return run.info.start_time or 0, int(attempt) if attempt.isdigit() else 0
+
+    latest: dict[tuple[str, str], Any] = {}
     runs = []
     for run in children:
         job = run.data.tags.get(JOB_TAG)
         if job is None:
             runs.append(run)
-        elif job not in latest or (run.info.start_time or 0) >= (latest[job].info.start_time or 0):
-            latest[job] = run
+            continue
+        key = (job, run.data.tags.get(CONFIG_HASH_TAG, ""))
+        if key not in latest or order(run) >= order(latest[key]):
+            latest[key] = run
     return runs + list(latest.values())
 
 
