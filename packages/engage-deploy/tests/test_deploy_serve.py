@@ -476,7 +476,10 @@ def test_publishing_refuses_what_it_cannot_send_and_a_training_no_replica_took_f
     assert nan._pending is None
     trainer = pl.Trainer(max_steps=2, callbacks=[callback], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    with pytest.raises(ServingError, match=r"^no replica took any version of the weights \(2 attempts; the last, to"):
+    # two versions offered; a sender still busy with the first when the second comes sends the newer only
+    with pytest.raises(
+        ServingError, match=r"^no replica took any version of the weights \((1 attempt|2 attempts); the"
+    ):
         trainer.fit(Sine(), loader(samples=256))
     assert {p.status for p in callback.publications} == {0}
 

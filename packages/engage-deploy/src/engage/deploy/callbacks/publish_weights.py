@@ -157,7 +157,8 @@ class PublishWeights(pl.Callback):
 
             last = attempts[-1]
             raise ServingError(
-                f"no replica took any version of the weights ({len(attempts)} attempts; the last, to {last.replica}: "
+                f"no replica took any version of the weights ({len(attempts)} attempt{'s' * (len(attempts) != 1)}; "
+                f"the last, to {last.replica}: "
                 f"{' '.join((last.detail or f'HTTP {last.status}').split())[:200]})"
             )
 
