@@ -689,13 +689,17 @@ def test_a_failed_jobs_line_is_printed_again_only_where_its_process_wrote_it_els
     assert not pickle.loads(done.stdout).printed_here
 
 
-def test_a_run_whose_training_diverged_says_so(tmp_path):
+def test_a_run_whose_training_diverged_fails(tmp_path):
     """A learning rate far too high: the metrics are nan, which a sweeper optimising them or a
-    reader of the end line would take for a result."""
+    reader of the end line would take for a result: the run fails, in one line, FAILED."""
     result = engage("run", *TINY, "model.lr=1e30", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    warning = [line for line in result.stderr.splitlines() if "training diverged" in line]
-    assert warning and "val/rel_l2" in warning[0] and "lower model.lr" in warning[0], result.stderr[-2000:]
+    assert result.returncode == 4, result.stderr[-3000:]
+    (line,) = _stderr_lines(result)
+    assert line.startswith("engage run: training diverged: ") and "val/rel_l2" in line, line
+    assert "lower model.lr" in line, line
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["engage.error"].startswith("training diverged: ")
 
 
 @pytest.mark.slow

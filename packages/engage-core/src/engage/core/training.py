@@ -506,6 +506,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
             if cfg.test_after_fit and not LastValidation.of_final_weights(trainer):
                 trainer.validate(model, datamodule=datamodule, verbose=False)
+            diverged = _not_finite(trainer)
+            if diverged:
+                # the model it ends with learnt nothing: a sweeper optimising the metric, or a
+                # reader of the run, would take it for a result
+                raise OnlineRunFailed(
+                    f"training diverged: {', '.join(diverged)} not finite at step {trainer.global_step}; lower "
+                    "model.lr, or look at the data (values outside the simulator's value_range are warned above)"
+                )
         else:
             trainer.validate(model, datamodule=datamodule)
     except KeyboardInterrupt:
@@ -612,11 +620,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             + f"\n{outcome}MLflow: mlflow ui --backend-store-uri {tracking_uri}  (store: {where})",
             highlight=False,
         )
-    diverged = sorted(k for k, v in metrics.items() if k.startswith(("train/", "val/")) and not math.isfinite(v))
-    if diverged:  # a sweeper optimising it, or a reader of the line above, would take nan for a result
-        console.print(
-            f"[yellow]engage run: warning: {', '.join(diverged)} not finite: training diverged; lower model.lr, "
-            "or look at the data[/yellow]",
-            highlight=False,
-        )
     return metrics
+
+
+def _not_finite(trainer: pl.Trainer) -> list[str]:
+    """The run's ``train/`` and ``val/`` metrics that are NaN or infinite as it ends."""
+    values = {k: v for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    return sorted(k for k, v in values.items() if k.startswith(("train/", "val/")) and not math.isfinite(float(v)))
