@@ -242,6 +242,17 @@ def test_the_c_client_stops_at_once_when_the_trainer_refuses_its_keys_or_it_has_
                                          "status 400)"), refused.stderr  # fmt: skip
         bare = subprocess.run([c_wave, address, "0", "0", "3"], env=env, capture_output=True, text=True, timeout=30)
         assert bare.returncode == 2 and bare.stderr.startswith(f"no keys for {address}"), bare.stderr
+        # strings that are no Z85 keys (libzmq would go on without CURVE), and a key file others can read
+        junk = json.dumps({"server": "!" * 40, "public": "~" * 40, "secret": "~" * 40})
+        bad = subprocess.run([c_wave, address, "0", "0", "3"], env={**env, "ENGAGE_KEYS": junk},
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert bad.returncode == 2 and "holds keys libzmq refuses" in bad.stderr, bad.stderr
+        shared = tmp_path / "keys.json"
+        shared.write_text(foreign)
+        shared.chmod(0o644)
+        loose = subprocess.run([c_wave, address, "0", "0", "3"], env={**env, "ENGAGE_KEY_FILE": str(shared)},
+                               capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert loose.returncode == 2 and "is readable by others (mode 644)" in loose.stderr, loose.stderr
     finally:
         server.close(linger=0)
         authenticator.stop()

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -86,6 +87,12 @@ static int use_keys(const char *address, void *context) {
     if (inline_keys && *inline_keys) {
         snprintf(text, sizeof text, "%s", inline_keys);
     } else if (path && *path) {
+        struct stat info;
+        if (stat(path, &info) == 0 && (info.st_mode & 077)) { /* as the Python client: keys are private */
+            fprintf(stderr, "ENGAGE_KEY_FILE=%s is readable by others (mode %03o); the trainer writes it 0600\n",
+                    path, (unsigned)(info.st_mode & 0777));
+            return -1;
+        }
         FILE *f = fopen(path, "r");
         from = "ENGAGE_KEY_FILE";
         if (!f || !fread(text, 1, sizeof text - 1, f)) {
@@ -106,9 +113,13 @@ static int use_keys(const char *address, void *context) {
                         "characters each)\n", from);
         return -1;
     }
-    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, 41);
-    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, public, 41);
-    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret, 41);
+    /* libzmq refuses a string that is no Z85 key (EINVAL): the socket would go on without CURVE */
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, 41) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, public, 41) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, secret, 41) != 0) {
+        fprintf(stderr, "%s holds keys libzmq refuses (%s): Z85 strings of the trainer's\n", from, zmq_strerror(errno));
+        return -1;
+    }
     /* the trainer's refusal of these keys (its ZAP handler answers 400) is heard on a monitor */
     if (zmq_socket_monitor(sock, "inproc://engage-auth", ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0) {
         monitor = zmq_socket(context, ZMQ_PAIR);
