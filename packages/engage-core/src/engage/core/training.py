@@ -512,7 +512,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 # reader of the run, would take it for a result
                 raise OnlineRunFailed(
                     f"training diverged: {', '.join(diverged)} not finite at step {trainer.global_step}; lower "
-                    "model.lr, or look at the data (values outside the simulator's value_range are warned above)"
+                    "model.lr, or look at the data (values outside the simulator's value_range are warned above)",
+                    said_elsewhere=trainer.global_rank != 0,  # every rank sees it; rank 0 says it
                 )
         else:
             trainer.validate(model, datamodule=datamodule)
