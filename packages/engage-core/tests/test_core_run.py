@@ -737,3 +737,24 @@ def test_a_resumed_fit_with_no_sample_left_writes_no_checkpoint_and_says_what_to
     more = engage("run", *args, "trainer.max_epochs=2", "data.train_simulations=4", "ckpt_path=last", cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]
     assert (run_dir / "checkpoints" / "epoch=1-step=10.ckpt").is_file(), sorted(os.listdir(run_dir / "checkpoints"))
+
+
+def test_a_requeued_job_neither_fails_nor_ends_its_sweep(tmp_path):
+    """Slurm requeued a job (exit 75): it goes on in its next incarnation; the sweep's run stays
+    RUNNING (it was FAILED for minutes, until the sweep's end put it right)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from mlflow import MlflowClient
+
+    from engage.core.run import EXIT_REQUEUED, RunFailed
+    from engage.core.tracking.sweep import MLflowSweepCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweeps")
+    parent = client.create_run(experiment, run_name="s", tags={"engage.kind": "sweep"}).info.run_id
+    callback = MLflowSweepCallback()
+    callback.run_id, callback.tracking_uri = parent, uri
+    job = JobReturn(status=JobStatus.FAILED)
+    job._return_value = RunFailed("job 22_0 requeued at step 4022", EXIT_REQUEUED)
+    callback.on_job_end(None, job)
+    assert client.get_run(parent).info.status == "RUNNING" and callback.counts == {"completed": 0, "failed": 0}

@@ -838,3 +838,16 @@ def test_a_job_no_node_can_hold_is_refused_naming_what_it_asks(slurm_cluster, tm
 
     with pytest.raises(ConfigError, match=r"asks \(--nodes=9\); ask for fewer nodes, less mem"):
         check_submission(["--nodes=9"], "infrastructure.options", "infrastructure.provider=slurm")
+
+
+def test_a_sweep_job_says_how_slurm_ended_it(tmp_path, monkeypatch):
+    """The launcher's line for a failed attempt names Slurm's end (TIMEOUT, NODE_FAIL, a
+    cancellation), which the batch job stands for; it said "exited with code 75" for all."""
+    from engage.deploy.providers.slurm import SlurmJob
+    from engage.deploy.slurm.executor import JobStates, SlurmProcess
+
+    states = JobStates(interval_s=3600)
+    monkeypatch.setattr(states, "state", lambda job_id: ("TIMEOUT", "TimeLimit"))
+    job = SlurmJob(SlurmProcess("12_3", tmp_path / "log", 600.0, states))
+    assert job.poll() is not None
+    assert job.ended == "TIMEOUT (TimeLimit)"

@@ -120,6 +120,12 @@ class MLflowSweepCallback(Callback):
             os.environ[key] = value
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        from engage.core.run import EXIT_REQUEUED
+
+        if getattr(job_return._return_value, "exit_code", None) == EXIT_REQUEUED:
+            # Slurm requeued the job: it goes on in its next incarnation, neither failed nor done
+            # (this runs in the job's own process under the engage launcher)
+            return
         if job_return.status == JobStatus.COMPLETED:
             self.counts["completed"] += 1
         else:

@@ -186,6 +186,12 @@ class SlurmJob:
     def node(self) -> str:
         return self._process.host
 
+    @property
+    def ended(self) -> str:
+        """How Slurm ended it (``TIMEOUT (TimeLimit)``, ``NODE_FAIL (NodeDown)``, ...), once it
+        ended; the launcher's line for a failed attempt says it."""
+        return self._process.ended
+
     def submitted_as(self, job_id: str) -> None:
         """``sbatch`` took it as ``job_id`` (``12_3``: task 3 of array 12)."""
         self._process.submitted_as(job_id)
