@@ -182,6 +182,7 @@ def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_pat
     first = MLflowRun.open(cfg, store)
     (out / RUN_FILE).write_text(json.dumps({"run_id": first.run_id, "tracking_uri": store}))
     first.close("SCHEDULED")  # what a requeued incarnation leaves
+    MlflowClient(store).set_tag(first.run_id, "engage.error", "job 7 requeued at step 40")  # and why
     trainer = SimpleNamespace(default_root_dir=str(out))
     assert requeued_run(trainer, out, store) is None  # not in Slurm
     for name, value in {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "engage-job", "SLURM_NTASKS": "1"}.items():
@@ -198,6 +199,7 @@ def test_a_requeued_slurm_jobs_next_incarnation_continues_its_mlflow_run(tmp_pat
     again.close("FINISHED")
     (run,) = client.search_runs([client.get_experiment_by_name("requeue").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["engage.incarnations"] == "2"
+    assert "engage.error" not in run.data.tags  # the requeue's line is not the finished run's cause
     # an incarnation that ended otherwise than requeued (FINISHED here) is not taken on again
     fresh = MLflowRun.open(cfg, store, continued=first.run_id)
     assert not fresh.continued and fresh.run_id != first.run_id

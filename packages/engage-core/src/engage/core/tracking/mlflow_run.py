@@ -177,6 +177,10 @@ class MLflowRun:
             return None
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "engage.incarnations", str(int(run.data.tags.get("engage.incarnations", "1")) + 1))
+        from engage.core.tracking.store import ERROR_TAG
+
+        if ERROR_TAG in run.data.tags:  # the requeue's line: this incarnation says how the run ends
+            client.delete_tag(run_id, ERROR_TAG)
         experiment = client.get_experiment(run.info.experiment_id)
         logger = RunLogger(experiment_name=experiment.name, tracking_uri=tracking_uri, run_id=run_id, log_model=False)
         return cls(tracking_uri, run_id, run.info.run_name, logger, _hydra_job()[0], continued=True)._started(cfg)
