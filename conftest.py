@@ -54,6 +54,28 @@ MLFLOW_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
 
 
 @pytest.fixture(autouse=True)
+def _logging_handlers_put_back():
+    """A Hydra app or sweep run in the test process (Hydra's launcher suites, ``engage run`` called
+    in-process) configures logging as Hydra does, with handlers on the streams of that test's
+    capture; left in place, they write to closed streams in later tests (``--- Logging error
+    ---`` in their output, breaking assertions on it at random)."""
+    import logging
+
+    def handlers() -> dict[str, list[logging.Handler]]:
+        loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+        return {logger.name: list(logger.handlers) for logger in loggers}
+
+    before = handlers()
+    yield
+    for name, now in handlers().items():
+        logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+        for handler in now:
+            if handler not in before.get(name, []):
+                logger.removeHandler(handler)
+                handler.close()
+
+
+@pytest.fixture(autouse=True)
 def no_mlflow_store_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts without an MLflow store or experiment in the environment (a test that
     logged through Lightning in this process leaves one), and leaves none behind."""

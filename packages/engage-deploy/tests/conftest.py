@@ -9,27 +9,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _logging_handlers_put_back():
-    """A sweep run in this process (Hydra's launcher suites, the launcher's own tests) configures
-    logging as Hydra does, with handlers on the streams of that test's capture; left in place,
-    they write to closed streams in later tests (``--- Logging error ---`` in their output)."""
-    import logging
-
-    def handlers() -> dict[str, list[logging.Handler]]:
-        loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
-        return {logger.name: list(logger.handlers) for logger in loggers}
-
-    before = handlers()
-    yield
-    for name, now in handlers().items():
-        logger = logging.getLogger() if name == "root" else logging.getLogger(name)
-        for handler in now:
-            if handler not in before.get(name, []):
-                logger.removeHandler(handler)
-                handler.close()
-
-
 @pytest.fixture
 def serve_on_continuum() -> Callable[..., dict]:
     """``run(workdir, *overrides)``: one ``engage run`` serving while it trains on the
