@@ -838,6 +838,11 @@ def test_a_job_no_node_can_hold_is_refused_naming_what_it_asks(slurm_cluster, tm
 
     with pytest.raises(ConfigError, match=r"asks \(--nodes=9\); ask for fewer nodes, less mem"):
         check_submission(["--nodes=9"], "infrastructure.options", "infrastructure.provider=slurm")
+    # GPUs no node has, asked through the simulations' extra #SBATCH lines too (they were sent untried)
+    with pytest.raises(
+        ConfigError, match=r"no node of the partition has the GPUs or resources a job asks \(--gres=gpu:1\)"
+    ):
+        SlurmExecutor(log_dir=str(tmp_path), check_folder=False, extra=["--gres=gpu:1"])
 
 
 def test_a_sweep_job_says_how_slurm_ended_it(tmp_path, monkeypatch):

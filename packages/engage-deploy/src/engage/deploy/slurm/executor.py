@@ -435,6 +435,12 @@ def check_submission(flags: list[str], field: str, what: str) -> None:
                 f"{field}: {msg}: no node of the partition has what a job asks ({asked or 'its defaults'}); "
                 f"ask for {fix}less mem or fewer cpus_per_task (`sinfo -N -l` lists the nodes, their CPUs and memory)"
             ) from None
+        if "gres" in msg.lower() or "generic resource" in msg.lower():
+            asked = " ".join(flag for flag in flags if flag.startswith(("--gpus", "--gres")))
+            raise ConfigError(
+                f"{field}: {msg}: no node of the partition has the GPUs or resources a job asks ({asked}); "
+                "ask for none there, or pick a partition whose nodes have them (`sinfo -o '%P %N %G'`)"
+            ) from None
         raise ConfigError(f"{what}: {msg}; check that slurmctld is reachable (`sinfo`) and {field}") from None
 
 
@@ -747,8 +753,9 @@ class SlurmExecutor(Executor):
         return ["--nodes=1", f"--ntasks={simulations}", *sbatch_flags(**self._job_options, mem=mem)]
 
     def _check(self) -> None:
-        # the largest job it will submit
-        check_submission(self.group_options(self.simulations_per_job), "data.executor_options", "data.executor=slurm")
+        # the largest job it will submit, with its #SBATCH lines of ``extra``, as the launcher checks its own
+        flags = [*self.group_options(self.simulations_per_job), *self.extra]
+        check_submission(flags, "data.executor_options", "data.executor=slurm")
 
     def _check_folder(self, folder: Path, timeout_s: float) -> None:
         """Refuse (one line) a folder that a job on a compute node does not see as this host does."""
