@@ -92,17 +92,12 @@ def test_a_sweep_whose_sweeper_went_on_past_a_failed_job_ends_with_its_code_and_
     """Optuna's ``max_failure_rate`` returns from the sweep as if all went well: the sweep still
     ends FAILED, with the first failed job's exit code and its line last."""
     from hydra.core.utils import JobReturn, JobStatus
-    from mlflow import MlflowClient
 
     from engage.core.run import RunFailed
     from engage.core.tracking.sweep import MLflowSweepCallback
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("sweeps")
-    parent = client.create_run(experiment, run_name="s", tags={"engage.kind": "sweep"}).info.run_id
-    callback = MLflowSweepCallback()
-    callback.run_id, callback.tracking_uri = parent, uri
+    client, experiment, parent, callback = _sweep_callback(tmp_path)
+    uri = callback.tracking_uri
     for status, value in (
         (JobStatus.FAILED, RunFailed("online run failed: simulation 3 failed after 1 attempts", 4)),
         (JobStatus.COMPLETED, 0.1),
@@ -743,9 +738,21 @@ def test_a_requeued_job_neither_fails_nor_ends_its_sweep(tmp_path):
     """Slurm requeued a job (exit 75): it goes on in its next incarnation; the sweep's run stays
     RUNNING (it was FAILED for minutes, until the sweep's end put it right)."""
     from hydra.core.utils import JobReturn, JobStatus
-    from mlflow import MlflowClient
 
     from engage.core.run import EXIT_REQUEUED, RunFailed
+
+    client, _, parent, callback = _sweep_callback(tmp_path)
+    job = JobReturn(status=JobStatus.FAILED)
+    job._return_value = RunFailed("job 22_0 requeued at step 4022", EXIT_REQUEUED)
+    callback.on_job_end(None, job)
+    assert client.get_run(parent).info.status == "RUNNING" and callback.counts == {"completed": 0, "failed": 0}
+
+
+def _sweep_callback(tmp_path):
+    """An MLflow store with a sweep's run, and the sweep callback holding it:
+    ``(client, experiment id, sweep run id, callback)``."""
+    from mlflow import MlflowClient
+
     from engage.core.tracking.sweep import MLflowSweepCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -754,7 +761,4 @@ def test_a_requeued_job_neither_fails_nor_ends_its_sweep(tmp_path):
     parent = client.create_run(experiment, run_name="s", tags={"engage.kind": "sweep"}).info.run_id
     callback = MLflowSweepCallback()
     callback.run_id, callback.tracking_uri = parent, uri
-    job = JobReturn(status=JobStatus.FAILED)
-    job._return_value = RunFailed("job 22_0 requeued at step 4022", EXIT_REQUEUED)
-    callback.on_job_end(None, job)
-    assert client.get_run(parent).info.status == "RUNNING" and callback.counts == {"completed": 0, "failed": 0}
+    return client, experiment, parent, callback
