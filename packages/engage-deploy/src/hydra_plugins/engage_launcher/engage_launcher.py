@@ -139,11 +139,10 @@ class EngageLauncher(Launcher):
 
                 print(f"engage launcher: hydra.launcher.mlflow.tracking_uri: {exc}", file=sys.stderr)
                 sys.exit(EXIT_TRACKING_UNAVAILABLE)
-        if self.options.mlflow.enabled:
+        if mlflow.enabled:
             from engage.deploy.mlflow_process import import_mlflow_early
 
             # a kept server is asked over HTTP; otherwise this process writes the SQLite store
-            mlflow = self.options.mlflow
             import_mlflow_early(sql_store=mlflow.store().startswith("sqlite:") and not mlflow.keep_server)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
