@@ -32,10 +32,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from engage.core.files import write_private
-from engage.core.tracking.naming import PARAM_MAX_CHARS
+from engage.core.tracking.sweep import sweep_overrides_param, swept_overrides
 from engage.deploy.execution import JobExecution, Recording
 from engage.deploy.experiment import ExperimentFolder, SweepJob, task_identity
 from engage.deploy.infrastructure import Infrastructure
@@ -110,9 +110,7 @@ class Sweep:
             provider_name=self.infrastructure.provider,
             sweep_dir=str(self.config.hydra.sweep.dir),
             resume=self.options.resume,
-            sweep_overrides=" ".join(OmegaConf.select(self.config, "hydra.overrides.task", default=[]) or [])[
-                :PARAM_MAX_CHARS
-            ],
+            sweep_overrides=sweep_overrides_param(swept_overrides(self.config)),
         )
         overrides = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         results: dict[int, JobReturn] = {}

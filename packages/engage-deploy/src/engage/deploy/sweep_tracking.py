@@ -75,7 +75,7 @@ class SweepTracking:
         #: the launch resumes the sweep of ``sweep_dir``: it continues that sweep's parent run,
         #: if that run was of the same ``sweep_overrides`` (the command line's, its param)
         self.resume = resume
-        self.sweep_overrides = sweep_overrides or "(none)"  # MLflow keeps no empty param
+        self.sweep_overrides = sweep_overrides
         self.folder = folder
         self.report = report
         self.provider_name = provider_name

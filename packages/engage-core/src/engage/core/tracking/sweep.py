@@ -88,14 +88,9 @@ class MLflowSweepCallback(Callback):
         name = resolve_experiment(logger_cfg.get("experiment"))
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        from engage.core.config.validate import last_per_key, sweeper_params
-
-        # the sweeper's params (a config file's, Optuna's search space) and the command line's,
-        # which replaces a param of the same key
-        task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
-        sweep_overrides = last_per_key(sweeper_params(config) + task)
+        sweep_overrides = swept_overrides(config)
         sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir", default=""))
-        overrides_param = " ".join(sweep_overrides)[:PARAM_MAX_CHARS]
+        overrides_param = sweep_overrides_param(sweep_overrides)
         # a launch that resumes the sweep of its sweep directory continues that sweep's run
         earlier = launcher_resumed_parent(config)
         if earlier is not None and continuable(client, earlier, sweep_dir, experiment_id, overrides_param):
@@ -298,6 +293,21 @@ def log_job_counts(
     client.log_metric(run_id, "jobs_failed", float(failed))
     client.log_metric(run_id, "jobs_stopped", float(stopped))
     return failed, stopped, 0 if running_failed else running
+
+
+def swept_overrides(config: DictConfig) -> list[str]:
+    """What a sweep varies, as overrides: the sweeper's params (a config file's, Optuna's search
+    space) and the command line's, which replaces a param of the same key."""
+    from engage.core.config.validate import last_per_key, sweeper_params
+
+    task = list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+    return last_per_key(sweeper_params(config) + task)
+
+
+def sweep_overrides_param(overrides: list[str]) -> str:
+    """The ``sweep_overrides`` param of a sweep's run: what tells a sweep launched again into its
+    folder from another sweep there."""
+    return " ".join(overrides)[:PARAM_MAX_CHARS]
 
 
 def launcher_preflight(config: DictConfig) -> str | None:
