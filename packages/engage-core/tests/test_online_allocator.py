@@ -54,7 +54,12 @@ FRAMES = textwrap.dedent(
     frames.put(None)
     for thread in threads:
         thread.join()
-    print(json.dumps({"retained": retained, "faults_per_frame": faults / 100}))
+    print(json.dumps({"retained": retained, "faults_per_frame": faults / 100}), flush=True)
+    # the socket closes before its context, not in interpreter teardown: a context terminated
+    # while it still has a socket waits forever (and pyzmq's thread that frees zero-copy frames
+    # may be mid-send then)
+    receiver.close(linger=0)
+    context.term()
     """
 )
 

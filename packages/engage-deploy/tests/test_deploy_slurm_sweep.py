@@ -30,12 +30,27 @@ def _results(cwd: Path) -> dict[int, dict]:
     return {int(p.parent.name): json.loads(p.read_text()) for p in folder.glob("jobs/*/result.json")}
 
 
-def _live_jobs(cluster) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], env=cluster.env, capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines() if "engage-job-" in line]
+def _queue(cluster, *options: str) -> list[list[str]]:
+    out = subprocess.run(["squeue", "-h", *options], env=cluster.env, capture_output=True, text=True, check=True)
+    return [line.split() for line in out.stdout.splitlines() if line.strip()]
 
 
-def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_cluster, tmp_path):
+@pytest.fixture
+def live_jobs(slurm_cluster):
+    """The jobs this test submitted that are still in Slurm's queue, as ``"<id> <name> <state>"``.
+    The cluster serves the whole session: a job of an earlier test may still be completing, so
+    only ids above the highest one in the queue (finished jobs included) when the test starts
+    count; Slurm numbers jobs in order."""
+    last = max((int(job) for (job,) in _queue(slurm_cluster, "--states=all", "-o", "%F")), default=0)
+
+    def jobs() -> list[str]:
+        listed = _queue(slurm_cluster, "-o", "%F %i %j %T")
+        return [" ".join(rest) for first, *rest in listed if int(first) > last and "engage-job-" in rest[1]]
+
+    return jobs
+
+
+def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_cluster, live_jobs, tmp_path):
     from mlflow.tracking import MlflowClient
 
     # a secret of the user's and a plain variable in the launcher's environment
@@ -86,10 +101,10 @@ def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_clust
     (failed,) = [r for r in children if r.info.status != "FINISHED"]
     assert (failed.info.status, failed.data.metrics["x"], failed.data.tags["engage.attempt"]) == ("FAILED", 4, "1")
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert not _live_jobs(slurm_cluster)
+    assert not live_jobs()
 
 
-def test_fail_fast_cancels_the_array_tasks_slurm_has_not_started(slurm_cluster, tmp_path):
+def test_fail_fast_cancels_the_array_tasks_slurm_has_not_started(slurm_cluster, live_jobs, tmp_path):
     """One slot: the array runs a task at a time. Job 0 fails; with ``fail_fast`` the tasks Slurm
     has not started yet are cancelled and recorded SKIPPED, never run."""
     done = subprocess.run(
@@ -105,10 +120,12 @@ def test_fail_fast_cancels_the_array_tasks_slurm_has_not_started(slurm_cluster, 
     assert "fail_fast" in results[2]["error"], results
     (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
     assert "job x=3" not in (folder / "jobs" / "2" / "stdout.log").read_text()
-    assert not _live_jobs(slurm_cluster)
+    assert not live_jobs()
 
 
-def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_midway(slurm_cluster, tmp_path):
+def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_midway(
+    slurm_cluster, live_jobs, tmp_path
+):
     """``nodes=2``: the job's script starts the runner once a task with ``srun``; each task is a
     rank of one DDP fit (gloo between two network namespaces, which share no loopback), rank 0
     records the job, and both ranks' simulations count in its outcome. With ``requeue=true`` the
@@ -137,7 +154,7 @@ def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_
     while log().count("engage runner: rank") < 2:  # both ranks listen for the signal
         assert time.monotonic() < deadline and thread.is_alive(), log()[-3000:]
         time.sleep(0.2)
-    (job,) = [line.split()[0] for line in _live_jobs(slurm_cluster)]
+    (job,) = [line.split()[0] for line in live_jobs()]
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm_cluster.env, check=True)
     while thread.is_alive():
         line = subprocess.run(
@@ -182,11 +199,11 @@ def test_a_two_node_job_of_a_sweep_trains_one_ddp_fit_across_its_nodes_requeued_
     (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert child.info.status == "FINISHED" and child.data.tags["engage.incarnations"] == "2", child.info
     assert child.info.run_id == results[0]["job_run_id"], results
-    assert not _live_jobs(slurm_cluster)
+    assert not live_jobs()
     print(f"{job}: {' -> '.join(seen)}")
 
 
-def test_a_one_rank_job_of_a_sweep_requeued_midway_resumes_from_its_checkpoint(slurm_cluster, tmp_path):
+def test_a_one_rank_job_of_a_sweep_requeued_midway_resumes_from_its_checkpoint(slurm_cluster, live_jobs, tmp_path):
     """A job of one task is submitted with its shape (``--nodes=1 --ntasks-per-node=1``), so that
     Slurm sets ``SLURM_NTASKS``: without it Lightning does not take the job for a Slurm job, and
     its next incarnation trained again from the start in a second MLflow run, the first left
@@ -211,7 +228,7 @@ def test_a_one_rank_job_of_a_sweep_requeued_midway_resumes_from_its_checkpoint(s
     while "GPU available" not in log():
         assert time.monotonic() < deadline and thread.is_alive(), log()[-3000:]
         time.sleep(0.2)
-    (job,) = [line.split()[0] for line in _live_jobs(slurm_cluster)]
+    (job,) = [line.split()[0] for line in live_jobs()]
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=slurm_cluster.env, check=True)
     while thread.is_alive():
         state = subprocess.run(
@@ -238,10 +255,10 @@ def test_a_one_rank_job_of_a_sweep_requeued_midway_resumes_from_its_checkpoint(s
     assert child.info.status == "FINISHED" and child.data.tags["engage.incarnations"] == "2", child.info
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FINISHED", parent.data.metrics
-    assert not _live_jobs(slurm_cluster)
+    assert not live_jobs()
 
 
-def test_a_job_shape_the_trainer_does_not_match_is_refused_before_anything_starts(slurm_cluster, tmp_path):
+def test_a_job_shape_the_trainer_does_not_match_is_refused_before_anything_starts(slurm_cluster, live_jobs, tmp_path):
     from engage.core.testing.process import run_engage
 
     done = run_engage(
@@ -252,16 +269,16 @@ def test_a_job_shape_the_trainer_does_not_match_is_refused_before_anything_start
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(lines) == 1 and "trainer.num_nodes is 1; set trainer.num_nodes=2" in lines[0], lines
     assert not (tmp_path / "sweep").exists() and not list(tmp_path.rglob("*.db"))
-    assert not _live_jobs(slurm_cluster)
+    assert not live_jobs()
 
 
-def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slurm_cluster, tmp_path):
+def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slurm_cluster, live_jobs, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(APP), *SWEEP, NODES, "+x=1,2", "+sleep=60", "hydra.launcher.mlflow.enabled=false"],
         cwd=tmp_path, env=_env(slurm_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while sum("RUNNING" in line for line in _live_jobs(slurm_cluster)) < 2:
+    while sum("RUNNING" in line for line in live_jobs()) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else "not running"
         time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -270,8 +287,8 @@ def test_an_interrupted_sweep_cancels_its_slurm_jobs_and_records_them_killed(slu
     results = _results(tmp_path)
     assert [results[i]["status"] for i in range(2)] == ["KILLED", "KILLED"], (results, out[-3000:])
     deadline = time.monotonic() + 10
-    while [line for line in _live_jobs(slurm_cluster) if "RUNNING" in line or "PENDING" in line]:
-        assert time.monotonic() < deadline, _live_jobs(slurm_cluster)
+    while [line for line in live_jobs() if "RUNNING" in line or "PENDING" in line]:
+        assert time.monotonic() < deadline, live_jobs()
         time.sleep(0.3)
 
 
@@ -358,7 +375,9 @@ def test_a_job_whose_sbatch_is_under_way_when_the_sweep_ends_is_cancelled(slurm_
         ("hydra.launcher.infrastructure.options.time=-5", "infrastructure.options.time is -5; give minutes (30)"),
     ],
 )
-def test_bad_slurm_options_fail_with_one_line_before_anything_starts(slurm_cluster, tmp_path, override, message):
+def test_bad_slurm_options_fail_with_one_line_before_anything_starts(
+    slurm_cluster, live_jobs, tmp_path, override, message
+):
     done = subprocess.run(
         [sys.executable, str(APP), *SWEEP, override, "+x=1,2"],
         cwd=tmp_path, env=_env(slurm_cluster), capture_output=True, text=True, timeout=120,
@@ -367,4 +386,4 @@ def test_bad_slurm_options_fail_with_one_line_before_anything_starts(slurm_clust
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("engage launcher: ") and message in lines[0], lines
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "mlflow.db").exists()
-    assert not _live_jobs(slurm_cluster)
+    assert not live_jobs()
