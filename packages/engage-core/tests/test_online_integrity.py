@@ -474,6 +474,30 @@ def test_reservoir_resume_restores_the_buffer_and_reproduces_what_arrived_after_
     assert second.outcome().completed == 4
 
 
+class FailsInSecondStep(Tiny):
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("out of memory in the second step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_batch_whose_step_failed_before_the_optimizer_stepped_is_not_counted_trained(tmp_path, helpers_on_path):
+    dm = datamodule(ramp(), simulations=2, policy="fifo", max_reads=1)
+    trainer = pl.Trainer(
+        accelerator="cpu", default_root_dir=str(tmp_path), max_epochs=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="second step"):
+        trainer.fit(FailsInSecondStep(), datamodule=dm)
+    assert trainer.global_step == 1
+    outcome = dm.outcome()
+    # the first batch is in the weights; the second left the buffer and its step never finished
+    assert (outcome.batches_trained, outcome.samples_trained) == (1, 4), outcome
+    assert outcome.samples_untrained >= 4, outcome
+    assert outcome.samples_received == outcome.samples_trained + outcome.samples_unread + outcome.samples_untrained
+    assert "4 trained" in outcome.line()
+
+
 def test_training_bounded_by_max_steps_alone_stops_when_the_stream_ends(tmp_path, helpers_on_path):
     """``max_steps`` without ``max_epochs`` (Lightning then sets no bound on epochs): once the
     simulations ended and their samples were read, the fit ends instead of starting empty

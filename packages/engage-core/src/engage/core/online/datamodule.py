@@ -471,7 +471,10 @@ class OnlineDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ outcome
     def outcome(self) -> OnlineOutcome:
-        """What this rank's run did so far (see :class:`~.outcome.OnlineOutcome`)."""
+        """What this rank's run did so far (see :class:`~.outcome.OnlineOutcome`). A batch counts
+        as trained once the optimizer stepped on it: one whose step was interrupted (Ctrl-C, an
+        exception) counts among the untrained, as a checkpoint written then keeps it."""
+        batches_trained, samples_trained = self.ledger.trained(self._global_step())
         sched = self.scheduler
         if sched is None:
             simulations = self.settings.simulations
@@ -482,7 +485,7 @@ class OnlineDataModule(pl.LightningDataModule):
                 else len(range(self.rank, simulations, self.world_size))
             )
             return OnlineOutcome(
-                requested, 0, 0, 0, 0, self.ledger.samples_trained, self.ledger.batches_trained,
+                requested, 0, 0, 0, 0, samples_trained, batches_trained,
                 samples_unread=self.buffer.unread(), samples_untrained=self._untrained_samples(),
                 batches_planned=self.batches_planned,
             )  # fmt: skip
@@ -495,8 +498,8 @@ class OnlineDataModule(pl.LightningDataModule):
             failed=sched.failed + sched.retried,
             given_up=sched.failed,
             samples_received=received,
-            samples_trained=self.ledger.samples_trained,
-            batches_trained=self.ledger.batches_trained,
+            samples_trained=samples_trained,
+            batches_trained=batches_trained,
             samples_unread=unread,
             samples_untrained=self._untrained_samples(),
             batches_planned=self.batches_planned,
@@ -506,7 +509,7 @@ class OnlineDataModule(pl.LightningDataModule):
         """Samples of batches out of the buffer that reached no training step (see
         :class:`~.outcome.OnlineOutcome`): handed out, given back by a checkpoint, or dropped."""
         replayed = sum(len(batch["simulation_id"]) for batch in self._replay)
-        return self.ledger.untrained() + replayed + self.ledger.samples_discarded
+        return self.ledger.untrained(self._global_step()) + replayed + self.ledger.samples_discarded
 
     def run_outcome(self) -> OnlineOutcome:
         """The whole run's outcome: this rank's, or under distributed training every rank's added

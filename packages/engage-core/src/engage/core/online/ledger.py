@@ -67,9 +67,21 @@ class TrainingLedger:
         self._untrained.clear()
         self._in_step.clear()
 
-    def untrained(self) -> int:
-        """Samples of the batches handed out whose step has not started."""
-        return sum(len(batch["simulation_id"]) for batch in self._untrained)
+    def untrained(self, global_step: int | None = None) -> int:
+        """Samples of the batches handed out whose step has not started, and with the trainer's
+        ``global_step``, of those whose step started at it or later (not in the weights yet)."""
+        pending = self._pending(global_step)
+        return sum(len(batch["simulation_id"]) for batch in [*pending, *self._untrained])
+
+    def trained(self, global_step: int | None = None) -> tuple[int, int]:
+        """Batches and samples in the model's weights: with the trainer's ``global_step``, those
+        whose optimizer step was taken (a step Ctrl-C or a failure interrupted does not count)."""
+        pending = self._pending(global_step)
+        samples = sum(len(batch["simulation_id"]) for batch in pending)
+        return self.batches_trained - len(pending), self.samples_trained - samples
+
+    def _pending(self, global_step: int | None) -> list[dict[str, np.ndarray]]:
+        return [batch for g, batch in self._in_step if global_step is not None and g >= global_step]
 
     def state_dict(
         self, global_step: int | None = None, replay: list[dict[str, np.ndarray]] | None = None
@@ -79,11 +91,12 @@ class TrainingLedger:
         has not stepped on them: a checkpoint written mid-step) count as untrained. ``replay``:
         batches an earlier checkpoint gave back that were not handed out yet, served after
         those."""
-        pending = [b for g, b in self._in_step if global_step is not None and g >= global_step]
+        pending = self._pending(global_step)
+        batches_trained, samples_trained = self.trained(global_step)
         return {
             "samples_discarded": self.samples_discarded,
-            "batches_trained": self.batches_trained - len(pending),
-            "samples_trained": self.samples_trained - sum(len(b["simulation_id"]) for b in pending),
+            "batches_trained": batches_trained,
+            "samples_trained": samples_trained,
             "untrained": [
                 {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
                 for batch in [*pending, *self._untrained, *(replay or [])]

@@ -48,14 +48,14 @@ class OnlineOutcome:
 
     ``requested``: simulations the run had to complete (``None`` when it is bounded by samples
     instead); ``failed`` counts failed processes, retried ones included, and ``given_up`` the
-    simulations that failed for good; ``samples_trained`` the samples of batches that reached a
-    training step (a sample read by several batches counts in each); ``samples_unread`` the
+    simulations that failed for good; ``samples_trained`` the samples of batches the optimizer
+    stepped on (a sample read by several batches counts in each); ``samples_unread`` the
     samples in the training buffer that no batch has read (a checkpoint keeps them for a resumed
     run); ``samples_untrained`` the samples of batches that left the buffer and reached no
-    training step (handed out as training ended, or dropped with an epoch's iterator). Read
-    once each (``fifo``, ``firo``, ``deterministic``), the samples received are those trained,
-    unread and untrained; under ``reservoir`` a sample may be trained in one batch and untrained
-    in another. ``batches_planned``: the batches the trainer planned (``None``: no end planned);
+    optimizer step (handed out as training ended, interrupted in their step, or dropped with an
+    epoch's iterator). Read once each (``fifo``, ``firo``, ``deterministic``), the samples
+    received are those trained, unread and untrained; under ``reservoir`` a sample may be
+    trained in one batch and untrained in another. ``batches_planned``: the batches the trainer planned (``None``: no end planned);
     the line says how many of them were trained when the stream ended first.
     """
 
