@@ -5,13 +5,17 @@ random admin user that no request goes without."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -248,6 +252,56 @@ def test_a_server_without_credentials_is_not_kept_for_one_that_needs_them(server
     finally:
         server.process = process
         TrackingServer.state_path(server.backend_uri).unlink()
+
+
+def test_a_server_whose_starter_was_killed_outright_ends_and_one_kept_does_not(tmp_path: Path) -> None:
+    """The starter is SIGKILLed with a forked child of its still alive (as a data loader's worker
+    would be), which must not keep the server's lifeline open."""
+    starter = textwrap.dedent(
+        """
+        import os, sys, time
+        from pathlib import Path
+        from engage.deploy.tracking import TrackingServer
+        root = Path(sys.argv[1])
+        servers = [
+            TrackingServer(f"sqlite:///{root / n / 'db'}", root / n / "artifacts", log_path=root / n / "server.log")
+            for n in ("held", "kept")
+        ]
+        for server in servers:
+            server.artifacts_dir.parent.mkdir()
+            server.start()
+        servers[1].keep()
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        print(servers[0].process.pid, servers[1].kept_pid or servers[1].state_path(servers[1].backend_uri), child,
+              flush=True)
+        time.sleep(60)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", starter, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    line = process.stdout.readline().split()
+    assert len(line) == 3, process.communicate(timeout=30)[1][-2000:]
+    held, child = int(line[0]), int(line[2])
+    kept = json.loads(Path(line[1]).read_text())["pid"]
+    try:
+        assert psutil.pid_exists(held) and psutil.pid_exists(kept)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 20
+        while psutil.pid_exists(held) and psutil.Process(held).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the held server outlived its starter"
+            time.sleep(0.1)
+        assert psutil.pid_exists(child) and psutil.pid_exists(kept)  # the worker lives on; the kept server serves
+        # stopped as TrackingServer.stop stops it: SIGTERM, uvicorn's orderly shutdown
+        assert "Application shutdown complete" in (tmp_path / "held" / "server.log").read_text()
+    finally:
+        for pid in (child, kept):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_hosts_reach_it_only_at_an_address_it_listens_on(tmp_path: Path) -> None:

@@ -44,9 +44,10 @@ def test_a_reaper_stopped_by_its_submitter_cancels_nothing(slurm_commands):
 
 
 def test_a_reaper_that_died_is_replaced_and_its_pipe_forgotten(slurm_commands):
-    from engage.deploy.slurm import reaper as module
+    from engage.deploy import lifeline
+    from engage.deploy.slurm.reaper import JobReaper
 
-    reaper = module.JobReaper("t0k3n")
+    reaper = JobReaper("t0k3n")
     reaper.start()
     first = reaper._process
     first.kill()  # by someone else: its submitter still lives
@@ -54,9 +55,9 @@ def test_a_reaper_that_died_is_replaced_and_its_pipe_forgotten(slurm_commands):
     reaper.start()
     assert reaper.running and reaper._process is not first
     # only the live reaper's pipe is pointed away in forked children; the dead one's is closed
-    assert module._WRITE_ENDS == {reaper._process.stdin.fileno()} and first.stdin.closed
+    assert lifeline._WRITE_ENDS == {reaper._process.stdin.fileno()} and first.stdin.closed
     reaper.stop()
-    assert not module._WRITE_ENDS and not slurm_commands.exists()
+    assert not lifeline._WRITE_ENDS and not slurm_commands.exists()
 
 
 def test_a_killed_submitters_jobs_are_cancelled_by_their_name(slurm_commands):

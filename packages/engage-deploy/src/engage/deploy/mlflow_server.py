@@ -20,6 +20,12 @@ with Linux's ``IP_FREEBIND``: an address whose interface does not exist yet is a
 served as soon as the interface is up. ``mlflow server`` takes one ``--host``, so with several
 the module refuses to run it rather than listen on more than it was asked.
 
+With ``--exit-with-stdin`` the server ends (``SIGTERM``) when its standard input reaches its
+end: a :mod:`~engage.deploy.lifeline` whose write end the process that started it holds, so that
+a launcher killed outright (``kill -9``) leaves no server behind. A thread watches it (a forked
+child when the module runs ``mlflow server`` instead, which stops its worker too). The line
+``keep`` ends the watch: the server then runs until stopped.
+
 The basic-auth application reads its configuration file from ``MLFLOW_AUTH_CONFIG_PATH`` and
 the key that signs its forms from ``MLFLOW_FLASK_SERVER_SECRET_KEY``, as with ``mlflow server``.
 
@@ -33,14 +39,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 #: Linux's IP_FREEBIND socket option (``socket`` does not name it on every Python)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 #: the one application besides MLflow's default that the module serves
 BASIC_AUTH = "basic-auth"
+#: the line that tells ``--exit-with-stdin`` to let the server outlive the end of its input
+KEEP = b"keep\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -52,6 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--allowed-hosts", default=None, help="as mlflow server's --allowed-hosts")
     parser.add_argument("--app-name", choices=[BASIC_AUTH], default=None, help="as mlflow server's --app-name")
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="end when standard input ends (the process that started the server closed it, or died)",
+    )
     args = parser.parse_args(argv)
     args.hosts = list(dict.fromkeys(args.host or ["127.0.0.1"]))
     return args
@@ -90,6 +106,40 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def watch_stdin(server: int) -> None:
+    """Read standard input to its end, then stop process ``server`` with ``SIGTERM`` (its process
+    group when it leads one: ``mlflow server``'s worker with it), unless it ended first or the
+    line :data:`KEEP` came first (the server is kept for later sweeps: no longer watched)."""
+    told = b""
+    while chunk := os.read(0, 64):
+        told = (told + chunk)[-64:]
+        if told.endswith(KEEP):
+            return
+    if server not in (os.getpid(), os.getppid()):
+        return  # ended meanwhile: this watching child has another parent, the pid may be another's
+    if os.getpgid(0) == server:
+        os.killpg(server, signal.SIGTERM)
+    else:
+        os.kill(server, signal.SIGTERM)
+
+
+def exec_mlflow_server(args: argparse.Namespace) -> NoReturn:
+    """Replace this process with ``mlflow server`` with the same options; with
+    ``--exit-with-stdin`` a forked child watches standard input for it."""
+    if args.exit_with_stdin:
+        server = os.getpid()
+        if os.fork() == 0:
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                watch_stdin(server)
+            finally:
+                os._exit(0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    os.execv(sys.executable, mlflow_server_argv(args))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve MLflow's tracking server with ``argv``'s options until stopped (SIGTERM, Ctrl-C)."""
     args = parse_args(argv)
@@ -98,9 +148,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         import uvicorn
         from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
     except ImportError:
-        os.execv(sys.executable, mlflow_server_argv(args))
+        exec_mlflow_server(args)
     if MLFLOW_SERVER_ENABLE_JOB_EXECUTION.get():  # read, and defaulted, as mlflow server reads it
-        os.execv(sys.executable, mlflow_server_argv(args))
+        exec_mlflow_server(args)
     sockets = [listening_socket(host, args.port) for host in args.hosts]
     if args.allowed_hosts:
         # read when mlflow.server is imported (its security middleware)
@@ -126,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ImportError, AttributeError):
         for sock in sockets:
             sock.close()
-        os.execv(sys.executable, mlflow_server_argv(args))
+        exec_mlflow_server(args)
     backend_env, registry_env, root_env, serve_env, destination_env = env_var_names
     default_root = resolve_default_artifact_root(True, None, args.backend_store_uri)
     os.environ.update({
@@ -143,12 +193,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except TypeError:  # another signature in another MLflow version: let its own command do it
         for sock in sockets:
             sock.close()
-        os.execv(sys.executable, mlflow_server_argv(args))
+        exec_mlflow_server(args)
     if args.app_name == BASIC_AUTH:
         os.environ[_MLFLOW_SGI_NAME.name] = "uvicorn"
         # checks the secret key, creates the user database and its admin user, as mlflow server does
         app = create_app()
     # no line per request: a sweep makes thousands, and the log is for failures
+    if args.exit_with_stdin:
+        # a thread of this process, not a process of its own: it only waits on the pipe
+        threading.Thread(target=watch_stdin, args=(os.getpid(),), name="exit-with-stdin", daemon=True).start()
     config = uvicorn.Config(app, host=args.hosts[0], port=args.port, log_level="info", access_log=False)
     uvicorn.Server(config).run(sockets=sockets)
 

@@ -50,6 +50,7 @@ from typing import Any
 from engage.core.files import write_private
 from engage.core.tracking.naming import ATTEMPT_TAG, CONFIG_HASH_TAG, JOB_TAG, PARAM_MAX_CHARS
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
+from engage.deploy import lifeline
 from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ class TrackingServer:
         ]
         for address in self.addresses:
             command += ["--host", address]
-        command += ["--port", str(self.port), "--allowed-hosts", self.allowed_hosts]
+        command += ["--port", str(self.port), "--allowed-hosts", self.allowed_hosts, "--exit-with-stdin"]
         # MLflow's job execution (GenAI evaluation jobs) starts a job runner process of its own;
         # a sweep's server never runs such jobs, and on a small host that process slows its start
         env = {**os.environ}
@@ -315,13 +316,14 @@ class TrackingServer:
                 command,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # its lifeline: a launcher killed outright leaves no server
                 start_new_session=True,
                 env=env,
             )
         finally:
             if output is not subprocess.DEVNULL:
                 output.close()
+        lifeline.hold(self.process)
         self._started_at = time.monotonic()
         if wait:
             self.wait_ready()
@@ -429,6 +431,9 @@ class TrackingServer:
                 "folder": str(self.auth_dir),
             }
         write_private(path, json.dumps(state, indent=1))
+        from engage.deploy.mlflow_server import KEEP
+
+        lifeline.let_go(self.process, KEEP)  # it outlives this process
         self.process = None  # no longer ours to stop
 
     def alive_kept(self) -> bool:
@@ -448,6 +453,7 @@ class TrackingServer:
         from engage.deploy.processes import stop_process
 
         stop_process(self.process, grace_s=10.0)
+        lifeline.let_go(self.process)  # after: its end would be a second SIGTERM, uvicorn's force exit
         try:
             self.process.wait(timeout=10)  # reaped here, its exit status read
         except subprocess.TimeoutExpired:

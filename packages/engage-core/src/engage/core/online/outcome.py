@@ -55,8 +55,9 @@ class OnlineOutcome:
     optimizer step (handed out as training ended, interrupted in their step, or dropped with an
     epoch's iterator). Read once each (``fifo``, ``firo``, ``deterministic``), the samples
     received are those trained, unread and untrained; under ``reservoir`` a sample may be
-    trained in one batch and untrained in another. ``batches_planned``: the batches the trainer planned (``None``: no end planned);
-    the line says how many of them were trained when the stream ended first.
+    trained in one batch and untrained in another. ``batches_planned``: the batches the trainer
+    planned (``None``: no end planned); the line says how many of them were trained when the
+    stream ended first.
     """
 
     requested: int | None

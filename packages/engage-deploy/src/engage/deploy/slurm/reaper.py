@@ -4,12 +4,11 @@ A trainer (``data.executor=slurm``) or a sweep's launcher (``+infrastructure=slu
 jobs when it ends, fails or is interrupted; one killed outright (``kill -9``, the OOM killer, a
 lost login session) cannot. :class:`JobReaper` covers that case: it starts ``python -m
 engage.deploy.slurm.reaper TOKEN``, in a session of its own, reading a pipe whose write end only
-the submitting process holds. When that process dies, the kernel closes the pipe; the reaper reads
-end of file and cancels every job of this user whose name ends with ``-TOKEN`` (the names the
-process gave its jobs), then exits. :meth:`JobReaper.stop` (the process cancelled its jobs itself)
-writes a line first, and the reaper exits without cancelling anything. A child the submitter
-forks without exec (a data loader's worker) would hold the pipe open after the submitter dies:
-in such a child the write end is pointed at ``/dev/null`` at once.
+the submitting process holds (a :mod:`~engage.deploy.lifeline`, which no child it forks keeps
+open). When that process dies, the kernel closes the pipe; the reaper reads end of file and
+cancels every job of this user whose name ends with ``-TOKEN`` (the names the process gave its
+jobs), then exits. :meth:`JobReaper.stop` (the process cancelled its jobs itself) writes a line
+first, and the reaper exits without cancelling anything.
 
 The reaper ignores ``SIGTERM``, ``SIGHUP`` and ``SIGINT``: when a trainer that runs inside a Slurm job is
 killed with its job, Slurm signals every process of the job and sends ``SIGKILL`` only
@@ -30,26 +29,13 @@ import subprocess
 import sys
 import time
 
+from engage.deploy import lifeline
+
 #: the reaper's log lines start with this
 PREFIX = "engage slurm reaper:"
 #: seconds after its submitter died at which the reaper looks for that submitter's jobs (an
 #: ``sbatch`` under way then answers within the submitter's two minutes for it)
 PASSES_S = (0.0, 2.0, 10.0, 30.0, 120.0)
-#: the write ends of this process's reapers' pipes, which no forked child may keep open
-_WRITE_ENDS: set[int] = set()
-
-
-def _drop_write_ends() -> None:
-    # in a forked child: the same descriptors stay valid (the child's copies of the Popen objects
-    # close them one day) but no longer keep the pipes open
-    null = os.open(os.devnull, os.O_WRONLY)
-    for fd in _WRITE_ENDS:
-        os.dup2(null, fd, inheritable=False)
-    os.close(null)
-    _WRITE_ENDS.clear()
-
-
-os.register_at_fork(after_in_child=_drop_write_ends)
 
 
 class JobReaper:
@@ -78,25 +64,14 @@ class JobReaper:
             start_new_session=True,  # not in the submitter's process group: Ctrl-C is not for it
             env=inherited_environ(),
         )
-        assert self._process.stdin is not None
-        _WRITE_ENDS.add(self._process.stdin.fileno())
+        lifeline.hold(self._process)
 
     def stop(self) -> None:
         """Tell the reaper the jobs were cancelled as they should: it exits, cancelling nothing."""
         process, self._process = self._process, None
         if process is None:
             return
-        assert process.stdin is not None
-        _WRITE_ENDS.discard(process.stdin.fileno())
-        try:
-            process.stdin.write(b"stopped\n")
-        except OSError:
-            pass  # it is gone already
-        finally:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
+        lifeline.let_go(process, b"stopped\n")
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,71 @@
+"""Lifelines: a pipe that tells a helper process that the process which started it is gone,
+however it went (``kill -9`` and the out-of-memory killer included).
+
+The starting process keeps the write end of the helper's standard input (:func:`hold`); the
+helper reads it and takes end of file for its starter's death, since the kernel closes a dead
+process's descriptors. A child the starter forks without exec (a data loader's worker, a fork
+server) would keep the pipe open after the starter died: in such a child every held write end is
+pointed at ``/dev/null`` at once. :func:`let_go` closes one, after a last line for a helper that
+tells an orderly end from a death. The Slurm job reaper (:mod:`engage.deploy.slurm.reaper`) and
+the sweep's MLflow server (:mod:`engage.deploy.mlflow_server`, ``--exit-with-stdin``) are such
+helpers.
+
+Example::
+
+    >>> import subprocess, sys
+    >>> helper = subprocess.Popen(
+    ...     [sys.executable, "-c", "import sys; print(sys.stdin.buffer.read())"],
+    ...     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    ... )
+    >>> hold(helper)
+    >>> let_go(helper, b"stopped\\n")
+    >>> helper.stdout.read(), helper.wait()
+    (b"b'stopped\\\\n'\\n", 0)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+__all__ = ["hold", "let_go"]
+
+#: the write ends of the pipes this process holds, which no forked child may keep open
+_WRITE_ENDS: set[int] = set()
+
+
+def _drop_write_ends() -> None:
+    # in a forked child: the same descriptors stay valid (the child's copies of the Popen objects
+    # close them one day) but no longer keep the pipes open
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in _WRITE_ENDS:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
+    _WRITE_ENDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_write_ends)
+
+
+def hold(process: subprocess.Popen) -> None:
+    """Hold ``process``'s standard input (``stdin=subprocess.PIPE``) as its lifeline."""
+    if process.stdin is None:
+        raise ValueError("a lifeline is the helper's standard input: start it with stdin=subprocess.PIPE")
+    _WRITE_ENDS.add(process.stdin.fileno())
+
+
+def let_go(process: subprocess.Popen, last_line: bytes = b"") -> None:
+    """Close ``process``'s lifeline, after writing ``last_line``; a helper gone already is no error."""
+    if process.stdin is None or process.stdin.closed:
+        return
+    _WRITE_ENDS.discard(process.stdin.fileno())
+    try:
+        if last_line:
+            process.stdin.write(last_line)
+    except OSError:
+        pass  # it is gone already
+    finally:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
