@@ -425,6 +425,63 @@ def test_a_replica_that_refuses_the_key_fails_the_run_in_one_line() -> None:
         server.server_close()
 
 
+def _replica_stand_in(refuse) -> tuple[object, list[int]]:
+    """A replica's ``/weights`` endpoint that answers 500 to the versions ``refuse(version)``
+    names and 200 to the others; returns its HTTP server and the versions it was sent."""
+    import http.server
+
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            version = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["version"]
+            seen.append(version)
+            refused = refuse(version)
+            self.send_response(500 if refused else 200)
+            self.end_headers()
+            self.wfile.write(b'{"detail": "not ready"}' if refused else b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def _trainer(root: Path, callback: PublishWeights) -> pl.Trainer:
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return pl.Trainer(max_steps=4, callbacks=[callback], enable_model_summary=False, default_root_dir=root, **options)
+
+
+def test_a_replica_left_without_the_last_version_fails_the_run_and_one_back_in_time_does_not(tmp_path: Path) -> None:
+    from engage.deploy.serving import ServingError
+
+    down, down_seen = _replica_stand_in(lambda version: version == 4)  # fails the last version, every time
+    back, back_seen = _replica_stand_in(lambda version: version == 4 and back_seen.count(4) < 3)  # restarting
+    well, _ = _replica_stand_in(lambda version: False)
+    try:
+        urls = [f"http://127.0.0.1:{server.server_port}" for server in (down, back, well)]
+        callback = PublishWeights(urls, api_key="k" * 32, every_n_steps=2, timeout_s=3)
+        trainer = _trainer(tmp_path, callback)
+        with pytest.raises(
+            ServingError, match=rf"^1 of 3 replicas do not serve the last version of the weights \(4\), sent again "
+            rf"for 3 s; {urls[0]}: HTTP 500: {{\"detail\": \"not ready\"}}$"
+        ):  # fmt: skip
+            trainer.fit(Sine(), loader(samples=256))
+        assert down_seen[0] == 2 and down_seen.count(4) >= 3  # sent again once a second
+        assert back_seen.count(4) == 3 and callback.failures >= 4  # took it at the third time, counted
+        only_back = PublishWeights(urls[1:], api_key="k" * 32, every_n_steps=2, timeout_s=3)
+        back_seen.clear()
+        trainer = _trainer(tmp_path, only_back)
+        trainer.fit(Sine(), loader(samples=256))
+        assert back_seen == [2, 4, 4, 4] and only_back.failures == 2
+    finally:
+        for server in (down, back, well):
+            server.shutdown()
+            server.server_close()
+
+
 def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_path: Path) -> None:
     from engage.deploy.serve.weights import wait_for_signature, write_build_failure
 

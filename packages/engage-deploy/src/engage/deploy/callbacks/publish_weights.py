@@ -40,9 +40,12 @@ class PublishWeights(pl.Callback):
     it in each answer. Under data parallelism the first rank sends them. The weights are copied
     to the CPU on the training thread at that step and sent from a background thread: training
     does not wait for the network, and when sending falls behind, only the newest version
-    waiting is sent. A replica that does not answer is
-    warned about (once a minute) and counted; one that refuses the API key (401, 403) stops the
-    training with that one line, since every later version would be refused too. The counts
+    waiting is sent. A replica that does not answer is warned about (once a minute) and counted;
+    one that refuses the API key (401, 403) stops the training with that one line, since every
+    later version would be refused too. When training ends, the last version is sent again, once
+    a second for up to ``timeout_s``, to each replica that did not take it (one its supervisor is
+    starting again); a replica that still lacks it would serve an older model than the one
+    trained, and fails the training with one line naming it. The counts
     (versions sent, failures) are logged as ``serve/published_version`` and
     ``serve/publish_failures``, and :attr:`publications` keeps every attempt.
 
@@ -151,15 +154,22 @@ class PublishWeights(pl.Callback):
         self.close()
         self._log(trainer)
         self._check()
+        from engage.deploy.serving import ServingError
+
         attempts = [p for p in self.publications if p.status != 409]
         if attempts and not any(p.status == 200 for p in attempts):
-            from engage.deploy.serving import ServingError
-
             last = attempts[-1]
             raise ServingError(
                 f"no replica took any version of the weights ({len(attempts)} attempt{'s' * (len(attempts) != 1)}; "
-                f"the last, to {last.replica}: "
-                f"{' '.join((last.detail or f'HTTP {last.status}').split())[:200]})"
+                f"the last, to {last.replica}: {_why(last)})"
+            )
+        stale = self._send_last_again()
+        self._log(trainer)  # the publications sent again too
+        if stale:
+            first = stale[0]
+            raise ServingError(
+                f"{len(stale)} of {len(self.replicas)} replicas do not serve the last version of the weights "
+                f"({first.version}), sent again for {self.timeout_s:g} s; {first.replica}: {_why(first)}"
             )
 
     def state_dict(self) -> dict[str, object]:
@@ -180,6 +190,25 @@ class PublishWeights(pl.Callback):
     def failures(self) -> int:
         """Attempts no replica accepted: no answer, or an error other than a stale version."""
         return sum(1 for p in self.publications if p.status != 200 and p.status != 409)
+
+    def _send_last_again(self) -> list[Publication]:
+        """Send the last version sent again to the replicas that did not take it (one being
+        started again by its supervisor answers within seconds), once a second for up to
+        ``timeout_s``; the last failed publication of each replica that still lacks it."""
+        if self._last_sent is None:
+            return []
+        version, body = self._last_sent
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            with self._lock:
+                replicas = list(self.replicas)
+            missing = [r for r in replicas if not any(_took(p, r, version) for p in self.publications)]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+            for replica in missing:
+                self.publications.append(self._send(replica, version, body))
+        return [next(p for p in reversed(self.publications) if p.replica == r) for r in missing]
 
     def close(self, wait: bool = True) -> None:
         """Send what waits (with ``wait``, at most ``timeout_s`` per replica) and stop the sender."""
@@ -270,3 +299,16 @@ class PublishWeights(pl.Callback):
         if accepted:
             metrics["serve/published_version"] = float(max(accepted))
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _took(publication: Publication, replica: str, version: int) -> bool:
+    """Whether ``publication`` left ``replica`` serving ``version`` or a newer one (409: it had it)."""
+    return publication.replica == replica and publication.version >= version and publication.status in (200, 409)
+
+
+def _why(publication: Publication) -> str:
+    """What a failed publication was told, in one line: the HTTP status and body, or the error."""
+    detail = " ".join(publication.detail.split())[:200]
+    if publication.status:
+        return f"HTTP {publication.status}" + (f": {detail}" if detail else "")
+    return detail or "no answer"
