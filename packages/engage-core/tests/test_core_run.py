@@ -554,8 +554,15 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL
-    _, before = _runs(tmp_path)
-    # the run SIGKILL left RUNNING names its online run (journal, folder), tagged as training began
+    # the run SIGKILL could not end is ended FAILED by its guard, saying why
+    deadline = time.time() + 30
+    while (before := _runs(tmp_path)[1])[0].info.status == "RUNNING":
+        assert time.time() < deadline, "the killed run stayed RUNNING"
+        time.sleep(0.2)
+    assert before[0].info.status == "FAILED" and before[0].info.end_time is not None
+    assert f"its process (pid {first.pid} on " in before[0].data.tags["engage.error"]
+    assert "died without ending the run: killed by a signal Python cannot handle" in before[0].data.tags["engage.error"]
+    # and names its online run (journal, folder), tagged as training began
     assert [len(r.data.tags.get("engage.online_run_id", "")) for r in before] == [32]
     # the checkpoint of another simulator is refused before anything starts, naming what differs
     other = [a.replace("simulator.steps=8", "simulator.steps=9") for a in args]

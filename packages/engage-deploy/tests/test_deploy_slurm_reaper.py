@@ -44,7 +44,7 @@ def test_a_reaper_stopped_by_its_submitter_cancels_nothing(slurm_commands):
 
 
 def test_a_reaper_that_died_is_replaced_and_its_pipe_forgotten(slurm_commands):
-    from engage.deploy import lifeline
+    from engage.core import lifeline
     from engage.deploy.slurm.reaper import JobReaper
 
     reaper = JobReaper("t0k3n")

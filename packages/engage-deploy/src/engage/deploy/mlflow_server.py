@@ -21,7 +21,7 @@ served as soon as the interface is up. ``mlflow server`` takes one ``--host``, s
 the module refuses to run it rather than listen on more than it was asked.
 
 With ``--exit-with-stdin`` the server ends (``SIGTERM``) when its standard input reaches its
-end: a :mod:`~engage.deploy.lifeline` whose write end the process that started it holds, so that
+end: a :mod:`~engage.core.lifeline` whose write end the process that started it holds, so that
 a launcher killed outright (``kill -9``) leaves no server behind. A thread watches it (a forked
 child when the module runs ``mlflow server`` instead, which stops its worker too). The line
 ``keep`` ends the watch: the server then runs until stopped.

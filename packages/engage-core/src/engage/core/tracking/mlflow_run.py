@@ -6,7 +6,8 @@ parent run when there is one, with a name that says what it is), hands Lightning
 config value once under its config path with what a replay needs (config, overrides, command,
 environment), runs MLflow's own system-metrics monitor on it (GPU metrics too where
 ``nvidia-ml-py`` is installed), logs the last and best checkpoints as artifacts, and ends it
-``FINISHED``, ``FAILED`` or ``KILLED``.
+``FINISHED``, ``FAILED`` or ``KILLED`` (``FAILED`` by a :mod:`.run_guard` when the process is
+killed outright).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engage.core.tracking.environment import environment_record, git_state, pip_freeze
 from engage.core.tracking.naming import PARAM_MAX_CHARS, job_run_name, single_run_name, sweep_overrides_of
+from engage.core.tracking.run_guard import RunGuard
 from engage.core.tracking.store import MLFLOW_TRACKING_URI, launch_folder, parent_run_id, resolve_experiment
 from engage.core.tracking.uninterrupted import UninterruptedClient, ctrl_c_deferred, uninterrupted_client
 
@@ -118,6 +120,8 @@ class MLflowRun:
     continued: bool = False
     _monitor: Any = None
     _environment_uri: str | None = None
+    #: ends the run FAILED if this process dies without ending it (:mod:`.run_guard`)
+    _guard: RunGuard | None = None
 
     @classmethod
     def open(cls, cfg: DictConfig, tracking_uri: str, continued: str | None = None) -> MLflowRun:
@@ -190,6 +194,8 @@ class MLflowRun:
         # process's environment: a later run of this process (a sweep's next job) would take it
         # for the user's; it is put back when the run closes
         self._environment_uri = os.environ.get(MLFLOW_TRACKING_URI)
+        self._guard = RunGuard(self.tracking_uri, self.run_id)
+        self._guard.start()
         self.logger.experiment  # noqa: B018 (connects now)
         if cfg.logger.system_metrics:
             self._start_system_metrics(float(cfg.logger.system_metrics_interval_s))
@@ -285,6 +291,10 @@ class MLflowRun:
             self._monitor = None
         if reachable:
             self.client.set_terminated(self.run_id, status=status)
+        if self._guard is not None:
+            # ended, or left RUNNING on purpose (a store that stopped answering: resumed later)
+            self._guard.stop()
+            self._guard = None
         if self._environment_uri is None:
             os.environ.pop(MLFLOW_TRACKING_URI, None)
         else:

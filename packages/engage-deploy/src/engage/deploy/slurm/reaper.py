@@ -4,7 +4,7 @@ A trainer (``data.executor=slurm``) or a sweep's launcher (``+infrastructure=slu
 jobs when it ends, fails or is interrupted; one killed outright (``kill -9``, the OOM killer, a
 lost login session) cannot. :class:`JobReaper` covers that case: it starts ``python -m
 engage.deploy.slurm.reaper TOKEN``, in a session of its own, reading a pipe whose write end only
-the submitting process holds (a :mod:`~engage.deploy.lifeline`, which no child it forks keeps
+the submitting process holds (a :mod:`~engage.core.lifeline`, which no child it forks keeps
 open). When that process dies, the kernel closes the pipe; the reaper reads end of file and
 cancels every job of this user whose name ends with ``-TOKEN`` (the names the process gave its
 jobs), then exits. :meth:`JobReaper.stop` (the process cancelled its jobs itself) writes a line
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from engage.deploy import lifeline
+from engage.core import lifeline
 
 #: the reaper's log lines start with this
 PREFIX = "engage slurm reaper:"

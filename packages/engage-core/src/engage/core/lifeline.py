@@ -6,9 +6,9 @@ helper reads it and takes end of file for its starter's death, since the kernel 
 process's descriptors. A child the starter forks without exec (a data loader's worker, a fork
 server) would keep the pipe open after the starter died: in such a child every held write end is
 pointed at ``/dev/null`` at once. :func:`let_go` closes one, after a last line for a helper that
-tells an orderly end from a death. The Slurm job reaper (:mod:`engage.deploy.slurm.reaper`) and
-the sweep's MLflow server (:mod:`engage.deploy.mlflow_server`, ``--exit-with-stdin``) are such
-helpers.
+tells an orderly end from a death. The guard of a run's MLflow record
+(:mod:`engage.core.tracking.run_guard`), engage-deploy's Slurm job reaper and its sweep's MLflow
+server are such helpers.
 
 Example::
 

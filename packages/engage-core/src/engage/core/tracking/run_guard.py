@@ -1,0 +1,118 @@
+"""Ends an MLflow run whose process died without ending it, however it died.
+
+``engage run`` ends its MLflow run ``FINISHED``, ``FAILED`` or ``KILLED`` whenever Python gets to
+(an exception, Ctrl-C, ``SIGTERM``); a process killed outright (``kill -9``, the out-of-memory
+killer, a crash of the interpreter) cannot, and its run would stay ``RUNNING`` for good.
+:class:`RunGuard` covers that case: it starts ``python -m engage.core.tracking.run_guard RUN_ID
+PID`` in a session of its own, reading a :mod:`~engage.core.lifeline` whose write end only the
+run's process holds. When that process dies, the kernel closes the pipe; the guard reads end of
+file and, if the run is still ``RUNNING``, ends it ``FAILED`` with ``engage.error`` saying so.
+:meth:`RunGuard.stop` (the process ended its run itself) writes a line first, and the guard
+exits without a look. The store's address reaches the guard through ``MLFLOW_TRACKING_URI`` in
+its environment, with the credentials of the process's own (never on its command line).
+
+The guard ignores ``SIGTERM``, ``SIGHUP`` and ``SIGINT``: when a run inside a Slurm job is
+cancelled, Slurm signals every process of the job, and the run's process ends its run itself.
+
+Example::
+
+    >>> guard = RunGuard("sqlite:///mlflow.db", "0123456789abcdef0123456789abcdef")
+    >>> guard.running
+    False
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from engage.core import lifeline
+
+#: the line :meth:`RunGuard.stop` writes: the run was ended by its own process
+ENDED = b"ended\n"
+
+
+class RunGuard:
+    """The watch over MLflow run ``run_id`` of ``tracking_uri`` (see the module doc); one per run."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the guard (returns at once; it takes a tenth of a second to start)."""
+        if self.running:
+            return
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "engage.core.tracking.run_guard", self.run_id, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # not in the run's process group: Ctrl-C is not for it
+            env=env,
+        )
+        lifeline.hold(self._process)
+
+    def stop(self) -> None:
+        """Tell the guard the run was ended by its process: it exits, touching nothing."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        lifeline.let_go(process, ENDED)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def end_abandoned_run(run_id: str, pid: int) -> bool:
+    """End run ``run_id`` (of ``MLFLOW_TRACKING_URI``) ``FAILED``, saying that process ``pid``
+    died without ending it, if it is still ``RUNNING``; whether it was."""
+    from mlflow.tracking import MlflowClient
+
+    from engage.core.tracking.store import ERROR_TAG
+
+    client = MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    cause = (
+        f"its process (pid {pid} on {socket.gethostname()}) died without ending the run: killed by a signal "
+        "Python cannot handle (SIGKILL, sent by hand or by the out-of-memory killer) or a crash of the interpreter"
+    )
+    client.set_tag(run_id, ERROR_TAG, cause)
+    client.set_terminated(run_id, status="FAILED")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not args[1].isdigit():
+        print(
+            "usage: python -m engage.core.tracking.run_guard RUN_ID PID "
+            "(reads the run's process's pipe on stdin; MLFLOW_TRACKING_URI names the store)",
+            file=sys.stderr,
+        )
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    if sys.stdin.buffer.readline():
+        return 0  # ended by its own process
+    try:
+        end_abandoned_run(args[0], int(args[1]))
+    except Exception as exc:  # the store does not answer: nothing more to do
+        print(f"engage run guard: run {args[0]} may stay RUNNING: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
