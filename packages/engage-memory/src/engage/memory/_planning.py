@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,26 @@ def _optimizers_paused(optimizers: Sequence[Any]) -> Iterator[None]:
     finally:
         for opt in optimizers:
             del opt.step
+
+
+@contextlib.contextmanager
+def _schedules_kept(trainer: Any) -> Iterator[None]:
+    """A manually optimized ``training_step`` may step its learning-rate schedulers, which set its
+    optimizers' learning rates: both are put back after profiling, with the optimizers' other
+    hyperparameters (momentum, weight decay)."""
+    schedulers = [(c.scheduler, copy.deepcopy(c.scheduler.state_dict())) for c in trainer.lr_scheduler_configs]
+    groups = [
+        (opt, [copy.deepcopy({k: v for k, v in group.items() if k != "params"}) for group in opt.param_groups])
+        for opt in trainer.optimizers
+    ]
+    try:
+        yield
+    finally:
+        for scheduler, state in schedulers:
+            scheduler.load_state_dict(state)
+        for opt, saved in groups:
+            for group, values in zip(opt.param_groups, saved):
+                group.update(values)
 
 
 def _shape_key(batch: Any) -> tuple:
@@ -189,7 +210,8 @@ class _MemoryPlanning:
         module = self.lightning_module
         trainer = module.trainer
         step = self._profile_step(args, kwargs)
-        with _silenced_logging(module), _optimizers_paused(getattr(self, "_lightning_optimizers", [])):
+        paused = _optimizers_paused(getattr(self, "_lightning_optimizers", []))
+        with _silenced_logging(module), paused, _schedules_kept(trainer):
             profile = self._load_profile(signatures)
             if profile is not None:
                 self.planner.profile_ = profile

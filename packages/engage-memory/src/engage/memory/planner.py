@@ -121,7 +121,7 @@ class MemoryPlanner:
         """
         grad_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
         extra = grad_bytes if grads_persist else 0
-        with preserved_state(self.model) as random_state, _eager(), self._probe([*optimizers, *roots]) as probe:
+        with preserved_state(self.model, roots) as random_state, _eager(), self._probe([*optimizers, *roots]) as probe:
 
             def replayed() -> None:
                 random_state.restore()  # every run draws the same dropout masks and skips the same blocks
@@ -131,7 +131,7 @@ class MemoryPlanner:
             profile = profiler.run(replayed, extra=extra, optimizers=list(optimizers), reseed=random_state.advance)
             profiled_state = random_state  # the random state under which every block ran
         if timing_runs:
-            with preserved_state(self.model), _eager():
+            with preserved_state(self.model, roots), _eager():
 
                 def replayed_again() -> None:
                     profiled_state.restore()
@@ -254,7 +254,7 @@ class MemoryPlanner:
     def measure(self, step: Callable[[], Any], roots: Sequence[Any] = ()) -> tuple[int, list[tuple[str, int]]]:
         """Run ``step`` under the current plan and return its measured peak and per-phase timeline."""
         decisions = dict(self.runtime.decisions)
-        with preserved_state(self.model), _eager(), self._probe(roots) as probe:
+        with preserved_state(self.model, roots), _eager(), self._probe(roots) as probe:
             if self.device.type == "cuda":
                 probe.reset_peak()
             events = _record_run(step, self.runtime, probe, decisions)

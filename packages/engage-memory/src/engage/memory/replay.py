@@ -3,7 +3,8 @@
 ``torch.utils.checkpoint`` runs a block's forward again during backward, with the same inputs and
 torch's random state. A block may also read and write its buffers (BatchNorm's running statistics,
 spectral norm's power-iteration vectors, counters, an EMA codebook) and draw from Python's and
-NumPy's generators (stochastic depth written with ``random.random()``). Run again as it stands, the
+NumPy's generators (stochastic depth written with ``random.random()``) or from a
+``torch.Generator`` a module holds (dropout masks of its own). Run again as it stands, the
 recomputation would see buffers its first forward already changed (spectral norm would compute
 another weight, so other gradients) and change them a second time, and would draw other random
 numbers. :class:`ReplayedState` makes the recomputation see what the first forward saw and leave
@@ -36,9 +37,10 @@ class ReplayedState:
 
     The first forward notes the buffers it changed, in place (through ``.data`` and under
     ``no_grad`` too: they are compared by value) or by putting a new tensor in their place, and the
-    states of Python's and NumPy's global generators. Recomputation runs on copies of those buffers
-    as they were before the first forward, with those generator states, and then puts back the
-    buffers and states as it found them.
+    states of Python's and NumPy's global generators and of the ``torch.Generator`` objects the
+    block's modules hold. Recomputation runs on copies of those buffers as they were before the
+    first forward, with those generator states, and then puts back the buffers and states as it
+    found them.
 
     Hooks of the block's modules run again during recomputation, as under any checkpoint: a hook
     that counts or accumulates outside the block counts twice.
@@ -48,12 +50,15 @@ class ReplayedState:
         self.module = module
         self.before: dict[str, torch.Tensor] = {}
         self.generators: tuple[Any, Any] | None = None
+        #: the ``torch.Generator`` objects the block's modules hold, with their states before the first forward
+        self.held: list[tuple[torch.Generator, torch.Tensor]] = []
 
     @contextlib.contextmanager
     def forward(self) -> Iterator[None]:
         buffers = dict(self.module.named_buffers())
         copies = {name: buffer.detach().clone() for name, buffer in buffers.items()}
         generators = _generator_states()
+        held = [(generator, generator.get_state()) for generator in _held_generators(self.module)]
         yield
         now = dict(self.module.named_buffers())
         self.before = {
@@ -62,21 +67,27 @@ class ReplayedState:
             if now.get(name) is not buffers[name] or not _equal(buffers[name], copy)
         }
         self.generators = generators
+        self.held = held
 
     @contextlib.contextmanager
     def recompute(self) -> Iterator[None]:
         current = {name: self.module.get_buffer(name) for name in self.before}
         generators = _generator_states()
+        held_now = [(generator, generator.get_state()) for generator, _ in self.held]
         for name, value in self.before.items():
             put_buffer(self.module, name, value.clone())
         if self.generators is not None:
             _set_generator_states(self.generators)
+        for generator, state in self.held:
+            generator.set_state(state)
         try:
             yield
         finally:
             for name, value in current.items():
                 put_buffer(self.module, name, value)
             _set_generator_states(generators)
+            for generator, state in held_now:
+                generator.set_state(state)
 
 
 def replayed_contexts(
@@ -109,6 +120,16 @@ def put_buffer(module: nn.Module, name: str, value: torch.Tensor) -> None:
     """Make ``value`` the buffer ``name`` (dotted) of ``module``, in place of the tensor there."""
     owner, _, leaf = name.rpartition(".")
     module.get_submodule(owner)._buffers[leaf] = value
+
+
+def _held_generators(module: nn.Module) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects held as attributes by ``module`` and its submodules, once each."""
+    found: dict[int, torch.Generator] = {}
+    for inner in module.modules():
+        for value in vars(inner).values():
+            if isinstance(value, torch.Generator):
+                found.setdefault(id(value), value)
+    return list(found.values())
 
 
 def _generator_states() -> tuple[Any, Any]:

@@ -1,11 +1,22 @@
-"""Keeping a model's training state as it was while its step is profiled: buffers and random generators."""
+"""Keeping a model's training state as it was while its step is profiled.
+
+Profiling runs the user's training step on the first batch once per decision and block (about 15
+times with the default decisions). What such a step changes besides activations is put back
+afterwards (:func:`preserved_state`): the model's parameters (an EMA or momentum teacher updated in
+the step), buffers (BatchNorm's statistics), the states of its torchmetrics metrics, the plain
+public attributes of its modules (a step counter), the generators its modules hold, the batch
+(normalised in place) and the global random generators; the Lightning strategies also put back
+the learning-rate schedulers and the optimizers' hyperparameters (a manually stepped scheduler).
+State outside the model (a global object, a file the step writes) cannot be: such a step's first
+batch sees it changed, and ``profile_path`` (a profile saved once) avoids profiling again."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -70,9 +81,85 @@ def _buffer_copies(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tens
         return [(name, b, b.detach().to("cpu", copy=True)) for name, b in model.named_buffers()]
 
 
+def _tensor_copies(tensors: Iterable[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Host copies of ``tensors`` (each once), to be copied back in place."""
+    seen: set[int] = set()
+    copies = []
+    with torch.no_grad(), host_allocations():
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+                seen.add(id(tensor))
+                copies.append((tensor, tensor.detach().to("cpu", copy=True)))
+    return copies
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return copy.copy(value)
+
+
+class ModuleState:
+    """What a training step may change in a model besides its buffers, captured to be put back.
+
+    Parameters (a teacher updated as a moving average of the student, weights clamped by hand),
+    the states of torchmetrics metrics (``update`` in the step), plain public attributes of every
+    module (counters, flags: ``int``, ``float``, ``bool``, ``str`` or ``None``), the
+    ``torch.Generator`` objects modules hold, and ``tensors`` given (the batch: a step may change
+    it in place).
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> net.calls = 0
+        >>> state = ModuleState(net)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.mul_(0)
+        >>> net.calls += 1
+        >>> state.restore()
+        >>> bool(net.weight.abs().sum() > 0), net.calls
+        (True, 0)
+    """
+
+    def __init__(self, model: nn.Module, tensors: Iterable[Any] = ()) -> None:
+        self.tensors = _tensor_copies([*model.parameters(), *tensors])
+        self.metrics: list[tuple[nn.Module, dict[str, Any]]] = []
+        self.values: list[tuple[nn.Module, str, Any]] = []
+        self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
+        for module in model.modules():
+            names = getattr(module, "_defaults", None)
+            if isinstance(getattr(type(module), "metric_state", None), property) and isinstance(names, dict):
+                # a torchmetrics Metric: its states, and the counts that say whether it was updated
+                kept = [*names, "_update_count", "_computed", "_forward_cache"]
+                self.metrics.append((module, {k: _copied(getattr(module, k)) for k in kept if hasattr(module, k)}))
+            for name, value in vars(module).items():
+                if isinstance(value, torch.Generator):
+                    self.generators.append((value, value.get_state()))
+                elif not name.startswith("_") and (value is None or isinstance(value, (bool, int, float, str))):
+                    self.values.append((module, name, value))
+
+    def restore(self) -> None:
+        """Put everything captured back."""
+        with torch.no_grad():
+            for live, saved in self.tensors:
+                live.copy_(saved)
+        for module, states in self.metrics:
+            for name, value in states.items():
+                setattr(module, name, _copied(value))
+        for module, name, value in self.values:
+            if getattr(module, name, object()) is not value:
+                setattr(module, name, value)
+        for generator, generator_state in self.generators:
+            generator.set_state(generator_state)
+
+
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[RandomState]:
-    """Inside: profile freely. After: the model's buffers and the random generators are what they were.
+def preserved_state(model: nn.Module, tensors: Iterable[Any] = ()) -> Iterator[RandomState]:
+    """Inside: profile freely. After: the model's buffers, what :class:`ModuleState` captures (its
+    parameters, metric states, plain attributes and generators, and ``tensors``: the batch) and the
+    random generators are what they were.
 
     Buffers cover BatchNorm's running mean, variance and ``num_batches_tracked``, which every profiled
     forward in training mode would otherwise update, and buffers a forward replaces by new tensors;
@@ -87,6 +174,7 @@ def preserved_state(model: nn.Module) -> Iterator[RandomState]:
         (0.0, 0)
     """
     buffers = _buffer_copies(model)
+    module_state = ModuleState(model, tensors)
     original = RandomState()
     try:
         yield RandomState()  # the caller may replay or advance this one; ``original`` comes back at the end
@@ -96,6 +184,7 @@ def preserved_state(model: nn.Module) -> Iterator[RandomState]:
                 live.copy_(saved)
                 # a forward that puts a new tensor in a buffer's place (``self.n = self.n + 1``)
                 put_buffer(model, name, live)
+        module_state.restore()
         original.restore()
 
 
