@@ -133,7 +133,13 @@ def test_memory_strategy_infeasible_budget_is_one_line(tmp_path, gpt) -> None:
         (-5, "must be positive"),
         ("-5MiB", "budget='-5MiB' must be positive"),
         ("12G", "G alone could mean GiB \\(as Slurm reads it\\) or GB; write '12GiB' or '12GB'$"),
-        (1.5, r"in \(0, 1\]"),
+        (1.5, r"in \(0, 1\]; write a size such as '12GiB'$"),
+        # a whole number from a command line (1e9) meant bytes
+        (1e9, r"in \(0, 1\]; write 1000000000 for 1000000000 bytes, or a size such as '12GiB'$"),
+        ("1000000000.0", r"no unit and is no fraction; write 1000000000 for 1000000000 bytes, a size with a unit"),
+        # one byte, or all of it (1.0)? said, not guessed
+        (1, r"^budget=1 is one byte; write 1.0 for all of the device's memory, or a size such as '12GiB'$"),
+        ("1", r"^budget=1 is one byte; write 1.0"),
     ],
 )
 def test_memory_bad_budget_names_field_and_fix(budget, match) -> None:
@@ -147,6 +153,7 @@ def test_memory_bad_budget_names_field_and_fix(budget, match) -> None:
         ({"verify": "no"}, ValueError, "verify='no' must be True or False"),  # a string is true
         ({"print_plan": 1}, ValueError, "print_plan=1 must be True or False"),
         ({"profile_path": 3}, ValueError, "profile_path=3 must be a file path"),
+        ({"blocks": []}, ValueError, r"blocks=\[\] names no module; leave blocks out \(None\) to plan every"),
         ({"budgte": "1GiB"}, TypeError, "MemoryPlanningStrategy got unexpected keyword arguments budgte; it takes"),
     ],
 )

@@ -118,9 +118,13 @@ class _MemoryPlanning:
         self.loss_chunks = loss_chunks
         self.budget = budget
         self.solver = solver
-        self.blocks = list(blocks) if blocks else None
         if isinstance(blocks, str):
             raise StrategyOptionError("blocks", f"blocks={blocks!r}; give a list of module names, such as ['net']")
+        if blocks is not None and not list(blocks):
+            raise StrategyOptionError(
+                "blocks", "blocks=[] names no module; leave blocks out (None) to plan every repeated structure"
+            )
+        self.blocks = list(blocks) if blocks is not None else None
         self.decisions = check_options(budget, solver, decisions)
         self.profile_path = profile_path
         self.verify = verify

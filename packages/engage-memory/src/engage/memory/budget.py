@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,22 @@ def fraction(budget: object) -> float | None:
         if match and not match.group(2) and "." in match.group(1) and float(match.group(1)) <= 1.0:
             return float(match.group(1))
     return None
+
+
+def fraction_error(field: str, budget: object) -> str:
+    """The line refusing ``budget``, a fraction of device memory outside (0, 1]; a whole number
+    above 1 (``1e9`` from a command line) is taken to be bytes, as its fix says."""
+    value = float(budget)  # type: ignore[arg-type]
+    whole = math.isfinite(value) and value.is_integer() and value > 1
+    bytes_hint = f"write {int(value)} for {int(value)} bytes, or" if whole else "write"
+    return (
+        f"{field}={budget} as a float is a fraction of device memory and must lie in (0, 1]; "
+        f"{bytes_hint} a size such as '12GiB'"
+    )
+
+
+def _one_byte(field: str) -> str:
+    return f"{field}=1 is one byte; write 1.0 for all of the device's memory, or a size such as '12GiB'"
 
 
 def device_memory(device: torch.device | str | None = None) -> int:
@@ -100,14 +117,14 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
     if isinstance(budget, int):
         if budget <= 0:
             raise ValueError(f"{field}={budget} must be positive; write a size such as '12GiB' or 12884901888")
+        if budget == 1:
+            raise ValueError(_one_byte(field))
         return budget
     if isinstance(budget, float):
-        if not 0.0 < budget <= 1.0:
-            raise ValueError(
-                f"{field}={budget} as a float is a fraction of device memory and must lie in (0, 1]; "
-                "write '12GiB' for an absolute size"
-            )
-        return int(budget * device_memory(device))
+        if not 0.0 < budget <= 1.0:  # NaN too
+            raise ValueError(fraction_error(field, budget))
+        # a fraction too small for one byte is one byte: no plan fits it, and the error names the least that does
+        return max(1, int(budget * device_memory(device)))
     if isinstance(budget, str):
         match = _PATTERN.match(budget)
         unit = match.group(2).upper() if match else None
@@ -128,10 +145,14 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
             if float(match.group(1)) <= 1.0:
                 # "0.8" from a config file means the same as the float 0.8: a fraction of device memory.
                 return parse_budget(float(match.group(1)), device, field)
+            number = float(match.group(1))
+            sizes = f"{int(number)} for {int(number)} bytes, " if number.is_integer() else ""
             raise ValueError(
-                f"{field}={budget!r} has no unit and is no fraction; write '{match.group(1)}GiB', a whole number "
-                "of bytes (4096) or a fraction of device memory in (0, 1]"
+                f"{field}={budget!r} has no unit and is no fraction; write {sizes}a size with a unit "
+                f"('{match.group(1)}GiB') or a fraction of device memory in (0, 1]"
             )
+        if not unit and match.group(1).lstrip("0") == "1":
+            raise ValueError(_one_byte(field))
         value = float(match.group(1)) * _UNITS[unit]
         if value <= 0:
             raise ValueError(f"{field}={budget!r} must be positive; write a size such as '12GiB'")

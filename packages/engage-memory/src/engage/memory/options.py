@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engage.memory.budget import fraction, parse_budget
+from engage.memory.budget import fraction, fraction_error, parse_budget
 from engage.memory.decisions import Decision
 
 #: the planners' solvers: ``auto`` (``dp`` on chains of blocks, else ``cpsat``), ``dp``, ``cpsat``
@@ -29,7 +29,7 @@ def check_options(budget: Any, solver: str, decisions: Sequence[str]) -> list[De
     try:
         if share is not None:
             if not 0.0 < share <= 1.0:  # NaN too
-                raise ValueError(f"budget={budget} as a fraction of device memory must lie in (0, 1]; or write '12GiB'")
+                raise ValueError(fraction_error("budget", budget))
         else:
             parse_budget(budget)  # fail at construction, not on the first batch
     except ValueError as exc:
