@@ -31,17 +31,19 @@ def plot_timeline(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gib = 2**30
+    # the largest binary unit in which the budget is at least 1: a small model's plot reads 96 KiB, not 0.0001 GiB
+    unit, scale = next((u, 2**p) for u, p in (("GiB", 30), ("MiB", 20), ("KiB", 10), ("B", 0)) if budget >= 2**p)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(predicted)), 4))
     xs = range(len(predicted))
-    ax.plot(xs, [v / gib for _, v in predicted], marker="o", label="predicted")
+    ax.plot(xs, [v / scale for _, v in predicted], marker="o", label="predicted")
     if measured:
         values = dict(measured)
-        ax.plot(xs, [values.get(label, float("nan")) / gib for label, _ in predicted], marker="x", label="measured")
-    ax.axhline(budget / gib, color="red", linestyle="--", label="budget")
+        ax.plot(xs, [values.get(label, float("nan")) / scale for label, _ in predicted], marker="x", label="measured")
+    ax.axhline(budget / scale, color="red", linestyle="--", label="budget")
     ax.set_xticks(list(xs))
     ax.set_xticklabels([label for label, _ in predicted], rotation=90, fontsize=7)
-    ax.set_ylabel("GiB")
+    ax.set_xlabel("phase of the training step (forward, then backward, block by block)")
+    ax.set_ylabel(f"device memory allocated ({unit})")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
