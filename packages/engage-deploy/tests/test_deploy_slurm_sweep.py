@@ -81,6 +81,10 @@ def test_a_four_job_sweep_runs_as_slurm_jobs_with_its_mlflow_records(slurm_clust
         shown.stdout + shown.stderr
     )
     (folder,) = sorted((tmp_path / "sweep" / ".engage").glob("*"))
+    # this machine's figures are not written under the nodes' names; the jobs' runs have their own
+    assert (
+        not list(folder.glob("hosts/*/metrics.csv")) and json.loads((folder / "jobs/0/system.json").read_text()) == []
+    )
     contract = json.loads((folder / "jobs" / "0" / "job.json").read_text())
     tracking = contract["tracking"]
     # the sweep's server, at this machine's address towards slurmctld, asking for credentials

@@ -111,7 +111,7 @@ class JobExecution:
         report: SweepReport,
         provider: Provider,
         hosts: list[Host],
-        monitors: Mapping[str, HostMonitor],
+        monitors: Mapping[str, HostMonitor],  # the hosts of this machine only
         host_records: Sequence[HostRecord],
         placement: Mapping[str, str],
         recording: Recording,
@@ -386,8 +386,9 @@ class JobExecution:
                 self._stopped.add(job.index)
         if stopping:
             _stop(process)
-        monitor, key = self.monitors[host.name], str(job.index)
-        if process.pid is not None:  # a batch system's job has no process here to sample
+        # a host of another machine has no monitor here (a batch system's job has no process here either)
+        monitor, key = self.monitors.get(host.name), str(job.index)
+        if monitor is not None and process.pid is not None:
             monitor.track(key, process.pid)
         timed_out = False
         try:
@@ -397,7 +398,8 @@ class JobExecution:
             process.wait()
             timed_out = True
         finally:
-            monitor.untrack(key)
+            if monitor is not None:
+                monitor.untrack(key)
             with self._lock:
                 self._running.pop(job.index, None)
                 self._array_tasks.discard(job.index)
@@ -429,7 +431,7 @@ class JobExecution:
         self.folder.write_result(job.index, summary)
         if ret.status != JobStatus.COMPLETED and not (summary["status"] == "KILLED" and not timed_out):
             log.error("job %d failed on %s: %s (logs in %s)", job.index, host.name, summary["error"], job.folder)
-        samples = monitor.job_samples_dicts(key)
+        samples = monitor.job_samples_dicts(key) if monitor is not None else []
         (job.folder / "system.json").write_text(json.dumps(samples))
         record = tracking.JobRecord(
             index=job.index,

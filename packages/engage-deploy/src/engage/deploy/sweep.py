@@ -141,6 +141,11 @@ class Sweep:
                     serving = self._plan_serving(provider)
                     hosts = self._job_hosts(provider)
                     for host in provider.hosts:
+                        if host.remote or not provider.local_processes:
+                            # another machine (a batch system's node, a testbed's host): this one's
+                            # psutil would measure the launcher's machine under its name; its jobs
+                            # record their own system metrics in their MLflow runs
+                            continue
                         monitor = HostMonitor(
                             host.name, folder.host_folder(host.name) / "metrics.csv", self.options.monitor_interval_s
                         )
