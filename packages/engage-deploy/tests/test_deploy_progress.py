@@ -41,3 +41,20 @@ def test_a_long_job_still_shows_the_counts_now_and_then(caplog):
     beats = [r.getMessage() for r in caplog.records]
     assert len(beats) >= 2, beats
     assert beats[0].startswith("engage launcher: 1 running, 0 completed, 0 failed, 1 waiting (0m0"), beats
+
+
+def test_jobs_pending_in_a_batch_queue_count_as_queued_not_running(caplog):
+    caplog.set_level(logging.INFO, logger="engage.deploy.sweep")
+    pending = {1, 2}
+    with SweepProgress(total=4, live=False, heartbeat_s=0.2, queued=lambda: pending) as progress:
+        for index in range(3):
+            progress.started(index)
+        assert progress.counts() == {"completed": 0, "failed": 0, "running": 1, "waiting": 1, "queued": 2}
+        pending.discard(1)  # Slurm started it
+        progress.ended(0, "COMPLETED")
+        assert progress.counts() == {"completed": 1, "failed": 0, "running": 1, "waiting": 1, "queued": 1}
+        import time
+
+        time.sleep(0.5)
+    beats = [r.getMessage() for r in caplog.records if "waiting (" in r.getMessage()]
+    assert beats and beats[0].startswith("engage launcher: 1 running, 1 queued, 1 completed, 0 failed, 1 waiting")

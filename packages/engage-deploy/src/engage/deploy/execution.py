@@ -168,7 +168,9 @@ class JobExecution:
         futures: dict[Future, SweepJob] = {}
         remaining: set[Future] = set()
         last_check = time.monotonic()
-        progress = SweepProgress(total=len(job_overrides))
+        progress = SweepProgress(
+            total=len(job_overrides), queued=None if self.provider.local_processes else self._queued
+        )
 
         def collect(timeout: float) -> None:
             nonlocal remaining, last_check
@@ -215,6 +217,11 @@ class JobExecution:
             finally:
                 self._close_fork_servers()
         return results
+
+    def _queued(self) -> list[int]:
+        """The jobs whose batch job is pending in the batch system's queue, as its last look tells."""
+        with self._lock:
+            return [index for index, process in self._running.items() if getattr(process, "queued", False)]
 
     def stop(self) -> list[int]:
         """Start no more jobs and stop the running ones; returns the indices of every job stopped

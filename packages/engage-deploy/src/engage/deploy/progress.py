@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 log = logging.getLogger("engage.deploy.sweep")
@@ -27,11 +28,20 @@ class SweepProgress:
     ``live``: a rich progress bar on standard error (default: when it is a terminal); otherwise
     each ended job is one log line with its status, duration and the counts so far, and every
     ``heartbeat_s`` without one, a line with the counts and the time since the launch began.
+    ``queued``: for a batch system, which of the started jobs are still pending in its queue
+    (their indices); they count as ``queued``, not ``running``.
     """
 
-    def __init__(self, total: int, live: bool | None = None, heartbeat_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        live: bool | None = None,
+        heartbeat_s: float = 30.0,
+        queued: Callable[[], Collection[int]] | None = None,
+    ) -> None:
         self.total = total
         self.heartbeat_s = heartbeat_s
+        self._queued = queued
         self._began = time.monotonic()
         self._last_line = self._began
         self._stop = threading.Event()
@@ -115,20 +125,26 @@ class SweepProgress:
         self._refresh()
 
     def counts(self) -> dict[str, int]:
+        pending = set(self._queued()) if self._queued is not None else set()
         with self._lock:
             completed = sum(1 for s in self._ended.values() if s == "COMPLETED")
-            running = sum(1 for i in self._started if i not in self._ended)
+            started = [i for i in self._started if i not in self._ended]
+            queued = sum(1 for i in started if i in pending)
             failed = sum(1 for s in self._ended.values() if s not in ("COMPLETED", "SKIPPED"))  # skipped: never ran
-            return {
+            counts = {
                 "completed": completed,
                 "failed": failed,
-                "running": running,
-                "waiting": self.total - len(self._ended) - running,
+                "running": len(started) - queued,
+                "waiting": self.total - len(self._ended) - len(started),
             }
+        if self._queued is not None:
+            counts["queued"] = queued
+        return counts
 
     def _detail(self) -> str:
         counts = self.counts()
-        return f"{counts['running']} running, {counts['completed']} completed, {counts['failed']} failed"
+        queued = f", {counts['queued']} queued" if "queued" in counts else ""
+        return f"{counts['running']} running{queued}, {counts['completed']} completed, {counts['failed']} failed"
 
     def _refresh(self) -> None:
         if self._bar is not None:
