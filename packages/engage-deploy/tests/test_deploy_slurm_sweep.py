@@ -247,7 +247,10 @@ def test_a_one_rank_job_of_a_sweep_requeued_midway_resumes_from_its_checkpoint(s
     thread.join()
     assert done[0].returncode == 0, done[0].stderr[-4000:]
     text = log()
-    assert released and f"engage: job {job} requeued at step" in text, text[-3000:]
+    # Slurm requeued it (it held it as requeued jobs are held); its first incarnation says so as it
+    # ends, unless Slurm's SIGKILL, KillWait (5 s here) after its SIGTERM, comes first on a loaded
+    # machine; the second resumes from the checkpoint the requeue wrote, and nothing failed
+    assert released and "job failed" not in text and "failed: RunFailed" not in text, text[-3000:]
     assert "Restoring states from the checkpoint path at" in text and "hpc_ckpt_1.ckpt" in text, text[-3000:]
     results = _results(tmp_path)
     assert results[0]["status"] == "COMPLETED", results
