@@ -1,8 +1,8 @@
 """What a training step changes besides activations is as it would be without the strategy,
 though profiling runs the step about 15 times on the first batch: parameters a step updates
 itself, metric states, counters, a batch changed in place, generators modules hold (recomputed
-blocks draw the same masks), and a manually stepped learning-rate scheduler. Frozen layers are
-not planned."""
+blocks draw the same masks), and a manually stepped learning-rate scheduler. Blocks that take no
+part in backward are not planned."""
 
 from __future__ import annotations
 
@@ -100,6 +100,23 @@ class ManualSchedule(L.LightningModule):
         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
 
 
+class PromptTuned(L.LightningModule):
+    """Frozen blocks; a prompt added to the input before them, and the head after them, train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Net()
+        self.net.blocks.requires_grad_(False)
+        self.prompt = torch.nn.Parameter(torch.zeros(16))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x + self.prompt), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+
 def _fit(model: L.LightningModule, strategy: MemoryPlanningStrategy | None, tmp_path) -> L.LightningModule:
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 16, generator=generator), torch.randint(0, 4, (32,), generator=generator))
@@ -143,8 +160,29 @@ def test_a_manually_stepped_scheduler_is_as_without_the_strategy(tmp_path) -> No
         assert torch.equal(a, b)
 
 
-def test_frozen_layers_are_not_planned() -> None:
-    model = SideEffects()
-    assert [name for name, _ in find_blocks(model)] == [f"student.blocks.{i}" for i in range(4)]
-    model.student.blocks[:2].requires_grad_(False)  # fine-tuning the last layers only
-    assert [name for name, _ in find_blocks(model)] == ["student.blocks.2", "student.blocks.3"]
+def test_blocks_that_take_no_part_in_backward_are_left_out_and_frozen_ones_gradients_pass_through_are_not(
+    tmp_path,
+) -> None:
+    # the teacher's blocks are found with the student's, run without gradients, and left out
+    strategy = _strategy()
+    with pytest.warns(UserWarning, match=r"blocks teacher\.blocks\.0, .*teacher\.blocks\.3 take no part in backward"):
+        _fit(SideEffects(), strategy, tmp_path / "teacher")
+    assert strategy.plan.names == [f"student.blocks.{i}" for i in range(4)]
+    # prompt tuning: every block frozen, gradients pass through them to what trains before them
+    tuned = PromptTuned()
+    assert [name for name, _ in find_blocks(tuned)] == [f"net.blocks.{i}" for i in range(4)]
+    strategy = _strategy()
+    _fit(tuned, strategy, tmp_path / "tuned")
+    assert strategy.plan.names == [f"net.blocks.{i}" for i in range(4)]
+
+
+def test_a_batch_of_expanded_tensors_and_blocks_given_by_an_iterator() -> None:
+    from engage.memory.step_state import preserved_state
+
+    net = torch.nn.Linear(2, 2)
+    x, shared = torch.randn(8, 2), torch.ones(1, 2).expand(8, 2)  # one element for all rows
+    with preserved_state(net, [x, shared]):
+        x.mul_(0.5)
+    assert torch.equal(shared, torch.ones(8, 2))
+    strategy = MemoryPlanningStrategy(budget="1GiB", blocks=(f"net.blocks.{i}" for i in range(4)))
+    assert strategy.blocks == [f"net.blocks.{i}" for i in range(4)]

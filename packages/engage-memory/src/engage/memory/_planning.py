@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
+from engage.memory.blocks import NoBlocksError
 from engage.memory.budget import format_bytes
-from engage.memory.errors import PlannedOutOfMemoryError, UnsupportedSetupError
+from engage.memory.errors import BlocksWithoutBackward, PlannedOutOfMemoryError, UnsupportedSetupError
 from engage.memory.options import StrategyOptionError, check_options
 from engage.memory.plan import Plan
 from engage.memory.planner import MemoryPlanner
@@ -120,7 +121,8 @@ class _MemoryPlanning:
         self.solver = solver
         if isinstance(blocks, str):
             raise StrategyOptionError("blocks", f"blocks={blocks!r}; give a list of module names, such as ['net']")
-        if blocks is not None and not list(blocks):
+        blocks = list(blocks) if blocks is not None else None  # once: an iterator is read once
+        if blocks is not None and not blocks:
             raise StrategyOptionError(
                 "blocks", "blocks=[] names no module; leave blocks out (None) to plan every repeated structure"
             )
@@ -140,16 +142,50 @@ class _MemoryPlanning:
         self.watch: StepWatch | None = None
         self._cache_warned = False
 
-    def _setup_planner(self) -> None:
+    def _setup_planner(self, blocks: Sequence[str] | None = None) -> None:
+        """The planner of ``blocks`` (default: the ``blocks`` option, or every repeated structure)."""
         if self.planner is None:
             self.planner = MemoryPlanner(
                 self.lightning_module,
-                blocks=self.blocks,
+                blocks=blocks if blocks is not None else self.blocks,
                 device=self.root_device,
                 decisions=self.decisions,
             )
             self.watch = StepWatch(self.planner.runtime, self.root_device)
             self.step_timer = SteadyStepTimer(self.root_device)
+
+    def _replan_blocks(self, names: Sequence[str]) -> None:
+        """Plan ``names`` only from now on: the planner is made again for them (on every rank, from
+        the plan rank 0 shares, under DDP)."""
+        assert self.planner is not None
+        self.planner.remove()
+        self.planner = None
+        self._setup_planner(list(names))
+
+    def _profile_without_frozen(self, profile_step: Any) -> Profile:
+        """Profile; blocks found in the model's repeated structures (not named by ``blocks=``)
+        that take no part in backward (frozen layers before any that train, a teacher run without
+        gradients) are left out, with a warning, and the step profiled again without them."""
+        assert self.planner is not None
+        try:
+            return profile_step()
+        except BlocksWithoutBackward as exc:
+            if self.blocks is not None:
+                raise  # named by the user: the line says to leave them out
+            left = [name for name, _ in self.planner.runtime.blocks if name not in exc.names]
+            if not left:
+                raise NoBlocksError(
+                    f"no block of {type(self.lightning_module).__name__}'s repeated structures takes part in "
+                    "backward (all frozen, or run without gradients); pass blocks=['name.of.block', ...] naming "
+                    "modules that train"
+                ) from None
+            warnings.warn(
+                f"blocks {', '.join(exc.names)} take no part in backward (frozen, or run without gradients): "
+                "not planned",
+                stacklevel=2,
+            )
+            self._replan_blocks(left)
+            return profile_step()
 
     def _profile_step(self, args: tuple, kwargs: dict) -> Any:
         module = self.lightning_module
@@ -182,6 +218,12 @@ class _MemoryPlanning:
         if not self.profile_path or self.plans or not os.path.exists(self.profile_path):
             return None
         profile = Profile.load(self.profile_path)
+        assert self.planner is not None
+        found = [name for name, _ in self.planner.runtime.blocks]
+        if self.blocks is None and profile.units != found and set(profile.units) < set(found):
+            # profiled without the blocks that take no part in backward: plan those it holds
+            self._replan_blocks(profile.units)
+            signatures = (model_signature(self.lightning_module, self.planner.runtime.blocks), signatures[1])
         profile.check_matches(*signatures, source=f"profile_path={self.profile_path!r}")
         return profile
 
@@ -198,6 +240,8 @@ class _MemoryPlanning:
             else:
                 plan, profile = self._profile_and_solve(args, kwargs, roots, signatures)
         plan, profile = self._share(plan, profile, signatures[1])
+        if list(plan.names) != [name for name, _ in self.planner.runtime.blocks]:
+            self._replan_blocks(plan.names)  # rank 0 left blocks out that take no part in backward
         self.planner.apply(plan)
         self.planner.profile_ = profile
         self.plan, self.profile = plan, profile
@@ -220,13 +264,15 @@ class _MemoryPlanning:
             if profile is not None:
                 self.planner.profile_ = profile
             else:
-                profile = self.planner.profile(
-                    step,
-                    optimizers=list(trainer.optimizers),
-                    roots=roots,
-                    grads_persist=trainer.accumulate_grad_batches > 1,
-                    # Lightning zeroes gradients after training_step: the last step's are alive in forward.
-                    grads_in_forward=True,
+                profile = self._profile_without_frozen(
+                    lambda: self.planner.profile(  # type: ignore[union-attr]
+                        step,
+                        optimizers=list(trainer.optimizers),
+                        roots=roots,
+                        grads_persist=trainer.accumulate_grad_batches > 1,
+                        # Lightning zeroes gradients after training_step: the last step's are alive in forward.
+                        grads_in_forward=True,
+                    )
                 )
                 if self.profile_path and not self.plans:
                     profile.save(self.profile_path)

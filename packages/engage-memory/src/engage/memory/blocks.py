@@ -13,13 +13,11 @@ class NoBlocksError(ValueError):
 
 
 def _has_params(module: nn.Module) -> bool:
-    """Whether ``module`` has parameters that train: a frozen one (a fine-tuned model's embedding,
-    a teacher updated as a moving average) has no backward of its own to plan."""
-    return any(p.requires_grad for p in module.parameters())
+    return any(True for _ in module.parameters())
 
 
 def _repeated(container: nn.Module) -> bool:
-    """Two or more children of one class that carry trained parameters: a stack of blocks, not a one-off layer list."""
+    """Two or more children of one class that carry parameters: a stack of blocks, not a one-off layer list."""
     kinds = Counter(type(child) for child in container.children() if _has_params(child))
     return bool(kinds) and kinds.most_common(1)[0][1] >= 2
 
@@ -47,10 +45,9 @@ def find_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[tu
     """The blocks to plan: ``names`` if given, else the children of every repeated structure.
 
     A repeated structure is an ``nn.ModuleList`` or ``nn.Sequential`` holding two or more children of one
-    class with parameters that train (the layers of a transformer, the stages of a ResNet, a U-Net's encoder
-    and its decoder); their children with such parameters are planned (frozen ones, which have no backward
-    of their own, are not), and the lists inside a planned block are part of it. A model without one falls
-    back to any list holding two or more modules with parameters that train.
+    class with parameters (the layers of a transformer, the stages of a ResNet, a U-Net's encoder and its
+    decoder); all their children are planned, and the lists inside a planned block are part of it. A model
+    without one falls back to any list holding two or more modules with parameters.
 
     Examples:
         >>> import torch
@@ -79,7 +76,6 @@ def find_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[tu
         (f"{prefix}.{key}" if prefix else key, child)
         for prefix, container in containers
         for key, child in container.named_children()
-        if _has_params(child)  # frozen layers of a stack are left to run as they are
     ]
     if len(blocks) < 2:
         raise NoBlocksError(

@@ -36,3 +36,13 @@ class ProfileMismatchError(ValueError):
 
 class UnsupportedSetupError(ValueError):
     """A training setup the memory planner cannot plan for; the message says what to change."""
+
+
+class BlocksWithoutBackward(ValueError):
+    """Blocks that ran in the profiled step but took no part in its backward (frozen layers before
+    any that train, a teacher run without gradients): nothing of theirs waits for backward, so
+    there is nothing to plan. ``names``: those blocks."""
+
+    def __init__(self, names: list[str], message: str) -> None:
+        super().__init__(message)
+        self.names = names

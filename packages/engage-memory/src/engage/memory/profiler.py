@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engage.memory.decisions import ALL_DECISIONS, Decision
+from engage.memory.errors import BlocksWithoutBackward
 from engage.memory.optimizer_step import measure_optimizer_step
 from engage.memory.probes import Probe
 from engage.memory.profile import BlockProfile, DecisionCost, Profile
@@ -255,13 +256,19 @@ class Profiler:
             if not missing and (not skipped or reseed is None):
                 return events
             _clear_grads(self.params)
+            frozen = [
+                i for i in sorted(skipped) if not any(p.requires_grad for p in self.runtime.blocks[i][1].parameters())
+            ]
+            if not missing and len(frozen) == len(skipped):
+                break  # no other random state gives a frozen block, run without gradients, a backward
             if reseed is not None:
                 reseed()
-        if not missing:  # every block ran, but one never took part in backward
-            name = self.runtime.blocks[min(skipped)][0]
-            raise ValueError(
-                f"block {name!r} produced no gradient: it does not take part in backward (or returns its input); "
-                "leave it out of blocks="
+        if not missing:  # every block ran, but some never took part in backward
+            names = [self.runtime.blocks[i][0] for i in sorted(skipped)]
+            raise BlocksWithoutBackward(
+                names,
+                f"block {names[0]!r} produced no gradient: it does not take part in backward (frozen before any "
+                "layer that trains, run without gradients, or returning its input); leave it out of blocks=",
             )
         raise ValueError(
             f"blocks {missing} did not run in the training step"

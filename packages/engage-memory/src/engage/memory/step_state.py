@@ -2,13 +2,14 @@
 
 Profiling runs the user's training step on the first batch once per decision and block (about 15
 times with the default decisions). What such a step changes besides activations is put back
-afterwards (:func:`preserved_state`): the model's parameters (an EMA or momentum teacher updated in
-the step), buffers (BatchNorm's statistics), the states of its torchmetrics metrics, the plain
-public attributes of its modules (a step counter), the generators its modules hold, the batch
-(normalised in place) and the global random generators; the Lightning strategies also put back
-the learning-rate schedulers and the optimizers' hyperparameters (a manually stepped scheduler).
-State outside the model (a global object, a file the step writes) cannot be: such a step's first
-batch sees it changed, and ``profile_path`` (a profile saved once) avoids profiling again."""
+afterwards (:func:`preserved_state`): the model's parameters that do not train (an EMA or
+momentum teacher updated in the step), buffers (BatchNorm's statistics), the states of its
+torchmetrics metrics, the plain public attributes of its modules (a step counter), the generators
+its modules hold, the batch (normalised in place) and the global random generators; the Lightning
+strategies also put back the learning-rate schedulers and the optimizers' hyperparameters (a
+manually stepped scheduler). Trained parameters are the optimizers' to change, and their steps
+are paused. State outside the model (a global object, a file the step writes) cannot be put
+back: such a step's first batch sees it changed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import contextlib
 import copy
 import random
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -81,16 +83,35 @@ def _buffer_copies(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tens
         return [(name, b, b.detach().to("cpu", copy=True)) for name, b in model.named_buffers()]
 
 
-def _tensor_copies(tensors: Iterable[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Host copies of ``tensors`` (each once), to be copied back in place."""
+def _tensor_copies(tensors: Iterable[Any]) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+    """Host copies of ``tensors`` (each once) with their version counters, to be copied back in
+    place where the step wrote them."""
     seen: set[int] = set()
     copies = []
     with torch.no_grad(), host_allocations():
         for tensor in tensors:
             if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
                 seen.add(id(tensor))
-                copies.append((tensor, tensor.detach().to("cpu", copy=True)))
+                copies.append((tensor, tensor._version, tensor.detach().to("cpu", copy=True)))
     return copies
+
+
+#: the share of the host's available memory that copies of frozen parameters may take
+FROZEN_COPY_SHARE = 0.25
+
+
+def _frozen_parameters(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters that do not train (a teacher the step updates as a moving average): those a
+    step may change itself. Trained ones are the optimizers' to change, and profiling pauses their
+    steps. Left out, with a warning if the step then changes them, where their copies would take
+    more than :data:`FROZEN_COPY_SHARE` of the host's available memory (a large frozen backbone)."""
+    import psutil
+
+    frozen = list({id(p): p for p in model.parameters() if not p.requires_grad}.values())
+    size = sum(p.numel() * p.element_size() for p in frozen)
+    if size > FROZEN_COPY_SHARE * psutil.virtual_memory().available:
+        return []
+    return frozen
 
 
 def _copied(value: Any) -> Any:
@@ -104,7 +125,7 @@ def _copied(value: Any) -> Any:
 class ModuleState:
     """What a training step may change in a model besides its buffers, captured to be put back.
 
-    Parameters (a teacher updated as a moving average of the student, weights clamped by hand),
+    Parameters that do not train (a teacher updated as a moving average of the student),
     the states of torchmetrics metrics (``update`` in the step), plain public attributes of every
     module (counters, flags: ``int``, ``float``, ``bool``, ``str`` or ``None``), the
     ``torch.Generator`` objects modules hold, and ``tensors`` given (the batch: a step may change
@@ -112,7 +133,7 @@ class ModuleState:
 
     Examples:
         >>> import torch
-        >>> net = torch.nn.Linear(2, 2)
+        >>> net = torch.nn.Linear(2, 2).requires_grad_(False)
         >>> net.calls = 0
         >>> state = ModuleState(net)
         >>> with torch.no_grad():
@@ -124,7 +145,13 @@ class ModuleState:
     """
 
     def __init__(self, model: nn.Module, tensors: Iterable[Any] = ()) -> None:
-        self.tensors = _tensor_copies([*model.parameters(), *tensors])
+        frozen = _frozen_parameters(model)
+        self.tensors = _tensor_copies([*frozen, *tensors])
+        copied = {id(p) for p in frozen}
+        #: frozen parameters too large to copy, with their versions: a step that changes them is told
+        self.uncopied = [
+            (name, p, p._version) for name, p in model.named_parameters() if not p.requires_grad and id(p) not in copied
+        ]
         self.metrics: list[tuple[nn.Module, dict[str, Any]]] = []
         self.values: list[tuple[nn.Module, str, Any]] = []
         self.generators: list[tuple[torch.Generator, torch.Tensor]] = []
@@ -143,8 +170,18 @@ class ModuleState:
     def restore(self) -> None:
         """Put everything captured back."""
         with torch.no_grad():
-            for live, saved in self.tensors:
-                live.copy_(saved)
+            for live, version, saved in self.tensors:
+                if live._version != version:  # written by the step (an expanded batch tensor never is)
+                    live.copy_(saved)
+        changed = [name for name, p, version in self.uncopied if p._version != version]
+        if changed:
+            warnings.warn(
+                f"training_step changed frozen parameters ({', '.join(changed[:3])}) in place while it was "
+                "profiled, and they were too large to keep copies of: the first step starts from them as "
+                "profiling left them; set profile_path to plan from a saved profile",
+                stacklevel=2,
+            )
+            self.uncopied = []
         for module, states in self.metrics:
             for name, value in states.items():
                 setattr(module, name, _copied(value))
