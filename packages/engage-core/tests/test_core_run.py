@@ -561,7 +561,9 @@ def test_a_killed_run_resumes_with_ckpt_path_last_and_loses_no_sample(tmp_path):
         time.sleep(0.2)
     assert before[0].info.status == "FAILED" and before[0].info.end_time is not None
     assert f"its process (pid {first.pid} on " in before[0].data.tags["engage.error"]
-    assert "died without ending the run: killed by a signal Python cannot handle" in before[0].data.tags["engage.error"]
+    assert (
+        "ended without ending the run: killed by a signal Python cannot handle" in before[0].data.tags["engage.error"]
+    )
     # and names its online run (journal, folder), tagged as training began
     assert [len(r.data.tags.get("engage.online_run_id", "")) for r in before] == [32]
     # the checkpoint of another simulator is refused before anything starts, naming what differs

@@ -292,7 +292,12 @@ def test_a_server_whose_starter_was_killed_outright_ends_and_one_kept_does_not(t
         process.kill()
         process.wait()
         deadline = time.monotonic() + 20
-        while psutil.pid_exists(held) and psutil.Process(held).status() != psutil.STATUS_ZOMBIE:
+        while True:
+            try:
+                if psutil.Process(held).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
             assert time.monotonic() < deadline, "the held server outlived its starter"
             time.sleep(0.1)
         assert psutil.pid_exists(child) and psutil.pid_exists(kept)  # the worker lives on; the kept server serves

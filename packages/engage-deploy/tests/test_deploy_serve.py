@@ -465,8 +465,8 @@ def test_a_replica_left_without_the_last_version_fails_the_run_and_one_back_in_t
         callback = PublishWeights(urls, api_key="k" * 32, every_n_steps=2, timeout_s=3)
         trainer = _trainer(tmp_path, callback)
         with pytest.raises(
-            ServingError, match=rf"^1 of 3 replicas do not serve the last version of the weights \(4\), sent again "
-            rf"for 3 s; {urls[0]}: HTTP 500: {{\"detail\": \"not ready\"}}$"
+            ServingError, match=rf"^1 of 3 replicas do not serve the last version of the weights \(version 4\), sent "
+            rf"again for [23] s; {urls[0]}: HTTP 500: {{\"detail\": \"not ready\"}}$"
         ):  # fmt: skip
             trainer.fit(Sine(), loader(samples=256))
         assert down_seen[0] == 2 and down_seen.count(4) >= 3  # sent again once a second
@@ -475,7 +475,8 @@ def test_a_replica_left_without_the_last_version_fails_the_run_and_one_back_in_t
         back_seen.clear()
         trainer = _trainer(tmp_path, only_back)
         trainer.fit(Sine(), loader(samples=256))
-        assert back_seen == [2, 4, 4, 4] and only_back.failures == 2
+        # version 2 is sent unless the sender was still busy when version 4 came
+        assert back_seen[-3:] == [4, 4, 4] and back_seen[:-3] in ([2], []) and only_back.failures == 2
     finally:
         for server in (down, back, well):
             server.shutdown()

@@ -55,9 +55,9 @@ def test_a_reaper_that_died_is_replaced_and_its_pipe_forgotten(slurm_commands):
     reaper.start()
     assert reaper.running and reaper._process is not first
     # only the live reaper's pipe is pointed away in forked children; the dead one's is closed
-    assert lifeline._WRITE_ENDS == {reaper._process.stdin.fileno()} and first.stdin.closed
+    assert set(lifeline._WRITE_ENDS) == {reaper._process.stdin} and first.stdin.closed
     reaper.stop()
-    assert not lifeline._WRITE_ENDS and not slurm_commands.exists()
+    assert not set(lifeline._WRITE_ENDS) and not slurm_commands.exists()
 
 
 def test_a_killed_submitters_jobs_are_cancelled_by_their_name(slurm_commands):

@@ -27,21 +27,30 @@ from __future__ import annotations
 
 import os
 import subprocess
+import weakref
+from typing import IO
 
 __all__ = ["hold", "let_go"]
 
-#: the write ends of the pipes this process holds, which no forked child may keep open
-_WRITE_ENDS: set[int] = set()
+#: the write ends of the pipes this process holds, which no forked child may keep open: the file
+#: objects, weakly (one closed or collected without :func:`let_go` leaves no stale number behind)
+_WRITE_ENDS: weakref.WeakSet[IO[bytes]] = weakref.WeakSet()
 
 
 def _drop_write_ends() -> None:
     # in a forked child: the same descriptors stay valid (the child's copies of the Popen objects
     # close them one day) but no longer keep the pipes open
     null = os.open(os.devnull, os.O_WRONLY)
-    for fd in _WRITE_ENDS:
-        os.dup2(null, fd, inheritable=False)
-    os.close(null)
-    _WRITE_ENDS.clear()
+    try:
+        for file in list(_WRITE_ENDS):
+            try:
+                if not file.closed:
+                    os.dup2(null, file.fileno(), inheritable=False)
+            except (OSError, ValueError):
+                continue  # closed meanwhile: nothing of it to keep open
+    finally:
+        os.close(null)
+        _WRITE_ENDS.clear()
 
 
 os.register_at_fork(after_in_child=_drop_write_ends)
@@ -51,14 +60,14 @@ def hold(process: subprocess.Popen) -> None:
     """Hold ``process``'s standard input (``stdin=subprocess.PIPE``) as its lifeline."""
     if process.stdin is None:
         raise ValueError("a lifeline is the helper's standard input: start it with stdin=subprocess.PIPE")
-    _WRITE_ENDS.add(process.stdin.fileno())
+    _WRITE_ENDS.add(process.stdin)
 
 
 def let_go(process: subprocess.Popen, last_line: bytes = b"") -> None:
     """Close ``process``'s lifeline, after writing ``last_line``; a helper gone already is no error."""
     if process.stdin is None or process.stdin.closed:
         return
-    _WRITE_ENDS.discard(process.stdin.fileno())
+    _WRITE_ENDS.discard(process.stdin)
     try:
         if last_line:
             process.stdin.write(last_line)

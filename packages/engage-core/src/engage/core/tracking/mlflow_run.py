@@ -289,13 +289,16 @@ class MLflowRun:
                 self._monitor._shutdown_event.set()
                 logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
             self._monitor = None
-        if reachable:
-            self.client.set_terminated(self.run_id, status=status)
-        if self._guard is not None:
-            # ended, or left RUNNING on purpose (a store that stopped answering: resumed later)
-            self._guard.stop()
-            self._guard = None
-        if self._environment_uri is None:
-            os.environ.pop(MLFLOW_TRACKING_URI, None)
-        else:
-            os.environ[MLFLOW_TRACKING_URI] = self._environment_uri
+        try:
+            if reachable:
+                self.client.set_terminated(self.run_id, status=status)
+        finally:
+            if self._guard is not None:
+                # ended, or left RUNNING on purpose (a store that stopped answering: resumed
+                # later), or its end failed, which the run's own line says
+                self._guard.stop()
+                self._guard = None
+            if self._environment_uri is None:
+                os.environ.pop(MLFLOW_TRACKING_URI, None)
+            else:
+                os.environ[MLFLOW_TRACKING_URI] = self._environment_uri

@@ -6,7 +6,8 @@ killer, a crash of the interpreter) cannot, and its run would stay ``RUNNING`` f
 :class:`RunGuard` covers that case: it starts ``python -m engage.core.tracking.run_guard RUN_ID
 PID`` in a session of its own, reading a :mod:`~engage.core.lifeline` whose write end only the
 run's process holds. When that process dies, the kernel closes the pipe; the guard reads end of
-file and, if the run is still ``RUNNING``, ends it ``FAILED`` with ``engage.error`` saying so.
+file and, if the run is still ``RUNNING``, ends it ``FAILED``, with ``engage.error`` saying so
+unless the run recorded its cause itself.
 :meth:`RunGuard.stop` (the process ended its run itself) writes a line first, and the guard
 exits without a look. The store's address reaches the guard through ``MLFLOW_TRACKING_URI`` in
 its environment, with the credentials of the process's own (never on its command line).
@@ -51,7 +52,8 @@ class RunGuard:
         """Start the guard (returns at once; it takes a tenth of a second to start)."""
         if self.running:
             return
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        # its one request after a death waits no longer than the run's own would (a dead server)
+        env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "engage.core.tracking.run_guard", self.run_id, str(os.getpid())],
             stdin=subprocess.PIPE,
@@ -82,13 +84,15 @@ def end_abandoned_run(run_id: str, pid: int) -> bool:
     from engage.core.tracking.store import ERROR_TAG
 
     client = MlflowClient()
-    if client.get_run(run_id).info.status != "RUNNING":
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
         return False
-    cause = (
-        f"its process (pid {pid} on {socket.gethostname()}) died without ending the run: killed by a signal "
-        "Python cannot handle (SIGKILL, sent by hand or by the out-of-memory killer) or a crash of the interpreter"
-    )
-    client.set_tag(run_id, ERROR_TAG, cause)
+    if ERROR_TAG not in run.data.tags:  # a cause the run recorded itself stands
+        cause = (
+            f"its process (pid {pid} on {socket.gethostname()}) ended without ending the run: killed by a "
+            "signal Python cannot handle (SIGKILL, sent by hand or by the out-of-memory killer), or crashed"
+        )
+        client.set_tag(run_id, ERROR_TAG, cause)
     client.set_terminated(run_id, status="FAILED")
     return True
 

@@ -45,7 +45,8 @@ class PublishWeights(pl.Callback):
     later version would be refused too. When training ends, the last version is sent again, once
     a second for up to ``timeout_s``, to each replica that did not take it (one its supervisor is
     starting again); a replica that still lacks it would serve an older model than the one
-    trained, and fails the training with one line naming it. The counts
+    trained, and fails the training with one line naming it, raised in ``teardown`` so that
+    what was served is recorded first. The counts
     (versions sent, failures) are logged as ``serve/published_version`` and
     ``serve/publish_failures``, and :attr:`publications` keeps every attempt.
 
@@ -106,6 +107,8 @@ class PublishWeights(pl.Callback):
         self._closed = False
         self._thread: threading.Thread | None = None
         self._last_sent: tuple[int, bytes] | None = None
+        #: why the training's end fails (raised in ``teardown``), if it does
+        self._failure: str | None = None
 
     def add_replica(self, url: str) -> Publication | None:
         """Publish to ``url`` from now on, starting with the newest version sent so far (sent
@@ -154,23 +157,34 @@ class PublishWeights(pl.Callback):
         self.close()
         self._log(trainer)
         self._check()
-        from engage.deploy.serving import ServingError
-
+        self._failure = None
         attempts = [p for p in self.publications if p.status != 409]
         if attempts and not any(p.status == 200 for p in attempts):
             last = attempts[-1]
-            raise ServingError(
+            self._failure = (
                 f"no replica took any version of the weights ({len(attempts)} attempt{'s' * (len(attempts) != 1)}; "
                 f"the last, to {last.replica}: {_why(last)})"
             )
+            return
+        started = time.monotonic()
         stale = self._send_last_again()
         self._log(trainer)  # the publications sent again too
         if stale:
             first = stale[0]
-            raise ServingError(
+            self._failure = (
                 f"{len(stale)} of {len(self.replicas)} replicas do not serve the last version of the weights "
-                f"({first.version}), sent again for {self.timeout_s:g} s; {first.replica}: {_why(first)}"
+                f"(version {first.version}), sent again for {time.monotonic() - started:.0f} s; "
+                f"{first.replica}: {_why(first)}"
             )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # the training's end fails here, once what was served is recorded (ServeWhileTraining's
+        # teardown, before this one), not in on_train_end, which would leave it unrecorded
+        failure, self._failure = self._failure, None
+        if stage == "fit" and failure is not None:
+            from engage.deploy.serving import ServingError
+
+            raise ServingError(failure)
 
     def state_dict(self) -> dict[str, object]:
         return {"run_id": self.run_id, "best": self._best}
@@ -197,17 +211,23 @@ class PublishWeights(pl.Callback):
         ``timeout_s``; the last failed publication of each replica that still lacks it."""
         if self._last_sent is None:
             return []
+        from concurrent.futures import ThreadPoolExecutor
+
         version, body = self._last_sent
         deadline = time.monotonic() + self.timeout_s
         while True:
             with self._lock:
                 replicas = list(self.replicas)
             missing = [r for r in replicas if not any(_took(p, r, version) for p in self.publications)]
-            if not missing or time.monotonic() >= deadline:
+            if not missing or time.monotonic() + 1.0 >= deadline:
                 break
             time.sleep(1.0)
-            for replica in missing:
-                self.publications.append(self._send(replica, version, body))
+            left = max(1.0, deadline - time.monotonic())
+            with ThreadPoolExecutor(len(missing), thread_name_prefix="engage-publish-again") as pool:
+                # at once to every replica that lacks it, within what is left of timeout_s
+                sent = list(pool.map(self._send, missing, [version] * len(missing), [body] * len(missing),
+                                     [left] * len(missing)))  # fmt: skip
+            self.publications.extend(sent)
         return [next(p for p in reversed(self.publications) if p.replica == r) for r in missing]
 
     def close(self, wait: bool = True) -> None:
@@ -253,7 +273,7 @@ class PublishWeights(pl.Callback):
             for replica in replicas:
                 self.publications.append(self._send(replica, version, body))
 
-    def _send(self, replica: str, version: int, body: bytes) -> Publication:
+    def _send(self, replica: str, version: int, body: bytes, timeout_s: float | None = None) -> Publication:
         from engage.deploy.serve.replica import API_KEY_HEADER
 
         request = urllib.request.Request(
@@ -264,7 +284,7 @@ class PublishWeights(pl.Callback):
         )
         started = time.perf_counter()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
                 return Publication(version, replica, response.status, time.perf_counter() - started)
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode(errors="replace")
