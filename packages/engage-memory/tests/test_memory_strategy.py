@@ -139,7 +139,8 @@ def test_memory_strategy_infeasible_budget_is_one_line(tmp_path, gpt) -> None:
         ("1000000000.0", r"no unit and is no fraction; write 1000000000 for 1000000000 bytes, a size with a unit"),
         # one byte, or all of it (1.0)? said, not guessed
         (1, r"^budget=1 is one byte; write 1.0 for all of the device's memory, or a size such as '12GiB'$"),
-        ("1", r"^budget=1 is one byte; write 1.0"),
+        ("01", r"^budget='01' is one byte; write 1.0"),
+        (2.0, r"in \(0, 1\]; write a size such as '12GiB'$"),
     ],
 )
 def test_memory_bad_budget_names_field_and_fix(budget, match) -> None:

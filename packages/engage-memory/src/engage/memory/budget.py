@@ -41,7 +41,7 @@ def fraction_error(field: str, budget: object) -> str:
     """The line refusing ``budget``, a fraction of device memory outside (0, 1]; a whole number
     above 1 (``1e9`` from a command line) is taken to be bytes, as its fix says."""
     value = float(budget)  # type: ignore[arg-type]
-    whole = math.isfinite(value) and value.is_integer() and value > 1
+    whole = math.isfinite(value) and value.is_integer() and value >= 1024  # 2.0: a fraction mistyped, not bytes
     bytes_hint = f"write {int(value)} for {int(value)} bytes, or" if whole else "write"
     return (
         f"{field}={budget} as a float is a fraction of device memory and must lie in (0, 1]; "
@@ -49,8 +49,8 @@ def fraction_error(field: str, budget: object) -> str:
     )
 
 
-def _one_byte(field: str) -> str:
-    return f"{field}=1 is one byte; write 1.0 for all of the device's memory, or a size such as '12GiB'"
+def _one_byte(field: str, budget: object) -> str:
+    return f"{field}={budget!r} is one byte; write 1.0 for all of the device's memory, or a size such as '12GiB'"
 
 
 def device_memory(device: torch.device | str | None = None) -> int:
@@ -118,7 +118,7 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
         if budget <= 0:
             raise ValueError(f"{field}={budget} must be positive; write a size such as '12GiB' or 12884901888")
         if budget == 1:
-            raise ValueError(_one_byte(field))
+            raise ValueError(_one_byte(field, budget))
         return budget
     if isinstance(budget, float):
         if not 0.0 < budget <= 1.0:  # NaN too
@@ -146,13 +146,16 @@ def parse_budget(budget: str | int | float, device: torch.device | str | None = 
                 # "0.8" from a config file means the same as the float 0.8: a fraction of device memory.
                 return parse_budget(float(match.group(1)), device, field)
             number = float(match.group(1))
-            sizes = f"{int(number)} for {int(number)} bytes, " if number.is_integer() else ""
+            if number.is_integer() and number >= 1024:
+                sizes = f"{int(number)} for {int(number)} bytes, a size with a unit ('12GiB')"
+            else:
+                sizes = f"a size with a unit ('{match.group(1)}GiB')"
             raise ValueError(
-                f"{field}={budget!r} has no unit and is no fraction; write {sizes}a size with a unit "
-                f"('{match.group(1)}GiB') or a fraction of device memory in (0, 1]"
+                f"{field}={budget!r} has no unit and is no fraction; write {sizes} or a fraction of device "
+                "memory in (0, 1]"
             )
         if not unit and match.group(1).lstrip("0") == "1":
-            raise ValueError(_one_byte(field))
+            raise ValueError(_one_byte(field, budget))
         value = float(match.group(1)) * _UNITS[unit]
         if value <= 0:
             raise ValueError(f"{field}={budget!r} must be positive; write a size such as '12GiB'")
