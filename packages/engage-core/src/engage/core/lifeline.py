@@ -25,12 +25,13 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import os
 import subprocess
 import weakref
-from typing import IO
+from typing import IO, ClassVar
 
-__all__ = ["hold", "let_go"]
+__all__ = ["Helper", "hold", "let_go"]
 
 #: the write ends of the pipes this process holds, which no forked child may keep open: the file
 #: objects, weakly (one closed or collected without :func:`let_go` leaves no stale number behind)
@@ -78,3 +79,50 @@ def let_go(process: subprocess.Popen, last_line: bytes = b"") -> None:
             process.stdin.close()
         except OSError:
             pass
+
+
+class Helper(abc.ABC):
+    """A helper process on a lifeline: :meth:`argv` started in a session of its own (Ctrl-C at a
+    terminal is not for it), its standard input the lifeline, its output discarded; :meth:`stop`
+    writes :attr:`done` (the holder ended as it should) and waits for it. One per watch."""
+
+    #: the line that tells the helper its holder ended as it should
+    done: ClassVar[bytes] = b""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+
+    @abc.abstractmethod
+    def argv(self) -> list[str]:
+        """The helper's command."""
+
+    def env(self) -> dict[str, str]:
+        """The helper's environment (this process's)."""
+        return dict(os.environ)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the helper, unless it runs already (one that died meanwhile is replaced)."""
+        if self.running:
+            return
+        if self._process is not None:
+            self.stop()  # its pipe closed and forgotten first
+        self._process = subprocess.Popen(
+            self.argv(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True, env=self.env()
+        )
+        hold(self._process)
+
+    def stop(self) -> None:
+        """Tell the helper its holder ended as it should, and wait for it (10 s, then SIGKILL)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        let_go(process, self.done)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

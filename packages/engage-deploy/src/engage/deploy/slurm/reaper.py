@@ -38,45 +38,23 @@ PREFIX = "engage slurm reaper:"
 PASSES_S = (0.0, 2.0, 10.0, 30.0, 120.0)
 
 
-class JobReaper:
-    """The watch over the jobs named ``*-<token>`` (see the module doc); one per submitter."""
+class JobReaper(lifeline.Helper):
+    """The watch over the jobs named ``*-<token>`` (see the module doc); one per submitter.
+    :meth:`stop`: the jobs were cancelled as they should, and the reaper exits cancelling nothing."""
+
+    done = b"stopped\n"
 
     def __init__(self, token: str) -> None:
+        super().__init__()
         self.token = token
-        self._process: subprocess.Popen | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "engage.deploy.slurm.reaper", self.token]
 
-    def start(self) -> None:
-        """Start the reaper, unless it runs already (one that died meanwhile is replaced)."""
-        if self.running:
-            return
-        if self._process is not None:
-            self.stop()  # its pipe closed and forgotten, before the next one may reuse the number
+    def env(self) -> dict[str, str]:
         from engage.deploy.job import inherited_environ  # not at import: the reaper's own process is light
 
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "engage.deploy.slurm.reaper", self.token],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,  # not in the submitter's process group: Ctrl-C is not for it
-            env=inherited_environ(),
-        )
-        lifeline.hold(self._process)
-
-    def stop(self) -> None:
-        """Tell the reaper the jobs were cancelled as they should: it exits, cancelling nothing."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        lifeline.let_go(process, b"stopped\n")
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        return inherited_environ()
 
 
 def jobs_named(token: str, user: str | None = None) -> list[str]:
