@@ -513,6 +513,16 @@ def test_versions_are_ordered_within_one_training_and_a_new_training_replaces_wh
     assert store.publish(10, payload, third) == 10  # the same number from another training: its own file
     assert store.current_run() == third and store.load()[0] == 10
     assert sorted(p.name for p in (tmp_path / "weights").glob("v*.pt")) == [f"v10-{third}.pt", "v10.pt"]
+    # two trainings publishing to one replica do not take turns: the one replaced is refused from then on
+    with pytest.raises(
+        WeightsRefused, match=r"training bbbbbbbb was replaced on this replica by a newer training \(cccccccc\)"
+    ) as refused:
+        store.publish(11, payload, later)
+    assert refused.value.stale and store.current_run() == third
+    state = Sine().state_dict()
+    state[next(iter(state))].fill_(float("nan"))
+    with pytest.raises(WeightsRefused, match="weights hold NaN or infinite values in"):
+        store.publish(12, serialize(state), third)
 
 
 def test_publishing_refuses_what_it_cannot_send_and_a_training_no_replica_took_fails(tmp_path: Path) -> None:

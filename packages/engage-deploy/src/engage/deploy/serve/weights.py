@@ -161,19 +161,36 @@ class WeightStore:
                     f"weights do not fit the model: {name} is {shape} torch.{dtype}, "
                     f"the model's is {want_shape} torch.{want_dtype}"
                 )
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise WeightsRefused(
+                    f"weights hold NaN or infinite values in {name}: a diverged training is not served"
+                )
         return state
 
     def publish(self, version: int, payload: bytes, run: str | None = None) -> int:
         """Keep ``payload`` (see :func:`serialize`) as ``version`` of the training ``run``; returns
         it. :class:`WeightsRefused` if it does not fit, or if it is not newer than the current one
         of the same training: versions (optimizer steps) are ordered within one training, and a
-        new training's first version replaces what an earlier one left, whatever its number."""
+        new training's first version replaces what an earlier one left, whatever its number; the
+        earlier training's versions are refused from then on (two trainings publishing to one
+        replica do not take turns). Weights that hold NaN or infinite values are refused."""
         version = int(version)
         record = current_record(self.folder)  # read once: the version and the training behind it
         current = self._current(record)
         same_training = run is None or run == _run(record)
         if current is not None and same_training and version <= current[0]:
             raise WeightsRefused(f"version {version} is not newer than the replica's {current[0]}", stale=True)
+        superseded = _superseded(record)
+        if run is not None and run in superseded:
+            # two trainings publishing to one replica would otherwise take turns, its answers going back
+            raise WeightsRefused(
+                f"training {run[:8]} was replaced on this replica by a newer training ({(_run(record) or '')[:8]}); "
+                "its versions are no longer taken",
+                stale=True,
+            )
+        if current is not None and not same_training and _run(record) is not None:
+            superseded = [*superseded, _run(record)][-SUPERSEDED_KEPT:]
         try:
             state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as exc:  # any unreadable payload: pickle, zip or torch errors
@@ -181,6 +198,8 @@ class WeightStore:
         self.check(state)
         name = f"v{version}.pt"
         record = {"version": version, "file": name, **({"run": run} if run is not None else {})}
+        if superseded:
+            record["superseded"] = superseded
         if current is not None and current[1].name == name:  # another training's version of the same number
             name = f"v{version}-{run}.pt"
             record["file"] = name
@@ -195,6 +214,15 @@ class WeightStore:
     def _write(path: Path, data: bytes) -> None:
         # on disk before it is named: a crash leaves no half file behind the name
         write_private(path, data, durable=True)
+
+
+#: the trainings a replica remembers it moved away from (their versions are refused)
+SUPERSEDED_KEPT = 16
+
+
+def _superseded(record: dict | None) -> list[str]:
+    runs = record.get("superseded") if record is not None else None
+    return [r for r in runs if isinstance(r, str)] if isinstance(runs, list) else []
 
 
 def _run(record: dict | None) -> str | None:
