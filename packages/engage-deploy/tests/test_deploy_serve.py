@@ -483,6 +483,35 @@ def test_a_replica_left_without_the_last_version_fails_the_run_and_one_back_in_t
             server.server_close()
 
 
+def test_a_replica_address_that_answers_no_http_holds_no_other_replica_back(tmp_path: Path) -> None:
+    import socketserver
+
+    from engage.deploy.serving import ServingError
+
+    class Garbage(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(65536)
+            self.request.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    garbage = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=garbage.serve_forever, daemon=True).start()
+    well, seen = _replica_stand_in(lambda version: False)
+    try:
+        urls = [f"http://127.0.0.1:{garbage.server_address[1]}", f"http://127.0.0.1:{well.server_port}"]
+        callback = PublishWeights(urls, api_key="k" * 32, every_n_steps=2, timeout_s=2)
+        with pytest.raises(ServingError, match=rf"^1 of 2 replicas .*; {urls[0]}: BadStatusLine"):
+            _trainer(tmp_path, callback).fit(Sine(), loader(samples=256))
+        assert seen[-1] == 4  # the other replica took every version it was sent
+    finally:
+        for server in (garbage, well):
+            server.shutdown()
+            server.server_close()
+    with pytest.raises(ValueError, match=r"timeout_s must be a number of seconds > 0, got -1"):
+        PublishWeights(urls, api_key="k" * 32, timeout_s=-1)
+    with pytest.raises(ValueError, match=r"replicas: give a list of the replicas' base URLs, like \['http"):
+        PublishWeights(urls[0], api_key="k" * 32)
+
+
 def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_path: Path) -> None:
     from engage.deploy.serve.weights import wait_for_signature, write_build_failure
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import threading
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,10 @@ class PublishWeights(pl.Callback):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if (api_key is None) == (api_key_file is None):
             raise ValueError("give api_key or api_key_file (the replicas' key), one of them")
+        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+            raise ValueError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+        if isinstance(replicas, str):
+            raise ValueError(f"replicas: give a list of the replicas' base URLs, like [{replicas!r}], not one string")
         for url in replicas:
             if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
                 raise ValueError(
@@ -211,8 +217,6 @@ class PublishWeights(pl.Callback):
         ``timeout_s``; the last failed publication of each replica that still lacks it."""
         if self._last_sent is None:
             return []
-        from concurrent.futures import ThreadPoolExecutor
-
         version, body = self._last_sent
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -270,8 +274,10 @@ class PublishWeights(pl.Callback):
             with self._lock:
                 self._last_sent = (version, body)
                 replicas = list(self.replicas)
-            for replica in replicas:
-                self.publications.append(self._send(replica, version, body))
+            # to every replica at once: one that hangs holds none of the others back
+            with ThreadPoolExecutor(max(1, len(replicas)), thread_name_prefix="engage-publish") as pool:
+                sent = list(pool.map(self._send, replicas, [version] * len(replicas), [body] * len(replicas)))
+            self.publications.extend(sent)
 
     def _send(self, replica: str, version: int, body: bytes, timeout_s: float | None = None) -> Publication:
         from engage.deploy.serve.replica import API_KEY_HEADER
@@ -293,9 +299,11 @@ class PublishWeights(pl.Callback):
             elif exc.code != 409:
                 self._warn(f"replica {replica} refused version {version} (HTTP {exc.code}: {detail[:200]})")
             return Publication(version, replica, exc.code, time.perf_counter() - started, detail)
-        except OSError as exc:
-            self._warn(f"replica {replica} did not take version {version} ({getattr(exc, 'reason', exc)})")
-            return Publication(version, replica, 0, time.perf_counter() - started, str(exc))
+        except (OSError, http.client.HTTPException) as exc:
+            # no answer, or not HTTP (another service at that address)
+            why = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            self._warn(f"replica {replica} did not take version {version} ({why})")
+            return Publication(version, replica, 0, time.perf_counter() - started, str(why))
 
     def _warn(self, message: str, failure: bool = True) -> None:
         now = time.monotonic()
