@@ -86,6 +86,9 @@ def test_serving_options_that_do_not_fit_the_infrastructure_are_one_line(change,
         ({"every_n_steps": 0}, "hydra.launcher.serving.every_n_steps is 0"),
         ({"max_failed": 1.5}, "hydra.launcher.serving.max_failed is 1.5; use a fraction"),
         ({"sauces": {}}, "hydra.launcher.serving.sauces is not an option"),
+        # NaN compares false with everything: refused too, not found at the end of training
+        ({"drain_s": float("nan")}, "hydra.launcher.serving.drain_s is nan; use 0 or more seconds"),
+        ({"gflop": float("nan")}, "hydra.launcher.serving.gflop is nan; use a value > 0"),
     ],
 )
 def test_serving_options_are_checked_with_the_launchers(params, message) -> None:

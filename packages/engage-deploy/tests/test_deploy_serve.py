@@ -512,6 +512,12 @@ def test_a_replica_address_that_answers_no_http_holds_no_other_replica_back(tmp_
         PublishWeights(urls[0], api_key="k" * 32)
 
 
+@pytest.mark.parametrize("rate", [0, -1, float("nan"), float("inf")])
+def test_a_request_rate_that_is_no_positive_number_is_refused(rate) -> None:
+    with pytest.raises(ValueError, match=r"the request rate of edge must be a number > 0, got"):
+        RequestGenerator({"edge": ("http://127.0.0.1:8100", rate)}, lambda rng: ([0.0], np.zeros(1)), "k" * 32)
+
+
 def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_path: Path) -> None:
     from engage.deploy.serve.weights import wait_for_signature, write_build_failure
 

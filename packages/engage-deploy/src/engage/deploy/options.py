@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -128,8 +129,8 @@ class ServingOptions:
         self.demand()
         if self.sources and not self.tree:
             raise ValueError(f"{where}.tree is empty; give each layer's next layer towards the trainer's")
-        for name, low in (("gflop", 0.0), ("gflops_per_cpu", 0.0)):
-            if getattr(self, name) <= low:
+        for name in ("gflop", "gflops_per_cpu"):
+            if not 0 < getattr(self, name) < math.inf:  # NaN too
                 raise ValueError(f"{where}.{name} is {getattr(self, name)}; use a value > 0")
         if self.every_n_steps < 1:
             raise ValueError(f"{where}.every_n_steps is {self.every_n_steps}; use 1 or more")
@@ -138,9 +139,9 @@ class ServingOptions:
                 f"{where}.port is {self.port}; use a port from 1 to {65535 - len(self.models)} "
                 "(the n-th served model listens on port + n)"
             )
-        if self.drain_s < 0:
+        if not 0 <= self.drain_s < math.inf:  # NaN too
             raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
-        if self.slot_s < 0:
+        if not 0 <= self.slot_s < math.inf:
             raise ValueError(f"{where}.slot_s is {self.slot_s}; use 0 (placement fixed) or seconds > 0")
         if self.max_moves is not None and self.max_moves < 0:
             raise ValueError(

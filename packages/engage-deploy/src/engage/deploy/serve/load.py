@@ -103,8 +103,8 @@ class RequestGenerator:
         self.targets: dict[str, tuple[str, str]] = {}  # stream -> (route name, replica URL)
         for stream, (url, rate) in routes.items():
             if not isinstance(rate, RateSchedule):
-                if rate <= 0:
-                    raise ValueError(f"the request rate of {stream} must be > 0, got {rate}")
+                if not 0 < rate < float("inf"):  # NaN too
+                    raise ValueError(f"the request rate of {stream} must be a number > 0, got {rate}")
                 rate = RateSchedule(((0.0, float(rate)),))
             self.schedules[stream] = rate
             self.targets[stream] = (stream, url.rstrip("/"))
@@ -315,8 +315,10 @@ class RequestGenerator:
             if status == 200:
                 answer = json.loads(payload)
                 version = int(answer["version"])
-                outputs = np.asarray(answer["outputs"], dtype=np.float64)
-                truth = np.asarray(truth, dtype=np.float64)
+                outputs = np.asarray(answer["outputs"], dtype=np.float64).ravel()
+                truth = np.asarray(truth, dtype=np.float64).ravel()
+                if outputs.size != truth.size:  # compared value for value: never broadcast
+                    raise ValueError(f"an answer of {outputs.size} values for a truth of {truth.size}")
                 error = float(np.linalg.norm(outputs - truth) / max(np.linalg.norm(truth), 1e-12))
         except Exception:  # no usable answer (refused, reset, truncated, not JSON): a failed request
             self._drop(url)
