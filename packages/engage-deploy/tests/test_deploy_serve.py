@@ -617,3 +617,13 @@ def test_a_replica_name_stays_in_its_folder_a_missing_checkpoint_is_named_and_a_
         parser.parse_args([*base, *kwargs, "--port", str(port), "--folder", str(tmp_path / "replica")])
     )
     assert spec.port == port
+    # one replica a folder: a second supervisor there (two engage serve without --name) is refused
+    from engage.deploy.serve.supervisor import claim_folder
+
+    claim = claim_folder(Path(spec.folder))
+    try:
+        with pytest.raises(ServeError, match=r"is in use by another replica; give each replica its own --name"):
+            claim_folder(Path(spec.folder))
+    finally:
+        os.close(claim)
+    os.close(claim_folder(Path(spec.folder)))  # free again once its holder let go

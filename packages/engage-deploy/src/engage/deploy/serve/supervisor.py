@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import signal
 import socket
@@ -287,6 +288,23 @@ def spec_from_arguments(namespace: argparse.Namespace) -> ReplicaSpec:
     )
 
 
+def claim_folder(folder: Path) -> int:
+    """Lock ``folder`` for this supervisor (an open descriptor, released when the process ends,
+    however it ends): two replicas in one folder would overwrite each other's files.
+    :class:`ServeError` if another live supervisor holds it."""
+    import fcntl
+
+    fd = os.open(folder / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ServeError(
+            f"--folder {folder} is in use by another replica; give each replica its own --name (or --folder)"
+        ) from None
+    return fd
+
+
 def run_command(namespace: argparse.Namespace) -> int:
     """``engage serve``: serve until stopped; exit code 2 for bad arguments, 1 if the replica
     cannot be kept running."""
@@ -297,6 +315,7 @@ def run_command(namespace: argparse.Namespace) -> int:
         return 2
     try:
         spec = spec_from_arguments(namespace)
+        claim = claim_folder(Path(spec.folder))  # held until this process ends
     except ServeError as exc:
         print(f"engage serve: {exc}", file=sys.stderr)
         return 2
@@ -322,6 +341,7 @@ def run_command(namespace: argparse.Namespace) -> int:
     finally:
         supervisor.stop()
         signal.signal(signal.SIGTERM, previous)
+        os.close(claim)
 
 
 def main(argv: list[str] | None = None) -> int:
