@@ -518,6 +518,24 @@ def test_a_request_rate_that_is_no_positive_number_is_refused(rate) -> None:
         RequestGenerator({"edge": ("http://127.0.0.1:8100", rate)}, lambda rng: ([0.0], np.zeros(1)), "k" * 32)
 
 
+def test_an_answer_is_bounded_as_a_request_is() -> None:
+    """A small request of many rows would ask for a huge answer: refused before it is encoded."""
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from engage.deploy.serve.apis import InferenceAPI
+
+    api = InferenceAPI.__new__(InferenceAPI)
+    api.model, api.version, api.stamp = torch.nn.Linear(1, 16), 3, (1, 1)
+    api.store = SimpleNamespace(stamp=lambda: (1, 1))
+    api.replica = SimpleNamespace(name="r", max_payload_bytes=2**20)  # 1 MiB: 65,536 numbers
+    assert api.predict([torch.zeros(4096, 1)])[1] == 3  # 65,536 numbers: at the bound
+    with pytest.raises(HTTPException) as refused:
+        api.predict([torch.zeros(4097, 1)])
+    assert refused.value.status_code == 413 and "the answer would hold 65552 numbers" in refused.value.detail
+
+
 def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_path: Path) -> None:
     from engage.deploy.serve.weights import wait_for_signature, write_build_failure
 

@@ -96,11 +96,35 @@ class InferenceAPI(ls.LitAPI):
             except (TypeError, ValueError, RuntimeError, IndexError) as exc:
                 # shapes and dtypes the model cannot take (torch says so with these four)
                 raise HTTPException(400, f"the model refused the inputs ({_first_line(exc)})") from None
+        # an answer is bounded as a request is: a small request may ask for a huge one (many rows)
+        numbers = _numbers(outputs)
+        if numbers * JSON_BYTES_PER_NUMBER > self.replica.max_payload_bytes:
+            size_mib, limit_mib = numbers * JSON_BYTES_PER_NUMBER / 2**20, self.replica.max_payload_bytes / 2**20
+            raise HTTPException(
+                413,
+                f"the answer would hold {numbers} numbers, about {size_mib:.0f} MiB of JSON, over the replica's "
+                f"{limit_mib:g} MiB; send fewer inputs a request",
+            )
         return outputs, self.version
 
     def encode_response(self, output: tuple[torch.Tensor, int]) -> dict:
         outputs, version = output
         return {"outputs": _plain(outputs), "version": version, "replica": self.replica.name}
+
+
+#: what one number of an answer takes in JSON, at most (a float32 as ``-1.2345678e-05, ``)
+JSON_BYTES_PER_NUMBER = 16
+
+
+def _numbers(value: Any) -> int:
+    """How many numbers a model's output holds (tensors, and tuples, lists and mappings of them)."""
+    if hasattr(value, "numel"):
+        return int(value.numel())
+    if isinstance(value, (list, tuple)):
+        return sum(_numbers(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_numbers(v) for v in value.values())
+    return 1
 
 
 def _plain(value: Any) -> Any:
