@@ -561,7 +561,9 @@ def test_samples_arrive_the_same_through_shared_memory_or_the_socket(tmp_path, h
     ids = np.concatenate([b["simulation_id"] for b in batches])
     assert len(targets) == scheduler.samples == 2 * steps and scheduler.finished == 2
     assert scheduler.shared_memory_samples == (2 * steps if shared_memory else 0)
-    assert scheduler.sample_messages < scheduler.samples / 4  # coalesced either way
+    # coalesced either way (a message a sample without); how many a message depends on the
+    # machine's load: 3 a message on a loaded 2-core host, more when idle
+    assert scheduler.sample_messages < scheduler.samples / 2
     for sid, entry in journal.latest().items():
         mine = ids == sid
         np.testing.assert_allclose(times[mine] * steps, np.arange(1, steps + 1))  # all, once, in order
