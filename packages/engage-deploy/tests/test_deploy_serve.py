@@ -499,9 +499,18 @@ def test_a_replica_address_that_answers_no_http_holds_no_other_replica_back(tmp_
     try:
         urls = [f"http://127.0.0.1:{garbage.server_address[1]}", f"http://127.0.0.1:{well.server_port}"]
         callback = PublishWeights(urls, api_key="k" * 32, every_n_steps=2, timeout_s=2)
-        with pytest.raises(ServingError, match=rf"^1 of 2 replicas .*; {urls[0]}: BadStatusLine"):
+        # found as training starts, not at its end
+        with pytest.raises(ServingError, match=rf"^replica {urls[0]} does not answer HTTP as training starts \("):
             _trainer(tmp_path, callback).fit(Sine(), loader(samples=256))
-        assert seen[-1] == 4  # the other replica took every version it was sent
+        assert not seen
+        # once there, it holds no other replica back: the other one takes every version
+        callback = PublishWeights(urls[1:], api_key="k" * 32, every_n_steps=2, timeout_s=2)
+        trainer = _trainer(tmp_path, callback)
+        callback.replicas.insert(0, urls[0])  # as a replica added while it trains would be
+        callback._check_replicas = lambda: None
+        with pytest.raises(ServingError, match=rf"^1 of 2 replicas .*; {urls[0]}: BadStatusLine"):
+            trainer.fit(Sine(), loader(samples=256))
+        assert seen[-1] == 4
     finally:
         for server in (garbage, well):
             server.shutdown()
@@ -595,6 +604,13 @@ def test_publishing_refuses_what_it_cannot_send_and_a_training_no_replica_took_f
     nan = PublishWeights(callback.replicas, api_key="k" * 32)
     nan._offer(5, diverged)
     assert nan._pending is None
+    trainer = pl.Trainer(max_steps=2, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    # nothing listens there: said as training starts
+    with pytest.raises(ServingError, match=r"does not answer HTTP as training starts \(.*Connection refused"):
+        trainer.fit(Sine(), loader(samples=256))
+    # a replica that stops answering once training began: every publication fails
+    callback._check_replicas = lambda: None
     trainer = pl.Trainer(max_steps=2, callbacks=[callback], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     # two versions offered; a sender still busy with the first when the second comes sends the newer only

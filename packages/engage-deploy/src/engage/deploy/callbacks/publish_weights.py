@@ -42,7 +42,9 @@ class PublishWeights(pl.Callback):
     it in each answer. Under data parallelism the first rank sends them. The weights are copied
     to the CPU on the training thread at that step and sent from a background thread: training
     does not wait for the network, and when sending falls behind, only the newest version
-    waiting is sent. A replica that does not answer is warned about (once a minute) and counted;
+    waiting is sent. As training starts, every replica must answer HTTP (for up to ``timeout_s``)
+    and take the key, or the training fails in one line. Later, a replica that does not answer is
+    warned about (once a minute) and counted;
     one that refuses the API key (401, 403) stops the training with that one line, since every
     later version would be refused too. When training ends, the last version is sent again, once
     a second for up to ``timeout_s``, to each replica that did not take it (one its supervisor is
@@ -138,9 +140,47 @@ class PublishWeights(pl.Callback):
     # ------------------------------------------------------------------ Lightning hooks
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._check_replicas()
         self._closed = False
         self._thread = threading.Thread(target=self._send_loop, name="engage-publish-weights", daemon=True)
         self._thread.start()
+
+    def _check_replicas(self) -> None:
+        """Every replica answers HTTP as training starts (asked at once, for up to ``timeout_s``),
+        and takes the key: an address mistyped, or the key of other replicas, fails the training
+        now in one line rather than at its end."""
+        from engage.deploy.serve.replica import API_KEY_HEADER
+        from engage.deploy.serving import ServingError
+
+        def answers(replica: str) -> tuple[str, int | None, str]:
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                request = urllib.request.Request(f"{replica}/health", headers={API_KEY_HEADER: self._key})
+                try:
+                    with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as response:
+                        return replica, response.status, ""
+                except urllib.error.HTTPError as exc:
+                    return replica, exc.code, ""  # an HTTP server answered
+                except (OSError, http.client.HTTPException) as exc:
+                    why = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                    if time.monotonic() + 1.0 >= deadline:
+                        return replica, None, str(why)
+                    time.sleep(1.0)
+
+        with self._lock:
+            replicas = list(self.replicas)
+        if not replicas:
+            return
+        with ThreadPoolExecutor(len(replicas), thread_name_prefix="engage-publish-check") as pool:
+            for replica, status, why in pool.map(answers, replicas):
+                if status is None:
+                    raise ServingError(
+                        f"replica {replica} does not answer HTTP as training starts ({' '.join(why.split())[:200]}); "
+                        "check replicas= (each replica's base URL, such as http://127.0.0.1:8100)"
+                    )
+                if status in (401, 403):
+                    raise ServingError(f"replica {replica} refused the API key (HTTP {status}); give the replicas' key")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
         self._check()
