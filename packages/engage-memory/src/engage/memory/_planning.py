@@ -66,7 +66,10 @@ def _schedules_kept(trainer: Any) -> Iterator[None]:
         for opt in trainer.optimizers
     ]
     try:
-        yield
+        with warnings.catch_warnings():
+            # the optimizers' steps are paused: torch would take a scheduler's step for one before them
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            yield
     finally:
         for scheduler, state in schedulers:
             scheduler.load_state_dict(state)
