@@ -89,6 +89,7 @@ def test_serving_options_that_do_not_fit_the_infrastructure_are_one_line(change,
         # NaN compares false with everything: refused too, not found at the end of training
         ({"drain_s": float("nan")}, "hydra.launcher.serving.drain_s is nan; use 0 or more seconds"),
         ({"gflop": float("nan")}, "hydra.launcher.serving.gflop is nan; use a value > 0"),
+        ({"max_moves": float("nan"), "slot_s": 1.0, "solver": "online"}, "hydra.launcher.serving.max_moves is nan"),
     ],
 )
 def test_serving_options_are_checked_with_the_launchers(params, message) -> None:

@@ -521,6 +521,36 @@ def test_a_replica_address_that_answers_no_http_holds_no_other_replica_back(tmp_
         PublishWeights(urls[0], api_key="k" * 32)
 
 
+def test_a_hung_replica_holds_no_other_replica_back(tmp_path: Path) -> None:
+    import socketserver
+
+    from engage.deploy.serving import ServingError
+
+    class Hung(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(65536)
+            time.sleep(8)  # reads the request, never answers
+
+    hung = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Hung)
+    hung.daemon_threads = True
+    threading.Thread(target=hung.serve_forever, daemon=True).start()
+    arrivals: list[tuple[int, float]] = []
+    well, _ = _replica_stand_in(lambda version: arrivals.append((version, time.monotonic())) and False)
+    try:
+        urls = [f"http://127.0.0.1:{hung.server_address[1]}", f"http://127.0.0.1:{well.server_port}"]
+        callback = PublishWeights(urls, api_key="k" * 32, every_n_steps=2, timeout_s=4)
+        callback._check_replicas = lambda: None  # it hangs from the start: as one that hangs later
+        started = time.monotonic()
+        with pytest.raises(ServingError, match=rf"^1 of 2 replicas .*; {urls[0]}: "):
+            _trainer(tmp_path, callback).fit(Sine(), loader(samples=256))
+        # the healthy replica got its versions as they came, not one timeout (4 s) behind the hung one each
+        assert arrivals and arrivals[0][1] - started < 3.5, [(v, t - started) for v, t in arrivals]
+    finally:
+        for server in (hung, well):
+            server.shutdown()
+            server.server_close()
+
+
 @pytest.mark.parametrize("rate", [0, -1, float("nan"), float("inf")])
 def test_a_request_rate_that_is_no_positive_number_is_refused(rate) -> None:
     with pytest.raises(ValueError, match=r"the request rate of edge must be a number > 0, got"):
@@ -538,11 +568,15 @@ def test_an_answer_is_bounded_as_a_request_is() -> None:
     api = InferenceAPI.__new__(InferenceAPI)
     api.model, api.version, api.stamp = torch.nn.Linear(1, 16), 3, (1, 1)
     api.store = SimpleNamespace(stamp=lambda: (1, 1))
-    api.replica = SimpleNamespace(name="r", max_payload_bytes=2**20)  # 1 MiB: 65,536 numbers
-    assert api.predict([torch.zeros(4096, 1)])[1] == 3  # 65,536 numbers: at the bound
+    api.replica = SimpleNamespace(name="r", max_payload_bytes=2**20)
+    rows = 2**20 // (25 * 16)  # rows of 16 floats, at most 25 bytes each in JSON
+    outputs, version = api.predict([torch.randn(rows, 1) * 1e-5])
+    assert version == 3 and len(json.dumps(api.encode_response((outputs, version)))) <= 2**20
     with pytest.raises(HTTPException) as refused:
-        api.predict([torch.zeros(4097, 1)])
-    assert refused.value.status_code == 413 and "the answer would hold 65552 numbers" in refused.value.detail
+        api.predict([torch.zeros(rows + 1, 1)])
+    assert (
+        refused.value.status_code == 413 and f"the answer would hold {(rows + 1) * 16} numbers" in refused.value.detail
+    )
 
 
 def test_the_weights_worker_stops_waiting_when_the_model_cannot_be_built(tmp_path: Path) -> None:
@@ -580,7 +614,7 @@ def test_versions_are_ordered_within_one_training_and_a_new_training_replaces_wh
         WeightsRefused, match=r"training bbbbbbbb was replaced on this replica by a newer training \(cccccccc\)"
     ) as refused:
         store.publish(11, payload, later)
-    assert refused.value.stale and store.current_run() == third
+    assert refused.value.superseded and not refused.value.stale and store.current_run() == third
     state = Sine().state_dict()
     state[next(iter(state))].fill_(float("nan"))
     with pytest.raises(WeightsRefused, match="weights hold NaN or infinite values in"):

@@ -143,7 +143,7 @@ class ServingOptions:
             raise ValueError(f"{where}.drain_s is {self.drain_s}; use 0 or more seconds")
         if not 0 <= self.slot_s < math.inf:
             raise ValueError(f"{where}.slot_s is {self.slot_s}; use 0 (placement fixed) or seconds > 0")
-        if self.max_moves is not None and self.max_moves < 0:
+        if self.max_moves is not None and not 0 <= self.max_moves < math.inf:
             raise ValueError(
                 f"{where}.max_moves is {self.max_moves}; use 0 or more new replicas a slot (null: no limit)"
             )
@@ -187,7 +187,7 @@ class ServingOptions:
                     f"{where}.{name}.checkpoint: no readable file {checkpoint}; give a Lightning checkpoint"
                 )
             gflop = entry.get("gflop", self.gflop)
-            if not isinstance(gflop, (int, float)) or isinstance(gflop, bool) or gflop <= 0:
+            if not isinstance(gflop, (int, float)) or isinstance(gflop, bool) or not 0 < gflop < math.inf:
                 raise ValueError(f"{where}.{name}.gflop is {gflop!r}; use a value > 0")
             served[str(name)] = {
                 "checkpoint": checkpoint,

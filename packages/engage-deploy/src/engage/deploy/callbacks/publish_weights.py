@@ -9,10 +9,10 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +87,7 @@ class PublishWeights(pl.Callback):
         if isinstance(replicas, str):
             raise ValueError(f"replicas: give a list of the replicas' base URLs, like [{replicas!r}], not one string")
         for url in replicas:
-            if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            if not (isinstance(url, str) and url.startswith(("http://", "https://")) and _host_port(url)):
                 raise ValueError(
                     f"replicas: {url!r} is not a replica's URL; give its base URL, like http://127.0.0.1:8100"
                 )
@@ -170,17 +170,24 @@ class PublishWeights(pl.Callback):
 
         with self._lock:
             replicas = list(self.replicas)
-        if not replicas:
-            return
-        with ThreadPoolExecutor(len(replicas), thread_name_prefix="engage-publish-check") as pool:
-            for replica, status, why in pool.map(answers, replicas):
-                if status is None:
-                    raise ServingError(
-                        f"replica {replica} does not answer HTTP as training starts ({' '.join(why.split())[:200]}); "
-                        "check replicas= (each replica's base URL, such as http://127.0.0.1:8100)"
-                    )
-                if status in (401, 403):
-                    raise ServingError(f"replica {replica} refused the API key (HTTP {status}); give the replicas' key")
+        results: dict[str, tuple[str, int | None, str]] = {}
+        threads = [
+            threading.Thread(target=lambda r: results.__setitem__(r, answers(r)), args=(r,), daemon=True)
+            for r in replicas
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.timeout_s + 5.0)
+        for replica in replicas:
+            _, status, why = results.get(replica, (replica, None, f"no answer within {self.timeout_s:g} s"))
+            if status is None:
+                raise ServingError(
+                    f"replica {replica} does not answer HTTP as training starts ({' '.join(why.split())[:200]}); "
+                    "check replicas= (each replica's base URL, such as http://127.0.0.1:8100)"
+                )
+            if status in (401, 403):
+                raise ServingError(f"replica {replica} refused the API key (HTTP {status}); give the replicas' key")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
         self._check()
@@ -266,12 +273,8 @@ class PublishWeights(pl.Callback):
             if not missing or time.monotonic() + 1.0 >= deadline:
                 break
             time.sleep(1.0)
-            left = max(1.0, deadline - time.monotonic())
-            with ThreadPoolExecutor(len(missing), thread_name_prefix="engage-publish-again") as pool:
-                # at once to every replica that lacks it, within what is left of timeout_s
-                sent = list(pool.map(self._send, missing, [version] * len(missing), [body] * len(missing),
-                                     [left] * len(missing)))  # fmt: skip
-            self.publications.extend(sent)
+            # at once to every replica that lacks it, within what is left of timeout_s
+            self.publications.extend(self._send_all(missing, version, body, max(1.0, deadline - time.monotonic())))
         return [next(p for p in reversed(self.publications) if p.replica == r) for r in missing]
 
     def close(self, wait: bool = True) -> None:
@@ -314,10 +317,29 @@ class PublishWeights(pl.Callback):
             with self._lock:
                 self._last_sent = (version, body)
                 replicas = list(self.replicas)
-            # to every replica at once: one that hangs holds none of the others back
-            with ThreadPoolExecutor(max(1, len(replicas)), thread_name_prefix="engage-publish") as pool:
-                sent = list(pool.map(self._send, replicas, [version] * len(replicas), [body] * len(replicas)))
-            self.publications.extend(sent)
+            self.publications.extend(self._send_all(replicas, version, body))
+
+    def _send_all(
+        self, replicas: Sequence[str], version: int, body: bytes, timeout_s: float | None = None
+    ) -> list[Publication]:
+        """:meth:`_send` to every replica at once, from daemon threads (one hung replica holds
+        none of the others back, nor this process's exit); a replica still silent past the
+        timeout is a failed publication."""
+        timeout_s = timeout_s or self.timeout_s
+        results: dict[str, Publication] = {}
+
+        def one(replica: str) -> None:
+            results[replica] = self._send(replica, version, body, timeout_s)
+
+        threads = [threading.Thread(target=one, args=(r,), name="engage-publish", daemon=True) for r in replicas]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout_s + 5.0
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        silent = f"no answer within {timeout_s:g} s"
+        return [results.get(r) or Publication(version, r, 0, time.perf_counter() - started, silent) for r in replicas]
 
     def _send(self, replica: str, version: int, body: bytes, timeout_s: float | None = None) -> Publication:
         from engage.deploy.serve.replica import API_KEY_HEADER
@@ -339,8 +361,8 @@ class PublishWeights(pl.Callback):
             elif exc.code != 409:
                 self._warn(f"replica {replica} refused version {version} (HTTP {exc.code}: {detail[:200]})")
             return Publication(version, replica, exc.code, time.perf_counter() - started, detail)
-        except (OSError, http.client.HTTPException) as exc:
-            # no answer, or not HTTP (another service at that address)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # no answer, or not HTTP (another service at that address), or an address urllib cannot use
             why = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
             self._warn(f"replica {replica} did not take version {version} ({why})")
             return Publication(version, replica, 0, time.perf_counter() - started, str(why))
@@ -380,3 +402,13 @@ def _why(publication: Publication) -> str:
     if publication.status:
         return f"HTTP {publication.status}" + (f": {detail}" if detail else "")
     return detail or "no answer"
+
+
+def _host_port(url: str) -> bool:
+    """Whether ``url`` names a host (and a valid port, if any)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        return False
+    return bool(parts.hostname)

@@ -97,12 +97,12 @@ class InferenceAPI(ls.LitAPI):
                 # shapes and dtypes the model cannot take (torch says so with these four)
                 raise HTTPException(400, f"the model refused the inputs ({_first_line(exc)})") from None
         # an answer is bounded as a request is: a small request may ask for a huge one (many rows)
-        numbers = _numbers(outputs)
-        if numbers * JSON_BYTES_PER_NUMBER > self.replica.max_payload_bytes:
-            size_mib, limit_mib = numbers * JSON_BYTES_PER_NUMBER / 2**20, self.replica.max_payload_bytes / 2**20
+        numbers, size = _json_size(outputs)
+        if size > self.replica.max_payload_bytes:
+            size_mib, limit_mib = size / 2**20, self.replica.max_payload_bytes / 2**20
             raise HTTPException(
                 413,
-                f"the answer would hold {numbers} numbers, about {size_mib:.0f} MiB of JSON, over the replica's "
+                f"the answer would hold {numbers} numbers, up to {size_mib:.1f} MiB of JSON, over the replica's "
                 f"{limit_mib:g} MiB; send fewer inputs a request",
             )
         return outputs, self.version
@@ -112,19 +112,26 @@ class InferenceAPI(ls.LitAPI):
         return {"outputs": _plain(outputs), "version": version, "replica": self.replica.name}
 
 
-#: what one number of an answer takes in JSON, at most (a float32 as ``-1.2345678e-05, ``)
-JSON_BYTES_PER_NUMBER = 16
+#: what one number of an answer may take in JSON, by kind: a float as Python writes it
+#: (``-1.2345678901234567e-05, ``), a 64-bit integer, a boolean (``false, ``)
+JSON_BYTES = {"float": 25, "int": 22, "bool": 7}
 
 
-def _numbers(value: Any) -> int:
-    """How many numbers a model's output holds (tensors, and tuples, lists and mappings of them)."""
-    if hasattr(value, "numel"):
-        return int(value.numel())
+def _json_size(value: Any) -> tuple[int, int]:
+    """How many numbers a model's output holds (tensors and NumPy arrays, and tuples, lists and
+    mappings of them), and the most bytes they may take in JSON."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        count = int(math.prod(value.shape))
+        kind = str(value.dtype)
+        per = JSON_BYTES["bool"] if "bool" in kind else JSON_BYTES["float"] if "float" in kind else JSON_BYTES["int"]
+        return count, count * per
     if isinstance(value, (list, tuple)):
-        return sum(_numbers(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_numbers(v) for v in value.values())
-    return 1
+        parts = [_json_size(v) for v in value]
+    elif isinstance(value, dict):
+        parts = [_json_size(v) for v in value.values()]
+    else:
+        return 1, JSON_BYTES["float"]
+    return sum(n for n, _ in parts), sum(b for _, b in parts)
 
 
 def _plain(value: Any) -> Any:
@@ -182,7 +189,8 @@ class WeightsAPI(ls.LitAPI):
         try:
             return self.store.publish(version, payload, run)
         except WeightsRefused as exc:
-            raise HTTPException(409 if exc.stale else 400, str(exc)) from None
+            # 409: it has this version or a newer one; 410: it serves another training now
+            raise HTTPException(409 if exc.stale else 410 if exc.superseded else 400, str(exc)) from None
 
     def encode_response(self, version: int) -> dict:
         return {"version": version, "replica": self.replica.name}

@@ -294,7 +294,10 @@ def claim_folder(folder: Path) -> int:
     :class:`ServeError` if another live supervisor holds it."""
     import fcntl
 
-    fd = os.open(folder / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(folder / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ServeError(f"--folder {folder}: cannot be locked ({exc.strerror}); give a folder you can write") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -84,11 +84,13 @@ def wait_for_signature(folder: Path, timeout_s: float) -> Signature:
 
 class WeightsRefused(ValueError):
     """A published version was not kept; the message says why in one line. ``stale``: it was
-    not newer than the current one (the others do not fit the model)."""
+    not newer than the current one of its training; ``superseded``: its training was replaced on
+    this replica by a newer one (the others do not fit the model)."""
 
-    def __init__(self, message: str, stale: bool = False):
+    def __init__(self, message: str, stale: bool = False, superseded: bool = False):
         super().__init__(message)
         self.stale = stale
+        self.superseded = superseded
 
 
 def serialize(state_dict: Mapping[str, torch.Tensor]) -> bytes:
@@ -186,8 +188,9 @@ class WeightStore:
             # two trainings publishing to one replica would otherwise take turns, its answers going back
             raise WeightsRefused(
                 f"training {run[:8]} was replaced on this replica by a newer training ({(_run(record) or '')[:8]}); "
-                "its versions are no longer taken",
-                stale=True,
+                f"its versions are no longer taken: serve it from a replica of its own (a folder other than "
+                f"{self.folder.parent})",
+                superseded=True,
             )
         if current is not None and not same_training and _run(record) is not None:
             superseded = [*superseded, _run(record)][-SUPERSEDED_KEPT:]
