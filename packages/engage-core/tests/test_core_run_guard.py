@@ -10,6 +10,7 @@ import textwrap
 
 from mlflow.tracking import MlflowClient
 
+from engage.core.testing.process import wait_ended
 from engage.core.tracking.run_guard import RunGuard, main
 
 
@@ -61,7 +62,7 @@ def test_a_run_whose_process_exits_without_ending_it_is_failed_and_one_it_ended_
     child, *pids = [int(pid) for pid in out.stdout.split()]
     try:
         for pid in pids:
-            _wait_gone(pid)
+            assert wait_ended(pid), f"guard {pid} still waits"
     finally:
         os.kill(child, 9)
     run = client.get_run(abandoned)
@@ -91,22 +92,6 @@ def test_a_run_whose_end_fails_still_lets_its_guard_go(tmp_path):
         run.close("FINISHED")
     assert guard.returncode == 0 and run._guard is None  # told, and gone
     assert MlflowClient(uri).get_run(run.run_id).info.status == "RUNNING"
-
-
-def _wait_gone(pid: int, timeout_s: float = 30.0) -> None:
-    import time
-
-    import psutil
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        assert time.monotonic() < deadline, f"guard {pid} still waits"
-        time.sleep(0.1)
 
 
 def test_bad_arguments_are_one_line_and_exit_code_2(capsys):

@@ -15,13 +15,13 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from engage.core.testing.process import wait_ended
 from engage.deploy.infrastructure import Infrastructure
 from engage.deploy.mlflow_server import main
 from engage.deploy.providers.netns import NetnsProvider, choose_subnet, netns_available
@@ -291,15 +291,7 @@ def test_a_server_whose_starter_was_killed_outright_ends_and_one_kept_does_not(t
         assert psutil.pid_exists(held) and psutil.pid_exists(kept)
         process.kill()
         process.wait()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if psutil.Process(held).status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.NoSuchProcess:
-                break
-            assert time.monotonic() < deadline, "the held server outlived its starter"
-            time.sleep(0.1)
+        assert wait_ended(held, timeout_s=20), "the held server outlived its starter"
         assert psutil.pid_exists(child) and psutil.pid_exists(kept)  # the worker lives on; the kept server serves
         # stopped as TrackingServer.stop stops it: SIGTERM, uvicorn's orderly shutdown
         assert "Application shutdown complete" in (tmp_path / "held" / "server.log").read_text()

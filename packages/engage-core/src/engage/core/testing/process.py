@@ -134,3 +134,22 @@ def _read(path: Path) -> str:
     """A forked call's output as ``subprocess.run(text=True)`` gives it: line ends translated."""
     text = path.read_bytes().decode(errors="replace") if path.exists() else ""
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def wait_ended(pid: int, timeout_s: float = 30.0) -> bool:
+    """Wait until process ``pid`` (not a child of this one) has ended, a zombie counting as
+    ended; whether it did within ``timeout_s``."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
