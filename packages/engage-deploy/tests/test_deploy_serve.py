@@ -140,6 +140,7 @@ def test_a_replica_serves_each_version_while_the_model_trains(replica: Replica, 
     # each answer names the version that computed it: a request now gets the last one
     status, answer = post(replica.url, "/predict", {"inputs": [[[0.5]]]}, replica.key)
     assert status == 200 and answer["version"] == 320 and answer["replica"] == "fog-1"
+    assert answer["run"] == callback.run_id  # and the training it comes from
     assert abs(answer["outputs"][0][0] - float(np.sin(1.5))) < 0.1
     # figures over time in MLflow: latency, error and version per second, and the plot
     generator.log_to_mlflow(logger.run_id, uri)
@@ -566,12 +567,12 @@ def test_an_answer_is_bounded_as_a_request_is() -> None:
     from engage.deploy.serve.apis import InferenceAPI
 
     api = InferenceAPI.__new__(InferenceAPI)
-    api.model, api.version, api.stamp = torch.nn.Linear(1, 16), 3, (1, 1)
+    api.model, api.version, api.stamp, api.run = torch.nn.Linear(1, 16), 3, (1, 1), "a" * 32
     api.store = SimpleNamespace(stamp=lambda: (1, 1))
     api.replica = SimpleNamespace(name="r", max_payload_bytes=2**20)
     rows = 2**20 // (25 * 16)  # rows of 16 floats, at most 25 bytes each in JSON
-    outputs, version = api.predict([torch.randn(rows, 1) * 1e-5])
-    assert version == 3 and len(json.dumps(api.encode_response((outputs, version)))) <= 2**20
+    answer = api.encode_response(api.predict([torch.randn(rows, 1) * 1e-5]))
+    assert (answer["version"], answer["run"]) == (3, "a" * 32) and len(json.dumps(answer)) <= 2**20
     with pytest.raises(HTTPException) as refused:
         api.predict([torch.zeros(rows + 1, 1)])
     assert (

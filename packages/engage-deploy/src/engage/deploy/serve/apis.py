@@ -54,6 +54,7 @@ class InferenceAPI(ls.LitAPI):
         write_signature(self.replica.weights_folder, model_signature)
         self.store = WeightStore(self.replica.weights_folder, model_signature)
         self.version, self.stamp = 0, (-1, -1)
+        self.run: str | None = None  # the training behind the version (None: before its first weights)
         self._refresh()
 
     def _refresh(self) -> None:
@@ -70,7 +71,7 @@ class InferenceAPI(ls.LitAPI):
         if loaded is not None:
             version, state = loaded
             self.model.load_state_dict(state, strict=True)
-            self.version = version
+            self.version, self.run = version, getattr(self.store, "loaded_run", None)
 
     def decode_request(self, request: dict) -> list[torch.Tensor]:
         import torch
@@ -86,7 +87,7 @@ class InferenceAPI(ls.LitAPI):
             raise HTTPException(400, "inputs must be finite numbers (NaN and infinities are refused)")
         return tensors
 
-    def predict(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def predict(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, int, str | None]:
         import torch
 
         self._refresh()
@@ -105,11 +106,12 @@ class InferenceAPI(ls.LitAPI):
                 f"the answer would hold {numbers} numbers, up to {size_mib:.1f} MiB of JSON, over the replica's "
                 f"{limit_mib:g} MiB; send fewer inputs a request",
             )
-        return outputs, self.version
+        return outputs, self.version, self.run
 
-    def encode_response(self, output: tuple[torch.Tensor, int]) -> dict:
-        outputs, version = output
-        return {"outputs": _plain(outputs), "version": version, "replica": self.replica.name}
+    def encode_response(self, output: tuple[torch.Tensor, int, str | None]) -> dict:
+        outputs, version, run = output
+        # the training too: a replica kept across trainings numbers each one's versions from its start
+        return {"outputs": _plain(outputs), "version": version, "run": run, "replica": self.replica.name}
 
 
 #: what one number of an answer may take in JSON, by kind: a float as Python writes it

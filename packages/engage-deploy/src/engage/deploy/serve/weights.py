@@ -137,14 +137,18 @@ class WeightStore:
     def load(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest version and its tensors (read again if a newer one replaced it meanwhile)."""
         for _ in range(5):
-            current = self.current()
+            record = current_record(self.folder)  # read once: the version and the training behind it
+            current = self._current(record)
             if current is None:
                 return None
             version, path = current
             try:
-                return version, torch.load(path, map_location="cpu", weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
             except FileNotFoundError:
                 continue  # removed by a newer version between the two reads
+            #: the training that published the version loaded last (``None``: unnamed)
+            self.loaded_run = _run(record)
+            return version, state
         raise OSError(f"weights in {self.folder} keep changing while being read")
 
     def check(self, state: object) -> dict[str, torch.Tensor]:
