@@ -71,7 +71,7 @@ class InferenceAPI(ls.LitAPI):
         if loaded is not None:
             version, state = loaded
             self.model.load_state_dict(state, strict=True)
-            self.version, self.run = version, getattr(self.store, "loaded_run", None)
+            self.version, self.run = version, self.store.loaded_run
 
     def decode_request(self, request: dict) -> list[torch.Tensor]:
         import torch

@@ -109,6 +109,8 @@ class WeightStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o700)
         self._signature = dict(model_signature)
+        #: the training that published the version :meth:`load` read last (``None``: none, or unnamed)
+        self.loaded_run: str | None = None
 
     @property
     def current_file(self) -> Path:
@@ -146,7 +148,6 @@ class WeightStore:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except FileNotFoundError:
                 continue  # removed by a newer version between the two reads
-            #: the training that published the version loaded last (``None``: unnamed)
             self.loaded_run = _run(record)
             return version, state
         raise OSError(f"weights in {self.folder} keep changing while being read")
