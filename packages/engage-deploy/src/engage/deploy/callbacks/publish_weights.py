@@ -12,13 +12,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import lightning.pytorch as pl
 import torch
 
+T = TypeVar("T")
 log = logging.getLogger("engage.deploy.serve")
 
 
@@ -44,15 +46,14 @@ class PublishWeights(pl.Callback):
     does not wait for the network, and when sending falls behind, only the newest version
     waiting is sent. As training starts, every replica must answer HTTP (for up to ``timeout_s``)
     and take the key, or the training fails in one line. Later, a replica that does not answer is
-    warned about (once a minute) and counted;
-    one that refuses the API key (401, 403) stops the training with that one line, since every
-    later version would be refused too. When training ends, the last version is sent again, once
-    a second for up to ``timeout_s``, to each replica that did not take it (one its supervisor is
-    starting again); a replica that still lacks it would serve an older model than the one
-    trained, and fails the training with one line naming it, raised in ``teardown`` so that
-    what was served is recorded first. The counts
-    (versions sent, failures) are logged as ``serve/published_version`` and
-    ``serve/publish_failures``, and :attr:`publications` keeps every attempt.
+    warned about (once a minute) and counted; one that refuses the API key (401, 403) stops the
+    training with that one line, since every later version would be refused too. When training
+    ends, the last version is sent again, once a second for up to ``timeout_s``, to each replica
+    that did not take it (one its supervisor is starting again); a replica that still lacks it
+    would serve an older model than the one trained, and fails the training with one line naming
+    it, raised in ``teardown`` so that what was served is recorded first. The counts (versions
+    sent, failures) are logged as ``serve/published_version`` and ``serve/publish_failures``, and
+    :attr:`publications` keeps every attempt.
 
     The key comes from ``api_key`` or the 0600 file ``api_key_file`` (the replicas' own).
     Replicas started later (a placement that changes while serving) are added with
@@ -153,34 +154,26 @@ class PublishWeights(pl.Callback):
         from engage.deploy.serve.replica import API_KEY_HEADER
         from engage.deploy.serving import ServingError
 
-        def answers(replica: str) -> tuple[str, int | None, str]:
+        def answers(replica: str) -> tuple[int | None, str]:
             deadline = time.monotonic() + self.timeout_s
             while True:
                 request = urllib.request.Request(f"{replica}/health", headers={API_KEY_HEADER: self._key})
                 try:
                     with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as response:
-                        return replica, response.status, ""
+                        return response.status, ""
                 except urllib.error.HTTPError as exc:
-                    return replica, exc.code, ""  # an HTTP server answered
+                    return exc.code, ""  # an HTTP server answered
                 except (OSError, http.client.HTTPException) as exc:
                     why = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
                     if time.monotonic() + 1.0 >= deadline:
-                        return replica, None, str(why)
+                        return None, str(why)
                     time.sleep(1.0)
 
         with self._lock:
             replicas = list(self.replicas)
-        results: dict[str, tuple[str, int | None, str]] = {}
-        threads = [
-            threading.Thread(target=lambda r: results.__setitem__(r, answers(r)), args=(r,), daemon=True)
-            for r in replicas
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(self.timeout_s + 5.0)
+        results = _at_once(answers, replicas, self.timeout_s + 5.0)
         for replica in replicas:
-            _, status, why = results.get(replica, (replica, None, f"no answer within {self.timeout_s:g} s"))
+            status, why = results.get(replica, (None, f"no answer within {self.timeout_s:g} s"))
             if status is None:
                 raise ServingError(
                     f"replica {replica} does not answer HTTP as training starts ({' '.join(why.split())[:200]}); "
@@ -326,18 +319,8 @@ class PublishWeights(pl.Callback):
         none of the others back, nor this process's exit); a replica still silent past the
         timeout is a failed publication."""
         timeout_s = timeout_s or self.timeout_s
-        results: dict[str, Publication] = {}
-
-        def one(replica: str) -> None:
-            results[replica] = self._send(replica, version, body, timeout_s)
-
-        threads = [threading.Thread(target=one, args=(r,), name="engage-publish", daemon=True) for r in replicas]
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + timeout_s + 5.0
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        results = _at_once(lambda replica: self._send(replica, version, body, timeout_s), replicas, timeout_s + 5.0)
         silent = f"no answer within {timeout_s:g} s"
         return [results.get(r) or Publication(version, r, 0, time.perf_counter() - started, silent) for r in replicas]
 
@@ -389,6 +372,25 @@ class PublishWeights(pl.Callback):
         if accepted:
             metrics["serve/published_version"] = float(max(accepted))
         trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _at_once(call: Callable[[str], T], replicas: Sequence[str], wait_s: float) -> dict[str, T]:
+    """``call(replica)`` for every replica at once, from daemon threads (one that hangs holds
+    neither the others nor this process's exit); the results of the calls that returned within
+    ``wait_s``."""
+    results: dict[str, T] = {}
+    threads = [
+        threading.Thread(
+            target=lambda r: results.__setitem__(r, call(r)), args=(r,), name="engage-publish", daemon=True
+        )
+        for r in replicas
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + wait_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(results)
 
 
 def _took(publication: Publication, replica: str, version: int) -> bool:
