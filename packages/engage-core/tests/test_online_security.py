@@ -386,3 +386,23 @@ def test_a_python_client_without_keys_for_a_tcp_trainer_stops_at_once_in_one_lin
         "simulation 3: no keys for tcp://127.0.0.1:9: the trainer gives them in ENGAGE_KEY_FILE or ENGAGE_KEYS "
         "(only an ipc:// trainer needs none)"
     )
+
+
+def test_simulations_do_not_inherit_the_trainers_mlflow_credentials(tmp_path, monkeypatch) -> None:
+    """A sweep's job holds the sweep server's admin user in its environment for its own MLflow
+    client; the simulations it starts are peers on the network and get none of it, while the rest
+    of the environment (and what the request adds) reaches them."""
+    from engage.core.executors import LaunchRequest, LocalExecutor
+
+    for name, value in (("MLFLOW_TRACKING_USERNAME", "admin"), ("MLFLOW_TRACKING_PASSWORD", "s3cret")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    monkeypatch.setenv("ENGAGE_TEST_KEPT", "kept")
+    probe = "import os; print(sorted(k for k in os.environ if k.startswith(('MLFLOW_', 'ENGAGE_TEST_'))))"
+    request = LaunchRequest([sys.executable, "-c", probe], simulation_id=0, env={"ENGAGE_TEST_ADDED": "1"})
+    process = LocalExecutor(log_dir=str(tmp_path)).start(request)
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() == 0, process.stderr_tail()
+    assert process.stderr_tail().strip() == "['ENGAGE_TEST_ADDED', 'ENGAGE_TEST_KEPT']"

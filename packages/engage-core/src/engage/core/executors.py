@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engage.core.tracking.store import inherited_environ
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -209,7 +211,7 @@ def start_logged_process(
             stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **request.env, **(request.secrets if stdin_text is None else {})},
+            env={**inherited_environ(), **request.env, **(request.secrets if stdin_text is None else {})},
             preexec_fn=preexec,
             close_fds=True,
         )

@@ -35,9 +35,10 @@ import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
 from engage.core.forkserver import ForkServer, ForkServerError
+from engage.core.tracking.store import inherited_environ
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
-from engage.deploy.job import HostRecord, JobContract, inherited_environ, read_run_id
+from engage.deploy.job import HostRecord, JobContract, read_run_id
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
 from engage.deploy.processes import JobProcess, stop_process

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.files import write_private
+from engage.core.tracking.store import MLFLOW_PASSWORD_ENV, MLFLOW_TOKEN_ENV, MLFLOW_USERNAME_ENV
 from engage.deploy.serving import ServingPlan
 
 #: the contract's file name in a job's folder
@@ -45,19 +46,6 @@ QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 #: MLflow client retries of every process of a sweep (the launcher's and its jobs'): MLflow's own
 #: back off for minutes, far longer than the launcher takes to restart a dead sweep server
 MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-#: MLflow's variables for basic authentication, set by a job for its own process only
-MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
-MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
-MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
-#: the variables above, which no process the launcher starts inherits from it
-CREDENTIAL_ENVS = (MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV, MLFLOW_TOKEN_ENV)
-
-
-def inherited_environ() -> dict[str, str]:
-    """The environment a process the launcher starts inherits: the launcher's own, without the
-    MLflow credentials it holds (the sweep server's admin user): a job sets its own from its
-    contract, for its process only, and nothing else the launcher starts gets them."""
-    return {name: value for name, value in os.environ.items() if name not in CREDENTIAL_ENVS}
 
 
 class JobContractError(ValueError):
@@ -176,9 +164,10 @@ class JobContract:
         return next((host for host in self.hosts if host.name == self.host), None)
 
     def environ(self) -> dict[str, str]:
-        """The variables the job's process sets for itself (and its children): where this contract
-        is, and MLflow's settings (the engage-core tracking variables, the sweep's experiment,
-        retries, credentials)."""
+        """The variables the job's process sets for itself: where this contract is, and MLflow's
+        settings (the engage-core tracking variables, the sweep's experiment, retries,
+        credentials); the processes it starts inherit them but for the credentials
+        (:func:`engage.core.tracking.store.inherited_environ`)."""
         from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
 
         env = {JOB_FILE_ENV: str(Path(self.folder) / JOB_FILE)}

@@ -31,17 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.tracking.resumed_sweep import continuable, reopen
-from engage.core.tracking.store import ERROR_TAG, PARENT_RUN_ENV
-from engage.deploy import tracking
-from engage.deploy.experiment import ExperimentFolder
-from engage.deploy.job import (
+from engage.core.tracking.store import (
+    ERROR_TAG,
     MLFLOW_PASSWORD_ENV,
-    MLFLOW_RETRY_ENV,
     MLFLOW_TOKEN_ENV,
     MLFLOW_USERNAME_ENV,
-    QUIET_URLS_ENV,
-    TrackingContract,
+    PARENT_RUN_ENV,
 )
+from engage.deploy import tracking
+from engage.deploy.experiment import ExperimentFolder
+from engage.deploy.job import MLFLOW_RETRY_ENV, QUIET_URLS_ENV, TrackingContract
 from engage.deploy.mlflow_process import hold_server, in_background, take_held_server
 from engage.deploy.options import MLflowOptions
 from engage.deploy.report import SweepReport

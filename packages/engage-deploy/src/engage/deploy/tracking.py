@@ -51,7 +51,7 @@ from engage.core import lifeline
 from engage.core.files import write_private
 from engage.core.tracking.naming import ATTEMPT_TAG, CONFIG_HASH_TAG, JOB_TAG, PARAM_MAX_CHARS
 from engage.core.tracking.sqlite_store import ensure_sqlite_store, sqlite_path
-from engage.deploy.job import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
+from engage.core.tracking.store import MLFLOW_PASSWORD_ENV, MLFLOW_USERNAME_ENV
 
 log = logging.getLogger(__name__)
 

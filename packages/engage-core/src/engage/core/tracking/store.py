@@ -18,6 +18,26 @@ TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
 ERROR_TAG = "engage.error"
 #: MLflow's own variable for the store (read by ``engage run``; written by MLflow's fluent API)
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+#: MLflow's variables for basic authentication, set by a sweep's job for its own process only
+MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
+#: the variables above, which no process a launcher, a job or a trainer starts inherits from it
+CREDENTIAL_ENVS = (MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV, MLFLOW_TOKEN_ENV)
+
+
+def inherited_environ() -> dict[str, str]:
+    """The environment a process ENGAGE starts (a job, a simulation, a host's server) inherits:
+    this process's own, without the MLflow credentials it holds (a sweep server's admin user):
+    a job sets its own from its contract, and no simulation or other process gets them.
+
+    >>> import os
+    >>> os.environ["MLFLOW_TRACKING_PASSWORD"] = "s3cret"
+    >>> "MLFLOW_TRACKING_PASSWORD" in inherited_environ(), "PATH" in inherited_environ()
+    (False, True)
+    >>> del os.environ["MLFLOW_TRACKING_PASSWORD"]
+    """
+    return {name: value for name, value in os.environ.items() if name not in CREDENTIAL_ENVS}
 
 
 class TrackingUnavailable(RuntimeError):

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engage.core.tracking.store import inherited_environ
 from engage.deploy.infrastructure import Infrastructure
-from engage.deploy.job import inherited_environ
 
 
 class ProviderError(RuntimeError):

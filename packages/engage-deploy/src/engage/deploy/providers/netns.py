@@ -62,8 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engage.core.tracking.store import inherited_environ
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
-from engage.deploy.job import inherited_environ
 from engage.deploy.netem.link import LinkSpec
 from engage.deploy.netem.shaping import htb_commands, run_tc
 from engage.deploy.processes import terminate

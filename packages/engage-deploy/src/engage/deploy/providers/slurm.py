@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.config.validate import ConfigError
+from engage.core.tracking.store import inherited_environ
 from engage.deploy.infrastructure import Infrastructure, InfrastructureError
-from engage.deploy.job import inherited_environ
 from engage.deploy.providers.base import Host, Provider, ProviderError
 from engage.deploy.slurm.reaper import JobReaper
 from engage.deploy.slurm.values import check_job_values, time_limit_s

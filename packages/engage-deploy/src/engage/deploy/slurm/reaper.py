@@ -52,7 +52,7 @@ class JobReaper(lifeline.Helper):
         return [sys.executable, "-m", "engage.deploy.slurm.reaper", self.token]
 
     def env(self) -> dict[str, str]:
-        from engage.deploy.job import inherited_environ  # not at import: the reaper's own process is light
+        from engage.core.tracking.store import inherited_environ  # not at import: the reaper's own process is light
 
         return inherited_environ()
 
