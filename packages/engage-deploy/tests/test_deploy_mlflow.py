@@ -163,6 +163,45 @@ def test_server_killed_mid_sweep_loses_no_job(tmp_path: Path) -> None:
     assert all(r.info.status == "FINISHED" for r in kids)
 
 
+def test_a_record_kept_offline_for_the_jobs_own_run_is_added_to_that_run_when_uploaded(tmp_path: Path) -> None:
+    """The job opened its run through the sweep's server, which then died before the launcher's
+    record of the job reached it: the record waits in the job's offline store and is added to the
+    job's run by id on upload, not made a second run of the job."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("engage")
+    parent = client.create_run(experiment).info.run_id
+    own = client.create_run(experiment, tags={tracking.PARENT_TAG: parent}, run_name="job-own").info.run_id
+    client.log_param(own, "lr", "0.1")
+    client.set_terminated(own, "FINISHED")
+    job_folder = tmp_path / "jobs" / "0"
+    job_folder.mkdir(parents=True)
+    (job_folder / "stdout.log").write_text("trained\n")
+    now = time.time()
+    record = tracking.JobRecord(
+        index=0, run_name="job-0", status="FINISHED", start_time=now - 2, end_time=now, host="local-1",
+        overrides=["+lr=0.1"], config_hash="h", output_dir=str(job_folder), run_id=own,
+        artifacts={"engage": str(job_folder)},
+        system=[{"time": now - 1, "cpu_percent": 50.0, "rss_mib": 100.0, "host_cpu_percent": 60.0,
+                 "host_memory_percent": 30.0}],
+    )  # fmt: skip
+    offline = f"sqlite:///{job_folder / 'offline' / 'mlflow.db'}"
+    (job_folder / "offline").mkdir()
+    offline_experiment = tracking.offline_experiment(offline, "engage", job_folder / "offline" / "artifacts")
+    kept = tracking.record_offline(offline, offline_experiment, parent, record)
+    assert kept != own
+
+    assert tracking.upload_store(offline, uri, experiment) == [own]
+    runs = client.search_runs([experiment], max_results=100)
+    assert sorted(r.info.run_id for r in runs) == sorted([parent, own]), "the record became a second run of the job"
+    run = client.get_run(own)
+    assert run.info.run_name == "job-own" and run.info.status == "FINISHED"
+    assert run.data.tags["engage.job"] == "0" and tracking.RECORD_RUN_TAG not in run.data.tags
+    assert run.data.params["lr"] == "0.1" and run.data.params["overrides"] == "+lr=0.1"
+    assert run.data.metrics["system/rss_mib"] == 100.0 and run.data.metrics["job/duration_s"] == pytest.approx(2.0)
+    assert {a.path for a in client.list_artifacts(own, "engage")} == {"engage/stdout.log"}
+
+
 @pytest.mark.slow
 def test_a_kept_server_serves_the_next_sweep(tmp_path: Path) -> None:
     keep = ("hydra.launcher.mlflow.server=true", "hydra.launcher.mlflow.keep_server=true", "+x=1,2")

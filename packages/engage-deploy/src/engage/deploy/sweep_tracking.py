@@ -379,7 +379,7 @@ class SweepTracking:
         offline_uri = f"sqlite:///{offline_folder / 'mlflow.db'}"
         offline_folder.mkdir(exist_ok=True)
         experiment_id = tracking.offline_experiment(offline_uri, self.options.experiment, offline_folder / "artifacts")
-        tracking.record_job(offline_uri, experiment_id, self.parent_run_id, record)
+        tracking.record_offline(offline_uri, experiment_id, self.parent_run_id, record)
         with self._lock:
             self._offline_records.setdefault(index, []).append((record.attempt, record.output_dir))
             # a job, not a record: its attempts share one offline store

@@ -43,7 +43,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,11 @@ PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "engage.output_dir"
 #: tag of the runs the launcher creates to hold a job's record (the job made no run of its own)
 RECORD_RUN_TAG = "engage.record_run"
+#: tag of a record kept offline for a run the job opened in the sweep's store: that run's id, to
+#: which :func:`upload_store` adds the record (by id) instead of making a run of it
+RECORD_FOR_TAG = "engage.record_for"
+#: tags of a kept record that are not the job's: they stay on the offline store's run
+_RECORD_ONLY_TAGS = (RECORD_RUN_TAG, RECORD_FOR_TAG, "mlflow.runName")
 
 #: MLflow's server settings for its basic-auth application: the configuration file, the key that
 #: signs its forms, and the admin user's name and password (which would override the file's)
@@ -493,6 +498,8 @@ class JobRecord:
 SKIPPED_ARTIFACT_SUFFIXES = (".pkl",)
 #: files of a job folder never uploaded: the job's contract may hold MLflow credentials
 SKIPPED_ARTIFACT_NAMES = ("job.json",)
+#: folders of a job folder never uploaded as files: the job's offline store, uploaded as runs
+SKIPPED_ARTIFACT_FOLDERS = ("offline",)
 
 
 def _client(uri: str) -> Any:
@@ -600,6 +607,7 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
                     file.is_file()
                     and file.suffix not in SKIPPED_ARTIFACT_SUFFIXES
                     and file.name not in SKIPPED_ARTIFACT_NAMES
+                    and file.relative_to(path).parts[0] not in SKIPPED_ARTIFACT_FOLDERS
                 ):
                     folder = Path(artifact_path, file.parent.relative_to(path)).as_posix()
                     client.log_artifact(run_id, str(file), artifact_path=folder)
@@ -609,6 +617,19 @@ def record_job(uri: str, experiment_id: str, parent_run_id: str | None, record: 
     if existing is None or record.status != "FINISHED" or client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status=record.status, end_time=int(record.end_time * 1000))
     return run_id
+
+
+def record_offline(uri: str, experiment_id: str, parent_run_id: str | None, record: JobRecord) -> str:
+    """Keep ``record`` in the offline store ``uri`` (the sweep's store did not answer): added to
+    the job's own run when the job opened it there too, else kept as a run of its own, which
+    names the job's run (:data:`RECORD_FOR_TAG`) when the job opened it in the sweep's store, so
+    that :func:`upload_store` adds the record to that run by id. Returns the offline run's id."""
+    if record.run_id:
+        try:
+            _client(uri).get_run(record.run_id)
+        except Exception:  # the job's run is in the sweep's store, which the record waits for
+            record = replace(record, run_id=None, tags={**record.tags, RECORD_FOR_TAG: record.run_id})
+    return record_job(uri, experiment_id, parent_run_id, record)
 
 
 def mark_killed(uri: str, run_ids: Iterable[str]) -> int:
@@ -654,39 +675,69 @@ def delete_record_runs(
 
 def upload_store(source_uri: str, target_uri: str, target_experiment_id: str) -> list[str]:
     """Copy every run of the (offline) store ``source_uri`` into ``target_uri``: tags (parent
-    included), params, full metric histories, artifacts, status and times. Returns the new ids."""
+    included), params, full metric histories, artifacts, status and times. A record kept for a run
+    the job opened in ``target_uri`` (:func:`record_offline`) is added to that run, by id. Returns
+    the ids of the runs written, new or added to."""
     from mlflow.entities import Metric, Param, RunTag
 
     source, target = _client(source_uri), _client(target_uri)
-    created = []
+    written = []
     for experiment in source.search_experiments():
         for run in source.search_runs([experiment.experiment_id], max_results=50000):
-            tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log-model")}
-            new = target.create_run(
-                target_experiment_id, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name
-            )
-            new_id = new.info.run_id
-            params = [Param(k, v) for k, v in run.data.params.items()]
-            for start in range(0, len(params), 100):
-                target.log_batch(new_id, params=params[start : start + 100])
+            into = _existing_run(target, run.data.tags.get(RECORD_FOR_TAG))
+            if into is None:
+                tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log-model")}
+                new = target.create_run(
+                    target_experiment_id, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name
+                )
+                run_id, kept_params = new.info.run_id, set()
+            else:
+                tags = {k: v for k, v in run.data.tags.items() if k not in _RECORD_ONLY_TAGS}
+                run_id, kept_params = into.info.run_id, set(into.data.params)
+                _log_in_batches(target, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            params = [Param(k, v) for k, v in run.data.params.items() if k not in kept_params]
             metrics = []
             for key in run.data.metrics:
                 metrics += [
                     Metric(m.key, m.value, m.timestamp, m.step) for m in source.get_metric_history(run.info.run_id, key)
                 ]
-            for start in range(0, len(metrics), 1000):
-                target.log_batch(new_id, metrics=metrics[start : start + 1000])
-            target.log_batch(new_id, tags=[RunTag("engage.uploaded_from", source_uri)])
+            _log_in_batches(target, run_id, params=params, metrics=metrics)
+            target.log_batch(run_id, tags=[RunTag("engage.uploaded_from", source_uri)])
             with tempfile.TemporaryDirectory() as scratch:
                 try:
                     local = source.download_artifacts(run.info.run_id, "", scratch)
                 except Exception:  # a run without artifacts
                     local = None
                 if local and any(Path(local).iterdir()):
-                    target.log_artifacts(new_id, local)
-            target.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
-            created.append(new_id)
-    return created
+                    target.log_artifacts(run_id, local)
+            # as record_job does: the job's own run keeps the status it ended with, unless it failed
+            if into is None or run.info.status != "FINISHED" or into.info.status == "RUNNING":
+                target.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
+            written.append(run_id)
+    return written
+
+
+def _existing_run(client: Any, run_id: str | None) -> Any:
+    """The run ``run_id`` of ``client``'s store, or ``None`` (no id, or no such run there)."""
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except Exception:  # a job's run in a store that is gone: the record becomes a run of its own
+        return None
+
+
+def _log_in_batches(
+    client: Any, run_id: str, tags: Sequence = (), params: Sequence = (), metrics: Sequence = ()
+) -> None:
+    """Log ``tags``, ``params`` and ``metrics`` to ``run_id`` within MLflow's limits per request
+    (100 tags, 100 params, 1000 metrics)."""
+    for start in range(0, len(tags), 100):
+        client.log_batch(run_id, tags=list(tags[start : start + 100]))
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=list(params[start : start + 100]))
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=list(metrics[start : start + 1000]))
 
 
 def offline_experiment(uri: str, name: str, artifacts: Path) -> str:
