@@ -182,6 +182,40 @@ def test_hosts_run_their_own_sshd_and_enoslib_reaches_them_over_ssh(tmp_path):
     assert _leftovers(prov.prefix) == []
 
 
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="sshd missing: install Debian's openssh-server")
+def test_a_job_folder_sent_over_sftp_keeps_its_modes_and_lands_in_place_when_sent_again(tmp_path):
+    """As the launcher sends a job's folder to a testbed host: over SFTP (paramiko, as to a
+    Grid'5000 node) to a host with its own sshd. The contract (0600) stays private, and a retried
+    attempt's folder replaces the first's files instead of landing in a folder inside it."""
+    import fsspec
+
+    from engage.deploy.providers.base import put_tree
+
+    job = tmp_path / "jobs" / "3"
+    (job / "logs").mkdir(parents=True)
+    (job / "job.json").write_text('{"attempt": 1}')
+    (job / "job.json").chmod(0o600)
+    (job / "logs" / "out.log").write_text("hello")
+    remote = tmp_path / "remote" / "jobs" / "3"
+    infra = Infrastructure.from_dict({"provider": "netns", "layers": [{"name": "edge"}], "options": {"sshd": True}})
+    with NetnsProvider(infra, tmp_path / "state") as prov:
+        host = prov.host("edge-1")
+        key = tmp_path / "state" / f"netns-{prov.prefix}" / "ssh" / "id_ed25519"
+        fs = fsspec.filesystem(
+            "sftp", host=host.address, username="root", key_filename=str(key), skip_instance_cache=True
+        )
+        put_tree(fs, job, str(remote))
+        assert (remote / "job.json").stat().st_mode & 0o777 == 0o600
+        assert (remote / "logs" / "out.log").read_text() == "hello"
+        (job / "job.json").write_text('{"attempt": 2}')
+        put_tree(fs, job, str(remote))
+        fs.client.close()
+    assert sorted(p.name for p in remote.iterdir()) == ["job.json", "logs"]
+    assert (remote / "job.json").read_text() == '{"attempt": 2}'
+    assert (remote / "job.json").stat().st_mode & 0o777 == 0o600
+    assert (remote.stat().st_mode & 0o777) == (job.stat().st_mode & 0o777)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -70,6 +70,59 @@ def address_towards(host: str, port: int = 9) -> str:
         return str(probe.getsockname()[0])
 
 
+def put_tree(fs: Any, local: Path, remote: str) -> None:
+    """Copy the file or folder ``local`` to ``remote`` on the fsspec filesystem ``fs`` (this
+    machine's, or a host's over SFTP), keeping each file's and folder's permission bits.
+
+    A folder's contents go into ``remote`` whether or not it exists, replacing the files of the
+    same names there (a retried job's folder lands where its first attempt's did, not in a
+    folder of its own inside it). SFTP makes files with its server's umask: a job's ``0600``
+    contract (it may hold MLflow credentials) would land readable by every user of the host.
+    The folder stays ``0700`` while it is filled, so nobody reads a file before its mode is set.
+
+    >>> import os, stat, tempfile
+    >>> import fsspec
+    >>> scratch = Path(tempfile.mkdtemp())
+    >>> (scratch / "job").mkdir()
+    >>> _ = (scratch / "job" / "job.json").write_text("{}")
+    >>> os.chmod(scratch / "job" / "job.json", 0o600)
+    >>> for _ in range(2):  # a second attempt lands in the same place
+    ...     put_tree(fsspec.filesystem("file"), scratch / "job", str(scratch / "there"))
+    >>> there = scratch / "there"
+    >>> sorted(p.name for p in there.iterdir()), oct((there / "job.json").stat().st_mode & 0o777)
+    (['job.json'], '0o600')
+    """
+    fs.makedirs(str(Path(remote).parent), exist_ok=True)
+    if not local.is_dir():
+        fs.put(str(local), remote)
+        _chmod(fs, remote, local.stat().st_mode)
+        return
+    fs.makedirs(remote, exist_ok=True)
+    _chmod(fs, remote, 0o700)
+    # file by file: fsspec's recursive put hands folders to SFTP's put_file, which fails on them
+    paths = sorted(local.rglob("*"))
+    for path in paths:
+        there = f"{remote}/{path.relative_to(local).as_posix()}"
+        if path.is_dir():
+            fs.makedirs(there, exist_ok=True)
+        else:
+            fs.put_file(str(path), there)
+    for path in reversed(paths):  # files before the folders holding them
+        _chmod(fs, f"{remote}/{path.relative_to(local).as_posix()}", path.stat().st_mode)
+    _chmod(fs, remote, local.stat().st_mode)
+
+
+def _chmod(fs: Any, path: str, mode: int) -> None:
+    """Set ``path``'s permission bits on ``fs`` to those of ``mode``."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols:
+        os.chmod(path, mode & 0o7777)
+    elif "sftp" in protocols:
+        fs.ftp.chmod(path, mode & 0o7777)  # fsspec's SFTP filesystem holds paramiko's SFTP client
+    else:
+        raise ProviderError(f"cannot set the permissions of {path} on a {protocols[0]} filesystem")
+
+
 class Provider(abc.ABC):
     """Base of every provider. Subclasses implement :meth:`deploy`, :meth:`apply_network` and
     :meth:`destroy`; :meth:`run` works for any host whose ``exec_prefix`` starts a command there.
@@ -276,12 +329,11 @@ class Provider(abc.ABC):
         return fsspec.filesystem("file")
 
     def put(self, host: Host, local_path: str | os.PathLike[str], remote_path: str) -> None:
-        """Copy a local file or folder to ``remote_path`` on ``host`` (nothing to do if it is the same path)."""
+        """Copy a local file or folder to ``remote_path`` on ``host`` (nothing to do if it is the
+        same path), as :func:`put_tree` does."""
         if not host.remote and Path(local_path).resolve() == Path(remote_path).resolve():
             return
-        fs = self.filesystem(host)
-        fs.makedirs(str(Path(remote_path).parent), exist_ok=True)
-        fs.put(str(local_path), remote_path, recursive=Path(local_path).is_dir())
+        put_tree(self.filesystem(host), Path(local_path), remote_path)
 
     def get(self, host: Host, remote_path: str, local_path: str | os.PathLike[str]) -> None:
         """Copy a file or folder from ``host`` to this machine (nothing to do if it is the same path)."""
