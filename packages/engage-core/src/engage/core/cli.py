@@ -32,11 +32,11 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
 
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
-    from engage.core.run import RunFailed, Terminated, sigterm_raises_terminated, task
+    from engage.core.run import LOCAL_RANK_ENV, WORLD_SIZE_ENV, RunFailed, Terminated, sigterm_raises_terminated, task
     from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
     from engage.core.tracking.sweep import end_open_sweep
 
-    if os.environ.get("LOCAL_RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
+    if os.environ.get(LOCAL_RANK_ENV, "0") != "0" and WORLD_SIZE_ENV in os.environ:
         # a rank that a DDP launcher (Lightning's, torchrun) started: it ends with its starter
         from engage.core.executors import tie_to_parent
         from engage.core.run import RANK_STARTER_ENV

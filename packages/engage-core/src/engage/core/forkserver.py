@@ -301,10 +301,14 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------- the server
 
 
+#: the interpreter's variable for folders ahead of its own on ``sys.path``
+PYTHONPATH_ENV = "PYTHONPATH"
+
+
 def python_path_folders(env: Mapping[str, str]) -> list[str]:
     """The folders ``env``'s ``PYTHONPATH`` names, in order (an empty entry is the working
     directory, as for an interpreter)."""
-    value = env.get("PYTHONPATH", "")
+    value = env.get(PYTHONPATH_ENV, "")
     return value.split(os.pathsep) if value else []
 
 

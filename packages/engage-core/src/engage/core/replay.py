@@ -35,6 +35,8 @@ from typing import Any
 from engage.core.tracking.environment import git_state, package_versions
 from engage.core.tracking.store import (
     ERROR_TAG,
+    MLFLOW_EXPERIMENT_ENV,
+    MLFLOW_RUN_ID_ENV,
     PARENT_RUN_ENV,
     PARENT_RUN_FILE_ENV,
     TRACKING_URI_ENV,
@@ -328,9 +330,9 @@ def replay(
     out = Path(output_dir) if output_dir else Path("outputs", f"replay-{run_id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}")
     out = out.resolve()
     experiment = client.get_experiment(run.info.experiment_id)
-    env = {k: v for k, v in os.environ.items() if k not in (PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, "MLFLOW_RUN_ID")}
+    env = {k: v for k, v in os.environ.items() if k not in (PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, MLFLOW_RUN_ID_ENV)}
     env[TRACKING_URI_ENV] = uri
-    env["MLFLOW_EXPERIMENT_NAME"] = experiment.name
+    env[MLFLOW_EXPERIMENT_ENV] = experiment.name
     started = time.time()
     argv = [*command, *overrides, f"hydra.run.dir={out}"]
     proc = subprocess.run(argv, cwd=cwd if cwd and Path(cwd).is_dir() else None, env=env)

@@ -26,8 +26,10 @@ EXIT_TRACKING_UNAVAILABLE = 3
 console = Console(stderr=True, soft_wrap=True)
 #: the pid of the process whose DDP launcher starts the other ranks (they die with it)
 RANK_STARTER_ENV = "ENGAGE_RANK_STARTER"
+#: a DDP launcher's (Lightning's, torchrun) rank of a process on its node, and the ranks in all
+LOCAL_RANK_ENV, WORLD_SIZE_ENV = "LOCAL_RANK", "WORLD_SIZE"
 #: what a DDP fit's launcher sets in this process's environment for the ranks it starts, and ours
-DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RANK_STARTER_ENV)
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", LOCAL_RANK_ENV, WORLD_SIZE_ENV, RANK_STARTER_ENV)
 #: what :func:`task` imports when it runs, for a process that forks runs of it to import once
 #: (the launcher's fork servers, see :func:`engage.deploy.execution.job_preload`): the training
 #: (Lightning, PyTorch), MLflow and its store for the default local tracking (SQLite)
@@ -137,7 +139,7 @@ def _left_to_rank_zero(exc: BaseException) -> bool:
     with the run's code. Ending with another code, Lightning's rank 0 would kill every process,
     itself included, within seconds, saying nothing and leaving its MLflow run RUNNING."""
     starter = os.environ.get(RANK_STARTER_ENV)
-    started = os.environ.get("LOCAL_RANK", "0") != "0" and starter is not None and str(os.getppid()) == starter
+    started = os.environ.get(LOCAL_RANK_ENV, "0") != "0" and starter is not None and str(os.getppid()) == starter
     return started and (bool(getattr(exc, "left_to_rank_zero", False)) or bool(getattr(exc, "said_elsewhere", False)))
 
 

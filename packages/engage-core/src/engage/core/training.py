@@ -38,7 +38,15 @@ from engage.core.online.rank_failures import other_ranks, peer_lost
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import DISABLE_ENV, PluginError, PluginHookError, call_each, get_plugin_manager, per_plugin
-from engage.core.run import DISTRIBUTED_ENV, RANK_STARTER_ENV, Requeued, Terminated, console, sigterm_raises_terminated
+from engage.core.run import (
+    DISTRIBUTED_ENV,
+    LOCAL_RANK_ENV,
+    RANK_STARTER_ENV,
+    Requeued,
+    Terminated,
+    console,
+    sigterm_raises_terminated,
+)
 from engage.core.tracking.mlflow_run import MLflowRun
 from engage.core.tracking.naming import PARAM_MAX_CHARS, SIMULATOR_SPACE_PARAM
 from engage.core.tracking.store import (
@@ -482,7 +490,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         manager.register(timeline, name=f"engage-run-timeline-{tracked.run_id}")
     distributed_env = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    if os.environ.get(LOCAL_RANK_ENV, "0") == "0":
         os.environ[RANK_STARTER_ENV] = str(os.getpid())  # what ranks started from here check
     put_back_sigterm = sigterm_raises_terminated()
     try:

@@ -34,7 +34,7 @@ from typing import Any
 import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
-from engage.core.forkserver import ForkServer, ForkServerError
+from engage.core.forkserver import PYTHONPATH_ENV, ForkServer, ForkServerError
 from engage.core.tracking.store import inherited_environ
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
@@ -333,7 +333,7 @@ class JobExecution:
             self._prepare(host, job, 1)
         started = time.time()
         command = [self.python, "-m", "engage.deploy.runner"]
-        env = {"PYTHONPATH": _python_path()}
+        env = {PYTHONPATH_ENV: _python_path()}
         folders = {index: job.folder for index, job in chosen.items()}
         tasks = self.provider.run_array(command, folders, limit, env=env, cwd=self.recording.cwd)
         log.info(
@@ -541,7 +541,7 @@ class JobExecution:
         ``python -m engage.deploy.runner JOB_DIR`` (remote hosts, ``fork_jobs=false``, or a
         server that failed, which is said once)."""
         stdout, stderr = folder / "stdout.log", folder / "stderr.log"
-        env = {"PYTHONPATH": _python_path()}
+        env = {PYTHONPATH_ENV: _python_path()}
         local = not host.remote and self.provider.local_processes
         server = self._fork_server(host, cwd) if local else None
         if server is not None:
@@ -573,7 +573,7 @@ class JobExecution:
                     command = self.provider.command_for(host, ForkServer.server_command(self.python, preload))
                     try:
                         log_path = self.folder.host_folder(host.name) / "forkserver.log"
-                        env = {**inherited_environ(), "PYTHONPATH": _python_path()}
+                        env = {**inherited_environ(), PYTHONPATH_ENV: _python_path()}
                         server = ForkServer(command, env=env, cwd=cwd, log_path=log_path)
                     except OSError as exc:
                         log.warning("engage launcher: no fork server on %s (%s)", host.name, exc)
@@ -643,7 +643,7 @@ def script_dir() -> str:
 
 
 def _python_path() -> str:
-    return os.pathsep.join(p for p in [script_dir(), os.environ.get("PYTHONPATH", "")] if p)
+    return os.pathsep.join(p for p in [script_dir(), os.environ.get(PYTHONPATH_ENV, "")] if p)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -168,7 +168,14 @@ class JobContract:
         settings (the engage-core tracking variables, the sweep's experiment, retries,
         credentials); the processes it starts inherit them but for the credentials
         (:func:`engage.core.tracking.store.inherited_environ`)."""
-        from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
+        from engage.core.tracking.store import (
+            MLFLOW_EXPERIMENT_ENV,
+            MLFLOW_TIMEOUT_ENV,
+            MLFLOW_TRACKING_URI,
+            PARENT_RUN_ENV,
+            PARENT_RUN_FILE_ENV,
+            TRACKING_URI_ENV,
+        )
 
         env = {JOB_FILE_ENV: str(Path(self.folder) / JOB_FILE)}
         tracking = self.tracking
@@ -176,14 +183,14 @@ class JobContract:
             return env
         env.update({
             TRACKING_URI_ENV: tracking.uri,
-            "MLFLOW_TRACKING_URI": tracking.uri,
+            MLFLOW_TRACKING_URI: tracking.uri,
             # the sweep's experiment, for runs the job opens without naming one: MLflow's
             # set_experiment leaves none active when another process created the experiment
             # between its lookup and its create (jobs start while the launcher creates it)
-            "MLFLOW_EXPERIMENT_NAME": tracking.experiment,
+            MLFLOW_EXPERIMENT_ENV: tracking.experiment,
             PARENT_RUN_ENV: tracking.parent_run_id or "",
             **MLFLOW_RETRY_ENV,
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            MLFLOW_TIMEOUT_ENV: "30",
             QUIET_URLS_ENV: "false" if tracking.print_urls else "true",
         })  # fmt: skip
         if tracking.parent_run_file and not tracking.parent_run_id:

@@ -217,9 +217,9 @@ def run(job_dir: Path) -> int:
     HydraConfig.instance().set_config(config)
     offline = _go_offline_if_needed(contract.tracking) if rank.records else None
     if offline:
-        from engage.core.tracking.store import TRACKING_URI_ENV
+        from engage.core.tracking.store import MLFLOW_TRACKING_URI, TRACKING_URI_ENV
 
-        os.environ[TRACKING_URI_ENV] = os.environ["MLFLOW_TRACKING_URI"] = offline
+        os.environ[TRACKING_URI_ENV] = os.environ[MLFLOW_TRACKING_URI] = offline
     elif rank.records:
         _wait_for_the_sweeps_experiment(contract.tracking)
     if rank.records:

@@ -28,7 +28,6 @@ import itertools
 import json
 import os
 import pickle
-import socket as pysocket
 import sys
 import time
 import traceback
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from engage.core.hosts import node_name
 from engage.core.online import protocol
 from engage.core.online.link import PARENT_PID_ENV, TrainerGone, TrainerLink
 from engage.core.online.protocol import Job, Kind
@@ -126,7 +126,7 @@ class SimulationClient:
     def connect(self) -> Job:
         """Say hello and wait for the job; :class:`TrainerGone` if nobody answers in time."""
         # in a batch job, the node's name as the batch system knows it (nodes may share a hostname)
-        host = os.environ.get("SLURMD_NODENAME") or pysocket.gethostname()
+        host = node_name()
         hello = {"pid": os.getpid(), "host": host, "protocol": protocol.VERSION}
         if self.shared_memory and available():
             hello["shared_memory"] = True

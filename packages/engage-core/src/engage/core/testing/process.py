@@ -22,6 +22,7 @@ from pathlib import Path
 
 from engage.core.forkserver import ForkedProcess, ForkServer, ForkServerError, python_path_folders
 from engage.core.run import TASK_IMPORTS
+from engage.core.tracking.store import PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV
 
 #: the smallest ``engage run`` that still trains: 16x16 heat equation, 2 simulations, 1 epoch of at
 #: most 5 batches (online epochs are 100 batches by default)
@@ -42,7 +43,7 @@ FORK_ENV = "ENGAGE_TEST_FORK"
 #: what the server imports before its first fork: ``engage run``'s whole program
 PRELOAD = ("engage.core.cli", "engage.core.run", *TASK_IMPORTS)
 #: the variables of a sweep that a parent process may hold (and every ``MLFLOW_*`` setting)
-INHERITED = ("ENGAGE_PARENT_RUN_ID", "ENGAGE_PARENT_RUN_FILE", "ENGAGE_TRACKING_URI")
+INHERITED = (PARENT_RUN_ENV, PARENT_RUN_FILE_ENV, TRACKING_URI_ENV)
 
 
 def run_engage(

@@ -30,6 +30,7 @@ import socket
 import sys
 
 from engage.core import lifeline
+from engage.core.tracking.store import MLFLOW_TIMEOUT_ENV, MLFLOW_TRACKING_URI
 
 #: the line :meth:`RunGuard.stop` writes: the run was ended by its own process
 ENDED = b"ended\n"
@@ -51,7 +52,7 @@ class RunGuard(lifeline.Helper):
 
     def env(self) -> dict[str, str]:
         # its one request after a death waits no longer than the run's own would (a dead server)
-        return {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        return {MLFLOW_TIMEOUT_ENV: "10", **os.environ, MLFLOW_TRACKING_URI: self.tracking_uri}
 
 
 def end_abandoned_run(run_id: str, pid: int) -> bool:

@@ -18,6 +18,11 @@ TRACKING_URI_ENV = "ENGAGE_TRACKING_URI"
 ERROR_TAG = "engage.error"
 #: MLflow's own variable for the store (read by ``engage run``; written by MLflow's fluent API)
 MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+#: MLflow's variables for the experiment of runs opened without naming one, the run its fluent
+#: API resumes, and how long its client waits for an answer, s
+MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+MLFLOW_RUN_ID_ENV = "MLFLOW_RUN_ID"
+MLFLOW_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 #: MLflow's variables for basic authentication, set by a sweep's job for its own process only
 MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
@@ -89,7 +94,7 @@ def resolve_tracking_uri(configured: str | None) -> str:
 def resolve_experiment(configured: str | None) -> str:
     """The MLflow experiment a run logs to: ``logger.experiment`` (config or command line), else
     ``MLFLOW_EXPERIMENT_NAME``, else :data:`DEFAULT_EXPERIMENT`."""
-    return configured or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    return configured or os.environ.get(MLFLOW_EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
 
 
 def parent_run_id(timeout_s: float = 300.0) -> str | None:

@@ -27,6 +27,8 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engage.core.hosts import node_name
+
 #: the variables :meth:`TaskRank.rendezvous` sets, each only when the user has not
 RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "GLOO_SOCKET_IFNAME")
 
@@ -48,7 +50,7 @@ class TaskRank:
         """This process's rank in a job that runs as ``ranks`` tasks (from Slurm's variables when
         ``ranks`` is above 1); :class:`RankError` when Slurm did not start it as one of them."""
         env = os.environ if environ is None else environ
-        node = env.get("SLURMD_NODENAME") or socket.gethostname()
+        node = node_name(env)
         if ranks <= 1:
             return cls(0, 1, node)
         # the step's task count, which srun sets: the batch script itself is a step of one task
