@@ -204,11 +204,9 @@ def _plugins(namespace: argparse.Namespace) -> int:
     options = config_options(manager)
     check_config_names(manager, options)
     # what each plugin's own implementation returns, each called through pluggy
-    registries = {
-        kind: per_plugin(manager, getattr(manager.hook, hook))
-        for kind, hook in _REGISTRIES.items()
-        if hasattr(manager.hook, hook)
-    }
+    registry_hooks = _registries(manager.hook)
+    registries = {kind: per_plugin(manager, hook) for kind, hook in registry_hooks.items()}
+    listed = _LISTED_HOOKS | {hook.name for hook in registry_hooks.values()}
     for kind, results in registries.items():
         merge_mappings(results, kind)  # two plugins registering one name: one line naming both
     commands = per_plugin(manager, manager.hook.engage_commands)
@@ -235,7 +233,7 @@ def _plugins(namespace: argparse.Namespace) -> int:
             lines.append("commands: " + ", ".join(own_commands))
         if info.hydra_plugins:
             lines.append("Hydra plugins: " + ", ".join(info.hydra_plugins))
-        others = [h for h in info.hooks if h not in _LISTED_HOOKS]
+        others = [h for h in info.hooks if h not in listed]
         if others:
             lines.append("hooks: " + ", ".join(others))
         table.add_row(info.name, info.distribution or "-", info.version or "-", "\n".join(lines) or "-")
@@ -288,15 +286,21 @@ def _first_sentence(yaml_text: str) -> str:
     return text[: end.start()] if end else text
 
 
-#: registry hooks whose contributions ``engage plugins`` lists by name, by kind
-_REGISTRIES = {
-    "sampler": "engage_samplers",
-    "simulator": "engage_simulators",
-    "executor": "engage_executors",
-    "provider": "engage_providers",
-    "placement solver": "engage_placement_solvers",
-}
-_LISTED_HOOKS = {"engage_config_options", "engage_config_searchpath", "engage_commands", *_REGISTRIES.values()}
+def _registries(hook: Any) -> dict[str, Any]:
+    """The registry hooks (of a plugin manager's ``hook``) whose contributions ``engage plugins``
+    lists by name, by kind."""
+    return {
+        "sampler": hook.engage_samplers,
+        "simulator": hook.engage_simulators,
+        "executor": hook.engage_executors,
+        "provider": hook.engage_providers,
+        "placement solver": hook.engage_placement_solvers,
+    }
+
+
+#: hooks besides the registries that ``engage plugins`` lists by what they contribute (a plugin's
+#: other hooks are listed by name)
+_LISTED_HOOKS = {"engage_config_options", "engage_config_searchpath", "engage_commands"}
 
 
 def _plugins_arguments(parser: argparse.ArgumentParser) -> None:
