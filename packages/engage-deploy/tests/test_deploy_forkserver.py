@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from engage.core.forkserver import ForkServer, ForkServerError
-from engage.deploy.execution import JOB_PRELOAD, RUNNER_MAIN
+from engage.deploy.job_start import JOB_PRELOAD, RUNNER_MAIN
 from engage.deploy.runner import EXIT_RUNNER_ERROR
 
 APP = Path(__file__).parent / "apps" / "deploy_app.py"
@@ -109,7 +109,7 @@ def test_the_server_reports_exit_codes_and_refuses_work_once_closed(tmp_path: Pa
 
 def test_a_host_server_preloads_the_task_module_and_what_its_task_imports() -> None:
     from engage.core.run import TASK_IMPORTS, task
-    from engage.deploy.execution import job_preload
+    from engage.deploy.job_start import job_preload
 
     assert job_preload(task) == (*JOB_PRELOAD, "engage.core.run", *TASK_IMPORTS)
     assert "engage.core.training" in TASK_IMPORTS

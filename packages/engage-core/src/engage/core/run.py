@@ -31,7 +31,7 @@ LOCAL_RANK_ENV, WORLD_SIZE_ENV = "LOCAL_RANK", "WORLD_SIZE"
 #: what a DDP fit's launcher sets in this process's environment for the ranks it starts, and ours
 DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", LOCAL_RANK_ENV, WORLD_SIZE_ENV, RANK_STARTER_ENV)
 #: what :func:`task` imports when it runs, for a process that forks runs of it to import once
-#: (the launcher's fork servers, see :func:`engage.deploy.execution.job_preload`): the training
+#: (the launcher's fork servers, see :func:`engage.deploy.job_start.job_preload`): the training
 #: (Lightning, PyTorch), MLflow and its store for the default local tracking (SQLite)
 TASK_IMPORTS = ("engage.core.training", "mlflow", "mlflow.store.tracking.sqlalchemy_store")
 

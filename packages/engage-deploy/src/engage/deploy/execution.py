@@ -1,13 +1,13 @@
 """Running the jobs of one launch on the hosts: a thread pool as wide as ``parallelism``, the least
-loaded host for each attempt, retries, per-host fork servers, and the job folder shipped to
-remote hosts and brought back.
+loaded host for each attempt, retries, and the job folder shipped to remote hosts and brought back.
 
 Each attempt writes the job's contract (:class:`~engage.deploy.job.JobContract`) and starts
-``python -m engage.deploy.runner JOB_DIR`` on its host (or forks it from the host's fork
-server). On a batch system that takes job arrays (``provider.array_limit``), the first attempts
-of a launch's jobs are one array, submitted once all are composed, a thread a job watching its
-task; retries are submitted on their own. What the job left (``result.pkl``, ``runner.json``,
-``mlflow-run-id``) becomes its ``result.json`` and the launcher's MLflow record of the attempt.
+``python -m engage.deploy.runner JOB_DIR`` on its host, or forks it from the host's fork server
+(:class:`~engage.deploy.job_start.JobStarter`). On a batch system that takes job arrays
+(``provider.array_limit``), the first attempts of a launch's jobs are one array, submitted once
+all are composed, a thread a job watching its task; retries are submitted on their own. What the
+job left (``result.pkl``, ``runner.json``, ``mlflow-run-id``) becomes its ``result.json`` and the
+launcher's MLflow record of the attempt.
 
 Example (what :class:`~engage.deploy.sweep.Sweep` does)::
 
@@ -34,11 +34,10 @@ from typing import Any
 import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
-from engage.core.forkserver import PYTHONPATH_ENV, ForkServer, ForkServerError
-from engage.core.tracking.store import inherited_environ
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
 from engage.deploy.job import HostRecord, JobContract, read_run_id
+from engage.deploy.job_start import JobStarter, job_preload
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
 from engage.deploy.processes import JobProcess, stop_process
@@ -52,15 +51,8 @@ log = logging.getLogger("engage.deploy.sweep")
 
 #: what a remote host's job leaves for the launcher to bring back
 FETCHED_FILES = ("result.pkl", "runner.json", "mlflow-run-id")
-#: what a job's forked process runs (as ``python -m engage.deploy.runner JOB_DIR`` would)
-RUNNER_MAIN = "engage.deploy.runner:main"
-#: what a host's fork server imports before its first job: Hydra's job bookkeeping, cloudpickle
-#: and the runner itself
-JOB_PRELOAD = ("cloudpickle", "hydra.core.utils", "engage.deploy.runner")
 #: why a job did not run once another failed under ``hydra.launcher.fail_fast``
 NOT_STARTED = "not started: an earlier job failed and hydra.launcher.fail_fast is set"
-#: the memory limit (bytes) under which a host's fork server does not preload the task's imports
-PRELOAD_MIN_MEMORY = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -129,7 +121,6 @@ class JobExecution:
         self.placement = dict(placement)
         self.recording = recording
         self.serving = serving
-        self.python = options.python or sys.executable
         self._lock = threading.Lock()
         self._load = {host.name: 0 for host in hosts}
         self._running: dict[int, JobProcess] = {}
@@ -138,8 +129,9 @@ class JobExecution:
         self._withdrawn: set[int] = set()  # jobs whose array task fail-fast cancelled if still pending
         self._array_tasks: set[int] = set()  # jobs running their first attempt as a task of the array
         self._singles: threading.BoundedSemaphore | None = None  # with arrays: jobs submitted alone
-        self._fork_servers: dict[str, ForkServer | None] = {}  # host name -> its server, None: none
-        self._preload = JOB_PRELOAD  # what a host's fork server imports before its first job
+        self.starter = JobStarter(
+            provider, folder, report, options.python or sys.executable, options.fork_jobs, self._stop_new
+        )
 
     # ------------------------------------------------------------------ the pool
 
@@ -154,7 +146,7 @@ class JobExecution:
         """Compose each job, then start it (or take its earlier result when resuming): the first
         jobs run while later ones are composed, which costs a tenth of a second or more each.
         The main thread waits in short slices so Ctrl-C and SIGTERM reach it promptly."""
-        self._preload = job_preload(payload.get("task_function"))
+        self.starter.preload = job_preload(payload.get("task_function"))
         parallelism = self.options.parallelism or os.cpu_count() or 1
         workers = max(1, min(parallelism, len(job_overrides)))
         arrays = self.provider.array_limit > 0
@@ -216,7 +208,7 @@ class JobExecution:
                 self.stop()
                 raise
             finally:
-                self._close_fork_servers()
+                self.starter.close()
         return results
 
     def _queued(self) -> list[int]:
@@ -332,8 +324,7 @@ class JobExecution:
                 self._load[host.name] += 1  # given back when the attempt ends, as a picked host's
             self._prepare(host, job, 1)
         started = time.time()
-        command = [self.python, "-m", "engage.deploy.runner"]
-        env = {PYTHONPATH_ENV: _python_path()}
+        command, env = self.starter.runner_command(), self.starter.environment()
         folders = {index: job.folder for index, job in chosen.items()}
         tasks = self.provider.run_array(command, folders, limit, env=env, cwd=self.recording.cwd)
         log.info(
@@ -382,7 +373,7 @@ class JobExecution:
         if submitted is None:
             started = time.time()
             job_dir, cwd = self._prepare(host, job, attempt)
-            process = self._start(host, job_dir, cwd, job.folder)
+            process = self.starter.start(host, job_dir, cwd, job.folder)
         else:
             process, started = submitted.job, submitted.started
         with self._lock:
@@ -536,70 +527,6 @@ class JobExecution:
         }
         return ret, summary
 
-    def _start(self, host: Host, job_dir: str, cwd: str, folder: Path) -> JobProcess:
-        """The job's process: forked by the host's fork server where there is one, else a new
-        ``python -m engage.deploy.runner JOB_DIR`` (remote hosts, ``fork_jobs=false``, or a
-        server that failed, which is said once)."""
-        stdout, stderr = folder / "stdout.log", folder / "stderr.log"
-        env = {PYTHONPATH_ENV: _python_path()}
-        local = not host.remote and self.provider.local_processes
-        server = self._fork_server(host, cwd) if local else None
-        if server is not None:
-            try:
-                return server.start(
-                    RUNNER_MAIN, [job_dir], {**inherited_environ(), **env}, cwd, str(stdout), str(stderr)
-                )
-            except ForkServerError as exc:
-                with self._lock:
-                    first = self._fork_servers.get(host.name) is server  # jobs starting at once fail together
-                    self._fork_servers[host.name] = None
-                if first:
-                    detail = server.log_tail().strip().splitlines()[-1:] or [""]
-                    message = f"{host.name}: jobs start as new interpreters from now on: {exc} {detail[0]}".strip()
-                    log.warning("engage launcher: %s", message)
-                    self.report.warnings.append(message)
-        command = [self.python, "-m", "engage.deploy.runner", job_dir]
-        return self.provider.run(host, command, env=env, cwd=cwd, log_path=stdout, stderr_path=stderr)
-
-    def _fork_server(self, host: Host, cwd: str) -> ForkServer | None:
-        with self._lock:
-            if host.name not in self._fork_servers:
-                server = None
-                if self.options.fork_jobs and not self._stop_new.is_set():
-                    # the task's imports stay resident in the server (engage run's about 600 MiB):
-                    # a host with less memory than PRELOAD_MIN_MEMORY leaves them to each job
-                    roomy = host.memory is None or host.memory >= PRELOAD_MIN_MEMORY
-                    preload = self._preload if roomy else JOB_PRELOAD
-                    command = self.provider.command_for(host, ForkServer.server_command(self.python, preload))
-                    try:
-                        log_path = self.folder.host_folder(host.name) / "forkserver.log"
-                        env = {**inherited_environ(), PYTHONPATH_ENV: _python_path()}
-                        server = ForkServer(command, env=env, cwd=cwd, log_path=log_path)
-                    except OSError as exc:
-                        log.warning("engage launcher: no fork server on %s (%s)", host.name, exc)
-                self._fork_servers[host.name] = server
-            return self._fork_servers[host.name]
-
-    def _close_fork_servers(self) -> None:
-        with self._lock:
-            servers = [server for server in self._fork_servers.values() if server is not None]
-            self._fork_servers = {name: None for name in self._fork_servers}
-        for server in servers:
-            server.close()
-
-
-def job_preload(task_function: Any) -> tuple[str, ...]:
-    """What a host's fork server imports before its first job: :data:`JOB_PRELOAD`, the task's
-    own module and the modules that module names in ``TASK_IMPORTS``, those its task imports when
-    it runs (``engage run``'s: Lightning, PyTorch and MLflow, seconds each job would spend again);
-    a task from a script (``__main__``) is imported by its jobs only."""
-    name = getattr(task_function, "__module__", None)
-    if not name or name == "__main__":
-        return JOB_PRELOAD
-    module = sys.modules.get(name)
-    imports = tuple(getattr(module, "TASK_IMPORTS", ()))
-    return tuple(dict.fromkeys((*JOB_PRELOAD, name, *imports)))
-
 
 def _wait(process: Any, timeout_s: float | None) -> int:
     """Wait for a job's process; ``subprocess.TimeoutExpired`` after ``timeout_s`` seconds of
@@ -633,17 +560,6 @@ def _failed_return(job: SweepJob, error: BaseException) -> JobReturn:
     ret._return_value = error
     ret.task_name = str(job.config.hydra.job.name)
     return ret
-
-
-def script_dir() -> str:
-    """The directory of the Hydra app's script, so a task function pickled by reference imports."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return str(Path(path).resolve().parent) if path else ""
-
-
-def _python_path() -> str:
-    return os.pathsep.join(p for p in [script_dir(), os.environ.get(PYTHONPATH_ENV, "")] if p)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
