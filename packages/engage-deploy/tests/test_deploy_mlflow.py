@@ -202,6 +202,41 @@ def test_a_record_kept_offline_for_the_jobs_own_run_is_added_to_that_run_when_up
     assert {a.path for a in client.list_artifacts(own, "engage")} == {"engage/stdout.log"}
 
 
+def test_records_kept_offline_are_uploaded_once_and_noted_in_the_jobs_results(tmp_path: Path) -> None:
+    """The sweep's store did not answer as two attempts of a job ended: both records wait in the
+    job's offline store, the job's result.json names it, and the upload makes one run of each
+    attempt in the store, replacing what of the first had reached it."""
+    from engage.deploy.experiment import ExperimentFolder
+    from engage.deploy.offline_records import OfflineRecords
+    from engage.deploy.report import SweepReport
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("engage")
+    parent = client.create_run(experiment).info.run_id
+    folder = ExperimentFolder.create(tmp_path / "sweep")
+    folder.job_folder(0).mkdir(parents=True)
+    report = SweepReport()
+    records = OfflineRecords(folder, report, experiment="engage")
+    now = time.time()
+    for attempt, status in ((1, "FAILED"), (2, "FINISHED")):
+        record = tracking.JobRecord(
+            index=0, run_name="job-0", status=status, start_time=now - 1, end_time=now, host="local-1",
+            overrides=["+x=1"], config_hash="h", output_dir=str(folder.job_folder(0)), attempt=attempt,
+        )  # fmt: skip
+        if attempt == 1:  # part of the first record reached the store before it stopped answering
+            tracking.record_job(uri, experiment, parent, record)
+        records.keep(0, record, parent)
+    assert report.offline_jobs == [0]
+    assert folder.read_result(0)["offline_store"].endswith("/jobs/0/offline/mlflow.db")
+
+    records.upload(uri, experiment, parent)
+    runs = client.search_runs([experiment], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
+    assert sorted((r.data.tags["engage.attempt"], r.info.status) for r in runs) == [("1", "FAILED"), ("2", "FINISHED")]
+    assert sorted(folder.read_result(0)["uploaded_run_ids"]) == sorted(r.info.run_id for r in runs)
+    assert report.uploaded_runs == 2
+
+
 @pytest.mark.slow
 def test_a_kept_server_serves_the_next_sweep(tmp_path: Path) -> None:
     keep = ("hydra.launcher.mlflow.server=true", "hydra.launcher.mlflow.keep_server=true", "+x=1,2")

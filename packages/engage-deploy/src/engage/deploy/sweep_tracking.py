@@ -42,6 +42,7 @@ from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder
 from engage.deploy.job import MLFLOW_RETRY_ENV, QUIET_URLS_ENV, TrackingContract
 from engage.deploy.mlflow_process import hold_server, in_background, take_held_server
+from engage.deploy.offline_records import OfflineRecords, OfflineStore
 from engage.deploy.options import MLflowOptions
 from engage.deploy.report import SweepReport
 
@@ -92,8 +93,7 @@ class SweepTracking:
         self._server_answered = False  # the server answered once (later deaths are restarted)
         self._failure_reported = False
         self._user_env: dict[str, str | None] = {}
-        # job index -> (attempt, output folder) of each of its records kept offline
-        self._offline_records: dict[int, list[tuple[int, str | None]]] = {}
+        self.offline = OfflineRecords(folder, report, options.experiment)
         self._lock = threading.Lock()
 
     @property
@@ -295,7 +295,7 @@ class SweepTracking:
         """Where the job in ``job_folder`` logs, as its contract says it."""
         if self.tracking_uri is None:
             return None
-        offline = job_folder / "offline"
+        offline = OfflineStore.of(job_folder)
         uri = self.server.uri if self.server is not None else self.tracking_uri
         if self.server is not None:
             credentials = self.server.credentials
@@ -317,8 +317,8 @@ class SweepTracking:
             experiment=self.options.experiment,
             parent_run_id=parent or None,
             parent_run_file=str(self.parent_run_file) if opening and not parent else None,
-            offline_uri=f"sqlite:///{offline / 'mlflow.db'}",
-            offline_artifacts=str(offline / "artifacts"),
+            offline_uri=offline.uri,
+            offline_artifacts=str(offline.artifacts),
             server_ready_by=self.server.ready_by if starting else None,
             username=username,
             password=password,
@@ -375,16 +375,7 @@ class SweepTracking:
                 return
             except Exception as exc:  # the server died during the upload: keep the record locally
                 log.warning("job %d: MLflow record failed (%s); keeping it offline", index, exc)
-        offline_folder = self.folder.job_folder(index) / "offline"
-        offline_uri = f"sqlite:///{offline_folder / 'mlflow.db'}"
-        offline_folder.mkdir(exist_ok=True)
-        experiment_id = tracking.offline_experiment(offline_uri, self.options.experiment, offline_folder / "artifacts")
-        tracking.record_offline(offline_uri, experiment_id, self.parent_run_id, record)
-        with self._lock:
-            self._offline_records.setdefault(index, []).append((record.attempt, record.output_dir))
-            # a job, not a record: its attempts share one offline store
-            self.report.offline_jobs = sorted(self._offline_records)
-        self.folder.update_result(index, offline_store=offline_uri)
+        self.offline.keep(index, record, self.parent_run_id)
 
     def mark_killed(self, run_ids: Iterable[str]) -> None:
         """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED;
@@ -466,16 +457,7 @@ class SweepTracking:
                 f"{len(self.report.offline_jobs)} job records kept offline under {self.folder.path}/jobs/*/offline"
             )
             return
-        for index, records in sorted(self._offline_records.items()):
-            # what reached the server before it died is replaced, not joined, by the record
-            for attempt, output_dir in records:
-                tracking.delete_record_runs(
-                    self.tracking_uri, self.experiment_id, self.parent_run_id, index, attempt, output_dir
-                )
-            source = f"sqlite:///{self.folder.job_folder(index) / 'offline' / 'mlflow.db'}"
-            ids = tracking.upload_store(source, self.tracking_uri, self.experiment_id)
-            self.report.uploaded_runs += len(ids)
-            self.folder.update_result(index, uploaded_run_ids=ids)
+        self.offline.upload(self.tracking_uri, self.experiment_id, self.parent_run_id)
 
     def where(self) -> str | None:
         """Where the sweep's run is, for the closing line: its page on a server that still runs,

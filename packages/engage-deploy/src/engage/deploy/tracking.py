@@ -498,8 +498,10 @@ class JobRecord:
 SKIPPED_ARTIFACT_SUFFIXES = (".pkl",)
 #: files of a job folder never uploaded: the job's contract may hold MLflow credentials
 SKIPPED_ARTIFACT_NAMES = ("job.json",)
+#: the folder of a job folder that holds the job's offline MLflow store
+OFFLINE_FOLDER = "offline"
 #: folders of a job folder never uploaded as files: the job's offline store, uploaded as runs
-SKIPPED_ARTIFACT_FOLDERS = ("offline",)
+SKIPPED_ARTIFACT_FOLDERS = (OFFLINE_FOLDER,)
 
 
 def _client(uri: str) -> Any:
