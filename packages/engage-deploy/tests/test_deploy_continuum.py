@@ -259,3 +259,24 @@ def test_a_route_is_predicted_with_its_probed_round_trip_instead_of_the_declared
     assert near_fog["predicted_nominal_ms"] == pytest.approx(20.0, abs=0.1)
     assert near_cloud["round_trip_probed_ms"] is None and near_cloud["round_trip_declared_ms"] == 50.0
     assert cloud.url not in probes
+
+
+def test_serving_processes_do_not_inherit_the_jobs_mlflow_credentials(tmp_path, monkeypatch) -> None:
+    """Replicas and request senders answer the network: a sweep's job holds the sweep server's
+    admin user for its own MLflow client, and none of it reaches them."""
+    import time
+
+    from engage.deploy.job import HostRecord
+    from engage.deploy.serve.services import ServiceProcesses
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    services = ServiceProcesses({"h": HostRecord(name="h", layer="edge", address="127.0.0.1")}, tmp_path)
+    probe = "import os; print(sorted(k for k in os.environ if k.startswith('MLFLOW_TRACKING_')), flush=True)"
+    services.start("replica r", "h", ["-c", probe])
+    process = services.processes["replica r"]
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.returncode == 0
+    assert services.file("replica r", ".log").read_text().strip() == "[]"

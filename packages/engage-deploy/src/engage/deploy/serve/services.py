@@ -37,14 +37,21 @@ class ServiceProcesses:
     def start(self, name: str, host_name: str, argv: list[str]) -> None:
         """``python ARGV`` on ``host_name``, dying with this process, its output in ``NAME.log``."""
         from engage.core.executors import die_with_parent_command
+        from engage.core.tracking.store import inherited_environ
 
         host = self.hosts.get(host_name)
         if host is None:
             raise ServingError(f"serving: host {host_name} is not among this job's hosts")
         command, preexec = die_with_parent_command([*host.exec_prefix, sys.executable, *argv])
         with self._lock, open(self.file(name, ".log"), "ab") as log:  # a replica started again keeps its log
+            # a peer on the network: none of the job's MLflow credentials
             self.processes[name] = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+                env=inherited_environ(),
             )
 
     def file(self, name: str, suffix: str) -> Path:

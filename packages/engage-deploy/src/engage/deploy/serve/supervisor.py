@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 from engage.core.executors import die_with_parent_command
+from engage.core.tracking.store import inherited_environ
 from engage.deploy.processes import stop_process, terminate
 from engage.deploy.serve.replica import (
     API_KEY_HEADER,
@@ -103,6 +104,7 @@ class ReplicaSupervisor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its LitServe workers are stopped with it
                 preexec_fn=preexec,
+                env=inherited_environ(),  # it answers the network: no MLflow credentials
             )
         finally:
             log_file.close()
