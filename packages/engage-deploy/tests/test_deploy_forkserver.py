@@ -95,7 +95,7 @@ def test_the_server_reports_exit_codes_and_refuses_work_once_closed(tmp_path: Pa
         stdout, stderr = tmp_path / "out.log", tmp_path / "err.log"
         process = server.start(RUNNER_MAIN, [str(tmp_path)], dict(os.environ), str(tmp_path), str(stdout), str(stderr))
         assert process.wait(timeout=30) == EXIT_RUNNER_ERROR
-        assert "usage: python -m engage.deploy.runner JOB_DIR" in stderr.read_text()
+        assert "usage: python -m engage.deploy.runner [--exit-with-stdin] JOB_DIR" in stderr.read_text()
         bad = server.start(
             RUNNER_MAIN, [str(tmp_path)], dict(os.environ), str(tmp_path / "missing"), str(stdout), str(stderr)
         )

@@ -207,6 +207,7 @@ def test_a_job_folder_sent_over_sftp_keeps_its_modes_and_lands_in_place_when_sen
         put_tree(fs, job, str(remote))
         assert (remote / "job.json").stat().st_mode & 0o777 == 0o600
         assert (remote / "logs" / "out.log").read_text() == "hello"
+        (remote / "mlflow-run-id").write_text("the first attempt's run")  # what the job left there
         (job / "job.json").write_text('{"attempt": 2}')
         put_tree(fs, job, str(remote))
         fs.client.close()
@@ -214,6 +215,58 @@ def test_a_job_folder_sent_over_sftp_keeps_its_modes_and_lands_in_place_when_sen
     assert (remote / "job.json").read_text() == '{"attempt": 2}'
     assert (remote / "job.json").stat().st_mode & 0o777 == 0o600
     assert (remote.stat().st_mode & 0o777) == (job.stat().st_mode & 0o777)
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="sshd missing: install Debian's openssh-server")
+def test_a_job_on_another_host_ends_with_the_launchers_connection_and_its_files_come_back_whole(tmp_path):
+    """A host reached over SSH, as a testbed's: a command the provider starts there watches its
+    standard input (``end_with_stdin``, the job runner's ``--exit-with-stdin``) and ends when the
+    local ssh is stopped, as the launcher stops a job (Ctrl-C, a timeout), instead of running on;
+    a file the job never wrote is not fetched as an empty one."""
+    import time
+
+    import fsspec
+    import psutil
+
+    from engage.deploy.processes import stop_process
+    from engage.deploy.providers.base import Host
+    from engage.deploy.providers.local import LocalProvider
+
+    infra = Infrastructure.from_dict({"provider": "netns", "layers": [{"name": "edge"}], "options": {"sshd": True}})
+    with NetnsProvider(infra, tmp_path / "state") as prov:
+        node = prov.host("edge-1")
+        key = str(tmp_path / "state" / f"netns-{prov.prefix}" / "ssh" / "id_ed25519")
+        ssh = ["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        host = Host("edge-1", "edge", node.address, exec_prefix=[*ssh, "-o", "LogLevel=ERROR", f"root@{node.address}"],
+                    remote=True)  # fmt: skip
+        sftp = fsspec.filesystem("sftp", host=node.address, username="root", key_filename=key, skip_instance_cache=True)
+
+        class OverSsh(LocalProvider):
+            def filesystem(self, host: Host) -> object:
+                return sftp
+
+        provider = OverSsh(Infrastructure.from_dict({"provider": "local", "layers": [{"name": "edge"}]}), tmp_path)
+        pid_file = tmp_path / "remote.pid"
+        code = (
+            "import os, time; from engage.core.lifeline import end_with_stdin; end_with_stdin(grace_s=2); "
+            f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+        )
+        local = provider.run(host, [sys.executable, "-c", code], log_path=tmp_path / "remote.log")
+        deadline = time.monotonic() + 30
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        remote_pid = int(pid_file.read_text())
+        assert psutil.pid_exists(remote_pid), (tmp_path / "remote.log").read_text()
+        stop_process(local)
+        deadline = time.monotonic() + 15
+        while psutil.pid_exists(remote_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not psutil.pid_exists(remote_pid), "the job ran on after the launcher stopped it"
+
+        with pytest.raises(OSError):
+            provider.get(host, str(tmp_path / "never-written" / "result.pkl"), tmp_path / "back" / "result.pkl")
+        assert not (tmp_path / "back" / "result.pkl").exists(), "an empty result came back for a job that wrote none"
+        sftp.client.close()
 
 
 @pytest.mark.parametrize(

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import abc
 import os
+import signal
 import subprocess
+import threading
+import time
 import weakref
 from typing import IO, ClassVar
 
-__all__ = ["Helper", "hold", "let_go"]
+__all__ = ["Helper", "end_with_stdin", "hold", "let_go"]
 
 #: the write ends of the pipes this process holds, which no forked child may keep open: the file
 #: objects, weakly (one closed or collected without :func:`let_go` leaves no stale number behind)
@@ -79,6 +82,28 @@ def let_go(process: subprocess.Popen, last_line: bytes = b"") -> None:
             process.stdin.close()
         except OSError:
             pass
+
+
+def end_with_stdin(grace_s: float = 10.0) -> threading.Thread:
+    """In a process whose standard input is its lifeline (a job started on another host over
+    SSH, whose connection holds it open): ``SIGTERM`` this process once that input ends (its
+    starter stopped it, was interrupted or died, and the connection closed), and ``SIGKILL`` it
+    ``grace_s`` seconds later if it still runs. Returns the watching thread (a daemon); what
+    comes in on standard input is read and dropped."""
+
+    def watch() -> None:
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="end-with-stdin", daemon=True)
+    thread.start()
+    return thread
 
 
 class Helper(abc.ABC):

@@ -34,6 +34,7 @@ from typing import Any
 import cloudpickle
 from hydra.core.utils import JobReturn, JobStatus
 
+from engage.core import lifeline
 from engage.deploy import tracking
 from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
 from engage.deploy.job import HostRecord, JobContract, read_run_id
@@ -399,6 +400,8 @@ class JobExecution:
         finally:
             if monitor is not None:
                 monitor.untrack(key)
+            if isinstance(process, subprocess.Popen):
+                lifeline.let_go(process)  # a remote job's: it ended, or was stopped
             with self._lock:
                 self._running.pop(job.index, None)
                 self._array_tasks.discard(job.index)
@@ -481,10 +484,15 @@ class JobExecution:
 
         with self._lock:
             stopped = job.index in self._stopped  # by the launcher: an interrupt or fail-fast
+        ret: JobReturn | None = None
         if (job.folder / "result.pkl").is_file():
-            ret: JobReturn = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
-            ret.hydra_cfg = job.config
-        else:
+            try:
+                ret = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
+                ret.hydra_cfg = job.config
+            except Exception as exc:  # cut short: the job died, or its host, while writing it
+                reason = f"its result.pkl is unreadable ({type(exc).__name__}: {exc})"
+                ret, runner = failed(reason), {"status": "FAILED", "error": reason}
+        if ret is None:
             if timed_out:
                 reason = f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
             elif exit_code is not None and exit_code < 0 and not stopped:

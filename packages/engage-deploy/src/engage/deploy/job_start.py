@@ -25,6 +25,7 @@ from engage.deploy.experiment import ExperimentFolder
 from engage.deploy.processes import JobProcess
 from engage.deploy.providers import Host, Provider
 from engage.deploy.report import SweepReport
+from engage.deploy.runner import EXIT_WITH_STDIN
 
 log = logging.getLogger("engage.deploy.sweep")
 
@@ -95,7 +96,9 @@ class JobStarter:
                     message = f"{host.name}: jobs start as new interpreters from now on: {exc} {detail[0]}".strip()
                     log.warning("engage launcher: %s", message)
                     self.report.warnings.append(message)
-        command = [*self.runner_command(), job_dir]
+        # a job on another host ends with the launcher's connection (see Provider.run)
+        watch = [EXIT_WITH_STDIN] if host.remote else []
+        command = [*self.runner_command(), *watch, job_dir]
         return self.provider.run(host, command, env=env, cwd=cwd, log_path=stdout, stderr_path=stderr)
 
     def _server(self, host: Host, cwd: str) -> ForkServer | None:

@@ -34,6 +34,9 @@ from engage.deploy.slurm.ranks import TaskRank
 EXIT_JOB_FAILED = 1
 #: exit code when the runner itself could not start the job
 EXIT_RUNNER_ERROR = 70
+#: the runner's option for a job on another host: it ends when its standard input does (the
+#: launcher's SSH connection, which holds it open, closed: the launcher stopped the job or died)
+EXIT_WITH_STDIN = "--exit-with-stdin"
 #: the file cloudpickle (3.1.3 and later) names for the code it pickles by value
 DYNAMIC_CODE_FILE = "<dynamic-code>"
 
@@ -279,9 +282,20 @@ def run(job_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    watch_stdin = args[:1] == [EXIT_WITH_STDIN]
+    if watch_stdin:
+        args = args[1:]
     if len(args) != 1 or not all((Path(args[0]) / name).is_file() for name in ("job.pkl", "job.json")):
-        print("usage: python -m engage.deploy.runner JOB_DIR (a folder holding job.pkl and job.json)", file=sys.stderr)
+        print(
+            f"usage: python -m engage.deploy.runner [{EXIT_WITH_STDIN}] JOB_DIR "
+            "(a folder holding job.pkl and job.json)",
+            file=sys.stderr,
+        )
         return EXIT_RUNNER_ERROR
+    if watch_stdin:
+        from engage.core.lifeline import end_with_stdin
+
+        end_with_stdin()  # a job on another host: it ends with the launcher's connection
     from engage.core.quick_exit import skip_last_collection
 
     skip_last_collection()  # a job that imported PyTorch and MLflow: over a second of its exit

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import os
+import posixpath
 import shlex
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engage.core import lifeline
 from engage.core.tracking.store import inherited_environ
 from engage.deploy.infrastructure import Infrastructure
 
@@ -74,11 +76,14 @@ def put_tree(fs: Any, local: Path, remote: str) -> None:
     """Copy the file or folder ``local`` to ``remote`` on the fsspec filesystem ``fs`` (this
     machine's, or a host's over SFTP), keeping each file's and folder's permission bits.
 
-    A folder's contents go into ``remote`` whether or not it exists, replacing the files of the
-    same names there (a retried job's folder lands where its first attempt's did, not in a
-    folder of its own inside it). SFTP makes files with its server's umask: a job's ``0600``
-    contract (it may hold MLflow credentials) would land readable by every user of the host.
-    The folder stays ``0700`` while it is filled, so nobody reads a file before its mode is set.
+    A folder's contents go into ``remote`` whether or not it exists, and ``remote`` holds them
+    alone afterwards: a retried job's folder lands where its first attempt's did (not in a folder
+    of its own inside it), and what the first attempt left there and the second was not sent
+    (its result, its run's id) is removed first. SFTP makes files with its server's umask: a
+    job's ``0600`` contract (it may hold MLflow credentials) would land readable by every user of
+    the host. The folder stays ``0700`` while it is filled, so nobody reads a file before its
+    mode is set. Folders that another process creates at the same time (two jobs of a sweep
+    sending their folders under one new sweep folder) are no error.
 
     >>> import os, stat, tempfile
     >>> import fsspec
@@ -86,19 +91,24 @@ def put_tree(fs: Any, local: Path, remote: str) -> None:
     >>> (scratch / "job").mkdir()
     >>> _ = (scratch / "job" / "job.json").write_text("{}")
     >>> os.chmod(scratch / "job" / "job.json", 0o600)
-    >>> for _ in range(2):  # a second attempt lands in the same place
-    ...     put_tree(fsspec.filesystem("file"), scratch / "job", str(scratch / "there"))
     >>> there = scratch / "there"
+    >>> put_tree(fsspec.filesystem("file"), scratch / "job", str(there))
+    >>> _ = (there / "result.pkl").write_text("the first attempt's")
+    >>> put_tree(fsspec.filesystem("file"), scratch / "job", str(there))  # a second attempt
     >>> sorted(p.name for p in there.iterdir()), oct((there / "job.json").stat().st_mode & 0o777)
     (['job.json'], '0o600')
     """
-    fs.makedirs(str(Path(remote).parent), exist_ok=True)
+    _makedirs(fs, str(Path(remote).parent))
     if not local.is_dir():
         fs.put(str(local), remote)
         _chmod(fs, remote, local.stat().st_mode)
         return
-    fs.makedirs(remote, exist_ok=True)
+    _makedirs(fs, remote)
     _chmod(fs, remote, 0o700)
+    sent = {path.relative_to(local).as_posix() for path in local.rglob("*") if not path.is_dir()}
+    for found in fs.find(remote):
+        if posixpath.relpath(found, remote) not in sent:
+            fs.rm_file(found)  # left by an earlier attempt
     # file by file: fsspec's recursive put hands folders to SFTP's put_file, which fails on them
     paths = sorted(local.rglob("*"))
     for path in paths:
@@ -110,6 +120,19 @@ def put_tree(fs: Any, local: Path, remote: str) -> None:
     for path in reversed(paths):  # files before the folders holding them
         _chmod(fs, f"{remote}/{path.relative_to(local).as_posix()}", path.stat().st_mode)
     _chmod(fs, remote, local.stat().st_mode)
+
+
+def _makedirs(fs: Any, path: str, tries: int = 3) -> None:
+    """``fs.makedirs(path, exist_ok=True)``, where another process may create the same folders at
+    once: fsspec looks for each folder, then makes it, and fails when it appeared in between."""
+    for _ in range(tries - 1):
+        try:
+            fs.makedirs(path, exist_ok=True)
+            return
+        except OSError:
+            if fs.isdir(path):
+                return
+    fs.makedirs(path, exist_ok=True)
 
 
 def _chmod(fs: Any, path: str, mode: int) -> None:
@@ -295,7 +318,11 @@ class Provider(abc.ABC):
 
         ``env`` is added to the current environment; stdout goes to ``log_path`` (and stderr too,
         unless ``stderr_path`` is given); without ``log_path`` both are inherited. The process
-        gets its own session so the whole tree can be signalled.
+        gets its own session so the whole tree can be signalled. On a remote host, the command's
+        standard input stays open as long as this process holds the returned one's (a lifeline,
+        :func:`engage.core.lifeline.hold`): it ends when the local process is stopped, this
+        process dies or :func:`engage.core.lifeline.let_go` closes it, which a command that watches
+        it (the job runner's ``--exit-with-stdin``) takes for its end.
         """
         argv = self.command_for(host, command, env, cwd)
         full_env = {**inherited_environ(), **(env or {})}
@@ -307,15 +334,18 @@ class Provider(abc.ABC):
                 if stderr_path is not None:
                     Path(stderr_path).parent.mkdir(parents=True, exist_ok=True)
                     stderr = open(stderr_path, "ab")
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 argv,
                 env=full_env,
                 cwd=None if host.remote else cwd,
                 stdout=stdout,
                 stderr=stderr if stderr is not None else (subprocess.STDOUT if stdout is not None else None),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if host.remote else subprocess.DEVNULL,
                 start_new_session=True,
             )
+            if host.remote:
+                lifeline.hold(process)
+            return process
         finally:
             # the child holds its own descriptors; ours are no longer needed
             for handle in (stdout, stderr):
@@ -336,12 +366,23 @@ class Provider(abc.ABC):
         put_tree(self.filesystem(host), Path(local_path), remote_path)
 
     def get(self, host: Host, remote_path: str, local_path: str | os.PathLike[str]) -> None:
-        """Copy a file or folder from ``host`` to this machine (nothing to do if it is the same path)."""
+        """Copy a file or folder from ``host`` to this machine (nothing to do if it is the same
+        path). A file arrives whole or not at all: a missing or unreadable one raises ``OSError``
+        and leaves nothing at ``local_path`` (SFTP would leave an empty file there)."""
         if not host.remote and Path(local_path).resolve() == Path(remote_path).resolve():
             return
         fs = self.filesystem(host)
-        Path(local_path).parent.mkdir(parents=True, exist_ok=True)
-        fs.get(remote_path, str(local_path), recursive=fs.isdir(remote_path))
+        local = Path(local_path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if fs.isdir(remote_path):
+            fs.get(remote_path, str(local), recursive=True)
+            return
+        partial = local.with_name(f"{local.name}.part")
+        try:
+            fs.get_file(remote_path, str(partial))
+            partial.replace(local)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def describe(self) -> dict[str, Any]:
         """What was deployed, for the experiment folder and MLflow."""
