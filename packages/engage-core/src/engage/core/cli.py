@@ -32,7 +32,8 @@ def _run(namespace: argparse.Namespace, program: str = "engage run") -> int:
 
     from engage.core.config.store import register_configs
     from engage.core.config.validate import CONFIG_MODULE, CONFIG_NAME
-    from engage.core.run import LOCAL_RANK_ENV, WORLD_SIZE_ENV, RunFailed, Terminated, sigterm_raises_terminated, task
+    from engage.core.rank_env import LOCAL_RANK_ENV, WORLD_SIZE_ENV
+    from engage.core.run import RunFailed, Terminated, sigterm_raises_terminated, task
     from engage.core.tracking.store import PARENT_RUN_ENV, TRACKING_URI_ENV
     from engage.core.tracking.sweep import end_open_sweep
 

@@ -20,16 +20,15 @@ from engage.core.config.validate import EXIT_CONFIG_ERROR, ConfigError, check_st
 from engage.core.online.outcome import EXIT_RUN_FAILED, OnlineRunFailed
 from engage.core.plugins import PluginError
 from engage.core.preimport import preimport
+from engage.core.rank_env import LOCAL_RANK_ENV, MASTER_ADDR_ENV, MASTER_PORT_ENV, NODE_RANK_ENV, WORLD_SIZE_ENV
 from engage.core.tracking.store import TrackingUnavailable
 
 EXIT_TRACKING_UNAVAILABLE = 3
 console = Console(stderr=True, soft_wrap=True)
 #: the pid of the process whose DDP launcher starts the other ranks (they die with it)
 RANK_STARTER_ENV = "ENGAGE_RANK_STARTER"
-#: a DDP launcher's (Lightning's, torchrun) rank of a process on its node, and the ranks in all
-LOCAL_RANK_ENV, WORLD_SIZE_ENV = "LOCAL_RANK", "WORLD_SIZE"
 #: what a DDP fit's launcher sets in this process's environment for the ranks it starts, and ours
-DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", LOCAL_RANK_ENV, WORLD_SIZE_ENV, RANK_STARTER_ENV)
+DISTRIBUTED_ENV = (MASTER_ADDR_ENV, MASTER_PORT_ENV, NODE_RANK_ENV, LOCAL_RANK_ENV, WORLD_SIZE_ENV, RANK_STARTER_ENV)
 #: what :func:`task` imports when it runs, for a process that forks runs of it to import once
 #: (the launcher's fork servers, see :func:`engage.deploy.job_start.job_preload`): the training
 #: (Lightning, PyTorch), MLflow and its store for the default local tracking (SQLite)

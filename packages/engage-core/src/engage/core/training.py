@@ -38,9 +38,9 @@ from engage.core.online.rank_failures import other_ranks, peer_lost
 from engage.core.online.run_check import OnlineRunCheck
 from engage.core.online.timeline import SimulationTimeline
 from engage.core.plugins import DISABLE_ENV, PluginError, PluginHookError, call_each, get_plugin_manager, per_plugin
+from engage.core.rank_env import LOCAL_RANK_ENV, MASTER_ADDR_ENV, NODE_RANK_ENV
 from engage.core.run import (
     DISTRIBUTED_ENV,
-    LOCAL_RANK_ENV,
     RANK_STARTER_ENV,
     Requeued,
     Terminated,
@@ -218,7 +218,7 @@ def check_ranks(trainer: pl.Trainer, datamodule: Any, ckpt_path: str | None, sav
     if (
         trainer.num_nodes > 1
         and isinstance(environment, LightningEnvironment)
-        and not {"MASTER_ADDR", "NODE_RANK"} & set(os.environ)
+        and not {MASTER_ADDR_ENV, NODE_RANK_ENV} & set(os.environ)
     ):
         # Lightning would start this node's ranks and wait for the others' for ever
         raise ConfigError(

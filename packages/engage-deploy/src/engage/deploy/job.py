@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from engage.core.files import write_private
-from engage.core.tracking.store import MLFLOW_PASSWORD_ENV, MLFLOW_TOKEN_ENV, MLFLOW_USERNAME_ENV
+from engage.core.tracking.store import (
+    MLFLOW_BACKOFF_ENV,
+    MLFLOW_PASSWORD_ENV,
+    MLFLOW_RETRIES_ENV,
+    MLFLOW_TOKEN_ENV,
+    MLFLOW_USERNAME_ENV,
+)
 from engage.deploy.serving import ServingPlan
 
 #: the contract's file name in a job's folder
@@ -45,7 +51,7 @@ RUN_ID_FILE = "mlflow-run-id"
 QUIET_URLS_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 #: MLflow client retries of every process of a sweep (the launcher's and its jobs'): MLflow's own
 #: back off for minutes, far longer than the launcher takes to restart a dead sweep server
-MLFLOW_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+MLFLOW_RETRY_ENV = {MLFLOW_RETRIES_ENV: "5", MLFLOW_BACKOFF_ENV: "1"}
 
 
 class JobContractError(ValueError):

@@ -23,6 +23,8 @@ MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 MLFLOW_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 MLFLOW_RUN_ID_ENV = "MLFLOW_RUN_ID"
 MLFLOW_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+#: MLflow's client retries of a request that got no answer, and the factor of their back-off
+MLFLOW_RETRIES_ENV, MLFLOW_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
 #: MLflow's variables for basic authentication, set by a sweep's job for its own process only
 MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
@@ -128,7 +130,7 @@ def parent_run_id(timeout_s: float = 300.0) -> str | None:
 #: that stops answering fails the run within about a minute (MLflow's own defaults retry each
 #: request for minutes, and a run logs hundreds). Each request's own timeout stays MLflow's: an
 #: upload of a checkpoint may take a while to be answered.
-HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+HTTP_RETRIES = {MLFLOW_RETRIES_ENV: "4", MLFLOW_BACKOFF_ENV: "1"}
 
 
 def bound_http_requests(uri: str) -> None:

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engage.deploy.slurm.executor import SLURM_CONF_ENV
+
 if TYPE_CHECKING:
     from engage.deploy.providers.base import Host
 
@@ -106,7 +108,7 @@ class LocalSlurmCluster:
     @property
     def env(self) -> dict[str, str]:
         """The environment that points Slurm's commands at this cluster."""
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        return {**os.environ, SLURM_CONF_ENV: str(self.conf)}
 
     def _memory_mb(self) -> int:
         total_kb = int(Path("/proc/meminfo").read_text().split()[1])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from engage.core.config.validate import ConfigError
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess, log_tail
 from engage.core.files import write_private
+from engage.core.rank_env import TORCH_DISTRIBUTED_ENV
 from engage.deploy.providers.base import address_towards
 from engage.deploy.slurm.reaper import JobReaper
 from engage.deploy.slurm.values import check_job_values
@@ -296,10 +297,8 @@ def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not _SECRET.search(k)}
 
 
-#: torch.distributed's rendezvous and rank variables: a process inside a distributed job has them,
-#: and a job it submits must not inherit them (its ranks find their own)
-DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
-                         "LOCAL_WORLD_SIZE", "GROUP_RANK")  # fmt: skip
+#: where Slurm's commands find its configuration: a job's environment keeps it
+SLURM_CONF_ENV = "SLURM_CONF"
 
 
 def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -314,7 +313,7 @@ def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         k: v
         for k, v in job_environment(environ).items()
-        if k == "SLURM_CONF" or not (k.startswith(("SLURM_", "SRUN_")) or k in DISTRIBUTED_VARIABLES)
+        if k == SLURM_CONF_ENV or not (k.startswith(("SLURM_", "SRUN_")) or k in TORCH_DISTRIBUTED_ENV)
     }
 
 

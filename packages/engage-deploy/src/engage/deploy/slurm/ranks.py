@@ -28,9 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from engage.core.hosts import node_name
+from engage.core.rank_env import MASTER_ADDR_ENV
 
 #: the variables :meth:`TaskRank.rendezvous` sets, each only when the user has not
-RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "GLOO_SOCKET_IFNAME")
+RENDEZVOUS_VARIABLES = (MASTER_ADDR_ENV, "GLOO_SOCKET_IFNAME")
 
 
 class RankError(RuntimeError):
@@ -74,9 +75,9 @@ class TaskRank:
         if self.ranks == 1:
             return {}
         found: dict[str, str] = {}
-        root = env.get("MASTER_ADDR") or root_node_address(env.get("SLURM_JOB_NODELIST", ""))
-        if root and "MASTER_ADDR" not in env:
-            found["MASTER_ADDR"] = root
+        root = env.get(MASTER_ADDR_ENV) or root_node_address(env.get("SLURM_JOB_NODELIST", ""))
+        if root and MASTER_ADDR_ENV not in env:
+            found[MASTER_ADDR_ENV] = root
         if root and "GLOO_SOCKET_IFNAME" not in env:
             # on the first node its own name may resolve to a loopback address (127.0.1.1): the
             # interface towards the controller is then the one other nodes reach it through
