@@ -71,7 +71,7 @@ class SweepReport:
         if self.server_restarts:
             log.warning(
                 "engage launcher: the MLflow server died %d time(s) and was restarted; %d job record(s) kept "
-                "offline meanwhile, %d run(s) uploaded",
+                "offline meanwhile, %d run(s) uploaded or completed",
                 self.server_restarts,
                 len(self.offline_jobs),
                 self.uploaded_runs,

@@ -626,11 +626,9 @@ def record_offline(uri: str, experiment_id: str, parent_run_id: str | None, reco
     the job's own run when the job opened it there too, else kept as a run of its own, which
     names the job's run (:data:`RECORD_FOR_TAG`) when the job opened it in the sweep's store, so
     that :func:`upload_store` adds the record to that run by id. Returns the offline run's id."""
-    if record.run_id:
-        try:
-            _client(uri).get_run(record.run_id)
-        except Exception:  # the job's run is in the sweep's store, which the record waits for
-            record = replace(record, run_id=None, tags={**record.tags, RECORD_FOR_TAG: record.run_id})
+    if record.run_id and _existing_run(_client(uri), record.run_id) is None:
+        # the job's run is in the sweep's store, which the record waits for
+        record = replace(record, run_id=None, tags={**record.tags, RECORD_FOR_TAG: record.run_id})
     return record_job(uri, experiment_id, parent_run_id, record)
 
 
@@ -720,13 +718,18 @@ def upload_store(source_uri: str, target_uri: str, target_experiment_id: str) ->
 
 
 def _existing_run(client: Any, run_id: str | None) -> Any:
-    """The run ``run_id`` of ``client``'s store, or ``None`` (no id, or no such run there)."""
+    """The run ``run_id`` of ``client``'s store, or ``None`` (no id, or no such run there); any
+    other failure (the store did not answer) is raised, not taken for a missing run."""
     if not run_id:
         return None
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_run(run_id)
-    except Exception:  # a job's run in a store that is gone: the record becomes a run of its own
-        return None
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None  # a job's run in a store that is gone: the record becomes a run of its own
 
 
 def _log_in_batches(
