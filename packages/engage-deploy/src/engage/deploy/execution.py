@@ -471,13 +471,14 @@ class JobExecution:
         ended, where its batch system said (rather than an exit code)."""
         runner = read_json(job.folder / "runner.json")
 
-        def failed(reason: str) -> JobReturn:
+        def failed(reason: str, stopped: bool = False) -> JobReturn:
             from engage.core.online.outcome import EXIT_RUN_FAILED
             from engage.core.run import RunFailed
 
             # one line for ``engage run`` to print (the job's own never came); the log holds the rest
-            line = f"job #{job.index} failed on {host.name}: {reason}; see {job.folder / 'stderr.log'}"
-            tail = _tail(job.folder / "stderr.log").strip()
+            what = "was stopped" if stopped else "failed"
+            line = f"job #{job.index} {what} on {host.name}: {reason}; see {job.folder / 'stderr.log'}"
+            tail = "" if stopped else _tail(job.folder / "stderr.log").strip()
             if tail:
                 log.warning("job %d: the end of its stderr:\n%s", job.index, tail)
             return _failed_return(job, RunFailed(line, EXIT_RUN_FAILED, printed=False))
@@ -492,9 +493,14 @@ class JobExecution:
             except Exception as exc:  # cut short: the job died, or its host, while writing it
                 reason = f"its result.pkl is unreadable ({type(exc).__name__}: {exc})"
                 ret, runner = failed(reason), {"status": "FAILED", "error": reason}
+        # stopped by the launcher: its signal, or on another host the end of the SSH client that
+        # stood for the job (its exit code is ssh's; the job ends with the connection)
+        killed = stopped and (host.remote or exit_code in (-signal.SIGTERM, -signal.SIGKILL))
         if ret is None:
             if timed_out:
                 reason = f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
+            elif killed:
+                reason = "stopped by the launcher (an interrupt, or fail_fast after another job failed)"
             elif exit_code is not None and exit_code < 0 and not stopped:
                 # no one here stopped it: a failure, which retries cover (SIGKILL: most often the
                 # kernel's out-of-memory killer, at the host's memory limit)
@@ -503,8 +509,7 @@ class JobExecution:
                 reason = f"job process was killed by {name}{why}"
             else:
                 reason = how or f"job process exited with code {exit_code}"
-            ret, runner = failed(reason), {"status": "FAILED", "error": reason}
-        killed = stopped and exit_code in (-signal.SIGTERM, -signal.SIGKILL)
+            ret, runner = failed(reason, stopped=killed), {"status": "FAILED", "error": reason}
         # a job past job_timeout_s failed (its error says so), as the launch's counts have it;
         # KILLED is for jobs the user stopped (an interrupt, fail-fast)
         status = "FAILED" if timed_out else "KILLED" if killed else runner["status"]
