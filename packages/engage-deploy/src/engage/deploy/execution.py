@@ -1,13 +1,14 @@
 """Running the jobs of one launch on the hosts: a thread pool as wide as ``parallelism``, the least
-loaded host for each attempt, retries, and the job folder shipped to remote hosts and brought back.
+loaded host for each attempt, retries, stops and timeouts.
 
-Each attempt writes the job's contract (:class:`~engage.deploy.job.JobContract`) and starts
-``python -m engage.deploy.runner JOB_DIR`` on its host, or forks it from the host's fork server
-(:class:`~engage.deploy.job_start.JobStarter`). On a batch system that takes job arrays
-(``provider.array_limit``), the first attempts of a launch's jobs are one array, submitted once
-all are composed, a thread a job watching its task; retries are submitted on their own. What the
-job left (``result.pkl``, ``runner.json``, ``mlflow-run-id``) becomes its ``result.json`` and the
-launcher's MLflow record of the attempt.
+Each attempt's folder gets the job's contract and travels to a remote host and back
+(:class:`~engage.deploy.attempt_folders.AttemptFolders`); the job's process is
+``python -m engage.deploy.runner JOB_DIR`` on its host, or is forked from the host's fork server
+(:class:`~engage.deploy.job_start.JobStarter`); how it ended becomes its ``result.json`` and the
+launcher's MLflow record of the attempt (:func:`~engage.deploy.attempt.attempt_outcome`). On a
+batch system that takes job arrays (``provider.array_limit``), the first attempts of a launch's
+jobs are one array, submitted once all are composed, a thread a job watching its task; retries
+are submitted on their own.
 
 Example (what :class:`~engage.deploy.sweep.Sweep` does)::
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -36,8 +36,10 @@ from hydra.core.utils import JobReturn, JobStatus
 
 from engage.core import lifeline
 from engage.deploy import tracking
-from engage.deploy.experiment import ExperimentFolder, SweepJob, read_json
-from engage.deploy.job import HostRecord, JobContract, read_run_id
+from engage.deploy.attempt import AttemptEnd, attempt_outcome, failed_return
+from engage.deploy.attempt_folders import AttemptFolders
+from engage.deploy.experiment import ExperimentFolder, SweepJob
+from engage.deploy.job import HostRecord
 from engage.deploy.job_start import JobStarter, job_preload
 from engage.deploy.monitor import HostMonitor
 from engage.deploy.options import LauncherOptions
@@ -50,8 +52,6 @@ from engage.deploy.sweep_tracking import SweepTracking
 
 log = logging.getLogger("engage.deploy.sweep")
 
-#: what a remote host's job leaves for the launcher to bring back
-FETCHED_FILES = ("result.pkl", "runner.json", "mlflow-run-id")
 #: why a job did not run once another failed under ``hydra.launcher.fail_fast``
 NOT_STARTED = "not started: an earlier job failed and hydra.launcher.fail_fast is set"
 
@@ -118,10 +118,8 @@ class JobExecution:
         self.provider = provider
         self.hosts = hosts
         self.monitors = monitors
-        self.host_records = tuple(host_records)
-        self.placement = dict(placement)
         self.recording = recording
-        self.serving = serving
+        self.folders = AttemptFolders(folder, provider, tracking, host_records, placement, serving, recording.cwd)
         self._lock = threading.Lock()
         self._load = {host.name: 0 for host in hosts}
         self._running: dict[int, JobProcess] = {}
@@ -293,7 +291,7 @@ class JobExecution:
             return host
 
     def _not_run(self, job: SweepJob, reason: str) -> JobReturn:
-        ret = _failed_return(job, RuntimeError(reason))
+        ret = failed_return(job, RuntimeError(reason))
         self.folder.write_result(job.index, {"status": "SKIPPED", "error": reason, "config_hash": job.config_hash})
         with self._lock:
             self.report.skipped += 1
@@ -323,7 +321,7 @@ class JobExecution:
             host = hosts[index] = self.hosts[number % len(self.hosts)]
             with self._lock:
                 self._load[host.name] += 1  # given back when the attempt ends, as a picked host's
-            self._prepare(host, job, 1)
+            self.folders.prepare(host, job, 1)
         started = time.time()
         command, env = self.starter.runner_command(), self.starter.environment()
         folders = {index: job.folder for index, job in chosen.items()}
@@ -338,42 +336,13 @@ class JobExecution:
         """Jobs of the array running at once: the provider's limit, and ``parallelism`` when set."""
         return min(self.provider.array_limit, self.options.parallelism or self.provider.array_limit)
 
-    def _prepare(self, host: Host, job: SweepJob, attempt: int) -> tuple[str, str]:
-        """Write the attempt's contract (and ship the job folder to a remote host); the job's
-        folder and working directory as the host sees them."""
-        self.folder.clear_attempt(job)
-        with (job.folder / "stdout.log").open("ab") as out:
-            out.write(f"--- attempt {attempt} on {host.name} at {time.strftime('%H:%M:%S')}\n".encode())
-        job_dir, cwd = str(job.folder), self.recording.cwd
-        if host.remote:
-            workdir = getattr(self.provider, "remote_workdir", lambda h: "/tmp/engage")(host)
-            job_dir, cwd = f"{workdir}/{self.folder.name}/jobs/{job.index}", workdir
-        contract = JobContract(
-            index=job.index,
-            attempt=attempt,
-            overrides=tuple(job.overrides),
-            folder=job_dir,
-            host=host.name,
-            hosts=self.host_records,
-            placement=self.placement,
-            tracking=self.tracking.contract_for(job.folder),
-            serving=self.serving,
-            ranks=self.provider.ranks_per_job,
-            config_hash=job.config_hash,
-        )
-        contract.write(job.folder)
-        if host.remote:
-            # ship the job folder (contract included) to the host; brought back after the attempt
-            self.provider.put(host, job.folder, job_dir)
-        return job_dir, cwd
-
     def _attempt(
         self, host: Host, job: SweepJob, attempt: int, submitted: Submitted | None = None
     ) -> tuple[JobReturn, dict[str, Any]]:
         job_dir = str(job.folder)
         if submitted is None:
             started = time.time()
-            job_dir, cwd = self._prepare(host, job, attempt)
+            job_dir, cwd = self.folders.prepare(host, job, attempt)
             process = self.starter.start(host, job_dir, cwd, job.folder)
         else:
             process, started = submitted.job, submitted.started
@@ -410,20 +379,17 @@ class JobExecution:
         if withdrawn:
             return self._not_run(job, NOT_STARTED), {"status": "SKIPPED"}
         ended = time.time()
-        if host.remote:
-            for name in FETCHED_FILES:
-                try:
-                    self.provider.get(host, f"{job_dir}/{name}", job.folder / name)
-                except OSError as exc:
-                    if name != "mlflow-run-id":
-                        log.warning("job %d: could not fetch %s from %s: %s", job.index, name, host.name, exc)
+        self.folders.fetch(host, job, job_dir)
         # a batch system's job says how it ended (its state: CANCELLED, TIMEOUT, NODE_FAIL, ...)
         ended_as = getattr(process, "ended", "")
         batch_id = getattr(process, "job_id", None)  # the batch system's id (``12_3``: task 3 of array 12)
         how = f"batch job {batch_id} ended {ended_as}" if ended_as and batch_id else None
         if how and ended_as.startswith("FAILED"):  # its script's own exit code, which Slurm kept
             how += f" with exit code {process.returncode}"
-        ret, summary = self._outcome(job, host, attempt, process.returncode, timed_out, started, ended, how)
+        with self._lock:
+            stopped = job.index in self._stopped  # by the launcher: an interrupt or fail-fast
+        end = AttemptEnd(process.returncode, timed_out, stopped, started, ended, how)
+        ret, summary = attempt_outcome(job, host, attempt, end, self.options.job_timeout_s)
         # a batch system's job names the node it ran on; the slot it took is the host
         node = getattr(process, "node", "")
         if node:
@@ -456,90 +422,6 @@ class JobExecution:
         self.tracking.record(job.index, record, offline=summary["offline"])
         return ret, summary
 
-    def _outcome(
-        self,
-        job: SweepJob,
-        host: Host,
-        attempt: int,
-        exit_code: int | None,
-        timed_out: bool,
-        started: float,
-        ended: float,
-        how: str | None = None,
-    ) -> tuple[JobReturn, dict[str, Any]]:
-        """The job's ``JobReturn`` and its ``result.json`` from what its process left; ``how`` it
-        ended, where its batch system said (rather than an exit code)."""
-        runner = read_json(job.folder / "runner.json")
-
-        def failed(reason: str, stopped: bool = False) -> JobReturn:
-            from engage.core.online.outcome import EXIT_RUN_FAILED
-            from engage.core.run import RunFailed
-
-            # one line for ``engage run`` to print (the job's own never came); the log holds the rest
-            what = "was stopped" if stopped else "failed"
-            line = f"job #{job.index} {what} on {host.name}: {reason}; see {job.folder / 'stderr.log'}"
-            tail = "" if stopped else _tail(job.folder / "stderr.log").strip()
-            if tail:
-                log.warning("job %d: the end of its stderr:\n%s", job.index, tail)
-            return _failed_return(job, RunFailed(line, EXIT_RUN_FAILED, printed=False))
-
-        with self._lock:
-            stopped = job.index in self._stopped  # by the launcher: an interrupt or fail-fast
-        ret: JobReturn | None = None
-        if (job.folder / "result.pkl").is_file():
-            try:
-                ret = cloudpickle.loads((job.folder / "result.pkl").read_bytes())
-                ret.hydra_cfg = job.config
-            except Exception as exc:  # cut short: the job died, or its host, while writing it
-                reason = f"its result.pkl is unreadable ({type(exc).__name__}: {exc})"
-                ret, runner = failed(reason), {"status": "FAILED", "error": reason}
-        # stopped by the launcher: its signal, or on another host the end of the SSH client that
-        # stood for the job (its exit code is ssh's; the job ends with the connection)
-        killed = stopped and (host.remote or exit_code in (-signal.SIGTERM, -signal.SIGKILL))
-        if ret is None:
-            if timed_out:
-                reason = f"killed after hydra.launcher.job_timeout_s={self.options.job_timeout_s}"
-            elif killed:
-                reason = "stopped by the launcher (an interrupt, or fail_fast after another job failed)"
-            elif exit_code is not None and exit_code < 0 and not stopped:
-                # no one here stopped it: a failure, which retries cover (SIGKILL: most often the
-                # kernel's out-of-memory killer, at the host's memory limit)
-                name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
-                why = " (out of memory at the host's limit, or killed by another process)" if name == "SIGKILL" else ""
-                reason = f"job process was killed by {name}{why}"
-            else:
-                reason = how or f"job process exited with code {exit_code}"
-            ret, runner = failed(reason, stopped=killed), {"status": "FAILED", "error": reason}
-        # a job past job_timeout_s failed (its error says so), as the launch's counts have it;
-        # KILLED is for jobs the user stopped (an interrupt, fail-fast)
-        status = "FAILED" if timed_out else "KILLED" if killed else runner["status"]
-        if status in ("KILLED", "FAILED") and (timed_out or killed) and ret.status == JobStatus.COMPLETED:
-            status = "COMPLETED"  # its task had returned when the limit or the stop came
-        elif status == "COMPLETED" and exit_code not in (0, None):
-            # its task returned, then the job failed: another rank of a multi-node job, or the
-            # process's own end (an exit handler, a crash in teardown); never reported completed
-            reason = f"the job's task completed, then its process exited with code {exit_code}"
-            ret, runner = failed(reason), {**runner, "status": "FAILED", "error": reason}
-            status = "FAILED"
-        summary = {
-            "status": status,
-            "attempt": attempt,
-            "host": host.name,
-            "config_hash": job.config_hash,
-            "overrides": job.overrides,
-            "return_value": runner.get("return_value"),
-            "error": runner.get("error"),
-            "exit_code": exit_code,
-            "started": started,
-            "finished": ended,
-            "duration_s": ended - started,
-            "job_duration_s": runner.get("duration_s"),
-            "output_dir": runner.get("output_dir"),
-            "offline": bool(runner.get("offline")),
-            "job_run_id": read_run_id(job.folder),
-        }
-        return ret, summary
-
 
 def _wait(process: Any, timeout_s: float | None) -> int:
     """Wait for a job's process; ``subprocess.TimeoutExpired`` after ``timeout_s`` seconds of
@@ -566,17 +448,3 @@ def _stop(process: Any) -> None:
         cancel()
     else:
         stop_process(process)
-
-
-def _failed_return(job: SweepJob, error: BaseException) -> JobReturn:
-    ret = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config, status=JobStatus.FAILED)
-    ret._return_value = error
-    ret.task_name = str(job.config.hydra.job.name)
-    return ret
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
