@@ -248,7 +248,8 @@ def test_a_job_on_another_host_ends_with_the_launchers_connection_and_its_files_
         provider = OverSsh(Infrastructure.from_dict({"provider": "local", "layers": [{"name": "edge"}]}), tmp_path)
         pid_file = tmp_path / "remote.pid"
         code = (
-            "import os, time; from engage.core.lifeline import end_with_stdin; end_with_stdin(grace_s=2); "
+            "import os, sys, time; from engage.core.lifeline import end_with_stdin; end_with_stdin(grace_s=2); "
+            "assert sys.stdin.read() == ''; "  # the lifeline is off standard input: it reads empty, never waits
             f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
         )
         local = provider.run(host, [sys.executable, "-c", code], log_path=tmp_path / "remote.log")

@@ -88,18 +88,30 @@ def end_with_stdin(grace_s: float = 10.0) -> threading.Thread:
     """In a process whose standard input is its lifeline (a job started on another host over
     SSH, whose connection holds it open): ``SIGTERM`` this process once that input ends (its
     starter stopped it, was interrupted or died, and the connection closed), and ``SIGKILL`` it
-    ``grace_s`` seconds later if it still runs. Returns the watching thread (a daemon); what
-    comes in on standard input is read and dropped."""
+    and every process it started ``grace_s`` seconds later if it still runs. Returns the
+    watching thread (a daemon). The lifeline is taken off standard input, which reads as
+    empty from then on, as a process started without one does (a stray ``input()`` ends at once
+    rather than waiting for the connection's end)."""
+    import psutil
+
+    lifeline = os.dup(0)  # not inherited by the processes this one starts
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
 
     def watch() -> None:
         try:
-            while os.read(0, 65536):
+            while os.read(lifeline, 65536):
                 pass
         except OSError:
             pass
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
-        os.kill(os.getpid(), signal.SIGKILL)
+        for process in [*psutil.Process().children(recursive=True), psutil.Process()]:
+            try:
+                process.kill()
+            except psutil.Error:
+                continue  # gone meanwhile
 
     thread = threading.Thread(target=watch, name="end-with-stdin", daemon=True)
     thread.start()

@@ -25,6 +25,8 @@ from engage.deploy.job import read_run_id
 from engage.deploy.providers import Host
 
 log = logging.getLogger("engage.deploy.sweep")
+#: the exit code of an ``ssh`` client that ended by a signal or lost its connection
+SSH_ENDED = 255
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ def attempt_outcome(
             reason = f"its result.pkl is unreadable ({type(exc).__name__}: {exc})"
             ret, runner = failed(reason), {"status": "FAILED", "error": reason}
     # stopped by the launcher: its signal, or on another host the end of the SSH client that
-    # stood for the job (its exit code is ssh's; the job ends with the connection)
-    killed = end.stopped and (host.remote or exit_code in (-signal.SIGTERM, -signal.SIGKILL))
+    # stood for the job (ssh ends with 255 on SIGTERM; the job ends with the connection)
+    stop_codes = (-signal.SIGTERM, -signal.SIGKILL, *((SSH_ENDED,) if host.remote else ()))
+    killed = end.stopped and exit_code in stop_codes
     if ret is None:
         if end.timed_out:
             reason = f"killed after hydra.launcher.job_timeout_s={job_timeout_s}"

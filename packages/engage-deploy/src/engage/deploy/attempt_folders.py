@@ -60,7 +60,9 @@ class AttemptFolders:
         job_dir, cwd = str(job.folder), self.cwd
         if host.remote:
             workdir = getattr(self.provider, "remote_workdir", lambda h: "/tmp/engage")(host)
-            job_dir, cwd = f"{workdir}/{self.folder.name}/jobs/{job.index}", workdir
+            # a folder of its own per attempt: a stopped attempt may still be ending on the host
+            # (SIGTERM, up to 10 s) while the next one starts, and writes nothing into the next's
+            job_dir, cwd = f"{workdir}/{self.folder.name}/jobs/{job.index}/attempt-{attempt}", workdir
         contract = JobContract(
             index=job.index,
             attempt=attempt,

@@ -73,6 +73,10 @@ class OfflineRecords:
             for attempt, output_dir in attempts:
                 tracking.delete_record_runs(tracking_uri, experiment_id, parent_run_id, index, attempt, output_dir)
             source = OfflineStore.of(self.folder.job_folder(index)).uri
-            ids = tracking.upload_store(source, tracking_uri, experiment_id)
+            try:
+                ids = tracking.upload_store(source, tracking_uri, experiment_id)
+            except Exception as exc:  # the next jobs' records are still uploaded
+                self.report.warnings.append(f"job {index}: its records kept in {source} were not uploaded ({exc})")
+                continue
             self.report.uploaded_runs += len(ids)
             self.folder.update_result(index, uploaded_run_ids=ids)

@@ -375,7 +375,10 @@ class SweepTracking:
                 return
             except Exception as exc:  # the server died during the upload: keep the record locally
                 log.warning("job %d: MLflow record failed (%s); keeping it offline", index, exc)
-        self.offline.keep(index, record, self.parent_run_id)
+        try:
+            self.offline.keep(index, record, self.parent_run_id)
+        except Exception as exc:  # the job's own folder's store: said, the sweep goes on
+            self.report.warnings.append(f"job {index}: its MLflow record could not be kept offline either ({exc})")
 
     def mark_killed(self, run_ids: Iterable[str]) -> None:
         """After an interrupt: the interrupted jobs' runs (by id) and the sweep's run are KILLED;

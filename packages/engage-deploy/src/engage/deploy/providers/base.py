@@ -122,10 +122,11 @@ def put_tree(fs: Any, local: Path, remote: str) -> None:
     _chmod(fs, remote, local.stat().st_mode)
 
 
-def _makedirs(fs: Any, path: str, tries: int = 3) -> None:
+def _makedirs(fs: Any, path: str) -> None:
     """``fs.makedirs(path, exist_ok=True)``, where another process may create the same folders at
-    once: fsspec looks for each folder, then makes it, and fails when it appeared in between."""
-    for _ in range(tries - 1):
+    once: fsspec looks for each folder, then makes it, and fails when it appeared in between
+    (once at most for each level of ``path``); another failure is raised."""
+    for _ in range(len(Path(path).parts)):
         try:
             fs.makedirs(path, exist_ok=True)
             return
