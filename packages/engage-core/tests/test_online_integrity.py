@@ -98,6 +98,10 @@ def test_a_sample_with_nan_fails_the_run_naming_its_simulation(tmp_path, helpers
         fit(dm, tmp_path)
     assert dm.ledger.batches_trained < 3
     assert not _running_clients()
+    # the refused batch left the buffer: counted among the samples not trained, none lost
+    outcome = dm.outcome()
+    assert outcome.samples_untrained > 0
+    assert outcome.samples_received == outcome.samples_trained + outcome.samples_unread + outcome.samples_untrained
 
 
 def test_samples_outside_the_declared_value_range_are_named_by_their_simulations():

@@ -43,3 +43,58 @@ def test_function_simulator_describes_itself_for_processes():
     assert FunctionSimulator(lambda p: iter(()), {"a": {"low": 0, "high": 1}}, (3,)).launch_spec() is None
     with pytest.raises(ValueError, match="has shape"):
         list(FunctionSimulator(ones, {"a": {"low": 0, "high": 1}}, sample_shape=(4,)).run([0.5]))
+
+
+SIMULATOR_MODULE = """
+import numpy as np
+
+def ramp(p, steps=4):
+    for t in range(steps):
+        yield np.full((3,), float(p["a"]) * t, dtype=np.float32)
+"""
+
+SCRIPT = """
+import lightning.pytorch as pl
+import torch
+
+from engage.core.online import OnlineDataModule
+from engage.core.samplers import UniformSampler
+from engage.core.simulators.function import FunctionSimulator
+
+
+class Model(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 3)
+
+    def training_step(self, batch, i):
+        x = torch.cat([batch["parameters"], batch["time"]], 1)
+        return torch.nn.functional.mse_loss(self.net(x), batch["target"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), 0.01)
+
+
+sim = FunctionSimulator("mysim:ramp", {"a": {"low": 0.0, "high": 1.0}}, sample_shape=(3,), samples_per_run=4)
+dm = OnlineDataModule(sim, UniformSampler(sim.space, seed=0), simulations=2, val_simulations=0, batch_size=4,
+                      batches_per_epoch=2, policy="fifo")
+pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+           enable_model_summary=False).fit(Model(), datamodule=dm)
+print(dm.outcome().line())
+"""
+
+
+@pytest.mark.slow
+def test_a_simulator_beside_a_script_run_from_another_folder_is_imported_by_its_processes(tmp_path):
+    """``python proj/train.py`` from another folder: the script imports ``mysim`` from its own
+    folder, and so must the simulation processes, fresh interpreters started with ``-m``."""
+    import subprocess
+    import sys
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "mysim.py").write_text(SIMULATOR_MODULE)
+    (project / "train.py").write_text(SCRIPT)
+    done = subprocess.run([sys.executable, "proj/train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "8 received, 8 trained" in done.stdout, done.stdout[-2000:]

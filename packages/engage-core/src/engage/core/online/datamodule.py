@@ -129,13 +129,14 @@ class BufferStream(IterableDataset):
                 if trainer is not None:
                     trainer.should_stop = True
                 return
+            # it left the buffer: counted untrained until its step, also when refused below
+            dm.ledger.handed_out(batch)  # type: ignore[arg-type]
             check_finite(batch)  # type: ignore[arg-type]
             if not dm.range_warned:
                 outside = out_of_range(batch, getattr(dm.simulator, "value_range", None))  # type: ignore[arg-type]
                 if outside is not None:  # once a run: the model trains on, scaled wrongly
                     dm.range_warned = True
                     log.warning(outside)
-            dm.ledger.handed_out(batch)  # type: ignore[arg-type]
             yield {
                 "parameters": torch.from_numpy(batch["parameters"]),  # type: ignore[index]
                 "time": torch.from_numpy(batch["time"]),  # type: ignore[index]

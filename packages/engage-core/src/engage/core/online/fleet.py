@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engage.core.executors import Executor, LaunchRequest, SimulationProcess
+from engage.core.forkserver import PYTHONPATH_ENV
 from engage.core.online.config import OnlineDataConfig as _D
 from engage.core.online.link import PARENT_PID_ENV
 from engage.core.online.record import SimulationRecord
@@ -145,6 +146,8 @@ class Fleet:
             command = [sys.executable, "-m", "engage.core.online.client", "--address", str(address)]
             command += ["--simulation-id", str(sim_id), "--attempt", str(attempt)]
         env = {PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        if self.executor.shares_filesystem:
+            env[PYTHONPATH_ENV] = trainer_import_path()
         secrets: dict[str, str] = {}
         if self.keys is not None:
             # a file the process reads where it shares this host's files (its path in the
@@ -344,3 +347,12 @@ def pickled_simulator(simulator: Simulator, workdir: str) -> dict[str, str]:
             f"{{'target': 'module.Class', 'kwargs': {{...}}}} or use a module-level function"
         ) from None
     return {"pickle": path}
+
+
+def trainer_import_path() -> str:
+    """The ``PYTHONPATH`` of a simulation process on this host: the trainer's own, after the
+    folder its script was started from, where the trainer imported its modules from (a
+    simulator in a module beside a user's script, started from another folder), which a fresh
+    interpreter started with ``-m`` would not look in."""
+    first = sys.path[0] if sys.path and sys.path[0] else os.getcwd()
+    return os.pathsep.join(p for p in [os.path.abspath(first), os.environ.get(PYTHONPATH_ENV, "")] if p)
