@@ -98,3 +98,26 @@ def test_a_simulator_beside_a_script_run_from_another_folder_is_imported_by_its_
     done = subprocess.run([sys.executable, "proj/train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "8 received, 8 trained" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_datamodule_refuses_what_is_no_simulator_or_no_sampler_of_its_space_in_one_line():
+    """Each failed only inside the simulation processes, after their retries (a class where an
+    instance is due: a missing argument of ``run``; a sampler of another simulator: a count of
+    parameters), or at the first batch (``None``: an attribute error)."""
+    from engage.core.online import OnlineDataModule
+    from engage.core.samplers import UniformSampler
+    from engage.core.simulators import HeatEquation
+    from engage.core.simulators.burgers import ViscousBurgers
+
+    heat = HeatEquation(grid=8, steps=4)
+    other = UniformSampler(ViscousBurgers().space)
+    cases = [
+        ((HeatEquation, UniformSampler(heat.space)), "simulator is the class HeatEquation, not a simulator; pass"),
+        ((heat, None), "sampler is NoneType, not a Sampler; pass one made on the simulator's space"),
+        ((heat, UniformSampler), "sampler is the class UniformSampler, not a Sampler"),
+        ((heat, other), r"sampler draws \(.*\) but HeatEquation takes \(.*\); make the sampler on simulator.space"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message) as refused:
+            OnlineDataModule(*args)
+        assert "\n" not in str(refused.value)

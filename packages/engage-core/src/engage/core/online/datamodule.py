@@ -63,6 +63,27 @@ def _check_buffer_memory(simulator: Simulator, capacity: int) -> None:
     log.warning("%s; the model and batches need room too: consider data.capacity=%d", what, max(1, fits))
 
 
+def _check_pair(simulator: Any, sampler: Any) -> None:
+    """``ValueError`` in one line naming the argument, before anything starts: a simulator class
+    where an instance is due, something that is no sampler, or a sampler of another space (each
+    failed only inside the simulation processes, after their retries)."""
+    if isinstance(simulator, type):
+        raise ValueError(
+            f"simulator is the class {simulator.__name__}, not a simulator; pass {simulator.__name__}(...)"
+        )
+    if not isinstance(simulator, Simulator):
+        raise ValueError(f"simulator is {type(simulator).__name__}, not a Simulator (engage.core.simulators)")
+    if isinstance(sampler, type) or not isinstance(sampler, Sampler):
+        what = f"the class {sampler.__name__}" if isinstance(sampler, type) else type(sampler).__name__
+        raise ValueError(f"sampler is {what}, not a Sampler; pass one made on the simulator's space, e.g. "
+                         f"UniformSampler(simulator.space)")  # fmt: skip
+    if list(sampler.space.names) != list(simulator.space.names):
+        raise ValueError(
+            f"sampler draws ({', '.join(sampler.space.names)}) but {type(simulator).__name__} takes "
+            f"({', '.join(simulator.space.names)}); make the sampler on simulator.space"
+        )
+
+
 def check_finite(batch: dict[str, np.ndarray]) -> None:
     """:class:`OnlineRunFailed` naming the simulations whose samples in ``batch`` hold NaN or
     infinite values: a model trained on them learns nothing, and the run would report success.
@@ -218,6 +239,7 @@ class OnlineDataModule(pl.LightningDataModule):
         self.settings.executor = executor if isinstance(executor, str) else f"{kind.__module__}.{kind.__qualname__}"
         self.settings.executor_options = dict(executor_options or {})
         self.settings.simulator_spec = _plain(simulator_spec)
+        _check_pair(simulator, sampler)
         _check_buffer_memory(simulator, capacity)
         self.simulator, self.sampler = simulator, sampler
         #: where run folders go (``None``: the trainer's ``default_root_dir/online``, at first use)
