@@ -457,6 +457,9 @@ class OnlineDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
+        """The held-out simulations, as :meth:`val_dataloader` serves them: an online run has one
+        held-out set (``val_simulations``); ``trainer.test`` evaluates on it, after the fit or
+        without one."""
         return self.val_dataloader()
 
     def teardown(self, stage: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from engage.core.simulators.base import Simulator, SimulatorOutputError
 from engage.core.simulators.executable import ExecutableSimulator
+from engage.core.simulators.function import FunctionSimulator
 from engage.core.simulators.heat import HeatEquation
 
-__all__ = ["ExecutableSimulator", "HeatEquation", "Simulator", "SimulatorOutputError"]
+__all__ = ["ExecutableSimulator", "FunctionSimulator", "HeatEquation", "Simulator", "SimulatorOutputError"]
