@@ -398,7 +398,9 @@ def test_simulations_do_not_inherit_the_trainers_mlflow_credentials(tmp_path, mo
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
     monkeypatch.setenv("ENGAGE_TEST_KEPT", "kept")
-    probe = "import os; print(sorted(k for k in os.environ if k.startswith(('MLFLOW_', 'ENGAGE_TEST_'))))"
+    # other tests of this process may have set other MLflow variables: the credentials are named
+    named = "('MLFLOW_TRACKING_USERNAME', 'MLFLOW_TRACKING_PASSWORD', 'MLFLOW_TRACKING_TOKEN')"
+    probe = f"import os; print(sorted(k for k in os.environ if k in {named} or k.startswith('ENGAGE_TEST_')))"
     request = LaunchRequest([sys.executable, "-c", probe], simulation_id=0, env={"ENGAGE_TEST_ADDED": "1"})
     process = LocalExecutor(log_dir=str(tmp_path)).start(request)
     deadline = time.monotonic() + 30

@@ -272,7 +272,9 @@ def test_serving_processes_do_not_inherit_the_jobs_mlflow_credentials(tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     services = ServiceProcesses({"h": HostRecord(name="h", layer="edge", address="127.0.0.1")}, tmp_path)
-    probe = "import os; print(sorted(k for k in os.environ if k.startswith('MLFLOW_TRACKING_')), flush=True)"
+    # other tests of this process may have set other MLflow variables: the credentials are named
+    named = "('MLFLOW_TRACKING_USERNAME', 'MLFLOW_TRACKING_PASSWORD', 'MLFLOW_TRACKING_TOKEN')"
+    probe = f"import os; print(sorted(k for k in os.environ if k in {named}), flush=True)"
     services.start("replica r", "h", ["-c", probe])
     process = services.processes["replica r"]
     deadline = time.monotonic() + 30
